@@ -1,0 +1,45 @@
+"""The root of the command line: a table of contents of the command groups."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from esctl import __version__
+from esctl.cli import config_cmd, events
+
+app = typer.Typer(
+    name="esctl",
+    help="Operations toolkit for Redis-backed Learning.EventStore event stores.",
+    no_args_is_help=True,
+    # Pretty exceptions with locals would print connection strings (and their passwords).
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"esctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """esctl: inspect, migrate, replay and repair Learning.EventStore data in Redis."""
+
+
+app.add_typer(events.app, name="events")
+app.add_typer(config_cmd.app, name="config")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,93 @@
+"""Option aliases shared by every command, declared once (so they work after the subcommand)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from esctl.config import Settings, resolve_settings
+
+RedisUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        help="Redis URL [env ESCTL_REDIS_URL; default redis://localhost:6379/0]",
+        show_default=False,
+    ),
+]
+ClusterOpt = Annotated[
+    bool, typer.Option("--cluster", help="Treat --redis-url as a Redis Cluster seed node.")
+]
+PgDsnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pg-dsn",
+        help="PostgreSQL DSN or URL [env ESCTL_PG_DSN; default postgresql://localhost/postgres]",
+        show_default=False,
+    ),
+]
+PgSchemaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pg-schema",
+        help="Schema of the event tables [env ESCTL_PG_SCHEMA; default public]",
+        show_default=False,
+    ),
+]
+AppOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--app", help="ApplicationName of the service [env ESCTL_APP]", show_default=False
+    ),
+]
+EnvOpt = Annotated[
+    str | None,
+    typer.Option("--env", help="Environment name [env ESCTL_ENV]", show_default=False),
+]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="Config file section [env ESCTL_PROFILE; default default]",
+        show_default=False,
+    ),
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="Config file [env ESCTL_CONFIG; default ./esctl.toml, "
+        "then ~/.config/esctl/config.toml]",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout (JSON lines for streams).")
+]
+DebugOpt = Annotated[
+    bool,
+    typer.Option("--debug", help="Show Python tracebacks on errors.", envvar="ESCTL_DEBUG"),
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")
+]
+
+
+def settings(
+    *,
+    redis_url: str | None = None,
+    pg_dsn: str | None = None,
+    pg_schema: str | None = None,
+    app: str | None = None,
+    env: str | None = None,
+    profile: str | None = None,
+    config: str | None = None,
+) -> Settings:
+    """Resolve the connection settings of one invocation (option > env > config > default)."""
+    return resolve_settings(
+        {"redis_url": redis_url, "pg_dsn": pg_dsn, "pg_schema": pg_schema, "app": app, "env": env},
+        config=config,
+        profile=profile,
+    )

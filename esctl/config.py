@@ -1,0 +1,204 @@
+"""Settings resolution: option > environment variable > profile in the config file > default.
+
+Every resolved value remembers where it came from, so ``esctl config show`` can say so.
+Passwords never leave this module in clear: use :func:`redact` for anything printable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from esctl.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_PG_DSN = "postgresql://localhost/postgres"
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    env_var: str
+    default: str | None
+    secret_bearing: bool = False
+    help: str = ""
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("redis_url", "ESCTL_REDIS_URL", DEFAULT_REDIS_URL, True, "Redis URL"),
+    SettingSpec("pg_dsn", "ESCTL_PG_DSN", DEFAULT_PG_DSN, True, "PostgreSQL DSN or URL"),
+    SettingSpec("pg_schema", "ESCTL_PG_SCHEMA", "public", False, "schema of the event tables"),
+    SettingSpec("app", "ESCTL_APP", None, False, "ApplicationName"),
+    SettingSpec("env", "ESCTL_ENV", None, False, "environment name"),
+)
+SETTING_NAMES = tuple(s.name for s in SETTINGS)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: str | None
+    source: str  # "option", "env:ESCTL_X", "config:PATH[profile]", "default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved connection and scope settings of one command invocation."""
+
+    values: Mapping[str, Resolved]
+    profile: str
+    config_path: Path | None
+
+    def get(self, name: str) -> str | None:
+        return self.values[name].value
+
+    @property
+    def redis_url(self) -> str:
+        return self.values["redis_url"].value or DEFAULT_REDIS_URL
+
+    @property
+    def pg_dsn(self) -> str:
+        return self.values["pg_dsn"].value or DEFAULT_PG_DSN
+
+    @property
+    def pg_schema(self) -> str:
+        return self.values["pg_schema"].value or "public"
+
+    def require(self, name: str) -> str:
+        value = self.values[name].value
+        if not value:
+            spec = next(s for s in SETTINGS if s.name == name)
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{spec.help} is not set",
+                hint=f'pass {flag}, set {spec.env_var}, or add {name} = "…" to the config file',
+            )
+        return value
+
+
+def default_config_paths(cwd: Path | None = None) -> list[Path]:
+    """``./esctl.toml``, else the user config dir's ``esctl/config.toml``."""
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [(cwd or Path.cwd()) / "esctl.toml", base / "esctl" / "config.toml"]
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {exc}",
+            hint="fix the line named above (see https://toml.io for the syntax)",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def resolve_settings(
+    options: Mapping[str, str | None],
+    *,
+    environ: Mapping[str, str] | None = None,
+    config: str | None = None,
+    profile: str | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Resolve every setting. ``options`` holds command-line values (None when not given);
+    ``config``/``profile`` are the --config/--profile options (None when not given)."""
+    env = os.environ if environ is None else environ
+    profile_name = profile or env.get("ESCTL_PROFILE") or "default"
+    profile_explicit = bool(profile or env.get("ESCTL_PROFILE"))
+
+    config_path: Path | None
+    explicit_path = config or env.get("ESCTL_CONFIG")
+    if explicit_path:
+        config_path = Path(explicit_path)
+        if not config_path.is_file():
+            raise ConfigError(
+                f"config file {config_path} does not exist",
+                hint="fix --config / ESCTL_CONFIG, or remove it to use ./esctl.toml",
+            )
+    else:
+        config_path = next((p for p in default_config_paths(cwd) if p.is_file()), None)
+
+    section: dict[str, Any] = {}
+    if config_path is not None:
+        document = load_config_file(config_path)
+        if profile_name in document:
+            section = document[profile_name]
+            if not isinstance(section, dict):
+                raise ConfigError(
+                    f"config file {config_path}: [{profile_name}] must be a table of settings"
+                )
+        elif profile_explicit:
+            known = ", ".join(k for k, v in document.items() if isinstance(v, dict)) or "none"
+            raise ConfigError(
+                f"profile {profile_name!r} is not in config file {config_path}",
+                hint=f"profiles found: {known}",
+            )
+        unknown = [k for k in section if k not in SETTING_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"config file {config_path} [{profile_name}]: unknown setting "
+                f"{', '.join(sorted(unknown))}",
+                hint=f"known settings: {', '.join(SETTING_NAMES)}",
+            )
+    elif profile_explicit:
+        raise ConfigError(
+            f"profile {profile_name!r} was asked for but no config file was found",
+            hint="create ./esctl.toml or pass --config PATH",
+        )
+
+    values: dict[str, Resolved] = {}
+    for spec in SETTINGS:
+        opt = options.get(spec.name)
+        if opt is not None:
+            values[spec.name] = Resolved(opt, "option")
+        elif env.get(spec.env_var):
+            values[spec.name] = Resolved(env[spec.env_var], f"env:{spec.env_var}")
+        elif spec.name in section:
+            raw = section[spec.name]
+            if not isinstance(raw, str):
+                raise ConfigError(
+                    f"config file {config_path} [{profile_name}]: {spec.name} must be a string"
+                )
+            values[spec.name] = Resolved(raw, f"config:{config_path}[{profile_name}]")
+        else:
+            values[spec.name] = Resolved(spec.default, "default")
+    return Settings(values, profile_name, config_path)
+
+
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide the password of a URL (``scheme://user:***@host``) or a libpq ``password=***``."""
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = f"{parts.username or ''}:***@{host}"
+            if parts.port is not None:
+                netloc += f":{parts.port}"
+            text = urlunsplit(parts._replace(netloc=netloc))
+        query_redacted = re.sub(r"(password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
+        return query_redacted
+    return _KV_PASSWORD.sub(r"\1***", text)
+
+
+def redact_everywhere(message: str, secrets: list[str]) -> str:
+    """Replace every occurrence of a known secret-bearing string by its redacted form."""
+    for secret in secrets:
+        if secret and secret in message:
+            message = message.replace(secret, redact(secret))
+    return message

@@ -1,0 +1,56 @@
+"""The typed errors the core raises. The CLI maps each class to a message and an exit code
+(see ``esctl.cli.errors``); the core never decides exit codes or prints."""
+
+from __future__ import annotations
+
+
+class EsctlError(Exception):
+    """Base of every error esctl reports to the user. ``hint`` says what to do next."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(EsctlError):
+    """Bad configuration: a malformed config file, an unknown profile, a missing --app."""
+
+
+class UsageError(EsctlError):
+    """A bad option value found after parsing (a malformed --where, --shard 5/4, ...)."""
+
+
+class ConnectionFailed(EsctlError):
+    """A server could not be reached or went away. ``server`` is printable (password hidden)."""
+
+    def __init__(self, message: str, *, server: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.server = server
+
+
+class ServerError(EsctlError):
+    """A server answered with an error esctl cannot work around."""
+
+
+class NotFound(EsctlError):
+    """A key, aggregate or row the user named does not exist."""
+
+
+class SchemaIncompatible(EsctlError):
+    """An existing PostgreSQL schema differs from the one esctl writes; it is never altered."""
+
+
+class LockHeld(EsctlError):
+    """Another run holds this job's lock (cron overlap)."""
+
+
+class Refused(EsctlError):
+    """A destructive action was not confirmed (no --yes and no terminal to ask on)."""
+
+
+class LocalServerError(EsctlError):
+    """A throwaway local server (demo, tests) could not be started."""
