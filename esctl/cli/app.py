@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from esctl import __version__
-from esctl.cli import config_cmd, events
+from esctl.cli import config_cmd, events, migrate
 
 app = typer.Typer(
     name="esctl",
@@ -38,6 +38,7 @@ def root(
 
 
 app.add_typer(events.app, name="events")
+app.add_typer(migrate.app, name="migrate")
 app.add_typer(config_cmd.app, name="config")
 
 

@@ -46,8 +46,15 @@ def emit_table(
     rows: Iterable[Sequence[Any]],
     *,
     title: str | None = None,
+    show_header: bool = True,
 ) -> None:
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    table = Table(
+        title=title,
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+        show_header=show_header,
+    )
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
@@ -57,7 +64,7 @@ def emit_table(
 
 def emit_mapping(mapping: Mapping[str, Any], *, title: str | None = None) -> None:
     """A two-column key/value table (summaries)."""
-    emit_table(["", ""], ((k, v) for k, v in mapping.items()), title=title)
+    emit_table(["", ""], ((k, v) for k, v in mapping.items()), title=title, show_header=False)
 
 
 def format_cell(value: Any) -> str:

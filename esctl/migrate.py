@@ -1,0 +1,894 @@
+"""``migrate redis-to-pg``: move committed events from Redis into the library's PostgreSQL
+schema (LAYOUT.md §5).
+
+Promises:
+
+- **Source of truth is the commit lists.** Only committed events move; orphan hash fields do not.
+  ``event_data`` is the payload JSON unchanged; type, version and time stamp come from it.
+- **All or nothing per aggregate.** An aggregate with any problem (missing or undecodable
+  payload, Id mismatch, version gap or duplicate, a row already in PostgreSQL with other
+  content, a value PostgreSQL rejects) is skipped whole and recorded in ``esctl.quarantine``.
+- **Idempotent.** Rows go in with ``INSERT … ON CONFLICT DO NOTHING`` from a per-connection
+  staging table; an identical existing row counts as already present, a different one is a
+  ``conflict`` and is never overwritten.
+- **Resumable and incremental.** Each batch commits its rows, the aggregates' migrated commit
+  counts (``esctl.migrated_stream``) and the SCAN position in one transaction. A rerun after a
+  crash continues from the last position all earlier batches reached; a later run reads only
+  commit lists longer than what was migrated.
+
+The data flows one way: SCAN + pipelined reads (reader, the calling thread) -> decode and check
+(pure) -> COPY batches (writer threads, one connection each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from esctl import layout, pg, redisio
+from esctl.errors import ConfigError, LockHeld
+from esctl.shard import Shard
+from esctl.streams import Stream, StreamProblem, read_streams, validate_stream
+
+DEFAULT_BATCH_SIZE = 10_000
+MAX_DEADLOCK_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    app: str
+    pg_dsn: str
+    pg_schema: str = "public"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    init_schema: bool = False
+    dry_run: bool = False
+    shard: Shard = field(default_factory=Shard)
+    restart: bool = False
+    max_problems: int | None = None
+    rate: float | None = None
+    max_redis_latency_ms: float | None = None
+    writers: int = 2
+    toast_compression: str | None = "lz4"
+    scan_count: int = 1000
+
+
+@dataclass
+class Progress:
+    """Cumulative figures of the running invocation (reported after each batch)."""
+
+    aggregates: int = 0
+    events_read: int = 0
+    events_migrated: int = 0
+    events_already_present: int = 0
+    aggregates_quarantined: int = 0
+    events_quarantined: int = 0
+    commits_seen: int = 0
+    """Commit-list entries looked at, including unchanged aggregates (for progress bars)."""
+
+
+@dataclass
+class MigrationSummary:
+    run_id: str
+    dry_run: bool
+    resumed: bool
+    aggregates: int
+    aggregates_unchanged: int
+    events_migrated: int
+    events_already_present: int
+    aggregates_quarantined: int
+    events_quarantined: int
+    problems: list[dict[str, str]]
+    elapsed_s: float
+    events_per_s: float
+    stopped_early: str | None = None
+    toast_compression: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "aggregates": self.aggregates,
+            "aggregates_unchanged": self.aggregates_unchanged,
+            "events_migrated": self.events_migrated,
+            "events_already_present": self.events_already_present,
+            "aggregates_quarantined": self.aggregates_quarantined,
+            "events_quarantined": self.events_quarantined,
+            "problems": self.problems,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "resumed": self.resumed,
+            "stopped_early": self.stopped_early,
+        }
+
+
+# --- batches -------------------------------------------------------------------------------
+
+
+@dataclass
+class Quarantined:
+    aggregate_id: str
+    key: str
+    events: int
+    problems: list[StreamProblem]
+
+
+@dataclass
+class Batch:
+    """Work for one transaction: whole aggregates only, plus the SCAN position reached."""
+
+    seq: int
+    position: str
+    aggregates: int = 0
+    copy_rows: list[str] = field(default_factory=list)
+    row_aggregate: list[str] = field(default_factory=list)
+    streams: dict[str, tuple[str, int, str, int]] = field(default_factory=dict)
+    """aggregate id -> (aggregate type, commits after this batch, last commit id, new events)"""
+    quarantined: list[Quarantined] = field(default_factory=list)
+    redis_problems: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def events(self) -> int:
+        return len(self.copy_rows)
+
+
+@dataclass
+class BatchResult:
+    seq: int
+    aggregates: int
+    inserted: int
+    already_present: int
+    quarantined: list[Quarantined]
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(text: str) -> str:
+    return text.translate(_COPY_ESCAPES)
+
+
+def stream_rows(stream: Stream) -> list[str] | StreamProblem:
+    """The COPY lines of a checked stream's new events, in version order, or the problem that
+    keeps PostgreSQL from storing them."""
+    aggregate_id = _copy_field(stream.aggregate_id)
+    rows: list[str] = []
+    for e in stream.by_version():
+        ev = e.event
+        assert ev is not None and ev.timestamp is not None
+        text = ev.text
+        if "\\u0000" in text or "\x00" in stream.aggregate_id:
+            return StreamProblem(
+                "unsupported_by_postgres",
+                f"commit {e.commit_id}: PostgreSQL jsonb/text cannot hold the NUL character",
+                e.commit_id,
+                e.stored,
+            )
+        rows.append(
+            f"{aggregate_id}\t{_copy_field(ev.aggregate_type or '')}\t{ev.version}\t"
+            f"{ev.timestamp.isoformat()}\t{_copy_field(ev.event_type or '')}\t"
+            f"{_copy_field(text)}\n"
+        )
+    return rows
+
+
+# --- writer --------------------------------------------------------------------------------
+
+STAGE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS esctl_stage (
+    aggregate_id text NOT NULL,
+    aggregate_type text NOT NULL,
+    version int NOT NULL,
+    time_stamp timestamptz NOT NULL,
+    event_type text NOT NULL,
+    event_data jsonb NOT NULL,
+    ord serial
+) ON COMMIT DELETE ROWS
+"""
+
+
+class BatchWriter:
+    """One PostgreSQL connection with its own staging table; writes batches transactionally."""
+
+    def __init__(self, opts: MigrateOptions, run_id: str) -> None:
+        self.opts = opts
+        self.run_id = run_id
+        self.conn = pg.connect(opts.pg_dsn, application_name="esctl migrate writer")
+        self.toast_compression: str | None = None
+        with pg.translate_errors(opts.pg_dsn):
+            if opts.toast_compression:
+                try:
+                    self.conn.execute(
+                        sql.SQL("SET default_toast_compression = {}").format(
+                            sql.Literal(opts.toast_compression)
+                        )
+                    )
+                    self.conn.commit()
+                    self.toast_compression = opts.toast_compression
+                except psycopg.Error:
+                    # PostgreSQL < 14 or built without lz4: keep the server default.
+                    self.conn.rollback()
+            self.conn.execute(STAGE_DDL)
+            self.conn.commit()
+        s = sql.Identifier(opts.pg_schema)
+        self.sql_insert_aggregates = sql.SQL(
+            "INSERT INTO {s}.aggregate (aggregate_id, aggregate_type, application_name)"
+            " SELECT DISTINCT aggregate_id, aggregate_type, %(app)s FROM esctl_stage"
+            " ON CONFLICT DO NOTHING"
+        ).format(s=s)
+        self.sql_insert_events = sql.SQL(
+            "INSERT INTO {s}.event (aggregate_key, time_stamp, version, event_type, event_data)"
+            " SELECT a.aggregate_key, st.time_stamp, st.version, st.event_type, st.event_data"
+            "   FROM esctl_stage st JOIN {s}.aggregate a"
+            "     ON a.aggregate_id = st.aggregate_id AND a.application_name = %(app)s"
+            "    AND a.aggregate_type = st.aggregate_type"
+            "  ORDER BY st.ord"
+            " ON CONFLICT DO NOTHING"
+        ).format(s=s)
+        # Rows that already exist with other content (rows inserted by this transaction are
+        # identical by construction, so they never show up here).
+        self.sql_conflicts = sql.SQL(
+            "SELECT st.aggregate_id, st.version,"
+            "       e.event_type <> st.event_type, e.time_stamp <> st.time_stamp,"
+            "       e.event_data <> st.event_data"
+            "  FROM esctl_stage st"
+            "  JOIN {s}.aggregate a ON a.aggregate_id = st.aggregate_id"
+            "   AND a.application_name = %(app)s AND a.aggregate_type = st.aggregate_type"
+            "  JOIN {s}.event e ON e.aggregate_key = a.aggregate_key AND e.version = st.version"
+            " WHERE e.event_type <> st.event_type OR e.time_stamp <> st.time_stamp"
+            "    OR e.event_data <> st.event_data"
+        ).format(s=s)
+        # The same id stored under another aggregate type would make the library's read
+        # function mix two streams.
+        self.sql_type_clash = sql.SQL(
+            "SELECT DISTINCT st.aggregate_id, a.aggregate_type"
+            "  FROM esctl_stage st JOIN {s}.aggregate a"
+            "    ON a.aggregate_id = st.aggregate_id AND a.application_name = %(app)s"
+            " WHERE a.aggregate_type <> st.aggregate_type"
+        ).format(s=s)
+        self.sql_present = sql.SQL(
+            "SELECT count(*) FROM esctl_stage st"
+            "  JOIN {s}.aggregate a ON a.aggregate_id = st.aggregate_id"
+            "   AND a.application_name = %(app)s AND a.aggregate_type = st.aggregate_type"
+            "  JOIN {s}.event e ON e.aggregate_key = a.aggregate_key AND e.version = st.version"
+        ).format(s=s)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def write(self, batch: Batch) -> BatchResult:
+        """Write one batch in one transaction (retrying deadlocks). In a dry run the same
+        checks run and the transaction is rolled back; only the temporary table was written."""
+        for attempt in range(MAX_DEADLOCK_RETRIES):
+            try:
+                return self._write_once(batch)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                self.conn.rollback()
+                time.sleep(0.05 * (attempt + 1))
+            except psycopg.errors.DataError:
+                # A value PostgreSQL refuses (e.g. an invalid Unicode escape in jsonb): find
+                # the aggregate(s) one by one so the rest of the batch still moves.
+                self.conn.rollback()
+                return self._write_isolating(batch)
+        return self._write_once(batch)
+
+    def _write_once(self, batch: Batch) -> BatchResult:
+        with self.conn.cursor() as cur:
+            inserted, present, clashes = self._load(cur, batch.copy_rows)
+            quarantined = list(batch.quarantined)
+            while clashes:  # each round removes the clashing aggregates, so this ends
+                if not self.opts.dry_run:
+                    cur.execute("ROLLBACK TO SAVEPOINT esctl_load")
+                cur.execute(
+                    "DELETE FROM esctl_stage WHERE aggregate_id = ANY(%s)", (list(clashes),)
+                )
+                quarantined += [
+                    self._quarantine(batch, a, "conflict", details)
+                    for a, details in clashes.items()
+                ]
+                inserted, present, clashes = self._load(cur, [], reload=True)
+            self._finish(cur, batch, quarantined, inserted, present)
+        return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined)
+
+    def _quarantine(
+        self, batch: Batch, aggregate_id: str, kind: str, details: list[str]
+    ) -> Quarantined:
+        """Take an aggregate out of the batch's bookkeeping and describe why."""
+        info = batch.streams.pop(aggregate_id, None)
+        return Quarantined(
+            aggregate_id,
+            layout.commit_list_key(self.opts.app, aggregate_id),
+            info[3] if info else 0,
+            [StreamProblem(kind, d) for d in details[:20]],
+        )
+
+    def _load(
+        self, cur: psycopg.Cursor[Any], rows: Sequence[str], *, reload: bool = False
+    ) -> tuple[int, int, dict[str, list[str]]]:
+        """COPY ``rows`` into the staging table (unless reloading what it holds), insert what is
+        missing. Returns (inserted, already present, conflicts by aggregate id)."""
+        params = {"app": self.opts.app}
+        if not reload:
+            if rows:
+                with cur.copy(
+                    "COPY esctl_stage (aggregate_id, aggregate_type, version, time_stamp,"
+                    " event_type, event_data) FROM STDIN"
+                ) as copy:
+                    buffer: list[str] = []
+                    size = 0
+                    for row in rows:
+                        buffer.append(row)
+                        size += len(row)
+                        if size > 4_000_000:
+                            copy.write("".join(buffer))
+                            buffer, size = [], 0
+                    if buffer:
+                        copy.write("".join(buffer))
+            # Fresh statistics so the joins below use the indexes as the tables grow.
+            cur.execute("ANALYZE esctl_stage")
+            cur.execute("SAVEPOINT esctl_load")
+        staged = len(rows) if not reload else _count(cur, "SELECT count(*) FROM esctl_stage")
+        clashes: dict[str, list[str]] = {}
+        for aggregate_id, other_type in cur.execute(self.sql_type_clash, params).fetchall():
+            clashes.setdefault(aggregate_id, []).append(
+                f"PostgreSQL already holds aggregate {aggregate_id!r} as type {other_type!r}"
+            )
+        if self.opts.dry_run:
+            present = _count(cur, self.sql_present, params)
+            for aggregate_id, version, t, ts, d in cur.execute(self.sql_conflicts, params):
+                clashes.setdefault(aggregate_id, []).append(_conflict_detail(version, t, ts, d))
+            return staged - present, present, clashes
+        if clashes:
+            return 0, 0, clashes
+        cur.execute(self.sql_insert_aggregates, params)
+        cur.execute(self.sql_insert_events, params)
+        inserted = cur.rowcount
+        present = staged - inserted
+        if present:
+            for aggregate_id, version, t, ts, d in cur.execute(self.sql_conflicts, params):
+                clashes.setdefault(aggregate_id, []).append(_conflict_detail(version, t, ts, d))
+        return inserted, present, clashes
+
+    def _finish(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: Batch,
+        quarantined: list[Quarantined],
+        inserted: int,
+        present: int,
+    ) -> None:
+        if self.opts.dry_run:
+            self.conn.rollback()
+            return
+        if batch.streams:
+            ids = list(batch.streams)
+            cur.execute(
+                "INSERT INTO esctl.migrated_stream AS m (target_schema, application_name,"
+                " aggregate_id, aggregate_type, commits, last_commit_id)"
+                " SELECT %s, %s, u.id, u.type, u.commits, u.last"
+                "   FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS u(id, type, commits, last)"
+                " ON CONFLICT (target_schema, application_name, aggregate_id) DO UPDATE"
+                "   SET commits = excluded.commits, last_commit_id = excluded.last_commit_id,"
+                "       aggregate_type = excluded.aggregate_type, updated_at = now()"
+                " WHERE m.commits < excluded.commits",
+                (
+                    self.opts.pg_schema,
+                    self.opts.app,
+                    ids,
+                    [batch.streams[i][0] for i in ids],
+                    [batch.streams[i][1] for i in ids],
+                    [batch.streams[i][2] for i in ids],
+                ),
+            )
+        records = [
+            (
+                self.run_id,
+                self.opts.pg_schema,
+                self.opts.app,
+                q.aggregate_id,
+                p.commit_id,
+                p.kind,
+                p.detail,
+                p.stored,
+            )
+            for q in quarantined
+            for p in q.problems
+        ]
+        if records:
+            cur.executemany(
+                "INSERT INTO esctl.quarantine (run_id, target_schema, application_name,"
+                " aggregate_id, commit_id, kind, detail, stored_value)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                records,
+            )
+        cur.execute(
+            "INSERT INTO esctl.migration_batch (run_id, seq, scan_position, aggregates,"
+            " events_migrated, events_already_present, aggregates_quarantined,"
+            " events_quarantined) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                self.run_id,
+                batch.seq,
+                batch.position,
+                batch.aggregates,
+                inserted,
+                present,
+                len(quarantined),
+                sum(q.events for q in quarantined),
+            ),
+        )
+        self.conn.commit()
+
+    def _write_isolating(self, batch: Batch) -> BatchResult:
+        """Slow path after PostgreSQL rejected a value: one savepoint per aggregate, so only
+        the aggregate holding the value is quarantined."""
+        rows_by_aggregate: dict[str, list[str]] = {}
+        for aggregate_id, row in zip(batch.row_aggregate, batch.copy_rows, strict=True):
+            rows_by_aggregate.setdefault(aggregate_id, []).append(row)
+        quarantined = list(batch.quarantined)
+        inserted = present = 0
+        with self.conn.cursor() as cur:
+            for aggregate_id, rows in rows_by_aggregate.items():
+                cur.execute("SAVEPOINT esctl_one")
+                try:
+                    i, p, clashes = self._load(cur, rows)
+                except psycopg.errors.DataError as exc:
+                    cur.execute("ROLLBACK TO SAVEPOINT esctl_one")
+                    detail = f"PostgreSQL rejected a value: {str(exc).strip()}"
+                    quarantined.append(
+                        self._quarantine(batch, aggregate_id, "rejected_by_postgres", [detail])
+                    )
+                    continue
+                if clashes:
+                    cur.execute("ROLLBACK TO SAVEPOINT esctl_one")
+                    quarantined.append(
+                        self._quarantine(batch, aggregate_id, "conflict", clashes[aggregate_id])
+                    )
+                    continue
+                inserted += i
+                present += p
+                cur.execute("DELETE FROM esctl_stage")
+                cur.execute("RELEASE SAVEPOINT esctl_one")
+            self._finish(cur, batch, quarantined, inserted, present)
+        return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined)
+
+
+def _count(cur: psycopg.Cursor[Any], query: Any, params: Any = None) -> int:
+    row = cur.execute(query, params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _conflict_detail(version: int, type_differs: bool, ts_differs: bool, data_differs: bool) -> str:
+    what = [
+        name
+        for name, differs in (
+            ("event_type", type_differs),
+            ("time_stamp", ts_differs),
+            ("event_data", data_differs),
+        )
+        if differs
+    ]
+    return f"version {version}: PostgreSQL already holds it with another {', '.join(what)}"
+
+
+# --- reader --------------------------------------------------------------------------------
+
+
+class Reader:
+    """Turns SCAN pages of commit lists into batches of checked, whole aggregates."""
+
+    def __init__(
+        self,
+        client: redisio.RedisClient,
+        opts: MigrateOptions,
+        conn: psycopg.Connection,
+        state_present: bool,
+    ) -> None:
+        self.client = client
+        self.opts = opts
+        self.conn = conn
+        self.state_present = state_present
+        self.pacer = redisio.LatencyPacer(client, opts.rate, opts.max_redis_latency_ms)
+        self.unchanged = 0
+        self.commits_seen = 0
+
+    def migrated(self, ids: Sequence[str]) -> dict[str, tuple[int, str, str]]:
+        """aggregate id -> (commits migrated, last commit id, aggregate type)."""
+        if not self.state_present or not ids:
+            return {}
+        rows = self.conn.execute(
+            "SELECT aggregate_id, commits, last_commit_id, aggregate_type"
+            "  FROM esctl.migrated_stream"
+            " WHERE target_schema = %s AND application_name = %s AND aggregate_id = ANY(%s)",
+            (self.opts.pg_schema, self.opts.app, list(ids)),
+        ).fetchall()
+        self.conn.commit()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def batches(self, start: redisio.ScanPosition, first_seq: int) -> Iterator[Batch]:
+        seq = first_seq
+        batch: Batch | None = None
+        pages = redisio.scan_pages(
+            self.client,
+            layout.commit_list_pattern(self.opts.app),
+            type_="list",
+            count=self.opts.scan_count,
+            start=start,
+        )
+        for position, keys in pages:
+            if batch is None:
+                batch = Batch(seq, position.encode())
+            self._add_page(batch, keys)
+            batch.position = position.encode()
+            if batch.events >= self.opts.batch_size or batch.aggregates >= self.opts.batch_size:
+                yield batch
+                seq += 1
+                batch = None
+        if batch is not None:
+            yield batch
+
+    def _add_page(self, batch: Batch, keys: list[str]) -> None:
+        app = self.opts.app
+        ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
+        ids = [a for a in ids if self.opts.shard.owns(a)]
+        if not ids:
+            return
+        lengths = redisio.list_lengths(self.client, [layout.commit_list_key(app, a) for a in ids])
+        self.commits_seen += sum(lengths)
+        known = self.migrated(ids)
+        todo: list[str] = []
+        starts: list[int] = []
+        for aggregate_id, length in zip(ids, lengths, strict=True):
+            done = known.get(aggregate_id, (0, "", ""))[0]
+            if length == done:
+                self.unchanged += 1
+                continue
+            if length < done:
+                batch.aggregates += 1
+                batch.quarantined.append(
+                    Quarantined(
+                        aggregate_id,
+                        layout.commit_list_key(app, aggregate_id),
+                        0,
+                        [
+                            StreamProblem(
+                                "commit_list_shrunk",
+                                f"the commit list has {length} entries but {done} were migrated",
+                            )
+                        ],
+                    )
+                )
+                continue
+            todo.append(aggregate_id)
+            starts.append(max(done - 1, 0))
+        if not todo:
+            return
+        self.pacer.wait(sum(lengths))
+        streams = read_streams(self.client, app, todo, starts=starts)
+        for stream, start in zip(streams, starts, strict=True):
+            batch.aggregates += 1
+            done, last_commit, known_type = known.get(stream.aggregate_id, (0, "", ""))
+            skip = 0
+            if done:
+                skip = 1
+                if not stream.events or stream.events[0].commit_id != last_commit:
+                    stream.problems.append(
+                        StreamProblem(
+                            "commit_list_changed",
+                            f"entry {start} of the commit list is not the last migrated commit "
+                            f"{last_commit}: the list was rewritten",
+                        )
+                    )
+            if stream.ok:
+                validate_stream(
+                    stream, first_version=done + 1, known_type=known_type or None, skip=skip
+                )
+            new_events = len(stream.events) - skip
+            if stream.ok:
+                stream.events = stream.events[skip:]
+                rows = stream_rows(stream) if new_events else []
+                if isinstance(rows, StreamProblem):
+                    stream.problems.append(rows)
+                else:
+                    if not rows:
+                        continue
+                    batch.copy_rows.extend(rows)
+                    batch.row_aggregate.extend([stream.aggregate_id] * len(rows))
+                    batch.streams[stream.aggregate_id] = (
+                        stream.aggregate_type or known_type,
+                        done + new_events,
+                        stream.events[-1].commit_id,
+                        new_events,
+                    )
+                    continue
+            batch.quarantined.append(
+                Quarantined(stream.aggregate_id, stream.key, new_events, stream.problems)
+            )
+
+
+# --- the operation -------------------------------------------------------------------------
+
+
+def _resume_point(conn: psycopg.Connection, run_id: str) -> tuple[redisio.ScanPosition, int]:
+    """The position reached by the gap-free prefix of committed batches, and the next seq."""
+    rows = conn.execute(
+        "SELECT seq, scan_position FROM esctl.migration_batch WHERE run_id = %s ORDER BY seq",
+        (run_id,),
+    ).fetchall()
+    position = redisio.ScanPosition()
+    expected = 1
+    for seq, scan_position in rows:
+        if seq != expected:
+            break
+        position = redisio.ScanPosition.decode(scan_position)
+        expected += 1
+    next_seq = (rows[-1][0] + 1) if rows else 1
+    return position, next_seq
+
+
+def migrate_redis_to_pg(
+    client: redisio.RedisClient,
+    opts: MigrateOptions,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> MigrationSummary:
+    """Run (or resume) a migration; see the module docstring for what it promises.
+
+    Raises LockHeld when another run holds this app/schema/shard's lock, ConnectionFailed when
+    a server goes away (the committed batches stay; rerunning continues), KeyboardInterrupt
+    after the in-flight batches were committed or rolled back.
+    """
+    if opts.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    started = time.monotonic()
+    dsn = opts.pg_dsn
+    lock: pg.AdvisoryLock | None = None
+    if not opts.dry_run:
+        lock = pg.AdvisoryLock(dsn, f"esctl:migrate:{opts.pg_schema}:{opts.app}:{opts.shard}")
+        if not lock.try_acquire():
+            raise LockHeld(
+                f"another migration of {opts.app} into schema {opts.pg_schema} "
+                f"(shard {opts.shard}) is running",
+                hint="wait for it to finish; nothing was done",
+            )
+    control = pg.connect(dsn, application_name="esctl migrate")
+    try:
+        with pg.translate_errors(dsn):
+            pg.ensure_event_store_schema(
+                control, opts.pg_schema, create=opts.init_schema and not opts.dry_run
+            )
+            if not opts.dry_run:
+                pg.ensure_state_schema(control)
+            control.commit()
+            state_present = pg.state_schema_present(control)
+            run_id, start, first_seq, resumed = _open_run(control, opts, state_present)
+        return _run(
+            client,
+            opts,
+            control,
+            run_id,
+            start,
+            first_seq,
+            resumed,
+            state_present,
+            started,
+            on_progress,
+        )
+    finally:
+        control.close()
+        if lock is not None:
+            lock.release()
+
+
+def _open_run(
+    conn: psycopg.Connection, opts: MigrateOptions, state_present: bool
+) -> tuple[str, redisio.ScanPosition, int, bool]:
+    job = (opts.pg_schema, opts.app, str(opts.shard))
+    if opts.dry_run:
+        return "dry-run-" + uuid.uuid4().hex[:12], redisio.ScanPosition(), 1, False
+    if opts.restart:
+        conn.execute(
+            "UPDATE esctl.migration_run SET status = 'abandoned', finished_at = now()"
+            " WHERE target_schema = %s AND application_name = %s AND shard = %s"
+            "   AND status <> 'finished'",
+            job,
+        )
+    row = conn.execute(
+        "SELECT run_id FROM esctl.migration_run"
+        " WHERE target_schema = %s AND application_name = %s AND shard = %s"
+        "   AND status NOT IN ('finished', 'abandoned')"
+        " ORDER BY started_at DESC LIMIT 1",
+        job,
+    ).fetchone()
+    if row is not None:
+        run_id = row[0]
+        position, next_seq = _resume_point(conn, run_id)
+        conn.execute(
+            "UPDATE esctl.migration_run SET status = 'running' WHERE run_id = %s", (run_id,)
+        )
+        conn.commit()
+        return run_id, position, next_seq, True
+    run_id = uuid.uuid4().hex
+    conn.execute(
+        "INSERT INTO esctl.migration_run (run_id, target_schema, application_name, shard,"
+        " status, options) VALUES (%s, %s, %s, %s, 'running', %s)",
+        (
+            run_id,
+            *job,
+            orjson.dumps({"batch_size": opts.batch_size, "writers": opts.writers}).decode(),
+        ),
+    )
+    conn.commit()
+    return run_id, redisio.ScanPosition(), 1, False
+
+
+def _set_status(conn: psycopg.Connection, run_id: str, status: str) -> None:
+    try:
+        conn.rollback()
+        conn.execute(
+            "UPDATE esctl.migration_run SET status = %s,"
+            " finished_at = CASE WHEN %s = 'finished' THEN now() END WHERE run_id = %s",
+            (status, status, run_id),
+        )
+        conn.commit()
+    except psycopg.Error:
+        pass  # the connection is gone; the run stays resumable as it is
+
+
+def _run(
+    client: redisio.RedisClient,
+    opts: MigrateOptions,
+    control: psycopg.Connection,
+    run_id: str,
+    start: redisio.ScanPosition,
+    first_seq: int,
+    resumed: bool,
+    state_present: bool,
+    started: float,
+    on_progress: Callable[[Progress], None] | None,
+) -> MigrationSummary:
+    dsn = opts.pg_dsn
+    writers_n = 1 if opts.dry_run else max(1, opts.writers)
+    work: queue.Queue[Batch | None] = queue.Queue(maxsize=writers_n)
+    results: list[BatchResult] = []
+    results_lock = threading.Lock()
+    failure: list[BaseException] = []
+    stop = threading.Event()
+    writers = [BatchWriter(opts, run_id) for _ in range(writers_n)]
+    toast = writers[0].toast_compression
+
+    def write_loop(writer: BatchWriter) -> None:
+        try:
+            while True:
+                batch = work.get()
+                if batch is None or stop.is_set():
+                    return
+                with pg.translate_errors(dsn):
+                    result = writer.write(batch)
+                with results_lock:
+                    results.append(result)
+        except BaseException as exc:  # handed to the reader thread, which re-raises it
+            failure.append(exc)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=write_loop, args=(w,), name=f"esctl-writer-{i}", daemon=True)
+        for i, w in enumerate(writers)
+    ]
+    for t in threads:
+        t.start()
+
+    reader = Reader(client, opts, control, state_present)
+    progress = Progress()
+    stopped_early: str | None = None
+    redis_problems_seen = 0
+    events_read = 0
+    aggregates = 0
+
+    def report() -> None:
+        if on_progress is None:
+            return
+        with results_lock:
+            done = list(results)
+        progress.aggregates = aggregates
+        progress.events_read = events_read
+        progress.commits_seen = reader.commits_seen
+        progress.events_migrated = sum(r.inserted for r in done)
+        progress.events_already_present = sum(r.already_present for r in done)
+        progress.aggregates_quarantined = sum(len(r.quarantined) for r in done)
+        progress.events_quarantined = sum(q.events for r in done for q in r.quarantined)
+        on_progress(progress)
+
+    def put(item: Batch | None) -> None:
+        # Once a writer failed nobody may drain the queue: give up instead of blocking.
+        while True:
+            if stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    work.put_nowait(item)
+                return
+            try:
+                work.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        try:
+            with pg.translate_errors(dsn):
+                for batch in reader.batches(start, first_seq):
+                    if stop.is_set():
+                        break
+                    aggregates += batch.aggregates
+                    events_read += batch.events
+                    redis_problems_seen += len(batch.quarantined)
+                    put(batch)
+                    report()
+                    if opts.max_problems is not None and redis_problems_seen > opts.max_problems:
+                        stopped_early = (
+                            f"more than {opts.max_problems} aggregates with problems "
+                            "(--max-problems)"
+                        )
+                        break
+        finally:
+            for _ in threads:
+                put(None)
+            for t in threads:
+                t.join()
+            for w in writers:
+                w.close()
+        if failure:
+            raise failure[0]
+    except KeyboardInterrupt:
+        stop.set()
+        if not opts.dry_run:
+            _set_status(control, run_id, "interrupted")
+        raise
+    except Exception:
+        if not opts.dry_run:
+            _set_status(control, run_id, "failed")
+        raise
+
+    if not opts.dry_run:
+        _set_status(control, run_id, "finished" if stopped_early is None else "stopped")
+    report()
+    elapsed = time.monotonic() - started
+    migrated = sum(r.inserted for r in results)
+    quarantined = [q for r in results for q in r.quarantined]
+    problems = [
+        {"kind": p.kind, "key": q.key, "detail": p.detail} for q in quarantined for p in q.problems
+    ]
+    return MigrationSummary(
+        run_id=run_id,
+        dry_run=opts.dry_run,
+        resumed=resumed,
+        aggregates=aggregates + reader.unchanged,
+        aggregates_unchanged=reader.unchanged,
+        events_migrated=migrated,
+        events_already_present=sum(r.already_present for r in results),
+        aggregates_quarantined=len(quarantined),
+        events_quarantined=sum(q.events for q in quarantined),
+        problems=problems,
+        elapsed_s=elapsed,
+        events_per_s=(migrated / elapsed) if elapsed > 0 else 0.0,
+        stopped_early=stopped_early,
+        toast_compression=toast,
+    )
+
+
+def count_commits(client: redisio.RedisClient, app: str, shard: Shard) -> tuple[int, int]:
+    """A quick count for progress bars: (commit lists, commit-list entries) of ``app`` in
+    ``shard``. SCAN plus pipelined LLEN; reads no payloads."""
+    lists = entries = 0
+    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(app), type_="list"):
+        keys = [k for k in keys if shard.owns(layout.aggregate_id_from_commit_list_key(app, k))]
+        lists += len(keys)
+        entries += sum(redisio.list_lengths(client, keys))
+    return lists, entries

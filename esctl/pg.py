@@ -1,0 +1,347 @@
+"""PostgreSQL side: connections, the library's event-store schema (LAYOUT.md §5) and esctl's own
+bookkeeping schema. An existing event-store schema is checked, never altered."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from esctl.config import redact
+from esctl.errors import ConnectionFailed, SchemaIncompatible, ServerError
+
+STATE_SCHEMA = "esctl"
+"""Where esctl keeps its own tables (runs, checkpoints, quarantine)."""
+
+
+def describe_dsn(dsn: str) -> str:
+    return redact(dsn)
+
+
+def connect(
+    dsn: str, *, autocommit: bool = False, application_name: str = "esctl"
+) -> psycopg.Connection:
+    """Open a connection; failures become ConnectionFailed with the password hidden."""
+    try:
+        conn = psycopg.connect(
+            dsn, autocommit=autocommit, application_name=application_name, connect_timeout=10
+        )
+    except psycopg.OperationalError as exc:
+        shown = describe_dsn(dsn)
+        raise ConnectionFailed(
+            f"cannot connect to PostgreSQL {shown}: {redact(str(exc)).strip()}",
+            server=shown,
+            hint="check that PostgreSQL is running and --pg-dsn / ESCTL_PG_DSN is right",
+        ) from None
+    except psycopg.ProgrammingError as exc:
+        shown = describe_dsn(dsn)
+        raise ConnectionFailed(
+            f"bad PostgreSQL DSN {shown}: {redact(str(exc))}",
+            server=shown,
+            hint="use postgresql://user:password@host:port/dbname or libpq key=value form",
+        ) from None
+    return conn
+
+
+def lost_connection(dsn: str, exc: Exception) -> ConnectionFailed:
+    shown = describe_dsn(dsn)
+    return ConnectionFailed(
+        f"lost the connection to PostgreSQL {shown}: {redact(str(exc)).strip()}",
+        server=shown,
+        hint="the last batch was rolled back; rerun the same command to continue from the "
+        "last committed batch",
+    )
+
+
+@contextmanager
+def translate_errors(dsn: str) -> Iterator[None]:
+    """Map psycopg's errors to esctl's: a broken connection is ConnectionFailed (safe to rerun),
+    anything else a ServerError naming the server."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise lost_connection(dsn, exc) from exc
+    except psycopg.Error as exc:
+        if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown):
+            raise lost_connection(dsn, exc) from exc
+        raise ServerError(
+            f"PostgreSQL {describe_dsn(dsn)} answered with an error: {redact(str(exc)).strip()}"
+        ) from exc
+
+
+# --- the library's event store ------------------------------------------------------------
+
+EVENT_STORE_DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.aggregate (
+    aggregate_key bigserial PRIMARY KEY,
+    aggregate_id varchar NOT NULL,
+    aggregate_type varchar(255) NOT NULL,
+    application_name varchar(255) NOT NULL,
+    audit_create_date timestamptz DEFAULT current_timestamp,
+    UNIQUE (aggregate_id, application_name, aggregate_type)
+);
+CREATE TABLE IF NOT EXISTS {schema}.event (
+    event_id bigserial PRIMARY KEY,
+    aggregate_key bigint REFERENCES {schema}.aggregate,
+    time_stamp timestamptz NOT NULL,
+    version int NOT NULL,
+    event_type varchar(255) NOT NULL,
+    event_data jsonb NOT NULL,
+    audit_create_date timestamptz DEFAULT current_timestamp,
+    UNIQUE (aggregate_key, version)
+);
+"""
+
+SAVE_FUNCTION = """
+CREATE FUNCTION {schema}.save_event_for_aggregate(
+    "AggregateId" varchar, "AggregateType" varchar, "ApplicationName" varchar,
+    "Version" int, "TimeStamp" timestamptz, "EventType" varchar, "EventData" text
+) RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+    key bigint;
+BEGIN
+    SELECT a.aggregate_key INTO key FROM {schema}.aggregate a
+     WHERE a.aggregate_id = "AggregateId" AND a.aggregate_type = "AggregateType"
+       AND a.application_name = "ApplicationName";
+    IF key IS NULL THEN
+        INSERT INTO {schema}.aggregate (aggregate_id, aggregate_type, application_name)
+        VALUES ("AggregateId", "AggregateType", "ApplicationName")
+        RETURNING aggregate_key INTO key;
+    END IF;
+    INSERT INTO {schema}.event (aggregate_key, time_stamp, version, event_type, event_data)
+    VALUES (key, "TimeStamp", "Version", "EventType", "EventData"::jsonb);
+END;
+$fn$;
+"""
+
+GET_FUNCTION = """
+CREATE FUNCTION {schema}.get_events_for_aggregate(
+    "AggregateId" varchar, "ApplicationName" varchar, "AggregateType" varchar,
+    "FromVersion" int = 1
+) RETURNS SETOF text LANGUAGE sql STABLE AS $fn$
+    SELECT e.event_data #>> '{{}}'
+      FROM {schema}.event e
+      JOIN {schema}.aggregate a ON a.aggregate_key = e.aggregate_key
+     WHERE a.aggregate_id = "AggregateId"
+       AND a.application_name = "ApplicationName"
+       AND e.version > "FromVersion"
+     ORDER BY e.version
+$fn$;
+"""
+# The library's read function filters on id and application only (not AggregateType); esctl's
+# copy keeps that contract so a service sees the same rows it would through the library.
+
+# (table, column) -> accepted data types (information_schema.columns.data_type)
+REQUIRED_COLUMNS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("aggregate", "aggregate_key"): ("bigint",),
+    ("aggregate", "aggregate_id"): ("character varying", "text"),
+    ("aggregate", "aggregate_type"): ("character varying", "text"),
+    ("aggregate", "application_name"): ("character varying", "text"),
+    ("event", "aggregate_key"): ("bigint",),
+    ("event", "time_stamp"): ("timestamp with time zone",),
+    ("event", "version"): ("integer", "bigint"),
+    ("event", "event_type"): ("character varying", "text"),
+    ("event", "event_data"): ("jsonb",),
+}
+REQUIRED_UNIQUE: dict[str, tuple[str, ...]] = {
+    "aggregate": ("aggregate_id", "application_name", "aggregate_type"),
+    "event": ("aggregate_key", "version"),
+}
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    tables_present: bool
+    functions_present: tuple[str, ...]
+
+
+def _format(template: str, schema: str) -> str:
+    return template.format(schema=sql.Identifier(schema).as_string(None))
+
+
+def check_event_store_schema(conn: psycopg.Connection, schema: str) -> SchemaState:
+    """Check that ``schema.aggregate`` / ``schema.event`` are usable by esctl. Missing tables
+    are reported (``tables_present=False``); tables that exist but differ raise
+    SchemaIncompatible naming the table and column."""
+    rows = conn.execute(
+        "SELECT table_name, column_name, data_type, character_maximum_length"
+        " FROM information_schema.columns"
+        " WHERE table_schema = %s AND table_name IN ('aggregate', 'event')",
+        (schema,),
+    ).fetchall()
+    columns = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+    tables = {r[0] for r in rows}
+    if not tables:
+        functions = _functions(conn, schema)
+        return SchemaState(False, functions)
+    for table in ("aggregate", "event"):
+        if table not in tables:
+            raise SchemaIncompatible(
+                f"table {schema}.{table} is missing while {schema}.{next(iter(tables))} exists",
+                hint="create it as in LAYOUT.md §5, or drop the partial schema and use "
+                "--init-schema",
+            )
+    for (table, column), accepted in REQUIRED_COLUMNS.items():
+        found = columns.get((table, column))
+        if found is None:
+            raise SchemaIncompatible(
+                f"table {schema}.{table} has no column {column}",
+                hint="esctl never alters an existing schema; fix it to match LAYOUT.md §5",
+            )
+        if found[0] not in accepted:
+            raise SchemaIncompatible(
+                f"column {schema}.{table}.{column} is {found[0]}, expected {' or '.join(accepted)}",
+                hint="esctl never alters an existing schema; fix it to match LAYOUT.md §5",
+            )
+    for table, wanted in REQUIRED_UNIQUE.items():
+        if not _has_unique(conn, schema, table, wanted):
+            raise SchemaIncompatible(
+                f"table {schema}.{table} has no UNIQUE constraint or index on "
+                f"({', '.join(wanted)})",
+                hint="idempotent loading relies on it; add it as in LAYOUT.md §5",
+            )
+    return SchemaState(True, _functions(conn, schema))
+
+
+def _functions(conn: psycopg.Connection, schema: str) -> tuple[str, ...]:
+    rows = conn.execute(
+        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = %s AND p.proname IN"
+        " ('save_event_for_aggregate', 'get_events_for_aggregate')",
+        (schema,),
+    ).fetchall()
+    return tuple(sorted({r[0] for r in rows}))
+
+
+def _has_unique(conn: psycopg.Connection, schema: str, table: str, cols: tuple[str, ...]) -> bool:
+    rows = conn.execute(
+        """
+        SELECT array_agg(a.attname ORDER BY a.attname)
+          FROM pg_index i
+          JOIN pg_class c ON c.oid = i.indrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+         WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL
+         GROUP BY i.indexrelid
+        """,
+        (schema, table),
+    ).fetchall()
+    return any(sorted(r[0]) == sorted(cols) for r in rows)
+
+
+def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: bool) -> None:
+    """Check the event-store schema; with ``create``, create what is missing (tables,
+    constraints, the two functions). Without it, missing tables are an error."""
+    state = check_event_store_schema(conn, schema)
+    if not state.tables_present:
+        if not create:
+            raise SchemaIncompatible(
+                f"the event tables {schema}.aggregate and {schema}.event do not exist",
+                hint="run with --init-schema to create them (LAYOUT.md §5)",
+            )
+        conn.execute(_format(EVENT_STORE_DDL, schema))
+    if create:
+        if "save_event_for_aggregate" not in state.functions_present:
+            conn.execute(_format(SAVE_FUNCTION, schema))
+        if "get_events_for_aggregate" not in state.functions_present:
+            conn.execute(_format(GET_FUNCTION, schema))
+    check_event_store_schema(conn, schema)
+
+
+# --- esctl's bookkeeping -------------------------------------------------------------------
+
+STATE_DDL = """
+CREATE SCHEMA IF NOT EXISTS esctl;
+CREATE TABLE IF NOT EXISTS esctl.migration_run (
+    run_id text PRIMARY KEY,
+    target_schema text NOT NULL,
+    application_name text NOT NULL,
+    shard text NOT NULL,
+    status text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    options jsonb
+);
+CREATE INDEX IF NOT EXISTS migration_run_job
+    ON esctl.migration_run (target_schema, application_name, shard, started_at);
+CREATE TABLE IF NOT EXISTS esctl.migration_batch (
+    run_id text NOT NULL REFERENCES esctl.migration_run ON DELETE CASCADE,
+    seq int NOT NULL,
+    scan_position text NOT NULL,
+    aggregates int NOT NULL,
+    events_migrated int NOT NULL,
+    events_already_present int NOT NULL,
+    aggregates_quarantined int NOT NULL,
+    events_quarantined int NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS esctl.migrated_stream (
+    target_schema text NOT NULL,
+    application_name text NOT NULL,
+    aggregate_id text NOT NULL,
+    aggregate_type text NOT NULL,
+    commits int NOT NULL,
+    last_commit_id text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_schema, application_name, aggregate_id)
+);
+CREATE TABLE IF NOT EXISTS esctl.quarantine (
+    quarantine_id bigserial PRIMARY KEY,
+    run_id text NOT NULL,
+    target_schema text NOT NULL,
+    application_name text NOT NULL,
+    aggregate_id text NOT NULL,
+    commit_id text,
+    kind text NOT NULL,
+    detail text NOT NULL,
+    stored_value bytea,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS quarantine_aggregate
+    ON esctl.quarantine (target_schema, application_name, aggregate_id);
+"""
+
+
+def ensure_state_schema(conn: psycopg.Connection) -> None:
+    """Create esctl's bookkeeping tables when missing (idempotent, concurrency-safe)."""
+    # CREATE ... IF NOT EXISTS can still race between two first runs: serialise on a lock.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('esctl:state-ddl', 0))")
+    conn.execute(STATE_DDL)
+
+
+def state_schema_present(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('esctl.migrated_stream') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+class AdvisoryLock:
+    """A session-level advisory lock held on its own connection: released when the process
+    dies (kill -9 included), so a crashed cron run never blocks the next one."""
+
+    def __init__(self, dsn: str, name: str) -> None:
+        self.dsn = dsn
+        self.name = name
+        self.conn: psycopg.Connection | None = None
+
+    def try_acquire(self) -> bool:
+        self.conn = connect(self.dsn, autocommit=True, application_name="esctl lock")
+        row = self.conn.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.name,)
+        ).fetchone()
+        if not row or not row[0]:
+            self.conn.close()
+            self.conn = None
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None

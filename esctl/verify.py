@@ -1,0 +1,264 @@
+"""``migrate verify``: compare what Redis holds with what PostgreSQL holds, per aggregate.
+
+Per aggregate found in Redis (the commit lists), the committed events are compared with the
+PostgreSQL rows of (aggregate id, application): versions, event type, aggregate type, time
+stamp (to the microsecond) and content (JSON compared semantically: jsonb reorders keys).
+Aggregates that exist only in PostgreSQL are not looked at (after ``migrate prune`` that is
+expected).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from esctl import layout, pg, redisio
+from esctl.shard import Shard
+from esctl.streams import Stream, read_streams, validate_stream
+
+MISMATCH_KINDS = (
+    "missing_in_pg",
+    "extra_in_pg",
+    "content_differs",
+    "not_migrated_new_events",
+    "unmigratable_in_redis",
+)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    app: str
+    pg_dsn: str
+    pg_schema: str = "public"
+    shard: Shard = field(default_factory=Shard)
+    sample: int | None = None
+    allow_new_events: bool = False
+    page_size: int = 1000
+
+
+@dataclass
+class VerifySummary:
+    aggregates: int = 0
+    aggregates_identical: int = 0
+    events_compared: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MISMATCH_KINDS, 0))
+    problems: list[dict[str, str]] = field(default_factory=list)
+    identical_ids: list[str] = field(default_factory=list, repr=False)
+    elapsed_s: float = 0.0
+    sample: int | None = None
+    max_problems_listed: int = 1000
+    ignored: frozenset[str] = frozenset()
+
+    @property
+    def mismatches(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, kind: str, key: str, detail: str) -> None:
+        if kind in self.ignored:
+            return
+        self.counts[kind] += 1
+        if len(self.problems) < self.max_problems_listed:
+            self.problems.append({"kind": kind, "key": key, "detail": detail})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "aggregates": self.aggregates,
+            "aggregates_identical": self.aggregates_identical,
+            "events_compared": self.events_compared,
+            "sample": self.sample,
+            **self.counts,
+            "problems": self.problems,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events_per_s": round(self.events_compared / self.elapsed_s, 1)
+            if self.elapsed_s
+            else 0.0,
+        }
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Semantic JSON equality as jsonb sees it: object key order does not matter, numbers
+    compare by value, but true/false never equal 1/0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict)
+            and a.keys() == b.keys()
+            and all(json_equal(v, b[k]) for k, v in a.items())
+        )
+    if isinstance(a, list):
+        return (
+            isinstance(b, list)
+            and len(a) == len(b)
+            and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if isinstance(a, int | float):
+        return isinstance(b, int | float) and a == b
+    return type(a) is type(b) and a == b
+
+
+@dataclass(frozen=True, slots=True)
+class PgEvent:
+    aggregate_type: str
+    version: int
+    event_type: str
+    time_stamp: datetime
+    event_data: str
+
+
+def pg_events(
+    conn: psycopg.Connection, schema: str, app: str, ids: Sequence[str]
+) -> dict[str, list[PgEvent]]:
+    """The PostgreSQL rows of the given aggregates, by aggregate id, in version order."""
+    query = sql.SQL(
+        "SELECT a.aggregate_id, a.aggregate_type, e.version, e.event_type, e.time_stamp,"
+        "       e.event_data::text"
+        "  FROM {s}.aggregate a JOIN {s}.event e ON e.aggregate_key = a.aggregate_key"
+        " WHERE a.application_name = %s AND a.aggregate_id = ANY(%s)"
+        " ORDER BY a.aggregate_id, e.version"
+    ).format(s=sql.Identifier(schema))
+    out: dict[str, list[PgEvent]] = {}
+    for row in conn.execute(query, (app, list(ids))):
+        out.setdefault(row[0], []).append(PgEvent(*row[1:]))
+    conn.commit()
+    return out
+
+
+def compare_stream(stream: Stream, rows: list[PgEvent], summary: VerifySummary) -> bool:
+    """Compare one validated Redis stream with its PostgreSQL rows; record mismatches.
+    Returns True when identical."""
+    key = stream.key
+    if not stream.ok:
+        kinds = sorted({p.kind for p in stream.problems})
+        summary.add(
+            "unmigratable_in_redis",
+            key,
+            f"the Redis stream has problems ({', '.join(kinds)}); migrate quarantines it",
+        )
+        return False
+    events = stream.by_version()
+    summary.events_compared += len(events)
+    by_version = {r.version: r for r in rows}
+    redis_versions = {e.event.version for e in events if e.event and e.event.version is not None}
+    identical = True
+    pg_max = max(by_version, default=0)
+    missing = [v for v in sorted(redis_versions) if v not in by_version]
+    if missing:
+        identical = False
+        if not by_version:
+            summary.add("missing_in_pg", key, f"none of its {len(events)} events is in PostgreSQL")
+        else:
+            tail = [v for v in missing if v > pg_max]
+            inner = [v for v in missing if v <= pg_max]
+            if tail:
+                summary.add(
+                    "not_migrated_new_events",
+                    key,
+                    f"{len(tail)} event(s) newer than PostgreSQL's version {pg_max} "
+                    "(run migrate again)",
+                )
+            if inner:
+                summary.add("missing_in_pg", key, f"versions {_short(inner)} are not in PostgreSQL")
+    extra = sorted(v for v in by_version if v not in redis_versions)
+    if extra:
+        identical = False
+        summary.add("extra_in_pg", key, f"PostgreSQL has versions {_short(extra)} Redis has not")
+    for e in events:
+        ev = e.event
+        assert ev is not None
+        row = by_version.get(ev.version or 0)
+        if row is None:
+            continue
+        differs = []
+        if row.event_type != ev.event_type:
+            differs.append(f"event_type {row.event_type!r} != {ev.event_type!r}")
+        if row.aggregate_type != ev.aggregate_type:
+            differs.append(f"aggregate_type {row.aggregate_type!r} != {ev.aggregate_type!r}")
+        if row.time_stamp != ev.timestamp:
+            differs.append(f"time_stamp {row.time_stamp.isoformat()} != {ev.timestamp_text}")
+        if not json_equal(orjson.loads(row.event_data), ev.data):
+            differs.append("event_data differs")
+        if differs:
+            identical = False
+            summary.add(
+                "content_differs",
+                key,
+                f"version {ev.version} (commit {e.commit_id}): {'; '.join(differs)}",
+            )
+    return identical
+
+
+def _short(values: Sequence[int], limit: int = 8) -> str:
+    text = ", ".join(str(v) for v in values[:limit])
+    return text + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _aggregate_pages(client: redisio.RedisClient, opts: VerifyOptions) -> Iterator[list[str]]:
+    app = opts.app
+    pages = redisio.scan_pages(client, layout.commit_list_pattern(app), type_="list")
+    if opts.sample is None:
+        for _, keys in pages:
+            ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
+            owned = [a for a in ids if opts.shard.owns(a)]
+            if owned:
+                yield owned
+        return
+    # Reservoir sample: memory bounded by --sample, every aggregate equally likely.
+    reservoir: list[str] = []
+    seen = 0
+    rng = random.Random()
+    for _, keys in pages:
+        for k in keys:
+            a = layout.aggregate_id_from_commit_list_key(app, k)
+            if not opts.shard.owns(a):
+                continue
+            seen += 1
+            if len(reservoir) < opts.sample:
+                reservoir.append(a)
+            else:
+                j = rng.randrange(seen)
+                if j < opts.sample:
+                    reservoir[j] = a
+    for start in range(0, len(reservoir), opts.page_size):
+        yield reservoir[start : start + opts.page_size]
+
+
+def verify(
+    client: redisio.RedisClient,
+    opts: VerifyOptions,
+    *,
+    keep_identical_ids: bool = False,
+) -> VerifySummary:
+    """Compare every (or a sample of) aggregate(s) between Redis and PostgreSQL. Read-only on
+    both sides. ``keep_identical_ids`` collects the ids that compared identical (for prune)."""
+    started = time.monotonic()
+    summary = VerifySummary(
+        sample=opts.sample,
+        ignored=frozenset({"not_migrated_new_events"}) if opts.allow_new_events else frozenset(),
+    )
+    conn = pg.connect(opts.pg_dsn, application_name="esctl verify")
+    try:
+        with pg.translate_errors(opts.pg_dsn):
+            pg.ensure_event_store_schema(conn, opts.pg_schema, create=False)
+            for ids in _aggregate_pages(client, opts):
+                streams = read_streams(client, opts.app, ids)
+                rows = pg_events(conn, opts.pg_schema, opts.app, ids)
+                for stream in streams:
+                    summary.aggregates += 1
+                    validate_stream(stream)
+                    if compare_stream(stream, rows.get(stream.aggregate_id, []), summary):
+                        summary.aggregates_identical += 1
+                        if keep_identical_ids:
+                            summary.identical_ids.append(stream.aggregate_id)
+    finally:
+        conn.close()
+    summary.elapsed_s = time.monotonic() - started
+    return summary
