@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -144,6 +145,7 @@ def zstd_compress(data: bytes, level: int = 3) -> bytes:
 # --- text -> event -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def event_type_from_type_name(type_name: str) -> str:
     """.NET ``Type.Name`` of an assembly-qualified ``$type``.
 
@@ -174,19 +176,23 @@ def parse_timestamp(text: str) -> datetime:
     ticks into microseconds, so esctl stores what the library's SQL provider would have stored.
     Raises ValueError on anything else.
     """
-    m = _TIMESTAMP_RE.match(text)
-    if not m:
+    if not _TIMESTAMP_RE.match(text):
         raise ValueError(f"not a DateTimeOffset with an explicit offset: {text!r}")
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    fraction = (m.group(7) or "").ljust(7, "0")
-    micro = int(fraction[:6])
-    offset = m.group(8)
-    if offset == "Z":
-        tz = UTC
-    else:
-        sign = -1 if offset[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])))
-    return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+    # The pattern admits only what fromisoformat reads exactly (it truncates a 7th digit).
+    return datetime.fromisoformat(text)
+
+
+def _checked_field(data: dict[str, Any], name: str, kind: type, problems: list[Problem]) -> Any:
+    value = data.get(name)
+    if value is None:
+        problems.append(Problem("missing_field", f"no {name!r} in the payload"))
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        problems.append(
+            Problem("wrong_type", f"{name!r} is {type(value).__name__}, not {kind.__name__}")
+        )
+        return None
+    return value
 
 
 def parse_event(text: str) -> ParsedEvent:
@@ -221,23 +227,24 @@ def parse_event(text: str) -> ParsedEvent:
             [Problem("invalid_json", f"payload is a JSON {type(data).__name__}, not an object")],
         )
 
-    def field_of(name: str, kind: type) -> Any:
-        value = data.get(name)
-        if value is None:
-            problems.append(Problem("missing_field", f"no {name!r} in the payload"))
-            return None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            problems.append(
-                Problem("wrong_type", f"{name!r} is {type(value).__name__}, not {kind.__name__}")
-            )
-            return None
-        return value
-
-    type_name = field_of("$type", str)
-    aggregate_id = field_of("Id", str)
-    version = field_of("Version", int)
-    aggregate_type = field_of("AggregateType", str)
-    timestamp_text = field_of("TimeStamp", str)
+    type_name = data.get("$type")
+    aggregate_id = data.get("Id")
+    version = data.get("Version")
+    aggregate_type = data.get("AggregateType")
+    timestamp_text = data.get("TimeStamp")
+    # orjson returns exact builtin types, so one identity test per field is the fast path.
+    if not (
+        type(type_name) is str
+        and type(aggregate_id) is str
+        and type(version) is int
+        and type(aggregate_type) is str
+        and type(timestamp_text) is str
+    ):
+        type_name = _checked_field(data, "$type", str, problems)
+        aggregate_id = _checked_field(data, "Id", str, problems)
+        version = _checked_field(data, "Version", int, problems)
+        aggregate_type = _checked_field(data, "AggregateType", str, problems)
+        timestamp_text = _checked_field(data, "TimeStamp", str, problems)
     timestamp = None
     if timestamp_text is not None:
         try:

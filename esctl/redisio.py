@@ -181,16 +181,65 @@ def pipelined(
     client: RedisClient, commands: Sequence[tuple[Any, ...]], chunk: int = PIPELINE_CHUNK
 ) -> list[Any]:
     """Run ``commands`` (tuples of command name and arguments) in pipelines of ``chunk`` and
-    return the replies in order. Error replies are returned as exception objects."""
-    replies: list[Any] = []
+    return the raw replies in order. Error replies are returned as exception objects.
+
+    On a single server the commands are packed by hand and the replies read straight from the
+    hiredis parser: about twice redis-py's pipeline throughput (PERF-NOTES). A cluster client
+    goes through redis-py's cluster pipeline, which groups commands by node."""
+    if not commands:
+        return []
     try:
+        if isinstance(client, redis.Redis):
+            return _pipelined_packed(client, commands, chunk)
+        replies: list[Any] = []
         for start in range(0, len(commands), chunk):
             pipe = client.pipeline(transaction=False)
             for command in commands[start : start + chunk]:
                 pipe.execute_command(*command)
             replies.extend(pipe.execute(raise_on_error=False))
+        return replies
     except redis.exceptions.RedisError as exc:
         raise wrap_errors(client, exc) from exc
+
+
+def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
+    """RESP encoding of ``commands`` in one buffer (hot path: no per-argument calls)."""
+    parts: list[bytes] = []
+    append = parts.append
+    for command in commands:
+        append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if type(arg) is str:
+                data = arg.encode("utf-8", "surrogateescape")
+            elif type(arg) is bytes:
+                data = arg
+            else:
+                data = str(arg).encode()
+            append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _pipelined_packed(
+    client: redis.Redis, commands: Sequence[tuple[Any, ...]], chunk: int
+) -> list[Any]:
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    replies: list[Any] = []
+    try:
+        for start in range(0, len(commands), chunk):
+            part = commands[start : start + chunk]
+            conn.send_packed_command([pack_commands(part)], check_health=False)
+            for _ in part:
+                try:
+                    replies.append(conn.read_response())
+                except redis.exceptions.ResponseError as exc:
+                    replies.append(exc)
+    except BaseException:
+        # Unread replies may be left on the socket: never hand this connection out again.
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
     return replies
 
 
