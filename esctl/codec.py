@@ -80,15 +80,22 @@ class ParsedEvent:
 _zstd_decompressor = zstandard.ZstdDecompressor()
 
 
+GUNZIP_ERRORS = (binascii.Error, ValueError, zlib.error)
+
+
+def gunzip_base64(raw: bytes) -> bytes:
+    """base64 then gunzip, as the library reads an ``H4sI`` value; raises GUNZIP_ERRORS."""
+    return zlib.decompress(base64.b64decode(raw, validate=True), wbits=31)
+
+
 def decode_value(value: bytes | str) -> Decoded:
     """Turn a stored value into payload text. Never raises."""
-    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
     size = len(raw)
     if raw.startswith(GZIP_BASE64_PREFIX):
         try:
-            gz = base64.b64decode(raw, validate=True)
-            plain = zlib.decompress(gz, wbits=31)
-        except (binascii.Error, ValueError, zlib.error) as exc:
+            plain = gunzip_base64(raw)
+        except GUNZIP_ERRORS as exc:
             text, _ = _utf8(raw)
             return Decoded(
                 text,
@@ -164,7 +171,7 @@ def event_type_from_type_name(type_name: str) -> str:
     return name[name.rfind("+") + 1 :]
 
 
-_TIMESTAMP_RE = re.compile(
+TIMESTAMP_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,7}))?(Z|[+-]\d{2}:\d{2})$"
 )
 
@@ -176,7 +183,7 @@ def parse_timestamp(text: str) -> datetime:
     ticks into microseconds, so esctl stores what the library's SQL provider would have stored.
     Raises ValueError on anything else.
     """
-    if not _TIMESTAMP_RE.match(text):
+    if not TIMESTAMP_RE.match(text):
         raise ValueError(f"not a DateTimeOffset with an explicit offset: {text!r}")
     # The pattern admits only what fromisoformat reads exactly (it truncates a 7th digit).
     return datetime.fromisoformat(text)

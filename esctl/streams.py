@@ -90,28 +90,49 @@ def read_streams(
     aggregates in pipelined round trips, decode and parse each payload. Not validated yet."""
     keys = [layout.commit_list_key(app, a) for a in aggregate_ids]
     lists = redisio.commit_lists(client, keys, starts)
-    flat = [c for commit_ids in lists for c in commit_ids]
-    payloads = redisio.fetch_payloads(client, app, flat)
+    values, where = redisio.fetch_values(client, app, [c for ids in lists for c in ids])
     streams: list[Stream] = []
     offset = 0
     for i, (aggregate_id, key, commit_ids) in enumerate(
         zip(aggregate_ids, keys, lists, strict=True)
     ):
-        first = starts[i] if starts else 0
-        events: list[StreamEvent] = []
-        for j, stored in enumerate(payloads[offset : offset + len(commit_ids)]):
-            if stored.value is None:
-                events.append(StreamEvent(stored.commit_id, first + j, None, None, None, None))
-            else:
-                decoded, event = codec.decode_event(stored.value)
-                events.append(
-                    StreamEvent(
-                        stored.commit_id, first + j, stored.hash_key, stored.value, decoded, event
-                    )
-                )
-        offset += len(commit_ids)
-        streams.append(Stream(aggregate_id, key, events))
+        end = offset + len(commit_ids)
+        streams.append(
+            build_stream(
+                aggregate_id,
+                key,
+                commit_ids,
+                values[offset:end],
+                where[offset:end],
+                first_position=starts[i] if starts else 0,
+            )
+        )
+        offset = end
     return streams
+
+
+def build_stream(
+    aggregate_id: str,
+    key: str,
+    commit_ids: Sequence[str],
+    values: Sequence[bytes | None],
+    hash_keys: Sequence[str | None],
+    *,
+    first_position: int = 0,
+) -> Stream:
+    """A stream from already-fetched values: each decoded and parsed, not validated yet."""
+    events: list[StreamEvent] = []
+    for j, (commit_id, value, hash_key) in enumerate(
+        zip(commit_ids, values, hash_keys, strict=True)
+    ):
+        if value is None:
+            events.append(StreamEvent(commit_id, first_position + j, None, None, None, None))
+        else:
+            decoded, event = codec.decode_event(value)
+            events.append(
+                StreamEvent(commit_id, first_position + j, hash_key, value, decoded, event)
+            )
+    return Stream(aggregate_id, key, events)
 
 
 def validate_stream(

@@ -1,0 +1,292 @@
+"""Benchmark: ``esctl migrate redis-to-pg`` against its baselines, measured in one run.
+
+    python bench/bench_migrate.py [--events 200000] [--rss-events 1000000] [--naive-events 20000]
+
+Prints events/s of
+- naive: per event HGET + a parameterised INSERT through the library's
+  ``save_event_for_aggregate``, autocommit (on the first --naive-events events, then stopped);
+- floor: COPY of the already-decoded rows into the same indexed tables, one connection, server
+  default settings, no Redis involved (the bare ingest limit);
+- esctl: ``migrate_redis_to_pg`` with its defaults (2 writers, lz4 TOAST compression);
+- verify: ``migrate verify`` over the migrated store;
+and the ratios esctl/naive (target >= 10), esctl/floor (target >= 0.8), verify/esctl (>= 1).
+With --rss-events it also runs the CLI as a child process on the base store and on a store of
+that many events and prints both peak RSS figures (target: differ by < 25%).
+
+By default it starts throwaway Redis and PostgreSQL servers (esctl.servers) so nothing else on
+the machine is touched; --redis-url / --pg-dsn point it at servers of your own (it FLUSHes
+that Redis database and creates/drops PostgreSQL databases named esctl_bench_*). The machine
+drifts 10-30% over an hour: compare only the ratios printed by one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+
+from esctl import codec, demo, layout, pg, redisio, servers
+from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.verify import VerifyOptions, verify
+
+APP = "Bench.Migrate"
+
+
+@contextmanager
+def database(admin_dsn: str) -> Iterator[str]:
+    name = f"esctl_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(admin_dsn)
+    dsn = urlunsplit(parts._replace(path="/" + name))
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def write_store(client: redis.Redis, events: int) -> int:
+    client.flushdb()
+    # ~6.5 events per aggregate on average, as in PERF-NOTES' store.
+    return demo.write_bulk_store(
+        client, app=APP, aggregates=max(1, events * 2 // 13), events_per_aggregate=(1, 12)
+    )
+
+
+def decoded_rows(
+    client: redis.Redis,
+) -> tuple[list[tuple[str, str]], list[tuple[int, str, str, int, str, str]]]:
+    """All committed events decoded, as (aggregate rows, event rows keyed by aggregate index)."""
+    aggregates: list[tuple[str, str]] = []
+    events: list[tuple[int, str, str, int, str, str]] = []
+    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(APP), type_="list"):
+        ids = [layout.aggregate_id_from_commit_list_key(APP, k) for k in keys]
+        lists = redisio.commit_lists(client, keys)
+        flat = [c for commits in lists for c in commits]
+        payloads = iter(redisio.fetch_payloads(client, APP, flat))
+        for aggregate_id, commits in zip(ids, lists, strict=True):
+            index = len(aggregates)
+            aggregate_type = ""
+            for _ in commits:
+                stored = next(payloads)
+                assert stored.value is not None
+                _, ev = codec.decode_event(stored.value)
+                assert ev.ok and ev.timestamp is not None
+                aggregate_type = ev.aggregate_type or ""
+                events.append(
+                    (
+                        index,
+                        ev.timestamp.isoformat(),
+                        ev.event_type or "",
+                        ev.version or 0,
+                        ev.text,
+                        stored.commit_id,
+                    )
+                )
+            aggregates.append((aggregate_id, aggregate_type))
+    return aggregates, events
+
+
+def run_floor(
+    dsn: str, aggregates: list[tuple[str, str]], events: list[tuple[int, str, str, int, str, str]]
+) -> float:
+    """COPY of decoded rows into aggregate and event, one connection; returns events/s."""
+    with psycopg.connect(dsn) as conn:
+        pg.ensure_event_store_schema(conn, "public", create=True)
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            with cur.copy(
+                "COPY aggregate (aggregate_id, aggregate_type, application_name) FROM STDIN"
+            ) as copy:
+                for aggregate_id, aggregate_type in aggregates:
+                    copy.write_row((aggregate_id, aggregate_type, APP))
+            keys = dict(
+                cur.execute(
+                    "SELECT aggregate_id, aggregate_key FROM aggregate WHERE application_name = %s",
+                    (APP,),
+                ).fetchall()
+            )
+            key_of = [keys[a] for a, _ in aggregates]
+
+            def esc(text: str) -> str:
+                return (
+                    text.replace("\\", "\\\\")
+                    .replace("\t", "\\t")
+                    .replace("\n", "\\n")
+                    .replace("\r", "\\r")
+                )
+
+            with cur.copy(
+                "COPY event (aggregate_key, time_stamp, version, event_type, event_data) FROM STDIN"
+            ) as copy:
+                chunk: list[str] = []
+                for index, ts, event_type, version, text, _ in events:
+                    chunk.append(
+                        f"{key_of[index]}\t{ts}\t{version}\t{esc(event_type)}\t{esc(text)}\n"
+                    )
+                    if len(chunk) >= 10_000:
+                        copy.write("".join(chunk))
+                        chunk = []
+                if chunk:
+                    copy.write("".join(chunk))
+        conn.commit()
+        return len(events) / (time.perf_counter() - started)
+
+
+def run_naive(client: redis.Redis, dsn: str, limit: int) -> float:
+    """Per event: HGET (partitioned, then legacy) and save_event_for_aggregate, autocommit."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pg.ensure_event_store_schema(conn, "public", create=True)
+        done = 0
+        started = time.perf_counter()
+        for key in client.scan_iter(
+            match=layout.commit_list_pattern(APP), _type="list", count=1000
+        ):
+            for commit_id in client.lrange(key, 0, -1):
+                cid = commit_id.decode()
+                value = client.hget(layout.event_hash_key(APP, cid), cid)
+                if value is None:
+                    value = client.hget(layout.legacy_event_hash_key(APP), cid)
+                assert value is not None
+                _, ev = codec.decode_event(value)
+                conn.execute(
+                    "SELECT save_event_for_aggregate(%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        ev.aggregate_id,
+                        ev.aggregate_type,
+                        APP,
+                        ev.version,
+                        ev.timestamp,
+                        ev.event_type,
+                        ev.text,
+                    ),
+                )
+                done += 1
+            if done >= limit:
+                break
+        return done / (time.perf_counter() - started)
+
+
+def run_esctl(client: redis.Redis, dsn: str) -> tuple[float, int]:
+    summary = migrate_redis_to_pg(client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True))
+    assert not summary.problems, summary.problems[:3]
+    return summary.events_per_s, summary.events_migrated
+
+
+def run_verify(client: redis.Redis, dsn: str) -> float:
+    summary = verify(client, VerifyOptions(app=APP, pg_dsn=dsn))
+    assert summary.mismatches == 0, summary.problems[:3]
+    return summary.events_compared / summary.elapsed_s
+
+
+def peak_rss_kb(redis_url: str, dsn: str) -> int:
+    """Peak RSS of ``esctl migrate redis-to-pg`` run as a child process."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "esctl",
+            "migrate",
+            "redis-to-pg",
+            "--app",
+            APP,
+            "--redis-url",
+            redis_url,
+            "--pg-dsn",
+            dsn,
+            "--init-schema",
+            "--json",
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"esctl migrate failed with exit code {os.waitstatus_to_exitcode(status)}")
+    return int(usage.ru_maxrss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--naive-events", type=int, default=20_000)
+    parser.add_argument(
+        "--rss-events",
+        type=int,
+        default=0,
+        help="also compare peak RSS with a store this big (e.g. 1000000)",
+    )
+    parser.add_argument("--redis-url")
+    parser.add_argument(
+        "--pg-dsn", help="an admin DSN: databases are created and dropped through it"
+    )
+    args = parser.parse_args()
+
+    started: list[servers.LocalRedis | servers.LocalPostgres] = []
+    try:
+        redis_url = args.redis_url
+        if redis_url is None:
+            local_redis = servers.start_redis()
+            started.append(local_redis)
+            redis_url = local_redis.url
+        admin_dsn = args.pg_dsn
+        if admin_dsn is None:
+            local_pg = servers.start_postgres(fast=False)
+            started.append(local_pg)
+            admin_dsn = local_pg.dsn
+        client = redis.Redis.from_url(redis_url)
+        events = write_store(client, args.events)
+        print(f"store: {events:,} events written to {APP}")
+        aggregates, rows = decoded_rows(client)
+        assert len(rows) == events
+
+        results: dict[str, float] = {}
+        with database(admin_dsn) as dsn:
+            results["naive"] = run_naive(client, dsn, args.naive_events)
+        with database(admin_dsn) as dsn:
+            results["floor"] = run_floor(dsn, aggregates, rows)
+        del rows
+        with database(admin_dsn) as dsn:
+            results["esctl"], migrated = run_esctl(client, dsn)
+            assert migrated == events, (migrated, events)
+            results["verify"] = run_verify(client, dsn)
+
+        print()
+        for name, value in results.items():
+            print(f"{name:>8}: {value:>10,.0f} events/s")
+        print()
+        print(f"esctl / naive : {results['esctl'] / results['naive']:6.2f}x   (target >= 10)")
+        print(f"esctl / floor : {results['esctl'] / results['floor']:6.2f}x   (target >= 0.8)")
+        print(f"verify / esctl: {results['verify'] / results['esctl']:6.2f}x   (target >= 1)")
+
+        if args.rss_events:
+            with database(admin_dsn) as dsn:
+                small = peak_rss_kb(redis_url, dsn)
+            big_events = write_store(client, args.rss_events)
+            with database(admin_dsn) as dsn:
+                big = peak_rss_kb(redis_url, dsn)
+            print()
+            print(
+                f"peak RSS at {events:,} events: {small / 1024:.0f} MiB; at {big_events:,}: {big / 1024:.0f} MiB "
+                f"({(big - small) / small * 100:+.0f}%, target within 25%)"
+            )
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
