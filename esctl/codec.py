@@ -106,13 +106,22 @@ def decode_value(value: bytes | str) -> Decoded:
         text, utf8_problem = _utf8(plain)
         return Decoded(text, "gzip", size, utf8_problem)
     if raw.startswith(ZSTD_MAGIC):
+        obj = _zstd_decompressor.decompressobj()
         try:
-            plain = _zstd_decompressor.decompressobj().decompress(raw)
+            plain = obj.decompress(raw)
         except zstandard.ZstdError as exc:
-            text, _ = _utf8(raw)
-            return Decoded(
-                text, None, size, Problem("invalid_compressed", f"bad zstd frame: {exc}")
+            plain, problem = b"", f"bad zstd frame: {exc}"
+        else:
+            problem = (
+                "truncated zstd frame"
+                if not obj.eof
+                else "data after the zstd frame"
+                if obj.unused_data
+                else ""
             )
+        if problem:
+            text, _ = _utf8(raw)
+            return Decoded(text, None, size, Problem("invalid_compressed", problem))
         text, utf8_problem = _utf8(plain)
         return Decoded(text, "zstd", size, utf8_problem)
     text, utf8_problem = _utf8(raw)

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from esctl.errors import ConfigError
 
@@ -173,27 +172,16 @@ def resolve_settings(
     return Settings(values, profile_name, config_path)
 
 
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# The password runs to the last "@" before the path: an unencoded "@" in it stays hidden.
+_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)[^\s/]*@")
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """Hide the password of a URL (``scheme://user:***@host``) or a libpq ``password=***``."""
-    if "://" in text:
-        try:
-            parts = urlsplit(text)
-        except ValueError:
-            return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", text)
-        if parts.password is not None:
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            netloc = f"{parts.username or ''}:***@{host}"
-            if parts.port is not None:
-                netloc += f":{parts.port}"
-            text = urlunsplit(parts._replace(netloc=netloc))
-        query_redacted = re.sub(r"(password=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
-        return query_redacted
-    return _KV_PASSWORD.sub(r"\1***", text)
+    """Hide passwords anywhere in ``text``: a URL's ``user:***@host`` (multi-host URLs and
+    URLs inside longer messages included), and ``password=***`` in libpq key=value DSNs and
+    URL query strings."""
+    return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 def redact_everywhere(message: str, secrets: list[str]) -> str:

@@ -129,13 +129,14 @@ def notification_channel(env: str, event_type: str) -> str:
 
 _QUEUE_KEY_RE = re.compile(
     r"^(?P<sub>.+?):\{(?P<env>[^{}:]+):(?P<type>[^{}]+)\}:"
-    r"(?P<suffix>PublishedEvents|ProcessingEvents|DeadLetters)$"
+    r"(?P<suffix>PublishedEvents|ProcessingEvents|DeadLetters)",
+    re.DOTALL,
 )
 
 
 def parse_queue_key(key: str) -> tuple[str, str, str, str] | None:
     """``(subscriber, env, event_type, which)`` of a queue list key, or None."""
-    m = _QUEUE_KEY_RE.match(key)
+    m = _QUEUE_KEY_RE.fullmatch(key)
     if not m:
         return None
     which = {v: k for k, v in _QUEUE_SUFFIX.items()}[m["suffix"]]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from esctl import __version__
-from esctl.cli import config_cmd, events, migrate
+from esctl.cli import config_cmd, demo, events, migrate
 
 app = typer.Typer(
     name="esctl",
@@ -16,7 +16,7 @@ app = typer.Typer(
     # Pretty exceptions with locals would print connection strings (and their passwords).
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -40,6 +40,7 @@ def root(
 app.add_typer(events.app, name="events")
 app.add_typer(migrate.app, name="migrate")
 app.add_typer(config_cmd.app, name="config")
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

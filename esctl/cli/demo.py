@@ -1,0 +1,161 @@
+"""``esctl demo``: throwaway Redis and PostgreSQL servers holding a demo event store, and a tour."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from esctl import demo as core
+from esctl.cli import output
+from esctl.cli.errors import reporting
+from esctl.cli.options import DebugOpt, JsonOpt
+from esctl.config import redact
+
+KeepOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep",
+        help="Leave the servers running and print the export line that points esctl at them.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the generated data.")]
+
+
+def demo(
+    keep: KeepOpt = False,
+    seed: SeedOpt = core.DEFAULT_SEED,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Start throwaway Redis and PostgreSQL servers, write a demo event store, show what to try.
+
+    The store (app Learning.ScoringService.Web-Demo, env demo) holds four aggregate types in
+    both storage layouts, compressed and plain payloads, snapshots, subscriber queues with
+    waiting, stuck and dead-lettered messages, and one of each defect esctl reports (orphan,
+    missing payload, invalid compressed value, version gap, shared commit list). Without
+    --keep the servers are stopped before the command returns.
+
+    Example: esctl demo --keep   (then paste the printed export line)
+    """
+    with reporting(json_mode=json_, debug=debug), _sigterm_interrupts():
+        output.info("starting a throwaway Redis and PostgreSQL and writing the demo store…")
+        with core.demo_environment(keep=keep, seed=seed) as run:
+            if json_:
+                output.emit_json(_document(run))
+            else:
+                _render(run)
+        if not keep:
+            output.info(
+                "stopped the demo servers; run `esctl demo --keep` to keep them and try the tour"
+            )
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C while the demo runs, so its servers are stopped too."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _document(run: core.DemoRun) -> dict[str, Any]:
+    """The ``--json`` document."""
+    return {
+        "app": run.summary.app,
+        "env": run.summary.env,
+        "kept": run.kept,
+        "redis": {
+            "url": redact(run.redis.url),
+            "pid": run.redis.pid,
+            "port": run.redis.port,
+            "workdir": str(run.redis.workdir),
+        },
+        "postgres": {
+            "dsn": redact(run.postgres.dsn),
+            "pid": run.postgres.pid,
+            "port": run.postgres.port,
+            "workdir": str(run.postgres.workdir),
+        },
+        "summary": run.summary.to_dict(),
+        "tour": [
+            {"command": step.command, "description": step.description}
+            for step in core.tour(run.summary)
+        ],
+        "exports": run.exports() if run.kept else None,
+        "stop_commands": run.stop_commands() if run.kept else None,
+    }
+
+
+def _render(run: core.DemoRun) -> None:
+    summary = run.summary
+    output.emit_mapping(
+        {
+            "aggregates": summary.aggregates,
+            "commit lists": summary.commit_lists,
+            "events": summary.events,
+            "  compressed (gzip+base64)": summary.compressed_events,
+            "  legacy layout": summary.legacy_events,
+            "aggregates in both layouts": summary.mixed_layout_aggregates,
+            "snapshots": summary.snapshots,
+            "published / processing (stuck) / dead-lettered messages": (
+                f"{summary.published_messages} / {summary.processing_messages} "
+                f"({summary.stuck_messages}) / {summary.dead_letters}"
+            ),
+            "planted defects": len(summary.defects),
+        },
+        title=f"Demo store in Redis {redact(run.redis.url)}: app {summary.app}, env {summary.env}",
+    )
+    output.emit_table(
+        ["aggregate type", "aggregates", "events"],
+        [
+            (name, count, summary.events_by_aggregate_type.get(name, 0))
+            for name, count in summary.aggregates_by_type.items()
+        ],
+    )
+    output.emit_table(
+        ["event type", "events", "subscribers"],
+        [
+            (name, count, ", ".join(summary.subscribers.get(name, [])) or None)
+            for name, count in summary.events_by_event_type.items()
+        ],
+    )
+    output.emit_table(
+        ["subscriber", "event type", "published", "processing", "stuck", "dead letters"],
+        [
+            (q.subscriber, q.event_type, q.published, q.processing, q.stuck, q.dead_letters)
+            for q in summary.queues
+        ],
+    )
+    console = output.stdout_console
+    console.print()
+    console.print("Planted defects:", markup=False)
+    for defect in summary.defects:
+        where = defect.key + (f" commit {defect.commit_id}" if defect.commit_id else "")
+        console.print(f"  {defect.kind:<19} {defect.detail}", markup=False)
+        console.print(f"  {'':<19} {where}", markup=False)
+    console.print()
+    console.print(
+        "Try next" + ("" if run.kept else " (with --keep, after the export line)") + ":",
+        markup=False,
+    )
+    for step in core.tour(summary):
+        console.print(f"  # {step.description}", markup=False)
+        console.print(f"  {step.command}", markup=False)
+    if run.kept:
+        console.print()
+        console.print("The servers keep running. Point esctl at them with:", markup=False)
+        console.print(run.export_line(), markup=False)
+        console.print("Stop them and remove their data with:", markup=False)
+        for command in run.stop_commands():
+            console.print(command, markup=False)

@@ -1,0 +1,64 @@
+"""Helpers for end-to-end tests: run the real ``esctl`` in a subprocess, as an operator would."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+# An empty folder as the working directory and XDG_CONFIG_HOME of every run, so neither a
+# ./esctl.toml nor the developer's ~/.config/esctl/config.toml leaks into a test.
+_EMPTY_DIR = Path(tempfile.mkdtemp(prefix="esctl-cli-test-"))
+atexit.register(shutil.rmtree, _EMPTY_DIR, ignore_errors=True)
+
+CLI_TIMEOUT = 120.0
+
+
+def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment ``run_cli`` gives esctl: this process's environment without any
+    ``ESCTL_*`` variable, no colour, a wide terminal, then ``env`` on top."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ESCTL_")}
+    clean.update(
+        XDG_CONFIG_HOME=str(_EMPTY_DIR),
+        NO_COLOR="1",
+        TERM="dumb",
+        COLUMNS="200",
+        PYTHONIOENCODING="utf-8",
+    )
+    clean.pop("FORCE_COLOR", None)
+    clean.update(env or {})
+    return clean
+
+
+def run_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    input: str | bytes | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = CLI_TIMEOUT,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m esctl ARGS...`` and return its exit code and output (decoded as UTF-8,
+    undecodable bytes replaced). The environment holds no ``ESCTL_*`` variable but those in
+    ``env``; the working directory is an empty folder unless ``cwd`` is given. ``input`` is
+    sent on stdin (bytes as they are, text as UTF-8); without it stdin is empty."""
+    if isinstance(input, str):
+        input = input.encode("utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "esctl", *args],
+        input=input if input is not None else b"",
+        capture_output=True,
+        env=cli_env(env),
+        cwd=str(cwd) if cwd is not None else str(_EMPTY_DIR),
+        timeout=timeout,
+    )
+    return subprocess.CompletedProcess(
+        result.args,
+        result.returncode,
+        result.stdout.decode("utf-8", "replace"),
+        result.stderr.decode("utf-8", "replace"),
+    )

@@ -1,0 +1,346 @@
+"""The command line end to end (a real ``esctl`` subprocess): version, help, exit codes,
+``events decode`` and ``config show``; and the one table from errors to exit codes."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import typer.main
+from helpers import run_cli
+
+import esctl
+from esctl import codec, errors
+from esctl.cli import errors as cli_errors
+from esctl.cli.app import app
+
+PAYLOAD = (
+    '{"$type":"Learning.Scoring.Events.ItemScoreCreated, Learning.Scoring","Id":"agg-1",'
+    '"TimeStamp":"2018-07-16T17:04:12.1234567+00:00","Version":3,"AggregateType":"ItemScore",'
+    '"Text":"Zoë 日本語 🎉 \\"quoted\\" \\\\ back","Empty":{},"Nums":[1,2.5,-3e-7]}'
+)
+
+
+def dotnet_gzip_base64(text: str) -> str:
+    """What the library stores for a large payload: .NET gzip (mtime 0, OS byte 0x0a) +
+    base64."""
+    data = text.encode()
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x0a"
+    trailer = struct.pack("<II", zlib.crc32(data), len(data))
+    return base64.b64encode(header + body + trailer).decode()
+
+
+def lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def assert_no_traceback(result: Any) -> None:
+    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stdout
+
+
+# --- version and help ----------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"esctl {esctl.__version__}\n"
+
+
+def root_command() -> Any:
+    """The Click command tree Typer builds (Typer vendors Click: duck-typed, not imported)."""
+    command = typer.main.get_command(app)
+    assert getattr(command, "commands", None), "esctl's root should be a group"
+    return command
+
+
+def test_help_lists_every_group() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    names = list(root_command().commands)
+    assert {"events", "config"} <= set(names)
+    for name in names:
+        assert name in result.stdout, f"{name} missing from esctl --help"
+
+
+def is_group(command: Any) -> bool:
+    return hasattr(command, "commands")
+
+
+def walk(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    found = [(" ".join(("esctl", *path)), command)]
+    if is_group(command):
+        for name, sub in command.commands.items():
+            found += walk(sub, (*path, name))
+    return found
+
+
+def test_every_command_group_and_option_has_help_text() -> None:
+    missing = []
+    for name, command in walk(root_command()):
+        if not (command.help or command.short_help):
+            missing.append(f"{name}: no help text")
+        for param in command.params:
+            if param.param_type_name == "option" and not param.hidden and not param.help:
+                missing.append(f"{name} {param.opts[0]}: no help text")
+        if not is_group(command) and "Example" not in (command.help or ""):
+            missing.append(f"{name}: no 'Example:' line in its docstring (STYLE.md)")
+    assert not missing, "\n".join(missing)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["config", "show", "--no-such-option"],
+        ["no-such-command"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "No such" in result.stderr
+    assert_no_traceback(result)
+
+
+# --- events decode -------------------------------------------------------------------------
+
+
+def zstd_frame_without_newlines(text: str) -> tuple[str, bytes]:
+    """A payload like ``text`` and its zstd frame, chosen so the frame can travel as one stdin
+    line (no 0x0a byte, no trailing 0x0d): a nonce field varies until the frame fits."""
+    for n in range(10_000):
+        document = {**json.loads(text), "Nonce": n}
+        payload = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        frame = codec.zstd_compress(payload.encode())
+        if b"\n" not in frame and not frame.endswith(b"\r"):
+            return payload, frame
+    raise AssertionError("no newline-free zstd frame found")
+
+
+def test_decode_plain_and_dotnet_gzip_values_give_the_exact_text() -> None:
+    stored = dotnet_gzip_base64(PAYLOAD)
+    result = run_cli("events", "decode", PAYLOAD, stored)
+    assert result.returncode == 0, result.stderr
+    plain, gzipped = lines(result.stdout)
+    assert plain["text"] == PAYLOAD
+    assert plain["ok"] is True
+    assert plain["compressed"] is None
+    assert plain["stored_bytes"] == len(PAYLOAD.encode())
+    assert plain["event_type"] == "ItemScoreCreated"
+    assert plain["aggregate_id"] == "agg-1"
+    assert plain["version"] == 3
+    assert plain["problems"] == []
+    assert plain["data"] == json.loads(PAYLOAD)
+    assert gzipped["text"] == PAYLOAD
+    assert gzipped["compressed"] == "gzip"
+    assert gzipped["stored_bytes"] == len(stored)
+    assert {k: v for k, v in gzipped.items() if k not in ("compressed", "stored_bytes")} == {
+        k: v for k, v in plain.items() if k not in ("compressed", "stored_bytes")
+    }
+
+
+def test_decode_zstd_value_from_stdin() -> None:
+    payload, frame = zstd_frame_without_newlines(PAYLOAD)
+    result = run_cli("events", "decode", "-", input=frame + b"\n")
+    assert result.returncode == 0, result.stderr
+    [document] = lines(result.stdout)
+    assert document["compressed"] == "zstd"
+    assert document["text"] == payload
+
+
+def test_decode_text_mode_prints_exactly_the_payloads() -> None:
+    values = [PAYLOAD, dotnet_gzip_base64(PAYLOAD), "{}"]
+    result = run_cli("events", "decode", "--text", input="\n".join(values) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{PAYLOAD}\n{PAYLOAD}\n{{}}\n"
+
+
+def test_decode_bad_value_exits_3_and_keeps_going() -> None:
+    result = run_cli("events", "decode", "-", input=f"{PAYLOAD}\nH4sIbroken\n{PAYLOAD}\n")
+    assert result.returncode == 3
+    assert_no_traceback(result)
+    documents = lines(result.stdout)
+    assert [d["ok"] for d in documents] == [True, False, True]
+    assert documents[1]["text"] == "H4sIbroken"
+    assert documents[1]["problems"][0]["kind"] == "invalid_compressed"
+    assert "stdin line 2" in result.stderr
+    assert "invalid_compressed" in result.stderr
+
+
+def test_decode_bad_argument_exits_3() -> None:
+    result = run_cli("events", "decode", "H4sI!!notbase64")
+    assert result.returncode == 3
+    assert "argument 1" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_decode_invalid_utf8_from_stdin_exits_3() -> None:
+    result = run_cli("events", "decode", "-", input=b'{"a":"\xff"}\n')
+    assert result.returncode == 3
+    [document] = lines(result.stdout)
+    assert document["problems"][0]["kind"] == "invalid_utf8"
+    assert_no_traceback(result)
+
+
+# --- config show ---------------------------------------------------------------------------
+
+
+def test_config_show_json_precedence_and_no_password(tmp_path: Path) -> None:
+    (tmp_path / "esctl.toml").write_text(
+        "[default]\n"
+        'app = "DefaultApp"\n'
+        "[staging]\n"
+        'pg_dsn = "postgresql://stage:fileS3cret@db.internal/events"\n'
+        'env = "staging"\n'
+        'app = "StagingApp"\n'
+    )
+    result = run_cli(
+        "config",
+        "show",
+        "--json",
+        "--app",
+        "OptionApp",
+        cwd=tmp_path,
+        env={
+            "ESCTL_REDIS_URL": "redis://:envS3cret@cache.internal:6379/2",
+            "ESCTL_PROFILE": "staging",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "S3cret" not in result.stdout + result.stderr
+    document = json.loads(result.stdout)
+    assert document["profile"] == "staging"
+    assert document["config_file"] == str(tmp_path / "esctl.toml")
+    settings = document["settings"]
+    assert settings["app"] == {"value": "OptionApp", "source": "option", "env_var": "ESCTL_APP"}
+    assert settings["redis_url"]["value"] == "redis://:***@cache.internal:6379/2"
+    assert settings["redis_url"]["source"] == "env:ESCTL_REDIS_URL"
+    assert settings["pg_dsn"]["value"] == "postgresql://stage:***@db.internal/events"
+    assert settings["pg_dsn"]["source"] == f"config:{tmp_path / 'esctl.toml'}[staging]"
+    assert settings["env"]["value"] == "staging"
+    assert settings["pg_schema"]["source"] == "default"
+
+
+def test_config_show_table_hides_passwords() -> None:
+    result = run_cli("config", "show", "--pg-dsn", "host=db user=u password=optS3cret")
+    assert result.returncode == 0, result.stderr
+    assert "optS3cret" not in result.stdout + result.stderr
+    assert "password=***" in result.stdout
+
+
+def test_config_error_exits_1_with_a_hint_and_no_traceback(tmp_path: Path) -> None:
+    result = run_cli("config", "show", "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 1
+    assert "error:" in result.stderr and "missing.toml" in result.stderr
+    assert "what to do:" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_config_error_in_json_mode_is_a_json_document(tmp_path: Path) -> None:
+    bad = tmp_path / "esctl.toml"
+    bad.write_text("[default\n")
+    result = run_cli("config", "show", "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 1
+    assert document["error"]["kind"] == "config"
+    assert str(bad) in document["error"]["message"]
+    assert_no_traceback(result)
+
+
+# --- the error table -----------------------------------------------------------------------
+
+# From CLI.md's exit codes; one row per error class in esctl.errors.
+EXPECTED: dict[type[errors.EsctlError], tuple[int, str]] = {
+    errors.EsctlError: (1, "error"),
+    errors.ConfigError: (1, "config"),
+    errors.UsageError: (2, "usage"),
+    errors.ConnectionFailed: (1, "connection"),
+    errors.ServerError: (1, "server"),
+    errors.NotFound: (1, "not_found"),
+    errors.SchemaIncompatible: (1, "schema"),
+    errors.LockHeld: (75, "locked"),
+    errors.Refused: (1, "refused"),
+    errors.LocalServerError: (1, "local_server"),
+}
+
+
+def error_classes() -> list[type[errors.EsctlError]]:
+    return [
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.EsctlError) and cls.__module__ == errors.__name__
+    ]
+
+
+def make_error(cls: type[errors.EsctlError]) -> errors.EsctlError:
+    if cls is errors.ConnectionFailed:
+        return errors.ConnectionFailed("it broke", server="redis://h:6379/0", hint="do this")
+    return cls("it broke", hint="do this")
+
+
+def test_every_error_class_has_an_expected_exit_code() -> None:
+    unknown = [cls.__name__ for cls in error_classes() if cls not in EXPECTED]
+    assert not unknown, f"add these to EXPECTED (from CLI.md) and to ERROR_TABLE: {unknown}"
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)
+def test_error_table(cls: type[errors.EsctlError]) -> None:
+    assert cli_errors.classify(make_error(cls)) == EXPECTED[cls]
+
+
+@pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_reporting_turns_each_error_into_its_exit_code(
+    cls: type[errors.EsctlError], json_mode: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, kind = EXPECTED[cls]
+    with pytest.raises(typer.Exit) as caught, cli_errors.reporting(json_mode=json_mode):
+        raise make_error(cls)
+    assert caught.value.exit_code == code
+    out, err = capsys.readouterr()
+    assert "error: it broke" in err
+    assert "what to do: do this" in err
+    assert "Traceback" not in err
+    if json_mode:
+        assert json.loads(out) == {
+            "error": {"kind": kind, "message": "it broke", "hint": "do this"},
+            "exit_code": code,
+        }
+    else:
+        assert out == ""
+
+
+def test_reporting_interrupt_exits_130(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as caught, cli_errors.reporting():
+        raise KeyboardInterrupt
+    assert caught.value.exit_code == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_reporting_unexpected_error_exits_1_without_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(typer.Exit) as caught, cli_errors.reporting():
+        raise RuntimeError("lost redis://u:s3cret@h:6379/0")
+    assert caught.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError" in err
+    assert "Traceback" not in err
+    assert "s3cret" not in err
+
+
+def test_reporting_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit), cli_errors.reporting(debug=True):
+        raise errors.ServerError("boom")
+    assert "Traceback" in capsys.readouterr().err

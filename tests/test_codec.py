@@ -1,0 +1,388 @@
+"""esctl.codec: stored values -> payload text -> envelope fields, and back. Pure: no servers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import zlib
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esctl import codec
+
+PAYLOAD = (
+    '{"$type":"Learning.Scoring.Events.ItemScoreCreated, Learning.Scoring",'
+    '"Id":"0f8fad5b-d9cb-469f-a165-70867728950e","TimeStamp":"2018-07-16T17:04:12.1234567+00:00",'
+    '"Version":3,"AggregateType":"ItemScore","Score":9.5,"Comment":"Zoë 日本語 🎉 \\"q\\"",'
+    '"Tags":{"$type":"System.Collections.Generic.List`1[[System.String, mscorlib]], mscorlib",'
+    '"$values":["a","b"]}}'
+)
+
+
+def dotnet_gzip_base64(text: str, *, os_byte: int, xfl: int = 0) -> bytes:
+    """gzip + base64 the way .NET's GZipStream + Convert.ToBase64String write it: a 10-byte
+    header with mtime 0 and .NET's OS byte, raw deflate, CRC-32 and size trailer."""
+    data = text.encode("utf-8")
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    header = b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + bytes([xfl, os_byte])
+    trailer = struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    return base64.b64encode(header + body + trailer)
+
+
+# --- decode_value --------------------------------------------------------------------------
+
+
+def test_plain_value_is_its_utf8_text() -> None:
+    decoded = codec.decode_value(PAYLOAD.encode())
+    assert decoded == codec.Decoded(PAYLOAD, None, len(PAYLOAD.encode()), None)
+
+
+def test_str_value_is_accepted_too() -> None:
+    assert codec.decode_value(PAYLOAD).text == PAYLOAD
+
+
+@pytest.mark.parametrize("os_byte", [0x04, 0x0A, 0x00, 0x03, 0xFF])
+@pytest.mark.parametrize("xfl", [0, 2, 4])
+def test_dotnet_gzip_base64_decodes_to_the_exact_text(os_byte: int, xfl: int) -> None:
+    stored = dotnet_gzip_base64(PAYLOAD, os_byte=os_byte, xfl=xfl)
+    assert stored.startswith(b"H4sI")
+    decoded = codec.decode_value(stored)
+    assert decoded.text == PAYLOAD
+    assert decoded.compressed == "gzip"
+    assert decoded.stored_size == len(stored)
+    assert decoded.problem is None
+
+
+def test_gzip_base64_writer_matches_the_dotnet_header() -> None:
+    gz = base64.b64decode(codec.gzip_base64(PAYLOAD))
+    assert gz[:4] == b"\x1f\x8b\x08\x00"
+    assert gz[4:8] == b"\x00\x00\x00\x00"  # mtime 0, as the library writes
+    assert codec.decode_value(codec.gzip_base64(PAYLOAD)).text == PAYLOAD
+
+
+def test_encode_value_compresses_only_above_the_threshold() -> None:
+    small = '{"a":"' + "x" * 10 + '"}'
+    assert codec.encode_value(small) == small.encode()
+    big = '{"a":"' + "é" * 600 + '"}'  # 600 characters, 1200+ UTF-8 bytes
+    assert len(big) < codec.DEFAULT_COMPRESSION_THRESHOLD < len(big.encode())
+    assert codec.encode_value(big).startswith(b"H4sI")
+    exact = "x" * codec.DEFAULT_COMPRESSION_THRESHOLD
+    assert codec.encode_value(exact) == exact.encode()  # "exceeds": equal stays plain
+    assert codec.encode_value(exact + "x").startswith(b"H4sI")
+    assert codec.encode_value(big, threshold=None) == big.encode()
+
+
+def test_zstd_frame_decodes() -> None:
+    frame = codec.zstd_compress(PAYLOAD.encode())
+    assert frame.startswith(codec.ZSTD_MAGIC)
+    decoded = codec.decode_value(frame)
+    assert (decoded.text, decoded.compressed, decoded.problem) == (PAYLOAD, "zstd", None)
+
+
+def test_zstd_frame_without_content_size_decodes() -> None:
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(PAYLOAD.encode())
+    assert codec.decode_value(frame).text == PAYLOAD
+
+
+def test_truncated_zstd_frame_is_a_problem() -> None:
+    frame = codec.zstd_compress(PAYLOAD.encode())
+    decoded = codec.decode_value(frame[:-8])
+    assert decoded.problem is not None
+    assert decoded.problem.kind == "invalid_compressed"
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        b"H4sI",
+        b"H4sIthis is not base64!",
+        b"H4sIAAAA",  # base64, but a truncated gzip header
+        base64.b64encode(b"\x1f\x8b\x08\x00" + b"not deflate at all"),
+        dotnet_gzip_base64(PAYLOAD, os_byte=4)[:-8],  # cut short: no trailer
+        b"H4sI\xff\xfe",
+    ],
+)
+def test_invalid_h4si_value_is_flagged_and_kept_as_stored(stored: bytes) -> None:
+    decoded = codec.decode_value(stored)
+    assert decoded.problem is not None
+    assert decoded.problem.kind == "invalid_compressed"
+    assert decoded.compressed is None
+    assert decoded.text == stored.decode("utf-8", "replace")  # the library uses it as it is
+    assert decoded.stored_size == len(stored)
+
+
+def test_invalid_zstd_frame_is_flagged() -> None:
+    stored = codec.ZSTD_MAGIC + b"\x00garbage"
+    decoded = codec.decode_value(stored)
+    assert decoded.problem is not None
+    assert decoded.problem.kind == "invalid_compressed"
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        b"\xff\xfe{}",
+        b'{"a":"\xc3"}',
+        b"\xed\xa0\x80",
+        "lone \ud800".encode("utf-8", "surrogatepass"),
+    ],
+)
+def test_invalid_utf8_is_a_problem_not_an_error(stored: bytes) -> None:
+    decoded = codec.decode_value(stored)
+    assert decoded.problem is not None
+    assert decoded.problem.kind == "invalid_utf8"
+    assert "\ufffd" in decoded.text
+
+
+def test_invalid_utf8_inside_gzip_is_a_problem() -> None:
+    gz = zlib.compressobj(6, zlib.DEFLATED, 31)
+    stored = base64.b64encode(gz.compress(b"\xff\xfe") + gz.flush())
+    decoded = codec.decode_value(stored)
+    assert decoded.compressed == "gzip"
+    assert decoded.problem is not None
+    assert decoded.problem.kind == "invalid_utf8"
+
+
+def test_decode_event_puts_the_decoding_problem_first() -> None:
+    decoded, event = codec.decode_event(b"H4sI" + PAYLOAD.encode())
+    assert decoded.problem is not None
+    assert event.problems[0].kind == "invalid_compressed"
+    assert not event.ok
+
+
+# --- event type names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_name", "expected"),
+    [
+        ("Learning.Scoring.Events.ItemScoreCreated, Learning.Scoring", "ItemScoreCreated"),
+        ("ItemScoreCreated, Learning.Scoring", "ItemScoreCreated"),
+        ("Ns.ItemScoreCreated", "ItemScoreCreated"),
+        ("Ns.Outer+Inner, Asm", "Inner"),
+        ("Ns.Outer+Middle+Inner, Asm", "Inner"),
+        ("Ns.Wrapper`1[[Ns.Payload, Asm]], Asm", "Wrapper`1"),
+        (
+            "Ns.Outer+Wrapper`2[[System.String, mscorlib],[Ns.X+Y, Asm, Version=1.0.0.0]], Asm",
+            "Wrapper`2",
+        ),
+        (
+            "System.Collections.Generic.List`1[[System.String, mscorlib]], mscorlib",
+            "List`1",
+        ),
+        ("  Ns.Spaced , Asm", "Spaced"),
+    ],
+)
+def test_event_type_from_type_name(type_name: str, expected: str) -> None:
+    assert codec.event_type_from_type_name(type_name) == expected
+
+
+# --- timestamps ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "2018-07-16T17:04:12.1234567+00:00",
+            datetime(2018, 7, 16, 17, 4, 12, 123456, tzinfo=UTC),
+        ),
+        # the seventh digit is truncated, never rounded (no carry into the next second)
+        (
+            "2018-07-16T17:04:12.9999999+00:00",
+            datetime(2018, 7, 16, 17, 4, 12, 999999, tzinfo=UTC),
+        ),
+        ("2018-07-16T17:04:12.5+00:00", datetime(2018, 7, 16, 17, 4, 12, 500000, tzinfo=UTC)),
+        ("2018-07-16T17:04:12+00:00", datetime(2018, 7, 16, 17, 4, 12, tzinfo=UTC)),
+        ("2018-07-16T17:04:12Z", datetime(2018, 7, 16, 17, 4, 12, tzinfo=UTC)),
+        (
+            "2018-07-16T17:04:12.0000001+05:30",
+            datetime(2018, 7, 16, 17, 4, 12, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        ),
+        (
+            "2018-12-31T23:59:59.1234567-08:00",
+            datetime(2018, 12, 31, 23, 59, 59, 123456, tzinfo=timezone(timedelta(hours=-8))),
+        ),
+    ],
+)
+def test_parse_timestamp(text: str, expected: datetime) -> None:
+    parsed = codec.parse_timestamp(text)
+    assert parsed == expected
+    assert parsed.utcoffset() == expected.utcoffset()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2018-07-16T17:04:12.1234567",  # no offset
+        "2018-07-16 17:04:12+00:00",
+        "2018-07-16T17:04:12.12345678+00:00",  # 8 digits
+        "2018-13-16T17:04:12+00:00",
+        "2018-07-16T17:04:12+24:00",
+        "16/07/2018 17:04:12",
+        "",
+    ],
+)
+def test_parse_timestamp_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        codec.parse_timestamp(text)
+
+
+# --- parse_event ---------------------------------------------------------------------------
+
+
+def test_parse_event_extracts_the_envelope() -> None:
+    event = codec.parse_event(PAYLOAD)
+    assert event.ok, event.problems
+    assert event.text == PAYLOAD
+    assert event.event_type == "ItemScoreCreated"
+    assert event.type_name == "Learning.Scoring.Events.ItemScoreCreated, Learning.Scoring"
+    assert event.aggregate_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert event.version == 3
+    assert event.aggregate_type == "ItemScore"
+    assert event.timestamp_text == "2018-07-16T17:04:12.1234567+00:00"
+    assert event.timestamp == datetime(2018, 7, 16, 17, 4, 12, 123456, tzinfo=UTC)
+    assert event.data is not None
+    assert next(iter(event.data)) == "$type"
+    assert event.data["Comment"] == 'Zoë 日本語 🎉 "q"'
+
+
+def envelope(**changes: Any) -> str:
+    fields: dict[str, Any] = {
+        "$type": "Ns.Created, Asm",
+        "Id": "agg-1",
+        "TimeStamp": "2018-07-16T17:04:12.1234567+00:00",
+        "Version": 1,
+        "AggregateType": "Thing",
+    }
+    for name, value in changes.items():
+        name = {"type_": "$type"}.get(name, name)
+        if value is _MISSING:
+            fields.pop(name)
+        else:
+            fields[name] = value
+    return json.dumps(fields)
+
+
+_MISSING = object()
+
+
+@pytest.mark.parametrize(
+    ("changes", "kind", "field"),
+    [
+        ({"Id": _MISSING}, "missing_field", "aggregate_id"),
+        ({"Id": None}, "missing_field", "aggregate_id"),
+        ({"Id": 42}, "wrong_type", "aggregate_id"),
+        ({"Version": _MISSING}, "missing_field", "version"),
+        ({"Version": "3"}, "wrong_type", "version"),
+        ({"Version": True}, "wrong_type", "version"),
+        ({"Version": 3.0}, "wrong_type", "version"),
+        ({"AggregateType": _MISSING}, "missing_field", "aggregate_type"),
+        ({"AggregateType": ["x"]}, "wrong_type", "aggregate_type"),
+        ({"type_": _MISSING}, "missing_field", "event_type"),
+        ({"type_": {"x": 1}}, "wrong_type", "event_type"),
+        ({"TimeStamp": _MISSING}, "missing_field", "timestamp"),
+        ({"TimeStamp": 1531760652}, "wrong_type", "timestamp"),
+        ({"TimeStamp": "yesterday"}, "bad_timestamp", "timestamp"),
+    ],
+)
+def test_missing_or_wrong_typed_fields_are_problems(
+    changes: dict[str, Any], kind: str, field: str
+) -> None:
+    event = codec.parse_event(envelope(**changes))
+    assert [p.kind for p in event.problems] == [kind]
+    assert getattr(event, field) is None
+    assert event.data is not None  # the rest is still there
+
+
+def test_version_below_one_is_a_problem() -> None:
+    event = codec.parse_event(envelope(Version=0))
+    assert [p.kind for p in event.problems] == ["bad_version"]
+
+
+@pytest.mark.parametrize("text", ["", "not json", '{"a":', "[1,2]", '"text"', "null", "3"])
+def test_non_objects_are_invalid_json(text: str) -> None:
+    event = codec.parse_event(text)
+    assert [p.kind for p in event.problems] == ["invalid_json"]
+    assert event.data is None
+    assert event.text == text
+
+
+# --- properties ----------------------------------------------------------------------------
+
+utf8_text = st.text(alphabet=st.characters(codec="utf-8"))
+thresholds = st.one_of(st.none(), st.integers(min_value=0, max_value=2000))
+suspicious_bytes = st.one_of(
+    st.binary(),
+    st.binary().map(lambda b: b"H4sI" + b),
+    st.binary().map(lambda b: base64.b64encode(b"\x1f\x8b\x08\x00" + b)),
+    st.binary().map(lambda b: codec.ZSTD_MAGIC + b),
+    utf8_text.map(lambda t: codec.zstd_compress(t.encode())[: len(t) // 2 + 4]),
+)
+
+
+@settings(max_examples=300)
+@given(suspicious_bytes)
+def test_any_bytes_never_raise(value: bytes) -> None:
+    decoded = codec.decode_value(value)
+    assert decoded.stored_size == len(value)
+    _, event = codec.decode_event(value)
+    assert isinstance(event.problems, list)
+
+
+@given(st.text())
+def test_any_str_never_raises(value: str) -> None:
+    codec.decode_event(value)
+
+
+@given(utf8_text, thresholds)
+def test_text_round_trips_through_encode_value(text: str, threshold: int | None) -> None:
+    stored = codec.encode_value(text, threshold=threshold)
+    decoded = codec.decode_value(stored)
+    assert decoded.text == text
+    compressed = threshold is not None and len(text.encode()) > threshold
+    # (plain text that happens to start with H4sI is tried as gzip, as the library does)
+    if compressed or not text.startswith("H4sI"):
+        assert decoded.compressed == ("gzip" if compressed else None)
+
+
+@given(utf8_text)
+def test_text_round_trips_through_zstd(text: str) -> None:
+    assert codec.decode_value(codec.zstd_compress(text.encode())).text == text
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    utf8_text,
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(utf8_text, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+json_objects = st.dictionaries(utf8_text, json_values, max_size=6)
+
+
+@given(json_objects, thresholds, st.booleans())
+def test_json_objects_round_trip_exactly(
+    document: dict[str, Any], threshold: int | None, ensure_ascii: bool
+) -> None:
+    text = json.dumps(document, ensure_ascii=ensure_ascii)
+    decoded, event = codec.decode_event(codec.encode_value(text, threshold=threshold))
+    assert decoded.text == text
+    assert event.text == text
+    assert event.data == document
+    assert not [p for p in event.problems if p.kind in ("invalid_json", "invalid_utf8")]

@@ -1,0 +1,236 @@
+"""esctl.config: option > environment variable > profile in the config file > default, and
+passwords never printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from esctl.config import (
+    DEFAULT_PG_DSN,
+    DEFAULT_REDIS_URL,
+    SETTING_NAMES,
+    default_config_paths,
+    redact,
+    redact_everywhere,
+    resolve_settings,
+)
+from esctl.errors import ConfigError
+
+NO_OPTIONS: dict[str, str | None] = dict.fromkeys(SETTING_NAMES)
+
+CONFIG = """\
+[default]
+redis_url = "redis://file-default:6379/0"
+app = "FileApp"
+
+[staging]
+redis_url = "redis://file-staging:6379/1"
+pg_dsn = "postgresql://stage@db/stage"
+env = "staging"
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "esctl.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def options(**given: str) -> dict[str, str | None]:
+    return {**NO_OPTIONS, **given}
+
+
+# --- precedence ----------------------------------------------------------------------------
+
+
+def test_defaults_without_anything(tmp_path: Path) -> None:
+    settings = resolve_settings(NO_OPTIONS, environ={}, cwd=tmp_path)
+    assert settings.redis_url == DEFAULT_REDIS_URL
+    assert settings.pg_dsn == DEFAULT_PG_DSN
+    assert settings.pg_schema == "public"
+    assert settings.get("app") is None
+    assert {r.source for r in settings.values.values()} == {"default"}
+    assert settings.profile == "default"
+
+
+def test_option_beats_env_beats_file_beats_default(config_file: Path) -> None:
+    environ = {"ESCTL_REDIS_URL": "redis://from-env/0", "ESCTL_APP": "EnvApp"}
+    settings = resolve_settings(
+        options(redis_url="redis://from-option/0"),
+        environ=environ,
+        config=str(config_file),
+    )
+    assert settings.values["redis_url"].value == "redis://from-option/0"
+    assert settings.values["redis_url"].source == "option"
+    assert settings.values["app"].value == "EnvApp"
+    assert settings.values["app"].source == "env:ESCTL_APP"
+    assert settings.values["pg_dsn"].source == "default"
+
+    settings = resolve_settings(NO_OPTIONS, environ={}, config=str(config_file))
+    assert settings.values["redis_url"].value == "redis://file-default:6379/0"
+    assert settings.values["redis_url"].source == f"config:{config_file}[default]"
+    assert settings.values["app"].value == "FileApp"
+
+
+def test_empty_env_var_counts_as_unset(config_file: Path) -> None:
+    settings = resolve_settings(NO_OPTIONS, environ={"ESCTL_APP": ""}, config=str(config_file))
+    assert settings.values["app"].value == "FileApp"
+
+
+def test_config_file_found_in_the_working_directory_then_the_user_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    xdg = tmp_path / "xdg"
+    (xdg / "esctl").mkdir(parents=True)
+    (xdg / "esctl" / "config.toml").write_text('[default]\napp = "UserApp"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    assert default_config_paths(cwd) == [cwd / "esctl.toml", xdg / "esctl" / "config.toml"]
+    assert resolve_settings(NO_OPTIONS, environ={}, cwd=cwd).get("app") == "UserApp"
+    (cwd / "esctl.toml").write_text('[default]\napp = "LocalApp"\n')
+    settings = resolve_settings(NO_OPTIONS, environ={}, cwd=cwd)
+    assert settings.get("app") == "LocalApp"
+    assert settings.config_path == cwd / "esctl.toml"
+
+
+def test_config_path_from_env(config_file: Path, tmp_path: Path) -> None:
+    settings = resolve_settings(
+        NO_OPTIONS, environ={"ESCTL_CONFIG": str(config_file)}, cwd=tmp_path / "elsewhere"
+    )
+    assert settings.config_path == config_file
+    assert settings.get("app") == "FileApp"
+
+
+# --- profiles ------------------------------------------------------------------------------
+
+
+def test_profile_option_selects_a_section(config_file: Path) -> None:
+    settings = resolve_settings(NO_OPTIONS, environ={}, config=str(config_file), profile="staging")
+    assert settings.profile == "staging"
+    assert settings.redis_url == "redis://file-staging:6379/1"
+    assert settings.get("env") == "staging"
+    assert settings.get("app") is None  # profiles do not inherit from [default]
+    assert settings.values["pg_dsn"].source == f"config:{config_file}[staging]"
+
+
+def test_profile_from_env_and_option_beats_env(config_file: Path) -> None:
+    environ = {"ESCTL_PROFILE": "staging"}
+    assert resolve_settings(NO_OPTIONS, environ=environ, config=str(config_file)).profile == (
+        "staging"
+    )
+    settings = resolve_settings(
+        NO_OPTIONS, environ=environ, config=str(config_file), profile="default"
+    )
+    assert settings.get("app") == "FileApp"
+
+
+def test_unknown_profile_names_the_profiles_found(config_file: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(NO_OPTIONS, environ={}, config=str(config_file), profile="prod")
+    assert "'prod'" in caught.value.message
+    assert str(config_file) in caught.value.message
+    assert caught.value.hint is not None
+    assert "default" in caught.value.hint and "staging" in caught.value.hint
+
+
+def test_profile_without_a_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no config file"):
+        resolve_settings(NO_OPTIONS, environ={}, cwd=tmp_path, profile="staging")
+
+
+def test_missing_default_section_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "esctl.toml"
+    path.write_text('[staging]\napp = "S"\n')
+    settings = resolve_settings(NO_OPTIONS, environ={}, config=str(path))
+    assert settings.get("app") is None
+
+
+# --- bad files -----------------------------------------------------------------------------
+
+
+def test_bad_toml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "esctl.toml"
+    path.write_text('[default]\napp = "ok"\nredis_url = redis://unquoted\n')
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(NO_OPTIONS, environ={}, config=str(path))
+    assert str(path) in caught.value.message
+    assert "line 3" in caught.value.message
+
+
+def test_missing_explicit_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_settings(NO_OPTIONS, environ={}, config=str(tmp_path / "nope.toml"))
+
+
+def test_unknown_setting_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "esctl.toml"
+    path.write_text('[default]\nredis_uri = "redis://typo/0"\n')
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(NO_OPTIONS, environ={}, config=str(path))
+    assert "redis_uri" in caught.value.message
+    assert caught.value.hint is not None and "redis_url" in caught.value.hint
+
+
+@pytest.mark.parametrize("body", ['default = "x"\n', "[default]\napp = 3\n"])
+def test_wrongly_typed_config_is_an_error(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "esctl.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=str(path)):
+        resolve_settings(NO_OPTIONS, environ={}, config=str(path))
+
+
+def test_require_says_how_to_set_a_missing_setting(tmp_path: Path) -> None:
+    settings = resolve_settings(NO_OPTIONS, environ={}, cwd=tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        settings.require("app")
+    assert caught.value.hint is not None
+    assert "--app" in caught.value.hint and "ESCTL_APP" in caught.value.hint
+    assert resolve_settings(options(app="A"), environ={}, cwd=tmp_path).require("app") == "A"
+
+
+# --- redaction -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:s3cret@host/0", "redis://user:***@host/0"),
+        ("rediss://default:s3%2Fcret@host:6380", "rediss://default:***@host:6380"),
+        ("redis+cluster://u:s3cret@h:7000", "redis+cluster://u:***@h:7000"),
+        ("redis://u:p@ss@host/0", "redis://u:***@host/0"),
+        ("postgresql://u:s3cret@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db"),
+        ("postgresql://u:s3cret@/db?host=/var/run", "postgresql://u:***@/db?host=/var/run"),
+        (
+            "postgresql://u@h/db?sslmode=require&password=s3cret",
+            "postgresql://u@h/db?sslmode=require&password=***",
+        ),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("host=h password=s3cret dbname=x", "host=h password=*** dbname=x"),
+        ("host=h PASSWORD = s3cret dbname=x", "host=h PASSWORD = *** dbname=x"),
+        ("host=h password='s3 cr\\'et' dbname=x", "host=h password=*** dbname=x"),
+        ("host=h dbname=x", "host=h dbname=x"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+    assert "s3" not in redact(text)
+
+
+def test_redact_multi_host_url() -> None:
+    assert redact("postgresql://u:s3cret@h1:5432,h2:5433/db") == (
+        "postgresql://u:***@h1:5432,h2:5433/db"
+    )
+
+
+def test_redact_everywhere_replaces_every_occurrence() -> None:
+    url = "redis://u:s3cret@host/0"
+    message = f"cannot connect to {url}; tried {url} twice"
+    assert redact_everywhere(message, [url, ""]) == (
+        "cannot connect to redis://u:***@host/0; tried redis://u:***@host/0 twice"
+    )
