@@ -11,6 +11,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import orjson
 
 from esctl import codec, layout, redisio
 from esctl.codec import ParsedEvent, Problem
@@ -133,6 +137,83 @@ def build_stream(
                 StreamEvent(commit_id, first_position + j, hash_key, value, decoded, event)
             )
     return Stream(aggregate_id, key, events)
+
+
+class CleanEvent(NamedTuple):
+    version: int
+    event_type: str
+    moment: datetime
+    text: str
+    data: dict[str, Any]
+
+
+def clean_events(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    *,
+    first_version: int = 1,
+    known_type: str | None = None,
+) -> tuple[str, list[CleanEvent]] | None:
+    """The hot path of migrate and verify: the aggregate type and the events, in version order,
+    of a stream that has nothing wrong at all, or None, and the general path
+    (:func:`build_stream` + :func:`validate_stream`) then finds what is wrong.
+
+    It accepts exactly what the codec and :func:`validate_stream` accept without any problem
+    (payloads that decode, every envelope field present and typed, Ids equal to the aggregate
+    id, one aggregate type, versions ``first_version…`` without gap or repeat, no ``\\u0000``
+    that PostgreSQL's jsonb cannot hold; a test holds the two paths together), but builds no
+    per-event objects beyond a tuple: ~40% of the reader's CPU on a 200k-event store.
+    """
+    aggregate_type = known_type
+    events: list[CleanEvent] = []
+    for value in values:
+        if value is None:
+            return None
+        try:
+            if value.startswith(codec.GZIP_BASE64_PREFIX):
+                text = codec.gunzip_base64(value).decode("utf-8")
+            elif value.startswith(codec.ZSTD_MAGIC):
+                return None
+            else:
+                text = value.decode("utf-8")
+            data = orjson.loads(text)
+        except (*codec.GUNZIP_ERRORS, orjson.JSONDecodeError):  # UnicodeDecodeError is a ValueError
+            return None
+        if type(data) is not dict:
+            return None
+        type_name = data.get("$type")
+        version = data.get("Version")
+        this_type = data.get("AggregateType")
+        timestamp = data.get("TimeStamp")
+        if (
+            type(type_name) is not str
+            or type(version) is not int
+            or version < 1
+            or type(this_type) is not str
+            or type(timestamp) is not str
+            or data.get("Id") != aggregate_id
+            or not codec.TIMESTAMP_RE.match(timestamp)
+            or "\\u0000" in text
+        ):
+            return None
+        if aggregate_type is None:
+            aggregate_type = this_type
+        elif this_type != aggregate_type:
+            return None
+        try:
+            moment = datetime.fromisoformat(timestamp)
+        except ValueError:
+            return None
+        events.append(
+            CleanEvent(version, codec.event_type_from_type_name(type_name), moment, text, data)
+        )
+    if not events or aggregate_type is None:
+        return None
+    if any(e.version != first_version + i for i, e in enumerate(events)):
+        events.sort(key=lambda e: e.version)
+        if any(e.version != first_version + i for i, e in enumerate(events)):
+            return None
+    return aggregate_type, events
 
 
 def validate_stream(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from psycopg import sql
 
 from esctl import layout, pg, redisio
 from esctl.shard import Shard
-from esctl.streams import Stream, read_streams, validate_stream
+from esctl.streams import Stream, build_stream, clean_events, validate_stream
 
 MISMATCH_KINDS = (
     "missing_in_pg",
@@ -105,6 +106,19 @@ def json_equal(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def same_json(pg_text: str, data: Any) -> bool:
+    """Whether PostgreSQL's jsonb text and a parsed payload are the same JSON. Canonical
+    (key-sorted) serialisations compared in C decide almost every case; only when they differ
+    does :func:`json_equal` look closer (jsonb prints ``1E+20`` as ``100000000000000000000``)."""
+    theirs = orjson.loads(pg_text)
+    if orjson.dumps(theirs, option=_SORTED) == orjson.dumps(data, option=_SORTED):
+        return True
+    return json_equal(theirs, data)
+
+
 @dataclass(frozen=True, slots=True)
 class PgEvent:
     aggregate_type: str
@@ -117,13 +131,13 @@ class PgEvent:
 def pg_events(
     conn: psycopg.Connection, schema: str, app: str, ids: Sequence[str]
 ) -> dict[str, list[PgEvent]]:
-    """The PostgreSQL rows of the given aggregates, by aggregate id, in version order."""
+    """The PostgreSQL rows of the given aggregates, by aggregate id (in no particular order:
+    sorting in SQL spilled to disk and cost more than the rest of the query)."""
     query = sql.SQL(
         "SELECT a.aggregate_id, a.aggregate_type, e.version, e.event_type, e.time_stamp,"
         "       e.event_data::text"
         "  FROM {s}.aggregate a JOIN {s}.event e ON e.aggregate_key = a.aggregate_key"
         " WHERE a.application_name = %s AND a.aggregate_id = ANY(%s)"
-        " ORDER BY a.aggregate_id, e.version"
     ).format(s=sql.Identifier(schema))
     out: dict[str, list[PgEvent]] = {}
     for row in conn.execute(query, (app, list(ids))):
@@ -132,8 +146,35 @@ def pg_events(
     return out
 
 
-def compare_stream(stream: Stream, rows: list[PgEvent], summary: VerifySummary) -> bool:
+def pg_page(
+    conn: psycopg.Connection, opts: VerifyOptions, ids: Sequence[str], bookkeeping: bool
+) -> tuple[dict[str, list[PgEvent]], dict[str, int]]:
+    rows = pg_events(conn, opts.pg_schema, opts.app, ids)
+    migrated = migrated_commits(conn, opts.pg_schema, opts.app, ids) if bookkeeping else {}
+    return rows, migrated
+
+
+def migrated_commits(
+    conn: psycopg.Connection, schema: str, app: str, ids: Sequence[str]
+) -> dict[str, int]:
+    """How many commits of each aggregate esctl recorded as migrated (esctl.migrated_stream)."""
+    rows = conn.execute(
+        "SELECT m.aggregate_id, m.commits FROM unnest(%s::text[]) AS u(id)"
+        "  JOIN esctl.migrated_stream m ON m.target_schema = %s AND m.application_name = %s"
+        "   AND m.aggregate_id = u.id",
+        (list(ids), schema, app),
+    ).fetchall()
+    conn.commit()
+    return dict(rows)
+
+
+def compare_stream(
+    stream: Stream, rows: list[PgEvent], summary: VerifySummary, migrated: int | None = None
+) -> bool:
     """Compare one validated Redis stream with its PostgreSQL rows; record mismatches.
+    ``migrated`` is the number of commits esctl recorded as migrated, when known: versions up to
+    it that PostgreSQL lacks are ``missing_in_pg``, later ones ``not_migrated_new_events``
+    (without it, versions past PostgreSQL's last one count as not migrated yet).
     Returns True when identical."""
     key = stream.key
     if not stream.ok:
@@ -153,24 +194,29 @@ def compare_stream(stream: Stream, rows: list[PgEvent], summary: VerifySummary) 
     missing = [v for v in sorted(redis_versions) if v not in by_version]
     if missing:
         identical = False
-        if not by_version:
+        if not by_version and not migrated:
             summary.add("missing_in_pg", key, f"none of its {len(events)} events is in PostgreSQL")
         else:
-            tail = [v for v in missing if v > pg_max]
-            inner = [v for v in missing if v <= pg_max]
+            last_migrated = pg_max if migrated is None else migrated
+            tail = [v for v in missing if v > last_migrated]
+            inner = [v for v in missing if v <= last_migrated]
             if tail:
                 summary.add(
                     "not_migrated_new_events",
                     key,
-                    f"{len(tail)} event(s) newer than PostgreSQL's version {pg_max} "
+                    f"{len(tail)} event(s) newer than the last migrated version {last_migrated} "
                     "(run migrate again)",
                 )
             if inner:
-                summary.add("missing_in_pg", key, f"versions {_short(inner)} are not in PostgreSQL")
+                summary.add(
+                    "missing_in_pg", key, f"version(s) {_short(inner)} missing from PostgreSQL"
+                )
     extra = sorted(v for v in by_version if v not in redis_versions)
     if extra:
         identical = False
-        summary.add("extra_in_pg", key, f"PostgreSQL has versions {_short(extra)} Redis has not")
+        summary.add(
+            "extra_in_pg", key, f"PostgreSQL has version(s) {_short(extra)} that Redis does not"
+        )
     for e in events:
         ev = e.event
         assert ev is not None
@@ -184,7 +230,7 @@ def compare_stream(stream: Stream, rows: list[PgEvent], summary: VerifySummary) 
             differs.append(f"aggregate_type {row.aggregate_type!r} != {ev.aggregate_type!r}")
         if row.time_stamp != ev.timestamp:
             differs.append(f"time_stamp {row.time_stamp.isoformat()} != {ev.timestamp_text}")
-        if not json_equal(orjson.loads(row.event_data), ev.data):
+        if not same_json(row.event_data, ev.data):
             differs.append("event_data differs")
         if differs:
             identical = False
@@ -194,6 +240,29 @@ def compare_stream(stream: Stream, rows: list[PgEvent], summary: VerifySummary) 
                 f"version {ev.version} (commit {e.commit_id}): {'; '.join(differs)}",
             )
     return identical
+
+
+def fast_identical(aggregate_id: str, values: Sequence[bytes | None], rows: list[PgEvent]) -> bool:
+    """True when a stream with nothing wrong (:func:`clean_events`) matches its PostgreSQL rows
+    exactly; False means "look closer" (:func:`compare_stream` decides and reports)."""
+    if len(values) != len(rows):
+        return False
+    clean = clean_events(aggregate_id, values)
+    if clean is None:
+        return False
+    aggregate_type, events = clean
+    by_version = {r.version: r for r in rows}
+    for e in events:
+        row = by_version.get(e.version)
+        if (
+            row is None
+            or row.event_type != e.event_type
+            or row.aggregate_type != aggregate_type
+            or row.time_stamp != e.moment
+            or not same_json(row.event_data, e.data)
+        ):
+            return False
+    return True
 
 
 def _short(values: Sequence[int], limit: int = 8) -> str:
@@ -248,16 +317,40 @@ def verify(
     try:
         with pg.translate_errors(opts.pg_dsn):
             pg.ensure_event_store_schema(conn, opts.pg_schema, create=False)
-            for ids in _aggregate_pages(client, opts):
-                streams = read_streams(client, opts.app, ids)
-                rows = pg_events(conn, opts.pg_schema, opts.app, ids)
-                for stream in streams:
-                    summary.aggregates += 1
-                    validate_stream(stream)
-                    if compare_stream(stream, rows.get(stream.aggregate_id, []), summary):
-                        summary.aggregates_identical += 1
-                        if keep_identical_ids:
-                            summary.identical_ids.append(stream.aggregate_id)
+            bookkeeping = pg.state_schema_present(conn)
+            conn.commit()
+            # PostgreSQL answers for a page while Redis is read for it (libpq releases the GIL).
+            with ThreadPoolExecutor(1, thread_name_prefix="esctl-verify-pg") as pool:
+                for ids in _aggregate_pages(client, opts):
+                    pending = pool.submit(pg_page, conn, opts, ids, bookkeeping)
+                    try:
+                        keys = [layout.commit_list_key(opts.app, a) for a in ids]
+                        lists = redisio.commit_lists(client, keys)
+                        values, where = redisio.fetch_values(
+                            client, opts.app, [c for commit_ids in lists for c in commit_ids]
+                        )
+                    finally:
+                        rows, migrated = pending.result()
+                    offset = 0
+                    for aggregate_id, key, commit_ids in zip(ids, keys, lists, strict=True):
+                        end = offset + len(commit_ids)
+                        summary.aggregates += 1
+                        theirs = rows.get(aggregate_id, [])
+                        identical = fast_identical(aggregate_id, values[offset:end], theirs)
+                        if identical:
+                            summary.events_compared += len(commit_ids)
+                        else:
+                            stream = build_stream(
+                                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
+                            )
+                            identical = compare_stream(
+                                validate_stream(stream), theirs, summary, migrated.get(aggregate_id)
+                            )
+                        if identical:
+                            summary.aggregates_identical += 1
+                            if keep_identical_ids:
+                                summary.identical_ids.append(aggregate_id)
+                        offset = end
     finally:
         conn.close()
     summary.elapsed_s = time.monotonic() - started
