@@ -159,9 +159,10 @@ def migrated_commits(
 ) -> dict[str, int]:
     """How many commits of each aggregate esctl recorded as migrated (esctl.migrated_stream)."""
     rows = conn.execute(
-        "SELECT m.aggregate_id, m.commits FROM unnest(%s::text[]) AS u(id)"
-        "  JOIN esctl.migrated_stream m ON m.target_schema = %s AND m.application_name = %s"
-        "   AND m.aggregate_id = u.id",
+        # LATERAL + OFFSET 0: one index lookup per id (see esctl.migrate.Reader.migrated).
+        "SELECT u.id, m.commits FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
+        "  SELECT commits FROM esctl.migrated_stream WHERE target_schema = %s"
+        "   AND application_name = %s AND aggregate_id = u.id OFFSET 0) m",
         (list(ids), schema, app),
     ).fetchall()
     conn.commit()
