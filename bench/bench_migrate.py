@@ -22,7 +22,6 @@ drifts 10-30% over an hour: compare only the ratios printed by one run.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -190,13 +189,28 @@ def run_verify(client: redis.Redis, dsn: str) -> float:
     return summary.events_compared / summary.elapsed_s
 
 
+_REPORT_HWM = (
+    "import atexit, sys\n"
+    "def report():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            sys.stderr.write('ESCTL_BENCH_' + line)\n"
+    "atexit.register(report)\n"
+    "from esctl.cli.app import main\n"
+    "sys.argv[0] = 'esctl'\n"
+    "main()\n"
+)
+
+
 def peak_rss_kb(redis_url: str, dsn: str) -> int:
-    """Peak RSS of ``esctl migrate redis-to-pg`` run as a child process."""
-    proc = subprocess.Popen(
+    """Peak RSS of ``esctl migrate redis-to-pg`` run as a child process: its own VmHWM, read
+    as it exits (wait4's ru_maxrss would count the pages it shared with this process before
+    exec)."""
+    proc = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "esctl",
+            "-c",
+            _REPORT_HWM,
             "migrate",
             "redis-to-pg",
             "--app",
@@ -210,11 +224,17 @@ def peak_rss_kb(redis_url: str, dsn: str) -> int:
             "--no-progress",
         ],
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"esctl migrate failed with exit code {os.waitstatus_to_exitcode(status)}")
-    return int(usage.ru_maxrss)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"esctl migrate failed with exit code {proc.returncode}: {proc.stderr[-2000:]}"
+        )
+    for line in proc.stderr.splitlines():
+        if line.startswith("ESCTL_BENCH_VmHWM:"):
+            return int(line.split()[1])
+    raise SystemExit("the child did not report its peak RSS")
 
 
 def main() -> None:

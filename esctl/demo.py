@@ -1221,13 +1221,16 @@ def write_bulk_store(
     legacy_share: float = 0.1,
     seed: int = 1,
     chunk: int = redisio.PIPELINE_CHUNK,
+    large_repeats: tuple[int, int] = (1, 6),
 ) -> int:
     """Write a large, clean store of ``app`` (no defects, no queues) and return the number of
     events written.
 
     Half the aggregates are ``ItemScore`` (GUID ids), half ``Order`` (integer ids from 1).
     ``events_per_aggregate`` is a count or an inclusive (low, high) range drawn uniformly.
-    About ``compressed_share`` of the events are over 1000 bytes (stored gzip+base64); about
+    About ``compressed_share`` of the events are over 1000 bytes (stored gzip+base64; their
+    JSON is ``large_repeats`` times ~900 bytes of text, 1-6 KB by default, so that some are
+    over PostgreSQL's 2 KB TOAST threshold as in PERF-NOTES' store); about
     ``legacy_share`` are in the legacy layout (the first half of the events of a random
     ``2 * legacy_share`` of the aggregates). Legacy commit ids continue after the legacy hash's
     current size. Deterministic for a seed; pipelined ``chunk`` commands per round trip; each
@@ -1319,7 +1322,9 @@ def write_bulk_store(
                     "ScoredBy": _NAMES[(number + index) % 12],
                 }
             if rng.random() < compressed_share:
-                document["Comment"] = filler + f" #{number}.{index}"  # over 1000 bytes
+                # over 1000 bytes, so stored compressed; 1-6 KB of JSON, so some are TOASTed
+                repeats = rng.randint(*large_repeats)
+                document["Comment"] = " ".join([filler] * repeats) + f" #{number}.{index}"
             value = codec.encode_value(_json(document))
             if index < legacy_n:
                 legacy_counter += 1

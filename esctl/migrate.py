@@ -340,13 +340,13 @@ class BatchWriter:
     def _write_batch(self, batch: Batch, clean: dict[str, AggregateRows]) -> BatchResult:
         quarantined = list(batch.quarantined)
         with self.conn.cursor() as cur:
-            inserted, present, fast, rejected = self._write_groups(cur, clean)
+            inserted, present, fast, rejected = self.write_groups(cur, clean)
             for aggregate_id, (kind, details) in rejected.items():
                 quarantined.append(self._quarantine(clean, aggregate_id, kind, details))
             self._finish(cur, batch, clean, quarantined, inserted, present)
         return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined, fast)
 
-    def _write_groups(
+    def write_groups(
         self, cur: psycopg.Cursor[Any], clean: dict[str, AggregateRows]
     ) -> tuple[int, int, bool, dict[str, tuple[str, list[str]]]]:
         """Insert the aggregates' events. Returns (inserted, already present, fast path taken,
@@ -364,7 +364,7 @@ class BatchWriter:
                 cur.execute("ROLLBACK TO SAVEPOINT esctl_batch")
                 rejected.update({a: ("conflict", d) for a, d in clashes.items()})
                 remaining = {a: g for a, g in clean.items() if a not in clashes}
-                inserted, present, fast, more = self._write_groups(cur, remaining)
+                inserted, present, fast, more = self.write_groups(cur, remaining)
                 rejected.update(more)
                 return inserted, present, fast, rejected
             events = sum(len(g.rows) for g in clean.values())
@@ -386,7 +386,7 @@ class BatchWriter:
             cur.execute("TRUNCATE esctl_stage")
             rejected.update({a: ("conflict", d) for a, d in conflicts.items()})
             remaining = {a: g for a, g in clean.items() if a not in conflicts}
-            inserted, present, _, more = self._write_groups(cur, remaining)
+            inserted, present, _, more = self.write_groups(cur, remaining)
             rejected.update(more)
         return inserted, present, False, rejected
 
@@ -534,7 +534,7 @@ class BatchWriter:
             for aggregate_id, group in batch.clean.items():
                 cur.execute("SAVEPOINT esctl_one")
                 try:
-                    i, p, _, rejected = self._write_groups(cur, {aggregate_id: group})
+                    i, p, _, rejected = self.write_groups(cur, {aggregate_id: group})
                 except psycopg.errors.DataError as exc:
                     cur.execute("ROLLBACK TO SAVEPOINT esctl_one")
                     detail = f"PostgreSQL rejected a value: {str(exc).strip()}"

@@ -304,6 +304,19 @@ CREATE TABLE IF NOT EXISTS esctl.quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_aggregate
     ON esctl.quarantine (target_schema, application_name, aggregate_id);
+-- migrate prune: the hash fields an aggregate's delete is about to remove, kept until they are
+-- removed, so a prune killed between deleting a list and its fields is finished by the next.
+-- Keys are bytes: any Redis key round-trips.
+CREATE TABLE IF NOT EXISTS esctl.prune_pending (
+    target_schema text NOT NULL,
+    application_name text NOT NULL,
+    aggregate_id text NOT NULL,
+    first_commit_id bytea NOT NULL,
+    hash_keys bytea[] NOT NULL,
+    commit_ids bytea[] NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_schema, application_name, aggregate_id)
+);
 """
 
 

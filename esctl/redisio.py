@@ -9,6 +9,7 @@ scripts only touch keys of one hash slot. Values come back as bytes; keys are de
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import socket
 import threading
 import time
@@ -394,6 +395,40 @@ def list_lengths(client: RedisClient, keys: Sequence[str]) -> list[int]:
             raise ServerError(f"LLEN {key} failed: {reply}")
         out.append(int(reply))
     return out
+
+
+def used_memory(client: RedisClient) -> int:
+    """``used_memory`` of INFO memory (summed over a cluster's primaries)."""
+    try:
+        if isinstance(client, redis.cluster.RedisCluster):
+            info: Any = client.info("memory", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+        else:
+            info = client.info("memory")
+    except redis.exceptions.RedisError as exc:
+        raise wrap_errors(client, exc) from exc
+    if "used_memory" in info:
+        return int(info["used_memory"])
+    return sum(int(v["used_memory"]) for v in info.values() if isinstance(v, dict))
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, redis.exceptions.NoScriptError) or (
+        isinstance(reply, Exception) and "NOSCRIPT" in str(reply)
+    )
+
+
+def eval_pipelined(client: RedisClient, script: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Run a Lua script once per call (``(numkeys, *keys, *args)``), pipelined: EVALSHA, and
+    EVAL for the calls a server answered NOSCRIPT (a restarted server, another cluster node).
+    Keep each call's keys in one hash slot. Replies in order; errors as exception objects."""
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    replies = pipelined(client, [("EVALSHA", sha, *call) for call in calls])
+    missing = [i for i, r in enumerate(replies) if _is_noscript(r)]
+    if missing:
+        again = pipelined(client, [("EVAL", script, *calls[i]) for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return replies
 
 
 class LatencyPacer:

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from esctl import migrate as core
+from esctl import plan as plan_core
+from esctl import prune as prune_core
 from esctl import redisio
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
@@ -88,6 +90,15 @@ def redis_to_pg(
         bool,
         typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr)."),
     ] = True,
+    delete_source: Annotated[
+        bool,
+        typer.Option(
+            "--delete-source",
+            help="After a migration that did not stop early, run 'migrate prune' for the same "
+            "app (and shard); needs --yes (with --dry-run: a dry-run prune).",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm --delete-source.")] = False,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
     pg_dsn: PgDsnOpt = None,
@@ -102,11 +113,13 @@ def redis_to_pg(
 
     Rerun the same command after a crash to continue; run it nightly to move what is new.
     Aggregates with problems are skipped whole, recorded in esctl.quarantine, and make the
-    exit code 3.
+    exit code 3. With --delete-source --yes, prune (see 'migrate prune') runs afterwards; its
+    summary is under "prune" in the JSON.
 
     Example: esctl migrate redis-to-pg --app MyService --init-schema
     """
     with reporting(json_mode=json_, debug=debug):
+        _check_delete_source(delete_source=delete_source, yes=yes, dry_run=dry_run)
         resolved = settings(
             redis_url=redis_url,
             pg_dsn=pg_dsn,
@@ -144,11 +157,16 @@ def redis_to_pg(
             if bar:
                 bar.close()
         document = summary.as_dict()
+        pruned = _prune_source(client, opts, summary, document) if delete_source else None
         if json_:
             output.emit_json(document)
         else:
             _render(summary)
+            if pruned is not None:
+                _render_prune(pruned)
         if summary.aggregates_quarantined or summary.stopped_early:
+            raise typer.Exit(EXIT_PROBLEMS)
+        if pruned is not None and pruned.found_problems:
             raise typer.Exit(EXIT_PROBLEMS)
 
 
@@ -286,4 +304,296 @@ def verify_command(
                     title=f"mismatches ({summary.mismatches})",
                 )
         if summary.mismatches:
+            raise typer.Exit(EXIT_PROBLEMS)
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+@app.command("plan")
+def plan_command(
+    sample: Annotated[
+        int, typer.Option("--sample", min=1, help="Aggregates to read whole (a random sample).")
+    ] = plan_core.DEFAULT_SAMPLE,
+    trial: Annotated[
+        bool,
+        typer.Option(
+            "--trial/--no-trial",
+            help="Write the sample into PostgreSQL in a rolled-back transaction to measure size "
+            "and speed.",
+        ),
+    ] = True,
+    trial_events: Annotated[
+        int, typer.Option("--trial-events", min=1, help="At most this many events in the trial.")
+    ] = plan_core.DEFAULT_TRIAL_EVENTS,
+    toast_compression: Annotated[
+        str,
+        typer.Option(
+            "--toast-compression",
+            help="As for redis-to-pg: the compression the size estimate assumes (lz4, pglz, "
+            "or 'server').",
+        ),
+    ] = "lz4",
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    pg_dsn: PgDsnOpt = None,
+    pg_schema: PgSchemaOpt = None,
+    app_name: AppOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Estimate a migration: events, bytes in Redis and in PostgreSQL, and the run time.
+
+    Counts aggregates and events exactly (SCAN + LLEN); reads a random sample of aggregates
+    whole for the stored and decompressed (JSON) bytes, the compressed and legacy shares and
+    the problems migrate would quarantine. Then writes the sample's clean aggregates with the
+    migration's own writer into a throwaway copy of the tables, inside a transaction that is
+    rolled back, to measure the PostgreSQL size (tables, indexes, TOAST) and the write speed.
+    Nothing stays in PostgreSQL: the target tables are not written and their sequences do not
+    move. Read-only on Redis. The run time is the events at the trial's end-to-end rate
+    (reading, decoding and writing one after the other: it errs on the long side). Exits 0
+    even when the sample has problems: it is an estimate (run 'migrate redis-to-pg --dry-run'
+    for the full list).
+
+    Example: esctl migrate plan --app MyService --sample 5000 --json
+    """
+    with reporting(json_mode=json_, debug=debug):
+        resolved = settings(
+            redis_url=redis_url,
+            pg_dsn=pg_dsn,
+            pg_schema=pg_schema,
+            app=app_name,
+            profile=profile,
+            config=config,
+        )
+        opts = plan_core.PlanOptions(
+            app=resolved.require("app"),
+            pg_dsn=resolved.pg_dsn,
+            pg_schema=resolved.pg_schema,
+            sample=sample,
+            trial=trial,
+            trial_events=trial_events,
+            toast_compression=None if toast_compression == "server" else toast_compression,
+        )
+        client = redisio.connect(resolved.redis_url, cluster=cluster)
+        summary = plan_core.plan(client, opts)
+        if json_:
+            output.emit_json(summary.as_dict())
+            return
+        about = "" if summary.exact else "~"
+        output.emit_mapping(
+            {
+                "aggregates": summary.aggregates,
+                "events": summary.events,
+                "sample": f"{summary.sample_aggregates:,} aggregates, "
+                f"{summary.sample_events:,} events" + (" (all)" if summary.exact else ""),
+                "stored in Redis (payloads)": about + _bytes(summary.stored_bytes_estimate),
+                "decompressed JSON": about + _bytes(summary.json_bytes_estimate),
+                "compressed events": f"{summary.compressed_share:.1%}",
+                "legacy-layout events": f"{summary.legacy_share:.1%}",
+                "PostgreSQL size": "~" + _bytes(summary.pg_bytes_estimate),
+                "  of which event_data": "~" + _bytes(summary.pg_event_data_bytes_estimate),
+                "trial": f"{summary.trial_events:,} events at "
+                f"{summary.trial_events_per_s or 0:,.0f} events/s (read "
+                f"{summary.read_events_per_s or 0:,.0f}/s, write "
+                f"{summary.write_events_per_s or 0:,.0f}/s)",
+                "estimated run time": "~" + _duration(summary.estimated_seconds),
+                "sampled aggregates with problems": summary.aggregates_with_problems_in_sample,
+            },
+            title=f"migrate plan for {summary.app} into schema {summary.pg_schema}",
+        )
+        if summary.trial_note:
+            output.warn(summary.trial_note)
+        if summary.problems_in_sample:
+            output.emit_table(
+                ["problem", "sampled aggregates"],
+                sorted(summary.problems_in_sample.items()),
+                title="problems in the sample (migrate would quarantine these aggregates)",
+            )
+
+
+# --- prune ---------------------------------------------------------------------------------
+
+
+def _check_delete_source(*, delete_source: bool, yes: bool, dry_run: bool) -> None:
+    """redis-to-pg --delete-source needs --yes (a dry run deletes nothing and needs none)."""
+    from esctl.errors import Refused
+
+    if delete_source and not yes and not dry_run:
+        raise Refused(
+            "--delete-source deletes the migrated events from Redis and needs --yes",
+            hint="add --yes (nothing was done), or try --dry-run first",
+        )
+
+
+def _prune_source(
+    client: redisio.RedisClient,
+    opts: core.MigrateOptions,
+    summary: core.MigrationSummary,
+    document: dict[str, object],
+) -> prune_core.PruneSummary | None:
+    """The prune of redis-to-pg --delete-source; its summary goes under "prune"."""
+    document["prune"] = None
+    if summary.stopped_early is not None:
+        output.warn("--delete-source: nothing pruned because the migration stopped early")
+        return None
+    result = prune_core.prune(
+        client,
+        prune_core.PruneOptions(
+            app=opts.app,
+            pg_dsn=opts.pg_dsn,
+            pg_schema=opts.pg_schema,
+            dry_run=opts.dry_run,
+            shard=opts.shard,
+        ),
+    )
+    document["prune"] = result.as_dict()
+    return result
+
+
+def _render_prune(summary: prune_core.PruneSummary) -> None:
+    would = "would be " if summary.dry_run else ""
+    output.emit_mapping(
+        {
+            "aggregates examined": summary.aggregates_examined,
+            f"aggregates {would}pruned": summary.aggregates_pruned,
+            f"events {would}deleted": summary.events_deleted,
+            "skipped: not migrated yet": summary.skipped_not_migrated,
+            "skipped: unmigratable (quarantined)": summary.skipped_unmigratable,
+            "skipped: differ from PostgreSQL": summary.skipped_mismatch,
+            "changed since verified (left alone)": summary.changed_since_verify,
+            "orphan fields of an earlier run cleaned": summary.orphan_fields_cleaned,
+            "used_memory before": _bytes(summary.used_memory_before),
+            "used_memory after": _bytes(summary.used_memory_after),
+            "backup": f"{summary.backup_file} ({summary.backup_events:,} events)"
+            if summary.backup_file
+            else "-",
+            "elapsed": f"{summary.elapsed_s:.1f} s",
+        },
+        title="migrate prune" + (" (dry run: nothing deleted)" if summary.dry_run else ""),
+    )
+    if summary.problems:
+        output.emit_table(
+            ["kind", "key", "detail"],
+            [(p["kind"], p["key"], p["detail"]) for p in summary.problems[:50]],
+            title=f"problems ({summary.skipped_mismatch + summary.changed_since_verify})",
+        )
+
+
+def _confirm_prune(*, yes: bool, dry_run: bool, json_: bool, app_name: str, schema: str) -> None:
+    """--yes, or a yes typed on a terminal; never waits for an answer without a terminal."""
+    from esctl.errors import Refused
+
+    if yes or dry_run:
+        return
+    if not json_ and output.stdin_is_terminal() and output.stderr_is_terminal():
+        question = (
+            f"Delete from Redis the events of every aggregate of {app_name} that is identical "
+            f"in PostgreSQL (schema {schema})?"
+        )
+        if typer.confirm(question, default=False, err=True):
+            return
+        raise Refused(
+            "not confirmed; nothing was deleted", hint="add --yes to prune without asking"
+        )
+    raise Refused(
+        "migrate prune deletes events from Redis and needs --yes when there is no terminal "
+        "to confirm on",
+        hint="add --yes (nothing was done), or try --dry-run first",
+    )
+
+
+@app.command("prune")
+def prune_command(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+    backup_file: Annotated[
+        str | None,
+        typer.Option(
+            "--backup-file",
+            help="First write every event to be deleted to this new file (zstd JSON lines, "
+            "mode 0600, fsynced before each delete; not written in a dry run).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: DryRunOpt = False,
+    shard: ShardOpt = None,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    pg_dsn: PgDsnOpt = None,
+    pg_schema: PgSchemaOpt = None,
+    app_name: AppOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Free Redis memory: delete the events of aggregates that PostgreSQL holds identically.
+
+    Only aggregates that compare identical right now (as migrate verify compares) are deleted:
+    the commit list by a script that deletes it only if it still has the verified length, first
+    and last commit id, then the payload fields. One that gained a commit in between is left
+    alone and reported as changed_since_verify. Queues and snapshots are never touched. Run it
+    only once the services read their events from PostgreSQL.
+
+    Skipped and exit 0: aggregates not migrated yet or with newer events (expected while a
+    migration is partial) and unmigratable ones (migrate quarantines and reports those).
+    Exit 3: PostgreSQL holds other data than Redis (content_differs, extra_in_pg, versions
+    missing in between), or changed_since_verify. Exit 75: another prune holds the lock.
+
+    Without --yes it asks on a terminal and refuses (exit 1) without one. A run killed
+    between deleting a commit list and its payload fields leaves those fields behind; they
+    are recorded in esctl.prune_pending and the next prune deletes them first. Restore from a
+    backup: for each line in index order, RPUSH list_key commit_id and HSET hash_key
+    commit_id value (fields named *_b64 are base64).
+
+    Example: esctl migrate prune --app MyService --yes --backup-file pruned-2024-05-01.jsonl.zst
+    """
+    with reporting(json_mode=json_, debug=debug):
+        resolved = settings(
+            redis_url=redis_url,
+            pg_dsn=pg_dsn,
+            pg_schema=pg_schema,
+            app=app_name,
+            profile=profile,
+            config=config,
+        )
+        opts = prune_core.PruneOptions(
+            app=resolved.require("app"),
+            pg_dsn=resolved.pg_dsn,
+            pg_schema=resolved.pg_schema,
+            dry_run=dry_run,
+            backup_file=backup_file,
+            shard=Shard.parse(shard),
+        )
+        _confirm_prune(
+            yes=yes, dry_run=dry_run, json_=json_, app_name=opts.app, schema=opts.pg_schema
+        )
+        client = redisio.connect(resolved.redis_url, cluster=cluster)
+        summary = prune_core.prune(client, opts)
+        if json_:
+            output.emit_json(summary.as_dict())
+        else:
+            _render_prune(summary)
+        if summary.found_problems:
             raise typer.Exit(EXIT_PROBLEMS)

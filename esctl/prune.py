@@ -1,0 +1,494 @@
+"""``migrate prune``: free Redis memory by deleting events that PostgreSQL holds identically.
+
+Promises:
+
+- **Only what verifies identical right now.** Per SCAN page of commit lists, the aggregates'
+  streams are read and compared with their PostgreSQL rows by :mod:`esctl.verify`'s comparison;
+  only aggregates identical in every event (count, versions, types, time stamps, JSON content)
+  are candidates. Everything else is left alone and counted: not migrated yet (expected while a
+  migration is partial), unmigratable (migrate quarantines them), or a mismatch (reported).
+- **Atomic guard per aggregate.** A candidate's commit list is deleted by a server-side script
+  on that one key (cluster-safe) only if it still has the verified length, first and last
+  commit id; an aggregate that gained a commit since it was read is left untouched and reported
+  as ``changed_since_verify``. Only after its list is gone are the payload fields deleted from
+  their hashes (pipelined): nothing names them any more, so no reader can see a half-deleted
+  stream.
+- **Crash-safe.** Before a page's deletes, its candidates' hash fields are recorded in
+  ``esctl.prune_pending`` (PostgreSQL, committed); the record is removed once the fields are
+  deleted. A run killed between the two steps leaves orphan fields (unreachable payloads, not
+  events); the next prune of the same app finds the record and deletes exactly those fields
+  whose commit list is gone, before doing anything else.
+- **Backup first.** With a backup file, every event about to be deleted (app, aggregate id,
+  commit list key and index, commit id, hash key, the stored value byte for byte) is written as
+  a zstd-compressed JSON line, one complete zstd frame per page, flushed and fsynced (the file
+  and its directory) before that page's deletes. The file is created new (never overwritten)
+  with mode 0600.
+- **Never touches queues or snapshots**: only ``{EventStore:APP}:*`` commit lists and fields of
+  ``EventStore:APP:P`` / ``EventStore:APP`` are deleted.
+
+Prune makes the events unreadable for a service still reading from Redis: run it only once the
+services read their events from PostgreSQL (the library's SQL provider).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+
+from esctl import codec, layout, pg, redisio
+from esctl.errors import ConfigError, LockHeld, ServerError, UsageError
+from esctl.shard import Shard
+from esctl.streams import Stream, read_streams, validate_stream
+from esctl.verify import PgEvent, VerifyOptions, VerifySummary, compare_stream, pg_page
+
+GUARD_SCRIPT = """
+-- KEYS[1]: a commit list. ARGV: the verified length, first and last commit id.
+-- Deletes the list only if it is still exactly what was verified; 1 if deleted, else 0.
+if redis.call('LLEN', KEYS[1]) == tonumber(ARGV[1])
+    and redis.call('LINDEX', KEYS[1], 0) == ARGV[2]
+    and redis.call('LINDEX', KEYS[1], -1) == ARGV[3] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+HDEL_CHUNK = 1000
+"""Fields per HDEL command."""
+
+# Mismatches that are expected while a migration is partial or a service is writing.
+_NOT_MIGRATED_KINDS = frozenset({"not_migrated_new_events"})
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    app: str
+    pg_dsn: str
+    pg_schema: str = "public"
+    dry_run: bool = False
+    backup_file: str | None = None
+    shard: Shard = field(default_factory=Shard)
+    scan_count: int = 1000
+
+
+@dataclass
+class PruneSummary:
+    dry_run: bool
+    aggregates_examined: int = 0
+    aggregates_pruned: int = 0
+    """Commit lists deleted (in a dry run: that would be deleted)."""
+    events_deleted: int = 0
+    payload_fields_deleted: int = 0
+    skipped_not_identical: int = 0
+    skipped_not_migrated: int = 0
+    """Not in PostgreSQL yet, or with newer events than PostgreSQL holds (expected)."""
+    skipped_unmigratable: int = 0
+    """The Redis stream has problems (migrate quarantines it)."""
+    skipped_mismatch: int = 0
+    """PostgreSQL holds other data than Redis (reported as problems)."""
+    changed_since_verify: int = 0
+    orphan_fields_cleaned: int = 0
+    """Fields left by an interrupted earlier prune, deleted at the start of this one."""
+    used_memory_before: int = 0
+    used_memory_after: int = 0
+    backup_file: str | None = None
+    backup_events: int = 0
+    problems: list[dict[str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    max_problems_listed: int = 1000
+
+    def add_problem(self, kind: str, key: str, detail: str) -> None:
+        if len(self.problems) < self.max_problems_listed:
+            self.problems.append({"kind": kind, "key": key, "detail": detail})
+
+    @property
+    def found_problems(self) -> bool:
+        """Exit 3: PostgreSQL disagrees with Redis, or an aggregate changed under the run."""
+        return bool(self.skipped_mismatch or self.changed_since_verify)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "aggregates_examined": self.aggregates_examined,
+            "aggregates_pruned": self.aggregates_pruned,
+            "events_deleted": self.events_deleted,
+            "payload_fields_deleted": self.payload_fields_deleted,
+            "skipped_not_identical": self.skipped_not_identical,
+            "skipped_not_migrated": self.skipped_not_migrated,
+            "skipped_unmigratable": self.skipped_unmigratable,
+            "skipped_mismatch": self.skipped_mismatch,
+            "changed_since_verify": self.changed_since_verify,
+            "orphan_fields_cleaned": self.orphan_fields_cleaned,
+            "used_memory_before": self.used_memory_before,
+            "used_memory_after": self.used_memory_after,
+            "backup_file": self.backup_file,
+            "backup_events": self.backup_events,
+            "problems": self.problems,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+# --- Redis helpers -------------------------------------------------------------------------
+
+
+def guarded_delete(
+    client: redisio.RedisClient, guards: Sequence[tuple[str, int, str, str]]
+) -> list[bool]:
+    """Run the guard script for each ``(commit list key, length, first commit id, last commit
+    id)``, pipelined (EVALSHA, EVAL where the server lacks the script). True where the list was
+    still exactly that and is now deleted."""
+    if not guards:
+        return []
+    replies = redisio.eval_pipelined(client, GUARD_SCRIPT, [(1, *g) for g in guards])
+    out: list[bool] = []
+    for (key, *_), reply in zip(guards, replies, strict=True):
+        if isinstance(reply, Exception):
+            raise ServerError(f"the guarded delete of {key} failed: {reply}")
+        out.append(int(reply) == 1)
+    return out
+
+
+def delete_fields(
+    client: redisio.RedisClient, fields: Iterable[tuple[str | bytes, str | bytes]]
+) -> int:
+    """HDEL ``(hash key, field)`` pairs, grouped per hash, pipelined. Returns fields deleted."""
+    by_hash: dict[str | bytes, list[str | bytes]] = {}
+    for hash_key, name in fields:
+        by_hash.setdefault(hash_key, []).append(name)
+    commands: list[tuple[Any, ...]] = []
+    for hash_key, names in by_hash.items():
+        for start in range(0, len(names), HDEL_CHUNK):
+            commands.append(("HDEL", hash_key, *names[start : start + HDEL_CHUNK]))
+    deleted = 0
+    for command, reply in zip(commands, redisio.pipelined(client, commands), strict=True):
+        if isinstance(reply, Exception):
+            raise ServerError(f"HDEL {redisio.key_str(command[1])} failed: {reply}")
+        deleted += int(reply)
+    return deleted
+
+
+# --- backup --------------------------------------------------------------------------------
+
+
+def _put(document: dict[str, Any], name: str, data: str | bytes) -> None:
+    """``name``: the text when the bytes are UTF-8, else ``name_b64``: their base64."""
+    raw = redisio.key_bytes(data) if isinstance(data, str) else data
+    try:
+        document[name] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        document[name + "_b64"] = base64.b64encode(raw).decode("ascii")
+
+
+def backup_records(app: str, stream: Stream) -> list[bytes]:
+    """One JSON line per event of ``stream``: what a restore needs to put it back exactly
+    (RPUSH ``list_key`` the commit ids in ``index`` order, HSET ``hash_key`` ``commit_id``
+    ``value``). Text fields that are not UTF-8 appear as ``<name>_b64``."""
+    lines: list[bytes] = []
+    for e in stream.events:
+        assert e.hash_key is not None and e.stored is not None
+        document: dict[str, Any] = {}
+        _put(document, "app", app)
+        _put(document, "aggregate_id", stream.aggregate_id)
+        _put(document, "list_key", stream.key)
+        document["index"] = e.position
+        document["list_length"] = len(stream.events)
+        _put(document, "commit_id", e.commit_id)
+        _put(document, "hash_key", e.hash_key)
+        document["version"] = e.event.version if e.event else None
+        _put(document, "value", e.stored)
+        lines.append(orjson.dumps(document) + b"\n")
+    return lines
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BackupFile:
+    """A new file (mode 0600, never an existing one) of zstd frames of JSON lines; each
+    :meth:`write` is one complete frame, on disk (fsynced) when it returns."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.events = 0
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise UsageError(
+                f"--backup-file {path} exists; prune never overwrites a backup",
+                hint="choose a new file name",
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the backup file {path}: {exc.strerror}",
+                hint="choose a writable directory; nothing was deleted",
+            ) from None
+        os.fchmod(fd, 0o600)  # whatever the umask
+        self.file = os.fdopen(fd, "wb")
+        _fsync_directory(path)
+
+    def write(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        try:
+            self.file.write(codec.zstd_compress(b"".join(lines)))
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the backup file {self.path}: {exc.strerror}",
+                hint="free disk space and rerun; nothing of this page was deleted",
+            ) from None
+        self.events += len(lines)
+
+    def close(self) -> None:
+        self.file.close()
+        _fsync_directory(self.path)
+
+
+# --- the journal ---------------------------------------------------------------------------
+
+
+def _journal(conn: psycopg.Connection, opts: PruneOptions, candidates: list[Stream]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO esctl.prune_pending AS p (target_schema, application_name,"
+            " aggregate_id, first_commit_id, hash_keys, commit_ids)"
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (target_schema, application_name, aggregate_id) DO UPDATE"
+            "   SET first_commit_id = excluded.first_commit_id, hash_keys = excluded.hash_keys,"
+            "       commit_ids = excluded.commit_ids, recorded_at = now()",
+            [
+                (
+                    opts.pg_schema,
+                    opts.app,
+                    s.aggregate_id,
+                    redisio.key_bytes(s.events[0].commit_id),
+                    [redisio.key_bytes(e.hash_key or "") for e in s.events],
+                    [redisio.key_bytes(e.commit_id) for e in s.events],
+                )
+                for s in candidates
+            ],
+        )
+    conn.commit()
+
+
+def _unjournal(conn: psycopg.Connection, opts: PruneOptions, ids: list[str]) -> None:
+    conn.execute(
+        "DELETE FROM esctl.prune_pending WHERE target_schema = %s AND application_name = %s"
+        " AND aggregate_id = ANY(%s)",
+        (opts.pg_schema, opts.app, ids),
+    )
+    conn.commit()
+
+
+def _recover(client: redisio.RedisClient, conn: psycopg.Connection, opts: PruneOptions) -> int:
+    """Finish what an interrupted prune left: delete the recorded fields of every aggregate
+    whose commit list is gone (or was started anew), forget the others. Returns fields deleted."""
+    rows = conn.execute(
+        "SELECT aggregate_id, first_commit_id, hash_keys, commit_ids FROM esctl.prune_pending"
+        " WHERE target_schema = %s AND application_name = %s",
+        (opts.pg_schema, opts.app),
+    ).fetchall()
+    conn.commit()
+    rows = [r for r in rows if opts.shard.owns(r[0])]
+    cleaned = 0
+    for chunk in redisio.chunked(rows, 1000):
+        keys = [layout.commit_list_key(opts.app, r[0]) for r in chunk]
+        firsts = redisio.pipelined(client, [("LINDEX", k, 0) for k in keys])
+        orphans: list[tuple[str | bytes, str | bytes]] = []
+        for (_, first, hash_keys, commit_ids), reply in zip(chunk, firsts, strict=True):
+            if isinstance(reply, Exception):
+                raise ServerError(f"cannot read a commit list: {reply}")
+            if reply is not None and bytes(reply) == bytes(first):
+                continue  # the list was never deleted: its fields are still events
+            orphans.extend(zip(map(bytes, hash_keys), map(bytes, commit_ids), strict=True))
+        cleaned += delete_fields(client, orphans)
+        _unjournal(conn, opts, [r[0] for r in chunk])
+    return cleaned
+
+
+# --- the operation -------------------------------------------------------------------------
+
+
+def _classify(
+    stream: Stream,
+    pg_rows: list[PgEvent],
+    migrated: int | None,
+    check: VerifySummary,
+    summary: PruneSummary,
+) -> None:
+    """Count a stream that did not compare identical, and report it when it is a mismatch.
+    Not in PostgreSQL at all (and not recorded as migrated) is "not migrated yet"."""
+    summary.skipped_not_identical += 1
+    kinds = {k for k, n in check.counts.items() if n}
+    if "unmigratable_in_redis" in kinds:
+        summary.skipped_unmigratable += 1
+    elif kinds <= _NOT_MIGRATED_KINDS or (
+        kinds == {"missing_in_pg"} and not pg_rows and not migrated
+    ):
+        summary.skipped_not_migrated += 1
+    else:
+        summary.skipped_mismatch += 1
+        for p in check.problems:
+            if p["kind"] not in _NOT_MIGRATED_KINDS:
+                summary.add_problem(p["kind"], p["key"], p["detail"])
+
+
+def prune(
+    client: redisio.RedisClient,
+    opts: PruneOptions,
+    *,
+    before_delete: Callable[[list[str]], None] | None = None,
+) -> PruneSummary:
+    """Delete from Redis the events of every aggregate of ``opts.app`` (in ``opts.shard``) that
+    is identical in PostgreSQL; see the module docstring for what it promises.
+
+    ``before_delete`` is called with each page's candidate aggregate ids after they were
+    verified (and backed up), right before their guarded deletes: for tests of the guard.
+
+    Raises LockHeld when another prune of this app/schema (shard) runs, SchemaIncompatible when
+    the event tables are missing, UsageError when the backup file exists, ConnectionFailed when
+    a server goes away (rerunning is safe).
+    """
+    started = time.monotonic()
+    summary = PruneSummary(dry_run=opts.dry_run)
+    dsn = opts.pg_dsn
+    lock: pg.AdvisoryLock | None = None
+    if not opts.dry_run:
+        name = f"esctl:prune:{opts.pg_schema}:{opts.app}"
+        if opts.shard.count > 1:
+            name += f":{opts.shard}"
+        lock = pg.AdvisoryLock(dsn, name)
+        if not lock.try_acquire():
+            raise LockHeld(
+                f"another prune of {opts.app} (schema {opts.pg_schema}, shard {opts.shard}) "
+                "is running",
+                hint="wait for it to finish; nothing was done",
+            )
+    conn: psycopg.Connection | None = None
+    backup: BackupFile | None = None
+    bookkeeping = False
+    page_opts = VerifyOptions(app=opts.app, pg_dsn=dsn, pg_schema=opts.pg_schema)
+    try:
+        conn = pg.connect(dsn, application_name="esctl prune")
+        with pg.translate_errors(dsn):
+            pg.ensure_event_store_schema(conn, opts.pg_schema, create=False)
+            conn.commit()
+            if not opts.dry_run:
+                pg.ensure_state_schema(conn)
+                conn.commit()
+            bookkeeping = pg.state_schema_present(conn)
+            conn.commit()
+        summary.used_memory_before = redisio.used_memory(client)
+        if opts.backup_file and not opts.dry_run:
+            backup = BackupFile(opts.backup_file)
+            summary.backup_file = opts.backup_file
+        with pg.translate_errors(dsn):
+            if not opts.dry_run:
+                summary.orphan_fields_cleaned = _recover(client, conn, opts)
+            pages = redisio.scan_pages(
+                client,
+                layout.commit_list_pattern(opts.app),
+                type_="list",
+                count=opts.scan_count,
+            )
+            with ThreadPoolExecutor(1, thread_name_prefix="esctl-prune-pg") as pool:
+                for _, keys in pages:
+                    ids = [layout.aggregate_id_from_commit_list_key(opts.app, k) for k in keys]
+                    ids = [a for a in ids if opts.shard.owns(a)]
+                    if not ids:
+                        continue
+                    # PostgreSQL answers for the page while Redis is read for it.
+                    pending = pool.submit(pg_page, conn, page_opts, ids, bookkeeping)
+                    try:
+                        streams = read_streams(client, opts.app, ids)
+                    finally:
+                        rows, migrated = pending.result()
+                    _prune_page(
+                        client, conn, opts, streams, rows, migrated, summary, backup, before_delete
+                    )
+        summary.used_memory_after = redisio.used_memory(client)
+    finally:
+        if backup is not None:
+            backup.close()
+            summary.backup_events = backup.events
+        if conn is not None:
+            conn.close()
+        if lock is not None:
+            lock.release()
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+def _prune_page(
+    client: redisio.RedisClient,
+    conn: psycopg.Connection,
+    opts: PruneOptions,
+    streams: list[Stream],
+    rows: dict[str, list[PgEvent]],
+    migrated: dict[str, int],
+    summary: PruneSummary,
+    backup: BackupFile | None,
+    before_delete: Callable[[list[str]], None] | None,
+) -> None:
+    """Compare one page's streams, then back up and delete the identical ones."""
+    candidates: list[Stream] = []
+    for stream in streams:
+        if not stream.events:
+            continue  # deleted since the SCAN
+        summary.aggregates_examined += 1
+        validate_stream(stream)
+        pg_rows = rows.get(stream.aggregate_id, [])
+        check = VerifySummary()
+        done = migrated.get(stream.aggregate_id)
+        if compare_stream(stream, pg_rows, check, done):
+            candidates.append(stream)
+        else:
+            _classify(stream, pg_rows, done, check, summary)
+    if not candidates:
+        return
+    if opts.dry_run:
+        summary.aggregates_pruned += len(candidates)
+        summary.events_deleted += sum(len(s.events) for s in candidates)
+        return
+    if backup is not None:
+        backup.write([line for s in candidates for line in backup_records(opts.app, s)])
+    _journal(conn, opts, candidates)
+    if before_delete is not None:
+        before_delete([s.aggregate_id for s in candidates])
+    deleted = guarded_delete(
+        client,
+        [(s.key, len(s.events), s.events[0].commit_id, s.events[-1].commit_id) for s in candidates],
+    )
+    gone: list[Stream] = []
+    for stream, ok in zip(candidates, deleted, strict=True):
+        if ok:
+            gone.append(stream)
+        else:
+            summary.changed_since_verify += 1
+            summary.add_problem(
+                "changed_since_verify",
+                stream.key,
+                f"the commit list changed after it verified identical ({len(stream.events)} "
+                "events); left untouched: run migrate, then prune again",
+            )
+    # The lists are gone: nothing names these fields any more.
+    summary.payload_fields_deleted += delete_fields(
+        client, [(e.hash_key or "", e.commit_id) for s in gone for e in s.events]
+    )
+    summary.aggregates_pruned += len(gone)
+    summary.events_deleted += sum(len(s.events) for s in gone)
+    _unjournal(conn, opts, [s.aggregate_id for s in candidates])
