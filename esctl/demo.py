@@ -1118,6 +1118,31 @@ TOUR: list[TourStep] = [
         "quarantined and reported (exit code 3)",
     ),
     TourStep("esctl migrate verify", "compare Redis with PostgreSQL aggregate by aggregate"),
+    TourStep(
+        "esctl queue list",
+        "every subscriber's queue: waiting, processing (with the age of the oldest), dead "
+        "letters, RetryData",
+    ),
+    TourStep(
+        "esctl queue peek {dead_subscriber} {dead_event_type} --list dead",
+        "dead letters, next first, with their RetryData (retry count, last exception)",
+    ),
+    TourStep(
+        "esctl queue requeue {stuck_subscriber} {stuck_event_type} --older-than 5m --dry-run",
+        "which stuck processing messages would go back to PublishedEvents",
+    ),
+    TourStep(
+        "esctl queue requeue {stuck_subscriber} {stuck_event_type} --older-than 5m --yes",
+        "requeue them: atomic moves to the tail (taken next), then one notification",
+    ),
+    TourStep(
+        "esctl queue drain {dead_subscriber} {dead_event_type} --list dead "
+        "--to-file dead.jsonl.zst --yes",
+        "back the dead letters up to a file (0600, fsynced), then remove exactly those",
+    ),
+    TourStep(
+        "esctl queue restore dead.jsonl.zst --yes", "put them back where they were, byte for byte"
+    ),
 ]
 """Commands to try on the demo store, in order. Each capability appends its own steps."""
 

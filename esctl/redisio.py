@@ -161,10 +161,11 @@ def scan_pages(
                 if node is None:
                     cursor, keys = client.scan(cursor, match=match, count=count, _type=type_)
                 else:
-                    reply = client.scan(
+                    # redis-py's cluster SCAN answers (cursors by node name, keys).
+                    cursors, keys = client.scan(
                         cursor, match=match, count=count, _type=type_, target_nodes=node
                     )
-                    cursor, keys = reply[node.name] if isinstance(reply, dict) else reply
+                    cursor = cursors[node.name] if isinstance(cursors, dict) else cursors
             except redis.exceptions.RedisError as exc:
                 raise wrap_errors(client, exc) from exc
             cursor = int(cursor)

@@ -36,5 +36,10 @@ class Shard:
             zlib.crc32(aggregate_id.encode("utf-8", "surrogateescape")) % self.count == self.index
         )
 
+    def split(self, parts: int) -> list[Shard]:
+        """This shard cut into ``parts`` shards of ``count * parts``: together they own exactly
+        the aggregates this one owns (``crc % (n*k) == i + j*n`` implies ``crc % n == i``)."""
+        return [Shard(self.index + j * self.count, self.count * parts) for j in range(parts)]
+
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

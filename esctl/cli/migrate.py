@@ -245,6 +245,15 @@ def verify_command(
             help="Do not count events written to Redis after the last migration as mismatches.",
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=32,
+            help="Processes comparing in parallel, each taking a sub-shard of the aggregates.",
+        ),
+    ] = 1,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
     pg_dsn: PgDsnOpt = None,
@@ -281,8 +290,9 @@ def verify_command(
             sample=sample,
             allow_new_events=allow_new_events,
         )
-        client = redisio.connect(resolved.redis_url, cluster=cluster)
-        summary = verify_core.verify(client, opts)
+        summary = verify_core.verify_parallel(
+            resolved.redis_url, opts, workers=workers, cluster=cluster
+        )
         if json_:
             output.emit_json(summary.as_dict())
         else:

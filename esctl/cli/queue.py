@@ -1,0 +1,610 @@
+"""``esctl queue``: see and repair the subscribers' reliable queues (list, peek, requeue, drain,
+restore). Never opens PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from esctl import errors, redisio
+from esctl import queues as core
+from esctl.cli import output
+from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
+from esctl.cli.options import (
+    ClusterOpt,
+    ConfigOpt,
+    DebugOpt,
+    DryRunOpt,
+    EnvOpt,
+    JsonOpt,
+    ProfileOpt,
+    RedisUrlOpt,
+    YesOpt,
+    settings,
+)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="See and repair the subscribers' reliable queues: list, peek, requeue, drain, restore.",
+)
+
+SubscriberArg = Annotated[
+    str, typer.Argument(metavar="SUB", help="Subscriber (the service's ApplicationName).")
+]
+TypeArg = Annotated[str, typer.Argument(metavar="TYPE", help="Event type (short class name).")]
+OlderThanOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--older-than",
+        metavar="DURATION",
+        help="Only messages whose payload TimeStamp is older than this (90s, 5m, 2h, 1d).",
+        show_default=False,
+    ),
+]
+GraceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--grace",
+        metavar="DURATION",
+        help="Look twice, this far apart, and take only messages still there (stuck by "
+        "observation, whatever their age).",
+        show_default=False,
+    ),
+]
+AggregateOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--aggregate", metavar="AGG", help="Only messages of this aggregate id (repeatable)."
+    ),
+]
+ExceptionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--exception-contains",
+        metavar="TEXT",
+        help="Dead letters whose RetryData LastException contains TEXT (case-insensitive).",
+        show_default=False,
+    ),
+]
+MinRetriesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-retries",
+        min=0,
+        metavar="N",
+        help="Dead letters whose RetryData RetryCount is at least N.",
+        show_default=False,
+    ),
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        min=1,
+        metavar="N",
+        help="At most N messages, the next ones in consumption order first.",
+        show_default=False,
+    ),
+]
+
+
+def _list_name(value: str) -> str:
+    if value not in core.QUEUE_LISTS:
+        raise typer.BadParameter(f"use one of {', '.join(core.QUEUE_LISTS)}")
+    return value
+
+
+def _connect(
+    redis_url: str | None, cluster: bool, env: str | None, profile: str | None, config: str | None
+) -> tuple[redisio.RedisClient, str]:
+    resolved = settings(redis_url=redis_url, env=env, profile=profile, config=config)
+    environment = resolved.require("env")
+    return redisio.connect(resolved.redis_url, cluster=cluster), environment
+
+
+def _selection(
+    older_than: str | None,
+    grace: str | None,
+    aggregates: list[str] | None,
+    exception_contains: str | None,
+    min_retries: int | None,
+    limit: int | None,
+) -> core.Selection:
+    return core.Selection(
+        older_than=core.parse_duration(older_than) if older_than else None,
+        grace=core.parse_duration(grace) if grace else None,
+        aggregates=frozenset(aggregates or ()),
+        exception_contains=exception_contains,
+        min_retries=min_retries,
+        limit=limit,
+    )
+
+
+def _confirmer(yes: bool, dry_run: bool) -> core.Confirm | None:
+    """None when no question is needed; refuses at once (before any work) when one is needed
+    and there is no terminal to ask on."""
+    if yes or dry_run:
+        return None
+    if not output.stdin_is_terminal():
+        raise errors.Refused(
+            "this command changes queues and asks first, but there is no terminal to ask on; "
+            "nothing was changed",
+            hint="pass --yes to run it unattended (cron), or --dry-run to see what it would do",
+        )
+
+    def ask(plan: core.Plan) -> bool:
+        where = f" to {plan.destination}" if plan.destination else ""
+        verb = {"discard": "discard (no backup!)"}.get(plan.action, plan.action)
+        question = f"{verb} {plan.count:,} message(s) from {plan.source}{where}?"
+        return typer.confirm(question, default=False, err=True)
+
+    return ask
+
+
+def _age(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    value = int(seconds)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    days, rest = divmod(value, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{sign}{days}d {hours}h"
+    if hours:
+        return f"{sign}{hours}h {minutes}m"
+    if minutes:
+        return f"{sign}{minutes}m {secs}s"
+    return f"{sign}{secs}s"
+
+
+def _first_line(text: str | None, width: int = 70) -> str | None:
+    if not text:
+        return None
+    line = text.strip().splitlines()[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _problems_table(problems: list[dict[str, str]]) -> None:
+    if problems:
+        output.emit_table(
+            ["kind", "key", "detail"],
+            [(p["kind"], p["key"], p["detail"]) for p in problems[:50]],
+            title=f"problems ({len(problems)})",
+        )
+
+
+def _messages_table(messages: list[core.MessageInfo], *, title: str, dead: bool) -> None:
+    columns = ["#", "aggregate", "version", "timestamp", "age", "bytes"]
+    if dead:
+        columns += ["retries", "last exception"]
+    rows: list[list[Any]] = []
+    for m in messages:
+        row: list[Any] = [m.position, m.aggregate_id, m.version, m.timestamp, _age(m.age_s), m.size]
+        if dead:
+            row += [
+                m.retry.retry_count if m.retry else None,
+                _first_line(m.retry.last_exception if m.retry else None),
+            ]
+        rows.append(row)
+    output.emit_table(columns, rows, title=title)
+
+
+def _exit(failed: int, problems: list[dict[str, str]]) -> None:
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+    if problems:
+        raise typer.Exit(EXIT_PROBLEMS)
+
+
+# --- list ----------------------------------------------------------------------------------
+
+
+@app.command("list")
+def list_command(
+    event_types: Annotated[
+        list[str] | None,
+        typer.Option("--type", metavar="TYPE", help="Only this event type (repeatable)."),
+    ] = None,
+    subscribers: Annotated[
+        list[str] | None,
+        typer.Option("--subscriber", metavar="SUB", help="Only this subscriber (repeatable)."),
+    ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            metavar="PATH",
+            help="Also write the figures in Prometheus textfile format (replaced atomically), "
+            "for node_exporter's textfile collector.",
+            show_default=False,
+        ),
+    ] = None,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    env: EnvOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Every subscriber x event type of the environment, with queue lengths.
+
+    Shows published / processing / dead lengths, the age of the oldest processing message
+    (from its TimeStamp) and the event type's RetryData count; subscribers whose lists are
+    empty are listed too. Read-only.
+
+    Example: esctl queue list --env production --metrics-file /var/lib/node_exporter/esctl_queues.prom
+    """
+    with reporting(json_mode=json_, debug=debug):
+        client, environment = _connect(redis_url, cluster, env, profile, config)
+        listing = core.list_queues(
+            client, environment, event_types=event_types or (), subscribers=subscribers or ()
+        )
+        if metrics_file is not None:
+            core.write_metrics_file(metrics_file, core.render_prometheus(listing))
+        if json_:
+            document = listing.as_dict()
+            document["metrics_file"] = str(metrics_file) if metrics_file else None
+            output.emit_json(document)
+        else:
+            output.emit_table(
+                ["event type", "subscriber", "published", "processing", "dead",
+                 "oldest processing", "retry data", "subscribed"],
+                [
+                    (q.event_type, q.subscriber, q.published, q.processing, q.dead,
+                     _age(q.oldest_processing_age_s), q.retry_data, q.subscribed)
+                    for q in listing.queues
+                ],
+                title=f"queues of env {environment} ({len(listing.queues)})",
+            )  # fmt: skip
+            _problems_table(listing.problems)
+            if metrics_file is not None:
+                output.info(f"wrote {metrics_file}")
+        _exit(0, listing.problems)
+
+
+# --- peek ----------------------------------------------------------------------------------
+
+
+@app.command("peek")
+def peek_command(
+    subscriber: SubscriberArg,
+    event_type: TypeArg,
+    which: Annotated[
+        str,
+        typer.Option(
+            "--list", metavar="LIST", callback=_list_name, help="published, processing or dead."
+        ),
+    ] = "published",
+    count: Annotated[
+        int, typer.Option("--count", min=1, metavar="N", help="How many messages to show.")
+    ] = 10,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    env: EnvOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show the next messages of a queue list without removing them.
+
+    Messages come in consumption order (the one RPOPLPUSH takes next first), decoded, with
+    RetryData (RetryCount, LastRetryTime, LastException) next to dead letters. --json carries
+    each message's full text. Read-only.
+
+    Example: esctl queue peek Reporting.Worker ItemScoreCreated --list dead --env production
+    """
+    with reporting(json_mode=json_, debug=debug):
+        client, environment = _connect(redis_url, cluster, env, profile, config)
+        ref = core.QueueRef(subscriber, environment, event_type)
+        result = core.peek(client, ref, which, count)
+        if json_:
+            output.emit_json(result.as_dict())
+            return
+        _messages_table(
+            result.messages,
+            title=f"{result.key}: {result.length:,} message(s), the next "
+            f"{len(result.messages)} shown (# 0 is taken next)",
+            dead=which == "dead",
+        )
+
+
+# --- requeue -------------------------------------------------------------------------------
+
+
+@app.command("requeue")
+def requeue_command(
+    subscriber: SubscriberArg,
+    event_type: TypeArg,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            metavar="LIST",
+            help="processing (stuck messages) or dead (dead letters).",
+        ),
+    ] = "processing",
+    older_than: OlderThanOpt = None,
+    grace: GraceOpt = None,
+    aggregates: AggregateOpt = None,
+    exception_contains: ExceptionOpt = None,
+    min_retries: MinRetriesOpt = None,
+    limit: LimitOpt = None,
+    keep_retry_data: Annotated[
+        bool,
+        typer.Option("--keep-retry-data", help="Keep the RetryData of requeued dead letters."),
+    ] = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    env: EnvOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Move stuck or dead-lettered messages back to the tail of PublishedEvents, taken next.
+
+    Each move is atomic (removed from the source and, only if it was still there, pushed), so
+    a message a consumer finishes or takes meanwhile is counted "gone", never duplicated. One
+    notification follows, so live subscribers pick the messages up. Requeued dead letters get
+    their RetryData deleted (--keep-retry-data keeps it). The selection is a snapshot taken at
+    the start. Exit 75 when another run holds the queue's lock.
+
+    Example: esctl queue requeue Reporting.Worker ItemScoreCreated --grace 5m --yes --env production
+    """
+    with reporting(json_mode=json_, debug=debug):
+        if source not in ("processing", "dead"):
+            raise errors.UsageError(
+                f"cannot requeue from {source!r}", hint="use --from processing or --from dead"
+            )
+        selection = _selection(
+            older_than, grace, aggregates, exception_contains, min_retries, limit
+        )
+        selection.check(source)
+        confirm = _confirmer(yes, dry_run)
+        client, environment = _connect(redis_url, cluster, env, profile, config)
+        if source == "processing" and selection.grace is None and selection.older_than is None:
+            output.warn(
+                "no --grace or --older-than: messages being handled right now are requeued too "
+                "and will be handled twice"
+            )
+        options = core.RequeueOptions(
+            source=source, selection=selection, keep_retry_data=keep_retry_data, dry_run=dry_run
+        )
+        if selection.grace is not None and not json_:
+            output.info(f"looking again in {grace} (--grace)…")
+        summary = core.requeue(
+            client, core.QueueRef(subscriber, environment, event_type), options, confirm=confirm
+        )
+        if json_:
+            output.emit_json(summary.as_dict())
+        else:
+            verb = "would requeue" if dry_run else "requeued"
+            output.emit_mapping(
+                {
+                    "from": summary.source_key,
+                    "to": summary.destination_key,
+                    "examined": summary.examined,
+                    "selected": summary.selected,
+                    verb: summary.requeued if not dry_run else summary.selected,
+                    "gone (taken meanwhile)": summary.gone,
+                    "failed": summary.failed,
+                    "retry data cleared": summary.retry_data_cleared,
+                    "notified": summary.notified,
+                },
+                title="queue requeue" + (" (dry run: nothing moved)" if dry_run else ""),
+            )
+            if dry_run and summary.messages:
+                _messages_table(
+                    summary.messages, title="would requeue", dead=summary.source == "dead"
+                )
+            _problems_table(summary.problems)
+        _exit(summary.failed, summary.problems)
+
+
+# --- drain ---------------------------------------------------------------------------------
+
+
+@app.command("drain")
+def drain_command(
+    subscriber: SubscriberArg,
+    event_type: TypeArg,
+    which: Annotated[
+        str,
+        typer.Option(
+            "--list", metavar="LIST", callback=_list_name, help="published, processing or dead."
+        ),
+    ] = "dead",
+    to_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--to-file",
+            metavar="PATH.jsonl.zst",
+            help="Backup file to write first (created 0600; never overwritten).",
+            show_default=False,
+        ),
+    ] = None,
+    discard: Annotated[
+        bool,
+        typer.Option("--discard", help="Remove without a backup (needs --yes)."),
+    ] = False,
+    older_than: OlderThanOpt = None,
+    grace: GraceOpt = None,
+    aggregates: AggregateOpt = None,
+    exception_contains: ExceptionOpt = None,
+    min_retries: MinRetriesOpt = None,
+    limit: LimitOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    env: EnvOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Back up the messages of a queue list to a file, then remove exactly those.
+
+    The backup (zstd JSON lines: key, list, position, value) is written and fsynced before
+    anything is removed; then exactly the backed-up values are removed, so messages arriving
+    meanwhile stay. Without --to-file it refuses unless --discard --yes. Undo with
+    esctl queue restore. Exit 75 when another run holds the queue's lock.
+
+    Example: esctl queue drain Reporting.Worker ItemScoreCreated --list dead --to-file dead.jsonl.zst --env production
+    """
+    with reporting(json_mode=json_, debug=debug):
+        selection = _selection(
+            older_than, grace, aggregates, exception_contains, min_retries, limit
+        )
+        selection.check(which)
+        if to_file is None and not dry_run and not (discard and yes):
+            raise errors.Refused(
+                "drain removes messages: it needs a backup file; nothing was changed",
+                hint="pass --to-file PATH.jsonl.zst (restore it with esctl queue restore), or "
+                "--discard --yes to drop the messages for good",
+            )
+        if to_file is not None and discard:
+            raise errors.UsageError("--to-file and --discard exclude each other")
+        confirm = _confirmer(yes, dry_run)
+        client, environment = _connect(redis_url, cluster, env, profile, config)
+        options = core.DrainOptions(
+            which=which,
+            to_file=to_file,
+            discard=discard,
+            selection=selection,
+            dry_run=dry_run,
+        )
+        summary = core.drain(
+            client, core.QueueRef(subscriber, environment, event_type), options, confirm=confirm
+        )
+        if json_:
+            output.emit_json(summary.as_dict())
+        else:
+            output.emit_mapping(
+                {
+                    "list": summary.key,
+                    "examined": summary.examined,
+                    "selected": summary.selected,
+                    "would drain" if dry_run else "drained": (
+                        summary.selected if dry_run else summary.drained
+                    ),
+                    "gone (taken meanwhile)": summary.gone,
+                    "failed": summary.failed,
+                    "backup file": summary.backup_file or ("-" if dry_run else "none (--discard)"),
+                },
+                title="queue drain" + (" (dry run: nothing removed)" if dry_run else ""),
+            )
+            if dry_run and summary.messages:
+                _messages_table(summary.messages, title="would drain", dead=which == "dead")
+            _problems_table(summary.problems)
+            if summary.backup_file and summary.drained:
+                output.info(f"undo with: esctl queue restore {summary.backup_file}")
+        _exit(summary.failed, summary.problems)
+
+
+# --- restore -------------------------------------------------------------------------------
+
+
+@app.command("restore")
+def restore_command(
+    backup_file: Annotated[
+        Path,
+        typer.Argument(metavar="PATH.jsonl.zst", help="A file written by esctl queue drain."),
+    ],
+    to: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--to",
+            metavar="SUB TYPE",
+            help="Restore into this subscriber's queue of this event type (in --env) instead "
+            "of where the messages came from; they go to the tail, taken next.",
+        ),
+    ] = None,
+    which: Annotated[
+        str | None,
+        typer.Option(
+            "--list",
+            metavar="LIST",
+            help="With --to: published, processing or dead (default: the drained list).",
+            show_default=False,
+        ),
+    ] = None,
+    include_unknown: Annotated[
+        bool,
+        typer.Option(
+            "--include-unknown",
+            help="Also restore messages a crashed drain may not have removed (may duplicate).",
+        ),
+    ] = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    env: EnvOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Put drained messages back where they came from, in their original order.
+
+    Each message returns to its list at its old distance from the tail, so drain then restore
+    leaves a list as it was; messages a consumer took before the drain removed them are
+    skipped. A notification follows. Restoring the same file again restores nothing twice
+    (progress is kept in Redis for 30 days). Exit 75 when another run holds a queue's lock.
+
+    Example: esctl queue restore dead.jsonl.zst --yes
+    """
+    with reporting(json_mode=json_, debug=debug):
+        if which is not None:
+            if to is None:
+                raise errors.UsageError("--list needs --to SUB TYPE")
+            core.check_list_name(which)
+        confirm = _confirmer(yes, dry_run)
+        resolved = settings(redis_url=redis_url, env=env, profile=profile, config=config)
+        target = None
+        if to is not None:
+            target = core.QueueRef(to[0], resolved.require("env"), to[1])
+        client = redisio.connect(resolved.redis_url, cluster=cluster)
+        options = core.RestoreOptions(
+            target=target,
+            target_list=which,
+            include_unknown=include_unknown,
+            dry_run=dry_run,
+            expect_env=resolved.get("env"),
+        )
+        summary = core.restore(client, backup_file, options, confirm=confirm)
+        if json_:
+            output.emit_json(summary.as_dict())
+        else:
+            output.emit_mapping(
+                {
+                    "backup file": summary.backup_file,
+                    "records": summary.records,
+                    "would restore" if dry_run else "restored": (
+                        summary.restorable - summary.already_restored
+                        if dry_run
+                        else summary.restored
+                    ),
+                    "already restored": summary.already_restored,
+                    "gone before the drain removed them": summary.gone,
+                    "outcome unknown": summary.unknown,
+                    "failed": summary.failed,
+                    "notified": summary.notified,
+                },
+                title="queue restore" + (" (dry run: nothing restored)" if dry_run else ""),
+            )
+            output.emit_table(
+                ["list", "records", "restored", "already restored"],
+                [(t.key, t.records, t.restored, t.already_restored) for t in summary.targets],
+            )
+            _problems_table(summary.problems)
+        _exit(summary.failed, summary.problems)

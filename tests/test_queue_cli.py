@@ -1,0 +1,198 @@
+"""``esctl queue`` end to end (a real subprocess): options, output shape, confirmation, exit
+codes. The behaviour itself is tested in test_queue_ops.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import redis
+from helpers import run_cli
+
+from esctl import layout, queues
+from esctl.demo import DemoSummary
+
+
+def esctl(url: str, env: str, *args: str) -> Any:
+    return run_cli("queue", *args, "--redis-url", url, "--env", env)
+
+
+def lists(client: redis.Redis, env: str) -> dict[bytes, list[bytes]]:
+    return {
+        key: client.lrange(key, 0, -1)
+        for key in client.scan_iter(match=f"*:{{{env}:*}}:*")
+        if client.type(key) == b"list"
+    }
+
+
+def test_list_json_and_metrics_file(
+    tmp_path: Path, redis_test_url: str, demo_store: DemoSummary
+) -> None:
+    metrics = tmp_path / "queues.prom"
+    result = esctl(redis_test_url, demo_store.env, "list", "--json", "--metrics-file", str(metrics))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["env"] == demo_store.env
+    assert document["totals"]["dead"] == demo_store.dead_letters
+    assert document["totals"]["processing"] == demo_store.processing_messages
+    assert len(document["queues"]) == len(demo_store.queues)
+    assert set(document["queues"][0]) >= {
+        "subscriber",
+        "event_type",
+        "published",
+        "processing",
+        "dead",
+        "oldest_processing_age_s",
+        "retry_data",
+    }
+    assert "esctl_queue_messages{" in metrics.read_text()
+
+    missing = run_cli("queue", "list", "--redis-url", redis_test_url, "--json")
+    assert missing.returncode == 1
+    assert json.loads(missing.stdout)["error"]["kind"] == "config"
+    assert "ESCTL_ENV" in missing.stderr
+
+
+def test_peek_json_shows_dead_letters_with_retry_data(
+    redis_test_url: str, demo_store: DemoSummary
+) -> None:
+    sub, kind = demo_store.samples["dead_subscriber"], demo_store.samples["dead_event_type"]
+    result = esctl(redis_test_url, demo_store.env, "peek", sub, kind, "--list", "dead", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["list"] == "dead" and document["length"] >= 1
+    first = document["messages"][0]
+    assert first["position"] == 0
+    assert first["retry"]["retry_count"] >= 1 and first["retry"]["last_exception"]
+    assert json.loads(first["text"])["Id"] == first["aggregate_id"]
+    human = esctl(redis_test_url, demo_store.env, "peek", sub, kind, "--list", "dead")
+    assert human.returncode == 0 and "last exception" in human.stdout
+
+
+def test_requeue_asks_refuses_without_terminal_and_runs_with_yes(
+    redis_client: redis.Redis, redis_test_url: str, demo_store: DemoSummary
+) -> None:
+    env = demo_store.env
+    sub, kind = demo_store.samples["stuck_subscriber"], demo_store.samples["stuck_event_type"]
+    processing = layout.queue_key(sub, env, kind, "processing")
+    stuck = redis_client.llen(processing)
+    assert stuck >= 1
+    before = lists(redis_client, env)
+
+    refused = esctl(redis_test_url, env, "requeue", sub, kind, "--older-than", "5m")
+    assert refused.returncode == 1
+    assert "no terminal" in refused.stderr and "--yes" in refused.stderr
+    assert lists(redis_client, env) == before
+
+    dry = esctl(
+        redis_test_url, env, "requeue", sub, kind, "--older-than", "5m", "--dry-run", "--json"
+    )
+    assert dry.returncode == 0, dry.stderr
+    document = json.loads(dry.stdout)
+    assert (
+        document["dry_run"] is True and document["selected"] == stuck and document["requeued"] == 0
+    )
+    assert lists(redis_client, env) == before
+
+    done = esctl(redis_test_url, env, "requeue", sub, kind, "--older-than", "5m", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert {"dry_run", "selected", "requeued", "gone", "problems"} <= set(summary)
+    assert (summary["dry_run"], summary["requeued"], summary["gone"], summary["problems"]) == (
+        False,
+        stuck,
+        0,
+        [],
+    )
+    assert redis_client.llen(processing) == 0
+
+
+def test_lock_held_exits_75(
+    redis_client: redis.Redis, redis_test_url: str, demo_store: DemoSummary
+) -> None:
+    sub, kind = demo_store.samples["dead_subscriber"], demo_store.samples["dead_event_type"]
+    ref = queues.QueueRef(sub, demo_store.env, kind)
+    redis_client.set(queues.lock_key(ref), "cron-host:1234:abcd", px=60_000)
+    result = esctl(
+        redis_test_url, demo_store.env, "requeue", sub, kind, "--from", "dead", "--yes", "--json"
+    )
+    assert result.returncode == 75
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "locked" and "cron-host:1234" in error["message"]
+    assert redis_client.llen(ref.key("dead")) >= 1
+
+
+def test_drain_restore_round_trip(
+    tmp_path: Path, redis_client: redis.Redis, redis_test_url: str, demo_store: DemoSummary
+) -> None:
+    env = demo_store.env
+    sub, kind = demo_store.samples["dead_subscriber"], demo_store.samples["dead_event_type"]
+    before = lists(redis_client, env)
+
+    refused = esctl(redis_test_url, env, "drain", sub, kind, "--list", "dead", "--yes")
+    assert refused.returncode == 1 and "--to-file" in refused.stderr
+    assert lists(redis_client, env) == before
+
+    backup = tmp_path / "dead.jsonl.zst"
+    drained = esctl(
+        redis_test_url,
+        env,
+        "drain",
+        sub,
+        kind,
+        "--list",
+        "dead",
+        "--to-file",
+        str(backup),
+        "--yes",
+        "--json",
+    )
+    assert drained.returncode == 0, drained.stderr
+    summary = json.loads(drained.stdout)
+    assert summary["drained"] == summary["selected"] >= 1 and summary["backup_file"] == str(backup)
+    assert not redis_client.exists(layout.queue_key(sub, env, kind, "dead"))
+
+    restored = run_cli(
+        "queue", "restore", str(backup), "--yes", "--json", "--redis-url", redis_test_url
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["restored"] == summary["drained"]
+    assert lists(redis_client, env) == before
+
+    again = run_cli(
+        "queue", "restore", str(backup), "--yes", "--json", "--redis-url", redis_test_url
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["already_restored"] == summary["drained"]
+    assert lists(redis_client, env) == before
+
+
+def test_usage_errors_exit_2(redis_test_url: str, demo_store: DemoSummary) -> None:
+    sub, kind = demo_store.samples["dead_subscriber"], demo_store.samples["dead_event_type"]
+    for args in (
+        ("requeue", sub, kind, "--older-than", "five minutes", "--yes"),
+        ("requeue", sub, kind, "--from", "published", "--yes"),
+        ("peek", sub, kind, "--list", "waiting"),
+    ):
+        result = esctl(redis_test_url, demo_store.env, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_failed_moves_exit_1_and_problems_exit_3(
+    redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    ref = queues.QueueRef("Svc", env_name, "T")
+    redis_client.lpush(ref.key("processing"), b"not json at all")
+    problems = esctl(
+        redis_test_url, env_name, "requeue", "Svc", "T", "--older-than", "1m", "--yes", "--json"
+    )
+    assert problems.returncode == 3, problems.stderr
+    assert json.loads(problems.stdout)["problems"][0]["kind"] == "no_timestamp"
+    redis_client.set(ref.key("published"), "a string")
+    failed = esctl(redis_test_url, env_name, "requeue", "Svc", "T", "--yes", "--json")
+    assert failed.returncode == 1
+    summary = json.loads(failed.stdout)
+    assert summary["failed"] == 1 and summary["problems"][0]["kind"] == "move_failed"
+    assert redis_client.llen(ref.key("processing")) == 1

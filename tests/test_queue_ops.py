@@ -1,0 +1,661 @@
+"""esctl.queues against a real Redis: list, peek, requeue, drain, restore, the lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from esctl import errors, layout, queues
+from esctl.demo import DEFAULT_NOW, DemoSummary
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+SUB = "Learning.ReportingService.Worker-Test"
+
+
+def message(
+    aggregate_id: str, version: int = 1, *, age: timedelta = timedelta(0), **extra: Any
+) -> bytes:
+    """A queued message as the library publishes it (uncompressed Newtonsoft JSON)."""
+    stamp = NOW - age
+    document = {
+        "$type": "Learning.ScoringService.Domain.Events.ItemScoreCreated, Learning.ScoringService.Domain",
+        "Id": aggregate_id,
+        "TimeStamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.%f") + "1+00:00",
+        "Version": version,
+        "AggregateType": "ItemScore",
+        **extra,
+    }
+    return orjson.dumps(document)
+
+
+def ref(env: str, event_type: str = "ItemScoreCreated", subscriber: str = SUB) -> queues.QueueRef:
+    return queues.QueueRef(subscriber, env, event_type)
+
+
+def fill(client: redis.Redis, key: str, consumption_order: list[bytes]) -> None:
+    """Make ``key`` hold these values, the first one at the tail (taken next)."""
+    client.delete(key)
+    if consumption_order:
+        client.lpush(key, *consumption_order)
+
+
+def contents(client: redis.Redis, key: str) -> list[bytes]:
+    """The list in consumption order (tail first)."""
+    return list(reversed(client.lrange(key, 0, -1)))
+
+
+def snapshot_lists(client: redis.Redis, env: str) -> dict[str, list[bytes]]:
+    found = {}
+    for key in client.scan_iter(match=f"*:{{{env}:*}}:*", count=1000):
+        name = key.decode()
+        if layout.parse_queue_key(name) and client.type(key) == b"list":
+            found[name] = client.lrange(key, 0, -1)
+    return found
+
+
+# --- queue list ----------------------------------------------------------------------------
+
+
+def test_list_matches_what_the_demo_wrote(
+    redis_client: redis.Redis, demo_store: DemoSummary
+) -> None:
+    now = DEFAULT_NOW
+    listing = queues.list_queues(redis_client, demo_store.env, now=now)
+    got = {(q.subscriber, q.event_type): q for q in listing.queues}
+    expected = {(q.subscriber, q.event_type): q for q in demo_store.queues}
+    assert set(got) == set(expected)  # subscribers with empty lists included
+    for pair, q in expected.items():
+        status = got[pair]
+        assert (status.published, status.processing, status.dead) == (
+            q.published,
+            q.processing,
+            q.dead_letters,
+        ), pair
+        assert status.subscribed
+        if q.processing:
+            assert status.oldest_processing_age_s is not None
+            if q.stuck:
+                assert status.oldest_processing_age_s > 300
+        else:
+            assert status.oldest_processing_age_s is None
+    assert sum(listing.retry_data.values()) == demo_store.retry_data
+    assert listing.problems == []
+
+
+def test_list_includes_lists_without_subscription_and_filters(
+    redis_client: redis.Redis, env_name: str
+) -> None:
+    redis_client.sadd(layout.subscribers_key(env_name, "A"), "S1", "S2")
+    redis_client.lpush(layout.queue_key("S1", env_name, "A", "published"), b"x", b"y")
+    redis_client.lpush(layout.queue_key("Gone", env_name, "B", "dead"), message("1"))
+    redis_client.hset(layout.retry_data_key(env_name, "B", "1"), "RetryCount", "2")
+    # a subscriber named RetryData with an aggregate called DeadLetters: decided by key type
+    redis_client.lpush(layout.queue_key("RetryData", env_name, "B", "dead"), b"z")
+    redis_client.lpush(layout.queue_key("S1", "other-env", "A", "published"), b"x")
+    listing = queues.list_queues(redis_client, env_name, now=NOW)
+    rows = {(q.subscriber, q.event_type): q for q in listing.queues}
+    assert set(rows) == {("S1", "A"), ("S2", "A"), ("Gone", "B"), ("RetryData", "B")}
+    assert rows["S1", "A"].published == 2 and rows["S1", "A"].subscribed
+    assert rows["S2", "A"].published == 0 and rows["S2", "A"].subscribed
+    assert rows["Gone", "B"].dead == 1 and not rows["Gone", "B"].subscribed
+    assert listing.retry_data == {"B": 1}
+    only = queues.list_queues(redis_client, env_name, event_types=["A"], subscribers=["S2"])
+    assert [(q.subscriber, q.event_type) for q in only.queues] == [("S2", "A")]
+    assert only.retry_data == {}
+
+
+def test_prometheus_textfile_is_written_atomically(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str
+) -> None:
+    redis_client.sadd(layout.subscribers_key(env_name, "T"), 'we"ird\\sub')
+    redis_client.lpush(
+        layout.queue_key('we"ird\\sub', env_name, "T", "processing"),
+        message("a", age=timedelta(minutes=10)),
+    )
+    listing = queues.list_queues(redis_client, env_name, now=NOW)
+    target = tmp_path / "esctl_queues.prom"
+    target.write_text("old")
+    queues.write_metrics_file(target, queues.render_prometheus(listing))
+    text = target.read_text()
+    assert 'subscriber="we\\"ird\\\\sub",list="processing"} 1' in text
+    assert "esctl_queue_oldest_processing_age_seconds{" in text
+    assert " 600.000" in text
+    assert "# TYPE esctl_queue_messages gauge" in text
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["esctl_queues.prom"]  # no temp file left
+
+
+# --- peek ----------------------------------------------------------------------------------
+
+
+def test_peek_shows_consumption_order_and_retry_data(
+    redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    values = [message(str(i), age=timedelta(hours=3 - i)) for i in range(3)]
+    fill(redis_client, q.key("dead"), values)
+    redis_client.hset(
+        q.retry_data_key("0"),
+        mapping={"RetryCount": "4", "LastRetryTime": "t", "LastException": "Boom\r\n at X"},
+    )
+    result = queues.peek(redis_client, q, "dead", count=2, now=NOW)
+    assert result.length == 3
+    assert [m.aggregate_id for m in result.messages] == ["0", "1"]
+    assert [m.position for m in result.messages] == [0, 1]
+    assert result.messages[0].retry == queues.RetryInfo(4, "t", "Boom\r\n at X")
+    assert result.messages[1].retry is None
+    assert result.messages[0].text == values[0].decode()
+    assert result.messages[0].age_s == pytest.approx(3 * 3600, abs=1)
+
+
+def test_unknown_queue_is_not_found(redis_client: redis.Redis, env_name: str) -> None:
+    with pytest.raises(errors.NotFound, match="no queue of subscriber 'Typo'"):
+        queues.peek(redis_client, ref(env_name, subscriber="Typo"))
+    with pytest.raises(errors.NotFound):
+        queues.requeue(redis_client, ref(env_name, subscriber="Typo"), queues.RequeueOptions())
+
+
+# --- requeue -------------------------------------------------------------------------------
+
+
+def test_requeue_moves_to_the_tail_in_order_and_notifies(
+    redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    stuck = [message(f"s{i}") for i in range(5)]
+    waiting = [message(f"w{i}") for i in range(3)]
+    fill(redis_client, q.key("processing"), stuck)
+    fill(redis_client, q.key("published"), waiting)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(q.channel)
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    summary = queues.requeue(redis_client, q, queues.RequeueOptions(now=NOW))
+    assert (summary.selected, summary.requeued, summary.gone, summary.failed) == (5, 5, 0, 0)
+    assert summary.notified
+    # requeued messages are taken next, oldest taken first, before those already waiting
+    assert contents(redis_client, q.key("published")) == stuck + waiting
+    assert redis_client.llen(q.key("processing")) == 0
+    note = pubsub.get_message(timeout=1)
+    assert note is not None and note["data"] == b"1"
+    assert pubsub.get_message(timeout=0.1) is None  # one notification, not one per message
+    pubsub.close()
+    assert not redis_client.exists(queues.lock_key(q))  # released
+
+
+def test_requeue_dry_run_changes_nothing(redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    fill(redis_client, q.key("processing"), [message("a", age=timedelta(hours=1)), message("b")])
+    before = snapshot_lists(redis_client, env_name)
+    summary = queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(
+            dry_run=True, selection=queues.Selection(older_than=timedelta(minutes=5)), now=NOW
+        ),
+    )
+    assert summary.dry_run and summary.selected == 1 and summary.requeued == 0
+    assert [m.aggregate_id for m in summary.messages] == ["a"]
+    assert snapshot_lists(redis_client, env_name) == before
+
+
+def test_requeue_selection_filters(redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    values = [
+        message("old", age=timedelta(hours=2)),
+        message("new", age=timedelta(minutes=1)),
+        b"not json",
+        message("old2", age=timedelta(hours=3)),
+        message("old3", age=timedelta(hours=4)),
+    ]
+    fill(redis_client, q.key("processing"), values)
+    summary = queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(
+            selection=queues.Selection(older_than=timedelta(minutes=30), limit=2), now=NOW
+        ),
+    )
+    assert summary.requeued == 2
+    assert contents(redis_client, q.key("published")) == [values[0], values[3]]
+    assert [p["kind"] for p in summary.problems] == ["no_timestamp"]
+    summary = queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(
+            selection=queues.Selection(aggregates=frozenset({"old3", "new"})), now=NOW
+        ),
+    )
+    assert summary.requeued == 2
+    assert contents(redis_client, q.key("processing")) == [b"not json"]
+
+
+def test_requeue_dead_letters_by_retry_data_and_clears_it(
+    redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    values = [message("a"), message("b"), message("c"), message("a", 2)]
+    fill(redis_client, q.key("dead"), values)
+    redis_client.hset(
+        q.retry_data_key("a"),
+        mapping={
+            "RetryCount": "5",
+            "LastException": "System.TimeoutException: Timeout performing EVAL",
+        },
+    )
+    redis_client.hset(
+        q.retry_data_key("b"),
+        mapping={"RetryCount": "1", "LastException": "Npgsql.PostgresException 23505"},
+    )
+    redis_client.hset(
+        q.retry_data_key("c"), mapping={"RetryCount": "9", "LastException": "timeout"}
+    )
+    timeout = queues.Selection(exception_contains="TIMEOUT", min_retries=3)
+    summary = queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(source="dead", selection=timeout, keep_retry_data=True),
+    )
+    assert summary.requeued == 3  # a (twice: two versions) and c
+    assert redis_client.exists(q.retry_data_key("a"), q.retry_data_key("c")) == 2
+    assert contents(redis_client, q.key("dead")) == [values[1]]
+    summary = queues.requeue(redis_client, q, queues.RequeueOptions(source="dead"))
+    assert summary.requeued == 1 and summary.retry_data_cleared == 1
+    assert not redis_client.exists(q.retry_data_key("b"))
+    with pytest.raises(errors.UsageError):
+        queues.requeue(
+            redis_client, q, queues.RequeueOptions(source="processing", selection=timeout)
+        )
+
+
+def test_requeue_is_count_aware_and_counts_messages_taken_meanwhile(
+    redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    dup = message("dup")
+    values = [dup, message("x"), dup, message("y"), dup]
+    fill(redis_client, q.key("processing"), values)
+
+    def consumer_finishes(plan: queues.Plan) -> bool:
+        # between the snapshot and the moves, a consumer finishes one "dup" and "x"
+        redis_client.lrem(q.key("processing"), 1, dup)
+        redis_client.lrem(q.key("processing"), 0, values[1])
+        return True
+
+    summary = queues.requeue(redis_client, q, queues.RequeueOptions(), confirm=consumer_finishes)
+    assert (summary.selected, summary.requeued, summary.gone) == (5, 3, 2)
+    assert sorted(contents(redis_client, q.key("published"))) == sorted([dup, dup, values[3]])
+    assert redis_client.llen(q.key("processing")) == 0
+
+
+def test_grace_requeues_only_messages_seen_twice(redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    dup = message("dup")
+    stuck = message("stuck", age=timedelta(seconds=1))
+    done_soon = message("fast")
+    fill(redis_client, q.key("processing"), [stuck, dup, done_soon, dup])
+    slept: list[float] = []
+
+    def meanwhile(seconds: float) -> None:
+        slept.append(seconds)
+        redis_client.lrem(q.key("processing"), 1, done_soon)  # finished by its consumer
+        redis_client.lrem(q.key("processing"), 1, dup)  # one of the two equal ones finished
+        redis_client.lpush(q.key("processing"), message("arrived"))  # taken just now
+
+    summary = queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(selection=queues.Selection(grace=timedelta(seconds=30))),
+        sleep=meanwhile,
+    )
+    assert slept == [30.0]
+    assert summary.requeued == 2  # stuck, and the one dup still there
+    assert contents(redis_client, q.key("published")) == [stuck, dup]
+    assert contents(redis_client, q.key("processing")) == [message("arrived")]
+
+
+def test_requeue_refusal_and_failure(redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    fill(redis_client, q.key("processing"), [message("a")])
+    with pytest.raises(errors.Refused):
+        queues.requeue(redis_client, q, queues.RequeueOptions(), confirm=lambda plan: False)
+    assert redis_client.llen(q.key("processing")) == 1
+    redis_client.set(q.key("published"), "not a list")
+    summary = queues.requeue(redis_client, q, queues.RequeueOptions())
+    assert summary.failed == 1 and summary.requeued == 0
+    assert summary.problems[0]["kind"] == "move_failed"
+    assert "WRONGTYPE" in summary.problems[0]["detail"]
+    assert redis_client.llen(q.key("processing")) == 1  # checked before anything changed
+
+
+def test_a_large_requeue_keeps_order_across_batches(
+    redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    values = [message(f"m{i}") for i in range(2500)]
+    fill(redis_client, q.key("processing"), values)
+    summary = queues.requeue(redis_client, q, queues.RequeueOptions())
+    assert summary.requeued == 2500
+    assert contents(redis_client, q.key("published")) == values
+    # sparse selections in a long list, near either end and in the middle
+    redis_client.delete(q.key("published"))
+    fill(redis_client, q.key("dead"), values)
+    picked = {"m2", "m1500", "m2497", "m2499"}
+    summary = queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(
+            source="dead", selection=queues.Selection(aggregates=frozenset(picked))
+        ),
+    )
+    assert summary.requeued == 4
+    assert contents(redis_client, q.key("published")) == [
+        values[2],
+        values[1500],
+        values[2497],
+        values[2499],
+    ]
+    assert contents(redis_client, q.key("dead")) == [
+        v for i, v in enumerate(values) if f"m{i}" not in picked
+    ]
+
+
+# --- the lock ------------------------------------------------------------------------------
+
+
+def test_lock_held_by_another_run(redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    fill(redis_client, q.key("processing"), [message("a")])
+    redis_client.set(queues.lock_key(q), "otherhost:42:abc", px=60_000)
+    with pytest.raises(errors.LockHeld, match="otherhost:42"):
+        queues.requeue(redis_client, q, queues.RequeueOptions())
+    with pytest.raises(errors.LockHeld):
+        queues.drain(redis_client, q, queues.DrainOptions(which="processing", discard=True))
+    assert queues.requeue(redis_client, q, queues.RequeueOptions(dry_run=True)).selected == 1
+    assert redis_client.get(queues.lock_key(q)) == b"otherhost:42:abc"  # untouched
+    assert redis_client.llen(q.key("processing")) == 1
+
+
+def test_lock_is_renewed_and_notices_when_lost(redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    with queues.QueueLock(redis_client, [q], ttl_ms=300) as lock:
+        time.sleep(0.5)
+        assert redis_client.get(queues.lock_key(q)) == lock.token.encode()
+        lock.check()
+        redis_client.set(queues.lock_key(q), "someone else")
+        time.sleep(0.3)
+        with pytest.raises(errors.ServerError, match="lost the queue lock"):
+            lock.check()
+    assert redis_client.get(queues.lock_key(q)) == b"someone else"  # never deletes others' locks
+
+
+# --- drain and restore ---------------------------------------------------------------------
+
+
+def test_drain_then_restore_is_byte_identical_for_every_demo_list(
+    tmp_path: Path, redis_client: redis.Redis, demo_store: DemoSummary
+) -> None:
+    env = demo_store.env
+    before = snapshot_lists(redis_client, env)
+    assert len(before) >= 10
+    files = []
+    for number, key in enumerate(sorted(before)):
+        subscriber, _, event_type, which = layout.parse_queue_key(key)  # type: ignore[misc]
+        path = tmp_path / f"{number}.jsonl.zst"
+        summary = queues.drain(
+            redis_client,
+            queues.QueueRef(subscriber, env, event_type),
+            queues.DrainOptions(which=which, to_file=path),
+        )
+        assert summary.drained == len(before[key]) and summary.gone == 0
+        assert not redis_client.exists(key)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        files.append(path)
+    for path in reversed(files):
+        assert queues.restore(redis_client, path, queues.RestoreOptions()).failed == 0
+    assert snapshot_lists(redis_client, env) == before
+
+
+def test_backup_round_trips_any_bytes_and_keeps_arrivals(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    odd = [
+        b"\xff\xfe not utf-8 \x00",
+        "Zoë 日本語 🎉".encode(),
+        b"",
+        message("a"),
+        b"\xff\xfe not utf-8 \x00",
+    ]
+    fill(redis_client, q.key("published"), odd)
+    path = tmp_path / "p.jsonl.zst"
+    queues.drain(redis_client, q, queues.DrainOptions(which="published", to_file=path))
+    records = queues.read_backup(path).records
+    assert [r["position"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[0]["encoding"] == "base64" and records[1]["encoding"] == "utf-8"
+    redis_client.lpush(q.key("published"), b"new1", b"new2")  # published while drained
+    summary = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert summary.restored == 5 and summary.notified
+    assert contents(redis_client, q.key("published")) == [*odd, b"new1", b"new2"]
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(st.sampled_from([b"a", b"b", b"c", b"d", b"e", b"\x80"]), max_size=30),
+    drained_ids=st.sets(st.sampled_from([b"a", b"b", b"c", b"d", b"e", b"\x80"])),
+    arrivals=st.integers(0, 3),
+    batch=st.sampled_from([1, 2, 1000]),
+)
+def test_partial_drain_then_restore_puts_every_message_back_in_place(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_client: redis.Redis,
+    env_name: str,
+    values: list[bytes],
+    drained_ids: set[bytes],
+    arrivals: int,
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(queues, "MOVE_BATCH", batch)
+    q = ref(env_name)
+    redis_client.sadd(layout.subscribers_key(env_name, q.event_type), q.subscriber)
+    messages = [message(v.decode("latin-1"), 1 + i % 2) for i, v in enumerate(values)]  # repeats
+    fill(redis_client, q.key("dead"), messages)
+    before = contents(redis_client, q.key("dead"))
+    ids = frozenset(v.decode("latin-1") for v in drained_ids)
+    path = tmp_path_factory.mktemp("b") / "d.jsonl.zst"
+    summary = queues.drain(
+        redis_client,
+        q,
+        queues.DrainOptions(to_file=path, selection=queues.Selection(aggregates=ids)),
+    )
+    expected_left = [
+        m
+        for m, v in zip(messages, values, strict=True)
+        if ids and v.decode("latin-1") not in ids  # no ids: everything
+    ]
+    assert contents(redis_client, q.key("dead")) == expected_left
+    if not summary.selected:
+        return
+    new = [f"new{i}".encode() for i in range(arrivals)]
+    if new:
+        redis_client.lpush(q.key("dead"), *new)
+    queues.restore(redis_client, path, queues.RestoreOptions())
+    assert contents(redis_client, q.key("dead")) == before + new
+
+
+def test_drain_skips_messages_taken_meanwhile_and_restore_never_duplicates(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    values = [message(str(i)) for i in range(6)]
+    fill(redis_client, q.key("published"), values)
+
+    def consumer_takes_two(plan: queues.Plan) -> bool:
+        assert plan.action == "drain" and plan.count == 6
+        for _ in range(2):
+            redis_client.rpoplpush(q.key("published"), q.key("processing"))
+        return True
+
+    path = tmp_path / "d.jsonl.zst"
+    summary = queues.drain(
+        redis_client,
+        q,
+        queues.DrainOptions(which="published", to_file=path),
+        confirm=consumer_takes_two,
+    )
+    assert (summary.selected, summary.drained, summary.gone) == (6, 4, 2)
+    backup = queues.read_backup(path)
+    assert backup.complete and sorted(backup.outcomes.values()).count("gone") == 2
+    first = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert (first.restored, first.gone) == (4, 2)
+    assert contents(redis_client, q.key("published")) == values[2:]
+    again = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert (again.restored, again.already_restored) == (0, 4)
+    assert contents(redis_client, q.key("published")) == values[2:]
+
+
+def test_restore_to_another_queue_and_env_check(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    other = ref(env_name, subscriber="Other")
+    values = [message(str(i)) for i in range(3)]
+    fill(redis_client, q.key("dead"), values)
+    fill(redis_client, other.key("published"), [b"waiting"])
+    path = tmp_path / "d.jsonl.zst"
+    queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
+    with pytest.raises(errors.UsageError, match="drained from env"):
+        queues.restore(redis_client, path, queues.RestoreOptions(expect_env="elsewhere"))
+    dry = queues.restore(
+        redis_client,
+        path,
+        queues.RestoreOptions(target=other, target_list="published", dry_run=True),
+    )
+    assert dry.restored == 0 and dry.restorable == 3
+    summary = queues.restore(
+        redis_client, path, queues.RestoreOptions(target=other, target_list="published")
+    )
+    assert summary.restored == 3
+    assert contents(redis_client, other.key("published")) == [*values, b"waiting"]
+    assert not redis_client.exists(q.key("dead"))
+
+
+def test_drain_refusals(tmp_path: Path, redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    fill(redis_client, q.key("dead"), [message("a")])
+    with pytest.raises(errors.Refused, match="backup file"):
+        queues.drain(redis_client, q, queues.DrainOptions())
+    existing = tmp_path / "exists.jsonl.zst"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(errors.UsageError, match="never overwrites"):
+        queues.drain(redis_client, q, queues.DrainOptions(to_file=existing))
+    assert existing.read_bytes() == b"keep me"
+    assert queues.drain(redis_client, q, queues.DrainOptions(dry_run=True)).selected == 1
+    summary = queues.drain(redis_client, q, queues.DrainOptions(discard=True))
+    assert summary.drained == 1 and summary.backup_file is None
+    assert not redis_client.exists(q.key("dead"))
+
+
+def test_restore_of_an_interrupted_drain(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    values = [message(str(i)) for i in range(4)]
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
+    # keep only the first frame (the backup), as if the process died before the first outcome,
+    # and a torn half of the next one
+    data = path.read_bytes()
+    obj = zstandard.ZstdDecompressor().decompressobj()
+    obj.decompress(data)
+    first = data[: len(data) - len(obj.unused_data)]
+    path.write_bytes(first + obj.unused_data[:5])
+    backup = queues.read_backup(path)
+    assert not backup.complete and backup.truncated and backup.outcomes == {}
+    summary = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert summary.restored == 0 and summary.unknown == 4
+    assert summary.problems[0]["kind"] == "outcome_unknown"
+    summary = queues.restore(redis_client, path, queues.RestoreOptions(include_unknown=True))
+    assert summary.restored == 4
+    assert contents(redis_client, q.key("dead")) == values
+    path.write_bytes(first[:20])
+    with pytest.raises(errors.UsageError, match="before removing anything"):
+        queues.read_backup(path)
+    path.write_bytes(b"plain text")
+    with pytest.raises(errors.UsageError, match="not an esctl queue backup"):
+        queues.read_backup(path)
+
+
+def test_backup_file_format(tmp_path: Path, redis_client: redis.Redis, env_name: str) -> None:
+    q = ref(env_name)
+    fill(redis_client, q.key("processing"), [message("a"), message("b")])
+    path = tmp_path / "d.jsonl.zst"
+    summary = queues.drain(redis_client, q, queues.DrainOptions(which="processing", to_file=path))
+    data = b""
+    rest = path.read_bytes()
+    while rest:
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        data += obj.decompress(rest)
+        rest = obj.unused_data
+    lines = [orjson.loads(line) for line in data.splitlines()]
+    header, *records, outcome, complete = lines
+    assert header["format"] == "esctl-queue-backup" and header["backup_id"] == summary.backup_id
+    assert header["key"] == q.key("processing") and header["length"] == 2
+    assert [(r["key"], r["list"], r["position"]) for r in records] == [
+        (q.key("processing"), "processing", 0),
+        (q.key("processing"), "processing", 1),
+    ]
+    assert orjson.loads(records[0]["value"])["Id"] == "a"
+    assert sorted(outcome["outcome"]["removed"]) == [0, 1]
+    assert complete["complete"]["drained"] == 2
+    assert os.stat(path).st_mode & 0o077 == 0
+
+
+def test_ctrl_c_waits_until_a_batch_and_its_outcome_are_recorded() -> None:
+    reached = False
+    with pytest.raises(KeyboardInterrupt), queues._interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        reached = True
+    assert reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --- durations -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("5m", 300),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("500ms", 0.5),
+        ("1.5h", 5400),
+        ("1w", 604800),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert queues.parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m5", "5m 3", "-5m", "5mm"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(errors.UsageError, match="duration"):
+        queues.parse_duration(text)
