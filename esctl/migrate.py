@@ -254,9 +254,11 @@ class BatchWriter:
     Dry runs always take the staging path and roll back.
     """
 
-    def __init__(self, opts: MigrateOptions, run_id: str) -> None:
+    def __init__(self, opts: MigrateOptions, run_id: str, *, target_exists: bool = True) -> None:
         self.opts = opts
         self.run_id = run_id
+        self.target_exists = target_exists
+        """False in a dry run before --init-schema created anything: nothing can be present."""
         self.conn = pg.connect(opts.pg_dsn, application_name="esctl migrate writer")
         self.toast_compression: str | None = None
         with pg.translate_errors(opts.pg_dsn):
@@ -355,18 +357,20 @@ class BatchWriter:
         rejected: dict[str, tuple[str, list[str]]] = {}
         if not clean:
             return 0, 0, True, rejected
+        if not self.target_exists:
+            return sum(len(g.rows) for g in clean.values()), 0, False, rejected
         params: dict[str, Any] = {"app": self.opts.app}
+        cur.execute("SAVEPOINT esctl_batch")
+        keys, clashes = self._aggregate_keys(cur, clean, params)
+        if clashes:
+            # Undo the aggregate rows just added for them and try again without them.
+            cur.execute("ROLLBACK TO SAVEPOINT esctl_batch")
+            rejected.update({a: ("conflict", d) for a, d in clashes.items()})
+            remaining = {a: g for a, g in clean.items() if a not in clashes}
+            inserted, present, fast, more = self.write_groups(cur, remaining)
+            rejected.update(more)
+            return inserted, present, fast, rejected
         if not self.opts.dry_run:
-            cur.execute("SAVEPOINT esctl_batch")
-            keys, clashes = self._aggregate_keys(cur, clean, params)
-            if clashes:
-                # Undo the aggregate rows just added for them and try again without them.
-                cur.execute("ROLLBACK TO SAVEPOINT esctl_batch")
-                rejected.update({a: ("conflict", d) for a, d in clashes.items()})
-                remaining = {a: g for a, g in clean.items() if a not in clashes}
-                inserted, present, fast, more = self.write_groups(cur, remaining)
-                rejected.update(more)
-                return inserted, present, fast, rejected
             events = sum(len(g.rows) for g in clean.values())
             try:
                 cur.execute("SAVEPOINT esctl_copy")
@@ -393,11 +397,13 @@ class BatchWriter:
     def _aggregate_keys(
         self, cur: psycopg.Cursor[Any], clean: dict[str, AggregateRows], params: dict[str, Any]
     ) -> tuple[dict[str, int], dict[str, list[str]]]:
-        """Add missing aggregate rows; return their keys and the ids PostgreSQL already holds
-        under another aggregate type (the library's read function would mix both streams)."""
+        """Add missing aggregate rows (not in a dry run); return their keys and the ids
+        PostgreSQL already holds under another aggregate type (the library's read function
+        would mix both streams)."""
         ids = list(clean)
         params = params | {"ids": ids, "types": [clean[a].aggregate_type for a in ids]}
-        cur.execute(self.sql_upsert_aggregates, params)
+        if not self.opts.dry_run:
+            cur.execute(self.sql_upsert_aggregates, params)
         keys: dict[str, int] = {}
         clashes: dict[str, list[str]] = {}
         for aggregate_id, aggregate_type, key in cur.execute(self.sql_aggregate_keys, params):
@@ -646,6 +652,23 @@ class Reader:
         app = self.opts.app
         ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
         ids = [a for a in ids if self.opts.shard.owns(a)]
+        for aggregate_id in [a for a in ids if not redisio.is_utf8(a)]:
+            ids.remove(aggregate_id)
+            batch.aggregates += 1
+            batch.quarantined.append(
+                Quarantined(
+                    redisio.printable(aggregate_id),
+                    redisio.printable(layout.commit_list_key(app, aggregate_id)),
+                    0,
+                    [
+                        StreamProblem(
+                            "unsupported_by_postgres",
+                            "the commit list key is not UTF-8: PostgreSQL text cannot hold "
+                            "its aggregate id",
+                        )
+                    ],
+                )
+            )
         if not ids:
             return
         known = self.migrated(ids)
@@ -727,12 +750,12 @@ class Reader:
         where: list[str | None],
         known: tuple[int, str, str] | None,
     ) -> None:
-        done, last_commit, known_type = known or (0, "", "")
+        done, last_commit, known_type = known if known else (0, "", None)
         skip = 1 if done else 0
         continuous = not done or (bool(commit_ids) and commit_ids[0] == last_commit)
         if continuous:
             fast = clean_rows(
-                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type or None
+                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
             )
             if fast is not None:
                 aggregate_type, fast_rows = fast
@@ -752,9 +775,7 @@ class Reader:
                 )
             )
         else:
-            validate_stream(
-                stream, first_version=done + 1, known_type=known_type or None, skip=skip
-            )
+            validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
         new_events = len(stream.events) - skip
         if stream.ok:
             stream.events = stream.events[skip:]
@@ -763,8 +784,11 @@ class Reader:
                 stream.problems.append(rows)
             else:
                 batch.events += len(rows)
+                stream_type = stream.aggregate_type
+                if stream_type is None:
+                    stream_type = known_type or ""
                 batch.clean[aggregate_id] = AggregateRows(
-                    stream.aggregate_type or known_type, rows, done + new_events, commit_ids[-1]
+                    stream_type, rows, done + new_events, commit_ids[-1]
                 )
                 return
         batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
@@ -818,11 +842,16 @@ def migrate_redis_to_pg(
     control = pg.connect(dsn, application_name="esctl migrate")
     try:
         with pg.translate_errors(dsn):
-            pg.ensure_event_store_schema(
-                control, opts.pg_schema, create=opts.init_schema and not opts.dry_run
-            )
-            if not opts.dry_run:
+            if opts.dry_run:
+                # A dry run creates nothing: with --init-schema and no tables yet, every event
+                # counts as one that would be migrated.
+                target_exists = pg.check_event_store_schema(control, opts.pg_schema).tables_present
+                if not target_exists and not opts.init_schema:
+                    pg.ensure_event_store_schema(control, opts.pg_schema, create=False)
+            else:
+                pg.ensure_event_store_schema(control, opts.pg_schema, create=opts.init_schema)
                 pg.ensure_state_schema(control)
+                target_exists = True
             control.commit()
             state_present = pg.state_schema_present(control)
             run_id, start, first_seq, resumed = _open_run(control, opts, state_present)
@@ -835,6 +864,7 @@ def migrate_redis_to_pg(
             first_seq,
             resumed,
             state_present,
+            target_exists,
             started,
             on_progress,
         )
@@ -908,6 +938,7 @@ def _run(
     first_seq: int,
     resumed: bool,
     state_present: bool,
+    target_exists: bool,
     started: float,
     on_progress: Callable[[Progress], None] | None,
 ) -> MigrationSummary:
@@ -918,7 +949,7 @@ def _run(
     results_lock = threading.Lock()
     failure: list[BaseException] = []
     stop = threading.Event()
-    writers = [BatchWriter(opts, run_id) for _ in range(writers_n)]
+    writers = [BatchWriter(opts, run_id, target_exists=target_exists) for _ in range(writers_n)]
     toast = writers[0].toast_compression
 
     def write_loop(writer: BatchWriter) -> None:

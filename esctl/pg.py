@@ -236,6 +236,12 @@ def _has_unique(conn: psycopg.Connection, schema: str, table: str, cols: tuple[s
 def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: bool) -> None:
     """Check the event-store schema; with ``create``, create what is missing (tables,
     constraints, the two functions). Without it, missing tables are an error."""
+    if create:
+        # Two first runs with --init-schema at once: CREATE ... IF NOT EXISTS alone still
+        # races (a duplicate pg_type row); the second waits here, then finds the tables.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"esctl:ddl:{schema}",)
+        )
     state = check_event_store_schema(conn, schema)
     if not state.tables_present:
         if not create:

@@ -36,6 +36,22 @@ def key_str(key: bytes | str) -> str:
     return key if isinstance(key, str) else key.decode("utf-8", "surrogateescape")
 
 
+def is_utf8(key: str) -> bool:
+    """Whether a key decoded by :func:`key_str` was valid UTF-8 (no escaped bytes)."""
+    if key.isascii():
+        return True
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(key: str) -> str:
+    """A key for messages, JSON and text columns: bytes that are not UTF-8 as ``\\xNN``."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 

@@ -74,7 +74,7 @@ class Stream:
     @property
     def aggregate_type(self) -> str | None:
         for e in self.events:
-            if e.event is not None and e.event.aggregate_type:
+            if e.event is not None and e.event.aggregate_type is not None:
                 return e.event.aggregate_type
         return None
 
@@ -265,7 +265,7 @@ def validate_stream(
     parsed = [e.event for e in checked if e.event is not None]
     types = [p.aggregate_type for p in parsed]
     versions = [p.version for p in parsed if p.version is not None]
-    distinct_types = list(dict.fromkeys(t for t in types if t))
+    distinct_types = list(dict.fromkeys(t for t in types if t is not None))
     if known_type is not None and distinct_types and distinct_types[0] != known_type:
         distinct_types.insert(0, known_type)
     repeated = len(versions) != len(set(versions))
@@ -295,9 +295,9 @@ def validate_stream(
         expected = list(range(first_version, first_version + len(versions)))
         ordered = sorted(versions)
         if ordered != expected:
-            missing = sorted(set(range(first_version, max(ordered, default=0) + 1)) - set(ordered))
+            missing, more = _missing_versions(ordered, first_version)
             detail = (
-                f"versions {_short(missing)} are missing"
+                f"versions {_short(missing)}{more} are missing"
                 if missing
                 else f"versions should be {first_version}..{first_version + len(versions) - 1}, "
                 f"found {_short(ordered)}"
@@ -311,6 +311,23 @@ def validate_stream(
                 )
             )
     return stream
+
+
+def _missing_versions(ordered: Sequence[int], first: int, limit: int = 8) -> tuple[list[int], str]:
+    """The first ``limit`` versions missing from sorted, distinct ``ordered`` (from ``first``),
+    walking the gaps so that a corrupt Version such as 2147483647 costs nothing; and a note
+    on how many more are missing."""
+    missing: list[int] = []
+    total = 0
+    expected = first
+    for version in ordered:
+        if version > expected:
+            gap = version - expected
+            total += gap
+            missing.extend(range(expected, expected + min(gap, limit - len(missing))))
+        expected = max(expected, version + 1)
+    more = f", … ({total:,} in all)" if total > len(missing) else ""
+    return missing, more
 
 
 def _short(values: Sequence[int], limit: int = 8) -> str:
