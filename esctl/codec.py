@@ -284,6 +284,20 @@ def parse_event(text: str) -> ParsedEvent:
     )
 
 
+def has_nul_escape(text: str) -> bool:
+    """Whether JSON text holds a ``\\u0000`` escape (a NUL in a string: PostgreSQL's jsonb
+    refuses it). An escaped backslash followed by ``u0000`` is not one."""
+    i = text.find("\\u0000")
+    while i != -1:
+        start = i
+        while start > 0 and text[start - 1] == "\\":
+            start -= 1
+        if (i - start) % 2 == 0:  # an even run of backslashes before: this one starts an escape
+            return True
+        i = text.find("\\u0000", i + 1)
+    return False
+
+
 def decode_event(value: bytes | str) -> tuple[Decoded, ParsedEvent]:
     """Stored value -> (decoded text, parsed event). The parsed event carries the decoding
     problem too, if any."""

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -38,7 +38,14 @@ from psycopg import sql
 from esctl import layout, pg, redisio
 from esctl.errors import ConfigError, LockHeld
 from esctl.shard import Shard
-from esctl.streams import Stream, StreamProblem, build_stream, clean_events, validate_stream
+from esctl.streams import (
+    Stream,
+    StreamProblem,
+    build_stream,
+    clean_events,
+    postgres_problem,
+    validate_stream,
+)
 
 DEFAULT_BATCH_SIZE = 10_000
 MAX_DEADLOCK_RETRIES = 5
@@ -173,23 +180,16 @@ def copy_escape(text: str) -> str:
 def stream_rows(stream: Stream) -> list[str] | StreamProblem:
     """The COPY lines of a checked stream's events, in version order, or the problem that
     keeps PostgreSQL from storing them."""
+    problem = postgres_problem(stream)
+    if problem is not None:
+        return problem
     rows: list[str] = []
-    if "\x00" in stream.aggregate_id:
-        return StreamProblem("unsupported_by_postgres", "the aggregate id holds a NUL character")
     for e in stream.by_version():
         ev = e.event
         assert ev is not None and ev.timestamp is not None
-        text = ev.text
-        if "\\u0000" in text:
-            return StreamProblem(
-                "unsupported_by_postgres",
-                f"commit {e.commit_id}: PostgreSQL jsonb cannot hold the NUL character (\\u0000)",
-                e.commit_id,
-                e.stored,
-            )
         rows.append(
             f"{ev.timestamp.isoformat()}\t{ev.version}\t{copy_escape(ev.event_type or '')}\t"
-            f"{copy_escape(text)}\n"
+            f"{copy_escape(ev.text)}\n"
         )
     return rows
 
@@ -499,10 +499,11 @@ class BatchWriter:
                 self.opts.pg_schema,
                 self.opts.app,
                 q.aggregate_id,
-                p.commit_id,
+                p.commit_id if p.commit_id is None else redisio.printable(p.commit_id),
                 p.kind,
-                p.detail,
+                redisio.printable(p.detail),
                 p.stored,
+                q.events,
             )
             for q in quarantined
             for p in q.problems
@@ -510,8 +511,8 @@ class BatchWriter:
         if records:
             cur.executemany(
                 "INSERT INTO esctl.quarantine (run_id, target_schema, application_name,"
-                " aggregate_id, commit_id, kind, detail, stored_value)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                " aggregate_id, commit_id, kind, detail, stored_value, events)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 records,
             )
         cur.execute(
@@ -638,9 +639,9 @@ class Reader:
         )
         for position, keys in pages:
             if batch is None:
-                batch = Batch(seq, position.encode())
+                batch = Batch(seq, "")
             self._add_page(batch, keys)
-            batch.position = position.encode()
+            batch.position = replace(position, epoch=start.epoch).encode()
             if batch.events >= self.opts.batch_size or batch.aggregates >= self.opts.batch_size:
                 yield batch
                 seq += 1
@@ -797,8 +798,13 @@ class Reader:
 # --- the operation -------------------------------------------------------------------------
 
 
-def _resume_point(conn: psycopg.Connection, run_id: str) -> tuple[redisio.ScanPosition, int]:
-    """The position reached by the gap-free prefix of committed batches, and the next seq."""
+def _resume_point(
+    conn: psycopg.Connection, run_id: str, epoch: str
+) -> tuple[redisio.ScanPosition, int]:
+    """The position reached by the gap-free prefix of committed batches, and the next seq.
+    A SCAN cursor means nothing to a restarted server (or another primary after a failover):
+    when Redis is not the one the position was taken on (``epoch``), the scan starts over;
+    aggregates already migrated are then skipped by their bookkeeping."""
     rows = conn.execute(
         "SELECT seq, scan_position FROM esctl.migration_batch WHERE run_id = %s ORDER BY seq",
         (run_id,),
@@ -810,6 +816,8 @@ def _resume_point(conn: psycopg.Connection, run_id: str) -> tuple[redisio.ScanPo
             break
         position = redisio.ScanPosition.decode(scan_position)
         expected += 1
+    if position.epoch != epoch:
+        position = redisio.ScanPosition()
     next_seq = (rows[-1][0] + 1) if rows else 1
     return position, next_seq
 
@@ -854,7 +862,9 @@ def migrate_redis_to_pg(
                 target_exists = True
             control.commit()
             state_present = pg.state_schema_present(control)
-            run_id, start, first_seq, resumed = _open_run(control, opts, state_present)
+            epoch = redisio.scan_epoch(client)
+            run_id, start, first_seq, resumed = _open_run(control, opts, epoch)
+            start = replace(start, epoch=epoch)
         return _run(
             client,
             opts,
@@ -875,7 +885,7 @@ def migrate_redis_to_pg(
 
 
 def _open_run(
-    conn: psycopg.Connection, opts: MigrateOptions, state_present: bool
+    conn: psycopg.Connection, opts: MigrateOptions, epoch: str
 ) -> tuple[str, redisio.ScanPosition, int, bool]:
     job = (opts.pg_schema, opts.app, str(opts.shard))
     if opts.dry_run:
@@ -896,7 +906,7 @@ def _open_run(
     ).fetchone()
     if row is not None:
         run_id = row[0]
-        position, next_seq = _resume_point(conn, run_id)
+        position, next_seq = _resume_point(conn, run_id, epoch)
         conn.execute(
             "UPDATE esctl.migration_run SET status = 'running' WHERE run_id = %s", (run_id,)
         )
@@ -914,6 +924,41 @@ def _open_run(
     )
     conn.commit()
     return run_id, redisio.ScanPosition(), 1, False
+
+
+def _run_totals(
+    conn: psycopg.Connection, app: str, run_id: str
+) -> tuple[int, int, int, int, list[dict[str, str]]]:
+    """Events migrated and already present, aggregates and events quarantined, and the problems
+    of a whole run, from what its batches committed. An aggregate quarantined again after a
+    resume (its batch lay past the resume point) counts once."""
+    row = conn.execute(
+        "SELECT coalesce(sum(events_migrated), 0), coalesce(sum(events_already_present), 0)"
+        "  FROM esctl.migration_batch WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
+    migrated, present = (int(row[0]), int(row[1])) if row else (0, 0)
+    rows = conn.execute(
+        "SELECT DISTINCT ON (aggregate_id, kind, detail) aggregate_id, kind, detail, events"
+        "  FROM esctl.quarantine WHERE run_id = %s"
+        " ORDER BY aggregate_id, kind, detail, quarantine_id",
+        (run_id,),
+    ).fetchall()
+    conn.commit()
+    events_by_aggregate: dict[str, int] = {}
+    problems = []
+    for aggregate_id, kind, detail, events in rows:
+        events_by_aggregate[aggregate_id] = max(events, events_by_aggregate.get(aggregate_id, 0))
+        problems.append(
+            {"kind": kind, "key": layout.commit_list_key(app, aggregate_id), "detail": detail}
+        )
+    return (
+        migrated,
+        present,
+        len(events_by_aggregate),
+        sum(events_by_aggregate.values()),
+        problems,
+    )
 
 
 def _set_status(conn: psycopg.Connection, run_id: str, status: str) -> None:
@@ -1052,16 +1097,31 @@ def _run(
     problems = [
         {"kind": p.kind, "key": q.key, "detail": p.detail} for q in quarantined for p in q.problems
     ]
+    already_present = sum(r.already_present for r in results)
+    aggregates_quarantined = len(quarantined)
+    events_quarantined = sum(q.events for q in quarantined)
+    if resumed:
+        # The summary of a resumed run covers the whole run, interrupted invocations included.
+        with pg.translate_errors(dsn):
+            (
+                migrated_total,
+                already_present,
+                aggregates_quarantined,
+                events_quarantined,
+                problems,
+            ) = _run_totals(control, opts.app, run_id)
+    else:
+        migrated_total = migrated
     return MigrationSummary(
         run_id=run_id,
         dry_run=opts.dry_run,
         resumed=resumed,
         aggregates=aggregates + reader.unchanged,
         aggregates_unchanged=reader.unchanged,
-        events_migrated=migrated,
-        events_already_present=sum(r.already_present for r in results),
-        aggregates_quarantined=len(quarantined),
-        events_quarantined=sum(q.events for q in quarantined),
+        events_migrated=migrated_total,
+        events_already_present=already_present,
+        aggregates_quarantined=aggregates_quarantined,
+        events_quarantined=events_quarantined,
         problems=problems,
         elapsed_s=elapsed,
         events_per_s=(migrated / elapsed) if elapsed > 0 else 0.0,

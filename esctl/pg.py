@@ -306,6 +306,7 @@ CREATE TABLE IF NOT EXISTS esctl.quarantine (
     kind text NOT NULL,
     detail text NOT NULL,
     stored_value bytea,
+    events int NOT NULL DEFAULT 0,
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS quarantine_aggregate

@@ -123,14 +123,16 @@ def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
 @dataclass(frozen=True)
 class ScanPosition:
     """Where a SCAN over all primaries stands: the index of the node (in a stable order) and
-    that node's cursor. ``done`` once every node has been scanned."""
+    that node's cursor. ``done`` once every node has been scanned. ``epoch`` names the
+    server(s) the cursor belongs to (:func:`scan_epoch`): a cursor is meaningless elsewhere."""
 
     node: int = 0
     cursor: int = 0
     done: bool = False
+    epoch: str = ""
 
     def encode(self) -> str:
-        return "done" if self.done else f"{self.node}:{self.cursor}"
+        return "done" if self.done else f"{self.epoch}@{self.node}:{self.cursor}"
 
     @classmethod
     def decode(cls, text: str | None) -> ScanPosition:
@@ -138,8 +140,23 @@ class ScanPosition:
             return cls()
         if text == "done":
             return cls(done=True)
-        node, cursor = text.split(":")
-        return cls(int(node), int(cursor))
+        epoch, _, where = text.rpartition("@")
+        node, cursor = where.split(":")
+        return cls(int(node), int(cursor), epoch=epoch)
+
+
+def scan_epoch(client: RedisClient) -> str:
+    """Identifies the server(s) a SCAN runs on: the ``run_id`` of a single server (new at every
+    restart), or a digest of the primaries' run ids and addresses on a cluster (a failover or a
+    reshard changes it)."""
+    try:
+        if isinstance(client, redis.cluster.RedisCluster):
+            infos = client.info("server", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+            ids = sorted(f"{node}={info.get('run_id')}" for node, info in infos.items())
+            return hashlib.sha1("|".join(ids).encode()).hexdigest()[:16]
+        return str(client.info("server")["run_id"])
+    except redis.exceptions.RedisError as exc:
+        raise wrap_errors(client, exc) from exc
 
 
 def _scan_nodes(client: RedisClient) -> list[Any]:

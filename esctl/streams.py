@@ -193,7 +193,7 @@ def clean_events(
             or type(timestamp) is not str
             or data.get("Id") != aggregate_id
             or not codec.TIMESTAMP_RE.match(timestamp)
-            or "\\u0000" in text
+            or ("\\u0000" in text and codec.has_nul_escape(text))
         ):
             return None
         if aggregate_type is None:
@@ -214,6 +214,23 @@ def clean_events(
         if any(e.version != first_version + i for i, e in enumerate(events)):
             return None
     return aggregate_type, events
+
+
+def postgres_problem(stream: Stream) -> StreamProblem | None:
+    """What keeps PostgreSQL from storing a stream the library loads fine: a NUL in the
+    aggregate id (text) or a ``\\u0000`` escape in a payload (jsonb). Migrate quarantines such
+    streams as ``unsupported_by_postgres``."""
+    if "\x00" in stream.aggregate_id:
+        return StreamProblem("unsupported_by_postgres", "the aggregate id holds a NUL character")
+    for e in stream.events:
+        if e.event is not None and codec.has_nul_escape(e.event.text):
+            return StreamProblem(
+                "unsupported_by_postgres",
+                f"commit {e.commit_id}: PostgreSQL jsonb cannot hold the NUL character (\\u0000)",
+                e.commit_id,
+                e.stored,
+            )
+    return None
 
 
 def validate_stream(

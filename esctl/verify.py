@@ -27,7 +27,7 @@ from psycopg import sql
 
 from esctl import layout, pg, redisio
 from esctl.shard import Shard
-from esctl.streams import Stream, build_stream, clean_events, validate_stream
+from esctl.streams import Stream, build_stream, clean_events, postgres_problem, validate_stream
 
 MISMATCH_KINDS = (
     "missing_in_pg",
@@ -191,6 +191,14 @@ def compare_stream(
     (without it, versions past PostgreSQL's last one count as not migrated yet).
     Returns True when identical."""
     key = stream.key
+    unstorable = postgres_problem(stream) if stream.ok else None
+    if unstorable is not None:
+        summary.add(
+            "unmigratable_in_redis",
+            key,
+            f"{unstorable.detail}; migrate quarantines it as {unstorable.kind}",
+        )
+        return False
     if not stream.ok:
         kinds = sorted({p.kind for p in stream.problems})
         summary.add(

@@ -1,0 +1,418 @@
+"""``migrate redis-to-pg`` under faults: kill -9, a terminated PostgreSQL backend, a lost Redis
+server, Ctrl-C, and a service writing to Redis during the run.
+
+Each fault ends with a rerun whose rows are compared, in full, with the rows of an uninterrupted
+run of the same store into another database: no duplicates, no losses. The store has a few
+thousand events and runs use ``--batch-size 200`` so a fault lands between committed batches;
+``--rate`` slows a run down where the fault must hit it mid-way (it paces reads, not writes).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import independent_writer as iw
+import psycopg
+import pytest
+import redis
+from helpers import cli_env
+from test_migrate import (
+    cli_args,
+    migrate,
+    new_database,
+    payload,
+    pg_rows,
+    run_migrate_cli,
+    write_events,
+)
+
+from esctl import redisio, servers
+from esctl.verify import VerifyOptions, verify
+
+BATCH = ["--batch-size", "200"]
+SLOW = ["--rate", "5000"]  # ~0.8 s of reading for the store below
+
+
+@pytest.fixture
+def reference_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    with new_database(pg_admin_dsn) as dsn:
+        yield dsn
+
+
+def write_fault_store(client: redis.Redis, app: str, seed: int = 21) -> iw.GroundTruth:
+    """~4000 events in 520 aggregates, both layouts, with two quarantined aggregates."""
+    return iw.write_store(
+        client,
+        app=app,
+        aggregates=520,
+        events_per_aggregate=(4, 11),
+        defects=["missing_payload", "version_gap", "orphan"],
+        seed=seed,
+    )
+
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    """Whatever happens in a test, no esctl process it started outlives it."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def start_migrate(url: str, dsn: str, app: str, *extra: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esctl", "migrate", "redis-to-pg", *cli_args(url, dsn, app), *extra],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    _started.append(proc)
+    return proc
+
+
+def committed_batches(dsn: str, conn: psycopg.Connection | None = None) -> int:
+    """Batches that committed events so far (over all runs)."""
+    if conn is None:
+        with psycopg.connect(dsn, autocommit=True) as own:
+            return committed_batches(dsn, own)
+    try:
+        row = conn.execute(
+            "SELECT count(*) FROM esctl.migration_batch WHERE events_migrated > 0"
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def rows_now(dsn: str) -> int:
+    """Event rows so far (0 before the schema exists: a kill may come that early)."""
+    try:
+        return len(pg_rows(dsn))
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def wait_for_progress(dsn: str, proc: subprocess.Popen[bytes], since: int) -> bool:
+    """Wait until the run committed a batch beyond ``since`` (True) or exited (False)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:  # one connection: polls every few ms
+        wait_until(lambda: committed_batches(dsn, conn) > since or proc.poll() is not None)
+    return proc.poll() is None
+
+
+def wait_for_no_esctl_sessions(dsn: str) -> None:
+    """After a kill the server notices the closed sockets on its own; wait for that so the
+    advisory lock is free before the rerun."""
+
+    def none_left() -> bool:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name LIKE 'esctl%'"
+            ).fetchone()
+        return row is not None and row[0] == 0
+
+    wait_until(none_left, timeout=20)
+
+
+def finish(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def assert_same_rows_as(dsn: str, reference: list[tuple[Any, ...]]) -> None:
+    rows = pg_rows(dsn)
+    assert len(rows) == len(set(rows)), "duplicate rows"
+    missing = set(reference) - set(rows)
+    extra = set(rows) - set(reference)
+    assert not missing and not extra, (len(missing), len(extra))
+    assert rows == reference
+
+
+def assert_settled(url: str, dsn: str, app: str) -> None:
+    """Bookkeeping agrees with the rows: nothing left to migrate, verify finds only the
+    quarantined aggregates."""
+    summary = migrate(url, dsn, app)
+    assert summary.events_migrated == 0 and summary.events_already_present == 0
+    client = redisio.connect(url)
+    result = verify(client, VerifyOptions(app=app, pg_dsn=dsn))
+    client.close()
+    assert {k: v for k, v in result.counts.items() if k != "unmigratable_in_redis"} == {
+        "missing_in_pg": 0,
+        "extra_in_pg": 0,
+        "content_differs": 0,
+        "not_migrated_new_events": 0,
+    }, result.problems
+
+
+# --- kill -9 -------------------------------------------------------------------------------
+
+
+def test_kill_9_at_random_points_then_rerun_gives_the_rows_of_an_uninterrupted_run(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, reference_dsn: str, app_name: str
+) -> None:
+    write_fault_store(redis_client, app_name)
+    migrate(redis_test_url, reference_dsn, app_name, init_schema=True, batch_size=200)
+    reference = pg_rows(reference_dsn)
+
+    rng = random.Random(1234)
+    killed_mid_run = 0
+    last_killed = False
+    for attempt in range(6):
+        since = committed_batches(pg_dsn)
+        proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH)
+        if attempt == 0:  # anywhere from start-up (schema creation) into the first batches
+            time.sleep(rng.uniform(0.1, 0.5))
+        else:  # once this run committed something, a little later
+            wait_for_progress(pg_dsn, proc, since)
+            time.sleep(rng.uniform(0.0, 0.04))
+        last_killed = proc.poll() is None
+        if last_killed:
+            proc.kill()
+            partial = 0 < rows_now(pg_dsn) < len(reference)
+            killed_mid_run += partial and committed_batches(pg_dsn) > since
+        proc.communicate()
+        wait_for_no_esctl_sessions(pg_dsn)
+        assert rows_now(pg_dsn) <= len(reference)
+        if killed_mid_run == 3:
+            break
+    assert killed_mid_run >= 2  # kills that landed between this run's batches
+
+    code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
+    assert code in (0, 3)  # 0 when the defects were quarantined before the kills (a bug, below)
+    assert doc["resumed"] is last_killed
+    assert_same_rows_as(pg_dsn, reference)
+    assert_settled(redis_test_url, pg_dsn, app_name)
+
+
+# --- PostgreSQL connections terminated -----------------------------------------------------
+
+
+def test_terminated_writer_connections_exit_1_and_a_resumed_rerun_completes(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, reference_dsn: str, app_name: str
+) -> None:
+    write_fault_store(redis_client, app_name, seed=22)
+    migrate(redis_test_url, reference_dsn, app_name, init_schema=True)
+    reference = pg_rows(reference_dsn)
+
+    proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH, *SLOW)
+    assert wait_for_progress(pg_dsn, proc, 0)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        terminated = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'esctl migrate%'"
+            "   AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert terminated is not None and terminated[0] >= 2
+    code, out, err = finish(proc)
+    assert code == 1, (out, err)
+    assert "Traceback" not in out + err
+    assert "PostgreSQL" in err and "rerun" in err
+    assert len(pg_rows(pg_dsn)) < len(reference)
+
+    wait_for_no_esctl_sessions(pg_dsn)
+    code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
+    assert code in (0, 3)  # see test_a_resumed_run_reports_what_the_run_quarantined_before
+    assert doc["resumed"] is True
+    assert_same_rows_as(pg_dsn, reference)
+    assert_settled(redis_test_url, pg_dsn, app_name)
+
+
+# --- Redis lost mid-run --------------------------------------------------------------------
+
+
+def stop_redis_mid_run(
+    pg_dsn: str, reference_dsn: str, app: str, restarted: servers.LocalRedis
+) -> list[tuple[Any, ...]]:
+    """Migrate from a throwaway Redis that is stopped once the run committed a batch; check the
+    run's exit code and message; load the same store into ``restarted`` (the server "after the
+    restart"). Returns the rows of an uninterrupted run."""
+    first = servers.start_redis()
+    try:
+        client = redis.Redis.from_url(first.url)
+        write_fault_store(client, app, seed=23)
+        client.close()
+        migrate(first.url, reference_dsn, app, init_schema=True)
+        proc = start_migrate(first.url, pg_dsn, app, "--init-schema", *BATCH, *SLOW)
+        assert wait_for_progress(pg_dsn, proc, 0)
+    finally:
+        first.stop()
+    code, out, err = finish(proc)
+    assert code == 1, (out, err)
+    assert "Traceback" not in out + err
+    assert "Redis" in err and f"127.0.0.1:{first.port}" in err
+    assert "rerun" in err
+    client = redis.Redis.from_url(restarted.url)
+    write_fault_store(client, app, seed=23)  # the same store, byte for byte
+    client.close()
+    wait_for_no_esctl_sessions(pg_dsn)
+    return pg_rows(reference_dsn)
+
+
+def test_redis_lost_mid_run_exits_1_naming_the_server_and_restart_completes(
+    pg_dsn: str, reference_dsn: str, app_name: str, fresh_redis: servers.LocalRedis
+) -> None:
+    reference = stop_redis_mid_run(pg_dsn, reference_dsn, app_name, fresh_redis)
+    assert len(pg_rows(pg_dsn)) < len(reference)
+    code, doc, _ = run_migrate_cli(fresh_redis.url, pg_dsn, app_name, *BATCH, "--restart")
+    assert code == 3 and doc["resumed"] is False
+    assert_same_rows_as(pg_dsn, reference)
+    assert_settled(fresh_redis.url, pg_dsn, app_name)
+
+
+def test_rerun_after_a_redis_restart_gives_the_rows_of_an_uninterrupted_run(
+    pg_dsn: str, reference_dsn: str, app_name: str, fresh_redis: servers.LocalRedis
+) -> None:
+    reference = stop_redis_mid_run(pg_dsn, reference_dsn, app_name, fresh_redis)
+    code, doc, _ = run_migrate_cli(fresh_redis.url, pg_dsn, app_name, *BATCH)
+    assert code in (0, 3) and doc["resumed"] is True
+    assert_same_rows_as(pg_dsn, reference)
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------
+
+
+def test_sigint_mid_run_exits_130_and_the_rerun_completes(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, reference_dsn: str, app_name: str
+) -> None:
+    write_fault_store(redis_client, app_name, seed=24)
+    migrate(redis_test_url, reference_dsn, app_name, init_schema=True)
+    reference = pg_rows(reference_dsn)
+
+    proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH, *SLOW)
+    assert wait_for_progress(pg_dsn, proc, 0)
+    time.sleep(random.Random(5).uniform(0.0, 0.2))
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, (out, err)
+    assert "Traceback" not in out + err
+    assert "interrupted" in err
+    assert 0 < len(pg_rows(pg_dsn)) < len(reference)
+
+    wait_for_no_esctl_sessions(pg_dsn)
+    code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
+    assert code in (0, 3)  # see test_a_resumed_run_reports_what_the_run_quarantined_before
+    assert doc["resumed"] is True
+    assert_same_rows_as(pg_dsn, reference)
+    assert_settled(redis_test_url, pg_dsn, app_name)
+
+
+def test_a_resumed_run_reports_what_the_run_quarantined_before_the_interruption(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Documents the bug below with a deterministic set-up: Ctrl-C comes only once the run has
+    committed a quarantine record."""
+    truth = write_fault_store(redis_client, app_name, seed=26)
+    bad_keys = {a.list_key for a in truth.defective_aggregates()}
+    proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH, *SLOW)
+
+    def quarantined_some() -> bool:
+        try:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                row = conn.execute("SELECT count(*) FROM esctl.quarantine").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return False
+        return bool(row and row[0]) or proc.poll() is not None
+
+    wait_until(quarantined_some)
+    proc.send_signal(signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, (out, err)
+    wait_for_no_esctl_sessions(pg_dsn)
+    code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
+    assert doc["resumed"] is True
+    # What the run as a whole found: the summary's counts are committed with each batch.
+    assert {p["key"] for p in doc["problems"]} == bad_keys
+    assert doc["aggregates_quarantined"] == len(bad_keys)
+    assert code == 3
+
+
+# --- a live writer -------------------------------------------------------------------------
+
+
+def test_events_written_during_the_run_are_migrated_by_the_next_incremental_run(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """A live service appends to existing aggregates and creates new ones while the first run
+    scans (enough new keys to make Redis grow its key table mid-SCAN, so keys can come twice)."""
+    truth = iw.write_store(
+        redis_client, app=app_name, aggregates=300, events_per_aggregate=(3, 10), seed=25
+    )
+    initial = len(truth.events())
+    added: list[iw.TruthEvent] = []
+    created: list[str] = []
+    failure: list[BaseException] = []
+
+    def append() -> None:
+        client = redis.Redis.from_url(redis_test_url)
+        try:
+            added.extend(iw.append_events(client, truth, 80, seed=7, pause=0.008))
+        except BaseException as exc:  # reported by the test thread
+            failure.append(exc)
+        finally:
+            client.close()
+
+    def create() -> None:
+        client = redis.Redis.from_url(redis_test_url)
+        try:
+            for i in range(400):
+                aggregate_id = f"new-{i}-{uuid.uuid4()}"
+                write_events(
+                    client, app_name, aggregate_id, [payload(aggregate_id, v) for v in (1, 2, 3)]
+                )
+                created.append(aggregate_id)
+                if i % 20 == 0:
+                    time.sleep(0.005)
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            client.close()
+
+    writers = [threading.Thread(target=append), threading.Thread(target=create)]
+    for w in writers:
+        w.start()
+    try:
+        first = migrate(redis_test_url, pg_dsn, app_name, init_schema=True, rate=5000)
+    finally:
+        for w in writers:
+            w.join()
+    assert not failure, failure
+    assert len(added) == 80 and len(created) == 400
+    assert first.aggregates_quarantined == 0, first.problems
+    total = initial + 80 + 3 * 400
+    assert initial <= first.events_migrated <= total
+
+    second = migrate(redis_test_url, pg_dsn, app_name)
+    assert second.aggregates_quarantined == 0, second.problems
+    assert first.events_migrated + second.events_migrated == total
+    client = redisio.connect(redis_test_url)
+    result = verify(client, VerifyOptions(app=app_name, pg_dsn=pg_dsn))
+    client.close()
+    assert result.mismatches == 0, result.problems
+    assert result.aggregates == len(truth.commit_lists) + 400
+    assert len(pg_rows(pg_dsn)) == total
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM aggregate WHERE aggregate_id LIKE 'new-%%'"
+        ).fetchone()
+    assert rows == (400,)

@@ -1,0 +1,389 @@
+"""``migrate verify``: Redis against PostgreSQL, per aggregate, after a real migration.
+
+Each test migrates a store written by the independent writer, then changes one side the way an
+accident would (a deleted or extra row, changed content, new Redis events) and checks the kind
+verify reports, its counts and the CLI's exit code. JSON equality is checked against
+PostgreSQL's own jsonb ``=`` as the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import independent_writer as iw
+import psycopg
+import redis
+from helpers import run_cli
+from test_migrate import (
+    expected_timestamp,
+    init_event_store,
+    migrate,
+    payload,
+    write_clean_store,
+    write_defect_store,
+    write_events,
+    write_non_utf8_key,
+)
+
+from esctl import redisio
+from esctl.shard import Shard
+from esctl.verify import MISMATCH_KINDS, VerifyOptions, VerifySummary, verify
+
+
+def run_verify(url: str, dsn: str, app: str, **options: Any) -> VerifySummary:
+    client = redisio.connect(url)
+    try:
+        return verify(client, VerifyOptions(app=app, pg_dsn=dsn, **options))
+    finally:
+        client.close()
+
+
+def verify_cli(url: str, dsn: str, app: str, *extra: str) -> tuple[int, dict[str, Any]]:
+    args = ["--redis-url", url, "--pg-dsn", dsn, "--app", app]
+    result = run_cli("migrate", "verify", *args, "--json", *extra)
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def only(summary: VerifySummary, kind: str, n: int) -> None:
+    """``summary`` found ``n`` mismatches of ``kind`` and nothing else."""
+    expected = dict.fromkeys(MISMATCH_KINDS, 0)
+    expected[kind] = n
+    assert summary.counts == expected, summary.problems
+    assert [p["kind"] for p in summary.problems] == [kind] * n
+
+
+def migrated_store(client: redis.Redis, url: str, dsn: str, app: str, **kw: Any) -> iw.GroundTruth:
+    truth = write_clean_store(client, app, aggregates=60, **kw)
+    summary = migrate(url, dsn, app, init_schema=True)
+    assert summary.events_migrated == len(truth.events())
+    return truth
+
+
+def execute(dsn: str, query: str, params: Any = ()) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query, params).rowcount
+
+
+# --- identical -----------------------------------------------------------------------------
+
+
+def test_an_identical_store_verifies_clean_exits_0_and_writes_nothing(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    snapshot = "SELECT count(*), sum(hashtext(e.event_data::text)) FROM event e"
+    with psycopg.connect(pg_dsn) as conn:
+        before = conn.execute(snapshot).fetchone()
+    keys_before = sorted(redis_client.keys("*"))
+
+    summary = run_verify(redis_test_url, pg_dsn, app_name)
+    assert summary.mismatches == 0, summary.problems
+    assert summary.aggregates == summary.aggregates_identical == len(truth.commit_lists)
+    assert summary.events_compared == len(truth.events())
+
+    code, doc = verify_cli(redis_test_url, pg_dsn, app_name)
+    assert code == 0
+    assert {
+        "aggregates",
+        "aggregates_identical",
+        "events_compared",
+        "problems",
+        *MISMATCH_KINDS,
+    } <= set(doc)
+    assert doc["aggregates"] == len(truth.commit_lists) and doc["problems"] == []
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute(snapshot).fetchone() == before
+    assert sorted(redis_client.keys("*")) == keys_before
+
+
+# --- missing, extra and changed rows ------------------------------------------------------
+
+# Accidents on the PostgreSQL side, one aggregate each: (SQL on ``event e`` / ``aggregate a``
+# with the aggregate id and a version as parameters, the mismatch kind verify must report).
+OF_EVENT = "a.aggregate_key = e.aggregate_key AND a.aggregate_id = %s AND e.version = %s"
+ACCIDENTS = {
+    "deleted_middle_row": (
+        "DELETE FROM event e USING aggregate a WHERE " + OF_EVENT,
+        2,
+        "missing_in_pg",
+    ),
+    "deleted_last_row": (
+        "DELETE FROM event e USING aggregate a WHERE " + OF_EVENT,
+        -1,
+        "missing_in_pg",
+    ),
+    "deleted_all_rows": (
+        "DELETE FROM event e USING aggregate a WHERE a.aggregate_key = e.aggregate_key"
+        " AND a.aggregate_id = %s AND e.version >= %s",
+        1,
+        "missing_in_pg",
+    ),
+    "extra_row": (None, 0, "extra_in_pg"),
+    "event_data_changed": (
+        "UPDATE event e SET event_data = jsonb_set(e.event_data, '{Comment}', '\"changed\"')"
+        " FROM aggregate a WHERE " + OF_EVENT,
+        2,
+        "content_differs",
+    ),
+    "type_name_changed": (
+        "UPDATE event e SET event_data = jsonb_set(e.event_data, '{$type}', '\"Ns.Other, Asm\"')"
+        " FROM aggregate a WHERE " + OF_EVENT,
+        3,
+        "content_differs",
+    ),
+    "event_type_changed": (
+        "UPDATE event e SET event_type = 'SomethingElse' FROM aggregate a WHERE " + OF_EVENT,
+        1,
+        "content_differs",
+    ),
+    "time_stamp_changed": (
+        "UPDATE event e SET time_stamp = e.time_stamp + interval '1 microsecond'"
+        " FROM aggregate a WHERE " + OF_EVENT,
+        2,
+        "content_differs",
+    ),
+    "aggregate_type_changed": (
+        "UPDATE aggregate a SET aggregate_type = 'Renamed' WHERE a.aggregate_id = %s AND %s > 0",
+        1,
+        "content_differs",
+    ),
+}
+
+
+def test_each_accident_in_postgresql_is_reported_with_its_kind(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    victims = [a for a in truth.clean_aggregates() if len(a.events) >= 3]
+    expected: dict[str, str] = {}
+    reports: dict[str, int] = {}  # mismatches per aggregate: one, or one per changed event
+    with psycopg.connect(pg_dsn) as conn:
+        for (name, (query, version, kind)), a in zip(
+            sorted(ACCIDENTS.items()), victims, strict=False
+        ):
+            if query is None:  # a row PostgreSQL has and Redis has not, saved as a service would
+                last = a.events[-1]
+                extra = json.loads(last.payload)
+                extra["Version"] = a.last_version + 1
+                conn.execute(
+                    "SELECT save_event_for_aggregate(%s, %s, %s, %s, %s, %s, %s)",
+                    (a.aggregate_id, a.aggregate_type, app_name, a.last_version + 1,
+                     expected_timestamp(last.payload), last.event_type, json.dumps(extra)),
+                )  # fmt: skip
+            else:
+                at = a.last_version if version == -1 else version
+                assert conn.execute(query, (a.aggregate_id, at)).rowcount >= 1, name
+            expected[a.list_key] = kind
+            reports[a.list_key] = len(a.events) if name == "aggregate_type_changed" else 1
+    assert len(expected) == len(ACCIDENTS)
+
+    summary = run_verify(redis_test_url, pg_dsn, app_name)
+    assert {p["key"]: p["kind"] for p in summary.problems} == expected
+    assert Counter(p["key"] for p in summary.problems) == reports
+    assert summary.counts == {
+        kind: sum(n for key, n in reports.items() if expected[key] == kind)
+        for kind in MISMATCH_KINDS
+    }
+    assert summary.aggregates_identical == len(truth.commit_lists) - len(expected)
+    changed = [p for p in summary.problems if p["kind"] == "content_differs"]
+    assert all("version" in p["detail"] for p in changed)
+
+    # A lost row is never excused as "not migrated yet", even the last one.
+    allowed = run_verify(redis_test_url, pg_dsn, app_name, allow_new_events=True)
+    assert allowed.counts == summary.counts
+    code, doc = verify_cli(redis_test_url, pg_dsn, app_name, "--allow-new-events")
+    assert code == 3
+    assert {k: doc[k] for k in MISMATCH_KINDS} == summary.counts
+
+
+# --- Redis ahead, Redis unmigratable -------------------------------------------------------
+
+
+def test_appended_redis_events_are_not_migrated_new_events(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    ids = [a.aggregate_id for a in truth.clean_aggregates()[:3]]
+    added = iw.append_events(redis_client, truth, 7, aggregate_ids=ids, seed=2)
+    touched = {e.aggregate_id for e in added}
+
+    summary = run_verify(redis_test_url, pg_dsn, app_name)
+    only(summary, "not_migrated_new_events", len(touched))
+    code, doc = verify_cli(redis_test_url, pg_dsn, app_name)
+    assert code == 3 and doc["not_migrated_new_events"] == len(touched)
+    code, doc = verify_cli(redis_test_url, pg_dsn, app_name, "--allow-new-events")
+    assert code == 0 and doc["not_migrated_new_events"] == 0
+
+    migrate(redis_test_url, pg_dsn, app_name)
+    assert run_verify(redis_test_url, pg_dsn, app_name).mismatches == 0
+
+
+def test_a_quarantined_aggregate_is_unmigratable_in_redis(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = write_defect_store(redis_client, app_name, seed=31)
+    migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    bad_keys = {a.list_key for a in truth.defective_aggregates()}
+    summary = run_verify(redis_test_url, pg_dsn, app_name)
+    only(summary, "unmigratable_in_redis", len(bad_keys))
+    assert {p["key"] for p in summary.problems} == bad_keys
+    assert summary.aggregates_identical == len(truth.commit_lists) - len(bad_keys)
+    code, doc = verify_cli(redis_test_url, pg_dsn, app_name)
+    assert code == 3 and doc["unmigratable_in_redis"] == len(bad_keys)
+
+
+def test_a_commit_list_key_that_is_not_utf8_is_unmigratable_not_fatal(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    write_non_utf8_key(redis_client, app_name)
+    code, doc = verify_cli(redis_test_url, pg_dsn, app_name)
+    assert code == 3
+    assert doc["unmigratable_in_redis"] == 1
+    assert doc["aggregates_identical"] == len(truth.commit_lists)
+
+
+def test_an_aggregate_postgresql_cannot_hold_is_unmigratable_in_redis(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    write_events(redis_client, app_name, "nul", [payload("nul", 1, Text="a\u0000b")])
+    assert migrate(redis_test_url, pg_dsn, app_name).aggregates_quarantined == 1
+    summary = run_verify(redis_test_url, pg_dsn, app_name)
+    only(summary, "unmigratable_in_redis", 1)
+    assert summary.aggregates_identical == len(truth.commit_lists)
+
+
+# --- sampling and shards -------------------------------------------------------------------
+
+
+def test_sample_compares_n_aggregates(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    summary = run_verify(redis_test_url, pg_dsn, app_name, sample=10)
+    assert summary.aggregates == summary.aggregates_identical == 10
+    assert 10 <= summary.events_compared < len(truth.events())
+    everything = run_verify(redis_test_url, pg_dsn, app_name, sample=10_000)
+    assert everything.aggregates == len(truth.commit_lists)
+
+
+def test_cli_sample_compares_exactly_n_aggregates(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    for n in (7, 1):
+        code, doc = verify_cli(
+            redis_test_url, pg_dsn, app_name, "--sample", str(n), "--workers", "2"
+        )
+        assert code == 0 and doc["sample"] == n
+        assert doc["aggregates"] == doc["aggregates_identical"] == n
+
+
+def test_sampled_mismatches_are_found_when_sampled(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    execute(pg_dsn, "UPDATE event SET event_type = 'X' WHERE version = 1")
+    summary = run_verify(redis_test_url, pg_dsn, app_name, sample=5)
+    only(summary, "content_differs", 5)
+    assert len(truth.commit_lists) > 5
+
+
+def test_shards_split_the_aggregates(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    execute(pg_dsn, "UPDATE event SET event_type = 'X' WHERE version = 1")
+    parts = [run_verify(redis_test_url, pg_dsn, app_name, shard=Shard(i, 3)) for i in range(3)]
+    assert sum(p.aggregates for p in parts) == len(truth.commit_lists)
+    for i, part in enumerate(parts):
+        assert all(Shard(i, 3).owns(p["key"].split("}:", 1)[1]) for p in part.problems)
+    assert sum(p.counts["content_differs"] for p in parts) == len(truth.commit_lists)
+
+
+# --- JSON equality, with PostgreSQL's jsonb "=" as the oracle ------------------------------
+
+ORIGINAL = {
+    "Zeta": 1,
+    "alpha": {"b": [True, {"y": 1, "x": 2}], "a": None},
+    "Flag": True,
+    "Count": 1,
+    "Ratio": 0.1,
+    "Text": "1",
+    "List": [1, 2],
+    "Amount": "AMOUNT",  # written as the number 12345678901234567890.12 (a .NET decimal)
+}
+# (path, new jsonb value): jsonb ``=`` decides whether it is a difference.
+EDITS = {
+    "true_to_1": ("{Flag}", "1"),
+    "nested_true_to_1": ("{alpha,b,0}", "1"),
+    "null_to_false": ("{alpha,a}", "false"),
+    "int_to_string": ("{Count}", '"1"'),
+    "string_to_int": ("{Text}", "1"),
+    "list_order": ("{List}", "[2, 1]"),
+    "int_to_decimal": ("{Count}", "1.0"),
+    "exponent": ("{Count}", "1e0"),
+    "decimal_zeros": ("{Ratio}", "0.1000"),
+    "same_value": ("{Zeta}", "1"),
+}
+
+
+def write_json_store(
+    client: redis.Redis, dsn: str, url: str, app: str, ids: list[str]
+) -> dict[str, str]:
+    """One-event aggregates whose payload has keys in an order jsonb does not keep, nested
+    objects, lists, booleans, null and numbers; migrated. Returns id -> payload text."""
+    raws = {}
+    for aggregate_id in ids:
+        text = payload(aggregate_id, 1, **ORIGINAL)
+        assert text.index('"$type"') < text.index('"Id"')  # jsonb sorts "Id" first
+        raws[aggregate_id] = text.replace('"AMOUNT"', "12345678901234567890.12")
+        write_events(client, app, aggregate_id, [raws[aggregate_id]])
+    init_event_store(dsn)
+    assert migrate(url, dsn, app).events_migrated == len(ids)
+    return raws
+
+
+def test_json_differences_are_exactly_those_jsonb_sees(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """One aggregate per edit; verify reports content_differs exactly where PostgreSQL's jsonb
+    ``=`` says the edited row differs from the Redis payload."""
+    raws = write_json_store(redis_client, pg_dsn, redis_test_url, app_name, sorted(EDITS))
+    summary = run_verify(redis_test_url, pg_dsn, app_name)
+    assert summary.mismatches == 0, summary.problems  # key order never counts
+    differs: dict[str, bool] = {}
+    with psycopg.connect(pg_dsn) as conn:
+        for name, raw in raws.items():
+            path, value = EDITS[name]
+            row = conn.execute(
+                "UPDATE event e SET event_data = jsonb_set(e.event_data, %s, %s::jsonb)"
+                "  FROM aggregate a WHERE a.aggregate_key = e.aggregate_key AND a.aggregate_id = %s"
+                " RETURNING e.event_data = %s::jsonb",
+                (path, value, name, raw),
+            ).fetchone()
+            assert row is not None
+            differs[name] = not row[0]
+    assert any(differs.values()) and not all(differs.values())  # the oracle sees both
+    summary = run_verify(redis_test_url, pg_dsn, app_name)
+    reported = {p["key"].split("}:", 1)[1] for p in summary.problems}
+    assert {p["kind"] for p in summary.problems} <= {"content_differs"}
+    assert reported == {name for name, d in differs.items() if d}
+
+
+def test_high_precision_decimals_that_differ_are_content_differs(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    raw = write_json_store(redis_client, pg_dsn, redis_test_url, app_name, ["amount"])["amount"]
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(
+            "UPDATE event SET event_data = jsonb_set(event_data, '{Amount}',"
+            " '12345678901234567890.13'::jsonb)"
+        )
+        row = conn.execute("SELECT event_data = %s::jsonb FROM event", (raw,)).fetchone()
+    assert row == (False,)  # jsonb: a different amount
+    only(run_verify(redis_test_url, pg_dsn, app_name), "content_differs", 1)
