@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import random
-import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -113,7 +112,14 @@ def json_equal(a: Any, b: Any) -> bool:
 _SORTED = orjson.OPT_SORT_KEYS
 
 
-_LONG_NUMBER = re.compile(r"\d{16,}")
+# Digits to "0", everything else to " ": a run of 16 "0"s is a number a double may not hold.
+# (bytes.translate + find: ~4x faster than a regex over every payload.)
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 16
+
+
+def _has_long_number(text: str) -> bool:
+    return _LONG_RUN in text.encode("utf-8", "surrogatepass").translate(_DIGITS)
 
 
 def same_json(pg_text: str, data: Any, text: str) -> bool:
@@ -123,7 +129,7 @@ def same_json(pg_text: str, data: Any, text: str) -> bool:
     when they differ (jsonb prints ``1E+20`` as ``100000000000000000000``). Where a run of 16
     or more digits appears, a number may be beyond a double's precision, and both sides are
     parsed again with exact decimals."""
-    if _LONG_NUMBER.search(text) or _LONG_NUMBER.search(pg_text):
+    if _has_long_number(text) or _has_long_number(pg_text):
         exact = {"parse_float": Decimal, "parse_int": int}
         return json_equal(json.loads(pg_text, **exact), json.loads(text, **exact))
     theirs = orjson.loads(pg_text)
