@@ -628,8 +628,12 @@ class Reader:
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def batches(self, start: redisio.ScanPosition, first_seq: int) -> Iterator[Batch]:
-        seq = first_seq
-        batch: Batch | None = None
+        """Batches of whole aggregates holding about ``batch_size`` events each. A batch that
+        ends inside a SCAN page carries the position before that page (a resume rereads the
+        page; its aggregates already migrated are skipped); the one that ends the page carries
+        the position after it."""
+        self._seq = first_seq
+        self._batch = Batch(self._seq, start.encode())
         pages = redisio.scan_pages(
             self.client,
             layout.commit_list_pattern(self.opts.app),
@@ -637,26 +641,36 @@ class Reader:
             count=self.opts.scan_count,
             start=start,
         )
+        before = start.encode()
         for position, keys in pages:
-            if batch is None:
-                batch = Batch(seq, "")
-            self._add_page(batch, keys)
-            batch.position = replace(position, epoch=start.epoch).encode()
-            if batch.events >= self.opts.batch_size or batch.aggregates >= self.opts.batch_size:
-                yield batch
-                seq += 1
-                batch = None
-        if batch is not None:
-            yield batch
+            yield from self._add_page(keys, before)
+            before = replace(position, epoch=start.epoch).encode()
+            self._batch.position = before
+            if self._full():
+                yield self._seal(before)
+        if self._batch.aggregates or self._batch.position != start.encode():
+            yield self._batch
 
-    def _add_page(self, batch: Batch, keys: list[str]) -> None:
+    def _full(self) -> bool:
+        size = self.opts.batch_size
+        return self._batch.events >= size or self._batch.aggregates >= size
+
+    def _seal(self, position: str) -> Batch:
+        """Hand out the current batch (at ``position``) and start the next one."""
+        sealed = self._batch
+        sealed.position = position
+        self._seq += 1
+        self._batch = Batch(self._seq, position)
+        return sealed
+
+    def _add_page(self, keys: list[str], page_start: str) -> Iterator[Batch]:
         app = self.opts.app
         ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
         ids = [a for a in ids if self.opts.shard.owns(a)]
         for aggregate_id in [a for a in ids if not redisio.is_utf8(a)]:
             ids.remove(aggregate_id)
-            batch.aggregates += 1
-            batch.quarantined.append(
+            self._batch.aggregates += 1
+            self._batch.quarantined.append(
                 Quarantined(
                     redisio.printable(aggregate_id),
                     redisio.printable(layout.commit_list_key(app, aggregate_id)),
@@ -697,8 +711,8 @@ class Reader:
                 self.unchanged += 1
                 self.commits_seen += length
             elif length < done:
-                batch.aggregates += 1
-                batch.quarantined.append(
+                self._batch.aggregates += 1
+                self._batch.quarantined.append(
                     Quarantined(
                         aggregate_id,
                         layout.commit_list_key(app, aggregate_id),
@@ -718,18 +732,44 @@ class Reader:
             return
         keys_todo = [layout.commit_list_key(app, a) for a in todo]
         lists = redisio.commit_lists(self.client, keys_todo, starts)
+        self.commits_seen += sum(starts)
+        # Payloads are fetched in chunks of about a batch, so memory stays bounded by the batch
+        # size (or the largest aggregate) rather than by what one SCAN page names.
+        chunk: list[int] = []
+        chunk_events = 0
+        for index, commit_ids in enumerate(lists):
+            chunk.append(index)
+            chunk_events += len(commit_ids)
+            if chunk_events >= self.opts.batch_size or index == len(lists) - 1:
+                yield from self._add_chunk(
+                    [todo[i] for i in chunk],
+                    [keys_todo[i] for i in chunk],
+                    [starts[i] for i in chunk],
+                    [lists[i] for i in chunk],
+                    known,
+                    page_start,
+                )
+                chunk, chunk_events = [], 0
+
+    def _add_chunk(
+        self,
+        ids: list[str],
+        keys: list[str],
+        starts: list[int],
+        lists: list[list[str]],
+        known: dict[str, tuple[int, str, str]],
+        page_start: str,
+    ) -> Iterator[Batch]:
         flat = [c for commit_ids in lists for c in commit_ids]
-        self.commits_seen += len(flat) + sum(starts)
+        self.commits_seen += len(flat)
         self.pacer.wait(len(flat))
-        values, where = redisio.fetch_values(self.client, app, flat)
+        values, where = redisio.fetch_values(self.client, self.opts.app, flat)
         offset = 0
-        for aggregate_id, key, start, commit_ids in zip(
-            todo, keys_todo, starts, lists, strict=True
-        ):
+        for aggregate_id, key, start, commit_ids in zip(ids, keys, starts, lists, strict=True):
             end = offset + len(commit_ids)
-            batch.aggregates += 1
+            self._batch.aggregates += 1
             self._add_aggregate(
-                batch,
+                self._batch,
                 aggregate_id,
                 key,
                 start,
@@ -739,6 +779,8 @@ class Reader:
                 known.get(aggregate_id),
             )
             offset = end
+            if self._full():
+                yield self._seal(page_start)
 
     def _add_aggregate(
         self,

@@ -180,7 +180,9 @@ def test_kill_9_at_random_points_then_rerun_gives_the_rows_of_an_uninterrupted_r
     last_killed = False
     for attempt in range(6):
         since = committed_batches(pg_dsn)
-        proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH)
+        # --rate keeps each run going for about a second, so a kill lands mid-run on a fast
+        # (quiet CI) machine too.
+        proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH, *SLOW)
         if attempt == 0:  # anywhere from start-up (schema creation) into the first batches
             time.sleep(rng.uniform(0.1, 0.5))
         else:  # once this run committed something, a little later
