@@ -1113,9 +1113,40 @@ TOUR: list[TourStep] = [
         "an event of the legacy (pre-October-2017) layout",
     ),
     TourStep(
+        "esctl inspect aggregate {legacy_aggregate}",
+        "an aggregate whose early events are in the legacy hash and later ones in partitions, "
+        "decoded, with its snapshot version",
+    ),
+    TourStep(
+        "esctl inspect event {compressed_commit}",
+        "one event by commit id: where it is stored, whether a commit list names it, its JSON",
+    ),
+    TourStep(
+        "esctl inspect integrity",
+        "scan the whole store: the planted orphan, missing payload, invalid gzip value, version "
+        "gap and shared commit list, and nothing else (exit code 3)",
+    ),
+    TourStep(
+        "esctl inspect stats",
+        "where the memory goes: keys and MEMORY USAGE per family, compressed share, event types "
+        "by stored bytes",
+    ),
+    TourStep(
+        "esctl events query --type OrderPlaced --where 'ShippingAddress.Country=DE'",
+        "find events by type and by a field inside the payload, gzip or not",
+    ),
+    TourStep(
+        "esctl events query --where 'Lines.Sku=BK-1042' --since 2019-01-01 --limit 5",
+        "fields inside $values lists are looked through",
+    ),
+    TourStep(
         "esctl migrate redis-to-pg --init-schema",
         "copy the committed events into the demo PostgreSQL; the defective aggregates are "
         "quarantined and reported (exit code 3)",
+    ),
+    TourStep(
+        "esctl events query --source pg --type OrderPlaced --where 'ShippingAddress.Country=DE'",
+        "the same question asked of PostgreSQL: the same events (commit_id is null there)",
     ),
     TourStep("esctl migrate verify", "compare Redis with PostgreSQL aggregate by aggregate"),
     TourStep(
@@ -1142,6 +1173,30 @@ TOUR: list[TourStep] = [
     ),
     TourStep(
         "esctl queue restore dead.jsonl.zst --yes", "put them back where they were, byte for byte"
+    ),
+    TourStep(
+        "esctl doctor",
+        "the demo Redis runs with maxmemory-policy allkeys-lru: doctor fails it (events could be "
+        "evicted) with why and what to do, and flags no persistence, stuck messages and dead "
+        "letters (exit code 3)",
+    ),
+    TourStep(
+        'redis-cli -u "$ESCTL_REDIS_URL" CONFIG SET maxmemory-policy noeviction',
+        "the fix doctor names for the eviction policy",
+    ),
+    TourStep(
+        'esctl doctor --json | jq -r \'.checks[] | select(.id == "redis.maxmemory_policy") '
+        "| .status'",
+        "ok now",
+    ),
+    TourStep(
+        "esctl compress --threshold 500 --dry-run",
+        "the demo's payloads over 1,000 bytes are compressed already; with a 500-byte threshold "
+        "compress finds the plain ones and shows what it would rewrite",
+    ),
+    TourStep(
+        "esctl compress --threshold 500 --yes",
+        "rewrite them in place as gzip+base64, one compare-and-set per value",
     ),
 ]
 """Commands to try on the demo store, in order. Each capability appends its own steps."""
@@ -1211,7 +1266,11 @@ def demo_environment(
     succeeded = False
     try:
         redis_server = servers.start_redis(
-            workdir=workdir / "redis" if workdir else None, detach=keep
+            workdir=workdir / "redis" if workdir else None,
+            # A setting esctl doctor flags (events can be evicted), to show a finding and its
+            # fix in the tour; without maxmemory nothing is ever evicted here.
+            extra_args=["--maxmemory-policy", "allkeys-lru"],
+            detach=keep,
         )
         postgres_server = servers.start_postgres(
             workdir=workdir / "postgres" if workdir else None, fast=True, detach=keep

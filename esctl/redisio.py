@@ -445,6 +445,14 @@ def used_memory(client: RedisClient) -> int:
     return sum(int(v["used_memory"]) for v in info.values() if isinstance(v, dict))
 
 
+def used_memory_or_none(client: RedisClient) -> int | None:
+    """:func:`used_memory`, or None where INFO is not allowed (a proxy, an ACL)."""
+    try:
+        return used_memory(client)
+    except ServerError:
+        return None
+
+
 def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, redis.exceptions.NoScriptError) or (
         isinstance(reply, Exception) and "NOSCRIPT" in str(reply)

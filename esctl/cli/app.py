@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from esctl import __version__
-from esctl.cli import config_cmd, demo, events, migrate, queue
+from esctl.cli import compress, config_cmd, demo, doctor, events, inspect, migrate, queue
 
 app = typer.Typer(
     name="esctl",
@@ -38,10 +38,13 @@ def root(
 
 
 app.add_typer(events.app, name="events")
+app.add_typer(inspect.app, name="inspect")
 app.add_typer(migrate.app, name="migrate")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(queue.app, name="queue")
 app.command("demo")(demo.demo)
+app.command("doctor")(doctor.doctor)
+app.command("compress")(compress.compress)
 
 
 def main() -> None:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import enum
+import os
 import sys
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from esctl import codec
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
-from esctl.cli.options import DebugOpt
+from esctl.cli.options import (
+    AppOpt,
+    ClusterOpt,
+    ConfigOpt,
+    DebugOpt,
+    PgDsnOpt,
+    PgSchemaOpt,
+    ProfileOpt,
+    RedisUrlOpt,
+    settings,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Decode and query event payloads.")
 
@@ -83,3 +95,218 @@ def decode(
         sys.stdout.flush()
         if bad:
             raise typer.Exit(EXIT_PROBLEMS)
+
+
+# --- query ---------------------------------------------------------------------------------
+
+
+class QueryFormat(enum.StrEnum):
+    jsonl = "jsonl"
+    table = "table"
+    json = "json"
+
+
+class QuerySource(enum.StrEnum):
+    redis = "redis"
+    pg = "pg"
+
+
+TABLE_DEFAULT_LIMIT = 100
+"""Rows a table shows when --limit is not given (a table of a million rows helps nobody)."""
+
+
+@app.command("query")
+def query(
+    types: Annotated[
+        list[str] | None,
+        typer.Option("--type", help="Event type (class name, e.g. ItemScoreCreated); repeatable."),
+    ] = None,
+    aggregate_type: Annotated[
+        str | None,
+        typer.Option(
+            "--aggregate-type", help="AggregateType (e.g. ItemScore).", show_default=False
+        ),
+    ] = None,
+    aggregates: Annotated[
+        list[str] | None,
+        typer.Option("--aggregate", help="Aggregate id; repeatable (reads only those)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="TimeStamp at or after: ISO 8601 (UTC unless an offset is given) or 7d, 12h, 30m.",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until", help="TimeStamp before (same forms as --since).", show_default=False
+        ),
+    ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--where",
+            help="PATH OP VALUE on payload fields (OP: = != > >= < <= ~) or PATH exists; "
+            "dotted paths, $values lists looked through; repeatable (all must hold).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=0,
+            help=f"Stop after N results (table: {TABLE_DEFAULT_LIMIT} unless given).",
+            show_default=False,
+        ),
+    ] = None,
+    format_: Annotated[
+        QueryFormat | None,
+        typer.Option(
+            "--format",
+            help="jsonl (one object per line), json (one array) or table; default: table on a "
+            "terminal, jsonl otherwise.",
+            show_default=False,
+        ),
+    ] = None,
+    source: Annotated[
+        QuerySource,
+        typer.Option(
+            "--source", help="Query Redis (commit lists) or the migrated PostgreSQL tables."
+        ),
+    ] = QuerySource.redis,
+    progress: Annotated[
+        bool,
+        typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr)."),
+    ] = True,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    pg_dsn: PgDsnOpt = None,
+    pg_schema: PgSchemaOpt = None,
+    app_name: AppOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Find events by type, aggregate, time and payload fields, gzip-transparently.
+
+    Each result: {"aggregate_id", "version", "event_type", "aggregate_type", "timestamp",
+    "commit_id", "data"}. --source redis (default) streams over the commit lists with bounded
+    memory; --source pg asks the migrated tables the same question (every filter runs inside
+    PostgreSQL; commit_id is null there). --where: 'Score>=7', 'Rubric.Name~Essay',
+    'Lines.Sku=BK-1042' (lists and $values wrappers match when any element does),
+    'Comment exists'. Unreadable events are skipped and counted on stderr.
+
+    Example: esctl events query --app MyService --type OrderPlaced --since 7d --where 'Currency=EUR'
+    """
+    from esctl import query as core
+    from esctl import redisio
+
+    fmt = format_ or (QueryFormat.table if output.stdout_is_terminal() else QueryFormat.jsonl)
+    with reporting(json_mode=fmt is QueryFormat.json, debug=debug):
+        filters = core.QueryFilters.build(
+            types=types or (),
+            aggregate_type=aggregate_type,
+            aggregates=aggregates or (),
+            since=since,
+            until=until,
+            where=where or (),
+            limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
+        )
+        resolved = settings(
+            redis_url=redis_url,
+            pg_dsn=pg_dsn,
+            pg_schema=pg_schema,
+            app=app_name,
+            profile=profile,
+            config=config,
+        )
+        app_value = resolved.require("app")
+        bar: Any = None
+        results: core.RedisQuery | core.PgQuery
+        if source is QuerySource.pg:
+            results = core.query_pg(resolved.pg_dsn, resolved.pg_schema, app_value, filters)
+        else:
+            client = redisio.connect(resolved.redis_url, cluster=cluster)
+            if (
+                progress
+                and output.stderr_is_terminal()
+                and (fmt is QueryFormat.table or not output.stdout_is_terminal())
+            ):
+                from tqdm import tqdm
+
+                bar = tqdm(unit=" events", unit_scale=True, dynamic_ncols=True, desc="scanning")
+            results = core.query_redis(
+                client, app_value, filters, on_progress=_query_bar(bar) if bar else None
+            )
+        try:
+            _emit_results(results, fmt, shown_limit=filters.limit if limit is None else None)
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as other Unix tools do.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        finally:
+            if bar is not None:
+                bar.close()
+        if results.stats.unreadable:
+            output.warn(
+                f"{results.stats.unreadable:,} committed event(s) could not be read (no payload or "
+                "undecodable) and were skipped; `esctl inspect integrity` lists them"
+            )
+
+
+def _query_bar(bar: Any) -> Any:
+    def update(stats: Any) -> None:
+        bar.n = stats.events
+        bar.set_postfix(matched=stats.matched, refresh=False)
+        bar.refresh()
+
+    return update
+
+
+def _emit_results(results: Any, fmt: QueryFormat, *, shown_limit: int | None) -> None:
+    """Write query results to stdout as they come (jsonl, json) or as one table."""
+    if fmt is QueryFormat.table:
+        rows = [
+            (
+                r.aggregate_id,
+                r.version,
+                r.event_type,
+                r.aggregate_type,
+                r.timestamp,
+                r.commit_id,
+                r.text if len(r.text) <= 80 else r.text[:79] + "…",
+            )
+            for r in results
+        ]
+        output.emit_table(
+            [
+                "aggregate",
+                "version",
+                "event type",
+                "aggregate type",
+                "TimeStamp",
+                "commit id",
+                "data",
+            ],
+            rows,
+        )
+        if shown_limit is not None and len(rows) >= shown_limit:
+            output.info(f"(first {shown_limit} results; --limit N shows more)")
+        return
+    out = sys.stdout.buffer
+    if fmt is QueryFormat.json:
+        out.write(b"[")
+        first = True
+        for r in results:
+            out.write(b"\n" if first else b",\n")
+            out.write(r.json_line())
+            first = False
+        out.write(b"\n]\n" if not first else b"]\n")
+    else:
+        for r in results:
+            out.write(r.json_line() + b"\n")
+    out.flush()

@@ -1,0 +1,448 @@
+"""``esctl inspect``: read-only looks into the Redis event store (aggregate, event, integrity,
+stats)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from esctl import inspect as core
+from esctl import redisio
+from esctl.cli import output
+from esctl.cli.errors import EXIT_PROBLEMS, reporting
+from esctl.cli.options import (
+    AppOpt,
+    ClusterOpt,
+    ConfigOpt,
+    DebugOpt,
+    EnvOpt,
+    JsonOpt,
+    ProfileOpt,
+    RedisUrlOpt,
+    settings,
+)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Look into the Redis event store: an aggregate, an event, integrity, memory. Read-only.",
+)
+
+ProgressOpt = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr).")
+]
+
+
+def _connect(
+    redis_url: str | None,
+    cluster: bool,
+    app_name: str | None,
+    profile: str | None,
+    config: str | None,
+    env: str | None = None,
+) -> tuple[redisio.RedisClient, str, str | None]:
+    resolved = settings(redis_url=redis_url, app=app_name, env=env, profile=profile, config=config)
+    app_value = resolved.require("app")
+    return redisio.connect(resolved.redis_url, cluster=cluster), app_value, resolved.get("env")
+
+
+def _where(row: core.EventRow) -> str:
+    if row.layout == "legacy":
+        return "legacy hash"
+    if row.partition is not None:
+        return f"partition {row.partition}"
+    return "missing"
+
+
+# --- aggregate -----------------------------------------------------------------------------
+
+
+@app.command("aggregate")
+def aggregate(
+    aggregate_id: Annotated[str, typer.Argument(help="The aggregate id (as in its commit list).")],
+    from_version: Annotated[
+        int | None,
+        typer.Option(
+            "--from-version", min=1, help="List events from this version on (checks cover all)."
+        ),
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Also show each event's value as stored in Redis.")
+    ] = False,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    app_name: AppOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show one aggregate: its commit list, every event (decoded), snapshot and problems.
+
+    Payloads are fetched in pipelined round trips (1,000 per trip). Problems — a commit with no
+    payload, an invalid gzip value, a payload Id that is not the aggregate's, versions that are
+    not 1..n or not in commit order, a changing AggregateType, two aggregate types sharing the
+    commit list — are listed and make the exit code 3. --json prints the whole document with
+    each event's exact payload text and decoded data.
+
+    Example: esctl inspect aggregate 3f0c2a9e-… --app MyService --json | jq '.events[].data'
+    """
+    with reporting(json_mode=json_, debug=debug):
+        client, app_value, _ = _connect(redis_url, cluster, app_name, profile, config)
+        report = core.inspect_aggregate(client, app_value, aggregate_id, from_version=from_version)
+        if json_:
+            output.emit_json(report.as_dict(raw=raw))
+        else:
+            _render_aggregate(report, raw=raw)
+        if not report.ok:
+            raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _render_aggregate(report: core.AggregateReport, *, raw: bool) -> None:
+    snapshot = report.snapshot
+    output.emit_mapping(
+        {
+            "app": report.app,
+            "aggregate": report.aggregate_id,
+            "commit list": report.key,
+            "commits": report.commits,
+            "aggregate type": ", ".join(report.aggregate_types) or None,
+            "first TimeStamp": report.first_timestamp,
+            "last TimeStamp": report.last_timestamp,
+            "snapshot": None
+            if snapshot is None
+            else f"version {snapshot.version} ({snapshot.key})"
+            if snapshot.version is not None
+            else f"unreadable ({snapshot.key}: {snapshot.problem})",
+            "stored bytes": report.stored_bytes,
+            "compressed payloads": f"{report.compressed_events} of {report.commits}",
+        },
+        title=f"aggregate {report.aggregate_id}",
+    )
+    output.emit_table(
+        [
+            "#",
+            "version",
+            "event type",
+            "TimeStamp",
+            "commit id",
+            "stored in",
+            "bytes",
+            "gzip",
+            "problems",
+        ],
+        [
+            (
+                e.position,
+                e.version,
+                e.event_type,
+                e.timestamp,
+                e.commit_id,
+                _where(e),
+                e.stored_bytes,
+                e.compressed is not None if e.stored_bytes is not None else None,
+                ", ".join(e.problems) or None,
+            )
+            for e in report.events
+        ],
+        title=f"events (commit order{f', versions >= {report.from_version}' if report.from_version else ''})",
+    )
+    if raw:
+        for e in report.events:
+            output.stdout_console.print(
+                f"{e.commit_id}: {core._text_or_none(e.stored) or repr(e.stored)}", markup=False
+            )
+    if report.problems:
+        output.emit_table(
+            ["kind", "commit", "detail"],
+            [(p["kind"], p["commit_id"], p["detail"]) for p in report.problems],
+            title=f"problems ({len(report.problems)})",
+        )
+
+
+# --- event ---------------------------------------------------------------------------------
+
+
+@app.command("event")
+def event(
+    commit_id: Annotated[str, typer.Argument(help="The commit id (a GUID, or a legacy number).")],
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    app_name: AppOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Find one event by commit id (partitioned hash, then legacy), show it decoded.
+
+    Also says whether the commit list of the aggregate it names lists it: a payload no commit
+    list names is an orphan (never committed). Exit code 3 for an orphan or an undecodable
+    payload, 1 when the commit id is in neither hash.
+
+    Example: esctl inspect event 3f0c2a9e-0d1b-4c5e-9f8a-1b2c3d4e5f60 --app MyService
+    """
+    with reporting(json_mode=json_, debug=debug):
+        client, app_value, _ = _connect(redis_url, cluster, app_name, profile, config)
+        report = core.inspect_event(client, app_value, commit_id)
+        if json_:
+            output.emit_json(report.as_dict())
+        else:
+            output.emit_mapping(
+                {
+                    "commit id": report.commit_id,
+                    "stored in": report.hash_key
+                    + (f" (partition {report.partition})" if report.partition is not None else ""),
+                    "stored bytes": report.stored_bytes,
+                    "compressed": report.compressed,
+                    "event type": report.event_type,
+                    "aggregate": report.aggregate_id,
+                    "aggregate type": report.aggregate_type,
+                    "version": report.version,
+                    "TimeStamp": report.timestamp,
+                    "committed": None
+                    if report.committed is None
+                    else f"yes, entry {report.position} of {report.commit_list_key}"
+                    if report.committed
+                    else f"NO: {report.commit_list_key} does not list it (orphan)",
+                },
+                title=f"event {report.commit_id}",
+            )
+            if report.data is not None:
+                output.stdout_console.print(
+                    orjson.dumps(report.data, option=orjson.OPT_INDENT_2).decode("utf-8"),
+                    markup=False,
+                )
+            else:
+                output.stdout_console.print(report.text, markup=False)
+            for p in report.problems:
+                output.warn(f"{p['kind']}: {p['detail']}")
+        if not report.ok:
+            raise typer.Exit(EXIT_PROBLEMS)
+
+
+# --- integrity -----------------------------------------------------------------------------
+
+
+class _IntegrityBar:
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit=" keys", dynamic_ncols=True, desc="commit lists")
+        self.phase = "commit lists"
+
+    def update(self, p: core.IntegrityProgress) -> None:
+        if p.phase != self.phase:
+            self.phase = p.phase
+            self.bar.set_description(p.phase)
+        self.bar.n = p.commit_lists if p.phase == "commit lists" else p.event_hashes
+        self.bar.set_postfix(commits=p.commits, fields=p.hash_fields, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@app.command("integrity")
+def integrity(
+    examples: Annotated[
+        int, typer.Option("--examples", min=0, help="Examples listed per kind of problem.")
+    ] = 10,
+    progress: ProgressOpt = True,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    app_name: AppOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Scan the whole event store and report what is wrong, with counts and examples.
+
+    Finds orphan hash fields (payloads no commit list names), commit ids with no payload,
+    payloads stored in another partition than their commit id's, undecodable payloads, and
+    aggregates the library would not load (version gap, repeat or order, Id mismatch, changing
+    or shared aggregate type). Memory stays flat whatever the store's size (commit ids are
+    spilled to a temporary SQLite file). Exit code 3 when anything is found.
+
+    Example: esctl inspect integrity --app MyService --json | jq .counts
+    """
+    with reporting(json_mode=json_, debug=debug):
+        client, app_value, _ = _connect(redis_url, cluster, app_name, profile, config)
+        bar = _IntegrityBar() if progress and not json_ and output.stderr_is_terminal() else None
+        try:
+            report = core.check_integrity(
+                client, app_value, examples=examples, on_progress=bar.update if bar else None
+            )
+        finally:
+            if bar:
+                bar.close()
+        if json_:
+            output.emit_json(report.as_dict())
+        else:
+            _render_integrity(report)
+        if not report.ok:
+            raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _render_integrity(report: core.IntegrityReport) -> None:
+    output.emit_mapping(
+        {
+            "commit lists": report.commit_lists,
+            "commits": report.commits,
+            "partition hashes": report.event_hashes,
+            "hash fields (partitioned)": report.hash_fields,
+            "hash fields (legacy)": report.legacy_fields,
+            "aggregates with problems": report.aggregates_with_problems,
+            "elapsed": f"{report.elapsed_s:.1f} s",
+        },
+        title=f"integrity of {report.app}: " + ("no problems" if report.ok else "problems found"),
+    )
+    if report.ok:
+        return
+    output.emit_table(["kind", "count"], list(report.counts.items()), title="problems by kind")
+    output.emit_table(
+        ["kind", "key", "detail"],
+        [(p["kind"], p["key"], p["detail"]) for p in report.problems],
+        title="first examples",
+    )
+
+
+# --- stats ---------------------------------------------------------------------------------
+
+
+def _size(value: int | None) -> str | None:
+    """Bytes in the largest unit that keeps the number at 1 or more (KiB, MiB, GiB)."""
+    if value is None:
+        return None
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _share(value: float | None) -> str | None:
+    return None if value is None else f"{value * 100:.1f}%"
+
+
+@app.command("stats")
+def stats(
+    sample: Annotated[
+        int,
+        typer.Option("--sample", min=1, help="Keys sampled per family (MEMORY USAGE, payloads)."),
+    ] = 1000,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Read every payload: exact per-type events and bytes."),
+    ] = False,
+    progress: ProgressOpt = True,
+    redis_url: RedisUrlOpt = None,
+    cluster: ClusterOpt = False,
+    app_name: AppOpt = None,
+    env: EnvOpt = None,
+    profile: ProfileOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Where the memory goes: counts, payload sizes, MEMORY USAGE per key family, event types.
+
+    Counts aggregates, commit ids, hash fields (partitioned and legacy), snapshots and queue
+    lists (of --env, or of every environment); the compressed share and ratio and the payload
+    bytes; MEMORY USAGE of --sample keys per family scaled to all keys, with the share of
+    used_memory (what moving the events to PostgreSQL would free); and events and stored bytes
+    per event type, from the payloads of --sample commit lists (or exact with --full).
+
+    Example: esctl inspect stats --app MyService --sample 2000 --json | jq .memory
+    """
+    with reporting(json_mode=json_, debug=debug):
+        client, app_value, env_value = _connect(
+            redis_url, cluster, app_name, profile, config, env=env
+        )
+        bar: Any = None
+        if progress and not json_ and output.stderr_is_terminal():
+            from tqdm import tqdm
+
+            bar = tqdm(unit=" keys", dynamic_ncols=True, desc="scanning")
+
+        def on_progress(phase: str, keys: int) -> None:
+            bar.set_description(phase)
+            bar.n = keys
+            bar.refresh()
+
+        try:
+            report = core.inspect_stats(
+                client,
+                app_value,
+                env=env_value,
+                sample=sample,
+                full=full,
+                on_progress=on_progress if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        if json_:
+            output.emit_json(report.as_dict())
+        else:
+            _render_stats(report)
+
+
+def _render_stats(report: core.StatsReport) -> None:
+    document = report.as_dict()
+    events = document["events"]
+    payloads = document["payloads"]
+    memory = document["memory"]
+    output.emit_mapping(
+        {
+            "aggregates (commit lists)": report.commit_lists,
+            "commit ids": events["commit_ids"],
+            "hash fields, partitioned": f"{report.partitioned_fields:,} in "
+            f"{report.partitioned_hashes:,} hashes",
+            "hash fields, legacy": report.legacy_fields,
+            "snapshots": f"{report.snapshots:,} in {report.snapshot_hashes:,} hashes",
+            "queue lists (published/processing/dead)": " / ".join(
+                str(report.queue_lists[k]) for k in ("published", "processing", "dead")
+            )
+            + (f" (env {report.env})" if report.env else " (all environments)"),
+            "queued messages (published/processing/dead)": " / ".join(
+                str(report.queue_messages[k]) for k in ("published", "processing", "dead")
+            ),
+            "payloads examined": payloads["examined"],
+            "compressed share": _share(payloads["compressed_share"]),
+            "compression ratio": payloads["compression_ratio"],
+            "payload bytes" + ("" if report.payload_bytes_exact else " (estimated)"): _size(
+                report.payload_bytes
+            ),
+            "used_memory": _size(report.used_memory),
+            "event storage (estimated)": f"{_size(report.event_store_bytes)} "
+            f"({_share(memory['event_store_share']) or '?'} of used_memory)",
+        },
+        title=f"stats of {report.app}",
+    )
+    output.emit_table(
+        ["family", "keys", "sampled", "estimated", "share of used_memory"],
+        [
+            (m.family, m.keys, m.sampled, _size(m.estimated_bytes), _share(m.share_of_used_memory))
+            for m in report.memory
+        ],
+        title="memory (MEMORY USAGE of a sample, scaled to all keys)",
+    )
+    exact = document["event_types_exact"]
+    output.emit_table(
+        ["event type", "events", "stored", "share of bytes", "compressed"],
+        [
+            (
+                t["event_type"],
+                t["events"],
+                _size(t["stored_bytes"]),
+                _share(t["share_of_bytes"]),
+                t["compressed"],
+            )
+            for t in document["event_types"]
+        ],
+        title="event types" + ("" if exact else " (estimated from the sample)"),
+    )

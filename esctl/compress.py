@@ -1,0 +1,541 @@
+"""``compress``: gzip+base64 in place the event and snapshot payloads the library left plain.
+
+The library compresses a payload whose UTF-8 size exceeds a threshold (1,000 bytes by default)
+only when it writes it, and only when the service has the setting on; stores that ran without
+it hold plain payloads that would take about half the memory compressed. This module rewrites
+them exactly as the library's writer would (:func:`esctl.codec.gzip_base64`: gzip with mtime 0,
+then base64), so services read the same text through their usual rule (``H4sI`` → gunzip).
+
+Promises:
+
+- **Never overwrites a concurrent write.** Values are read with HSCAN; each rewrite is a
+  server-side compare-and-set per field (:data:`COMPARE_AND_SET`, one hash key per call, so it
+  is cluster-safe): the new value is written only if the field still holds exactly the value
+  read. A field a service changed or deleted meanwhile keeps the service's value and is counted
+  ``changed_concurrently``.
+- **Never writes what the library could not read back.** Every new value is decoded with the
+  library's reading rule (:func:`esctl.codec.decode_value`) before it is sent, and must give the
+  identical text; otherwise the field is left alone and reported (``roundtrip_mismatch``).
+- **Idempotent, safe to interrupt.** Each compare-and-set is atomic; a rerun skips what is
+  compressed already (values starting with ``H4sI``), so Ctrl-C or a lost connection leaves a
+  consistent store and the same command finishes the job.
+- **Only payloads.** Event hashes (partitioned ``EventStore:APP:P`` and legacy
+  ``EventStore:APP``) and snapshot hashes (``Snapshots:APP:P``); commit lists and queues are
+  never touched (queued messages must stay plain: subscribers read them uncompressed).
+- One run per app at a time: a Redis lock ``esctl:lock:compress:{APP}`` (``SET NX PX``,
+  renewed while the run lasts, gone 30 s after a crash); :class:`~esctl.errors.LockHeld` when
+  another run holds it. A dry run takes no lock and writes nothing.
+
+This module never prints or exits; the CLI renders what it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from esctl import codec, layout, queues, redisio
+from esctl.errors import ServerError
+
+DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
+EVENTS = "events"
+SNAPSHOTS = "snapshots"
+FAMILIES = (EVENTS, SNAPSHOTS)
+
+HSCAN_COUNT = 1000
+"""Fields asked per HSCAN round trip (partition hashes are small: one round trip each)."""
+CALL_FIELDS = 256
+"""Fields per compare-and-set call: one call blocks Redis for well under a millisecond."""
+CALL_BYTES = 1 << 20
+"""A call is also cut when its old and new values reach this many bytes."""
+BATCH_BYTES = 8 << 20
+"""Values held before a round of compare-and-set calls is sent (bounds esctl's memory)."""
+MAX_PROBLEMS = 1000
+"""Problems listed in the summary (all are counted)."""
+
+COMPARE_AND_SET = """
+-- KEYS[1]: one hash. ARGV: field, value read, new value; repeated.
+-- Per field: 1 = replaced, 2 = already holds the new value (a field HSCAN returned twice),
+-- 0 = changed or deleted since it was read (left as it is).
+local out = {}
+for i = 1, #ARGV, 3 do
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if current == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    out[#out + 1] = 1
+  elseif current == ARGV[i + 2] then
+    out[#out + 1] = 2
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+Kind = Literal["plain_over_threshold", "compressed", "below_threshold", "invalid_utf8"]
+
+
+def classify(value: bytes, threshold: int) -> Kind:
+    """What compress would do with a stored value: ``plain_over_threshold`` (rewrite it),
+    ``compressed`` (starts with ``H4sI``: the library already tries to gunzip it, valid or
+    not), ``below_threshold`` (the library keeps it plain too), ``invalid_utf8`` (not text:
+    left alone and reported)."""
+    if value.startswith(codec.GZIP_BASE64_PREFIX):
+        return "compressed"
+    if len(value) <= threshold:
+        return "below_threshold"
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    return "plain_over_threshold"
+
+
+def compressed_value(value: bytes) -> bytes | None:
+    """The library's compressed form of a plain value, or None when it would not decode back
+    to the identical text through the library's reading rule (never expected; checked for
+    every value before it is written)."""
+    text = value.decode("utf-8")
+    new = codec.gzip_base64(text)
+    decoded = codec.decode_value(new)
+    if decoded.compressed != "gzip" or decoded.problem is not None or decoded.text != text:
+        return None
+    return new
+
+
+def lock_key(app: str) -> str:
+    return f"esctl:lock:compress:{{{app}}}"
+
+
+# --- finding the payload hashes ------------------------------------------------------------
+
+
+def _numbered(keys: Sequence[str], prefix: str) -> list[str]:
+    """Keys ``prefix<digits>`` only (another app whose name starts with ``APP:`` matches the
+    SCAN pattern too)."""
+    return [k for k in keys if k.startswith(prefix) and k[len(prefix) :].isdigit()]
+
+
+def hash_key_pages(
+    client: redisio.RedisClient, app: str, families: Sequence[str] = FAMILIES
+) -> Iterator[tuple[str, list[str]]]:
+    """``(family, keys)`` for every payload hash of ``app``, one SCAN page at a time: the
+    partitioned event hashes, the legacy hash (if it exists), then the snapshot hashes."""
+    if EVENTS in families:
+        prefix = layout.legacy_event_hash_key(app) + ":"
+        for _, keys in redisio.scan_pages(client, layout.event_hash_pattern(app), type_="hash"):
+            mine = _numbered(keys, prefix)
+            if mine:
+                yield EVENTS, mine
+        legacy = layout.legacy_event_hash_key(app)
+        (kind,) = redisio.pipelined(client, [("TYPE", legacy)])
+        if redisio.key_str(kind) == "hash":
+            yield EVENTS, [legacy]
+    if SNAPSHOTS in families:
+        prefix = f"Snapshots:{app}:"
+        for _, keys in redisio.scan_pages(client, layout.snapshot_hash_pattern(app), type_="hash"):
+            mine = _numbered(keys, prefix)
+            if mine:
+                yield SNAPSHOTS, mine
+
+
+def _pairs(flat: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+
+def hash_field_pages(
+    client: redisio.RedisClient, keys: Sequence[str], *, count: int = HSCAN_COUNT
+) -> Iterator[tuple[str, list[tuple[bytes, bytes]]]]:
+    """``(key, [(field, value), …])`` per HSCAN reply, for every field of every key (pipelined:
+    one round trip asks every key still being scanned for its next page). A field may come
+    twice (HSCAN's guarantee); a key deleted meanwhile simply ends."""
+    cursors: dict[str, int] = dict.fromkeys(keys, 0)
+    while cursors:
+        pending = list(cursors)
+        replies = redisio.pipelined(
+            client, [("HSCAN", k, cursors[k], "COUNT", count) for k in pending]
+        )
+        for key, reply in zip(pending, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise ServerError(
+                    f"HSCAN {key} failed: {reply}",
+                    hint="the key is expected to be a Redis hash (LAYOUT.md §1, §3)",
+                )
+            cursor, flat = reply
+            yield key, _pairs(flat)
+            if int(cursor) == 0:
+                del cursors[key]
+            else:
+                cursors[key] = int(cursor)
+
+
+# --- compress ------------------------------------------------------------------------------
+
+
+@dataclass
+class FamilyCounts:
+    """What compress found and did in one family (``events`` or ``snapshots``)."""
+
+    hashes: int = 0
+    values_examined: int = 0
+    already_compressed: int = 0
+    below_threshold: int = 0
+    plain_over_threshold: int = 0
+    """Plain values over the threshold found (what a dry run would compress)."""
+    compressed: int = 0
+    """Values replaced (0 in a dry run)."""
+    changed_concurrently: int = 0
+    """Values a writer changed or deleted between the read and the compare-and-set: kept."""
+    invalid_utf8: int = 0
+    bytes_before: int = 0
+    """Stored bytes of the values compressed (dry run: of those that would be)."""
+    bytes_after: int = 0
+    """Their stored bytes compressed."""
+
+    def add(self, other: FamilyCounts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class CompressProgress:
+    hashes: int = 0
+    values_examined: int = 0
+    compressed: int = 0
+    """Replaced so far (dry run: found to compress)."""
+
+
+@dataclass
+class Candidate:
+    """One plain value over the threshold, read from ``key``, and its compressed form."""
+
+    family: str
+    key: str
+    field: bytes
+    old: bytes
+    new: bytes
+
+
+@dataclass
+class CompressSummary:
+    app: str
+    threshold: int
+    dry_run: bool
+    families: dict[str, FamilyCounts]
+    used_memory_before: int | None
+    used_memory_after: int | None
+    problems: list[dict[str, str]]
+    problems_total: int
+    failed: int
+    """Compare-and-set calls Redis answered with an error (their fields were not written)."""
+    elapsed_s: float
+
+    @property
+    def total(self) -> FamilyCounts:
+        total = FamilyCounts()
+        for counts in self.families.values():
+            total.add(counts)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.total
+        return {
+            "app": self.app,
+            "threshold": self.threshold,
+            "dry_run": self.dry_run,
+            "hashes": total.hashes,
+            "values_examined": total.values_examined,
+            "plain_over_threshold": total.plain_over_threshold,
+            "compressed": total.compressed,
+            "changed_concurrently": total.changed_concurrently,
+            "already_compressed": total.already_compressed,
+            "below_threshold": total.below_threshold,
+            "invalid_utf8": total.invalid_utf8,
+            "bytes_before": total.bytes_before,
+            "bytes_after": total.bytes_after,
+            "bytes_saved": total.bytes_before - total.bytes_after,
+            "families": {name: vars(counts) for name, counts in self.families.items()},
+            "used_memory_before": self.used_memory_before,
+            "used_memory_after": self.used_memory_after,
+            "used_memory_saved": self.used_memory_before - self.used_memory_after
+            if self.used_memory_before is not None and self.used_memory_after is not None
+            else None,
+            "failed": self.failed,
+            "problems": self.problems,
+            "problems_total": self.problems_total,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass
+class CompressOptions:
+    app: str
+    threshold: int = DEFAULT_THRESHOLD
+    dry_run: bool = False
+    families: tuple[str, ...] = FAMILIES
+
+
+class CompressLock(queues.QueueLock):
+    """The queue commands' lock (``SET NX PX``, renewed by a thread, compare-and-delete on
+    release) on the key ``esctl:lock:compress:{APP}``."""
+
+    def __init__(self, client: redisio.RedisClient, app: str) -> None:
+        super().__init__(client, ())
+        self.keys = [lock_key(app)]
+
+    def check(self) -> None:
+        if self.lost:
+            raise ServerError(
+                f"lost the compress lock: {self.lost}; stopped (every value written so far "
+                "is complete and readable)",
+                hint="make sure no other esctl compress runs for this app, then rerun",
+            )
+
+
+def compress(
+    client: redisio.RedisClient,
+    opts: CompressOptions,
+    *,
+    on_progress: Callable[[CompressProgress], None] | None = None,
+    before_write: Callable[[Sequence[Candidate]], None] | None = None,
+) -> CompressSummary:
+    """Compress in place every plain event and snapshot payload of ``opts.app`` over
+    ``opts.threshold`` bytes (see the module docstring for the guarantees).
+
+    ``before_write`` is called with each round of candidates after they were read and before
+    their compare-and-set is sent (tests use it to write concurrently). Raises LockHeld when
+    another compress of the app runs; redis errors become esctl's typed errors."""
+    started = time.monotonic()
+    families = {name: FamilyCounts() for name in opts.families}
+    problems: list[dict[str, str]] = []
+    tally = {"problems": 0, "failed": 0}
+    progress = CompressProgress()
+
+    def problem(kind: str, key: str, detail: str) -> None:
+        tally["problems"] += 1
+        if len(problems) < MAX_PROBLEMS:
+            problems.append({"kind": kind, "key": key, "detail": detail})
+
+    used_before = redisio.used_memory_or_none(client)
+    with contextlib.ExitStack() as stack:
+        lock = None if opts.dry_run else stack.enter_context(CompressLock(client, opts.app))
+        pending: list[Candidate] = []
+        pending_bytes = 0
+        for family, keys in hash_key_pages(client, opts.app, opts.families):
+            counts = families[family]
+            counts.hashes += len(keys)
+            progress.hashes += len(keys)
+            for key, pairs in hash_field_pages(client, keys):
+                for name, value in pairs:
+                    counts.values_examined += 1
+                    kind = classify(value, opts.threshold)
+                    if kind == "compressed":
+                        counts.already_compressed += 1
+                        continue
+                    if kind == "below_threshold":
+                        counts.below_threshold += 1
+                        continue
+                    if kind == "invalid_utf8":
+                        counts.invalid_utf8 += 1
+                        problem(
+                            "invalid_utf8",
+                            key,
+                            f"field {redisio.key_str(name)}: {len(value)} bytes that are not "
+                            "UTF-8 text; left as they are",
+                        )
+                        continue
+                    counts.plain_over_threshold += 1
+                    new = compressed_value(value)
+                    if new is None:
+                        problem(
+                            "roundtrip_mismatch",
+                            key,
+                            f"field {redisio.key_str(name)}: the compressed value would not "
+                            "decode to the identical text; left as it is",
+                        )
+                        continue
+                    if opts.dry_run:
+                        counts.bytes_before += len(value)
+                        counts.bytes_after += len(new)
+                        progress.compressed += 1
+                        continue
+                    pending.append(Candidate(family, key, name, value, new))
+                    pending_bytes += len(value) + len(new)
+                progress.values_examined = sum(c.values_examined for c in families.values())
+                if pending_bytes >= BATCH_BYTES:
+                    _write(client, pending, families, before_write, problem, tally, progress)
+                    pending, pending_bytes = [], 0
+                    if lock is not None:
+                        lock.check()
+            if on_progress is not None:
+                on_progress(progress)
+        if pending:
+            _write(client, pending, families, before_write, problem, tally, progress)
+        if lock is not None:
+            lock.check()
+    if on_progress is not None:
+        on_progress(progress)
+    return CompressSummary(
+        app=opts.app,
+        threshold=opts.threshold,
+        dry_run=opts.dry_run,
+        families=families,
+        used_memory_before=used_before,
+        used_memory_after=None if opts.dry_run else redisio.used_memory_or_none(client),
+        problems=problems,
+        problems_total=tally["problems"],
+        failed=tally["failed"],
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _calls(candidates: Sequence[Candidate]) -> Iterator[list[Candidate]]:
+    """Candidates grouped into compare-and-set calls: one hash key per call, bounded in fields
+    and bytes."""
+    by_key: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        by_key.setdefault(candidate.key, []).append(candidate)
+    for group in by_key.values():
+        call: list[Candidate] = []
+        size = 0
+        for candidate in group:
+            if call and (len(call) >= CALL_FIELDS or size >= CALL_BYTES):
+                yield call
+                call, size = [], 0
+            call.append(candidate)
+            size += len(candidate.old) + len(candidate.new)
+        if call:
+            yield call
+
+
+def compare_and_set(
+    client: redisio.RedisClient, key: str, fields: Sequence[tuple[bytes, bytes, bytes]]
+) -> list[int]:
+    """Run :data:`COMPARE_AND_SET` once on ``key`` for ``(field, expected, new)`` triples;
+    returns 1 (replaced), 2 (already new) or 0 (changed meanwhile) per field."""
+    (reply,) = redisio.eval_pipelined(
+        client, COMPARE_AND_SET, [(1, key, *[part for triple in fields for part in triple])]
+    )
+    if isinstance(reply, Exception):
+        raise ServerError(f"compare-and-set on {key} failed: {reply}")
+    return [int(r) for r in reply]
+
+
+def _write(
+    client: redisio.RedisClient,
+    candidates: list[Candidate],
+    families: dict[str, FamilyCounts],
+    before_write: Callable[[Sequence[Candidate]], None] | None,
+    problem: Callable[[str, str, str], None],
+    tally: dict[str, int],
+    progress: CompressProgress,
+) -> None:
+    if before_write is not None:
+        before_write(candidates)
+    calls = list(_calls(candidates))
+    replies = redisio.eval_pipelined(
+        client,
+        COMPARE_AND_SET,
+        [(1, call[0].key, *[p for c in call for p in (c.field, c.old, c.new)]) for call in calls],
+    )
+    for call, reply in zip(calls, replies, strict=True):
+        if isinstance(reply, Exception):
+            tally["failed"] += 1
+            problem(
+                "write_failed",
+                call[0].key,
+                f"{len(call)} field(s) not written: {reply}",
+            )
+            continue
+        for candidate, outcome in zip(call, reply, strict=True):
+            counts = families[candidate.family]
+            if int(outcome) == 0:
+                counts.changed_concurrently += 1
+            elif int(outcome) == 1:
+                counts.compressed += 1
+                counts.bytes_before += len(candidate.old)
+                counts.bytes_after += len(candidate.new)
+                progress.compressed += 1
+            # 2: the same field read twice; the first reply counted it
+
+
+# --- sampling (for doctor) -----------------------------------------------------------------
+
+
+@dataclass
+class PayloadSample:
+    """Payloads of one family read from a sample of its hashes."""
+
+    family: str
+    hashes_sampled: int = 0
+    values_examined: int = 0
+    compressed: int = 0
+    below_threshold: int = 0
+    plain_over_threshold: int = 0
+    plain_over_bytes: int = 0
+    plain_over_compressed_bytes: int = 0
+    """Their size once compressed (each sampled value is compressed to measure it)."""
+    invalid_utf8: int = 0
+
+
+def sample_payloads(
+    client: redisio.RedisClient,
+    app: str,
+    *,
+    threshold: int = DEFAULT_THRESHOLD,
+    hashes: int = 200,
+    fields_per_hash: int = 100,
+) -> dict[str, PayloadSample]:
+    """Read one HSCAN page (about ``fields_per_hash`` fields) of each of the first ``hashes``
+    payload hashes per family in SCAN order (which follows the keys' hash values, not their
+    names or age; the legacy hash, when present, counts as one of them) and classify each value
+    as :func:`compress` would. Read-only; stops scanning once the sample is complete."""
+    out = {name: PayloadSample(name) for name in FAMILIES}
+    chosen: dict[str, list[str]] = {name: [] for name in FAMILIES}
+    for family in FAMILIES:
+        for _, keys in hash_key_pages(client, app, (family,)):
+            chosen[family].extend(keys[: hashes - len(chosen[family])])
+            if len(chosen[family]) >= hashes:
+                break
+    for family, keys in chosen.items():
+        sample = out[family]
+        sample.hashes_sampled = len(keys)
+        replies = redisio.pipelined(
+            client, [("HSCAN", k, 0, "COUNT", fields_per_hash) for k in keys]
+        )
+        for key, reply in zip(keys, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise ServerError(f"HSCAN {key} failed: {reply}")
+            for _, value in _pairs(reply[1]):
+                sample.values_examined += 1
+                kind = classify(value, threshold)
+                if kind == "compressed":
+                    sample.compressed += 1
+                elif kind == "below_threshold":
+                    sample.below_threshold += 1
+                elif kind == "invalid_utf8":
+                    sample.invalid_utf8 += 1
+                else:
+                    sample.plain_over_threshold += 1
+                    sample.plain_over_bytes += len(value)
+                    sample.plain_over_compressed_bytes += len(
+                        codec.gzip_base64(value.decode("utf-8"))
+                    )
+    return out
+
+
+__all__ = [
+    "COMPARE_AND_SET",
+    "Candidate",
+    "CompressOptions",
+    "CompressSummary",
+    "FamilyCounts",
+    "PayloadSample",
+    "classify",
+    "compare_and_set",
+    "compress",
+    "sample_payloads",
+]

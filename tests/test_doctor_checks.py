@@ -1,0 +1,321 @@
+"""doctor's verdicts as pure functions of what a server reported (no server needed): the
+thresholds, the persistence matrix, the reading rotation, the cluster combination and the
+Prometheus rendering. The same verdicts against real servers are in test_doctor_redis.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esctl import doctor
+from esctl.doctor import Check, DataPresence, Metric, ReplicaFacts, ServerFacts, SlowEntry
+
+NOW = 1_750_000_000.0
+
+
+def facts(
+    config: dict[str, str] | None = None,
+    config_error: str | None = None,
+    replicas: list[ReplicaFacts] | None = None,
+    **info: Any,
+) -> ServerFacts:
+    base: dict[str, Any] = {
+        "redis_version": "7.2.4",
+        "role": "master",
+        "connected_slaves": 0,
+        "used_memory": 10 << 20,
+        "total_system_memory": 8 << 30,
+        "maxmemory": 0,
+        "maxmemory_policy": "noeviction",
+        "aof_enabled": 0,
+        "mem_fragmentation_ratio": 1.1,
+    }
+    base.update(info)
+    recommended = {
+        "maxmemory": str(4 << 30),
+        "maxmemory-policy": "noeviction",
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "no-appendfsync-on-rewrite": "yes",
+        "save": "",
+        "latency-monitor-threshold": "100",
+        "slowlog-log-slower-than": "10000",
+    }
+    return ServerFacts(
+        "node:6379",
+        [0.2, 0.3, 0.25],
+        base,
+        config=recommended if config is None else config,
+        config_error=config_error,
+        server_time=NOW,
+        latency_latest=[],
+        slowlog=[],
+        replicas=replicas or [],
+    )
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "presence", "status"),
+    [
+        ("noeviction", DataPresence(), "ok"),
+        ("allkeys-lru", DataPresence(), "fail"),  # scope unknown: assume event data
+        ("allkeys-lru", DataPresence(events=10, queues=0), "fail"),
+        ("volatile-lru", DataPresence(events=0, queues=3), "fail"),
+        ("allkeys-lfu", DataPresence(events=0, queues=0), "warn"),  # nothing stored yet
+    ],
+)
+def test_maxmemory_policy(policy: str, presence: DataPresence, status: str) -> None:
+    f = facts()
+    f.config["maxmemory-policy"] = policy
+    check = doctor.check_maxmemory_policy(f, presence)
+    assert check.status == status
+    assert policy in check.observed
+    assert (check.action is None) == (status == "ok")
+
+
+def test_maxmemory_policy_falls_back_to_info_without_config() -> None:
+    f = facts(config={}, config_error="unknown command", maxmemory_policy="allkeys-lru")
+    check = doctor.check_maxmemory_policy(f, DataPresence())
+    assert check.status == "fail"
+    assert check.values["source"] == "INFO"
+
+
+@pytest.mark.parametrize(
+    ("used", "maxmemory", "status"),
+    [(100, 1000, "ok"), (750, 1000, "warn"), (900, 1000, "fail"), (100, 0, "warn")],
+)
+def test_maxmemory_headroom(used: int, maxmemory: int, status: str) -> None:
+    f = facts(used_memory=used)
+    f.config["maxmemory"] = str(maxmemory)
+    assert doctor.check_maxmemory(f).status == status
+
+
+@pytest.mark.parametrize(
+    ("appendonly", "fsync", "rewrite", "fsync_status", "rewrite_status"),
+    [
+        ("yes", "everysec", "yes", "ok", "ok"),
+        ("yes", "everysec", "no", "ok", "warn"),
+        ("yes", "always", "yes", "warn", "ok"),
+        ("yes", "no", "yes", "warn", "ok"),
+        ("no", "everysec", "no", "ok", "ok"),  # AOF off: neither applies
+    ],
+)
+def test_aof_settings(
+    appendonly: str, fsync: str, rewrite: str, fsync_status: str, rewrite_status: str
+) -> None:
+    f = facts()
+    f.config.update(
+        {"appendonly": appendonly, "appendfsync": fsync, "no-appendfsync-on-rewrite": rewrite}
+    )
+    assert doctor.check_appendfsync(f).status == fsync_status
+    assert doctor.check_aof_rewrite(f).status == rewrite_status
+
+
+def test_settings_missing_without_config_are_unavailable() -> None:
+    f = facts(config={}, config_error="ERR unknown command 'CONFIG' (renamed)", aof_enabled=1)
+    for check in (
+        doctor.check_appendfsync(f),
+        doctor.check_aof_rewrite(f),
+        doctor.check_latency_monitor(f),
+    ):
+        assert check.status == "unavailable"
+        assert "unknown command 'CONFIG'" in check.observed
+        assert check.action
+    # appendonly comes from INFO, so persistence is judged without CONFIG
+    assert doctor.check_persistence(f).status == "ok"
+
+
+PERSISTENCE_CASES = [
+    # primary AOF, primary save, replicas -> status
+    ("yes", "", [], "ok"),
+    ("no", "3600 1 300 100", [], "warn"),
+    ("no", "", [], "fail"),
+    ("no", "", [ReplicaFacts("r:1", True, aof=True, rdb=False)], "ok"),
+    ("no", "", [ReplicaFacts("r:1", True, aof=False, rdb=False)], "fail"),
+    ("no", "", [ReplicaFacts("r:1", False, error="timeout")], "unavailable"),
+    ("no", "900 1", [ReplicaFacts("r:1", True, aof=True, rdb=False)], "ok"),
+]
+
+
+@pytest.mark.parametrize(("aof", "save", "replicas", "status"), PERSISTENCE_CASES)
+def test_persistence_and_where_it_runs(
+    aof: str, save: str, replicas: list[ReplicaFacts], status: str
+) -> None:
+    f = facts(replicas=replicas, connected_slaves=len(replicas))
+    f.config.update({"appendonly": aof, "save": save})
+    check = doctor.check_persistence(f)
+    assert check.status == status, check.observed
+    if status == "ok" and aof == "no":
+        assert any("only on replicas" in d and "restart" in d for d in check.details)
+
+
+def test_persistence_unknown_without_config_or_info_is_unavailable_not_a_failure() -> None:
+    f = facts(config={}, config_error="NOPERM")
+    del f.info["aof_enabled"]
+    check = doctor.check_persistence(f)
+    assert check.status == "unavailable"
+    assert "cannot read appendonly: NOPERM" in check.observed
+
+
+def test_latency_monitor_threshold() -> None:
+    f = facts()
+    f.config["latency-monitor-threshold"] = "0"
+    assert doctor.check_latency_monitor(f).status == "warn"
+    f.config["latency-monitor-threshold"] = "100"
+    assert doctor.check_latency_monitor(f).status == "ok"
+
+
+def test_latency_spikes_recent_warn_old_ok() -> None:
+    f = facts()
+    f.latency_latest = [("aof-fsync-always", int(NOW) - 60, 120, 900), ("command", 1, 50, 60)]
+    f.latency_doctor = "Dave, ...\n\n1. aof-fsync-always: 3 latency spikes\n\n- Check your disk\n"
+    check = doctor.check_latency(f)
+    assert check.status == "warn"
+    assert check.observed.startswith("aof-fsync-always max 900 ms")
+    assert check.details == ["1. aof-fsync-always: 3 latency spikes", "- Check your disk"]
+    f.latency_latest = [("command", int(NOW) - 3 * 86400, 50, 60)]
+    assert doctor.check_latency(f).status == "ok"
+    f.latency_latest, f.latency_error = None, "NOPERM"
+    assert doctor.check_latency(f).status == "unavailable"
+
+
+def test_slowlog_counts_only_the_library_commands() -> None:
+    f = facts()
+    f.slowlog = [
+        SlowEntry("RPOPLPUSH", 25_000, int(NOW)),
+        SlowEntry("RPOPLPUSH", 40_000, int(NOW)),
+        SlowEntry("KEYS", 900_000, int(NOW)),
+        SlowEntry("EXEC", 12_000, int(NOW)),
+    ]
+    check = doctor.check_slowlog(f)
+    assert check.status == "warn"
+    assert "RPOPLPUSH 2 (slowest 40.0 ms)" in check.observed and "KEYS" not in check.observed
+    assert check.values["commands"]["EXEC"] == {"count": 1, "max_ms": 12.0}
+    f.slowlog = [SlowEntry("KEYS", 900_000, int(NOW))]
+    assert doctor.check_slowlog(f).status == "ok"
+
+
+@pytest.mark.parametrize(
+    ("ratio", "used", "status"),
+    [(1.2, 1 << 30, "ok"), (1.8, 1 << 30, "warn"), (0.7, 1 << 30, "warn"), (9.0, 1 << 20, "ok")],
+)
+def test_fragmentation(ratio: float, used: int, status: str) -> None:
+    f = facts(mem_fragmentation_ratio=ratio, used_memory=used)
+    assert doctor.check_fragmentation(f).status == status
+
+
+def test_version_and_role() -> None:
+    assert doctor.check_version(facts(redis_version="6.0.16")).status == "warn"
+    assert doctor.check_version(facts(redis_version="7.0.15")).status == "ok"
+    assert doctor.check_role(facts()).status == "warn"  # no replica
+    online = {"ip": "10.0.0.2", "port": 6379, "state": "online", "lag": 0}
+    assert doctor.check_role(facts(connected_slaves=1, slave0=online)).status == "ok"
+    lagging = online | {"lag": 120}
+    assert doctor.check_role(facts(connected_slaves=1, slave0=lagging)).status == "warn"
+    replica = facts(role="slave", master_host="10.0.0.1", master_port=6379)
+    replica.info["master_link_status"] = "down"
+    assert doctor.check_role(replica).status == "fail"
+
+
+def test_reachable_warns_on_slow_round_trips() -> None:
+    f = facts()
+    assert doctor.check_reachable(f).status == "ok"
+    f.ping_ms = [25.0, 30.0, 28.0]
+    assert doctor.check_reachable(f).status == "warn"
+
+
+# --- readings, combination, rendering --------------------------------------------------------
+
+
+def reading(at: float) -> dict[str, Any]:
+    return {"taken_at": at, "used_memory": int(at)}
+
+
+def test_rotation_compares_with_a_reading_between_one_and_two_intervals_old() -> None:
+    interval = 3600.0
+    stored: dict[str, Any] | None = None
+    compared: list[tuple[float, float | None]] = []
+    for minute in range(0, 301, 5):
+        at = minute * 60.0
+        baseline, document = doctor.rotate_readings(stored, reading(at), interval)
+        compared.append((at, baseline["taken_at"] if baseline else None))
+        if document is not None:
+            stored = document
+    for at, base in compared:
+        if at < interval:
+            assert base is None
+        else:
+            assert base is not None and interval <= at - base <= 2 * interval
+
+
+def test_rotation_starts_over_on_garbage_or_a_clock_moving_back() -> None:
+    fresh = reading(100.0)
+    assert doctor.rotate_readings(None, fresh, 60) == (None, {"older": fresh, "newer": fresh})
+    assert doctor.rotate_readings({"x": 1}, fresh, 60)[0] is None
+    future = {"older": reading(500.0), "newer": reading(600.0)}
+    assert doctor.rotate_readings(future, fresh, 60) == (None, {"older": fresh, "newer": fresh})
+
+
+def test_combine_takes_the_worst_status_and_labels_each_server() -> None:
+    a = Check("redis.maxmemory_policy", "t", "ok", "noeviction", "w", metrics=[Metric("x", 1)])
+    b = Check("redis.maxmemory_policy", "t", "fail", "allkeys-lru", "w", action="fix it")
+    c = Check("redis.maxmemory_policy", "t", "unavailable", "no CONFIG", "w")
+    combined = doctor.combine("redis.maxmemory_policy", [("a:1", a), ("b:1", b), ("c:1", c)])
+    assert combined.status == "fail" and combined.action == "fix it"
+    assert combined.observed == "a:1: noeviction; b:1: allkeys-lru; c:1: no CONFIG"
+    assert combined.metrics[0].labels == {"server": "a:1"}
+    only_ok_and_unavailable = doctor.combine("redis.maxmemory_policy", [("a", a), ("c", c)])
+    assert only_ok_and_unavailable.status == "unavailable"
+
+
+SAMPLE_LINE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*",?)*\})? '
+    r"-?[0-9.e+-]+$"
+)
+
+
+def test_prometheus_rendering_is_valid_textfile_format() -> None:
+    check = doctor.check_maxmemory_policy(facts(), DataPresence())
+    weird = Check(
+        "queues.stuck",
+        "stuck",
+        "fail",
+        "x",
+        "w",
+        metrics=[
+            Metric(
+                "esctl_doctor_queue_oldest_processing_age_seconds",
+                12.5,
+                {"subscriber": 'A "quoted" \\ name\n', "event_type": "Envelope`1", "env": "e"},
+            )
+        ],
+    )
+    report = doctor.DoctorReport(
+        "2025-01-01T00:00:00+00:00", "r", "App", "env", None, [check, weird], [], [], 0.5
+    )
+    text = doctor.render_prometheus(report)
+    names_seen: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            name = line.split()[2]
+            if line.startswith("# TYPE "):
+                assert name not in names_seen, f"{name} declared twice"
+                names_seen.add(name)
+            continue
+        assert SAMPLE_LINE.match(line), line
+    assert 'esctl_doctor_check_status{check="queues.stuck",group="queues"} 2' in text
+    assert 'subscriber="A \\"quoted\\" \\\\ name\\n"' in text
+    assert 'esctl_doctor_checks{app="App",env="env",status="fail"} 1' in text
+
+
+def test_every_check_has_a_title_and_a_why_and_every_metric_a_help() -> None:
+    assert set(doctor.TITLES) == set(doctor.WHY)
+    source = Path(doctor.__file__).read_text(encoding="utf-8")
+    used = set(re.findall(r'"(esctl_doctor_[a-z_]+)"', source))
+    assert used <= set(doctor.METRIC_HELP), used - set(doctor.METRIC_HELP)

@@ -1,0 +1,114 @@
+"""``esctl doctor`` end to end (a real subprocess): exit codes, --strict, --json, the metrics
+file, which DSN counts as configured. The verdicts themselves are tested in test_doctor_*.py."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+
+from esctl import servers
+
+RECOMMENDED = [
+    "--maxmemory", "256mb",
+    "--appendonly", "yes",
+    "--no-appendfsync-on-rewrite", "yes",
+    "--latency-monitor-threshold", "100",
+]  # fmt: skip
+
+
+@pytest.fixture
+def recommended() -> Iterator[servers.LocalRedis]:
+    server = servers.start_redis(extra_args=RECOMMENDED)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def risky() -> Iterator[servers.LocalRedis]:
+    server = servers.start_redis(
+        extra_args=["--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", ""]
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_warnings_exit_0_and_3_with_strict(recommended: servers.LocalRedis) -> None:
+    plain = run_cli("doctor", "--redis-url", recommended.url)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert "WARN" in plain.stdout and "redis.role" in plain.stdout  # a lone primary
+    assert "why:" in plain.stdout and "do:" in plain.stdout
+    assert "skipped event_store checks: no --app given" in plain.stdout
+    strict = run_cli("doctor", "--redis-url", recommended.url, "--strict", "--json")
+    assert strict.returncode == 3
+    document = json.loads(strict.stdout)
+    assert document["strict"] is True and document["exit_code"] == 3
+    assert document["status"] == "warn"
+
+
+def test_failures_exit_3_with_one_json_document(risky: servers.LocalRedis) -> None:
+    result = run_cli("doctor", "--redis-url", risky.url, "--json")
+    assert result.returncode == 3, result.stderr
+    document = json.loads(result.stdout)  # exactly one document
+    assert document["status"] == "fail"
+    checks = {c["id"]: c for c in document["checks"]}
+    assert checks["redis.maxmemory_policy"]["status"] == "fail"
+    assert checks["redis.latency_monitor"]["status"] == "unavailable"
+    assert set(checks["redis.maxmemory_policy"]) >= {
+        "id", "group", "title", "status", "observed", "why", "action", "values", "details"
+    }  # fmt: skip
+    assert document["counts"]["fail"] >= 1
+    assert "Traceback" not in result.stderr
+
+
+def test_metrics_file_is_written_whole(tmp_path: Path, risky: servers.LocalRedis) -> None:
+    target = tmp_path / "esctl_doctor.prom"
+    target.write_text("old contents\n")
+    result = run_cli("doctor", "--redis-url", risky.url, "--metrics-file", str(target))
+    assert result.returncode == 3
+    text = target.read_text()
+    assert "old contents" not in text
+    assert 'esctl_doctor_check_status{check="redis.maxmemory_policy",group="redis"} 2' in text
+    assert 'esctl_doctor_check_status{check="redis.latency_monitor",group="redis"} -1' in text
+    assert re.search(r"^esctl_doctor_redis_up\{server=\"[^\"]+\"\} 1$", text, re.M)
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary file left
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+    missing = run_cli(
+        "doctor", "--redis-url", risky.url, "--metrics-file", str(tmp_path / "no" / "x.prom")
+    )
+    assert missing.returncode == 1 and "metrics file" in missing.stderr
+
+
+def test_only_a_configured_dsn_adds_postgresql_checks(
+    recommended: servers.LocalRedis, pg_dsn: str
+) -> None:
+    default = run_cli("doctor", "--redis-url", recommended.url, "--json")
+    assert not [c for c in json.loads(default.stdout)["checks"] if c["group"] == "postgresql"]
+    configured = run_cli(
+        "doctor", "--redis-url", recommended.url, "--json", env={"ESCTL_PG_DSN": pg_dsn}
+    )
+    ids = [c["id"] for c in json.loads(configured.stdout)["checks"] if c["group"] == "postgresql"]
+    assert ids == ["pg.reachable", "pg.schema", "pg.constraints", "pg.migration"]
+
+
+def test_app_and_env_add_their_checks(
+    recommended: servers.LocalRedis,
+) -> None:
+    result = run_cli("doctor", "--redis-url", recommended.url, "--app", "A", "--env", "e", "--json")
+    groups = {c["group"] for c in json.loads(result.stdout)["checks"]}
+    assert groups == {"redis", "event_store", "queues"}
+
+
+def test_bad_duration_is_a_usage_error(recommended: servers.LocalRedis) -> None:
+    result = run_cli("doctor", "--redis-url", recommended.url, "--stuck-after", "soon")
+    assert result.returncode == 2
+    assert "duration" in result.stderr

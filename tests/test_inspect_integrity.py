@@ -1,0 +1,145 @@
+"""``inspect integrity`` (esctl.inspect.check_integrity): finds every planted defect and nothing
+else, on the demo store and on the independent writer's stores."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import independent_writer as iw
+import pytest
+import redis
+
+from esctl import demo, inspect
+from esctl.inspect import CommitIndex, IntegrityProgress, check_integrity
+
+
+def example_ids(report: inspect.IntegrityReport, kind: str) -> set[str | None]:
+    return {p["commit_id"] for p in report.examples.get(kind, [])}
+
+
+def test_demo_store(demo_store: demo.DemoSummary, redis_client: redis.Redis) -> None:
+    report = check_integrity(redis_client, demo_store.app)
+    assert report.counts == {kind: 1 for kind in demo.DEFECT_KINDS}
+    assert not report.ok
+    assert report.commit_lists == demo_store.commit_lists
+    assert report.commits == demo_store.commit_ids
+    assert report.hash_fields + report.legacy_fields == demo_store.hash_fields
+    assert report.legacy_fields == demo_store.legacy_events
+    assert report.aggregates_with_problems == len(demo_store.defects) - 1  # not the orphan's
+    for defect in demo_store.defects:
+        [problem] = report.examples[defect.kind]
+        assert problem["key"] == defect.key, defect
+        if defect.commit_id is not None:
+            assert problem["commit_id"] == defect.commit_id
+    orphan = report.examples["orphan"][0]["detail"]
+    assert demo_store.defect("orphan").aggregate_id in orphan and "version" in orphan
+    document = report.as_dict()
+    assert document["counts"] == report.counts
+    assert {p["kind"] for p in document["problems"]} == set(demo.DEFECT_KINDS)
+    assert all({"kind", "key", "detail"} <= set(p) for p in document["problems"])
+
+
+def test_independent_writer_every_kind(redis_client: redis.Redis, app_name: str) -> None:
+    kinds = [*iw.DEFECT_KINDS, "orphan", "version_gap", "missing_payload"]
+    truth = iw.write_store(redis_client, app=app_name, aggregates=70, defects=kinds, seed=17)
+    report = check_integrity(redis_client, app_name, examples=5)
+    assert report.counts == dict(Counter(kinds))
+    assert example_ids(report, "orphan") == {o.commit_id for o in truth.orphans}
+    assert example_ids(report, "missing_payload") == {
+        d.commit_id for d in truth.defects_of("missing_payload")
+    }
+    assert example_ids(report, "invalid_compressed") == {
+        d.commit_id for d in truth.defects_of("invalid_compressed")
+    }
+    assert example_ids(report, "id_mismatch") == {
+        d.commit_id for d in truth.defects_of("id_mismatch")
+    }
+    gap_keys = {p["key"] for p in report.examples["version_gap"]}
+    assert gap_keys == {d.key for d in truth.defects_of("version_gap")}
+    assert report.commits == sum(len(ids) for ids in truth.commit_lists.values())
+    assert report.commit_lists == len(truth.commit_lists)
+    # every defect but the orphans sits on its own commit list
+    assert report.aggregates_with_problems == len(kinds) - 2
+
+
+def test_clean_store(redis_client: redis.Redis, app_name: str) -> None:
+    iw.write_store(redis_client, app=app_name, aggregates=30, legacy_share=0.3, seed=4)
+    report = check_integrity(redis_client, app_name)
+    assert report.ok and report.counts == {} and report.problems == []
+    assert report.legacy_fields > 0
+
+
+def test_misplaced_payloads(redis_client: redis.Redis, app_name: str) -> None:
+    truth = iw.write_store(redis_client, app=app_name, aggregates=10, legacy_share=0, seed=6)
+    event = truth.aggregates[3].events[-1]
+    value = redis_client.hget(event.hash_key, event.commit_id)
+    assert value is not None
+    wrong = f"EventStore:{app_name}:{(iw.partition(event.commit_id) + 1) % iw.PARTITIONS}"
+    redis_client.hdel(event.hash_key, event.commit_id)
+    redis_client.hset(wrong, event.commit_id, value)
+    stray = "5f2b8c1e-0000-4000-8000-000000000001"
+    redis_client.hset(wrong, stray, value)  # misplaced and never committed
+    report = check_integrity(redis_client, app_name)
+    assert report.counts == {"missing_payload": 1, "misplaced_payload": 2}
+    by_commit = {p["commit_id"]: p for p in report.examples["misplaced_payload"]}
+    assert by_commit[event.commit_id]["key"] == wrong
+    assert "commit list" in by_commit[event.commit_id]["detail"]
+    assert "no commit list names it" in by_commit[stray]["detail"]
+
+
+def test_a_save_committed_during_the_scan_is_not_an_orphan(
+    redis_client: redis.Redis, app_name: str
+) -> None:
+    truth = iw.write_store(redis_client, app=app_name, aggregates=12, defects=["orphan"], seed=8)
+    orphan = truth.orphans[0]
+    list_key = iw.commit_list_key(app_name, orphan.aggregate_id)
+
+    def commit_it(progress: IntegrityProgress) -> None:
+        # The service's RPUSH lands after the commit lists were read, before the recheck.
+        if progress.phase == "event hashes" and redis_client.llen(list_key) == len(
+            truth.commit_lists[list_key]
+        ):
+            redis_client.rpush(list_key, orphan.commit_id)
+
+    report = check_integrity(redis_client, app_name, on_progress=commit_it)
+    assert report.counts == {}
+
+
+def test_a_failed_save_cleaned_up_during_the_scan_is_not_an_orphan(
+    redis_client: redis.Redis, app_name: str
+) -> None:
+    truth = iw.write_store(redis_client, app=app_name, aggregates=12, defects=["orphan"], seed=8)
+    orphan = truth.orphans[0]
+
+    def clean_up(progress: IntegrityProgress) -> None:
+        if progress.phase == "recheck":
+            redis_client.hdel(orphan.hash_key, orphan.commit_id)
+
+    assert check_integrity(redis_client, app_name, on_progress=clean_up).counts == {}
+
+
+def test_large_hashes_are_read_with_hscan(
+    demo_store: demo.DemoSummary, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inspect, "HKEYS_LIMIT", 0)
+    report = check_integrity(redis_client, demo_store.app, scan_count=3)
+    assert report.counts == {kind: 1 for kind in demo.DEFECT_KINDS}
+    assert report.hash_fields + report.legacy_fields == demo_store.hash_fields
+
+
+def test_commit_index_dedupes_and_cleans_up() -> None:
+    with CommitIndex() as index:
+        directory = index._dir.name
+        assert index.new_keys(["a", "b", "a"]) == ["a", "b"]
+        assert index.new_keys(["b", "c"]) == ["c"]
+        index.add_commits([("c1", "agg1"), ("c2", "agg2"), ("c1", "agg1")])
+        assert index.committed(["c1", "c3", "c2"]) == {"c1": "agg1", "c2": "agg2"}
+        many = [f"x{i}" for i in range(2000)]
+        index.add_commits((c, "agg") for c in many)
+        assert len(index.committed([*many, "nope"])) == 2000
+        index.add_finding("orphan", "k", "c9", "")
+        index.add_finding("orphan", "k", "c9", "")  # HSCAN may return a field twice
+        assert index.finding_counts() == {"orphan": 1}
+        assert os.path.isdir(directory)
+    assert not os.path.exists(directory)

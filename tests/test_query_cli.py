@@ -1,0 +1,94 @@
+"""``esctl events query`` end to end (a real subprocess): formats, sources, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import independent_writer as iw
+import redis
+from helpers import run_cli
+
+from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+
+FIELDS = ["aggregate_id", "version", "event_type", "aggregate_type", "timestamp", "commit_id",
+          "data"]  # fmt: skip
+
+
+def test_jsonl_is_the_default_off_a_terminal(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    truth = iw.write_store(redis_client, app=app_name, aggregates=25, seed=7)
+    paid = sorted(
+        (e.aggregate_id, e.version) for e in truth.events() if e.event_type == "InvoicePaid"
+    )
+    common = ("--app", app_name, "--redis-url", redis_test_url)
+    result = run_cli("events", "query", "--type", "InvoicePaid", *common)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted((r["aggregate_id"], r["version"]) for r in rows) == paid
+    assert all(list(r) == FIELDS for r in rows)
+    texts = {e.commit_id: e.payload for e in truth.events()}
+    for line, row in zip(result.stdout.splitlines(), rows, strict=True):
+        assert line.endswith(',"data":' + texts[row["commit_id"]] + "}")  # the exact payload
+
+    result = run_cli("events", "query", "--type", "InvoicePaid", "--format", "json", *common)
+    assert result.returncode == 0, result.stderr
+    assert sorted((r["aggregate_id"], r["version"]) for r in json.loads(result.stdout)) == paid
+
+    result = run_cli("events", "query", "--format", "table", "--limit", "3", *common)
+    assert result.returncode == 0, result.stderr
+    assert "event type" in result.stdout and len(result.stdout.splitlines()) >= 5
+
+    result = run_cli("events", "query", "--where", "Nope=1", "--format", "json", *common)
+    assert result.returncode == 0 and json.loads(result.stdout) == []
+
+
+def test_bad_filters_are_usage_errors(redis_test_url: str) -> None:
+    common = ("--app", "X", "--redis-url", redis_test_url)
+    result = run_cli("events", "query", "--where", "Score >> 5", *common)
+    assert result.returncode == 2
+    assert "column 8" in result.stderr and "Score >> 5" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli("events", "query", "--since", "last tuesday", *common)
+    assert result.returncode == 2 and "--since" in result.stderr
+    result = run_cli("events", "query", "--format", "xml", *common)
+    assert result.returncode == 2
+    result = run_cli("events", "query", "--where", "x=", "--format", "json", *common)
+    assert result.returncode == 2 and json.loads(result.stdout)["error"]["kind"] == "usage"
+
+
+def test_unreadable_events_are_reported_on_stderr(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    iw.write_store(redis_client, app=app_name, aggregates=10, defects=["missing_payload"], seed=1)
+    result = run_cli("events", "query", "--app", app_name, "--redis-url", redis_test_url)
+    assert result.returncode == 0, result.stderr
+    assert "1 committed event(s) could not be read" in result.stderr
+
+
+def test_source_pg(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str, pg_dsn: str
+) -> None:
+    iw.write_store(redis_client, app=app_name, aggregates=25, seed=7)
+    migrate_redis_to_pg(redis_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn, init_schema=True))
+    question = (
+        "--type",
+        "InvoiceLineAdded",
+        "--where",
+        "Lines.Amount>100",
+        "--since",
+        "2017-01-01",
+    )
+    common = ("--app", app_name, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn)
+    from_redis = run_cli("events", "query", *question, *common)
+    from_pg = run_cli("events", "query", *question, *common, "--source", "pg")
+    assert from_redis.returncode == from_pg.returncode == 0, from_pg.stderr
+    redis_rows = [json.loads(line) for line in from_redis.stdout.splitlines()]
+    pg_rows = [json.loads(line) for line in from_pg.stdout.splitlines()]
+    assert redis_rows
+    assert all(r["commit_id"] is None for r in pg_rows)
+
+    def strip(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        return sorted(tuple(v for k, v in r.items() if k != "commit_id") for r in rows)
+
+    assert strip(pg_rows) == strip(redis_rows)
