@@ -8,7 +8,7 @@ Prints events/s of
 - floor: COPY of the already-decoded rows into the same indexed tables, one connection, server
   default settings, no Redis involved (the bare ingest limit);
 - esctl: ``migrate_redis_to_pg`` with its defaults (2 writers, lz4 TOAST compression);
-- verify: ``migrate verify`` over the migrated store;
+- verify: ``migrate verify`` over the migrated store, with the CLI's default workers;
 and the ratios esctl/naive (target >= 10), esctl/floor (target >= 0.8), verify/esctl (>= 1).
 With --rss-events it also runs the CLI as a child process on the base store and on a store of
 that many events and prints both peak RSS figures (target: differ by < 25%).
@@ -35,7 +35,7 @@ import redis
 
 from esctl import codec, demo, layout, pg, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
-from esctl.verify import VerifyOptions, verify
+from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 
 APP = "Bench.Migrate"
 
@@ -183,8 +183,11 @@ def run_esctl(client: redis.Redis, dsn: str) -> tuple[float, int]:
     return summary.events_per_s, summary.events_migrated
 
 
-def run_verify(client: redis.Redis, dsn: str) -> float:
-    summary = verify(client, VerifyOptions(app=APP, pg_dsn=dsn))
+def run_verify(redis_url: str, dsn: str) -> float:
+    """``migrate verify`` as the CLI runs it by default (verify_workers_default() processes)."""
+    summary = verify_parallel(
+        redis_url, VerifyOptions(app=APP, pg_dsn=dsn), workers=verify_workers_default()
+    )
     assert summary.mismatches == 0, summary.problems[:3]
     return summary.events_compared / summary.elapsed_s
 
@@ -282,7 +285,7 @@ def main() -> None:
         with database(admin_dsn) as dsn:
             results["esctl"], migrated = run_esctl(client, dsn)
             assert migrated == events, (migrated, events)
-            results["verify"] = run_verify(client, dsn)
+            results["verify"] = run_verify(redis_url, dsn)
 
         print()
         for name, value in results.items():

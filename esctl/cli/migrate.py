@@ -11,6 +11,7 @@ from esctl import migrate as core
 from esctl import plan as plan_core
 from esctl import prune as prune_core
 from esctl import redisio
+from esctl import verify as verify_core
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -251,9 +252,11 @@ def verify_command(
             "--workers",
             min=1,
             max=32,
-            help="Processes comparing in parallel, each taking a sub-shard of the aggregates.",
+            help="Processes comparing in parallel, each taking a sub-shard of the aggregates "
+            "(default: 2 where there are 2 or more CPUs).",
+            show_default=False,
         ),
-    ] = 1,
+    ] = verify_core.verify_workers_default(),
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
     pg_dsn: PgDsnOpt = None,
@@ -271,8 +274,6 @@ def verify_command(
 
     Example: esctl migrate verify --app MyService --sample 10000
     """
-    from esctl import verify as verify_core
-
     with reporting(json_mode=json_, debug=debug):
         resolved = settings(
             redis_url=redis_url,
