@@ -1175,6 +1175,26 @@ TOUR: list[TourStep] = [
         "esctl queue restore dead.jsonl.zst --yes", "put them back where they were, byte for byte"
     ),
     TourStep(
+        "esctl replay --from redis --aggregate {aggregate} --to queue "
+        "--subscriber {stuck_subscriber} --dry-run",
+        "what replaying one aggregate to one read model would publish, per subscriber and type",
+    ),
+    TourStep(
+        "esctl replay --from redis --aggregate {aggregate} --to queue "
+        "--subscriber {stuck_subscriber}",
+        "republish it: uncompressed JSON in version order, one transaction and notification per "
+        "event",
+    ),
+    TourStep(
+        "esctl replay --from pg --all --to projection --projection esctl.projections.event_counts "
+        "--checkpoint event-counts --reset",
+        "rebuild the example projection from PostgreSQL (rerun without --reset: it resumes)",
+    ),
+    TourStep(
+        'psql "$ESCTL_PG_DSN" -c "SELECT * FROM projections.event_counts ORDER BY day DESC LIMIT 10"',
+        "the projection's table: events per type per day",
+    ),
+    TourStep(
         "esctl doctor",
         "the demo Redis runs with maxmemory-policy allkeys-lru: doctor fails it (events could be "
         "evicted) with why and what to do, and flags no persistence, stuck messages and dead "

@@ -3,6 +3,7 @@ bookkeeping schema. An existing event-store schema is checked, never altered."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -324,6 +325,43 @@ CREATE TABLE IF NOT EXISTS esctl.prune_pending (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (target_schema, application_name, aggregate_id)
 );
+-- replay --to projection --checkpoint NAME: where the replay stands, updated in the same
+-- transaction as each batch's projection writes (esctl.replay documents the positions).
+CREATE TABLE IF NOT EXISTS esctl.projection_checkpoint (
+    name text PRIMARY KEY,
+    projection text NOT NULL,
+    application_name text NOT NULL,
+    source text NOT NULL,
+    replay_order text NOT NULL,
+    selection jsonb NOT NULL,
+    selection_now timestamptz NOT NULL,
+    position jsonb,
+    events bigint NOT NULL DEFAULT 0,
+    dead_lettered bigint NOT NULL DEFAULT 0,
+    batches bigint NOT NULL DEFAULT 0,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+-- replay --skip-errors: events a projection failed on.
+CREATE TABLE IF NOT EXISTS esctl.projection_dead_letter (
+    dead_letter_id bigserial PRIMARY KEY,
+    checkpoint_name text,
+    projection text NOT NULL,
+    application_name text NOT NULL,
+    source text NOT NULL,
+    aggregate_id text NOT NULL,
+    aggregate_type text NOT NULL,
+    version int NOT NULL,
+    event_type text NOT NULL,
+    commit_id text,
+    position jsonb NOT NULL,
+    error text NOT NULL,
+    payload text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS projection_dead_letter_checkpoint
+    ON esctl.projection_dead_letter (checkpoint_name, recorded_at);
 """
 
 
@@ -362,6 +400,12 @@ class AdvisoryLock:
     def release(self) -> None:
         if self.conn is not None:
             try:
+                # Unlock before closing: the server frees a closed session's locks a moment
+                # later, and an immediate rerun would find the lock still held (exit 75).
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.execute(
+                        "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.name,)
+                    )
                 self.conn.close()
             finally:
                 self.conn = None

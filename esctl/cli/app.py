@@ -8,6 +8,7 @@ import typer
 
 from esctl import __version__
 from esctl.cli import compress, config_cmd, demo, doctor, events, inspect, migrate, queue
+from esctl.cli import replay as replay_cmd
 
 app = typer.Typer(
     name="esctl",
@@ -42,6 +43,7 @@ app.add_typer(inspect.app, name="inspect")
 app.add_typer(migrate.app, name="migrate")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(queue.app, name="queue")
+app.command("replay")(replay_cmd.replay)
 app.command("demo")(demo.demo)
 app.command("doctor")(doctor.doctor)
 app.command("compress")(compress.compress)

@@ -1,0 +1,226 @@
+"""Benchmark: ``esctl replay`` throughput against a plain read of the same events.
+
+    python bench/bench_replay.py [--events 200000] [--runs 3] [--redis-url URL] [--pg-dsn DSN]
+
+Builds one store (esctl.demo.write_bulk_store: ~6.5 events per aggregate, 30% gzip+base64,
+10% legacy layout), migrates it into PostgreSQL (esctl.migrate.migrate_redis_to_pg), subscribes
+one read model to its four event types, and prints events/s of
+
+- plain read from PostgreSQL: ``events query --source pg`` over every event (esctl.query.PgQuery,
+  the server-side cursor every PostgreSQL read uses), each payload touched;
+- ``replay --from pg --all --to projection`` with a trivial projection (an object counting
+  events) and ``--checkpoint`` (a transaction and a checkpoint row per 1,000 events);
+- ``replay --from pg --all --to queue --yes``: per event MULTI, LPUSH, PUBLISH, EXEC, pipelined;
+- plain read from Redis: ``events query`` over every event (esctl.query.RedisQuery);
+- ``replay --from redis --all --to queue --yes`` and ``--to projection``;
+
+and each replay's ratio to the plain read of its source, measured in the same run (target
+>= 0.5). Medians of --runs runs; the queues are emptied between runs.
+
+By default it starts a throwaway Redis and PostgreSQL through esctl.servers; --redis-url /
+--pg-dsn point it at servers of your own (it FLUSHes that Redis database and creates/drops a
+PostgreSQL database named esctl_bench_*). The machine drifts 10-30% over an hour: compare only
+the ratios printed by one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+
+from esctl import demo, layout, redisio, servers
+from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.projections import Event, ProjectionAdapter, ProjectionContext
+from esctl.query import PgQuery, QueryFilters, RedisQuery
+from esctl.replay import ReplayOptions, Selection, replay
+
+APP = "Bench.Replay"
+ENV = "bench"
+SUBSCRIBER = "Bench.ReadModel"
+EVENT_TYPES = ("ItemScoreCreated", "ItemScoreUpdated", "OrderPlaced", "OrderLineAdded")
+
+
+class Trivial:
+    """The trivial projection: counts events."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def handle(self, event: Event) -> None:
+        self.events += 1
+
+    def flush(self, ctx: ProjectionContext) -> None:
+        pass
+
+
+@contextmanager
+def database(admin_dsn: str) -> Iterator[str]:
+    name = f"esctl_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(admin_dsn)
+    dsn = urlunsplit(parts._replace(path="/" + name))
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def median_rate(
+    runs: int, work: Callable[[], int], reset: Callable[[], None] | None = None
+) -> float:
+    rates = []
+    for _ in range(runs):
+        if reset is not None:
+            reset()
+        started = time.perf_counter()
+        events = work()
+        rates.append(events / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def plain_read_pg(dsn: str) -> int:
+    size = events = 0
+    for result in PgQuery(dsn, "public", APP, QueryFilters()):
+        size += len(result.payload)
+        events += 1
+    return events
+
+
+def plain_read_redis(client: redisio.RedisClient) -> int:
+    size = events = 0
+    for result in RedisQuery(client, APP, QueryFilters()):
+        size += len(result.payload)
+        events += 1
+    return events
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--redis-url")
+    parser.add_argument(
+        "--pg-dsn", help="an admin DSN: a database is created and dropped through it"
+    )
+    args = parser.parse_args()
+
+    started: list[servers.LocalRedis | servers.LocalPostgres] = []
+    try:
+        redis_url = args.redis_url
+        if redis_url is None:
+            local_redis = servers.start_redis()
+            started.append(local_redis)
+            redis_url = local_redis.url
+        admin_dsn = args.pg_dsn
+        if admin_dsn is None:
+            local_pg = servers.start_postgres(fast=False)
+            started.append(local_pg)
+            admin_dsn = local_pg.dsn
+        client = redisio.connect(redis_url)
+        assert isinstance(client, redis.Redis)
+        client.flushdb()
+        events = demo.write_bulk_store(
+            client,
+            app=APP,
+            aggregates=max(1, args.events * 2 // 13 + args.events // 200),
+            events_per_aggregate=(1, 12),
+        )
+        for event_type in EVENT_TYPES:
+            client.sadd(layout.subscribers_key(ENV, event_type), SUBSCRIBER)
+        queue_keys = [layout.queue_key(SUBSCRIBER, ENV, t, "published") for t in EVENT_TYPES]
+
+        def empty_queues() -> None:
+            client.delete(*queue_keys)
+
+        with database(admin_dsn) as dsn:
+            migrated = migrate_redis_to_pg(
+                client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True)
+            )
+            assert migrated.events_migrated == events, migrated.problems[:3]
+            print(f"store: {events:,} events in Redis and PostgreSQL ({APP})\n")
+
+            def replay_run(source: str, target: str, **extra: Any) -> int:
+                options = ReplayOptions(
+                    source=source,
+                    target=target,
+                    app=APP,
+                    env=ENV,
+                    pg_dsn=dsn,
+                    selection=Selection(all_events=True),
+                    **extra,
+                )
+                projection = Trivial() if target == "projection" else None
+                summary = replay(
+                    options,
+                    redis_client=client,
+                    projection=ProjectionAdapter(projection, "trivial") if projection else None,
+                )
+                assert summary.events == events and not summary.problems, summary.as_dict()
+                if projection is not None:
+                    assert projection.events == events
+                if target == "queue":
+                    assert summary.notifications == events
+                    assert sum(client.llen(k) for k in queue_keys) == events
+                return summary.events
+
+            rows: list[tuple[str, float, float | None]] = []
+            pg_read = median_rate(args.runs, lambda: plain_read_pg(dsn))
+            rows.append(("plain read, PostgreSQL (events query --source pg)", pg_read, None))
+            for label, work, reset in (
+                (
+                    "replay --from pg --to projection --checkpoint",
+                    lambda: replay_run("pg", "projection", checkpoint="bench", reset=True),
+                    None,
+                ),
+                (
+                    "replay --from pg --to projection --order time",
+                    lambda: replay_run("pg", "projection", order="time"),
+                    None,
+                ),
+                ("replay --from pg --to queue", lambda: replay_run("pg", "queue"), empty_queues),
+            ):
+                rate = median_rate(args.runs, work, reset)
+                rows.append((label, rate, rate / pg_read))
+            empty_queues()
+            redis_read = median_rate(args.runs, lambda: plain_read_redis(client))
+            rows.append(("plain read, Redis (events query)", redis_read, None))
+            for label, work, reset in (
+                (
+                    "replay --from redis --to queue",
+                    lambda: replay_run("redis", "queue"),
+                    empty_queues,
+                ),
+                (
+                    "replay --from redis --to projection",
+                    lambda: replay_run("redis", "projection"),
+                    None,
+                ),
+            ):
+                rate = median_rate(args.runs, work, reset)
+                rows.append((label, rate, rate / redis_read))
+            empty_queues()
+            for label, rate, ratio in rows:
+                shown = f"{ratio:5.2f}x of the plain read" if ratio is not None else ""
+                print(f"{label:<52} {rate:>10,.0f} events/s  {shown}")
+            worst = min(r for _, _, r in rows if r is not None)
+            print(f"\nworst replay / plain read of its source: {worst:.2f}x   (target >= 0.5)")
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""``esctl replay`` end to end (a real subprocess): option parsing, output shapes, exit codes,
+the confirmation rule, and the demo tour's replay steps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import independent_writer as iw
+import psycopg
+import pytest
+import redis
+from helpers import run_cli
+
+from esctl import layout, queues
+from esctl.demo import REPORTING, DemoSummary
+from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.replay import ReplayLock
+
+SUB = "Learning.ReportingService.Worker-Test"
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, app_name: str, env_name: str) -> iw.GroundTruth:
+    truth = iw.write_store(redis_client, app=app_name, aggregates=30, seed=8)
+    for event_type in ("EnrollmentCreated", "InvoiceIssued"):
+        redis_client.sadd(layout.subscribers_key(env_name, event_type), SUB)
+    return truth
+
+
+def base(redis_url: str, app: str, *extra: str) -> list[str]:
+    return ["replay", "--from", "redis", "--redis-url", redis_url, "--app", app, *extra]
+
+
+def assert_clean_error(result: Any) -> None:
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--to", "stdout"], "--all"),
+        (["--to", "queue", "--all", "--env", "e", "--projection", "x:y"], "--projection"),
+        (["--to", "projection", "--all"], "--projection"),
+        (["--to", "stdout", "--all", "--checkpoint", "c"], "--checkpoint"),
+        (["--to", "projection", "--all", "--projection", "m:f", "--reset"], "--reset"),
+        (["--to", "stdout", "--since", "yesterday"], "--since"),
+        (["--to", "stdout", "--where", "Score>>"], "--where"),
+        (["--to", "queue", "--all", "--env", "e", "--force"], "--force needs --subscriber"),
+        (["--to", "nowhere", "--all"], "nowhere"),
+        (["--to", "projection", "--all", "--projection", "no_such_module_x:f"], "cannot import"),
+    ],
+)
+def test_usage_errors_exit_2(
+    redis_test_url: str, app_name: str, extra: list[str], message: str
+) -> None:
+    result = run_cli(*base(redis_test_url, app_name, *extra))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert_clean_error(result)
+
+
+def test_queue_needs_an_env(redis_test_url: str, app_name: str) -> None:
+    result = run_cli(*base(redis_test_url, app_name, "--to", "queue", "--all"))
+    assert result.returncode == 1
+    assert "--env" in result.stderr and "ESCTL_ENV" in result.stderr
+
+
+def test_stdout_json_lines_and_a_summary_on_stderr(
+    store: iw.GroundTruth, redis_test_url: str, app_name: str
+) -> None:
+    aggregate = next(a for a in store.aggregates if len(a.events) > 2)
+    result = run_cli(
+        *base(redis_test_url, app_name, "--to", "stdout", "--aggregate", aggregate.aggregate_id),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    events = sorted(aggregate.events, key=lambda e: e.version)
+    assert [(d["aggregate_id"], d["version"]) for d in lines] == [
+        (e.aggregate_id, e.version) for e in events
+    ]
+    assert [d["data"] for d in lines] == [json.loads(e.payload) for e in events]
+    assert all(
+        set(d) == {"aggregate_id", "version", "event_type", "aggregate_type", "timestamp",
+                   "commit_id", "data"}
+        for d in lines
+    )  # fmt: skip
+    # the exact payload text is spliced in
+    assert events[0].payload in result.stdout.splitlines()[0]
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    assert summary["events"] == len(events) and summary["target"] == "stdout"
+
+
+def test_queue_dry_run_json_document(
+    store: iw.GroundTruth,
+    redis_test_url: str,
+    redis_client: redis.Redis,
+    app_name: str,
+    env_name: str,
+) -> None:
+    result = run_cli(
+        *base(redis_test_url, app_name, "--to", "queue", "--all", "--env", env_name),
+        "--dry-run",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    for key in ("dry_run", "events", "published", "checkpoint", "elapsed_s", "events_per_s",
+                "problems"):  # fmt: skip
+        assert key in document
+    created = sum(
+        1 for a in store.aggregates for e in a.events if e.event_type == "EnrollmentCreated"
+    )
+    issued = sum(1 for a in store.aggregates for e in a.events if e.event_type == "InvoiceIssued")
+    assert document["dry_run"] is True
+    assert document["published"] == {SUB: {"EnrollmentCreated": created, "InvoiceIssued": issued}}
+    assert document["events"] == sum(len(a.events) for a in store.aggregates)
+    assert not list(redis_client.scan_iter(match="*PublishedEvents"))
+
+
+def test_publishing_more_than_confirm_over_without_a_terminal_is_refused(
+    store: iw.GroundTruth,
+    redis_test_url: str,
+    redis_client: redis.Redis,
+    app_name: str,
+    env_name: str,
+) -> None:
+    args = base(redis_test_url, app_name, "--to", "queue", "--all", "--env", env_name, "--json")
+    refused = run_cli(*args, "--confirm-over", "5")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["error"]["kind"] == "refused"
+    assert "--yes" in refused.stderr
+    assert not list(redis_client.scan_iter(match="*PublishedEvents"))
+
+    small = run_cli(*args, "--confirm-over", "100000")  # under the threshold: no question
+    assert small.returncode == 0, small.stderr
+    first = json.loads(small.stdout)
+    assert first["notifications"] == sum(first["published"][SUB].values()) > 5
+
+    yes = run_cli(*args, "--confirm-over", "5", "--yes")
+    assert yes.returncode == 0, yes.stderr
+    key = layout.queue_key(SUB, env_name, "EnrollmentCreated", "published")
+    assert redis_client.llen(key) == 2 * first["published"][SUB]["EnrollmentCreated"]
+
+
+def test_a_replay_holding_the_queue_makes_the_second_exit_75(
+    store: iw.GroundTruth,
+    redis_test_url: str,
+    redis_client: redis.Redis,
+    app_name: str,
+    env_name: str,
+) -> None:
+    with ReplayLock(redis_client, [queues.QueueRef(SUB, env_name, "InvoiceIssued")]):
+        result = run_cli(
+            *base(redis_test_url, app_name, "--to", "queue", "--all", "--env", env_name, "--yes")
+        )
+    assert result.returncode == 75, result.stderr
+    assert "esctl:replay-lock:" in result.stderr
+    assert not list(redis_client.scan_iter(match="*PublishedEvents"))
+
+
+def test_unreadable_events_exit_3(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    iw.write_store(redis_client, app=app_name, aggregates=10, defects=["missing_payload"], seed=2)
+    result = run_cli(*base(redis_test_url, app_name, "--to", "stdout", "--all"))
+    assert result.returncode == 3
+    assert "unreadable" in result.stderr
+
+
+def test_a_failing_projection_exits_1_naming_the_event(
+    store: iw.GroundTruth,
+    redis_test_url: str,
+    app_name: str,
+    pg_dsn: str,
+    tmp_path: Any,
+) -> None:
+    projection = tmp_path / "fails.py"
+    projection.write_text(
+        "def project(event):\n"
+        "    if event.version == 2:\n"
+        "        raise ValueError('no version 2 please')\n"
+    )
+    result = run_cli(
+        *base(redis_test_url, app_name, "--to", "projection", "--all"),
+        "--projection", f"{projection}:project", "--pg-dsn", pg_dsn, "--checkpoint", "f",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "version 2" in result.stderr and "ValueError: no version 2 please" in result.stderr
+    assert "checkpoint 'f' stays at the last committed batch" in result.stderr
+    assert_clean_error(result)
+
+
+def test_help_documents_the_protocol_and_an_example() -> None:
+    result = run_cli("replay", "--help")
+    assert result.returncode == 0
+    for word in ("--from", "--to", "--checkpoint", "--subscriber", "--all", "Example"):
+        assert word in result.stdout
+
+
+# --- the demo tour's steps -----------------------------------------------------------------
+
+
+def test_demo_tour_replay_steps(
+    demo_store: DemoSummary,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+) -> None:
+    """Replay one aggregate to one subscriber, then rebuild the example projection."""
+    app, env = demo_store.app, demo_store.env
+    aggregate = demo_store.samples["aggregate"]
+    connection = ["--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--app", app, "--env", env]
+    before = {
+        k: redis_client.lrange(k, 0, -1)
+        for k in redis_client.scan_iter(match=f"*{{{env}:*}}:PublishedEvents")
+    }
+    one = run_cli(
+        "replay", "--from", "redis", "--aggregate", aggregate, "--to", "queue",
+        "--subscriber", REPORTING, "--json", *connection,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    document = json.loads(one.stdout)
+    published = document["published"]
+    assert set(published) == {REPORTING} and sum(published[REPORTING].values()) >= 2
+    after = {
+        k: redis_client.lrange(k, 0, -1)
+        for k in redis_client.scan_iter(match=f"*{{{env}:*}}:PublishedEvents")
+    }
+    grown = {k.decode() for k in after if len(after[k]) != len(before.get(k, []))}
+    assert grown and all(k.startswith(REPORTING + ":") for k in grown)
+
+    migrate_redis_to_pg(redis_client, MigrateOptions(app=app, pg_dsn=pg_dsn, init_schema=True))
+    rebuild = [
+        "replay", "--from", "pg", "--all", "--to", "projection",
+        "--projection", "esctl.projections.event_counts", "--checkpoint", "event-counts",
+        "--reset", *connection,
+    ]  # fmt: skip
+    for _ in range(2):
+        result = run_cli(*rebuild)
+        assert result.returncode == 0, result.stderr
+    with psycopg.connect(pg_dsn) as conn:
+        counted = conn.execute("SELECT sum(events) FROM projections.event_counts").fetchone()
+        migrated = conn.execute("SELECT count(*) FROM event").fetchone()
+    assert counted is not None and migrated is not None and counted[0] == migrated[0] > 0
+
+
+def test_stdout_into_a_closed_pipe_stops_quietly(
+    store: iw.GroundTruth, redis_test_url: str, app_name: str
+) -> None:
+    import subprocess
+    import sys
+
+    from helpers import cli_env
+
+    command = [
+        sys.executable,
+        "-m",
+        "esctl",
+        *base(redis_test_url, app_name, "--to", "stdout", "--all"),
+    ]
+    shell = subprocess.run(
+        f"{' '.join(command)} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        executable="/bin/bash",
+        timeout=120,
+    )
+    assert shell.returncode == 0
+    assert json.loads(shell.stdout)["aggregate_id"]
+    assert "Traceback" not in shell.stderr and "error" not in shell.stderr
