@@ -826,13 +826,10 @@ def query_redis(
 # --- PostgreSQL ----------------------------------------------------------------------------
 
 
-def pg_query_sql(
-    schema: str, app: str, filters: QueryFilters
-) -> tuple[sql.Composed, dict[str, Any]]:
-    """The SELECT that answers ``filters`` in PostgreSQL, every filter in its WHERE clause
-    (``--where`` as jsonpath predicates on ``event_data``), and its parameters. Rows:
-    aggregate id, version, event type, aggregate type, TimeStamp text, event_data text; in
-    (aggregate, version) order."""
+def pg_conditions(app: str, filters: QueryFilters) -> tuple[list[sql.Composable], dict[str, Any]]:
+    """The WHERE conditions of ``filters`` over ``event e JOIN aggregate a`` (``--where`` as
+    jsonpath predicates on ``event_data``), and their parameters. Shared by query and replay,
+    so the same question selects the same events."""
     conditions: list[sql.Composable] = [sql.SQL("a.application_name = %(app)s")]
     params: dict[str, Any] = {"app": app}
     if filters.types:
@@ -859,6 +856,17 @@ def pg_query_sql(
         )
         params[f"where{index}"] = path
         params[f"vars{index}"] = orjson.dumps(variables).decode("utf-8")
+    return conditions, params
+
+
+def pg_query_sql(
+    schema: str, app: str, filters: QueryFilters
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """The SELECT that answers ``filters`` in PostgreSQL, every filter in its WHERE clause
+    (``--where`` as jsonpath predicates on ``event_data``), and its parameters. Rows:
+    aggregate id, version, event type, aggregate type, TimeStamp text, event_data text; in
+    (aggregate, version) order."""
+    conditions, params = pg_conditions(app, filters)
     query = sql.SQL(
         "SELECT a.aggregate_id, e.version, e.event_type, a.aggregate_type,"
         "       e.event_data ->> 'TimeStamp', e.event_data::text"

@@ -80,7 +80,7 @@ from esctl import layout, pg, queues, redisio
 from esctl.config import redact
 from esctl.errors import EsctlError, LockHeld, Refused, ServerError, UsageError
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext, load_projection
-from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery
+from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery, pg_conditions
 
 SOURCES = ("redis", "pg")
 TARGETS = ("queue", "stdout", "projection")
@@ -599,39 +599,6 @@ def _position_key(event: Event) -> tuple[Any, ...]:
 
 
 # --- reading: PostgreSQL -------------------------------------------------------------------
-
-
-def pg_conditions(app: str, filters: QueryFilters) -> tuple[list[sql.Composable], dict[str, Any]]:
-    """The WHERE conditions of ``filters`` over ``event e JOIN aggregate a``, and their
-    parameters. The same conditions as ``esctl.query.pg_query_sql`` (which builds them inline;
-    tests/test_replay_pg.py holds the two together)."""
-    conditions: list[sql.Composable] = [sql.SQL("a.application_name = %(app)s")]
-    params: dict[str, Any] = {"app": app}
-    if filters.types:
-        conditions.append(sql.SQL("e.event_type = ANY(%(types)s::text[])"))
-        params["types"] = list(filters.types)
-    if filters.aggregate_type is not None:
-        conditions.append(sql.SQL("a.aggregate_type = %(aggregate_type)s"))
-        params["aggregate_type"] = filters.aggregate_type
-    if filters.aggregates:
-        conditions.append(sql.SQL("a.aggregate_id = ANY(%(aggregates)s::text[])"))
-        params["aggregates"] = list(filters.aggregates)
-    if filters.since is not None:
-        conditions.append(sql.SQL("e.time_stamp >= %(since)s"))
-        params["since"] = filters.since
-    if filters.until is not None:
-        conditions.append(sql.SQL("e.time_stamp < %(until)s"))
-        params["until"] = filters.until
-    for index, clause in enumerate(filters.where):
-        path, variables = clause.jsonpath("v")
-        conditions.append(
-            sql.SQL("jsonb_path_match(e.event_data, {path}::jsonpath, {vars}::jsonb, true)").format(
-                path=sql.Placeholder(f"where{index}"), vars=sql.Placeholder(f"vars{index}")
-            )
-        )
-        params[f"where{index}"] = path
-        params[f"vars{index}"] = orjson.dumps(variables).decode("utf-8")
-    return conditions, params
 
 
 def pg_replay_sql(
