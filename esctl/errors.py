@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EsctlError(Exception):
     """Base of every error esctl reports to the user. ``hint`` says what to do next."""
@@ -14,6 +16,18 @@ class EsctlError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (--workers); the default pickling would call
+        # cls(message) and lose the keyword-only fields (or fail for ConnectionFailed).
+        return (_rebuild, (type(self), self.message, self.__dict__))
+
+
+def _rebuild(cls: type[EsctlError], message: str, state: dict[str, Any]) -> EsctlError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigError(EsctlError):

@@ -23,12 +23,15 @@ The data flows one way: SCAN + pipelined reads (reader, the calling thread) -> d
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import queue
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -1181,3 +1184,101 @@ def count_commits(client: redisio.RedisClient, app: str, shard: Shard) -> tuple[
         lists += len(keys)
         entries += sum(redisio.list_lengths(client, keys))
     return lists, entries
+
+
+# --- several processes ---------------------------------------------------------------------
+
+
+def _migrate_in_process(
+    redis_url: str,
+    connect: dict[str, bool],
+    opts: MigrateOptions,
+    index: int,
+    progress: Any,
+) -> MigrationSummary:
+    client = redisio.connect(redis_url, **connect)
+    try:
+        report = None if progress is None else lambda p: progress.put((index, p))
+        return migrate_redis_to_pg(client, opts, on_progress=report)
+    finally:
+        client.close()
+
+
+def migrate_parallel(
+    redis_url: str,
+    opts: MigrateOptions,
+    *,
+    workers: int,
+    cluster: bool = False,
+    read_from_replicas: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> MigrationSummary:
+    """:func:`migrate_redis_to_pg` in ``workers`` local processes, one sub-shard of
+    ``opts.shard`` each (``Shard.split``): each has its own lock, checkpoint and resume, so a
+    rerun with the same ``workers`` continues every part. Together they own exactly the
+    aggregates of ``opts.shard``. Counts add up, problems are concatenated; ``on_progress``
+    gets the sum of every worker's latest figures. The first worker error is raised after the
+    others have finished (their committed batches stay)."""
+    if workers <= 1:
+        client = redisio.connect(redis_url, cluster=cluster, read_from_replicas=read_from_replicas)
+        try:
+            return migrate_redis_to_pg(client, opts, on_progress=on_progress)
+        finally:
+            client.close()
+    started = time.monotonic()
+    parts = [replace(opts, shard=shard) for shard in opts.shard.split(workers)]
+    connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
+    # fork starts in milliseconds; nothing is open yet to be inherited: each worker connects.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with contextlib.ExitStack() as stack:
+        progress = None
+        if on_progress is not None:
+            progress = stack.enter_context(context.Manager()).Queue()
+        pool = stack.enter_context(ProcessPoolExecutor(len(parts), mp_context=context))
+        futures = [
+            pool.submit(_migrate_in_process, redis_url, connect, part, index, progress)
+            for index, part in enumerate(parts)
+        ]
+        latest: dict[int, Progress] = {}
+        while progress is not None and on_progress is not None:
+            running = not all(f.done() for f in futures)
+            try:
+                index, figures = progress.get(timeout=0.2 if running else 0)
+            except queue.Empty:
+                if running:
+                    continue
+                break
+            latest[index] = figures
+            total = Progress()
+            for f in fields(Progress):
+                setattr(total, f.name, sum(getattr(p, f.name) for p in latest.values()))
+            on_progress(total)
+        wait(futures)
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            raise error
+    results = [f.result() for f in futures]
+    elapsed = time.monotonic() - started
+    migrated = sum(r.events_migrated for r in results)
+    return MigrationSummary(
+        run_id=",".join(r.run_id for r in results),
+        dry_run=opts.dry_run,
+        resumed=any(r.resumed for r in results),
+        aggregates=sum(r.aggregates for r in results),
+        aggregates_unchanged=sum(r.aggregates_unchanged for r in results),
+        events_migrated=migrated,
+        events_already_present=sum(r.events_already_present for r in results),
+        aggregates_quarantined=sum(r.aggregates_quarantined for r in results),
+        events_quarantined=sum(r.events_quarantined for r in results),
+        problems=[p for r in results for p in r.problems],
+        elapsed_s=elapsed,
+        events_per_s=migrated / elapsed if elapsed > 0 else 0.0,
+        stopped_early="; ".join(
+            f"shard {part.shard}: {r.stopped_early}"
+            for part, r in zip(parts, results, strict=True)
+            if r.stopped_early
+        )
+        or None,
+        toast_compression=results[0].toast_compression,
+    )

@@ -28,6 +28,9 @@ from esctl.config import redact
 from esctl.errors import ConnectionFailed, ServerError
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+"""What redis-py raises: the cluster client's own errors (no node reachable, a slot not
+covered during a failover) are not RedisErrors."""
 PIPELINE_CHUNK = 1000
 """Commands per pipelined round trip (PERF-NOTES: 200 per round trip costs 20-25%)."""
 
@@ -67,8 +70,15 @@ def connect(url: str, *, cluster: bool = False, read_from_replicas: bool = False
         client: RedisClient
         if cluster or is_cluster_url(url):
             plain = url.replace("+cluster://", "://", 1)
+            # Read-only commands (and their pipelines) go to the replicas, keeping load off the
+            # primaries; writes still go to primaries.
+            strategy = (
+                redis.cluster.LoadBalancingStrategy.ROUND_ROBIN_REPLICAS
+                if read_from_replicas
+                else None
+            )
             client = redis.cluster.RedisCluster.from_url(
-                plain, read_from_replicas=read_from_replicas, socket_timeout=30
+                plain, load_balancing_strategy=strategy, socket_timeout=30
             )
         else:
             client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
@@ -79,7 +89,13 @@ def connect(url: str, *, cluster: bool = False, read_from_replicas: bool = False
             server=shown,
             hint="check the user and password in --redis-url / ESCTL_REDIS_URL",
         ) from None
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+    except (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        # the cluster client's "no startup node reachable" (or "not a cluster node")
+        redis.exceptions.RedisClusterException,
+        OSError,
+    ) as exc:
         raise ConnectionFailed(
             f"cannot connect to Redis at {shown}: {redact(str(exc))}",
             server=shown,
@@ -108,7 +124,12 @@ def describe(client: RedisClient) -> str:
 def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
     """Turn a redis-py exception into esctl's typed error."""
     server = describe(client)
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if isinstance(
+        exc,
+        redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError
+        | redis.exceptions.RedisClusterException,
+    ):
         return ConnectionFailed(
             f"lost the connection to Redis {server}: {redact(str(exc))}",
             server=server,
@@ -155,7 +176,7 @@ def scan_epoch(client: RedisClient) -> str:
             ids = sorted(f"{node}={info.get('run_id')}" for node, info in infos.items())
             return hashlib.sha1("|".join(ids).encode()).hexdigest()[:16]
         return str(client.info("server")["run_id"])
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
 
 
@@ -199,7 +220,7 @@ def scan_pages(
                         cursor, match=match, count=count, _type=type_, target_nodes=node
                     )
                     cursor = cursors[node.name] if isinstance(cursors, dict) else cursors
-            except redis.exceptions.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise wrap_errors(client, exc) from exc
             cursor = int(cursor)
             finished_node = cursor == 0
@@ -225,7 +246,8 @@ def pipelined(
 
     On a single server the commands are packed by hand and the replies read straight from the
     hiredis parser: about twice redis-py's pipeline throughput (PERF-NOTES). A cluster client
-    goes through redis-py's cluster pipeline, which groups commands by node."""
+    (or TLS) goes through redis-py's pipeline, which groups commands by node; its replies are
+    brought back to the raw RESP2 shapes (:func:`_as_resp2`), so callers see one shape."""
     if not commands:
         return []
     try:
@@ -238,10 +260,24 @@ def pipelined(
             pipe = client.pipeline(transaction=False)
             for command in commands[start : start + chunk]:
                 pipe.execute_command(*command)
-            replies.extend(pipe.execute(raise_on_error=False))
+            replies.extend(_as_resp2(r) for r in pipe.execute(raise_on_error=False))
         return replies
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
+
+
+def _as_resp2(reply: Any) -> Any:
+    """Undo redis-py's reply callbacks where they change a reply's shape: a dict (HGETALL) back
+    to its flat field, value list, a set (SMEMBERS) to a list, and a SCAN-family
+    ``(cursor, items)`` pair (HSCAN gives a dict of items) to ``[cursor, flat items]``."""
+    if isinstance(reply, dict):
+        return [item for pair in reply.items() for item in pair]
+    if isinstance(reply, set):
+        return list(reply)
+    if isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], int):
+        cursor, items = reply
+        return [str(cursor).encode(), _as_resp2(items) if isinstance(items, dict) else items]
+    return reply
 
 
 def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
@@ -438,7 +474,7 @@ def used_memory(client: RedisClient) -> int:
             info: Any = client.info("memory", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
         else:
             info = client.info("memory")
-    except redis.exceptions.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
     if "used_memory" in info:
         return int(info["used_memory"])
@@ -498,7 +534,7 @@ class LatencyPacer:
                 started = time.perf_counter()
                 try:
                     self.client.ping()
-                except redis.exceptions.RedisError as exc:
+                except REDIS_ERRORS as exc:
                     raise wrap_errors(self.client, exc) from exc
                 self.last_latency_ms = (time.perf_counter() - started) * 1000
                 if self.last_latency_ms <= self.max_latency_ms:

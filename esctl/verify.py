@@ -403,18 +403,26 @@ def verify_workers_default() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def _verify_in_process(redis_url: str, cluster: bool, opts: VerifyOptions) -> VerifySummary:
-    return verify(redisio.connect(redis_url, cluster=cluster), opts)
+def _verify_in_process(
+    redis_url: str, connect: dict[str, bool], opts: VerifyOptions
+) -> VerifySummary:
+    return verify(redisio.connect(redis_url, **connect), opts)
 
 
 def verify_parallel(
-    redis_url: str, opts: VerifyOptions, *, workers: int, cluster: bool = False
+    redis_url: str,
+    opts: VerifyOptions,
+    *,
+    workers: int,
+    cluster: bool = False,
+    read_from_replicas: bool = False,
 ) -> VerifySummary:
     """:func:`verify` split over ``workers`` processes, one sub-shard each (the work is Python
     CPU: decoding and comparing JSON). Counts add up, problems are concatenated; a sample is
     divided between the workers."""
+    connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
     if workers <= 1:
-        return verify(redisio.connect(redis_url, cluster=cluster), opts)
+        return verify(redisio.connect(redis_url, **connect), opts)
     started = time.monotonic()
     shares = (
         [None] * workers
@@ -434,7 +442,7 @@ def verify_parallel(
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         results = list(
-            pool.map(_verify_in_process, [redis_url] * workers, [cluster] * workers, parts)
+            pool.map(_verify_in_process, [redis_url] * workers, [connect] * workers, parts)
         )
     total = VerifySummary(sample=opts.sample, ignored=results[0].ignored)
     for r in results:

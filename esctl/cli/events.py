@@ -21,6 +21,7 @@ from esctl.cli.options import (
     PgDsnOpt,
     PgSchemaOpt,
     ProfileOpt,
+    ReadFromReplicasOpt,
     RedisUrlOpt,
     settings,
 )
@@ -183,6 +184,7 @@ def query(
     ] = True,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
+    read_from_replicas: ReadFromReplicasOpt = False,
     pg_dsn: PgDsnOpt = None,
     pg_schema: PgSchemaOpt = None,
     app_name: AppOpt = None,
@@ -229,7 +231,9 @@ def query(
         if source is QuerySource.pg:
             results = core.query_pg(resolved.pg_dsn, resolved.pg_schema, app_value, filters)
         else:
-            client = redisio.connect(resolved.redis_url, cluster=cluster)
+            client = redisio.connect(
+                resolved.redis_url, cluster=cluster, read_from_replicas=read_from_replicas
+            )
             if (
                 progress
                 and output.stderr_is_terminal()

@@ -20,6 +20,7 @@ from esctl.cli.options import (
     EnvOpt,
     JsonOpt,
     ProfileOpt,
+    ReadFromReplicasOpt,
     RedisUrlOpt,
     settings,
 )
@@ -41,10 +42,15 @@ def _connect(
     profile: str | None,
     config: str | None,
     env: str | None = None,
+    *,
+    read_from_replicas: bool = False,
 ) -> tuple[redisio.RedisClient, str, str | None]:
     resolved = settings(redis_url=redis_url, app=app_name, env=env, profile=profile, config=config)
     app_value = resolved.require("app")
-    return redisio.connect(resolved.redis_url, cluster=cluster), app_value, resolved.get("env")
+    client = redisio.connect(
+        resolved.redis_url, cluster=cluster, read_from_replicas=read_from_replicas
+    )
+    return client, app_value, resolved.get("env")
 
 
 def _where(row: core.EventRow) -> str:
@@ -72,6 +78,7 @@ def aggregate(
     ] = False,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
+    read_from_replicas: ReadFromReplicasOpt = False,
     app_name: AppOpt = None,
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
@@ -89,7 +96,9 @@ def aggregate(
     Example: esctl inspect aggregate 3f0c2a9e-… --app MyService --json | jq '.events[].data'
     """
     with reporting(json_mode=json_, debug=debug):
-        client, app_value, _ = _connect(redis_url, cluster, app_name, profile, config)
+        client, app_value, _ = _connect(
+            redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
+        )
         report = core.inspect_aggregate(client, app_value, aggregate_id, from_version=from_version)
         if json_:
             output.emit_json(report.as_dict(raw=raw))
@@ -169,6 +178,7 @@ def event(
     commit_id: Annotated[str, typer.Argument(help="The commit id (a GUID, or a legacy number).")],
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
+    read_from_replicas: ReadFromReplicasOpt = False,
     app_name: AppOpt = None,
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
@@ -184,7 +194,9 @@ def event(
     Example: esctl inspect event 3f0c2a9e-0d1b-4c5e-9f8a-1b2c3d4e5f60 --app MyService
     """
     with reporting(json_mode=json_, debug=debug):
-        client, app_value, _ = _connect(redis_url, cluster, app_name, profile, config)
+        client, app_value, _ = _connect(
+            redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
+        )
         report = core.inspect_event(client, app_value, commit_id)
         if json_:
             output.emit_json(report.as_dict())
@@ -252,6 +264,7 @@ def integrity(
     progress: ProgressOpt = True,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
+    read_from_replicas: ReadFromReplicasOpt = False,
     app_name: AppOpt = None,
     profile: ProfileOpt = None,
     config: ConfigOpt = None,
@@ -269,7 +282,9 @@ def integrity(
     Example: esctl inspect integrity --app MyService --json | jq .counts
     """
     with reporting(json_mode=json_, debug=debug):
-        client, app_value, _ = _connect(redis_url, cluster, app_name, profile, config)
+        client, app_value, _ = _connect(
+            redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
+        )
         bar = _IntegrityBar() if progress and not json_ and output.stderr_is_terminal() else None
         try:
             report = core.check_integrity(
@@ -341,6 +356,7 @@ def stats(
     progress: ProgressOpt = True,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
+    read_from_replicas: ReadFromReplicasOpt = False,
     app_name: AppOpt = None,
     env: EnvOpt = None,
     profile: ProfileOpt = None,
@@ -360,7 +376,13 @@ def stats(
     """
     with reporting(json_mode=json_, debug=debug):
         client, app_value, env_value = _connect(
-            redis_url, cluster, app_name, profile, config, env=env
+            redis_url,
+            cluster,
+            app_name,
+            profile,
+            config,
+            env=env,
+            read_from_replicas=read_from_replicas,
         )
         bar: Any = None
         if progress and not json_ and output.stderr_is_terminal():

@@ -24,6 +24,7 @@ from esctl.cli.options import (
     PgDsnOpt,
     PgSchemaOpt,
     ProfileOpt,
+    ReadFromReplicasOpt,
     RedisUrlOpt,
     settings,
 )
@@ -80,6 +81,15 @@ def redis_to_pg(
     writers: Annotated[
         int, typer.Option("--writers", min=1, max=8, help="PostgreSQL writer connections.")
     ] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Local processes, each migrating one sub-shard (of --shard, if given); one "
+            "combined summary. Rerun with the same number to resume.",
+        ),
+    ] = 1,
     toast_compression: Annotated[
         str,
         typer.Option(
@@ -102,6 +112,7 @@ def redis_to_pg(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm --delete-source.")] = False,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
+    read_from_replicas: ReadFromReplicasOpt = False,
     pg_dsn: PgDsnOpt = None,
     pg_schema: PgSchemaOpt = None,
     app_name: AppOpt = None,
@@ -144,16 +155,28 @@ def redis_to_pg(
             writers=writers,
             toast_compression=None if toast_compression == "server" else toast_compression,
         )
-        client = redisio.connect(resolved.redis_url, cluster=cluster)
+        client = redisio.connect(
+            resolved.redis_url, cluster=cluster, read_from_replicas=read_from_replicas
+        )
         bar = (
             _ProgressBar(client, opts)
             if progress and not json_ and output.stderr_is_terminal()
             else None
         )
         try:
-            summary = core.migrate_redis_to_pg(
-                client, opts, on_progress=bar.update if bar else None
-            )
+            if workers > 1:
+                summary = core.migrate_parallel(
+                    resolved.redis_url,
+                    opts,
+                    workers=workers,
+                    cluster=cluster,
+                    read_from_replicas=read_from_replicas,
+                    on_progress=bar.update if bar else None,
+                )
+            else:
+                summary = core.migrate_redis_to_pg(
+                    client, opts, on_progress=bar.update if bar else None
+                )
         finally:
             if bar:
                 bar.close()
@@ -259,6 +282,7 @@ def verify_command(
     ] = verify_core.verify_workers_default(),
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
+    read_from_replicas: ReadFromReplicasOpt = False,
     pg_dsn: PgDsnOpt = None,
     pg_schema: PgSchemaOpt = None,
     app_name: AppOpt = None,
@@ -292,7 +316,11 @@ def verify_command(
             allow_new_events=allow_new_events,
         )
         summary = verify_core.verify_parallel(
-            resolved.redis_url, opts, workers=workers, cluster=cluster
+            resolved.redis_url,
+            opts,
+            workers=workers,
+            cluster=cluster,
+            read_from_replicas=read_from_replicas,
         )
         if json_:
             output.emit_json(summary.as_dict())

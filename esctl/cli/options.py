@@ -19,6 +19,14 @@ RedisUrlOpt = Annotated[
 ClusterOpt = Annotated[
     bool, typer.Option("--cluster", help="Treat --redis-url as a Redis Cluster seed node.")
 ]
+ReadFromReplicasOpt = Annotated[
+    bool,
+    typer.Option(
+        "--read-from-replicas",
+        help="On a Redis Cluster, send reads to the replicas (keeps load off the primaries; "
+        "a replica may lag behind its primary).",
+    ),
+]
 PgDsnOpt = Annotated[
     str | None,
     typer.Option(

@@ -1,0 +1,184 @@
+"""``migrate redis-to-pg`` and ``migrate verify`` on a real three-primary Redis Cluster give
+exactly what they give on a single instance (issue 8).
+
+The same independent-writer store (same seed, same app name) is written into the cluster and
+into the single server; the PostgreSQL results of the two migrations are compared row for row.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import independent_writer as iw
+import psycopg
+import pytest
+import redis
+import redis.cluster
+from cluster import LocalCluster, redis_cluster
+from helpers import cli_env, run_cli
+from test_migrate import (
+    assert_clean_aggregates_migrated,
+    cli_args,
+    migrate,
+    new_database,
+    pg_rows,
+    write_defect_store,
+)
+
+from esctl import redisio
+from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.verify import VerifyOptions, verify
+
+__all__ = ["redis_cluster"]  # the fixture, imported for pytest
+
+QUARANTINE_SQL = "SELECT DISTINCT aggregate_id, kind FROM esctl.quarantine ORDER BY 1, 2"
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster) -> Iterator[redis.cluster.RedisCluster]:
+    yield redis_cluster.client()
+
+
+@pytest.fixture
+def single_pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A second database: the single instance's migration goes there."""
+    with new_database(pg_admin_dsn) as dsn:
+        yield dsn
+
+
+def test_the_cluster_holds_the_store_across_all_primaries(
+    redis_cluster: LocalCluster, cluster_client: redis.cluster.RedisCluster, app_name: str
+) -> None:
+    truth = write_defect_store(cluster_client, app_name)  # type: ignore[arg-type]
+    per_node = [
+        redis.Redis(port=n.port).dbsize()
+        for n in redis_cluster.nodes
+        if redis.Redis(port=n.port).info("replication")["role"] == "master"
+    ]
+    assert len(per_node) == 3 and all(size > 0 for size in per_node)
+    found: set[str] = set()
+    for _, keys in redisio.scan_pages(cluster_client, "{EventStore:" + app_name + "}:*"):
+        found.update(keys)
+    assert found == set(truth.commit_lists)
+
+
+def test_migration_from_the_cluster_gives_exactly_the_rows_of_a_single_instance(
+    cluster_client: redis.cluster.RedisCluster,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    single_pg_dsn: str,
+    app_name: str,
+) -> None:
+    truth = write_defect_store(cluster_client, app_name)  # type: ignore[arg-type]
+    write_defect_store(redis_client, app_name)
+    from_cluster = migrate_redis_to_pg(
+        cluster_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn, batch_size=60, init_schema=True)
+    )
+    from_single = migrate(redis_test_url, single_pg_dsn, app_name, batch_size=60, init_schema=True)
+
+    assert_clean_aggregates_migrated(pg_dsn, truth)
+    rows = pg_rows(pg_dsn)
+    assert rows and rows == pg_rows(single_pg_dsn)
+    with psycopg.connect(pg_dsn) as a, psycopg.connect(single_pg_dsn) as b:
+        assert a.execute(QUARANTINE_SQL).fetchall() == b.execute(QUARANTINE_SQL).fetchall()
+    for name in ("aggregates", "events_migrated", "aggregates_quarantined", "events_quarantined"):
+        assert getattr(from_cluster, name) == getattr(from_single, name), name
+    key = lambda p: (p["kind"], p["key"])  # noqa: E731
+    assert sorted(from_cluster.problems, key=key) == sorted(from_single.problems, key=key)
+
+    # A second run finds everything present, as on a single instance.
+    again = migrate_redis_to_pg(cluster_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn))
+    assert again.events_migrated == 0
+    assert pg_rows(pg_dsn) == rows
+
+
+def test_verify_on_the_cluster_reports_what_it_reports_on_a_single_instance(
+    cluster_client: redis.cluster.RedisCluster,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    single_pg_dsn: str,
+    app_name: str,
+) -> None:
+    iw.write_store(cluster_client, app=app_name, aggregates=80, defects=["orphan"], seed=5)  # type: ignore[arg-type]
+    iw.write_store(redis_client, app=app_name, aggregates=80, defects=["orphan"], seed=5)
+    migrate_redis_to_pg(
+        cluster_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn, init_schema=True)
+    )
+    migrate(redis_test_url, single_pg_dsn, app_name, init_schema=True)
+
+    on_cluster = verify(cluster_client, VerifyOptions(app=app_name, pg_dsn=pg_dsn))
+    on_single = verify(redisio.connect(redis_test_url), VerifyOptions(app=app_name, pg_dsn=pg_dsn))
+    assert on_cluster.mismatches == 0 and on_cluster.problems == []
+    assert on_cluster.aggregates == on_single.aggregates == 80
+    assert on_cluster.events_compared == on_single.events_compared > 0
+
+
+def test_cli_migrates_and_verifies_through_a_cluster_url(
+    redis_cluster: LocalCluster,
+    cluster_client: redis.cluster.RedisCluster,
+    pg_dsn: str,
+    app_name: str,
+) -> None:
+    truth = iw.write_store(cluster_client, app=app_name, aggregates=60, seed=7)  # type: ignore[arg-type]
+    args = cli_args(redis_cluster.url, pg_dsn, app_name)
+    result = run_cli("migrate", "redis-to-pg", *args, "--init-schema", "--json")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["events_migrated"] == len(truth.events()) and doc["problems"] == []
+    assert_clean_aggregates_migrated(pg_dsn, truth)
+
+    checked = run_cli("migrate", "verify", *args[:-1], "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["problems"] == []
+
+    # --cluster with a plain redis:// URL of any node is the same cluster.
+    plain_url = f"redis://127.0.0.1:{redis_cluster.nodes[1].port}/0"
+    args = cli_args(plain_url, pg_dsn, app_name)
+    second = run_cli("migrate", "redis-to-pg", *args, "--cluster", "--json")
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["events_migrated"] == 0
+
+
+def test_four_concurrent_shard_processes_give_exactly_the_rows_of_one_unsharded_run(
+    redis_cluster: LocalCluster,
+    cluster_client: redis.cluster.RedisCluster,
+    pg_dsn: str,
+    single_pg_dsn: str,
+    app_name: str,
+) -> None:
+    write_defect_store(cluster_client, app_name, seed=16)  # type: ignore[arg-type]
+    reference = migrate_redis_to_pg(
+        cluster_client, MigrateOptions(app=app_name, pg_dsn=single_pg_dsn, init_schema=True)
+    )
+    args = cli_args(redis_cluster.url, pg_dsn, app_name)
+    command = [sys.executable, "-m", "esctl", "migrate", "redis-to-pg", *args, "--json"]
+    processes = [
+        subprocess.Popen(
+            [*command, "--init-schema", "--batch-size", "40", "--shard", f"{i}/4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+            text=True,
+        )
+        for i in range(4)
+    ]
+    docs = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode in (0, 3), err
+        docs.append(json.loads(out))
+
+    rows = pg_rows(pg_dsn)
+    assert rows == pg_rows(single_pg_dsn)
+    assert len(rows) == len(set(rows)) == reference.events_migrated
+    assert sum(d["aggregates"] for d in docs) == reference.aggregates
+    assert sum(d["events_migrated"] for d in docs) == reference.events_migrated
+    assert sum(d["aggregates_quarantined"] for d in docs) == reference.aggregates_quarantined
+    with psycopg.connect(pg_dsn) as a, psycopg.connect(single_pg_dsn) as b:
+        assert a.execute(QUARANTINE_SQL).fetchall() == b.execute(QUARANTINE_SQL).fetchall()

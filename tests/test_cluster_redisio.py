@@ -1,0 +1,130 @@
+"""esctl's Redis layer (esctl.redisio) on a real three-primary Redis Cluster: connecting, SCAN
+over every primary with resumable positions, pipelined commands of any slot (replies shaped as
+on a single server), scripts, INFO-based helpers (issue 8)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.cluster
+from cluster import LocalCluster, redis_cluster
+
+from esctl import redisio
+from esctl.errors import ConnectionFailed
+
+__all__ = ["redis_cluster"]  # the fixture, imported for pytest
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster) -> Iterator[redisio.RedisClient]:
+    client = redisio.connect(redis_cluster.url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_connect_takes_a_cluster_url_or_the_cluster_flag(redis_cluster: LocalCluster) -> None:
+    by_url = redisio.connect(redis_cluster.url)
+    by_flag = redisio.connect(f"redis://127.0.0.1:{redis_cluster.nodes[2].port}/0", cluster=True)
+    try:
+        for client in (by_url, by_flag):
+            assert isinstance(client, redis.cluster.RedisCluster)
+            assert len(client.get_primaries()) == 3
+            assert redisio.describe(client).startswith("cluster 127.0.0.1:")
+    finally:
+        by_url.close()
+        by_flag.close()
+
+
+def test_connect_to_a_dead_cluster_seed_is_connection_failed() -> None:
+    from esctl.servers import free_port
+
+    with pytest.raises(ConnectionFailed) as caught:
+        redisio.connect(f"redis+cluster://:secret@127.0.0.1:{free_port()}")
+    assert "secret" not in str(caught.value)
+
+
+def test_scan_pages_finds_keys_on_every_primary_and_resumes_from_any_position(
+    redis_cluster: LocalCluster, cluster_client: redisio.RedisClient
+) -> None:
+    tag = secrets.token_hex(4)
+    keys = {f"scan-{tag}:{i}" for i in range(600)}
+    redisio.pipelined(cluster_client, [("SET", k, "x") for k in keys])
+    per_node = {
+        n.port: len(list(redis.Redis(port=n.port).scan_iter(match=f"scan-{tag}:*")))
+        for n in redis_cluster.nodes
+    }
+    assert sorted(per_node.values())[0] > 0  # spread over all three primaries
+
+    pages = list(redisio.scan_pages(cluster_client, f"scan-{tag}:*", count=50))
+    found = [k for _, page in pages for k in page]
+    assert set(found) == keys
+    assert pages[-1][0].done and not any(p.done for p, _ in pages[:-1])
+    assert {p.node for p, _ in pages[:-1]} == {0, 1, 2} or len(pages) < 4
+
+    # Resuming from each position yields the rest (SCAN may repeat, never skip).
+    for cut in range(0, len(pages) - 1, 3):
+        position = redisio.ScanPosition.decode(pages[cut][0].encode())
+        rest = {k for _, page in redisio.scan_pages(
+            cluster_client, f"scan-{tag}:*", count=50, start=position
+        ) for k in page}  # fmt: skip
+        before = {k for _, page in pages[: cut + 1] for k in page}
+        assert before | rest == keys
+
+    typed = {k for _, page in redisio.scan_pages(cluster_client, f"scan-{tag}:*", type_="hash")
+             for k in page}  # fmt: skip
+    assert typed == set()
+
+
+def test_pipelined_replies_have_the_same_shape_as_on_a_single_server(
+    cluster_client: redisio.RedisClient, redis_client: redis.Redis
+) -> None:
+    tag = secrets.token_hex(4)
+    commands: list[tuple[object, ...]] = [
+        ("HSET", f"h-{tag}", "a", "1", "b", "2"),
+        ("SADD", f"s-{tag}", "m"),
+        ("RPUSH", f"l-{tag}", "x", "y"),
+        ("HGETALL", f"h-{tag}"),
+        ("HSCAN", f"h-{tag}", 0, "COUNT", 100),
+        ("SMEMBERS", f"s-{tag}"),
+        ("TYPE", f"l-{tag}"),
+        ("LRANGE", f"l-{tag}", 0, -1),
+        ("LPOS", f"l-{tag}", "y"),
+        ("HGET", f"h-{tag}", "missing"),
+        ("LLEN", f"h-{tag}"),  # an error reply, returned as an exception object
+    ]
+    on_cluster = redisio.pipelined(cluster_client, commands)
+    on_single = redisio.pipelined(redis_client, commands)
+    assert isinstance(on_cluster.pop(), Exception) and isinstance(on_single.pop(), Exception)
+    # TYPE is a status reply: callers read it with key_str, which takes str or bytes.
+    on_cluster[6], on_single[6] = redisio.key_str(on_cluster[6]), redisio.key_str(on_single[6])
+    assert on_cluster == on_single
+    assert on_cluster[3] == [b"a", b"1", b"b", b"2"]
+    assert on_cluster[4] == [b"0", [b"a", b"1", b"b", b"2"]]
+
+
+def test_eval_pipelined_runs_a_script_on_keys_of_every_slot(
+    cluster_client: redisio.RedisClient,
+) -> None:
+    script = f"-- {secrets.token_hex(4)}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])"
+    keys = [f"eval-{secrets.token_hex(4)}:{i}" for i in range(30)]
+    first = redisio.eval_pipelined(cluster_client, script, [(1, k, 2) for k in keys])
+    assert first == [2] * 30  # NOSCRIPT on every node at first: EVAL fallback
+    again = redisio.eval_pipelined(cluster_client, script, [(1, k, 3) for k in keys])
+    assert again == [5] * 30
+
+
+def test_scan_epoch_used_memory_and_the_latency_pacer_work_on_a_cluster(
+    cluster_client: redisio.RedisClient,
+) -> None:
+    epoch = redisio.scan_epoch(cluster_client)
+    assert epoch and epoch == redisio.scan_epoch(cluster_client)
+    assert redisio.used_memory(cluster_client) > 3 * 100_000
+    assert redisio.used_memory_or_none(cluster_client) is not None
+    pacer = redisio.LatencyPacer(cluster_client, rate=None, max_latency_ms=1000)
+    pacer.wait(10)
+    assert 0 < pacer.last_latency_ms < 1000
