@@ -99,3 +99,39 @@ def settings(
         config=config,
         profile=profile,
     )
+
+
+# --- selecting events (events query, replay) --------------------------------------------------
+
+EventTypesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--type", help="Event type (class name, e.g. ItemScoreCreated); repeatable."),
+]
+AggregateTypeOpt = Annotated[
+    str | None,
+    typer.Option("--aggregate-type", help="AggregateType (e.g. ItemScore).", show_default=False),
+]
+AggregatesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--aggregate", help="Aggregate id; repeatable (reads only those)."),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="TimeStamp at or after: ISO 8601 (UTC unless an offset is given) or 7d, 12h, 30m.",
+        show_default=False,
+    ),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option("--until", help="TimeStamp before (same forms as --since).", show_default=False),
+]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        help="PATH OP VALUE on payload fields (OP: = != > >= < <= ~) or PATH exists; "
+        "dotted paths, $values lists looked through; repeatable (all must hold).",
+    ),
+]

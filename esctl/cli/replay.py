@@ -16,17 +16,23 @@ from esctl import replay as core
 from esctl.cli import output
 from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
+    AggregatesOpt,
+    AggregateTypeOpt,
     AppOpt,
     ClusterOpt,
     ConfigOpt,
     DebugOpt,
     DryRunOpt,
     EnvOpt,
+    EventTypesOpt,
     JsonOpt,
     PgDsnOpt,
     PgSchemaOpt,
     ProfileOpt,
     RedisUrlOpt,
+    SinceOpt,
+    UntilOpt,
+    WhereOpt,
     YesOpt,
     settings,
 )
@@ -67,41 +73,12 @@ def replay(
             show_default=False,
         ),
     ],
-    types: Annotated[
-        list[str] | None,
-        typer.Option("--type", help="Event type (class name, e.g. ItemScoreCreated); repeatable."),
-    ] = None,
-    aggregate_type: Annotated[
-        str | None,
-        typer.Option(
-            "--aggregate-type", help="AggregateType (e.g. ItemScore).", show_default=False
-        ),
-    ] = None,
-    aggregates: Annotated[
-        list[str] | None,
-        typer.Option("--aggregate", help="Aggregate id; repeatable (reads only those)."),
-    ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            "--since",
-            help="TimeStamp at or after: ISO 8601 (UTC unless an offset is given) or 7d, 12h, 30m.",
-            show_default=False,
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(
-            "--until", help="TimeStamp before (same forms as --since).", show_default=False
-        ),
-    ] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--where",
-            help="PATH OP VALUE on payload fields (as in 'events query'); repeatable.",
-        ),
-    ] = None,
+    types: EventTypesOpt = None,
+    aggregate_type: AggregateTypeOpt = None,
+    aggregates: AggregatesOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    where: WhereOpt = None,
     limit: Annotated[
         int | None,
         typer.Option("--limit", min=0, help="At most N events.", show_default=False),
