@@ -25,41 +25,16 @@ import argparse
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
+from _common import database, write_store
 
-from esctl import codec, demo, layout, pg, redisio, servers
+from esctl import codec, layout, pg, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 
 APP = "Bench.Migrate"
-
-
-@contextmanager
-def database(admin_dsn: str) -> Iterator[str]:
-    name = f"esctl_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(admin_dsn)
-    dsn = urlunsplit(parts._replace(path="/" + name))
-    try:
-        yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def write_store(client: redis.Redis, events: int) -> int:
-    client.flushdb()
-    # ~6.5 events per aggregate on average, as in PERF-NOTES' store.
-    return demo.write_bulk_store(
-        client, app=APP, aggregates=max(1, events * 2 // 13), events_per_aggregate=(1, 12)
-    )
 
 
 def decoded_rows(
@@ -271,7 +246,7 @@ def main() -> None:
             started.append(local_pg)
             admin_dsn = local_pg.dsn
         client = redis.Redis.from_url(redis_url)
-        events = write_store(client, args.events)
+        events = write_store(client, APP, args.events)
         print(f"store: {events:,} events written to {APP}")
         aggregates, rows = decoded_rows(client)
         assert len(rows) == events
@@ -298,7 +273,7 @@ def main() -> None:
         if args.rss_events:
             with database(admin_dsn) as dsn:
                 small = peak_rss_kb(redis_url, dsn)
-            big_events = write_store(client, args.rss_events)
+            big_events = write_store(client, APP, args.rss_events)
             with database(admin_dsn) as dsn:
                 big = peak_rss_kb(redis_url, dsn)
             print()

@@ -33,16 +33,13 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
 
 import orjson
-import psycopg
 import redis
+from _common import database, write_store
 
-from esctl import codec, demo, layout, redisio, servers
+from esctl import codec, layout, redisio, servers
 from esctl.query import PgQuery, QueryFilters, RedisQuery
 
 APP = "Bench.Query"
@@ -54,27 +51,6 @@ QUESTIONS: dict[str, dict[str, object]] = {
     "--where 'Lines.Description~Füller'": {"where": ["Lines.Description~Füller"]},
     "(no filter: every event)": {},
 }
-
-
-@contextmanager
-def database(admin_dsn: str) -> Iterator[str]:
-    name = f"esctl_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(admin_dsn)
-    dsn = urlunsplit(parts._replace(path="/" + name))
-    try:
-        yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def write_store(client: redis.Redis, events: int) -> int:
-    client.flushdb()
-    return demo.write_bulk_store(
-        client, app=APP, aggregates=max(1, events * 2 // 13), events_per_aggregate=(1, 12)
-    )
 
 
 def plain_read(client: redisio.RedisClient) -> int:
@@ -182,7 +158,7 @@ def main() -> None:
             redis_url = local_redis.url
         client = redisio.connect(redis_url)
         assert isinstance(client, redis.Redis)
-        events = write_store(client, args.events)
+        events = write_store(client, APP, args.events)
         print(f"store: {events:,} events written to {APP}")
 
         # Each query is timed right after a plain read, and compared with it: the machine's
@@ -245,7 +221,7 @@ def main() -> None:
 
         if args.rss_events:
             small = peak_rss_kb(redis_url)
-            big_events = write_store(client, args.rss_events)
+            big_events = write_store(client, APP, args.rss_events)
             big = peak_rss_kb(redis_url)
             print(
                 f"\ninspect integrity peak RSS at {events:,} events: {small / 1024:.0f} MiB; at "

@@ -28,14 +28,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import redis
+from _common import database
 
 from esctl import demo, layout, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -60,20 +57,6 @@ class Trivial:
 
     def flush(self, ctx: ProjectionContext) -> None:
         pass
-
-
-@contextmanager
-def database(admin_dsn: str) -> Iterator[str]:
-    name = f"esctl_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(admin_dsn)
-    dsn = urlunsplit(parts._replace(path="/" + name))
-    try:
-        yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def median_rate(

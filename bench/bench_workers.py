@@ -18,32 +18,15 @@ import argparse
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
+from _common import database
 
 from esctl import demo, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_parallel
 
 APP = "Bench.Workers"
-
-
-@contextmanager
-def database(admin_dsn: str) -> Iterator[str]:
-    name = f"esctl_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(admin_dsn)
-    dsn = urlunsplit(parts._replace(path="/" + name))
-    try:
-        yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def run(redis_url: str, admin_dsn: str, workers: int, events: int) -> float:
