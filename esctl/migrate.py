@@ -1228,7 +1228,8 @@ def migrate_parallel(
     started = time.monotonic()
     parts = [replace(opts, shard=shard) for shard in opts.shard.split(workers)]
     connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
-    # fork starts in milliseconds; nothing is open yet to be inherited: each worker connects.
+    # fork starts in milliseconds. Each worker opens its own connections and uses nothing
+    # the parent's threads (a progress count) may hold.
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with contextlib.ExitStack() as stack:
         progress = None
