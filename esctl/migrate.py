@@ -163,7 +163,6 @@ class BatchResult:
     inserted: int
     already_present: int
     quarantined: list[Quarantined]
-    fast_path: bool
 
 
 def copy_escape(text: str) -> str:
@@ -345,23 +344,23 @@ class BatchWriter:
     def _write_batch(self, batch: Batch, clean: dict[str, AggregateRows]) -> BatchResult:
         quarantined = list(batch.quarantined)
         with self.conn.cursor() as cur:
-            inserted, present, fast, rejected = self.write_groups(cur, clean)
+            inserted, present, rejected = self.write_groups(cur, clean)
             for aggregate_id, (kind, details) in rejected.items():
                 quarantined.append(self._quarantine(clean, aggregate_id, kind, details))
             self._finish(cur, batch, clean, quarantined, inserted, present)
-        return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined, fast)
+        return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined)
 
     def write_groups(
         self, cur: psycopg.Cursor[Any], clean: dict[str, AggregateRows]
-    ) -> tuple[int, int, bool, dict[str, tuple[str, list[str]]]]:
-        """Insert the aggregates' events. Returns (inserted, already present, fast path taken,
-        rejected aggregates: id -> (kind, details)). Rejected ones are removed from ``clean``'s
+    ) -> tuple[int, int, dict[str, tuple[str, list[str]]]]:
+        """Insert the aggregates' events. Returns (inserted, already present, rejected
+        aggregates: id -> (kind, details)). Rejected ones are removed from ``clean``'s
         effect: nothing of theirs stays written."""
         rejected: dict[str, tuple[str, list[str]]] = {}
         if not clean:
-            return 0, 0, True, rejected
+            return 0, 0, rejected
         if not self.target_exists:
-            return sum(len(g.rows) for g in clean.values()), 0, False, rejected
+            return sum(len(g.rows) for g in clean.values()), 0, rejected
         params: dict[str, Any] = {"app": self.opts.app}
         cur.execute("SAVEPOINT esctl_batch")
         keys, clashes = self._aggregate_keys(cur, clean, params)
@@ -370,9 +369,9 @@ class BatchWriter:
             cur.execute("ROLLBACK TO SAVEPOINT esctl_batch")
             rejected.update({a: ("conflict", d) for a, d in clashes.items()})
             remaining = {a: g for a, g in clean.items() if a not in clashes}
-            inserted, present, fast, more = self.write_groups(cur, remaining)
+            inserted, present, more = self.write_groups(cur, remaining)
             rejected.update(more)
-            return inserted, present, fast, rejected
+            return inserted, present, rejected
         if not self.opts.dry_run:
             events = sum(len(g.rows) for g in clean.values())
             try:
@@ -382,7 +381,7 @@ class BatchWriter:
                     self.sql_copy_events,
                     (f"{keys[a]}\t{row}" for a, g in clean.items() for row in g.rows),
                 )
-                return events, 0, True, rejected
+                return events, 0, rejected
             except psycopg.errors.UniqueViolation:
                 # Some rows exist already: compare them through the staging table.
                 cur.execute("ROLLBACK TO SAVEPOINT esctl_copy")
@@ -393,9 +392,9 @@ class BatchWriter:
             cur.execute("TRUNCATE esctl_stage")
             rejected.update({a: ("conflict", d) for a, d in conflicts.items()})
             remaining = {a: g for a, g in clean.items() if a not in conflicts}
-            inserted, present, _, more = self.write_groups(cur, remaining)
+            inserted, present, more = self.write_groups(cur, remaining)
             rejected.update(more)
-        return inserted, present, False, rejected
+        return inserted, present, rejected
 
     def _aggregate_keys(
         self, cur: psycopg.Cursor[Any], clean: dict[str, AggregateRows], params: dict[str, Any]
@@ -544,7 +543,7 @@ class BatchWriter:
             for aggregate_id, group in batch.clean.items():
                 cur.execute("SAVEPOINT esctl_one")
                 try:
-                    i, p, _, rejected = self.write_groups(cur, {aggregate_id: group})
+                    i, p, rejected = self.write_groups(cur, {aggregate_id: group})
                 except psycopg.errors.DataError as exc:
                     cur.execute("ROLLBACK TO SAVEPOINT esctl_one")
                     detail = f"PostgreSQL rejected a value: {str(exc).strip()}"
@@ -557,7 +556,7 @@ class BatchWriter:
                 cur.execute("TRUNCATE esctl_stage")
                 cur.execute("RELEASE SAVEPOINT esctl_one")
             self._finish(cur, batch, batch.clean, quarantined, inserted, present)
-        return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined, False)
+        return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined)
 
 
 def _count(cur: psycopg.Cursor[Any], query: Any, params: Any = None) -> int:

@@ -306,7 +306,9 @@ def validate_stream(
         counts = Counter(versions)
         dups = sorted(v for v, n in counts.items() if n > 1)
         problems.append(
-            StreamProblem("duplicate_version", f"version(s) {_short(dups)} appear more than once")
+            StreamProblem(
+                "duplicate_version", f"version(s) {short_list(dups)} appear more than once"
+            )
         )
     else:
         expected = list(range(first_version, first_version + len(versions)))
@@ -314,10 +316,10 @@ def validate_stream(
         if ordered != expected:
             missing, more = _missing_versions(ordered, first_version)
             detail = (
-                f"versions {_short(missing)}{more} are missing"
+                f"versions {short_list(missing)}{more} are missing"
                 if missing
                 else f"versions should be {first_version}..{first_version + len(versions) - 1}, "
-                f"found {_short(ordered)}"
+                f"found {short_list(ordered)}"
             )
             problems.append(StreamProblem("version_gap", detail))
         elif versions != ordered:
@@ -347,14 +349,9 @@ def _missing_versions(ordered: Sequence[int], first: int, limit: int = 8) -> tup
     return missing, more
 
 
-def _short(values: Sequence[int], limit: int = 8) -> str:
+def short_list(values: Sequence[int], limit: int = 8) -> str:
     text = ", ".join(str(v) for v in values[:limit])
     return text + (f", … ({len(values)} in all)" if len(values) > limit else "")
-
-
-def problem_as_dict(stream: Stream, problem: StreamProblem) -> dict[str, str]:
-    """The ``{"kind", "key", "detail"}`` shape of CLI.md summaries."""
-    return {"kind": problem.kind, "key": stream.key, "detail": problem.detail}
 
 
 __all__ = [

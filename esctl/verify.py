@@ -28,7 +28,14 @@ from psycopg import sql
 
 from esctl import layout, pg, redisio
 from esctl.shard import Shard
-from esctl.streams import Stream, build_stream, clean_events, postgres_problem, validate_stream
+from esctl.streams import (
+    Stream,
+    build_stream,
+    clean_events,
+    postgres_problem,
+    short_list,
+    validate_stream,
+)
 
 MISMATCH_KINDS = (
     "missing_in_pg",
@@ -57,7 +64,6 @@ class VerifySummary:
     events_compared: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MISMATCH_KINDS, 0))
     problems: list[dict[str, str]] = field(default_factory=list)
-    identical_ids: list[str] = field(default_factory=list, repr=False)
     elapsed_s: float = 0.0
     sample: int | None = None
     max_problems_listed: int = 1000
@@ -239,13 +245,13 @@ def compare_stream(
                 )
             if inner:
                 summary.add(
-                    "missing_in_pg", key, f"version(s) {_short(inner)} missing from PostgreSQL"
+                    "missing_in_pg", key, f"version(s) {short_list(inner)} missing from PostgreSQL"
                 )
     extra = sorted(v for v in by_version if v not in redis_versions)
     if extra:
         identical = False
         summary.add(
-            "extra_in_pg", key, f"PostgreSQL has version(s) {_short(extra)} that Redis does not"
+            "extra_in_pg", key, f"PostgreSQL has version(s) {short_list(extra)} that Redis does not"
         )
     for e in events:
         ev = e.event
@@ -295,11 +301,6 @@ def fast_identical(aggregate_id: str, values: Sequence[bytes | None], rows: list
     return True
 
 
-def _short(values: Sequence[int], limit: int = 8) -> str:
-    text = ", ".join(str(v) for v in values[:limit])
-    return text + (f", … ({len(values)} in all)" if len(values) > limit else "")
-
-
 def _aggregate_pages(client: redisio.RedisClient, opts: VerifyOptions) -> Iterator[list[str]]:
     app = opts.app
     pages = redisio.scan_pages(client, layout.commit_list_pattern(app), type_="list")
@@ -333,11 +334,9 @@ def _aggregate_pages(client: redisio.RedisClient, opts: VerifyOptions) -> Iterat
 def verify(
     client: redisio.RedisClient,
     opts: VerifyOptions,
-    *,
-    keep_identical_ids: bool = False,
 ) -> VerifySummary:
     """Compare every (or a sample of) aggregate(s) between Redis and PostgreSQL. Read-only on
-    both sides. ``keep_identical_ids`` collects the ids that compared identical (for prune)."""
+    both sides."""
     started = time.monotonic()
     summary = VerifySummary(
         sample=opts.sample,
@@ -389,8 +388,6 @@ def verify(
                             )
                         if identical:
                             summary.aggregates_identical += 1
-                            if keep_identical_ids:
-                                summary.identical_ids.append(aggregate_id)
                         offset = end
     finally:
         conn.close()
@@ -452,6 +449,5 @@ def verify_parallel(
         for kind, n in r.counts.items():
             total.counts[kind] += n
         total.problems.extend(r.problems[: total.max_problems_listed - len(total.problems)])
-        total.identical_ids.extend(r.identical_ids)
     total.elapsed_s = time.monotonic() - started
     return total
