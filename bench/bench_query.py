@@ -6,12 +6,14 @@ Prints, on one store (esctl.demo.write_bulk_store: ~6.5 events per aggregate, 30
 10% legacy layout), the events/s of
 - plain read: SCAN of the commit lists + pipelined LRANGE + HGET of every payload, no decoding
   (redisio.scan_pages / commit_lists / fetch_values, the reads every query makes);
-- ``events query`` (esctl.query.RedisQuery, iterated to the end) for questions that must look
-  at every event: by event type, by a payload field, by time, by a substring, and one that
-  matches everything (every result built);
+- ``events query`` (esctl.query.RedisQuery, iterated to the end, reading ahead in a second
+  process as the command does on a machine with two CPUs or more) for questions that must
+  look at every event: by event type, by a payload field, by time, by a substring, and one
+  that matches everything (every result built); then that last one again read in one process
+  (``read_ahead=False``), to show what the second process adds;
 and each query's ratio to the plain read timed just before it (median over --runs; target
 >= 0.5). A last line gives the rate of decoding alone (gunzip + JSON parse of every value,
-in memory): the floor under a query that cannot rule events out before decoding them.
+in memory, one process): what one process spends besides reading.
 
 With --pg it also migrates the store into PostgreSQL and checks that ``--source pg`` gives
 the same number of results for each question, with its time.
@@ -51,6 +53,8 @@ QUESTIONS: dict[str, dict[str, object]] = {
     "--where 'Lines.Description~Füller'": {"where": ["Lines.Description~Füller"]},
     "(no filter: every event)": {},
 }
+ONE_PROCESS = "(no filter), read in one process"
+"""The last question again without the read-ahead child: what the second process adds."""
 
 
 def plain_read(client: redisio.RedisClient) -> int:
@@ -64,9 +68,12 @@ def plain_read(client: redisio.RedisClient) -> int:
     return events
 
 
-def run_query(client: redisio.RedisClient, filters: QueryFilters) -> tuple[int, int]:
-    """(events scanned, results) of one full query."""
-    query = RedisQuery(client, APP, filters)
+def run_query(
+    client: redisio.RedisClient, filters: QueryFilters, *, read_ahead: bool | None = None
+) -> tuple[int, int]:
+    """(events scanned, results) of one full query (read ahead in a second process as the
+    command does by default, unless ``read_ahead`` is False)."""
+    query = RedisQuery(client, APP, filters, read_ahead=read_ahead)
     matched = sum(1 for _ in query)
     return query.stats.events, matched
 
@@ -164,16 +171,20 @@ def main() -> None:
         # Each query is timed right after a plain read, and compared with it: the machine's
         # speed drifts, a ratio of neighbours does not.
         plain_rates: list[float] = []
-        rates: dict[str, list[float]] = {label: [] for label in QUESTIONS}
-        ratios: dict[str, list[float]] = {label: [] for label in QUESTIONS}
+        labels = [*QUESTIONS, ONE_PROCESS]
+        rates: dict[str, list[float]] = {label: [] for label in labels}
+        ratios: dict[str, list[float]] = {label: [] for label in labels}
         results: dict[str, int] = {}
         for _ in range(args.runs):
-            for label, spec in QUESTIONS.items():
+            for label in labels:
                 plain = rate_of(lambda: plain_read(client))
+                spec = QUESTIONS.get(label, {})
                 filters = QueryFilters.build(**spec)  # type: ignore[arg-type]
 
                 def work(filters: QueryFilters = filters, label: str = label) -> int:
-                    scanned, matched = run_query(client, filters)
+                    scanned, matched = run_query(
+                        client, filters, read_ahead=False if label == ONE_PROCESS else None
+                    )
                     results[label] = matched
                     return scanned
 
@@ -183,7 +194,7 @@ def main() -> None:
                 ratios[label].append(rate / plain)
         median = statistics.median
         print(f"\n{'plain read (no decoding)':<46} {median(plain_rates):>9,.0f} events/s")
-        for label in QUESTIONS:
+        for label in labels:
             print(
                 f"{'events query ' + label:<46} {median(rates[label]):>9,.0f} events/s  "
                 f"{median(ratios[label]):5.2f}x  ({results[label]:,} results)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -352,6 +353,21 @@ class _RawConnection:
 
 
 _raw_connections = threading.local()
+
+
+def _forget_raw_connections() -> None:
+    """In a forked child: the inherited raw sockets are the parent's (a reply meant for one
+    process could be read by the other). Close this process's copies; the next read opens its
+    own connection. redis-py's pools do the same for themselves."""
+    cache = getattr(_raw_connections, "cache", None)
+    if cache is not None:
+        for conn in list(cache.values()):
+            conn.close()
+        _raw_connections.cache = weakref.WeakKeyDictionary()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_raw_connections)
 
 
 def _raw_connection(client: redis.Redis) -> _RawConnection | None:

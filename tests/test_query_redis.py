@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import independent_writer as iw
+import pytest
 import redis
 
-from esctl import demo, query
+from esctl import demo, query, readahead
 from esctl.query import QueryFilters, QueryResult, RedisQuery
 
 Key = tuple[str, int, str, str, str, str | None]
@@ -133,6 +134,53 @@ def test_aggregates_filter_reads_only_those_lists(redis_client: redis.Redis, app
     assert first == [e.commit_id for e in chosen[0].events]
     none, _ = run(redis_client, app_name, aggregates=["no-such-aggregate"])
     assert none == []
+
+
+def test_reading_ahead_in_a_second_process_changes_nothing_but_speed(
+    redis_client: redis.Redis, app_name: str
+) -> None:
+    """The read-ahead child (on by default with two CPUs) and the one-process read give the
+    same results in the same order, with the same counts, for every kind of filter."""
+    truth = iw.write_store(
+        redis_client, app=app_name, aggregates=70, defects=list(iw.DEFECT_KINDS), seed=12
+    )
+    some = truth.events()[3]
+    for spec in (
+        {},
+        {"types": [some.event_type]},
+        {"since": "2017-06-01", "where": ["Version>=2"]},
+        {"aggregate_type": some.aggregate_type, "limit": 9},
+    ):
+        answers = []
+        for ahead in (True, False):
+            q = RedisQuery(redis_client, app_name, QueryFilters.build(**spec), scan_count=5)
+            q.read_ahead = ahead
+            answers.append(([r.json_line() for r in q], q.stats))
+        assert answers[0][0], f"{spec} selects nothing: a weak test"
+        assert answers[0] == answers[1], spec
+
+
+def test_a_redis_failure_while_reading_ahead_is_the_usual_connection_error(
+    app_name: str,
+) -> None:
+    from esctl import servers
+    from esctl.errors import ConnectionFailed
+
+    local = servers.start_redis()
+    try:
+        client = redis.Redis.from_url(local.url)
+        iw.write_store(client, app=app_name, aggregates=400, seed=4)
+        q = RedisQuery(client, app_name, QueryFilters.build(), scan_count=10)
+        assert q.read_ahead or not readahead.available()
+        q.read_ahead = True
+        results = iter(q)
+        next(results)
+        local.stop()
+        with pytest.raises(ConnectionFailed):
+            for _ in results:
+                pass
+    finally:
+        local.stop()
 
 
 def test_limit_stops_the_scan(redis_client: redis.Redis, app_name: str) -> None:
