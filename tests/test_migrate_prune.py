@@ -558,3 +558,40 @@ def test_delete_source_with_dry_run_prunes_nothing(
     assert human.returncode == 0, human.stderr
     assert "aggregates pruned" in human.stdout
     assert redis_contents(redis_client) == without_events(before, truth.aggregates)
+
+
+def test_delete_source_backs_up_what_it_deletes_and_checks_the_file_first(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    truth = write_store(redis_client, app=app_name, aggregates=25, seed=6)
+    before = redis_contents(redis_client)
+    taken = tmp_path / "taken.jsonl.zst"
+    taken.write_bytes(b"an earlier backup")
+
+    for args, complaint in (
+        (["--backup-file", str(tmp_path / "b.zst")], "--delete-source"),  # nothing to back up
+        (["--delete-source", "--yes", "--backup-file", str(taken)], "exists"),
+        (["--delete-source", "--yes", "--backup-file", str(tmp_path / "no" / "b.zst")], "writable"),
+    ):
+        refused = migrate_cli(redis_test_url, pg_dsn, app_name, *args)
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert complaint in refused.stderr
+    assert taken.read_bytes() == b"an earlier backup"
+    with psycopg.connect(pg_dsn) as conn:  # refused before the migration
+        row = conn.execute("SELECT to_regclass('public.event')").fetchone()
+        assert row is not None and row[0] is None
+
+    path = tmp_path / "pruned.jsonl.zst"
+    result = migrate_cli(
+        redis_test_url, pg_dsn, app_name, "--delete-source", "--yes", "--json",
+        "--backup-file", str(path),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    document = orjson.loads(result.stdout)
+    assert document["prune"]["backup_file"] == str(path)
+    events = sum(len(a.events) for a in truth.aggregates)
+    assert document["prune"]["events_deleted"] == document["prune"]["backup_events"] == events
+    assert redis_contents(redis_client) == without_events(before, truth.aggregates)
+    restore(redis_client, read_backup(path))
+    assert redis_contents(redis_client) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Annotated
 
@@ -37,6 +38,17 @@ ShardOpt = Annotated[
     typer.Option(
         "--shard",
         help="Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4.",
+        show_default=False,
+    ),
+]
+
+
+BackupFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backup-file",
+        help="First write every event to be deleted to this new file (zstd JSON lines, "
+        "mode 0600, fsynced before each delete; not written in a dry run).",
         show_default=False,
     ),
 ]
@@ -110,6 +122,7 @@ def redis_to_pg(
         ),
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm --delete-source.")] = False,
+    backup_file: BackupFileOpt = None,
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
     read_from_replicas: ReadFromReplicasOpt = False,
@@ -125,13 +138,16 @@ def redis_to_pg(
 
     Rerun the same command after a crash to continue; run it nightly to move what is new.
     Aggregates with problems are skipped whole, recorded in esctl.quarantine, and make the
-    exit code 3. With --delete-source --yes, prune (see 'migrate prune') runs afterwards; its
-    summary is under "prune" in the JSON.
+    exit code 3. With --delete-source --yes, prune (see 'migrate prune') runs afterwards
+    (with --backup-file, writing what it deletes there first); its summary is under "prune"
+    in the JSON.
 
     Example: esctl migrate redis-to-pg --app MyService --init-schema
     """
     with reporting(json_mode=json_, debug=debug):
-        _check_delete_source(delete_source=delete_source, yes=yes, dry_run=dry_run)
+        _check_delete_source(
+            delete_source=delete_source, yes=yes, dry_run=dry_run, backup_file=backup_file
+        )
         resolved = settings(
             redis_url=redis_url,
             pg_dsn=pg_dsn,
@@ -181,7 +197,11 @@ def redis_to_pg(
             if bar:
                 bar.close()
         document = summary.as_dict()
-        pruned = _prune_source(client, opts, summary, document) if delete_source else None
+        pruned = (
+            _prune_source(client, opts, summary, document, backup_file=backup_file)
+            if delete_source
+            else None
+        )
         if json_:
             output.emit_json(document)
         else:
@@ -475,14 +495,36 @@ def plan_command(
 # --- prune ---------------------------------------------------------------------------------
 
 
-def _check_delete_source(*, delete_source: bool, yes: bool, dry_run: bool) -> None:
-    """redis-to-pg --delete-source needs --yes (a dry run deletes nothing and needs none)."""
-    from esctl.errors import Refused
+def _check_delete_source(
+    *, delete_source: bool, yes: bool, dry_run: bool, backup_file: str | None
+) -> None:
+    """redis-to-pg --delete-source needs --yes (a dry run deletes nothing and needs none);
+    --backup-file belongs to it and must be a new file in an existing directory: checked
+    before the migration, not after an hour of it."""
+    from esctl.errors import Refused, UsageError
 
     if delete_source and not yes and not dry_run:
         raise Refused(
             "--delete-source deletes the migrated events from Redis and needs --yes",
             hint="add --yes (nothing was done), or try --dry-run first",
+        )
+    if backup_file is None:
+        return
+    if not delete_source:
+        raise UsageError(
+            "--backup-file is the backup of --delete-source; redis-to-pg alone deletes nothing",
+            hint="add --delete-source --yes, or drop --backup-file",
+        )
+    if os.path.lexists(backup_file):
+        raise UsageError(
+            f"--backup-file {backup_file} exists; prune never overwrites a backup",
+            hint="choose a new file name (nothing was done)",
+        )
+    directory = os.path.dirname(os.path.abspath(backup_file))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--backup-file {backup_file}: {directory} is not a writable directory",
+            hint="choose a writable directory (nothing was done)",
         )
 
 
@@ -491,6 +533,8 @@ def _prune_source(
     opts: core.MigrateOptions,
     summary: core.MigrationSummary,
     document: dict[str, object],
+    *,
+    backup_file: str | None,
 ) -> prune_core.PruneSummary | None:
     """The prune of redis-to-pg --delete-source; its summary goes under "prune"."""
     document["prune"] = None
@@ -504,6 +548,7 @@ def _prune_source(
             pg_dsn=opts.pg_dsn,
             pg_schema=opts.pg_schema,
             dry_run=opts.dry_run,
+            backup_file=backup_file,
             shard=opts.shard,
         ),
     )
@@ -566,15 +611,7 @@ def _confirm_prune(*, yes: bool, dry_run: bool, json_: bool, app_name: str, sche
 @app.command("prune")
 def prune_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
-    backup_file: Annotated[
-        str | None,
-        typer.Option(
-            "--backup-file",
-            help="First write every event to be deleted to this new file (zstd JSON lines, "
-            "mode 0600, fsynced before each delete; not written in a dry run).",
-            show_default=False,
-        ),
-    ] = None,
+    backup_file: BackupFileOpt = None,
     dry_run: DryRunOpt = False,
     shard: ShardOpt = None,
     redis_url: RedisUrlOpt = None,
