@@ -26,6 +26,23 @@ hashes' field names), a fixed number of examples per kind, and SQLite's page cac
 (~100 bytes per event for its commit id, aggregate id and the keys already seen: ~100 MB on disk
 for a million events); it is only ever read through that cache. One aggregate with a very long commit list is still read whole (as ``inspect
 aggregate`` does), so that aggregate's payloads are the largest item held.
+
+**Shards** (``--shard I/N``, :class:`esctl.shard.Shard`): N runs that together report exactly
+what one run reports, each finding in exactly one of them.
+
+- Findings about an aggregate (from its commit list and the payloads it names) belong to the
+  shard of the aggregate id, ``CRC-32(id) mod N``, as in ``migrate --shard``.
+- Findings about a hash field (orphans, misplaced payloads) belong to the shard of the
+  partition hash that holds the field: partition ``P`` is shard ``P mod N``; a field of the
+  legacy hash belongs to ``partition(commit id) mod N``. So a shard reads (HKEYS/HSCAN) only its
+  own partition hashes, a ``1/N`` share of the field names, not every field of the store.
+- A field stored where it belongs (the only kind that can be an orphan) has
+  ``partition(commit id) = P``, so the shard's SQLite file needs only the commit ids of its own
+  partitions: every shard still reads every commit list (LRANGE of the other shards' lists, no
+  payloads), but spills ``1/N`` of the commit ids.
+- A misplaced field's commit id may be of another shard's partition: whether a commit list
+  names it (the finding's detail says) is then settled by one more pass over the commit lists
+  (LRANGE only), made only when there is such a field.
 """
 
 from __future__ import annotations
@@ -36,6 +53,7 @@ import random
 import sqlite3
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +64,7 @@ import orjson
 
 from esctl import codec, layout, redisio
 from esctl.errors import NotFound, ServerError
+from esctl.shard import Shard
 from esctl.streams import (
     FATAL_EVENT_KINDS,
     Stream,
@@ -500,7 +519,10 @@ class IntegrityProgress:
     phase: str
     """``commit lists``, ``event hashes`` or ``recheck``."""
     commit_lists: int = 0
+    """Commit lists checked (with ``--shard``: the shard's)."""
     commits: int = 0
+    lists_read: int = 0
+    """Commit lists read so far, the other shards' included (their commit ids only)."""
     event_hashes: int = 0
     hash_fields: int = 0
 
@@ -520,6 +542,8 @@ class IntegrityReport:
     examples: dict[str, list[dict[str, Any]]]
     """The first examples of each kind: ``{"kind", "key", "detail", "commit_id"}``."""
     elapsed_s: float
+    shard: Shard = field(default_factory=Shard)
+    """The share of the store covered (counts above are the shard's; see the module docstring)."""
 
     @property
     def ok(self) -> bool:
@@ -532,6 +556,7 @@ class IntegrityReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "app": self.app,
+            "shard": str(self.shard),
             "ok": self.ok,
             "commit_lists": self.commit_lists,
             "commits": self.commits,
@@ -573,6 +598,7 @@ class CommitIndex:
                 WITHOUT ROWID;
             CREATE TABLE finding (kind TEXT NOT NULL, key TEXT NOT NULL, commit_id TEXT NOT NULL,
                 detail TEXT NOT NULL, UNIQUE (key, commit_id));
+            CREATE INDEX finding_commit ON finding (commit_id);
             """
         )
 
@@ -647,6 +673,34 @@ class CommitIndex:
     def describe_finding(self, rowid: int, detail: str) -> None:
         self.db.execute("UPDATE finding SET detail = ? WHERE rowid = ?", (detail, rowid))
 
+    def undescribed(self, kind: str, commit_ids: Sequence[str]) -> list[tuple[int, str, str]]:
+        """(rowid, key, commit id) of the findings of ``kind`` about ``commit_ids`` that have no
+        detail yet."""
+        out: list[tuple[int, str, str]] = []
+        for chunk in self._chunks(commit_ids):
+            marks = ",".join("?" * len(chunk))
+            out.extend(
+                self.db.execute(
+                    "SELECT rowid, key, commit_id FROM finding WHERE kind = ? AND detail = ''"
+                    f" AND commit_id IN ({marks})",
+                    (kind, *chunk),
+                ).fetchall()
+            )
+        return out
+
+    def undescribed_batch(self, kind: str, batch: int = 1000) -> list[tuple[int, str, str]]:
+        """Up to ``batch`` findings of ``kind`` with no detail yet (describe them to move on)."""
+        return self.db.execute(
+            "SELECT rowid, key, commit_id FROM finding WHERE kind = ? AND detail = '' LIMIT ?",
+            (kind, batch),
+        ).fetchall()
+
+    def count_undescribed(self, kind: str) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM finding WHERE kind = ? AND detail = ''", (kind,)
+        ).fetchone()
+        return int(row[0])
+
     def finding_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT kind, count(*) FROM finding GROUP BY kind").fetchall())
 
@@ -689,16 +743,32 @@ def _hscan_fields(client: redisio.RedisClient, key: str, count: int = 1000) -> I
             return
 
 
+def owns_partition(shard: Shard, part: int) -> bool:
+    """Whether partition ``part``'s hash fields are ``shard``'s (``part mod N``)."""
+    return shard.count == 1 or part % shard.count == shard.index
+
+
+def owns_commit_id(shard: Shard, commit_id: str) -> bool:
+    """Whether a field named ``commit_id`` of the legacy hash, or of the partition hash it
+    belongs in, is ``shard``'s: the shard of the commit id's partition. A name that is not
+    UTF-8 is hashed as its bytes (no error)."""
+    if shard.count == 1:
+        return True
+    crc = zlib.crc32(commit_id.encode("utf-8", "surrogateescape"))
+    return owns_partition(shard, crc % layout.PARTITION_COUNT)
+
+
 def _hash_pages(
-    client: redisio.RedisClient, app: str, index: CommitIndex, scan_count: int
+    client: redisio.RedisClient, app: str, index: CommitIndex, scan_count: int, shard: Shard
 ) -> Iterator[list[tuple[str, int | None, list[str]]]]:
-    """(hash key, partition or None for legacy, field names) per page: the legacy hash first
-    (HSCAN pages), then the partition hashes (SCAN pages, HKEYS per hash)."""
+    """(hash key, partition or None for legacy, field names) per page, of ``shard``'s fields:
+    the legacy hash first (HSCAN pages, the shard's fields kept), then the shard's partition
+    hashes (SCAN pages, HKEYS per hash; the other shards' hashes are not read)."""
     legacy = layout.legacy_event_hash_key(app)
     (kind,) = redisio.pipelined(client, [("TYPE", legacy)])
     if redisio.key_str(kind) == "hash":
         for fields in _hscan_fields(client, legacy, scan_count):
-            yield [(legacy, None, fields)]
+            yield [(legacy, None, [f for f in fields if owns_commit_id(shard, f)])]
     for _, keys in redisio.scan_pages(
         client, layout.event_hash_pattern(app), type_="hash", count=scan_count
     ):
@@ -708,7 +778,7 @@ def _hash_pages(
                 part = layout.event_hash_partition(app, key)
             except ValueError:  # another app's key ("App:Sub:123" under "App")
                 continue
-            if part is not None:
+            if part is not None and owns_partition(shard, part):
                 parts.append((key, part))
         fresh = set(index.new_keys([k for k, _ in parts]))
         parts = [(k, p) for k, p in parts if k in fresh]
@@ -737,19 +807,35 @@ def _hash_pages(
                 yield [(key, part, fields)]
 
 
+def _misplaced_detail(app: str, key: str, commit_id: str, aggregate_id: str | None) -> str:
+    right = layout.event_hash_key(app, commit_id)
+    whose = (
+        f"commit list {layout.commit_list_key(app, aggregate_id)} names it, "
+        "but the library looks for it only there"
+        if aggregate_id is not None
+        else "no commit list names it"
+    )
+    return f"commit {commit_id} is stored in {key}, but it maps to {right}; " + whose
+
+
 def check_integrity(
     client: redisio.RedisClient,
     app: str,
     *,
     examples: int = 10,
     scan_count: int = 250,
+    shard: Shard | None = None,
     on_progress: Callable[[IntegrityProgress], None] | None = None,
 ) -> IntegrityReport:
     """Scan the whole event store of ``app`` and report what is wrong with it: orphan hash
     fields, commit ids with no payload, payloads in another partition than their commit id's,
     undecodable payloads, and aggregates whose versions or types the library would reject
     (kinds: INTEGRITY_KINDS). Counts are exact; the first ``examples`` of each kind are listed.
-    Memory does not grow with the store (see the module docstring). Read-only."""
+    Memory does not grow with the store (see the module docstring). Read-only.
+
+    With ``shard``, only that shard's findings and counts (how findings are split is in the
+    module docstring): the reports of shards 0..N-1 add up to the unsharded report."""
+    shard = shard or Shard()
     started = time.monotonic()
     tally = _Tally(examples)
     progress = IntegrityProgress("commit lists")
@@ -761,7 +847,8 @@ def check_integrity(
             on_progress(progress)
 
     with CommitIndex() as index:
-        # 1. Commit lists: the committed events, read and checked page by page.
+        # 1. Commit lists: the shard's aggregates read and checked page by page; the commit
+        #    ids of the shard's partitions (of every aggregate) spilled to the index.
         for _, keys in redisio.scan_pages(
             client, layout.commit_list_pattern(app), type_="list", count=scan_count
         ):
@@ -769,7 +856,8 @@ def check_integrity(
             if not keys:
                 continue
             ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
-            for stream in read_streams(client, app, ids):
+            owned = [a for a in ids if shard.owns(a)]
+            for stream in read_streams(client, app, owned):
                 validate_stream(stream)
                 problems = stream_problems(stream)
                 if problems:
@@ -778,13 +866,27 @@ def check_integrity(
                     tally.add(p.kind, problem_key(stream, p), p.detail, p.commit_id)
                 progress.commit_lists += 1
                 progress.commits += len(stream.events)
-                index.add_commits((e.commit_id, stream.aggregate_id) for e in stream.events)
+                index.add_commits(
+                    (e.commit_id, stream.aggregate_id)
+                    for e in stream.events
+                    if owns_commit_id(shard, e.commit_id)
+                )
+            others = [(k, a) for k, a in zip(keys, ids, strict=True) if not shard.owns(a)]
+            if others:
+                listed = redisio.commit_lists(client, [k for k, _ in others])
+                index.add_commits(
+                    (c, a)
+                    for (_, a), commit_ids in zip(others, listed, strict=True)
+                    for c in commit_ids
+                    if owns_commit_id(shard, c)
+                )
+            progress.lists_read += len(keys)
             report()
 
         # 2. Event hashes: field names against the commit ids of step 1.
         progress.phase = "event hashes"
         report()
-        for page in _hash_pages(client, app, index, scan_count):
+        for page in _hash_pages(client, app, index, scan_count, shard):
             fields_of_page = [f for _, _, fields in page for f in fields]
             named = index.committed(fields_of_page)
             index.db.execute("BEGIN")
@@ -797,20 +899,14 @@ def check_integrity(
                 for commit_id in fields:
                     aggregate_id = named.get(commit_id)
                     if part is not None and layout.partition(commit_id) != part:
-                        right = layout.event_hash_key(app, commit_id)
-                        whose = (
-                            f"commit list {layout.commit_list_key(app, aggregate_id)} names it, "
-                            "but the library looks for it only there"
-                            if aggregate_id is not None
-                            else "no commit list names it"
+                        # The index knows only the shard's commit ids: another shard's one is
+                        # described after a pass over the commit lists (_name_misplaced).
+                        detail = (
+                            _misplaced_detail(app, key, commit_id, aggregate_id)
+                            if owns_commit_id(shard, commit_id)
+                            else ""
                         )
-                        index.add_finding(
-                            "misplaced_payload",
-                            key,
-                            commit_id,
-                            f"commit {commit_id} is stored in {key}, but it maps to {right}; "
-                            + whose,
-                        )
+                        index.add_finding("misplaced_payload", key, commit_id, detail)
                     elif aggregate_id is None:
                         index.add_finding("orphan", key, commit_id, "")
             index.db.execute("COMMIT")
@@ -822,6 +918,8 @@ def check_integrity(
         report()
         for rows in index.findings("orphan"):
             _recheck_orphans(client, app, index, rows)
+        if index.count_undescribed("misplaced_payload"):
+            _name_misplaced(client, app, index, scan_count)
 
         for kind, count in index.finding_counts().items():
             tally.counts[kind] += count
@@ -842,7 +940,35 @@ def check_integrity(
         aggregates_with_problems=aggregates_with_problems,
         examples={k: v for k, v in tally.examples.items() if v},
         elapsed_s=time.monotonic() - started,
+        shard=shard,
     )
+
+
+def _name_misplaced(
+    client: redisio.RedisClient, app: str, index: CommitIndex, scan_count: int
+) -> None:
+    """Describe the misplaced fields whose commit ids are of another shard's partitions (not in
+    the index): one more pass over the commit lists, LRANGE only, asks which of them a list
+    names. Only a sharded run that found such a field makes it."""
+    for _, keys in redisio.scan_pages(
+        client, layout.commit_list_pattern(app), type_="list", count=scan_count
+    ):
+        if not keys:
+            continue
+        listed = redisio.commit_lists(client, keys)
+        owner = {
+            c: layout.aggregate_id_from_commit_list_key(app, k)
+            for k, commit_ids in zip(keys, listed, strict=True)
+            for c in commit_ids
+        }
+        for rowid, key, commit_id in index.undescribed("misplaced_payload", list(owner)):
+            index.describe_finding(rowid, _misplaced_detail(app, key, commit_id, owner[commit_id]))
+    while True:
+        rows = index.undescribed_batch("misplaced_payload")
+        if not rows:
+            return
+        for rowid, key, commit_id in rows:
+            index.describe_finding(rowid, _misplaced_detail(app, key, commit_id, None))
 
 
 def _recheck_orphans(

@@ -325,10 +325,12 @@ CREATE TABLE IF NOT EXISTS esctl.prune_pending (
     recorded_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (target_schema, application_name, aggregate_id)
 );
--- replay --to projection --checkpoint NAME: where the replay stands, updated in the same
--- transaction as each batch's projection writes (esctl.replay documents the positions).
+-- replay --to projection --checkpoint NAME [--shard I/N]: where the replay (of that shard)
+-- stands, updated in the same transaction as each batch's projection writes (esctl.replay
+-- documents the positions). Unsharded runs are shard '0/1'.
 CREATE TABLE IF NOT EXISTS esctl.projection_checkpoint (
-    name text PRIMARY KEY,
+    name text NOT NULL,
+    shard text NOT NULL DEFAULT '0/1',
     projection text NOT NULL,
     application_name text NOT NULL,
     source text NOT NULL,
@@ -341,8 +343,28 @@ CREATE TABLE IF NOT EXISTS esctl.projection_checkpoint (
     batches bigint NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    PRIMARY KEY (name, shard)
 );
+-- Made by esctl before --shard: keyed by name alone. Rekeyed once, its rows becoming shard
+-- '0/1'; the catalog is asked first, so once done this takes no lock on the table (an ALTER
+-- would wait for, and hold up, the batches of replays running meanwhile).
+DO $$
+DECLARE
+    old_key text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'esctl.projection_checkpoint'::regclass
+                   AND attname = 'shard' AND NOT attisdropped) THEN
+        SELECT conname INTO old_key FROM pg_constraint
+         WHERE conrelid = 'esctl.projection_checkpoint'::regclass AND contype = 'p';
+        ALTER TABLE esctl.projection_checkpoint ADD COLUMN shard text NOT NULL DEFAULT '0/1';
+        IF old_key IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE esctl.projection_checkpoint DROP CONSTRAINT %I', old_key);
+        END IF;
+        ALTER TABLE esctl.projection_checkpoint ADD PRIMARY KEY (name, shard);
+    END IF;
+END
+$$;
 -- replay --skip-errors: events a projection failed on.
 CREATE TABLE IF NOT EXISTS esctl.projection_dead_letter (
     dead_letter_id bigserial PRIMARY KEY,

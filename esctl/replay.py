@@ -50,6 +50,18 @@ and a run with other ones is refused (``--reset`` or another name). Relative tim
 checkpoint; ``stdout`` writes JSON lines (the ``events query`` shape). Every target has a dry
 run that counts what would be replayed, per type and per subscriber, and writes nothing.
 
+**Shards** (``--shard I/N``, :class:`esctl.shard.Shard`): a replay of only the aggregates
+whose id hashes to ``I`` (``CRC-32(UTF-8 id) mod N``, as in ``migrate --shard``), so that N
+processes can feed one projection at once. Each shard has its own checkpoint row (the
+checkpoint table is keyed by name and shard) and its own lock; all shards of one checkpoint
+name must use the same N. From Redis the shard's commit lists are picked by id before any is
+read. From PostgreSQL the shard's ``aggregate_key`` values are listed first (one pass over the
+application's ``aggregate`` rows, the ids hashed in Python: PostgreSQL has no CRC-32) and the
+event query takes only those (``aggregate_key = ANY(...)``), both in one REPEATABLE READ
+snapshot; memory: about 36 bytes per key of the shard. With ``--to stdout`` a shard prints its
+share; ``--to queue`` refuses ``--shard`` (a replay locks each subscriber queue it publishes
+to, so shards of one queue replay could not run at once).
+
 This module never prints and never exits; the CLI renders what it returns.
 """
 
@@ -81,6 +93,7 @@ from esctl.config import redact
 from esctl.errors import EsctlError, LockHeld, Refused, ServerError, UsageError
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext, load_projection
 from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery, pg_conditions
+from esctl.shard import Shard
 
 SOURCES = ("redis", "pg")
 TARGETS = ("queue", "stdout", "projection")
@@ -196,6 +209,8 @@ class ReplayOptions:
     sort_run_bytes: int = SORT_RUN_BYTES
     now: datetime | None = None
     """The moment relative selectors count back from (default: now, or the checkpoint's)."""
+    shard: Shard = field(default_factory=Shard)
+    """Only the aggregates of this shard (see the module docstring)."""
 
     def check(self) -> None:
         """Raise UsageError for options that do not go together."""
@@ -244,6 +259,13 @@ class ReplayOptions:
             )
         if self.reset and not self.checkpoint:
             raise UsageError("--reset starts a checkpoint over: it needs --checkpoint NAME")
+        if self.shard.count > 1 and self.target == "queue":
+            raise UsageError(
+                f"--shard {self.shard}: not with --to queue; a queue replay locks every "
+                "subscriber queue it publishes to, so shards of it could not run side by side",
+                hint="replay to the queues in one run (--rate and --max-queue-length pace it); "
+                "--shard works with --to projection and --to stdout",
+            )
 
 
 # --- results -------------------------------------------------------------------------------
@@ -301,6 +323,7 @@ class ReplaySummary:
     problems_not_listed: int = 0
     elapsed_s: float = 0.0
     events_per_s: float = 0.0
+    shard: Shard = field(default_factory=Shard)
 
     @property
     def found_problems(self) -> bool:
@@ -318,6 +341,7 @@ class ReplaySummary:
             "source": self.source,
             "target": self.target,
             "order": self.order,
+            "shard": str(self.shard),
             "events": self.events,
             "by_type": dict(sorted(self.by_type.items())),
             "published": {s: dict(sorted(t.items())) for s, t in sorted(self.published.items())},
@@ -403,6 +427,7 @@ class RedisSource:
         limit: int | None = None,
         sort_dir: str | None = None,
         sort_run_bytes: int = SORT_RUN_BYTES,
+        shard: Shard = Shard(),
     ) -> None:
         self.client = client
         self.app = app
@@ -412,6 +437,7 @@ class RedisSource:
         self.limit = limit
         self.sort_dir = sort_dir
         self.sort_run_bytes = sort_run_bytes
+        self.shard = shard
         self.stats = QueryStats()
         self.duplicate_versions: list[str] = []
         self.runs = 0
@@ -441,14 +467,19 @@ class RedisSource:
         return found
 
     def aggregate_ids(self) -> list[str]:
-        """The aggregates to read, sorted: the --aggregate ids, or every commit list."""
+        """The aggregates to read, sorted: the --aggregate ids, or every commit list; only the
+        shard's."""
+        owns = self.shard.owns
         if self.filters.aggregates:
-            return sorted(set(self.filters.aggregates))
+            return sorted({a for a in self.filters.aggregates if owns(a)})
         ids: set[str] = set()
         for _, keys in redisio.scan_pages(
             self.client, layout.commit_list_pattern(self.app), type_="list"
         ):
-            ids.update(layout.aggregate_id_from_commit_list_key(self.app, k) for k in keys)
+            for key in keys:
+                aggregate_id = layout.aggregate_id_from_commit_list_key(self.app, key)
+                if owns(aggregate_id):
+                    ids.add(aggregate_id)
         return sorted(ids)
 
     def _groups(self, ids: Sequence[str]) -> Iterator[list[Event]]:
@@ -586,7 +617,9 @@ class RedisSource:
         source = self
         if self.order == "time" and self.after is None and self.limit is None:
             # The same events in either order: skip the sort.
-            source = RedisSource(self.client, self.app, self.filters, order="aggregate")
+            source = RedisSource(
+                self.client, self.app, self.filters, order="aggregate", shard=self.shard
+            )
         for event in source:
             counts[event.event_type] += 1
         self.stats = source.stats
@@ -609,11 +642,16 @@ def pg_replay_sql(
     order: str = "aggregate",
     after: tuple[Any, ...] | None = None,
     limit: int | None = None,
+    aggregate_keys: Sequence[int] | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The SELECT of a replay from PostgreSQL. Rows: aggregate id, version, event type,
     aggregate type, TimeStamp text, event_data text, aggregate_key (and, for ``time``, the
-    effective time), in the order's position order, strictly after ``after``."""
+    effective time), in the order's position order, strictly after ``after``; only events of
+    ``aggregate_keys`` when given (a shard's, :func:`shard_aggregate_keys`)."""
     conditions, params = pg_conditions(app, filters)
+    if aggregate_keys is not None:
+        conditions.append(sql.SQL("e.aggregate_key = ANY(%(shard_keys)s::bigint[])"))
+        params["shard_keys"] = list(aggregate_keys)
     s = sql.Identifier(schema)
     columns = sql.SQL(
         "a.aggregate_id, e.version, e.event_type, a.aggregate_type,"
@@ -656,10 +694,33 @@ def pg_replay_sql(
     return query, params
 
 
+def shard_aggregate_keys(
+    conn: psycopg.Connection, schema: str, app: str, filters: QueryFilters, shard: Shard
+) -> list[int]:
+    """The ``aggregate_key`` of every ``aggregate`` row of ``app`` (of the ``--aggregate`` ids,
+    when given) whose id is ``shard``'s, by :meth:`Shard.owns` itself: PostgreSQL has no CRC-32,
+    and hashing in Python picks exactly the aggregates ``migrate`` and a Redis replay pick. One
+    pass over (key, id) pairs through a server-side cursor, in the caller's transaction."""
+    conditions: list[sql.Composable] = [sql.SQL("application_name = %(app)s")]
+    params: dict[str, Any] = {"app": app}
+    if filters.aggregates:
+        conditions.append(sql.SQL("aggregate_id = ANY(%(ids)s::text[])"))
+        params["ids"] = list(filters.aggregates)
+    query = sql.SQL("SELECT aggregate_key, aggregate_id FROM {}.aggregate WHERE {}").format(
+        sql.Identifier(schema), sql.SQL(" AND ").join(conditions)
+    )
+    owns = shard.owns
+    with conn.cursor(name="esctl_replay_shard") as cur:
+        cur.itersize = 10_000
+        cur.execute(query, params)
+        return [key for key, aggregate_id in cur if owns(aggregate_id)]
+
+
 class PgSource:
     """The selected migrated events of ``app`` in ``schema``, in ``order``, strictly after
     ``after``, at most ``limit``; every filter in SQL, rows streamed through a server-side
-    cursor on a connection of its own."""
+    cursor on a connection of its own. With a ``shard``, the shard's aggregate keys are listed
+    first, in the same REPEATABLE READ snapshot as the events."""
 
     def __init__(
         self,
@@ -671,6 +732,7 @@ class PgSource:
         order: str = "aggregate",
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,
+        shard: Shard = Shard(),
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -679,26 +741,42 @@ class PgSource:
         self.order = order
         self.after = after
         self.limit = limit
+        self.shard = shard
 
     def problems(self) -> list[tuple[str, str, str]]:
         return []
 
-    def __iter__(self) -> Iterator[Event]:
-        if self.limit == 0:
-            return
-        query, params = pg_replay_sql(
+    def _query(self, conn: psycopg.Connection) -> tuple[sql.Composed, dict[str, Any]]:
+        """The replay's SELECT; for a shard, the shard's keys are read first in ``conn``'s
+        transaction (the caller makes it REPEATABLE READ, so both see one snapshot)."""
+        keys = None
+        if self.shard.count > 1:
+            keys = shard_aggregate_keys(conn, self.schema, self.app, self.filters, self.shard)
+        return pg_replay_sql(
             self.schema,
             self.app,
             self.filters,
             order=self.order,
             after=self.after,
             limit=self.limit,
+            aggregate_keys=keys,
         )
-        conn = pg.connect(self.dsn, application_name="esctl replay (read)")
+
+    def _connect(self, purpose: str) -> psycopg.Connection:
+        conn = pg.connect(self.dsn, application_name=f"esctl replay ({purpose})")
+        if self.shard.count > 1:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        return conn
+
+    def __iter__(self) -> Iterator[Event]:
+        if self.limit == 0:
+            return
+        conn = self._connect("read")
         try:
             with pg.translate_errors(self.dsn):
                 pg.ensure_event_store_schema(conn, self.schema, create=False)
                 conn.commit()
+                query, params = self._query(conn)
                 with conn.cursor(name="esctl_replay") as cur:
                     cur.itersize = 2000
                     cur.execute(query, params)
@@ -728,19 +806,14 @@ class PgSource:
         """Events per type (one GROUP BY in PostgreSQL)."""
         if self.limit == 0:
             return Counter()
-        query, params = pg_replay_sql(
-            self.schema,
-            self.app,
-            self.filters,
-            order=self.order,
-            after=self.after,
-            limit=self.limit,
-        )
-        counting = sql.SQL("SELECT q.event_type, count(*) FROM ({}) q GROUP BY 1").format(query)
-        conn = pg.connect(self.dsn, application_name="esctl replay (count)")
+        conn = self._connect("count")
         try:
             with pg.translate_errors(self.dsn):
                 pg.ensure_event_store_schema(conn, self.schema, create=False)
+                query, params = self._query(conn)
+                counting = sql.SQL("SELECT q.event_type, count(*) FROM ({}) q GROUP BY 1").format(
+                    query
+                )
                 rows = conn.execute(counting, params).fetchall()
                 conn.rollback()
         finally:
@@ -771,6 +844,7 @@ def _open_source(
             limit=limit,
             sort_dir=options.sort_dir,
             sort_run_bytes=options.sort_run_bytes,
+            shard=options.shard,
         )
     return PgSource(
         options.pg_dsn,
@@ -780,6 +854,7 @@ def _open_source(
         order=options.order,
         after=after,
         limit=limit,
+        shard=options.shard,
     )
 
 
@@ -871,7 +946,11 @@ def replay(
 
 def _new_summary(options: ReplayOptions) -> ReplaySummary:
     return ReplaySummary(
-        dry_run=options.dry_run, source=options.source, target=options.target, order=options.order
+        dry_run=options.dry_run,
+        source=options.source,
+        target=options.target,
+        order=options.order,
+        shard=options.shard,
     )
 
 
@@ -1338,6 +1417,7 @@ class _CheckpointState:
     events_before: int
     selection_now: datetime
     resumed: bool
+    shard: str = "0/1"
 
 
 def _checkpoint_identity(options: ReplayOptions, projection_name: str) -> dict[str, Any]:
@@ -1351,40 +1431,91 @@ def _checkpoint_identity(options: ReplayOptions, projection_name: str) -> dict[s
     }
 
 
+def checkpoint_lock_name(name: str, shard: Shard) -> str:
+    """The advisory lock of one checkpoint's run: one per shard, so the shards of a checkpoint
+    run side by side; an unsharded run keeps the name earlier releases used."""
+    if shard.count == 1:
+        return f"esctl:replay:{name}"
+    return f"esctl:replay:{name}:shard {shard}"
+
+
+_CHECKPOINT_COLUMNS = (
+    "shard, projection, application_name, source, replay_order, selection, position, events,"
+    " selection_now"
+)
+
+
+def _shard_count(spec: str) -> int:
+    return Shard.parse(spec).count
+
+
 def _open_checkpoint(
     conn: psycopg.Connection, options: ReplayOptions, projection_name: str
 ) -> _CheckpointState:
-    """Read (create, or with --reset start over) the checkpoint row, inside the caller's
-    transaction. A checkpoint made by another source, order, selection or projection is
-    refused: resuming it would skip or repeat events."""
+    """Read (create, or with --reset start over) the checkpoint row of ``options.shard``,
+    inside the caller's transaction. A checkpoint made by another source, order, selection or
+    projection is refused: resuming it would skip or repeat events. So is one whose other rows
+    were written with another shard count (another N, or sharded against unsharded): their
+    positions cover other sets of aggregates. ``--reset`` deletes those rows too (refused while
+    one of their runs holds its lock: LockHeld)."""
     name = options.checkpoint
     assert name is not None
+    shard = str(options.shard)
     identity = _checkpoint_identity(options, projection_name)
     now = options.now or datetime.now(UTC)
     if options.dry_run:
         if not _has_table(conn, "esctl.projection_checkpoint"):
-            return _CheckpointState(name, None, None, 0, now, False)
-        row = conn.execute(
-            "SELECT projection, application_name, source, replay_order, selection, position,"
-            " events, selection_now FROM esctl.projection_checkpoint WHERE name = %s",
-            (name,),
-        ).fetchone()
+            return _CheckpointState(name, None, None, 0, now, False, shard)
+        columns = _CHECKPOINT_COLUMNS
+        if not _has_shard_column(conn):  # made by an earlier release; a dry run does no DDL
+            columns = columns.replace("shard,", "'0/1',", 1)
+        rows = conn.execute(
+            f"SELECT {columns} FROM esctl.projection_checkpoint WHERE name = %s", (name,)
+        ).fetchall()
     else:
+        # The shards of one checkpoint start at once: one at a time checks and creates rows.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+            (f"esctl:replay-checkpoint:{name}",),
+        )
         if options.reset:
-            conn.execute("DELETE FROM esctl.projection_checkpoint WHERE name = %s", (name,))
-        row = conn.execute(
-            "SELECT projection, application_name, source, replay_order, selection, position,"
-            " events, selection_now FROM esctl.projection_checkpoint WHERE name = %s FOR UPDATE",
+            _reset_checkpoint(conn, name, options.shard)
+        # No FOR UPDATE: this run's own row is its lock's, and locking the other shards' rows
+        # would stall their batches behind this setup (or deadlock with a projection's setup
+        # that waits for their rows).
+        rows = conn.execute(
+            f"SELECT {_CHECKPOINT_COLUMNS} FROM esctl.projection_checkpoint WHERE name = %s",
             (name,),
-        ).fetchone()
-    if row is None or (options.reset and options.dry_run):
+        ).fetchall()
+    if options.reset:  # (a dry run's reset: as if done)
+        rows = [r for r in rows if _shard_count(r[0]) == options.shard.count and r[0] != shard]
+    strangers = sorted(r[0] for r in rows if _shard_count(r[0]) != options.shard.count)
+    if strangers:
+        made_by = (
+            "runs without --shard"
+            if strangers == ["0/1"]
+            else "runs with --shard " + ", ".join(strangers)
+        )
+        now_run = f"--shard {shard}" if options.shard.count > 1 else "no --shard"
+        raise UsageError(
+            f"checkpoint {name!r} was written by {made_by}, and this run has {now_run}: their "
+            "positions are in other sets of aggregates, resuming from them would skip or "
+            "repeat events",
+            hint="run it as it was made (with --shard: one process per shard), or start it "
+            "over with --reset"
+            + (f" (on every shard I/{options.shard.count})" if options.shard.count > 1 else "")
+            + ", or use another --checkpoint name",
+        )
+    row = next((r for r in rows if r[0] == shard), None)
+    if row is None:
         if not options.dry_run:
             conn.execute(
-                "INSERT INTO esctl.projection_checkpoint (name, projection, application_name,"
-                " source, replay_order, selection, selection_now)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO esctl.projection_checkpoint (name, shard, projection,"
+                " application_name, source, replay_order, selection, selection_now)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     name,
+                    shard,
                     identity["projection"],
                     identity["application_name"],
                     identity["source"],
@@ -1393,25 +1524,60 @@ def _open_checkpoint(
                     now,
                 ),
             )
-        return _CheckpointState(name, None, None, 0, now, False)
+        return _CheckpointState(name, None, None, 0, now, False, shard)
     stored = {
-        "projection": row[0],
-        "application_name": row[1],
-        "source": row[2],
-        "replay_order": row[3],
-        "selection": row[4],
+        "projection": row[1],
+        "application_name": row[2],
+        "source": row[3],
+        "replay_order": row[4],
+        "selection": row[5],
     }
     differs = [k for k in identity if identity[k] != stored[k]]
     if differs:
         detail = "; ".join(f"{k}: checkpoint {stored[k]!r}, now {identity[k]!r}" for k in differs)
+        which = f"checkpoint {name!r}" + (f" (shard {shard})" if options.shard.count > 1 else "")
         raise UsageError(
-            f"checkpoint {name!r} belongs to another replay ({detail})",
+            f"{which} belongs to another replay ({detail})",
             hint="resuming it would skip or repeat events: rerun with the same options, "
             "or start over with --reset, or use another --checkpoint name",
         )
-    position = row[5]
+    position = row[6]
     after = decode_position(options.source, options.order, position) if position else None
-    return _CheckpointState(name, after, position, int(row[6]), row[7], after is not None)
+    return _CheckpointState(name, after, position, int(row[7]), row[8], after is not None, shard)
+
+
+def _reset_checkpoint(conn: psycopg.Connection, name: str, shard: Shard) -> None:
+    """--reset: delete this shard's row and the rows of other shard counts, whose runs must
+    not be running (their locks are tried for the rest of the transaction)."""
+    rows = conn.execute(
+        "SELECT shard FROM esctl.projection_checkpoint WHERE name = %s", (name,)
+    ).fetchall()
+    doomed = [s for (s,) in rows if s == str(shard) or _shard_count(s) != shard.count]
+    for spec in doomed:
+        if spec == str(shard):
+            continue  # this run holds that lock already
+        lock = checkpoint_lock_name(name, Shard.parse(spec))
+        row = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (lock,)
+        ).fetchone()
+        if not row or not row[0]:
+            raise LockHeld(
+                f"--reset of checkpoint {name!r} would delete the row of shard {spec}, and a "
+                "run of that shard is going on; nothing was done",
+                hint="wait for it to finish (or stop it), then rerun with --reset",
+            )
+    conn.execute(
+        "DELETE FROM esctl.projection_checkpoint WHERE name = %s AND shard = ANY(%s)",
+        (name, doomed),
+    )
+
+
+def _has_shard_column(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="
+        " 'esctl.projection_checkpoint'::regclass AND attname = 'shard' AND NOT attisdropped)"
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _has_table(conn: psycopg.Connection, name: str) -> bool:
@@ -1426,6 +1592,7 @@ def _checkpoint_document(
         return None
     return {
         "name": state.name,
+        "shard": state.shard,
         "resumed": state.resumed,
         "resumed_from": state.after_document,
         "position": position if position is not None else state.after_document,
@@ -1447,8 +1614,9 @@ def replay_to_projection(
     batch in flight and a rerun continues after the last committed batch: exactly-once for
     what the projection writes through ``ctx.conn``).
 
-    A checkpoint is locked for the run (PostgreSQL advisory lock ``esctl:replay:NAME``, freed
-    when the process dies): LockHeld when another run has it. An exception from ``handle``
+    A checkpoint is locked for the run (PostgreSQL advisory lock ``esctl:replay:NAME``, with
+    a shard ``esctl:replay:NAME:shard I/N``; freed when the process dies): LockHeld when
+    another run has it. Each shard has its own checkpoint row and lock. An exception from ``handle``
     rolls the batch back and stops the run (``summary.stopped``) unless ``skip_errors``:
     then the event goes to ``esctl.projection_dead_letter`` and the run goes on. A dry run
     counts what would be replayed (from the checkpoint's position) and calls nothing."""
@@ -1458,10 +1626,11 @@ def replay_to_projection(
     name = options.checkpoint
     lock: pg.AdvisoryLock | None = None
     if name is not None and not options.dry_run:
-        lock = pg.AdvisoryLock(dsn, f"esctl:replay:{name}")
+        lock = pg.AdvisoryLock(dsn, checkpoint_lock_name(name, options.shard))
         if not lock.try_acquire():
+            which = f" (shard {options.shard})" if options.shard.count > 1 else ""
             raise LockHeld(
-                f"another replay holds checkpoint {name!r}; nothing was done",
+                f"another replay holds checkpoint {name!r}{which}; nothing was done",
                 hint="wait for it to finish; from cron, exit code 75 means the previous run "
                 "is still going",
             )
@@ -1471,6 +1640,7 @@ def replay_to_projection(
         checkpoint=name,
         fresh=True,
         connect=lambda: pg.connect(dsn, application_name="esctl replay"),
+        shard=options.shard,
     )
     try:
         with pg.translate_errors(dsn):
@@ -1555,8 +1725,8 @@ def _run_projection(
         if summary.stopped is None and state is not None:
             ctx.conn.execute(
                 "UPDATE esctl.projection_checkpoint SET finished_at = now(), updated_at = now()"
-                " WHERE name = %s",
-                (state.name,),
+                " WHERE name = %s AND shard = %s",
+                (state.name, str(options.shard)),
             )
             ctx.conn.commit()
     finally:
@@ -1638,8 +1808,14 @@ class _BatchRunner:
             ctx.conn.execute(
                 "UPDATE esctl.projection_checkpoint SET position = %s, events = events + %s,"
                 " dead_lettered = dead_lettered + %s, batches = batches + 1,"
-                " updated_at = now(), finished_at = NULL WHERE name = %s",
-                (orjson.dumps(position).decode(), len(batch), len(dead), self.state.name),
+                " updated_at = now(), finished_at = NULL WHERE name = %s AND shard = %s",
+                (
+                    orjson.dumps(position).decode(),
+                    len(batch),
+                    len(dead),
+                    self.state.name,
+                    str(options.shard),
+                ),
             )
         if ctx.connected:
             ctx.conn.commit()

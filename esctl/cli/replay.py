@@ -15,6 +15,7 @@ from esctl import errors, redisio
 from esctl import replay as core
 from esctl.cli import output
 from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
+from esctl.cli.migrate import ShardOpt
 from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
@@ -36,6 +37,7 @@ from esctl.cli.options import (
     YesOpt,
     settings,
 )
+from esctl.shard import Shard
 
 
 class FromOpt(enum.StrEnum):
@@ -172,6 +174,7 @@ def replay(
         int,
         typer.Option("--batch-size", min=1, help="--to projection: events per transaction."),
     ] = core.DEFAULT_BATCH_SIZE,
+    shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     progress: Annotated[
@@ -200,6 +203,11 @@ def replay(
     then goes to stderr). --dry-run counts what would be replayed and writes nothing. Exit 3:
     done, problems reported (unreadable events, dead-lettered events); 1: stopped on an error;
     75: another replay holds the checkpoint or a queue.
+
+    --shard I/N replays only the aggregates whose id hashes to I (CRC-32 of the id mod N), so
+    N processes can feed one projection at once, each with its own checkpoint row and lock
+    under one --checkpoint name (all with the same N). With --to stdout it prints that share;
+    --to queue refuses it.
 
     Example: esctl replay --from redis --aggregate 1042 --to queue --subscriber Reporting.Worker --env production
     """
@@ -243,6 +251,7 @@ def replay(
             skip_errors=skip_errors,
             batch_size=batch_size,
             dry_run=dry_run,
+            shard=Shard.parse(shard),
         )
         options.check()
         projection_adapter = None
@@ -348,6 +357,8 @@ def _render(summary: core.ReplaySummary, *, json_: bool, to_stderr: bool) -> Non
         "events that would be replayed" if summary.dry_run else "events replayed": summary.events,
         "from / order": f"{summary.source}, by {summary.order}",
     }
+    if summary.shard.count > 1:
+        facts["shard"] = str(summary.shard)
     if summary.target == "queue":
         facts["messages" + (" (would be)" if summary.dry_run else "")] = summary.messages
         facts["notifications"] = summary.notifications

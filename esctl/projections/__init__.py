@@ -29,6 +29,16 @@ rerun with the same name continues after the last committed one, and so every ev
 your tables happens exactly once. (Effects outside that transaction, such as HTTP calls or files,
 are at-least-once.)
 
+**Shards.** ``--shard I/N`` runs N processes side by side, each feeding the events of its own
+aggregates (``CRC-32(id) mod N``; every event of an aggregate goes to one shard, in version
+order) through its own instance of the projection, each with its own checkpoint. Their batches
+are concurrent transactions on your tables, so: do not TRUNCATE in a sharded ``setup`` (the
+other shards' committed work would go) but, when ``ctx.fresh``, remove only what this shard
+wrote before (rows of ``ctx.shard.owns(aggregate_id)``, or the shard's own share of a total,
+see :mod:`esctl.projections.event_counts`); make counters additive upserts (``ON CONFLICT ...
+DO UPDATE SET n = t.n + excluded.n``), never read-modify-write; and write many rows in one
+sorted order (by key), so two shards' batches wait for each other instead of deadlocking.
+
 **Failures.** An exception from ``handle`` stops the replay: the batch is rolled back, the
 checkpoint stays at the last committed batch, and the error names the aggregate id, version and
 your exception. With ``--skip-errors`` each ``handle`` call runs inside a savepoint (two extra
@@ -77,6 +87,7 @@ import orjson
 import psycopg
 
 from esctl.errors import UsageError
+from esctl.shard import Shard
 
 __all__ = [
     "Event",
@@ -142,7 +153,9 @@ class ProjectionContext:
     the beginning of its selection (no checkpoint, a new one, or ``--reset``), so tables the
     projection owns should be emptied in ``setup``. ``batch``: number of the current batch
     (0 in ``setup``). ``app``, ``checkpoint`` (the name or None) and ``source`` (``redis`` or
-    ``pg``) describe the run; ``state`` is a dict for the projection's own use."""
+    ``pg``) describe the run; ``state`` is a dict for the projection's own use. ``shard``
+    (:class:`esctl.shard.Shard`, ``0/1`` without ``--shard``) is the share of the aggregates
+    this run feeds: ``ctx.shard.owns(aggregate_id)``."""
 
     def __init__(
         self,
@@ -152,11 +165,13 @@ class ProjectionContext:
         checkpoint: str | None,
         fresh: bool,
         connect: Callable[[], psycopg.Connection],
+        shard: Shard | None = None,
     ) -> None:
         self.app = app
         self.source = source
         self.checkpoint = checkpoint
         self.fresh = fresh
+        self.shard = shard or Shard()
         self.batch = 0
         self.state: dict[str, Any] = {}
         self._connect = connect
