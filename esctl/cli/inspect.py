@@ -12,7 +12,6 @@ from esctl import inspect as core
 from esctl import redisio
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
-from esctl.cli.migrate import ShardOpt
 from esctl.cli.options import (
     AppOpt,
     ClusterOpt,
@@ -23,6 +22,7 @@ from esctl.cli.options import (
     ProfileOpt,
     ReadFromReplicasOpt,
     RedisUrlOpt,
+    ShardOpt,
     settings,
 )
 from esctl.shard import Shard

@@ -27,21 +27,12 @@ from esctl.cli.options import (
     ProfileOpt,
     ReadFromReplicasOpt,
     RedisUrlOpt,
+    ShardOpt,
     settings,
 )
 from esctl.shard import Shard
 
 app = typer.Typer(no_args_is_help=True, help="Move event storage from Redis into PostgreSQL.")
-
-ShardOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--shard",
-        help="Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4.",
-        show_default=False,
-    ),
-]
-
 
 BackupFileOpt = Annotated[
     str | None,

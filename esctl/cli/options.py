@@ -135,3 +135,12 @@ WhereOpt = Annotated[
         "dotted paths, $values lists looked through; repeatable (all must hold).",
     ),
 ]
+
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4.",
+        show_default=False,
+    ),
+]

@@ -15,7 +15,6 @@ from esctl import errors, redisio
 from esctl import replay as core
 from esctl.cli import output
 from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
-from esctl.cli.migrate import ShardOpt
 from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
@@ -31,6 +30,7 @@ from esctl.cli.options import (
     PgSchemaOpt,
     ProfileOpt,
     RedisUrlOpt,
+    ShardOpt,
     SinceOpt,
     UntilOpt,
     WhereOpt,
