@@ -22,6 +22,9 @@ Promises:
 - **Only payloads.** Event hashes (partitioned ``EventStore:APP:P`` and legacy
   ``EventStore:APP``) and snapshot hashes (``Snapshots:APP:P``); commit lists and queues are
   never touched (queued messages must stay plain: subscribers read them uncompressed).
+- **The whole store, on a cluster too.** Payload hashes are found by SCAN on every primary;
+  each compare-and-set touches one hash, so one slot. A plain connection to one node of a
+  cluster is refused (ConfigError): it would see only that node's hashes.
 - One run per app at a time: a Redis lock ``esctl:lock:compress:{APP}`` (``SET NX PX``,
   renewed while the run lasts, gone 30 s after a crash); :class:`~esctl.errors.LockHeld` when
   another run holds it. A dry run takes no lock and writes nothing.
@@ -309,6 +312,9 @@ def compress(
     their compare-and-set is sent (tests use it to write concurrently). Raises LockHeld when
     another compress of the app runs; redis errors become esctl's typed errors."""
     started = time.monotonic()
+    # Pointed at one node of a cluster, HSCAN would find that node's hashes only and the run
+    # would report a third of the store as all of it.
+    queues.refuse_a_lone_cluster_node(client, "compress")
     families = {name: FamilyCounts() for name in opts.families}
     problems: list[dict[str, str]] = []
     tally = {"problems": 0, "failed": 0}

@@ -7,13 +7,23 @@ wrong while one runs becomes its ``unavailable`` status, and the others still ru
 
 Groups (a group whose scope is not given is skipped and listed in ``skipped``):
 
-- ``redis`` (always; per primary of a cluster): reachable and round-trip time, version, role
-  and replicas, ``maxmemory-policy``, ``maxmemory`` headroom, persistence (and where it runs:
-  the primary or only its replicas, which are asked with the same credentials), ``appendfsync``,
+- ``redis`` (always): reachable and round-trip time, version, role and replicas,
+  ``maxmemory-policy``, ``maxmemory`` headroom, persistence (and where it runs: the primary or
+  only its replicas, which are asked with the same credentials), ``appendfsync``,
   ``no-appendfsync-on-rewrite``, ``latency-monitor-threshold``, ``LATENCY LATEST`` / ``LATENCY
   DOCTOR``, ``SLOWLOG`` entries of the commands the library uses, fragmentation. Settings come
   from ``CONFIG GET``, falling back to ``INFO`` where it carries them (``maxmemory``,
   ``maxmemory_policy``, ``aof_enabled``).
+
+  On a Redis Cluster each of these is evaluated on every primary (a setting is per node: one
+  primary with ``allkeys-lru`` can evict the events of its slots while the others are fine),
+  and :func:`combine` makes one check of them: the worst status, each primary's status in
+  ``servers``, and observation and action naming the primaries concerned. ``redis.cluster``
+  (only on cluster nodes) adds each primary's ``CLUSTER INFO`` (state, slots served), and fails
+  when a cluster node was given without ``--cluster``: esctl would then see that node alone.
+  Memory for growth and the event data's share is the primaries' sum (their ``maxmemory``, or
+  a host's memory counted once per host); the ``event_store`` and ``queues`` groups read every
+  primary's keys through the cluster client, as on a single server.
 - ``event_store`` (``app``): memory shares of event hashes, commit lists, snapshots and queues
   (:func:`esctl.inspect.inspect_stats`: ``MEMORY USAGE`` of a sample of keys per family, scaled
   to the family), plain payloads over the compression threshold (a sample, classified as
@@ -27,11 +37,12 @@ Groups (a group whose scope is not given is skipped and listed in ``skipped``):
 **Readings.** Growth and draining compare with an earlier run. Each run stores its figures in
 Redis, as JSON with a 90-day expiry: ``esctl:doctor:{APP}`` (used_memory, commit ids, event
 store bytes) and ``esctl:doctor:env:{ENV}`` (each queue's published length and a digest of the
-message at its tail). Each key keeps two readings, so that a run always compares with one at
-least :data:`GROWTH_MIN_INTERVAL` (queues: :data:`QUEUE_MIN_INTERVAL`) old and at most twice
-that, however often doctor runs. ``read_only`` stores nothing. Readings live in Redis rather
-than PostgreSQL so that doctor works the same without a DSN; they are the only thing doctor
-writes.
+message at its tail); each is one key read and written with plain GET and SET, so on a cluster
+it lives on whichever primary serves its slot. Each key keeps two readings, so that a run
+always compares with one at least :data:`GROWTH_MIN_INTERVAL` (queues:
+:data:`QUEUE_MIN_INTERVAL`) old and at most twice that, however often doctor runs.
+``read_only`` stores nothing. Readings live in Redis rather than PostgreSQL so that doctor works
+the same without a DSN; they are the only thing doctor writes.
 
 Exit codes are the CLI's business: :attr:`DoctorReport.failed` / :attr:`DoctorReport.warned`.
 """
@@ -122,6 +133,9 @@ class Check:
     values: dict[str, Any] = field(default_factory=dict)
     details: list[str] = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)
+    servers: dict[str, Status] | None = None
+    """A check run on each primary of a cluster: every primary's own status (None for a check
+    of one server or of the whole store), so a script can tell which node a finding is about."""
 
     @property
     def group(self) -> str:
@@ -138,6 +152,7 @@ class Check:
             "action": self.action,
             "values": self.values,
             "details": self.details,
+            "servers": self.servers,
         }
 
 
@@ -225,6 +240,7 @@ TITLES = {
     "redis.latency": "latency spikes (LATENCY LATEST / DOCTOR)",
     "redis.slowlog": "slow library commands (SLOWLOG)",
     "redis.fragmentation": "memory fragmentation",
+    "redis.cluster": "Redis Cluster state",
     "store.memory": "memory held by the event store",
     "store.uncompressed": "payloads left uncompressed",
     "store.growth": "growth since an earlier run",
@@ -276,6 +292,11 @@ WHY = {
     "redis.fragmentation": "A fragmentation ratio over 1.5 means Redis holds much more RSS "
     "than data (wasted memory, judged from 100 MiB of data); under 1 it may be swapping, "
     "which makes every command slow.",
+    "redis.cluster": "In a Redis Cluster every key lives on the primary serving its hash slot: "
+    "while a slot has no working primary (cluster_state fail), the events and queues stored in "
+    "it can be neither read nor written, and with the default cluster-require-full-coverage "
+    "the whole cluster refuses commands. Pointed at one node without --cluster, doctor (like "
+    "every esctl command) sees only that node's keys and settings.",
     "store.memory": "Event data only grows in Redis; the share of memory it holds says how "
     "urgent the move to PostgreSQL is (a warning when it holds over half the memory limit). "
     "MEMORY USAGE of a sample of keys per family, scaled to all keys.",
@@ -327,6 +348,8 @@ METRIC_HELP = {
     "esctl_doctor_redis_slowlog_entries": "SLOWLOG entries of a library command.",
     "esctl_doctor_redis_slowlog_max_seconds": "Slowest SLOWLOG entry of a library command.",
     "esctl_doctor_redis_mem_fragmentation_ratio": "INFO mem_fragmentation_ratio.",
+    "esctl_doctor_redis_cluster_state_ok": "1 when the node reports cluster_state ok.",
+    "esctl_doctor_redis_cluster_slots_ok": "Hash slots the node sees served (of 16384).",
     "esctl_doctor_store_memory_bytes": "Estimated memory of a key family (MEMORY USAGE sample).",
     "esctl_doctor_store_memory_share": "Estimated share of used_memory of a key family.",
     "esctl_doctor_store_events": "Commit ids in the commit lists (committed events).",
@@ -458,6 +481,14 @@ class ServerFacts:
     slowlog: list[SlowEntry] | None = None
     slowlog_error: str | None = None
     replicas: list[ReplicaFacts] = field(default_factory=list)
+    cluster_info: dict[str, str] | None = None
+    """CLUSTER INFO of a cluster node (None on a standalone server, or when refused)."""
+    cluster_error: str | None = None
+
+    @property
+    def in_cluster(self) -> bool:
+        """INFO says cluster mode is on (the server is a Redis Cluster node)."""
+        return self.info_int("cluster_enabled") == 1
 
     def info_int(self, name: str) -> int | None:
         value = self.info.get(name)
@@ -488,14 +519,6 @@ class ServerFacts:
     def config_unavailable(self, name: str) -> str:
         why = self.config_error or "the server did not return it"
         return f"cannot read {name}: {why}"
-
-    @property
-    def memory_limit(self) -> int | None:
-        """maxmemory, else the host's memory (INFO total_system_memory), else None."""
-        maxmemory = _int(self.setting("maxmemory"))
-        if maxmemory:
-            return maxmemory
-        return self.info_int("total_system_memory") or None
 
 
 def _int(text: str | None) -> int | None:
@@ -575,9 +598,21 @@ def gather_facts(name: str, node: redis.Redis, *, probe_replicas: bool = True) -
             SlowEntry(_reply_text(e[3][0]).upper() if e[3] else "", int(e[2]), int(e[1]))
             for e in slowlog
         ]
+    if facts.in_cluster:
+        (cluster_info,) = redisio.pipelined(node, [("CLUSTER", "INFO")])
+        if isinstance(cluster_info, Exception):
+            facts.cluster_error = _error_text(cluster_info)
+        else:
+            facts.cluster_info = _parse_cluster_info(_reply_text(cluster_info))
     if probe_replicas and facts.is_primary:
         facts.replicas = [_probe_replica(node, r) for r in _replica_addresses(facts.info)]
     return facts
+
+
+def _parse_cluster_info(text: str) -> dict[str, str]:
+    """CLUSTER INFO's ``field:value`` lines."""
+    pairs = (line.partition(":") for line in text.splitlines() if ":" in line)
+    return {name.strip(): value.strip() for name, _, value in pairs}
 
 
 def _replica_addresses(info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1186,6 +1221,72 @@ def check_fragmentation(f: ServerFacts) -> Check:
     return _check("redis.fragmentation", "ok", f"{ratio:.2f}", values=values, metrics=metrics)
 
 
+CLUSTER_SLOTS = 16384
+
+
+def check_cluster(f: ServerFacts, *, through_cluster_client: bool) -> Check:
+    """One cluster node's view of the cluster: its state and the slots it sees served. Also
+    fails when the node was reached through a plain URL: esctl then sees that node alone."""
+    if not through_cluster_client:
+        return _check(
+            "redis.cluster",
+            "fail",
+            "this server is a node of a Redis Cluster, but was checked alone: the settings "
+            "above are this node's only, and the --app and --env checks see only the keys "
+            "stored on it",
+            action="rerun with --redis-url redis+cluster://HOST:PORT (or add --cluster): esctl "
+            "then finds every primary and checks the whole cluster",
+            values={"cluster_enabled": True, "checked_as_cluster": False},
+        )
+    if f.cluster_info is None:
+        return unavailable(
+            "redis.cluster",
+            f"CLUSTER INFO failed: {f.cluster_error or 'no reply'}",
+            "grant CLUSTER INFO to esctl's user (read-only)",
+        )
+    info = f.cluster_info
+    state = info.get("cluster_state", "?")
+    counts = {
+        name: _int(info.get(f"cluster_slots_{name}")) or 0
+        for name in ("assigned", "ok", "pfail", "fail")
+    }
+    known = _int(info.get("cluster_known_nodes"))
+    size = _int(info.get("cluster_size"))
+    values: dict[str, Any] = {"cluster_state": state, "slots": counts,
+                              "known_nodes": known, "cluster_size": size}  # fmt: skip
+    metrics = [
+        Metric("esctl_doctor_redis_cluster_state_ok", int(state == "ok")),
+        Metric("esctl_doctor_redis_cluster_slots_ok", counts["ok"]),
+    ]
+    observed = (
+        f"cluster_state {state}; {counts['ok']:,} of {CLUSTER_SLOTS:,} slots served"
+        f" ({counts['assigned']:,} assigned, {counts['pfail']:,} possibly failing, "
+        f"{counts['fail']:,} failing) by {size} primaries; {known} nodes known"
+    )
+    if state != "ok" or counts["assigned"] < CLUSTER_SLOTS or counts["fail"]:
+        return _check(
+            "redis.cluster",
+            "fail",
+            observed,
+            action="bring the failed primaries back or promote their replicas (CLUSTER "
+            "FAILOVER on a replica); redis-cli --cluster check HOST:PORT shows unserved slots, "
+            "redis-cli --cluster fix HOST:PORT assigns them",
+            values=values,
+            metrics=metrics,
+        )
+    if counts["pfail"]:
+        return _check(
+            "redis.cluster",
+            "warn",
+            observed,
+            action="a node does not answer the others in time: check it (CLUSTER NODES shows "
+            "which, flagged fail?); if it stays down the cluster fails it over or stops",
+            values=values,
+            metrics=metrics,
+        )
+    return _check("redis.cluster", "ok", observed, values=values, metrics=metrics)
+
+
 REDIS_CHECKS: tuple[tuple[str, Callable[..., Check]], ...] = (
     ("redis.reachable", check_reachable),
     ("redis.version", check_version),
@@ -1203,25 +1304,56 @@ REDIS_CHECKS: tuple[tuple[str, Callable[..., Check]], ...] = (
 
 
 def combine(check_id: str, results: Sequence[tuple[str, Check]]) -> Check:
-    """One check over several servers (a cluster's primaries): the worst status, each server's
-    observation, every server's metrics (labelled ``server``)."""
+    """One check over several servers (a cluster's primaries): the worst status; the servers'
+    observations worst first, servers that saw the same thing named together; the worst
+    finding's action naming the servers it is about (``on every primary`` when it is all of
+    them); every server's status in ``servers`` and its metrics (labelled ``server``)."""
     for name, check in results:
         for metric in check.metrics:
             metric.labels.setdefault("server", name)
     if len(results) == 1:
         return results[0][1]
-    worst = max((c for _, c in results), key=lambda c: _SEVERITY[c.status])
+    ordered = sorted(results, key=lambda r: -_SEVERITY[r[1].status])  # stable: worst first
+    worst = ordered[0][1]
+    seen: dict[tuple[Status, str], list[str]] = {}
+    for name, check in ordered:
+        seen.setdefault((check.status, check.observed), []).append(name)
+    observed = "; ".join(f"{', '.join(names)}: {text}" for (_, text), names in seen.items())
+    action = worst.action
+    if action is not None and worst.status != "ok":
+        concerned = [name for name, c in results if c.status == worst.status]
+        where = "every primary" if len(concerned) == len(results) else ", ".join(concerned)
+        action = f"on {where}: {action}"
     return Check(
         check_id,
         TITLES[check_id],
         worst.status,
-        "; ".join(f"{name}: {c.observed}" for name, c in results),
+        observed,
         WHY[check_id],
-        worst.action,
+        action,
         {name: c.values for name, c in results},
-        [f"{name}: {d}" for name, c in results for d in c.details],
+        [f"{name}: {d}" for name, c in ordered for d in c.details],
         [m for _, c in results for m in c.metrics],
+        {name: c.status for name, c in results},
     )
+
+
+def memory_limit(facts: Sequence[ServerFacts]) -> int | None:
+    """What the servers can hold together: the sum of their ``maxmemory``; a server without
+    one is bounded by its host's memory, counted once per host (cluster nodes often share a
+    host, and then share its memory). None when a server's limit is unknown."""
+    total = 0
+    hosts: dict[str, int] = {}
+    for f in facts:
+        maxmemory = _int(f.setting("maxmemory"))
+        if maxmemory:
+            total += maxmemory
+            continue
+        system = f.info_int("total_system_memory")
+        if not system:
+            return None
+        hosts[f.name.rpartition(":")[0] or f.name] = system
+    return total + sum(hosts.values())
 
 
 @dataclass
@@ -1294,7 +1426,7 @@ class _Readings:
         document unless read-only. A failed store is noted, never raised."""
         try:
             raw = self.client.get(key)
-        except redis.exceptions.RedisError as exc:
+        except redisio.REDIS_ERRORS as exc:
             self.notes.append({"key": key, "stored": False, "detail": f"GET failed: {exc}"})
             return None
         stored = None
@@ -1311,7 +1443,7 @@ class _Readings:
         try:
             self.client.set(key, orjson.dumps(document), ex=READING_TTL_S)
             self.notes.append({"key": key, "stored": True, "detail": None})
-        except redis.exceptions.RedisError as exc:
+        except redisio.REDIS_ERRORS as exc:
             self.notes.append(
                 {"key": key, "stored": False, "detail": f"SET failed: {_error_text(exc)}"}
             )
@@ -2050,10 +2182,9 @@ def _redis_side(
         except (redis.exceptions.RedisError, EsctlError) as exc:  # pipelined() wraps errors
             facts[name] = _error_text(exc)
     read = [f for f in facts.values() if isinstance(f, ServerFacts)]
-    limits = [f.memory_limit for f in read]
-    limit = (
-        sum(p for p in limits if p) if read and len(read) == len(facts) and all(limits) else None
-    )
+    # Growth and the event data's share compare with the whole cluster's room: data spreads
+    # over every primary (a node short of memory shows in its own redis.maxmemory line).
+    limit = memory_limit(read) if read and len(read) == len(facts) else None
 
     # The scoped data first: the eviction policy's verdict depends on what is stored.
     presence = DataPresence()
@@ -2076,22 +2207,41 @@ def _redis_side(
         results: list[tuple[str, Check]] = []
         for name, f in facts.items():
             if isinstance(f, str):
-                results.append((name, _unreachable_node(check_id, name, f)))
+                results.append(
+                    (name, _unreachable_node(check_id, name, f, one_of_many=len(facts) > 1))
+                )
                 continue
             args = (f, presence) if evaluate is check_maxmemory_policy else (f,)
             results.append((name, _guarded(check_id, functools.partial(evaluate, *args))))
         checks.append(combine(check_id, results))
+    if any(f.in_cluster for f in read):
+        through_cluster = isinstance(client, redis.cluster.RedisCluster)
+        evaluate_cluster = functools.partial(check_cluster, through_cluster_client=through_cluster)
+        checks.append(
+            combine(
+                "redis.cluster",
+                [
+                    (name, _unreachable_node("redis.cluster", name, f, one_of_many=True))
+                    if isinstance(f, str)
+                    else (name, _guarded("redis.cluster", functools.partial(evaluate_cluster, f)))
+                    for name, f in facts.items()
+                ],
+            )
+        )
     return checks + store_checks + queue_checks, stats
 
 
-def _unreachable_node(check_id: str, name: str, error: str) -> Check:
+def _unreachable_node(check_id: str, name: str, error: str, *, one_of_many: bool) -> Check:
+    """A server that could not be read. Among a cluster's primaries :func:`combine` puts the
+    node's name in front; a single server is named here."""
     if check_id != "redis.reachable":
         return unavailable(check_id, "Redis unreachable")
     return _check(
         "redis.reachable",
         "fail",
-        f"{name}: {error}",
-        action="check that the server runs and answers",
+        error if one_of_many else f"{name}: {error}",
+        action="check that the server runs and answers (a cluster primary that stays down "
+        "is failed over to its replica, if it has one)",
         metrics=[Metric("esctl_doctor_redis_up", 0)],
     )
 

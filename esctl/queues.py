@@ -42,7 +42,15 @@ import zstandard
 
 from esctl import __version__, codec, layout, redisio
 from esctl.config import redact
-from esctl.errors import EsctlError, LockHeld, NotFound, Refused, ServerError, UsageError
+from esctl.errors import (
+    ConfigError,
+    EsctlError,
+    LockHeld,
+    NotFound,
+    Refused,
+    ServerError,
+    UsageError,
+)
 
 QUEUE_LISTS = layout.QUEUE_LISTS
 """``published``, ``processing``, ``dead``."""
@@ -98,6 +106,30 @@ def restore_progress_key(ref: QueueRef, which: str, backup_id: str) -> str:
     """How many records of backup ``backup_id`` were restored into ``ref``'s ``which`` list
     (same hash slot as the list, so the count moves atomically with the messages)."""
     return f"esctl:restore:{{{ref.env}:{ref.event_type}}}:{backup_id}:{ref.subscriber}:{which}"
+
+
+def refuse_a_lone_cluster_node(client: redisio.RedisClient, command: str) -> None:
+    """ConfigError when ``client`` is a plain connection to one node of a Redis Cluster (a
+    ``redis://`` URL without ``--cluster``). That node answers SCAN with its own keys only and
+    refuses the others with MOVED, so a command would do part of its work and call it done
+    (``queue list`` and ``compress`` would exit 0 having seen a third of a three-primary
+    cluster). One ``INFO cluster`` round trip; a server that refuses INFO is taken as it is."""
+    if not isinstance(client, redis.Redis):
+        return
+    try:
+        info = client.info("cluster")
+    except redisio.REDIS_ERRORS:
+        return
+    if int(info.get("cluster_enabled", 0) or 0) != 1:
+        return
+    server = redisio.describe(client)
+    address = "HOST:PORT" if server.startswith("unix:") else server.rsplit("/", 1)[0]
+    raise ConfigError(
+        f"{server} is a node of a Redis Cluster, reached as a single server: {command} would "
+        "reach only the keys stored on that node; nothing was done",
+        hint=f"point --redis-url at the cluster: redis+cluster://{address} (or add --cluster); "
+        "any node works as the seed",
+    )
 
 
 def check_list_name(which: str) -> str:
@@ -453,7 +485,7 @@ class QueueLock:
                         "the previous run is still going",
                     )
                 self.held.append(key)
-        except redis.exceptions.RedisError as exc:
+        except redisio.REDIS_ERRORS as exc:
             self._release()
             raise redisio.wrap_errors(self.client, exc) from exc
         self._thread = threading.Thread(target=self._renew, name="esctl-queue-lock", daemon=True)
@@ -485,14 +517,14 @@ class QueueLock:
                         self.lost = f"{key} was taken or deleted by someone else"
                         return
                 last_ok = time.monotonic()
-            except redis.exceptions.RedisError as exc:
+            except redisio.REDIS_ERRORS as exc:
                 if time.monotonic() - last_ok > self.ttl_ms / 1000:
                     self.lost = f"could not renew it for {self.ttl_ms / 1000:.0f} s: {exc}"
                     return
 
     def _release(self) -> None:
         for key in self.held:
-            with contextlib.suppress(redis.exceptions.RedisError):
+            with contextlib.suppress(*redisio.REDIS_ERRORS):
                 _run_script(self.client, _RELEASE_SCRIPT, [key], [self.token])
         self.held = []
 
@@ -573,6 +605,7 @@ def list_queues(
     empty are listed too. Lengths are read in pipelined round trips. The oldest processing
     message is the oldest TimeStamp among the ``oldest_sample`` messages at the tail of
     ProcessingEvents (the ones taken longest ago; exact when the list is no longer). Read-only."""
+    refuse_a_lone_cluster_node(client, "queue list")
     started = time.perf_counter()
     moment = _now(now)
     type_filter = set(event_types)
@@ -836,6 +869,7 @@ def peek(
 ) -> PeekResult:
     """The next ``count`` messages of a list in consumption order (the tail first), decoded,
     with their RetryData for dead letters. Read-only."""
+    refuse_a_lone_cluster_node(client, "queue peek")
     check_list_name(which)
     _ensure_known(client, ref)
     key = ref.key(which)
@@ -845,7 +879,7 @@ def peek(
         pipe.llen(key)
         pipe.lrange(key, -count, -1)
         length, values = pipe.execute()
-    except redis.exceptions.RedisError as exc:
+    except redisio.REDIS_ERRORS as exc:
         raise redisio.wrap_errors(client, exc) from exc
     messages = [
         describe_message(v, position, moment, with_text=True)
@@ -936,7 +970,7 @@ def _lrange_all(client: redisio.RedisClient, key: str) -> list[bytes]:
         raise ServerError(
             f"cannot read {key}: {exc}", hint="the key is expected to be a list (LAYOUT.md §4)"
         ) from None
-    except redis.exceptions.RedisError as exc:
+    except redisio.REDIS_ERRORS as exc:
         raise redisio.wrap_errors(client, exc) from exc
     return values
 
@@ -1136,6 +1170,7 @@ def requeue(
     ``keep_retry_data``. The selection is a snapshot: the run always ends. Holds the queue's
     lock (LockHeld when another run has it) unless ``dry_run``; asks ``confirm`` before the
     first move (Refused when it says no)."""
+    refuse_a_lone_cluster_node(client, "queue requeue")
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -1220,7 +1255,7 @@ def _move(
         args += key_index
         try:
             flags, cleared = script(keys=keys, args=args)
-        except redis.exceptions.RedisError as exc:
+        except redisio.REDIS_ERRORS as exc:
             summary.failed = len(ordered) - done
             unknown = isinstance(
                 exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
@@ -1252,7 +1287,7 @@ def _notify(client: redisio.RedisClient, channel: str, problems: list[dict[str, 
     problem, not an error (the messages are in place either way)."""
     try:
         client.publish(channel, "1")
-    except redis.exceptions.RedisError as exc:
+    except redisio.REDIS_ERRORS as exc:
         problems.append(
             _problem(
                 "notify_failed",
@@ -1485,6 +1520,7 @@ def drain(
     Each batch's outcome (removed, or gone because a consumer took it first) is appended to the
     file before the next batch. Without ``to_file`` it refuses unless ``discard``. Holds the
     queue's lock unless ``dry_run``; asks ``confirm`` before writing anything."""
+    refuse_a_lone_cluster_node(client, "queue drain")
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -1625,7 +1661,7 @@ def _remove(
         with _interrupts_deferred():
             try:
                 flags = script(keys=[lock_key(ref), snap.key], args=args)
-            except redis.exceptions.RedisError as exc:
+            except redisio.REDIS_ERRORS as exc:
                 summary.failed = len(numbered) - done
                 summary.problems.append(
                     _problem(
@@ -1737,6 +1773,7 @@ def restore(
     in Redis atomically with each batch, so rerunning after a failure, or restoring the same
     file again, never restores a message twice. Holds the target queues' locks unless
     ``dry_run``; asks ``confirm`` first."""
+    refuse_a_lone_cluster_node(client, "queue restore")
     started = time.perf_counter()
     backup = read_backup(path)
     header = backup.header
@@ -1889,7 +1926,7 @@ def _restore_group(
         args += group.values[start:end]
         try:
             script(keys=[lock_key(group.ref), group.key, group.progress_key], args=args)
-        except redis.exceptions.RedisError as exc:
+        except redisio.REDIS_ERRORS as exc:
             summary.failed += total - start
             summary.problems.append(
                 _problem(

@@ -8,9 +8,12 @@ into the single server; the PostgreSQL results of the two migrations are compare
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import independent_writer as iw
 import psycopg
@@ -182,3 +185,135 @@ def test_four_concurrent_shard_processes_give_exactly_the_rows_of_one_unsharded_
     assert sum(d["aggregates_quarantined"] for d in docs) == reference.aggregates_quarantined
     with psycopg.connect(pg_dsn) as a, psycopg.connect(single_pg_dsn) as b:
         assert a.execute(QUARANTINE_SQL).fetchall() == b.execute(QUARANTINE_SQL).fetchall()
+
+
+BATCHES_SQL = """
+SELECT count(*) FROM esctl.migration_batch b JOIN esctl.migration_run r USING (run_id)
+ WHERE r.application_name = %s AND r.shard = %s
+"""
+
+
+def _committed_batches(dsn: str, app: str, shard: str) -> int:
+    """Batches the shard's runs committed so far (0 while its state tables do not exist)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT to_regclass('esctl.migration_batch')").fetchone()[0]:  # type: ignore[index]
+            return 0
+        row = conn.execute(BATCHES_SQL, (app, shard)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _kill_a_shard_mid_run_then_rerun_it(url: str, pg_dsn: str, app: str) -> list[dict[str, Any]]:
+    """Four ``--shard i/4`` processes start at once against ``pg_dsn``; shard 1/4 is SIGKILLed
+    as soon as it has committed a batch (and before it finished), the other three finish, then
+    shard 1/4 is rerun to completion. Returns the four final summaries (the rerun's for 1/4)."""
+    args = [*cli_args(url, pg_dsn, app), "--json", "--init-schema", "--batch-size", "2"]
+    command = [sys.executable, "-m", "esctl", "migrate", "redis-to-pg", *args]
+    processes = [
+        subprocess.Popen(
+            [*command, "--shard", f"{i}/4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+            text=True,
+        )
+        for i in range(4)
+    ]
+    victim = processes[1]
+    deadline = time.monotonic() + 60
+    while _committed_batches(pg_dsn, app, "1/4") < 1:
+        assert victim.poll() is None, "shard 1/4 ended before it could be killed mid-run"
+        assert time.monotonic() < deadline, "shard 1/4 committed no batch within 60 s"
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL, "shard 1/4 finished before the kill"
+    victim.communicate()
+    at_kill = _committed_batches(pg_dsn, app, "1/4")
+    with psycopg.connect(pg_dsn) as conn:
+        (status,) = conn.execute(
+            "SELECT status FROM esctl.migration_run WHERE application_name = %s AND shard = '1/4'",
+            (app,),
+        ).fetchone()  # type: ignore[misc]
+    assert status == "running"  # what a kill -9 leaves: the rerun resumes this run
+
+    docs: list[dict[str, Any]] = []
+    for process in processes:
+        if process is victim:
+            docs.append({})
+            continue
+        out, err = process.communicate(timeout=180)
+        assert process.returncode in (0, 3), err
+        docs.append(json.loads(out))
+    rerun = run_cli("migrate", "redis-to-pg", *args, "--shard", "1/4")
+    assert "Traceback" not in rerun.stdout + rerun.stderr
+    assert rerun.returncode in (0, 3), rerun.stderr
+    docs[1] = json.loads(rerun.stdout)
+    assert docs[1]["resumed"] is True
+    assert _committed_batches(pg_dsn, app, "1/4") > at_kill  # the rerun had work left to do
+    return docs
+
+
+def _assert_same_as_unsharded(
+    docs: list[dict[str, Any]], reference: Any, pg_dsn: str, reference_dsn: str
+) -> None:
+    rows = pg_rows(pg_dsn)
+    assert rows == pg_rows(reference_dsn)
+    assert len(rows) == len(set(rows)) == reference.events_migrated
+    # The killed run's committed batches count in its rerun's summary (it resumed that run).
+    assert sum(d["events_migrated"] for d in docs) == reference.events_migrated
+    assert sum(d["aggregates_quarantined"] for d in docs) == reference.aggregates_quarantined
+    with psycopg.connect(pg_dsn) as a, psycopg.connect(reference_dsn) as b:
+        assert a.execute(QUARANTINE_SQL).fetchall() == b.execute(QUARANTINE_SQL).fetchall()
+        unfinished = a.execute(
+            "SELECT count(*) FROM esctl.migration_run WHERE status <> 'finished'"
+        ).fetchone()
+    assert unfinished == (0,)
+
+
+def test_a_shard_killed_mid_run_and_rerun_completes_exactly_the_rows_of_one_unsharded_run(
+    redis_cluster: LocalCluster,
+    cluster_client: redis.cluster.RedisCluster,
+    pg_dsn: str,
+    single_pg_dsn: str,
+    app_name: str,
+) -> None:
+    iw.write_store(
+        cluster_client,  # type: ignore[arg-type]
+        app=app_name,
+        aggregates=400,
+        events_per_aggregate=(1, 6),
+        defects=["orphan", "version_gap", "missing_payload"],
+        seed=21,
+    )
+    reference = migrate_redis_to_pg(
+        cluster_client, MigrateOptions(app=app_name, pg_dsn=single_pg_dsn, init_schema=True)
+    )
+    docs = _kill_a_shard_mid_run_then_rerun_it(redis_cluster.url, pg_dsn, app_name)
+    _assert_same_as_unsharded(docs, reference, pg_dsn, single_pg_dsn)
+
+    # verify: nothing missing, extra or different; only the planted defects, which migrate
+    # quarantined (unmigratable_in_redis), are reported.
+    args = cli_args(redis_cluster.url, pg_dsn, app_name)[:-1]
+    checked = run_cli("migrate", "verify", *args, "--json")
+    assert checked.returncode == 3, checked.stderr
+    report = json.loads(checked.stdout)
+    for kind in ("missing_in_pg", "extra_in_pg", "content_differs", "not_migrated_new_events"):
+        assert report[kind] == 0, (kind, report["problems"])
+    assert report["unmigratable_in_redis"] == reference.aggregates_quarantined > 0
+
+
+def test_a_shard_killed_mid_run_and_rerun_on_a_single_instance(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    single_pg_dsn: str,
+    app_name: str,
+) -> None:
+    iw.write_store(redis_client, app=app_name, aggregates=400, events_per_aggregate=(1, 6), seed=22)
+    reference = migrate(redis_test_url, single_pg_dsn, app_name, init_schema=True)
+    docs = _kill_a_shard_mid_run_then_rerun_it(redis_test_url, pg_dsn, app_name)
+    _assert_same_as_unsharded(docs, reference, pg_dsn, single_pg_dsn)
+    args = cli_args(redis_test_url, pg_dsn, app_name)[:-1]
+    checked = run_cli("migrate", "verify", *args, "--json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["problems"] == []

@@ -262,16 +262,82 @@ def test_rotation_starts_over_on_garbage_or_a_clock_moving_back() -> None:
     assert doctor.rotate_readings(future, fresh, 60) == (None, {"older": fresh, "newer": fresh})
 
 
-def test_combine_takes_the_worst_status_and_labels_each_server() -> None:
+def test_combine_takes_the_worst_status_and_names_the_servers_it_is_about() -> None:
     a = Check("redis.maxmemory_policy", "t", "ok", "noeviction", "w", metrics=[Metric("x", 1)])
     b = Check("redis.maxmemory_policy", "t", "fail", "allkeys-lru", "w", action="fix it")
     c = Check("redis.maxmemory_policy", "t", "unavailable", "no CONFIG", "w")
-    combined = doctor.combine("redis.maxmemory_policy", [("a:1", a), ("b:1", b), ("c:1", c)])
-    assert combined.status == "fail" and combined.action == "fix it"
-    assert combined.observed == "a:1: noeviction; b:1: allkeys-lru; c:1: no CONFIG"
+    d = Check("redis.maxmemory_policy", "t", "ok", "noeviction", "w")
+    combined = doctor.combine(
+        "redis.maxmemory_policy", [("a:1", a), ("b:1", b), ("c:1", c), ("d:1", d)]
+    )
+    assert combined.status == "fail" and combined.action == "on b:1: fix it"
+    # worst first; servers that saw the same thing are named together
+    assert combined.observed == "b:1: allkeys-lru; c:1: no CONFIG; a:1, d:1: noeviction"
+    assert combined.servers == {"a:1": "ok", "b:1": "fail", "c:1": "unavailable", "d:1": "ok"}
     assert combined.metrics[0].labels == {"server": "a:1"}
+    assert combined.as_dict()["servers"] == combined.servers
     only_ok_and_unavailable = doctor.combine("redis.maxmemory_policy", [("a", a), ("c", c)])
     assert only_ok_and_unavailable.status == "unavailable"
+    everywhere = doctor.combine("redis.maxmemory_policy", [("b:1", b), ("b:2", b)])
+    assert everywhere.action == "on every primary: fix it"
+    assert everywhere.observed == "b:1, b:2: allkeys-lru"
+    single = doctor.combine("redis.maxmemory_policy", [("b:1", b)])
+    assert single.action == "fix it" and single.servers is None
+
+
+def test_memory_limit_adds_maxmemory_and_counts_a_shared_host_once() -> None:
+    def node(name: str, maxmemory: int, system: int | None = 8 << 30) -> ServerFacts:
+        f = facts(config={"maxmemory": str(maxmemory)}, total_system_memory=system)
+        f.name = name
+        return f
+
+    assert doctor.memory_limit([node("h1:7000", 1 << 30), node("h2:7000", 2 << 30)]) == 3 << 30
+    # three nodes on one host without maxmemory share that host's memory
+    same_host = [node(f"h1:{p}", 0) for p in (7000, 7001, 7002)]
+    assert doctor.memory_limit(same_host) == 8 << 30
+    assert doctor.memory_limit([*same_host, node("h2:7000", 0)]) == 16 << 30
+    assert doctor.memory_limit([node("h1:7000", 1 << 30), node("h2:7000", 0)]) == 9 << 30
+    assert doctor.memory_limit([node("h1:7000", 0, None)]) is None
+
+
+def cluster_facts(**cluster_info: str) -> ServerFacts:
+    f = facts(cluster_enabled=1)
+    f.cluster_info = {
+        "cluster_state": "ok",
+        "cluster_slots_assigned": "16384",
+        "cluster_slots_ok": "16384",
+        "cluster_slots_pfail": "0",
+        "cluster_slots_fail": "0",
+        "cluster_known_nodes": "6",
+        "cluster_size": "3",
+        **cluster_info,
+    }
+    return f
+
+
+@pytest.mark.parametrize(
+    ("info", "status"),
+    [
+        ({}, "ok"),
+        ({"cluster_slots_pfail": "5461", "cluster_slots_ok": "10923"}, "warn"),
+        ({"cluster_state": "fail", "cluster_slots_fail": "5461"}, "fail"),
+        ({"cluster_state": "fail", "cluster_slots_assigned": "10923"}, "fail"),
+    ],
+)
+def test_cluster_state(info: dict[str, str], status: str) -> None:
+    check = doctor.check_cluster(cluster_facts(**info), through_cluster_client=True)
+    assert check.status == status
+    assert check.observed.startswith(f"cluster_state {info.get('cluster_state', 'ok')}")
+    assert (check.action is None) == (status == "ok")
+
+
+def test_a_cluster_node_checked_alone_fails_and_says_how_to_check_the_cluster() -> None:
+    check = doctor.check_cluster(cluster_facts(), through_cluster_client=False)
+    assert check.status == "fail"
+    assert "redis+cluster://" in (check.action or "") and "--cluster" in (check.action or "")
+    refused = cluster_facts()
+    refused.cluster_info, refused.cluster_error = None, "NOPERM"
+    assert doctor.check_cluster(refused, through_cluster_client=True).status == "unavailable"
 
 
 SAMPLE_LINE = re.compile(
