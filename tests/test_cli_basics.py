@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import typer
 import typer.main
 from helpers import run_cli
 
 import esctl
-from esctl import codec, errors
+from esctl import codec, errors, layout
 from esctl.cli import errors as cli_errors
 from esctl.cli.app import app
 
@@ -344,3 +345,40 @@ def test_reporting_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str])
     with pytest.raises(typer.Exit), cli_errors.reporting(debug=True):
         raise errors.ServerError("boom")
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_tables_print_data_as_it_is_never_as_markup_or_emoji(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """Payload text, .NET type names and key names reach the terminal unchanged: rich would
+    read "[bold]" / "[[System.String, …]]" as markup (and fail on "[/x]"), ":lock:" as an
+    emoji."""
+    aggregate = "agg-markup"
+    payload = (
+        '{"$type":"Demo.Events.Noted`1[[System.String, mscorlib]], Demo","Id":"agg-markup",'
+        '"Version":1,"TimeStamp":"2024-05-01T12:00:00.0000000+00:00","AggregateType":"Note[/x][bold]",'
+        '"Note":"[/x] [bold]esctl:lock:{A:B}:S other:1234:run"}'
+    )
+    commit = "0c6b6a4e-5a8e-4c1e-9d7e-3f0d9a7c1b2a"
+    redis_client.rpush(layout.commit_list_key(app_name, aggregate), commit)
+    redis_client.hset(layout.event_hash_lookup_order(app_name, commit)[0], commit, payload)
+
+    result = run_cli(
+        "inspect", "aggregate", aggregate, "--app", app_name, "--redis-url", redis_test_url,
+        env={"COLUMNS": "400"},
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "Note[/x][bold]" in result.stdout  # the aggregate type, in the header table
+    shown = run_cli(
+        "events", "query", "--app", app_name, "--redis-url", redis_test_url,
+        "--aggregate", aggregate, "--format", "table", env={"COLUMNS": "400"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert '"$type":"Demo.Events.Noted`1[[System.String, mscorlib]], Demo"' in shown.stdout
+    assert "Note[/x][bold]" in shown.stdout
+    peek = run_cli(
+        "inspect", "event", commit, "--app", app_name, "--redis-url", redis_test_url,
+    )  # fmt: skip
+    assert peek.returncode == 0, peek.stderr
+    assert "esctl:lock:{A:B}:S other:1234:run" in peek.stdout

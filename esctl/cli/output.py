@@ -11,9 +11,14 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-stdout_console = Console(highlight=False, soft_wrap=True)
-stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# What esctl prints is data (key names, payload text, .NET type names), never rich markup:
+# emoji=False, or ":lock:" in esctl:lock:{…} and ":1234:" in host:1234:run become emoji; and
+# every string goes out as Text (tables) or with markup=False, or "[[System.String, …]]" in a
+# type name is eaten and a "[/x]" in a payload raises MarkupError.
+stdout_console = Console(highlight=False, soft_wrap=True, emoji=False)
+stderr_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _default(value: Any) -> Any:
@@ -47,19 +52,22 @@ def emit_table(
     *,
     title: str | None = None,
     show_header: bool = True,
+    stderr: bool = False,
 ) -> None:
+    """A table on stdout (on stderr with ``stderr``: for a plan shown before a question while
+    stdout carries the data); every cell is plain text, never markup."""
     table = Table(
-        title=title,
+        title=Text(title) if title is not None else None,
         title_justify="left",
         show_edge=False,
         pad_edge=False,
         show_header=show_header,
     )
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(Text(column), overflow="fold")
     for row in rows:
-        table.add_row(*(format_cell(v) for v in row))
-    stdout_console.print(table)
+        table.add_row(*(Text(format_cell(v)) for v in row))
+    (stderr_console if stderr else stdout_console).print(table)
 
 
 def emit_mapping(mapping: Mapping[str, Any], *, title: str | None = None) -> None:

@@ -326,17 +326,9 @@ def _plan_table(plan: core.PublishPlan, *, stderr: bool) -> None:
         for event_type, n in sorted(per_type.items())
     ]
     rows += [("(no subscriber: not published)", t, n) for t, n in sorted(plan.unpublished.items())]
-    if stderr:
-        from rich.table import Table
-
-        table = Table(title="would publish", title_justify="left", show_edge=False)
-        for column in ("subscriber", "event type", "messages"):
-            table.add_column(column, overflow="fold")
-        for row in rows:
-            table.add_row(*(output.format_cell(v) for v in row))
-        output.stderr_console.print(table)
-    else:
-        output.emit_table(["subscriber", "event type", "messages"], rows, title="would publish")
+    output.emit_table(
+        ["subscriber", "event type", "messages"], rows, title="would publish", stderr=stderr
+    )
 
 
 # --- output --------------------------------------------------------------------------------
