@@ -1,9 +1,14 @@
 """The one layer through which esctl talks to Redis (single instance or Redis Cluster).
 
 Rules that keep it cluster-ready: keys are found with SCAN per primary node (never KEYS), work
-is sent in pipelines (redis-py's cluster pipeline groups commands by node), and server-side
-scripts only touch keys of one hash slot. Values come back as bytes; keys are decoded as UTF-8
+is sent in pipelines (grouped by the node serving each key's slot), and server-side scripts
+only touch keys of one hash slot. Values come back as bytes; keys are decoded as UTF-8
 (``surrogateescape`` so any key round-trips).
+
+On a cluster, resharding and failovers are expected mid-run: MOVED and ASK replies are
+followed, reads (SCAN, and pipelines of read-only commands) wait out a failover for up to
+:data:`READ_RETRY_SECONDS`, and writes fail at once (ConnectionFailed) because whether a
+write sent to a node that died was applied cannot be known.
 """
 
 from __future__ import annotations
@@ -15,20 +20,23 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from binascii import crc_hqx
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 import redis
 import redis.cluster
 import redis.exceptions
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from esctl import layout
 from esctl.config import redact
 from esctl.errors import ConnectionFailed, ServerError
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
+T = TypeVar("T")
 REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 """What redis-py raises: the cluster client's own errors (no node reachable, a slot not
 covered during a failover) are not RedisErrors."""
@@ -169,28 +177,142 @@ class ScanPosition:
 
 def scan_epoch(client: RedisClient) -> str:
     """Identifies the server(s) a SCAN runs on: the ``run_id`` of a single server (new at every
-    restart), or a digest of the primaries' run ids and addresses on a cluster (a failover or a
-    reshard changes it)."""
+    restart), or on a cluster a digest of each primary's address, run id, config epoch and
+    slots (migrating and importing ones included): a restart, a failover (and a failback,
+    which bumps the config epoch) and a reshard all change it."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        cluster = client
+        _, fingerprint = read_with_retry(cluster, lambda: _scan_layout(cluster, None))
+        return hashlib.sha1(fingerprint.encode()).hexdigest()[:16]
     try:
-        if isinstance(client, redis.cluster.RedisCluster):
-            infos = client.info("server", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
-            ids = sorted(f"{node}={info.get('run_id')}" for node, info in infos.items())
-            return hashlib.sha1("|".join(ids).encode()).hexdigest()[:16]
         return str(client.info("server")["run_id"])
     except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
 
 
-def _scan_nodes(client: RedisClient) -> list[Any]:
-    if isinstance(client, redis.cluster.RedisCluster):
-        # Stable order: by the first slot each primary serves.
-        primaries = client.get_primaries()
+def read_with_retry(client: redis.cluster.RedisCluster, read: Callable[[], T]) -> T:
+    """``read()``, called again (slot map refreshed, short waits) while the cluster looks like
+    it is failing over, for up to :data:`READ_RETRY_SECONDS`. Only for reads: running ``read``
+    twice must do no harm."""
+    deadline = time.monotonic() + READ_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return read()
+        except _RETRIED_ERRORS as exc:
+            now = time.monotonic()
+            if now >= deadline or isinstance(exc, redis.exceptions.AuthenticationError):
+                raise wrap_errors(client, exc) from exc
+        except REDIS_ERRORS as exc:
+            raise wrap_errors(client, exc) from exc
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 1.0)
+        refresh_slots(client)
+
+
+SCAN_SEEN_LIMIT = 250_000
+"""Keys a cluster SCAN remembers so that a pass restarted after a failover or a reshard does not
+hand them out again (about 35 MB). Past it the repeats are no longer filtered: keys may then
+come twice, never zero times."""
+SCAN_PASSES = 10
+"""Cluster SCAN passes restarted because the cluster changed under them before giving up."""
+
+
+def pattern_slot(match: str) -> int | None:
+    """The one hash slot every key matching the SCAN pattern ``match`` lives in, when the
+    pattern starts with a literal hash tag (``{EventStore:APP}:*``: every commit list of an
+    app); None when matching keys may be anywhere."""
+    literal: list[str] = []
+    escaped = False
+    opened_at = -1
+    for char in match:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+            continue
+        elif char in "*?[":
+            return None
+        literal.append(char)
+        if char == "{" and opened_at < 0:
+            opened_at = len(literal) - 1
+        elif char == "}" and opened_at >= 0:
+            if len(literal) - 1 == opened_at + 1:
+                return None  # "{}" is no hash tag: keys hash whole
+            return key_slot(_arg_bytes("".join(literal)))
+    return None
+
+
+def _scan_layout(
+    client: redis.cluster.RedisCluster, slot: int | None
+) -> tuple[list[tuple[str, redis.Redis]], str]:
+    """The nodes a SCAN pass visits, in a stable order, and a fingerprint of everything that
+    would make a pass miss keys if it changed while the pass ran.
+
+    The nodes: the primary serving ``slot`` (keys of one hash tag), or every primary serving
+    slots, by the first slot each serves; then, again at the end, every node a slot of theirs
+    is being migrated to (for ``slot``: that slot only). Keys only move from a migrating node
+    to its target, and the target is scanned after every source, so a key that left a source
+    before the source's SCAN reached it is in the target by then. The fingerprint holds each
+    node's address, run id, config epoch and slots as the node itself sees them (with the
+    ``[slot->-id]`` / ``[slot-<-id]`` migration marks): a failover, a restart, a migration
+    started or finished all change it."""
+    if not refresh_slots(client):
+        raise redis.exceptions.ConnectionError("no cluster node answered CLUSTER SLOTS")
+    manager = client.nodes_manager
+    if slot is not None:
+        owners = manager.slots_cache.get(slot)
+        if not owners:
+            raise redis.exceptions.ClusterDownError(f"slot {slot} is not served")
+        visit = [owners[0]]
+    else:
         first_slot: dict[str, int] = {}
-        for slot, nodes in client.nodes_manager.slots_cache.items():
+        for number, nodes in manager.slots_cache.items():
             name = nodes[0].name
-            first_slot[name] = min(first_slot.get(name, slot), slot)
-        return sorted(primaries, key=lambda n: first_slot.get(n.name, 1 << 20))
-    return [None]
+            first_slot[name] = min(first_slot.get(name, number), number)
+        visit = sorted(
+            (n for n in client.get_primaries() if n.name in first_slot),
+            key=lambda n: first_slot[n.name],
+        )
+    described: list[str] = []
+    result: list[tuple[str, redis.Redis]] = []
+    targets: set[str] = set()
+    for node in visit:
+        plain = client.get_redis_connection(node)
+        run_id = plain.info("server")["run_id"]
+        lines = key_str(plain.execute_command("CLUSTER", "NODES")).splitlines()
+        address = {line.split(" ", 2)[0]: line.split(" ", 2)[1].split("@")[0] for line in lines}
+        myself = next(fields for fields in map(str.split, lines) if "myself" in fields[2])
+        # id, flags, config epoch and slots (ping and pong times change every second)
+        described.append(" ".join([node.name, run_id, myself[0], myself[2], myself[6]]))
+        described.extend(myself[8:])
+        result.append((node.name, plain))
+        for entry in myself[8:]:
+            moving, arrow, target_id = entry.strip("[]").partition("->-")
+            if arrow and (slot is None or int(moving) == slot) and target_id in address:
+                targets.add(address[target_id])
+    for name in sorted(targets):
+        plain = _node_client(client, name)
+        described.append(f"-> {name} {plain.info('server')['run_id']}")
+        result.append((name, plain))
+    return result, "\n".join(described)
+
+
+_node_clients: weakref.WeakKeyDictionary[Any, dict[str, redis.Redis]] = weakref.WeakKeyDictionary()
+
+
+def _node_client(client: redis.cluster.RedisCluster, name: str) -> redis.Redis:
+    """A client of the node ``host:port``, also one redis-py's slot map does not list yet (a
+    node added to the cluster has no slot until the first one migrated to it is done)."""
+    node = client.nodes_manager.get_node(node_name=name)
+    if node is not None:
+        return client.get_redis_connection(node)
+    known = _node_clients.setdefault(client.nodes_manager, {})
+    if name not in known:
+        host, _, port = name.rpartition(":")
+        kwargs = client.nodes_manager.connection_kwargs
+        known[name] = client.nodes_manager.create_redis_node(host, int(port), **kwargs)
+    return known[name]
 
 
 def scan_pages(
@@ -203,68 +325,524 @@ def scan_pages(
 ) -> Iterator[tuple[ScanPosition, list[str]]]:
     """SCAN every primary for keys matching ``match``. Yields ``(position_after, keys)`` per
     SCAN reply; resuming from a yielded position continues after those keys. A key present for
-    the whole scan is returned at least once (SCAN may return it more than once)."""
+    the whole scan is returned at least once (SCAN may return it more than once).
+
+    On a cluster (:func:`_scan_cluster`) a pattern of one hash tag is scanned on the node that
+    serves its slot only, and failovers and reshards during the scan are ridden out."""
     position = start or ScanPosition()
     if position.done:
         return
-    nodes = _scan_nodes(client)
-    for index in range(position.node, len(nodes)):
-        cursor = position.cursor if index == position.node else 0
-        node = nodes[index]
-        while True:
-            try:
-                if node is None:
-                    cursor, keys = client.scan(cursor, match=match, count=count, _type=type_)
-                else:
-                    # redis-py's cluster SCAN answers (cursors by node name, keys).
-                    cursors, keys = client.scan(
-                        cursor, match=match, count=count, _type=type_, target_nodes=node
+    if isinstance(client, redis.cluster.RedisCluster):
+        yield from _scan_cluster(client, match, type_, count, position)
+        return
+    cursor = position.cursor
+    while True:
+        try:
+            cursor, keys = client.scan(cursor, match=match, count=count, _type=type_)
+        except REDIS_ERRORS as exc:
+            raise wrap_errors(client, exc) from exc
+        cursor = int(cursor)
+        yield (
+            ScanPosition(done=True) if cursor == 0 else ScanPosition(0, cursor),
+            [key_str(k) for k in keys],
+        )
+        if cursor == 0:
+            break
+
+
+def _scan_cluster(
+    client: redis.cluster.RedisCluster,
+    match: str,
+    type_: str | None,
+    count: int,
+    start: ScanPosition,
+) -> Iterator[tuple[ScanPosition, list[str]]]:
+    """SCAN in passes over the nodes of :func:`_scan_layout`. A pass ends with a look at the
+    layout again: if it changed while the pass ran (a failover, a slot moved or being moved,
+    a node restarted), keys may have moved behind the pass into a node already scanned, so a
+    new pass starts from the beginning. Keys already handed out are not handed out again (up
+    to :data:`SCAN_SEEN_LIMIT` of them), neither by a new pass nor by SCAN's own repeats. A
+    node lost mid-pass (connection refused, CLUSTERDOWN) is waited for, within
+    :data:`READ_RETRY_SECONDS`, then a new pass starts on the new layout.
+
+    Positions yielded by the first pass are resumable as on a single server; a later pass
+    yields the starting position (a resume then rescans: the layout's epoch has changed anyway,
+    see :func:`scan_epoch`)."""
+    slot = pattern_slot(match)
+    seen: set[str] | None = set()
+    failing_since: float | None = None
+    delay = 0.1
+    first = True
+    changed_passes = 0
+    while True:
+        try:
+            nodes, before = _scan_layout(client, slot)
+            for index in range(start.node if first else 0, len(nodes)):
+                plain = nodes[index][1]
+                cursor = start.cursor if first and index == start.node else 0
+                while True:
+                    cursor_reply, raw_keys = plain.scan(
+                        cursor, match=match, count=count, _type=type_
                     )
-                    cursor = cursors[node.name] if isinstance(cursors, dict) else cursors
-            except REDIS_ERRORS as exc:
+                    failing_since, delay = None, 0.1
+                    cursor = int(cursor_reply)
+                    keys = [key_str(k) for k in raw_keys]
+                    if seen is not None:
+                        keys = [k for k in keys if k not in seen]
+                        seen.update(keys)
+                        if len(seen) > SCAN_SEEN_LIMIT:
+                            seen = None
+                    if cursor == 0 and index == len(nodes) - 1:
+                        if _scan_layout(client, slot)[1] == before:
+                            yield ScanPosition(done=True), keys
+                            return
+                        yield ScanPosition(), keys  # changed under the pass: another pass
+                        changed_passes += 1
+                        break
+                    if not first:
+                        after = ScanPosition()
+                    elif cursor == 0:
+                        after = ScanPosition(index + 1, 0)
+                    else:
+                        after = ScanPosition(index, cursor)
+                    yield after, keys
+                    if cursor == 0:
+                        break
+            if not nodes:
+                changed_passes += 1  # no node serves a slot: look again
+        except REDIS_ERRORS as exc:
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if not isinstance(exc, _RETRIED_ERRORS) or now - failing_since > READ_RETRY_SECONDS:
                 raise wrap_errors(client, exc) from exc
-            cursor = int(cursor)
-            finished_node = cursor == 0
-            if finished_node and index == len(nodes) - 1:
-                after = ScanPosition(done=True)
-            elif finished_node:
-                after = ScanPosition(index + 1, 0)
-            else:
-                after = ScanPosition(index, cursor)
-            yield after, [key_str(k) for k in keys]
-            if finished_node:
-                break
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        first = False
+        if changed_passes >= SCAN_PASSES:
+            raise ServerError(
+                f"the cluster {describe(client)} changed (failover or reshard) during each of "
+                f"{SCAN_PASSES} SCAN passes over {match}",
+                hint="let the reshard or failover finish (`redis-cli --cluster check "
+                "HOST:PORT`), then rerun the same command",
+            )
 
 
-# --- pipelined reads -----------------------------------------------------------------------
+# --- pipelined commands --------------------------------------------------------------------
+
+READ_ONLY_COMMANDS = frozenset(
+    {
+        "EXISTS", "GET", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HSCAN",
+        "HSTRLEN", "HVALS", "LINDEX", "LLEN", "LPOS", "LRANGE", "MEMORY USAGE", "PTTL",
+        "SCARD", "SISMEMBER", "SMEMBERS", "SMISMEMBER", "SSCAN", "STRLEN", "TTL", "TYPE",
+        "ZCARD", "ZRANGE", "ZSCORE",
+    }
+)  # fmt: skip
+"""Commands that change nothing. On a cluster, a pipelined call made of these only is re-run
+after a lost node or a failover (see :func:`pipelined`), and with ``--read-from-replicas`` they
+are the ones sent to replicas."""
+READ_RETRY_SECONDS = 30.0
+"""How long a read-only pipelined call (or a SCAN) on a cluster keeps retrying through a
+failover: a replica is promoted after ``cluster-node-timeout`` (15 s by default) plus an
+election of about a second."""
+REDIRECT_ROUNDS = 5
+"""MOVED/ASK redirections followed per command before giving up: one is normal during a
+reshard, two when a slot moves twice; more means the slot map is not settling."""
+BY_NODE_PIPELINES = True
+"""False sends every cluster pipeline through redis-py's ClusterPipeline, as before the
+per-node path existed (bench/bench_cluster.py compares the two)."""
+_KEY_AT_1 = frozenset(
+    {
+        "APPEND", "DECR", "DECRBY", "EXPIRE", "GET", "GETDEL", "GETSET", "HDEL", "HEXISTS",
+        "HGET", "HGETALL", "HINCRBY", "HKEYS", "HLEN", "HMGET", "HMSET", "HSCAN", "HSET",
+        "HSETNX", "HSTRLEN", "HVALS", "INCR", "INCRBY", "LINDEX", "LINSERT", "LLEN", "LPOP",
+        "LPOS", "LPUSH", "LRANGE", "LREM", "LSET", "LTRIM", "PERSIST", "PEXPIRE", "PTTL",
+        "RPOP", "RPUSH", "SADD", "SCARD", "SET", "SETEX", "SETNX", "SISMEMBER", "SMEMBERS",
+        "SMISMEMBER", "SREM", "SSCAN", "STRLEN", "TTL", "TYPE", "ZADD", "ZCARD", "ZRANGE",
+        "ZREM", "ZSCORE",
+    }
+)  # fmt: skip
+"""Commands whose one key is argv[1]: the ones the per-node cluster path routes itself."""
+_ALL_ARGS_KEYS = frozenset({"DEL", "EXISTS", "TOUCH", "UNLINK"})
+_TWO_KEYS = frozenset({"LMOVE", "RPOPLPUSH", "SMOVE"})
+_SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO"})
+_RETRIED_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+)
+"""What a failover looks like to redis-py: a node gone, a slot not served for a moment, the
+cluster briefly down, a node still loading its data."""
+_RETRIED_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN")
+"""Error replies (first word) that a failover or a reshard answers for a while, then stops."""
 
 
 def pipelined(
-    client: RedisClient, commands: Sequence[tuple[Any, ...]], chunk: int = PIPELINE_CHUNK
+    client: RedisClient,
+    commands: Sequence[tuple[Any, ...]],
+    chunk: int = PIPELINE_CHUNK,
+    *,
+    retry_reads: bool | None = None,
 ) -> list[Any]:
     """Run ``commands`` (tuples of command name and arguments) in pipelines of ``chunk`` and
     return the raw replies in order. Error replies are returned as exception objects.
 
     On a single server the commands are packed by hand and the replies read straight from the
-    hiredis parser: about twice redis-py's pipeline throughput (PERF-NOTES). A cluster client
-    (or TLS) goes through redis-py's pipeline, which groups commands by node; its replies are
-    brought back to the raw RESP2 shapes (:func:`_as_resp2`), so callers see one shape."""
+    hiredis parser: about twice redis-py's pipeline throughput (PERF-NOTES). On a cluster the
+    same is done per node (:func:`_pipelined_by_node`): commands are grouped by the node that
+    serves their key's slot, sent to every node, then the replies read, and MOVED/ASK
+    redirections during a reshard followed. Commands whose keys the module cannot place, TLS
+    and other connection classes go through redis-py's pipeline, whose replies are brought back
+    to the raw RESP2 shapes (:func:`_as_resp2`), so callers see one shape.
+
+    ``retry_reads``: on a cluster, a call that fails on a lost node, a failover or a reshard's
+    transient error replies is re-run (slot map refreshed, short waits) for up to
+    :data:`READ_RETRY_SECONDS` before ConnectionFailed. That is only harmless when the commands
+    change nothing, so the default (None) retries exactly the calls made of
+    :data:`READ_ONLY_COMMANDS`; False never retries; True is the caller's promise that running
+    its commands twice does no harm. A call with any writing command fails fast, as on a single
+    server, where nothing is retried: a restarted server is the operator's to look at."""
     if not commands:
         return []
+    if isinstance(client, redis.cluster.RedisCluster):
+        retry = is_read_only(commands) if retry_reads is None else retry_reads
+        return _pipelined_cluster(client, commands, chunk, retry)
     try:
-        if isinstance(client, redis.Redis):
-            fast = _pipelined_packed(client, commands, chunk)
-            if fast is not None:
-                return fast
-        replies: list[Any] = []
-        for start in range(0, len(commands), chunk):
-            pipe = client.pipeline(transaction=False)
-            for command in commands[start : start + chunk]:
-                pipe.execute_command(*command)
-            replies.extend(_as_resp2(r) for r in pipe.execute(raise_on_error=False))
-        return replies
+        fast = _pipelined_packed(client, commands, chunk)
+        if fast is not None:
+            return fast
+        return _pipelined_redis_py(client, commands, chunk)
     except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
+
+
+def _pipelined_redis_py(
+    client: RedisClient, commands: Sequence[tuple[Any, ...]], chunk: int
+) -> list[Any]:
+    replies: list[Any] = []
+    for start in range(0, len(commands), chunk):
+        pipe = client.pipeline(transaction=False)
+        for command in commands[start : start + chunk]:
+            pipe.execute_command(*command)
+        replies.extend(_as_resp2(r) for r in pipe.execute(raise_on_error=False))
+    return replies
+
+
+def _command_name(command: tuple[Any, ...]) -> str:
+    name = key_str(command[0]).upper()
+    if name == "MEMORY" and len(command) > 2:
+        return "MEMORY " + key_str(command[1]).upper()
+    return name
+
+
+def is_read_only(commands: Iterable[tuple[Any, ...]]) -> bool:
+    """Whether every command is one of :data:`READ_ONLY_COMMANDS` (safe to run twice)."""
+    names: set[str] = set()
+    for command in commands:
+        first = command[0]
+        # hot path: most calls repeat one command; name each distinct spelling once
+        if first not in names:
+            if _command_name(command) not in READ_ONLY_COMMANDS:
+                return False
+            if len(command) < 2 or key_str(first).upper() != "MEMORY":
+                names.add(first)
+    return True
+
+
+def _arg_bytes(arg: Any) -> bytes:
+    """An argument as :func:`pack_commands` sends it (so its slot is the server's)."""
+    if type(arg) is bytes:
+        return arg
+    if type(arg) is str:
+        return arg.encode("utf-8", "surrogateescape")
+    return str(arg).encode()
+
+
+def _command_slot(command: tuple[Any, ...]) -> int | None:
+    """The hash slot of the command's keys, or None when the command has no key at a position
+    this module knows, or keys of several slots (redis-py's pipeline then decides)."""
+    name = _command_name(command)
+    if name in _KEY_AT_1:
+        keys: Sequence[Any] = command[1:2]
+    elif name in _SCRIPTS and len(command) > 2:
+        try:
+            keys = command[3 : 3 + int(command[2])]
+        except ValueError:
+            return None
+    elif name in _ALL_ARGS_KEYS:
+        keys = command[1:]
+    elif name in _TWO_KEYS:
+        keys = command[1:3]
+    elif name == "MEMORY USAGE":
+        keys = command[2:3]
+    else:
+        return None
+    if not keys:
+        return None
+    slot = key_slot(_arg_bytes(keys[0]))
+    for key in keys[1:]:
+        if key_slot(_arg_bytes(key)) != slot:
+            return None
+    return slot
+
+
+def _pipelined_cluster(
+    client: redis.cluster.RedisCluster,
+    commands: Sequence[tuple[Any, ...]],
+    chunk: int,
+    retry: bool,
+) -> list[Any]:
+    """One attempt, or (``retry``) attempts until the replies carry no failover-time error, a
+    slot map refresh and a short sleep apart, within :data:`READ_RETRY_SECONDS`."""
+    deadline = time.monotonic() + READ_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            replies = _pipelined_by_node(client, commands, chunk)
+            if replies is None:
+                replies = _pipelined_redis_py(client, commands, chunk)
+            if not retry:
+                return replies
+            transient = next((r for r in replies if _is_retried_reply(r)), None)
+            if transient is None:
+                return replies
+            problem = f"the cluster answered {transient}"
+        except redis.exceptions.AuthenticationError as exc:
+            raise wrap_errors(client, exc) from exc
+        except _RETRIED_ERRORS as exc:
+            if not retry:
+                raise wrap_errors(client, exc) from exc
+            problem = redact(str(exc)) or type(exc).__name__
+        except REDIS_ERRORS as exc:
+            raise wrap_errors(client, exc) from exc
+        now = time.monotonic()
+        if now >= deadline:
+            server = describe(client)
+            raise ConnectionFailed(
+                f"Redis {server} did not answer reads for {READ_RETRY_SECONDS:.0f} s (a failover "
+                f"or a reshard that did not settle?): {problem}",
+                server=server,
+                hint="check `redis-cli -c -h HOST -p PORT cluster info` shows cluster_state:ok, "
+                "then rerun the same command: the run kept a consistent state",
+            )
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 1.0)
+        refresh_slots(client)
+
+
+def _is_retried_reply(reply: Any) -> bool:
+    return isinstance(reply, Exception) and str(reply).startswith(_RETRIED_REPLIES)
+
+
+def refresh_slots(client: redis.cluster.RedisCluster) -> bool:
+    """Ask the cluster for its slot map again (after MOVED, a lost node, a failover). False
+    when no node answered: the caller's next attempt finds out what is wrong."""
+    try:
+        client.nodes_manager.initialize()
+    except REDIS_ERRORS:
+        return False
+    return True
+
+
+def _pipelined_by_node(
+    client: redis.cluster.RedisCluster, commands: Sequence[tuple[Any, ...]], chunk: int
+) -> list[Any] | None:
+    """:func:`pipelined` on a cluster over this thread's raw connections, one per node, or
+    None where that does not apply (a command whose keys cannot be placed, TLS, another
+    connection class, credentials from a provider).
+
+    Each node gets its commands in the original order, up to ``chunk`` per node and round;
+    a round is sent to every node before any reply is read, so the nodes work concurrently.
+    A reply ``MOVED slot host:port`` (the slot has moved: the command was not executed) makes
+    the slot map refresh and the command go to that node; ``ASK slot host:port`` (the key is
+    being migrated) sends ``ASKING`` and the command to that node, for that command only.
+    With ``--read-from-replicas`` the read-only commands go where redis-py's load balancing
+    sends them (the replicas) over READONLY connections."""
+    if not _by_node_applies(client):
+        return None
+    slots: list[int] = []
+    key_at_1 = _KEY_AT_1
+    append = slots.append
+    for command in commands:
+        first = command[0]
+        if type(first) is str and first in key_at_1:
+            # hot path (HGET, LRANGE, LLEN ...): redis.crc.key_slot inlined
+            key = command[1]
+            data = key.encode("utf-8", "surrogateescape") if type(key) is str else _arg_bytes(key)
+            start = data.find(b"{")
+            if start > -1:
+                end = data.find(b"}", start + 1)
+                if end > start + 1:
+                    data = data[start + 1 : end]
+            append(crc_hqx(data, 0) % REDIS_CLUSTER_HASH_SLOTS)
+            continue
+        slot = _command_slot(command)
+        if slot is None:
+            return None
+        slots.append(slot)
+    nodes = client.nodes_manager
+    table = _primary_table(nodes)
+    strategy = client.load_balancing_strategy or (
+        redis.cluster.LoadBalancingStrategy.ROUND_ROBIN if client.read_from_replicas else None
+    )
+    read_names: dict[Any, bool] = {}
+    replica_of: dict[str, str] = {}
+
+    def owner(index: int) -> str:
+        name = table[slots[index]]
+        if name is None:
+            raise redis.exceptions.SlotNotCoveredError(f"slot {slots[index]} is not served")
+        if strategy is None:
+            return name
+        command = commands[index]
+        read = read_names.get(command[0])
+        if read is None:
+            name_of_command = _command_name(command)
+            read = name_of_command in READ_ONLY_COMMANDS
+            if not name_of_command.startswith("MEMORY"):  # read-only or not by subcommand
+                read_names[command[0]] = read
+        if not read:
+            return name
+        # one choice per primary and call: redis-py's balancer picks among its replicas
+        chosen = replica_of.get(name)
+        if chosen is None:
+            chosen = replica_of[name] = nodes.get_node_from_slot(slots[index], False, strategy).name
+        return chosen
+
+    replies: list[Any] = [None] * len(commands)
+    redirect: dict[int, tuple[str, bool]] = {}  # index -> (node name, ASK?)
+    pending: Sequence[int] = range(len(commands))
+    connections = _ClusterConnections(client, readonly=strategy is not None)
+    for _ in range(REDIRECT_ROUNDS + 1):
+        groups: dict[str, list[int]] = {}
+        for index in pending:
+            target = redirect.get(index) if redirect else None
+            name = target[0] if target else owner(index)
+            group = groups.get(name)
+            if group is None:
+                groups[name] = [index]
+            else:
+                group.append(index)
+        _exchange(connections, groups, commands, redirect, replies, chunk)
+        redirected: list[int] = []
+        moved = False
+        for name, indices in groups.items():
+            for index in indices:
+                reply = replies[index]
+                if type(reply) is not hiredis.ReplyError:
+                    continue
+                text = str(reply)
+                if text.startswith(("MOVED ", "ASK ")):
+                    kind, _slot, address = text.split(" ", 2)
+                    if address.startswith(":"):  # "MOVED 12 :7001": same host, other port
+                        address = name.rsplit(":", 1)[0] + address
+                    redirect[index] = (address, kind == "ASK")
+                    moved = moved or kind == "MOVED"
+                    redirected.append(index)
+        if not redirected:
+            return replies
+        if moved:
+            refresh_slots(client)
+            replica_of.clear()
+        pending = redirected
+    first = pending[0]
+    raise ServerError(
+        f"Redis {describe(client)} still redirects {len(pending)} command(s) after "
+        f"{REDIRECT_ROUNDS} redirections, e.g. {_command_name(commands[first])} on slot "
+        f"{slots[first]}: {replies[first]}",
+        hint="the cluster's slot map is not settling (a reshard stuck half-way?): check "
+        "`redis-cli --cluster check HOST:PORT`, fix it (`redis-cli --cluster fix`), then rerun",
+    )
+
+
+_primary_tables: weakref.WeakKeyDictionary[Any, tuple[Any, list[str | None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _primary_table(nodes: Any) -> list[str | None]:
+    """The name of the primary serving each slot, from redis-py's slot map; rebuilt whenever
+    redis-py replaces that map (at each refresh). A table gone stale otherwise is corrected
+    by the MOVED replies it causes (they refresh the map)."""
+    slots_cache = nodes.slots_cache
+    cached = _primary_tables.get(nodes)
+    if cached is not None and cached[0] is slots_cache:
+        return cached[1]
+    table: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    for slot, owners in list(slots_cache.items()):
+        if owners:
+            table[slot] = owners[0].name
+    _primary_tables[nodes] = (slots_cache, table)
+    return table
+
+
+def _by_node_applies(client: redis.cluster.RedisCluster) -> bool:
+    kwargs = client.nodes_manager.connection_kwargs
+    return (
+        BY_NODE_PIPELINES
+        and kwargs.get("connection_class", redis.connection.Connection)
+        is redis.connection.Connection
+        and kwargs.get("credential_provider") is None
+        and not kwargs.get("ssl")
+    )
+
+
+def _exchange(
+    connections: _ClusterConnections,
+    groups: dict[str, list[int]],
+    commands: Sequence[tuple[Any, ...]],
+    redirect: dict[int, tuple[str, bool]],
+    replies: list[Any],
+    chunk: int,
+) -> None:
+    """Send each node its commands (``ASKING`` first where redirected by ASK) and store the
+    replies at the commands' indices. Any failure closes every connection used: replies left
+    unread on a socket would be read as the answers to the next call's commands."""
+    used: list[str] = []
+    current = "?"
+    try:
+        longest = max(len(indices) for indices in groups.values())
+        for offset in range(0, longest, chunk):
+            sent: list[tuple[str, _RawConnection, list[int], int]] = []
+            for name, indices in groups.items():
+                part = indices[offset : offset + chunk]
+                if not part:
+                    continue
+                if redirect:
+                    batch: list[tuple[Any, ...]] = []
+                    for index in part:
+                        if redirect.get(index, ("", False))[1]:
+                            batch.append(("ASKING",))
+                        batch.append(commands[index])
+                else:
+                    batch = [commands[index] for index in part]
+                used.append(name)
+                current = name
+                connection = connections.get(name)
+                connection.send(batch)
+                sent.append((name, connection, part, len(batch)))
+            for name, connection, part, count in sent:
+                current = name
+                got = connection.receive(count)
+                if count == len(part):
+                    for index, reply in zip(part, got, strict=True):
+                        replies[index] = reply
+                    continue
+                position = 0
+                for index in part:
+                    if redirect.get(index, ("", False))[1]:
+                        position += 1  # ASKING's OK
+                    replies[index] = got[position]
+                    position += 1
+    except BaseException as exc:
+        for name in used:
+            connections.drop(name)
+        if isinstance(exc, OSError | redis.exceptions.ConnectionError) and not isinstance(
+            exc, redis.exceptions.AuthenticationError
+        ):
+            raise redis.exceptions.ConnectionError(f"cluster node {current}: {exc}") from exc
+        raise
 
 
 def _as_resp2(reply: Any) -> Any:
@@ -300,11 +878,16 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
 
 class _RawConnection:
     """A plain socket to one server speaking RESP2, replies parsed by hiredis: esctl's fast
-    path for bulk pipelined reads on a single (non-TLS) server. Measured ~2x redis-py's own
-    pipelines per reply (PERF-NOTES), which matters because decoding and reading share one
-    Python thread during a migration."""
+    path for bulk pipelined commands on a single (non-TLS) server and on each node of a
+    cluster. Measured ~2x redis-py's own pipelines per reply (PERF-NOTES), which matters
+    because decoding and reading share one Python thread during a migration.
 
-    def __init__(self, kwargs: dict[str, Any], timeout: float = 30.0) -> None:
+    ``readonly`` sends READONLY after connecting: a cluster replica then serves reads of its
+    primary's slots instead of redirecting them (harmless on a primary, as in redis-py)."""
+
+    def __init__(
+        self, kwargs: dict[str, Any], timeout: float = 30.0, *, readonly: bool = False
+    ) -> None:
         path = kwargs.get("path")
         if path:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -316,6 +899,7 @@ class _RawConnection:
             )
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
+        self.readonly = readonly
         hello: list[tuple[Any, ...]] = []
         if kwargs.get("password"):
             user = kwargs.get("username")
@@ -324,6 +908,8 @@ class _RawConnection:
             )
         if kwargs.get("db"):
             hello.append(("SELECT", kwargs["db"]))
+        if readonly:
+            hello.append(("READONLY",))
         for reply in self.execute(hello):
             if isinstance(reply, Exception):
                 self.close()
@@ -332,10 +918,16 @@ class _RawConnection:
     def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         if not commands:
             return []
+        self.send(commands)
+        return self.receive(len(commands))
+
+    def send(self, commands: Sequence[tuple[Any, ...]]) -> None:
         self.sock.sendall(pack_commands(commands))
+
+    def receive(self, want: int) -> list[Any]:
+        """The next ``want`` replies (for commands already sent)."""
         replies: list[Any] = []
         gets = self.reader.gets
-        want = len(commands)
         while len(replies) < want:
             reply = gets()
             if reply is False:
@@ -353,6 +945,8 @@ class _RawConnection:
 
 
 _raw_connections = threading.local()
+"""Per thread: ``cache`` (single-server client -> connection) and ``nodes`` (cluster client
+-> node name -> connection). Per thread because a connection carries one conversation."""
 
 
 def _forget_raw_connections() -> None:
@@ -364,6 +958,12 @@ def _forget_raw_connections() -> None:
         for conn in list(cache.values()):
             conn.close()
         _raw_connections.cache = weakref.WeakKeyDictionary()
+    nodes = getattr(_raw_connections, "nodes", None)
+    if nodes is not None:
+        for by_name in list(nodes.values()):
+            for conn in by_name.values():
+                conn.close()
+        _raw_connections.nodes = weakref.WeakKeyDictionary()
 
 
 if hasattr(os, "register_at_fork"):
@@ -415,6 +1015,43 @@ def _pipelined_packed(
     return replies
 
 
+class _ClusterConnections:
+    """This thread's raw connections to the nodes of one cluster client, by node name
+    (``host:port``), opened on first use with the client's credentials."""
+
+    def __init__(self, client: redis.cluster.RedisCluster, *, readonly: bool) -> None:
+        nodes: weakref.WeakKeyDictionary[redis.cluster.RedisCluster, dict[str, _RawConnection]]
+        nodes = getattr(_raw_connections, "nodes", None) or weakref.WeakKeyDictionary()
+        _raw_connections.nodes = nodes
+        self.by_name = nodes.setdefault(client, {})
+        kwargs = client.nodes_manager.connection_kwargs
+        self.credentials = {k: kwargs[k] for k in ("username", "password") if kwargs.get(k)}
+        self.timeout = float(kwargs.get("socket_timeout") or 30.0)
+        self.readonly = readonly
+
+    def get(self, name: str) -> _RawConnection:
+        conn = self.by_name.get(name)
+        if conn is None or conn.readonly != self.readonly:
+            if conn is not None:
+                conn.close()
+            host, _, port = name.rpartition(":")
+            try:
+                conn = _RawConnection(
+                    {"host": host, "port": int(port), **self.credentials},
+                    self.timeout,
+                    readonly=self.readonly,
+                )
+            except OSError as exc:
+                raise redis.exceptions.ConnectionError(f"cannot connect ({exc})") from exc
+            self.by_name[name] = conn
+        return conn
+
+    def drop(self, name: str) -> None:
+        conn = self.by_name.pop(name, None)
+        if conn is not None:
+            conn.close()
+
+
 @dataclass(frozen=True, slots=True)
 class StoredPayload:
     commit_id: str
@@ -428,10 +1065,13 @@ def fetch_values(
 ) -> tuple[list[bytes | None], list[str | None]]:
     """Look each commit id up as the library does (partitioned hash, then legacy hash), with
     pipelined round trips: one pass for the likely hash, one more only for the misses.
-    Returns the values (None when in neither hash) and the hash each was found in."""
+    Returns the values (None when in neither hash) and the hash each was found in. On a
+    cluster a failover is waited out (reads only: see :func:`pipelined`)."""
     orders = [layout.event_hash_lookup_order(app, c) for c in commit_ids]
     values: list[bytes | None] = pipelined(
-        client, [("HGET", o[0], c) for o, c in zip(orders, commit_ids, strict=True)]
+        client,
+        [("HGET", o[0], c) for o, c in zip(orders, commit_ids, strict=True)],
+        retry_reads=True,
     )
     where: list[str | None] = [o[0] for o in orders]
     misses: list[int] = []
@@ -441,7 +1081,9 @@ def fetch_values(
         elif isinstance(reply, Exception):
             raise ServerError(f"HGET {orders[i][0]} {commit_ids[i]} failed: {reply}")
     if misses:
-        second = pipelined(client, [("HGET", orders[i][1], commit_ids[i]) for i in misses])
+        second = pipelined(
+            client, [("HGET", orders[i][1], commit_ids[i]) for i in misses], retry_reads=True
+        )
         for i, reply in zip(misses, second, strict=True):
             if isinstance(reply, Exception):
                 raise ServerError(f"HGET {orders[i][1]} {commit_ids[i]} failed: {reply}")
@@ -459,9 +1101,14 @@ def fetch_payloads(client: RedisClient, app: str, commit_ids: Sequence[str]) -> 
 def commit_lists(
     client: RedisClient, keys: Sequence[str], starts: Sequence[int] | None = None
 ) -> list[list[str]]:
-    """LRANGE each commit list (from ``starts[i]``, default 0) in pipelined round trips."""
+    """LRANGE each commit list (from ``starts[i]``, default 0) in pipelined round trips; on a
+    cluster a failover is waited out (reads only: see :func:`pipelined`)."""
     begin = starts or [0] * len(keys)
-    replies = pipelined(client, [("LRANGE", k, s, -1) for k, s in zip(keys, begin, strict=True)])
+    replies = pipelined(
+        client,
+        [("LRANGE", k, s, -1) for k, s in zip(keys, begin, strict=True)],
+        retry_reads=True,
+    )
     out: list[list[str]] = []
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, Exception):
@@ -474,7 +1121,8 @@ def commit_lists(
 
 
 def list_lengths(client: RedisClient, keys: Sequence[str]) -> list[int]:
-    replies = pipelined(client, [("LLEN", k) for k in keys])
+    """LLEN of each key, pipelined; on a cluster a failover is waited out."""
+    replies = pipelined(client, [("LLEN", k) for k in keys], retry_reads=True)
     out = []
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, Exception):
@@ -485,13 +1133,18 @@ def list_lengths(client: RedisClient, keys: Sequence[str]) -> list[int]:
 
 def used_memory(client: RedisClient) -> int:
     """``used_memory`` of INFO memory (summed over a cluster's primaries)."""
-    try:
-        if isinstance(client, redis.cluster.RedisCluster):
-            info: Any = client.info("memory", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
-        else:
+    info: Any
+    if isinstance(client, redis.cluster.RedisCluster):
+        cluster = client
+        info = read_with_retry(
+            cluster,
+            lambda: cluster.info("memory", target_nodes=redis.cluster.RedisCluster.PRIMARIES),
+        )
+    else:
+        try:
             info = client.info("memory")
-    except REDIS_ERRORS as exc:
-        raise wrap_errors(client, exc) from exc
+        except REDIS_ERRORS as exc:
+            raise wrap_errors(client, exc) from exc
     if "used_memory" in info:
         return int(info["used_memory"])
     return sum(int(v["used_memory"]) for v in info.values() if isinstance(v, dict))
@@ -514,7 +1167,8 @@ def _is_noscript(reply: Any) -> bool:
 def eval_pipelined(client: RedisClient, script: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Run a Lua script once per call (``(numkeys, *keys, *args)``), pipelined: EVALSHA, and
     EVAL for the calls a server answered NOSCRIPT (a restarted server, another cluster node).
-    Keep each call's keys in one hash slot. Replies in order; errors as exception objects."""
+    Keep each call's keys in one hash slot. Replies in order; errors as exception objects.
+    Never retried after a lost connection (scripts write): the caller sees ConnectionFailed."""
     sha = hashlib.sha1(script.encode()).hexdigest()
     replies = pipelined(client, [("EVALSHA", sha, *call) for call in calls])
     missing = [i for i, r in enumerate(replies) if _is_noscript(r)]
@@ -546,14 +1200,27 @@ class LatencyPacer:
                 time.sleep(self._next_at - now)
             self._next_at = max(self._next_at, now) + items / self.rate
         if self.max_latency_ms:
+            failing_since: float | None = None
             while True:
                 started = time.perf_counter()
                 try:
                     self.client.ping()
+                    answered = True
                 except REDIS_ERRORS as exc:
-                    raise wrap_errors(self.client, exc) from exc
-                self.last_latency_ms = (time.perf_counter() - started) * 1000
-                if self.last_latency_ms <= self.max_latency_ms:
+                    # A cluster failing over answers again within READ_RETRY_SECONDS: until
+                    # then it counts as slow (a ping changes nothing, so retrying is safe).
+                    failing_since = failing_since or time.monotonic()
+                    if (
+                        not isinstance(self.client, redis.cluster.RedisCluster)
+                        or not isinstance(exc, _RETRIED_ERRORS)
+                        or time.monotonic() - failing_since > READ_RETRY_SECONDS
+                    ):
+                        raise wrap_errors(self.client, exc) from exc
+                    refresh_slots(self.client)
+                    answered = False
+                if answered:
+                    self.last_latency_ms = (time.perf_counter() - started) * 1000
+                if answered and self.last_latency_ms <= self.max_latency_ms:
                     self._backoff = max(0.0, self._backoff / 2 - 0.01)
                     break
                 self._backoff = min(5.0, max(0.05, self._backoff * 2))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -192,3 +193,150 @@ def redis_cluster_with_replicas() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+# --- moving slots (resharding) -------------------------------------------------------------
+
+
+def node_id(port: int) -> str:
+    with redis.Redis(port=port) as plain:
+        return str(plain.execute_command("CLUSTER", "MYID").decode())
+
+
+def slot_owner(cluster: LocalCluster, slot: int) -> servers.LocalRedis:
+    """The primary serving ``slot`` now, as that primary itself says."""
+    for node in cluster.primaries():
+        with redis.Redis(port=node.port) as plain:
+            ranges = plain.execute_command("CLUSTER", "SLOTS")
+        for start, end, primary, *_ in ranges:
+            if int(start) <= slot <= int(end) and int(primary[1]) == node.port:
+                return node
+    raise RuntimeError(f"no primary serves slot {slot}")
+
+
+def move_slot(
+    cluster: LocalCluster,
+    slot: int,
+    target: servers.LocalRedis,
+    *,
+    keys_per_step: int = 5,
+    pause: float = 0.0,
+) -> int:
+    """Move ``slot`` to the primary ``target`` as ``redis-cli --cluster reshard`` does:
+    IMPORTING on the target, MIGRATING on the source, MIGRATE of its keys ``keys_per_step`` at a
+    time (``pause`` seconds apart, so clients meet the half-moved slot and its ASK replies), then
+    SETSLOT NODE on every primary. Returns the number of keys moved."""
+    source = slot_owner(cluster, slot)
+    if source.port == target.port:
+        return 0
+    source_id, target_id = node_id(source.port), node_id(target.port)
+    moved = 0
+    with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while True:
+            keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, keys_per_step)
+            if not keys:
+                break
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            if pause:
+                time.sleep(pause)
+        for node in [
+            target,
+            source,
+            *(p for p in cluster.primaries() if p not in (source, target)),
+        ]:
+            with redis.Redis(port=node.port) as plain:
+                plain.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    return moved
+
+
+def key_slots(client: redis.cluster.RedisCluster, pattern: str) -> dict[int, int]:
+    """Slot -> number of keys matching ``pattern`` (over every primary)."""
+    slots: dict[int, int] = {}
+    for key in client.scan_iter(match=pattern, count=1000):
+        slot = client.keyslot(key)
+        slots[slot] = slots.get(slot, 0) + 1
+    return slots
+
+
+class Resharder:
+    """Moves ``slots`` round and round the primaries in a background thread until stopped, a
+    few keys at a time, then gives every slot back to the primary it started on. Counts the
+    slot moves and keys moved while it ran (``moves``, ``keys``); an error in the thread is
+    raised again by :meth:`stop`."""
+
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        slots: list[int],
+        *,
+        keys_per_step: int = 5,
+        pause: float = 0.002,
+    ) -> None:
+        self.cluster = cluster
+        self.slots = slots
+        self.keys_per_step = keys_per_step
+        self.pause = pause
+        self.home = {slot: slot_owner(cluster, slot) for slot in slots}
+        self.moves = 0
+        self.keys = 0
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Resharder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            primaries = self.cluster.primaries()
+            turn = 0
+            while not self._stop.is_set():
+                for slot in self.slots:
+                    if self._stop.is_set():
+                        break
+                    target = primaries[turn % len(primaries)]
+                    turn += 1
+                    if slot_owner(self.cluster, slot).port == target.port:
+                        continue
+                    self.keys += move_slot(
+                        self.cluster,
+                        slot,
+                        target,
+                        keys_per_step=self.keys_per_step,
+                        pause=self.pause,
+                    )
+                    self.moves += 1
+        except BaseException as exc:  # handed to the test by stop()
+            self._error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        for slot, home in self.home.items():
+            move_slot(self.cluster, slot, home)
+        wait_for_agreement(self.cluster)
+        if self._error is not None:
+            raise self._error
+
+
+def wait_for_agreement(cluster: LocalCluster, timeout: float = 20.0) -> None:
+    """Wait until every node answers the same CLUSTER SLOTS (gossip spreads SETSLOT NODE)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = set()
+        for node in cluster.nodes:
+            with redis.Redis(port=node.port) as plain:
+                ranges = plain.execute_command("CLUSTER", "SLOTS")
+            views.add(tuple(sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in ranges)))
+        if len(views) == 1:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster nodes do not agree on the slot map")
+        time.sleep(0.05)

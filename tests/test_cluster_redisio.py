@@ -128,3 +128,101 @@ def test_scan_epoch_used_memory_and_the_latency_pacer_work_on_a_cluster(
     pacer = redisio.LatencyPacer(cluster_client, rate=None, max_latency_ms=1000)
     pacer.wait(10)
     assert 0 < pacer.last_latency_ms < 1000
+
+
+def mixed_batch(tag: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """Writes, then reads of keys spread over every slot: present and missing keys and fields,
+    large values, binary and non-UTF-8 bytes, error replies, scripts and MEMORY USAGE."""
+    big = bytes(range(256)) * 4096  # 1 MiB of every byte value, read twice from 10 keys
+    writes: list[tuple[object, ...]] = []
+    reads: list[tuple[object, ...]] = []
+    for i in range(3000):
+        key = f"mix-{tag}:{i}"
+        if i % 3 == 0:
+            writes.append(("HSET", key, "f", f"v{i}", "g", b"\xff\x00"))
+            reads += [("HGET", key, "f"), ("HGET", key, "missing"), ("HLEN", key)]
+            reads += [("HGETALL", key), ("HSCAN", key, 0, "COUNT", 10), ("LLEN", key)]
+        elif i % 3 == 1:
+            writes.append(("RPUSH", key, *(f"c{j}" for j in range(i % 7 + 1))))
+            reads += [("LRANGE", key, 0, -1), ("LRANGE", key, 2, -1), ("LINDEX", key, -1)]
+            reads += [("LPOS", key, "c0"), ("TYPE", key), ("HGET", key, "x")]
+        elif i % 300 == 2:
+            writes.append(("SET", key, big))
+            reads += [("GET", key), ("GET", key), ("TYPE", key)]
+        else:
+            reads += [("GET", key), ("LRANGE", key, 0, -1), ("HGET", key, "f"), ("TYPE", key)]
+            reads += [("EXISTS", key), ("EVALSHA", "0" * 40, 1, key)]
+    reads += [("EVAL", "return redis.call('TYPE', KEYS[1])", 1, f"mix-{tag}:1")]
+    return writes, reads
+
+
+def comparable(replies: list[object]) -> list[object]:
+    """Replies with errors as their text and status replies as str (TYPE: a status reply is
+    bytes from hiredis and str from redis-py's parser; callers read it with key_str)."""
+    out: list[object] = []
+    for reply in replies:
+        if redisio._is_noscript(reply):  # redis-py's NoScriptError drops the code
+            out.append(("error", "NOSCRIPT"))
+        elif isinstance(reply, Exception):
+            out.append(("error", str(reply).split(" ")[0]))
+        elif isinstance(reply, bytes) and reply in (b"hash", b"list", b"none", b"string"):
+            out.append(reply.decode())
+        else:
+            out.append(reply)
+    return out
+
+
+def test_per_node_pipelines_answer_as_a_single_server_and_as_redis_pys_pipeline(
+    cluster_client: redisio.RedisClient,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert isinstance(cluster_client, redis.cluster.RedisCluster)
+    tag = secrets.token_hex(4)
+    writes, reads = mixed_batch(tag)
+    assert redisio._pipelined_by_node(cluster_client, writes, 1000) is not None  # the fast path
+    redisio.pipelined(redis_client, writes)
+    on_single = redisio.pipelined(redis_client, reads)
+    on_cluster = redisio.pipelined(cluster_client, reads, chunk=700)
+    slots = {cluster_client.keyslot(c[1]) for c in reads if c[0] == "GET"}
+    assert len(slots) > 900  # keys of many slots, on every primary
+    assert comparable(on_cluster) == comparable(on_single)
+    assert sum(isinstance(r, bytes) and len(r) == 1 << 20 for r in on_cluster) == 20
+    assert ("error", "WRONGTYPE") in comparable(on_cluster)
+    assert ("error", "NOSCRIPT") in comparable(on_cluster)
+
+    monkeypatch.setattr(redisio, "BY_NODE_PIPELINES", False)  # redis-py's ClusterPipeline
+    assert redisio._pipelined_by_node(cluster_client, reads, 1000) is None
+    assert comparable(redisio.pipelined(cluster_client, reads)) == comparable(on_cluster)
+    memory = [("MEMORY", "USAGE", f"mix-{tag}:{i}") for i in range(0, 3000, 7)]
+    monkeypatch.setattr(redisio, "BY_NODE_PIPELINES", True)
+    sizes = redisio.pipelined(cluster_client, memory)
+    assert all(isinstance(s, int) and s > 0 for s in sizes[0::3])
+
+
+def test_commands_the_per_node_path_cannot_place_go_through_redis_py(
+    cluster_client: redisio.RedisClient,
+) -> None:
+    """Keys of several slots in one command, or a command with no key: redis-py's pipeline
+    decides (and answers as before)."""
+    assert isinstance(cluster_client, redis.cluster.RedisCluster)
+    tag = secrets.token_hex(4)
+    spread = [("EXISTS", f"a-{tag}", f"b-{tag}", f"c-{tag}")]
+    assert cluster_client.keyslot(f"a-{tag}") != cluster_client.keyslot(f"b-{tag}")
+    assert redisio._pipelined_by_node(cluster_client, spread, 1000) is None
+    together = [("EXISTS", f"{{{tag}}}a", f"{{{tag}}}b"), ("SET", f"{{{tag}}}a", 1)]
+    assert redisio._pipelined_by_node(cluster_client, together, 1000) == [0, b"OK"]
+    assert redisio.pattern_slot("{EventStore:App\\*}:*") == cluster_client.keyslot(
+        "{EventStore:App*}:x"
+    )
+    assert redisio.pattern_slot("EventStore:App:*") is None
+    assert redisio.pattern_slot("{Event*}:*") is None
+    assert redisio.pattern_slot("{}:*") is None
+
+
+def test_read_only_calls_are_told_from_writing_ones() -> None:
+    assert redisio.is_read_only([("HGET", "h", "f"), ("LRANGE", "l", 0, -1), ("TYPE", "k")])
+    assert redisio.is_read_only([("MEMORY", "USAGE", "k"), (b"llen", b"l")])
+    assert not redisio.is_read_only([("HGET", "h", "f"), ("HSET", "h", "f", "v")])
+    assert not redisio.is_read_only([("EVALSHA", "0" * 40, 1, "k")])
+    assert not redisio.is_read_only([("MEMORY", "PURGE")])

@@ -8,19 +8,22 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
 from typing import Any
 
 import independent_writer as iw
+import psycopg
 import pytest
 import redis
-from cluster import LocalCluster, redis_cluster_with_replicas, role, start_cluster
-from helpers import run_cli
+from cluster import LocalCluster, redis_cluster_with_replicas, role, slot_owner, start_cluster
+from helpers import cli_env, run_cli
 from test_migrate import assert_clean_aggregates_migrated, cli_args
 
-from esctl import redisio, servers
+from esctl import layout, redisio, servers
 from esctl.errors import ConnectionFailed, EsctlError, ServerError
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 
@@ -158,5 +161,124 @@ def test_a_primary_killed_mid_migration_is_survived_or_a_rerun_completes(
         else:
             assert outcome["summary"].problems == []
         assert_clean_aggregates_migrated(pg_dsn, truth)
+    finally:
+        cluster.stop()
+
+
+# --- riding out a failover -----------------------------------------------------------------
+
+
+def start_migration(url: str, pg_dsn: str, app: str, *extra: str) -> subprocess.Popen[str]:
+    """``esctl migrate redis-to-pg --json`` in the background, slowed down by ``--rate`` so a
+    failover lands in the middle of it."""
+    args = [*cli_args(url, pg_dsn, app), "--init-schema", "--json", "--batch-size", "20", *extra]
+    return subprocess.Popen(
+        [sys.executable, "-m", "esctl", "migrate", "redis-to-pg", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+    )  # fmt: skip
+
+
+def wait_for_first_batch(proc: subprocess.Popen[str], pg_dsn: str, timeout: float = 30) -> None:
+    """Wait until the migration has committed a batch: it is reading Redis now."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(pg_dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM esctl.migration_batch").fetchone()
+            if row and row[0] > 0:
+                return
+        assert proc.poll() is None, "the migration ended before its first batch"
+        assert time.monotonic() < deadline, "the migration committed no batch"
+        time.sleep(0.05)
+
+
+def wait_for_replicas_to_take_over(cluster: LocalCluster, dead: Any, timeout: float = 30) -> None:
+    survivors = [n for n in cluster.nodes if n is not dead]
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError):
+            roles = [role(n.port) for n in survivors]
+            with redis.Redis(port=survivors[0].port) as plain:
+                state = plain.cluster("info")["cluster_state"]
+            if roles.count("master") == 3 and state == "ok":
+                return
+        assert time.monotonic() < deadline, "the cluster did not recover"
+        time.sleep(0.1)
+
+
+def commit_lists_primary(cluster: LocalCluster, app: str) -> Any:
+    """The primary holding the app's commit lists (SCAN and LRANGE go there)."""
+    slot = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.seed.port).keyslot(
+        layout.commit_list_key(app, "x")
+    )
+    return slot_owner(cluster, slot)
+
+
+@pytest.mark.parametrize("replicas", [False, True], ids=["primaries", "read-from-replicas"])
+def test_a_replica_promoted_mid_migration_is_ridden_out_and_the_run_exits_0(
+    redis_cluster_with_replicas: LocalCluster, pg_dsn: str, app_name: str, replicas: bool
+) -> None:
+    """CLUSTER FAILOVER on the replica of the primary holding the commit lists, while a
+    migration reads them: the run follows the new primary and finishes, every event once."""
+    cluster = redis_cluster_with_replicas
+    truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=14)  # type: ignore[arg-type]
+    cluster.sync_replicas()
+    primary = commit_lists_primary(cluster, app_name)
+    extra = ["--rate", "400", *(["--read-from-replicas"] if replicas else [])]
+    proc = start_migration(cluster.url, pg_dsn, app_name, *extra)
+    wait_for_first_batch(proc, pg_dsn)
+    replica = next(
+        n for n in cluster.replicas_of_primaries()
+        if redis.Redis(port=n.port).info("replication")["master_port"] == primary.port
+    )  # fmt: skip
+    with redis.Redis(port=replica.port) as promoted:
+        promoted.execute_command("CLUSTER FAILOVER")
+        deadline = time.monotonic() + 10
+        while promoted.info("replication")["role"] != "master":
+            assert time.monotonic() < deadline, "the replica was not promoted"
+            time.sleep(0.05)
+    ended_early = proc.poll() is not None
+    out, err = proc.communicate(timeout=120)
+    assert not ended_early, f"the migration ended before the failover: {out}{err}"
+
+    assert proc.returncode == 0, out + err
+    doc = json.loads(out)
+    assert doc["problems"] == [] and doc["events_migrated"] == len(truth.events())
+    assert_clean_aggregates_migrated(pg_dsn, truth)
+
+
+def test_a_primary_killed_mid_migration_is_ridden_out_and_the_run_exits_0(
+    pg_dsn: str, app_name: str
+) -> None:
+    """SIGKILL of the primary holding the commit lists; the cluster promotes its replica
+    after the node timeout (1 s here). The run waits for that, rereads what it was reading and
+    finishes: exit 0, every event in PostgreSQL once. Pipelined reads in this process ride
+    the same failover out."""
+    if servers.find_redis_server() is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server / redis-cli are not installed")
+    cluster = start_cluster(3, 1)
+    try:
+        truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=15)  # type: ignore[arg-type]
+        cluster.sync_replicas()
+        victim = commit_lists_primary(cluster, app_name)
+        reader = redisio.connect(cluster.url)
+        lists = [layout.commit_list_key(app_name, a.aggregate_id) for a in truth.aggregates]
+        expected = redisio.commit_lists(reader, lists)
+        seed = next(n for n in cluster.nodes if n is not victim)
+        url = f"redis+cluster://127.0.0.1:{seed.port}"
+        proc = start_migration(url, pg_dsn, app_name, "--rate", "300")
+        wait_for_first_batch(proc, pg_dsn)
+        os.kill(victim.pid, signal.SIGKILL)
+        started = time.monotonic()
+        assert redisio.commit_lists(reader, lists) == expected  # waits for the promotion
+        assert time.monotonic() - started < redisio.READ_RETRY_SECONDS
+        ended_early = proc.poll() is not None
+        out, err = proc.communicate(timeout=120)
+        assert not ended_early, f"the migration ended before the kill: {out}{err}"
+
+        assert proc.returncode == 0, out + err
+        doc = json.loads(out)
+        assert doc["problems"] == [] and doc["events_migrated"] == len(truth.events()), doc
+        assert_clean_aggregates_migrated(pg_dsn, truth)
+        wait_for_replicas_to_take_over(cluster, victim)
     finally:
         cluster.stop()

@@ -1,0 +1,126 @@
+"""Benchmark: reading and migrating from a three-primary Redis Cluster against one server, and
+esctl's per-node pipelines against redis-py's ClusterPipeline, as ratios of one run.
+
+    python bench/bench_cluster.py [--events 100000] [--rounds 2] [--pg-dsn DSN]
+
+Writes the same bulk store (``demo.write_bulk_store``, PERF-NOTES' shape) into a throwaway
+single server and a throwaway local cluster (tests/cluster.py), then, alternating ``--rounds``
+times, measures
+- read: the Redis side of a migration alone (SCAN of the commit lists, LRANGE, HGET of every
+  payload through ``redisio``), events/s;
+- migrate: ``migrate_redis_to_pg`` with its defaults into a new database, events/s;
+each on the single server, on the cluster with the per-node path (``redisio.BY_NODE_PIPELINES``,
+the default) and on the cluster through redis-py's ClusterPipeline (the path before it), and
+prints the ratios of the medians. Compare only ratios printed by one run: the machine drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from _common import database
+
+from esctl import demo, layout, redisio, servers
+from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+
+APP = "Bench.Cluster"
+SETUPS = ("single", "cluster", "cluster-old")
+"""cluster-old: the cluster through redis-py's ClusterPipeline (BY_NODE_PIPELINES off)."""
+
+
+def read_all(client: redisio.RedisClient) -> int:
+    """Everything a migration reads from Redis, read and thrown away; returns events read."""
+    events = 0
+    pattern = layout.commit_list_pattern(APP)
+    for _, keys in redisio.scan_pages(client, pattern, type_="list"):
+        lists = redisio.commit_lists(client, keys)
+        flat = [commit for commits in lists for commit in commits]
+        for start in range(0, len(flat), 10_000):
+            values, _ = redisio.fetch_values(client, APP, flat[start : start + 10_000])
+            assert all(v is not None for v in values)
+        events += len(flat)
+    return events
+
+
+def measure(setup: str, url: str, admin_dsn: str, events: int, what: str) -> float:
+    redisio.BY_NODE_PIPELINES = setup != "cluster-old"
+    client = redisio.connect(url)
+    try:
+        if what == "read":
+            started = time.perf_counter()
+            assert read_all(client) == events
+            return events / (time.perf_counter() - started)
+        with database(admin_dsn) as dsn:
+            started = time.perf_counter()
+            summary = migrate_redis_to_pg(
+                client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True)
+            )
+            elapsed = time.perf_counter() - started
+        assert summary.events_migrated == events, (summary.events_migrated, events)
+        return events / elapsed
+    finally:
+        client.close()
+        redisio.BY_NODE_PIPELINES = True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pg-dsn", help="an admin DSN: databases are created and dropped")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from cluster import start_cluster
+
+    stop: list[Callable[[], None]] = []
+    try:
+        single = servers.start_redis()
+        stop.append(single.stop)
+        cluster = start_cluster(3, 0)
+        stop.append(cluster.stop)
+        admin_dsn = args.pg_dsn
+        if admin_dsn is None:
+            local_pg = servers.start_postgres(fast=False)
+            stop.append(local_pg.stop)
+            admin_dsn = local_pg.dsn
+        urls = {"single": single.url, "cluster": cluster.url, "cluster-old": cluster.url}
+        aggregates = max(1, args.events * 2 // 13)
+        counts = {
+            demo.write_bulk_store(
+                redisio.connect(url), app=APP, aggregates=aggregates, events_per_aggregate=(1, 12)
+            )
+            for url in (single.url, cluster.url)
+        }
+        assert len(counts) == 1, counts
+        events = counts.pop()
+        print(f"store: {events:,} events in {APP}, on one server and on a 3-primary cluster")
+        rates: dict[tuple[str, str], list[float]] = {}
+        for round_number in range(args.rounds):
+            for what in ("read", "migrate"):
+                for setup in SETUPS:
+                    rate = measure(setup, urls[setup], admin_dsn, events, what)
+                    rates.setdefault((what, setup), []).append(rate)
+                    print(f"round {round_number + 1} {what:8} {setup:12} {rate:>10,.0f} events/s")
+        print(f"\nmedians of {args.rounds} rounds:")
+        for what in ("read", "migrate"):
+            med = {s: statistics.median(rates[(what, s)]) for s in SETUPS}
+            print(
+                f"{what:8} cluster / single {med['cluster'] / med['single']:5.2f}x   "
+                f"cluster-old / single {med['cluster-old'] / med['single']:5.2f}x   "
+                f"cluster / cluster-old {med['cluster'] / med['cluster-old']:5.2f}x"
+            )
+    finally:
+        for stop_server in reversed(stop):
+            stop_server()
+
+
+if __name__ == "__main__":
+    main()

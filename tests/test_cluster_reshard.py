@@ -1,0 +1,258 @@
+"""Resharding under esctl's feet (issue 8): slots moved between the primaries of a real cluster
+while pipelines, SCANs, ``migrate redis-to-pg`` and ``events query`` run. MOVED and ASK
+replies are followed, SCAN misses no key, and the results are those of a quiet run. Also: on
+a lost node, read-only work retries for a while, writes fail at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+
+import independent_writer as iw
+import pytest
+import redis
+import redis.cluster
+from cluster import (
+    LocalCluster,
+    Resharder,
+    key_slots,
+    move_slot,
+    node_id,
+    redis_cluster,
+    slot_owner,
+    start_cluster,
+    wait_for_agreement,
+)
+from helpers import run_cli
+from test_migrate import assert_clean_aggregates_migrated, cli_args, new_database, pg_rows
+
+from esctl import layout, redisio, servers
+from esctl.errors import ConnectionFailed
+
+__all__ = ["redis_cluster"]  # the fixture, imported for pytest
+
+
+@pytest.fixture
+def single_pg_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A second database, for the run without resharding."""
+    with new_database(pg_admin_dsn) as dsn:
+        yield dsn
+
+
+def busiest_slots(client: redis.cluster.RedisCluster, app: str, count: int) -> list[int]:
+    """The commit lists' slot and the ``count - 1`` slots holding most of the app's payload
+    hashes: moving these moves most of what a migration reads."""
+    lists = client.keyslot(layout.commit_list_key(app, "x"))
+    hashes = key_slots(client, f"EventStore:{app}:*")
+    ranked = sorted(hashes, key=lambda s: (-hashes[s], s))
+    return [lists, *[s for s in ranked if s != lists][: count - 1]]
+
+
+def test_pipelined_follows_ask_and_moved_while_a_slot_moves(redis_cluster: LocalCluster) -> None:
+    tag = secrets.token_hex(4)
+    keys = [f"{{ask-{tag}}}:{i}" for i in range(40)]
+    seed = redis_cluster.client()
+    seed.mset({k: f"value-{k}" for k in keys})
+    slot = seed.keyslot(keys[0])
+    source = slot_owner(redis_cluster, slot)
+    target = next(p for p in redis_cluster.primaries() if p.port != source.port)
+    stale = redisio.connect(redis_cluster.url)  # its slot map is taken before the move
+    reads = [("GET", k) for k in keys]
+    assert redisio.pipelined(stale, reads) == [f"value-{k}".encode() for k in keys]
+
+    # Half-moved: the source answers ASK for the keys already on the target.
+    with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source.port))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target.port))
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys[:20])
+        assert isinstance(redisio.pipelined(stale, reads[:1], retry_reads=False)[0], bytes)
+        try:
+            assert redisio.pipelined(stale, reads) == [f"value-{k}".encode() for k in keys]
+            # A new key of a half-moved slot is created on the target (ASK), once.
+            new_key = f"{{ask-{tag}}}:new"
+            assert redisio.pipelined(stale, [("SET", new_key, "n")]) == [b"OK"]
+            assert dst.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 21
+            assert src.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 20
+        finally:
+            src.execute_command(
+                "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys[20:]
+            )
+            for node in redis_cluster.primaries():
+                with redis.Redis(port=node.port) as plain:
+                    plain.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(target.port))
+    wait_for_agreement(redis_cluster)
+
+    # Moved: the stale map learns the new owner from MOVED, and the writes land there.
+    assert stale.nodes_manager.slots_cache[slot][0].port == source.port
+    writes = [("SET", k, f"again-{k}") for k in keys]
+    assert redisio.pipelined(stale, writes) == [b"OK"] * len(keys)
+    assert stale.nodes_manager.slots_cache[slot][0].port == target.port
+    assert redisio.pipelined(stale, reads) == [f"again-{k}".encode() for k in keys]
+    with redis.Redis(port=target.port) as dst:
+        assert dst.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == len(keys) + 1
+    move_slot(redis_cluster, slot, source)
+    wait_for_agreement(redis_cluster)
+    stale.close()
+
+
+def test_a_reshard_changes_the_scan_epoch_so_no_cursor_outlives_it(
+    redis_cluster: LocalCluster,
+) -> None:
+    """A SCAN cursor saved by a run (migrate's resume position) is only reused on the layout it
+    was taken on: moving a slot away, and moving it back (the config epoch is bumped), each
+    give a new epoch."""
+    client = redisio.connect(redis_cluster.url)
+    slot = 4321
+    home = slot_owner(redis_cluster, slot)
+    other = next(p for p in redis_cluster.primaries() if p.port != home.port)
+    epochs = [redisio.scan_epoch(client)]
+    assert redisio.scan_epoch(client) == epochs[0]  # stable while nothing changes
+    try:
+        move_slot(redis_cluster, slot, other)
+        wait_for_agreement(redis_cluster)
+        epochs.append(redisio.scan_epoch(client))
+    finally:
+        move_slot(redis_cluster, slot, home)
+        wait_for_agreement(redis_cluster)
+    epochs.append(redisio.scan_epoch(client))
+    assert len(set(epochs)) == 3, epochs
+    client.close()
+
+
+@pytest.mark.parametrize("pattern", ["{scan-TAG}:*", "scan-TAG:*"])
+def test_scan_pages_during_a_reshard_hands_out_every_key_once(
+    redis_cluster: LocalCluster, pattern: str
+) -> None:
+    """One hash tag (scanned on its slot's owner, then on the node it moves to) and keys
+    spread over every slot (scanned on every primary) both come out whole."""
+    tag = secrets.token_hex(4)
+    match = pattern.replace("TAG", tag)
+    keys = {match.replace("*", str(i)) for i in range(2000)}
+    client = redisio.connect(redis_cluster.url)
+    redisio.pipelined(client, [("SET", k, "x") for k in keys])
+    slots = key_slots(redis_cluster.client(), match)
+    moving = sorted(slots, key=lambda s: -slots[s])[:40]
+    scans = 0
+    with Resharder(redis_cluster, moving, keys_per_step=40) as resharder:
+        while scans < 15 or resharder.moves < 6:
+            found = [k for _, page in redisio.scan_pages(client, match, count=100) for k in page]
+            assert len(found) == len(set(found)) and set(found) == keys, f"scan {scans}"
+            scans += 1
+            assert scans < 500, "the resharder moved nothing"
+    assert resharder.moves >= 6 and resharder.keys > 0
+    client.close()
+
+
+def test_migrate_during_a_reshard_gives_the_rows_of_a_run_without_one(
+    redis_cluster: LocalCluster, pg_dsn: str, single_pg_dsn: str, app_name: str
+) -> None:
+    writer = redis_cluster.client()
+    truth = iw.write_store(writer, app=app_name, aggregates=250, seed=21)  # type: ignore[arg-type]
+    moving = busiest_slots(writer, app_name, 60)
+    args = [*cli_args(redis_cluster.url, pg_dsn, app_name), "--init-schema", "--json"]
+    with Resharder(redis_cluster, moving) as resharder:
+        # --rate stretches the run over the resharding (~1,200 events at 500/s)
+        during = run_cli("migrate", "redis-to-pg", *args, "--batch-size", "50", "--rate", "500")
+        moves_during = resharder.moves
+    assert moves_during >= 5, "the slots did not move while the migration ran"
+    assert during.returncode == 0, during.stdout + during.stderr
+    quiet_args = [*cli_args(redis_cluster.url, single_pg_dsn, app_name), "--init-schema", "--json"]
+    quiet = run_cli("migrate", "redis-to-pg", *quiet_args, "--batch-size", "50")
+    assert quiet.returncode == 0, quiet.stderr
+    assert_clean_aggregates_migrated(pg_dsn, truth)
+    assert pg_rows(pg_dsn) == pg_rows(single_pg_dsn)
+    doc, quiet_doc = json.loads(during.stdout), json.loads(quiet.stdout)
+    for name in ("aggregates", "events_migrated", "events_already_present", "problems"):
+        assert doc[name] == quiet_doc[name], name
+
+
+def test_events_query_during_a_reshard_gives_the_results_of_a_quiet_run(
+    redis_cluster: LocalCluster, app_name: str
+) -> None:
+    writer = redis_cluster.client()
+    iw.write_store(writer, app=app_name, aggregates=250, seed=22)  # type: ignore[arg-type]
+    query = ["events", "query", "--redis-url", redis_cluster.url, "--app", app_name]
+    quiet = run_cli(*query, "--format", "jsonl")
+    assert quiet.returncode == 0, quiet.stderr
+    expected = sorted(quiet.stdout.splitlines())
+    assert len(expected) > 1000
+    with Resharder(redis_cluster, busiest_slots(writer, app_name, 60)) as resharder:
+        runs = 0
+        while runs < 3 or resharder.moves < 5:
+            during = run_cli(*query, "--format", "jsonl")
+            assert during.returncode == 0, during.stderr
+            assert sorted(during.stdout.splitlines()) == expected, f"run {runs}"
+            runs += 1
+            assert runs < 30, "the resharder moved nothing"
+
+
+# --- lost nodes: reads retry, writes fail fast ---------------------------------------------
+
+
+@pytest.fixture
+def doomed_cluster() -> Iterator[LocalCluster]:
+    """A cluster of its own (three primaries, no replica): the test kills one of them."""
+    if servers.find_redis_server() is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server / redis-cli are not installed")
+    cluster = start_cluster(3, 0)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_a_lost_node_fails_writes_at_once_and_reads_after_the_retry_window(
+    doomed_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redisio.connect(doomed_cluster.url)
+    keys = [f"lost-{i}" for i in range(300)]
+    assert redisio.pipelined(client, [("SET", k, "v") for k in keys]) == [b"OK"] * 300
+    assert redisio.pipelined(client, [("GET", k) for k in keys]) == [b"v"] * 300
+    victim = doomed_cluster.primaries()[1]
+    os.kill(victim.pid, signal.SIGKILL)  # no replica: its slots stay unserved
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as writing:
+        redisio.pipelined(client, [("SET", k, "w") for k in keys])
+    assert time.monotonic() - started < 5  # no retry for writes
+    assert "rerun" in (writing.value.hint or "")
+
+    monkeypatch.setattr(redisio, "READ_RETRY_SECONDS", 3.0)
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as reading:
+        redisio.pipelined(client, [("GET", k) for k in keys])
+    assert 3.0 <= time.monotonic() - started < 15
+    assert "did not answer reads for 3 s" in str(reading.value)
+    assert "cluster_state:ok" in (reading.value.hint or "")
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed):
+        redisio.pipelined(client, [("GET", k) for k in keys], retry_reads=False)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ConnectionFailed):
+        list(redisio.scan_pages(client, "lost-*"))
+
+
+def test_per_node_connections_are_not_shared_with_a_forked_child(
+    redis_cluster: LocalCluster,
+) -> None:
+    """The parent's raw node sockets are closed in a forked child (register_at_fork): the
+    child opens its own, and the parent's stay in step."""
+    client = redisio.connect(redis_cluster.url)
+    keys = [f"fork-{secrets.token_hex(4)}-{i}" for i in range(200)]
+    redisio.pipelined(client, [("SET", k, k) for k in keys])
+    reads = [("GET", k) for k in keys]
+    assert redisio.pipelined(client, reads) == [k.encode() for k in keys]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = redisio.pipelined(client, reads) == [k.encode() for k in keys]
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for _ in range(3):
+        assert redisio.pipelined(client, reads) == [k.encode() for k in keys]
+    client.close()
