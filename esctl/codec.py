@@ -20,10 +20,10 @@ from typing import Any, Literal
 import orjson
 import zstandard
 
+from esctl.defaults import COMPRESSION_THRESHOLD as DEFAULT_COMPRESSION_THRESHOLD
+
 GZIP_BASE64_PREFIX = b"H4sI"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-DEFAULT_COMPRESSION_THRESHOLD = 1000
-"""The library compresses a payload whose UTF-8 size exceeds this many bytes."""
 
 Compression = Literal["gzip", "zstd"]
 

@@ -31,6 +31,7 @@ import orjson
 import redis.exceptions
 
 from esctl import codec, layout, redisio
+from esctl.defaults import DEMO_SEED as DEFAULT_SEED
 from esctl.errors import Refused
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 DEMO_APP = "Learning.ScoringService.Web-Demo"
 DEMO_ENV = "demo"
-DEFAULT_SEED = 7
 DEFAULT_AGGREGATES = 60
 MIN_AGGREGATES = 20
 """The demo needs this many aggregates to hold every special case."""

@@ -65,6 +65,7 @@ import redis.exceptions
 
 from esctl import codec, compress, inspect, layout, pg, queues, redisio
 from esctl.config import redact
+from esctl.defaults import DOCTOR_SAMPLE as DEFAULT_SAMPLE
 from esctl.errors import ConnectionFailed, EsctlError, SchemaIncompatible
 
 Status = Literal["ok", "warn", "fail", "unavailable"]
@@ -73,7 +74,6 @@ STATUS_VALUE: dict[Status, int] = {"ok": 0, "warn": 1, "fail": 2, "unavailable":
 """The number ``esctl_doctor_check_status`` carries for each status."""
 _SEVERITY: dict[Status, int] = {"ok": 0, "unavailable": 1, "warn": 2, "fail": 3}
 
-DEFAULT_SAMPLE = 500
 DEFAULT_STUCK_AFTER = timedelta(minutes=5)
 GROWTH_MIN_INTERVAL = timedelta(hours=1)
 QUEUE_MIN_INTERVAL = timedelta(seconds=60)

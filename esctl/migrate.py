@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from esctl import layout, pg, redisio
+from esctl.defaults import MIGRATE_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.errors import ConfigError, LockHeld
 from esctl.shard import Shard
 from esctl.streams import (
@@ -50,7 +51,6 @@ from esctl.streams import (
     validate_stream,
 )
 
-DEFAULT_BATCH_SIZE = 10_000
 MAX_DEADLOCK_RETRIES = 5
 
 

@@ -30,10 +30,10 @@ import psycopg
 from psycopg import sql
 
 from esctl import layout, migrate, pg, redisio
+from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
+from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
 from esctl.streams import build_stream, validate_stream
 
-DEFAULT_SAMPLE = 2000
-DEFAULT_TRIAL_EVENTS = 20_000
 MAX_PROBLEMS_LISTED = 20
 
 

@@ -90,6 +90,8 @@ from psycopg import sql
 
 from esctl import layout, pg, queues, redisio
 from esctl.config import redact
+from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from esctl.defaults import REPLAY_CONFIRM_OVER as DEFAULT_CONFIRM_OVER
 from esctl.errors import EsctlError, LockHeld, Refused, ServerError, UsageError
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext, load_projection
 from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery, pg_conditions
@@ -99,10 +101,6 @@ SOURCES = ("redis", "pg")
 TARGETS = ("queue", "stdout", "projection")
 ORDERS = ("aggregate", "time")
 
-DEFAULT_BATCH_SIZE = 1000
-"""Events per projection transaction (and per checkpoint)."""
-DEFAULT_CONFIRM_OVER = 1000
-"""Publishing more events than this asks first (unless --yes)."""
 PUBLISH_BATCH = 500
 """Events whose transactions go to Redis in one round trip."""
 SORT_RUN_BYTES = 64 << 20

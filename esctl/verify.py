@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import random
 import sys
 import time
@@ -27,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from esctl import layout, pg, redisio
+from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.shard import Shard
 from esctl.streams import (
     Stream,
@@ -393,11 +393,6 @@ def verify(
         conn.close()
     summary.elapsed_s = time.monotonic() - started
     return summary
-
-
-def verify_workers_default() -> int:
-    """Comparing is Python work (decoding, JSON): a second process puts a second core to it."""
-    return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
 def _verify_in_process(

@@ -7,6 +7,8 @@ import base64
 import inspect
 import json
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 import redis
 import typer
 import typer.main
-from helpers import run_cli
+from helpers import cli_env, run_cli
 
 import esctl
 from esctl import codec, errors, layout
@@ -111,6 +113,94 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert result.returncode == 2
     assert "No such" in result.stderr
     assert_no_traceback(result)
+
+
+# --- startup stays light -------------------------------------------------------------------
+
+# Shell completion runs esctl on every Tab press, so building the command tree (for --help,
+# --version and completion) must not import redis-py, psycopg or esctl's core modules: each
+# command imports them when it runs (helpers only for type checking). At startup esctl needs
+# typer, rich, orjson and these modules of its own (the esctl.cli modules aside); esctl.layout
+# (standard library only) when completion parses a queue --list value, to check it.
+STARTUP_MODULES = {"esctl", "esctl.config", "esctl.defaults", "esctl.errors", "esctl.layout"}
+HEAVY_PACKAGES = {"redis", "psycopg", "psycopg_pool", "hiredis", "zstandard", "tqdm"}
+
+_LOAD_AND_RECORD = """
+import json, os, sys
+import typer.main
+from esctl.cli.app import app
+
+def walk(command, path):
+    yield path
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from walk(sub, [*path, name])
+
+if sys.argv[2] == "help":
+    runs = [(["--version"], {}), ([], {})]
+    runs += [([*path, "--help"], {}) for path in walk(typer.main.get_command(app), [])]
+    runs += [
+        ([], {"_ESCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": cword})
+        for words, cword in [
+            ("esctl ", "1"),
+            ("esctl migrate ", "2"),
+            ("esctl migrate redis-to-pg --", "3"),
+            ("esctl queue peek SUB TYPE --list dead --", "7"),
+            ("esctl replay --from ", "3"),
+        ]
+    ]
+    for args, env in runs:
+        os.environ.update(env)
+        try:
+            app(args=args, prog_name="esctl")
+        except SystemExit:
+            pass
+        for name in env:
+            del os.environ[name]
+with open(sys.argv[1], "w") as f:
+    json.dump(sorted(sys.modules), f)
+"""
+
+
+def modules_loaded(tmp_path: Path, mode: str) -> set[str]:
+    """The modules loaded in a fresh interpreter after importing esctl.cli.app (``import``)
+    or after also running --version, every --help and a few completions (``help``)."""
+    record = tmp_path / "modules.json"
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_RECORD, str(record), mode],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        cwd=str(tmp_path),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    return set(json.loads(record.read_text()))
+
+
+def too_heavy(modules: set[str]) -> list[str]:
+    """The drivers and the esctl modules outside STARTUP_MODULES and esctl.cli among
+    ``modules``."""
+
+    def light(name: str) -> bool:
+        return name in STARTUP_MODULES or name == "esctl.cli" or name.startswith("esctl.cli.")
+
+    return sorted(
+        m
+        for m in modules
+        if m.split(".")[0] in HEAVY_PACKAGES or (m.split(".")[0] == "esctl" and not light(m))
+    )
+
+
+@pytest.mark.parametrize("mode", ["import", "help"])
+def test_startup_imports_no_driver_and_no_core_module(tmp_path: Path, mode: str) -> None:
+    loaded = modules_loaded(tmp_path, mode)
+    assert "esctl.cli.migrate" in loaded  # the tree was built
+    heavy = too_heavy(loaded)
+    assert not heavy, (
+        f"esctl's startup (completion, --help, --version) imports {', '.join(heavy)}; import "
+        "them inside the command functions instead (see esctl/cli/events.py)"
+    )
 
 
 # --- events decode -------------------------------------------------------------------------

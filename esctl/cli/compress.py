@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from esctl import compress as core
-from esctl import redisio
+from esctl import defaults
 from esctl.cli import output
 from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -24,6 +23,9 @@ from esctl.cli.options import (
 )
 from esctl.errors import Refused
 
+if TYPE_CHECKING:
+    from esctl import compress as core
+
 
 def compress(
     threshold: Annotated[
@@ -34,7 +36,7 @@ def compress(
             metavar="BYTES",
             help="Compress plain payloads whose UTF-8 size exceeds this (the library's setting).",
         ),
-    ] = core.DEFAULT_THRESHOLD,
+    ] = defaults.COMPRESSION_THRESHOLD,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     progress: Annotated[
@@ -62,6 +64,9 @@ def compress(
 
     Example: esctl compress --app MyService --dry-run
     """
+    from esctl import compress as core
+    from esctl import redisio
+
     with reporting(json_mode=json_, debug=debug):
         resolved = settings(redis_url=redis_url, app=app_name, profile=profile, config=config)
         app = resolved.require("app")

@@ -6,15 +6,18 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from esctl import demo as core
+from esctl import defaults
 from esctl.cli import output
 from esctl.cli.errors import reporting
 from esctl.cli.options import DebugOpt, JsonOpt
 from esctl.config import redact
+
+if TYPE_CHECKING:
+    from esctl import demo as core
 
 KeepOpt = Annotated[
     bool,
@@ -28,7 +31,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the generated data
 
 def demo(
     keep: KeepOpt = False,
-    seed: SeedOpt = core.DEFAULT_SEED,
+    seed: SeedOpt = defaults.DEMO_SEED,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -42,6 +45,8 @@ def demo(
 
     Example: esctl demo --keep   (then paste the printed export line)
     """
+    from esctl import demo as core
+
     with reporting(json_mode=json_, debug=debug), _sigterm_interrupts():
         output.info("starting a throwaway Redis and PostgreSQL and writing the demo store…")
         with core.demo_environment(keep=keep, seed=seed) as run:
@@ -71,6 +76,8 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def _document(run: core.DemoRun) -> dict[str, Any]:
     """The ``--json`` document."""
+    from esctl import demo as core
+
     return {
         "app": run.summary.app,
         "env": run.summary.env,
@@ -98,6 +105,8 @@ def _document(run: core.DemoRun) -> dict[str, Any]:
 
 
 def _render(run: core.DemoRun) -> None:
+    from esctl import demo as core
+
     summary = run.summary
     output.emit_mapping(
         {

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from esctl import codec
-from esctl import doctor as core
+from esctl import defaults
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -24,7 +23,9 @@ from esctl.cli.options import (
     RedisUrlOpt,
     settings,
 )
-from esctl.queues import parse_duration
+
+if TYPE_CHECKING:
+    from esctl import doctor as core
 
 _LABEL = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "unavailable": "n/a"}
 _ORDER = {"fail": 0, "warn": 1, "unavailable": 2, "ok": 3}
@@ -49,7 +50,7 @@ def doctor(
         typer.Option(
             "--sample", min=1, metavar="N", help="Keys sampled per key family (--app checks)."
         ),
-    ] = core.DEFAULT_SAMPLE,
+    ] = defaults.DOCTOR_SAMPLE,
     stuck_after: Annotated[
         str,
         typer.Option(
@@ -66,7 +67,7 @@ def doctor(
             metavar="BYTES",
             help="The library's compression threshold: plain payloads over it are reported.",
         ),
-    ] = codec.DEFAULT_COMPRESSION_THRESHOLD,
+    ] = defaults.COMPRESSION_THRESHOLD,
     read_only: Annotated[
         bool,
         typer.Option(
@@ -97,6 +98,9 @@ def doctor(
 
     Example: esctl doctor --app MyService --env production --metrics-file /var/lib/node_exporter/esctl_doctor.prom
     """
+    from esctl import doctor as core
+    from esctl.queues import parse_duration
+
     with reporting(json_mode=json_, debug=debug):
         resolved = settings(
             redis_url=redis_url,

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 import typer
 
-from esctl import codec
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -39,6 +38,8 @@ FATAL_KINDS = {"invalid_compressed", "invalid_utf8", "invalid_json"}
 
 def decode_document(value: bytes) -> dict[str, object]:
     """The JSON line ``events decode`` prints for one stored value."""
+    from esctl import codec
+
     decoded, event = codec.decode_event(value)
     fatal = [p for p in event.problems if p.kind in FATAL_KINDS]
     return {

@@ -3,13 +3,11 @@ stats)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
-from esctl import inspect as core
-from esctl import redisio
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -25,7 +23,10 @@ from esctl.cli.options import (
     ShardOpt,
     settings,
 )
-from esctl.shard import Shard
+
+if TYPE_CHECKING:
+    from esctl import inspect as core
+    from esctl import redisio
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -47,6 +48,8 @@ def _connect(
     *,
     read_from_replicas: bool = False,
 ) -> tuple[redisio.RedisClient, str, str | None]:
+    from esctl import redisio
+
     resolved = settings(redis_url=redis_url, app=app_name, env=env, profile=profile, config=config)
     app_value = resolved.require("app")
     client = redisio.connect(
@@ -97,6 +100,8 @@ def aggregate(
 
     Example: esctl inspect aggregate 3f0c2a9e-… --app MyService --json | jq '.events[].data'
     """
+    from esctl import inspect as core
+
     with reporting(json_mode=json_, debug=debug):
         client, app_value, _ = _connect(
             redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
@@ -160,6 +165,8 @@ def _render_aggregate(report: core.AggregateReport, *, raw: bool) -> None:
         title=f"events (commit order{f', versions >= {report.from_version}' if report.from_version else ''})",
     )
     if raw:
+        from esctl import inspect as core
+
         for e in report.events:
             output.stdout_console.print(
                 f"{e.commit_id}: {core._text_or_none(e.stored) or repr(e.stored)}", markup=False
@@ -195,6 +202,8 @@ def event(
 
     Example: esctl inspect event 3f0c2a9e-0d1b-4c5e-9f8a-1b2c3d4e5f60 --app MyService
     """
+    from esctl import inspect as core
+
     with reporting(json_mode=json_, debug=debug):
         client, app_value, _ = _connect(
             redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
@@ -289,6 +298,9 @@ def integrity(
 
     Example: esctl inspect integrity --app MyService --json | jq .counts
     """
+    from esctl import inspect as core
+    from esctl.shard import Shard
+
     with reporting(json_mode=json_, debug=debug):
         shard_value = Shard.parse(shard)
         client, app_value, _ = _connect(
@@ -389,6 +401,8 @@ def stats(
 
     Example: esctl inspect stats --app MyService --sample 2000 --json | jq .memory
     """
+    from esctl import inspect as core
+
     with reporting(json_mode=json_, debug=debug):
         client, app_value, env_value = _connect(
             redis_url,

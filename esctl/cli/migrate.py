@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from esctl import migrate as core
-from esctl import plan as plan_core
-from esctl import prune as prune_core
-from esctl import redisio
-from esctl import verify as verify_core
+from esctl import defaults
 from esctl.cli import output
 from esctl.cli.errors import EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -30,7 +26,11 @@ from esctl.cli.options import (
     ShardOpt,
     settings,
 )
-from esctl.shard import Shard
+
+if TYPE_CHECKING:
+    from esctl import migrate as core
+    from esctl import prune as prune_core
+    from esctl import redisio
 
 app = typer.Typer(no_args_is_help=True, help="Move event storage from Redis into PostgreSQL.")
 
@@ -49,7 +49,7 @@ BackupFileOpt = Annotated[
 def redis_to_pg(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Events per transaction.")
-    ] = core.DEFAULT_BATCH_SIZE,
+    ] = defaults.MIGRATE_BATCH_SIZE,
     init_schema: Annotated[
         bool,
         typer.Option(
@@ -135,6 +135,10 @@ def redis_to_pg(
 
     Example: esctl migrate redis-to-pg --app MyService --init-schema
     """
+    from esctl import migrate as core
+    from esctl import redisio
+    from esctl.shard import Shard
+
     with reporting(json_mode=json_, debug=debug):
         _check_delete_source(
             delete_source=delete_source, yes=yes, dry_run=dry_run, backup_file=backup_file
@@ -239,6 +243,8 @@ class _ProgressBar:
     def __init__(self, client: redisio.RedisClient, opts: core.MigrateOptions) -> None:
         from tqdm import tqdm
 
+        from esctl import migrate as core
+
         self.bar = tqdm(unit=" commits", unit_scale=True, dynamic_ncols=True, desc="migrating")
         self.lock = threading.Lock()
 
@@ -290,7 +296,7 @@ def verify_command(
             "(default: 2 where there are 2 or more CPUs).",
             show_default=False,
         ),
-    ] = verify_core.verify_workers_default(),
+    ] = defaults.verify_workers_default(),
     redis_url: RedisUrlOpt = None,
     cluster: ClusterOpt = False,
     read_from_replicas: ReadFromReplicasOpt = False,
@@ -309,6 +315,9 @@ def verify_command(
 
     Example: esctl migrate verify --app MyService --sample 10000
     """
+    from esctl import verify as verify_core
+    from esctl.shard import Shard
+
     with reporting(json_mode=json_, debug=debug):
         resolved = settings(
             redis_url=redis_url,
@@ -383,7 +392,7 @@ def _duration(seconds: float | None) -> str:
 def plan_command(
     sample: Annotated[
         int, typer.Option("--sample", min=1, help="Aggregates to read whole (a random sample).")
-    ] = plan_core.DEFAULT_SAMPLE,
+    ] = defaults.PLAN_SAMPLE,
     trial: Annotated[
         bool,
         typer.Option(
@@ -394,7 +403,7 @@ def plan_command(
     ] = True,
     trial_events: Annotated[
         int, typer.Option("--trial-events", min=1, help="At most this many events in the trial.")
-    ] = plan_core.DEFAULT_TRIAL_EVENTS,
+    ] = defaults.PLAN_TRIAL_EVENTS,
     toast_compression: Annotated[
         str,
         typer.Option(
@@ -428,6 +437,9 @@ def plan_command(
 
     Example: esctl migrate plan --app MyService --sample 5000 --json
     """
+    from esctl import plan as plan_core
+    from esctl import redisio
+
     with reporting(json_mode=json_, debug=debug):
         resolved = settings(
             redis_url=redis_url,
@@ -528,6 +540,8 @@ def _prune_source(
     backup_file: str | None,
 ) -> prune_core.PruneSummary | None:
     """The prune of redis-to-pg --delete-source; its summary goes under "prune"."""
+    from esctl import prune as prune_core
+
     document["prune"] = None
     if summary.stopped_early is not None:
         output.warn("--delete-source: nothing pruned because the migration stopped early")
@@ -636,6 +650,10 @@ def prune_command(
 
     Example: esctl migrate prune --app MyService --yes --backup-file pruned-2024-05-01.jsonl.zst
     """
+    from esctl import prune as prune_core
+    from esctl import redisio
+    from esctl.shard import Shard
+
     with reporting(json_mode=json_, debug=debug):
         resolved = settings(
             redis_url=redis_url,

@@ -4,12 +4,11 @@ restore). Never opens PostgreSQL."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from esctl import errors, redisio
-from esctl import queues as core
+from esctl import errors
 from esctl.cli import output
 from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -24,6 +23,10 @@ from esctl.cli.options import (
     YesOpt,
     settings,
 )
+
+if TYPE_CHECKING:
+    from esctl import queues as core
+    from esctl import redisio
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -91,14 +94,18 @@ LimitOpt = Annotated[
 
 
 def _list_name(value: str) -> str:
-    if value not in core.QUEUE_LISTS:
-        raise typer.BadParameter(f"use one of {', '.join(core.QUEUE_LISTS)}")
+    from esctl.layout import QUEUE_LISTS
+
+    if value not in QUEUE_LISTS:
+        raise typer.BadParameter(f"use one of {', '.join(QUEUE_LISTS)}")
     return value
 
 
 def _connect(
     redis_url: str | None, cluster: bool, env: str | None, profile: str | None, config: str | None
 ) -> tuple[redisio.RedisClient, str]:
+    from esctl import redisio
+
     resolved = settings(redis_url=redis_url, env=env, profile=profile, config=config)
     environment = resolved.require("env")
     return redisio.connect(resolved.redis_url, cluster=cluster), environment
@@ -112,6 +119,8 @@ def _selection(
     min_retries: int | None,
     limit: int | None,
 ) -> core.Selection:
+    from esctl import queues as core
+
     return core.Selection(
         older_than=core.parse_duration(older_than) if older_than else None,
         grace=core.parse_duration(grace) if grace else None,
@@ -239,6 +248,8 @@ def list_command(
 
     Example: esctl queue list --env production --metrics-file /var/lib/node_exporter/esctl_queues.prom
     """
+    from esctl import queues as core
+
     with reporting(json_mode=json_, debug=debug):
         client, environment = _connect(redis_url, cluster, env, profile, config)
         listing = core.list_queues(
@@ -299,6 +310,8 @@ def peek_command(
 
     Example: esctl queue peek Reporting.Worker ItemScoreCreated --list dead --env production
     """
+    from esctl import queues as core
+
     with reporting(json_mode=json_, debug=debug):
         client, environment = _connect(redis_url, cluster, env, profile, config)
         ref = core.QueueRef(subscriber, environment, event_type)
@@ -359,6 +372,8 @@ def requeue_command(
 
     Example: esctl queue requeue Reporting.Worker ItemScoreCreated --grace 5m --yes --env production
     """
+    from esctl import queues as core
+
     with reporting(json_mode=json_, debug=debug):
         if source not in ("processing", "dead"):
             raise errors.UsageError(
@@ -460,6 +475,8 @@ def drain_command(
 
     Example: esctl queue drain Reporting.Worker ItemScoreCreated --list dead --to-file dead.jsonl.zst --env production
     """
+    from esctl import queues as core
+
     with reporting(json_mode=json_, debug=debug):
         selection = _selection(
             older_than, grace, aggregates, exception_contains, min_retries, limit
@@ -563,6 +580,9 @@ def restore_command(
 
     Example: esctl queue restore dead.jsonl.zst --yes
     """
+    from esctl import queues as core
+    from esctl import redisio
+
     with reporting(json_mode=json_, debug=debug):
         if which is not None:
             if to is None:

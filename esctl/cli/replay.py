@@ -7,12 +7,11 @@ import enum
 import os
 import sys
 import threading
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from esctl import errors, redisio
-from esctl import replay as core
+from esctl import defaults, errors
 from esctl.cli import output
 from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
 from esctl.cli.options import (
@@ -37,7 +36,9 @@ from esctl.cli.options import (
     YesOpt,
     settings,
 )
-from esctl.shard import Shard
+
+if TYPE_CHECKING:
+    from esctl import replay as core
 
 
 class FromOpt(enum.StrEnum):
@@ -137,7 +138,7 @@ def replay(
             metavar="N",
             help="--to queue: ask before publishing more than N events (unless --yes).",
         ),
-    ] = core.DEFAULT_CONFIRM_OVER,
+    ] = defaults.REPLAY_CONFIRM_OVER,
     projection: Annotated[
         str | None,
         typer.Option(
@@ -173,7 +174,7 @@ def replay(
     batch_size: Annotated[
         int,
         typer.Option("--batch-size", min=1, help="--to projection: events per transaction."),
-    ] = core.DEFAULT_BATCH_SIZE,
+    ] = defaults.REPLAY_BATCH_SIZE,
     shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
@@ -211,6 +212,10 @@ def replay(
 
     Example: esctl replay --from redis --aggregate 1042 --to queue --subscriber Reporting.Worker --env production
     """
+    from esctl import redisio
+    from esctl import replay as core
+    from esctl.shard import Shard
+
     streaming = target == ToOpt.stdout and not dry_run  # stdout carries the events
     with reporting(json_mode=json_ and not streaming, debug=debug):
         resolved = settings(
