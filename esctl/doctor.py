@@ -2117,7 +2117,7 @@ def run_doctor(opts: DoctorOptions) -> DoctorReport:
     stats: inspect.StatsReport | None = None
     notes: list[dict[str, Any]] = []
     try:
-        client = redisio.connect(opts.redis_url, cluster=opts.cluster)
+        client = redisio.connect(opts.redis_url, cluster=opts.cluster, allow_lone_cluster_node=True)
         server = redisio.describe(client)
     except ConnectionFailed as exc:
         checks.append(

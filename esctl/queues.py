@@ -43,7 +43,6 @@ import zstandard
 from esctl import __version__, codec, layout, redisio
 from esctl.config import redact
 from esctl.errors import (
-    ConfigError,
     EsctlError,
     LockHeld,
     NotFound,
@@ -106,30 +105,6 @@ def restore_progress_key(ref: QueueRef, which: str, backup_id: str) -> str:
     """How many records of backup ``backup_id`` were restored into ``ref``'s ``which`` list
     (same hash slot as the list, so the count moves atomically with the messages)."""
     return f"esctl:restore:{{{ref.env}:{ref.event_type}}}:{backup_id}:{ref.subscriber}:{which}"
-
-
-def refuse_a_lone_cluster_node(client: redisio.RedisClient, command: str) -> None:
-    """ConfigError when ``client`` is a plain connection to one node of a Redis Cluster (a
-    ``redis://`` URL without ``--cluster``). That node answers SCAN with its own keys only and
-    refuses the others with MOVED, so a command would do part of its work and call it done
-    (``queue list`` and ``compress`` would exit 0 having seen a third of a three-primary
-    cluster). One ``INFO cluster`` round trip; a server that refuses INFO is taken as it is."""
-    if not isinstance(client, redis.Redis):
-        return
-    try:
-        info = client.info("cluster")
-    except redisio.REDIS_ERRORS:
-        return
-    if int(info.get("cluster_enabled", 0) or 0) != 1:
-        return
-    server = redisio.describe(client)
-    address = "HOST:PORT" if server.startswith("unix:") else server.rsplit("/", 1)[0]
-    raise ConfigError(
-        f"{server} is a node of a Redis Cluster, reached as a single server: {command} would "
-        "reach only the keys stored on that node; nothing was done",
-        hint=f"point --redis-url at the cluster: redis+cluster://{address} (or add --cluster); "
-        "any node works as the seed",
-    )
 
 
 def check_list_name(which: str) -> str:
@@ -605,7 +580,6 @@ def list_queues(
     empty are listed too. Lengths are read in pipelined round trips. The oldest processing
     message is the oldest TimeStamp among the ``oldest_sample`` messages at the tail of
     ProcessingEvents (the ones taken longest ago; exact when the list is no longer). Read-only."""
-    refuse_a_lone_cluster_node(client, "queue list")
     started = time.perf_counter()
     moment = _now(now)
     type_filter = set(event_types)
@@ -869,7 +843,6 @@ def peek(
 ) -> PeekResult:
     """The next ``count`` messages of a list in consumption order (the tail first), decoded,
     with their RetryData for dead letters. Read-only."""
-    refuse_a_lone_cluster_node(client, "queue peek")
     check_list_name(which)
     _ensure_known(client, ref)
     key = ref.key(which)
@@ -1170,7 +1143,6 @@ def requeue(
     ``keep_retry_data``. The selection is a snapshot: the run always ends. Holds the queue's
     lock (LockHeld when another run has it) unless ``dry_run``; asks ``confirm`` before the
     first move (Refused when it says no)."""
-    refuse_a_lone_cluster_node(client, "queue requeue")
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -1520,7 +1492,6 @@ def drain(
     Each batch's outcome (removed, or gone because a consumer took it first) is appended to the
     file before the next batch. Without ``to_file`` it refuses unless ``discard``. Holds the
     queue's lock unless ``dry_run``; asks ``confirm`` before writing anything."""
-    refuse_a_lone_cluster_node(client, "queue drain")
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -1773,7 +1744,6 @@ def restore(
     in Redis atomically with each batch, so rerunning after a failure, or restoring the same
     file again, never restores a message twice. Holds the target queues' locks unless
     ``dry_run``; asks ``confirm`` first."""
-    refuse_a_lone_cluster_node(client, "queue restore")
     started = time.perf_counter()
     backup = read_backup(path)
     header = backup.header

@@ -33,7 +33,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from esctl import layout
 from esctl.config import redact
-from esctl.errors import ConnectionFailed, ServerError
+from esctl.errors import ConfigError, ConnectionFailed, ServerError
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
 T = TypeVar("T")
@@ -72,8 +72,17 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(("redis+cluster://", "rediss+cluster://"))
 
 
-def connect(url: str, *, cluster: bool = False, read_from_replicas: bool = False) -> RedisClient:
-    """Open a client and check the server answers. Raises ConnectionFailed (password hidden)."""
+def connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    read_from_replicas: bool = False,
+    allow_lone_cluster_node: bool = False,
+) -> RedisClient:
+    """Open a client and check the server answers. Raises ConnectionFailed (password hidden),
+    or ConfigError for one node of a Redis Cluster reached as a single server
+    (:func:`refuse_a_lone_cluster_node`) unless ``allow_lone_cluster_node`` (doctor, which
+    reports it as a finding instead)."""
     shown = redact(url)
     try:
         client: RedisClient
@@ -116,7 +125,34 @@ def connect(url: str, *, cluster: bool = False, read_from_replicas: bool = False
             server=shown,
             hint="use redis://[user:password@]host:port/db, rediss:// or redis+cluster://",
         ) from None
+    if not allow_lone_cluster_node:
+        refuse_a_lone_cluster_node(client)
     return client
+
+
+def refuse_a_lone_cluster_node(client: RedisClient) -> None:
+    """ConfigError when ``client`` is a plain connection to one node of a Redis Cluster (a
+    ``redis://`` URL without ``--cluster``). That node answers SCAN with its own keys only and
+    refuses the others with MOVED, so a command would do part of its work and call it done
+    (seen: ``migrate redis-to-pg`` exiting 0 with 0 aggregates, ``compress`` and ``queue list``
+    exiting 0 having seen a third of a three-primary cluster). One ``INFO cluster`` round trip;
+    a server that refuses INFO is taken as it is."""
+    if not isinstance(client, redis.Redis):
+        return
+    try:
+        info = client.info("cluster")
+    except REDIS_ERRORS:
+        return
+    if int(info.get("cluster_enabled", 0) or 0) != 1:
+        return
+    server = describe(client)
+    address = "HOST:PORT" if server.startswith("unix:") else server.rsplit("/", 1)[0]
+    raise ConfigError(
+        f"{server} is a node of a Redis Cluster, reached as a single server: esctl would reach "
+        "only the keys stored on that node; nothing was done",
+        hint=f"point --redis-url at the cluster: redis+cluster://{address} (or add --cluster); "
+        "any node works as the seed",
+    )
 
 
 def describe(client: RedisClient) -> str:

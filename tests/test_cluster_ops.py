@@ -264,8 +264,9 @@ def test_queue_commands_and_compress_refuse_one_node_of_a_cluster_given_alone(
     tmp_path: Path,
 ) -> None:
     """A ``redis://`` URL of one node sees that node's keys only: ``queue list`` and
-    ``compress`` would report part of the store as all of it, so they refuse (exit 1, naming
-    the fix), as every queue command does; with ``--cluster`` the same URL works."""
+    ``compress`` would report part of the store as all of it (and ``migrate`` exited 0 with
+    0 aggregates), so every command refuses it (exit 1, naming the fix); with ``--cluster``
+    the same URL works."""
     write_queues(cluster_client, app_name, env_name)
     write_plain_store(cluster_client, app_name)
     before = queue_lists(cluster_client, env_name), payload_hashes(cluster_client, app_name)
@@ -278,12 +279,19 @@ def test_queue_commands_and_compress_refuse_one_node_of_a_cluster_given_alone(
          "--to-file", str(tmp_path / "x.jsonl.zst"), "--yes", *scope),
         ("queue", "requeue", demo.SEARCH, "ItemScoreCreated", "--yes", *scope),
         ("compress", "--app", app_name, "--yes", "--redis-url", node),
+        # every other command too: redisio.connect refuses a lone node
+        ("migrate", "redis-to-pg", "--app", app_name, "--redis-url", node,
+         "--pg-dsn", "postgresql://127.0.0.1:1/none"),
+        ("inspect", "stats", "--app", app_name, "--redis-url", node),
+        ("inspect", "integrity", "--app", app_name, "--redis-url", node),
     ]  # fmt: skip
     for command in commands:
         code, document = esctl_json(*command)
         assert code == 1 and document["error"]["kind"] == "config", (command, document)
         assert "node of a Redis Cluster" in document["error"]["message"]
         assert "redis+cluster://127.0.0.1:" in document["error"]["hint"]
+    query = run_cli("events", "query", "--app", app_name, "--redis-url", node)
+    assert query.returncode == 1 and "node of a Redis Cluster" in query.stderr, query.stderr
     assert (queue_lists(cluster_client, env_name), payload_hashes(cluster_client, app_name)) == before  # fmt: skip
     code, listing = esctl_json("queue", "list", *scope, "--cluster")
     assert code in (0, 3) and len(listing["queues"]) == sum(map(len, demo.SUBSCRIPTIONS.values()))
