@@ -1204,12 +1204,39 @@ def eval_pipelined(client: RedisClient, script: str, calls: Sequence[tuple[Any, 
     """Run a Lua script once per call (``(numkeys, *keys, *args)``), pipelined: EVALSHA, and
     EVAL for the calls a server answered NOSCRIPT (a restarted server, another cluster node).
     Keep each call's keys in one hash slot. Replies in order; errors as exception objects.
-    Never retried after a lost connection (scripts write): the caller sees ConnectionFailed."""
+
+    Never retried after a lost connection (scripts write, and whether the lost node ran one is
+    unknown): the caller sees ConnectionFailed. But a call the server *answered* with
+    TRYAGAIN, CLUSTERDOWN, LOADING or MASTERDOWN was not run (a script whose keys are split by
+    a slot half-way through a reshard gets TRYAGAIN until the slot has moved): those calls,
+    and only those, are sent again, a short wait apart, for up to :data:`READ_RETRY_SECONDS`;
+    after that their error replies are returned as they are."""
     sha = hashlib.sha1(script.encode()).hexdigest()
-    replies = pipelined(client, [("EVALSHA", sha, *call) for call in calls])
+    replies = _eval_once(client, script, sha, calls)
+    deadline = time.monotonic() + READ_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        pending = [i for i, r in enumerate(replies) if _is_retried_reply(r)]
+        now = time.monotonic()
+        if not pending or now >= deadline:
+            return replies
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 1.0)
+        if isinstance(client, redis.cluster.RedisCluster):
+            refresh_slots(client)
+        again = _eval_once(client, script, sha, [calls[i] for i in pending])
+        for i, reply in zip(pending, again, strict=True):
+            replies[i] = reply
+
+
+def _eval_once(
+    client: RedisClient, script: str, sha: str, calls: Sequence[tuple[Any, ...]]
+) -> list[Any]:
+    """One pipelined EVALSHA per call, then EVAL for those the server answered NOSCRIPT."""
+    replies = pipelined(client, [("EVALSHA", sha, *call) for call in calls], retry_reads=False)
     missing = [i for i, r in enumerate(replies) if _is_noscript(r)]
     if missing:
-        again = pipelined(client, [("EVAL", script, *calls[i]) for i in missing])
+        again = pipelined(client, [("EVAL", script, *calls[i]) for i in missing], retry_reads=False)
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
     return replies

@@ -256,3 +256,47 @@ def test_per_node_connections_are_not_shared_with_a_forked_child(
     for _ in range(3):
         assert redisio.pipelined(client, reads) == [k.encode() for k in keys]
     client.close()
+
+
+def test_a_script_answered_tryagain_mid_reshard_runs_once_the_slot_has_moved(
+    redis_cluster: LocalCluster,
+) -> None:
+    """A writing script whose keys a half-moved slot splits between two nodes is answered
+    TRYAGAIN (not run). eval_pipelined sends exactly those calls again until the slot has
+    moved: the script then runs once, on the new owner."""
+    import threading
+
+    tag = secrets.token_hex(4)
+    first, second = f"{{try-{tag}}}:a", f"{{try-{tag}}}:b"
+    seed = redis_cluster.client()
+    seed.mset({first: 1, second: 1})
+    slot = seed.keyslot(first)
+    source = slot_owner(redis_cluster, slot)
+    target = next(p for p in redis_cluster.primaries() if p.port != source.port)
+    client = redisio.connect(redis_cluster.url)
+    script = "return redis.call('INCR', KEYS[1]) + redis.call('INCR', KEYS[2])"
+    with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source.port))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target.port))
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", first)
+        replies: list[object] = []
+        runner = threading.Thread(
+            target=lambda: replies.extend(
+                redisio.eval_pipelined(client, script, [(2, first, second)])
+            )
+        )
+        runner.start()
+        time.sleep(1.0)  # the script meets the split slot (TRYAGAIN) meanwhile
+        assert runner.is_alive() and not replies
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", second)
+        for node in redis_cluster.primaries():
+            with redis.Redis(port=node.port) as plain:
+                plain.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(target.port))
+        runner.join(timeout=30)
+        assert not runner.is_alive()
+        assert replies == [4]  # run once: both keys went from 1 to 2
+        assert dst.mget(first, second) == [b"2", b"2"]
+    wait_for_agreement(redis_cluster)
+    move_slot(redis_cluster, slot, source)
+    wait_for_agreement(redis_cluster)
+    client.close()
