@@ -574,9 +574,26 @@ _SQL_CHUNK = 500
 """Host parameters per SQLite statement (well under every SQLite build's limit)."""
 
 
+def _db(text: str) -> str:
+    """A name read from Redis as SQLite can store it. Names that are not valid UTF-8 are kept
+    as surrogate escapes (``redisio.key_str``), which SQLite refuses: those are stored with
+    their raw bytes as Latin-1 (and :func:`_py` undoes it), so every name maps to one stored
+    text and back. ASCII, nearly every name, is stored as it is."""
+    return text if text.isascii() else text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def _py(text: str) -> str:
+    return text if text.isascii() else text.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def _rows(rows: list[Any]) -> list[tuple[int, str, str]]:
+    return [(rowid, _py(key), _py(commit_id)) for rowid, key, commit_id in rows]
+
+
 class CommitIndex:
     """The commit ids seen in commit lists, the keys already scanned, and hash-side findings,
-    in an SQLite file of a temporary directory; memory is SQLite's page cache (8 MiB)."""
+    in an SQLite file of a temporary directory; memory is SQLite's page cache (8 MiB). Text goes
+    in through :func:`_db` and comes out through :func:`_py`, so names that are not UTF-8 work."""
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="esctl-integrity-")
@@ -618,39 +635,43 @@ class CommitIndex:
 
     def new_keys(self, keys: Sequence[str]) -> list[str]:
         """The keys not seen before (SCAN may return a key twice), now marked as seen."""
+        stored = [_db(k) for k in keys]
         seen: set[str] = set()
-        for chunk in self._chunks(keys):
+        for chunk in self._chunks(stored):
             marks = ",".join("?" * len(chunk))
             seen.update(
                 r[0]
                 for r in self.db.execute(f"SELECT key FROM seen_key WHERE key IN ({marks})", chunk)
             )
-        fresh = [k for k in dict.fromkeys(keys) if k not in seen]
-        self.db.executemany("INSERT INTO seen_key VALUES (?)", ((k,) for k in fresh))
-        return fresh
+        fresh = {d: k for d, k in zip(stored, keys, strict=True) if d not in seen}
+        self.db.executemany("INSERT INTO seen_key VALUES (?)", ((d,) for d in fresh))
+        return list(fresh.values())
 
     def add_commits(self, pairs: Iterable[tuple[str, str]]) -> None:
         self.db.execute("BEGIN")
-        self.db.executemany("INSERT OR IGNORE INTO committed VALUES (?, ?)", pairs)
+        self.db.executemany(
+            "INSERT OR IGNORE INTO committed VALUES (?, ?)", ((_db(c), _db(a)) for c, a in pairs)
+        )
         self.db.execute("COMMIT")
 
     def committed(self, commit_ids: Sequence[str]) -> dict[str, str]:
         """commit id -> aggregate id, for the given ids some commit list names."""
         out: dict[str, str] = {}
-        for chunk in self._chunks(commit_ids):
+        for chunk in self._chunks([_db(c) for c in commit_ids]):
             marks = ",".join("?" * len(chunk))
             out.update(
-                self.db.execute(
+                (_py(commit_id), _py(aggregate_id))
+                for commit_id, aggregate_id in self.db.execute(
                     f"SELECT commit_id, aggregate_id FROM committed WHERE commit_id IN ({marks})",
                     chunk,
-                ).fetchall()
+                )
             )
         return out
 
     def add_finding(self, kind: str, key: str, commit_id: str, detail: str) -> None:
         self.db.execute(
             "INSERT OR IGNORE INTO finding (kind, key, commit_id, detail) VALUES (?, ?, ?, ?)",
-            (kind, key, commit_id, detail),
+            (kind, _db(key), _db(commit_id), _db(detail)),
         )
 
     def findings(self, kind: str, batch: int = 1000) -> Iterator[list[tuple[int, str, str]]]:
@@ -664,36 +685,40 @@ class CommitIndex:
             ).fetchall()
             if not rows:
                 return
-            yield rows
+            yield _rows(rows)
             last = rows[-1][0]
 
     def drop_finding(self, rowid: int) -> None:
         self.db.execute("DELETE FROM finding WHERE rowid = ?", (rowid,))
 
     def describe_finding(self, rowid: int, detail: str) -> None:
-        self.db.execute("UPDATE finding SET detail = ? WHERE rowid = ?", (detail, rowid))
+        self.db.execute("UPDATE finding SET detail = ? WHERE rowid = ?", (_db(detail), rowid))
 
     def undescribed(self, kind: str, commit_ids: Sequence[str]) -> list[tuple[int, str, str]]:
         """(rowid, key, commit id) of the findings of ``kind`` about ``commit_ids`` that have no
         detail yet."""
         out: list[tuple[int, str, str]] = []
-        for chunk in self._chunks(commit_ids):
+        for chunk in self._chunks([_db(c) for c in commit_ids]):
             marks = ",".join("?" * len(chunk))
             out.extend(
-                self.db.execute(
-                    "SELECT rowid, key, commit_id FROM finding WHERE kind = ? AND detail = ''"
-                    f" AND commit_id IN ({marks})",
-                    (kind, *chunk),
-                ).fetchall()
+                _rows(
+                    self.db.execute(
+                        "SELECT rowid, key, commit_id FROM finding WHERE kind = ? AND detail = ''"
+                        f" AND commit_id IN ({marks})",
+                        (kind, *chunk),
+                    ).fetchall()
+                )
             )
         return out
 
     def undescribed_batch(self, kind: str, batch: int = 1000) -> list[tuple[int, str, str]]:
         """Up to ``batch`` findings of ``kind`` with no detail yet (describe them to move on)."""
-        return self.db.execute(
-            "SELECT rowid, key, commit_id FROM finding WHERE kind = ? AND detail = '' LIMIT ?",
-            (kind, batch),
-        ).fetchall()
+        return _rows(
+            self.db.execute(
+                "SELECT rowid, key, commit_id FROM finding WHERE kind = ? AND detail = '' LIMIT ?",
+                (kind, batch),
+            ).fetchall()
+        )
 
     def count_undescribed(self, kind: str) -> int:
         row = self.db.execute(
@@ -705,10 +730,13 @@ class CommitIndex:
         return dict(self.db.execute("SELECT kind, count(*) FROM finding GROUP BY kind").fetchall())
 
     def finding_examples(self, kind: str, limit: int) -> list[tuple[str, str, str]]:
-        return self.db.execute(
-            "SELECT key, commit_id, detail FROM finding WHERE kind = ? ORDER BY rowid LIMIT ?",
-            (kind, limit),
-        ).fetchall()
+        return [
+            (_py(key), _py(commit_id), _py(detail))
+            for key, commit_id, detail in self.db.execute(
+                "SELECT key, commit_id, detail FROM finding WHERE kind = ? ORDER BY rowid LIMIT ?",
+                (kind, limit),
+            )
+        ]
 
 
 class _Tally:
@@ -723,7 +751,15 @@ class _Tally:
         self.counts[kind] += 1
         examples = self.examples.setdefault(kind, [])
         if len(examples) < self.limit:
-            examples.append({"kind": kind, "key": key, "detail": detail, "commit_id": commit_id})
+            printable = redisio.printable  # the report is printed: bytes not UTF-8 as \xNN
+            examples.append(
+                {
+                    "kind": kind,
+                    "key": printable(key),
+                    "detail": printable(detail),
+                    "commit_id": None if commit_id is None else printable(commit_id),
+                }
+            )
 
 
 HKEYS_LIMIT = 5000
@@ -923,8 +959,14 @@ def check_integrity(
 
         for kind, count in index.finding_counts().items():
             tally.counts[kind] += count
+            printable = redisio.printable  # the report is printed: bytes not UTF-8 as \xNN
             tally.examples[kind] = [
-                {"kind": kind, "key": key, "detail": detail, "commit_id": commit_id}
+                {
+                    "kind": kind,
+                    "key": printable(key),
+                    "detail": printable(detail),
+                    "commit_id": printable(commit_id),
+                }
                 for key, commit_id, detail in index.finding_examples(kind, examples)
             ]
     counts = {k: tally.counts[k] for k in INTEGRITY_KINDS if tally.counts.get(k)}

@@ -23,8 +23,9 @@ QUEUE_LISTS = tuple(_QUEUE_SUFFIX)
 
 def partition(identifier: str) -> int:
     """The partition of a commit id (or, for snapshots, an aggregate id):
-    CRC-32 (IEEE) of its UTF-8 bytes modulo 655360."""
-    return zlib.crc32(identifier.encode("utf-8")) % PARTITION_COUNT
+    CRC-32 (IEEE) of its UTF-8 bytes modulo 655360. A name read from Redis that is not valid
+    UTF-8 (kept as surrogate escapes, ``redisio.key_str``) hashes as its raw bytes."""
+    return zlib.crc32(identifier.encode("utf-8", "surrogateescape")) % PARTITION_COUNT
 
 
 # --- event storage -------------------------------------------------------------------------

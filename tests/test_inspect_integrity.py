@@ -88,6 +88,21 @@ def test_misplaced_payloads(redis_client: redis.Redis, app_name: str) -> None:
     assert "no commit list names it" in by_commit[stray]["detail"]
 
 
+def test_a_field_name_that_is_not_utf8_is_a_finding_not_a_crash(
+    redis_client: redis.Redis, app_name: str
+) -> None:
+    """Bytes no .NET writer produces, but a store may hold them (a bug, a hand-made key)."""
+    truth = iw.write_store(redis_client, app=app_name, aggregates=4, legacy_share=0, seed=2)
+    event = truth.aggregates[0].events[0]
+    redis_client.hset(event.hash_key, b"\xffnot-utf8", b"{}")
+    report = check_integrity(redis_client, app_name)
+    assert sum(report.counts.values()) == 1, report.counts
+    [(kind, [example])] = report.examples.items()
+    assert kind in ("orphan_payload", "misplaced_payload")
+    assert example["key"] == event.hash_key
+    assert example["commit_id"] == "\\xffnot-utf8"  # printable: the byte as \xNN
+
+
 def test_a_save_committed_during_the_scan_is_not_an_orphan(
     redis_client: redis.Redis, app_name: str
 ) -> None:
