@@ -622,6 +622,7 @@ class RedisQuery:
         scan_count: int = 1000,
         on_progress: Callable[[QueryStats], None] | None = None,
         read_ahead: bool | None = None,
+        unpack_ahead: bool = False,
     ) -> None:
         self.client = client
         self.app = app
@@ -633,8 +634,11 @@ class RedisQuery:
                 not filters.aggregates or len(filters.aggregates) > scan_count
             )
         self.read_ahead = read_ahead
-        """Read (and gunzip) in a second process while this one matches: on by default with
-        two CPUs or more, unless only a page of ``--aggregate`` ids is to be read."""
+        """Read in a second process while this one matches: on by default with two CPUs or
+        more, unless only a page of ``--aggregate`` ids is to be read."""
+        self.unpack_ahead = unpack_ahead
+        """With :attr:`read_ahead`, gunzip there too: for a consumer that has more to do per
+        event than matching (replay publishing or projecting), which balances the two."""
         self.stats = QueryStats()
         self._rejects = self._head_rejects()
 
@@ -705,16 +709,25 @@ class RedisQuery:
         gives them) per page: pipelined LRANGE, then HGET (the reads ``migrate`` makes).
 
         With :attr:`read_ahead` the pages are read in a forked process (:mod:`esctl.readahead`)
-        while this one unpacks and matches the previous page (gunzip here rather than there: it
-        balances the two processes, measured). Not a thread: a
-        reader thread measured no faster. The read is mostly Python work (packing commands,
-        parsing replies) that holds the GIL, and a thread that gives the GIL up for a socket
-        wait or a gunzip waits up to the 5 ms switch interval to get it back while the other
-        thread decodes (a convoy)."""
+        while this one unpacks and matches the previous page (for a query, gunzip here rather
+        than there balances the two processes, measured; :attr:`unpack_ahead` moves it there
+        for heavier consumers). Not a thread: a reader thread measured no faster. The read is
+        mostly Python work (packing commands, parsing replies) that holds the GIL, and a thread
+        that gives the GIL up for a socket wait or a gunzip waits up to the 5 ms switch interval
+        to get it back while the other thread decodes (a convoy)."""
+        if self.read_ahead and self.unpack_ahead:
+            yield from readahead.read_ahead(self._read_unpacked)
+            return
         pages = readahead.read_ahead(self._read_stored) if self.read_ahead else self._read_stored()
         unpack = self._unpack
         for ids, lists, values in pages:
             yield ids, lists, unpack(values)
+
+    def _read_unpacked(
+        self,
+    ) -> Iterator[tuple[list[str], list[list[str]], list[bytes | bool | None]]]:
+        for ids, lists, values in self._read_stored():
+            yield ids, lists, self._unpack(values)
 
     def _read_stored(self) -> Iterator[tuple[list[str], list[list[str]], list[bytes | None]]]:
         """(aggregate ids, their commit lists, the stored values in commit order) per page."""

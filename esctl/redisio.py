@@ -1051,6 +1051,41 @@ def _pipelined_packed(
     return replies
 
 
+def pipelined_resp(client: RedisClient, data: bytes, count: int) -> list[Any] | None:
+    """Send ``count`` commands already encoded as RESP in ``data`` and return their replies
+    (errors as exception objects), on a single server's raw connection: for a caller that
+    sends the same command shapes many times and encodes them faster itself (replay's
+    publisher). None where that path does not apply (a cluster, TLS): use :func:`pipelined`."""
+    if not isinstance(client, redis.Redis):
+        return None
+    try:
+        conn = _raw_connection(client)
+        if conn is None:
+            return None
+        try:
+            conn.sock.sendall(data)
+            return conn.receive(count)
+        except BaseException as exc:
+            # Unread replies may be left on the socket: never use this connection again.
+            conn.close()
+            _raw_connections.cache.pop(client, None)
+            if isinstance(exc, OSError):
+                raise redis.exceptions.ConnectionError(str(exc)) from exc
+            raise
+    except REDIS_ERRORS as exc:
+        raise wrap_errors(client, exc) from exc
+
+
+def resp_bulk(data: bytes) -> bytes:
+    """The RESP header of one bulk string argument (``$len\r\n``): data and ``\r\n`` follow."""
+    return b"$%d\r\n" % len(data)
+
+
+def resp_command(*args: str | bytes) -> bytes:
+    """One whole command as RESP (for :func:`pipelined_resp`)."""
+    return pack_commands([args])
+
+
 class _ClusterConnections:
     """This thread's raw connections to the nodes of one cluster client, by node name
     (``host:port``), opened on first use with the client's credentials."""

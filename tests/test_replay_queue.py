@@ -211,9 +211,20 @@ def test_replay_to_one_subscriber_acceptance(
         assert handled == [e.payload.encode() for e in selected if e.event_type == event_type]
 
 
+@pytest.mark.parametrize("encoding", ["resp", "commands"])
 def test_replay_one_aggregate_to_every_subscriber(
-    redis_client: redis.Redis, store: iw.GroundTruth, app_name: str, env_name: str
+    redis_client: redis.Redis,
+    store: iw.GroundTruth,
+    app_name: str,
+    env_name: str,
+    encoding: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Both ways of sending the transactions publish the same: the publisher's own RESP
+    encoding (single server) and command tuples through redisio.pipelined (where the raw path
+    does not apply: TLS)."""
+    if encoding == "commands":
+        monkeypatch.setattr("esctl.redisio.pipelined_resp", lambda *args: None)
     aggregate = next(
         a
         for a in store.clean_aggregates()
