@@ -1031,6 +1031,20 @@ def _raw_connection(client: redis.Redis) -> _RawConnection | None:
     return conn
 
 
+@contextlib.contextmanager
+def _conversation(client: redis.Redis, conn: _RawConnection) -> Iterator[_RawConnection]:
+    """Use ``conn``; if anything goes wrong, unread replies may be left on its socket: close
+    it and never use it again (an OSError becomes redis-py's ConnectionError)."""
+    try:
+        yield conn
+    except BaseException as exc:
+        conn.close()
+        _raw_connections.cache.pop(client, None)
+        if isinstance(exc, OSError):
+            raise redis.exceptions.ConnectionError(str(exc)) from exc
+        raise
+
+
 def _pipelined_packed(
     client: redis.Redis, commands: Sequence[tuple[Any, ...]], chunk: int
 ) -> list[Any] | None:
@@ -1038,16 +1052,9 @@ def _pipelined_packed(
     if conn is None:
         return None
     replies: list[Any] = []
-    try:
+    with _conversation(client, conn):
         for start in range(0, len(commands), chunk):
             replies.extend(conn.execute(commands[start : start + chunk]))
-    except BaseException as exc:
-        # Unread replies may be left on the socket: never use this connection again.
-        conn.close()
-        _raw_connections.cache.pop(client, None)
-        if isinstance(exc, OSError):
-            raise redis.exceptions.ConnectionError(str(exc)) from exc
-        raise
     return replies
 
 
@@ -1062,16 +1069,9 @@ def pipelined_resp(client: RedisClient, data: bytes, count: int) -> list[Any] | 
         conn = _raw_connection(client)
         if conn is None:
             return None
-        try:
+        with _conversation(client, conn):
             conn.sock.sendall(data)
             return conn.receive(count)
-        except BaseException as exc:
-            # Unread replies may be left on the socket: never use this connection again.
-            conn.close()
-            _raw_connections.cache.pop(client, None)
-            if isinstance(exc, OSError):
-                raise redis.exceptions.ConnectionError(str(exc)) from exc
-            raise
     except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
 

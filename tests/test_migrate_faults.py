@@ -326,7 +326,11 @@ def test_a_resumed_run_reports_what_the_run_quarantined_before_the_interruption(
     committed a quarantine record."""
     truth = write_fault_store(redis_client, app_name, seed=26)
     bad_keys = {a.list_key for a in truth.defective_aggregates()}
-    proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH, *SLOW)
+    # Slower than SLOW: the Ctrl-C must come while the run still has work left after the
+    # quarantine record it waits for (a run that had already finished exits 3, not 130).
+    proc = start_migrate(
+        redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH, "--rate", "2000"
+    )
 
     def quarantined_some() -> bool:
         try:
@@ -341,12 +345,12 @@ def test_a_resumed_run_reports_what_the_run_quarantined_before_the_interruption(
     code, out, err = finish(proc)
     assert code == 130, (out, err)
     wait_for_no_esctl_sessions(pg_dsn)
-    code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
-    assert doc["resumed"] is True
+    code, doc, err = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
+    assert doc["resumed"] is True, (doc, err)
     # What the run as a whole found: the summary's counts are committed with each batch.
-    assert {p["key"] for p in doc["problems"]} == bad_keys
-    assert doc["aggregates_quarantined"] == len(bad_keys)
-    assert code == 3
+    assert {p["key"] for p in doc["problems"]} == bad_keys, (doc, err)
+    assert doc["aggregates_quarantined"] == len(bad_keys), (doc, err)
+    assert code == 3, (doc, err)
 
 
 # --- a live writer -------------------------------------------------------------------------
