@@ -295,8 +295,8 @@ WHY = {
     "redis.cluster": "In a Redis Cluster every key lives on the primary serving its hash slot: "
     "while a slot has no working primary (cluster_state fail), the events and queues stored in "
     "it can be neither read nor written, and with the default cluster-require-full-coverage "
-    "the whole cluster refuses commands. Pointed at one node without --cluster, doctor (like "
-    "every esctl command) sees only that node's keys and settings.",
+    "the whole cluster refuses commands. Pointed at one node without --cluster, doctor sees "
+    "only that node's keys and settings (the other esctl commands refuse such a URL).",
     "store.memory": "Event data only grows in Redis; the share of memory it holds says how "
     "urgent the move to PostgreSQL is (a warning when it holds over half the memory limit). "
     "MEMORY USAGE of a sample of keys per family, scaled to all keys.",

@@ -42,14 +42,7 @@ import zstandard
 
 from esctl import __version__, codec, layout, redisio
 from esctl.config import redact
-from esctl.errors import (
-    EsctlError,
-    LockHeld,
-    NotFound,
-    Refused,
-    ServerError,
-    UsageError,
-)
+from esctl.errors import EsctlError, LockHeld, NotFound, Refused, ServerError, UsageError
 
 QUEUE_LISTS = layout.QUEUE_LISTS
 """``published``, ``processing``, ``dead``."""
