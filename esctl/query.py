@@ -511,7 +511,8 @@ class QueryResult:
             self._data = orjson.loads(self.payload)
         return self._data
 
-    def as_dict(self) -> dict[str, Any]:
+    def _envelope(self) -> dict[str, Any]:
+        """Every field of a result but ``data``."""
         return {
             "aggregate_id": self.aggregate_id,
             "version": self.version,
@@ -519,23 +520,15 @@ class QueryResult:
             "aggregate_type": self.aggregate_type,
             "timestamp": self.timestamp,
             "commit_id": self.commit_id,
-            "data": self.data,
         }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self._envelope(), "data": self.data}
 
     def json_line(self) -> bytes:
         """The result as one JSON object (bytes, no newline) with ``data`` spliced in as the
         payload text itself, so a Redis payload keeps its exact key order and spelling."""
-        head = orjson.dumps(
-            {
-                "aggregate_id": self.aggregate_id,
-                "version": self.version,
-                "event_type": self.event_type,
-                "aggregate_type": self.aggregate_type,
-                "timestamp": self.timestamp,
-                "commit_id": self.commit_id,
-            }
-        )
-        return head[:-1] + b',"data":' + self.payload + b"}"
+        return orjson.dumps(self._envelope())[:-1] + b',"data":' + self.payload + b"}"
 
 
 @dataclass
