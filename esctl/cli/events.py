@@ -220,7 +220,7 @@ def query(
 
                 bar = tqdm(unit=" events", unit_scale=True, dynamic_ncols=True, desc="scanning")
             results = core.query_redis(
-                client, app_value, filters, on_progress=_query_bar(bar) if bar else None
+                client, app_value, filters, on_progress=_query_bar(bar) if bar is not None else None
             )
         try:
             _emit_results(results, fmt, shown_limit=filters.limit if limit is None else None)
