@@ -165,7 +165,7 @@ def hash_field_pages(
             if isinstance(reply, Exception):
                 raise ServerError(
                     f"HSCAN {key} failed: {reply}",
-                    hint="the key is expected to be a Redis hash (LAYOUT.md §1, §3)",
+                    hint="the key is expected to be a Redis hash (docs/layout.md §1, §3)",
                 )
             cursor, flat = reply
             yield key, _pairs(flat)

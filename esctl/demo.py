@@ -1,5 +1,5 @@
 """The demo event store: a small but complete Learning.EventStore data set, written into Redis
-exactly as a live service writes it (``shared/LAYOUT.md``), and a bulk generator for benchmarks.
+exactly as a live service writes it (``docs/layout.md``), and a bulk generator for benchmarks.
 
 :func:`write_demo_store` writes a few hundred events of four aggregate types (a scoring
 service's ``ItemScore``, ``Assessment``, ``Order`` and ``Gradebook``) in both storage layouts,
@@ -85,7 +85,7 @@ def _list_of(item_type_name: str) -> str:
 
 _STRING_LIST = _list_of("System.String, mscorlib")
 
-# Short event type (what LAYOUT.md calls TYPE) -> the assembly-qualified $type.
+# Short event type (what docs/layout.md calls TYPE) -> the assembly-qualified $type.
 EVENT_TYPES: dict[str, str] = {
     "ItemScoreCreated": _event_type_name("ItemScoreCreated"),
     "ItemScoreUpdated": _event_type_name("ItemScoreUpdated"),

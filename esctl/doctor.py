@@ -316,7 +316,7 @@ WHY = {
     "pg.reachable": "The PostgreSQL event store is the migration's target and, after the "
     "switch, where services read and write their events.",
     "pg.schema": "Services on the SQL provider and esctl migrate need the library's tables, "
-    "columns and functions exactly as its contract says (LAYOUT.md §5).",
+    "columns and functions exactly as its contract says (docs/layout.md §5).",
     "pg.constraints": "The unique constraints on aggregate (id, application, type) and event "
     "(aggregate_key, version) keep events from being saved twice and make migration reruns "
     "idempotent.",
@@ -1984,7 +1984,7 @@ def _pg_constraints(conn: Any, schema: str) -> Check:
             "pg.constraints",
             "fail",
             f"no UNIQUE constraint or index on {', '.join(f'{schema}.{m}' for m in missing)}",
-            action="add them as in LAYOUT.md §5 (CREATE UNIQUE INDEX CONCURRENTLY … on a live "
+            action="add them as in docs/layout.md §5 (CREATE UNIQUE INDEX CONCURRENTLY … on a live "
             "table), after removing duplicates",
             values={"unique": present},
         )

@@ -296,7 +296,7 @@ def inspect_aggregate(
     if isinstance(listed, Exception):
         raise ServerError(
             f"cannot read commit list {key}: {listed}",
-            hint="the key is expected to be a Redis list (LAYOUT.md §1)",
+            hint="the key is expected to be a Redis list (docs/layout.md §1)",
         )
     if not listed:
         raise NotFound(

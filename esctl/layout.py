@@ -1,4 +1,4 @@
-"""Key names and partitioning of the Learning.EventStore Redis layout (``shared/LAYOUT.md``).
+"""Key names and partitioning of the Learning.EventStore Redis layout (``docs/layout.md``).
 
 Every key esctl reads or writes is built here, so the rest of the code never spells a key.
 ``app`` is the service's ApplicationName and ``env`` its environment name; both are always

@@ -1,5 +1,5 @@
 """``migrate redis-to-pg``: move committed events from Redis into the library's PostgreSQL
-schema (LAYOUT.md §5).
+schema (docs/layout.md §5).
 
 Promises:
 

@@ -1,4 +1,4 @@
-"""PostgreSQL side: connections, the library's event-store schema (LAYOUT.md §5) and esctl's own
+"""PostgreSQL side: connections, the library's event-store schema (docs/layout.md §5) and esctl's own
 bookkeeping schema. An existing event-store schema is checked, never altered."""
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def check_event_store_schema(conn: psycopg.Connection, schema: str) -> SchemaSta
         if table not in tables:
             raise SchemaIncompatible(
                 f"table {schema}.{table} is missing while {schema}.{next(iter(tables))} exists",
-                hint="create it as in LAYOUT.md §5, or drop the partial schema and use "
+                hint="create it as in docs/layout.md §5, or drop the partial schema and use "
                 "--init-schema",
             )
     for (table, column), accepted in REQUIRED_COLUMNS.items():
@@ -191,19 +191,19 @@ def check_event_store_schema(conn: psycopg.Connection, schema: str) -> SchemaSta
         if found is None:
             raise SchemaIncompatible(
                 f"table {schema}.{table} has no column {column}",
-                hint="esctl never alters an existing schema; fix it to match LAYOUT.md §5",
+                hint="esctl never alters an existing schema; fix it to match docs/layout.md §5",
             )
         if found[0] not in accepted:
             raise SchemaIncompatible(
                 f"column {schema}.{table}.{column} is {found[0]}, expected {' or '.join(accepted)}",
-                hint="esctl never alters an existing schema; fix it to match LAYOUT.md §5",
+                hint="esctl never alters an existing schema; fix it to match docs/layout.md §5",
             )
     for table, wanted in REQUIRED_UNIQUE.items():
         if not _has_unique(conn, schema, table, wanted):
             raise SchemaIncompatible(
                 f"table {schema}.{table} has no UNIQUE constraint or index on "
                 f"({', '.join(wanted)})",
-                hint="idempotent loading relies on it; add it as in LAYOUT.md §5",
+                hint="idempotent loading relies on it; add it as in docs/layout.md §5",
             )
     return SchemaState(True, _functions(conn, schema))
 
@@ -248,7 +248,7 @@ def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: 
         if not create:
             raise SchemaIncompatible(
                 f"the event tables {schema}.aggregate and {schema}.event do not exist",
-                hint="run with --init-schema to create them (LAYOUT.md §5)",
+                hint="run with --init-schema to create them (docs/layout.md §5)",
             )
         conn.execute(_format(EVENT_STORE_DDL, schema))
     if create:

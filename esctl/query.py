@@ -563,7 +563,7 @@ HEAD_BASE64_CHARS = 512
 HEAD_PLAIN_BYTES = 400
 _HEAD_TYPE_RE = re.compile(rb'\s*\{\s*"\$type"\s*:\s*"([^"\\]*)"')
 _HEAD_TIMESTAMP_RE = re.compile(rb'\{"\$type":"[^"\\]*","Id":"[^"\\]*","TimeStamp":"([^"\\]*)"')
-"""The envelope exactly as the library writes it (LAYOUT.md §2): a TimeStamp matched here is
+"""The envelope exactly as the library writes it (docs/layout.md §2): a TimeStamp matched here is
 the top-level one (the members before it are whole strings)."""
 
 

@@ -1,4 +1,4 @@
-"""Operations on the library's reliable queues (``shared/LAYOUT.md`` §4): list, peek, requeue,
+"""Operations on the library's reliable queues (``docs/layout.md`` §4): list, peek, requeue,
 drain to a backup file, restore from it.
 
 Every queue of one subscriber and event type lives in one Redis Cluster hash slot
@@ -934,7 +934,7 @@ def _lrange_all(client: redisio.RedisClient, key: str) -> list[bytes]:
         values = cast(list[bytes], client.lrange(key, 0, -1))
     except redis.exceptions.ResponseError as exc:
         raise ServerError(
-            f"cannot read {key}: {exc}", hint="the key is expected to be a list (LAYOUT.md §4)"
+            f"cannot read {key}: {exc}", hint="the key is expected to be a list (docs/layout.md §4)"
         ) from None
     except redisio.REDIS_ERRORS as exc:
         raise redisio.wrap_errors(client, exc) from exc

@@ -1185,7 +1185,7 @@ def commit_lists(
         if isinstance(reply, Exception):
             raise ServerError(
                 f"cannot read commit list {key}: {reply}",
-                hint="the key is expected to be a Redis list (LAYOUT.md §1)",
+                hint="the key is expected to be a Redis list (docs/layout.md §1)",
             )
         out.append([key_str(c) for c in reply])
     return out

@@ -1084,7 +1084,7 @@ def resolve_routes(
         if isinstance(reply, Exception):
             raise ServerError(
                 f"SMEMBERS {layout.subscribers_key(env, event_type)} failed: {reply}",
-                hint="the key is expected to be a set of subscriber names (LAYOUT.md §4)",
+                hint="the key is expected to be a set of subscriber names (docs/layout.md §4)",
             )
         members[event_type] = {redisio.key_str(m) for m in reply}
     if not subscribers:
@@ -1345,7 +1345,7 @@ def _check_lists(client: redisio.RedisClient, keys: Sequence[str]) -> None:
         if name not in ("list", "none"):
             raise ServerError(
                 f"{key} is a {name}, not a list: cannot publish to it; nothing was published",
-                hint="the key is expected to be a subscriber's PublishedEvents list (LAYOUT.md §4)",
+                hint="the key is expected to be a subscriber's PublishedEvents list (docs/layout.md §4)",
             )
 
 

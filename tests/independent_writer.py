@@ -1,4 +1,4 @@
-"""An independent writer of the Learning.EventStore Redis formats (``shared/LAYOUT.md``).
+"""An independent writer of the Learning.EventStore Redis formats (``docs/layout.md``).
 
 It imports nothing from ``esctl``: partitions (CRC-32 via zlib), gzip+base64 (gzip and base64
 modules, with a .NET-like gzip header: mtime 0, OS byte 0x0a) and key strings are its own. The

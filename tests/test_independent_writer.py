@@ -1,7 +1,7 @@
 """The independent writer (tests/independent_writer.py) agrees with esctl's layout and codec.
 
 Later acceptance tests trust its ground truth; these tests make sure the two implementations
-of LAYOUT.md (written separately) say the same thing, byte for byte where they must."""
+of docs/layout.md (written separately) say the same thing, byte for byte where they must."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def in_shard(aggregate_id: str, index: int, count: int) -> bool:
 
 
 def write_messaging_and_snapshots(client: redis.Redis, app: str, truth: GroundTruth) -> None:
-    """Snapshots of some aggregates and a subscriber's queues (LAYOUT.md §3, §4): prune must
+    """Snapshots of some aggregates and a subscriber's queues (docs/layout.md §3, §4): prune must
     leave all of them alone."""
     env = "test"
     for a in truth.aggregates[:10]:
