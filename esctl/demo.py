@@ -20,7 +20,7 @@ import random
 import shlex
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1098,17 +1098,17 @@ class TourStep:
 TOUR: list[TourStep] = [
     TourStep("esctl config show", "the settings the exported variables give (passwords as ***)"),
     TourStep(
-        'redis-cli -u "$ESCTL_REDIS_URL" --raw HGET {compressed_hash} {compressed_commit} '
+        '{redis_cli} -u "$ESCTL_REDIS_URL" --raw HGET {compressed_hash} {compressed_commit} '
         "| esctl events decode --pretty -",
         "decode a gzip+base64 ('H4sI…') payload into its JSON",
     ),
     TourStep(
-        'redis-cli -u "$ESCTL_REDIS_URL" --raw HGET {invalid_hash} {invalid_commit} '
+        '{redis_cli} -u "$ESCTL_REDIS_URL" --raw HGET {invalid_hash} {invalid_commit} '
         "| esctl events decode -",
         "a corrupt 'H4sI…' value: reported on stderr, exit code 3",
     ),
     TourStep(
-        'redis-cli -u "$ESCTL_REDIS_URL" --raw HGET {legacy_hash} {legacy_commit} '
+        '{redis_cli} -u "$ESCTL_REDIS_URL" --raw HGET {legacy_hash} {legacy_commit} '
         "| esctl events decode --text -",
         "an event of the legacy (pre-October-2017) layout",
     ),
@@ -1191,7 +1191,7 @@ TOUR: list[TourStep] = [
         "rebuild the example projection from PostgreSQL (rerun without --reset: it resumes)",
     ),
     TourStep(
-        'psql "$ESCTL_PG_DSN" -c "SELECT * FROM projections.event_counts ORDER BY day DESC LIMIT 10"',
+        '{psql} "$ESCTL_PG_DSN" -c "SELECT * FROM projections.event_counts ORDER BY day DESC LIMIT 10"',
         "the projection's table: events per type per day",
     ),
     TourStep(
@@ -1201,7 +1201,7 @@ TOUR: list[TourStep] = [
         "letters (exit code 3)",
     ),
     TourStep(
-        'redis-cli -u "$ESCTL_REDIS_URL" CONFIG SET maxmemory-policy noeviction',
+        '{redis_cli} -u "$ESCTL_REDIS_URL" CONFIG SET maxmemory-policy noeviction',
         "the fix doctor names for the eviction policy",
     ),
     TourStep(
@@ -1222,9 +1222,12 @@ TOUR: list[TourStep] = [
 """Commands to try on the demo store, in order. Each capability appends its own steps."""
 
 
-def tour(summary: DemoSummary) -> list[TourStep]:
-    """TOUR with the placeholders filled in from ``summary.samples``."""
-    values = {name: shlex.quote(value) for name, value in summary.samples.items()}
+def tour(summary: DemoSummary, tools: Mapping[str, str] | None = None) -> list[TourStep]:
+    """TOUR with the placeholders filled in from ``summary.samples`` and ``tools`` (how to run
+    ``{psql}`` and ``{redis_cli}``; by default their bare names)."""
+    values = {"psql": "psql", "redis_cli": "redis-cli", **(tools or {})}
+    values = {name: shlex.quote(value) for name, value in values.items()}
+    values.update((name, shlex.quote(value)) for name, value in summary.samples.items())
     return [TourStep(step.command.format(**values), step.description) for step in TOUR]
 
 
@@ -1251,6 +1254,16 @@ class DemoRun:
 
     def export_line(self) -> str:
         return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.exports().items())
+
+    def tools(self) -> dict[str, str]:
+        """How the tour runs ``psql`` and ``redis-cli``: from PATH, else the ones bundled beside
+        the servers (a machine with only the ``local`` extra has no others)."""
+        from esctl import servers
+
+        return {
+            "psql": servers.client_command("psql", self.postgres.bin_dir),
+            "redis_cli": servers.client_command("redis-cli", self.redis.bin_dir),
+        }
 
     def stop_commands(self) -> list[str]:
         """Shell commands that stop kept servers (PostgreSQL: SIGINT, its fast shutdown) and

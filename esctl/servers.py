@@ -78,6 +78,8 @@ class LocalRedis:
     workdir: Path
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _owns_workdir: bool = field(default=False, repr=False, compare=False)
+    bin_dir: Path | None = field(default=None, compare=False)
+    """The directory of the ``redis-server`` that runs (a bundled ``redis-cli`` may be beside it)."""
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds) and remove the
@@ -100,6 +102,8 @@ class LocalPostgres:
     workdir: Path
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _owns_workdir: bool = field(default=False, repr=False, compare=False)
+    bin_dir: Path | None = field(default=None, compare=False)
+    """PostgreSQL's bin directory the server runs from (it holds ``psql`` too)."""
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the postmaster (SIGINT, PostgreSQL's "fast" shutdown, which ends open sessions;
@@ -224,6 +228,15 @@ def find_postgres_bin() -> Path | None:
     return None
 
 
+def client_command(name: str, beside: Path | None) -> str:
+    """How to run a server's client tool (``psql``, ``redis-cli``) in a shell: its bare name when
+    ``PATH`` has it, else the one bundled beside the server binary (the ``local`` extra ships
+    them), else the bare name (for the user to install)."""
+    if shutil.which(name) is None and beside is not None and _is_executable(beside / name):
+        return str(beside / name)
+    return name
+
+
 # --- starting ------------------------------------------------------------------------------
 
 
@@ -281,7 +294,13 @@ def start_redis(
                 _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
                 raise
             server = LocalRedis(
-                f"redis://127.0.0.1:{port}/0", port, process.pid, directory, process, owned
+                f"redis://127.0.0.1:{port}/0",
+                port,
+                process.pid,
+                directory,
+                process,
+                owned,
+                bin_dir=binary.parent,
             )
             if not detach:
                 _running[id(server)] = server
@@ -350,7 +369,9 @@ def start_postgres(
             except BaseException:
                 _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
                 raise
-            server = LocalPostgres(dsn, port, process.pid, directory, process, owned)
+            server = LocalPostgres(
+                dsn, port, process.pid, directory, process, owned, bin_dir=bin_dir
+            )
             if not detach:
                 _running[id(server)] = server
             return server

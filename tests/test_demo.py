@@ -9,8 +9,10 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import subprocess
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -482,3 +484,28 @@ def test_tour_fills_placeholders(redis_client: redis.Redis, app_name: str, env_n
     assert value is not None and value.startswith(b"H4sI")
     invalid = redis_client.hget(summary.samples["invalid_hash"], summary.samples["invalid_commit"])
     assert invalid is not None and codec.decode_value(invalid).problem is not None
+
+
+def test_tour_runs_the_psql_beside_the_server_when_path_has_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine with only the bundled servers (the ``local`` extra) has no psql on PATH: the
+    tour names the one beside the running server, and that command works."""
+    with demo.demo_environment() as run:
+        assert run.postgres.bin_dir is not None
+        monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+        tools = run.tools()
+        assert tools["psql"] == str(run.postgres.bin_dir / "psql")
+        steps = [s.command for s in demo.tour(run.summary, tools)]
+        assert any(c.startswith(shlex.quote(tools["psql"]) + " ") for c in steps)
+        monkeypatch.undo()
+        answer = subprocess.run(
+            [tools["psql"], run.postgres.dsn, "-Atc", "SELECT 6 * 7"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert answer.stdout.strip() == "42"
+        # With psql on PATH, the tour says plain `psql`.
+        assert run.tools()["psql"] == ("psql" if shutil.which("psql") else tools["psql"])

@@ -97,7 +97,7 @@ def _document(run: core.DemoRun) -> dict[str, Any]:
         "summary": run.summary.to_dict(),
         "tour": [
             {"command": step.command, "description": step.description}
-            for step in core.tour(run.summary)
+            for step in core.tour(run.summary, run.tools())
         ],
         "exports": run.exports() if run.kept else None,
         "stop_commands": run.stop_commands() if run.kept else None,
@@ -158,7 +158,7 @@ def _render(run: core.DemoRun) -> None:
         "Try next" + ("" if run.kept else " (with --keep, after the export line)") + ":",
         markup=False,
     )
-    for step in core.tour(summary):
+    for step in core.tour(summary, run.tools()):
         console.print(f"  # {step.description}", markup=False)
         console.print(f"  {step.command}", markup=False)
     if run.kept:
