@@ -118,9 +118,19 @@ def resolve_settings(
     if explicit_path:
         config_path = Path(explicit_path)
         if not config_path.is_file():
+            what = (
+                "is a directory, not a file"
+                if config_path.is_dir()
+                else "exists but is not a regular file"
+                if config_path.exists()
+                else "does not exist"
+            )
             raise ConfigError(
-                f"config file {config_path} does not exist",
-                hint="fix --config / ESCTL_CONFIG, or remove it to use ./esctl.toml",
+                f"config file {config_path} {what}",
+                hint="point --config / ESCTL_CONFIG at a TOML file (for example "
+                f"{config_path / 'esctl.toml'}), or unset it to use ./esctl.toml"
+                if config_path.is_dir()
+                else "fix --config / ESCTL_CONFIG, or unset it to use ./esctl.toml",
             )
     else:
         config_path = next((p for p in default_config_paths(cwd) if p.is_file()), None)

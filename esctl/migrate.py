@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, astuple, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -86,8 +86,29 @@ class Progress:
     """Commit-list entries looked at, including unchanged aggregates (for progress bars)."""
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """What one invocation of a run did (a resumed run's summary also holds the whole run's)."""
+
+    aggregates: int
+    aggregates_unchanged: int
+    events_migrated: int
+    events_already_present: int
+    aggregates_quarantined: int
+    events_quarantined: int
+
+    def __add__(self, other: Invocation) -> Invocation:
+        return Invocation(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
 @dataclass
 class MigrationSummary:
+    """The outcome of a migration. The event and quarantine counts and ``problems`` cover the
+    whole run: for a resumed run they include the interrupted invocations, and
+    ``this_invocation`` says what this invocation did (``aggregates`` and
+    ``aggregates_unchanged`` are this invocation's: a resume rereads part of a SCAN page, so
+    they cannot be summed over invocations)."""
+
     run_id: str
     dry_run: bool
     resumed: bool
@@ -102,6 +123,8 @@ class MigrationSummary:
     events_per_s: float
     stopped_early: str | None = None
     toast_compression: str | None = None
+    this_invocation: Invocation | None = None
+    """Set when the run was resumed."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -117,8 +140,22 @@ class MigrationSummary:
             "elapsed_s": round(self.elapsed_s, 3),
             "events_per_s": round(self.events_per_s, 1),
             "resumed": self.resumed,
+            "this_invocation": asdict(self.this_invocation) if self.this_invocation else None,
             "stopped_early": self.stopped_early,
         }
+
+    def invocation(self) -> Invocation:
+        """What this invocation did (the whole summary when the run was not resumed)."""
+        if self.this_invocation is not None:
+            return self.this_invocation
+        return Invocation(
+            self.aggregates,
+            self.aggregates_unchanged,
+            self.events_migrated,
+            self.events_already_present,
+            self.aggregates_quarantined,
+            self.events_quarantined,
+        )
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -1144,6 +1181,14 @@ def _run(
     already_present = sum(r.already_present for r in results)
     aggregates_quarantined = len(quarantined)
     events_quarantined = sum(q.events for q in quarantined)
+    invocation = Invocation(
+        aggregates + reader.unchanged,
+        reader.unchanged,
+        migrated,
+        already_present,
+        aggregates_quarantined,
+        events_quarantined,
+    )
     if resumed:
         # The summary of a resumed run covers the whole run, interrupted invocations included.
         with pg.translate_errors(dsn):
@@ -1171,6 +1216,7 @@ def _run(
         events_per_s=(migrated / elapsed) if elapsed > 0 else 0.0,
         stopped_early=stopped_early,
         toast_compression=toast,
+        this_invocation=invocation if resumed else None,
     )
 
 
@@ -1261,10 +1307,12 @@ def migrate_parallel(
     results = [f.result() for f in futures]
     elapsed = time.monotonic() - started
     migrated = sum(r.events_migrated for r in results)
+    resumed = any(r.resumed for r in results)
+    invocation = sum((r.invocation() for r in results), start=Invocation(0, 0, 0, 0, 0, 0))
     return MigrationSummary(
         run_id=",".join(r.run_id for r in results),
         dry_run=opts.dry_run,
-        resumed=any(r.resumed for r in results),
+        resumed=resumed,
         aggregates=sum(r.aggregates for r in results),
         aggregates_unchanged=sum(r.aggregates_unchanged for r in results),
         events_migrated=migrated,
@@ -1273,7 +1321,7 @@ def migrate_parallel(
         events_quarantined=sum(r.events_quarantined for r in results),
         problems=[p for r in results for p in r.problems],
         elapsed_s=elapsed,
-        events_per_s=migrated / elapsed if elapsed > 0 else 0.0,
+        events_per_s=invocation.events_migrated / elapsed if elapsed > 0 else 0.0,
         stopped_early="; ".join(
             f"shard {part.shard}: {r.stopped_early}"
             for part, r in zip(parts, results, strict=True)
@@ -1281,4 +1329,5 @@ def migrate_parallel(
         )
         or None,
         toast_compression=results[0].toast_compression,
+        this_invocation=invocation if resumed else None,
     )

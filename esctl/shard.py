@@ -26,7 +26,13 @@ class Shard:
             raise UsageError(f"--shard {text!r} is not of the form I/N (for example 0/4)")
         index, count = int(m[1]), int(m[2])
         if count < 1 or index >= count:
-            raise UsageError(f"--shard {text}: I must be between 0 and N-1, and N at least 1")
+            raise UsageError(
+                f"--shard {text}: the shard number must be below the shard count "
+                f"(0 to {count - 1} for {count} shards)"
+                if count >= 1
+                else f"--shard {text}: the shard count must be at least 1",
+                hint="for example --shard 0/4 … --shard 3/4 split a store four ways",
+            )
         return cls(index, count)
 
     def owns(self, aggregate_id: str) -> bool:

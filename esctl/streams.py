@@ -307,7 +307,9 @@ def validate_stream(
         dups = sorted(v for v, n in counts.items() if n > 1)
         problems.append(
             StreamProblem(
-                "duplicate_version", f"version(s) {short_list(dups)} appear more than once"
+                "duplicate_version",
+                f"{versions_phrase(dups)} {'appears' if len(dups) == 1 else 'appear'} "
+                "more than once",
             )
         )
     else:
@@ -316,7 +318,11 @@ def validate_stream(
         if ordered != expected:
             missing, more = _missing_versions(ordered, first_version)
             detail = (
-                f"versions {short_list(missing)}{more} are missing"
+                (
+                    f"version {missing[0]} is missing"
+                    if len(missing) == 1 and not more
+                    else f"versions {short_list(missing)}{more} are missing"
+                )
                 if missing
                 else f"versions should be {first_version}..{first_version + len(versions) - 1}, "
                 f"found {short_list(ordered)}"
@@ -352,6 +358,11 @@ def _missing_versions(ordered: Sequence[int], first: int, limit: int = 8) -> tup
 def short_list(values: Sequence[int], limit: int = 8) -> str:
     text = ", ".join(str(v) for v in values[:limit])
     return text + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+def versions_phrase(values: Sequence[int]) -> str:
+    """``version 3`` or ``versions 3, 5`` (the first few of a long list)."""
+    return f"version {values[0]}" if len(values) == 1 else f"versions {short_list(values)}"
 
 
 __all__ = [

@@ -33,8 +33,8 @@ from esctl.streams import (
     build_stream,
     clean_events,
     postgres_problem,
-    short_list,
     validate_stream,
+    versions_phrase,
 )
 
 MISMATCH_KINDS = (
@@ -245,13 +245,13 @@ def compare_stream(
                 )
             if inner:
                 summary.add(
-                    "missing_in_pg", key, f"version(s) {short_list(inner)} missing from PostgreSQL"
+                    "missing_in_pg", key, f"{versions_phrase(inner)} missing from PostgreSQL"
                 )
     extra = sorted(v for v in by_version if v not in redis_versions)
     if extra:
         identical = False
         summary.add(
-            "extra_in_pg", key, f"PostgreSQL has version(s) {short_list(extra)} that Redis does not"
+            "extra_in_pg", key, f"PostgreSQL has {versions_phrase(extra)} that Redis does not"
         )
     for e in events:
         ev = e.event

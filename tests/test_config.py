@@ -166,6 +166,12 @@ def test_missing_explicit_config_file(tmp_path: Path) -> None:
         resolve_settings(NO_OPTIONS, environ={}, config=str(tmp_path / "nope.toml"))
 
 
+def test_a_directory_given_as_config_file_is_named_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a file") as caught:
+        resolve_settings(NO_OPTIONS, environ={}, config=str(tmp_path))
+    assert caught.value.hint is not None and "esctl.toml" in caught.value.hint
+
+
 def test_unknown_setting_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "esctl.toml"
     path.write_text('[default]\nredis_uri = "redis://typo/0"\n')

@@ -54,6 +54,7 @@ SUMMARY_KEYS = {
     "elapsed_s",
     "events_per_s",
     "resumed",
+    "this_invocation",
 }
 
 

@@ -200,10 +200,21 @@ def test_kill_9_at_random_points_then_rerun_gives_the_rows_of_an_uninterrupted_r
             break
     assert killed_mid_run >= 2  # kills that landed between this run's batches
 
+    rows_before = rows_now(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
     assert code in (0, 3)  # 0 when the defects were quarantined before the kills (a bug, below)
     assert doc["resumed"] is last_killed
     assert_same_rows_as(pg_dsn, reference)
+    if doc["resumed"]:
+        # The whole run's figures, and beside them (never mixed in) this invocation's.
+        invocation = doc["this_invocation"]
+        assert invocation["events_migrated"] == len(reference) - rows_before
+        assert doc["events_migrated"] >= invocation["events_migrated"]
+        assert doc["events_per_s"] * doc["elapsed_s"] == pytest.approx(
+            invocation["events_migrated"], rel=0.01, abs=1
+        )
+    else:
+        assert doc["this_invocation"] is None
     assert_settled(redis_test_url, pg_dsn, app_name)
 
 

@@ -121,7 +121,9 @@ class _Bar:
 
     def update(self, p: core.CompressProgress) -> None:
         self.bar.n = p.hashes
-        self.bar.set_postfix({"values": p.values_examined, self.verb: p.compressed}, refresh=False)
+        self.bar.set_postfix(
+            {"values": f"{p.values_examined:,}", self.verb: f"{p.compressed:,}"}, refresh=False
+        )
         self.bar.refresh()
 
     def close(self) -> None:

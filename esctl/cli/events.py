@@ -242,7 +242,7 @@ def query(
 def _query_bar(bar: Any) -> Any:
     def update(stats: Any) -> None:
         bar.n = stats.events
-        bar.set_postfix(matched=stats.matched, refresh=False)
+        bar.set_postfix(matched=f"{stats.matched:,}", refresh=False)
         bar.refresh()
 
     return update

@@ -260,7 +260,7 @@ class _IntegrityBar:
             self.phase = p.phase
             self.bar.set_description(p.phase)
         self.bar.n = p.lists_read if p.phase == "commit lists" else p.event_hashes
-        self.bar.set_postfix(commits=p.commits, fields=p.hash_fields, refresh=False)
+        self.bar.set_postfix(commits=f"{p.commits:,}", fields=f"{p.hash_fields:,}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Annotated
+from dataclasses import astuple
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -211,20 +212,41 @@ def redis_to_pg(
 
 def _render(summary: core.MigrationSummary) -> None:
     verb = "would migrate" if summary.dry_run else "migrated"
-    output.emit_mapping(
-        {
-            "run": summary.run_id + (" (resumed)" if summary.resumed else ""),
-            "aggregates examined": summary.aggregates,
-            "aggregates unchanged": summary.aggregates_unchanged,
+    title = "migrate redis-to-pg" + (" (dry run: nothing written)" if summary.dry_run else "")
+    rows: dict[str, Any] = {
+        "aggregates examined": summary.aggregates,
+        "aggregates unchanged": summary.aggregates_unchanged,
+        f"events {verb}": summary.events_migrated,
+        "events already present": summary.events_already_present,
+        "aggregates quarantined": summary.aggregates_quarantined,
+        "events quarantined": summary.events_quarantined,
+    }
+    timing = {
+        "elapsed": f"{summary.elapsed_s:.1f} s",
+        "events/s": f"{summary.events_per_s:,.0f}",
+    }
+    if summary.this_invocation is None:
+        output.emit_mapping({"run": summary.run_id, **rows, **timing}, title=title)
+    else:
+        # A resumed run: this invocation's figures beside the whole run's, never mixed in one
+        # column (a resume rereads part of a page, so examined aggregates have no run total).
+        now = summary.this_invocation
+        whole: dict[str, Any] = {
             f"events {verb}": summary.events_migrated,
             "events already present": summary.events_already_present,
             "aggregates quarantined": summary.aggregates_quarantined,
             "events quarantined": summary.events_quarantined,
-            "elapsed": f"{summary.elapsed_s:.1f} s",
-            "events/s": f"{summary.events_per_s:,.0f}",
-        },
-        title="migrate redis-to-pg" + (" (dry run: nothing written)" if summary.dry_run else ""),
-    )
+        }
+        mine = dict(zip(rows, astuple(now), strict=True))
+        output.emit_table(
+            ["", "this invocation", "whole run"],
+            [
+                ("run", "resumed", summary.run_id),
+                *((name, mine[name], whole.get(name)) for name in rows),
+                *((name, value, None) for name, value in timing.items()),
+            ],
+            title=title,
+        )
     if summary.problems:
         shown = summary.problems[:50]
         output.emit_table(
@@ -263,7 +285,9 @@ class _ProgressBar:
         with self.lock:
             self.bar.n = p.commits_seen
             self.bar.set_postfix(
-                migrated=p.events_migrated, quarantined=p.aggregates_quarantined, refresh=False
+                migrated=f"{p.events_migrated:,}",
+                quarantined=f"{p.aggregates_quarantined:,}",
+                refresh=False,
             )
             self.bar.refresh()
 

@@ -469,7 +469,7 @@ class _ProgressBar:
                 self.bar.total = p.total
             self.bar.n = p.events
             if p.messages:
-                self.bar.set_postfix(messages=p.messages, refresh=False)
+                self.bar.set_postfix(messages=f"{p.messages:,}", refresh=False)
             self.bar.refresh()
 
     def close(self) -> None:
