@@ -2112,7 +2112,9 @@ def run_doctor(opts: DoctorOptions) -> DoctorReport:
     moment = opts.now or datetime.now(UTC)
     checks: list[Check] = []
     skipped: list[dict[str, str]] = []
-    server = redact(opts.redis_url)
+    # Named as redisio.describe names a reached server, so the JSON and the metrics' labels
+    # are the same whether it answered or not.
+    server = redisio.describe_url(opts.redis_url, cluster=opts.cluster)
     client: redisio.RedisClient | None = None
     stats: inspect.StatsReport | None = None
     notes: list[dict[str, Any]] = []

@@ -166,6 +166,23 @@ def describe(client: RedisClient) -> str:
     return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
 
 
+def describe_url(url: str, *, cluster: bool = False) -> str:
+    """What :func:`describe` would print for a client of ``url``, without connecting (for a
+    server that could not be reached: the same name whether it answers or not). A URL that
+    cannot be parsed is shown redacted."""
+    plain = url.replace("+cluster://", "://", 1)
+    try:
+        kw = redis.connection.parse_url(plain)
+    except ValueError:
+        return redact(url)
+    if "path" in kw:
+        return f"unix:{kw['path']}"
+    where = f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+    if cluster or is_cluster_url(url):
+        return f"cluster {where}"
+    return f"{where}/{kw.get('db', 0)}"
+
+
 def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
     """Turn a redis-py exception into esctl's typed error."""
     server = describe(client)

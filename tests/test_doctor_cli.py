@@ -112,3 +112,21 @@ def test_bad_duration_is_a_usage_error(recommended: servers.LocalRedis) -> None:
     result = run_cli("doctor", "--redis-url", recommended.url, "--stuck-after", "soon")
     assert result.returncode == 2
     assert "duration" in result.stderr
+
+
+def test_the_server_is_named_alike_whether_it_answers_or_not(
+    tmp_path: Path, recommended: servers.LocalRedis
+) -> None:
+    """doctor's JSON ``redis`` and the metrics' ``server`` label: one name for one server, up or
+    down (a Prometheus alert on ``esctl_doctor_redis_up == 0`` needs the same series)."""
+    url, name = recommended.url, f"127.0.0.1:{recommended.port}/0"
+    up = run_cli("doctor", "--redis-url", url, "--json", "--metrics-file", str(tmp_path / "up"))
+    assert json.loads(up.stdout)["redis"] == name
+    assert f'esctl_doctor_redis_up{{server="{name}"}} 1' in (tmp_path / "up").read_text()
+    recommended.stop()
+    down = run_cli(
+        "doctor", "--redis-url", url, "--json", "--metrics-file", str(tmp_path / "down")
+    )
+    assert down.returncode == 3
+    assert json.loads(down.stdout)["redis"] == name
+    assert f'esctl_doctor_redis_up{{server="{name}"}} 0' in (tmp_path / "down").read_text()
