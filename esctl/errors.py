@@ -63,7 +63,9 @@ class LockHeld(EsctlError):
 
 
 class Refused(EsctlError):
-    """A destructive action was not confirmed (no --yes and no terminal to ask on)."""
+    """esctl declined to start a destructive action: not confirmed (no --yes and no terminal to
+    ask on, or answered no), no backup file to keep what it removes, or a backup file that
+    exists. Nothing was done."""
 
 
 class LocalServerError(EsctlError):

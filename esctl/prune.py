@@ -44,7 +44,7 @@ import orjson
 import psycopg
 
 from esctl import codec, layout, pg, redisio
-from esctl.errors import ConfigError, LockHeld, ServerError, UsageError
+from esctl.errors import ConfigError, LockHeld, Refused, ServerError
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
 from esctl.verify import PgEvent, VerifyOptions, VerifySummary, compare_stream, pg_page
@@ -226,7 +226,7 @@ class BackupFile:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
-            raise UsageError(
+            raise Refused(
                 f"--backup-file {path} exists; prune never overwrites a backup",
                 hint="choose a new file name",
             ) from None
@@ -360,7 +360,7 @@ def prune(
     verified (and backed up), right before their guarded deletes: for tests of the guard.
 
     Raises LockHeld when another prune of this app/schema (shard) runs, SchemaIncompatible when
-    the event tables are missing, UsageError when the backup file exists, ConnectionFailed when
+    the event tables are missing, Refused when the backup file exists, ConnectionFailed when
     a server goes away (rerunning is safe).
     """
     started = time.monotonic()

@@ -1301,7 +1301,7 @@ class _BackupWriter:
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except FileExistsError:
-            raise UsageError(
+            raise Refused(
                 f"the backup file {path} already exists; esctl never overwrites a backup",
                 hint="choose a new --to-file name",
             ) from None
@@ -1494,7 +1494,7 @@ def drain(
             hint="pass --to-file PATH.jsonl.zst, or --discard --yes to drop them without a backup",
         )
     if options.to_file is not None and options.to_file.exists():
-        raise UsageError(
+        raise Refused(
             f"the backup file {options.to_file} already exists; esctl never overwrites a backup",
             hint="choose a new --to-file name",
         )

@@ -361,7 +361,7 @@ EXPECTED: dict[type[errors.EsctlError], tuple[int, str]] = {
     errors.NotFound: (1, "not_found"),
     errors.SchemaIncompatible: (1, "schema"),
     errors.LockHeld: (75, "locked"),
-    errors.Refused: (1, "refused"),
+    errors.Refused: (2, "refused"),
     errors.LocalServerError: (1, "local_server"),
 }
 

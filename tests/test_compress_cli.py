@@ -27,12 +27,12 @@ def test_refuses_without_a_terminal_and_changes_nothing(
 ) -> None:
     truth = iw.write_store(redis_client, app=app_name, aggregates=10, threshold=None, seed=1)
     code, stdout, stderr = esctl(redis_test_url, app_name)
-    assert code == 1
+    assert code == 2
     assert "no terminal" in stderr and "--yes" in stderr
     event = big_payloads(truth)[0]
     assert redis_client.hget(event.hash_key, event.commit_id) == event.payload.encode("utf-8")
     code, stdout, _ = esctl(redis_test_url, app_name, "--json")
-    assert code == 1 and json.loads(stdout)["error"]["kind"] == "refused"
+    assert code == 2 and json.loads(stdout)["error"]["kind"] == "refused"
 
 
 def test_dry_run_then_yes(redis_client: redis.Redis, redis_test_url: str, app_name: str) -> None:

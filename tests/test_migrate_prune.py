@@ -22,7 +22,7 @@ from helpers import run_cli
 from independent_writer import GroundTruth, TruthAggregate, append_events, write_store
 
 from esctl import migrate, pg, prune, redisio
-from esctl.errors import LockHeld, UsageError
+from esctl.errors import LockHeld, Refused
 from esctl.servers import LocalRedis
 from esctl.shard import Shard
 
@@ -361,7 +361,7 @@ def test_backup_file_is_never_overwritten(scenario: Scenario, tmp_path: Path) ->
     path = tmp_path / "old.jsonl.zst"
     path.write_bytes(b"an earlier backup")
 
-    with pytest.raises(UsageError):
+    with pytest.raises(Refused):
         prune.prune(s.client, s.options(backup_file=str(path)))
 
     assert path.read_bytes() == b"an earlier backup"
@@ -442,11 +442,11 @@ def test_without_yes_it_refuses_and_deletes_nothing(scenario: Scenario) -> None:
     s = scenario
 
     result = s.cli()
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "--yes" in result.stderr
 
     result = s.cli("--json")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert orjson.loads(result.stdout)["error"]["kind"] == "refused"
     assert redis_contents(s.raw) == s.before
 
@@ -516,7 +516,7 @@ def test_delete_source_needs_yes_then_prunes_after_the_migration(
 
     result = migrate_cli(redis_test_url, pg_dsn, app_name, "--delete-source")
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "--yes" in result.stderr
     assert redis_contents(redis_client) == before
     with psycopg.connect(pg_dsn) as conn:  # refused before anything was done

@@ -81,7 +81,7 @@ def test_requeue_asks_refuses_without_terminal_and_runs_with_yes(
     before = lists(redis_client, env)
 
     refused = esctl(redis_test_url, env, "requeue", sub, kind, "--older-than", "5m")
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert "no terminal" in refused.stderr and "--yes" in refused.stderr
     assert lists(redis_client, env) == before
 
@@ -131,7 +131,7 @@ def test_drain_restore_round_trip(
     before = lists(redis_client, env)
 
     refused = esctl(redis_test_url, env, "drain", sub, kind, "--list", "dead", "--yes")
-    assert refused.returncode == 1 and "--to-file" in refused.stderr
+    assert refused.returncode == 2 and "--to-file" in refused.stderr
     assert lists(redis_client, env) == before
 
     backup = tmp_path / "dead.jsonl.zst"

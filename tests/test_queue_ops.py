@@ -559,7 +559,7 @@ def test_drain_refusals(tmp_path: Path, redis_client: redis.Redis, env_name: str
         queues.drain(redis_client, q, queues.DrainOptions())
     existing = tmp_path / "exists.jsonl.zst"
     existing.write_bytes(b"keep me")
-    with pytest.raises(errors.UsageError, match="never overwrites"):
+    with pytest.raises(errors.Refused, match="never overwrites"):
         queues.drain(redis_client, q, queues.DrainOptions(to_file=existing))
     assert existing.read_bytes() == b"keep me"
     assert queues.drain(redis_client, q, queues.DrainOptions(dry_run=True)).selected == 1

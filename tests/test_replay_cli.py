@@ -128,7 +128,7 @@ def test_publishing_more_than_confirm_over_without_a_terminal_is_refused(
 ) -> None:
     args = base(redis_test_url, app_name, "--to", "queue", "--all", "--env", env_name, "--json")
     refused = run_cli(*args, "--confirm-over", "5")
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     assert json.loads(refused.stdout)["error"]["kind"] == "refused"
     assert "--yes" in refused.stderr
     assert not list(redis_client.scan_iter(match="*PublishedEvents"))

@@ -21,14 +21,16 @@ EXIT_LOCKED = 75
 EXIT_INTERRUPTED = 130
 
 # (error class, exit code, kind in --json output); the first matching row wins.
+# A refusal (not confirmed, no --yes without a terminal, no backup file, a backup file that
+# exists) is a usage error: nothing was done, and the same command would be refused again.
 ERROR_TABLE: tuple[tuple[type[errors.EsctlError], int, str], ...] = (
+    (errors.Refused, EXIT_USAGE, "refused"),
     (errors.UsageError, EXIT_USAGE, "usage"),
     (errors.LockHeld, EXIT_LOCKED, "locked"),
     (errors.ConfigError, EXIT_FAILED, "config"),
     (errors.ConnectionFailed, EXIT_FAILED, "connection"),
     (errors.SchemaIncompatible, EXIT_FAILED, "schema"),
     (errors.NotFound, EXIT_FAILED, "not_found"),
-    (errors.Refused, EXIT_FAILED, "refused"),
     (errors.ServerError, EXIT_FAILED, "server"),
     (errors.LocalServerError, EXIT_FAILED, "local_server"),
     (errors.EsctlError, EXIT_FAILED, "error"),

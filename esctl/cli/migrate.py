@@ -543,7 +543,7 @@ def _check_delete_source(
             hint="add --delete-source --yes, or drop --backup-file",
         )
     if os.path.lexists(backup_file):
-        raise UsageError(
+        raise Refused(
             f"--backup-file {backup_file} exists; prune never overwrites a backup",
             hint="choose a new file name (nothing was done)",
         )
