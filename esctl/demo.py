@@ -1347,7 +1347,7 @@ def write_bulk_store(
     ``events_per_aggregate`` is a count or an inclusive (low, high) range drawn uniformly.
     About ``compressed_share`` of the events are over 1000 bytes (stored gzip+base64; their
     JSON is ``large_repeats`` times ~900 bytes of text, 1-6 KB by default, so that some are
-    over PostgreSQL's 2 KB TOAST threshold as in PERF-NOTES' store); about
+    over PostgreSQL's 2 KB TOAST threshold as in a measured production store); about
     ``legacy_share`` are in the legacy layout (the first half of the events of a random
     ``2 * legacy_share`` of the aggregates). Legacy commit ids continue after the legacy hash's
     current size. Deterministic for a seed; pipelined ``chunk`` commands per round trip; each

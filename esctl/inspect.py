@@ -540,7 +540,8 @@ class IntegrityReport:
     """Problems found per kind (kinds with none are left out)."""
     aggregates_with_problems: int
     examples: dict[str, list[dict[str, Any]]]
-    """The first examples of each kind: ``{"kind", "key", "detail", "commit_id"}``."""
+    """The first examples of each kind: ``{"kind", "key", "aggregate_id", "commit_id",
+    "detail"}`` (:func:`finding`)."""
     elapsed_s: float
     shard: Shard = field(default_factory=Shard)
     """The share of the store covered (counts above are the shard's; see the module docstring)."""
@@ -747,19 +748,29 @@ class _Tally:
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, list[dict[str, Any]]] = {}
 
-    def add(self, kind: str, key: str, detail: str, commit_id: str | None) -> None:
+    def add(
+        self, kind: str, key: str, detail: str, commit_id: str | None, aggregate_id: str | None
+    ) -> None:
         self.counts[kind] += 1
         examples = self.examples.setdefault(kind, [])
         if len(examples) < self.limit:
-            printable = redisio.printable  # the report is printed: bytes not UTF-8 as \xNN
-            examples.append(
-                {
-                    "kind": kind,
-                    "key": printable(key),
-                    "detail": printable(detail),
-                    "commit_id": None if commit_id is None else printable(commit_id),
-                }
-            )
+            examples.append(finding(kind, key, detail, commit_id, aggregate_id))
+
+
+def finding(
+    kind: str, key: str, detail: str, commit_id: str | None, aggregate_id: str | None
+) -> dict[str, Any]:
+    """One reported problem. ``aggregate_id`` names the aggregate whose commit list the problem
+    is about or points at the value (None for an orphan: no list names it). Names that are not
+    UTF-8 are printed with ``\\xNN``."""
+    printable = redisio.printable
+    return {
+        "kind": kind,
+        "key": printable(key),
+        "aggregate_id": None if aggregate_id is None else printable(aggregate_id),
+        "commit_id": None if commit_id is None else printable(commit_id),
+        "detail": printable(detail),
+    }
 
 
 HKEYS_LIMIT = 5000
@@ -899,7 +910,9 @@ def check_integrity(
                 if problems:
                     aggregates_with_problems += 1
                 for p in problems:
-                    tally.add(p.kind, problem_key(stream, p), p.detail, p.commit_id)
+                    tally.add(
+                        p.kind, problem_key(stream, p), p.detail, p.commit_id, stream.aggregate_id
+                    )
                 progress.commit_lists += 1
                 progress.commits += len(stream.events)
                 index.add_commits(
@@ -959,15 +972,11 @@ def check_integrity(
 
         for kind, count in index.finding_counts().items():
             tally.counts[kind] += count
-            printable = redisio.printable  # the report is printed: bytes not UTF-8 as \xNN
+            found = index.finding_examples(kind, examples)
+            owners = index.committed([commit_id for _, commit_id, _ in found])
             tally.examples[kind] = [
-                {
-                    "kind": kind,
-                    "key": printable(key),
-                    "detail": printable(detail),
-                    "commit_id": printable(commit_id),
-                }
-                for key, commit_id, detail in index.finding_examples(kind, examples)
+                finding(kind, key, detail, commit_id, owners.get(commit_id))
+                for key, commit_id, detail in found
             ]
     counts = {k: tally.counts[k] for k in INTEGRITY_KINDS if tally.counts.get(k)}
     counts.update({k: n for k, n in tally.counts.items() if k not in counts and n})

@@ -41,7 +41,7 @@ REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterExcept
 """What redis-py raises: the cluster client's own errors (no node reachable, a slot not
 covered during a failover) are not RedisErrors."""
 PIPELINE_CHUNK = 1000
-"""Commands per pipelined round trip (PERF-NOTES: 200 per round trip costs 20-25%)."""
+"""Commands per pipelined round trip (measured: 200 per round trip costs 20-25%)."""
 
 
 def key_str(key: bytes | str) -> str:
@@ -542,7 +542,7 @@ def pipelined(
     return the raw replies in order. Error replies are returned as exception objects.
 
     On a single server the commands are packed by hand and the replies read straight from the
-    hiredis parser: about twice redis-py's pipeline throughput (PERF-NOTES). On a cluster the
+    hiredis parser: about twice redis-py's pipeline throughput (measured). On a cluster the
     same is done per node (:func:`_pipelined_by_node`): commands are grouped by the node that
     serves their key's slot, sent to every node, then the replies read, and MOVED/ASK
     redirections during a reshard followed. Commands whose keys the module cannot place, TLS
@@ -932,7 +932,7 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
 class _RawConnection:
     """A plain socket to one server speaking RESP2, replies parsed by hiredis: esctl's fast
     path for bulk pipelined commands on a single (non-TLS) server and on each node of a
-    cluster. Measured ~2x redis-py's own pipelines per reply (PERF-NOTES), which matters
+    cluster. Measured ~2x redis-py's own pipelines per reply, which matters
     because decoding and reading share one Python thread during a migration.
 
     ``readonly`` sends READONLY after connecting: a cluster replica then serves reads of its

@@ -97,7 +97,7 @@ def test_every_command_group_and_option_has_help_text() -> None:
             if param.param_type_name == "option" and not param.hidden and not param.help:
                 missing.append(f"{name} {param.opts[0]}: no help text")
         if not is_group(command) and "Example" not in (command.help or ""):
-            missing.append(f"{name}: no 'Example:' line in its docstring (STYLE.md)")
+            missing.append(f"{name}: no 'Example:' line in its docstring")
     assert not missing, "\n".join(missing)
 
 
@@ -351,7 +351,7 @@ def test_config_error_in_json_mode_is_a_json_document(tmp_path: Path) -> None:
 
 # --- the error table -----------------------------------------------------------------------
 
-# From CLI.md's exit codes; one row per error class in esctl.errors.
+# From the README's exit codes; one row per error class in esctl.errors.
 EXPECTED: dict[type[errors.EsctlError], tuple[int, str]] = {
     errors.EsctlError: (1, "error"),
     errors.ConfigError: (1, "config"),
@@ -382,7 +382,9 @@ def make_error(cls: type[errors.EsctlError]) -> errors.EsctlError:
 
 def test_every_error_class_has_an_expected_exit_code() -> None:
     unknown = [cls.__name__ for cls in error_classes() if cls not in EXPECTED]
-    assert not unknown, f"add these to EXPECTED (from CLI.md) and to ERROR_TABLE: {unknown}"
+    assert not unknown, (
+        f"add these to EXPECTED (from the README's exit codes) and to ERROR_TABLE: {unknown}"
+    )
 
 
 @pytest.mark.parametrize("cls", list(EXPECTED), ids=lambda c: c.__name__)

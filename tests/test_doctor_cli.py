@@ -124,9 +124,7 @@ def test_the_server_is_named_alike_whether_it_answers_or_not(
     assert json.loads(up.stdout)["redis"] == name
     assert f'esctl_doctor_redis_up{{server="{name}"}} 1' in (tmp_path / "up").read_text()
     recommended.stop()
-    down = run_cli(
-        "doctor", "--redis-url", url, "--json", "--metrics-file", str(tmp_path / "down")
-    )
+    down = run_cli("doctor", "--redis-url", url, "--json", "--metrics-file", str(tmp_path / "down"))
     assert down.returncode == 3
     assert json.loads(down.stdout)["redis"] == name
     assert f'esctl_doctor_redis_up{{server="{name}"}} 0' in (tmp_path / "down").read_text()

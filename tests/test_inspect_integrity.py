@@ -32,12 +32,19 @@ def test_demo_store(demo_store: demo.DemoSummary, redis_client: redis.Redis) -> 
         assert problem["key"] == defect.key, defect
         if defect.commit_id is not None:
             assert problem["commit_id"] == defect.commit_id
+        # Every finding names its aggregate, the one whose commit list points at the value
+        # (invalid_compressed included); an orphan has none: no commit list names it.
+        expected = None if defect.kind == "orphan" else defect.aggregate_id
+        assert problem["aggregate_id"] == expected, defect
     orphan = report.examples["orphan"][0]["detail"]
     assert demo_store.defect("orphan").aggregate_id in orphan and "version" in orphan
     document = report.as_dict()
     assert document["counts"] == report.counts
     assert {p["kind"] for p in document["problems"]} == set(demo.DEFECT_KINDS)
-    assert all({"kind", "key", "detail"} <= set(p) for p in document["problems"])
+    assert all(
+        {"kind", "key", "aggregate_id", "commit_id", "detail"} <= set(p)
+        for p in document["problems"]
+    )
 
 
 def test_independent_writer_every_kind(redis_client: redis.Redis, app_name: str) -> None:

@@ -1,5 +1,5 @@
-"""One table from esctl's typed errors to messages and exit codes (CLI.md), and the wrapper
-every command runs inside."""
+"""One table from esctl's typed errors to messages and exit codes (the README's exit-code
+table), and the wrapper every command runs inside."""
 
 from __future__ import annotations
 

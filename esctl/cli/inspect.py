@@ -345,8 +345,8 @@ def _render_integrity(report: core.IntegrityReport) -> None:
         return
     output.emit_table(["kind", "count"], list(report.counts.items()), title="problems by kind")
     output.emit_table(
-        ["kind", "key", "detail"],
-        [(p["kind"], p["key"], p["detail"]) for p in report.problems],
+        ["kind", "aggregate", "key", "detail"],
+        [(p["kind"], p["aggregate_id"], p["key"], p["detail"]) for p in report.problems],
         title="first examples",
     )
 
