@@ -1531,11 +1531,14 @@ def drain(
             selection=options.selection.describe(),
             elapsed_s=0.0,
         )
-        if options.dry_run or not snap.selected:
+        # Nothing selected still leaves the backup asked for (empty, complete): a script that
+        # drains to a file and later restores it finds the file either way.
+        if options.dry_run or (not snap.selected and options.to_file is None):
             summary.elapsed_s = time.perf_counter() - started
             return summary
         action = "drain" if options.to_file is not None else "discard"
-        _confirm(confirm, Plan(action, len(snap.selected), snap.key, _str(options.to_file)))
+        if snap.selected:
+            _confirm(confirm, Plan(action, len(snap.selected), snap.key, _str(options.to_file)))
         writer = None
         if options.to_file is not None:
             writer = _write_backup(options.to_file, ref, which, snap, options, moment)

@@ -1092,12 +1092,14 @@ def resolve_routes(
     named = sorted(set(subscribers))
     if force:
         return {t: tuple(named) for t in types}
+    if not types:  # the selection holds no event: nothing to route, no name to doubt
+        return {}
     strangers = [s for s in named if not any(s in m for m in members.values())]
     if strangers:
         shown = ", ".join(types[:5]) + (f" … ({len(types)} types)" if len(types) > 5 else "")
         raise UsageError(
             f"{', '.join(strangers)} is not a member of Subscribers:{{{env}:TYPE}} for any "
-            f"selected event type ({shown or 'none found'})",
+            f"selected event type ({shown})",
             hint=f"check the name ('esctl queue list --env {env}' shows the subscribers), or "
             "pass --force to publish to it anyway",
         )

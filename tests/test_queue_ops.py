@@ -486,8 +486,7 @@ def test_partial_drain_then_restore_puts_every_message_back_in_place(
         if ids and v.decode("latin-1") not in ids  # no ids: everything
     ]
     assert contents(redis_client, q.key("dead")) == expected_left
-    if not summary.selected:
-        return
+    assert summary.backup_file == str(path) and path.exists()  # selected or not
     new = [f"new{i}".encode() for i in range(arrivals)]
     if new:
         redis_client.lpush(q.key("dead"), *new)
@@ -549,6 +548,21 @@ def test_restore_to_another_queue_and_env_check(
     )
     assert summary.restored == 3
     assert contents(redis_client, other.key("published")) == [*values, b"waiting"]
+    assert not redis_client.exists(q.key("dead"))
+
+
+def test_a_drain_that_selects_nothing_still_leaves_the_backup_it_was_asked_for(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str
+) -> None:
+    q = ref(env_name)
+    redis_client.sadd(layout.subscribers_key(env_name, q.event_type), q.subscriber)
+    path = tmp_path / "empty.jsonl.zst"
+    summary = queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
+    assert (summary.selected, summary.drained, summary.backup_file) == (0, 0, str(path))
+    backup = queues.read_backup(path)
+    assert backup.complete and backup.records == []
+    restored = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert restored.restored == 0
     assert not redis_client.exists(q.key("dead"))
 
 

@@ -1,0 +1,211 @@
+"""The README's examples, run as written: every ``esctl`` command line of its ``sh`` blocks, in
+README order, through bash with ``pipefail`` (so ``… | jq`` counts), against a demo store written
+as app ``MyService`` and env ``production``.
+
+Only the names the README makes up are swapped for the store's (its aggregate ids, commit id,
+subscriber names, file paths under /backups and /var; and ``--grace 2m`` waits 1 s); options and
+pipelines stay as printed.
+Lines that need what a test must not touch (a cluster at a private address, ``pip``, a developer's
+shell) are left out, each with its reason in ``SKIPPED``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from helpers import cli_env
+
+from esctl import codec, demo
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+SKIPPED = {
+    "redis+cluster://10.0.0.5": "an address of the reader's network; clusters are tested in test_cluster_*",
+    "pytest": "the test command itself",
+    "pip install": "installs",
+    "source completions": "a shell's setup (test_completions covers the scripts)",
+    "python bench/": "benchmarks run on demand",
+}
+TIMEOUT = 120.0
+
+
+def readme_commands() -> list[tuple[str, dict[str, str]]]:
+    """The shell commands of the README's ``sh`` blocks that run esctl (a command spanning
+    several lines, a pipeline into a ``while`` loop say, is one), each with the ``ESCTL_APP`` /
+    ``ESCTL_ENV`` its block exported before it. Crontab lines and variable assignments are
+    not shell commands and are left out."""
+    commands: list[tuple[str, dict[str, str]]] = []
+    in_block = False
+    pending: list[str] = []
+    exports: dict[str, str] = {}
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            in_block = line.strip() == "```sh" and not in_block
+            pending, exports = [], {}
+            continue
+        if not in_block:
+            continue
+        pending.append(line)
+        text = "\n".join(pending)
+        if (
+            line.endswith("\\")
+            or subprocess.run(["bash", "-n", "-c", text], capture_output=True).returncode != 0
+        ):
+            continue  # not a whole command yet
+        pending = []
+        command = text.strip()
+        if command.startswith("export "):
+            for word in shlex.split(command)[1:]:
+                key, _, value = word.partition("=")
+                if key in ("ESCTL_APP", "ESCTL_ENV"):
+                    exports[key] = value
+        elif re.match(r"^(esctl |redis-cli .*\| esctl )", command):
+            commands.append((command, dict(exports)))
+    return commands
+
+
+def _skip_reason(command: str) -> str | None:
+    return next((why for marker, why in SKIPPED.items() if marker in command), None)
+
+
+@pytest.fixture(scope="module")
+def readme_env(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, pg_admin_dsn: str
+) -> Iterator[tuple[dict[str, str], dict[str, str], Path]]:
+    """(environment, README name -> store name, working directory) for the README's commands:
+    a demo store of app MyService / env production in a Redis database of its own, and a
+    PostgreSQL database of its own."""
+    import psycopg
+    from conftest import with_redis_db
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    workdir = tmp_path_factory.mktemp("readme")
+    client = redis.Redis.from_url(redis_url)
+    taken = {int(c["db"]) for c in client.client_list()}
+    db = next(
+        n
+        for n in range(15, 0, -1)
+        if n not in taken and redis.Redis.from_url(with_redis_db(redis_url, n)).dbsize() == 0
+    )
+    client.close()
+    url = with_redis_db(redis_url, db)
+    # Selected for the whole module under the suite's claim name: another test run skips it.
+    claim = redis.Redis.from_url(url, single_connection_client=True)
+    claim.client_setname("esctl-tests-claim")
+    store = redis.Redis.from_url(url)
+    summary = demo.write_demo_store(store, app="MyService", env="production")
+    name = f"esctl_readme_{os.getpid()}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    samples = summary.samples
+    compressed = store.hget(samples["compressed_hash"], samples["compressed_commit"])
+    assert compressed is not None and compressed.startswith(codec.GZIP_BASE64_PREFIX)
+    order_ids = sorted(
+        int(k.decode().rsplit(":", 1)[1])
+        for k in store.scan_iter(match="{EventStore:MyService}:*")
+        if k.decode().rsplit(":", 1)[1].isdigit()
+    )
+    names = {
+        # README name -> the demo store's
+        "3f0c2a9e-0d1b-4c5e-9f8a-1b2c3d4e5f60": samples["aggregate"],
+        "9b1e7c2d-5a40-4f8e-b3d6-7e0f1a2b3c4d": samples["compressed_commit"],
+        "EventStore:MyService:123456 3f0c…-commit-id": (
+            f"{samples['compressed_hash']} {samples['compressed_commit']}"
+        ),
+        "'H4sIAAAAAAAACq…'": shlex.quote(compressed.decode()),
+        "inspect aggregate 1017": f"inspect aggregate {order_ids[0]}",
+        "Learning.ReportingService.Worker-v2": demo.SEARCH,  # another subscriber of the type
+        "Learning.ReportingService.Worker": demo.REPORTING,
+        "Learning.SearchIndexer.Worker": demo.SEARCH,
+        "--grace 2m": "--grace 1s",  # the same look twice, without the two-minute wait
+        "/backups/": f"{workdir}/",
+        "/var/log/esctl/": f"{workdir}/",
+        "/var/lib/node_exporter/textfile/": f"{workdir}/",
+    }
+    env = cli_env(
+        {
+            "ESCTL_REDIS_URL": url,
+            "ESCTL_PG_DSN": make_conninfo(pg_admin_dsn, dbname=name),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+    try:
+        yield env, names, workdir
+    finally:
+        store.flushdb()
+        store.close()
+        claim.close()
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def test_the_readme_has_examples_to_run() -> None:
+    commands = readme_commands()
+    assert len([c for c, _ in commands if _skip_reason(c) is None]) >= 40, commands
+
+
+@pytest.mark.skipif(
+    not (shutil.which("jq") and shutil.which("redis-cli")),
+    reason="the README's examples pipe into jq and start from redis-cli: install jq and redis-tools",
+)
+def test_every_readme_example_runs_as_documented(
+    readme_env: tuple[dict[str, str], dict[str, str], Path],
+) -> None:
+    env, names, workdir = readme_env
+    (workdir / "esctl.toml").write_text(
+        '[default]\napp = "MyService"\n\n[staging]\napp = "MyService-Staging"\n'
+    )
+    # The schema first: the README shows querying PostgreSQL before it shows the migration.
+    setup = subprocess.run(
+        ["esctl", "migrate", "redis-to-pg", "--app", "MyService", "--init-schema", "--json"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert setup.returncode == 3, setup.stderr  # the demo's planted defects are quarantined
+    failures: list[str] = []
+    ran = 0
+    for written, exports in readme_commands():
+        if _skip_reason(written):
+            continue
+        # One pass, longest name first: a replacement is never replaced again.
+        pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        command = re.sub(pattern, lambda m: names[m.group(0)], written)
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command],
+            env={**env, **exports},
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        ran += 1
+        problems = []
+        if result.returncode not in (0, 3):
+            problems.append(f"exit {result.returncode}")
+        if "Traceback" in result.stderr or "unexpected" in result.stderr:
+            problems.append("a traceback or an unexpected error")
+        if "| jq" in command and re.search(r"^null$", result.stdout, re.M):
+            problems.append("jq found null: the documented field is missing")
+        if problems:
+            failures.append(
+                f"{written}\n  ran: {command}\n  {', '.join(problems)}\n"
+                f"  stderr: {result.stderr.strip()[-600:]}\n  stdout: {result.stdout[:300]}"
+            )
+    assert ran >= 40
+    assert not failures, "\n\n".join(failures)
