@@ -288,7 +288,7 @@ def _emit_results(
             ],
             rows,
             payload=("data",),
-            optional=("aggregate type", "commit id"),
+            optional=("data", "aggregate type", "commit id"),
         )
         if shown_limit is not None and len(rows) >= shown_limit:
             output.info(f"(first {shown_limit} results; --limit N shows more)")

@@ -64,9 +64,9 @@ def emit_table(
     a terminal too narrow for it, the columns give up width in this order (see
     :func:`plan_widths`): the ``payload`` columns (named; event JSON, exception text), each cell
     cut to one line with "…"; then columns of prose (a cell with a space), wrapped at words;
-    then the ``optional`` columns are left out, the last named first, while ids, keys,
-    timestamps or counts (no spaces) would have to fold; those fold only when nothing else is
-    left."""
+    then, if that lets ids, keys, timestamps and counts (no spaces) stay whole, the
+    ``optional`` columns are left out, the last named first, as few as will do (a line on
+    stderr names them); else those fold, the widest first."""
     console = stderr_console if stderr else stdout_console
     names = [str(c) for c in columns]
     cells = [[format_cell(v) for v in row] for row in rows]
@@ -83,12 +83,17 @@ def emit_table(
     available = console.width if terminal else None
     widths = plan_widths([specs[i] for i in shown], available)
     left_out: list[str] = []
-    for name in reversed(optional):
-        if not folds_tokens([specs[i] for i in shown], widths) or name not in names:
-            continue
-        shown.remove(names.index(name))
-        left_out.append(name)
-        widths = plan_widths([specs[i] for i in shown], available)
+    droppable = [names.index(name) for name in reversed(optional) if name in names]
+    without = [i for i in shown if i not in droppable]
+    if folds_tokens([specs[i] for i in shown], widths) and not folds_tokens(
+        [specs[i] for i in without], plan_widths([specs[i] for i in without], available)
+    ):
+        for i in droppable:  # the last named first, until the tokens stay whole
+            shown.remove(i)
+            left_out.append(names[i])
+            widths = plan_widths([specs[i] for i in shown], available)
+            if not folds_tokens([specs[i] for i in shown], widths):
+                break
     table = Table(show_edge=False, pad_edge=False, show_header=show_header)
     for i, width in zip(shown, widths, strict=True):
         table.add_column(Text(names[i]), width=width, overflow="fold")
@@ -160,20 +165,21 @@ _NARROWING: tuple[tuple[Callable[[ColumnSpec], bool], Callable[[ColumnSpec], int
     (lambda s: True, lambda s: max(s.content, s.header_word, 1)),  # headers wrap at words
     (lambda s: s.payload, lambda s: min(s.natural, 12)),
     (lambda s: s.prose and not s.payload, lambda s: min(s.natural, max(s.header_word, 30))),
-    # A long token (a key, an id) that must fold anyway may as well take two lines and leave
-    # prose some room; short names stay whole a while longer.
-    (lambda s: s.token, lambda s: max(-(-s.content // 2), min(s.content, 24), s.header_word)),
-    (lambda s: s.prose and not s.payload, lambda s: min(s.natural, max(s.header_word, 16))),
-    (lambda s: s.token, lambda s: min(s.natural, max(s.header_word, 8))),
+    # Some id, key or timestamp folds now whatever happens: the widest give way first, prose
+    # (wrapping at words) and tokens (folding) alike.
+    (
+        lambda s: not s.payload,
+        lambda s: min(s.natural, max(s.header_word, 16 if s.prose else 8)),
+    ),
+    (lambda s: True, lambda s: 1),  # a very narrow terminal: no column vanishes
 )
 
 
 def plan_widths(specs: Sequence[ColumnSpec], available: int | None) -> list[int]:
     """The width of each column: natural when ``available`` is None (a pipe or a file) or the
-    table fits; else narrowed step by step (_NARROWING): headers wrap, payload columns give
-    up all but 12 cells, prose columns all but 30, long tokens fold to two lines, prose to 16,
-    tokens to 8. A table that still does not fit is left to rich, which narrows every column
-    in proportion."""
+    table fits; else narrowed step by step (_NARROWING): headers wrap; payload columns give up
+    all but 12 cells; prose columns all but 30; then the widest columns, prose or ids, keys and
+    timestamps, down to 16 and 8 cells; then any column, the widest first."""
     widths = [s.natural for s in specs]
     if available is None:
         return widths
