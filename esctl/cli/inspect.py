@@ -263,7 +263,7 @@ class _IntegrityBar:
     def update(self, p: core.IntegrityProgress) -> None:
         if p.phase != self.phase:
             self.phase = p.phase
-            self.bar.set_description(p.phase)
+            self.bar.set_description_str(p.phase)
         self.bar.n = p.lists_read if p.phase == "commit lists" else p.event_hashes
         self.bar.set_postfix(commits=p.commits, fields=p.hash_fields, refresh=False)
         self.bar.refresh()
@@ -430,7 +430,7 @@ def stats(
             bar = tqdm(unit=" keys", dynamic_ncols=True, desc="scanning")
 
         def on_progress(phase: str, keys: int) -> None:
-            bar.set_description(phase)
+            bar.set_description_str(phase)
             bar.n = keys
             bar.refresh()
 

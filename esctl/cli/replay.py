@@ -291,6 +291,8 @@ def replay(
                 projection=projection_adapter,
                 on_progress=bar.update if bar else None,
             )
+            if bar:  # the last count: progress is reported per batch, not at the end
+                bar.update(core.ReplayProgress(events=summary.events, messages=summary.messages))
         except BrokenPipeError:
             # --to stdout and the reader went away (`| head`): stop quietly, like Unix tools.
             devnull = os.open(os.devnull, os.O_WRONLY)
