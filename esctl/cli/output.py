@@ -71,29 +71,17 @@ def emit_table(
     names = [str(c) for c in columns]
     cells = [[format_cell(v) for v in row] for row in rows]
     terminal = _writes_to_terminal(console)
-    shown = list(range(len(names)))
-    specs = {
-        i: ColumnSpec.of(
+    specs = [
+        ColumnSpec.of(
             name if show_header else "",
             [row[i] for row in cells if i < len(row)],
             payload=name in payload,
         )
         for i, name in enumerate(names)
-    }
-    available = console.width if terminal else None
-    widths = plan_widths([specs[i] for i in shown], available)
-    left_out: list[str] = []
+    ]
     droppable = [names.index(name) for name in reversed(optional) if name in names]
-    without = [i for i in shown if i not in droppable]
-    if folds_tokens([specs[i] for i in shown], widths) and not folds_tokens(
-        [specs[i] for i in without], plan_widths([specs[i] for i in without], available)
-    ):
-        for i in droppable:  # the last named first, until the tokens stay whole
-            shown.remove(i)
-            left_out.append(names[i])
-            widths = plan_widths([specs[i] for i in shown], available)
-            if not folds_tokens([specs[i] for i in shown], widths):
-                break
+    shown, widths = _fit(specs, droppable, console.width if terminal else None)
+    left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
     table = Table(show_edge=False, pad_edge=False, show_header=show_header)
     for i, width in zip(shown, widths, strict=True):
         table.add_column(Text(names[i]), width=width, overflow="fold")
@@ -112,7 +100,7 @@ def emit_table(
     if terminal:
         console.print(table)
         if left_out:
-            info(f"(left out at this terminal width: {', '.join(reversed(left_out))})")
+            info(f"(left out at this terminal width: {', '.join(left_out)})")
         return
     # As wide as the table, whatever the console's width (80 when it cannot tell), and without
     # the padding rich adds after the last column.
@@ -197,6 +185,27 @@ def plan_widths(specs: Sequence[ColumnSpec], available: int | None) -> list[int]
         if excess <= 0:
             break
     return widths
+
+
+def _fit(
+    specs: Sequence[ColumnSpec], droppable: Sequence[int], available: int | None
+) -> tuple[list[int], list[int]]:
+    """The columns to show and their widths: every column, unless some id, key or timestamp
+    would fold and leaving out columns of ``droppable`` (in that order, as few as will do)
+    keeps them all whole."""
+    shown = list(range(len(specs)))
+    widths = plan_widths(specs, available)
+    if not folds_tokens(specs, widths):
+        return shown, widths
+    rest = [i for i in shown if i not in droppable]
+    if folds_tokens([specs[i] for i in rest], plan_widths([specs[i] for i in rest], available)):
+        return shown, widths  # leaving columns out would not help: show everything
+    for dropped in droppable:
+        shown.remove(dropped)
+        widths = plan_widths([specs[i] for i in shown], available)
+        if not folds_tokens([specs[i] for i in shown], widths):
+            break
+    return shown, widths
 
 
 def folds_tokens(specs: Sequence[ColumnSpec], widths: Sequence[int]) -> bool:
