@@ -18,7 +18,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     add_completion=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # Click's own help layout, not rich panels: it never cuts an option name (a long one puts
+    # its description on the next line), rewraps docstring paragraphs to the terminal (up to
+    # 120 columns), keeps a paragraph marked \b as written (the Example lines), and shows no
+    # type label on a flag. Typer's rich panels, at 80 columns, did all four wrong.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 
 

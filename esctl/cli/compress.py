@@ -62,6 +62,7 @@ def compress(
     without a terminal); --dry-run changes nothing. Exit 75 when another compress of the app
     runs, 3 when some values were left alone as problems.
 
+    \b
     Example: esctl compress --app MyService --dry-run
     """
     from esctl import compress as core

@@ -37,6 +37,7 @@ def show(
 ) -> None:
     """Print every resolved setting and where it came from (passwords shown as ***).
 
+    \b
     Example: esctl config show --profile staging --json
     """
     with reporting(json_mode=json_, debug=debug):

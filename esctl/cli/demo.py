@@ -26,7 +26,7 @@ KeepOpt = Annotated[
         help="Leave the servers running and print the export line that points esctl at them.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the generated data.")]
+SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the generated data.")]
 
 
 def demo(
@@ -43,6 +43,7 @@ def demo(
     missing payload, invalid compressed value, version gap, shared commit list). Without
     --keep the servers are stopped before the command returns.
 
+    \b
     Example: esctl demo --keep   (then paste the printed export line)
     """
     from esctl import demo as core

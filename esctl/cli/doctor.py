@@ -96,6 +96,7 @@ def doctor(
     and draining compare with a reading an earlier run stored in Redis (esctl:doctor:*).
     Exit 3 when a check fails (with --strict: or warns), 0 otherwise.
 
+    \b
     Example: esctl doctor --app MyService --env production --metrics-file /var/lib/node_exporter/esctl_doctor.prom
     """
     from esctl import doctor as core

@@ -84,6 +84,7 @@ def decode(
     "problems", "text", "data"}; "text" is the exact payload text. A value that cannot be decoded
     is reported on stderr with its input line, the rest are still decoded, and the exit code is 3.
 
+    \b
     Example: redis-cli --raw HGET EventStore:MyApp:12345 <commit-id> | esctl events decode -
     """
     with reporting(debug=debug):
@@ -135,6 +136,7 @@ def query(
         int | None,
         typer.Option(
             "--limit",
+            metavar="N",
             min=0,
             help=f"Stop after N results (table: {TABLE_DEFAULT_LIMIT} unless given).",
             show_default=False,
@@ -178,6 +180,7 @@ def query(
     'Lines.Sku=BK-1042' (lists and $values wrappers match when any element does),
     'Comment exists'. Unreadable events are skipped and counted on stderr.
 
+    \b
     Example: esctl events query --app MyService --type OrderPlaced --since 7d --where 'Currency=EUR'
     """
     from esctl import query as core
@@ -223,7 +226,9 @@ def query(
                 client, app_value, filters, on_progress=_query_bar(bar) if bar is not None else None
             )
         try:
-            _emit_results(results, fmt, shown_limit=filters.limit if limit is None else None)
+            _emit_results(
+                results, fmt, shown_limit=filters.limit if limit is None else None, bar=bar
+            )
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, as other Unix tools do.
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -231,6 +236,7 @@ def query(
             raise typer.Exit(0) from None
         finally:
             if bar is not None:
+                _query_bar(bar)(results.stats)  # the last count (a --limit stops between two)
                 bar.close()
         if results.stats.unreadable:
             output.warn(
@@ -248,8 +254,12 @@ def _query_bar(bar: Any) -> Any:
     return update
 
 
-def _emit_results(results: Any, fmt: QueryFormat, *, shown_limit: int | None) -> None:
-    """Write query results to stdout as they come (jsonl, json) or as one table."""
+def _emit_results(
+    results: Any, fmt: QueryFormat, *, shown_limit: int | None, bar: Any = None
+) -> None:
+    """Write query results to stdout as they come (jsonl, json) or as one table (after the
+    progress bar, if any, has drawn its last count and closed: else the table's first line
+    would continue the bar's)."""
     if fmt is QueryFormat.table:
         rows = [
             (
@@ -263,6 +273,9 @@ def _emit_results(results: Any, fmt: QueryFormat, *, shown_limit: int | None) ->
             )
             for r in results
         ]
+        if bar is not None:
+            _query_bar(bar)(results.stats)
+            bar.close()
         output.emit_table(
             [
                 "aggregate",
@@ -274,6 +287,8 @@ def _emit_results(results: Any, fmt: QueryFormat, *, shown_limit: int | None) ->
                 "data",
             ],
             rows,
+            payload=("data",),
+            optional=("data", "aggregate type", "commit id"),
         )
         if shown_limit is not None and len(rows) >= shown_limit:
             output.info(f"(first {shown_limit} results; --limit N shows more)")

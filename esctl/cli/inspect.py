@@ -75,7 +75,10 @@ def aggregate(
     from_version: Annotated[
         int | None,
         typer.Option(
-            "--from-version", min=1, help="List events from this version on (checks cover all)."
+            "--from-version",
+            metavar="N",
+            min=1,
+            help="List events from this version on (checks cover all).",
         ),
     ] = None,
     raw: Annotated[
@@ -98,6 +101,7 @@ def aggregate(
     commit list — are listed and make the exit code 3. --json prints the whole document with
     each event's exact payload text and decoded data.
 
+    \b
     Example: esctl inspect aggregate 3f0c2a9e-… --app MyService --json | jq '.events[].data'
     """
     from esctl import inspect as core
@@ -200,6 +204,7 @@ def event(
     list names is an orphan (never committed). Exit code 3 for an orphan or an undecodable
     payload, 1 when the commit id is in neither hash.
 
+    \b
     Example: esctl inspect event 3f0c2a9e-0d1b-4c5e-9f8a-1b2c3d4e5f60 --app MyService
     """
     from esctl import inspect as core
@@ -258,7 +263,7 @@ class _IntegrityBar:
     def update(self, p: core.IntegrityProgress) -> None:
         if p.phase != self.phase:
             self.phase = p.phase
-            self.bar.set_description(p.phase)
+            self.bar.set_description_str(p.phase)
         self.bar.n = p.lists_read if p.phase == "commit lists" else p.event_hashes
         self.bar.set_postfix(commits=f"{p.commits:,}", fields=f"{p.hash_fields:,}", refresh=False)
         self.bar.refresh()
@@ -270,7 +275,8 @@ class _IntegrityBar:
 @app.command("integrity")
 def integrity(
     examples: Annotated[
-        int, typer.Option("--examples", min=0, help="Examples listed per kind of problem.")
+        int,
+        typer.Option("--examples", metavar="N", min=0, help="Examples listed per kind of problem."),
     ] = 10,
     shard: ShardOpt = None,
     progress: ProgressOpt = True,
@@ -296,6 +302,7 @@ def integrity(
     id's partition); N runs, one per shard, report together exactly what one run reports. Each
     still reads every commit list (commit ids only, no payloads).
 
+    \b
     Example: esctl inspect integrity --app MyService --json | jq .counts
     """
     from esctl import inspect as core
@@ -374,7 +381,9 @@ def _share(value: float | None) -> str | None:
 def stats(
     sample: Annotated[
         int,
-        typer.Option("--sample", min=1, help="Keys sampled per family (MEMORY USAGE, payloads)."),
+        typer.Option(
+            "--sample", metavar="N", min=1, help="Keys sampled per family (MEMORY USAGE, payloads)."
+        ),
     ] = 1000,
     full: Annotated[
         bool,
@@ -399,6 +408,7 @@ def stats(
     used_memory (what moving the events to PostgreSQL would free); and events and stored bytes
     per event type, from the payloads of --sample commit lists (or exact with --full).
 
+    \b
     Example: esctl inspect stats --app MyService --sample 2000 --json | jq .memory
     """
     from esctl import inspect as core
@@ -420,7 +430,7 @@ def stats(
             bar = tqdm(unit=" keys", dynamic_ncols=True, desc="scanning")
 
         def on_progress(phase: str, keys: int) -> None:
-            bar.set_description(phase)
+            bar.set_description_str(phase)
             bar.n = keys
             bar.refresh()
 

@@ -39,6 +39,7 @@ BackupFileOpt = Annotated[
     str | None,
     typer.Option(
         "--backup-file",
+        metavar="PATH",
         help="First write every event to be deleted to this new file (zstd JSON lines, "
         "mode 0600, fsynced before each delete; not written in a dry run).",
         show_default=False,
@@ -49,7 +50,7 @@ BackupFileOpt = Annotated[
 @app.command("redis-to-pg")
 def redis_to_pg(
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Events per transaction.")
+        int, typer.Option("--batch-size", metavar="N", min=1, help="Events per transaction.")
     ] = defaults.MIGRATE_BATCH_SIZE,
     init_schema: Annotated[
         bool,
@@ -67,28 +68,36 @@ def redis_to_pg(
     max_problems: Annotated[
         int | None,
         typer.Option(
-            "--max-problems", min=0, help="Stop once more aggregates than this had problems."
+            "--max-problems",
+            metavar="N",
+            min=0,
+            help="Stop once more aggregates than this had problems.",
         ),
     ] = None,
     rate: Annotated[
         float | None,
-        typer.Option("--rate", min=1, help="At most this many events read per second."),
+        typer.Option(
+            "--rate", metavar="N", min=1, help="At most this many events read per second."
+        ),
     ] = None,
     max_redis_latency: Annotated[
         float | None,
         typer.Option(
             "--max-redis-latency",
+            metavar="MS",
             min=0.1,
             help="Back off while a Redis round trip takes longer than this many milliseconds.",
         ),
     ] = None,
     writers: Annotated[
-        int, typer.Option("--writers", min=1, max=8, help="PostgreSQL writer connections.")
+        int,
+        typer.Option("--writers", metavar="N", min=1, max=8, help="PostgreSQL writer connections."),
     ] = 2,
     workers: Annotated[
         int,
         typer.Option(
             "--workers",
+            metavar="N",
             min=1,
             help="Local processes, each migrating one sub-shard (of --shard, if given); one "
             "combined summary. Rerun with the same number to resume.",
@@ -98,6 +107,7 @@ def redis_to_pg(
         str,
         typer.Option(
             "--toast-compression",
+            metavar="METHOD",
             help="default_toast_compression for the writers' sessions (lz4, pglz, or 'server').",
         ),
     ] = "lz4",
@@ -134,6 +144,7 @@ def redis_to_pg(
     (with --backup-file, writing what it deletes there first); its summary is under "prune"
     in the JSON.
 
+    \b
     Example: esctl migrate redis-to-pg --app MyService --init-schema
     """
     from esctl import migrate as core
@@ -300,7 +311,9 @@ class _ProgressBar:
 def verify_command(
     sample: Annotated[
         int | None,
-        typer.Option("--sample", min=1, help="Compare a random sample of N aggregates."),
+        typer.Option(
+            "--sample", metavar="N", min=1, help="Compare a random sample of N aggregates."
+        ),
     ] = None,
     shard: ShardOpt = None,
     allow_new_events: Annotated[
@@ -314,6 +327,7 @@ def verify_command(
         int,
         typer.Option(
             "--workers",
+            metavar="N",
             min=1,
             max=32,
             help="Processes comparing in parallel, each taking a sub-shard of the aggregates "
@@ -337,6 +351,7 @@ def verify_command(
     Reports missing_in_pg, extra_in_pg, content_differs, not_migrated_new_events and
     unmigratable_in_redis; exits 3 on any mismatch. Read-only on both sides.
 
+    \b
     Example: esctl migrate verify --app MyService --sample 10000
     """
     from esctl import verify as verify_core
@@ -415,7 +430,10 @@ def _duration(seconds: float | None) -> str:
 @app.command("plan")
 def plan_command(
     sample: Annotated[
-        int, typer.Option("--sample", min=1, help="Aggregates to read whole (a random sample).")
+        int,
+        typer.Option(
+            "--sample", metavar="N", min=1, help="Aggregates to read whole (a random sample)."
+        ),
     ] = defaults.PLAN_SAMPLE,
     trial: Annotated[
         bool,
@@ -426,12 +444,16 @@ def plan_command(
         ),
     ] = True,
     trial_events: Annotated[
-        int, typer.Option("--trial-events", min=1, help="At most this many events in the trial.")
+        int,
+        typer.Option(
+            "--trial-events", metavar="N", min=1, help="At most this many events in the trial."
+        ),
     ] = defaults.PLAN_TRIAL_EVENTS,
     toast_compression: Annotated[
         str,
         typer.Option(
             "--toast-compression",
+            metavar="METHOD",
             help="As for redis-to-pg: the compression the size estimate assumes (lz4, pglz, "
             "or 'server').",
         ),
@@ -459,6 +481,7 @@ def plan_command(
     even when the sample has problems: it is an estimate (run 'migrate redis-to-pg --dry-run'
     for the full list).
 
+    \b
     Example: esctl migrate plan --app MyService --sample 5000 --json
     """
     from esctl import plan as plan_core
@@ -672,6 +695,7 @@ def prune_command(
     backup: for each line in index order, RPUSH list_key commit_id and HSET hash_key
     commit_id value (fields named *_b64 are base64).
 
+    \b
     Example: esctl migrate prune --app MyService --yes --backup-file pruned-2024-05-01.jsonl.zst
     """
     from esctl import prune as prune_core

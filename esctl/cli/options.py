@@ -12,6 +12,7 @@ RedisUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--redis-url",
+        metavar="URL",
         help="Redis URL [env ESCTL_REDIS_URL; default redis://localhost:6379/0]",
         show_default=False,
     ),
@@ -31,6 +32,7 @@ PgDsnOpt = Annotated[
     str | None,
     typer.Option(
         "--pg-dsn",
+        metavar="DSN",
         help="PostgreSQL DSN or URL [env ESCTL_PG_DSN; default postgresql://localhost/postgres]",
         show_default=False,
     ),
@@ -39,6 +41,7 @@ PgSchemaOpt = Annotated[
     str | None,
     typer.Option(
         "--pg-schema",
+        metavar="NAME",
         help="Schema of the event tables [env ESCTL_PG_SCHEMA; default public]",
         show_default=False,
     ),
@@ -46,17 +49,23 @@ PgSchemaOpt = Annotated[
 AppOpt = Annotated[
     str | None,
     typer.Option(
-        "--app", help="ApplicationName of the service [env ESCTL_APP]", show_default=False
+        "--app",
+        metavar="NAME",
+        help="ApplicationName of the service [env ESCTL_APP]",
+        show_default=False,
     ),
 ]
 EnvOpt = Annotated[
     str | None,
-    typer.Option("--env", help="Environment name [env ESCTL_ENV]", show_default=False),
+    typer.Option(
+        "--env", metavar="NAME", help="Environment name [env ESCTL_ENV]", show_default=False
+    ),
 ]
 ProfileOpt = Annotated[
     str | None,
     typer.Option(
         "--profile",
+        metavar="NAME",
         help="Config file section [env ESCTL_PROFILE; default default]",
         show_default=False,
     ),
@@ -65,6 +74,7 @@ ConfigOpt = Annotated[
     str | None,
     typer.Option(
         "--config",
+        metavar="PATH",
         help="Config file [env ESCTL_CONFIG; default ./esctl.toml, "
         "then ~/.config/esctl/config.toml]",
         show_default=False,
@@ -105,32 +115,46 @@ def settings(
 
 EventTypesOpt = Annotated[
     list[str] | None,
-    typer.Option("--type", help="Event type (class name, e.g. ItemScoreCreated); repeatable."),
+    typer.Option(
+        "--type", metavar="TYPE", help="Event type (class name, e.g. ItemScoreCreated); repeatable."
+    ),
 ]
 AggregateTypeOpt = Annotated[
     str | None,
-    typer.Option("--aggregate-type", help="AggregateType (e.g. ItemScore).", show_default=False),
+    typer.Option(
+        "--aggregate-type",
+        metavar="TYPE",
+        help="AggregateType (e.g. ItemScore).",
+        show_default=False,
+    ),
 ]
 AggregatesOpt = Annotated[
     list[str] | None,
-    typer.Option("--aggregate", help="Aggregate id; repeatable (reads only those)."),
+    typer.Option("--aggregate", metavar="ID", help="Aggregate id; repeatable (reads only those)."),
 ]
 SinceOpt = Annotated[
     str | None,
     typer.Option(
         "--since",
+        metavar="TIME",
         help="TimeStamp at or after: ISO 8601 (UTC unless an offset is given) or 7d, 12h, 30m.",
         show_default=False,
     ),
 ]
 UntilOpt = Annotated[
     str | None,
-    typer.Option("--until", help="TimeStamp before (same forms as --since).", show_default=False),
+    typer.Option(
+        "--until",
+        metavar="TIME",
+        help="TimeStamp before (same forms as --since).",
+        show_default=False,
+    ),
 ]
 WhereOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--where",
+        metavar="EXPR",
         help="PATH OP VALUE on payload fields (OP: = != > >= < <= ~) or PATH exists; "
         "dotted paths, $values lists looked through; repeatable (all must hold).",
     ),
@@ -140,6 +164,7 @@ ShardOpt = Annotated[
     str | None,
     typer.Option(
         "--shard",
+        metavar="I/N",
         help="Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4.",
         show_default=False,
     ),

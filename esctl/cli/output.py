@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, is_dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -53,21 +54,171 @@ def emit_table(
     title: str | None = None,
     show_header: bool = True,
     stderr: bool = False,
+    payload: Collection[str] = (),
+    optional: Sequence[str] = (),
 ) -> None:
     """A table on stdout (on stderr with ``stderr``: for a plan shown before a question while
-    stdout carries the data); every cell is plain text, never markup."""
-    table = Table(
-        title=Text(title) if title is not None else None,
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
-        show_header=show_header,
-    )
-    for column in columns:
-        table.add_column(Text(column), overflow="fold")
-    for row in rows:
-        table.add_row(*(Text(format_cell(v)) for v in row))
-    (stderr_console if stderr else stdout_console).print(table)
+    stdout carries the data); every cell is plain text, never markup.
+
+    To a pipe or a file the table has its natural width: no id, key or timestamp is broken. On
+    a terminal too narrow for it, the columns give up width in this order (see
+    :func:`plan_widths`): the ``payload`` columns (named; event JSON, exception text), each cell
+    cut to one line with "…"; then columns of prose (a cell with a space), wrapped at words;
+    then, if that lets ids, keys, timestamps and counts (no spaces) stay whole, the
+    ``optional`` columns are left out, the last named first, as few as will do (a line on
+    stderr names them); else those fold, the widest first."""
+    console = stderr_console if stderr else stdout_console
+    names = [str(c) for c in columns]
+    cells = [[format_cell(v) for v in row] for row in rows]
+    terminal = _writes_to_terminal(console)
+    specs = [
+        ColumnSpec.of(
+            name if show_header else "",
+            [row[i] for row in cells if i < len(row)],
+            payload=name in payload,
+        )
+        for i, name in enumerate(names)
+    ]
+    droppable = [names.index(name) for name in reversed(optional) if name in names]
+    shown, widths = _fit(specs, droppable, console.width if terminal else None)
+    left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
+    table = Table(show_edge=False, pad_edge=False, show_header=show_header)
+    for i, width in zip(shown, widths, strict=True):
+        table.add_column(Text(names[i]), width=width, overflow="fold")
+    for row in cells:
+        table.add_row(
+            *(
+                Text(row[i], no_wrap=True, overflow="ellipsis")
+                if specs[i].payload
+                else Text(row[i])
+                for i in shown
+                if i < len(row)
+            )
+        )
+    if title is not None:
+        console.print(Text(title, style="table.title"))
+    if terminal:
+        console.print(table)
+        if left_out:
+            info(f"(left out at this terminal width: {', '.join(left_out)})")
+        return
+    # As wide as the table, whatever the console's width (80 when it cannot tell), and without
+    # the padding rich adds after the last column.
+    table.width = sum(widths) + _COLUMN_GAP * (len(widths) - 1)
+    with console.capture() as capture:
+        console.print(table, crop=False)
+    lines = capture.get().splitlines()
+    console.file.write("".join(line.rstrip() + "\n" for line in lines))
+    console.file.flush()
+
+
+_COLUMN_GAP = 3
+"""Between two columns: padding, the rule, padding (no outer edge or padding)."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """What :func:`plan_widths` needs of a column: its widths in terminal cells."""
+
+    natural: int
+    """Its widest line (cells and header): the width at which nothing wraps."""
+    header_word: int
+    """The header's longest word: headers wrap at words before any cell wraps."""
+    content: int
+    """The cells' widest line (header aside)."""
+    prose: bool
+    """Some cell has a space in it: wrapping at words reads well."""
+    payload: bool
+
+    @classmethod
+    def of(cls, header: str, cells: Sequence[str], *, payload: bool = False) -> ColumnSpec:
+        content = max((cell_len(line) for cell in cells for line in cell.splitlines()), default=0)
+        return cls(
+            natural=max(content, cell_len(header), 1),
+            header_word=max((cell_len(word) for word in header.split()), default=0),
+            content=content,
+            prose=any(any(ch.isspace() for ch in cell.strip()) for cell in cells),
+            payload=payload,
+        )
+
+    @property
+    def token(self) -> bool:
+        """Ids, keys, timestamps, names, counts: folding one breaks a word."""
+        return not (self.prose or self.payload)
+
+
+# The order in which columns narrow on a terminal: (which columns, down to what width). Each
+# step takes one cell at a time from the widest column it may narrow, until the table fits.
+_NARROWING: tuple[tuple[Callable[[ColumnSpec], bool], Callable[[ColumnSpec], int]], ...] = (
+    (lambda s: True, lambda s: max(s.content, s.header_word, 1)),  # headers wrap at words
+    (lambda s: s.payload, lambda s: min(s.natural, 12)),
+    (lambda s: s.prose and not s.payload, lambda s: min(s.natural, max(s.header_word, 30))),
+    # Some id, key or timestamp folds now whatever happens: the widest give way first, prose
+    # (wrapping at words) and tokens (folding) alike.
+    (
+        lambda s: not s.payload,
+        lambda s: min(s.natural, max(s.header_word, 16 if s.prose else 8)),
+    ),
+    (lambda s: True, lambda s: 1),  # a very narrow terminal: no column vanishes
+)
+
+
+def plan_widths(specs: Sequence[ColumnSpec], available: int | None) -> list[int]:
+    """The width of each column: natural when ``available`` is None (a pipe or a file) or the
+    table fits; else narrowed step by step (_NARROWING): headers wrap; payload columns give up
+    all but 12 cells; prose columns all but 30; then the widest columns, prose or ids, keys and
+    timestamps, down to 16 and 8 cells; then any column, the widest first."""
+    widths = [s.natural for s in specs]
+    if available is None:
+        return widths
+    budget = available - _COLUMN_GAP * (len(specs) - 1)
+    for applies, floor in _NARROWING:
+        floors = [floor(s) for s in specs]
+        excess = sum(widths) - budget
+        while excess > 0:
+            candidates = [i for i, s in enumerate(specs) if applies(s) and widths[i] > floors[i]]
+            if not candidates:
+                break
+            widest = max(candidates, key=lambda i: widths[i])
+            widths[widest] -= 1
+            excess -= 1
+        if excess <= 0:
+            break
+    return widths
+
+
+def _fit(
+    specs: Sequence[ColumnSpec], droppable: Sequence[int], available: int | None
+) -> tuple[list[int], list[int]]:
+    """The columns to show and their widths: every column, unless some id, key or timestamp
+    would fold and leaving out columns of ``droppable`` (in that order, as few as will do)
+    keeps them all whole."""
+    shown = list(range(len(specs)))
+    widths = plan_widths(specs, available)
+    if not folds_tokens(specs, widths):
+        return shown, widths
+    rest = [i for i in shown if i not in droppable]
+    if folds_tokens([specs[i] for i in rest], plan_widths([specs[i] for i in rest], available)):
+        return shown, widths  # leaving columns out would not help: show everything
+    for dropped in droppable:
+        shown.remove(dropped)
+        widths = plan_widths([specs[i] for i in shown], available)
+        if not folds_tokens([specs[i] for i in shown], widths):
+            break
+    return shown, widths
+
+
+def folds_tokens(specs: Sequence[ColumnSpec], widths: Sequence[int]) -> bool:
+    """Whether a column of ids, keys, timestamps or counts is narrower than its cells."""
+    return any(s.token and w < s.content for s, w in zip(specs, widths, strict=True))
+
+
+def _writes_to_terminal(console: Console) -> bool:
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed file
+        return False
 
 
 def emit_mapping(mapping: Mapping[str, Any], *, title: str | None = None) -> None:

@@ -199,7 +199,7 @@ def _messages_table(messages: list[core.MessageInfo], *, title: str, dead: bool)
                 _first_line(m.retry.last_exception if m.retry else None),
             ]
         rows.append(row)
-    output.emit_table(columns, rows, title=title)
+    output.emit_table(columns, rows, title=title, payload=("last exception",))
 
 
 def _exit(failed: int, problems: list[dict[str, str]]) -> None:
@@ -246,6 +246,7 @@ def list_command(
     (from its TimeStamp) and the event type's RetryData count; subscribers whose lists are
     empty are listed too. Read-only.
 
+    \b
     Example: esctl queue list --env production --metrics-file /var/lib/node_exporter/esctl_queues.prom
     """
     from esctl import queues as core
@@ -308,6 +309,7 @@ def peek_command(
     RetryData (RetryCount, LastRetryTime, LastException) next to dead letters. --json carries
     each message's full text. Read-only.
 
+    \b
     Example: esctl queue peek Reporting.Worker ItemScoreCreated --list dead --env production
     """
     from esctl import queues as core
@@ -370,6 +372,7 @@ def requeue_command(
     their RetryData deleted (--keep-retry-data keeps it). The selection is a snapshot taken at
     the start. Exit 75 when another run holds the queue's lock.
 
+    \b
     Example: esctl queue requeue Reporting.Worker ItemScoreCreated --grace 5m --yes --env production
     """
     from esctl import queues as core
@@ -473,6 +476,7 @@ def drain_command(
     meanwhile stay. Without --to-file it refuses unless --discard --yes. Undo with
     esctl queue restore. Exit 75 when another run holds the queue's lock.
 
+    \b
     Example: esctl queue drain Reporting.Worker ItemScoreCreated --list dead --to-file dead.jsonl.zst --env production
     """
     from esctl import queues as core
@@ -578,6 +582,7 @@ def restore_command(
     skipped. A notification follows. Restoring the same file again restores nothing twice
     (progress is kept in Redis for 30 days). Exit 75 when another run holds a queue's lock.
 
+    \b
     Example: esctl queue restore dead.jsonl.zst --yes
     """
     from esctl import queues as core

@@ -84,7 +84,7 @@ def replay(
     where: WhereOpt = None,
     limit: Annotated[
         int | None,
-        typer.Option("--limit", min=0, help="At most N events.", show_default=False),
+        typer.Option("--limit", metavar="N", min=0, help="At most N events.", show_default=False),
     ] = None,
     all_events: Annotated[
         bool,
@@ -128,7 +128,13 @@ def replay(
     ] = None,
     rate: Annotated[
         float | None,
-        typer.Option("--rate", min=0.001, help="At most N events per second.", show_default=False),
+        typer.Option(
+            "--rate",
+            metavar="N",
+            min=0.001,
+            help="At most N events per second.",
+            show_default=False,
+        ),
     ] = None,
     confirm_over: Annotated[
         int,
@@ -173,7 +179,9 @@ def replay(
     ] = False,
     batch_size: Annotated[
         int,
-        typer.Option("--batch-size", min=1, help="--to projection: events per transaction."),
+        typer.Option(
+            "--batch-size", metavar="N", min=1, help="--to projection: events per transaction."
+        ),
     ] = defaults.REPLAY_BATCH_SIZE,
     shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
@@ -210,6 +218,7 @@ def replay(
     under one --checkpoint name (all with the same N). With --to stdout it prints that share;
     --to queue refuses it.
 
+    \b
     Example: esctl replay --from redis --aggregate 1042 --to queue --subscriber Reporting.Worker --env production
     """
     from esctl import redisio
@@ -282,6 +291,8 @@ def replay(
                 projection=projection_adapter,
                 on_progress=bar.update if bar else None,
             )
+            if bar:  # the last count: progress is reported per batch, not at the end
+                bar.update(core.ReplayProgress(events=summary.events, messages=summary.messages))
         except BrokenPipeError:
             # --to stdout and the reader went away (`| head`): stop quietly, like Unix tools.
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -1,0 +1,321 @@
+"""esctl on a real terminal (a pty of 80x24 or 120x40, read through a terminal emulator, see
+``terminal.py``): the demo tour, every progress bar, every ``--help``, tables, and a query whose
+stdout is a pipe while stderr is the terminal.
+
+A screen fails on a traceback, an ``error:`` line where none is expected, a table drawn on a
+progress bar's row, an option name cut short (``--max-redis-late…``) or a wrong exit code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import typer.main
+from helpers import run_cli
+from terminal import BIN_DIR, ESCTL, SIZES, Screen, assert_reads_well, problems_on, run_on_terminal
+
+from esctl import demo, servers
+from esctl.cli import output
+from esctl.cli.app import app
+
+# --- the demo tour -------------------------------------------------------------------------
+
+# Exit codes of the tour's steps other than 0, keyed by the step's command as written in
+# esctl.demo.TOUR; True: the step prints an "error:" line on purpose.
+TOUR_EXPECTED: dict[str, tuple[int, bool]] = {
+    'redis-cli -u "$ESCTL_REDIS_URL" --raw HGET {invalid_hash} {invalid_commit} '
+    "| esctl events decode -": (3, True),
+    "esctl inspect integrity": (3, False),
+    "esctl migrate redis-to-pg --init-schema": (3, False),  # the defects are quarantined
+    "esctl migrate verify": (3, False),  # ... so verify reports them unmigratable
+    "esctl doctor": (3, False),
+}
+
+
+@pytest.fixture
+def demo_redis() -> Iterator[servers.LocalRedis]:
+    """A throwaway Redis set up as ``esctl demo`` sets up its own (maxmemory-policy
+    allkeys-lru, which the tour's doctor step flags and its CONFIG SET step fixes): the tour
+    changes server settings, which no shared server should see."""
+    server = servers.start_redis(extra_args=["--maxmemory-policy", "allkeys-lru"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_tour_entries_name_tour_steps() -> None:
+    templates = {step.command for step in demo.TOUR}
+    assert set(TOUR_EXPECTED) <= templates, set(TOUR_EXPECTED) - templates
+
+
+def test_demo_tour_on_80x24(demo_redis: servers.LocalRedis, pg_dsn: str, tmp_path: Path) -> None:
+    """Every step of the tour ``esctl demo`` prints, typed into a shell on an 80x24 terminal
+    in order (later steps use what earlier ones did), with the environment the demo's export
+    line sets."""
+    client = redis.Redis.from_url(demo_redis.url)
+    try:
+        summary = demo.write_demo_store(
+            client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC)
+        )
+    finally:
+        client.close()
+    env = {
+        "ESCTL_REDIS_URL": demo_redis.url,
+        "ESCTL_PG_DSN": pg_dsn,
+        "ESCTL_APP": demo.DEMO_APP,
+        "ESCTL_ENV": demo.DEMO_ENV,
+        "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PSQL_PAGER": "",  # psql would wait in a pager for a key once its output filled a screen
+    }
+    failures = []
+    ran = 0
+    for template, step in zip(demo.TOUR, demo.tour(summary), strict=True):
+        tools = {"redis-cli", "psql", "jq"} & set(re.findall(r"[\w-]+", step.command))
+        if any(shutil.which(tool) is None for tool in tools):
+            continue  # the machines this runs on have them; a laptop may not
+        screen = run_on_terminal(
+            ["bash", "--norc", "--noprofile", "-c", step.command], env=env, cwd=tmp_path
+        )
+        ran += 1
+        code, error_expected = TOUR_EXPECTED.get(template.command, (0, False))
+        found = problems_on(screen, exit_code=code, error_expected=error_expected)
+        if found:
+            failures.append(f"{'; '.join(found)}:\n{screen.describe()}")
+    assert not failures, "\n\n".join(failures)
+    assert ran >= len(demo.TOUR) - 8  # the steps without a redis-cli, psql or jq at least
+
+
+# --- progress bars -------------------------------------------------------------------------
+
+# A progress bar's last picture, on a row of its own: "recheck: 214 keys [00:00, 14.4k keys/s,
+# commits=236, fields=236]" or "migrating: 100%|███| 236/236 [00:00<00:00, ...]" (tqdm cuts
+# what does not fit the terminal's width, a "]" included).
+BAR_ROW = re.compile(r"^(?P<desc>[a-z][a-z ]*): (?P<rest>.*\[\d\d:\d\d.*)$")
+
+
+def bar_rows(screen: Screen) -> list[re.Match[str]]:
+    return [m for m in map(BAR_ROW.match, screen.rows) if m]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_every_progress_bar_ends_on_a_row_of_its_own(
+    size: str, redis_test_url: str, pg_dsn: str, demo_store: Any, app_name: str, env_name: str
+) -> None:
+    """The commands that draw a tqdm bar on a terminal (grep tqdm esctl/cli): each ends with
+    the bar's last picture on a row of its own (not continued by a table), with its counts."""
+    env = {
+        "ESCTL_REDIS_URL": redis_test_url,
+        "ESCTL_PG_DSN": pg_dsn,
+        "ESCTL_APP": app_name,
+        "ESCTL_ENV": env_name,
+    }
+    runs = [
+        (["inspect", "integrity"], 3, "recheck"),
+        (["inspect", "stats"], 0, "queues"),
+        (["events", "query", "--type", "OrderPlaced"], 0, "scanning"),
+        (["migrate", "redis-to-pg", "--init-schema"], 3, "migrating"),
+        (
+            ["replay", "--from", "redis", "--all", "--to", "queue", "--dry-run"],
+            3,  # the demo's unreadable events are reported as problems
+            "replaying",
+        ),
+        (["compress", "--threshold", "500", "--dry-run"], 0, "examining"),
+    ]
+    failures = []
+    for args, code, desc in runs:
+        screen = run_on_terminal([*ESCTL, *args], size=size, env=env)
+        found = problems_on(screen, exit_code=code)
+        bars = bar_rows(screen)
+        if [m["desc"] for m in bars] != [desc]:
+            found.append(f"expected one finished '{desc}' bar, found {[m[0] for m in bars]}")
+        if ": :" in screen.text:
+            found.append("a bar with an empty description field (': :')")
+        if found:
+            failures.append(f"{'; '.join(found)}:\n{screen.describe()}")
+    assert not failures, "\n\n".join(failures)
+
+
+def test_events_query_piped_on_a_terminal(
+    redis_test_url: str, demo_store: Any, app_name: str
+) -> None:
+    """``esctl events query … | jq .aggregate_id`` typed on a terminal: stdout is a pipe,
+    stderr the terminal, so esctl writes JSON lines and draws its bar on stderr. (This crashed
+    with a TypeError on every terminal until tqdm's bar stopped being used as a boolean.)"""
+    screen = run_on_terminal(
+        [*ESCTL, "events", "query", "--type", "OrderPlaced", "--limit", "5"],
+        env={"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name},
+        pipe_stdout=True,
+    )
+    assert_reads_well(screen)
+    assert screen.stdout is not None
+    documents = [json.loads(line) for line in screen.stdout.splitlines()]
+    assert len(documents) == 5, screen.describe()
+    assert all(d["event_type"] == "OrderPlaced" and d["aggregate_id"] for d in documents)
+    [bar] = bar_rows(screen)
+    assert bar["desc"] == "scanning" and "matched=5" in bar["rest"], screen.describe()
+
+
+# --- tables --------------------------------------------------------------------------------
+
+
+QUERY = ["events", "query", "--type", "OrderPlaced", "--limit", "6"]
+
+
+def query_results(redis_test_url: str, app_name: str) -> list[dict[str, Any]]:
+    result = run_cli(*QUERY, env={"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name})
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_query_table_on_a_terminal_keeps_ids_and_timestamps_whole(
+    size: str, redis_test_url: str, demo_store: Any, app_name: str
+) -> None:
+    """The payload gives way (cut with "…", then left out as the other optional columns are)
+    before an aggregate id or a timestamp would fold."""
+    expected = query_results(redis_test_url, app_name)
+    assert len(expected) == 6
+    screen = run_on_terminal(
+        [*ESCTL, *QUERY, "--format", "table"],
+        size=size,
+        env={"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name},
+    )
+    assert_reads_well(screen)
+    for event in expected:
+        rows = [r for r in screen.rows if r.startswith(f"{event['aggregate_id']} ")]
+        assert any(event["timestamp"] in r for r in rows), (event, screen.describe())
+
+
+def test_query_table_to_a_pipe_has_its_natural_width(
+    redis_test_url: str, demo_store: Any, app_name: str
+) -> None:
+    """A table on stdout that is a pipe (a file, ``| less -S``) while stderr is the terminal:
+    as wide as its cells, every commit id and timestamp whole on its row, no padding after
+    the last column."""
+    expected = query_results(redis_test_url, app_name)
+    screen = run_on_terminal(
+        [*ESCTL, *QUERY, "--format", "table"],
+        env={"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name},
+        pipe_stdout=True,
+    )
+    assert_reads_well(screen)
+    assert screen.stdout is not None
+    lines = screen.stdout.splitlines()
+    for event in expected:
+        assert any(
+            event["timestamp"] in line and (event["commit_id"] or "") in line for line in lines
+        ), (event, screen.stdout)
+    assert max(len(line) for line in lines) > 120  # its own width, not the terminal's 80
+    assert all(line == line.rstrip() for line in lines)
+
+
+def spec(natural: int, *, prose: bool = False, payload: bool = False, header: int = 4) -> Any:
+    return output.ColumnSpec(natural, header, natural, prose, payload)
+
+
+def test_plan_widths_natural_to_a_pipe_and_when_it_fits() -> None:
+    specs = [spec(36), spec(33), spec(200, payload=True)]
+    assert output.plan_widths(specs, None) == [36, 33, 200]
+    assert output.plan_widths(specs[:2], 80) == [36, 33]
+
+
+def test_plan_widths_payload_then_prose_give_way_before_ids() -> None:
+    # 36 + 33 + gaps 9 = 78 of 120: the payload and the prose share the other 42.
+    widths = output.plan_widths(
+        [spec(36), spec(33), spec(60, prose=True), spec(200, payload=True)], 120
+    )
+    assert widths[:2] == [36, 33] and widths[2] == 30 and sum(widths) + 9 == 120
+    # At 80 an id must fold whatever happens: the widest columns, prose or ids, level down.
+    widths = output.plan_widths([spec(36), spec(33), spec(60, prose=True)], 80)
+    assert sum(widths) + 6 == 80 and max(widths) - min(widths) <= 1
+
+
+def test_plan_widths_never_lets_a_column_vanish() -> None:
+    widths = output.plan_widths([spec(1), spec(40), spec(40), spec(40), spec(40)], 30)
+    assert all(w >= 1 for w in widths) and widths[0] == 1 and sum(widths) + 12 <= 30
+
+
+# --- help ----------------------------------------------------------------------------------
+
+
+def command_tree() -> list[tuple[list[str], Any]]:
+    """Every command and group under esctl, as (path, Click command)."""
+
+    def walk(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def help_problems(screen: Screen, command: Any) -> list[str]:
+    """What reads badly in a command's help: an option name not shown whole, a type label on a
+    flag, a docstring paragraph not rewrapped as one (text lost, or a row broken before the
+    next word would have run past the margin), an Example line joined to others or cut."""
+    found = problems_on(screen)
+    text = screen.text
+    for param in command.params:
+        if getattr(param, "hidden", False):
+            continue
+        for opt in [*param.opts, *param.secondary_opts]:
+            if opt.startswith("-") and not re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text):
+                found.append(f"option {opt} not shown whole")
+    if "<bool>" in text:
+        found.append("a <bool> label")
+    # Click's help is min(terminal, 120) - 2 wide; prose is indented by 2.
+    width = min(screen.cols, 120) - 2
+    for paragraph in (command.help or "").split("\n\n"):
+        lines = paragraph.strip().splitlines()
+        if lines and lines[0] == "\b":  # kept as written: each line whole on its own row(s)
+            for line in lines[1:]:
+                indented = "  " + line.strip()
+                at = [i for i, row in enumerate(screen.rows) if row.startswith(indented[:40])]
+                if not at or screen.logical_line_at(at[0], len(indented)) != indented:
+                    found.append(f"verbatim line not whole on its own: {line.strip()!r}")
+            continue
+        words = paragraph.split()
+        start = [i for i, row in enumerate(screen.rows) if row.split()[:3] == words[:3]]
+        if not start:
+            found.append(f"paragraph not shown: {paragraph[:60]!r}…")
+            continue
+        rows = []
+        for row in screen.rows[start[0] :]:
+            if not row.strip():
+                break
+            rows.append(row)
+        if "".join("".join(rows).split()) != "".join(words):
+            found.append(f"paragraph not shown whole: {paragraph[:60]!r}…")
+        for row, after in itertools.pairwise(rows):
+            word = after.split()[0]
+            chunk = re.match(r"-*[^\s-]+-(?=\w)", word)  # a hyphenated word may break after "-"
+            next_chunk = chunk[0] if chunk else word
+            if len(row) + (0 if row.endswith("-") else 1) + len(next_chunk) <= width:
+                found.append(f"ragged break after {row.strip()[-30:]!r} (next: {word!r})")
+    return found
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_every_help_reads_whole(size: str) -> None:
+    """``--help`` of esctl and of every group and command: option names whole, no type label
+    on a flag, docstrings reflowed to the terminal as paragraphs, Example lines kept whole."""
+    failures = []
+    tree = command_tree()
+    assert len(tree) > 20
+    for path, command in tree:
+        screen = run_on_terminal([*ESCTL, *path, "--help"], size=size)
+        found = help_problems(screen, command)
+        if found:
+            failures.append(f"{'; '.join(found)}:\n{screen.describe()}")
+    assert not failures, "\n\n".join(failures)
