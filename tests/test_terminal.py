@@ -33,7 +33,7 @@ from esctl.cli.app import app
 # Exit codes of the tour's steps other than 0, keyed by the step's command as written in
 # esctl.demo.TOUR; True: the step prints an "error:" line on purpose.
 TOUR_EXPECTED: dict[str, tuple[int, bool]] = {
-    'redis-cli -u "$ESCTL_REDIS_URL" --raw HGET {invalid_hash} {invalid_commit} '
+    '{redis_cli} -u "$ESCTL_REDIS_URL" --raw HGET {invalid_hash} {invalid_commit} '
     "| esctl events decode -": (3, True),
     "esctl inspect integrity": (3, False),
     "esctl migrate redis-to-pg --init-schema": (3, False),  # the defects are quarantined
