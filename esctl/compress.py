@@ -40,8 +40,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from esctl import codec, layout, queues, redisio
+from esctl import codec, layout, redisio
 from esctl.errors import ServerError
+from esctl.locks import RedisLock
 
 DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
 EVENTS = "events"
@@ -107,10 +108,6 @@ def compressed_value(value: bytes) -> bytes | None:
     if decoded.compressed != "gzip" or decoded.problem is not None or decoded.text != text:
         return None
     return new
-
-
-def lock_key(app: str) -> str:
-    return f"esctl:lock:compress:{{{app}}}"
 
 
 # --- finding the payload hashes ------------------------------------------------------------
@@ -281,21 +278,16 @@ class CompressOptions:
     families: tuple[str, ...] = FAMILIES
 
 
-class CompressLock(queues.QueueLock):
-    """The queue commands' lock (``SET NX PX``, renewed by a thread, compare-and-delete on
-    release) on the key ``esctl:lock:compress:{APP}``."""
-
-    def __init__(self, client: redisio.RedisClient, app: str) -> None:
-        super().__init__(client, ())
-        self.keys = [lock_key(app)]
-
-    def check(self) -> None:
-        if self.lost:
-            raise ServerError(
-                f"lost the compress lock: {self.lost}; stopped (every value written so far "
-                "is complete and readable)",
-                hint="make sure no other esctl compress runs for this app, then rerun",
-            )
+def compress_lock(client: redisio.RedisClient, app: str) -> RedisLock:
+    """One compress of ``app`` at a time: a :class:`esctl.locks.RedisLock` on
+    ``esctl:lock:compress:{APP}``."""
+    return RedisLock(
+        client,
+        [layout.compress_lock_key(app)],
+        name="compress lock",
+        stopped="stopped (every value written so far is complete and readable)",
+        hint="make sure no other esctl compress runs for this app, then rerun",
+    )
 
 
 def compress(
@@ -326,7 +318,7 @@ def compress(
 
     used_before = redisio.used_memory_or_none(client)
     with contextlib.ExitStack() as stack:
-        lock = None if opts.dry_run else stack.enter_context(CompressLock(client, opts.app))
+        lock = None if opts.dry_run else stack.enter_context(compress_lock(client, opts.app))
         pending: list[Candidate] = []
         pending_bytes = 0
         for family, keys in hash_key_pages(client, opts.app, opts.families):

@@ -67,6 +67,7 @@ from esctl import codec, compress, inspect, layout, pg, queues, redisio
 from esctl.config import redact
 from esctl.defaults import DOCTOR_SAMPLE as DEFAULT_SAMPLE
 from esctl.errors import ConnectionFailed, EsctlError, SchemaIncompatible
+from esctl.metrics import Metric, render, write_textfile
 
 Status = Literal["ok", "warn", "fail", "unavailable"]
 STATUSES: tuple[Status, ...] = ("ok", "warn", "fail", "unavailable")
@@ -109,15 +110,6 @@ COMMIT_LIST_SAMPLE_MAX = 1000
 
 
 # --- the report ----------------------------------------------------------------------------
-
-
-@dataclass
-class Metric:
-    """One Prometheus sample. ``name`` must be in :data:`METRIC_HELP`."""
-
-    name: str
-    value: float
-    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -1384,14 +1376,6 @@ class DataPresence:
 # --- readings (growth and draining) ---------------------------------------------------------
 
 
-def reading_key(app: str) -> str:
-    return f"esctl:doctor:{{{app}}}"
-
-
-def queue_reading_key(env: str) -> str:
-    return f"esctl:doctor:env:{{{env}}}"
-
-
 def rotate_readings(
     stored: dict[str, Any] | None, reading: dict[str, Any], min_interval: float
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -2283,7 +2267,9 @@ def _store_checks(
             "events": stats.commit_ids if stats else None,
             "event_store_bytes": stats.event_store_bytes if stats else None,
         }
-        baseline = readings.exchange(reading_key(app), reading, opts.growth_min_interval)
+        baseline = readings.exchange(
+            layout.doctor_reading_key(app), reading, opts.growth_min_interval
+        )
         return check_growth(app, reading, baseline, limit, opts.growth_min_interval)
 
     return [
@@ -2309,7 +2295,9 @@ def _queue_checks(
     def draining() -> Check:
         tails = queue_tails(client, env, listing)
         reading = queue_reading(listing, tails, moment.timestamp())
-        baseline = readings.exchange(queue_reading_key(env), reading, opts.queue_min_interval)
+        baseline = readings.exchange(
+            layout.doctor_queue_reading_key(env), reading, opts.queue_min_interval
+        )
         return check_draining(env, listing, reading, baseline, opts.queue_min_interval)
 
     return [
@@ -2320,18 +2308,6 @@ def _queue_checks(
 
 
 # --- Prometheus textfile -------------------------------------------------------------------
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
 
 
 def report_metrics(report: DoctorReport) -> list[Metric]:
@@ -2357,26 +2333,9 @@ def report_metrics(report: DoctorReport) -> list[Metric]:
 def render_prometheus(report: DoctorReport) -> str:
     """The Prometheus text exposition format (node_exporter's textfile collector): one HELP and
     TYPE line per metric name, then its samples."""
-    by_name: dict[str, list[Metric]] = {}
-    for metric in report_metrics(report):
-        by_name.setdefault(metric.name, []).append(metric)
-    lines: list[str] = []
-    for name, samples in by_name.items():
-        lines.append(f"# HELP {name} {METRIC_HELP[name]}")
-        lines.append(f"# TYPE {name} gauge")
-        seen: set[tuple[tuple[str, str], ...]] = set()
-        for m in samples:
-            labels = tuple(sorted(m.labels.items()))
-            if labels in seen:  # a sample may appear once only
-                continue
-            seen.add(labels)
-            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
-            lines.append(
-                f"{name}{{{text}}} {_number(m.value)}" if text else f"{name} {_number(m.value)}"
-            )
-    return "\n".join(lines) + "\n"
+    return render(report_metrics(report), METRIC_HELP)
 
 
 def write_metrics_file(path: str, report: DoctorReport) -> None:
     """Write the report's metrics to ``path`` atomically (temporary file, fsync, rename)."""
-    queues.write_metrics_file(path, render_prometheus(report))
+    write_textfile(path, render_prometheus(report))

@@ -152,6 +152,47 @@ def subscribers_pattern(env: str) -> str:
     return f"Subscribers:{{{glob_escape(env)}:*}}"
 
 
+# --- esctl's own keys ----------------------------------------------------------------------
+#
+# Beside the library's keys, never among them (``esctl:`` prefix). A key about one queue is in
+# the queue's hash slot (``{ENV:TYPE}``), so a cluster keeps it with the queue's lists.
+
+
+def queue_lock_key(subscriber: str, env: str, event_type: str) -> str:
+    """The lock of the queue commands on one subscriber's queue of one type."""
+    return f"esctl:lock:{{{env}:{event_type}}}:{subscriber}"
+
+
+def restore_progress_key(
+    subscriber: str, env: str, event_type: str, which: str, backup_id: str
+) -> str:
+    """How many records of backup ``backup_id`` were restored into the queue's ``which`` list
+    (same hash slot as the list, so the count moves atomically with the messages)."""
+    return f"esctl:restore:{{{env}:{event_type}}}:{backup_id}:{subscriber}:{which}"
+
+
+def replay_lock_key(subscriber: str, env: str, event_type: str) -> str:
+    """The lock a replay holds on one subscriber's queue of one type. Not the queue commands'
+    lock: a long replay must not keep cron's requeue of stuck messages from running; it keeps
+    a second replay from flooding the same queue."""
+    return f"esctl:replay-lock:{{{env}:{event_type}}}:{subscriber}"
+
+
+def compress_lock_key(app: str) -> str:
+    """One ``compress`` at a time per app."""
+    return f"esctl:lock:compress:{{{app}}}"
+
+
+def doctor_reading_key(app: str) -> str:
+    """``doctor``'s last two readings of an app's store (memory, event counts)."""
+    return f"esctl:doctor:{{{app}}}"
+
+
+def doctor_queue_reading_key(env: str) -> str:
+    """``doctor``'s last two readings of an environment's queue lengths."""
+    return f"esctl:doctor:env:{{{env}}}"
+
+
 def glob_escape(text: str) -> str:
     """Escape Redis glob metacharacters so ``text`` matches only itself in SCAN MATCH."""
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)

@@ -40,7 +40,8 @@ from psycopg import sql
 
 from esctl import layout, pg, redisio
 from esctl.defaults import MIGRATE_BATCH_SIZE as DEFAULT_BATCH_SIZE
-from esctl.errors import ConfigError, LockHeld
+from esctl.errors import ConfigError
+from esctl.locks import AdvisoryLock
 from esctl.shard import Shard
 from esctl.streams import (
     Stream,
@@ -919,50 +920,50 @@ def migrate_redis_to_pg(
         raise ConfigError("--batch-size must be at least 1")
     started = time.monotonic()
     dsn = opts.pg_dsn
-    lock: pg.AdvisoryLock | None = None
+    lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
-        lock = pg.AdvisoryLock(dsn, f"esctl:migrate:{opts.pg_schema}:{opts.app}:{opts.shard}")
-        if not lock.try_acquire():
-            raise LockHeld(
-                f"another migration of {opts.app} into schema {opts.pg_schema} "
-                f"(shard {opts.shard}) is running",
-                hint="wait for it to finish; nothing was done",
-            )
-    control = pg.connect(dsn, application_name="esctl migrate")
-    try:
-        with pg.translate_errors(dsn):
-            if opts.dry_run:
-                # A dry run creates nothing: with --init-schema and no tables yet, every event
-                # counts as one that would be migrated.
-                target_exists = pg.check_event_store_schema(control, opts.pg_schema).tables_present
-                if not target_exists and not opts.init_schema:
-                    pg.ensure_event_store_schema(control, opts.pg_schema, create=False)
-            else:
-                pg.ensure_event_store_schema(control, opts.pg_schema, create=opts.init_schema)
-                pg.ensure_state_schema(control)
-                target_exists = True
-            control.commit()
-            state_present = pg.state_schema_present(control)
-            epoch = redisio.scan_epoch(client)
-            run_id, start, first_seq, resumed = _open_run(control, opts, epoch)
-            start = replace(start, epoch=epoch)
-        return _run(
-            client,
-            opts,
-            control,
-            run_id,
-            start,
-            first_seq,
-            resumed,
-            state_present,
-            target_exists,
-            started,
-            on_progress,
+        lock = AdvisoryLock(
+            dsn,
+            f"esctl:migrate:{opts.pg_schema}:{opts.app}:{opts.shard}",
+            held=f"another migration of {opts.app} into schema {opts.pg_schema} "
+            f"(shard {opts.shard}) is running",
         )
-    finally:
-        control.close()
-        if lock is not None:
-            lock.release()
+    with lock:
+        control = pg.connect(dsn, application_name="esctl migrate")
+        try:
+            with pg.translate_errors(dsn):
+                if opts.dry_run:
+                    # A dry run creates nothing: with --init-schema and no tables yet, every
+                    # event counts as one that would be migrated.
+                    target_exists = pg.check_event_store_schema(
+                        control, opts.pg_schema
+                    ).tables_present
+                    if not target_exists and not opts.init_schema:
+                        pg.ensure_event_store_schema(control, opts.pg_schema, create=False)
+                else:
+                    pg.ensure_event_store_schema(control, opts.pg_schema, create=opts.init_schema)
+                    pg.ensure_state_schema(control)
+                    target_exists = True
+                control.commit()
+                state_present = pg.state_schema_present(control)
+                epoch = redisio.scan_epoch(client)
+                run_id, start, first_seq, resumed = _open_run(control, opts, epoch)
+                start = replace(start, epoch=epoch)
+            return _run(
+                client,
+                opts,
+                control,
+                run_id,
+                start,
+                first_seq,
+                resumed,
+                state_present,
+                target_exists,
+                started,
+                on_progress,
+            )
+        finally:
+            control.close()
 
 
 def _open_run(

@@ -3,7 +3,6 @@ bookkeeping schema. An existing event-store schema is checked, never altered."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -397,37 +396,3 @@ def ensure_state_schema(conn: psycopg.Connection) -> None:
 def state_schema_present(conn: psycopg.Connection) -> bool:
     row = conn.execute("SELECT to_regclass('esctl.migrated_stream') IS NOT NULL").fetchone()
     return bool(row and row[0])
-
-
-class AdvisoryLock:
-    """A session-level advisory lock held on its own connection: released when the process
-    dies (kill -9 included), so a crashed cron run never blocks the next one."""
-
-    def __init__(self, dsn: str, name: str) -> None:
-        self.dsn = dsn
-        self.name = name
-        self.conn: psycopg.Connection | None = None
-
-    def try_acquire(self) -> bool:
-        self.conn = connect(self.dsn, autocommit=True, application_name="esctl lock")
-        row = self.conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.name,)
-        ).fetchone()
-        if not row or not row[0]:
-            self.conn.close()
-            self.conn = None
-            return False
-        return True
-
-    def release(self) -> None:
-        if self.conn is not None:
-            try:
-                # Unlock before closing: the server frees a closed session's locks a moment
-                # later, and an immediate rerun would find the lock still held (exit 75).
-                with contextlib.suppress(psycopg.Error):
-                    self.conn.execute(
-                        "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.name,)
-                    )
-                self.conn.close()
-            finally:
-                self.conn = None

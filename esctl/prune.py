@@ -33,18 +33,19 @@ services read their events from PostgreSQL (the library's SQL provider).
 from __future__ import annotations
 
 import base64
-import os
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import psycopg
 
-from esctl import codec, layout, pg, redisio
-from esctl.errors import ConfigError, LockHeld, Refused, ServerError
+from esctl import layout, pg, redisio
+from esctl.backupfile import BackupWriter
+from esctl.errors import ConfigError, ServerError
+from esctl.locks import AdvisoryLock
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
 from esctl.verify import PgEvent, VerifyOptions, VerifySummary, compare_stream, pg_page
@@ -187,11 +188,11 @@ def _put(document: dict[str, Any], name: str, data: str | bytes) -> None:
         document[name + "_b64"] = base64.b64encode(raw).decode("ascii")
 
 
-def backup_records(app: str, stream: Stream) -> list[bytes]:
+def backup_records(app: str, stream: Stream) -> list[dict[str, Any]]:
     """One JSON line per event of ``stream``: what a restore needs to put it back exactly
     (RPUSH ``list_key`` the commit ids in ``index`` order, HSET ``hash_key`` ``commit_id``
     ``value``). Text fields that are not UTF-8 appear as ``<name>_b64``."""
-    lines: list[bytes] = []
+    lines: list[dict[str, Any]] = []
     for e in stream.events:
         assert e.hash_key is not None and e.stored is not None
         document: dict[str, Any] = {}
@@ -204,58 +205,8 @@ def backup_records(app: str, stream: Stream) -> list[bytes]:
         _put(document, "hash_key", e.hash_key)
         document["version"] = e.event.version if e.event else None
         _put(document, "value", e.stored)
-        lines.append(orjson.dumps(document) + b"\n")
+        lines.append(document)
     return lines
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class BackupFile:
-    """A new file (mode 0600, never an existing one) of zstd frames of JSON lines; each
-    :meth:`write` is one complete frame, on disk (fsynced) when it returns."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.events = 0
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            raise Refused(
-                f"--backup-file {path} exists; prune never overwrites a backup",
-                hint="choose a new file name",
-            ) from None
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the backup file {path}: {exc.strerror}",
-                hint="choose a writable directory; nothing was deleted",
-            ) from None
-        os.fchmod(fd, 0o600)  # whatever the umask
-        self.file = os.fdopen(fd, "wb")
-        _fsync_directory(path)
-
-    def write(self, lines: list[bytes]) -> None:
-        if not lines:
-            return
-        try:
-            self.file.write(codec.zstd_compress(b"".join(lines)))
-            self.file.flush()
-            os.fsync(self.file.fileno())
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the backup file {self.path}: {exc.strerror}",
-                hint="free disk space and rerun; nothing of this page was deleted",
-            ) from None
-        self.events += len(lines)
-
-    def close(self) -> None:
-        self.file.close()
-        _fsync_directory(self.path)
 
 
 # --- the journal ---------------------------------------------------------------------------
@@ -366,20 +317,32 @@ def prune(
     started = time.monotonic()
     summary = PruneSummary(dry_run=opts.dry_run)
     dsn = opts.pg_dsn
-    lock: pg.AdvisoryLock | None = None
+    lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
         name = f"esctl:prune:{opts.pg_schema}:{opts.app}"
         if opts.shard.count > 1:
             name += f":{opts.shard}"
-        lock = pg.AdvisoryLock(dsn, name)
-        if not lock.try_acquire():
-            raise LockHeld(
-                f"another prune of {opts.app} (schema {opts.pg_schema}, shard {opts.shard}) "
-                "is running",
-                hint="wait for it to finish; nothing was done",
-            )
+        lock = AdvisoryLock(
+            dsn,
+            name,
+            held=f"another prune of {opts.app} (schema {opts.pg_schema}, shard {opts.shard}) "
+            "is running",
+        )
+    with lock:
+        _prune_locked(client, opts, summary, before_delete)
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+def _prune_locked(
+    client: redisio.RedisClient,
+    opts: PruneOptions,
+    summary: PruneSummary,
+    before_delete: Callable[[list[str]], None] | None,
+) -> None:
+    dsn = opts.pg_dsn
     conn: psycopg.Connection | None = None
-    backup: BackupFile | None = None
+    backup: BackupWriter | None = None
     bookkeeping = False
     page_opts = VerifyOptions(app=opts.app, pg_dsn=dsn, pg_schema=opts.pg_schema)
     try:
@@ -394,7 +357,9 @@ def prune(
             conn.commit()
         summary.used_memory_before = redisio.used_memory(client)
         if opts.backup_file and not opts.dry_run:
-            backup = BackupFile(opts.backup_file)
+            backup = BackupWriter(
+                opts.backup_file, option="--backup-file", nothing_done="nothing was deleted"
+            )
             summary.backup_file = opts.backup_file
         with pg.translate_errors(dsn):
             if not opts.dry_run:
@@ -424,13 +389,8 @@ def prune(
     finally:
         if backup is not None:
             backup.close()
-            summary.backup_events = backup.events
         if conn is not None:
             conn.close()
-        if lock is not None:
-            lock.release()
-    summary.elapsed_s = time.monotonic() - started
-    return summary
 
 
 def _prune_page(
@@ -441,7 +401,7 @@ def _prune_page(
     rows: dict[str, list[PgEvent]],
     migrated: dict[str, int],
     summary: PruneSummary,
-    backup: BackupFile | None,
+    backup: BackupWriter | None,
     before_delete: Callable[[list[str]], None] | None,
 ) -> None:
     """Compare one page's streams, then back up and delete the identical ones."""
@@ -465,7 +425,15 @@ def _prune_page(
         summary.events_deleted += sum(len(s.events) for s in candidates)
         return
     if backup is not None:
-        backup.write([line for s in candidates for line in backup_records(opts.app, s)])
+        lines = [line for s in candidates for line in backup_records(opts.app, s)]
+        try:
+            backup.write_frame(lines)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write the backup file {backup.path}: {exc.strerror}",
+                hint="free disk space and rerun; nothing of this page was deleted",
+            ) from None
+        summary.backup_events += len(lines)
     _journal(conn, opts, candidates)
     if before_delete is not None:
         before_delete([s.aggregate_id for s in candidates])

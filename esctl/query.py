@@ -65,13 +65,14 @@ import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from psycopg import sql
 
 from esctl import codec, layout, pg, readahead, redisio
+from esctl.durations import parse_time
 from esctl.errors import UsageError
 
 MAX_PATH_SEGMENTS = 8
@@ -79,34 +80,6 @@ MAX_PATH_SEGMENTS = 8
 
 OPERATORS = ("=", "!=", ">", ">=", "<", "<=", "~", "exists")
 _ORDERED = {">", ">=", "<", "<="}
-
-# --- time ----------------------------------------------------------------------------------
-
-_RELATIVE_RE = re.compile(r"^(?:\d+[wdhms])+$")
-_RELATIVE_PART_RE = re.compile(r"(\d+)([wdhms])")
-_UNIT_SECONDS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_time(text: str, *, option: str = "--since", now: datetime | None = None) -> datetime:
-    """An instant from ISO 8601 (``2024-05-01``, ``2024-05-01T12:00``, ``…+02:00``, ``…Z``) or a
-    relative form counted back from ``now`` (``7d``, ``12h``, ``30m``, ``90s``, ``2w``,
-    combined as ``1d12h``). Dates and times without an offset are UTC. Raises UsageError."""
-    value = text.strip()
-    if _RELATIVE_RE.match(value):
-        seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _RELATIVE_PART_RE.findall(value))
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
-    try:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            day = date.fromisoformat(value)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC)
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(
-            f"{option} {text!r} is neither an ISO 8601 date/time nor a relative time",
-            hint="use e.g. 2024-05-01, 2024-05-01T12:00:00+02:00, 7d, 12h, 30m or 1d12h",
-        ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
 
 # --- the where-language --------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ messages that were in the list at that moment, so it always ends, even while han
 failing and dead-lettering. Equal values in one list are counted: two equal messages selected
 means at most two removed, one by one.
 
-Mutating operations hold a Redis lock per queue (:class:`QueueLock`) and ask ``confirm`` before
+Mutating operations hold a Redis lock per queue (:func:`queue_lock`) and ask ``confirm`` before
 changing anything. This module never prints, never exits, and never opens PostgreSQL.
 """
 
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import re
 import signal
-import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -40,9 +37,11 @@ import redis
 import redis.exceptions
 import zstandard
 
-from esctl import __version__, codec, layout, redisio
+from esctl import __version__, codec, layout, metrics, redisio
+from esctl.backupfile import BackupWriter
 from esctl.config import redact
-from esctl.errors import EsctlError, LockHeld, NotFound, Refused, ServerError, UsageError
+from esctl.errors import EsctlError, NotFound, Refused, ServerError, UsageError
+from esctl.locks import REDIS_LOCK_TTL_MS, RedisLock
 
 QUEUE_LISTS = layout.QUEUE_LISTS
 """``published``, ``processing``, ``dead``."""
@@ -53,8 +52,6 @@ small enough that one call never blocks Redis for long (about a millisecond)."""
 MOVE_BATCH_BYTES = 4 << 20
 """A batch is also cut when its values reach this many bytes."""
 
-LOCK_TTL_MS = 30_000
-"""A queue lock expires this long after its last renewal (a crashed run's lock frees itself)."""
 RESTORE_PROGRESS_TTL_MS = 30 * 24 * 3600 * 1000
 """How long Redis remembers how much of a backup file was restored (so a rerun does not
 restore it twice)."""
@@ -66,7 +63,7 @@ BACKUP_FORMAT = "esctl-queue-backup"
 BACKUP_FORMAT_VERSION = 1
 
 
-# --- keys esctl adds to the layout ---------------------------------------------------------
+# --- queues -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, order=True)
@@ -87,17 +84,15 @@ class QueueRef:
     def channel(self) -> str:
         return layout.notification_channel(self.env, self.event_type)
 
+    @property
+    def lock_key(self) -> str:
+        """The queue commands' lock of this queue (:func:`queue_lock`)."""
+        return layout.queue_lock_key(self.subscriber, self.env, self.event_type)
 
-def lock_key(ref: QueueRef) -> str:
-    """esctl's lock of one queue. In the queue's hash slot, so a cluster keeps it with the
-    queue's lists."""
-    return f"esctl:lock:{{{ref.env}:{ref.event_type}}}:{ref.subscriber}"
-
-
-def restore_progress_key(ref: QueueRef, which: str, backup_id: str) -> str:
-    """How many records of backup ``backup_id`` were restored into ``ref``'s ``which`` list
-    (same hash slot as the list, so the count moves atomically with the messages)."""
-    return f"esctl:restore:{{{ref.env}:{ref.event_type}}}:{backup_id}:{ref.subscriber}:{which}"
+    def restore_progress_key(self, which: str, backup_id: str) -> str:
+        return layout.restore_progress_key(
+            self.subscriber, self.env, self.event_type, which, backup_id
+        )
 
 
 def check_list_name(which: str) -> str:
@@ -106,33 +101,6 @@ def check_list_name(which: str) -> str:
             f"unknown queue list {which!r}", hint=f"use one of {', '.join(QUEUE_LISTS)}"
         )
     return which
-
-
-# --- durations -----------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90`` (seconds), ``500ms``, ``30s``, ``5m``, ``2h``, ``1d``, ``1w``, or combinations such
-    as ``1h30m``. Raises UsageError otherwise."""
-    cleaned = text.strip().lower()
-    if re.fullmatch(r"\d+(?:\.\d+)?", cleaned):
-        return timedelta(seconds=float(cleaned))
-    position = 0
-    seconds = 0.0
-    for match in _DURATION_PART.finditer(cleaned):
-        if match.start() != position:
-            break
-        seconds += float(match[1]) * _UNIT_SECONDS[match[2]]
-        position = match.end()
-    if not cleaned or position != len(cleaned):
-        raise UsageError(
-            f"cannot read the duration {text!r}",
-            hint="write it like 90s, 5m, 2h, 1d or 1h30m (a bare number is seconds)",
-        )
-    return timedelta(seconds=seconds)
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -396,119 +364,36 @@ return done + k
 """
 )
 
-_RENEW_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-def _run_script(
-    client: redisio.RedisClient, script: str, keys: Sequence[Any], args: Sequence[Any]
-) -> Any:
-    """EVALSHA with a fallback to EVAL the first time a server sees the script. Raises
-    redis-py's exceptions (the callers decide what a failure means)."""
-    return client.register_script(script)(keys=list(keys), args=list(args))
-
-
 # --- the lock ------------------------------------------------------------------------------
 
 
-class QueueLock:
-    """A lock per queue: ``SET key token NX PX ttl``, renewed by a thread while held, released
-    with a compare-and-delete (never someone else's lock). Raises LockHeld on entry when any of
-    the queues is locked (having taken nothing). ``check()`` raises when a renewal found the
-    lock gone (expired while Redis was unreachable, or deleted by hand)."""
-
-    def __init__(
-        self, client: redisio.RedisClient, refs: Sequence[QueueRef], ttl_ms: int = LOCK_TTL_MS
-    ) -> None:
-        self.client = client
-        self.keys = sorted({lock_key(r) for r in refs})
-        self.ttl_ms = ttl_ms
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.held: list[str] = []
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> QueueLock:
-        try:
-            for key in self.keys:
-                if not self.client.set(key, self.token, nx=True, px=self.ttl_ms):
-                    holder = self.client.get(key)
-                    ttl = self.client.pttl(key)
-                    self._release()
-                    who = redisio.key_str(holder) if holder else "another run"
-                    raise LockHeld(
-                        f"another esctl run ({who}) holds the lock {key}; nothing was done",
-                        hint=f"wait for it to finish (its lock expires {max(ttl, 0) / 1000:.0f} s "
-                        "after its last renewal if it died); from cron, exit code 75 means "
-                        "the previous run is still going",
-                    )
-                self.held.append(key)
-        except redisio.REDIS_ERRORS as exc:
-            self._release()
-            raise redisio.wrap_errors(self.client, exc) from exc
-        self._thread = threading.Thread(target=self._renew, name="esctl-queue-lock", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._release()
-
-    def check(self) -> None:
-        if self.lost:
-            raise ServerError(
-                f"lost the queue lock: {self.lost}; stopped (every move so far is complete)",
-                hint="make sure no other esctl run works on this queue, then rerun",
-            )
-
-    def _renew(self) -> None:
-        interval = self.ttl_ms / 3000
-        last_ok = time.monotonic()
-        while not self._stop.wait(interval):
-            try:
-                for key in self.held:
-                    if not _run_script(
-                        self.client, _RENEW_SCRIPT, [key], [self.token, self.ttl_ms]
-                    ):
-                        self.lost = f"{key} was taken or deleted by someone else"
-                        return
-                last_ok = time.monotonic()
-            except redisio.REDIS_ERRORS as exc:
-                if time.monotonic() - last_ok > self.ttl_ms / 1000:
-                    self.lost = f"could not renew it for {self.ttl_ms / 1000:.0f} s: {exc}"
-                    return
-
-    def _release(self) -> None:
-        for key in self.held:
-            with contextlib.suppress(*redisio.REDIS_ERRORS):
-                _run_script(self.client, _RELEASE_SCRIPT, [key], [self.token])
-        self.held = []
+def queue_lock(
+    client: redisio.RedisClient, refs: Sequence[QueueRef], *, ttl_ms: int = REDIS_LOCK_TTL_MS
+) -> RedisLock:
+    """The queue commands' lock on every queue of ``refs`` (:class:`esctl.locks.RedisLock`;
+    LockHeld when another run holds one of them). Its token fences every script's change."""
+    return RedisLock(
+        client,
+        (r.lock_key for r in refs),
+        name="queue lock",
+        stopped="stopped (every move so far is complete)",
+        hint="make sure no other esctl run works on this queue, then rerun",
+        ttl_ms=ttl_ms,
+    )
 
 
 @contextlib.contextmanager
 def _maybe_locked(
     client: redisio.RedisClient, refs: Sequence[QueueRef], dry_run: bool
-) -> Iterator[QueueLock | None]:
+) -> Iterator[RedisLock | None]:
     if dry_run:
         yield None
         return
-    with QueueLock(client, refs) as lock:
+    with queue_lock(client, refs) as lock:
         yield lock
 
 
-def _check(lock: QueueLock | None) -> None:
+def _check(lock: RedisLock | None) -> None:
     if lock is not None:
         lock.check()
 
@@ -684,90 +569,56 @@ def list_queues(
     )
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+QUEUE_METRIC_HELP = {
+    "esctl_queue_messages": "Messages in a subscriber's reliable queue list (LLEN).",
+    "esctl_queue_oldest_processing_age_seconds": "Age, from its TimeStamp, of the oldest message"
+    " in ProcessingEvents (absent when the list is empty).",
+    "esctl_queue_subscribed": "1 when the subscriber is in Subscribers:{ENV:TYPE}, 0 when only"
+    " its lists exist.",
+    "esctl_queue_retry_data": "RetryData hashes of an event type.",
+    "esctl_queue_list_timestamp_seconds": "When esctl queue list read these figures.",
+}
 
 
-def render_prometheus(listing: QueueListing) -> str:
-    """The listing in the Prometheus text exposition format (for node_exporter's textfile
-    collector)."""
-    env = _label(listing.env)
-    lines = [
-        "# HELP esctl_queue_messages Messages in a subscriber's reliable queue list (LLEN).",
-        "# TYPE esctl_queue_messages gauge",
-    ]
+def queue_metrics(listing: QueueListing) -> list[metrics.Metric]:
+    """The listing as Prometheus samples (names and labels: :data:`QUEUE_METRIC_HELP`)."""
+    env = listing.env
+    out: list[metrics.Metric] = []
     for q in listing.queues:
-        labels = (
-            f'env="{env}",event_type="{_label(q.event_type)}",subscriber="{_label(q.subscriber)}"'
-        )
+        labels = {"env": env, "event_type": q.event_type, "subscriber": q.subscriber}
         for which, count in (
             ("published", q.published),
             ("processing", q.processing),
             ("dead", q.dead),
         ):
-            lines.append(f'esctl_queue_messages{{{labels},list="{which}"}} {count}')
-    lines += [
-        "# HELP esctl_queue_oldest_processing_age_seconds Age, from its TimeStamp, of the oldest"
-        " message in ProcessingEvents (absent when the list is empty).",
-        "# TYPE esctl_queue_oldest_processing_age_seconds gauge",
-    ]
+            out.append(metrics.Metric("esctl_queue_messages", count, labels | {"list": which}))
     for q in listing.queues:
         if q.oldest_processing_age_s is not None:
-            labels = f'env="{env}",event_type="{_label(q.event_type)}",subscriber="{_label(q.subscriber)}"'
-            lines.append(
-                f"esctl_queue_oldest_processing_age_seconds{{{labels}}} "
-                f"{q.oldest_processing_age_s:.3f}"
+            labels = {"env": env, "event_type": q.event_type, "subscriber": q.subscriber}
+            out.append(
+                metrics.Metric(
+                    "esctl_queue_oldest_processing_age_seconds",
+                    round(q.oldest_processing_age_s, 3),
+                    labels,
+                )
             )
-    lines += [
-        "# HELP esctl_queue_subscribed 1 when the subscriber is in Subscribers:{ENV:TYPE}, 0 when"
-        " only its lists exist.",
-        "# TYPE esctl_queue_subscribed gauge",
-    ]
     for q in listing.queues:
-        labels = (
-            f'env="{env}",event_type="{_label(q.event_type)}",subscriber="{_label(q.subscriber)}"'
-        )
-        lines.append(f"esctl_queue_subscribed{{{labels}}} {int(q.subscribed)}")
-    lines += [
-        "# HELP esctl_queue_retry_data RetryData hashes of an event type.",
-        "# TYPE esctl_queue_retry_data gauge",
-    ]
+        labels = {"env": env, "event_type": q.event_type, "subscriber": q.subscriber}
+        out.append(metrics.Metric("esctl_queue_subscribed", int(q.subscribed), labels))
     for event_type, count in listing.retry_data.items():
-        lines.append(
-            f'esctl_queue_retry_data{{env="{env}",event_type="{_label(event_type)}"}} {count}'
-        )
+        labels = {"env": env, "event_type": event_type}
+        out.append(metrics.Metric("esctl_queue_retry_data", count, labels))
     generated = datetime.fromisoformat(listing.generated_at).timestamp()
-    lines += [
-        "# HELP esctl_queue_list_timestamp_seconds When esctl queue list read these figures.",
-        "# TYPE esctl_queue_list_timestamp_seconds gauge",
-        f'esctl_queue_list_timestamp_seconds{{env="{env}"}} {generated:.3f}',
-    ]
-    return "\n".join(lines) + "\n"
+    out.append(
+        metrics.Metric("esctl_queue_list_timestamp_seconds", round(generated, 3), {"env": env})
+    )
+    return out
 
 
-def write_metrics_file(path: str | Path, text: str) -> None:
-    """Replace ``path`` atomically (temporary file in the same folder, fsync, rename), so the
-    textfile collector never reads half a file. The file is world-readable (0644)."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise EsctlError(
-            f"cannot write the metrics file {target}: {exc.strerror}",
-            hint="check that the folder exists and is writable",
-        ) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+def render_prometheus(listing: QueueListing) -> str:
+    """The listing in the Prometheus text exposition format (for node_exporter's textfile
+    collector; write it with :func:`esctl.metrics.write_textfile`)."""
+    return metrics.render(queue_metrics(listing), QUEUE_METRIC_HELP)
 
 
 # --- peek ----------------------------------------------------------------------------------
@@ -950,7 +801,7 @@ def _select(
     *,
     describe: bool,
     retry_keys: bool,
-    lock: QueueLock | None,
+    lock: RedisLock | None,
     sleep: Callable[[float], None],
 ) -> _Snapshot:
     """Snapshot the list (twice, ``grace`` apart, when asked) and pick the messages."""
@@ -1196,14 +1047,14 @@ def _move(
     ref: QueueRef,
     snap: _Snapshot,
     summary: RequeueSummary,
-    lock: QueueLock,
+    lock: RedisLock,
 ) -> None:
     ordered = snap.selected[::-1]  # head to tail: the oldest is pushed last, to the tail
     script = client.register_script(MOVE_SCRIPT)
     done = 0
     for batch in _batches(ordered):
         lock.check()
-        keys: list[str] = [lock_key(ref), snap.key, summary.destination_key]
+        keys: list[str] = [ref.lock_key, snap.key, summary.destination_key]
         slots: dict[str, int] = {}
         key_index: list[int] = []
         for c in batch:
@@ -1285,45 +1136,6 @@ def _value_bytes(record: dict[str, Any]) -> bytes:
     if record.get("encoding") == "base64":
         return base64.b64decode(record["value"], validate=True)
     return str(record["value"]).encode("utf-8")
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _BackupWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        except FileExistsError:
-            raise Refused(
-                f"the backup file {path} already exists; esctl never overwrites a backup",
-                hint="choose a new --to-file name",
-            ) from None
-        except OSError as exc:
-            raise EsctlError(
-                f"cannot create the backup file {path}: {exc.strerror}; nothing was drained",
-                hint="check that the folder exists and is writable",
-            ) from None
-        self._compressor = zstandard.ZstdCompressor(level=3)
-        self.backup_id = uuid.uuid4().hex
-
-    def write_frame(self, lines: Sequence[dict[str, Any]]) -> None:
-        data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
-        frame = self._compressor.compress(data)
-        view = memoryview(frame)
-        while view:
-            written = os.write(self.fd, view)
-            view = view[written:]
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 @dataclass
@@ -1541,9 +1353,10 @@ def drain(
             _confirm(confirm, Plan(action, len(snap.selected), snap.key, _str(options.to_file)))
         writer = None
         if options.to_file is not None:
-            writer = _write_backup(options.to_file, ref, which, snap, options, moment)
+            writer, summary.backup_id = _write_backup(
+                options.to_file, ref, which, snap, options, moment
+            )
             summary.backup_file = str(options.to_file)
-            summary.backup_id = writer.backup_id
         try:
             assert lock is not None  # held whenever not a dry run
             _remove(client, snap, summary, writer, lock, ref)
@@ -1565,13 +1378,16 @@ def _write_backup(
     snap: _Snapshot,
     options: DrainOptions,
     moment: datetime,
-) -> _BackupWriter:
-    writer = _BackupWriter(path)
+) -> tuple[BackupWriter, str]:
+    """The backup file with its first frame on disk (the header and every selected message),
+    and its backup id."""
+    writer = BackupWriter(path, option="--to-file", nothing_done="nothing was drained")
+    backup_id = uuid.uuid4().hex
     try:
         header = {
             "format": BACKUP_FORMAT,
             "version": BACKUP_FORMAT_VERSION,
-            "backup_id": writer.backup_id,
+            "backup_id": backup_id,
             "created_at": moment.isoformat(),
             "esctl_version": __version__,
             "subscriber": ref.subscriber,
@@ -1597,24 +1413,24 @@ def _write_backup(
             for number, c in enumerate(snap.selected)
         ]
         writer.write_frame([header, *records])
-        _fsync_folder(path.resolve().parent)
     except OSError as exc:
-        writer.close()
+        with contextlib.suppress(OSError):
+            writer.close()
         with contextlib.suppress(OSError):
             path.unlink()
         raise EsctlError(
             f"cannot write the backup file {path}: {exc.strerror}; nothing was drained",
             hint="free some space or choose another folder, then rerun",
         ) from None
-    return writer
+    return writer, backup_id
 
 
 def _remove(
     client: redisio.RedisClient,
     snap: _Snapshot,
     summary: DrainSummary,
-    writer: _BackupWriter | None,
-    lock: QueueLock,
+    writer: BackupWriter | None,
+    lock: RedisLock,
     ref: QueueRef,
 ) -> None:
     numbered = list(enumerate(snap.selected))[::-1]  # head to tail
@@ -1627,7 +1443,7 @@ def _remove(
         args += [c.value for c in batch]
         with _interrupts_deferred():
             try:
-                flags = script(keys=[lock_key(ref), snap.key], args=args)
+                flags = script(keys=[ref.lock_key, snap.key], args=args)
             except redisio.REDIS_ERRORS as exc:
                 summary.failed = len(numbered) - done
                 summary.problems.append(
@@ -1652,7 +1468,7 @@ def _remove(
         _record_outcome(writer, {"complete": {**finished, "at": datetime.now(UTC).isoformat()}})
 
 
-def _record_outcome(writer: _BackupWriter, line: dict[str, Any]) -> None:
+def _record_outcome(writer: BackupWriter, line: dict[str, Any]) -> None:
     try:
         writer.write_frame([line])
     except OSError as exc:
@@ -1799,7 +1615,7 @@ def restore(
         summary.elapsed_s = time.perf_counter() - started
         return summary
     refs = sorted({g.ref for g in groups})
-    with QueueLock(client, refs) as lock:
+    with queue_lock(client, refs) as lock:
         destination = ", ".join(g.key for g in groups)
         _confirm(confirm, Plan("restore", todo, str(backup.path), destination))
         channels: set[str] = set()
@@ -1862,7 +1678,7 @@ def _restore_groups(
         group = groups.get(key)
         if group is None:
             group = groups[key] = _Group(
-                ref, which, key, restore_progress_key(ref, which, backup.backup_id), [], []
+                ref, which, key, ref.restore_progress_key(which, backup.backup_id), [], []
             )
         elif options.target is not None:
             offset = len(group.positions)
@@ -1873,7 +1689,7 @@ def _restore_groups(
 
 
 def _restore_group(
-    client: redisio.RedisClient, group: _Group, summary: RestoreSummary, lock: QueueLock
+    client: redisio.RedisClient, group: _Group, summary: RestoreSummary, lock: RedisLock
 ) -> int:
     script = client.register_script(RESTORE_SCRIPT)
     restored = 0
@@ -1891,7 +1707,7 @@ def _restore_group(
         args += group.positions[start:end]
         args += group.values[start:end]
         try:
-            script(keys=[lock_key(group.ref), group.key, group.progress_key], args=args)
+            script(keys=[group.ref.lock_key, group.key, group.progress_key], args=args)
         except redisio.REDIS_ERRORS as exc:
             summary.failed += total - start
             summary.problems.append(

@@ -93,6 +93,7 @@ from esctl.config import redact
 from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.defaults import REPLAY_CONFIRM_OVER as DEFAULT_CONFIRM_OVER
 from esctl.errors import EsctlError, LockHeld, Refused, ServerError, UsageError
+from esctl.locks import AdvisoryLock, RedisLock
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext, load_projection
 from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery, pg_conditions
 from esctl.shard import Shard
@@ -1031,25 +1032,16 @@ def replay_to_stdout(
 # --- --to queue ----------------------------------------------------------------------------
 
 
-def replay_lock_key(ref: queues.QueueRef) -> str:
-    """The lock a replay holds on one subscriber's queue of one type (in the queue's slot).
-    Not the queue commands' lock: a long replay must not keep cron's requeue of stuck messages
-    from running; it keeps a second replay from flooding the same queue."""
-    return f"esctl:replay-lock:{{{ref.env}:{ref.event_type}}}:{ref.subscriber}"
-
-
-class ReplayLock(queues.QueueLock):
-    """:class:`esctl.queues.QueueLock` (SET NX PX, renewed by a thread, compare-and-delete) on
-    :func:`replay_lock_key` keys."""
-
-    def __init__(
-        self,
-        client: redisio.RedisClient,
-        refs: Sequence[queues.QueueRef],
-        ttl_ms: int = queues.LOCK_TTL_MS,
-    ) -> None:
-        super().__init__(client, refs, ttl_ms)
-        self.keys = sorted({replay_lock_key(r) for r in refs})
+def replay_lock(client: redisio.RedisClient, refs: Sequence[queues.QueueRef]) -> RedisLock:
+    """The lock a replay holds on the subscribers' queues it publishes to
+    (:func:`esctl.layout.replay_lock_key`, in each queue's slot; LockHeld when one is held)."""
+    return RedisLock(
+        client,
+        (layout.replay_lock_key(r.subscriber, r.env, r.event_type) for r in refs),
+        name="queue lock",
+        stopped="stopped (every move so far is complete)",
+        hint="make sure no other esctl run works on this queue, then rerun",
+    )
 
 
 def discover_types(client: redisio.RedisClient, env: str) -> list[str]:
@@ -1171,7 +1163,7 @@ class Publisher:
         max_queue_length: int | None = None,
         batch: int = PUBLISH_BATCH,
         pacer: Pacer | None = None,
-        lock: queues.QueueLock | None = None,
+        lock: RedisLock | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
@@ -1367,7 +1359,7 @@ def replay_to_queue(
     ``unpublished``. A planning pass counts the selection per subscriber and type first when
     it is needed: for a dry run, for ``confirm`` (asked when more than ``confirm_over`` events
     would be published) and for ``--force`` without ``--type``; the publishing pass reads the
-    selection again (events saved in between are included). Holds a :class:`ReplayLock` on
+    selection again (events saved in between are included). Holds a :func:`replay_lock` on
     every subscriber-and-type it may publish to (LockHeld when another replay has one)."""
     started = time.monotonic()
     summary = _new_summary(options)
@@ -1403,7 +1395,7 @@ def replay_to_queue(
     _check_lists(client, [r.key("published") for r in refs])
     by_type: Counter[str] = Counter()
     pacer = Pacer(options.rate, sleep)
-    with ReplayLock(client, refs) as lock:
+    with replay_lock(client, refs) as lock:
         publisher = Publisher(
             client,
             env,
@@ -1670,42 +1662,32 @@ def replay_to_projection(
     summary = _new_summary(options)
     dsn = options.pg_dsn
     name = options.checkpoint
-    lock: pg.AdvisoryLock | None = None
+    lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if name is not None and not options.dry_run:
-        lock = pg.AdvisoryLock(dsn, checkpoint_lock_name(name, options.shard))
-        if not lock.try_acquire():
-            which = f" (shard {options.shard})" if options.shard.count > 1 else ""
-            raise LockHeld(
-                f"another replay holds checkpoint {name!r}{which}; nothing was done",
-                hint="wait for it to finish; from cron, exit code 75 means the previous run "
-                "is still going",
-            )
-    ctx = ProjectionContext(
-        app=options.app,
-        source=options.source,
-        checkpoint=name,
-        fresh=True,
-        connect=lambda: pg.connect(dsn, application_name="esctl replay"),
-        shard=options.shard,
-    )
-    try:
-        with pg.translate_errors(dsn):
-            return _run_projection(
-                options, adapter, ctx, summary, started, redis_client, on_progress, sleep
-            )
-    finally:
-        ctx.close()
-        if lock is not None:
-            _release(lock)
-
-
-def _release(lock: pg.AdvisoryLock) -> None:
-    """Unlock before closing: closing alone frees the lock only once the server has noticed
-    the connection is gone, so a rerun started right away could find it still held."""
-    if lock.conn is not None:
-        with contextlib.suppress(psycopg.Error):
-            lock.conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock.name,))
-    lock.release()
+        which = f" (shard {options.shard})" if options.shard.count > 1 else ""
+        lock = AdvisoryLock(
+            dsn,
+            checkpoint_lock_name(name, options.shard),
+            held=f"another replay holds checkpoint {name!r}{which}; nothing was done",
+            hint="wait for it to finish; from cron, exit code 75 means the previous run "
+            "is still going",
+        )
+    with lock:
+        ctx = ProjectionContext(
+            app=options.app,
+            source=options.source,
+            checkpoint=name,
+            fresh=True,
+            connect=lambda: pg.connect(dsn, application_name="esctl replay"),
+            shard=options.shard,
+        )
+        try:
+            with pg.translate_errors(dsn):
+                return _run_projection(
+                    options, adapter, ctx, summary, started, redis_client, on_progress, sleep
+                )
+        finally:
+            ctx.close()
 
 
 def _run_projection(

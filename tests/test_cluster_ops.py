@@ -242,7 +242,7 @@ def test_a_drain_while_another_run_holds_the_queue_lock_exits_75_on_the_cluster(
 ) -> None:
     write_queues(cluster_client, app_name, env_name)
     ref = queues.QueueRef(demo.SEARCH, env_name, "ItemScoreCreated")
-    cluster_client.set(queues.lock_key(ref), "other-host:1234:run", px=30_000)
+    cluster_client.set(ref.lock_key, "other-host:1234:run", px=30_000)
     result = run_cli(
         "queue", "drain", ref.subscriber, ref.event_type, "--list", "published",
         "--to-file", str(tmp_path / "x.jsonl.zst"), "--yes", "--redis-url", redis_cluster.url,
@@ -447,13 +447,13 @@ def test_doctor_readings_for_growth_live_in_one_key_on_the_cluster(
     )
     report = doctor.run_doctor(options)
     assert report.check("store.growth").status == "unavailable"  # nothing to compare with yet
-    stored = json.loads(cluster_client.get(doctor.reading_key(app_name)))  # type: ignore[arg-type]
+    stored = json.loads(cluster_client.get(layout.doctor_reading_key(app_name)))  # type: ignore[arg-type]
     assert stored["newer"]["events"] == len(truth.events())
     per_node = sum(redis.Redis(port=n.port).info("memory")["used_memory"] for n in redis_cluster.primaries())  # fmt: skip
     assert abs(stored["newer"]["used_memory"] - per_node) < 0.25 * per_node
     assert {r["key"] for r in report.readings if r["stored"]} == {
-        doctor.reading_key(app_name),
-        doctor.queue_reading_key(env_name),
+        layout.doctor_reading_key(app_name),
+        layout.doctor_queue_reading_key(env_name),
     }
 
     # 10 more commits (doctor counts commit ids; it does not read these payloads)

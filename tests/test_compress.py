@@ -190,7 +190,7 @@ def test_a_second_run_while_one_holds_the_lock_does_nothing(
     redis_client: redis.Redis, client: redisio.RedisClient, app_name: str
 ) -> None:
     iw.write_store(redis_client, app=app_name, aggregates=10, threshold=None, seed=6)
-    redis_client.set(compress.lock_key(app_name), "another-host:123:abc", px=30_000)
+    redis_client.set(layout.compress_lock_key(app_name), "another-host:123:abc", px=30_000)
     before = everything(redis_client)
     with pytest.raises(LockHeld, match="another-host:123:abc"):
         compress.compress(client, CompressOptions(app=app_name))
@@ -204,7 +204,7 @@ def test_the_lock_is_released_after_a_run(
 ) -> None:
     iw.write_store(redis_client, app=app_name, aggregates=5, threshold=None, seed=8)
     compress.compress(client, CompressOptions(app=app_name))
-    assert not redis_client.exists(compress.lock_key(app_name))
+    assert not redis_client.exists(layout.compress_lock_key(app_name))
 
 
 def test_the_sample_for_doctor_classifies_as_compress_does(

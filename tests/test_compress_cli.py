@@ -9,7 +9,7 @@ import independent_writer as iw
 import redis
 from helpers import run_cli
 
-from esctl import compress
+from esctl import layout
 
 
 def esctl(url: str, app: str, *args: str) -> tuple[int, str, str]:
@@ -61,7 +61,7 @@ def test_dry_run_then_yes(redis_client: redis.Redis, redis_test_url: str, app_na
 
 
 def test_lock_held_exits_75(redis_client: redis.Redis, redis_test_url: str, app_name: str) -> None:
-    redis_client.set(compress.lock_key(app_name), "other-run", px=30_000)
+    redis_client.set(layout.compress_lock_key(app_name), "other-run", px=30_000)
     code, stdout, _ = esctl(redis_test_url, app_name, "--yes", "--json")
     assert code == 75
     assert json.loads(stdout)["error"]["kind"] == "locked"

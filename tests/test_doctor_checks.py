@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from esctl import doctor
-from esctl.doctor import Check, DataPresence, Metric, ReplicaFacts, ServerFacts, SlowEntry
+from esctl.doctor import Check, DataPresence, ReplicaFacts, ServerFacts, SlowEntry
+from esctl.metrics import Metric
 
 NOW = 1_750_000_000.0
 

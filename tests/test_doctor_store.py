@@ -72,8 +72,12 @@ def test_growth_is_measured_against_a_reading_at_least_an_hour_old(
     first = run(redis_test_url, app=app_name, now=T0)
     growth = first.check("store.growth")
     assert growth.status == "unavailable" and "no reading old enough" in growth.observed
-    assert redis_client.exists(doctor.reading_key(app_name))
-    assert {"key": doctor.reading_key(app_name), "stored": True, "detail": None} in first.readings
+    assert redis_client.exists(layout.doctor_reading_key(app_name))
+    assert {
+        "key": layout.doctor_reading_key(app_name),
+        "stored": True,
+        "detail": None,
+    } in first.readings
 
     iw.append_events(redis_client, truth, 24)
     soon = run(redis_test_url, app=app_name, now=T0 + timedelta(minutes=10))
@@ -92,8 +96,8 @@ def test_read_only_stores_no_reading(
 ) -> None:
     iw.write_store(redis_client, app=app_name, aggregates=3)
     report = run(redis_test_url, app=app_name, env=env_name, read_only=True, now=T0)
-    assert not redis_client.exists(doctor.reading_key(app_name))
-    assert not redis_client.exists(doctor.queue_reading_key(env_name))
+    assert not redis_client.exists(layout.doctor_reading_key(app_name))
+    assert not redis_client.exists(layout.doctor_queue_reading_key(env_name))
     assert all(not note["stored"] for note in report.readings)
 
 

@@ -21,8 +21,9 @@ import zstandard
 from helpers import run_cli
 from independent_writer import GroundTruth, TruthAggregate, append_events, write_store
 
-from esctl import migrate, pg, prune, redisio
+from esctl import migrate, prune, redisio
 from esctl.errors import LockHeld, Refused
+from esctl.locks import AdvisoryLock
 from esctl.servers import LocalRedis
 from esctl.shard import Shard
 
@@ -426,15 +427,11 @@ def test_a_run_killed_before_its_deletes_leaves_everything(scenario: Scenario) -
 
 def test_a_held_lock_exits_75_and_deletes_nothing(scenario: Scenario) -> None:
     s = scenario
-    lock = pg.AdvisoryLock(s.dsn, f"esctl:prune:public:{s.app}")
-    assert lock.try_acquire()
-    try:
+    with AdvisoryLock(s.dsn, f"esctl:prune:public:{s.app}"):
         with pytest.raises(LockHeld):
             prune.prune(s.client, s.options())
         result = s.cli("--yes")
         assert result.returncode == 75, result.stderr
-    finally:
-        lock.release()
     assert redis_contents(s.raw) == s.before
 
 

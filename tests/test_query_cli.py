@@ -57,6 +57,21 @@ def test_bad_filters_are_usage_errors(redis_test_url: str) -> None:
     assert result.returncode == 2 and json.loads(result.stdout)["error"]["kind"] == "usage"
 
 
+def test_relative_times_take_every_duration_form(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    truth = iw.write_store(redis_client, app=app_name, aggregates=5, seed=3)  # 2017 and 2018
+    common = ("--app", app_name, "--redis-url", redis_test_url, "--format", "json")
+    every = run_cli("events", "query", "--until", "1.5h", *common)
+    assert every.returncode == 0, every.stderr
+    assert len(json.loads(every.stdout)) == len(list(truth.events()))
+    recent = run_cli("events", "query", "--since", "500ms", *common)
+    assert recent.returncode == 0, recent.stderr
+    assert json.loads(recent.stdout) == []
+    bare = run_cli("events", "query", "--since", "7", *common)  # seconds? days? the year 7?
+    assert bare.returncode == 2 and "--since '7'" in json.loads(bare.stdout)["error"]["message"]
+
+
 def test_unreadable_events_are_reported_on_stderr(
     redis_client: redis.Redis, redis_test_url: str, app_name: str
 ) -> None:

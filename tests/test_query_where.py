@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -15,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esctl.errors import UsageError
-from esctl.query import QueryFilters, parse_time, parse_where
+from esctl.query import QueryFilters, parse_where
 
 # --- parsing -------------------------------------------------------------------------------
 
@@ -106,39 +105,6 @@ def test_filters_build_checks_everything() -> None:
         QueryFilters.build(where=["ok=1", "bad"])
     filters = QueryFilters.build(types=["A", "B", "A"], aggregates=["1", "1"], limit=3)
     assert filters.types == ("A", "B") and filters.aggregates == ("1",) and filters.limit == 3
-
-
-# --- time ----------------------------------------------------------------------------------
-
-NOW = datetime(2025, 1, 15, 9, 30, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("2024-05-01", datetime(2024, 5, 1, tzinfo=UTC)),
-        ("2024-05-01T12:30", datetime(2024, 5, 1, 12, 30, tzinfo=UTC)),
-        ("2024-05-01T12:30:00Z", datetime(2024, 5, 1, 12, 30, tzinfo=UTC)),
-        (
-            "2024-05-01T12:30:00.1234567+02:00",
-            datetime(2024, 5, 1, 10, 30, 0, 123456, tzinfo=UTC),
-        ),
-        ("7d", NOW - timedelta(days=7)),
-        ("12h", NOW - timedelta(hours=12)),
-        ("30m", NOW - timedelta(minutes=30)),
-        ("90s", NOW - timedelta(seconds=90)),
-        ("2w", NOW - timedelta(weeks=2)),
-        ("1d12h", NOW - timedelta(days=1, hours=12)),
-    ],
-)
-def test_parse_time(text: str, expected: datetime) -> None:
-    assert parse_time(text, now=NOW) == expected
-
-
-@pytest.mark.parametrize("text", ["", "7", "7y", "d7", "2024-13-01", "tomorrow", "1.5d"])
-def test_bad_times(text: str) -> None:
-    with pytest.raises(UsageError, match="ISO 8601"):
-        parse_time(text, option="--until", now=NOW)
 
 
 # --- semantics -----------------------------------------------------------------------------

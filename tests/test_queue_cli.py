@@ -113,7 +113,7 @@ def test_lock_held_exits_75(
 ) -> None:
     sub, kind = demo_store.samples["dead_subscriber"], demo_store.samples["dead_event_type"]
     ref = queues.QueueRef(sub, demo_store.env, kind)
-    redis_client.set(queues.lock_key(ref), "cron-host:1234:abcd", px=60_000)
+    redis_client.set(ref.lock_key, "cron-host:1234:abcd", px=60_000)
     result = esctl(
         redis_test_url, demo_store.env, "requeue", sub, kind, "--from", "dead", "--yes", "--json"
     )

@@ -15,7 +15,7 @@ from helpers import run_cli
 from esctl import layout, queues
 from esctl.demo import REPORTING, DemoSummary
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
-from esctl.replay import ReplayLock
+from esctl.replay import replay_lock
 
 SUB = "Learning.ReportingService.Worker-Test"
 
@@ -151,7 +151,7 @@ def test_a_replay_holding_the_queue_makes_the_second_exit_75(
     app_name: str,
     env_name: str,
 ) -> None:
-    with ReplayLock(redis_client, [queues.QueueRef(SUB, env_name, "InvoiceIssued")]):
+    with replay_lock(redis_client, [queues.QueueRef(SUB, env_name, "InvoiceIssued")]):
         result = run_cli(
             *base(redis_test_url, app_name, "--to", "queue", "--all", "--env", env_name, "--yes")
         )

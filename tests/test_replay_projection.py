@@ -20,7 +20,8 @@ import pytest
 import redis
 from helpers import cli_env, run_cli
 
-from esctl import errors, pg
+from esctl import errors
+from esctl.locks import AdvisoryLock
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.projections import (
     Event,
@@ -490,13 +491,8 @@ def test_limit_counts_across_resumes(truth: iw.GroundTruth, app_name: str, pg_ds
 def test_a_checkpoint_in_use_exits_locked(
     truth: iw.GroundTruth, app_name: str, pg_dsn: str
 ) -> None:
-    holder = pg.AdvisoryLock(pg_dsn, "esctl:replay:busy")
-    assert holder.try_acquire()
-    try:
-        with pytest.raises(errors.LockHeld, match="busy"):
-            replay(options(app_name, pg_dsn, checkpoint="busy"))
-    finally:
-        holder.release()
+    with AdvisoryLock(pg_dsn, "esctl:replay:busy"), pytest.raises(errors.LockHeld, match="busy"):
+        replay(options(app_name, pg_dsn, checkpoint="busy"))
     replay(options(app_name, pg_dsn, checkpoint="busy"))
 
 

@@ -19,10 +19,10 @@ from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.replay import (
     Pacer,
     PublishPlan,
-    ReplayLock,
     ReplayOptions,
     Selection,
     replay,
+    replay_lock,
 )
 
 SUB_A = "Learning.ReportingService.Worker-Test"
@@ -388,12 +388,12 @@ def test_dry_run_counts_per_subscriber_and_type_and_writes_nothing(
 def test_a_second_replay_on_the_same_queue_exits_locked(
     redis_client: redis.Redis, store: iw.GroundTruth, app_name: str, env_name: str
 ) -> None:
-    holder = ReplayLock(redis_client, [queues.QueueRef(SUB_A, env_name, "EnrollmentCreated")])
+    holder = replay_lock(redis_client, [queues.QueueRef(SUB_A, env_name, "EnrollmentCreated")])
     with holder, pytest.raises(errors.LockHeld):
         replay(options(app_name, env_name), redis_client=redis_client)
     assert not list(redis_client.scan_iter(match="*PublishedEvents"))
     # the queue commands' own lock is another one: a requeue running does not block a replay
-    with queues.QueueLock(redis_client, [queues.QueueRef(SUB_A, env_name, "EnrollmentCreated")]):
+    with queues.queue_lock(redis_client, [queues.QueueRef(SUB_A, env_name, "EnrollmentCreated")]):
         replay(options(app_name, env_name), redis_client=redis_client)
 
 

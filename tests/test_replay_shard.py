@@ -22,7 +22,7 @@ import pytest
 import redis
 from helpers import cli_env, run_cli
 
-from esctl import pg
+from esctl.locks import AdvisoryLock
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.query import QueryFilters
 from esctl.replay import PgSource, RedisSource
@@ -334,9 +334,7 @@ def test_a_checkpoint_of_another_shard_count_is_refused_until_reset(
 
 
 def test_a_shard_lock_is_its_own(truth: iw.GroundTruth, app_name: str, pg_dsn: str) -> None:
-    held = pg.AdvisoryLock(pg_dsn, "esctl:replay:counts:shard 1/4")
-    assert held.try_acquire()
-    try:
+    with AdvisoryLock(pg_dsn, "esctl:replay:counts:shard 1/4"):
         base = replay_args(
             "pg", "redis://unused", pg_dsn, app_name, "esctl.projections.event_counts", "counts"
         )
@@ -344,8 +342,6 @@ def test_a_shard_lock_is_its_own(truth: iw.GroundTruth, app_name: str, pg_dsn: s
         assert busy.returncode == 75, busy.stderr
         assert "shard 1/4" in json.loads(busy.stdout)["error"]["message"]
         assert run_cli(*base, "--shard", "0/4").returncode == 0
-    finally:
-        held.release()
 
 
 # --- the other targets ---------------------------------------------------------------------

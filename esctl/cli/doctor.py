@@ -100,7 +100,7 @@ def doctor(
     Example: esctl doctor --app MyService --env production --metrics-file /var/lib/node_exporter/esctl_doctor.prom
     """
     from esctl import doctor as core
-    from esctl.queues import parse_duration
+    from esctl.durations import parse_duration
 
     with reporting(json_mode=json_, debug=debug):
         resolved = settings(

@@ -120,10 +120,11 @@ def _selection(
     limit: int | None,
 ) -> core.Selection:
     from esctl import queues as core
+    from esctl.durations import parse_duration
 
     return core.Selection(
-        older_than=core.parse_duration(older_than) if older_than else None,
-        grace=core.parse_duration(grace) if grace else None,
+        older_than=parse_duration(older_than) if older_than else None,
+        grace=parse_duration(grace) if grace else None,
         aggregates=frozenset(aggregates or ()),
         exception_contains=exception_contains,
         min_retries=min_retries,
@@ -250,6 +251,7 @@ def list_command(
     Example: esctl queue list --env production --metrics-file /var/lib/node_exporter/esctl_queues.prom
     """
     from esctl import queues as core
+    from esctl.metrics import write_textfile
 
     with reporting(json_mode=json_, debug=debug):
         client, environment = _connect(redis_url, cluster, env, profile, config)
@@ -257,7 +259,7 @@ def list_command(
             client, environment, event_types=event_types or (), subscribers=subscribers or ()
         )
         if metrics_file is not None:
-            core.write_metrics_file(metrics_file, core.render_prometheus(listing))
+            write_textfile(metrics_file, core.render_prometheus(listing))
         if json_:
             document = listing.as_dict()
             document["metrics_file"] = str(metrics_file) if metrics_file else None

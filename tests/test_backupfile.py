@@ -1,0 +1,79 @@
+"""esctl.backupfile: the writer of queue drain and prune backups (a new 0600 file of fsynced
+zstd frames of JSON lines). What the files hold is tested with drain/restore and prune."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import zstandard
+
+from esctl.backupfile import BackupWriter
+from esctl.errors import EsctlError, Refused
+
+
+def frames(data: bytes) -> Iterator[bytes]:
+    """Each complete zstd frame's content, in order."""
+    while data:
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        yield obj.decompress(data)
+        assert obj.eof
+        data = obj.unused_data
+
+
+def writer(path: Path) -> BackupWriter:
+    return BackupWriter(path, option="--to-file", nothing_done="nothing was drained")
+
+
+def test_one_frame_per_write_of_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "b.jsonl.zst"
+    w = writer(path)
+    w.write_frame([{"format": "x", "n": 1}, {"value": "é\n"}])
+    w.write_frame([])  # nothing: no empty frame
+    w.write_frame([{"outcome": {"removed": [0]}}])
+    w.close()
+    data = path.read_bytes()
+    assert list(frames(data)) == [
+        b'{"format":"x","n":1}\n{"value":"\xc3\xa9\\n"}\n',
+        b'{"outcome":{"removed":[0]}}\n',
+    ]
+    # the same bytes as one-shot level-3 frames: files written before stay byte-compatible
+    expected = b"".join(
+        zstandard.ZstdCompressor(level=3).compress(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+        for lines in ([{"format": "x", "n": 1}, {"value": "é\n"}], [{"outcome": {"removed": [0]}}])
+    )
+    assert data == expected
+
+
+def test_mode_0600_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "b.jsonl.zst"
+    old = os.umask(0o277)  # would leave 0400
+    try:
+        w = writer(path)
+    finally:
+        os.umask(old)
+    w.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_existing_file_is_refused_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "taken.jsonl.zst"
+    path.write_bytes(b"an earlier backup")
+    with pytest.raises(Refused, match="never overwrites") as caught:
+        BackupWriter(path, option="--backup-file", nothing_done="nothing was deleted")
+    assert str(path) in caught.value.message
+    assert caught.value.hint == "choose a new --backup-file name (nothing was deleted)"
+    assert path.read_bytes() == b"an earlier backup"
+
+
+def test_a_missing_folder_names_the_path_and_what_was_not_done(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "b.jsonl.zst"
+    with pytest.raises(EsctlError) as caught:
+        writer(path)
+    assert not isinstance(caught.value, Refused)
+    assert caught.value.message.startswith(f"cannot create the backup file {path}: ")
+    assert caught.value.message.endswith("; nothing was drained")

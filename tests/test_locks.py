@@ -1,0 +1,56 @@
+"""esctl.locks on real servers: what every user of a lock relies on. The queue lock's renewal and
+loss are tested in test_queue_ops.py, each command's exit 75 with the command."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import redis
+
+from esctl.errors import LockHeld
+from esctl.locks import AdvisoryLock, RedisLock
+
+
+def redis_lock(client: redis.Redis, keys: list[str]) -> RedisLock:
+    return RedisLock(client, keys, name="test lock", stopped="stopped", hint="rerun")
+
+
+def test_a_redis_lock_takes_all_its_keys_or_none(redis_client: redis.Redis) -> None:
+    redis_client.set("esctl:lock:test:b", "someone else", px=60_000)
+    keys = ["esctl:lock:test:c", "esctl:lock:test:b", "esctl:lock:test:a"]
+    held = r"\(someone else\) holds the lock esctl:lock:test:b; nothing was done"
+    with pytest.raises(LockHeld, match=held), redis_lock(redis_client, keys):
+        pass
+    assert not redis_client.exists("esctl:lock:test:a")  # taken first, given back
+    assert not redis_client.exists("esctl:lock:test:c")
+    assert redis_client.get("esctl:lock:test:b") == b"someone else"
+    with redis_lock(redis_client, ["esctl:lock:test:a", "esctl:lock:test:a"]) as lock:
+        assert lock.keys == ["esctl:lock:test:a"]
+        assert redis_client.get("esctl:lock:test:a") == lock.token.encode()
+        assert 0 < redis_client.pttl("esctl:lock:test:a") <= lock.ttl_ms
+    assert not redis_client.exists("esctl:lock:test:a")
+
+
+def test_an_advisory_lock_is_held_for_the_block_and_free_right_after(pg_dsn: str) -> None:
+    with AdvisoryLock(pg_dsn, "esctl:test:lock") as held:
+        assert held.conn is not None
+        again = AdvisoryLock(pg_dsn, "esctl:test:lock", held="another copy runs", hint="wait")
+        with pytest.raises(LockHeld, match=r"^another copy runs$") as caught, again:
+            pass
+        assert caught.value.hint == "wait"
+        with AdvisoryLock(pg_dsn, "esctl:test:other"):
+            pass  # another name: another lock
+    assert held.conn is None
+    # unlocked before the connection closed: a rerun started right away gets it
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended('esctl:test:lock', 0))"
+        ).fetchone()
+        assert row == (True,)
+
+
+def test_an_advisory_lock_is_released_when_the_block_raises(pg_dsn: str) -> None:
+    with pytest.raises(RuntimeError), AdvisoryLock(pg_dsn, "esctl:test:lock"):
+        raise RuntimeError("the run failed")
+    with AdvisoryLock(pg_dsn, "esctl:test:lock"):
+        pass
