@@ -1038,9 +1038,9 @@ def replay_lock(client: redisio.RedisClient, refs: Sequence[queues.QueueRef]) ->
     return RedisLock(
         client,
         (layout.replay_lock_key(r.subscriber, r.env, r.event_type) for r in refs),
-        name="queue lock",
-        stopped="stopped (every move so far is complete)",
-        hint="make sure no other esctl run works on this queue, then rerun",
+        name="replay lock",
+        stopped="stopped (every event published so far was published whole, with its notification)",
+        hint="make sure no other esctl replay publishes to this queue, then rerun",
     )
 
 

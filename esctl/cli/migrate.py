@@ -567,8 +567,8 @@ def _check_delete_source(
         )
     if os.path.lexists(backup_file):
         raise Refused(
-            f"--backup-file {backup_file} exists; prune never overwrites a backup",
-            hint="choose a new file name (nothing was done)",
+            f"the backup file {backup_file} already exists; esctl never overwrites a backup",
+            hint="choose a new --backup-file name (nothing was done)",
         )
     directory = os.path.dirname(os.path.abspath(backup_file))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
