@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
@@ -108,3 +110,75 @@ def stdout_is_terminal() -> bool:
 
 def stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
+
+
+class JsonStream:
+    """Results written to stdout as they come, as JSON lines or as the elements of one JSON
+    array, that end as valid JSON whatever happens: ``fail`` ends the stream with the error
+    document (after the results: as the last line, or as the array's last element; before any
+    result: alone, as every ``--json`` command's error).
+
+    The array is opened at the first result. Writes go through this object's own buffer
+    straight to the file descriptor, counting what was written: when Ctrl-C interrupts a write
+    the unwritten rest of the line is still here and goes out before the error (a buffered
+    file object can leave a line cut in half)."""
+
+    FLUSH_AT = io.DEFAULT_BUFFER_SIZE  # as often as sys.stdout.buffer would write
+
+    def __init__(self, *, array: bool = False, fd: int | None = None) -> None:
+        self.array = array
+        self.fd = sys.stdout.fileno() if fd is None else fd
+        self.results = 0
+        self.closed = False
+        self.failed = False
+        self._pending = bytearray()
+
+    def write_result(self, value: bytes) -> None:
+        """One result, already compact JSON (no newline)."""
+        if self.array:
+            self._pending += b"[\n" if self.results == 0 else b",\n"
+            self._pending += value
+        else:
+            self._pending += value + b"\n"
+        self.results += 1
+        if len(self._pending) >= self.FLUSH_AT:
+            self.flush()
+
+    def write(self, data: bytes) -> int:
+        """File-like: JSON lines written by a core function (``out.write(line + b"\\n")``)."""
+        self._pending += data
+        if len(self._pending) >= self.FLUSH_AT:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        sys.stdout.flush()  # nothing else should have written, but never reorder what did
+        written = 0
+        try:
+            while written < len(self._pending):
+                written += os.write(self.fd, self._pending[written:])
+        finally:
+            del self._pending[:written]
+
+    def close(self) -> None:
+        """The end of a complete stream (an empty array is ``[]``)."""
+        if self.closed:
+            return
+        if self.array:
+            self._pending += b"\n]\n" if self.results else b"[]\n"
+        self.closed = True
+        self.flush()
+
+    def fail(self, document: Any) -> None:
+        """End the stream with ``document`` (the error): what was buffered goes first."""
+        if self.failed or (self.closed and self.array):  # a complete array: stderr only
+            return
+        line = to_json(document).encode("utf-8")
+        if self.array and self.results:
+            self._pending += b",\n" + line + b"\n]\n"
+        else:
+            if self._pending and not self._pending.endswith(b"\n"):
+                self._pending += b"\n"
+            self._pending += line + b"\n"
+        self.failed = self.closed = True
+        self.flush()
