@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import select
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
@@ -152,13 +155,40 @@ class JsonStream:
         return len(data)
 
     def flush(self) -> None:
+        """Write what is buffered, exactly once even under Ctrl-C. A KeyboardInterrupt
+        raised after os.write returned and before its count was kept would send the same
+        bytes again (measured: a reader that stops the command at its first results saw them
+        twice), so Ctrl-C only interrupts the wait for room in the pipe (nothing written
+        yet); during a write it is held and raised once the count is kept. Such a write never
+        blocks with nothing written (select said there is room), so one blocked on a full
+        pipe returns at Ctrl-C with what it wrote."""
         sys.stdout.flush()  # nothing else should have written, but never reorder what did
-        written = 0
+        if not self._pending:
+            return
+        start = 0
+        waiting = False
+        held = False
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            nonlocal held
+            if waiting:
+                raise KeyboardInterrupt
+            held = True
+
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
         try:
-            while written < len(self._pending):
-                written += os.write(self.fd, self._pending[written:])
+            while start < len(self._pending) and not held:
+                waiting = True
+                select.select([], [self.fd], [])
+                waiting = False
+                start += os.write(self.fd, self._pending[start:])
         finally:
-            del self._pending[:written]
+            del self._pending[:start]
+            if in_main:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # now, to the handler there was
 
     def close(self) -> None:
         """The end of a complete stream (an empty array is ``[]``)."""
