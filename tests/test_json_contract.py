@@ -37,6 +37,8 @@ from helpers import run_cli, start_cli
 
 from esctl import layout, pg, servers
 from esctl.cli.app import app
+from esctl.cli.errors import asks_for_json
+from esctl.cli.output import JsonStream
 from esctl.demo import write_bulk_store
 
 APP = "Contract.Service"
@@ -179,6 +181,60 @@ def stream_error(stdout: str, output: str, code: int) -> tuple[list[Any], dict[s
     assert set(last) == {"error", "exit_code"} and last["exit_code"] == code, last
     assert all("error" not in r and "aggregate_id" in r for r in results)
     return results, last
+
+
+# --- the pieces, in this process -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("words", "asked"),
+    [
+        ("migrate redis-to-pg --json", True),
+        ("--json migrate redis-to-pg", True),  # an option before the command
+        ("events query --format json", True),
+        ("events query --format=jsonl --bogus", True),
+        ("events query --format table", False),
+        ("events query --where --json", False),  # --json is the value of --where
+        ("events query --limit 3 -- --json", False),  # after --: an argument
+        ("events decode --json", False),  # decode has no --json
+        ("migrate --json", False),  # no command named: the group's usage
+        ("migrate redis-to-pgx --json", True),  # a mistyped command
+        ("queue peek SUB TYPE --json", True),
+        ("inspect stats", False),
+    ],
+)
+def test_which_words_ask_for_json(words: str, asked: bool) -> None:
+    root = typer.main.get_command(app)
+    assert asks_for_json(root, words.split()) is asked
+
+
+@pytest.mark.parametrize("array", [True, False])
+def test_json_stream_ends_as_json_whatever_happens(tmp_path: Path, array: bool) -> None:
+    error = {"error": {"kind": "connection", "message": "lost", "hint": None}, "exit_code": 1}
+    shapes = {}
+    for case in ("empty", "complete", "fails first", "fails after two"):
+        path = tmp_path / f"{case}.out"
+        with path.open("wb") as out:
+            stream = JsonStream(array=array, fd=out.fileno())
+            for n in range(2 if case in ("complete", "fails after two") else 0):
+                stream.write_result(b'{"aggregate_id":"a","version":%d}' % n)
+            if case.startswith("fails"):
+                stream.fail(error)
+                stream.fail(error)  # the second error of a failure is not written
+            else:
+                stream.close()
+        shapes[case] = path.read_text(encoding="utf-8")
+    if array:
+        assert json.loads(shapes["empty"]) == []
+        assert [r["version"] for r in json.loads(shapes["complete"])] == [0, 1]
+        assert json.loads(shapes["fails first"]) == error  # alone, as any --json error
+        assert json.loads(shapes["fails after two"])[-1] == error
+    else:
+        assert shapes["empty"] == ""
+        assert len(shapes["complete"].splitlines()) == 2
+        assert [json.loads(line) for line in shapes["fails first"].splitlines()] == [error]
+        *results, last = (json.loads(line) for line in shapes["fails after two"].splitlines())
+        assert len(results) == 2 and last == error
 
 
 # --- (a) usage errors found while parsing ---------------------------------------------------
