@@ -253,26 +253,28 @@ def test_every_json_command_has_a_case() -> None:
     assert not set(CASES) - found, f"CASES names commands that print no JSON: {set(CASES) - found}"
 
 
-@pytest.fixture(scope="module")
-def unknown_option_runs(nowhere: dict[str, str]) -> dict[Any, subprocess.CompletedProcess[str]]:
+def unknown_option_argvs(nowhere: dict[str, str]) -> dict[Any, list[str]]:
     """Every command that prints JSON, asked for it each way it can be, with an unknown option."""
-    return run_all(
-        {
-            (name, ask): [*name.split(), *fill(case.args, **nowhere), "--no-such-option", *ask]
-            for name, command in json_commands().items()
-            if (case := CASES.get(name)) is not None
-            for ask in json_options(command)
-        }
-    )
+    return {
+        ("unknown option", name, ask): [
+            *name.split(),
+            *fill(case.args, **nowhere),
+            "--no-such-option",
+            *ask,
+        ]
+        for name, command in json_commands().items()
+        if (case := CASES.get(name)) is not None
+        for ask in json_options(command)
+    }
 
 
 @pytest.mark.parametrize("name", sorted(json_commands()))
 def test_unknown_option_is_one_json_document(
-    name: str, unknown_option_runs: dict[Any, subprocess.CompletedProcess[str]]
+    name: str, quick_runs: dict[Any, subprocess.CompletedProcess[str]]
 ) -> None:
     assert name in CASES, f"add {name!r} to CASES"
     for ask in json_options(json_commands()[name]):
-        result = unknown_option_runs[name, ask]
+        result = quick_runs["unknown option", name, ask]
         assert result.returncode == 2, (ask, result.stderr)
         document = error_document(result.stdout, 2, "usage")
         assert "--no-such-option" in document["error"]["message"]
@@ -288,7 +290,6 @@ USAGE_ERRORS = {
         ["replay", "--to", "stdout", "--all", "--json"],
         "Missing option '--from'",
     ),
-    "argument": (["queue", "peek", "--json", *NO_REDIS], "Missing argument 'SUB'"),
     "callback": (["queue", "peek", "S", "T", "--list", "nope", "--json"], "use one of published"),
     "no value": (
         ["events", "query", *NO_REDIS, "--format=json", "--limit"],
@@ -299,30 +300,19 @@ USAGE_ERRORS = {
         "--format table",
     ),
     "command name": (["migrate", "redis-to-pgx", "--json"], "No such command 'redis-to-pgx'"),
-    "before the command": (["--json", "inspect", "stats", *NO_REDIS], "No such option: --json"),
 }
 AS_BEFORE = {
     "no --json": ["migrate", "redis-to-pg", "--batch-size", "0"],
     "no such --json": ["events", "decode", "--json"],  # decode prints JSON lines, has no --json
-    "no command": ["migrate", "--json"],
     "help": ["migrate", "redis-to-pg", "--json", "--help"],
-    "a value": ["events", "query", "--where", "--json", "--bogus"],
 }
-
-
-@pytest.fixture(scope="module")
-def usage_runs() -> dict[Any, subprocess.CompletedProcess[str]]:
-    return run_all(
-        {("json", k): argv for k, (argv, _) in USAGE_ERRORS.items()}
-        | {("plain", k): argv for k, argv in AS_BEFORE.items()}
-    )
 
 
 @pytest.mark.parametrize("name", list(USAGE_ERRORS))
 def test_usage_errors_are_one_json_document(
-    name: str, usage_runs: dict[Any, subprocess.CompletedProcess[str]]
+    name: str, quick_runs: dict[Any, subprocess.CompletedProcess[str]]
 ) -> None:
-    result, message = usage_runs["json", name], USAGE_ERRORS[name][1]
+    result, message = quick_runs["usage", name], USAGE_ERRORS[name][1]
     assert result.returncode == 2, result.stderr
     document = error_document(result.stdout, 2, "usage")
     assert message in document["error"]["message"]
@@ -330,20 +320,16 @@ def test_usage_errors_are_one_json_document(
 
 
 def test_without_json_usage_errors_and_help_are_as_before(
-    usage_runs: dict[Any, subprocess.CompletedProcess[str]],
+    quick_runs: dict[Any, subprocess.CompletedProcess[str]],
 ) -> None:
-    plain = usage_runs["plain", "no --json"]
+    plain = quick_runs["as before", "no --json"]
     assert plain.returncode == 2 and plain.stdout == ""
     assert "Usage:" in plain.stderr and "Invalid value for '--batch-size'" in plain.stderr
-    decode = usage_runs["plain", "no such --json"]
+    decode = quick_runs["as before", "no such --json"]
     assert decode.returncode == 2 and decode.stdout == ""
     assert "No such option: --json" in decode.stderr
-    group = usage_runs["plain", "no command"]
-    assert group.returncode == 2 and group.stdout == "" and "Usage:" in group.stderr
-    shown = usage_runs["plain", "help"]
+    shown = quick_runs["as before", "help"]
     assert shown.returncode == 0 and "Usage:" in shown.stdout and "--batch-size" in shown.stdout
-    value = usage_runs["plain", "a value"]  # --json is --where's value: not a request for JSON
-    assert value.returncode == 2 and value.stdout == "" and "--bogus" in value.stderr
 
 
 # --- (b) a server nobody listens on --------------------------------------------------------
@@ -351,22 +337,31 @@ def test_without_json_usage_errors_and_help_are_as_before(
 STREAMS_UNREACHABLE = {
     # --source pg printed "[{ \"error\": ...": the array was opened before the query ran
     "query pg json": ["events", "query", "--source", "pg", "--format", "json"],
-    "query pg --json": ["events", "query", "--source", "pg", "--json"],
     "query pg jsonl": ["events", "query", "--source", "pg"],  # jsonl: stdout is no terminal
     "replay pg stdout": ["replay", "--from", "pg", "--to", "stdout", "--all"],
 }
 
 
-@pytest.fixture(scope="module")
-def unreachable_runs(nowhere: dict[str, str]) -> dict[Any, subprocess.CompletedProcess[str]]:
+def unreachable_argvs(nowhere: dict[str, str]) -> dict[Any, list[str]]:
     servers_nowhere = ["--app", APP, "--redis-url", nowhere["redis"], "--pg-dsn", nowhere["pg"]]
+    return {
+        ("unreachable", name): [*name.split(), *fill(case.args, **nowhere), "--json"]
+        for name, case in CASES.items()
+        if case.unreachable is not None
+    } | {
+        ("unreachable", name): [*argv, *servers_nowhere]
+        for name, argv in STREAMS_UNREACHABLE.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def quick_runs(nowhere: dict[str, str]) -> dict[Any, subprocess.CompletedProcess[str]]:
+    """Every run of (a) and (b), four at a time."""
     return run_all(
-        {
-            name: [*name.split(), *fill(case.args, **nowhere), "--json"]
-            for name, case in CASES.items()
-            if case.unreachable is not None
-        }
-        | {name: [*argv, *servers_nowhere] for name, argv in STREAMS_UNREACHABLE.items()}
+        unknown_option_argvs(nowhere)
+        | {("usage", k): argv for k, (argv, _) in USAGE_ERRORS.items()}
+        | {("as before", k): argv for k, argv in AS_BEFORE.items()}
+        | unreachable_argvs(nowhere)
     )
 
 
@@ -374,9 +369,9 @@ def unreachable_runs(nowhere: dict[str, str]) -> dict[Any, subprocess.CompletedP
 def test_unreachable_server_is_one_json_document(
     name: str,
     nowhere: dict[str, str],
-    unreachable_runs: dict[Any, subprocess.CompletedProcess[str]],
+    quick_runs: dict[Any, subprocess.CompletedProcess[str]],
 ) -> None:
-    case, result = CASES[name], unreachable_runs[name]
+    case, result = CASES[name], quick_runs["unreachable", name]
     assert result.returncode == case.unreachable, result.stderr
     if case.unreachable == 1:
         document = error_document(result.stdout, 1, "connection")
@@ -387,9 +382,9 @@ def test_unreachable_server_is_one_json_document(
 
 @pytest.mark.parametrize("name", list(STREAMS_UNREACHABLE))
 def test_unreachable_server_before_a_stream(
-    name: str, unreachable_runs: dict[Any, subprocess.CompletedProcess[str]]
+    name: str, quick_runs: dict[Any, subprocess.CompletedProcess[str]]
 ) -> None:
-    result = unreachable_runs[name]
+    result = quick_runs["unreachable", name]
     assert result.returncode == 1, result.stderr
     # Before any result: the error document alone, which is one line either way.
     assert result.stdout.count("\n") == 1
@@ -690,23 +685,18 @@ def test_redis_killed_midway_is_one_json_document(
     assert f"127.0.0.1:{doomed_redis.port}" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize(
-    ("args", "output"),
-    [
-        (["events", "query", "--source", "pg", "--json"], "array"),
-        (["replay", "--from", "pg", "--to", "stdout", "--all", "--json"], "lines"),
-    ],
-)
-def test_postgres_killed_midway_ends_the_stream(
-    args: list[str], output: str, doomed_pg: servers.LocalPostgres, runs: list[Run]
+def test_postgres_killed_midway_ends_the_array(
+    doomed_pg: servers.LocalPostgres, runs: list[Run]
 ) -> None:
-    run = Run([*args, "--app", APP, "--pg-dsn", doomed_pg.dsn])
+    run = Run(
+        ["events", "query", "--source", "pg", "--json", "--app", APP, "--pg-dsn", doomed_pg.dsn]
+    )
     runs.append(run)
     run.first_results()  # held by its full pipe, with the rest of the rows still to fetch
     os.killpg(doomed_pg.pid, signal.SIGKILL)  # the postmaster and its backends
     code, out, err = run.finish()
     assert code == 1, err
-    results, error = stream_error(out, output, 1)
+    results, error = stream_error(out, "array", 1)
     assert 0 < len(results) < PG_AGGREGATES * 10
     assert error["error"]["kind"] == "connection", error
     assert f"127.0.0.1:{doomed_pg.port}" in err and "Traceback" not in err
