@@ -119,12 +119,12 @@ class JsonStream:
     """Results written to stdout as they come, as JSON lines or as the elements of one JSON
     array, that end as valid JSON whatever happens: ``fail`` ends the stream with the error
     document (after the results: as the last line, or as the array's last element; before any
-    result: alone, as every ``--json`` command's error).
+    result: alone, as every ``--json`` command's error). The array is opened at the first
+    result.
 
-    The array is opened at the first result. Writes go through this object's own buffer
-    straight to the file descriptor, counting what was written: when Ctrl-C interrupts a write
-    the unwritten rest of the line is still here and goes out before the error (a buffered
-    file object can leave a line cut in half)."""
+    Writes go through this object's own buffer straight to the file descriptor, so it knows
+    what stdout holds when an error comes: whole results, never half a line (a buffered file
+    object interrupted by Ctrl-C can leave one) nor a second copy (see ``flush``)."""
 
     FLUSH_AT = io.DEFAULT_BUFFER_SIZE  # as often as sys.stdout.buffer would write
 

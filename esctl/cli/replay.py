@@ -292,6 +292,8 @@ def replay(
         finally:
             if bar:
                 bar.close()
+        if stream is not None:
+            stream.close()
         _render(summary, json_=json_, to_stderr=streaming)
         if summary.stopped is not None:
             _render_stopped(summary, options)
