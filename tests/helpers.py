@@ -62,3 +62,23 @@ def run_cli(
         result.stdout.decode("utf-8", "replace"),
         result.stderr.decode("utf-8", "replace"),
     )
+
+
+def start_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m esctl ARGS...`` in the background, as ``run_cli`` runs it (same
+    environment and working directory, empty stdin), with stdout and stderr piped, in a
+    process group of its own as a shell starts a command: ``os.killpg(proc.pid,
+    signal.SIGINT)`` is a Ctrl-C in its terminal. The caller waits for it (``communicate``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "esctl", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(env),
+        cwd=str(cwd) if cwd is not None else str(_EMPTY_DIR),
+        start_new_session=True,
+    )

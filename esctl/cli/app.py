@@ -9,6 +9,7 @@ import typer
 from esctl import __version__
 from esctl.cli import compress, config_cmd, demo, doctor, events, inspect, migrate, queue
 from esctl.cli import replay as replay_cmd
+from esctl.cli.errors import run_command_line
 
 app = typer.Typer(
     name="esctl",
@@ -55,4 +56,5 @@ app.command("compress")(compress.compress)
 
 
 def main() -> None:
-    app()
+    # Not app(): with --json even a usage error must be a JSON document on stdout.
+    run_command_line(app)

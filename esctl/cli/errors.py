@@ -3,10 +3,12 @@ table), and the wrapper every command runs inside."""
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 
@@ -45,20 +47,35 @@ def classify(exc: errors.EsctlError) -> tuple[int, str]:
     return EXIT_FAILED, "error"
 
 
-def render_error(kind: str, message: str, hint: str | None, code: int, json_mode: bool) -> None:
-    if json_mode:
-        output.emit_json(
-            {"error": {"kind": kind, "message": message, "hint": hint}, "exit_code": code}
-        )
+def render_error(
+    kind: str,
+    message: str,
+    hint: str | None,
+    code: int,
+    json_mode: bool,
+    *,
+    stream: output.JsonStream | None = None,
+) -> None:
+    """The message on stderr; with ``json_mode`` also the error document on stdout (with a
+    ``stream``: as the stream's end)."""
+    document = {"error": {"kind": kind, "message": message, "hint": hint}, "exit_code": code}
+    if stream is not None:
+        stream.fail(document)
+    elif json_mode:
+        output.emit_json(document)
     output.stderr_console.print(f"error: {message}", style="bold red", markup=False)
     if hint:
         output.stderr_console.print(f"  what to do: {hint}", markup=False)
 
 
 @contextmanager
-def reporting(*, json_mode: bool = False, debug: bool = False) -> Iterator[None]:
+def reporting(
+    *, json_mode: bool = False, debug: bool = False, stream: output.JsonStream | None = None
+) -> Iterator[None]:
     """Run a command body: typed errors become a message and their exit code; Ctrl-C exits
     130; anything unexpected exits 1 with a one-line message (the traceback only with --debug).
+    With ``json_mode`` the error is also a JSON document on stdout; when stdout carries a
+    ``stream`` of results, the error document ends that stream.
     """
     try:
         yield
@@ -68,7 +85,7 @@ def reporting(*, json_mode: bool = False, debug: bool = False) -> Iterator[None]
         if debug:
             traceback.print_exc(file=sys.stderr)
         code, kind = classify(exc)
-        render_error(kind, exc.message, exc.hint, code, json_mode)
+        render_error(kind, exc.message, exc.hint, code, json_mode, stream=stream)
         raise typer.Exit(code) from None
     except KeyboardInterrupt:
         render_error(
@@ -77,6 +94,7 @@ def reporting(*, json_mode: bool = False, debug: bool = False) -> Iterator[None]
             "rerun the same command to continue",
             EXIT_INTERRUPTED,
             json_mode,
+            stream=stream,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
@@ -90,5 +108,134 @@ def reporting(*, json_mode: bool = False, debug: bool = False) -> Iterator[None]
             "this is a bug in esctl; rerun with --debug and report the traceback",
             EXIT_FAILED,
             json_mode,
+            stream=stream,
         )
         raise typer.Exit(EXIT_FAILED) from None
+
+
+# --- the whole command line ------------------------------------------------------------------
+
+HELP_WORDS = frozenset({"-h", "--help"})
+
+
+def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> None:
+    """Run esctl's command line (``args``: ``sys.argv[1:]``) and exit with its code.
+
+    Click finds a bad option or argument before any command body, so before ``reporting``:
+    when the words ask a command that prints JSON for JSON (``--json``, ``--format json`` or
+    ``jsonl``), that usage error, too, is an error document on stdout (exit 2), so that
+    ``esctl … --json | jq`` always has one document to read. Every other run (help, version,
+    shell completion, which runs without words, no --json) is Typer's usual one."""
+    words = list(sys.argv[1:] if args is None else args)
+    if not _may_ask_for_json(words):
+        app(args=args)
+        return
+    import typer.main
+
+    command = typer.main.get_command(app)
+    if not asks_for_json(command, words):
+        app(args=args)
+        return
+    sys.exit(_run_json(command, words))
+
+
+def _may_ask_for_json(words: Sequence[str]) -> bool:
+    """A quick look (most runs): no word could ask for JSON, or help was asked for."""
+    return not HELP_WORDS.intersection(words) and any(
+        w == "--json" or w.startswith("--format") for w in words
+    )
+
+
+def asks_for_json(root: Any, words: Sequence[str]) -> bool:
+    """Whether ``words`` name a command that takes ``--json`` (or ``--format``) and ask it for
+    JSON, or mistype a command name and ask for JSON. ``root``: the Click command tree Typer
+    builds (duck-typed: Typer vendors Click)."""
+    command = root
+    position = 0
+    while hasattr(command, "commands"):  # a group: find the command the words name
+        if position >= len(words) or words[position] == "--":
+            return False  # no command named: Click shows the group's usage
+        word = words[position]
+        if word.startswith("-"):
+            position += 2 if _takes_value(command, word) else 1
+            continue
+        named = command.commands.get(word)
+        if named is None:  # a mistyped command name: JSON if any word asks for it
+            return _json_words(None, words)
+        command = named
+        position += 1
+    return takes_json(command) and _json_words(command, words)
+
+
+def takes_json(command: Any) -> bool:
+    """Whether a command has ``--json`` or ``--format`` (which, where esctl has it, offers
+    json; asking a --format without json for json is answered in JSON too)."""
+    return any("--json" in p.opts or "--format" in p.opts for p in command.params)
+
+
+def _json_words(command: Any, words: Sequence[str]) -> bool:
+    """Whether the words hold ``--json``, ``--format json|jsonl`` or ``--format=json|jsonl``,
+    not counting values of ``command``'s options (``--where --json`` is a value)."""
+    position = 0
+    while position < len(words):
+        word = words[position]
+        if word == "--":
+            return False
+        if word == "--json" or word in ("--format=json", "--format=jsonl"):
+            return True
+        if word == "--format":
+            if position + 1 < len(words) and words[position + 1] in ("json", "jsonl"):
+                return True
+            position += 2
+            continue
+        takes_value = command is not None and _takes_value(command, word)
+        position += 2 if takes_value else 1
+    return False
+
+
+def _takes_value(command: Any, word: str) -> bool:
+    """Whether ``word`` is one of ``command``'s options that takes the next word as its value."""
+    if "=" in word:
+        return False
+    for param in command.params:
+        if word in param.opts or word in param.secondary_opts:
+            is_option = param.param_type_name == "option"
+            return is_option and not (param.is_flag or param.count)
+    return False
+
+
+def _run_json(command: Any, words: list[str]) -> int:
+    """Parse and run ``words`` as Click would, but with every error, a usage error too, as
+    a JSON document on stdout (one line, so a JSON-lines stream stays one); the exit code."""
+    prog = "esctl"
+    # Nothing is on stdout yet: the error, whatever it is, is a one-line document.
+    stream = output.JsonStream()
+    try:
+        with reporting(json_mode=True, debug="--debug" in words, stream=stream):
+            try:
+                with command.make_context(prog, words) as ctx:
+                    command.invoke(ctx)
+            except typer.TyperException as exc:  # Click's usage errors (exit 2), file errors
+                code = int(getattr(exc, "exit_code", EXIT_FAILED))
+                context = getattr(exc, "ctx", None)
+                path = context.command_path if context is not None else prog
+                render_error(
+                    "usage" if code == EXIT_USAGE else "error",
+                    exc.format_message(),
+                    f"see '{path} --help' for its options and arguments",
+                    code,
+                    True,
+                    stream=stream,
+                )
+                raise typer.Exit(code) from None
+            except (typer.Abort, EOFError):
+                render_error("aborted", "aborted", None, EXIT_FAILED, True, stream=stream)
+                raise typer.Exit(EXIT_FAILED) from None
+            except BrokenPipeError:
+                # The reader went away (`| head`): stop quietly, as Click does.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                raise typer.Exit(EXIT_FAILED) from None
+    except typer.Exit as exc:
+        return exc.exit_code
+    return EXIT_OK

@@ -151,6 +151,12 @@ def query(
             show_default=False,
         ),
     ] = None,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Same as --format json: one JSON array (with --format jsonl: lines)."
+        ),
+    ] = False,
     source: Annotated[
         QuerySource,
         typer.Option(
@@ -186,8 +192,24 @@ def query(
     from esctl import query as core
     from esctl import redisio
 
-    fmt = format_ or (QueryFormat.table if output.stdout_is_terminal() else QueryFormat.jsonl)
-    with reporting(json_mode=fmt is QueryFormat.json, debug=debug):
+    fmt = format_ or (
+        QueryFormat.json
+        if json_
+        else QueryFormat.table
+        if output.stdout_is_terminal()
+        else QueryFormat.jsonl
+    )
+    # stdout is JSON whatever happens: an error ends the stream (a line, the array's last
+    # element, or alone before any result).
+    stream = None if fmt is QueryFormat.table else output.JsonStream(array=fmt is QueryFormat.json)
+    with reporting(json_mode=json_, debug=debug, stream=stream):
+        if json_ and fmt is QueryFormat.table:
+            from esctl.errors import UsageError
+
+            raise UsageError(
+                "--json asks for JSON and --format table for a table",
+                hint="drop one of them (--json is the same as --format json)",
+            )
         filters = core.QueryFilters.build(
             types=types or (),
             aggregate_type=aggregate_type,
@@ -227,7 +249,11 @@ def query(
             )
         try:
             _emit_results(
-                results, fmt, shown_limit=filters.limit if limit is None else None, bar=bar
+                results,
+                fmt,
+                stream,
+                shown_limit=filters.limit if limit is None else None,
+                bar=bar,
             )
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, as other Unix tools do.
@@ -255,11 +281,16 @@ def _query_bar(bar: Any) -> Any:
 
 
 def _emit_results(
-    results: Any, fmt: QueryFormat, *, shown_limit: int | None, bar: Any = None
+    results: Any,
+    fmt: QueryFormat,
+    stream: output.JsonStream | None,
+    *,
+    shown_limit: int | None,
+    bar: Any = None,
 ) -> None:
-    """Write query results to stdout as they come (jsonl, json) or as one table (after the
-    progress bar, if any, has drawn its last count and closed: else the table's first line
-    would continue the bar's)."""
+    """Write query results to stdout as they come (jsonl, json: to ``stream``) or as one table
+    (after the progress bar, if any, has drawn its last count and closed: else the table's
+    first line would continue the bar's)."""
     if fmt is QueryFormat.table:
         rows = [
             (
@@ -293,16 +324,7 @@ def _emit_results(
         if shown_limit is not None and len(rows) >= shown_limit:
             output.info(f"(first {shown_limit} results; --limit N shows more)")
         return
-    out = sys.stdout.buffer
-    if fmt is QueryFormat.json:
-        out.write(b"[")
-        first = True
-        for r in results:
-            out.write(b"\n" if first else b",\n")
-            out.write(r.json_line())
-            first = False
-        out.write(b"\n]\n" if not first else b"]\n")
-    else:
-        for r in results:
-            out.write(r.json_line() + b"\n")
-    out.flush()
+    assert stream is not None
+    for r in results:
+        stream.write_result(r.json_line())
+    stream.close()

@@ -7,7 +7,7 @@ import enum
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -226,7 +226,9 @@ def replay(
     from esctl.shard import Shard
 
     streaming = target == ToOpt.stdout and not dry_run  # stdout carries the events
-    with reporting(json_mode=json_ and not streaming, debug=debug):
+    # ... as JSON lines, whatever happens: an error is the stream's last line.
+    stream = output.JsonStream() if streaming else None
+    with reporting(json_mode=json_ and not streaming, debug=debug, stream=stream):
         resolved = settings(
             redis_url=redis_url,
             pg_dsn=pg_dsn,
@@ -287,7 +289,7 @@ def replay(
                 options,
                 redis_client=client,
                 confirm=confirm,
-                out=sys.stdout.buffer,
+                out=cast("IO[bytes]", stream) if stream is not None else sys.stdout.buffer,
                 projection=projection_adapter,
                 on_progress=bar.update if bar else None,
             )
@@ -301,6 +303,8 @@ def replay(
         finally:
             if bar:
                 bar.close()
+        if stream is not None:
+            stream.close()
         _render(summary, json_=json_, to_stderr=streaming)
         if summary.stopped is not None:
             _render_stopped(summary, options)
