@@ -4,6 +4,8 @@ Follows the library's reading rule: a value starting with ``H4sI`` (base64 of th
 base64-decoded and gunzipped; if either step fails the value is used as it is. esctl keeps that
 behaviour but flags such values as ``invalid_compressed``. zstd frames (esctl's own backup
 files) are read too. Nothing here raises on bad input: problems are returned as data.
+:func:`newtonsoft_metadata_first` gives JSON read back from PostgreSQL's jsonb the key order
+Newtonsoft.Json needs to read its metadata (``$type`` first).
 """
 
 from __future__ import annotations
@@ -323,14 +325,18 @@ _METADATA_MEMBER_RE = re.compile(
     rb'"\$(?:id|ref|type|values?)"\s*:\s*(' + _STRING + rb"|" + _SCALAR + rb")?", re.S
 )
 _SIMPLE_VALUE_RE = re.compile(_STRING + rb"|" + _SCALAR, re.S)
+_STRING_RE = re.compile(_STRING, re.S)
 _SIMPLE_MEMBERS_RE = re.compile(
     rb"(?:\s*" + _STRING + rb"\s*:\s*(?:" + _STRING + rb"|" + _SCALAR + rb")\s*,)*\s*", re.S
 )
+# The quick test of _simple_members: with no backslash every quote delimits a string, so an
+# even number of quotes and no bracket at all means no "{" inside a string, no nested value.
+_PLAIN_MEMBERS_RE = re.compile(rb'[^"\\\[\]{}]*(?:"[^"\\\[\]{}]*"[^"\\\[\]{}]*)*')
 _KEY_RE = re.compile(rb"(" + _STRING + rb")\s*:\s*", re.S)
 _WS_RE = re.compile(rb"\s*")
 _WHITESPACE = b" \t\r\n"
 _OPEN_BRACE, _OPEN_BRACKET, _CLOSE_BRACE, _CLOSE_BRACKET = b"{[}]"
-_COMMA, _BACKSLASH = b",\\"
+_COMMA, _QUOTE, _BACKSLASH = b',"\\'
 
 
 def newtonsoft_metadata_first(payload: bytes) -> bytes:
@@ -346,16 +352,25 @@ def newtonsoft_metadata_first(payload: bytes) -> bytes:
     subscribers do not). Applied to jsonb's text of a payload the library wrote, this gives
     back its key order in every object whose metadata came first.
 
-    JSON already in that order comes back unchanged, and so does what is not valid JSON
-    (never the case for jsonb's output) or is nested deeper than the interpreter's recursion
-    limit. Keys spelled with escapes (``"\u0024type"``) are not recognised: neither
-    Newtonsoft's writer nor PostgreSQL writes them. UTF-8 is scanned as bytes: no byte of a
-    multi-byte character is an ASCII one."""
-    first = payload.find(b'"$')
-    if first == -1:
+    JSON already in that order comes back unchanged. Meant for valid JSON, as jsonb's output
+    always is: anything else does not raise, and comes back unchanged or with members that
+    look like an object's moved. What is nested deeper than the interpreter's recursion limit
+    (where the fast path does not apply) comes back unchanged. Keys spelled with escapes
+    (``"\u0024type"``) are not recognised: neither Newtonsoft's writer nor PostgreSQL writes
+    them. UTF-8 is scanned as bytes (no byte of a multi-byte character is an ASCII one).
+
+    jsonb sorts the other members too; that cannot be undone, and matters to Newtonsoft only
+    for ``$ref``: with PreserveReferencesHandling (which the library does not use) a ``$ref``
+    can come to precede the ``$id`` it names, and then reads as null."""
+    dollar = payload.find(b"$")
+    if dollar == -1:
         return payload
+    type_end = _event_type_end(payload, dollar)
+    if type_end and payload.find(b"$", type_end) == -1:  # the object's own $type, nothing else
+        start = dollar - 1
+        return b"{" + payload[start:type_end] + b", " + payload[1 : start - 2] + payload[type_end:]
     try:
-        edits = _metadata_edits(payload, first)
+        edits = _metadata_edits(payload, dollar, type_end)
     except (ValueError, IndexError):  # not JSON: the full walk says so
         edits = None
     if edits is None:
@@ -375,11 +390,32 @@ def newtonsoft_metadata_first(payload: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _metadata_edits(payload: bytes, first: int) -> list[tuple[int, int, bytes]] | None:
+def _event_type_end(payload: bytes, dollar: int) -> int:
+    """The shape of nearly every event jsonb gives back, ``{"Id": "…", "$type": "…", …}``: the
+    object's own ``$type`` after a few members with string or scalar values. Where that
+    member ends when ``payload`` starts so (``dollar``: its first "$"), else 0."""
+    start = dollar - 1
+    if start < 3 or payload[0] != _OPEN_BRACE or not payload.startswith(b'"$type": "', start):
+        return 0
+    end = payload.find(b'"', start + 10) + 1
+    if (
+        end
+        and payload[end - 2] != _BACKSLASH
+        and payload[start - 2 : start] == b", "
+        and _PLAIN_MEMBERS_RE.fullmatch(payload, 1, start - 2)
+    ):
+        return end
+    return 0
+
+
+def _metadata_edits(
+    payload: bytes, dollar: int, type_end: int = 0
+) -> list[tuple[int, int, bytes]] | None:
     """The fast path of :func:`newtonsoft_metadata_first`: when every metadata key that is out
     of place has only string and scalar members before it in its object (the usual case,
     ``{"Id": "…", "$type": …}``), the edits that put those keys first, as disjoint
-    ``(start, end, replacement)`` spans in text order. None when the JSON needs the full walk
+    ``(start, end, replacement)`` spans in text order (``dollar``: where the first "$" is;
+    ``type_end``: what :func:`_event_type_end` found). None when the JSON needs the full walk
     (:func:`_rewritten`).
 
     A ``"$type"`` whose opening quote is not escaped opens a string (a closing quote cannot be
@@ -395,24 +431,35 @@ def _metadata_edits(payload: bytes, first: int) -> list[tuple[int, int, bytes]] 
     comma = -1  # the "," before the current object's first out-of-place key
     find = payload.find
     match_at = _METADATA_MEMBER_RE.match
-    dollar = first + 1
+    if type_end:  # the top object's $type is out of place: see _event_type_end
+        opening, moves, comma, dollar = 0, [(dollar - 1, type_end)], dollar - 3, type_end
     while True:
-        dollar = find(b"$", dollar)  # "$" is rare: find() runs at memchr speed, a regex slower
-        if dollar == -1:
+        # one byte: find() runs at memchr speed (a two-byte needle or a regex several times slower)
+        found = find(b"$", dollar)
+        if found == -1:
             break
-        match = match_at(payload, dollar - 1)
-        if match is None:
-            dollar += 1
+        start = found - 1  # the quote opening "$…"
+        if start < 0 or payload[start] != _QUOTE:
+            dollar = found + 1
             continue
-        dollar = match.end()
-        start = match.start()
+        if payload.startswith(b'"$type": "', start):  # the usual key, as jsonb spaces it
+            end = payload.index(b'"', start + 10) + 1
+            if payload[end - 2] == _BACKSLASH:
+                end = _string_end(payload, start + 9)
+            dollar = end
+        else:
+            match = match_at(payload, start)
+            if match is None:
+                dollar = found + 1
+                continue
+            dollar = match.end()
+            end = match.end(1)  # -1: the value is an object or a list
         if payload[start - 1] == _BACKSLASH and _escaped(payload, start):
             continue
         before = start - 1
         while before > 0 and payload[before] in _WHITESPACE:
             before -= 1
         char = payload[before]
-        end = match.end(1)  # -1: the value is an object or a list
         if char == _OPEN_BRACE or (
             char == _COMMA
             and chain_end != -1
@@ -447,19 +494,19 @@ def _metadata_edits(payload: bytes, first: int) -> list[tuple[int, int, bytes]] 
 
 def _simple_members(payload: bytes, start: int, end: int) -> bool:
     """Whether ``payload[start:end]`` is members with string or scalar values, each followed
-    by a comma (what lies between an object's "{" and a key out of place). Quick test first:
-    with no backslash every quote delimits a string, so an even number of them and no
-    bracket at all means no "{" inside a string and no nested value."""
-    segment = payload[start:end]
-    if (
-        b"\\" not in segment
-        and b"[" not in segment
-        and b"]" not in segment
-        and b"}" not in segment
-        and not segment.count(b'"') % 2
-    ):
-        return True
-    return _SIMPLE_MEMBERS_RE.fullmatch(payload, start, end) is not None
+    by a comma (what lies between an object's "{" and a key out of place)."""
+    return (
+        _PLAIN_MEMBERS_RE.fullmatch(payload, start, end) is not None
+        or _SIMPLE_MEMBERS_RE.fullmatch(payload, start, end) is not None
+    )
+
+
+def _string_end(payload: bytes, quote: int) -> int:
+    """Where the JSON string opening at ``quote`` ends (ValueError: it does not)."""
+    match = _STRING_RE.match(payload, quote)
+    if match is None:
+        raise ValueError(f"not JSON at {quote}")
+    return match.end()
 
 
 def _moved(
