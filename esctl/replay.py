@@ -5,7 +5,11 @@ subscribers' reliable queues, feed them to an in-process Python projection, or p
 event types, aggregate type, aggregate ids, a time window, ``--where`` clauses and a limit. A
 replay with no selector at all must say ``--all`` (replaying a whole store is never an
 accident). ``--from redis`` reads the commit lists (payloads decoded as the codec does, events
-that cannot be read are skipped and reported); ``--from pg`` reads the migrated tables.
+that cannot be read are skipped and reported); ``--from pg`` reads the migrated tables. jsonb
+keeps no key order, and the library's subscribers read ``$type`` (and ``$id``, ``$values``)
+only first in an object: payloads from PostgreSQL get them first again for ``queue`` and
+``stdout`` (:func:`esctl.codec.newtonsoft_metadata_first`); a projection gets ``event_data``
+as jsonb prints it.
 
 **Order.** Within an aggregate, events always come by version. Across aggregates:
 
