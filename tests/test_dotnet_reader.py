@@ -6,7 +6,8 @@ as the library's subscribers do (``JsonConvert.DeserializeObject<T>(eventData)``
 settings: Newtonsoft takes ``$type``, ``$id``, ``$values`` … as metadata only while they come
 first in an object). Skipped, saying what to install, where ``mcs``, ``mono`` or
 Newtonsoft.Json.dll is missing (Debian: ``apt-get install mono-mcs mono-runtime
-libnewtonsoft-json-cil-dev``).
+libnewtonsoft-json-cil-dev``), unless ``ESCTL_TEST_DOTNET=required`` (CI) makes that a
+failure. ``ESCTL_TEST_NEWTONSOFT_DLL`` names another Newtonsoft.Json.dll.
 
 Reads are compared by what the reader made of the text, re-serialised by Newtonsoft with every
 type name, ignoring the order of keys (jsonb does not keep a dictionary's order: esctl cannot
@@ -36,6 +37,7 @@ from esctl import codec, layout
 
 SOURCE = Path(__file__).parent / "dotnet" / "EventReader.cs"
 NEWTONSOFT_DLL_ENV = "ESCTL_TEST_NEWTONSOFT_DLL"
+DOTNET_REQUIRED_ENV = "ESCTL_TEST_DOTNET"
 NEWTONSOFT_DLL_GLOBS = (
     "/usr/lib/cli/Newtonsoft.Json*/Newtonsoft.Json.dll",  # Debian's libnewtonsoft-json-cil-dev
     "/usr/lib/mono/gac/Newtonsoft.Json/*/Newtonsoft.Json.dll",
@@ -124,7 +126,10 @@ def dotnet(tmp_path_factory: pytest.TempPathFactory) -> DotnetClient:
     missing = [name for name, found in (("mcs", mcs), ("mono", mono), ("Newtonsoft.Json.dll", dll))
                if found is None]  # fmt: skip
     if missing:
-        pytest.skip(f"a .NET reader needs {', '.join(missing)}: {INSTALL_HINT}")
+        reason = f"a .NET reader needs {', '.join(missing)}: {INSTALL_HINT}"
+        if os.environ.get(DOTNET_REQUIRED_ENV) == "required":  # CI: no silent skip
+            pytest.fail(f"{DOTNET_REQUIRED_ENV}=required, but {reason}")
+        pytest.skip(reason)
     assert mcs is not None and mono is not None and dll is not None
     folder = tmp_path_factory.mktemp("dotnet")
     shutil.copy(dll, folder / "Newtonsoft.Json.dll")
