@@ -4,6 +4,8 @@ Follows the library's reading rule: a value starting with ``H4sI`` (base64 of th
 base64-decoded and gunzipped; if either step fails the value is used as it is. esctl keeps that
 behaviour but flags such values as ``invalid_compressed``. zstd frames (esctl's own backup
 files) are read too. Nothing here raises on bad input: problems are returned as data.
+:func:`newtonsoft_metadata_first` gives JSON read back from PostgreSQL's jsonb the key order
+Newtonsoft.Json needs to read its metadata (``$type`` first).
 """
 
 from __future__ import annotations
@@ -306,3 +308,322 @@ def decode_event(value: bytes | str) -> tuple[Decoded, ParsedEvent]:
     if decoded.problem is not None:
         event.problems.insert(0, decoded.problem)
     return decoded, event
+
+
+# --- jsonb text -> the library's key order -------------------------------------------------
+
+NEWTONSOFT_METADATA_KEYS = ("$id", "$ref", "$type", "$value", "$values")
+"""The property names Newtonsoft.Json reads as metadata, in the order its writer puts them
+(``$id``, ``$type``, then ``$value`` or ``$values``; ``$ref`` stands alone). PostgreSQL's
+jsonb sorts these among themselves in the same order (shorter names first)."""
+
+_QUOTED_METADATA_KEYS = frozenset(f'"{key}"'.encode() for key in NEWTONSOFT_METADATA_KEYS)
+_STRING = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
+_SCALAR = rb"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null"
+# a metadata key, and its value when that is a string or a scalar (group 1)
+_METADATA_MEMBER_RE = re.compile(
+    rb'"\$(?:id|ref|type|values?)"\s*:\s*(' + _STRING + rb"|" + _SCALAR + rb")?", re.S
+)
+_SIMPLE_VALUE_RE = re.compile(_STRING + rb"|" + _SCALAR, re.S)
+_STRING_RE = re.compile(_STRING, re.S)
+_SIMPLE_MEMBERS_RE = re.compile(
+    rb"(?:\s*" + _STRING + rb"\s*:\s*(?:" + _STRING + rb"|" + _SCALAR + rb")\s*,)*\s*", re.S
+)
+# The quick test of _simple_members: with no backslash every quote delimits a string, so an
+# even number of quotes and no bracket at all means no "{" inside a string, no nested value.
+_PLAIN_MEMBERS_RE = re.compile(rb'[^"\\\[\]{}]*(?:"[^"\\\[\]{}]*"[^"\\\[\]{}]*)*')
+_KEY_RE = re.compile(rb"(" + _STRING + rb")\s*:\s*", re.S)
+_WS_RE = re.compile(rb"\s*")
+_WHITESPACE = b" \t\r\n"
+_OPEN_BRACE, _OPEN_BRACKET, _CLOSE_BRACE, _CLOSE_BRACKET = b"{[}]"
+_COMMA, _QUOTE, _BACKSLASH = b',"\\'
+
+
+def newtonsoft_metadata_first(payload: bytes) -> bytes:
+    """JSON (UTF-8) with Newtonsoft's metadata properties (:data:`NEWTONSOFT_METADATA_KEYS`)
+    moved to the front of every object that has them, nested objects and ``$values`` lists
+    included; the metadata keep their order among themselves, the other members theirs, and
+    no value's text changes.
+
+    For event JSON read back from PostgreSQL: jsonb orders keys by length, so ``$type`` comes
+    after ``Id`` and other short keys, and Newtonsoft.Json reads ``$type``, ``$id``,
+    ``$values`` … as metadata only while they come first in an object (unless the reader sets
+    ``MetadataPropertyHandling.ReadAhead``, as the library's SQL provider does and its queue
+    subscribers do not). Applied to jsonb's text of a payload the library wrote, this gives
+    back its key order in every object whose metadata came first.
+
+    JSON already in that order comes back unchanged. Meant for valid JSON, as jsonb's output
+    always is: anything else does not raise, and comes back unchanged or with members that
+    look like an object's moved. What is nested deeper than the interpreter's recursion limit
+    (where the fast path does not apply) comes back unchanged. Keys spelled with escapes
+    (``"\u0024type"``) are not recognised: neither Newtonsoft's writer nor PostgreSQL writes
+    them. UTF-8 is scanned as bytes (no byte of a multi-byte character is an ASCII one).
+
+    jsonb sorts the other members too; that cannot be undone, and matters to Newtonsoft only
+    for ``$ref``: with PreserveReferencesHandling (which the library does not use) a ``$ref``
+    can come to precede the ``$id`` it names, and then reads as null."""
+    dollar = payload.find(b"$")
+    if dollar == -1:
+        return payload
+    type_end = _event_type_end(payload, dollar)
+    if type_end and payload.find(b"$", type_end) == -1:  # the object's own $type, nothing else
+        start = dollar - 1
+        return b"{" + payload[start:type_end] + b", " + payload[1 : start - 2] + payload[type_end:]
+    try:
+        edits = _metadata_edits(payload, dollar, type_end)
+    except (ValueError, IndexError):  # not JSON: the full walk says so
+        edits = None
+    if edits is None:
+        return _rewritten(payload)
+    if not edits:
+        return payload
+    if len(edits) == 1:
+        start, end, replacement = edits[0]
+        return payload[:start] + replacement + payload[end:]
+    parts: list[bytes] = []
+    done = 0
+    for start, end, replacement in edits:
+        parts.append(payload[done:start])
+        parts.append(replacement)
+        done = end
+    parts.append(payload[done:])
+    return b"".join(parts)
+
+
+def _event_type_end(payload: bytes, dollar: int) -> int:
+    """The shape of nearly every event jsonb gives back, ``{"Id": "…", "$type": "…", …}``: the
+    object's own ``$type`` after a few members with string or scalar values. Where that
+    member ends when ``payload`` starts so (``dollar``: its first "$"), else 0."""
+    start = dollar - 1
+    if start < 3 or payload[0] != _OPEN_BRACE or not payload.startswith(b'"$type": "', start):
+        return 0
+    end = payload.find(b'"', start + 10) + 1
+    if (
+        end
+        and payload[end - 2] != _BACKSLASH
+        and payload[start - 2 : start] == b", "
+        and _PLAIN_MEMBERS_RE.fullmatch(payload, 1, start - 2)
+    ):
+        return end
+    return 0
+
+
+def _metadata_edits(
+    payload: bytes, dollar: int, type_end: int = 0
+) -> list[tuple[int, int, bytes]] | None:
+    """The fast path of :func:`newtonsoft_metadata_first`: when every metadata key that is out
+    of place has only string and scalar members before it in its object (the usual case,
+    ``{"Id": "…", "$type": …}``), the edits that put those keys first, as disjoint
+    ``(start, end, replacement)`` spans in text order (``dollar``: where the first "$" is;
+    ``type_end``: what :func:`_event_type_end` found). None when the JSON needs the full walk
+    (:func:`_rewritten`).
+
+    A ``"$type"`` whose opening quote is not escaped opens a string (a closing quote cannot be
+    followed by ``$``), and a string followed by a colon is a key. Keys come in text order,
+    and in this path one object's keys are consecutive: an out-of-place key has no nested
+    value before it in its object, and an in-place key follows the object's "{" or the
+    in-place key before it."""
+    edits: list[tuple[int, int, bytes]] = []
+    opening = -1  # the "{" of the current object
+    lead_end = -1  # end of the current object's leading metadata (-1: none, -2: not simple)
+    chain_end = -1  # value end of the previous key when it was in place, else -1
+    moves: list[tuple[int, int]] = []  # out-of-place keys of the current object: (start, end)
+    comma = -1  # the "," before the current object's first out-of-place key
+    find = payload.find
+    match_at = _METADATA_MEMBER_RE.match
+    if type_end:  # the top object's $type is out of place: see _event_type_end
+        opening, moves, comma, dollar = 0, [(dollar - 1, type_end)], dollar - 3, type_end
+    while True:
+        # one byte: find() runs at memchr speed (a two-byte needle or a regex several times slower)
+        found = find(b"$", dollar)
+        if found == -1:
+            break
+        start = found - 1  # the quote opening "$…"
+        if start < 0 or payload[start] != _QUOTE:
+            dollar = found + 1
+            continue
+        if payload.startswith(b'"$type": "', start):  # the usual key, as jsonb spaces it
+            end = payload.index(b'"', start + 10) + 1
+            if payload[end - 2] == _BACKSLASH:
+                end = _string_end(payload, start + 9)
+            dollar = end
+        else:
+            match = match_at(payload, start)
+            if match is None:
+                dollar = found + 1
+                continue
+            dollar = match.end()
+            end = match.end(1)  # -1: the value is an object or a list
+        if payload[start - 1] == _BACKSLASH and _escaped(payload, start):
+            continue
+        before = start - 1
+        while before > 0 and payload[before] in _WHITESPACE:
+            before -= 1
+        char = payload[before]
+        if char == _OPEN_BRACE or (
+            char == _COMMA
+            and chain_end != -1
+            and (chain_end == before or not payload[chain_end:before].strip())
+        ):
+            if char == _OPEN_BRACE:
+                if moves:
+                    edits.append(_moved(payload, opening, lead_end, moves, comma))
+                    moves = []
+                opening = before
+            chain_end = end
+            lead_end = end if end != -1 else -2
+            continue
+        chain_end = -1
+        nearest = payload.rfind(b"{", 0, start)
+        if end == -1 or nearest == -1 or not _simple_members(payload, nearest + 1, start):
+            return None
+        if nearest != opening:
+            if moves:
+                edits.append(_moved(payload, opening, lead_end, moves, comma))
+                moves = []
+            opening, lead_end = nearest, -1
+        elif lead_end == -2:
+            return None
+        if not moves:
+            comma = before
+        moves.append((start, end))
+    if moves:
+        edits.append(_moved(payload, opening, lead_end, moves, comma))
+    return edits
+
+
+def _simple_members(payload: bytes, start: int, end: int) -> bool:
+    """Whether ``payload[start:end]`` is members with string or scalar values, each followed
+    by a comma (what lies between an object's "{" and a key out of place)."""
+    return (
+        _PLAIN_MEMBERS_RE.fullmatch(payload, start, end) is not None
+        or _SIMPLE_MEMBERS_RE.fullmatch(payload, start, end) is not None
+    )
+
+
+def _string_end(payload: bytes, quote: int) -> int:
+    """Where the JSON string opening at ``quote`` ends (ValueError: it does not)."""
+    match = _STRING_RE.match(payload, quote)
+    if match is None:
+        raise ValueError(f"not JSON at {quote}")
+    return match.end()
+
+
+def _moved(
+    payload: bytes, opening: int, lead_end: int, moves: list[tuple[int, int]], comma: int
+) -> tuple[int, int, bytes]:
+    """The edit that puts the ``moves`` members of the object at ``opening`` right after its
+    leading metadata (ending at ``lead_end``, -1: none), joined by the separator before the
+    first of them (at ``comma``)."""
+    if lead_end == -1:
+        insert = opening + 1
+        if payload[insert] in _WHITESPACE:
+            insert = _skip_ws(payload, insert)
+    else:
+        insert = _skip_ws(payload, payload.index(b",", lead_end) + 1)
+    start, end = moves[0]
+    separator = payload[comma:start]
+    if len(moves) == 1:  # the usual case: one key ($type) after some others
+        return insert, end, payload[start:end] + separator + payload[insert:comma].rstrip()
+    members = [payload[start:end] for start, end in moves]
+    done = insert
+    for start, end in moves:  # what lies between: the other members, with separators
+        chunk = payload[done:start].strip().strip(b",").strip()
+        if chunk:
+            members.append(chunk)
+        done = end
+    return insert, moves[-1][1], separator.join(members)
+
+
+def _escaped(payload: bytes, pos: int) -> bool:
+    """Whether the byte at ``pos`` follows an odd run of backslashes."""
+    run = 0
+    while pos > run and payload[pos - run - 1] == _BACKSLASH:
+        run += 1
+    return run % 2 == 1
+
+
+def _skip_ws(payload: bytes, pos: int) -> int:
+    match = _WS_RE.match(payload, pos)
+    assert match is not None
+    return match.end()
+
+
+def _rewritten(payload: bytes) -> bytes:
+    """:func:`newtonsoft_metadata_first` by a walk of the whole JSON (the slow path)."""
+    start = _skip_ws(payload, 0)
+    try:
+        rewritten, end = _rewrite_value(payload, start)
+    except (ValueError, IndexError, RecursionError):
+        return payload
+    if payload[end:].strip():
+        return payload
+    return payload[:start] + rewritten + payload[end:]
+
+
+def _rewrite_value(payload: bytes, pos: int) -> tuple[bytes, int]:
+    """The JSON value at ``pos`` with metadata first in every object, and where it ends.
+    Whitespace and the text of every string and scalar are kept. Raises ValueError or
+    IndexError on what is not JSON."""
+    char = payload[pos]
+    if char == _OPEN_BRACE:
+        return _rewrite_object(payload, pos)
+    if char == _OPEN_BRACKET:
+        return _rewrite_array(payload, pos)
+    match = _SIMPLE_VALUE_RE.match(payload, pos)
+    if match is None:
+        raise ValueError(f"not JSON at {pos}")
+    return match.group(), match.end()
+
+
+def _rewrite_array(payload: bytes, pos: int) -> tuple[bytes, int]:
+    p = _skip_ws(payload, pos + 1)
+    if payload[p] == _CLOSE_BRACKET:
+        return payload[pos : p + 1], p + 1
+    parts = [payload[pos:p]]
+    while True:
+        value, end = _rewrite_value(payload, p)
+        parts.append(value)
+        q = _skip_ws(payload, end)
+        if payload[q] == _CLOSE_BRACKET:
+            parts.append(payload[end : q + 1])
+            return b"".join(parts), q + 1
+        if payload[q] != _COMMA:
+            raise ValueError(f"not JSON at {q}")
+        p = _skip_ws(payload, q + 1)
+        parts.append(payload[end:p])
+
+
+def _rewrite_object(payload: bytes, pos: int) -> tuple[bytes, int]:
+    p = _skip_ws(payload, pos + 1)
+    if payload[p] == _CLOSE_BRACE:
+        return payload[pos : p + 1], p + 1
+    opening = payload[pos:p]
+    metadata: list[bytes] = []
+    others: list[bytes] = []
+    separators: list[bytes] = []
+    while True:
+        key = _KEY_RE.match(payload, p)
+        if key is None:
+            raise ValueError(f"not JSON at {p}")
+        value, end = _rewrite_value(payload, key.end())
+        member = payload[p : key.end()] + value
+        if key.group(1) in _QUOTED_METADATA_KEYS:
+            metadata.append(member)
+        else:
+            others.append(member)
+        q = _skip_ws(payload, end)
+        if payload[q] == _CLOSE_BRACE:
+            closing = payload[end : q + 1]
+            break
+        if payload[q] != _COMMA:
+            raise ValueError(f"not JSON at {q}")
+        p = _skip_ws(payload, q + 1)
+        separators.append(payload[end:p])
+    members = metadata + others  # when nothing was out of place: the text's own order
+    parts = [opening, members[0]]
+    for separator, member in zip(separators, members[1:], strict=True):
+        parts.append(separator)
+        parts.append(member)
+    parts.append(closing)
+    return b"".join(parts), q + 1

@@ -5,7 +5,11 @@ subscribers' reliable queues, feed them to an in-process Python projection, or p
 event types, aggregate type, aggregate ids, a time window, ``--where`` clauses and a limit. A
 replay with no selector at all must say ``--all`` (replaying a whole store is never an
 accident). ``--from redis`` reads the commit lists (payloads decoded as the codec does, events
-that cannot be read are skipped and reported); ``--from pg`` reads the migrated tables.
+that cannot be read are skipped and reported); ``--from pg`` reads the migrated tables. jsonb
+keeps no key order, and the library's subscribers read ``$type`` (and ``$id``, ``$values``)
+only first in an object: payloads from PostgreSQL get them first again for ``queue`` and
+``stdout`` (:func:`esctl.codec.newtonsoft_metadata_first`); a projection gets ``event_data``
+as jsonb prints it.
 
 **Order.** Within an aggregate, events always come by version. Across aggregates:
 
@@ -88,7 +92,7 @@ import redis.exceptions
 import zstandard
 from psycopg import sql
 
-from esctl import layout, pg, queues, redisio
+from esctl import codec, layout, pg, queues, redisio
 from esctl.config import redact
 from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.defaults import REPLAY_CONFIRM_OVER as DEFAULT_CONFIRM_OVER
@@ -652,8 +656,9 @@ def pg_replay_sql(
     aggregate_keys: Sequence[int] | None = None,
 ) -> tuple[sql.Composed, dict[str, Any]]:
     """The SELECT of a replay from PostgreSQL. Rows: aggregate id, version, event type,
-    aggregate type, TimeStamp text, event_data text, aggregate_key (and, for ``time``, the
-    effective time), in the order's position order, strictly after ``after``; only events of
+    aggregate type, TimeStamp text, event_data's text as UTF-8 (bytea: the payload bytes
+    without a decode and an encode in Python), aggregate_key (and, for ``time``, the effective
+    time), in the order's position order, strictly after ``after``; only events of
     ``aggregate_keys`` when given (a shard's, :func:`shard_aggregate_keys`)."""
     conditions, params = pg_conditions(app, filters)
     if aggregate_keys is not None:
@@ -662,7 +667,8 @@ def pg_replay_sql(
     s = sql.Identifier(schema)
     columns = sql.SQL(
         "a.aggregate_id, e.version, e.event_type, a.aggregate_type,"
-        " e.event_data ->> 'TimeStamp' AS time_stamp_text, e.event_data::text AS event_text,"
+        " e.event_data ->> 'TimeStamp' AS time_stamp_text,"
+        " convert_to(e.event_data::text, 'UTF8') AS event_json,"
         " e.aggregate_key"
     )
     source = sql.SQL(
@@ -727,7 +733,11 @@ class PgSource:
     """The selected migrated events of ``app`` in ``schema``, in ``order``, strictly after
     ``after``, at most ``limit``; every filter in SQL, rows streamed through a server-side
     cursor on a connection of its own. With a ``shard``, the shard's aggregate keys are listed
-    first, in the same REPEATABLE READ snapshot as the events."""
+    first, in the same REPEATABLE READ snapshot as the events.
+
+    ``metadata_first``: each payload's text gets Newtonsoft's metadata properties back in
+    front of every object (:func:`esctl.codec.newtonsoft_metadata_first`), as the library's
+    queue subscribers need them; otherwise it is ``event_data`` as jsonb prints it."""
 
     def __init__(
         self,
@@ -740,6 +750,7 @@ class PgSource:
         after: tuple[Any, ...] | None = None,
         limit: int | None = None,
         shard: Shard = Shard(),
+        metadata_first: bool = False,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -749,6 +760,7 @@ class PgSource:
         self.after = after
         self.limit = limit
         self.shard = shard
+        self.metadata_first = metadata_first
 
     def problems(self) -> list[tuple[str, str, str]]:
         return []
@@ -784,11 +796,13 @@ class PgSource:
                 pg.ensure_event_store_schema(conn, self.schema, create=False)
                 conn.commit()
                 query, params = self._query(conn)
-                with conn.cursor(name="esctl_replay") as cur:
+                # binary: the payload column (bytea) comes as the bytes themselves
+                with conn.cursor(name="esctl_replay", binary=True) as cur:
                     cur.itersize = 2000
                     cur.execute(query, params)
+                    reorder = codec.newtonsoft_metadata_first if self.metadata_first else _unchanged
                     if self.order == "aggregate":
-                        for aggregate_id, version, event_type, aggregate_type, ts, text, key in cur:
+                        for aggregate_id, version, event_type, aggregate_type, ts, data, key in cur:
                             yield Event(
                                 aggregate_id,
                                 aggregate_type,
@@ -797,13 +811,14 @@ class PgSource:
                                 ts,
                                 None,
                                 (key, version),
-                                text,
+                                None,
+                                reorder(data),
                             )
                     else:
                         for row in cur:
                             yield Event(
                                 row[0], row[3], row[1], row[2], row[4], None,
-                                (row[7], row[6], row[1]), row[5],
+                                (row[7], row[6], row[1]), None, reorder(row[5]),
                             )  # fmt: skip
                 conn.rollback()
         finally:
@@ -863,7 +878,14 @@ def _open_source(
         after=after,
         limit=limit,
         shard=options.shard,
+        # what .NET reads (a queue's subscribers, whatever reads the JSON lines) needs the
+        # library's key order; a Python projection gets event_data as jsonb prints it
+        metadata_first=options.target in ("queue", "stdout"),
     )
+
+
+def _unchanged(payload: bytes) -> bytes:
+    return payload
 
 
 def _source_problems(source: Source, summary: ReplaySummary) -> None:

@@ -9,6 +9,7 @@ import zlib
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -386,3 +387,181 @@ def test_json_objects_round_trip_exactly(
     assert event.text == text
     assert event.data == document
     assert not [p for p in event.problems if p.kind in ("invalid_json", "invalid_utf8")]
+
+
+# --- Newtonsoft's metadata first again (jsonb's key order undone) ----------------------------
+
+Tree = Any
+"""A JSON value as Python data; dicts keep their key order."""
+
+METADATA = codec.NEWTONSOFT_METADATA_KEYS
+
+
+def jsonb_string(text: str) -> str:
+    """A string as PostgreSQL's jsonb prints it (escape_json: the short escapes, \\u00xx for
+    other control characters, everything else as it is)."""
+    out = ['"']
+    for char in text:
+        if char in _JSONB_ESCAPES:
+            out.append(_JSONB_ESCAPES[char])
+        elif char < " ":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+_JSONB_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", '"': '\\"',
+                  "\\": "\\\\"}  # fmt: skip
+
+
+def jsonb_text(tree: Tree, *, metadata_first: bool = False) -> str:
+    """``tree`` as ``jsonb::text`` prints it: keys by UTF-8 length, then bytewise; ``", "`` and
+    ``": "`` between. With ``metadata_first``, each object's metadata keys come first, in
+    their order in ``tree`` (what :func:`codec.newtonsoft_metadata_first` should give)."""
+    if isinstance(tree, dict):
+        keys = sorted(tree, key=lambda k: (len(k.encode()), k.encode()))
+        if metadata_first:
+            keys = [k for k in tree if k in METADATA] + [k for k in keys if k not in METADATA]
+        members = (
+            f"{jsonb_string(k)}: {jsonb_text(tree[k], metadata_first=metadata_first)}" for k in keys
+        )
+        return "{" + ", ".join(members) + "}"
+    if isinstance(tree, list):
+        return "[" + ", ".join(jsonb_text(v, metadata_first=metadata_first) for v in tree) + "]"
+    if isinstance(tree, str):
+        return jsonb_string(tree)
+    return json.dumps(tree)
+
+
+def jsonb_ordered(tree: Tree, *, metadata_first: bool = False) -> Tree:
+    """``tree`` with every object's keys in jsonb's order (metadata first, if asked)."""
+    if isinstance(tree, dict):
+        keys = sorted(tree, key=lambda k: (len(k.encode()), k.encode()))
+        if metadata_first:
+            keys = [k for k in tree if k in METADATA] + [k for k in keys if k not in METADATA]
+        return {k: jsonb_ordered(tree[k], metadata_first=metadata_first) for k in keys}
+    if isinstance(tree, list):
+        return [jsonb_ordered(v, metadata_first=metadata_first) for v in tree]
+    return tree
+
+
+def tree_json(tree: Tree) -> str:
+    """``tree`` as Newtonsoft writes it: compact, keys in their order."""
+    return orjson.dumps(tree).decode("utf-8")
+
+
+# Strings jsonb accepts (no NUL) that look like pieces of JSON, and key names near the
+# metadata names, so the scanner meets quotes, brackets and "$type" where they are not keys.
+_jsonb_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"))
+_tricky = st.sampled_from(
+    ['"$type": "x"', '{"$type": 1}', "\\", '\\"', '"', "$type", "\\u0024type", "{", "[", "}",
+     "]", ",", ":", '", "$type": "', "$", "é", "日本", "🎉", "\n", "\t\x01"]
+)  # fmt: skip
+_strings = st.one_of(_jsonb_text, _tricky, st.lists(_tricky | _jsonb_text, max_size=4).map("".join))
+_names = ["Id", "a", "Zz", "$", "$t", "$types", "$Type", "$valuesX", "Sku", "TimeStamp", "ÿ"]
+_keys = st.one_of(_strings, st.sampled_from(_names)).filter(lambda k: k not in METADATA)
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1), _strings
+)
+
+
+def _objects(children: st.SearchStrategy[Tree]) -> st.SearchStrategy[dict[str, Tree]]:
+    """Objects whose metadata (any of them) come first, in Newtonsoft's order."""
+    metadata = st.fixed_dictionaries(
+        {},
+        optional={
+            "$id": _strings,
+            "$ref": _strings,
+            "$type": _strings,
+            "$value": _scalars,
+            "$values": st.lists(children, max_size=3),
+        },
+    ).map(lambda found: {k: found[k] for k in METADATA if k in found})
+    others = st.dictionaries(_keys, children, max_size=4)
+    return st.tuples(metadata, others).map(lambda pair: {**pair[0], **pair[1]})
+
+
+_trees = st.recursive(_scalars, lambda c: st.lists(c, max_size=3) | _objects(c), max_leaves=12)
+JSONB_METADATA_TREES = _objects(_trees)
+"""JSON objects (nested to any depth) whose every object has its metadata first."""
+
+
+@settings(max_examples=400)
+@given(JSONB_METADATA_TREES)
+def test_metadata_first_undoes_jsonb_key_order(tree: Tree) -> None:
+    stored = jsonb_text(tree).encode()
+    wanted = jsonb_text(tree, metadata_first=True).encode()
+    assert codec.newtonsoft_metadata_first(stored) == wanted
+    assert codec._rewritten(stored) == wanted  # the full walk agrees with the fast path
+
+
+@given(JSONB_METADATA_TREES)
+def test_metadata_already_first_is_left_alone(tree: Tree) -> None:
+    for text in (tree_json(tree), jsonb_text(tree, metadata_first=True)):
+        assert codec.newtonsoft_metadata_first(text.encode()) == text.encode()
+
+
+@given(JSONB_METADATA_TREES, st.integers(min_value=0, max_value=3), st.booleans())
+def test_any_whitespace_is_kept(tree: Tree, indent: int, ensure_ascii: bool) -> None:
+    def dumps(value: Tree) -> bytes:
+        return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii).encode()
+
+    stored = dumps(jsonb_ordered(tree))
+    assert codec.newtonsoft_metadata_first(stored) == dumps(
+        jsonb_ordered(tree, metadata_first=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("stored", "wanted"),
+    [
+        ('{"Id": "x", "$type": "T", "Version": 1}', '{"$type": "T", "Id": "x", "Version": 1}'),
+        (  # a dictionary member: short keys before $type, and the list wrapper in place
+            '{"Id": "x", "$type": "E", "Scores": {"a": 1.0, "$type": "D", "math": 9.50}, '
+            '"Lines": {"$type": "L", "$values": [{"Sku": "s", "$type": "M", "Qty": 1}]}}',
+            '{"$type": "E", "Id": "x", "Scores": {"$type": "D", "a": 1.0, "math": 9.50}, '
+            '"Lines": {"$type": "L", "$values": [{"$type": "M", "Sku": "s", "Qty": 1}]}}',
+        ),
+        (  # references: $id and $type apart, $ref alone
+            '{"Id": "1", "$id": "1", "Sku": "s", "$type": "T", "Next": {"$ref": "1"}}',
+            '{"$id": "1", "$type": "T", "Id": "1", "Sku": "s", "Next": {"$ref": "1"}}',
+        ),
+        (  # a nested value before $type: the full walk
+            '{"A": {"b": 1, "$type": "X"}, "$type": "T"}',
+            '{"$type": "T", "A": {"$type": "X", "b": 1}}',
+        ),
+        (  # "$type" inside strings and keys is not a key; a "{" inside a string is no object
+            '{"Id": "{\\"$type\\": 1", "a\\"$type": "$type", "$type": "T"}',
+            '{"$type": "T", "Id": "{\\"$type\\": 1", "a\\"$type": "$type"}',
+        ),
+        ('[{"x": 1, "$type": "T"}, "$type"]', '[{"$type": "T", "x": 1}, "$type"]'),
+        ('{"$types": 1, "$type": "T"}', '{"$type": "T", "$types": 1}'),
+        ('{"Id": "x"}', '{"Id": "x"}'),
+    ],
+)
+def test_metadata_first_examples(stored: str, wanted: str) -> None:
+    assert codec.newtonsoft_metadata_first(stored.encode()) == wanted.encode()
+
+
+def test_nesting_deeper_than_the_full_walk_comes_back_unchanged() -> None:
+    stored = b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b', "$type": "T"}'
+    assert codec.newtonsoft_metadata_first(stored) == stored
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b'{"Id": "x", "$type": ', b'"$type": 1', b'{"a": 1, "$type": "T"', b'{"a": [, "$type": 1}',
+     b'{"Id": "x", "$type": "T"} trailing', b'{"a": "\\', b'{"$type" "T"}', b'{"a": 1, "$id": [}',
+     '{"Id": "\xe9", "$type": "T"'.encode("latin-1")],
+)  # fmt: skip
+def test_what_is_not_json_does_not_raise(stored: bytes) -> None:
+    codec.newtonsoft_metadata_first(stored)
+
+
+@given(
+    st.binary() | _strings.map(str.encode) | st.lists(_tricky).map(lambda t: "".join(t).encode())
+)
+def test_metadata_first_never_raises(stored: bytes) -> None:
+    codec.newtonsoft_metadata_first(stored)

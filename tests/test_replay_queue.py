@@ -14,7 +14,7 @@ import independent_writer as iw
 import pytest
 import redis
 
-from esctl import errors, layout, queues
+from esctl import codec, errors, layout, queues
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.replay import (
     Pacer,
@@ -488,9 +488,11 @@ def test_pacer_keeps_the_rate() -> None:
 # --- from PostgreSQL -----------------------------------------------------------------------
 
 
-def test_replay_from_pg_publishes_what_the_sql_provider_returns(
+def test_replay_from_pg_publishes_what_the_sql_provider_returns_metadata_first(
     redis_client: redis.Redis, store: iw.GroundTruth, app_name: str, env_name: str, pg_dsn: str
 ) -> None:
+    """The SQL provider's text (jsonb's key order), with Newtonsoft's metadata put first again
+    for the queue's subscribers (tests/test_dotnet_reader.py reads them with Newtonsoft)."""
     migrate_redis_to_pg(
         redis_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn, init_schema=True, writers=1)
     )
@@ -523,8 +525,11 @@ def test_replay_from_pg_publishes_what_the_sql_provider_returns(
     events = sorted(aggregate.events, key=lambda e: e.version)
     for event_type in ("EnrollmentCreated", "EnrollmentProgressed"):
         wanted = [
-            t.encode() for t, e in zip(texts, events, strict=True) if e.event_type == event_type
+            codec.newtonsoft_metadata_first(t.encode())
+            for t, e in zip(texts, events, strict=True)
+            if e.event_type == event_type
         ]
+        assert all(w.startswith(b'{"$type": ') for w in wanted)
         assert published(redis_client, SUB_A, env_name, event_type) == wanted
     assert summary.events == len(events)
 
