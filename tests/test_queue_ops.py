@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 from esctl import errors, layout, metrics, queues
 from esctl.demo import DEFAULT_NOW, DemoSummary
+from esctl.queues import scripts
+from esctl.queues.drain import _interrupts_deferred
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUB = "Learning.ReportingService.Worker-Test"
@@ -467,7 +469,7 @@ def test_partial_drain_then_restore_puts_every_message_back_in_place(
     batch: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(queues, "MOVE_BATCH", batch)
+    monkeypatch.setattr(scripts, "MOVE_BATCH", batch)  # read there by drain and restore
     q = ref(env_name)
     redis_client.sadd(layout.subscribers_key(env_name, q.event_type), q.subscriber)
     messages = [message(v.decode("latin-1"), 1 + i % 2) for i, v in enumerate(values)]  # repeats
@@ -640,7 +642,7 @@ def test_backup_file_format(tmp_path: Path, redis_client: redis.Redis, env_name:
 
 def test_ctrl_c_waits_until_a_batch_and_its_outcome_are_recorded() -> None:
     reached = False
-    with pytest.raises(KeyboardInterrupt), queues._interrupts_deferred():
+    with pytest.raises(KeyboardInterrupt), _interrupts_deferred():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         reached = True

@@ -1,4 +1,91 @@
-"""The subscribers' reliable queues (being split into modules; see the next commit)."""
+"""Operations on the library's reliable queues (``docs/layout.md`` §4): list, peek, requeue,
+drain to a backup file, restore from it.
 
-from esctl.queues.restore import *  # noqa: F403
-from esctl.queues.restore import _interrupts_deferred  # noqa: F401
+Every change is a server-side script over the keys of one ``{ENV:TYPE}`` slot, so each move is
+atomic; selections are snapshots taken when a command starts, so every command ends; mutating
+commands hold a per-queue lock and ask ``confirm`` first. Nothing here prints, exits or opens
+PostgreSQL. The design, for maintainers: ``docs/design/queues.md``.
+
+One module per operation (:mod:`~esctl.queues.listing`, :mod:`~esctl.queues.peek`,
+:mod:`~esctl.queues.requeue`, :mod:`~esctl.queues.drain`, :mod:`~esctl.queues.restore`) over
+the parts they share: ``refs`` (QueueRef, list names), ``messages``, ``selection``, ``scripts``
+(the Lua scripts and batch sizes), ``lock``, ``confirm`` and ``backup`` (the backup file).
+Callers use this package's names (``from esctl import queues``; ``queues.requeue(...)``).
+"""
+
+from esctl.queues.backup import BACKUP_FORMAT, BACKUP_FORMAT_VERSION, Backup, read_backup
+from esctl.queues.confirm import Confirm, Plan
+from esctl.queues.drain import DrainOptions, DrainSummary, drain
+from esctl.queues.listing import (
+    OLDEST_SAMPLE,
+    QUEUE_METRIC_HELP,
+    QueueListing,
+    QueueStatus,
+    list_queues,
+    queue_metrics,
+    render_prometheus,
+)
+from esctl.queues.lock import queue_lock
+from esctl.queues.messages import MessageInfo, RetryInfo, describe_message
+from esctl.queues.peek import PeekResult, peek
+from esctl.queues.refs import QUEUE_LISTS, QueueRef, check_list_name
+from esctl.queues.requeue import RequeueOptions, RequeueSummary, requeue
+from esctl.queues.restore import (
+    RESTORE_PROGRESS_TTL_MS,
+    RestoreOptions,
+    RestoreSummary,
+    RestoreTarget,
+    restore,
+)
+from esctl.queues.scripts import (
+    MOVE_BATCH,
+    MOVE_BATCH_BYTES,
+    MOVE_SCRIPT,
+    REMOVE_SCRIPT,
+    RESTORE_SCRIPT,
+)
+from esctl.queues.selection import Selection
+
+# The constants are copies: to change a batch size (in a test), patch esctl.queues.scripts.
+
+__all__ = [
+    "BACKUP_FORMAT",
+    "BACKUP_FORMAT_VERSION",
+    "MOVE_BATCH",
+    "MOVE_BATCH_BYTES",
+    "MOVE_SCRIPT",
+    "OLDEST_SAMPLE",
+    "QUEUE_LISTS",
+    "QUEUE_METRIC_HELP",
+    "REMOVE_SCRIPT",
+    "RESTORE_PROGRESS_TTL_MS",
+    "RESTORE_SCRIPT",
+    "Backup",
+    "Confirm",
+    "DrainOptions",
+    "DrainSummary",
+    "MessageInfo",
+    "PeekResult",
+    "Plan",
+    "QueueListing",
+    "QueueRef",
+    "QueueStatus",
+    "RequeueOptions",
+    "RequeueSummary",
+    "RestoreOptions",
+    "RestoreSummary",
+    "RestoreTarget",
+    "RetryInfo",
+    "Selection",
+    "check_list_name",
+    "describe_message",
+    "drain",
+    "list_queues",
+    "peek",
+    "queue_lock",
+    "queue_metrics",
+    "read_backup",
+    "render_prometheus",
+    "requeue",
+    "restore",
+]

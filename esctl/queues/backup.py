@@ -1,0 +1,213 @@
+"""The queue backup file that ``queue drain --to-file`` writes and ``queue restore`` reads: a
+header, one record per drained message, then the outcome of each removal batch (written
+through :class:`esctl.backupfile.BackupWriter`). The format is in ``docs/layout.md`` §6; its
+frames and fsync order in ``docs/design/queues.md``."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+
+from esctl import __version__
+from esctl.backupfile import BackupWriter
+from esctl.errors import EsctlError, NotFound, UsageError
+from esctl.queues.refs import QueueRef
+
+BACKUP_FORMAT = "esctl-queue-backup"
+BACKUP_FORMAT_VERSION = 1
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def create_backup(
+    path: Path,
+    ref: QueueRef,
+    which: str,
+    length: int,
+    messages: Sequence[tuple[int, bytes]],
+    selection: dict[str, Any],
+    moment: datetime,
+) -> tuple[BackupWriter, str]:
+    """The backup file with its first frame on disk (the header and a record per message of
+    ``messages``: position from the tail and value, in consumption order), and its backup id.
+    ``length`` is the list's length when it was selected from."""
+    writer = BackupWriter(path, option="--to-file", nothing_done="nothing was drained")
+    backup_id = uuid.uuid4().hex
+    key = ref.key(which)
+    try:
+        header = {
+            "format": BACKUP_FORMAT,
+            "version": BACKUP_FORMAT_VERSION,
+            "backup_id": backup_id,
+            "created_at": moment.isoformat(),
+            "esctl_version": __version__,
+            "subscriber": ref.subscriber,
+            "env": ref.env,
+            "event_type": ref.event_type,
+            "list": which,
+            "key": key,
+            "length": length,
+            "selected": len(messages),
+            "selection": selection,
+        }
+        records = [
+            {
+                "n": number,
+                "key": key,
+                "subscriber": ref.subscriber,
+                "env": ref.env,
+                "event_type": ref.event_type,
+                "list": which,
+                "position": position,
+                **_value_fields(value),
+            }
+            for number, (position, value) in enumerate(messages)
+        ]
+        writer.write_frame([header, *records])
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            writer.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise EsctlError(
+            f"cannot write the backup file {path}: {exc.strerror}; nothing was drained",
+            hint="free some space or choose another folder, then rerun",
+        ) from None
+    return writer, backup_id
+
+
+def record_outcome(writer: BackupWriter, removed: list[int], gone: list[int]) -> None:
+    """Append one removal batch's outcome (record numbers), fsynced before the next batch."""
+    _append(writer, {"outcome": {"removed": removed, "gone": gone}})
+
+
+def record_complete(writer: BackupWriter, drained: int, gone: int) -> None:
+    """Append the last frame: the drain finished, every outcome is in the file."""
+    finished = {"drained": drained, "gone": gone}
+    _append(writer, {"complete": {**finished, "at": datetime.now(UTC).isoformat()}})
+
+
+def _append(writer: BackupWriter, line: dict[str, Any]) -> None:
+    try:
+        writer.write_frame([line])
+    except OSError as exc:
+        raise EsctlError(
+            f"stopped: cannot append to the backup file {writer.path}: {exc.strerror}. It holds "
+            "every selected message; the last batch's removals are not marked in it",
+            hint="free some space; esctl queue restore --include-unknown puts back the unmarked "
+            "messages too (check the list first: some of them may still be there)",
+        ) from None
+
+
+def _value_fields(value: bytes) -> dict[str, str]:
+    try:
+        return {"value": value.decode("utf-8"), "encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"value": base64.b64encode(value).decode("ascii"), "encoding": "base64"}
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def value_bytes(record: dict[str, Any]) -> bytes:
+    """A record's message, byte for byte (ValueError or TypeError when it is unreadable)."""
+    if record.get("encoding") == "base64":
+        return base64.b64decode(record["value"], validate=True)
+    return str(record["value"]).encode("utf-8")
+
+
+@dataclass
+class Backup:
+    """A backup file as read back. ``outcomes``: record number -> ``removed`` / ``gone``
+    (records without one: the drain stopped before it knew)."""
+
+    path: Path
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+    outcomes: dict[int, str]
+    complete: bool
+    truncated: bool
+
+    @property
+    def backup_id(self) -> str:
+        return str(self.header["backup_id"])
+
+
+def read_backup(path: str | Path) -> Backup:
+    """Read a file written by :func:`esctl.queues.drain`. A truncated last frame (a crash while
+    appending an outcome) is ignored; a file whose first frame is incomplete was never used to
+    drain."""
+    source = Path(path)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
+    lines, frames, truncated = _read_frames(source, data)
+    if frames == 0 or not lines or lines[0].get("format") != BACKUP_FORMAT:
+        raise UsageError(
+            f"{source} is not a complete esctl queue backup"
+            + (
+                " (its first frame is cut short: the drain stopped before removing anything)"
+                if truncated
+                else ""
+            ),
+            hint="pass a file written by esctl queue drain --to-file",
+        )
+    header = lines[0]
+    if int(header.get("version", 0)) > BACKUP_FORMAT_VERSION:
+        raise UsageError(
+            f"{source} was written by a newer esctl (backup format {header.get('version')})",
+            hint="restore it with that esctl version or newer",
+        )
+    records = [line for line in lines[1:] if "value" in line]
+    outcomes: dict[int, str] = {}
+    complete = False
+    for line in lines[1:]:
+        if "outcome" in line:
+            for which in ("removed", "gone"):
+                for number in line["outcome"].get(which, []):
+                    outcomes[int(number)] = which
+        elif "complete" in line:
+            complete = True
+    return Backup(source, header, records, outcomes, complete, truncated)
+
+
+def _read_frames(source: Path, data: bytes) -> tuple[list[dict[str, Any]], int, bool]:
+    """The JSON lines of every complete zstd frame, how many frames, and whether a frame was cut
+    short (UsageError when the first frame is not zstd at all)."""
+    lines: list[dict[str, Any]] = []
+    frames = 0
+    truncated = False
+    decompressor = zstandard.ZstdDecompressor()
+    while data:
+        obj = decompressor.decompressobj()
+        try:
+            chunk = obj.decompress(data)
+        except zstandard.ZstdError as exc:
+            if frames == 0:
+                raise UsageError(
+                    f"{source} is not an esctl queue backup (zstd: {exc})",
+                    hint="pass a file written by esctl queue drain --to-file",
+                ) from None
+            truncated = True
+            break
+        if not obj.eof:
+            truncated = True
+            break
+        frames += 1
+        try:
+            lines.extend(orjson.loads(line) for line in chunk.splitlines() if line.strip())
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"{source} holds a line that is not JSON: {exc}") from None
+        data = obj.unused_data
+    return lines, frames, truncated

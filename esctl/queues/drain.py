@@ -1,0 +1,229 @@
+"""``queue drain``: back up the selected messages of one list to a new file, then remove them,
+one batch at a time, recording each batch's outcome in the file (``--discard``: remove without
+a backup). Why in that order, and why in batches: ``docs/design/queues.md``."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from esctl import redisio
+from esctl.backupfile import BackupWriter
+from esctl.config import redact
+from esctl.errors import Refused
+from esctl.locks import RedisLock
+from esctl.queues.backup import create_backup, record_complete, record_outcome
+from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.lock import maybe_locked
+from esctl.queues.messages import MessageInfo, resolve_now
+from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
+from esctl.queues.scripts import REMOVE_SCRIPT
+from esctl.queues.selection import Selection, Snapshot, batches, direction, select_messages
+
+
+@dataclass(frozen=True)
+class DrainOptions:
+    which: str = "dead"
+    to_file: Path | None = None
+    discard: bool = False
+    """Remove without a backup (only when explicitly asked for)."""
+    selection: Selection = field(default_factory=Selection)
+    dry_run: bool = False
+    now: datetime | None = None
+
+
+@dataclass(slots=True)
+class DrainSummary:
+    dry_run: bool
+    subscriber: str
+    env: str
+    event_type: str
+    list_name: str
+    key: str
+    examined: int
+    selected: int
+    drained: int
+    gone: int
+    """Selected and written to the backup, but gone from the list before esctl removed it (a
+    consumer took it): marked so in the file, never restored."""
+    failed: int
+    backup_file: str | None
+    backup_id: str | None
+    problems: list[dict[str, str]]
+    messages: list[MessageInfo]
+    selection: dict[str, Any]
+    elapsed_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["list"] = document.pop("list_name")
+        return document
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, so a removal batch and the record of its
+    outcome are never separated by an interrupt. Only in the main thread (elsewhere Python
+    delivers no signals anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def drain(
+    client: redisio.RedisClient,
+    ref: QueueRef,
+    options: DrainOptions,
+    *,
+    confirm: Confirm | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DrainSummary:
+    """Back up, then remove, the selected messages of one list.
+
+    The backup (``to_file``, created 0600, never overwritten) holds every selected message and
+    is fsynced, with its folder, before the first removal. Removal is count-aware LREM in
+    server-side scripts: exactly the backed-up values, so messages that arrive meanwhile stay.
+    Each batch's outcome (removed, or gone because a consumer took it first) is appended to the
+    file before the next batch. Without ``to_file`` it refuses unless ``discard``. Holds the
+    queue's lock unless ``dry_run``; asks ``confirm`` before writing anything."""
+    started = time.perf_counter()
+    which = check_list_name(options.which)
+    options.selection.check(which)
+    if options.to_file is None and not options.discard and not options.dry_run:
+        raise Refused(
+            "drain removes messages: it needs a backup file (--to-file PATH.jsonl.zst)",
+            hint="pass --to-file PATH.jsonl.zst, or --discard --yes to drop them without a backup",
+        )
+    if options.to_file is not None and options.to_file.exists():
+        raise Refused(
+            f"the backup file {options.to_file} already exists; esctl never overwrites a backup",
+            hint="choose a new --to-file name",
+        )
+    moment = resolve_now(options.now)
+    ensure_known(client, ref)
+    with maybe_locked(client, [ref], options.dry_run) as lock:
+        snap = select_messages(
+            client,
+            ref,
+            which,
+            options.selection,
+            moment,
+            describe=options.dry_run,
+            retry_keys=False,
+            lock=lock,
+            sleep=sleep,
+        )
+        summary = DrainSummary(
+            dry_run=options.dry_run,
+            subscriber=ref.subscriber,
+            env=ref.env,
+            event_type=ref.event_type,
+            list_name=which,
+            key=snap.key,
+            examined=snap.length,
+            selected=len(snap.selected),
+            drained=0,
+            gone=0,
+            failed=0,
+            backup_file=None,
+            backup_id=None,
+            problems=snap.problems,
+            messages=[c.info for c in snap.selected if c.info] if options.dry_run else [],
+            selection=options.selection.describe(),
+            elapsed_s=0.0,
+        )
+        # Nothing selected still leaves the backup asked for (empty, complete): a script that
+        # drains to a file and later restores it finds the file either way.
+        if options.dry_run or (not snap.selected and options.to_file is None):
+            summary.elapsed_s = time.perf_counter() - started
+            return summary
+        action = "drain" if options.to_file is not None else "discard"
+        if snap.selected:
+            require_confirmation(
+                confirm, Plan(action, len(snap.selected), snap.key, _str(options.to_file))
+            )
+        writer = None
+        if options.to_file is not None:
+            writer, summary.backup_id = create_backup(
+                options.to_file,
+                ref,
+                which,
+                snap.length,
+                [(snap.length - 1 - c.index, c.value) for c in snap.selected],
+                options.selection.describe(),
+                moment,
+            )
+            summary.backup_file = str(options.to_file)
+        try:
+            assert lock is not None  # held whenever not a dry run
+            _remove(client, snap, summary, writer, lock, ref)
+        finally:
+            if writer is not None:
+                writer.close()
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _remove(
+    client: redisio.RedisClient,
+    snap: Snapshot,
+    summary: DrainSummary,
+    writer: BackupWriter | None,
+    lock: RedisLock,
+    ref: QueueRef,
+) -> None:
+    numbered = list(enumerate(snap.selected))[::-1]  # head to tail
+    by_index = {id(c): n for n, c in numbered}
+    script = client.register_script(REMOVE_SCRIPT)
+    done = 0
+    for batch in batches([c for _, c in numbered]):
+        lock.check()
+        args: list[Any] = [lock.token, lock.ttl_ms, *direction(batch, done, snap.length)]
+        args += [c.value for c in batch]
+        with _interrupts_deferred():
+            try:
+                flags = script(keys=[ref.lock_key, snap.key], args=args)
+            except redisio.REDIS_ERRORS as exc:
+                summary.failed = len(numbered) - done
+                summary.problems.append(
+                    problem(
+                        "remove_failed",
+                        snap.key,
+                        f"a batch of {len(batch)} removals failed ({redact(str(exc))}); "
+                        f"{summary.failed} selected messages may still be in the list "
+                        "(the backup file does not mark them drained)",
+                    )
+                )
+                return
+            removed = [by_index[id(c)] for c, f in zip(batch, flags, strict=True) if int(f) == 1]
+            gone = [by_index[id(c)] for c, f in zip(batch, flags, strict=True) if int(f) != 1]
+            if writer is not None:
+                record_outcome(writer, removed, gone)
+        summary.drained += len(removed)
+        summary.gone += len(gone)
+        done += len(batch)
+    if writer is not None:
+        record_complete(writer, summary.drained, summary.gone)

@@ -1,0 +1,196 @@
+"""``queue requeue``: move stuck messages (ProcessingEvents) or dead letters back to the tail of
+PublishedEvents, where a consumer takes them next, one atomic move each, then notify the
+subscribers. How moves stay atomic and always end: ``docs/design/queues.md``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import redis.exceptions
+
+from esctl import redisio
+from esctl.config import redact
+from esctl.errors import UsageError
+from esctl.locks import RedisLock
+from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.lock import maybe_locked
+from esctl.queues.messages import MessageInfo, resolve_now
+from esctl.queues.refs import QueueRef, ensure_known, problem
+from esctl.queues.scripts import MOVE_SCRIPT, notify
+from esctl.queues.selection import Selection, Snapshot, batches, direction, select_messages
+
+
+@dataclass(frozen=True)
+class RequeueOptions:
+    source: str = "processing"
+    """``processing`` (stuck messages) or ``dead`` (dead letters)."""
+    selection: Selection = field(default_factory=Selection)
+    keep_retry_data: bool = False
+    dry_run: bool = False
+    now: datetime | None = None
+
+
+@dataclass(slots=True)
+class RequeueSummary:
+    dry_run: bool
+    subscriber: str
+    env: str
+    event_type: str
+    source: str
+    source_key: str
+    destination_key: str
+    examined: int
+    """Messages in the source list when it was (last) snapshotted."""
+    selected: int
+    requeued: int
+    gone: int
+    """Selected, but no longer in the source when esctl came to it (a consumer took it, or the
+    library's retry job moved it): not moved, never duplicated."""
+    failed: int
+    """Selected messages esctl could not move or cannot say whether it moved (a server error or
+    a lost connection mid-batch): non-zero makes the command exit non-zero."""
+    retry_data_cleared: int
+    notified: bool
+    problems: list[dict[str, str]]
+    messages: list[MessageInfo]
+    """Dry run: the selected messages."""
+    selection: dict[str, Any]
+    elapsed_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def requeue(
+    client: redisio.RedisClient,
+    ref: QueueRef,
+    options: RequeueOptions,
+    *,
+    confirm: Confirm | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RequeueSummary:
+    """Move selected messages of ProcessingEvents (or DeadLetters) back to the tail of
+    PublishedEvents, where RPOPLPUSH takes them next, oldest taken first; then PUBLISH one
+    notification on ``ENV:TYPE`` so live subscribers drain them.
+
+    Each move is atomic (LREM one occurrence; only if it was there, RPUSH): a message a
+    consumer finished or took meanwhile is counted ``gone``, never duplicated, never lost.
+    Requeued dead letters get their RetryData hash deleted in the same script unless
+    ``keep_retry_data``. The selection is a snapshot: the run always ends. Holds the queue's
+    lock (LockHeld when another run has it) unless ``dry_run``; asks ``confirm`` before the
+    first move (Refused when it says no)."""
+    started = time.perf_counter()
+    if options.source not in ("processing", "dead"):
+        raise UsageError(
+            f"cannot requeue from {options.source!r}", hint="use --from processing or --from dead"
+        )
+    options.selection.check(options.source)
+    moment = resolve_now(options.now)
+    ensure_known(client, ref)
+    clear = options.source == "dead" and not options.keep_retry_data
+    with maybe_locked(client, [ref], options.dry_run) as lock:
+        snap = select_messages(
+            client,
+            ref,
+            options.source,
+            options.selection,
+            moment,
+            describe=options.dry_run,
+            retry_keys=clear,
+            lock=lock,
+            sleep=sleep,
+        )
+        summary = RequeueSummary(
+            dry_run=options.dry_run,
+            subscriber=ref.subscriber,
+            env=ref.env,
+            event_type=ref.event_type,
+            source=options.source,
+            source_key=snap.key,
+            destination_key=ref.key("published"),
+            examined=snap.length,
+            selected=len(snap.selected),
+            requeued=0,
+            gone=0,
+            failed=0,
+            retry_data_cleared=0,
+            notified=False,
+            problems=snap.problems,
+            messages=[c.info for c in snap.selected if c.info] if options.dry_run else [],
+            selection=options.selection.describe(),
+            elapsed_s=0.0,
+        )
+        if options.dry_run or not snap.selected:
+            summary.elapsed_s = time.perf_counter() - started
+            return summary
+        require_confirmation(
+            confirm, Plan("requeue", len(snap.selected), snap.key, ref.key("published"))
+        )
+        try:
+            assert lock is not None  # held whenever not a dry run
+            _move(client, ref, snap, summary, lock)
+        finally:
+            if summary.requeued:
+                summary.notified = notify(client, ref.channel, summary.problems)
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _move(
+    client: redisio.RedisClient,
+    ref: QueueRef,
+    snap: Snapshot,
+    summary: RequeueSummary,
+    lock: RedisLock,
+) -> None:
+    ordered = snap.selected[::-1]  # head to tail: the oldest is pushed last, to the tail
+    script = client.register_script(MOVE_SCRIPT)
+    done = 0
+    for batch in batches(ordered):
+        lock.check()
+        keys: list[str] = [ref.lock_key, snap.key, summary.destination_key]
+        slots: dict[str, int] = {}
+        key_index: list[int] = []
+        for c in batch:
+            if c.retry_key is None:
+                key_index.append(0)
+                continue
+            if c.retry_key not in slots:
+                keys.append(c.retry_key)
+                slots[c.retry_key] = len(keys)  # Lua's KEYS is 1-based
+            key_index.append(slots[c.retry_key])
+        args: list[Any] = [lock.token, lock.ttl_ms, *direction(batch, done, snap.length)]
+        args.append(len(batch))
+        args += [c.value for c in batch]
+        args += key_index
+        try:
+            flags, cleared = script(keys=keys, args=args)
+        except redisio.REDIS_ERRORS as exc:
+            summary.failed = len(ordered) - done
+            unknown = isinstance(
+                exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+            )
+            summary.problems.append(
+                problem(
+                    "move_failed",
+                    snap.key,
+                    f"{'lost the connection during' if unknown else 'Redis refused'} a batch of "
+                    f"{len(batch)} moves to {summary.destination_key} ({redact(str(exc))}); "
+                    f"{summary.failed} selected messages not requeued"
+                    + (
+                        " (the batch may have completed: every move in it is whole)"
+                        if unknown
+                        else ""
+                    ),
+                )
+            )
+            return
+        moved = sum(1 for f in flags if int(f) == 1)
+        summary.requeued += moved
+        summary.gone += len(batch) - moved
+        summary.retry_data_cleared += int(cleared)
+        done += len(batch)

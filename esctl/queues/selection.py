@@ -1,0 +1,254 @@
+"""Which messages of a list a requeue or drain takes: a :class:`Selection` applied to a snapshot
+of the list (``LRANGE``, taken when the command starts, twice with ``grace``), and the batches
+the selected messages are then changed in. Why snapshots: ``docs/design/queues.md``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+import redis.exceptions
+
+from esctl import redisio
+from esctl.errors import ServerError, UsageError
+from esctl.locks import RedisLock
+from esctl.queues import scripts
+from esctl.queues.lock import check_held
+from esctl.queues.messages import MessageInfo, describe_message, id_and_age, retry_infos
+from esctl.queues.refs import QueueRef, problem
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which messages of a list a requeue or drain takes. All criteria must hold."""
+
+    older_than: timedelta | None = None
+    """Payload TimeStamp older than this."""
+    grace: timedelta | None = None
+    """Two snapshots this far apart: only messages present in both, count-aware (a value seen
+    twice, then once, is taken once). Equal values cannot be told apart: one taken and an equal
+    one arriving during the grace period count as one still there."""
+    aggregates: frozenset[str] = frozenset()
+    exception_contains: str | None = None
+    """Dead letters whose RetryData LastException contains this text (case-insensitive)."""
+    min_retries: int | None = None
+    """Dead letters whose RetryData RetryCount is at least this."""
+    limit: int | None = None
+    """At most this many, the next ones in consumption order first."""
+
+    @property
+    def needs_retry_data(self) -> bool:
+        return self.exception_contains is not None or self.min_retries is not None
+
+    @property
+    def needs_decoding(self) -> bool:
+        return self.older_than is not None or bool(self.aggregates) or self.needs_retry_data
+
+    def check(self, which: str) -> None:
+        if self.needs_retry_data and which != "dead":
+            raise UsageError(
+                "--exception-contains and --min-retries select dead letters by their RetryData",
+                hint="use them with the dead list (--from dead / --list dead)",
+            )
+        if self.limit is not None and self.limit < 1:
+            raise UsageError("--limit must be at least 1")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "older_than_s": self.older_than.total_seconds() if self.older_than else None,
+            "grace_s": self.grace.total_seconds() if self.grace else None,
+            "aggregates": sorted(self.aggregates),
+            "exception_contains": self.exception_contains,
+            "min_retries": self.min_retries,
+            "limit": self.limit,
+        }
+
+
+@dataclass(slots=True)
+class Candidate:
+    index: int
+    """Head-to-tail index in the snapshot the selection was made on."""
+    value: bytes
+    aggregate_id: str | None
+    """Decoded only when the selection or the RetryData needs it."""
+    info: MessageInfo | None
+    """Dry runs: what is shown of the message."""
+    retry_key: str | None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    key: str
+    length: int
+    selected: list[Candidate]
+    """In consumption order (the tail first)."""
+    problems: list[dict[str, str]]
+
+
+def select_messages(
+    client: redisio.RedisClient,
+    ref: QueueRef,
+    which: str,
+    selection: Selection,
+    now: datetime,
+    *,
+    describe: bool,
+    retry_keys: bool,
+    lock: RedisLock | None,
+    sleep: Callable[[float], None],
+) -> Snapshot:
+    """Snapshot the list (twice, ``grace`` apart, when asked) and pick the messages.
+    ``describe``: keep what a dry run shows of each; ``retry_keys``: name each dead letter's
+    RetryData hash (to delete it with the move)."""
+    key = ref.key(which)
+    values = _lrange_all(client, key)
+    if selection.grace is not None:
+        first = values
+        sleep(selection.grace.total_seconds())
+        check_held(lock)
+        values = _lrange_all(client, key)
+        candidates = _still_there(values, Counter(first))
+    else:
+        candidates = ((index, values[index]) for index in range(len(values) - 1, -1, -1))
+    problems: list[dict[str, str]] = []
+    picked = _pick(
+        candidates,
+        len(values),
+        selection,
+        now,
+        key,
+        problems,
+        describe=describe,
+        decode=describe or retry_keys or selection.needs_decoding,
+    )
+    if which == "dead" and (selection.needs_retry_data or describe or retry_keys):
+        picked = _by_retry_data(client, ref, picked, selection, retry_keys)
+    if selection.limit is not None:
+        picked = picked[: selection.limit]
+    return Snapshot(key, len(values), picked, problems)
+
+
+def _lrange_all(client: redisio.RedisClient, key: str) -> list[bytes]:
+    try:
+        values = cast(list[bytes], client.lrange(key, 0, -1))
+    except redis.exceptions.ResponseError as exc:
+        raise ServerError(
+            f"cannot read {key}: {exc}", hint="the key is expected to be a list (docs/layout.md §4)"
+        ) from None
+    except redisio.REDIS_ERRORS as exc:
+        raise redisio.wrap_errors(client, exc) from exc
+    return values
+
+
+def _still_there(values: list[bytes], first: Counter[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(index, value) in consumption order, of the messages also in the first snapshot, counted
+    (a value seen twice, then once, is yielded once)."""
+    for index in range(len(values) - 1, -1, -1):
+        value = values[index]
+        if first[value] <= 0:
+            continue  # arrived after the first snapshot: not stuck by observation
+        first[value] -= 1
+        yield index, value
+
+
+def _pick(
+    candidates: Iterator[tuple[int, bytes]],
+    length: int,
+    selection: Selection,
+    now: datetime,
+    key: str,
+    problems: list[dict[str, str]],
+    *,
+    describe: bool,
+    decode: bool,
+) -> list[Candidate]:
+    """The candidates the age and aggregate criteria keep, in consumption order."""
+    min_age = selection.older_than.total_seconds() if selection.older_than is not None else None
+    # without RetryData filters, the first `limit` matches are the selection: stop there
+    stop_at = selection.limit if not selection.needs_retry_data else None
+    picked: list[Candidate] = []
+    for index, value in candidates:
+        position = length - 1 - index
+        info = describe_message(value, position, now) if describe else None
+        aggregate_id: str | None = None
+        if decode:
+            if info is not None:
+                aggregate_id, age = info.aggregate_id, info.age_s
+            else:
+                aggregate_id, age = id_and_age(value, now)
+            if min_age is not None:
+                if age is None:
+                    slow = info or describe_message(value, position, now)
+                    why = "; ".join(p["detail"] for p in slow.problems) or "missing"
+                    detail = f"message at position {position} has no readable TimeStamp ({why})"
+                    problems.append(problem("no_timestamp", key, f"{detail}; not selected"))
+                    continue
+                if age <= min_age:
+                    continue
+            if selection.aggregates and aggregate_id not in selection.aggregates:
+                continue
+        picked.append(Candidate(index, value, aggregate_id, info, None))
+        if stop_at is not None and len(picked) >= stop_at:
+            break
+    return picked
+
+
+def _by_retry_data(
+    client: redisio.RedisClient,
+    ref: QueueRef,
+    picked: list[Candidate],
+    selection: Selection,
+    retry_keys: bool,
+) -> list[Candidate]:
+    """Dead letters: attach each one's RetryData, keep those the RetryData criteria accept."""
+    ids = [c.aggregate_id for c in picked if c.aggregate_id is not None]
+    infos = retry_infos(client, ref, ids)
+    needle = (selection.exception_contains or "").casefold()
+    kept: list[Candidate] = []
+    for c in picked:
+        retry = infos.get(c.aggregate_id) if c.aggregate_id is not None else None
+        if c.info is not None:
+            c.info.retry = retry
+        if selection.exception_contains is not None and (
+            retry is None or needle not in (retry.last_exception or "").casefold()
+        ):
+            continue
+        if selection.min_retries is not None and (
+            retry is None or (retry.retry_count or 0) < selection.min_retries
+        ):
+            continue
+        if retry_keys and c.aggregate_id is not None:
+            c.retry_key = ref.retry_data_key(c.aggregate_id)
+        kept.append(c)
+    return kept
+
+
+def batches(candidates: Sequence[Candidate]) -> Iterator[list[Candidate]]:
+    """Head-to-tail order (ascending index), cut by count and bytes."""
+    batch: list[Candidate] = []
+    size = 0
+    for c in candidates:
+        batch.append(c)
+        size += len(c.value)
+        if len(batch) >= scripts.MOVE_BATCH or size >= scripts.MOVE_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def direction(batch: Sequence[Candidate], done_before: int, length: int) -> list[int]:
+    """The script arguments that say where to look for the batch's values: from the head (1)
+    or the tail (-1), whichever end has fewer messages in front of the batch (moves go
+    head-to-tail, so what is left before it is unselected messages only; after it, everything
+    further on); and 1 when, in the snapshot, the batch was exactly the run of messages at that
+    end (then the script checks it still is and takes it with one LTRIM)."""
+    from_head = batch[0].index - done_before
+    from_tail = length - 1 - batch[-1].index
+    contiguous = batch[-1].index - batch[0].index == len(batch) - 1
+    if from_head <= from_tail:
+        return [1, int(contiguous and from_head == 0)]
+    return [-1, int(contiguous and from_tail == 0)]
