@@ -111,7 +111,8 @@ class Event:
     commit_id: str | None
     """The commit id (Redis); None for events read from PostgreSQL."""
     position: tuple[Any, ...] = field(repr=False)
-    """The event's place in the replay order: what ``--checkpoint`` stores (see esctl.replay)."""
+    """The event's place in the replay order: what ``--checkpoint`` stores (esctl.replay.positions;
+    docs/design/replay.md, "Positions and checkpoints")."""
     _text: str | None = field(default=None, repr=False)
     _payload: bytes | None = field(default=None, repr=False)
     _data: Any = field(default=None, repr=False)

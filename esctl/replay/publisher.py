@@ -1,0 +1,234 @@
+"""The queue replay's publisher: each event in one transaction, as the library's publisher
+sends it, many transactions to a round trip (how it sends them, and why three ways:
+docs/design/replay.md, "The publisher's transaction")."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.cluster
+
+from esctl import layout, redisio
+from esctl.locks import RedisLock
+from esctl.projections import Event
+from esctl.replay.pacing import Pacer
+from esctl.replay.summary import ReplaySummary
+
+PUBLISH_BATCH = 500
+"""Events whose transactions go to Redis in one round trip."""
+
+PUBLISH_SCRIPT = """
+-- KEYS: the subscribers' PublishedEvents lists (one {ENV:TYPE} slot); ARGV[1] channel,
+-- ARGV[2] the message. The library's publish, atomic: LPUSH to each, then one notification.
+for i = 1, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[2]) end
+redis.call('PUBLISH', ARGV[1], '1')
+return #KEYS
+"""
+
+_MULTI = (b"MULTI",)
+_EXEC = (b"EXEC",)
+_MULTI_RESP = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC_RESP = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+class PublishFailed(Exception):
+    """An event's transaction did not run: it and the events after it were not published."""
+
+    def __init__(self, event: Event, key: str, detail: str) -> None:
+        super().__init__(detail)
+        self.event = event
+        self.key = key
+        self.detail = detail
+
+
+class Publisher:
+    """Publishes events as the library's publisher does: per event, LPUSH the uncompressed
+    JSON onto ``SUB:{ENV:TYPE}:PublishedEvents`` of each subscriber, then PUBLISH ``1`` on
+    ``ENV:TYPE``, in one MULTI/EXEC transaction (on a Redis Cluster: one Lua script, as
+    atomic). Counts what it published in ``summary``; raises :class:`PublishFailed` at the
+    first event whose transaction did not run.
+
+    ``max_queue_length``: events are sent only as far as no list would grow past the cap;
+    while a list is at the cap it waits (polling, up to 1 s apart)."""
+
+    def __init__(
+        self,
+        client: redisio.RedisClient,
+        env: str,
+        routes: dict[str, tuple[str, ...]],
+        summary: ReplaySummary,
+        *,
+        max_queue_length: int | None = None,
+        batch: int = PUBLISH_BATCH,
+        pacer: Pacer | None = None,
+        lock: RedisLock | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.env = env
+        self.routes = routes
+        self.summary = summary
+        self.max_queue_length = max_queue_length
+        self.batch = batch
+        self.pacer = pacer or Pacer(None, sleep)
+        self.lock = lock
+        self.sleep = sleep
+        self.cluster = isinstance(client, redis.cluster.RedisCluster)
+        self.pending: list[Event] = []
+        self.keys = {
+            t: [layout.queue_key(s, env, t, "published") for s in subs]
+            for t, subs in routes.items()
+        }
+        self.channels = {t: layout.notification_channel(env, t) for t in routes}
+        # the commands pre-encoded: packing them is most of the publisher's own CPU time
+        self.lpush = {
+            t: [(b"LPUSH", redisio.key_bytes(k)) for k in keys] for t, keys in self.keys.items()
+        }
+        self.publish = {
+            t: (b"PUBLISH", redisio.key_bytes(channel), b"1")
+            for t, channel in self.channels.items()
+        }
+        # the same as RESP, for the single-server path: per event only the payload is encoded
+        self.resp_head = {
+            t: [
+                b"*3\r\n$5\r\nLPUSH\r\n" + redisio.resp_bulk(key) + key + b"\r\n"
+                for _, key in lpushes
+            ]
+            for t, lpushes in self.lpush.items()
+        }
+        self.resp_tail = {
+            t: redisio.resp_command(*publish) + _EXEC_RESP for t, publish in self.publish.items()
+        }
+
+    def add(self, event: Event) -> bool:
+        """Queue ``event`` for publishing; False when no chosen subscriber takes its type."""
+        if event.event_type not in self.keys:
+            unpublished = self.summary.unpublished
+            unpublished[event.event_type] = unpublished.get(event.event_type, 0) + 1
+            return False
+        self.pending.append(event)
+        if len(self.pending) >= self.batch:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Publish every event added so far."""
+        chunk, self.pending = self.pending, []
+        self._publish(chunk)
+
+    def _publish(self, chunk: list[Event]) -> None:
+        waited = 0.05
+        while chunk:
+            if self.lock is not None:
+                self.lock.check()
+            part = chunk
+            if self.max_queue_length is not None:
+                part = chunk[: self._room(chunk)]
+                if not part:
+                    self.sleep(waited)
+                    self.summary.waited_s += waited
+                    waited = min(1.0, waited * 2)
+                    continue
+                waited = 0.05
+            self.pacer.wait(len(part))
+            self._send(part)
+            chunk = chunk[len(part) :]
+
+    def _room(self, chunk: Sequence[Event]) -> int:
+        """How many of ``chunk``'s events fit before some list reaches the cap."""
+        assert self.max_queue_length is not None
+        keys = sorted({k for e in chunk for k in self.keys[e.event_type]})
+        room = {
+            k: self.max_queue_length - n
+            for k, n in zip(keys, redisio.list_lengths(self.client, keys), strict=True)
+        }
+        for index, event in enumerate(chunk):
+            targets = self.keys[event.event_type]
+            if any(room[k] <= 0 for k in targets):
+                return index
+            for k in targets:
+                room[k] -= 1
+        return len(chunk)
+
+    def _send(self, chunk: Sequence[Event]) -> None:
+        if self.cluster:
+            self._send_scripts(chunk)
+            return
+        replies = self._send_resp(chunk)
+        if replies is None:  # TLS: redis-py's pipeline
+            replies = self._send_commands(chunk)
+        # EXEC answers a list of the LPUSH and PUBLISH results (integers) when the transaction
+        # ran; an error (EXECABORT after a refused command, "EXEC without MULTI") otherwise.
+        index = -1
+        for number, event in enumerate(chunk):
+            index += len(self.lpush[event.event_type]) + 3
+            executed = replies[index]
+            if type(executed) is not list or not all(type(r) is int for r in executed):
+                self._count(chunk[:number])
+                answered = replies[index - len(self.lpush[event.event_type]) - 2 : index + 1]
+                failed = next((r for r in answered if isinstance(r, Exception)), executed)
+                raise PublishFailed(event, self.keys[event.event_type][0], str(failed))
+        self._count(chunk)
+
+    def _send_scripts(self, chunk: Sequence[Event]) -> None:
+        """Redis Cluster: one :data:`PUBLISH_SCRIPT` per event."""
+        replies = redisio.eval_pipelined(
+            self.client,
+            PUBLISH_SCRIPT,
+            [
+                (len(self.keys[e.event_type]), *self.keys[e.event_type],
+                 self.channels[e.event_type], e.payload)
+                for e in chunk
+            ],
+        )  # fmt: skip
+        for number, (event, reply) in enumerate(zip(chunk, replies, strict=True)):
+            if isinstance(reply, Exception):
+                self._count(chunk[:number])
+                raise PublishFailed(event, self.channels[event.event_type], str(reply))
+        self._count(chunk)
+
+    def _send_resp(self, chunk: Sequence[Event]) -> list[Any] | None:
+        """MULTI, LPUSH per subscriber, PUBLISH, EXEC for each event, encoded here and sent
+        in one buffer (None where the raw single-server path does not apply)."""
+        parts: list[bytes] = []
+        append = parts.append
+        count = 0
+        for event in chunk:
+            payload = event.payload
+            header = redisio.resp_bulk(payload)
+            append(_MULTI_RESP)
+            heads = self.resp_head[event.event_type]
+            for head in heads:
+                append(head)
+                append(header)
+                append(payload)
+                append(b"\r\n")
+            append(self.resp_tail[event.event_type])
+            count += len(heads) + 3
+        return redisio.pipelined_resp(self.client, b"".join(parts), count)
+
+    def _send_commands(self, chunk: Sequence[Event]) -> list[Any]:
+        """The same transactions as command tuples, through redis-py's pipeline."""
+        commands: list[tuple[Any, ...]] = []
+        append = commands.append
+        for event in chunk:
+            payload = event.payload
+            append(_MULTI)
+            for lpush in self.lpush[event.event_type]:
+                append((*lpush, payload))
+            append(self.publish[event.event_type])
+            append(_EXEC)
+        return redisio.pipelined(self.client, commands, chunk=len(commands))
+
+    def _count(self, events: Sequence[Event]) -> None:
+        summary = self.summary
+        for event_type, n in Counter(e.event_type for e in events).items():
+            subscribers = self.routes[event_type]
+            for sub in subscribers:
+                per_type = summary.published.setdefault(sub, {})
+                per_type[event_type] = per_type.get(event_type, 0) + n
+            summary.messages += n * len(subscribers)
+            summary.notifications += n

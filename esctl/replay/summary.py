@@ -1,0 +1,107 @@
+"""What a replay reports: :class:`ReplaySummary` at the end (its ``as_dict`` is the ``--json``
+document), :class:`ReplayProgress` on the way."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from esctl.replay.options import ReplayOptions
+from esctl.shard import Shard
+
+MAX_LISTED_PROBLEMS = 100
+"""Problems listed one by one in a summary (the rest are counted)."""
+
+
+@dataclass
+class ReplayProgress:
+    events: int = 0
+    """Events replayed (published, printed, or committed by the projection)."""
+    messages: int = 0
+    total: int | None = None
+    """Events the run will replay, when a planning pass counted them."""
+
+
+@dataclass
+class ReplaySummary:
+    dry_run: bool
+    source: str
+    target: str
+    order: str
+    events: int = 0
+    """Events replayed (for a dry run: that would be). Projection: in committed batches."""
+    by_type: dict[str, int] = field(default_factory=dict)
+    published: dict[str, dict[str, int]] = field(default_factory=dict)
+    """--to queue: subscriber -> event type -> messages LPUSHed (dry run: that would be)."""
+    messages: int = 0
+    notifications: int = 0
+    unpublished: dict[str, int] = field(default_factory=dict)
+    """--to queue: event type -> events no chosen subscriber takes (not published)."""
+    checkpoint: dict[str, Any] | None = None
+    dead_lettered: int = 0
+    waited_s: float = 0.0
+    """Time spent waiting for --max-queue-length."""
+    stopped: dict[str, Any] | None = None
+    """Set when the replay stopped on an error before the end: what failed, where."""
+    problems: list[dict[str, str]] = field(default_factory=list)
+    problems_not_listed: int = 0
+    elapsed_s: float = 0.0
+    events_per_s: float = 0.0
+    shard: Shard = field(default_factory=Shard)
+
+    @classmethod
+    def start(cls, options: ReplayOptions) -> ReplaySummary:
+        """An empty summary of a run with ``options``."""
+        return cls(
+            dry_run=options.dry_run,
+            source=options.source,
+            target=options.target,
+            order=options.order,
+            shard=options.shard,
+        )
+
+    @property
+    def found_problems(self) -> bool:
+        return bool(self.problems) or self.problems_not_listed > 0
+
+    def add_problem(self, kind: str, key: str, detail: str) -> None:
+        if len(self.problems) < MAX_LISTED_PROBLEMS:
+            self.problems.append({"kind": kind, "key": key, "detail": detail})
+        else:
+            self.problems_not_listed += 1
+
+    def add_problems(self, problems: Iterable[tuple[str, str, str]]) -> None:
+        """Add (kind, key, detail) problems: a source's, at the end of a run."""
+        for kind, key, detail in problems:
+            self.add_problem(kind, key, detail)
+
+    def finish(self, started: float) -> ReplaySummary:
+        """Set the elapsed time and the rate since ``started`` (``time.monotonic()``)."""
+        self.elapsed_s = time.monotonic() - started
+        self.events_per_s = self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "source": self.source,
+            "target": self.target,
+            "order": self.order,
+            "shard": str(self.shard),
+            "events": self.events,
+            "by_type": dict(sorted(self.by_type.items())),
+            "published": {s: dict(sorted(t.items())) for s, t in sorted(self.published.items())},
+            "messages": self.messages,
+            "notifications": self.notifications,
+            "unpublished": dict(sorted(self.unpublished.items())),
+            "checkpoint": self.checkpoint,
+            "dead_lettered": self.dead_lettered,
+            "waited_s": round(self.waited_s, 3),
+            "stopped": self.stopped,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "problems": self.problems,
+            "problems_not_listed": self.problems_not_listed,
+        }

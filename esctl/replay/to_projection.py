@@ -1,0 +1,318 @@
+"""``--to projection``: feed the selected events to a Python projection in batches, each batch
+one PostgreSQL transaction with the projection's writes, the checkpoint and the dead letters
+(exactly once for what it writes through ``ctx.conn``: docs/design/replay.md, "Projections:
+exactly once for what they write")."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from esctl import pg, redisio
+from esctl.config import redact
+from esctl.errors import EsctlError
+from esctl.projections import Event, ProjectionAdapter, ProjectionContext
+from esctl.replay.checkpoints import (
+    CheckpointState,
+    checkpoint_document,
+    checkpoint_lock,
+    mark_finished,
+    open_checkpoint,
+    save_position,
+)
+from esctl.replay.options import ReplayOptions
+from esctl.replay.pacing import Pacer
+from esctl.replay.positions import encode_position
+from esctl.replay.sources import Source, open_source
+from esctl.replay.summary import ReplayProgress, ReplaySummary
+
+
+class ProjectionFailed(EsctlError):
+    """A projection raised; the replay stopped (its summary says where)."""
+
+
+def replay_to_projection(
+    options: ReplayOptions,
+    adapter: ProjectionAdapter,
+    *,
+    redis_client: redisio.RedisClient | None = None,
+    on_progress: Callable[[ReplayProgress], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReplaySummary:
+    """Feed the selected events to a projection (protocol: :mod:`esctl.projections`) in
+    batches of ``batch_size``, each batch one PostgreSQL transaction holding the projection's
+    writes and, with a checkpoint, the position of its last event: a crash loses only the
+    batch in flight, and a rerun continues after the last committed batch.
+
+    A checkpoint is locked for the run (:func:`esctl.replay.checkpoints.checkpoint_lock`, one
+    per shard): LockHeld when another run has it. An exception from ``handle`` rolls the batch
+    back and stops the run (``summary.stopped``) unless ``skip_errors``: then the event goes to
+    ``esctl.projection_dead_letter`` and the run goes on. A dry run counts what would be
+    replayed (from the checkpoint's position) and calls nothing."""
+    started = time.monotonic()
+    summary = ReplaySummary.start(options)
+    dsn = options.pg_dsn
+    with checkpoint_lock(options):
+        ctx = ProjectionContext(
+            app=options.app,
+            source=options.source,
+            checkpoint=options.checkpoint,
+            fresh=True,
+            connect=lambda: pg.connect(dsn, application_name="esctl replay"),
+            shard=options.shard,
+        )
+        try:
+            with pg.translate_errors(dsn):
+                return _run_projection(
+                    options, adapter, ctx, summary, started, redis_client, on_progress, sleep
+                )
+        finally:
+            ctx.close()
+
+
+def _run_projection(
+    options: ReplayOptions,
+    adapter: ProjectionAdapter,
+    ctx: ProjectionContext,
+    summary: ReplaySummary,
+    started: float,
+    redis_client: redisio.RedisClient | None,
+    on_progress: Callable[[ReplayProgress], None] | None,
+    sleep: Callable[[float], None],
+) -> ReplaySummary:
+    state = _open_state(options, adapter, ctx)
+    selection_now = state.selection_now if state is not None else options.now or datetime.now(UTC)
+    filters = options.selection.filters(selection_now)
+    limit = options.selection.limit
+    if limit is not None and state is not None:
+        limit = max(0, limit - state.events_before)
+    after = state.after if state is not None else None
+    source = open_source(options, filters, redis_client, after=after, limit=limit)
+    summary.checkpoint = checkpoint_document(state, None, 0)
+    if options.dry_run:
+        counts = source.count_by_type()
+        summary.by_type = dict(counts)
+        summary.events = sum(counts.values())
+        summary.add_problems(source.problems())
+        if ctx.connected:
+            ctx.conn.rollback()
+        return summary.finish(started)
+
+    ctx.fresh = after is None
+    _setup(adapter, ctx)
+    runner = _BatchRunner(options, adapter, ctx, summary, state, on_progress)
+    try:
+        _feed(source, runner, Pacer(options.rate, sleep), options.batch_size)
+        if summary.stopped is None and state is not None:
+            mark_finished(ctx.conn, state)
+    finally:
+        _teardown(adapter, ctx, summary)
+    summary.by_type = dict(runner.by_type)
+    summary.checkpoint = checkpoint_document(state, runner.position, summary.events)
+    summary.add_problems(source.problems())
+    return summary.finish(started)
+
+
+def _open_state(
+    options: ReplayOptions, adapter: ProjectionAdapter, ctx: ProjectionContext
+) -> CheckpointState | None:
+    """The checkpoint (None without one); the ``esctl`` tables made first unless a dry run."""
+    if options.checkpoint is not None:
+        if not options.dry_run:
+            pg.ensure_state_schema(ctx.conn)
+        return open_checkpoint(ctx.conn, options, adapter.name)
+    if options.skip_errors and not options.dry_run:
+        pg.ensure_state_schema(ctx.conn)
+    return None
+
+
+def _setup(adapter: ProjectionAdapter, ctx: ProjectionContext) -> None:
+    try:
+        adapter.setup(ctx)
+    except Exception as exc:
+        raise ProjectionFailed(
+            f"the projection's setup failed: {type(exc).__name__}: {redact(str(exc))}; "
+            "nothing was replayed",
+            hint="fix the projection and rerun",
+        ) from exc
+    if ctx.connected:
+        ctx.conn.commit()
+
+
+def _feed(source: Source, runner: _BatchRunner, pacer: Pacer, batch_size: int) -> None:
+    """Run the source's events in batches until the end or a batch that stops the replay."""
+    batch: list[Event] = []
+    for event in source:
+        batch.append(event)
+        if len(batch) >= batch_size:
+            pacer.wait(len(batch))
+            if not runner.run(batch):
+                return
+            batch = []
+    if batch:
+        pacer.wait(len(batch))
+        runner.run(batch)
+
+
+def _teardown(adapter: ProjectionAdapter, ctx: ProjectionContext, summary: ReplaySummary) -> None:
+    try:
+        if ctx.connected:
+            ctx.conn.rollback()
+        adapter.teardown(ctx)
+        if ctx.connected:
+            ctx.conn.commit()
+    except Exception as exc:
+        summary.add_problem(
+            "teardown_failed", adapter.name, f"{type(exc).__name__}: {redact(str(exc))}"
+        )
+
+
+class _BatchRunner:
+    """One batch = handle each event, flush, store the checkpoint, COMMIT."""
+
+    def __init__(
+        self,
+        options: ReplayOptions,
+        adapter: ProjectionAdapter,
+        ctx: ProjectionContext,
+        summary: ReplaySummary,
+        state: CheckpointState | None,
+        on_progress: Callable[[ReplayProgress], None] | None,
+    ) -> None:
+        self.options = options
+        self.adapter = adapter
+        self.ctx = ctx
+        self.summary = summary
+        self.state = state
+        self.on_progress = on_progress
+        self.by_type: Counter[str] = Counter()
+        self.position: dict[str, Any] | None = None
+        self.progress = ReplayProgress()
+
+    def run(self, batch: list[Event]) -> bool:
+        """False when the replay must stop (``summary.stopped`` says why)."""
+        ctx, options = self.ctx, self.options
+        ctx.batch += 1
+        dead: list[tuple[Event, str]] = []
+        if options.skip_errors:
+            dead = self._handle_skipping_errors(batch)
+        elif not self._handle(batch):
+            return False
+        try:
+            self.adapter.flush(ctx)
+        except Exception as exc:
+            self._stop(batch[-1], "flush", exc)
+            return False
+        if dead:
+            self._dead_letter(dead)
+        position = encode_position(options.source, options.order, batch[-1])
+        if self.state is not None:
+            save_position(ctx.conn, self.state, position, len(batch), len(dead))
+        if ctx.connected:
+            ctx.conn.commit()
+        self.position = position
+        self._committed(batch, len(dead))
+        return True
+
+    def _handle(self, batch: list[Event]) -> bool:
+        """Each event to the projection; False (the replay stopped) at the first it raises on."""
+        handle = self.adapter.handle
+        for event in batch:
+            try:
+                handle(event)
+            except Exception as exc:
+                self._stop(event, "handle", exc)
+                return False
+        return True
+
+    def _handle_skipping_errors(self, batch: list[Event]) -> list[tuple[Event, str]]:
+        """Each event to the projection inside a savepoint; the events it raised on (their
+        writes rolled back), with the error."""
+        handle = self.adapter.handle
+        conn = self.ctx.conn
+        dead: list[tuple[Event, str]] = []
+        for event in batch:
+            conn.execute("SAVEPOINT esctl_event")
+            try:
+                handle(event)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO SAVEPOINT esctl_event")
+                dead.append((event, f"{type(exc).__name__}: {exc}"))
+            else:
+                conn.execute("RELEASE SAVEPOINT esctl_event")
+        return dead
+
+    def _committed(self, batch: list[Event], dead_lettered: int) -> None:
+        summary = self.summary
+        summary.events += len(batch)
+        summary.dead_lettered += dead_lettered
+        for event in batch:
+            self.by_type[event.event_type] += 1
+        if self.on_progress is not None:
+            self.progress.events = summary.events
+            self.on_progress(self.progress)
+
+    def _stop(self, event: Event, where: str, exc: Exception) -> None:
+        ctx = self.ctx
+        if ctx.connected:
+            ctx.conn.rollback()
+        error = f"{type(exc).__name__}: {redact(str(exc))}"
+        self.summary.stopped = {
+            "kind": "projection_failed",
+            "in": where,
+            "aggregate_id": event.aggregate_id,
+            "aggregate_type": event.aggregate_type,
+            "version": event.version,
+            "event_type": event.event_type,
+            "error": error,
+            "batch": ctx.batch,
+        }
+        what = (
+            f"{event.event_type} {event.aggregate_id} version {event.version}"
+            if where == "handle"
+            else f"flush of batch {ctx.batch} (ending at {event.aggregate_id} version "
+            f"{event.version})"
+        )
+        self.summary.add_problem(
+            "projection_failed",
+            self.adapter.name,
+            f"the projection failed on {what}: {error}; the batch was rolled back",
+        )
+
+    def _dead_letter(self, dead: list[tuple[Event, str]]) -> None:
+        """Into ``esctl.projection_dead_letter``, in the batch's transaction."""
+        options = self.options
+        self.ctx.conn.cursor().executemany(
+            "INSERT INTO esctl.projection_dead_letter (checkpoint_name, projection,"
+            " application_name, source, aggregate_id, aggregate_type, version, event_type,"
+            " commit_id, position, error, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, %s)",
+            [
+                (
+                    options.checkpoint,
+                    self.adapter.name,
+                    options.app,
+                    options.source,
+                    e.aggregate_id,
+                    e.aggregate_type,
+                    e.version,
+                    e.event_type,
+                    e.commit_id,
+                    orjson.dumps(encode_position(options.source, options.order, e)).decode(),
+                    redact(error),
+                    e.text,
+                )
+                for e, error in dead
+            ],
+        )
+        for event, error in dead:
+            self.summary.add_problem(
+                "dead_lettered",
+                f"{event.aggregate_id} version {event.version}",
+                f"{event.event_type}: {redact(error)} (in esctl.projection_dead_letter)",
+            )
