@@ -25,6 +25,7 @@ from helpers import run_cli
 from typer.testing import CliRunner
 
 from esctl import codec, demo, layout
+from esctl.cli import demo_tour
 from esctl.errors import Refused
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}[+-]\d\d:\d\d$")
@@ -460,7 +461,7 @@ def test_demo_environment_stops_servers_on_error() -> None:
 def test_tour_names_only_existing_commands() -> None:
     from esctl.cli.app import app
 
-    summary_steps = demo.TOUR
+    summary_steps = demo_tour.TOUR
     assert summary_steps, "the tour is empty"
     runner = CliRunner()
     for step in summary_steps:
@@ -475,8 +476,8 @@ def test_tour_names_only_existing_commands() -> None:
 
 def test_tour_fills_placeholders(redis_client: redis.Redis, app_name: str, env_name: str) -> None:
     summary = demo.write_demo_store(redis_client, app=app_name, env=env_name)
-    steps = demo.tour(summary)
-    assert len(steps) == len(demo.TOUR)
+    steps = demo_tour.tour(summary)
+    assert len(steps) == len(demo_tour.TOUR)
     for step in steps:
         assert "{" not in step.command and "}" not in step.command
     sample_hash = summary.samples["compressed_hash"]
@@ -496,7 +497,7 @@ def test_tour_runs_the_psql_beside_the_server_when_path_has_none(
         monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
         tools = run.tools()
         assert tools["psql"] == str(run.postgres.bin_dir / "psql")
-        steps = [s.command for s in demo.tour(run.summary, tools)]
+        steps = [s.command for s in demo_tour.tour(run.summary, tools)]
         assert any(c.startswith(shlex.quote(tools["psql"]) + " ") for c in steps)
         monkeypatch.undo()
         answer = subprocess.run(
