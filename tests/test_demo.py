@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from bulk_store import write_bulk_store
 from helpers import run_cli
 from typer.testing import CliRunner
 
@@ -337,7 +338,7 @@ def test_rejects_bad_arguments(redis_client: redis.Redis, app_name: str, env_nam
 
 
 def test_bulk_store(redis_client: redis.Redis, app_name: str) -> None:
-    written = demo.write_bulk_store(
+    written = write_bulk_store(
         redis_client, app=app_name, aggregates=400, events_per_aggregate=(1, 9), seed=5
     )
     lists = _commit_lists(redis_client, app_name)

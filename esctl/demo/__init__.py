@@ -26,7 +26,6 @@ from esctl.demo.store import (
     PlantedDefect,
     QueueCounts,
     demo_environment,
-    write_bulk_store,
     write_demo_store,
 )
 
@@ -55,6 +54,5 @@ __all__ = [
     "PlantedDefect",
     "QueueCounts",
     "demo_environment",
-    "write_bulk_store",
     "write_demo_store",
 ]

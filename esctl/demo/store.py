@@ -1,5 +1,5 @@
 """The demo event store: a small but complete Learning.EventStore data set, written into Redis
-exactly as a live service writes it (``docs/layout.md``), and a bulk generator for benchmarks.
+exactly as a live service writes it (``docs/layout.md``).
 
 :func:`write_demo_store` writes a few hundred events of four aggregate types (a scoring
 service's ``ItemScore``, ``Assessment``, ``Order`` and ``Gradebook``) in both storage layouts,
@@ -9,8 +9,6 @@ messages and one of each kind of defect operators meet in real stores. It return
 
 :func:`demo_environment` starts throwaway Redis and PostgreSQL servers, writes the demo store
 into that Redis and stops the servers again (``esctl demo``).
-
-:func:`write_bulk_store` writes a large, clean store fast (pipelined) for benchmarks.
 """
 
 from __future__ import annotations
@@ -1175,141 +1173,3 @@ def demo_environment(
                 if server is not None:
                     with suppress(Exception):
                         server.stop()
-
-
-# --- bulk stores for benchmarks ------------------------------------------------------------
-
-
-def write_bulk_store(
-    client: redisio.RedisClient,
-    *,
-    app: str,
-    aggregates: int,
-    events_per_aggregate: int | tuple[int, int] = 6,
-    compressed_share: float = 0.3,
-    legacy_share: float = 0.1,
-    seed: int = 1,
-    chunk: int = redisio.PIPELINE_CHUNK,
-    large_repeats: tuple[int, int] = (1, 6),
-) -> int:
-    """Write a large, clean store of ``app`` (no defects, no queues) and return the number of
-    events written.
-
-    Half the aggregates are ``ItemScore`` (GUID ids), half ``Order`` (integer ids from 1).
-    ``events_per_aggregate`` is a count or an inclusive (low, high) range drawn uniformly.
-    About ``compressed_share`` of the events are over 1000 bytes (stored gzip+base64; their
-    JSON is ``large_repeats`` times ~900 bytes of text, 1-6 KB by default, so that some are
-    over PostgreSQL's 2 KB TOAST threshold as in a measured production store); about
-    ``legacy_share`` are in the legacy layout (the first half of the events of a random
-    ``2 * legacy_share`` of the aggregates). Legacy commit ids continue after the legacy hash's
-    current size. Deterministic for a seed; pipelined ``chunk`` commands per round trip; each
-    aggregate's payloads are written before its commit list (one RPUSH per aggregate).
-    Meant for an app that has no store yet (integer ids would collide otherwise).
-    """
-    rng = random.Random(seed)
-    low, high = (
-        events_per_aggregate
-        if isinstance(events_per_aggregate, tuple)
-        else (events_per_aggregate, events_per_aggregate)
-    )
-    if low < 1 or high < low:
-        raise ValueError(f"bad events_per_aggregate {events_per_aggregate!r}")
-    legacy_key = layout.legacy_event_hash_key(app)
-    try:
-        legacy_counter = int(client.hlen(legacy_key))
-    except redis.exceptions.RedisError as exc:
-        raise redisio.wrap_errors(client, exc) from exc
-    old_share = min(1.0, 2 * legacy_share)
-    filler = " ".join(_SENTENCES)  # ~900 UTF-8 bytes of mixed scripts
-    item_type = EVENT_TYPES["ItemScoreUpdated"]
-    created_type = EVENT_TYPES["ItemScoreCreated"]
-    placed_type = EVENT_TYPES["OrderPlaced"]
-    line_type = EVENT_TYPES["OrderLineAdded"]
-    line_list = _list_of(_model("OrderLine"))
-    line_model = _model("OrderLine")
-    new_ticks = _ticks(datetime(2017, 10, 5, tzinfo=UTC))
-    new_span = _ticks(HISTORY_END) - new_ticks
-    old_ticks = _ticks(datetime(2017, 3, 1, tzinfo=UTC))
-    hour = 3600 * _TICKS_PER_SECOND
-
-    pipe = client.pipeline(transaction=False)
-    pending = 0
-    written = 0
-
-    def flush() -> None:
-        nonlocal pipe, pending
-        if pending:
-            try:
-                pipe.execute()
-            except redis.exceptions.RedisError as exc:
-                raise redisio.wrap_errors(client, exc) from exc
-            pipe = client.pipeline(transaction=False)
-            pending = 0
-
-    for number in range(1, aggregates + 1):
-        is_order = number % 2 == 0
-        aggregate_id = str(number // 2) if is_order else _guid(rng)
-        aggregate_type = "Order" if is_order else "ItemScore"
-        n = rng.randint(low, high)
-        old = rng.random() < old_share
-        legacy_n = n // 2 if old else 0
-        start = (
-            old_ticks + rng.randrange(150 * 86400 * _TICKS_PER_SECOND)
-            if old
-            else (new_ticks + rng.randrange(new_span))
-        )
-        offset = rng.choice((0, 0, -300, 120, 540))
-        commit_ids: list[str] = []
-        for index in range(n):
-            if index == legacy_n and old:
-                start = new_ticks + rng.randrange(new_span)  # saved again after the switch
-            ticks = (start + index * hour + rng.randrange(hour)) | 1  # odd: 7 digits kept
-            document: dict[str, Any]
-            if is_order:
-                document = {
-                    "$type": placed_type if index == 0 else line_type,
-                    "Id": aggregate_id,
-                    "TimeStamp": _timestamp_text(ticks, offset),
-                    "Version": index + 1,
-                    "AggregateType": aggregate_type,
-                }
-                if index == 0:
-                    document |= {"CustomerId": number, "CustomerName": _NAMES[number % 12]}
-                else:
-                    sku, description = _PRODUCTS[index % len(_PRODUCTS)]
-                    document["Lines"] = {"$type": line_list, "$values": [
-                        {"$type": line_model, "Sku": sku, "Description": description,
-                         "Quantity": index, "UnitPrice": 9.5}]}  # fmt: skip
-            else:
-                document = {
-                    "$type": created_type if index == 0 else item_type,
-                    "Id": aggregate_id,
-                    "TimeStamp": _timestamp_text(ticks, offset),
-                    "Version": index + 1,
-                    "AggregateType": aggregate_type,
-                    "Score": (number + index) % 11,
-                    "ScoredBy": _NAMES[(number + index) % 12],
-                }
-            if rng.random() < compressed_share:
-                # over 1000 bytes, so stored compressed; 1-6 KB of JSON, so some are TOASTed
-                repeats = rng.randint(*large_repeats)
-                document["Comment"] = " ".join([filler] * repeats) + f" #{number}.{index}"
-            value = codec.encode_value(_json(document))
-            if index < legacy_n:
-                legacy_counter += 1
-                commit_id = str(legacy_counter)
-                pipe.execute_command("HSET", legacy_key, commit_id, value)
-            else:
-                commit_id = _guid(rng)
-                pipe.execute_command(
-                    "HSET", layout.event_hash_key(app, commit_id), commit_id, value
-                )
-            commit_ids.append(commit_id)
-            pending += 1
-        pipe.execute_command("RPUSH", layout.commit_list_key(app, aggregate_id), *commit_ids)
-        pending += 1
-        written += n
-        if pending >= chunk:
-            flush()
-    flush()
-    return written
