@@ -14,34 +14,22 @@ from typing import Any
 import redis.exceptions
 
 from esctl import codec, layout, redisio
-from esctl.demo.store import (
-    _NAMES,
-    _PRODUCTS,
-    _SENTENCES,
-    _TICKS_PER_SECOND,
-    EVENT_TYPES,
-    HISTORY_END,
-    _guid,
-    _json,
-    _list_of,
-    _model,
-    _ticks,
-    _timestamp_text,
-)
+from esctl.demo import dotnet
+from esctl.demo.domain import EVENT_TYPES, HISTORY_END, NAMES, PRODUCTS, SENTENCES, list_of, model
 
-_FILLER = " ".join(_SENTENCES)  # ~900 UTF-8 bytes of mixed scripts
+_FILLER = " ".join(SENTENCES)  # ~900 UTF-8 bytes of mixed scripts
 _ITEM_CREATED = EVENT_TYPES["ItemScoreCreated"]
 _ITEM_UPDATED = EVENT_TYPES["ItemScoreUpdated"]
 _ORDER_PLACED = EVENT_TYPES["OrderPlaced"]
 _ORDER_LINE_ADDED = EVENT_TYPES["OrderLineAdded"]
-_LINE_LIST = _list_of(_model("OrderLine"))
-_LINE_MODEL = _model("OrderLine")
-_NEW_TICKS = _ticks(datetime(2017, 10, 5, tzinfo=UTC))
+_LINE_LIST = list_of(model("OrderLine"))
+_LINE_MODEL = model("OrderLine")
+_NEW_TICKS = dotnet.ticks(datetime(2017, 10, 5, tzinfo=UTC))
 """Events after the layout change are saved between this instant and HISTORY_END."""
-_NEW_SPAN = _ticks(HISTORY_END) - _NEW_TICKS
-_OLD_TICKS = _ticks(datetime(2017, 3, 1, tzinfo=UTC))
+_NEW_SPAN = dotnet.ticks(HISTORY_END) - _NEW_TICKS
+_OLD_TICKS = dotnet.ticks(datetime(2017, 3, 1, tzinfo=UTC))
 """Aggregates with legacy events start within 150 days of this instant."""
-_HOUR = 3600 * _TICKS_PER_SECOND
+_HOUR = 3600 * dotnet.TICKS_PER_SECOND
 _DAY = 24 * _HOUR
 
 
@@ -146,7 +134,7 @@ class _BulkStore:
         """Write aggregate ``number``'s events, then its commit list; the events written."""
         rng = self.rng
         is_order = number % 2 == 0
-        aggregate_id = str(number // 2) if is_order else _guid(rng)
+        aggregate_id = str(number // 2) if is_order else dotnet.guid(rng)
         n = rng.randint(*self.events_per_aggregate)
         old = rng.random() < self.old_share
         legacy_n = n // 2 if old else 0
@@ -166,7 +154,7 @@ class _BulkStore:
                 commit_id = str(self.legacy_counter)
                 self.send("HSET", self.legacy_key, commit_id, value)
             else:
-                commit_id = _guid(rng)
+                commit_id = dotnet.guid(rng)
                 self.send("HSET", layout.event_hash_key(self.app, commit_id), commit_id, value)
             commit_ids.append(commit_id)
         self.send("RPUSH", layout.commit_list_key(self.app, aggregate_id), *commit_ids)
@@ -181,7 +169,7 @@ class _BulkStore:
         if self.rng.random() < self.compressed_share:
             repeats = self.rng.randint(*self.large_repeats)
             document["Comment"] = " ".join([_FILLER] * repeats) + f" {tag}"
-        return codec.encode_value(_json(document))
+        return codec.encode_value(dotnet.to_json(document))
 
 
 def _document(
@@ -191,19 +179,19 @@ def _document(
     document: dict[str, Any] = {
         "$type": "",
         "Id": aggregate_id,
-        "TimeStamp": _timestamp_text(ticks, offset),
+        "TimeStamp": dotnet.timestamp_text(ticks, offset),
         "Version": index + 1,
         "AggregateType": "Order" if is_order else "ItemScore",
     }
     if not is_order:
         document["$type"] = _ITEM_CREATED if index == 0 else _ITEM_UPDATED
-        document |= {"Score": (number + index) % 11, "ScoredBy": _NAMES[(number + index) % 12]}
+        document |= {"Score": (number + index) % 11, "ScoredBy": NAMES[(number + index) % 12]}
     elif index == 0:
         document["$type"] = _ORDER_PLACED
-        document |= {"CustomerId": number, "CustomerName": _NAMES[number % 12]}
+        document |= {"CustomerId": number, "CustomerName": NAMES[number % 12]}
     else:
         document["$type"] = _ORDER_LINE_ADDED
-        sku, description = _PRODUCTS[index % len(_PRODUCTS)]
+        sku, description = PRODUCTS[index % len(PRODUCTS)]
         document["Lines"] = {"$type": _LINE_LIST, "$values": [
             {"$type": _LINE_MODEL, "Sku": sku, "Description": description,
              "Quantity": index, "UnitPrice": 9.5}]}  # fmt: skip
