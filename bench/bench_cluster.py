@@ -3,7 +3,7 @@ esctl's per-node pipelines against redis-py's ClusterPipeline, as ratios of one 
 
     python bench/bench_cluster.py [--events 100000] [--rounds 2] [--pg-dsn DSN]
 
-Writes the same bulk store (``demo.write_bulk_store``, PERF-NOTES' shape) into a throwaway
+Writes the same bulk store (``tests/bulk_store.py``, PERF-NOTES' shape) into a throwaway
 single server and a throwaway local cluster (tests/cluster.py), then, alternating ``--rounds``
 times, measures
 - read: the Redis side of a migration alone (SCAN of the commit lists, LRANGE, HGET of every
@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import database
+from _common import database, write_bulk_store
 
-from esctl import demo, layout, redisio, servers
+from esctl import layout, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 
 APP = "Bench.Cluster"
@@ -94,7 +94,7 @@ def main() -> None:
         urls = {"single": single.url, "cluster": cluster.url, "cluster-old": cluster.url}
         aggregates = max(1, args.events * 2 // 13)
         counts = {
-            demo.write_bulk_store(
+            write_bulk_store(
                 redisio.connect(url), app=APP, aggregates=aggregates, events_per_aggregate=(1, 12)
             )
             for url in (single.url, cluster.url)

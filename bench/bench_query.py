@@ -2,7 +2,7 @@
 
     python bench/bench_query.py [--events 200000] [--rss-events 1000000] [--runs 3] [--pg]
 
-Prints, on one store (esctl.demo.write_bulk_store: ~6.5 events per aggregate, 30% gzip+base64,
+Prints, on one store (tests/bulk_store.py: ~6.5 events per aggregate, 30% gzip+base64,
 10% legacy layout), the events/s of
 - plain read: SCAN of the commit lists + pipelined LRANGE + HGET of every payload, no decoding
   (redisio.scan_pages / commit_lists / fetch_values, the reads every query makes);

@@ -2,7 +2,7 @@
 
     python bench/bench_replay.py [--events 200000] [--runs 3] [--redis-url URL] [--pg-dsn DSN]
 
-Builds one store (esctl.demo.write_bulk_store: ~6.5 events per aggregate, 30% gzip+base64,
+Builds one store (tests/bulk_store.py: ~6.5 events per aggregate, 30% gzip+base64,
 10% legacy layout), migrates it into PostgreSQL (esctl.migrate.migrate_redis_to_pg), subscribes
 one read model to its four event types, and prints events/s of
 
@@ -35,9 +35,9 @@ from typing import Any
 from unittest import mock
 
 import redis
-from _common import database
+from _common import database, write_bulk_store
 
-from esctl import codec, demo, layout, redisio, servers
+from esctl import codec, layout, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext
 from esctl.query import PgQuery, QueryFilters, RedisQuery
@@ -124,7 +124,7 @@ def main() -> None:
         client = redisio.connect(redis_url)
         assert isinstance(client, redis.Redis)
         client.flushdb()
-        events = demo.write_bulk_store(
+        events = write_bulk_store(
             client,
             app=APP,
             aggregates=max(1, args.events * 2 // 13 + args.events // 200),

@@ -2,7 +2,7 @@
 
     python bench/bench_workers.py [--events 200000] [--rounds 2] [--cluster]
 
-Writes one store (``demo.write_bulk_store``), then migrates it into a new PostgreSQL database
+Writes one store (``tests/bulk_store.py``), then migrates it into a new PostgreSQL database
 per run with ``migrate_parallel`` (workers 1, then 2, alternating ``--rounds`` times) and prints
 each run's events/s and the ratio of the medians. With ``--cluster`` the store is in a local
 three-primary Redis Cluster (tests/cluster.py) instead of a single server.
@@ -21,9 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import database
+from _common import database, write_bulk_store
 
-from esctl import demo, redisio, servers
+from esctl import redisio, servers
 from esctl.migrate import MigrateOptions, migrate_parallel
 
 APP = "Bench.Workers"
@@ -69,7 +69,7 @@ def main() -> None:
             stop.append(local_pg.stop)
             admin_dsn = local_pg.dsn
         client = redisio.connect(redis_url)
-        events = demo.write_bulk_store(
+        events = write_bulk_store(
             client, app=APP, aggregates=max(1, args.events * 2 // 13), events_per_aggregate=(1, 12)
         )
         print(f"store: {events:,} events in {APP} ({'cluster' if args.cluster else 'single'})")

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from bulk_store import write_bulk_store
 from helpers import run_cli
 from typer.testing import CliRunner
 
 from esctl import codec, demo, layout
+from esctl.cli import demo_tour
 from esctl.errors import Refused
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}[+-]\d\d:\d\d$")
@@ -336,7 +338,7 @@ def test_rejects_bad_arguments(redis_client: redis.Redis, app_name: str, env_nam
 
 
 def test_bulk_store(redis_client: redis.Redis, app_name: str) -> None:
-    written = demo.write_bulk_store(
+    written = write_bulk_store(
         redis_client, app=app_name, aggregates=400, events_per_aggregate=(1, 9), seed=5
     )
     lists = _commit_lists(redis_client, app_name)
@@ -460,7 +462,7 @@ def test_demo_environment_stops_servers_on_error() -> None:
 def test_tour_names_only_existing_commands() -> None:
     from esctl.cli.app import app
 
-    summary_steps = demo.TOUR
+    summary_steps = demo_tour.TOUR
     assert summary_steps, "the tour is empty"
     runner = CliRunner()
     for step in summary_steps:
@@ -475,8 +477,8 @@ def test_tour_names_only_existing_commands() -> None:
 
 def test_tour_fills_placeholders(redis_client: redis.Redis, app_name: str, env_name: str) -> None:
     summary = demo.write_demo_store(redis_client, app=app_name, env=env_name)
-    steps = demo.tour(summary)
-    assert len(steps) == len(demo.TOUR)
+    steps = demo_tour.tour(summary)
+    assert len(steps) == len(demo_tour.TOUR)
     for step in steps:
         assert "{" not in step.command and "}" not in step.command
     sample_hash = summary.samples["compressed_hash"]
@@ -496,7 +498,7 @@ def test_tour_runs_the_psql_beside_the_server_when_path_has_none(
         monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
         tools = run.tools()
         assert tools["psql"] == str(run.postgres.bin_dir / "psql")
-        steps = [s.command for s in demo.tour(run.summary, tools)]
+        steps = [s.command for s in demo_tour.tour(run.summary, tools)]
         assert any(c.startswith(shlex.quote(tools["psql"]) + " ") for c in steps)
         monkeypatch.undo()
         answer = subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import redis
+from bulk_store import write_bulk_store
 from helpers import run_cli
 
 from esctl import demo
@@ -57,7 +58,7 @@ def test_integrity(demo_store: demo.DemoSummary, redis_test_url: str) -> None:
 
 
 def test_integrity_of_a_clean_store_exits_0(redis_client: redis.Redis, redis_test_url: str) -> None:
-    demo.write_bulk_store(redis_client, app="Clean", aggregates=20)
+    write_bulk_store(redis_client, app="Clean", aggregates=20)
     result = run_cli("inspect", "integrity", "--app", "Clean", "--redis-url", redis_test_url)
     assert result.returncode == 0, result.stderr
     assert "no problems" in result.stdout

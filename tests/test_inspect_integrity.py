@@ -144,7 +144,7 @@ def test_a_failed_save_cleaned_up_during_the_scan_is_not_an_orphan(
 def test_large_hashes_are_read_with_hscan(
     demo_store: demo.DemoSummary, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inspect, "HKEYS_LIMIT", 0)
+    monkeypatch.setattr(inspect.integrity, "HKEYS_LIMIT", 0)
     report = check_integrity(redis_client, demo_store.app, scan_count=3)
     assert report.counts == {kind: 1 for kind in demo.DEFECT_KINDS}
     assert report.hash_fields + report.legacy_fields == demo_store.hash_fields

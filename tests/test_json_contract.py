@@ -33,13 +33,13 @@ import psycopg
 import pytest
 import redis
 import typer.main
+from bulk_store import write_bulk_store
 from helpers import run_cli, start_cli
 
 from esctl import layout, pg, servers
 from esctl.cli.app import app
 from esctl.cli.errors import asks_for_json
 from esctl.cli.output import JsonStream
-from esctl.demo import write_bulk_store
 
 APP = "Contract.Service"
 ENV = "contract"

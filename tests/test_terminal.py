@@ -25,13 +25,13 @@ from helpers import run_cli
 from terminal import BIN_DIR, ESCTL, SIZES, Screen, assert_reads_well, problems_on, run_on_terminal
 
 from esctl import demo, servers
-from esctl.cli import output
+from esctl.cli import demo_tour, output
 from esctl.cli.app import app
 
 # --- the demo tour -------------------------------------------------------------------------
 
 # Exit codes of the tour's steps other than 0, keyed by the step's command as written in
-# esctl.demo.TOUR; True: the step prints an "error:" line on purpose.
+# esctl.cli.demo_tour.TOUR; True: the step prints an "error:" line on purpose.
 TOUR_EXPECTED: dict[str, tuple[int, bool]] = {
     '{redis_cli} -u "$ESCTL_REDIS_URL" --raw HGET {invalid_hash} {invalid_commit} '
     "| esctl events decode -": (3, True),
@@ -55,7 +55,7 @@ def demo_redis() -> Iterator[servers.LocalRedis]:
 
 
 def test_tour_entries_name_tour_steps() -> None:
-    templates = {step.command for step in demo.TOUR}
+    templates = {step.command for step in demo_tour.TOUR}
     assert set(TOUR_EXPECTED) <= templates, set(TOUR_EXPECTED) - templates
 
 
@@ -80,7 +80,7 @@ def test_demo_tour_on_80x24(demo_redis: servers.LocalRedis, pg_dsn: str, tmp_pat
     }
     failures = []
     ran = 0
-    for template, step in zip(demo.TOUR, demo.tour(summary), strict=True):
+    for template, step in zip(demo_tour.TOUR, demo_tour.tour(summary), strict=True):
         tools = {"redis-cli", "psql", "jq"} & set(re.findall(r"[\w-]+", step.command))
         if any(shutil.which(tool) is None for tool in tools):
             continue  # the machines this runs on have them; a laptop may not
@@ -93,7 +93,7 @@ def test_demo_tour_on_80x24(demo_redis: servers.LocalRedis, pg_dsn: str, tmp_pat
         if found:
             failures.append(f"{'; '.join(found)}:\n{screen.describe()}")
     assert not failures, "\n\n".join(failures)
-    assert ran >= len(demo.TOUR) - 8  # the steps without a redis-cli, psql or jq at least
+    assert ran >= len(demo_tour.TOUR) - 8  # the steps without a redis-cli, psql or jq at least
 
 
 # --- progress bars -------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def _document(run: core.DemoRun) -> dict[str, Any]:
     """The ``--json`` document."""
-    from esctl import demo as core
+    from esctl.cli import demo_tour as core  # the tour lives beside this command
 
     return {
         "app": run.summary.app,
@@ -106,7 +106,7 @@ def _document(run: core.DemoRun) -> dict[str, Any]:
 
 
 def _render(run: core.DemoRun) -> None:
-    from esctl import demo as core
+    from esctl.cli import demo_tour as core  # the tour lives beside this command
 
     summary = run.summary
     output.emit_mapping(
