@@ -4,6 +4,7 @@ table or JSON once; the functions below are what it is made of."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import select
@@ -25,11 +26,20 @@ from rich.text import Text
 
 from esctl import errors
 
+
+class _StdoutConsole(Console):
+    def on_broken_pipe(self) -> None:
+        # Not rich's exit 1: the error wrapper stops the command quietly, exit 0, as it does
+        # for every other write to stdout whose reader went away.
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+
+
 # What esctl prints is data (key names, payload text, .NET type names), never rich markup:
 # emoji=False, or ":lock:" in esctl:lock:{…} and ":1234:" in host:1234:run become emoji; and
 # every string goes out as Text (tables) or with markup=False, or "[[System.String, …]]" in a
 # type name is eaten and a "[/x]" in a payload raises MarkupError.
-stdout_console = Console(highlight=False, soft_wrap=True, emoji=False)
+stdout_console = _StdoutConsole(highlight=False, soft_wrap=True, emoji=False)
 stderr_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
