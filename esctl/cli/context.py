@@ -16,9 +16,11 @@ Nothing is resolved or opened before the command asks: ``ctx.settings`` resolves
 (option > environment variable > profile in the config file > default); ``ctx.app`` and
 ``ctx.env`` require their setting (a ConfigError naming ``--app`` / ``ESCTL_APP``);
 ``ctx.redis`` connects on first use; PostgreSQL is never opened here, only its DSN resolved,
-for the core function that opens it. A ``queue`` command never resolves a DSN, ``config
-show`` opens nothing. As rq's ``CliConfig`` (lazy ``connection``) and hf's shared option
-aliases, without global state: each invocation has its own Context.
+for the core function that opens it. A ``queue`` command never touches PostgreSQL, ``config
+show`` opens nothing. A command asks for what it requires (``ctx.app``) before it asks for a
+connection, so a missing ``--app`` is reported before an unreachable server. As rq's
+``CliConfig`` (lazy ``connection``) and hf's shared option aliases, without global state:
+each invocation has its own Context.
 """
 
 from __future__ import annotations
@@ -60,47 +62,35 @@ class Scope(enum.Flag):
 class _Shared(NamedTuple):
     name: str
     """The parameter's name (Click's name of the option)."""
-    setting: str | None
-    """The setting it gives a value to (config.SETTINGS), if any."""
     annotation: Any
     default: Any
+    scope: Scope | None
+    """Taken by a command whose scope shares a flag with this; None: --json and --debug."""
+    setting: str | None = None
+    """The setting it gives a value to (``config.SETTINGS``), if any."""
 
 
 # In the order --help lists them.
 _SHARED: tuple[_Shared, ...] = (
-    _Shared("redis_url", "redis_url", options.RedisUrlOpt, None),
-    _Shared("cluster", None, options.ClusterOpt, False),
-    _Shared("read_from_replicas", None, options.ReadFromReplicasOpt, False),
-    _Shared("pg_dsn", "pg_dsn", options.PgDsnOpt, None),
-    _Shared("pg_schema", "pg_schema", options.PgSchemaOpt, None),
-    _Shared("app_name", "app", options.AppOpt, None),
-    _Shared("env", "env", options.EnvOpt, None),
-    _Shared("profile", None, options.ProfileOpt, None),
-    _Shared("config", None, options.ConfigOpt, None),
-    _Shared("json_", None, options.JsonOpt, False),
-    _Shared("debug", None, options.DebugOpt, False),
+    _Shared("redis_url", options.RedisUrlOpt, None, Scope.REDIS_URL, "redis_url"),
+    _Shared("cluster", options.ClusterOpt, False, Scope.CLUSTER),
+    _Shared("read_from_replicas", options.ReadFromReplicasOpt, False, Scope.REPLICAS),
+    _Shared("pg_dsn", options.PgDsnOpt, None, Scope.PG, "pg_dsn"),
+    _Shared("pg_schema", options.PgSchemaOpt, None, Scope.PG, "pg_schema"),
+    _Shared("app_name", options.AppOpt, None, Scope.APP, "app"),
+    _Shared("env", options.EnvOpt, None, Scope.ENV, "env"),
+    _Shared("profile", options.ProfileOpt, None, Scope.SETTINGS),
+    _Shared("config", options.ConfigOpt, None, Scope.SETTINGS),
+    _Shared("json_", options.JsonOpt, False, None),
+    _Shared("debug", options.DebugOpt, False, None),
 )
-
-_SCOPE_OF: dict[str, Scope] = {
-    "redis_url": Scope.REDIS_URL,
-    "cluster": Scope.CLUSTER,
-    "read_from_replicas": Scope.REPLICAS,
-    "pg_dsn": Scope.PG,
-    "pg_schema": Scope.PG,
-    "app_name": Scope.APP,
-    "env": Scope.ENV,
-    "profile": Scope.SETTINGS,
-    "config": Scope.SETTINGS,
-}
 
 
 def _shared_options(uses: Scope, *, json: bool) -> list[_Shared]:
     def takes(option: _Shared) -> bool:
-        if option.name == "json_":
-            return json
-        if option.name == "debug":
-            return True
-        return bool(_SCOPE_OF[option.name] & uses)
+        if option.scope is not None:
+            return bool(option.scope & uses)
+        return json or option.name == "debug"
 
     return [option for option in _SHARED if takes(option)]
 

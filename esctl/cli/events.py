@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -216,9 +216,8 @@ def query(
         if client is None:
             results = core.query_pg(ctx.pg_dsn, ctx.pg_schema, app_value, filters)
         else:
-            results = core.query_redis(
-                client, app_value, filters, on_progress=bar.hook(_counter(bar))
-            )
+            on_progress = bar.hook(lambda stats: _count(bar, stats))
+            results = core.query_redis(client, app_value, filters, on_progress=on_progress)
         try:
             shown_limit = filters.limit if limit is None else None
             _emit_results(out, results, fmt, stream, shown_limit=shown_limit, bar=bar)
@@ -233,10 +232,6 @@ def query(
 
 def _count(bar: Progress, stats: core.QueryStats) -> None:
     bar.update(stats.events, postfix={"matched": f"{stats.matched:,}"})
-
-
-def _counter(bar: Progress) -> Callable[[core.QueryStats], None]:
-    return lambda stats: _count(bar, stats)
 
 
 def _emit_results(
