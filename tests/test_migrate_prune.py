@@ -592,3 +592,28 @@ def test_delete_source_backs_up_what_it_deletes_and_checks_the_file_first(
     assert redis_contents(redis_client) == without_events(before, truth.aggregates)
     restore(redis_client, read_backup(path))
     assert redis_contents(redis_client) == before
+
+
+def test_delete_source_prunes_nothing_after_a_migration_that_stopped_early(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    write_store(redis_client, app=app_name, aggregates=20, defects=["version_gap"], seed=3)
+    before = redis_contents(redis_client)
+
+    result = migrate_cli(
+        redis_test_url,
+        pg_dsn,
+        app_name,
+        "--delete-source",
+        "--yes",
+        "--max-problems",
+        "0",
+        "--json",
+    )
+
+    assert result.returncode == 3, result.stderr
+    document = orjson.loads(result.stdout)
+    assert document["stopped_early"]
+    assert document["prune"] is None
+    assert "nothing pruned because the migration stopped early" in result.stderr
+    assert redis_contents(redis_client) == before

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esctl import defaults
-from esctl.cli import output
-from esctl.cli.errors import reporting
-from esctl.cli.options import DebugOpt, JsonOpt
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.output import Output
 from esctl.config import redact
 
 if TYPE_CHECKING:
@@ -29,12 +28,8 @@ KeepOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the generated data.")]
 
 
-def demo(
-    keep: KeepOpt = False,
-    seed: SeedOpt = defaults.DEMO_SEED,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
-) -> None:
+@with_context(Scope.NONE)
+def demo(ctx: Context, keep: KeepOpt = False, seed: SeedOpt = defaults.DEMO_SEED) -> None:
     """Start throwaway Redis and PostgreSQL servers, write a demo event store, show what to try.
 
     The store (app Learning.ScoringService.Web-Demo, env demo) holds four aggregate types in
@@ -48,15 +43,13 @@ def demo(
     """
     from esctl import demo as core
 
-    with reporting(json_mode=json_, debug=debug), _sigterm_interrupts():
-        output.info("starting a throwaway Redis and PostgreSQL and writing the demo store…")
+    out = ctx.out
+    with _sigterm_interrupts():
+        out.info("starting a throwaway Redis and PostgreSQL and writing the demo store…")
         with core.demo_environment(keep=keep, seed=seed) as run:
-            if json_:
-                output.emit_json(_document(run))
-            else:
-                _render(run)
+            out.result(_document(run), lambda: _render(out, run))
         if not keep:
-            output.info(
+            out.info(
                 "stopped the demo servers; run `esctl demo --keep` to keep them and try the tour"
             )
 
@@ -77,7 +70,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def _document(run: core.DemoRun) -> dict[str, Any]:
     """The ``--json`` document."""
-    from esctl.cli import demo_tour as core  # the tour lives beside this command
+    from esctl.cli import demo_tour  # the tour lives beside this command
 
     return {
         "app": run.summary.app,
@@ -98,18 +91,18 @@ def _document(run: core.DemoRun) -> dict[str, Any]:
         "summary": run.summary.to_dict(),
         "tour": [
             {"command": step.command, "description": step.description}
-            for step in core.tour(run.summary, run.tools())
+            for step in demo_tour.tour(run.summary, run.tools())
         ],
         "exports": run.exports() if run.kept else None,
         "stop_commands": run.stop_commands() if run.kept else None,
     }
 
 
-def _render(run: core.DemoRun) -> None:
-    from esctl.cli import demo_tour as core  # the tour lives beside this command
+def _render(out: Output, run: core.DemoRun) -> None:
+    from esctl.cli import demo_tour  # the tour lives beside this command
 
     summary = run.summary
-    output.emit_mapping(
+    out.mapping(
         {
             "aggregates": summary.aggregates,
             "commit lists": summary.commit_lists,
@@ -126,46 +119,42 @@ def _render(run: core.DemoRun) -> None:
         },
         title=f"Demo store in Redis {redact(run.redis.url)}: app {summary.app}, env {summary.env}",
     )
-    output.emit_table(
+    out.table(
         ["aggregate type", "aggregates", "events"],
         [
             (name, count, summary.events_by_aggregate_type.get(name, 0))
             for name, count in summary.aggregates_by_type.items()
         ],
     )
-    output.emit_table(
+    out.table(
         ["event type", "events", "subscribers"],
         [
             (name, count, ", ".join(summary.subscribers.get(name, [])) or None)
             for name, count in summary.events_by_event_type.items()
         ],
     )
-    output.emit_table(
+    out.table(
         ["subscriber", "event type", "published", "processing", "stuck", "dead letters"],
         [
             (q.subscriber, q.event_type, q.published, q.processing, q.stuck, q.dead_letters)
             for q in summary.queues
         ],
     )
-    console = output.stdout_console
-    console.print()
-    console.print("Planted defects:", markup=False)
+    out.print()
+    out.print("Planted defects:")
     for defect in summary.defects:
         where = defect.key + (f" commit {defect.commit_id}" if defect.commit_id else "")
-        console.print(f"  {defect.kind:<19} {defect.detail}", markup=False)
-        console.print(f"  {'':<19} {where}", markup=False)
-    console.print()
-    console.print(
-        "Try next" + ("" if run.kept else " (with --keep, after the export line)") + ":",
-        markup=False,
-    )
-    for step in core.tour(summary, run.tools()):
-        console.print(f"  # {step.description}", markup=False)
-        console.print(f"  {step.command}", markup=False)
+        out.print(f"  {defect.kind:<19} {defect.detail}")
+        out.print(f"  {'':<19} {where}")
+    out.print()
+    out.print("Try next" + ("" if run.kept else " (with --keep, after the export line)") + ":")
+    for step in demo_tour.tour(summary, run.tools()):
+        out.print(f"  # {step.description}")
+        out.print(f"  {step.command}")
     if run.kept:
-        console.print()
-        console.print("The servers keep running. Point esctl at them with:", markup=False)
-        console.print(run.export_line(), markup=False)
-        console.print("Stop them and remove their data with:", markup=False)
+        out.print()
+        out.print("The servers keep running. Point esctl at them with:")
+        out.print(run.export_line())
+        out.print("Stop them and remove their data with:")
         for command in run.stop_commands():
-            console.print(command, markup=False)
+            out.print(command)

@@ -8,21 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from esctl import defaults
-from esctl.cli import output
-from esctl.cli.errors import EXIT_PROBLEMS, reporting
-from esctl.cli.options import (
-    AppOpt,
-    ClusterOpt,
-    ConfigOpt,
-    DebugOpt,
-    EnvOpt,
-    JsonOpt,
-    PgDsnOpt,
-    PgSchemaOpt,
-    ProfileOpt,
-    RedisUrlOpt,
-    settings,
-)
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import EXIT_PROBLEMS, exit_for
+from esctl.cli.output import Output
 
 if TYPE_CHECKING:
     from esctl import doctor as core
@@ -31,7 +19,9 @@ _LABEL = {"ok": "ok", "warn": "WARN", "fail": "FAIL", "unavailable": "n/a"}
 _ORDER = {"fail": 0, "warn": 1, "unavailable": 2, "ok": 3}
 
 
+@with_context(Scope.REDIS | Scope.PG | Scope.APP | Scope.ENV)
 def doctor(
+    ctx: Context,
     metrics_file: Annotated[
         Path | None,
         typer.Option(
@@ -75,16 +65,6 @@ def doctor(
             help="Write nothing to Redis (no new reading for growth and draining comparisons).",
         ),
     ] = False,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    pg_dsn: PgDsnOpt = None,
-    pg_schema: PgSchemaOpt = None,
-    app_name: AppOpt = None,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Check the Redis settings, latency, memory and queues that hurt an event store.
 
@@ -102,49 +82,40 @@ def doctor(
     from esctl import doctor as core
     from esctl.durations import parse_duration
 
-    with reporting(json_mode=json_, debug=debug):
-        resolved = settings(
-            redis_url=redis_url,
-            pg_dsn=pg_dsn,
-            pg_schema=pg_schema,
-            app=app_name,
-            env=env,
-            profile=profile,
-            config=config,
+    out = ctx.out
+    explicit_pg = ctx.settings.values["pg_dsn"].source != "default"
+    report = core.run_doctor(
+        core.DoctorOptions(
+            redis_url=ctx.redis_url,
+            cluster=ctx.cluster,
+            app=ctx.get("app"),
+            env=ctx.get("env"),
+            pg_dsn=ctx.pg_dsn if explicit_pg else None,
+            pg_schema=ctx.pg_schema,
+            sample=sample,
+            stuck_after=parse_duration(stuck_after),
+            compression_threshold=compression_threshold,
+            read_only=read_only,
         )
-        explicit_pg = resolved.values["pg_dsn"].source != "default"
-        report = core.run_doctor(
-            core.DoctorOptions(
-                redis_url=resolved.redis_url,
-                cluster=cluster,
-                app=resolved.get("app"),
-                env=resolved.get("env"),
-                pg_dsn=resolved.pg_dsn if explicit_pg else None,
-                pg_schema=resolved.pg_schema,
-                sample=sample,
-                stuck_after=parse_duration(stuck_after),
-                compression_threshold=compression_threshold,
-                read_only=read_only,
-            )
-        )
+    )
+    if metrics_file is not None:
+        core.write_metrics_file(str(metrics_file), report)
+    exit_code = EXIT_PROBLEMS if report.failed or (strict and report.warned) else 0
+    document = report.as_dict()
+    document["strict"] = strict
+    document["metrics_file"] = str(metrics_file) if metrics_file else None
+    document["exit_code"] = exit_code
+
+    def render() -> None:
+        _render(out, report)
         if metrics_file is not None:
-            core.write_metrics_file(str(metrics_file), report)
-        exit_code = EXIT_PROBLEMS if report.failed or (strict and report.warned) else 0
-        if json_:
-            document = report.as_dict()
-            document["strict"] = strict
-            document["metrics_file"] = str(metrics_file) if metrics_file else None
-            document["exit_code"] = exit_code
-            output.emit_json(document)
-        else:
-            _render(report)
-            if metrics_file is not None:
-                output.info(f"wrote {metrics_file}")
-        if exit_code:
-            raise typer.Exit(exit_code)
+            out.info(f"wrote {metrics_file}")
+
+    out.result(document, render)
+    exit_for(problems=exit_code)
 
 
-def _render(report: core.DoctorReport) -> None:
+def _render(out: Output, report: core.DoctorReport) -> None:
     scope = ", ".join(
         part
         for part in (
@@ -155,7 +126,7 @@ def _render(report: core.DoctorReport) -> None:
         )
         if part
     )
-    output.emit_table(
+    out.table(
         ["status", "check", "observed"],
         [(_LABEL[c.status], c.id, c.observed) for c in report.checks],
         title=f"esctl doctor: {scope}",
@@ -163,24 +134,22 @@ def _render(report: core.DoctorReport) -> None:
     findings = sorted(
         (c for c in report.checks if c.status != "ok"), key=lambda c: _ORDER[c.status]
     )
-    console = output.stdout_console
     for check in findings:
-        console.print()
-        console.print(f"{_LABEL[check.status]}  {check.id}: {check.title}", markup=False)
-        console.print(f"  observed: {check.observed}", markup=False)
-        console.print(f"  why: {check.why}", markup=False)
+        out.print()
+        out.print(f"{_LABEL[check.status]}  {check.id}: {check.title}")
+        out.print(f"  observed: {check.observed}")
+        out.print(f"  why: {check.why}")
         if check.action:
-            console.print(f"  do: {check.action}", markup=False)
+            out.print(f"  do: {check.action}")
         for line in check.details[:20]:
-            console.print(f"  - {line}", markup=False)
+            out.print(f"  - {line}")
         if len(check.details) > 20:
-            console.print(f"  … and {len(check.details) - 20} more (--json has all)", markup=False)
-    console.print()
+            out.print(f"  … and {len(check.details) - 20} more (--json has all)")
+    out.print()
     for skipped in report.skipped:
-        console.print(f"skipped {skipped['group']} checks: {skipped['reason']}", markup=False)
+        out.print(f"skipped {skipped['group']} checks: {skipped['reason']}")
     counts = report.counts()
-    console.print(
+    out.print(
         f"{counts['fail']} failed, {counts['warn']} warning(s), {counts['ok']} ok, "
-        f"{counts['unavailable']} could not run ({report.elapsed_s:.1f} s)",
-        markup=False,
+        f"{counts['unavailable']} could not run ({out.format_duration(report.elapsed_s)})"
     )

@@ -1,14 +1,13 @@
 """One table from esctl's typed errors to messages and exit codes (the README's exit-code
-table), and the wrapper every command runs inside."""
+table), and the wrapper every command runs inside (applied once, by ``esctl.cli.context``)."""
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -63,20 +62,27 @@ def render_error(
         stream.fail(document)
     elif json_mode:
         output.emit_json(document)
-    output.stderr_console.print(f"error: {message}", style="bold red", markup=False)
-    if hint:
-        output.stderr_console.print(f"  what to do: {hint}", markup=False)
+    output.print_error(message, hint)
 
 
 @contextmanager
 def reporting(
-    *, json_mode: bool = False, debug: bool = False, stream: output.JsonStream | None = None
+    *,
+    json_mode: bool = False,
+    debug: bool = False,
+    stream: output.JsonStream | None = None,
+    out: output.Output | None = None,
 ) -> Iterator[None]:
     """Run a command body: typed errors become a message and their exit code; Ctrl-C exits
-    130; anything unexpected exits 1 with a one-line message (the traceback only with --debug).
+    130; a reader of stdout that went away (``| head``) stops it quietly, exit 0; anything
+    unexpected exits 1 with a one-line message (the traceback only with --debug).
     With ``json_mode`` the error is also a JSON document on stdout; when stdout carries a
-    ``stream`` of results, the error document ends that stream.
+    ``stream`` of results, the error document ends that stream. ``out``: a command's
+    :class:`~esctl.cli.output.Output` (the CLI context wraps every command in this), whose
+    JSON mode and stream are read when the error comes, in place of ``json_mode`` and
+    ``stream``.
     """
+    to = out if out is not None else output.Output(json=json_mode, stream=stream)
     try:
         yield
     except typer.Exit:
@@ -85,7 +91,7 @@ def reporting(
         if debug:
             traceback.print_exc(file=sys.stderr)
         code, kind = classify(exc)
-        render_error(kind, exc.message, exc.hint, code, json_mode, stream=stream)
+        render_error(kind, exc.message, exc.hint, code, to.json, stream=to.stream)
         raise typer.Exit(code) from None
     except KeyboardInterrupt:
         render_error(
@@ -93,24 +99,42 @@ def reporting(
             "interrupted; the state was left consistent",
             "rerun the same command to continue",
             EXIT_INTERRUPTED,
-            json_mode,
-            stream=stream,
+            to.json,
+            stream=to.stream,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError as exc:
+        if not output.stdout_reader_gone():  # not stdout's reader: a real error
+            _unexpected(exc, to, debug)
+        output.stop_writing_stdout()
+        raise typer.Exit(EXIT_OK) from None
     except Exception as exc:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        from esctl.config import redact
+        _unexpected(exc, to, debug)
 
-        render_error(
-            "internal",
-            f"unexpected {type(exc).__name__}: {redact(str(exc))}",
-            "this is a bug in esctl; rerun with --debug and report the traceback",
-            EXIT_FAILED,
-            json_mode,
-            stream=stream,
-        )
-        raise typer.Exit(EXIT_FAILED) from None
+
+def _unexpected(exc: Exception, to: output.Output, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    from esctl.config import redact
+
+    render_error(
+        "internal",
+        f"unexpected {type(exc).__name__}: {redact(str(exc))}",
+        "this is a bug in esctl; rerun with --debug and report the traceback",
+        EXIT_FAILED,
+        to.json,
+        stream=to.stream,
+    )
+    raise typer.Exit(EXIT_FAILED) from None
+
+
+def exit_for(*, failed: bool | int = False, problems: object = False) -> None:
+    """End a command that completed: exit 1 when some items ``failed``, 3 when ``problems``
+    were found and reported, else return (exit 0)."""
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+    if problems:
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
 # --- the whole command line ------------------------------------------------------------------
@@ -233,8 +257,7 @@ def _run_json(command: Any, words: list[str]) -> int:
                 raise typer.Exit(EXIT_FAILED) from None
             except BrokenPipeError:
                 # The reader went away (`| head`): stop quietly, as Click does.
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
+                output.stop_writing_stdout()
                 raise typer.Exit(EXIT_FAILED) from None
     except typer.Exit as exc:
         return exc.exit_code

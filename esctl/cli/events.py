@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 import enum
-import os
 import sys
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from esctl.cli import output
-from esctl.cli.errors import EXIT_PROBLEMS, reporting
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import exit_for
 from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
-    AppOpt,
-    ClusterOpt,
-    ConfigOpt,
-    DebugOpt,
     EventTypesOpt,
-    PgDsnOpt,
-    PgSchemaOpt,
-    ProfileOpt,
-    ReadFromReplicasOpt,
-    RedisUrlOpt,
+    ProgressOpt,
     SinceOpt,
     UntilOpt,
     WhereOpt,
-    settings,
 )
+from esctl.cli.output import Output, Progress
+
+if TYPE_CHECKING:
+    from esctl import query as core
 
 app = typer.Typer(no_args_is_help=True, help="Decode and query event payloads.")
 
@@ -67,7 +62,9 @@ def _inputs(values: list[str] | None) -> Iterator[tuple[str, bytes]]:
 
 
 @app.command("decode")
+@with_context(Scope.NONE, json=False)
 def decode(
+    ctx: Context,
     values: Annotated[
         list[str] | None,
         typer.Argument(help="Stored values; '-' or nothing reads one value per line from stdin."),
@@ -76,7 +73,6 @@ def decode(
     text_only: Annotated[
         bool, typer.Option("--text", help="Print only each decoded payload text, one per line.")
     ] = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Decode stored payloads (plain, gzip+base64 'H4sI…', or zstd) into JSON lines.
 
@@ -87,23 +83,21 @@ def decode(
     \b
     Example: redis-cli --raw HGET EventStore:MyApp:12345 <commit-id> | esctl events decode -
     """
-    with reporting(debug=debug):
-        bad = 0
-        for where, value in _inputs(values):
-            document = decode_document(value)
-            if not document["ok"]:
-                bad += 1
-                problems = document["problems"]
-                assert isinstance(problems, list)
-                detail = "; ".join(f"{p['kind']}: {p['detail']}" for p in problems)
-                output.stderr_console.print(f"error: {where}: {detail}", markup=False)
-            if text_only:
-                sys.stdout.write(str(document["text"]) + "\n")
-            else:
-                sys.stdout.write(output.to_json(document, pretty=pretty) + "\n")
-        sys.stdout.flush()
-        if bad:
-            raise typer.Exit(EXIT_PROBLEMS)
+    bad = 0
+    for where, value in _inputs(values):
+        document = decode_document(value)
+        if not document["ok"]:
+            bad += 1
+            problems = document["problems"]
+            assert isinstance(problems, list)
+            detail = "; ".join(f"{p['kind']}: {p['detail']}" for p in problems)
+            output.stderr_console.print(f"error: {where}: {detail}", markup=False)
+        if text_only:
+            sys.stdout.write(str(document["text"]) + "\n")
+        else:
+            sys.stdout.write(output.to_json(document, pretty=pretty) + "\n")
+    sys.stdout.flush()
+    exit_for(problems=bad)
 
 
 # --- query ---------------------------------------------------------------------------------
@@ -125,7 +119,9 @@ TABLE_DEFAULT_LIMIT = 100
 
 
 @app.command("query")
+@with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP, json=False)
 def query(
+    ctx: Context,
     types: EventTypesOpt = None,
     aggregate_type: AggregateTypeOpt = None,
     aggregates: AggregatesOpt = None,
@@ -163,19 +159,7 @@ def query(
             "--source", help="Query Redis (commit lists) or the migrated PostgreSQL tables."
         ),
     ] = QuerySource.redis,
-    progress: Annotated[
-        bool,
-        typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr)."),
-    ] = True,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    read_from_replicas: ReadFromReplicasOpt = False,
-    pg_dsn: PgDsnOpt = None,
-    pg_schema: PgSchemaOpt = None,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    debug: DebugOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Find events by type, aggregate, time and payload fields, gzip-transparently.
 
@@ -190,8 +174,9 @@ def query(
     Example: esctl events query --app MyService --type OrderPlaced --since 7d --where 'Currency=EUR'
     """
     from esctl import query as core
-    from esctl import redisio
 
+    out = ctx.out
+    out.json = json_
     fmt = format_ or (
         QueryFormat.json
         if json_
@@ -201,92 +186,62 @@ def query(
     )
     # stdout is JSON whatever happens: an error ends the stream (a line, the array's last
     # element, or alone before any result).
-    stream = None if fmt is QueryFormat.table else output.JsonStream(array=fmt is QueryFormat.json)
-    with reporting(json_mode=json_, debug=debug, stream=stream):
-        if json_ and fmt is QueryFormat.table:
-            from esctl.errors import UsageError
+    stream = None if fmt is QueryFormat.table else out.open_stream(array=fmt is QueryFormat.json)
+    if json_ and fmt is QueryFormat.table:
+        from esctl.errors import UsageError
 
-            raise UsageError(
-                "--json asks for JSON and --format table for a table",
-                hint="drop one of them (--json is the same as --format json)",
-            )
-        filters = core.QueryFilters.build(
-            types=types or (),
-            aggregate_type=aggregate_type,
-            aggregates=aggregates or (),
-            since=since,
-            until=until,
-            where=where or (),
-            limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
+        raise UsageError(
+            "--json asks for JSON and --format table for a table",
+            hint="drop one of them (--json is the same as --format json)",
         )
-        resolved = settings(
-            redis_url=redis_url,
-            pg_dsn=pg_dsn,
-            pg_schema=pg_schema,
-            app=app_name,
-            profile=profile,
-            config=config,
-        )
-        app_value = resolved.require("app")
-        bar: Any = None
+    filters = core.QueryFilters.build(
+        types=types or (),
+        aggregate_type=aggregate_type,
+        aggregates=aggregates or (),
+        since=since,
+        until=until,
+        where=where or (),
+        limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
+    )
+    app_value = ctx.app
+    client = ctx.redis if source is QuerySource.redis else None
+    # A bar on stderr, unless JSON lines are going to the same terminal.
+    bar = out.progress(
+        progress and client is not None
+        and (fmt is QueryFormat.table or not output.stdout_is_terminal()),
+        desc="scanning", unit=" events", unit_scale=True,
+    )  # fmt: skip
+    with bar:
         results: core.RedisQuery | core.PgQuery
-        if source is QuerySource.pg:
-            results = core.query_pg(resolved.pg_dsn, resolved.pg_schema, app_value, filters)
+        if client is None:
+            results = core.query_pg(ctx.pg_dsn, ctx.pg_schema, app_value, filters)
         else:
-            client = redisio.connect(
-                resolved.redis_url, cluster=cluster, read_from_replicas=read_from_replicas
-            )
-            if (
-                progress
-                and output.stderr_is_terminal()
-                and (fmt is QueryFormat.table or not output.stdout_is_terminal())
-            ):
-                from tqdm import tqdm
-
-                bar = tqdm(unit=" events", unit_scale=True, dynamic_ncols=True, desc="scanning")
-            results = core.query_redis(
-                client, app_value, filters, on_progress=_query_bar(bar) if bar is not None else None
-            )
+            on_progress = bar.hook(lambda stats: _count(bar, stats))
+            results = core.query_redis(client, app_value, filters, on_progress=on_progress)
         try:
-            _emit_results(
-                results,
-                fmt,
-                stream,
-                shown_limit=filters.limit if limit is None else None,
-                bar=bar,
-            )
-        except BrokenPipeError:
-            # The reader went away (`| head`): stop quietly, as other Unix tools do.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(0) from None
+            shown_limit = filters.limit if limit is None else None
+            _emit_results(out, results, fmt, stream, shown_limit=shown_limit, bar=bar)
         finally:
-            if bar is not None:
-                _query_bar(bar)(results.stats)  # the last count (a --limit stops between two)
-                bar.close()
-        if results.stats.unreadable:
-            output.warn(
-                f"{results.stats.unreadable:,} committed event(s) could not be read (no payload or "
-                "undecodable) and were skipped; `esctl inspect integrity` lists them"
-            )
+            _count(bar, results.stats)  # the last count (a --limit stops between two)
+    if results.stats.unreadable:
+        out.warn(
+            f"{results.stats.unreadable:,} committed event(s) could not be read (no payload or "
+            "undecodable) and were skipped; `esctl inspect integrity` lists them"
+        )
 
 
-def _query_bar(bar: Any) -> Any:
-    def update(stats: Any) -> None:
-        bar.n = stats.events
-        bar.set_postfix(matched=f"{stats.matched:,}", refresh=False)
-        bar.refresh()
-
-    return update
+def _count(bar: Progress, stats: core.QueryStats) -> None:
+    bar.update(stats.events, postfix={"matched": f"{stats.matched:,}"})
 
 
 def _emit_results(
-    results: Any,
+    out: Output,
+    results: core.RedisQuery | core.PgQuery,
     fmt: QueryFormat,
     stream: output.JsonStream | None,
     *,
     shown_limit: int | None,
-    bar: Any = None,
+    bar: Progress,
 ) -> None:
     """Write query results to stdout as they come (jsonl, json: to ``stream``) or as one table
     (after the progress bar, if any, has drawn its last count and closed: else the table's
@@ -304,10 +259,9 @@ def _emit_results(
             )
             for r in results
         ]
-        if bar is not None:
-            _query_bar(bar)(results.stats)
-            bar.close()
-        output.emit_table(
+        _count(bar, results.stats)
+        bar.close()
+        out.table(
             [
                 "aggregate",
                 "version",
@@ -322,7 +276,7 @@ def _emit_results(
             optional=("data", "aggregate type", "commit id"),
         )
         if shown_limit is not None and len(rows) >= shown_limit:
-            output.info(f"(first {shown_limit} results; --limit N shows more)")
+            out.info(f"(first {shown_limit} results; --limit N shows more)")
         return
     assert stream is not None
     for r in results:

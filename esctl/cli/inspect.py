@@ -3,59 +3,26 @@ stats)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 
-from esctl.cli import output
-from esctl.cli.errors import EXIT_PROBLEMS, reporting
-from esctl.cli.options import (
-    AppOpt,
-    ClusterOpt,
-    ConfigOpt,
-    DebugOpt,
-    EnvOpt,
-    JsonOpt,
-    ProfileOpt,
-    ReadFromReplicasOpt,
-    RedisUrlOpt,
-    ShardOpt,
-    settings,
-)
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import exit_for
+from esctl.cli.options import ProgressOpt, ShardOpt
+from esctl.cli.output import Output
 
 if TYPE_CHECKING:
     from esctl import inspect as core
-    from esctl import redisio
 
 app = typer.Typer(
     no_args_is_help=True,
     help="Look into the Redis event store: an aggregate, an event, integrity, memory. Read-only.",
 )
 
-ProgressOpt = Annotated[
-    bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr).")
-]
-
-
-def _connect(
-    redis_url: str | None,
-    cluster: bool,
-    app_name: str | None,
-    profile: str | None,
-    config: str | None,
-    env: str | None = None,
-    *,
-    read_from_replicas: bool = False,
-) -> tuple[redisio.RedisClient, str, str | None]:
-    from esctl import redisio
-
-    resolved = settings(redis_url=redis_url, app=app_name, env=env, profile=profile, config=config)
-    app_value = resolved.require("app")
-    client = redisio.connect(
-        resolved.redis_url, cluster=cluster, read_from_replicas=read_from_replicas
-    )
-    return client, app_value, resolved.get("env")
+READS = Scope.REDIS | Scope.REPLICAS | Scope.APP
+"""What every inspect command reads: the app's keys in Redis."""
 
 
 def _where(row: core.EventRow) -> str:
@@ -70,7 +37,9 @@ def _where(row: core.EventRow) -> str:
 
 
 @app.command("aggregate")
+@with_context(READS)
 def aggregate(
+    ctx: Context,
     aggregate_id: Annotated[str, typer.Argument(help="The aggregate id (as in its commit list).")],
     from_version: Annotated[
         int | None,
@@ -84,14 +53,6 @@ def aggregate(
     raw: Annotated[
         bool, typer.Option("--raw", help="Also show each event's value as stored in Redis.")
     ] = False,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    read_from_replicas: ReadFromReplicasOpt = False,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Show one aggregate: its commit list, every event (decoded), snapshot and problems.
 
@@ -106,22 +67,15 @@ def aggregate(
     """
     from esctl import inspect as core
 
-    with reporting(json_mode=json_, debug=debug):
-        client, app_value, _ = _connect(
-            redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
-        )
-        report = core.inspect_aggregate(client, app_value, aggregate_id, from_version=from_version)
-        if json_:
-            output.emit_json(report.as_dict(raw=raw))
-        else:
-            _render_aggregate(report, raw=raw)
-        if not report.ok:
-            raise typer.Exit(EXIT_PROBLEMS)
+    app_value = ctx.app
+    report = core.inspect_aggregate(ctx.redis, app_value, aggregate_id, from_version=from_version)
+    ctx.out.result(report.as_dict(raw=raw), lambda: _render_aggregate(ctx.out, report, raw=raw))
+    exit_for(problems=not report.ok)
 
 
-def _render_aggregate(report: core.AggregateReport, *, raw: bool) -> None:
+def _render_aggregate(out: Output, report: core.AggregateReport, *, raw: bool) -> None:
     snapshot = report.snapshot
-    output.emit_mapping(
+    out.mapping(
         {
             "app": report.app,
             "aggregate": report.aggregate_id,
@@ -140,7 +94,7 @@ def _render_aggregate(report: core.AggregateReport, *, raw: bool) -> None:
         },
         title=f"aggregate {report.aggregate_id}",
     )
-    output.emit_table(
+    out.table(
         [
             "#",
             "version",
@@ -172,11 +126,9 @@ def _render_aggregate(report: core.AggregateReport, *, raw: bool) -> None:
         from esctl import inspect as core
 
         for e in report.events:
-            output.stdout_console.print(
-                f"{e.commit_id}: {core._text_or_none(e.stored) or repr(e.stored)}", markup=False
-            )
+            out.print(f"{e.commit_id}: {core._text_or_none(e.stored) or repr(e.stored)}")
     if report.problems:
-        output.emit_table(
+        out.table(
             ["kind", "commit", "detail"],
             [(p["kind"], p["commit_id"], p["detail"]) for p in report.problems],
             title=f"problems ({len(report.problems)})",
@@ -187,16 +139,10 @@ def _render_aggregate(report: core.AggregateReport, *, raw: bool) -> None:
 
 
 @app.command("event")
+@with_context(READS)
 def event(
+    ctx: Context,
     commit_id: Annotated[str, typer.Argument(help="The commit id (a GUID, or a legacy number).")],
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    read_from_replicas: ReadFromReplicasOpt = False,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Find one event by commit id (partitioned hash, then legacy), show it decoded.
 
@@ -209,85 +155,54 @@ def event(
     """
     from esctl import inspect as core
 
-    with reporting(json_mode=json_, debug=debug):
-        client, app_value, _ = _connect(
-            redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
-        )
-        report = core.inspect_event(client, app_value, commit_id)
-        if json_:
-            output.emit_json(report.as_dict())
-        else:
-            output.emit_mapping(
-                {
-                    "commit id": report.commit_id,
-                    "stored in": report.hash_key
-                    + (f" (partition {report.partition})" if report.partition is not None else ""),
-                    "stored bytes": report.stored_bytes,
-                    "compressed": report.compressed,
-                    "event type": report.event_type,
-                    "aggregate": report.aggregate_id,
-                    "aggregate type": report.aggregate_type,
-                    "version": report.version,
-                    "TimeStamp": report.timestamp,
-                    "committed": None
-                    if report.committed is None
-                    else f"yes, entry {report.position} of {report.commit_list_key}"
-                    if report.committed
-                    else f"NO: {report.commit_list_key} does not list it (orphan)",
-                },
-                title=f"event {report.commit_id}",
-            )
-            if report.data is not None:
-                output.stdout_console.print(
-                    orjson.dumps(report.data, option=orjson.OPT_INDENT_2).decode("utf-8"),
-                    markup=False,
-                )
-            else:
-                output.stdout_console.print(report.text, markup=False)
-            for p in report.problems:
-                output.warn(f"{p['kind']}: {p['detail']}")
-        if not report.ok:
-            raise typer.Exit(EXIT_PROBLEMS)
+    app_value = ctx.app
+    report = core.inspect_event(ctx.redis, app_value, commit_id)
+    ctx.out.result(report.as_dict(), lambda: _render_event(ctx.out, report))
+    exit_for(problems=not report.ok)
+
+
+def _render_event(out: Output, report: core.EventReport) -> None:
+    out.mapping(
+        {
+            "commit id": report.commit_id,
+            "stored in": report.hash_key
+            + (f" (partition {report.partition})" if report.partition is not None else ""),
+            "stored bytes": report.stored_bytes,
+            "compressed": report.compressed,
+            "event type": report.event_type,
+            "aggregate": report.aggregate_id,
+            "aggregate type": report.aggregate_type,
+            "version": report.version,
+            "TimeStamp": report.timestamp,
+            "committed": None
+            if report.committed is None
+            else f"yes, entry {report.position} of {report.commit_list_key}"
+            if report.committed
+            else f"NO: {report.commit_list_key} does not list it (orphan)",
+        },
+        title=f"event {report.commit_id}",
+    )
+    if report.data is not None:
+        out.print(orjson.dumps(report.data, option=orjson.OPT_INDENT_2).decode("utf-8"))
+    else:
+        out.print(report.text)
+    for p in report.problems:
+        out.warn(f"{p['kind']}: {p['detail']}")
 
 
 # --- integrity -----------------------------------------------------------------------------
 
 
-class _IntegrityBar:
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(unit=" keys", dynamic_ncols=True, desc="commit lists")
-        self.phase = "commit lists"
-
-    def update(self, p: core.IntegrityProgress) -> None:
-        if p.phase != self.phase:
-            self.phase = p.phase
-            self.bar.set_description_str(p.phase)
-        self.bar.n = p.lists_read if p.phase == "commit lists" else p.event_hashes
-        self.bar.set_postfix(commits=f"{p.commits:,}", fields=f"{p.hash_fields:,}", refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 @app.command("integrity")
+@with_context(READS)
 def integrity(
+    ctx: Context,
     examples: Annotated[
         int,
         typer.Option("--examples", metavar="N", min=0, help="Examples listed per kind of problem."),
     ] = 10,
     shard: ShardOpt = None,
     progress: ProgressOpt = True,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    read_from_replicas: ReadFromReplicasOpt = False,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Scan the whole event store and report what is wrong, with counts and examples.
 
@@ -308,33 +223,32 @@ def integrity(
     from esctl import inspect as core
     from esctl.shard import Shard
 
-    with reporting(json_mode=json_, debug=debug):
-        shard_value = Shard.parse(shard)
-        client, app_value, _ = _connect(
-            redis_url, cluster, app_name, profile, config, read_from_replicas=read_from_replicas
-        )
-        bar = _IntegrityBar() if progress and not json_ and output.stderr_is_terminal() else None
-        try:
-            report = core.check_integrity(
-                client,
-                app_value,
-                examples=examples,
-                shard=shard_value,
-                on_progress=bar.update if bar else None,
+    out = ctx.out
+    shard_value = Shard.parse(shard)
+    app_value = ctx.app
+    client = ctx.redis
+    with out.progress(progress, desc="commit lists", unit=" keys") as bar:
+
+        def on_progress(p: core.IntegrityProgress) -> None:
+            bar.update(
+                p.lists_read if p.phase == "commit lists" else p.event_hashes,
+                desc=p.phase,
+                postfix={"commits": f"{p.commits:,}", "fields": f"{p.hash_fields:,}"},
             )
-        finally:
-            if bar:
-                bar.close()
-        if json_:
-            output.emit_json(report.as_dict())
-        else:
-            _render_integrity(report)
-        if not report.ok:
-            raise typer.Exit(EXIT_PROBLEMS)
+
+        report = core.check_integrity(
+            client,
+            app_value,
+            examples=examples,
+            shard=shard_value,
+            on_progress=bar.hook(on_progress),
+        )
+    out.result(report.as_dict(), lambda: _render_integrity(out, report))
+    exit_for(problems=not report.ok)
 
 
-def _render_integrity(report: core.IntegrityReport) -> None:
-    output.emit_mapping(
+def _render_integrity(out: Output, report: core.IntegrityReport) -> None:
+    out.mapping(
         {
             "commit lists": report.commit_lists,
             "commits": report.commits,
@@ -342,7 +256,7 @@ def _render_integrity(report: core.IntegrityReport) -> None:
             "hash fields (partitioned)": report.hash_fields,
             "hash fields (legacy)": report.legacy_fields,
             "aggregates with problems": report.aggregates_with_problems,
-            "elapsed": f"{report.elapsed_s:.1f} s",
+            "elapsed": out.format_duration(report.elapsed_s),
         },
         title=f"integrity of {report.app}"
         + (f" (shard {report.shard})" if report.shard.count > 1 else "")
@@ -350,8 +264,8 @@ def _render_integrity(report: core.IntegrityReport) -> None:
     )
     if report.ok:
         return
-    output.emit_table(["kind", "count"], list(report.counts.items()), title="problems by kind")
-    output.emit_table(
+    out.table(["kind", "count"], list(report.counts.items()), title="problems by kind")
+    out.table(
         ["kind", "aggregate", "key", "detail"],
         [(p["kind"], p["aggregate_id"], p["key"], p["detail"]) for p in report.problems],
         title="first examples",
@@ -361,24 +275,14 @@ def _render_integrity(report: core.IntegrityReport) -> None:
 # --- stats ---------------------------------------------------------------------------------
 
 
-def _size(value: int | None) -> str | None:
-    """Bytes in the largest unit that keeps the number at 1 or more (KiB, MiB, GiB)."""
-    if value is None:
-        return None
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def _share(value: float | None) -> str | None:
     return None if value is None else f"{value * 100:.1f}%"
 
 
 @app.command("stats")
+@with_context(READS | Scope.ENV)
 def stats(
+    ctx: Context,
     sample: Annotated[
         int,
         typer.Option(
@@ -390,15 +294,6 @@ def stats(
         typer.Option("--full", help="Read every payload: exact per-type events and bytes."),
     ] = False,
     progress: ProgressOpt = True,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    read_from_replicas: ReadFromReplicasOpt = False,
-    app_name: AppOpt = None,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Where the memory goes: counts, payload sizes, MEMORY USAGE per key family, event types.
 
@@ -413,51 +308,32 @@ def stats(
     """
     from esctl import inspect as core
 
-    with reporting(json_mode=json_, debug=debug):
-        client, app_value, env_value = _connect(
-            redis_url,
-            cluster,
-            app_name,
-            profile,
-            config,
-            env=env,
-            read_from_replicas=read_from_replicas,
-        )
-        bar: Any = None
-        if progress and not json_ and output.stderr_is_terminal():
-            from tqdm import tqdm
-
-            bar = tqdm(unit=" keys", dynamic_ncols=True, desc="scanning")
+    out = ctx.out
+    app_value = ctx.app
+    client = ctx.redis
+    with out.progress(progress, desc="scanning", unit=" keys") as bar:
 
         def on_progress(phase: str, keys: int) -> None:
-            bar.set_description_str(phase)
-            bar.n = keys
-            bar.refresh()
+            bar.update(keys, desc=phase)
 
-        try:
-            report = core.inspect_stats(
-                client,
-                app_value,
-                env=env_value,
-                sample=sample,
-                full=full,
-                on_progress=on_progress if bar is not None else None,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        if json_:
-            output.emit_json(report.as_dict())
-        else:
-            _render_stats(report)
+        report = core.inspect_stats(
+            client,
+            app_value,
+            env=ctx.get("env"),
+            sample=sample,
+            full=full,
+            on_progress=bar.hook(on_progress),
+        )
+    out.result(report.as_dict(), lambda: _render_stats(out, report))
 
 
-def _render_stats(report: core.StatsReport) -> None:
+def _render_stats(out: Output, report: core.StatsReport) -> None:
+    size = out.format_bytes
     document = report.as_dict()
     events = document["events"]
     payloads = document["payloads"]
     memory = document["memory"]
-    output.emit_mapping(
+    out.mapping(
         {
             "aggregates (commit lists)": report.commit_lists,
             "commit ids": events["commit_ids"],
@@ -475,31 +351,31 @@ def _render_stats(report: core.StatsReport) -> None:
             "payloads examined": payloads["examined"],
             "compressed share": _share(payloads["compressed_share"]),
             "compression ratio": payloads["compression_ratio"],
-            "payload bytes" + ("" if report.payload_bytes_exact else " (estimated)"): _size(
+            "payload bytes" + ("" if report.payload_bytes_exact else " (estimated)"): size(
                 report.payload_bytes
             ),
-            "used_memory": _size(report.used_memory),
-            "event storage (estimated)": f"{_size(report.event_store_bytes)} "
+            "used_memory": size(report.used_memory),
+            "event storage (estimated)": f"{size(report.event_store_bytes)} "
             f"({_share(memory['event_store_share']) or '?'} of used_memory)",
         },
         title=f"stats of {report.app}",
     )
-    output.emit_table(
+    out.table(
         ["family", "keys", "sampled", "estimated", "share of used_memory"],
         [
-            (m.family, m.keys, m.sampled, _size(m.estimated_bytes), _share(m.share_of_used_memory))
+            (m.family, m.keys, m.sampled, size(m.estimated_bytes), _share(m.share_of_used_memory))
             for m in report.memory
         ],
         title="memory (MEMORY USAGE of a sample, scaled to all keys)",
     )
     exact = document["event_types_exact"]
-    output.emit_table(
+    out.table(
         ["event type", "events", "stored", "share of bytes", "compressed"],
         [
             (
                 t["event_type"],
                 t["events"],
-                _size(t["stored_bytes"]),
+                size(t["stored_bytes"]),
                 _share(t["share_of_bytes"]),
                 t["compressed"],
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import astuple
 from typing import TYPE_CHECKING, Annotated, Any
@@ -10,26 +9,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esctl import defaults
-from esctl.cli import output
-from esctl.cli.errors import EXIT_PROBLEMS, reporting
-from esctl.cli.options import (
-    AppOpt,
-    ClusterOpt,
-    ConfigOpt,
-    DebugOpt,
-    DryRunOpt,
-    JsonOpt,
-    PgDsnOpt,
-    PgSchemaOpt,
-    ProfileOpt,
-    ReadFromReplicasOpt,
-    RedisUrlOpt,
-    ShardOpt,
-    settings,
-)
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import exit_for
+from esctl.cli.options import DryRunOpt, ProgressOpt, ShardOpt
+from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
     from esctl import migrate as core
+    from esctl import plan as plan_core
     from esctl import prune as prune_core
     from esctl import redisio
 
@@ -45,10 +32,28 @@ BackupFileOpt = Annotated[
         show_default=False,
     ),
 ]
+ToastCompressionOpt = Annotated[
+    str,
+    typer.Option(
+        "--toast-compression",
+        metavar="METHOD",
+        help="default_toast_compression for the writers' sessions (lz4, pglz, or 'server').",
+    ),
+]
+
+
+def _toast(method: str) -> str | None:
+    """--toast-compression: 'server' keeps the server's default."""
+    return None if method == "server" else method
+
+
+# --- redis-to-pg ---------------------------------------------------------------------------
 
 
 @app.command("redis-to-pg")
+@with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP)
 def redis_to_pg(
+    ctx: Context,
     batch_size: Annotated[
         int, typer.Option("--batch-size", metavar="N", min=1, help="Events per transaction.")
     ] = defaults.MIGRATE_BATCH_SIZE,
@@ -103,18 +108,8 @@ def redis_to_pg(
             "combined summary. Rerun with the same number to resume.",
         ),
     ] = 1,
-    toast_compression: Annotated[
-        str,
-        typer.Option(
-            "--toast-compression",
-            metavar="METHOD",
-            help="default_toast_compression for the writers' sessions (lz4, pglz, or 'server').",
-        ),
-    ] = "lz4",
-    progress: Annotated[
-        bool,
-        typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr)."),
-    ] = True,
+    toast_compression: ToastCompressionOpt = "lz4",
+    progress: ProgressOpt = True,
     delete_source: Annotated[
         bool,
         typer.Option(
@@ -125,16 +120,6 @@ def redis_to_pg(
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm --delete-source.")] = False,
     backup_file: BackupFileOpt = None,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    read_from_replicas: ReadFromReplicasOpt = False,
-    pg_dsn: PgDsnOpt = None,
-    pg_schema: PgSchemaOpt = None,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Copy committed events from Redis into PostgreSQL: batched, resumable, idempotent.
 
@@ -148,80 +133,89 @@ def redis_to_pg(
     Example: esctl migrate redis-to-pg --app MyService --init-schema
     """
     from esctl import migrate as core
-    from esctl import redisio
+    from esctl.errors import Refused
     from esctl.shard import Shard
 
-    with reporting(json_mode=json_, debug=debug):
-        _check_delete_source(
-            delete_source=delete_source, yes=yes, dry_run=dry_run, backup_file=backup_file
+    if delete_source and not yes and not dry_run:  # a dry run deletes nothing: no --yes
+        raise Refused(
+            "--delete-source deletes the migrated events from Redis and needs --yes",
+            hint="add --yes (nothing was done), or try --dry-run first",
         )
-        resolved = settings(
-            redis_url=redis_url,
-            pg_dsn=pg_dsn,
-            pg_schema=pg_schema,
-            app=app_name,
-            profile=profile,
-            config=config,
+    opts = core.MigrateOptions(
+        app=ctx.app,
+        pg_dsn=ctx.pg_dsn,
+        pg_schema=ctx.pg_schema,
+        batch_size=batch_size,
+        init_schema=init_schema,
+        dry_run=dry_run,
+        shard=Shard.parse(shard),
+        restart=restart,
+        max_problems=max_problems,
+        rate=rate,
+        max_redis_latency_ms=max_redis_latency,
+        writers=writers,
+        toast_compression=_toast(toast_compression),
+    )
+    client = ctx.redis
+    with ctx.out.progress(progress, desc="migrating", unit=" commits", unit_scale=True) as bar:
+        _count_commits_beside(bar, client, opts)
+        outcome = core.migrate_then_prune(
+            client,
+            opts,
+            redis_url=ctx.redis_url,
+            workers=workers,
+            cluster=ctx.cluster,
+            read_from_replicas=ctx.read_from_replicas,
+            delete_source=delete_source,
+            backup_file=backup_file,
+            on_progress=bar.hook(lambda p: _migrated(bar, p)),
         )
-        opts = core.MigrateOptions(
-            app=resolved.require("app"),
-            pg_dsn=resolved.pg_dsn,
-            pg_schema=resolved.pg_schema,
-            batch_size=batch_size,
-            init_schema=init_schema,
-            dry_run=dry_run,
-            shard=Shard.parse(shard),
-            restart=restart,
-            max_problems=max_problems,
-            rate=rate,
-            max_redis_latency_ms=max_redis_latency,
-            writers=writers,
-            toast_compression=None if toast_compression == "server" else toast_compression,
-        )
-        client = redisio.connect(
-            resolved.redis_url, cluster=cluster, read_from_replicas=read_from_replicas
-        )
-        bar = (
-            _ProgressBar(client, opts)
-            if progress and not json_ and output.stderr_is_terminal()
-            else None
-        )
+    _render_outcome(ctx.out, outcome)
+    exit_for(problems=outcome.found_problems)
+
+
+def _count_commits_beside(
+    bar: Progress, client: redisio.RedisClient, opts: core.MigrateOptions
+) -> None:
+    """Give a drawn bar its total from a quick count running beside the migration."""
+    from esctl import migrate as core
+
+    if not bar.shown:
+        return
+
+    def count() -> None:
         try:
-            if workers > 1:
-                summary = core.migrate_parallel(
-                    resolved.redis_url,
-                    opts,
-                    workers=workers,
-                    cluster=cluster,
-                    read_from_replicas=read_from_replicas,
-                    on_progress=bar.update if bar else None,
-                )
-            else:
-                summary = core.migrate_redis_to_pg(
-                    client, opts, on_progress=bar.update if bar else None
-                )
-        finally:
-            if bar:
-                bar.close()
-        document = summary.as_dict()
-        pruned = (
-            _prune_source(client, opts, summary, document, backup_file=backup_file)
-            if delete_source
-            else None
-        )
-        if json_:
-            output.emit_json(document)
-        else:
-            _render(summary)
-            if pruned is not None:
-                _render_prune(pruned)
-        if summary.aggregates_quarantined or summary.stopped_early:
-            raise typer.Exit(EXIT_PROBLEMS)
-        if pruned is not None and pruned.found_problems:
-            raise typer.Exit(EXIT_PROBLEMS)
+            _, entries = core.count_commits(client, opts.app, opts.shard)
+        except Exception:  # the bar just stays without an ETA
+            return
+        bar.set_total(entries)
+
+    threading.Thread(target=count, daemon=True, name="esctl-count").start()
 
 
-def _render(summary: core.MigrationSummary) -> None:
+def _migrated(bar: Progress, p: core.Progress) -> None:
+    bar.update(
+        p.commits_seen,
+        postfix={
+            "migrated": f"{p.events_migrated:,}",
+            "quarantined": f"{p.aggregates_quarantined:,}",
+        },
+    )
+
+
+def _render_outcome(out: Output, outcome: core.MigrationOutcome) -> None:
+    if outcome.delete_source and outcome.prune is None:
+        out.warn("--delete-source: nothing pruned because the migration stopped early")
+
+    def render() -> None:
+        _render(out, outcome.migration)
+        if outcome.prune is not None:
+            _render_prune(out, outcome.prune)
+
+    out.result(outcome.as_dict(), render)
+
+
+def _render(out: Output, summary: core.MigrationSummary) -> None:
     verb = "would migrate" if summary.dry_run else "migrated"
     title = "migrate redis-to-pg" + (" (dry run: nothing written)" if summary.dry_run else "")
     rows: dict[str, Any] = {
@@ -233,11 +227,11 @@ def _render(summary: core.MigrationSummary) -> None:
         "events quarantined": summary.events_quarantined,
     }
     timing = {
-        "elapsed": f"{summary.elapsed_s:.1f} s",
+        "elapsed": out.format_duration(summary.elapsed_s),
         "events/s": f"{summary.events_per_s:,.0f}",
     }
     if summary.this_invocation is None:
-        output.emit_mapping({"run": summary.run_id, **rows, **timing}, title=title)
+        out.mapping({"run": summary.run_id, **rows, **timing}, title=title)
     else:
         # A resumed run: this invocation's figures beside the whole run's, never mixed in one
         # column (a resume rereads part of a page, so examined aggregates have no run total).
@@ -249,7 +243,7 @@ def _render(summary: core.MigrationSummary) -> None:
             "events quarantined": summary.events_quarantined,
         }
         mine = dict(zip(rows, astuple(now), strict=True))
-        output.emit_table(
+        out.table(
             ["", "this invocation", "whole run"],
             [
                 ("run", "resumed", summary.run_id),
@@ -258,57 +252,21 @@ def _render(summary: core.MigrationSummary) -> None:
             ],
             title=title,
         )
-    if summary.problems:
-        shown = summary.problems[:50]
-        output.emit_table(
-            ["kind", "key", "detail"],
-            [(p["kind"], p["key"], p["detail"]) for p in shown],
-            title=f"problems ({len(summary.problems)}; quarantined aggregates are in "
-            "esctl.quarantine)",
-        )
+    out.problems(
+        summary.problems,
+        title=f"problems ({len(summary.problems)}; quarantined aggregates are in esctl.quarantine)",
+    )
     if summary.stopped_early:
-        output.warn(f"stopped early: {summary.stopped_early}")
+        out.warn(f"stopped early: {summary.stopped_early}")
 
 
-class _ProgressBar:
-    """tqdm on stderr; the total comes from a quick count running beside the migration."""
-
-    def __init__(self, client: redisio.RedisClient, opts: core.MigrateOptions) -> None:
-        from tqdm import tqdm
-
-        from esctl import migrate as core
-
-        self.bar = tqdm(unit=" commits", unit_scale=True, dynamic_ncols=True, desc="migrating")
-        self.lock = threading.Lock()
-
-        def count() -> None:
-            try:
-                _, entries = core.count_commits(client, opts.app, opts.shard)
-            except Exception:  # the bar just stays without an ETA
-                return
-            with self.lock:
-                self.bar.total = entries
-                self.bar.refresh()
-
-        threading.Thread(target=count, daemon=True, name="esctl-count").start()
-
-    def update(self, p: core.Progress) -> None:
-        with self.lock:
-            self.bar.n = p.commits_seen
-            self.bar.set_postfix(
-                migrated=f"{p.events_migrated:,}",
-                quarantined=f"{p.aggregates_quarantined:,}",
-                refresh=False,
-            )
-            self.bar.refresh()
-
-    def close(self) -> None:
-        with self.lock:
-            self.bar.close()
+# --- verify --------------------------------------------------------------------------------
 
 
 @app.command("verify")
+@with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP)
 def verify_command(
+    ctx: Context,
     sample: Annotated[
         int | None,
         typer.Option(
@@ -335,16 +293,6 @@ def verify_command(
             show_default=False,
         ),
     ] = defaults.verify_workers_default(),
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    read_from_replicas: ReadFromReplicasOpt = False,
-    pg_dsn: PgDsnOpt = None,
-    pg_schema: PgSchemaOpt = None,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Compare Redis with PostgreSQL per aggregate: counts, versions and content.
 
@@ -357,78 +305,48 @@ def verify_command(
     from esctl import verify as verify_core
     from esctl.shard import Shard
 
-    with reporting(json_mode=json_, debug=debug):
-        resolved = settings(
-            redis_url=redis_url,
-            pg_dsn=pg_dsn,
-            pg_schema=pg_schema,
-            app=app_name,
-            profile=profile,
-            config=config,
+    out = ctx.out
+    opts = verify_core.VerifyOptions(
+        app=ctx.app,
+        pg_dsn=ctx.pg_dsn,
+        pg_schema=ctx.pg_schema,
+        shard=Shard.parse(shard),
+        sample=sample,
+        allow_new_events=allow_new_events,
+    )
+    summary = verify_core.verify_parallel(
+        ctx.redis_url,
+        opts,
+        workers=workers,
+        cluster=ctx.cluster,
+        read_from_replicas=ctx.read_from_replicas,
+    )
+
+    def render() -> None:
+        counts = {k.replace("_", " "): v for k, v in summary.counts.items()}
+        out.mapping(
+            {
+                "aggregates compared": summary.aggregates,
+                "identical": summary.aggregates_identical,
+                "events compared": summary.events_compared,
+                **counts,
+                "elapsed": out.format_duration(summary.elapsed_s),
+            },
+            title="migrate verify" + (f" (sample of {sample})" if sample else ""),
         )
-        opts = verify_core.VerifyOptions(
-            app=resolved.require("app"),
-            pg_dsn=resolved.pg_dsn,
-            pg_schema=resolved.pg_schema,
-            shard=Shard.parse(shard),
-            sample=sample,
-            allow_new_events=allow_new_events,
-        )
-        summary = verify_core.verify_parallel(
-            resolved.redis_url,
-            opts,
-            workers=workers,
-            cluster=cluster,
-            read_from_replicas=read_from_replicas,
-        )
-        if json_:
-            output.emit_json(summary.as_dict())
-        else:
-            counts = {k.replace("_", " "): v for k, v in summary.counts.items()}
-            output.emit_mapping(
-                {
-                    "aggregates compared": summary.aggregates,
-                    "identical": summary.aggregates_identical,
-                    "events compared": summary.events_compared,
-                    **counts,
-                    "elapsed": f"{summary.elapsed_s:.1f} s",
-                },
-                title="migrate verify" + (f" (sample of {sample})" if sample else ""),
-            )
-            if summary.problems:
-                output.emit_table(
-                    ["kind", "key", "detail"],
-                    [(p["kind"], p["key"], p["detail"]) for p in summary.problems[:50]],
-                    title=f"mismatches ({summary.mismatches})",
-                )
-        if summary.mismatches:
-            raise typer.Exit(EXIT_PROBLEMS)
+        out.problems(summary.problems, title=f"mismatches ({summary.mismatches})")
+
+    out.result(summary.as_dict(), render)
+    exit_for(problems=summary.mismatches)
 
 
 # --- plan ----------------------------------------------------------------------------------
 
 
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
-
-
 @app.command("plan")
+@with_context(Scope.REDIS | Scope.PG | Scope.APP)
 def plan_command(
+    ctx: Context,
     sample: Annotated[
         int,
         typer.Option(
@@ -458,15 +376,6 @@ def plan_command(
             "or 'server').",
         ),
     ] = "lz4",
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    pg_dsn: PgDsnOpt = None,
-    pg_schema: PgSchemaOpt = None,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Estimate a migration: events, bytes in Redis and in PostgreSQL, and the run time.
 
@@ -485,196 +394,65 @@ def plan_command(
     Example: esctl migrate plan --app MyService --sample 5000 --json
     """
     from esctl import plan as plan_core
-    from esctl import redisio
 
-    with reporting(json_mode=json_, debug=debug):
-        resolved = settings(
-            redis_url=redis_url,
-            pg_dsn=pg_dsn,
-            pg_schema=pg_schema,
-            app=app_name,
-            profile=profile,
-            config=config,
+    opts = plan_core.PlanOptions(
+        app=ctx.app,
+        pg_dsn=ctx.pg_dsn,
+        pg_schema=ctx.pg_schema,
+        sample=sample,
+        trial=trial,
+        trial_events=trial_events,
+        toast_compression=_toast(toast_compression),
+    )
+    summary = plan_core.plan(ctx.redis, opts)
+    ctx.out.result(summary.as_dict(), lambda: _render_plan(ctx.out, summary))
+
+
+def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:
+    about = "" if summary.exact else "~"
+    size = out.format_bytes
+    out.mapping(
+        {
+            "aggregates": summary.aggregates,
+            "events": summary.events,
+            "sample": f"{summary.sample_aggregates:,} aggregates, "
+            f"{summary.sample_events:,} events" + (" (all)" if summary.exact else ""),
+            "stored in Redis (payloads)": about + size(summary.stored_bytes_estimate),
+            "decompressed JSON": about + size(summary.json_bytes_estimate),
+            "compressed events": f"{summary.compressed_share:.1%}",
+            "legacy-layout events": f"{summary.legacy_share:.1%}",
+            "PostgreSQL size": "~" + size(summary.pg_bytes_estimate),
+            "  of which event_data": "~" + size(summary.pg_event_data_bytes_estimate),
+            "trial": f"{summary.trial_events:,} events at "
+            f"{summary.trial_events_per_s or 0:,.0f} events/s (read "
+            f"{summary.read_events_per_s or 0:,.0f}/s, write "
+            f"{summary.write_events_per_s or 0:,.0f}/s)",
+            "estimated run time": "~" + out.format_duration(summary.estimated_seconds),
+            "sampled aggregates with problems": summary.aggregates_with_problems_in_sample,
+        },
+        title=f"migrate plan for {summary.app} into schema {summary.pg_schema}",
+    )
+    if summary.trial_note:
+        out.warn(summary.trial_note)
+    if summary.problems_in_sample:
+        out.table(
+            ["problem", "sampled aggregates"],
+            sorted(summary.problems_in_sample.items()),
+            title="problems in the sample (migrate would quarantine these aggregates)",
         )
-        opts = plan_core.PlanOptions(
-            app=resolved.require("app"),
-            pg_dsn=resolved.pg_dsn,
-            pg_schema=resolved.pg_schema,
-            sample=sample,
-            trial=trial,
-            trial_events=trial_events,
-            toast_compression=None if toast_compression == "server" else toast_compression,
-        )
-        client = redisio.connect(resolved.redis_url, cluster=cluster)
-        summary = plan_core.plan(client, opts)
-        if json_:
-            output.emit_json(summary.as_dict())
-            return
-        about = "" if summary.exact else "~"
-        output.emit_mapping(
-            {
-                "aggregates": summary.aggregates,
-                "events": summary.events,
-                "sample": f"{summary.sample_aggregates:,} aggregates, "
-                f"{summary.sample_events:,} events" + (" (all)" if summary.exact else ""),
-                "stored in Redis (payloads)": about + _bytes(summary.stored_bytes_estimate),
-                "decompressed JSON": about + _bytes(summary.json_bytes_estimate),
-                "compressed events": f"{summary.compressed_share:.1%}",
-                "legacy-layout events": f"{summary.legacy_share:.1%}",
-                "PostgreSQL size": "~" + _bytes(summary.pg_bytes_estimate),
-                "  of which event_data": "~" + _bytes(summary.pg_event_data_bytes_estimate),
-                "trial": f"{summary.trial_events:,} events at "
-                f"{summary.trial_events_per_s or 0:,.0f} events/s (read "
-                f"{summary.read_events_per_s or 0:,.0f}/s, write "
-                f"{summary.write_events_per_s or 0:,.0f}/s)",
-                "estimated run time": "~" + _duration(summary.estimated_seconds),
-                "sampled aggregates with problems": summary.aggregates_with_problems_in_sample,
-            },
-            title=f"migrate plan for {summary.app} into schema {summary.pg_schema}",
-        )
-        if summary.trial_note:
-            output.warn(summary.trial_note)
-        if summary.problems_in_sample:
-            output.emit_table(
-                ["problem", "sampled aggregates"],
-                sorted(summary.problems_in_sample.items()),
-                title="problems in the sample (migrate would quarantine these aggregates)",
-            )
 
 
 # --- prune ---------------------------------------------------------------------------------
 
 
-def _check_delete_source(
-    *, delete_source: bool, yes: bool, dry_run: bool, backup_file: str | None
-) -> None:
-    """redis-to-pg --delete-source needs --yes (a dry run deletes nothing and needs none);
-    --backup-file belongs to it and must be a new file in an existing directory: checked
-    before the migration, not after an hour of it."""
-    from esctl.errors import Refused, UsageError
-
-    if delete_source and not yes and not dry_run:
-        raise Refused(
-            "--delete-source deletes the migrated events from Redis and needs --yes",
-            hint="add --yes (nothing was done), or try --dry-run first",
-        )
-    if backup_file is None:
-        return
-    if not delete_source:
-        raise UsageError(
-            "--backup-file is the backup of --delete-source; redis-to-pg alone deletes nothing",
-            hint="add --delete-source --yes, or drop --backup-file",
-        )
-    if os.path.lexists(backup_file):
-        raise Refused(
-            f"the backup file {backup_file} already exists; esctl never overwrites a backup",
-            hint="choose a new --backup-file name (nothing was done)",
-        )
-    directory = os.path.dirname(os.path.abspath(backup_file))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"--backup-file {backup_file}: {directory} is not a writable directory",
-            hint="choose a writable directory (nothing was done)",
-        )
-
-
-def _prune_source(
-    client: redisio.RedisClient,
-    opts: core.MigrateOptions,
-    summary: core.MigrationSummary,
-    document: dict[str, object],
-    *,
-    backup_file: str | None,
-) -> prune_core.PruneSummary | None:
-    """The prune of redis-to-pg --delete-source; its summary goes under "prune"."""
-    from esctl import prune as prune_core
-
-    document["prune"] = None
-    if summary.stopped_early is not None:
-        output.warn("--delete-source: nothing pruned because the migration stopped early")
-        return None
-    result = prune_core.prune(
-        client,
-        prune_core.PruneOptions(
-            app=opts.app,
-            pg_dsn=opts.pg_dsn,
-            pg_schema=opts.pg_schema,
-            dry_run=opts.dry_run,
-            backup_file=backup_file,
-            shard=opts.shard,
-        ),
-    )
-    document["prune"] = result.as_dict()
-    return result
-
-
-def _render_prune(summary: prune_core.PruneSummary) -> None:
-    would = "would be " if summary.dry_run else ""
-    output.emit_mapping(
-        {
-            "aggregates examined": summary.aggregates_examined,
-            f"aggregates {would}pruned": summary.aggregates_pruned,
-            f"events {would}deleted": summary.events_deleted,
-            "skipped: not migrated yet": summary.skipped_not_migrated,
-            "skipped: unmigratable (quarantined)": summary.skipped_unmigratable,
-            "skipped: differ from PostgreSQL": summary.skipped_mismatch,
-            "changed since verified (left alone)": summary.changed_since_verify,
-            "orphan fields of an earlier run cleaned": summary.orphan_fields_cleaned,
-            "used_memory before": _bytes(summary.used_memory_before),
-            "used_memory after": _bytes(summary.used_memory_after),
-            "backup": f"{summary.backup_file} ({summary.backup_events:,} events)"
-            if summary.backup_file
-            else "-",
-            "elapsed": f"{summary.elapsed_s:.1f} s",
-        },
-        title="migrate prune" + (" (dry run: nothing deleted)" if summary.dry_run else ""),
-    )
-    if summary.problems:
-        output.emit_table(
-            ["kind", "key", "detail"],
-            [(p["kind"], p["key"], p["detail"]) for p in summary.problems[:50]],
-            title=f"problems ({summary.skipped_mismatch + summary.changed_since_verify})",
-        )
-
-
-def _confirm_prune(*, yes: bool, dry_run: bool, json_: bool, app_name: str, schema: str) -> None:
-    """--yes, or a yes typed on a terminal; never waits for an answer without a terminal."""
-    from esctl.errors import Refused
-
-    if yes or dry_run:
-        return
-    if not json_ and output.stdin_is_terminal() and output.stderr_is_terminal():
-        question = (
-            f"Delete from Redis the events of every aggregate of {app_name} that is identical "
-            f"in PostgreSQL (schema {schema})?"
-        )
-        if typer.confirm(question, default=False, err=True):
-            return
-        raise Refused(
-            "not confirmed; nothing was deleted", hint="add --yes to prune without asking"
-        )
-    raise Refused(
-        "migrate prune deletes events from Redis and needs --yes when there is no terminal "
-        "to confirm on",
-        hint="add --yes (nothing was done), or try --dry-run first",
-    )
-
-
 @app.command("prune")
+@with_context(Scope.REDIS | Scope.PG | Scope.APP)
 def prune_command(
+    ctx: Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
     backup_file: BackupFileOpt = None,
     dry_run: DryRunOpt = False,
     shard: ShardOpt = None,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    pg_dsn: PgDsnOpt = None,
-    pg_schema: PgSchemaOpt = None,
-    app_name: AppOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Free Redis memory: delete the events of aggregates that PostgreSQL holds identically.
 
@@ -699,34 +477,50 @@ def prune_command(
     Example: esctl migrate prune --app MyService --yes --backup-file pruned-2024-05-01.jsonl.zst
     """
     from esctl import prune as prune_core
-    from esctl import redisio
     from esctl.shard import Shard
 
-    with reporting(json_mode=json_, debug=debug):
-        resolved = settings(
-            redis_url=redis_url,
-            pg_dsn=pg_dsn,
-            pg_schema=pg_schema,
-            app=app_name,
-            profile=profile,
-            config=config,
+    out = ctx.out
+    opts = prune_core.PruneOptions(
+        app=ctx.app,
+        pg_dsn=ctx.pg_dsn,
+        pg_schema=ctx.pg_schema,
+        dry_run=dry_run,
+        backup_file=backup_file,
+        shard=Shard.parse(shard),
+    )
+    if not (yes or dry_run):
+        out.confirm(
+            f"Delete from Redis the events of every aggregate of {opts.app} that is identical "
+            f"in PostgreSQL (schema {opts.pg_schema})?",
+            action="migrate prune deletes events from Redis",
         )
-        opts = prune_core.PruneOptions(
-            app=resolved.require("app"),
-            pg_dsn=resolved.pg_dsn,
-            pg_schema=resolved.pg_schema,
-            dry_run=dry_run,
-            backup_file=backup_file,
-            shard=Shard.parse(shard),
-        )
-        _confirm_prune(
-            yes=yes, dry_run=dry_run, json_=json_, app_name=opts.app, schema=opts.pg_schema
-        )
-        client = redisio.connect(resolved.redis_url, cluster=cluster)
-        summary = prune_core.prune(client, opts)
-        if json_:
-            output.emit_json(summary.as_dict())
-        else:
-            _render_prune(summary)
-        if summary.found_problems:
-            raise typer.Exit(EXIT_PROBLEMS)
+    summary = prune_core.prune(ctx.redis, opts)
+    out.result(summary.as_dict(), lambda: _render_prune(out, summary))
+    exit_for(problems=summary.found_problems)
+
+
+def _render_prune(out: Output, summary: prune_core.PruneSummary) -> None:
+    would = "would be " if summary.dry_run else ""
+    out.mapping(
+        {
+            "aggregates examined": summary.aggregates_examined,
+            f"aggregates {would}pruned": summary.aggregates_pruned,
+            f"events {would}deleted": summary.events_deleted,
+            "skipped: not migrated yet": summary.skipped_not_migrated,
+            "skipped: unmigratable (quarantined)": summary.skipped_unmigratable,
+            "skipped: differ from PostgreSQL": summary.skipped_mismatch,
+            "changed since verified (left alone)": summary.changed_since_verify,
+            "orphan fields of an earlier run cleaned": summary.orphan_fields_cleaned,
+            "used_memory before": out.format_bytes(summary.used_memory_before),
+            "used_memory after": out.format_bytes(summary.used_memory_after),
+            "backup": f"{summary.backup_file} ({summary.backup_events:,} events)"
+            if summary.backup_file
+            else "-",
+            "elapsed": out.format_duration(summary.elapsed_s),
+        },
+        title="migrate prune" + (" (dry run: nothing deleted)" if summary.dry_run else ""),
+    )
+    out.problems(
+        summary.problems,
+        title=f"problems ({summary.skipped_mismatch + summary.changed_since_verify})",
+    )

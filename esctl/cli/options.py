@@ -1,12 +1,11 @@
-"""Option aliases shared by every command, declared once (so they work after the subcommand)."""
+"""Option aliases shared by the commands, declared once (so they work after the subcommand).
+The connection and scope options are given to commands by ``esctl.cli.context``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-
-from esctl.config import Settings, resolve_settings
 
 RedisUrlOpt = Annotated[
     str | None,
@@ -91,24 +90,9 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")
 ]
-
-
-def settings(
-    *,
-    redis_url: str | None = None,
-    pg_dsn: str | None = None,
-    pg_schema: str | None = None,
-    app: str | None = None,
-    env: str | None = None,
-    profile: str | None = None,
-    config: str | None = None,
-) -> Settings:
-    """Resolve the connection settings of one invocation (option > env > config > default)."""
-    return resolve_settings(
-        {"redis_url": redis_url, "pg_dsn": pg_dsn, "pg_schema": pg_schema, "app": app, "env": env},
-        config=config,
-        profile=profile,
-    )
+ProgressOpt = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr).")
+]
 
 
 # --- selecting events (events query, replay) --------------------------------------------------

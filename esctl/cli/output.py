@@ -1,7 +1,10 @@
-"""The one renderer: results to stdout (table, JSON, JSON lines), messages to stderr."""
+"""The one renderer: results to stdout (table, JSON, JSON lines), messages, questions and
+progress bars to stderr. A command talks through its :class:`Output` (``ctx.out``), which decides
+table or JSON once; the functions below are what it is made of."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import select
@@ -11,19 +14,32 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, ParamSpec
 
 import orjson
+import typer
 from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from esctl import errors
+
+
+class _StdoutConsole(Console):
+    def on_broken_pipe(self) -> None:
+        # Not rich's exit 1: the error wrapper stops the command quietly, exit 0, as it does
+        # for every other write to stdout whose reader went away.
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+
+
 # What esctl prints is data (key names, payload text, .NET type names), never rich markup:
 # emoji=False, or ":lock:" in esctl:lock:{…} and ":1234:" in host:1234:run become emoji; and
 # every string goes out as Text (tables) or with markup=False, or "[[System.String, …]]" in a
 # type name is eaten and a "[/x]" in a payload raises MarkupError.
-stdout_console = Console(highlight=False, soft_wrap=True, emoji=False)
+stdout_console = _StdoutConsole(highlight=False, soft_wrap=True, emoji=False)
 stderr_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
@@ -254,6 +270,13 @@ def warn(message: str) -> None:
     stderr_console.print(f"warning: {message}", style="yellow", markup=False)
 
 
+def print_error(message: str, hint: str | None = None) -> None:
+    """An error for the operator (stderr): what failed, then what to do."""
+    stderr_console.print(f"error: {message}", style="bold red", markup=False)
+    if hint:
+        stderr_console.print(f"  what to do: {hint}", markup=False)
+
+
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
@@ -363,3 +386,273 @@ class JsonStream:
             self._pending += line + b"\n"
         self.failed = self.closed = True
         self.flush()
+
+
+# --- units ---------------------------------------------------------------------------------
+
+
+def format_bytes(n: int | None) -> str:
+    """Bytes in IEC units, the largest that keeps the number at 1 or more: ``512 B``,
+    ``1.5 KiB``, ``3.2 MiB`` … ``TiB``; ``-`` for None; negative with a sign. (JSON keeps the
+    integer.)"""
+    if n is None:
+        return "-"
+    value = float(abs(n))
+    unit = "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{n:,} B"
+    return f"{'-' if n < 0 else ''}{value:,.1f} {unit}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration for people: ``0.4 s``, ``59.2 s`` under a minute, else its two largest
+    units: ``5m 6s``, ``2h 5m``, ``3d 4h``; ``-`` for None; negative (a TimeStamp in the
+    future) with a sign. (JSON keeps the seconds.)"""
+    if seconds is None:
+        return "-"
+    sign = "-" if seconds < 0 else ""
+    if abs(seconds) < 60:
+        return f"{sign}{abs(seconds):.1f} s"
+    minutes, secs = divmod(round(abs(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{sign}{days}d {hours}h"
+    if hours:
+        return f"{sign}{hours}h {minutes}m"
+    return f"{sign}{minutes}m {secs}s"
+
+
+# --- progress ------------------------------------------------------------------------------
+
+P = ParamSpec("P")
+
+
+class Progress:
+    """A progress bar on stderr (tqdm), or, when none is drawn, one whose methods do nothing.
+    Made by :meth:`Output.progress`; safe to update from a thread beside the work (a count
+    that finds the total). A context manager: leaving it draws the last picture and closes."""
+
+    def __init__(self, bar: Any = None) -> None:
+        self._bar = bar
+        self._lock = threading.Lock()
+        self._desc = getattr(bar, "desc", None)
+
+    @property
+    def shown(self) -> bool:
+        return self._bar is not None
+
+    def hook(self, update: Callable[P, None]) -> Callable[P, None] | None:
+        """``update`` when the bar is drawn, else None (a core function then reports no
+        progress at all)."""
+        return update if self._bar is not None else None
+
+    def update(
+        self,
+        n: int,
+        *,
+        total: int | None = None,
+        desc: str | None = None,
+        postfix: Mapping[str, str] | None = None,
+    ) -> None:
+        """Show ``n`` done (of ``total``, when known), under ``desc``, with ``postfix`` counts."""
+        if self._bar is None:
+            return
+        with self._lock:
+            if desc is not None and desc != self._desc:
+                self._desc = desc
+                self._bar.set_description_str(desc, refresh=False)
+            if total is not None and self._bar.total != total:
+                self._bar.total = total
+            if postfix is not None:
+                self._bar.set_postfix(dict(postfix), refresh=False)
+            self._bar.n = n
+            self._bar.refresh()
+
+    def set_total(self, total: int) -> None:
+        if self._bar is None:
+            return
+        with self._lock:
+            self._bar.total = total
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is None:
+            return
+        with self._lock:
+            self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --- the reader of stdout went away --------------------------------------------------------
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone away (``| head`` read
+    enough): a BrokenPipeError from anything else (a server's socket) is a real error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stop_writing_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing written later (Python's last flush
+    included) fails again on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+# --- the output object ---------------------------------------------------------------------
+
+
+class Output:
+    """How one command talks to the operator, decided once per invocation.
+
+    - Results go to stdout: one JSON document with ``--json`` (:meth:`result`), else tables;
+      a stream of results is a :class:`JsonStream` (:meth:`open_stream`), which an error
+      ends. The error wrapper (``esctl.cli.errors.reporting``) reads ``json`` and ``stream``
+      when an error comes.
+    - Bytes and durations are written one way (:func:`format_bytes`, IEC units;
+      :func:`format_duration`); JSON keeps raw numbers.
+    - A progress bar is drawn only when asked (``--progress``, the default), stderr is a
+      terminal and the result is not JSON (:meth:`progress`).
+    - A question needs a terminal on stdin (the answer) and stderr (the question); without
+      one a command refuses (``errors.Refused``, exit 2) naming ``--yes`` and ``--dry-run``
+      (:meth:`confirm`), never waits. ``--json`` does not change that: the question is on
+      stderr, the document alone on stdout.
+    - A reader of stdout that goes away (``| head``) stops the command quietly, exit 0 (in
+      the error wrapper, see :func:`stdout_reader_gone`).
+    """
+
+    format_bytes = staticmethod(format_bytes)
+    format_duration = staticmethod(format_duration)
+
+    def __init__(self, *, json: bool = False, stream: JsonStream | None = None) -> None:
+        self.json = json
+        self.stream = stream
+
+    # --- results ---
+
+    def result(self, document: Any, render: Callable[[], object]) -> None:
+        """The command's result: ``document`` as one JSON document with --json, else
+        ``render()`` (tables)."""
+        if self.json:
+            emit_json(document)
+        else:
+            render()
+
+    def document(self, document: Any) -> None:
+        """Exactly one JSON document on stdout."""
+        emit_json(document)
+
+    def open_stream(self, *, array: bool = False) -> JsonStream:
+        """A stream of JSON results on stdout (lines, or one array) that an error ends."""
+        self.stream = JsonStream(array=array)
+        return self.stream
+
+    def table(
+        self,
+        columns: Sequence[str],
+        rows: Iterable[Sequence[Any]],
+        *,
+        title: str | None = None,
+        stderr: bool = False,
+        payload: Collection[str] = (),
+        optional: Sequence[str] = (),
+    ) -> None:
+        """A table (see :func:`emit_table`)."""
+        emit_table(columns, rows, title=title, stderr=stderr, payload=payload, optional=optional)
+
+    def mapping(self, mapping: Mapping[str, Any], *, title: str | None = None) -> None:
+        """A two-column key/value table (summaries)."""
+        emit_mapping(mapping, title=title)
+
+    def problems(
+        self, problems: Sequence[Mapping[str, str]], *, title: str, limit: int | None = 50
+    ) -> None:
+        """The ``{"kind", "key", "detail"}`` problems of a summary (the first ``limit``), if
+        any."""
+        if problems:
+            shown = problems if limit is None else problems[:limit]
+            emit_table(
+                ["kind", "key", "detail"],
+                [(p["kind"], p["key"], p["detail"]) for p in shown],
+                title=title,
+            )
+
+    def print(self, text: str = "") -> None:
+        """A line of text on stdout, as it is (never markup)."""
+        stdout_console.print(text, markup=False)
+
+    # --- messages (stderr) ---
+
+    def info(self, message: str) -> None:
+        info(message)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+    def error(self, message: str, hint: str | None = None) -> None:
+        """An error message on stderr only (the exit code says the rest)."""
+        print_error(message, hint)
+
+    # --- progress ---
+
+    def progress(
+        self, enabled: bool, *, desc: str, unit: str, unit_scale: bool = False
+    ) -> Progress:
+        """The one progress bar (tqdm on stderr): drawn when ``enabled`` (--progress), stderr
+        is a terminal and the result is not JSON; else a :class:`Progress` that draws
+        nothing."""
+        if not (enabled and not self.json and stderr_is_terminal()):
+            return Progress()
+        from tqdm import tqdm
+
+        return Progress(tqdm(desc=desc, unit=unit, unit_scale=unit_scale, dynamic_ncols=True))
+
+    # --- questions ---
+
+    def can_ask(self) -> bool:
+        """Someone can read a question (stderr) and answer it (stdin)."""
+        return stdin_is_terminal() and stderr_is_terminal()
+
+    def require_terminal(self, action: str, *, dry_run: bool = True) -> None:
+        """Refuse at once (before any work) when a question will be needed and there is no
+        terminal to ask it on. ``action``: what the command does ("compress rewrites
+        payloads in Redis"); ``dry_run``: the command has --dry-run."""
+        if not self.can_ask():
+            raise errors.Refused(
+                f"{action} and asks first, but there is no terminal to ask on; nothing was done",
+                hint="pass --yes to run it unattended"
+                + (", or --dry-run to see what it would do" if dry_run else ""),
+            )
+
+    def ask(self, question: str, *, action: str, dry_run: bool = True) -> bool:
+        """The answer to a yes/no ``question`` (default no), asked on the terminal; refused
+        without one (:meth:`require_terminal`)."""
+        self.require_terminal(action, dry_run=dry_run)
+        return typer.confirm(question, default=False, err=True)
+
+    def confirm(self, question: str, *, action: str, dry_run: bool = True) -> None:
+        """:meth:`ask`, and a refusal (nothing was done) unless the answer is yes."""
+        if not self.ask(question, action=action, dry_run=dry_run):
+            raise errors.Refused(
+                "not confirmed; nothing was done", hint="add --yes to skip the question"
+            )

@@ -9,24 +9,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esctl import errors
-from esctl.cli import output
-from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
-from esctl.cli.options import (
-    ClusterOpt,
-    ConfigOpt,
-    DebugOpt,
-    DryRunOpt,
-    EnvOpt,
-    JsonOpt,
-    ProfileOpt,
-    RedisUrlOpt,
-    YesOpt,
-    settings,
-)
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import exit_for
+from esctl.cli.options import DryRunOpt, YesOpt
+from esctl.cli.output import Output
 
 if TYPE_CHECKING:
     from esctl import queues as core
-    from esctl import redisio
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -101,16 +90,6 @@ def _list_name(value: str) -> str:
     return value
 
 
-def _connect(
-    redis_url: str | None, cluster: bool, env: str | None, profile: str | None, config: str | None
-) -> tuple[redisio.RedisClient, str]:
-    from esctl import redisio
-
-    resolved = settings(redis_url=redis_url, env=env, profile=profile, config=config)
-    environment = resolved.require("env")
-    return redisio.connect(resolved.redis_url, cluster=cluster), environment
-
-
 def _selection(
     older_than: str | None,
     grace: str | None,
@@ -132,43 +111,22 @@ def _selection(
     )
 
 
-def _confirmer(yes: bool, dry_run: bool) -> core.Confirm | None:
+def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
     """None when no question is needed; refuses at once (before any work) when one is needed
     and there is no terminal to ask on."""
     if yes or dry_run:
         return None
-    if not output.stdin_is_terminal():
-        raise errors.Refused(
-            "this command changes queues and asks first, but there is no terminal to ask on; "
-            "nothing was changed",
-            hint="pass --yes to run it unattended (cron), or --dry-run to see what it would do",
-        )
+    action = "this command changes queues"
+    out.require_terminal(action)
 
     def ask(plan: core.Plan) -> bool:
         where = f" to {plan.destination}" if plan.destination else ""
         verb = {"discard": "discard (no backup!)"}.get(plan.action, plan.action)
-        question = f"{verb} {plan.count:,} message(s) from {plan.source}{where}?"
-        return typer.confirm(question, default=False, err=True)
+        return out.ask(
+            f"{verb} {plan.count:,} message(s) from {plan.source}{where}?", action=action
+        )
 
     return ask
-
-
-def _age(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    value = int(seconds)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    days, rest = divmod(value, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{sign}{days}d {hours}h"
-    if hours:
-        return f"{sign}{hours}h {minutes}m"
-    if minutes:
-        return f"{sign}{minutes}m {secs}s"
-    return f"{sign}{secs}s"
 
 
 def _first_line(text: str | None, width: int = 70) -> str | None:
@@ -178,43 +136,42 @@ def _first_line(text: str | None, width: int = 70) -> str | None:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-def _problems_table(problems: list[dict[str, str]]) -> None:
-    if problems:
-        output.emit_table(
-            ["kind", "key", "detail"],
-            [(p["kind"], p["key"], p["detail"]) for p in problems[:50]],
-            title=f"problems ({len(problems)})",
-        )
-
-
-def _messages_table(messages: list[core.MessageInfo], *, title: str, dead: bool) -> None:
+def _messages_table(
+    out: Output, messages: list[core.MessageInfo], *, title: str, dead: bool
+) -> None:
     columns = ["#", "aggregate", "version", "timestamp", "age", "bytes"]
     if dead:
         columns += ["retries", "last exception"]
     rows: list[list[Any]] = []
     for m in messages:
-        row: list[Any] = [m.position, m.aggregate_id, m.version, m.timestamp, _age(m.age_s), m.size]
+        row: list[Any] = [
+            m.position,
+            m.aggregate_id,
+            m.version,
+            m.timestamp,
+            out.format_duration(m.age_s),
+            m.size,
+        ]
         if dead:
             row += [
                 m.retry.retry_count if m.retry else None,
                 _first_line(m.retry.last_exception if m.retry else None),
             ]
         rows.append(row)
-    output.emit_table(columns, rows, title=title, payload=("last exception",))
+    out.table(columns, rows, title=title, payload=("last exception",))
 
 
-def _exit(failed: int, problems: list[dict[str, str]]) -> None:
-    if failed:
-        raise typer.Exit(EXIT_FAILED)
-    if problems:
-        raise typer.Exit(EXIT_PROBLEMS)
+def _problems(out: Output, problems: list[dict[str, str]]) -> None:
+    out.problems(problems, title=f"problems ({len(problems)})")
 
 
 # --- list ----------------------------------------------------------------------------------
 
 
 @app.command("list")
+@with_context(Scope.REDIS | Scope.ENV)
 def list_command(
+    ctx: Context,
     event_types: Annotated[
         list[str] | None,
         typer.Option("--type", metavar="TYPE", help="Only this event type (repeatable)."),
@@ -233,13 +190,6 @@ def list_command(
             show_default=False,
         ),
     ] = None,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Every subscriber x event type of the environment, with queue lengths.
 
@@ -253,39 +203,42 @@ def list_command(
     from esctl import queues as core
     from esctl.metrics import write_textfile
 
-    with reporting(json_mode=json_, debug=debug):
-        client, environment = _connect(redis_url, cluster, env, profile, config)
-        listing = core.list_queues(
-            client, environment, event_types=event_types or (), subscribers=subscribers or ()
-        )
+    out = ctx.out
+    environment = ctx.env
+    listing = core.list_queues(
+        ctx.redis, environment, event_types=event_types or (), subscribers=subscribers or ()
+    )
+    if metrics_file is not None:
+        write_textfile(metrics_file, core.render_prometheus(listing))
+    document = listing.as_dict()
+    document["metrics_file"] = str(metrics_file) if metrics_file else None
+
+    def render() -> None:
+        out.table(
+            ["event type", "subscriber", "published", "processing", "dead",
+             "oldest processing", "retry data", "subscribed"],
+            [
+                (q.event_type, q.subscriber, q.published, q.processing, q.dead,
+                 out.format_duration(q.oldest_processing_age_s), q.retry_data, q.subscribed)
+                for q in listing.queues
+            ],
+            title=f"queues of env {environment} ({len(listing.queues)})",
+        )  # fmt: skip
+        _problems(out, listing.problems)
         if metrics_file is not None:
-            write_textfile(metrics_file, core.render_prometheus(listing))
-        if json_:
-            document = listing.as_dict()
-            document["metrics_file"] = str(metrics_file) if metrics_file else None
-            output.emit_json(document)
-        else:
-            output.emit_table(
-                ["event type", "subscriber", "published", "processing", "dead",
-                 "oldest processing", "retry data", "subscribed"],
-                [
-                    (q.event_type, q.subscriber, q.published, q.processing, q.dead,
-                     _age(q.oldest_processing_age_s), q.retry_data, q.subscribed)
-                    for q in listing.queues
-                ],
-                title=f"queues of env {environment} ({len(listing.queues)})",
-            )  # fmt: skip
-            _problems_table(listing.problems)
-            if metrics_file is not None:
-                output.info(f"wrote {metrics_file}")
-        _exit(0, listing.problems)
+            out.info(f"wrote {metrics_file}")
+
+    out.result(document, render)
+    exit_for(problems=listing.problems)
 
 
 # --- peek ----------------------------------------------------------------------------------
 
 
 @app.command("peek")
+@with_context(Scope.REDIS | Scope.ENV)
 def peek_command(
+    ctx: Context,
     subscriber: SubscriberArg,
     event_type: TypeArg,
     which: Annotated[
@@ -297,13 +250,6 @@ def peek_command(
     count: Annotated[
         int, typer.Option("--count", min=1, metavar="N", help="How many messages to show.")
     ] = 10,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Show the next messages of a queue list without removing them.
 
@@ -316,26 +262,27 @@ def peek_command(
     """
     from esctl import queues as core
 
-    with reporting(json_mode=json_, debug=debug):
-        client, environment = _connect(redis_url, cluster, env, profile, config)
-        ref = core.QueueRef(subscriber, environment, event_type)
-        result = core.peek(client, ref, which, count)
-        if json_:
-            output.emit_json(result.as_dict())
-            return
-        _messages_table(
+    ref = core.QueueRef(subscriber, ctx.env, event_type)
+    result = core.peek(ctx.redis, ref, which, count)
+    ctx.out.result(
+        result.as_dict(),
+        lambda: _messages_table(
+            ctx.out,
             result.messages,
             title=f"{result.key}: {result.length:,} message(s), the next "
             f"{len(result.messages)} shown (# 0 is taken next)",
             dead=which == "dead",
-        )
+        ),
+    )
 
 
 # --- requeue -------------------------------------------------------------------------------
 
 
 @app.command("requeue")
+@with_context(Scope.REDIS | Scope.ENV)
 def requeue_command(
+    ctx: Context,
     subscriber: SubscriberArg,
     event_type: TypeArg,
     source: Annotated[
@@ -358,13 +305,6 @@ def requeue_command(
     ] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Move stuck or dead-lettered messages back to the tail of PublishedEvents, taken next.
 
@@ -379,61 +319,60 @@ def requeue_command(
     """
     from esctl import queues as core
 
-    with reporting(json_mode=json_, debug=debug):
-        if source not in ("processing", "dead"):
-            raise errors.UsageError(
-                f"cannot requeue from {source!r}", hint="use --from processing or --from dead"
-            )
-        selection = _selection(
-            older_than, grace, aggregates, exception_contains, min_retries, limit
+    out = ctx.out
+    if source not in ("processing", "dead"):
+        raise errors.UsageError(
+            f"cannot requeue from {source!r}", hint="use --from processing or --from dead"
         )
-        selection.check(source)
-        confirm = _confirmer(yes, dry_run)
-        client, environment = _connect(redis_url, cluster, env, profile, config)
-        if source == "processing" and selection.grace is None and selection.older_than is None:
-            output.warn(
-                "no --grace or --older-than: messages being handled right now are requeued too "
-                "and will be handled twice"
-            )
-        options = core.RequeueOptions(
-            source=source, selection=selection, keep_retry_data=keep_retry_data, dry_run=dry_run
+    selection = _selection(older_than, grace, aggregates, exception_contains, min_retries, limit)
+    selection.check(source)
+    confirm = _confirmer(out, yes, dry_run)
+    ref = core.QueueRef(subscriber, ctx.env, event_type)
+    client = ctx.redis
+    if source == "processing" and selection.grace is None and selection.older_than is None:
+        out.warn(
+            "no --grace or --older-than: messages being handled right now are requeued too "
+            "and will be handled twice"
         )
-        if selection.grace is not None and not json_:
-            output.info(f"looking again in {grace} (--grace)…")
-        summary = core.requeue(
-            client, core.QueueRef(subscriber, environment, event_type), options, confirm=confirm
-        )
-        if json_:
-            output.emit_json(summary.as_dict())
-        else:
-            verb = "would requeue" if dry_run else "requeued"
-            output.emit_mapping(
-                {
-                    "from": summary.source_key,
-                    "to": summary.destination_key,
-                    "examined": summary.examined,
-                    "selected": summary.selected,
-                    verb: summary.requeued if not dry_run else summary.selected,
-                    "gone (taken meanwhile)": summary.gone,
-                    "failed": summary.failed,
-                    "retry data cleared": summary.retry_data_cleared,
-                    "notified": summary.notified,
-                },
-                title="queue requeue" + (" (dry run: nothing moved)" if dry_run else ""),
-            )
-            if dry_run and summary.messages:
-                _messages_table(
-                    summary.messages, title="would requeue", dead=summary.source == "dead"
-                )
-            _problems_table(summary.problems)
-        _exit(summary.failed, summary.problems)
+    options = core.RequeueOptions(
+        source=source, selection=selection, keep_retry_data=keep_retry_data, dry_run=dry_run
+    )
+    if selection.grace is not None and not out.json:
+        out.info(f"looking again in {grace} (--grace)…")
+    summary = core.requeue(client, ref, options, confirm=confirm)
+    out.result(summary.as_dict(), lambda: _render_requeue(out, summary))
+    exit_for(failed=summary.failed, problems=summary.problems)
+
+
+def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
+    dry_run = summary.dry_run
+    verb = "would requeue" if dry_run else "requeued"
+    out.mapping(
+        {
+            "from": summary.source_key,
+            "to": summary.destination_key,
+            "examined": summary.examined,
+            "selected": summary.selected,
+            verb: summary.requeued if not dry_run else summary.selected,
+            "gone (taken meanwhile)": summary.gone,
+            "failed": summary.failed,
+            "retry data cleared": summary.retry_data_cleared,
+            "notified": summary.notified,
+        },
+        title="queue requeue" + (" (dry run: nothing moved)" if dry_run else ""),
+    )
+    if dry_run and summary.messages:
+        _messages_table(out, summary.messages, title="would requeue", dead=summary.source == "dead")
+    _problems(out, summary.problems)
 
 
 # --- drain ---------------------------------------------------------------------------------
 
 
 @app.command("drain")
+@with_context(Scope.REDIS | Scope.ENV)
 def drain_command(
+    ctx: Context,
     subscriber: SubscriberArg,
     event_type: TypeArg,
     which: Annotated[
@@ -463,13 +402,6 @@ def drain_command(
     limit: LimitOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Back up the messages of a queue list to a file, then remove exactly those.
 
@@ -483,61 +415,57 @@ def drain_command(
     """
     from esctl import queues as core
 
-    with reporting(json_mode=json_, debug=debug):
-        selection = _selection(
-            older_than, grace, aggregates, exception_contains, min_retries, limit
+    out = ctx.out
+    selection = _selection(older_than, grace, aggregates, exception_contains, min_retries, limit)
+    selection.check(which)
+    if to_file is None and not dry_run and not (discard and yes):
+        raise errors.Refused(
+            "drain removes messages: it needs a backup file; nothing was changed",
+            hint="pass --to-file PATH.jsonl.zst (restore it with esctl queue restore), or "
+            "--discard --yes to drop the messages for good",
         )
-        selection.check(which)
-        if to_file is None and not dry_run and not (discard and yes):
-            raise errors.Refused(
-                "drain removes messages: it needs a backup file; nothing was changed",
-                hint="pass --to-file PATH.jsonl.zst (restore it with esctl queue restore), or "
-                "--discard --yes to drop the messages for good",
-            )
-        if to_file is not None and discard:
-            raise errors.UsageError("--to-file and --discard exclude each other")
-        confirm = _confirmer(yes, dry_run)
-        client, environment = _connect(redis_url, cluster, env, profile, config)
-        options = core.DrainOptions(
-            which=which,
-            to_file=to_file,
-            discard=discard,
-            selection=selection,
-            dry_run=dry_run,
-        )
-        summary = core.drain(
-            client, core.QueueRef(subscriber, environment, event_type), options, confirm=confirm
-        )
-        if json_:
-            output.emit_json(summary.as_dict())
-        else:
-            output.emit_mapping(
-                {
-                    "list": summary.key,
-                    "examined": summary.examined,
-                    "selected": summary.selected,
-                    "would drain" if dry_run else "drained": (
-                        summary.selected if dry_run else summary.drained
-                    ),
-                    "gone (taken meanwhile)": summary.gone,
-                    "failed": summary.failed,
-                    "backup file": summary.backup_file or ("-" if dry_run else "none (--discard)"),
-                },
-                title="queue drain" + (" (dry run: nothing removed)" if dry_run else ""),
-            )
-            if dry_run and summary.messages:
-                _messages_table(summary.messages, title="would drain", dead=which == "dead")
-            _problems_table(summary.problems)
-            if summary.backup_file and summary.drained:
-                output.info(f"undo with: esctl queue restore {summary.backup_file}")
-        _exit(summary.failed, summary.problems)
+    if to_file is not None and discard:
+        raise errors.UsageError("--to-file and --discard exclude each other")
+    confirm = _confirmer(out, yes, dry_run)
+    ref = core.QueueRef(subscriber, ctx.env, event_type)
+    options = core.DrainOptions(
+        which=which, to_file=to_file, discard=discard, selection=selection, dry_run=dry_run
+    )
+    summary = core.drain(ctx.redis, ref, options, confirm=confirm)
+    out.result(summary.as_dict(), lambda: _render_drain(out, summary, which=which))
+    exit_for(failed=summary.failed, problems=summary.problems)
+
+
+def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> None:
+    dry_run = summary.dry_run
+    out.mapping(
+        {
+            "list": summary.key,
+            "examined": summary.examined,
+            "selected": summary.selected,
+            "would drain" if dry_run else "drained": (
+                summary.selected if dry_run else summary.drained
+            ),
+            "gone (taken meanwhile)": summary.gone,
+            "failed": summary.failed,
+            "backup file": summary.backup_file or ("-" if dry_run else "none (--discard)"),
+        },
+        title="queue drain" + (" (dry run: nothing removed)" if dry_run else ""),
+    )
+    if dry_run and summary.messages:
+        _messages_table(out, summary.messages, title="would drain", dead=which == "dead")
+    _problems(out, summary.problems)
+    if summary.backup_file and summary.drained:
+        out.info(f"undo with: esctl queue restore {summary.backup_file}")
 
 
 # --- restore -------------------------------------------------------------------------------
 
 
 @app.command("restore")
+@with_context(Scope.REDIS | Scope.ENV)
 def restore_command(
+    ctx: Context,
     backup_file: Annotated[
         Path,
         typer.Argument(metavar="PATH.jsonl.zst", help="A file written by esctl queue drain."),
@@ -569,13 +497,6 @@ def restore_command(
     ] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Put drained messages back where they came from, in their original order.
 
@@ -588,50 +509,45 @@ def restore_command(
     Example: esctl queue restore dead.jsonl.zst --yes
     """
     from esctl import queues as core
-    from esctl import redisio
 
-    with reporting(json_mode=json_, debug=debug):
-        if which is not None:
-            if to is None:
-                raise errors.UsageError("--list needs --to SUB TYPE")
-            core.check_list_name(which)
-        confirm = _confirmer(yes, dry_run)
-        resolved = settings(redis_url=redis_url, env=env, profile=profile, config=config)
-        target = None
-        if to is not None:
-            target = core.QueueRef(to[0], resolved.require("env"), to[1])
-        client = redisio.connect(resolved.redis_url, cluster=cluster)
-        options = core.RestoreOptions(
-            target=target,
-            target_list=which,
-            include_unknown=include_unknown,
-            dry_run=dry_run,
-            expect_env=resolved.get("env"),
-        )
-        summary = core.restore(client, backup_file, options, confirm=confirm)
-        if json_:
-            output.emit_json(summary.as_dict())
-        else:
-            output.emit_mapping(
-                {
-                    "backup file": summary.backup_file,
-                    "records": summary.records,
-                    "would restore" if dry_run else "restored": (
-                        summary.restorable - summary.already_restored
-                        if dry_run
-                        else summary.restored
-                    ),
-                    "already restored": summary.already_restored,
-                    "gone before the drain removed them": summary.gone,
-                    "outcome unknown": summary.unknown,
-                    "failed": summary.failed,
-                    "notified": summary.notified,
-                },
-                title="queue restore" + (" (dry run: nothing restored)" if dry_run else ""),
-            )
-            output.emit_table(
-                ["list", "records", "restored", "already restored"],
-                [(t.key, t.records, t.restored, t.already_restored) for t in summary.targets],
-            )
-            _problems_table(summary.problems)
-        _exit(summary.failed, summary.problems)
+    out = ctx.out
+    if which is not None:
+        if to is None:
+            raise errors.UsageError("--list needs --to SUB TYPE")
+        core.check_list_name(which)
+    confirm = _confirmer(out, yes, dry_run)
+    target = core.QueueRef(to[0], ctx.env, to[1]) if to is not None else None
+    options = core.RestoreOptions(
+        target=target,
+        target_list=which,
+        include_unknown=include_unknown,
+        dry_run=dry_run,
+        expect_env=ctx.get("env"),
+    )
+    summary = core.restore(ctx.redis, backup_file, options, confirm=confirm)
+    out.result(summary.as_dict(), lambda: _render_restore(out, summary))
+    exit_for(failed=summary.failed, problems=summary.problems)
+
+
+def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
+    dry_run = summary.dry_run
+    out.mapping(
+        {
+            "backup file": summary.backup_file,
+            "records": summary.records,
+            "would restore" if dry_run else "restored": (
+                summary.restorable - summary.already_restored if dry_run else summary.restored
+            ),
+            "already restored": summary.already_restored,
+            "gone before the drain removed them": summary.gone,
+            "outcome unknown": summary.unknown,
+            "failed": summary.failed,
+            "notified": summary.notified,
+        },
+        title="queue restore" + (" (dry run: nothing restored)" if dry_run else ""),
+    )
+    out.table(
+        ["list", "records", "restored", "already restored"],
+        [(t.key, t.records, t.restored, t.already_restored) for t in summary.targets],
+    )
+    _problems(out, summary.problems)

@@ -4,38 +4,28 @@ stdout)."""
 from __future__ import annotations
 
 import enum
-import os
 import sys
-import threading
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
-from esctl import defaults, errors
+from esctl import defaults
 from esctl.cli import output
-from esctl.cli.errors import EXIT_FAILED, EXIT_PROBLEMS, reporting
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import EXIT_FAILED, exit_for
 from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
-    AppOpt,
-    ClusterOpt,
-    ConfigOpt,
-    DebugOpt,
     DryRunOpt,
-    EnvOpt,
     EventTypesOpt,
-    JsonOpt,
-    PgDsnOpt,
-    PgSchemaOpt,
-    ProfileOpt,
-    RedisUrlOpt,
+    ProgressOpt,
     ShardOpt,
     SinceOpt,
     UntilOpt,
     WhereOpt,
     YesOpt,
-    settings,
 )
+from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
     from esctl import replay as core
@@ -57,7 +47,9 @@ class OrderOpt(enum.StrEnum):
     time = "time"
 
 
+@with_context(Scope.REDIS | Scope.PG | Scope.APP | Scope.ENV)
 def replay(
+    ctx: Context,
     source: Annotated[
         FromOpt,
         typer.Option(
@@ -186,20 +178,7 @@ def replay(
     shard: ShardOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
-    progress: Annotated[
-        bool,
-        typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr)."),
-    ] = True,
-    redis_url: RedisUrlOpt = None,
-    cluster: ClusterOpt = False,
-    pg_dsn: PgDsnOpt = None,
-    pg_schema: PgSchemaOpt = None,
-    app_name: AppOpt = None,
-    env: EnvOpt = None,
-    profile: ProfileOpt = None,
-    config: ConfigOpt = None,
-    json_: JsonOpt = False,
-    debug: DebugOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Replay stored events: republish them to subscribers, feed a projection, or print them.
 
@@ -221,150 +200,175 @@ def replay(
     \b
     Example: esctl replay --from redis --aggregate 1042 --to queue --subscriber Reporting.Worker --env production
     """
-    from esctl import redisio
     from esctl import replay as core
     from esctl.shard import Shard
 
     streaming = target == ToOpt.stdout and not dry_run  # stdout carries the events
     # ... as JSON lines, whatever happens: an error is the stream's last line.
-    stream = output.JsonStream() if streaming else None
-    with reporting(json_mode=json_ and not streaming, debug=debug, stream=stream):
-        resolved = settings(
-            redis_url=redis_url,
-            pg_dsn=pg_dsn,
-            pg_schema=pg_schema,
-            app=app_name,
-            env=env,
-            profile=profile,
-            config=config,
-        )
-        options = core.ReplayOptions(
-            source=source.value,
-            target=target.value,
-            app=resolved.require("app"),
-            selection=core.Selection(
-                types=tuple(types or ()),
-                aggregate_type=aggregate_type,
-                aggregates=tuple(aggregates or ()),
-                since=since,
-                until=until,
-                where=tuple(where or ()),
-                limit=limit,
-                all_events=all_events,
-            ),
-            order=order.value,
-            env=resolved.require("env") if target == ToOpt.queue else resolved.get("env"),
-            pg_dsn=resolved.pg_dsn,
-            pg_schema=resolved.pg_schema,
-            subscribers=tuple(subscribers or ()),
-            force=force,
-            max_queue_length=max_queue_length,
-            rate=rate,
-            confirm_over=confirm_over,
-            projection=projection,
-            checkpoint=checkpoint,
-            reset=reset,
-            skip_errors=skip_errors,
-            batch_size=batch_size,
-            dry_run=dry_run,
-            shard=Shard.parse(shard),
-        )
-        options.check()
-        projection_adapter = None
-        if target == ToOpt.projection:
-            from esctl.projections import load_projection
+    stream = ctx.out.open_stream() if streaming else None
+    options = core.ReplayOptions(
+        source=source.value,
+        target=target.value,
+        app=ctx.app,
+        selection=core.Selection(
+            types=tuple(types or ()),
+            aggregate_type=aggregate_type,
+            aggregates=tuple(aggregates or ()),
+            since=since,
+            until=until,
+            where=tuple(where or ()),
+            limit=limit,
+            all_events=all_events,
+        ),
+        order=order.value,
+        env=ctx.env if target == ToOpt.queue else ctx.get("env"),
+        pg_dsn=ctx.pg_dsn,
+        pg_schema=ctx.pg_schema,
+        subscribers=tuple(subscribers or ()),
+        force=force,
+        max_queue_length=max_queue_length,
+        rate=rate,
+        confirm_over=confirm_over,
+        projection=projection,
+        checkpoint=checkpoint,
+        reset=reset,
+        skip_errors=skip_errors,
+        batch_size=batch_size,
+        dry_run=dry_run,
+        shard=Shard.parse(shard),
+    )
+    options.check()
+    summary = _run(ctx, options, yes=yes, progress=progress, stream=stream)
+    _render(ctx.out, summary, to_stderr=streaming)
+    if summary.stopped is not None:
+        _render_stopped(ctx.out, summary, options)
+        raise typer.Exit(EXIT_FAILED)
+    exit_for(problems=summary.found_problems)
 
-            projection_adapter = load_projection(projection or "")
-        client = (
-            redisio.connect(resolved.redis_url, cluster=cluster)
-            if source == FromOpt.redis or target == ToOpt.queue
-            else None
+
+def _run(
+    ctx: Context,
+    options: core.ReplayOptions,
+    *,
+    yes: bool,
+    progress: bool,
+    stream: output.JsonStream | None,
+) -> core.ReplaySummary:
+    """The replay: the projection loaded, Redis opened when read or written, the question
+    asked when needed, a progress bar; the events to ``stream`` (--to stdout)."""
+    from esctl import replay as core
+
+    projection = None
+    if options.target == ToOpt.projection:
+        from esctl.projections import load_projection
+
+        projection = load_projection(options.projection or "")
+    to_queue = options.target == ToOpt.queue
+    client = ctx.redis if options.source == FromOpt.redis or to_queue else None
+    confirm = _confirmer(ctx.out, options) if to_queue and not (yes or options.dry_run) else None
+    with ctx.out.progress(progress, desc="replaying", unit=" events", unit_scale=True) as bar:
+        summary = core.replay(
+            options,
+            redis_client=client,
+            confirm=confirm,
+            out=cast("IO[bytes]", stream) if stream is not None else sys.stdout.buffer,
+            projection=projection,
+            on_progress=bar.hook(lambda p: _replayed(bar, p)),
         )
-        confirm = (
-            _confirmer(yes, options.confirm_over) if target == ToOpt.queue and not dry_run else None
-        )
-        bar = _ProgressBar() if progress and not json_ and output.stderr_is_terminal() else None
-        try:
-            summary = core.replay(
-                options,
-                redis_client=client,
-                confirm=confirm,
-                out=cast("IO[bytes]", stream) if stream is not None else sys.stdout.buffer,
-                projection=projection_adapter,
-                on_progress=bar.update if bar else None,
-            )
-            if bar:  # the last count: progress is reported per batch, not at the end
-                bar.update(core.ReplayProgress(events=summary.events, messages=summary.messages))
-        except BrokenPipeError:
-            # --to stdout and the reader went away (`| head`): stop quietly, like Unix tools.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise typer.Exit(0) from None
-        finally:
-            if bar:
-                bar.close()
-        if stream is not None:
-            stream.close()
-        _render(summary, json_=json_, to_stderr=streaming)
-        if summary.stopped is not None:
-            _render_stopped(summary, options)
-            raise typer.Exit(EXIT_FAILED)
-        if summary.found_problems:
-            raise typer.Exit(EXIT_PROBLEMS)
+        # The last count: progress is reported per batch, not at the end.
+        _replayed(bar, core.ReplayProgress(events=summary.events, messages=summary.messages))
+    if stream is not None:
+        stream.close()
+    return summary
+
+
+def _replayed(bar: Progress, p: core.ReplayProgress) -> None:
+    bar.update(
+        p.events,
+        total=p.total,
+        postfix={"messages": f"{p.messages:,}"} if p.messages else None,
+    )
 
 
 # --- confirmation --------------------------------------------------------------------------
 
 
-def _confirmer(yes: bool, threshold: int) -> core.Confirm | None:
-    """None when --yes; otherwise a question asked on the terminal when the plan publishes
-    more than the threshold, and a refusal when there is no terminal to ask on."""
-    if yes:
-        return None
+def _confirmer(out: Output, options: core.ReplayOptions) -> core.Confirm:
+    """A question asked on the terminal when the plan publishes more than --confirm-over
+    events; a refusal when there is no terminal to ask on."""
 
     def ask(plan: core.PublishPlan) -> bool:
-        if not output.stdin_is_terminal():
-            raise errors.Refused(
-                f"this replay would publish {plan.events:,} events ({plan.messages:,} messages), "
-                f"more than --confirm-over {threshold:,}, and there is no terminal to ask on; "
-                "nothing was published",
-                hint="check it with --dry-run, then pass --yes to run it unattended",
-            )
-        _plan_table(plan, stderr=True)
+        action = (
+            f"this replay would publish {plan.events:,} events ({plan.messages:,} messages), "
+            f"more than --confirm-over {options.confirm_over:,},"
+        )
+        out.require_terminal(action)
+        _plan_table(out, plan, stderr=True)
         question = (
             f"publish {plan.events:,} events as {plan.messages:,} messages to env {plan.env}?"
         )
-        return typer.confirm(question, default=False, err=True)
+        return out.ask(question, action=action)
 
     return ask
 
 
-def _plan_table(plan: core.PublishPlan, *, stderr: bool) -> None:
+def _plan_table(out: Output, plan: core.PublishPlan, *, stderr: bool) -> None:
+    _publish_table(out, plan.published, plan.unpublished, title="would publish", stderr=stderr)
+
+
+def _publish_table(
+    out: Output,
+    published: dict[str, dict[str, int]],
+    unpublished: dict[str, int],
+    *,
+    title: str,
+    stderr: bool = False,
+) -> None:
+    """Messages per subscriber and event type; the types no subscriber takes last."""
     rows = [
         (sub, event_type, n)
-        for sub, per_type in sorted(plan.published.items())
+        for sub, per_type in sorted(published.items())
         for event_type, n in sorted(per_type.items())
     ]
-    rows += [("(no subscriber: not published)", t, n) for t, n in sorted(plan.unpublished.items())]
-    output.emit_table(
-        ["subscriber", "event type", "messages"], rows, title="would publish", stderr=stderr
-    )
+    rows += [("(no subscriber: not published)", t, n) for t, n in sorted(unpublished.items())]
+    out.table(["subscriber", "event type", "messages"], rows, title=title, stderr=stderr)
 
 
 # --- output --------------------------------------------------------------------------------
 
 
-def _render(summary: core.ReplaySummary, *, json_: bool, to_stderr: bool) -> None:
-    document = summary.as_dict()
-    if json_:
-        if to_stderr:
-            sys.stderr.write(output.to_json(document) + "\n")
-        else:
-            output.emit_json(document)
-        return
+def _render(out: Output, summary: core.ReplaySummary, *, to_stderr: bool) -> None:
+    """The summary: on stdout, or, when stdout carried the events, on stderr (JSON: one
+    line; else one line of text)."""
     if to_stderr:
-        _render_short(summary)
+        if out.json:
+            sys.stderr.write(output.to_json(summary.as_dict()) + "\n")
+        else:
+            _render_short(out, summary)
         return
+    out.result(summary.as_dict(), lambda: _render_tables(out, summary))
+
+
+def _render_tables(out: Output, summary: core.ReplaySummary) -> None:
+    out.mapping(
+        _facts(out, summary),
+        title=f"replay --to {summary.target}"
+        + (" (dry run: nothing written)" if summary.dry_run else ""),
+    )
+    if summary.target == "queue" and (summary.published or summary.unpublished):
+        _publish_table(
+            out,
+            summary.published,
+            summary.unpublished,
+            title="would publish" if summary.dry_run else "published",
+        )
+    elif summary.by_type:
+        out.table(["event type", "events"], sorted(summary.by_type.items()), title="events by type")
+    more = f", {summary.problems_not_listed} more not listed" if summary.problems_not_listed else ""
+    out.problems(summary.problems, title=f"problems ({len(summary.problems)}{more})", limit=None)
+
+
+def _facts(out: Output, summary: core.ReplaySummary) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "events that would be replayed" if summary.dry_run else "events replayed": summary.events,
         "from / order": f"{summary.source}, by {summary.order}",
@@ -375,7 +379,7 @@ def _render(summary: core.ReplaySummary, *, json_: bool, to_stderr: bool) -> Non
         facts["messages" + (" (would be)" if summary.dry_run else "")] = summary.messages
         facts["notifications"] = summary.notifications
         if summary.waited_s:
-            facts["waited for --max-queue-length"] = f"{summary.waited_s:.1f} s"
+            facts["waited for --max-queue-length"] = out.format_duration(summary.waited_s)
     if summary.dead_lettered:
         facts["dead-lettered"] = summary.dead_lettered
     if summary.checkpoint is not None:
@@ -384,51 +388,20 @@ def _render(summary: core.ReplaySummary, *, json_: bool, to_stderr: bool) -> Non
         facts["checkpoint position"] = _position_text(cp["position"])
         facts["events in checkpoint"] = cp["events_total"]
     if not summary.dry_run:
-        facts["elapsed"] = f"{summary.elapsed_s:.1f} s"
+        facts["elapsed"] = out.format_duration(summary.elapsed_s)
         facts["events/s"] = f"{summary.events_per_s:,.0f}"
-    title = f"replay --to {summary.target}" + (
-        " (dry run: nothing written)" if summary.dry_run else ""
-    )
-    output.emit_mapping(facts, title=title)
-    if summary.target == "queue" and (summary.published or summary.unpublished):
-        rows = [
-            (sub, event_type, n)
-            for sub, per_type in sorted(summary.published.items())
-            for event_type, n in sorted(per_type.items())
-        ]
-        rows += [
-            ("(no subscriber: not published)", t, n) for t, n in sorted(summary.unpublished.items())
-        ]
-        output.emit_table(
-            ["subscriber", "event type", "messages"],
-            rows,
-            title="would publish" if summary.dry_run else "published",
-        )
-    elif summary.by_type:
-        output.emit_table(
-            ["event type", "events"], sorted(summary.by_type.items()), title="events by type"
-        )
-    if summary.problems:
-        more = (
-            f", {summary.problems_not_listed} more not listed"
-            if summary.problems_not_listed
-            else ""
-        )
-        output.emit_table(
-            ["kind", "key", "detail"],
-            [(p["kind"], p["key"], p["detail"]) for p in summary.problems],
-            title=f"problems ({len(summary.problems)}{more})",
-        )
+    return facts
 
 
-def _render_short(summary: core.ReplaySummary) -> None:
+def _render_short(out: Output, summary: core.ReplaySummary) -> None:
     """--to stdout: stdout is the events; a one-line summary goes to stderr."""
-    output.info(
-        f"replayed {summary.events:,} events to stdout in {summary.elapsed_s:.1f} s"
+    out.info(
+        f"replayed {summary.events:,} events to stdout in "
+        f"{out.format_duration(summary.elapsed_s)}"
         + (f"; {len(summary.problems)} problem(s):" if summary.problems else "")
     )
     for p in summary.problems:
-        output.info(f"  {p['kind']}: {p['key']}: {p['detail']}")
+        out.info(f"  {p['kind']}: {p['key']}: {p['detail']}")
 
 
 def _position_text(position: dict[str, Any] | None) -> str:
@@ -442,7 +415,7 @@ def _position_text(position: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={position[k]}" for k in shown)
 
 
-def _render_stopped(summary: core.ReplaySummary, options: core.ReplayOptions) -> None:
+def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.ReplayOptions) -> None:
     stopped = summary.stopped or {}
     if stopped.get("kind") == "publish_failed":
         message = (
@@ -465,28 +438,4 @@ def _render_stopped(summary: core.ReplaySummary, options: core.ReplayOptions) ->
             if options.checkpoint
             else "fix the projection and rerun"
         ) + ", or pass --skip-errors to record failing events in esctl.projection_dead_letter"
-    output.stderr_console.print(f"error: {message}", style="bold red", markup=False)
-    output.stderr_console.print(f"  what to do: {hint}", markup=False)
-
-
-class _ProgressBar:
-    """tqdm on stderr (the total when a planning pass counted it)."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(unit=" events", unit_scale=True, dynamic_ncols=True, desc="replaying")
-        self.lock = threading.Lock()
-
-    def update(self, p: core.ReplayProgress) -> None:
-        with self.lock:
-            if p.total is not None and self.bar.total != p.total:
-                self.bar.total = p.total
-            self.bar.n = p.events
-            if p.messages:
-                self.bar.set_postfix(messages=f"{p.messages:,}", refresh=False)
-            self.bar.refresh()
-
-    def close(self) -> None:
-        with self.lock:
-            self.bar.close()
+    out.error(message, hint)

@@ -1,0 +1,210 @@
+"""The one CLI context: the connection and scope options, declared once, given to each command
+as one object that resolves its settings and opens Redis only when the command asks.
+
+The design, with Typer's public API only: ``@with_context(Scope.REDIS | Scope.ENV)`` under
+``@app.command(...)`` takes a function whose first parameter is a :class:`Context` and gives
+Typer a wrapper whose signature is the function's own parameters followed by the shared
+options the scope names (``options.py``'s ``Annotated`` aliases: their names, help, defaults
+and environment variables), as a real ``__signature__`` and real ``__annotations__``, which
+Typer reads through ``inspect.signature`` and ``typing.get_type_hints``. They are the
+command's own options, so they are accepted after the subcommand, and they always come in one
+order in ``--help``. When Typer calls the wrapper, it takes those options out, builds the
+Context and runs the function inside the one error wrapper (``errors.reporting``), so no
+command body handles errors itself.
+
+Nothing is resolved or opened before the command asks: ``ctx.settings`` resolves once
+(option > environment variable > profile in the config file > default); ``ctx.app`` and
+``ctx.env`` require their setting (a ConfigError naming ``--app`` / ``ESCTL_APP``);
+``ctx.redis`` connects on first use; PostgreSQL is never opened here, only its DSN resolved,
+for the core function that opens it. A ``queue`` command never touches PostgreSQL, ``config
+show`` opens nothing. A command asks for what it requires (``ctx.app``) before it asks for a
+connection, so a missing ``--app`` is reported before an unreachable server. As rq's
+``CliConfig`` (lazy ``connection``) and hf's shared option aliases, without global state:
+each invocation has its own Context.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from esctl.cli import options
+from esctl.cli.errors import reporting
+from esctl.cli.output import Output
+from esctl.config import Settings, resolve_settings
+
+if TYPE_CHECKING:
+    from esctl import redisio
+
+
+class Scope(enum.Flag):
+    """The shared options a command takes (``--profile`` and ``--config`` come with any
+    setting; ``--debug`` always; ``--json`` unless the command declares its own)."""
+
+    NONE = 0
+    REDIS_URL = enum.auto()
+    CLUSTER = enum.auto()
+    REPLICAS = enum.auto()
+    """--read-from-replicas"""
+    PG = enum.auto()
+    """--pg-dsn and --pg-schema"""
+    APP = enum.auto()
+    ENV = enum.auto()
+    REDIS = REDIS_URL | CLUSTER
+    SETTINGS = REDIS_URL | PG | APP | ENV
+    """The options that resolve settings (and bring --profile and --config)."""
+
+
+class _Shared(NamedTuple):
+    name: str
+    """The parameter's name (Click's name of the option)."""
+    annotation: Any
+    default: Any
+    scope: Scope | None
+    """Taken by a command whose scope shares a flag with this; None: --json and --debug."""
+    setting: str | None = None
+    """The setting it gives a value to (``config.SETTINGS``), if any."""
+
+
+# In the order --help lists them.
+_SHARED: tuple[_Shared, ...] = (
+    _Shared("redis_url", options.RedisUrlOpt, None, Scope.REDIS_URL, "redis_url"),
+    _Shared("cluster", options.ClusterOpt, False, Scope.CLUSTER),
+    _Shared("read_from_replicas", options.ReadFromReplicasOpt, False, Scope.REPLICAS),
+    _Shared("pg_dsn", options.PgDsnOpt, None, Scope.PG, "pg_dsn"),
+    _Shared("pg_schema", options.PgSchemaOpt, None, Scope.PG, "pg_schema"),
+    _Shared("app_name", options.AppOpt, None, Scope.APP, "app"),
+    _Shared("env", options.EnvOpt, None, Scope.ENV, "env"),
+    _Shared("profile", options.ProfileOpt, None, Scope.SETTINGS),
+    _Shared("config", options.ConfigOpt, None, Scope.SETTINGS),
+    _Shared("json_", options.JsonOpt, False, None),
+    _Shared("debug", options.DebugOpt, False, None),
+)
+
+
+def _shared_options(uses: Scope, *, json: bool) -> list[_Shared]:
+    def takes(option: _Shared) -> bool:
+        if option.scope is not None:
+            return bool(option.scope & uses)
+        return json or option.name == "debug"
+
+    return [option for option in _SHARED if takes(option)]
+
+
+class Context:
+    """One invocation's connection and scope options, resolved on first use, and its
+    :class:`Output`."""
+
+    def __init__(
+        self,
+        *,
+        values: Mapping[str, str | None] | None = None,
+        profile: str | None = None,
+        config: str | None = None,
+        cluster: bool = False,
+        read_from_replicas: bool = False,
+        out: Output | None = None,
+        debug: bool = False,
+    ) -> None:
+        self._values = dict(values or {})
+        self._profile = profile
+        self._config = config
+        self.cluster = cluster
+        self.read_from_replicas = read_from_replicas
+        self.out = out if out is not None else Output()
+        self.debug = debug
+
+    @classmethod
+    def from_options(cls, given: Mapping[str, Any]) -> Context:
+        """The Context of the shared options' values as Typer passes them (by name)."""
+        return cls(
+            values={o.setting: given.get(o.name) for o in _SHARED if o.setting is not None},
+            profile=given.get("profile"),
+            config=given.get("config"),
+            cluster=bool(given.get("cluster")),
+            read_from_replicas=bool(given.get("read_from_replicas")),
+            out=Output(json=bool(given.get("json_"))),
+            debug=bool(given.get("debug")),
+        )
+
+    @cached_property
+    def settings(self) -> Settings:
+        """Every setting, resolved once: option > environment variable > profile > default."""
+        return resolve_settings(self._values, config=self._config, profile=self._profile)
+
+    def get(self, name: str) -> str | None:
+        """A setting that may be unset (None)."""
+        return self.settings.get(name)
+
+    @property
+    def app(self) -> str:
+        """--app / ESCTL_APP / the profile's app; ConfigError saying how to set it."""
+        return self.settings.require("app")
+
+    @property
+    def env(self) -> str:
+        """--env / ESCTL_ENV / the profile's env; ConfigError saying how to set it."""
+        return self.settings.require("env")
+
+    @property
+    def redis_url(self) -> str:
+        return self.settings.redis_url
+
+    @property
+    def pg_dsn(self) -> str:
+        return self.settings.pg_dsn
+
+    @property
+    def pg_schema(self) -> str:
+        return self.settings.pg_schema
+
+    @cached_property
+    def redis(self) -> redisio.RedisClient:
+        """A client of --redis-url (with --cluster, --read-from-replicas), connected on first
+        use (ConnectionFailed when it does not answer)."""
+        from esctl import redisio
+
+        return redisio.connect(
+            self.redis_url, cluster=self.cluster, read_from_replicas=self.read_from_replicas
+        )
+
+
+def with_context(
+    uses: Scope, *, json: bool = True
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Make ``func(ctx, …)`` a Typer command function taking the shared options of ``uses``
+    (and ``--json`` unless ``json`` is False: a command with its own). Put it under
+    ``@app.command(name)``. See the module docstring."""
+
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        shared = _shared_options(uses, json=json)
+        signature = inspect.signature(func, eval_str=True)
+        own = list(signature.parameters.values())[1:]  # the first is the Context
+        clash = {p.name for p in own} & {o.name for o in shared}
+        if clash:
+            raise TypeError(f"{func.__name__} declares shared options itself: {sorted(clash)}")
+        parameters = own + [
+            inspect.Parameter(
+                o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=o.annotation
+            )
+            for o in shared
+        ]
+        names = [o.name for o in shared]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> None:
+            ctx = Context.from_options({name: kwargs.pop(name) for name in names})
+            with reporting(out=ctx.out, debug=ctx.debug):
+                func(ctx, **kwargs)
+
+        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=parameters, return_annotation=None
+        )
+        command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+        return command
+
+    return decorate
