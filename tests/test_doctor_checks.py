@@ -382,7 +382,20 @@ def test_prometheus_rendering_is_valid_textfile_format() -> None:
 
 
 def test_every_check_has_a_title_and_a_why_and_every_metric_a_help() -> None:
-    assert set(doctor.TITLES) == set(doctor.WHY)
-    source = Path(doctor.__file__).read_text(encoding="utf-8")
-    used = set(re.findall(r'"(esctl_doctor_[a-z_]+)"', source))
-    assert used <= set(doctor.METRIC_HELP), used - set(doctor.METRIC_HELP)
+    assert all(spec.title and spec.why for spec in doctor.SPECS.values())
+    report_ids = {check_id for check_id, _ in doctor.REDIS_CHECKS} | {"redis.cluster"}
+    assert report_ids <= set(doctor.SPECS)
+    help_texts = doctor.metric_help()
+    for path in sorted(Path(doctor.__file__).parent.glob("*.py")):
+        used = set(re.findall(r'"(esctl_doctor_[a-z_]+)"', path.read_text(encoding="utf-8")))
+        assert used <= set(help_texts), (path.name, used - set(help_texts))
+
+
+def test_a_check_or_a_metric_declared_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="declared twice"):
+        doctor.declare("redis.reachable", "again", why="w")
+    with pytest.raises(ValueError, match="declared by another check"):
+        doctor.declare("redis.new", "new", why="w", metrics={"esctl_doctor_redis_up": "h"})
+    with pytest.raises(ValueError, match="no group"):
+        doctor.declare("nowhere.check", "t", why="w")
+    assert {"redis.new", "nowhere.check"}.isdisjoint(doctor.SPECS)

@@ -1,0 +1,290 @@
+"""The PostgreSQL checks (only with a DSN the operator configured): reachable, the event
+store schema, its unique constraints, the last migration run and the Redis events not migrated
+yet."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from esctl import inspect, layout, pg, redisio
+from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
+from esctl.doctor.units import human_duration
+from esctl.errors import ConnectionFailed, SchemaIncompatible
+from esctl.metrics import Metric
+
+MIGRATION_STALE = timedelta(days=2)
+COMMIT_LIST_SAMPLE_MAX = 1000
+
+
+PG_REACHABLE = declare(
+    "pg.reachable",
+    "PostgreSQL reachable",
+    why=(
+        "The PostgreSQL event store is the migration's target and, after the switch, where "
+        "services read and write their events."
+    ),
+    metrics={
+        "esctl_doctor_pg_up": "1 when PostgreSQL answered.",
+        "esctl_doctor_pg_ping_seconds": "Round-trip time of SELECT 1.",
+    },
+)
+
+
+def _pg_reachable(conn: Any, started: float) -> Check:
+    ping_started = time.perf_counter()
+    conn.execute("SELECT 1").fetchone()
+    ping = time.perf_counter() - ping_started
+    version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
+    return PG_REACHABLE.result(
+        "ok",
+        f"PostgreSQL {version}, SELECT 1 in {ping * 1000:.2f} ms (connect "
+        f"{(ping_started - started) * 1000:.0f} ms)",
+        values={"server_version": version, "ping_ms": round(ping * 1000, 3)},
+        metrics=[
+            Metric("esctl_doctor_pg_up", 1),
+            Metric("esctl_doctor_pg_ping_seconds", round(ping, 6)),
+        ],
+    )
+
+
+PG_SCHEMA = declare(
+    "pg.schema",
+    "event store schema",
+    why=(
+        "Services on the SQL provider and esctl migrate need the library's tables, columns and "
+        "functions exactly as its contract says (docs/layout.md §5)."
+    ),
+)
+
+
+def _pg_schema(conn: Any, schema: str, app: str) -> Check:
+    try:
+        state = pg.check_event_store_schema(conn, schema)
+    except SchemaIncompatible as exc:
+        return PG_SCHEMA.result(
+            "fail",
+            f"incompatible: {exc.message}",
+            action=exc.hint,
+            values={"schema": schema, "compatible": False},
+        )
+    values = {
+        "schema": schema,
+        "tables_present": state.tables_present,
+        "functions": list(state.functions_present),
+    }
+    if not state.tables_present:
+        return PG_SCHEMA.result(
+            "warn",
+            f"no event tables in schema {schema} yet",
+            action=f"create them with the first migration: esctl migrate redis-to-pg --app {app} "
+            "--init-schema",
+            values=values,
+        )
+    missing = sorted(
+        {"save_event_for_aggregate", "get_events_for_aggregate"} - set(state.functions_present)
+    )
+    if missing:
+        return PG_SCHEMA.result(
+            "warn",
+            f"tables compatible; function(s) {', '.join(missing)} missing in {schema}",
+            action="services on the SQL provider call them: esctl migrate redis-to-pg --app "
+            f"{app} --init-schema creates what is missing (never alters what exists)",
+            values=values,
+        )
+    return PG_SCHEMA.result(
+        "ok",
+        f"{schema}.aggregate and {schema}.event compatible, both functions present",
+        values=values,
+    )
+
+
+PG_CONSTRAINTS = declare(
+    "pg.constraints",
+    "unique constraints",
+    why=(
+        "The unique constraints on aggregate (id, application, type) and event (aggregate_key, "
+        "version) keep events from being saved twice and make migration reruns idempotent."
+    ),
+)
+
+
+def _pg_constraints(conn: Any, schema: str) -> Check:
+    tables = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
+            " AND table_name IN ('aggregate', 'event')",
+            (schema,),
+        ).fetchall()
+    }
+    if not tables:
+        return PG_CONSTRAINTS.unavailable(f"no event tables in schema {schema} yet")
+    present = {}
+    for table, columns in pg.REQUIRED_UNIQUE.items():
+        present[f"{table}({', '.join(columns)})"] = table in tables and pg._has_unique(
+            conn, schema, table, columns
+        )
+    missing = [name for name, ok in present.items() if not ok]
+    if missing:
+        return PG_CONSTRAINTS.result(
+            "fail",
+            f"no UNIQUE constraint or index on {', '.join(f'{schema}.{m}' for m in missing)}",
+            action="add them as in docs/layout.md §5 (CREATE UNIQUE INDEX CONCURRENTLY … on a live "
+            "table), after removing duplicates",
+            values={"unique": present},
+        )
+    return PG_CONSTRAINTS.result(
+        "ok",
+        ", ".join(f"{schema}.{name} unique" for name in present),
+        values={"unique": present},
+    )
+
+
+def _unmigrated_estimate(
+    conn: Any, opts: DoctorOptions, client: redisio.RedisClient, lists: int
+) -> tuple[int, int, bool]:
+    """(estimated events not migrated, commit lists sampled, exact). Reads the first
+    :data:`COMMIT_LIST_SAMPLE_MAX` commit lists in SCAN order, compares their length with
+    esctl.migrated_stream, scales to every commit list."""
+    from esctl.verify import migrated_commits
+
+    assert opts.app is not None
+    keys: list[str] = []
+    for _, page in redisio.scan_pages(client, layout.commit_list_pattern(opts.app), type_="list"):
+        keys.extend(page[: COMMIT_LIST_SAMPLE_MAX - len(keys)])
+        if len(keys) >= COMMIT_LIST_SAMPLE_MAX:
+            break
+    if not keys:
+        return 0, 0, True
+    lengths = redisio.list_lengths(client, keys)
+    ids = [layout.aggregate_id_from_commit_list_key(opts.app, k) for k in keys]
+    migrated = migrated_commits(conn, opts.pg_schema, opts.app, ids)
+    missing = sum(max(0, n - migrated.get(i, 0)) for i, n in zip(ids, lengths, strict=True))
+    exact = len(keys) >= lists
+    scaled = missing if exact else round(missing / len(keys) * lists)
+    return scaled, len(keys), exact
+
+
+PG_MIGRATION = declare(
+    "pg.migration",
+    "migration progress",
+    why=(
+        "Events saved to Redis after the last migration exist only in Redis until the next "
+        "run; a failed or old last run means the gap grows."
+    ),
+    metrics={
+        "esctl_doctor_pg_unmigrated_events": "Estimated Redis events not migrated yet.",
+        "esctl_doctor_pg_last_migration_timestamp_seconds": "Start of the last migration run.",
+    },
+)
+
+
+def _pg_migration(
+    conn: Any,
+    opts: DoctorOptions,
+    client: redisio.RedisClient | None,
+    stats: inspect.StatsReport | None,
+) -> Check:
+    if opts.app is None:
+        return PG_MIGRATION.unavailable("needs --app (migration runs are per application)")
+    if not pg.state_schema_present(conn):
+        return PG_MIGRATION.result(
+            "warn",
+            "no migration has run (esctl's bookkeeping schema is absent)",
+            action=f"esctl migrate redis-to-pg --app {opts.app} --init-schema",
+        )
+    row = conn.execute(
+        "SELECT r.run_id, r.status, r.shard, r.started_at, r.finished_at,"
+        "       (SELECT max(b.committed_at) FROM esctl.migration_batch b WHERE b.run_id = r.run_id),"
+        "       (SELECT coalesce(sum(b.events_migrated), 0) FROM esctl.migration_batch b"
+        "         WHERE b.run_id = r.run_id)"
+        "  FROM esctl.migration_run r"
+        " WHERE r.target_schema = %s AND r.application_name = %s"
+        " ORDER BY r.started_at DESC LIMIT 1",
+        (opts.pg_schema, opts.app),
+    ).fetchone()
+    if row is None:
+        return PG_MIGRATION.result(
+            "warn",
+            f"no migration run of {opts.app} into schema {opts.pg_schema}",
+            action=f"esctl migrate redis-to-pg --app {opts.app} --init-schema",
+        )
+    run_id, status_text, shard, started_at, finished_at, last_batch, migrated = row
+    now = opts.now or datetime.now(UTC)
+    values: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status_text,
+        "shard": shard,
+        "started_at": started_at.isoformat(),
+        "finished_at": finished_at.isoformat() if finished_at else None,
+        "last_batch_at": last_batch.isoformat() if last_batch else None,
+        "events_migrated": int(migrated),
+    }
+    metrics = [
+        Metric(
+            "esctl_doctor_pg_last_migration_timestamp_seconds",
+            round(started_at.timestamp(), 3),
+            {"app": opts.app, "status": status_text},
+        )
+    ]
+    unmigrated = None
+    if client is not None and stats is not None:
+        unmigrated, sampled, exact = _unmigrated_estimate(conn, opts, client, stats.commit_lists)
+        values |= {
+            "unmigrated_events": unmigrated,
+            "unmigrated_exact": exact,
+            "commit_lists_sampled": sampled,
+        }
+        metrics.append(Metric("esctl_doctor_pg_unmigrated_events", unmigrated, {"app": opts.app}))
+    age = now - (finished_at or last_batch or started_at)
+    observed = (
+        f"last run {status_text} (shard {shard}), started {human_duration((now - started_at).total_seconds())} ago"
+        + (f", {int(migrated):,} events migrated" if migrated else "")
+    )
+    if unmigrated is not None:
+        observed += f"; {'' if values['unmigrated_exact'] else '~'}{unmigrated:,} Redis events not migrated yet"
+    status: Status = "ok"
+    action = None
+    if status_text in ("failed", "interrupted", "stopped"):
+        status = "warn"
+        action = f"rerun esctl migrate redis-to-pg --app {opts.app}: it resumes from the last committed batch"
+    elif status_text == "finished" and unmigrated and age > MIGRATION_STALE:
+        status = "warn"
+        action = f"schedule esctl migrate redis-to-pg --app {opts.app} (nightly from cron: it only moves what is new)"
+    return PG_MIGRATION.result(status, observed, action=action, values=values, metrics=metrics)
+
+
+def run_pg_checks(
+    opts: DoctorOptions, redis_client: redisio.RedisClient | None, stats: inspect.StatsReport | None
+) -> list[Check]:
+    """The PostgreSQL checks of ``opts.pg_dsn``; with the Redis client and the event store's
+    statistics (when they were read), the migration check also estimates what is left."""
+    assert opts.pg_dsn is not None
+    dsn, schema = opts.pg_dsn, opts.pg_schema
+    try:
+        started = time.perf_counter()
+        conn = pg.connect(dsn, autocommit=True, application_name="esctl doctor")
+    except ConnectionFailed as exc:
+        reason = "PostgreSQL unreachable"
+        return [
+            PG_REACHABLE.result(
+                "fail",
+                exc.message,
+                action=exc.hint,
+                metrics=[Metric("esctl_doctor_pg_up", 0)],
+            ),
+            PG_SCHEMA.unavailable(reason),
+            PG_CONSTRAINTS.unavailable(reason),
+            PG_MIGRATION.unavailable(reason),
+        ]
+    try:
+        return [
+            guarded("pg.reachable", lambda: _pg_reachable(conn, started)),
+            guarded("pg.schema", lambda: _pg_schema(conn, schema, opts.app or "APP")),
+            guarded("pg.constraints", lambda: _pg_constraints(conn, schema)),
+            guarded("pg.migration", lambda: _pg_migration(conn, opts, redis_client, stats)),
+        ]
+    finally:
+        conn.close()

@@ -1,0 +1,88 @@
+"""Readings: the figures a run stores in Redis for a later run to compare with (growth of the
+event store, queues nobody drains), two per key so that a run always has one old enough. How
+they rotate and where they live: docs/design/doctor.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from esctl import redisio
+from esctl.doctor.redis_facts import error_text
+from esctl.doctor.report import Check, CheckSpec
+from esctl.doctor.units import human_duration
+
+READING_TTL_S = 90 * 86400
+
+
+def rotate_readings(
+    stored: dict[str, Any] | None, reading: dict[str, Any], min_interval: float
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(baseline, document to store)``. The baseline is the older of the two stored readings
+    when it is at least ``min_interval`` seconds old (else None); the newer one becomes the
+    older once it is that old, and this reading the newer (else nothing is stored). So a run
+    compares with a reading between ``min_interval`` and twice that old, however often it
+    runs."""
+    now = float(reading["taken_at"])
+    try:
+        older, newer = stored["older"], stored["newer"]  # type: ignore[index]
+        older_at, newer_at = float(older["taken_at"]), float(newer["taken_at"])
+    except (KeyError, TypeError, ValueError):
+        return None, {"older": reading, "newer": reading}
+    if newer_at > now or older_at > newer_at:  # a clock moved backwards: start over
+        return None, {"older": reading, "newer": reading}
+    baseline = older if now - older_at >= min_interval else None
+    document = {"older": newer, "newer": reading} if now - newer_at >= min_interval else None
+    return baseline, document
+
+
+@dataclass
+class Readings:
+    """One run's readings: :meth:`exchange` gives a check its baseline and stores this run's
+    reading; ``notes`` says what was stored where (the report's ``readings``)."""
+
+    client: redisio.RedisClient
+    read_only: bool
+    notes: list[dict[str, Any]] = field(default_factory=list)
+
+    def exchange(
+        self, key: str, reading: dict[str, Any], min_interval: timedelta
+    ) -> dict[str, Any] | None:
+        """The baseline for ``reading`` (see :func:`rotate_readings`); stores the rotated
+        document unless read-only. A failed store is noted, never raised."""
+        try:
+            raw = self.client.get(key)
+        except redisio.REDIS_ERRORS as exc:
+            self.notes.append({"key": key, "stored": False, "detail": f"GET failed: {exc}"})
+            return None
+        stored = None
+        if raw:
+            try:
+                stored = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                stored = None
+        baseline, document = rotate_readings(stored, reading, min_interval.total_seconds())
+        if document is None or self.read_only:
+            why = "read-only run" if self.read_only else "the newer stored reading is recent"
+            self.notes.append({"key": key, "stored": False, "detail": why})
+            return baseline
+        try:
+            self.client.set(key, orjson.dumps(document), ex=READING_TTL_S)
+            self.notes.append({"key": key, "stored": True, "detail": None})
+        except redisio.REDIS_ERRORS as exc:
+            self.notes.append(
+                {"key": key, "stored": False, "detail": f"SET failed: {error_text(exc)}"}
+            )
+        return baseline
+
+
+def too_soon(spec: CheckSpec, baseline_needed: timedelta) -> Check:
+    """``spec`` has no reading old enough to compare with yet."""
+    return spec.unavailable(
+        "no reading old enough to compare with yet (this run's was stored); comparisons need "
+        f"one at least {human_duration(baseline_needed.total_seconds())} old",
+        "run doctor again later (from cron, for example)",
+    )

@@ -1,0 +1,323 @@
+"""The event store checks (``--app``): memory held per key family, payloads left
+uncompressed, growth since an earlier run."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from esctl import compress, inspect, layout, redisio
+from esctl.doctor.readings import Readings, too_soon
+from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
+from esctl.doctor.units import human_bytes, human_duration, percent
+from esctl.errors import EsctlError
+from esctl.metrics import Metric
+
+# Thresholds (documented in each check's ``why``).
+EVENT_DATA_WARN_SHARE = 0.5
+GROWTH_WARN_DAYS = 30
+GROWTH_FAIL_DAYS = 7
+
+
+EVENT_DATA_FAMILIES = ("event_hashes", "legacy_hash", "commit_lists", "snapshots")
+
+
+STORE_MEMORY = declare(
+    "store.memory",
+    "memory held by the event store",
+    why=(
+        "Event data only grows in Redis; the share of memory it holds says how urgent the move "
+        "to PostgreSQL is (a warning when it holds over half the memory limit). MEMORY USAGE "
+        "of a sample of keys per family, scaled to all keys."
+    ),
+    metrics={
+        "esctl_doctor_store_memory_bytes": "Estimated memory of a key family (MEMORY USAGE sample).",
+        "esctl_doctor_store_memory_share": "Estimated share of used_memory of a key family.",
+        "esctl_doctor_store_events": "Commit ids in the commit lists (committed events).",
+    },
+)
+
+
+def check_store_memory(app: str, stats: inspect.StatsReport, limit: int | None) -> Check:
+    used = stats.used_memory
+    families = {m.family: m for m in stats.memory}
+    metrics = []
+    shown = []
+    for m in stats.memory:
+        labels = {"app": app, "family": m.family}
+        metrics.append(Metric("esctl_doctor_store_memory_bytes", m.estimated_bytes, labels))
+        if m.share_of_used_memory is not None:
+            metrics.append(
+                Metric("esctl_doctor_store_memory_share", m.share_of_used_memory, dict(labels))
+            )
+        if m.keys:
+            share = (
+                f" ({percent(m.share_of_used_memory)})"
+                if m.share_of_used_memory is not None
+                else ""
+            )
+            shown.append(f"{m.family.replace('_', ' ')} {human_bytes(m.estimated_bytes)}{share}")
+    metrics.append(Metric("esctl_doctor_store_events", stats.commit_ids, {"app": app}))
+    event_data = sum(families[f].estimated_bytes for f in EVENT_DATA_FAMILIES if f in families)
+    observed = (", ".join(shown) or "no keys of this app") + (
+        f" of used_memory {human_bytes(used)}" if used else ""
+    )
+    values = {
+        "used_memory": used,
+        "events": stats.commit_ids,
+        "aggregates": stats.commit_lists,
+        "event_data_bytes": event_data,
+        "families": {
+            m.family: {
+                "keys": m.keys,
+                "sampled": m.sampled,
+                "estimated_bytes": m.estimated_bytes,
+                "share_of_used_memory": m.share_of_used_memory,
+            }
+            for m in stats.memory
+        },
+    }
+    heavy = limit is not None and event_data > EVENT_DATA_WARN_SHARE * limit
+    return STORE_MEMORY.result(
+        "warn" if heavy else "ok",
+        observed,
+        action=f"event data is {percent(event_data / limit)} of the memory limit: migrate it "
+        f"(esctl migrate redis-to-pg --app {app}) and prune it once services read from "
+        "PostgreSQL; esctl compress first if payloads are plain"
+        if heavy and limit
+        else None,
+        values=values,
+        metrics=metrics,
+    )
+
+
+UNCOMPRESSED = declare(
+    "store.uncompressed",
+    "payloads left uncompressed",
+    why=(
+        "The library compresses payloads over the threshold only when it writes them, and only "
+        "with its setting on; plain ones take about twice the memory. Estimated from a sample "
+        "of payload hashes."
+    ),
+    metrics={
+        "esctl_doctor_store_uncompressed_payloads": "Estimated plain payloads over the threshold.",
+        "esctl_doctor_store_uncompressed_bytes": "Estimated stored bytes of those payloads.",
+        "esctl_doctor_store_compress_saving_bytes": "Estimated bytes esctl compress would save.",
+    },
+)
+
+
+def check_uncompressed(
+    app: str,
+    samples: dict[str, compress.PayloadSample],
+    totals: dict[str, int | None],
+    threshold: int,
+) -> Check:
+    examined = sum(s.values_examined for s in samples.values())
+    found = sum(s.plain_over_threshold for s in samples.values())
+    values: dict[str, Any] = {"threshold": threshold, "families": {}}
+    estimate_count = estimate_bytes = estimate_saving = 0.0
+    exact = True
+    for name, s in samples.items():
+        total = totals.get(name)
+        scale = (total / s.values_examined) if total is not None and s.values_examined else None
+        if scale is None and s.plain_over_threshold:
+            exact = False
+        factor = scale if scale is not None else 1.0
+        family = {
+            "hashes_sampled": s.hashes_sampled,
+            "values_examined": s.values_examined,
+            "values_total": total,
+            "compressed": s.compressed,
+            "plain_over_threshold": s.plain_over_threshold,
+            "estimated_plain_over_threshold": round(s.plain_over_threshold * factor),
+            "estimated_bytes": round(s.plain_over_bytes * factor),
+            "estimated_saving_bytes": round(
+                (s.plain_over_bytes - s.plain_over_compressed_bytes) * factor
+            ),
+        }
+        values["families"][name] = family
+        estimate_count += s.plain_over_threshold * factor
+        estimate_bytes += s.plain_over_bytes * factor
+        estimate_saving += (s.plain_over_bytes - s.plain_over_compressed_bytes) * factor
+    labels = {"app": app}
+    metrics = [
+        Metric("esctl_doctor_store_uncompressed_payloads", round(estimate_count), labels),
+        Metric("esctl_doctor_store_uncompressed_bytes", round(estimate_bytes), dict(labels)),
+        Metric("esctl_doctor_store_compress_saving_bytes", round(estimate_saving), dict(labels)),
+    ]
+    values |= {
+        "values_examined": examined,
+        "plain_over_threshold": found,
+        "estimated_plain_over_threshold": round(estimate_count),
+        "estimated_bytes": round(estimate_bytes),
+        "estimated_saving_bytes": round(estimate_saving),
+    }
+    if not examined:
+        return UNCOMPRESSED.result(
+            "ok",
+            "no payloads of this app found",
+            values=values,
+            metrics=metrics,
+        )
+    if not found:
+        return UNCOMPRESSED.result(
+            "ok",
+            f"none of {examined:,} sampled payloads is plain over {threshold:,} bytes",
+            values=values,
+            metrics=metrics,
+        )
+    about = "about " if exact else "at least "
+    return UNCOMPRESSED.result(
+        "warn",
+        f"{found:,} of {examined:,} sampled payloads are plain over {threshold:,} bytes: "
+        f"{about}{estimate_count:,.0f} in the store ({human_bytes(estimate_bytes)}; compressing "
+        f"saves ~{human_bytes(estimate_saving)})",
+        action=f"esctl compress --app {app} --dry-run, then esctl compress --app {app} --yes "
+        "(gzip+base64 in place, as the library writes; safe while services run); turn the "
+        "library's compression setting on for new writes",
+        values=values,
+        metrics=metrics,
+    )
+
+
+GROWTH = declare(
+    "store.growth",
+    "growth since an earlier run",
+    why=(
+        "Memory growth per day says when the limit is reached (a warning within 30 days, a "
+        "failure within 7); measured against a reading at least an hour old."
+    ),
+    metrics={
+        "esctl_doctor_store_growth_bytes_per_day": "Memory growth per day since an earlier reading.",
+        "esctl_doctor_store_growth_events_per_day": "Committed events per day since an earlier reading.",
+        "esctl_doctor_store_days_to_limit": "Days until the memory limit at the measured growth.",
+    },
+)
+
+
+def check_growth(
+    app: str,
+    reading: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    limit: int | None,
+    min_interval: timedelta,
+) -> Check:
+    if baseline is None:
+        return too_soon(GROWTH, min_interval)
+    elapsed = float(reading["taken_at"]) - float(baseline["taken_at"])
+    per_day = 86400 / elapsed
+    memory_rate = (reading["used_memory"] - baseline["used_memory"]) * per_day
+    events_rate = (
+        (reading["events"] - baseline["events"]) * per_day
+        if reading.get("events") is not None and baseline.get("events") is not None
+        else None
+    )
+    store_rate = (
+        (reading["event_store_bytes"] - baseline["event_store_bytes"]) * per_day
+        if reading.get("event_store_bytes") is not None
+        and baseline.get("event_store_bytes") is not None
+        else None
+    )
+    labels = {"app": app}
+    metrics = [
+        Metric(
+            "esctl_doctor_store_growth_bytes_per_day",
+            round(memory_rate),
+            labels | {"measure": "used_memory"},
+        )
+    ]
+    if store_rate is not None:
+        metrics.append(
+            Metric("esctl_doctor_store_growth_bytes_per_day", round(store_rate),
+                   labels | {"measure": "event_store"})
+        )  # fmt: skip
+    if events_rate is not None:
+        metrics.append(
+            Metric("esctl_doctor_store_growth_events_per_day", round(events_rate), dict(labels))
+        )
+    days_left = None
+    if limit and memory_rate > 0:
+        days_left = max(0.0, (limit - reading["used_memory"]) / memory_rate)
+        metrics.append(
+            Metric("esctl_doctor_store_days_to_limit", round(days_left, 1), dict(labels))
+        )
+    observed = f"used_memory {human_bytes(memory_rate)}/day"
+    if store_rate is not None:
+        observed += f", event store ~{human_bytes(store_rate)}/day"
+    if events_rate is not None:
+        observed += f", {events_rate:,.0f} events/day"
+    observed += f" (over {human_duration(elapsed)})"
+    if days_left is not None:
+        observed += f"; the memory limit is {days_left:,.0f} days away at this rate"
+    status: Status = "ok"
+    if days_left is not None and days_left < GROWTH_FAIL_DAYS:
+        status = "fail"
+    elif days_left is not None and days_left < GROWTH_WARN_DAYS:
+        status = "warn"
+    return GROWTH.result(
+        status,
+        observed,
+        action=None
+        if status == "ok"
+        else f"free memory before the limit: esctl compress --app {app}; migrate events to "
+        "PostgreSQL and prune them; or raise maxmemory",
+        values={
+            "interval_s": round(elapsed, 1),
+            "used_memory_bytes_per_day": round(memory_rate),
+            "event_store_bytes_per_day": round(store_rate) if store_rate is not None else None,
+            "events_per_day": round(events_rate) if events_rate is not None else None,
+            "days_to_limit": round(days_left, 1) if days_left is not None else None,
+            "baseline_taken_at": baseline["taken_at"],
+        },
+        metrics=metrics,
+    )
+
+
+def run_store_checks(
+    client: redisio.RedisClient,
+    opts: DoctorOptions,
+    taken_at: float,
+    limit: int | None,
+    readings: Readings,
+) -> tuple[list[Check], inspect.StatsReport | None]:
+    """The event store checks of ``opts.app``, and the statistics they read (None when
+    sampling failed): the PostgreSQL checks and the eviction policy's verdict use them."""
+    app = opts.app
+    assert app is not None
+    stats: inspect.StatsReport | None = None
+    try:
+        stats = inspect.inspect_stats(client, app, env=opts.env, sample=opts.sample)
+    except EsctlError as exc:
+        memory = STORE_MEMORY.unavailable(f"could not sample memory: {exc.message}", exc.hint)
+    else:
+        found = stats
+        memory = guarded("store.memory", lambda: check_store_memory(app, found, limit))
+
+    def uncompressed() -> Check:
+        samples = compress.sample_payloads(
+            client, app, threshold=opts.compression_threshold, hashes=opts.sample
+        )
+        totals: dict[str, int | None] = {
+            compress.EVENTS: stats.partitioned_fields + stats.legacy_fields if stats else None,
+            compress.SNAPSHOTS: stats.snapshots if stats else None,
+        }
+        return check_uncompressed(app, samples, totals, opts.compression_threshold)
+
+    def growth() -> Check:
+        reading = {
+            "taken_at": taken_at,
+            "used_memory": redisio.used_memory(client),
+            "events": stats.commit_ids if stats else None,
+            "event_store_bytes": stats.event_store_bytes if stats else None,
+        }
+        baseline = readings.exchange(
+            layout.doctor_reading_key(app), reading, opts.growth_min_interval
+        )
+        return check_growth(app, reading, baseline, limit, opts.growth_min_interval)
+
+    return [
+        memory,
+        guarded("store.uncompressed", uncompressed),
+        guarded("store.growth", growth),
+    ], stats
