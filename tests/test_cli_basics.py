@@ -122,7 +122,16 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 # command imports them when it runs (helpers only for type checking). At startup esctl needs
 # typer, rich, orjson and these modules of its own (the esctl.cli modules aside); esctl.layout
 # (standard library only) when completion parses a queue --list value, to check it.
-STARTUP_MODULES = {"esctl", "esctl.config", "esctl.defaults", "esctl.errors", "esctl.layout"}
+# Modules of esctl that need nothing but the standard library (esctl.units: the formatters the
+# CLI's output object and the core's reports share).
+STARTUP_MODULES = {
+    "esctl",
+    "esctl.config",
+    "esctl.defaults",
+    "esctl.errors",
+    "esctl.layout",
+    "esctl.units",
+}
 HEAVY_PACKAGES = {"redis", "psycopg", "psycopg_pool", "hiredis", "zstandard", "tqdm"}
 
 _LOAD_AND_RECORD = """

@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from esctl import errors
+from esctl.units import format_bytes, format_duration
 
 
 class _StdoutConsole(Console):
@@ -389,42 +390,6 @@ class JsonStream:
 
 
 # --- units ---------------------------------------------------------------------------------
-
-
-def format_bytes(n: int | None) -> str:
-    """Bytes in IEC units, the largest that keeps the number at 1 or more: ``512 B``,
-    ``1.5 KiB``, ``3.2 MiB`` … ``TiB``; ``-`` for None; negative with a sign. (JSON keeps the
-    integer.)"""
-    if n is None:
-        return "-"
-    value = float(abs(n))
-    unit = "B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    if unit == "B":
-        return f"{n:,} B"
-    return f"{'-' if n < 0 else ''}{value:,.1f} {unit}"
-
-
-def format_duration(seconds: float | None) -> str:
-    """A duration for people: ``0.4 s``, ``59.2 s`` under a minute, else its two largest
-    units: ``5m 6s``, ``2h 5m``, ``3d 4h``; ``-`` for None; negative (a TimeStamp in the
-    future) with a sign. (JSON keeps the seconds.)"""
-    if seconds is None:
-        return "-"
-    sign = "-" if seconds < 0 else ""
-    if abs(seconds) < 60:
-        return f"{sign}{abs(seconds):.1f} s"
-    minutes, secs = divmod(round(abs(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{sign}{days}d {hours}h"
-    if hours:
-        return f"{sign}{hours}h {minutes}m"
-    return f"{sign}{minutes}m {secs}s"
 
 
 # --- progress ------------------------------------------------------------------------------

@@ -90,7 +90,6 @@ from esctl.doctor.store_checks import (
     check_store_memory,
     check_uncompressed,
 )
-from esctl.doctor.units import human_bytes, human_duration
 
 __all__ = [
     "CLUSTER_SLOTS",
@@ -153,8 +152,6 @@ __all__ = [
     "combine",
     "declare",
     "gather_facts",
-    "human_bytes",
-    "human_duration",
     "memory_limit",
     "metric_help",
     "queue_reading",

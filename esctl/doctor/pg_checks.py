@@ -10,9 +10,9 @@ from typing import Any
 
 from esctl import inspect, layout, pg, redisio
 from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
-from esctl.doctor.units import human_duration
 from esctl.errors import ConnectionFailed, SchemaIncompatible
 from esctl.metrics import Metric
+from esctl.units import format_duration
 
 MIGRATION_STALE = timedelta(days=2)
 COMMIT_LIST_SAMPLE_MAX = 1000
@@ -240,7 +240,7 @@ def _pg_migration(
         metrics.append(Metric("esctl_doctor_pg_unmigrated_events", unmigrated, {"app": opts.app}))
     age = now - (finished_at or last_batch or started_at)
     observed = (
-        f"last run {status_text} (shard {shard}), started {human_duration((now - started_at).total_seconds())} ago"
+        f"last run {status_text} (shard {shard}), started {format_duration((now - started_at).total_seconds())} ago"
         + (f", {int(migrated):,} events migrated" if migrated else "")
     )
     if unmigrated is not None:

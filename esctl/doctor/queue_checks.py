@@ -10,9 +10,9 @@ from typing import Any
 from esctl import layout, queues, redisio
 from esctl.doctor.readings import Readings, too_soon
 from esctl.doctor.report import Check, DoctorOptions, declare, guarded
-from esctl.doctor.units import human_duration
 from esctl.errors import EsctlError
 from esctl.metrics import Metric
+from esctl.units import format_duration
 
 
 def _queue_labels(env: str, q: queues.QueueStatus) -> dict[str, str]:
@@ -46,7 +46,7 @@ def check_stuck(env: str, listing: queues.QueueListing, stuck_after: timedelta) 
     ]  # fmt: skip
     details = [
         f"{q.subscriber} {q.event_type}: {q.processing:,} processing, oldest "
-        f"{human_duration(q.oldest_processing_age_s or 0)} old"
+        f"{format_duration(q.oldest_processing_age_s or 0)} old"
         for q in stuck
     ]
     values = {
@@ -61,7 +61,7 @@ def check_stuck(env: str, listing: queues.QueueListing, stuck_after: timedelta) 
         busy = sum(q.processing for q in listing.queues)
         return STUCK.result(
             "ok",
-            f"no processing message older than {human_duration(limit)} in {len(listing.queues)} "
+            f"no processing message older than {format_duration(limit)} in {len(listing.queues)} "
             f"queue(s) ({busy:,} being processed)",
             values=values,
             metrics=metrics,
@@ -69,7 +69,7 @@ def check_stuck(env: str, listing: queues.QueueListing, stuck_after: timedelta) 
     first = stuck[0]
     return STUCK.result(
         "fail",
-        f"{len(stuck)} queue(s) hold processing messages older than {human_duration(limit)}",
+        f"{len(stuck)} queue(s) hold processing messages older than {format_duration(limit)}",
         action=f"requeue them: esctl queue requeue SUB TYPE --env {env} --grace 2m --yes (e.g. "
         f"esctl queue requeue {first.subscriber} {first.event_type} --env {env} --grace 2m "
         "--dry-run first); check why the consumer died",
@@ -202,7 +202,7 @@ def check_draining(
             line = f"{q.subscriber} {q.event_type}: {old_len:,} → {new_len:,} published, same oldest message"
             (stalled_subscribed if q.subscribed else stalled_leftover).append(line)
     values = {"interval_s": round(elapsed, 1), "queues": rows}
-    over = f"over {human_duration(elapsed)}"
+    over = f"over {format_duration(elapsed)}"
     if stalled_subscribed:
         return DRAINING.result(
             "fail",

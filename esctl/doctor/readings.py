@@ -13,7 +13,7 @@ import orjson
 from esctl import redisio
 from esctl.doctor.redis_facts import error_text
 from esctl.doctor.report import Check, CheckSpec
-from esctl.doctor.units import human_duration
+from esctl.units import format_duration
 
 READING_TTL_S = 90 * 86400
 
@@ -83,6 +83,6 @@ def too_soon(spec: CheckSpec, baseline_needed: timedelta) -> Check:
     """``spec`` has no reading old enough to compare with yet."""
     return spec.unavailable(
         "no reading old enough to compare with yet (this run's was stored); comparisons need "
-        f"one at least {human_duration(baseline_needed.total_seconds())} old",
+        f"one at least {format_duration(baseline_needed.total_seconds())} old",
         "run doctor again later (from cron, for example)",
     )

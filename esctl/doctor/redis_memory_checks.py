@@ -9,8 +9,8 @@ from typing import Any
 
 from esctl.doctor.redis_facts import ServerFacts, as_int, info_unavailable, setting_unavailable
 from esctl.doctor.report import Check, CheckSpec, Status, declare
-from esctl.doctor.units import human_bytes, percent
 from esctl.metrics import Metric
+from esctl.units import format_bytes, format_percent
 
 # Thresholds (documented in each check's ``why``).
 HEADROOM_WARN = 0.75
@@ -124,9 +124,11 @@ def check_maxmemory(f: ServerFacts) -> Check:
     ]
     values: dict[str, Any] = {"used_memory": used, "maxmemory": maxmemory, "system_memory": system}
     if maxmemory == 0:
-        observed = f"no maxmemory; used {human_bytes(used)}"
+        observed = f"no maxmemory; used {format_bytes(used)}"
         if system:
-            observed += f" of {human_bytes(system)} system memory ({percent(used / system)})"
+            observed += (
+                f" of {format_bytes(system)} system memory ({format_percent(used / system)})"
+            )
             metrics.append(Metric("esctl_doctor_redis_memory_limit_usage_ratio", used / system))
         return MAXMEMORY.result(
             "warn",
@@ -143,7 +145,7 @@ def check_maxmemory(f: ServerFacts) -> Check:
     )
     return MAXMEMORY.result(
         status,
-        f"used {human_bytes(used)} of maxmemory {human_bytes(maxmemory)} ({percent(ratio)})",
+        f"used {format_bytes(used)} of maxmemory {format_bytes(maxmemory)} ({format_percent(ratio)})",
         action=None
         if status == "ok"
         else "free memory (esctl compress; migrate the events to PostgreSQL and prune them) "
@@ -391,14 +393,14 @@ def check_fragmentation(f: ServerFacts) -> Check:
     if used < FRAGMENTATION_MIN_USED:
         return FRAGMENTATION.result(
             "ok",
-            f"{ratio:.2f} with {human_bytes(used)} of data (too little to judge)",
+            f"{ratio:.2f} with {format_bytes(used)} of data (too little to judge)",
             values=values,
             metrics=metrics,
         )
     if ratio > FRAGMENTATION_WARN:
         return FRAGMENTATION.result(
             "warn",
-            f"{ratio:.2f}: RSS is {ratio:.1f} times the {human_bytes(used)} of data",
+            f"{ratio:.2f}: RSS is {ratio:.1f} times the {format_bytes(used)} of data",
             action="CONFIG SET activedefrag yes (jemalloc builds), or restart a replica and fail "
             "over to it",
             values=values,

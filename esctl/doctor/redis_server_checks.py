@@ -16,8 +16,8 @@ from esctl.doctor.redis_facts import (
     setting_unavailable,
 )
 from esctl.doctor.report import Check, Status, declare
-from esctl.doctor.units import human_duration
 from esctl.metrics import Metric
+from esctl.units import format_duration
 
 # Thresholds (documented in each check's ``why``).
 PING_WARN_MS = 10.0
@@ -244,7 +244,7 @@ def check_latency(f: ServerFacts) -> Check:
     events = sorted(f.latency_latest, key=lambda e: -e[3])
     recent = [e for e in events if now - e[1] <= LATENCY_RECENT_S]
     observed = ", ".join(
-        f"{name} max {worst} ms (latest {latest} ms, {human_duration(now - at)} ago)"
+        f"{name} max {worst} ms (latest {latest} ms, {format_duration(now - at)} ago)"
         for name, at, latest, worst in events[:5]
     )
     metrics: list[Metric] = []

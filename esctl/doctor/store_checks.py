@@ -9,9 +9,9 @@ from typing import Any
 from esctl import compress, inspect, layout, redisio
 from esctl.doctor.readings import Readings, too_soon
 from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
-from esctl.doctor.units import human_bytes, human_duration, percent
 from esctl.errors import EsctlError
 from esctl.metrics import Metric
+from esctl.units import format_bytes, format_duration, format_percent
 
 # Thresholds (documented in each check's ``why``).
 EVENT_DATA_WARN_SHARE = 0.5
@@ -52,15 +52,15 @@ def check_store_memory(app: str, stats: inspect.StatsReport, limit: int | None) 
             )
         if m.keys:
             share = (
-                f" ({percent(m.share_of_used_memory)})"
+                f" ({format_percent(m.share_of_used_memory)})"
                 if m.share_of_used_memory is not None
                 else ""
             )
-            shown.append(f"{m.family.replace('_', ' ')} {human_bytes(m.estimated_bytes)}{share}")
+            shown.append(f"{m.family.replace('_', ' ')} {format_bytes(m.estimated_bytes)}{share}")
     metrics.append(Metric("esctl_doctor_store_events", stats.commit_ids, {"app": app}))
     event_data = sum(families[f].estimated_bytes for f in EVENT_DATA_FAMILIES if f in families)
     observed = (", ".join(shown) or "no keys of this app") + (
-        f" of used_memory {human_bytes(used)}" if used else ""
+        f" of used_memory {format_bytes(used)}" if used else ""
     )
     values = {
         "used_memory": used,
@@ -81,7 +81,7 @@ def check_store_memory(app: str, stats: inspect.StatsReport, limit: int | None) 
     return STORE_MEMORY.result(
         "warn" if heavy else "ok",
         observed,
-        action=f"event data is {percent(event_data / limit)} of the memory limit: migrate it "
+        action=f"event data is {format_percent(event_data / limit)} of the memory limit: migrate it "
         f"(esctl migrate redis-to-pg --app {app}) and prune it once services read from "
         "PostgreSQL; esctl compress first if payloads are plain"
         if heavy and limit
@@ -171,8 +171,8 @@ def check_uncompressed(
     return UNCOMPRESSED.result(
         "warn",
         f"{found:,} of {examined:,} sampled payloads are plain over {threshold:,} bytes: "
-        f"{about}{estimate_count:,.0f} in the store ({human_bytes(estimate_bytes)}; compressing "
-        f"saves ~{human_bytes(estimate_saving)})",
+        f"{about}{estimate_count:,.0f} in the store ({format_bytes(estimate_bytes)}; compressing "
+        f"saves ~{format_bytes(estimate_saving)})",
         action=f"esctl compress --app {app} --dry-run, then esctl compress --app {app} --yes "
         "(gzip+base64 in place, as the library writes; safe while services run); turn the "
         "library's compression setting on for new writes",
@@ -242,12 +242,12 @@ def check_growth(
         metrics.append(
             Metric("esctl_doctor_store_days_to_limit", round(days_left, 1), dict(labels))
         )
-    observed = f"used_memory {human_bytes(memory_rate)}/day"
+    observed = f"used_memory {format_bytes(memory_rate)}/day"
     if store_rate is not None:
-        observed += f", event store ~{human_bytes(store_rate)}/day"
+        observed += f", event store ~{format_bytes(store_rate)}/day"
     if events_rate is not None:
         observed += f", {events_rate:,.0f} events/day"
-    observed += f" (over {human_duration(elapsed)})"
+    observed += f" (over {format_duration(elapsed)})"
     if days_left is not None:
         observed += f"; the memory limit is {days_left:,.0f} days away at this rate"
     status: Status = "ok"
