@@ -310,6 +310,7 @@ def compress(
     problems: list[dict[str, str]] = []
     tally = {"problems": 0, "failed": 0}
     progress = CompressProgress()
+    report = on_progress or _no_report
 
     def problem(kind: str, key: str, detail: str) -> None:
         tally["problems"] += 1
@@ -327,54 +328,28 @@ def compress(
             progress.hashes += len(keys)
             for key, pairs in hash_field_pages(client, keys):
                 for name, value in pairs:
-                    counts.values_examined += 1
-                    kind = classify(value, opts.threshold)
-                    if kind == "compressed":
-                        counts.already_compressed += 1
-                        continue
-                    if kind == "below_threshold":
-                        counts.below_threshold += 1
-                        continue
-                    if kind == "invalid_utf8":
-                        counts.invalid_utf8 += 1
-                        problem(
-                            "invalid_utf8",
-                            key,
-                            f"field {redisio.key_str(name)}: {len(value)} bytes that are not "
-                            "UTF-8 text; left as they are",
-                        )
-                        continue
-                    counts.plain_over_threshold += 1
-                    new = compressed_value(value)
-                    if new is None:
-                        problem(
-                            "roundtrip_mismatch",
-                            key,
-                            f"field {redisio.key_str(name)}: the compressed value would not "
-                            "decode to the identical text; left as it is",
-                        )
+                    candidate = _candidate(family, key, name, value, opts, counts, problem)
+                    if candidate is None:
                         continue
                     if opts.dry_run:
                         counts.bytes_before += len(value)
-                        counts.bytes_after += len(new)
+                        counts.bytes_after += len(candidate.new)
                         progress.compressed += 1
                         continue
-                    pending.append(Candidate(family, key, name, value, new))
-                    pending_bytes += len(value) + len(new)
+                    pending.append(candidate)
+                    pending_bytes += len(value) + len(candidate.new)
                 progress.values_examined = sum(c.values_examined for c in families.values())
                 if pending_bytes >= BATCH_BYTES:
                     _write(client, pending, families, before_write, problem, tally, progress)
                     pending, pending_bytes = [], 0
                     if lock is not None:
                         lock.check()
-            if on_progress is not None:
-                on_progress(progress)
+            report(progress)
         if pending:
             _write(client, pending, families, before_write, problem, tally, progress)
         if lock is not None:
             lock.check()
-    if on_progress is not None:
-        on_progress(progress)
+    report(progress)
     return CompressSummary(
         app=opts.app,
         threshold=opts.threshold,
@@ -387,6 +362,51 @@ def compress(
         failed=tally["failed"],
         elapsed_s=time.monotonic() - started,
     )
+
+
+def _no_report(progress: CompressProgress) -> None:
+    """The progress callback when the caller gives none."""
+
+
+def _candidate(
+    family: str,
+    key: str,
+    name: bytes,
+    value: bytes,
+    opts: CompressOptions,
+    counts: FamilyCounts,
+    problem: Callable[[str, str, str], None],
+) -> Candidate | None:
+    """Field ``name`` of hash ``key`` as a value to compress, or None when it stays as it is
+    (already compressed, below the threshold, or a problem); counted in ``counts``."""
+    counts.values_examined += 1
+    kind = classify(value, opts.threshold)
+    if kind == "compressed":
+        counts.already_compressed += 1
+        return None
+    if kind == "below_threshold":
+        counts.below_threshold += 1
+        return None
+    if kind == "invalid_utf8":
+        counts.invalid_utf8 += 1
+        problem(
+            "invalid_utf8",
+            key,
+            f"field {redisio.key_str(name)}: {len(value)} bytes that are not "
+            "UTF-8 text; left as they are",
+        )
+        return None
+    counts.plain_over_threshold += 1
+    new = compressed_value(value)
+    if new is None:
+        problem(
+            "roundtrip_mismatch",
+            key,
+            f"field {redisio.key_str(name)}: the compressed value would not "
+            "decode to the identical text; left as it is",
+        )
+        return None
+    return Candidate(family, key, name, value, new)
 
 
 def _calls(candidates: Sequence[Candidate]) -> Iterator[list[Candidate]]:

@@ -113,8 +113,31 @@ def resolve_settings(
     profile_name = profile or env.get("ESCTL_PROFILE") or "default"
     profile_explicit = bool(profile or env.get("ESCTL_PROFILE"))
 
-    config_path: Path | None
-    explicit_path = config or env.get("ESCTL_CONFIG")
+    config_path = _config_path(config or env.get("ESCTL_CONFIG"), cwd)
+    section = _profile_section(config_path, profile_name, profile_explicit)
+
+    values: dict[str, Resolved] = {}
+    for spec in SETTINGS:
+        opt = options.get(spec.name)
+        if opt is not None:
+            values[spec.name] = Resolved(opt, "option")
+        elif env.get(spec.env_var):
+            values[spec.name] = Resolved(env[spec.env_var], f"env:{spec.env_var}")
+        elif spec.name in section:
+            raw = section[spec.name]
+            if not isinstance(raw, str):
+                raise ConfigError(
+                    f"config file {config_path} [{profile_name}]: {spec.name} must be a string"
+                )
+            values[spec.name] = Resolved(raw, f"config:{config_path}[{profile_name}]")
+        else:
+            values[spec.name] = Resolved(spec.default, "default")
+    return Settings(values, profile_name, config_path)
+
+
+def _config_path(explicit_path: str | None, cwd: Path | None) -> Path | None:
+    """The config file: ``explicit_path`` (--config / ESCTL_CONFIG), which must be a file, or
+    the first default location that holds one (None: none does)."""
     if explicit_path:
         config_path = Path(explicit_path)
         if not config_path.is_file():
@@ -132,9 +155,15 @@ def resolve_settings(
                 if config_path.is_dir()
                 else "fix --config / ESCTL_CONFIG, or unset it to use ./esctl.toml",
             )
-    else:
-        config_path = next((p for p in default_config_paths(cwd) if p.is_file()), None)
+        return config_path
+    return next((p for p in default_config_paths(cwd) if p.is_file()), None)
 
+
+def _profile_section(
+    config_path: Path | None, profile_name: str, profile_explicit: bool
+) -> dict[str, Any]:
+    """The settings of ``profile_name`` in the config file (empty: no file, or no such profile
+    when the profile was not asked for explicitly); every key a known setting."""
     section: dict[str, Any] = {}
     if config_path is not None:
         document = load_config_file(config_path)
@@ -162,24 +191,7 @@ def resolve_settings(
             f"profile {profile_name!r} was asked for but no config file was found",
             hint="create ./esctl.toml or pass --config PATH",
         )
-
-    values: dict[str, Resolved] = {}
-    for spec in SETTINGS:
-        opt = options.get(spec.name)
-        if opt is not None:
-            values[spec.name] = Resolved(opt, "option")
-        elif env.get(spec.env_var):
-            values[spec.name] = Resolved(env[spec.env_var], f"env:{spec.env_var}")
-        elif spec.name in section:
-            raw = section[spec.name]
-            if not isinstance(raw, str):
-                raise ConfigError(
-                    f"config file {config_path} [{profile_name}]: {spec.name} must be a string"
-                )
-            values[spec.name] = Resolved(raw, f"config:{config_path}[{profile_name}]")
-        else:
-            values[spec.name] = Resolved(spec.default, "default")
-    return Settings(values, profile_name, config_path)
+    return section
 
 
 # The password runs to the last "@" before the path: an unencoded "@" in it stays hidden.
