@@ -32,7 +32,7 @@ from psycopg import sql
 from esctl import layout, migrate, pg, redisio
 from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
 from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
-from esctl.streams import build_stream, validate_stream
+from esctl.streams import Stream, build_stream, validate_stream
 
 MAX_PROBLEMS_LISTED = 20
 
@@ -144,6 +144,20 @@ class _SampleFigures:
     clean: dict[str, migrate.AggregateRows] = field(default_factory=dict)
     """Clean sampled aggregates as the migration would COPY them (for the trial)."""
 
+    def measure(self, stream: Stream, legacy_key: str) -> None:
+        """Add a sampled stream's events: their stored and JSON bytes, how many are
+        compressed and how many sit in the legacy hash."""
+        for e in stream.events:
+            self.events += 1
+            if e.stored is None or e.decoded is None:
+                continue
+            self.stored_bytes += len(e.stored)
+            self.json_bytes += len(e.decoded.text.encode("utf-8", "surrogatepass"))
+            if e.decoded.compressed is not None:
+                self.compressed += 1
+            if e.hash_key == legacy_key:
+                self.legacy += 1
+
 
 def _scan(
     client: redisio.RedisClient, opts: PlanOptions, rng: random.Random
@@ -204,16 +218,7 @@ def _read_sample(
                 aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
             )
             offset = end
-            for e in stream.events:
-                figures.events += 1
-                if e.stored is None or e.decoded is None:
-                    continue
-                figures.stored_bytes += len(e.stored)
-                figures.json_bytes += len(e.decoded.text.encode("utf-8", "surrogatepass"))
-                if e.decoded.compressed is not None:
-                    figures.compressed += 1
-                if e.hash_key == legacy_key:
-                    figures.legacy += 1
+            figures.measure(stream, legacy_key)
             if rows is None:
                 validate_stream(stream)
                 if stream.ok:  # the reader's general path (clean_rows is the hot path)
@@ -227,13 +232,19 @@ def _read_sample(
                     rows[0], rows[1], len(commit_ids), commit_ids[-1]
                 )
                 continue
-            summary.aggregates_with_problems_in_sample += 1
-            for kind in sorted({p.kind for p in stream.problems}):
-                summary.problems_in_sample[kind] = summary.problems_in_sample.get(kind, 0) + 1
-            for p in stream.problems:
-                if len(summary.problems) < MAX_PROBLEMS_LISTED:
-                    summary.problems.append({"kind": p.kind, "key": key, "detail": p.detail})
+            _record_problems(summary, key, stream)
     return figures
+
+
+def _record_problems(summary: PlanSummary, key: str, stream: Stream) -> None:
+    """Count a sampled stream with problems in ``summary``: once per kind, each listed up to
+    :data:`MAX_PROBLEMS_LISTED`."""
+    summary.aggregates_with_problems_in_sample += 1
+    for kind in sorted({p.kind for p in stream.problems}):
+        summary.problems_in_sample[kind] = summary.problems_in_sample.get(kind, 0) + 1
+    for p in stream.problems:
+        if len(summary.problems) < MAX_PROBLEMS_LISTED:
+            summary.problems.append({"kind": p.kind, "key": key, "detail": p.detail})
 
 
 @dataclass
