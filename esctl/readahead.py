@@ -24,7 +24,7 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import BinaryIO, TypeVar
 
 from esctl.errors import EsctlError
@@ -45,11 +45,12 @@ def available() -> bool:
     return hasattr(os, "fork") and (os.cpu_count() or 1) >= 2
 
 
-def read_ahead(produce: Callable[[], Iterable[T]]) -> Iterator[T]:
+def read_ahead(produce: Callable[[], Iterable[T]]) -> Generator[T, None, None]:
     """The items of ``produce()``, computed in a forked child process one item ahead of the
     caller. Items must be picklable. ``produce`` runs in the child with a copy of this
     process's memory: it must not use a connection this process keeps using (redis-py pools
-    and :mod:`esctl.redisio`'s raw sockets reconnect after a fork by themselves)."""
+    and :mod:`esctl.redisio`'s raw sockets reconnect after a fork by themselves). ``close()``
+    the generator to stop early: that ends the child."""
     sys.stdout.flush()
     sys.stderr.flush()
     read_fd, write_fd = os.pipe()

@@ -30,6 +30,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+import redis.cluster
+
+# A single server or a cluster: each command and each WATCH transaction touches one key.
+Client = redis.Redis | redis.cluster.RedisCluster
 
 PARTITIONS = 655360
 COMPRESSION_THRESHOLD = 1000
@@ -390,7 +394,7 @@ class _Builder:
 
 
 def write_store(
-    client: redis.Redis,
+    client: Client,
     *,
     app: str,
     aggregates: int = 50,
@@ -610,7 +614,7 @@ def _describe(kind: str, event: TruthEvent) -> str:
 
 
 def append_events(
-    client: redis.Redis,
+    client: Client,
     truth: GroundTruth,
     count: int,
     *,
@@ -669,7 +673,7 @@ def append_events(
     return written
 
 
-def _rpush_conditioned(client: redis.Redis, key: str, commit_id: str) -> None:
+def _rpush_conditioned(client: Client, key: str, commit_id: str) -> None:
     """RPUSH in a transaction conditioned on the list's length (StackExchange.Redis conditions
     are WATCH + a check + MULTI/EXEC)."""
     for _ in range(100):

@@ -107,7 +107,7 @@ def test_verify_on_the_cluster_reports_what_it_reports_on_a_single_instance(
     single_pg_dsn: str,
     app_name: str,
 ) -> None:
-    iw.write_store(cluster_client, app=app_name, aggregates=80, defects=["orphan"], seed=5)  # type: ignore[arg-type]
+    iw.write_store(cluster_client, app=app_name, aggregates=80, defects=["orphan"], seed=5)
     iw.write_store(redis_client, app=app_name, aggregates=80, defects=["orphan"], seed=5)
     migrate_redis_to_pg(
         cluster_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn, init_schema=True)
@@ -127,7 +127,7 @@ def test_cli_migrates_and_verifies_through_a_cluster_url(
     pg_dsn: str,
     app_name: str,
 ) -> None:
-    truth = iw.write_store(cluster_client, app=app_name, aggregates=60, seed=7)  # type: ignore[arg-type]
+    truth = iw.write_store(cluster_client, app=app_name, aggregates=60, seed=7)
     args = cli_args(redis_cluster.url, pg_dsn, app_name)
     result = run_cli("migrate", "redis-to-pg", *args, "--init-schema", "--json")
     assert "Traceback" not in result.stderr + result.stdout
@@ -278,7 +278,7 @@ def test_a_shard_killed_mid_run_and_rerun_completes_exactly_the_rows_of_one_unsh
     app_name: str,
 ) -> None:
     iw.write_store(
-        cluster_client,  # type: ignore[arg-type]
+        cluster_client,
         app=app_name,
         aggregates=400,
         events_per_aggregate=(1, 6),

@@ -21,6 +21,7 @@ import independent_writer as iw
 import pytest
 import redis
 import redis.cluster
+import redis_bytes as rb
 from cluster import LocalCluster, redis_cluster, redis_cluster_with_replicas
 from helpers import run_cli
 
@@ -84,7 +85,7 @@ def queue_lists(client: Client, env: str) -> dict[str, list[bytes]]:
         for subscriber in subscribers:
             for which in queues.QUEUE_LISTS:
                 key = layout.queue_key(subscriber, env, event_type, which)
-                found[key] = client.lrange(key, 0, -1)
+                found[key] = rb.lrange(client, key)
     return found
 
 
@@ -126,7 +127,7 @@ def drain_everything_and_restore(
     client = redisio.connect(url)
     before = queue_lists(client, env)
     answers: dict[str, Any] = {"drained": {}, "backups": {}, "restored": {}}
-    files = []
+    files: list[tuple[str, Path]] = []
     for key, values in before.items():
         if not values:
             continue
@@ -440,7 +441,7 @@ def test_doctor_readings_for_growth_live_in_one_key_on_the_cluster(
     app_name: str,
     env_name: str,
 ) -> None:
-    truth = iw.write_store(cluster_client, app=app_name, aggregates=40, seed=3)  # type: ignore[arg-type]
+    truth = iw.write_store(cluster_client, app=app_name, aggregates=40, seed=3)
     first = datetime(2026, 1, 1, tzinfo=UTC)
     options = doctor.DoctorOptions(
         redis_url=redis_cluster.url, app=app_name, env=env_name, now=first
@@ -509,7 +510,7 @@ def payload_hashes(client: Client, app: str) -> dict[str, dict[bytes, bytes]]:
         else:
             keys.update(client.scan_iter(match=pattern))
     keys.add(layout.legacy_event_hash_key(app).encode())
-    return {k.decode(): client.hgetall(k) for k in sorted(keys)}
+    return {k.decode(): rb.hgetall(client, k) for k in sorted(keys)}
 
 
 def write_plain_store(client: Client, app: str) -> iw.GroundTruth:
@@ -517,7 +518,7 @@ def write_plain_store(client: Client, app: str) -> iw.GroundTruth:
     snapshot per aggregate, half of them over the threshold."""
     truth = iw.write_store(
         client, app=app, aggregates=120, threshold=None, legacy_share=0.2, seed=9
-    )  # type: ignore[arg-type]
+    )
     for i, aggregate in enumerate(truth.aggregates):
         text = json.dumps(
             {"$type": "Ns.EnrollmentSnapshot, Asm", "Id": aggregate.aggregate_id,
@@ -567,7 +568,7 @@ def test_compress_on_the_cluster_stores_what_it_stores_on_a_single_instance(
             assert stored == event.payload.encode("utf-8")
     # commit lists are never touched
     for key, commit_ids in truth.commit_lists.items():
-        assert [c.decode() for c in cluster_client.lrange(key, 0, -1)] == commit_ids
+        assert [c.decode() for c in rb.lrange(cluster_client, key)] == commit_ids
 
 
 def test_compress_on_the_cluster_keeps_a_value_a_service_changed_meanwhile(

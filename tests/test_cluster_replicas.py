@@ -46,7 +46,7 @@ def test_migrate_verify_inspect_and_query_read_from_the_replicas(
     redis_cluster_with_replicas: LocalCluster, pg_dsn: str, app_name: str
 ) -> None:
     cluster = redis_cluster_with_replicas
-    truth = iw.write_store(cluster.client(), app=app_name, aggregates=60, seed=9)  # type: ignore[arg-type]
+    truth = iw.write_store(cluster.client(), app=app_name, aggregates=60, seed=9)
     cluster.sync_replicas()
     primaries, replicas = cluster.primaries(), cluster.replicas_of_primaries()
     assert len(primaries) == len(replicas) == 3
@@ -76,7 +76,7 @@ def test_a_primary_failover_during_a_migration_loses_and_doubles_nothing(
     redis_cluster_with_replicas: LocalCluster, pg_dsn: str, app_name: str
 ) -> None:
     cluster = redis_cluster_with_replicas
-    truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=12)  # type: ignore[arg-type]
+    truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=12)
     cluster.sync_replicas()
     replica = cluster.replicas_of_primaries()[0]
     client = redisio.connect(cluster.url)
@@ -121,7 +121,7 @@ def test_a_primary_killed_mid_migration_is_survived_or_a_rerun_completes(
         pytest.skip("redis-server / redis-cli are not installed")
     cluster = start_cluster(3, 1)
     try:
-        truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=13)  # type: ignore[arg-type]
+        truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=13)
         cluster.sync_replicas()
         victim = cluster.primaries()[1]
         client = redisio.connect(cluster.url)
@@ -212,7 +212,7 @@ def test_a_replica_promoted_mid_migration_is_ridden_out_and_the_run_exits_0(
     """CLUSTER FAILOVER on the replica of the primary holding the commit lists, while a
     migration reads them: the run follows the new primary and finishes, every event once."""
     cluster = redis_cluster_with_replicas
-    truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=14)  # type: ignore[arg-type]
+    truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=14)
     cluster.sync_replicas()
     primary = commit_lists_primary(cluster, app_name)
     extra = ["--rate", "400", *(["--read-from-replicas"] if replicas else [])]
@@ -249,7 +249,7 @@ def test_a_primary_killed_mid_migration_is_ridden_out_and_the_run_exits_0(
         pytest.skip("redis-server / redis-cli are not installed")
     cluster = start_cluster(3, 1)
     try:
-        truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=15)  # type: ignore[arg-type]
+        truth = iw.write_store(cluster.client(), app=app_name, aggregates=200, seed=15)
         cluster.sync_replicas()
         victim = commit_lists_primary(cluster, app_name)
         reader = redisio.connect(cluster.url)

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import independent_writer as iw
 import pytest
 import redis
+import redis_bytes as rb
 
 from esctl import compress, layout, redisio
 from esctl.compress import Candidate, CompressOptions
@@ -67,7 +68,7 @@ def test_plain_payloads_over_the_threshold_are_compressed_as_the_library_writes(
     assert big and len(big) < len(events)
     assert any(e.legacy for e in big)
     for event in events:
-        stored = redis_client.hget(event.hash_key, event.commit_id)
+        stored = rb.hget(redis_client, event.hash_key, event.commit_id)
         assert stored is not None
         if len(event.payload.encode("utf-8")) > THRESHOLD:
             assert stored.startswith(b"H4sI")
@@ -75,7 +76,7 @@ def test_plain_payloads_over_the_threshold_are_compressed_as_the_library_writes(
         else:
             assert stored == event.payload.encode("utf-8")  # untouched
     for aggregate_id, text in snapshots.items():
-        stored = redis_client.hget(iw.snapshot_hash_key(app_name, aggregate_id), aggregate_id)
+        stored = rb.hget(redis_client, iw.snapshot_hash_key(app_name, aggregate_id), aggregate_id)
         assert stored is not None
         if len(text.encode("utf-8")) > THRESHOLD:
             assert stored.startswith(b"H4sI") and iw.gunzip_base64(stored) == text
@@ -123,7 +124,7 @@ def test_a_value_a_writer_changes_meanwhile_keeps_the_writers_value(
     assert summary.total.changed_concurrently == 2
     assert summary.total.compressed == len(big) - 2
     for event in big[2:]:
-        stored = redis_client.hget(event.hash_key, event.commit_id)
+        stored = rb.hget(redis_client, event.hash_key, event.commit_id)
         assert stored is not None and iw.gunzip_base64(stored) == event.payload
 
 
@@ -164,7 +165,7 @@ def test_threshold_is_strictly_exceeded_and_configurable(
     summary = compress.compress(client, CompressOptions(app=app_name, threshold=500))
     assert summary.total.compressed == 1
     assert redis_client.hget(key, "at") == b"x" * 500
-    over = redis_client.hget(key, "over")
+    over = rb.hget(redis_client, key, "over")
     assert over is not None and iw.gunzip_base64(over) == "y" * 501
 
 
@@ -235,7 +236,7 @@ def test_events_saved_while_it_runs_all_read_back_exactly(
     finally:
         writer.join()
     for event in truth.events():
-        stored = redis_client.hget(event.hash_key, event.commit_id)
+        stored = rb.hget(redis_client, event.hash_key, event.commit_id)
         assert stored is not None
         text = iw.gunzip_base64(stored) if stored.startswith(b"H4sI") else stored.decode()
         assert text == event.payload

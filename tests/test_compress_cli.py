@@ -7,6 +7,7 @@ import json
 
 import independent_writer as iw
 import redis
+import redis_bytes as rb
 from helpers import run_cli
 
 from esctl import layout
@@ -53,7 +54,7 @@ def test_dry_run_then_yes(redis_client: redis.Redis, redis_test_url: str, app_na
     assert document["bytes_saved"] == document["bytes_before"] - document["bytes_after"] > 0
     assert document["used_memory_before"] > 0 and document["used_memory_after"] > 0
     for event in big:
-        stored = redis_client.hget(event.hash_key, event.commit_id)
+        stored = rb.hget(redis_client, event.hash_key, event.commit_id)
         assert stored is not None and iw.gunzip_base64(stored) == event.payload
 
     code, stdout, _ = esctl(redis_test_url, app_name, "--yes")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis_bytes as rb
 from bulk_store import write_bulk_store
 from helpers import run_cli
 from typer.testing import CliRunner
@@ -39,16 +40,23 @@ def _keys(client: redis.Redis, pattern: str) -> list[str]:
 def _commit_lists(client: redis.Redis, app: str) -> dict[str, list[str]]:
     prefix = "{EventStore:" + app + "}:"
     return {
-        key[len(prefix) :]: [c.decode() for c in client.lrange(key, 0, -1)]
+        key[len(prefix) :]: [c.decode() for c in rb.lrange(client, key)]
         for key in _keys(client, layout.commit_list_pattern(app))
     }
+
+
+def _timestamp(message: bytes) -> datetime:
+    """The TimeStamp of a queued message (a payload the demo wrote: it has one)."""
+    timestamp = codec.parse_event(message.decode()).timestamp
+    assert timestamp is not None
+    return timestamp
 
 
 def _hash_fields(client: redis.Redis, app: str) -> dict[str, dict[str, bytes]]:
     """Every event hash (partitioned and legacy) of ``app``: key -> field -> value."""
     keys = [*_keys(client, layout.event_hash_pattern(app)), layout.legacy_event_hash_key(app)]
     return {
-        key: {f.decode(): v for f, v in client.hgetall(key).items()}
+        key: {f.decode(): v for f, v in rb.hgetall(client, key).items()}
         for key in keys
         if client.exists(key)
     }
@@ -206,7 +214,9 @@ def test_snapshots_subscribers_and_queues(
 
     snapshot_keys = _keys(redis_client, layout.snapshot_hash_pattern(app_name))
     snapshots = {
-        f.decode(): (key, v) for key in snapshot_keys for f, v in redis_client.hgetall(key).items()
+        f.decode(): (key, v)
+        for key in snapshot_keys
+        for f, v in rb.hgetall(redis_client, key).items()
     }
     assert len(snapshots) == summary.snapshots
     compressed = 0
@@ -221,7 +231,7 @@ def test_snapshots_subscribers_and_queues(
     assert 0 < summary.compressed_snapshots < summary.snapshots
 
     for event_type, subscribers in summary.subscribers.items():
-        members = redis_client.smembers(layout.subscribers_key(env_name, event_type))
+        members = rb.smembers(redis_client, layout.subscribers_key(env_name, event_type))
         assert sorted(m.decode() for m in members) == subscribers
         assert 2 <= len(subscribers) <= 3
 
@@ -235,7 +245,7 @@ def test_snapshots_subscribers_and_queues(
         lengths = {}
         for which in layout.QUEUE_LISTS:
             key = layout.queue_key(queue.subscriber, env_name, queue.event_type, which)
-            messages = [m.decode() for m in redis_client.lrange(key, 0, -1)]
+            messages = [m.decode() for m in rb.lrange(redis_client, key)]
             lengths[which] = len(messages)
             for message in messages:
                 assert not message.startswith("H4sI")  # queues carry uncompressed JSON
@@ -285,12 +295,14 @@ def test_deterministic_per_seed(redis_client: redis.Redis, app_name: str, env_na
     assert comparable(first) == comparable(second)
     assert first.aggregate_ids != other.aggregate_ids
     first_values = sorted(
-        v for k in _keys(redis_client, f"EventStore:{app_name}:*") for v in redis_client.hvals(k)
+        v
+        for k in _keys(redis_client, f"EventStore:{app_name}:*")
+        for v in rb.hvals(redis_client, k)
     )
     second_values = sorted(
         v.replace(app_name.encode() + b"2", app_name.encode())
         for k in _keys(redis_client, f"EventStore:{app_name}2:*")
-        for v in redis_client.hvals(k)
+        for v in rb.hvals(redis_client, k)
     )
     assert first_values == second_values
 
@@ -319,10 +331,10 @@ def test_size_and_clock(
     fresh = [
         m
         for q in summary.queues
-        for m in redis_client.lrange(
-            layout.queue_key(q.subscriber, env_name, q.event_type, "processing"), 0, -1
+        for m in rb.lrange(
+            redis_client, layout.queue_key(q.subscriber, env_name, q.event_type, "processing")
         )
-        if now - codec.parse_event(m.decode()).timestamp < timedelta(minutes=5)  # type: ignore[operator]
+        if now - _timestamp(m) < timedelta(minutes=5)
     ]
     assert len(fresh) == summary.processing_messages - summary.stuck_messages > 0
 
@@ -482,7 +494,7 @@ def test_tour_fills_placeholders(redis_client: redis.Redis, app_name: str, env_n
     for step in steps:
         assert "{" not in step.command and "}" not in step.command
     sample_hash = summary.samples["compressed_hash"]
-    value = redis_client.hget(sample_hash, summary.samples["compressed_commit"])
+    value = rb.hget(redis_client, sample_hash, summary.samples["compressed_commit"])
     assert value is not None and value.startswith(b"H4sI")
     invalid = redis_client.hget(summary.samples["invalid_hash"], summary.samples["invalid_commit"])
     assert invalid is not None and codec.decode_value(invalid).problem is not None

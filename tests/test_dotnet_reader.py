@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import redis_bytes as rb
 from helpers import run_cli
 from hypothesis import HealthCheck, given, settings
 from test_codec import JSONB_METADATA_TREES, Tree, jsonb_text, tree_json
@@ -289,7 +290,7 @@ def write_library_store(client: redis.Redis, app: str, payloads: list[str]) -> N
 def queued(client: redis.Redis, env: str, event_type: str) -> list[str]:
     """The messages waiting for SUBSCRIBER, oldest (first published) first."""
     key = layout.queue_key(SUBSCRIBER, env, event_type, "published")
-    return [m.decode("utf-8") for m in reversed(client.lrange(key, 0, -1))]
+    return [m.decode("utf-8") for m in reversed(rb.lrange(client, key))]
 
 
 def replayed(

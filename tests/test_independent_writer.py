@@ -14,6 +14,7 @@ import threading
 import independent_writer as iw
 import pytest
 import redis
+import redis_bytes as rb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -104,7 +105,7 @@ def _read_back(client: redis.Redis, truth: iw.GroundTruth) -> None:
     """Everything the ground truth says is what esctl's reader finds in Redis."""
     app = truth.app
     for key, commit_ids in truth.commit_lists.items():
-        assert [c.decode() for c in client.lrange(key, 0, -1)] == commit_ids
+        assert [c.decode() for c in rb.lrange(client, key)] == commit_ids
     listed = {c for ids in truth.commit_lists.values() for c in ids}
     for aggregate in truth.aggregates:
         assert aggregate.list_key == layout.commit_list_key(app, aggregate.aggregate_id)
@@ -284,7 +285,7 @@ def test_append_events_concurrently_with_another_writer(
     mine = iw.append_events(redis_client, truth, 30, seed=6, aggregate_ids=[target])
     rival.join()
     key = truth.aggregates[0].list_key
-    stored = [c.decode() for c in redis_client.lrange(key, 0, -1)]
+    stored = [c.decode() for c in rb.lrange(redis_client, key)]
     assert len(stored) == 2 + 60
     theirs = rival_truth.aggregates[0].events[2:]
     assert {e.commit_id for e in mine} | {e.commit_id for e in theirs} == set(stored[2:])

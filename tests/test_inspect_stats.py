@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import redis
+import redis_bytes as rb
 
 from esctl import demo, layout
 from esctl.inspect import inspect_stats
@@ -15,11 +16,11 @@ def stored_values(client: redis.Redis, app: str) -> list[bytes]:
     """Every committed event's stored value, looked up as the library does (no esctl code)."""
     values = []
     for key in client.scan_iter(match=layout.commit_list_pattern(app), count=1000):
-        for commit_id in client.lrange(key, 0, -1):
+        for commit_id in rb.lrange(client, key):
             cid = commit_id.decode()
-            value = client.hget(f"EventStore:{app}:{layout.partition(cid)}", cid)
+            value = rb.hget(client, f"EventStore:{app}:{layout.partition(cid)}", cid)
             if value is None:
-                value = client.hget(f"EventStore:{app}", cid)
+                value = rb.hget(client, f"EventStore:{app}", cid)
             if value is not None:
                 values.append(value)
     return values

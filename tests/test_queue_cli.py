@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import redis_bytes as rb
 from helpers import run_cli
 
 from esctl import layout, queues
@@ -20,7 +21,7 @@ def esctl(url: str, env: str, *args: str) -> Any:
 
 def lists(client: redis.Redis, env: str) -> dict[bytes, list[bytes]]:
     return {
-        key: client.lrange(key, 0, -1)
+        key: rb.lrange(client, key)
         for key in client.scan_iter(match=f"*:{{{env}:*}}:*")
         if client.type(key) == b"list"
     }

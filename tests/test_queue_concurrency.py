@@ -12,6 +12,7 @@ from pathlib import Path
 
 import orjson
 import redis
+import redis_bytes as rb
 
 from esctl import layout, queues
 
@@ -62,7 +63,7 @@ class World:
             for number in range(MESSAGES):
                 # the library: LPUSH to every subscriber, then PUBLISH, in one transaction
                 pipe = client.pipeline(transaction=True)
-                for subscriber in sorted(client.smembers(members)):
+                for subscriber in sorted(rb.smembers(client, members)):
                     pipe.lpush(
                         layout.queue_key(subscriber.decode(), self.ref.env, TYPE, "published"),
                         payload(number),
@@ -86,6 +87,7 @@ class World:
                 if value is None:
                     time.sleep(0.002)
                     continue
+                assert isinstance(value, bytes)
                 taken = time.monotonic()
                 number = int(orjson.loads(value)["Id"])
                 with self.mutex:
@@ -101,7 +103,7 @@ class World:
                         self.ref.retry_data_key(str(number)),
                         mapping={"RetryCount": "1", "LastException": "boom"},
                     )
-                    client.lrem(self.processing, 0, value)
+                    rb.lrem(client, self.processing, 0, value)
                     with self.mutex:
                         self.failures += 1
                     continue
@@ -112,7 +114,7 @@ class World:
                     with self.mutex:
                         self.died_holding.add(number)
                     return
-                client.lrem(self.processing, 0, value)
+                rb.lrem(client, self.processing, 0, value)
                 if time.monotonic() - taken > GRACE.total_seconds() * 0.8:
                     with self.mutex:  # the machine stalled this thread: "in flight" by the clock
                         self.slow.add(number)

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import redis_bytes as rb
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,7 +56,7 @@ def fill(client: redis.Redis, key: str, consumption_order: list[bytes]) -> None:
 
 def contents(client: redis.Redis, key: str) -> list[bytes]:
     """The list in consumption order (tail first)."""
-    return list(reversed(client.lrange(key, 0, -1)))
+    return list(reversed(rb.lrange(client, key)))
 
 
 def snapshot_lists(client: redis.Redis, env: str) -> dict[str, list[bytes]]:
@@ -63,7 +64,7 @@ def snapshot_lists(client: redis.Redis, env: str) -> dict[str, list[bytes]]:
     for key in client.scan_iter(match=f"*:{{{env}:*}}:*", count=1000):
         name = key.decode()
         if layout.parse_queue_key(name) and client.type(key) == b"list":
-            found[name] = client.lrange(key, 0, -1)
+            found[name] = rb.lrange(client, key)
     return found
 
 
@@ -291,8 +292,8 @@ def test_requeue_is_count_aware_and_counts_messages_taken_meanwhile(
 
     def consumer_finishes(plan: queues.Plan) -> bool:
         # between the snapshot and the moves, a consumer finishes one "dup" and "x"
-        redis_client.lrem(q.key("processing"), 1, dup)
-        redis_client.lrem(q.key("processing"), 0, values[1])
+        rb.lrem(redis_client, q.key("processing"), 1, dup)
+        rb.lrem(redis_client, q.key("processing"), 0, values[1])
         return True
 
     summary = queues.requeue(redis_client, q, queues.RequeueOptions(), confirm=consumer_finishes)
@@ -311,8 +312,8 @@ def test_grace_requeues_only_messages_seen_twice(redis_client: redis.Redis, env_
 
     def meanwhile(seconds: float) -> None:
         slept.append(seconds)
-        redis_client.lrem(q.key("processing"), 1, done_soon)  # finished by its consumer
-        redis_client.lrem(q.key("processing"), 1, dup)  # one of the two equal ones finished
+        rb.lrem(redis_client, q.key("processing"), 1, done_soon)  # finished by its consumer
+        rb.lrem(redis_client, q.key("processing"), 1, dup)  # one of the two equal ones finished
         redis_client.lpush(q.key("processing"), message("arrived"))  # taken just now
 
     summary = queues.requeue(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis_bytes as rb
 from helpers import cli_env
 
 from esctl import codec, demo
@@ -109,7 +110,7 @@ def readme_env(
     with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
     samples = summary.samples
-    compressed = store.hget(samples["compressed_hash"], samples["compressed_commit"])
+    compressed = rb.hget(store, samples["compressed_hash"], samples["compressed_commit"])
     assert compressed is not None and compressed.startswith(codec.GZIP_BASE64_PREFIX)
     order_ids = sorted(
         int(k.decode().rsplit(":", 1)[1])

@@ -13,6 +13,7 @@ from typing import Any
 import independent_writer as iw
 import pytest
 import redis
+import redis_bytes as rb
 
 from esctl import codec, errors, layout, queues
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -42,7 +43,7 @@ def subscribe(client: redis.Redis, env: str) -> None:
 
 def published(client: redis.Redis, sub: str, env: str, event_type: str) -> list[bytes]:
     """A PublishedEvents list in consumption order (the tail, RPOPLPUSH's end, first)."""
-    return list(reversed(client.lrange(layout.queue_key(sub, env, event_type, "published"), 0, -1)))
+    return list(reversed(rb.lrange(client, layout.queue_key(sub, env, event_type, "published"))))
 
 
 def expected_events(
@@ -108,8 +109,9 @@ def consume(client: redis.Redis, sub: str, env: str, event_type: str) -> list[by
         value = client.rpoplpush(source, processing)
         if value is None:
             break
+        assert isinstance(value, bytes)
         handled.append(value)  # the handler
-        assert client.lrem(processing, 0, value) >= 1
+        assert rb.lrem(client, processing, 0, value) >= 1
     assert client.llen(processing) == 0
     return handled
 
@@ -542,7 +544,7 @@ def test_the_cluster_publish_script_does_what_multi_exec_does(
     from esctl.query import QueryFilters
     from esctl.replay import Publisher, RedisSource, ReplaySummary
 
-    routes = {"EnrollmentCreated": (SUB_A, SUB_B)}
+    routes: dict[str, tuple[str, ...]] = {"EnrollmentCreated": (SUB_A, SUB_B)}
     events = list(
         RedisSource(redis_client, app_name, QueryFilters.build(types=["EnrollmentCreated"]))
     )

@@ -115,7 +115,7 @@ def run_shards(
     """Run ``--shard i/4`` for i = 0..3 as four processes at once; ``victim`` gets ``env``
     (the others none of it). ``head_start`` (DSN, checkpoint name): start the others only
     once shard 0/4 has committed a batch, so their fresh starts come after its first writes."""
-    procs = []
+    procs: list[subprocess.Popen[str]] = []
     for i in range(4):
         extra = env if victim is None or i == victim else {}
         if i == 1 and head_start is not None:
@@ -264,7 +264,7 @@ def test_shards_started_over_while_the_others_run_keep_the_totals(
     assert all(not json.loads(r.stdout)["checkpoint"]["resumed"] for r in again)
     assert counts_table(pg_dsn) == expected
     with psycopg.connect(pg_dsn) as conn:
-        shares = dict(
+        shares: dict[str, object] = dict(
             conn.execute(
                 "SELECT shard, sum(events) FROM projections.event_counts_by_shard GROUP BY 1"
             ).fetchall()

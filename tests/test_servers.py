@@ -410,10 +410,12 @@ def test_redis_database_is_flushed_between_tests(redis_client: redis.Redis) -> N
 
 def test_pg_dsn_is_a_fresh_database_of_the_tests_own(pg_dsn: str, pg_admin_dsn: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        name, encoding = conn.execute(
+        row = conn.execute(
             "select current_database(), pg_encoding_to_char(encoding) "
             "from pg_database where datname = current_database()"
         ).fetchone()
+        assert row is not None
+        name, encoding = row
         assert name.startswith("esctl_t_")
         assert encoding == "UTF8"
         tables = conn.execute(
