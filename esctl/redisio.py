@@ -792,9 +792,10 @@ class _ClusterScan:
     ) -> Iterator[tuple[ScanPosition | None, list[str]]]:
         """The second half of reading slots being migrated from ``source_id`` to the node at
         ``address``: their keys there. Keys only go from the source to the target, and the
-        source was read first, so a key that was not on the source then is on the target now,
-        as long as the target still imports the slot from that source (or serves it, the
-        migration having ended since) — then the slot is done."""
+        source was read first, so a key that was not on the source then is on the target now
+        — if the target still imports the slot from that source, serves it (the migration
+        has ended since), or has no part in it (no key can have gone there): the slot is done.
+        Not when the target imports it from another node or migrates it on."""
         plain = _node_client(self.client, address)
         sizes = _node_replies(
             plain, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots], atomic=False
@@ -806,15 +807,16 @@ class _ClusterScan:
             for index, (slot, _) in enumerate(group):
                 total, keys = replies[1 + 2 * index], replies[2 + 2 * index]
                 found.extend(keys)
-                if len(keys) >= total and (
-                    claims.importing.get(slot) == source_id or slot in claims.served
-                ):
-                    self.pending.discard(slot)
-                else:
+                if len(keys) < total:
+                    self.problem = f"slot {slot} keeps growing"
+                elif slot in claims.migrating:
+                    self.problem = f"slot {slot} is migrating on from {address} to another node"
+                elif claims.importing.get(slot, source_id) != source_id:
                     self.problem = (
-                        f"slot {slot} is migrating to {address}, which neither imports nor "
-                        "serves it"
+                        f"slot {slot} is migrating to {address}, which imports it from another node"
                     )
+                else:
+                    self.pending.discard(slot)
             yield from self._hand_out(found)
 
     def _hand_out(self, raw_keys: list[bytes]) -> Iterator[tuple[ScanPosition | None, list[str]]]:

@@ -10,8 +10,11 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import independent_writer as iw
 import pytest
@@ -29,10 +32,11 @@ from cluster import (
     wait_for_agreement,
 )
 from helpers import run_cli
+from test_cluster_commands import VOLATILE
 from test_migrate import assert_clean_aggregates_migrated, cli_args, new_database, pg_rows
 
 from esctl import layout, redisio, servers
-from esctl.errors import ConnectionFailed
+from esctl.errors import ConnectionFailed, ServerError
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
@@ -189,6 +193,165 @@ def test_events_query_during_a_reshard_gives_the_results_of_a_quiet_run(
             assert sorted(during.stdout.splitlines()) == expected, f"run {runs}"
             runs += 1
             assert runs < 30, "the resharder moved nothing"
+
+
+@pytest.mark.slow
+def test_migrate_integrity_and_query_during_a_continuous_reshard_answer_as_on_a_quiet_cluster(
+    redis_cluster: LocalCluster, pg_dsn: str, single_pg_dsn: str, app_name: str
+) -> None:
+    """Issue 12: slots (the commit lists' one among them) move back and forth the whole time
+    while ``migrate redis-to-pg``, ``inspect integrity`` and ``events query`` read a store of
+    3,000 aggregates. Each exits 0 with the answer of a quiet cluster. Before, a SCAN restarted
+    its pass whenever the layout had changed under it and gave up after ten: migrate exited 1
+    after about half the aggregates."""
+    writer = redis_cluster.client()
+    truth = iw.write_store(writer, app=app_name, aggregates=3000, seed=12)  # type: ignore[arg-type]
+    url = redis_cluster.url
+    migrate = ["migrate", "redis-to-pg", "--init-schema", "--json", "--batch-size", "200"]
+    integrity = ["inspect", "integrity", "--redis-url", url, "--app", app_name, "--json"]
+    query = ["events", "query", "--redis-url", url, "--app", app_name, "--format", "jsonl"]
+
+    quiet_migrate = run_cli(*migrate, *cli_args(url, single_pg_dsn, app_name))
+    quiet_integrity = run_cli(*integrity)
+    quiet_query = run_cli(*query)
+    for quiet in (quiet_migrate, quiet_integrity, quiet_query):
+        assert quiet.returncode == 0, quiet.stdout[-2000:] + quiet.stderr
+    expected_events = sorted(quiet_query.stdout.splitlines())
+    assert len(expected_events) > 10_000
+
+    # One mover (two would deadlock on MIGRATEs crossing between two nodes), as fast as
+    # redis-cli: the commit lists' slot goes round the primaries after every 25 of 200 slots of
+    # event hashes, which move one after another: the layout changes every few milliseconds.
+    # The three commands run at once, as they might in production.
+    lists_slot, *hash_slots = busiest_slots(writer, app_name, 201)
+    rotation = [s for at in range(0, 200, 25) for s in (lists_slot, *hash_slots[at : at + 25])]
+    commands = {
+        "migrate": [*migrate, *cli_args(url, pg_dsn, app_name)],
+        "integrity": integrity,
+        "query": query,
+    }
+    with Resharder(redis_cluster, rotation, keys_per_step=100, pause=0, quick=True) as resharder:
+
+        def run_while_resharding(args: list[str]) -> tuple[subprocess.CompletedProcess[str], int]:
+            moves = resharder.moves
+            return run_cli(*args), resharder.moves - moves
+
+        with ThreadPoolExecutor(len(commands)) as pool:
+            done = pool.map(run_while_resharding, commands.values())
+            runs = dict(zip(commands, done, strict=True))
+    for name, (result, moves) in runs.items():
+        assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}{result.stderr}"
+        assert moves >= 20, f"only {moves} slots moved while {name} ran: nothing was tested"
+    settled = run_cli(*integrity)  # the store itself came through the reshard whole
+    assert without_timings(json.loads(settled.stdout)) == without_timings(
+        json.loads(quiet_integrity.stdout)
+    )
+
+    assert_clean_aggregates_migrated(pg_dsn, truth)
+    assert pg_rows(pg_dsn) == pg_rows(single_pg_dsn)
+    doc, quiet_doc = json.loads(runs["migrate"][0].stdout), json.loads(quiet_migrate.stdout)
+    for field in ("aggregates", "events_migrated", "events_already_present", "problems"):
+        assert doc[field] == quiet_doc[field], field
+    assert doc["aggregates"] == 3000
+    assert without_timings(json.loads(runs["integrity"][0].stdout)) == without_timings(
+        json.loads(quiet_integrity.stdout)
+    )
+    assert sorted(runs["query"][0].stdout.splitlines()) == expected_events
+
+
+def without_timings(document: Any) -> Any:
+    """A JSON document less what measures time or names the server."""
+    if isinstance(document, dict):
+        return {k: without_timings(v) for k, v in document.items() if k not in VOLATILE}
+    if isinstance(document, list):
+        return [without_timings(v) for v in document]
+    return document
+
+
+def half_move(cluster: LocalCluster, slot: int, keys: list[str]) -> tuple[int, int]:
+    """Leave ``slot`` half-moved, as an interrupted ``redis-cli --cluster reshard`` does: the
+    target IMPORTING, the source MIGRATING, ``keys`` migrated. Returns (source, target) ports."""
+    source = slot_owner(cluster, slot)
+    target = next(p for p in cluster.primaries() if p.port != source.port)
+    with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source.port))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target.port))
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    return source.port, target.port
+
+
+def settle(cluster: LocalCluster, slot: int, source: int, target: int) -> None:
+    """Undo :func:`half_move`: the move finished, then the slot moved back to the source."""
+    with redis.Redis(port=source) as src:
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.primaries():
+        with redis.Redis(port=node.port) as plain:
+            plain.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(target))
+    wait_for_agreement(cluster)
+    move_slot(cluster, slot, next(p for p in cluster.primaries() if p.port == source))
+    wait_for_agreement(cluster)
+
+
+@pytest.mark.parametrize("spread", [False, True])
+def test_a_slot_left_half_moved_is_read_on_its_source_then_its_target(
+    redis_cluster: LocalCluster, spread: bool
+) -> None:
+    """A slot stuck half-moved is never served whole by one node: the scan reads it on its own
+    (source, then target), filters its keys by the pattern and the type, and hands out each
+    once, the last page marked done. ``spread``: a pattern over every slot, else a hash tag."""
+    tag = secrets.token_hex(4)
+    prefix = f"half-{tag}" if spread else f"{{half-{tag}}}"
+    wanted = {f"{prefix}:{i}" for i in range(300)}
+    others = [f"{{{prefix}:a}}:x{i}" for i in range(50)]  # hash tag: one slot, not matched
+    client = redisio.connect(redis_cluster.url)
+    redisio.pipelined(client, [("RPUSH", k, "x") for k in wanted])
+    redisio.pipelined(client, [("SET", k, "x") for k in others])
+    redisio.pipelined(client, [("SET", f"{prefix}:string-{i}", "x") for i in range(20)])
+    slot = client.keyslot(others[0]) if spread else client.keyslot(f"{prefix}:0")
+    in_slot = [k for k in (*wanted, *others) if client.keyslot(k) == slot]
+    source, target = half_move(redis_cluster, slot, in_slot[: len(in_slot) // 2])
+    try:
+        match = f"{layout.glob_escape(prefix)}:*"
+        pages = list(redisio.scan_pages(client, match, type_="list", count=40))
+    finally:
+        settle(redis_cluster, slot, source, target)
+    found = [k for _, page in pages for k in page]
+    assert sorted(found) == sorted(wanted)
+    assert pages[-1][0].done and not any(p.done for p, _ in pages[:-1])
+    assert all(len(page) <= 40 for _, page in pages)
+    client.close()
+
+
+def test_a_slot_that_never_settles_ends_the_scan_naming_it(
+    redis_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot whose source says it migrates it to a node that imports it from a third node
+    cannot be read whole anywhere: after READ_RETRY_SECONDS without progress the scan fails,
+    naming the slot and the way out."""
+    tag = secrets.token_hex(4)
+    client = redisio.connect(redis_cluster.url)
+    redisio.pipelined(client, [("SET", f"{{stuck-{tag}}}:{i}", "x") for i in range(10)])
+    slot = client.keyslot(f"{{stuck-{tag}}}:0")
+    source = slot_owner(redis_cluster, slot)
+    target, third = [p for p in redis_cluster.primaries() if p.port != source.port]
+    monkeypatch.setattr(redisio, "READ_RETRY_SECONDS", 1.0)
+    with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(third.port))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target.port))
+        try:
+            started = time.monotonic()
+            with pytest.raises(ServerError) as caught:
+                list(redisio.scan_pages(client, f"{{stuck-{tag}}}:*"))
+            assert time.monotonic() - started < 15
+        finally:
+            for node in (dst, src):
+                node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    wait_for_agreement(redis_cluster)
+    assert f"slot(s) ({slot})" in str(caught.value)
+    assert "imports it from another node" in str(caught.value)
+    assert "redis-cli --cluster fix" in (caught.value.hint or "")
+    client.close()
 
 
 # --- lost nodes: reads retry, writes fail fast ---------------------------------------------
