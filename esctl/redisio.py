@@ -1,6 +1,7 @@
 """The one layer through which esctl talks to Redis (single instance or Redis Cluster).
 
-Rules that keep it cluster-ready: keys are found with SCAN per primary node (never KEYS), work
+Rules that keep it cluster-ready: keys are found with SCAN per primary node (never KEYS; a
+hash slot that moves during the scan is read again on its own with CLUSTER GETKEYSINSLOT), work
 is sent in pipelines (grouped by the node serving each key's slot), and server-side scripts
 only touch keys of one hash slot. Values come back as bytes; keys are decoded as UTF-8
 (``surrogateescape`` so any key round-trips).
