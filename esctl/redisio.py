@@ -759,8 +759,8 @@ class _ClusterScan:
     ) -> Iterator[tuple[ScanPosition | None, list[str]]]:
         """Read ``slots`` whole on the node ``plain`` (their owner in the slot map). A slot is
         done when, in the same MULTI/EXEC as its GETKEYSINSLOT, the node says it serves it;
-        when the node says it is migrating it, once its target has been read after it (see
-        :meth:`_read_targets`). A slot the node does not serve stays for the next round."""
+        when the node says it is migrating it, once its target has been read right after it
+        (see :meth:`_read_targets`). A slot the node does not serve stays for the next round."""
         sizes = _node_replies(
             plain, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots], atomic=False
         )
@@ -780,31 +780,31 @@ class _ClusterScan:
                     moving.setdefault(claims.migrating[slot], []).append(slot)
                 else:
                     self.problem = f"slot {slot} has left the node the slot map names"
-            yield from self._hand_out(found)
+            # the targets at once, before any key is handed out (the caller may take its time)
             for target_id, moved in moving.items():
                 address = _node_address(replies[0], target_id)
                 if address is None:
                     self.problem = f"slots {moved} are migrating to an unknown node {target_id}"
                     continue
-                yield from self._read_targets(address, claims.node_id, moved)
+                found.extend(self._read_targets(address, claims.node_id, moved))
+            yield from self._hand_out(found)
 
-    def _read_targets(
-        self, address: str, source_id: str, slots: list[int]
-    ) -> Iterator[tuple[ScanPosition | None, list[str]]]:
+    def _read_targets(self, address: str, source_id: str, slots: list[int]) -> list[bytes]:
         """The second half of reading slots being migrated from ``source_id`` to the node at
-        ``address``: their keys there. Keys only go from the source to the target, and the
-        source was read first, so a key that was not on the source then is on the target now
-        — if the target still imports the slot from that source, serves it (the migration
-        has ended since), or has no part in it (no key can have gone there): the slot is done.
-        Not when the target imports it from another node or migrates it on."""
+        ``address``: their keys there, read two round trips after the source. Keys only go
+        from the source to the target, so a key that was not on the source then is on the
+        target now — if the target still imports the slot from that source, serves it (the
+        migration has ended since), or has no part in it (no key can have gone there): the
+        slot is done. Not when the target imports it from another node or migrates it on. (A
+        whole move of the slot, and one more from the target, cannot fit in between.)"""
         plain = _node_client(self.client, address)
         sizes = _node_replies(
             plain, [("CLUSTER", "COUNTKEYSINSLOT", s) for s in slots], atomic=False
         )
+        found: list[bytes] = []
         for group in _slot_groups(slots, sizes):
             replies = _node_replies(plain, [("CLUSTER", "NODES"), *_slot_reads(group)], atomic=True)
             claims = _parse_claims(_myself_line(replies[0]))
-            found: list[bytes] = []
             for index, (slot, _) in enumerate(group):
                 total, keys = replies[1 + 2 * index], replies[2 + 2 * index]
                 found.extend(keys)
@@ -818,7 +818,7 @@ class _ClusterScan:
                     )
                 else:
                     self.pending.discard(slot)
-            yield from self._hand_out(found)
+        return found
 
     def _hand_out(self, raw_keys: list[bytes]) -> Iterator[tuple[ScanPosition | None, list[str]]]:
         """The keys of a slot read that match the pattern (and ``type_``) and were not handed

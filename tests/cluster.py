@@ -374,7 +374,7 @@ class Resharder:
         if not clients:
             for node in self.cluster.primaries():
                 clients[node.port] = self._connections.enter_context(redis.Redis(port=node.port))
-        _wait_for_epochs(list(clients.values()))
+        wait_for_epochs(list(clients.values()))
         source = self._owner[slot]
         others = [c for port, c in clients.items() if port not in (source, target)]
         _move(
@@ -400,7 +400,7 @@ class Resharder:
             raise self._error
 
 
-def _wait_for_epochs(clients: list[redis.Redis], timeout: float = 10.0) -> None:
+def wait_for_epochs(clients: list[redis.Redis], timeout: float = 10.0) -> None:
     """Wait until every node of ``clients`` sees the same config epoch for every node."""
     deadline = time.monotonic() + timeout
     while True:
