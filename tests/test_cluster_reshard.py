@@ -220,8 +220,12 @@ def test_migrate_integrity_and_query_during_a_continuous_reshard_answer_as_on_a_
         for name, result in quiet.items():
             assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}{result.stderr}"
         # the commit lists' slot goes round the primaries after every 25 of 200 slots of event
-        # hashes, which move one after another: the layout changes every few milliseconds
-        lists_slot, *hash_slots = busiest_slots(writer, app_name, 201)
+        # hashes, which move one after another: the layout changes every few milliseconds. The
+        # legacy hash stays: integrity reads it with HSCAN, whose cursor does not survive the
+        # hash being migrated (another issue than SCAN's: fields come out missing or twice).
+        legacy_slot = writer.keyslot(layout.legacy_event_hash_key(app_name))
+        lists_slot, *hash_slots = busiest_slots(writer, app_name, 202)
+        hash_slots = [s for s in hash_slots if s != legacy_slot][:200]
         rotation = [s for at in range(0, 200, 25) for s in (lists_slot, *hash_slots[at : at + 25])]
         during = run_during_a_reshard(
             redis_cluster,
