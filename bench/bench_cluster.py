@@ -1,7 +1,7 @@
 """Benchmark: reading and migrating from a three-primary Redis Cluster against one server, and
 esctl's per-node pipelines against redis-py's ClusterPipeline, as ratios of one run.
 
-    python bench/bench_cluster.py [--events 100000] [--rounds 2] [--pg-dsn DSN]
+    python bench/bench_cluster.py [--events 100000] [--rounds 2] [--pg-dsn DSN] [--what scan]
 
 Writes the same bulk store (``tests/bulk_store.py``, PERF-NOTES' shape) into a throwaway
 single server and a throwaway local cluster (tests/cluster.py), then, alternating ``--rounds``
@@ -9,6 +9,9 @@ times, measures
 - read: the Redis side of a migration alone (SCAN of the commit lists, LRANGE, HGET of every
   payload through ``redisio``), events/s;
 - migrate: ``migrate_redis_to_pg`` with its defaults into a new database, events/s;
+- scan: ``redisio.scan_pages`` alone over the commit lists (one hash tag: one node) and over
+  the event hashes (every node), keys/s; the cluster's two setups differ only in pipelines,
+  so compare this one across code versions (a quiet cluster's SCAN must not get slower);
 each on the single server, on the cluster with the per-node path (``redisio.BY_NODE_PIPELINES``,
 the default) and on the cluster through redis-py's ClusterPipeline (the path before it), and
 prints the ratios of the medians. Compare only ratios printed by one run: the machine drifts.
@@ -31,6 +34,7 @@ from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 APP = "Bench.Cluster"
 SETUPS = ("single", "cluster", "cluster-old")
 """cluster-old: the cluster through redis-py's ClusterPipeline (BY_NODE_PIPELINES off)."""
+WHAT = ("read", "migrate", "scan")
 
 
 def read_all(client: redisio.RedisClient) -> int:
@@ -47,10 +51,26 @@ def read_all(client: redisio.RedisClient) -> int:
     return events
 
 
+def scan_all(client: redisio.RedisClient) -> int:
+    """SCAN the commit lists and the event hashes; returns the keys handed out."""
+    keys = 0
+    for pattern, type_ in (
+        (layout.commit_list_pattern(APP), "list"),
+        (layout.event_hash_pattern(APP), "hash"),
+    ):
+        for _, page in redisio.scan_pages(client, pattern, type_=type_):
+            keys += len(page)
+    return keys
+
+
 def measure(setup: str, url: str, admin_dsn: str, events: int, what: str) -> float:
     redisio.BY_NODE_PIPELINES = setup != "cluster-old"
     client = redisio.connect(url)
     try:
+        if what == "scan":
+            started = time.perf_counter()
+            keys = scan_all(client)
+            return keys / (time.perf_counter() - started)
         if what == "read":
             started = time.perf_counter()
             assert read_all(client) == events
@@ -75,7 +95,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pg-dsn", help="an admin DSN: databases are created and dropped")
+    parser.add_argument(
+        "--what",
+        default=",".join(WHAT),
+        help=f"what to measure, comma-separated (default {','.join(WHAT)})",
+    )
     args = parser.parse_args()
+    measured = [w for w in args.what.split(",") if w]
+    if not set(measured) <= set(WHAT):
+        parser.error(f"--what takes {', '.join(WHAT)}")
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from cluster import start_cluster
@@ -104,13 +132,14 @@ def main() -> None:
         print(f"store: {events:,} events in {APP}, on one server and on a 3-primary cluster")
         rates: dict[tuple[str, str], list[float]] = {}
         for round_number in range(args.rounds):
-            for what in ("read", "migrate"):
+            for what in measured:
                 for setup in SETUPS:
                     rate = measure(setup, urls[setup], admin_dsn, events, what)
                     rates.setdefault((what, setup), []).append(rate)
-                    print(f"round {round_number + 1} {what:8} {setup:12} {rate:>10,.0f} events/s")
+                    unit = "keys/s" if what == "scan" else "events/s"
+                    print(f"round {round_number + 1} {what:8} {setup:12} {rate:>10,.0f} {unit}")
         print(f"\nmedians of {args.rounds} rounds:")
-        for what in ("read", "migrate"):
+        for what in measured:
             med = {s: statistics.median(rates[(what, s)]) for s in SETUPS}
             print(
                 f"{what:8} cluster / single {med['cluster'] / med['single']:5.2f}x   "

@@ -9,11 +9,12 @@ between tests. Without ``redis-cli`` (or ``redis-server``) the tests are skipped
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -221,34 +222,52 @@ def move_slot(
     *,
     keys_per_step: int = 5,
     pause: float = 0.0,
+    on_step: Callable[[int], None] | None = None,
 ) -> int:
     """Move ``slot`` to the primary ``target`` as ``redis-cli --cluster reshard`` does:
     IMPORTING on the target, MIGRATING on the source, MIGRATE of its keys ``keys_per_step`` at a
     time (``pause`` seconds apart, so clients meet the half-moved slot and its ASK replies), then
-    SETSLOT NODE on every primary. Returns the number of keys moved."""
+    SETSLOT NODE on every primary. Returns the number of keys moved; ``on_step`` is told the
+    number after each MIGRATE."""
     source = slot_owner(cluster, slot)
     if source.port == target.port:
         return 0
-    source_id, target_id = node_id(source.port), node_id(target.port)
+    others = [p for p in cluster.primaries() if p not in (source, target)]
+    with contextlib.ExitStack() as stack:
+        src, dst, *rest = (
+            stack.enter_context(redis.Redis(port=n.port)) for n in (source, target, *others)
+        )
+        return _move(src, dst, rest, slot, keys_per_step, pause, on_step)
+
+
+def _move(
+    src: redis.Redis,
+    dst: redis.Redis,
+    others: list[redis.Redis],
+    slot: int,
+    keys_per_step: int,
+    pause: float,
+    on_step: Callable[[int], None] | None,
+) -> int:
+    """:func:`move_slot` over open connections to the source, the target and the other
+    primaries."""
+    source_id, target_id = (c.execute_command("CLUSTER", "MYID").decode() for c in (src, dst))
+    target_port = dst.connection_pool.connection_kwargs["port"]
     moved = 0
-    with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
-        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-        while True:
-            keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, keys_per_step)
-            if not keys:
-                break
-            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-            moved += len(keys)
-            if pause:
-                time.sleep(pause)
-        for node in [
-            target,
-            source,
-            *(p for p in cluster.primaries() if p not in (source, target)),
-        ]:
-            with redis.Redis(port=node.port) as plain:
-                plain.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    while True:
+        keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, keys_per_step)
+        if not keys:
+            break
+        src.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+        if on_step is not None:
+            on_step(len(keys))
+        if pause:
+            time.sleep(pause)
+    for node in (dst, src, *others):
+        node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
     return moved
 
 
@@ -264,8 +283,16 @@ def key_slots(client: redis.cluster.RedisCluster, pattern: str) -> dict[int, int
 class Resharder:
     """Moves ``slots`` round and round the primaries in a background thread until stopped, a
     few keys at a time, then gives every slot back to the primary it started on. Counts the
-    slot moves and keys moved while it ran (``moves``, ``keys``); an error in the thread is
-    raised again by :meth:`stop`."""
+    slot moves and keys moved while it ran (``moves``, and ``keys`` as each MIGRATE is done); an
+    error in the thread is raised again by :meth:`stop`. A slot listed twice moves twice a turn.
+
+    ``quick``: keep one connection per primary and follow the slots' owners itself instead of
+    asking the cluster before each move (no failover may happen meanwhile): a slot of a few
+    keys moves in a few milliseconds, as with ``redis-cli --cluster reshard`` in a loop, where
+    the default takes about a tenth of a second. Each move waits until every primary knows
+    every config epoch (as redis-cli checks the nodes agree before a reshard): a node taking a
+    slot while it is unaware of a newer epoch elsewhere does not bump its own, and may lose
+    the slot to gossip sent before the move, leaving it served by no node."""
 
     def __init__(
         self,
@@ -274,12 +301,18 @@ class Resharder:
         *,
         keys_per_step: int = 5,
         pause: float = 0.002,
+        quick: bool = False,
     ) -> None:
         self.cluster = cluster
         self.slots = slots
         self.keys_per_step = keys_per_step
         self.pause = pause
+        self.quick = quick
         self.home = {slot: slot_owner(cluster, slot) for slot in slots}
+        self._owner = {slot: home.port for slot, home in self.home.items()}
+        """With ``quick``: the port of each slot's primary, as this mover left it."""
+        self._clients: dict[int, redis.Redis] = {}
+        self._connections = contextlib.ExitStack()
         self.moves = 0
         self.keys = 0
         self._stop = threading.Event()
@@ -295,6 +328,9 @@ class Resharder:
 
     def _run(self) -> None:
         try:
+            if self.quick:
+                self._run_quick()
+                return
             primaries = self.cluster.primaries()
             turn = 0
             while not self._stop.is_set():
@@ -305,25 +341,78 @@ class Resharder:
                     turn += 1
                     if slot_owner(self.cluster, slot).port == target.port:
                         continue
-                    self.keys += move_slot(
+                    move_slot(
                         self.cluster,
                         slot,
                         target,
                         keys_per_step=self.keys_per_step,
                         pause=self.pause,
+                        on_step=self._count,
                     )
                     self.moves += 1
         except BaseException as exc:  # handed to the test by stop()
             self._error = exc
 
+    def _run_quick(self) -> None:
+        primaries = [p.port for p in self.cluster.primaries()]
+        turn = 0
+        while not self._stop.is_set():
+            for slot in self.slots:
+                if self._stop.is_set():
+                    break
+                self._move_quick(slot, primaries[turn % len(primaries)], self._count)
+                turn += 1
+
+    def _move_quick(
+        self, slot: int, target: int, on_step: Callable[[int], None] | None = None
+    ) -> None:
+        """Move ``slot`` to the primary on port ``target`` over the connections kept open,
+        once every primary knows every config epoch."""
+        if self._owner[slot] == target:
+            return
+        clients = self._clients
+        if not clients:
+            for node in self.cluster.primaries():
+                clients[node.port] = self._connections.enter_context(redis.Redis(port=node.port))
+        wait_for_epochs(list(clients.values()))
+        source = self._owner[slot]
+        others = [c for port, c in clients.items() if port not in (source, target)]
+        _move(
+            clients[source], clients[target], others, slot, self.keys_per_step, self.pause, on_step
+        )
+        self._owner[slot] = target
+        self.moves += 1
+
+    def _count(self, keys: int) -> None:
+        self.keys += keys
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(60)
-        for slot, home in self.home.items():
-            move_slot(self.cluster, slot, home)
+        with self._connections:
+            for slot, home in self.home.items():
+                if self.quick:
+                    self._move_quick(slot, home.port)
+                else:
+                    move_slot(self.cluster, slot, home)
         wait_for_agreement(self.cluster)
         if self._error is not None:
             raise self._error
+
+
+def wait_for_epochs(clients: list[redis.Redis], timeout: float = 10.0) -> None:
+    """Wait until every node of ``clients`` sees the same config epoch for every node."""
+    deadline = time.monotonic() + timeout
+    while True:
+        views = set()
+        for client in clients:
+            lines = client.execute_command("CLUSTER", "NODES").decode().splitlines()
+            views.add(tuple(sorted((f[0], f[6]) for f in map(str.split, lines))))
+        if len(views) == 1:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster nodes do not agree on the config epochs")
+        time.sleep(0.001)
 
 
 def wait_for_agreement(cluster: LocalCluster, timeout: float = 20.0) -> None:

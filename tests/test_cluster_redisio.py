@@ -11,6 +11,8 @@ import pytest
 import redis
 import redis.cluster
 from cluster import LocalCluster, redis_cluster
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from esctl import redisio
 from esctl.errors import ConnectionFailed
@@ -226,3 +228,62 @@ def test_read_only_calls_are_told_from_writing_ones() -> None:
     assert not redisio.is_read_only([("HGET", "h", "f"), ("HSET", "h", "f", "v")])
     assert not redisio.is_read_only([("EVALSHA", "0" * 40, 1, "k")])
     assert not redisio.is_read_only([("MEMORY", "PURGE")])
+
+
+# --- the glob of SCAN MATCH, applied to keys read by GETKEYSINSLOT ---------------------------
+
+GLOB_BYTES = st.sampled_from([bytes([c]) for c in b"abz:-*?[]^\\{\x00\x80\xc3\xff"])
+"""Every character the glob gives a meaning, and bytes over 0x7f (ranges compare bytes as
+signed chars on x86-64)."""
+GLOB_PIECES = st.one_of(
+    GLOB_BYTES,
+    st.builds(
+        lambda negate, low, high: b"[" + negate + low + b"-" + high + b"]",
+        st.sampled_from([b"", b"^"]),
+        GLOB_BYTES,
+        GLOB_BYTES,
+    ),
+)
+"""Pieces of patterns: a character, or a range class (rare by chance alone)."""
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pattern=st.lists(GLOB_PIECES, max_size=6).map(b"".join),
+    keys=st.lists(st.lists(GLOB_BYTES, max_size=5).map(b"".join), min_size=1, max_size=12),
+)
+def test_glob_matcher_matches_what_scan_match_matches(
+    redis_client: redis.Redis, pattern: bytes, keys: list[bytes]
+) -> None:
+    """A moved slot's keys come from GETKEYSINSLOT, which has no MATCH: esctl filters them
+    itself and must keep exactly the keys SCAN MATCH would have returned (empty key, unclosed
+    ``[``, trailing ``\\``, reversed ranges and bytes over 0x7f included)."""
+    redis_client.flushdb()
+    redis_client.mset(dict.fromkeys(keys, b"x"))
+    by_redis = set(redis_client.scan_iter(match=pattern, count=1000))
+    matches = redisio.glob_matcher(redisio.key_str(pattern))
+    assert {k for k in keys if matches(k)} == by_redis
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "expected"),
+    [
+        ("{EventStore:App\\*}:*", b"{EventStore:App*}:42", True),
+        ("{EventStore:App\\*}:*", b"{EventStore:Apps}:42", False),
+        ("EventStore:App:*", b"EventStore:App:7", True),
+        ("EventStore:App:*", b"EventStore:App", False),
+        ("k[^a-c]?", b"kdx", True),
+        ("k[^a-c]?", b"kbx", False),
+        ("k[z-a]", b"km", True),  # a reversed range is swapped
+        ("k[ab", b"kb", True),  # an unclosed class runs to the end
+        ("k\\", b"k\\", True),  # a trailing backslash is itself
+        ("?", "é".encode(), False),  # ? is one byte, é is two
+        ("[a-\udcff]", b"\xff", True),  # bytes compare as signed chars: -1 < 97
+        ("[a-\udcff]", b"\x00", True),
+        ("[a-\udcff]", b"\x80", False),
+        ("*", b"", True),  # SCAN's "*" filters nothing
+        ("a*", b"", False),
+    ],
+)
+def test_glob_matcher_examples(pattern: str, key: bytes, expected: bool) -> None:
+    assert redisio.glob_matcher(pattern)(key) is expected

@@ -1,0 +1,115 @@
+"""What a migration is asked to do (:class:`MigrateOptions`) and what it reports: the running
+figures (:class:`Progress`) and the outcome (:class:`MigrationSummary`, with
+:class:`Invocation` for what one invocation of a resumed run did)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, astuple, dataclass, field
+from typing import Any
+
+from esctl.defaults import MIGRATE_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from esctl.shard import Shard
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    app: str
+    pg_dsn: str
+    pg_schema: str = "public"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    init_schema: bool = False
+    dry_run: bool = False
+    shard: Shard = field(default_factory=Shard)
+    restart: bool = False
+    max_problems: int | None = None
+    rate: float | None = None
+    max_redis_latency_ms: float | None = None
+    writers: int = 2
+    toast_compression: str | None = "lz4"
+    scan_count: int = 1000
+
+
+@dataclass
+class Progress:
+    """Cumulative figures of the running invocation (reported after each batch)."""
+
+    aggregates: int = 0
+    events_read: int = 0
+    events_migrated: int = 0
+    events_already_present: int = 0
+    aggregates_quarantined: int = 0
+    events_quarantined: int = 0
+    commits_seen: int = 0
+    """Commit-list entries looked at, including unchanged aggregates (for progress bars)."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What one invocation of a run did (a resumed run's summary also holds the whole run's)."""
+
+    aggregates: int
+    aggregates_unchanged: int
+    events_migrated: int
+    events_already_present: int
+    aggregates_quarantined: int
+    events_quarantined: int
+
+    def __add__(self, other: Invocation) -> Invocation:
+        return Invocation(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+@dataclass
+class MigrationSummary:
+    """The outcome of a migration. The event and quarantine counts and ``problems`` cover the
+    whole run: for a resumed run they include the interrupted invocations, and
+    ``this_invocation`` says what this invocation did (``aggregates`` and
+    ``aggregates_unchanged`` are this invocation's: a resume rereads part of a SCAN page, so
+    they cannot be summed over invocations)."""
+
+    run_id: str
+    dry_run: bool
+    resumed: bool
+    aggregates: int
+    aggregates_unchanged: int
+    events_migrated: int
+    events_already_present: int
+    aggregates_quarantined: int
+    events_quarantined: int
+    problems: list[dict[str, str]]
+    elapsed_s: float
+    events_per_s: float
+    stopped_early: str | None = None
+    toast_compression: str | None = None
+    this_invocation: Invocation | None = None
+    """Set when the run was resumed."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "aggregates": self.aggregates,
+            "aggregates_unchanged": self.aggregates_unchanged,
+            "events_migrated": self.events_migrated,
+            "events_already_present": self.events_already_present,
+            "aggregates_quarantined": self.aggregates_quarantined,
+            "events_quarantined": self.events_quarantined,
+            "problems": self.problems,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "events_per_s": round(self.events_per_s, 1),
+            "resumed": self.resumed,
+            "this_invocation": asdict(self.this_invocation) if self.this_invocation else None,
+            "stopped_early": self.stopped_early,
+        }
+
+    def invocation(self) -> Invocation:
+        """What this invocation did (the whole summary when the run was not resumed)."""
+        if self.this_invocation is not None:
+            return self.this_invocation
+        return Invocation(
+            self.aggregates,
+            self.aggregates_unchanged,
+            self.events_migrated,
+            self.events_already_present,
+            self.aggregates_quarantined,
+            self.events_quarantined,
+        )

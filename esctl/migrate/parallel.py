@@ -1,0 +1,133 @@
+""":func:`migrate_parallel`: one migration in several local processes, one sub-shard each, with
+one combined summary. Why the workers are forked: docs/design/migrate.md, "Several processes"."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import queue
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from dataclasses import fields, replace
+from typing import Any
+
+from esctl import redisio
+from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
+from esctl.migrate.run import migrate_redis_to_pg
+
+
+def _migrate_in_process(
+    redis_url: str,
+    connect: dict[str, bool],
+    opts: MigrateOptions,
+    index: int,
+    progress: Any,
+) -> MigrationSummary:
+    client = redisio.connect(redis_url, **connect)
+    try:
+        report = None if progress is None else lambda p: progress.put((index, p))
+        return migrate_redis_to_pg(client, opts, on_progress=report)
+    finally:
+        client.close()
+
+
+def migrate_parallel(
+    redis_url: str,
+    opts: MigrateOptions,
+    *,
+    workers: int,
+    cluster: bool = False,
+    read_from_replicas: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> MigrationSummary:
+    """:func:`migrate_redis_to_pg` in ``workers`` local processes, one sub-shard of
+    ``opts.shard`` each (``Shard.split``): each has its own lock, checkpoint and resume, so a
+    rerun with the same ``workers`` continues every part. Together they own exactly the
+    aggregates of ``opts.shard``. Counts add up, problems are concatenated; ``on_progress``
+    gets the sum of every worker's latest figures. The first worker error is raised after the
+    others have finished (their committed batches stay)."""
+    if workers <= 1:
+        client = redisio.connect(redis_url, cluster=cluster, read_from_replicas=read_from_replicas)
+        try:
+            return migrate_redis_to_pg(client, opts, on_progress=on_progress)
+        finally:
+            client.close()
+    started = time.monotonic()
+    parts = [replace(opts, shard=shard) for shard in opts.shard.split(workers)]
+    connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
+    # Forked (docs/design/migrate.md): each worker opens its own connections.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    with contextlib.ExitStack() as stack:
+        progress = None
+        if on_progress is not None:
+            progress = stack.enter_context(context.Manager()).Queue()
+        pool = stack.enter_context(ProcessPoolExecutor(len(parts), mp_context=context))
+        futures = [
+            pool.submit(_migrate_in_process, redis_url, connect, part, index, progress)
+            for index, part in enumerate(parts)
+        ]
+        if progress is not None and on_progress is not None:
+            _relay_progress(progress, futures, on_progress)
+        wait(futures)
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            raise error
+    return _combined(opts, parts, [f.result() for f in futures], time.monotonic() - started)
+
+
+def _relay_progress(
+    progress: Any,
+    futures: list[Future[MigrationSummary]],
+    on_progress: Callable[[Progress], None],
+) -> None:
+    """Hand ``on_progress`` the sum of every worker's latest figures until all are done."""
+    latest: dict[int, Progress] = {}
+    while True:
+        running = not all(f.done() for f in futures)
+        try:
+            index, figures = progress.get(timeout=0.2 if running else 0)
+        except queue.Empty:
+            if running:
+                continue
+            return
+        latest[index] = figures
+        total = Progress()
+        for f in fields(Progress):
+            setattr(total, f.name, sum(getattr(p, f.name) for p in latest.values()))
+        on_progress(total)
+
+
+def _combined(
+    opts: MigrateOptions,
+    parts: list[MigrateOptions],
+    results: list[MigrationSummary],
+    elapsed: float,
+) -> MigrationSummary:
+    """One summary of the workers' summaries."""
+    resumed = any(r.resumed for r in results)
+    invocation = sum((r.invocation() for r in results), start=Invocation(0, 0, 0, 0, 0, 0))
+    return MigrationSummary(
+        run_id=",".join(r.run_id for r in results),
+        dry_run=opts.dry_run,
+        resumed=resumed,
+        aggregates=sum(r.aggregates for r in results),
+        aggregates_unchanged=sum(r.aggregates_unchanged for r in results),
+        events_migrated=sum(r.events_migrated for r in results),
+        events_already_present=sum(r.events_already_present for r in results),
+        aggregates_quarantined=sum(r.aggregates_quarantined for r in results),
+        events_quarantined=sum(r.events_quarantined for r in results),
+        problems=[p for r in results for p in r.problems],
+        elapsed_s=elapsed,
+        events_per_s=invocation.events_migrated / elapsed if elapsed > 0 else 0.0,
+        stopped_early="; ".join(
+            f"shard {part.shard}: {r.stopped_early}"
+            for part, r in zip(parts, results, strict=True)
+            if r.stopped_early
+        )
+        or None,
+        toast_compression=results[0].toast_compression,
+        this_invocation=invocation if resumed else None,
+    )

@@ -1,0 +1,289 @@
+"""The Redis side of a migration: :class:`Reader` turns SCAN pages of commit lists into
+batches of checked, whole aggregates, reading only what is new since the last run; and
+:func:`count_commits`, the quick count behind a progress bar.
+
+Which SCAN position a batch carries, when the per-page lookup of what was migrated is skipped,
+and how payloads are read in chunks: docs/design/migrate.md, "Reading".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import psycopg
+
+from esctl import layout, redisio
+from esctl.migrate.options import MigrateOptions
+from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
+from esctl.shard import Shard
+from esctl.streams import StreamProblem, build_stream, validate_stream
+
+Migrated = tuple[int, str, str]
+"""What esctl.migrated_stream holds of an aggregate: (commits migrated, last commit id,
+aggregate type)."""
+
+
+class Reader:
+    """Turns SCAN pages of commit lists into batches of checked, whole aggregates."""
+
+    def __init__(
+        self,
+        client: redisio.RedisClient,
+        opts: MigrateOptions,
+        conn: psycopg.Connection,
+        state_present: bool,
+    ) -> None:
+        self.client = client
+        self.opts = opts
+        self.conn = conn
+        self.state_present = state_present
+        self.pacer = redisio.LatencyPacer(client, opts.rate, opts.max_redis_latency_ms)
+        self.unchanged = 0
+        self.commits_seen = 0
+        # A first run skips the per-page lookup of what was migrated (docs/design/migrate.md).
+        self.lookups = state_present and self._any_migrated()
+
+    def _any_migrated(self) -> bool:
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM esctl.migrated_stream"
+            " WHERE target_schema = %s AND application_name = %s)",
+            (self.opts.pg_schema, self.opts.app),
+        ).fetchone()
+        self.conn.commit()
+        return bool(row and row[0])
+
+    def migrated(self, ids: Sequence[str]) -> dict[str, Migrated]:
+        """aggregate id -> (commits migrated, last commit id, aggregate type)."""
+        if not self.lookups or not ids:
+            return {}
+        rows = self.conn.execute(
+            # LATERAL with OFFSET 0 (which the planner may not flatten): one index lookup per
+            # id whatever the statistics say (docs/design/migrate.md, "Reading").
+            "SELECT u.id, m.commits, m.last_commit_id, m.aggregate_type"
+            "  FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
+            "    SELECT commits, last_commit_id, aggregate_type FROM esctl.migrated_stream"
+            "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
+            "    OFFSET 0) m",
+            (list(ids), self.opts.pg_schema, self.opts.app),
+        ).fetchall()
+        self.conn.commit()
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def batches(self, start: redisio.ScanPosition, first_seq: int) -> Iterator[Batch]:
+        """Batches of whole aggregates holding about ``batch_size`` events each. A batch that
+        ends inside a SCAN page carries the position before that page; the one that ends the
+        page carries the position after it (docs/design/migrate.md, "Reading")."""
+        self._seq = first_seq
+        self._batch = Batch(self._seq, start.encode())
+        pages = redisio.scan_pages(
+            self.client,
+            layout.commit_list_pattern(self.opts.app),
+            type_="list",
+            count=self.opts.scan_count,
+            start=start,
+        )
+        before = start.encode()
+        for position, keys in pages:
+            yield from self._add_page(keys, before)
+            before = replace(position, epoch=start.epoch).encode()
+            self._batch.position = before
+            if self._full():
+                yield self._seal(before)
+        if self._batch.aggregates or self._batch.position != start.encode():
+            yield self._batch
+
+    def _full(self) -> bool:
+        size = self.opts.batch_size
+        return self._batch.events >= size or self._batch.aggregates >= size
+
+    def _seal(self, position: str) -> Batch:
+        """Hand out the current batch (at ``position``) and start the next one."""
+        sealed = self._batch
+        sealed.position = position
+        self._seq += 1
+        self._batch = Batch(self._seq, position)
+        return sealed
+
+    def _quarantine_whole(self, aggregate_id: str, key: str, problem: StreamProblem) -> None:
+        """Count an aggregate whose commit list is not read at all, with its problem."""
+        self._batch.aggregates += 1
+        self._batch.quarantined.append(Quarantined(aggregate_id, key, 0, [problem]))
+
+    def _add_page(self, keys: list[str], page_start: str) -> Iterator[Batch]:
+        app = self.opts.app
+        ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
+        ids = [a for a in ids if self.opts.shard.owns(a)]
+        for aggregate_id in [a for a in ids if not redisio.is_utf8(a)]:
+            ids.remove(aggregate_id)
+            self._quarantine_whole(
+                redisio.printable(aggregate_id),
+                redisio.printable(layout.commit_list_key(app, aggregate_id)),
+                StreamProblem(
+                    "unsupported_by_postgres",
+                    "the commit list key is not UTF-8: PostgreSQL text cannot hold "
+                    "its aggregate id",
+                ),
+            )
+        if not ids:
+            return
+        known = self.migrated(ids)
+        todo, starts = self._to_read(ids, known)
+        if not todo:
+            return
+        keys_todo = [layout.commit_list_key(app, a) for a in todo]
+        lists = redisio.commit_lists(self.client, keys_todo, starts)
+        self.commits_seen += sum(starts)
+        # Payloads are fetched in chunks of about a batch, so memory stays bounded by the batch
+        # size (or the largest aggregate) rather than by what one SCAN page names.
+        chunk: list[int] = []
+        chunk_events = 0
+        for index, commit_ids in enumerate(lists):
+            chunk.append(index)
+            chunk_events += len(commit_ids)
+            if chunk_events >= self.opts.batch_size or index == len(lists) - 1:
+                yield from self._add_chunk(
+                    [todo[i] for i in chunk],
+                    [keys_todo[i] for i in chunk],
+                    [starts[i] for i in chunk],
+                    [lists[i] for i in chunk],
+                    known,
+                    page_start,
+                )
+                chunk, chunk_events = [], 0
+
+    def _to_read(self, ids: list[str], known: dict[str, Migrated]) -> tuple[list[str], list[int]]:
+        """The aggregates of a page to read, and the commit-list entry to read each from.
+        Only aggregates migrated before need their length first (to skip unchanged ones); the
+        others are read whole."""
+        app = self.opts.app
+        known_ids = [a for a in ids if a in known]
+        lengths = dict(
+            zip(
+                known_ids,
+                redisio.list_lengths(
+                    self.client, [layout.commit_list_key(app, a) for a in known_ids]
+                ),
+                strict=True,
+            )
+        )
+        todo: list[str] = []
+        starts: list[int] = []
+        for aggregate_id in ids:
+            if aggregate_id not in known:
+                todo.append(aggregate_id)
+                starts.append(0)
+                continue
+            done, length = known[aggregate_id][0], lengths[aggregate_id]
+            if length == done:
+                self.unchanged += 1
+                self.commits_seen += length
+            elif length < done:
+                self._quarantine_whole(
+                    aggregate_id,
+                    layout.commit_list_key(app, aggregate_id),
+                    StreamProblem(
+                        "commit_list_shrunk",
+                        f"the commit list has {length} entries but {done} were migrated",
+                    ),
+                )
+            else:
+                todo.append(aggregate_id)
+                starts.append(done - 1)  # the last migrated commit, to check continuity
+        return todo, starts
+
+    def _add_chunk(
+        self,
+        ids: list[str],
+        keys: list[str],
+        starts: list[int],
+        lists: list[list[str]],
+        known: dict[str, Migrated],
+        page_start: str,
+    ) -> Iterator[Batch]:
+        flat = [c for commit_ids in lists for c in commit_ids]
+        self.commits_seen += len(flat)
+        self.pacer.wait(len(flat))
+        values, where = redisio.fetch_values(self.client, self.opts.app, flat)
+        offset = 0
+        for aggregate_id, key, start, commit_ids in zip(ids, keys, starts, lists, strict=True):
+            end = offset + len(commit_ids)
+            self._batch.aggregates += 1
+            self._add_aggregate(
+                self._batch,
+                aggregate_id,
+                key,
+                start,
+                commit_ids,
+                values[offset:end],
+                where[offset:end],
+                known.get(aggregate_id),
+            )
+            offset = end
+            if self._full():
+                yield self._seal(page_start)
+
+    def _add_aggregate(
+        self,
+        batch: Batch,
+        aggregate_id: str,
+        key: str,
+        start: int,
+        commit_ids: list[str],
+        values: list[bytes | None],
+        where: list[str | None],
+        known: Migrated | None,
+    ) -> None:
+        done, last_commit, known_type = known if known else (0, "", None)
+        skip = 1 if done else 0
+        continuous = not done or (bool(commit_ids) and commit_ids[0] == last_commit)
+        if continuous:
+            fast = clean_rows(
+                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
+            )
+            if fast is not None:
+                aggregate_type, fast_rows = fast
+                batch.events += len(fast_rows)
+                batch.clean[aggregate_id] = AggregateRows(
+                    aggregate_type, fast_rows, done + len(fast_rows), commit_ids[-1]
+                )
+                return
+        # The general path finds and describes whatever kept the fast path from taking it.
+        stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
+        if not continuous:
+            stream.problems.append(
+                StreamProblem(
+                    "commit_list_changed",
+                    f"entry {start} of the commit list is not the last migrated commit "
+                    f"{last_commit}: the list was rewritten",
+                )
+            )
+        else:
+            validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
+        new_events = len(stream.events) - skip
+        if stream.ok:
+            stream.events = stream.events[skip:]
+            rows = stream_rows(stream)
+            if isinstance(rows, StreamProblem):
+                stream.problems.append(rows)
+            else:
+                batch.events += len(rows)
+                stream_type = stream.aggregate_type
+                if stream_type is None:
+                    stream_type = known_type or ""
+                batch.clean[aggregate_id] = AggregateRows(
+                    stream_type, rows, done + new_events, commit_ids[-1]
+                )
+                return
+        batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
+
+
+def count_commits(client: redisio.RedisClient, app: str, shard: Shard) -> tuple[int, int]:
+    """A quick count for progress bars: (commit lists, commit-list entries) of ``app`` in
+    ``shard``. SCAN plus pipelined LLEN; reads no payloads."""
+    lists = entries = 0
+    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(app), type_="list"):
+        keys = [k for k in keys if shard.owns(layout.aggregate_id_from_commit_list_key(app, k))]
+        lists += len(keys)
+        entries += sum(redisio.list_lengths(client, keys))
+    return lists, entries

@@ -1,0 +1,296 @@
+""":func:`migrate_redis_to_pg`, the operation: takes the run's lock, prepares the tables, opens
+or resumes the run, then reads in the calling thread while writer threads, one PostgreSQL
+connection each, commit the batches (docs/design/migrate.md, "Threads")."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import psycopg
+
+from esctl import pg, redisio
+from esctl.errors import ConfigError
+from esctl.locks import AdvisoryLock
+from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
+from esctl.migrate.reader import Reader
+from esctl.migrate.rows import Batch, BatchResult
+from esctl.migrate.runs import RunStart, RunTotals, open_run, run_totals, set_status
+from esctl.migrate.writer import BatchWriter
+
+
+def migrate_redis_to_pg(
+    client: redisio.RedisClient,
+    opts: MigrateOptions,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> MigrationSummary:
+    """Run (or resume) a migration. Only committed events move; an aggregate with any problem
+    is skipped whole and quarantined; rows already there are never overwritten; each batch
+    commits with its bookkeeping, so a rerun continues and a later run moves only what is new
+    (the promises in full: docs/design/migrate.md).
+
+    Raises LockHeld when another run holds this app/schema/shard's lock, ConnectionFailed when
+    a server goes away (the committed batches stay; rerunning continues), KeyboardInterrupt
+    after the in-flight batches were committed or rolled back.
+    """
+    if opts.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    started = time.monotonic()
+    dsn = opts.pg_dsn
+    with _migration_lock(opts):
+        control = pg.connect(dsn, application_name="esctl migrate")
+        try:
+            with pg.translate_errors(dsn):
+                target_exists = _prepare_target(control, opts)
+                state_present = pg.state_schema_present(control)
+                epoch = redisio.scan_epoch(client)
+                run = open_run(control, opts, epoch)
+                run = replace(run, position=replace(run.position, epoch=epoch))
+            invocation = _Invocation(
+                client,
+                opts,
+                control,
+                run,
+                state_present=state_present,
+                target_exists=target_exists,
+                on_progress=on_progress,
+            )
+            invocation.execute()
+            return invocation.summary(started)
+        finally:
+            control.close()
+
+
+def _migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[object]:
+    """One run at a time per app, schema and shard (a dry run writes nothing and takes none)."""
+    if opts.dry_run:
+        return contextlib.nullcontext()
+    return AdvisoryLock(
+        opts.pg_dsn,
+        f"esctl:migrate:{opts.pg_schema}:{opts.app}:{opts.shard}",
+        held=f"another migration of {opts.app} into schema {opts.pg_schema} "
+        f"(shard {opts.shard}) is running",
+    )
+
+
+def _prepare_target(control: psycopg.Connection, opts: MigrateOptions) -> bool:
+    """Check (and with --init-schema create) the event tables and esctl's bookkeeping. Returns
+    whether the event tables exist: a dry run creates nothing, so with --init-schema and no
+    tables yet every event counts as one that would be migrated."""
+    if opts.dry_run:
+        target_exists = pg.check_event_store_schema(control, opts.pg_schema).tables_present
+        if not target_exists and not opts.init_schema:
+            pg.ensure_event_store_schema(control, opts.pg_schema, create=False)
+    else:
+        pg.ensure_event_store_schema(control, opts.pg_schema, create=opts.init_schema)
+        pg.ensure_state_schema(control)
+        target_exists = True
+    control.commit()
+    return target_exists
+
+
+class _WriterPool:
+    """Writer threads, each with its own :class:`BatchWriter`, fed through a queue that holds
+    at most one batch per writer. A writer's error stops the pool and waits in ``failure`` for
+    the reading thread, which re-raises it."""
+
+    def __init__(
+        self, opts: MigrateOptions, run_id: str, *, target_exists: bool, count: int
+    ) -> None:
+        self.dsn = opts.pg_dsn
+        self.work: queue.Queue[Batch | None] = queue.Queue(maxsize=count)
+        self.results: list[BatchResult] = []
+        self.results_lock = threading.Lock()
+        self.failure: list[BaseException] = []
+        self.stop = threading.Event()
+        self.writers = [
+            BatchWriter(opts, run_id, target_exists=target_exists) for _ in range(count)
+        ]
+        self.toast_compression = self.writers[0].toast_compression
+        self.threads = [
+            threading.Thread(target=self._loop, args=(w,), name=f"esctl-writer-{i}", daemon=True)
+            for i, w in enumerate(self.writers)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self, writer: BatchWriter) -> None:
+        try:
+            while True:
+                batch = self.work.get()
+                if batch is None or self.stop.is_set():
+                    return
+                with pg.translate_errors(self.dsn):
+                    result = writer.write(batch)
+                with self.results_lock:
+                    self.results.append(result)
+        except BaseException as exc:  # handed to the reader thread, which re-raises it
+            self.failure.append(exc)
+            self.stop.set()
+
+    def put(self, item: Batch | None) -> None:
+        # Once a writer failed nobody may drain the queue: give up instead of blocking.
+        while True:
+            if self.stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    self.work.put_nowait(item)
+                return
+            try:
+                self.work.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def done(self) -> list[BatchResult]:
+        """The results so far (a copy: the writers go on appending)."""
+        with self.results_lock:
+            return list(self.results)
+
+    def close(self) -> None:
+        """Let every writer finish what it took, then close their connections."""
+        for _ in self.threads:
+            self.put(None)
+        for t in self.threads:
+            t.join()
+        for w in self.writers:
+            w.close()
+
+    def raise_failure(self) -> None:
+        if self.failure:
+            raise self.failure[0]
+
+
+class _Invocation:
+    """One invocation of a run: the reader, in the calling thread, feeds the writer pool."""
+
+    def __init__(
+        self,
+        client: redisio.RedisClient,
+        opts: MigrateOptions,
+        control: psycopg.Connection,
+        run: RunStart,
+        *,
+        state_present: bool,
+        target_exists: bool,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.opts = opts
+        self.control = control
+        self.run = run
+        self.on_progress = on_progress
+        writers = 1 if opts.dry_run else max(1, opts.writers)
+        self.pool = _WriterPool(opts, run.run_id, target_exists=target_exists, count=writers)
+        self.reader = Reader(client, opts, control, state_present)
+        self.progress = Progress()
+        self.aggregates = 0
+        self.events_read = 0
+        self.redis_problems = 0
+        self.stopped_early: str | None = None
+
+    def execute(self) -> None:
+        """Read and write every batch (or until --max-problems), then record the run's
+        status: interrupted, failed, stopped or finished."""
+        try:
+            try:
+                with pg.translate_errors(self.opts.pg_dsn):
+                    self._feed()
+            finally:
+                self.pool.close()
+            self.pool.raise_failure()
+        except KeyboardInterrupt:
+            self.pool.stop.set()
+            self._set_status("interrupted")
+            raise
+        except Exception:
+            self._set_status("failed")
+            raise
+        self._set_status("finished" if self.stopped_early is None else "stopped")
+        self.report()
+
+    def _feed(self) -> None:
+        max_problems = self.opts.max_problems
+        for batch in self.reader.batches(self.run.position, self.run.first_seq):
+            if self.pool.stop.is_set():
+                return
+            self.aggregates += batch.aggregates
+            self.events_read += batch.events
+            self.redis_problems += len(batch.quarantined)
+            self.pool.put(batch)
+            self.report()
+            if max_problems is not None and self.redis_problems > max_problems:
+                self.stopped_early = (
+                    f"more than {max_problems} aggregates with problems (--max-problems)"
+                )
+                return
+
+    def _set_status(self, status: str) -> None:
+        if not self.opts.dry_run:
+            set_status(self.control, self.run.run_id, status)
+
+    def report(self) -> None:
+        if self.on_progress is None:
+            return
+        done = self.pool.done()
+        progress = self.progress
+        progress.aggregates = self.aggregates
+        progress.events_read = self.events_read
+        progress.commits_seen = self.reader.commits_seen
+        progress.events_migrated = sum(r.inserted for r in done)
+        progress.events_already_present = sum(r.already_present for r in done)
+        progress.aggregates_quarantined = sum(len(r.quarantined) for r in done)
+        progress.events_quarantined = sum(q.events for r in done for q in r.quarantined)
+        self.on_progress(progress)
+
+    def summary(self, started: float) -> MigrationSummary:
+        """What this invocation did; for a resumed run, the counts and problems of the whole
+        run (interrupted invocations included) and this invocation's apart."""
+        elapsed = time.monotonic() - started
+        results = self.pool.results
+        unchanged = self.reader.unchanged
+        quarantined = [q for r in results for q in r.quarantined]
+        mine = RunTotals(
+            sum(r.inserted for r in results),
+            sum(r.already_present for r in results),
+            len(quarantined),
+            sum(q.events for q in quarantined),
+            [
+                {"kind": p.kind, "key": q.key, "detail": p.detail}
+                for q in quarantined
+                for p in q.problems
+            ],
+        )
+        totals = mine
+        if self.run.resumed:
+            with pg.translate_errors(self.opts.pg_dsn):
+                totals = run_totals(self.control, self.opts.app, self.run.run_id)
+        return MigrationSummary(
+            run_id=self.run.run_id,
+            dry_run=self.opts.dry_run,
+            resumed=self.run.resumed,
+            aggregates=self.aggregates + unchanged,
+            aggregates_unchanged=unchanged,
+            events_migrated=totals.events_migrated,
+            events_already_present=totals.events_already_present,
+            aggregates_quarantined=totals.aggregates_quarantined,
+            events_quarantined=totals.events_quarantined,
+            problems=totals.problems,
+            elapsed_s=elapsed,
+            events_per_s=(mine.events_migrated / elapsed) if elapsed > 0 else 0.0,
+            stopped_early=self.stopped_early,
+            toast_compression=self.pool.toast_compression,
+            this_invocation=Invocation(
+                self.aggregates + unchanged,
+                unchanged,
+                mine.events_migrated,
+                mine.events_already_present,
+                mine.aggregates_quarantined,
+                mine.events_quarantined,
+            )
+            if self.run.resumed
+            else None,
+        )

@@ -1,0 +1,51 @@
+"""``esctl events query``: find events by type, aggregate, time and payload fields, in Redis or
+in the migrated PostgreSQL tables, with one filter language and one answer.
+
+The filters and results are in :mod:`.filters`, the where-language in :mod:`.where`, the two
+sources in :mod:`.redis_query` (:class:`RedisQuery`) and :mod:`.pg_query` (:class:`PgQuery`).
+What each filter and operator means, exactly and the same on both sides, and what a result
+holds: docs/design/query.md.
+
+The package never prints and never exits; the CLI renders what it returns.
+"""
+
+from esctl.query.filters import QueryFilters, QueryResult, QueryStats
+from esctl.query.pg_query import PgQuery, pg_conditions, pg_query_sql, query_pg
+from esctl.query.redis_query import (
+    HEAD_BASE64_CHARS,
+    HEAD_PLAIN_BYTES,
+    RedisQuery,
+    head_envelope,
+    head_event_type,
+    query_redis,
+)
+from esctl.query.where import (
+    MAX_PATH_SEGMENTS,
+    OPERATORS,
+    Literal,
+    WhereClause,
+    parse_where,
+    reach,
+)
+
+__all__ = [
+    "HEAD_BASE64_CHARS",
+    "HEAD_PLAIN_BYTES",
+    "MAX_PATH_SEGMENTS",
+    "OPERATORS",
+    "Literal",
+    "PgQuery",
+    "QueryFilters",
+    "QueryResult",
+    "QueryStats",
+    "RedisQuery",
+    "WhereClause",
+    "head_envelope",
+    "head_event_type",
+    "parse_where",
+    "pg_conditions",
+    "pg_query_sql",
+    "query_pg",
+    "query_redis",
+    "reach",
+]

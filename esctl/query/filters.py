@@ -1,0 +1,113 @@
+"""What ``events query`` asks (:class:`QueryFilters`, built from the command line's text) and
+what it answers: one :class:`QueryResult` per matching event, and :class:`QueryStats` on how
+much it looked at. Redis and PostgreSQL answer with the same results
+(docs/design/query.md, "Results")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from esctl.durations import parse_time
+from esctl.errors import UsageError
+from esctl.query.where import WhereClause, parse_where
+
+
+@dataclass(frozen=True)
+class QueryFilters:
+    """What to find; every filter is optional and all must hold (docs/design/query.md,
+    "Filters"). ``since`` is inclusive, ``until`` exclusive."""
+
+    types: tuple[str, ...] = ()
+    aggregate_type: str | None = None
+    aggregates: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    where: tuple[WhereClause, ...] = ()
+    limit: int | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        types: Sequence[str] = (),
+        aggregate_type: str | None = None,
+        aggregates: Sequence[str] = (),
+        since: str | None = None,
+        until: str | None = None,
+        where: Sequence[str] = (),
+        limit: int | None = None,
+        now: datetime | None = None,
+    ) -> QueryFilters:
+        """Filters from command-line text; raises UsageError on anything malformed."""
+        moment = now or datetime.now(UTC)
+        if limit is not None and limit < 0:
+            raise UsageError("--limit must be 0 or more")
+        return cls(
+            types=tuple(dict.fromkeys(types)),
+            aggregate_type=aggregate_type,
+            aggregates=tuple(dict.fromkeys(aggregates)),
+            since=parse_time(since, option="--since", now=moment) if since else None,
+            until=parse_time(until, option="--until", now=moment) if until else None,
+            where=tuple(parse_where(w) for w in where),
+            limit=limit,
+        )
+
+
+@dataclass(slots=True)
+class QueryResult:
+    """One matching event. ``payload`` is the payload JSON as UTF-8 bytes, as stored (Redis) or
+    as jsonb prints it (PostgreSQL); ``data`` parses it on demand."""
+
+    aggregate_id: str
+    version: int
+    event_type: str
+    aggregate_type: str
+    timestamp: str
+    commit_id: str | None
+    payload: bytes
+    _data: Any = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8")
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:
+            self._data = orjson.loads(self.payload)
+        return self._data
+
+    def _envelope(self) -> dict[str, Any]:
+        """Every field of a result but ``data``."""
+        return {
+            "aggregate_id": self.aggregate_id,
+            "version": self.version,
+            "event_type": self.event_type,
+            "aggregate_type": self.aggregate_type,
+            "timestamp": self.timestamp,
+            "commit_id": self.commit_id,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self._envelope(), "data": self.data}
+
+    def json_line(self) -> bytes:
+        """The result as one JSON object (bytes, no newline) with ``data`` spliced in as the
+        payload text itself, so a Redis payload keeps its exact key order and spelling."""
+        return orjson.dumps(self._envelope())[:-1] + b',"data":' + self.payload + b"}"
+
+
+@dataclass
+class QueryStats:
+    """How much a query looked at. ``events`` counts commit-list entries (Redis) or rows
+    returned (PostgreSQL)."""
+
+    aggregates: int = 0
+    events: int = 0
+    matched: int = 0
+    unreadable: int = 0
