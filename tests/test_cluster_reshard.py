@@ -67,6 +67,7 @@ def test_pipelined_follows_ask_and_moved_while_a_slot_moves(redis_cluster: Local
     source = slot_owner(redis_cluster, slot)
     target = next(p for p in redis_cluster.primaries() if p.port != source.port)
     stale = redisio.connect(redis_cluster.url)  # its slot map is taken before the move
+    assert isinstance(stale, redis.cluster.RedisCluster)
     reads = [("GET", k) for k in keys]
     assert redisio.pipelined(stale, reads) == [f"value-{k}".encode() for k in keys]
 
@@ -157,7 +158,7 @@ def test_migrate_during_a_reshard_gives_the_rows_of_a_run_without_one(
     redis_cluster: LocalCluster, pg_dsn: str, single_pg_dsn: str, app_name: str
 ) -> None:
     writer = redis_cluster.client()
-    truth = iw.write_store(writer, app=app_name, aggregates=250, seed=21)  # type: ignore[arg-type]
+    truth = iw.write_store(writer, app=app_name, aggregates=250, seed=21)
     moving = busiest_slots(writer, app_name, 60)
     args = [*cli_args(redis_cluster.url, pg_dsn, app_name), "--init-schema", "--json"]
     with Resharder(redis_cluster, moving) as resharder:
@@ -180,7 +181,7 @@ def test_events_query_during_a_reshard_gives_the_results_of_a_quiet_run(
     redis_cluster: LocalCluster, app_name: str
 ) -> None:
     writer = redis_cluster.client()
-    iw.write_store(writer, app=app_name, aggregates=250, seed=22)  # type: ignore[arg-type]
+    iw.write_store(writer, app=app_name, aggregates=250, seed=22)
     query = ["events", "query", "--redis-url", redis_cluster.url, "--app", app_name]
     quiet = run_cli(*query, "--format", "jsonl")
     assert quiet.returncode == 0, quiet.stderr
@@ -206,7 +207,7 @@ def test_migrate_integrity_and_query_during_a_continuous_reshard_answer_as_on_a_
     its pass whenever the layout had changed under it and gave up after ten: migrate exited 1
     after about half the aggregates."""
     writer = redis_cluster.client()
-    truth = iw.write_store(writer, app=app_name, aggregates=3000, seed=12)  # type: ignore[arg-type]
+    truth = iw.write_store(writer, app=app_name, aggregates=3000, seed=12)
     url = redis_cluster.url
     migrate = ["migrate", "redis-to-pg", "--init-schema", "--json", "--batch-size", "200"]
     integrity = ["inspect", "integrity", "--redis-url", url, "--app", app_name, "--json"]
@@ -339,6 +340,7 @@ def test_a_slot_left_half_moved_is_read_on_its_source_then_its_target(
     wanted = {f"{prefix}:{i}" for i in range(300)}
     others = [f"{{{prefix}:a}}:x{i}" for i in range(50)]  # hash tag: one slot, not matched
     client = redisio.connect(redis_cluster.url)
+    assert isinstance(client, redis.cluster.RedisCluster)
     redisio.pipelined(client, [("RPUSH", k, "x") for k in wanted])
     redisio.pipelined(client, [("SET", k, "x") for k in others])
     redisio.pipelined(client, [("SET", f"{prefix}:string-{i}", "x") for i in range(20)])
@@ -368,6 +370,7 @@ def test_a_slot_being_migrated_is_read_on_its_target_before_any_key_is_handed_ou
     tag = secrets.token_hex(4)
     keys = [f"{{gap-{tag}}}:{i}" for i in range(200)]
     client = redisio.connect(redis_cluster.url)
+    assert isinstance(client, redis.cluster.RedisCluster)
     redisio.pipelined(client, [("SET", k, "x") for k in keys])
     slot = client.keyslot(keys[0])
     home = slot_owner(redis_cluster, slot)
@@ -408,6 +411,7 @@ def test_a_slot_that_never_settles_ends_the_scan_naming_it(
     naming the slot and the way out."""
     tag = secrets.token_hex(4)
     client = redisio.connect(redis_cluster.url)
+    assert isinstance(client, redis.cluster.RedisCluster)
     redisio.pipelined(client, [("SET", f"{{stuck-{tag}}}:{i}", "x") for i in range(10)])
     slot = client.keyslot(f"{{stuck-{tag}}}:0")
     source = slot_owner(redis_cluster, slot)

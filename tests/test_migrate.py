@@ -318,7 +318,7 @@ def test_migrates_every_clean_event_exactly_once_and_quarantines_defects_whole(
     for d in truth.defects:
         if d.kind in ("invalid_compressed", "id_mismatch", "missing_payload"):
             commit_id, stored = records[(d.aggregate_id, d.kind)]
-            assert commit_id == d.commit_id
+            assert commit_id == d.commit_id and d.commit_id is not None
             assert stored == by_commit[d.commit_id].stored  # None for a missing payload
 
     # Orphans are not events: their payloads are nowhere in PostgreSQL, not quarantined either.
@@ -678,7 +678,7 @@ def test_init_schema_creates_the_tables_constraints_and_functions(
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, "--init-schema")
     assert code == 0 and doc["events_migrated"] == len(truth.events())
     with psycopg.connect(pg_dsn) as conn:
-        columns = dict(
+        columns: dict[str, str] = dict(
             conn.execute(
                 "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns"
                 " WHERE table_schema = 'public'"
@@ -892,7 +892,7 @@ def test_passwords_never_appear_in_output(redis_test_url: str, app_name: str) ->
 
     secret = "s3cr3t-" + secrets.token_hex(4)
     port = free_port()  # nothing listens there
-    runs = (
+    runs: tuple[tuple[str, str, list[str]], ...] = (
         (redis_test_url, f"postgresql://esctl:{secret}@127.0.0.1:{port}/db", ["--json"]),
         (redis_test_url, f"host=127.0.0.1 port={port} user=esctl password={secret} dbname=db", []),
         (f"redis://:{secret}@127.0.0.1:{port}/0", "postgresql://127.0.0.1/x", []),
@@ -1117,18 +1117,18 @@ def apply_mutations(
         text = json.dumps(d, ensure_ascii=False, separators=(",", ":"))
         values.append(iw.gzip_base64(text) if gz else text.encode("utf-8"))
     for kind, i, p in on_bytes:
-        value = values[i]
-        if not value:  # dropped, or emptied by not_object
+        stored = values[i]
+        if not stored:  # dropped, or emptied by not_object
             continue
         if kind == "drop":
             values[i] = None
         elif kind == "flip_byte":
-            raw = bytearray(value)
+            raw = bytearray(stored)
             raw[p % len(raw)] ^= 1 << (p % 8)
             values[i] = bytes(raw)
         elif kind == "non_utf8":
-            at = p % (len(value) + 1)
-            values[i] = value[:at] + b"\xff" + value[at:]
+            at = p % (len(stored) + 1)
+            values[i] = stored[:at] + b"\xff" + stored[at:]
         elif kind == "h4si_garbage":
             values[i] = (*GARBAGE, iw.invalid_gzip_base64(random.Random(p)))[p % 5]
         elif kind == "not_object":

@@ -204,7 +204,7 @@ def test_demo_store_counts(demo_store: demo.DemoSummary, redis_client: redis.Red
     value = redis_client.hget(
         demo_store.samples["compressed_hash"], demo_store.samples["compressed_commit"]
     )
-    assert value is not None and value.startswith(b"H4sI")
+    assert isinstance(value, bytes) and value.startswith(b"H4sI")
     commit = demo_store.samples["compressed_commit"]
     [hit] = [r for r in results if r.commit_id == commit]
     key = next(k for k, v in hit.data.items() if isinstance(v, str) and len(v) > 20 and k != "Id")

@@ -307,7 +307,7 @@ def test_shards_split_the_aggregates(
 
 # --- JSON equality, with PostgreSQL's jsonb "=" as the oracle ------------------------------
 
-ORIGINAL = {
+ORIGINAL: dict[str, Any] = {
     "Zeta": 1,
     "alpha": {"b": [True, {"y": 1, "x": 2}], "a": None},
     "Flag": True,
