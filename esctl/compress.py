@@ -151,25 +151,11 @@ def hash_field_pages(
 ) -> Iterator[tuple[str, list[tuple[bytes, bytes]]]]:
     """``(key, [(field, value), …])`` per HSCAN reply, for every field of every key (pipelined:
     one round trip asks every key still being scanned for its next page). A field may come
-    twice (HSCAN's guarantee); a key deleted meanwhile simply ends."""
-    cursors: dict[str, int] = dict.fromkeys(keys, 0)
-    while cursors:
-        pending = list(cursors)
-        replies = redisio.pipelined(
-            client, [("HSCAN", k, cursors[k], "COUNT", count) for k in pending]
-        )
-        for key, reply in zip(pending, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise ServerError(
-                    f"HSCAN {key} failed: {reply}",
-                    hint="the key is expected to be a Redis hash (docs/layout.md §1, §3)",
-                )
-            cursor, flat = reply
-            yield key, _pairs(flat)
-            if int(cursor) == 0:
-                del cursors[key]
-            else:
-                cursors[key] = int(cursor)
+    twice on a single server (HSCAN's guarantee); a key deleted meanwhile simply ends. On a
+    cluster a hash whose slot moves meanwhile is read again where it went, each field handed
+    out once (:func:`redisio.hash_pages`)."""
+    for key, flat in redisio.hash_pages(client, keys, count=count):
+        yield key, _pairs(flat)
 
 
 # --- compress ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ a lost node, read-only work retries for a while, writes fail at once."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -222,12 +223,16 @@ def test_migrate_integrity_and_query_during_a_continuous_reshard_answer_as_on_a_
             assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}{result.stderr}"
         # the commit lists' slot goes round the primaries after every 25 of 200 slots of event
         # hashes, which move one after another: the layout changes every few milliseconds. The
-        # legacy hash stays: integrity reads it with HSCAN, whose cursor does not survive the
-        # hash being migrated (another issue than SCAN's: fields come out missing or twice).
+        # legacy hash's slot goes round with the commit lists' one: integrity reads that hash
+        # with HSCAN, whose cursor does not survive a move (redisio.hash_pages starts it over).
         legacy_slot = writer.keyslot(layout.legacy_event_hash_key(app_name))
         lists_slot, *hash_slots = busiest_slots(writer, app_name, 202)
         hash_slots = [s for s in hash_slots if s != legacy_slot][:200]
-        rotation = [s for at in range(0, 200, 25) for s in (lists_slot, *hash_slots[at : at + 25])]
+        rotation = [
+            s
+            for at in range(0, 200, 25)
+            for s in (lists_slot, legacy_slot, *hash_slots[at : at + 25])
+        ]
         during = run_during_a_reshard(
             redis_cluster,
             rotation,
@@ -547,3 +552,80 @@ def test_a_script_answered_tryagain_mid_reshard_runs_once_the_slot_has_moved(
     move_slot(redis_cluster, slot, source)
     wait_for_agreement(redis_cluster)
     client.close()
+
+
+def big_hash(cluster: LocalCluster, fields: int) -> tuple[str, set[bytes]]:
+    """A hash of ``fields`` fields (stored as a hash table: HSCAN takes many calls), alone in
+    its slot, and its field names."""
+    key = f"{{hscan-{secrets.token_hex(4)}}}:hash"
+    names = {f"field-{i:06d}".encode() for i in range(fields)}
+    client = cluster.client()
+    for start in range(0, fields, 5000):
+        client.hset(key, mapping={n: b"v" for n in sorted(names)[start : start + 5000]})
+    return key, names
+
+
+def every_field(pages: Iterator[tuple[str, list[bytes]]]) -> list[bytes]:
+    return [f for _, flat in pages for f in flat[0::2]]
+
+
+@pytest.mark.parametrize("how", ["moved", "half-moved"])
+def test_hash_pages_hands_out_every_field_once_when_the_hash_moves_between_calls(
+    redis_cluster: LocalCluster, how: str
+) -> None:
+    """Issue 12 for HSCAN: the hash is migrated to another primary after the first page. Its
+    cursor means nothing there (redis-py would follow the MOVED/ASK and continue it), so the
+    read starts over where the hash is, handing out only the fields not handed out yet."""
+    key, names = big_hash(redis_cluster, 20_000)
+    slot = redis_cluster.client().keyslot(key)
+    client = redisio.connect(redis_cluster.url)
+    source = slot_owner(redis_cluster, slot)
+    try:
+        pages = redisio.hash_pages(client, [key], count=200)
+        found = every_field(itertools.islice(pages, 3))
+        if how == "moved":
+            move_slot(
+                redis_cluster, slot, next(p for p in redis_cluster.primaries() if p != source)
+            )
+            wait_for_agreement(redis_cluster)
+            found += every_field(pages)
+        else:  # the hash is on the target, the slot still migrating: ASK, then ASKING
+            _, target = half_move(redis_cluster, slot, [key])
+            found += every_field(pages)
+            settle(redis_cluster, slot, source.port, target)
+        assert len(found) == len(set(found)), f"{len(found) - len(set(found))} fields twice"
+        assert set(found) == names, f"{len(names - set(found))} fields missing"
+    finally:
+        move_slot(redis_cluster, slot, source)
+        wait_for_agreement(redis_cluster)
+        redis_cluster.client().delete(key)
+        client.close()
+
+
+def test_hash_pages_during_a_continuous_reshard_hands_out_every_field_once(
+    redis_cluster: LocalCluster,
+) -> None:
+    """The hashes' slots go round the primaries the whole time the hashes are read (two slots:
+    with as many slots as primaries, the resharder would send each to the same one each turn)."""
+    hashes = [big_hash(redis_cluster, 8000) for _ in range(2)]
+    client = redisio.connect(redis_cluster.url)
+    slots = [client.keyslot(key) for key, _ in hashes]
+    reads = 0
+    deadline = time.monotonic() + 120
+    try:
+        with Resharder(redis_cluster, slots) as resharder:
+            while reads < 20 or resharder.moves < 20:
+                found: dict[str, list[bytes]] = {key: [] for key, _ in hashes}
+                for key, flat in redisio.hash_pages(client, [k for k, _ in hashes], count=100):
+                    found[key] += flat[0::2]
+                for key, names in hashes:
+                    fields = found[key]
+                    assert len(fields) == len(set(fields)), f"read {reads}: fields twice"
+                    assert set(fields) == names, f"read {reads}: fields missing"
+                reads += 1
+                assert time.monotonic() < deadline, f"{resharder.moves} moves in {reads} reads"
+        assert resharder.moves >= 20
+    finally:
+        for key, _ in hashes:
+            redis_cluster.client().delete(key)
+        client.close()

@@ -140,16 +140,10 @@ HKEYS_LIMIT = 5000
 
 
 def _hscan_fields(client: redisio.RedisClient, key: str, count: int = 1000) -> Iterator[list[str]]:
-    """The field names of hash ``key``, one HSCAN page at a time (values are dropped at once)."""
-    cursor: Any = 0
-    while True:
-        (reply,) = redisio.pipelined(client, [("HSCAN", key, cursor, "COUNT", count)])
-        if isinstance(reply, Exception):
-            raise ServerError(f"HSCAN {key} failed: {reply}")
-        cursor, flat = reply
+    """The field names of hash ``key``, one HSCAN page at a time (values are dropped at once);
+    on a cluster each field once even if the hash moves meanwhile (:func:`redisio.hash_pages`)."""
+    for _, flat in redisio.hash_pages(client, [key], count=count):
         yield [redisio.key_str(f) for f in flat[0::2]]
-        if int(cursor) == 0:
-            return
 
 
 def owns_partition(shard: Shard, part: int) -> bool:
