@@ -609,6 +609,7 @@ def test_hash_pages_during_a_continuous_reshard_hands_out_every_field_once(
     with as many slots as primaries, the resharder would send each to the same one each turn)."""
     hashes = [big_hash(redis_cluster, 8000) for _ in range(2)]
     client = redisio.connect(redis_cluster.url)
+    assert isinstance(client, redis.cluster.RedisCluster)
     slots = [client.keyslot(key) for key, _ in hashes]
     reads = 0
     deadline = time.monotonic() + 120
