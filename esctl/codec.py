@@ -213,37 +213,20 @@ def _checked_field(data: dict[str, Any], name: str, kind: type, problems: list[P
     return value
 
 
+def _unparsed(text: str, why: str) -> ParsedEvent:
+    """A payload that is not a JSON object: its text, no fields, an invalid_json problem."""
+    return ParsedEvent(text, *(None,) * 8, [Problem("invalid_json", why)])
+
+
 def parse_event(text: str) -> ParsedEvent:
     """Extract the library's envelope fields from payload JSON. Never raises."""
     problems: list[Problem] = []
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return ParsedEvent(
-            text,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            [Problem("invalid_json", str(exc))],
-        )
+        return _unparsed(text, str(exc))
     if not isinstance(data, dict):
-        return ParsedEvent(
-            text,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            [Problem("invalid_json", f"payload is a JSON {type(data).__name__}, not an object")],
-        )
+        return _unparsed(text, f"payload is a JSON {type(data).__name__}, not an object")
 
     type_name = data.get("$type")
     aggregate_id = data.get("Id")

@@ -32,6 +32,7 @@ from psycopg import sql
 from esctl import layout, migrate, pg, redisio
 from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
 from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
+from esctl.documents import document
 from esctl.streams import Stream, build_stream, validate_stream
 
 MAX_PROBLEMS_LISTED = 20
@@ -99,38 +100,23 @@ class PlanSummary:
     elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        def r(value: float | None, digits: int) -> float | None:
-            return None if value is None else round(value, digits)
+        return document(
+            self,
+            "app pg_schema aggregates events sample_aggregates sample_events exact"
+            " stored_bytes_estimate json_bytes_estimate compressed_share legacy_share"
+            " pg_bytes_estimate pg_event_data_bytes_estimate pg_bytes_per_event"
+            " target_tables_present toast_compression trial_aggregates trial_events"
+            " trial_events_per_s read_events_per_s write_events_per_s estimated_seconds trial_note"
+            " problems_in_sample aggregates_with_problems_in_sample problems elapsed_s",
+            compressed_share=round(self.compressed_share, 4),
+            legacy_share=round(self.legacy_share, 4),
+            pg_bytes_per_event=_tenths(self.pg_bytes_per_event),
+            estimated_seconds=_tenths(self.estimated_seconds),
+        )
 
-        return {
-            "app": self.app,
-            "pg_schema": self.pg_schema,
-            "aggregates": self.aggregates,
-            "events": self.events,
-            "sample_aggregates": self.sample_aggregates,
-            "sample_events": self.sample_events,
-            "exact": self.exact,
-            "stored_bytes_estimate": self.stored_bytes_estimate,
-            "json_bytes_estimate": self.json_bytes_estimate,
-            "compressed_share": round(self.compressed_share, 4),
-            "legacy_share": round(self.legacy_share, 4),
-            "pg_bytes_estimate": self.pg_bytes_estimate,
-            "pg_event_data_bytes_estimate": self.pg_event_data_bytes_estimate,
-            "pg_bytes_per_event": r(self.pg_bytes_per_event, 1),
-            "target_tables_present": self.target_tables_present,
-            "toast_compression": self.toast_compression,
-            "trial_aggregates": self.trial_aggregates,
-            "trial_events": self.trial_events,
-            "trial_events_per_s": r(self.trial_events_per_s, 1),
-            "read_events_per_s": r(self.read_events_per_s, 1),
-            "write_events_per_s": r(self.write_events_per_s, 1),
-            "estimated_seconds": r(self.estimated_seconds, 1),
-            "trial_note": self.trial_note,
-            "problems_in_sample": self.problems_in_sample,
-            "aggregates_with_problems_in_sample": self.aggregates_with_problems_in_sample,
-            "problems": self.problems,
-            "elapsed_s": round(self.elapsed_s, 3),
-        }
+
+def _tenths(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 @dataclass

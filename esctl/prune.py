@@ -44,6 +44,7 @@ import psycopg
 
 from esctl import layout, pg, redisio
 from esctl.backupfile import BackupWriter
+from esctl.documents import document
 from esctl.errors import ConfigError, ServerError
 from esctl.locks import AdvisoryLock
 from esctl.shard import Shard
@@ -116,25 +117,13 @@ class PruneSummary:
         return bool(self.skipped_mismatch or self.changed_since_verify)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "aggregates_examined": self.aggregates_examined,
-            "aggregates_pruned": self.aggregates_pruned,
-            "events_deleted": self.events_deleted,
-            "payload_fields_deleted": self.payload_fields_deleted,
-            "skipped_not_identical": self.skipped_not_identical,
-            "skipped_not_migrated": self.skipped_not_migrated,
-            "skipped_unmigratable": self.skipped_unmigratable,
-            "skipped_mismatch": self.skipped_mismatch,
-            "changed_since_verify": self.changed_since_verify,
-            "orphan_fields_cleaned": self.orphan_fields_cleaned,
-            "used_memory_before": self.used_memory_before,
-            "used_memory_after": self.used_memory_after,
-            "backup_file": self.backup_file,
-            "backup_events": self.backup_events,
-            "problems": self.problems,
-            "elapsed_s": round(self.elapsed_s, 3),
-        }
+        return document(
+            self,
+            "dry_run aggregates_examined aggregates_pruned events_deleted payload_fields_deleted"
+            " skipped_not_identical skipped_not_migrated skipped_unmigratable skipped_mismatch"
+            " changed_since_verify orphan_fields_cleaned used_memory_before used_memory_after"
+            " backup_file backup_events problems elapsed_s",
+        )
 
 
 # --- Redis helpers -------------------------------------------------------------------------

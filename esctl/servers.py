@@ -148,20 +148,34 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _overridden(
+    env_var: str, usable: Callable[[Path], bool], unusable: str, point_at: str
+) -> Path | None:
+    """The path ``$env_var`` names, or None when it is unset. Raises LocalServerError when
+    it names something not ``usable``: an explicit setting that is wrong should not silently
+    fall back to another binary."""
+    override = os.environ.get(env_var)
+    if not override:
+        return None
+    path = Path(override).expanduser()
+    if not usable(path):
+        raise LocalServerError(
+            f"{env_var}={override} {unusable}",
+            hint=f"point {env_var} at {point_at}, or unset it",
+        )
+    return path
+
+
 def find_redis_server() -> Path | None:
     """The ``redis-server`` to run, or None when there is none.
 
     Raises LocalServerError when ``$ESCTL_REDIS_SERVER`` is set but is not an executable file:
     an explicit setting that is wrong should not silently fall back to another binary.
     """
-    override = os.environ.get(REDIS_ENV_VAR)
-    if override:
-        path = Path(override).expanduser()
-        if not _is_executable(path):
-            raise LocalServerError(
-                f"{REDIS_ENV_VAR}={override} is not an executable file",
-                hint=f"point {REDIS_ENV_VAR} at a redis-server binary, or unset it",
-            )
+    path = _overridden(
+        REDIS_ENV_VAR, _is_executable, "is not an executable file", "a redis-server binary"
+    )
+    if path is not None:
         return path
     found = shutil.which("redis-server")
     if found:
@@ -198,15 +212,14 @@ def find_postgres_bin() -> Path | None:
 
     Raises LocalServerError when ``$ESCTL_PG_BIN`` is set but does not hold them.
     """
-    override = os.environ.get(PG_BIN_ENV_VAR)
-    if override:
-        directory = Path(override).expanduser()
-        if not _is_pg_bin(directory):
-            raise LocalServerError(
-                f"{PG_BIN_ENV_VAR}={override} does not hold the initdb and postgres binaries",
-                hint=f"point {PG_BIN_ENV_VAR} at PostgreSQL's bin directory, or unset it",
-            )
-        return directory
+    overridden = _overridden(
+        PG_BIN_ENV_VAR,
+        _is_pg_bin,
+        "does not hold the initdb and postgres binaries",
+        "PostgreSQL's bin directory",
+    )
+    if overridden is not None:
+        return overridden
     found = shutil.which("initdb")
     if found:
         # Debian links some binaries into PATH (/usr/local/bin/initdb -> .../15/bin/initdb);

@@ -28,6 +28,7 @@ from psycopg import sql
 from esctl import layout, pg, redisio
 from esctl.codec import ParsedEvent
 from esctl.defaults import verify_workers_default as verify_workers_default
+from esctl.documents import document
 from esctl.shard import Shard
 from esctl.streams import (
     Stream,
@@ -83,13 +84,9 @@ class VerifySummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "aggregates": self.aggregates,
-            "aggregates_identical": self.aggregates_identical,
-            "events_compared": self.events_compared,
-            "sample": self.sample,
+            **document(self, "aggregates aggregates_identical events_compared sample"),
             **self.counts,
-            "problems": self.problems,
-            "elapsed_s": round(self.elapsed_s, 3),
+            **document(self, "problems elapsed_s"),
             "events_per_s": round(self.events_compared / self.elapsed_s, 1)
             if self.elapsed_s
             else 0.0,

@@ -15,6 +15,7 @@ from esctl.cli.errors import exit_for
 from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
+    EventSource,
     EventTypesOpt,
     ProgressOpt,
     SinceOpt,
@@ -109,11 +110,6 @@ class QueryFormat(enum.StrEnum):
     json = "json"
 
 
-class QuerySource(enum.StrEnum):
-    redis = "redis"
-    pg = "pg"
-
-
 TABLE_DEFAULT_LIMIT = 100
 """Rows a table shows when --limit is not given (a table of a million rows helps nobody)."""
 
@@ -154,11 +150,11 @@ def query(
         ),
     ] = False,
     source: Annotated[
-        QuerySource,
+        EventSource,
         typer.Option(
             "--source", help="Query Redis (commit lists) or the migrated PostgreSQL tables."
         ),
-    ] = QuerySource.redis,
+    ] = EventSource.redis,
     progress: ProgressOpt = True,
 ) -> None:
     """Find events by type, aggregate, time and payload fields, gzip-transparently.
@@ -204,7 +200,7 @@ def query(
         limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
     )
     app_value = ctx.app
-    client = ctx.redis if source is QuerySource.redis else None
+    client = ctx.redis if source is EventSource.redis else None
     # A bar on stderr, unless JSON lines are going to the same terminal.
     bar = out.progress(
         progress and client is not None

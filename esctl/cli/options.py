@@ -3,9 +3,18 @@ The connection and scope options are given to commands by ``esctl.cli.context``.
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated
 
 import typer
+
+
+class EventSource(enum.StrEnum):
+    """Where a command reads stored events: the Redis commit lists or the migrated tables."""
+
+    redis = "redis"
+    pg = "pg"
+
 
 RedisUrlOpt = Annotated[
     str | None,

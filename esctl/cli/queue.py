@@ -90,6 +90,14 @@ def _list_name(value: str) -> str:
     return value
 
 
+ListOpt = Annotated[
+    str,
+    typer.Option(
+        "--list", metavar="LIST", callback=_list_name, help="published, processing or dead."
+    ),
+]
+
+
 def _selection(
     older_than: str | None,
     grace: str | None,
@@ -241,12 +249,7 @@ def peek_command(
     ctx: Context,
     subscriber: SubscriberArg,
     event_type: TypeArg,
-    which: Annotated[
-        str,
-        typer.Option(
-            "--list", metavar="LIST", callback=_list_name, help="published, processing or dead."
-        ),
-    ] = "published",
+    which: ListOpt = "published",
     count: Annotated[
         int, typer.Option("--count", min=1, metavar="N", help="How many messages to show.")
     ] = 10,
@@ -375,12 +378,7 @@ def drain_command(
     ctx: Context,
     subscriber: SubscriberArg,
     event_type: TypeArg,
-    which: Annotated[
-        str,
-        typer.Option(
-            "--list", metavar="LIST", callback=_list_name, help="published, processing or dead."
-        ),
-    ] = "dead",
+    which: ListOpt = "dead",
     to_file: Annotated[
         Path | None,
         typer.Option(

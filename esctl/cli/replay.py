@@ -17,6 +17,7 @@ from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
     DryRunOpt,
+    EventSource,
     EventTypesOpt,
     ProgressOpt,
     ShardOpt,
@@ -29,11 +30,6 @@ from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
     from esctl import replay as core
-
-
-class FromOpt(enum.StrEnum):
-    redis = "redis"
-    pg = "pg"
 
 
 class ToOpt(enum.StrEnum):
@@ -51,7 +47,7 @@ class OrderOpt(enum.StrEnum):
 def replay(
     ctx: Context,
     source: Annotated[
-        FromOpt,
+        EventSource,
         typer.Option(
             "--from",
             help="Read the events from Redis (commit lists) or from the migrated PostgreSQL "
@@ -264,7 +260,7 @@ def _run(
 
         projection = load_projection(options.projection or "")
     to_queue = options.target == ToOpt.queue
-    client = ctx.redis if options.source == FromOpt.redis or to_queue else None
+    client = ctx.redis if options.source == EventSource.redis or to_queue else None
     confirm = _confirmer(ctx.out, options) if to_queue and not (yes or options.dry_run) else None
     with ctx.out.progress(progress, desc="replaying", unit=" events", unit_scale=True) as bar:
         summary = core.replay(

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from esctl import codec
 from esctl.config import redact
 from esctl.defaults import DOCTOR_SAMPLE as DEFAULT_SAMPLE
+from esctl.documents import document
 from esctl.errors import EsctlError
 from esctl.metrics import Metric
 
@@ -53,18 +54,7 @@ class Check:
         return GROUPS[self.id.split(".", 1)[0]]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "group": self.group,
-            "title": self.title,
-            "status": self.status,
-            "observed": self.observed,
-            "why": self.why,
-            "action": self.action,
-            "values": self.values,
-            "details": self.details,
-            "servers": self.servers,
-        }
+        return document(self, "id group title status observed why action values details servers")
 
 
 GROUPS = {"redis": "redis", "store": "event_store", "queues": "queues", "pg": "postgresql"}
@@ -102,19 +92,12 @@ class DoctorReport:
         return next(c for c in self.checks if c.id == check_id)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "generated_at": self.generated_at,
-            "redis": self.redis,
-            "app": self.app,
-            "env": self.env,
-            "postgresql": self.postgresql,
-            "status": self.status,
-            "counts": self.counts(),
-            "checks": [c.as_dict() for c in self.checks],
-            "skipped": self.skipped,
-            "readings": self.readings,
-            "elapsed_s": round(self.elapsed_s, 3),
-        }
+        return document(
+            self,
+            "generated_at redis app env postgresql status counts checks skipped readings elapsed_s",
+            counts=self.counts(),
+            checks=[c.as_dict() for c in self.checks],
+        )
 
 
 @dataclass

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esctl import codec, layout, redisio
+from esctl.documents import document
 from esctl.errors import NotFound
 from esctl.inspect.locate import list_position, where_stored
 from esctl.inspect.problems import DECODING_KINDS
@@ -43,28 +44,12 @@ class EventReport:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "app": self.app,
-            "commit_id": self.commit_id,
-            "hash_key": self.hash_key,
-            "partition": self.partition,
-            "layout": self.layout,
-            "stored_bytes": self.stored_bytes,
-            "compressed": self.compressed,
-            "event_type": self.event_type,
-            "type_name": self.type_name,
-            "aggregate_id": self.aggregate_id,
-            "aggregate_type": self.aggregate_type,
-            "version": self.version,
-            "timestamp": self.timestamp,
-            "commit_list_key": self.commit_list_key,
-            "committed": self.committed,
-            "position": self.position,
-            "ok": self.ok,
-            "problems": self.problems,
-            "text": self.text,
-            "data": self.data,
-        }
+        return document(
+            self,
+            "app commit_id hash_key partition layout stored_bytes compressed event_type type_name"
+            " aggregate_id aggregate_type version timestamp commit_list_key committed position ok"
+            " problems text data",
+        )
 
 
 def inspect_event(client: redisio.RedisClient, app: str, commit_id: str) -> EventReport:

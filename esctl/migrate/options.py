@@ -4,10 +4,11 @@ figures (:class:`Progress`) and the outcome (:class:`MigrationSummary`, with
 
 from __future__ import annotations
 
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, fields
 from typing import Any
 
 from esctl.defaults import MIGRATE_BATCH_SIZE as DEFAULT_BATCH_SIZE
+from esctl.documents import document
 from esctl.shard import Shard
 
 
@@ -84,32 +85,16 @@ class MigrationSummary:
     """Set when the run was resumed."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "dry_run": self.dry_run,
-            "aggregates": self.aggregates,
-            "aggregates_unchanged": self.aggregates_unchanged,
-            "events_migrated": self.events_migrated,
-            "events_already_present": self.events_already_present,
-            "aggregates_quarantined": self.aggregates_quarantined,
-            "events_quarantined": self.events_quarantined,
-            "problems": self.problems,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "events_per_s": round(self.events_per_s, 1),
-            "resumed": self.resumed,
-            "this_invocation": asdict(self.this_invocation) if self.this_invocation else None,
-            "stopped_early": self.stopped_early,
-        }
+        return document(
+            self,
+            "run_id dry_run aggregates aggregates_unchanged events_migrated events_already_present"
+            " aggregates_quarantined events_quarantined problems elapsed_s events_per_s resumed"
+            " this_invocation stopped_early",
+            this_invocation=asdict(self.this_invocation) if self.this_invocation else None,
+        )
 
     def invocation(self) -> Invocation:
         """What this invocation did (the whole summary when the run was not resumed)."""
         if self.this_invocation is not None:
             return self.this_invocation
-        return Invocation(
-            self.aggregates,
-            self.aggregates_unchanged,
-            self.events_migrated,
-            self.events_already_present,
-            self.aggregates_quarantined,
-            self.events_quarantined,
-        )
+        return Invocation(*(getattr(self, f.name) for f in fields(Invocation)))

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from esctl.documents import document
 from esctl.durations import parse_time
 from esctl.errors import UsageError
 from esctl.query.where import WhereClause, parse_where
@@ -84,14 +85,7 @@ class QueryResult:
 
     def _envelope(self) -> dict[str, Any]:
         """Every field of a result but ``data``."""
-        return {
-            "aggregate_id": self.aggregate_id,
-            "version": self.version,
-            "event_type": self.event_type,
-            "aggregate_type": self.aggregate_type,
-            "timestamp": self.timestamp,
-            "commit_id": self.commit_id,
-        }
+        return document(self, "aggregate_id version event_type aggregate_type timestamp commit_id")
 
     def as_dict(self) -> dict[str, Any]:
         return {**self._envelope(), "data": self.data}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import psycopg
@@ -101,6 +102,7 @@ def shard_aggregate_keys(
         return [key for key, aggregate_id in cur if owns(aggregate_id)]
 
 
+@dataclass
 class PgSource:
     """The selected migrated events of ``app`` in ``schema``, in ``order``, strictly after
     ``after``, at most ``limit``; every filter in SQL, rows streamed through a server-side
@@ -111,28 +113,16 @@ class PgSource:
     front of every object (:func:`esctl.codec.newtonsoft_metadata_first`), as the library's
     queue subscribers need them; otherwise it is ``event_data`` as jsonb prints it."""
 
-    def __init__(
-        self,
-        dsn: str,
-        schema: str,
-        app: str,
-        filters: QueryFilters,
-        *,
-        order: str = "aggregate",
-        after: tuple[Any, ...] | None = None,
-        limit: int | None = None,
-        shard: Shard = Shard(),
-        metadata_first: bool = False,
-    ) -> None:
-        self.dsn = dsn
-        self.schema = schema
-        self.app = app
-        self.filters = filters
-        self.order = order
-        self.after = after
-        self.limit = limit
-        self.shard = shard
-        self.metadata_first = metadata_first
+    dsn: str
+    schema: str
+    app: str
+    filters: QueryFilters
+    _: KW_ONLY
+    order: str = "aggregate"
+    after: tuple[Any, ...] | None = None
+    limit: int | None = None
+    shard: Shard = field(default_factory=Shard)
+    metadata_first: bool = False
 
     def problems(self) -> list[tuple[str, str, str]]:
         return []

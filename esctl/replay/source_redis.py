@@ -7,7 +7,7 @@ import bisect
 import itertools
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
 from esctl import layout, redisio
@@ -17,41 +17,29 @@ from esctl.replay.time_order import SORT_RUN_BYTES, TimeSort
 from esctl.shard import Shard
 
 
+@dataclass
 class RedisSource:
     """The selected events of ``app`` in Redis, in ``order`` (docs/design/replay.md, "Order"),
     strictly after ``after`` when given, at most ``limit``. Reads through
     :class:`esctl.query.RedisQuery` (one page of commit lists in memory, read a page ahead)."""
 
-    def __init__(
-        self,
-        client: redisio.RedisClient,
-        app: str,
-        filters: QueryFilters,
-        *,
-        order: str = "aggregate",
-        after: tuple[Any, ...] | None = None,
-        limit: int | None = None,
-        sort_dir: str | None = None,
-        sort_run_bytes: int = SORT_RUN_BYTES,
-        shard: Shard = Shard(),
-        unpack_ahead: bool = False,
-    ) -> None:
-        self.client = client
-        self.app = app
-        self.unpack_ahead = unpack_ahead
-        """Gunzip in the read-ahead process (:class:`esctl.query.RedisQuery`): for a consumer
-        with much to do per event (publishing), measured 1.2-1.3x for ``--to queue``; a light one
-        (a projection that counts) is faster with gunzip on its side."""
-        self.filters = filters
-        self.order = order
-        self.after = after
-        self.limit = limit
-        self.sort_dir = sort_dir
-        self.sort_run_bytes = sort_run_bytes
-        self.shard = shard
-        self.stats = QueryStats()
-        self.duplicate_versions: list[str] = []
-        self._sort: TimeSort | None = None
+    client: redisio.RedisClient
+    app: str
+    filters: QueryFilters
+    _: KW_ONLY
+    order: str = "aggregate"
+    after: tuple[Any, ...] | None = None
+    limit: int | None = None
+    sort_dir: str | None = None
+    sort_run_bytes: int = SORT_RUN_BYTES
+    shard: Shard = field(default_factory=Shard)
+    unpack_ahead: bool = False
+    """Gunzip in the read-ahead process (:class:`esctl.query.RedisQuery`): for a consumer
+    with much to do per event (publishing), measured 1.2-1.3x for ``--to queue``; a light one
+    (a projection that counts) is faster with gunzip on its side."""
+    stats: QueryStats = field(init=False, default_factory=QueryStats)
+    duplicate_versions: list[str] = field(init=False, default_factory=list)
+    _sort: TimeSort | None = field(init=False, default=None)
 
     @property
     def runs(self) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from esctl.documents import document
 from esctl.replay.options import ReplayOptions
 from esctl.shard import Shard
 
@@ -84,24 +85,13 @@ class ReplaySummary:
         return self
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "source": self.source,
-            "target": self.target,
-            "order": self.order,
-            "shard": str(self.shard),
-            "events": self.events,
-            "by_type": dict(sorted(self.by_type.items())),
-            "published": {s: dict(sorted(t.items())) for s, t in sorted(self.published.items())},
-            "messages": self.messages,
-            "notifications": self.notifications,
-            "unpublished": dict(sorted(self.unpublished.items())),
-            "checkpoint": self.checkpoint,
-            "dead_lettered": self.dead_lettered,
-            "waited_s": round(self.waited_s, 3),
-            "stopped": self.stopped,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "events_per_s": round(self.events_per_s, 1),
-            "problems": self.problems,
-            "problems_not_listed": self.problems_not_listed,
-        }
+        return document(
+            self,
+            "dry_run source target order shard events by_type published messages notifications"
+            " unpublished checkpoint dead_lettered waited_s stopped elapsed_s events_per_s problems"
+            " problems_not_listed",
+            shard=str(self.shard),
+            by_type=dict(sorted(self.by_type.items())),
+            published={s: dict(sorted(t.items())) for s, t in sorted(self.published.items())},
+            unpublished=dict(sorted(self.unpublished.items())),
+        )

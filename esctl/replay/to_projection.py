@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,27 +173,19 @@ def _teardown(adapter: ProjectionAdapter, ctx: ProjectionContext, summary: Repla
         )
 
 
+@dataclass
 class _BatchRunner:
     """One batch = handle each event, flush, store the checkpoint, COMMIT."""
 
-    def __init__(
-        self,
-        options: ReplayOptions,
-        adapter: ProjectionAdapter,
-        ctx: ProjectionContext,
-        summary: ReplaySummary,
-        state: CheckpointState | None,
-        on_progress: Callable[[ReplayProgress], None] | None,
-    ) -> None:
-        self.options = options
-        self.adapter = adapter
-        self.ctx = ctx
-        self.summary = summary
-        self.state = state
-        self.on_progress = on_progress
-        self.by_type: Counter[str] = Counter()
-        self.position: dict[str, Any] | None = None
-        self.progress = ReplayProgress()
+    options: ReplayOptions
+    adapter: ProjectionAdapter
+    ctx: ProjectionContext
+    summary: ReplaySummary
+    state: CheckpointState | None
+    on_progress: Callable[[ReplayProgress], None] | None
+    by_type: Counter[str] = field(init=False, default_factory=Counter)
+    position: dict[str, Any] | None = field(init=False, default=None)
+    progress: ReplayProgress = field(init=False, default_factory=ReplayProgress)
 
     def run(self, batch: list[Event]) -> bool:
         """False when the replay must stop (``summary.stopped`` says why)."""
