@@ -24,6 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.codec",
         "esctl.shard",
         "esctl.durations",
+        "esctl.documents",
     ),
     # talking to servers and processes, knowing nothing of operations
     "transport": ("esctl.redisio", "esctl.pg", "esctl.servers", "esctl.readahead"),
