@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _common import database, write_bulk_store
 
-from esctl import layout, redisio, servers
+from esctl import layout, redisio, servers, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 
 APP = "Bench.Cluster"
@@ -42,10 +42,10 @@ def read_all(client: redisio.RedisClient) -> int:
     events = 0
     pattern = layout.commit_list_pattern(APP)
     for _, keys in redisio.scan_pages(client, pattern, type_="list"):
-        lists = redisio.commit_lists(client, keys)
+        lists = storereads.commit_lists(client, keys)
         flat = [commit for commits in lists for commit in commits]
         for start in range(0, len(flat), 10_000):
-            values, _ = redisio.fetch_values(client, APP, flat[start : start + 10_000])
+            values, _ = storereads.fetch_values(client, APP, flat[start : start + 10_000])
             assert all(v is not None for v in values)
         events += len(flat)
     return events
