@@ -1,15 +1,6 @@
-"""The one layer through which esctl talks to Redis (single instance or Redis Cluster).
+"""The transport itself; :mod:`esctl.redisio` re-exports what the rest of esctl uses.
 
-Rules that keep it cluster-ready: keys are found with SCAN per primary node (never KEYS; a
-hash slot that moves during the scan is read again on its own with CLUSTER GETKEYSINSLOT), work
-is sent in pipelines (grouped by the node serving each key's slot), and server-side scripts
-only touch keys of one hash slot. Values come back as bytes; keys are decoded as UTF-8
-(``surrogateescape`` so any key round-trips).
-
-On a cluster, resharding and failovers are expected mid-run: MOVED and ASK replies are
-followed, reads (SCAN, and pipelines of read-only commands) wait out a failover for up to
-:data:`READ_RETRY_SECONDS`, and writes fail at once (ConnectionFailed) because whether a
-write sent to a node that died was applied cannot be known.
+Tunables (``READ_RETRY_SECONDS``, ``BY_NODE_PIPELINES``, …) are read here: set them here.
 """
 
 from __future__ import annotations

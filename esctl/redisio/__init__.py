@@ -1,0 +1,85 @@
+"""The one layer through which esctl talks to Redis (single instance or Redis Cluster).
+
+Rules that keep it cluster-ready: keys are found with SCAN per primary node (never KEYS; a
+hash slot that moves during the scan is read again on its own with CLUSTER GETKEYSINSLOT), work
+is sent in pipelines (grouped by the node serving each key's slot), and server-side scripts
+only touch keys of one hash slot. Values come back as bytes; keys are decoded as UTF-8
+(``surrogateescape`` so any key round-trips).
+
+On a cluster, resharding and failovers are expected mid-run: MOVED and ASK replies are
+followed, reads (SCAN, and pipelines of read-only commands) wait out a failover for up to
+:data:`READ_RETRY_SECONDS`, and writes fail at once (ConnectionFailed) because whether a
+write sent to a node that died was applied cannot be known.
+"""
+
+from esctl.redisio.core import (
+    PIPELINE_CHUNK,
+    REDIS_ERRORS,
+    LatencyPacer,
+    RedisClient,
+    ScanPosition,
+    chunked,
+    connect,
+    describe,
+    describe_url,
+    eval_pipelined,
+    glob_matcher,
+    hash_pages,
+    is_cluster_url,
+    is_read_only,
+    is_utf8,
+    key_bytes,
+    key_str,
+    list_lengths,
+    pack_commands,
+    pattern_slot,
+    pipelined,
+    pipelined_resp,
+    printable,
+    read_with_retry,
+    refresh_slots,
+    refuse_a_lone_cluster_node,
+    resp_bulk,
+    resp_command,
+    scan_epoch,
+    scan_pages,
+    used_memory,
+    used_memory_or_none,
+    wrap_errors,
+)
+
+__all__ = [
+    "PIPELINE_CHUNK",
+    "REDIS_ERRORS",
+    "LatencyPacer",
+    "RedisClient",
+    "ScanPosition",
+    "chunked",
+    "connect",
+    "describe",
+    "describe_url",
+    "eval_pipelined",
+    "glob_matcher",
+    "hash_pages",
+    "is_cluster_url",
+    "is_read_only",
+    "is_utf8",
+    "key_bytes",
+    "key_str",
+    "list_lengths",
+    "pack_commands",
+    "pattern_slot",
+    "pipelined",
+    "pipelined_resp",
+    "printable",
+    "read_with_retry",
+    "refresh_slots",
+    "refuse_a_lone_cluster_node",
+    "resp_bulk",
+    "resp_command",
+    "scan_epoch",
+    "scan_pages",
+    "used_memory",
+    "used_memory_or_none",
+    "wrap_errors",
+]
