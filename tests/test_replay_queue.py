@@ -226,7 +226,7 @@ def test_replay_one_aggregate_to_every_subscriber(
     encoding (single server) and command tuples through redisio.pipelined (where the raw path
     does not apply: TLS)."""
     if encoding == "commands":
-        monkeypatch.setattr("esctl.redisio.core.pipelined_resp", lambda *args: None)
+        monkeypatch.setattr("esctl.redisio.pipelined_resp", lambda *args: None)
     aggregate = next(
         a
         for a in store.clean_aggregates()

@@ -31,7 +31,6 @@ from esctl.redisio.core import (
     key_bytes,
     key_str,
     list_lengths,
-    pack_commands,
     pattern_slot,
     pipelined,
     pipelined_resp,
@@ -39,14 +38,13 @@ from esctl.redisio.core import (
     read_with_retry,
     refresh_slots,
     refuse_a_lone_cluster_node,
-    resp_bulk,
-    resp_command,
     scan_epoch,
     scan_pages,
     used_memory,
     used_memory_or_none,
     wrap_errors,
 )
+from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
 
 __all__ = [
     "PIPELINE_CHUNK",
