@@ -12,37 +12,39 @@ followed, reads (SCAN, and pipelines of read-only commands) wait out a failover 
 write sent to a node that died was applied cannot be known.
 """
 
-from esctl.redisio.core import (
+from esctl.redisio.client import (
     PIPELINE_CHUNK,
     REDIS_ERRORS,
-    LatencyPacer,
     RedisClient,
-    ScanPosition,
-    chunked,
     connect,
     describe,
     describe_url,
-    eval_pipelined,
-    glob_matcher,
-    hash_pages,
     is_cluster_url,
-    is_read_only,
     is_utf8,
     key_bytes,
     key_str,
+    printable,
+    refuse_a_lone_cluster_node,
+    wrap_errors,
+)
+from esctl.redisio.core import (
+    LatencyPacer,
+    ScanPosition,
+    chunked,
+    eval_pipelined,
+    glob_matcher,
+    hash_pages,
+    is_read_only,
     list_lengths,
     pattern_slot,
     pipelined,
     pipelined_resp,
-    printable,
     read_with_retry,
     refresh_slots,
-    refuse_a_lone_cluster_node,
     scan_epoch,
     scan_pages,
     used_memory,
     used_memory_or_none,
-    wrap_errors,
 )
 from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
 
