@@ -26,7 +26,7 @@ from test_migrate import assert_clean_aggregates_migrated, cli_args
 from esctl import layout, redisio, servers, storereads
 from esctl.errors import ConnectionFailed, EsctlError, ServerError
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
-from esctl.redisio import core as redisio_core
+from esctl.redisio import retry as redisio_retry
 
 __all__ = ["redis_cluster_with_replicas"]  # the fixture, imported for pytest
 
@@ -263,7 +263,7 @@ def test_a_primary_killed_mid_migration_is_ridden_out_and_the_run_exits_0(
         os.kill(victim.pid, signal.SIGKILL)
         started = time.monotonic()
         assert storereads.commit_lists(reader, lists) == expected  # waits for the promotion
-        assert time.monotonic() - started < redisio_core.READ_RETRY_SECONDS
+        assert time.monotonic() - started < redisio_retry.READ_RETRY_SECONDS
         ended_early = proc.poll() is not None
         out, err = proc.communicate(timeout=120)
         assert not ended_early, f"the migration ended before the kill: {out}{err}"

@@ -40,6 +40,7 @@ from test_migrate import assert_clean_aggregates_migrated, cli_args, new_databas
 from esctl import layout, redisio, servers
 from esctl.errors import ConnectionFailed, ServerError
 from esctl.redisio import core as redisio_core
+from esctl.redisio import retry as redisio_retry
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
@@ -422,7 +423,7 @@ def test_a_slot_that_never_settles_ends_the_scan_naming_it(
     slot = client.keyslot(f"{{stuck-{tag}}}:0")
     source = slot_owner(redis_cluster, slot)
     target, third = [p for p in redis_cluster.primaries() if p.port != source.port]
-    monkeypatch.setattr(redisio_core, "READ_RETRY_SECONDS", 1.0)
+    monkeypatch.setattr(redisio_retry, "READ_RETRY_SECONDS", 1.0)
     with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
         dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(third.port))
         src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target.port))
@@ -472,7 +473,7 @@ def test_a_lost_node_fails_writes_at_once_and_reads_after_the_retry_window(
     assert time.monotonic() - started < 5  # no retry for writes
     assert "rerun" in (writing.value.hint or "")
 
-    monkeypatch.setattr(redisio_core, "READ_RETRY_SECONDS", 3.0)
+    monkeypatch.setattr(redisio_retry, "READ_RETRY_SECONDS", 3.0)
     started = time.monotonic()
     with pytest.raises(ConnectionFailed) as reading:
         redisio.pipelined(client, [("GET", k) for k in keys])

@@ -39,14 +39,13 @@ from esctl.redisio.core import (
     pattern_slot,
     pipelined,
     pipelined_resp,
-    read_with_retry,
-    refresh_slots,
     scan_epoch,
     scan_pages,
     used_memory,
     used_memory_or_none,
 )
 from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
+from esctl.redisio.retry import read_with_retry, refresh_slots
 
 __all__ = [
     "PIPELINE_CHUNK",

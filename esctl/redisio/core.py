@@ -1,6 +1,7 @@
 """The transport itself; :mod:`esctl.redisio` re-exports what the rest of esctl uses.
 
-Tunables (``READ_RETRY_SECONDS``, ``BY_NODE_PIPELINES``, …) are read here: set them here.
+Tunables are read where they are defined (``retry.READ_RETRY_SECONDS``, ``core.BY_NODE_PIPELINES``,
+…): set them there.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import weakref
 from binascii import crc_hqx
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import hiredis
 import redis
@@ -23,6 +24,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from esctl.config import redact
 from esctl.errors import ConnectionFailed, ServerError
+from esctl.redisio import retry as _retry
 from esctl.redisio.client import (
     PIPELINE_CHUNK,
     REDIS_ERRORS,
@@ -41,9 +43,13 @@ from esctl.redisio.resp import (
     _raw_connections,
     _RawConnection,
 )
-
-T = TypeVar("T")
-
+from esctl.redisio.retry import (
+    _RETRIED_ERRORS,
+    _RETRIED_REPLIES,
+    _is_retried_reply,
+    read_with_retry,
+    refresh_slots,
+)
 
 # --- scanning ------------------------------------------------------------------------------
 
@@ -86,26 +92,6 @@ def scan_epoch(client: RedisClient) -> str:
         return str(client.info("server")["run_id"])
     except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
-
-
-def read_with_retry(client: redis.cluster.RedisCluster, read: Callable[[], T]) -> T:
-    """``read()``, called again (slot map refreshed, short waits) while the cluster looks like
-    it is failing over, for up to :data:`READ_RETRY_SECONDS`. Only for reads: running ``read``
-    twice must do no harm."""
-    deadline = time.monotonic() + READ_RETRY_SECONDS
-    delay = 0.1
-    while True:
-        try:
-            return read()
-        except _RETRIED_ERRORS as exc:
-            now = time.monotonic()
-            if now >= deadline or isinstance(exc, redis.exceptions.AuthenticationError):
-                raise wrap_errors(client, exc) from exc
-        except REDIS_ERRORS as exc:
-            raise wrap_errors(client, exc) from exc
-        time.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, 1.0)
-        refresh_slots(client)
 
 
 SCAN_SEEN_LIMIT = 250_000
@@ -475,7 +461,7 @@ class _ClusterScan:
                 continue
             now = time.monotonic()
             stalled_since = stalled_since or now
-            if now - stalled_since > READ_RETRY_SECONDS:
+            if now - stalled_since > _retry.READ_RETRY_SECONDS:
                 raise self._stalled()
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -550,7 +536,7 @@ class _ClusterScan:
         shown = ", ".join(map(str, left[:5])) + (", ..." if len(left) > 5 else "")
         return ServerError(
             f"the cluster {describe(self.client)} kept {len(left)} hash slot(s) ({shown}) from "
-            f"being read for {READ_RETRY_SECONDS:.0f} s during a SCAN over {self.match}: "
+            f"being read for {_retry.READ_RETRY_SECONDS:.0f} s during a SCAN over {self.match}: "
             f"{self.problem}",
             hint="check every slot is served and none is stuck half-moved (`redis-cli --cluster "
             "check HOST:PORT`; `redis-cli --cluster fix HOST:PORT` finishes an interrupted "
@@ -742,10 +728,6 @@ READ_ONLY_COMMANDS = frozenset(
 """Commands that change nothing. On a cluster, a pipelined call made of these only is re-run
 after a lost node or a failover (see :func:`pipelined`), and with ``--read-from-replicas`` they
 are the ones sent to replicas."""
-READ_RETRY_SECONDS = 30.0
-"""How long a read-only pipelined call (or a SCAN) on a cluster keeps retrying through a
-failover: a replica is promoted after ``cluster-node-timeout`` (15 s by default) plus an
-election of about a second."""
 REDIRECT_ROUNDS = 5
 """MOVED/ASK redirections followed per command before giving up: one is normal during a
 reshard, two when a slot moves twice; more means the slot map is not settling."""
@@ -767,17 +749,6 @@ _KEY_AT_1 = frozenset(
 _ALL_ARGS_KEYS = frozenset({"DEL", "EXISTS", "TOUCH", "UNLINK"})
 _TWO_KEYS = frozenset({"LMOVE", "RPOPLPUSH", "SMOVE"})
 _SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO"})
-_RETRIED_ERRORS = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.RedisClusterException,
-)
-"""What a failover looks like to redis-py: a node gone, a slot not served for a moment, the
-cluster briefly down, a node still loading its data."""
-_RETRIED_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN")
-"""Error replies (first word) that a failover or a reshard answers for a while, then stops."""
 
 
 def pipelined(
@@ -897,7 +868,7 @@ def _pipelined_cluster(
 ) -> list[Any]:
     """One attempt, or (``retry``) attempts until the replies carry no failover-time error, a
     slot map refresh and a short sleep apart, within :data:`READ_RETRY_SECONDS`."""
-    deadline = time.monotonic() + READ_RETRY_SECONDS
+    deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
     delay = 0.1
     while True:
         try:
@@ -922,7 +893,7 @@ def _pipelined_cluster(
         if now >= deadline:
             server = describe(client)
             raise ConnectionFailed(
-                f"Redis {server} did not answer reads for {READ_RETRY_SECONDS:.0f} s (a failover "
+                f"Redis {server} did not answer reads for {_retry.READ_RETRY_SECONDS:.0f} s (a failover "
                 f"or a reshard that did not settle?): {problem}",
                 server=server,
                 hint="check `redis-cli -c -h HOST -p PORT cluster info` shows cluster_state:ok, "
@@ -931,20 +902,6 @@ def _pipelined_cluster(
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, 1.0)
         refresh_slots(client)
-
-
-def _is_retried_reply(reply: Any) -> bool:
-    return isinstance(reply, Exception) and str(reply).startswith(_RETRIED_REPLIES)
-
-
-def refresh_slots(client: redis.cluster.RedisCluster) -> bool:
-    """Ask the cluster for its slot map again (after MOVED, a lost node, a failover). False
-    when no node answered: the caller's next attempt finds out what is wrong."""
-    try:
-        client.nodes_manager.initialize()
-    except REDIS_ERRORS:
-        return False
-    return True
 
 
 def _pipelined_by_node(
@@ -1294,7 +1251,7 @@ class _ClusterHashScan:
 
     def pages(self, keys: Sequence[str]) -> Iterator[tuple[str, list[bytes]]]:
         reads = {key: _HashRead(self._owner(key)) for key in keys}
-        deadline = time.monotonic() + READ_RETRY_SECONDS
+        deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
         delay = 0.1
         while reads:
             groups: dict[str, list[str]] = {}
@@ -1318,7 +1275,7 @@ class _ClusterHashScan:
                 if isinstance(reply, Exception):
                     troubled = self._redirected(key, read, reply) or troubled
                     continue
-                deadline = time.monotonic() + READ_RETRY_SECONDS
+                deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
                 delay = 0.1
                 cursor = int(reply[0])
                 moved = read.cursor != 0 and session != read.session
@@ -1383,7 +1340,7 @@ class _ClusterHashScan:
         if now >= deadline:
             server = describe(self.client)
             raise ConnectionFailed(
-                f"Redis {server} did not answer HSCAN for {READ_RETRY_SECONDS:.0f} s (a failover "
+                f"Redis {server} did not answer HSCAN for {_retry.READ_RETRY_SECONDS:.0f} s (a failover "
                 f"or a reshard that did not settle?): {problem}",
                 server=server,
                 hint="check `redis-cli -c -h HOST -p PORT cluster info` shows cluster_state:ok, "
@@ -1529,7 +1486,7 @@ def eval_pipelined(client: RedisClient, script: str, calls: Sequence[tuple[Any, 
     after that their error replies are returned as they are."""
     sha = hashlib.sha1(script.encode()).hexdigest()
     replies = _eval_once(client, script, sha, calls)
-    deadline = time.monotonic() + READ_RETRY_SECONDS
+    deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
     delay = 0.1
     while True:
         pending = [i for i, r in enumerate(replies) if _is_retried_reply(r)]
@@ -1592,7 +1549,7 @@ class LatencyPacer:
                     if (
                         not isinstance(self.client, redis.cluster.RedisCluster)
                         or not isinstance(exc, _RETRIED_ERRORS)
-                        or time.monotonic() - failing_since > READ_RETRY_SECONDS
+                        or time.monotonic() - failing_since > _retry.READ_RETRY_SECONDS
                     ):
                         raise wrap_errors(self.client, exc) from exc
                     refresh_slots(self.client)
