@@ -34,16 +34,14 @@ from esctl.redisio.core import (
     eval_pipelined,
     glob_matcher,
     hash_pages,
-    is_read_only,
     list_lengths,
     pattern_slot,
-    pipelined,
-    pipelined_resp,
     scan_epoch,
     scan_pages,
     used_memory,
     used_memory_or_none,
 )
+from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp
 from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
 from esctl.redisio.retry import read_with_retry, refresh_slots
 
