@@ -29,21 +29,23 @@ from esctl.redisio.client import (
 )
 from esctl.redisio.core import (
     LatencyPacer,
-    ScanPosition,
     chunked,
     eval_pipelined,
-    glob_matcher,
-    hash_pages,
     list_lengths,
-    pattern_slot,
-    scan_epoch,
-    scan_pages,
     used_memory,
     used_memory_or_none,
 )
 from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp
 from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
 from esctl.redisio.retry import read_with_retry, refresh_slots
+from esctl.redisio.scan import (
+    ScanPosition,
+    glob_matcher,
+    hash_pages,
+    pattern_slot,
+    scan_epoch,
+    scan_pages,
+)
 
 __all__ = [
     "PIPELINE_CHUNK",
