@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from esctl import redisio
 from esctl.errors import ConnectionFailed
-from esctl.redisio import core as redisio_core
+from esctl.redisio import commands as redisio_commands
 from esctl.redisio import pipelines as redisio_pipelines
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
@@ -165,7 +165,7 @@ def comparable(replies: list[object]) -> list[object]:
     bytes from hiredis and str from redis-py's parser; callers read it with key_str)."""
     out: list[object] = []
     for reply in replies:
-        if redisio_core._is_noscript(reply):  # redis-py's NoScriptError drops the code
+        if redisio_commands._is_noscript(reply):  # redis-py's NoScriptError drops the code
             out.append(("error", "NOSCRIPT"))
         elif isinstance(reply, Exception):
             out.append(("error", str(reply).split(" ")[0]))

@@ -10,6 +10,11 @@ On a cluster, resharding and failovers are expected mid-run: MOVED and ASK repli
 followed, reads (SCAN, and pipelines of read-only commands) wait out a failover for up to
 :data:`READ_RETRY_SECONDS`, and writes fail at once (ConnectionFailed) because whether a
 write sent to a node that died was applied cannot be known.
+
+The modules: ``client`` (connecting, errors), ``resp`` (raw RESP connections), ``retry``
+(failovers), ``pipelines``, ``scan`` (SCAN, cluster SCAN, HSCAN of whole hashes) and
+``commands``. Tunables are read at call time where they are defined: set
+``retry.READ_RETRY_SECONDS`` or ``pipelines.BY_NODE_PIPELINES`` there, not here.
 """
 
 from esctl.redisio.client import (
@@ -27,7 +32,7 @@ from esctl.redisio.client import (
     refuse_a_lone_cluster_node,
     wrap_errors,
 )
-from esctl.redisio.core import (
+from esctl.redisio.commands import (
     LatencyPacer,
     chunked,
     eval_pipelined,

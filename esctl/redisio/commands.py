@@ -1,8 +1,6 @@
-"""The transport itself; :mod:`esctl.redisio` re-exports what the rest of esctl uses.
-
-Tunables are read where they are defined (``retry.READ_RETRY_SECONDS``, ``pipelines.BY_NODE_PIPELINES``,
-…): set them there.
-"""
+"""Small operations over the pipelines: list lengths, memory used, server-side scripts
+(EVALSHA, EVAL where the script is not loaded, waited out through a failover), pacing by
+latency, and chunking."""
 
 from __future__ import annotations
 
@@ -17,14 +15,8 @@ import redis.exceptions
 
 from esctl.errors import ServerError
 from esctl.redisio import retry as _retry
-from esctl.redisio.client import (
-    REDIS_ERRORS,
-    RedisClient,
-    wrap_errors,
-)
-from esctl.redisio.pipelines import (
-    pipelined,
-)
+from esctl.redisio.client import REDIS_ERRORS, RedisClient, wrap_errors
+from esctl.redisio.pipelines import pipelined
 from esctl.redisio.retry import (
     _RETRIED_ERRORS,
     _is_retried_reply,
