@@ -12,7 +12,7 @@ times, measures
 - scan: ``redisio.scan_pages`` alone over the commit lists (one hash tag: one node) and over
   the event hashes (every node), keys/s; the cluster's two setups differ only in pipelines,
   so compare this one across code versions (a quiet cluster's SCAN must not get slower);
-each on the single server, on the cluster with the per-node path (``redisio.BY_NODE_PIPELINES``,
+each on the single server, on the cluster with the per-node path (``esctl.redisio.pipelines.BY_NODE_PIPELINES``,
 the default) and on the cluster through redis-py's ClusterPipeline (the path before it), and
 prints the ratios of the medians. Compare only ratios printed by one run: the machine drifts.
 """
@@ -28,8 +28,9 @@ from pathlib import Path
 
 from _common import database, write_bulk_store
 
-from esctl import layout, redisio, servers
+from esctl import layout, redisio, servers, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.redisio import pipelines as redisio_pipelines
 
 APP = "Bench.Cluster"
 SETUPS = ("single", "cluster", "cluster-old")
@@ -42,10 +43,10 @@ def read_all(client: redisio.RedisClient) -> int:
     events = 0
     pattern = layout.commit_list_pattern(APP)
     for _, keys in redisio.scan_pages(client, pattern, type_="list"):
-        lists = redisio.commit_lists(client, keys)
+        lists = storereads.commit_lists(client, keys)
         flat = [commit for commits in lists for commit in commits]
         for start in range(0, len(flat), 10_000):
-            values, _ = redisio.fetch_values(client, APP, flat[start : start + 10_000])
+            values, _ = storereads.fetch_values(client, APP, flat[start : start + 10_000])
             assert all(v is not None for v in values)
         events += len(flat)
     return events
@@ -64,7 +65,7 @@ def scan_all(client: redisio.RedisClient) -> int:
 
 
 def measure(setup: str, url: str, admin_dsn: str, events: int, what: str) -> float:
-    redisio.BY_NODE_PIPELINES = setup != "cluster-old"
+    redisio_pipelines.BY_NODE_PIPELINES = setup != "cluster-old"
     client = redisio.connect(url)
     try:
         if what == "scan":
@@ -85,7 +86,7 @@ def measure(setup: str, url: str, admin_dsn: str, events: int, what: str) -> flo
         return events / elapsed
     finally:
         client.close()
-        redisio.BY_NODE_PIPELINES = True
+        redisio_pipelines.BY_NODE_PIPELINES = True
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import psycopg
 import redis
 from _common import database, write_store
 
-from esctl import codec, layout, pg, redisio, servers
+from esctl import codec, layout, pg, redisio, servers, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 
@@ -45,9 +45,9 @@ def decoded_rows(
     events: list[tuple[int, str, str, int, str, str]] = []
     for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(APP), type_="list"):
         ids = [layout.aggregate_id_from_commit_list_key(APP, k) for k in keys]
-        lists = redisio.commit_lists(client, keys)
+        lists = storereads.commit_lists(client, keys)
         flat = [c for commits in lists for c in commits]
-        payloads = iter(redisio.fetch_payloads(client, APP, flat))
+        payloads = iter(storereads.fetch_payloads(client, APP, flat))
         for aggregate_id, commits in zip(ids, lists, strict=True):
             index = len(aggregates)
             aggregate_type = ""

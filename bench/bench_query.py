@@ -5,7 +5,7 @@
 Prints, on one store (tests/bulk_store.py: ~6.5 events per aggregate, 30% gzip+base64,
 10% legacy layout), the events/s of
 - plain read: SCAN of the commit lists + pipelined LRANGE + HGET of every payload, no decoding
-  (redisio.scan_pages / commit_lists / fetch_values, the reads every query makes);
+  (redisio.scan_pages, storereads.commit_lists / fetch_values, the reads every query makes);
 - ``events query`` (esctl.query.RedisQuery, iterated to the end, reading ahead in a second
   process as the command does on a machine with two CPUs or more) for questions that must
   look at every event: by event type, by a payload field, by time, by a substring, and one
@@ -41,7 +41,7 @@ import orjson
 import redis
 from _common import database, write_store
 
-from esctl import codec, layout, redisio, servers
+from esctl import codec, layout, redisio, servers, storereads
 from esctl.query import PgQuery, QueryFilters, RedisQuery
 
 APP = "Bench.Query"
@@ -61,9 +61,9 @@ def plain_read(client: redisio.RedisClient) -> int:
     """SCAN + LRANGE + HGET of every committed event, values not looked at."""
     events = 0
     for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(APP), type_="list"):
-        lists = redisio.commit_lists(client, keys)
+        lists = storereads.commit_lists(client, keys)
         flat = [c for ids in lists for c in ids]
-        values, _ = redisio.fetch_values(client, APP, flat)
+        values, _ = storereads.fetch_values(client, APP, flat)
         events += len(values)
     return events
 
@@ -90,8 +90,8 @@ def decode_only_rate(client: redisio.RedisClient, runs: int) -> float:
     events out before decoding them."""
     values: list[bytes] = []
     for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(APP), type_="list"):
-        lists = redisio.commit_lists(client, keys)
-        found, _ = redisio.fetch_values(client, APP, [c for ids in lists for c in ids])
+        lists = storereads.commit_lists(client, keys)
+        found, _ = storereads.fetch_values(client, APP, [c for ids in lists for c in ids])
         values.extend(v for v in found if v is not None)
 
     def work() -> int:

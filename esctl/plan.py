@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from esctl import layout, migrate, pg, redisio
+from esctl import layout, migrate, pg, redisio, storereads
 from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
 from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
 from esctl.documents import document
@@ -180,8 +180,8 @@ def _read_sample(
     for page in redisio.chunked(ids, opts.page_size):
         keys = [layout.commit_list_key(app, a) for a in page]
         started = time.perf_counter()
-        lists = redisio.commit_lists(client, keys)
-        values, where = redisio.fetch_values(client, app, [c for ids_ in lists for c in ids_])
+        lists = storereads.commit_lists(client, keys)
+        values, where = storereads.fetch_values(client, app, [c for ids_ in lists for c in ids_])
         fast: list[tuple[str, list[str]] | None] = []
         offset = 0
         for aggregate_id, commit_ids in zip(page, lists, strict=True):

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from esctl import codec, layout, redisio
+from esctl import codec, layout, redisio, storereads
 from esctl.codec import ParsedEvent, Problem
 
 # Problems that make an aggregate unloadable (quarantined by migrate).
@@ -93,8 +93,8 @@ def read_streams(
     """Read the commit lists (from ``starts[i]``, default 0) and their payloads of many
     aggregates in pipelined round trips, decode and parse each payload. Not validated yet."""
     keys = [layout.commit_list_key(app, a) for a in aggregate_ids]
-    lists = redisio.commit_lists(client, keys, starts)
-    values, where = redisio.fetch_values(client, app, [c for ids in lists for c in ids])
+    lists = storereads.commit_lists(client, keys, starts)
+    values, where = storereads.fetch_values(client, app, [c for ids in lists for c in ids])
     streams: list[Stream] = []
     offset = 0
     for i, (aggregate_id, key, commit_ids) in enumerate(

@@ -25,7 +25,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from esctl import layout, pg, redisio
+from esctl import layout, pg, redisio, storereads
 from esctl.codec import ParsedEvent
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
@@ -369,8 +369,8 @@ def verify(
                     pending = pool.submit(pg_page, conn, opts, ids, bookkeeping)
                     try:
                         keys = [layout.commit_list_key(opts.app, a) for a in ids]
-                        lists = redisio.commit_lists(client, keys)
-                        values, where = redisio.fetch_values(
+                        lists = storereads.commit_lists(client, keys)
+                        values, where = storereads.fetch_values(
                             client, opts.app, [c for commit_ids in lists for c in commit_ids]
                         )
                     finally:

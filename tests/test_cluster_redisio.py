@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from esctl import redisio
 from esctl.errors import ConnectionFailed
+from esctl.redisio import commands as redisio_commands
+from esctl.redisio import pipelines as redisio_pipelines
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
@@ -163,7 +165,7 @@ def comparable(replies: list[object]) -> list[object]:
     bytes from hiredis and str from redis-py's parser; callers read it with key_str)."""
     out: list[object] = []
     for reply in replies:
-        if redisio._is_noscript(reply):  # redis-py's NoScriptError drops the code
+        if redisio_commands._is_noscript(reply):  # redis-py's NoScriptError drops the code
             out.append(("error", "NOSCRIPT"))
         elif isinstance(reply, Exception):
             out.append(("error", str(reply).split(" ")[0]))
@@ -182,7 +184,8 @@ def test_per_node_pipelines_answer_as_a_single_server_and_as_redis_pys_pipeline(
     assert isinstance(cluster_client, redis.cluster.RedisCluster)
     tag = secrets.token_hex(4)
     writes, reads = mixed_batch(tag)
-    assert redisio._pipelined_by_node(cluster_client, writes, 1000) is not None  # the fast path
+    # the fast path
+    assert redisio_pipelines._pipelined_by_node(cluster_client, writes, 1000) is not None
     redisio.pipelined(redis_client, writes)
     on_single = redisio.pipelined(redis_client, reads)
     on_cluster = redisio.pipelined(cluster_client, reads, chunk=700)
@@ -193,11 +196,11 @@ def test_per_node_pipelines_answer_as_a_single_server_and_as_redis_pys_pipeline(
     assert ("error", "WRONGTYPE") in comparable(on_cluster)
     assert ("error", "NOSCRIPT") in comparable(on_cluster)
 
-    monkeypatch.setattr(redisio, "BY_NODE_PIPELINES", False)  # redis-py's ClusterPipeline
-    assert redisio._pipelined_by_node(cluster_client, reads, 1000) is None
+    monkeypatch.setattr(redisio_pipelines, "BY_NODE_PIPELINES", False)  # redis-py's ClusterPipeline
+    assert redisio_pipelines._pipelined_by_node(cluster_client, reads, 1000) is None
     assert comparable(redisio.pipelined(cluster_client, reads)) == comparable(on_cluster)
     memory = [("MEMORY", "USAGE", f"mix-{tag}:{i}") for i in range(0, 3000, 7)]
-    monkeypatch.setattr(redisio, "BY_NODE_PIPELINES", True)
+    monkeypatch.setattr(redisio_pipelines, "BY_NODE_PIPELINES", True)
     sizes = redisio.pipelined(cluster_client, memory)
     assert all(isinstance(s, int) and s > 0 for s in sizes[0::3])
 
@@ -211,9 +214,9 @@ def test_commands_the_per_node_path_cannot_place_go_through_redis_py(
     tag = secrets.token_hex(4)
     spread = [("EXISTS", f"a-{tag}", f"b-{tag}", f"c-{tag}")]
     assert cluster_client.keyslot(f"a-{tag}") != cluster_client.keyslot(f"b-{tag}")
-    assert redisio._pipelined_by_node(cluster_client, spread, 1000) is None
+    assert redisio_pipelines._pipelined_by_node(cluster_client, spread, 1000) is None
     together = [("EXISTS", f"{{{tag}}}a", f"{{{tag}}}b"), ("SET", f"{{{tag}}}a", 1)]
-    assert redisio._pipelined_by_node(cluster_client, together, 1000) == [0, b"OK"]
+    assert redisio_pipelines._pipelined_by_node(cluster_client, together, 1000) == [0, b"OK"]
     assert redisio.pattern_slot("{EventStore:App\\*}:*") == cluster_client.keyslot(
         "{EventStore:App*}:x"
     )

@@ -23,9 +23,10 @@ from cluster import LocalCluster, redis_cluster_with_replicas, role, slot_owner,
 from helpers import cli_env, run_cli
 from test_migrate import assert_clean_aggregates_migrated, cli_args
 
-from esctl import layout, redisio, servers
+from esctl import layout, redisio, servers, storereads
 from esctl.errors import ConnectionFailed, EsctlError, ServerError
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.redisio import retry as redisio_retry
 
 __all__ = ["redis_cluster_with_replicas"]  # the fixture, imported for pytest
 
@@ -254,15 +255,15 @@ def test_a_primary_killed_mid_migration_is_ridden_out_and_the_run_exits_0(
         victim = commit_lists_primary(cluster, app_name)
         reader = redisio.connect(cluster.url)
         lists = [layout.commit_list_key(app_name, a.aggregate_id) for a in truth.aggregates]
-        expected = redisio.commit_lists(reader, lists)
+        expected = storereads.commit_lists(reader, lists)
         seed = next(n for n in cluster.nodes if n is not victim)
         url = f"redis+cluster://127.0.0.1:{seed.port}"
         proc = start_migration(url, pg_dsn, app_name, "--rate", "300")
         wait_for_first_batch(proc, pg_dsn)
         os.kill(victim.pid, signal.SIGKILL)
         started = time.monotonic()
-        assert redisio.commit_lists(reader, lists) == expected  # waits for the promotion
-        assert time.monotonic() - started < redisio.READ_RETRY_SECONDS
+        assert storereads.commit_lists(reader, lists) == expected  # waits for the promotion
+        assert time.monotonic() - started < redisio_retry.READ_RETRY_SECONDS
         ended_early = proc.poll() is not None
         out, err = proc.communicate(timeout=120)
         assert not ended_early, f"the migration ended before the kill: {out}{err}"

@@ -39,6 +39,8 @@ from test_migrate import assert_clean_aggregates_migrated, cli_args, new_databas
 
 from esctl import layout, redisio, servers
 from esctl.errors import ConnectionFailed, ServerError
+from esctl.redisio import retry as redisio_retry
+from esctl.redisio import scan as redisio_scan
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
@@ -381,7 +383,7 @@ def test_a_slot_being_migrated_is_read_on_its_target_before_any_key_is_handed_ou
     home = slot_owner(redis_cluster, slot)
     source, target = half_move(redis_cluster, slot, keys[:100])
     third = next(p for p in redis_cluster.primaries() if p.port not in (source, target))
-    hand_out = redisio._ClusterScan._hand_out
+    hand_out = redisio_scan._ClusterScan._hand_out
 
     def caller_takes_its_time(scan: object, raw_keys: list[bytes]) -> object:
         if not moved:
@@ -393,7 +395,7 @@ def test_a_slot_being_migrated_is_read_on_its_target_before_any_key_is_handed_ou
         return hand_out(scan, raw_keys)  # type: ignore[arg-type]
 
     moved: list[bool] = []
-    monkeypatch.setattr(redisio._ClusterScan, "_hand_out", caller_takes_its_time)
+    monkeypatch.setattr(redisio_scan._ClusterScan, "_hand_out", caller_takes_its_time)
     try:
         found = [k for _, page in redisio.scan_pages(client, f"{{gap-{tag}}}:*") for k in page]
     finally:
@@ -421,7 +423,7 @@ def test_a_slot_that_never_settles_ends_the_scan_naming_it(
     slot = client.keyslot(f"{{stuck-{tag}}}:0")
     source = slot_owner(redis_cluster, slot)
     target, third = [p for p in redis_cluster.primaries() if p.port != source.port]
-    monkeypatch.setattr(redisio, "READ_RETRY_SECONDS", 1.0)
+    monkeypatch.setattr(redisio_retry, "READ_RETRY_SECONDS", 1.0)
     with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
         dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(third.port))
         src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target.port))
@@ -471,7 +473,7 @@ def test_a_lost_node_fails_writes_at_once_and_reads_after_the_retry_window(
     assert time.monotonic() - started < 5  # no retry for writes
     assert "rerun" in (writing.value.hint or "")
 
-    monkeypatch.setattr(redisio, "READ_RETRY_SECONDS", 3.0)
+    monkeypatch.setattr(redisio_retry, "READ_RETRY_SECONDS", 3.0)
     started = time.monotonic()
     with pytest.raises(ConnectionFailed) as reading:
         redisio.pipelined(client, [("GET", k) for k in keys])

@@ -18,7 +18,7 @@ import redis_bytes as rb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esctl import codec, layout, redisio
+from esctl import codec, layout, storereads
 
 # Keys and ids may hold anything but NUL-free text is what Redis keys usually are.
 names = st.text(min_size=1, max_size=40)
@@ -112,7 +112,7 @@ def _read_back(client: redis.Redis, truth: iw.GroundTruth) -> None:
         own = [e.commit_id for e in aggregate.events]
         stored_list = truth.commit_lists[aggregate.list_key]
         assert [c for c in stored_list if c in set(own)] == own
-        payloads = redisio.fetch_payloads(client, app, own)
+        payloads = storereads.fetch_payloads(client, app, own)
         for event, found in zip(aggregate.events, payloads, strict=True):
             assert found.commit_id == event.commit_id
             if event.legacy:

@@ -14,6 +14,7 @@ import redis
 from esctl import demo, redisio
 from esctl.errors import NotFound
 from esctl.inspect import inspect_aggregate, inspect_event
+from esctl.redisio import resp as redisio_resp
 
 EXPECTED_KIND = {
     "missing_payload": "missing_payload",
@@ -155,13 +156,13 @@ def test_ten_thousand_events_take_a_dozen_round_trips(
     pipe.execute()
 
     trips: list[int] = []
-    original = redisio._RawConnection.execute
+    original = redisio_resp._RawConnection.execute
 
     def counting(self: Any, commands: Any) -> Any:
         trips.append(len(commands))
         return original(self, commands)
 
-    monkeypatch.setattr(redisio._RawConnection, "execute", counting)
+    monkeypatch.setattr(redisio_resp._RawConnection, "execute", counting)
     client = redisio.connect(redis_test_url)
     report = inspect_aggregate(client, app_name, "big")
     assert report.ok and len(report.events) == n

@@ -29,7 +29,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # talking to servers and processes, knowing nothing of operations
     "transport": ("esctl.redisio", "esctl.pg", "esctl.servers", "esctl.readahead"),
     # what several operations share
-    "shared": ("esctl.locks", "esctl.metrics", "esctl.backupfile", "esctl.streams"),
+    "shared": (
+        "esctl.locks",
+        "esctl.metrics",
+        "esctl.backupfile",
+        "esctl.streams",
+        "esctl.storereads",
+    ),
     "operations": (
         "esctl.compress",
         "esctl.demo",
@@ -132,6 +138,12 @@ def test_no_cycle() -> None:
 def test_the_graph_is_not_empty() -> None:
     graph = import_graph()
     assert "esctl.queues" in graph["esctl.cli"] and "esctl.redisio" in graph["esctl.queues"]
+
+
+def test_the_redis_transport_knows_no_event_store() -> None:
+    """The key layout and the payload codec belong to the store reads (esctl.storereads), not
+    to the transport."""
+    assert not {"esctl.layout", "esctl.codec"} & import_graph()["esctl.redisio"]
 
 
 def _layer(component: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from esctl import codec, layout, redisio
+from esctl import codec, layout, redisio, storereads
 from esctl.errors import NotFound, ServerError
 from esctl.inspect.locate import where_stored
 from esctl.inspect.problems import problem_key, stream_problems
@@ -181,7 +181,7 @@ def inspect_aggregate(
             hint="check the aggregate id and --app (ApplicationName); ids are case-sensitive",
         )
     commit_ids = [redisio.key_str(c) for c in listed]
-    values, where = redisio.fetch_values(client, app, commit_ids)
+    values, where = storereads.fetch_values(client, app, commit_ids)
     stream = validate_stream(build_stream(aggregate_id, key, commit_ids, values, where))
     problems = stream_problems(stream)
     blocking = {id(p) for p in stream.problems}

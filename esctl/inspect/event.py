@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from esctl import codec, layout, redisio
+from esctl import codec, layout, redisio, storereads
 from esctl.documents import document
 from esctl.errors import NotFound
 from esctl.inspect.locate import list_position, where_stored
@@ -57,7 +57,7 @@ def inspect_event(client: redisio.RedisClient, app: str, commit_id: str) -> Even
     it, and ask the commit list of the aggregate it names whether it is committed. An event no
     commit list names is an orphan (problem kind ``orphan``). Raises NotFound when neither hash
     holds the commit id."""
-    values, where = redisio.fetch_values(client, app, [commit_id])
+    values, where = storereads.fetch_values(client, app, [commit_id])
     value, hash_key = values[0], where[0]
     if value is None or hash_key is None:
         raise NotFound(

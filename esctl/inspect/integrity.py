@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from esctl import codec, layout, redisio
+from esctl import codec, layout, redisio, storereads
 from esctl.errors import ServerError
 from esctl.inspect.commit_index import CommitIndex
 from esctl.inspect.locate import list_position
@@ -297,7 +297,7 @@ class _Scan:
             self._check_streams([a for a in ids if self.shard.owns(a)])
             others = [(k, a) for k, a in zip(keys, ids, strict=True) if not self.shard.owns(a)]
             if others:
-                listed = redisio.commit_lists(self.client, [k for k, _ in others])
+                listed = storereads.commit_lists(self.client, [k for k, _ in others])
                 self.index.add_commits(
                     (c, a)
                     for (_, a), commit_ids in zip(others, listed, strict=True)
@@ -393,7 +393,7 @@ def _name_misplaced(
     ):
         if not keys:
             continue
-        listed = redisio.commit_lists(client, keys)
+        listed = storereads.commit_lists(client, keys)
         owner = {
             c: layout.aggregate_id_from_commit_list_key(app, k)
             for k, commit_ids in zip(keys, listed, strict=True)

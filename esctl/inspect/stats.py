@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from esctl import codec, layout, redisio
+from esctl import codec, layout, redisio, storereads
 from esctl.errors import ServerError
 
 
@@ -325,10 +325,10 @@ def _count_commit_lists(
             continue
         lists.offer(keys)
         if tally is not None:
-            listed = redisio.commit_lists(client, keys)
+            listed = storereads.commit_lists(client, keys)
             flat = [c for ids in listed for c in ids]
             commit_ids += len(flat)
-            values, _ = redisio.fetch_values(client, app, flat)
+            values, _ = storereads.fetch_values(client, app, flat)
             tally.add(flat, values)
         else:
             commit_ids += _lengths(client, "LLEN", keys)
@@ -340,11 +340,11 @@ def _read_sampled_payloads(
     client: redisio.RedisClient, app: str, keys: Sequence[str], tally: _EventTally
 ) -> None:
     """Tally the payloads of the sampled commit lists ``keys``, 10,000 at a time."""
-    listed = redisio.commit_lists(client, keys)
+    listed = storereads.commit_lists(client, keys)
     flat = [c for ids in listed for c in ids]
     for start in range(0, len(flat), 10_000):
         chunk = flat[start : start + 10_000]
-        values, _ = redisio.fetch_values(client, app, chunk)
+        values, _ = storereads.fetch_values(client, app, chunk)
         tally.add(chunk, values)
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import psycopg
 
-from esctl import layout, redisio
+from esctl import layout, redisio, storereads
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
 from esctl.shard import Shard
@@ -132,7 +132,7 @@ class Reader:
         if not todo:
             return
         keys_todo = [layout.commit_list_key(app, a) for a in todo]
-        lists = redisio.commit_lists(self.client, keys_todo, starts)
+        lists = storereads.commit_lists(self.client, keys_todo, starts)
         self.commits_seen += sum(starts)
         # Payloads are fetched in chunks of about a batch, so memory stays bounded by the batch
         # size (or the largest aggregate) rather than by what one SCAN page names.
@@ -204,7 +204,7 @@ class Reader:
         flat = [c for commit_ids in lists for c in commit_ids]
         self.commits_seen += len(flat)
         self.pacer.wait(len(flat))
-        values, where = redisio.fetch_values(self.client, self.opts.app, flat)
+        values, where = storereads.fetch_values(self.client, self.opts.app, flat)
         offset = 0
         for aggregate_id, key, start, commit_ids in zip(ids, keys, starts, lists, strict=True):
             end = offset + len(commit_ids)

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import orjson
 
-from esctl import codec, layout, readahead, redisio
+from esctl import codec, layout, readahead, redisio, storereads
 from esctl.query.filters import QueryFilters, QueryResult, QueryStats
 from esctl.query.where import literal_safe
 
@@ -195,9 +195,9 @@ class RedisQuery:
         """(aggregate ids, their commit lists, the stored values in commit order) per page."""
         client, app = self.client, self.app
         for ids in self._pages():
-            lists = redisio.commit_lists(client, [layout.commit_list_key(app, a) for a in ids])
+            lists = storereads.commit_lists(client, [layout.commit_list_key(app, a) for a in ids])
             flat = [c for commit_ids in lists for c in commit_ids]
-            values, _ = redisio.fetch_values(client, app, flat)
+            values, _ = storereads.fetch_values(client, app, flat)
             yield ids, lists, values
 
     def __iter__(self) -> Iterator[QueryResult]:

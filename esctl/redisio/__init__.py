@@ -1,0 +1,89 @@
+"""The one layer through which esctl talks to Redis (single instance or Redis Cluster).
+
+Rules that keep it cluster-ready: keys are found with SCAN per primary node (never KEYS; a
+hash slot that moves during the scan is read again on its own with CLUSTER GETKEYSINSLOT), work
+is sent in pipelines (grouped by the node serving each key's slot), and server-side scripts
+only touch keys of one hash slot. Values come back as bytes; keys are decoded as UTF-8
+(``surrogateescape`` so any key round-trips).
+
+On a cluster, resharding and failovers are expected mid-run: MOVED and ASK replies are
+followed, reads (SCAN, and pipelines of read-only commands) wait out a failover for up to
+:data:`READ_RETRY_SECONDS`, and writes fail at once (ConnectionFailed) because whether a
+write sent to a node that died was applied cannot be known.
+
+The modules: ``client`` (connecting, errors), ``resp`` (raw RESP connections), ``retry``
+(failovers), ``pipelines``, ``scan`` (SCAN, cluster SCAN, HSCAN of whole hashes) and
+``commands``. Tunables are read at call time where they are defined: set
+``retry.READ_RETRY_SECONDS`` or ``pipelines.BY_NODE_PIPELINES`` there, not here.
+"""
+
+from esctl.redisio.client import (
+    PIPELINE_CHUNK,
+    REDIS_ERRORS,
+    RedisClient,
+    connect,
+    describe,
+    describe_url,
+    is_cluster_url,
+    is_utf8,
+    key_bytes,
+    key_str,
+    printable,
+    refuse_a_lone_cluster_node,
+    wrap_errors,
+)
+from esctl.redisio.commands import (
+    LatencyPacer,
+    chunked,
+    eval_pipelined,
+    list_lengths,
+    used_memory,
+    used_memory_or_none,
+)
+from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp
+from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
+from esctl.redisio.retry import read_with_retry, refresh_slots
+from esctl.redisio.scan import (
+    ScanPosition,
+    glob_matcher,
+    hash_pages,
+    pattern_slot,
+    scan_epoch,
+    scan_pages,
+)
+
+__all__ = [
+    "PIPELINE_CHUNK",
+    "REDIS_ERRORS",
+    "LatencyPacer",
+    "RedisClient",
+    "ScanPosition",
+    "chunked",
+    "connect",
+    "describe",
+    "describe_url",
+    "eval_pipelined",
+    "glob_matcher",
+    "hash_pages",
+    "is_cluster_url",
+    "is_read_only",
+    "is_utf8",
+    "key_bytes",
+    "key_str",
+    "list_lengths",
+    "pack_commands",
+    "pattern_slot",
+    "pipelined",
+    "pipelined_resp",
+    "printable",
+    "read_with_retry",
+    "refresh_slots",
+    "refuse_a_lone_cluster_node",
+    "resp_bulk",
+    "resp_command",
+    "scan_epoch",
+    "scan_pages",
+    "used_memory",
+    "used_memory_or_none",
+    "wrap_errors",
+]

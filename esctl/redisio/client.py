@@ -1,0 +1,174 @@
+"""Connecting to Redis (one server or a cluster), naming the server without its password, keys
+as text, and redis-py's errors turned into esctl's."""
+
+from __future__ import annotations
+
+import redis
+import redis.cluster
+import redis.exceptions
+
+from esctl.config import redact
+from esctl.errors import ConfigError, ConnectionFailed, ServerError
+
+RedisClient = redis.Redis | redis.cluster.RedisCluster
+REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+"""What redis-py raises: the cluster client's own errors (no node reachable, a slot not
+covered during a failover) are not RedisErrors."""
+PIPELINE_CHUNK = 1000
+"""Commands per pipelined round trip (measured: 200 per round trip costs 20-25%)."""
+
+
+def key_str(key: bytes | str) -> str:
+    return key if isinstance(key, str) else key.decode("utf-8", "surrogateescape")
+
+
+def is_utf8(key: str) -> bool:
+    """Whether a key decoded by :func:`key_str` was valid UTF-8 (no escaped bytes)."""
+    if key.isascii():
+        return True
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(key: str) -> str:
+    """A key for messages, JSON and text columns: bytes that are not UTF-8 as ``\\xNN``."""
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def key_bytes(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(("redis+cluster://", "rediss+cluster://"))
+
+
+def connect(
+    url: str,
+    *,
+    cluster: bool = False,
+    read_from_replicas: bool = False,
+    allow_lone_cluster_node: bool = False,
+) -> RedisClient:
+    """Open a client and check the server answers. Raises ConnectionFailed (password hidden),
+    or ConfigError for one node of a Redis Cluster reached as a single server
+    (:func:`refuse_a_lone_cluster_node`) unless ``allow_lone_cluster_node`` (doctor, which
+    reports it as a finding instead)."""
+    shown = redact(url)
+    try:
+        client: RedisClient
+        if cluster or is_cluster_url(url):
+            plain = url.replace("+cluster://", "://", 1)
+            # Read-only commands (and their pipelines) go to the replicas, keeping load off the
+            # primaries; writes still go to primaries.
+            strategy = (
+                redis.cluster.LoadBalancingStrategy.ROUND_ROBIN_REPLICAS
+                if read_from_replicas
+                else None
+            )
+            client = redis.cluster.RedisCluster.from_url(
+                plain, load_balancing_strategy=strategy, socket_timeout=30
+            )
+        else:
+            client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+        client.ping()
+    except redis.exceptions.AuthenticationError as exc:
+        raise ConnectionFailed(
+            f"Redis at {shown} refused the credentials: {exc}",
+            server=shown,
+            hint="check the user and password in --redis-url / ESCTL_REDIS_URL",
+        ) from None
+    except (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        # the cluster client's "no startup node reachable" (or "not a cluster node")
+        redis.exceptions.RedisClusterException,
+        OSError,
+    ) as exc:
+        raise ConnectionFailed(
+            f"cannot connect to Redis at {shown}: {redact(str(exc))}",
+            server=shown,
+            hint="check that Redis is running and --redis-url / ESCTL_REDIS_URL is right",
+        ) from None
+    except ValueError as exc:
+        raise ConnectionFailed(
+            f"bad Redis URL {shown}: {exc}",
+            server=shown,
+            hint="use redis://[user:password@]host:port/db, rediss:// or redis+cluster://",
+        ) from None
+    if not allow_lone_cluster_node:
+        refuse_a_lone_cluster_node(client)
+    return client
+
+
+def refuse_a_lone_cluster_node(client: RedisClient) -> None:
+    """ConfigError when ``client`` is a plain connection to one node of a Redis Cluster (a
+    ``redis://`` URL without ``--cluster``). That node answers SCAN with its own keys only and
+    refuses the others with MOVED, so a command would do part of its work and call it done
+    (seen: ``migrate redis-to-pg`` exiting 0 with 0 aggregates, ``compress`` and ``queue list``
+    exiting 0 having seen a third of a three-primary cluster). One ``INFO cluster`` round trip;
+    a server that refuses INFO is taken as it is."""
+    if not isinstance(client, redis.Redis):
+        return
+    try:
+        info = client.info("cluster")
+    except REDIS_ERRORS:
+        return
+    if int(info.get("cluster_enabled", 0) or 0) != 1:
+        return
+    server = describe(client)
+    address = "HOST:PORT" if server.startswith("unix:") else server.rsplit("/", 1)[0]
+    raise ConfigError(
+        f"{server} is a node of a Redis Cluster, reached as a single server: esctl would reach "
+        "only the keys stored on that node; nothing was done",
+        hint=f"point --redis-url at the cluster: redis+cluster://{address} (or add --cluster); "
+        "any node works as the seed",
+    )
+
+
+def describe(client: RedisClient) -> str:
+    """Printable server name (no password)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_primaries()
+        return "cluster " + ",".join(f"{n.host}:{n.port}" for n in nodes[:3])
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"unix:{kw['path']}"
+    return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+
+
+def describe_url(url: str, *, cluster: bool = False) -> str:
+    """What :func:`describe` would print for a client of ``url``, without connecting (for a
+    server that could not be reached: the same name whether it answers or not). A URL that
+    cannot be parsed is shown redacted."""
+    plain = url.replace("+cluster://", "://", 1)
+    try:
+        kw = redis.connection.parse_url(plain)
+    except ValueError:
+        return redact(url)
+    if "path" in kw:
+        return f"unix:{kw['path']}"
+    where = f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+    if cluster or is_cluster_url(url):
+        return f"cluster {where}"
+    return f"{where}/{kw.get('db', 0)}"
+
+
+def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
+    """Turn a redis-py exception into esctl's typed error."""
+    server = describe(client)
+    if isinstance(
+        exc,
+        redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError
+        | redis.exceptions.RedisClusterException,
+    ):
+        return ConnectionFailed(
+            f"lost the connection to Redis {server}: {redact(str(exc))}",
+            server=server,
+            hint="the run kept a consistent state; rerun the same command when Redis is back",
+        )
+    return ServerError(f"Redis {server} answered with an error: {redact(str(exc))}")
