@@ -39,8 +39,8 @@ from test_migrate import assert_clean_aggregates_migrated, cli_args, new_databas
 
 from esctl import layout, redisio, servers
 from esctl.errors import ConnectionFailed, ServerError
+from esctl.redisio import cluster_scan
 from esctl.redisio import retry as redisio_retry
-from esctl.redisio import scan as redisio_scan
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
@@ -383,7 +383,7 @@ def test_a_slot_being_migrated_is_read_on_its_target_before_any_key_is_handed_ou
     home = slot_owner(redis_cluster, slot)
     source, target = half_move(redis_cluster, slot, keys[:100])
     third = next(p for p in redis_cluster.primaries() if p.port not in (source, target))
-    hand_out = redisio_scan._ClusterScan._hand_out
+    hand_out = cluster_scan._ClusterScan._hand_out
 
     def caller_takes_its_time(scan: object, raw_keys: list[bytes]) -> object:
         if not moved:
@@ -395,7 +395,7 @@ def test_a_slot_being_migrated_is_read_on_its_target_before_any_key_is_handed_ou
         return hand_out(scan, raw_keys)  # type: ignore[arg-type]
 
     moved: list[bool] = []
-    monkeypatch.setattr(redisio_scan._ClusterScan, "_hand_out", caller_takes_its_time)
+    monkeypatch.setattr(cluster_scan._ClusterScan, "_hand_out", caller_takes_its_time)
     try:
         found = [k for _, page in redisio.scan_pages(client, f"{{gap-{tag}}}:*") for k in page]
     finally:

@@ -12,9 +12,9 @@ followed, reads (SCAN, and pipelines of read-only commands) wait out a failover 
 write sent to a node that died was applied cannot be known.
 
 The modules: ``client`` (connecting, errors), ``resp`` (raw RESP connections), ``retry``
-(failovers), ``pipelines``, ``scan`` (SCAN, cluster SCAN, HSCAN of whole hashes) and
-``commands``. Tunables are read at call time where they are defined: set
-``retry.READ_RETRY_SECONDS`` or ``pipelines.BY_NODE_PIPELINES`` there, not here.
+(failovers), ``pipelines``, ``scan`` (SCAN, its positions and glob), ``cluster_scan`` (the
+slot-accounting SCAN of a cluster), ``hash_scan`` (HSCAN of whole hashes) and ``commands``. Tunables are read at call time where
+they are defined: set ``retry.READ_RETRY_SECONDS`` or ``pipelines.BY_NODE_PIPELINES`` there, not here.
 """
 
 from esctl.redisio.client import (
@@ -40,13 +40,13 @@ from esctl.redisio.commands import (
     used_memory,
     used_memory_or_none,
 )
+from esctl.redisio.hash_scan import hash_pages
 from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp
 from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
 from esctl.redisio.retry import read_with_retry, refresh_slots
 from esctl.redisio.scan import (
     ScanPosition,
     glob_matcher,
-    hash_pages,
     pattern_slot,
     scan_epoch,
     scan_pages,

@@ -230,7 +230,7 @@ def _pipelined_cluster(
         refresh_slots(client)
 
 
-def _pipelined_by_node(
+def _pipelined_by_node(  # noqa: C901, PLR0912, PLR0915  hot path of every cluster pipeline: one loop kept whole
     client: redis.cluster.RedisCluster, commands: Sequence[tuple[Any, ...]], chunk: int
 ) -> list[Any] | None:
     """:func:`pipelined` on a cluster over this thread's raw connections, one per node, or
@@ -373,7 +373,7 @@ def _by_node_applies(client: redis.cluster.RedisCluster) -> bool:
     )
 
 
-def _exchange(
+def _exchange(  # noqa: C901  hot path of every cluster pipeline: send and receive kept in one loop
     connections: _ClusterConnections,
     groups: dict[str, list[int]],
     commands: Sequence[tuple[Any, ...]],
