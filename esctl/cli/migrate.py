@@ -467,7 +467,7 @@ def prune_command(
     Exit 3: PostgreSQL holds other data than Redis (content_differs, extra_in_pg, versions
     missing in between), or changed_since_verify. Exit 75: another prune holds the lock.
 
-    Without --yes it asks on a terminal and refuses (exit 1) without one. A run killed
+    Without --yes it asks on a terminal and refuses (exit 2) without one. A run killed
     between deleting a commit list and its payload fields leaves those fields behind; they
     are recorded in esctl.prune_pending and the next prune deletes them first. Restore from a
     backup: for each line in index order, RPUSH list_key commit_id and HSET hash_key
