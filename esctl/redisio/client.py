@@ -3,6 +3,9 @@ as text, and redis-py's errors turned into esctl's."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import redis
 import redis.cluster
 import redis.exceptions
@@ -134,7 +137,11 @@ def describe(client: RedisClient) -> str:
     if isinstance(client, redis.cluster.RedisCluster):
         nodes = client.get_primaries()
         return "cluster " + ",".join(f"{n.host}:{n.port}" for n in nodes[:3])
-    kw = client.connection_pool.connection_kwargs
+    return _server_name(client.connection_pool.connection_kwargs)
+
+
+def _server_name(kw: Mapping[str, Any]) -> str:
+    """``host:port/db`` (or ``unix:PATH``) of a single server's connection settings."""
     if "path" in kw:
         return f"unix:{kw['path']}"
     return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
@@ -149,12 +156,9 @@ def describe_url(url: str, *, cluster: bool = False) -> str:
         kw = redis.connection.parse_url(plain)
     except ValueError:
         return redact(url)
-    if "path" in kw:
-        return f"unix:{kw['path']}"
-    where = f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
-    if cluster or is_cluster_url(url):
-        return f"cluster {where}"
-    return f"{where}/{kw.get('db', 0)}"
+    if (cluster or is_cluster_url(url)) and "path" not in kw:
+        return f"cluster {kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+    return _server_name(kw)
 
 
 def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
