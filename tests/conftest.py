@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -73,11 +74,12 @@ def with_redis_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}", query=urlencode(query)))
 
 
-@pytest.fixture(scope="session")
-def redis_db_number(redis_url: str) -> Iterator[int]:
-    """The database number (1..15) this session owns for the whole run.
+@contextmanager
+def claimed_redis_db(redis_url: str) -> Iterator[int]:
+    """A database number (1..15) that is empty and that no other client has selected, held
+    for the block.
 
-    A connection named ``esctl-tests-claim`` stays selected on it until the session ends, so a
+    A connection named ``esctl-tests-claim`` stays selected on it until the block ends, so a
     concurrent run skips it (a database some client has selected counts as taken); when two
     runs claim the same number at once, the claim with the lower client id wins."""
     probe = redis.Redis.from_url(redis_url)
@@ -113,6 +115,14 @@ def redis_db_number(redis_url: str) -> Iterator[int]:
         f"Redis at {redact(redis_url)}: no database 1..15 is empty and unused; "
         "the tests flush the database they use, so they never use one that holds data"
     )
+
+
+@pytest.fixture(scope="session")
+def redis_db_number(redis_url: str) -> Iterator[int]:
+    """The database number (1..15) this session owns for the whole run
+    (:func:`claimed_redis_db`)."""
+    with claimed_redis_db(redis_url) as db:
+        yield db
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -87,23 +88,14 @@ def readme_env(
     a demo store of app MyService / env production in a Redis database of its own, and a
     PostgreSQL database of its own."""
     import psycopg
-    from conftest import with_redis_db
+    from conftest import claimed_redis_db, with_redis_db
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
     workdir = tmp_path_factory.mktemp("readme")
-    client = redis.Redis.from_url(redis_url)
-    taken = {int(c["db"]) for c in client.client_list()}
-    db = next(
-        n
-        for n in range(15, 0, -1)
-        if n not in taken and redis.Redis.from_url(with_redis_db(redis_url, n)).dbsize() == 0
-    )
-    client.close()
-    url = with_redis_db(redis_url, db)
-    # Selected for the whole module under the suite's claim name: another test run skips it.
-    claim = redis.Redis.from_url(url, single_connection_client=True)
-    claim.client_setname("esctl-tests-claim")
+    # A database of the module's own, claimed as the session claims its own.
+    claim = ExitStack()
+    url = with_redis_db(redis_url, claim.enter_context(claimed_redis_db(redis_url)))
     store = redis.Redis.from_url(url)
     summary = demo.write_demo_store(store, app="MyService", env="production")
     name = f"esctl_readme_{os.getpid()}"
