@@ -228,7 +228,12 @@ def move_slot(
     IMPORTING on the target, MIGRATING on the source, MIGRATE of its keys ``keys_per_step`` at a
     time (``pause`` seconds apart, so clients meet the half-moved slot and its ASK replies), then
     SETSLOT NODE on every primary. Returns the number of keys moved; ``on_step`` is told the
-    number after each MIGRATE."""
+    number after each MIGRATE.
+
+    Waits first until every primary knows every config epoch, as redis-cli checks the nodes
+    agree before a reshard: a target that takes the slot while unaware of a newer epoch does
+    not bump its own, and gossip the source sent before the move can then take the slot back
+    from it, leaving the slot served by no node (seen on a loaded CI machine)."""
     source = slot_owner(cluster, slot)
     if source.port == target.port:
         return 0
@@ -237,6 +242,7 @@ def move_slot(
         src, dst, *rest = (
             stack.enter_context(redis.Redis(port=n.port)) for n in (source, target, *others)
         )
+        wait_for_epochs([src, dst, *rest])
         return _move(src, dst, rest, slot, keys_per_step, pause, on_step)
 
 
