@@ -21,8 +21,13 @@ CLI_TIMEOUT = 120.0
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment ``run_cli`` gives esctl: this process's environment without any
-    ``ESCTL_*`` variable, no colour, a wide terminal, then ``env`` on top."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ESCTL_")}
+    ``ESCTL_*`` variable (nor ``JOB_COMPLETION_INDEX``), no colour, a wide terminal, then ``env`` on top."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        # JOB_COMPLETION_INDEX: --shard auto reads it; a CI pod of an Indexed Job has it set.
+        if not k.startswith("ESCTL_") and k != "JOB_COMPLETION_INDEX"
+    }
     clean.update(
         XDG_CONFIG_HOME=str(_EMPTY_DIR),
         NO_COLOR="1",

@@ -224,7 +224,7 @@ def integrity(
     from esctl.shard import Shard
 
     out = ctx.out
-    shard_value = Shard.parse(shard)
+    shard_value = Shard.from_option(shard)
     app_value = ctx.app
     client = ctx.redis
     with out.progress(progress, desc="commit lists", unit=" keys") as bar:

@@ -148,7 +148,7 @@ def redis_to_pg(
         batch_size=batch_size,
         init_schema=init_schema,
         dry_run=dry_run,
-        shard=Shard.parse(shard),
+        shard=Shard.from_option(shard),
         restart=restart,
         max_problems=max_problems,
         rate=rate,
@@ -310,7 +310,7 @@ def verify_command(
         app=ctx.app,
         pg_dsn=ctx.pg_dsn,
         pg_schema=ctx.pg_schema,
-        shard=Shard.parse(shard),
+        shard=Shard.from_option(shard),
         sample=sample,
         allow_new_events=allow_new_events,
     )
@@ -486,7 +486,7 @@ def prune_command(
         pg_schema=ctx.pg_schema,
         dry_run=dry_run,
         backup_file=backup_file,
-        shard=Shard.parse(shard),
+        shard=Shard.from_option(shard),
     )
     if not (yes or dry_run):
         out.confirm(

@@ -157,8 +157,9 @@ ShardOpt = Annotated[
     str | None,
     typer.Option(
         "--shard",
-        metavar="I/N",
-        help="Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4.",
+        metavar="I/N|auto",
+        help="Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4; "
+        "auto: I from JOB_COMPLETION_INDEX, N from ESCTL_SHARD_COUNT (a Kubernetes Indexed Job).",
         show_default=False,
     ),
 ]

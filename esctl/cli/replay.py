@@ -231,7 +231,7 @@ def replay(
         skip_errors=skip_errors,
         batch_size=batch_size,
         dry_run=dry_run,
-        shard=Shard.parse(shard),
+        shard=Shard.from_option(shard),
     )
     options.check()
     summary = _run(ctx, options, yes=yes, progress=progress, stream=stream)
