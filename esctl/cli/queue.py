@@ -539,6 +539,7 @@ def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
             "already restored": summary.already_restored,
             "gone before the drain removed them": summary.gone,
             "outcome unknown": summary.unknown,
+            "never removed by the drain": summary.kept,
             "failed": summary.failed,
             "notified": summary.notified,
         },
