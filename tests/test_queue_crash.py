@@ -13,10 +13,13 @@ The random points come from a seed printed by the test; ``ESCTL_CRASH_SEED=N`` r
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -370,3 +373,75 @@ def test_kill_9_of_requeue_drain_and_restore_loses_and_duplicates_nothing(
     assert h.samples >= 20, f"seed {seed}: too few observations while a requeue ran"
     kills = sum(v for k, v in counts.items() if "between" not in k)
     assert kills == sum(KILLS.values())
+
+
+def traced_calls(trace: str) -> list[tuple[str, str]]:
+    """``(syscall, its first argument and data as strace shows them)`` in the order the calls
+    returned (a call another thread interrupted is placed where it resumed)."""
+    pending: dict[str, str] = {}
+    calls = []
+    for line in trace.splitlines():
+        pid, _, rest = line.partition(" ")
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = rest.removesuffix("<unfinished ...>")
+            continue
+        if rest.startswith("<... "):
+            rest = pending.pop(pid, "") + rest.partition("resumed>")[2]
+        name, _, arguments = rest.partition("(")
+        calls.append((name, arguments))
+    return calls
+
+
+def test_drain_fsyncs_the_backup_and_its_folder_before_each_removal(
+    tmp_path: Path, redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """Durability cannot be tested by pulling the power, so the order of the system calls is:
+    drain runs under strace, and the backup file's first frame must be written and fsynced,
+    and its folder fsynced, before the first removal script is sent to Redis; and each batch's
+    outcome must be written and fsynced before the next removal."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    redis_client.rpush(ref.key("dead"), *(payload(i) for i in range(1000)))
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    path = folder / "d.jsonl.zst"
+    trace = tmp_path / "trace.txt"
+    syscalls = "trace=openat,write,sendto,sendmsg,fsync,fdatasync,sync_file_range"
+    command = [strace, "-f", "-qq", "-yy", "-s", "400", "-e", syscalls, "-o", str(trace)]
+    command += [sys.executable, "-c", LAUNCHER, "300", "queue", "drain", SUB, TYPE]
+    command += ["--to-file", str(path), "--redis-url", redis_test_url, "--env", env_name]
+    result = subprocess.run(
+        [*command, "--yes", "--json"], env=cli_env(), capture_output=True, timeout=RUN_TIMEOUT_S
+    )
+    if result.returncode != 0 and b"ptrace" in result.stderr:
+        pytest.skip(f"strace cannot trace here: {result.stderr.decode()[-300:]}")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert json.loads(result.stdout)["drained"] == 1000
+    assert not redis_client.exists(ref.key("dead"))
+
+    kinds: list[str] = []  # what each relevant call did, in order
+    for name, arguments in traced_calls(trace.read_text()):
+        target = re.match(r"\d+<(.*?)>[,)]", arguments)  # the file descriptor's path (-yy)
+        if target and target[1] == str(path) and name != "openat":
+            kinds.append(f"{'write' if name == 'write' else 'fsync'} backup")
+        elif target and target[1] == str(folder) and name != "openat":
+            kinds.append("fsync folder")
+        elif name in ("sendto", "sendmsg") and "SCRIPT" in arguments and "LOAD" in arguments:
+            if kinds and kinds[-1] == "remove":
+                kinds.pop()  # that EVALSHA was refused (NOSCRIPT): it is sent again
+        elif name in ("sendto", "sendmsg") and "EVAL" in arguments and ref.key("dead") in arguments:
+            kinds.append("remove")
+    removals = [i for i, kind in enumerate(kinds) if kind == "remove"]
+    assert len(removals) >= 4, kinds  # 1,000 messages in batches of 300
+    before = kinds[: removals[0]]
+    assert "write backup" in before, "the backup was not written before the first removal"
+    last_write = len(before) - 1 - before[::-1].index("write backup")
+    assert "fsync backup" in before[last_write:], f"not fsynced before the first removal: {kinds}"
+    assert "fsync folder" in before, f"its folder was not fsynced before the first removal: {kinds}"
+    for previous, current in itertools.pairwise(removals):
+        between = kinds[previous:current]
+        assert "write backup" in between, f"a batch's outcome was not written: {kinds}"
+        last_write = len(between) - 1 - between[::-1].index("write backup")
+        assert "fsync backup" in between[last_write:], f"an outcome was not fsynced: {kinds}"
