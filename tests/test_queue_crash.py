@@ -230,6 +230,7 @@ def crash_requeue(h: Harness, rng: random.Random, kills: int) -> dict[str, int]:
             continue  # it finished before the point: no kill, draw again
         done += 1
         moved = h.requeue_total()
+        assert h.dips == [], f"seed {h.seed}: messages were seen in neither list: {h.dips[:3]}"
         check(h, h.lists(), f"requeue killed after {moved} moves")
         h.free_lock(check_refused=done == 1)
         summary = h.run(*args)
