@@ -490,7 +490,8 @@ def restore_command(
         bool,
         typer.Option(
             "--include-unknown",
-            help="Also restore messages a crashed drain may not have removed (may duplicate).",
+            help="Also restore messages a crashed drain may not have removed, when its "
+            "record in Redis is gone too (may duplicate).",
         ),
     ] = False,
     dry_run: DryRunOpt = False,
