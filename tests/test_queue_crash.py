@@ -382,7 +382,8 @@ def traced_calls(trace: str) -> list[tuple[str, str]]:
     pending: dict[str, str] = {}
     calls = []
     for line in trace.splitlines():
-        pid, _, rest = line.partition(" ")
+        pid, _, rest = line.partition(" ")  # the pid, padded with spaces to a fixed width
+        rest = rest.lstrip()
         if rest.endswith("<unfinished ...>"):
             pending[pid] = rest.removesuffix("<unfinished ...>")
             continue
