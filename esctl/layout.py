@@ -171,6 +171,15 @@ def restore_progress_key(
     return f"esctl:restore:{{{env}:{event_type}}}:{backup_id}:{subscriber}:{which}"
 
 
+def drain_outcome_key(
+    subscriber: str, env: str, event_type: str, which: str, backup_id: str
+) -> str:
+    """The outcome of the last removal batch of the drain that wrote backup ``backup_id`` from
+    the queue's ``which`` list: written by the script that removes the batch (same hash slot),
+    so a drain killed before its backup file records that outcome leaves it here."""
+    return f"esctl:drain:{{{env}:{event_type}}}:{backup_id}:{subscriber}:{which}"
+
+
 def replay_lock_key(subscriber: str, env: str, event_type: str) -> str:
     """The lock a replay holds on one subscriber's queue of one type. Not the queue commands'
     lock: a long replay must not keep cron's requeue of stuck messages from running; it keeps

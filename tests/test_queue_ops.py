@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import stat
@@ -22,6 +23,9 @@ from esctl import errors, layout, metrics, queues
 from esctl.demo import DEFAULT_NOW, DemoSummary
 from esctl.queues import scripts
 from esctl.queues.drain import _interrupts_deferred
+
+# the module, not the function esctl.queues exports under the same name
+drain_module = importlib.import_module("esctl.queues.drain")
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUB = "Learning.ReportingService.Worker-Test"
@@ -602,8 +606,10 @@ def test_restore_of_an_interrupted_drain(
     path.write_bytes(first + obj.unused_data[:5])
     backup = queues.read_backup(path)
     assert not backup.complete and backup.truncated and backup.outcomes == {}
+    # and as if Redis no longer had the drain's outcome record (expired, or another server)
+    assert redis_client.delete(q.drain_outcome_key("dead", backup.backup_id)) == 1
     summary = queues.restore(redis_client, path, queues.RestoreOptions())
-    assert summary.restored == 0 and summary.unknown == 4
+    assert summary.restored == 0 and summary.unknown == 4 and summary.kept == 0
     assert summary.problems[0]["kind"] == "outcome_unknown"
     summary = queues.restore(redis_client, path, queues.RestoreOptions(include_unknown=True))
     assert summary.restored == 4
@@ -614,6 +620,48 @@ def test_restore_of_an_interrupted_drain(
     path.write_bytes(b"plain text")
     with pytest.raises(errors.UsageError, match="not an esctl queue backup"):
         queues.read_backup(path)
+
+
+class _Killed(BaseException):
+    """Stands for a kill -9 at one point of a drain (nothing after it runs but cleanup)."""
+
+
+def test_drain_killed_before_recording_a_batch_then_rerun_restores_every_message_once(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window a kill -9 of a drain can hit: batch 2's removal ran, its outcome is not in the
+    file, batches 3.. never ran. A rerun drains the rest to a second file. Restoring both files
+    (with or without --include-unknown) must give back every message exactly once, in place:
+    batch 2 settled as removed and batches 3.. as never removed, from Redis."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 3)
+    q = ref(env_name)
+    values = [message(str(i % 8)) for i in range(10)]  # 8 distinct, two of them twice
+    fill(redis_client, q.key("dead"), values)
+    first, second = tmp_path / "1.jsonl.zst", tmp_path / "2.jsonl.zst"
+    real_record = drain_module.record_outcome
+    calls = []
+
+    def record_then_die(writer: Any, removed: list[int], gone: list[int]) -> None:
+        calls.append(removed)
+        if len(calls) == 2:
+            raise _Killed
+        real_record(writer, removed, gone)
+
+    monkeypatch.setattr(drain_module, "record_outcome", record_then_die)
+    with pytest.raises(_Killed):
+        queues.drain(redis_client, q, queues.DrainOptions(to_file=first))
+    monkeypatch.setattr(drain_module, "record_outcome", real_record)
+    assert len(contents(redis_client, q.key("dead"))) == 4  # two batches of 3 went
+    backup = queues.read_backup(first)
+    assert len(backup.outcomes) == 3 and not backup.complete  # batch 2: not in the file
+    assert queues.drain(redis_client, q, queues.DrainOptions(to_file=second)).drained == 4
+    assert not redis_client.exists(q.key("dead"))
+
+    summary = queues.restore(redis_client, first, queues.RestoreOptions(include_unknown=True))
+    assert (summary.restored, summary.unknown, summary.kept) == (6, 0, 4)
+    assert summary.problems == []
+    assert queues.restore(redis_client, second, queues.RestoreOptions()).restored == 4
+    assert contents(redis_client, q.key("dead")) == values
 
 
 def test_backup_file_format(tmp_path: Path, redis_client: redis.Redis, env_name: str) -> None:

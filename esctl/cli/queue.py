@@ -490,7 +490,8 @@ def restore_command(
         bool,
         typer.Option(
             "--include-unknown",
-            help="Also restore messages a crashed drain may not have removed (may duplicate).",
+            help="Also restore messages a crashed drain may not have removed, when its "
+            "record in Redis is gone too (may duplicate).",
         ),
     ] = False,
     dry_run: DryRunOpt = False,
@@ -539,6 +540,7 @@ def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
             "already restored": summary.already_restored,
             "gone before the drain removed them": summary.gone,
             "outcome unknown": summary.unknown,
+            "never removed by the drain": summary.kept,
             "failed": summary.failed,
             "notified": summary.notified,
         },

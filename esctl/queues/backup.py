@@ -17,13 +17,19 @@ from typing import Any
 import orjson
 import zstandard
 
-from esctl import __version__
+from esctl import __version__, redisio
 from esctl.backupfile import BackupWriter
 from esctl.errors import EsctlError, NotFound, UsageError
 from esctl.queues.refs import QueueRef
 
 BACKUP_FORMAT = "esctl-queue-backup"
 BACKUP_FORMAT_VERSION = 1
+
+OUTCOME_TTL_MS = 30 * 24 * 3600 * 1000
+"""How long Redis keeps a drain's last removal outcome (``layout.drain_outcome_key``), which
+settles the records its backup file does not mark when the drain was killed."""
+EMPTY_OUTCOME = '{"removed":[],"gone":[]}'
+"""The outcome record a drain writes before its first removal."""
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -128,8 +134,9 @@ def value_bytes(record: dict[str, Any]) -> bytes:
 
 @dataclass
 class Backup:
-    """A backup file as read back. ``outcomes``: record number -> ``removed`` / ``gone``
-    (records without one: the drain stopped before it knew)."""
+    """A backup file as read back. ``outcomes``: record number -> ``removed`` / ``gone``, or
+    ``kept`` once :func:`settle_outcomes` found the drain never removed it (records without
+    one: the drain stopped before it knew)."""
 
     path: Path
     header: dict[str, Any]
@@ -180,6 +187,38 @@ def read_backup(path: str | Path) -> Backup:
         elif "complete" in line:
             complete = True
     return Backup(source, header, records, outcomes, complete, truncated)
+
+
+def settle_outcomes(client: redisio.RedisClient, backup: Backup) -> bool:
+    """Give every record the file does not mark an outcome, from the drain's record in Redis
+    (``layout.drain_outcome_key``): the script that removed the last batch wrote its outcome
+    there, and every earlier batch's outcome is in the file (each is fsynced before the next
+    batch runs), so a record neither accounts for was never removed: ``kept``. False (nothing
+    changed) when Redis holds no record of this drain (it expired, or this is another Redis)."""
+    unknown = [int(r["n"]) for r in backup.records if int(r["n"]) not in backup.outcomes]
+    if not unknown:
+        return True
+    header = backup.header
+    ref = QueueRef(str(header["subscriber"]), str(header["env"]), str(header["event_type"]))
+    key = ref.drain_outcome_key(str(header["list"]), backup.backup_id)
+    try:
+        raw = client.get(key)
+    except redisio.REDIS_ERRORS as exc:
+        raise redisio.wrap_errors(client, exc) from exc
+    if raw is None:
+        return False
+    try:
+        last = orjson.loads(raw)
+        settled = {int(n): w for w in ("removed", "gone") for n in last[w]}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UsageError(
+            f"{key} is not an esctl drain outcome record ({redisio.key_str(raw)[:80]!r})",
+            hint="delete the key if it is not esctl's; restore then treats those records as "
+            "of unknown outcome (--include-unknown)",
+        ) from None
+    for number in unknown:
+        backup.outcomes[number] = settled.get(number, "kept")
+    return True
 
 
 def _read_frames(source: Path, data: bytes) -> tuple[list[dict[str, Any]], int, bool]:

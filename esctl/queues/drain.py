@@ -19,7 +19,13 @@ from esctl.backupfile import BackupWriter
 from esctl.config import redact
 from esctl.errors import Refused
 from esctl.locks import RedisLock
-from esctl.queues.backup import create_backup, record_complete, record_outcome
+from esctl.queues.backup import (
+    EMPTY_OUTCOME,
+    OUTCOME_TTL_MS,
+    create_backup,
+    record_complete,
+    record_outcome,
+)
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.lock import maybe_locked
 from esctl.queues.messages import MessageInfo, resolve_now
@@ -175,7 +181,7 @@ def drain(
             summary.backup_file = str(options.to_file)
         try:
             assert lock is not None  # held whenever not a dry run
-            _remove(client, snap, summary, writer, lock, ref)
+            _remove(client, snap, summary, writer, lock, ref, which)
         finally:
             if writer is not None:
                 writer.close()
@@ -194,18 +200,40 @@ def _remove(
     writer: BackupWriter | None,
     lock: RedisLock,
     ref: QueueRef,
+    which: str,
 ) -> None:
     numbered = list(enumerate(snap.selected))[::-1]  # head to tail
     by_index = {id(c): n for n, c in numbered}
     script = client.register_script(REMOVE_SCRIPT)
+    keys = [ref.lock_key, snap.key]
+    if writer is not None:
+        assert summary.backup_id is not None  # set with the writer
+        # The outcome record exists before the first removal: a restore that finds it knows
+        # that any record neither the file nor it accounts for was never removed.
+        keys.append(ref.drain_outcome_key(which, summary.backup_id))
+        try:
+            client.set(keys[2], EMPTY_OUTCOME, px=OUTCOME_TTL_MS)
+        except redisio.REDIS_ERRORS as exc:
+            summary.failed = len(numbered)
+            summary.problems.append(
+                problem(
+                    "remove_failed",
+                    snap.key,
+                    f"cannot write {keys[2]} ({redact(str(exc))}); nothing was removed",
+                )
+            )
+            return
     done = 0
     for batch in batches([c for _, c in numbered]):
         lock.check()
         args: list[Any] = [lock.token, lock.ttl_ms, *direction(batch, done, snap.length)]
+        args.append(len(batch))
         args += [c.value for c in batch]
+        args += [by_index[id(c)] for c in batch]
+        args.append(OUTCOME_TTL_MS)
         with _interrupts_deferred():
             try:
-                flags = script(keys=[ref.lock_key, snap.key], args=args)
+                flags = script(keys=keys, args=args)
             except redisio.REDIS_ERRORS as exc:
                 summary.failed = len(numbered) - done
                 summary.problems.append(

@@ -35,6 +35,11 @@ class QueueRef:
         """The queue commands' lock of this queue (:func:`esctl.queues.lock.queue_lock`)."""
         return layout.queue_lock_key(self.subscriber, self.env, self.event_type)
 
+    def drain_outcome_key(self, which: str, backup_id: str) -> str:
+        return layout.drain_outcome_key(
+            self.subscriber, self.env, self.event_type, which, backup_id
+        )
+
     def restore_progress_key(self, which: str, backup_id: str) -> str:
         return layout.restore_progress_key(
             self.subscriber, self.env, self.event_type, which, backup_id

@@ -14,7 +14,7 @@ from esctl.config import redact
 from esctl.errors import ServerError, UsageError
 from esctl.locks import RedisLock
 from esctl.queues import scripts
-from esctl.queues.backup import Backup, read_backup, value_bytes
+from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_bytes
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.lock import queue_lock
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
@@ -59,7 +59,11 @@ class RestoreSummary:
     gone: int
     """Records a consumer took before the drain removed them: not restored."""
     unknown: int
-    """Records whose removal the file does not confirm (the drain stopped mid-batch)."""
+    """Records whose removal neither the file nor Redis confirms (the drain stopped mid-batch
+    and its outcome record in Redis is gone)."""
+    kept: int
+    """Records the drain never removed (it was killed or stopped first; known from its outcome
+    record in Redis): still in the list, or drained again by a later run. Not restored."""
     failed: int
     targets: list[RestoreTarget]
     notified: bool
@@ -109,6 +113,8 @@ def restore(
     if options.target_list is not None:
         check_list_name(options.target_list)
     problems: list[dict[str, str]] = []
+    settle_outcomes(client, backup)
+    kept = sum(1 for r in backup.records if backup.outcomes.get(int(r["n"])) == "kept")
     unknown = [r for r in backup.records if int(r["n"]) not in backup.outcomes]
     gone = sum(1 for r in backup.records if backup.outcomes.get(int(r["n"])) == "gone")
     if unknown:
@@ -146,6 +152,7 @@ def restore(
         already_restored=sum(g.done for g in groups),
         gone=gone,
         unknown=len(unknown),
+        kept=kept,
         failed=0,
         targets=[RestoreTarget(g.key, len(g.values), 0, g.done) for g in groups],
         notified=False,
@@ -193,7 +200,9 @@ def _restore_groups(
         kept: list[tuple[int, bytes]] = []
         for r in records:
             if int(r["n"]) not in chosen_numbers:
-                skipped += 1
+                # a record the drain never removed is still in the list: it keeps its place
+                if backup.outcomes.get(int(r["n"])) != "kept":
+                    skipped += 1
                 continue
             try:
                 kept.append((int(r["position"]) - skipped, value_bytes(r)))

@@ -119,12 +119,27 @@ REMOVE_SCRIPT = (
     _LUA_GUARD
     + _LUA_TAKE
     + """
--- KEYS[1] lock, KEYS[2] list; ARGV[1] lock token, ARGV[2] lock TTL (ms)
+-- KEYS[1] lock, KEYS[2] list, KEYS[3] (optional) the drain's outcome record
+-- ARGV[1] lock token, ARGV[2] lock TTL (ms)
 -- ARGV[3] 1: look values up from the head, -1: from the tail; ARGV[4] 1: try the edge
--- ARGV[5..] values in head-to-tail order of the snapshot. Returns 1/0 per value (removed/gone).
+-- ARGV[5] n, ARGV[6 .. 5+n] values in head-to-tail order of the snapshot
+-- ARGV[6+n .. 5+2n] their record numbers in the backup file, ARGV[6+2n] the record's TTL (ms)
+-- Returns 1/0 per value (removed/gone). With KEYS[3], the batch's outcome (record numbers) is
+-- written there in the same call, so it is known even when the caller dies before its backup
+-- file records it.
 local err = guard(KEYS[1], ARGV[1], ARGV[2], {KEYS[2]})
 if err then return err end
-return take(KEYS[2], tonumber(ARGV[3]), ARGV[4] == '1', 5, #ARGV - 4)
+local n = tonumber(ARGV[5])
+local removed = take(KEYS[2], tonumber(ARGV[3]), ARGV[4] == '1', 6, n)
+if KEYS[3] then
+  local r, g = {}, {}
+  for i = 1, n do
+    if removed[i] == 1 then r[#r + 1] = ARGV[5 + n + i] else g[#g + 1] = ARGV[5 + n + i] end
+  end
+  redis.call('SET', KEYS[3], '{"removed":[' .. table.concat(r, ',') .. '],"gone":['
+    .. table.concat(g, ',') .. ']}', 'PX', ARGV[6 + 2 * n])
+end
+return removed
 """
 )
 
