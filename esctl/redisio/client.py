@@ -176,7 +176,13 @@ def is_denied(reply: object) -> bool:
     if not isinstance(reply, Exception):
         return False
     text = str(reply)
-    return text.startswith("NOPERM") or "no permissions to" in text
+    # A command a script runs that the user may not: "The user executing the script can't run
+    # this command or subcommand" (Redis 7.0), "... can't access at least one of the keys".
+    return (
+        text.startswith("NOPERM")
+        or "no permissions to" in text
+        or "user executing the script can't" in text
+    )
 
 
 def permission_denied(
