@@ -81,9 +81,13 @@ def connect(
             client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
         client.ping()
     except redis.exceptions.AuthenticationError as exc:
+        refusal = (
+            "refused the credentials"
+            if _has_password(url)
+            else "asks for a password, and the URL gives none"
+        )
         raise ConnectionFailed(
-            f"Redis at {describe_url(url, cluster=cluster)} refused the credentials: "
-            f"{redact(str(exc))}",
+            f"Redis at {describe_url(url, cluster=cluster)} {refusal}: {redact(str(exc))}",
             server=shown,
             hint="check the user name and password in --redis-url / ESCTL_REDIS_URL or the "
             "profile (redis://USER:PASSWORD@host:port/db; redis://:PASSWORD@… for requirepass), "
@@ -112,6 +116,15 @@ def connect(
     if not allow_lone_cluster_node:
         refuse_a_lone_cluster_node(client)
     return client
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(
+            redis.connection.parse_url(url.replace("+cluster://", "://", 1)).get("password")
+        )
+    except ValueError:
+        return False
 
 
 def refuse_a_lone_cluster_node(client: RedisClient) -> None:
