@@ -64,6 +64,13 @@ def doctor_extras() -> list[str]:
     return found[1].split()
 
 
+def cluster_extras() -> list[str]:
+    """The README's rules a user needs beside its family's on a Redis Cluster."""
+    found = re.search(r"slot: add `([^`]+)`", readme_section())
+    assert found, "the README gives the rules a cluster needs"
+    return found[1].split()
+
+
 def pg_statements(role: str, dbname: str, password: str = PASSWORD) -> list[str]:
     """The README's SQL statements for ``role`` (esctl_migrate or esctl_read)."""
     statements = []

@@ -18,12 +18,14 @@ import psycopg
 import pytest
 import redis
 import zstandard
+from cluster import LocalCluster, redis_cluster
 from credservers import (
     DOCTOR_PROBES,
     PASSWORD,
     SCRAM_HBA,
     acl_denials,
     acl_users,
+    cluster_extras,
     doctor_extras,
     pg_statements,
     pg_url,
@@ -35,6 +37,8 @@ from psycopg import sql
 
 from esctl import layout, servers
 from esctl.demo import DemoSummary, write_demo_store
+
+__all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +362,41 @@ def test_compress_and_prune_run_under_their_users_and_refuse_cleanly_with_a_righ
         assert PASSWORD.encode() not in backup.read_bytes() + reader.read()
     assert len(list(store.admin.scan_iter(f"{{EventStore:{store.app}}}:*"))) < len(lists)
     assert acl_denials(store.admin) == []
+
+
+def test_the_read_only_family_on_a_cluster_under_the_read_user_and_the_cluster_rules(
+    redis_cluster: LocalCluster,
+) -> None:
+    app, env = f"LpClusterApp-{secrets.token_hex(3)}", f"lpc{secrets.token_hex(3)}"
+    demo = write_demo_store(redis_cluster.client(), app=app, env=env)
+    rules = acl_users(app, env)["esctl-read"] + cluster_extras()
+    nodes = [redis.Redis(port=n.port) for n in redis_cluster.nodes]
+    try:
+        for node in nodes:
+            set_user(node, "esctl-read", rules)
+            acl_denials(node)
+        url = f"redis+cluster://esctl-read:{PASSWORD}@127.0.0.1:{redis_cluster.seed.port}"
+        q = max(demo.queues, key=lambda q: q.dead_letters)
+        for code, words in [
+            (0, ["inspect", "stats", "--app", app]),
+            (3, ["inspect", "integrity", "--app", app]),
+            (0, ["events", "query", "--source", "redis", "--app", app]),
+            (0, ["queue", "list", "--env", env]),
+            (0, ["queue", "peek", q.subscriber, q.event_type, "--list", "dead", "--env", env]),
+            (0, ["migrate", "plan", "--no-trial", "--app", app]),
+        ]:
+            result = run_cli(*words, "--redis-url", url)
+            assert result.returncode == code, (
+                words,
+                result.stderr[-2000:],
+                [acl_denials(n) for n in nodes],
+            )
+            assert PASSWORD not in result.stdout + result.stderr
+            assert [acl_denials(node) for node in nodes] == [[]] * len(nodes), words
+    finally:
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", "esctl-read")
+            for pattern in (f"*{app}*", f"*{{{env}:*"):
+                for key in node.scan_iter(match=pattern, count=1000):
+                    node.delete(key)
+            node.close()
