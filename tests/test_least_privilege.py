@@ -266,9 +266,42 @@ def test_the_queue_family_runs_under_its_user_and_refuses_cleanly_with_a_right_l
     )
     assert result.returncode == 0, result.stderr
     assert store.admin.llen(processing_key) == 0
+    # Without the pushes, restore is refused before it puts anything back.
+    set_user(store.admin, "esctl-queues", [*store.rules["esctl-queues"], "-lpush"])
+    result = store.run(
+        "esctl-queues", None, "queue", "restore", str(backup), "--yes", *env, "--json"
+    )
+    refused(result, server, "LPUSH", processing_key)
+    assert store.admin.llen(processing_key) == 0
+    set_user(store.admin, "esctl-queues", store.rules["esctl-queues"])
+    acl_denials(store.admin)
     result = store.run("esctl-queues", None, "queue", "restore", str(backup), "--yes", *env)
     assert result.returncode == 0, result.stderr
     assert store.admin.llen(processing_key) > 0
+
+    # Without LTRIM, drain keeps its backup and removes nothing.
+    before = store.admin.lrange(processing_key, 0, -1)
+    set_user(store.admin, "esctl-queues", [*store.rules["esctl-queues"], "-ltrim"])
+    again = tmp_path / "again.jsonl.zst"
+    result = store.run(
+        "esctl-queues",
+        None,
+        "queue",
+        "drain",
+        sub,
+        event_type,
+        "--list",
+        "processing",
+        "--to-file",
+        str(again),
+        "--yes",
+        *env,
+        "--json",
+    )
+    refused(result, server, "LTRIM", processing_key)
+    assert store.admin.lrange(processing_key, 0, -1) == before
+    set_user(store.admin, "esctl-queues", store.rules["esctl-queues"])
+    acl_denials(store.admin)
     assert PASSWORD.encode() not in backup.read_bytes()
 
     result = store.run(
@@ -334,6 +367,14 @@ def test_compress_and_prune_run_under_their_users_and_refuse_cleanly_with_a_righ
     assert json.loads(result.stdout)["compressed"] > 0
     assert acl_denials(store.admin) == []
 
+    # Without CREATE on the schema, --init-schema is refused naming the schema.
+    store.grant("esctl_migrate")
+    with psycopg.connect(store.admin_dsn(), autocommit=True) as admin:
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM esctl_migrate")
+    result = store.run(
+        "esctl-read", "esctl_migrate", "migrate", "redis-to-pg", "--init-schema", *app, "--json"
+    )
+    refused(result, f"127.0.0.1:{store.pg.port}", "permission denied for schema public")
     store.grant("esctl_migrate")
     result = store.run(
         "esctl-read", "esctl_migrate", "migrate", "redis-to-pg", "--init-schema", *app
