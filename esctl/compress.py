@@ -64,6 +64,11 @@ COMPARE_AND_SET = """
 -- KEYS[1]: one hash. ARGV: field, value read, new value; repeated.
 -- Per field: 1 = replaced, 2 = already holds the new value (a field HSCAN returned twice),
 -- 0 = changed or deleted since it was read (left as it is).
+-- An ACL user refused HSET (Redis 7) is told so before anything is read or written.
+if redis.acl_check_cmd and not redis.acl_check_cmd('HSET', KEYS[1], 'f', 'v') then
+  return redis.error_reply('NOPERM this user has no permissions to run the HSET command on '
+    .. KEYS[1] .. '; nothing was changed')
+end
 local out = {}
 for i = 1, #ARGV, 3 do
   local current = redis.call('HGET', KEYS[1], ARGV[i])

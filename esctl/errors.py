@@ -50,6 +50,12 @@ class ServerError(EsctlError):
     """A server answered with an error esctl cannot work around."""
 
 
+class PermissionDenied(ServerError):
+    """A server refused a command or a table because the user esctl logs in as lacks the right
+    (a Redis ACL's NOPERM, PostgreSQL's insufficient_privilege). The message names the server
+    and what was refused; the hint points at the README's rules per command family."""
+
+
 class NotFound(EsctlError):
     """A key, aggregate or row the user named does not exist."""
 

@@ -11,8 +11,17 @@ import psycopg
 from psycopg import sql
 
 from esctl.config import redact
-from esctl.errors import ConnectionFailed, SchemaIncompatible, ServerError
+from esctl.errors import ConnectionFailed, PermissionDenied, SchemaIncompatible, ServerError
 
+GRANTS_DOCS = 'README "Running esctl in production", "Credentials and least privilege"'
+"""Where the grants each command family needs are documented."""
+_REFUSED_CREDENTIALS = (
+    "password authentication failed",
+    "no password supplied",
+    "scram",
+    "pg_hba.conf",
+    "role ",
+)
 STATE_SCHEMA = "esctl"
 """Where esctl keeps its own tables (runs, checkpoints, quarantine)."""
 
@@ -31,8 +40,17 @@ def connect(
         )
     except psycopg.OperationalError as exc:
         shown = describe_dsn(dsn)
+        text = redact(str(exc)).strip()
+        if any(sign in text for sign in _REFUSED_CREDENTIALS):
+            raise ConnectionFailed(
+                f"PostgreSQL {shown} refused the credentials: {text}",
+                server=shown,
+                hint="check the user and password in --pg-dsn / ESCTL_PG_DSN or the profile "
+                "(postgresql://USER:PASSWORD@host:port/db), PGPASSWORD, or the .pgpass file "
+                "(PGPASSFILE; it must be mode 0600), and the server's pg_hba.conf",
+            ) from None
         raise ConnectionFailed(
-            f"cannot connect to PostgreSQL {shown}: {redact(str(exc)).strip()}",
+            f"cannot connect to PostgreSQL {shown}: {text}",
             server=shown,
             hint="check that PostgreSQL is running and --pg-dsn / ESCTL_PG_DSN is right",
         ) from None
@@ -56,6 +74,16 @@ def lost_connection(dsn: str, exc: Exception) -> ConnectionFailed:
     )
 
 
+def permission_denied(dsn: str, exc: Exception) -> PermissionDenied:
+    """The error for PostgreSQL's insufficient_privilege: the server, what it refused (its
+    message names the table, schema or function) and where the grants are documented."""
+    return PermissionDenied(
+        f"PostgreSQL {describe_dsn(dsn)} refused: {redact(str(exc)).strip()}",
+        hint=f"grant this command family's privileges ({GRANTS_DOCS}) to the role in "
+        "--pg-dsn, then rerun",
+    )
+
+
 @contextmanager
 def translate_errors(dsn: str) -> Iterator[None]:
     """Map psycopg's errors to esctl's: a broken connection is ConnectionFailed (safe to rerun),
@@ -67,6 +95,8 @@ def translate_errors(dsn: str) -> Iterator[None]:
     except psycopg.Error as exc:
         if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown):
             raise lost_connection(dsn, exc) from exc
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+            raise permission_denied(dsn, exc) from exc
         raise ServerError(
             f"PostgreSQL {describe_dsn(dsn)} answered with an error: {redact(str(exc)).strip()}"
         ) from exc

@@ -271,6 +271,16 @@ def _trial(opts: PlanOptions, clean: dict[str, migrate.AggregateRows]) -> _Trial
     conn = writer.conn
     try:
         with pg.translate_errors(opts.pg_dsn):
+            allowed = conn.execute(
+                "SELECT has_database_privilege(current_database(), 'CREATE')"
+            ).fetchone()
+            if not (allowed and allowed[0]):  # a read-only role: do not even try
+                conn.rollback()
+                return (
+                    "no trial: this PostgreSQL user may not create a schema (CREATE on the "
+                    "database) for the rolled-back trial; pass --no-trial or use the migrate "
+                    "role for PostgreSQL figures"
+                )
             try:
                 # Created inside the transaction rolled back below: nothing of it stays.
                 pg.ensure_event_store_schema(conn, trial_schema, create=True)

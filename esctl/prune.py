@@ -54,6 +54,10 @@ from esctl.verify import PgEvent, VerifyOptions, VerifySummary, compare_stream, 
 GUARD_SCRIPT = """
 -- KEYS[1]: a commit list. ARGV: the verified length, first and last commit id.
 -- Deletes the list only if it is still exactly what was verified; 1 if deleted, else 0.
+if redis.acl_check_cmd and not redis.acl_check_cmd('DEL', KEYS[1]) then
+  return redis.error_reply('NOPERM this user has no permissions to run the DEL command on '
+    .. KEYS[1] .. '; nothing was deleted')
+end
 if redis.call('LLEN', KEYS[1]) == tonumber(ARGV[1])
     and redis.call('LINDEX', KEYS[1], 0) == ARGV[2]
     and redis.call('LINDEX', KEYS[1], -1) == ARGV[3] then

@@ -330,6 +330,7 @@ def start_postgres(
     workdir: Path | None = None,
     fast: bool = True,
     detach: bool = False,
+    hba_lines: Sequence[str] = (),
 ) -> LocalPostgres:
     """Create a PostgreSQL cluster (superuser ``postgres``, trust authentication, UTF-8, C
     locale) and start it on a free port of 127.0.0.1, its socket in the workdir; wait until it
@@ -337,7 +338,11 @@ def start_postgres(
     time, no full-page writes): right for tests and demos, never for data you keep.
     ``workdir`` must be empty or missing; by default a new temporary folder, removed on stop.
     When esctl runs as root, the workdir is handed to the user PostgreSQL runs as, who must be
-    able to reach it and the binaries (checked first). Raises LocalServerError."""
+    able to reach it and the binaries (checked first). ``hba_lines`` are put first in
+    ``pg_hba.conf`` (the first line that matches a connection wins), for example
+    ``["host all postgres 127.0.0.1/32 trust", "host all all 127.0.0.1/32 scram-sha-256"]``
+    to make every role but the superuser authenticate with a password. Raises
+    LocalServerError."""
     bin_dir = find_postgres_bin()
     if bin_dir is None:
         raise LocalServerError(
@@ -354,6 +359,7 @@ def start_postgres(
             os.chown(directory, user.pw_uid, user.pw_gid)
         data = directory / "data"
         _initdb(bin_dir / "initdb", data, directory / "initdb.log", user, fast)
+        _prepend_hba(data, hba_lines)
         postgres = bin_dir / "postgres"
         log = directory / "postgres.log"
         socket_dir = str(directory) if len(str(directory)) <= _MAX_SOCKET_DIR else ""
@@ -471,6 +477,13 @@ def _initdb(
             raise _start_failed(initdb, log, f"could not run: {exc}", user=user) from None
     if result.returncode != 0:
         raise _start_failed(initdb, log, f"exited with code {result.returncode}", user=user)
+
+
+def _prepend_hba(data: Path, lines: Sequence[str]) -> None:
+    """Put ``lines`` first in the cluster's pg_hba.conf (the first matching line wins)."""
+    if lines:
+        hba = data / "pg_hba.conf"
+        hba.write_text("".join(f"{line}\n" for line in lines) + hba.read_text())
 
 
 class _Identity(NamedTuple):

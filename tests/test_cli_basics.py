@@ -367,6 +367,7 @@ EXPECTED: dict[type[errors.EsctlError], tuple[int, str]] = {
     errors.UsageError: (2, "usage"),
     errors.ConnectionFailed: (1, "connection"),
     errors.ServerError: (1, "server"),
+    errors.PermissionDenied: (1, "permission"),
     errors.NotFound: (1, "not_found"),
     errors.SchemaIncompatible: (1, "schema"),
     errors.LockHeld: (75, "locked"),

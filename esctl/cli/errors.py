@@ -32,6 +32,7 @@ ERROR_TABLE: tuple[tuple[type[errors.EsctlError], int, str], ...] = (
     (errors.ConnectionFailed, EXIT_FAILED, "connection"),
     (errors.SchemaIncompatible, EXIT_FAILED, "schema"),
     (errors.NotFound, EXIT_FAILED, "not_found"),
+    (errors.PermissionDenied, EXIT_FAILED, "permission"),
     (errors.ServerError, EXIT_FAILED, "server"),
     (errors.LocalServerError, EXIT_FAILED, "local_server"),
     (errors.EsctlError, EXIT_FAILED, "error"),

@@ -235,6 +235,8 @@ def _remove(
             try:
                 flags = script(keys=keys, args=args)
             except redisio.REDIS_ERRORS as exc:
+                if redisio.is_denied(exc):  # refused before any change (the script checks)
+                    raise redisio.permission_denied(redisio.describe(client), exc) from exc
                 summary.failed = len(numbered) - done
                 summary.problems.append(
                     problem(

@@ -170,6 +170,8 @@ def _move(
         try:
             flags, cleared = script(keys=keys, args=args)
         except redisio.REDIS_ERRORS as exc:
+            if redisio.is_denied(exc):  # refused before any change (the script checks)
+                raise redisio.permission_denied(redisio.describe(client), exc) from exc
             summary.failed = len(ordered) - done
             unknown = isinstance(
                 exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError

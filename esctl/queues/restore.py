@@ -260,6 +260,8 @@ def _restore_group(
         try:
             script(keys=[group.ref.lock_key, group.key, group.progress_key], args=args)
         except redisio.REDIS_ERRORS as exc:
+            if redisio.is_denied(exc):  # refused before any change (the script checks)
+                raise redisio.permission_denied(redisio.describe(client), exc) from exc
             summary.failed += total - start
             summary.problems.append(
                 problem(

@@ -38,7 +38,18 @@ _LUA_GUARD = """
 -- checked before the first change: the lock is still this run's (a fencing token), the lists
 -- are lists, and Redis accepts writes (SET is refused when it is out of memory; a removal is
 -- not, and a push after it would be).
-local function guard(lock, token, ttl, lists)
+-- `checks`: the writes the script is about to make, {command, key, args...} each. An ACL user
+-- refused one of them (Redis 7's redis.acl_check_cmd; older servers have no ACL selectors to
+-- check) would stop the script half-way, a message removed and not pushed: refuse first.
+local function guard(lock, token, ttl, lists, checks)
+  if redis.acl_check_cmd then
+    for _, c in ipairs(checks) do
+      if not redis.acl_check_cmd(unpack(c)) then
+        return redis.error_reply('NOPERM this user has no permissions to run the ' .. c[1] ..
+          ' command on ' .. c[2] .. '; nothing was changed')
+      end
+    end
+  end
   if redis.call('GET', lock) ~= token then
     return redis.error_reply('ESCTL_LOCK the lock ' .. lock .. ' is no longer held by this run')
   end
@@ -94,7 +105,10 @@ MOVE_SCRIPT = (
 -- ARGV[3] 1: look values up from the head, -1: from the tail; ARGV[4] 1: try the edge; ARGV[5] n
 -- ARGV[6 .. 5+n] values in head-to-tail order of the source snapshot
 -- ARGV[6+n .. 5+2n] index into KEYS of the value's RetryData hash to delete once moved (0: none)
-local err = guard(KEYS[1], ARGV[1], ARGV[2], {KEYS[2], KEYS[3]})
+local checks = {{'SET', KEYS[1], 'x'}, {'LTRIM', KEYS[2], '0', '-1'}, {'LREM', KEYS[2], '1', 'x'},
+  {'RPUSH', KEYS[3], 'x'}}
+for i = 4, #KEYS do checks[#checks + 1] = {'DEL', KEYS[i]} end
+local err = guard(KEYS[1], ARGV[1], ARGV[2], {KEYS[2], KEYS[3]}, checks)
 if err then return err end
 local n = tonumber(ARGV[5])
 local removed = take(KEYS[2], tonumber(ARGV[3]), ARGV[4] == '1', 6, n)
@@ -127,7 +141,9 @@ REMOVE_SCRIPT = (
 -- Returns 1/0 per value (removed/gone). With KEYS[3], the batch's outcome (record numbers) is
 -- written there in the same call, so it is known even when the caller dies before its backup
 -- file records it.
-local err = guard(KEYS[1], ARGV[1], ARGV[2], {KEYS[2]})
+local err = guard(KEYS[1], ARGV[1], ARGV[2], {KEYS[2]},
+  {{'SET', KEYS[1], 'x'}, {'LTRIM', KEYS[2], '0', '-1'}, {'LREM', KEYS[2], '1', 'x'},
+   {'SET', KEYS[3] or KEYS[1], 'x'}})
 if err then return err end
 local n = tonumber(ARGV[5])
 local removed = take(KEYS[2], tonumber(ARGV[3]), ARGV[4] == '1', 6, n)
@@ -153,7 +169,9 @@ RESTORE_SCRIPT = (
 -- (ascending), ARGV[6+k .. 5+2k] values.
 -- Inserts each value so that it ends at its position from the tail (clamped to the list),
 -- keeping the other messages in their order, and advances the counter, all at once.
-local err = guard(KEYS[1], ARGV[1], ARGV[2], {KEYS[2]})
+local err = guard(KEYS[1], ARGV[1], ARGV[2], {KEYS[2]},
+  {{'SET', KEYS[1], 'x'}, {'RPOP', KEYS[2]}, {'LPOP', KEYS[2]}, {'RPUSH', KEYS[2], 'x'},
+   {'LPUSH', KEYS[2], 'x'}, {'SET', KEYS[3], 'x'}})
 if err then return err end
 local done = tonumber(redis.call('GET', KEYS[3]) or '0')
 if done ~= tonumber(ARGV[3]) then

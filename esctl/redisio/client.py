@@ -11,12 +11,14 @@ import redis.cluster
 import redis.exceptions
 
 from esctl.config import redact
-from esctl.errors import ConfigError, ConnectionFailed, ServerError
+from esctl.errors import ConfigError, ConnectionFailed, PermissionDenied, ServerError
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
 REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 """What redis-py raises: the cluster client's own errors (no node reachable, a slot not
 covered during a failover) are not RedisErrors."""
+ACL_DOCS = 'README "Running esctl in production", "Credentials and least privilege"'
+"""Where the ACL rules and grants each command family needs are documented."""
 PIPELINE_CHUNK = 1000
 """Commands per pipelined round trip (measured: 200 per round trip costs 20-25%)."""
 
@@ -79,11 +81,20 @@ def connect(
             client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
         client.ping()
     except redis.exceptions.AuthenticationError as exc:
+        refusal = (
+            "refused the credentials"
+            if _has_password(url)
+            else "asks for a password, and the URL gives none"
+        )
         raise ConnectionFailed(
-            f"Redis at {shown} refused the credentials: {exc}",
+            f"Redis at {describe_url(url, cluster=cluster)} {refusal}: {redact(str(exc))}",
             server=shown,
-            hint="check the user and password in --redis-url / ESCTL_REDIS_URL",
+            hint="check the user name and password in --redis-url / ESCTL_REDIS_URL or the "
+            "profile (redis://USER:PASSWORD@host:port/db; redis://:PASSWORD@… for requirepass), "
+            "and that the ACL user exists and is on (ACL LIST)",
         ) from None
+    except redis.exceptions.NoPermissionError as exc:
+        raise permission_denied(describe_url(url, cluster=cluster), exc) from None
     except (
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,
@@ -105,6 +116,15 @@ def connect(
     if not allow_lone_cluster_node:
         refuse_a_lone_cluster_node(client)
     return client
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return bool(
+            redis.connection.parse_url(url.replace("+cluster://", "://", 1)).get("password")
+        )
+    except ValueError:
+        return False
 
 
 def refuse_a_lone_cluster_node(client: RedisClient) -> None:
@@ -161,9 +181,43 @@ def describe_url(url: str, *, cluster: bool = False) -> str:
     return _server_name(kw)
 
 
+def is_denied(reply: object) -> bool:
+    """Whether an exception (or an error reply) is Redis refusing a command or key to this
+    ACL user (NOPERM)."""
+    if isinstance(reply, redis.exceptions.NoPermissionError):
+        return True
+    if not isinstance(reply, Exception):
+        return False
+    text = str(reply)
+    # A command a script runs that the user may not: "The user executing the script can't run
+    # this command or subcommand" (Redis 7.0), "... can't access at least one of the keys".
+    return (
+        text.startswith("NOPERM")
+        or "no permissions to" in text
+        or "user executing the script can't" in text
+    )
+
+
+def permission_denied(
+    server: str, exc: object, *, command: str | None = None, key: str | None = None
+) -> PermissionDenied:
+    """The error for a NOPERM reply: which server refused what, and where the rules are."""
+    text = redact(str(exc)).strip()
+    if not text.startswith("NOPERM"):
+        text = f"NOPERM {text}"
+    what = f"{command} on {printable(key)}" if command and key else command or "a command"
+    return PermissionDenied(
+        f"Redis {server} refused {what}: the ACL user may not run it ({text})",
+        hint=f"grant this command family's ACL rules ({ACL_DOCS}) to the user in "
+        "--redis-url, then rerun",
+    )
+
+
 def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
     """Turn a redis-py exception into esctl's typed error."""
     server = describe(client)
+    if is_denied(exc):
+        return permission_denied(server, exc)
     if isinstance(
         exc,
         redis.exceptions.ConnectionError

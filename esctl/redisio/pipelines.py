@@ -26,7 +26,9 @@ from esctl.redisio.client import (
     REDIS_ERRORS,
     RedisClient,
     describe,
+    is_denied,
     key_str,
+    permission_denied,
     wrap_errors,
 )
 from esctl.redisio.resp import (
@@ -106,14 +108,52 @@ def pipelined(
         return []
     if isinstance(client, redis.cluster.RedisCluster):
         retry = is_read_only(commands) if retry_reads is None else retry_reads
-        return _pipelined_cluster(client, commands, chunk, retry)
-    try:
-        fast = _pipelined_packed(client, commands, chunk)
-        if fast is not None:
-            return fast
-        return _pipelined_redis_py(client, commands, chunk)
-    except REDIS_ERRORS as exc:
-        raise wrap_errors(client, exc) from exc
+        replies = _pipelined_cluster(client, commands, chunk, retry)
+    else:
+        try:
+            fast = _pipelined_packed(client, commands, chunk)
+            replies = fast if fast is not None else _pipelined_redis_py(client, commands, chunk)
+        except REDIS_ERRORS as exc:
+            raise wrap_errors(client, exc) from exc
+    _refuse_denied(client, commands, replies)
+    return replies
+
+
+PROBES = frozenset({"CONFIG", "LATENCY", "SLOWLOG", "TIME", "CLUSTER", "INFO", "MEMORY"})
+"""Commands whose callers degrade on their own when the server refuses them (doctor reads
+settings with CONFIG GET, else INFO): a NOPERM reply to one of these is returned as a reply."""
+
+
+def _refuse_denied(
+    client: RedisClient, commands: Sequence[tuple[Any, ...]], replies: Sequence[Any]
+) -> None:
+    """PermissionDenied for the first NOPERM reply (the ACL user lacks a command or a key)
+    to a command that is not one of :data:`PROBES`: every other command of the same kind
+    would be refused too, so going on could only report each of them as a failure."""
+    for command, reply in zip(commands, replies, strict=False):
+        if isinstance(reply, Exception) and is_denied(reply):
+            name = _command_name(command)
+            if name.split()[0] in PROBES:
+                continue
+            raise permission_denied(describe(client), reply, command=name, key=_subject(command))
+
+
+def _subject(command: tuple[Any, ...]) -> str | None:
+    """The (first) key a command names, for messages."""
+    name = _command_name(command)
+    if name in _SCRIPTS:
+        try:
+            keys = int(command[2])
+        except (IndexError, TypeError, ValueError):
+            return None
+        return _text(command[3]) if keys > 0 and len(command) > 3 else None
+    if name in ("MULTI", "EXEC", "PING") or len(command) < 2:
+        return None
+    return _text(command[1])
+
+
+def _text(arg: Any) -> str:
+    return key_str(arg) if isinstance(arg, str | bytes) else str(arg)
 
 
 def _pipelined_redis_py(

@@ -23,6 +23,19 @@ PUBLISH_BATCH = 500
 PUBLISH_SCRIPT = """
 -- KEYS: the subscribers' PublishedEvents lists (one {ENV:TYPE} slot); ARGV[1] channel,
 -- ARGV[2] the message. The library's publish, atomic: LPUSH to each, then one notification.
+-- An ACL user refused a push or the notification (Redis 7) is refused before any change.
+if redis.acl_check_cmd then
+  for i = 1, #KEYS do
+    if not redis.acl_check_cmd('LPUSH', KEYS[i], ARGV[2]) then
+      return redis.error_reply('NOPERM this user has no permissions to run the LPUSH command on '
+        .. KEYS[i] .. '; nothing was published')
+    end
+  end
+  if not redis.acl_check_cmd('PUBLISH', ARGV[1], '1') then
+    return redis.error_reply('NOPERM this user has no permissions to PUBLISH to ' .. ARGV[1]
+      .. '; nothing was published')
+  end
+end
 for i = 1, #KEYS do redis.call('LPUSH', KEYS[i], ARGV[2]) end
 redis.call('PUBLISH', ARGV[1], '1')
 return #KEYS
@@ -170,8 +183,22 @@ class Publisher:
                 self._count(chunk[:number])
                 answered = replies[index - len(self.lpush[event.event_type]) - 2 : index + 1]
                 failed = next((r for r in answered if isinstance(r, Exception)), executed)
+                if redisio.is_denied(failed):  # queued commands refused: nothing ran
+                    raise self._denied(event, answered.index(failed), failed)
                 raise PublishFailed(event, self.keys[event.event_type][0], str(failed))
         self._count(chunk)
+
+    def _denied(self, event: Event, position: int, reply: Exception) -> Exception:
+        """The error for a transaction whose ``position``-th reply (MULTI, the LPUSHes,
+        PUBLISH, EXEC) is a NOPERM: which command on which key or channel was refused."""
+        keys = self.keys[event.event_type]
+        if 1 <= position <= len(keys):
+            command, subject = "LPUSH", keys[position - 1]
+        else:
+            command, subject = "PUBLISH", f"channel {self.channels[event.event_type]}"
+        return redisio.permission_denied(
+            redisio.describe(self.client), reply, command=command, key=subject
+        )
 
     def _send_scripts(self, chunk: Sequence[Event]) -> None:
         """Redis Cluster: one :data:`PUBLISH_SCRIPT` per event."""
@@ -187,6 +214,8 @@ class Publisher:
         for number, (event, reply) in enumerate(zip(chunk, replies, strict=True)):
             if isinstance(reply, Exception):
                 self._count(chunk[:number])
+                if redisio.is_denied(reply):  # the script checks before any change
+                    raise redisio.permission_denied(redisio.describe(self.client), reply)
                 raise PublishFailed(event, self.channels[event.event_type], str(reply))
         self._count(chunk)
 
