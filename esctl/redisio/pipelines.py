@@ -1,6 +1,6 @@
-"""Pipelined commands: on one server through the raw connection (or redis-py's pipeline over
-TLS), on a cluster grouped by the node serving each key's slot, following MOVED/ASK and
-waiting out a failover for reads.
+"""Pipelined commands: on one server through the raw connection (TLS included), on a cluster
+grouped by the node serving each key's slot, following MOVED/ASK and waiting out a failover
+for reads.
 
 ``BY_NODE_PIPELINES`` is read at call time: set it here."""
 
@@ -91,8 +91,8 @@ def pipelined(
     hiredis parser: about twice redis-py's pipeline throughput (measured). On a cluster the
     same is done per node (:func:`_pipelined_by_node`): commands are grouped by the node that
     serves their key's slot, sent to every node, then the replies read, and MOVED/ASK
-    redirections during a reshard followed. Commands whose keys the module cannot place, TLS
-    and other connection classes go through redis-py's pipeline, whose replies are brought back
+    redirections during a reshard followed. Commands whose keys the module cannot place, a
+    cluster over TLS and other connection classes go through redis-py's pipeline, whose replies are brought back
     to the raw RESP2 shapes (:func:`_as_resp2`), so callers see one shape.
 
     ``retry_reads``: on a cluster, a call that fails on a lost node, a failover or a reshard's
@@ -434,7 +434,8 @@ def pipelined_resp(client: RedisClient, data: bytes, count: int) -> list[Any] | 
     """Send ``count`` commands already encoded as RESP in ``data`` and return their replies
     (errors as exception objects), on a single server's raw connection: for a caller that
     sends the same command shapes many times and encodes them faster itself (replay's
-    publisher). None where that path does not apply (a cluster, TLS): use :func:`pipelined`."""
+    publisher). None where that path does not apply (a cluster, another connection class,
+    TLS with ``resp.RAW_TLS`` off): use :func:`pipelined`."""
     if not isinstance(client, redis.Redis):
         return None
     try:
