@@ -174,12 +174,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_raw_connections)
 
 
-def _raw_connection(client: redis.Redis) -> _RawConnection | None:
+def _raw_connection(client: redis.Redis, *, tls_ok: bool = True) -> _RawConnection | None:
     """This thread's raw connection to ``client``'s server, or None where the fast path does not
-    apply (another connection class, TLS with ``RAW_TLS`` off: those use redis-py's pipeline)."""
+    apply (another connection class, TLS with ``RAW_TLS`` off or ``tls_ok`` False: those use
+    redis-py's pipeline)."""
     pool = client.connection_pool
     tls = pool.connection_class is redis.connection.SSLConnection
-    if not (tls and RAW_TLS) and pool.connection_class not in (
+    if not (tls and RAW_TLS and tls_ok) and pool.connection_class not in (
         redis.connection.Connection,
         redis.connection.UnixDomainSocketConnection,
     ):
