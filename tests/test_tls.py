@@ -26,7 +26,7 @@ import redis_bytes as rb
 from helpers import run_cli
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from tls_servers import Pki, make_pki
+from tls_servers import Pki, make_pki, start_tls_cluster
 
 from esctl import layout, redisio, servers
 from esctl.config import redact
@@ -339,6 +339,48 @@ def test_client_certificate_required(pki: Pki, app_name: str, env_name: str) -> 
         client.close()
     finally:
         server.stop()
+
+
+def test_command_families_on_a_tls_cluster(pki: Pki, tls_db: str, tmp_path: Path) -> None:
+    """``rediss+cluster://`` with the CA: the cluster's paths (redis-py's cluster pipeline
+    and scripts, esctl's per-node reads) over TLS, node addresses learnt from the cluster."""
+    nodes = start_tls_cluster(pki)
+    try:
+        url = f"rediss+cluster://localhost:{nodes[0].port}?ssl_ca_certs={pki.ca}"
+        client = redisio.connect(url)
+        store = write_demo_store(client, app="TlsCluster", env="tls-cluster")
+        both = ("--redis-url", url, "--app", store.app)
+        found = json.loads(ok("events", "query", *both, "--json"))
+        assert len(found) == store.readable_events
+        integrity = json.loads(ok("inspect", "integrity", *both, "--json", codes=(3,)))
+        assert integrity["commits"] == store.commit_ids
+        pg = ("--pg-dsn", tls_db)
+        migrated = json.loads(
+            ok("migrate", "redis-to-pg", *both, *pg, "--init-schema", "--json", codes=(3,))
+        )
+        verified = json.loads(ok("migrate", "verify", *both, *pg, "--json", codes=(3,)))
+        assert verified["events_compared"] == migrated["events_migrated"] > 0
+        assert (verified["missing_in_pg"], verified["content_differs"]) == (0, 0)
+        env = ("--env", store.env)
+        done = json.loads(
+            ok("replay", "--from", "pg", "--all", "--to", "queue", "--yes", *both, *pg, *env,
+               "--json")
+        )  # fmt: skip
+        assert done["events"] == migrated["events_migrated"] and done["notifications"] > 0
+        listed = json.loads(ok("queue", "list", "--redis-url", url, *env, "--json"))
+        assert listed["totals"]["dead"] == store.dead_letters
+        sub, kind = store.samples["dead_subscriber"], store.samples["dead_event_type"]
+        backup = tmp_path / "dead.jsonl.zst"
+        drain = ("queue", "drain", sub, kind, "--list", "dead", "--to-file", str(backup))
+        drained = json.loads(ok(*drain, "--yes", "--redis-url", url, *env, "--json"))
+        restored = json.loads(
+            ok("queue", "restore", str(backup), "--yes", "--redis-url", url, *env, "--json")
+        )
+        assert restored["restored"] == drained["drained"] >= 1
+        client.close()
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 # --- refusals: exit 1, the server named, what to check -------------------------------------

@@ -1,20 +1,26 @@
 """A throwaway PKI for the TLS tests: a CA, a server certificate for ``localhost`` and
 ``127.0.0.1`` signed by it, a client certificate signed by it, and a second CA that signed
-nothing the servers present (the "wrong CA"). Keys are EC P-256 (generated in about a
-millisecond, where RSA-2048 takes tenths of a second); certificates are valid for a day."""
+nothing the servers present (the "wrong CA"); and a Redis Cluster of TLS-only nodes. Keys
+are EC P-256 (generated in about a millisecond, where RSA-2048 takes tenths of a second);
+certificates are valid for a day."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from esctl import servers
 from esctl.servers import TlsFiles
 
 
@@ -99,8 +105,12 @@ def _leaf(
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
+            # a server's certificate also authenticates it as a client: the nodes of a Redis
+            # Cluster with tls-cluster yes present it to each other
             x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                if server
+                else [ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         )
@@ -138,3 +148,51 @@ def make_pki(directory: Path) -> Pki:
     _leaf("esctl", ca, server=False, cert_path=pki.client_cert, key_path=pki.client_key)
     _ca("esctl wrong CA", pki.wrong_ca)
     return pki
+
+
+def start_tls_cluster(pki: Pki, primaries: int = 3) -> list[servers.LocalRedis]:
+    """A Redis Cluster of TLS-only nodes (``tls-cluster yes``: the bus and the addresses the
+    nodes announce are TLS too), every slot served and every node agreeing before it returns.
+    Stop the nodes (by pid) with ``stop()`` on each; they are stopped here on a failure."""
+    redis_cli = shutil.which("redis-cli")
+    if redis_cli is None:
+        raise FileNotFoundError("redis-cli is not installed (needed for --cluster create)")
+    nodes: list[servers.LocalRedis] = []
+    try:
+        for _ in range(primaries):
+            args = [
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(servers.free_port()), "--cluster-node-timeout", "1000",
+                "--tls-cluster", "yes",
+            ]  # fmt: skip
+            nodes.append(servers.start_redis(tls=pki.server_files(), extra_args=args))
+        command = [
+            redis_cli, "--tls", "--cacert", str(pki.ca),
+            "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes",
+        ]  # fmt: skip
+        created = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
+        deadline = time.monotonic() + 30
+        while not all(_cluster_ok(node, pki, len(nodes)) for node in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the TLS cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def _cluster_ok(node: servers.LocalRedis, pki: Pki, size: int) -> bool:
+    try:
+        with redis.Redis.from_url(node.url, ssl_ca_certs=str(pki.ca), socket_timeout=2) as client:
+            info = client.cluster("info")
+    except redis.RedisError:
+        return False
+    return (
+        info.get("cluster_state") == "ok"
+        and int(info.get("cluster_known_nodes", 0)) == size
+        and int(info.get("cluster_slots_ok", 0)) == 16384
+    )
