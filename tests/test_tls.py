@@ -22,6 +22,7 @@ import independent_writer as iw
 import psycopg
 import pytest
 import redis
+import redis.cluster
 import redis_bytes as rb
 from helpers import run_cli
 from psycopg import sql
@@ -341,14 +342,31 @@ def test_client_certificate_required(pki: Pki, app_name: str, env_name: str) -> 
         server.stop()
 
 
-def test_command_families_on_a_tls_cluster(pki: Pki, tls_db: str, tmp_path: Path) -> None:
-    """``rediss+cluster://`` with the CA: the cluster's paths (redis-py's cluster pipeline
-    and scripts, esctl's per-node reads) over TLS, node addresses learnt from the cluster."""
+def test_command_families_on_a_tls_cluster(
+    pki: Pki, tls_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rediss+cluster://`` with the CA: the cluster's paths (esctl's per-node pipelines on
+    raw TLS connections, redis-py's cluster client and scripts) over TLS, the nodes' addresses
+    learnt from the cluster."""
     nodes = start_tls_cluster(pki)
     try:
         url = f"rediss+cluster://localhost:{nodes[0].port}?ssl_ca_certs={pki.ca}"
         client = redisio.connect(url)
+        assert isinstance(client, redis.cluster.RedisCluster)
         store = write_demo_store(client, app="TlsCluster", env="tls-cluster")
+        keys = [
+            key
+            for node in nodes
+            for key in redis.Redis.from_url(node.url, ssl_ca_certs=str(pki.ca)).scan_iter()
+        ]
+        commands = [("TYPE", key) for key in keys]
+        replies = redisio.pipelined(client, commands)
+        sockets = [c.sock for c in resp._raw_connections.nodes[client].values()]
+        assert len(sockets) == len(nodes)
+        assert all(isinstance(sock, ssl.SSLSocket) for sock in sockets)
+        monkeypatch.setattr(resp, "RAW_TLS", False)  # redis-py's cluster pipeline
+        assert redisio.pipelined(client, commands) == replies
+        monkeypatch.setattr(resp, "RAW_TLS", True)
         both = ("--redis-url", url, "--app", store.app)
         found = json.loads(ok("events", "query", *both, "--json"))
         assert len(found) == store.readable_events

@@ -137,9 +137,8 @@ def _node_replies(
     one MULTI/EXEC, so that no other client's command runs between them. An error reply
     raises: a failover's (CLUSTERDOWN, LOADING, ...) as ClusterDownError, which the scan
     retries, any other as ResponseError."""
-    # A TLS cluster keeps redis-py's pipeline: raw TLS is proven on single servers only.
-    conn = _raw_connection(plain, tls_ok=False)
-    if conn is None:  # TLS, another connection class: redis-py's pipeline
+    conn = _raw_connection(plain)
+    if conn is None:  # another connection class, RAW_TLS off: redis-py's pipeline
         pipe = plain.pipeline(transaction=atomic)
         for command in commands:
             pipe.execute_command(*command)

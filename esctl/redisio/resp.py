@@ -19,10 +19,10 @@ import redis.cluster
 import redis.exceptions
 
 RAW_TLS = True
-"""Whether the raw connections speak TLS themselves on a ``rediss://`` single server (the
-socket wrapped by redis-py's own SSLConnection code: the URL's ``ssl_*`` parameters, its CA,
-client certificate and hostname check). False: TLS goes through redis-py's pipelines, as every
-TLS cluster does; bench/bench_tls.py compares the two."""
+"""Whether the raw connections speak TLS themselves on a ``rediss://`` server or each node of a
+``rediss+cluster://`` cluster (the socket wrapped by redis-py's own SSLConnection code: the
+URL's ``ssl_*`` parameters, its CA, client certificate and hostname check). False: TLS goes
+through redis-py's pipelines; bench/bench_tls.py compares the two."""
 
 
 def _as_resp2(reply: Any) -> Any:
@@ -58,8 +58,8 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
 
 class _RawConnection:
     """A socket to one server speaking RESP2, replies parsed by hiredis: esctl's fast path for
-    bulk pipelined commands on a single server (TLS included, :data:`RAW_TLS`) and on each
-    node of a cluster (without TLS). Measured ~2x redis-py's own pipelines per reply, which matters
+    bulk pipelined commands on a single server and on each node of a cluster (TLS included,
+    :data:`RAW_TLS`). Measured ~2x redis-py's own pipelines per reply, which matters
     because decoding and reading share one Python thread during a migration.
 
     ``readonly`` sends READONLY after connecting: a cluster replica then serves reads of its
@@ -174,13 +174,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_raw_connections)
 
 
-def _raw_connection(client: redis.Redis, *, tls_ok: bool = True) -> _RawConnection | None:
+def _raw_connection(client: redis.Redis) -> _RawConnection | None:
     """This thread's raw connection to ``client``'s server, or None where the fast path does not
-    apply (another connection class, TLS with ``RAW_TLS`` off or ``tls_ok`` False: those use
-    redis-py's pipeline)."""
+    apply (another connection class, TLS with ``RAW_TLS`` off: those use redis-py's pipeline)."""
     pool = client.connection_pool
     tls = pool.connection_class is redis.connection.SSLConnection
-    if not (tls and RAW_TLS and tls_ok) and pool.connection_class not in (
+    if not (tls and RAW_TLS) and pool.connection_class not in (
         redis.connection.Connection,
         redis.connection.UnixDomainSocketConnection,
     ):
