@@ -4,10 +4,14 @@ with certificates of a throwaway CA made here (tests/tls_servers.py). Redis is r
 ``rediss://`` and the CA in ``ssl_ca_certs`` (the server's certificate verified, its name
 checked), PostgreSQL with ``sslmode=verify-full sslrootcert=CA``. A wrong CA or a name the
 certificate does not hold exits 1 naming the server and what to check; a Redis that requires
-client certificates is reached with ``ssl_certfile`` / ``ssl_keyfile``.
+client certificates is reached with ``ssl_certfile`` / ``ssl_keyfile``, a PostgreSQL role with
+``cert`` authentication with ``sslcert`` / ``sslkey``; a TLS-only Redis Cluster with
+``rediss+cluster://``. esctl's raw connections are checked to be TLS sockets, and what they
+send compared with redis-py's pipelines (``resp.RAW_TLS`` off).
 
-The servers are the module's own (started once, stopped by pid); each test writes a store
-under an app and env of its own and the Redis database is flushed after it."""
+The servers are the module's own (started once, stopped by pid; the cluster and the Redis that
+requires client certificates by their test); each test writes a store under an app and env of
+its own and the Redis database is flushed after it."""
 
 from __future__ import annotations
 
