@@ -52,7 +52,8 @@ def connect(
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL {shown}: {text}",
             server=shown,
-            hint="check that PostgreSQL is running and --pg-dsn / ESCTL_PG_DSN is right",
+            hint=ssl_hint(str(exc))
+            or "check that PostgreSQL is running and --pg-dsn / ESCTL_PG_DSN is right",
         ) from None
     except psycopg.ProgrammingError as exc:
         shown = describe_dsn(dsn)
@@ -62,6 +63,42 @@ def connect(
             hint="use postgresql://user:password@host:port/dbname or libpq key=value form",
         ) from None
     return conn
+
+
+_SSL_HINTS = (
+    (
+        "does not match host name",
+        "the server's certificate does not name the host in the DSN: connect by a name the "
+        "certificate lists, or (with hostaddr=IP) give that name as host; sslmode=verify-ca "
+        "skips the name check",
+    ),
+    (
+        "root certificate file",
+        "libpq found no CA file: give it with sslrootcert=/path/ca.pem in the DSN (or "
+        "PGSSLROOTCERT), or sslrootcert=system for the system's CAs",
+    ),
+    (
+        "certificate verify failed",
+        "the server's certificate is not signed by the CA in sslrootcert (DSN key, or "
+        "PGSSLROOTCERT; default ~/.postgresql/root.crt): point it at the CA that signed it",
+    ),
+    (
+        "no encryption",
+        "the server accepts SSL connections only: use sslmode=verify-full with "
+        "sslrootcert=/path/ca.pem (or at least sslmode=require)",
+    ),
+    (
+        "certificate",
+        "check the SSL settings of the DSN: sslmode, sslrootcert, and sslcert / sslkey when "
+        "the server asks for a client certificate",
+    ),
+)
+
+
+def ssl_hint(error: str) -> str | None:
+    """What to check when a connection failed with ``error`` for an SSL reason (libpq's own
+    DSN keys), or None."""
+    return next((hint for mark, hint in _SSL_HINTS if mark in error), None)
 
 
 def lost_connection(dsn: str, exc: Exception) -> ConnectionFailed:

@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -66,6 +67,21 @@ _MAX_SOCKET_DIR = 90  # sun_path holds 107 bytes, and PostgreSQL appends "/.s.PG
 
 
 # --- the servers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files that make a server speak TLS only (for tests of TLS connections): its
+    certificate and key, and the CA that signs client certificates. With ``client_cert`` and
+    ``client_key`` (a certificate that CA signed), Redis requires a client certificate
+    (``tls-auth-clients yes``); without them a client certificate is optional, and the start
+    functions check readiness over TLS with that pair when given."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 @dataclass
@@ -266,11 +282,14 @@ def start_redis(
     workdir: Path | None = None,
     extra_args: Sequence[str] = (),
     detach: bool = False,
+    tls: TlsFiles | None = None,
 ) -> LocalRedis:
     """Start ``redis-server`` without persistence on a free port of 127.0.0.1 and wait until it
     answers. ``workdir`` (created if missing, kept on stop) holds its log and any file it
     writes; by default a new temporary folder, removed on stop. ``extra_args`` are appended to
-    the command line (``["--maxmemory", "10mb"]``). Raises LocalServerError."""
+    the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
+    (``--port 0 --tls-port PORT``; the server must be built with TLS) and ``url`` is
+    ``rediss://``. Raises LocalServerError."""
     binary = find_redis_server()
     if binary is None:
         raise LocalServerError(
@@ -285,7 +304,7 @@ def start_redis(
             port = free_port()
             command = [
                 str(binary),
-                "--port", str(port),
+                *(_redis_tls_args(tls, port) if tls else ["--port", str(port)]),
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
@@ -297,7 +316,11 @@ def start_redis(
             process = _spawn(command, log, detach=detach)
             try:
                 _wait_until(
-                    partial(_redis_answers, port, process.pid), process, binary, log, START_TIMEOUT
+                    partial(_redis_answers, port, process.pid, tls),
+                    process,
+                    binary,
+                    log,
+                    START_TIMEOUT,
                 )
             except _PortTaken:
                 if attempt == PORT_ATTEMPTS:
@@ -307,7 +330,7 @@ def start_redis(
                 _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
                 raise
             server = LocalRedis(
-                f"redis://127.0.0.1:{port}/0",
+                f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0",
                 port,
                 process.pid,
                 directory,
@@ -331,6 +354,7 @@ def start_postgres(
     fast: bool = True,
     detach: bool = False,
     hba_lines: Sequence[str] = (),
+    tls: TlsFiles | None = None,
 ) -> LocalPostgres:
     """Create a PostgreSQL cluster (superuser ``postgres``, trust authentication, UTF-8, C
     locale) and start it on a free port of 127.0.0.1, its socket in the workdir; wait until it
@@ -341,8 +365,11 @@ def start_postgres(
     able to reach it and the binaries (checked first). ``hba_lines`` are put first in
     ``pg_hba.conf`` (the first line that matches a connection wins), for example
     ``["host all postgres 127.0.0.1/32 trust", "host all all 127.0.0.1/32 scram-sha-256"]``
-    to make every role but the superuser authenticate with a password. Raises
-    LocalServerError."""
+    to make every role but the superuser authenticate with a password. With ``tls`` the server
+    has ``ssl = on``
+    with that certificate and key (copied into the workdir, the key readable by the server's
+    user only) and refuses TCP connections without SSL (``hostnossl ... reject``); ``dsn`` is
+    unchanged (libpq's default ``sslmode=prefer`` uses SSL). Raises LocalServerError."""
     bin_dir = find_postgres_bin()
     if bin_dir is None:
         raise LocalServerError(
@@ -360,6 +387,7 @@ def start_postgres(
         data = directory / "data"
         _initdb(bin_dir / "initdb", data, directory / "initdb.log", user, fast)
         _prepend_hba(data, hba_lines)
+        ssl_settings = _postgres_tls(tls, data, user) if tls else []
         postgres = bin_dir / "postgres"
         log = directory / "postgres.log"
         socket_dir = str(directory) if len(str(directory)) <= _MAX_SOCKET_DIR else ""
@@ -371,6 +399,7 @@ def start_postgres(
                 "-p", str(port),
                 "-k", socket_dir,
                 "-c", "listen_addresses=127.0.0.1",
+                *ssl_settings,
             ]  # fmt: skip
             if fast:
                 for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
@@ -399,6 +428,39 @@ def start_postgres(
             shutil.rmtree(directory, ignore_errors=True)
         raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _redis_tls_args(tls: TlsFiles, port: int) -> list[str]:
+    return [
+        "--port", "0",
+        "--tls-port", str(port),
+        "--tls-cert-file", str(tls.cert),
+        "--tls-key-file", str(tls.key),
+        "--tls-ca-cert-file", str(tls.ca),
+        "--tls-auth-clients", "yes" if tls.client_cert else "optional",
+    ]  # fmt: skip
+
+
+def _postgres_tls(tls: TlsFiles, data: Path, user: pwd.struct_passwd | None) -> list[str]:
+    """Copy the certificate and key into ``data`` (PostgreSQL refuses a key that others can
+    read, and the server's user must own it), refuse TCP without SSL, and return the ``-c``
+    settings that turn SSL on."""
+    files = {"server.crt": tls.cert, "server.key": tls.key, "root.crt": tls.ca}
+    for name, source in files.items():
+        target = data / name
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        if user is not None:
+            os.chown(target, user.pw_uid, user.pw_gid)
+    hba = data / "pg_hba.conf"
+    hba.write_text("hostnossl all all all reject\n" + hba.read_text())
+    settings = (
+        "ssl=on",
+        "ssl_cert_file=server.crt",
+        "ssl_key_file=server.key",
+        "ssl_ca_file=root.crt",
+    )
+    return [arg for setting in settings for arg in ("-c", setting)]
 
 
 def _make_workdir(workdir: Path | None, prefix: str) -> tuple[Path, bool]:
@@ -585,11 +647,11 @@ def _wait_until(
         delay = min(delay * 2, 0.2)
 
 
-def _redis_answers(port: int, pid: int) -> bool:
-    """Whether our redis-server answers on ``port``: the answer must come from ``pid``, not
-    from another server that took the port while ours failed to bind it."""
+def _redis_answers(port: int, pid: int, tls: TlsFiles | None = None) -> bool:
+    """Whether our redis-server answers on ``port`` (over TLS with ``tls``): the answer must
+    come from ``pid``, not from another server that took the port while ours failed to bind it."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        with contextlib.closing(_probe_socket(port, tls)) as sock:
             sock.sendall(b"INFO server\r\n")
             reply = b""
             while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
@@ -601,6 +663,21 @@ def _redis_answers(port: int, pid: int) -> bool:
         return False
     found = re.search(rb"\r\nprocess_id:(\d+)\r\n", reply)
     return found is not None and int(found[1]) == pid
+
+
+def _probe_socket(port: int, tls: TlsFiles | None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+    if tls is None:
+        return sock
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    context.check_hostname = False  # the server's name is checked by the tests that use it
+    if tls.client_cert:
+        context.load_cert_chain(str(tls.client_cert), str(tls.client_key or tls.client_cert))
+    try:
+        return context.wrap_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _postgres_answers(dsn: str, data: Path) -> bool:

@@ -224,7 +224,7 @@ def test_replay_one_aggregate_to_every_subscriber(
 ) -> None:
     """Both ways of sending the transactions publish the same: the publisher's own RESP
     encoding (single server) and command tuples through redisio.pipelined (where the raw path
-    does not apply: TLS)."""
+    does not apply; over real TLS: tests/test_tls.py)."""
     if encoding == "commands":
         monkeypatch.setattr("esctl.redisio.pipelined_resp", lambda *args: None)
     aggregate = next(

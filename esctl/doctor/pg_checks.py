@@ -32,16 +32,34 @@ PG_REACHABLE = declare(
 )
 
 
+def _ssl_description(conn: Any) -> str | None:
+    """``SSL TLSv1.3, sslmode=verify-full`` when the connection uses SSL, None when not."""
+    row = conn.execute(
+        "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    mode = next(
+        (o.val.decode() for o in conn.pgconn.info if o.keyword == b"sslmode" and o.val), "?"
+    )
+    return f"SSL {row[1]}, sslmode={mode}"
+
+
 def _pg_reachable(conn: Any, started: float) -> Check:
     ping_started = time.perf_counter()
     conn.execute("SELECT 1").fetchone()
     ping = time.perf_counter() - ping_started
     version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
+    ssl = _ssl_description(conn)
     return PG_REACHABLE.result(
         "ok",
         f"PostgreSQL {version}, SELECT 1 in {ping * 1000:.2f} ms (connect "
-        f"{(ping_started - started) * 1000:.0f} ms)",
-        values={"server_version": version, "ping_ms": round(ping * 1000, 3)},
+        f"{(ping_started - started) * 1000:.0f} ms), {ssl or 'no SSL'}",
+        values={
+            "server_version": version,
+            "ping_ms": round(ping * 1000, 3),
+            "ssl": ssl is not None,
+        },
         metrics=[
             Metric("esctl_doctor_pg_up", 1),
             Metric("esctl_doctor_pg_ping_seconds", round(ping, 6)),

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 import redis.cluster
+import redis.connection
 import redis.exceptions
 
 from esctl import redisio
@@ -77,6 +78,8 @@ class ServerFacts:
     cluster_info: dict[str, str] | None = None
     """CLUSTER INFO of a cluster node (None on a standalone server, or when refused)."""
     cluster_error: str | None = None
+    tls: str | None = None
+    """How the connection is secured (``TLS, CA verified, hostname checked``), None: plain."""
 
     @property
     def in_cluster(self) -> bool:
@@ -166,7 +169,7 @@ def gather_facts(name: str, node: redis.Redis, *, probe_replicas: bool = True) -
         started = time.perf_counter()
         node.ping()
         pings.append((time.perf_counter() - started) * 1000)
-    facts = ServerFacts(name, pings, {})
+    facts = ServerFacts(name, pings, {}, tls=tls_description(node))
     try:
         facts.info = dict(node.info())
     except redis.exceptions.ResponseError as exc:
@@ -217,6 +220,27 @@ def _read_settings_and_logs(facts: ServerFacts, node: redis.Redis) -> None:
             SlowEntry(_reply_text(e[3][0]).upper() if e[3] else "", int(e[2]), int(e[1]))
             for e in slowlog
         ]
+
+
+def tls_description(node: redis.Redis) -> str | None:
+    """How redis-py secures connections to ``node`` (from its ``rediss://`` URL's ``ssl_*``
+    parameters), None when it does not."""
+    pool = node.connection_pool
+    if not issubclass(pool.connection_class, redis.connection.SSLConnection):
+        return None
+    kw = pool.connection_kwargs
+    reqs = str(kw.get("ssl_cert_reqs", "required")).lower()
+    if reqs in ("none", "0", "verifymode.cert_none"):
+        parts = ["TLS, server certificate NOT verified (ssl_cert_reqs=none)"]
+    else:
+        parts = ["TLS, CA verified"]
+        if str(kw.get("ssl_check_hostname", True)).lower() in ("false", "0"):
+            parts.append("hostname NOT checked (ssl_check_hostname=false)")
+        else:
+            parts.append("hostname checked")
+    if kw.get("ssl_certfile"):
+        parts.append("client certificate given")
+    return ", ".join(parts)
 
 
 def _parse_cluster_info(text: str) -> dict[str, str]:

@@ -49,11 +49,15 @@ def check_reachable(f: ServerFacts) -> Check:
     return REACHABLE.result(
         status,
         f"PING {median:.2f} ms (min {min(f.ping_ms):.2f}, max {max(f.ping_ms):.2f}, "
-        f"{len(f.ping_ms)} tries)",
+        f"{len(f.ping_ms)} tries), {f.tls or 'no TLS'}",
         action="run esctl close to Redis (same zone); check network and Redis CPU load"
         if status != "ok"
         else None,
-        values={"ping_ms": round(median, 3), "ping_ms_max": round(max(f.ping_ms), 3)},
+        values={
+            "ping_ms": round(median, 3),
+            "ping_ms_max": round(max(f.ping_ms), 3),
+            "tls": f.tls is not None,
+        },
         metrics=[
             Metric("esctl_doctor_redis_up", 1),
             Metric("esctl_doctor_redis_ping_seconds", round(median / 1000, 6)),

@@ -105,7 +105,23 @@ def connect(
         raise ConnectionFailed(
             f"cannot connect to Redis at {shown}: {redact(str(exc))}",
             server=shown,
-            hint="check that Redis is running and --redis-url / ESCTL_REDIS_URL is right",
+            hint=tls_hint(url, str(exc))
+            or "check that Redis is running and --redis-url / ESCTL_REDIS_URL is right",
+        ) from None
+    except (TypeError, redis.exceptions.RedisError) as exc:
+        # an unknown query parameter (TypeError: unexpected keyword argument) or a bad value
+        # of a known one (ssl_cert_reqs=bogus: redis-py's base RedisError), found when the
+        # first connection is made; a server's error reply is not the URL's fault
+        if (
+            isinstance(exc, redis.exceptions.RedisError)
+            and type(exc) is not redis.exceptions.RedisError
+        ):
+            raise
+        raise ConfigError(
+            f"bad Redis URL {shown}: {redact(str(exc))}",
+            hint="the query string takes redis-py's connection parameters; for TLS: "
+            "ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs (required, optional, "
+            "none), ssl_check_hostname (true, false); see the README's TLS section",
         ) from None
     except ValueError as exc:
         raise ConnectionFailed(
@@ -125,6 +141,49 @@ def _has_password(url: str) -> bool:
         )
     except ValueError:
         return False
+
+
+_TLS_HINTS = (
+    (
+        ("mismatch", "does not match"),
+        "the server's certificate does not name the host in the URL: connect by a name or "
+        "address the certificate lists (its subjectAltName), or, knowingly, add "
+        "ssl_check_hostname=false to the URL's query string",
+    ),
+    (
+        ("certificate verify failed",),
+        "the server's certificate is not signed by a CA esctl trusts: point the URL's "
+        "ssl_ca_certs query parameter at the CA file that signed it "
+        "(rediss://HOST:PORT/0?ssl_ca_certs=/path/ca.pem)",
+    ),
+    (
+        ("certificate required", "eof occurred in violation of protocol", "alert"),
+        "the TLS handshake was refused: if the server requires a client certificate "
+        "(tls-auth-clients yes), give it with the ssl_certfile and ssl_keyfile query "
+        "parameters; check that the CA of ssl_ca_certs signed the server's certificate",
+    ),
+    (
+        ("no such file", "permission denied"),
+        "a file named by ssl_ca_certs, ssl_certfile or ssl_keyfile cannot be read: check "
+        "the paths in the URL's query string",
+    ),
+)
+
+
+def tls_hint(url: str, error: str) -> str | None:
+    """What to check when connecting to ``url`` failed with ``error``, where TLS is the likely
+    cause: a ``rediss://`` URL whose handshake failed, or a ``redis://`` URL whose connection
+    the server dropped at once (it speaks TLS on that port). None otherwise."""
+    text = error.lower()
+    if url.lower().startswith("rediss"):
+        return next((hint for marks, hint in _TLS_HINTS if any(m in text for m in marks)), None)
+    if "reset by peer" in text or "closed by server" in text or "connection closed" in text:
+        return (
+            "the server closed the connection at once: if it speaks TLS on that port "
+            "(tls-port), use rediss:// and the CA file in ssl_ca_certs; else check that "
+            "Redis is running and --redis-url / ESCTL_REDIS_URL is right"
+        )
+    return None
 
 
 def refuse_a_lone_cluster_node(client: RedisClient) -> None:

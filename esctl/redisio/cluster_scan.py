@@ -138,7 +138,7 @@ def _node_replies(
     raises: a failover's (CLUSTERDOWN, LOADING, ...) as ClusterDownError, which the scan
     retries, any other as ResponseError."""
     conn = _raw_connection(plain)
-    if conn is None:  # TLS, another connection class: redis-py's pipeline
+    if conn is None:  # another connection class, RAW_TLS off: redis-py's pipeline
         pipe = plain.pipeline(transaction=atomic)
         for command in commands:
             pipe.execute_command(*command)

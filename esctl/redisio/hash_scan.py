@@ -58,7 +58,7 @@ def hash_pages(
     On a cluster an HSCAN cursor belongs to one server process: continued on the node a hash
     moved to (what redis-py's MOVED/ASK following would do) it skips and repeats fields. So
     each hash is read on one node, redirections not followed, over one connection (whose
-    survival proves the process is the same; without esctl's raw connections, TLS for one, the
+    survival proves the process is the same; without esctl's raw connections, another connection class for one, the
     node's run id is asked with each call instead). An HSCAN that runs on a node proves the
     hash was in that node's keyspace then (a node without the key answers MOVED, or ASK while
     migrating its slot), which is all HSCAN's promise needs. A MOVED or ASK reply, a lost or

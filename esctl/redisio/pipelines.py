@@ -1,6 +1,6 @@
-"""Pipelined commands: on one server through the raw connection (or redis-py's pipeline over
-TLS), on a cluster grouped by the node serving each key's slot, following MOVED/ASK and
-waiting out a failover for reads.
+"""Pipelined commands: on one server through the raw connection, on a cluster grouped by the
+node serving each key's slot (TLS included), following MOVED/ASK and waiting out a failover
+for reads.
 
 ``BY_NODE_PIPELINES`` is read at call time: set it here."""
 
@@ -20,6 +20,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from esctl.config import redact
 from esctl.errors import ConnectionFailed, ServerError
+from esctl.redisio import resp as _resp
 from esctl.redisio import retry as _retry
 from esctl.redisio.client import (
     PIPELINE_CHUNK,
@@ -93,8 +94,8 @@ def pipelined(
     hiredis parser: about twice redis-py's pipeline throughput (measured). On a cluster the
     same is done per node (:func:`_pipelined_by_node`): commands are grouped by the node that
     serves their key's slot, sent to every node, then the replies read, and MOVED/ASK
-    redirections during a reshard followed. Commands whose keys the module cannot place, TLS
-    and other connection classes go through redis-py's pipeline, whose replies are brought back
+    redirections during a reshard followed. Commands whose keys the module cannot place and
+    other connection classes go through redis-py's pipeline, whose replies are brought back
     to the raw RESP2 shapes (:func:`_as_resp2`), so callers see one shape.
 
     ``retry_reads``: on a cluster, a call that fails on a lost node, a failover or a reshard's
@@ -274,8 +275,8 @@ def _pipelined_by_node(  # noqa: C901, PLR0912, PLR0915  hot path of every clust
     client: redis.cluster.RedisCluster, commands: Sequence[tuple[Any, ...]], chunk: int
 ) -> list[Any] | None:
     """:func:`pipelined` on a cluster over this thread's raw connections, one per node, or
-    None where that does not apply (a command whose keys cannot be placed, TLS, another
-    connection class, credentials from a provider).
+    None where that does not apply (a command whose keys cannot be placed, another connection
+    class, TLS with ``resp.RAW_TLS`` off, credentials from a provider).
 
     Each node gets its commands in the original order, up to ``chunk`` per node and round;
     a round is sent to every node before any reply is read, so the nodes work concurrently.
@@ -404,12 +405,14 @@ def _primary_table(nodes: Any) -> list[str | None]:
 
 def _by_node_applies(client: redis.cluster.RedisCluster) -> bool:
     kwargs = client.nodes_manager.connection_kwargs
+    connection_class = kwargs.get("connection_class", redis.connection.Connection)
     return (
         BY_NODE_PIPELINES
-        and kwargs.get("connection_class", redis.connection.Connection)
-        is redis.connection.Connection
+        and (
+            connection_class is redis.connection.Connection
+            or (connection_class is redis.connection.SSLConnection and _resp.RAW_TLS)
+        )
         and kwargs.get("credential_provider") is None
-        and not kwargs.get("ssl")
     )
 
 
@@ -474,7 +477,8 @@ def pipelined_resp(client: RedisClient, data: bytes, count: int) -> list[Any] | 
     """Send ``count`` commands already encoded as RESP in ``data`` and return their replies
     (errors as exception objects), on a single server's raw connection: for a caller that
     sends the same command shapes many times and encodes them faster itself (replay's
-    publisher). None where that path does not apply (a cluster, TLS): use :func:`pipelined`."""
+    publisher). None where that path does not apply (a cluster, another connection class,
+    TLS with ``resp.RAW_TLS`` off): use :func:`pipelined`."""
     if not isinstance(client, redis.Redis):
         return None
     try:
@@ -499,6 +503,10 @@ class _ClusterConnections:
         self.by_name = nodes.setdefault(client, {})
         kwargs = client.nodes_manager.connection_kwargs
         self.credentials = {k: kwargs[k] for k in ("username", "password") if kwargs.get(k)}
+        # a rediss+cluster:// client: its TLS settings (ssl_ca_certs, ...) for every node
+        self.tls = kwargs.get("connection_class") is redis.connection.SSLConnection
+        if self.tls:
+            self.credentials |= {k: v for k, v in kwargs.items() if k.startswith("ssl_")}
         self.timeout = float(kwargs.get("socket_timeout") or 30.0)
         self.readonly = readonly
 
@@ -513,6 +521,7 @@ class _ClusterConnections:
                     {"host": host, "port": int(port), **self.credentials},
                     self.timeout,
                     readonly=self.readonly,
+                    tls=self.tls,
                 )
             except OSError as exc:
                 raise redis.exceptions.ConnectionError(f"cannot connect ({exc})") from exc

@@ -1,5 +1,7 @@
 """RESP on raw sockets: encoding commands, hiredis-parsed replies, one connection per thread
-and server (closed in a forked child), and redis-py's reply shapes turned back into RESP2's."""
+and server (closed in a forked child), and redis-py's reply shapes turned back into RESP2's.
+
+``RAW_TLS`` is read at call time: set it here."""
 
 from __future__ import annotations
 
@@ -15,6 +17,12 @@ import hiredis
 import redis
 import redis.cluster
 import redis.exceptions
+
+RAW_TLS = True
+"""Whether the raw connections speak TLS themselves on a ``rediss://`` server or each node of a
+``rediss+cluster://`` cluster (the socket wrapped by redis-py's own SSLConnection code: the
+URL's ``ssl_*`` parameters, its CA, client certificate and hostname check). False: TLS goes
+through redis-py's pipelines; bench/bench_tls.py compares the two."""
 
 
 def _as_resp2(reply: Any) -> Any:
@@ -49,19 +57,26 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
 
 
 class _RawConnection:
-    """A plain socket to one server speaking RESP2, replies parsed by hiredis: esctl's fast
-    path for bulk pipelined commands on a single (non-TLS) server and on each node of a
-    cluster. Measured ~2x redis-py's own pipelines per reply, which matters
+    """A socket to one server speaking RESP2, replies parsed by hiredis: esctl's fast path for
+    bulk pipelined commands on a single server and on each node of a cluster (TLS included,
+    :data:`RAW_TLS`). Measured ~2x redis-py's own pipelines per reply, which matters
     because decoding and reading share one Python thread during a migration.
 
     ``readonly`` sends READONLY after connecting: a cluster replica then serves reads of its
     primary's slots instead of redirecting them (harmless on a primary, as in redis-py)."""
 
     def __init__(
-        self, kwargs: dict[str, Any], timeout: float = 30.0, *, readonly: bool = False
+        self,
+        kwargs: dict[str, Any],
+        timeout: float = 30.0,
+        *,
+        readonly: bool = False,
+        tls: bool = False,
     ) -> None:
         path = kwargs.get("path")
-        if path:
+        if tls:
+            self.sock = _tls_socket(kwargs, timeout)
+        elif path:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
             self.sock.connect(path)
@@ -116,6 +131,23 @@ class _RawConnection:
             self.sock.close()
 
 
+def _tls_socket(kwargs: dict[str, Any], timeout: float) -> socket.socket:
+    """A TCP connection to the server of a ``rediss://`` client's ``kwargs``, wrapped in TLS
+    by redis-py's SSLConnection exactly as its own connections are (the same cached SSL
+    context: CA, client certificate and key, verification mode, hostname check)."""
+    sock = socket.create_connection(
+        (kwargs.get("host", "localhost"), kwargs.get("port", 6379)), timeout=timeout
+    )
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls: socket.socket = redis.connection.SSLConnection(**kwargs)._wrap_socket_with_ssl(sock)
+    except BaseException:
+        sock.close()
+        raise
+    tls.settimeout(timeout)
+    return tls
+
+
 _raw_connections = threading.local()
 """Per thread: ``cache`` (single-server client -> connection) and ``nodes`` (cluster client
 -> node name -> connection). Per thread because a connection carries one conversation."""
@@ -144,9 +176,10 @@ if hasattr(os, "register_at_fork"):
 
 def _raw_connection(client: redis.Redis) -> _RawConnection | None:
     """This thread's raw connection to ``client``'s server, or None where the fast path does not
-    apply (TLS or another connection class: those use redis-py's pipeline)."""
+    apply (another connection class, TLS with ``RAW_TLS`` off: those use redis-py's pipeline)."""
     pool = client.connection_pool
-    if pool.connection_class not in (
+    tls = pool.connection_class is redis.connection.SSLConnection
+    if not (tls and RAW_TLS) and pool.connection_class not in (
         redis.connection.Connection,
         redis.connection.UnixDomainSocketConnection,
     ):
@@ -160,7 +193,7 @@ def _raw_connection(client: redis.Redis) -> _RawConnection | None:
     conn = cache.get(client)
     if conn is None:
         try:
-            conn = _RawConnection(pool.connection_kwargs)
+            conn = _RawConnection(pool.connection_kwargs, tls=tls)
         except OSError as exc:
             raise redis.exceptions.ConnectionError(str(exc)) from exc
         cache[client] = conn

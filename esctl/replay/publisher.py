@@ -171,7 +171,7 @@ class Publisher:
             self._send_scripts(chunk)
             return
         replies = self._send_resp(chunk)
-        if replies is None:  # TLS: redis-py's pipeline
+        if replies is None:  # no raw connection (resp.RAW_TLS off): redis-py's pipeline
             replies = self._send_commands(chunk)
         # EXEC answers a list of the LPUSH and PUBLISH results (integers) when the transaction
         # ran; an error (EXECABORT after a refused command, "EXEC without MULTI") otherwise.
