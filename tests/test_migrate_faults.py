@@ -202,7 +202,7 @@ def test_kill_9_at_random_points_then_rerun_gives_the_rows_of_an_uninterrupted_r
 
     rows_before = rows_now(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3)  # 0 when the defects were quarantined before the kills (a bug, below)
+    assert code == 3, doc  # the store holds quarantined aggregates: every run reports them
     assert doc["resumed"] is last_killed
     assert_same_rows_as(pg_dsn, reference)
     if doc["resumed"]:
@@ -245,7 +245,7 @@ def test_terminated_writer_connections_exit_1_and_a_resumed_rerun_completes(
 
     wait_for_no_esctl_sessions(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3)  # see test_a_resumed_run_reports_what_the_run_quarantined_before
+    assert code == 3, doc  # the store holds quarantined aggregates
     assert doc["resumed"] is True
     assert_same_rows_as(pg_dsn, reference)
     assert_settled(redis_test_url, pg_dsn, app_name)
@@ -298,7 +298,7 @@ def test_rerun_after_a_redis_restart_gives_the_rows_of_an_uninterrupted_run(
 ) -> None:
     reference = stop_redis_mid_run(pg_dsn, reference_dsn, app_name, fresh_redis)
     code, doc, _ = run_migrate_cli(fresh_redis.url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3) and doc["resumed"] is True
+    assert code == 3 and doc["resumed"] is True, doc
     assert_same_rows_as(pg_dsn, reference)
 
 
@@ -324,7 +324,7 @@ def test_sigint_mid_run_exits_130_and_the_rerun_completes(
 
     wait_for_no_esctl_sessions(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3)  # see test_a_resumed_run_reports_what_the_run_quarantined_before
+    assert code == 3, doc  # the store holds quarantined aggregates
     assert doc["resumed"] is True
     assert_same_rows_as(pg_dsn, reference)
     assert_settled(redis_test_url, pg_dsn, app_name)
