@@ -140,19 +140,70 @@ def _utf8(data: bytes) -> tuple[str, Problem | None]:
 # --- text -> bytes -------------------------------------------------------------------------
 
 
-def gzip_base64(text: str) -> bytes:
-    """gzip + base64, as the library's writer does (gzip header with mtime 0)."""
+GZIP_OS_UNIX = 3
+"""The gzip header's OS byte zlib writes on Unix (.NET's GZipStream on Linux, Mono)."""
+GZIP_OS_WINDOWS = 10
+"""The OS byte zlib writes on Windows (0x0a; .NET's GZipStream on Windows)."""
+GZIP_OS_NAMES = {GZIP_OS_UNIX: "unix", GZIP_OS_WINDOWS: "windows"}
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class GzipHeader:
+    """The two bytes of a gzip header that differ between the library's writers: ``xfl``
+    (extra flags: 0 from zlib at the default level, which .NET's GZipStream uses) and ``os``
+    (the OS byte: :data:`GZIP_OS_UNIX` or :data:`GZIP_OS_WINDOWS`). The rest of the header is
+    fixed: magic ``1f 8b``, method 8 (deflate), no flags, mtime 0."""
+
+    xfl: int = 0
+    os: int = GZIP_OS_UNIX
+
+    @property
+    def os_name(self) -> str:
+        """``unix``, ``windows`` or the number."""
+        return GZIP_OS_NAMES.get(self.os, str(self.os))
+
+    def as_bytes(self) -> bytes:
+        return _GZIP_FIXED_HEADER + bytes((self.xfl, self.os))
+
+
+DEFAULT_GZIP_HEADER = GzipHeader()
+_GZIP_FIXED_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00"
+
+
+def gzip_header_of(value: bytes) -> GzipHeader | None:
+    """The :class:`GzipHeader` of a stored gzip+base64 value whose header has the shape the
+    library's writers give it (no flags, mtime 0); None for any other value."""
+    if not value.startswith(GZIP_BASE64_PREFIX):
+        return None
+    try:
+        head = base64.b64decode(value[:16], validate=True)  # 16 characters: 12 bytes
+    except (binascii.Error, ValueError):
+        return None
+    if len(head) < 10 or head[:8] != _GZIP_FIXED_HEADER:
+        return None
+    return GzipHeader(head[8], head[9])
+
+
+def gzip_base64(text: str, header: GzipHeader = DEFAULT_GZIP_HEADER) -> bytes:
+    """gzip + base64 as .NET's GZipStream + Convert.ToBase64String write it: zlib's deflate at
+    the default level (6), a header with mtime 0 and ``header``'s extra flags and OS byte."""
     compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
     gz = compressor.compress(text.encode("utf-8")) + compressor.flush()
-    return base64.b64encode(gz)
+    return base64.b64encode(header.as_bytes() + gz[10:])
 
 
-def encode_value(text: str, *, threshold: int | None = DEFAULT_COMPRESSION_THRESHOLD) -> bytes:
-    """The stored value the library would write for ``text``: gzip+base64 when the UTF-8 size
-    exceeds ``threshold`` (``None`` disables compression), the plain UTF-8 bytes otherwise."""
+def encode_value(
+    text: str,
+    *,
+    threshold: int | None = DEFAULT_COMPRESSION_THRESHOLD,
+    header: GzipHeader = DEFAULT_GZIP_HEADER,
+) -> bytes:
+    """The stored value the library would write for ``text``: gzip+base64 (with ``header``)
+    when the UTF-8 size exceeds ``threshold`` (``None`` disables compression), the plain UTF-8
+    bytes otherwise."""
     data = text.encode("utf-8")
     if threshold is not None and len(data) > threshold:
-        return gzip_base64(text)
+        return gzip_base64(text, header)
     return data
 
 

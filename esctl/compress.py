@@ -3,8 +3,14 @@
 The library compresses a payload whose UTF-8 size exceeds a threshold (1,000 bytes by default)
 only when it writes it, and only when the service has the setting on; stores that ran without
 it hold plain payloads that would take about half the memory compressed. This module rewrites
-them exactly as the library's writer would (:func:`esctl.codec.gzip_base64`: gzip with mtime 0,
-then base64), so services read the same text through their usual rule (``H4sI`` → gunzip).
+them as .NET's GZipStream + base64 write them (:func:`esctl.codec.gzip_base64`: zlib's deflate
+at the default level, a gzip header with no flags and mtime 0), so services read the same text
+through their usual rule (``H4sI`` → gunzip). The header's two bytes that differ between the
+library's writers, the extra flags and the OS byte (``0x03`` from a service on Linux, ``0x0a``
+on Windows), are copied from the compressed values already in the store (the majority of a
+sample: :func:`choose_gzip_header`); ``gzip_os`` chooses the OS byte, and a store without any
+compressed value gets ``0x03``. The deflate data itself is zlib's: a service's runtime may
+bundle another zlib build, whose bytes for the same text can differ (its text cannot).
 
 Promises:
 
@@ -36,12 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from esctl import codec, layout, redisio
-from esctl.errors import ServerError
+from esctl.errors import ServerError, UsageError
 from esctl.locks import RedisLock
 
 DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
@@ -59,6 +66,10 @@ BATCH_BYTES = 8 << 20
 """Values held before a round of compare-and-set calls is sent (bounds esctl's memory)."""
 MAX_PROBLEMS = 1000
 """Problems listed in the summary (all are counted)."""
+HEADER_SAMPLE_HASHES = 200
+"""Payload hashes per family read (one HSCAN page each) to learn the store's gzip header."""
+HEADER_SAMPLE_VALUES = 1000
+"""Compressed values enough to decide the store's gzip header."""
 
 COMPARE_AND_SET = """
 -- KEYS[1]: one hash. ARGV: field, value read, new value; repeated.
@@ -103,12 +114,14 @@ def classify(value: bytes, threshold: int) -> Kind:
     return "plain_over_threshold"
 
 
-def compressed_value(value: bytes) -> bytes | None:
-    """The library's compressed form of a plain value, or None when it would not decode back
-    to the identical text through the library's reading rule (never expected; checked for
-    every value before it is written)."""
+def compressed_value(
+    value: bytes, header: codec.GzipHeader = codec.DEFAULT_GZIP_HEADER
+) -> bytes | None:
+    """The library's compressed form of a plain value (with ``header``), or None when it would
+    not decode back to the identical text through the library's reading rule (never expected;
+    checked for every value before it is written)."""
     text = value.decode("utf-8")
-    new = codec.gzip_base64(text)
+    new = codec.gzip_base64(text, header)
     decoded = codec.decode_value(new)
     if decoded.compressed != "gzip" or decoded.problem is not None or decoded.text != text:
         return None
@@ -161,6 +174,108 @@ def hash_field_pages(
     out once (:func:`redisio.hash_pages`)."""
     for key, flat in redisio.hash_pages(client, keys, count=count):
         yield key, _pairs(flat)
+
+
+# --- the gzip header ------------------------------------------------------------------------
+
+
+@dataclass
+class HeaderChoice:
+    """The gzip header compress writes, and where it came from: ``store`` (the majority of the
+    sampled compressed values), ``option`` (``gzip_os``) or ``default`` (no compressed value
+    found, no option)."""
+
+    header: codec.GzipHeader
+    source: Literal["store", "option", "default"]
+    seen: Counter[codec.GzipHeader] = field(default_factory=Counter)
+    """Headers of the sampled compressed values that decode (the library's writers')."""
+
+    @property
+    def disagree(self) -> bool:
+        """The store's compressed values carry more than one header (services on both Linux
+        and Windows, say): each is read the same; the majority was written."""
+        return len(self.seen) > 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "os": self.header.os,
+            "os_name": self.header.os_name,
+            "xfl": self.header.xfl,
+            "source": self.source,
+            "sampled": [
+                {"os": h.os, "os_name": h.os_name, "xfl": h.xfl, "values": n}
+                for h, n in sorted(self.seen.items())
+            ],
+        }
+
+
+def parse_gzip_os(text: str) -> int:
+    """``--gzip-os``: ``unix`` (3), ``windows`` (10) or a number 0-255. Raises UsageError."""
+    names = {name: number for number, name in codec.GZIP_OS_NAMES.items()}
+    word = text.strip().lower()
+    if word in names:
+        return names[word]
+    try:
+        number = int(word, 0)  # 10, 0x0a
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 255:
+        raise UsageError(
+            f"--gzip-os {text!r} is not unix, windows or a number from 0 to 255",
+            hint="unix (3) is what a service on Linux writes, windows (10) one on Windows; "
+            "without the option compress copies the byte from the store's compressed values",
+        )
+    return number
+
+
+def store_gzip_headers(
+    client: redisio.RedisClient,
+    app: str,
+    families: Sequence[str] = FAMILIES,
+    *,
+    hashes: int = HEADER_SAMPLE_HASHES,
+    values: int = HEADER_SAMPLE_VALUES,
+) -> Counter[codec.GzipHeader]:
+    """The gzip headers of compressed values already in ``app``'s payload hashes: one HSCAN
+    page of each of the first ``hashes`` hashes per family, until ``values`` were found. Only
+    values that decode to text count (a value that merely starts with ``H4sI`` was not written
+    by a working writer). Read-only."""
+    seen: Counter[codec.GzipHeader] = Counter()
+    for family in families:
+        chosen: list[str] = []
+        for _, keys in hash_key_pages(client, app, (family,)):
+            chosen.extend(keys[: hashes - len(chosen)])
+            if len(chosen) >= hashes:
+                break
+        replies = redisio.pipelined(client, [("HSCAN", k, 0, "COUNT", 100) for k in chosen])
+        for key, reply in zip(chosen, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise ServerError(f"HSCAN {key} failed: {reply}")
+            for _, value in _pairs(reply[1]):
+                header = codec.gzip_header_of(value)
+                if header is None:
+                    continue
+                decoded = codec.decode_value(value)
+                if decoded.compressed == "gzip" and decoded.problem is None:
+                    seen[header] += 1
+                    if seen.total() >= values:
+                        return seen
+    return seen
+
+
+def choose_gzip_header(
+    client: redisio.RedisClient,
+    app: str,
+    families: Sequence[str] = FAMILIES,
+    gzip_os: int | None = None,
+) -> HeaderChoice:
+    """The header to write: the store's majority (ties: the lowest bytes), its OS byte
+    replaced by ``gzip_os`` when given; ``gzip_os`` or Unix's where the store has none."""
+    seen = store_gzip_headers(client, app, families)
+    majority = min(seen, key=lambda h: (-seen[h], h)) if seen else codec.DEFAULT_GZIP_HEADER
+    if gzip_os is not None:
+        return HeaderChoice(codec.GzipHeader(majority.xfl, gzip_os), "option", seen)
+    return HeaderChoice(majority, "store" if seen else "default", seen)
 
 
 # --- compress ------------------------------------------------------------------------------
@@ -223,6 +338,9 @@ class CompressSummary:
     failed: int
     """Compare-and-set calls Redis answered with an error (their fields were not written)."""
     elapsed_s: float
+    gzip_header: HeaderChoice = field(
+        default_factory=lambda: HeaderChoice(codec.DEFAULT_GZIP_HEADER, "default")
+    )
 
     @property
     def total(self) -> FamilyCounts:
@@ -254,6 +372,7 @@ class CompressSummary:
             "used_memory_saved": self.used_memory_before - self.used_memory_after
             if self.used_memory_before is not None and self.used_memory_after is not None
             else None,
+            "gzip_header": self.gzip_header.as_dict(),
             "failed": self.failed,
             "problems": self.problems,
             "problems_total": self.problems_total,
@@ -267,6 +386,8 @@ class CompressOptions:
     threshold: int = DEFAULT_THRESHOLD
     dry_run: bool = False
     families: tuple[str, ...] = FAMILIES
+    gzip_os: int | None = None
+    """The gzip header's OS byte; None: the store's (:func:`choose_gzip_header`)."""
 
 
 def compress_lock(client: redisio.RedisClient, app: str) -> RedisLock:
@@ -311,6 +432,7 @@ def compress(
     used_before = redisio.used_memory_or_none(client)
     with contextlib.ExitStack() as stack:
         lock = None if opts.dry_run else stack.enter_context(compress_lock(client, opts.app))
+        header = choose_gzip_header(client, opts.app, opts.families, opts.gzip_os)
         pending: list[Candidate] = []
         pending_bytes = 0
         for family, keys in hash_key_pages(client, opts.app, opts.families):
@@ -319,7 +441,9 @@ def compress(
             progress.hashes += len(keys)
             for key, pairs in hash_field_pages(client, keys):
                 for name, value in pairs:
-                    candidate = _candidate(family, key, name, value, opts, counts, problem)
+                    candidate = _candidate(
+                        family, key, name, value, opts, header.header, counts, problem
+                    )
                     if candidate is None:
                         continue
                     if opts.dry_run:
@@ -352,6 +476,7 @@ def compress(
         problems_total=tally["problems"],
         failed=tally["failed"],
         elapsed_s=time.monotonic() - started,
+        gzip_header=header,
     )
 
 
@@ -365,11 +490,13 @@ def _candidate(
     name: bytes,
     value: bytes,
     opts: CompressOptions,
+    header: codec.GzipHeader,
     counts: FamilyCounts,
     problem: Callable[[str, str, str], None],
 ) -> Candidate | None:
-    """Field ``name`` of hash ``key`` as a value to compress, or None when it stays as it is
-    (already compressed, below the threshold, or a problem); counted in ``counts``."""
+    """Field ``name`` of hash ``key`` as a value to compress (with ``header``), or None when
+    it stays as it is (already compressed, below the threshold, or a problem); counted in
+    ``counts``."""
     counts.values_examined += 1
     kind = classify(value, opts.threshold)
     if kind == "compressed":
@@ -388,7 +515,7 @@ def _candidate(
         )
         return None
     counts.plain_over_threshold += 1
-    new = compressed_value(value)
+    new = compressed_value(value, header)
     if new is None:
         problem(
             "roundtrip_mismatch",
@@ -541,9 +668,13 @@ __all__ = [
     "CompressOptions",
     "CompressSummary",
     "FamilyCounts",
+    "HeaderChoice",
     "PayloadSample",
+    "choose_gzip_header",
     "classify",
     "compare_and_set",
     "compress",
+    "parse_gzip_os",
     "sample_payloads",
+    "store_gzip_headers",
 ]

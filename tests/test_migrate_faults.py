@@ -9,6 +9,9 @@ thousand events and runs use ``--batch-size 200`` so a fault lands between commi
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
 import signal
 import subprocess
@@ -17,13 +20,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import independent_writer as iw
 import psycopg
 import pytest
 import redis
-from helpers import cli_env
+from helpers import cli_env, run_cli
 from test_migrate import (
     cli_args,
     migrate,
@@ -202,7 +206,7 @@ def test_kill_9_at_random_points_then_rerun_gives_the_rows_of_an_uninterrupted_r
 
     rows_before = rows_now(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3)  # 0 when the defects were quarantined before the kills (a bug, below)
+    assert code == 3, doc  # the store holds quarantined aggregates: every run reports them
     assert doc["resumed"] is last_killed
     assert_same_rows_as(pg_dsn, reference)
     if doc["resumed"]:
@@ -216,6 +220,102 @@ def test_kill_9_at_random_points_then_rerun_gives_the_rows_of_an_uninterrupted_r
     else:
         assert doc["this_invocation"] is None
     assert_settled(redis_test_url, pg_dsn, app_name)
+
+
+def worker_runs_with_a_committed_batch(dsn: str) -> int:
+    """Runs (one per worker) that committed a batch of events so far."""
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(DISTINCT run_id) FROM esctl.migration_batch WHERE events_migrated > 0"
+            ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def session_processes(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (zombies not counted)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("kill", ["process group", "parent only"])
+def test_kill_9_of_migrate_with_two_workers_then_rerun_gives_the_rows_of_an_uninterrupted_run(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    reference_dsn: str,
+    app_name: str,
+    kill: str,
+) -> None:
+    """``--workers 2`` killed once both workers committed a batch: the whole process group (as
+    the OOM killer or ``systemctl kill`` does), or the command's own process alone (``kill -9
+    PID``: its workers must die with it, not migrate on); the same command again finishes both
+    parts."""
+    truth = write_fault_store(redis_client, app_name, seed=27)
+    migrate(redis_test_url, reference_dsn, app_name, init_schema=True, batch_size=200)
+    reference = pg_rows(reference_dsn)
+    quarantined = {a.list_key for a in truth.defective_aggregates()}
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esctl", "migrate", "redis-to-pg",
+         *cli_args(redis_test_url, pg_dsn, app_name), "--init-schema", *BATCH,
+         "--rate", "1500", "--workers", "2"],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    _started.append(proc)
+    wait_until(lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None)
+    assert proc.poll() is None, finish(proc)
+    if kill == "process group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()  # not communicate(): a worker that outlived it would hold its pipes open
+    try:
+        wait_until(lambda: not session_processes(proc.pid), timeout=20)
+    finally:  # whatever outlived the command
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    wait_for_no_esctl_sessions(pg_dsn)  # a COMMIT already sent may still land: wait for it
+    killed_with = rows_now(pg_dsn)
+    assert 0 < killed_with < len(reference)
+
+    code, doc, err = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH, "--workers", "2")
+    assert code == 3, (doc, err)  # the quarantined aggregates, reported by the whole run
+    assert doc["resumed"] is True and len(doc["run_id"].split(",")) == 2
+    assert {p["key"] for p in doc["problems"]} == quarantined
+    assert doc["this_invocation"]["events_migrated"] == len(reference) - killed_with
+    assert_same_rows_as(pg_dsn, reference)
+    # Counted against the writer's own record: every event of every loadable aggregate, once.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        counts = {
+            (aggregate_id, aggregate_type): n
+            for aggregate_id, aggregate_type, n in conn.execute(
+                "SELECT a.aggregate_id, a.aggregate_type, count(*) FROM aggregate a"
+                " JOIN event e USING (aggregate_key) GROUP BY 1, 2"
+            ).fetchall()
+        }
+    assert counts == {
+        (a.aggregate_id, a.aggregate_type): len(a.events) for a in truth.clean_aggregates()
+    }
+    checked = run_cli(
+        "migrate", "verify", *cli_args(redis_test_url, pg_dsn, app_name)[:-1], "--json"
+    )
+    assert checked.returncode == 3, checked.stderr
+    report = json.loads(checked.stdout)
+    for kind in ("missing_in_pg", "extra_in_pg", "content_differs", "not_migrated_new_events"):
+        assert report[kind] == 0, (kind, report["problems"])
+    assert report["unmigratable_in_redis"] == len(quarantined)
 
 
 # --- PostgreSQL connections terminated -----------------------------------------------------
@@ -245,7 +345,7 @@ def test_terminated_writer_connections_exit_1_and_a_resumed_rerun_completes(
 
     wait_for_no_esctl_sessions(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3)  # see test_a_resumed_run_reports_what_the_run_quarantined_before
+    assert code == 3, doc  # the store holds quarantined aggregates
     assert doc["resumed"] is True
     assert_same_rows_as(pg_dsn, reference)
     assert_settled(redis_test_url, pg_dsn, app_name)
@@ -298,7 +398,7 @@ def test_rerun_after_a_redis_restart_gives_the_rows_of_an_uninterrupted_run(
 ) -> None:
     reference = stop_redis_mid_run(pg_dsn, reference_dsn, app_name, fresh_redis)
     code, doc, _ = run_migrate_cli(fresh_redis.url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3) and doc["resumed"] is True
+    assert code == 3 and doc["resumed"] is True, doc
     assert_same_rows_as(pg_dsn, reference)
 
 
@@ -324,7 +424,7 @@ def test_sigint_mid_run_exits_130_and_the_rerun_completes(
 
     wait_for_no_esctl_sessions(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)
-    assert code in (0, 3)  # see test_a_resumed_run_reports_what_the_run_quarantined_before
+    assert code == 3, doc  # the store holds quarantined aggregates
     assert doc["resumed"] is True
     assert_same_rows_as(pg_dsn, reference)
     assert_settled(redis_test_url, pg_dsn, app_name)

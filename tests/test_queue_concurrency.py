@@ -53,8 +53,24 @@ class World:
         self.died_holding: set[int] = set()
         self.slow: set[int] = set()
         self.failures = 0
+        self.empty_polls = 0
+        """Times a consumer found nothing to take (the published list empty)."""
         self.publisher_done = threading.Event()
         self.errors: list[BaseException] = []
+
+    def wait_for_an_empty_poll(self, consumers: list[threading.Thread]) -> None:
+        """Wait until a consumer found the published list empty (or none is alive to look)."""
+        with self.mutex:
+            before = self.empty_polls
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            with self.mutex:
+                if self.empty_polls > before:
+                    return
+            if not any(c.is_alive() for c in consumers):
+                return
+            assert time.monotonic() < deadline, "no consumer looked at the drained list"
+            time.sleep(0.001)
 
     def publish_all(self) -> None:
         client = redis.Redis.from_url(self.url)
@@ -85,6 +101,8 @@ class World:
             while not self.stop.is_set():
                 value = client.rpoplpush(self.published, self.processing)
                 if value is None:
+                    with self.mutex:
+                        self.empty_polls += 1
                     time.sleep(0.002)
                     continue
                 assert isinstance(value, bytes)
@@ -170,7 +188,8 @@ def test_live_consumers_lose_nothing_and_duplicate_only_what_died_in_flight(
                 )
                 totals.update(drained=drained.drained, drained_gone=drained.gone)
                 if drained.backup_file:
-                    time.sleep(0.02)  # let the consumers run while the messages are out
+                    if which == "published":  # consumers run while the messages are out
+                        world.wait_for_an_empty_poll(consumers)
                     restored = queues.restore(redis_client, path, queues.RestoreOptions())
                     assert restored.restored == drained.drained and restored.failed == 0
                     totals.update(restored=restored.restored)

@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -394,16 +395,39 @@ def test_lock_held_by_another_run(redis_client: redis.Redis, env_name: str) -> N
     assert redis_client.llen(q.key("processing")) == 1
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
 def test_lock_is_renewed_and_notices_when_lost(redis_client: redis.Redis, env_name: str) -> None:
     q = ref(env_name)
-    with queues.queue_lock(redis_client, [q], ttl_ms=300) as lock:
-        time.sleep(0.5)
+    # A TTL that a stalled renewal thread on a loaded machine still meets (renewed every 1 s).
+    with queues.queue_lock(redis_client, [q], ttl_ms=3000) as lock:
+        lowest = [redis_client.pttl(q.lock_key)]
+
+        def renewed() -> bool:  # the TTL went back up: PEXPIRE ran again
+            ttl = redis_client.pttl(q.lock_key)
+            lowest[0] = min(lowest[0], ttl)
+            return ttl > lowest[0] + 100
+
+        wait_for(renewed, "the lock was renewed")
         assert redis_client.get(q.lock_key) == lock.token.encode()
         lock.check()
         redis_client.set(q.lock_key, "someone else")
-        time.sleep(0.3)
-        with pytest.raises(errors.ServerError, match="lost the queue lock"):
-            lock.check()
+
+        def noticed() -> bool:
+            try:
+                lock.check()
+            except errors.ServerError as exc:
+                assert "lost the queue lock" in str(exc)
+                return True
+            return False
+
+        wait_for(noticed, "the renewal noticed the lock was taken")
     assert redis_client.get(q.lock_key) == b"someone else"  # never deletes others' locks
 
 

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -404,8 +405,29 @@ def test_redis_fixtures_use_the_sessions_own_empty_database(
     assert str(redis_db_number) in {c["db"] for c in claims}
 
 
-def test_redis_database_is_flushed_between_tests(redis_client: redis.Redis) -> None:
-    assert redis_client.dbsize() == 0  # the key the test above wrote is gone
+@pytest.fixture
+def around_redis_client(redis_url: str, redis_db_number: int) -> Iterator[redis.Redis]:
+    """The session's database, outside ``redis_client``: requested before it, so set up before
+    it (writes a key an earlier test could have left) and torn down after it (checks that
+    nothing the test wrote is left for the next one)."""
+    from conftest import with_redis_db
+
+    client = redis.Redis.from_url(with_redis_db(redis_url, redis_db_number))
+    client.set(b"left-by-an-earlier-test", b"1")
+    try:
+        yield client
+        assert client.dbsize() == 0, "redis_client left the test's keys for the next test"
+    finally:
+        client.close()
+
+
+def test_redis_database_is_flushed_before_and_after_each_test(
+    around_redis_client: redis.Redis, redis_client: redis.Redis
+) -> None:
+    """On its own, in any order: the key written before the fixture is gone, and the key
+    written here is gone after it (checked by ``around_redis_client``'s teardown)."""
+    assert redis_client.dbsize() == 0
+    redis_client.set(b"k", b"v")
 
 
 def test_pg_dsn_is_a_fresh_database_of_the_tests_own(pg_dsn: str, pg_admin_dsn: str) -> None:

@@ -28,13 +28,26 @@ def compress(
             help="Compress plain payloads whose UTF-8 size exceeds this (the library's setting).",
         ),
     ] = defaults.COMPRESSION_THRESHOLD,
+    gzip_os: Annotated[
+        str | None,
+        typer.Option(
+            "--gzip-os",
+            metavar="unix|windows|N",
+            help="OS byte of the gzip header written (unix = 3, windows = 10, or 0-255). "
+            "Default: the byte most of the store's compressed values carry, else unix.",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Compress in place every plain event and snapshot payload over the threshold.
 
-    Writes gzip+base64 exactly as the library does, so services read the same text. Each
+    Writes gzip+base64 as .NET's GZipStream does (zlib deflate, mtime 0), with the gzip
+    header's OS byte and extra flags of the compressed values already in the store (a service
+    on Linux writes OS byte 3, on Windows 10; --gzip-os chooses), so services read the same
+    text. Each
     value is replaced by a server-side compare-and-set only if it still holds what was read
     (a service writing meanwhile keeps its value), and only after the new value was decoded
     back to the identical text. Event hashes (partitioned and legacy) and snapshots only;
@@ -50,6 +63,7 @@ def compress(
 
     out = ctx.out
     app = ctx.app
+    os_byte = None if gzip_os is None else core.parse_gzip_os(gzip_os)
     if not (yes or dry_run):
         out.confirm(
             f"Compress (gzip+base64, in place) every plain event and snapshot payload of {app} "
@@ -63,7 +77,7 @@ def compress(
     ) as bar:
         summary = core.compress(
             client,
-            core.CompressOptions(app=app, threshold=threshold, dry_run=dry_run),
+            core.CompressOptions(app=app, threshold=threshold, dry_run=dry_run, gzip_os=os_byte),
             on_progress=bar.hook(
                 lambda p: bar.update(
                     p.hashes,
@@ -101,6 +115,7 @@ def _render(out: Output, summary: core.CompressSummary) -> None:
                 f"{size(summary.used_memory_after)}"
             }
         ),
+        "gzip header": _header_text(summary.gzip_header),
         "elapsed": out.format_duration(summary.elapsed_s),
     }
     out.mapping(
@@ -112,7 +127,26 @@ def _render(out: Output, summary: core.CompressSummary) -> None:
         summary.problems,
         title=f"problems ({summary.problems_total}; those values were left as they are)",
     )
+    if summary.gzip_header.disagree:
+        found = ", ".join(
+            f"{n:,} with OS byte {h.os} ({h.os_name})"
+            for h, n in sorted(summary.gzip_header.seen.items())
+        )
+        out.warn(
+            f"the store's compressed values carry different gzip headers ({found}); "
+            "services read them all alike. --gzip-os chooses the one written."
+        )
     if summary.dry_run and summary.total.plain_over_threshold:
         out.info(
             f"run it: esctl compress --app {summary.app} --threshold {summary.threshold} --yes"
         )
+
+
+def _header_text(choice: core.HeaderChoice) -> str:
+    header = choice.header
+    where = {
+        "store": f"as {choice.seen[header]:,} of {choice.seen.total():,} sampled compressed values",
+        "option": "--gzip-os",
+        "default": "no compressed value in the store to copy it from",
+    }[choice.source]
+    return f"OS byte {header.os} ({header.os_name}), extra flags {header.xfl} ({where})"
