@@ -159,6 +159,20 @@ class CheckSpec:
             metrics or [],
         )
 
+    def warn_unless(
+        self,
+        good: bool,
+        observed: str,
+        *,
+        action: str,
+        values: dict[str, Any] | None = None,
+        metrics: list[Metric] | None = None,
+    ) -> Check:
+        """``ok`` when what was read is ``good``; otherwise a warning with ``action``."""
+        if good:
+            return self.result("ok", observed, values=values, metrics=metrics)
+        return self.result("warn", observed, action=action, values=values, metrics=metrics)
+
     def unavailable(self, reason: str, action: str | None = None) -> Check:
         """This check could not run; ``reason`` is the observation."""
         return self.result("unavailable", reason, action=action)
