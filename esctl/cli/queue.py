@@ -3,6 +3,7 @@ restore). Never opens PostgreSQL."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,6 +12,7 @@ import typer
 from esctl import errors
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
+from esctl.cli.groups import OptionGroup, with_groups
 from esctl.cli.options import DryRunOpt, YesOpt
 from esctl.cli.output import Output
 
@@ -98,25 +100,32 @@ ListOpt = Annotated[
 ]
 
 
-def _selection(
-    older_than: str | None,
-    grace: str | None,
-    aggregates: list[str] | None,
-    exception_contains: str | None,
-    min_retries: int | None,
-    limit: int | None,
-) -> core.Selection:
-    from esctl import queues as core
-    from esctl.durations import parse_duration
+@dataclass(frozen=True)
+class QueueSelection(OptionGroup):
+    """The message selectors of requeue and drain."""
 
-    return core.Selection(
-        older_than=parse_duration(older_than) if older_than else None,
-        grace=parse_duration(grace) if grace else None,
-        aggregates=frozenset(aggregates or ()),
-        exception_contains=exception_contains,
-        min_retries=min_retries,
-        limit=limit,
-    )
+    older_than: OlderThanOpt = None
+    grace: GraceOpt = None
+    aggregates: AggregateOpt = None
+    exception_contains: ExceptionOpt = None
+    min_retries: MinRetriesOpt = None
+    limit: LimitOpt = None
+
+    def selection(self, which: str) -> core.Selection:
+        """The core's selection, checked against the list it selects from."""
+        from esctl import queues as core
+        from esctl.durations import parse_duration
+
+        selection = core.Selection(
+            older_than=parse_duration(self.older_than) if self.older_than else None,
+            grace=parse_duration(self.grace) if self.grace else None,
+            aggregates=frozenset(self.aggregates or ()),
+            exception_contains=self.exception_contains,
+            min_retries=self.min_retries,
+            limit=self.limit,
+        )
+        selection.check(which)
+        return selection
 
 
 def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
@@ -284,6 +293,7 @@ def peek_command(
 
 @app.command("requeue")
 @with_context(Scope.REDIS | Scope.ENV)
+@with_groups
 def requeue_command(
     ctx: Context,
     subscriber: SubscriberArg,
@@ -296,12 +306,7 @@ def requeue_command(
             help="processing (stuck messages) or dead (dead letters).",
         ),
     ] = "processing",
-    older_than: OlderThanOpt = None,
-    grace: GraceOpt = None,
-    aggregates: AggregateOpt = None,
-    exception_contains: ExceptionOpt = None,
-    min_retries: MinRetriesOpt = None,
-    limit: LimitOpt = None,
+    selected: QueueSelection = QueueSelection(),
     keep_retry_data: Annotated[
         bool,
         typer.Option("--keep-retry-data", help="Keep the RetryData of requeued dead letters."),
@@ -327,8 +332,7 @@ def requeue_command(
         raise errors.UsageError(
             f"cannot requeue from {source!r}", hint="use --from processing or --from dead"
         )
-    selection = _selection(older_than, grace, aggregates, exception_contains, min_retries, limit)
-    selection.check(source)
+    selection = selected.selection(source)
     confirm = _confirmer(out, yes, dry_run)
     ref = core.QueueRef(subscriber, ctx.env, event_type)
     client = ctx.redis
@@ -341,7 +345,7 @@ def requeue_command(
         source=source, selection=selection, keep_retry_data=keep_retry_data, dry_run=dry_run
     )
     if selection.grace is not None and not out.json:
-        out.info(f"looking again in {grace} (--grace)…")
+        out.info(f"looking again in {selected.grace} (--grace)…")
     summary = core.requeue(client, ref, options, confirm=confirm)
     out.result(summary.as_dict(), lambda: _render_requeue(out, summary))
     exit_for(failed=summary.failed, problems=summary.problems)
@@ -374,6 +378,7 @@ def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
 
 @app.command("drain")
 @with_context(Scope.REDIS | Scope.ENV)
+@with_groups
 def drain_command(
     ctx: Context,
     subscriber: SubscriberArg,
@@ -392,12 +397,7 @@ def drain_command(
         bool,
         typer.Option("--discard", help="Remove without a backup (needs --yes)."),
     ] = False,
-    older_than: OlderThanOpt = None,
-    grace: GraceOpt = None,
-    aggregates: AggregateOpt = None,
-    exception_contains: ExceptionOpt = None,
-    min_retries: MinRetriesOpt = None,
-    limit: LimitOpt = None,
+    selected: QueueSelection = QueueSelection(),
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
 ) -> None:
@@ -414,8 +414,7 @@ def drain_command(
     from esctl import queues as core
 
     out = ctx.out
-    selection = _selection(older_than, grace, aggregates, exception_contains, min_retries, limit)
-    selection.check(which)
+    selection = selected.selection(which)
     if to_file is None and not dry_run and not (discard and yes):
         raise errors.Refused(
             "drain removes messages: it needs a backup file; nothing was changed",
