@@ -244,14 +244,12 @@ def check_latency(f: ServerFacts) -> Check:
             Metric("esctl_doctor_redis_latency_spike_age_seconds", round(max(0.0, now - at), 3),
                    {"event": name})
         )  # fmt: skip
-    return LATENCY.result(
-        "warn" if recent else "ok",
+    return LATENCY.warn_unless(
+        not recent,
         observed,
         action="read LATENCY DOCTOR's advice below; aof-* and fork events point at "
         "persistence (see redis.aof_rewrite, redis.persistence), command at slow commands "
-        "(see redis.slowlog)"
-        if recent
-        else None,
+        "(see redis.slowlog)",
         values={
             "events": [
                 {"event": n, "at": at, "latest_ms": latest, "max_ms": worst}

@@ -166,12 +166,18 @@ class CheckSpec:
         *,
         action: str,
         values: dict[str, Any] | None = None,
+        details: list[str] | None = None,
         metrics: list[Metric] | None = None,
     ) -> Check:
         """``ok`` when what was read is ``good``; otherwise a warning with ``action``."""
-        if good:
-            return self.result("ok", observed, values=values, metrics=metrics)
-        return self.result("warn", observed, action=action, values=values, metrics=metrics)
+        return self.result(
+            "ok" if good else "warn",
+            observed,
+            action=None if good else action,
+            values=values,
+            details=details,
+            metrics=metrics,
+        )
 
     def unavailable(self, reason: str, action: str | None = None) -> Check:
         """This check could not run; ``reason`` is the observation."""
