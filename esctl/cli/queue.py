@@ -3,9 +3,10 @@ restore). Never opens PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 
@@ -182,6 +183,25 @@ def _problems(out: Output, problems: list[dict[str, str]]) -> None:
     out.problems(problems, title=f"problems ({len(problems)})")
 
 
+class _Summary(Protocol):
+    """What requeue, drain and restore sum up."""
+
+    failed: int
+    problems: list[dict[str, str]]
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+_S = TypeVar("_S", bound=_Summary)
+
+
+def _report(out: Output, summary: _S, render: Callable[[Output, _S], None]) -> None:
+    """A changing command's end: its summary (JSON, or ``render``), then the exit code its
+    failures and problems give."""
+    out.result(summary.as_dict(), lambda: render(out, summary))
+    exit_for(failed=summary.failed, problems=summary.problems)
+
+
 # --- list ----------------------------------------------------------------------------------
 
 
@@ -346,9 +366,7 @@ def requeue_command(
     )
     if selection.grace is not None and not out.json:
         out.info(f"looking again in {selected.grace} (--grace)…")
-    summary = core.requeue(client, ref, options, confirm=confirm)
-    out.result(summary.as_dict(), lambda: _render_requeue(out, summary))
-    exit_for(failed=summary.failed, problems=summary.problems)
+    _report(out, core.requeue(client, ref, options, confirm=confirm), _render_requeue)
 
 
 def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
@@ -429,8 +447,7 @@ def drain_command(
         which=which, to_file=to_file, discard=discard, selection=selection, dry_run=dry_run
     )
     summary = core.drain(ctx.redis, ref, options, confirm=confirm)
-    out.result(summary.as_dict(), lambda: _render_drain(out, summary, which=which))
-    exit_for(failed=summary.failed, problems=summary.problems)
+    _report(out, summary, lambda out, summary: _render_drain(out, summary, which=which))
 
 
 def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> None:
@@ -522,9 +539,7 @@ def restore_command(
         dry_run=dry_run,
         expect_env=ctx.get("env"),
     )
-    summary = core.restore(ctx.redis, backup_file, options, confirm=confirm)
-    out.result(summary.as_dict(), lambda: _render_restore(out, summary))
-    exit_for(failed=summary.failed, problems=summary.problems)
+    _report(out, core.restore(ctx.redis, backup_file, options, confirm=confirm), _render_restore)
 
 
 def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
