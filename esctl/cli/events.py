@@ -12,16 +12,8 @@ import typer
 from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.options import (
-    AggregatesOpt,
-    AggregateTypeOpt,
-    EventSource,
-    EventTypesOpt,
-    ProgressOpt,
-    SinceOpt,
-    UntilOpt,
-    WhereOpt,
-)
+from esctl.cli.groups import EventSelection, with_groups
+from esctl.cli.options import EventSource, ProgressOpt
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
@@ -116,14 +108,10 @@ TABLE_DEFAULT_LIMIT = 100
 
 @app.command("query")
 @with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP, json=False)
+@with_groups
 def query(
     ctx: Context,
-    types: EventTypesOpt = None,
-    aggregate_type: AggregateTypeOpt = None,
-    aggregates: AggregatesOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    where: WhereOpt = None,
+    selected: EventSelection = EventSelection(),
     limit: Annotated[
         int | None,
         typer.Option(
@@ -191,12 +179,7 @@ def query(
             hint="drop one of them (--json is the same as --format json)",
         )
     filters = core.QueryFilters.build(
-        types=types or (),
-        aggregate_type=aggregate_type,
-        aggregates=aggregates or (),
-        since=since,
-        until=until,
-        where=where or (),
+        **selected.selectors(),
         limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
     )
     app_value = ctx.app

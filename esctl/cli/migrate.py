@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import astuple
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 import typer
 
@@ -40,6 +40,18 @@ ToastCompressionOpt = Annotated[
         help="default_toast_compression for the writers' sessions (lz4, pglz, or 'server').",
     ),
 ]
+
+
+class _Store(TypedDict):
+    """The event store every migrate command works on: the app and its PostgreSQL target."""
+
+    app: str
+    pg_dsn: str
+    pg_schema: str
+
+
+def _store(ctx: Context) -> _Store:
+    return _Store(app=ctx.app, pg_dsn=ctx.pg_dsn, pg_schema=ctx.pg_schema)
 
 
 def _toast(method: str) -> str | None:
@@ -142,9 +154,7 @@ def redis_to_pg(
             hint="add --yes (nothing was done), or try --dry-run first",
         )
     opts = core.MigrateOptions(
-        app=ctx.app,
-        pg_dsn=ctx.pg_dsn,
-        pg_schema=ctx.pg_schema,
+        **_store(ctx),
         batch_size=batch_size,
         init_schema=init_schema,
         dry_run=dry_run,
@@ -307,9 +317,7 @@ def verify_command(
 
     out = ctx.out
     opts = verify_core.VerifyOptions(
-        app=ctx.app,
-        pg_dsn=ctx.pg_dsn,
-        pg_schema=ctx.pg_schema,
+        **_store(ctx),
         shard=Shard.from_option(shard),
         sample=sample,
         allow_new_events=allow_new_events,
@@ -396,9 +404,7 @@ def plan_command(
     from esctl import plan as plan_core
 
     opts = plan_core.PlanOptions(
-        app=ctx.app,
-        pg_dsn=ctx.pg_dsn,
-        pg_schema=ctx.pg_schema,
+        **_store(ctx),
         sample=sample,
         trial=trial,
         trial_events=trial_events,
@@ -481,9 +487,7 @@ def prune_command(
 
     out = ctx.out
     opts = prune_core.PruneOptions(
-        app=ctx.app,
-        pg_dsn=ctx.pg_dsn,
-        pg_schema=ctx.pg_schema,
+        **_store(ctx),
         dry_run=dry_run,
         backup_file=backup_file,
         shard=Shard.from_option(shard),

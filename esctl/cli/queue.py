@@ -3,14 +3,17 @@ restore). Never opens PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
 import typer
 
 from esctl import errors
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
+from esctl.cli.groups import OptionGroup, with_groups
 from esctl.cli.options import DryRunOpt, YesOpt
 from esctl.cli.output import Output
 
@@ -98,25 +101,32 @@ ListOpt = Annotated[
 ]
 
 
-def _selection(
-    older_than: str | None,
-    grace: str | None,
-    aggregates: list[str] | None,
-    exception_contains: str | None,
-    min_retries: int | None,
-    limit: int | None,
-) -> core.Selection:
-    from esctl import queues as core
-    from esctl.durations import parse_duration
+@dataclass(frozen=True)
+class QueueSelection(OptionGroup):
+    """The message selectors of requeue and drain."""
 
-    return core.Selection(
-        older_than=parse_duration(older_than) if older_than else None,
-        grace=parse_duration(grace) if grace else None,
-        aggregates=frozenset(aggregates or ()),
-        exception_contains=exception_contains,
-        min_retries=min_retries,
-        limit=limit,
-    )
+    older_than: OlderThanOpt = None
+    grace: GraceOpt = None
+    aggregates: AggregateOpt = None
+    exception_contains: ExceptionOpt = None
+    min_retries: MinRetriesOpt = None
+    limit: LimitOpt = None
+
+    def selection(self, which: str) -> core.Selection:
+        """The core's selection, checked against the list it selects from."""
+        from esctl import queues as core
+        from esctl.durations import parse_duration
+
+        selection = core.Selection(
+            older_than=parse_duration(self.older_than) if self.older_than else None,
+            grace=parse_duration(self.grace) if self.grace else None,
+            aggregates=frozenset(self.aggregates or ()),
+            exception_contains=self.exception_contains,
+            min_retries=self.min_retries,
+            limit=self.limit,
+        )
+        selection.check(which)
+        return selection
 
 
 def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
@@ -171,6 +181,25 @@ def _messages_table(
 
 def _problems(out: Output, problems: list[dict[str, str]]) -> None:
     out.problems(problems, title=f"problems ({len(problems)})")
+
+
+class _Summary(Protocol):
+    """What requeue, drain and restore sum up."""
+
+    failed: int
+    problems: list[dict[str, str]]
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+_S = TypeVar("_S", bound=_Summary)
+
+
+def _report(out: Output, summary: _S, render: Callable[[Output, _S], None]) -> None:
+    """A changing command's end: its summary (JSON, or ``render``), then the exit code its
+    failures and problems give."""
+    out.result(summary.as_dict(), lambda: render(out, summary))
+    exit_for(failed=summary.failed, problems=summary.problems)
 
 
 # --- list ----------------------------------------------------------------------------------
@@ -284,6 +313,7 @@ def peek_command(
 
 @app.command("requeue")
 @with_context(Scope.REDIS | Scope.ENV)
+@with_groups
 def requeue_command(
     ctx: Context,
     subscriber: SubscriberArg,
@@ -296,12 +326,7 @@ def requeue_command(
             help="processing (stuck messages) or dead (dead letters).",
         ),
     ] = "processing",
-    older_than: OlderThanOpt = None,
-    grace: GraceOpt = None,
-    aggregates: AggregateOpt = None,
-    exception_contains: ExceptionOpt = None,
-    min_retries: MinRetriesOpt = None,
-    limit: LimitOpt = None,
+    selected: QueueSelection = QueueSelection(),
     keep_retry_data: Annotated[
         bool,
         typer.Option("--keep-retry-data", help="Keep the RetryData of requeued dead letters."),
@@ -327,8 +352,7 @@ def requeue_command(
         raise errors.UsageError(
             f"cannot requeue from {source!r}", hint="use --from processing or --from dead"
         )
-    selection = _selection(older_than, grace, aggregates, exception_contains, min_retries, limit)
-    selection.check(source)
+    selection = selected.selection(source)
     confirm = _confirmer(out, yes, dry_run)
     ref = core.QueueRef(subscriber, ctx.env, event_type)
     client = ctx.redis
@@ -341,10 +365,8 @@ def requeue_command(
         source=source, selection=selection, keep_retry_data=keep_retry_data, dry_run=dry_run
     )
     if selection.grace is not None and not out.json:
-        out.info(f"looking again in {grace} (--grace)…")
-    summary = core.requeue(client, ref, options, confirm=confirm)
-    out.result(summary.as_dict(), lambda: _render_requeue(out, summary))
-    exit_for(failed=summary.failed, problems=summary.problems)
+        out.info(f"looking again in {selected.grace} (--grace)…")
+    _report(out, core.requeue(client, ref, options, confirm=confirm), _render_requeue)
 
 
 def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
@@ -374,6 +396,7 @@ def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
 
 @app.command("drain")
 @with_context(Scope.REDIS | Scope.ENV)
+@with_groups
 def drain_command(
     ctx: Context,
     subscriber: SubscriberArg,
@@ -392,12 +415,7 @@ def drain_command(
         bool,
         typer.Option("--discard", help="Remove without a backup (needs --yes)."),
     ] = False,
-    older_than: OlderThanOpt = None,
-    grace: GraceOpt = None,
-    aggregates: AggregateOpt = None,
-    exception_contains: ExceptionOpt = None,
-    min_retries: MinRetriesOpt = None,
-    limit: LimitOpt = None,
+    selected: QueueSelection = QueueSelection(),
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
 ) -> None:
@@ -414,8 +432,7 @@ def drain_command(
     from esctl import queues as core
 
     out = ctx.out
-    selection = _selection(older_than, grace, aggregates, exception_contains, min_retries, limit)
-    selection.check(which)
+    selection = selected.selection(which)
     if to_file is None and not dry_run and not (discard and yes):
         raise errors.Refused(
             "drain removes messages: it needs a backup file; nothing was changed",
@@ -430,8 +447,7 @@ def drain_command(
         which=which, to_file=to_file, discard=discard, selection=selection, dry_run=dry_run
     )
     summary = core.drain(ctx.redis, ref, options, confirm=confirm)
-    out.result(summary.as_dict(), lambda: _render_drain(out, summary, which=which))
-    exit_for(failed=summary.failed, problems=summary.problems)
+    _report(out, summary, lambda out, summary: _render_drain(out, summary, which=which))
 
 
 def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> None:
@@ -523,9 +539,7 @@ def restore_command(
         dry_run=dry_run,
         expect_env=ctx.get("env"),
     )
-    summary = core.restore(ctx.redis, backup_file, options, confirm=confirm)
-    out.result(summary.as_dict(), lambda: _render_restore(out, summary))
-    exit_for(failed=summary.failed, problems=summary.problems)
+    _report(out, core.restore(ctx.redis, backup_file, options, confirm=confirm), _render_restore)
 
 
 def _render_restore(out: Output, summary: core.RestoreSummary) -> None:

@@ -13,19 +13,8 @@ from esctl import defaults
 from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
-from esctl.cli.options import (
-    AggregatesOpt,
-    AggregateTypeOpt,
-    DryRunOpt,
-    EventSource,
-    EventTypesOpt,
-    ProgressOpt,
-    ShardOpt,
-    SinceOpt,
-    UntilOpt,
-    WhereOpt,
-    YesOpt,
-)
+from esctl.cli.groups import EventSelection, with_groups
+from esctl.cli.options import DryRunOpt, EventSource, ProgressOpt, ShardOpt, YesOpt
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
@@ -44,6 +33,7 @@ class OrderOpt(enum.StrEnum):
 
 
 @with_context(Scope.REDIS | Scope.PG | Scope.APP | Scope.ENV)
+@with_groups
 def replay(
     ctx: Context,
     source: Annotated[
@@ -64,12 +54,7 @@ def replay(
             show_default=False,
         ),
     ],
-    types: EventTypesOpt = None,
-    aggregate_type: AggregateTypeOpt = None,
-    aggregates: AggregatesOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    where: WhereOpt = None,
+    selected: EventSelection = EventSelection(),
     limit: Annotated[
         int | None,
         typer.Option("--limit", metavar="N", min=0, help="At most N events.", show_default=False),
@@ -206,16 +191,7 @@ def replay(
         source=source.value,
         target=target.value,
         app=ctx.app,
-        selection=core.Selection(
-            types=tuple(types or ()),
-            aggregate_type=aggregate_type,
-            aggregates=tuple(aggregates or ()),
-            since=since,
-            until=until,
-            where=tuple(where or ()),
-            limit=limit,
-            all_events=all_events,
-        ),
+        selection=core.Selection(**selected.selectors(), limit=limit, all_events=all_events),
         order=order.value,
         env=ctx.env if target == ToOpt.queue else ctx.get("env"),
         pg_dsn=ctx.pg_dsn,

@@ -310,22 +310,15 @@ def check_appendfsync(f: ServerFacts) -> Check:
     if moot is not None:
         return moot
     fsync = f.config["appendfsync"]
-    metrics = [Metric("esctl_doctor_redis_appendfsync_always", int(fsync == "always"))]
-    if fsync == "everysec":
-        return APPENDFSYNC.result("ok", "everysec", values={"appendfsync": fsync}, metrics=metrics)
-    if fsync == "always":
-        action = (
-            "appendfsync everysec (at most about a second of writes at risk), unless the disk "
-            "is fast enough that every write may wait for an fsync"
-        )
-    else:
-        action = "appendfsync everysec: with 'no' a crash can lose about 30 s of events"
-    return APPENDFSYNC.result(
-        "warn",
+    return APPENDFSYNC.warn_unless(
+        fsync == "everysec",
         fsync,
-        action=action,
+        action="appendfsync everysec (at most about a second of writes at risk), unless the "
+        "disk is fast enough that every write may wait for an fsync"
+        if fsync == "always"
+        else "appendfsync everysec: with 'no' a crash can lose about 30 s of events",
         values={"appendfsync": fsync},
-        metrics=metrics,
+        metrics=[Metric("esctl_doctor_redis_appendfsync_always", int(fsync == "always"))],
     )
 
 
@@ -350,21 +343,15 @@ def check_aof_rewrite(f: ServerFacts) -> Check:
         return moot
     aof = f.setting("appendonly")
     setting = f.config["no-appendfsync-on-rewrite"]
-    metrics = [Metric("esctl_doctor_redis_no_appendfsync_on_rewrite", int(setting == "yes"))]
-    if setting == "yes":
-        return AOF_REWRITE.result(
-            "ok",
-            "yes (fsync pauses during rewrites)",
-            values={"no_appendfsync_on_rewrite": setting},
-            metrics=metrics,
-        )
-    return AOF_REWRITE.result(
-        "warn",
-        f"no, with appendonly {aof}: fsyncs compete with every AOF rewrite and RDB snapshot",
+    return AOF_REWRITE.warn_unless(
+        setting == "yes",
+        "yes (fsync pauses during rewrites)"
+        if setting == "yes"
+        else f"no, with appendonly {aof}: fsyncs compete with every AOF rewrite and RDB snapshot",
         action="CONFIG SET no-appendfsync-on-rewrite yes (and in redis.conf); if timeouts "
         "persist, give the disk more IOPS or run persistence only on replicas",
         values={"no_appendfsync_on_rewrite": setting},
-        metrics=metrics,
+        metrics=[Metric("esctl_doctor_redis_no_appendfsync_on_rewrite", int(setting == "yes"))],
     )
 
 

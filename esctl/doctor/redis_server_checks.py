@@ -45,14 +45,11 @@ REACHABLE = declare(
 
 def check_reachable(f: ServerFacts) -> Check:
     median = statistics.median(f.ping_ms)
-    status: Status = "warn" if median > PING_WARN_MS else "ok"
-    return REACHABLE.result(
-        status,
+    return REACHABLE.warn_unless(
+        median <= PING_WARN_MS,
         f"PING {median:.2f} ms (min {min(f.ping_ms):.2f}, max {max(f.ping_ms):.2f}, "
         f"{len(f.ping_ms)} tries), {f.tls or 'no TLS'}",
-        action="run esctl close to Redis (same zone); check network and Redis CPU load"
-        if status != "ok"
-        else None,
+        action="run esctl close to Redis (same zone); check network and Redis CPU load",
         values={
             "ping_ms": round(median, 3),
             "ping_ms_max": round(max(f.ping_ms), 3),
@@ -90,11 +87,10 @@ def check_version(f: ServerFacts) -> Check:
     version = f.info.get("redis_version")
     if version is None:
         return info_unavailable(VERSION, f)
-    old = _version_tuple(str(version)) < (6, 2)
-    return VERSION.result(
-        "warn" if old else "ok",
+    return VERSION.warn_unless(
+        _version_tuple(str(version)) >= (6, 2),
         f"{version}",
-        action="upgrade Redis (7.x)" if old else None,
+        action="upgrade Redis (7.x)",
         values={"version": str(version)},
         metrics=[Metric("esctl_doctor_redis_version_info", 1, {"version": str(version)})],
     )
@@ -186,21 +182,13 @@ def check_latency_monitor(f: ServerFacts) -> Check:
     threshold = as_int(f.config.get("latency-monitor-threshold"))
     if threshold is None:
         return setting_unavailable(LATENCY_MONITOR, f, "latency-monitor-threshold")
-    metrics = [Metric("esctl_doctor_redis_latency_monitor_threshold_seconds", threshold / 1000)]
-    if threshold == 0:
-        return LATENCY_MONITOR.result(
-            "warn",
-            "0 (latency monitor off)",
-            action="CONFIG SET latency-monitor-threshold 100 (and in redis.conf): records "
-            "spikes over 100 ms at no measurable cost",
-            values={"latency_monitor_threshold_ms": threshold},
-            metrics=metrics,
-        )
-    return LATENCY_MONITOR.result(
-        "ok",
-        f"{threshold} ms",
+    return LATENCY_MONITOR.warn_unless(
+        threshold != 0,
+        f"{threshold} ms" if threshold else "0 (latency monitor off)",
+        action="CONFIG SET latency-monitor-threshold 100 (and in redis.conf): records "
+        "spikes over 100 ms at no measurable cost",
         values={"latency_monitor_threshold_ms": threshold},
-        metrics=metrics,
+        metrics=[Metric("esctl_doctor_redis_latency_monitor_threshold_seconds", threshold / 1000)],
     )
 
 
@@ -260,14 +248,12 @@ def check_latency(f: ServerFacts) -> Check:
             Metric("esctl_doctor_redis_latency_spike_age_seconds", round(max(0.0, now - at), 3),
                    {"event": name})
         )  # fmt: skip
-    return LATENCY.result(
-        "warn" if recent else "ok",
+    return LATENCY.warn_unless(
+        not recent,
         observed,
         action="read LATENCY DOCTOR's advice below; aof-* and fork events point at "
         "persistence (see redis.aof_rewrite, redis.persistence), command at slow commands "
-        "(see redis.slowlog)"
-        if recent
-        else None,
+        "(see redis.slowlog)",
         values={
             "events": [
                 {"event": n, "at": at, "latest_ms": latest, "max_ms": worst}

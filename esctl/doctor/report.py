@@ -159,6 +159,26 @@ class CheckSpec:
             metrics or [],
         )
 
+    def warn_unless(
+        self,
+        good: bool,
+        observed: str,
+        *,
+        action: str,
+        values: dict[str, Any] | None = None,
+        details: list[str] | None = None,
+        metrics: list[Metric] | None = None,
+    ) -> Check:
+        """``ok`` when what was read is ``good``; otherwise a warning with ``action``."""
+        return self.result(
+            "ok" if good else "warn",
+            observed,
+            action=None if good else action,
+            values=values,
+            details=details,
+            metrics=metrics,
+        )
+
     def unavailable(self, reason: str, action: str | None = None) -> Check:
         """This check could not run; ``reason`` is the observation."""
         return self.result("unavailable", reason, action=action)

@@ -255,13 +255,27 @@ def inspect_stats(
     if not full and lists.items:
         _read_sampled_payloads(client, app, lists.items, tally)
     partitions = _Reservoir(sample, rng)
-    partitioned_fields = _count_event_hashes(client, app, partitions, progress)
     legacy_key = layout.legacy_event_hash_key(app)
+    partitioned_fields = _count_hashes(
+        client,
+        "event hashes",
+        layout.event_hash_pattern(app),
+        f"{legacy_key}:",
+        partitions,
+        progress,
+    )
     (legacy_type,) = redisio.pipelined(client, [("TYPE", legacy_key)])
     has_legacy = redisio.key_str(legacy_type) == "hash"
     legacy_fields = _lengths(client, "HLEN", [legacy_key]) if has_legacy else 0
     snapshots = _Reservoir(sample, rng)
-    snapshot_count = _count_snapshots(client, app, snapshots, progress)
+    snapshot_count = _count_hashes(
+        client,
+        "snapshots",
+        layout.snapshot_hash_pattern(app),
+        f"Snapshots:{app}:",
+        snapshots,
+        progress,
+    )
     queues = _Reservoir(sample, rng)
     queue_lists, queue_messages = _count_queues(client, env, queues, progress)
 
@@ -348,34 +362,25 @@ def _read_sampled_payloads(
         tally.add(chunk, values)
 
 
-def _count_event_hashes(
-    client: redisio.RedisClient, app: str, partitions: _Reservoir, progress: Progress
+def _count_hashes(
+    client: redisio.RedisClient,
+    phase: str,
+    pattern: str,
+    prefix: str,
+    sample: _Reservoir,
+    progress: Progress,
 ) -> int:
-    """Sample the partition hashes into ``partitions``; their fields, counted."""
+    """Sample the hashes SCAN finds for ``pattern`` whose key is ``prefix`` and a number (the
+    partition hashes, the snapshot hashes) into ``sample``; their fields, counted. ``phase``
+    names them to ``progress``."""
     fields = 0
-    for _, keys in redisio.scan_pages(client, layout.event_hash_pattern(app), type_="hash"):
-        mine = [k for k in keys if k[len(layout.legacy_event_hash_key(app)) + 1 :].isdigit()]
-        if not mine:
-            continue
-        partitions.offer(mine)
-        fields += _lengths(client, "HLEN", mine)
-        progress("event hashes", partitions.seen)
-    return fields
-
-
-def _count_snapshots(
-    client: redisio.RedisClient, app: str, snapshots: _Reservoir, progress: Progress
-) -> int:
-    """Sample the snapshot hashes into ``snapshots``; their fields, counted."""
-    count = 0
-    prefix = f"Snapshots:{app}:"
-    for _, keys in redisio.scan_pages(client, layout.snapshot_hash_pattern(app), type_="hash"):
+    for _, keys in redisio.scan_pages(client, pattern, type_="hash"):
         mine = [k for k in keys if k[len(prefix) :].isdigit()]
         if mine:
-            snapshots.offer(mine)
-            count += _lengths(client, "HLEN", mine)
-        progress("snapshots", snapshots.seen)
-    return count
+            sample.offer(mine)
+            fields += _lengths(client, "HLEN", mine)
+        progress(phase, sample.seen)
+    return fields
 
 
 def _count_queues(

@@ -1,0 +1,100 @@
+"""Options that travel together, declared once as a group: a frozen dataclass of
+:class:`OptionGroup` whose fields are the options (``Annotated`` aliases with defaults). A
+command takes the whole group as one parameter annotated with the class; :func:`with_groups`
+gives Typer the group's options in that parameter's place (so ``--help`` lists them there) and
+hands the command one instance built from their values.
+
+Put it right above the function, under ``@with_context``. As ``esctl.cli.context`` does for the
+shared options, it uses Typer's public API only: a real ``__signature__`` and real
+``__annotations__``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+from esctl.cli.options import (
+    AggregatesOpt,
+    AggregateTypeOpt,
+    EventTypesOpt,
+    SinceOpt,
+    UntilOpt,
+    WhereOpt,
+)
+
+
+class OptionGroup:
+    """The base of an option group: subclass it as a frozen dataclass of option fields."""
+
+
+def with_groups(func: Callable[..., None]) -> Callable[..., None]:
+    """Make each parameter of ``func`` annotated with an :class:`OptionGroup` class stand for
+    that group's options (see the module docstring)."""
+    signature = inspect.signature(func, eval_str=True)
+    parameters: list[inspect.Parameter] = []
+    groups: dict[str, tuple[type[OptionGroup], list[str]]] = {}
+    for parameter in signature.parameters.values():
+        group = parameter.annotation
+        if not (isinstance(group, type) and issubclass(group, OptionGroup)):
+            parameters.append(parameter)
+            continue
+        hints = typing.get_type_hints(group, include_extras=True)
+        fields = dataclasses.fields(group)  # type: ignore[arg-type]
+        groups[parameter.name] = (group, [f.name for f in fields])
+        parameters += [
+            parameter.replace(name=f.name, default=f.default, annotation=hints[f.name])
+            for f in fields
+        ]
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> None:
+        for name, (group, names) in groups.items():
+            kwargs[name] = group(**{n: kwargs.pop(n) for n in names})
+        func(*args, **kwargs)
+
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=parameters, return_annotation=None
+    )
+    command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return command
+
+
+# --- the groups shared by several command modules --------------------------------------------
+
+
+class Selectors(TypedDict):
+    """The selectors of :class:`EventSelection`, as ``QueryFilters.build`` and the replay's
+    ``Selection`` take them."""
+
+    types: tuple[str, ...]
+    aggregate_type: str | None
+    aggregates: tuple[str, ...]
+    since: str | None
+    until: str | None
+    where: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class EventSelection(OptionGroup):
+    """The event selectors of ``events query`` and ``replay``."""
+
+    types: EventTypesOpt = None
+    aggregate_type: AggregateTypeOpt = None
+    aggregates: AggregatesOpt = None
+    since: SinceOpt = None
+    until: UntilOpt = None
+    where: WhereOpt = None
+
+    def selectors(self) -> Selectors:
+        return Selectors(
+            types=tuple(self.types or ()),
+            aggregate_type=self.aggregate_type,
+            aggregates=tuple(self.aggregates or ()),
+            since=self.since,
+            until=self.until,
+            where=tuple(self.where or ()),
+        )
