@@ -158,8 +158,7 @@ def _scan(
         if not keys:
             continue
         events += sum(redisio.list_lengths(client, keys))
-        for key in keys:
-            sample.offer(layout.aggregate_id_from_commit_list_key(app, key))
+        sample.offer(layout.aggregate_id_from_commit_list_key(app, key) for key in keys)
     return sample.seen, events, sample.items
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Reservoir(Generic[T]):
-    """At most ``size`` of the items :meth:`offer` is given, every item equally likely to be
-    kept, in memory bounded by ``size`` (reservoir sampling, Vitter's Algorithm R). The same
-    ``rng`` state and items give the same sample."""
+    """At most ``size`` of the items offered, every one equally likely to be kept, in memory
+    bounded by ``size`` (reservoir sampling, Vitter's Algorithm R). The same ``rng`` state and
+    items give the same sample."""
 
     def __init__(self, size: int, rng: random.Random) -> None:
         self.size = size
@@ -20,11 +21,12 @@ class Reservoir(Generic[T]):
         self.seen = 0
         """How many items were offered."""
 
-    def offer(self, item: T) -> None:
-        self.seen += 1
-        if len(self.items) < self.size:
-            self.items.append(item)
-        else:
-            j = self.rng.randrange(self.seen)
-            if j < self.size:
-                self.items[j] = item
+    def offer(self, items: Iterable[T]) -> None:
+        for item in items:
+            self.seen += 1
+            if len(self.items) < self.size:
+                self.items.append(item)
+            else:
+                j = self.rng.randrange(self.seen)
+                if j < self.size:
+                    self.items[j] = item

@@ -319,10 +319,8 @@ def _aggregate_pages(client: redisio.RedisClient, opts: VerifyOptions) -> Iterat
     # Reservoir sample: memory bounded by --sample, every aggregate equally likely.
     sample: Reservoir[str] = Reservoir(opts.sample, random.Random())
     for _, keys in pages:
-        for k in keys:
-            a = layout.aggregate_id_from_commit_list_key(app, k)
-            if opts.shard.owns(a):
-                sample.offer(a)
+        found = (layout.aggregate_id_from_commit_list_key(app, k) for k in keys)
+        sample.offer(a for a in found if opts.shard.owns(a))
     reservoir = sample.items
     for start in range(0, len(reservoir), opts.page_size):
         yield reservoir[start : start + opts.page_size]
