@@ -9,8 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +29,15 @@ from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT
-from esctl.queues.selection import Selection, Snapshot, batches, direction, select_locked
+from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
 
 
 @dataclass(frozen=True)
-class DrainOptions:
+class DrainOptions(SelectingOptions):
     which: str = "dead"
     to_file: Path | None = None
     discard: bool = False
     """Remove without a backup (only when explicitly asked for)."""
-    selection: Selection = field(default_factory=Selection)
-    dry_run: bool = False
-    now: datetime | None = None
 
 
 @dataclass(slots=True)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.exceptions
@@ -20,17 +19,14 @@ from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, problem
 from esctl.queues.scripts import MOVE_SCRIPT, notify
-from esctl.queues.selection import Selection, Snapshot, batches, direction, select_locked
+from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
 
 
 @dataclass(frozen=True)
-class RequeueOptions:
+class RequeueOptions(SelectingOptions):
     source: str = "processing"
     """``processing`` (stuck messages) or ``dead`` (dead letters)."""
-    selection: Selection = field(default_factory=Selection)
     keep_retry_data: bool = False
-    dry_run: bool = False
-    now: datetime | None = None
 
 
 @dataclass(slots=True)

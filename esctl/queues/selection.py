@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import redis.exceptions
 
@@ -101,15 +101,14 @@ class Snapshot:
         return [c.info for c in self.selected if c.info]
 
 
-class SelectingOptions(Protocol):
+@dataclass(frozen=True)
+class SelectingOptions:
     """What a requeue's or a drain's options say about the selection."""
 
-    @property
-    def selection(self) -> Selection: ...
-    @property
-    def dry_run(self) -> bool: ...
-    @property
-    def now(self) -> datetime | None: ...
+    selection: Selection = field(default_factory=Selection)
+    dry_run: bool = False
+    now: datetime | None = None
+    """The moment ages are measured from; None: the clock, when the command starts."""
 
 
 @contextlib.contextmanager
