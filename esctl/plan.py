@@ -33,6 +33,7 @@ from esctl import layout, migrate, pg, redisio, storereads
 from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
 from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
 from esctl.documents import document
+from esctl.sampling import Reservoir
 from esctl.streams import Stream, build_stream, validate_stream
 
 MAX_PROBLEMS_LISTED = 20
@@ -150,23 +151,15 @@ def _scan(
 ) -> tuple[int, int, list[str]]:
     """(aggregates, events, reservoir sample of aggregate ids): one SCAN, pipelined LLEN."""
     app = opts.app
-    aggregates = events = 0
-    reservoir: list[str] = []
+    events = 0
+    sample: Reservoir[str] = Reservoir(opts.sample, rng)
     pattern = layout.commit_list_pattern(app)
     for _, keys in redisio.scan_pages(client, pattern, type_="list", count=opts.scan_count):
         if not keys:
             continue
         events += sum(redisio.list_lengths(client, keys))
-        for key in keys:
-            aggregates += 1
-            aggregate_id = layout.aggregate_id_from_commit_list_key(app, key)
-            if len(reservoir) < opts.sample:
-                reservoir.append(aggregate_id)
-            else:
-                j = rng.randrange(aggregates)
-                if j < opts.sample:
-                    reservoir[j] = aggregate_id
-    return aggregates, events, reservoir
+        sample.offer(layout.aggregate_id_from_commit_list_key(app, key) for key in keys)
+    return sample.seen, events, sample.items
 
 
 def _read_sample(

@@ -29,6 +29,7 @@ from esctl import layout, pg, redisio, storereads
 from esctl.codec import ParsedEvent
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
+from esctl.sampling import Reservoir
 from esctl.shard import Shard
 from esctl.streams import (
     Stream,
@@ -316,21 +317,11 @@ def _aggregate_pages(client: redisio.RedisClient, opts: VerifyOptions) -> Iterat
                 yield owned
         return
     # Reservoir sample: memory bounded by --sample, every aggregate equally likely.
-    reservoir: list[str] = []
-    seen = 0
-    rng = random.Random()
+    sample: Reservoir[str] = Reservoir(opts.sample, random.Random())
     for _, keys in pages:
-        for k in keys:
-            a = layout.aggregate_id_from_commit_list_key(app, k)
-            if not opts.shard.owns(a):
-                continue
-            seen += 1
-            if len(reservoir) < opts.sample:
-                reservoir.append(a)
-            else:
-                j = rng.randrange(seen)
-                if j < opts.sample:
-                    reservoir[j] = a
+        found = (layout.aggregate_id_from_commit_list_key(app, k) for k in keys)
+        sample.offer(a for a in found if opts.shard.owns(a))
+    reservoir = sample.items
     for start in range(0, len(reservoir), opts.page_size):
         yield reservoir[start : start + opts.page_size]
 

@@ -25,6 +25,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.shard",
         "esctl.durations",
         "esctl.documents",
+        "esctl.sampling",
     ),
     # talking to servers and processes, knowing nothing of operations
     "transport": ("esctl.redisio", "esctl.pg", "esctl.servers", "esctl.readahead"),

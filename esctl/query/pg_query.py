@@ -21,21 +21,20 @@ def pg_conditions(app: str, filters: QueryFilters) -> tuple[list[sql.Composable]
     so the same question selects the same events."""
     conditions: list[sql.Composable] = [sql.SQL("a.application_name = %(app)s")]
     params: dict[str, Any] = {"app": app}
-    if filters.types:
-        conditions.append(sql.SQL("e.event_type = ANY(%(types)s::text[])"))
-        params["types"] = list(filters.types)
-    if filters.aggregate_type is not None:
-        conditions.append(sql.SQL("a.aggregate_type = %(aggregate_type)s"))
-        params["aggregate_type"] = filters.aggregate_type
-    if filters.aggregates:
-        conditions.append(sql.SQL("a.aggregate_id = ANY(%(aggregates)s::text[])"))
-        params["aggregates"] = list(filters.aggregates)
-    if filters.since is not None:
-        conditions.append(sql.SQL("e.time_stamp >= %(since)s"))
-        params["since"] = filters.since
-    if filters.until is not None:
-        conditions.append(sql.SQL("e.time_stamp < %(until)s"))
-        params["until"] = filters.until
+    for condition, name, value in (
+        ("e.event_type = ANY(%(types)s::text[])", "types", list(filters.types) or None),
+        ("a.aggregate_type = %(aggregate_type)s", "aggregate_type", filters.aggregate_type),
+        (
+            "a.aggregate_id = ANY(%(aggregates)s::text[])",
+            "aggregates",
+            list(filters.aggregates) or None,
+        ),
+        ("e.time_stamp >= %(since)s", "since", filters.since),
+        ("e.time_stamp < %(until)s", "until", filters.until),
+    ):
+        if value is not None:  # a filter not given
+            conditions.append(sql.SQL(condition))
+            params[name] = value
     for index, clause in enumerate(filters.where):
         path, variables = clause.jsonpath("v")
         conditions.append(

@@ -18,6 +18,7 @@ import orjson
 from esctl import codec, layout, readahead, redisio, storereads
 from esctl.query.filters import QueryFilters, QueryResult, QueryStats
 from esctl.query.where import literal_safe
+from esctl.streams import envelope
 
 Page = tuple[list[str], list[list[str]], list[bytes | bool | None]]
 """(aggregate ids, their commit lists, the payloads in commit order as
@@ -271,22 +272,11 @@ class _Matcher:
         except orjson.JSONDecodeError:
             self.stats.unreadable += 1
             return None
-        if type(data) is not dict:
+        fields = envelope(data) if type(data) is dict else None
+        if fields is None:
             self.stats.unreadable += 1
             return None
-        type_name = data.get("$type")
-        version = data.get("Version")
-        aggregate_type = data.get("AggregateType")
-        timestamp = data.get("TimeStamp")
-        if (
-            type(type_name) is not str
-            or type(version) is not int
-            or version < 1
-            or type(aggregate_type) is not str
-            or type(timestamp) is not str
-        ):
-            self.stats.unreadable += 1
-            return None
+        type_name, version, aggregate_type, timestamp = fields
         event_type = _event_type_of(type_name)
         if self.types and event_type not in self.types:
             return None

@@ -9,8 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,18 @@ from esctl.queues.backup import (
     record_outcome,
 )
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.lock import maybe_locked
-from esctl.queues.messages import MessageInfo, resolve_now
-from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
+from esctl.queues.messages import MessageInfo
+from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT
-from esctl.queues.selection import Selection, Snapshot, batches, direction, select_messages
+from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
 
 
 @dataclass(frozen=True)
-class DrainOptions:
+class DrainOptions(SelectingOptions):
     which: str = "dead"
     to_file: Path | None = None
     discard: bool = False
     """Remove without a backup (only when explicitly asked for)."""
-    selection: Selection = field(default_factory=Selection)
-    dry_run: bool = False
-    now: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -124,20 +119,8 @@ def drain(
             f"the backup file {options.to_file} already exists; esctl never overwrites a backup",
             hint="choose a new --to-file name",
         )
-    moment = resolve_now(options.now)
-    ensure_known(client, ref)
-    with maybe_locked(client, [ref], options.dry_run) as lock:
-        snap = select_messages(
-            client,
-            ref,
-            which,
-            options.selection,
-            moment,
-            describe=options.dry_run,
-            retry_keys=False,
-            lock=lock,
-            sleep=sleep,
-        )
+    selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
+    with selecting as (snap, lock):
         summary = DrainSummary(
             dry_run=options.dry_run,
             subscriber=ref.subscriber,
@@ -153,7 +136,7 @@ def drain(
             backup_file=None,
             backup_id=None,
             problems=snap.problems,
-            messages=[c.info for c in snap.selected if c.info] if options.dry_run else [],
+            messages=snap.shown(),
             selection=options.selection.describe(),
             elapsed_s=0.0,
         )
@@ -176,7 +159,7 @@ def drain(
                 snap.length,
                 [(snap.length - 1 - c.index, c.value) for c in snap.selected],
                 options.selection.describe(),
-                moment,
+                snap.now,
             )
             summary.backup_file = str(options.to_file)
         try:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.exceptions
@@ -17,21 +16,17 @@ from esctl.config import redact
 from esctl.errors import UsageError
 from esctl.locks import RedisLock
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.lock import maybe_locked
-from esctl.queues.messages import MessageInfo, resolve_now
-from esctl.queues.refs import QueueRef, ensure_known, problem
+from esctl.queues.messages import MessageInfo
+from esctl.queues.refs import QueueRef, problem
 from esctl.queues.scripts import MOVE_SCRIPT, notify
-from esctl.queues.selection import Selection, Snapshot, batches, direction, select_messages
+from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
 
 
 @dataclass(frozen=True)
-class RequeueOptions:
+class RequeueOptions(SelectingOptions):
     source: str = "processing"
     """``processing`` (stuck messages) or ``dead`` (dead letters)."""
-    selection: Selection = field(default_factory=Selection)
     keep_retry_data: bool = False
-    dry_run: bool = False
-    now: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -89,21 +84,9 @@ def requeue(
             f"cannot requeue from {options.source!r}", hint="use --from processing or --from dead"
         )
     options.selection.check(options.source)
-    moment = resolve_now(options.now)
-    ensure_known(client, ref)
     clear = options.source == "dead" and not options.keep_retry_data
-    with maybe_locked(client, [ref], options.dry_run) as lock:
-        snap = select_messages(
-            client,
-            ref,
-            options.source,
-            options.selection,
-            moment,
-            describe=options.dry_run,
-            retry_keys=clear,
-            lock=lock,
-            sleep=sleep,
-        )
+    selecting = select_locked(client, ref, options.source, options, retry_keys=clear, sleep=sleep)
+    with selecting as (snap, lock):
         summary = RequeueSummary(
             dry_run=options.dry_run,
             subscriber=ref.subscriber,
@@ -120,7 +103,7 @@ def requeue(
             retry_data_cleared=0,
             notified=False,
             problems=snap.problems,
-            messages=[c.info for c in snap.selected if c.info] if options.dry_run else [],
+            messages=snap.shown(),
             selection=options.selection.describe(),
             elapsed_s=0.0,
         )

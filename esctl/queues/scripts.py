@@ -95,6 +95,26 @@ local function take(key, dir, edge, first, n)
 end
 """
 
+_LUA_MERGE = """
+-- Interleaves `values` (ascending `at`) with `popped` (messages taken off one end, nearest it
+-- first) so that each value stands `at[i]` places from that end (after all of `popped` when the
+-- list is shorter); returns the sequence nearest-the-end first.
+local function merge(popped, at, values)
+  local seq = {}
+  local p, i, pos = 1, 1, 0
+  while i <= #values do
+    if at[i] <= pos or p > #popped then
+      seq[#seq + 1] = values[i]; i = i + 1
+    else
+      seq[#seq + 1] = popped[p]; p = p + 1
+    end
+    pos = pos + 1
+  end
+  while p <= #popped do seq[#seq + 1] = popped[p]; p = p + 1 end
+  return seq
+end
+"""
+
 MOVE_SCRIPT = (
     _LUA_PUSH
     + _LUA_GUARD
@@ -162,6 +182,7 @@ return removed
 RESTORE_SCRIPT = (
     _LUA_PUSH
     + _LUA_GUARD
+    + _LUA_MERGE
     + """
 -- KEYS[1] lock, KEYS[2] target list, KEYS[3] progress counter of this backup and target
 -- ARGV[1] lock token, ARGV[2] lock TTL (ms), ARGV[3] records the caller believes restored,
@@ -179,41 +200,23 @@ if done ~= tonumber(ARGV[3]) then
 end
 local k = tonumber(ARGV[5])
 local len = redis.call('LLEN', KEYS[2])
-local first = tonumber(ARGV[6])
-local last = tonumber(ARGV[5 + k])
-local tail_cost = math.min(len, last + 1 - k)
-local head_cost = math.max(0, len - first)
-local seq = {}
-if tail_cost <= head_cost then
-  local popped = {}
-  if tail_cost > 0 then popped = redis.call('RPOP', KEYS[2], tail_cost) or {} end
-  local p, i, pos = 1, 1, 0
-  while i <= k do
-    if tonumber(ARGV[5 + i]) <= pos or p > #popped then
-      seq[#seq + 1] = ARGV[5 + k + i]; i = i + 1
-    else
-      seq[#seq + 1] = popped[p]; p = p + 1
-    end
-    pos = pos + 1
-  end
-  while p <= #popped do seq[#seq + 1] = popped[p]; p = p + 1 end
-  push('RPUSH', KEYS[2], seq)
-else
-  local popped = {}
-  if head_cost > 0 then popped = redis.call('LPOP', KEYS[2], head_cost) or {} end
-  local final = len + k
-  local p, i, pos = 1, k, 0
-  while i >= 1 do
-    if final - 1 - tonumber(ARGV[5 + i]) <= pos or p > #popped then
-      seq[#seq + 1] = ARGV[5 + k + i]; i = i - 1
-    else
-      seq[#seq + 1] = popped[p]; p = p + 1
-    end
-    pos = pos + 1
-  end
-  while p <= #popped do seq[#seq + 1] = popped[p]; p = p + 1 end
-  push('LPUSH', KEYS[2], seq)
+local tail_cost = math.min(len, tonumber(ARGV[5 + k]) + 1 - k)
+local head_cost = math.max(0, len - tonumber(ARGV[6]))
+-- Work from the cheaper end: pop what lies between it and the farthest insertion, then push it
+-- back with the values merged in. `at[i]`: where the i-th value, nearest that end first, ends
+-- counted from that end (from the head: the final length - 1 minus its place from the tail).
+local from_tail = tail_cost <= head_cost
+local at, values = {}, {}
+for i = 1, k do
+  local j = from_tail and i or k + 1 - i
+  local place = tonumber(ARGV[5 + j])
+  at[i] = from_tail and place or len + k - 1 - place
+  values[i] = ARGV[5 + k + j]
 end
+local cost = from_tail and tail_cost or head_cost
+local popped = {}
+if cost > 0 then popped = redis.call(from_tail and 'RPOP' or 'LPOP', KEYS[2], cost) or {} end
+push(from_tail and 'RPUSH' or 'LPUSH', KEYS[2], merge(popped, at, values))
 redis.call('SET', KEYS[3], done + k, 'PX', ARGV[4])
 return done + k
 """

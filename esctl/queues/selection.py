@@ -4,9 +4,10 @@ the selected messages are then changed in. Why snapshots: ``docs/design/queues.m
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -16,9 +17,15 @@ from esctl import redisio
 from esctl.errors import ServerError, UsageError
 from esctl.locks import RedisLock
 from esctl.queues import scripts
-from esctl.queues.lock import check_held
-from esctl.queues.messages import MessageInfo, describe_message, id_and_age, retry_infos
-from esctl.queues.refs import QueueRef, problem
+from esctl.queues.lock import check_held, maybe_locked
+from esctl.queues.messages import (
+    MessageInfo,
+    describe_message,
+    id_and_age,
+    resolve_now,
+    retry_infos,
+)
+from esctl.queues.refs import QueueRef, ensure_known, problem
 
 
 @dataclass(frozen=True)
@@ -82,10 +89,56 @@ class Candidate:
 @dataclass(slots=True)
 class Snapshot:
     key: str
+    now: datetime
+    """The moment the messages' ages were measured from."""
     length: int
     selected: list[Candidate]
     """In consumption order (the tail first)."""
     problems: list[dict[str, str]]
+
+    def shown(self) -> list[MessageInfo]:
+        """What a dry run shows of the selected messages (nothing when not described)."""
+        return [c.info for c in self.selected if c.info]
+
+
+@dataclass(frozen=True)
+class SelectingOptions:
+    """What a requeue's or a drain's options say about the selection."""
+
+    selection: Selection = field(default_factory=Selection)
+    dry_run: bool = False
+    now: datetime | None = None
+    """The moment ages are measured from; None: the clock, when the command starts."""
+
+
+@contextlib.contextmanager
+def select_locked(
+    client: redisio.RedisClient,
+    ref: QueueRef,
+    which: str,
+    options: SelectingOptions,
+    *,
+    retry_keys: bool,
+    sleep: Callable[[float], None],
+) -> Iterator[tuple[Snapshot, RedisLock | None]]:
+    """The selection from ``which`` (:func:`select_messages`, described for a dry run) and the
+    queue's lock, held until the block ends (None for a dry run, which changes nothing).
+    UsageError when esctl does not know the queue."""
+    now = resolve_now(options.now)
+    ensure_known(client, ref)
+    with maybe_locked(client, [ref], options.dry_run) as lock:
+        snap = select_messages(
+            client,
+            ref,
+            which,
+            options.selection,
+            now,
+            describe=options.dry_run,
+            retry_keys=retry_keys,
+            lock=lock,
+            sleep=sleep,
+        )
+        yield snap, lock
 
 
 def select_messages(
@@ -128,7 +181,7 @@ def select_messages(
         picked = _by_retry_data(client, ref, picked, selection, retry_keys)
     if selection.limit is not None:
         picked = picked[: selection.limit]
-    return Snapshot(key, len(values), picked, problems)
+    return Snapshot(key, now, len(values), picked, problems)
 
 
 def _lrange_all(client: redisio.RedisClient, key: str) -> list[bytes]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from esctl import redisio
 from esctl.errors import UsageError
@@ -11,8 +11,18 @@ from esctl.query import QueryFilters
 from esctl.replay.options import ReplayOptions
 from esctl.replay.source_pg import PgSource
 from esctl.replay.source_redis import RedisSource
+from esctl.shard import Shard
 
 Source = RedisSource | PgSource
+
+
+class _Window(TypedDict):
+    """What both sources are asked alike: the order, where to resume, how many, which shard."""
+
+    order: str
+    after: tuple[Any, ...] | None
+    limit: int | None
+    shard: Shard
 
 
 def open_source(
@@ -25,6 +35,7 @@ def open_source(
 ) -> Source:
     """The source of ``options.source`` over ``filters``, strictly after ``after``, at most
     ``limit`` (UsageError for ``--from redis`` without a client)."""
+    window = _Window(order=options.order, after=after, limit=limit, shard=options.shard)
     if options.source == "redis":
         if client is None:
             raise UsageError("--from redis needs a Redis connection")
@@ -32,12 +43,9 @@ def open_source(
             client,
             options.app,
             filters,
-            order=options.order,
-            after=after,
-            limit=limit,
+            **window,
             sort_dir=options.sort_dir,
             sort_run_bytes=options.sort_run_bytes,
-            shard=options.shard,
             unpack_ahead=options.target == "queue",
         )
     return PgSource(
@@ -45,10 +53,7 @@ def open_source(
         options.pg_schema,
         options.app,
         filters,
-        order=options.order,
-        after=after,
-        limit=limit,
-        shard=options.shard,
+        **window,
         # what .NET reads (a queue's subscribers, whatever reads the JSON lines) needs the
         # library's key order; a Python projection gets event_data as jsonb prints it
         metadata_first=options.target in ("queue", "stdout"),
