@@ -5,32 +5,13 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from esctl import codec, layout, redisio, storereads
 from esctl.errors import ServerError
-
-
-class _Reservoir:
-    """A uniform random sample of at most ``size`` items of a stream (fixed memory)."""
-
-    def __init__(self, size: int, rng: random.Random) -> None:
-        self.size = size
-        self.rng = rng
-        self.items: list[str] = []
-        self.seen = 0
-
-    def offer(self, items: Iterable[str]) -> None:
-        for item in items:
-            self.seen += 1
-            if len(self.items) < self.size:
-                self.items.append(item)
-            else:
-                j = self.rng.randrange(self.seen)
-                if j < self.size:
-                    self.items[j] = item
+from esctl.sampling import Reservoir
 
 
 @dataclass
@@ -250,11 +231,11 @@ def inspect_stats(
         if on_progress is not None:
             on_progress(phase, keys)
 
-    lists = _Reservoir(sample, rng)
+    lists = Reservoir[str](sample, rng)
     commit_ids = _count_commit_lists(client, app, lists, tally if full else None, progress)
     if not full and lists.items:
         _read_sampled_payloads(client, app, lists.items, tally)
-    partitions = _Reservoir(sample, rng)
+    partitions = Reservoir[str](sample, rng)
     legacy_key = layout.legacy_event_hash_key(app)
     partitioned_fields = _count_hashes(
         client,
@@ -267,7 +248,7 @@ def inspect_stats(
     (legacy_type,) = redisio.pipelined(client, [("TYPE", legacy_key)])
     has_legacy = redisio.key_str(legacy_type) == "hash"
     legacy_fields = _lengths(client, "HLEN", [legacy_key]) if has_legacy else 0
-    snapshots = _Reservoir(sample, rng)
+    snapshots = Reservoir[str](sample, rng)
     snapshot_count = _count_hashes(
         client,
         "snapshots",
@@ -276,7 +257,7 @@ def inspect_stats(
         snapshots,
         progress,
     )
-    queues = _Reservoir(sample, rng)
+    queues = Reservoir[str](sample, rng)
     queue_lists, queue_messages = _count_queues(client, env, queues, progress)
 
     used = redisio.used_memory_or_none(client)
@@ -327,7 +308,7 @@ def inspect_stats(
 def _count_commit_lists(
     client: redisio.RedisClient,
     app: str,
-    lists: _Reservoir,
+    lists: Reservoir[str],
     tally: _EventTally | None,
     progress: Progress,
 ) -> int:
@@ -367,7 +348,7 @@ def _count_hashes(
     phase: str,
     pattern: str,
     prefix: str,
-    sample: _Reservoir,
+    sample: Reservoir[str],
     progress: Progress,
 ) -> int:
     """Sample the hashes SCAN finds for ``pattern`` whose key is ``prefix`` and a number (the
@@ -384,7 +365,7 @@ def _count_hashes(
 
 
 def _count_queues(
-    client: redisio.RedisClient, env: str | None, queues: _Reservoir, progress: Progress
+    client: redisio.RedisClient, env: str | None, queues: Reservoir[str], progress: Progress
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Sample the queue lists of ``env`` (of every environment when None) into ``queues``;
     (lists, messages) per kind of queue list."""
