@@ -41,7 +41,10 @@ def connect(
     except psycopg.OperationalError as exc:
         shown = describe_dsn(dsn)
         text = redact(str(exc)).strip()
-        if any(sign in text for sign in _REFUSED_CREDENTIALS):
+        # An SSL reason first: a server that takes SSL only answers a plain connection with
+        # "no pg_hba.conf entry ... no encryption", which is not about the credentials.
+        tls = ssl_hint(str(exc))
+        if tls is None and any(sign in text for sign in _REFUSED_CREDENTIALS):
             raise ConnectionFailed(
                 f"PostgreSQL {shown} refused the credentials: {text}",
                 server=shown,
@@ -52,8 +55,7 @@ def connect(
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL {shown}: {text}",
             server=shown,
-            hint=ssl_hint(str(exc))
-            or "check that PostgreSQL is running and --pg-dsn / ESCTL_PG_DSN is right",
+            hint=tls or "check that PostgreSQL is running and --pg-dsn / ESCTL_PG_DSN is right",
         ) from None
     except psycopg.ProgrammingError as exc:
         shown = describe_dsn(dsn)
