@@ -62,7 +62,7 @@ def write_store(client: redis.Redis, app: str, events: int) -> int:
 # --- What each component spends: CPU-seconds of esctl, PostgreSQL and Redis per measured run ---
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SAMPLE_EVERY_S = 0.05
+SAMPLE_EVERY_S = 0.025
 """How often the PostgreSQL backends of the watched database are listed (pg_stat_activity)."""
 
 
@@ -147,8 +147,15 @@ class Cost:
                 "redis": _round(pe(self.redis_s), 1),
             },
             "esctl_per_pg_backends": _round(ratio, 2),
+            "esctl_per_pg_server": _round(
+                self.esctl_s / self.pg_server_s if self.pg_server_s else None, 2
+            ),
             "pg_backends_gone_before_final_read": self.backends_gone,
         }
+
+
+def _ratio(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.2f}"
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -310,7 +317,7 @@ class Meter:
 
         print(
             f"\n{'CPU per event (µs)':<{width}} {'events/s':>10} {'esctl':>7} {'PG bk':>7} "
-            f"{'PG all':>7} {'Redis':>7} {'esctl/PG':>8}"
+            f"{'PG all':>7} {'Redis':>7} {'esctl/PG bk':>11} {'esctl/PG all':>12}"
         )
         for c in rows:
             d = c.as_dict()
@@ -319,7 +326,8 @@ class Meter:
             print(
                 f"{c.label:<{width}} {rate:>10,} {us(c.per_event_us(c.esctl_s))} "
                 f"{us(c.per_event_us(c.pg_backends_s))} {us(c.per_event_us(c.pg_server_s))} "
-                f"{us(c.per_event_us(c.redis_s))} {'       -' if ratio is None else f'{ratio:8.2f}'}"
+                f"{us(c.per_event_us(c.redis_s))} {_ratio(ratio, 11)} "
+                f"{_ratio(d['esctl_per_pg_server'], 12)}"
             )
         gone = sum(c.backends_gone for c in rows)
         print(
