@@ -251,7 +251,10 @@ class _PgWatch:
             row = self.conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.dbname,)
             ).fetchone()
-            if row is None or row[0] == 0:
+            # A backend leaves pg_stat_activity before its process exits and is reaped (only
+            # then are its CPU-s in the postmaster's cutime): wait for the processes too.
+            alive = [pid for pid in self.first if os.path.exists(f"/proc/{pid}")]
+            if (row is None or row[0] == 0) and not alive:
                 return
             time.sleep(0.02)
 
@@ -316,7 +319,7 @@ class Meter:
             return "      -" if value is None else f"{value:7.1f}"
 
         print(
-            f"\n{'CPU per event (µs)':<{width}} {'events/s':>10} {'esctl':>7} {'PG bk':>7} "
+            f"\n{'CPU per event (µs)':<{width}} {'per s':>10} {'esctl':>7} {'PG bk':>7} "
             f"{'PG all':>7} {'Redis':>7} {'esctl/PG bk':>11} {'esctl/PG all':>12}"
         )
         for c in rows:
