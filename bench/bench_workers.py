@@ -79,7 +79,7 @@ def run_all(args: argparse.Namespace, document: dict[str, object]) -> None:
             admin_dsn = local_pg.dsn
         if args.cluster:
             meter = Meter(
-                [f"redis://127.0.0.1:{n.port}" for n in local_cluster.primaries], admin_dsn
+                [f"redis://127.0.0.1:{n.port}" for n in local_cluster.primaries()], admin_dsn
             )
         else:
             meter = Meter([redis_url], admin_dsn)
