@@ -143,6 +143,16 @@ def relays(redis_url: str, admin_dsn: str, delay_ms: float) -> Iterator[list[Rel
             relay.stop()
 
 
+def ping_ms(client: redisio.RedisClient, count: int = 200) -> float:
+    """The median round trip of a PING, ms: what the relay really adds (2 x delay + its own)."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.ping()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
 def one_round(
     delay_ms: float,
     direct_redis: redis.Redis,
@@ -153,6 +163,7 @@ def one_round(
     meter: Meter,
     rates: dict[str, dict[float, list[float]]],
     relay_cpu: dict[str, dict[float, float]],
+    rtts: dict[float, list[float]],
 ) -> None:
     with relays(redis_url, admin_dsn, delay_ms) as (redis_relay, pg_relay):
         far_redis_url = through(redis_url, redis_relay.port)
@@ -218,7 +229,12 @@ def one_round(
                 assert summary.events == projection.events == events, summary.as_dict()
                 return summary.events
 
-            print(f"through the relays at {delay_ms:g} ms each way:")
+            rtt = ping_ms(client)
+            rtts.setdefault(delay_ms, []).append(rtt)
+            print(
+                f"through the relays at {delay_ms:g} ms each way "
+                f"(Redis PING round trip through the relay: {rtt:.2f} ms, median of 200):"
+            )
             timed("migrate redis-to-pg", direct_dsn, migrate)
             timed("migrate verify", direct_dsn, verify)
             timed("events query", None, query_redis)
@@ -272,6 +288,7 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
             meter = Meter([local_redis.url], local_pg.dsn)
             rates: dict[str, dict[float, list[float]]] = {}
             relay_cpu: dict[str, dict[float, float]] = {}
+            rtts: dict[float, list[float]] = {}
             delays = (0.0, args.delay_ms)
             for _ in range(args.rounds):
                 for delay in delays:
@@ -285,7 +302,13 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
                         meter,
                         rates,
                         relay_cpu,
+                        rtts,
                     )
+            direct_rtt = ping_ms(direct)
+            print(f"\nRedis PING round trip without a relay: {direct_rtt:.3f} ms")
+            document["ping_ms"] = {"direct": round(direct_rtt, 3)} | {
+                f"relay {d:g} ms": round(statistics.median(v), 3) for d, v in rtts.items()
+            }
             report(args, rates, relay_cpu, meter, document, events)
         finally:
             local_pg.stop()
