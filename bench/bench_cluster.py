@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import database, write_bulk_store
+from _common import Meter, add_json_option, database, json_output, write_bulk_store
 
 from esctl import layout, redisio, servers, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -64,24 +64,30 @@ def scan_all(client: redisio.RedisClient) -> int:
     return keys
 
 
-def measure(setup: str, url: str, admin_dsn: str, events: int, what: str) -> float:
+def measure(setup: str, url: str, admin_dsn: str, events: int, what: str, meter: Meter) -> float:
     redisio_pipelines.BY_NODE_PIPELINES = setup != "cluster-old"
     client = redisio.connect(url)
+    label = f"{what} {setup}"
     try:
         if what == "scan":
-            started = time.perf_counter()
-            keys = scan_all(client)
+            with meter.measure(label) as cost:
+                started = time.perf_counter()
+                keys = scan_all(client)
+                cost.events += keys
             return keys / (time.perf_counter() - started)
         if what == "read":
-            started = time.perf_counter()
-            assert read_all(client) == events
+            with meter.measure(label) as cost:
+                started = time.perf_counter()
+                assert read_all(client) == events
+                cost.events += events
             return events / (time.perf_counter() - started)
-        with database(admin_dsn) as dsn:
+        with database(admin_dsn) as dsn, meter.measure(label, dsn) as cost:
             started = time.perf_counter()
             summary = migrate_redis_to_pg(
                 client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True)
             )
             elapsed = time.perf_counter() - started
+            cost.events += summary.events_migrated
         assert summary.events_migrated == events, (summary.events_migrated, events)
         return events / elapsed
     finally:
@@ -101,10 +107,16 @@ def main() -> None:
         default=",".join(WHAT),
         help=f"what to measure, comma-separated (default {','.join(WHAT)})",
     )
+    add_json_option(parser)
     args = parser.parse_args()
     measured = [w for w in args.what.split(",") if w]
     if not set(measured) <= set(WHAT):
         parser.error(f"--what takes {', '.join(WHAT)}")
+    with json_output(args.json, "bench_cluster") as document:
+        run(args, measured, document)
+
+
+def run(args: argparse.Namespace, measured: list[str], document: dict[str, object]) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from cluster import start_cluster
@@ -121,6 +133,12 @@ def main() -> None:
             stop.append(local_pg.stop)
             admin_dsn = local_pg.dsn
         urls = {"single": single.url, "cluster": cluster.url, "cluster-old": cluster.url}
+        # One meter per Redis deployment (the cluster's: INFO cpu of every primary).
+        single_meter = Meter([single.url], admin_dsn)
+        cluster_meter = Meter(
+            [f"redis://127.0.0.1:{n.port}" for n in cluster.primaries()], admin_dsn
+        )
+        meters = {"single": single_meter, "cluster": cluster_meter, "cluster-old": cluster_meter}
         aggregates = max(1, args.events * 2 // 13)
         counts = {
             write_bulk_store(
@@ -135,7 +153,7 @@ def main() -> None:
         for round_number in range(args.rounds):
             for what in measured:
                 for setup in SETUPS:
-                    rate = measure(setup, urls[setup], admin_dsn, events, what)
+                    rate = measure(setup, urls[setup], admin_dsn, events, what, meters[setup])
                     rates.setdefault((what, setup), []).append(rate)
                     unit = "keys/s" if what == "scan" else "events/s"
                     print(f"round {round_number + 1} {what:8} {setup:12} {rate:>10,.0f} {unit}")
@@ -147,6 +165,18 @@ def main() -> None:
                 f"cluster-old / single {med['cluster-old'] / med['single']:5.2f}x   "
                 f"cluster / cluster-old {med['cluster'] / med['cluster-old']:5.2f}x"
             )
+        single_meter.print_table()
+        cluster_meter.print_table()
+        document.update(
+            events=events,
+            rounds=args.rounds,
+            per_s={
+                f"{w} {s}": round(statistics.median(rates[(w, s)]))
+                for w in measured
+                for s in SETUPS
+            },
+            cost=single_meter.as_json() + cluster_meter.as_json(),
+        )
     finally:
         for stop_server in reversed(stop):
             stop_server()

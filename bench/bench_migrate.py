@@ -28,7 +28,7 @@ import time
 
 import psycopg
 import redis
-from _common import database, write_store
+from _common import Meter, add_json_option, database, json_output, write_store
 
 from esctl import codec, layout, pg, redisio, servers, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -118,8 +118,9 @@ def run_floor(
         return len(events) / (time.perf_counter() - started)
 
 
-def run_naive(client: redis.Redis, dsn: str, limit: int) -> float:
-    """Per event: HGET (partitioned, then legacy) and save_event_for_aggregate, autocommit."""
+def run_naive(client: redis.Redis, dsn: str, limit: int) -> tuple[float, int]:
+    """Per event: HGET (partitioned, then legacy) and save_event_for_aggregate, autocommit;
+    (events/s, events)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         pg.ensure_event_store_schema(conn, "public", create=True)
         done = 0
@@ -149,7 +150,7 @@ def run_naive(client: redis.Redis, dsn: str, limit: int) -> float:
                 done += 1
             if done >= limit:
                 break
-        return done / (time.perf_counter() - started)
+        return done / (time.perf_counter() - started), done
 
 
 def run_esctl(client: redis.Redis, dsn: str) -> tuple[float, int]:
@@ -231,8 +232,13 @@ def main() -> None:
     parser.add_argument(
         "--pg-dsn", help="an admin DSN: databases are created and dropped through it"
     )
+    add_json_option(parser)
     args = parser.parse_args()
+    with json_output(args.json, "bench_migrate") as document:
+        run(args, document)
 
+
+def run(args: argparse.Namespace, document: dict[str, object]) -> None:
     started: list[servers.LocalRedis | servers.LocalPostgres] = []
     try:
         redis_url = args.redis_url
@@ -252,15 +258,24 @@ def main() -> None:
         assert len(rows) == events
 
         results: dict[str, float] = {}
-        with database(admin_dsn) as dsn:
-            results["naive"] = run_naive(client, dsn, args.naive_events)
-        with database(admin_dsn) as dsn:
+        meter = Meter([redis_url], admin_dsn)
+        with (
+            database(admin_dsn) as dsn,
+            meter.measure("naive (HGET + save_event_for_aggregate)", dsn) as cost,
+        ):
+            results["naive"], cost.events = run_naive(client, dsn, args.naive_events)
+        with database(admin_dsn) as dsn, meter.measure("floor (COPY of decoded rows)", dsn) as cost:
             results["floor"] = run_floor(dsn, aggregates, rows)
+            cost.events += len(rows)
         del rows
         with database(admin_dsn) as dsn:
-            results["esctl"], migrated = run_esctl(client, dsn)
+            with meter.measure("migrate redis-to-pg", dsn) as cost:
+                results["esctl"], migrated = run_esctl(client, dsn)
+                cost.events += migrated
             assert migrated == events, (migrated, events)
-            results["verify"] = run_verify(redis_url, dsn)
+            with meter.measure("migrate verify", dsn) as cost:
+                results["verify"] = run_verify(redis_url, dsn)
+                cost.events += events
 
         print()
         for name, value in results.items():
@@ -269,6 +284,17 @@ def main() -> None:
         print(f"esctl / naive : {results['esctl'] / results['naive']:6.2f}x   (target >= 10)")
         print(f"esctl / floor : {results['esctl'] / results['floor']:6.2f}x   (target >= 0.8)")
         print(f"verify / esctl: {results['verify'] / results['esctl']:6.2f}x   (target >= 1)")
+        meter.print_table()
+        document.update(
+            events=events,
+            events_per_s={k: round(v) for k, v in results.items()},
+            ratios={
+                "esctl/naive": round(results["esctl"] / results["naive"], 3),
+                "esctl/floor": round(results["esctl"] / results["floor"], 3),
+                "verify/esctl": round(results["verify"] / results["esctl"], 3),
+            },
+            cost=meter.as_json(),
+        )
 
         if args.rss_events:
             with database(admin_dsn) as dsn:
@@ -281,6 +307,7 @@ def main() -> None:
                 f"peak RSS at {events:,} events: {small / 1024:.0f} MiB; at {big_events:,}: {big / 1024:.0f} MiB "
                 f"({(big - small) / small * 100:+.0f}%, target within 25%)"
             )
+            document["peak_rss_kib"] = {str(events): small, str(big_events): big}
     finally:
         for server in reversed(started):
             server.stop()

@@ -39,7 +39,7 @@ from collections.abc import Callable
 
 import orjson
 import redis
-from _common import database, write_store
+from _common import Meter, add_json_option, database, json_output, write_store
 
 from esctl import codec, layout, redisio, servers, storereads
 from esctl.query import PgQuery, QueryFilters, RedisQuery
@@ -154,8 +154,13 @@ def main() -> None:
     parser.add_argument(
         "--pg-dsn", help="an admin DSN: databases are created and dropped through it"
     )
+    add_json_option(parser)
     args = parser.parse_args()
+    with json_output(args.json, "bench_query") as document:
+        run(args, document)
 
+
+def run(args: argparse.Namespace, document: dict[str, object]) -> None:
     started: list[servers.LocalRedis | servers.LocalPostgres] = []
     try:
         redis_url = args.redis_url
@@ -175,9 +180,12 @@ def main() -> None:
         rates: dict[str, list[float]] = {label: [] for label in labels}
         ratios: dict[str, list[float]] = {label: [] for label in labels}
         results: dict[str, int] = {}
+        meter = Meter([redis_url])
         for _ in range(args.runs):
             for label in labels:
-                plain = rate_of(lambda: plain_read(client))
+                with meter.measure("plain read (no decoding)") as cost:
+                    plain = rate_of(lambda: plain_read(client))
+                    cost.events += events
                 spec = QUESTIONS.get(label, {})
                 filters = QueryFilters.build(**spec)  # type: ignore[arg-type]
 
@@ -188,7 +196,9 @@ def main() -> None:
                     results[label] = matched
                     return scanned
 
-                rate = rate_of(work)
+                with meter.measure(f"events query {label}") as cost:
+                    rate = rate_of(work)
+                    cost.events += events
                 plain_rates.append(plain)
                 rates[label].append(rate)
                 ratios[label].append(rate / plain)
@@ -204,6 +214,16 @@ def main() -> None:
             f"{'(gzip+base64 and JSON parse of every value, in memory)':<46} {decode:>9,.0f} events/s"
         )
         print("\nratio = query events/s / plain read events/s, median of the runs (target >= 0.5)")
+        meter.print_table()
+        document.update(
+            events=events,
+            runs=args.runs,
+            events_per_s={"plain read": round(median(plain_rates))}
+            | {f"events query {label}": round(median(rates[label])) for label in labels},
+            ratios={f"events query {label}": round(median(ratios[label]), 3) for label in labels},
+            decode_only_events_per_s=round(decode),
+            results={label: results[label] for label in labels},
+        )
 
         if args.pg:
             from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -213,6 +233,8 @@ def main() -> None:
                 local_pg = servers.start_postgres(fast=False)
                 started.append(local_pg)
                 admin_dsn = local_pg.dsn
+            meter.admin_dsn = admin_dsn
+            pg_seconds: dict[str, float] = {}
             with database(admin_dsn) as dsn:
                 summary = migrate_redis_to_pg(
                     client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True)
@@ -221,14 +243,21 @@ def main() -> None:
                 print()
                 for label, spec in QUESTIONS.items():
                     filters = QueryFilters.build(**spec)  # type: ignore[arg-type]
-                    t0 = time.perf_counter()
-                    matched = sum(1 for _ in PgQuery(dsn, "public", APP, filters))
-                    elapsed = time.perf_counter() - t0
+                    with meter.measure(f"events query --source pg {label}", dsn) as cost:
+                        t0 = time.perf_counter()
+                        matched = sum(1 for _ in PgQuery(dsn, "public", APP, filters))
+                        elapsed = time.perf_counter() - t0
+                        cost.events += events
+                    pg_seconds[label] = round(elapsed, 3)
                     same = "same" if matched == results[label] else "DIFFERENT"
                     print(
                         f"{'--source pg ' + label:<42} {elapsed:8.2f} s  "
                         f"{matched:,} results ({same} as Redis)"
                     )
+                meter.print_table([f"events query --source pg {label}" for label in QUESTIONS])
+                document["source_pg_seconds"] = pg_seconds
+
+        document["cost"] = meter.as_json()
 
         if args.rss_events:
             small = peak_rss_kb(redis_url)
@@ -239,6 +268,7 @@ def main() -> None:
                 f"{big_events:,}: {big / 1024:.0f} MiB ({(big - small) / small * 100:+.0f}%, "
                 "target within 25%)"
             )
+            document["inspect_integrity_peak_rss_kib"] = {str(events): small, str(big_events): big}
     finally:
         for server in reversed(started):
             server.stop()

@@ -35,7 +35,7 @@ from typing import Any
 from unittest import mock
 
 import redis
-from _common import database, write_bulk_store
+from _common import Meter, add_json_option, database, json_output, write_bulk_store
 
 from esctl import codec, layout, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -62,16 +62,27 @@ class Trivial:
         pass
 
 
+METER = Meter()
+"""Set up in run(): the cost of each label, measured around every run of it."""
+
+
 def median_rate(
-    runs: int, work: Callable[[], int], reset: Callable[[], None] | None = None
+    runs: int,
+    work: Callable[[], int],
+    reset: Callable[[], None] | None = None,
+    *,
+    label: str = "",
+    dsn: str | None = None,
 ) -> float:
     rates = []
     for _ in range(runs):
         if reset is not None:
             reset()
-        started = time.perf_counter()
-        events = work()
-        rates.append(events / (time.perf_counter() - started))
+        with METER.measure(label, dsn) as cost:
+            started = time.perf_counter()
+            events = work()
+            rates.append(events / (time.perf_counter() - started))
+            cost.events += events
     return statistics.median(rates)
 
 
@@ -107,8 +118,13 @@ def main() -> None:
     parser.add_argument(
         "--pg-dsn", help="an admin DSN: a database is created and dropped through it"
     )
+    add_json_option(parser)
     args = parser.parse_args()
+    with json_output(args.json, "bench_replay") as document:
+        run(args, document)
 
+
+def run(args: argparse.Namespace, document: dict[str, object]) -> None:
     started: list[servers.LocalRedis | servers.LocalPostgres] = []
     try:
         redis_url = args.redis_url
@@ -123,6 +139,8 @@ def main() -> None:
             admin_dsn = local_pg.dsn
         client = redisio.connect(redis_url)
         assert isinstance(client, redis.Redis)
+        METER.redis = [client]
+        METER.admin_dsn = admin_dsn
         client.flushdb()
         events = write_bulk_store(
             client,
@@ -169,8 +187,9 @@ def main() -> None:
                 return summary.events
 
             rows: list[tuple[str, float, float | None]] = []
-            pg_read = median_rate(args.runs, lambda: plain_read_pg(dsn))
-            rows.append(("plain read, PostgreSQL (events query --source pg)", pg_read, None))
+            pg_label = "plain read, PostgreSQL (events query --source pg)"
+            pg_read = median_rate(args.runs, lambda: plain_read_pg(dsn), label=pg_label, dsn=dsn)
+            rows.append((pg_label, pg_read, None))
             for label, work, reset in (
                 (
                     "replay --from pg --to projection --checkpoint",
@@ -189,11 +208,12 @@ def main() -> None:
                     empty_queues,
                 ),
             ):
-                rate = median_rate(args.runs, work, reset)
+                rate = median_rate(args.runs, work, reset, label=label, dsn=dsn)
                 rows.append((label, rate, rate / pg_read))
             empty_queues()
-            redis_read = median_rate(args.runs, lambda: plain_read_redis(client))
-            rows.append(("plain read, Redis (events query)", redis_read, None))
+            redis_label = "plain read, Redis (events query)"
+            redis_read = median_rate(args.runs, lambda: plain_read_redis(client), label=redis_label)
+            rows.append((redis_label, redis_read, None))
             for label, work, reset in (
                 (
                     "replay --from redis --to queue",
@@ -206,7 +226,7 @@ def main() -> None:
                     None,
                 ),
             ):
-                rate = median_rate(args.runs, work, reset)
+                rate = median_rate(args.runs, work, reset, label=label)
                 rows.append((label, rate, rate / redis_read))
             empty_queues()
             for label, rate, ratio in rows:
@@ -214,6 +234,14 @@ def main() -> None:
                 print(f"{label:<52} {rate:>10,.0f} events/s  {shown}")
             worst = min(r for _, _, r in rows if r is not None)
             print(f"\nworst replay / plain read of its source: {worst:.2f}x   (target >= 0.5)")
+            METER.print_table()
+            document.update(
+                events=events,
+                runs=args.runs,
+                events_per_s={label: round(rate) for label, rate, _ in rows},
+                ratios={label: round(r, 3) for label, _, r in rows if r is not None},
+                cost=METER.as_json(),
+            )
     finally:
         for server in reversed(started):
             server.stop()

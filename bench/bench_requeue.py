@@ -32,6 +32,7 @@ from pathlib import Path
 
 import orjson
 import redis
+from _common import Meter, add_json_option, json_output
 
 from esctl import layout, queues, redisio, servers
 
@@ -109,8 +110,13 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--naive-messages", type=int, default=20_000)
     parser.add_argument("--redis-url", help="use this Redis instead of a throwaway one")
+    add_json_option(parser)
     args = parser.parse_args()
+    with json_output(args.json, "bench_requeue") as document:
+        run(args, document)
 
+
+def run(args: argparse.Namespace, document: dict[str, object]) -> None:
     env = f"bench-{secrets.token_hex(4)}"
     ref = queues.QueueRef(SUBSCRIBER, env, EVENT_TYPE)
     processing, published = ref.key("processing"), ref.key("published")
@@ -121,6 +127,7 @@ def main() -> None:
         client = redisio.connect(url)
         assert isinstance(client, redis.Redis), "the benchmark runs on a single server"
         plain = redis.Redis.from_url(url)
+        meter = Meter([url])
         print(
             f"Redis {redisio.describe(client)}, env {env}, {args.messages:,} stuck messages "
             f"of ~{sum(map(len, values[:100])) // 100} bytes"
@@ -130,9 +137,11 @@ def main() -> None:
 
             fill(plain, processing, naive_values)
             client.delete(published)
-            started = time.perf_counter()
-            moved = naive_requeue(plain, processing, published)
-            naive_s = time.perf_counter() - started
+            with meter.measure("naive loop") as cost:
+                started = time.perf_counter()
+                moved = naive_requeue(plain, processing, published)
+                naive_s = time.perf_counter() - started
+                cost.events += moved
             assert moved == len(naive_values)
             naive = rate(moved, naive_s)
             print(
@@ -150,9 +159,13 @@ def main() -> None:
             ):
                 fill(plain, processing, values)
                 client.delete(published)
-                started = time.perf_counter()
-                summary = queues.requeue(client, ref, queues.RequeueOptions(selection=selection))
-                seconds = time.perf_counter() - started
+                with meter.measure(label) as cost:
+                    started = time.perf_counter()
+                    summary = queues.requeue(
+                        client, ref, queues.RequeueOptions(selection=selection)
+                    )
+                    seconds = time.perf_counter() - started
+                    cost.events += summary.requeued
                 assert summary.requeued == args.messages and summary.failed == 0, summary.problems
                 check_published(plain, published, values)
                 results.append((label, rate(args.messages, seconds)))
@@ -161,14 +174,18 @@ def main() -> None:
             fill(plain, processing, values)
             with tempfile.TemporaryDirectory(prefix="esctl-bench-") as folder:
                 backup = Path(folder) / "processing.jsonl.zst"
-                started = time.perf_counter()
-                drained = queues.drain(
-                    client, ref, queues.DrainOptions(which="processing", to_file=backup)
-                )
-                drain_s = time.perf_counter() - started
-                started = time.perf_counter()
-                restored = queues.restore(client, backup, queues.RestoreOptions())
-                restore_s = time.perf_counter() - started
+                with meter.measure("esctl queue drain") as cost:
+                    started = time.perf_counter()
+                    drained = queues.drain(
+                        client, ref, queues.DrainOptions(which="processing", to_file=backup)
+                    )
+                    drain_s = time.perf_counter() - started
+                    cost.events += drained.drained
+                with meter.measure("esctl queue restore") as cost:
+                    started = time.perf_counter()
+                    restored = queues.restore(client, backup, queues.RestoreOptions())
+                    restore_s = time.perf_counter() - started
+                    cost.events += restored.restored
                 assert drained.drained == restored.restored == args.messages
                 check_published(plain, processing, values)
                 print(
@@ -183,6 +200,18 @@ def main() -> None:
             print()
             for label, value in results:
                 print(f"ratio {label} / naive: {value / naive:6.1f}x  (target >= 10x)")
+            meter.print_table()
+            document.update(
+                messages=args.messages,
+                messages_per_s={"naive loop": round(naive)}
+                | {label: round(value) for label, value in results}
+                | {
+                    "esctl queue drain": round(rate(args.messages, drain_s)),
+                    "esctl queue restore": round(rate(args.messages, restore_s)),
+                },
+                ratios={f"{label} / naive": round(value / naive, 2) for label, value in results},
+                cost=meter.as_json(),
+            )
         finally:
             for key in (
                 processing,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import database, write_bulk_store
+from _common import Meter, add_json_option, database, json_output, write_bulk_store
 
 from esctl import redisio, servers
 from esctl.migrate import MigrateOptions, migrate_parallel
@@ -29,13 +29,17 @@ from esctl.migrate import MigrateOptions, migrate_parallel
 APP = "Bench.Workers"
 
 
-def run(redis_url: str, admin_dsn: str, workers: int, events: int) -> float:
-    with database(admin_dsn) as dsn:
+def run(redis_url: str, admin_dsn: str, workers: int, events: int, meter: Meter) -> float:
+    with (
+        database(admin_dsn) as dsn,
+        meter.measure(f"migrate redis-to-pg --workers {workers}", dsn) as cost,
+    ):
         started = time.perf_counter()
         summary = migrate_parallel(
             redis_url, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True), workers=workers
         )
         elapsed = time.perf_counter() - started
+        cost.events += summary.events_migrated
     assert summary.events_migrated == events, (summary.events_migrated, events)
     return events / elapsed
 
@@ -48,8 +52,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cluster", action="store_true", help="a local 3-primary cluster")
     parser.add_argument("--pg-dsn", help="an admin DSN: databases are created and dropped")
+    add_json_option(parser)
     args = parser.parse_args()
+    with json_output(args.json, "bench_workers") as document:
+        run_all(args, document)
 
+
+def run_all(args: argparse.Namespace, document: dict[str, object]) -> None:
     stop: list[Callable[[], None]] = []
     try:
         if args.cluster:
@@ -68,6 +77,12 @@ def main() -> None:
             local_pg = servers.start_postgres(fast=False)
             stop.append(local_pg.stop)
             admin_dsn = local_pg.dsn
+        if args.cluster:
+            meter = Meter(
+                [f"redis://127.0.0.1:{n.port}" for n in local_cluster.primaries()], admin_dsn
+            )
+        else:
+            meter = Meter([redis_url], admin_dsn)
         client = redisio.connect(redis_url)
         events = write_bulk_store(
             client, app=APP, aggregates=max(1, args.events * 2 // 13), events_per_aggregate=(1, 12)
@@ -76,11 +91,19 @@ def main() -> None:
         rates: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(args.rounds):
             for workers in (1, 2):
-                rate = run(redis_url, admin_dsn, workers, events)
+                rate = run(redis_url, admin_dsn, workers, events, meter)
                 rates[workers].append(rate)
                 print(f"--workers {workers}: {rate:>10,.0f} events/s")
         one, two = statistics.median(rates[1]), statistics.median(rates[2])
         print(f"\nworkers 2 / workers 1: {two / one:5.2f}x  (medians of {args.rounds} rounds)")
+        meter.print_table()
+        document.update(
+            events=events,
+            cluster=args.cluster,
+            events_per_s={"workers 1": round(one), "workers 2": round(two)},
+            ratios={"workers 2 / workers 1": round(two / one, 3)},
+            cost=meter.as_json(),
+        )
     finally:
         for stop_server in reversed(stop):
             stop_server()
