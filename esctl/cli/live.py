@@ -69,10 +69,9 @@ def watch_until_interrupted(
     leaves its last picture and goes to the caller's error report (exit 1 for a lost server)."""
     from rich.live import Live
 
-    picture = draw(console)
     try:
         with Live(
-            picture,
+            draw(console),
             console=console,
             auto_refresh=False,
             redirect_stdout=False,

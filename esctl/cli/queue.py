@@ -255,7 +255,7 @@ def list_command(
 
     \b
     Example: esctl queue list --env production --metrics-file /var/lib/node_exporter/esctl_queues.prom
-    Example: esctl queue list --env production --watch --interval 5s
+    Example: esctl queue list --watch --interval 5s --env production
     """
     from esctl import queues as core
     from esctl.metrics import write_textfile

@@ -98,15 +98,14 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
         body.append(Text(row(name, [cells[n][index] for n, _, _ in columns])))
     tail = []
     if listing.problems:
-        tail.append(
-            Text(
-                f"{len(listing.problems)} problem(s) with queue keys: esctl queue list shows them",
-                style="yellow",
-            )
+        problems = (
+            f"{len(listing.problems)} problem(s) with queue keys: esctl queue list shows them"
         )
+        tail += [Text(line, style="yellow") for line in _wrap(problems, width)]
     left_out = [name for name, _, _ in COLUMNS if name not in {c[0] for c in columns}]
     if left_out:
-        tail.append(Text(f"(left out at this terminal width: {', '.join(left_out)})"))
+        note = f"(left out at this terminal width: {', '.join(left_out)})"
+        tail += [Text(line) for line in _wrap(note, width)]
     room = height - 1 - len(head) - len(tail)  # Live keeps the cursor's row below
     if len(body) > room:
         hidden = len(body) - (room - 1)
@@ -114,8 +113,8 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
         body = [*body[: room - 1], Text(more, style="yellow")]
     lines = head + body + tail
     for line in lines:
+        line.truncate(width, overflow="ellipsis")
         line.no_wrap = True
-        line.overflow = "ellipsis"
     return lines
 
 
