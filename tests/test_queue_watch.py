@@ -71,6 +71,11 @@ def test_rates_are_the_change_of_length_per_second_and_keys_are_rescanned(
     assert new_rates.published is None
     assert by_queue(fourth)[("Sub.A", "Created")][1].published == 0.0
 
+    # A slow scan is repeated less often: at most SCAN_SHARE (5 %) of the time scanning.
+    assert watch._found is not None
+    watch._found.elapsed_s = 3.0  # as a scan of a large keyspace takes
+    assert not watch.due_for_scan(40.0 + 59.0) and watch.due_for_scan(40.0 + 60.0)
+
 
 def test_format_rate() -> None:
     assert [format_rate(r) for r in (None, 0.0, 0.01, 3.0, -1.5, 1234.56)] == [
