@@ -24,7 +24,7 @@ import sys
 import tempfile
 import termios
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,3 +228,112 @@ def problems_on(screen: Screen, *, exit_code: int = 0, error_expected: bool = Fa
 def assert_reads_well(screen: Screen, *, exit_code: int = 0, error_expected: bool = False) -> None:
     found = problems_on(screen, exit_code=exit_code, error_expected=error_expected)
     assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
+
+
+# --- a command that keeps running: read its screen while it does -----------------------------
+
+
+class TerminalSession:
+    """A command running on a fresh pty of ``size`` (as :func:`run_on_terminal`), whose screen
+    a test reads while it runs (:meth:`wait_for`) and types into (:meth:`type`: ``"\\x03"`` is
+    Ctrl-C, which the terminal turns into SIGINT for the command, the pty being its
+    controlling terminal). Use it as a context manager: leaving kills what is still running."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        size: str = "80x24",
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
+        self.command = " ".join(args)
+        self.cols, self.lines = SIZES[size]
+        self._screen = pyte.HistoryScreen(self.cols, self.lines, history=100_000)
+        self._stream = pyte.ByteStream(self._screen)
+        self._master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", self.lines, self.cols, 0, 0))
+        try:
+            self.process = subprocess.Popen(
+                list(args),
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=terminal_env(env),
+                cwd=str(cwd if cwd is not None else _EMPTY_DIR),
+                start_new_session=True,
+                # The pty becomes the new session's controlling terminal, so Ctrl-C typed on
+                # it is a SIGINT, as in a shell.
+                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            )
+        finally:
+            os.close(slave)
+        self._open = True
+        self.raw = bytearray()
+        """Every byte the command drew so far (escape sequences included)."""
+
+    def __enter__(self) -> TerminalSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
+    def screen(self) -> Screen:
+        """What the terminal shows now (exit code -1 while the command runs)."""
+        code = self.process.poll()
+        return Screen(
+            self.command,
+            self.cols,
+            self.lines,
+            -1 if code is None else code,
+            _rows(self._screen),
+            None,
+        )
+
+    def _read(self, timeout: float) -> None:
+        """Feed what the command drew within ``timeout`` seconds to the emulator."""
+        if not self._open:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select([self._master], [], [], timeout)
+        if not ready:
+            return
+        try:
+            data = os.read(self._master, 65536)
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if data:
+            self.raw += data
+            self._stream.feed(data)
+        else:
+            self._open = False  # every process holding the terminal has closed it
+
+    def wait_for(self, predicate: Callable[[Screen], bool], *, timeout: float = 10.0) -> Screen:
+        """The screen once ``predicate`` holds for it; AssertionError (showing the screen)
+        when it does not within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if predicate(screen):
+                return screen
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"the screen did not show what was awaited in {timeout:.0f} s\n"
+                    + screen.describe()
+                )
+            self._read(min(left, 0.5))
+
+    def type(self, text: str) -> None:
+        os.write(self._master, text.encode())
+
+    def wait_exit(self, *, timeout: float = 10.0) -> Screen:
+        """The last screen once the command has exited and closed the terminal."""
+        return self.wait_for(lambda s: s.exit_code != -1 and not self._open, timeout=timeout)

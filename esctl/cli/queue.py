@@ -14,6 +14,7 @@ from esctl import errors
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import OptionGroup, with_groups
+from esctl.cli.live import check_watch
 from esctl.cli.options import DryRunOpt, YesOpt
 from esctl.cli.output import Output
 
@@ -227,21 +228,60 @@ def list_command(
             show_default=False,
         ),
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Redraw the table in place on the terminal every --interval, with each "
+            "list's net change of length per second (Δ/s); Ctrl-C stops.",
+        ),
+    ] = False,
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            "--interval",
+            metavar="DURATION",
+            help="With --watch: time between readings (500ms, 2s, 1m; at least 100ms). "
+            "[default: 2s]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Every subscriber x event type of the environment, with queue lengths.
 
     Shows published / processing / dead lengths, the age of the oldest processing message
     (from its TimeStamp) and the event type's RetryData count; subscribers whose lists are
-    empty are listed too. Read-only.
+    empty are listed too. --watch keeps the table on the terminal, refreshed. Read-only.
 
     \b
     Example: esctl queue list --env production --metrics-file /var/lib/node_exporter/esctl_queues.prom
+    Example: esctl queue list --watch --interval 5s --env production
     """
     from esctl import queues as core
     from esctl.metrics import write_textfile
 
     out = ctx.out
+    if watch and metrics_file is not None:
+        raise errors.UsageError(
+            "--metrics-file does not go with --watch",
+            hint="write the metrics file from cron or a systemd timer: "
+            "esctl queue list --metrics-file PATH",
+        )
+    seconds = check_watch(json=out.json, interval=interval, watch=watch, command="esctl queue list")
     environment = ctx.env
+    if watch:
+        from esctl.cli.queue_watch import watch_queues
+
+        watch_queues(
+            core.QueueWatch(
+                ctx.redis,
+                environment,
+                event_types=event_types or (),
+                subscribers=subscribers or (),
+            ),
+            seconds,
+        )
+        return
     listing = core.list_queues(
         ctx.redis, environment, event_types=event_types or (), subscribers=subscribers or ()
     )

@@ -19,10 +19,13 @@ from esctl.queues.drain import DrainOptions, DrainSummary, drain
 from esctl.queues.listing import (
     OLDEST_SAMPLE,
     QUEUE_METRIC_HELP,
+    FoundQueues,
     QueueListing,
     QueueStatus,
+    find_queues,
     list_queues,
     queue_metrics,
+    read_queues,
     render_prometheus,
 )
 from esctl.queues.lock import queue_lock
@@ -45,6 +48,7 @@ from esctl.queues.scripts import (
     RESTORE_SCRIPT,
 )
 from esctl.queues.selection import Selection
+from esctl.queues.watch import QueueRates, QueueWatch, WatchReading
 
 # The constants are copies: to change a batch size (in a test), patch esctl.queues.scripts.
 
@@ -64,12 +68,15 @@ __all__ = [
     "Confirm",
     "DrainOptions",
     "DrainSummary",
+    "FoundQueues",
     "MessageInfo",
     "PeekResult",
     "Plan",
     "QueueListing",
+    "QueueRates",
     "QueueRef",
     "QueueStatus",
+    "QueueWatch",
     "RequeueOptions",
     "RequeueSummary",
     "RestoreOptions",
@@ -77,14 +84,17 @@ __all__ = [
     "RestoreTarget",
     "RetryInfo",
     "Selection",
+    "WatchReading",
     "check_list_name",
     "describe_message",
     "drain",
+    "find_queues",
     "list_queues",
     "peek",
     "queue_lock",
     "queue_metrics",
     "read_backup",
+    "read_queues",
     "render_prometheus",
     "requeue",
     "restore",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,7 +84,35 @@ def list_queues(
     message is the oldest TimeStamp among the ``oldest_sample`` messages at the tail of
     ProcessingEvents (the ones taken longest ago; exact when the list is no longer). Read-only."""
     started = time.perf_counter()
-    moment = resolve_now(now)
+    found = find_queues(client, env, event_types=event_types, subscribers=subscribers)
+    return read_queues(client, found, now=now, oldest_sample=oldest_sample, started=started)
+
+
+@dataclass(slots=True)
+class FoundQueues:
+    """The queues of an environment as one scan of its keys found them (:func:`find_queues`):
+    what :func:`read_queues` reads the lengths of, again and again for ``queue list --watch``."""
+
+    env: str
+    refs: list[QueueRef]
+    """In the listing's order: by event type, then subscriber."""
+    subscribed: set[tuple[str, str]]
+    retry_data: dict[str, int]
+    problems: list[dict[str, str]]
+    elapsed_s: float
+    """What the scan took."""
+
+
+def find_queues(
+    client: redisio.RedisClient,
+    env: str,
+    *,
+    event_types: Sequence[str] = (),
+    subscribers: Sequence[str] = (),
+) -> FoundQueues:
+    """The queues of ``env`` (of ``event_types`` and ``subscribers`` when given): one SCAN
+    over ``*:{ENV:*}*`` and the members of the ``Subscribers:{ENV:TYPE}`` sets. Read-only."""
+    started = time.perf_counter()
     type_filter = set(event_types)
     sub_filter = set(subscribers)
     found = _scan(client, env)
@@ -98,17 +126,41 @@ def list_queues(
         },
         key=lambda p: (p[1], p[0]),
     )
-    refs = [QueueRef(sub, env, t) for sub, t in pairs]
-    statuses = _statuses(client, refs, subscribed, found.retry_by_type, problems)
-    _find_oldest_processing(client, refs, statuses, oldest_sample, moment, problems)
     retry_data = {
         t: n for t, n in sorted(found.retry_by_type.items()) if not type_filter or t in type_filter
     }
-    return QueueListing(
+    return FoundQueues(
         env=env,
+        refs=[QueueRef(sub, env, t) for sub, t in pairs],
+        subscribed=subscribed,
+        retry_data=retry_data,
+        problems=problems,
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def read_queues(
+    client: redisio.RedisClient,
+    found: FoundQueues,
+    *,
+    now: datetime | None = None,
+    oldest_sample: int = OLDEST_SAMPLE,
+    started: float | None = None,
+) -> QueueListing:
+    """The lengths of the queues ``found`` (one pipelined round trip of LLEN) and the age of
+    each one's oldest processing message (the tail of ProcessingEvents, at most
+    ``oldest_sample`` messages). ``started``: the ``time.perf_counter()`` the listing's
+    ``elapsed_s`` counts from (default: now). Read-only."""
+    started = time.perf_counter() if started is None else started
+    moment = resolve_now(now)
+    problems = list(found.problems)
+    statuses = _statuses(client, found.refs, found.subscribed, found.retry_data, problems)
+    _find_oldest_processing(client, found.refs, statuses, oldest_sample, moment, problems)
+    return QueueListing(
+        env=found.env,
         generated_at=moment.isoformat(),
         queues=statuses,
-        retry_data=retry_data,
+        retry_data=dict(found.retry_data),
         problems=problems,
         elapsed_s=time.perf_counter() - started,
     )
@@ -180,7 +232,7 @@ def _statuses(
     client: redisio.RedisClient,
     refs: list[QueueRef],
     subscribed: set[tuple[str, str]],
-    retry_by_type: Counter[str],
+    retry_by_type: Mapping[str, int],
     problems: list[dict[str, str]],
 ) -> list[QueueStatus]:
     """Each queue's lengths, in one pipelined round trip (a list Redis cannot read counts 0)."""
