@@ -24,6 +24,25 @@ Migrated = tuple[int, str, str]
 aggregate type)."""
 
 
+def migrated_streams(
+    conn: psycopg.Connection, pg_schema: str, app: str, ids: Sequence[str]
+) -> dict[str, Migrated]:
+    """What esctl.migrated_stream holds of each of ``ids`` that was migrated: aggregate id ->
+    (commits migrated, last commit id, aggregate type). Ends the transaction it reads in."""
+    rows = conn.execute(
+        # LATERAL with OFFSET 0 (which the planner may not flatten): one index lookup per
+        # id whatever the statistics say (docs/design/migrate.md, "Reading").
+        "SELECT u.id, m.commits, m.last_commit_id, m.aggregate_type"
+        "  FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
+        "    SELECT commits, last_commit_id, aggregate_type FROM esctl.migrated_stream"
+        "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
+        "    OFFSET 0) m",
+        (list(ids), pg_schema, app),
+    ).fetchall()
+    conn.commit()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
 class Reader:
     """Turns SCAN pages of commit lists into batches of checked, whole aggregates."""
 
@@ -57,18 +76,7 @@ class Reader:
         """aggregate id -> (commits migrated, last commit id, aggregate type)."""
         if not self.lookups or not ids:
             return {}
-        rows = self.conn.execute(
-            # LATERAL with OFFSET 0 (which the planner may not flatten): one index lookup per
-            # id whatever the statistics say (docs/design/migrate.md, "Reading").
-            "SELECT u.id, m.commits, m.last_commit_id, m.aggregate_type"
-            "  FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
-            "    SELECT commits, last_commit_id, aggregate_type FROM esctl.migrated_stream"
-            "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
-            "    OFFSET 0) m",
-            (list(ids), self.opts.pg_schema, self.opts.app),
-        ).fetchall()
-        self.conn.commit()
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+        return migrated_streams(self.conn, self.opts.pg_schema, self.opts.app, ids)
 
     def batches(self, start: redisio.ScanPosition, first_seq: int) -> Iterator[Batch]:
         """Batches of whole aggregates holding about ``batch_size`` events each. A batch that

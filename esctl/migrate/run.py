@@ -66,13 +66,19 @@ def migrate_redis_to_pg(
             control.close()
 
 
+def lock_name(pg_schema: str, app: str, shard: str) -> str:
+    """The name of the advisory lock a run of this schema, app and shard holds (``migrate
+    status`` looks for its holder in pg_locks)."""
+    return f"esctl:migrate:{pg_schema}:{app}:{shard}"
+
+
 def _migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[object]:
     """One run at a time per app, schema and shard (a dry run writes nothing and takes none)."""
     if opts.dry_run:
         return contextlib.nullcontext()
     return AdvisoryLock(
         opts.pg_dsn,
-        f"esctl:migrate:{opts.pg_schema}:{opts.app}:{opts.shard}",
+        lock_name(opts.pg_schema, opts.app, str(opts.shard)),
         held=f"another migration of {opts.app} into schema {opts.pg_schema} "
         f"(shard {opts.shard}) is running",
     )
