@@ -198,7 +198,9 @@ def test_watch_needs_a_terminal(redis_test_url: str, pg_dsn: str, app_name: str)
     assert piped.returncode == 2 and "needs a terminal" in piped.stderr
     as_json = run_cli(*base, "--pg-dsn", pg_dsn, "--watch", "--json")
     assert as_json.returncode == 2
-    assert json.loads(as_json.stdout)["error"]["kind"] == "refused"
+    assert json.loads(as_json.stdout)["error"]["kind"] == "usage"
+    alone = run_cli(*base, "--pg-dsn", pg_dsn, "--interval", "5s")
+    assert alone.returncode == 2 and "--interval needs --watch" in alone.stderr
     bad = run_cli(*base, "--pg-dsn", pg_dsn, "--max-lag", "soon", "--json")
     assert bad.returncode == 2 and "duration" in json.loads(bad.stdout)["error"]["message"]
 

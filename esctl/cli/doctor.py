@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -10,6 +9,7 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
+from esctl.cli.options import MetricsFileOpt
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -22,16 +22,7 @@ _ORDER = {"fail": 0, "warn": 1, "unavailable": 2, "ok": 3}
 @with_context(Scope.REDIS | Scope.PG | Scope.APP | Scope.ENV)
 def doctor(
     ctx: Context,
-    metrics_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--metrics-file",
-            metavar="PATH",
-            help="Also write every figure in Prometheus textfile format (replaced atomically), "
-            "for node_exporter's textfile collector.",
-            show_default=False,
-        ),
-    ] = None,
+    metrics_file: MetricsFileOpt = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 3 on warnings too, not only on failures.")
     ] = False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import astuple
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
@@ -13,12 +12,12 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
-from esctl.cli.options import DryRunOpt, ProgressOpt, ShardOpt
+from esctl.cli.options import DryRunOpt, IntervalOpt, MetricsFileOpt, ProgressOpt, ShardOpt
 from esctl.cli.output import Output, Progress
 from esctl.units import format_duration
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from rich.console import Console, RenderableType
 
     from esctl import migrate as core
     from esctl import plan as plan_core
@@ -390,26 +389,12 @@ def status_command(
             show_default=False,
         ),
     ] = None,
-    metrics_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--metrics-file",
-            metavar="PATH",
-            help="Also write the figures in Prometheus textfile format (replaced atomically), "
-            "for node_exporter's textfile collector.",
-            show_default=False,
-        ),
-    ] = None,
+    metrics_file: MetricsFileOpt = None,
     watch: Annotated[
         bool,
         typer.Option("--watch", help="Refresh the table in place on a terminal until Ctrl-C."),
     ] = False,
-    interval: Annotated[
-        float,
-        typer.Option(
-            "--interval", metavar="SECONDS", min=0.5, help="Seconds between --watch refreshes."
-        ),
-    ] = 2.0,
+    interval: IntervalOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Where each shard's latest migrate redis-to-pg run stands, from esctl's bookkeeping.
@@ -424,22 +409,19 @@ def status_command(
     \b
     Example: esctl migrate status --app MyService --max-lag 10m --metrics-file /var/lib/node_exporter/esctl_migrate.prom
     """
-    from esctl.cli.output import stdout_is_terminal
+    from esctl.cli.live import check_watch
     from esctl.durations import parse_duration
-    from esctl.errors import Refused
     from esctl.migrate import status as status_core
 
     out = ctx.out
     limit = parse_duration(max_lag).total_seconds() if max_lag is not None else None
-    if watch and (out.json or not stdout_is_terminal()):
-        raise Refused(
-            "--watch redraws a table in place and needs a terminal on stdout, without --json",
-            hint="run it on a terminal; for scripts and cron run it once (with --json, "
-            "--max-lag or --metrics-file)",
-        )
+    seconds = check_watch(
+        json=out.json, interval=interval, watch=watch, command="esctl migrate status"
+    )
     opts = status_core.StatusOptions(**_store(ctx), lag=lag or limit is not None)
     if watch:
-        _watch_status(ctx, opts, interval, metrics_file, limit)
+        _watch_status(ctx, opts, seconds, metrics_file, limit)
+        return
     with ctx.out.progress(progress and opts.lag, desc="measuring lag", unit=" aggregates") as bar:
         report = status_core.migration_status(
             opts, lambda: ctx.redis, on_page=bar.hook(lambda n: bar.update(n))
@@ -577,29 +559,22 @@ def _watch_status(
     metrics_file: Path | None,
     limit: float | None,
 ) -> None:
-    """Redraw the status every ``interval`` seconds until Ctrl-C (exit 130, quietly)."""
-    from rich.live import Live
-
-    from esctl.cli.errors import EXIT_INTERRUPTED
-    from esctl.cli.output import stdout_console
+    """Redraw the status every ``interval`` seconds until Ctrl-C (exit 130, quietly), writing
+    the metrics file at each reading when asked."""
+    from esctl.cli.live import live_console, watch_until_interrupted
     from esctl.metrics import write_textfile
     from esctl.migrate import status as status_core
 
     max_lag = None if limit is None else f"{limit:g}s"
-    try:
-        with Live(console=stdout_console, auto_refresh=False, redirect_stderr=False) as live:
-            while True:
-                report = status_core.migration_status(opts, lambda: ctx.redis)
-                if metrics_file is not None:
-                    write_textfile(metrics_file, status_core.render_prometheus(report))
-                over = report.behind_more_than(limit) if limit is not None else []
-                live.update(
-                    _status_renderable(report, max_lag, over, interval, stdout_console.width),
-                    refresh=True,
-                )
-                time.sleep(interval)
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    def draw(console: Console) -> RenderableType:
+        report = status_core.migration_status(opts, lambda: ctx.redis)
+        if metrics_file is not None:
+            write_textfile(metrics_file, status_core.render_prometheus(report))
+        over = report.behind_more_than(limit) if limit is not None else []
+        return _status_renderable(report, max_lag, over, interval, console.width)
+
+    watch_until_interrupted(draw, interval, console=live_console())
 
 
 # --- plan ----------------------------------------------------------------------------------

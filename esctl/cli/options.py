@@ -4,6 +4,7 @@ The connection and scope options are given to commands by ``esctl.cli.context``.
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -101,6 +102,25 @@ DryRunOpt = Annotated[
 ]
 ProgressOpt = Annotated[
     bool, typer.Option("--progress/--no-progress", help="Progress bar on a terminal (stderr).")
+]
+MetricsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--metrics-file",
+        metavar="PATH",
+        help="Also write the figures in Prometheus textfile format (replaced atomically), "
+        "for node_exporter's textfile collector.",
+        show_default=False,
+    ),
+]
+IntervalOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--interval",
+        metavar="DURATION",
+        help="With --watch: time between readings (500ms, 2s, 1m; at least 100ms). [default: 2s]",
+        show_default=False,
+    ),
 ]
 
 

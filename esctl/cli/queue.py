@@ -15,7 +15,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import OptionGroup, with_groups
 from esctl.cli.live import check_watch
-from esctl.cli.options import DryRunOpt, YesOpt
+from esctl.cli.options import DryRunOpt, IntervalOpt, MetricsFileOpt, YesOpt
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -218,16 +218,7 @@ def list_command(
         list[str] | None,
         typer.Option("--subscriber", metavar="SUB", help="Only this subscriber (repeatable)."),
     ] = None,
-    metrics_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--metrics-file",
-            metavar="PATH",
-            help="Also write the figures in Prometheus textfile format (replaced atomically), "
-            "for node_exporter's textfile collector.",
-            show_default=False,
-        ),
-    ] = None,
+    metrics_file: MetricsFileOpt = None,
     watch: Annotated[
         bool,
         typer.Option(
@@ -236,16 +227,7 @@ def list_command(
             "list's net change of length per second (Δ/s); Ctrl-C stops.",
         ),
     ] = False,
-    interval: Annotated[
-        str | None,
-        typer.Option(
-            "--interval",
-            metavar="DURATION",
-            help="With --watch: time between readings (500ms, 2s, 1m; at least 100ms). "
-            "[default: 2s]",
-            show_default=False,
-        ),
-    ] = None,
+    interval: IntervalOpt = None,
 ) -> None:
     """Every subscriber x event type of the environment, with queue lengths.
 
