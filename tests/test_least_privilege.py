@@ -176,6 +176,7 @@ def test_the_read_only_family_runs_under_users_without_any_write(store: Store) -
         (0, None, ["queue", "peek", sub, event_type, "--list", "dead", *env]),
         (3, "esctl_read", ["migrate", "verify", "--workers", "1", *app]),
         (0, "esctl_read", ["migrate", "plan", *app, "--json"]),
+        (0, "esctl_read", ["migrate", "status", "--lag", *app]),
         (3, "esctl_read", ["doctor", "--read-only", *app, *env]),
         (0, "esctl_read", ["replay", "--from", "pg", "--all", "--to", "stdout", *app]),
         (3, None, ["replay", "--from", "redis", "--all", "--to", "stdout", *app]),
