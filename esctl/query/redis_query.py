@@ -17,7 +17,7 @@ import orjson
 
 from esctl import codec, layout, readahead, redisio, storereads
 from esctl.query.filters import QueryFilters, QueryResult, QueryStats
-from esctl.query.where import literal_safe
+from esctl.where import literal_safe
 from esctl.streams import envelope
 
 Page = tuple[list[str], list[list[str]], list[bytes | bool | None]]
