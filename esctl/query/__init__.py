@@ -19,6 +19,7 @@ from esctl.query.redis_query import (
     head_event_type,
     query_redis,
 )
+from esctl.query.transformed import TransformedQuery
 from esctl.where import (
     MAX_PATH_SEGMENTS,
     OPERATORS,
@@ -39,6 +40,7 @@ __all__ = [
     "QueryResult",
     "QueryStats",
     "RedisQuery",
+    "TransformedQuery",
     "WhereClause",
     "head_envelope",
     "head_event_type",

@@ -193,10 +193,12 @@ def _path(file: Path, label: str, key: str, text: str) -> tuple[str, ...]:
 
 
 def _flat(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """A TOML table whose dotted keys nested it (``{ Rubric.Name = "Title" }``), flat."""
+    """A TOML table whose dotted keys nested it (``{ Rubric.Name = "Title" }``), flat: each
+    key a where-path (``"Rubric.Name"`` is the same path; a key holding a dot is quoted the
+    where-language's way, ``'"Some.Key"'``)."""
     out: list[tuple[str, Any]] = []
     for key, value in table.items():
-        name = f"{prefix}{key}" if '"' not in key and "." not in key else f'{prefix}"{key}"'
+        name = prefix + key
         if isinstance(value, dict):
             out.extend(_flat(value, name + "."))
         else:
