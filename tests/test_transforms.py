@@ -360,3 +360,60 @@ def test_the_fingerprint_covers_the_file_and_the_callables_source(tmp_path: Path
     assert load_rules(path).fingerprint != first
     path.write_text('# changed\n[[python]]\ncallable = "fp_module:f"\n', encoding="utf-8")
     assert load_rules(path).fingerprint not in (first,)
+
+
+_TEXTS = st.sampled_from([
+    f"{NS}.A, {ASM}", f"{LIST}[[{NS}.B, {ASM}]], mscorlib", ASM, f'"$type":"{NS}.C, {ASM}"',
+    "back\\slash \"quoted\"", "é ü 学", "", "plain",
+])  # fmt: skip
+_DOCUMENTS = st.recursive(
+    _TEXTS | st.integers(-5, 5) | st.booleans(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["$type", "Name", "$values", "Note"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _renamed_types(value: Any, old: str, new: str) -> Any:
+    """What rename_assembly should make of a parsed document, computed independently."""
+    if isinstance(value, list):
+        return [_renamed_types(v, old, new) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, inner in value.items():
+        if key == "$type" and isinstance(inner, str):
+            inner = inner.replace(f", {old}]", f", {new}]")
+            inner = inner[: -len(old)] + new if inner.endswith(f", {old}") else inner
+            out[key] = inner
+        else:
+            out[key] = _renamed_types(inner, old, new)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["Note", "Inner", "Items"]), _DOCUMENTS))
+def test_assembly_renames_touch_only_type_values(
+    tmp_path_factory: pytest.TempPathFactory, fields: dict[str, Any]
+) -> None:
+    folder = tmp_path_factory.mktemp("rules")
+    rules = load_rules(
+        rules_file(folder, f'[[rename_assembly]]\nfrom = "{ASM}"\nto = "New.Asm"\n')
+    ).rules
+    source = payload("Created", 1, **fields)
+    (event,) = transform_stream(rules, "agg-1", [SourceEvent("c1", 1, source)]).events
+    assert json.loads(event.text) == _renamed_types(json.loads(source), ASM, "New.Asm")
+    assert list(json.loads(event.text)) == list(json.loads(source))
+    if event.text == source:
+        assert ASM not in json.dumps(_type_values(json.loads(source)))
+
+
+def _type_values(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [t for v in value for t in _type_values(v)]
+    if isinstance(value, dict):
+        own = [value["$type"]] if isinstance(value.get("$type"), str) else []
+        return own + [t for k, v in value.items() if k != "$type" for t in _type_values(v)]
+    return []

@@ -57,15 +57,26 @@ class TransformedQuery:
         limit = self.filters.limit
         if limit == 0:
             return
-        matcher = _Matcher(self.filters, QueryStats())
+        filters = self.filters
+        match = None
+        if (
+            filters.types
+            or filters.aggregate_type
+            or filters.where
+            or filters.since
+            or filters.until
+        ):
+            match = _Matcher(filters, QueryStats()).match
         source = iter(self._source)
         try:
             for result in self._transformed(source):
-                found = matcher.match(result.aggregate_id, result.commit_id or "", result.payload)
-                if found is None:
-                    continue
+                if match is not None:
+                    found = match(result.aggregate_id, result.commit_id or "", result.payload)
+                    if found is None:
+                        continue
+                    result = found
                 self.stats.matched += 1
-                yield found
+                yield result
                 if limit is not None and self.stats.matched >= limit:
                     return
         finally:
@@ -89,7 +100,7 @@ class TransformedQuery:
     def _stream(self, stream: list[QueryResult]) -> Iterator[QueryResult]:
         aggregate_id = stream[0].aggregate_id
         events = [
-            transforms.SourceEvent(r.commit_id or "", r.version, r.text)
+            transforms.SourceEvent(r.commit_id or "", r.version, r.text, r.data)
             for r in sorted(stream, key=lambda r: r.version)  # as the library loads them
         ]
         outcome = transforms.transform_stream(self.rules.rules, aggregate_id, events)

@@ -5,6 +5,8 @@ docs/design/transforms.md."""
 from __future__ import annotations
 
 import fnmatch
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +47,8 @@ class SourceEvent:
     commit_id: str
     version: int
     text: str
+    data: dict[str, Any] | None = None
+    """The parsed ``text``, when the caller has it already (it is only read, never changed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +186,12 @@ def _failed(
 
 
 def _working(event: SourceEvent) -> _Working:
-    try:
-        data = orjson.loads(event.text)
-    except orjson.JSONDecodeError as exc:
-        raise _Failed(f"the payload is not JSON: {exc}") from None
+    data = event.data
+    if data is None:
+        try:
+            data = orjson.loads(event.text)
+        except orjson.JSONDecodeError as exc:
+            raise _Failed(f"the payload is not JSON: {exc}") from None
     fields = _envelope(data)
     return _Working(
         event.commit_id, event.version, event.text, event.text, *fields, data.get("Version")
@@ -240,33 +246,41 @@ def _apply(rule: Rule, aggregate_id: str, events: list[_Working]) -> list[_Worki
 
 
 def _rename(rule: Rule, event: _Working) -> None:
-    source, target = rule.source, rule.target
+    text = event.text
+    if rule.source not in text and not _ESCAPE_RE.search(text):
+        return  # no $type can name it (only a JSON escape could spell it otherwise)
+    key = (rule.kind, rule.source, rule.target)
     if rule.kind == "rename_type":
-
-        def rename(kind: str, name: str) -> str | None:
-            return target if name == source else None
-
-        def rewrite(value: str, depth: int) -> str:
-            return typenames.rename_names(value, rename, outer_only=True) if depth == 1 else value
-
+        text = typenames.rewrite_own_type(text, lambda value: _renamed(*key, value))
     else:
-        wanted = "type" if rule.kind == "rename_namespace" else "assembly"
-        prefix = source + "."
-
-        def rename(kind: str, name: str) -> str | None:
-            if kind != wanted:
-                return None
-            if wanted == "assembly":
-                return target if name == source else None
-            return target + name[len(source) :] if name.startswith(prefix) else None
-
-        def rewrite(value: str, depth: int) -> str:
-            return typenames.rename_names(value, rename)
-
-    text = typenames.rewrite_type_members(event.text, rewrite)
+        text = typenames.rewrite_type_members(text, lambda value: _renamed(*key, value))
     if text is not event.text:
         event.text = text
-        event.type_name = _envelope(orjson.loads(text))[0]
+        event.type_name = _renamed(*key, event.type_name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _renamed(kind: str, source: str, target: str, value: str) -> str:
+    """A ``$type`` value as a rename rule makes it (type names repeat: cached)."""
+    if kind == "rename_type":
+        return typenames.rename_names(
+            value, lambda _, name: target if name == source else None, outer_only=True
+        )
+    wanted = "type" if kind == "rename_namespace" else "assembly"
+    prefix = source + "."
+
+    def rename(name_kind: str, name: str) -> str | None:
+        if name_kind != wanted:
+            return None
+        if wanted == "assembly":
+            return target if name == source else None
+        return target + name[len(source) :] if name.startswith(prefix) else None
+
+    return typenames.rename_names(value, rename)
+
+
+_ESCAPE_RE = re.compile(r"\\[u/]")
+"""JSON escapes that could spell a name differently (``\\u0041``, ``\\/``)."""
 
 
 def _upcast(rule: Rule, event: _Working) -> None:

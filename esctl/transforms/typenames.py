@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import orjson
 
-_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _COLON_RE = re.compile(r"\s*:\s*")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
@@ -140,34 +140,75 @@ def _string_token(value: str) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
-def rewrite_type_members(text: str, rewrite: Callable[[str, int], str]) -> str:
-    """``text`` with the value of every ``"$type"`` member replaced by ``rewrite(value,
-    depth)`` (depth 1: the payload's own ``$type``); the rest of the text is kept as it is."""
-    if '"$type"' not in text:
-        return text
+def _type_values(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of the value token of every ``"$type"`` member holding a string. A ``"``
+    that no backslash escapes, followed by ``$type"``, opens the string ``"$type"`` (after a
+    closing quote only ``:``, ``,``, ``}``, ``]`` or space may come), and a string followed by
+    ``:`` is a key: found with ``str.find``, no scan of the other strings."""
+    find = text.find
+    at = find('"$type"')
+    while at != -1:
+        after = at + 7
+        if not _escaped(text, at):
+            colon = _COLON_RE.match(text, after)
+            if colon is not None:
+                value = _STRING_RE.match(text, colon.end())
+                if value is not None:
+                    yield value.start(), value.end()
+                    after = value.end()
+        at = find('"$type"', after)
+
+
+def _escaped(text: str, at: int) -> bool:
+    """Whether ``text[at]`` follows an odd run of backslashes."""
+    run = 0
+    while at > run and text[at - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1
+
+
+def _replaced(text: str, spans: list[tuple[int, int]], rewrite: Callable[[str], str]) -> str:
     parts: list[str] = []
     done = 0
-    key_end = -1
-    key_depth = 0
-    for match, depth in _strings(text):
-        if key_end != -1:
-            colon = _COLON_RE.match(text, key_end)
-            if colon is not None and colon.end() == match.start():
-                old = _string_value(match.group())
-                new = rewrite(old, key_depth)
-                if new != old:
-                    parts.append(text[done : match.start()])
-                    parts.append(_string_token(new))
-                    done = match.end()
-            key_end = -1
-        elif match.group() == '"$type"':
-            colon = _COLON_RE.match(text, match.end())
-            if colon is not None:
-                key_end, key_depth = match.end(), depth
+    for start, end in spans:
+        old = _string_value(text[start:end])
+        new = rewrite(old)
+        if new != old:
+            parts.append(text[done:start])
+            parts.append(_string_token(new))
+            done = end
     if not parts:
         return text
     parts.append(text[done:])
     return "".join(parts)
+
+
+def rewrite_type_members(text: str, rewrite: Callable[[str], str]) -> str:
+    """``text`` with the value of every ``"$type"`` member (any depth) replaced by
+    ``rewrite(value)``; the rest of the text is kept as it is."""
+    return _replaced(text, list(_type_values(text)), rewrite)
+
+
+_OWN_TYPE_RE = re.compile(r'\s*\{\s*"\$type"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
+
+
+def rewrite_own_type(text: str, rewrite: Callable[[str], str]) -> str:
+    """``text`` with the value of the payload's own (top-level) ``$type`` replaced by
+    ``rewrite(value)``. Newtonsoft writes it first, found at once; elsewhere (jsonb's key
+    order) the strings are scanned for the one at depth 1."""
+    first = _OWN_TYPE_RE.match(text)
+    if first is not None:
+        return _replaced(text, [first.span(1)], rewrite)
+    key_end = -1
+    for match, depth in _strings(text):
+        if key_end != -1:
+            colon = _COLON_RE.match(text, key_end)
+            if colon is not None and colon.end() == match.start():
+                return _replaced(text, [match.span()], rewrite)
+            key_end = -1
+        elif depth == 1 and match.group() == '"$type"':
+            key_end = match.end()
+    return text
 
 
 def set_top_level_number(text: str, key: str, value: int) -> str:
