@@ -139,3 +139,23 @@ def test_bad_rules_files_and_pg_are_usage_errors(redis_test_url: str, tmp_path: 
     result = run_cli("events", "query", "--source", "pg", *common)
     assert result.returncode == 2 and "--source pg" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unloadable_streams_are_not_renumbered_into_loadable_ones(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str, tmp_path: Path
+) -> None:
+    store = iw.write_store(
+        redis_client, app=app_name, aggregates=12, seed=5, events_per_aggregate=(3, 6),
+        defects=("version_gap", "invalid_compressed"),
+    )  # fmt: skip
+    broken = {d.aggregate_id for d in store.defects_of("version_gap")}
+    broken |= {d.aggregate_id for d in store.defects_of("invalid_compressed")}
+    assert broken
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[leave_out]]\nevent_type = "Nothing"\n', encoding="utf-8")
+    common = ("--app", app_name, "--redis-url", redis_test_url, "--transforms", str(rules))
+    result = run_cli("events", "query", "--format", "jsonl", *common)
+    assert result.returncode == 0, result.stderr
+    shown = {json.loads(line)["aggregate_id"] for line in result.stdout.splitlines()}
+    assert shown == {a.aggregate_id for a in store.aggregates} - broken
+    assert f"{len(broken)} aggregate(s) not shown" in result.stderr

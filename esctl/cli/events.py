@@ -248,6 +248,12 @@ def _report_transforms(out: Output, results: core.TransformedQuery) -> None:
     """Left-out events (stderr) and failed aggregates (stderr, exit 3)."""
     if results.left_out:
         out.info(f"transforms: {results.left_out:,} event(s) left out")
+    if results.unloadable:
+        out.warn(
+            f"{len(results.unloadable):,} aggregate(s) not shown: their Redis streams are not "
+            "loadable (versions not 1, 2, 3, …), so migrate quarantines them before any "
+            f"transform (first: {results.unloadable[0]!r}); `esctl inspect integrity` lists them"
+        )
     for aggregate_id, failure in results.failures[:FAILURES_SHOWN]:
         stored = failure.stored if failure.stored is None else failure.stored[:200]
         out.warn(

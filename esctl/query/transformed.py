@@ -19,7 +19,8 @@ class TransformedQuery:
     """Iterate the transformed events of ``app`` that match ``filters``, aggregate by
     aggregate (each in its new version order). ``stats`` counts what was read and matched;
     ``left_out`` the source events the rules left out; ``failures`` the aggregates a rule
-    could not transform (quarantined whole: none of their events is shown)."""
+    could not transform (quarantined whole: none of their events is shown); ``unloadable`` the
+    aggregates whose stream is not loadable to begin with (not shown either)."""
 
     def __init__(
         self,
@@ -35,6 +36,10 @@ class TransformedQuery:
         self.stats = QueryStats()
         self.left_out = 0
         self.failures: list[tuple[str, transforms.TransformFailure]] = []
+        self.unloadable: list[str] = []
+        """Aggregates not shown because their Redis streams are not loadable as they are
+        (versions not 1, 2, 3, … once unreadable events are skipped): migrate quarantines
+        those before any rule applies, and renumbering must not hide the defect."""
         self._on_progress = on_progress
         self._source = RedisQuery(
             client,
@@ -99,9 +104,12 @@ class TransformedQuery:
 
     def _stream(self, stream: list[QueryResult]) -> Iterator[QueryResult]:
         aggregate_id = stream[0].aggregate_id
+        ordered = sorted(stream, key=lambda r: r.version)  # as the library loads them
+        if [r.version for r in ordered] != list(range(1, len(ordered) + 1)):
+            self.unloadable.append(aggregate_id)
+            return
         events = [
-            transforms.SourceEvent(r.commit_id or "", r.version, r.text, r.data)
-            for r in sorted(stream, key=lambda r: r.version)  # as the library loads them
+            transforms.SourceEvent(r.commit_id or "", r.version, r.text, r.data) for r in ordered
         ]
         outcome = transforms.transform_stream(self.rules.rules, aggregate_id, events)
         if outcome.failure is not None:
