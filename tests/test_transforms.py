@@ -84,6 +84,19 @@ def test_leave_out_by_aggregate_type_drops_the_whole_aggregate(tmp_path: Path) -
     assert outcome.numbering == Numbering(2, 0) and outcome.left_out == 2
 
 
+def test_leave_out_with_both_keys_takes_events_of_that_type_in_that_aggregate_type(
+    tmp_path: Path,
+) -> None:
+    text = '[[leave_out]]\nevent_type = "Viewed"\naggregate_type = "{}"\n'
+    events = stream("Created", "Viewed")
+    kept = run(tmp_path, text.format("Item*"), events).events
+    assert [e.event_type for e in kept] == ["Created"]
+    assert [e.event_type for e in run(tmp_path, text.format("Order"), events).events] == [
+        "Created",
+        "Viewed",
+    ]
+
+
 def test_rename_type_changes_the_event_type_and_only_the_top_level_type(tmp_path: Path) -> None:
     nested = {"$type": f"{NS}.ItemScoreCreated, {ASM}", "X": 1}
     events = stream("ItemScoreCreated", Inner=nested)

@@ -218,14 +218,7 @@ def _event_type(type_name: str) -> str:
 def _apply(rule: Rule, aggregate_id: str, events: list[_Working]) -> list[_Working]:
     kind = rule.kind
     if kind == "leave_out":
-        if rule.aggregate_type is not None and any(
-            fnmatch.fnmatchcase(e.aggregate_type, rule.aggregate_type) for e in events
-        ):
-            return []
-        if rule.event_type is not None:
-            glob = rule.event_type
-            return [e for e in events if not fnmatch.fnmatchcase(_event_type(e.type_name), glob)]
-        return events
+        return _leave_out(rule, events)
     out: list[_Working] = []
     for event in events:
         try:
@@ -243,6 +236,20 @@ def _apply(rule: Rule, aggregate_id: str, events: list[_Working]) -> list[_Worki
             raise
         out.append(event)
     return out
+
+
+def _leave_out(rule: Rule, events: list[_Working]) -> list[_Working]:
+    """``aggregate_type`` alone: the whole aggregate when its type matches; ``event_type``
+    alone: the events whose type matches; both: the events of that type in aggregates of that
+    type."""
+    if rule.aggregate_type is not None and not any(
+        fnmatch.fnmatchcase(e.aggregate_type, rule.aggregate_type) for e in events
+    ):
+        return events
+    glob = rule.event_type
+    if glob is None:
+        return []
+    return [e for e in events if not fnmatch.fnmatchcase(_event_type(e.type_name), glob)]
 
 
 def _rename(rule: Rule, event: _Working) -> None:
