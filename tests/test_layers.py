@@ -26,6 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.durations",
         "esctl.documents",
         "esctl.sampling",
+        "esctl.where",
     ),
     # talking to servers and processes, knowing nothing of operations
     "transport": ("esctl.redisio", "esctl.pg", "esctl.servers", "esctl.readahead"),
@@ -36,6 +37,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.backupfile",
         "esctl.streams",
         "esctl.storereads",
+        "esctl.transforms",
     ),
     "operations": (
         "esctl.compress",

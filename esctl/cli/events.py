@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,11 +14,12 @@ from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import EventSelection, with_groups
-from esctl.cli.options import EventSource, ProgressOpt
+from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
     from esctl import query as core
+    from esctl.transforms import Rules
 
 app = typer.Typer(no_args_is_help=True, help="Decode and query event payloads.")
 
@@ -144,6 +146,7 @@ def query(
         ),
     ] = EventSource.redis,
     progress: ProgressOpt = True,
+    transforms_file: TransformsOpt = None,
 ) -> None:
     """Find events by type, aggregate, time and payload fields, gzip-transparently.
 
@@ -152,7 +155,10 @@ def query(
     memory; --source pg asks the migrated tables the same question (every filter runs inside
     PostgreSQL; commit_id is null there). --where: 'Score>=7', 'Rubric.Name~Essay',
     'Lines.Sku=BK-1042' (lists and $values wrappers match when any element does),
-    'Comment exists'. Unreadable events are skipped and counted on stderr.
+    'Comment exists'. Unreadable events are skipped and counted on stderr. --transforms FILE
+    previews a rules file on the Redis events: each aggregate's stream is transformed (left-out
+    events absent, versions renumbered), then filtered; an aggregate a rule cannot transform is
+    left out and reported on stderr (exit 3).
 
     \b
     Example: esctl events query --app MyService --type OrderPlaced --since 7d --where 'Currency=EUR'
@@ -182,6 +188,7 @@ def query(
         **selected.selectors(),
         limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
     )
+    rules = _load_transforms(transforms_file, source)
     app_value = ctx.app
     client = ctx.redis if source is EventSource.redis else None
     # A bar on stderr, unless JSON lines are going to the same terminal.
@@ -191,12 +198,17 @@ def query(
         desc="scanning", unit=" events", unit_scale=True,
     )  # fmt: skip
     with bar:
-        results: core.RedisQuery | core.PgQuery
+        results: core.RedisQuery | core.PgQuery | core.TransformedQuery
         if client is None:
             results = core.query_pg(ctx.pg_dsn, ctx.pg_schema, app_value, filters)
         else:
             on_progress = bar.hook(lambda stats: _count(bar, stats))
-            results = core.query_redis(client, app_value, filters, on_progress=on_progress)
+            if rules is None:
+                results = core.query_redis(client, app_value, filters, on_progress=on_progress)
+            else:
+                results = core.TransformedQuery(
+                    client, app_value, filters, rules, on_progress=on_progress
+                )
         try:
             shown_limit = filters.limit if limit is None else None
             _emit_results(out, results, fmt, stream, shown_limit=shown_limit, bar=bar)
@@ -207,6 +219,51 @@ def query(
             f"{results.stats.unreadable:,} committed event(s) could not be read (no payload or "
             "undecodable) and were skipped; `esctl inspect integrity` lists them"
         )
+    if isinstance(results, core.TransformedQuery):
+        _report_transforms(out, results)
+
+
+def _load_transforms(path: Path | None, source: EventSource) -> Rules | None:
+    """The rules of --transforms, checked before any server is asked (UsageError: exit 2)."""
+    if path is None:
+        return None
+    from esctl.errors import UsageError
+
+    if source is not EventSource.redis:
+        raise UsageError(
+            "--transforms previews what the rules make of the events in Redis; it does not "
+            "apply to --source pg (PostgreSQL holds what a migration already wrote)",
+            hint="drop --source pg, or drop --transforms",
+        )
+    from esctl import transforms
+
+    return transforms.load_rules(path)
+
+
+FAILURES_SHOWN = 10
+"""Transform failures told one by one on stderr; the rest are counted."""
+
+
+def _report_transforms(out: Output, results: core.TransformedQuery) -> None:
+    """Left-out events (stderr) and failed aggregates (stderr, exit 3)."""
+    if results.left_out:
+        out.info(f"transforms: {results.left_out:,} event(s) left out")
+    if results.unloadable:
+        out.warn(
+            f"{len(results.unloadable):,} aggregate(s) not shown: their Redis streams are not "
+            "loadable (versions not 1, 2, 3, …), so migrate quarantines them before any "
+            f"transform (first: {results.unloadable[0]!r}); `esctl inspect integrity` lists them"
+        )
+    for aggregate_id, failure in results.failures[:FAILURES_SHOWN]:
+        stored = failure.stored if failure.stored is None else failure.stored[:200]
+        out.warn(
+            f"aggregate {aggregate_id!r}: transform_failed: {failure.detail} "
+            f"(commit {failure.commit_id}; stored {stored!r}); its events are not shown"
+        )
+    hidden = len(results.failures) - FAILURES_SHOWN
+    if hidden > 0:
+        out.warn(f"… and {hidden:,} more aggregate(s) whose transforms failed")
+    exit_for(problems=len(results.failures))
 
 
 def _count(bar: Progress, stats: core.QueryStats) -> None:
@@ -215,7 +272,7 @@ def _count(bar: Progress, stats: core.QueryStats) -> None:
 
 def _emit_results(
     out: Output,
-    results: core.RedisQuery | core.PgQuery,
+    results: core.RedisQuery | core.PgQuery | core.TransformedQuery,
     fmt: QueryFormat,
     stream: output.JsonStream | None,
     *,

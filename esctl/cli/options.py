@@ -183,3 +183,14 @@ ShardOpt = Annotated[
         show_default=False,
     ),
 ]
+
+TransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="A TOML rules file (leave out, rename types, upcast, Python callables; README "
+        "'Transforms'): show the events as the rules make them.",
+        show_default=False,
+    ),
+]

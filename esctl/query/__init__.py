@@ -1,7 +1,7 @@
 """``esctl events query``: find events by type, aggregate, time and payload fields, in Redis or
 in the migrated PostgreSQL tables, with one filter language and one answer.
 
-The filters and results are in :mod:`.filters`, the where-language in :mod:`.where`, the two
+The filters and results are in :mod:`.filters`, the where-language in :mod:`esctl.where` (below the operations: transforms name fields with its paths), the two
 sources in :mod:`.redis_query` (:class:`RedisQuery`) and :mod:`.pg_query` (:class:`PgQuery`).
 What each filter and operator means, exactly and the same on both sides, and what a result
 holds: docs/design/query.md.
@@ -19,7 +19,8 @@ from esctl.query.redis_query import (
     head_event_type,
     query_redis,
 )
-from esctl.query.where import (
+from esctl.query.transformed import TransformedQuery
+from esctl.where import (
     MAX_PATH_SEGMENTS,
     OPERATORS,
     Literal,
@@ -39,6 +40,7 @@ __all__ = [
     "QueryResult",
     "QueryStats",
     "RedisQuery",
+    "TransformedQuery",
     "WhereClause",
     "head_envelope",
     "head_event_type",

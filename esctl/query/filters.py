@@ -15,7 +15,7 @@ import orjson
 from esctl.documents import document
 from esctl.durations import parse_time
 from esctl.errors import UsageError
-from esctl.query.where import WhereClause, parse_where
+from esctl.where import WhereClause, parse_where
 
 
 @dataclass(frozen=True)

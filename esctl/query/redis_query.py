@@ -17,8 +17,8 @@ import orjson
 
 from esctl import codec, layout, readahead, redisio, storereads
 from esctl.query.filters import QueryFilters, QueryResult, QueryStats
-from esctl.query.where import literal_safe
 from esctl.streams import envelope
+from esctl.where import literal_safe
 
 Page = tuple[list[str], list[list[str]], list[bytes | bool | None]]
 """(aggregate ids, their commit lists, the payloads in commit order as

@@ -258,6 +258,21 @@ def parse_where(text: str) -> WhereClause:
         ) from None
 
 
+def parse_path(text: str) -> tuple[str, ...]:
+    """A dotted PATH of the where-language on its own (``Rubric.Name``, ``"Some.Key".X``), as
+    transforms name fields (docs/design/transforms.md). Raises ValueError naming the bad part."""
+    try:
+        i = _skip_space(text, 0)
+        if i == len(text):
+            raise _WhereSyntax("the path is empty", 0)
+        path, end = _parse_path(text, i)
+        if text[end:].strip():
+            raise _WhereSyntax(f"unexpected {text[end:].strip()!r} after the path", end)
+    except _WhereSyntax as exc:
+        raise ValueError(f"bad path {text!r}: {exc.message} (column {exc.column + 1})") from None
+    return path
+
+
 def _parse_where(text: str) -> WhereClause:
     i = _skip_space(text, 0)
     if i == len(text):

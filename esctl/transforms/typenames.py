@@ -1,0 +1,227 @@
+"""Newtonsoft ``$type`` values and the payload text they stand in, edited without touching
+anything else: the type and assembly names inside one ``$type`` value (generic arguments
+included), every ``$type`` member of a payload, and a top-level member's value.
+
+Works on the JSON text itself, so whatever a rule does not change keeps its exact spelling.
+In valid JSON every ``"`` outside a string opens one, so scanning string tokens from the start
+finds exactly the strings; a ``"$type"`` string followed by ``:`` is a key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import orjson
+
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_COLON_RE = re.compile(r"\s*:\s*")
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+Span = tuple[str, int, int]
+"""(``"type"`` or ``"assembly"``, start, end) of a name inside a ``$type`` value."""
+
+
+def name_spans(type_name: str) -> list[Span] | None:
+    """Where the type names and assembly names are in an assembly-qualified ``$type`` value,
+    outer type first, generic arguments in order: ``System.Collections.Generic.List`1[[Ns.T,
+    Asm]], mscorlib`` gives the type ``System.Collections.Generic.List`1``, the type ``Ns.T``,
+    the assembly ``Asm``, the assembly ``mscorlib``. None when the value does not read as a
+    .NET type name (such a value is left as it is)."""
+    spans: list[Span] = []
+    try:
+        end = _qualified(type_name, 0, spans, inside=False)
+    except (IndexError, ValueError):
+        return None
+    return spans if end == len(type_name) else None
+
+
+def _qualified(text: str, i: int, spans: list[Span], *, inside: bool) -> int:
+    """Read one (possibly assembly-qualified) type name from ``text[i]``; where it ends."""
+    start = i
+    while i < len(text) and text[i] not in "[],":
+        i += 1
+    if i == start:
+        raise ValueError("no type name")
+    spans.append(("type", start, i))
+    while i < len(text) and text[i] == "[":
+        i = _arguments(text, i, spans) if text[i + 1] == "[" else _rank(text, i)
+    if i < len(text) and text[i] == ",":
+        i = _assembly(text, i + 1, spans)
+    if not inside and i < len(text) and text[i] == "]":
+        raise ValueError("unbalanced ']'")
+    return i
+
+
+def _arguments(text: str, i: int, spans: list[Span]) -> int:
+    """Generic arguments ``[[A, Asm],[B, Asm]]`` from the first ``[``; where they end."""
+    i += 1
+    while True:
+        if text[i] != "[":
+            raise ValueError("expected '['")
+        i = _qualified(text, i + 1, spans, inside=True)
+        if text[i] != "]":
+            raise ValueError("expected ']'")
+        i += 1
+        if text[i] == ",":
+            i += 1
+        elif text[i] == "]":
+            return i + 1
+        else:
+            raise ValueError("expected ']'")
+
+
+def _rank(text: str, i: int) -> int:
+    """An array rank: ``[]``, ``[,]``, ``[*]``."""
+    close = text.index("]", i)
+    if text[i + 1 : close].strip(",*"):
+        raise ValueError("bad array rank")
+    return close + 1
+
+
+def _assembly(text: str, i: int, spans: list[Span]) -> int:
+    """The assembly name after a type name's comma, and its ``Version=…`` attributes."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    start = i
+    while i < len(text) and text[i] not in ",]":
+        i += 1
+    if i == start:
+        raise ValueError("no assembly name")
+    spans.append(("assembly", start, len(text[:i].rstrip())))
+    while i < len(text) and text[i] == ",":  # Version=…, Culture=…, PublicKeyToken=…
+        i += 1
+        while i < len(text) and text[i] not in ",]":
+            i += 1
+    return i
+
+
+def rename_names(
+    type_name: str, rename: Callable[[str, str], str | None], *, outer_only: bool = False
+) -> str:
+    """``type_name`` with each type or assembly name replaced by ``rename(kind, name)`` where
+    that is not None (``outer_only``: only the outer type name is offered)."""
+    spans = name_spans(type_name)
+    if spans is None:
+        return type_name
+    if outer_only:
+        spans = spans[:1]
+    parts: list[str] = []
+    done = 0
+    for kind, start, end in spans:
+        new = rename(kind, type_name[start:end])
+        if new is not None:
+            parts.append(type_name[done:start])
+            parts.append(new)
+            done = end
+    if not parts:
+        return type_name
+    parts.append(type_name[done:])
+    return "".join(parts)
+
+
+def _strings(text: str) -> Iterator[tuple[re.Match[str], int]]:
+    """Every JSON string token of ``text`` with the object/array depth it stands at."""
+    depth = 0
+    done = 0
+    for match in _STRING_RE.finditer(text):
+        gap = text[done : match.start()]
+        if gap:
+            depth += gap.count("{") + gap.count("[") - gap.count("}") - gap.count("]")
+        done = match.end()
+        yield match, depth
+
+
+def _string_value(token: str) -> str:
+    return token[1:-1] if "\\" not in token else str(orjson.loads(token))
+
+
+def _string_token(value: str) -> str:
+    return orjson.dumps(value).decode("utf-8")
+
+
+def _type_values(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of the value token of every ``"$type"`` member holding a string. A ``"``
+    that no backslash escapes, followed by ``$type"``, opens the string ``"$type"`` (after a
+    closing quote only ``:``, ``,``, ``}``, ``]`` or space may come), and a string followed by
+    ``:`` is a key: found with ``str.find``, no scan of the other strings."""
+    find = text.find
+    at = find('"$type"')
+    while at != -1:
+        after = at + 7
+        if not _escaped(text, at):
+            colon = _COLON_RE.match(text, after)
+            if colon is not None:
+                value = _STRING_RE.match(text, colon.end())
+                if value is not None:
+                    yield value.start(), value.end()
+                    after = value.end()
+        at = find('"$type"', after)
+
+
+def _escaped(text: str, at: int) -> bool:
+    """Whether ``text[at]`` follows an odd run of backslashes."""
+    run = 0
+    while at > run and text[at - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1
+
+
+def _replaced(text: str, spans: list[tuple[int, int]], rewrite: Callable[[str], str]) -> str:
+    parts: list[str] = []
+    done = 0
+    for start, end in spans:
+        old = _string_value(text[start:end])
+        new = rewrite(old)
+        if new != old:
+            parts.append(text[done:start])
+            parts.append(_string_token(new))
+            done = end
+    if not parts:
+        return text
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def rewrite_type_members(text: str, rewrite: Callable[[str], str]) -> str:
+    """``text`` with the value of every ``"$type"`` member (any depth) replaced by
+    ``rewrite(value)``; the rest of the text is kept as it is."""
+    return _replaced(text, list(_type_values(text)), rewrite)
+
+
+_OWN_TYPE_RE = re.compile(r'\s*\{\s*"\$type"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
+
+
+def rewrite_own_type(text: str, rewrite: Callable[[str], str]) -> str:
+    """``text`` with the value of the payload's own (top-level) ``$type`` replaced by
+    ``rewrite(value)``. Newtonsoft writes it first, found at once; elsewhere (jsonb's key
+    order) the strings are scanned for the one at depth 1."""
+    first = _OWN_TYPE_RE.match(text)
+    if first is not None:
+        return _replaced(text, [first.span(1)], rewrite)
+    key_end = -1
+    for match, depth in _strings(text):
+        if key_end != -1:
+            colon = _COLON_RE.match(text, key_end)
+            if colon is not None and colon.end() == match.start():
+                return _replaced(text, [match.span()], rewrite)
+            key_end = -1
+        elif depth == 1 and match.group() == '"$type"':
+            key_end = match.end()
+    return text
+
+
+def set_top_level_number(text: str, key: str, value: int) -> str:
+    """``text`` with the number value of its top-level member ``key`` replaced by ``value``.
+    Raises ValueError when there is no such member holding a number."""
+    token = _string_token(key)
+    for match, depth in _strings(text):
+        if depth == 1 and match.group() == token:
+            colon = _COLON_RE.match(text, match.end())
+            if colon is None:
+                continue  # a string value equal to the key's name
+            number = _NUMBER_RE.match(text, colon.end())
+            if number is None:
+                raise ValueError(f"the top-level {key!r} is not a number")
+            return text[: number.start()] + str(value) + text[number.end() :]
+    raise ValueError(f"no top-level {key!r}")

@@ -1,0 +1,432 @@
+"""esctl.transforms: the rules file and the engine, pure (no server). One rule of each kind,
+``$type`` renames that touch nothing but ``$type`` values, renumbering after leave-out and
+split, failures that quarantine the whole aggregate, malformed rules files."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from esctl.errors import UsageError
+from esctl.transforms import (
+    Numbering,
+    SourceEvent,
+    load_rules,
+    transform_stream,
+)
+from esctl.transforms.typenames import name_spans, rename_names
+
+ASM = "Learning.ScoringService.Domain"
+NS = f"{ASM}.Events"
+LIST = "System.Collections.Generic.List`1"
+
+
+def payload(cls: str, version: int, aggregate_id: str = "agg-1", **fields: Any) -> str:
+    document = {
+        "$type": f"{NS}.{cls}, {ASM}",
+        "Id": aggregate_id,
+        "TimeStamp": f"2024-03-0{1 + version % 9}T10:00:00.1234567+00:00",
+        "Version": version,
+        "AggregateType": "ItemScore",
+        **fields,
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def stream(*classes: str, **fields: Any) -> list[SourceEvent]:
+    return [SourceEvent(f"c{v}", v, payload(cls, v, **fields)) for v, cls in enumerate(classes, 1)]
+
+
+def rules_file(tmp_path: Path, text: str, name: str = "rules.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def run(tmp_path: Path, text: str, events: list[SourceEvent], **kw: Any) -> Any:
+    rules = load_rules(rules_file(tmp_path, text))
+    return transform_stream(rules.rules, "agg-1", events, **kw)
+
+
+def assert_loadable(outcome: Any, first: int = 1) -> None:
+    """Versions consecutive from ``first``, each payload's Version the same."""
+    versions = [e.version for e in outcome.events]
+    assert versions == list(range(first, first + len(versions)))
+    assert [json.loads(e.text)["Version"] for e in outcome.events] == versions
+
+
+# --- one rule of each kind ------------------------------------------------------------------
+
+
+def test_leave_out_by_event_type_renumbers_and_keeps_the_rest_exact(tmp_path: Path) -> None:
+    events = stream("Created", "Viewed", "Updated", "ViewedTwice", "Updated", Note='é "q"')
+    outcome = run(tmp_path, '[[leave_out]]\nevent_type = "Viewed*"\n', events)
+    assert outcome.failure is None
+    assert [e.event_type for e in outcome.events] == ["Created", "Updated", "Updated"]
+    assert_loadable(outcome)
+    assert [e.source_version for e in outcome.events] == [1, 3, 5]
+    assert outcome.mapping == [(1, (1,)), (2, ()), (3, (2,)), (4, ()), (5, (3,))]
+    assert outcome.left_out == 2
+    assert outcome.events[0].text == events[0].text  # version unchanged: the exact text
+    assert outcome.events[1].text == events[2].text.replace('"Version":3', '"Version":2')
+    assert outcome.numbering == Numbering(5, 3)
+
+
+def test_leave_out_by_aggregate_type_drops_the_whole_aggregate(tmp_path: Path) -> None:
+    outcome = run(tmp_path, '[[leave_out]]\naggregate_type = "Item*"\n', stream("A", "B"))
+    assert outcome.failure is None and outcome.events == []
+    assert outcome.numbering == Numbering(2, 0) and outcome.left_out == 2
+
+
+def test_leave_out_with_both_keys_takes_events_of_that_type_in_that_aggregate_type(
+    tmp_path: Path,
+) -> None:
+    text = '[[leave_out]]\nevent_type = "Viewed"\naggregate_type = "{}"\n'
+    events = stream("Created", "Viewed")
+    kept = run(tmp_path, text.format("Item*"), events).events
+    assert [e.event_type for e in kept] == ["Created"]
+    assert [e.event_type for e in run(tmp_path, text.format("Order"), events).events] == [
+        "Created",
+        "Viewed",
+    ]
+
+
+def test_rename_type_changes_the_event_type_and_only_the_top_level_type(tmp_path: Path) -> None:
+    nested = {"$type": f"{NS}.ItemScoreCreated, {ASM}", "X": 1}
+    events = stream("ItemScoreCreated", Inner=nested)
+    rules = (
+        f'[[rename_type]]\nfrom = "{NS}.ItemScoreCreated"\nto = "Learning.Scoring.ScoreCreated"\n'
+    )
+    outcome = run(tmp_path, rules, events)
+    (event,) = outcome.events
+    assert event.event_type == "ScoreCreated"
+    data = json.loads(event.text)
+    assert data["$type"] == f"Learning.Scoring.ScoreCreated, {ASM}"
+    assert data["Inner"] == nested
+    assert event.text == events[0].text.replace(
+        f"{NS}.ItemScoreCreated, {ASM}", f"Learning.Scoring.ScoreCreated, {ASM}", 1
+    )
+
+
+NESTED: dict[str, Any] = {
+    "Rubric": {
+        "$type": f"{ASM}.Models.Rubric, {ASM}",
+        "Criteria": {
+            "$type": f"{LIST}[[{NS}.Criterion, {ASM}]], mscorlib",
+            "$values": [{"$type": f"{NS}.Criterion, {ASM}", "Name": f"{NS}.Criterion, {ASM}"}],
+        },
+        "Map": {
+            "$type": "System.Collections.Generic.Dictionary`2[[System.String, mscorlib],"
+            f"[{NS}.Sub.Level[], {ASM}, Version=1.0.0.0, Culture=neutral, PublicKeyToken=null]]"
+            ", mscorlib",
+        },
+        "Other": {"$type": f"{NS}X.NotThis, {ASM}Y"},
+    },
+    "Note": f'"$type":"{NS}.Fake, {ASM}" and {ASM} in text',
+}
+
+
+def test_rename_namespace_reaches_nested_values_and_generic_arguments(tmp_path: Path) -> None:
+    events = stream("Created", **NESTED)
+    rules = f'[[rename_namespace]]\nfrom = "{NS}"\nto = "Learning.Scoring.Events"\n'
+    (event,) = run(tmp_path, rules, events).events
+    expected = events[0].text.replace(f"{NS}.", "Learning.Scoring.Events.")
+    # ... but not the text that merely looks like a $type
+    expected = expected.replace(
+        '"Name":"Learning.Scoring.Events.Criterion', f'"Name":"{NS}.Criterion'
+    )
+    expected = expected.replace(
+        '\\"$type\\":\\"Learning.Scoring.Events.Fake', f'\\"$type\\":\\"{NS}.Fake'
+    )
+    assert event.text == expected
+    data = json.loads(event.text)
+    assert data["Rubric"]["Other"] == NESTED["Rubric"]["Other"]  # a prefix, not a namespace
+    assert data["Note"] == NESTED["Note"]
+    assert event.event_type == "Created"
+
+
+def test_rename_assembly_everywhere_but_in_other_text(tmp_path: Path) -> None:
+    events = stream("Created", **NESTED)
+    rules = f'[[rename_assembly]]\nfrom = "{ASM}"\nto = "Learning.Scoring.Domain"\n'
+    (event,) = run(tmp_path, rules, events).events
+    data = json.loads(event.text)
+    assert data["$type"] == f"{NS}.Created, Learning.Scoring.Domain"
+    criteria = data["Rubric"]["Criteria"]
+    assert criteria["$type"] == f"{LIST}[[{NS}.Criterion, Learning.Scoring.Domain]], mscorlib"
+    assert criteria["$values"][0] == {
+        "$type": f"{NS}.Criterion, Learning.Scoring.Domain",
+        "Name": f"{NS}.Criterion, {ASM}",
+    }
+    assert data["Rubric"]["Map"]["$type"].endswith(
+        "Learning.Scoring.Domain, Version=1.0.0.0, Culture=neutral, PublicKeyToken=null]], mscorlib"
+    )
+    assert data["Rubric"]["Other"] == NESTED["Rubric"]["Other"]
+    assert data["Note"] == NESTED["Note"]
+    assert list(data) == list(json.loads(events[0].text))  # key order kept
+
+
+def test_upcast_renames_removes_and_defaults_fields(tmp_path: Path) -> None:
+    lines = {"$type": f"{LIST}[[X, A]], mscorlib", "$values": [{"Sku": "a"}, {"Sku": "b"}]}
+    events = stream("Updated", "Created", Comment="c", Attempts=3, Score=7, Lines=lines)
+    rules = """
+[[upcast]]
+event_type = "Updated"
+rename = { Comment = "Remark", "Lines.Sku" = "Code" }
+remove = ["Attempts", "Nope"]
+default = { Reviewed = false, Score = 0, "Lines.Qty" = 1 }
+"""
+    updated, created = run(tmp_path, rules, events).events
+    data = json.loads(updated.text)
+    assert list(data) == ["$type", "Id", "TimeStamp", "Version", "AggregateType", "Remark",
+                          "Score", "Lines", "Reviewed"]  # fmt: skip
+    assert data["Remark"] == "c" and data["Score"] == 7 and data["Reviewed"] is False
+    assert data["Lines"]["$values"] == [{"Code": "a", "Qty": 1}, {"Code": "b", "Qty": 1}]
+    assert created.text == events[1].text  # another type: untouched
+
+
+def test_python_callable_splits_and_leaves_out(tmp_path: Path) -> None:
+    (tmp_path / "splitting.py").write_text(
+        """
+def split(event):
+    if event.event_type == "Dropped":
+        return None
+    if event.event_type != "Lessons":
+        return event
+    out = []
+    for lesson in event.data["Lessons"]:
+        data = {k: v for k, v in event.data.items() if k != "Lessons"}
+        data["$type"] = data["$type"].replace(".Lessons,", ".LessonAdded,")
+        data["Lesson"] = lesson
+        out.append(data)
+    return out
+""",
+        encoding="utf-8",
+    )
+    events = stream("Created", "Lessons", "Dropped", "Updated", Lessons=["a", "b", "c"])
+    outcome = run(tmp_path, '[[python]]\ncallable = "splitting:split"\n', events)
+    assert outcome.failure is None
+    assert [e.event_type for e in outcome.events] == [
+        "Created", "LessonAdded", "LessonAdded", "LessonAdded", "Updated",
+    ]  # fmt: skip
+    assert [json.loads(e.text).get("Lesson") for e in outcome.events[1:4]] == ["a", "b", "c"]
+    assert_loadable(outcome)
+    assert outcome.mapping == [(1, (1,)), (2, (2, 3, 4)), (3, ()), (4, (5,))]
+    assert outcome.events[0].text == events[0].text  # returned unchanged: the exact text
+    assert {e.commit_id for e in outcome.events[1:4]} == {"c2"}
+
+
+def test_rules_apply_in_the_order_written(tmp_path: Path) -> None:
+    events = stream("Viewed", "Created")
+    rename = f'[[rename_type]]\nfrom = "{NS}.Viewed"\nto = "Ns.Seen"\n'
+    leave = '[[leave_out]]\nevent_type = "Viewed"\n'
+    assert [e.event_type for e in run(tmp_path, rename + leave, events).events] == [
+        "Seen",
+        "Created",
+    ]
+    assert [e.event_type for e in run(tmp_path, leave + rename, events).events] == ["Created"]
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def test_a_missing_field_quarantines_the_whole_aggregate(tmp_path: Path) -> None:
+    events = stream("Updated", "Updated", "Updated")
+    events[1] = SourceEvent("c2", 2, payload("Updated", 2, Comment="x"))
+    rules = '[[leave_out]]\nevent_type = "Nothing"\n[[upcast]]\nevent_type = "Updated"\n'
+    rules += 'rename = { Comment = "Remark" }\n'
+    outcome = run(tmp_path, rules, events, numbering=Numbering(0, 0))
+    assert outcome.events == [] and outcome.mapping == []
+    assert outcome.numbering == Numbering(0, 0)
+    failure = outcome.failure
+    assert failure is not None and failure.kind == "transform_failed"
+    assert failure.rule == "[[upcast]] #1 (line 3)"
+    assert "'Comment'" in failure.error
+    assert failure.commit_id == "c1" and failure.stored == events[0].text
+    problem = failure.as_problem()
+    assert problem.kind == "transform_failed" and "[[upcast]] #1" in problem.detail
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("    raise KeyError('Lessons')", "raised KeyError: 'Lessons'"),
+        ("    return 42", "returned int"),
+        ("    return dict(event.data, Id='other')", "an event cannot move to another aggregate"),
+        ("    return dict(event.data, TimeStamp='yesterday')", "not a DateTimeOffset"),
+    ],
+)
+def test_a_failing_callable_quarantines_the_aggregate(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    module = "failing_" + re.sub(r"\W", "_", tmp_path.name)  # one module per case
+    (tmp_path / f"{module}.py").write_text(f"def f(event):\n{body}\n", encoding="utf-8")
+    events = stream("A", "B")
+    outcome = run(tmp_path, f'[[python]]\ncallable = "{module}:f"\n', events)
+    assert outcome.events == []
+    assert outcome.failure is not None and outcome.failure.rule == "[[python]] #1 (line 1)"
+    assert message in outcome.failure.error and f"{module}:f" in outcome.failure.error
+    assert outcome.failure.stored == events[0].text
+
+
+# --- renumbering: incremental runs continue it ----------------------------------------------
+
+SPLITTER = """
+def f(event):
+    if event.event_type == "Split":
+        return [event, dict(event.data, Half=2)]
+    return event
+"""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    classes=st.lists(st.sampled_from(["Keep", "Drop", "Split"]), min_size=1, max_size=12),
+    cut=st.integers(min_value=0, max_value=12),
+)
+def test_renumbering_continues_across_increments(
+    tmp_path_factory: pytest.TempPathFactory, classes: list[str], cut: int
+) -> None:
+    folder = tmp_path_factory.mktemp("rules")
+    (folder / "splitter.py").write_text(SPLITTER, encoding="utf-8")
+    rules = load_rules(
+        rules_file(
+            folder, '[[leave_out]]\nevent_type = "Drop"\n[[python]]\ncallable = "splitter:f"\n'
+        )
+    ).rules
+    events = stream(*classes)
+    cut = min(cut, len(events))
+    whole = transform_stream(rules, "agg-1", events)
+    first = transform_stream(rules, "agg-1", events[:cut])
+    second = transform_stream(rules, "agg-1", events[cut:], first.numbering)
+    assert first.events + second.events == whole.events
+    assert second.numbering == whole.numbering
+    assert first.mapping + second.mapping == whole.mapping
+    assert_loadable(whole)
+    expected = sum({"Keep": 1, "Drop": 0, "Split": 2}[c] for c in classes)
+    assert whole.numbering == Numbering(len(classes), expected)
+
+
+# --- $type names ----------------------------------------------------------------------------
+
+
+def test_type_names_parse_with_generics_arrays_and_attributes() -> None:
+    name = f"{LIST}[[{NS}.A+B, {ASM}, Version=1.0.0.0]], mscorlib"
+    assert [(k, name[a:b]) for k, a, b in name_spans(name) or []] == [
+        ("type", LIST), ("type", f"{NS}.A+B"), ("assembly", ASM), ("assembly", "mscorlib"),
+    ]  # fmt: skip
+    assert name_spans("Ns.T[], Asm") == [("type", 0, 4), ("assembly", 8, 11)]
+    for odd in ("", "Ns.T, ", "List`1[[Ns.T, A]", "Ns.T]]"):
+        assert name_spans(odd) is None
+        assert rename_names(odd, lambda kind, name: "X") == odd  # left as it is
+
+
+# --- the rules file -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[[drop]]\nevent_type = 'A'\n", "unknown table [[drop]]"),
+        ("[[leave_out]]\nevent_typ = 'A'\n", "[[leave_out]] #1 (line 1): unknown key 'event_typ'"),
+        ("[[leave_out]]\n", "[[leave_out]] #1 (line 1): give event_type or aggregate_type"),
+        ("[[leave_out]]\nevent_type = 'A[bc'\n", "event_type = 'A[bc' is not a glob"),
+        ("[[rename_type]]\nto = 'B'\n", "[[rename_type]] #1 (line 1): the key 'from' is missing"),
+        ("[[rename_assembly]]\nfrom = 'A'\nto = 'B, C'\n", "to = 'B, C' is not a .NET name"),
+        ("[[upcast]]\nevent_type = 'A'\n", "give rename, remove or default"),
+        ("[[upcast]]\nevent_type = 'A'\nremove = ['x >']\n", "remove: bad path 'x >'"),
+        ("[[upcast]]\nevent_type = 'A'\ndefault = { At = 2024-01-01 }\n", "a date is not JSON"),
+        ("[[python]]\ncallable = 'nowhere_module_x:f'\n", "cannot import 'nowhere_module_x'"),
+        ("[[python]]\ncallable = 'json:no_such'\n", "json has no function 'no_such'"),
+        ("[[python]]\ncallable = 'json'\n", "write it as 'module:function'"),
+        ("leave_out = [{ event_type = 'A' }]\n", "write each leave_out rule as its own"),
+        ("[[leave_out]\n", "is not valid TOML"),
+    ],
+)
+def test_malformed_rules_files_name_the_table_and_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = rules_file(tmp_path, text)
+    with pytest.raises(UsageError) as caught:
+        load_rules(path)
+    message = str(caught.value)
+    assert str(path) in message and expected in message, message
+
+
+def test_a_missing_rules_file_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot read the transforms file"):
+        load_rules(tmp_path / "absent.toml")
+
+
+def test_the_fingerprint_covers_the_file_and_the_callables_source(tmp_path: Path) -> None:
+    module = tmp_path / "fp_module.py"
+    module.write_text("def f(event):\n    return event\n", encoding="utf-8")
+    path = rules_file(tmp_path, '[[python]]\ncallable = "fp_module:f"\n')
+    first = load_rules(path).fingerprint
+    assert load_rules(path).fingerprint == first and len(first) == 64
+    module.write_text("def f(event):\n    return None\n", encoding="utf-8")
+    assert load_rules(path).fingerprint != first
+    path.write_text('# changed\n[[python]]\ncallable = "fp_module:f"\n', encoding="utf-8")
+    assert load_rules(path).fingerprint not in (first,)
+
+
+_TEXTS = st.sampled_from([
+    f"{NS}.A, {ASM}", f"{LIST}[[{NS}.B, {ASM}]], mscorlib", ASM, f'"$type":"{NS}.C, {ASM}"',
+    "back\\slash \"quoted\"", "é ü 学", "", "plain",
+])  # fmt: skip
+_DOCUMENTS = st.recursive(
+    _TEXTS | st.integers(-5, 5) | st.booleans(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["$type", "Name", "$values", "Note"]), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _renamed_types(value: Any, old: str, new: str) -> Any:
+    """What rename_assembly should make of a parsed document, computed independently."""
+    if isinstance(value, list):
+        return [_renamed_types(v, old, new) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, inner in value.items():
+        if key == "$type" and isinstance(inner, str):
+            inner = inner.replace(f", {old}]", f", {new}]")
+            inner = inner[: -len(old)] + new if inner.endswith(f", {old}") else inner
+            out[key] = inner
+        else:
+            out[key] = _renamed_types(inner, old, new)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["Note", "Inner", "Items"]), _DOCUMENTS))
+def test_assembly_renames_touch_only_type_values(
+    tmp_path_factory: pytest.TempPathFactory, fields: dict[str, Any]
+) -> None:
+    folder = tmp_path_factory.mktemp("rules")
+    rules = load_rules(
+        rules_file(folder, f'[[rename_assembly]]\nfrom = "{ASM}"\nto = "New.Asm"\n')
+    ).rules
+    source = payload("Created", 1, **fields)
+    (event,) = transform_stream(rules, "agg-1", [SourceEvent("c1", 1, source)]).events
+    assert json.loads(event.text) == _renamed_types(json.loads(source), ASM, "New.Asm")
+    assert list(json.loads(event.text)) == list(json.loads(source))
+    if event.text == source:
+        assert ASM not in json.dumps(_type_values(json.loads(source)))
+
+
+def _type_values(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [t for v in value for t in _type_values(v)]
+    if isinstance(value, dict):
+        own = [value["$type"]] if isinstance(value.get("$type"), str) else []
+        return own + [t for k, v in value.items() if k != "$type" for t in _type_values(v)]
+    return []
