@@ -36,6 +36,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.backupfile",
         "esctl.streams",
         "esctl.storereads",
+        "esctl.problems",
     ),
     "operations": (
         "esctl.compress",

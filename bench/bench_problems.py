@@ -1,0 +1,221 @@
+"""Benchmark: memory and summary size flat in the number of problems, measured in one run.
+
+    python bench/bench_problems.py [--events 260000] [--bad-share 0.2]
+
+Writes the bulk store (bench/_common.write_store), runs as child processes, each on a new
+PostgreSQL database,
+- ``esctl migrate redis-to-pg --init-schema --json``,
+- ``esctl migrate verify --json``,
+- ``esctl inspect integrity --json``,
+then damages ``--bad-share`` of the aggregates (every payload of each replaced by invalid JSON:
+one problem per event, so migrate quarantines them, verify reports them unmigratable and
+integrity reports each payload) and runs the same commands again. Prints, per command, the
+peak RSS of the process tree (the CLI and its worker processes, summed, sampled every 20 ms)
+and the size of the ``--json`` document for both stores, and their ratios (target: peak RSS
+within 25%; the document bounded, whatever the number of problems).
+
+By default it starts throwaway Redis and PostgreSQL servers (esctl.servers); --redis-url /
+--pg-dsn point it at servers of your own (it FLUSHes that Redis database and creates/drops
+PostgreSQL databases named esctl_bench_*). Compare only the ratios printed by one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import redis
+from _common import add_json_option, database, json_output, write_store
+
+from esctl import layout, redisio, servers, storereads
+
+APP = "Bench.Problems"
+FIGURES = ("peak_rss_kib", "json_bytes", "problems", "s")
+
+
+def damage(client: redis.Redis, share: float) -> tuple[int, int]:
+    """Replace every payload of ``share`` of the aggregates (every k-th commit list SCAN
+    returns) with invalid JSON; returns (aggregates, events) damaged."""
+    every = max(1, round(1 / share))
+    seen = aggregates = events = 0
+    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(APP), type_="list"):
+        chosen = []
+        for key in keys:
+            seen += 1
+            if seen % every == 0:
+                chosen.append(key)
+        if not chosen:
+            continue
+        lists = storereads.commit_lists(client, chosen)
+        commit_ids = [c for commits in lists for c in commits]
+        _, where = storereads.fetch_values(client, APP, commit_ids)
+        pipe = client.pipeline(transaction=False)
+        for commit_id, key in zip(commit_ids, where, strict=True):
+            assert key is not None
+            pipe.hset(key, commit_id, b'{"Id": "broken", ')
+        pipe.execute()
+        aggregates += len(chosen)
+        events += len(commit_ids)
+    return aggregates, events
+
+
+def _tree_rss_kb(root: int) -> int:
+    """The summed VmRSS of ``root`` and its descendants (kB), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    total = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def run_cli(args: list[str]) -> tuple[int, int, dict[str, object], float]:
+    """Run ``esctl ARGS --json``; returns (peak RSS of its process tree in kB, bytes of the
+    document, the document, seconds)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esctl", *args, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss_kb(proc.pid))
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"esctl {' '.join(args)} exited {proc.returncode}: {err[-2000:]!r}")
+    return peak, len(out), json.loads(out), time.monotonic() - started
+
+
+def commands(redis_url: str, dsn: str) -> dict[str, list[str]]:
+    store = ["--app", APP, "--redis-url", redis_url]
+    return {
+        "migrate redis-to-pg": [
+            "migrate",
+            "redis-to-pg",
+            *store,
+            "--pg-dsn",
+            dsn,
+            "--init-schema",
+            "--no-progress",
+        ],
+        "migrate verify": ["migrate", "verify", *store, "--pg-dsn", dsn],
+        "inspect integrity": ["inspect", "integrity", *store, "--no-progress"],
+    }
+
+
+def measure(redis_url: str, admin_dsn: str) -> dict[str, tuple[int, int, int, float]]:
+    """(peak RSS kB, document bytes, problems_total, seconds) per command, on a new database."""
+    out: dict[str, tuple[int, int, int, float]] = {}
+    with database(admin_dsn) as dsn:
+        for name, args in commands(redis_url, dsn).items():
+            peak, size, document, seconds = run_cli(args)
+            total = document.get("problems_total")
+            assert isinstance(total, int), name
+            out[name] = (peak, size, total, seconds)
+            print(
+                f"  {name:<20} {peak / 1024:7.0f} MiB  {size:>9,} B  {total:>9,} problems"
+                f"  {seconds:6.1f} s",
+                flush=True,
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=260_000)
+    parser.add_argument("--bad-share", type=float, default=0.2)
+    parser.add_argument("--redis-url")
+    parser.add_argument(
+        "--pg-dsn", help="an admin DSN: databases are created and dropped through it"
+    )
+    add_json_option(parser)
+    args = parser.parse_args()
+    with json_output(args.json, "bench_problems") as document:
+        run(args, document)
+
+
+def run(args: argparse.Namespace, document: dict[str, object]) -> None:
+    started: list[servers.LocalRedis | servers.LocalPostgres] = []
+    try:
+        redis_url = args.redis_url
+        if redis_url is None:
+            local_redis = servers.start_redis()
+            started.append(local_redis)
+            redis_url = local_redis.url
+        admin_dsn = args.pg_dsn
+        if admin_dsn is None:
+            local_pg = servers.start_postgres(fast=False)
+            started.append(local_pg)
+            admin_dsn = local_pg.dsn
+        client = redis.Redis.from_url(redis_url)
+        events = write_store(client, APP, args.events)
+        print(f"store: {events:,} events written to {APP}; no problems:", flush=True)
+        clean = measure(redis_url, admin_dsn)
+        aggregates, bad = damage(client, args.bad_share)
+        print(
+            f"same store, {aggregates:,} aggregates ({args.bad_share:.0%}) damaged, "
+            f"{bad:,} payloads invalid:",
+            flush=True,
+        )
+        damaged = measure(redis_url, admin_dsn)
+        print()
+        print(f"{'command':<20} {'peak RSS ratio':>15} {'--json size ratio':>18}")
+        ratios = {}
+        for name, (peak, size, _, _) in clean.items():
+            peak2, size2, _, _ = damaged[name]
+            ratios[name] = {
+                "peak_rss": round(peak2 / peak, 3),
+                "json_bytes": round(size2 / size, 3),
+            }
+            print(f"{name:<20} {peak2 / peak:14.2f}x {size2 / size:17.2f}x")
+        print("(target: peak RSS ratio < 1.25; the --json size is bounded by the listed problems)")
+        document.update(
+            events=events,
+            damaged_aggregates=aggregates,
+            damaged_events=bad,
+            clean={k: dict(zip(FIGURES, v, strict=True)) for k, v in clean.items()},
+            damaged={k: dict(zip(FIGURES, v, strict=True)) for k, v in damaged.items()},
+            ratios=ratios,
+        )
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
