@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import psycopg
@@ -29,6 +29,7 @@ from esctl import layout, pg, redisio, storereads
 from esctl.codec import ParsedEvent
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
+from esctl.problems import DEFAULT_LISTED, append_problems_file, open_problems_file
 from esctl.sampling import Reservoir
 from esctl.shard import Shard
 from esctl.streams import (
@@ -58,6 +59,9 @@ class VerifyOptions:
     sample: int | None = None
     allow_new_events: bool = False
     page_size: int = 1000
+    problems_file: str | None = None
+    """Where every problem goes, one JSON line each, as found (the summary lists the first
+    few); :func:`verify_parallel` empties it first, :func:`verify` appends."""
 
 
 @dataclass
@@ -69,8 +73,11 @@ class VerifySummary:
     problems: list[dict[str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
     sample: int | None = None
-    max_problems_listed: int = 1000
+    max_problems_listed: int = DEFAULT_LISTED
     ignored: frozenset[str] = frozenset()
+    problems_where: str | None = None
+    """The --problems-file holding every problem (None: only counted)."""
+    sink: BinaryIO | None = field(default=None, repr=False, compare=False)
 
     @property
     def mismatches(self) -> int:
@@ -80,14 +87,23 @@ class VerifySummary:
         if kind in self.ignored:
             return
         self.counts[kind] += 1
+        problem = {"kind": kind, "key": key, "detail": detail}
         if len(self.problems) < self.max_problems_listed:
-            self.problems.append({"kind": kind, "key": key, "detail": detail})
+            self.problems.append(problem)
+        if self.sink is not None:
+            # One write per line: workers appending to one file never interleave.
+            self.sink.write(orjson.dumps(problem) + b"\n")
 
     def as_dict(self) -> dict[str, Any]:
         return {
             **document(self, "aggregates aggregates_identical events_compared sample"),
             **self.counts,
-            **document(self, "problems elapsed_s"),
+            **document(self, "problems"),
+            "problem_counts": {k: n for k, n in sorted(self.counts.items()) if n},
+            "problems_total": self.mismatches,
+            "problems_omitted": self.mismatches - len(self.problems),
+            "problems_where": self.problems_where,
+            **document(self, "elapsed_s"),
             "events_per_s": round(self.events_compared / self.elapsed_s, 1)
             if self.elapsed_s
             else 0.0,
@@ -336,6 +352,8 @@ def verify(
     summary = VerifySummary(
         sample=opts.sample,
         ignored=frozenset({"not_migrated_new_events"}) if opts.allow_new_events else frozenset(),
+        problems_where=opts.problems_file,
+        sink=append_problems_file(opts.problems_file),
     )
     conn = pg.connect(opts.pg_dsn, application_name="esctl verify")
     try:
@@ -386,6 +404,9 @@ def verify(
                         offset = end
     finally:
         conn.close()
+        if summary.sink is not None:
+            summary.sink.close()
+            summary.sink = None
     summary.elapsed_s = time.monotonic() - started
     return summary
 
@@ -408,6 +429,9 @@ def verify_parallel(
     CPU: decoding and comparing JSON). Counts add up, problems are concatenated; a sample is
     divided between the workers."""
     connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
+    emptied = open_problems_file(opts.problems_file)
+    if emptied is not None:
+        emptied.close()
     if workers <= 1:
         return verify(redisio.connect(redis_url, **connect), opts)
     started = time.monotonic()
@@ -431,7 +455,9 @@ def verify_parallel(
         results = list(
             pool.map(_verify_in_process, [redis_url] * workers, [connect] * workers, parts)
         )
-    total = VerifySummary(sample=opts.sample, ignored=results[0].ignored)
+    total = VerifySummary(
+        sample=opts.sample, ignored=results[0].ignored, problems_where=opts.problems_file
+    )
     for r in results:
         total.aggregates += r.aggregates
         total.aggregates_identical += r.aggregates_identical

@@ -92,6 +92,8 @@ def test_migration_from_the_cluster_gives_exactly_the_rows_of_a_single_instance(
         assert getattr(from_cluster, name) == getattr(from_single, name), name
     key = lambda p: (p["kind"], p["key"])  # noqa: E731
     assert sorted(from_cluster.problems, key=key) == sorted(from_single.problems, key=key)
+    assert from_cluster.problem_counts == from_single.problem_counts
+    assert from_cluster.problems_total == from_single.problems_total
 
     # A second run finds everything present, as on a single instance.
     again = migrate_redis_to_pg(cluster_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn))

@@ -61,6 +61,10 @@ def test_workers_on_a_cluster_give_the_rows_of_one_unsharded_run_with_one_summar
     assert summary.aggregates == len(truth.commit_lists)
     key = lambda p: (p["kind"], p["key"])  # noqa: E731
     assert sorted(summary.problems, key=key) == sorted(reference.problems, key=key)
+    assert summary.problem_counts == reference.problem_counts
+    assert summary.problems_total == reference.problems_total
+    assert summary.problems_where is not None
+    assert all(r in summary.problems_where for r in summary.run_id.split(","))
     assert len(summary.run_id.split(",")) == 3
     # Combined progress: cumulative over the workers, ending at the totals.
     assert seen and seen[-1].events_migrated == summary.events_migrated

@@ -38,6 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.streams",
         "esctl.storereads",
         "esctl.transforms",
+        "esctl.problems",
     ),
     "operations": (
         "esctl.compress",

@@ -10,7 +10,7 @@ import typer
 
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.options import ProgressOpt, ShardOpt
+from esctl.cli.options import ProblemsFileOpt, ProgressOpt, ShardOpt
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -203,6 +203,7 @@ def integrity(
     ] = 10,
     shard: ShardOpt = None,
     progress: ProgressOpt = True,
+    problems_file: ProblemsFileOpt = None,
 ) -> None:
     """Scan the whole event store and report what is wrong, with counts and examples.
 
@@ -242,6 +243,7 @@ def integrity(
             examples=examples,
             shard=shard_value,
             on_progress=bar.hook(on_progress),
+            problems_file=None if problems_file is None else str(problems_file),
         )
     out.result(report.as_dict(), lambda: _render_integrity(out, report))
     exit_for(problems=not report.ok)
@@ -264,12 +266,20 @@ def _render_integrity(out: Output, report: core.IntegrityReport) -> None:
     )
     if report.ok:
         return
-    out.table(["kind", "count"], list(report.counts.items()), title="problems by kind")
+    total = report.problems_total
+    out.table(["kind", "count"], list(report.counts.items()), title=f"problems by kind ({total})")
     out.table(
         ["kind", "aggregate", "key", "detail"],
         [(p["kind"], p["aggregate_id"], p["key"], p["detail"]) for p in report.problems],
-        title="first examples",
+        title=f"first examples ({len(report.problems)} of {total})",
     )
+    if report.problems_where is not None:
+        out.print(f"All {total} problems: {report.problems_where}")
+    elif len(report.problems) < total:
+        out.print(
+            f"{total - len(report.problems)} more not listed: rerun with --problems-file PATH "
+            "to write every one"
+        )
 
 
 # --- stats ---------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
-from esctl.cli.options import DryRunOpt, IntervalOpt, MetricsFileOpt, ProgressOpt, ShardOpt
+from esctl.cli.options import (
+    DryRunOpt,
+    IntervalOpt,
+    MetricsFileOpt,
+    ProblemsFileOpt,
+    ProgressOpt,
+    ShardOpt,
+)
 from esctl.cli.output import Output, Progress
 from esctl.units import format_duration
 
@@ -267,9 +274,13 @@ def _render(out: Output, summary: core.MigrationSummary) -> None:
             ],
             title=title,
         )
-    out.problems(
+    out.problem_summary(
         summary.problems,
-        title=f"problems ({len(summary.problems)}; quarantined aggregates are in esctl.quarantine)",
+        summary.problem_counts,
+        summary.problems_total,
+        summary.problems_where,
+        unrecorded="a dry run records nothing; a run without --dry-run records every problem "
+        "in esctl.quarantine",
     )
     if summary.stopped_early:
         out.warn(f"stopped early: {summary.stopped_early}")
@@ -308,6 +319,7 @@ def verify_command(
             show_default=False,
         ),
     ] = defaults.verify_workers_default(),
+    problems_file: ProblemsFileOpt = None,
 ) -> None:
     """Compare Redis with PostgreSQL per aggregate: counts, versions and content.
 
@@ -326,6 +338,7 @@ def verify_command(
         shard=Shard.from_option(shard),
         sample=sample,
         allow_new_events=allow_new_events,
+        problems_file=None if problems_file is None else str(problems_file),
     )
     summary = verify_core.verify_parallel(
         ctx.redis_url,
@@ -347,7 +360,14 @@ def verify_command(
             },
             title="migrate verify" + (f" (sample of {sample})" if sample else ""),
         )
-        out.problems(summary.problems, title=f"mismatches ({summary.mismatches})")
+        out.problem_summary(
+            summary.problems,
+            {k: n for k, n in summary.counts.items() if n},
+            summary.mismatches,
+            summary.problems_where,
+            title="mismatches",
+            unrecorded="rerun with --problems-file PATH to write every one",
+        )
 
     out.result(summary.as_dict(), render)
     exit_for(problems=summary.mismatches)

@@ -194,3 +194,14 @@ TransformsOpt = Annotated[
         show_default=False,
     ),
 ]
+
+ProblemsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--problems-file",
+        metavar="PATH",
+        help="Also write every problem to PATH as JSON lines, as found (emptied first); the "
+        "summary lists the first few and counts them all.",
+        show_default=False,
+    ),
+]

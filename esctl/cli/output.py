@@ -562,6 +562,29 @@ class Output:
                 title=title,
             )
 
+    def problem_summary(
+        self,
+        problems: Sequence[Mapping[str, str]],
+        counts: Mapping[str, int],
+        total: int,
+        where: str | None,
+        *,
+        title: str = "problems",
+        unrecorded: str | None = None,
+    ) -> None:
+        """A summary's bounded problems (esctl.problems): the counts by kind, the first ones
+        listed, and where all of them are (``where``; else ``unrecorded`` says how to get
+        them)."""
+        if not total:
+            return
+        emit_table(["kind", "count"], sorted(counts.items()), title=f"{title} by kind ({total})")
+        listed = f"first {len(problems)} of {total}" if len(problems) < total else f"all {total}"
+        self.problems(problems, title=f"{title} ({listed})", limit=None)
+        if where is not None:
+            self.print(f"All {total} {title}: {where}")
+        elif len(problems) < total and unrecorded:
+            self.print(f"{total - len(problems)} more not listed: {unrecorded}")
+
     def print(self, text: str = "") -> None:
         """A line of text on stdout, as it is (never markup)."""
         stdout_console.print(text, markup=False)

@@ -336,8 +336,14 @@ def _render_tables(out: Output, summary: core.ReplaySummary) -> None:
         )
     elif summary.by_type:
         out.table(["event type", "events"], sorted(summary.by_type.items()), title="events by type")
-    more = f", {summary.problems_not_listed} more not listed" if summary.problems_not_listed else ""
-    out.problems(summary.problems, title=f"problems ({len(summary.problems)}{more})", limit=None)
+    out.problem_summary(
+        summary.problems,
+        summary.problem_counts,
+        summary.problems_total,
+        None,
+        unrecorded="dead-lettered events are in esctl.projection_dead_letter; "
+        "'esctl inspect integrity --problems-file PATH' writes every problem of the store",
+    )
 
 
 def _facts(out: Output, summary: core.ReplaySummary) -> dict[str, Any]:

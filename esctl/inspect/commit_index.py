@@ -177,3 +177,17 @@ class CommitIndex:
                 (kind, limit),
             )
         ]
+
+    def finding_pages(self, kind: str, batch: int = 1000) -> Iterator[list[tuple[str, str, str]]]:
+        """Every (key, commit id, detail) finding of ``kind``, in batches, oldest first."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT rowid, key, commit_id, detail FROM finding WHERE kind = ? AND rowid > ?"
+                " ORDER BY rowid LIMIT ?",
+                (kind, last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield [(_py(key), _py(commit_id), _py(detail)) for _, key, commit_id, detail in rows]
+            last = rows[-1][0]

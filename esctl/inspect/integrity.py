@@ -9,18 +9,22 @@ checked twice: docs/design/integrity.md.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
+
+import orjson
 
 from esctl import codec, layout, redisio, storereads
 from esctl.errors import ServerError
 from esctl.inspect.commit_index import CommitIndex
 from esctl.inspect.locate import list_position
 from esctl.inspect.problems import problem_key, stream_problems
+from esctl.problems import open_problems_file
 from esctl.shard import Shard
 from esctl.streams import read_streams, validate_stream
 
@@ -76,10 +80,16 @@ class IntegrityReport:
     elapsed_s: float
     shard: Shard = field(default_factory=Shard)
     """The share of the store covered (counts above are the shard's; docs/design/integrity.md)."""
+    problems_where: str | None = None
+    """The --problems-file holding every finding (None: only counted)."""
 
     @property
     def ok(self) -> bool:
         return not self.counts
+
+    @property
+    def problems_total(self) -> int:
+        return sum(self.counts.values())
 
     @property
     def problems(self) -> list[dict[str, Any]]:
@@ -98,15 +108,21 @@ class IntegrityReport:
             "aggregates_with_problems": self.aggregates_with_problems,
             "counts": self.counts,
             "problems": self.problems,
+            "problem_counts": dict(sorted(self.counts.items())),
+            "problems_total": self.problems_total,
+            "problems_omitted": self.problems_total - len(self.problems),
+            "problems_where": self.problems_where,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
 
 class _Tally:
-    """Counts per kind and the first ``limit`` examples of each (fixed memory)."""
+    """Counts per kind and the first ``limit`` examples of each (fixed memory); with ``sink``
+    (--problems-file) every finding is also written there as a JSON line, then forgotten."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, sink: BinaryIO | None = None) -> None:
         self.limit = limit
+        self.sink = sink
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, list[dict[str, Any]]] = {}
 
@@ -115,8 +131,15 @@ class _Tally:
     ) -> None:
         self.counts[kind] += 1
         examples = self.examples.setdefault(kind, [])
-        if len(examples) < self.limit:
-            examples.append(finding(kind, key, detail, commit_id, aggregate_id))
+        if len(examples) < self.limit or self.sink is not None:
+            found = finding(kind, key, detail, commit_id, aggregate_id)
+            if len(examples) < self.limit:
+                examples.append(found)
+            self.write(found)
+
+    def write(self, found: dict[str, Any]) -> None:
+        if self.sink is not None:
+            self.sink.write(orjson.dumps(found) + b"\n")
 
 
 def finding(
@@ -229,6 +252,7 @@ def check_integrity(
     scan_count: int = 250,
     shard: Shard | None = None,
     on_progress: Callable[[IntegrityProgress], None] | None = None,
+    problems_file: str | None = None,
 ) -> IntegrityReport:
     """Scan the whole event store of ``app`` and report what is wrong with it: orphan hash
     fields, commit ids with no payload, payloads in another partition than their commit id's,
@@ -237,11 +261,16 @@ def check_integrity(
     Memory does not grow with the store (docs/design/integrity.md). Read-only.
 
     With ``shard``, only that shard's findings and counts (how findings are split:
-    docs/design/integrity.md): the reports of shards 0..N-1 add up to the unsharded report."""
+    docs/design/integrity.md): the reports of shards 0..N-1 add up to the unsharded report.
+
+    With ``problems_file``, every finding is written there (emptied first) as a JSON line."""
     shard = shard or Shard()
     started = time.monotonic()
-    with CommitIndex() as index:
-        scan = _Scan(client, app, shard, scan_count, index, _Tally(examples), on_progress)
+    sink = open_problems_file(problems_file)
+    with CommitIndex() as index, contextlib.ExitStack() as stack:
+        if sink is not None:
+            stack.callback(sink.close)
+        scan = _Scan(client, app, shard, scan_count, index, _Tally(examples, sink), on_progress)
         scan.check_commit_lists()
         scan.check_event_hashes()
         scan.recheck()
@@ -261,6 +290,7 @@ def check_integrity(
         examples={k: v for k, v in tally.examples.items() if v},
         elapsed_s=time.monotonic() - started,
         shard=shard,
+        problems_where=problems_file,
     )
 
 
@@ -380,6 +410,12 @@ class _Scan:
                 finding(kind, key, detail, commit_id, owners.get(commit_id))
                 for key, commit_id, detail in found
             ]
+            if self.tally.sink is None:
+                continue
+            for page in self.index.finding_pages(kind):
+                owners = self.index.committed([commit_id for _, commit_id, _ in page])
+                for key, commit_id, detail in page:
+                    self.tally.write(finding(kind, key, detail, commit_id, owners.get(commit_id)))
 
 
 def _name_misplaced(

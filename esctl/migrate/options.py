@@ -77,21 +77,35 @@ class MigrationSummary:
     aggregates_quarantined: int
     events_quarantined: int
     problems: list[dict[str, str]]
+    """The first problems (``esctl.problems.DEFAULT_LISTED``); all of them are counted below
+    and listed by the query in ``problems_where``."""
     elapsed_s: float
     events_per_s: float
     stopped_early: str | None = None
     toast_compression: str | None = None
     this_invocation: Invocation | None = None
     """Set when the run was resumed."""
+    problem_counts: dict[str, int] = field(default_factory=dict)
+    problems_total: int = 0
+    problems_where: str | None = None
+    """The SQL query that lists every problem of the run from esctl.quarantine (None for a
+    dry run: it records nothing)."""
 
     def as_dict(self) -> dict[str, Any]:
         return document(
             self,
             "run_id dry_run aggregates aggregates_unchanged events_migrated events_already_present"
-            " aggregates_quarantined events_quarantined problems elapsed_s events_per_s resumed"
+            " aggregates_quarantined events_quarantined problems problem_counts problems_total"
+            " problems_omitted problems_where elapsed_s events_per_s resumed"
             " this_invocation stopped_early",
+            problem_counts=dict(sorted(self.problem_counts.items())),
             this_invocation=asdict(self.this_invocation) if self.this_invocation else None,
         )
+
+    @property
+    def problems_omitted(self) -> int:
+        """Problems counted but not listed in ``problems``."""
+        return self.problems_total - len(self.problems)
 
     def invocation(self) -> Invocation:
         """What this invocation did (the whole summary when the run was not resumed)."""

@@ -19,6 +19,8 @@ from typing import Any
 from esctl import redisio
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.run import migrate_redis_to_pg
+from esctl.migrate.runs import quarantine_query
+from esctl.problems import DEFAULT_LISTED
 
 
 def _migrate_in_process(
@@ -127,6 +129,14 @@ def _relay_progress(
         on_progress(total)
 
 
+def _added(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in counts:
+        for kind, n in c.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
+
+
 def _combined(
     opts: MigrateOptions,
     parts: list[MigrateOptions],
@@ -146,7 +156,12 @@ def _combined(
         events_already_present=sum(r.events_already_present for r in results),
         aggregates_quarantined=sum(r.aggregates_quarantined for r in results),
         events_quarantined=sum(r.events_quarantined for r in results),
-        problems=[p for r in results for p in r.problems],
+        problems=[p for r in results for p in r.problems][:DEFAULT_LISTED],
+        problem_counts=_added([r.problem_counts for r in results]),
+        problems_total=sum(r.problems_total for r in results),
+        problems_where=None
+        if opts.dry_run
+        else quarantine_query([r for s in results for r in s.run_id.split(",")]),
         elapsed_s=elapsed,
         events_per_s=invocation.events_migrated / elapsed if elapsed > 0 else 0.0,
         stopped_early="; ".join(

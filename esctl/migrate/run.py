@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import psycopg
 
@@ -19,8 +19,16 @@ from esctl.locks import AdvisoryLock
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.reader import Reader
 from esctl.migrate.rows import Batch, BatchResult
-from esctl.migrate.runs import RunStart, RunTotals, open_run, run_totals, set_status
+from esctl.migrate.runs import (
+    RunStart,
+    RunTotals,
+    open_run,
+    quarantine_query,
+    run_totals,
+    set_status,
+)
 from esctl.migrate.writer import BatchWriter
+from esctl.problems import ProblemTally
 
 
 def migrate_redis_to_pg(
@@ -100,6 +108,22 @@ def _prepare_target(control: psycopg.Connection, opts: MigrateOptions) -> bool:
     return target_exists
 
 
+@dataclass
+class _Totals:
+    """What the committed batches of an invocation did, added up."""
+
+    inserted: int = 0
+    already_present: int = 0
+    aggregates_quarantined: int = 0
+    events_quarantined: int = 0
+
+    def add(self, result: BatchResult) -> None:
+        self.inserted += result.inserted
+        self.already_present += result.already_present
+        self.aggregates_quarantined += len(result.quarantined)
+        self.events_quarantined += sum(q.events for q in result.quarantined)
+
+
 class _WriterPool:
     """Writer threads, each with its own :class:`BatchWriter`, fed through a queue that holds
     at most one batch per writer. A writer's error stops the pool and waits in ``failure`` for
@@ -110,7 +134,10 @@ class _WriterPool:
     ) -> None:
         self.dsn = opts.pg_dsn
         self.work: queue.Queue[Batch | None] = queue.Queue(maxsize=count)
-        self.results: list[BatchResult] = []
+        # What the batches did, added up as they commit: nothing per batch or per problem
+        # stays (the problems are in esctl.quarantine; the tally keeps the first few).
+        self.totals = _Totals()
+        self.tally = ProblemTally()
         self.results_lock = threading.Lock()
         self.failure: list[BaseException] = []
         self.stop = threading.Event()
@@ -134,7 +161,10 @@ class _WriterPool:
                 with pg.translate_errors(self.dsn):
                     result = writer.write(batch)
                 with self.results_lock:
-                    self.results.append(result)
+                    self.totals.add(result)
+                    for q in result.quarantined:
+                        for p in q.problems:
+                            self.tally.add({"kind": p.kind, "key": q.key, "detail": p.detail})
         except BaseException as exc:  # handed to the reader thread, which re-raises it
             self.failure.append(exc)
             self.stop.set()
@@ -152,10 +182,10 @@ class _WriterPool:
             except queue.Full:
                 continue
 
-    def done(self) -> list[BatchResult]:
-        """The results so far (a copy: the writers go on appending)."""
+    def done(self) -> _Totals:
+        """The totals so far (a copy: the writers go on adding)."""
         with self.results_lock:
-            return list(self.results)
+            return replace(self.totals)
 
     def close(self) -> None:
         """Let every writer finish what it took, then close their connections."""
@@ -246,32 +276,32 @@ class _Invocation:
         progress.aggregates = self.aggregates
         progress.events_read = self.events_read
         progress.commits_seen = self.reader.commits_seen
-        progress.events_migrated = sum(r.inserted for r in done)
-        progress.events_already_present = sum(r.already_present for r in done)
-        progress.aggregates_quarantined = sum(len(r.quarantined) for r in done)
-        progress.events_quarantined = sum(q.events for r in done for q in r.quarantined)
+        progress.events_migrated = done.inserted
+        progress.events_already_present = done.already_present
+        progress.aggregates_quarantined = done.aggregates_quarantined
+        progress.events_quarantined = done.events_quarantined
         self.on_progress(progress)
 
     def summary(self, started: float) -> MigrationSummary:
         """What this invocation did; for a resumed run, the counts and problems of the whole
         run (interrupted invocations included) and this invocation's apart."""
         elapsed = time.monotonic() - started
-        results = self.pool.results
+        done = self.pool.totals
         unchanged = self.reader.unchanged
-        quarantined = [q for r in results for q in r.quarantined]
+        tally = self.pool.tally
+        if not self.opts.dry_run:
+            tally.where = quarantine_query([self.run.run_id])
         mine = RunTotals(
-            sum(r.inserted for r in results),
-            sum(r.already_present for r in results),
-            len(quarantined),
-            sum(q.events for q in quarantined),
-            [
-                {"kind": p.kind, "key": q.key, "detail": p.detail}
-                for q in quarantined
-                for p in q.problems
-            ],
+            done.inserted,
+            done.already_present,
+            done.aggregates_quarantined,
+            done.events_quarantined,
+            tally,
         )
         totals = mine
-        if self.run.resumed:
+        if not self.opts.dry_run:
+            # What esctl.quarantine holds, counted there: the same figures as the query in
+            # problems_where lists (a resumed run's earlier invocations included).
             with pg.translate_errors(self.opts.pg_dsn):
                 totals = run_totals(self.control, self.opts.app, self.run.run_id)
         return MigrationSummary(
@@ -284,7 +314,10 @@ class _Invocation:
             events_already_present=totals.events_already_present,
             aggregates_quarantined=totals.aggregates_quarantined,
             events_quarantined=totals.events_quarantined,
-            problems=totals.problems,
+            problems=totals.problems.listed,
+            problem_counts=totals.problems.counts,
+            problems_total=totals.problems.total,
+            problems_where=totals.problems.where,
             elapsed_s=elapsed,
             events_per_s=(mine.events_migrated / elapsed) if elapsed > 0 else 0.0,
             stopped_early=self.stopped_early,

@@ -16,6 +16,7 @@ import psycopg
 
 from esctl import layout, redisio
 from esctl.migrate.options import MigrateOptions
+from esctl.problems import ProblemTally
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class RunTotals:
     events_already_present: int
     aggregates_quarantined: int
     events_quarantined: int
-    problems: list[dict[str, str]]
+    problems: ProblemTally
 
 
 def open_run(conn: psycopg.Connection, opts: MigrateOptions, epoch: str) -> RunStart:
@@ -106,34 +107,53 @@ def resume_point(
 
 def run_totals(conn: psycopg.Connection, app: str, run_id: str) -> RunTotals:
     """Events migrated and already present, aggregates and events quarantined, and the problems
-    of a whole run, from what its batches committed. An aggregate quarantined again after a
-    resume (its batch lay past the resume point) counts once."""
+    of a whole run (counted by kind, the first few listed), from what its batches committed.
+    An aggregate quarantined again after a resume (its batch lay past the resume point) counts
+    once. Memory does not grow with the problems: PostgreSQL counts them."""
     row = conn.execute(
         "SELECT coalesce(sum(events_migrated), 0), coalesce(sum(events_already_present), 0)"
         "  FROM esctl.migration_batch WHERE run_id = %s",
         (run_id,),
     ).fetchone()
     migrated, present = (int(row[0]), int(row[1])) if row else (0, 0)
-    rows = conn.execute(
-        "SELECT DISTINCT ON (aggregate_id, kind, detail) aggregate_id, kind, detail, events"
-        "  FROM esctl.quarantine WHERE run_id = %s"
-        " ORDER BY aggregate_id, kind, detail, quarantine_id",
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(events), 0) FROM ("
+        "  SELECT max(events) AS events FROM esctl.quarantine WHERE run_id = %s"
+        "   GROUP BY aggregate_id) q",
         (run_id,),
-    ).fetchall()
-    conn.commit()
-    events_by_aggregate: dict[str, int] = {}
-    problems = []
-    for aggregate_id, kind, detail, events in rows:
-        events_by_aggregate[aggregate_id] = max(events, events_by_aggregate.get(aggregate_id, 0))
-        problems.append(
+    ).fetchone()
+    aggregates, events = (int(row[0]), int(row[1])) if row else (0, 0)
+    tally = ProblemTally(where=quarantine_query([run_id]))
+    for kind, n in conn.execute(
+        "SELECT kind, count(*) FROM ("
+        "  SELECT DISTINCT aggregate_id, kind, detail FROM esctl.quarantine WHERE run_id = %s) q"
+        " GROUP BY kind",
+        (run_id,),
+    ):
+        tally.count(kind, int(n))
+    for aggregate_id, kind, detail in conn.execute(
+        "SELECT aggregate_id, kind, detail FROM ("
+        "  SELECT DISTINCT ON (aggregate_id, kind, detail) aggregate_id, kind, detail,"
+        "         quarantine_id FROM esctl.quarantine WHERE run_id = %s"
+        "   ORDER BY aggregate_id, kind, detail, quarantine_id) q"
+        " ORDER BY quarantine_id LIMIT %s",
+        (run_id, tally.limit),
+    ):
+        tally.listed.append(
             {"kind": kind, "key": layout.commit_list_key(app, aggregate_id), "detail": detail}
         )
-    return RunTotals(
-        migrated,
-        present,
-        len(events_by_aggregate),
-        sum(events_by_aggregate.values()),
-        problems,
+    conn.commit()
+    return RunTotals(migrated, present, aggregates, events, tally)
+
+
+def quarantine_query(run_ids: list[str]) -> str:
+    """The SQL that lists every problem of these runs, as esctl.quarantine holds them (the
+    ``problems_where`` of a migration's summary)."""
+    ids = ", ".join(f"'{r}'" for r in run_ids)
+    where = f"run_id = {ids}" if len(run_ids) == 1 else f"run_id IN ({ids})"
+    return (
+        "SELECT DISTINCT aggregate_id, kind, detail FROM esctl.quarantine"
+        f" WHERE {where} ORDER BY aggregate_id"
     )
 
 

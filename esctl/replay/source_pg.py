@@ -127,6 +127,9 @@ class PgSource:
     def problems(self) -> list[tuple[str, str, str]]:
         return []
 
+    def unlisted(self) -> dict[str, int]:
+        return {}
+
     def _query(self, conn: psycopg.Connection) -> tuple[sql.Composed, dict[str, Any]]:
         """The replay's SELECT; for a shard, the shard's keys are read first in ``conn``'s
         transaction (the caller makes it REPEATABLE READ, so both see one snapshot)."""

@@ -11,6 +11,7 @@ from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
 from esctl import layout, redisio
+from esctl.problems import DEFAULT_LISTED
 from esctl.projections import Event
 from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery
 from esctl.replay.time_order import SORT_RUN_BYTES, TimeSort
@@ -39,6 +40,8 @@ class RedisSource:
     (a projection that counts) is faster with gunzip on its side."""
     stats: QueryStats = field(init=False, default_factory=QueryStats)
     duplicate_versions: list[str] = field(init=False, default_factory=list)
+    """The first aggregates whose versions repeat (``DEFAULT_LISTED``; all are counted)."""
+    duplicate_version_count: int = field(init=False, default=0)
     _sort: TimeSort | None = field(init=False, default=None)
 
     @property
@@ -68,6 +71,10 @@ class RedisSource:
                 )
             )
         return found
+
+    def unlisted(self) -> dict[str, int]:
+        """Problems counted but not in :meth:`problems` (by kind)."""
+        return {"duplicate_version": self.duplicate_version_count - len(self.duplicate_versions)}
 
     def aggregate_ids(self) -> list[str]:
         """The aggregates to read, sorted: the --aggregate ids, or every commit list; only the
@@ -123,13 +130,16 @@ class RedisSource:
         events.sort(key=_position_key)
         for before, after in itertools.pairwise(events):
             if before.version == after.version:
-                self.duplicate_versions.append(aggregate_id)
+                self.duplicate_version_count += 1
+                if len(self.duplicate_versions) < DEFAULT_LISTED:
+                    self.duplicate_versions.append(aggregate_id)
                 break
         return events
 
     def __iter__(self) -> Iterator[Event]:
         """Each iteration reads the store again (and counts its problems anew)."""
         self.duplicate_versions = []
+        self.duplicate_version_count = 0
         if self.limit == 0:
             return
         ids = self.aggregate_ids()
@@ -164,6 +174,7 @@ class RedisSource:
             counts[event.event_type] += 1
         self.stats = source.stats
         self.duplicate_versions = source.duplicate_versions
+        self.duplicate_version_count = source.duplicate_version_count
         return counts
 
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esctl.documents import document
+from esctl.problems import DEFAULT_LISTED
 from esctl.replay.options import ReplayOptions
 from esctl.shard import Shard
 
-MAX_LISTED_PROBLEMS = 100
-"""Problems listed one by one in a summary (the rest are counted)."""
+MAX_LISTED_PROBLEMS = DEFAULT_LISTED
+"""Problems listed one by one in a summary (the rest are counted by kind)."""
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ReplaySummary:
     """Set when the replay stopped on an error before the end: what failed, where."""
     problems: list[dict[str, str]] = field(default_factory=list)
     problems_not_listed: int = 0
+    problem_counts: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
     events_per_s: float = 0.0
     shard: Shard = field(default_factory=Shard)
@@ -67,16 +69,28 @@ class ReplaySummary:
     def found_problems(self) -> bool:
         return bool(self.problems) or self.problems_not_listed > 0
 
+    @property
+    def problems_total(self) -> int:
+        return len(self.problems) + self.problems_not_listed
+
     def add_problem(self, kind: str, key: str, detail: str) -> None:
+        self.problem_counts[kind] = self.problem_counts.get(kind, 0) + 1
         if len(self.problems) < MAX_LISTED_PROBLEMS:
             self.problems.append({"kind": kind, "key": key, "detail": detail})
         else:
             self.problems_not_listed += 1
 
-    def add_problems(self, problems: Iterable[tuple[str, str, str]]) -> None:
-        """Add (kind, key, detail) problems: a source's, at the end of a run."""
+    def add_problems(
+        self, problems: Iterable[tuple[str, str, str]], unlisted: dict[str, int] | None = None
+    ) -> None:
+        """Add (kind, key, detail) problems: a source's, at the end of a run; ``unlisted``:
+        more of them, by kind, that the source counted without keeping them."""
         for kind, key, detail in problems:
             self.add_problem(kind, key, detail)
+        for kind, n in (unlisted or {}).items():
+            if n:
+                self.problem_counts[kind] = self.problem_counts.get(kind, 0) + n
+                self.problems_not_listed += n
 
     def finish(self, started: float) -> ReplaySummary:
         """Set the elapsed time and the rate since ``started`` (``time.monotonic()``)."""
@@ -89,7 +103,10 @@ class ReplaySummary:
             self,
             "dry_run source target order shard events by_type published messages notifications"
             " unpublished checkpoint dead_lettered waited_s stopped elapsed_s events_per_s problems"
-            " problems_not_listed",
+            " problems_not_listed problem_counts problems_total problems_omitted problems_where",
+            problem_counts=dict(sorted(self.problem_counts.items())),
+            problems_omitted=self.problems_not_listed,
+            problems_where=None,
             shard=str(self.shard),
             by_type=dict(sorted(self.by_type.items())),
             published={s: dict(sorted(t.items())) for s, t in sorted(self.published.items())},
