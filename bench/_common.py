@@ -22,17 +22,41 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 
+from esctl import servers
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bulk_store import write_bulk_store
 
 __all__ = [
     "Meter",
     "add_json_option",
+    "bench_servers",
     "database",
     "json_output",
     "write_bulk_store",
     "write_store",
 ]
+
+
+@contextmanager
+def bench_servers(redis_url: str | None, admin_dsn: str | None) -> Iterator[tuple[str, str]]:
+    """The Redis URL and PostgreSQL admin DSN a benchmark runs against: those given, else
+    throwaway servers started here (PostgreSQL with fsync, as production runs) and stopped
+    afterwards."""
+    started: list[servers.LocalRedis | servers.LocalPostgres] = []
+    try:
+        if redis_url is None:
+            local_redis = servers.start_redis()
+            started.append(local_redis)
+            redis_url = local_redis.url
+        if admin_dsn is None:
+            local_pg = servers.start_postgres(fast=False)
+            started.append(local_pg)
+            admin_dsn = local_pg.dsn
+        yield redis_url, admin_dsn
+    finally:
+        for server in reversed(started):
+            server.stop()
 
 
 @contextmanager

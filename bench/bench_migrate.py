@@ -28,9 +28,9 @@ import time
 
 import psycopg
 import redis
-from _common import Meter, add_json_option, database, json_output, write_store
+from _common import Meter, add_json_option, bench_servers, database, json_output, write_store
 
-from esctl import codec, layout, pg, redisio, servers, storereads
+from esctl import codec, layout, pg, redisio, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 
@@ -239,18 +239,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, document: dict[str, object]) -> None:
-    started: list[servers.LocalRedis | servers.LocalPostgres] = []
-    try:
-        redis_url = args.redis_url
-        if redis_url is None:
-            local_redis = servers.start_redis()
-            started.append(local_redis)
-            redis_url = local_redis.url
-        admin_dsn = args.pg_dsn
-        if admin_dsn is None:
-            local_pg = servers.start_postgres(fast=False)
-            started.append(local_pg)
-            admin_dsn = local_pg.dsn
+    with bench_servers(args.redis_url, args.pg_dsn) as (redis_url, admin_dsn):
         client = redis.Redis.from_url(redis_url)
         events = write_store(client, APP, args.events)
         print(f"store: {events:,} events written to {APP}")
@@ -308,9 +297,6 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
                 f"({(big - small) / small * 100:+.0f}%, target within 25%)"
             )
             document["peak_rss_kib"] = {str(events): small, str(big_events): big}
-    finally:
-        for server in reversed(started):
-            server.stop()
 
 
 if __name__ == "__main__":

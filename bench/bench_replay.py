@@ -35,9 +35,16 @@ from typing import Any
 from unittest import mock
 
 import redis
-from _common import Meter, add_json_option, database, json_output, write_bulk_store
+from _common import (
+    Meter,
+    add_json_option,
+    bench_servers,
+    database,
+    json_output,
+    write_bulk_store,
+)
 
-from esctl import codec, layout, redisio, servers
+from esctl import codec, layout, redisio
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext
 from esctl.query import PgQuery, QueryFilters, RedisQuery
@@ -125,18 +132,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, document: dict[str, object]) -> None:
-    started: list[servers.LocalRedis | servers.LocalPostgres] = []
-    try:
-        redis_url = args.redis_url
-        if redis_url is None:
-            local_redis = servers.start_redis()
-            started.append(local_redis)
-            redis_url = local_redis.url
-        admin_dsn = args.pg_dsn
-        if admin_dsn is None:
-            local_pg = servers.start_postgres(fast=False)
-            started.append(local_pg)
-            admin_dsn = local_pg.dsn
+    with bench_servers(args.redis_url, args.pg_dsn) as (redis_url, admin_dsn):
         client = redisio.connect(redis_url)
         assert isinstance(client, redis.Redis)
         METER.redis = [client]
@@ -242,9 +238,6 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
                 ratios={label: round(r, 3) for label, _, r in rows if r is not None},
                 cost=METER.as_json(),
             )
-    finally:
-        for server in reversed(started):
-            server.stop()
 
 
 if __name__ == "__main__":
