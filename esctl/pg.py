@@ -460,6 +460,36 @@ def ensure_state_schema(conn: psycopg.Connection) -> None:
     # CREATE ... IF NOT EXISTS can still race between two first runs: serialise on a lock.
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('esctl:state-ddl', 0))")
     conn.execute(STATE_DDL)
+    _upgrade_state_schema(conn)
+
+
+STATE_COLUMNS = {
+    # Added with migrate --transforms; NULL means "migrated without transforms", which is what
+    # every row of an install from before holds.
+    ("migration_run", "transforms"): "text",
+    ("migration_run", "transforms_file"): "text",
+    ("migrated_stream", "transforms"): "text",
+    ("migrated_stream", "last_source_version"): "int",
+    ("migrated_stream", "last_version"): "int",
+}
+
+
+def _upgrade_state_schema(conn: psycopg.Connection) -> None:
+    """Add the bookkeeping columns an install from an earlier esctl lacks (ALTER only when one
+    is missing: it takes a table lock)."""
+    present = set(
+        conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'esctl'"
+        ).fetchall()
+    )
+    for (table, column), kind in STATE_COLUMNS.items():
+        if (table, column) not in present:
+            conn.execute(
+                sql.SQL("ALTER TABLE esctl.{} ADD COLUMN IF NOT EXISTS {} " + kind).format(
+                    sql.Identifier(table), sql.Identifier(column)
+                )
+            )
 
 
 def state_schema_present(conn: psycopg.Connection) -> bool:

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from esctl import layout, pg, redisio, storereads
-from esctl.codec import ParsedEvent
+from esctl.codec import ParsedEvent, parse_event
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
 from esctl.problems import DEFAULT_LISTED, append_problems_file, open_problems_file
@@ -40,6 +40,7 @@ from esctl.streams import (
     validate_stream,
     versions_phrase,
 )
+from esctl.transforms import Rules, SourceEvent, transform_stream
 
 MISMATCH_KINDS = (
     "missing_in_pg",
@@ -62,6 +63,8 @@ class VerifyOptions:
     problems_file: str | None = None
     """Where every problem goes, one JSON line each, as found (the summary lists the first
     few); :func:`verify_parallel` empties it first, :func:`verify` appends."""
+    transforms: str | None = None
+    """--transforms FILE: compare PostgreSQL with the Redis streams as these rules make them."""
 
 
 @dataclass
@@ -285,6 +288,76 @@ def compare_stream(
     return identical
 
 
+def compare_transformed(
+    stream: Stream,
+    rows: list[PgEvent],
+    summary: VerifySummary,
+    rules: Rules,
+    migrated: int | None = None,
+) -> bool:
+    """:func:`compare_stream` against what ``rules`` make of the Redis stream: the versions
+    renumbered as migrate numbers them, left-out events expected nowhere. ``migrated`` (commits
+    esctl recorded as migrated) tells events not migrated yet from missing ones."""
+    if not stream.ok or postgres_problem(stream) is not None:
+        return compare_stream(stream, rows, summary, migrated)
+    key = stream.key
+    sources = []
+    for e in stream.by_version():
+        assert e.event is not None and e.event.version is not None
+        sources.append(SourceEvent(e.commit_id, e.event.version, e.event.text, e.event.data))
+    outcome = transform_stream(rules.rules, stream.aggregate_id, sources)
+    if outcome.failure is not None:
+        summary.add(
+            "unmigratable_in_redis",
+            key,
+            f"{outcome.failure.detail}; migrate quarantines it as transform_failed",
+        )
+        return False
+    summary.events_compared += len(outcome.events)
+    by_version = {r.version: r for r in rows}
+    expected = {t.version: t for t in outcome.events}
+    identical = True
+    missing = [t for t in outcome.events if t.version not in by_version]
+    tail = [t.version for t in missing if migrated is not None and t.source_version > migrated]
+    inner = [t.version for t in missing if t.version not in tail]
+    if tail:
+        summary.add(
+            "not_migrated_new_events",
+            key,
+            f"{len(tail)} transformed event(s) of Redis versions past the last migrated one "
+            f"{migrated} (run migrate again)",
+        )
+    if inner:
+        kind_detail = (
+            f"none of its {len(outcome.events)} transformed events is in PostgreSQL"
+            if not rows and not migrated
+            else f"{versions_phrase(inner)} missing from PostgreSQL"
+        )
+        summary.add("missing_in_pg", key, kind_detail)
+    extra = sorted(v for v in by_version if v not in expected)
+    if extra:
+        summary.add(
+            "extra_in_pg",
+            key,
+            f"PostgreSQL has {versions_phrase(extra)} that the transformed stream does not",
+        )
+    identical = not (missing or extra)
+    for version, t in expected.items():
+        row = by_version.get(version)
+        if row is None:
+            continue
+        differs = _differences(row, parse_event(t.text))
+        if differs:
+            identical = False
+            summary.add(
+                "content_differs",
+                key,
+                f"version {version} (commit {t.commit_id}, Redis version {t.source_version}, "
+                f"transformed): {'; '.join(differs)}",
+            )
+    return identical
+
+
 def _differences(row: PgEvent, ev: ParsedEvent) -> list[str]:
     """How one PostgreSQL row differs from the Redis event of the same version (empty: not)."""
     differs = []
@@ -349,6 +422,11 @@ def verify(
     """Compare every (or a sample of) aggregate(s) between Redis and PostgreSQL. Read-only on
     both sides."""
     started = time.monotonic()
+    rules = None
+    if opts.transforms is not None:
+        from esctl.transforms import load_rules
+
+        rules = load_rules(opts.transforms)
     summary = VerifySummary(
         sample=opts.sample,
         ignored=frozenset({"not_migrated_new_events"}) if opts.allow_new_events else frozenset(),
@@ -389,6 +467,20 @@ def verify(
                         end = offset + len(commit_ids)
                         summary.aggregates += 1
                         theirs = rows.get(aggregate_id, [])
+                        if rules is not None:
+                            stream = build_stream(
+                                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
+                            )
+                            if compare_transformed(
+                                validate_stream(stream),
+                                theirs,
+                                summary,
+                                rules,
+                                migrated.get(aggregate_id),
+                            ):
+                                summary.aggregates_identical += 1
+                            offset = end
+                            continue
                         identical = fast_identical(aggregate_id, values[offset:end], theirs)
                         if identical:
                             summary.events_compared += len(commit_ids)

@@ -52,6 +52,37 @@ ToastCompressionOpt = Annotated[
         help="default_toast_compression for the writers' sessions (lz4, pglz, or 'server').",
     ),
 ]
+MigrateTransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="A TOML rules file (README 'Transforms'): migrate the events as the rules make "
+        "them, renumbered per aggregate. Every later run must use the same rules (or "
+        "--restart --yes).",
+        show_default=False,
+    ),
+]
+VerifyTransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="The rules file the migration used: compare PostgreSQL with the events as the "
+        "rules make them (left-out events are not missing).",
+        show_default=False,
+    ),
+]
+
+
+def _checked_rules(path: Path | None) -> str | None:
+    """The --transforms file, read and checked before any server is asked (exit 2)."""
+    if path is None:
+        return None
+    from esctl.transforms import load_rules
+
+    load_rules(path)
+    return str(path)
 
 
 class _Store(TypedDict):
@@ -92,7 +123,12 @@ def redis_to_pg(
     shard: ShardOpt = None,
     restart: Annotated[
         bool,
-        typer.Option("--restart", help="Start a new run instead of resuming an unfinished one."),
+        typer.Option(
+            "--restart",
+            help="Start a new run instead of resuming an unfinished one. When PostgreSQL holds "
+            "events migrated with other --transforms (or without), DELETE those events of this "
+            "app (and shard) first and migrate everything again (needs --yes).",
+        ),
     ] = False,
     max_problems: Annotated[
         int | None,
@@ -142,8 +178,14 @@ def redis_to_pg(
             "app (and shard); needs --yes (with --dry-run: a dry-run prune).",
         ),
     ] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Confirm --delete-source.")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Confirm --delete-source, and a --restart that deletes events."
+        ),
+    ] = False,
     backup_file: BackupFileOpt = None,
+    transforms_file: MigrateTransformsOpt = None,
 ) -> None:
     """Copy committed events from Redis into PostgreSQL: batched, resumable, idempotent.
 
@@ -165,8 +207,11 @@ def redis_to_pg(
             "--delete-source deletes the migrated events from Redis and needs --yes",
             hint="add --yes (nothing was done), or try --dry-run first",
         )
+    transforms = _checked_rules(transforms_file)
     opts = core.MigrateOptions(
         **_store(ctx),
+        transforms=transforms,
+        confirm_restart=yes,
         batch_size=batch_size,
         init_schema=init_schema,
         dry_run=dry_run,
@@ -284,6 +329,19 @@ def _render(out: Output, summary: core.MigrationSummary) -> None:
     )
     if summary.stopped_early:
         out.warn(f"stopped early: {summary.stopped_early}")
+    if summary.transforms is not None:
+        t = summary.transforms
+        out.info(
+            f"transforms {t['fingerprint'][:16]} ({t['file']}): "
+            f"{t['aggregates_left_out']:,} aggregate(s) and {t['events_left_out']:,} event(s) "
+            f"left out, {t['events_added_by_split']:,} event(s) added by splits"
+            + (
+                f"; --restart deleted {t['aggregates_deleted_by_restart']:,} aggregate(s) "
+                "migrated with other transforms"
+                if t["aggregates_deleted_by_restart"]
+                else ""
+            )
+        )
 
 
 # --- verify --------------------------------------------------------------------------------
@@ -320,6 +378,7 @@ def verify_command(
         ),
     ] = defaults.verify_workers_default(),
     problems_file: ProblemsFileOpt = None,
+    transforms_file: VerifyTransformsOpt = None,
 ) -> None:
     """Compare Redis with PostgreSQL per aggregate: counts, versions and content.
 
@@ -339,6 +398,7 @@ def verify_command(
         sample=sample,
         allow_new_events=allow_new_events,
         problems_file=None if problems_file is None else str(problems_file),
+        transforms=_checked_rules(transforms_file),
     )
     summary = verify_core.verify_parallel(
         ctx.redis_url,

@@ -28,6 +28,12 @@ class MigrateOptions:
     writers: int = 2
     toast_compression: str | None = "lz4"
     scan_count: int = 1000
+    transforms: str | None = None
+    """--transforms FILE: the rules file (esctl.transforms), read by each process."""
+    confirm_restart: bool = False
+    """--yes: a --restart may delete what runs with other transforms migrated."""
+    transforms_fingerprint: str | None = None
+    """Set by the run from the rules file it read (the writers record it per aggregate)."""
 
 
 @dataclass
@@ -90,6 +96,10 @@ class MigrationSummary:
     problems_where: str | None = None
     """The SQL query that lists every problem of the run from esctl.quarantine (None for a
     dry run: it records nothing)."""
+    transforms: dict[str, Any] | None = None
+    """With --transforms: the fingerprint, the file, and this invocation's
+    ``aggregates_left_out``, ``events_left_out``, ``events_added_by_split`` and
+    ``aggregates_deleted_by_restart``."""
 
     def as_dict(self) -> dict[str, Any]:
         return document(
@@ -97,7 +107,7 @@ class MigrationSummary:
             "run_id dry_run aggregates aggregates_unchanged events_migrated events_already_present"
             " aggregates_quarantined events_quarantined problems problem_counts problems_total"
             " problems_omitted problems_where elapsed_s events_per_s resumed"
-            " this_invocation stopped_early",
+            " this_invocation stopped_early transforms",
             problem_counts=dict(sorted(self.problem_counts.items())),
             this_invocation=asdict(self.this_invocation) if self.this_invocation else None,
         )

@@ -172,4 +172,18 @@ def _combined(
         or None,
         toast_compression=results[0].toast_compression,
         this_invocation=invocation if resumed else None,
+        transforms=_transforms_added([r.transforms for r in results]),
     )
+
+
+def _transforms_added(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The workers' transform figures added up (the fingerprint and file are the same)."""
+    if not parts or parts[0] is None:
+        return None
+    total = dict(parts[0])
+    for part in parts[1:]:
+        assert part is not None
+        for key, value in part.items():
+            if isinstance(value, int):
+                total[key] += value
+    return total

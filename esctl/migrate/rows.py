@@ -29,6 +29,11 @@ class AggregateRows:
     commits: int
     """Commit-list entries migrated once these rows are in (for esctl.migrated_stream)."""
     last_commit_id: str
+    source_type: str | None = None
+    """With --transforms: the aggregate type in Redis (``aggregate_type`` is the transformed
+    one), for esctl.migrated_stream."""
+    numbering: tuple[int, int] | None = None
+    """With --transforms: (last source version, last version written), for the next run."""
 
 
 @dataclass

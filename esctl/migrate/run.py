@@ -9,7 +9,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import psycopg
 
@@ -27,8 +28,10 @@ from esctl.migrate.runs import (
     run_totals,
     set_status,
 )
+from esctl.migrate.transformed import TransformCounts, TransformingReader, check_transforms
 from esctl.migrate.writer import BatchWriter
 from esctl.problems import ProblemTally
+from esctl.transforms import Rules
 
 
 def migrate_redis_to_pg(
@@ -48,6 +51,12 @@ def migrate_redis_to_pg(
     """
     if opts.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    rules = None
+    if opts.transforms is not None:
+        from esctl.transforms import load_rules
+
+        rules = load_rules(opts.transforms)
+        opts = replace(opts, transforms_fingerprint=rules.fingerprint)
     started = time.monotonic()
     dsn = opts.pg_dsn
     with _migration_lock(opts):
@@ -56,6 +65,9 @@ def migrate_redis_to_pg(
             with pg.translate_errors(dsn):
                 target_exists = _prepare_target(control, opts)
                 state_present = pg.state_schema_present(control)
+                deleted = 0
+                if state_present:
+                    deleted = check_transforms(client, control, opts, rules)
                 epoch = redisio.scan_epoch(client)
                 run = open_run(control, opts, epoch)
                 run = replace(run, position=replace(run.position, epoch=epoch))
@@ -67,11 +79,25 @@ def migrate_redis_to_pg(
                 state_present=state_present,
                 target_exists=target_exists,
                 on_progress=on_progress,
+                rules=rules,
             )
             invocation.execute()
-            return invocation.summary(started)
+            summary = invocation.summary(started)
+            if rules is not None:
+                summary.transforms = _transforms_summary(invocation.reader, rules, deleted)
+            return summary
         finally:
             control.close()
+
+
+def _transforms_summary(reader: Reader, rules: Rules, deleted: int) -> dict[str, Any]:
+    counts = reader.counts if isinstance(reader, TransformingReader) else TransformCounts()
+    return {
+        "fingerprint": rules.fingerprint,
+        "file": rules.path,
+        **asdict(counts),
+        "aggregates_deleted_by_restart": deleted,
+    }
 
 
 def lock_name(pg_schema: str, app: str, shard: str) -> str:
@@ -214,6 +240,7 @@ class _Invocation:
         state_present: bool,
         target_exists: bool,
         on_progress: Callable[[Progress], None] | None,
+        rules: Rules | None = None,
     ) -> None:
         self.opts = opts
         self.control = control
@@ -221,7 +248,11 @@ class _Invocation:
         self.on_progress = on_progress
         writers = 1 if opts.dry_run else max(1, opts.writers)
         self.pool = _WriterPool(opts, run.run_id, target_exists=target_exists, count=writers)
-        self.reader = Reader(client, opts, control, state_present)
+        self.reader = (
+            Reader(client, opts, control, state_present)
+            if rules is None
+            else TransformingReader(client, opts, control, state_present, rules=rules)
+        )
         self.progress = Progress()
         self.aggregates = 0
         self.events_read = 0

@@ -55,12 +55,20 @@ def open_run(conn: psycopg.Connection, opts: MigrateOptions, epoch: str) -> RunS
             job,
         )
     row = conn.execute(
-        "SELECT run_id FROM esctl.migration_run"
+        "SELECT run_id, transforms FROM esctl.migration_run"
         " WHERE target_schema = %s AND application_name = %s AND shard = %s"
         "   AND status NOT IN ('finished', 'abandoned')"
         " ORDER BY started_at DESC LIMIT 1",
         job,
     ).fetchone()
+    if row is not None and row[1] != opts.transforms_fingerprint:
+        # Begun with other transforms (what it migrated was checked before): a new run.
+        conn.execute(
+            "UPDATE esctl.migration_run SET status = 'abandoned', finished_at = now()"
+            " WHERE run_id = %s",
+            (row[0],),
+        )
+        row = None
     if row is not None:
         run_id = row[0]
         position, next_seq = resume_point(conn, run_id, epoch)
@@ -72,11 +80,14 @@ def open_run(conn: psycopg.Connection, opts: MigrateOptions, epoch: str) -> RunS
     run_id = uuid.uuid4().hex
     conn.execute(
         "INSERT INTO esctl.migration_run (run_id, target_schema, application_name, shard,"
-        " status, options) VALUES (%s, %s, %s, %s, 'running', %s)",
+        " status, options, transforms, transforms_file)"
+        " VALUES (%s, %s, %s, %s, 'running', %s, %s, %s)",
         (
             run_id,
             *job,
             orjson.dumps({"batch_size": opts.batch_size, "writers": opts.writers}).decode(),
+            opts.transforms_fingerprint,
+            opts.transforms,
         ),
     )
     conn.commit()

@@ -154,7 +154,12 @@ class BatchWriter:
     def _write_batch(self, batch: Batch, clean: dict[str, AggregateRows]) -> BatchResult:
         quarantined = list(batch.quarantined)
         with self.conn.cursor() as cur:
-            inserted, present, rejected = self.write_groups(cur, clean)
+            writable = clean
+            if self.opts.transforms is not None:
+                # An aggregate whose new events were all left out gets no rows (and no
+                # aggregate row), only its bookkeeping.
+                writable = {a: g for a, g in clean.items() if g.rows}
+            inserted, present, rejected = self.write_groups(cur, writable)
             for aggregate_id, (kind, details) in rejected.items():
                 quarantined.append(self._quarantine(clean, aggregate_id, kind, details))
             self._finish(cur, batch, clean, quarantined, inserted, present)
@@ -323,6 +328,9 @@ class BatchWriter:
         """The commits migrated of each aggregate written (esctl.migrated_stream)."""
         if not ids:
             return
+        if self.opts.transforms is not None:
+            self._record_transformed(cur, clean, ids)
+            return
         cur.execute(
             "INSERT INTO esctl.migrated_stream AS m (target_schema, application_name,"
             " aggregate_id, aggregate_type, commits, last_commit_id)"
@@ -340,6 +348,38 @@ class BatchWriter:
                 [clean[a].aggregate_type for a in ids],
                 [clean[a].commits for a in ids],
                 [clean[a].last_commit_id for a in ids],
+            ),
+        )
+
+    def _record_transformed(
+        self, cur: psycopg.Cursor[Any], clean: dict[str, AggregateRows], ids: list[str]
+    ) -> None:
+        """:meth:`_record_migrated` with --transforms: also the fingerprint and where the
+        renumbering stands (docs/design/transforms.md, the renumbering contract)."""
+        numbering = [clean[a].numbering or (0, 0) for a in ids]
+        cur.execute(
+            "INSERT INTO esctl.migrated_stream AS m (target_schema, application_name,"
+            " aggregate_id, aggregate_type, commits, last_commit_id, transforms,"
+            " last_source_version, last_version)"
+            " SELECT %s, %s, u.id, u.type, u.commits, u.last, %s, u.source, u.version"
+            "   FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::int[], %s::int[])"
+            "     AS u(id, type, commits, last, source, version)"
+            " ON CONFLICT (target_schema, application_name, aggregate_id) DO UPDATE"
+            "   SET commits = excluded.commits, last_commit_id = excluded.last_commit_id,"
+            "       aggregate_type = excluded.aggregate_type, transforms = excluded.transforms,"
+            "       last_source_version = excluded.last_source_version,"
+            "       last_version = excluded.last_version, updated_at = now()"
+            " WHERE m.commits < excluded.commits",
+            (
+                self.opts.pg_schema,
+                self.opts.app,
+                self.opts.transforms_fingerprint,
+                ids,
+                [clean[a].source_type or clean[a].aggregate_type for a in ids],
+                [clean[a].commits for a in ids],
+                [clean[a].last_commit_id for a in ids],
+                [n[0] for n in numbering],
+                [n[1] for n in numbering],
             ),
         )
 
@@ -375,6 +415,8 @@ class BatchWriter:
         inserted = present = 0
         with self.conn.cursor() as cur:
             for aggregate_id, group in batch.clean.items():
+                if not group.rows:  # all left out by --transforms: bookkeeping only
+                    continue
                 cur.execute("SAVEPOINT esctl_one")
                 try:
                     i, p, rejected = self.write_groups(cur, {aggregate_id: group})

@@ -1,0 +1,260 @@
+"""``migrate redis-to-pg --transforms FILE``: the rules (esctl.transforms) applied per aggregate
+between the reader and the writers, the renumbering kept per aggregate in esctl.migrated_stream
+so an incremental run continues it, and the check that PostgreSQL never holds events of two
+transforms (``--restart`` with ``--yes`` deletes what earlier runs wrote first).
+
+Without ``--transforms`` none of this runs except :func:`check_transforms` (one query per run):
+the reader's hot path is :class:`~esctl.migrate.reader.Reader` unchanged. The design:
+docs/design/migrate.md, "Transforms".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from esctl import codec, layout, redisio
+from esctl.errors import Refused, UsageError
+from esctl.migrate.options import MigrateOptions
+from esctl.migrate.reader import Migrated, Reader
+from esctl.migrate.rows import AggregateRows, Batch, Quarantined, copy_escape
+from esctl.streams import StreamProblem, build_stream, postgres_problem, validate_stream
+from esctl.transforms import Numbering, Rules, SourceEvent, transform_stream
+
+
+@dataclass
+class TransformCounts:
+    """What the rules did in one invocation."""
+
+    aggregates_left_out: int = 0
+    events_left_out: int = 0
+    events_added_by_split: int = 0
+
+
+class TransformingReader(Reader):
+    """The reader with the rules applied to each aggregate's new events (always the general,
+    checking path: the stream is validated as it is in Redis before any rule applies)."""
+
+    def __init__(self, *args: object, rules: Rules, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.rules = rules
+        self.counts = TransformCounts()
+        self.numbering: dict[str, Numbering] = {}
+
+    def migrated(self, ids: Sequence[str]) -> dict[str, Migrated]:
+        if not self.lookups or not ids:
+            return {}
+        rows = self.conn.execute(
+            "SELECT u.id, m.commits, m.last_commit_id, m.aggregate_type,"
+            "       m.last_source_version, m.last_version"
+            "  FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
+            "    SELECT commits, last_commit_id, aggregate_type, last_source_version,"
+            "           last_version FROM esctl.migrated_stream"
+            "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
+            "    OFFSET 0) m",
+            (list(ids), self.opts.pg_schema, self.opts.app),
+        ).fetchall()
+        self.conn.commit()
+        for r in rows:
+            # No numbering recorded: migrated without rules (check_transforms refused or
+            # deleted that); the identity numbering is then the right one.
+            self.numbering[r[0]] = Numbering(
+                r[4] if r[4] is not None else r[1], r[5] if r[5] is not None else r[1]
+            )
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def _add_aggregate(
+        self,
+        batch: Batch,
+        aggregate_id: str,
+        key: str,
+        start: int,
+        commit_ids: list[str],
+        values: list[bytes | None],
+        where: list[str | None],
+        known: Migrated | None,
+    ) -> None:
+        done, last_commit, known_type = known if known else (0, "", None)
+        skip = 1 if done else 0
+        stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
+        if done and not (commit_ids and commit_ids[0] == last_commit):
+            stream.problems.append(
+                StreamProblem(
+                    "commit_list_changed",
+                    f"entry {start} of the commit list is not the last migrated commit "
+                    f"{last_commit}: the list was rewritten",
+                )
+            )
+        else:
+            validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
+        new_events = len(stream.events) - skip
+        if stream.ok:
+            stream.events = stream.events[skip:]
+            problem = postgres_problem(stream)
+            if problem is not None:
+                stream.problems.append(problem)
+        if not stream.ok:
+            batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
+            return
+        numbering = self.numbering.get(aggregate_id, Numbering(done, done))
+        sources = []
+        for e in stream.by_version():
+            assert e.event is not None and e.event.version is not None
+            sources.append(SourceEvent(e.commit_id, e.event.version, e.event.text, e.event.data))
+        outcome = transform_stream(self.rules.rules, aggregate_id, sources, numbering)
+        if outcome.failure is not None:
+            problem = outcome.failure.as_problem()
+            batch.quarantined.append(Quarantined(aggregate_id, key, new_events, [problem]))
+            return
+        left_out = outcome.left_out
+        self.counts.events_left_out += left_out
+        self.counts.events_added_by_split += len(outcome.events) - (len(sources) - left_out)
+        if not outcome.events and numbering.last_version == 0:
+            self.counts.aggregates_left_out += 1
+        source_type = stream.aggregate_type or known_type or ""
+        rows = [
+            f"{codec.parse_timestamp(t.timestamp).isoformat()}\t{t.version}\t"
+            f"{copy_escape(t.event_type)}\t{copy_escape(t.text)}\n"
+            for t in outcome.events
+        ]
+        batch.events += len(rows)
+        batch.clean[aggregate_id] = AggregateRows(
+            outcome.events[0].aggregate_type if outcome.events else source_type,
+            rows,
+            done + new_events,
+            commit_ids[-1],
+            source_type=source_type,
+            numbering=(outcome.numbering.last_source_version, outcome.numbering.last_version),
+        )
+
+
+def _short(fp: str | None) -> str:
+    return "none (no --transforms)" if fp is None else fp[:16]
+
+
+def check_transforms(
+    client: redisio.RedisClient,
+    conn: psycopg.Connection,
+    opts: MigrateOptions,
+    rules: Rules | None,
+) -> int:
+    """Refuse (exit 2) a run whose transforms differ from those PostgreSQL's migrated events
+    were written with, unless ``--restart`` (with ``--yes``): then delete what earlier runs
+    wrote for this app and shard first, so the result equals a fresh run. Returns the
+    aggregates deleted. Ends the transaction."""
+    mine = rules.fingerprint if rules is not None else None
+    row = conn.execute(
+        "SELECT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
+        " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT 1",
+        (opts.pg_schema, opts.app, mine),
+    ).fetchone()
+    conn.commit()
+    if row is None:
+        return 0
+    theirs: str | None = row[0]
+    source = conn.execute(
+        "SELECT transforms_file, run_id FROM esctl.migration_run WHERE target_schema = %s"
+        " AND application_name = %s AND transforms IS NOT DISTINCT FROM %s"
+        " ORDER BY started_at DESC LIMIT 1",
+        (opts.pg_schema, opts.app, theirs),
+    ).fetchone()
+    conn.commit()
+    before = "without --transforms" if theirs is None else f"with transforms {_short(theirs)}"
+    if theirs is not None and source is not None and source[0]:
+        before += f" (from {source[0]}, run {source[1]})"
+    now = (
+        "without --transforms"
+        if rules is None
+        else f"with transforms {_short(mine)} (from {rules.path})"
+    )
+    what = (
+        f"PostgreSQL schema {opts.pg_schema!r} holds events of {opts.app} migrated {before}; "
+        f"this run would add events {now}"
+    )
+    if not opts.restart:
+        raise UsageError(
+            what + ": PostgreSQL would hold a mix of two transforms",
+            hint="run with the same --transforms file as before, or add --restart --yes to "
+            "delete what earlier runs migrated and migrate everything again",
+        )
+    if opts.dry_run:
+        raise UsageError(
+            what + "; --restart would delete what earlier runs migrated, which a dry run "
+            "cannot show",
+            hint="drop --dry-run to restart, or use the earlier --transforms",
+        )
+    if not opts.confirm_restart:
+        raise Refused(
+            what + "; --restart deletes the events earlier runs migrated for this app (and "
+            "shard) from PostgreSQL and migrates everything again",
+            hint="add --yes to confirm (nothing was done)",
+        )
+    check_sources_whole(client, conn, opts, mine)
+    return _delete_migrated(conn, opts, mine)
+
+
+def _delete_migrated(conn: psycopg.Connection, opts: MigrateOptions, mine: str | None) -> int:
+    """Delete the events, aggregate rows and bookkeeping of every aggregate of this app and
+    shard migrated with other transforms, in one transaction. Refused when one of them is no
+    longer whole in Redis (pruned): its events would be lost."""
+    rows = conn.execute(
+        "SELECT aggregate_id, commits FROM esctl.migrated_stream WHERE target_schema = %s"
+        " AND application_name = %s AND transforms IS DISTINCT FROM %s",
+        (opts.pg_schema, opts.app, mine),
+    ).fetchall()
+    owned = [(a, n) for a, n in rows if opts.shard.owns(a)]
+    ids = [a for a, _ in owned]
+    s = sql.Identifier(opts.pg_schema)
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM {s}.event e USING {s}.aggregate a"
+                " WHERE e.aggregate_key = a.aggregate_key AND a.application_name = %s"
+                "   AND a.aggregate_id = ANY(%s)"
+            ).format(s=s),
+            (opts.app, chunk),
+        )
+        conn.execute(
+            sql.SQL(
+                "DELETE FROM {s}.aggregate WHERE application_name = %s AND aggregate_id = ANY(%s)"
+            ).format(s=s),
+            (opts.app, chunk),
+        )
+        conn.execute(
+            "DELETE FROM esctl.migrated_stream WHERE target_schema = %s"
+            " AND application_name = %s AND aggregate_id = ANY(%s)",
+            (opts.pg_schema, opts.app, chunk),
+        )
+    conn.commit()
+    return len(ids)
+
+
+def check_sources_whole(
+    client: redisio.RedisClient, conn: psycopg.Connection, opts: MigrateOptions, mine: str | None
+) -> None:
+    """Before a ``--restart`` deletes: every aggregate to delete must still have all its
+    migrated commits in Redis (``migrate prune`` removes them), or its events would be lost."""
+    rows = conn.execute(
+        "SELECT aggregate_id, commits FROM esctl.migrated_stream WHERE target_schema = %s"
+        " AND application_name = %s AND transforms IS DISTINCT FROM %s",
+        (opts.pg_schema, opts.app, mine),
+    ).fetchall()
+    conn.commit()
+    owned = [(a, n) for a, n in rows if opts.shard.owns(a)]
+    for start in range(0, len(owned), 1000):
+        chunk = owned[start : start + 1000]
+        keys = [layout.commit_list_key(opts.app, a) for a, _ in chunk]
+        for (aggregate_id, commits), length in zip(
+            chunk, redisio.list_lengths(client, keys), strict=True
+        ):
+            if length < commits:
+                raise Refused(
+                    f"--restart would delete the events of aggregate {aggregate_id!r} from "
+                    f"PostgreSQL, but Redis holds {length} of its {commits} migrated commits "
+                    "(pruned?): they would be lost",
+                    hint="keep the earlier --transforms for this app (nothing was done)",
+                )
