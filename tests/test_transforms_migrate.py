@@ -209,11 +209,11 @@ def test_migrate_and_verify_with_transforms(
     failing = iw.to_json(data)
     redis_client.hset(added.hash_key, added.commit_id, failing)
     iw.append_events(redis_client, store, 1, seed=5, aggregate_ids=[target.aggregate_id])
-    before = pg_rows(pg_dsn, app)[target.aggregate_id]
+    target_rows = pg_rows(pg_dsn, app)[target.aggregate_id]
     code, summary, err = migrate(url, pg_dsn, app, "--transforms", str(changed))
     assert code == 3, err
     assert summary["problem_counts"] == {"transform_failed": 1}
-    assert pg_rows(pg_dsn, app)[target.aggregate_id] == before
+    assert pg_rows(pg_dsn, app)[target.aggregate_id] == target_rows
     with psycopg.connect(pg_dsn) as conn:
         kind, detail, stored, events_count = conn.execute(
             "SELECT kind, detail, stored_value, events FROM esctl.quarantine"

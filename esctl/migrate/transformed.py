@@ -21,7 +21,13 @@ from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.reader import Migrated, Reader
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, copy_escape
-from esctl.streams import StreamProblem, build_stream, postgres_problem, validate_stream
+from esctl.streams import (
+    StreamProblem,
+    build_stream,
+    clean_events,
+    postgres_problem,
+    validate_stream,
+)
 from esctl.transforms import Numbering, Rules, SourceEvent, transform_stream
 
 
@@ -79,8 +85,23 @@ class TransformingReader(Reader):
     ) -> None:
         done, last_commit, known_type = known if known else (0, "", None)
         skip = 1 if done else 0
+        continuous = not done or (bool(commit_ids) and commit_ids[0] == last_commit)
+        fast = (
+            clean_events(aggregate_id, values[skip:], first_version=done + 1, known_type=known_type)
+            if continuous
+            else None
+        )
+        if fast is not None:
+            # Nothing wrong with the stream (the checks of the general path, done fast).
+            source_type, clean = fast
+            sources = [
+                SourceEvent(c, e.version, e.text, e.data)
+                for c, e in zip(commit_ids[skip:], clean, strict=True)
+            ]
+            self._transform(batch, aggregate_id, key, commit_ids, done, source_type, sources)
+            return
         stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
-        if done and not (commit_ids and commit_ids[0] == last_commit):
+        if not continuous:
             stream.problems.append(
                 StreamProblem(
                     "commit_list_changed",
@@ -99,11 +120,26 @@ class TransformingReader(Reader):
         if not stream.ok:
             batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
             return
-        numbering = self.numbering.get(aggregate_id, Numbering(done, done))
         sources = []
         for e in stream.by_version():
             assert e.event is not None and e.event.version is not None
             sources.append(SourceEvent(e.commit_id, e.event.version, e.event.text, e.event.data))
+        source_type = stream.aggregate_type or known_type or ""
+        self._transform(batch, aggregate_id, key, commit_ids, done, source_type, sources)
+
+    def _transform(
+        self,
+        batch: Batch,
+        aggregate_id: str,
+        key: str,
+        commit_ids: list[str],
+        done: int,
+        source_type: str,
+        sources: list[SourceEvent],
+    ) -> None:
+        """The checked new events of one aggregate through the rules, into the batch."""
+        new_events = len(sources)
+        numbering = self.numbering.get(aggregate_id, Numbering(done, done))
         outcome = transform_stream(self.rules.rules, aggregate_id, sources, numbering)
         if outcome.failure is not None:
             problem = outcome.failure.as_problem()
@@ -114,7 +150,6 @@ class TransformingReader(Reader):
         self.counts.events_added_by_split += len(outcome.events) - (len(sources) - left_out)
         if not outcome.events and numbering.last_version == 0:
             self.counts.aggregates_left_out += 1
-        source_type = stream.aggregate_type or known_type or ""
         rows = [
             f"{codec.parse_timestamp(t.timestamp).isoformat()}\t{t.version}\t"
             f"{copy_escape(t.event_type)}\t{copy_escape(t.text)}\n"
