@@ -223,3 +223,31 @@ def test_migrate_and_verify_with_transforms(
     assert kind == "transform_failed" and events_count == 2
     assert "[[python]] #1" in detail and "a failing note" in detail
     assert stored is not None and bytes(stored).decode() == failing
+
+
+def test_an_install_from_before_gets_the_new_bookkeeping_columns(pg_dsn: str) -> None:
+    from esctl import pg
+
+    def columns(conn: psycopg.Connection) -> set[tuple[str, str]]:
+        rows = conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = 'esctl'"
+        ).fetchall()
+        return {(r[0], r[1]) for r in rows}
+
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(pg.STATE_DDL)  # the tables as an earlier esctl created them
+        conn.execute(
+            "INSERT INTO esctl.migrated_stream (target_schema, application_name, aggregate_id,"
+            " aggregate_type, commits, last_commit_id) VALUES ('public', 'A', 'x', 'T', 3, 'c')"
+        )
+        conn.commit()
+        assert not set(pg.STATE_COLUMNS) & columns(conn)
+        pg.ensure_state_schema(conn)
+        conn.commit()
+        assert set(pg.STATE_COLUMNS) <= columns(conn)
+        pg.ensure_state_schema(conn)  # idempotent
+        row = conn.execute(
+            "SELECT transforms, last_source_version, last_version FROM esctl.migrated_stream"
+        ).fetchone()
+    assert row == (None, None, None)  # migrated without transforms
