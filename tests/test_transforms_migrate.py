@@ -188,6 +188,17 @@ def test_migrate_and_verify_with_transforms(
     code, document, _ = migrate(url, pg_dsn, app, "--transforms", str(changed), "--restart")
     assert code == 2 and "--yes" in document["error"]["hint"]
     assert pg_rows(pg_dsn, app) == before
+    # an aggregate pruned from Redis would lose its events: no restart
+    pruned = next(a for a in store.aggregates if a.aggregate_id in before)
+    commits = redis_client.lrange(pruned.list_key, 0, -1)
+    redis_client.delete(pruned.list_key)
+    code, document, _ = migrate(
+        url, pg_dsn, app, "--transforms", str(changed), "--restart", "--yes"
+    )
+    redis_client.rpush(pruned.list_key, *commits)
+    assert code == 2 and "they would be lost" in document["error"]["message"]
+    assert repr(pruned.aggregate_id) in document["error"]["message"]
+    assert pg_rows(pg_dsn, app) == before
 
     # --restart --yes: the result equals a fresh run with the new rules
     code, summary, err = migrate(
@@ -251,3 +262,21 @@ def test_an_install_from_before_gets_the_new_bookkeeping_columns(pg_dsn: str) ->
             "SELECT transforms, last_source_version, last_version FROM esctl.migrated_stream"
         ).fetchone()
     assert row == (None, None, None)  # migrated without transforms
+
+
+def test_workers_migrate_the_transformed_streams(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    store = iw.write_store(redis_client, app=app_name, aggregates=20, seed=9, legacy_share=0.0)
+    (tmp_path / "tf_split.py").write_text(CALLABLE, encoding="utf-8")
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES, encoding="utf-8")
+    code, summary, err = migrate(
+        redis_test_url, pg_dsn, app_name, "--init-schema", "--workers", "2",
+        "--transforms", str(rules),
+    )  # fmt: skip
+    assert code == 0, err
+    assert summary["transforms"]["aggregates_left_out"] == sum(
+        1 for a in store.aggregates if a.aggregate_type == "Course"
+    )
+    assert pg_rows(pg_dsn, app_name) == expected(store, rules)
