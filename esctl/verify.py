@@ -80,6 +80,9 @@ class VerifySummary:
     ignored: frozenset[str] = frozenset()
     problems_where: str | None = None
     """The --problems-file holding every problem (None: only counted)."""
+    migrated_with_transforms: str | None = None
+    """Set when verify without --transforms found differences in a migration made with
+    transforms: their fingerprint and rules file."""
     sink: BinaryIO | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -106,6 +109,7 @@ class VerifySummary:
             "problems_total": self.mismatches,
             "problems_omitted": self.mismatches - len(self.problems),
             "problems_where": self.problems_where,
+            "migrated_with_transforms": self.migrated_with_transforms,
             **document(self, "elapsed_s"),
             "events_per_s": round(self.events_compared / self.elapsed_s, 1)
             if self.elapsed_s
@@ -494,6 +498,8 @@ def verify(
                         if identical:
                             summary.aggregates_identical += 1
                         offset = end
+            if rules is None and summary.mismatches and bookkeeping:
+                summary.migrated_with_transforms = _migrated_with_transforms(conn, opts)
     finally:
         conn.close()
         if summary.sink is not None:
@@ -501,6 +507,28 @@ def verify(
             summary.sink = None
     summary.elapsed_s = time.monotonic() - started
     return summary
+
+
+def _migrated_with_transforms(conn: psycopg.Connection, opts: VerifyOptions) -> str | None:
+    """When verify without --transforms found differences: the fingerprint (and rules file) of
+    transforms the migration of this app used, if it used any (a hint, not a verdict)."""
+    try:
+        row = conn.execute(
+            "SELECT m.transforms, (SELECT r.transforms_file FROM esctl.migration_run r"
+            "   WHERE r.target_schema = m.target_schema AND r.application_name ="
+            "   m.application_name AND r.transforms = m.transforms"
+            "   ORDER BY r.started_at DESC LIMIT 1)"
+            "  FROM esctl.migrated_stream m WHERE m.target_schema = %s"
+            "   AND m.application_name = %s AND m.transforms IS NOT NULL LIMIT 1",
+            (opts.pg_schema, opts.app),
+        ).fetchone()
+    except psycopg.errors.UndefinedColumn:  # bookkeeping of an esctl from before transforms
+        conn.rollback()
+        return None
+    conn.commit()
+    if row is None:
+        return None
+    return f"{row[0][:16]} ({row[1]})" if row[1] else row[0][:16]
 
 
 def _verify_in_process(
@@ -557,5 +585,8 @@ def verify_parallel(
         for kind, n in r.counts.items():
             total.counts[kind] += n
         total.problems.extend(r.problems[: total.max_problems_listed - len(total.problems)])
+        total.migrated_with_transforms = (
+            total.migrated_with_transforms or r.migrated_with_transforms
+        )
     total.elapsed_s = time.monotonic() - started
     return total

@@ -164,6 +164,8 @@ def test_migrate_and_verify_with_transforms(
     assert code == 0, report
     code, report = verify(url, pg_dsn, app)
     assert code == 3 and report["content_differs"] and report["missing_in_pg"]
+    fingerprint = load_rules(rules).fingerprint
+    assert report["migrated_with_transforms"] == f"{fingerprint[:16]} ({rules})"
 
     # writers append; an incremental run continues the numbering
     iw.append_events(redis_client, store, 25, seed=3)

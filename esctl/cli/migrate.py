@@ -428,6 +428,12 @@ def verify_command(
             title="mismatches",
             unrecorded="rerun with --problems-file PATH to write every one",
         )
+        if summary.migrated_with_transforms:
+            out.warn(
+                "the migration used transforms "
+                f"{summary.migrated_with_transforms}: rerun with --transforms FILE to compare "
+                "with the events as the rules make them"
+            )
 
     out.result(summary.as_dict(), render)
     exit_for(problems=summary.mismatches)
