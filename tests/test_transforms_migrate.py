@@ -248,7 +248,9 @@ def test_migrate_and_verify_with_transforms(
     assert stored is not None and bytes(stored).decode() == failing
 
 
-def test_an_install_from_before_gets_the_new_bookkeeping_columns(pg_dsn: str) -> None:
+def test_an_install_from_before_gets_the_new_bookkeeping_columns(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
     from esctl import pg
 
     def columns(conn: psycopg.Connection) -> set[tuple[str, str]]:
@@ -265,6 +267,11 @@ def test_an_install_from_before_gets_the_new_bookkeeping_columns(pg_dsn: str) ->
             " aggregate_type, commits, last_commit_id) VALUES ('public', 'A', 'x', 'T', 3, 'c')"
         )
         conn.commit()
+        assert not set(pg.STATE_COLUMNS) & columns(conn)
+        # a dry run alters nothing and still works on the old bookkeeping
+        iw.write_store(redis_client, app=app_name, aggregates=3, seed=1)
+        code, summary, err = migrate(redis_test_url, pg_dsn, app_name, "--dry-run", "--init-schema")
+        assert code == 0 and summary["events_migrated"] > 0, err
         assert not set(pg.STATE_COLUMNS) & columns(conn)
         pg.ensure_state_schema(conn)
         conn.commit()

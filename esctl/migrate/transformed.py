@@ -181,22 +181,39 @@ def check_transforms(
     wrote for this app and shard first, so the result equals a fresh run. Returns the
     aggregates deleted. Ends the transaction."""
     mine = rules.fingerprint if rules is not None else None
-    row = conn.execute(
-        "SELECT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
-        " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT 1",
-        (opts.pg_schema, opts.app, mine),
-    ).fetchone()
-    conn.commit()
-    if row is None:
-        return 0
+    try:
+        row = conn.execute(
+            "SELECT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
+            " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT 1",
+            (opts.pg_schema, opts.app, mine),
+        ).fetchone()
+    except psycopg.errors.UndefinedColumn:
+        # The bookkeeping of an esctl from before transforms, not upgraded (a dry run alters
+        # nothing): everything in it was migrated without transforms.
+        conn.rollback()
+        if mine is None:
+            return 0
+        row = conn.execute(
+            "SELECT NULL FROM esctl.migrated_stream WHERE target_schema = %s"
+            " AND application_name = %s LIMIT 1",
+            (opts.pg_schema, opts.app),
+        ).fetchone()
+        conn.commit()
+        if row is None:
+            return 0
+        source = None
+    else:
+        conn.commit()
+        if row is None:
+            return 0
+        source = conn.execute(
+            "SELECT transforms_file, run_id FROM esctl.migration_run WHERE target_schema = %s"
+            " AND application_name = %s AND transforms IS NOT DISTINCT FROM %s"
+            " ORDER BY started_at DESC LIMIT 1",
+            (opts.pg_schema, opts.app, row[0]),
+        ).fetchone()
+        conn.commit()
     theirs: str | None = row[0]
-    source = conn.execute(
-        "SELECT transforms_file, run_id FROM esctl.migration_run WHERE target_schema = %s"
-        " AND application_name = %s AND transforms IS NOT DISTINCT FROM %s"
-        " ORDER BY started_at DESC LIMIT 1",
-        (opts.pg_schema, opts.app, theirs),
-    ).fetchone()
-    conn.commit()
     before = "without --transforms" if theirs is None else f"with transforms {_short(theirs)}"
     if theirs is not None and source is not None and source[0]:
         before += f" (from {source[0]}, run {source[1]})"
