@@ -207,6 +207,15 @@ def redis_to_pg(
             "--delete-source deletes the migrated events from Redis and needs --yes",
             hint="add --yes (nothing was done), or try --dry-run first",
         )
+    if delete_source and transforms_file is not None:
+        from esctl.errors import UsageError
+
+        raise UsageError(
+            "--delete-source cannot be combined with --transforms: prune compares Redis with "
+            "PostgreSQL without the rules, so it would find the transformed aggregates differ",
+            hint="migrate with --transforms, check with 'migrate verify --transforms FILE', and "
+            "prune later once prune takes the rules",
+        )
     transforms = _checked_rules(transforms_file)
     opts = core.MigrateOptions(
         **_store(ctx),
