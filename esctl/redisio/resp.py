@@ -235,3 +235,80 @@ def resp_bulk(data: bytes) -> bytes:
 def resp_command(*args: str | bytes) -> bytes:
     """One whole command as RESP (for :func:`pipelined_resp`)."""
     return pack_commands([args])
+
+
+def stream_list(
+    client: redis.Redis | redis.cluster.RedisCluster, key: str, sink: Any
+) -> int | None:
+    """``LRANGE key 0 -1`` (one command: an atomic snapshot of the list), its values handed to
+    ``sink(value)`` one at a time as they arrive, never all in memory at once; how many. Runs on
+    a raw connection of its own, closed afterwards. None where no raw connection applies (a
+    cluster client, another connection class): the caller reads the list another way.
+    ``redis.exceptions.ResponseError`` when Redis refuses (a key that is not a list)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return None
+    pool = client.connection_pool
+    tls = pool.connection_class is redis.connection.SSLConnection
+    if not (tls and RAW_TLS) and pool.connection_class not in (
+        redis.connection.Connection,
+        redis.connection.UnixDomainSocketConnection,
+    ):
+        return None
+    try:
+        conn = _RawConnection(pool.connection_kwargs, tls=tls)
+    except OSError as exc:
+        raise redis.exceptions.ConnectionError(str(exc)) from exc
+    try:
+        conn.send([("LRANGE", key, 0, -1)])
+        return _BulkArray(conn.sock).read(sink)
+    except OSError as exc:
+        raise redis.exceptions.ConnectionError(str(exc)) from exc
+    finally:
+        conn.close()
+
+
+class _BulkArray:
+    """Reads one RESP2 reply that is an array of bulk strings (or an error) from a socket, in
+    chunks: only one chunk and one value in memory at a time."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.pos = 0
+
+    def _more(self) -> None:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            raise redis.exceptions.ConnectionError("Redis closed the connection")
+        self.buf = self.buf[self.pos :] + data
+        self.pos = 0
+
+    def _line(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n", self.pos)
+            if end >= 0:
+                line = self.buf[self.pos : end]
+                self.pos = end + 2
+                return line
+            self._more()
+
+    def _exactly(self, size: int) -> bytes:
+        while len(self.buf) - self.pos < size + 2:
+            self._more()
+        value = self.buf[self.pos : self.pos + size]
+        self.pos += size + 2
+        return value
+
+    def read(self, sink: Any) -> int:
+        head = self._line()
+        if head.startswith(b"-"):
+            raise redis.exceptions.ResponseError(head[1:].decode("utf-8", "replace"))
+        if not head.startswith(b"*"):
+            raise redis.exceptions.InvalidResponse(f"not an array reply: {head[:40]!r}")
+        count = max(0, int(head[1:]))
+        for _ in range(count):
+            size = self._line()
+            if not size.startswith(b"$"):
+                raise redis.exceptions.InvalidResponse(f"not a bulk string: {size[:40]!r}")
+            sink(self._exactly(int(size[1:])))
+        return count
