@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import struct
 import tempfile
 from array import array
 from collections import Counter
@@ -97,49 +96,40 @@ PAGE = 1000
 
 class SpilledList:
     """A snapshot of a list on a temporary file (unlinked from the start): its values in
-    head-to-tail order, length-prefixed, with the file offset of every :data:`PAGE`-th value, so
-    pages are read back from either end with only one page in memory."""
+    head-to-tail order, as RESP bulk strings, with the file offset of every :data:`PAGE`-th
+    value, so pages are read back from either end with only one page in memory."""
 
     def __init__(self) -> None:
         self.file = tempfile.TemporaryFile(prefix="esctl-queue-snapshot-")  # noqa: SIM115
         self.page = PAGE
         self.length = 0
         self.offsets = array("Q")
-        self._offset = 0
-        self._pending: list[bytes] = []
+        self.size = 0
 
-    def append(self, value: bytes) -> None:
-        if self.length % self.page == 0:
-            self._flush()
-            self.offsets.append(self._offset)
-        self._pending.append(_SIZE.pack(len(value)))
-        self._pending.append(value)
-        self._offset += _SIZE.size + len(value)
-        self.length += 1
+    def add_page(self, data: bytes, n: int) -> None:
+        """Append ``n`` values (at most a page, a whole one unless it is the last) as RESP bulk
+        strings."""
+        self.offsets.append(self.size)
+        self.file.write(data)
+        self.size += len(data)
+        self.length += n
 
-    def _flush(self) -> None:
-        if self._pending:
-            self.file.write(b"".join(self._pending))
-            self._pending = []
+    def add_values(self, values: list[bytes]) -> None:
+        for start in range(0, len(values), self.page):
+            chunk = values[start : start + self.page]
+            data = b"".join(b"$%d\r\n%s\r\n" % (len(v), v) for v in chunk)
+            self.add_page(data, len(chunk))
 
     def pages(self) -> int:
         return len(self.offsets)
 
     def read_page(self, number: int) -> list[bytes]:
         """The values of page ``number`` (indices ``number * page`` on), head to tail."""
-        self._flush()
+        self.file.flush()
         self.file.seek(self.offsets[number])
-        count = min(self.page, self.length - number * self.page)
-        end = self.offsets[number + 1] if number + 1 < len(self.offsets) else self._offset
+        end = self.offsets[number + 1] if number + 1 < len(self.offsets) else self.size
         data = self.file.read(end - self.offsets[number])
-        values: list[bytes] = []
-        at = 0
-        for _ in range(count):
-            (size,) = _SIZE.unpack_from(data, at)
-            at += _SIZE.size
-            values.append(data[at : at + size])
-            at += size
-        return values
+        return redisio.bulk_values(data, min(self.page, self.length - number * self.page))
 
     def tail_first(self) -> Iterator[tuple[int, bytes]]:
         """(index, value) in consumption order: the tail first."""
@@ -157,9 +147,6 @@ class SpilledList:
 
     def close(self) -> None:
         self.file.close()
-
-
-_SIZE = struct.Struct("<I")
 
 
 @dataclass(slots=True)
@@ -346,10 +333,9 @@ def _snapshot(client: redisio.RedisClient, key: str) -> SpilledList:
     spilled = SpilledList()
     try:
         try:
-            streamed = redisio.stream_list(client, key, spilled.append)
+            streamed = redisio.stream_list(client, key, spilled.add_page, page=spilled.page)
             if streamed is None:  # a cluster: redis-py reads the reply whole
-                for value in cast(list[bytes], client.lrange(key, 0, -1)):
-                    spilled.append(value)
+                spilled.add_values(cast(list[bytes], client.lrange(key, 0, -1)))
         except redis.exceptions.ResponseError as exc:
             if str(exc).startswith("NOPERM"):
                 denied = redis.exceptions.NoPermissionError(str(exc))
