@@ -6,21 +6,27 @@ after the snapshot."""
 from __future__ import annotations
 
 import random
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
 import redis
+import redis.exceptions
 import redis_bytes as rb
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from esctl import queues
 from esctl.queues import scripts, selection
 from esctl.queues.backup import value_bytes
+from esctl.redisio import resp
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUB = "Learning.ReportingService.Worker-Test"
@@ -165,3 +171,48 @@ def test_drain_pages_through_a_changing_list_and_restores_what_it_removed(
     restored = queues.restore(redis_client, path, queues.RestoreOptions())
     assert restored.restored == removed.total()
     assert Counter(rb.lrange(redis_client, q.key("dead"))) == removed + Counter(consumer.arrived)
+
+
+class _Chunks:
+    """A socket's receiving end that hands out ``data`` in the given piece sizes (the parser's
+    only input: how the bytes arrive)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data = data
+        self.sizes = sizes
+        self.at = 0
+
+    def recv(self, limit: int) -> bytes:
+        size = min(limit, self.sizes[self.at % len(self.sizes)] if self.sizes else limit)
+        piece = self.data[: max(1, size)]
+        self.data = self.data[len(piece) :]
+        self.at += 1
+        return piece
+
+
+@given(
+    values=st.lists(st.binary(max_size=40), max_size=60),
+    sizes=st.lists(st.integers(1, 50), max_size=8),
+    page=st.integers(1, 7),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_streamed_lrange_reply_splits_into_pages_wherever_the_bytes_break(
+    values: list[bytes], sizes: list[int], page: int
+) -> None:
+    reply = b"*%d\r\n" % len(values) + b"".join(b"$%d\r\n%s\r\n" % (len(v), v) for v in values)
+    pages: list[tuple[bytes, int]] = []
+    count = resp._read_bulk_array(
+        cast(socket.socket, _Chunks(reply, sizes)), lambda d, n: pages.append((d, n)), page
+    )
+    assert count == len(values)
+    assert [n for _, n in pages] == [
+        min(page, len(values) - i) for i in range(0, len(values), page)
+    ]
+    assert [v for d, n in pages for v in resp.bulk_values(d, n)] == values
+
+
+def test_a_refused_lrange_is_a_response_error() -> None:
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        resp._read_bulk_array(
+            cast(socket.socket, _Chunks(b"-WRONGTYPE not a list\r\n", [3])), print, 10
+        )

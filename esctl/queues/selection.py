@@ -1,6 +1,7 @@
 """Which messages of a list a requeue or drain takes: a :class:`Selection` applied to a snapshot
-of the list (``LRANGE``, taken when the command starts, twice with ``grace``), and the batches
-the selected messages are then changed in. Why snapshots: ``docs/design/queues.md``."""
+of the list (``LRANGE``, taken when the command starts, twice with ``grace``, streamed to a
+temporary file and read back a page at a time), and the batches the selected messages are then
+changed in. Why snapshots, and why on disk: ``docs/design/queues.md``."""
 
 from __future__ import annotations
 
