@@ -177,14 +177,15 @@ class Snapshot:
 
     def head_first(self) -> Iterator[Candidate]:
         """The selected messages, head to tail (ascending index), read back page by page."""
+        chosen, retry_ref, now = self.chosen, self.retry_ref, self.now
         for index, value in self.spilled.head_first():
-            if not self.is_chosen(index):
+            if not chosen[index >> 3] & (1 << (index & 7)):
                 continue
             retry_key = None
-            if self.retry_ref is not None:
-                aggregate_id, _ = id_and_age(value, self.now)
+            if retry_ref is not None:
+                aggregate_id, _ = id_and_age(value, now)
                 if aggregate_id is not None:
-                    retry_key = self.retry_ref.retry_data_key(aggregate_id)
+                    retry_key = retry_ref.retry_data_key(aggregate_id)
             yield Candidate(index, value, None, None, retry_key)
 
     def tail_first(self) -> Iterator[tuple[int, bytes]]:
@@ -297,6 +298,11 @@ def _choose(
     decode = describe or retry_keys or selection.needs_decoding
     by_retry_data = which == "dead" and (selection.needs_retry_data or describe or retry_keys)
     limit = selection.limit
+    if not decode and not by_retry_data and limit is None and selection.grace is None:
+        # no criterion looks at a message: every one of the snapshot is selected
+        snap.chosen[:] = b"\xff" * len(snap.chosen)
+        snap.count = snap.length
+        return
     while True:
         full = limit is not None and snap.count >= limit
         if full and not selection.needs_retry_data:
