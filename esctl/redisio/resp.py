@@ -323,14 +323,12 @@ def _read_bulk_array(sock: socket.socket, sink: Callable[[bytes, int], None], pa
 
 
 def bulk_values(data: bytes, n: int) -> list[bytes]:
-    """The ``n`` values of RESP bulk strings ``data`` (as :func:`stream_list` hands them)."""
-    values: list[bytes] = []
-    append = values.append
-    find = data.find
-    at = 0
-    for _ in range(n):
-        end = find(b"\r\n", at)
-        size = int(data[at + 1 : end])
-        append(data[end + 2 : end + 2 + size])
-        at = end + 4 + size
+    """The ``n`` values of RESP bulk strings ``data`` (as :func:`stream_list` hands them),
+    parsed by hiredis as the array reply they came from."""
+    reader = hiredis.Reader()
+    reader.feed(b"*%d\r\n" % n)
+    reader.feed(data)
+    values = reader.gets()
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"not {n} RESP bulk strings")
     return values
