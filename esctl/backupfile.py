@@ -4,8 +4,9 @@ file of zstd frames of JSON lines, each frame on disk before the caller deletes 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import zstandard
 from esctl.errors import EsctlError, Refused
 
 ZSTD_LEVEL = 3
+_LINES_PER_WRITE = 1000
 
 
 class BackupWriter:
@@ -57,22 +59,42 @@ class BackupWriter:
             ) from None
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 
-    def write_frame(self, lines: Sequence[Mapping[str, Any]]) -> None:
-        """Append ``lines`` as one frame and fsync it (nothing for no lines)."""
-        if not lines:
+    def write_frame(self, lines: Iterable[Mapping[str, Any]]) -> None:
+        """Append ``lines`` as one frame and fsync it (nothing for no lines). A long ``lines``
+        is read and compressed as it is written (a streamed frame, without the content size in
+        its header), so a frame of any size needs little memory."""
+        lines = iter(lines)
+        chunk = list(itertools.islice(lines, _LINES_PER_WRITE))
+        if not chunk:
             return
-        data = b"".join(orjson.dumps(line) + b"\n" for line in lines)
-        view = memoryview(self._compressor.compress(data))
+        data = _json_lines(chunk)
+        chunk = list(itertools.islice(lines, _LINES_PER_WRITE))
+        if not chunk:
+            self._write(self._compressor.compress(data))
+        else:
+            compressor = self._compressor.compressobj()
+            self._write(compressor.compress(data))
+            while chunk:
+                self._write(compressor.compress(_json_lines(chunk)))
+                chunk = list(itertools.islice(lines, _LINES_PER_WRITE))
+            self._write(compressor.flush())
+        os.fsync(self.fd)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
-        os.fsync(self.fd)
 
     def close(self) -> None:
         try:
             os.close(self.fd)
         finally:
             _fsync_folder(self.folder)
+
+
+def _json_lines(lines: list[Mapping[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(line) + b"\n" for line in lines)
 
 
 def _fsync_folder(folder: Path) -> None:

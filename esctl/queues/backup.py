@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,13 +41,15 @@ def create_backup(
     ref: QueueRef,
     which: str,
     length: int,
-    messages: Sequence[tuple[int, bytes]],
+    selected: int,
+    messages: Iterable[tuple[int, bytes]],
     selection: dict[str, Any],
     moment: datetime,
 ) -> tuple[BackupWriter, str]:
     """The backup file with its first frame on disk (the header and a record per message of
     ``messages``: position from the tail and value, in consumption order), and its backup id.
-    ``length`` is the list's length when it was selected from."""
+    ``length`` is the list's length when it was selected from, ``selected`` how many messages
+    ``messages`` yields (read as the frame is written, never all in memory)."""
     writer = BackupWriter(path, option="--to-file", nothing_done="nothing was drained")
     backup_id = uuid.uuid4().hex
     key = ref.key(which)
@@ -63,10 +66,10 @@ def create_backup(
             "list": which,
             "key": key,
             "length": length,
-            "selected": len(messages),
+            "selected": selected,
             "selection": selection,
         }
-        records = [
+        records = (
             {
                 "n": number,
                 "key": key,
@@ -78,8 +81,8 @@ def create_backup(
                 **_value_fields(value),
             }
             for number, (position, value) in enumerate(messages)
-        ]
-        writer.write_frame([header, *records])
+        )
+        writer.write_frame(itertools.chain([header], records))
     except OSError as exc:
         with contextlib.suppress(OSError):
             writer.close()

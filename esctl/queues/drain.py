@@ -129,7 +129,7 @@ def drain(
             list_name=which,
             key=snap.key,
             examined=snap.length,
-            selected=len(snap.selected),
+            selected=snap.count,
             drained=0,
             gone=0,
             failed=0,
@@ -142,14 +142,12 @@ def drain(
         )
         # Nothing selected still leaves the backup asked for (empty, complete): a script that
         # drains to a file and later restores it finds the file either way.
-        if options.dry_run or (not snap.selected and options.to_file is None):
+        if options.dry_run or (not snap.count and options.to_file is None):
             summary.elapsed_s = time.perf_counter() - started
             return summary
         action = "drain" if options.to_file is not None else "discard"
-        if snap.selected:
-            require_confirmation(
-                confirm, Plan(action, len(snap.selected), snap.key, _str(options.to_file))
-            )
+        if snap.count:
+            require_confirmation(confirm, Plan(action, snap.count, snap.key, _str(options.to_file)))
         writer = None
         if options.to_file is not None:
             writer, summary.backup_id = create_backup(
@@ -157,7 +155,8 @@ def drain(
                 ref,
                 which,
                 snap.length,
-                [(snap.length - 1 - c.index, c.value) for c in snap.selected],
+                snap.count,
+                snap.tail_first(),
                 options.selection.describe(),
                 snap.now,
             )
@@ -185,8 +184,6 @@ def _remove(
     ref: QueueRef,
     which: str,
 ) -> None:
-    numbered = list(enumerate(snap.selected))[::-1]  # head to tail
-    by_index = {id(c): n for n, c in numbered}
     script = client.register_script(REMOVE_SCRIPT)
     keys = [ref.lock_key, snap.key]
     if writer is not None:
@@ -197,7 +194,7 @@ def _remove(
         try:
             client.set(keys[2], EMPTY_OUTCOME, px=OUTCOME_TTL_MS)
         except redisio.REDIS_ERRORS as exc:
-            summary.failed = len(numbered)
+            summary.failed = snap.count
             summary.problems.append(
                 problem(
                     "remove_failed",
@@ -207,12 +204,15 @@ def _remove(
             )
             return
     done = 0
-    for batch in batches([c for _, c in numbered]):
+    # head to tail, read back a page at a time; record numbers count in consumption order, so
+    # the k-th selected message from the head is record count - 1 - k
+    for batch in batches(snap.head_first()):
+        numbers = [snap.count - 1 - (done + k) for k in range(len(batch))]
         lock.check()
         args: list[Any] = [lock.token, lock.ttl_ms, *direction(batch, done, snap.length)]
         args.append(len(batch))
         args += [c.value for c in batch]
-        args += [by_index[id(c)] for c in batch]
+        args += numbers
         args.append(OUTCOME_TTL_MS)
         with _interrupts_deferred():
             try:
@@ -220,7 +220,7 @@ def _remove(
             except redisio.REDIS_ERRORS as exc:
                 if redisio.is_denied(exc):  # refused before any change (the script checks)
                     raise redisio.permission_denied(redisio.describe(client), exc) from exc
-                summary.failed = len(numbered) - done
+                summary.failed = snap.count - done
                 summary.problems.append(
                     problem(
                         "remove_failed",
@@ -231,8 +231,8 @@ def _remove(
                     )
                 )
                 return
-            removed = [by_index[id(c)] for c, f in zip(batch, flags, strict=True) if int(f) == 1]
-            gone = [by_index[id(c)] for c, f in zip(batch, flags, strict=True) if int(f) != 1]
+            removed = [n for n, f in zip(numbers, flags, strict=True) if int(f) == 1]
+            gone = [n for n, f in zip(numbers, flags, strict=True) if int(f) != 1]
             if writer is not None:
                 record_outcome(writer, removed, gone)
         summary.drained += len(removed)

@@ -96,7 +96,7 @@ def requeue(
             source_key=snap.key,
             destination_key=ref.key("published"),
             examined=snap.length,
-            selected=len(snap.selected),
+            selected=snap.count,
             requeued=0,
             gone=0,
             failed=0,
@@ -107,12 +107,10 @@ def requeue(
             selection=options.selection.describe(),
             elapsed_s=0.0,
         )
-        if options.dry_run or not snap.selected:
+        if options.dry_run or not snap.count:
             summary.elapsed_s = time.perf_counter() - started
             return summary
-        require_confirmation(
-            confirm, Plan("requeue", len(snap.selected), snap.key, ref.key("published"))
-        )
+        require_confirmation(confirm, Plan("requeue", snap.count, snap.key, ref.key("published")))
         try:
             assert lock is not None  # held whenever not a dry run
             _move(client, ref, snap, summary, lock)
@@ -130,10 +128,10 @@ def _move(
     summary: RequeueSummary,
     lock: RedisLock,
 ) -> None:
-    ordered = snap.selected[::-1]  # head to tail: the oldest is pushed last, to the tail
     script = client.register_script(MOVE_SCRIPT)
     done = 0
-    for batch in batches(ordered):
+    # head to tail, read back a page at a time: the oldest is pushed last, to the tail
+    for batch in batches(snap.head_first()):
         lock.check()
         keys: list[str] = [ref.lock_key, snap.key, summary.destination_key]
         slots: dict[str, int] = {}
@@ -155,7 +153,7 @@ def _move(
         except redisio.REDIS_ERRORS as exc:
             if redisio.is_denied(exc):  # refused before any change (the script checks)
                 raise redisio.permission_denied(redisio.describe(client), exc) from exc
-            summary.failed = len(ordered) - done
+            summary.failed = snap.count - done
             unknown = isinstance(
                 exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
             )

@@ -1,12 +1,17 @@
 """Which messages of a list a requeue or drain takes: a :class:`Selection` applied to a snapshot
-of the list (``LRANGE``, taken when the command starts, twice with ``grace``), and the batches
-the selected messages are then changed in. Why snapshots: ``docs/design/queues.md``."""
+of the list (``LRANGE``, taken when the command starts, twice with ``grace``, streamed to a
+temporary file and read back a page at a time), and the batches the selected messages are then
+changed in. Why snapshots, and why on disk: ``docs/design/queues.md``."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
+import tempfile
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -86,19 +91,108 @@ class Candidate:
     retry_key: str | None
 
 
+PAGE = 1000
+"""Messages of a snapshot read back (and selected) at a time. Read at call time: tests patch it."""
+
+
+class SpilledList:
+    """A snapshot of a list on a temporary file (unlinked from the start): its values in
+    head-to-tail order, as RESP bulk strings, with the file offset of every :data:`PAGE`-th
+    value, so pages are read back from either end with only one page in memory."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix="esctl-queue-snapshot-")  # noqa: SIM115
+        self.page = PAGE
+        self.length = 0
+        self.offsets = array("Q")
+        self.size = 0
+
+    def add_page(self, data: bytes, n: int) -> None:
+        """Append ``n`` values (at most a page, a whole one unless it is the last) as RESP bulk
+        strings."""
+        self.offsets.append(self.size)
+        self.file.write(data)
+        self.size += len(data)
+        self.length += n
+
+    def add_values(self, values: list[bytes]) -> None:
+        for start in range(0, len(values), self.page):
+            chunk = values[start : start + self.page]
+            data = b"".join(b"$%d\r\n%s\r\n" % (len(v), v) for v in chunk)
+            self.add_page(data, len(chunk))
+
+    def pages(self) -> int:
+        return len(self.offsets)
+
+    def read_page(self, number: int) -> list[bytes]:
+        """The values of page ``number`` (indices ``number * page`` on), head to tail."""
+        self.file.flush()
+        self.file.seek(self.offsets[number])
+        end = self.offsets[number + 1] if number + 1 < len(self.offsets) else self.size
+        data = self.file.read(end - self.offsets[number])
+        return redisio.bulk_values(data, min(self.page, self.length - number * self.page))
+
+    def tail_first(self) -> Iterator[tuple[int, bytes]]:
+        """(index, value) in consumption order: the tail first."""
+        for number in range(self.pages() - 1, -1, -1):
+            values = self.read_page(number)
+            base = number * self.page
+            for offset in range(len(values) - 1, -1, -1):
+                yield base + offset, values[offset]
+
+    def head_first(self) -> Iterator[tuple[int, bytes]]:
+        for number in range(self.pages()):
+            base = number * self.page
+            for offset, value in enumerate(self.read_page(number)):
+                yield base + offset, value
+
+    def close(self) -> None:
+        self.file.close()
+
+
 @dataclass(slots=True)
 class Snapshot:
     key: str
     now: datetime
     """The moment the messages' ages were measured from."""
     length: int
-    selected: list[Candidate]
-    """In consumption order (the tail first)."""
+    count: int
+    """How many messages are selected."""
+    spilled: SpilledList
+    """The list as it was snapshotted (the second snapshot with ``grace``)."""
+    chosen: bytearray
+    """One bit per snapshot index: selected."""
     problems: list[dict[str, str]]
+    infos: list[MessageInfo]
+    """Dry runs: what is shown of the selected messages, in consumption order."""
+    retry_ref: QueueRef | None
+    """Dead letters whose RetryData hash goes with the move: their queue."""
 
     def shown(self) -> list[MessageInfo]:
         """What a dry run shows of the selected messages (nothing when not described)."""
-        return [c.info for c in self.selected if c.info]
+        return self.infos
+
+    def is_chosen(self, index: int) -> bool:
+        return bool(self.chosen[index >> 3] & (1 << (index & 7)))
+
+    def head_first(self) -> Iterator[Candidate]:
+        """The selected messages, head to tail (ascending index), read back page by page."""
+        chosen, retry_ref, now = self.chosen, self.retry_ref, self.now
+        for index, value in self.spilled.head_first():
+            if not chosen[index >> 3] & (1 << (index & 7)):
+                continue
+            retry_key = None
+            if retry_ref is not None:
+                aggregate_id, _ = id_and_age(value, now)
+                if aggregate_id is not None:
+                    retry_key = retry_ref.retry_data_key(aggregate_id)
+            yield Candidate(index, value, None, None, retry_key)
+
+    def tail_first(self) -> Iterator[tuple[int, bytes]]:
+        """(position from the tail, value) of the selected messages, in consumption order."""
+        for index, value in self.spilled.tail_first():
+            if self.is_chosen(index):
+                yield self.length - 1 - index, value
 
 
 @dataclass(frozen=True)
@@ -138,7 +232,10 @@ def select_locked(
             lock=lock,
             sleep=sleep,
         )
-        yield snap, lock
+        try:
+            yield snap, lock
+        finally:
+            snap.spilled.close()
 
 
 def select_messages(
@@ -153,57 +250,127 @@ def select_messages(
     lock: RedisLock | None,
     sleep: Callable[[float], None],
 ) -> Snapshot:
-    """Snapshot the list (twice, ``grace`` apart, when asked) and pick the messages.
-    ``describe``: keep what a dry run shows of each; ``retry_keys``: name each dead letter's
-    RetryData hash (to delete it with the move)."""
+    """Snapshot the list (twice, ``grace`` apart, when asked) onto a temporary file and pick the
+    messages, a page at a time. ``describe``: keep what a dry run shows of each;
+    ``retry_keys``: name each dead letter's RetryData hash (to delete it with the move)."""
     key = ref.key(which)
-    values = _lrange_all(client, key)
-    if selection.grace is not None:
-        first = values
-        sleep(selection.grace.total_seconds())
-        check_held(lock)
-        values = _lrange_all(client, key)
-        candidates = _still_there(values, Counter(first))
-    else:
-        candidates = ((index, values[index]) for index in range(len(values) - 1, -1, -1))
-    problems: list[dict[str, str]] = []
-    picked = _pick(
-        candidates,
-        len(values),
-        selection,
-        now,
-        key,
-        problems,
-        describe=describe,
-        decode=describe or retry_keys or selection.needs_decoding,
-    )
-    if which == "dead" and (selection.needs_retry_data or describe or retry_keys):
-        picked = _by_retry_data(client, ref, picked, selection, retry_keys)
-    if selection.limit is not None:
-        picked = picked[: selection.limit]
-    return Snapshot(key, now, len(values), picked, problems)
-
-
-def _lrange_all(client: redisio.RedisClient, key: str) -> list[bytes]:
+    spilled = _snapshot(client, key)
     try:
-        values = cast(list[bytes], client.lrange(key, 0, -1))
-    except redis.exceptions.ResponseError as exc:
-        raise ServerError(
-            f"cannot read {key}: {exc}", hint="the key is expected to be a list (docs/layout.md §4)"
-        ) from None
-    except redisio.REDIS_ERRORS as exc:
-        raise redisio.wrap_errors(client, exc) from exc
-    return values
+        if selection.grace is not None:
+            first = Counter(_digest(value) for _, value in spilled.head_first())
+            spilled.close()
+            sleep(selection.grace.total_seconds())
+            check_held(lock)
+            spilled = _snapshot(client, key)
+            candidates = _still_there(spilled, first)
+        else:
+            candidates = spilled.tail_first()
+        snap = Snapshot(
+            key,
+            now,
+            spilled.length,
+            0,
+            spilled,
+            bytearray((spilled.length + 7) // 8),
+            [],
+            [],
+            ref if which == "dead" and retry_keys else None,
+        )
+        _choose(client, ref, which, selection, snap, candidates, describe, retry_keys)
+    except BaseException:
+        spilled.close()
+        raise
+    return snap
 
 
-def _still_there(values: list[bytes], first: Counter[bytes]) -> Iterator[tuple[int, bytes]]:
+def _choose(
+    client: redisio.RedisClient,
+    ref: QueueRef,
+    which: str,
+    selection: Selection,
+    snap: Snapshot,
+    candidates: Iterator[tuple[int, bytes]],
+    describe: bool,
+    retry_keys: bool,
+) -> None:
+    """Mark the selected candidates in ``snap``, a page at a time (the same choice as picking
+    from the whole list at once: the first ``limit`` matches in consumption order)."""
+    decode = describe or retry_keys or selection.needs_decoding
+    by_retry_data = which == "dead" and (selection.needs_retry_data or describe or retry_keys)
+    limit = selection.limit
+    if not decode and not by_retry_data and limit is None and selection.grace is None:
+        # no criterion looks at a message: every one of the snapshot is selected
+        snap.chosen[:] = b"\xff" * len(snap.chosen)
+        snap.count = snap.length
+        return
+    while True:
+        full = limit is not None and snap.count >= limit
+        if full and not selection.needs_retry_data:
+            break  # without RetryData filters, the first `limit` matches are the selection
+        chunk = list(itertools.islice(candidates, PAGE))
+        if not chunk:
+            break
+        remaining = None if limit is None else limit - snap.count
+        picked = _pick(
+            iter(chunk),
+            snap.length,
+            selection,
+            snap.now,
+            snap.key,
+            snap.problems,
+            describe=describe,
+            decode=decode,
+            stop_at=remaining if not selection.needs_retry_data else None,
+        )
+        if full:
+            continue  # read on only for the problems the whole list would report
+        if by_retry_data:
+            picked = _by_retry_data(client, ref, picked, selection, retry_keys)
+        if remaining is not None:
+            picked = picked[:remaining]
+        for c in picked:
+            snap.chosen[c.index >> 3] |= 1 << (c.index & 7)
+            if c.info is not None:
+                snap.infos.append(c.info)
+        snap.count += len(picked)
+
+
+def _snapshot(client: redisio.RedisClient, key: str) -> SpilledList:
+    """The list as one ``LRANGE`` saw it, streamed onto a temporary file."""
+    spilled = SpilledList()
+    try:
+        try:
+            streamed = redisio.stream_list(client, key, spilled.add_page, page=spilled.page)
+            if streamed is None:  # a cluster: redis-py reads the reply whole
+                spilled.add_values(cast(list[bytes], client.lrange(key, 0, -1)))
+        except redis.exceptions.ResponseError as exc:
+            if str(exc).startswith("NOPERM"):
+                denied = redis.exceptions.NoPermissionError(str(exc))
+                raise redisio.wrap_errors(client, denied) from exc
+            raise ServerError(
+                f"cannot read {key}: {exc}",
+                hint="the key is expected to be a list (docs/layout.md §4)",
+            ) from None
+        except redisio.REDIS_ERRORS as exc:
+            raise redisio.wrap_errors(client, exc) from exc
+    except BaseException:
+        spilled.close()
+        raise
+    return spilled
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
+def _still_there(spilled: SpilledList, first: Counter[bytes]) -> Iterator[tuple[int, bytes]]:
     """(index, value) in consumption order, of the messages also in the first snapshot, counted
     (a value seen twice, then once, is yielded once)."""
-    for index in range(len(values) - 1, -1, -1):
-        value = values[index]
-        if first[value] <= 0:
+    for index, value in spilled.tail_first():
+        digest = _digest(value)
+        if first[digest] <= 0:
             continue  # arrived after the first snapshot: not stuck by observation
-        first[value] -= 1
+        first[digest] -= 1
         yield index, value
 
 
@@ -217,11 +384,11 @@ def _pick(
     *,
     describe: bool,
     decode: bool,
+    stop_at: int | None,
 ) -> list[Candidate]:
-    """The candidates the age and aggregate criteria keep, in consumption order."""
+    """The candidates the age and aggregate criteria keep, in consumption order (at most
+    ``stop_at``)."""
     min_age = selection.older_than.total_seconds() if selection.older_than is not None else None
-    # without RetryData filters, the first `limit` matches are the selection: stop there
-    stop_at = selection.limit if not selection.needs_retry_data else None
     picked: list[Candidate] = []
     for index, value in candidates:
         position = length - 1 - index
@@ -279,7 +446,7 @@ def _by_retry_data(
     return kept
 
 
-def batches(candidates: Sequence[Candidate]) -> Iterator[list[Candidate]]:
+def batches(candidates: Iterable[Candidate]) -> Iterator[list[Candidate]]:
     """Head-to-tail order (ascending index), cut by count and bytes."""
     batch: list[Candidate] = []
     size = 0

@@ -44,7 +44,7 @@ from esctl.redisio.commands import (
 )
 from esctl.redisio.hash_scan import hash_pages
 from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp
-from esctl.redisio.resp import pack_commands, resp_bulk, resp_command
+from esctl.redisio.resp import bulk_values, pack_commands, resp_bulk, resp_command, stream_list
 from esctl.redisio.retry import read_with_retry, refresh_slots
 from esctl.redisio.scan import (
     ScanPosition,
@@ -60,6 +60,7 @@ __all__ = [
     "LatencyPacer",
     "RedisClient",
     "ScanPosition",
+    "bulk_values",
     "chunked",
     "connect",
     "describe",
@@ -87,6 +88,7 @@ __all__ = [
     "resp_command",
     "scan_epoch",
     "scan_pages",
+    "stream_list",
     "used_memory",
     "used_memory_or_none",
     "wrap_errors",

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import hiredis
@@ -235,3 +235,100 @@ def resp_bulk(data: bytes) -> bytes:
 def resp_command(*args: str | bytes) -> bytes:
     """One whole command as RESP (for :func:`pipelined_resp`)."""
     return pack_commands([args])
+
+
+def stream_list(
+    client: redis.Redis | redis.cluster.RedisCluster,
+    key: str,
+    sink: Callable[[bytes, int], None],
+    *,
+    page: int,
+) -> int | None:
+    """``LRANGE key 0 -1`` (one command: an atomic snapshot of the list), handed to
+    ``sink(data, n)`` as it arrives, never all in memory at once: ``data`` is ``n`` values in
+    head-to-tail order as RESP bulk strings (``$LEN\r\nVALUE\r\n`` each; see
+    :func:`bulk_values`), ``page`` values each time but the last. Returns how many values. Runs
+    on a raw connection of its own, closed afterwards. None where no raw connection applies (a
+    cluster client, another connection class): the caller reads the list another way.
+    ``redis.exceptions.ResponseError`` when Redis refuses (a key that is not a list)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return None
+    pool = client.connection_pool
+    tls = pool.connection_class is redis.connection.SSLConnection
+    if not (tls and RAW_TLS) and pool.connection_class not in (
+        redis.connection.Connection,
+        redis.connection.UnixDomainSocketConnection,
+    ):
+        return None
+    try:
+        conn = _RawConnection(pool.connection_kwargs, tls=tls)
+    except OSError as exc:
+        raise redis.exceptions.ConnectionError(str(exc)) from exc
+    try:
+        conn.send([("LRANGE", key, 0, -1)])
+        return _read_bulk_array(conn.sock, sink, page)
+    except OSError as exc:
+        raise redis.exceptions.ConnectionError(str(exc)) from exc
+    finally:
+        conn.close()
+
+
+def _read_bulk_array(sock: socket.socket, sink: Callable[[bytes, int], None], page: int) -> int:
+    """Read one RESP2 reply that is an array of bulk strings (or an error) in chunks, handing
+    its values to ``sink`` a page at a time without copying them one by one."""
+    buf = b""
+    pos = 0  # where the next unread value starts
+
+    def more(keep_from: int) -> int:
+        """Receive more; drop what is before ``keep_from``; return how much was dropped."""
+        nonlocal buf
+        data = sock.recv(1 << 20)
+        if not data:
+            raise redis.exceptions.ConnectionError("Redis closed the connection")
+        buf = buf[keep_from:] + data
+        return keep_from
+
+    while (end := buf.find(b"\r\n")) < 0:
+        more(0)
+    head = buf[:end]
+    if head.startswith(b"-"):
+        raise redis.exceptions.ResponseError(head[1:].decode("utf-8", "replace"))
+    if not head.startswith(b"*"):
+        raise redis.exceptions.InvalidResponse(f"not an array reply: {head[:40]!r}")
+    count = max(0, int(head[1:]))
+    pos = end + 2
+    start, in_page, seen = pos, 0, 0
+    while seen < count:
+        end = buf.find(b"\r\n", pos)
+        if end < 0 or buf[pos : pos + 1] != b"$":
+            if end >= 0:
+                raise redis.exceptions.InvalidResponse(f"not a bulk string: {buf[pos:end]!r}")
+            dropped = more(start)
+            pos, start = pos - dropped, 0
+            continue
+        after = end + 2 + int(buf[pos + 1 : end]) + 2
+        if after > len(buf):
+            dropped = more(start)
+            pos, start = pos - dropped, 0
+            continue
+        pos = after
+        seen += 1
+        in_page += 1
+        if in_page == page:
+            sink(buf[start:pos], in_page)
+            start, in_page = pos, 0
+    if in_page:
+        sink(buf[start:pos], in_page)
+    return count
+
+
+def bulk_values(data: bytes, n: int) -> list[bytes]:
+    """The ``n`` values of RESP bulk strings ``data`` (as :func:`stream_list` hands them),
+    parsed by hiredis as the array reply they came from."""
+    reader = hiredis.Reader()
+    reader.feed(b"*%d\r\n" % n)
+    reader.feed(data)
+    values = reader.gets()
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"not {n} RESP bulk strings")
+    return values
