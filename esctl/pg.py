@@ -471,6 +471,9 @@ STATE_COLUMNS = {
     ("migrated_stream", "transforms"): "text",
     ("migrated_stream", "last_source_version"): "int",
     ("migrated_stream", "last_version"): "int",
+    # Added with replay --transforms: the rules' fingerprint a checkpoint was made with (NULL:
+    # without rules).
+    ("projection_checkpoint", "transforms"): "text",
 }
 
 

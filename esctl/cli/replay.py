@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
@@ -19,6 +20,19 @@ from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
     from esctl import replay as core
+
+
+ReplayTransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="--from redis: a TOML rules file (README 'Transforms'): replay each aggregate's "
+        "events as the rules make them (left out, renamed, upcast, split, renumbered); the "
+        "selectors ask the transformed events.",
+        show_default=False,
+    ),
+]
 
 
 class ToOpt(enum.StrEnum):
@@ -157,6 +171,7 @@ def replay(
         ),
     ] = defaults.REPLAY_BATCH_SIZE,
     shard: ShardOpt = None,
+    transforms_file: ReplayTransformsOpt = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     progress: ProgressOpt = True,
@@ -177,6 +192,11 @@ def replay(
     N processes can feed one projection at once, each with its own checkpoint row and lock
     under one --checkpoint name (all with the same N). With --to stdout it prints that share;
     --to queue refuses it.
+
+    --transforms FILE (--from redis) puts each aggregate's whole stream through the rules
+    before the target sees it; an aggregate a rule cannot transform is a transform_failed
+    problem and none of its events is replayed. A --checkpoint remembers the rules'
+    fingerprint: other rules need --reset.
 
     \b
     Example: esctl replay --from redis --aggregate 1042 --to queue --subscriber Reporting.Worker --env production
@@ -208,6 +228,7 @@ def replay(
         batch_size=batch_size,
         dry_run=dry_run,
         shard=Shard.from_option(shard),
+        transforms=_load_transforms(transforms_file),
     )
     options.check()
     summary = _run(ctx, options, yes=yes, progress=progress, stream=stream)
@@ -216,6 +237,15 @@ def replay(
         _render_stopped(ctx.out, summary, options)
         raise typer.Exit(EXIT_FAILED)
     exit_for(problems=summary.found_problems)
+
+
+def _load_transforms(path: Path | None) -> Any:
+    """The --transforms rules, read and checked before any server is asked (exit 2)."""
+    if path is None:
+        return None
+    from esctl.transforms import load_rules
+
+    return load_rules(path)
 
 
 def _run(
@@ -353,6 +383,10 @@ def _facts(out: Output, summary: core.ReplaySummary) -> dict[str, Any]:
     }
     if summary.shard.count > 1:
         facts["shard"] = str(summary.shard)
+    if summary.transforms is not None:
+        t = summary.transforms
+        facts["transforms"] = f"{t['fingerprint'][:16]} ({t['file']})"
+        facts["events left out by the rules"] = t["events_left_out"]
     if summary.target == "queue":
         facts["messages" + (" (would be)" if summary.dry_run else "")] = summary.messages
         facts["notifications"] = summary.notifications

@@ -20,7 +20,7 @@ from esctl.shard import Shard
 
 _COLUMNS = (
     "shard, projection, application_name, source, replay_order, selection, position, events,"
-    " selection_now"
+    " selection_now, transforms"
 )
 
 
@@ -70,6 +70,7 @@ def _identity(options: ReplayOptions, projection_name: str) -> dict[str, Any]:
         "source": source,
         "replay_order": options.order,
         "selection": options.selection.fingerprint(),
+        "transforms": options.transforms.fingerprint if options.transforms else None,
     }
 
 
@@ -113,6 +114,8 @@ def _read_rows(conn: psycopg.Connection, options: ReplayOptions, name: str) -> l
         columns = _COLUMNS
         if not _has_shard_column(conn):  # made by an earlier release; a dry run does no DDL
             columns = columns.replace("shard,", "'0/1',", 1)
+        if not _has_column(conn, "transforms"):  # from before replay --transforms
+            columns = columns.replace(", transforms", ", NULL::text", 1)
         return conn.execute(
             f"SELECT {columns} FROM esctl.projection_checkpoint WHERE name = %s", (name,)
         ).fetchall()
@@ -160,6 +163,7 @@ def _refuse_other_replays(
         "source": row[3],
         "replay_order": row[4],
         "selection": row[5],
+        "transforms": row[9],
     }
     differs = [k for k in identity if identity[k] != stored[k]]
     if not differs:
@@ -168,6 +172,11 @@ def _refuse_other_replays(
     which = f"checkpoint {name!r}" + (
         f" (shard {options.shard})" if options.shard.count > 1 else ""
     )
+    if "transforms" in differs:
+        detail += (
+            " (the fingerprint of the --transforms rules file and its callables' modules: "
+            "the projection holds events transformed otherwise)"
+        )
     raise UsageError(
         f"{which} belongs to another replay ({detail})",
         hint="resuming it would skip or repeat events: rerun with the same options, "
@@ -184,8 +193,8 @@ def _create_row(
 ) -> None:
     conn.execute(
         "INSERT INTO esctl.projection_checkpoint (name, shard, projection,"
-        " application_name, source, replay_order, selection, selection_now)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        " application_name, source, replay_order, selection, selection_now, transforms)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             name,
             str(options.shard),
@@ -195,6 +204,7 @@ def _create_row(
             identity["replay_order"],
             orjson.dumps(identity["selection"]).decode(),
             now,
+            identity["transforms"],
         ),
     )
 
@@ -226,9 +236,14 @@ def _reset_checkpoint(conn: psycopg.Connection, name: str, shard: Shard) -> None
 
 
 def _has_shard_column(conn: psycopg.Connection) -> bool:
+    return _has_column(conn, "shard")
+
+
+def _has_column(conn: psycopg.Connection, column: str) -> bool:
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="
-        " 'esctl.projection_checkpoint'::regclass AND attname = 'shard' AND NOT attisdropped)"
+        " 'esctl.projection_checkpoint'::regclass AND attname = %s AND NOT attisdropped)",
+        (column,),
     ).fetchone()
     return bool(row and row[0])
 

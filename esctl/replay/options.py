@@ -13,6 +13,7 @@ from esctl.errors import UsageError
 from esctl.query import QueryFilters
 from esctl.replay.time_order import SORT_RUN_BYTES
 from esctl.shard import Shard
+from esctl.transforms import Rules
 
 SOURCES = ("redis", "pg")
 TARGETS = ("queue", "stdout", "projection")
@@ -114,6 +115,9 @@ class ReplayOptions:
     """The moment relative selectors count back from (default: now, or the checkpoint's)."""
     shard: Shard = field(default_factory=Shard)
     """Only the aggregates of this shard (docs/design/replay.md, "Shards")."""
+    transforms: Rules | None = None
+    """--transforms FILE: each aggregate's stream through the rules before the target sees it
+    (``--from redis`` only; docs/design/replay.md, "Transforms")."""
 
     def check(self) -> None:
         """Raise UsageError for options that do not go together."""
@@ -125,6 +129,14 @@ class ReplayOptions:
             raise UsageError("--rate must be more than 0")
         self._check_target_only_flags()
         self._check_target_needs()
+        if self.transforms is not None and self.source == "pg":
+            raise UsageError(
+                "--transforms: only with --from redis; PostgreSQL holds what migrate wrote, "
+                "already transformed when migrate ran with --transforms (applying rules again "
+                "would rename or renumber twice)",
+                hint="drop --transforms to replay PostgreSQL as migrated, or replay --from "
+                "redis --transforms FILE",
+            )
 
     def _check_choices(self) -> None:
         if self.source not in SOURCES:

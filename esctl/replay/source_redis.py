@@ -13,9 +13,10 @@ from typing import Any
 from esctl import layout, redisio
 from esctl.problems import DEFAULT_LISTED
 from esctl.projections import Event
-from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery
+from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery, TransformedQuery
 from esctl.replay.time_order import SORT_RUN_BYTES, TimeSort
 from esctl.shard import Shard
+from esctl.transforms import Rules, TransformFailure
 
 
 @dataclass
@@ -38,10 +39,20 @@ class RedisSource:
     """Gunzip in the read-ahead process (:class:`esctl.query.RedisQuery`): for a consumer
     with much to do per event (publishing), measured 1.2-1.3x for ``--to queue``; a light one
     (a projection that counts) is faster with gunzip on its side."""
+    transforms: Rules | None = None
+    """--transforms: each aggregate's whole stream is read and put through the rules, then the
+    selectors ask the transformed events (as ``events query --transforms`` does)."""
     stats: QueryStats = field(init=False, default_factory=QueryStats)
     duplicate_versions: list[str] = field(init=False, default_factory=list)
     """The first aggregates whose versions repeat (``DEFAULT_LISTED``; all are counted)."""
     duplicate_version_count: int = field(init=False, default=0)
+    transform_failures: list[tuple[str, TransformFailure]] = field(init=False, default_factory=list)
+    """Aggregates a rule could not transform: none of their events is replayed."""
+    unloadable: list[str] = field(init=False, default_factory=list)
+    """--transforms: aggregates whose Redis streams are not loadable as they are (versions not
+    1, 2, 3, …): not replayed, as migrate quarantines them before any rule applies."""
+    left_out: int = field(init=False, default=0)
+    """--transforms: source events the rules left out."""
     _sort: TimeSort | None = field(init=False, default=None)
 
     @property
@@ -59,6 +70,24 @@ class RedisSource:
                     f"{self.stats.unreadable} event(s) could not be read (no payload, "
                     "undecodable, or no envelope fields) and were not replayed; "
                     "'esctl inspect integrity' lists them",
+                )
+            )
+        for aggregate_id, failure in self.transform_failures:
+            found.append(
+                (
+                    failure.kind,
+                    layout.commit_list_key(self.app, aggregate_id),
+                    f"{failure.detail} (commit {failure.commit_id}); none of this aggregate's "
+                    "events were replayed",
+                )
+            )
+        for aggregate_id in self.unloadable:
+            found.append(
+                (
+                    "not_loadable",
+                    layout.commit_list_key(self.app, aggregate_id),
+                    "versions are not 1, 2, 3, … (once unreadable events are skipped): not "
+                    "transformed nor replayed; 'esctl inspect integrity' lists such streams",
                 )
             )
         for aggregate_id in self.duplicate_versions:
@@ -94,13 +123,22 @@ class RedisSource:
 
     def _groups(self, ids: Sequence[str]) -> Iterator[list[Event]]:
         """Each aggregate's selected events in version order (positions of aggregate order)."""
-        query = RedisQuery(
-            self.client,
-            self.app,
-            replace(self.filters, aggregates=tuple(ids), limit=None),
-            unpack_ahead=self.unpack_ahead,
-        )
+        filters = replace(self.filters, aggregates=tuple(ids), limit=None)
+        query: RedisQuery | TransformedQuery
+        if self.transforms is not None:
+            query = TransformedQuery(self.client, self.app, filters, self.transforms)
+            self.transform_failures = query.failures
+            self.unloadable = query.unloadable
+        else:
+            query = RedisQuery(self.client, self.app, filters, unpack_ahead=self.unpack_ahead)
         self.stats = query.stats
+        try:
+            yield from self._grouped(query)
+        finally:
+            if isinstance(query, TransformedQuery):
+                self.left_out = query.left_out
+
+    def _grouped(self, query: RedisQuery | TransformedQuery) -> Iterator[list[Event]]:
         group: list[QueryResult] = []
         for result in query:
             if group and result.aggregate_id != group[0].aggregate_id:
@@ -168,13 +206,21 @@ class RedisSource:
         if self.order == "time" and self.after is None and self.limit is None:
             # The same events in either order: skip the sort.
             source = RedisSource(
-                self.client, self.app, self.filters, order="aggregate", shard=self.shard
+                self.client,
+                self.app,
+                self.filters,
+                order="aggregate",
+                shard=self.shard,
+                transforms=self.transforms,
             )
         for event in source:
             counts[event.event_type] += 1
         self.stats = source.stats
         self.duplicate_versions = source.duplicate_versions
         self.duplicate_version_count = source.duplicate_version_count
+        self.transform_failures = source.transform_failures
+        self.unloadable = source.unloadable
+        self.left_out = source.left_out
         return counts
 
 

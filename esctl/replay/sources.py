@@ -47,6 +47,7 @@ def open_source(
             sort_dir=options.sort_dir,
             sort_run_bytes=options.sort_run_bytes,
             unpack_ahead=options.target == "queue",
+            transforms=options.transforms,
         )
     return PgSource(
         options.pg_dsn,

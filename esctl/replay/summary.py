@@ -53,6 +53,8 @@ class ReplaySummary:
     elapsed_s: float = 0.0
     events_per_s: float = 0.0
     shard: Shard = field(default_factory=Shard)
+    transforms: dict[str, Any] | None = None
+    """--transforms: the rules file, its fingerprint and the events the rules left out."""
 
     @classmethod
     def start(cls, options: ReplayOptions) -> ReplaySummary:
@@ -63,6 +65,13 @@ class ReplaySummary:
             target=options.target,
             order=options.order,
             shard=options.shard,
+            transforms=None
+            if options.transforms is None
+            else {
+                "file": options.transforms.path,
+                "fingerprint": options.transforms.fingerprint,
+                "events_left_out": 0,
+            },
         )
 
     @property
@@ -92,6 +101,12 @@ class ReplaySummary:
                 self.problem_counts[kind] = self.problem_counts.get(kind, 0) + n
                 self.problems_not_listed += n
 
+    def add_source_problems(self, source: Any) -> None:
+        """The problems a source found (at the end of a run), and what its rules left out."""
+        self.add_problems(source.problems(), source.unlisted())
+        if self.transforms is not None:
+            self.transforms["events_left_out"] = getattr(source, "left_out", 0)
+
     def finish(self, started: float) -> ReplaySummary:
         """Set the elapsed time and the rate since ``started`` (``time.monotonic()``)."""
         self.elapsed_s = time.monotonic() - started
@@ -101,7 +116,7 @@ class ReplaySummary:
     def as_dict(self) -> dict[str, Any]:
         return document(
             self,
-            "dry_run source target order shard events by_type published messages notifications"
+            "dry_run source target order shard transforms events by_type published messages notifications"
             " unpublished checkpoint dead_lettered waited_s stopped elapsed_s events_per_s problems"
             " problems_not_listed problem_counts problems_total problems_omitted problems_where",
             problem_counts=dict(sorted(self.problem_counts.items())),

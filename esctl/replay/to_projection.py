@@ -99,7 +99,7 @@ def _run_projection(
         counts = source.count_by_type()
         summary.by_type = dict(counts)
         summary.events = sum(counts.values())
-        summary.add_problems(source.problems(), source.unlisted())
+        summary.add_source_problems(source)
         if ctx.connected:
             ctx.conn.rollback()
         return summary.finish(started)
@@ -115,7 +115,7 @@ def _run_projection(
         _teardown(adapter, ctx, summary)
     summary.by_type = dict(runner.by_type)
     summary.checkpoint = checkpoint_document(state, runner.position, summary.events)
-    summary.add_problems(source.problems(), source.unlisted())
+    summary.add_source_problems(source)
     return summary.finish(started)
 
 

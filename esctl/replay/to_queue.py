@@ -189,7 +189,7 @@ def replay_to_queue(
             summary.messages = plan.messages
             summary.notifications = plan.events
             summary.unpublished = plan.unpublished
-            summary.add_problems(source.problems(), source.unlisted())
+            summary.add_source_problems(source)
             return summary.finish(started)
         if confirm is not None and plan.events > options.confirm_over and not confirm(plan):
             raise Refused("replay not confirmed; nothing was published")
@@ -197,7 +197,7 @@ def replay_to_queue(
     _check_lists(client, [r.key("published") for r in refs])
     with replay_lock(client, refs) as lock:
         _publish(options, client, source, routes, summary, progress, lock, on_progress, sleep)
-    summary.add_problems(source.problems(), source.unlisted())
+    summary.add_source_problems(source)
     return summary.finish(started)
 
 
