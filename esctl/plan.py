@@ -29,12 +29,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from esctl import layout, migrate, pg, redisio, storereads
+from esctl import codec, layout, migrate, pg, redisio, storereads
 from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
 from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
 from esctl.documents import document
 from esctl.sampling import Reservoir
 from esctl.streams import Stream, build_stream, validate_stream
+from esctl.transforms import RuleEffect, Rules, SourceEvent, transform_stream
 
 MAX_PROBLEMS_LISTED = 20
 
@@ -54,6 +55,9 @@ class PlanOptions:
     page_size: int = 1000
     scan_count: int = 1000
     seed: int | None = None
+    transforms: Rules | None = None
+    """--transforms: the sample goes through the rules (per-rule effects), the trial writes
+    the transformed rows."""
 
 
 @dataclass
@@ -99,6 +103,9 @@ class PlanSummary:
     estimated_seconds: float | None = None
     toast_compression: str | None = None
     elapsed_s: float = 0.0
+    transforms: dict[str, Any] | None = None
+    """--transforms: the file, its fingerprint, what each rule did to the sample, and the
+    sample's events and aggregates after the rules (the estimates above are after them)."""
 
     def as_dict(self) -> dict[str, Any]:
         return document(
@@ -108,7 +115,7 @@ class PlanSummary:
             " pg_bytes_estimate pg_event_data_bytes_estimate pg_bytes_per_event"
             " target_tables_present toast_compression trial_aggregates trial_events"
             " trial_events_per_s read_events_per_s write_events_per_s estimated_seconds trial_note"
-            " problems_in_sample aggregates_with_problems_in_sample problems elapsed_s",
+            " problems_in_sample aggregates_with_problems_in_sample problems transforms elapsed_s",
             compressed_share=round(self.compressed_share, 4),
             legacy_share=round(self.legacy_share, 4),
             pg_bytes_per_event=_tenths(self.pg_bytes_per_event),
@@ -130,6 +137,13 @@ class _SampleFigures:
     read_seconds: float = 0.0
     clean: dict[str, migrate.AggregateRows] = field(default_factory=dict)
     """Clean sampled aggregates as the migration would COPY them (for the trial)."""
+    effects: list[RuleEffect] = field(default_factory=list)
+    """--transforms: what each rule did to the clean sampled aggregates."""
+    events_after: int = 0
+    """--transforms: the sample's events after the rules (of its clean aggregates)."""
+    clean_events: int = 0
+    """--transforms: the sample's events in clean aggregates, before the rules."""
+    aggregates_left_out: int = 0
 
     def measure(self, stream: Stream, legacy_key: str) -> None:
         """Add a sampled stream's events: their stored and JSON bytes, how many are
@@ -170,6 +184,8 @@ def _read_sample(
     app = opts.app
     legacy_key = layout.legacy_event_hash_key(app)
     figures = _SampleFigures()
+    if opts.transforms is not None:
+        figures.effects = RuleEffect.of(opts.transforms.rules)
     for page in redisio.chunked(ids, opts.page_size):
         keys = [layout.commit_list_key(app, a) for a in page]
         started = time.perf_counter()
@@ -206,6 +222,8 @@ def _read_sample(
                         rows = (stream.aggregate_type or "", general)
                     else:
                         stream.problems.append(general)
+            if rows is not None and opts.transforms is not None:
+                rows = _transformed(opts.transforms, stream, figures)
             if rows is not None:
                 figures.clean[aggregate_id] = migrate.AggregateRows(
                     rows[0], rows[1], len(commit_ids), commit_ids[-1]
@@ -213,6 +231,33 @@ def _read_sample(
                 continue
             _record_problems(summary, key, stream)
     return figures
+
+
+def _transformed(
+    rules: Rules, stream: Stream, figures: _SampleFigures
+) -> tuple[str, list[str]] | None:
+    """A clean sampled stream through the rules, as migrate writes it: its aggregate type and
+    COPY lines (none when every event was left out), or None when a rule failed (the failure
+    joins ``stream.problems``: migrate quarantines the aggregate)."""
+    sources = []
+    for e in stream.by_version():
+        assert e.event is not None and e.event.version is not None
+        sources.append(SourceEvent(e.commit_id, e.event.version, e.event.text, e.event.data))
+    outcome = transform_stream(rules.rules, stream.aggregate_id, sources, effects=figures.effects)
+    if outcome.failure is not None:
+        stream.problems.append(outcome.failure.as_problem())
+        return None
+    figures.clean_events += len(sources)
+    figures.events_after += len(outcome.events)
+    if not outcome.events:
+        figures.aggregates_left_out += 1
+    lines = [
+        f"{codec.parse_timestamp(t.timestamp).isoformat()}\t{t.version}\t"
+        f"{migrate.copy_escape(t.event_type)}\t{migrate.copy_escape(t.text)}\n"
+        for t in outcome.events
+    ]
+    aggregate_type = outcome.events[0].aggregate_type if outcome.events else ""
+    return aggregate_type, lines
 
 
 def _record_problems(summary: PlanSummary, key: str, stream: Stream) -> None:
@@ -336,6 +381,9 @@ def plan(client: redisio.RedisClient, opts: PlanOptions) -> PlanSummary:
         if figures.read_seconds > 0:
             summary.read_events_per_s = figures.events / figures.read_seconds
 
+    events_after, aggregates_after = summary.events, summary.aggregates
+    if opts.transforms is not None:
+        events_after, aggregates_after = _transforms_figures(summary, opts.transforms, figures)
     if not opts.trial:
         summary.trial_note = "no trial (--no-trial): no PostgreSQL figures"
         return _finish(summary, started)
@@ -352,17 +400,10 @@ def plan(client: redisio.RedisClient, opts: PlanOptions) -> PlanSummary:
         summary.trial_note = "no trial: no clean aggregate in the sample"
         return _finish(summary, started)
 
-    # Whole aggregates, in random order, up to the trial's size.
-    chosen: dict[str, migrate.AggregateRows] = {}
-    trial_events = 0
-    ids = list(figures.clean)
-    rng.shuffle(ids)
-    for aggregate_id in ids:
-        group = figures.clean[aggregate_id]
-        if chosen and trial_events + len(group.rows) > opts.trial_events:
-            break
-        chosen[aggregate_id] = group
-        trial_events += len(group.rows)
+    chosen = _choose_trial(figures, opts, rng)
+    if not chosen:
+        summary.trial_note = "no trial: the rules leave out every event of the sample"
+        return _finish(summary, started)
     result = _trial(opts, chosen)
     if isinstance(result, str):
         summary.trial_note = result
@@ -375,13 +416,13 @@ def plan(client: redisio.RedisClient, opts: PlanOptions) -> PlanSummary:
         per_event = result.event_table_bytes / result.events
         per_aggregate = result.aggregate_table_bytes / result.aggregates
         summary.pg_bytes_estimate = round(
-            per_event * summary.events + per_aggregate * summary.aggregates
+            per_event * events_after + per_aggregate * aggregates_after
         )
         summary.pg_bytes_per_event = (
-            summary.pg_bytes_estimate / summary.events if summary.events else per_event
+            summary.pg_bytes_estimate / events_after if events_after else per_event
         )
         summary.pg_event_data_bytes_estimate = round(
-            result.event_data_bytes / result.events * summary.events
+            result.event_data_bytes / result.events * events_after
         )
     if result.seconds > 0:
         summary.write_events_per_s = result.events / result.seconds
@@ -395,6 +436,60 @@ def plan(client: redisio.RedisClient, opts: PlanOptions) -> PlanSummary:
         )
         summary.estimated_seconds = summary.events / summary.trial_events_per_s
     return _finish(summary, started)
+
+
+def _choose_trial(
+    figures: _SampleFigures, opts: PlanOptions, rng: random.Random
+) -> dict[str, migrate.AggregateRows]:
+    """Whole clean aggregates with rows, in random order, up to the trial's size."""
+    chosen: dict[str, migrate.AggregateRows] = {}
+    trial_events = 0
+    ids = list(figures.clean)
+    rng.shuffle(ids)
+    for aggregate_id in ids:
+        group = figures.clean[aggregate_id]
+        if not group.rows:
+            continue  # every event left out by the rules: migrate writes no row
+        if chosen and trial_events + len(group.rows) > opts.trial_events:
+            break
+        chosen[aggregate_id] = group
+        trial_events += len(group.rows)
+    return chosen
+
+
+def _transforms_figures(
+    summary: PlanSummary, rules: Rules, figures: _SampleFigures
+) -> tuple[int, int]:
+    """``summary.transforms`` from the sample, and the store's events and aggregates after the
+    rules, extrapolated from the sample's clean aggregates (the PostgreSQL estimates use
+    them)."""
+    clean = len(figures.clean)
+    events_ratio = figures.events_after / figures.clean_events if figures.clean_events else 1.0
+    aggregates_ratio = (clean - figures.aggregates_left_out) / clean if clean else 1.0
+    events_after = round(summary.events * events_ratio)
+    aggregates_after = round(summary.aggregates * aggregates_ratio)
+    summary.transforms = {
+        "file": rules.path,
+        "fingerprint": rules.fingerprint,
+        "sample_events_before": figures.clean_events,
+        "sample_events_after": figures.events_after,
+        "sample_aggregates_left_out": figures.aggregates_left_out,
+        "events_after_estimate": events_after,
+        "aggregates_after_estimate": aggregates_after,
+        "rules": [
+            {
+                "rule": e.rule,
+                "kind": e.kind,
+                "events_left_out": e.events_left_out,
+                "bytes_left_out": e.bytes_left_out,
+                "events_changed": e.events_changed,
+                "events_added": e.events_added,
+                "aggregates_failed": e.aggregates_failed,
+            }
+            for e in figures.effects
+        ],
+    }
+    return events_after, aggregates_after
 
 
 def _finish(summary: PlanSummary, started: float) -> PlanSummary:

@@ -63,6 +63,16 @@ MigrateTransformsOpt = Annotated[
         show_default=False,
     ),
 ]
+PlanTransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="A TOML rules file (README 'Transforms'): what each rule does to the sample, and "
+        "the PostgreSQL size after the rules.",
+        show_default=False,
+    ),
+]
 VerifyTransformsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -708,6 +718,7 @@ def plan_command(
             "or 'server').",
         ),
     ] = "lz4",
+    transforms_file: PlanTransformsOpt = None,
 ) -> None:
     """Estimate a migration: events, bytes in Redis and in PostgreSQL, and the run time.
 
@@ -722,6 +733,11 @@ def plan_command(
     even when the sample has problems: it is an estimate (run 'migrate redis-to-pg --dry-run'
     for the full list).
 
+    --transforms FILE puts the sample's clean aggregates through the rules: per rule, the
+    events and bytes it left out, the events it changed (renamed, upcast) and added (split),
+    the aggregates it failed on (migrate quarantines them); the trial writes the transformed
+    rows, so the PostgreSQL size is the size after the rules.
+
     \b
     Example: esctl migrate plan --app MyService --sample 5000 --json
     """
@@ -733,9 +749,19 @@ def plan_command(
         trial=trial,
         trial_events=trial_events,
         toast_compression=_toast(toast_compression),
+        transforms=_plan_rules(transforms_file),
     )
     summary = plan_core.plan(ctx.redis, opts)
     ctx.out.result(summary.as_dict(), lambda: _render_plan(ctx.out, summary))
+
+
+def _plan_rules(path: Path | None) -> Any:
+    """The --transforms rules of migrate plan, read before any server is asked (exit 2)."""
+    if path is None:
+        return None
+    from esctl.transforms import load_rules
+
+    return load_rules(path)
 
 
 def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:
@@ -764,12 +790,35 @@ def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:
     )
     if summary.trial_note:
         out.warn(summary.trial_note)
+    if summary.transforms is not None:
+        _render_plan_rules(out, summary.transforms)
     if summary.problems_in_sample:
         out.table(
             ["problem", "sampled aggregates"],
             sorted(summary.problems_in_sample.items()),
             title="problems in the sample (migrate would quarantine these aggregates)",
         )
+
+
+def _render_plan_rules(out: Output, t: dict[str, Any]) -> None:
+    out.table(
+        ["rule", "left out", "bytes left out", "changed", "added (split)", "failed aggregates"],
+        [
+            (
+                r["rule"],
+                r["events_left_out"],
+                out.format_bytes(r["bytes_left_out"]),
+                r["events_changed"],
+                r["events_added"],
+                r["aggregates_failed"],
+            )
+            for r in t["rules"]
+        ],
+        title=f"transforms {t['fingerprint'][:16]} ({t['file']}) on the sample: "
+        f"{t['sample_events_before']:,} events -> {t['sample_events_after']:,}, "
+        f"{t['sample_aggregates_left_out']:,} aggregate(s) left out whole; the store after "
+        f"the rules: ~{t['events_after_estimate']:,} events",
+    )
 
 
 # --- prune ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ operation can use it. The design and the renumbering contract: docs/design/trans
 from esctl.transforms.engine import (
     Event,
     Numbering,
+    RuleEffect,
     SourceEvent,
     StreamOutcome,
     TransformedEvent,
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "Numbering",
     "Rule",
+    "RuleEffect",
     "Rules",
     "SourceEvent",
     "StreamOutcome",

@@ -112,6 +112,55 @@ class StreamOutcome:
         return sum(1 for _, versions in self.mapping if not versions)
 
 
+@dataclass
+class RuleEffect:
+    """What one rule did to the events that reached it (``migrate plan --transforms``), summed
+    over the streams given to :func:`transform_stream` with ``effects``."""
+
+    rule: str
+    kind: str
+    events_left_out: int = 0
+    bytes_left_out: int = 0
+    """UTF-8 bytes of the payload JSON of the events this rule left out."""
+    events_changed: int = 0
+    """Events whose text this rule changed (renamed, upcast, rewritten by a callable)."""
+    events_added: int = 0
+    """Events more than came in (a callable's splits)."""
+    aggregates_failed: int = 0
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule]) -> list[RuleEffect]:
+        return [cls(rule.label, rule.kind) for rule in rules]
+
+
+def _account(effect: RuleEffect, before: list[tuple[str, int, str]], after: list[_Working]) -> None:
+    """Add to ``effect`` what a rule made of ``before`` ((commit id, source version, text) of
+    each event that reached it): per source event, fewer events are left out, more are added,
+    and texts not among those that came in are changed."""
+    came: dict[tuple[str, int], list[str]] = {}
+    for commit_id, version, text in before:
+        came.setdefault((commit_id, version), []).append(text)
+    went: dict[tuple[str, int], list[str]] = {}
+    for event in after:
+        went.setdefault((event.commit_id, event.source_version), []).append(event.text)
+    for key, texts in came.items():
+        out = went.get(key, [])
+        if len(out) < len(texts):
+            effect.events_left_out += len(texts) - len(out)
+            if not out:
+                effect.bytes_left_out += sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        else:
+            effect.events_added += len(out) - len(texts)
+        unchanged = list(texts)
+        changed = 0
+        for text in out[: len(texts)]:
+            if text in unchanged:
+                unchanged.remove(text)
+            else:
+                changed += 1
+        effect.events_changed += changed
+
+
 class _Failed(Exception):
     def __init__(self, error: str) -> None:
         super().__init__(error)
@@ -140,6 +189,7 @@ def transform_stream(
     aggregate_id: str,
     events: Sequence[SourceEvent],
     numbering: Numbering = Numbering(),  # frozen: safe to share
+    effects: list[RuleEffect] | None = None,
 ) -> StreamOutcome:
     """Apply ``rules`` in order to one aggregate's ``events`` and renumber the result.
 
@@ -154,19 +204,36 @@ def transform_stream(
     at one event at a time (all of esctl's do; a callable must too).
 
     A rule that cannot apply makes ``failure`` say which, why, and on which stored payload;
-    then no event is returned and the numbering stays where it was."""
+    then no event is returned and the numbering stays where it was.
+
+    ``effects`` (one :class:`RuleEffect` per rule, :meth:`RuleEffect.of`): what each rule
+    did is added to it (a failed stream adds only its ``aggregates_failed``)."""
     working: list[_Working] = []
     for source in events:
         try:
             working.append(_working(source))
         except _Failed as exc:
             return _failed(aggregate_id, numbering, "reading the payload", exc.error, source)
-    for rule in rules:
+    counted: list[RuleEffect] = []
+    for index, rule in enumerate(rules):
+        before = [(e.commit_id, e.source_version, e.text) for e in working] if effects else []
         try:
             working = _apply(rule, aggregate_id, working)
         except _Failed as exc:
+            if effects is not None:
+                effects[index].aggregates_failed += 1
             return _failed(aggregate_id, numbering, rule.label, exc.error, exc.event)
-    return _renumber(aggregate_id, working, events, numbering)
+        if effects is not None:
+            counted.append(RuleEffect(rule.label, rule.kind))
+            _account(counted[-1], before, working)
+    outcome = _renumber(aggregate_id, working, events, numbering)
+    if effects is not None and outcome.failure is None:
+        for total, effect in zip(effects, counted, strict=True):
+            total.events_left_out += effect.events_left_out
+            total.bytes_left_out += effect.bytes_left_out
+            total.events_changed += effect.events_changed
+            total.events_added += effect.events_added
+    return outcome
 
 
 def _failed(

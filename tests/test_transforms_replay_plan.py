@@ -1,12 +1,15 @@
-"""``replay --transforms FILE`` against a real Redis and PostgreSQL, on a store from the
+"""``replay --transforms FILE`` and ``migrate plan --transforms FILE`` against a real Redis and PostgreSQL, on a store from the
 independent writer: queues and projections get exactly what the engine makes of each Redis
 stream (one rule of each kind, a callable that splits and leaves out), an aggregate a rule
 cannot transform is a ``transform_failed`` problem with none of its events replayed,
-``--from pg`` refuses the rules, and a checkpoint remembers the rules' fingerprint."""
+``--from pg`` refuses the rules, and a checkpoint remembers the rules' fingerprint. The plan's per-rule counts on a store sampled
+whole are what its ground truth (and the engine) says, and its PostgreSQL estimate is the size
+after the rules."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,16 @@ import redis
 import redis_bytes as rb
 from helpers import run_cli
 
-from esctl import errors, layout
+from esctl import errors, layout, plan, redisio
 from esctl.replay import ReplayOptions, Selection, replay
-from esctl.transforms import Numbering, Rules, SourceEvent, load_rules, transform_stream
+from esctl.transforms import (
+    Numbering,
+    RuleEffect,
+    Rules,
+    SourceEvent,
+    load_rules,
+    transform_stream,
+)
 
 ASM = "Learning.Enrollment.Domain"
 NS = f"{ASM}.Events"
@@ -264,3 +274,73 @@ def test_from_pg_refuses_the_rules(
     error = json.loads(result.stdout.splitlines()[-1])["error"]
     assert error["kind"] == "usage"
     assert "--from redis" in error["message"] and "already transformed" in error["message"]
+
+
+def test_per_rule_counts_are_the_stores(
+    redis_client: redis.Redis,
+    store: iw.GroundTruth,
+    redis_test_url: str,
+    app_name: str,
+    pg_dsn: str,
+    tmp_path: Path,
+) -> None:
+    rules = write_rules(tmp_path)
+    failing = plant_failure(redis_client, store)
+    client = redisio.connect(redis_test_url)
+    summary = plan.plan(
+        client, plan.PlanOptions(app=app_name, pg_dsn=pg_dsn, sample=1000, transforms=rules)
+    )
+    plain = plan.plan(client, plan.PlanOptions(app=app_name, pg_dsn=pg_dsn, sample=1000))
+    assert summary.exact and summary.transforms is not None
+    got = {r["rule"].split(" (")[0]: r for r in summary.transforms["rules"]}
+
+    # the ground truth, aggregate by aggregate (the failing one is quarantined whole)
+    kept = [a for a in store.aggregates if a.aggregate_id != failing]
+    events = [e for a in kept for e in a.events]
+    by_type = Counter(e.event_type for e in events)
+    courses = [e for a in kept if a.aggregate_type == "Course" for e in a.events]
+    paid = [e for e in events if e.event_type == "InvoicePaid"]
+    assert paid and courses and by_type["EnrollmentProgressed"] and by_type["InvoiceIssued"]
+    assert got["[[leave_out]] #1"]["events_left_out"] == len(paid)
+    assert got["[[leave_out]] #1"]["bytes_left_out"] == sum(len(e.payload.encode()) for e in paid)
+    assert got["[[leave_out]] #2"]["events_left_out"] == len(courses)
+    assert got["[[rename_type]] #1"]["events_changed"] == by_type["InvoiceIssued"]
+    assert got["[[upcast]] #1"]["events_changed"] == by_type["EnrollmentNoteAdded"]
+    python = got["[[python]] #1"]
+    assert python["events_left_out"] == by_type["EnrollmentProgressed"]
+    assert python["events_added"] == by_type["EnrollmentNoteAdded"]
+    assert python["aggregates_failed"] == 1
+    assert summary.problems_in_sample == {"transform_failed": 1}
+    assert sum(r["aggregates_failed"] for r in summary.transforms["rules"]) == 1
+
+    # ... and what the engine says, stream by stream
+    effects = RuleEffect.of(rules.rules)
+    after = 0
+    for aggregate in kept:
+        ordered = sorted(aggregate.events, key=lambda e: e.version)
+        sources = [SourceEvent(e.commit_id, e.version, e.payload) for e in ordered]
+        outcome = transform_stream(
+            rules.rules, aggregate.aggregate_id, sources, Numbering(), effects=effects
+        )
+        after += len(outcome.events)
+    for mine, theirs in zip(summary.transforms["rules"], effects, strict=True):
+        assert mine["events_left_out"] == theirs.events_left_out
+        assert mine["events_changed"] == theirs.events_changed
+        assert mine["events_added"] == theirs.events_added
+    assert got["[[rename_assembly]] #1"]["events_changed"] > 0
+    assert summary.transforms["sample_events_before"] == len(events)
+    assert summary.transforms["sample_events_after"] == after
+    # the trial wrote the transformed rows: PostgreSQL after the rules is smaller
+    assert summary.pg_bytes_estimate and plain.pg_bytes_estimate
+    assert summary.pg_bytes_estimate < plain.pg_bytes_estimate
+
+    # the command: --json carries the same; the table names each rule
+    common = ("--app", app_name, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn)
+    args = ("migrate", "plan", *common, "--sample", "1000", "--transforms", rules.path)
+    result = run_cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["transforms"]["rules"] == summary.transforms["rules"]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "[[python]] #1" in result.stdout and "left out" in result.stdout
