@@ -23,6 +23,14 @@ Promises:
   a zstd-compressed JSON line, one complete zstd frame per page, flushed and fsynced (the file
   and its directory) before that page's deletes. The file is created new (never overwritten)
   with mode 0600.
+- **Transforms.** With ``transforms`` (the rules file migrate used), an aggregate is a candidate
+  only when PostgreSQL holds exactly what the rules make of its Redis stream (as
+  ``migrate verify --transforms`` compares). The rules' fingerprint must equal the one migrate
+  recorded (esctl.migrated_stream.transforms), and a prune without rules of a transformed
+  migration is refused: either would find everything different, or worse, the same for the
+  wrong reason. An aggregate whose events the rules all leave out (absent from PostgreSQL by
+  design) is deleted only with ``include_left_out`` and a backup file, and only once migrate
+  recorded all its commits; otherwise it is kept and counted (``aggregates_left_out_kept``).
 - **Never touches queues or snapshots**: only ``{EventStore:APP}:*`` commit lists and fields of
   ``EventStore:APP:P`` / ``EventStore:APP`` are deleted.
 
@@ -45,11 +53,19 @@ import psycopg
 from esctl import layout, pg, redisio
 from esctl.backupfile import BackupWriter
 from esctl.documents import document
-from esctl.errors import ConfigError, ServerError
+from esctl.errors import ConfigError, Refused, ServerError, UsageError
 from esctl.locks import AdvisoryLock
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
-from esctl.verify import PgEvent, VerifyOptions, VerifySummary, compare_stream, pg_page
+from esctl.transforms import Rules, load_rules
+from esctl.verify import (
+    PgEvent,
+    VerifyOptions,
+    VerifySummary,
+    compare_stream,
+    compare_transformed,
+    pg_page,
+)
 
 GUARD_SCRIPT = """
 -- KEYS[1]: a commit list. ARGV: the verified length, first and last commit id.
@@ -83,6 +99,11 @@ class PruneOptions:
     backup_file: str | None = None
     shard: Shard = field(default_factory=Shard)
     scan_count: int = 1000
+    transforms: str | None = None
+    """--transforms FILE: the rules the migration used; compare as verify --transforms does."""
+    include_left_out: bool = False
+    """--include-left-out: also delete aggregates whose events the rules all leave out (needs
+    ``backup_file``)."""
 
 
 @dataclass
@@ -101,6 +122,14 @@ class PruneSummary:
     skipped_mismatch: int = 0
     """PostgreSQL holds other data than Redis (reported as problems)."""
     changed_since_verify: int = 0
+    aggregates_left_out_pruned: int = 0
+    """With transforms: aggregates whose events were all left out, deleted (--include-left-out;
+    counted in aggregates_pruned too)."""
+    aggregates_left_out_kept: int = 0
+    """With transforms: aggregates whose events were all left out, kept (no --include-left-out,
+    or migrate has not recorded all their commits)."""
+    transforms: str | None = None
+    """The rules' fingerprint (with transforms)."""
     orphan_fields_cleaned: int = 0
     """Fields left by an interrupted earlier prune, deleted at the start of this one."""
     used_memory_before: int = 0
@@ -125,7 +154,8 @@ class PruneSummary:
             self,
             "dry_run aggregates_examined aggregates_pruned events_deleted payload_fields_deleted"
             " skipped_not_identical skipped_not_migrated skipped_unmigratable skipped_mismatch"
-            " changed_since_verify orphan_fields_cleaned used_memory_before used_memory_after"
+            " changed_since_verify aggregates_left_out_pruned aggregates_left_out_kept"
+            " transforms orphan_fields_cleaned used_memory_before used_memory_after"
             " backup_file backup_events problems elapsed_s",
         )
 
@@ -264,6 +294,52 @@ def _recover(client: redisio.RedisClient, conn: psycopg.Connection, opts: PruneO
     return cleaned
 
 
+# --- transforms ----------------------------------------------------------------------------
+
+
+def _short(fp: str | None) -> str:
+    return "none (no --transforms)" if fp is None else fp[:16]
+
+
+def check_transforms(
+    conn: psycopg.Connection, opts: PruneOptions, rules: Rules | None, bookkeeping: bool
+) -> None:
+    """Refuse (exit 2) a prune whose rules are not those migrate recorded for this app's
+    aggregates (esctl.migrated_stream.transforms): without rules on a transformed migration,
+    with rules on one made without them or with other rules."""
+    mine = rules.fingerprint if rules is not None else None
+    theirs: list[str | None] = []
+    if bookkeeping:
+        try:
+            rows = conn.execute(
+                "SELECT DISTINCT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
+                " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT 2",
+                (opts.pg_schema, opts.app, mine),
+            ).fetchall()
+            theirs = [r[0] for r in rows]
+        except psycopg.errors.UndefinedColumn:  # bookkeeping from before transforms
+            conn.rollback()
+            theirs = [None] if mine is not None else []
+        conn.commit()
+    elif mine is not None:
+        theirs = [None]
+    if not theirs:
+        return
+    recorded = ", ".join(
+        "without --transforms" if t is None else f"with transforms {_short(t)}" for t in theirs
+    )
+    given = (
+        "without --transforms"
+        if rules is None
+        else f"with transforms {_short(mine)} (from {rules.path})"
+    )
+    raise Refused(
+        f"{opts.app} (schema {opts.pg_schema}) was migrated {recorded}; this prune runs {given}: "
+        "it would compare Redis with PostgreSQL by other rules than the migration's",
+        hint="run prune with the --transforms file the migration used (nothing was deleted)",
+    )
+
+
 # --- the operation -------------------------------------------------------------------------
 
 
@@ -309,6 +385,17 @@ def prune(
     """
     started = time.monotonic()
     summary = PruneSummary(dry_run=opts.dry_run)
+    if opts.include_left_out and opts.transforms is None:
+        raise UsageError(
+            "--include-left-out needs --transforms: without rules nothing is left out",
+            hint="add the --transforms file the migration used (nothing was deleted)",
+        )
+    if opts.include_left_out and not opts.dry_run and not opts.backup_file:
+        raise UsageError(
+            "--include-left-out deletes aggregates PostgreSQL does not hold at all and needs "
+            "--backup-file",
+            hint="add --backup-file NEW_FILE (nothing was deleted)",
+        )
     dsn = opts.pg_dsn
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
@@ -338,6 +425,7 @@ def _prune_locked(
     backup: BackupWriter | None = None
     bookkeeping = False
     page_opts = VerifyOptions(app=opts.app, pg_dsn=dsn, pg_schema=opts.pg_schema)
+    rules = load_rules(opts.transforms) if opts.transforms is not None else None
     try:
         conn = pg.connect(dsn, application_name="esctl prune")
         with pg.translate_errors(dsn):
@@ -348,6 +436,8 @@ def _prune_locked(
                 conn.commit()
             bookkeeping = pg.state_schema_present(conn)
             conn.commit()
+            check_transforms(conn, opts, rules, bookkeeping)
+            summary.transforms = rules.fingerprint if rules is not None else None
         summary.used_memory_before = redisio.used_memory(client)
         if opts.backup_file and not opts.dry_run:
             backup = BackupWriter(
@@ -375,8 +465,11 @@ def _prune_locked(
                         streams = read_streams(client, opts.app, ids)
                     finally:
                         rows, migrated = pending.result()
+                    candidates, left_out = _candidates(
+                        opts, rules, streams, rows, migrated, summary
+                    )
                     _prune_page(
-                        client, conn, opts, streams, rows, migrated, summary, backup, before_delete
+                        client, conn, opts, candidates, left_out, summary, backup, before_delete
                     )
         summary.used_memory_after = redisio.used_memory(client)
     finally:
@@ -386,19 +479,20 @@ def _prune_locked(
             conn.close()
 
 
-def _prune_page(
-    client: redisio.RedisClient,
-    conn: psycopg.Connection,
+def _candidates(
     opts: PruneOptions,
+    rules: Rules | None,
     streams: list[Stream],
     rows: dict[str, list[PgEvent]],
     migrated: dict[str, int],
     summary: PruneSummary,
-    backup: BackupWriter | None,
-    before_delete: Callable[[list[str]], None] | None,
-) -> None:
-    """Compare one page's streams, then back up and delete the identical ones."""
+) -> tuple[list[Stream], set[str]]:
+    """One page's streams that compare identical (with ``rules``: as the rules make them);
+    the others counted. A stream the rules leave out whole is a candidate only with
+    --include-left-out, and only once migrate recorded all its commits (the ids of those are
+    returned beside the candidates)."""
     candidates: list[Stream] = []
+    left_out: set[str] = set()
     for stream in streams:
         if not stream.events:
             continue  # deleted since the SCAN
@@ -407,13 +501,40 @@ def _prune_page(
         pg_rows = rows.get(stream.aggregate_id, [])
         check = VerifySummary()
         done = migrated.get(stream.aggregate_id)
-        if compare_stream(stream, pg_rows, check, done):
-            candidates.append(stream)
+        if rules is None:
+            identical = compare_stream(stream, pg_rows, check, done)
         else:
+            identical = compare_transformed(stream, pg_rows, check, rules, done)
+        if not identical:
             _classify(stream, pg_rows, done, check, summary)
+        elif rules is not None and not pg_rows:
+            # Identical with no rows: the rules leave every event out.
+            if opts.include_left_out and done is not None and done >= len(stream.events):
+                left_out.add(stream.aggregate_id)
+                candidates.append(stream)
+            else:
+                summary.aggregates_left_out_kept += 1
+        else:
+            candidates.append(stream)
+    return candidates, left_out
+
+
+def _prune_page(
+    client: redisio.RedisClient,
+    conn: psycopg.Connection,
+    opts: PruneOptions,
+    candidates: list[Stream],
+    left_out: set[str],
+    summary: PruneSummary,
+    backup: BackupWriter | None,
+    before_delete: Callable[[list[str]], None] | None,
+) -> None:
+    """Back up and delete one page's candidates (``left_out``: the ids of those the rules
+    leave out whole)."""
     if not candidates:
         return
     if opts.dry_run:
+        summary.aggregates_left_out_pruned += len(left_out)
         summary.aggregates_pruned += len(candidates)
         summary.events_deleted += sum(len(s.events) for s in candidates)
         return
@@ -451,5 +572,6 @@ def _prune_page(
         client, [(e.hash_key or "", e.commit_id) for s in gone for e in s.events]
     )
     summary.aggregates_pruned += len(gone)
+    summary.aggregates_left_out_pruned += sum(1 for s in gone if s.aggregate_id in left_out)
     summary.events_deleted += sum(len(s.events) for s in gone)
     _unjournal(conn, opts, [s.aggregate_id for s in candidates])

@@ -198,7 +198,7 @@ def test_migrate_and_verify_with_transforms(
     code, document, _ = migrate(url, pg_dsn, app)
     assert code == 2 and "without --transforms" in document["error"]["message"]
     code, document, _ = migrate(url, pg_dsn, app, "--transforms", str(rules), "--delete-source")
-    assert code == 2 and "--delete-source" in document["error"]["message"]
+    assert code == 2 and "needs --yes" in document["error"]["message"]
     code, document, _ = migrate(url, pg_dsn, app, "--transforms", str(changed), "--restart")
     assert code == 2 and "--yes" in document["error"]["hint"]
     assert pg_rows(pg_dsn, app) == before

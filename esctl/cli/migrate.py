@@ -73,6 +73,16 @@ PlanTransformsOpt = Annotated[
         show_default=False,
     ),
 ]
+PruneTransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="The rules file the migration used: delete only aggregates PostgreSQL holds as "
+        "the rules make them (required for a migration made with --transforms).",
+        show_default=False,
+    ),
+]
 VerifyTransformsOpt = Annotated[
     Path | None,
     typer.Option(
@@ -202,8 +212,9 @@ def redis_to_pg(
     Rerun the same command after a crash to continue; run it nightly to move what is new.
     Aggregates with problems are skipped whole, recorded in esctl.quarantine, and make the
     exit code 3. With --delete-source --yes, prune (see 'migrate prune') runs afterwards
-    (with --backup-file, writing what it deletes there first); its summary is under "prune"
-    in the JSON.
+    (with --backup-file, writing what it deletes there first; with --transforms, comparing by
+    the rules and keeping aggregates they leave out whole); its summary is under "prune" in
+    the JSON.
 
     \b
     Example: esctl migrate redis-to-pg --app MyService --init-schema
@@ -216,15 +227,6 @@ def redis_to_pg(
         raise Refused(
             "--delete-source deletes the migrated events from Redis and needs --yes",
             hint="add --yes (nothing was done), or try --dry-run first",
-        )
-    if delete_source and transforms_file is not None:
-        from esctl.errors import UsageError
-
-        raise UsageError(
-            "--delete-source cannot be combined with --transforms: prune compares Redis with "
-            "PostgreSQL without the rules, so it would find the transformed aggregates differ",
-            hint="migrate with --transforms, check with 'migrate verify --transforms FILE', and "
-            "prune later once prune takes the rules",
         )
     transforms = _checked_rules(transforms_file)
     opts = core.MigrateOptions(
@@ -832,6 +834,15 @@ def prune_command(
     backup_file: BackupFileOpt = None,
     dry_run: DryRunOpt = False,
     shard: ShardOpt = None,
+    transforms_file: PruneTransformsOpt = None,
+    include_left_out: Annotated[
+        bool,
+        typer.Option(
+            "--include-left-out",
+            help="With --transforms: also delete aggregates whose events the rules all leave "
+            "out (PostgreSQL holds none of them by design); needs --backup-file.",
+        ),
+    ] = False,
 ) -> None:
     """Free Redis memory: delete the events of aggregates that PostgreSQL holds identically.
 
@@ -840,6 +851,11 @@ def prune_command(
     and last commit id, then the payload fields. One that gained a commit in between is left
     alone and reported as changed_since_verify. Queues and snapshots are never touched. Run it
     only once the services read their events from PostgreSQL.
+
+    A migration made with --transforms is pruned with the same rules file (--transforms): an
+    aggregate is deleted only when PostgreSQL holds exactly what the rules make of its Redis
+    stream. Other rules, or none, are refused (exit 2). Aggregates whose events the rules all
+    leave out are kept and counted (aggregates_left_out_kept) unless --include-left-out.
 
     Skipped and exit 0: aggregates not migrated yet or with newer events (expected while a
     migration is partial) and unmigratable ones (migrate quarantines and reports those).
@@ -864,6 +880,8 @@ def prune_command(
         dry_run=dry_run,
         backup_file=backup_file,
         shard=Shard.from_option(shard),
+        transforms=_checked_rules(transforms_file),
+        include_left_out=include_left_out,
     )
     if not (yes or dry_run):
         out.confirm(
@@ -887,6 +905,8 @@ def _render_prune(out: Output, summary: prune_core.PruneSummary) -> None:
             "skipped: unmigratable (quarantined)": summary.skipped_unmigratable,
             "skipped: differ from PostgreSQL": summary.skipped_mismatch,
             "changed since verified (left alone)": summary.changed_since_verify,
+            "left out whole by the rules: kept": summary.aggregates_left_out_kept,
+            f"left out whole by the rules: {would}pruned": summary.aggregates_left_out_pruned,
             "orphan fields of an earlier run cleaned": summary.orphan_fields_cleaned,
             "used_memory before": out.format_bytes(summary.used_memory_before),
             "used_memory after": out.format_bytes(summary.used_memory_after),

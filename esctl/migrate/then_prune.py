@@ -77,7 +77,9 @@ def migrate_then_prune(
     """Migrate (in ``workers`` processes when more than one: :func:`migrate_parallel` with
     ``redis_url``; else :func:`migrate_redis_to_pg` on ``client``), then, with
     ``delete_source``, prune (:func:`esctl.prune.prune`) the same app, schema and shard on
-    ``client``: a dry run after a dry run, writing what it deletes to ``backup_file`` first.
+    ``client``: a dry run after a dry run, writing what it deletes to ``backup_file`` first,
+    comparing by the migration's rules (``opts.transforms``; aggregates the rules leave out
+    whole are kept: ``migrate prune --include-left-out`` deletes those).
     Nothing is pruned after a migration that stopped early. ``backup_file`` is checked
     (:func:`check_backup_file`) before the migration starts."""
     check_backup_file(backup_file, delete_source=delete_source)
@@ -103,6 +105,7 @@ def migrate_then_prune(
                 dry_run=opts.dry_run,
                 backup_file=backup_file,
                 shard=opts.shard,
+                transforms=opts.transforms,
             ),
         )
     return outcome
