@@ -327,10 +327,28 @@ def _rename(rule: Rule, event: _Working) -> None:
     if rule.kind == "rename_type":
         text = typenames.rewrite_own_type(text, lambda value: _renamed(*key, value))
     else:
-        text = typenames.rewrite_type_members(text, lambda value: _renamed(*key, value))
+        tokens = _TOKENS.setdefault(key, {})
+        if len(tokens) > _TOKENS_MAX:
+            tokens.clear()
+
+        def rewrite(token: str) -> str | None:
+            new = tokens.get(token, token)
+            if new is token:  # not seen yet
+                new = typenames.rewrite_token(token, lambda value: _renamed(*key, value))
+                new = tokens[token] = None if new == token else new
+            return new
+
+        text = typenames.rewrite_type_tokens(text, rewrite)
     if text is not event.text:
         event.text = text
         event.type_name = _renamed(*key, event.type_name)
+
+
+_TOKENS: dict[tuple[str, str, str], dict[str, str | None]] = {}
+"""Per rename rule: a ``$type`` value's JSON token as written -> the token the rule makes of
+it (None when it stays). Type names repeat a lot: no decoding, parsing or encoding
+after the first."""
+_TOKENS_MAX = 4096
 
 
 @functools.lru_cache(maxsize=4096)
