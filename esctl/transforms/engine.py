@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -321,7 +320,7 @@ def _leave_out(rule: Rule, events: list[_Working]) -> list[_Working]:
 
 def _rename(rule: Rule, event: _Working) -> None:
     text = event.text
-    if rule.source not in text and not _ESCAPE_RE.search(text):
+    if rule.source not in text and "\\u" not in text and "\\/" not in text:
         return  # no $type can name it (only a JSON escape could spell it otherwise)
     key = (rule.kind, rule.source, rule.target)
     if rule.kind == "rename_type":
@@ -369,10 +368,6 @@ def _renamed(kind: str, source: str, target: str, value: str) -> str:
         return target + name[len(source) :] if name.startswith(prefix) else None
 
     return typenames.rename_names(value, rename)
-
-
-_ESCAPE_RE = re.compile(r"\\[u/]")
-"""JSON escapes that could spell a name differently (``\\u0041``, ``\\/``)."""
 
 
 def _upcast(rule: Rule, event: _Working) -> None:

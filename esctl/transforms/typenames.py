@@ -157,18 +157,12 @@ def rewrite_token(token: str, rewrite: Callable[[str], str]) -> str:
 
 
 def _replaced(text: str, spans: list[tuple[int, int]], rewrite: Callable[[str], str]) -> str:
-    return _replaced_tokens(text, spans, lambda token: rewrite_token(token, rewrite))
-
-
-def _replaced_tokens(text: str, spans: list[tuple[int, int]], rewrite: Callable[[str], str]) -> str:
-    """``text`` with each span's token replaced by ``rewrite(token)`` (which returns the token
-    itself when it stays)."""
     parts: list[str] = []
     done = 0
     for start, end in spans:
         token = text[start:end]
-        new = rewrite(token)
-        if new is not token and new != token:
+        new = rewrite_token(token, rewrite)
+        if new is not token:
             parts.append(text[done:start])
             parts.append(new)
             done = end
@@ -196,9 +190,12 @@ def rewrite_type_tokens(text: str, rewrite: Callable[[str], str | None]) -> str:
     """As :func:`rewrite_type_members`, with ``rewrite`` given each value's JSON string token
     as written and returning the token to put there, or None when it stays: the caller can
     cache per token, and nothing is decoded or encoded again. ``text`` itself (the same
-    object) when nothing changed. One regular-expression pass finds the members
-    :func:`_type_values` finds: a match whose opening quote is escaped is inside a string and
-    skipped (the value token it reaches holds no unescaped quote, so no member is missed)."""
+    object) when nothing changed. A ``"`` that no backslash escapes, followed by ``$type"``,
+    opens the string ``"$type"`` (after a closing quote only ``:``, ``,``, ``}``, ``]`` or space
+    may come), and a string followed by ``:`` is a key: one regular-expression pass finds every
+    member, no scan of the other strings. A match whose opening quote is escaped lies inside a
+    string and is skipped (the value token it reaches holds no unescaped quote, so no member
+    is missed)."""
     changed = False
 
     def replace(match: re.Match[str]) -> str:
