@@ -161,6 +161,11 @@ def test_every_readme_example_runs_as_documented(
     (workdir / "esctl.toml").write_text(
         '[default]\napp = "MyService"\n\n[staging]\napp = "MyService-Staging"\n'
     )
+    # The rules file the README's transforms examples name (the demo tour's own two rules).
+    (workdir / "rules.toml").write_text(
+        '[[leave_out]]\nevent_type = "Envelope*"\n\n[[rename_assembly]]\n'
+        'from = "Learning.ScoringService.Domain"\nto = "Learning.Scoring.Domain"\n'
+    )
     # The schema first: the README shows querying PostgreSQL before it shows the migration.
     setup = subprocess.run(
         ["esctl", "migrate", "redis-to-pg", "--app", "MyService", "--init-schema", "--json"],

@@ -41,6 +41,19 @@ TOUR_EXPECTED: dict[str, tuple[int, bool]] = {
     "esctl doctor": (3, False),
 }
 
+# What a tour step's screen must show (rows as the terminal shows them) and must not.
+TOUR_SHOWS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "esctl events query --transforms demo-rules.toml --aggregate-type Gradebook --json "
+    "| jq -r '.[].data[\"$type\"]'": (
+        ("Events.GradebookOpened, Learning.Scoring.Domain", "event(s) left out"),
+        ("Envelope`1[[", ", Learning.ScoringService.Domain\n"),
+    ),
+    "esctl migrate plan --transforms demo-rules.toml": (
+        ("[[leave_out]] #1", "[[rename_assembly]]"),
+        (),
+    ),
+}
+
 
 @pytest.fixture
 def demo_redis() -> Iterator[servers.LocalRedis]:
@@ -57,6 +70,7 @@ def demo_redis() -> Iterator[servers.LocalRedis]:
 def test_tour_entries_name_tour_steps() -> None:
     templates = {step.command for step in demo_tour.TOUR}
     assert set(TOUR_EXPECTED) <= templates, set(TOUR_EXPECTED) - templates
+    assert set(TOUR_SHOWS) <= templates, set(TOUR_SHOWS) - templates
 
 
 def test_demo_tour_on_80x24(demo_redis: servers.LocalRedis, pg_dsn: str, tmp_path: Path) -> None:
@@ -90,6 +104,9 @@ def test_demo_tour_on_80x24(demo_redis: servers.LocalRedis, pg_dsn: str, tmp_pat
         ran += 1
         code, error_expected = TOUR_EXPECTED.get(template.command, (0, False))
         found = problems_on(screen, exit_code=code, error_expected=error_expected)
+        shown, not_shown = TOUR_SHOWS.get(template.command, ((), ()))
+        found += [f"{text!r} not shown" for text in shown if text not in screen.text + "\n"]
+        found += [f"{text!r} shown" for text in not_shown if text in screen.text + "\n"]
         if found:
             failures.append(f"{'; '.join(found)}:\n{screen.describe()}")
     assert not failures, "\n\n".join(failures)

@@ -19,6 +19,7 @@ from esctl.transforms import (
     SourceEvent,
     load_rules,
     transform_stream,
+    typenames,
 )
 from esctl.transforms.typenames import name_spans, rename_names
 
@@ -430,3 +431,56 @@ def _type_values(value: Any) -> list[str]:
         own = [value["$type"]] if isinstance(value.get("$type"), str) else []
         return own + [t for k, v in value.items() if k != "$type" for t in _type_values(v)]
     return []
+
+
+def _slow_type_rewrite(text: str, old: str, new: str) -> str:
+    """rename_assembly the slow way: every JSON string scanned, each ``"$type"`` key's string
+    value decoded, renamed by the parser and encoded again."""
+    spans: list[tuple[int, int]] = []
+    key_end = -1
+    for match, _ in typenames._strings(text):
+        if key_end != -1:
+            colon = re.compile(r"\s*:\s*").match(text, key_end)
+            key_end = -1
+            if colon is not None and colon.end() == match.start():
+                spans.append(match.span())
+                continue
+        if match.group() == '"$type"':
+            key_end = match.end()
+    out, done = [], 0
+    for start, end in spans:
+        value = json.loads(text[start:end])
+        renamed = rename_names(
+            value, lambda kind, name: new if kind == "assembly" and name == old else None
+        )
+        if renamed != value:
+            out += [text[done:start], json.dumps(renamed, ensure_ascii=False)]
+            done = end
+    return "".join(out) + text[done:] if out else text
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["Note", "Inner", "Items", 'Odd"$type', "Back\\"]), _DOCUMENTS
+    ),
+    spaced=st.booleans(),
+    ascii_only=st.booleans(),
+)
+def test_the_fast_type_rewrite_equals_the_slow_one(
+    tmp_path_factory: pytest.TempPathFactory, fields: dict[str, Any], spaced: bool, ascii_only: bool
+) -> None:
+    """The engine's token cache and Newtonsoft-spelling scan give exactly what decoding,
+    parsing and encoding every ``$type`` value gives, whatever the spacing and escapes; the
+    second pass (from the cache) the same as the first."""
+    folder = tmp_path_factory.mktemp("rules")
+    rules = load_rules(
+        rules_file(folder, f'[[rename_assembly]]\nfrom = "{ASM}"\nto = "New.Asm"\n')
+    ).rules
+    document = json.loads(payload("Created", 1, **fields))
+    separators = (", ", ": ") if spaced else (",", ":")
+    source = json.dumps(document, ensure_ascii=ascii_only, separators=separators)
+    expected = _slow_type_rewrite(source, ASM, "New.Asm")
+    for _ in range(2):
+        (event,) = transform_stream(rules, "agg-1", [SourceEvent("c1", 1, source)]).events
+        assert event.text == expected

@@ -66,6 +66,25 @@ TOUR: list[TourStep] = [
         "fields inside $values lists are looked through",
     ),
     TourStep(
+        "printf '%s\\n' '[[leave_out]]' 'event_type = \"Envelope*\"' '[[rename_assembly]]' "
+        "'from = \"Learning.ScoringService.Domain\"' 'to = \"Learning.Scoring.Domain\"' "
+        "> demo-rules.toml",
+        "a transforms file: leave out the Envelope`1 messages (one-off messages, not worth "
+        "keeping) and rename the events' assembly, as after a refactoring",
+    ),
+    TourStep(
+        "esctl events query --transforms demo-rules.toml --aggregate-type Gradebook --json "
+        "| jq -r '.[].data[\"$type\"]'",
+        "preview the rules on the Redis events, nothing written: the Gradebooks' Envelope`1 "
+        "events are gone (counted on stderr, versions renumbered), every $type names the new "
+        "assembly",
+    ),
+    TourStep(
+        "esctl migrate plan --transforms demo-rules.toml",
+        "what the rules would do to a migration: per rule, the events and bytes left out and "
+        "the events changed",
+    ),
+    TourStep(
         "esctl migrate redis-to-pg --init-schema",
         "copy the committed events into the demo PostgreSQL; the defective aggregates are "
         "quarantined and reported (exit code 3)",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -321,16 +320,34 @@ def _leave_out(rule: Rule, events: list[_Working]) -> list[_Working]:
 
 def _rename(rule: Rule, event: _Working) -> None:
     text = event.text
-    if rule.source not in text and not _ESCAPE_RE.search(text):
+    if rule.source not in text and "\\u" not in text and "\\/" not in text:
         return  # no $type can name it (only a JSON escape could spell it otherwise)
     key = (rule.kind, rule.source, rule.target)
     if rule.kind == "rename_type":
         text = typenames.rewrite_own_type(text, lambda value: _renamed(*key, value))
     else:
-        text = typenames.rewrite_type_members(text, lambda value: _renamed(*key, value))
+        tokens = _TOKENS.setdefault(key, {})
+        if len(tokens) > _TOKENS_MAX:
+            tokens.clear()
+
+        def rewrite(token: str) -> str | None:
+            new = tokens.get(token, token)
+            if new is token:  # not seen yet
+                new = typenames.rewrite_token(token, lambda value: _renamed(*key, value))
+                new = tokens[token] = None if new == token else new
+            return new
+
+        text = typenames.rewrite_type_tokens(text, rewrite)
     if text is not event.text:
         event.text = text
         event.type_name = _renamed(*key, event.type_name)
+
+
+_TOKENS: dict[tuple[str, str, str], dict[str, str | None]] = {}
+"""Per rename rule: a ``$type`` value's JSON token as written -> the token the rule makes of
+it (None when it stays). Type names repeat a lot: no decoding, parsing or encoding
+after the first."""
+_TOKENS_MAX = 4096
 
 
 @functools.lru_cache(maxsize=4096)
@@ -351,10 +368,6 @@ def _renamed(kind: str, source: str, target: str, value: str) -> str:
         return target + name[len(source) :] if name.startswith(prefix) else None
 
     return typenames.rename_names(value, rename)
-
-
-_ESCAPE_RE = re.compile(r"\\[u/]")
-"""JSON escapes that could spell a name differently (``\\u0041``, ``\\/``)."""
 
 
 def _upcast(rule: Rule, event: _Working) -> None:

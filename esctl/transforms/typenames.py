@@ -140,25 +140,6 @@ def _string_token(value: str) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
-def _type_values(text: str) -> Iterator[tuple[int, int]]:
-    """(start, end) of the value token of every ``"$type"`` member holding a string. A ``"``
-    that no backslash escapes, followed by ``$type"``, opens the string ``"$type"`` (after a
-    closing quote only ``:``, ``,``, ``}``, ``]`` or space may come), and a string followed by
-    ``:`` is a key: found with ``str.find``, no scan of the other strings."""
-    find = text.find
-    at = find('"$type"')
-    while at != -1:
-        after = at + 7
-        if not _escaped(text, at):
-            colon = _COLON_RE.match(text, after)
-            if colon is not None:
-                value = _STRING_RE.match(text, colon.end())
-                if value is not None:
-                    yield value.start(), value.end()
-                    after = value.end()
-        at = find('"$type"', after)
-
-
 def _escaped(text: str, at: int) -> bool:
     """Whether ``text[at]`` follows an odd run of backslashes."""
     run = 0
@@ -167,15 +148,23 @@ def _escaped(text: str, at: int) -> bool:
     return run % 2 == 1
 
 
+def rewrite_token(token: str, rewrite: Callable[[str], str]) -> str:
+    """The JSON string ``token`` with its value replaced by ``rewrite(value)``; ``token``
+    itself (the same object) when the value stays."""
+    old = _string_value(token)
+    new = rewrite(old)
+    return token if new == old else _string_token(new)
+
+
 def _replaced(text: str, spans: list[tuple[int, int]], rewrite: Callable[[str], str]) -> str:
     parts: list[str] = []
     done = 0
     for start, end in spans:
-        old = _string_value(text[start:end])
-        new = rewrite(old)
-        if new != old:
+        token = text[start:end]
+        new = rewrite_token(token, rewrite)
+        if new is not token:
             parts.append(text[done:start])
-            parts.append(_string_token(new))
+            parts.append(new)
             done = end
     if not parts:
         return text
@@ -186,7 +175,42 @@ def _replaced(text: str, spans: list[tuple[int, int]], rewrite: Callable[[str], 
 def rewrite_type_members(text: str, rewrite: Callable[[str], str]) -> str:
     """``text`` with the value of every ``"$type"`` member (any depth) replaced by
     ``rewrite(value)``; the rest of the text is kept as it is."""
-    return _replaced(text, list(_type_values(text)), rewrite)
+
+    def token(old: str) -> str | None:
+        new = rewrite_token(old, rewrite)
+        return None if new is old else new
+
+    return rewrite_type_tokens(text, token)
+
+
+_TYPE_MEMBER_RE = re.compile(r'("\$type"\s*:\s*)("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
+
+
+def rewrite_type_tokens(text: str, rewrite: Callable[[str], str | None]) -> str:
+    """As :func:`rewrite_type_members`, with ``rewrite`` given each value's JSON string token
+    as written and returning the token to put there, or None when it stays: the caller can
+    cache per token, and nothing is decoded or encoded again. ``text`` itself (the same
+    object) when nothing changed. A ``"`` that no backslash escapes, followed by ``$type"``,
+    opens the string ``"$type"`` (after a closing quote only ``:``, ``,``, ``}``, ``]`` or space
+    may come), and a string followed by ``:`` is a key: one regular-expression pass finds every
+    member, no scan of the other strings. A match whose opening quote is escaped lies inside a
+    string and is skipped (the value token it reaches holds no unescaped quote, so no member
+    is missed)."""
+    changed = False
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal changed
+        at = match.start()
+        if at and text[at - 1] == "\\" and _escaped(text, at):
+            return match.group()
+        new = rewrite(match.group(2))
+        if new is None:
+            return match.group()
+        changed = True
+        return match.group(1) + new
+
+    result = _TYPE_MEMBER_RE.sub(replace, text)
+    return result if changed else text
 
 
 _OWN_TYPE_RE = re.compile(r'\s*\{\s*"\$type"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
