@@ -17,7 +17,7 @@ from esctl import layout, redisio, storereads
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
 from esctl.shard import Shard
-from esctl.streams import StreamProblem, build_stream, validate_stream
+from esctl.streams import Stream, StreamProblem, build_stream, validate_stream
 
 Migrated = tuple[int, str, str]
 """What esctl.migrated_stream holds of an aggregate: (commits migrated, last commit id,
@@ -257,20 +257,10 @@ class Reader:
                 )
                 return
         # The general path finds and describes whatever kept the fast path from taking it.
-        stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
-        if not continuous:
-            stream.problems.append(
-                StreamProblem(
-                    "commit_list_changed",
-                    f"entry {start} of the commit list is not the last migrated commit "
-                    f"{last_commit}: the list was rewritten",
-                )
-            )
-        else:
-            validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
-        new_events = len(stream.events) - skip
+        stream, new_events = checked_stream(
+            aggregate_id, key, start, commit_ids, values, where, known, continuous=continuous
+        )
         if stream.ok:
-            stream.events = stream.events[skip:]
             rows = stream_rows(stream)
             if isinstance(rows, StreamProblem):
                 stream.problems.append(rows)
@@ -284,6 +274,40 @@ class Reader:
                 )
                 return
         batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
+
+
+def checked_stream(
+    aggregate_id: str,
+    key: str,
+    start: int,
+    commit_ids: list[str],
+    values: list[bytes | None],
+    where: list[str | None],
+    known: Migrated | None,
+    *,
+    continuous: bool,
+) -> tuple[Stream, int]:
+    """The general path's view of one aggregate's commits from ``start``: the stream with every
+    problem found (a rewritten commit list when not ``continuous``; else the checks of
+    :func:`validate_stream` from the version after the ``known`` migrated ones), its events cut
+    to the new ones when it is ok, and the number of new events."""
+    done, last_commit, known_type = known if known else (0, "", None)
+    skip = 1 if done else 0
+    stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
+    if not continuous:
+        stream.problems.append(
+            StreamProblem(
+                "commit_list_changed",
+                f"entry {start} of the commit list is not the last migrated commit "
+                f"{last_commit}: the list was rewritten",
+            )
+        )
+    else:
+        validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
+    new_events = len(stream.events) - skip
+    if stream.ok:
+        stream.events = stream.events[skip:]
+    return stream, new_events
 
 
 def count_commits(client: redisio.RedisClient, app: str, shard: Shard) -> tuple[int, int]:

@@ -19,14 +19,11 @@ from psycopg import sql
 from esctl import codec, layout, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.reader import Migrated, Reader
+from esctl.migrate.reader import Migrated, Reader, checked_stream
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, copy_escape
 from esctl.streams import (
-    StreamProblem,
-    build_stream,
     clean_events,
     postgres_problem,
-    validate_stream,
 )
 from esctl.transforms import Numbering, Rules, SourceEvent, transform_stream
 
@@ -100,20 +97,10 @@ class TransformingReader(Reader):
             ]
             self._transform(batch, aggregate_id, key, commit_ids, done, source_type, sources)
             return
-        stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
-        if not continuous:
-            stream.problems.append(
-                StreamProblem(
-                    "commit_list_changed",
-                    f"entry {start} of the commit list is not the last migrated commit "
-                    f"{last_commit}: the list was rewritten",
-                )
-            )
-        else:
-            validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
-        new_events = len(stream.events) - skip
+        stream, new_events = checked_stream(
+            aggregate_id, key, start, commit_ids, values, where, known, continuous=continuous
+        )
         if stream.ok:
-            stream.events = stream.events[skip:]
             problem = postgres_problem(stream)
             if problem is not None:
                 stream.problems.append(problem)
