@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "bench_servers",
     "database",
     "json_output",
+    "process_tree_cpu",
     "write_bulk_store",
     "write_store",
 ]
@@ -102,6 +103,28 @@ def proc_cpu(pid: int) -> tuple[float, float, int] | None:
     # fields[0] is field 3 (state): ppid is field 4, utime..cstime fields 14-17.
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return (utime + stime) / CLOCK_TICKS, (cutime + cstime) / CLOCK_TICKS, int(fields[1])
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU-s of process ``pid``, of its children it has waited for, and of its live
+    descendants (with theirs): what a long-running esctl and its workers have spent so far
+    (0 when it is gone)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            got = proc_cpu(int(entry))
+            if got is not None:
+                parents[int(entry)] = got[2]
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        got = proc_cpu(current)
+        if got is None:
+            continue
+        total += got[0] + got[1]
+        todo.extend(child for child, parent in parents.items() if parent == current)
+    return total
 
 
 def _comm(pid: int) -> str:
@@ -298,9 +321,14 @@ class Meter:
         self.costs: dict[str, Cost] = {}
 
     @contextmanager
-    def measure(self, label: str, dsn: str | None = None) -> Iterator[Cost]:
+    def measure(
+        self, label: str, dsn: str | None = None, esctl_cpu: Callable[[], float] | None = None
+    ) -> Iterator[Cost]:
         """Measure the body; the caller adds the events it handled to the yielded
-        ``Cost.events`` (``cost.events += n``). ``dsn``: the database whose backends count."""
+        ``Cost.events`` (``cost.events += n``). ``dsn``: the database whose backends count.
+        ``esctl_cpu``: where esctl runs as processes of its own beside the body (a follower,
+        a loop of runs), a reading of their CPU-s so far; esctl's figure is then its change
+        over the body, instead of this process's."""
         cost = self.costs.setdefault(label, Cost(label))
         watch = None
         if dsn is not None and self.admin_dsn is not None:
@@ -308,11 +336,12 @@ class Meter:
         try:
             redis_before = [_redis_cpu(c) for c in self.redis]
             server_before = watch.start() if watch else None
-            own_before = _own_cpu()
+            read_own = esctl_cpu or _own_cpu
+            own_before = read_own()
             started = time.perf_counter()
             yield cost
             cost.wall_s += time.perf_counter() - started
-            own_after = _own_cpu()
+            own_after = read_own()
             if watch is not None and watch.local:
                 backends, gone = watch.finish()
                 watch.wait_quiet()
@@ -321,7 +350,8 @@ class Meter:
                 cost.backends_gone += gone
                 if server_before is not None and server_after is not None:
                     cost.pg_server_s = (cost.pg_server_s or 0.0) + server_after - server_before
-                own_after -= watch.thread_cpu
+                if esctl_cpu is None:
+                    own_after -= watch.thread_cpu
             cost.esctl_s += own_after - own_before
             if self.redis:
                 spent = sum(_redis_cpu(c) for c in self.redis) - sum(redis_before)
