@@ -309,10 +309,13 @@ class Follower:
                 self.lines.append({"unparsed": line})
 
     def wait_following(self, timeout: float = 30.0) -> None:
-        """Until it reports (a JSON line with a lag) or exits."""
+        """Until its first sweep (the catch-up) has finished, or it exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
-            if any("lag_seconds" in line for line in self.lines):
+            if any(
+                line.get("event") == "sweep" and line.get("phase") == "finished"
+                for line in self.lines
+            ):
                 return
             time.sleep(0.05)
         if self.proc.poll() is not None:
