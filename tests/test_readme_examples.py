@@ -3,8 +3,9 @@ README order, through bash with ``pipefail`` (so ``… | jq`` counts), against a
 as app ``MyService`` and env ``production``.
 
 Only the names the README makes up are swapped for the store's (its aggregate ids, commit id,
-subscriber names, file paths under /backups and /var; and ``--grace 2m`` waits 1 s); options and
-pipelines stay as printed.
+subscriber names, file paths under /backups and /var; ``--grace 2m`` waits 1 s, and a follower
+run under ``timeout … 8h`` is stopped with its SIGTERM after 3 s); options and pipelines stay as
+printed.
 Lines that need what a test must not touch (a cluster at a private address, ``pip``, a developer's
 shell) are left out, each with its reason in ``SKIPPED``.
 """
@@ -71,7 +72,7 @@ def readme_commands() -> list[tuple[str, dict[str, str]]]:
                 key, _, value = word.partition("=")
                 if key in ("ESCTL_APP", "ESCTL_ENV"):
                     exports[key] = value
-        elif re.match(r"^(esctl |redis-cli .*\| esctl )", command):
+        elif re.match(r"^(esctl |redis-cli .*\| esctl |timeout [^|]* esctl )", command):
             commands.append((command, dict(exports)))
     return commands
 
@@ -122,6 +123,7 @@ def readme_env(
         "Learning.ReportingService.Worker": demo.REPORTING,
         "Learning.SearchIndexer.Worker": demo.SEARCH,
         "--grace 2m": "--grace 1s",  # the same look twice, without the two-minute wait
+        "--signal TERM 8h": "--signal TERM 3s",  # a follower, stopped as a service is
         "/backups/": f"{workdir}/",
         "/var/log/esctl/": f"{workdir}/",
         "/var/lib/node_exporter/textfile/": f"{workdir}/",
