@@ -99,18 +99,6 @@ def following(where: dict[str, str], *args: str) -> Iterator[Follower]:
             follower.proc.wait()
 
 
-def pg_count(pg_dsn: str, app: str) -> int:
-    """Events of ``app`` in PostgreSQL (0 before the schema exists)."""
-    with psycopg.connect(pg_dsn) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM event JOIN aggregate USING (aggregate_key)"
-            " WHERE application_name = %s",
-            (app,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 def pg_events(pg_dsn: str, app: str) -> dict[tuple[str, int], tuple[str, Any]]:
     """(aggregate id, version) -> (event type, payload) of every event of ``app``."""
     with psycopg.connect(pg_dsn) as conn:
@@ -120,6 +108,10 @@ def pg_events(pg_dsn: str, app: str) -> dict[tuple[str, int], tuple[str, Any]]:
             (app,),
         ).fetchall()
     return {(a, v): (t, json.loads(d)) for a, v, t, d in rows}
+
+
+def pg_count(pg_dsn: str, app: str) -> int:
+    return len(pg_events(pg_dsn, app))
 
 
 def truth_events(truth: iw.GroundTruth) -> dict[tuple[str, int], tuple[str, Any]]:
