@@ -21,9 +21,10 @@ A store of --aggregates aggregates (tests/bulk_store.py: ~6.5 events each, 30% g
   ``event`` table (AFTER INSERT, transition table) sends the inserted rows' (aggregate_key,
   version) with ``pg_notify`` — delivered when the inserting transaction commits — to a LISTENing
   process that stamps each notification as it arrives (CLOCK_MONOTONIC, the writer's clock).
-  Lag = that stamp - the commit time: it errs by the pipeline's round trip (< 1 ms, counted as
-  lag) plus the notification's delivery (~1 ms). The trigger's work is in PostgreSQL's CPU
-  figures in both modes.
+  Lag = that stamp - the commit time: it errs by the pipeline's reply time plus the
+  notification's delivery, both counted as lag (together below the 2 ms p50 a follower showed on
+  a quiet 2-core machine, which bounds them). The trigger's work is in PostgreSQL's CPU figures
+  in both modes.
 
 Per mode, layout and rate it prints the lag distribution (p50/p90/p99/max, all events and split
 into compressed and plain payloads), the time from the writer's last commit until PostgreSQL
