@@ -40,11 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from esctl.errors import LocalServerError
 
@@ -84,8 +84,28 @@ class TlsFiles:
     client_key: Path | None = None
 
 
+class _Stoppable:
+    """How a local server is stopped: ``_stop_signal``, then SIGKILL (to its process group)
+    after a timeout; then its workdir removed if the start function created it."""
+
+    pid: int
+    workdir: Path
+    _process: subprocess.Popen[bytes] | None
+    _owns_workdir: bool
+    _stop_signal: signal.Signals
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the server (its ``_stop_signal``, then SIGKILL after ``timeout`` seconds) and
+        remove the workdir if the start function created it. Safe to call twice."""
+        _terminate(self.pid, self._process, self._stop_signal, timeout)
+        _running.pop(id(self), None)
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._owns_workdir = False
+
+
 @dataclass
-class LocalRedis:
+class LocalRedis(_Stoppable):
     """A running ``redis-server`` (no persistence) listening on ``127.0.0.1:port``."""
 
     url: str
@@ -97,18 +117,11 @@ class LocalRedis:
     bin_dir: Path | None = field(default=None, compare=False)
     """The directory of the ``redis-server`` that runs (a bundled ``redis-cli`` may be beside it)."""
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds) and remove the
-        workdir if :func:`start_redis` created it. Safe to call twice."""
-        _terminate(self.pid, self._process, signal.SIGTERM, timeout)
-        _forget(self)
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self._owns_workdir = False
+    _stop_signal = signal.SIGTERM
 
 
 @dataclass
-class LocalPostgres:
+class LocalPostgres(_Stoppable):
     """A running PostgreSQL cluster listening on ``127.0.0.1:port``; ``dsn`` connects as the
     superuser ``postgres`` (trust authentication) to the database ``postgres``."""
 
@@ -121,23 +134,11 @@ class LocalPostgres:
     bin_dir: Path | None = field(default=None, compare=False)
     """PostgreSQL's bin directory the server runs from (it holds ``psql`` too)."""
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the postmaster (SIGINT, PostgreSQL's "fast" shutdown, which ends open sessions;
-        SIGKILL to its process group after ``timeout`` seconds) and remove the workdir if
-        :func:`start_postgres` created it. Safe to call twice."""
-        _terminate(self.pid, self._process, signal.SIGINT, timeout)
-        _forget(self)
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self._owns_workdir = False
+    _stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown, which ends open sessions
 
 
 # Servers started by this process and not stopped yet (detached ones are not listed).
 _running: dict[int, LocalRedis | LocalPostgres] = {}
-
-
-def _forget(server: LocalRedis | LocalPostgres) -> None:
-    _running.pop(id(server), None)
 
 
 @atexit.register
@@ -299,10 +300,10 @@ def start_redis(
         )
     directory, owned = _make_workdir(workdir, "esctl-redis-")
     log = directory / "redis.log"
-    try:
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = free_port()
-            command = [
+    with _removed_on_failure(directory, owned):
+
+        def command(port: int) -> list[str]:
+            return [
                 str(binary),
                 *(_redis_tls_args(tls, port) if tls else ["--port", str(port)]),
                 "--bind", "127.0.0.1",
@@ -313,23 +314,11 @@ def start_redis(
                 "--logfile", "",
                 *extra_args,
             ]  # fmt: skip
-            process = _spawn(command, log, detach=detach)
-            try:
-                _wait_until(
-                    partial(_redis_answers, port, process.pid, tls),
-                    process,
-                    binary,
-                    log,
-                    START_TIMEOUT,
-                )
-            except _PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise _start_failed(binary, log, "kept finding its port taken") from None
-                continue
-            except BaseException:
-                _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
-                raise
-            server = LocalRedis(
+
+        answers = partial(_redis_answers, tls=tls)
+        port, process = _start_on_free_port(command, answers, binary, log, detach=detach)
+        return _started(
+            LocalRedis(
                 f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0",
                 port,
                 process.pid,
@@ -337,15 +326,9 @@ def start_redis(
                 process,
                 owned,
                 bin_dir=binary.parent,
-            )
-            if not detach:
-                _running[id(server)] = server
-            return server
-    except BaseException:
-        if owned:
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
-    raise AssertionError("unreachable")  # pragma: no cover
+            ),
+            detach=detach,
+        )
 
 
 def start_postgres(
@@ -378,7 +361,7 @@ def start_postgres(
             "or pip install 'esctl[local]'",
         )
     directory, owned = _make_workdir(workdir, "esctl-pg-")
-    try:
+    with _removed_on_failure(directory, owned):
         user = _pg_system_user()
         if user is not None:
             _check_reachable(bin_dir / "initdb", user)
@@ -389,45 +372,87 @@ def start_postgres(
         _prepend_hba(data, hba_lines)
         ssl_settings = _postgres_tls(tls, data, user) if tls else []
         postgres = bin_dir / "postgres"
-        log = directory / "postgres.log"
         socket_dir = str(directory) if len(str(directory)) <= _MAX_SOCKET_DIR else ""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = free_port()
-            command = [
+
+        def command(port: int) -> list[str]:
+            settings = (
+                ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] if fast else []
+            )
+            return [
                 str(postgres),
                 "-D", str(data),
                 "-p", str(port),
                 "-k", socket_dir,
                 "-c", "listen_addresses=127.0.0.1",
                 *ssl_settings,
+                *(arg for setting in settings for arg in ("-c", setting)),
             ]  # fmt: skip
-            if fast:
-                for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
-                    command += ["-c", setting]
-            process = _spawn(command, log, detach=detach, user=user)
-            dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            try:
-                _wait_until(
-                    partial(_postgres_answers, dsn, data), process, postgres, log, START_TIMEOUT
-                )
-            except _PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise _start_failed(postgres, log, "kept finding its port taken") from None
-                continue
-            except BaseException:
-                _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
-                raise
-            server = LocalPostgres(
-                dsn, port, process.pid, directory, process, owned, bin_dir=bin_dir
-            )
-            if not detach:
-                _running[id(server)] = server
-            return server
+
+        def answers(port: int, _pid: int) -> bool:
+            return _postgres_answers(_postgres_dsn(port), data)
+
+        port, process = _start_on_free_port(
+            command, answers, postgres, directory / "postgres.log", detach=detach, user=user
+        )
+        return _started(
+            LocalPostgres(
+                _postgres_dsn(port), port, process.pid, directory, process, owned, bin_dir=bin_dir
+            ),
+            detach=detach,
+        )
+
+
+def _postgres_dsn(port: int) -> str:
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def _start_on_free_port(
+    command: Callable[[int], list[str]],
+    answers: Callable[[int, int], bool],
+    binary: Path,
+    log: Path,
+    *,
+    detach: bool,
+    user: pwd.struct_passwd | None = None,
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """Run ``command(port)`` on a free port and wait until ``answers(port, pid)``; on a new
+    port when another process took this one first (:data:`PORT_ATTEMPTS` tries). A server
+    that does not come up is killed."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port()
+        process = _spawn(command(port), log, detach=detach, user=user)
+        try:
+            _wait_until(partial(answers, port, process.pid), process, binary, log, START_TIMEOUT)
+        except _PortTaken:
+            if attempt == PORT_ATTEMPTS:
+                raise _start_failed(binary, log, "kept finding its port taken") from None
+            continue
+        except BaseException:
+            _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
+            raise
+        return port, process
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_Server = TypeVar("_Server", LocalRedis, LocalPostgres)
+
+
+def _started(server: _Server, *, detach: bool) -> _Server:
+    """``server``, stopped at exit unless ``detach``."""
+    if not detach:
+        _running[id(server)] = server
+    return server
+
+
+@contextlib.contextmanager
+def _removed_on_failure(directory: Path, owned: bool) -> Iterator[None]:
+    """Remove ``directory`` (when the start function created it) if starting fails."""
+    try:
+        yield
     except BaseException:
         if owned:
             shutil.rmtree(directory, ignore_errors=True)
         raise
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _redis_tls_args(tls: TlsFiles, port: int) -> list[str]:
