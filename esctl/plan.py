@@ -41,10 +41,7 @@ MAX_PROBLEMS_LISTED = 20
 
 
 @dataclass(frozen=True)
-class PlanOptions:
-    app: str
-    pg_dsn: str
-    pg_schema: str = "public"
+class PlanOptions(pg.PgTarget):
     sample: int = DEFAULT_SAMPLE
     trial: bool = True
     """Write the sample into PostgreSQL (rolled back) to measure size and throughput."""

@@ -184,9 +184,8 @@ def query(
             "--json asks for JSON and --format table for a table",
             hint="drop one of them (--json is the same as --format json)",
         )
-    filters = core.QueryFilters.build(
-        **selected.selectors(),
-        limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
+    filters = selected.selectors().filters(
+        limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit
     )
     rules = _load_transforms(transforms_file, source)
     app_value = ctx.app

@@ -211,7 +211,7 @@ def replay(
         source=source.value,
         target=target.value,
         app=ctx.app,
-        selection=core.Selection(**selected.selectors(), limit=limit, all_events=all_events),
+        selection=core.Selection(**vars(selected.selectors()), limit=limit, all_events=all_events),
         order=order.value,
         env=ctx.env if target == ToOpt.queue else ctx.get("env"),
         pg_dsn=ctx.pg_dsn,
