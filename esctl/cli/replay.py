@@ -15,7 +15,7 @@ from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
 from esctl.cli.groups import EventSelection, with_groups
-from esctl.cli.options import DryRunOpt, EventSource, ProgressOpt, ShardOpt, YesOpt
+from esctl.cli.options import DryRunOpt, EventSource, ProgressOpt, ShardOpt, YesOpt, option
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
@@ -24,13 +24,12 @@ if TYPE_CHECKING:
 
 ReplayTransformsOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--transforms",
-        metavar="FILE",
-        help="--from redis: a TOML rules file (README 'Transforms'): replay each aggregate's "
+        "FILE",
+        "--from redis: a TOML rules file (README 'Transforms'): replay each aggregate's "
         "events as the rules make them (left out, renamed, upcast, split, renumbered); the "
         "selectors ask the transformed events.",
-        show_default=False,
     ),
 ]
 
@@ -69,10 +68,7 @@ def replay(
         ),
     ],
     selected: EventSelection = EventSelection(),
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", metavar="N", min=0, help="At most N events.", show_default=False),
-    ] = None,
+    limit: Annotated[int | None, option("--limit", "N", "At most N events.", min=0)] = None,
     all_events: Annotated[
         bool,
         typer.Option(
@@ -90,10 +86,10 @@ def replay(
     ] = OrderOpt.aggregate,
     subscribers: Annotated[
         list[str] | None,
-        typer.Option(
+        option(
             "--subscriber",
-            metavar="SUB",
-            help="--to queue: only this subscriber (repeatable); must be a member of "
+            "SUB",
+            "--to queue: only this subscriber (repeatable); must be a member of "
             "Subscribers:{ENV:TYPE} for some selected type unless --force.",
         ),
     ] = None,
@@ -105,52 +101,43 @@ def replay(
     ] = False,
     max_queue_length: Annotated[
         int | None,
-        typer.Option(
+        option(
             "--max-queue-length",
+            "N",
+            "--to queue: wait while a target PublishedEvents list holds N or more.",
             min=1,
-            metavar="N",
-            help="--to queue: wait while a target PublishedEvents list holds N or more.",
-            show_default=False,
         ),
     ] = None,
     rate: Annotated[
-        float | None,
-        typer.Option(
-            "--rate",
-            metavar="N",
-            min=0.001,
-            help="At most N events per second.",
-            show_default=False,
-        ),
+        float | None, option("--rate", "N", "At most N events per second.", min=0.001)
     ] = None,
     confirm_over: Annotated[
         int,
-        typer.Option(
+        option(
             "--confirm-over",
+            "N",
+            "--to queue: ask before publishing more than N events (unless --yes).",
+            show_default=True,
             min=0,
-            metavar="N",
-            help="--to queue: ask before publishing more than N events (unless --yes).",
         ),
     ] = defaults.REPLAY_CONFIRM_OVER,
     projection: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--projection",
-            metavar="SPEC",
-            help="--to projection: MODULE:CALLABLE or path/to/file.py:CALLABLE (a function "
+            "SPEC",
+            "--to projection: MODULE:CALLABLE or path/to/file.py:CALLABLE (a function "
             "taking an event, or an object/class with handle(event) and optional setup(ctx), "
             "flush(ctx), teardown(ctx)).",
-            show_default=False,
         ),
     ] = None,
     checkpoint: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--checkpoint",
-            metavar="NAME",
-            help="--to projection: keep the position in esctl.projection_checkpoint, committed "
+            "NAME",
+            "--to projection: keep the position in esctl.projection_checkpoint, committed "
             "with each batch; a rerun resumes (exactly once for PostgreSQL writes).",
-            show_default=False,
         ),
     ] = None,
     reset: Annotated[
@@ -166,8 +153,12 @@ def replay(
     ] = False,
     batch_size: Annotated[
         int,
-        typer.Option(
-            "--batch-size", metavar="N", min=1, help="--to projection: events per transaction."
+        option(
+            "--batch-size",
+            "N",
+            "--to projection: events per transaction.",
+            show_default=True,
+            min=1,
         ),
     ] = defaults.REPLAY_BATCH_SIZE,
     shard: ShardOpt = None,
@@ -286,9 +277,7 @@ def _run(
 
 def _replayed(bar: Progress, p: core.ReplayProgress) -> None:
     bar.update(
-        p.events,
-        total=p.total,
-        postfix={"messages": f"{p.messages:,}"} if p.messages else None,
+        p.events, total=p.total, postfix={"messages": f"{p.messages:,}"} if p.messages else None
     )
 
 
