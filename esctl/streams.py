@@ -19,19 +19,19 @@ import orjson
 from esctl import codec, layout, redisio, storereads
 from esctl.codec import ParsedEvent, Problem
 
-# Problems that make an aggregate unloadable (quarantined by migrate).
-FATAL_EVENT_KINDS = frozenset(
-    {
-        "missing_payload",
-        "invalid_compressed",
-        "invalid_utf8",
-        "invalid_json",
-        "missing_field",
-        "wrong_type",
-        "bad_timestamp",
-        "bad_version",
-    }
+PAYLOAD_KINDS = (
+    "invalid_compressed",
+    "invalid_utf8",
+    "invalid_json",
+    "missing_field",
+    "wrong_type",
+    "bad_timestamp",
+    "bad_version",
 )
+"""The problems of a stored payload that cannot be read as an event (``codec``'s), in the order
+reports list them."""
+FATAL_EVENT_KINDS = frozenset({"missing_payload", *PAYLOAD_KINDS})
+"""Problems that make an aggregate unloadable (quarantined by migrate)."""
 
 
 @dataclass(slots=True)
@@ -391,6 +391,7 @@ def versions_phrase(values: Sequence[int]) -> str:
 
 __all__ = [
     "FATAL_EVENT_KINDS",
+    "PAYLOAD_KINDS",
     "Problem",
     "Stream",
     "StreamEvent",
