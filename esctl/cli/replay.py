@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
@@ -14,7 +15,7 @@ from esctl import defaults
 from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
-from esctl.cli.groups import EventSelection, with_groups
+from esctl.cli.groups import EventSelection, OptionGroup, with_groups
 from esctl.cli.options import DryRunOpt, EventSource, ProgressOpt, ShardOpt, YesOpt, option
 from esctl.cli.output import Output, Progress
 
@@ -43,6 +44,52 @@ class ToOpt(enum.StrEnum):
 class OrderOpt(enum.StrEnum):
     aggregate = "aggregate"
     time = "time"
+
+
+@dataclass(frozen=True)
+class ProjectionOptions(OptionGroup):
+    """The options of ``--to projection`` (named as ``ReplayOptions`` names them)."""
+
+    projection: Annotated[
+        str | None,
+        option(
+            "--projection",
+            "SPEC",
+            "--to projection: MODULE:CALLABLE or path/to/file.py:CALLABLE (a function "
+            "taking an event, or an object/class with handle(event) and optional setup(ctx), "
+            "flush(ctx), teardown(ctx)).",
+        ),
+    ] = None
+    checkpoint: Annotated[
+        str | None,
+        option(
+            "--checkpoint",
+            "NAME",
+            "--to projection: keep the position in esctl.projection_checkpoint, committed "
+            "with each batch; a rerun resumes (exactly once for PostgreSQL writes).",
+        ),
+    ] = None
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Start the --checkpoint over from the beginning.")
+    ] = False
+    skip_errors: Annotated[
+        bool,
+        typer.Option(
+            "--skip-errors",
+            help="--to projection: record failing events in esctl.projection_dead_letter and "
+            "go on (default: stop at the first).",
+        ),
+    ] = False
+    batch_size: Annotated[
+        int,
+        option(
+            "--batch-size",
+            "N",
+            "--to projection: events per transaction.",
+            show_default=True,
+            min=1,
+        ),
+    ] = defaults.REPLAY_BATCH_SIZE
 
 
 @with_context(Scope.REDIS | Scope.PG | Scope.APP | Scope.ENV)
@@ -121,46 +168,7 @@ def replay(
             min=0,
         ),
     ] = defaults.REPLAY_CONFIRM_OVER,
-    projection: Annotated[
-        str | None,
-        option(
-            "--projection",
-            "SPEC",
-            "--to projection: MODULE:CALLABLE or path/to/file.py:CALLABLE (a function "
-            "taking an event, or an object/class with handle(event) and optional setup(ctx), "
-            "flush(ctx), teardown(ctx)).",
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        str | None,
-        option(
-            "--checkpoint",
-            "NAME",
-            "--to projection: keep the position in esctl.projection_checkpoint, committed "
-            "with each batch; a rerun resumes (exactly once for PostgreSQL writes).",
-        ),
-    ] = None,
-    reset: Annotated[
-        bool, typer.Option("--reset", help="Start the --checkpoint over from the beginning.")
-    ] = False,
-    skip_errors: Annotated[
-        bool,
-        typer.Option(
-            "--skip-errors",
-            help="--to projection: record failing events in esctl.projection_dead_letter and "
-            "go on (default: stop at the first).",
-        ),
-    ] = False,
-    batch_size: Annotated[
-        int,
-        option(
-            "--batch-size",
-            "N",
-            "--to projection: events per transaction.",
-            show_default=True,
-            min=1,
-        ),
-    ] = defaults.REPLAY_BATCH_SIZE,
+    projecting: ProjectionOptions = ProjectionOptions(),
     shard: ShardOpt = None,
     transforms_file: ReplayTransformsOpt = None,
     dry_run: DryRunOpt = False,
@@ -212,11 +220,7 @@ def replay(
         max_queue_length=max_queue_length,
         rate=rate,
         confirm_over=confirm_over,
-        projection=projection,
-        checkpoint=checkpoint,
-        reset=reset,
-        skip_errors=skip_errors,
-        batch_size=batch_size,
+        **asdict(projecting),
         dry_run=dry_run,
         shard=Shard.from_option(shard),
         transforms=_load_transforms(transforms_file),
