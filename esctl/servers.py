@@ -283,9 +283,10 @@ def start_redis(
     extra_args: Sequence[str] = (),
     detach: bool = False,
     tls: TlsFiles | None = None,
+    port: int | None = None,
 ) -> LocalRedis:
-    """Start ``redis-server`` without persistence on a free port of 127.0.0.1 and wait until it
-    answers. ``workdir`` (created if missing, kept on stop) holds its log and any file it
+    """Start ``redis-server`` without persistence on a free port of 127.0.0.1 (or on ``port``:
+    a server restarted where its clients expect it) and wait until it answers. ``workdir`` (created if missing, kept on stop) holds its log and any file it
     writes; by default a new temporary folder, removed on stop. ``extra_args`` are appended to
     the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
     (``--port 0 --tls-port PORT``; the server must be built with TLS) and ``url`` is
@@ -299,9 +300,10 @@ def start_redis(
         )
     directory, owned = _make_workdir(workdir, "esctl-redis-")
     log = directory / "redis.log"
+    fixed = port
     try:
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = free_port()
+            port = free_port() if fixed is None else fixed
             command = [
                 str(binary),
                 *(_redis_tls_args(tls, port) if tls else ["--port", str(port)]),
@@ -323,7 +325,7 @@ def start_redis(
                     START_TIMEOUT,
                 )
             except _PortTaken:
-                if attempt == PORT_ATTEMPTS:
+                if attempt == PORT_ATTEMPTS or fixed is not None:
                     raise _start_failed(binary, log, "kept finding its port taken") from None
                 continue
             except BaseException:

@@ -336,6 +336,12 @@ class _Follower:
         if time.monotonic() >= self.next_topology:
             self.next_topology = time.monotonic() + 5.0
             feed.refresh_topology()
+        down = feed.down()
+        if down:
+            name, error = next(iter(down.items()))
+            self.state.obstacle = f"Redis is unreachable ({name}: {error})"
+        elif self.redis_down_since is None and (self.state.obstacle or "").startswith("Redis"):
+            self.state.obstacle = None
         since = feed.take_resync()
         if since is not None:
             self._start_sweep("resubscribed", since)
@@ -412,6 +418,7 @@ class _Follower:
             blind_since if blind_since is not None else self.started,
         )
         self.state.sweeping = True
+        self._update_lag()
         self.on_line(self.state.line("sweep", phase="started", reason=reason))
 
     def _sweep_step(self) -> bool:
@@ -454,7 +461,7 @@ class _Follower:
         self.last_sweep_start = sweep.started
         self.sweeper.lookups = True  # a first run's shortcut holds for its first sweep only
         if self.feed is not None:
-            self.feed.sweep_done(sweep.blind_since)
+            self.feed.sweep_done(sweep.started)
             self.next_sweep = time.monotonic() + self.fopts.sweep_interval_s
         else:
             self.next_sweep = time.monotonic() + (0.0 if sweep.events else POLL_PAUSE_S)
@@ -475,6 +482,9 @@ class _Follower:
     def _redis_lost(self, exc: BaseException) -> None:
         if self.redis_down_since is None:
             self.redis_down_since = time.time()
+            if self.sweep is not None and self.sweep.blind_since is not None:
+                # the sweep that stops here had a gap to close: the next one inherits it
+                self.redis_down_since = min(self.redis_down_since, self.sweep.blind_since)
         text = exc.message if isinstance(exc, EsctlError) else str(exc)
         self.state.obstacle = f"Redis is unreachable ({text})"
         self.sweep = None  # its SCAN is gone; a new one runs once Redis answers
@@ -582,7 +592,8 @@ class _Follower:
     def _behind(self) -> bool:
         with self.lock:
             known = bool(self.pending.waiting or self.pending.in_flight)
-        return known or self.sweep is not None or self.redis_down_since is not None
+        blind = self.feed is not None and self.feed.blind_since is not None
+        return known or blind or self.sweep is not None or self.redis_down_since is not None
 
     def _check_stall(self) -> None:
         limit = self.fopts.stall_timeout_s
@@ -598,9 +609,7 @@ class _Follower:
         )
 
     def _stall_cause(self) -> str:
-        if self.redis_down_since is not None or (
-            self.state.obstacle and self.state.obstacle.startswith("Redis")
-        ):
+        if (self.state.obstacle or "").startswith("Redis"):
             return self.state.obstacle or "Redis is unreachable"
         waits = _lock_waits(self.opts.pg_dsn, self.pool.backend_pids())
         if waits:

@@ -124,9 +124,11 @@ class KeyspaceFeed:
         self.keys: dict[str, Seen] = {}
         self.blind_since: float | None = None
         self.resync = False
+        self.resync_taken_at: float | None = None
         self.errors = 0
         self.last_error: str | None = None
         self.subscriptions: dict[str, _Subscription] = {}
+        self.failing: dict[str, str] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -202,13 +204,21 @@ class KeyspaceFeed:
             if not self.resync or not self._all_subscribed():
                 return None
             self.resync = False
+            self.resync_taken_at = time.time()
             return self.blind_since
 
-    def sweep_done(self, since: float | None) -> None:
-        """A sweep that started after :meth:`take_resync` returned ``since`` has finished."""
+    def sweep_done(self, started: float) -> None:
+        """A sweep that started at ``started`` (wall clock) has finished: if that was after
+        the last :meth:`take_resync` and nothing was lost since, nothing is missing."""
         with self.cond:
-            if not self.resync and self.blind_since == since:
+            taken = self.resync_taken_at
+            if not self.resync and taken is not None and started >= taken:
                 self.blind_since = None
+
+    def down(self) -> dict[str, str]:
+        """The primaries whose subscription is down now, with the last error of each."""
+        with self.cond:
+            return dict(self.failing)
 
     def _all_subscribed(self) -> bool:
         return all(s.pubsub is not None for s in self.subscriptions.values())
@@ -235,6 +245,7 @@ class KeyspaceFeed:
                     sub.pubsub = self._subscribe(sub.kwargs)
                     attempt = 0
                     with self.cond:
+                        self.failing.pop(sub.name, None)
                         self.cond.notify_all()
                 except (*REDIS_ERRORS, OSError) as exc:
                     self._failed(sub, exc)
@@ -256,7 +267,8 @@ class KeyspaceFeed:
             _close(sub.pubsub)
             sub.pubsub = None
         self.errors += 1
-        self.last_error = f"{sub.name}: {exc}"
+        with self.cond:
+            self.failing[sub.name] = str(exc)
         self._lost(f"the subscription on {sub.name} dropped: {exc}")
 
     def _lost(self, why: str) -> None:
