@@ -234,7 +234,7 @@ def test_enable_notifications_sets_them_and_a_refusal_is_a_clear_error(
     wait_for_no_esctl_sessions(pg_dsn)
     follower = Follower(fresh_redis.url, pg_dsn, app_name, "--enable-notifications")
     follower.caught_up()
-    flags = client.config_get("notify-keyspace-events")["notify-keyspace-events"]
+    flags = str(client.config_get("notify-keyspace-events")["notify-keyspace-events"])
     assert "K" in flags and "l" in flags
     assert all(e["event"] != "notice" for e in follower.lines)
     assert follower.lines[0]["mode"] == "notifications"
@@ -410,7 +410,7 @@ def test_follows_a_cluster_with_notifications_enabled_on_every_primary(
     follower.caught_up()
     for node in redis_cluster.nodes:
         flags = redis.Redis(port=node.port).config_get("notify-keyspace-events")
-        assert "K" in flags["notify-keyspace-events"]
+        assert "K" in str(flags["notify-keyspace-events"])
     writer(client, truth, 200).join()
     level(pg_dsn, truth)
     batches = [e for e in follower.lines if e["event"] == "batch"]
