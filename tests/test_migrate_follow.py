@@ -347,13 +347,21 @@ def test_kill_9_at_random_points_then_restart_gives_the_rows_of_an_uninterrupted
 # --- stalls --------------------------------------------------------------------------------
 
 
+def caught_up_with_stall_timeout(
+    server: servers.LocalRedis, dsn: str, app: str
+) -> tuple[redis.Redis, iw.GroundTruth, Follower]:
+    """A store, and a follower with --stall-timeout 2s that has caught up with it."""
+    client = redis.Redis.from_url(server.url)
+    truth = small_store(client, app, seed=13)
+    follower = Follower(server.url, dsn, app, "--stall-timeout", "2s")
+    follower.caught_up()
+    return client, truth, follower
+
+
 def test_a_lock_held_on_the_event_table_stops_it_after_the_stall_timeout_naming_the_table(
     notifying_redis: servers.LocalRedis, pg_dsn: str, app_name: str
 ) -> None:
-    client = redis.Redis.from_url(notifying_redis.url)
-    truth = small_store(client, app_name, seed=13)
-    follower = Follower(notifying_redis.url, pg_dsn, app_name, "--stall-timeout", "2s")
-    follower.caught_up()
+    client, truth, follower = caught_up_with_stall_timeout(notifying_redis, pg_dsn, app_name)
     with psycopg.connect(pg_dsn) as blocker:
         blocker.execute("LOCK TABLE event IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
@@ -370,10 +378,7 @@ def test_a_lock_held_on_the_event_table_stops_it_after_the_stall_timeout_naming_
 def test_a_terminate_backend_loop_stops_it_after_the_stall_timeout_naming_the_cause(
     notifying_redis: servers.LocalRedis, pg_dsn: str, app_name: str
 ) -> None:
-    client = redis.Redis.from_url(notifying_redis.url)
-    truth = small_store(client, app_name, seed=14)
-    follower = Follower(notifying_redis.url, pg_dsn, app_name, "--stall-timeout", "2s")
-    follower.caught_up()
+    client, truth, follower = caught_up_with_stall_timeout(notifying_redis, pg_dsn, app_name)
     stop = threading.Event()
 
     def terminate() -> None:
@@ -417,3 +422,19 @@ def test_follows_a_cluster_with_notifications_enabled_on_every_primary(
     assert any(b["source"] == "notifications" for b in batches)
     assert follower.stop()[0] == 0
     assert_same_rows_as(pg_dsn, reference_rows(redis_cluster.url, reference_dsn, app_name))
+
+
+def test_redis_gone_stops_a_polling_follower_after_the_stall_timeout_naming_redis(
+    pg_dsn: str, app_name: str
+) -> None:
+    server = servers.start_redis()
+    try:
+        small_store(redis.Redis.from_url(server.url), app_name, seed=15)
+        follower = Follower(server.url, pg_dsn, app_name, "--stall-timeout", "1s")
+        follower.caught_up()
+    finally:
+        server.stop()
+    code, err = follower.finish()
+    assert code == 1, err
+    assert "Redis is unreachable" in err and f"127.0.0.1:{server.port}" in err
+    assert follower.lines[-1]["error"]["kind"] == "error"
