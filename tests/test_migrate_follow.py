@@ -24,14 +24,20 @@ import psycopg
 import pytest
 import redis
 import redis.cluster
-from cluster import LocalCluster, redis_cluster
+from cluster import (
+    LocalCluster,
+    move_slot,
+    redis_cluster,
+    redis_cluster_with_replicas,
+    slot_owner,
+)
 from helpers import cli_env
 from test_migrate import cli_args, migrate, new_database, pg_rows
 from test_migrate_faults import assert_same_rows_as, wait_for_no_esctl_sessions
 
 from esctl import servers
 
-__all__ = ["redis_cluster"]  # the fixture, imported for pytest
+__all__ = ["redis_cluster", "redis_cluster_with_replicas"]  # the fixtures, for pytest
 
 NOTIFYING = ["--notify-keyspace-events", "Kl"]
 
@@ -403,27 +409,6 @@ def test_a_terminate_backend_loop_stops_it_after_the_stall_timeout_naming_the_ca
     assert "PostgreSQL connection was terminated" in err
 
 
-# --- cluster -------------------------------------------------------------------------------
-
-
-def test_follows_a_cluster_with_notifications_enabled_on_every_primary(
-    redis_cluster: LocalCluster, pg_dsn: str, reference_dsn: str, app_name: str
-) -> None:
-    client = redis_cluster.client()
-    truth = iw.write_store(client, app=app_name, aggregates=100, events_per_aggregate=(1, 4))
-    follower = Follower(redis_cluster.url, pg_dsn, app_name, "--enable-notifications")
-    follower.caught_up()
-    for node in redis_cluster.nodes:
-        flags = redis.Redis(port=node.port).config_get("notify-keyspace-events")
-        assert "K" in str(flags["notify-keyspace-events"])
-    writer(client, truth, 200).join()
-    level(pg_dsn, truth)
-    batches = [e for e in follower.lines if e["event"] == "batch"]
-    assert any(b["source"] == "notifications" for b in batches)
-    assert follower.stop()[0] == 0
-    assert_same_rows_as(pg_dsn, reference_rows(redis_cluster.url, reference_dsn, app_name))
-
-
 def test_redis_gone_stops_a_polling_follower_after_the_stall_timeout_naming_redis(
     pg_dsn: str, app_name: str
 ) -> None:
@@ -438,3 +423,68 @@ def test_redis_gone_stops_a_polling_follower_after_the_stall_timeout_naming_redi
     assert code == 1, err
     assert "Redis is unreachable" in err and f"127.0.0.1:{server.port}" in err
     assert follower.lines[-1]["error"]["kind"] == "error"
+
+
+# --- cluster -------------------------------------------------------------------------------
+
+
+def test_follows_a_cluster_on_every_primary_and_its_commit_lists_across_a_reshard(
+    redis_cluster: LocalCluster, pg_dsn: str, reference_dsn: str, app_name: str
+) -> None:
+    client = redis_cluster.client()
+    truth = iw.write_store(client, app=app_name, aggregates=60, events_per_aggregate=(1, 3))
+    follower = Follower(redis_cluster.url, pg_dsn, app_name, "--enable-notifications")
+    follower.caught_up()
+    for node in redis_cluster.nodes:
+        flags = redis.Redis(port=node.port).config_get("notify-keyspace-events")
+        assert "K" in str(flags["notify-keyspace-events"])
+    writer(client, truth, 60).join()
+    level(pg_dsn, truth)
+    assert any(e["event"] == "batch" and e["source"] == "notifications" for e in follower.lines)
+
+    slot = redis.cluster.key_slot(f"{{EventStore:{app_name}}}".encode())
+    source = slot_owner(redis_cluster, slot)
+    target = next(n for n in redis_cluster.primaries() if n.port != source.port)
+    assert move_slot(redis_cluster, slot, target) >= 60  # the commit lists (and any other)
+    seen = len(follower.lines)
+    writer(client, truth, 60, seed=2).join()  # now published by the other primary
+    level(pg_dsn, truth)
+    assert any(
+        e["event"] == "batch" and e["source"] == "notifications" for e in follower.lines[seen:]
+    )
+    assert follower.stop()[0] == 0
+    assert_same_rows_as(pg_dsn, reference_rows(redis_cluster.url, reference_dsn, app_name))
+
+
+def test_a_failover_moves_the_subscription_to_the_promoted_replica(
+    redis_cluster_with_replicas: LocalCluster, pg_dsn: str, reference_dsn: str, app_name: str
+) -> None:
+    cluster = redis_cluster_with_replicas
+    client = cluster.client()
+    truth = iw.write_store(client, app=app_name, aggregates=60, events_per_aggregate=(1, 3))
+    cluster.sync_replicas()
+    follower = Follower(cluster.url, pg_dsn, app_name, "--enable-notifications")
+    follower.caught_up()
+    slot = redis.cluster.key_slot(f"{{EventStore:{app_name}}}".encode())
+    primary = slot_owner(cluster, slot)
+    replica = next(
+        n for n in cluster.replicas_of_primaries()
+        if redis.Redis(port=n.port).info("replication")["master_port"] == primary.port
+    )  # fmt: skip
+    with redis.Redis(port=replica.port) as promoted:
+        assert "K" in str(promoted.config_get("notify-keyspace-events")["notify-keyspace-events"])
+        promoted.execute_command("CLUSTER FAILOVER")
+        deadline = time.monotonic() + 10
+        while promoted.info("replication")["role"] != "master":
+            assert time.monotonic() < deadline, "the replica was not promoted"
+            time.sleep(0.05)
+    # the follower notices the new primary within 2 s, subscribes there and sweeps
+    follower.wait_for(lambda e: e["event"] == "sweep" and e["reason"] == "resubscribed")
+    seen = len(follower.lines)
+    writer(cluster.client(), truth, 60).join()
+    level(pg_dsn, truth)
+    assert any(
+        e["event"] == "batch" and e["source"] == "notifications" for e in follower.lines[seen:]
+    )
+    assert follower.stop()[0] == 0
+    assert_same_rows_as(pg_dsn, reference_rows(cluster.url, reference_dsn, app_name))

@@ -37,6 +37,8 @@ from esctl.transforms import Rules
 
 HEARTBEAT_S = 1.0
 """At least one ``lag`` line (and a metrics file update) this often."""
+TOPOLOGY_S = 2.0
+"""How often a cluster's primaries are checked (CLUSTER SLOTS) for a failover or a new node."""
 POLL_PAUSE_S = 0.5
 """Without notifications: the pause after a sweep that found nothing new."""
 START_POSITION = redisio.ScanPosition().encode()
@@ -329,13 +331,35 @@ class _Follower:
         with _redis_errors(self.client):
             self.feed.start()
 
+    def _publishing(self, new: list[str]) -> bool:
+        """Whether the new primaries of a cluster publish what the follower needs (set with
+        --enable-notifications); if not, it says so and polls from now on."""
+        flags = notify.notification_flags(self.client)
+        off = {
+            n: f for n, f in flags.items() if n in new and (f is None or notify.missing_flags(f))
+        }
+        if not off:
+            return True
+        if self.fopts.enable_notifications:
+            notify.enable_notifications(self.client)
+            return True
+        assert self.feed is not None
+        self.feed.close()
+        self.feed = None
+        self.state.mode = "polling"
+        self.next_sweep = 0.0
+        self.on_line(self.state.line("notice", message=_notifications_off(off)))
+        return False
+
     def _check_feed(self) -> None:
         feed = self.feed
         if feed is None:
             return
         if time.monotonic() >= self.next_topology:
-            self.next_topology = time.monotonic() + 5.0
-            feed.refresh_topology()
+            self.next_topology = time.monotonic() + TOPOLOGY_S
+            new = feed.refresh_topology()
+            if new and not self._publishing(new):
+                return
         down = feed.down()
         if down:
             name, error = next(iter(down.items()))
@@ -453,6 +477,7 @@ class _Follower:
         return "poll" if self.feed is None else "interval"
 
     def _end_sweep(self) -> None:
+        self._drain()  # its last batches' lines first
         sweep = self.sweep
         assert sweep is not None
         self.sweep = None

@@ -31,13 +31,15 @@ NEEDED_FLAGS = "Kl"
 """What :func:`enable_notifications` adds to ``notify-keyspace-events``."""
 
 
-def _primaries(client: RedisClient) -> list[tuple[str, dict[str, Any]]]:
-    """(name, connection settings) of every primary (the server itself when not a cluster).
-    The settings are a connection pool's (``connection_class`` included)."""
+def _primaries(client: RedisClient, *, replicas: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(name, connection settings) of every primary (the server itself when not a cluster;
+    with ``replicas`` every node of a cluster). The settings are a connection pool's
+    (``connection_class`` included)."""
     if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_nodes() if replicas else client.get_primaries()
         return [
             (f"{n.host}:{n.port}", _settings(n.redis_connection.connection_pool))
-            for n in client.get_primaries()
+            for n in nodes
             if n.redis_connection is not None
         ]
     return [(describe(client), _settings(client.connection_pool))]
@@ -74,9 +76,10 @@ def missing_flags(flags: str) -> bool:
 
 
 def enable_notifications(client: RedisClient) -> None:
-    """Add ``K`` and ``l`` to every primary's ``notify-keyspace-events`` (CONFIG SET). Raises
+    """Add ``K`` and ``l`` to ``notify-keyspace-events`` (CONFIG SET) on every node, replicas
+    included (a replica promoted by a failover then publishes at once). Raises
     PermissionDenied when the server or its ACL refuses CONFIG."""
-    for name, kwargs in _primaries(client):
+    for name, kwargs in _primaries(client, replicas=True):
         node = _node(kwargs)
         try:
             current = node.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
@@ -155,12 +158,12 @@ class KeyspaceFeed:
                 sub.thread.join(timeout=2)
         self.subscriptions.clear()
 
-    def refresh_topology(self) -> bool:
+    def refresh_topology(self) -> list[str]:
         """On a cluster: subscribe on primaries that appeared and drop the ones that are gone
-        (a failover, a node added). Returns whether anything changed; a new primary may have
-        published before it was subscribed, so a change also asks for a sweep."""
+        (a failover, a node added). Returns the new ones; a new primary may have published
+        before it was subscribed, so any change also asks for a sweep."""
         if not isinstance(self.client, redis.cluster.RedisCluster):
-            return False
+            return []
         self.client.nodes_manager.initialize()
         now = dict(_primaries(self.client))
         gone = [n for n in self.subscriptions if n not in now]
@@ -171,7 +174,7 @@ class KeyspaceFeed:
             self._add(name, now[name], first=False)
         if gone or new:
             self._lost(f"the cluster's primaries changed ({', '.join(gone + new)})")
-        return bool(gone or new)
+        return new
 
     # --- what the caller reads -------------------------------------------------------------
 
