@@ -225,9 +225,10 @@ class _Follower:
             for aggregate_id in ids:
                 self.pending.in_flight.pop(aggregate_id, None)
             self.done.append(_Committed(batch.seq, source, batch.aggregates, result, time.time()))
-        if self.feed is not None:
-            with self.feed.cond:  # wake the loop: the lines and the lag follow the commit
-                self.feed.cond.notify_all()
+        feed = self.feed
+        if feed is not None:
+            with feed.cond:  # wake the loop: the lines and the lag follow the commit
+                feed.cond.notify_all()
 
     def lost(self, error: ConnectionFailed, attempt: int) -> bool:
         with self.lock:
