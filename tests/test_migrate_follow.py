@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from test_migrate import cli_args, migrate, new_database, pg_rows
 from test_migrate_faults import assert_same_rows_as, wait_for_no_esctl_sessions
 
 from esctl import servers
+from esctl.shard import Shard
 
 __all__ = ["redis_cluster", "redis_cluster_with_replicas"]  # the fixtures, for pytest
 
@@ -249,6 +251,44 @@ def test_enable_notifications_sets_them_and_a_refusal_is_a_clear_error(
     code, err = second.finish()
     assert code == 75, err
     assert follower.stop()[0] == 0
+
+
+def test_follows_one_shard_with_transforms_as_a_plain_run_would(
+    notifying_redis: servers.LocalRedis,
+    pg_dsn: str,
+    reference_dsn: str,
+    app_name: str,
+    tmp_path: Path,
+) -> None:
+    client = redis.Redis.from_url(notifying_redis.url)
+    truth = small_store(client, app_name, seed=16)
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[leave_out]]\naggregate_type = "Course"\n', encoding="utf-8")
+    follower = Follower(
+        notifying_redis.url, pg_dsn, app_name, "--shard", "0/2", "--transforms", str(rules)
+    )
+    follower.caught_up()
+    writer(client, truth, 300).join()
+    written = time.time()
+    follower.wait_for(
+        lambda e: (
+            e["event"] == "lag"
+            and e["lag_seconds"] == 0
+            and datetime.fromisoformat(e["at"]).timestamp() > written + 0.2
+        )
+    )
+    assert follower.stop()[0] == 0
+    migrate(
+        notifying_redis.url,
+        reference_dsn,
+        app_name,
+        init_schema=True,
+        shard=Shard.parse("0/2"),
+        transforms=str(rules),
+    )
+    reference = pg_rows(reference_dsn)
+    assert reference and all(r[1] != "Course" for r in reference)
+    assert_same_rows_as(pg_dsn, reference)
 
 
 # --- notifications lost ------------------------------------------------------------------
