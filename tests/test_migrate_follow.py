@@ -32,7 +32,7 @@ from cluster import (
     redis_cluster_with_replicas,
     slot_owner,
 )
-from helpers import cli_env
+from helpers import cli_env, run_cli
 from test_migrate import cli_args, migrate, new_database, pg_rows
 from test_migrate_faults import assert_same_rows_as, wait_for_no_esctl_sessions
 
@@ -187,6 +187,13 @@ def test_follows_an_independent_writer_gets_level_and_stops_on_sigterm(
     for name in ("lag_seconds", "events_behind", "events_migrated", "last_batch_timestamp"):
         assert f"esctl_migrate_follow_{name}" in text
     assert f'app="{app_name}"' in text
+    status = run_cli(
+        "migrate", "status", "--redis-url", notifying_redis.url, "--pg-dsn", pg_dsn,
+        "--app", app_name, "--max-lag", "1m", "--json",
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout
+    (shard,) = json.loads(status.stdout)["shards"]
+    assert shard["status"] == "running" and shard["lock_alive"]
 
     code, err = follower.stop(signal.SIGTERM)
     assert code == 0, err
