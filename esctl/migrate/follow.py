@@ -424,11 +424,12 @@ class _Follower:
                 self.pool.work.put(batch, timeout=0.2)
                 return
             except queue.Full:
-                # The writers are busy (or blocked): keep reporting, and notice a stall.
+                # The writers are busy (or blocked): keep reporting, and notice a stall or a
+                # stop (the batch is then not written; the next follower reads it again).
                 self._drain()
                 self._heartbeat()
                 self._check_stall()
-                if self.pool.stop.is_set():
+                if self.pool.stop.is_set() or self.should_stop():
                     self.pool.raise_failure()
                     return
 
