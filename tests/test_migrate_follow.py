@@ -503,6 +503,7 @@ def test_follows_a_cluster_on_every_primary_and_its_commit_lists_across_a_reshar
     assert_same_rows_as(pg_dsn, reference_rows(redis_cluster.url, reference_dsn, app_name))
 
 
+@pytest.mark.slow
 def test_a_failover_moves_the_subscription_to_the_promoted_replica(
     redis_cluster_with_replicas: LocalCluster, pg_dsn: str, reference_dsn: str, app_name: str
 ) -> None:
