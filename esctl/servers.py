@@ -297,11 +297,12 @@ def start_redis(
     extra_args: Sequence[str] = (),
     detach: bool = False,
     tls: TlsFiles | None = None,
+    port: int | None = None,
 ) -> LocalRedis:
-    """Start ``redis-server`` without persistence on a free port of 127.0.0.1 and wait until it
-    answers. ``workdir`` (created if missing, kept on stop) holds its log and any file it
-    writes; by default a new temporary folder, removed on stop. ``extra_args`` are appended to
-    the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
+    """Start ``redis-server`` without persistence on a free port of 127.0.0.1 (or on ``port``:
+    a server restarted where its clients expect it) and wait until it answers. ``workdir``
+    (created if missing, kept on stop) holds its log and any file it writes; by default a new
+    temporary folder, removed on stop. ``extra_args`` are appended to the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
     (``--port 0 --tls-port PORT``; the server must be built with TLS) and ``url`` is
     ``rediss://``. Raises LocalServerError."""
     binary = _required(find_redis_server(), REDIS_ENV_VAR)
@@ -323,7 +324,9 @@ def start_redis(
             ]  # fmt: skip
 
         answers = partial(_redis_answers, tls=tls)
-        port, process = _start_on_free_port(command, answers, binary, log, detach=detach)
+        port, process = _start_on_free_port(
+            command, answers, binary, log, detach=detach, fixed_port=port
+        )
         return _started(
             LocalRedis(
                 port,
@@ -421,17 +424,19 @@ def _start_on_free_port(
     *,
     detach: bool,
     user: pwd.struct_passwd | None = None,
+    fixed_port: int | None = None,
 ) -> tuple[int, subprocess.Popen[bytes]]:
-    """Run ``command(port)`` on a free port and wait until ``answers(port, pid)``; on a new
-    port when another process took this one first (:data:`PORT_ATTEMPTS` tries). A server
-    that does not come up is killed."""
+    """Run ``command(port)`` on a free port (or on ``fixed_port``) and wait until
+    ``answers(port, pid)``; on a new port when another process took this one first
+    (:data:`PORT_ATTEMPTS` tries; a fixed port is tried once). A server that does not come
+    up is killed."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        port = free_port()
+        port = free_port() if fixed_port is None else fixed_port
         process = _spawn(command(port), log, detach=detach, user=user)
         try:
             _wait_until(partial(answers, port, process.pid), process, binary, log, START_TIMEOUT)
         except _PortTaken:
-            if attempt == PORT_ATTEMPTS:
+            if attempt == PORT_ATTEMPTS or fixed_port is not None:
                 raise _start_failed(binary, log, "kept finding its port taken") from None
             continue
         except BaseException:

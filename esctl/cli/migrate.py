@@ -206,10 +206,48 @@ def redis_to_pg(
     ] = False,
     backup_file: BackupFileOpt = None,
     transforms_file: MigrateTransformsOpt = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="After catching up, keep PostgreSQL in step with Redis until stopped "
+            "(SIGTERM: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
+            "from keyspace notifications (polling without them); reports the lag.",
+        ),
+    ] = False,
+    enable_notifications: Annotated[
+        bool,
+        typer.Option(
+            "--enable-notifications",
+            help="With --follow: CONFIG SET notify-keyspace-events to add 'Kl' on every "
+            "primary when it is off.",
+        ),
+    ] = False,
+    sweep_interval: Annotated[
+        str,
+        typer.Option(
+            "--sweep-interval",
+            metavar="DURATION",
+            help="With --follow: a full incremental sweep this often (notifications lost in "
+            "a disconnect are caught by it; one also runs after every reconnect).",
+        ),
+    ] = "10m",
+    stall_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--stall-timeout",
+            metavar="DURATION",
+            help="With --follow: exit 1, naming the cause, when behind with no progress for "
+            "this long.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_file: MetricsFileOpt = None,
 ) -> None:
     """Copy committed events from Redis into PostgreSQL: batched, resumable, idempotent.
 
-    Rerun the same command after a crash to continue; run it nightly to move what is new.
+    Rerun the same command after a crash to continue; run it nightly to move what is new,
+    or keep it running with --follow (--json: one JSON line per batch and per second).
     Aggregates with problems are skipped whole, recorded in esctl.quarantine, and make the
     exit code 3. With --delete-source --yes, prune (see 'migrate prune') runs afterwards
     (with --backup-file, writing what it deletes there first; with --transforms, comparing by
@@ -220,7 +258,7 @@ def redis_to_pg(
     Example: esctl migrate redis-to-pg --app MyService --init-schema
     """
     from esctl import migrate as core
-    from esctl.errors import Refused
+    from esctl.errors import Refused, UsageError
     from esctl.shard import Shard
 
     if delete_source and not yes and not dry_run:  # a dry run deletes nothing: no --yes
@@ -244,6 +282,18 @@ def redis_to_pg(
         writers=writers,
         toast_compression=_toast(toast_compression),
     )
+    if follow:
+        from esctl.cli.follow import FollowArgs, run_follow
+
+        run_follow(
+            ctx,
+            opts,
+            FollowArgs(enable_notifications, sweep_interval, stall_timeout, metrics_file, workers),
+            refuse={"--dry-run": dry_run, "--delete-source": delete_source},
+        )
+        return
+    if metrics_file is not None or enable_notifications or stall_timeout is not None:
+        raise UsageError("--metrics-file, --enable-notifications and --stall-timeout need --follow")
     client = ctx.redis
     with ctx.out.progress(progress, desc="migrating", unit=" commits", unit_scale=True) as bar:
         _count_commits_beside(bar, client, opts)

@@ -101,6 +101,16 @@ class Reader:
         if self._batch.aggregates or self._batch.position != start.encode():
             yield self._batch
 
+    def batches_of(self, keys: list[str], position: str) -> Iterator[Batch]:
+        """Batches of the aggregates of these commit-list keys (a follower's, named by
+        notifications), read and checked as a SCAN page's are; each carries ``position``.
+        Unchanged aggregates are in none of them. The seqs are the caller's to set."""
+        self._seq = 0
+        self._batch = Batch(0, position)
+        yield from self._add_page(keys, position)
+        if self._batch.aggregates:
+            yield self._batch
+
     def _full(self) -> bool:
         size = self.opts.batch_size
         return self._batch.events >= size or self._batch.aggregates >= size

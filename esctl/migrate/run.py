@@ -10,12 +10,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
 from esctl import pg, redisio
-from esctl.errors import ConfigError
+from esctl.errors import ConfigError, ConnectionFailed
 from esctl.locks import AdvisoryLock
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.reader import Reader
@@ -59,11 +59,11 @@ def migrate_redis_to_pg(
         opts = replace(opts, transforms_fingerprint=rules.fingerprint)
     started = time.monotonic()
     dsn = opts.pg_dsn
-    with _migration_lock(opts):
+    with migration_lock(opts):
         control = pg.connect(dsn, application_name="esctl migrate")
         try:
             with pg.translate_errors(dsn):
-                target_exists = _prepare_target(control, opts)
+                target_exists = prepare_target(control, opts)
                 state_present = pg.state_schema_present(control)
                 deleted = 0
                 if state_present:
@@ -106,7 +106,7 @@ def lock_name(pg_schema: str, app: str, shard: str) -> str:
     return f"esctl:migrate:{pg_schema}:{app}:{shard}"
 
 
-def _migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[object]:
+def migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[object]:
     """One run at a time per app, schema and shard (a dry run writes nothing and takes none)."""
     if opts.dry_run:
         return contextlib.nullcontext()
@@ -118,7 +118,7 @@ def _migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[o
     )
 
 
-def _prepare_target(control: psycopg.Connection, opts: MigrateOptions) -> bool:
+def prepare_target(control: psycopg.Connection, opts: MigrateOptions) -> bool:
     """Check (and with --init-schema create) the event tables and esctl's bookkeeping. Returns
     whether the event tables exist: a dry run creates nothing, so with --init-schema and no
     tables yet every event counts as one that would be migrated."""
@@ -150,14 +150,39 @@ class _Totals:
         self.events_quarantined += sum(q.events for q in result.quarantined)
 
 
-class _WriterPool:
+class WriterHooks(Protocol):
+    """What a writer pool that keeps going (a follower's) asks of its owner."""
+
+    def committed(self, batch: Batch, result: BatchResult) -> None:
+        """Called in the writer's thread after each commit."""
+
+    def lost(self, error: ConnectionFailed, attempt: int) -> bool:
+        """The writer's connection was lost (``attempt`` times in a row): try again?"""
+        ...
+
+    def next_seq(self) -> int:
+        """A fresh seq for a batch written again."""
+        ...
+
+
+class WriterPool:
     """Writer threads, each with its own :class:`BatchWriter`, fed through a queue that holds
     at most one batch per writer. A writer's error stops the pool and waits in ``failure`` for
     the reading thread, which re-raises it."""
 
     def __init__(
-        self, opts: MigrateOptions, run_id: str, *, target_exists: bool, count: int
+        self,
+        opts: MigrateOptions,
+        run_id: str,
+        *,
+        target_exists: bool,
+        count: int,
+        hooks: WriterHooks | None = None,
     ) -> None:
+        self.opts = opts
+        self.run_id = run_id
+        self.target_exists = target_exists
+        self.hooks = hooks
         self.dsn = opts.pg_dsn
         self.work: queue.Queue[Batch | None] = queue.Queue(maxsize=count)
         # What the batches did, added up as they commit: nothing per batch or per problem
@@ -172,20 +197,21 @@ class _WriterPool:
         ]
         self.toast_compression = self.writers[0].toast_compression
         self.threads = [
-            threading.Thread(target=self._loop, args=(w,), name=f"esctl-writer-{i}", daemon=True)
-            for i, w in enumerate(self.writers)
+            threading.Thread(target=self._loop, args=(i,), name=f"esctl-writer-{i}", daemon=True)
+            for i in range(count)
         ]
         for t in self.threads:
             t.start()
 
-    def _loop(self, writer: BatchWriter) -> None:
+    def _loop(self, index: int) -> None:
         try:
             while True:
                 batch = self.work.get()
                 if batch is None or self.stop.is_set():
                     return
-                with pg.translate_errors(self.dsn):
-                    result = writer.write(batch)
+                result = self._write(index, batch)
+                if self.hooks is not None:
+                    self.hooks.committed(batch, result)
                 with self.results_lock:
                     self.totals.add(result)
                     for q in result.quarantined:
@@ -194,6 +220,48 @@ class _WriterPool:
         except BaseException as exc:  # handed to the reader thread, which re-raises it
             self.failure.append(exc)
             self.stop.set()
+
+    def _write(self, index: int, batch: Batch) -> BatchResult:
+        """Write a batch; with hooks that keep going (a follower), a lost connection is made
+        again and the batch written again under a new seq (its first commit may have landed
+        with the reply lost), until the hooks give up or the pool stops."""
+        attempt = 0
+        while True:
+            try:
+                with pg.translate_errors(self.dsn):
+                    return self.writers[index].write(batch)
+            except ConnectionFailed as exc:
+                attempt += 1
+                if self.hooks is None or self.stop.is_set() or not self.hooks.lost(exc, attempt):
+                    raise
+            self.writers[index].close()
+            while not self.stop.is_set():
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+                try:
+                    self.writers[index] = BatchWriter(
+                        self.opts, self.run_id, target_exists=self.target_exists
+                    )
+                    break
+                except ConnectionFailed as exc:
+                    attempt += 1
+                    if not self.hooks.lost(exc, attempt):
+                        raise
+            batch.seq = self.hooks.next_seq()
+
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL backends of the writers (to see what they wait for)."""
+        pids = []
+        for w in self.writers:
+            with contextlib.suppress(Exception):
+                pids.append(w.conn.info.backend_pid)
+        return pids
+
+    def cancel(self) -> None:
+        """Cancel what the writers' connections run (a follower that stalled)."""
+        self.stop.set()
+        for w in self.writers:
+            with contextlib.suppress(Exception):
+                w.conn.cancel()
 
     def put(self, item: Batch | None) -> None:
         # Once a writer failed nobody may drain the queue: give up instead of blocking.
@@ -247,7 +315,7 @@ class _Invocation:
         self.run = run
         self.on_progress = on_progress
         writers = 1 if opts.dry_run else max(1, opts.writers)
-        self.pool = _WriterPool(opts, run.run_id, target_exists=target_exists, count=writers)
+        self.pool = WriterPool(opts, run.run_id, target_exists=target_exists, count=writers)
         self.reader = (
             Reader(client, opts, control, state_present)
             if rules is None
