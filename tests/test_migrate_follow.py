@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from helpers import cli_env, run_cli
 from test_migrate import cli_args, migrate, new_database, pg_rows
 from test_migrate_faults import assert_same_rows_as, wait_for_no_esctl_sessions
 
-from esctl import servers
+from esctl import layout, servers
 from esctl.shard import Shard
 
 __all__ = ["redis_cluster", "redis_cluster_with_replicas"]  # the fixtures, for pytest
@@ -224,6 +225,46 @@ def test_without_notifications_it_polls_says_how_to_enable_them_and_sigint_exits
     stopped = [e for e in follower.lines if e["event"] == "stopped"]
     assert stopped and stopped[0]["reason"] == "interrupt"
     assert_same_rows_as(pg_dsn, reference_rows(fresh_redis.url, reference_dsn, app_name))
+
+
+def test_a_quarantined_aggregate_is_recorded_once_while_unchanged_and_again_once_it_grows(
+    fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
+) -> None:
+    """A polling follower sweeps back to back: an aggregate it quarantined must not be
+    quarantined again (new esctl.quarantine rows, a growing count) on every sweep while its
+    commit list is unchanged. A new commit on it is looked at again."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    truth = small_store(client, app_name, seed=9, defects=("version_gap", "missing_payload"))
+    follower = Follower(fresh_redis.url, pg_dsn, app_name)
+    follower.caught_up()
+    since = len(follower.lines) - 1  # from the first finished sweep on
+
+    def sweeps() -> int:
+        return sum(1 for e in follower.lines if e["event"] == "sweep" and e["phase"] == "finished")
+
+    def quarantine_rows() -> int:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM esctl.quarantine").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    first = quarantine_rows()
+    assert first >= 2
+    done = sweeps()
+    follower.wait_for(
+        lambda e: e["event"] == "sweep" and e["phase"] == "finished" and sweeps() >= done + 4
+    )
+    assert quarantine_rows() == first
+    counts = {e["quarantined"] for e in follower.lines[since:] if e["event"] in ("sweep", "lag")}
+    assert counts == {2}, counts
+
+    (bad, *_) = truth.defective_aggregates()
+    # a commit id with no payload: the aggregate grows and stays defective
+    client.rpush(layout.commit_list_key(app_name, bad.aggregate_id), str(uuid.uuid4()))
+    follower.wait_for(lambda e: e["quarantined"] == 3)
+    code, _ = follower.stop(signal.SIGTERM)
+    assert code == 0
+    assert quarantine_rows() > first
 
 
 def test_enable_notifications_sets_them_and_a_refusal_is_a_clear_error(

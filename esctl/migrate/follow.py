@@ -207,6 +207,9 @@ class _Follower:
         self.sweeper = self._reader(state_present=True)
         self.notified = self._reader(state_present=True)
         self.notified.lookups = True
+        # What this run quarantined is not read (and quarantined) again until it changes.
+        self.held: dict[str, int | None] = {}
+        self.sweeper.held = self.notified.held = self.held
 
     def _reader(self, *, state_present: bool) -> Reader:
         if self.rules is None:
@@ -224,6 +227,10 @@ class _Follower:
                 sweep.outstanding.discard(batch.seq)
             for aggregate_id in ids:
                 self.pending.in_flight.pop(aggregate_id, None)
+            for aggregate_id in batch.clean:
+                self.held.pop(aggregate_id, None)
+            for q in result.quarantined:
+                self.held[q.aggregate_id] = q.commits
             self.done.append(_Committed(batch.seq, source, batch.aggregates, result, time.time()))
         feed = self.feed
         if feed is not None:

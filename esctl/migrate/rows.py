@@ -17,6 +17,9 @@ class Quarantined:
     key: str
     events: int
     problems: list[StreamProblem]
+    commits: int | None = None
+    """The commit list's length as read (None: not read). A follower passes the aggregate over
+    while its list keeps this length."""
 
 
 @dataclass

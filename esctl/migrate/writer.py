@@ -287,6 +287,7 @@ class BatchWriter:
             layout.commit_list_key(self.opts.app, aggregate_id),
             len(group.rows) if group else 0,
             [StreamProblem(kind, d) for d in details[:20]],
+            group.commits if group else None,
         )
 
     def _finish(
