@@ -34,7 +34,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from esctl import pg, redisio
+from esctl.codec import parse_timestamp
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
+from esctl.migrate.rows import copy_timestamp
 from esctl.shard import Shard
 from esctl.streams import StreamProblem, build_stream, validate_stream
 from esctl.verify import VerifyOptions, verify
@@ -1138,7 +1140,7 @@ def apply_mutations(
 
 def general_path(
     aggregate_id: str, values: Sequence[bytes | None], first_version: int, known_type: str | None
-) -> tuple[str, list[str]] | None:
+) -> tuple[str, list[bytes]] | None:
     commit_ids = [f"commit-{i}" for i in range(len(values))]
     stream = build_stream(aggregate_id, "key", commit_ids, values, ["hash"] * len(values))
     validate_stream(stream, first_version=first_version, known_type=known_type)
@@ -1190,11 +1192,13 @@ def test_clean_rows_lines_are_exact_on_a_clean_stream() -> None:
     assert fast is not None
     aggregate_type, lines = fast
     assert aggregate_type == "Item"
-    assert [line.split("\t")[1] for line in lines] == ["1", "2", "3"]
-    first = lines[0].rstrip("\n").split("\t", 3)
-    assert first[0] == expected_timestamp(docs[1]).isoformat()
-    assert first[2] == "ItemChanged"
-    assert first[3] == docs[1].replace("\\", "\\\\").replace("\t", "\\t")
+    assert [line.split(b"\t")[1] for line in lines] == [b"1", b"2", b"3"]
+    first = lines[0].rstrip(b"\n").split(b"\t", 3)
+    # The TimeStamp text with a seventh fractional digit dropped: the same instant.
+    assert datetime.fromisoformat(first[0].decode()) == expected_timestamp(docs[1])
+    assert len(first[0].split(b".")[1].split(b"+")[0]) <= 6
+    assert first[2] == b"ItemChanged"
+    assert first[3] == docs[1].replace("\\", "\\\\").replace("\t", "\\t").encode()
     assert_paths_agree("agg\t1", values, 1, None)
 
 
@@ -1205,3 +1209,19 @@ def test_clean_rows_and_the_general_path_agree_on_an_empty_aggregate_type(
     values = [payload("9", 1, "").encode(), payload("9", 2, "Item").encode()]
     assert_paths_agree("9", values, 1, known_type)
     assert clean_rows("9", values) is None
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(0, 7),
+    st.sampled_from(("Z", "+00:00", "-05:00", "+05:30", "-00:00", "+14:00")),
+    st.integers(0, 10**7 - 1),
+)
+def test_copy_timestamp_is_the_instant_the_codec_reads(digits: int, offset: str, n: int) -> None:
+    """The COPY text of a TimeStamp is the instant parse_timestamp reads (the seventh digit
+    truncated), with no more than the six digits PostgreSQL keeps exactly."""
+    fraction = f".{n:07d}"[: digits + 1] if digits else ""
+    text = f"2018-02-18T03:26:04{fraction}{offset}"
+    copied = copy_timestamp(text).decode()
+    assert datetime.fromisoformat(copied) == parse_timestamp(text)
+    assert len(copied.partition(".")[2].rstrip("Z").split("+")[0].split("-")[0]) <= 6

@@ -5,10 +5,12 @@ stream's events (:func:`clean_rows`, the hot path; :func:`stream_rows`, the gene
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from esctl.streams import Stream, StreamProblem, clean_events, postgres_problem
+from esctl.codec import event_type_from_type_name
+from esctl.streams import Stream, StreamProblem, clean_payloads, postgres_problem
 
 
 @dataclass
@@ -24,8 +26,9 @@ class AggregateRows:
     """The new events of one clean aggregate, ready for COPY."""
 
     aggregate_type: str
-    rows: list[str]
-    """``time_stamp \t version \t event_type \t event_data`` lines in version order."""
+    rows: list[str] | list[bytes]
+    """``time_stamp \t version \t event_type \t event_data \n`` lines in version order, as
+    text or (the reader's) UTF-8 bytes."""
     commits: int
     """Commit-list entries migrated once these rows are in (for esctl.migrated_stream)."""
     last_commit_id: str
@@ -71,19 +74,55 @@ def copy_escape(text: str) -> str:
     return text
 
 
-def stream_rows(stream: Stream) -> list[str] | StreamProblem:
+def copy_escape_bytes(data: bytes) -> bytes:
+    """:func:`copy_escape` of UTF-8 bytes (no byte of a multi-byte character is ASCII)."""
+    if b"\\" in data:
+        data = data.replace(b"\\", b"\\\\")
+    if b"\t" in data:
+        data = data.replace(b"\t", b"\\t")
+    if b"\n" in data:
+        data = data.replace(b"\n", b"\\n")
+    if b"\r" in data:
+        data = data.replace(b"\r", b"\\r")
+    return data
+
+
+def copy_timestamp(text: str) -> bytes:
+    """A ``TimeStamp`` that matched :data:`esctl.codec.TIMESTAMP_RE`, as COPY text for
+    timestamptz: the text itself, with a seventh fractional digit dropped (PostgreSQL would
+    round it; :func:`esctl.codec.parse_timestamp` truncates it, as the library's SQL provider
+    does). ``datetime.isoformat`` gave the same instant at ~3 µs an event."""
+    # Seven digits (the pattern allows no more) put the offset's first character at 27.
+    if len(text) > 27 and text[27] in "Z+-" and text[19] == ".":
+        text = text[:26] + text[27:]
+    return text.encode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def copy_event_type(type_name: str) -> bytes:
+    """The COPY text of the event type named by an assembly-qualified ``$type``."""
+    return copy_escape(event_type_from_type_name(type_name)).encode("utf-8", "surrogatepass")
+
+
+def stream_rows(stream: Stream) -> list[bytes] | StreamProblem:
     """The COPY lines of a checked stream's events, in version order, or the problem that
-    keeps PostgreSQL from storing them."""
+    keeps PostgreSQL from storing them. The same bytes as :func:`clean_rows` gives."""
     problem = postgres_problem(stream)
     if problem is not None:
         return problem
-    rows: list[str] = []
+    rows: list[bytes] = []
     for e in stream.by_version():
         ev = e.event
-        assert ev is not None and ev.timestamp is not None
+        assert ev is not None and ev.timestamp_text is not None and ev.type_name is not None
+        assert ev.version is not None
         rows.append(
-            f"{ev.timestamp.isoformat()}\t{ev.version}\t{copy_escape(ev.event_type or '')}\t"
-            f"{copy_escape(ev.text)}\n"
+            b"%s\t%d\t%s\t%s\n"
+            % (
+                copy_timestamp(ev.timestamp_text),
+                ev.version,
+                copy_event_type(ev.type_name),
+                copy_escape_bytes(ev.text.encode("utf-8")),
+            )
         )
     return rows
 
@@ -94,14 +133,24 @@ def clean_rows(
     *,
     first_version: int = 1,
     known_type: str | None = None,
-) -> tuple[str, list[str]] | None:
+) -> tuple[str, list[bytes]] | None:
     """The hot path of a migration: the aggregate type and COPY lines of a stream with nothing
-    wrong at all (see :func:`esctl.streams.clean_events`), or None for the general path."""
-    clean = clean_events(aggregate_id, values, first_version=first_version, known_type=known_type)
+    wrong at all (see :func:`esctl.streams.clean_payloads`), or None for the general path.
+    Each line is built from the payload's bytes as stored (or as decompressed): no text."""
+    clean = clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
     if clean is None:
         return None
     aggregate_type, events = clean
     return aggregate_type, [
-        f"{e.moment.isoformat()}\t{e.version}\t{copy_escape(e.event_type)}\t{copy_escape(e.text)}\n"
+        b"".join(
+            (
+                copy_timestamp(e.timestamp),
+                b"\t%d\t" % e.version,
+                copy_event_type(e.type_name),
+                b"\t",
+                copy_escape_bytes(e.payload),
+                b"\n",
+            )
+        )
         for e in events
     ]

@@ -34,22 +34,33 @@ CREATE TEMP TABLE IF NOT EXISTS esctl_stage (
 ) ON COMMIT DELETE ROWS
 """
 
-COPY_CHUNK_CHARS = 4_000_000
+COPY_CHUNK_BYTES = 4_000_000
 
 
-def _copy(cur: psycopg.Cursor[Any], statement: Any, lines: Iterator[str]) -> None:
-    """COPY text lines in large buffers (per-row writes measured 15-30% slower)."""
+def _lines(prefix: str, rows: list[str] | list[bytes]) -> bytes:
+    """An aggregate's COPY lines (each ending in a newline), each behind ``prefix``: one join,
+    no per-row call."""
+    if not rows:
+        return b""
+    head = prefix.encode("utf-8")
+    if isinstance(rows[0], bytes):
+        return head + head.join(rows)
+    return head + head.join(row.encode("utf-8") for row in rows)
+
+
+def _copy(cur: psycopg.Cursor[Any], statement: Any, chunks: Iterator[bytes]) -> None:
+    """COPY text data in large buffers (per-row writes measured 15-30% slower)."""
     with cur.copy(statement) as copy:
-        buffer: list[str] = []
+        buffer: list[bytes] = []
         size = 0
-        for line in lines:
-            buffer.append(line)
-            size += len(line)
-            if size > COPY_CHUNK_CHARS:
-                copy.write("".join(buffer))
+        for chunk in chunks:
+            buffer.append(chunk)
+            size += len(chunk)
+            if size > COPY_CHUNK_BYTES:
+                copy.write(b"".join(buffer))
                 buffer, size = [], 0
         if buffer:
-            copy.write("".join(buffer))
+            copy.write(b"".join(buffer))
 
 
 class BatchWriter:
@@ -217,7 +228,7 @@ class BatchWriter:
             _copy(
                 cur,
                 self.sql_copy_events,
-                (f"{keys[a]}\t{row}" for a, g in clean.items() for row in g.rows),
+                (_lines(f"{keys[a]}\t", g.rows) for a, g in clean.items()),
             )
             return True
         except psycopg.errors.UniqueViolation:
@@ -257,9 +268,8 @@ class BatchWriter:
             "COPY esctl_stage (aggregate_id, aggregate_type, time_stamp, version, event_type,"
             " event_data) FROM STDIN",
             (
-                f"{copy_escape(a)}\t{copy_escape(g.aggregate_type)}\t{row}"
+                _lines(f"{copy_escape(a)}\t{copy_escape(g.aggregate_type)}\t", g.rows)
                 for a, g in clean.items()
-                for row in g.rows
             ),
         )
         # Fresh statistics so the joins below stay index lookups as the tables grow.
