@@ -236,7 +236,12 @@ def clean_payloads(
             or type(timestamp) is not str
             or data.get("Id") != aggregate_id
             or not match_timestamp(timestamp)
-            or (_NUL_ESCAPE in payload and codec.has_nul_escape(payload.decode("utf-8")))
+            # one byte first: memchr, where the six-byte search costs ~10x more
+            or (
+                b"\\" in payload
+                and _NUL_ESCAPE in payload
+                and codec.has_nul_escape(payload.decode("utf-8"))
+            )
         ):
             return None
         if aggregate_type is None:

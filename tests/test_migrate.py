@@ -14,6 +14,7 @@ import random
 import re
 import resource
 import secrets
+import struct
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from psycopg.conninfo import make_conninfo
 from esctl import pg, redisio
 from esctl.codec import parse_timestamp
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
-from esctl.migrate.rows import copy_timestamp
+from esctl.migrate.rows import PG_EPOCH
 from esctl.shard import Shard
 from esctl.streams import StreamProblem, build_stream, validate_stream
 from esctl.verify import VerifyOptions, verify
@@ -1190,15 +1191,15 @@ def test_clean_rows_lines_are_exact_on_a_clean_stream() -> None:
     values = [iw.gzip_base64(docs[0]), docs[1].encode(), docs[2].encode()]
     fast = clean_rows("agg\t1", values)
     assert fast is not None
-    aggregate_type, lines = fast
+    aggregate_type, rows = fast
     assert aggregate_type == "Item"
-    assert [line.split(b"\t")[1] for line in lines] == [b"1", b"2", b"3"]
-    first = lines[0].rstrip(b"\n").split(b"\t", 3)
-    # The TimeStamp text with a seventh fractional digit dropped: the same instant.
-    assert datetime.fromisoformat(first[0].decode()) == expected_timestamp(docs[1])
-    assert len(first[0].split(b".")[1].split(b"+")[0]) <= 6
-    assert first[2] == b"ItemChanged"
-    assert first[3] == docs[1].replace("\\", "\\\\").replace("\t", "\\t").encode()
+    assert [binary_row(row)[1] for row in rows] == [1, 2, 3]
+    assert binary_row(rows[0]) == (
+        expected_timestamp(docs[1]),
+        1,
+        "ItemChanged",
+        docs[1].encode(),  # as stored: binary COPY escapes nothing
+    )
     assert_paths_agree("agg\t1", values, 1, None)
 
 
@@ -1211,17 +1212,30 @@ def test_clean_rows_and_the_general_path_agree_on_an_empty_aggregate_type(
     assert clean_rows("9", values) is None
 
 
+def binary_row(row: bytes) -> tuple[datetime, int, str, bytes]:
+    """(time_stamp, version, event_type, event_data text) of a binary COPY row of clean_rows."""
+    size, micros, size_v, version, size_t = struct.unpack_from(">iqiii", row)
+    assert (size, size_v) == (8, 4)
+    event_type = row[24 : 24 + size_t].decode()
+    size_d, jsonb_version = struct.unpack_from(">ib", row, 24 + size_t)
+    data = row[29 + size_t :]
+    assert jsonb_version == 1 and size_d == len(data) + 1
+    return PG_EPOCH + timedelta(microseconds=micros), version, event_type, data
+
+
 @settings(max_examples=300)
 @given(
     st.integers(0, 7),
     st.sampled_from(("Z", "+00:00", "-05:00", "+05:30", "-00:00", "+14:00")),
     st.integers(0, 10**7 - 1),
 )
-def test_copy_timestamp_is_the_instant_the_codec_reads(digits: int, offset: str, n: int) -> None:
-    """The COPY text of a TimeStamp is the instant parse_timestamp reads (the seventh digit
-    truncated), with no more than the six digits PostgreSQL keeps exactly."""
+def test_a_rows_time_stamp_is_the_instant_the_codec_reads(digits: int, offset: str, n: int) -> None:
+    """The binary time stamp of a row is the instant parse_timestamp reads (the seventh digit
+    truncated, as the library's SQL provider stores it)."""
     fraction = f".{n:07d}"[: digits + 1] if digits else ""
-    text = f"2018-02-18T03:26:04{fraction}{offset}"
-    copied = copy_timestamp(text).decode()
-    assert datetime.fromisoformat(copied) == parse_timestamp(text)
-    assert len(copied.partition(".")[2].rstrip("Z").split("+")[0].split("-")[0]) <= 6
+    text = payload("t", 1).replace(
+        "2019-05-02T10:11:12.1234561+02:00", f"2018-02-18T03:26:04{fraction}{offset}"
+    )
+    fast = clean_rows("t", [text.encode()])
+    assert fast is not None
+    assert binary_row(fast[1][0])[0] == parse_timestamp(json.loads(text)["TimeStamp"])
