@@ -783,6 +783,21 @@ def test_incompatible_existing_schema_is_refused_naming_table_and_column_and_lef
     assert not regclass_exists(pg_dsn, "esctl.migration_run")
 
 
+def test_a_bigint_version_column_is_migrated_through_the_staging_table(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Binary COPY rows carry a 4-byte version: into a schema whose ``event.version`` is
+    ``bigint`` (accepted, docs/layout.md §5) they go through the staging table, converted."""
+    truth = write_clean_store(redis_client, app_name, aggregates=12)
+    with psycopg.connect(pg_dsn) as conn:
+        pg.ensure_event_store_schema(conn, "public", create=True)
+        conn.execute("ALTER TABLE event ALTER COLUMN version TYPE bigint")
+    summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    assert summary.problems == []
+    assert summary.events_migrated == len(truth.events())
+    assert_clean_aggregates_migrated(pg_dsn, truth)
+
+
 def test_runs_creating_the_schema_at_the_same_time_both_succeed(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:
