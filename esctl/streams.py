@@ -280,10 +280,11 @@ def clean_events(
 def _in_version_order(events: list[CleanPayload], first_version: int) -> bool:
     """Sort ``events`` by version (in place, when they are not in order yet); whether their
     versions then run ``first_version…`` without gap or repeat."""
-    if all(e.version == first_version + i for i, e in enumerate(events)):
+    expected = list(range(first_version, first_version + len(events)))
+    if [e.version for e in events] == expected:  # compared in C, not a generator per event
         return True
     events.sort(key=lambda e: e.version)
-    return all(e.version == first_version + i for i, e in enumerate(events))
+    return [e.version for e in events] == expected
 
 
 def postgres_problem(stream: Stream) -> StreamProblem | None:

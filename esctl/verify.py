@@ -142,9 +142,10 @@ def json_equal(a: Any, b: Any) -> bool:
 _SORTED = orjson.OPT_SORT_KEYS
 
 
-# Digits to "0", everything else to " ": a run of 16 "0"s is a number a double may not hold.
-# (bytes.translate + find: ~4x faster than a regex over every payload.)
-_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+# Digits and "." to "0", everything else to " ": a run of 16 "0"s is a number a double may not
+# hold (16 significant digits, a decimal point among them or not: "1234567890.1234567" and
+# "…568" are one double). (bytes.translate + find: ~4x faster than a regex over every payload.)
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 for b in range(256))
 _LONG_RUN = b"0" * 16
 
 
