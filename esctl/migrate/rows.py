@@ -1,7 +1,7 @@
 """The units of work between the reader and the writers: a :class:`Batch` of whole aggregates
-(each clean one as :class:`AggregateRows`, COPY lines ready; each with a problem as
-:class:`Quarantined`), what writing it did (:class:`BatchResult`), and the COPY text of a
-stream's events (:func:`clean_rows`, the hot path; :func:`stream_rows`, the general one)."""
+(each clean one as :class:`AggregateRows`, COPY rows ready; each with a problem as
+:class:`Quarantined`), what writing it did (:class:`BatchResult`), and the binary COPY rows of
+a stream's events (:func:`clean_rows`, the hot path; :func:`stream_rows`, the general one)."""
 
 from __future__ import annotations
 
