@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import orjson
+import pybase64
 import zstandard
 
 from esctl.defaults import COMPRESSION_THRESHOLD as DEFAULT_COMPRESSION_THRESHOLD
@@ -86,8 +87,16 @@ GUNZIP_ERRORS = (binascii.Error, ValueError, zlib.error)
 
 
 def gunzip_base64(raw: bytes) -> bytes:
-    """base64 then gunzip, as the library reads an ``H4sI`` value; raises GUNZIP_ERRORS."""
-    return zlib.decompress(base64.b64decode(raw, validate=True), wbits=31)
+    """base64 then gunzip, as the library reads an ``H4sI`` value; raises GUNZIP_ERRORS.
+
+    pybase64 (SIMD) decodes ~5x faster than binascii; what it refuses (it accepts no input
+    binascii's strict mode refuses, and decodes the rest the same) is left to binascii, so
+    the values accepted are binascii's."""
+    try:
+        data = pybase64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        data = base64.b64decode(raw, validate=True)
+    return zlib.decompress(data, wbits=31)
 
 
 def decode_value(value: bytes | str) -> Decoded:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from esctl import codec, layout, redisio
+from esctl.documents import document
 from esctl.errors import ServerError, UsageError
 from esctl.locks import RedisLock
 
@@ -352,31 +353,20 @@ class CompressSummary:
     def as_dict(self) -> dict[str, Any]:
         total = self.total
         return {
-            "app": self.app,
-            "threshold": self.threshold,
-            "dry_run": self.dry_run,
-            "hashes": total.hashes,
-            "values_examined": total.values_examined,
-            "plain_over_threshold": total.plain_over_threshold,
-            "compressed": total.compressed,
-            "changed_concurrently": total.changed_concurrently,
-            "already_compressed": total.already_compressed,
-            "below_threshold": total.below_threshold,
-            "invalid_utf8": total.invalid_utf8,
-            "bytes_before": total.bytes_before,
-            "bytes_after": total.bytes_after,
+            **document(self, "app threshold dry_run"),
+            **document(
+                total,
+                "hashes values_examined plain_over_threshold compressed changed_concurrently"
+                " already_compressed below_threshold invalid_utf8 bytes_before bytes_after",
+            ),
             "bytes_saved": total.bytes_before - total.bytes_after,
             "families": {name: vars(counts) for name, counts in self.families.items()},
-            "used_memory_before": self.used_memory_before,
-            "used_memory_after": self.used_memory_after,
+            **document(self, "used_memory_before used_memory_after"),
             "used_memory_saved": self.used_memory_before - self.used_memory_after
             if self.used_memory_before is not None and self.used_memory_after is not None
             else None,
             "gzip_header": self.gzip_header.as_dict(),
-            "failed": self.failed,
-            "problems": self.problems,
-            "problems_total": self.problems_total,
-            "elapsed_s": round(self.elapsed_s, 3),
+            **document(self, "failed problems problems_total elapsed_s"),
         }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 
 PARTITION_COUNT = 655360
 """Partition hashes are numbered ``0 .. PARTITION_COUNT - 1``."""
@@ -70,6 +71,22 @@ def event_hash_lookup_order(app: str, commit_id: str) -> tuple[str, str]:
     if commit_id.isdigit():
         return legacy, partitioned
     return partitioned, legacy
+
+
+def event_hash_lookup_orders(app: str, commit_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """:func:`event_hash_lookup_order` of many commit ids (the readers' hot path: the key
+    prefix and the legacy key are spelled once)."""
+    prefix = event_hash_key_for_partition(app, 0)[:-1]
+    legacy = legacy_event_hash_key(app)
+    crc32 = zlib.crc32
+    orders: list[tuple[str, str]] = []
+    append = orders.append
+    for commit_id in commit_ids:
+        partitioned = (
+            f"{prefix}{crc32(commit_id.encode('utf-8', 'surrogateescape')) % PARTITION_COUNT}"
+        )
+        append((legacy, partitioned) if commit_id.isdigit() else (partitioned, legacy))
+    return orders
 
 
 def event_hash_partition(app: str, key: str) -> int | None:

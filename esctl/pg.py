@@ -26,6 +26,16 @@ STATE_SCHEMA = "esctl"
 """Where esctl keeps its own tables (runs, checkpoints, quarantine)."""
 
 
+@dataclass(frozen=True)
+class PgTarget:
+    """The PostgreSQL side of an operation on an app's migrated events (the base of the
+    migrate, plan and prune options): the app, the database, the schema of its event tables."""
+
+    app: str
+    pg_dsn: str
+    pg_schema: str = "public"
+
+
 def describe_dsn(dsn: str) -> str:
     return redact(dsn)
 

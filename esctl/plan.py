@@ -41,10 +41,7 @@ MAX_PROBLEMS_LISTED = 20
 
 
 @dataclass(frozen=True)
-class PlanOptions:
-    app: str
-    pg_dsn: str
-    pg_schema: str = "public"
+class PlanOptions(pg.PgTarget):
     sample: int = DEFAULT_SAMPLE
     trial: bool = True
     """Write the sample into PostgreSQL (rolled back) to measure size and throughput."""
@@ -191,7 +188,7 @@ def _read_sample(
         started = time.perf_counter()
         lists = storereads.commit_lists(client, keys)
         values, where = storereads.fetch_values(client, app, [c for ids_ in lists for c in ids_])
-        fast: list[tuple[str, list[str]] | None] = []
+        fast: list[tuple[str, list[str] | list[bytes]] | None] = []
         offset = 0
         for aggregate_id, commit_ids in zip(page, lists, strict=True):
             fast.append(
@@ -235,7 +232,7 @@ def _read_sample(
 
 def _transformed(
     rules: Rules, stream: Stream, figures: _SampleFigures
-) -> tuple[str, list[str]] | None:
+) -> tuple[str, list[str] | list[bytes]] | None:
     """A clean sampled stream through the rules, as migrate writes it: its aggregate type and
     COPY lines (none when every event was left out), or None when a rule failed (the failure
     joins ``stream.problems``: migrate quarantines the aggregate)."""

@@ -91,10 +91,7 @@ _NOT_MIGRATED_KINDS = frozenset({"not_migrated_new_events"})
 
 
 @dataclass(frozen=True)
-class PruneOptions:
-    app: str
-    pg_dsn: str
-    pg_schema: str = "public"
+class PruneOptions(pg.PgTarget):
     dry_run: bool = False
     backup_file: str | None = None
     shard: Shard = field(default_factory=Shard)

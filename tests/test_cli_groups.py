@@ -16,6 +16,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.events import query
 from esctl.cli.groups import EventSelection, OptionGroup, with_groups
 from esctl.cli.replay import replay
+from esctl.query import Selectors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +78,11 @@ def test_events_query_and_replay_take_the_same_selectors_from_one_group() -> Non
         start = names.index(selectors[0])
         assert names[start : start + len(selectors)] == selectors, command.__name__
     selection = EventSelection(types=["A", "B"], aggregates=None, where=["Score>=7"], since="7d")
-    assert selection.selectors() == {
-        "types": ("A", "B"),
-        "aggregate_type": None,
-        "aggregates": (),
-        "since": "7d",
-        "until": None,
-        "where": ("Score>=7",),
-    }
+    assert selection.selectors() == Selectors(
+        types=("A", "B"),
+        aggregate_type=None,
+        aggregates=(),
+        since="7d",
+        until=None,
+        where=("Score>=7",),
+    )

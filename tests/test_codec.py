@@ -569,3 +569,20 @@ def test_what_is_not_json_does_not_raise(stored: bytes) -> None:
 )
 def test_metadata_first_never_raises(stored: bytes) -> None:
     codec.newtonsoft_metadata_first(stored)
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet="QUJDRTAaz09+/=\n -_", max_size=16))
+def test_the_fast_base64_decoder_accepts_nothing_binascii_refuses(text: str) -> None:
+    """gunzip_base64 decodes with pybase64 and leaves what it refuses to binascii's strict
+    mode: so pybase64 must accept nothing binascii refuses, and decode the rest the same."""
+    import binascii
+
+    import pybase64
+
+    data = text.encode()
+    try:
+        fast = pybase64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return
+    assert fast == binascii.a2b_base64(data, strict_mode=True)

@@ -12,6 +12,8 @@ import pytest
 
 from esctl import doctor
 from esctl.doctor import Check, DataPresence, ReplicaFacts, ServerFacts, SlowEntry
+from esctl.doctor import redis_memory_checks as memory
+from esctl.doctor import redis_server_checks as server
 from esctl.metrics import Metric
 
 NOW = 1_750_000_000.0
@@ -74,7 +76,7 @@ def facts(
 def test_maxmemory_policy(policy: str, presence: DataPresence, status: str) -> None:
     f = facts()
     f.config["maxmemory-policy"] = policy
-    check = doctor.check_maxmemory_policy(f, presence)
+    check = memory.check_maxmemory_policy(f, presence)
     assert check.status == status
     assert policy in check.observed
     assert (check.action is None) == (status == "ok")
@@ -82,7 +84,7 @@ def test_maxmemory_policy(policy: str, presence: DataPresence, status: str) -> N
 
 def test_maxmemory_policy_falls_back_to_info_without_config() -> None:
     f = facts(config={}, config_error="unknown command", maxmemory_policy="allkeys-lru")
-    check = doctor.check_maxmemory_policy(f, DataPresence())
+    check = memory.check_maxmemory_policy(f, DataPresence())
     assert check.status == "fail"
     assert check.values["source"] == "INFO"
 
@@ -94,7 +96,7 @@ def test_maxmemory_policy_falls_back_to_info_without_config() -> None:
 def test_maxmemory_headroom(used: int, maxmemory: int, status: str) -> None:
     f = facts(used_memory=used)
     f.config["maxmemory"] = str(maxmemory)
-    assert doctor.check_maxmemory(f).status == status
+    assert memory.check_maxmemory(f).status == status
 
 
 @pytest.mark.parametrize(
@@ -114,22 +116,22 @@ def test_aof_settings(
     f.config.update(
         {"appendonly": appendonly, "appendfsync": fsync, "no-appendfsync-on-rewrite": rewrite}
     )
-    assert doctor.check_appendfsync(f).status == fsync_status
-    assert doctor.check_aof_rewrite(f).status == rewrite_status
+    assert memory.check_appendfsync(f).status == fsync_status
+    assert memory.check_aof_rewrite(f).status == rewrite_status
 
 
 def test_settings_missing_without_config_are_unavailable() -> None:
     f = facts(config={}, config_error="ERR unknown command 'CONFIG' (renamed)", aof_enabled=1)
     for check in (
-        doctor.check_appendfsync(f),
-        doctor.check_aof_rewrite(f),
-        doctor.check_latency_monitor(f),
+        memory.check_appendfsync(f),
+        memory.check_aof_rewrite(f),
+        server.check_latency_monitor(f),
     ):
         assert check.status == "unavailable"
         assert "unknown command 'CONFIG'" in check.observed
         assert check.action
     # appendonly comes from INFO, so persistence is judged without CONFIG
-    assert doctor.check_persistence(f).status == "ok"
+    assert memory.check_persistence(f).status == "ok"
 
 
 PERSISTENCE_CASES = [
@@ -150,7 +152,7 @@ def test_persistence_and_where_it_runs(
 ) -> None:
     f = facts(replicas=replicas, connected_slaves=len(replicas))
     f.config.update({"appendonly": aof, "save": save})
-    check = doctor.check_persistence(f)
+    check = memory.check_persistence(f)
     assert check.status == status, check.observed
     if status == "ok" and aof == "no":
         assert any("only on replicas" in d and "restart" in d for d in check.details)
@@ -159,7 +161,7 @@ def test_persistence_and_where_it_runs(
 def test_persistence_unknown_without_config_or_info_is_unavailable_not_a_failure() -> None:
     f = facts(config={}, config_error="NOPERM")
     del f.info["aof_enabled"]
-    check = doctor.check_persistence(f)
+    check = memory.check_persistence(f)
     assert check.status == "unavailable"
     assert "cannot read appendonly: NOPERM" in check.observed
 
@@ -167,23 +169,23 @@ def test_persistence_unknown_without_config_or_info_is_unavailable_not_a_failure
 def test_latency_monitor_threshold() -> None:
     f = facts()
     f.config["latency-monitor-threshold"] = "0"
-    assert doctor.check_latency_monitor(f).status == "warn"
+    assert server.check_latency_monitor(f).status == "warn"
     f.config["latency-monitor-threshold"] = "100"
-    assert doctor.check_latency_monitor(f).status == "ok"
+    assert server.check_latency_monitor(f).status == "ok"
 
 
 def test_latency_spikes_recent_warn_old_ok() -> None:
     f = facts()
     f.latency_latest = [("aof-fsync-always", int(NOW) - 60, 120, 900), ("command", 1, 50, 60)]
     f.latency_doctor = "Dave, ...\n\n1. aof-fsync-always: 3 latency spikes\n\n- Check your disk\n"
-    check = doctor.check_latency(f)
+    check = server.check_latency(f)
     assert check.status == "warn"
     assert check.observed.startswith("aof-fsync-always max 900 ms")
     assert check.details == ["1. aof-fsync-always: 3 latency spikes", "- Check your disk"]
     f.latency_latest = [("command", int(NOW) - 3 * 86400, 50, 60)]
-    assert doctor.check_latency(f).status == "ok"
+    assert server.check_latency(f).status == "ok"
     f.latency_latest, f.latency_error = None, "NOPERM"
-    assert doctor.check_latency(f).status == "unavailable"
+    assert server.check_latency(f).status == "unavailable"
 
 
 def test_slowlog_counts_only_the_library_commands() -> None:
@@ -194,12 +196,12 @@ def test_slowlog_counts_only_the_library_commands() -> None:
         SlowEntry("KEYS", 900_000, int(NOW)),
         SlowEntry("EXEC", 12_000, int(NOW)),
     ]
-    check = doctor.check_slowlog(f)
+    check = server.check_slowlog(f)
     assert check.status == "warn"
     assert "RPOPLPUSH 2 (slowest 40.0 ms)" in check.observed and "KEYS" not in check.observed
     assert check.values["commands"]["EXEC"] == {"count": 1, "max_ms": 12.0}
     f.slowlog = [SlowEntry("KEYS", 900_000, int(NOW))]
-    assert doctor.check_slowlog(f).status == "ok"
+    assert server.check_slowlog(f).status == "ok"
 
 
 @pytest.mark.parametrize(
@@ -208,27 +210,27 @@ def test_slowlog_counts_only_the_library_commands() -> None:
 )
 def test_fragmentation(ratio: float, used: int, status: str) -> None:
     f = facts(mem_fragmentation_ratio=ratio, used_memory=used)
-    assert doctor.check_fragmentation(f).status == status
+    assert memory.check_fragmentation(f).status == status
 
 
 def test_version_and_role() -> None:
-    assert doctor.check_version(facts(redis_version="6.0.16")).status == "warn"
-    assert doctor.check_version(facts(redis_version="7.0.15")).status == "ok"
-    assert doctor.check_role(facts()).status == "warn"  # no replica
+    assert server.check_version(facts(redis_version="6.0.16")).status == "warn"
+    assert server.check_version(facts(redis_version="7.0.15")).status == "ok"
+    assert server.check_role(facts()).status == "warn"  # no replica
     online = {"ip": "10.0.0.2", "port": 6379, "state": "online", "lag": 0}
-    assert doctor.check_role(facts(connected_slaves=1, slave0=online)).status == "ok"
+    assert server.check_role(facts(connected_slaves=1, slave0=online)).status == "ok"
     lagging = online | {"lag": 120}
-    assert doctor.check_role(facts(connected_slaves=1, slave0=lagging)).status == "warn"
+    assert server.check_role(facts(connected_slaves=1, slave0=lagging)).status == "warn"
     replica = facts(role="slave", master_host="10.0.0.1", master_port=6379)
     replica.info["master_link_status"] = "down"
-    assert doctor.check_role(replica).status == "fail"
+    assert server.check_role(replica).status == "fail"
 
 
 def test_reachable_warns_on_slow_round_trips() -> None:
     f = facts()
-    assert doctor.check_reachable(f).status == "ok"
+    assert server.check_reachable(f).status == "ok"
     f.ping_ms = [25.0, 30.0, 28.0]
-    assert doctor.check_reachable(f).status == "warn"
+    assert server.check_reachable(f).status == "warn"
 
 
 # --- readings, combination, rendering --------------------------------------------------------
@@ -326,19 +328,19 @@ def cluster_facts(**cluster_info: str) -> ServerFacts:
     ],
 )
 def test_cluster_state(info: dict[str, str], status: str) -> None:
-    check = doctor.check_cluster(cluster_facts(**info), through_cluster_client=True)
+    check = server.check_cluster(cluster_facts(**info), through_cluster_client=True)
     assert check.status == status
     assert check.observed.startswith(f"cluster_state {info.get('cluster_state', 'ok')}")
     assert (check.action is None) == (status == "ok")
 
 
 def test_a_cluster_node_checked_alone_fails_and_says_how_to_check_the_cluster() -> None:
-    check = doctor.check_cluster(cluster_facts(), through_cluster_client=False)
+    check = server.check_cluster(cluster_facts(), through_cluster_client=False)
     assert check.status == "fail"
     assert "redis+cluster://" in (check.action or "") and "--cluster" in (check.action or "")
     refused = cluster_facts()
     refused.cluster_info, refused.cluster_error = None, "NOPERM"
-    assert doctor.check_cluster(refused, through_cluster_client=True).status == "unavailable"
+    assert server.check_cluster(refused, through_cluster_client=True).status == "unavailable"
 
 
 SAMPLE_LINE = re.compile(
@@ -348,7 +350,7 @@ SAMPLE_LINE = re.compile(
 
 
 def test_prometheus_rendering_is_valid_textfile_format() -> None:
-    check = doctor.check_maxmemory_policy(facts(), DataPresence())
+    check = memory.check_maxmemory_policy(facts(), DataPresence())
     weird = Check(
         "queues.stuck",
         "stuck",

@@ -47,12 +47,12 @@ def test_full_stats_are_exact(demo_store: demo.DemoSummary, redis_client: redis.
     by_type = {t.event_type: t.events for t in report.event_types}
     assert by_type == {**demo_store.events_by_event_type, "(unreadable)": 1}
     values = stored_values(redis_client, demo_store.app)
-    assert report.events_examined == len(values) == demo_store.events
+    assert report.examined.events == len(values) == demo_store.events
     assert report.payload_bytes_exact
     assert report.payload_bytes == sum(len(v) for v in values)
     assert sum(t.stored_bytes for t in report.event_types) == report.payload_bytes
-    assert report.compressed_examined == demo_store.compressed_events
-    assert report.legacy_events_examined == demo_store.legacy_events
+    assert report.examined.compressed == demo_store.compressed_events
+    assert report.examined.legacy == demo_store.legacy_events
     sizes = [t.stored_bytes for t in report.event_types]
     assert sizes == sorted(sizes, reverse=True)
 
@@ -81,7 +81,7 @@ def test_sampled_stats_are_estimates(
     report = inspect_stats(redis_client, demo_store.app, sample=10, seed=3)
     assert report.commit_lists == demo_store.commit_lists  # counts stay exact
     assert report.commit_ids == demo_store.commit_ids
-    assert report.events_examined < demo_store.events
+    assert report.examined.events < demo_store.events
     assert not report.payload_bytes_exact and report.payload_bytes > 0
     assert abs(sum(t.events for t in report.event_types) - report.commit_ids) <= len(
         report.event_types

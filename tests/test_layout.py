@@ -224,3 +224,10 @@ def test_queue_and_subscriber_patterns_on_a_real_server(redis_client: redis.Redi
     assert queues == {layout.queue_key("Svc", env, "T", "dead")}
     subs = {k.decode() for k in redis_client.scan_iter(match=layout.subscribers_pattern(env))}
     assert subs == {layout.subscribers_key(env, "T")}
+
+
+def test_lookup_orders_of_many_ids_are_each_ids_lookup_order() -> None:
+    ids = [COMMIT, "17", "0", "Zürich-1", "\udcff\udcfe", "", "12a", "٣"]
+    assert layout.event_hash_lookup_orders(APP, ids) == [
+        layout.event_hash_lookup_order(APP, c) for c in ids
+    ]

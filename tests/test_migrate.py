@@ -14,6 +14,7 @@ import random
 import re
 import resource
 import secrets
+import struct
 import subprocess
 import sys
 import time
@@ -34,7 +35,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from esctl import pg, redisio
+from esctl.codec import parse_timestamp
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
+from esctl.migrate.rows import PG_EPOCH
 from esctl.shard import Shard
 from esctl.streams import StreamProblem, build_stream, validate_stream
 from esctl.verify import VerifyOptions, verify
@@ -780,6 +783,21 @@ def test_incompatible_existing_schema_is_refused_naming_table_and_column_and_lef
     assert not regclass_exists(pg_dsn, "esctl.migration_run")
 
 
+def test_a_bigint_version_column_is_migrated_through_the_staging_table(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Binary COPY rows carry a 4-byte version: into a schema whose ``event.version`` is
+    ``bigint`` (accepted, docs/layout.md §5) they go through the staging table, converted."""
+    truth = write_clean_store(redis_client, app_name, aggregates=12)
+    with psycopg.connect(pg_dsn) as conn:
+        pg.ensure_event_store_schema(conn, "public", create=True)
+        conn.execute("ALTER TABLE event ALTER COLUMN version TYPE bigint")
+    summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    assert summary.problems == []
+    assert summary.events_migrated == len(truth.events())
+    assert_clean_aggregates_migrated(pg_dsn, truth)
+
+
 def test_runs_creating_the_schema_at_the_same_time_both_succeed(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:
@@ -1138,7 +1156,7 @@ def apply_mutations(
 
 def general_path(
     aggregate_id: str, values: Sequence[bytes | None], first_version: int, known_type: str | None
-) -> tuple[str, list[str]] | None:
+) -> tuple[str, list[bytes]] | None:
     commit_ids = [f"commit-{i}" for i in range(len(values))]
     stream = build_stream(aggregate_id, "key", commit_ids, values, ["hash"] * len(values))
     validate_stream(stream, first_version=first_version, known_type=known_type)
@@ -1188,13 +1206,15 @@ def test_clean_rows_lines_are_exact_on_a_clean_stream() -> None:
     values = [iw.gzip_base64(docs[0]), docs[1].encode(), docs[2].encode()]
     fast = clean_rows("agg\t1", values)
     assert fast is not None
-    aggregate_type, lines = fast
+    aggregate_type, rows = fast
     assert aggregate_type == "Item"
-    assert [line.split("\t")[1] for line in lines] == ["1", "2", "3"]
-    first = lines[0].rstrip("\n").split("\t", 3)
-    assert first[0] == expected_timestamp(docs[1]).isoformat()
-    assert first[2] == "ItemChanged"
-    assert first[3] == docs[1].replace("\\", "\\\\").replace("\t", "\\t")
+    assert [binary_row(row)[1] for row in rows] == [1, 2, 3]
+    assert binary_row(rows[0]) == (
+        expected_timestamp(docs[1]),
+        1,
+        "ItemChanged",
+        docs[1].encode(),  # as stored: binary COPY escapes nothing
+    )
     assert_paths_agree("agg\t1", values, 1, None)
 
 
@@ -1205,3 +1225,32 @@ def test_clean_rows_and_the_general_path_agree_on_an_empty_aggregate_type(
     values = [payload("9", 1, "").encode(), payload("9", 2, "Item").encode()]
     assert_paths_agree("9", values, 1, known_type)
     assert clean_rows("9", values) is None
+
+
+def binary_row(row: bytes) -> tuple[datetime, int, str, bytes]:
+    """(time_stamp, version, event_type, event_data text) of a binary COPY row of clean_rows."""
+    size, micros, size_v, version, size_t = struct.unpack_from(">iqiii", row)
+    assert (size, size_v) == (8, 4)
+    event_type = row[24 : 24 + size_t].decode()
+    size_d, jsonb_version = struct.unpack_from(">ib", row, 24 + size_t)
+    data = row[29 + size_t :]
+    assert jsonb_version == 1 and size_d == len(data) + 1
+    return PG_EPOCH + timedelta(microseconds=micros), version, event_type, data
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(0, 7),
+    st.sampled_from(("Z", "+00:00", "-05:00", "+05:30", "-00:00", "+14:00")),
+    st.integers(0, 10**7 - 1),
+)
+def test_a_rows_time_stamp_is_the_instant_the_codec_reads(digits: int, offset: str, n: int) -> None:
+    """The binary time stamp of a row is the instant parse_timestamp reads (the seventh digit
+    truncated, as the library's SQL provider stores it)."""
+    fraction = f".{n:07d}"[: digits + 1] if digits else ""
+    text = payload("t", 1).replace(
+        "2019-05-02T10:11:12.1234561+02:00", f"2018-02-18T03:26:04{fraction}{offset}"
+    )
+    fast = clean_rows("t", [text.encode()])
+    assert fast is not None
+    assert binary_row(fast[1][0])[0] == parse_timestamp(json.loads(text)["TimeStamp"])

@@ -38,6 +38,7 @@ SKIPPED = {
     "pip install": "installs",
     "source completions": "a shell's setup (test_completions covers the scripts)",
     "python bench/": "benchmarks run on demand",
+    "--follow": "runs until stopped; tests/test_migrate_follow.py runs it",
 }
 TIMEOUT = 120.0
 

@@ -148,7 +148,7 @@ def test_stop_kills_a_process_that_ignores_the_polite_signal(tmp_path: Path) -> 
     workdir = tmp_path / "w"
     workdir.mkdir()
     # Known only by pid, as a server started by another process would be.
-    server = servers.LocalRedis("redis://127.0.0.1:1/0", 1, stubborn.pid, workdir)
+    server = servers.LocalRedis(1, stubborn.pid, workdir, url="redis://127.0.0.1:1/0")
     started = time.monotonic()
     server.stop(timeout=0.3)
     assert time.monotonic() - started < 5
@@ -263,7 +263,7 @@ def test_a_detached_server_outlives_its_process(needs_redis: Path) -> None:
         assert alive(pid)
         assert redis.Redis(port=int(port)).ping()
     finally:
-        servers.LocalRedis(f"redis://127.0.0.1:{port}/0", int(port), pid, Path(workdir)).stop()
+        servers.LocalRedis(int(port), pid, Path(workdir), url=f"redis://127.0.0.1:{port}/0").stop()
         shutil.rmtree(workdir, ignore_errors=True)
     assert wait_dead(pid)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import independent_writer as iw
 import psycopg
+import pytest
 import redis
 from helpers import run_cli
 from test_migrate import (
@@ -375,14 +376,28 @@ def test_json_differences_are_exactly_those_jsonb_sees(
     assert reported == {name for name, d in differs.items() if d}
 
 
+@pytest.mark.parametrize(
+    "changed",
+    [
+        "12345678901234567890.13",
+        # 17 significant digits split by the point: one double, no run of 16 digits
+        "1234567890.1234568",
+    ],
+)
 def test_high_precision_decimals_that_differ_are_content_differs(
-    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+    changed: str, redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:
     raw = write_json_store(redis_client, pg_dsn, redis_test_url, app_name, ["amount"])["amount"]
+    if changed == "1234567890.1234568":
+        raw = raw.replace("12345678901234567890.12", "1234567890.1234567")
+        redis_client.flushdb()
+        write_events(redis_client, app_name, "amount", [raw])
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute("UPDATE event SET event_data = %s::jsonb", (raw,))
     with psycopg.connect(pg_dsn) as conn:
         conn.execute(
-            "UPDATE event SET event_data = jsonb_set(event_data, '{Amount}',"
-            " '12345678901234567890.13'::jsonb)"
+            "UPDATE event SET event_data = jsonb_set(event_data, '{Amount}', %s::jsonb)",
+            (changed,),
         )
         row = conn.execute("SELECT event_data = %s::jsonb FROM event", (raw,)).fetchone()
     assert row == (False,)  # jsonb: a different amount

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
-
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.options import DryRunOpt, ProgressOpt, YesOpt
+from esctl.cli.options import DryRunOpt, ProgressOpt, YesOpt, option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -21,21 +19,21 @@ def compress(
     ctx: Context,
     threshold: Annotated[
         int,
-        typer.Option(
+        option(
             "--threshold",
+            "BYTES",
+            "Compress plain payloads whose UTF-8 size exceeds this (the library's setting).",
+            show_default=True,
             min=0,
-            metavar="BYTES",
-            help="Compress plain payloads whose UTF-8 size exceeds this (the library's setting).",
         ),
     ] = defaults.COMPRESSION_THRESHOLD,
     gzip_os: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--gzip-os",
-            metavar="unix|windows|N",
-            help="OS byte of the gzip header written (unix = 3, windows = 10, or 0-255). "
+            "unix|windows|N",
+            "OS byte of the gzip header written (unix = 3, windows = 10, or 0-255). "
             "Default: the byte most of the store's compressed values carry, else unix.",
-            show_default=False,
         ),
     ] = None,
     dry_run: DryRunOpt = False,

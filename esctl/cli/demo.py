@@ -12,6 +12,7 @@ import typer
 
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.options import option
 from esctl.cli.output import Output
 from esctl.config import redact
 
@@ -25,7 +26,7 @@ KeepOpt = Annotated[
         help="Leave the servers running and print the export line that points esctl at them.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the generated data.")]
+SeedOpt = Annotated[int, option("--seed", "N", "Seed of the generated data.", show_default=True)]
 
 
 @with_context(Scope.NONE)

@@ -9,7 +9,7 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
-from esctl.cli.options import MetricsFileOpt
+from esctl.cli.options import MetricsFileOpt, option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -28,25 +28,27 @@ def doctor(
     ] = False,
     sample: Annotated[
         int,
-        typer.Option(
-            "--sample", min=1, metavar="N", help="Keys sampled per key family (--app checks)."
+        option(
+            "--sample", "N", "Keys sampled per key family (--app checks).", show_default=True, min=1
         ),
     ] = defaults.DOCTOR_SAMPLE,
     stuck_after: Annotated[
         str,
-        typer.Option(
+        option(
             "--stuck-after",
-            metavar="DURATION",
-            help="A processing message older than this is stuck (--env checks).",
+            "DURATION",
+            "A processing message older than this is stuck (--env checks).",
+            show_default=True,
         ),
     ] = "5m",
     compression_threshold: Annotated[
         int,
-        typer.Option(
+        option(
             "--compression-threshold",
+            "BYTES",
+            "The library's compression threshold: plain payloads over it are reported.",
+            show_default=True,
             min=0,
-            metavar="BYTES",
-            help="The library's compression threshold: plain payloads over it are reported.",
         ),
     ] = defaults.COMPRESSION_THRESHOLD,
     read_only: Annotated[

@@ -14,7 +14,7 @@ from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import EventSelection, with_groups
-from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt
+from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt, option
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
@@ -116,12 +116,11 @@ def query(
     selected: EventSelection = EventSelection(),
     limit: Annotated[
         int | None,
-        typer.Option(
+        option(
             "--limit",
-            metavar="N",
+            "N",
+            f"Stop after N results (table: {TABLE_DEFAULT_LIMIT} unless given).",
             min=0,
-            help=f"Stop after N results (table: {TABLE_DEFAULT_LIMIT} unless given).",
-            show_default=False,
         ),
     ] = None,
     format_: Annotated[
@@ -184,9 +183,8 @@ def query(
             "--json asks for JSON and --format table for a table",
             hint="drop one of them (--json is the same as --format json)",
         )
-    filters = core.QueryFilters.build(
-        **selected.selectors(),
-        limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit,
+    filters = selected.selectors().filters(
+        limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit
     )
     rules = _load_transforms(transforms_file, source)
     app_value = ctx.app

@@ -97,7 +97,7 @@ def _show(out: Output, stream: JsonStream | None, line: dict[str, Any]) -> None:
     event = line["event"]
     if event == "notice":
         out.warn(line["message"])
-    elif event == "sweep" and line["phase"] == "finished":
+    elif event == "sweep" and line["phase"] == "finished" and _worth_saying(line):
         out.info(
             f"sweep ({line['reason']}) done in {line['elapsed_s']:.1f} s: "
             f"{line['events_migrated']:,} events migrated so far"
@@ -108,6 +108,11 @@ def _show(out: Output, stream: JsonStream | None, line: dict[str, Any]) -> None:
         if sys.stderr.isatty():
             print(file=sys.stderr)
         out.info(f"stopped ({line['reason']}): {_status(line)}")
+
+
+def _worth_saying(sweep: dict[str, Any]) -> bool:
+    """A finished sweep, unless it is one of polling's many that found nothing."""
+    return sweep["reason"] != "poll" or sweep["events_read"] > 0
 
 
 def _status(line: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any
 
 from esctl.cli.options import (
     AggregatesOpt,
@@ -25,6 +25,9 @@ from esctl.cli.options import (
     UntilOpt,
     WhereOpt,
 )
+
+if TYPE_CHECKING:
+    from esctl.query import Selectors
 
 
 class OptionGroup:
@@ -66,18 +69,6 @@ def with_groups(func: Callable[..., None]) -> Callable[..., None]:
 # --- the groups shared by several command modules --------------------------------------------
 
 
-class Selectors(TypedDict):
-    """The selectors of :class:`EventSelection`, as ``QueryFilters.build`` and the replay's
-    ``Selection`` take them."""
-
-    types: tuple[str, ...]
-    aggregate_type: str | None
-    aggregates: tuple[str, ...]
-    since: str | None
-    until: str | None
-    where: tuple[str, ...]
-
-
 @dataclasses.dataclass(frozen=True)
 class EventSelection(OptionGroup):
     """The event selectors of ``events query`` and ``replay``."""
@@ -90,6 +81,9 @@ class EventSelection(OptionGroup):
     where: WhereOpt = None
 
     def selectors(self) -> Selectors:
+        """The selectors as the core takes them (``QueryFilters`` are built from them)."""
+        from esctl.query import Selectors
+
         return Selectors(
             types=tuple(self.types or ()),
             aggregate_type=self.aggregate_type,

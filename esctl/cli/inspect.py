@@ -10,7 +10,7 @@ import typer
 
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.options import ProblemsFileOpt, ProgressOpt, ShardOpt
+from esctl.cli.options import ProblemsFileOpt, ProgressOpt, ShardOpt, option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -43,11 +43,8 @@ def aggregate(
     aggregate_id: Annotated[str, typer.Argument(help="The aggregate id (as in its commit list).")],
     from_version: Annotated[
         int | None,
-        typer.Option(
-            "--from-version",
-            metavar="N",
-            min=1,
-            help="List events from this version on (checks cover all).",
+        option(
+            "--from-version", "N", "List events from this version on (checks cover all).", min=1
         ),
     ] = None,
     raw: Annotated[
@@ -199,7 +196,7 @@ def integrity(
     ctx: Context,
     examples: Annotated[
         int,
-        typer.Option("--examples", metavar="N", min=0, help="Examples listed per kind of problem."),
+        option("--examples", "N", "Examples listed per kind of problem.", show_default=True, min=0),
     ] = 10,
     shard: ShardOpt = None,
     progress: ProgressOpt = True,
@@ -295,13 +292,16 @@ def stats(
     ctx: Context,
     sample: Annotated[
         int,
-        typer.Option(
-            "--sample", metavar="N", min=1, help="Keys sampled per family (MEMORY USAGE, payloads)."
+        option(
+            "--sample",
+            "N",
+            "Keys sampled per family (MEMORY USAGE, payloads).",
+            show_default=True,
+            min=1,
         ),
     ] = 1000,
     full: Annotated[
-        bool,
-        typer.Option("--full", help="Read every payload: exact per-type events and bytes."),
+        bool, typer.Option("--full", help="Read every payload: exact per-type events and bytes.")
     ] = False,
     progress: ProgressOpt = True,
 ) -> None:

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+
+def option(name: str, metavar: str, help: str, *, show_default: bool = False, **more: Any) -> Any:
+    """The ``typer.Option`` of an option that takes a value, as esctl declares them: its name,
+    the metavar ``--help`` shows for the value, and the help text; no "[default: …]" unless
+    ``show_default`` (most defaults are None, or said in the help). ``more``: Typer's other
+    settings (``min``, ``callback``, …). Use it as ``Annotated[type, option(…)]``."""
+    return typer.Option(name, metavar=metavar, help=help, show_default=show_default, **more)
 
 
 class EventSource(enum.StrEnum):
@@ -19,11 +27,8 @@ class EventSource(enum.StrEnum):
 
 RedisUrlOpt = Annotated[
     str | None,
-    typer.Option(
-        "--redis-url",
-        metavar="URL",
-        help="Redis URL [env ESCTL_REDIS_URL; default redis://localhost:6379/0]",
-        show_default=False,
+    option(
+        "--redis-url", "URL", "Redis URL [env ESCTL_REDIS_URL; default redis://localhost:6379/0]"
     ),
 ]
 ClusterOpt = Annotated[
@@ -39,62 +44,39 @@ ReadFromReplicasOpt = Annotated[
 ]
 PgDsnOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--pg-dsn",
-        metavar="DSN",
-        help="PostgreSQL DSN or URL [env ESCTL_PG_DSN; default postgresql://localhost/postgres]",
-        show_default=False,
+        "DSN",
+        "PostgreSQL DSN or URL [env ESCTL_PG_DSN; default postgresql://localhost/postgres]",
     ),
 ]
 PgSchemaOpt = Annotated[
     str | None,
-    typer.Option(
-        "--pg-schema",
-        metavar="NAME",
-        help="Schema of the event tables [env ESCTL_PG_SCHEMA; default public]",
-        show_default=False,
+    option(
+        "--pg-schema", "NAME", "Schema of the event tables [env ESCTL_PG_SCHEMA; default public]"
     ),
 ]
 AppOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--app",
-        metavar="NAME",
-        help="ApplicationName of the service [env ESCTL_APP]",
-        show_default=False,
-    ),
+    str | None, option("--app", "NAME", "ApplicationName of the service [env ESCTL_APP]")
 ]
-EnvOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--env", metavar="NAME", help="Environment name [env ESCTL_ENV]", show_default=False
-    ),
-]
+EnvOpt = Annotated[str | None, option("--env", "NAME", "Environment name [env ESCTL_ENV]")]
 ProfileOpt = Annotated[
     str | None,
-    typer.Option(
-        "--profile",
-        metavar="NAME",
-        help="Config file section [env ESCTL_PROFILE; default default]",
-        show_default=False,
-    ),
+    option("--profile", "NAME", "Config file section [env ESCTL_PROFILE; default default]"),
 ]
 ConfigOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--config",
-        metavar="PATH",
-        help="Config file [env ESCTL_CONFIG; default ./esctl.toml, "
-        "then ~/.config/esctl/config.toml]",
-        show_default=False,
+        "PATH",
+        "Config file [env ESCTL_CONFIG; default ./esctl.toml, then ~/.config/esctl/config.toml]",
     ),
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout (JSON lines for streams).")
 ]
 DebugOpt = Annotated[
-    bool,
-    typer.Option("--debug", help="Show Python tracebacks on errors.", envvar="ESCTL_DEBUG"),
+    bool, typer.Option("--debug", help="Show Python tracebacks on errors.", envvar="ESCTL_DEBUG")
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do it without asking.")]
 DryRunOpt = Annotated[
@@ -105,21 +87,19 @@ ProgressOpt = Annotated[
 ]
 MetricsFileOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--metrics-file",
-        metavar="PATH",
-        help="Also write the figures in Prometheus textfile format (replaced atomically), "
+        "PATH",
+        "Also write the figures in Prometheus textfile format (replaced atomically), "
         "for node_exporter's textfile collector.",
-        show_default=False,
     ),
 ]
 IntervalOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--interval",
-        metavar="DURATION",
-        help="With --watch: time between readings (500ms, 2s, 1m; at least 100ms). [default: 2s]",
-        show_default=False,
+        "DURATION",
+        "With --watch: time between readings (500ms, 2s, 1m; at least 100ms). [default: 2s]",
     ),
 ]
 
@@ -128,80 +108,61 @@ IntervalOpt = Annotated[
 
 EventTypesOpt = Annotated[
     list[str] | None,
-    typer.Option(
-        "--type", metavar="TYPE", help="Event type (class name, e.g. ItemScoreCreated); repeatable."
-    ),
+    option("--type", "TYPE", "Event type (class name, e.g. ItemScoreCreated); repeatable."),
 ]
 AggregateTypeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--aggregate-type",
-        metavar="TYPE",
-        help="AggregateType (e.g. ItemScore).",
-        show_default=False,
-    ),
+    str | None, option("--aggregate-type", "TYPE", "AggregateType (e.g. ItemScore).")
 ]
 AggregatesOpt = Annotated[
-    list[str] | None,
-    typer.Option("--aggregate", metavar="ID", help="Aggregate id; repeatable (reads only those)."),
+    list[str] | None, option("--aggregate", "ID", "Aggregate id; repeatable (reads only those).")
 ]
 SinceOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--since",
-        metavar="TIME",
-        help="TimeStamp at or after: ISO 8601 (UTC unless an offset is given) or 7d, 12h, 30m.",
-        show_default=False,
+        "TIME",
+        "TimeStamp at or after: ISO 8601 (UTC unless an offset is given) or 7d, 12h, 30m.",
     ),
 ]
 UntilOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--until",
-        metavar="TIME",
-        help="TimeStamp before (same forms as --since).",
-        show_default=False,
-    ),
+    str | None, option("--until", "TIME", "TimeStamp before (same forms as --since).")
 ]
 WhereOpt = Annotated[
     list[str] | None,
-    typer.Option(
+    option(
         "--where",
-        metavar="EXPR",
-        help="PATH OP VALUE on payload fields (OP: = != > >= < <= ~) or PATH exists; "
+        "EXPR",
+        "PATH OP VALUE on payload fields (OP: = != > >= < <= ~) or PATH exists; "
         "dotted paths, $values lists looked through; repeatable (all must hold).",
     ),
 ]
 
 ShardOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--shard",
-        metavar="I/N|auto",
-        help="Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4; "
+        "I/N|auto",
+        "Only aggregates whose id hashes to shard I of N (CRC-32 of the id mod N), e.g. 0/4; "
         "auto: I from JOB_COMPLETION_INDEX, N from ESCTL_SHARD_COUNT (a Kubernetes Indexed Job).",
-        show_default=False,
     ),
 ]
 
 TransformsOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--transforms",
-        metavar="FILE",
-        help="A TOML rules file (leave out, rename types, upcast, Python callables; README "
+        "FILE",
+        "A TOML rules file (leave out, rename types, upcast, Python callables; README "
         "'Transforms'): show the events as the rules make them.",
-        show_default=False,
     ),
 ]
 
 ProblemsFileOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--problems-file",
-        metavar="PATH",
-        help="Also write every problem to PATH as JSON lines, as found (emptied first); the "
+        "PATH",
+        "Also write every problem to PATH as JSON lines, as found (emptied first); the "
         "summary lists the first few and counts them all.",
-        show_default=False,
     ),
 ]

@@ -15,7 +15,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import OptionGroup, with_groups
 from esctl.cli.live import check_watch
-from esctl.cli.options import DryRunOpt, IntervalOpt, MetricsFileOpt, YesOpt
+from esctl.cli.options import DryRunOpt, IntervalOpt, MetricsFileOpt, YesOpt, option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -32,57 +32,40 @@ SubscriberArg = Annotated[
 TypeArg = Annotated[str, typer.Argument(metavar="TYPE", help="Event type (short class name).")]
 OlderThanOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--older-than",
-        metavar="DURATION",
-        help="Only messages whose payload TimeStamp is older than this (90s, 5m, 2h, 1d).",
-        show_default=False,
+        "DURATION",
+        "Only messages whose payload TimeStamp is older than this (90s, 5m, 2h, 1d).",
     ),
 ]
 GraceOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--grace",
-        metavar="DURATION",
-        help="Look twice, this far apart, and take only messages still there (stuck by "
+        "DURATION",
+        "Look twice, this far apart, and take only messages still there (stuck by "
         "observation, whatever their age).",
-        show_default=False,
     ),
 ]
 AggregateOpt = Annotated[
     list[str] | None,
-    typer.Option(
-        "--aggregate", metavar="AGG", help="Only messages of this aggregate id (repeatable)."
-    ),
+    option("--aggregate", "AGG", "Only messages of this aggregate id (repeatable)."),
 ]
 ExceptionOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--exception-contains",
-        metavar="TEXT",
-        help="Dead letters whose RetryData LastException contains TEXT (case-insensitive).",
-        show_default=False,
+        "TEXT",
+        "Dead letters whose RetryData LastException contains TEXT (case-insensitive).",
     ),
 ]
 MinRetriesOpt = Annotated[
     int | None,
-    typer.Option(
-        "--min-retries",
-        min=0,
-        metavar="N",
-        help="Dead letters whose RetryData RetryCount is at least N.",
-        show_default=False,
-    ),
+    option("--min-retries", "N", "Dead letters whose RetryData RetryCount is at least N.", min=0),
 ]
 LimitOpt = Annotated[
     int | None,
-    typer.Option(
-        "--limit",
-        min=1,
-        metavar="N",
-        help="At most N messages, the next ones in consumption order first.",
-        show_default=False,
-    ),
+    option("--limit", "N", "At most N messages, the next ones in consumption order first.", min=1),
 ]
 
 
@@ -96,8 +79,8 @@ def _list_name(value: str) -> str:
 
 ListOpt = Annotated[
     str,
-    typer.Option(
-        "--list", metavar="LIST", callback=_list_name, help="published, processing or dead."
+    option(
+        "--list", "LIST", "published, processing or dead.", show_default=True, callback=_list_name
     ),
 ]
 
@@ -211,12 +194,10 @@ def _report(out: Output, summary: _S, render: Callable[[Output, _S], None]) -> N
 def list_command(
     ctx: Context,
     event_types: Annotated[
-        list[str] | None,
-        typer.Option("--type", metavar="TYPE", help="Only this event type (repeatable)."),
+        list[str] | None, option("--type", "TYPE", "Only this event type (repeatable).")
     ] = None,
     subscribers: Annotated[
-        list[str] | None,
-        typer.Option("--subscriber", metavar="SUB", help="Only this subscriber (repeatable)."),
+        list[str] | None, option("--subscriber", "SUB", "Only this subscriber (repeatable).")
     ] = None,
     metrics_file: MetricsFileOpt = None,
     watch: Annotated[
@@ -256,10 +237,7 @@ def list_command(
 
         watch_queues(
             core.QueueWatch(
-                ctx.redis,
-                environment,
-                event_types=event_types or (),
-                subscribers=subscribers or (),
+                ctx.redis, environment, event_types=event_types or (), subscribers=subscribers or ()
             ),
             seconds,
         )
@@ -302,7 +280,7 @@ def peek_command(
     event_type: TypeArg,
     which: ListOpt = "published",
     count: Annotated[
-        int, typer.Option("--count", min=1, metavar="N", help="How many messages to show.")
+        int, option("--count", "N", "How many messages to show.", show_default=True, min=1)
     ] = 10,
 ) -> None:
     """Show the next messages of a queue list without removing them.
@@ -342,16 +320,16 @@ def requeue_command(
     event_type: TypeArg,
     source: Annotated[
         str,
-        typer.Option(
+        option(
             "--from",
-            metavar="LIST",
-            help="processing (stuck messages) or dead (dead letters).",
+            "LIST",
+            "processing (stuck messages) or dead (dead letters).",
+            show_default=True,
         ),
     ] = "processing",
     selected: QueueSelection = QueueSelection(),
     keep_retry_data: Annotated[
-        bool,
-        typer.Option("--keep-retry-data", help="Keep the RetryData of requeued dead letters."),
+        bool, typer.Option("--keep-retry-data", help="Keep the RetryData of requeued dead letters.")
     ] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
@@ -426,16 +404,14 @@ def drain_command(
     which: ListOpt = "dead",
     to_file: Annotated[
         Path | None,
-        typer.Option(
+        option(
             "--to-file",
-            metavar="PATH.jsonl.zst",
-            help="Backup file to write first (created 0600; never overwritten).",
-            show_default=False,
+            "PATH.jsonl.zst",
+            "Backup file to write first (created 0600; never overwritten).",
         ),
     ] = None,
     discard: Annotated[
-        bool,
-        typer.Option("--discard", help="Remove without a backup (needs --yes)."),
+        bool, typer.Option("--discard", help="Remove without a backup (needs --yes).")
     ] = False,
     selected: QueueSelection = QueueSelection(),
     dry_run: DryRunOpt = False,
@@ -503,25 +479,23 @@ def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> Non
 def restore_command(
     ctx: Context,
     backup_file: Annotated[
-        Path,
-        typer.Argument(metavar="PATH.jsonl.zst", help="A file written by esctl queue drain."),
+        Path, typer.Argument(metavar="PATH.jsonl.zst", help="A file written by esctl queue drain.")
     ],
     to: Annotated[
         tuple[str, str] | None,
-        typer.Option(
+        option(
             "--to",
-            metavar="SUB TYPE",
-            help="Restore into this subscriber's queue of this event type (in --env) instead "
+            "SUB TYPE",
+            "Restore into this subscriber's queue of this event type (in --env) instead "
             "of where the messages came from; they go to the tail, taken next.",
         ),
     ] = None,
     which: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--list",
-            metavar="LIST",
-            help="With --to: published, processing or dead (default: the drained list).",
-            show_default=False,
+            "LIST",
+            "With --to: published, processing or dead (default: the drained list).",
         ),
     ] = None,
     include_unknown: Annotated[

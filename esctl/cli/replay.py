@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
@@ -14,8 +15,8 @@ from esctl import defaults
 from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
-from esctl.cli.groups import EventSelection, with_groups
-from esctl.cli.options import DryRunOpt, EventSource, ProgressOpt, ShardOpt, YesOpt
+from esctl.cli.groups import EventSelection, OptionGroup, with_groups
+from esctl.cli.options import DryRunOpt, EventSource, ProgressOpt, ShardOpt, YesOpt, option
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
@@ -24,13 +25,12 @@ if TYPE_CHECKING:
 
 ReplayTransformsOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--transforms",
-        metavar="FILE",
-        help="--from redis: a TOML rules file (README 'Transforms'): replay each aggregate's "
+        "FILE",
+        "--from redis: a TOML rules file (README 'Transforms'): replay each aggregate's "
         "events as the rules make them (left out, renamed, upcast, split, renumbered); the "
         "selectors ask the transformed events.",
-        show_default=False,
     ),
 ]
 
@@ -44,6 +44,52 @@ class ToOpt(enum.StrEnum):
 class OrderOpt(enum.StrEnum):
     aggregate = "aggregate"
     time = "time"
+
+
+@dataclass(frozen=True)
+class ProjectionOptions(OptionGroup):
+    """The options of ``--to projection`` (named as ``ReplayOptions`` names them)."""
+
+    projection: Annotated[
+        str | None,
+        option(
+            "--projection",
+            "SPEC",
+            "--to projection: MODULE:CALLABLE or path/to/file.py:CALLABLE (a function "
+            "taking an event, or an object/class with handle(event) and optional setup(ctx), "
+            "flush(ctx), teardown(ctx)).",
+        ),
+    ] = None
+    checkpoint: Annotated[
+        str | None,
+        option(
+            "--checkpoint",
+            "NAME",
+            "--to projection: keep the position in esctl.projection_checkpoint, committed "
+            "with each batch; a rerun resumes (exactly once for PostgreSQL writes).",
+        ),
+    ] = None
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Start the --checkpoint over from the beginning.")
+    ] = False
+    skip_errors: Annotated[
+        bool,
+        typer.Option(
+            "--skip-errors",
+            help="--to projection: record failing events in esctl.projection_dead_letter and "
+            "go on (default: stop at the first).",
+        ),
+    ] = False
+    batch_size: Annotated[
+        int,
+        option(
+            "--batch-size",
+            "N",
+            "--to projection: events per transaction.",
+            show_default=True,
+            min=1,
+        ),
+    ] = defaults.REPLAY_BATCH_SIZE
 
 
 @with_context(Scope.REDIS | Scope.PG | Scope.APP | Scope.ENV)
@@ -69,10 +115,7 @@ def replay(
         ),
     ],
     selected: EventSelection = EventSelection(),
-    limit: Annotated[
-        int | None,
-        typer.Option("--limit", metavar="N", min=0, help="At most N events.", show_default=False),
-    ] = None,
+    limit: Annotated[int | None, option("--limit", "N", "At most N events.", min=0)] = None,
     all_events: Annotated[
         bool,
         typer.Option(
@@ -90,10 +133,10 @@ def replay(
     ] = OrderOpt.aggregate,
     subscribers: Annotated[
         list[str] | None,
-        typer.Option(
+        option(
             "--subscriber",
-            metavar="SUB",
-            help="--to queue: only this subscriber (repeatable); must be a member of "
+            "SUB",
+            "--to queue: only this subscriber (repeatable); must be a member of "
             "Subscribers:{ENV:TYPE} for some selected type unless --force.",
         ),
     ] = None,
@@ -105,71 +148,27 @@ def replay(
     ] = False,
     max_queue_length: Annotated[
         int | None,
-        typer.Option(
+        option(
             "--max-queue-length",
+            "N",
+            "--to queue: wait while a target PublishedEvents list holds N or more.",
             min=1,
-            metavar="N",
-            help="--to queue: wait while a target PublishedEvents list holds N or more.",
-            show_default=False,
         ),
     ] = None,
     rate: Annotated[
-        float | None,
-        typer.Option(
-            "--rate",
-            metavar="N",
-            min=0.001,
-            help="At most N events per second.",
-            show_default=False,
-        ),
+        float | None, option("--rate", "N", "At most N events per second.", min=0.001)
     ] = None,
     confirm_over: Annotated[
         int,
-        typer.Option(
+        option(
             "--confirm-over",
+            "N",
+            "--to queue: ask before publishing more than N events (unless --yes).",
+            show_default=True,
             min=0,
-            metavar="N",
-            help="--to queue: ask before publishing more than N events (unless --yes).",
         ),
     ] = defaults.REPLAY_CONFIRM_OVER,
-    projection: Annotated[
-        str | None,
-        typer.Option(
-            "--projection",
-            metavar="SPEC",
-            help="--to projection: MODULE:CALLABLE or path/to/file.py:CALLABLE (a function "
-            "taking an event, or an object/class with handle(event) and optional setup(ctx), "
-            "flush(ctx), teardown(ctx)).",
-            show_default=False,
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        str | None,
-        typer.Option(
-            "--checkpoint",
-            metavar="NAME",
-            help="--to projection: keep the position in esctl.projection_checkpoint, committed "
-            "with each batch; a rerun resumes (exactly once for PostgreSQL writes).",
-            show_default=False,
-        ),
-    ] = None,
-    reset: Annotated[
-        bool, typer.Option("--reset", help="Start the --checkpoint over from the beginning.")
-    ] = False,
-    skip_errors: Annotated[
-        bool,
-        typer.Option(
-            "--skip-errors",
-            help="--to projection: record failing events in esctl.projection_dead_letter and "
-            "go on (default: stop at the first).",
-        ),
-    ] = False,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size", metavar="N", min=1, help="--to projection: events per transaction."
-        ),
-    ] = defaults.REPLAY_BATCH_SIZE,
+    projecting: ProjectionOptions = ProjectionOptions(),
     shard: ShardOpt = None,
     transforms_file: ReplayTransformsOpt = None,
     dry_run: DryRunOpt = False,
@@ -211,7 +210,7 @@ def replay(
         source=source.value,
         target=target.value,
         app=ctx.app,
-        selection=core.Selection(**selected.selectors(), limit=limit, all_events=all_events),
+        selection=core.Selection(**vars(selected.selectors()), limit=limit, all_events=all_events),
         order=order.value,
         env=ctx.env if target == ToOpt.queue else ctx.get("env"),
         pg_dsn=ctx.pg_dsn,
@@ -221,11 +220,7 @@ def replay(
         max_queue_length=max_queue_length,
         rate=rate,
         confirm_over=confirm_over,
-        projection=projection,
-        checkpoint=checkpoint,
-        reset=reset,
-        skip_errors=skip_errors,
-        batch_size=batch_size,
+        **asdict(projecting),
         dry_run=dry_run,
         shard=Shard.from_option(shard),
         transforms=_load_transforms(transforms_file),
@@ -286,9 +281,7 @@ def _run(
 
 def _replayed(bar: Progress, p: core.ReplayProgress) -> None:
     bar.update(
-        p.events,
-        total=p.total,
-        postfix={"messages": f"{p.messages:,}"} if p.messages else None,
+        p.events, total=p.total, postfix={"messages": f"{p.messages:,}"} if p.messages else None
     )
 
 

@@ -4,6 +4,7 @@ the store's history, and the words its payloads are made of."""
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 DEMO_APP = "Learning.ScoringService.Web-Demo"
@@ -21,20 +22,20 @@ LEGACY_CUTOFF = datetime(2017, 10, 1, tzinfo=UTC)
 
 _ASM = "Learning.ScoringService.Domain"
 _EVENTS_NS = f"{_ASM}.Events"
-_MODELS_NS = f"{_ASM}.Models"
-_SNAPSHOTS_NS = f"{_ASM}.Snapshots"
 
 
-def event_type_name(cls: str) -> str:
-    return f"{_EVENTS_NS}.{cls}, {_ASM}"
+def domain_type(namespace: str, name: str) -> str:
+    """The assembly-qualified name Newtonsoft writes for class ``name`` of the domain assembly's
+    ``namespace`` (``Events``, ``Models``, ``Snapshots``)."""
+    return f"{_ASM}.{namespace}.{name}, {_ASM}"
 
 
-def model(cls: str) -> str:
-    return f"{_MODELS_NS}.{cls}, {_ASM}"
+event_type_name = functools.partial(domain_type, "Events")
+model = functools.partial(domain_type, "Models")
 
 
 def snapshot_type_name(aggregate_type: str) -> str:
-    return f"{_SNAPSHOTS_NS}.{aggregate_type}Snapshot, {_ASM}"
+    return domain_type("Snapshots", f"{aggregate_type}Snapshot")
 
 
 def list_of(item_type_name: str) -> str:

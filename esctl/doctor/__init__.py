@@ -4,7 +4,9 @@ Each check says ``ok``, ``warn``, ``fail`` or ``unavailable`` (it could not run)
 observed, why that matters and what to do; checks never raise. Redis checks always run; ``app``
 adds the event store's, ``env`` the queues', a configured PostgreSQL DSN the PostgreSQL ones.
 Each check is declared beside the function that runs it (:func:`declare`); how checks are
-declared and added, and how readings compare runs: docs/design/doctor.md.
+declared and added, and how readings compare runs: docs/design/doctor.md. The check functions
+are used from their modules (``redis_server_checks``, ``store_checks``, …); this package
+exports the runner, the report types, the specs and the thresholds.
 """
 
 from __future__ import annotations
@@ -17,13 +19,7 @@ from esctl.doctor.prometheus import (
     report_metrics,
     write_metrics_file,
 )
-from esctl.doctor.queue_checks import (
-    check_dead_letters,
-    check_draining,
-    check_stuck,
-    queue_reading,
-    queue_tails,
-)
+from esctl.doctor.queue_checks import queue_reading, queue_tails
 from esctl.doctor.readings import READING_TTL_S, rotate_readings
 from esctl.doctor.redis_checks import REDIS_CHECKS, combine
 from esctl.doctor.redis_facts import (
@@ -43,25 +39,12 @@ from esctl.doctor.redis_memory_checks import (
     HEADROOM_FAIL,
     HEADROOM_WARN,
     DataPresence,
-    check_aof_rewrite,
-    check_appendfsync,
-    check_fragmentation,
-    check_maxmemory,
-    check_maxmemory_policy,
-    check_persistence,
 )
 from esctl.doctor.redis_server_checks import (
     CLUSTER_SLOTS,
     LATENCY_RECENT_S,
     LIBRARY_COMMANDS,
     PING_WARN_MS,
-    check_cluster,
-    check_latency,
-    check_latency_monitor,
-    check_reachable,
-    check_role,
-    check_slowlog,
-    check_version,
 )
 from esctl.doctor.report import (
     DEFAULT_SAMPLE,
@@ -86,9 +69,6 @@ from esctl.doctor.store_checks import (
     EVENT_DATA_WARN_SHARE,
     GROWTH_FAIL_DAYS,
     GROWTH_WARN_DAYS,
-    check_growth,
-    check_store_memory,
-    check_uncompressed,
 )
 
 __all__ = [
@@ -130,25 +110,6 @@ __all__ = [
     "ServerFacts",
     "SlowEntry",
     "Status",
-    "check_aof_rewrite",
-    "check_appendfsync",
-    "check_cluster",
-    "check_dead_letters",
-    "check_draining",
-    "check_fragmentation",
-    "check_growth",
-    "check_latency",
-    "check_latency_monitor",
-    "check_maxmemory",
-    "check_maxmemory_policy",
-    "check_persistence",
-    "check_reachable",
-    "check_role",
-    "check_slowlog",
-    "check_store_memory",
-    "check_stuck",
-    "check_uncompressed",
-    "check_version",
     "combine",
     "declare",
     "gather_facts",

@@ -116,16 +116,22 @@ class CommitIndex:
 
     def findings(self, kind: str, batch: int = 1000) -> Iterator[list[tuple[int, str, str]]]:
         """(rowid, key, commit id) of the findings of ``kind``, in batches, oldest first."""
+        for rows in self._finding_batches("key, commit_id", kind, batch):
+            yield _rows(rows)
+
+    def _finding_batches(self, columns: str, kind: str, batch: int) -> Iterator[list[Any]]:
+        """(rowid, ``columns``…) rows of the findings of ``kind``, in batches in rowid order;
+        the next batch starts after the last rowid given (rows dropped meanwhile are fine)."""
         last = 0
         while True:
             rows = self.db.execute(
-                "SELECT rowid, key, commit_id FROM finding WHERE kind = ? AND rowid > ?"
+                f"SELECT rowid, {columns} FROM finding WHERE kind = ? AND rowid > ?"
                 " ORDER BY rowid LIMIT ?",
                 (kind, last, batch),
             ).fetchall()
             if not rows:
                 return
-            yield _rows(rows)
+            yield rows
             last = rows[-1][0]
 
     def drop_finding(self, rowid: int) -> None:
@@ -180,14 +186,5 @@ class CommitIndex:
 
     def finding_pages(self, kind: str, batch: int = 1000) -> Iterator[list[tuple[str, str, str]]]:
         """Every (key, commit id, detail) finding of ``kind``, in batches, oldest first."""
-        last = 0
-        while True:
-            rows = self.db.execute(
-                "SELECT rowid, key, commit_id, detail FROM finding WHERE kind = ? AND rowid > ?"
-                " ORDER BY rowid LIMIT ?",
-                (kind, last, batch),
-            ).fetchall()
-            if not rows:
-                return
+        for rows in self._finding_batches("key, commit_id, detail", kind, batch):
             yield [(_py(key), _py(commit_id), _py(detail)) for _, key, commit_id, detail in rows]
-            last = rows[-1][0]

@@ -26,19 +26,13 @@ from esctl.inspect.locate import list_position
 from esctl.inspect.problems import problem_key, stream_problems
 from esctl.problems import open_problems_file
 from esctl.shard import Shard
-from esctl.streams import read_streams, validate_stream
+from esctl.streams import PAYLOAD_KINDS, read_streams, validate_stream
 
 INTEGRITY_KINDS = (
     "orphan",
     "missing_payload",
     "misplaced_payload",
-    "invalid_compressed",
-    "invalid_utf8",
-    "invalid_json",
-    "missing_field",
-    "wrong_type",
-    "bad_timestamp",
-    "bad_version",
+    *PAYLOAD_KINDS,
     "id_mismatch",
     "version_gap",
     "duplicate_version",

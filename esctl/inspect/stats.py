@@ -46,132 +46,10 @@ class TypeStats:
         }
 
 
-@dataclass
-class StatsReport:
-    app: str
-    env: str | None
-    full: bool
-    sample: int
-    commit_lists: int
-    commit_ids: int
-    partitioned_hashes: int
-    partitioned_fields: int
-    legacy_fields: int
-    snapshot_hashes: int
-    snapshots: int
-    queue_lists: dict[str, int]
-    queue_messages: dict[str, int]
-    events_examined: int
-    """Committed events whose payloads were read (the sampled lists', or all with full)."""
-    legacy_events_examined: int
-    compressed_examined: int
-    stored_bytes_examined: int
-    compressed_stored_bytes: int
-    compressed_plain_bytes: int
-    payload_bytes: int
-    payload_bytes_exact: bool
-    used_memory: int | None
-    memory: list[FamilyMemory]
-    event_types: list[TypeStats]
-    """By stored bytes, largest first; scaled from the sample to all commit ids unless full."""
-    elapsed_s: float
+class PayloadTally:
+    """Payloads read, added up: events (legacy, compressed), stored bytes (of the compressed
+    ones, and their plain text's), and per event type."""
 
-    @property
-    def event_store_bytes(self) -> int:
-        """Estimated memory of the event storage (event hashes + legacy hash + commit lists):
-        roughly what moving events out of Redis frees."""
-        return sum(
-            m.estimated_bytes
-            for m in self.memory
-            if m.family in ("event_hashes", "legacy_hash", "commit_lists")
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        total_events = sum(t.events for t in self.event_types)
-        total_bytes = sum(t.stored_bytes for t in self.event_types)
-        examined = self.events_examined
-        return {
-            "app": self.app,
-            "env": self.env,
-            "full": self.full,
-            "sample": self.sample,
-            "aggregates": self.commit_lists,
-            "events": {
-                "commit_ids": self.commit_ids,
-                "hash_fields": self.partitioned_fields + self.legacy_fields,
-                "partitioned_fields": self.partitioned_fields,
-                "legacy_fields": self.legacy_fields,
-                "partition_hashes": self.partitioned_hashes,
-                "legacy_share_examined": round(self.legacy_events_examined / examined, 4)
-                if examined
-                else None,
-            },
-            "snapshots": {"hashes": self.snapshot_hashes, "snapshots": self.snapshots},
-            "queues": {"lists": self.queue_lists, "messages": self.queue_messages},
-            "payloads": {
-                "examined": examined,
-                "compressed_share": round(self.compressed_examined / examined, 4)
-                if examined
-                else None,
-                "compression_ratio": round(
-                    self.compressed_plain_bytes / self.compressed_stored_bytes, 3
-                )
-                if self.compressed_stored_bytes
-                else None,
-                "average_stored_bytes": round(self.stored_bytes_examined / examined, 1)
-                if examined
-                else None,
-                "payload_bytes": self.payload_bytes,
-                "payload_bytes_exact": self.payload_bytes_exact,
-            },
-            "memory": {
-                "used_memory": self.used_memory,
-                "families": [
-                    {
-                        "family": m.family,
-                        "keys": m.keys,
-                        "sampled": m.sampled,
-                        "sampled_bytes": m.sampled_bytes,
-                        "estimated_bytes": m.estimated_bytes,
-                        "share_of_used_memory": m.share_of_used_memory,
-                    }
-                    for m in self.memory
-                ],
-                "event_store_bytes": self.event_store_bytes,
-                "event_store_share": round(self.event_store_bytes / self.used_memory, 4)
-                if self.used_memory
-                else None,
-            },
-            "event_types": [t.as_dict(total_events, total_bytes) for t in self.event_types],
-            "event_types_exact": self.full or self.events_examined == self.commit_ids,
-            "elapsed_s": round(self.elapsed_s, 3),
-        }
-
-
-def _lengths(client: redisio.RedisClient, command: str, keys: Sequence[str]) -> int:
-    total = 0
-    for key, reply in zip(
-        keys, redisio.pipelined(client, [(command, k) for k in keys]), strict=True
-    ):
-        if isinstance(reply, Exception):
-            raise ServerError(f"{command} {key} failed: {reply}")
-        total += int(reply)
-    return total
-
-
-def _memory_usage(client: redisio.RedisClient, keys: Sequence[str]) -> int:
-    total = 0
-    for reply in redisio.pipelined(client, [("MEMORY", "USAGE", k) for k in keys]):
-        if isinstance(reply, Exception):
-            raise ServerError(
-                f"MEMORY USAGE failed: {reply}",
-                hint="the server or its ACL may not allow MEMORY USAGE",
-            )
-        total += int(reply or 0)
-    return total
-
-
-class _EventTally:
     def __init__(self) -> None:
         self.by_type: dict[str, TypeStats] = {}
         self.events = self.legacy = self.compressed = 0
@@ -200,6 +78,126 @@ class _EventTally:
                 self.compressed_plain += len(decoded.text.encode("utf-8"))
 
 
+@dataclass
+class StatsReport:
+    app: str
+    env: str | None
+    full: bool
+    sample: int
+    commit_lists: int
+    commit_ids: int
+    partitioned_hashes: int
+    partitioned_fields: int
+    legacy_fields: int
+    snapshot_hashes: int
+    snapshots: int
+    queue_lists: dict[str, int]
+    queue_messages: dict[str, int]
+    examined: PayloadTally
+    """The committed events whose payloads were read (the sampled lists', or all with full)."""
+    payload_bytes: int
+    payload_bytes_exact: bool
+    used_memory: int | None
+    memory: list[FamilyMemory]
+    event_types: list[TypeStats]
+    """By stored bytes, largest first; scaled from the sample to all commit ids unless full."""
+    elapsed_s: float
+
+    @property
+    def event_store_bytes(self) -> int:
+        """Estimated memory of the event storage (event hashes + legacy hash + commit lists):
+        roughly what moving events out of Redis frees."""
+        return sum(
+            m.estimated_bytes
+            for m in self.memory
+            if m.family in ("event_hashes", "legacy_hash", "commit_lists")
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        total_events = sum(t.events for t in self.event_types)
+        total_bytes = sum(t.stored_bytes for t in self.event_types)
+        examined = self.examined.events
+        return {
+            "app": self.app,
+            "env": self.env,
+            "full": self.full,
+            "sample": self.sample,
+            "aggregates": self.commit_lists,
+            "events": {
+                "commit_ids": self.commit_ids,
+                "hash_fields": self.partitioned_fields + self.legacy_fields,
+                "partitioned_fields": self.partitioned_fields,
+                "legacy_fields": self.legacy_fields,
+                "partition_hashes": self.partitioned_hashes,
+                "legacy_share_examined": round(self.examined.legacy / examined, 4)
+                if examined
+                else None,
+            },
+            "snapshots": {"hashes": self.snapshot_hashes, "snapshots": self.snapshots},
+            "queues": {"lists": self.queue_lists, "messages": self.queue_messages},
+            "payloads": {
+                "examined": examined,
+                "compressed_share": round(self.examined.compressed / examined, 4)
+                if examined
+                else None,
+                "compression_ratio": round(
+                    self.examined.compressed_plain / self.examined.compressed_stored, 3
+                )
+                if self.examined.compressed_stored
+                else None,
+                "average_stored_bytes": round(self.examined.stored / examined, 1)
+                if examined
+                else None,
+                "payload_bytes": self.payload_bytes,
+                "payload_bytes_exact": self.payload_bytes_exact,
+            },
+            "memory": {
+                "used_memory": self.used_memory,
+                "families": [
+                    {
+                        "family": m.family,
+                        "keys": m.keys,
+                        "sampled": m.sampled,
+                        "sampled_bytes": m.sampled_bytes,
+                        "estimated_bytes": m.estimated_bytes,
+                        "share_of_used_memory": m.share_of_used_memory,
+                    }
+                    for m in self.memory
+                ],
+                "event_store_bytes": self.event_store_bytes,
+                "event_store_share": round(self.event_store_bytes / self.used_memory, 4)
+                if self.used_memory
+                else None,
+            },
+            "event_types": [t.as_dict(total_events, total_bytes) for t in self.event_types],
+            "event_types_exact": self.full or examined == self.commit_ids,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def _lengths(client: redisio.RedisClient, command: str, keys: Sequence[str]) -> int:
+    total = 0
+    for key, reply in zip(
+        keys, redisio.pipelined(client, [(command, k) for k in keys]), strict=True
+    ):
+        if isinstance(reply, Exception):
+            raise ServerError(f"{command} {key} failed: {reply}")
+        total += int(reply)
+    return total
+
+
+def _memory_usage(client: redisio.RedisClient, keys: Sequence[str]) -> int:
+    total = 0
+    for reply in redisio.pipelined(client, [("MEMORY", "USAGE", k) for k in keys]):
+        if isinstance(reply, Exception):
+            raise ServerError(
+                f"MEMORY USAGE failed: {reply}",
+                hint="the server or its ACL may not allow MEMORY USAGE",
+            )
+        total += int(reply or 0)
+    return total
+
+
 Progress = Callable[[str, int], None]
 """Called with a phase (``commit lists``, ``event hashes``, …) and the keys seen so far."""
 
@@ -225,7 +223,7 @@ def inspect_stats(
     """
     started = time.monotonic()
     rng = random.Random(seed)
-    tally = _EventTally()
+    tally = PayloadTally()
 
     def progress(phase: str, keys: int) -> None:
         if on_progress is not None:
@@ -290,12 +288,7 @@ def inspect_stats(
         snapshots=snapshot_count,
         queue_lists=queue_lists,
         queue_messages=queue_messages,
-        events_examined=tally.events,
-        legacy_events_examined=tally.legacy,
-        compressed_examined=tally.compressed,
-        stored_bytes_examined=tally.stored,
-        compressed_stored_bytes=tally.compressed_stored,
-        compressed_plain_bytes=tally.compressed_plain,
+        examined=tally,
         payload_bytes=payload_bytes,
         payload_bytes_exact=exact,
         used_memory=used,
@@ -309,7 +302,7 @@ def _count_commit_lists(
     client: redisio.RedisClient,
     app: str,
     lists: Reservoir[str],
-    tally: _EventTally | None,
+    tally: PayloadTally | None,
     progress: Progress,
 ) -> int:
     """Sample the commit lists into ``lists`` and count their commit ids; with ``tally`` (a full
@@ -332,7 +325,7 @@ def _count_commit_lists(
 
 
 def _read_sampled_payloads(
-    client: redisio.RedisClient, app: str, keys: Sequence[str], tally: _EventTally
+    client: redisio.RedisClient, app: str, keys: Sequence[str], tally: PayloadTally
 ) -> None:
     """Tally the payloads of the sampled commit lists ``keys``, 10,000 at a time."""
     listed = storereads.commit_lists(client, keys)
@@ -405,7 +398,7 @@ def _family_memory(
     )
 
 
-def _event_types(tally: _EventTally, scale: float) -> list[TypeStats]:
+def _event_types(tally: PayloadTally, scale: float) -> list[TypeStats]:
     """The tally's events per type, times ``scale``, by stored bytes (largest first)."""
     return sorted(
         (

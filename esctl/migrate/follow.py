@@ -37,6 +37,8 @@ from esctl.transforms import Rules
 
 HEARTBEAT_S = 1.0
 """At least one ``lag`` line (and a metrics file update) this often."""
+TOPOLOGY_S = 2.0
+"""How often a cluster's primaries are checked (CLUSTER SLOTS) for a failover or a new node."""
 POLL_PAUSE_S = 0.5
 """Without notifications: the pause after a sweep that found nothing new."""
 START_POSITION = redisio.ScanPosition().encode()
@@ -205,6 +207,9 @@ class _Follower:
         self.sweeper = self._reader(state_present=True)
         self.notified = self._reader(state_present=True)
         self.notified.lookups = True
+        # What this run quarantined is not read (and quarantined) again until it changes.
+        self.held: dict[str, int | None] = {}
+        self.sweeper.held = self.notified.held = self.held
 
     def _reader(self, *, state_present: bool) -> Reader:
         if self.rules is None:
@@ -222,10 +227,15 @@ class _Follower:
                 sweep.outstanding.discard(batch.seq)
             for aggregate_id in ids:
                 self.pending.in_flight.pop(aggregate_id, None)
+            for aggregate_id in batch.clean:
+                self.held.pop(aggregate_id, None)
+            for q in result.quarantined:
+                self.held[q.aggregate_id] = q.commits
             self.done.append(_Committed(batch.seq, source, batch.aggregates, result, time.time()))
-        if self.feed is not None:
-            with self.feed.cond:  # wake the loop: the lines and the lag follow the commit
-                self.feed.cond.notify_all()
+        feed = self.feed
+        if feed is not None:
+            with feed.cond:  # wake the loop: the lines and the lag follow the commit
+                feed.cond.notify_all()
 
     def lost(self, error: ConnectionFailed, attempt: int) -> bool:
         with self.lock:
@@ -329,13 +339,41 @@ class _Follower:
         with _redis_errors(self.client):
             self.feed.start()
 
+    def _publishing(self, new: list[str]) -> bool:
+        """Whether the new primaries of a cluster publish what the follower needs (set with
+        --enable-notifications); if not, it says so and polls from now on."""
+        flags = notify.notification_flags(self.client)
+        off = {
+            n: f for n, f in flags.items() if n in new and (f is None or notify.missing_flags(f))
+        }
+        if not off:
+            return True
+        if self.fopts.enable_notifications:
+            notify.enable_notifications(self.client)
+            return True
+        assert self.feed is not None
+        self.feed.close()
+        self.feed = None
+        self.state.mode = "polling"
+        self.next_sweep = 0.0
+        self.on_line(self.state.line("notice", message=_notifications_off(off)))
+        return False
+
     def _check_feed(self) -> None:
         feed = self.feed
         if feed is None:
             return
         if time.monotonic() >= self.next_topology:
-            self.next_topology = time.monotonic() + 5.0
-            feed.refresh_topology()
+            self.next_topology = time.monotonic() + TOPOLOGY_S
+            new = feed.refresh_topology()
+            if new and not self._publishing(new):
+                return
+        down = feed.down()
+        if down:
+            name, error = next(iter(down.items()))
+            self.state.obstacle = f"Redis is unreachable ({name}: {error})"
+        elif self.redis_down_since is None and (self.state.obstacle or "").startswith("Redis"):
+            self.state.obstacle = None
         since = feed.take_resync()
         if since is not None:
             self._start_sweep("resubscribed", since)
@@ -363,6 +401,7 @@ class _Follower:
         if not ready:
             return False
         keys = [layout.commit_list_key(self.opts.app, a) for a in ready]
+        _forget_numbering(self.notified)
         try:
             with pg.translate_errors(self.opts.pg_dsn):
                 for batch in self.notified.batches_of(keys, START_POSITION):
@@ -392,11 +431,12 @@ class _Follower:
                 self.pool.work.put(batch, timeout=0.2)
                 return
             except queue.Full:
-                # The writers are busy (or blocked): keep reporting, and notice a stall.
+                # The writers are busy (or blocked): keep reporting, and notice a stall or a
+                # stop (the batch is then not written; the next follower reads it again).
                 self._drain()
                 self._heartbeat()
                 self._check_stall()
-                if self.pool.stop.is_set():
+                if self.pool.stop.is_set() or self.should_stop():
                     self.pool.raise_failure()
                     return
 
@@ -405,6 +445,7 @@ class _Follower:
     def _start_sweep(self, reason: str, blind_since: float | None) -> None:
         epoch = redisio.scan_epoch(self.client)
         start = redisio.ScanPosition(epoch=epoch)
+        _forget_numbering(self.sweeper)
         self.sweep = _Sweep(
             reason,
             time.time(),
@@ -412,6 +453,7 @@ class _Follower:
             blind_since if blind_since is not None else self.started,
         )
         self.state.sweeping = True
+        self._update_lag()
         self.on_line(self.state.line("sweep", phase="started", reason=reason))
 
     def _sweep_step(self) -> bool:
@@ -446,6 +488,7 @@ class _Follower:
         return "poll" if self.feed is None else "interval"
 
     def _end_sweep(self) -> None:
+        self._drain()  # its last batches' lines first
         sweep = self.sweep
         assert sweep is not None
         self.sweep = None
@@ -454,7 +497,7 @@ class _Follower:
         self.last_sweep_start = sweep.started
         self.sweeper.lookups = True  # a first run's shortcut holds for its first sweep only
         if self.feed is not None:
-            self.feed.sweep_done(sweep.blind_since)
+            self.feed.sweep_done(sweep.started)
             self.next_sweep = time.monotonic() + self.fopts.sweep_interval_s
         else:
             self.next_sweep = time.monotonic() + (0.0 if sweep.events else POLL_PAUSE_S)
@@ -475,6 +518,9 @@ class _Follower:
     def _redis_lost(self, exc: BaseException) -> None:
         if self.redis_down_since is None:
             self.redis_down_since = time.time()
+            if self.sweep is not None and self.sweep.blind_since is not None:
+                # the sweep that stops here had a gap to close: the next one inherits it
+                self.redis_down_since = min(self.redis_down_since, self.sweep.blind_since)
         text = exc.message if isinstance(exc, EsctlError) else str(exc)
         self.state.obstacle = f"Redis is unreachable ({text})"
         self.sweep = None  # its SCAN is gone; a new one runs once Redis answers
@@ -582,7 +628,8 @@ class _Follower:
     def _behind(self) -> bool:
         with self.lock:
             known = bool(self.pending.waiting or self.pending.in_flight)
-        return known or self.sweep is not None or self.redis_down_since is not None
+        blind = self.feed is not None and self.feed.blind_since is not None
+        return known or blind or self.sweep is not None or self.redis_down_since is not None
 
     def _check_stall(self) -> None:
         limit = self.fopts.stall_timeout_s
@@ -598,9 +645,7 @@ class _Follower:
         )
 
     def _stall_cause(self) -> str:
-        if self.redis_down_since is not None or (
-            self.state.obstacle and self.state.obstacle.startswith("Redis")
-        ):
+        if (self.state.obstacle or "").startswith("Redis"):
             return self.state.obstacle or "Redis is unreachable"
         waits = _lock_waits(self.opts.pg_dsn, self.pool.backend_pids())
         if waits:
@@ -608,6 +653,13 @@ class _Follower:
         if self.state.obstacle:
             return self.state.obstacle
         return "the writers committed nothing (PostgreSQL slow or unresponsive?)"
+
+
+def _forget_numbering(reader: Reader) -> None:
+    """A transforming reader keeps each aggregate's numbering from its lookup to its batch;
+    a follower's would otherwise keep one per aggregate ever seen."""
+    if isinstance(reader, TransformingReader):
+        reader.numbering.clear()
 
 
 def _lock_waits(dsn: str, pids: list[int]) -> str | None:

@@ -9,14 +9,12 @@ from typing import Any
 
 from esctl.defaults import MIGRATE_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.documents import document
+from esctl.pg import PgTarget
 from esctl.shard import Shard
 
 
 @dataclass(frozen=True)
-class MigrateOptions:
-    app: str
-    pg_dsn: str
-    pg_schema: str = "public"
+class MigrateOptions(PgTarget):
     batch_size: int = DEFAULT_BATCH_SIZE
     init_schema: bool = False
     dry_run: bool = False

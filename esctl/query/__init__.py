@@ -9,7 +9,7 @@ holds: docs/design/query.md.
 The package never prints and never exits; the CLI renders what it returns.
 """
 
-from esctl.query.filters import QueryFilters, QueryResult, QueryStats
+from esctl.query.filters import QueryFilters, QueryResult, QueryStats, Selectors
 from esctl.query.pg_query import PgQuery, pg_conditions, pg_query_sql, query_pg
 from esctl.query.redis_query import (
     HEAD_BASE64_CHARS,
@@ -40,6 +40,7 @@ __all__ = [
     "QueryResult",
     "QueryStats",
     "RedisQuery",
+    "Selectors",
     "TransformedQuery",
     "WhereClause",
     "head_envelope",

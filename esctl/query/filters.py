@@ -45,16 +45,48 @@ class QueryFilters:
         now: datetime | None = None,
     ) -> QueryFilters:
         """Filters from command-line text; raises UsageError on anything malformed."""
+        text = Selectors(
+            tuple(types), aggregate_type, tuple(aggregates), since, until, tuple(where)
+        )
+        return text.filters(now, limit=limit)
+
+
+@dataclass(frozen=True)
+class Selectors:
+    """The selectors as given on a command line, as text: what :class:`QueryFilters` are built
+    from, and what a replay checkpoint remembers (relative times still relative)."""
+
+    types: tuple[str, ...] = ()
+    aggregate_type: str | None = None
+    aggregates: tuple[str, ...] = ()
+    since: str | None = None
+    until: str | None = None
+    where: tuple[str, ...] = ()
+
+    @property
+    def has_selector(self) -> bool:
+        return bool(
+            self.types
+            or self.aggregate_type is not None
+            or self.aggregates
+            or self.since
+            or self.until
+            or self.where
+        )
+
+    def filters(self, now: datetime | None = None, *, limit: int | None = None) -> QueryFilters:
+        """The query filters, relative times counted back from ``now`` (default: now); raises
+        UsageError on anything malformed."""
         moment = now or datetime.now(UTC)
         if limit is not None and limit < 0:
             raise UsageError("--limit must be 0 or more")
-        return cls(
-            types=tuple(dict.fromkeys(types)),
-            aggregate_type=aggregate_type,
-            aggregates=tuple(dict.fromkeys(aggregates)),
-            since=parse_time(since, option="--since", now=moment) if since else None,
-            until=parse_time(until, option="--until", now=moment) if until else None,
-            where=tuple(parse_where(w) for w in where),
+        return QueryFilters(
+            types=tuple(dict.fromkeys(self.types)),
+            aggregate_type=self.aggregate_type,
+            aggregates=tuple(dict.fromkeys(self.aggregates)),
+            since=parse_time(self.since, option="--since", now=moment) if self.since else None,
+            until=parse_time(self.until, option="--until", now=moment) if self.until else None,
+            where=tuple(parse_where(w) for w in self.where),
             limit=limit,
         )
 

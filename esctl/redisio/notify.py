@@ -31,13 +31,15 @@ NEEDED_FLAGS = "Kl"
 """What :func:`enable_notifications` adds to ``notify-keyspace-events``."""
 
 
-def _primaries(client: RedisClient) -> list[tuple[str, dict[str, Any]]]:
-    """(name, connection settings) of every primary (the server itself when not a cluster).
-    The settings are a connection pool's (``connection_class`` included)."""
+def _primaries(client: RedisClient, *, replicas: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(name, connection settings) of every primary (the server itself when not a cluster;
+    with ``replicas`` every node of a cluster). The settings are a connection pool's
+    (``connection_class`` included)."""
     if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_nodes() if replicas else client.get_primaries()
         return [
             (f"{n.host}:{n.port}", _settings(n.redis_connection.connection_pool))
-            for n in client.get_primaries()
+            for n in nodes
             if n.redis_connection is not None
         ]
     return [(describe(client), _settings(client.connection_pool))]
@@ -74,9 +76,10 @@ def missing_flags(flags: str) -> bool:
 
 
 def enable_notifications(client: RedisClient) -> None:
-    """Add ``K`` and ``l`` to every primary's ``notify-keyspace-events`` (CONFIG SET). Raises
+    """Add ``K`` and ``l`` to ``notify-keyspace-events`` (CONFIG SET) on every node, replicas
+    included (a replica promoted by a failover then publishes at once). Raises
     PermissionDenied when the server or its ACL refuses CONFIG."""
-    for name, kwargs in _primaries(client):
+    for name, kwargs in _primaries(client, replicas=True):
         node = _node(kwargs)
         try:
             current = node.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
@@ -124,9 +127,11 @@ class KeyspaceFeed:
         self.keys: dict[str, Seen] = {}
         self.blind_since: float | None = None
         self.resync = False
+        self.resync_taken_at: float | None = None
         self.errors = 0
         self.last_error: str | None = None
         self.subscriptions: dict[str, _Subscription] = {}
+        self.failing: dict[str, str] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -153,12 +158,12 @@ class KeyspaceFeed:
                 sub.thread.join(timeout=2)
         self.subscriptions.clear()
 
-    def refresh_topology(self) -> bool:
+    def refresh_topology(self) -> list[str]:
         """On a cluster: subscribe on primaries that appeared and drop the ones that are gone
-        (a failover, a node added). Returns whether anything changed; a new primary may have
-        published before it was subscribed, so a change also asks for a sweep."""
+        (a failover, a node added). Returns the new ones; a new primary may have published
+        before it was subscribed, so any change also asks for a sweep."""
         if not isinstance(self.client, redis.cluster.RedisCluster):
-            return False
+            return []
         self.client.nodes_manager.initialize()
         now = dict(_primaries(self.client))
         gone = [n for n in self.subscriptions if n not in now]
@@ -169,7 +174,7 @@ class KeyspaceFeed:
             self._add(name, now[name], first=False)
         if gone or new:
             self._lost(f"the cluster's primaries changed ({', '.join(gone + new)})")
-        return bool(gone or new)
+        return new
 
     # --- what the caller reads -------------------------------------------------------------
 
@@ -202,13 +207,21 @@ class KeyspaceFeed:
             if not self.resync or not self._all_subscribed():
                 return None
             self.resync = False
+            self.resync_taken_at = time.time()
             return self.blind_since
 
-    def sweep_done(self, since: float | None) -> None:
-        """A sweep that started after :meth:`take_resync` returned ``since`` has finished."""
+    def sweep_done(self, started: float) -> None:
+        """A sweep that started at ``started`` (wall clock) has finished: if that was after
+        the last :meth:`take_resync` and nothing was lost since, nothing is missing."""
         with self.cond:
-            if not self.resync and self.blind_since == since:
+            taken = self.resync_taken_at
+            if not self.resync and taken is not None and started >= taken:
                 self.blind_since = None
+
+    def down(self) -> dict[str, str]:
+        """The primaries whose subscription is down now, with the last error of each."""
+        with self.cond:
+            return dict(self.failing)
 
     def _all_subscribed(self) -> bool:
         return all(s.pubsub is not None for s in self.subscriptions.values())
@@ -235,6 +248,7 @@ class KeyspaceFeed:
                     sub.pubsub = self._subscribe(sub.kwargs)
                     attempt = 0
                     with self.cond:
+                        self.failing.pop(sub.name, None)
                         self.cond.notify_all()
                 except (*REDIS_ERRORS, OSError) as exc:
                     self._failed(sub, exc)
@@ -256,7 +270,8 @@ class KeyspaceFeed:
             _close(sub.pubsub)
             sub.pubsub = None
         self.errors += 1
-        self.last_error = f"{sub.name}: {exc}"
+        with self.cond:
+            self.failing[sub.name] = str(exc)
         self._lost(f"the subscription on {sub.name} dropped: {exc}")
 
     def _lost(self, why: str) -> None:

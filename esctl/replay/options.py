@@ -10,7 +10,7 @@ from typing import Any
 from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.defaults import REPLAY_CONFIRM_OVER as DEFAULT_CONFIRM_OVER
 from esctl.errors import UsageError
-from esctl.query import QueryFilters
+from esctl.query import Selectors
 from esctl.replay.time_order import SORT_RUN_BYTES
 from esctl.shard import Shard
 from esctl.transforms import Rules
@@ -21,29 +21,12 @@ ORDERS = ("aggregate", "time")
 
 
 @dataclass(frozen=True)
-class Selection:
+class Selection(Selectors):
     """The selectors as given on the command line (text: relative times are resolved against
-    the moment a checkpoint was created, see :meth:`filters`)."""
+    the moment a checkpoint was created, see :meth:`filters`), the ``--limit`` and ``--all``."""
 
-    types: tuple[str, ...] = ()
-    aggregate_type: str | None = None
-    aggregates: tuple[str, ...] = ()
-    since: str | None = None
-    until: str | None = None
-    where: tuple[str, ...] = ()
     limit: int | None = None
     all_events: bool = False
-
-    @property
-    def has_selector(self) -> bool:
-        return bool(
-            self.types
-            or self.aggregate_type is not None
-            or self.aggregates
-            or self.since
-            or self.until
-            or self.where
-        )
 
     def check(self) -> None:
         if not self.has_selector and not self.all_events:
@@ -56,19 +39,6 @@ class Selection:
         if self.limit is not None and self.limit < 0:
             raise UsageError("--limit must be 0 or more")
         self.filters(datetime.now(UTC))  # malformed selectors are usage errors now, not later
-
-    def filters(self, now: datetime) -> QueryFilters:
-        """The query filters, relative times counted back from ``now``."""
-        return QueryFilters.build(
-            types=self.types,
-            aggregate_type=self.aggregate_type,
-            aggregates=self.aggregates,
-            since=self.since,
-            until=self.until,
-            where=self.where,
-            limit=None,
-            now=now,
-        )
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint remembers of the selection (compared on resume)."""

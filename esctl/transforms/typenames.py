@@ -156,20 +156,13 @@ def rewrite_token(token: str, rewrite: Callable[[str], str]) -> str:
     return token if new == old else _string_token(new)
 
 
-def _replaced(text: str, spans: list[tuple[int, int]], rewrite: Callable[[str], str]) -> str:
-    parts: list[str] = []
-    done = 0
-    for start, end in spans:
-        token = text[start:end]
-        new = rewrite_token(token, rewrite)
-        if new is not token:
-            parts.append(text[done:start])
-            parts.append(new)
-            done = end
-    if not parts:
-        return text
-    parts.append(text[done:])
-    return "".join(parts)
+def _replaced(text: str, span: tuple[int, int], rewrite: Callable[[str], str]) -> str:
+    """``text`` with the JSON string token at ``span`` rewritten (:func:`rewrite_token`);
+    ``text`` itself when the value stays."""
+    start, end = span
+    token = text[start:end]
+    new = rewrite_token(token, rewrite)
+    return text if new is token else text[:start] + new + text[end:]
 
 
 def rewrite_type_members(text: str, rewrite: Callable[[str], str]) -> str:
@@ -222,13 +215,13 @@ def rewrite_own_type(text: str, rewrite: Callable[[str], str]) -> str:
     order) the strings are scanned for the one at depth 1."""
     first = _OWN_TYPE_RE.match(text)
     if first is not None:
-        return _replaced(text, [first.span(1)], rewrite)
+        return _replaced(text, first.span(1), rewrite)
     key_end = -1
     for match, depth in _strings(text):
         if key_end != -1:
             colon = _COLON_RE.match(text, key_end)
             if colon is not None and colon.end() == match.start():
-                return _replaced(text, [match.span()], rewrite)
+                return _replaced(text, match.span(), rewrite)
             key_end = -1
         elif depth == 1 and match.group() == '"$type"':
             key_end = match.end()
