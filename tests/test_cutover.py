@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,7 +26,8 @@ from typing import Any
 import independent_writer as iw
 import psycopg
 import redis
-from helpers import run_cli, start_cli
+from helpers import run_cli
+from test_migrate_follow import Follower, writer
 
 from esctl import servers
 
@@ -52,46 +52,14 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) 
         time.sleep(0.05)
 
 
-class Follower:
-    """``esctl migrate redis-to-pg --follow --json`` in the background, its JSON lines read as
-    they come."""
-
-    def __init__(self, where: dict[str, str], *args: str) -> None:
-        self.proc = start_cli(
-            "migrate", "redis-to-pg", "--follow", "--enable-notifications", "--json",
-            "--no-progress", "--app", where["app"], "--redis-url", where["redis_url"],
-            "--pg-dsn", where["pg_dsn"], *args,
-        )  # fmt: skip
-        self.lines: list[dict[str, Any]] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(json.loads(line))
-
-    def caught_up(self) -> bool:
-        assert self.proc.poll() is None, self.stderr()
-        return any(x["event"] == "sweep" and x.get("phase") == "finished" for x in self.lines)
-
-    def stderr(self) -> str:
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read().decode() if self.proc.poll() is not None else ""
-
-    def terminate(self) -> int:
-        """SIGTERM, as systemd and Kubernetes stop a service; its exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self.reader.join()
-        return code
-
-
 @contextmanager
 def following(where: dict[str, str], *args: str) -> Iterator[Follower]:
-    follower = Follower(where, *args)
+    """A follower (turning notifications on, as the README's cut-over does), caught up."""
+    follower = Follower(
+        where["redis_url"], where["pg_dsn"], where["app"], "--enable-notifications", *args
+    )
     try:
-        wait_until(follower.caught_up, "the follower's catch-up sweep")
+        follower.caught_up()
         yield follower
     finally:
         if follower.proc.poll() is None:
@@ -141,18 +109,13 @@ def test_cutover_as_the_readme_walks_it(pg_dsn: str, app_name: str, tmp_path: Pa
 
         # The follower, with the services still writing to Redis.
         with following(where) as follower:
-            writer = threading.Thread(
-                target=iw.append_events,
-                args=(client, truth, 150),
-                kwargs={"seed": 5, "pause": 0.01},
-            )
-            writer.start()
+            writing = writer(client, truth, 150, pause=0.01, seed=5)
             wait_until(lambda: any(x["events_migrated"] > 0 for x in follower.lines), "following")
             _, running = cli("migrate", "status", where=where)
             assert [(s["status"], s["lock_alive"]) for s in running["shards"]] == [
                 ("running", True)
             ]
-            writer.join()  # the writers stop
+            writing.join()  # the writers stop
 
             wait_until(
                 lambda: pg_count(pg_dsn, app_name) == len(truth.events()),
@@ -164,7 +127,7 @@ def test_cutover_as_the_readme_walks_it(pg_dsn: str, app_name: str, tmp_path: Pa
             code, verified = cli("migrate", "verify", where=where)
             assert code == 0, verified["problems"]
             assert verified["events_compared"] == len(truth.events())
-            assert follower.terminate() == 0
+            assert follower.stop()[0] == 0
         assert follower.lines[-1]["event"] == "stopped"
         assert pg_events(pg_dsn, app_name) == truth_events(truth)
 
@@ -225,8 +188,8 @@ def test_max_lag_exits_3_while_a_shard_is_behind_and_0_once_level(
                 wait_until(lambda: pg_count(pg_dsn, app_name) == total + 12, "both shards level")
                 code, level = cli("migrate", "status", "--max-lag", "100ms", where=where)
                 assert code == 0 and level["over_max_lag"] == [], level
-                assert second.terminate() == 0
-            assert first.terminate() == 0
+                assert second.stop()[0] == 0
+            assert first.stop()[0] == 0
         assert pg_events(pg_dsn, app_name) == truth_events(truth)
     finally:
         server.stop()
