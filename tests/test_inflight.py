@@ -5,36 +5,22 @@ in-flight reads cost far fewer round trips than one at a time."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from test_bench_relay import relay_module
 
 from esctl import inflight, layout, queues, redisio
 from esctl.queues import scripts
 from esctl.redisio.scan import scan_count_after
 
-RELAY_PATH = Path(__file__).resolve().parent.parent / "bench" / "relay.py"
 DELAY = 0.010
 """One way through the relay: a round trip costs 20 ms, far above anything else here."""
-
-
-def _load_relay() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_relay_inflight", RELAY_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-relay_module = _load_relay()
 
 
 @pytest.fixture
