@@ -72,13 +72,17 @@ class Pace:
         return self.depth
 
 
+JOIN_S = 5.0
+"""How long closing :func:`prefetched` waits for its thread to end."""
+
 _END = object()
 
 
 def prefetched(items: Iterable[T], size: int = MOST) -> Generator[T, None, None]:
     """The items of ``items``, produced by a thread of their own up to ``size`` ahead of the
     caller (a SCAN's next page asked for while the current one is being read). Errors are
-    raised here, in order; closing this generator stops the thread."""
+    raised here, in order; closing this generator stops the thread (waiting up to
+    :data:`JOIN_S` for the item it is producing)."""
     ready: queue.Queue[object] = queue.Queue(maxsize=max(1, size))
     stop = threading.Event()
 
@@ -112,7 +116,9 @@ def prefetched(items: Iterable[T], size: int = MOST) -> Generator[T, None, None]
             yield got[0]
     finally:
         stop.set()
-        thread.join()
+        # it ends once the item it is producing is ready (one SCAN call, as a rule); a daemon
+        # thread, so a long one (a whole sample's scan) does not hold up a Ctrl-C here
+        thread.join(timeout=JOIN_S)
 
 
 def ordered_map(
