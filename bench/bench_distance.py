@@ -1,7 +1,7 @@
 """Benchmark: esctl with its servers at a distance, through a latency-adding TCP relay.
 
     python bench/bench_distance.py [--events 50000] [--messages 100000] [--delay-ms 1]
-                                   [--rounds 1] [--json]
+                                   [--rounds 1] [--only migrate,verify,query,...] [--json]
 
 Starts a throwaway Redis and PostgreSQL (esctl.servers) and, for each delay (0 ms, then
 --delay-ms), one relay process per server (bench/relay.py: every chunk delivered "arrival time +
@@ -22,8 +22,9 @@ and prints events/s (messages/s) of each at each delay and the ratio delay/0 ms 
 out of the ratio. Also printed: the CPU per event of esctl, of PostgreSQL's backends and of
 Redis (bench/_common.Meter), and the relays' CPU-s per command (the relays share the machine).
 
---rounds alternates the delays that many times (medians). Keep the defaults on a shared 2-core
-machine: one round takes a few minutes.
+--rounds alternates the delays that many times (medians). --only runs (and prints) just the named
+commands (the short names of :data:`SHORT`); migrate still runs untimed when a PostgreSQL command
+needs its database. Keep the defaults on a shared 2-core machine: one round takes a few minutes.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ COMMANDS = (
     "replay --from redis --to projection",
     "queue requeue",
 )
+SHORT = {
+    "migrate": "migrate redis-to-pg",
+    "verify": "migrate verify",
+    "query": "events query",
+    "query-pg": "events query --source pg",
+    "replay-pg": "replay --from pg --to projection",
+    "replay-redis": "replay --from redis --to projection",
+    "requeue": "queue requeue",
+}
+"""--only's names for the commands."""
+PG_COMMANDS = frozenset(COMMANDS[1:2] + COMMANDS[3:5])
+"""The commands that read the database migrate writes."""
 TARGETS = {"queue requeue": 0.8}
 """Acceptance per command (ratio at 1 ms / 0 ms); 0.85 for the others."""
 
@@ -164,12 +177,17 @@ def one_round(
     rates: dict[str, dict[float, list[float]]],
     relay_cpu: dict[str, dict[float, float]],
     rtts: dict[float, list[float]],
+    only: frozenset[str],
 ) -> None:
     with relays(redis_url, admin_dsn, delay_ms) as (redis_relay, pg_relay):
         far_redis_url = through(redis_url, redis_relay.port)
         client = redisio.connect(far_redis_url)
 
         def timed(command: str, dsn: str | None, work: Callable[[], int]) -> None:
+            if command not in only:
+                if command == COMMANDS[0] and only & PG_COMMANDS:
+                    work()  # the database the PostgreSQL commands read
+                return
             before = redis_relay.cpu() + pg_relay.cpu()
             with meter.measure(f"{command} @ {delay_ms:g} ms", dsn) as cost:
                 started = time.perf_counter()
@@ -242,6 +260,9 @@ def one_round(
             timed("replay --from pg --to projection", direct_dsn, lambda: replay_from("pg"))
             timed("replay --from redis --to projection", None, lambda: replay_from("redis"))
 
+        if COMMANDS[-1] not in only:
+            client.close()
+            return
         ref = queues.QueueRef(SUBSCRIBER, ENV, EVENT_TYPE)
         processing, published = ref.key("processing"), ref.key("published")
         direct_redis.sadd(layout.subscribers_key(ENV, EVENT_TYPE), SUBSCRIBER)
@@ -270,8 +291,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--delay-ms", type=float, default=1.0, help="one-way delay per relay")
     parser.add_argument("--rounds", type=int, default=1, help="0 ms / delay alternations")
+    parser.add_argument(
+        "--only",
+        default=",".join(SHORT),
+        help=f"comma-separated commands to run, of: {', '.join(SHORT)} (default: all)",
+    )
     add_json_option(parser)
     args = parser.parse_args()
+    unknown = [name for name in args.only.split(",") if name not in SHORT]
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(unknown)} (use {', '.join(SHORT)})")
     with json_output(args.json, "bench_distance") as document:
         run(args, document)
 
@@ -290,6 +319,7 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
             relay_cpu: dict[str, dict[float, float]] = {}
             rtts: dict[float, list[float]] = {}
             delays = (0.0, args.delay_ms)
+            only = frozenset(SHORT[name] for name in args.only.split(","))
             for _ in range(args.rounds):
                 for delay in delays:
                     one_round(
@@ -303,6 +333,7 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
                         rates,
                         relay_cpu,
                         rtts,
+                        only,
                     )
             direct_rtt = ping_ms(direct)
             print(f"\nRedis PING round trip without a relay: {direct_rtt:.3f} ms")
@@ -331,6 +362,8 @@ def report(
     )
     figures = {}
     for command in COMMANDS:
+        if command not in rates:
+            continue
         at_near = statistics.median(rates[command][near])
         at_far = statistics.median(rates[command][far])
         target = TARGETS.get(command, 0.85)

@@ -9,6 +9,7 @@ expected).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import random
@@ -25,7 +26,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from esctl import layout, pg, redisio, storereads
+from esctl import inflight, layout, pg, redisio, storereads
 from esctl.codec import ParsedEvent, event_type_from_type_name, parse_event
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
@@ -424,6 +425,96 @@ def _aggregate_pages(client: redisio.RedisClient, opts: VerifyOptions) -> Iterat
         yield reservoir[start : start + opts.page_size]
 
 
+def _utf8_pages(
+    client: redisio.RedisClient, opts: VerifyOptions
+) -> Iterator[tuple[list[str], list[str]]]:
+    """Each page of aggregate ids split into those PostgreSQL can hold and the non-UTF-8 ones."""
+    for ids in _aggregate_pages(client, opts):
+        yield [a for a in ids if redisio.is_utf8(a)], [a for a in ids if not redisio.is_utf8(a)]
+
+
+@dataclass(slots=True)
+class _Page:
+    """One page as read from both sides."""
+
+    ids: list[str]
+    unreadable_ids: list[str]
+    """Aggregate ids that are not UTF-8 (not read)."""
+    keys: list[str] = field(default_factory=list)
+    lists: list[list[str]] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    where: list[str | None] = field(default_factory=list)
+    rows: dict[str, list[PgEvent]] = field(default_factory=dict)
+    migrated: dict[str, int] = field(default_factory=dict)
+
+
+def _read_page(
+    client: redisio.RedisClient,
+    conn: psycopg.Connection,
+    pg_pool: ThreadPoolExecutor,
+    opts: VerifyOptions,
+    bookkeeping: bool,
+    ids_and_unreadable: tuple[list[str], list[str]],
+) -> _Page:
+    """Read one page's commit lists and payloads from Redis while PostgreSQL (one connection,
+    its own thread) answers for the same aggregates."""
+    page = _Page(*ids_and_unreadable)
+    if not page.ids:
+        return page
+    pending = pg_pool.submit(pg_page, conn, opts, page.ids, bookkeeping)
+    try:
+        page.keys = [layout.commit_list_key(opts.app, a) for a in page.ids]
+        page.lists = storereads.commit_lists(client, page.keys)
+        page.values, page.where = storereads.fetch_values(
+            client, opts.app, [c for commit_ids in page.lists for c in commit_ids]
+        )
+    finally:
+        page.rows, page.migrated = pending.result()
+    return page
+
+
+def _compare_page(
+    page: _Page, opts: VerifyOptions, rules: Rules | None, summary: VerifySummary
+) -> None:
+    for aggregate_id in page.unreadable_ids:
+        summary.aggregates += 1
+        summary.add(
+            "unmigratable_in_redis",
+            redisio.printable(layout.commit_list_key(opts.app, aggregate_id)),
+            "the commit list key is not UTF-8: PostgreSQL text cannot hold its "
+            "aggregate id, so migrate quarantines it",
+        )
+    values, where, migrated = page.values, page.where, page.migrated
+    offset = 0
+    for aggregate_id, key, commit_ids in zip(page.ids, page.keys, page.lists, strict=True):
+        end = offset + len(commit_ids)
+        summary.aggregates += 1
+        theirs = page.rows.get(aggregate_id, [])
+        if rules is not None:
+            stream = build_stream(
+                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
+            )
+            if compare_transformed(
+                validate_stream(stream), theirs, summary, rules, migrated.get(aggregate_id)
+            ):
+                summary.aggregates_identical += 1
+            offset = end
+            continue
+        identical = fast_identical(aggregate_id, values[offset:end], theirs)
+        if identical:
+            summary.events_compared += len(commit_ids)
+        else:
+            stream = build_stream(
+                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
+            )
+            identical = compare_stream(
+                validate_stream(stream), theirs, summary, migrated.get(aggregate_id)
+            )
+        if identical:
+            summary.aggregates_identical += 1
+        offset = end
+
+
 def verify(
     client: redisio.RedisClient,
     opts: VerifyOptions,
@@ -448,61 +539,20 @@ def verify(
             pg.ensure_event_store_schema(conn, opts.pg_schema, create=False)
             bookkeeping = pg.state_schema_present(conn)
             conn.commit()
-            # PostgreSQL answers for a page while Redis is read for it (libpq releases the GIL).
+            # Each read is its own transaction either way: autocommit spares the COMMIT's
+            # round trip after each (docs/design/distance.md).
+            conn.autocommit = True
+            # PostgreSQL answers for a page while Redis is read for it (libpq releases the GIL),
+            # and several pages are read at once, as many as the round trips call for.
             with ThreadPoolExecutor(1, thread_name_prefix="esctl-verify-pg") as pool:
-                for ids in _aggregate_pages(client, opts):
-                    for aggregate_id in [a for a in ids if not redisio.is_utf8(a)]:
-                        ids.remove(aggregate_id)
-                        summary.aggregates += 1
-                        summary.add(
-                            "unmigratable_in_redis",
-                            redisio.printable(layout.commit_list_key(opts.app, aggregate_id)),
-                            "the commit list key is not UTF-8: PostgreSQL text cannot hold its "
-                            "aggregate id, so migrate quarantines it",
-                        )
-                    if not ids:
-                        continue
-                    pending = pool.submit(pg_page, conn, opts, ids, bookkeeping)
-                    try:
-                        keys = [layout.commit_list_key(opts.app, a) for a in ids]
-                        lists = storereads.commit_lists(client, keys)
-                        values, where = storereads.fetch_values(
-                            client, opts.app, [c for commit_ids in lists for c in commit_ids]
-                        )
-                    finally:
-                        rows, migrated = pending.result()
-                    offset = 0
-                    for aggregate_id, key, commit_ids in zip(ids, keys, lists, strict=True):
-                        end = offset + len(commit_ids)
-                        summary.aggregates += 1
-                        theirs = rows.get(aggregate_id, [])
-                        if rules is not None:
-                            stream = build_stream(
-                                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
-                            )
-                            if compare_transformed(
-                                validate_stream(stream),
-                                theirs,
-                                summary,
-                                rules,
-                                migrated.get(aggregate_id),
-                            ):
-                                summary.aggregates_identical += 1
-                            offset = end
-                            continue
-                        identical = fast_identical(aggregate_id, values[offset:end], theirs)
-                        if identical:
-                            summary.events_compared += len(commit_ids)
-                        else:
-                            stream = build_stream(
-                                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
-                            )
-                            identical = compare_stream(
-                                validate_stream(stream), theirs, summary, migrated.get(aggregate_id)
-                            )
-                        if identical:
-                            summary.aggregates_identical += 1
-                        offset = end
+
+                def read(page: tuple[list[str], list[str]]) -> _Page:
+                    return _read_page(client, conn, pool, opts, bookkeeping, page)
+
+                pages = inflight.prefetched(_utf8_pages(client, opts))
+                with contextlib.closing(inflight.ordered_map(read, pages)) as read_pages:
+                    for page in read_pages:
+                        _compare_page(page, opts, rules, summary)
             if rules is None and summary.mismatches and bookkeeping:
                 summary.migrated_with_transforms = _migrated_with_transforms(conn, opts)
     finally:

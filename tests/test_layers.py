@@ -29,7 +29,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.where",
     ),
     # talking to servers and processes, knowing nothing of operations
-    "transport": ("esctl.redisio", "esctl.pg", "esctl.servers", "esctl.readahead"),
+    "transport": (
+        "esctl.redisio",
+        "esctl.pg",
+        "esctl.servers",
+        "esctl.readahead",
+        "esctl.inflight",
+    ),
     # what several operations share
     "shared": (
         "esctl.locks",

@@ -34,6 +34,7 @@ from cluster import (
     slot_owner,
 )
 from helpers import cli_env, run_cli
+from terminal import ESCTL, TerminalSession, problems_on
 from test_migrate import cli_args, migrate, new_database, pg_rows
 from test_migrate_faults import assert_same_rows_as, wait_for_no_esctl_sessions
 
@@ -577,3 +578,29 @@ def test_a_failover_moves_the_subscription_to_the_promoted_replica(
     )
     assert follower.stop()[0] == 0
     assert_same_rows_as(pg_dsn, reference_rows(cluster.url, reference_dsn, app_name))
+
+
+def test_on_a_terminal_the_status_line_stays_on_one_row_and_ctrl_c_exits_130(
+    fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
+) -> None:
+    """As a person runs it: the lag status line is rewritten in place on an 80-column
+    terminal (never wider, so never wrapped onto the lines before it), the sweep and notice
+    lines stand on their own rows, and Ctrl-C stops it with 130."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    small_store(client, app_name, seed=11, defects=("version_gap",))
+    args = [*cli_args(fresh_redis.url, pg_dsn, app_name), "--init-schema", "--follow"]
+    with TerminalSession([*ESCTL, "migrate", "redis-to-pg", *args]) as session:
+        session.wait_for(lambda s: "following (polling): lag" in s.text, timeout=30)
+        session.wait_for(lambda s: "sweep (start) done" in s.text, timeout=30)
+        session.type("\x03")
+        screen = session.wait_exit(timeout=30)
+    assert not problems_on(screen, exit_code=130), screen.describe()
+    assert max(len(row) for row in screen.rows) <= 80
+    # The status line was cleared before each other line and at the end: the one row left
+    # with it is the final "stopped" line (a status line wider than the terminal would have
+    # wrapped, and its redraws left pieces of it on the rows above).
+    assert len([row for row in screen.rows if "following (" in row]) == 1, screen.describe()
+    (done,) = [r for r in screen.rows if r.startswith("sweep (start) done")]
+    assert "events migrated so far" in done
+    # (the terminal echoes ^C where the cursor was: at the start of the cleared status row)
+    assert "stopped (interrupt): following (polling)" in screen.text, screen.describe()

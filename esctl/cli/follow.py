@@ -3,8 +3,10 @@ lines with ``--json``; else a status line on stderr)."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,36 +80,65 @@ def run_follow(
     )
     out = ctx.out
     stream = out.open_stream() if out.json else None
+    on_line = _json_lines(stream) if stream is not None else _Screen(out)
     client = ctx.redis
     with _Stop() as stop:
-        last = follow(
-            client, opts, fopts, on_line=lambda line: _show(out, stream, line), should_stop=stop
-        )
+        last = follow(client, opts, fopts, on_line=on_line, should_stop=stop)
     if stream is not None:
         stream.close()
     if last.get("reason") == "interrupt":
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _show(out: Output, stream: JsonStream | None, line: dict[str, Any]) -> None:
-    if stream is not None:
+def _json_lines(stream: JsonStream) -> Callable[[dict[str, Any]], None]:
+    def write(line: dict[str, Any]) -> None:
         stream.write_result(to_json(line).encode("utf-8"))
         stream.flush()
-        return
-    event = line["event"]
-    if event == "notice":
-        out.warn(line["message"])
-    elif event == "sweep" and line["phase"] == "finished" and _worth_saying(line):
-        out.info(
-            f"sweep ({line['reason']}) done in {line['elapsed_s']:.1f} s: "
-            f"{line['events_migrated']:,} events migrated so far"
-        )
-    elif event == "lag" and sys.stderr.isatty():
-        print(f"\r{_status(line)}\x1b[K", end="", file=sys.stderr, flush=True)
-    elif event == "stopped":
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
-        out.info(f"stopped ({line['reason']}): {_status(line)}")
+
+    return write
+
+
+class _Screen:
+    """A follower's lines for a person: notices and finished sweeps as lines, the lag as one
+    status line on a terminal, rewritten in place (cut to the terminal's width, so it never
+    wraps), cleared before any other line."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.terminal = sys.stderr.isatty()
+        self.shown = False
+        self.obstacle: str | None = None
+
+    def __call__(self, line: dict[str, Any]) -> None:
+        event = line["event"]
+        if event == "notice":
+            self._say(self.out.warn, line["message"])
+        elif event == "sweep" and line["phase"] == "finished" and _worth_saying(line):
+            self._say(
+                self.out.info,
+                f"sweep ({line['reason']}) done in {line['elapsed_s']:.1f} s: "
+                f"{line['events_migrated']:,} events migrated so far",
+            )
+        elif event == "lag":
+            obstacle = line.get("obstacle")
+            if obstacle and obstacle != self.obstacle:
+                self._say(self.out.warn, f"behind: {obstacle}")
+            self.obstacle = obstacle
+            if self.terminal:
+                width = max(20, shutil.get_terminal_size().columns - 1)
+                text = _status(line)
+                if len(text) > width:
+                    text = text[: width - 1] + "…"
+                print(f"\r{text}\x1b[K", end="", file=sys.stderr, flush=True)
+                self.shown = True
+        elif event == "stopped":
+            self._say(self.out.info, f"stopped ({line['reason']}): {_status(line)}")
+
+    def _say(self, say: Callable[[str], None], text: str) -> None:
+        if self.shown:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+            self.shown = False
+        say(text)
 
 
 def _worth_saying(sweep: dict[str, Any]) -> bool:
@@ -119,7 +150,7 @@ def _status(line: dict[str, Any]) -> str:
     obstacle = f" — {line['obstacle']}" if line.get("obstacle") else ""
     return (
         f"following ({line['mode']}): lag {line['lag_seconds']:.2f} s, "
-        f"{line['events_behind']:,} events behind, {line['events_migrated']:,} migrated, "
-        f"{line['quarantined']:,} quarantined{' (sweeping)' if line['sweeping'] else ''}"
+        f"{line['events_behind']:,} behind, {line['events_migrated']:,} migrated, "
+        f"{line['quarantined']:,} quarantined{', sweeping' if line['sweeping'] else ''}"
         f"{obstacle}"
     )

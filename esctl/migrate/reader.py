@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import psycopg
 
-from esctl import layout, redisio, storereads
+from esctl import inflight, layout, redisio, storereads
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
 from esctl.shard import Shard
@@ -88,12 +88,15 @@ class Reader:
         page carries the position after it (docs/design/migrate.md, "Reading")."""
         self._seq = first_seq
         self._batch = Batch(self._seq, start.encode())
-        pages = redisio.scan_pages(
-            self.client,
-            layout.commit_list_pattern(self.opts.app),
-            type_="list",
-            count=self.opts.scan_count,
-            start=start,
+        # the next SCAN page is asked for while this one is read (docs/design/distance.md)
+        pages = inflight.prefetched(
+            redisio.scan_pages(
+                self.client,
+                layout.commit_list_pattern(self.opts.app),
+                type_="list",
+                count=self.opts.scan_count,
+                start=start,
+            )
         )
         before = start.encode()
         for position, keys in pages:

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import orjson
 
-from esctl import codec, layout, readahead, redisio, storereads
+from esctl import codec, inflight, layout, readahead, redisio, storereads
 from esctl.query.filters import QueryFilters, QueryResult, QueryStats
 from esctl.streams import envelope
 from esctl.where import literal_safe
@@ -193,13 +193,17 @@ class RedisQuery:
             yield ids, lists, self._unpack(values)
 
     def _read_stored(self) -> Iterator[tuple[list[str], list[list[str]], list[bytes | None]]]:
-        """(aggregate ids, their commit lists, the stored values in commit order) per page."""
+        """(aggregate ids, their commit lists, the stored values in commit order) per page.
+        Several pages are read at once, as many as the round trips call for
+        (:func:`esctl.inflight.ordered_map`), the next SCAN page asked for meanwhile."""
+        return inflight.ordered_map(self._read_page, inflight.prefetched(self._pages()))
+
+    def _read_page(self, ids: list[str]) -> tuple[list[str], list[list[str]], list[bytes | None]]:
         client, app = self.client, self.app
-        for ids in self._pages():
-            lists = storereads.commit_lists(client, [layout.commit_list_key(app, a) for a in ids])
-            flat = [c for commit_ids in lists for c in commit_ids]
-            values, _ = storereads.fetch_values(client, app, flat)
-            yield ids, lists, values
+        lists = storereads.commit_lists(client, [layout.commit_list_key(app, a) for a in ids])
+        flat = [c for commit_ids in lists for c in commit_ids]
+        values, _ = storereads.fetch_values(client, app, flat)
+        return ids, lists, values
 
     def __iter__(self) -> Iterator[QueryResult]:
         limit = self.filters.limit

@@ -5,13 +5,11 @@ subscribers. How moves stay atomic and always end: ``docs/design/queues.md``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import redis.exceptions
-
-from esctl import redisio
+from esctl import inflight, redisio
 from esctl.config import redact
 from esctl.errors import UsageError
 from esctl.locks import RedisLock
@@ -19,7 +17,14 @@ from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, problem
 from esctl.queues.scripts import MOVE_SCRIPT, notify
-from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
+from esctl.queues.selection import (
+    Candidate,
+    SelectingOptions,
+    Snapshot,
+    batches,
+    direction,
+    select_locked,
+)
 
 
 @dataclass(frozen=True)
@@ -128,52 +133,88 @@ def _move(
     summary: RequeueSummary,
     lock: RedisLock,
 ) -> None:
-    script = client.register_script(MOVE_SCRIPT)
-    done = 0
-    # head to tail, read back a page at a time: the oldest is pushed last, to the tail
-    for batch in batches(snap.head_first()):
-        lock.check()
-        keys: list[str] = [ref.lock_key, snap.key, summary.destination_key]
-        slots: dict[str, int] = {}
-        key_index: list[int] = []
-        for c in batch:
-            if c.retry_key is None:
-                key_index.append(0)
+    """The moves, a batch per script call, several calls in flight (as many as the round trip
+    to Redis calls for: :func:`esctl.inflight.depth_for`), each still one atomic step, run in
+    the order sent. After an error reply or a lost connection nothing more is sent; the
+    replies of the calls already sent are still counted."""
+    pace = inflight.Pace(start=2, least=2, latency_s=redisio.round_trip(client))
+    sent: list[int] = []  # batch sizes, in the order sent
+    stop: list[str] = []
+
+    def calls() -> Iterator[tuple[Any, ...]]:
+        done = 0
+        # head to tail, read back a page at a time: the oldest is pushed last, to the tail
+        for batch in batches(snap.head_first()):
+            if stop:
+                return
+            lock.check()
+            sent.append(len(batch))
+            yield _move_call(ref, snap, summary, lock, batch, done)
+            done += len(batch)
+
+    answered = 0
+    try:
+        for reply in redisio.windowed(client, calls(), pace):
+            size = sent[answered]
+            answered += 1
+            if isinstance(reply, Exception):
+                if redisio.is_denied(reply):  # refused before any change (the script checks)
+                    raise redisio.permission_denied(redisio.describe(client), reply)
+                if not stop:
+                    stop.append(
+                        f"Redis refused a batch of {size} moves to {summary.destination_key} "
+                        f"({redact(str(reply))})"
+                    )
                 continue
-            if c.retry_key not in slots:
-                keys.append(c.retry_key)
-                slots[c.retry_key] = len(keys)  # Lua's KEYS is 1-based
-            key_index.append(slots[c.retry_key])
-        args: list[Any] = [lock.token, lock.ttl_ms, *direction(batch, done, snap.length)]
-        args.append(len(batch))
-        args += [c.value for c in batch]
-        args += key_index
-        try:
-            flags, cleared = script(keys=keys, args=args)
-        except redisio.REDIS_ERRORS as exc:
-            if redisio.is_denied(exc):  # refused before any change (the script checks)
-                raise redisio.permission_denied(redisio.describe(client), exc) from exc
-            summary.failed = snap.count - done
-            unknown = isinstance(
-                exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+            flags, cleared = reply
+            moved = sum(1 for f in flags if int(f) == 1)
+            summary.requeued += moved
+            summary.gone += size - moved
+            summary.retry_data_cleared += int(cleared)
+    except redisio.REDIS_ERRORS as exc:
+        unsure = sum(sent[answered:])
+        stop.insert(
+            0,
+            f"lost the connection during {len(sent) - answered} batch(es) of {unsure} moves "
+            f"to {summary.destination_key} ({redact(str(exc))})",
+        )
+        unknown = " (the batches may have completed: every move in each is whole)"
+    else:
+        unknown = ""
+    summary.failed = snap.count - summary.requeued - summary.gone
+    if stop:
+        summary.problems.append(
+            problem(
+                "move_failed",
+                snap.key,
+                f"{stop[0]}; {summary.failed} selected messages not requeued{unknown}",
             )
-            summary.problems.append(
-                problem(
-                    "move_failed",
-                    snap.key,
-                    f"{'lost the connection during' if unknown else 'Redis refused'} a batch of "
-                    f"{len(batch)} moves to {summary.destination_key} ({redact(str(exc))}); "
-                    f"{summary.failed} selected messages not requeued"
-                    + (
-                        " (the batch may have completed: every move in it is whole)"
-                        if unknown
-                        else ""
-                    ),
-                )
-            )
-            return
-        moved = sum(1 for f in flags if int(f) == 1)
-        summary.requeued += moved
-        summary.gone += len(batch) - moved
-        summary.retry_data_cleared += int(cleared)
-        done += len(batch)
+        )
+
+
+def _move_call(
+    ref: QueueRef,
+    snap: Snapshot,
+    summary: RequeueSummary,
+    lock: RedisLock,
+    batch: list[Candidate],
+    done: int,
+) -> tuple[Any, ...]:
+    """One batch's EVAL of the move script (``done``: messages in the batches before it)."""
+    keys: list[str] = [ref.lock_key, snap.key, summary.destination_key]
+    slots: dict[str, int] = {}
+    key_index: list[int] = []
+    for c in batch:
+        if c.retry_key is None:
+            key_index.append(0)
+            continue
+        if c.retry_key not in slots:
+            keys.append(c.retry_key)
+            slots[c.retry_key] = len(keys)  # Lua's KEYS is 1-based
+        key_index.append(slots[c.retry_key])
+    args: list[Any] = [lock.token, lock.ttl_ms, *direction(batch, done, snap.length)]
+    args.append(len(batch))
+    args += [c.value for c in batch]
+    args += key_index
+    # EVAL, not EVALSHA: a NOSCRIPT answer re-sent later would run out of order
+    return ("EVAL", MOVE_SCRIPT, len(keys), *keys, *args)

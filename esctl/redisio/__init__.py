@@ -32,6 +32,7 @@ from esctl.redisio.client import (
     permission_denied,
     printable,
     refuse_a_lone_cluster_node,
+    round_trip,
     wrap_errors,
 )
 from esctl.redisio.commands import (
@@ -43,7 +44,7 @@ from esctl.redisio.commands import (
     used_memory_or_none,
 )
 from esctl.redisio.hash_scan import hash_pages
-from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp
+from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp, windowed
 from esctl.redisio.resp import bulk_values, pack_commands, resp_bulk, resp_command, stream_list
 from esctl.redisio.retry import read_with_retry, refresh_slots
 from esctl.redisio.scan import (
@@ -86,10 +87,12 @@ __all__ = [
     "refuse_a_lone_cluster_node",
     "resp_bulk",
     "resp_command",
+    "round_trip",
     "scan_epoch",
     "scan_pages",
     "stream_list",
     "used_memory",
     "used_memory_or_none",
+    "windowed",
     "wrap_errors",
 ]

@@ -3,6 +3,7 @@ as text, and redis-py's errors turned into esctl's."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -289,3 +290,17 @@ def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
             hint="the run kept a consistent state; rerun the same command when Redis is back",
         )
     return ServerError(f"Redis {server} answered with an error: {redact(str(exc))}")
+
+
+def round_trip(client: RedisClient) -> float:
+    """The shortest of three PINGs, seconds: the network's share of every call (what sizes
+    the work kept in flight at a distance, :mod:`esctl.inflight`)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        try:
+            client.ping()
+        except REDIS_ERRORS as exc:
+            raise wrap_errors(client, exc) from exc
+        best = min(best, time.perf_counter() - started)
+    return best

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import weakref
 from binascii import crc_hqx
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import hiredis
@@ -20,6 +20,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from esctl.config import redact
 from esctl.errors import ConnectionFailed, ServerError
+from esctl.inflight import Pace
 from esctl.redisio import resp as _resp
 from esctl.redisio import retry as _retry
 from esctl.redisio.client import (
@@ -532,3 +533,74 @@ class _ClusterConnections:
         conn = self.by_name.pop(name, None)
         if conn is not None:
             conn.close()
+
+
+def windowed(
+    client: RedisClient,
+    commands: Iterable[tuple[Any, ...]],
+    pace: Pace,
+) -> Iterator[Any]:
+    """The replies of ``commands``, in order, with up to ``pace.depth`` commands sent ahead of
+    the reply being read: the server works on the next command while this reply travels back
+    and the caller builds the one after. Each command runs on its own (a script call stays one
+    atomic step), in the iterator's order. Error replies come as exception objects. A lost
+    connection raises redis-py's ConnectionError (or TimeoutError): the commands sent and not
+    answered may or may not have run. ``commands`` is pulled lazily, so it decides when to
+    stop (a caller that has seen an error reply stops yielding commands and reads the replies
+    still due).
+
+    The depth adapts (:class:`esctl.inflight.Pace`): a command's latency is taken as
+    ``pace.latency_s`` (the caller's measured round trip, :func:`round_trip`) plus the
+    server's own work on it, assumed about what building and sending it took here; the time
+    per command is what building and sending it took. On a single server this goes through
+    the raw connection; elsewhere (a cluster, another connection class) the commands are sent
+    in pipelines of ``pace.depth``, each waited for."""
+    round_trip_s = pace.latency_s or 0.0
+    if isinstance(client, redis.cluster.RedisCluster) or _raw_connection(client) is None:
+        yield from _windowed_by_pipelines(client, commands, pace)
+        return
+    conn = _raw_connection(client)
+    assert conn is not None
+    source = iter(commands)
+    in_flight = 0
+    exhausted = False
+    with _conversation(client, conn):
+        while True:
+            while not exhausted and in_flight < pace.depth:
+                started = time.perf_counter()
+                command = next(source, None)
+                if command is None:
+                    exhausted = True
+                    break
+                conn.send([command])
+                in_flight += 1
+                work = time.perf_counter() - started
+                pace.observe(round_trip_s + work, work)
+            if not in_flight:
+                return
+            reply = conn.receive(1)[0]
+            in_flight -= 1
+            yield reply
+
+
+def _windowed_by_pipelines(
+    client: RedisClient, commands: Iterable[tuple[Any, ...]], pace: Pace
+) -> Iterator[Any]:
+    source = iter(commands)
+    while True:
+        group = []
+        for command in source:
+            group.append(command)
+            if len(group) >= pace.depth:
+                break
+        if not group:
+            return
+        try:
+            replies = (
+                _pipelined_cluster(client, group, len(group), False)
+                if isinstance(client, redis.cluster.RedisCluster)
+                else _pipelined_redis_py(client, group, len(group))
+            )
+        except ConnectionFailed as exc:
+            raise redis.exceptions.ConnectionError(str(exc)) from exc
+        yield from replies

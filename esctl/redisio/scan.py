@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from esctl.redisio.client import (
     RedisClient,
     key_bytes,
     key_str,
+    round_trip,
     wrap_errors,
 )
 from esctl.redisio.pipelines import _arg_bytes
@@ -228,6 +230,7 @@ def scan_pages(
     type_: str | None = None,
     count: int = 1000,
     start: ScanPosition | None = None,
+    grow_to: int | None = None,
 ) -> Iterator[tuple[ScanPosition, list[str]]]:
     """SCAN every primary for keys matching ``match``. Yields ``(position_after, keys)`` per
     SCAN reply (pages of about ``count`` keys); resuming from a yielded position continues
@@ -235,7 +238,11 @@ def scan_pages(
     return it more than once).
 
     On a cluster (:func:`_scan_cluster`) a pattern of one hash tag is scanned on the node that
-    serves its slot only, and failovers and reshards during the scan are ridden out."""
+    serves its slot only, and failovers and reshards during the scan are ridden out.
+
+    ``grow_to`` (a single server): a caller that keeps every key, not a page at a time, lets
+    COUNT grow up to this while the round trip is a large part of each SCAN's time (a server
+    at a distance, :func:`scan_count_after`), so it waits on fewer round trips."""
     position = start or ScanPosition()
     if position.done:
         return
@@ -245,11 +252,15 @@ def scan_pages(
         yield from _scan_cluster(client, match, type_, count, position)
         return
     cursor = position.cursor
+    round_trip_s = round_trip(client) if grow_to is not None else 0.0
     while True:
+        asked = time.perf_counter()
         try:
             cursor, keys = client.scan(cursor, match=match, count=count, _type=type_)
         except REDIS_ERRORS as exc:
             raise wrap_errors(client, exc) from exc
+        if grow_to is not None:
+            count = scan_count_after(count, grow_to, round_trip_s, time.perf_counter() - asked)
         cursor = int(cursor)
         yield (
             ScanPosition(done=True) if cursor == 0 else ScanPosition(0, cursor),
@@ -257,3 +268,12 @@ def scan_pages(
         )
         if cursor == 0:
             break
+
+
+def scan_count_after(count: int, most: int, round_trip_s: float, took_s: float) -> int:
+    """The COUNT for the next SCAN: double while the round trip is over a third of what the
+    last SCAN took (the server's own work is then too small to be worth a round trip), at
+    most ``most``."""
+    if count < most and round_trip_s * 3 > took_s:
+        return min(most, count * 2)
+    return count

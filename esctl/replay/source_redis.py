@@ -18,6 +18,10 @@ from esctl.replay.time_order import SORT_RUN_BYTES, TimeSort
 from esctl.shard import Shard
 from esctl.transforms import Rules, TransformFailure
 
+SCAN_MOST = 32_000
+"""SCAN's COUNT may grow to this when the server is at a distance: the ids are all kept anyway
+(to be sorted), so larger pages cost no memory, and save round trips."""
+
 
 @dataclass
 class RedisSource:
@@ -113,7 +117,7 @@ class RedisSource:
             return sorted({a for a in self.filters.aggregates if owns(a)})
         ids: set[str] = set()
         for _, keys in redisio.scan_pages(
-            self.client, layout.commit_list_pattern(self.app), type_="list"
+            self.client, layout.commit_list_pattern(self.app), type_="list", grow_to=SCAN_MOST
         ):
             for key in keys:
                 aggregate_id = layout.aggregate_id_from_commit_list_key(self.app, key)

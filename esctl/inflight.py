@@ -1,0 +1,166 @@
+"""Work in flight: keep enough reads (pages of a store, batches of a queue move) under way that a
+server at a distance is never waited on one round trip at a time.
+
+How many is the bandwidth-delay product, measured as the work goes (:class:`Pace`): while the
+consumer spends ``c`` seconds on an item, items that each take ``w`` seconds to come back
+(round trips included) keep it busy only if about ``1 + w / c`` of them are under way. On
+loopback ``w`` is small and one item ahead is enough; at a millisecond per round trip the depth
+grows by itself, up to a cap that bounds memory. Design notes: docs/design/distance.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MOST = 6
+"""Items in flight at most (memory: that many pages or batches held at once)."""
+
+
+def depth_for(latency_s: float, per_item_s: float, *, least: int = 1, most: int = MOST) -> int:
+    """Items to keep in flight so the consumer never waits: the one it works on plus as many as
+    it finishes during one item's latency (``latency_s / per_item_s``, rounded up), between
+    ``least`` and ``most``. An idle consumer (``per_item_s`` 0) gets ``most`` when there is any
+    latency to hide."""
+    if latency_s <= 0:
+        return max(1, least)
+    if per_item_s <= 0:
+        return most
+    return max(least, min(most, 1 + math.ceil(latency_s / per_item_s)))
+
+
+class Pace:
+    """Moving averages of an item's latency (from asking to having it) and of the consumer's
+    time per item, and the depth they call for (:func:`depth_for`). Starts at ``start``."""
+
+    def __init__(
+        self,
+        *,
+        start: int = 2,
+        least: int = 1,
+        most: int = MOST,
+        weight: float = 0.3,
+        latency_s: float | None = None,
+    ) -> None:
+        self.least, self.most, self.weight = least, most, weight
+        self.latency_s = latency_s
+        self.per_item_s: float | None = None
+        self.depth = max(least, min(most, start))
+        self.deepest = self.depth
+
+    def observe(self, latency_s: float, per_item_s: float) -> int:
+        """Fold in one item's measurements; returns the depth to keep from now on."""
+        w = self.weight
+        self.latency_s = (
+            latency_s if self.latency_s is None else ((1 - w) * self.latency_s + w * latency_s)
+        )
+        self.per_item_s = (
+            per_item_s if self.per_item_s is None else ((1 - w) * self.per_item_s + w * per_item_s)
+        )
+        self.depth = depth_for(self.latency_s, self.per_item_s, least=self.least, most=self.most)
+        self.deepest = max(self.deepest, self.depth)
+        return self.depth
+
+
+JOIN_S = 5.0
+"""How long closing :func:`prefetched` waits for its thread to end."""
+
+_END = object()
+
+
+def prefetched(items: Iterable[T], size: int = MOST) -> Generator[T, None, None]:
+    """The items of ``items``, produced by a thread of their own up to ``size`` ahead of the
+    caller (a SCAN's next page asked for while the current one is being read). Errors are
+    raised here, in order; closing this generator stops the thread (waiting up to
+    :data:`JOIN_S` for the item it is producing)."""
+    ready: queue.Queue[object] = queue.Queue(maxsize=max(1, size))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                ready.put(item, timeout=0.05)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item,)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+            return
+        put(_END)
+
+    thread = threading.Thread(target=produce, name="esctl-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = ready.get()
+            if got is _END:
+                return
+            if isinstance(got, BaseException):
+                raise got
+            assert isinstance(got, tuple)
+            yield got[0]
+    finally:
+        stop.set()
+        # it ends once the item it is producing is ready (one SCAN call, as a rule); a daemon
+        # thread, so a long one (a whole sample's scan) does not hold up a Ctrl-C here
+        thread.join(timeout=JOIN_S)
+
+
+def ordered_map(
+    work: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    pace: Pace | None = None,
+) -> Generator[R, None, None]:
+    """``work(item)`` for each item, run on worker threads with :attr:`Pace.depth` items under
+    way, the results yielded in the items' order. The depth follows each item's latency (its
+    ``work`` call, round trips included) against the caller's time per result. ``work`` runs
+    on threads: it must use per-thread connections (:mod:`esctl.redisio`'s raw connections
+    are). An error in ``work`` is raised here when its result is due; closing this generator
+    cancels what is not started and waits for what is."""
+    pace = pace or Pace()
+    source = iter(items)
+    pending: deque[Future[tuple[R, float]]] = deque()
+
+    def timed(item: T) -> tuple[R, float]:
+        started = time.perf_counter()
+        return work(item), time.perf_counter() - started
+
+    with ThreadPoolExecutor(pace.most, thread_name_prefix="esctl-inflight") as pool:
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < pace.depth:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.append(pool.submit(timed, item))
+                if not pending:
+                    return
+                result, latency = pending.popleft().result()
+                handed = time.perf_counter()
+                yield result
+                pace.observe(latency, time.perf_counter() - handed)
+        finally:
+            for future in pending:
+                future.cancel()
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # a prefetched() source: stop its thread
