@@ -29,7 +29,14 @@ from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT
-from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
+from esctl.queues.selection import (
+    SelectingOptions,
+    Snapshot,
+    batches,
+    direction,
+    select_locked,
+    summary_fields,
+)
 
 
 @dataclass(frozen=True)
@@ -122,23 +129,12 @@ def drain(
     selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
     with selecting as (snap, lock):
         summary = DrainSummary(
-            dry_run=options.dry_run,
-            subscriber=ref.subscriber,
-            env=ref.env,
-            event_type=ref.event_type,
+            **summary_fields(ref, options, snap),
             list_name=which,
             key=snap.key,
-            examined=snap.length,
-            selected=snap.count,
             drained=0,
-            gone=0,
-            failed=0,
             backup_file=None,
             backup_id=None,
-            problems=snap.problems,
-            messages=snap.shown(),
-            selection=options.selection.describe(),
-            elapsed_s=0.0,
         )
         # Nothing selected still leaves the backup asked for (empty, complete): a script that
         # drains to a file and later restores it finds the file either way.

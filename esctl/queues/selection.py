@@ -205,6 +205,25 @@ class SelectingOptions:
     """The moment ages are measured from; None: the clock, when the command starts."""
 
 
+def summary_fields(ref: QueueRef, options: SelectingOptions, snap: Snapshot) -> dict[str, Any]:
+    """The fields a requeue's and a drain's summaries share, as the selection left them: the
+    queue, what was examined and selected, and nothing done yet."""
+    return {
+        "dry_run": options.dry_run,
+        "subscriber": ref.subscriber,
+        "env": ref.env,
+        "event_type": ref.event_type,
+        "examined": snap.length,
+        "selected": snap.count,
+        "gone": 0,
+        "failed": 0,
+        "problems": snap.problems,
+        "messages": snap.shown(),
+        "selection": options.selection.describe(),
+        "elapsed_s": 0.0,
+    }
+
+
 @contextlib.contextmanager
 def select_locked(
     client: redisio.RedisClient,

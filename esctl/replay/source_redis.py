@@ -85,24 +85,25 @@ class RedisSource:
                     "events were replayed",
                 )
             )
-        for aggregate_id in self.unloadable:
-            found.append(
-                (
-                    "not_loadable",
-                    layout.commit_list_key(self.app, aggregate_id),
-                    "versions are not 1, 2, 3, … (once unreadable events are skipped): not "
-                    "transformed nor replayed; 'esctl inspect integrity' lists such streams",
-                )
-            )
-        for aggregate_id in self.duplicate_versions:
-            found.append(
-                (
-                    "duplicate_version",
-                    layout.commit_list_key(self.app, aggregate_id),
-                    "versions repeat in this commit list (two aggregate types sharing an id, or "
-                    "a duplicate save): replayed in (version, commit id) order",
-                )
-            )
+        stream_problems = (
+            (
+                "not_loadable",
+                self.unloadable,
+                "versions are not 1, 2, 3, … (once unreadable events are skipped): not "
+                "transformed nor replayed; 'esctl inspect integrity' lists such streams",
+            ),
+            (
+                "duplicate_version",
+                self.duplicate_versions,
+                "versions repeat in this commit list (two aggregate types sharing an id, or "
+                "a duplicate save): replayed in (version, commit id) order",
+            ),
+        )
+        for kind, aggregate_ids, detail in stream_problems:
+            found += [
+                (kind, layout.commit_list_key(self.app, aggregate_id), detail)
+                for aggregate_id in aggregate_ids
+            ]
         return found
 
     def unlisted(self) -> dict[str, int]:
