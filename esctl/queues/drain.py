@@ -29,14 +29,7 @@ from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT
-from esctl.queues.selection import (
-    SelectingOptions,
-    Snapshot,
-    batches,
-    direction,
-    select_locked,
-    summary_fields,
-)
+from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
 
 
 @dataclass(frozen=True)
@@ -129,7 +122,7 @@ def drain(
     selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
     with selecting as (snap, lock):
         summary = DrainSummary(
-            **summary_fields(ref, options, snap),
+            **snap.summary_fields(ref, options),
             list_name=which,
             key=snap.key,
             drained=0,

@@ -24,7 +24,6 @@ from esctl.queues.selection import (
     batches,
     direction,
     select_locked,
-    summary_fields,
 )
 
 
@@ -94,7 +93,7 @@ def requeue(
     selecting = select_locked(client, ref, options.source, options, retry_keys=clear, sleep=sleep)
     with selecting as (snap, lock):
         summary = RequeueSummary(
-            **summary_fields(ref, options, snap),
+            **snap.summary_fields(ref, options),
             source=options.source,
             source_key=snap.key,
             destination_key=ref.key("published"),
