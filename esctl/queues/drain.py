@@ -122,23 +122,12 @@ def drain(
     selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
     with selecting as (snap, lock):
         summary = DrainSummary(
-            dry_run=options.dry_run,
-            subscriber=ref.subscriber,
-            env=ref.env,
-            event_type=ref.event_type,
+            **snap.summary_fields(ref, options),
             list_name=which,
             key=snap.key,
-            examined=snap.length,
-            selected=snap.count,
             drained=0,
-            gone=0,
-            failed=0,
             backup_file=None,
             backup_id=None,
-            problems=snap.problems,
-            messages=snap.shown(),
-            selection=options.selection.describe(),
-            elapsed_s=0.0,
         )
         # Nothing selected still leaves the backup asked for (empty, complete): a script that
         # drains to a file and later restores it finds the file either way.

@@ -93,24 +93,13 @@ def requeue(
     selecting = select_locked(client, ref, options.source, options, retry_keys=clear, sleep=sleep)
     with selecting as (snap, lock):
         summary = RequeueSummary(
-            dry_run=options.dry_run,
-            subscriber=ref.subscriber,
-            env=ref.env,
-            event_type=ref.event_type,
+            **snap.summary_fields(ref, options),
             source=options.source,
             source_key=snap.key,
             destination_key=ref.key("published"),
-            examined=snap.length,
-            selected=snap.count,
             requeued=0,
-            gone=0,
-            failed=0,
             retry_data_cleared=0,
             notified=False,
-            problems=snap.problems,
-            messages=snap.shown(),
-            selection=options.selection.describe(),
-            elapsed_s=0.0,
         )
         if options.dry_run or not snap.count:
             summary.elapsed_s = time.perf_counter() - started

@@ -168,6 +168,24 @@ class Snapshot:
     retry_ref: QueueRef | None
     """Dead letters whose RetryData hash goes with the move: their queue."""
 
+    def summary_fields(self, ref: QueueRef, options: SelectingOptions) -> dict[str, Any]:
+        """The fields a requeue's and a drain's summaries share, as this selection left them:
+        the queue, what was examined and selected, and nothing done yet."""
+        return {
+            "dry_run": options.dry_run,
+            "subscriber": ref.subscriber,
+            "env": ref.env,
+            "event_type": ref.event_type,
+            "examined": self.length,
+            "selected": self.count,
+            "gone": 0,
+            "failed": 0,
+            "problems": self.problems,
+            "messages": self.shown(),
+            "selection": options.selection.describe(),
+            "elapsed_s": 0.0,
+        }
+
     def shown(self) -> list[MessageInfo]:
         """What a dry run shows of the selected messages (nothing when not described)."""
         return self.infos

@@ -14,7 +14,7 @@ import redis.exceptions
 from redis.crc import key_slot
 
 from esctl.config import redact
-from esctl.errors import ConnectionFailed, ServerError
+from esctl.errors import ServerError
 from esctl.redisio import retry as _retry
 from esctl.redisio.client import (
     REDIS_ERRORS,
@@ -206,19 +206,7 @@ class _ClusterHashScan:
         return ""
 
     def _wait(self, deadline: float, delay: float, problem: str) -> float:
-        now = time.monotonic()
-        if now >= deadline:
-            server = describe(self.client)
-            raise ConnectionFailed(
-                f"Redis {server} did not answer HSCAN for {_retry.READ_RETRY_SECONDS:.0f} s (a failover "
-                f"or a reshard that did not settle?): {problem}",
-                server=server,
-                hint="check `redis-cli -c -h HOST -p PORT cluster info` shows cluster_state:ok, "
-                "then rerun the same command",
-            )
-        time.sleep(min(delay, deadline - now))
-        refresh_slots(self.client)
-        return min(delay * 2, 1.0)
+        return _retry.wait_to_retry(self.client, deadline, delay, what="HSCAN", problem=problem)
 
     def _fresh(self, read: _HashRead, flat: list[bytes], *, keep: bool) -> list[bytes]:
         """``flat`` less the fields this hash handed out already; remembers them when ``keep``

@@ -257,19 +257,14 @@ def _pipelined_cluster(
             problem = redact(str(exc)) or type(exc).__name__
         except REDIS_ERRORS as exc:
             raise wrap_errors(client, exc) from exc
-        now = time.monotonic()
-        if now >= deadline:
-            server = describe(client)
-            raise ConnectionFailed(
-                f"Redis {server} did not answer reads for {_retry.READ_RETRY_SECONDS:.0f} s (a failover "
-                f"or a reshard that did not settle?): {problem}",
-                server=server,
-                hint="check `redis-cli -c -h HOST -p PORT cluster info` shows cluster_state:ok, "
-                "then rerun the same command: the run kept a consistent state",
-            )
-        time.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, 1.0)
-        refresh_slots(client)
+        delay = _retry.wait_to_retry(
+            client,
+            deadline,
+            delay,
+            what="reads",
+            problem=problem,
+            after=": the run kept a consistent state",
+        )
 
 
 def _pipelined_by_node(  # noqa: C901, PLR0912, PLR0915  hot path of every cluster pipeline: one loop kept whole

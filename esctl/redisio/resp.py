@@ -177,13 +177,6 @@ if hasattr(os, "register_at_fork"):
 def _raw_connection(client: redis.Redis) -> _RawConnection | None:
     """This thread's raw connection to ``client``'s server, or None where the fast path does not
     apply (another connection class, TLS with ``RAW_TLS`` off: those use redis-py's pipeline)."""
-    pool = client.connection_pool
-    tls = pool.connection_class is redis.connection.SSLConnection
-    if not (tls and RAW_TLS) and pool.connection_class not in (
-        redis.connection.Connection,
-        redis.connection.UnixDomainSocketConnection,
-    ):
-        return None
     cache: weakref.WeakKeyDictionary[redis.Redis, _RawConnection] | None = getattr(
         _raw_connections, "cache", None
     )
@@ -192,12 +185,28 @@ def _raw_connection(client: redis.Redis) -> _RawConnection | None:
         _raw_connections.cache = cache
     conn = cache.get(client)
     if conn is None:
-        try:
-            conn = _RawConnection(pool.connection_kwargs, tls=tls)
-        except OSError as exc:
-            raise redis.exceptions.ConnectionError(str(exc)) from exc
+        conn = _open_raw_connection(client)
+        if conn is None:
+            return None
         cache[client] = conn
     return conn
+
+
+def _open_raw_connection(client: redis.Redis) -> _RawConnection | None:
+    """A new raw connection to ``client``'s server, or None where the fast path does not apply
+    (another connection class, TLS with ``RAW_TLS`` off). An OSError becomes redis-py's
+    ConnectionError."""
+    pool = client.connection_pool
+    tls = pool.connection_class is redis.connection.SSLConnection
+    if not (tls and RAW_TLS) and pool.connection_class not in (
+        redis.connection.Connection,
+        redis.connection.UnixDomainSocketConnection,
+    ):
+        return None
+    try:
+        return _RawConnection(pool.connection_kwargs, tls=tls)
+    except OSError as exc:
+        raise redis.exceptions.ConnectionError(str(exc)) from exc
 
 
 @contextlib.contextmanager
@@ -253,17 +262,9 @@ def stream_list(
     ``redis.exceptions.ResponseError`` when Redis refuses (a key that is not a list)."""
     if isinstance(client, redis.cluster.RedisCluster):
         return None
-    pool = client.connection_pool
-    tls = pool.connection_class is redis.connection.SSLConnection
-    if not (tls and RAW_TLS) and pool.connection_class not in (
-        redis.connection.Connection,
-        redis.connection.UnixDomainSocketConnection,
-    ):
+    conn = _open_raw_connection(client)
+    if conn is None:
         return None
-    try:
-        conn = _RawConnection(pool.connection_kwargs, tls=tls)
-    except OSError as exc:
-        raise redis.exceptions.ConnectionError(str(exc)) from exc
     try:
         conn.send([("LRANGE", key, 0, -1)])
         return _read_bulk_array(conn.sock, sink, page)

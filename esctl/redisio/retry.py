@@ -12,7 +12,8 @@ import redis
 import redis.cluster
 import redis.exceptions
 
-from esctl.redisio.client import REDIS_ERRORS, wrap_errors
+from esctl.errors import ConnectionFailed
+from esctl.redisio.client import REDIS_ERRORS, describe, wrap_errors
 
 T = TypeVar("T")
 READ_RETRY_SECONDS = 30.0
@@ -50,6 +51,34 @@ def read_with_retry(client: redis.cluster.RedisCluster, read: Callable[[], T]) -
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, 1.0)
         refresh_slots(client)
+
+
+def wait_to_retry(
+    client: redis.cluster.RedisCluster,
+    deadline: float,
+    delay: float,
+    *,
+    what: str,
+    problem: str,
+    after: str = "",
+) -> float:
+    """Sleep ``delay`` (at most until ``deadline``), refresh the slot map, and return the next,
+    doubled delay (at most 1 s); ConnectionFailed once ``deadline`` has passed: Redis did not
+    answer ``what`` (``reads``, ``HSCAN``) in time, because of ``problem``; ``after`` ends the
+    hint (what the rerun can rely on)."""
+    now = time.monotonic()
+    if now >= deadline:
+        server = describe(client)
+        raise ConnectionFailed(
+            f"Redis {server} did not answer {what} for {READ_RETRY_SECONDS:.0f} s (a failover "
+            f"or a reshard that did not settle?): {problem}",
+            server=server,
+            hint="check `redis-cli -c -h HOST -p PORT cluster info` shows cluster_state:ok, "
+            f"then rerun the same command{after}",
+        )
+    time.sleep(min(delay, deadline - now))
+    refresh_slots(client)
+    return min(delay * 2, 1.0)
 
 
 def _is_retried_reply(reply: Any) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import psycopg
@@ -15,6 +15,7 @@ from psycopg import sql
 from esctl import codec, pg
 from esctl.projections import Event
 from esctl.query import QueryFilters, pg_conditions
+from esctl.replay.window import Window
 from esctl.shard import Shard
 
 
@@ -103,7 +104,7 @@ def shard_aggregate_keys(
 
 
 @dataclass
-class PgSource:
+class PgSource(Window):
     """The selected migrated events of ``app`` in ``schema``, in ``order``, strictly after
     ``after``, at most ``limit``; every filter in SQL, rows streamed through a server-side
     cursor on a connection of its own. With a ``shard``, the shard's aggregate keys are listed
@@ -118,10 +119,6 @@ class PgSource:
     app: str
     filters: QueryFilters
     _: KW_ONLY
-    order: str = "aggregate"
-    after: tuple[Any, ...] | None = None
-    limit: int | None = None
-    shard: Shard = field(default_factory=Shard)
     metadata_first: bool = False
 
     def problems(self) -> list[tuple[str, str, str]]:

@@ -15,7 +15,7 @@ from esctl.problems import DEFAULT_LISTED
 from esctl.projections import Event
 from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery, TransformedQuery
 from esctl.replay.time_order import SORT_RUN_BYTES, TimeSort
-from esctl.shard import Shard
+from esctl.replay.window import Window
 from esctl.transforms import Rules, TransformFailure
 
 SCAN_MOST = 32_000
@@ -24,7 +24,7 @@ SCAN_MOST = 32_000
 
 
 @dataclass
-class RedisSource:
+class RedisSource(Window):
     """The selected events of ``app`` in Redis, in ``order`` (docs/design/replay.md, "Order"),
     strictly after ``after`` when given, at most ``limit``. Reads through
     :class:`esctl.query.RedisQuery` (one page of commit lists in memory, read a page ahead)."""
@@ -33,12 +33,8 @@ class RedisSource:
     app: str
     filters: QueryFilters
     _: KW_ONLY
-    order: str = "aggregate"
-    after: tuple[Any, ...] | None = None
-    limit: int | None = None
     sort_dir: str | None = None
     sort_run_bytes: int = SORT_RUN_BYTES
-    shard: Shard = field(default_factory=Shard)
     unpack_ahead: bool = False
     """Gunzip in the read-ahead process (:class:`esctl.query.RedisQuery`): for a consumer
     with much to do per event (publishing), measured 1.2-1.3x for ``--to queue``; a light one
@@ -85,24 +81,25 @@ class RedisSource:
                     "events were replayed",
                 )
             )
-        for aggregate_id in self.unloadable:
-            found.append(
-                (
-                    "not_loadable",
-                    layout.commit_list_key(self.app, aggregate_id),
-                    "versions are not 1, 2, 3, … (once unreadable events are skipped): not "
-                    "transformed nor replayed; 'esctl inspect integrity' lists such streams",
-                )
-            )
-        for aggregate_id in self.duplicate_versions:
-            found.append(
-                (
-                    "duplicate_version",
-                    layout.commit_list_key(self.app, aggregate_id),
-                    "versions repeat in this commit list (two aggregate types sharing an id, or "
-                    "a duplicate save): replayed in (version, commit id) order",
-                )
-            )
+        stream_problems = (
+            (
+                "not_loadable",
+                self.unloadable,
+                "versions are not 1, 2, 3, … (once unreadable events are skipped): not "
+                "transformed nor replayed; 'esctl inspect integrity' lists such streams",
+            ),
+            (
+                "duplicate_version",
+                self.duplicate_versions,
+                "versions repeat in this commit list (two aggregate types sharing an id, or "
+                "a duplicate save): replayed in (version, commit id) order",
+            ),
+        )
+        for kind, aggregate_ids, detail in stream_problems:
+            found += [
+                (kind, layout.commit_list_key(self.app, aggregate_id), detail)
+                for aggregate_id in aggregate_ids
+            ]
         return found
 
     def unlisted(self) -> dict[str, int]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any
 
 from esctl import redisio
 from esctl.errors import UsageError
@@ -11,18 +11,9 @@ from esctl.query import QueryFilters
 from esctl.replay.options import ReplayOptions
 from esctl.replay.source_pg import PgSource
 from esctl.replay.source_redis import RedisSource
-from esctl.shard import Shard
+from esctl.replay.window import Window
 
 Source = RedisSource | PgSource
-
-
-class _Window(TypedDict):
-    """What both sources are asked alike: the order, where to resume, how many, which shard."""
-
-    order: str
-    after: tuple[Any, ...] | None
-    limit: int | None
-    shard: Shard
 
 
 def open_source(
@@ -35,7 +26,7 @@ def open_source(
 ) -> Source:
     """The source of ``options.source`` over ``filters``, strictly after ``after``, at most
     ``limit`` (UsageError for ``--from redis`` without a client)."""
-    window = _Window(order=options.order, after=after, limit=limit, shard=options.shard)
+    window = Window(order=options.order, after=after, limit=limit, shard=options.shard)
     if options.source == "redis":
         if client is None:
             raise UsageError("--from redis needs a Redis connection")
@@ -43,7 +34,7 @@ def open_source(
             client,
             options.app,
             filters,
-            **window,
+            **vars(window),
             sort_dir=options.sort_dir,
             sort_run_bytes=options.sort_run_bytes,
             unpack_ahead=options.target == "queue",
@@ -54,7 +45,7 @@ def open_source(
         options.pg_schema,
         options.app,
         filters,
-        **window,
+        **vars(window),
         # what .NET reads (a queue's subscribers, whatever reads the JSON lines) needs the
         # library's key order; a Python projection gets event_data as jsonb prints it
         metadata_first=options.target in ("queue", "stdout"),
