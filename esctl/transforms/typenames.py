@@ -140,7 +140,7 @@ def _string_token(value: str) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
-def _escaped(text: str, at: int) -> bool:
+def escaped(text: str, at: int) -> bool:
     """Whether ``text[at]`` follows an odd run of backslashes."""
     run = 0
     while at > run and text[at - run - 1] == "\\":
@@ -183,7 +183,7 @@ def rewrite_type_members(text: str, rewrite: Callable[[str], str]) -> str:
     return rewrite_type_tokens(text, token)
 
 
-_TYPE_MEMBER_RE = re.compile(r'("\$type"\s*:\s*)("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
+TYPE_MEMBER_RE = re.compile(r'("\$type"\s*:\s*)("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
 
 
 def rewrite_type_tokens(text: str, rewrite: Callable[[str], str | None]) -> str:
@@ -201,7 +201,7 @@ def rewrite_type_tokens(text: str, rewrite: Callable[[str], str | None]) -> str:
     def replace(match: re.Match[str]) -> str:
         nonlocal changed
         at = match.start()
-        if at and text[at - 1] == "\\" and _escaped(text, at):
+        if at and text[at - 1] == "\\" and escaped(text, at):
             return match.group()
         new = rewrite(match.group(2))
         if new is None:
@@ -209,18 +209,18 @@ def rewrite_type_tokens(text: str, rewrite: Callable[[str], str | None]) -> str:
         changed = True
         return match.group(1) + new
 
-    result = _TYPE_MEMBER_RE.sub(replace, text)
+    result = TYPE_MEMBER_RE.sub(replace, text)
     return result if changed else text
 
 
-_OWN_TYPE_RE = re.compile(r'\s*\{\s*"\$type"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
+OWN_TYPE_RE = re.compile(r'\s*\{\s*"\$type"\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*")', re.S)
 
 
 def rewrite_own_type(text: str, rewrite: Callable[[str], str]) -> str:
     """``text`` with the value of the payload's own (top-level) ``$type`` replaced by
     ``rewrite(value)``. Newtonsoft writes it first, found at once; elsewhere (jsonb's key
     order) the strings are scanned for the one at depth 1."""
-    first = _OWN_TYPE_RE.match(text)
+    first = OWN_TYPE_RE.match(text)
     if first is not None:
         return _replaced(text, [first.span(1)], rewrite)
     key_end = -1
