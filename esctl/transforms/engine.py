@@ -437,7 +437,9 @@ class _LeaveOut(_Step):
         matches = self.event
         if matches is None:
             return []
-        return [e for e in events if not matches(e.type_name)]
+        seen = matches.seen
+        kept = [e for e in events if not (seen.get(e.type_name) or matches(e.type_name))]
+        return kept if len(kept) != len(events) else events
 
 
 class _Renames(_Step):
@@ -455,17 +457,20 @@ class _Renames(_Step):
         self.sources = list(dict.fromkeys(r.source for r in rules))
         self.own_only = any(r.kind == "rename_type" for r in rules)
         self.tokens: dict[tuple[str, bool], tuple[str | None, int]] = {}
+        self.names: dict[tuple[str, int], str] = {}
+        """(``$type``, the rules that changed the text) -> the event's ``$type`` after them."""
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
-        for event in events:
-            try:
-                self._rename(event)
-            except _Failed as exc:
-                exc.event = event
-                raise
+        sources = self.sources
+        first = sources[0]
+        for event in events:  # (renames never fail)
+            text = event.text
+            if first in text or self._may_change(text):
+                self._rename(event, text)
         return events
 
     def _may_change(self, text: str) -> bool:
+        """Whether a rule's ``from`` is in ``text`` (or a JSON escape could hide one)."""
         sources = self.sources
         for i, source in enumerate(sources):
             if source in text:
@@ -474,72 +479,63 @@ class _Renames(_Step):
                 return True
         return "\\" in text and ("\\u" in text or "\\/" in text)
 
-    def _rename(self, event: InFlight) -> None:
-        text = event.text
-        if not self._may_change(text):
-            return
-        if len(self.rules) == 1:
-            _rename(self.rules[0], event)
-            return
+    def _rename(self, event: InFlight, text: str) -> None:
+        members = typenames.type_members(text)
         own_at = -1
         if self.own_only:
-            own = typenames.OWN_TYPE_RE.match(text)
-            if own is None:  # not written first: each rule in turn finds it
-                for rule in self.rules:
+            if not members or text[: members[0][0]].strip() != "{":
+                for rule in self.rules:  # the own $type not written first: each rule finds it
                     _rename(rule, event)
                 return
-            own_at = own.start(1)
-        text, changed = self._rewrite(text, own_at)
-        if not changed:
-            return
-        event.text = text
-        event.data = None
-        for i, key in enumerate(self.keys):
-            if changed >> i & 1:
-                event.type_name = _renamed(*key, event.type_name)
-
-    def _rewrite(self, text: str, own_at: int) -> tuple[str, int]:
-        """``text`` with every ``$type`` member's token as the rules make it (the own one, whose
-        token starts at ``own_at``, by the ``rename_type`` rules too); a bit per rule that
-        changed something."""
+            own_at = members[0][1]
         tokens = self.tokens
-        if len(tokens) > _CACHE_MAX:
-            tokens.clear()
         parts: list[str] = []
         done = 0
         changed = 0
-        for match in typenames.TYPE_MEMBER_RE.finditer(text):
-            at = match.start()
-            if at and text[at - 1] == "\\" and typenames.escaped(text, at):
-                continue
-            start = match.start(2)
-            key = (match.group(2), start == own_at)
-            hit = tokens.get(key)
+        for _, start, token in members:
+            hit = tokens.get((token, start == own_at))
             if hit is None:
-                hit = tokens[key] = self._token(*key)
-            new, rules = hit
-            if new is not None:
-                changed |= rules
+                hit = self._token(token, start == own_at)
+            if hit[0] is not None:
+                changed |= hit[1]
                 parts.append(text[done:start])
-                parts.append(new)
-                done = match.end(2)
+                parts.append(hit[0])
+                done = start + len(token)
         if not changed:
-            return text, 0
+            return
         parts.append(text[done:])
-        return "".join(parts), changed
+        event.text = "".join(parts)
+        event.data = None
+        name = self.names.get((event.type_name, changed))
+        event.type_name = name if name is not None else self._name(event.type_name, changed)
+
+    def _name(self, type_name: str, changed: int) -> str:
+        """The event's ``$type`` after the rules of the bits in ``changed`` (remembered)."""
+        name = type_name
+        for i, rename in enumerate(self.keys):
+            if changed >> i & 1:
+                name = _renamed(*rename, name)
+        if len(self.names) > _CACHE_MAX:
+            self.names.clear()
+        self.names[type_name, changed] = name
+        return name
 
     def _token(self, token: str, own: bool) -> tuple[str | None, int]:
         """What the rules make of one ``$type`` token: (the new token, or None when no rule
-        changed it; a bit per rule that changed it)."""
+        changed it; a bit per rule that changed it). Remembered."""
+        if len(self.tokens) > _CACHE_MAX:
+            self.tokens.clear()
+        key = (token, own)
         changed = 0
-        for i, key in enumerate(self.keys):
-            if key[0] == "rename_type" and not own:
+        for i, rename in enumerate(self.keys):
+            if rename[0] == "rename_type" and not own:
                 continue
-            new = typenames.rewrite_token(token, functools.partial(_renamed, *key))
+            new = typenames.rewrite_token(token, functools.partial(_renamed, *rename))
             if new is not token:
                 changed |= 1 << i
                 token = new
-        return (token if changed else None), changed
+        hit = self.tokens[key] = (token if changed else None), changed
+        return hit
 
 
 class _Upcast(_Step):
@@ -580,13 +576,21 @@ class _Python(_Step):
 _STEPS: dict[tuple[bool, tuple[int, ...]], tuple[Sequence[Rule], list[_Step]]] = {}
 
 
+_LAST_STEPS: dict[bool, tuple[Sequence[Rule], list[_Step]] | None] = {True: None, False: None}
+"""The steps used last (the same rules object, aggregate after aggregate)."""
+
+
 def _steps(rules: Sequence[Rule], *, grouped: bool) -> list[_Step]:
     """The compiled steps of ``rules`` (kept per rules object: their caches carry over from
     aggregate to aggregate). ``grouped``: consecutive renames share one step (not when each
     rule's effects are counted)."""
+    last = _LAST_STEPS[grouped]
+    if last is not None and last[0] is rules:
+        return last[1]
     key = (grouped, tuple(map(id, rules)))
     hit = _STEPS.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], rules, strict=True)):
+        _LAST_STEPS[grouped] = hit
         return hit[1]
     steps: list[_Step] = []
     renames: list[Rule] = []
@@ -611,7 +615,7 @@ def _steps(rules: Sequence[Rule], *, grouped: bool) -> list[_Step]:
         steps.append(_Renames(renames, len(rules) - len(renames)))
     if len(_STEPS) > 64:
         _STEPS.clear()
-    _STEPS[key] = (rules, steps)
+    _STEPS[key] = _LAST_STEPS[grouped] = (rules, steps)
     return steps
 
 
