@@ -19,7 +19,7 @@ from psycopg import sql
 from esctl import codec, layout, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.reader import Migrated, Reader, checked_stream
+from esctl.migrate.reader import Migrated, Reader, checked_stream, resume_point
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, copy_escape
 from esctl.streams import CleanEvent, clean_events, postgres_problem
 from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
@@ -79,9 +79,7 @@ class TransformingReader(Reader):
         where: list[str | None],
         known: Migrated | None,
     ) -> None:
-        done, last_commit, known_type = known if known else (0, "", None)
-        skip = 1 if done else 0
-        continuous = not done or (bool(commit_ids) and commit_ids[0] == last_commit)
+        done, known_type, skip, continuous = resume_point(known, commit_ids)
         fast = (
             clean_events(aggregate_id, values[skip:], first_version=done + 1, known_type=known_type)
             if continuous

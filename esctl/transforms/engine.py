@@ -480,34 +480,82 @@ class _Renames(_Step):
         return "\\" in text and ("\\u" in text or "\\/" in text)
 
     def _rename(self, event: InFlight, text: str) -> None:
+        result = self._rewrite(text) if "\\" in text else self._rewrite_plain(text)
+        if result is None:
+            for rule in self.rules:  # the own $type not written first: each rule finds it
+                _rename(rule, event)
+            return
+        text, changed = result
+        if not changed:
+            return
+        event.text = text
+        event.data = None
+        name = self.names.get((event.type_name, changed))
+        event.type_name = name if name is not None else self._name(event.type_name, changed)
+
+    def _hit(self, token: str, own: bool) -> tuple[str | None, int]:
+        hit = self.tokens.get((token, own))
+        return hit if hit is not None else self._token(token, own)
+
+    def _rewrite(self, text: str) -> tuple[str, int] | None:
+        """``text`` with each ``$type`` member's token as the rules make it, and a bit per rule
+        that changed one; None when a ``rename_type`` rule is there but the payload's own
+        ``$type`` is not its first member."""
         members = typenames.type_members(text)
         own_at = -1
         if self.own_only:
             if not members or text[: members[0][0]].strip() != "{":
-                for rule in self.rules:  # the own $type not written first: each rule finds it
-                    _rename(rule, event)
-                return
+                return None
             own_at = members[0][1]
-        tokens = self.tokens
         parts: list[str] = []
         done = 0
         changed = 0
         for _, start, token in members:
-            hit = tokens.get((token, start == own_at))
-            if hit is None:
-                hit = self._token(token, start == own_at)
-            if hit[0] is not None:
-                changed |= hit[1]
+            new, rules = self._hit(token, start == own_at)
+            if new is not None:
+                changed |= rules
                 parts.append(text[done:start])
-                parts.append(hit[0])
+                parts.append(new)
                 done = start + len(token)
         if not changed:
-            return
+            return text, 0
         parts.append(text[done:])
-        event.text = "".join(parts)
-        event.data = None
-        name = self.names.get((event.type_name, changed))
-        event.type_name = name if name is not None else self._name(event.type_name, changed)
+        return "".join(parts), changed
+
+    def _rewrite_plain(self, text: str) -> tuple[str, int] | None:
+        """:meth:`_rewrite` for a text without a backslash: no escape anywhere, so every
+        ``"$type"`` followed by a colon is a member, its value token ends at the next quote,
+        and one ``str.split`` finds them all."""
+        pieces = text.split('"$type"')
+        own_only = self.own_only
+        if own_only and (len(pieces) == 1 or pieces[0].strip() != "{"):
+            return None
+        tokens = self.tokens
+        changed = 0
+        for k in range(1, len(pieces)):
+            piece = pieces[k]
+            if piece[:2] == ':"':
+                start = 1
+            else:
+                colon = typenames.COLON_RE.match(piece)
+                if colon is None or piece[colon.end() : colon.end() + 1] != '"':
+                    if k == 1 and own_only:
+                        return None
+                    continue
+                start = colon.end()
+            end = piece.find('"', start + 1) + 1
+            if not end:
+                break
+            token = piece[start:end]
+            key = (token, own_only and k == 1)
+            hit = tokens.get(key)
+            new, rules = hit if hit is not None else self._token(*key)
+            if new is not None:
+                changed |= rules
+                pieces[k] = piece[:start] + new + piece[end:]
+        if not changed:
+            return text, 0
+        return '"$type"'.join(pieces), changed
 
     def _name(self, type_name: str, changed: int) -> str:
         """The event's ``$type`` after the rules of the bits in ``changed`` (remembered)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 _STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_COLON_RE = re.compile(r"\s*:\s*")
+COLON_RE = re.compile(r"\s*:\s*")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 Span = tuple[str, int, int]
@@ -207,7 +207,7 @@ def type_members(text: str) -> list[tuple[int, int, str]]:
         if text[start : start + 2] == ':"':
             start += 1
         else:
-            colon = _COLON_RE.match(text, start)
+            colon = COLON_RE.match(text, start)
             if colon is None or text[colon.end() : colon.end() + 1] != '"':
                 at = find(_TYPE_KEY, at + 1)
                 continue
@@ -261,7 +261,7 @@ def rewrite_own_type(text: str, rewrite: Callable[[str], str]) -> str:
     key_end = -1
     for match, depth in _strings(text):
         if key_end != -1:
-            colon = _COLON_RE.match(text, key_end)
+            colon = COLON_RE.match(text, key_end)
             if colon is not None and colon.end() == match.start():
                 return _replaced(text, [match.span()], rewrite)
             key_end = -1
@@ -276,7 +276,7 @@ def set_top_level_number(text: str, key: str, value: int) -> str:
     token = _string_token(key)
     for match, depth in _strings(text):
         if depth == 1 and match.group() == token:
-            colon = _COLON_RE.match(text, match.end())
+            colon = COLON_RE.match(text, match.end())
             if colon is None:
                 continue  # a string value equal to the key's name
             number = _NUMBER_RE.match(text, colon.end())
