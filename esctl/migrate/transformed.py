@@ -140,17 +140,11 @@ class TransformingReader(Reader):
         if not events and numbering.last_version == 0:
             self.counts.aggregates_left_out += 1
         types = self._types
-        rows = []
-        for t in events:
-            escaped = types.get(t.type_name)
-            if escaped is None:
-                if len(types) > 4096:
-                    types.clear()
-                escaped = types[t.type_name] = copy_escape(
-                    codec.event_type_from_type_name(t.type_name)
-                )
-            moment = t.moment or codec.parse_timestamp(t.timestamp)
-            rows.append(f"{moment.isoformat()}\t{t.version}\t{escaped}\t{copy_escape(t.text)}\n")
+        rows = [
+            f"{(t.moment or codec.parse_timestamp(t.timestamp)).isoformat()}\t{t.version}\t"
+            f"{types.get(t.type_name) or self._event_type(t.type_name)}\t{copy_escape(t.text)}\n"
+            for t in events
+        ]
         batch.events += len(rows)
         batch.clean[aggregate_id] = AggregateRows(
             events[0].aggregate_type if events else source_type,
@@ -160,6 +154,13 @@ class TransformingReader(Reader):
             source_type=source_type,
             numbering=(outcome.numbering.last_source_version, outcome.numbering.last_version),
         )
+
+    def _event_type(self, type_name: str) -> str:
+        """The event type of a ``$type``, escaped for COPY (remembered)."""
+        if len(self._types) > 4096:
+            self._types.clear()
+        escaped = self._types[type_name] = copy_escape(codec.event_type_from_type_name(type_name))
+        return escaped
 
 
 def _short(fp: str | None) -> str:
