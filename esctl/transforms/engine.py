@@ -857,8 +857,8 @@ def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any, before:
     type_name, aggregate_type, timestamp = _envelope(
         payload if type(payload) is dict else dict(payload)
     )
-    if timestamp == event.timestamp:
-        moment = event.moment
+    if timestamp == event.timestamp and event.moment is not None:
+        moment = event.moment  # parsed already: a DateTimeOffset
     elif codec.TIMESTAMP_RE.match(timestamp):
         moment = None
     else:
