@@ -437,8 +437,12 @@ class _LeaveOut(_Step):
         matches = self.event
         if matches is None:
             return []
-        seen = matches.seen
-        kept = [e for e in events if not (seen.get(e.type_name) or matches(e.type_name))]
+        seen = matches.seen  # (most events' answer is there: no call)
+        kept = [
+            e
+            for e in events
+            if not (hit if (hit := seen.get(e.type_name)) is not None else matches(e.type_name))
+        ]
         return kept if len(kept) != len(events) else events
 
 
@@ -552,7 +556,7 @@ class _Renames(_Step):
             new, rules = hit if hit is not None else self._token(*key)
             if new is not None:
                 changed |= rules
-                pieces[k] = piece[:start] + new + piece[end:]
+                pieces[k] = piece.replace(token, new, 1)  # (no quote before it)
         if not changed:
             return text, 0
         return '"$type"'.join(pieces), changed
