@@ -479,7 +479,7 @@ class _Renames(_Step):
         for i, source in enumerate(sources):
             if source in text:
                 if i:  # the next payload most likely holds it too: look for it first
-                    sources.insert(0, sources.pop(i))
+                    self.sources = [source, *sources[:i], *sources[i + 1 :]]
                 return True
         return "\\" in text and ("\\u" in text or "\\/" in text)
 
