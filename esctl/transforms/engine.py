@@ -465,8 +465,7 @@ class _Renames(_Step):
         """(``$type``, the rules that changed the text) -> the event's ``$type`` after them."""
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
-        sources = self.sources
-        first = sources[0]
+        first = self.sources[0]
         for event in events:  # (renames never fail)
             text = event.text
             if first in text or self._may_change(text):
@@ -474,12 +473,13 @@ class _Renames(_Step):
         return events
 
     def _may_change(self, text: str) -> bool:
-        """Whether a rule's ``from`` is in ``text`` (or a JSON escape could hide one)."""
+        """Whether a rule's ``from`` other than the first is in ``text`` (or a JSON escape
+        could hide one): the first was looked for already."""
         sources = self.sources
-        for i, source in enumerate(sources):
-            if source in text:
-                if i:  # the next payload most likely holds it too: look for it first
-                    self.sources = [source, *sources[:i], *sources[i + 1 :]]
+        for i in range(1, len(sources)):
+            source = sources[i]
+            if source in text:  # the next payload most likely holds it too: look for it first
+                self.sources = [source, *sources[:i], *sources[i + 1 :]]
                 return True
         return "\\" in text and ("\\u" in text or "\\/" in text)
 
