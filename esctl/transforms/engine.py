@@ -468,17 +468,17 @@ class _Renames(_Step):
         first = self.sources[0]
         for event in events:  # (renames never fail)
             text = event.text
-            if first in text or self._may_change(text):
+            if first in text or self._may_change(text, first):
                 self._rename(event, text)
         return events
 
-    def _may_change(self, text: str) -> bool:
-        """Whether a rule's ``from`` other than the first is in ``text`` (or a JSON escape
-        could hide one): the first was looked for already."""
+    def _may_change(self, text: str, looked_for: str) -> bool:
+        """Whether a rule's ``from`` other than ``looked_for`` (not in ``text``) is in
+        ``text``, or a JSON escape could hide one."""
         sources = self.sources
-        for i in range(1, len(sources)):
-            source = sources[i]
-            if source in text:  # the next payload most likely holds it too: look for it first
+        for i, source in enumerate(sources):
+            if source is not looked_for and source in text:
+                # The next payload most likely holds it too: look for it first.
                 self.sources = [source, *sources[:i], *sources[i + 1 :]]
                 return True
         return "\\" in text and ("\\u" in text or "\\/" in text)
