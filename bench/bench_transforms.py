@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 import redis
-from _common import add_json_option, bench_servers, database, json_output, write_store
+from _common import Meter, add_json_option, bench_servers, database, json_output, write_store
 
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 
@@ -52,10 +52,19 @@ IDENTITY = '[[python]]\ncallable = "bench_identity:identity"\n'
 IDENTITY_MODULE = "def identity(event):\n    return event\n"
 
 
-def migrate(client: redis.Redis, admin_dsn: str, transforms: str | None, events: int) -> float:
+def migrate(
+    client: redis.Redis,
+    admin_dsn: str,
+    transforms: str | None,
+    events: int,
+    meter: Meter,
+    label: str,
+) -> float:
     with database(admin_dsn) as dsn:
         opts = MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True, transforms=transforms)
-        summary = migrate_redis_to_pg(client, opts)
+        with meter.measure(label, dsn) as cost:
+            summary = migrate_redis_to_pg(client, opts)
+            cost.events += summary.events_migrated
         assert not summary.problems, summary.problems[:3]
         assert summary.events_migrated == events, (summary.events_migrated, events)
         return summary.events_per_s
@@ -94,10 +103,11 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
             "declarative": str(declarative),
             "identity callable": str(identity),
         }
+        meter = Meter([redis_url], admin_dsn)
         best = dict.fromkeys(runs, 0.0)
         for round_ in range(args.rounds):
             for name, transforms in runs.items():
-                rate = migrate(client, admin_dsn, transforms, events)
+                rate = migrate(client, admin_dsn, transforms, events, meter, name)
                 print(f"round {round_ + 1}: {name:>17}: {rate:>9,.0f} events/s")
                 best[name] = max(best[name], rate)
         base = best["no rules"]
@@ -107,8 +117,16 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
             f"identity callable / no rules: {best['identity callable'] / base:5.2f}x "
             "(target >= 0.75)"
         )
+        meter.print_table(list(runs))
+        esctl_us = {k: meter.costs[k].per_event_us(meter.costs[k].esctl_s) or 0.0 for k in runs}
+        print(
+            "esctl CPU per event, extra over no rules: "
+            f"declarative +{esctl_us['declarative'] - esctl_us['no rules']:.1f} µs, "
+            f"identity callable +{esctl_us['identity callable'] - esctl_us['no rules']:.1f} µs"
+        )
         document.update(
             events=events,
+            costs=meter.as_json(),
             events_per_s={k: round(v) for k, v in best.items()},
             ratios={
                 "declarative/no_rules": round(best["declarative"] / base, 3),

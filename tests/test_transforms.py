@@ -484,3 +484,53 @@ def test_the_fast_type_rewrite_equals_the_slow_one(
     for _ in range(2):
         (event,) = transform_stream(rules, "agg-1", [SourceEvent("c1", 1, source)]).events
         assert event.text == expected
+
+
+# --- consecutive renames in one step ------------------------------------------------------
+
+
+def test_consecutive_renames_equal_the_rules_one_by_one(tmp_path: Path) -> None:
+    """Renames share one pass per payload (and a cache across aggregates); migrate plan's
+    per-rule effects apply them one rule at a time: both give the same events, and so does
+    migrate's transform_checked, whatever the order the rules' names turn up in."""
+    import random
+
+    from esctl.streams import clean_events
+    from esctl.transforms import RuleEffect, transform_checked
+
+    model = f"{ASM}.Models.Line, {ASM}"
+    text = (
+        f'[[rename_type]]\nfrom = "{NS}.ItemScoreCreated"\nto = "New.Created"\n'
+        f'[[rename_namespace]]\nfrom = "{ASM}.Models"\nto = "New.Models"\n'
+        f'[[rename_assembly]]\nfrom = "{ASM}"\nto = "New.Asm"\n'
+    )
+    shapes: list[dict[str, Any]] = [
+        {},
+        {"Line": {"$type": model, "Sku": "a"}},
+        {"Lines": {"$type": f"System.Collections.Generic.List`1[[{model}]], mscorlib"}},
+        {"Note": f"{ASM} and \\u0041"},
+    ]
+    rng = random.Random(3)
+    for _ in range(40):
+        rules = load_rules(rules_file(tmp_path, text)).rules  # new rules: steps compiled anew
+        classes = [rng.choice(["ItemScoreCreated", "ItemScoreUpdated"]) for _ in range(6)]
+        events = [
+            SourceEvent(f"c{v}", v, payload(cls, v, **rng.choice(shapes)))
+            for v, cls in enumerate(classes, 1)
+        ]
+        if rng.random() < 0.5:  # an assembly no rule names: only some payloads are renamed
+            events = [
+                SourceEvent(e.commit_id, e.version, e.text.replace(f", {ASM}", ", Other", 1))
+                if rng.random() < 0.5
+                else e
+                for e in events
+            ]
+        grouped = transform_stream(rules, "agg-1", events)
+        one_by_one = transform_stream(rules, "agg-1", events, effects=RuleEffect.of(rules))
+        assert grouped == one_by_one
+        clean = clean_events("agg-1", [e.text.encode() for e in events])
+        assert clean is not None
+        checked = transform_checked(rules, "agg-1", [e.commit_id for e in events], clean[1])
+        assert [(e.version, e.text) for e in checked.events] == [
+            (e.version, e.text) for e in grouped.events
+        ]

@@ -273,9 +273,7 @@ class Reader:
         where: list[str | None],
         known: Migrated | None,
     ) -> None:
-        done, last_commit, known_type = known if known else (0, "", None)
-        skip = 1 if done else 0
-        continuous = not done or (bool(commit_ids) and commit_ids[0] == last_commit)
+        done, known_type, skip, continuous = resume_point(known, commit_ids)
         if continuous:
             fast = clean_rows(
                 aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
@@ -307,6 +305,17 @@ class Reader:
         batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
 
 
+def resume_point(
+    known: Migrated | None, commit_ids: list[str]
+) -> tuple[int, str | None, int, bool]:
+    """Where reading one aggregate's commit list resumes: (events migrated before, their
+    aggregate type, how many of ``commit_ids`` to skip (the last migrated commit, read again),
+    whether the list still continues from that commit)."""
+    done, last_commit, known_type = known if known else (0, "", None)
+    continuous = not done or (bool(commit_ids) and commit_ids[0] == last_commit)
+    return done, known_type, 1 if done else 0, continuous
+
+
 def checked_stream(
     aggregate_id: str,
     key: str,
@@ -322,15 +331,14 @@ def checked_stream(
     problem found (a rewritten commit list when not ``continuous``; else the checks of
     :func:`validate_stream` from the version after the ``known`` migrated ones), its events cut
     to the new ones when it is ok, and the number of new events."""
-    done, last_commit, known_type = known if known else (0, "", None)
-    skip = 1 if done else 0
+    done, known_type, skip, _ = resume_point(known, commit_ids)
     stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
     if not continuous:
         stream.problems.append(
             StreamProblem(
                 "commit_list_changed",
                 f"entry {start} of the commit list is not the last migrated commit "
-                f"{last_commit}: the list was rewritten",
+                f"{known[1] if known else ''}: the list was rewritten",
             )
         )
     else:

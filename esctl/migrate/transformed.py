@@ -19,13 +19,10 @@ from psycopg import sql
 from esctl import codec, layout, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.reader import Migrated, Reader, checked_stream
+from esctl.migrate.reader import Migrated, Reader, checked_stream, resume_point
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, copy_escape
-from esctl.streams import (
-    clean_events,
-    postgres_problem,
-)
-from esctl.transforms import Numbering, Rules, SourceEvent, transform_stream
+from esctl.streams import CleanEvent, clean_events, postgres_problem
+from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
 
 
 @dataclass
@@ -46,6 +43,8 @@ class TransformingReader(Reader):
         self.rules = rules
         self.counts = TransformCounts()
         self.numbering: dict[str, Numbering] = {}
+        self._types: dict[str, str] = {}
+        """``$type`` -> its event type, escaped for COPY."""
 
     def migrated(self, ids: Sequence[str]) -> dict[str, Migrated]:
         if not self.lookups or not ids:
@@ -80,22 +79,21 @@ class TransformingReader(Reader):
         where: list[str | None],
         known: Migrated | None,
     ) -> None:
-        done, last_commit, known_type = known if known else (0, "", None)
-        skip = 1 if done else 0
-        continuous = not done or (bool(commit_ids) and commit_ids[0] == last_commit)
+        done, known_type, skip, continuous = resume_point(known, commit_ids)
         fast = (
             clean_events(aggregate_id, values[skip:], first_version=done + 1, known_type=known_type)
             if continuous
             else None
         )
         if fast is not None:
-            # Nothing wrong with the stream (the checks of the general path, done fast).
+            # Nothing wrong with the stream (the checks of the general path, done fast): its
+            # parsed payloads go to the rules as they are.
             source_type, clean = fast
-            sources = [
-                SourceEvent(c, e.version, e.text, e.data)
-                for c, e in zip(commit_ids[skip:], clean, strict=True)
-            ]
-            self._transform(batch, aggregate_id, key, commit_ids, done, source_type, sources)
+            numbering = self.numbering.get(aggregate_id, Numbering(done, done))
+            outcome = transform_checked(
+                self.rules.rules, aggregate_id, commit_ids[skip:], clean, numbering
+            )
+            self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
             return
         stream, new_events = checked_stream(
             aggregate_id, key, start, commit_ids, values, where, known, continuous=continuous
@@ -107,14 +105,19 @@ class TransformingReader(Reader):
         if not stream.ok:
             batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
             return
-        sources = []
+        commits, clean = [], []
         for e in stream.by_version():
-            assert e.event is not None and e.event.version is not None
-            sources.append(SourceEvent(e.commit_id, e.event.version, e.event.text, e.event.data))
+            ev = e.event
+            assert ev is not None and ev.version is not None and ev.data is not None
+            assert ev.event_type is not None and ev.timestamp is not None
+            commits.append(e.commit_id)
+            clean.append(CleanEvent(ev.version, ev.event_type, ev.timestamp, ev.text, ev.data))
         source_type = stream.aggregate_type or known_type or ""
-        self._transform(batch, aggregate_id, key, commit_ids, done, source_type, sources)
+        numbering = self.numbering.get(aggregate_id, Numbering(done, done))
+        outcome = transform_checked(self.rules.rules, aggregate_id, commits, clean, numbering)
+        self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
 
-    def _transform(
+    def _add(
         self,
         batch: Batch,
         aggregate_id: str,
@@ -122,35 +125,42 @@ class TransformingReader(Reader):
         commit_ids: list[str],
         done: int,
         source_type: str,
-        sources: list[SourceEvent],
+        outcome: CheckedOutcome,
+        numbering: Numbering,
     ) -> None:
-        """The checked new events of one aggregate through the rules, into the batch."""
-        new_events = len(sources)
-        numbering = self.numbering.get(aggregate_id, Numbering(done, done))
-        outcome = transform_stream(self.rules.rules, aggregate_id, sources, numbering)
+        """One aggregate's transformed events into the batch (or its failure, quarantined)."""
+        new_events = len(commit_ids) - (1 if done else 0)
         if outcome.failure is not None:
             problem = outcome.failure.as_problem()
             batch.quarantined.append(Quarantined(aggregate_id, key, new_events, [problem]))
             return
-        left_out = outcome.left_out
-        self.counts.events_left_out += left_out
-        self.counts.events_added_by_split += len(outcome.events) - (len(sources) - left_out)
-        if not outcome.events and numbering.last_version == 0:
+        events = outcome.events
+        self.counts.events_left_out += outcome.left_out
+        self.counts.events_added_by_split += len(events) - (new_events - outcome.left_out)
+        if not events and numbering.last_version == 0:
             self.counts.aggregates_left_out += 1
+        types = self._types
         rows = [
-            f"{codec.parse_timestamp(t.timestamp).isoformat()}\t{t.version}\t"
-            f"{copy_escape(t.event_type)}\t{copy_escape(t.text)}\n"
-            for t in outcome.events
+            f"{(t.moment or codec.parse_timestamp(t.timestamp)).isoformat()}\t{t.version}\t"
+            f"{types.get(t.type_name) or self._event_type(t.type_name)}\t{copy_escape(t.text)}\n"
+            for t in events
         ]
         batch.events += len(rows)
         batch.clean[aggregate_id] = AggregateRows(
-            outcome.events[0].aggregate_type if outcome.events else source_type,
+            events[0].aggregate_type if events else source_type,
             rows,
             done + new_events,
             commit_ids[-1],
             source_type=source_type,
             numbering=(outcome.numbering.last_source_version, outcome.numbering.last_version),
         )
+
+    def _event_type(self, type_name: str) -> str:
+        """The event type of a ``$type``, escaped for COPY (remembered)."""
+        if len(self._types) > 4096:
+            self._types.clear()
+        escaped = self._types[type_name] = copy_escape(codec.event_type_from_type_name(type_name))
+        return escaped
 
 
 def _short(fp: str | None) -> str:

@@ -10,20 +10,25 @@ operation can use it. The design and the renumbering contract: docs/design/trans
 """
 
 from esctl.transforms.engine import (
+    CheckedOutcome,
     Event,
+    InFlight,
     Numbering,
     RuleEffect,
     SourceEvent,
     StreamOutcome,
     TransformedEvent,
     TransformFailure,
+    transform_checked,
     transform_stream,
 )
 from esctl.transforms.rules import KINDS, Rule, Rules, fingerprint, load_rules
 
 __all__ = [
     "KINDS",
+    "CheckedOutcome",
     "Event",
+    "InFlight",
     "Numbering",
     "Rule",
     "RuleEffect",
@@ -34,5 +39,6 @@ __all__ = [
     "TransformedEvent",
     "fingerprint",
     "load_rules",
+    "transform_checked",
     "transform_stream",
 ]

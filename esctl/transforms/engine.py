@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from esctl import codec
-from esctl.streams import StreamProblem
+from esctl.streams import CleanEvent, StreamProblem
 from esctl.transforms import typenames
 from esctl.transforms.rules import Rule
 from esctl.where import reach
@@ -169,8 +170,9 @@ class _Failed(Exception):
 
 
 @dataclass(slots=True)
-class _Working:
-    """An event on its way through the rules."""
+class InFlight:
+    """An event on its way through the rules, and out of them (:func:`transform_checked`):
+    ``version`` is the renumbered version once the rules are through."""
 
     commit_id: str
     source_version: int
@@ -181,6 +183,15 @@ class _Working:
     timestamp: str
     payload_version: Any
     """The payload's top-level ``Version`` as the text now holds it."""
+    data: dict[str, Any] | None = None
+    """The parsed ``text`` when at hand and the engine's to change (the caller gave it away),
+    else None."""
+    moment: datetime | None = None
+    """The parsed ``timestamp`` when at hand."""
+    version: int = 0
+
+
+_Working = InFlight
 
 
 def transform_stream(
@@ -213,26 +224,118 @@ def transform_stream(
             working.append(_working(source))
         except _Failed as exc:
             return _failed(aggregate_id, numbering, "reading the payload", exc.error, source)
+    result = _run(rules, aggregate_id, working, numbering, effects)
+    if isinstance(result, TransformFailure):
+        return StreamOutcome(aggregate_id, [], numbering, [], result)
+    produced: dict[int, list[int]] = {e.version: [] for e in events}
+    out: list[TransformedEvent] = []
+    for event in result:
+        produced.setdefault(event.source_version, []).append(event.version)
+        out.append(
+            TransformedEvent(
+                event.commit_id,
+                event.source_version,
+                event.version,
+                _event_type(event.type_name),
+                event.aggregate_type,
+                event.timestamp,
+                event.text,
+            )
+        )
+    return StreamOutcome(
+        aggregate_id,
+        out,
+        _numbering_after(events, result, numbering),
+        [(source, tuple(versions)) for source, versions in produced.items()],
+    )
+
+
+@dataclass(slots=True)
+class CheckedOutcome:
+    """What the rules make of one aggregate's checked events (:func:`transform_checked`):
+    the events renumbered (``version``, ``text``), where the numbering stands, how many source
+    events were left out; or the failure (then no events, the numbering given in)."""
+
+    events: list[InFlight]
+    numbering: Numbering
+    left_out: int = 0
+    failure: TransformFailure | None = None
+
+
+def transform_checked(
+    rules: Sequence[Rule],
+    aggregate_id: str,
+    commit_ids: Sequence[str],
+    events: Sequence[CleanEvent],
+    numbering: Numbering = Numbering(),  # frozen: safe to share
+) -> CheckedOutcome:
+    """:func:`transform_stream` for the hot path of ``migrate --transforms``: ``events`` are
+    what :func:`esctl.streams.clean_events` gave (checked: each payload a JSON object with its
+    envelope typed), one per commit id, and they are *given away*: the rules may change their
+    parsed payloads in place (no payload is parsed twice). The events come back as the
+    :class:`InFlight` they became (no :class:`TransformedEvent` or mapping is built), with the
+    same texts, versions and numbering :func:`transform_stream` gives."""
+    working = [
+        InFlight(commit_id, e.version, e.text, e.text, e.data["$type"],
+                 e.data["AggregateType"], e.data["TimeStamp"], e.version, e.data, e.moment)
+        for commit_id, e in zip(commit_ids, events, strict=True)
+    ]  # fmt: skip
+    result = _run(rules, aggregate_id, working, numbering, None)
+    if isinstance(result, TransformFailure):
+        return CheckedOutcome([], numbering, 0, result)
+    kept = len({e.source_version for e in result})
+    return CheckedOutcome(result, _numbering_after(events, result, numbering), len(events) - kept)
+
+
+def _numbering_after(
+    events: Sequence[SourceEvent] | Sequence[CleanEvent],
+    result: list[InFlight],
+    numbering: Numbering,
+) -> Numbering:
+    last_source = max((e.version for e in events), default=numbering.last_source_version)
+    last = result[-1].version if result else numbering.last_version
+    return Numbering(max(last_source, numbering.last_source_version), last)
+
+
+def _run(
+    rules: Sequence[Rule],
+    aggregate_id: str,
+    working: list[InFlight],
+    numbering: Numbering,
+    effects: list[RuleEffect] | None,
+) -> list[InFlight] | TransformFailure:
+    """The rules over ``working``, then the renumbering; or the failure."""
     counted: list[RuleEffect] = []
-    for index, rule in enumerate(rules):
+    for step in _steps(rules, grouped=effects is None):
         before = [(e.commit_id, e.source_version, e.text) for e in working] if effects else []
         try:
-            working = _apply(rule, aggregate_id, working)
+            working = step.apply(aggregate_id, working)
         except _Failed as exc:
             if effects is not None:
-                effects[index].aggregates_failed += 1
-            return _failed(aggregate_id, numbering, rule.label, exc.error, exc.event)
+                effects[step.index].aggregates_failed += 1
+            stored = exc.event.stored if exc.event is not None else None
+            commit_id = exc.event.commit_id if exc.event is not None else None
+            return TransformFailure(step.label, exc.error, commit_id, stored)
         if effects is not None:
-            counted.append(RuleEffect(rule.label, rule.kind))
+            counted.append(RuleEffect(step.label, step.kind))
             _account(counted[-1], before, working)
-    outcome = _renumber(aggregate_id, working, events, numbering)
-    if effects is not None and outcome.failure is None:
+    version = numbering.last_version
+    for event in working:
+        version += 1
+        event.version = version
+        if type(event.payload_version) is not int or event.payload_version != version:
+            try:
+                event.text = typenames.set_top_level_number(event.text, "Version", version)
+            except ValueError as exc:
+                return TransformFailure("renumbering", str(exc), event.commit_id, event.stored)
+            event.data = None
+    if effects is not None:
         for total, effect in zip(effects, counted, strict=True):
             total.events_left_out += effect.events_left_out
             total.bytes_left_out += effect.bytes_left_out
             total.events_changed += effect.events_changed
             total.events_added += effect.events_added
-    return outcome
+    return working
 
 
 def _failed(
@@ -277,48 +380,306 @@ def _envelope(data: Any) -> tuple[str, str, str]:
     return values[0], values[1], values[2]
 
 
+@functools.lru_cache(maxsize=4096)
 def _event_type(type_name: str) -> str:
     return codec.event_type_from_type_name(type_name)
 
 
-def _apply(rule: Rule, aggregate_id: str, events: list[_Working]) -> list[_Working]:
-    kind = rule.kind
-    if kind == "leave_out":
-        return _leave_out(rule, events)
-    out: list[_Working] = []
-    for event in events:
-        try:
-            if kind == "python":
-                out.extend(_call(rule, aggregate_id, event))
-                continue
-            if kind == "upcast":
-                assert rule.event_type is not None
-                if fnmatch.fnmatchcase(_event_type(event.type_name), rule.event_type):
-                    _upcast(rule, event)
-            else:
-                _rename(rule, event)
-        except _Failed as exc:
-            exc.event = event
-            raise
-        out.append(event)
-    return out
+# --- The rules, compiled: one step per rule, consecutive renames as one step ---------------
+
+_CACHE_MAX = 4096
+"""Entries a step keeps per cache (event type -> match, $type token -> result)."""
 
 
-def _leave_out(rule: Rule, events: list[_Working]) -> list[_Working]:
+class _Step:
+    """One rule (or consecutive ``rename_*`` rules) ready to apply to an aggregate's events."""
+
+    kind: str
+    label: str
+    index: int
+    """The (first) rule's position in the rules."""
+
+    def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
+        raise NotImplementedError
+
+
+class _GlobCache:
+    """Whether a name (as ``key(name)``) matches a glob, remembered per name."""
+
+    def __init__(self, glob: str, key: Callable[[str], str] = str) -> None:
+        self.glob = glob
+        self.key = key
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, name: str) -> bool:
+        hit = self.seen.get(name)
+        if hit is None:
+            if len(self.seen) > _CACHE_MAX:
+                self.seen.clear()
+            hit = self.seen[name] = fnmatch.fnmatchcase(self.key(name), self.glob)
+        return hit
+
+
+class _LeaveOut(_Step):
     """``aggregate_type`` alone: the whole aggregate when its type matches; ``event_type``
     alone: the events whose type matches; both: the events of that type in aggregates of that
     type."""
-    if rule.aggregate_type is not None and not any(
-        fnmatch.fnmatchcase(e.aggregate_type, rule.aggregate_type) for e in events
-    ):
+
+    def __init__(self, rule: Rule, index: int) -> None:
+        self.kind, self.label, self.index = rule.kind, rule.label, index
+        self.aggregate = None if rule.aggregate_type is None else _GlobCache(rule.aggregate_type)
+        self.event = None if rule.event_type is None else _GlobCache(rule.event_type, _event_type)
+
+    def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
+        aggregate = self.aggregate
+        if aggregate is not None and not any(aggregate(e.aggregate_type) for e in events):
+            return events
+        matches = self.event
+        if matches is None:
+            return []
+        seen = matches.seen  # (most events' answer is there: no call)
+        kept = [
+            e
+            for e in events
+            if not (hit if (hit := seen.get(e.type_name)) is not None else matches(e.type_name))
+        ]
+        return kept if len(kept) != len(events) else events
+
+
+class _Renames(_Step):
+    """Consecutive ``rename_type`` / ``rename_namespace`` / ``rename_assembly`` rules in one
+    pass over each payload's ``$type`` members: what the rules make of a ``$type`` token, one
+    after the other, is remembered per token as written (and whether it is the payload's own),
+    with the rules that changed it. The same texts and type names as applying each rule to the
+    whole text in turn (:func:`_rename`): a rule changes only ``$type`` values holding its
+    ``from`` (spelled plainly in the text, unless through a ``\\u`` or ``\\/`` escape)."""
+
+    def __init__(self, rules: list[Rule], index: int) -> None:
+        self.rules = rules
+        self.kind, self.label, self.index = rules[0].kind, rules[0].label, index
+        self.keys = [(r.kind, r.source, r.target) for r in rules]
+        self.sources = list(dict.fromkeys(r.source for r in rules))
+        self.own_only = any(r.kind == "rename_type" for r in rules)
+        self.tokens: dict[tuple[str, bool], tuple[str | None, int]] = {}
+        self.names: dict[tuple[str, int], str] = {}
+        """(``$type``, the rules that changed the text) -> the event's ``$type`` after them."""
+
+    def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
+        first = self.sources[0]
+        for event in events:  # (renames never fail)
+            text = event.text
+            if first in text or self._may_change(text, first):
+                self._rename(event, text)
         return events
-    glob = rule.event_type
-    if glob is None:
-        return []
-    return [e for e in events if not fnmatch.fnmatchcase(_event_type(e.type_name), glob)]
+
+    def _may_change(self, text: str, looked_for: str) -> bool:
+        """Whether a rule's ``from`` other than ``looked_for`` (not in ``text``) is in
+        ``text``, or a JSON escape could hide one."""
+        sources = self.sources
+        for i, source in enumerate(sources):
+            if source is not looked_for and source in text:
+                # The next payload most likely holds it too: look for it first.
+                self.sources = [source, *sources[:i], *sources[i + 1 :]]
+                return True
+        return "\\" in text and ("\\u" in text or "\\/" in text)
+
+    def _rename(self, event: InFlight, text: str) -> None:
+        result = self._rewrite(text) if "\\" in text else self._rewrite_plain(text)
+        if result is None:
+            for rule in self.rules:  # the own $type not written first: each rule finds it
+                _rename(rule, event)
+            return
+        text, changed = result
+        if not changed:
+            return
+        event.text = text
+        event.data = None
+        name = self.names.get((event.type_name, changed))
+        event.type_name = name if name is not None else self._name(event.type_name, changed)
+
+    def _hit(self, token: str, own: bool) -> tuple[str | None, int]:
+        hit = self.tokens.get((token, own))
+        return hit if hit is not None else self._token(token, own)
+
+    def _rewrite(self, text: str) -> tuple[str, int] | None:
+        """``text`` with each ``$type`` member's token as the rules make it, and a bit per rule
+        that changed one; None when a ``rename_type`` rule is there but the payload's own
+        ``$type`` is not its first member."""
+        members = typenames.type_members(text)
+        own_at = -1
+        if self.own_only:
+            if not members or text[: members[0][0]].strip() != "{":
+                return None
+            own_at = members[0][1]
+        parts: list[str] = []
+        done = 0
+        changed = 0
+        for _, start, token in members:
+            new, rules = self._hit(token, start == own_at)
+            if new is not None:
+                changed |= rules
+                parts.append(text[done:start])
+                parts.append(new)
+                done = start + len(token)
+        if not changed:
+            return text, 0
+        parts.append(text[done:])
+        return "".join(parts), changed
+
+    def _rewrite_plain(self, text: str) -> tuple[str, int] | None:
+        """:meth:`_rewrite` for a text without a backslash: no escape anywhere, so every
+        ``"$type"`` followed by a colon is a member, its value token ends at the next quote,
+        and one ``str.split`` finds them all."""
+        pieces = text.split('"$type"')
+        own_only = self.own_only
+        if own_only and (len(pieces) == 1 or pieces[0].strip() != "{"):
+            return None
+        tokens = self.tokens
+        changed = 0
+        for k in range(1, len(pieces)):
+            piece = pieces[k]
+            if piece[:2] == ':"':
+                start = 1
+            else:
+                colon = typenames.COLON_RE.match(piece)
+                if colon is None or piece[colon.end() : colon.end() + 1] != '"':
+                    if k == 1 and own_only:
+                        return None
+                    continue
+                start = colon.end()
+            end = piece.find('"', start + 1) + 1
+            if not end:
+                break
+            token = piece[start:end]
+            key = (token, own_only and k == 1)
+            hit = tokens.get(key)
+            new, rules = hit if hit is not None else self._token(*key)
+            if new is not None:
+                changed |= rules
+                pieces[k] = piece.replace(token, new, 1)  # (no quote before it)
+        if not changed:
+            return text, 0
+        return '"$type"'.join(pieces), changed
+
+    def _name(self, type_name: str, changed: int) -> str:
+        """The event's ``$type`` after the rules of the bits in ``changed`` (remembered)."""
+        name = type_name
+        for i, rename in enumerate(self.keys):
+            if changed >> i & 1:
+                name = _renamed(*rename, name)
+        if len(self.names) > _CACHE_MAX:
+            self.names.clear()
+        self.names[type_name, changed] = name
+        return name
+
+    def _token(self, token: str, own: bool) -> tuple[str | None, int]:
+        """What the rules make of one ``$type`` token: (the new token, or None when no rule
+        changed it; a bit per rule that changed it). Remembered."""
+        if len(self.tokens) > _CACHE_MAX:
+            self.tokens.clear()
+        key = (token, own)
+        changed = 0
+        for i, rename in enumerate(self.keys):
+            if rename[0] == "rename_type" and not own:
+                continue
+            new = typenames.rewrite_token(token, functools.partial(_renamed, *rename))
+            if new is not token:
+                changed |= 1 << i
+                token = new
+        hit = self.tokens[key] = (token if changed else None), changed
+        return hit
+
+
+class _Upcast(_Step):
+    def __init__(self, rule: Rule, index: int) -> None:
+        self.rule = rule
+        self.kind, self.label, self.index = rule.kind, rule.label, index
+        assert rule.event_type is not None
+        self.matches = _GlobCache(rule.event_type, _event_type)
+
+    def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
+        matches = self.matches
+        for event in events:
+            if matches(event.type_name):
+                try:
+                    _upcast(self.rule, event)
+                except _Failed as exc:
+                    exc.event = event
+                    raise
+        return events
+
+
+class _Python(_Step):
+    def __init__(self, rule: Rule, index: int) -> None:
+        self.rule = rule
+        self.kind, self.label, self.index = rule.kind, rule.label, index
+
+    def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
+        out: list[InFlight] = []
+        for event in events:
+            try:
+                out.extend(_call(self.rule, aggregate_id, event))
+            except _Failed as exc:
+                exc.event = event
+                raise
+        return out
+
+
+_STEPS: dict[tuple[bool, tuple[int, ...]], tuple[Sequence[Rule], list[_Step]]] = {}
+
+
+_LAST_STEPS: dict[bool, tuple[Sequence[Rule], list[_Step]] | None] = {True: None, False: None}
+"""The steps used last (the same rules object, aggregate after aggregate)."""
+
+
+def _steps(rules: Sequence[Rule], *, grouped: bool) -> list[_Step]:
+    """The compiled steps of ``rules`` (kept per rules object: their caches carry over from
+    aggregate to aggregate). ``grouped``: consecutive renames share one step (not when each
+    rule's effects are counted)."""
+    last = _LAST_STEPS[grouped]
+    if last is not None and last[0] is rules:
+        return last[1]
+    key = (grouped, tuple(map(id, rules)))
+    hit = _STEPS.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], rules, strict=True)):
+        _LAST_STEPS[grouped] = hit
+        return hit[1]
+    steps: list[_Step] = []
+    renames: list[Rule] = []
+    for index, rule in enumerate(rules):
+        if rule.kind.startswith("rename_"):
+            if not renames or (grouped and _groupable(rule) and _groupable(renames[0])):
+                renames.append(rule)
+                continue
+            steps.append(_Renames(renames, index - len(renames)))
+            renames = [rule]
+            continue
+        if renames:
+            steps.append(_Renames(renames, index - len(renames)))
+            renames = []
+        if rule.kind == "leave_out":
+            steps.append(_LeaveOut(rule, index))
+        elif rule.kind == "upcast":
+            steps.append(_Upcast(rule, index))
+        else:
+            steps.append(_Python(rule, index))
+    if renames:
+        steps.append(_Renames(renames, len(rules) - len(renames)))
+    if len(_STEPS) > 64:
+        _STEPS.clear()
+    _STEPS[key] = _LAST_STEPS[grouped] = (rules, steps)
+    return steps
+
+
+def _groupable(rule: Rule) -> bool:
+    """Whether a rename's ``from`` can only stand in a ``$type`` value the way it is written
+    (no quote, backslash or control character, which the JSON text would escape): the
+    pre-check of :meth:`_Renames._may_change` is then exact for it."""
+    return rule.source.isprintable() and '"' not in rule.source and "\\" not in rule.source
 
 
 def _rename(rule: Rule, event: _Working) -> None:
+    """One rename rule over one payload's text (``$type`` members only)."""
     text = event.text
     if rule.source not in text and "\\u" not in text and "\\/" not in text:
         return  # no $type can name it (only a JSON escape could spell it otherwise)
@@ -340,6 +701,7 @@ def _rename(rule: Rule, event: _Working) -> None:
         text = typenames.rewrite_type_tokens(text, rewrite)
     if text is not event.text:
         event.text = text
+        event.data = None
         event.type_name = _renamed(*key, event.type_name)
 
 
@@ -372,14 +734,21 @@ def _renamed(kind: str, source: str, target: str, value: str) -> str:
 
 def _upcast(rule: Rule, event: _Working) -> None:
     """Rename, then remove, then default the rule's fields (docs/design/transforms.md). The
-    text is written anew only when a field changed."""
-    data = orjson.loads(event.text)
+    text is written anew only when a field changed. The payload the engine holds is changed
+    in place (else the text is parsed)."""
+    data = event.data
+    if data is None:
+        data = orjson.loads(event.text)
     changed = _rename_fields(rule, data)
     changed = _remove_fields(rule, data) or changed
     changed = _default_fields(rule, data) or changed
     if changed:
         event.text = orjson.dumps(data).decode("utf-8")
+        event.data = None
+        timestamp = event.timestamp
         _set_envelope(event, data)
+        if event.timestamp != timestamp:
+            event.moment = None
 
 
 def _rename_fields(rule: Rule, data: dict[str, Any]) -> bool:
@@ -441,8 +810,15 @@ def _set_envelope(event: _Working, data: Any) -> None:
 
 
 def _call(rule: Rule, aggregate_id: str, event: _Working) -> list[_Working]:
+    """The callable on one event: its parsed payload is given away to it (parsed here unless
+    the engine holds it already); what comes back is compared with the payload as it was, so
+    an event returned unchanged keeps its exact stored text."""
     assert rule.function is not None
-    data = orjson.loads(event.text)
+    data = event.data
+    if data is None:
+        data = orjson.loads(event.text)
+    event.data = None
+    before = orjson.dumps(data)
     given = Event(
         _event_type(event.type_name),
         aggregate_id,
@@ -458,15 +834,14 @@ def _call(rule: Rule, aggregate_id: str, event: _Working) -> list[_Working]:
         raise _Failed(f"{rule.source} raised {type(exc).__name__}: {exc}") from None
     if returned is None:
         return []
-    items = list(returned) if isinstance(returned, list | tuple) else [returned]
-    out: list[_Working] = []
-    for item in items:
-        out.append(_returned(rule, aggregate_id, event, item))
-    return out
+    if isinstance(returned, list | tuple):
+        return [_returned(rule, aggregate_id, event, item, before) for item in returned]
+    return [_returned(rule, aggregate_id, event, returned, before)]
 
 
-def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any) -> _Working:
-    """A working event from what a callable returned (an Event or a payload mapping)."""
+def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any, before: bytes) -> _Working:
+    """A working event from what a callable returned (an Event or a payload mapping);
+    ``before``: the JSON of the payload the callable was given, as it was."""
     payload = item.data if isinstance(item, Event) else item
     if not isinstance(payload, Mapping):
         raise _Failed(
@@ -474,59 +849,25 @@ def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any) -> _Wor
             "mapping, or a list of them"
         )
     try:
-        text = orjson.dumps(payload).decode("utf-8")
+        raw = orjson.dumps(payload)
     except TypeError as exc:
         raise _Failed(f"{rule.source} returned a payload that is not JSON: {exc}") from None
-    if text == orjson.dumps(orjson.loads(event.text)).decode("utf-8"):
-        text = event.text  # unchanged: the exact stored text
+    text = event.text if raw == before else raw.decode("utf-8")  # unchanged: the exact text
     if payload.get("Id") != aggregate_id:
         raise _Failed(
             f"{rule.source} returned an event of aggregate {payload.get('Id')!r}, not "
             f"{aggregate_id!r} (an event cannot move to another aggregate)"
         )
-    type_name, aggregate_type, timestamp = _envelope(dict(payload))
-    if not codec.TIMESTAMP_RE.match(timestamp):
+    type_name, aggregate_type, timestamp = _envelope(
+        payload if type(payload) is dict else dict(payload)
+    )
+    if timestamp == event.timestamp and event.moment is not None:
+        moment = event.moment  # parsed already: a DateTimeOffset
+    elif codec.TIMESTAMP_RE.match(timestamp):
+        moment = None
+    else:
         raise _Failed(f"{rule.source} returned the TimeStamp {timestamp!r}, not a DateTimeOffset")
     return _Working(
         event.commit_id, event.source_version, event.stored, text, type_name, aggregate_type,
-        timestamp, payload.get("Version"),
+        timestamp, payload.get("Version"), None, moment,
     )  # fmt: skip
-
-
-def _renumber(
-    aggregate_id: str,
-    working: list[_Working],
-    events: Sequence[SourceEvent],
-    numbering: Numbering,
-) -> StreamOutcome:
-    version = numbering.last_version
-    out: list[TransformedEvent] = []
-    produced: dict[int, list[int]] = {e.version: [] for e in events}
-    for event in working:
-        version += 1
-        text = event.text
-        try:
-            if type(event.payload_version) is not int or event.payload_version != version:
-                text = typenames.set_top_level_number(text, "Version", version)
-        except ValueError as exc:
-            failure = TransformFailure("renumbering", str(exc), event.commit_id, event.stored)
-            return StreamOutcome(aggregate_id, [], numbering, [], failure)
-        produced.setdefault(event.source_version, []).append(version)
-        out.append(
-            TransformedEvent(
-                event.commit_id,
-                event.source_version,
-                version,
-                _event_type(event.type_name),
-                event.aggregate_type,
-                event.timestamp,
-                text,
-            )
-        )
-    last_source = max((e.version for e in events), default=numbering.last_source_version)
-    return StreamOutcome(
-        aggregate_id,
-        out,
-        Numbering(max(last_source, numbering.last_source_version), version),
-        [(source, tuple(versions)) for source, versions in produced.items()],
-    )
