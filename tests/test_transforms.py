@@ -254,6 +254,26 @@ def test_a_missing_field_quarantines_the_whole_aggregate(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
+    "upcast",
+    [
+        'remove = ["TimeStamp"]\ndefault = { TimeStamp = "yesterday" }',
+        'rename = { TimeStamp = "When" }\ndefault = { TimeStamp = "2024-01-01" }',
+    ],
+)
+def test_an_upcast_that_leaves_no_datetimeoffset_timestamp_quarantines_the_aggregate(
+    tmp_path: Path, upcast: str
+) -> None:
+    """The row needs the TimeStamp as a DateTimeOffset: a rule that puts anything else there
+    fails the aggregate, named, like a failing callable (it was a crash of the whole run)."""
+    events = stream("Updated", Comment="c")
+    outcome = run(tmp_path, f'[[upcast]]\nevent_type = "Updated"\n{upcast}\n', events)
+    assert outcome.events == []
+    failure = outcome.failure
+    assert failure is not None and failure.rule == "[[upcast]] #1 (line 1)"
+    assert "not a DateTimeOffset" in failure.error, failure.error
+
+
+@pytest.mark.parametrize(
     ("body", "message"),
     [
         ("    raise KeyError('Lessons')", "raised KeyError: 'Lessons'"),

@@ -748,6 +748,8 @@ def _upcast(rule: Rule, event: _Working) -> None:
         timestamp = event.timestamp
         _set_envelope(event, data)
         if event.timestamp != timestamp:
+            if not codec.TIMESTAMP_RE.match(event.timestamp):
+                raise _Failed(f"the TimeStamp became {event.timestamp!r}, not a DateTimeOffset")
             event.moment = None
 
 
