@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import independent_writer as iw
+import orjson
 import psycopg
 import pytest
 import redis
@@ -30,7 +31,7 @@ from test_migrate import (
 
 from esctl import redisio
 from esctl.shard import Shard
-from esctl.verify import MISMATCH_KINDS, VerifyOptions, VerifySummary, verify
+from esctl.verify import MISMATCH_KINDS, VerifyOptions, VerifySummary, same_json, verify
 
 
 def run_verify(url: str, dsn: str, app: str, **options: Any) -> VerifySummary:
@@ -374,6 +375,42 @@ def test_json_differences_are_exactly_those_jsonb_sees(
     reported = {p["key"].split("}:", 1)[1] for p in summary.problems}
     assert {p["kind"] for p in summary.problems} <= {"content_differs"}
     assert reported == {name for name, d in differs.items() if d}
+
+
+# (what PostgreSQL holds, the Redis payload): pairs where Python's == on the parsed values is
+# looser than jsonb's = (bools against numbers, numbers that parse to one double), and pairs
+# that are the same JSON written differently.
+JSON_PAIRS = [
+    ('{"a": 1, "b": "x"}', '{"b":"x","a":1}'),
+    ('{"a": true}', '{"a":1}'),
+    ('{"a": 1}', '{"a":true}'),
+    ('{"a": [1, {"b": false}]}', '{"a":[1,{"b":0}]}'),
+    ('{"a": [1, {"b": 0.0}]}', '{"a":[1,{"b":false}]}'),
+    ('{"a": 9223372036854775808.4}', '{"a":9223372036854775808}'),
+    ('{"a": 0.1}', '{"a":0.10000000000000001}'),
+    ('{"a": 0.10000000000000001}', '{"a":0.1}'),
+    ('{"a": 0.1, "b": true}', '{"b":true,"a":0.1}'),
+    ('{"a": 1.5, "b": [2.25]}', '{"b":[2.25],"a":1.50}'),
+    ('{"a": 1.5}', '{"a":1.25}'),
+    ('{"a": 100000000000000000000}', '{"a":1E+20}'),
+    ('{"a": 1.0}', '{"a":1}'),
+    ('{"a": null}', '{"a":false}'),
+    ('{"a": "1"}', '{"a":1}'),
+    ('{"a": [2, 1]}', '{"a":[1,2]}'),
+    ('{"a": {"b": {"c": 12345678901234567890}}}', '{"a":{"b":{"c":12345678901234567891}}}'),
+]
+
+
+@pytest.mark.parametrize(("stored", "raw"), JSON_PAIRS)
+def test_same_json_is_jsonb_equality(stored: str, raw: str, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT convert_to(%s::jsonb::text, 'UTF8'), %s::jsonb = %s::jsonb",
+            (stored, stored, raw),
+        ).fetchone()
+    assert row is not None
+    pg_text, equal = row
+    assert same_json(bytes(pg_text), orjson.loads(raw), raw.encode()) is equal
 
 
 @pytest.mark.parametrize(
