@@ -158,14 +158,6 @@ def envelope(data: dict[str, Any]) -> tuple[str, int, str, str] | None:
     return type_name, version, aggregate_type, timestamp
 
 
-class CleanEvent(NamedTuple):
-    version: int
-    event_type: str
-    moment: datetime
-    text: str
-    data: dict[str, Any]
-
-
 class CleanPayload(NamedTuple):
     """One event of a clean stream as :func:`clean_payloads` gives it: the payload's UTF-8
     bytes (the stored value, or what it decompresses to) and what was read from them."""
@@ -256,25 +248,6 @@ def clean_payloads(
     if not events or aggregate_type is None or not _in_version_order(events, first_version):
         return None
     return aggregate_type, events
-
-
-def clean_events(
-    aggregate_id: str,
-    values: Sequence[bytes | None],
-    *,
-    first_version: int = 1,
-    known_type: str | None = None,
-) -> tuple[str, list[CleanEvent]] | None:
-    """:func:`clean_payloads` with each payload as text and its .NET event type name."""
-    clean = clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
-    if clean is None:
-        return None
-    aggregate_type, events = clean
-    type_of = codec.event_type_from_type_name
-    return aggregate_type, [
-        CleanEvent(e.version, type_of(e.type_name), e.moment, e.payload.decode("utf-8"), e.data)
-        for e in events
-    ]
 
 
 def _in_version_order(events: list[CleanPayload], first_version: int) -> bool:

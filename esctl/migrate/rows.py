@@ -32,8 +32,9 @@ class AggregateRows:
 
     aggregate_type: str
     rows: list[str] | list[bytes]
-    """In version order: ``time_stamp \t version \t event_type \t event_data \n`` COPY text
-    lines (with --transforms), or binary COPY rows of the same fields (:func:`clean_rows`)."""
+    """In version order: binary COPY rows (:func:`binary_row`), or (``migrate plan``'s sample
+    with --transforms) ``time_stamp \t version \t event_type \t event_data \n`` COPY text
+    lines of the same fields."""
     commits: int
     """Commit-list entries migrated once these rows are in (for esctl.migrated_stream)."""
     last_commit_id: str
@@ -110,6 +111,18 @@ def copy_event_type(type_name: str) -> bytes:
     return copy_field(event_type_from_type_name(type_name))
 
 
+def binary_row(moment: datetime, version: int, type_name: str, payload: bytes) -> bytes:
+    """One event's binary COPY row (``time_stamp, version, event_type, event_data``, without
+    the field count and ``aggregate_key`` the writer puts in front): the payload's UTF-8 bytes
+    go in as they are. Raises struct.error for a version beyond an integer column."""
+    return (
+        _TIME_AND_VERSION(8, pg_microseconds(moment), 4, version)
+        + copy_event_type(type_name)
+        + _JSONB_HEADER(len(payload) + 1, 1)
+        + payload
+    )
+
+
 def stream_rows(stream: Stream) -> list[bytes] | StreamProblem:
     """The COPY rows of a checked stream's events, in version order, or the problem that
     keeps PostgreSQL from storing them. The same bytes as :func:`clean_rows` gives."""
@@ -128,13 +141,7 @@ def stream_rows(stream: Stream) -> list[bytes] | StreamProblem:
                 e.commit_id,
                 e.stored,
             )
-        payload = ev.text.encode("utf-8")
-        rows.append(
-            _TIME_AND_VERSION(8, pg_microseconds(ev.timestamp), 4, ev.version)
-            + copy_event_type(ev.type_name)
-            + _JSONB_HEADER(len(payload) + 1, 1)
-            + payload
-        )
+        rows.append(binary_row(ev.timestamp, ev.version, ev.type_name, ev.text.encode("utf-8")))
     return rows
 
 
@@ -158,11 +165,7 @@ def clean_rows(
     aggregate_type, events = clean
     try:
         return aggregate_type, [
-            _TIME_AND_VERSION(8, pg_microseconds(e.moment), 4, e.version)
-            + copy_event_type(e.type_name)
-            + _JSONB_HEADER(len(e.payload) + 1, 1)
-            + e.payload
-            for e in events
+            binary_row(e.moment, e.version, e.type_name, e.payload) for e in events
         ]
     except struct.error:  # a Version beyond an integer column: the general path says so
         return None

@@ -10,6 +10,7 @@ docs/design/migrate.md, "Transforms".
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,8 +21,8 @@ from esctl import codec, layout, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.reader import Migrated, Reader, checked_stream, resume_point
-from esctl.migrate.rows import AggregateRows, Batch, Quarantined, copy_escape
-from esctl.streams import CleanEvent, clean_events, postgres_problem
+from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
+from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
 from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
 
 
@@ -35,16 +36,15 @@ class TransformCounts:
 
 
 class TransformingReader(Reader):
-    """The reader with the rules applied to each aggregate's new events (always the general,
-    checking path: the stream is validated as it is in Redis before any rule applies)."""
+    """The reader with the rules applied to each aggregate's new events, checked as they are
+    in Redis first (the plain reader's hot path, else its general one), written as the same
+    binary COPY rows (an event no rule changed keeps its payload's bytes as read)."""
 
     def __init__(self, *args: object, rules: Rules, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.rules = rules
         self.counts = TransformCounts()
         self.numbering: dict[str, Numbering] = {}
-        self._types: dict[str, str] = {}
-        """``$type`` -> its event type, escaped for COPY."""
 
     def migrated(self, ids: Sequence[str]) -> dict[str, Migrated]:
         if not self.lookups or not ids:
@@ -81,7 +81,9 @@ class TransformingReader(Reader):
     ) -> None:
         done, known_type, skip, continuous = resume_point(known, commit_ids)
         fast = (
-            clean_events(aggregate_id, values[skip:], first_version=done + 1, known_type=known_type)
+            clean_payloads(
+                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
+            )
             if continuous
             else None
         )
@@ -111,7 +113,17 @@ class TransformingReader(Reader):
             assert ev is not None and ev.version is not None and ev.data is not None
             assert ev.event_type is not None and ev.timestamp is not None
             commits.append(e.commit_id)
-            clean.append(CleanEvent(ev.version, ev.event_type, ev.timestamp, ev.text, ev.data))
+            assert ev.type_name is not None and ev.timestamp_text is not None
+            clean.append(
+                CleanPayload(
+                    ev.version,
+                    ev.type_name,
+                    ev.timestamp_text,
+                    ev.timestamp,
+                    ev.text.encode("utf-8"),
+                    ev.data,
+                )
+            )
         source_type = stream.aggregate_type or known_type or ""
         numbering = self.numbering.get(aggregate_id, Numbering(done, done))
         outcome = transform_checked(self.rules.rules, aggregate_id, commits, clean, numbering)
@@ -139,12 +151,21 @@ class TransformingReader(Reader):
         self.counts.events_added_by_split += len(events) - (new_events - outcome.left_out)
         if not events and numbering.last_version == 0:
             self.counts.aggregates_left_out += 1
-        types = self._types
-        rows = [
-            f"{(t.moment or codec.parse_timestamp(t.timestamp)).isoformat()}\t{t.version}\t"
-            f"{types.get(t.type_name) or self._event_type(t.type_name)}\t{copy_escape(t.text)}\n"
-            for t in events
-        ]
+        try:
+            rows = [
+                binary_row(
+                    t.moment or codec.parse_timestamp(t.timestamp),
+                    t.version,
+                    t.type_name,
+                    t.payload if t.text is t.stored and t.payload is not None else t.text.encode(),
+                )
+                for t in events
+            ]
+        except struct.error:  # a version beyond an integer column (splits without end)
+            detail = f"a version beyond {INT4_MAX} does not fit an integer column"
+            problem = StreamProblem("rejected_by_postgres", detail)
+            batch.quarantined.append(Quarantined(aggregate_id, key, new_events, [problem]))
+            return
         batch.events += len(rows)
         batch.clean[aggregate_id] = AggregateRows(
             events[0].aggregate_type if events else source_type,
@@ -154,13 +175,6 @@ class TransformingReader(Reader):
             source_type=source_type,
             numbering=(outcome.numbering.last_source_version, outcome.numbering.last_version),
         )
-
-    def _event_type(self, type_name: str) -> str:
-        """The event type of a ``$type``, escaped for COPY (remembered)."""
-        if len(self._types) > 4096:
-            self._types.clear()
-        escaped = self._types[type_name] = copy_escape(codec.event_type_from_type_name(type_name))
-        return escaped
 
 
 def _short(fp: str | None) -> str:

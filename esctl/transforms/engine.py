@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from esctl import codec
-from esctl.streams import CleanEvent, StreamProblem
+from esctl.streams import CleanPayload, StreamProblem
 from esctl.transforms import typenames
 from esctl.transforms.rules import Rule
 from esctl.where import reach
@@ -189,6 +189,9 @@ class InFlight:
     moment: datetime | None = None
     """The parsed ``timestamp`` when at hand."""
     version: int = 0
+    payload: bytes | None = None
+    """The UTF-8 bytes of ``stored`` when at hand: while ``text is stored`` (no rule changed
+    the payload), migrate writes them as they are."""
 
 
 _Working = InFlight
@@ -266,18 +269,19 @@ def transform_checked(
     rules: Sequence[Rule],
     aggregate_id: str,
     commit_ids: Sequence[str],
-    events: Sequence[CleanEvent],
+    events: Sequence[CleanPayload],
     numbering: Numbering = Numbering(),  # frozen: safe to share
 ) -> CheckedOutcome:
     """:func:`transform_stream` for the hot path of ``migrate --transforms``: ``events`` are
-    what :func:`esctl.streams.clean_events` gave (checked: each payload a JSON object with its
+    what :func:`esctl.streams.clean_payloads` gave (checked: each payload a JSON object with its
     envelope typed), one per commit id, and they are *given away*: the rules may change their
     parsed payloads in place (no payload is parsed twice). The events come back as the
     :class:`InFlight` they became (no :class:`TransformedEvent` or mapping is built), with the
-    same texts, versions and numbering :func:`transform_stream` gives."""
+    same texts, versions and numbering :func:`transform_stream` gives; an event whose ``text``
+    is still its ``stored`` one keeps its stored bytes in ``payload``."""
     working = [
-        InFlight(commit_id, e.version, e.text, e.text, e.data["$type"],
-                 e.data["AggregateType"], e.data["TimeStamp"], e.version, e.data, e.moment)
+        InFlight(commit_id, e.version, (text := e.payload.decode("utf-8")), text, e.type_name,
+                 e.data["AggregateType"], e.timestamp, e.version, e.data, e.moment, 0, e.payload)
         for commit_id, e in zip(commit_ids, events, strict=True)
     ]  # fmt: skip
     result = _run(rules, aggregate_id, working, numbering, None)
@@ -288,7 +292,7 @@ def transform_checked(
 
 
 def _numbering_after(
-    events: Sequence[SourceEvent] | Sequence[CleanEvent],
+    events: Sequence[SourceEvent] | Sequence[CleanPayload],
     result: list[InFlight],
     numbering: Numbering,
 ) -> Numbering:
@@ -871,5 +875,5 @@ def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any, before:
         raise _Failed(f"{rule.source} returned the TimeStamp {timestamp!r}, not a DateTimeOffset")
     return _Working(
         event.commit_id, event.source_version, event.stored, text, type_name, aggregate_type,
-        timestamp, payload.get("Version"), None, moment,
+        timestamp, payload.get("Version"), None, moment, 0, event.payload,
     )  # fmt: skip
