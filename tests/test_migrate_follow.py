@@ -206,6 +206,24 @@ def test_follows_an_independent_writer_gets_level_and_stops_on_sigterm(
     assert_same_rows_as(pg_dsn, reference_rows(notifying_redis.url, reference_dsn, app_name))
 
 
+def test_sweep_interval_0_leaves_out_the_periodic_sweeps_but_not_the_first(
+    notifying_redis: servers.LocalRedis, pg_dsn: str, app_name: str
+) -> None:
+    """0 is "none", not "every 0 s" (which would sweep back to back, as polling does)."""
+    client = redis.Redis.from_url(notifying_redis.url)
+    truth = small_store(client, app_name, seed=17)
+    follower = Follower(notifying_redis.url, pg_dsn, app_name, "--sweep-interval", "0")
+    follower.caught_up()
+    writer(client, truth, 50).join()
+    level(pg_dsn, truth)
+    time.sleep(1.5)
+    code, _ = follower.stop(signal.SIGTERM)
+    assert code == 0
+    sweeps = [e for e in follower.lines if e["event"] == "sweep" and e["phase"] == "finished"]
+    assert [s["reason"] for s in sweeps] == ["start"]
+    assert any(e["event"] == "batch" and e["source"] == "notifications" for e in follower.lines)
+
+
 def test_without_notifications_it_polls_says_how_to_enable_them_and_sigint_exits_130(
     fresh_redis: servers.LocalRedis, pg_dsn: str, reference_dsn: str, app_name: str
 ) -> None:

@@ -229,7 +229,8 @@ def redis_to_pg(
             "--sweep-interval",
             metavar="DURATION",
             help="With --follow: a full incremental sweep this often (notifications lost in "
-            "a disconnect are caught by it; one also runs after every reconnect).",
+            "a disconnect are caught by it; one also runs after every reconnect); 0: none "
+            "but those.",
         ),
     ] = "10m",
     stall_timeout: Annotated[
