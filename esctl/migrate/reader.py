@@ -201,9 +201,11 @@ class Reader:
         todo: list[str] = []
         starts: list[int] = []
         for aggregate_id in ids:
-            if aggregate_id in held and held[aggregate_id] == lengths[aggregate_id]:
+            # (the follower's writer threads add to ``held`` meanwhile: one lookup each)
+            length = lengths.get(aggregate_id)
+            if length is not None and held.get(aggregate_id, -1) == length:
                 self.unchanged += 1  # quarantined by this follower, and unchanged since
-                self.commits_seen += lengths[aggregate_id]
+                self.commits_seen += length
                 continue
             if aggregate_id not in known:
                 todo.append(aggregate_id)
