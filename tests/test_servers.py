@@ -21,6 +21,7 @@ import redis
 
 from esctl import servers
 from esctl.errors import LocalServerError
+from esctl.servers import postgres_server, process
 
 
 def alive(pid: int) -> bool:
@@ -121,7 +122,7 @@ def test_start_redis_retries_when_the_port_is_taken(
         taken = squatter.getsockname()[1]
         ports = iter([taken])
         real_free_port = servers.free_port
-        monkeypatch.setattr(servers, "free_port", lambda: next(ports, None) or real_free_port())
+        monkeypatch.setattr(process, "free_port", lambda: next(ports, None) or real_free_port())
         server = servers.start_redis()
         try:
             assert server.port != taken
@@ -332,7 +333,9 @@ def test_find_postgres_bin_prefers_path_then_the_highest_system_version(
         executable(bin_dir / "postgres", "exit 0")
     monkeypatch.delenv("ESCTL_PG_BIN", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(servers, "SYSTEM_PG_BIN_PATTERNS", (str(tmp_path / "lib" / "*" / "bin"),))
+    monkeypatch.setattr(
+        postgres_server, "SYSTEM_PG_BIN_PATTERNS", (str(tmp_path / "lib" / "*" / "bin"),)
+    )
     assert servers.find_postgres_bin() == tmp_path / "lib" / "15" / "bin"
 
     # PATH wins, through a symlink to the real directory as Debian's /usr/local/bin has it
@@ -354,7 +357,7 @@ def test_find_postgres_bin_falls_back_to_pgserver(
     executable(bin_dir / "postgres", "exit 0")
     monkeypatch.delenv("ESCTL_PG_BIN", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(servers, "SYSTEM_PG_BIN_PATTERNS", ())
+    monkeypatch.setattr(postgres_server, "SYSTEM_PG_BIN_PATTERNS", ())
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     importlib.invalidate_caches()
     assert servers.find_postgres_bin() == bin_dir
@@ -368,7 +371,7 @@ def test_start_postgres_failure_names_binary_and_log_tail(
     # reach the scripts (pytest's base temp folder is private to root).
     bin_dir = Path(tempfile.mkdtemp(prefix="esctl-test-bin-"))
     bin_dir.chmod(0o755)
-    monkeypatch.setattr(servers, "START_TIMEOUT", 5.0)
+    monkeypatch.setattr(process, "START_TIMEOUT", 5.0)
     executable(bin_dir / "initdb", "echo 'initdb: boom, disk on fire' >&2; exit 7")
     executable(bin_dir / "postgres", "exit 1")
     monkeypatch.setenv("ESCTL_PG_BIN", str(bin_dir))
