@@ -1,0 +1,48 @@
+"""What the ``esctl migrate`` commands share: options, the --transforms check, the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, TypedDict
+
+import typer
+
+from esctl.cli.context import Context
+
+BackupFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backup-file",
+        metavar="PATH",
+        help="First write every event to be deleted to this new file (zstd JSON lines, "
+        "mode 0600, fsynced before each delete; not written in a dry run).",
+        show_default=False,
+    ),
+]
+
+
+def checked_rules(path: Path | None) -> str | None:
+    """The --transforms file, read and checked before any server is asked (exit 2)."""
+    if path is None:
+        return None
+    from esctl.transforms import load_rules
+
+    load_rules(path)
+    return str(path)
+
+
+class _Store(TypedDict):
+    """The event store every migrate command works on: the app and its PostgreSQL target."""
+
+    app: str
+    pg_dsn: str
+    pg_schema: str
+
+
+def store(ctx: Context) -> _Store:
+    return _Store(app=ctx.app, pg_dsn=ctx.pg_dsn, pg_schema=ctx.pg_schema)
+
+
+def toast(method: str) -> str | None:
+    """--toast-compression: 'server' keeps the server's default."""
+    return None if method == "server" else method

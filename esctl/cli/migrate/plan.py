@@ -1,0 +1,163 @@
+"""``esctl migrate plan``: estimate a migration from a sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from esctl import defaults
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.migrate.common import store, toast
+from esctl.cli.output import Output
+
+if TYPE_CHECKING:
+    from esctl import plan as plan_core
+
+
+PlanTransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="A TOML rules file (README 'Transforms'): what each rule does to the sample, and "
+        "the PostgreSQL size after the rules.",
+        show_default=False,
+    ),
+]
+
+
+@with_context(Scope.REDIS | Scope.PG | Scope.APP)
+def plan_command(
+    ctx: Context,
+    sample: Annotated[
+        int,
+        typer.Option(
+            "--sample", metavar="N", min=1, help="Aggregates to read whole (a random sample)."
+        ),
+    ] = defaults.PLAN_SAMPLE,
+    trial: Annotated[
+        bool,
+        typer.Option(
+            "--trial/--no-trial",
+            help="Write the sample into PostgreSQL in a rolled-back transaction to measure size "
+            "and speed.",
+        ),
+    ] = True,
+    trial_events: Annotated[
+        int,
+        typer.Option(
+            "--trial-events", metavar="N", min=1, help="At most this many events in the trial."
+        ),
+    ] = defaults.PLAN_TRIAL_EVENTS,
+    toast_compression: Annotated[
+        str,
+        typer.Option(
+            "--toast-compression",
+            metavar="METHOD",
+            help="As for redis-to-pg: the compression the size estimate assumes (lz4, pglz, "
+            "or 'server').",
+        ),
+    ] = "lz4",
+    transforms_file: PlanTransformsOpt = None,
+) -> None:
+    """Estimate a migration: events, bytes in Redis and in PostgreSQL, and the run time.
+
+    Counts aggregates and events exactly (SCAN + LLEN); reads a random sample of aggregates
+    whole for the stored and decompressed (JSON) bytes, the compressed and legacy shares and
+    the problems migrate would quarantine. Then writes the sample's clean aggregates with the
+    migration's own writer into a throwaway copy of the tables, inside a transaction that is
+    rolled back, to measure the PostgreSQL size (tables, indexes, TOAST) and the write speed.
+    Nothing stays in PostgreSQL: the target tables are not written and their sequences do not
+    move. Read-only on Redis. The run time is the events at the trial's end-to-end rate
+    (reading, decoding and writing one after the other: it errs on the long side). Exits 0
+    even when the sample has problems: it is an estimate (run 'migrate redis-to-pg --dry-run'
+    for the full list).
+
+    --transforms FILE puts the sample's clean aggregates through the rules: per rule, the
+    events and bytes it left out, the events it changed (renamed, upcast) and added (split),
+    the aggregates it failed on (migrate quarantines them); the trial writes the transformed
+    rows, so the PostgreSQL size is the size after the rules.
+
+    \b
+    Example: esctl migrate plan --app MyService --sample 5000 --json
+    """
+    from esctl import plan as plan_core
+
+    opts = plan_core.PlanOptions(
+        **store(ctx),
+        sample=sample,
+        trial=trial,
+        trial_events=trial_events,
+        toast_compression=toast(toast_compression),
+        transforms=_plan_rules(transforms_file),
+    )
+    summary = plan_core.plan(ctx.redis, opts)
+    ctx.out.result(summary.as_dict(), lambda: _render_plan(ctx.out, summary))
+
+
+def _plan_rules(path: Path | None) -> Any:
+    """The --transforms rules of migrate plan, read before any server is asked (exit 2)."""
+    if path is None:
+        return None
+    from esctl.transforms import load_rules
+
+    return load_rules(path)
+
+
+def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:
+    about = "" if summary.exact else "~"
+    size = out.format_bytes
+    out.mapping(
+        {
+            "aggregates": summary.aggregates,
+            "events": summary.events,
+            "sample": f"{summary.sample_aggregates:,} aggregates, "
+            f"{summary.sample_events:,} events" + (" (all)" if summary.exact else ""),
+            "stored in Redis (payloads)": about + size(summary.stored_bytes_estimate),
+            "decompressed JSON": about + size(summary.json_bytes_estimate),
+            "compressed events": f"{summary.compressed_share:.1%}",
+            "legacy-layout events": f"{summary.legacy_share:.1%}",
+            "PostgreSQL size": "~" + size(summary.pg_bytes_estimate),
+            "  of which event_data": "~" + size(summary.pg_event_data_bytes_estimate),
+            "trial": f"{summary.trial_events:,} events at "
+            f"{summary.trial_events_per_s or 0:,.0f} events/s (read "
+            f"{summary.read_events_per_s or 0:,.0f}/s, write "
+            f"{summary.write_events_per_s or 0:,.0f}/s)",
+            "estimated run time": "~" + out.format_duration(summary.estimated_seconds),
+            "sampled aggregates with problems": summary.aggregates_with_problems_in_sample,
+        },
+        title=f"migrate plan for {summary.app} into schema {summary.pg_schema}",
+    )
+    if summary.trial_note:
+        out.warn(summary.trial_note)
+    if summary.transforms is not None:
+        _render_plan_rules(out, summary.transforms)
+    if summary.problems_in_sample:
+        out.table(
+            ["problem", "sampled aggregates"],
+            sorted(summary.problems_in_sample.items()),
+            title="problems in the sample (migrate would quarantine these aggregates)",
+        )
+
+
+def _render_plan_rules(out: Output, t: dict[str, Any]) -> None:
+    out.table(
+        ["rule", "left out", "bytes left out", "changed", "added (split)", "failed aggregates"],
+        [
+            (
+                r["rule"],
+                r["events_left_out"],
+                out.format_bytes(r["bytes_left_out"]),
+                r["events_changed"],
+                r["events_added"],
+                r["aggregates_failed"],
+            )
+            for r in t["rules"]
+        ],
+        title=f"transforms {t['fingerprint'][:16]} ({t['file']}) on the sample: "
+        f"{t['sample_events_before']:,} events -> {t['sample_events_after']:,}, "
+        f"{t['sample_aggregates_left_out']:,} aggregate(s) left out whole; the store after "
+        f"the rules: ~{t['events_after_estimate']:,} events",
+    )

@@ -1,0 +1,333 @@
+"""``esctl migrate redis-to-pg``: copy committed events from Redis into PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import astuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from esctl import defaults
+from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import exit_for
+from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast
+from esctl.cli.migrate.prune import render_prune
+from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt
+from esctl.cli.output import Output, Progress
+
+if TYPE_CHECKING:
+    from esctl import migrate as core
+    from esctl import redisio
+
+
+ToastCompressionOpt = Annotated[
+    str,
+    typer.Option(
+        "--toast-compression",
+        metavar="METHOD",
+        help="default_toast_compression for the writers' sessions (lz4, pglz, or 'server').",
+    ),
+]
+MigrateTransformsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--transforms",
+        metavar="FILE",
+        help="A TOML rules file (README 'Transforms'): migrate the events as the rules make "
+        "them, renumbered per aggregate. Every later run must use the same rules (or "
+        "--restart --yes).",
+        show_default=False,
+    ),
+]
+
+
+@with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP)
+def redis_to_pg(
+    ctx: Context,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", metavar="N", min=1, help="Events per transaction.")
+    ] = defaults.MIGRATE_BATCH_SIZE,
+    init_schema: Annotated[
+        bool,
+        typer.Option(
+            "--init-schema",
+            help="Create the library's tables and functions (and esctl's bookkeeping) if missing.",
+        ),
+    ] = False,
+    dry_run: DryRunOpt = False,
+    shard: ShardOpt = None,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start a new run instead of resuming an unfinished one. When PostgreSQL holds "
+            "events migrated with other --transforms (or without), DELETE those events of this "
+            "app (and shard) first and migrate everything again (needs --yes).",
+        ),
+    ] = False,
+    max_problems: Annotated[
+        int | None,
+        typer.Option(
+            "--max-problems",
+            metavar="N",
+            min=0,
+            help="Stop once more aggregates than this had problems.",
+        ),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate", metavar="N", min=1, help="At most this many events read per second."
+        ),
+    ] = None,
+    max_redis_latency: Annotated[
+        float | None,
+        typer.Option(
+            "--max-redis-latency",
+            metavar="MS",
+            min=0.1,
+            help="Back off while a Redis round trip takes longer than this many milliseconds.",
+        ),
+    ] = None,
+    writers: Annotated[
+        int,
+        typer.Option("--writers", metavar="N", min=1, max=8, help="PostgreSQL writer connections."),
+    ] = 2,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            help="Local processes, each migrating one sub-shard (of --shard, if given); one "
+            "combined summary. Rerun with the same number to resume.",
+        ),
+    ] = 1,
+    toast_compression: ToastCompressionOpt = "lz4",
+    progress: ProgressOpt = True,
+    delete_source: Annotated[
+        bool,
+        typer.Option(
+            "--delete-source",
+            help="After a migration that did not stop early, run 'migrate prune' for the same "
+            "app (and shard); needs --yes (with --dry-run: a dry-run prune).",
+        ),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", "-y", help="Confirm --delete-source, and a --restart that deletes events."
+        ),
+    ] = False,
+    backup_file: BackupFileOpt = None,
+    transforms_file: MigrateTransformsOpt = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="After catching up, keep PostgreSQL in step with Redis until stopped "
+            "(SIGTERM: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
+            "from keyspace notifications (polling without them); reports the lag.",
+        ),
+    ] = False,
+    enable_notifications: Annotated[
+        bool,
+        typer.Option(
+            "--enable-notifications",
+            help="With --follow: CONFIG SET notify-keyspace-events to add 'Kl' on every "
+            "primary when it is off.",
+        ),
+    ] = False,
+    sweep_interval: Annotated[
+        str,
+        typer.Option(
+            "--sweep-interval",
+            metavar="DURATION",
+            help="With --follow: a full incremental sweep this often (notifications lost in "
+            "a disconnect are caught by it; one also runs after every reconnect); 0: none "
+            "but those.",
+        ),
+    ] = "10m",
+    stall_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--stall-timeout",
+            metavar="DURATION",
+            help="With --follow: exit 1, naming the cause, when behind with no progress for "
+            "this long.",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_file: MetricsFileOpt = None,
+) -> None:
+    """Copy committed events from Redis into PostgreSQL: batched, resumable, idempotent.
+
+    Rerun the same command after a crash to continue; run it nightly to move what is new,
+    or keep it running with --follow (--json: one JSON line per batch and per second).
+    Aggregates with problems are skipped whole, recorded in esctl.quarantine, and make the
+    exit code 3. With --delete-source --yes, prune (see 'migrate prune') runs afterwards
+    (with --backup-file, writing what it deletes there first; with --transforms, comparing by
+    the rules and keeping aggregates they leave out whole); its summary is under "prune" in
+    the JSON.
+
+    \b
+    Example: esctl migrate redis-to-pg --app MyService --init-schema
+    """
+    from esctl import migrate as core
+    from esctl.errors import Refused, UsageError
+    from esctl.shard import Shard
+
+    if delete_source and not yes and not dry_run:  # a dry run deletes nothing: no --yes
+        raise Refused(
+            "--delete-source deletes the migrated events from Redis and needs --yes",
+            hint="add --yes (nothing was done), or try --dry-run first",
+        )
+    transforms = checked_rules(transforms_file)
+    opts = core.MigrateOptions(
+        **store(ctx),
+        transforms=transforms,
+        confirm_restart=yes,
+        batch_size=batch_size,
+        init_schema=init_schema,
+        dry_run=dry_run,
+        shard=Shard.from_option(shard),
+        restart=restart,
+        max_problems=max_problems,
+        rate=rate,
+        max_redis_latency_ms=max_redis_latency,
+        writers=writers,
+        toast_compression=toast(toast_compression),
+    )
+    if follow:
+        from esctl.cli.follow import FollowArgs, run_follow
+
+        run_follow(
+            ctx,
+            opts,
+            FollowArgs(enable_notifications, sweep_interval, stall_timeout, metrics_file, workers),
+            refuse={"--dry-run": dry_run, "--delete-source": delete_source},
+        )
+        return
+    if metrics_file is not None or enable_notifications or stall_timeout is not None:
+        raise UsageError("--metrics-file, --enable-notifications and --stall-timeout need --follow")
+    client = ctx.redis
+    with ctx.out.progress(progress, desc="migrating", unit=" commits", unit_scale=True) as bar:
+        _count_commits_beside(bar, client, opts)
+        outcome = core.migrate_then_prune(
+            client,
+            opts,
+            redis_url=ctx.redis_url,
+            workers=workers,
+            cluster=ctx.cluster,
+            read_from_replicas=ctx.read_from_replicas,
+            delete_source=delete_source,
+            backup_file=backup_file,
+            on_progress=bar.hook(lambda p: _migrated(bar, p)),
+        )
+    _render_outcome(ctx.out, outcome)
+    exit_for(problems=outcome.found_problems)
+
+
+def _count_commits_beside(
+    bar: Progress, client: redisio.RedisClient, opts: core.MigrateOptions
+) -> None:
+    """Give a drawn bar its total from a quick count running beside the migration."""
+    from esctl import migrate as core
+
+    if not bar.shown:
+        return
+
+    def count() -> None:
+        try:
+            _, entries = core.count_commits(client, opts.app, opts.shard)
+        except Exception:  # the bar just stays without an ETA
+            return
+        bar.set_total(entries)
+
+    threading.Thread(target=count, daemon=True, name="esctl-count").start()
+
+
+def _migrated(bar: Progress, p: core.Progress) -> None:
+    bar.update(
+        p.commits_seen,
+        postfix={
+            "migrated": f"{p.events_migrated:,}",
+            "quarantined": f"{p.aggregates_quarantined:,}",
+        },
+    )
+
+
+def _render_outcome(out: Output, outcome: core.MigrationOutcome) -> None:
+    if outcome.delete_source and outcome.prune is None:
+        out.warn("--delete-source: nothing pruned because the migration stopped early")
+
+    def render() -> None:
+        _render(out, outcome.migration)
+        if outcome.prune is not None:
+            render_prune(out, outcome.prune)
+
+    out.result(outcome.as_dict(), render)
+
+
+def _render(out: Output, summary: core.MigrationSummary) -> None:
+    verb = "would migrate" if summary.dry_run else "migrated"
+    title = "migrate redis-to-pg" + (" (dry run: nothing written)" if summary.dry_run else "")
+    rows: dict[str, Any] = {
+        "aggregates examined": summary.aggregates,
+        "aggregates unchanged": summary.aggregates_unchanged,
+        f"events {verb}": summary.events_migrated,
+        "events already present": summary.events_already_present,
+        "aggregates quarantined": summary.aggregates_quarantined,
+        "events quarantined": summary.events_quarantined,
+    }
+    timing = {
+        "elapsed": out.format_duration(summary.elapsed_s),
+        "events/s": f"{summary.events_per_s:,.0f}",
+    }
+    if summary.this_invocation is None:
+        out.mapping({"run": summary.run_id, **rows, **timing}, title=title)
+    else:
+        # A resumed run: this invocation's figures beside the whole run's, never mixed in one
+        # column (a resume rereads part of a page, so examined aggregates have no run total).
+        now = summary.this_invocation
+        whole: dict[str, Any] = {
+            f"events {verb}": summary.events_migrated,
+            "events already present": summary.events_already_present,
+            "aggregates quarantined": summary.aggregates_quarantined,
+            "events quarantined": summary.events_quarantined,
+        }
+        mine = dict(zip(rows, astuple(now), strict=True))
+        out.table(
+            ["", "this invocation", "whole run"],
+            [
+                ("run", "resumed", summary.run_id),
+                *((name, mine[name], whole.get(name)) for name in rows),
+                *((name, value, None) for name, value in timing.items()),
+            ],
+            title=title,
+        )
+    out.problem_summary(
+        summary.problems,
+        summary.problem_counts,
+        summary.problems_total,
+        summary.problems_where,
+        unrecorded="a dry run records nothing; a run without --dry-run records every problem "
+        "in esctl.quarantine",
+    )
+    if summary.stopped_early:
+        out.warn(f"stopped early: {summary.stopped_early}")
+    if summary.transforms is not None:
+        t = summary.transforms
+        out.info(
+            f"transforms {t['fingerprint'][:16]} ({t['file']}): "
+            f"{t['aggregates_left_out']:,} aggregate(s) and {t['events_left_out']:,} event(s) "
+            f"left out, {t['events_added_by_split']:,} event(s) added by splits"
+            + (
+                f"; --restart deleted {t['aggregates_deleted_by_restart']:,} aggregate(s) "
+                "migrated with other transforms"
+                if t["aggregates_deleted_by_restart"]
+                else ""
+            )
+        )
