@@ -34,6 +34,11 @@ from esctl.servers.process import (
 )
 
 PG_BIN_ENV_VAR = "ESCTL_PG_BIN"
+_MISSING = (
+    "no PostgreSQL server binaries (initdb, postgres) found",
+    "PostgreSQL (apt-get install postgresql)",
+)
+"""What is missing without the binary, and the package that has it."""
 SYSTEM_PG_BIN_PATTERNS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin")
 """Where distributions install PostgreSQL outside PATH (Debian/Ubuntu, RHEL/PGDG)."""
 PG_SYSTEM_USERS = ("postgres", "nobody")
@@ -118,12 +123,7 @@ def start_postgres(
     with that certificate and key (copied into the workdir, the key readable by the server's
     user only) and refuses TCP connections without SSL (``hostnossl ... reject``); ``dsn`` is
     unchanged (libpq's default ``sslmode=prefer`` uses SSL). Raises LocalServerError."""
-    bin_dir = required(
-        find_postgres_bin(),
-        PG_BIN_ENV_VAR,
-        "no PostgreSQL server binaries (initdb, postgres) found",
-        "PostgreSQL (apt-get install postgresql)",
-    )
+    bin_dir = required(find_postgres_bin(), PG_BIN_ENV_VAR, *_MISSING)
     directory, owned = make_workdir(workdir, "esctl-pg-")
     with removed_on_failure(directory, owned):
         user = _pg_system_user()

@@ -28,6 +28,8 @@ from esctl.servers.process import (
 )
 
 REDIS_ENV_VAR = "ESCTL_REDIS_SERVER"
+_MISSING = ("no redis-server binary found", "Redis (apt-get install redis-server)")
+"""What is missing without the binary, and the package that has it."""
 
 
 @dataclass
@@ -84,12 +86,7 @@ def start_redis(
     temporary folder, removed on stop. ``extra_args`` are appended to the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
     (``--port 0 --tls-port PORT``; the server must be built with TLS) and ``url`` is
     ``rediss://``. Raises LocalServerError."""
-    binary = required(
-        find_redis_server(),
-        REDIS_ENV_VAR,
-        "no redis-server binary found",
-        "Redis (apt-get install redis-server)",
-    )
+    binary = required(find_redis_server(), REDIS_ENV_VAR, *_MISSING)
     directory, owned = make_workdir(workdir, "esctl-redis-")
     log = directory / "redis.log"
     with removed_on_failure(directory, owned):
