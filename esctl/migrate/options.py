@@ -5,12 +5,15 @@ figures (:class:`Progress`) and the outcome (:class:`MigrationSummary`, with
 from __future__ import annotations
 
 from dataclasses import asdict, astuple, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esctl.defaults import MIGRATE_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.documents import document
 from esctl.pg import PgTarget
 from esctl.shard import Shard
+
+if TYPE_CHECKING:
+    from esctl.migrate.rows import BatchResult
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,13 @@ class Progress:
     events_quarantined: int = 0
     commits_seen: int = 0
     """Commit-list entries looked at, including unchanged aggregates (for progress bars)."""
+
+    def add_committed(self, result: BatchResult) -> None:
+        """Add what one committed batch did (the writers' side of the figures)."""
+        self.events_migrated += result.inserted
+        self.events_already_present += result.already_present
+        self.aggregates_quarantined += len(result.quarantined)
+        self.events_quarantined += sum(q.events for q in result.quarantined)
 
 
 @dataclass(frozen=True)

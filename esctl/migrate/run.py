@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 import psycopg
@@ -134,22 +134,6 @@ def prepare_target(control: psycopg.Connection, opts: MigrateOptions) -> bool:
     return target_exists
 
 
-@dataclass
-class _Totals:
-    """What the committed batches of an invocation did, added up."""
-
-    inserted: int = 0
-    already_present: int = 0
-    aggregates_quarantined: int = 0
-    events_quarantined: int = 0
-
-    def add(self, result: BatchResult) -> None:
-        self.inserted += result.inserted
-        self.already_present += result.already_present
-        self.aggregates_quarantined += len(result.quarantined)
-        self.events_quarantined += sum(q.events for q in result.quarantined)
-
-
 class WriterHooks(Protocol):
     """What a writer pool that keeps going (a follower's) asks of its owner."""
 
@@ -187,7 +171,7 @@ class WriterPool:
         self.work: queue.Queue[Batch | None] = queue.Queue(maxsize=count)
         # What the batches did, added up as they commit: nothing per batch or per problem
         # stays (the problems are in esctl.quarantine; the tally keeps the first few).
-        self.totals = _Totals()
+        self.totals = Progress()
         self.tally = ProblemTally()
         self.results_lock = threading.Lock()
         self.failure: list[BaseException] = []
@@ -213,7 +197,7 @@ class WriterPool:
                 if self.hooks is not None:
                     self.hooks.committed(batch, result)
                 with self.results_lock:
-                    self.totals.add(result)
+                    self.totals.add_committed(result)
                     for q in result.quarantined:
                         for p in q.problems:
                             self.tally.add({"kind": p.kind, "key": q.key, "detail": p.detail})
@@ -276,8 +260,8 @@ class WriterPool:
             except queue.Full:
                 continue
 
-    def done(self) -> _Totals:
-        """The totals so far (a copy: the writers go on adding)."""
+    def done(self) -> Progress:
+        """The committed figures so far (a copy: the writers go on adding)."""
         with self.results_lock:
             return replace(self.totals)
 
@@ -321,7 +305,6 @@ class _Invocation:
             if rules is None
             else TransformingReader(client, opts, control, state_present, rules=rules)
         )
-        self.progress = Progress()
         self.aggregates = 0
         self.events_read = 0
         self.redis_problems = 0
@@ -370,15 +353,10 @@ class _Invocation:
     def report(self) -> None:
         if self.on_progress is None:
             return
-        done = self.pool.done()
-        progress = self.progress
+        progress = self.pool.done()
         progress.aggregates = self.aggregates
         progress.events_read = self.events_read
         progress.commits_seen = self.reader.commits_seen
-        progress.events_migrated = done.inserted
-        progress.events_already_present = done.already_present
-        progress.aggregates_quarantined = done.aggregates_quarantined
-        progress.events_quarantined = done.events_quarantined
         self.on_progress(progress)
 
     def summary(self, started: float) -> MigrationSummary:
@@ -391,8 +369,8 @@ class _Invocation:
         if not self.opts.dry_run:
             tally.where = quarantine_query([self.run.run_id])
         mine = RunTotals(
-            done.inserted,
-            done.already_present,
+            done.events_migrated,
+            done.events_already_present,
             done.aggregates_quarantined,
             done.events_quarantined,
             tally,
