@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import typer
 
@@ -46,3 +46,8 @@ def store(ctx: Context) -> _Store:
 def toast(method: str) -> str | None:
     """--toast-compression: 'server' keeps the server's default."""
     return None if method == "server" else method
+
+
+def transforms_option(help: str) -> Any:
+    """``--transforms FILE`` (the rules file), with what the rules do for one command."""
+    return typer.Option("--transforms", metavar="FILE", help=help, show_default=False)

@@ -9,7 +9,7 @@ import typer
 
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
-from esctl.cli.migrate.common import store, toast
+from esctl.cli.migrate.common import store, toast, transforms_option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -18,12 +18,9 @@ if TYPE_CHECKING:
 
 PlanTransformsOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--transforms",
-        metavar="FILE",
-        help="A TOML rules file (README 'Transforms'): what each rule does to the sample, and "
-        "the PostgreSQL size after the rules.",
-        show_default=False,
+    transforms_option(
+        "A TOML rules file (README 'Transforms'): what each rule does to the sample, and "
+        "the PostgreSQL size after the rules."
     ),
 ]
 

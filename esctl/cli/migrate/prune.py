@@ -9,7 +9,7 @@ import typer
 
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store
+from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, transforms_option
 from esctl.cli.options import DryRunOpt, ShardOpt
 from esctl.cli.output import Output
 
@@ -19,12 +19,9 @@ if TYPE_CHECKING:
 
 PruneTransformsOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--transforms",
-        metavar="FILE",
-        help="The rules file the migration used: delete only aggregates PostgreSQL holds as "
-        "the rules make them (required for a migration made with --transforms).",
-        show_default=False,
+    transforms_option(
+        "The rules file the migration used: delete only aggregates PostgreSQL holds as "
+        "the rules make them (required for a migration made with --transforms)."
     ),
 ]
 

@@ -12,7 +12,7 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast
+from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast, transforms_option
 from esctl.cli.migrate.prune import render_prune
 from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt
 from esctl.cli.output import Output, Progress
@@ -32,13 +32,10 @@ ToastCompressionOpt = Annotated[
 ]
 MigrateTransformsOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--transforms",
-        metavar="FILE",
-        help="A TOML rules file (README 'Transforms'): migrate the events as the rules make "
+    transforms_option(
+        "A TOML rules file (README 'Transforms'): migrate the events as the rules make "
         "them, renumbered per aggregate. Every later run must use the same rules (or "
-        "--restart --yes).",
-        show_default=False,
+        "--restart --yes)."
     ),
 ]
 

@@ -10,17 +10,14 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import checked_rules, store
+from esctl.cli.migrate.common import checked_rules, store, transforms_option
 from esctl.cli.options import ProblemsFileOpt, ShardOpt
 
 VerifyTransformsOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--transforms",
-        metavar="FILE",
-        help="The rules file the migration used: compare PostgreSQL with the events as the "
-        "rules make them (left-out events are not missing).",
-        show_default=False,
+    transforms_option(
+        "The rules file the migration used: compare PostgreSQL with the events as the "
+        "rules make them (left-out events are not missing)."
     ),
 ]
 
