@@ -23,7 +23,7 @@ from esctl.migrate.options import MigrateOptions
 from esctl.migrate.reader import Migrated, Reader, checked_stream, resume_point
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
-from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
+from esctl.transforms import CheckedOutcome, InFlight, Numbering, Rules, transform_checked
 
 
 @dataclass
@@ -152,15 +152,7 @@ class TransformingReader(Reader):
         if not events and numbering.last_version == 0:
             self.counts.aggregates_left_out += 1
         try:
-            rows = [
-                binary_row(
-                    t.moment or codec.parse_timestamp(t.timestamp),
-                    t.version,
-                    t.type_name,
-                    t.payload if t.text is t.stored and t.payload is not None else t.text.encode(),
-                )
-                for t in events
-            ]
+            rows = transformed_rows(events)
         except struct.error:  # a version beyond an integer column (splits without end)
             detail = f"a version beyond {INT4_MAX} does not fit an integer column"
             problem = StreamProblem("rejected_by_postgres", detail)
@@ -175,6 +167,16 @@ class TransformingReader(Reader):
             source_type=source_type,
             numbering=(outcome.numbering.last_source_version, outcome.numbering.last_version),
         )
+
+
+def transformed_rows(events: Sequence[InFlight]) -> list[bytes]:
+    """The binary COPY rows of transformed events (:func:`esctl.transforms.transform_checked`):
+    an event no rule changed with its payload's bytes as read. Raises struct.error for a
+    version beyond an integer column."""
+    return [
+        binary_row(t.moment or codec.parse_timestamp(t.timestamp), t.version, t.type_name, t.utf8())
+        for t in events
+    ]
 
 
 def _short(fp: str | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -169,29 +170,116 @@ class _Failed(Exception):
         """The event the rule was working on, when it was one event."""
 
 
-@dataclass(slots=True)
 class InFlight:
     """An event on its way through the rules, and out of them (:func:`transform_checked`):
-    ``version`` is the renumbered version once the rules are through."""
+    ``version`` is the renumbered version once the rules are through.
 
-    commit_id: str
-    source_version: int
-    stored: str
-    text: str
-    type_name: str
-    aggregate_type: str
-    timestamp: str
-    payload_version: Any
-    """The payload's top-level ``Version`` as the text now holds it."""
-    data: dict[str, Any] | None = None
-    """The parsed ``text`` when at hand and the engine's to change (the caller gave it away),
-    else None."""
-    moment: datetime | None = None
-    """The parsed ``timestamp`` when at hand."""
-    version: int = 0
-    payload: bytes | None = None
-    """The UTF-8 bytes of ``stored`` when at hand: while ``text is stored`` (no rule changed
-    the payload), migrate writes them as they are."""
+    Its payload is held as text (``text``, a str) or as its UTF-8 bytes (``raw``), whichever
+    the engine has: migrate gives bytes and the renames rewrite bytes, so a payload is turned
+    into a str only when a rule needs one (a callable, a ``\\u`` escape). ``stored`` and
+    ``payload`` are the payload as read, likewise; an event whose text is still the stored one
+    has ``raw is payload`` (or ``text is stored``)."""
+
+    __slots__ = (
+        "_stored", "_text", "aggregate_type", "commit_id", "data", "moment", "payload",
+        "payload_version", "raw", "source_version", "timestamp", "type_name", "version",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        commit_id: str,
+        source_version: int,
+        stored: str | None,
+        text: str | None,
+        type_name: str,
+        aggregate_type: str,
+        timestamp: str,
+        payload_version: Any,
+        data: dict[str, Any] | None = None,
+        moment: datetime | None = None,
+        version: int = 0,
+        payload: bytes | None = None,
+        raw: bytes | None = None,
+    ) -> None:
+        self.commit_id = commit_id
+        self.source_version = source_version
+        self._stored = stored
+        self._text = text
+        self.type_name = type_name
+        self.aggregate_type = aggregate_type
+        self.timestamp = timestamp
+        self.payload_version: Any = payload_version
+        """The payload's top-level ``Version`` as the text now holds it."""
+        self.data = data
+        """The parsed text when at hand and the engine's to change (the caller gave it away),
+        else None."""
+        self.moment = moment
+        """The parsed ``timestamp`` when at hand."""
+        self.version = version
+        self.payload = payload
+        """The UTF-8 bytes of ``stored`` when at hand."""
+        self.raw = raw
+        """The UTF-8 bytes of ``text`` when at hand."""
+
+    @property
+    def stored(self) -> str:
+        """The payload's text as read."""
+        stored = self._stored
+        if stored is None:
+            assert self.payload is not None
+            stored = self._stored = (
+                self._text
+                if self._text is not None and self.raw is self.payload
+                else self.payload.decode("utf-8")
+            )
+        return stored
+
+    @property
+    def text(self) -> str:
+        """The payload's text as the rules have made it so far."""
+        text = self._text
+        if text is None:
+            raw = self.raw
+            assert raw is not None
+            text = self._text = self.stored if raw is self.payload else raw.decode("utf-8")
+        return text
+
+    @text.setter
+    def text(self, text: str) -> None:
+        self._text = text
+        self.raw = None
+
+    def set_raw(self, raw: bytes) -> None:
+        """The payload's text, as UTF-8 bytes, is now ``raw``."""
+        self.raw = raw
+        self._text = None
+
+    def utf8(self) -> bytes:
+        """``text`` as UTF-8 bytes: the stored ones while no rule changed it."""
+        raw = self.raw
+        if raw is None:
+            text = self._text
+            assert text is not None
+            raw = self.raw = (
+                self.payload
+                if text is self._stored and self.payload is not None
+                else text.encode("utf-8")
+            )
+        return raw
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether the text is still the stored one (the same object)."""
+        raw = self.raw
+        if raw is not None and raw is self.payload:
+            return True
+        return self._text is not None and self._text is self._stored
+
+    def __repr__(self) -> str:
+        return (
+            f"InFlight({self.commit_id!r}, source_version={self.source_version}, "
+            f"version={self.version}, type_name={self.type_name!r})"
+        )
 
 
 _Working = InFlight
@@ -278,10 +366,11 @@ def transform_checked(
     parsed payloads in place (no payload is parsed twice). The events come back as the
     :class:`InFlight` they became (no :class:`TransformedEvent` or mapping is built), with the
     same texts, versions and numbering :func:`transform_stream` gives; an event whose ``text``
-    is still its ``stored`` one keeps its stored bytes in ``payload``."""
+    is still its stored one (:attr:`InFlight.unchanged`) gives its stored bytes as
+    :meth:`InFlight.utf8`. The payloads stay bytes unless a rule needs them as text."""
     working = [
-        InFlight(commit_id, e.version, (text := e.payload.decode("utf-8")), text, e.type_name,
-                 e.data["AggregateType"], e.timestamp, e.version, e.data, e.moment, 0, e.payload)
+        InFlight(commit_id, e.version, None, None, e.type_name, e.data["AggregateType"],
+                 e.timestamp, e.version, e.data, e.moment, 0, e.payload, e.payload)
         for commit_id, e in zip(commit_ids, events, strict=True)
     ]  # fmt: skip
     result = _run(rules, aggregate_id, working, numbering, None)
@@ -391,6 +480,40 @@ def _event_type(type_name: str) -> str:
 
 # --- The rules, compiled: one step per rule, consecutive renames as one step ---------------
 
+_COLON_BYTES_RE = re.compile(rb"\s*:\s*")
+
+
+def _byte_member(raw: bytes, at: int) -> tuple[int, int]:
+    """Where the value token of the ``"$type"`` member whose key the ``$`` at ``at`` is in
+    starts and ends, as :func:`typenames.type_members` finds it (an opening quote a backslash
+    escapes lies inside a string); (0, 0) when that ``$`` begins no member with a string
+    value; (0, -1) when the token holds a backslash or does not end (the text path decodes
+    it)."""
+    key_at = at - 1
+    if raw[key_at : at + 6] != b'"$type"' or (
+        raw[key_at - 1 : key_at] == b"\\" and _escaped_bytes(raw, key_at)
+    ):
+        return 0, 0
+    start = at + 6
+    if raw[start : start + 2] == b':"':
+        start += 1
+    else:
+        colon = _COLON_BYTES_RE.match(raw, start)
+        if colon is None or raw[colon.end() : colon.end() + 1] != b'"':
+            return 0, 0
+        start = colon.end()
+    end = raw.find(b'"', start + 1) + 1
+    if not end or raw.find(b"\\", start, end) != -1:
+        return 0, -1
+    return start, end
+
+
+def _escaped_bytes(raw: bytes, at: int) -> bool:
+    """Whether an odd number of backslashes stands right before ``raw[at]``."""
+    before = raw[:at]
+    return (len(before) - len(before.rstrip(b"\\"))) % 2 == 1
+
+
 _CACHE_MAX = 4096
 """Entries a step keeps per cache (event type -> match, $type token -> result)."""
 
@@ -467,14 +590,102 @@ class _Renames(_Step):
         self.tokens: dict[tuple[str, bool], tuple[str | None, int]] = {}
         self.names: dict[tuple[str, int], str] = {}
         """(``$type``, the rules that changed the text) -> the event's ``$type`` after them."""
+        self.bytes_ok = all(_groupable(r) for r in rules)
+        """Whether payloads held as bytes are renamed as bytes (each ``from`` is spelled in
+        the UTF-8 bytes as it is, unless through a ``\\u`` or ``\\/`` escape)."""
+        self.byte_sources = [s.encode("utf-8") for s in self.sources]
+        self.byte_tokens: dict[tuple[bytes, bool], tuple[bytes | None, int]] = {}
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
         first = self.sources[0]
+        first_bytes = self.byte_sources[0]
+        bytes_ok = self.bytes_ok
         for event in events:  # (renames never fail)
+            raw = event.raw
+            if raw is not None and bytes_ok:
+                if first_bytes in raw or self._may_change_bytes(raw, first_bytes):
+                    self._rename_bytes(event, raw)
+                continue
             text = event.text
             if first in text or self._may_change(text, first):
                 self._rename(event, text)
         return events
+
+    def _may_change_bytes(self, raw: bytes, looked_for: bytes) -> bool:
+        """:meth:`_may_change` for a payload's UTF-8 bytes: a rule's ``from`` other than
+        ``looked_for`` is in them, or a backslash (an escape in a ``$type`` value could spell
+        one: :meth:`_rewrite_bytes` finds out, with no scan of the rest of the text)."""
+        sources = self.byte_sources
+        for i, source in enumerate(sources):
+            if source is not looked_for and source in raw:
+                self.byte_sources = [source, *sources[:i], *sources[i + 1 :]]
+                return True
+        return b"\\" in raw
+
+    def _rename_bytes(self, event: InFlight, raw: bytes) -> None:
+        """:meth:`_rename` on the payload's UTF-8 bytes (no decoding, no encoding): the same
+        texts, or the text path when a ``$type`` value holds an escape or a ``rename_type``
+        finds the own ``$type`` not first."""
+        result = self._rewrite_bytes(raw)
+        if result is None:
+            self._rename(event, event.text)
+            return
+        new, changed = result
+        if not changed:
+            return
+        event.set_raw(new)
+        event.data = None
+        name = self.names.get((event.type_name, changed))
+        event.type_name = name if name is not None else self._name(event.type_name, changed)
+
+    def _rewrite_bytes(self, raw: bytes) -> tuple[bytes, int] | None:
+        """:meth:`_rewrite` for UTF-8 bytes: the same members (:func:`_byte_member`), found
+        from each ``$`` (``bytes.find``, a ``memchr``: ~10x faster than looking for
+        ``"$type"`` or ``\\u`` in a long payload); None when a member's value token holds a
+        backslash (an escape: the text path decodes it) or, with a ``rename_type``, when the
+        payload's first member is not its own ``$type``."""
+        find = raw.find
+        own_at = -1
+        if self.own_only:
+            own_at = find(b'"$type"') + 1
+            if not own_at or raw[: own_at - 1].strip() != b"{":
+                return None
+        tokens = self.byte_tokens
+        parts: list[bytes] = []
+        done = 0
+        changed = 0
+        at = find(b"$")
+        while at != -1:
+            start, end = _byte_member(raw, at)
+            if end <= 0:
+                if end < 0 or at == own_at:
+                    return None
+                at = find(b"$", at + 1)
+                continue
+            key = (raw[start:end], at == own_at)
+            hit = tokens.get(key)
+            new, rules = hit if hit is not None else self._byte_token(*key)
+            if new is not None:
+                changed |= rules
+                parts.append(raw[done:start])
+                parts.append(new)
+                done = end
+            at = find(b"$", end)
+        if not changed:
+            return raw, 0
+        parts.append(raw[done:])
+        return b"".join(parts), changed
+
+    def _byte_token(self, token: bytes, own: bool) -> tuple[bytes | None, int]:
+        """:meth:`_token` for a token's UTF-8 bytes (remembered)."""
+        if len(self.byte_tokens) > _CACHE_MAX:
+            self.byte_tokens.clear()
+        new, changed = self._hit(token.decode("utf-8"), own)
+        hit = self.byte_tokens[token, own] = (
+            None if new is None else new.encode("utf-8"),
+            changed,
+        )
+        return hit
 
     def _may_change(self, text: str, looked_for: str) -> bool:
         """Whether a rule's ``from`` other than ``looked_for`` (not in ``text``) is in
@@ -742,12 +953,12 @@ def _upcast(rule: Rule, event: _Working) -> None:
     in place (else the text is parsed)."""
     data = event.data
     if data is None:
-        data = orjson.loads(event.text)
+        data = orjson.loads(event.raw if event.raw is not None else event.text)
     changed = _rename_fields(rule, data)
     changed = _remove_fields(rule, data) or changed
     changed = _default_fields(rule, data) or changed
     if changed:
-        event.text = orjson.dumps(data).decode("utf-8")
+        event.set_raw(orjson.dumps(data))
         event.data = None
         timestamp = event.timestamp
         _set_envelope(event, data)
@@ -855,10 +1066,11 @@ def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any, before:
             "mapping, or a list of them"
         )
     try:
-        raw = orjson.dumps(payload)
+        returned = orjson.dumps(payload)
     except TypeError as exc:
         raise _Failed(f"{rule.source} returned a payload that is not JSON: {exc}") from None
-    text = event.text if raw == before else raw.decode("utf-8")  # unchanged: the exact text
+    # Unchanged: the exact text (as the engine holds it), else the JSON as it came back.
+    text, raw = (event._text, event.raw) if returned == before else (None, returned)
     if payload.get("Id") != aggregate_id:
         raise _Failed(
             f"{rule.source} returned an event of aggregate {payload.get('Id')!r}, not "
@@ -874,6 +1086,6 @@ def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any, before:
     else:
         raise _Failed(f"{rule.source} returned the TimeStamp {timestamp!r}, not a DateTimeOffset")
     return _Working(
-        event.commit_id, event.source_version, event.stored, text, type_name, aggregate_type,
-        timestamp, payload.get("Version"), None, moment, 0, event.payload,
+        event.commit_id, event.source_version, event._stored, text, type_name, aggregate_type,
+        timestamp, payload.get("Version"), None, moment, 0, event.payload, raw,
     )  # fmt: skip
