@@ -132,7 +132,7 @@ def engine_pass(streams: Checked, rules_path: str | None) -> float:
     for aggregate_id, ids, events in streams:
         outcome = transform_checked(rules, aggregate_id, ids, events, Numbering())
         assert outcome.failure is None, outcome.failure
-        transformed_rows(outcome.events)
+        transformed_rows(outcome)
     return time.process_time() - started
 
 

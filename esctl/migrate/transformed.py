@@ -23,7 +23,7 @@ from esctl.migrate.options import MigrateOptions
 from esctl.migrate.reader import Migrated, Reader, checked_stream, resume_point
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
-from esctl.transforms import CheckedOutcome, InFlight, Numbering, Rules, transform_checked
+from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
 
 
 @dataclass
@@ -146,13 +146,13 @@ class TransformingReader(Reader):
             problem = outcome.failure.as_problem()
             batch.quarantined.append(Quarantined(aggregate_id, key, new_events, [problem]))
             return
-        events = outcome.events
+        count = outcome.count
         self.counts.events_left_out += outcome.left_out
-        self.counts.events_added_by_split += len(events) - (new_events - outcome.left_out)
-        if not events and numbering.last_version == 0:
+        self.counts.events_added_by_split += count - (new_events - outcome.left_out)
+        if not count and numbering.last_version == 0:
             self.counts.aggregates_left_out += 1
         try:
-            rows = transformed_rows(events)
+            rows = transformed_rows(outcome)
         except struct.error:  # a version beyond an integer column (splits without end)
             detail = f"a version beyond {INT4_MAX} does not fit an integer column"
             problem = StreamProblem("rejected_by_postgres", detail)
@@ -160,7 +160,7 @@ class TransformingReader(Reader):
             return
         batch.events += len(rows)
         batch.clean[aggregate_id] = AggregateRows(
-            events[0].aggregate_type if events else source_type,
+            outcome.events[0].aggregate_type if outcome.events else source_type,
             rows,
             done + new_events,
             commit_ids[-1],
@@ -169,13 +169,15 @@ class TransformingReader(Reader):
         )
 
 
-def transformed_rows(events: Sequence[InFlight]) -> list[bytes]:
+def transformed_rows(outcome: CheckedOutcome) -> list[bytes]:
     """The binary COPY rows of transformed events (:func:`esctl.transforms.transform_checked`):
     an event no rule changed with its payload's bytes as read. Raises struct.error for a
     version beyond an integer column."""
+    if outcome.plain is not None:
+        return [binary_row(*event) for event in outcome.plain]
     return [
         binary_row(t.moment or codec.parse_timestamp(t.timestamp), t.version, t.type_name, t.utf8())
-        for t in events
+        for t in outcome.events
     ]
 
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -351,6 +351,20 @@ class CheckedOutcome:
     numbering: Numbering
     left_out: int = 0
     failure: TransformFailure | None = None
+    plain: list[Plain] | None = None
+    """The events instead of ``events`` when the rules only left out and renamed
+    (:func:`_plain_run`): (timestamp, version, ``$type``, payload bytes) of each, their
+    ``AggregateType`` the one they came with."""
+
+    @property
+    def count(self) -> int:
+        """The events the rules made."""
+        return len(self.plain) if self.plain is not None else len(self.events)
+
+
+Plain = tuple[datetime, int, str, bytes]
+"""An event as :func:`_plain_run` makes it: its timestamp, version, ``$type`` and payload's
+UTF-8 bytes."""
 
 
 def transform_checked(
@@ -368,6 +382,12 @@ def transform_checked(
     same texts, versions and numbering :func:`transform_stream` gives; an event whose ``text``
     is still its stored one (:attr:`InFlight.unchanged`) gives its stored bytes as
     :meth:`InFlight.utf8`. The payloads stay bytes unless a rule needs them as text."""
+    if events:
+        steps = _plain_steps(rules)
+        if steps is not None:
+            plain = _plain_run(steps, events, numbering)
+            if plain is not None:
+                return plain
     working = [
         InFlight(commit_id, e.version, None, None, e.type_name, e.data["AggregateType"],
                  e.timestamp, e.version, e.data, e.moment, 0, e.payload, e.payload)
@@ -380,13 +400,70 @@ def transform_checked(
     return CheckedOutcome(result, _numbering_after(events, result, numbering), len(events) - kept)
 
 
+def _plain_steps(rules: Sequence[Rule]) -> list[_Step] | None:
+    """The compiled steps of ``rules`` when each leaves out or renames on payload bytes (the
+    fast path, :func:`_plain_run`), else None."""
+    steps = _steps(rules, grouped=True)
+    hit = _PLAIN.get(id(steps))
+    if hit is None or hit[0] is not steps:
+        if len(_PLAIN) > 64:
+            _PLAIN.clear()
+        plain = all(type(s) is _LeaveOut or (type(s) is _Renames and s.bytes_ok) for s in steps)
+        hit = _PLAIN[id(steps)] = steps, plain
+    return steps if hit[1] else None
+
+
+_PLAIN: dict[int, tuple[list[_Step], bool]] = {}
+
+
+def _plain_run(
+    steps: list[_Step], events: Sequence[CleanPayload], numbering: Numbering
+) -> CheckedOutcome | None:
+    """:func:`transform_checked` for rules that only leave out and rename: no
+    :class:`InFlight` per event, each payload's bytes and ``$type`` through the steps, then
+    renumbered. The same events, numbering and left-out count as the general path (a
+    property test holds them together), or None when an event needs that path (an escape in
+    a ``$type`` value, the own ``$type`` not first with a ``rename_type``, a renumbering that
+    fails)."""
+    names = [e.type_name for e in events]
+    raws = [e.payload for e in events]
+    kept = list(range(len(events)))
+    aggregate_type = events[0].data[
+        "AggregateType"
+    ]  # one per clean stream; no rule here changes it
+    for step in steps:
+        if type(step) is _LeaveOut:
+            kept = step.kept(aggregate_type, names, kept)
+        elif not cast(_Renames, step).rename_plain(names, raws, kept):
+            return None
+    version = numbering.last_version
+    plain: list[Plain] = []
+    for i in kept:
+        version += 1
+        e = events[i]
+        raw = raws[i]
+        if e.version != version:  # (the payload's Version is the source version: no rule here
+            try:  # changes it)
+                raw = typenames.set_top_level_number(raw.decode(), "Version", version).encode()
+            except ValueError:
+                return None
+        plain.append((e.moment, version, names[i], raw))
+    return CheckedOutcome(
+        [], _numbering_after(events, plain, numbering), len(events) - len(kept), None, plain
+    )
+
+
 def _numbering_after(
     events: Sequence[SourceEvent] | Sequence[CleanPayload],
-    result: list[InFlight],
+    result: list[InFlight] | list[Plain],
     numbering: Numbering,
 ) -> Numbering:
     last_source = max((e.version for e in events), default=numbering.last_source_version)
-    last = result[-1].version if result else numbering.last_version
+    if not result:
+        last = numbering.last_version
+    else:
+        out = result[-1]
+        last = out[1] if type(out) is tuple else cast(InFlight, out).version
     return Numbering(max(last_source, numbering.last_source_version), last)
 
 
@@ -480,38 +557,9 @@ def _event_type(type_name: str) -> str:
 
 # --- The rules, compiled: one step per rule, consecutive renames as one step ---------------
 
-_COLON_BYTES_RE = re.compile(rb"\s*:\s*")
-
-
-def _byte_member(raw: bytes, at: int) -> tuple[int, int]:
-    """Where the value token of the ``"$type"`` member whose key the ``$`` at ``at`` is in
-    starts and ends, as :func:`typenames.type_members` finds it (an opening quote a backslash
-    escapes lies inside a string); (0, 0) when that ``$`` begins no member with a string
-    value; (0, -1) when the token holds a backslash or does not end (the text path decodes
-    it)."""
-    key_at = at - 1
-    if raw[key_at : at + 6] != b'"$type"' or (
-        raw[key_at - 1 : key_at] == b"\\" and _escaped_bytes(raw, key_at)
-    ):
-        return 0, 0
-    start = at + 6
-    if raw[start : start + 2] == b':"':
-        start += 1
-    else:
-        colon = _COLON_BYTES_RE.match(raw, start)
-        if colon is None or raw[colon.end() : colon.end() + 1] != b'"':
-            return 0, 0
-        start = colon.end()
-    end = raw.find(b'"', start + 1) + 1
-    if not end or raw.find(b"\\", start, end) != -1:
-        return 0, -1
-    return start, end
-
-
-def _escaped_bytes(raw: bytes, at: int) -> bool:
-    """Whether an odd number of backslashes stands right before ``raw[at]``."""
-    before = raw[:at]
-    return (len(before) - len(before.rstrip(b"\\"))) % 2 == 1
+_MEMBER_BYTES_RE = re.compile(rb'("\$type"\s*:\s*)("[^"]*")')
+"""A ``"$type"`` key, its colon and its string value's token up to the next quote (a token
+holding a backslash is left to the text path)."""
 
 
 _CACHE_MAX = 4096
@@ -572,6 +620,22 @@ class _LeaveOut(_Step):
         ]
         return kept if len(kept) != len(events) else events
 
+    def kept(self, aggregate_type: str, names: list[str], kept: list[int]) -> list[int]:
+        """:meth:`apply` for :func:`_plain_run`: which of the events ``kept`` (indexes into
+        ``names``, their ``$type``s) stay, all of aggregate type ``aggregate_type``."""
+        aggregate = self.aggregate
+        if aggregate is not None and not aggregate(aggregate_type):
+            return kept
+        matches = self.event
+        if matches is None:
+            return []
+        seen = matches.seen
+        return [
+            i
+            for i in kept
+            if not (hit if (hit := seen.get(names[i])) is not None else matches(names[i]))
+        ]
+
 
 class _Renames(_Step):
     """Consecutive ``rename_type`` / ``rename_namespace`` / ``rename_assembly`` rules in one
@@ -593,34 +657,41 @@ class _Renames(_Step):
         self.bytes_ok = all(_groupable(r) for r in rules)
         """Whether payloads held as bytes are renamed as bytes (each ``from`` is spelled in
         the UTF-8 bytes as it is, unless through a ``\\u`` or ``\\/`` escape)."""
-        self.byte_sources = [s.encode("utf-8") for s in self.sources]
         self.byte_tokens: dict[tuple[bytes, bool], tuple[bytes | None, int]] = {}
+        self.own_prefixes: dict[bytes, tuple[bytes | None, int]] = {}
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
         first = self.sources[0]
-        first_bytes = self.byte_sources[0]
         bytes_ok = self.bytes_ok
+        rename_bytes = self._rename_bytes
         for event in events:  # (renames never fail)
             raw = event.raw
             if raw is not None and bytes_ok:
-                if first_bytes in raw or self._may_change_bytes(raw, first_bytes):
-                    self._rename_bytes(event, raw)
+                # No pre-check: finding the members from each "$" costs less than looking for
+                # a rule's "from" in a long payload.
+                rename_bytes(event, raw)
                 continue
             text = event.text
             if first in text or self._may_change(text, first):
                 self._rename(event, text)
         return events
 
-    def _may_change_bytes(self, raw: bytes, looked_for: bytes) -> bool:
-        """:meth:`_may_change` for a payload's UTF-8 bytes: a rule's ``from`` other than
-        ``looked_for`` is in them, or a backslash (an escape in a ``$type`` value could spell
-        one: :meth:`_rewrite_bytes` finds out, with no scan of the rest of the text)."""
-        sources = self.byte_sources
-        for i, source in enumerate(sources):
-            if source is not looked_for and source in raw:
-                self.byte_sources = [source, *sources[:i], *sources[i + 1 :]]
-                return True
-        return b"\\" in raw
+    def rename_plain(self, names: list[str], raws: list[bytes], kept: list[int]) -> bool:
+        """:meth:`apply` for :func:`_plain_run`: the events ``kept`` (indexes into ``names``
+        and ``raws``, their ``$type``s and payload bytes) renamed in place; False when one
+        needs the text path."""
+        rewrite = self._rewrite_bytes
+        for i in kept:
+            result = rewrite(raws[i])
+            if result is None:
+                return False
+            raw, changed = result
+            if changed:
+                raws[i] = raw
+                name = names[i]
+                hit = self.names.get((name, changed))
+                names[i] = hit if hit is not None else self._name(name, changed)
+        return True
 
     def _rename_bytes(self, event: InFlight, raw: bytes) -> None:
         """:meth:`_rename` on the payload's UTF-8 bytes (no decoding, no encoding): the same
@@ -639,52 +710,77 @@ class _Renames(_Step):
         event.type_name = name if name is not None else self._name(event.type_name, changed)
 
     def _rewrite_bytes(self, raw: bytes) -> tuple[bytes, int] | None:
-        """:meth:`_rewrite` for UTF-8 bytes: the same members (:func:`_byte_member`), found
-        from each ``$`` (``bytes.find``, a ``memchr``: ~10x faster than looking for
-        ``"$type"`` or ``\\u`` in a long payload); None when a member's value token holds a
-        backslash (an escape: the text path decodes it) or, with a ``rename_type``, when the
-        payload's first member is not its own ``$type``."""
-        find = raw.find
-        own_at = -1
-        if self.own_only:
-            own_at = find(b'"$type"') + 1
-            if not own_at or raw[: own_at - 1].strip() != b"{":
-                return None
-        tokens = self.byte_tokens
-        parts: list[bytes] = []
-        done = 0
-        changed = 0
-        at = find(b"$")
-        while at != -1:
-            start, end = _byte_member(raw, at)
-            if end <= 0:
-                if end < 0 or at == own_at:
+        """:meth:`_rewrite` for UTF-8 bytes: the same members and texts, or None when a
+        member's value token holds a backslash (an escape: the text path decodes it), a
+        ``"$type"`` key lies right after a backslash (inside a string) or, with a
+        ``rename_type``, the payload's first member is not its own ``$type``.
+
+        Most payloads have one ``$type``, their own, written first: that one costs a
+        ``startswith``, a ``find`` of its end, a ``memchr`` for any other ``$`` and a lookup
+        (no scan for ``"$type"`` or ``\\u`` through a long payload)."""
+        if raw.startswith(b'{"$type":"'):
+            end = raw.find(b'"', 10) + 1
+            if end and raw.find(b"$", end) == -1:  # no other member
+                token = raw[9:end]
+                hit = self.own_prefixes.get(token)
+                if hit is None:
+                    hit = self._own_prefix(token)
+                prefix, changed = hit
+                if changed < 0:
                     return None
-                at = find(b"$", at + 1)
-                continue
-            key = (raw[start:end], at == own_at)
+                return (raw, 0) if prefix is None else (prefix + raw[end:], changed)
+        return self._rewrite_members(raw)
+
+    def _own_prefix(self, token: bytes) -> tuple[bytes | None, int]:
+        """What the rules make of the own ``$type`` token ``token`` as the start of the
+        payload: (``{"$type":`` and the new token, or None when it stays; the rules that
+        changed it, -1 for a token with an escape). Remembered."""
+        if len(self.own_prefixes) > _CACHE_MAX:
+            self.own_prefixes.clear()
+        new, changed = self._byte_token(token, self.own_only)
+        hit = self.own_prefixes[token] = (
+            None if new is None else b'{"$type":' + new,
+            changed,
+        )
+        return hit
+
+    def _rewrite_members(self, raw: bytes) -> tuple[bytes, int] | None:
+        """:meth:`_rewrite_bytes` for any payload: one ``re.split`` (in C) gives the text
+        between the members, each member's key and colon, and each value token, in order."""
+        parts = _MEMBER_BYTES_RE.split(raw)
+        count = len(parts)
+        own = self.own_only
+        if own and (count == 1 or parts[0].strip() != b"{"):
+            return None
+        tokens = self.byte_tokens
+        changed = 0
+        for k in range(2, count, 3):
+            if parts[k - 2][-1:] == b"\\":
+                return None  # an opening quote a backslash escapes: inside a string
+            key = (parts[k], own)
+            own = False
             hit = tokens.get(key)
             new, rules = hit if hit is not None else self._byte_token(*key)
+            if rules < 0:
+                return None
             if new is not None:
                 changed |= rules
-                parts.append(raw[done:start])
-                parts.append(new)
-                done = end
-            at = find(b"$", end)
+                parts[k] = new
         if not changed:
             return raw, 0
-        parts.append(raw[done:])
         return b"".join(parts), changed
 
     def _byte_token(self, token: bytes, own: bool) -> tuple[bytes | None, int]:
-        """:meth:`_token` for a token's UTF-8 bytes (remembered)."""
+        """:meth:`_token` for a token's UTF-8 bytes (remembered); (None, -1) for a token
+        with a backslash (an escape, or a quote it escapes: the text path)."""
         if len(self.byte_tokens) > _CACHE_MAX:
             self.byte_tokens.clear()
-        new, changed = self._hit(token.decode("utf-8"), own)
-        hit = self.byte_tokens[token, own] = (
-            None if new is None else new.encode("utf-8"),
-            changed,
-        )
+        if b"\\" in token:
+            hit: tuple[bytes | None, int] = (None, -1)
+        else:
+            new, changed = self._hit(token.decode("utf-8"), own)
+            hit = (None if new is None else new.encode("utf-8"), changed)
+        self.byte_tokens[token, own] = hit
         return hit
 
     def _may_change(self, text: str, looked_for: str) -> bool:
