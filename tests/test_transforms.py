@@ -660,3 +660,7 @@ def test_the_byte_paths_equal_the_text_path(
         assert [codec.event_type_from_type_name(t) for t in types] == [
             e.event_type for e in expected.events
         ]
+        sources = {e.commit_id: e.text for e in events}
+        for e in checked.events:  # the stored bytes, as read, while no rule changed the text
+            assert e.unchanged == (e.text == sources[e.commit_id])
+            assert (e.utf8() is e.payload) == e.unchanged

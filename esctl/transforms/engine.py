@@ -170,56 +170,36 @@ class _Failed(Exception):
         """The event the rule was working on, when it was one event."""
 
 
+@dataclass(slots=True)
 class InFlight:
     """An event on its way through the rules, and out of them (:func:`transform_checked`):
     ``version`` is the renumbered version once the rules are through.
 
     Its payload is held as text (``text``, a str) or as its UTF-8 bytes (``raw``), whichever
     the engine has: migrate gives bytes and the renames rewrite bytes, so a payload is turned
-    into a str only when a rule needs one (a callable, a ``\\u`` escape). ``stored`` and
-    ``payload`` are the payload as read, likewise; an event whose text is still the stored one
-    has ``raw is payload`` (or ``text is stored``)."""
+    into a str only when a rule needs one (a callable, an escape in a ``$type`` value).
+    ``stored`` and ``payload`` are the payload as read, likewise; an event whose text is still
+    the stored one has ``raw is payload`` (or ``text is stored``)."""
 
-    __slots__ = (
-        "_stored", "_text", "aggregate_type", "commit_id", "data", "moment", "payload",
-        "payload_version", "raw", "source_version", "timestamp", "type_name", "version",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        commit_id: str,
-        source_version: int,
-        stored: str | None,
-        text: str | None,
-        type_name: str,
-        aggregate_type: str,
-        timestamp: str,
-        payload_version: Any,
-        data: dict[str, Any] | None = None,
-        moment: datetime | None = None,
-        version: int = 0,
-        payload: bytes | None = None,
-        raw: bytes | None = None,
-    ) -> None:
-        self.commit_id = commit_id
-        self.source_version = source_version
-        self._stored = stored
-        self._text = text
-        self.type_name = type_name
-        self.aggregate_type = aggregate_type
-        self.timestamp = timestamp
-        self.payload_version: Any = payload_version
-        """The payload's top-level ``Version`` as the text now holds it."""
-        self.data = data
-        """The parsed text when at hand and the engine's to change (the caller gave it away),
-        else None."""
-        self.moment = moment
-        """The parsed ``timestamp`` when at hand."""
-        self.version = version
-        self.payload = payload
-        """The UTF-8 bytes of ``stored`` when at hand."""
-        self.raw = raw
-        """The UTF-8 bytes of ``text`` when at hand."""
+    commit_id: str
+    source_version: int
+    _stored: str | None
+    _text: str | None
+    type_name: str
+    aggregate_type: str
+    timestamp: str
+    payload_version: Any
+    """The payload's top-level ``Version`` as the text now holds it."""
+    data: dict[str, Any] | None = None
+    """The parsed text when at hand and the engine's to change (the caller gave it away),
+    else None."""
+    moment: datetime | None = None
+    """The parsed ``timestamp`` when at hand."""
+    version: int = 0
+    payload: bytes | None = None
+    """The UTF-8 bytes of ``stored`` when at hand."""
+    raw: bytes | None = None
+    """The UTF-8 bytes of ``text`` when at hand."""
 
     @property
     def stored(self) -> str:
@@ -274,12 +254,6 @@ class InFlight:
         if raw is not None and raw is self.payload:
             return True
         return self._text is not None and self._text is self._stored
-
-    def __repr__(self) -> str:
-        return (
-            f"InFlight({self.commit_id!r}, source_version={self.source_version}, "
-            f"version={self.version}, type_name={self.type_name!r})"
-        )
 
 
 _Working = InFlight
