@@ -664,3 +664,58 @@ def test_the_byte_paths_equal_the_text_path(
         for e in checked.events:  # the stored bytes, as read, while no rule changed the text
             assert e.unchanged == (e.text == sources[e.commit_id])
             assert (e.utf8() is e.payload) == e.unchanged
+
+
+def _tricky(own: str, *members: str) -> str:
+    """A payload text: its own $type token ``own`` (as written), then ``members`` as written."""
+    rest = "".join("," + m for m in members)
+    return (
+        f'{{"$type":{own},"Id":"agg-1","TimeStamp":"2024-03-01T10:00:00.1234567+00:00",'
+        f'"Version":1,"AggregateType":"ItemScore"{rest}}}'
+    )
+
+
+_CREATED = f'"{NS}.Created, {ASM}"'
+_MODEL = f'"{ASM}.Models.Line, {ASM}"'
+_MODEL_ESCAPED = _MODEL.replace("Line", "L\\u0069ne")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _tricky(_CREATED),
+        _tricky(_CREATED.replace("Events.", "Events\\u002e")),  # an escape in the own token
+        _tricky(_CREATED.replace("Created", 'Cre\\"ated')),  # an escaped quote in it
+        _tricky(_CREATED, f'"Odd\\"$type":{_MODEL}'),  # "$type" after an escaped quote: a key
+        _tricky(_CREATED, f'"Odd\\"$type" : {_MODEL}'),  # the same, spaced
+        _tricky(_CREATED, '"Note":"x \\"$type\\":\\"' + _MODEL[1:-1] + '\\""'),  # in a string
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL}}}'),
+        _tricky(_CREATED, f'"Line":{{"$type" : {_MODEL}}}'),  # spaced: the regular expression
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL_ESCAPED}}}'),
+        _tricky(_CREATED, f'"Line":{{"\\u0024type":{_MODEL}}}'),  # not a member, on any path
+        _tricky(_CREATED, '"Note":"$type"', f'"Line":{{"$type":{_MODEL}}}'),  # a value "$type"
+        _tricky(_CREATED, f'"List":{{"$type":"{LIST}[[{NS}.Created, {ASM}]], mscorlib"}}'),
+        _tricky(_CREATED, '"Back\\\\":1', f'"Line":{{"$type":{_MODEL}}}'),  # an escaped backslash
+        _tricky('"Other.Type, Other"'),
+        _tricky(_CREATED).replace('{"$type":', '{ "$type":', 1),
+        '{"Id":"agg-1","$type":' + _tricky(_CREATED)[9:],  # the own $type not first
+    ],
+)
+@pytest.mark.parametrize("upcast", [False, True])
+def test_the_byte_paths_equal_the_text_path_on_tricky_payloads(
+    tmp_path: Path, text: str, upcast: bool
+) -> None:
+    from esctl.streams import clean_payloads
+    from esctl.transforms import transform_checked
+
+    json.loads(text)  # valid JSON, as migrate's payloads are
+    tables = "".join(_RULE_TABLES[:3])
+    if upcast:
+        tables += '[[upcast]]\nevent_type = "Nothing"\nremove = ["X"]\n'
+    rules = load_rules(rules_file(tmp_path, tables)).rules
+    expected = transform_stream(rules, "agg-1", [SourceEvent("c1", 1, text)])
+    for _ in range(2):
+        clean = clean_payloads("agg-1", [text.encode()])
+        assert clean is not None
+        checked = transform_checked(rules, "agg-1", ["c1"], clean[1])
+        assert checked_texts(checked) == [(e.version, e.text) for e in expected.events]
