@@ -5,7 +5,8 @@ measured in one run on one store.
 
 Migrates the bulk store (bench/_common.py) into a fresh database per measurement, in rounds of
 three (alternating, so the machine's drift hits all three alike), and prints the best events/s
-of each and the ratios to the run without rules:
+of each and the ratios to the run without rules (best to best, and the range and median of the
+ratios within a round, steadier when the machine is shared):
 - declarative: a ``rename_assembly`` and a ``rename_namespace`` that rewrite every ``$type`` of
   every event, a ``rename_type`` of one type and a ``leave_out`` that matches nothing (every
   event kept, so the rows written are the same; issue target >= 0.9);
@@ -26,6 +27,7 @@ PostgreSQL databases named esctl_bench_*).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -233,17 +235,24 @@ def migrations(
     """The migrations, alternating, and their ratios to the one without rules."""
     meter = Meter([redis_url], admin_dsn)
     best = dict.fromkeys(runs, 0.0)
+    paired: dict[str, list[float]] = {"declarative": [], "identity callable": []}
     for round_ in range(rounds):
+        rates = {}
         for name, transforms in runs.items():
-            rate = migrate(client, admin_dsn, transforms, events, meter, name)
+            rate = rates[name] = migrate(client, admin_dsn, transforms, events, meter, name)
             print(f"round {round_ + 1}: {name:>17}: {rate:>9,.0f} events/s")
             best[name] = max(best[name], rate)
+        for name, ratios in paired.items():
+            ratios.append(rates[name] / rates["no rules"])
     base = best["no rules"]
     print()
-    print(f"declarative / no rules      : {best['declarative'] / base:5.2f}x (target >= 0.9)")
-    print(
-        f"identity callable / no rules: {best['identity callable'] / base:5.2f}x (target >= 0.75)"
-    )
+    for name, target in (("declarative", 0.9), ("identity callable", 0.75)):
+        within = sorted(paired[name])
+        print(
+            f"{name + ' / no rules':<28}: {best[name] / base:5.2f}x (target >= {target}); "
+            f"in each round {within[0]:.2f}x-{within[-1]:.2f}x, "
+            f"median {statistics.median(within):.2f}x"
+        )
     meter.print_table(list(runs))
     esctl_us = {k: meter.costs[k].per_event_us(meter.costs[k].esctl_s) or 0.0 for k in runs}
     print(
@@ -258,6 +267,7 @@ def migrations(
             "declarative/no_rules": round(best["declarative"] / base, 3),
             "identity/no_rules": round(best["identity callable"] / base, 3),
         },
+        ratios_per_round={k: [round(r, 3) for r in v] for k, v in paired.items()},
     )
 
 
