@@ -91,7 +91,7 @@ class TransformingReader(Reader):
             # Nothing wrong with the stream (the checks of the general path, done fast): its
             # parsed payloads go to the rules as they are.
             source_type, clean = fast
-            numbering = self.numbering.get(aggregate_id, Numbering(done, done))
+            numbering = self.numbering.get(aggregate_id) or Numbering(done, done)
             outcome = transform_checked(
                 self.rules.rules, aggregate_id, commit_ids[skip:], clean, numbering
             )
@@ -125,7 +125,7 @@ class TransformingReader(Reader):
                 )
             )
         source_type = stream.aggregate_type or known_type or ""
-        numbering = self.numbering.get(aggregate_id, Numbering(done, done))
+        numbering = self.numbering.get(aggregate_id) or Numbering(done, done)
         outcome = transform_checked(self.rules.rules, aggregate_id, commits, clean, numbering)
         self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
 
