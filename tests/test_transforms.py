@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from esctl import codec
 from esctl.errors import UsageError
 from esctl.transforms import (
     Numbering,
@@ -53,6 +54,13 @@ def rules_file(tmp_path: Path, text: str, name: str = "rules.toml") -> Path:
 def run(tmp_path: Path, text: str, events: list[SourceEvent], **kw: Any) -> Any:
     rules = load_rules(rules_file(tmp_path, text))
     return transform_stream(rules.rules, "agg-1", events, **kw)
+
+
+def checked_texts(outcome: Any) -> list[tuple[int, str]]:
+    """(version, text) of each event of a transform_checked outcome, whichever path."""
+    if outcome.plain is not None:
+        return [(version, raw.decode()) for _, version, _, raw in outcome.plain]
+    return [(e.version, e.text) for e in outcome.events]
 
 
 def assert_loadable(outcome: Any, first: int = 1) -> None:
@@ -552,12 +560,162 @@ def test_consecutive_renames_equal_the_rules_one_by_one(tmp_path: Path) -> None:
         clean = clean_payloads("agg-1", [e.text.encode() for e in events])
         assert clean is not None
         checked = transform_checked(rules, "agg-1", [e.commit_id for e in events], clean[1])
-        assert [(e.version, e.text) for e in checked.events] == [
-            (e.version, e.text) for e in grouped.events
-        ]
+        assert checked.plain is not None  # renames alone: the fast path
+        assert checked_texts(checked) == [(e.version, e.text) for e in grouped.events]
         # What migrate writes: the stored bytes while no rule changed the text, else the text.
-        for e, source in zip(checked.events, events, strict=True):
-            assert (e.text is e.stored) == (e.text == source.text)
-            assert e.payload == source.text.encode()
-            passed_through += e.text is e.stored
+        for (_, _, _, raw), source, read in zip(checked.plain, events, clean[1], strict=True):
+            assert (raw is read.payload) == (raw.decode() == source.text)
+            passed_through += raw is read.payload
     assert passed_through  # some payloads named no renamed name: they kept their bytes
+
+
+# --- migrate's byte paths equal the text path -------------------------------------------------
+
+_RULE_TABLES = [
+    f'[[rename_type]]\nfrom = "{NS}.Created"\nto = "New.Events.Made"\n',
+    f'[[rename_namespace]]\nfrom = "{NS}"\nto = "New.Events"\n',
+    f'[[rename_assembly]]\nfrom = "{ASM}"\nto = "New.Asm"\n',
+    '[[leave_out]]\nevent_type = "Upd*"\n',
+    '[[leave_out]]\naggregate_type = "Item*"\nevent_type = "Gone"\n',
+]
+_SPELLINGS = [
+    ("", ""),  # as json.dumps writes it
+    ('"$type"', '"\\u0024type"'),  # a key an escape spells (not a $type member to the engine)
+    ("Learning", "L\\u0065arning"),  # a name an escape spells
+    ("Events.", "Events\\u002e"),
+    ('{"$type"', '{ "$type" '),  # the own $type with space around
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["Note", "Inner", "Items", 'Odd"$type', "Back\\"]), _DOCUMENTS
+    ),
+    classes=st.lists(
+        st.sampled_from(["Created", "Updated", "Gone", "Kept"]), min_size=1, max_size=4
+    ),
+    tables=st.lists(st.sampled_from(_RULE_TABLES), min_size=1, max_size=4),
+    spaced=st.booleans(),
+    ascii_only=st.booleans(),
+    spelling=st.sampled_from(_SPELLINGS),
+    upcast=st.booleans(),
+    own_first=st.booleans(),
+    start=st.sampled_from([Numbering(), Numbering(3, 3), Numbering(3, 1)]),
+)
+def test_the_byte_paths_equal_the_text_path(
+    tmp_path_factory: pytest.TempPathFactory,
+    fields: dict[str, Any],
+    classes: list[str],
+    tables: list[str],
+    spaced: bool,
+    ascii_only: bool,
+    spelling: tuple[str, str],
+    upcast: bool,
+    own_first: bool,
+    start: Numbering,
+) -> None:
+    """migrate's transform_checked renames the payloads' UTF-8 bytes: with only leave-outs
+    and renames without InFlight events (the plain path), else on InFlight events holding
+    bytes (an upcast that matches nothing keeps the rules off the plain path). Both give the
+    texts, versions, numbering and left-out count that transform_stream gives working on text,
+    whatever the spacing, escapes (in strings, in $type values, in keys), nesting, the own
+    $type's place and renumbering."""
+    from esctl.streams import clean_payloads
+    from esctl.transforms import transform_checked
+
+    folder = tmp_path_factory.mktemp("rules")
+    text = "".join(tables) + (
+        '[[upcast]]\nevent_type = "Nothing"\nremove = ["X"]\n' if upcast else ""
+    )
+    rules = load_rules(rules_file(folder, text)).rules
+    separators = (", ", ": ") if spaced else (",", ":")
+    first = start.last_source_version + 1
+    events = []
+    for version, cls in enumerate(classes, first):
+        document = json.loads(payload(cls, version, **fields))
+        if not own_first:  # (jsonb's key order, or another writer's)
+            document["$type"] = document.pop("$type")
+        source = json.dumps(document, ensure_ascii=ascii_only, separators=separators)
+        if spelling[0]:
+            source = source.replace(spelling[0], spelling[1])
+        events.append(SourceEvent(f"c{version}", version, source))
+    expected = transform_stream(rules, "agg-1", events, start)
+    ids = [e.commit_id for e in events]
+    for _ in range(2):  # the second time from the caches
+        clean = clean_payloads("agg-1", [e.text.encode() for e in events], first_version=first)
+        assert clean is not None
+        checked = transform_checked(rules, "agg-1", ids, clean[1], start)
+        assert checked.failure is None and expected.failure is None
+        if upcast:
+            assert checked.plain is None
+        assert checked_texts(checked) == [(e.version, e.text) for e in expected.events]
+        assert checked.numbering == expected.numbering
+        assert checked.left_out == expected.left_out
+        types = (
+            [t for _, _, t, _ in checked.plain]
+            if checked.plain is not None
+            else [e.type_name for e in checked.events]
+        )
+        assert [codec.event_type_from_type_name(t) for t in types] == [
+            e.event_type for e in expected.events
+        ]
+        sources = {e.commit_id: e.text for e in events}
+        for e in checked.events:  # the stored bytes, as read, while no rule changed the text
+            assert e.unchanged == (e.text == sources[e.commit_id])
+            assert (e.utf8() is e.payload) == e.unchanged
+
+
+def _tricky(own: str, *members: str) -> str:
+    """A payload text: its own $type token ``own`` (as written), then ``members`` as written."""
+    rest = "".join("," + m for m in members)
+    return (
+        f'{{"$type":{own},"Id":"agg-1","TimeStamp":"2024-03-01T10:00:00.1234567+00:00",'
+        f'"Version":1,"AggregateType":"ItemScore"{rest}}}'
+    )
+
+
+_CREATED = f'"{NS}.Created, {ASM}"'
+_MODEL = f'"{ASM}.Models.Line, {ASM}"'
+_MODEL_ESCAPED = _MODEL.replace("Line", "L\\u0069ne")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _tricky(_CREATED),
+        _tricky(_CREATED.replace("Events.", "Events\\u002e")),  # an escape in the own token
+        _tricky(_CREATED.replace("Created", 'Cre\\"ated')),  # an escaped quote in it
+        _tricky(_CREATED, f'"Odd\\"$type":{_MODEL}'),  # "$type" after an escaped quote: a key
+        _tricky(_CREATED, f'"Odd\\"$type" : {_MODEL}'),  # the same, spaced
+        _tricky(_CREATED, '"Note":"x \\"$type\\":\\"' + _MODEL[1:-1] + '\\""'),  # in a string
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL}}}'),
+        _tricky(_CREATED, f'"Line":{{"$type" : {_MODEL}}}'),  # spaced: the regular expression
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL_ESCAPED}}}'),
+        _tricky(_CREATED, f'"Line":{{"\\u0024type":{_MODEL}}}'),  # not a member, on any path
+        _tricky(_CREATED, '"Note":"$type"', f'"Line":{{"$type":{_MODEL}}}'),  # a value "$type"
+        _tricky(_CREATED, f'"List":{{"$type":"{LIST}[[{NS}.Created, {ASM}]], mscorlib"}}'),
+        _tricky(_CREATED, '"Back\\\\":1', f'"Line":{{"$type":{_MODEL}}}'),  # an escaped backslash
+        _tricky('"Other.Type, Other"'),
+        _tricky(_CREATED).replace('{"$type":', '{ "$type":', 1),
+        '{"Id":"agg-1","$type":' + _tricky(_CREATED)[9:],  # the own $type not first
+    ],
+)
+@pytest.mark.parametrize("upcast", [False, True])
+def test_the_byte_paths_equal_the_text_path_on_tricky_payloads(
+    tmp_path: Path, text: str, upcast: bool
+) -> None:
+    from esctl.streams import clean_payloads
+    from esctl.transforms import transform_checked
+
+    json.loads(text)  # valid JSON, as migrate's payloads are
+    tables = "".join(_RULE_TABLES[:3])
+    if upcast:
+        tables += '[[upcast]]\nevent_type = "Nothing"\nremove = ["X"]\n'
+    rules = load_rules(rules_file(tmp_path, tables)).rules
+    expected = transform_stream(rules, "agg-1", [SourceEvent("c1", 1, text)])
+    for _ in range(2):
+        clean = clean_payloads("agg-1", [text.encode()])
+        assert clean is not None
+        checked = transform_checked(rules, "agg-1", ["c1"], clean[1])
+        assert checked_texts(checked) == [(e.version, e.text) for e in expected.events]

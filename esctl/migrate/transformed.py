@@ -91,7 +91,7 @@ class TransformingReader(Reader):
             # Nothing wrong with the stream (the checks of the general path, done fast): its
             # parsed payloads go to the rules as they are.
             source_type, clean = fast
-            numbering = self.numbering.get(aggregate_id, Numbering(done, done))
+            numbering = self.numbering.get(aggregate_id) or Numbering(done, done)
             outcome = transform_checked(
                 self.rules.rules, aggregate_id, commit_ids[skip:], clean, numbering
             )
@@ -125,7 +125,7 @@ class TransformingReader(Reader):
                 )
             )
         source_type = stream.aggregate_type or known_type or ""
-        numbering = self.numbering.get(aggregate_id, Numbering(done, done))
+        numbering = self.numbering.get(aggregate_id) or Numbering(done, done)
         outcome = transform_checked(self.rules.rules, aggregate_id, commits, clean, numbering)
         self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
 
@@ -146,21 +146,13 @@ class TransformingReader(Reader):
             problem = outcome.failure.as_problem()
             batch.quarantined.append(Quarantined(aggregate_id, key, new_events, [problem]))
             return
-        events = outcome.events
+        count = outcome.count
         self.counts.events_left_out += outcome.left_out
-        self.counts.events_added_by_split += len(events) - (new_events - outcome.left_out)
-        if not events and numbering.last_version == 0:
+        self.counts.events_added_by_split += count - (new_events - outcome.left_out)
+        if not count and numbering.last_version == 0:
             self.counts.aggregates_left_out += 1
         try:
-            rows = [
-                binary_row(
-                    t.moment or codec.parse_timestamp(t.timestamp),
-                    t.version,
-                    t.type_name,
-                    t.payload if t.text is t.stored and t.payload is not None else t.text.encode(),
-                )
-                for t in events
-            ]
+            rows = transformed_rows(outcome)
         except struct.error:  # a version beyond an integer column (splits without end)
             detail = f"a version beyond {INT4_MAX} does not fit an integer column"
             problem = StreamProblem("rejected_by_postgres", detail)
@@ -168,13 +160,25 @@ class TransformingReader(Reader):
             return
         batch.events += len(rows)
         batch.clean[aggregate_id] = AggregateRows(
-            events[0].aggregate_type if events else source_type,
+            outcome.events[0].aggregate_type if outcome.events else source_type,
             rows,
             done + new_events,
             commit_ids[-1],
             source_type=source_type,
             numbering=(outcome.numbering.last_source_version, outcome.numbering.last_version),
         )
+
+
+def transformed_rows(outcome: CheckedOutcome) -> list[bytes]:
+    """The binary COPY rows of transformed events (:func:`esctl.transforms.transform_checked`):
+    an event no rule changed with its payload's bytes as read. Raises struct.error for a
+    version beyond an integer column."""
+    if outcome.plain is not None:
+        return [binary_row(*event) for event in outcome.plain]
+    return [
+        binary_row(t.moment or codec.parse_timestamp(t.timestamp), t.version, t.type_name, t.utf8())
+        for t in outcome.events
+    ]
 
 
 def _short(fp: str | None) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -172,26 +173,87 @@ class _Failed(Exception):
 @dataclass(slots=True)
 class InFlight:
     """An event on its way through the rules, and out of them (:func:`transform_checked`):
-    ``version`` is the renumbered version once the rules are through."""
+    ``version`` is the renumbered version once the rules are through.
+
+    Its payload is held as text (``text``, a str) or as its UTF-8 bytes (``raw``), whichever
+    the engine has: migrate gives bytes and the renames rewrite bytes, so a payload is turned
+    into a str only when a rule needs one (a callable, an escape in a ``$type`` value).
+    ``stored`` and ``payload`` are the payload as read, likewise; an event whose text is still
+    the stored one has ``raw is payload`` (or ``text is stored``)."""
 
     commit_id: str
     source_version: int
-    stored: str
-    text: str
+    _stored: str | None
+    _text: str | None
     type_name: str
     aggregate_type: str
     timestamp: str
     payload_version: Any
     """The payload's top-level ``Version`` as the text now holds it."""
     data: dict[str, Any] | None = None
-    """The parsed ``text`` when at hand and the engine's to change (the caller gave it away),
+    """The parsed text when at hand and the engine's to change (the caller gave it away),
     else None."""
     moment: datetime | None = None
     """The parsed ``timestamp`` when at hand."""
     version: int = 0
     payload: bytes | None = None
-    """The UTF-8 bytes of ``stored`` when at hand: while ``text is stored`` (no rule changed
-    the payload), migrate writes them as they are."""
+    """The UTF-8 bytes of ``stored`` when at hand."""
+    raw: bytes | None = None
+    """The UTF-8 bytes of ``text`` when at hand."""
+
+    @property
+    def stored(self) -> str:
+        """The payload's text as read."""
+        stored = self._stored
+        if stored is None:
+            assert self.payload is not None
+            stored = self._stored = (
+                self._text
+                if self._text is not None and self.raw is self.payload
+                else self.payload.decode("utf-8")
+            )
+        return stored
+
+    @property
+    def text(self) -> str:
+        """The payload's text as the rules have made it so far."""
+        text = self._text
+        if text is None:
+            raw = self.raw
+            assert raw is not None
+            text = self._text = self.stored if raw is self.payload else raw.decode("utf-8")
+        return text
+
+    @text.setter
+    def text(self, text: str) -> None:
+        self._text = text
+        self.raw = None
+
+    def set_raw(self, raw: bytes) -> None:
+        """The payload's text, as UTF-8 bytes, is now ``raw``."""
+        self.raw = raw
+        self._text = None
+
+    def utf8(self) -> bytes:
+        """``text`` as UTF-8 bytes: the stored ones while no rule changed it."""
+        raw = self.raw
+        if raw is None:
+            text = self._text
+            assert text is not None
+            raw = self.raw = (
+                self.payload
+                if text is self._stored and self.payload is not None
+                else text.encode("utf-8")
+            )
+        return raw
+
+    @property
+    def unchanged(self) -> bool:
+        """Whether the text is still the stored one (the same object)."""
+        raw = self.raw
+        if raw is not None and raw is self.payload:
+            return True
+        return self._text is not None and self._text is self._stored
 
 
 _Working = InFlight
@@ -263,6 +325,20 @@ class CheckedOutcome:
     numbering: Numbering
     left_out: int = 0
     failure: TransformFailure | None = None
+    plain: list[Plain] | None = None
+    """The events instead of ``events`` when the rules only left out and renamed
+    (:func:`_plain_run`): (timestamp, version, ``$type``, payload bytes) of each, their
+    ``AggregateType`` the one they came with."""
+
+    @property
+    def count(self) -> int:
+        """The events the rules made."""
+        return len(self.plain) if self.plain is not None else len(self.events)
+
+
+Plain = tuple[datetime, int, str, bytes]
+"""An event as :func:`_plain_run` makes it: its timestamp, version, ``$type`` and payload's
+UTF-8 bytes."""
 
 
 def transform_checked(
@@ -278,10 +354,17 @@ def transform_checked(
     parsed payloads in place (no payload is parsed twice). The events come back as the
     :class:`InFlight` they became (no :class:`TransformedEvent` or mapping is built), with the
     same texts, versions and numbering :func:`transform_stream` gives; an event whose ``text``
-    is still its ``stored`` one keeps its stored bytes in ``payload``."""
+    is still its stored one (:attr:`InFlight.unchanged`) gives its stored bytes as
+    :meth:`InFlight.utf8`. The payloads stay bytes unless a rule needs them as text."""
+    if events:
+        steps = _plain_steps(rules)
+        if steps is not None:
+            plain = _plain_run(steps, events, numbering)
+            if plain is not None:
+                return plain
     working = [
-        InFlight(commit_id, e.version, (text := e.payload.decode("utf-8")), text, e.type_name,
-                 e.data["AggregateType"], e.timestamp, e.version, e.data, e.moment, 0, e.payload)
+        InFlight(commit_id, e.version, None, None, e.type_name, e.data["AggregateType"],
+                 e.timestamp, e.version, e.data, e.moment, 0, e.payload, e.payload)
         for commit_id, e in zip(commit_ids, events, strict=True)
     ]  # fmt: skip
     result = _run(rules, aggregate_id, working, numbering, None)
@@ -291,13 +374,70 @@ def transform_checked(
     return CheckedOutcome(result, _numbering_after(events, result, numbering), len(events) - kept)
 
 
+def _plain_steps(rules: Sequence[Rule]) -> list[_Step] | None:
+    """The compiled steps of ``rules`` when each leaves out or renames on payload bytes (the
+    fast path, :func:`_plain_run`), else None."""
+    steps = _steps(rules, grouped=True)
+    hit = _PLAIN.get(id(steps))
+    if hit is None or hit[0] is not steps:
+        if len(_PLAIN) > 64:
+            _PLAIN.clear()
+        plain = all(type(s) is _LeaveOut or (type(s) is _Renames and s.bytes_ok) for s in steps)
+        hit = _PLAIN[id(steps)] = steps, plain
+    return steps if hit[1] else None
+
+
+_PLAIN: dict[int, tuple[list[_Step], bool]] = {}
+
+
+def _plain_run(
+    steps: list[_Step], events: Sequence[CleanPayload], numbering: Numbering
+) -> CheckedOutcome | None:
+    """:func:`transform_checked` for rules that only leave out and rename: no
+    :class:`InFlight` per event, each payload's bytes and ``$type`` through the steps, then
+    renumbered. The same events, numbering and left-out count as the general path (a
+    property test holds them together), or None when an event needs that path (an escape in
+    a ``$type`` value, the own ``$type`` not first with a ``rename_type``, a renumbering that
+    fails)."""
+    names = [e.type_name for e in events]
+    raws = [e.payload for e in events]
+    kept = list(range(len(events)))
+    aggregate_type = events[0].data[
+        "AggregateType"
+    ]  # one per clean stream; no rule here changes it
+    for step in steps:
+        if type(step) is _LeaveOut:
+            kept = step.kept(aggregate_type, names, kept)
+        elif not cast(_Renames, step).rename_plain(names, raws, kept):
+            return None
+    version = numbering.last_version
+    plain: list[Plain] = []
+    for i in kept:
+        version += 1
+        e = events[i]
+        raw = raws[i]
+        if e.version != version:  # (the payload's Version is the source version: no rule here
+            try:  # changes it)
+                raw = typenames.set_top_level_number(raw.decode(), "Version", version).encode()
+            except ValueError:
+                return None
+        plain.append((e.moment, version, names[i], raw))
+    return CheckedOutcome(
+        [], _numbering_after(events, plain, numbering), len(events) - len(kept), None, plain
+    )
+
+
 def _numbering_after(
     events: Sequence[SourceEvent] | Sequence[CleanPayload],
-    result: list[InFlight],
+    result: list[InFlight] | list[Plain],
     numbering: Numbering,
 ) -> Numbering:
     last_source = max((e.version for e in events), default=numbering.last_source_version)
-    last = result[-1].version if result else numbering.last_version
+    if not result:
+        last = numbering.last_version
+    else:
+        out = result[-1]
+        last = out[1] if type(out) is tuple else cast(InFlight, out).version
     return Numbering(max(last_source, numbering.last_source_version), last)
 
 
@@ -391,6 +531,11 @@ def _event_type(type_name: str) -> str:
 
 # --- The rules, compiled: one step per rule, consecutive renames as one step ---------------
 
+_MEMBER_BYTES_RE = re.compile(rb'("\$type"\s*:\s*)("[^"]*")')
+"""A ``"$type"`` key, its colon and its string value's token up to the next quote (a token
+holding a backslash is left to the text path)."""
+
+
 _CACHE_MAX = 4096
 """Entries a step keeps per cache (event type -> match, $type token -> result)."""
 
@@ -449,6 +594,22 @@ class _LeaveOut(_Step):
         ]
         return kept if len(kept) != len(events) else events
 
+    def kept(self, aggregate_type: str, names: list[str], kept: list[int]) -> list[int]:
+        """:meth:`apply` for :func:`_plain_run`: which of the events ``kept`` (indexes into
+        ``names``, their ``$type``s) stay, all of aggregate type ``aggregate_type``."""
+        aggregate = self.aggregate
+        if aggregate is not None and not aggregate(aggregate_type):
+            return kept
+        matches = self.event
+        if matches is None:
+            return []
+        seen = matches.seen
+        return [
+            i
+            for i in kept
+            if not (hit if (hit := seen.get(names[i])) is not None else matches(names[i]))
+        ]
+
 
 class _Renames(_Step):
     """Consecutive ``rename_type`` / ``rename_namespace`` / ``rename_assembly`` rules in one
@@ -467,14 +628,134 @@ class _Renames(_Step):
         self.tokens: dict[tuple[str, bool], tuple[str | None, int]] = {}
         self.names: dict[tuple[str, int], str] = {}
         """(``$type``, the rules that changed the text) -> the event's ``$type`` after them."""
+        self.bytes_ok = all(_groupable(r) for r in rules)
+        """Whether payloads held as bytes are renamed as bytes (each ``from`` is spelled in
+        the UTF-8 bytes as it is, unless through a ``\\u`` or ``\\/`` escape)."""
+        self.byte_tokens: dict[tuple[bytes, bool], tuple[bytes | None, int]] = {}
+        self.own_prefixes: dict[bytes, tuple[bytes | None, int]] = {}
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
         first = self.sources[0]
+        bytes_ok = self.bytes_ok
+        rename_bytes = self._rename_bytes
         for event in events:  # (renames never fail)
+            raw = event.raw
+            if raw is not None and bytes_ok:
+                # No pre-check: finding the members from each "$" costs less than looking for
+                # a rule's "from" in a long payload.
+                rename_bytes(event, raw)
+                continue
             text = event.text
             if first in text or self._may_change(text, first):
                 self._rename(event, text)
         return events
+
+    def rename_plain(self, names: list[str], raws: list[bytes], kept: list[int]) -> bool:
+        """:meth:`apply` for :func:`_plain_run`: the events ``kept`` (indexes into ``names``
+        and ``raws``, their ``$type``s and payload bytes) renamed in place; False when one
+        needs the text path."""
+        rewrite = self._rewrite_bytes
+        for i in kept:
+            result = rewrite(raws[i])
+            if result is None:
+                return False
+            raw, changed = result
+            if changed:
+                raws[i] = raw
+                name = names[i]
+                hit = self.names.get((name, changed))
+                names[i] = hit if hit is not None else self._name(name, changed)
+        return True
+
+    def _rename_bytes(self, event: InFlight, raw: bytes) -> None:
+        """:meth:`_rename` on the payload's UTF-8 bytes (no decoding, no encoding): the same
+        texts, or the text path when a ``$type`` value holds an escape or a ``rename_type``
+        finds the own ``$type`` not first."""
+        result = self._rewrite_bytes(raw)
+        if result is None:
+            self._rename(event, event.text)
+            return
+        new, changed = result
+        if not changed:
+            return
+        event.set_raw(new)
+        event.data = None
+        name = self.names.get((event.type_name, changed))
+        event.type_name = name if name is not None else self._name(event.type_name, changed)
+
+    def _rewrite_bytes(self, raw: bytes) -> tuple[bytes, int] | None:
+        """:meth:`_rewrite` for UTF-8 bytes: the same members and texts, or None when a
+        member's value token holds a backslash (an escape: the text path decodes it), a
+        ``"$type"`` key lies right after a backslash (inside a string) or, with a
+        ``rename_type``, the payload's first member is not its own ``$type``.
+
+        Most payloads have one ``$type``, their own, written first: that one costs a
+        ``startswith``, a ``find`` of its end, a ``memchr`` for any other ``$`` and a lookup
+        (no scan for ``"$type"`` or ``\\u`` through a long payload)."""
+        if raw.startswith(b'{"$type":"'):
+            end = raw.find(b'"', 10) + 1
+            if end and raw.find(b"$", end) == -1:  # no other member
+                token = raw[9:end]
+                hit = self.own_prefixes.get(token)
+                if hit is None:
+                    hit = self._own_prefix(token)
+                prefix, changed = hit
+                if changed < 0:
+                    return None
+                return (raw, 0) if prefix is None else (prefix + raw[end:], changed)
+        return self._rewrite_members(raw)
+
+    def _own_prefix(self, token: bytes) -> tuple[bytes | None, int]:
+        """What the rules make of the own ``$type`` token ``token`` as the start of the
+        payload: (``{"$type":`` and the new token, or None when it stays; the rules that
+        changed it, -1 for a token with an escape). Remembered."""
+        if len(self.own_prefixes) > _CACHE_MAX:
+            self.own_prefixes.clear()
+        new, changed = self._byte_token(token, self.own_only)
+        hit = self.own_prefixes[token] = (
+            None if new is None else b'{"$type":' + new,
+            changed,
+        )
+        return hit
+
+    def _rewrite_members(self, raw: bytes) -> tuple[bytes, int] | None:
+        """:meth:`_rewrite_bytes` for any payload: one ``re.split`` (in C) gives the text
+        between the members, each member's key and colon, and each value token, in order."""
+        parts = _MEMBER_BYTES_RE.split(raw)
+        count = len(parts)
+        own = self.own_only
+        if own and (count == 1 or parts[0].strip() != b"{"):
+            return None
+        tokens = self.byte_tokens
+        changed = 0
+        for k in range(2, count, 3):
+            if parts[k - 2][-1:] == b"\\":
+                return None  # an opening quote a backslash escapes: inside a string
+            key = (parts[k], own)
+            own = False
+            hit = tokens.get(key)
+            new, rules = hit if hit is not None else self._byte_token(*key)
+            if rules < 0:
+                return None
+            if new is not None:
+                changed |= rules
+                parts[k] = new
+        if not changed:
+            return raw, 0
+        return b"".join(parts), changed
+
+    def _byte_token(self, token: bytes, own: bool) -> tuple[bytes | None, int]:
+        """:meth:`_token` for a token's UTF-8 bytes (remembered); (None, -1) for a token
+        with a backslash (an escape, or a quote it escapes: the text path)."""
+        if len(self.byte_tokens) > _CACHE_MAX:
+            self.byte_tokens.clear()
+        if b"\\" in token:
+            hit: tuple[bytes | None, int] = (None, -1)
+        else:
+            new, changed = self._hit(token.decode("utf-8"), own)
+            hit = (None if new is None else new.encode("utf-8"), changed)
+        self.byte_tokens[token, own] = hit
+        return hit
 
     def _may_change(self, text: str, looked_for: str) -> bool:
         """Whether a rule's ``from`` other than ``looked_for`` (not in ``text``) is in
@@ -742,12 +1023,12 @@ def _upcast(rule: Rule, event: _Working) -> None:
     in place (else the text is parsed)."""
     data = event.data
     if data is None:
-        data = orjson.loads(event.text)
+        data = orjson.loads(event.raw if event.raw is not None else event.text)
     changed = _rename_fields(rule, data)
     changed = _remove_fields(rule, data) or changed
     changed = _default_fields(rule, data) or changed
     if changed:
-        event.text = orjson.dumps(data).decode("utf-8")
+        event.set_raw(orjson.dumps(data))
         event.data = None
         timestamp = event.timestamp
         _set_envelope(event, data)
@@ -855,10 +1136,11 @@ def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any, before:
             "mapping, or a list of them"
         )
     try:
-        raw = orjson.dumps(payload)
+        returned = orjson.dumps(payload)
     except TypeError as exc:
         raise _Failed(f"{rule.source} returned a payload that is not JSON: {exc}") from None
-    text = event.text if raw == before else raw.decode("utf-8")  # unchanged: the exact text
+    # Unchanged: the exact text (as the engine holds it), else the JSON as it came back.
+    text, raw = (event._text, event.raw) if returned == before else (None, returned)
     if payload.get("Id") != aggregate_id:
         raise _Failed(
             f"{rule.source} returned an event of aggregate {payload.get('Id')!r}, not "
@@ -874,6 +1156,6 @@ def _returned(rule: Rule, aggregate_id: str, event: _Working, item: Any, before:
     else:
         raise _Failed(f"{rule.source} returned the TimeStamp {timestamp!r}, not a DateTimeOffset")
     return _Working(
-        event.commit_id, event.source_version, event.stored, text, type_name, aggregate_type,
-        timestamp, payload.get("Version"), None, moment, 0, event.payload,
+        event.commit_id, event.source_version, event._stored, text, type_name, aggregate_type,
+        timestamp, payload.get("Version"), None, moment, 0, event.payload, raw,
     )  # fmt: skip
