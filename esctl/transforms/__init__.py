@@ -11,8 +11,6 @@ operation can use it. The design and the renumbering contract: docs/design/trans
 
 from esctl.transforms.engine import (
     CheckedOutcome,
-    Event,
-    InFlight,
     Numbering,
     RuleEffect,
     SourceEvent,
@@ -22,6 +20,7 @@ from esctl.transforms.engine import (
     transform_checked,
     transform_stream,
 )
+from esctl.transforms.events import Event, InFlight
 from esctl.transforms.rules import KINDS, Rule, Rules, fingerprint, load_rules
 
 __all__ = [
