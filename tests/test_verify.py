@@ -31,7 +31,15 @@ from test_migrate import (
 
 from esctl import redisio
 from esctl.shard import Shard
-from esctl.verify import MISMATCH_KINDS, VerifyOptions, VerifySummary, same_json, verify
+from esctl.verify import (
+    MISMATCH_KINDS,
+    JsonbBytesLoader,
+    VerifyOptions,
+    VerifySummary,
+    jsonb_text,
+    same_json,
+    verify,
+)
 
 
 def run_verify(url: str, dsn: str, app: str, **options: Any) -> VerifySummary:
@@ -439,3 +447,20 @@ def test_high_precision_decimals_that_differ_are_content_differs(
         row = conn.execute("SELECT event_data = %s::jsonb FROM event", (raw,)).fetchone()
     assert row == (False,)  # jsonb: a different amount
     only(run_verify(redis_test_url, pg_dsn, app_name), "content_differs", 1)
+
+
+def test_jsonb_in_binary_is_its_text_after_a_version_byte(pg_dsn: str) -> None:
+    """verify reads jsonb in binary, unparsed (esctl.verify.pg_streams): the text after the
+    format's version byte must be the ``::text`` the comparison was built on."""
+    values = ['{"b": 1, "a": [1.50, true, null]}', '{"é": "\\u00e9\\n\\"", "n": 1E+20}', "[]"]
+    with psycopg.connect(pg_dsn) as conn:
+        conn.adapters.register_loader("jsonb", JsonbBytesLoader)
+        for value in values:
+            cur = conn.execute(
+                "SELECT %s::jsonb, convert_to(%s::jsonb::text, 'UTF8')", (value,) * 2, binary=True
+            )
+            row = cur.fetchone()
+            assert row is not None
+            assert jsonb_text(row[0]) == bytes(row[1])
+    with pytest.raises(ValueError, match="jsonb binary format version"):
+        jsonb_text(b'\x02{"a": 1}')
