@@ -39,6 +39,7 @@ from esctl.verify import (
     jsonb_text,
     same_json,
     verify,
+    verify_parallel,
 )
 
 
@@ -313,6 +314,26 @@ def test_shards_split_the_aggregates(
     for i, part in enumerate(parts):
         assert all(Shard(i, 3).owns(p["key"].split("}:", 1)[1]) for p in part.problems)
     assert sum(p.counts["content_differs"] for p in parts) == len(truth.commit_lists)
+
+
+def test_workers_share_one_scan_and_find_every_mismatch(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """``--workers 2``: this process scans the keyspace once and hands the pages out (each
+    worker scanning all of it for its sub-shard was twice the SCANs, and the first to finish
+    waited for the other)."""
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    execute(pg_dsn, "UPDATE event SET event_type = 'X' WHERE version = 1")
+    scans = []
+    for workers in (1, 2):
+        before = redis_client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+        summary = verify_parallel(
+            redis_test_url, VerifyOptions(app=app_name, pg_dsn=pg_dsn, page_size=7), workers=workers
+        )
+        scans.append(redis_client.info("commandstats")["cmdstat_scan"]["calls"] - before)
+        assert summary.aggregates == len(truth.commit_lists)
+        assert summary.counts["content_differs"] == summary.mismatches == len(truth.commit_lists)
+    assert scans[1] == scans[0]
 
 
 # --- JSON equality, with PostgreSQL's jsonb "=" as the oracle ------------------------------
