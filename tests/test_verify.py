@@ -18,6 +18,8 @@ import psycopg
 import pytest
 import redis
 from helpers import run_cli
+from hypothesis import given
+from hypothesis import strategies as st
 from test_migrate import (
     expected_timestamp,
     init_event_store,
@@ -32,10 +34,13 @@ from test_migrate import (
 from esctl import redisio
 from esctl.shard import Shard
 from esctl.verify import (
+    _BOOL,
     MISMATCH_KINDS,
     JsonbBytesLoader,
     VerifyOptions,
     VerifySummary,
+    _loose,
+    _loose_both,
     jsonb_text,
     same_json,
     verify,
@@ -485,3 +490,37 @@ def test_jsonb_in_binary_is_its_text_after_a_version_byte(pg_dsn: str) -> None:
             assert jsonb_text(row[0]) == bytes(row[1])
     with pytest.raises(ValueError, match="jsonb binary format version"):
         jsonb_text(b'\x02{"a": 1}')
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3) | st.text(max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _loosened(value: Any, flips: st.DataObject) -> Any:
+    """``value`` with some leaves swapped for equal ones of another type (1 -> 1.0 or True)."""
+    if isinstance(value, dict):
+        return {k: _loosened(v, flips) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_loosened(v, flips) for v in value]
+    if type(value) in (int, bool) and value in (0, 1) and flips.draw(st.booleans()):
+        return flips.draw(st.sampled_from([int(value), float(value), bool(value)]))
+    if type(value) is int and flips.draw(st.booleans()):
+        return float(value)
+    return value
+
+
+@given(value=_json_values, flips=st.data())
+def test_one_walk_over_both_sides_finds_what_two_walks_find(
+    value: Any, flips: st.DataObject
+) -> None:
+    other = _loosened(value, flips)
+    assert other == value
+    both, two = _loose_both(value, other), _loose(value) | _loose(other)
+    # a bool anywhere decides (the search ends there); else whether there is a float
+    assert both & _BOOL == two & _BOOL
+    assert two & _BOOL or both == two
