@@ -8,8 +8,15 @@ PostgreSQL's own jsonb ``=`` as the oracle.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import independent_writer as iw
@@ -17,7 +24,7 @@ import orjson
 import psycopg
 import pytest
 import redis
-from helpers import run_cli
+from helpers import cli_env, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 from test_migrate import (
@@ -524,3 +531,59 @@ def test_one_walk_over_both_sides_finds_what_two_walks_find(
     # a bool anywhere decides (the search ends there); else whether there is a float
     assert both & _BOOL == two & _BOOL
     assert two & _BOOL or both == two
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_verify_with_two_workers_kills_its_workers(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Workers waiting for pages (Redis paused, so the first process cannot scan) die with the
+    process that hands them out instead of waiting for pages forever."""
+    migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    pause_s = 6.0
+    redis_client.execute_command("CLIENT", "PAUSE", str(int(pause_s * 1000)), "ALL")
+    paused_until = time.monotonic() + pause_s
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esctl", "migrate", "verify", "--redis-url", redis_test_url,
+         "--pg-dsn", pg_dsn, "--app", app_name, "--workers", "2", "--json"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers: list[int] = []
+    try:
+        while len(workers) < 2 and time.monotonic() < paused_until - 2 and proc.poll() is None:
+            time.sleep(0.05)
+            workers = _children(proc.pid)
+        assert len(workers) == 2, proc.poll()
+        proc.kill()
+        proc.wait()
+        while [w for w in workers if _alive(w)] and time.monotonic() < paused_until - 0.5:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)]  # still paused: they were not done
+    finally:
+        proc.kill()
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+        time.sleep(max(0.0, paused_until - time.monotonic() + 0.2))  # Redis answers again
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
