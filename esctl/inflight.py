@@ -11,14 +11,19 @@ grows by itself, up to a cap that bounds memory. Design notes: docs/design/dista
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import multiprocessing
+import os
 import queue
+import signal
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -164,3 +169,47 @@ def ordered_map(
             close = getattr(source, "close", None)
             if close is not None:
                 close()  # a prefetched() source: stop its thread
+
+
+def worker_processes(
+    workers: int,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes for one command's parts: forked where fork exists (it
+    starts in milliseconds; spawn re-imports everything, ~0.5 s a worker), so ``initargs`` are
+    inherited, not pickled (a :class:`multiprocessing.Queue` may be one). Nothing should be open
+    yet that the workers would share: each opens its own connections. A worker is killed when the
+    process that started it dies (:func:`_die_with_parent`), then runs ``initializer``."""
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(os.getpid(), initializer, initargs),
+    )
+
+
+def _start_worker(
+    parent: int, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+) -> None:
+    _die_with_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a worker: be killed (SIGKILL, as a kill -9 of the whole run would) when the process
+    that started the workers dies. Without it a ``kill -9`` of ``esctl migrate --workers K``
+    left its workers migrating on, then waiting forever for work. Linux only
+    (``PR_SET_PDEATHSIG``); elsewhere a worker finishes its part first."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    pr_set_pdeathsig = 1
+    prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)

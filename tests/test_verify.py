@@ -8,8 +8,15 @@ PostgreSQL's own jsonb ``=`` as the oracle.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import independent_writer as iw
@@ -17,7 +24,9 @@ import orjson
 import psycopg
 import pytest
 import redis
-from helpers import run_cli
+from helpers import cli_env, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
 from test_migrate import (
     expected_timestamp,
     init_event_store,
@@ -31,7 +40,19 @@ from test_migrate import (
 
 from esctl import redisio
 from esctl.shard import Shard
-from esctl.verify import MISMATCH_KINDS, VerifyOptions, VerifySummary, same_json, verify
+from esctl.verify import (
+    _BOOL,
+    MISMATCH_KINDS,
+    JsonbBytesLoader,
+    VerifyOptions,
+    VerifySummary,
+    _loose,
+    _loose_both,
+    jsonb_text,
+    same_json,
+    verify,
+    verify_parallel,
+)
 
 
 def run_verify(url: str, dsn: str, app: str, **options: Any) -> VerifySummary:
@@ -307,6 +328,26 @@ def test_shards_split_the_aggregates(
     assert sum(p.counts["content_differs"] for p in parts) == len(truth.commit_lists)
 
 
+def test_workers_share_one_scan_and_find_every_mismatch(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """``--workers 2``: this process scans the keyspace once and hands the pages out (each
+    worker scanning all of it for its sub-shard was twice the SCANs, and the first to finish
+    waited for the other)."""
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    execute(pg_dsn, "UPDATE event SET event_type = 'X' WHERE version = 1")
+    scans = []
+    for workers in (1, 2):
+        before = redis_client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
+        summary = verify_parallel(
+            redis_test_url, VerifyOptions(app=app_name, pg_dsn=pg_dsn, page_size=7), workers=workers
+        )
+        scans.append(redis_client.info("commandstats")["cmdstat_scan"]["calls"] - before)
+        assert summary.aggregates == len(truth.commit_lists)
+        assert summary.counts["content_differs"] == summary.mismatches == len(truth.commit_lists)
+    assert scans[1] == scans[0]
+
+
 # --- JSON equality, with PostgreSQL's jsonb "=" as the oracle ------------------------------
 
 ORIGINAL: dict[str, Any] = {
@@ -439,3 +480,110 @@ def test_high_precision_decimals_that_differ_are_content_differs(
         row = conn.execute("SELECT event_data = %s::jsonb FROM event", (raw,)).fetchone()
     assert row == (False,)  # jsonb: a different amount
     only(run_verify(redis_test_url, pg_dsn, app_name), "content_differs", 1)
+
+
+def test_jsonb_in_binary_is_its_text_after_a_version_byte(pg_dsn: str) -> None:
+    """verify reads jsonb in binary, unparsed (esctl.verify.pg_streams): the text after the
+    format's version byte must be the ``::text`` the comparison was built on."""
+    values = ['{"b": 1, "a": [1.50, true, null]}', '{"é": "\\u00e9\\n\\"", "n": 1E+20}', "[]"]
+    with psycopg.connect(pg_dsn) as conn:
+        conn.adapters.register_loader("jsonb", JsonbBytesLoader)
+        for value in values:
+            cur = conn.execute(
+                "SELECT %s::jsonb, convert_to(%s::jsonb::text, 'UTF8')", (value,) * 2, binary=True
+            )
+            row = cur.fetchone()
+            assert row is not None
+            assert jsonb_text(row[0]) == bytes(row[1])
+    with pytest.raises(ValueError, match="jsonb binary format version"):
+        jsonb_text(b'\x02{"a": 1}')
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3) | st.text(max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _loosened(value: Any, flips: st.DataObject) -> Any:
+    """``value`` with some leaves swapped for equal ones of another type (1 -> 1.0 or True)."""
+    if isinstance(value, dict):
+        return {k: _loosened(v, flips) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_loosened(v, flips) for v in value]
+    if type(value) in (int, bool) and value in (0, 1) and flips.draw(st.booleans()):
+        return flips.draw(st.sampled_from([int(value), float(value), bool(value)]))
+    if type(value) is int and flips.draw(st.booleans()):
+        return float(value)
+    return value
+
+
+@given(value=_json_values, flips=st.data())
+def test_one_walk_over_both_sides_finds_what_two_walks_find(
+    value: Any, flips: st.DataObject
+) -> None:
+    other = _loosened(value, flips)
+    assert other == value
+    both, two = _loose_both(value, other), _loose(value) | _loose(other)
+    # a bool anywhere decides (the search ends there); else whether there is a float
+    assert both & _BOOL == two & _BOOL
+    assert two & _BOOL or both == two
+
+
+def _children(pid: int) -> list[int]:
+    """Live (not zombie) child processes of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_verify_with_two_workers_kills_its_workers(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Workers waiting for pages (Redis paused, so the first process cannot scan) die with the
+    process that hands them out instead of waiting for pages forever."""
+    migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    pause_s = 6.0
+    redis_client.execute_command("CLIENT", "PAUSE", str(int(pause_s * 1000)), "ALL")
+    paused_until = time.monotonic() + pause_s
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esctl", "migrate", "verify", "--redis-url", redis_test_url,
+         "--pg-dsn", pg_dsn, "--app", app_name, "--workers", "2", "--json"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers: list[int] = []
+    try:
+        while len(workers) < 2 and time.monotonic() < paused_until - 2 and proc.poll() is None:
+            time.sleep(0.05)
+            workers = _children(proc.pid)
+        assert len(workers) == 2, proc.poll()
+        proc.kill()
+        proc.wait()
+        while [w for w in workers if _alive(w)] and time.monotonic() < paused_until - 0.5:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)]  # still paused: they were not done
+    finally:
+        proc.kill()
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+        time.sleep(max(0.0, paused_until - time.monotonic() + 0.2))  # Redis answers again
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"

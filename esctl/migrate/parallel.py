@@ -4,19 +4,15 @@ one combined summary. Why the workers are forked: docs/design/migrate.md, "Sever
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
-import os
 import queue
-import signal
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import fields, replace
 from typing import Any
 
-from esctl import redisio
+from esctl import inflight, redisio
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.run import migrate_redis_to_pg
 from esctl.migrate.runs import quarantine_query
@@ -63,19 +59,11 @@ def migrate_parallel(
     parts = [replace(opts, shard=shard) for shard in opts.shard.split(workers)]
     connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
     # Forked (docs/design/migrate.md): each worker opens its own connections.
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with contextlib.ExitStack() as stack:
         progress = None
         if on_progress is not None:
-            progress = stack.enter_context(context.Manager()).Queue()
-        pool = stack.enter_context(
-            ProcessPoolExecutor(
-                len(parts),
-                mp_context=context,
-                initializer=_die_with_parent,
-                initargs=(os.getpid(),),
-            )
-        )
+            progress = stack.enter_context(multiprocessing.Manager()).Queue()
+        pool = stack.enter_context(inflight.worker_processes(len(parts)))
         futures = [
             pool.submit(_migrate_in_process, redis_url, connect, part, index, progress)
             for index, part in enumerate(parts)
@@ -88,23 +76,6 @@ def migrate_parallel(
         if error is not None:
             raise error
     return _combined(opts, parts, [f.result() for f in futures], time.monotonic() - started)
-
-
-def _die_with_parent(parent: int) -> None:
-    """In a worker: be killed (SIGKILL, as a kill -9 of the whole run would) when the process
-    that started the workers dies. Without it a ``kill -9`` of ``esctl migrate --workers K``
-    left its workers migrating on, then waiting forever for work. Linux only
-    (``PR_SET_PDEATHSIG``); elsewhere a worker finishes its part first."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return
-    pr_set_pdeathsig = 1
-    prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
 
 
 def _relay_progress(
