@@ -46,8 +46,8 @@ def verify_command(
             metavar="N",
             min=1,
             max=32,
-            help="Processes comparing in parallel, each taking a sub-shard of the aggregates "
-            "(default: 2 where there are 2 or more CPUs).",
+            help="Processes comparing in parallel, each taking the next page of aggregates "
+            "from one scan (default: 2 where there are 2 or more CPUs).",
             show_default=False,
         ),
     ] = defaults.verify_workers_default(),
