@@ -586,3 +586,42 @@ def test_the_fast_base64_decoder_accepts_nothing_binascii_refuses(text: str) -> 
     except (binascii.Error, ValueError):
         return
     assert fast == binascii.a2b_base64(data, strict_mode=True)
+
+
+def _inflate_with(module: Any, data: bytes) -> bytes | str:
+    try:
+        return bytes(module.decompress(data, wbits=31))
+    except module.error as exc:
+        return f"error {str(exc).split(':')[0]}"
+
+
+@settings(max_examples=300)
+@given(
+    st.binary(max_size=3000),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=4),
+    st.integers(-40, 40),
+    st.binary(max_size=30),
+)
+def test_gunzip_inflates_and_refuses_exactly_what_zlib_does(
+    plain: bytes, flips: list[tuple[int, int]], cut: int, tail: bytes
+) -> None:
+    """gunzip_base64 inflates with zlib-ng (issue 17): on gzip streams, damaged ones, cut ones
+    and ones with bytes after them, it gives what zlib gives or refuses what zlib refuses."""
+    from zlib_ng import zlib_ng
+
+    data = bytearray(zlib.compress(plain, wbits=31) if plain else b"\x1f\x8b")
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    stream = bytes(data[: len(data) + cut] if cut < 0 else data) + tail
+    assert _inflate_with(zlib_ng, stream) == _inflate_with(zlib, stream)
+    stored = base64.b64encode(stream)
+    try:
+        ours: bytes | None = codec.gunzip_base64(stored)
+    except codec.GUNZIP_ERRORS:
+        ours = None
+    try:
+        theirs: bytes | None = zlib.decompress(base64.b64decode(stored), wbits=31)
+    except zlib.error:
+        theirs = None
+    assert ours == theirs

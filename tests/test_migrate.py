@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import independent_writer as iw
@@ -37,7 +37,7 @@ from psycopg.conninfo import make_conninfo
 from esctl import pg, redisio
 from esctl.codec import parse_timestamp
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
-from esctl.migrate.rows import PG_EPOCH
+from esctl.migrate.rows import PG_EPOCH, pg_microseconds
 from esctl.shard import Shard
 from esctl.streams import StreamProblem, build_stream, validate_stream
 from esctl.verify import VerifyOptions, verify
@@ -1254,3 +1254,21 @@ def test_a_rows_time_stamp_is_the_instant_the_codec_reads(digits: int, offset: s
     fast = clean_rows("t", [text.encode()])
     assert fast is not None
     assert binary_row(fast[1][0])[0] == parse_timestamp(json.loads(text)["TimeStamp"])
+
+
+@given(
+    st.datetimes(
+        timezones=st.sampled_from(
+            [
+                UTC,
+                timezone(timedelta(hours=-5, minutes=-30)),
+                timezone(timedelta(hours=14)),
+            ]
+        )
+    )
+)
+def test_pg_microseconds_counts_every_microsecond_from_postgres_epoch(moment: datetime) -> None:
+    delta = moment - PG_EPOCH
+    assert pg_microseconds(moment) == (
+        (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    )

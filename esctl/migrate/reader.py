@@ -8,8 +8,9 @@ and how payloads are read in chunks: docs/design/migrate.md, "Reading".
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -22,6 +23,31 @@ from esctl.streams import Stream, StreamProblem, build_stream, validate_stream
 Migrated = tuple[int, str, str]
 """What esctl.migrated_stream holds of an aggregate: (commits migrated, last commit id,
 aggregate type)."""
+
+READ_AHEAD_BATCHES = 2
+"""A SCAN page's payloads are read ahead of its checks when it names at most this many batches'
+worth of events; a larger page's are fetched a batch at a time as its checks reach them."""
+
+
+@dataclass
+class _Page:
+    """What one SCAN page needs from Redis and esctl's bookkeeping, read before (or, ahead of
+    the checks, while an earlier page is) checked: nothing in it changes the reader's state
+    until :meth:`Reader._add_read_page` applies it."""
+
+    unreadable: list[str] = field(default_factory=list)
+    """Aggregate ids that are not UTF-8 (not read)."""
+    known: dict[str, Migrated] = field(default_factory=dict)
+    todo: list[str] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    unchanged: int = 0
+    unchanged_commits: int = 0
+    shrunk: list[tuple[str, int, int]] = field(default_factory=list)
+    """(aggregate id, commit list length, commits migrated) of lists shorter than migrated."""
+    lists: list[list[str]] = field(default_factory=list)
+    values: list[bytes | None] | None = None
+    """The payloads of every commit of ``lists`` when read ahead (else fetched in chunks)."""
+    where: list[str | None] = field(default_factory=list)
 
 
 def migrated_streams(
@@ -58,6 +84,7 @@ class Reader:
         self.conn = conn
         self.state_present = state_present
         self.pacer = redisio.LatencyPacer(client, opts.rate, opts.max_redis_latency_ms)
+        self._conn_lock = threading.Lock()
         self.unchanged = 0
         self.commits_seen = 0
         self.held: dict[str, int | None] | None = None
@@ -98,13 +125,23 @@ class Reader:
                 start=start,
             )
         )
+        # and the next pages' Redis reads while this one is checked, unless they are paced
+        paced = self.opts.rate or self.opts.max_redis_latency_ms
+        reads = (
+            ((position, self._read_page(keys, ahead=False)) for position, keys in pages)
+            if paced
+            else inflight.ordered_map(lambda item: (item[0], self._read_page(item[1])), pages)
+        )
         before = start.encode()
-        for position, keys in pages:
-            yield from self._add_page(keys, before)
-            before = replace(position, epoch=start.epoch).encode()
-            self._batch.position = before
-            if self._full():
-                yield self._seal(before)
+        try:
+            for position, page in reads:
+                yield from self._add_read_page(page, before)
+                before = replace(position, epoch=start.epoch).encode()
+                self._batch.position = before
+                if self._full():
+                    yield self._seal(before)
+        finally:
+            reads.close()
         if self._batch.aggregates or self._batch.position != start.encode():
             yield self._batch
 
@@ -138,11 +175,38 @@ class Reader:
         self._batch.quarantined.append(Quarantined(aggregate_id, key, 0, [problem], commits))
 
     def _add_page(self, keys: list[str], page_start: str) -> Iterator[Batch]:
+        yield from self._add_read_page(self._read_page(keys, ahead=False), page_start)
+
+    def _read_page(self, keys: list[str], *, ahead: bool = True) -> _Page:
+        """The Redis reads (and bookkeeping lookup) of one page; on a thread of
+        :func:`esctl.inflight.ordered_map` when ``ahead``, so it changes nothing of the
+        reader's. ``ahead``: also its payloads, when there are not too many of them."""
         app = self.opts.app
+        page = _Page()
         ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
         ids = [a for a in ids if self.opts.shard.owns(a)]
-        for aggregate_id in [a for a in ids if not redisio.is_utf8(a)]:
-            ids.remove(aggregate_id)
+        page.unreadable = [a for a in ids if not redisio.is_utf8(a)]
+        if page.unreadable:
+            ids = [a for a in ids if redisio.is_utf8(a)]
+        if not ids:
+            return page
+        with self._conn_lock:  # (pages read ahead share the reader's connection)
+            page.known = self.migrated(ids)
+        self._to_read(page, ids)
+        if not page.todo:
+            return page
+        keys_todo = [layout.commit_list_key(app, a) for a in page.todo]
+        page.lists = storereads.commit_lists(self.client, keys_todo, page.starts)
+        if ahead and sum(map(len, page.lists)) <= READ_AHEAD_BATCHES * self.opts.batch_size:
+            page.values, page.where = storereads.fetch_values(
+                self.client, app, [c for commit_ids in page.lists for c in commit_ids]
+            )
+        return page
+
+    def _add_read_page(self, page: _Page, page_start: str) -> Iterator[Batch]:
+        """Check a page read by :meth:`_read_page` into batches."""
+        app = self.opts.app
+        for aggregate_id in page.unreadable:
             if self.held is not None and redisio.printable(aggregate_id) in self.held:
                 continue
             self._quarantine_whole(
@@ -155,39 +219,56 @@ class Reader:
                 ),
                 None,
             )
-        if not ids:
+        self.unchanged += page.unchanged
+        self.commits_seen += page.unchanged_commits
+        for aggregate_id, length, done in page.shrunk:
+            self._quarantine_whole(
+                aggregate_id,
+                layout.commit_list_key(app, aggregate_id),
+                StreamProblem(
+                    "commit_list_shrunk",
+                    f"the commit list has {length} entries but {done} were migrated",
+                ),
+                length,
+            )
+        if not page.todo:
             return
-        known = self.migrated(ids)
-        todo, starts = self._to_read(ids, known)
-        if not todo:
-            return
+        todo, starts, lists = page.todo, page.starts, page.lists
         keys_todo = [layout.commit_list_key(app, a) for a in todo]
-        lists = storereads.commit_lists(self.client, keys_todo, starts)
         self.commits_seen += sum(starts)
         # Payloads are fetched in chunks of about a batch, so memory stays bounded by the batch
         # size (or the largest aggregate) rather than by what one SCAN page names.
         chunk: list[int] = []
         chunk_events = 0
+        offset = 0
         for index, commit_ids in enumerate(lists):
             chunk.append(index)
             chunk_events += len(commit_ids)
             if chunk_events >= self.opts.batch_size or index == len(lists) - 1:
+                fetched = None
+                if page.values is not None:
+                    end = offset + chunk_events
+                    fetched = (page.values[offset:end], page.where[offset:end])
+                    offset = end
                 yield from self._add_chunk(
                     [todo[i] for i in chunk],
                     [keys_todo[i] for i in chunk],
                     [starts[i] for i in chunk],
                     [lists[i] for i in chunk],
-                    known,
+                    page.known,
                     page_start,
+                    fetched,
                 )
                 chunk, chunk_events = [], 0
 
-    def _to_read(self, ids: list[str], known: dict[str, Migrated]) -> tuple[list[str], list[int]]:
-        """The aggregates of a page to read, and the commit-list entry to read each from.
-        Only aggregates migrated before, or held (quarantined earlier by this follower), need
-        their length first (to skip unchanged ones); the others are read whole."""
+    def _to_read(self, page: _Page, ids: list[str]) -> None:
+        """The aggregates of a page to read (``page.todo``), and the commit-list entry to read
+        each from (``page.starts``); the unchanged and shrunk ones. Only aggregates migrated
+        before, or held (quarantined earlier by this follower), need their length first (to
+        skip unchanged ones); the others are read whole."""
         app = self.opts.app
         held = self.held or {}
+        known = page.known
         measured = [a for a in ids if a in known or a in held]
         lengths = dict(
             zip(
@@ -198,37 +279,26 @@ class Reader:
                 strict=True,
             )
         )
-        todo: list[str] = []
-        starts: list[int] = []
         for aggregate_id in ids:
             # (the follower's writer threads add to ``held`` meanwhile: one lookup each)
             length = lengths.get(aggregate_id)
             if length is not None and held.get(aggregate_id, -1) == length:
-                self.unchanged += 1  # quarantined by this follower, and unchanged since
-                self.commits_seen += length
+                page.unchanged += 1  # quarantined by this follower, and unchanged since
+                page.unchanged_commits += length
                 continue
             if aggregate_id not in known:
-                todo.append(aggregate_id)
-                starts.append(0)
+                page.todo.append(aggregate_id)
+                page.starts.append(0)
                 continue
             done, length = known[aggregate_id][0], lengths[aggregate_id]
             if length == done:
-                self.unchanged += 1
-                self.commits_seen += length
+                page.unchanged += 1
+                page.unchanged_commits += length
             elif length < done:
-                self._quarantine_whole(
-                    aggregate_id,
-                    layout.commit_list_key(app, aggregate_id),
-                    StreamProblem(
-                        "commit_list_shrunk",
-                        f"the commit list has {length} entries but {done} were migrated",
-                    ),
-                    length,
-                )
+                page.shrunk.append((aggregate_id, length, done))
             else:
-                todo.append(aggregate_id)
-                starts.append(done - 1)  # the last migrated commit, to check continuity
-        return todo, starts
+                page.todo.append(aggregate_id)
+                page.starts.append(done - 1)  # the last migrated commit, to check continuity
 
     def _add_chunk(
         self,
@@ -238,11 +308,14 @@ class Reader:
         lists: list[list[str]],
         known: dict[str, Migrated],
         page_start: str,
+        fetched: tuple[list[bytes | None], list[str | None]] | None = None,
     ) -> Iterator[Batch]:
         flat = [c for commit_ids in lists for c in commit_ids]
         self.commits_seen += len(flat)
-        self.pacer.wait(len(flat))
-        values, where = storereads.fetch_values(self.client, self.opts.app, flat)
+        if fetched is None:
+            self.pacer.wait(len(flat))
+            fetched = storereads.fetch_values(self.client, self.opts.app, flat)
+        values, where = fetched
         offset = 0
         for aggregate_id, key, start, commit_ids in zip(ids, keys, starts, lists, strict=True):
             end = offset + len(commit_ids)

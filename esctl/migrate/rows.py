@@ -9,7 +9,7 @@ import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from esctl.codec import event_type_from_type_name
 from esctl.streams import Stream, StreamProblem, clean_payloads, postgres_problem
@@ -93,10 +93,13 @@ _JSONB_HEADER = struct.Struct(">ib").pack
 _FIELD_LENGTH = struct.Struct(">i").pack
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def pg_microseconds(moment: datetime) -> int:
-    """A time as PostgreSQL's binary timestamptz holds it: microseconds since 2000-01-01 UTC."""
-    delta = moment - PG_EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    """A time as PostgreSQL's binary timestamptz holds it: microseconds since 2000-01-01 UTC
+    (a timedelta divided by a timedelta is an exact int, in one C call)."""
+    return (moment - PG_EPOCH) // _MICROSECOND
 
 
 def copy_field(text: str) -> bytes:

@@ -53,8 +53,8 @@ def _lines(prefix: bytes, rows: list[str] | list[bytes]) -> bytes:
     if not rows:
         return b""
     if isinstance(rows[0], bytes):
-        return prefix + prefix.join(rows)
-    return prefix + prefix.join(row.encode("utf-8") for row in rows)
+        return prefix.join([b"", *rows])  # (``prefix + prefix.join(rows)`` copies it all twice)
+    return prefix.join([b"", *(row.encode("utf-8") for row in rows)])
 
 
 def _copy(
@@ -73,12 +73,13 @@ def _copy(
             buffer.append(chunk)
             size += len(chunk)
             if size > COPY_CHUNK_BYTES:
-                copy.write(b"".join(buffer))
+                # a memoryview: psycopg hands it to libpq in slices, which of bytes are copies
+                copy.write(memoryview(b"".join(buffer)))
                 buffer, size = [], 0
         if binary:
             buffer.append(COPY_BINARY_TRAILER)
         if buffer:
-            copy.write(b"".join(buffer))
+            copy.write(memoryview(b"".join(buffer)))
 
 
 def _by_format(

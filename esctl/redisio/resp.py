@@ -25,6 +25,12 @@ URL's ``ssl_*`` parameters, its CA, client certificate and hostname check). Fals
 through redis-py's pipelines; bench/bench_tls.py compares the two."""
 
 
+RECEIVE_BYTES = 1 << 20
+"""The most one ``recv`` on a raw connection reads."""
+FEED_BYTES = 16 << 10
+"""How much of a read is handed to the hiredis parser at a time (:meth:`_RawConnection.receive`)."""
+
+
 def _as_resp2(reply: Any) -> Any:
     """Undo redis-py's reply callbacks where they change a reply's shape: a dict (HGETALL) back
     to its flat field, value list, a set (SMEMBERS) to a list, and a SCAN-family
@@ -39,11 +45,23 @@ def _as_resp2(reply: Any) -> Any:
     return reply
 
 
+_THREE = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+
+
 def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
     """RESP encoding of ``commands`` in one buffer (hot path: no per-argument calls)."""
     parts: list[bytes] = []
     append = parts.append
     for command in commands:
+        if len(command) == 3:
+            # (HGET, LINDEX, SISMEMBER, ... with text arguments: the bulk of pipelined reads)
+            name, key, field = command
+            if type(name) is str and type(key) is str and type(field) is str:
+                a = name.encode("utf-8", "surrogateescape")
+                b = key.encode("utf-8", "surrogateescape")
+                c = field.encode("utf-8", "surrogateescape")
+                append(_THREE % (len(a), a, len(b), b, len(c), c))
+                continue
         append(b"*%d\r\n" % len(command))
         for arg in command:
             if type(arg) is str:
@@ -86,6 +104,9 @@ class _RawConnection:
             )
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = hiredis.Reader()
+        self.buffer = bytearray(RECEIVE_BYTES)
+        self.received = self.fed = 0
+        """``buffer[fed:received]``: read from the socket, not yet fed to hiredis."""
         self.readonly = readonly
         hello: list[tuple[Any, ...]] = []
         if kwargs.get("password"):
@@ -112,16 +133,29 @@ class _RawConnection:
         self.sock.sendall(pack_commands(commands))
 
     def receive(self, want: int) -> list[Any]:
-        """The next ``want`` replies (for commands already sent)."""
+        """The next ``want`` replies (for commands already sent).
+
+        What one ``recv`` brings (up to :data:`RECEIVE_BYTES`) is fed to hiredis
+        :data:`FEED_BYTES` at a time: after each reply hiredis moves the bytes it has not
+        parsed yet to the front of its buffer, so feeding it a large read at once costs a
+        copy of the rest of the read per reply (measured 3.5 µs per 700-byte reply from a
+        900 KB read, 0.2 µs from 16 KB slices)."""
         replies: list[Any] = []
         gets = self.reader.gets
+        feed = self.reader.feed
+        buffer = self.buffer
         while len(replies) < want:
             reply = gets()
             if reply is False:
-                data = self.sock.recv(1 << 20)
-                if not data:
+                if self.fed < self.received:
+                    size = min(FEED_BYTES, self.received - self.fed)
+                    feed(buffer, self.fed, size)  # type: ignore[arg-type]  # any buffer (stub: bytes)
+                    self.fed += size
+                    continue
+                received = self.sock.recv_into(buffer)
+                if not received:
                     raise redis.exceptions.ConnectionError("Redis closed the connection")
-                self.reader.feed(data)
+                self.received, self.fed = received, 0
                 continue
             replies.append(reply)
         return replies
