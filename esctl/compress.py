@@ -1,41 +1,9 @@
 """``compress``: gzip+base64 in place the event and snapshot payloads the library left plain.
 
-The library compresses a payload whose UTF-8 size exceeds a threshold (1,000 bytes by default)
-only when it writes it, and only when the service has the setting on; stores that ran without
-it hold plain payloads that would take about half the memory compressed. This module rewrites
-them as .NET's GZipStream + base64 write them (:func:`esctl.codec.gzip_base64`: zlib's deflate
-at the default level, a gzip header with no flags and mtime 0), so services read the same text
-through their usual rule (``H4sI`` → gunzip). The header's two bytes that differ between the
-library's writers, the extra flags and the OS byte (``0x03`` from a service on Linux, ``0x0a``
-on Windows), are copied from the compressed values already in the store (the majority of a
-sample: :func:`choose_gzip_header`); ``gzip_os`` chooses the OS byte, and a store without any
-compressed value gets ``0x03``. The deflate data itself is zlib's: a service's runtime may
-bundle another zlib build, whose bytes for the same text can differ (its text cannot).
-
-Promises:
-
-- **Never overwrites a concurrent write.** Values are read with HSCAN; each rewrite is a
-  server-side compare-and-set per field (:data:`COMPARE_AND_SET`, one hash key per call, so it
-  is cluster-safe): the new value is written only if the field still holds exactly the value
-  read. A field a service changed or deleted meanwhile keeps the service's value and is counted
-  ``changed_concurrently``.
-- **Never writes what the library could not read back.** Every new value is decoded with the
-  library's reading rule (:func:`esctl.codec.decode_value`) before it is sent, and must give the
-  identical text; otherwise the field is left alone and reported (``roundtrip_mismatch``).
-- **Idempotent, safe to interrupt.** Each compare-and-set is atomic; a rerun skips what is
-  compressed already (values starting with ``H4sI``), so Ctrl-C or a lost connection leaves a
-  consistent store and the same command finishes the job.
-- **Only payloads.** Event hashes (partitioned ``EventStore:APP:P`` and legacy
-  ``EventStore:APP``) and snapshot hashes (``Snapshots:APP:P``); commit lists and queues are
-  never touched (queued messages must stay plain: subscribers read them uncompressed).
-- **The whole store, on a cluster too.** Payload hashes are found by SCAN on every primary;
-  each compare-and-set touches one hash, so one slot. A plain connection to one node of a
-  cluster is refused (ConfigError): it would see only that node's hashes.
-- One run per app at a time: a Redis lock ``esctl:lock:compress:{APP}`` (``SET NX PX``,
-  renewed while the run lasts, gone 30 s after a crash); :class:`~esctl.errors.LockHeld` when
-  another run holds it. A dry run takes no lock and writes nothing.
-
-This module never prints or exits; the CLI renders what it returns.
+Values are rewritten as .NET's GZipStream + base64 write them (the store's own gzip header
+bytes), each by a compare-and-set that never overwrites a concurrent write, and only after the
+library's reading rule gives the identical text back; idempotent and safe to interrupt. Never
+prints or exits. Design: docs/design/compress.md.
 """
 
 from __future__ import annotations

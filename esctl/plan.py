@@ -1,21 +1,9 @@
 """``migrate plan``: estimate what a migration of one application will move, how large it will
 be in PostgreSQL and how long it will take, before running it.
 
-Promises:
-
-- **Read-only on Redis.** One SCAN of the application's commit lists with pipelined LLEN gives
-  the exact number of aggregates and events (a key SCAN returns twice while Redis resizes its
-  table is counted twice); a uniform random sample of aggregates (reservoir sampling, memory
-  bounded by the sample size) is read whole, as the migration reads it, for everything else.
-- **Byte figures are extrapolated** from the sample by events: ``sample bytes / sample events
-  * events``. With a sample at least as large as the store they are exact.
-- **Nothing remains in PostgreSQL.** The trial writes the sample's clean aggregates with the
-  migration's own writer (:class:`esctl.migrate.BatchWriter`, the same COPY path and session
-  settings) into a copy of the library's tables in a schema of its own, created inside one
-  transaction that is rolled back: the tables, their sequences and their files vanish with it.
-  The target schema is only inspected (its tables are never written, locked or their sequences
-  advanced), so a migration running at the same time is not disturbed. The writer's session-level
-  staging table goes when its connection closes.
+Read-only on Redis (one SCAN with LLEN, then a random sample read whole); the sample is written
+by the migration's own writer into a scratch schema inside a transaction that is rolled back.
+Design: docs/design/plan.md.
 """
 
 from __future__ import annotations

@@ -1,41 +1,9 @@
 """``migrate prune``: free Redis memory by deleting events that PostgreSQL holds identically.
 
-Promises:
-
-- **Only what verifies identical right now.** Per SCAN page of commit lists, the aggregates'
-  streams are read and compared with their PostgreSQL rows by :mod:`esctl.verify`'s comparison;
-  only aggregates identical in every event (count, versions, types, time stamps, JSON content)
-  are candidates. Everything else is left alone and counted: not migrated yet (expected while a
-  migration is partial), unmigratable (migrate quarantines them), or a mismatch (reported).
-- **Atomic guard per aggregate.** A candidate's commit list is deleted by a server-side script
-  on that one key (cluster-safe) only if it still has the verified length, first and last
-  commit id; an aggregate that gained a commit since it was read is left untouched and reported
-  as ``changed_since_verify``. Only after its list is gone are the payload fields deleted from
-  their hashes (pipelined): nothing names them any more, so no reader can see a half-deleted
-  stream.
-- **Crash-safe.** Before a page's deletes, its candidates' hash fields are recorded in
-  ``esctl.prune_pending`` (PostgreSQL, committed); the record is removed once the fields are
-  deleted. A run killed between the two steps leaves orphan fields (unreachable payloads, not
-  events); the next prune of the same app finds the record and deletes exactly those fields
-  whose commit list is gone, before doing anything else.
-- **Backup first.** With a backup file, every event about to be deleted (app, aggregate id,
-  commit list key and index, commit id, hash key, the stored value byte for byte) is written as
-  a zstd-compressed JSON line, one complete zstd frame per page, flushed and fsynced (the file
-  and its directory) before that page's deletes. The file is created new (never overwritten)
-  with mode 0600.
-- **Transforms.** With ``transforms`` (the rules file migrate used), an aggregate is a candidate
-  only when PostgreSQL holds exactly what the rules make of its Redis stream (as
-  ``migrate verify --transforms`` compares). The rules' fingerprint must equal the one migrate
-  recorded (esctl.migrated_stream.transforms), and a prune without rules of a transformed
-  migration is refused: either would find everything different, or worse, the same for the
-  wrong reason. An aggregate whose events the rules all leave out (absent from PostgreSQL by
-  design) is deleted only with ``include_left_out`` and a backup file, and only once migrate
-  recorded all its commits; otherwise it is kept and counted (``aggregates_left_out_kept``).
-- **Never touches queues or snapshots**: only ``{EventStore:APP}:*`` commit lists and fields of
-  ``EventStore:APP:P`` / ``EventStore:APP`` are deleted.
-
-Prune makes the events unreadable for a service still reading from Redis: run it only once the
-services read their events from PostgreSQL (the library's SQL provider).
+Only aggregates that verify identical right now are deleted, each behind an atomic guard on its
+commit list, journalled in ``esctl.prune_pending`` and, with a backup file, backed up first;
+queues and snapshots are never touched. Run it only once services read from PostgreSQL.
+Design: docs/design/prune.md.
 """
 
 from __future__ import annotations

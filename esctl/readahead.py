@@ -1,19 +1,8 @@
 """Read ahead in a second process: a producer (reading Redis) runs in a forked child and hands
 its items to this process through a pipe, so reading and the caller's work (decoding, matching,
-writing) overlap on two CPUs instead of taking turns on one.
-
-Why a process and not a thread: both halves are Python code that holds the GIL most of the time
-(packing commands and parsing replies on one side, JSON on the other). A reader thread measured
-no faster (see :meth:`esctl.query.RedisQuery._read_pages`).
-
-Memory stays bounded: the child blocks writing into the pipe until this process has read the
-previous item, so at most about two items exist at a time (one being built, one being used).
-
-Lifetime: the child never outlives its use. When the consumer stops early (``--limit``,
-``| head``, an error, Ctrl-C) the child is killed and reaped; when this process dies, the
-child's next write fails (the pipe has no reader) and it exits. The child ignores SIGINT so a
-Ctrl-C is handled once, here. Errors raised in the child are raised here, unchanged when they
-can be pickled.
+writing) overlap on two CPUs instead of taking turns on one. At most about two items exist at
+a time; the child never outlives its use; its errors are raised here.
+Design: docs/design/query.md, "Reading ahead".
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
 """The one CLI context: the connection and scope options, declared once, given to each command
 as one object that resolves its settings and opens Redis only when the command asks.
 
-The design, with Typer's public API only: ``@with_context(Scope.REDIS | Scope.ENV)`` under
-``@app.command(...)`` takes a function whose first parameter is a :class:`Context` and gives
-Typer a wrapper whose signature is the function's own parameters followed by the shared
-options the scope names (``options.py``'s ``Annotated`` aliases: their names, help, defaults
-and environment variables), as a real ``__signature__`` and real ``__annotations__``, which
-Typer reads through ``inspect.signature`` and ``typing.get_type_hints``. They are the
-command's own options, so they are accepted after the subcommand, and they always come in one
-order in ``--help``. When Typer calls the wrapper, it takes those options out, builds the
-Context and runs the function inside the one error wrapper (``errors.reporting``), so no
-command body handles errors itself.
-
-Nothing is resolved or opened before the command asks: ``ctx.settings`` resolves once
-(option > environment variable > profile in the config file > default); ``ctx.app`` and
-``ctx.env`` require their setting (a ConfigError naming ``--app`` / ``ESCTL_APP``);
-``ctx.redis`` connects on first use; PostgreSQL is never opened here, only its DSN resolved,
-for the core function that opens it. A ``queue`` command never touches PostgreSQL, ``config
-show`` opens nothing. A command asks for what it requires (``ctx.app``) before it asks for a
-connection, so a missing ``--app`` is reported before an unreachable server. As rq's
-``CliConfig`` (lazy ``connection``) and hf's shared option aliases, without global state:
-each invocation has its own Context.
+``@with_context(scope)`` under ``@app.command(...)`` adds the scope's shared options to the
+command's signature and runs it inside the one error wrapper. Design: docs/design/cli.md.
 """
 
 from __future__ import annotations

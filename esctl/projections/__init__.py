@@ -1,75 +1,16 @@
 """Projections: Python read models fed by ``esctl replay --to projection``.
 
-**The protocol.** ``--projection SPEC`` names the projection: ``MODULE:CALLABLE``
-(``mypkg.read_models:ScoreBoard``), ``path/to/file.py:CALLABLE``, or just ``MODULE`` /
-``path/to/file.py``, which use the module's ``projection`` attribute. What SPEC names is one of
+``--projection SPEC`` (``MODULE:CALLABLE``, ``path/to/file.py:CALLABLE``, or a module/file with a
+``projection`` attribute) names a function taking one :class:`Event`, an object with
+``handle(event)`` and optional ``setup(ctx)``, ``flush(ctx)``, ``teardown(ctx)``, or a class of
+such objects (instantiated once, without arguments). ``setup`` runs once in its own transaction;
+each batch is ``handle`` per event, ``flush``, the checkpoint, COMMIT, all in one transaction
+reached through ``ctx.conn`` (a :class:`ProjectionContext`; never commit yourself); ``teardown``
+runs once at the end, also after a failure. With ``--checkpoint`` every event's effect on your
+tables happens exactly once. Sharded runs must not TRUNCATE in ``setup``.
 
-- a **function** taking one :class:`Event` (``def project(event): ...``): the whole projection;
-- an **object** with ``handle(event)`` and, optionally, ``setup(ctx)``, ``flush(ctx)`` and
-  ``teardown(ctx)``;
-- a **class** of such objects: it is instantiated once per run, without arguments.
-
-The replay calls, in this order:
-
-1. ``setup(ctx)`` once, in a transaction of its own that also creates (or, with ``--reset``,
-   resets) the checkpoint: create your tables here; when ``ctx.fresh`` is true the replay starts
-   from the beginning of the selection, so a projection that owns its tables empties them.
-2. For every batch (``--batch-size`` events, default 1,000): ``handle(event)`` for each event,
-   in replay order, then ``flush(ctx)``, then esctl stores the checkpoint position, then
-   COMMIT. ``ctx.conn`` is a psycopg connection that is *inside the batch's transaction* the
-   whole time (also for an object that kept the ``ctx`` it got in ``setup`` and uses it in
-   ``handle``). Do not commit or roll back yourself.
-3. ``teardown(ctx)`` once at the end (also after a failure), in a transaction of its own.
-
-So write to PostgreSQL only through ``ctx.conn``, and either write in ``handle`` or keep what
-``handle`` gathered in memory and write it in ``flush`` (then forget it). With ``--checkpoint
-NAME`` the position is stored in ``esctl.projection_checkpoint`` in the same transaction as the
-batch's writes: a run that crashes or is ``kill -9``-ed loses exactly its uncommitted batch, a
-rerun with the same name continues after the last committed one, and so every event's effect on
-your tables happens exactly once. (Effects outside that transaction, such as HTTP calls or files,
-are at-least-once.)
-
-**Shards.** ``--shard I/N`` runs N processes side by side, each feeding the events of its own
-aggregates (``CRC-32(id) mod N``; every event of an aggregate goes to one shard, in version
-order) through its own instance of the projection, each with its own checkpoint. Their batches
-are concurrent transactions on your tables, so: do not TRUNCATE in a sharded ``setup`` (the
-other shards' committed work would go) but, when ``ctx.fresh``, remove only what this shard
-wrote before (rows of ``ctx.shard.owns(aggregate_id)``, or the shard's own share of a total,
-see :mod:`esctl.projections.event_counts`); make counters additive upserts (``ON CONFLICT ...
-DO UPDATE SET n = t.n + excluded.n``), never read-modify-write; and write many rows in one
-sorted order (by key), so two shards' batches wait for each other instead of deadlocking.
-
-**Failures.** An exception from ``handle`` stops the replay: the batch is rolled back, the
-checkpoint stays at the last committed batch, and the error names the aggregate id, version and
-your exception. With ``--skip-errors`` each ``handle`` call runs inside a savepoint (two extra
-round trips per event): a failing event's database writes are undone, the event is recorded in
-``esctl.projection_dead_letter`` (in the batch's transaction) and the replay goes on. Changes
-your object made in memory before raising are not undone: raise before changing state. An
-exception from ``flush`` stops the replay (it cannot be pinned on one event).
-
-**Events** are :class:`Event` objects: ``aggregate_id``, ``aggregate_type``, ``version``,
-``event_type`` (.NET ``Type.Name``), ``timestamp`` (the payload's ``TimeStamp`` text, seven
-digits and offset), ``moment`` (that instant as an aware datetime, truncated to the microsecond),
-``text`` (the payload JSON: from Redis the exact stored text, decompressed; from PostgreSQL
-``event_data`` as PostgreSQL prints it), ``data`` (the parsed payload, a dict), ``commit_id``
-(Redis only) and ``position`` (the event's place in the replay order, what a checkpoint stores).
-
-A minimal projection::
-
-    # myprojections.py  --  esctl replay --from pg --all --to projection \\
-    #     --projection myprojections.py:ScoreTotals --checkpoint score-totals
-    class ScoreTotals:
-        def setup(self, ctx):
-            ctx.conn.execute("CREATE TABLE IF NOT EXISTS score_totals"
-                             " (item text PRIMARY KEY, total bigint NOT NULL)")
-            if ctx.fresh:
-                ctx.conn.execute("TRUNCATE score_totals")
-
-        def handle(self, event):
-            if event.event_type == "ItemScoreUpdated":
-                self.ctx.conn.execute(...)  # or gather in memory and write in flush()
-
-:mod:`esctl.projections.event_counts` is a complete, working example.
+The whole contract (order of calls, shards, failures, the fields of an event, an example):
+docs/projections.md. A complete example: :mod:`esctl.projections.event_counts`.
 """
 
 from __future__ import annotations

@@ -3,26 +3,8 @@
     esctl replay --from pg --all --to projection --projection esctl.projections.event_counts \\
         --checkpoint event-counts
 
-fills ``projections.event_counts (event_type, day, events)``, ``day`` being the UTC date of the
-event's ``TimeStamp``. The tables (and the ``projections`` schema) are created in ``setup``;
-``handle`` only counts in memory; ``flush`` adds the batch's counts inside the batch's
-transaction, so with ``--checkpoint`` every event is counted exactly once even if the run is
-killed and resumed.
-
-**Shards.** ``--shard I/N`` processes can fill the table together (each with its own
-checkpoint): their batches add to the same rows with additive upserts, in one key order, so
-concurrent batches wait for each other and never lose a count or deadlock. Each run also adds
-its counts to its own share, ``projections.event_counts_by_shard (shard, event_type, day,
-events)``, so that a run that starts from the beginning (no checkpoint, a new one, or
-``--reset``) takes back exactly what its shard counted before, and leaves the other shards'
-counts alone: an unsharded run empties both tables; shard ``I/N`` subtracts its own share and
-the shares of runs with another shard count (``0/1``, ``1/2``, …: a table is built by one
-shard count at a time), then deletes them. Rerunning a shard rebuilds its part.
-
-Then, for instance::
-
-    SELECT day, events FROM projections.event_counts
-     WHERE event_type = 'ItemScoreCreated' ORDER BY day DESC LIMIT 7;
+fills ``projections.event_counts (event_type, day, events)``; shard-safe with ``--shard I/N``.
+How it counts exactly once and shares the table between shards: docs/projections.md.
 """
 
 from __future__ import annotations

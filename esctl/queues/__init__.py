@@ -1,16 +1,10 @@
 """Operations on the library's reliable queues (``docs/layout.md`` §4): list, peek, requeue,
 drain to a backup file, restore from it.
 
-Every change is a server-side script over the keys of one ``{ENV:TYPE}`` slot, so each move is
-atomic; selections are snapshots taken when a command starts, so every command ends; mutating
-commands hold a per-queue lock and ask ``confirm`` first. Nothing here prints, exits or opens
-PostgreSQL. The design, for maintainers: ``docs/design/queues.md``.
-
-One module per operation (:mod:`~esctl.queues.listing`, :mod:`~esctl.queues.peek`,
-:mod:`~esctl.queues.requeue`, :mod:`~esctl.queues.drain`, :mod:`~esctl.queues.restore`) over
-the parts they share: ``refs`` (QueueRef, list names), ``messages``, ``selection``, ``scripts``
-(the Lua scripts and batch sizes), ``lock``, ``confirm`` and ``backup`` (the backup file).
-Callers use this package's names (``from esctl import queues``; ``queues.requeue(...)``).
+Every change is one atomic server-side script over one ``{ENV:TYPE}`` slot; selections are
+snapshots; mutating commands hold a per-queue lock and ask ``confirm`` first. Nothing here
+prints, exits or opens PostgreSQL. One module per operation; callers use this package's names
+(``queues.requeue(...)``). Design: docs/design/queues.md.
 """
 
 from esctl.queues.backup import BACKUP_FORMAT, BACKUP_FORMAT_VERSION, Backup, read_backup

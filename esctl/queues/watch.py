@@ -1,17 +1,9 @@
 """``queue list --watch``: the listing read again and again, with the change of each list's
 length per second between two readings. Read-only.
 
-What a rate can honestly say: the library keeps no counters of messages in or out (a publish
-is an LPUSH, a take an RPOPLPUSH, a finished message an LREM; ``docs/layout.md`` §4), so two
-lengths tell only their difference. A rate here is the *net* change of a list's length per
-second (pushed minus taken): +5/s on PublishedEvents is a backlog growing by 5 messages a
-second, whatever the traffic through it; 0 is as many in as out, or nothing at all.
-
-The keys are not scanned at every reading: the queues found by one scan (:func:`find_queues`)
-are read again (one pipelined LLEN round trip and the tail of each non-empty ProcessingEvents,
-as ``queue list``) until the scan is :data:`RESCAN_S` old, or older when scans are slow (a scan
-takes at most :data:`SCAN_SHARE` of the time), so a new queue appears within that time and a
-large keyspace is not scanned over and over.
+A rate is the *net* change of a list's length (pushed minus taken): the library keeps no
+counters. The keys are scanned again only every :data:`RESCAN_S` (longer when scans are slow).
+Design: docs/design/queues.md, "Watching".
 """
 
 from __future__ import annotations

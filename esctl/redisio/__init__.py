@@ -1,20 +1,9 @@
 """The one layer through which esctl talks to Redis (single instance or Redis Cluster).
 
-Rules that keep it cluster-ready: keys are found with SCAN per primary node (never KEYS; a
-hash slot that moves during the scan is read again on its own with CLUSTER GETKEYSINSLOT), work
-is sent in pipelines (grouped by the node serving each key's slot), and server-side scripts
-only touch keys of one hash slot. Values come back as bytes; keys are decoded as UTF-8
-(``surrogateescape`` so any key round-trips).
-
-On a cluster, resharding and failovers are expected mid-run: MOVED and ASK replies are
-followed, reads (SCAN, and pipelines of read-only commands) wait out a failover for up to
-:data:`READ_RETRY_SECONDS`, and writes fail at once (ConnectionFailed) because whether a
-write sent to a node that died was applied cannot be known.
-
-The modules: ``client`` (connecting, errors), ``resp`` (raw RESP connections), ``retry``
-(failovers), ``pipelines``, ``scan`` (SCAN, its positions and glob), ``cluster_scan`` (the
-slot-accounting SCAN of a cluster), ``hash_scan`` (HSCAN of whole hashes) and ``commands``. Tunables are read at call time where
-they are defined: set ``retry.READ_RETRY_SECONDS`` or ``pipelines.BY_NODE_PIPELINES`` there, not here.
+Keys are found with SCAN per primary, work goes in pipelines by node, scripts touch one slot;
+reads wait out a failover, writes fail at once. Tunables are read where they are defined
+(``retry.READ_RETRY_SECONDS``, ``pipelines.BY_NODE_PIPELINES``): set them there, not here.
+Design: docs/design/redisio.md.
 """
 
 from esctl.redisio.client import (
