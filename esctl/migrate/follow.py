@@ -401,7 +401,6 @@ class _Follower:
         if not ready:
             return False
         keys = [layout.commit_list_key(self.opts.app, a) for a in ready]
-        _forget_numbering(self.notified)
         try:
             with pg.translate_errors(self.opts.pg_dsn):
                 for batch in self.notified.batches_of(keys, START_POSITION):
@@ -445,7 +444,6 @@ class _Follower:
     def _start_sweep(self, reason: str, blind_since: float | None) -> None:
         epoch = redisio.scan_epoch(self.client)
         start = redisio.ScanPosition(epoch=epoch)
-        _forget_numbering(self.sweeper)
         self.sweep = _Sweep(
             reason,
             time.time(),
@@ -653,13 +651,6 @@ class _Follower:
         if self.state.obstacle:
             return self.state.obstacle
         return "the writers committed nothing (PostgreSQL slow or unresponsive?)"
-
-
-def _forget_numbering(reader: Reader) -> None:
-    """A transforming reader keeps each aggregate's numbering from its lookup to its batch;
-    a follower's would otherwise keep one per aggregate ever seen."""
-    if isinstance(reader, TransformingReader):
-        reader.numbering.clear()
 
 
 def _lock_waits(dsn: str, pids: list[int]) -> str | None:

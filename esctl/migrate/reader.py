@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import psycopg
 
@@ -30,7 +31,7 @@ worth of events; a larger page's are fetched a batch at a time as its checks rea
 
 
 @dataclass
-class _Page:
+class ReadPage:
     """What one SCAN page needs from Redis and esctl's bookkeeping, read before (or, ahead of
     the checks, while an earlier page is) checked: nothing in it changes the reader's state
     until :meth:`Reader._add_read_page` applies it."""
@@ -38,6 +39,10 @@ class _Page:
     unreadable: list[str] = field(default_factory=list)
     """Aggregate ids that are not UTF-8 (not read)."""
     known: dict[str, Migrated] = field(default_factory=dict)
+    numbering: dict[str, Any] = field(default_factory=dict)
+    """A transforming reader's renumbering of the aggregates in ``known``, from the same lookup
+    (esctl.migrate.transformed): it travels with its page, so a page read ahead cannot hand
+    another page's (older or newer) numbering to an aggregate SCAN returns twice."""
     todo: list[str] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     unchanged: int = 0
@@ -103,8 +108,11 @@ class Reader:
         self.conn.commit()
         return bool(row and row[0])
 
-    def migrated(self, ids: Sequence[str]) -> dict[str, Migrated]:
-        """aggregate id -> (commits migrated, last commit id, aggregate type)."""
+    def migrated(
+        self, ids: Sequence[str], numbering: dict[str, Any] | None = None
+    ) -> dict[str, Migrated]:
+        """aggregate id -> (commits migrated, last commit id, aggregate type). ``numbering``:
+        where a transforming reader puts what the same lookup found of the renumbering."""
         if not self.lookups or not ids:
             return {}
         return migrated_streams(self.conn, self.opts.pg_schema, self.opts.app, ids)
@@ -177,12 +185,12 @@ class Reader:
     def _add_page(self, keys: list[str], page_start: str) -> Iterator[Batch]:
         yield from self._add_read_page(self._read_page(keys, ahead=False), page_start)
 
-    def _read_page(self, keys: list[str], *, ahead: bool = True) -> _Page:
+    def _read_page(self, keys: list[str], *, ahead: bool = True) -> ReadPage:
         """The Redis reads (and bookkeeping lookup) of one page; on a thread of
         :func:`esctl.inflight.ordered_map` when ``ahead``, so it changes nothing of the
         reader's. ``ahead``: also its payloads, when there are not too many of them."""
         app = self.opts.app
-        page = _Page()
+        page = ReadPage()
         ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
         ids = [a for a in ids if self.opts.shard.owns(a)]
         page.unreadable = [a for a in ids if not redisio.is_utf8(a)]
@@ -191,7 +199,7 @@ class Reader:
         if not ids:
             return page
         with self._conn_lock:  # (pages read ahead share the reader's connection)
-            page.known = self.migrated(ids)
+            page.known = self.migrated(ids, page.numbering)
         self._to_read(page, ids)
         if not page.todo:
             return page
@@ -203,7 +211,7 @@ class Reader:
             )
         return page
 
-    def _add_read_page(self, page: _Page, page_start: str) -> Iterator[Batch]:
+    def _add_read_page(self, page: ReadPage, page_start: str) -> Iterator[Batch]:
         """Check a page read by :meth:`_read_page` into batches."""
         app = self.opts.app
         for aggregate_id in page.unreadable:
@@ -261,7 +269,7 @@ class Reader:
                 )
                 chunk, chunk_events = [], 0
 
-    def _to_read(self, page: _Page, ids: list[str]) -> None:
+    def _to_read(self, page: ReadPage, ids: list[str]) -> None:
         """The aggregates of a page to read (``page.todo``), and the commit-list entry to read
         each from (``page.starts``); the unchanged and shrunk ones. Only aggregates migrated
         before, or held (quarantined earlier by this follower), need their length first (to

@@ -11,8 +11,9 @@ docs/design/migrate.md, "Transforms".
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -20,7 +21,7 @@ from psycopg import sql
 from esctl import codec, layout, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.reader import Migrated, Reader, checked_stream, resume_point
+from esctl.migrate.reader import Migrated, Reader, ReadPage, checked_stream, resume_point
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
 from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
@@ -46,7 +47,10 @@ class TransformingReader(Reader):
         self.counts = TransformCounts()
         self.numbering: dict[str, Numbering] = {}
 
-    def migrated(self, ids: Sequence[str]) -> dict[str, Migrated]:
+    def migrated(
+        self, ids: Sequence[str], numbering: dict[str, Any] | None = None
+    ) -> dict[str, Migrated]:
+        found: dict[str, Any] = self.numbering if numbering is None else numbering
         if not self.lookups or not ids:
             return {}
         rows = self.conn.execute(
@@ -63,10 +67,16 @@ class TransformingReader(Reader):
         for r in rows:
             # No numbering recorded: migrated without rules (check_transforms refused or
             # deleted that); the identity numbering is then the right one.
-            self.numbering[r[0]] = Numbering(
+            found[r[0]] = Numbering(
                 r[4] if r[4] is not None else r[1], r[5] if r[5] is not None else r[1]
             )
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def _add_read_page(self, page: ReadPage, page_start: str) -> Iterator[Batch]:
+        # The numbering its own lookup found (a page read ahead keeps its own): only this page's
+        # is kept, so a follower's does not grow with every aggregate it has seen.
+        self.numbering = page.numbering
+        yield from super()._add_read_page(page, page_start)
 
     def _add_aggregate(
         self,
