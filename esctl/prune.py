@@ -23,17 +23,11 @@ from esctl.backupfile import BackupWriter
 from esctl.documents import document
 from esctl.errors import ConfigError, Refused, ServerError, UsageError
 from esctl.locks import AdvisoryLock
+from esctl.pgevents import PgEvent, pg_page
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
 from esctl.transforms import Rules, load_rules
-from esctl.verify import (
-    PgEvent,
-    VerifyOptions,
-    VerifySummary,
-    compare_stream,
-    compare_transformed,
-    pg_page,
-)
+from esctl.verify import VerifyOptions, VerifySummary, compare_stream, compare_transformed
 
 GUARD_SCRIPT = """
 -- KEYS[1]: a commit list. ARGV: the verified length, first and last commit id.

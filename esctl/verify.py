@@ -2,37 +2,33 @@
 
 Per aggregate found in Redis (the commit lists), the committed events are compared with the
 PostgreSQL rows of (aggregate id, application): versions, event type, aggregate type, time
-stamp (to the microsecond) and content (JSON compared semantically: jsonb reorders keys).
-Aggregates that exist only in PostgreSQL are not looked at (after ``migrate prune`` that is
-expected).
+stamp (to the microsecond) and content (JSON compared semantically: jsonb reorders keys,
+:mod:`esctl.jsoncompare`; the rows read by :mod:`esctl.pgevents`). Aggregates that exist only
+in PostgreSQL are not looked at (after ``migrate prune`` that is expected).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import queue
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 import orjson
 import psycopg
-from psycopg import sql
-from psycopg.rows import tuple_row
-from psycopg.types.string import ByteaBinaryLoader
 
 from esctl import inflight, layout, pg, redisio, storereads
 from esctl.codec import ParsedEvent, event_type_from_type_name, parse_event
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
+from esctl.jsoncompare import same_json
+from esctl.pgevents import _JSONB_V1, PgEvent, PgStream, pg_stream_page
 from esctl.problems import DEFAULT_LISTED, append_problems_file, open_problems_file
 from esctl.sampling import Reservoir
 from esctl.shard import Shard
@@ -119,336 +115,6 @@ class VerifySummary:
             if self.elapsed_s
             else 0.0,
         }
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Semantic JSON equality as jsonb sees it: object key order does not matter, numbers
-    compare by value, but true/false never equal 1/0."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, dict):
-        return (
-            isinstance(b, dict)
-            and a.keys() == b.keys()
-            and all(json_equal(v, b[k]) for k, v in a.items())
-        )
-    if isinstance(a, list):
-        return (
-            isinstance(b, list)
-            and len(a) == len(b)
-            and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-        )
-    if isinstance(a, int | float | Decimal):
-        return isinstance(b, int | float | Decimal) and a == b
-    return type(a) is type(b) and a == b
-
-
-_SORTED = orjson.OPT_SORT_KEYS
-
-
-# Digits and "." to "0", everything else to " ": a run of 16 "0"s is a number a double may not
-# hold (16 significant digits, a decimal point among them or not: "1234567890.1234567" and
-# "…568" are one double). (bytes.translate + find: ~4x faster than a regex over every payload.)
-_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 or b == 0x2E else 0x20 for b in range(256))
-_LONG_RUN = b"0" * 16
-
-
-def _has_long_number(text: str | bytes) -> bool:
-    if isinstance(text, str):
-        text = text.encode("utf-8", "surrogatepass")
-    return _LONG_RUN in text.translate(_DIGITS)
-
-
-_FLOAT, _BOOL = 1, 2
-
-
-def _loose(value: Any) -> int:
-    """Where in a parsed JSON value Python's ``==`` is looser than jsonb's ``=``: ``_FLOAT``
-    when it holds a float (two numbers that parse to one double compare equal), ``_BOOL``
-    (looked for first: it ends the search) when it holds a bool (``True == 1``), else 0."""
-    kind = type(value)
-    if kind is dict:
-        values = value.values()
-    elif kind is list:
-        values = value
-    else:
-        return _FLOAT if kind is float else _BOOL if kind is bool else 0
-    found = 0
-    for v in values:
-        kind = type(v)
-        if kind is str or kind is int or v is None:
-            continue
-        if kind is float:
-            found = _FLOAT
-        elif kind is bool:
-            return _BOOL
-        else:
-            found |= _loose(v)
-            if found & _BOOL:
-                return found
-    return found
-
-
-def _loose_both(a: Any, b: Any) -> int:  # noqa: C901, PLR0912  hot path: one loop per kind, no calls per leaf
-    """``_loose(a) | _loose(b)`` for ``a == b`` (one shape: only the leaves' types may differ,
-    ``1 == 1.0 == True``), in one walk over both (~1.4 µs an event, where two walks took ~2)."""
-    kind = type(a)
-    if kind is dict:
-        items = a.items()
-        found = 0
-        for key, v in items:
-            kv = type(v)
-            if kv is str or v is None:
-                continue
-            w = b[key]
-            kw = type(w)
-            if kv is int and kw is int:
-                continue
-            if kv is bool or kw is bool:
-                return _BOOL
-            if kv is float or kw is float:
-                found = _FLOAT
-            else:
-                found |= _loose_both(v, w)
-                if found & _BOOL:
-                    return found
-        return found
-    if kind is list:
-        found = 0
-        for v, w in zip(a, b, strict=True):
-            kv = type(v)
-            if kv is str or v is None:
-                continue
-            kw = type(w)
-            if kv is int and kw is int:
-                continue
-            if kv is bool or kw is bool:
-                return _BOOL
-            if kv is float or kw is float:
-                found = _FLOAT
-            else:
-                found |= _loose_both(v, w)
-                if found & _BOOL:
-                    return found
-        return found
-    kb = type(b)
-    if kind is bool or kb is bool:
-        return _BOOL
-    return _FLOAT if kind is float or kb is float else 0
-
-
-def same_json(pg_text: str | bytes, data: Any, text: str | bytes) -> bool:
-    """Whether PostgreSQL's jsonb text and a payload (``text``, parsed as ``data``) are the same
-    JSON, as jsonb compares: exact numbers, any key order. Either text may be UTF-8 bytes.
-
-    The common case is decided by Python's ``==`` on the parsed values, which is jsonb's ``=``
-    where neither holds a bool and every number is exact (an int, or a float whose text has
-    fewer than 16 digits: no other such number parses to the same double). Where a run of 16
-    or more digits appears, a number may be beyond a double's precision, and both sides are
-    parsed again with exact decimals. Else canonical (key-sorted) serialisations compared in
-    C decide, and :func:`json_equal` looks closer when they differ (jsonb prints ``1E+20`` as
-    ``100000000000000000000``)."""
-    try:
-        theirs = orjson.loads(pg_text)
-    except orjson.JSONDecodeError:  # a number too large for a double: the exact path below
-        theirs = long = None
-    else:
-        if theirs == data:
-            loose = _loose_both(theirs, data)
-            if not loose:
-                return True
-            long = _has_long_number(text) or _has_long_number(pg_text)
-            if loose == _FLOAT and not long:
-                return True
-        else:
-            long = None
-    if long is None:
-        long = _has_long_number(text) or _has_long_number(pg_text)
-    if long:
-        exact = {"parse_float": Decimal, "parse_int": int}
-        return json_equal(json.loads(pg_text, **exact), json.loads(text, **exact))
-    if orjson.dumps(theirs, option=_SORTED) == orjson.dumps(data, option=_SORTED):
-        return True
-    return json_equal(theirs, data)
-
-
-class PgEvent(NamedTuple):
-    """One PostgreSQL row as verify reads it (a tuple: psycopg builds it, no per-row Python
-    call; a frozen dataclass cost ~2x more per row)."""
-
-    aggregate_id: str
-    aggregate_type: str
-    version: int
-    event_type: str
-    time_stamp: datetime
-    event_data: bytes
-    """The jsonb's text, UTF-8."""
-
-
-def pg_events(
-    conn: psycopg.Connection, schema: str, app: str, ids: Sequence[str]
-) -> dict[str, list[PgEvent]]:
-    """The PostgreSQL rows of the given aggregates, by aggregate id (in no particular order:
-    sorting in SQL spilled to disk and cost more than the rest of the query)."""
-    query = sql.SQL(
-        "SELECT a.aggregate_id, a.aggregate_type, e.version, e.event_type, e.time_stamp,"
-        "       convert_to(e.event_data::text, 'UTF8')"
-        "  FROM {s}.aggregate a JOIN {s}.event e ON e.aggregate_key = a.aggregate_key"
-        " WHERE a.application_name = %s AND a.aggregate_id = ANY(%s)"
-    ).format(s=sql.Identifier(schema))
-    out: dict[str, list[PgEvent]] = {}
-    # Binary results: the time stamps as they are stored, the JSON text as bytes (no str).
-    with conn.cursor(row_factory=_pg_event_row) as cur:
-        for row in cur.execute(query, (app, list(ids)), binary=True):
-            rows = out.get(row.aggregate_id)
-            if rows is None:
-                out[row.aggregate_id] = [row]
-            else:
-                rows.append(row)
-    conn.commit()
-    return out
-
-
-def _pg_event_row(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], PgEvent]:
-    return PgEvent._make
-
-
-class PgStream(NamedTuple):
-    """One aggregate's PostgreSQL events as verify reads them: a column each, in version order
-    (psycopg builds the lists in C from PostgreSQL arrays: no Python call per event, where a
-    row per event cost ~2 µs of the client's time per event more)."""
-
-    aggregate_type: str
-    versions: list[int]
-    event_types: list[str]
-    time_stamps: list[datetime]
-    event_data: list[bytes]
-    """Each jsonb as PostgreSQL sends it in binary: a version byte (1), then its text in UTF-8
-    (:func:`jsonb_text`)."""
-
-    def rows(self, aggregate_id: str) -> list[PgEvent]:
-        return [
-            PgEvent(aggregate_id, self.aggregate_type, v, t, s, jsonb_text(d))
-            for v, t, s, d in zip(
-                self.versions, self.event_types, self.time_stamps, self.event_data, strict=True
-            )
-        ]
-
-
-NO_EVENTS = PgStream("", [], [], [], [])
-
-
-_JSONB_V1 = b"\x01"
-
-
-def jsonb_text(raw: bytes) -> bytes:
-    """The text of a jsonb value in PostgreSQL's binary format (version 1: the text after one
-    version byte; what ``::text`` gives, without a cast and a copy on the server)."""
-    if raw[:1] != _JSONB_V1:
-        raise ValueError(f"unknown jsonb binary format version {raw[:1]!r}")
-    return raw[1:]
-
-
-class JsonbBytesLoader(ByteaBinaryLoader):
-    """jsonb in binary as its bytes, unparsed (psycopg uses its C bytea loader)."""
-
-
-_STREAMS_SQL = (
-    "SELECT a.aggregate_id, a.aggregate_type, x.* FROM {s}.aggregate a CROSS JOIN LATERAL ("
-    "  SELECT array_agg(e.version ORDER BY e.version),"
-    "         array_agg(e.event_type ORDER BY e.version),"
-    "         array_agg(e.time_stamp ORDER BY e.version),"
-    "         array_agg(e.event_data ORDER BY e.version)"
-    "    FROM {s}.event e WHERE e.aggregate_key = a.aggregate_key) x"
-    " WHERE a.application_name = %s AND a.aggregate_id = ANY(%s)"
-)
-
-
-def pg_streams(
-    conn: psycopg.Connection, schema: str, app: str, ids: Sequence[str]
-) -> dict[str, PgStream]:
-    """The PostgreSQL events of the given aggregates by aggregate id, one :class:`PgStream` each
-    (an aggregate row without events has empty lists; one not in PostgreSQL is absent)."""
-    out: dict[str, PgStream] = {}
-    with conn.cursor(row_factory=tuple_row) as cur:
-        cur.adapters.register_loader("jsonb", JsonbBytesLoader)
-        query = sql.SQL(_STREAMS_SQL).format(s=sql.Identifier(schema))
-        for aggregate_id, aggregate_type, *columns in cur.execute(
-            query, (app, list(ids)), binary=True
-        ):
-            out[aggregate_id] = (
-                PgStream(aggregate_type, *columns)
-                if columns[0] is not None
-                else NO_EVENTS._replace(aggregate_type=aggregate_type)
-            )
-    conn.commit()
-    return out
-
-
-def pg_page(
-    conn: psycopg.Connection, opts: VerifyOptions, ids: Sequence[str], bookkeeping: bool
-) -> tuple[dict[str, list[PgEvent]], dict[str, int]]:
-    rows = pg_events(conn, opts.pg_schema, opts.app, ids)
-    migrated = migrated_commits(conn, opts.pg_schema, opts.app, ids) if bookkeeping else {}
-    return rows, migrated
-
-
-_STREAMS_AND_MIGRATED_SQL = (
-    "SELECT u.id, a.aggregate_type, x.*, m.commits FROM unnest(%s::text[]) AS u(id)"
-    "  LEFT JOIN {s}.aggregate a ON a.application_name = %s AND a.aggregate_id = u.id"
-    "  LEFT JOIN LATERAL ("
-    "    SELECT array_agg(e.version ORDER BY e.version),"
-    "           array_agg(e.event_type ORDER BY e.version),"
-    "           array_agg(e.time_stamp ORDER BY e.version),"
-    "           array_agg(e.event_data ORDER BY e.version)"
-    "      FROM {s}.event e WHERE e.aggregate_key = a.aggregate_key) x ON true"
-    # OFFSET 0: one index lookup per id (see esctl.migrate.Reader.migrated)
-    "  LEFT JOIN LATERAL (SELECT commits FROM esctl.migrated_stream WHERE target_schema = %s"
-    "    AND application_name = %s AND aggregate_id = u.id OFFSET 0) m ON true"
-)
-
-
-def pg_stream_page(
-    conn: psycopg.Connection, opts: VerifyOptions, ids: Sequence[str], bookkeeping: bool
-) -> tuple[dict[str, PgStream], dict[str, int]]:
-    """:func:`pg_streams` and (with ``bookkeeping``) :func:`migrated_commits` of one page, in
-    one query: one round trip (psycopg's pipeline mode took three)."""
-    if not bookkeeping:
-        return pg_streams(conn, opts.pg_schema, opts.app, ids), {}
-    schema, app = opts.pg_schema, opts.app
-    query = sql.SQL(_STREAMS_AND_MIGRATED_SQL).format(s=sql.Identifier(schema))
-    streams: dict[str, PgStream] = {}
-    migrated: dict[str, int] = {}
-    with conn.cursor(row_factory=tuple_row) as cur:
-        cur.adapters.register_loader("jsonb", JsonbBytesLoader)
-        cur.execute(query, (list(ids), app, schema, app), binary=True)
-        for aggregate_id, aggregate_type, *columns, commits in cur:
-            if commits is not None:
-                migrated[aggregate_id] = commits
-            if aggregate_type is None:  # not in PostgreSQL
-                continue
-            streams[aggregate_id] = (
-                PgStream(aggregate_type, *columns)
-                if columns[0] is not None
-                else NO_EVENTS._replace(aggregate_type=aggregate_type)
-            )
-    conn.commit()
-    return streams, migrated
-
-
-def migrated_commits(
-    conn: psycopg.Connection, schema: str, app: str, ids: Sequence[str]
-) -> dict[str, int]:
-    """How many commits of each aggregate esctl recorded as migrated (esctl.migrated_stream)."""
-    rows = conn.execute(
-        # LATERAL + OFFSET 0: one index lookup per id (see esctl.migrate.Reader.migrated).
-        "SELECT u.id, m.commits FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
-        "  SELECT commits FROM esctl.migrated_stream WHERE target_schema = %s"
-        "   AND application_name = %s AND aggregate_id = u.id OFFSET 0) m",
-        (list(ids), schema, app),
-    ).fetchall()
-    conn.commit()
-    return dict(rows)
 
 
 def compare_stream(

@@ -45,6 +45,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.storereads",
         "esctl.transforms",
         "esctl.problems",
+        "esctl.jsoncompare",
+        "esctl.pgevents",
     ),
     "operations": (
         "esctl.compress",

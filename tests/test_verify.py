@@ -39,20 +39,10 @@ from test_migrate import (
 )
 
 from esctl import redisio
+from esctl.jsoncompare import _BOOL, _loose, _loose_both, same_json
+from esctl.pgevents import JsonbBytesLoader, jsonb_text
 from esctl.shard import Shard
-from esctl.verify import (
-    _BOOL,
-    MISMATCH_KINDS,
-    JsonbBytesLoader,
-    VerifyOptions,
-    VerifySummary,
-    _loose,
-    _loose_both,
-    jsonb_text,
-    same_json,
-    verify,
-    verify_parallel,
-)
+from esctl.verify import MISMATCH_KINDS, VerifyOptions, VerifySummary, verify, verify_parallel
 
 
 def run_verify(url: str, dsn: str, app: str, **options: Any) -> VerifySummary:
@@ -483,7 +473,7 @@ def test_high_precision_decimals_that_differ_are_content_differs(
 
 
 def test_jsonb_in_binary_is_its_text_after_a_version_byte(pg_dsn: str) -> None:
-    """verify reads jsonb in binary, unparsed (esctl.verify.pg_streams): the text after the
+    """verify reads jsonb in binary, unparsed (esctl.pgevents.pg_streams): the text after the
     format's version byte must be the ``::text`` the comparison was built on."""
     values = ['{"b": 1, "a": [1.50, true, null]}', '{"é": "\\u00e9\\n\\"", "n": 1E+20}', "[]"]
     with psycopg.connect(pg_dsn) as conn:

@@ -166,7 +166,7 @@ def _unmigrated_estimate(
     """(estimated events not migrated, commit lists sampled, exact). Reads the first
     :data:`COMMIT_LIST_SAMPLE_MAX` commit lists in SCAN order, compares their length with
     esctl.migrated_stream, scales to every commit list."""
-    from esctl.verify import migrated_commits
+    from esctl.pgevents import migrated_commits
 
     assert opts.app is not None
     keys: list[str] = []
