@@ -230,6 +230,68 @@ def split(event):
     assert {e.commit_id for e in outcome.events[1:4]} == {"c2"}
 
 
+_CALLABLES = {
+    "identity": "return event",
+    "the mapping back": "return event.data",
+    "twice": "return [event, event]",
+    "changed in place": "event.data['Note'] = 'changed'\n    return event",
+    "version in place": "event.data['Version'] = 7\n    return event",
+    "timestamp in place": (
+        "event.data['TimeStamp'] = '2025-01-01T00:00:00.0000000+00:00'\n    return event"
+    ),
+    "type in place": (
+        "event.data['$type'] = event.data['$type'].replace('.Created,', '.Made,')\n    return event"
+    ),
+    "nested in place": "event.data['Inner']['Deep'] = 1\n    return event",
+    "a copy, changed": "return dict(event.data, Extra=True)",
+}
+
+
+@pytest.mark.parametrize("name", list(_CALLABLES))
+@pytest.mark.parametrize("spaced", [False, True])
+def test_callables_on_migrates_path_equal_the_text_path(
+    tmp_path: Path, name: str, spaced: bool
+) -> None:
+    """transform_checked (migrate's path, parsed payloads given away) gives what
+    transform_stream gives for a callable that returns its event unchanged, twice, or
+    changed in place (the envelope, nested fields) or as a copy; an event returned unchanged
+    keeps its stored bytes."""
+    from esctl.streams import clean_payloads
+    from esctl.transforms import transform_checked
+
+    body = _CALLABLES[name]
+    module = f"callable_{name.replace(' ', '_').replace(',', '')}"
+    (tmp_path / f"{module}.py").write_text(f"def f(event):\n    {body}\n", encoding="utf-8")
+    rules = load_rules(rules_file(tmp_path, f'[[python]]\ncallable = "{module}:f"\n')).rules
+    separators = (", ", ": ") if spaced else (",", ":")
+    events = [
+        SourceEvent(
+            e.commit_id,
+            e.version,
+            json.dumps(json.loads(e.text), ensure_ascii=False, separators=separators),
+        )
+        for e in stream("Created", "Updated", "Created", Note="é", Inner={"A": 1})
+    ]
+    expected = transform_stream(rules, "agg-1", events)
+    for _ in range(2):
+        clean = clean_payloads("agg-1", [e.text.encode() for e in events])
+        assert clean is not None
+        checked = transform_checked(rules, "agg-1", [e.commit_id for e in events], clean[1])
+        assert checked.failure is None and expected.failure is None
+        assert checked_texts(checked) == [(e.version, e.text) for e in expected.events]
+        assert [e.type_name for e in checked.events] == [
+            json.loads(e.text)["$type"] for e in expected.events
+        ]
+        assert [e.timestamp for e in checked.events] == [e.timestamp for e in expected.events]
+        assert checked.numbering == expected.numbering
+        sources = {e.commit_id: e.text for e in events}
+        for e in checked.events:  # (a Version set and renumbered back: rewritten, equal)
+            assert e.text == sources[e.commit_id] or not e.unchanged
+            assert (e.utf8() is e.payload) == e.unchanged
+        if name in ("identity", "the mapping back"):  # returned unchanged: the stored bytes
+            assert all(e.unchanged for e in checked.events)
+
+
 def test_rules_apply_in_the_order_written(tmp_path: Path) -> None:
     events = stream("Viewed", "Created")
     rename = f'[[rename_type]]\nfrom = "{NS}.Viewed"\nto = "Ns.Seen"\n'

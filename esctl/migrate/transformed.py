@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import starmap
 from typing import Any
 
 import psycopg
@@ -184,9 +185,14 @@ def transformed_rows(outcome: CheckedOutcome) -> list[bytes]:
     an event no rule changed with its payload's bytes as read. Raises struct.error for a
     version beyond an integer column."""
     if outcome.plain is not None:
-        return [binary_row(*event) for event in outcome.plain]
+        return list(starmap(binary_row, outcome.plain))
     return [
-        binary_row(t.moment or codec.parse_timestamp(t.timestamp), t.version, t.type_name, t.utf8())
+        binary_row(
+            t.moment or codec.parse_timestamp(t.timestamp),
+            t.version,
+            t.type_name,
+            t.raw if t.raw is not None else t.utf8(),
+        )
         for t in outcome.events
     ]
 

@@ -80,7 +80,7 @@ class LeaveOut(Step):
         ]
         return kept if len(kept) != len(events) else events
 
-    def kept(self, aggregate_type: str, names: list[str], kept: list[int]) -> list[int]:
+    def kept(self, aggregate_type: str, names: list[str], kept: Sequence[int]) -> Sequence[int]:
         """:meth:`apply` for :func:`.engine._plain_run`: which of the events ``kept`` (indexes into
         ``names``, their ``$type``s) stay, all of aggregate type ``aggregate_type``."""
         aggregate = self.aggregate
@@ -90,6 +90,9 @@ class LeaveOut(Step):
         if matches is None:
             return []
         seen = matches.seen
+        distinct = set(names)
+        if not any(map(seen.get, distinct)) and all(map(seen.__contains__, distinct)):
+            return kept  # every name seen before, none matching (no loop in Python)
         return [
             i
             for i in kept
@@ -136,21 +139,37 @@ class Renames(Step):
                 self._rename(event, text)
         return events
 
-    def rename_plain(self, names: list[str], raws: list[bytes], kept: list[int]) -> bool:
+    def rename_plain(self, names: list[str], raws: list[bytes], kept: Sequence[int]) -> bool:
         """:meth:`apply` for :func:`.engine._plain_run`: the events ``kept`` (indexes into ``names``
         and ``raws``, their ``$type``s and payload bytes) renamed in place; False when one
-        needs the text path."""
-        rewrite = self._rewrite_bytes
+        needs the text path. (:meth:`_rewrite_bytes`'s first case written out here: most
+        payloads take it.)"""
+        own_prefixes = self.own_prefixes
+        members = self._rewrite_members
+        renamed = self.names
         for i in kept:
-            result = rewrite(raws[i])
+            raw = raws[i]
+            if raw.startswith(b'{"$type":"'):
+                end = raw.find(b'"', 10) + 1
+                if end and raw.find(b"$", end) == -1:  # no other member
+                    token = raw[9:end]
+                    prefix, changed = own_prefixes.get(token) or self._own_prefix(token)
+                    if changed < 0:
+                        return False
+                    if prefix is None:
+                        continue
+                    raws[i] = prefix + raw[end:]
+                    name = names[i]
+                    names[i] = renamed.get((name, changed)) or self._name(name, changed)
+                    continue
+            result = members(raw)
             if result is None:
                 return False
             raw, changed = result
             if changed:
                 raws[i] = raw
                 name = names[i]
-                hit = self.names.get((name, changed))
-                names[i] = hit if hit is not None else self._name(name, changed)
+                names[i] = renamed.get((name, changed)) or self._name(name, changed)
         return True
 
     def _rename_bytes(self, event: InFlight, raw: bytes) -> None:
@@ -609,14 +628,17 @@ def _call(rule: Rule, aggregate_id: str, event: InFlight) -> list[InFlight]:
         return []
     if isinstance(returned, list | tuple):
         return [_returned(rule, aggregate_id, event, item, before) for item in returned]
-    return [_returned(rule, aggregate_id, event, returned, before)]
+    return [_returned(rule, aggregate_id, event, returned, before, alone=True)]
 
 
-def _returned(rule: Rule, aggregate_id: str, event: InFlight, item: Any, before: bytes) -> InFlight:
+def _returned(
+    rule: Rule, aggregate_id: str, event: InFlight, item: Any, before: bytes, alone: bool = False
+) -> InFlight:
     """A working event from what a callable returned (an Event or a payload mapping);
-    ``before``: the JSON of the payload the callable was given, as it was."""
+    ``before``: the JSON of the payload the callable was given, as it was; ``alone``: the
+    only event it returned (then an unchanged one is ``event`` itself, no copy)."""
     payload = item.data if isinstance(item, Event) else item
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise Failed(
             f"{rule.source} returned {type(item).__name__}; return None, an Event, a payload "
             "mapping, or a list of them"
@@ -625,13 +647,23 @@ def _returned(rule: Rule, aggregate_id: str, event: InFlight, item: Any, before:
         returned = orjson.dumps(payload)
     except TypeError as exc:
         raise Failed(f"{rule.source} returned a payload that is not JSON: {exc}") from None
-    # Unchanged: the exact text (as the engine holds it), else the JSON as it came back.
-    text, raw = (event._text, event.raw) if returned == before else (None, returned)
     if payload.get("Id") != aggregate_id:
         raise Failed(
             f"{rule.source} returned an event of aggregate {payload.get('Id')!r}, not "
             f"{aggregate_id!r} (an event cannot move to another aggregate)"
         )
+    if returned == before and event.moment is not None:
+        # Unchanged: the exact text (as the engine holds it) and the envelope the event has
+        # (what the payload says; its TimeStamp parsed, so a DateTimeOffset).
+        if alone:
+            return event  # (its data given away: None already)
+        return InFlight(
+            event.commit_id, event.source_version, event._stored, event._text, event.type_name,
+            event.aggregate_type, event.timestamp, event.payload_version, None, event.moment, 0,
+            event.payload, event.raw,
+        )  # fmt: skip
+    # Unchanged: the exact text (as the engine holds it), else the JSON as it came back.
+    text, raw = (event._text, event.raw) if returned == before else (None, returned)
     type_name, aggregate_type, timestamp = envelope(
         payload if type(payload) is dict else dict(payload)
     )
