@@ -108,9 +108,7 @@ class Reader:
         self.conn.commit()
         return bool(row and row[0])
 
-    def migrated(
-        self, ids: Sequence[str], numbering: dict[str, Any] | None = None
-    ) -> dict[str, Migrated]:
+    def migrated(self, ids: Sequence[str], numbering: dict[str, Any]) -> dict[str, Migrated]:
         """aggregate id -> (commits migrated, last commit id, aggregate type). ``numbering``:
         where a transforming reader puts what the same lookup found of the renumbering."""
         if not self.lookups or not ids:

@@ -48,10 +48,7 @@ class TransformingReader(Reader):
         self.counts = TransformCounts()
         self.numbering: dict[str, Numbering] = {}
 
-    def migrated(
-        self, ids: Sequence[str], numbering: dict[str, Any] | None = None
-    ) -> dict[str, Migrated]:
-        found: dict[str, Any] = self.numbering if numbering is None else numbering
+    def migrated(self, ids: Sequence[str], numbering: dict[str, Any]) -> dict[str, Migrated]:
         if not self.lookups or not ids:
             return {}
         rows = self.conn.execute(
@@ -68,7 +65,7 @@ class TransformingReader(Reader):
         for r in rows:
             # No numbering recorded: migrated without rules (check_transforms refused or
             # deleted that); the identity numbering is then the right one.
-            found[r[0]] = Numbering(
+            numbering[r[0]] = Numbering(
                 r[4] if r[4] is not None else r[1], r[5] if r[5] is not None else r[1]
             )
         return {r[0]: (r[1], r[2], r[3]) for r in rows}

@@ -319,15 +319,11 @@ _SOURCE_VERSION = operator.attrgetter("source_version")
 
 def _numbering_after(
     events: Sequence[SourceEvent] | Sequence[CleanPayload],
-    result: list[InFlight] | list[Plain],
+    result: list[InFlight],
     numbering: Numbering,
 ) -> Numbering:
     last_source = max(map(_VERSION, events), default=numbering.last_source_version)
-    if not result:
-        last = numbering.last_version
-    else:
-        out = result[-1]
-        last = out[1] if type(out) is tuple else cast(InFlight, out).version
+    last = result[-1].version if result else numbering.last_version
     return Numbering(max(last_source, numbering.last_source_version), last)
 
 
