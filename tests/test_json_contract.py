@@ -286,21 +286,36 @@ def test_unknown_option_is_one_json_document(
 
 NO_REDIS = ("--redis-url", "redis://127.0.0.1:1/0")
 USAGE_ERRORS = {
-    "bad value": (["migrate", "redis-to-pg", "--batch-size", "0", "--json"], "'--batch-size'"),
+    "bad value": (
+        ["migrate", "redis-to-pg", "--batch-size", "0", "--json"],
+        "'--batch-size'",
+        "esctl migrate redis-to-pg",
+    ),
     "required option": (
         ["replay", "--to", "stdout", "--all", "--json"],
         "Missing option '--from'",
+        "esctl replay",
     ),
-    "callback": (["queue", "peek", "S", "T", "--list", "nope", "--json"], "use one of published"),
+    "callback": (
+        ["queue", "peek", "S", "T", "--list", "nope", "--json"],
+        "use one of published",
+        "esctl queue peek",
+    ),
     "no value": (
         ["events", "query", *NO_REDIS, "--format=json", "--limit"],
         "requires an argument",
+        "esctl events query",  # Click gives this error no context: the words name the command
     ),
     "json and table": (
         ["events", "query", "--app", APP, "--json", "--format", "table"],
         "--format table",
+        None,  # esctl's own usage error, with its own hint
     ),
-    "command name": (["migrate", "redis-to-pgx", "--json"], "No such command 'redis-to-pgx'"),
+    "command name": (
+        ["migrate", "redis-to-pgx", "--json"],
+        "No such command 'redis-to-pgx'",
+        "esctl migrate",
+    ),
 }
 AS_BEFORE = {
     "no --json": ["migrate", "redis-to-pg", "--batch-size", "0"],
@@ -313,10 +328,13 @@ AS_BEFORE = {
 def test_usage_errors_are_one_json_document(
     name: str, quick_runs: dict[Any, subprocess.CompletedProcess[str]]
 ) -> None:
-    result, message = quick_runs["usage", name], USAGE_ERRORS[name][1]
+    result, (_, message, command) = quick_runs["usage", name], USAGE_ERRORS[name]
     assert result.returncode == 2, result.stderr
     document = error_document(result.stdout, 2, "usage")
     assert message in document["error"]["message"]
+    if command is not None:
+        hint = f"see '{command} --help' for its options and arguments"
+        assert document["error"]["hint"] == hint
     assert message in result.stderr
 
 
@@ -360,7 +378,7 @@ def quick_runs(nowhere: dict[str, str]) -> dict[Any, subprocess.CompletedProcess
     """Every run of (a) and (b), four at a time."""
     return run_all(
         unknown_option_argvs(nowhere)
-        | {("usage", k): argv for k, (argv, _) in USAGE_ERRORS.items()}
+        | {("usage", k): argv for k, (argv, _, _) in USAGE_ERRORS.items()}
         | {("as before", k): argv for k, argv in AS_BEFORE.items()}
         | unreachable_argvs(nowhere)
     )

@@ -175,21 +175,32 @@ def asks_for_json(root: Any, words: Sequence[str]) -> bool:
     """Whether ``words`` name a command that takes ``--json`` (or ``--format``) and ask it for
     JSON, or mistype a command name and ask for JSON. ``root``: the Click command tree Typer
     builds (duck-typed: Typer vendors Click)."""
+    command, _, complete = _named_command(root, words)
+    if not complete:
+        return command is not None and _json_words(None, words)
+    return takes_json(command) and _json_words(command, words)
+
+
+def _named_command(root: Any, words: Sequence[str]) -> tuple[Any, list[str], bool]:
+    """The command ``words`` name, the names that lead to it, and whether they reach a command
+    (not a group). A mistyped name gives the group it was looked for in; no name, ``None``."""
     command = root
+    names: list[str] = []
     position = 0
     while hasattr(command, "commands"):  # a group: find the command the words name
         if position >= len(words) or words[position] == "--":
-            return False  # no command named: Click shows the group's usage
+            return None, names, False  # no command named: Click shows the group's usage
         word = words[position]
         if word.startswith("-"):
             position += 2 if _takes_value(command, word) else 1
             continue
         named = command.commands.get(word)
-        if named is None:  # a mistyped command name: JSON if any word asks for it
-            return _json_words(None, words)
+        if named is None:  # a mistyped command name
+            return command, names, False
         command = named
+        names.append(word)
         position += 1
-    return takes_json(command) and _json_words(command, words)
+    return command, names, True
 
 
 def takes_json(command: Any) -> bool:
@@ -243,7 +254,10 @@ def _run_json(command: Any, words: list[str]) -> int:
             except typer.TyperException as exc:  # Click's usage errors (exit 2), file errors
                 code = int(getattr(exc, "exit_code", EXIT_FAILED))
                 context = getattr(exc, "ctx", None)
-                path = context.command_path if context is not None else prog
+                if context is not None:
+                    path = context.command_path
+                else:  # Click gives none for a missing option value: the words name it
+                    path = " ".join([prog, *_named_command(command, words)[1]])
                 render_error(
                     "usage" if code == EXIT_USAGE else "error",
                     exc.format_message(),
