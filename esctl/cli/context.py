@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -183,10 +183,18 @@ def with_context(
             with reporting(out=ctx.out, debug=ctx.debug):
                 func(ctx, **kwargs)
 
-        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=parameters, return_annotation=None
-        )
-        command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
-        return command
+        return with_parameters(command, parameters)
 
     return decorate
+
+
+def with_parameters(
+    command: Callable[..., None], parameters: Sequence[inspect.Parameter]
+) -> Callable[..., None]:
+    """``command`` (a wrapper made with ``functools.wraps``) as Typer reads a command taking
+    ``parameters``: a real ``__signature__`` and real ``__annotations__``, Typer's public API."""
+    command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        list(parameters), return_annotation=None
+    )
+    command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return command

@@ -5,8 +5,7 @@ gives Typer the group's options in that parameter's place (so ``--help`` lists t
 hands the command one instance built from their values.
 
 Put it right above the function, under ``@with_context``. As ``esctl.cli.context`` does for the
-shared options, it uses Typer's public API only: a real ``__signature__`` and real
-``__annotations__``."""
+shared options, it uses Typer's public API only (:func:`esctl.cli.context.with_parameters`)."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from esctl.cli.context import with_parameters
 from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
@@ -59,11 +59,7 @@ def with_groups(func: Callable[..., None]) -> Callable[..., None]:
             kwargs[name] = group(**{n: kwargs.pop(n) for n in names})
         func(*args, **kwargs)
 
-    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=parameters, return_annotation=None
-    )
-    command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
-    return command
+    return with_parameters(command, parameters)
 
 
 # --- the groups shared by several command modules --------------------------------------------

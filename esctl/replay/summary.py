@@ -4,7 +4,7 @@ document), :class:`ReplayProgress` on the way."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,14 +101,17 @@ class ReplaySummary:
                 self.problem_counts[kind] = self.problem_counts.get(kind, 0) + n
                 self.problems_not_listed += n
 
-    def add_source_problems(self, source: Any) -> None:
-        """The problems a source found (at the end of a run), and what its rules left out."""
+    def counted(self, counts: Mapping[str, int]) -> None:
+        """A dry run's figures: the selected events per type, as a planning pass counted them."""
+        self.by_type = dict(counts)
+        self.events = sum(counts.values())
+
+    def finish(self, started: float, source: Any) -> ReplaySummary:
+        """The end of a run: the problems ``source`` found and what its rules left out, the
+        elapsed time and the rate since ``started`` (``time.monotonic()``)."""
         self.add_problems(source.problems(), source.unlisted())
         if self.transforms is not None:
             self.transforms["events_left_out"] = getattr(source, "left_out", 0)
-
-    def finish(self, started: float) -> ReplaySummary:
-        """Set the elapsed time and the rate since ``started`` (``time.monotonic()``)."""
         self.elapsed_s = time.monotonic() - started
         self.events_per_s = self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
         return self

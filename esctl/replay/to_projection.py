@@ -96,13 +96,10 @@ def _run_projection(
     source = open_source(options, filters, redis_client, after=after, limit=limit)
     summary.checkpoint = checkpoint_document(state, None, 0)
     if options.dry_run:
-        counts = source.count_by_type()
-        summary.by_type = dict(counts)
-        summary.events = sum(counts.values())
-        summary.add_source_problems(source)
+        summary.counted(source.count_by_type())
         if ctx.connected:
             ctx.conn.rollback()
-        return summary.finish(started)
+        return summary.finish(started, source)
 
     ctx.fresh = after is None
     _setup(adapter, ctx)
@@ -115,8 +112,7 @@ def _run_projection(
         _teardown(adapter, ctx, summary)
     summary.by_type = dict(runner.by_type)
     summary.checkpoint = checkpoint_document(state, runner.position, summary.events)
-    summary.add_source_problems(source)
-    return summary.finish(started)
+    return summary.finish(started, source)
 
 
 def _open_state(

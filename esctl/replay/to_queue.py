@@ -183,22 +183,19 @@ def replay_to_queue(
         plan = plan_publish(env, counts, routes)
         progress.total = sum(counts.values())
         if options.dry_run:
-            summary.events = sum(counts.values())
-            summary.by_type = dict(counts)
+            summary.counted(counts)
             summary.published = plan.published
             summary.messages = plan.messages
             summary.notifications = plan.events
             summary.unpublished = plan.unpublished
-            summary.add_source_problems(source)
-            return summary.finish(started)
+            return summary.finish(started, source)
         if confirm is not None and plan.events > options.confirm_over and not confirm(plan):
             raise Refused("replay not confirmed; nothing was published")
     refs = [queues.QueueRef(s, env, t) for t, subs in sorted(routes.items()) for s in subs]
     _check_lists(client, [r.key("published") for r in refs])
     with replay_lock(client, refs) as lock:
         _publish(options, client, source, routes, summary, progress, lock, on_progress, sleep)
-    summary.add_source_problems(source)
-    return summary.finish(started)
+    return summary.finish(started, source)
 
 
 def _publish(
