@@ -14,7 +14,7 @@ from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import EventSelection, with_groups
-from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt, option
+from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt, option, read_rules
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
@@ -233,9 +233,7 @@ def _load_transforms(path: Path | None, source: EventSource) -> Rules | None:
             "apply to --source pg (PostgreSQL holds what a migration already wrote)",
             hint="drop --source pg, or drop --transforms",
         )
-    from esctl import transforms
-
-    return transforms.load_rules(path)
+    return read_rules(path)
 
 
 FAILURES_SHOWN = 10

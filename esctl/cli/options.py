@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from esctl.transforms import Rules
 
 
 def option(name: str, metavar: str, help: str, *, show_default: bool = False, **more: Any) -> Any:
@@ -147,13 +150,26 @@ ShardOpt = Annotated[
     ),
 ]
 
+
+def transforms_option(help: str) -> Any:
+    """``--transforms FILE`` (the rules file), with what the rules do for one command."""
+    return option("--transforms", "FILE", help)
+
+
+def read_rules(path: Path | None) -> Rules | None:
+    """The --transforms rules file, read and checked before any server is asked (exit 2)."""
+    if path is None:
+        return None
+    from esctl.transforms import load_rules
+
+    return load_rules(path)
+
+
 TransformsOpt = Annotated[
     Path | None,
-    option(
-        "--transforms",
-        "FILE",
+    transforms_option(
         "A TOML rules file (leave out, rename types, upcast, Python callables; README "
-        "'Transforms'): show the events as the rules make them.",
+        "'Transforms'): show the events as the rules make them."
     ),
 ]
 

@@ -16,7 +16,16 @@ from esctl.cli import output
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
 from esctl.cli.groups import EventSelection, OptionGroup, with_groups
-from esctl.cli.options import DryRunOpt, EventSource, ProgressOpt, ShardOpt, YesOpt, option
+from esctl.cli.options import (
+    DryRunOpt,
+    EventSource,
+    ProgressOpt,
+    ShardOpt,
+    YesOpt,
+    option,
+    read_rules,
+    transforms_option,
+)
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:
@@ -25,12 +34,10 @@ if TYPE_CHECKING:
 
 ReplayTransformsOpt = Annotated[
     Path | None,
-    option(
-        "--transforms",
-        "FILE",
+    transforms_option(
         "--from redis: a TOML rules file (README 'Transforms'): replay each aggregate's "
         "events as the rules make them (left out, renamed, upcast, split, renumbered); the "
-        "selectors ask the transformed events.",
+        "selectors ask the transformed events."
     ),
 ]
 
@@ -223,7 +230,7 @@ def replay(
         **asdict(projecting),
         dry_run=dry_run,
         shard=Shard.from_option(shard),
-        transforms=_load_transforms(transforms_file),
+        transforms=read_rules(transforms_file),
     )
     options.check()
     summary = _run(ctx, options, yes=yes, progress=progress, stream=stream)
@@ -232,15 +239,6 @@ def replay(
         _render_stopped(ctx.out, summary, options)
         raise typer.Exit(EXIT_FAILED)
     exit_for(problems=summary.found_problems)
-
-
-def _load_transforms(path: Path | None) -> Any:
-    """The --transforms rules, read and checked before any server is asked (exit 2)."""
-    if path is None:
-        return None
-    from esctl.transforms import load_rules
-
-    return load_rules(path)
 
 
 def _run(

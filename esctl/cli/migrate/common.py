@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, TypedDict
 
 import typer
 
 from esctl.cli.context import Context
+from esctl.cli.options import read_rules
 
 BackupFileOpt = Annotated[
     str | None,
@@ -22,13 +23,10 @@ BackupFileOpt = Annotated[
 
 
 def checked_rules(path: Path | None) -> str | None:
-    """The --transforms file, read and checked before any server is asked (exit 2)."""
-    if path is None:
-        return None
-    from esctl.transforms import load_rules
-
-    load_rules(path)
-    return str(path)
+    """The --transforms file, read and checked before any server is asked (exit 2), as the
+    path the core reads again (in each process)."""
+    read_rules(path)
+    return None if path is None else str(path)
 
 
 class _Store(TypedDict):
@@ -46,8 +44,3 @@ def store(ctx: Context) -> _Store:
 def toast(method: str) -> str | None:
     """--toast-compression: 'server' keeps the server's default."""
     return None if method == "server" else method
-
-
-def transforms_option(help: str) -> Any:
-    """``--transforms FILE`` (the rules file), with what the rules do for one command."""
-    return typer.Option("--transforms", metavar="FILE", help=help, show_default=False)

@@ -9,7 +9,8 @@ import typer
 
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
-from esctl.cli.migrate.common import store, toast, transforms_option
+from esctl.cli.migrate.common import store, toast
+from esctl.cli.options import read_rules, transforms_option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -88,19 +89,10 @@ def plan_command(
         trial=trial,
         trial_events=trial_events,
         toast_compression=toast(toast_compression),
-        transforms=_plan_rules(transforms_file),
+        transforms=read_rules(transforms_file),
     )
     summary = plan_core.plan(ctx.redis, opts)
     ctx.out.result(summary.as_dict(), lambda: _render_plan(ctx.out, summary))
-
-
-def _plan_rules(path: Path | None) -> Any:
-    """The --transforms rules of migrate plan, read before any server is asked (exit 2)."""
-    if path is None:
-        return None
-    from esctl.transforms import load_rules
-
-    return load_rules(path)
 
 
 def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:

@@ -9,8 +9,8 @@ import typer
 
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, transforms_option
-from esctl.cli.options import DryRunOpt, ShardOpt
+from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store
+from esctl.cli.options import DryRunOpt, ShardOpt, transforms_option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:

@@ -12,9 +12,9 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast, transforms_option
+from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast
 from esctl.cli.migrate.prune import render_prune
-from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt
+from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt, transforms_option
 from esctl.cli.output import Output, Progress
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import checked_rules, store, transforms_option
-from esctl.cli.options import ProblemsFileOpt, ShardOpt
+from esctl.cli.migrate.common import checked_rules, store
+from esctl.cli.options import ProblemsFileOpt, ShardOpt, transforms_option
 
 VerifyTransformsOpt = Annotated[
     Path | None,
