@@ -30,6 +30,21 @@ READ_AHEAD_BATCHES = 2
 worth of events; a larger page's are fetched a batch at a time as its checks reach them."""
 
 
+@dataclass(slots=True)
+class AggregateRead:
+    """One aggregate as the reader has it: its commit-list entries from entry ``start``, their
+    payloads and the hash each was found in (None: missing), and what esctl.migrated_stream
+    holds of it (None: nothing migrated yet)."""
+
+    aggregate_id: str
+    key: str
+    start: int
+    commit_ids: list[str]
+    values: list[bytes | None]
+    where: list[str | None]
+    known: Migrated | None
+
+
 @dataclass
 class ReadPage:
     """What one SCAN page needs from Redis and esctl's bookkeeping, read before (or, ahead of
@@ -328,13 +343,15 @@ class Reader:
             self._batch.aggregates += 1
             self._add_aggregate(
                 self._batch,
-                aggregate_id,
-                key,
-                start,
-                commit_ids,
-                values[offset:end],
-                where[offset:end],
-                known.get(aggregate_id),
+                AggregateRead(
+                    aggregate_id,
+                    key,
+                    start,
+                    commit_ids,
+                    values[offset:end],
+                    where[offset:end],
+                    known.get(aggregate_id),
+                ),
             )
             quarantined = self._batch.quarantined
             if quarantined and quarantined[-1].aggregate_id == aggregate_id:
@@ -343,21 +360,12 @@ class Reader:
             if self._full():
                 yield self._seal(page_start)
 
-    def _add_aggregate(
-        self,
-        batch: Batch,
-        aggregate_id: str,
-        key: str,
-        start: int,
-        commit_ids: list[str],
-        values: list[bytes | None],
-        where: list[str | None],
-        known: Migrated | None,
-    ) -> None:
-        done, known_type, skip, continuous = resume_point(known, commit_ids)
+    def _add_aggregate(self, batch: Batch, read: AggregateRead) -> None:
+        aggregate_id, commit_ids = read.aggregate_id, read.commit_ids
+        done, known_type, skip, continuous = resume_point(read.known, commit_ids)
         if continuous:
             fast = clean_rows(
-                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
+                aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
             )
             if fast is not None:
                 aggregate_type, fast_rows = fast
@@ -367,9 +375,7 @@ class Reader:
                 )
                 return
         # The general path finds and describes whatever kept the fast path from taking it.
-        stream, new_events = checked_stream(
-            aggregate_id, key, start, commit_ids, values, where, known, continuous=continuous
-        )
+        stream, new_events = checked_stream(read, continuous=continuous)
         if stream.ok:
             rows = stream_rows(stream)
             if isinstance(rows, StreamProblem):
@@ -383,7 +389,7 @@ class Reader:
                     stream_type, rows, done + new_events, commit_ids[-1]
                 )
                 return
-        batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
+        batch.quarantined.append(Quarantined(aggregate_id, read.key, new_events, stream.problems))
 
 
 def resume_point(
@@ -397,23 +403,16 @@ def resume_point(
     return done, known_type, 1 if done else 0, continuous
 
 
-def checked_stream(
-    aggregate_id: str,
-    key: str,
-    start: int,
-    commit_ids: list[str],
-    values: list[bytes | None],
-    where: list[str | None],
-    known: Migrated | None,
-    *,
-    continuous: bool,
-) -> tuple[Stream, int]:
-    """The general path's view of one aggregate's commits from ``start``: the stream with every
-    problem found (a rewritten commit list when not ``continuous``; else the checks of
+def checked_stream(read: AggregateRead, *, continuous: bool) -> tuple[Stream, int]:
+    """The general path's view of one aggregate's commits from ``read.start``: the stream with
+    every problem found (a rewritten commit list when not ``continuous``; else the checks of
     :func:`validate_stream` from the version after the ``known`` migrated ones), its events cut
     to the new ones when it is ok, and the number of new events."""
-    done, known_type, skip, _ = resume_point(known, commit_ids)
-    stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
+    start, known = read.start, read.known
+    done, known_type, skip, _ = resume_point(known, read.commit_ids)
+    stream = build_stream(
+        read.aggregate_id, read.key, read.commit_ids, read.values, read.where, first_position=start
+    )
     if not continuous:
         stream.problems.append(
             StreamProblem(

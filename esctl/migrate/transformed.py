@@ -22,7 +22,14 @@ from psycopg import sql
 from esctl import codec, layout, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.reader import Migrated, Reader, ReadPage, checked_stream, resume_point
+from esctl.migrate.reader import (
+    AggregateRead,
+    Migrated,
+    Reader,
+    ReadPage,
+    checked_stream,
+    resume_point,
+)
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
 from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
@@ -76,21 +83,12 @@ class TransformingReader(Reader):
         self.numbering = page.numbering
         yield from super()._add_read_page(page, page_start)
 
-    def _add_aggregate(
-        self,
-        batch: Batch,
-        aggregate_id: str,
-        key: str,
-        start: int,
-        commit_ids: list[str],
-        values: list[bytes | None],
-        where: list[str | None],
-        known: Migrated | None,
-    ) -> None:
-        done, known_type, skip, continuous = resume_point(known, commit_ids)
+    def _add_aggregate(self, batch: Batch, read: AggregateRead) -> None:
+        aggregate_id, key, commit_ids = read.aggregate_id, read.key, read.commit_ids
+        done, known_type, skip, continuous = resume_point(read.known, commit_ids)
         fast = (
             clean_payloads(
-                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
+                aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
             )
             if continuous
             else None
@@ -105,9 +103,7 @@ class TransformingReader(Reader):
             )
             self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
             return
-        stream, new_events = checked_stream(
-            aggregate_id, key, start, commit_ids, values, where, known, continuous=continuous
-        )
+        stream, new_events = checked_stream(read, continuous=continuous)
         if stream.ok:
             problem = postgres_problem(stream)
             if problem is not None:
