@@ -31,6 +31,7 @@ from esctl.migrate.reader import (
     resume_point,
 )
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
+from esctl.pgevents import other_transforms, transforms_words
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
 from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
 
@@ -190,10 +191,6 @@ def transformed_rows(outcome: CheckedOutcome) -> list[bytes]:
     ]
 
 
-def _short(fp: str | None) -> str:
-    return "none (no --transforms)" if fp is None else fp[:16]
-
-
 def check_transforms(
     client: redisio.RedisClient,
     conn: psycopg.Connection,
@@ -205,16 +202,10 @@ def check_transforms(
     wrote for this app and shard first, so the result equals a fresh run. Returns the
     aggregates deleted. Ends the transaction."""
     mine = rules.fingerprint if rules is not None else None
-    try:
-        row = conn.execute(
-            "SELECT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
-            " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT 1",
-            (opts.pg_schema, opts.app, mine),
-        ).fetchone()
-    except psycopg.errors.UndefinedColumn:
+    other = other_transforms(conn, opts.pg_schema, opts.app, mine, most=1)
+    if other is None:
         # The bookkeeping of an esctl from before transforms, not upgraded (a dry run alters
         # nothing): everything in it was migrated without transforms.
-        conn.rollback()
         if mine is None:
             return 0
         row = conn.execute(
@@ -225,27 +216,22 @@ def check_transforms(
         conn.commit()
         if row is None:
             return 0
-        source = None
+        other, source = [None], None
     else:
-        conn.commit()
-        if row is None:
+        if not other:
             return 0
         source = conn.execute(
             "SELECT transforms_file, run_id FROM esctl.migration_run WHERE target_schema = %s"
             " AND application_name = %s AND transforms IS NOT DISTINCT FROM %s"
             " ORDER BY started_at DESC LIMIT 1",
-            (opts.pg_schema, opts.app, row[0]),
+            (opts.pg_schema, opts.app, other[0]),
         ).fetchone()
         conn.commit()
-    theirs: str | None = row[0]
-    before = "without --transforms" if theirs is None else f"with transforms {_short(theirs)}"
+    theirs = other[0]
+    before = transforms_words(theirs)
     if theirs is not None and source is not None and source[0]:
         before += f" (from {source[0]}, run {source[1]})"
-    now = (
-        "without --transforms"
-        if rules is None
-        else f"with transforms {_short(mine)} (from {rules.path})"
-    )
+    now = transforms_words(mine, rules.path if rules is not None else None)
     what = (
         f"PostgreSQL schema {opts.pg_schema!r} holds events of {opts.app} migrated {before}; "
         f"this run would add events {now}"
