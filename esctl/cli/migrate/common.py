@@ -48,6 +48,14 @@ def toast(method: str) -> str | None:
     return None if method == "server" else method
 
 
+def workers_option(help: str, *, most: int | None = None, show_default: bool = True) -> Any:
+    """``--workers N`` (local processes, at least 1, at most ``most``), with what they do for
+    one command."""
+    return typer.Option(
+        "--workers", metavar="N", min=1, max=most, help=help, show_default=show_default
+    )
+
+
 def transforms_option(help: str) -> Any:
     """``--transforms FILE`` (the rules file), with what the rules do for one command."""
     return typer.Option("--transforms", metavar="FILE", help=help, show_default=False)
