@@ -204,6 +204,18 @@ def migrated_commits(
     return dict(rows)
 
 
+def any_migrated(conn: psycopg.Connection, schema: str, app: str) -> bool:
+    """Whether esctl.migrated_stream records any aggregate of ``app`` migrated into ``schema``.
+    Ends the transaction."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM esctl.migrated_stream"
+        " WHERE target_schema = %s AND application_name = %s)",
+        (schema, app),
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
 def other_transforms(
     conn: psycopg.Connection, schema: str, app: str, mine: str | None, *, most: int
 ) -> list[str | None] | None:

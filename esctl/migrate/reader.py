@@ -18,6 +18,7 @@ import psycopg
 from esctl import inflight, layout, redisio, storereads
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
+from esctl.pgevents import any_migrated
 from esctl.shard import Shard
 from esctl.streams import Stream, StreamProblem, build_stream, validate_stream
 
@@ -112,16 +113,7 @@ class Reader:
         passed over while the list keeps that length (None: always). A plain run reads each
         aggregate once and keeps none."""
         # A first run skips the per-page lookup of what was migrated (docs/design/migrate.md).
-        self.lookups = state_present and self._any_migrated()
-
-    def _any_migrated(self) -> bool:
-        row = self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM esctl.migrated_stream"
-            " WHERE target_schema = %s AND application_name = %s)",
-            (self.opts.pg_schema, self.opts.app),
-        ).fetchone()
-        self.conn.commit()
-        return bool(row and row[0])
+        self.lookups = state_present and any_migrated(conn, opts.pg_schema, opts.app)
 
     def migrated(self, ids: Sequence[str], numbering: dict[str, Any]) -> dict[str, Migrated]:
         """aggregate id -> (commits migrated, last commit id, aggregate type). ``numbering``:

@@ -31,7 +31,7 @@ from esctl.migrate.reader import (
     resume_point,
 )
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
-from esctl.pgevents import other_transforms, transforms_words
+from esctl.pgevents import any_migrated, other_transforms, transforms_words
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
 from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
 
@@ -208,13 +208,7 @@ def check_transforms(
         # nothing): everything in it was migrated without transforms.
         if mine is None:
             return 0
-        row = conn.execute(
-            "SELECT NULL FROM esctl.migrated_stream WHERE target_schema = %s"
-            " AND application_name = %s LIMIT 1",
-            (opts.pg_schema, opts.app),
-        ).fetchone()
-        conn.commit()
-        if row is None:
+        if not any_migrated(conn, opts.pg_schema, opts.app):
             return 0
         other, source = [None], None
     else:
@@ -254,21 +248,30 @@ def check_transforms(
             "shard) from PostgreSQL and migrates everything again",
             hint="add --yes to confirm (nothing was done)",
         )
-    check_sources_whole(client, conn, opts, mine)
-    return _delete_migrated(conn, opts, mine)
+    # (the migration lock keeps other runs from changing what is read once here)
+    migrated = _migrated_with_other_transforms(conn, opts, mine)
+    check_sources_whole(client, opts, migrated)
+    return _delete_migrated(conn, opts, [a for a, _ in migrated])
 
 
-def _delete_migrated(conn: psycopg.Connection, opts: MigrateOptions, mine: str | None) -> int:
-    """Delete the events, aggregate rows and bookkeeping of every aggregate of this app and
-    shard migrated with other transforms, in one transaction. Refused when one of them is no
-    longer whole in Redis (pruned): its events would be lost."""
+def _migrated_with_other_transforms(
+    conn: psycopg.Connection, opts: MigrateOptions, mine: str | None
+) -> list[tuple[str, int]]:
+    """(aggregate id, commits migrated) of each aggregate of this app and shard that
+    esctl.migrated_stream records as migrated with other transforms than ``mine``. Ends the
+    transaction."""
     rows = conn.execute(
         "SELECT aggregate_id, commits FROM esctl.migrated_stream WHERE target_schema = %s"
         " AND application_name = %s AND transforms IS DISTINCT FROM %s",
         (opts.pg_schema, opts.app, mine),
     ).fetchall()
-    owned = [(a, n) for a, n in rows if opts.shard.owns(a)]
-    ids = [a for a, _ in owned]
+    conn.commit()
+    return [(a, n) for a, n in rows if opts.shard.owns(a)]
+
+
+def _delete_migrated(conn: psycopg.Connection, opts: MigrateOptions, ids: list[str]) -> int:
+    """Delete the events, aggregate rows and bookkeeping of these aggregates of this app, in
+    one transaction."""
     s = sql.Identifier(opts.pg_schema)
     for start in range(0, len(ids), 5000):
         chunk = ids[start : start + 5000]
@@ -296,17 +299,11 @@ def _delete_migrated(conn: psycopg.Connection, opts: MigrateOptions, mine: str |
 
 
 def check_sources_whole(
-    client: redisio.RedisClient, conn: psycopg.Connection, opts: MigrateOptions, mine: str | None
+    client: redisio.RedisClient, opts: MigrateOptions, owned: list[tuple[str, int]]
 ) -> None:
-    """Before a ``--restart`` deletes: every aggregate to delete must still have all its
-    migrated commits in Redis (``migrate prune`` removes them), or its events would be lost."""
-    rows = conn.execute(
-        "SELECT aggregate_id, commits FROM esctl.migrated_stream WHERE target_schema = %s"
-        " AND application_name = %s AND transforms IS DISTINCT FROM %s",
-        (opts.pg_schema, opts.app, mine),
-    ).fetchall()
-    conn.commit()
-    owned = [(a, n) for a, n in rows if opts.shard.owns(a)]
+    """Before a ``--restart`` deletes: every aggregate to delete (aggregate id, commits
+    migrated) must still have all its migrated commits in Redis (``migrate prune`` removes
+    them), or its events would be lost."""
     for start in range(0, len(owned), 1000):
         chunk = owned[start : start + 1000]
         keys = [layout.commit_list_key(opts.app, a) for a, _ in chunk]
