@@ -1,6 +1,7 @@
 """Migrated events read back from PostgreSQL: the rows (or per-aggregate columns) of some
-aggregates and the commits esctl recorded as migrated. Shared by ``migrate verify``,
-``migrate prune`` and doctor (docs/design/performance.md, section 7)."""
+aggregates, and what esctl recorded as migrated (commits, whether any, with which transforms).
+Shared by ``migrate``, ``migrate verify``, ``migrate prune`` and doctor
+(docs/design/performance.md, section 7)."""
 
 from __future__ import annotations
 
