@@ -5,6 +5,7 @@ sections 5 and 7, on why the hot path looks as it does)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -79,52 +80,37 @@ def _loose(value: Any) -> int:
     return found
 
 
-def _loose_both(a: Any, b: Any) -> int:  # noqa: C901, PLR0912  hot path: one loop per kind, no calls per leaf
+def _loose_both(a: Any, b: Any) -> int:
     """``_loose(a) | _loose(b)`` for ``a == b`` (one shape: only the leaves' types may differ,
     ``1 == 1.0 == True``), in one walk over both (~1.4 µs an event, where two walks took ~2)."""
     kind = type(a)
     if kind is dict:
-        items = a.items()
-        found = 0
-        for key, v in items:
-            kv = type(v)
-            if kv is str or v is None:
-                continue
-            w = b[key]
-            kw = type(w)
-            if kv is int and kw is int:
-                continue
-            if kv is bool or kw is bool:
-                return _BOOL
-            if kv is float or kw is float:
-                found = _FLOAT
-            else:
-                found |= _loose_both(v, w)
-                if found & _BOOL:
-                    return found
-        return found
-    if kind is list:
-        found = 0
-        for v, w in zip(a, b, strict=True):
-            kv = type(v)
-            if kv is str or v is None:
-                continue
-            kw = type(w)
-            if kv is int and kw is int:
-                continue
-            if kv is bool or kw is bool:
-                return _BOOL
-            if kv is float or kw is float:
-                found = _FLOAT
-            else:
-                found |= _loose_both(v, w)
-                if found & _BOOL:
-                    return found
-        return found
-    kb = type(b)
-    if kind is bool or kb is bool:
-        return _BOOL
-    return _FLOAT if kind is float or kb is float else 0
+        items: Iterable[tuple[Any, Any]] = a.items()
+    elif kind is list:
+        items = enumerate(a)  # (index, value): ``b[key]`` reads either side's leaf
+    else:
+        kb = type(b)
+        if kind is bool or kb is bool:
+            return _BOOL
+        return _FLOAT if kind is float or kb is float else 0
+    found = 0
+    for key, v in items:
+        kv = type(v)
+        if kv is str or v is None:
+            continue
+        w = b[key]
+        kw = type(w)
+        if kv is int and kw is int:
+            continue
+        if kv is bool or kw is bool:
+            return _BOOL
+        if kv is float or kw is float:
+            found = _FLOAT
+        else:
+            found |= _loose_both(v, w)
+            if found & _BOOL:
+                return found
+    return found
 
 
 def same_json(pg_text: str | bytes, data: Any, text: str | bytes) -> bool:

@@ -1,6 +1,7 @@
 """Migrated events read back from PostgreSQL: the rows (or per-aggregate columns) of some
-aggregates and the commits esctl recorded as migrated. Shared by ``migrate verify``,
-``migrate prune`` and doctor (docs/design/performance.md, section 7)."""
+aggregates, and what esctl recorded as migrated (commits, whether any, with which transforms).
+Shared by ``migrate``, ``migrate verify``, ``migrate prune`` and doctor
+(docs/design/performance.md, section 7)."""
 
 from __future__ import annotations
 
@@ -202,3 +203,43 @@ def migrated_commits(
     ).fetchall()
     conn.commit()
     return dict(rows)
+
+
+def any_migrated(conn: psycopg.Connection, schema: str, app: str) -> bool:
+    """Whether esctl.migrated_stream records any aggregate of ``app`` migrated into ``schema``.
+    Ends the transaction."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM esctl.migrated_stream"
+        " WHERE target_schema = %s AND application_name = %s)",
+        (schema, app),
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+def other_transforms(
+    conn: psycopg.Connection, schema: str, app: str, mine: str | None, *, most: int
+) -> list[str | None] | None:
+    """Up to ``most`` transforms fingerprints other than ``mine`` that esctl.migrated_stream
+    records for ``app``'s aggregates (None in the list: migrated without transforms); None when
+    that bookkeeping is from before transforms (no such column). Ends the transaction."""
+    try:
+        rows = conn.execute(
+            "SELECT DISTINCT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
+            " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT %s",
+            (schema, app, mine, most),
+        ).fetchall()
+    except psycopg.errors.UndefinedColumn:
+        conn.rollback()
+        return None
+    conn.commit()
+    return [r[0] for r in rows]
+
+
+def transforms_words(fingerprint: str | None, path: str | None = None) -> str:
+    """How messages name the rules events were (or are to be) migrated with: "without
+    --transforms", or "with transforms" and the fingerprint's first 16 digits (and the file)."""
+    if fingerprint is None:
+        return "without --transforms"
+    words = f"with transforms {fingerprint[:16]}"
+    return words if path is None else f"{words} (from {path})"

@@ -23,7 +23,7 @@ from esctl.backupfile import BackupWriter
 from esctl.documents import document
 from esctl.errors import ConfigError, Refused, ServerError, UsageError
 from esctl.locks import AdvisoryLock
-from esctl.pgevents import PgEvent, pg_page
+from esctl.pgevents import PgEvent, other_transforms, pg_page, transforms_words
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
 from esctl.transforms import Rules, load_rules
@@ -256,10 +256,6 @@ def _recover(client: redisio.RedisClient, conn: psycopg.Connection, opts: PruneO
 # --- transforms ----------------------------------------------------------------------------
 
 
-def _short(fp: str | None) -> str:
-    return "none (no --transforms)" if fp is None else fp[:16]
-
-
 def check_transforms(
     conn: psycopg.Connection, opts: PruneOptions, rules: Rules | None, bookkeeping: bool
 ) -> None:
@@ -267,31 +263,15 @@ def check_transforms(
     aggregates (esctl.migrated_stream.transforms): without rules on a transformed migration,
     with rules on one made without them or with other rules."""
     mine = rules.fingerprint if rules is not None else None
-    theirs: list[str | None] = []
+    theirs: list[str | None] | None = None
     if bookkeeping:
-        try:
-            rows = conn.execute(
-                "SELECT DISTINCT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
-                " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT 2",
-                (opts.pg_schema, opts.app, mine),
-            ).fetchall()
-            theirs = [r[0] for r in rows]
-        except psycopg.errors.UndefinedColumn:  # bookkeeping from before transforms
-            conn.rollback()
-            theirs = [None] if mine is not None else []
-        conn.commit()
-    elif mine is not None:
-        theirs = [None]
+        theirs = other_transforms(conn, opts.pg_schema, opts.app, mine, most=2)
+    if theirs is None:  # no bookkeeping, or one from before transforms: none were used
+        theirs = [None] if mine is not None else []
     if not theirs:
         return
-    recorded = ", ".join(
-        "without --transforms" if t is None else f"with transforms {_short(t)}" for t in theirs
-    )
-    given = (
-        "without --transforms"
-        if rules is None
-        else f"with transforms {_short(mine)} (from {rules.path})"
-    )
+    recorded = ", ".join(transforms_words(t) for t in theirs)
+    given = transforms_words(mine, rules.path if rules is not None else None)
     raise Refused(
         f"{opts.app} (schema {opts.pg_schema}) was migrated {recorded}; this prune runs {given}: "
         "it would compare Redis with PostgreSQL by other rules than the migration's",

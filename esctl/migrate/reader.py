@@ -18,6 +18,7 @@ import psycopg
 from esctl import inflight, layout, redisio, storereads
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
+from esctl.pgevents import any_migrated
 from esctl.shard import Shard
 from esctl.streams import Stream, StreamProblem, build_stream, validate_stream
 
@@ -28,6 +29,21 @@ aggregate type)."""
 READ_AHEAD_BATCHES = 2
 """A SCAN page's payloads are read ahead of its checks when it names at most this many batches'
 worth of events; a larger page's are fetched a batch at a time as its checks reach them."""
+
+
+@dataclass(slots=True)
+class AggregateRead:
+    """One aggregate as the reader has it: its commit-list entries from entry ``start``, their
+    payloads and the hash each was found in (None: missing), and what esctl.migrated_stream
+    holds of it (None: nothing migrated yet)."""
+
+    aggregate_id: str
+    key: str
+    start: int
+    commit_ids: list[str]
+    values: list[bytes | None]
+    where: list[str | None]
+    known: Migrated | None
 
 
 @dataclass
@@ -97,16 +113,7 @@ class Reader:
         passed over while the list keeps that length (None: always). A plain run reads each
         aggregate once and keeps none."""
         # A first run skips the per-page lookup of what was migrated (docs/design/migrate.md).
-        self.lookups = state_present and self._any_migrated()
-
-    def _any_migrated(self) -> bool:
-        row = self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM esctl.migrated_stream"
-            " WHERE target_schema = %s AND application_name = %s)",
-            (self.opts.pg_schema, self.opts.app),
-        ).fetchone()
-        self.conn.commit()
-        return bool(row and row[0])
+        self.lookups = state_present and any_migrated(conn, opts.pg_schema, opts.app)
 
     def migrated(self, ids: Sequence[str], numbering: dict[str, Any]) -> dict[str, Migrated]:
         """aggregate id -> (commits migrated, last commit id, aggregate type). ``numbering``:
@@ -328,13 +335,15 @@ class Reader:
             self._batch.aggregates += 1
             self._add_aggregate(
                 self._batch,
-                aggregate_id,
-                key,
-                start,
-                commit_ids,
-                values[offset:end],
-                where[offset:end],
-                known.get(aggregate_id),
+                AggregateRead(
+                    aggregate_id,
+                    key,
+                    start,
+                    commit_ids,
+                    values[offset:end],
+                    where[offset:end],
+                    known.get(aggregate_id),
+                ),
             )
             quarantined = self._batch.quarantined
             if quarantined and quarantined[-1].aggregate_id == aggregate_id:
@@ -343,21 +352,12 @@ class Reader:
             if self._full():
                 yield self._seal(page_start)
 
-    def _add_aggregate(
-        self,
-        batch: Batch,
-        aggregate_id: str,
-        key: str,
-        start: int,
-        commit_ids: list[str],
-        values: list[bytes | None],
-        where: list[str | None],
-        known: Migrated | None,
-    ) -> None:
-        done, known_type, skip, continuous = resume_point(known, commit_ids)
+    def _add_aggregate(self, batch: Batch, read: AggregateRead) -> None:
+        aggregate_id, commit_ids = read.aggregate_id, read.commit_ids
+        done, known_type, skip, continuous = resume_point(read.known, commit_ids)
         if continuous:
             fast = clean_rows(
-                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
+                aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
             )
             if fast is not None:
                 aggregate_type, fast_rows = fast
@@ -367,9 +367,7 @@ class Reader:
                 )
                 return
         # The general path finds and describes whatever kept the fast path from taking it.
-        stream, new_events = checked_stream(
-            aggregate_id, key, start, commit_ids, values, where, known, continuous=continuous
-        )
+        stream, new_events = checked_stream(read, continuous=continuous)
         if stream.ok:
             rows = stream_rows(stream)
             if isinstance(rows, StreamProblem):
@@ -383,7 +381,7 @@ class Reader:
                     stream_type, rows, done + new_events, commit_ids[-1]
                 )
                 return
-        batch.quarantined.append(Quarantined(aggregate_id, key, new_events, stream.problems))
+        batch.quarantined.append(Quarantined(aggregate_id, read.key, new_events, stream.problems))
 
 
 def resume_point(
@@ -397,23 +395,16 @@ def resume_point(
     return done, known_type, 1 if done else 0, continuous
 
 
-def checked_stream(
-    aggregate_id: str,
-    key: str,
-    start: int,
-    commit_ids: list[str],
-    values: list[bytes | None],
-    where: list[str | None],
-    known: Migrated | None,
-    *,
-    continuous: bool,
-) -> tuple[Stream, int]:
-    """The general path's view of one aggregate's commits from ``start``: the stream with every
-    problem found (a rewritten commit list when not ``continuous``; else the checks of
+def checked_stream(read: AggregateRead, *, continuous: bool) -> tuple[Stream, int]:
+    """The general path's view of one aggregate's commits from ``read.start``: the stream with
+    every problem found (a rewritten commit list when not ``continuous``; else the checks of
     :func:`validate_stream` from the version after the ``known`` migrated ones), its events cut
     to the new ones when it is ok, and the number of new events."""
-    done, known_type, skip, _ = resume_point(known, commit_ids)
-    stream = build_stream(aggregate_id, key, commit_ids, values, where, first_position=start)
+    start, known = read.start, read.known
+    done, known_type, skip, _ = resume_point(known, read.commit_ids)
+    stream = build_stream(
+        read.aggregate_id, read.key, read.commit_ids, read.values, read.where, first_position=start
+    )
     if not continuous:
         stream.problems.append(
             StreamProblem(

@@ -22,8 +22,16 @@ from psycopg import sql
 from esctl import codec, layout, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.reader import Migrated, Reader, ReadPage, checked_stream, resume_point
+from esctl.migrate.reader import (
+    AggregateRead,
+    Migrated,
+    Reader,
+    ReadPage,
+    checked_stream,
+    resume_point,
+)
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
+from esctl.pgevents import any_migrated, other_transforms, transforms_words
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
 from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
 
@@ -76,21 +84,12 @@ class TransformingReader(Reader):
         self.numbering = page.numbering
         yield from super()._add_read_page(page, page_start)
 
-    def _add_aggregate(
-        self,
-        batch: Batch,
-        aggregate_id: str,
-        key: str,
-        start: int,
-        commit_ids: list[str],
-        values: list[bytes | None],
-        where: list[str | None],
-        known: Migrated | None,
-    ) -> None:
-        done, known_type, skip, continuous = resume_point(known, commit_ids)
+    def _add_aggregate(self, batch: Batch, read: AggregateRead) -> None:
+        aggregate_id, key, commit_ids = read.aggregate_id, read.key, read.commit_ids
+        done, known_type, skip, continuous = resume_point(read.known, commit_ids)
         fast = (
             clean_payloads(
-                aggregate_id, values[skip:], first_version=done + 1, known_type=known_type
+                aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
             )
             if continuous
             else None
@@ -105,9 +104,7 @@ class TransformingReader(Reader):
             )
             self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
             return
-        stream, new_events = checked_stream(
-            aggregate_id, key, start, commit_ids, values, where, known, continuous=continuous
-        )
+        stream, new_events = checked_stream(read, continuous=continuous)
         if stream.ok:
             problem = postgres_problem(stream)
             if problem is not None:
@@ -194,10 +191,6 @@ def transformed_rows(outcome: CheckedOutcome) -> list[bytes]:
     ]
 
 
-def _short(fp: str | None) -> str:
-    return "none (no --transforms)" if fp is None else fp[:16]
-
-
 def check_transforms(
     client: redisio.RedisClient,
     conn: psycopg.Connection,
@@ -209,47 +202,30 @@ def check_transforms(
     wrote for this app and shard first, so the result equals a fresh run. Returns the
     aggregates deleted. Ends the transaction."""
     mine = rules.fingerprint if rules is not None else None
-    try:
-        row = conn.execute(
-            "SELECT transforms FROM esctl.migrated_stream WHERE target_schema = %s"
-            " AND application_name = %s AND transforms IS DISTINCT FROM %s LIMIT 1",
-            (opts.pg_schema, opts.app, mine),
-        ).fetchone()
-    except psycopg.errors.UndefinedColumn:
+    other = other_transforms(conn, opts.pg_schema, opts.app, mine, most=1)
+    if other is None:
         # The bookkeeping of an esctl from before transforms, not upgraded (a dry run alters
         # nothing): everything in it was migrated without transforms.
-        conn.rollback()
         if mine is None:
             return 0
-        row = conn.execute(
-            "SELECT NULL FROM esctl.migrated_stream WHERE target_schema = %s"
-            " AND application_name = %s LIMIT 1",
-            (opts.pg_schema, opts.app),
-        ).fetchone()
-        conn.commit()
-        if row is None:
+        if not any_migrated(conn, opts.pg_schema, opts.app):
             return 0
-        source = None
+        other, source = [None], None
     else:
-        conn.commit()
-        if row is None:
+        if not other:
             return 0
         source = conn.execute(
             "SELECT transforms_file, run_id FROM esctl.migration_run WHERE target_schema = %s"
             " AND application_name = %s AND transforms IS NOT DISTINCT FROM %s"
             " ORDER BY started_at DESC LIMIT 1",
-            (opts.pg_schema, opts.app, row[0]),
+            (opts.pg_schema, opts.app, other[0]),
         ).fetchone()
         conn.commit()
-    theirs: str | None = row[0]
-    before = "without --transforms" if theirs is None else f"with transforms {_short(theirs)}"
+    theirs = other[0]
+    before = transforms_words(theirs)
     if theirs is not None and source is not None and source[0]:
         before += f" (from {source[0]}, run {source[1]})"
-    now = (
-        "without --transforms"
-        if rules is None
-        else f"with transforms {_short(mine)} (from {rules.path})"
-    )
+    now = transforms_words(mine, rules.path if rules is not None else None)
     what = (
         f"PostgreSQL schema {opts.pg_schema!r} holds events of {opts.app} migrated {before}; "
         f"this run would add events {now}"
@@ -272,21 +248,30 @@ def check_transforms(
             "shard) from PostgreSQL and migrates everything again",
             hint="add --yes to confirm (nothing was done)",
         )
-    check_sources_whole(client, conn, opts, mine)
-    return _delete_migrated(conn, opts, mine)
+    # (the migration lock keeps other runs from changing what is read once here)
+    migrated = _migrated_with_other_transforms(conn, opts, mine)
+    check_sources_whole(client, opts, migrated)
+    return _delete_migrated(conn, opts, [a for a, _ in migrated])
 
 
-def _delete_migrated(conn: psycopg.Connection, opts: MigrateOptions, mine: str | None) -> int:
-    """Delete the events, aggregate rows and bookkeeping of every aggregate of this app and
-    shard migrated with other transforms, in one transaction. Refused when one of them is no
-    longer whole in Redis (pruned): its events would be lost."""
+def _migrated_with_other_transforms(
+    conn: psycopg.Connection, opts: MigrateOptions, mine: str | None
+) -> list[tuple[str, int]]:
+    """(aggregate id, commits migrated) of each aggregate of this app and shard that
+    esctl.migrated_stream records as migrated with other transforms than ``mine``. Ends the
+    transaction."""
     rows = conn.execute(
         "SELECT aggregate_id, commits FROM esctl.migrated_stream WHERE target_schema = %s"
         " AND application_name = %s AND transforms IS DISTINCT FROM %s",
         (opts.pg_schema, opts.app, mine),
     ).fetchall()
-    owned = [(a, n) for a, n in rows if opts.shard.owns(a)]
-    ids = [a for a, _ in owned]
+    conn.commit()
+    return [(a, n) for a, n in rows if opts.shard.owns(a)]
+
+
+def _delete_migrated(conn: psycopg.Connection, opts: MigrateOptions, ids: list[str]) -> int:
+    """Delete the events, aggregate rows and bookkeeping of these aggregates of this app, in
+    one transaction."""
     s = sql.Identifier(opts.pg_schema)
     for start in range(0, len(ids), 5000):
         chunk = ids[start : start + 5000]
@@ -314,17 +299,11 @@ def _delete_migrated(conn: psycopg.Connection, opts: MigrateOptions, mine: str |
 
 
 def check_sources_whole(
-    client: redisio.RedisClient, conn: psycopg.Connection, opts: MigrateOptions, mine: str | None
+    client: redisio.RedisClient, opts: MigrateOptions, owned: list[tuple[str, int]]
 ) -> None:
-    """Before a ``--restart`` deletes: every aggregate to delete must still have all its
-    migrated commits in Redis (``migrate prune`` removes them), or its events would be lost."""
-    rows = conn.execute(
-        "SELECT aggregate_id, commits FROM esctl.migrated_stream WHERE target_schema = %s"
-        " AND application_name = %s AND transforms IS DISTINCT FROM %s",
-        (opts.pg_schema, opts.app, mine),
-    ).fetchall()
-    conn.commit()
-    owned = [(a, n) for a, n in rows if opts.shard.owns(a)]
+    """Before a ``--restart`` deletes: every aggregate to delete (aggregate id, commits
+    migrated) must still have all its migrated commits in Redis (``migrate prune`` removes
+    them), or its events would be lost."""
     for start in range(0, len(owned), 1000):
         chunk = owned[start : start + 1000]
         keys = [layout.commit_list_key(opts.app, a) for a, _ in chunk]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import typer
 
@@ -44,3 +44,11 @@ def store(ctx: Context) -> _Store:
 def toast(method: str) -> str | None:
     """--toast-compression: 'server' keeps the server's default."""
     return None if method == "server" else method
+
+
+def workers_option(help: str, *, most: int | None = None, show_default: bool = True) -> Any:
+    """``--workers N`` (local processes, at least 1, at most ``most``), with what they do for
+    one command."""
+    return typer.Option(
+        "--workers", metavar="N", min=1, max=most, help=help, show_default=show_default
+    )

@@ -12,7 +12,7 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast
+from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast, workers_option
 from esctl.cli.migrate.prune import render_prune
 from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt, transforms_option
 from esctl.cli.output import Output, Progress
@@ -94,12 +94,9 @@ def redis_to_pg(
     ] = 2,
     workers: Annotated[
         int,
-        typer.Option(
-            "--workers",
-            metavar="N",
-            min=1,
-            help="Local processes, each migrating one sub-shard (of --shard, if given); one "
-            "combined summary. Rerun with the same number to resume.",
+        workers_option(
+            "Local processes, each migrating one sub-shard (of --shard, if given); one "
+            "combined summary. Rerun with the same number to resume."
         ),
     ] = 1,
     toast_compression: ToastCompressionOpt = "lz4",

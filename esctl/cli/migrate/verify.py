@@ -10,7 +10,7 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import checked_rules, store
+from esctl.cli.migrate.common import checked_rules, store, workers_option
 from esctl.cli.options import ProblemsFileOpt, ShardOpt, transforms_option
 
 VerifyTransformsOpt = Annotated[
@@ -41,13 +41,10 @@ def verify_command(
     ] = False,
     workers: Annotated[
         int,
-        typer.Option(
-            "--workers",
-            metavar="N",
-            min=1,
-            max=32,
-            help="Processes comparing in parallel, each taking the next page of aggregates "
+        workers_option(
+            "Processes comparing in parallel, each taking the next page of aggregates "
             "from one scan (default: 2 where there are 2 or more CPUs).",
+            most=32,
             show_default=False,
         ),
     ] = defaults.verify_workers_default(),
