@@ -212,7 +212,7 @@ def one_round(
 
             def verify() -> int:
                 summary = verify_parallel(
-                    far_redis_url,
+                    redisio.RedisTarget(far_redis_url),
                     VerifyOptions(app=APP, pg_dsn=dsn),
                     workers=verify_workers_default(),
                 )

@@ -164,7 +164,9 @@ def run_esctl(client: redis.Redis, dsn: str) -> tuple[float, int]:
 def run_verify(redis_url: str, dsn: str) -> float:
     """``migrate verify`` as the CLI runs it by default (verify_workers_default() processes)."""
     summary = verify_parallel(
-        redis_url, VerifyOptions(app=APP, pg_dsn=dsn), workers=verify_workers_default()
+        redisio.RedisTarget(redis_url),
+        VerifyOptions(app=APP, pg_dsn=dsn),
+        workers=verify_workers_default(),
     )
     assert summary.mismatches == 0, summary.problems[:3]
     return summary.events_compared / summary.elapsed_s

@@ -36,7 +36,9 @@ def run(redis_url: str, admin_dsn: str, workers: int, events: int, meter: Meter)
     ):
         started = time.perf_counter()
         summary = migrate_parallel(
-            redis_url, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True), workers=workers
+            redisio.RedisTarget(redis_url),
+            MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True),
+            workers=workers,
         )
         elapsed = time.perf_counter() - started
         cost.events += summary.events_migrated

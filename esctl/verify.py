@@ -520,10 +520,8 @@ def _put(pages: Any, item: list[str] | None, futures: list[Future[VerifySummary]
                 return False
 
 
-def _verify_in_process(
-    redis_url: str, connect: dict[str, bool], opts: VerifyOptions
-) -> VerifySummary:
-    client = redisio.connect(redis_url, **connect)
+def _verify_in_process(redis: redisio.RedisTarget, opts: VerifyOptions) -> VerifySummary:
+    client = redis.connect()
     try:
         return verify(client, opts, _queued_pages())
     finally:
@@ -536,12 +534,7 @@ room in their queue."""
 
 
 def verify_parallel(
-    redis_url: str,
-    opts: VerifyOptions,
-    *,
-    workers: int,
-    cluster: bool = False,
-    read_from_replicas: bool = False,
+    redis: redisio.RedisTarget, opts: VerifyOptions, *, workers: int
 ) -> VerifySummary:
     """:func:`verify` over ``workers`` processes (the work is Python CPU: decoding and comparing
     JSON). This process finds the aggregates (SCAN, ``opts.shard``, ``opts.sample``) and hands
@@ -549,12 +542,15 @@ def verify_parallel(
     work (with one sub-shard each, the first to finish did, ~20% of the run on a busy machine),
     and the keyspace is scanned once, not once per worker. Counts add up, problems are
     concatenated."""
-    connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
     emptied = open_problems_file(opts.problems_file)
     if emptied is not None:
         emptied.close()
     if workers <= 1:
-        return verify(redisio.connect(redis_url, **connect), opts)
+        client = redis.connect()
+        try:
+            return verify(client, opts)
+        finally:
+            client.close()
     started = time.monotonic()
     # Bounded: pages wait here, not in memory, while the workers are busy.
     pages: Any = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Queue(
@@ -562,10 +558,8 @@ def verify_parallel(
     )
     with inflight.worker_processes(workers, _take_pages_from, (pages,)) as pool:
         # The workers are forked at the first submit: before this process connects.
-        futures = [
-            pool.submit(_verify_in_process, redis_url, connect, opts) for _ in range(workers)
-        ]
-        client = redisio.connect(redis_url, **connect)
+        futures = [pool.submit(_verify_in_process, redis, opts) for _ in range(workers)]
+        client = redis.connect()
         try:
             for ids in _aggregate_pages(client, opts):
                 if not _put(pages, ids, futures):

@@ -22,6 +22,7 @@ from test_migrate import (
     write_defect_store,
 )
 
+from esctl import redisio
 from esctl.migrate import MigrateOptions, Progress, migrate_parallel
 from esctl.shard import Shard
 
@@ -42,13 +43,13 @@ def test_workers_on_a_cluster_give_the_rows_of_one_unsharded_run_with_one_summar
     client = redis_cluster.client()
     truth = write_defect_store(client, app_name, seed=21)  # type: ignore[arg-type]
     reference = migrate_parallel(
-        redis_cluster.url,
+        redisio.RedisTarget(redis_cluster.url),
         MigrateOptions(app=app_name, pg_dsn=reference_dsn, init_schema=True),
         workers=1,
     )
     seen: list[Progress] = []
     summary = migrate_parallel(
-        redis_cluster.url,
+        redisio.RedisTarget(redis_cluster.url),
         MigrateOptions(app=app_name, pg_dsn=pg_dsn, init_schema=True, batch_size=30),
         workers=3,
         on_progress=seen.append,
@@ -74,7 +75,9 @@ def test_workers_on_a_cluster_give_the_rows_of_one_unsharded_run_with_one_summar
 
     # A rerun with the same workers finds everything present.
     again = migrate_parallel(
-        redis_cluster.url, MigrateOptions(app=app_name, pg_dsn=pg_dsn), workers=3
+        redisio.RedisTarget(redis_cluster.url),
+        MigrateOptions(app=app_name, pg_dsn=pg_dsn),
+        workers=3,
     )
     assert again.events_migrated == 0 and pg_rows(pg_dsn) == rows
 

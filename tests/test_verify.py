@@ -330,7 +330,9 @@ def test_workers_share_one_scan_and_find_every_mismatch(
     for workers in (1, 2):
         before = redis_client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
         summary = verify_parallel(
-            redis_test_url, VerifyOptions(app=app_name, pg_dsn=pg_dsn, page_size=7), workers=workers
+            redisio.RedisTarget(redis_test_url),
+            VerifyOptions(app=app_name, pg_dsn=pg_dsn, page_size=7),
+            workers=workers,
         )
         scans.append(redis_client.info("commandstats")["cmdstat_scan"]["calls"] - before)
         assert summary.aggregates == len(truth.commit_lists)

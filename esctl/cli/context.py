@@ -144,15 +144,18 @@ class Context:
     def pg_schema(self) -> str:
         return self.settings.pg_schema
 
-    @cached_property
-    def redis(self) -> redisio.RedisClient:
-        """A client of --redis-url (with --cluster, --read-from-replicas), connected on first
-        use (ConnectionFailed when it does not answer)."""
+    @property
+    def redis_target(self) -> redisio.RedisTarget:
+        """--redis-url with --cluster and --read-from-replicas, for worker processes."""
         from esctl import redisio
 
-        return redisio.connect(
-            self.redis_url, cluster=self.cluster, read_from_replicas=self.read_from_replicas
-        )
+        return redisio.RedisTarget(self.redis_url, self.cluster, self.read_from_replicas)
+
+    @cached_property
+    def redis(self) -> redisio.RedisClient:
+        """A client of :attr:`redis_target`, connected on first use (ConnectionFailed when it
+        does not answer)."""
+        return self.redis_target.connect()
 
 
 def with_context(

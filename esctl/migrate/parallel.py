@@ -20,13 +20,9 @@ from esctl.problems import DEFAULT_LISTED
 
 
 def _migrate_in_process(
-    redis_url: str,
-    connect: dict[str, bool],
-    opts: MigrateOptions,
-    index: int,
-    progress: Any,
+    redis: redisio.RedisTarget, opts: MigrateOptions, index: int, progress: Any
 ) -> MigrationSummary:
-    client = redisio.connect(redis_url, **connect)
+    client = redis.connect()
     try:
         report = None if progress is None else lambda p: progress.put((index, p))
         return migrate_redis_to_pg(client, opts, on_progress=report)
@@ -35,12 +31,10 @@ def _migrate_in_process(
 
 
 def migrate_parallel(
-    redis_url: str,
+    redis: redisio.RedisTarget,
     opts: MigrateOptions,
     *,
     workers: int,
-    cluster: bool = False,
-    read_from_replicas: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> MigrationSummary:
     """:func:`migrate_redis_to_pg` in ``workers`` local processes, one sub-shard of
@@ -50,14 +44,13 @@ def migrate_parallel(
     gets the sum of every worker's latest figures. The first worker error is raised after the
     others have finished (their committed batches stay)."""
     if workers <= 1:
-        client = redisio.connect(redis_url, cluster=cluster, read_from_replicas=read_from_replicas)
+        client = redis.connect()
         try:
             return migrate_redis_to_pg(client, opts, on_progress=on_progress)
         finally:
             client.close()
     started = time.monotonic()
     parts = [replace(opts, shard=shard) for shard in opts.shard.split(workers)]
-    connect = {"cluster": cluster, "read_from_replicas": read_from_replicas}
     # Forked (docs/design/migrate.md): each worker opens its own connections.
     with contextlib.ExitStack() as stack:
         progress = None
@@ -65,7 +58,7 @@ def migrate_parallel(
             progress = stack.enter_context(multiprocessing.Manager()).Queue()
         pool = stack.enter_context(inflight.worker_processes(len(parts)))
         futures = [
-            pool.submit(_migrate_in_process, redis_url, connect, part, index, progress)
+            pool.submit(_migrate_in_process, redis, part, index, progress)
             for index, part in enumerate(parts)
         ]
         if progress is not None and on_progress is not None:

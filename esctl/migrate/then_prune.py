@@ -66,16 +66,14 @@ def migrate_then_prune(
     client: redisio.RedisClient,
     opts: MigrateOptions,
     *,
-    redis_url: str,
+    redis: redisio.RedisTarget,
     workers: int = 1,
-    cluster: bool = False,
-    read_from_replicas: bool = False,
     delete_source: bool = False,
     backup_file: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> MigrationOutcome:
     """Migrate (in ``workers`` processes when more than one: :func:`migrate_parallel` with
-    ``redis_url``; else :func:`migrate_redis_to_pg` on ``client``), then, with
+    ``redis``, which ``client`` is connected to; else :func:`migrate_redis_to_pg` on ``client``), then, with
     ``delete_source``, prune (:func:`esctl.prune.prune`) the same app, schema and shard on
     ``client``: a dry run after a dry run, writing what it deletes to ``backup_file`` first,
     comparing by the migration's rules (``opts.transforms``; aggregates the rules leave out
@@ -84,14 +82,7 @@ def migrate_then_prune(
     (:func:`check_backup_file`) before the migration starts."""
     check_backup_file(backup_file, delete_source=delete_source)
     if workers > 1:
-        summary = migrate_parallel(
-            redis_url,
-            opts,
-            workers=workers,
-            cluster=cluster,
-            read_from_replicas=read_from_replicas,
-            on_progress=on_progress,
-        )
+        summary = migrate_parallel(redis, opts, workers=workers, on_progress=on_progress)
     else:
         summary = migrate_redis_to_pg(client, opts, on_progress=on_progress)
     outcome = MigrationOutcome(summary, delete_source=delete_source)

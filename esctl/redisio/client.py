@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -50,6 +51,19 @@ def key_bytes(key: str) -> bytes:
 
 def is_cluster_url(url: str) -> bool:
     return url.startswith(("redis+cluster://", "rediss+cluster://"))
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """How to reach Redis again, from another process: the URL (kept out of ``repr``: it may
+    hold a password), --cluster and --read-from-replicas."""
+
+    url: str = field(repr=False)
+    cluster: bool = False
+    read_from_replicas: bool = False
+
+    def connect(self) -> RedisClient:
+        return connect(self.url, cluster=self.cluster, read_from_replicas=self.read_from_replicas)
 
 
 def connect(

@@ -212,10 +212,8 @@ def redis_to_pg(
         outcome = core.migrate_then_prune(
             client,
             opts,
-            redis_url=ctx.redis_url,
+            redis=ctx.redis_target,
             workers=workers,
-            cluster=ctx.cluster,
-            read_from_replicas=ctx.read_from_replicas,
             delete_source=delete_source,
             backup_file=backup_file,
             on_progress=bar.hook(lambda p: _migrated(bar, p)),

@@ -71,13 +71,7 @@ def verify_command(
         problems_file=None if problems_file is None else str(problems_file),
         transforms=checked_rules(transforms_file),
     )
-    summary = verify_core.verify_parallel(
-        ctx.redis_url,
-        opts,
-        workers=workers,
-        cluster=ctx.cluster,
-        read_from_replicas=ctx.read_from_replicas,
-    )
+    summary = verify_core.verify_parallel(ctx.redis_target, opts, workers=workers)
 
     def render() -> None:
         counts = {k.replace("_", " "): v for k, v in summary.counts.items()}
