@@ -4,6 +4,7 @@ is injected, so "two hours later" takes no time), stuck messages and dead letter
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,3 +169,28 @@ def test_eviction_policy_verdict_uses_what_the_scope_holds(
     # nothing of this app or env is stored: the machine's policy decides ok or warn, never fail
     assert report.check("redis.maxmemory_policy").status in ("ok", "warn")
     assert {s["group"] for s in report.skipped} == {"postgresql"}
+
+
+def test_the_commands_doctor_suggests_survive_a_shell(
+    redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """A generic type's queue (``Envelope`1``): pasted unquoted, the backtick would start a
+    command substitution. The suggested command, split as a shell does, names the queue."""
+    sub, kind = "Reporting.Worker", "Envelope`1"
+    redis_client.sadd(layout.subscribers_key(env_name, kind), sub)
+    redis_client.lpush(
+        layout.queue_key(sub, env_name, kind, "processing"),
+        message("a-1", T0 - timedelta(minutes=10)),
+    )
+    redis_client.lpush(layout.queue_key(sub, env_name, kind, "dead"), message("a-2", T0))
+    report = run(redis_test_url, env=env_name, now=T0)
+    for check, verb in (("queues.stuck", "requeue"), ("queues.dead_letters", "peek")):
+        action = report.check(check).action or ""
+        command = action[action.rindex(f"esctl queue {verb} ") :]  # the example, not SUB TYPE
+        args = command.split(";")[0].removesuffix(" --dry-run first)")
+        shell = subprocess.run(  # the words a shell makes of the pasted command
+            ["bash", "-c", "printf '%s\\n' " + args], capture_output=True, text=True, check=False
+        )
+        words = shell.stdout.splitlines()
+        assert words[:5] == ["esctl", "queue", verb, sub, kind], (check, action, shell.stderr)
+        assert words[words.index("--env") + 1] == env_name

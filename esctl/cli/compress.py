@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import TYPE_CHECKING, Annotated, Any
 
 from esctl import defaults
@@ -136,7 +137,8 @@ def _render(out: Output, summary: core.CompressSummary) -> None:
         )
     if summary.dry_run and summary.total.plain_over_threshold:
         out.info(
-            f"run it: esctl compress --app {summary.app} --threshold {summary.threshold} --yes"
+            f"run it: esctl compress --app {shlex.quote(summary.app)} --threshold "
+            f"{summary.threshold} --yes"
         )
 
 

@@ -3,6 +3,7 @@ restore). Never opens PostgreSQL."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,7 +469,7 @@ def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> Non
         _messages_table(out, summary.messages, title="would drain", dead=which == "dead")
     _problems(out, summary.problems)
     if summary.backup_file and summary.drained:
-        out.info(f"undo with: esctl queue restore {summary.backup_file}")
+        out.info(f"undo with: esctl queue restore {shlex.quote(summary.backup_file)}")
 
 
 # --- restore -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ yet."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,8 +97,8 @@ def _pg_schema(conn: Any, schema: str, app: str) -> Check:
         return PG_SCHEMA.result(
             "warn",
             f"no event tables in schema {schema} yet",
-            action=f"create them with the first migration: esctl migrate redis-to-pg --app {app} "
-            "--init-schema",
+            action="create them with the first migration: esctl migrate redis-to-pg --app "
+            f"{shlex.quote(app)} --init-schema",
             values=values,
         )
     missing = sorted(
@@ -211,7 +212,7 @@ def _pg_migration(
         return PG_MIGRATION.result(
             "warn",
             "no migration has run (esctl's bookkeeping schema is absent)",
-            action=f"esctl migrate redis-to-pg --app {opts.app} --init-schema",
+            action=f"esctl migrate redis-to-pg --app {shlex.quote(opts.app)} --init-schema",
         )
     row = conn.execute(
         "SELECT r.run_id, r.status, r.shard, r.started_at, r.finished_at,"
@@ -227,7 +228,7 @@ def _pg_migration(
         return PG_MIGRATION.result(
             "warn",
             f"no migration run of {opts.app} into schema {opts.pg_schema}",
-            action=f"esctl migrate redis-to-pg --app {opts.app} --init-schema",
+            action=f"esctl migrate redis-to-pg --app {shlex.quote(opts.app)} --init-schema",
         )
     run_id, status_text, shard, started_at, finished_at, last_batch, migrated = row
     now = opts.now or datetime.now(UTC)
@@ -267,10 +268,16 @@ def _pg_migration(
     action = None
     if status_text in ("failed", "interrupted", "stopped"):
         status = "warn"
-        action = f"rerun esctl migrate redis-to-pg --app {opts.app}: it resumes from the last committed batch"
+        action = (
+            f"rerun esctl migrate redis-to-pg --app {shlex.quote(opts.app)}: it resumes from the "
+            "last committed batch"
+        )
     elif status_text == "finished" and unmigrated and age > MIGRATION_STALE:
         status = "warn"
-        action = f"schedule esctl migrate redis-to-pg --app {opts.app} (nightly from cron: it only moves what is new)"
+        action = (
+            f"schedule esctl migrate redis-to-pg --app {shlex.quote(opts.app)} (nightly from "
+            "cron: it only moves what is new)"
+        )
     return PG_MIGRATION.result(status, observed, action=action, values=values, metrics=metrics)
 
 
