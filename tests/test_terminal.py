@@ -196,6 +196,41 @@ def query_results(redis_test_url: str, app_name: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_doctor_prose_is_wrapped_at_words_on_a_terminal(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """Each finding's ``why`` (and ``observed``) is wrapped at words to the terminal's width,
+    continued under its first word (the terminal itself breaks words: "retries them with
+    backo" / "ff"); ``why`` is the same text in every run, so the screen is read against the
+    JSON of another run."""
+    client = redis.Redis.from_url(demo_redis.url)
+    try:
+        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
+    finally:
+        client.close()
+    env = {"ESCTL_REDIS_URL": demo_redis.url, "ESCTL_APP": demo.DEMO_APP}
+    report = json.loads(run_cli("doctor", "--json", env={**env, "ESCTL_ENV": demo.DEMO_ENV}).stdout)
+    screen = run_on_terminal([*ESCTL, "doctor"], size=size, env={**env, "ESCTL_ENV": demo.DEMO_ENV})
+    assert_reads_well(screen, exit_code=3)
+    findings = [c for c in report["checks"] if c["status"] != "ok"]
+    assert len(findings) >= 3
+    for check in findings:
+        why = " ".join(check["why"].split())
+        head = "  why: "
+        start = next(
+            i
+            for i, row in enumerate(screen.rows)
+            if row.startswith(head) and why.startswith(row[len(head) :].strip())
+        )
+        block = [screen.rows[start][len(head) :]]
+        for row in screen.rows[start + 1 :]:
+            if not row.startswith(" " * len(head)):
+                break
+            block.append(row)
+        assert " ".join(row.strip() for row in block) == why, (check["id"], screen.describe())
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_query_table_on_a_terminal_keeps_ids_and_timestamps_whole(
     size: str, redis_test_url: str, demo_store: Any, app_name: str
 ) -> None:

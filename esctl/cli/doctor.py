@@ -130,8 +130,8 @@ def _render(out: Output, report: core.DoctorReport) -> None:
     for check in findings:
         out.print()
         out.print(f"{_LABEL[check.status]}  {check.id}: {check.title}")
-        out.print(f"  observed: {check.observed}")
-        out.print(f"  why: {check.why}")
+        out.prose("observed", check.observed)
+        out.prose("why", check.why)
         if check.action:
             out.print(f"  do: {check.action}")
         for line in check.details[:20]:

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
@@ -588,6 +589,29 @@ class Output:
     def print(self, text: str = "") -> None:
         """A line of text on stdout, as it is (never markup)."""
         stdout_console.print(text, markup=False)
+
+    def prose(self, label: str, text: str, *, indent: int = 2) -> None:
+        """``label: text`` on stdout, indented. On a terminal the text is wrapped at words to
+        its width, continued under its first word (the terminal itself would break words);
+        to a pipe or a file it is one line. Not for commands meant to be copied: a line break
+        inside one would run half of it when pasted."""
+        head = f"{' ' * indent}{label}: "
+        if not _writes_to_terminal(stdout_console) or len(head) + len(text) <= self.width:
+            self.print(head + text)
+            return
+        lines = textwrap.wrap(
+            text,
+            width=max(self.width - len(head), 20),
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        for i, line in enumerate(lines):
+            self.print((head if i == 0 else " " * len(head)) + line)
+
+    @property
+    def width(self) -> int:
+        """The width of the terminal stdout writes to (80 when it is not one)."""
+        return stdout_console.width
 
     # --- messages (stderr) ---
 
