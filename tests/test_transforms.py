@@ -758,6 +758,9 @@ _MODEL_ESCAPED = _MODEL.replace("Line", "L\\u0069ne")
         _tricky(_CREATED, '"Note":"$type"', f'"Line":{{"$type":{_MODEL}}}'),  # a value "$type"
         _tricky(_CREATED, f'"List":{{"$type":"{LIST}[[{NS}.Created, {ASM}]], mscorlib"}}'),
         _tricky(_CREATED, '"Back\\\\":1', f'"Line":{{"$type":{_MODEL}}}'),  # an escaped backslash
+        _tricky(_CREATED, f'"Line":{{"$type":"Odd$Name, X","$values":[{{"$type":{_MODEL}}}]}}'),
+        _tricky(_CREATED, f'"$type":{_MODEL}'),  # a second own $type (the parsed one)
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL}}}', f'"$type":{_CREATED}'),
         _tricky('"Other.Type, Other"'),
         _tricky(_CREATED).replace('{"$type":', '{ "$type":', 1),
         '{"Id":"agg-1","$type":' + _tricky(_CREATED)[9:],  # the own $type not first

@@ -26,6 +26,10 @@ _CACHE_MAX = 4096
 """Entries a step keeps per cache (event type -> match, $type token -> result)."""
 
 
+OwnStart = tuple[bytes, int, bytes | None, str, int]
+"""What :meth:`Renames._own_start` makes of a ``$type``."""
+
+
 class Step:
     """One rule (or consecutive ``rename_*`` rules) ready to apply to an aggregate's events."""
 
@@ -122,6 +126,8 @@ class Renames(Step):
         the UTF-8 bytes as it is, unless through a ``\\u`` or ``\\/`` escape)."""
         self.byte_tokens: dict[tuple[bytes, bool], tuple[bytes | None, int]] = {}
         self.own_prefixes: dict[bytes, tuple[bytes | None, int]] = {}
+        self.own_starts: dict[str, OwnStart | None] = {}
+        """An event's ``$type`` -> what :meth:`_own_start` makes of it."""
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
         first = self.sources[0]
@@ -142,35 +148,95 @@ class Renames(Step):
     def rename_plain(self, names: list[str], raws: list[bytes], kept: Sequence[int]) -> bool:
         """:meth:`apply` for :func:`.engine._plain_run`: the events ``kept`` (indexes into ``names``
         and ``raws``, their ``$type``s and payload bytes) renamed in place; False when one
-        needs the text path. (:meth:`_rewrite_bytes`'s first case written out here: most
-        payloads take it.)"""
-        own_prefixes = self.own_prefixes
+        needs the text path. Most payloads start with their own ``$type`` as their name spells
+        it: that start is looked up by the name (:meth:`_own_start`) and the other members
+        found from each ``$`` (:meth:`_rewrite_nested`); the rest take
+        :meth:`_rewrite_members`."""
+        own_starts = self.own_starts
         members = self._rewrite_members
         renamed = self.names
         for i in kept:
             raw = raws[i]
-            if raw.startswith(b'{"$type":"'):
-                end = raw.find(b'"', 10) + 1
-                if end and raw.find(b"$", end) == -1:  # no other member
-                    token = raw[9:end]
-                    prefix, changed = own_prefixes.get(token) or self._own_prefix(token)
-                    if changed < 0:
-                        return False
-                    if prefix is None:
-                        continue
-                    raws[i] = prefix + raw[end:]
-                    name = names[i]
-                    names[i] = renamed.get((name, changed)) or self._name(name, changed)
+            name = names[i]
+            # The own $type written first as its name spells it (else the payload's members
+            # decide): what the rules make of that start is looked up by the name.
+            own = own_starts[name] if name in own_starts else self._own_start(name)
+            if own is not None and raw.startswith(own[0]):
+                at = raw.find(b"$", own[1])
+                if at == -1:  # no other member
+                    if own[2] is not None:
+                        raws[i] = own[2] + raw[own[1] :]
+                        names[i] = own[3]
                     continue
-            result = members(raw)
+                result = self._rewrite_nested(raw, own, at) or members(raw)
+            else:
+                result = members(raw)
             if result is None:
                 return False
             raw, changed = result
             if changed:
                 raws[i] = raw
-                name = names[i]
                 names[i] = renamed.get((name, changed)) or self._name(name, changed)
         return True
+
+    def _rewrite_nested(self, raw: bytes, own: OwnStart, at: int) -> tuple[bytes, int] | None:
+        """:meth:`_rewrite_members` for a payload without a backslash that starts with its own
+        ``$type`` (``own``, :meth:`_own_start`) and holds another ``$`` at ``at``: the members
+        after the own one found from each ``$`` (memchr) rather than by a regular expression
+        over the whole payload. Without a backslash every quote is JSON's own, so a ``"$type"``
+        is a key; None when one is not followed by ``:"`` (spaced, or not a string: the
+        regular expression decides)."""
+        start, end, prefix, _, changed = own
+        tokens = self.byte_tokens
+        pieces = [start if prefix is None else prefix]
+        done = end
+        while at != -1:
+            if raw[at - 1] == 34 and raw.startswith(b'$type"', at):  # (34: a quote)
+                if raw[at - 2] == 92 or not raw.startswith(b'$type":"', at):  # (92: a backslash)
+                    return None
+                close = raw.find(b'"', at + 8) + 1
+                if not close:
+                    return None
+                token = raw[at + 7 : close]
+                new, rules = tokens.get((token, False)) or self._byte_token(token, False)
+                if rules < 0:
+                    return None
+                if new is not None:
+                    changed |= rules
+                    pieces.append(raw[done : at + 7])
+                    pieces.append(new)
+                    done = close
+                at = raw.find(b"$", close)
+            else:
+                at = raw.find(b"$", at + 1)
+        if not changed:
+            return raw, 0
+        pieces.append(raw[done:])
+        return b"".join(pieces), changed
+
+    def _own_start(self, name: str) -> OwnStart | None:
+        """For a payload whose ``$type`` is ``name``: (``{"$type":`` and its token as JSON
+        writes it unescaped, its length, what the rules make of that start (None: it stays),
+        the ``$type`` after them, the rules that changed it); None for a name JSON escapes.
+        Remembered."""
+        if len(self.own_starts) > _CACHE_MAX:
+            self.own_starts.clear()
+        hit = None
+        if '"' not in name and "\\" not in name and all(c >= " " for c in name):
+            try:
+                token = b'"' + name.encode("utf-8") + b'"'
+            except UnicodeEncodeError:  # (a lone surrogate)
+                token = None
+            if token is not None:
+                prefix, changed = self.own_prefixes.get(token) or self._own_prefix(token)
+                if prefix is not None:
+                    name_after = self.names.get((name, changed)) or self._name(name, changed)
+                else:
+                    name_after = name
+                start = b'{"$type":' + token
+                hit = (start, len(start), prefix, name_after, changed)
+        self.own_starts[name] = hit
+        return hit
 
     def _rename_bytes(self, event: InFlight, raw: bytes) -> None:
         """:meth:`_rename` on the payload's UTF-8 bytes (no decoding, no encoding): the same
