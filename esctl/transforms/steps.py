@@ -49,13 +49,18 @@ class _GlobCache:
         self.glob = glob
         self.key = key
         self.seen: dict[str, bool] = {}
+        self.passed: set[str] = set()
+        """The names of ``seen`` that do not match."""
 
     def __call__(self, name: str) -> bool:
         hit = self.seen.get(name)
         if hit is None:
             if len(self.seen) > _CACHE_MAX:
                 self.seen.clear()
+                self.passed.clear()
             hit = self.seen[name] = fnmatch.fnmatchcase(self.key(name), self.glob)
+            if not hit:
+                self.passed.add(name)
         return hit
 
 
@@ -93,10 +98,9 @@ class LeaveOut(Step):
         matches = self.event
         if matches is None:
             return []
-        seen = matches.seen
-        distinct = set(names)
-        if not any(map(seen.get, distinct)) and all(map(seen.__contains__, distinct)):
+        if matches.passed.issuperset(names):
             return kept  # every name seen before, none matching (no loop in Python)
+        seen = matches.seen
         return [
             i
             for i in kept
