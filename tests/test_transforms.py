@@ -759,6 +759,8 @@ _MODEL_ESCAPED = _MODEL.replace("Line", "L\\u0069ne")
         _tricky(_CREATED, f'"List":{{"$type":"{LIST}[[{NS}.Created, {ASM}]], mscorlib"}}'),
         _tricky(_CREATED, '"Back\\\\":1', f'"Line":{{"$type":{_MODEL}}}'),  # an escaped backslash
         _tricky(_CREATED, f'"Line":{{"$type":"Odd$Name, X","$values":[{{"$type":{_MODEL}}}]}}'),
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL},"Note":"costs $5"}}'),  # $ in a text
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL.replace("Line", "L$ine")}}}'),
         _tricky(_CREATED, f'"$type":{_MODEL}'),  # a second own $type (the parsed one)
         _tricky(_CREATED, f'"Line":{{"$type":{_MODEL}}}', f'"$type":{_CREATED}'),
         _tricky('"Other.Type, Other"'),

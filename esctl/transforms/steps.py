@@ -26,6 +26,9 @@ _CACHE_MAX = 4096
 """Entries a step keeps per cache (event type -> match, $type token -> result)."""
 
 
+_REGION_MAX = 512
+"""Regions of members (:meth:`Renames._rewrite_nested`) up to this many bytes are remembered."""
+
 OwnStart = tuple[bytes, int, bytes | None, str, int]
 """What :meth:`Renames._own_start` makes of a ``$type``."""
 
@@ -132,6 +135,9 @@ class Renames(Step):
         self.own_prefixes: dict[bytes, tuple[bytes | None, int]] = {}
         self.own_starts: dict[str, OwnStart | None] = {}
         """An event's ``$type`` -> what :meth:`_own_start` makes of it."""
+        self.regions: dict[bytes, tuple[bytes | None, int]] = {}
+        """A region of a payload's members (:meth:`_rewrite_nested`) -> what the rules make
+        of it."""
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
         first = self.sources[0]
@@ -184,38 +190,68 @@ class Renames(Step):
         return True
 
     def _rewrite_nested(self, raw: bytes, own: OwnStart, at: int) -> tuple[bytes, int] | None:
-        """:meth:`_rewrite_members` for a payload without a backslash that starts with its own
-        ``$type`` (``own``, :meth:`_own_start`) and holds another ``$`` at ``at``: the members
-        after the own one found from each ``$`` (memchr) rather than by a regular expression
-        over the whole payload. Without a backslash every quote is JSON's own, so a ``"$type"``
-        is a key; None when one is not followed by ``:"`` (spaced, or not a string: the
-        regular expression decides)."""
+        """:meth:`_rewrite_members` for a payload that starts with its own ``$type`` (``own``,
+        :meth:`_own_start`) and holds another ``$`` at ``at``: the other members lie between
+        that ``$`` and the token after the last one, a region payloads of a type often share
+        (what the rules make of a short one is remembered); None when the text path decides."""
         start, end, prefix, _, changed = own
-        tokens = self.byte_tokens
-        pieces = [start if prefix is None else prefix]
-        done = end
-        while at != -1:
-            if raw[at - 1] == 34 and raw.startswith(b'$type"', at):  # (34: a quote)
-                if raw[at - 2] == 92 or not raw.startswith(b'$type":"', at):  # (92: a backslash)
-                    return None
-                close = raw.find(b'"', at + 8) + 1
-                if not close:
-                    return None
-                token = raw[at + 7 : close]
-                new, rules = tokens.get((token, False)) or self._byte_token(token, False)
-                if rules < 0:
-                    return None
-                if new is not None:
-                    changed |= rules
-                    pieces.append(raw[done : at + 7])
-                    pieces.append(new)
-                    done = close
-                at = raw.find(b"$", close)
-            else:
-                at = raw.find(b"$", at + 1)
+        last = raw.rfind(b"$")
+        # (the checks of the last $ read up to 8 bytes from it, or up to its member's token)
+        stop = raw.find(b'"', last + 8) + 1 if raw.startswith(b'$type":"', last) else last + 8
+        if not stop:
+            return None
+        region = raw[at - 2 : stop]  # (from the byte before the quote the first $ follows)
+        hit = self.regions.get(region)
+        if hit is None:
+            hit = self._rewrite_region(region)
+            if len(region) <= _REGION_MAX:
+                if len(self.regions) > _CACHE_MAX:
+                    self.regions.clear()
+                self.regions[region] = hit
+        new, rules = hit
+        if rules < 0:
+            return None
+        changed |= rules
         if not changed:
             return raw, 0
-        pieces.append(raw[done:])
+        return b"".join(
+            (start if prefix is None else prefix, raw[end : at - 2], new or region, raw[stop:])
+        ), changed
+
+    def _rewrite_region(self, region: bytes) -> tuple[bytes | None, int]:
+        """The members of a payload's ``region`` (:meth:`_rewrite_nested`; its first ``$`` at
+        2), none its own, found from each ``$`` (memchr): the region as the rules make it (None:
+        unchanged) and the rules that changed it; (None, -1) for the text path (a key after a
+        backslash, or spaced, or a token with an escape). Every ``"$type"`` found that follows
+        no backslash is a key (a quote inside a string follows one)."""
+        tokens = self.byte_tokens
+        pieces: list[bytes] = []
+        changed = done = 0
+        at = 2
+        while at != -1:
+            if region[at - 1] == 34 and region.startswith(b'$type"', at):  # (34: a quote)
+                if region[at - 2] == 92 or not region.startswith(
+                    b'$type":"', at
+                ):  # (92: a backslash)
+                    return None, -1
+                close = region.find(b'"', at + 8) + 1
+                if not close:
+                    return None, -1
+                token = region[at + 7 : close]
+                new, rules = tokens.get((token, False)) or self._byte_token(token, False)
+                if rules < 0:
+                    return None, -1
+                if new is not None:
+                    changed |= rules
+                    pieces.append(region[done : at + 7])
+                    pieces.append(new)
+                    done = close
+                at = region.find(b"$", close)
+            else:
+                at = region.find(b"$", at + 1)
+        if not changed:
+            return None, 0
+        pieces.append(region[done:])
         return b"".join(pieces), changed
 
     def _own_start(self, name: str) -> OwnStart | None:
