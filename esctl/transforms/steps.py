@@ -230,9 +230,8 @@ class Renames(Step):
         at = 2
         while at != -1:
             if region[at - 1] == 34 and region.startswith(b'$type"', at):  # (34: a quote)
-                if region[at - 2] == 92 or not region.startswith(
-                    b'$type":"', at
-                ):  # (92: a backslash)
+                # (92: a backslash, before that quote: the key may lie inside a string)
+                if region[at - 2] == 92 or not region.startswith(b'$type":"', at):
                     return None, -1
                 close = region.find(b'"', at + 8) + 1
                 if not close:
