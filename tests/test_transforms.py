@@ -59,7 +59,7 @@ def run(tmp_path: Path, text: str, events: list[SourceEvent], **kw: Any) -> Any:
 def checked_texts(outcome: Any) -> list[tuple[int, str]]:
     """(version, text) of each event of a transform_checked outcome, whichever path."""
     if outcome.plain is not None:
-        return [(version, raw.decode()) for _, version, _, raw in outcome.plain]
+        return [(version, raw.decode()) for _, version, _, raw in zip(*outcome.plain, strict=True)]
     return [(e.version, e.text) for e in outcome.events]
 
 
@@ -625,7 +625,7 @@ def test_consecutive_renames_equal_the_rules_one_by_one(tmp_path: Path) -> None:
         assert checked.plain is not None  # renames alone: the fast path
         assert checked_texts(checked) == [(e.version, e.text) for e in grouped.events]
         # What migrate writes: the stored bytes while no rule changed the text, else the text.
-        for (_, _, _, raw), source, read in zip(checked.plain, events, clean[1], strict=True):
+        for raw, source, read in zip(checked.plain[3], events, clean[1], strict=True):
             assert (raw is read.payload) == (raw.decode() == source.text)
             passed_through += raw is read.payload
     assert passed_through  # some payloads named no renamed name: they kept their bytes
@@ -715,7 +715,7 @@ def test_the_byte_paths_equal_the_text_path(
         assert checked.numbering == expected.numbering
         assert checked.left_out == expected.left_out
         types = (
-            [t for _, _, t, _ in checked.plain]
+            list(checked.plain[2])
             if checked.plain is not None
             else [e.type_name for e in checked.events]
         )
@@ -758,6 +758,11 @@ _MODEL_ESCAPED = _MODEL.replace("Line", "L\\u0069ne")
         _tricky(_CREATED, '"Note":"$type"', f'"Line":{{"$type":{_MODEL}}}'),  # a value "$type"
         _tricky(_CREATED, f'"List":{{"$type":"{LIST}[[{NS}.Created, {ASM}]], mscorlib"}}'),
         _tricky(_CREATED, '"Back\\\\":1', f'"Line":{{"$type":{_MODEL}}}'),  # an escaped backslash
+        _tricky(_CREATED, f'"Line":{{"$type":"Odd$Name, X","$values":[{{"$type":{_MODEL}}}]}}'),
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL},"Note":"costs $5"}}'),  # $ in a text
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL.replace("Line", "L$ine")}}}'),
+        _tricky(_CREATED, f'"$type":{_MODEL}'),  # a second own $type (the parsed one)
+        _tricky(_CREATED, f'"Line":{{"$type":{_MODEL}}}', f'"$type":{_CREATED}'),
         _tricky('"Other.Type, Other"'),
         _tricky(_CREATED).replace('{"$type":', '{ "$type":', 1),
         '{"Id":"agg-1","$type":' + _tricky(_CREATED)[9:],  # the own $type not first

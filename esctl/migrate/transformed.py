@@ -13,7 +13,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import starmap
 from typing import Any
 
 import psycopg
@@ -98,7 +97,7 @@ class TransformingReader(Reader):
             # Nothing wrong with the stream (the checks of the general path, done fast): its
             # parsed payloads go to the rules as they are.
             source_type, clean = fast
-            numbering = self.numbering.get(aggregate_id) or Numbering(done, done)
+            numbering = self.numbering.get(aggregate_id) or _fresh(done)
             outcome = transform_checked(
                 self.rules.rules, aggregate_id, commit_ids[skip:], clean, numbering
             )
@@ -130,7 +129,7 @@ class TransformingReader(Reader):
                 )
             )
         source_type = stream.aggregate_type or known_type or ""
-        numbering = self.numbering.get(aggregate_id) or Numbering(done, done)
+        numbering = self.numbering.get(aggregate_id) or _fresh(done)
         outcome = transform_checked(self.rules.rules, aggregate_id, commits, clean, numbering)
         self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
 
@@ -174,12 +173,21 @@ class TransformingReader(Reader):
         )
 
 
+_FRESH = Numbering()
+
+
+def _fresh(done: int) -> Numbering:
+    """The numbering of an aggregate with ``done`` events migrated and none recorded: the
+    identity one (migrated without rules; check_transforms refused or deleted that)."""
+    return Numbering(done, done) if done else _FRESH
+
+
 def transformed_rows(outcome: CheckedOutcome) -> list[bytes]:
     """The binary COPY rows of transformed events (:func:`esctl.transforms.transform_checked`):
     an event no rule changed with its payload's bytes as read. Raises struct.error for a
     version beyond an integer column."""
     if outcome.plain is not None:
-        return list(starmap(binary_row, outcome.plain))
+        return list(map(binary_row, *outcome.plain))
     return [
         binary_row(
             t.moment or codec.parse_timestamp(t.timestamp),

@@ -433,7 +433,7 @@ class BatchWriter:
                 self.opts.app,
                 ids,
                 [clean[a].aggregate_type for a in ids],
-                [clean[a].commits for a in ids],
+                int_array([clean[a].commits for a in ids]),
                 [clean[a].last_commit_id for a in ids],
             ),
         )
@@ -463,10 +463,10 @@ class BatchWriter:
                 self.opts.transforms_fingerprint,
                 ids,
                 [clean[a].source_type or clean[a].aggregate_type for a in ids],
-                [clean[a].commits for a in ids],
+                int_array([clean[a].commits for a in ids]),
                 [clean[a].last_commit_id for a in ids],
-                [n[0] for n in numbering],
-                [n[1] for n in numbering],
+                int_array([n[0] for n in numbering]),
+                int_array([n[1] for n in numbering]),
             ),
         )
 
@@ -520,6 +520,12 @@ class BatchWriter:
                 cur.execute("RELEASE SAVEPOINT esctl_one")
             self._finish(cur, batch, batch.clean, quarantined, inserted, present)
         return BatchResult(batch.seq, batch.aggregates, inserted, present, quarantined)
+
+
+def int_array(values: list[int]) -> str:
+    """An ``int[]`` parameter as its array literal, made in one C-level join (psycopg dumps a
+    list element by element in Python: ~0.5 ms per 1,000 ints, measured)."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 def _count(cur: psycopg.Cursor[Any], query: Any, params: Any = None) -> int:

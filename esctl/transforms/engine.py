@@ -206,20 +206,20 @@ class CheckedOutcome:
     numbering: Numbering
     left_out: int = 0
     failure: TransformFailure | None = None
-    plain: list[Plain] | None = None
+    plain: Plain | None = None
     """The events instead of ``events`` when the rules only left out and renamed
-    (:func:`_plain_run`): (timestamp, version, ``$type``, payload bytes) of each, their
-    ``AggregateType`` the one they came with."""
+    (:func:`_plain_run`), as columns, their ``AggregateType`` the one they came with."""
 
     @property
     def count(self) -> int:
         """The events the rules made."""
-        return len(self.plain) if self.plain is not None else len(self.events)
+        return len(self.plain[1]) if self.plain is not None else len(self.events)
 
 
-Plain = tuple[datetime, int, str, bytes]
-"""An event as :func:`_plain_run` makes it: its timestamp, version, ``$type`` and payload's
-UTF-8 bytes."""
+Plain = tuple[Sequence[datetime], Sequence[int], Sequence[str], Sequence[bytes]]
+"""The events :func:`_plain_run` makes, as columns (one entry per event, in order): their
+timestamps, versions, ``$type``s and payloads' UTF-8 bytes (the arguments of
+``map(esctl.migrate.rows.binary_row, *plain)``)."""
 
 
 def transform_checked(
@@ -281,7 +281,7 @@ def _plain_run(
     a ``$type`` value, the own ``$type`` not first with a ``rename_type``, a renumbering that
     fails)."""
     # One transposition in C (each CleanPayload has the same six fields):
-    versions, type_names, _, moments, payloads, datas = zip(*events, strict=True)
+    versions, type_names, _, moments, payloads, datas = zip(*events, strict=False)
     names = list(type_names)
     raws = list(payloads)
     count = len(raws)
@@ -297,20 +297,22 @@ def _plain_run(
     if len(kept) == count and versions == tuple(range(last + 1, last + 1 + count)):
         # Every event kept at its version (a fresh aggregate, nothing left out before): the
         # payloads' Versions stand.
-        plain = list(zip(moments, versions, names, raws, strict=True))
+        plain = (moments, versions, names, raws)
         return CheckedOutcome([], Numbering(last_source, last + count), 0, None, plain)
-    version = last
-    plain = []
-    for i in kept:
-        version += 1
+    renumbered = range(last + 1, last + 1 + len(kept))
+    out: list[bytes] = []
+    for i, version in zip(kept, renumbered, strict=True):
         raw = raws[i]
         if versions[i] != version:  # (the payload's Version is the source version: no rule
             try:  # here changes it)
                 raw = typenames.set_top_level_number(raw.decode(), "Version", version).encode()
             except ValueError:
                 return None
-        plain.append((moments[i], version, names[i], raw))
-    return CheckedOutcome([], Numbering(last_source, version), count - len(kept), None, plain)
+        out.append(raw)
+    plain = ([moments[i] for i in kept], renumbered, [names[i] for i in kept], out)
+    return CheckedOutcome(
+        [], Numbering(last_source, last + len(kept)), count - len(kept), None, plain
+    )
 
 
 _VERSION = operator.attrgetter("version")

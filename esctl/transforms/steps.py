@@ -26,6 +26,13 @@ _CACHE_MAX = 4096
 """Entries a step keeps per cache (event type -> match, $type token -> result)."""
 
 
+_REGION_MAX = 512
+"""Regions of members (:meth:`Renames._rewrite_nested`) up to this many bytes are remembered."""
+
+OwnStart = tuple[bytes, int, bytes | None, str, int]
+"""What :meth:`Renames._own_start` makes of a ``$type``."""
+
+
 class Step:
     """One rule (or consecutive ``rename_*`` rules) ready to apply to an aggregate's events."""
 
@@ -45,13 +52,18 @@ class _GlobCache:
         self.glob = glob
         self.key = key
         self.seen: dict[str, bool] = {}
+        self.passed: set[str] = set()
+        """The names of ``seen`` that do not match."""
 
     def __call__(self, name: str) -> bool:
         hit = self.seen.get(name)
         if hit is None:
             if len(self.seen) > _CACHE_MAX:
                 self.seen.clear()
+                self.passed.clear()
             hit = self.seen[name] = fnmatch.fnmatchcase(self.key(name), self.glob)
+            if not hit:
+                self.passed.add(name)
         return hit
 
 
@@ -89,10 +101,9 @@ class LeaveOut(Step):
         matches = self.event
         if matches is None:
             return []
-        seen = matches.seen
-        distinct = set(names)
-        if not any(map(seen.get, distinct)) and all(map(seen.__contains__, distinct)):
+        if matches.passed.issuperset(names):
             return kept  # every name seen before, none matching (no loop in Python)
+        seen = matches.seen
         return [
             i
             for i in kept
@@ -122,6 +133,11 @@ class Renames(Step):
         the UTF-8 bytes as it is, unless through a ``\\u`` or ``\\/`` escape)."""
         self.byte_tokens: dict[tuple[bytes, bool], tuple[bytes | None, int]] = {}
         self.own_prefixes: dict[bytes, tuple[bytes | None, int]] = {}
+        self.own_starts: dict[str, OwnStart | None] = {}
+        """An event's ``$type`` -> what :meth:`_own_start` makes of it."""
+        self.regions: dict[bytes, tuple[bytes | None, int]] = {}
+        """A region of a payload's members (:meth:`_rewrite_nested`) -> what the rules make
+        of it."""
 
     def apply(self, aggregate_id: str, events: list[InFlight]) -> list[InFlight]:
         first = self.sources[0]
@@ -142,35 +158,124 @@ class Renames(Step):
     def rename_plain(self, names: list[str], raws: list[bytes], kept: Sequence[int]) -> bool:
         """:meth:`apply` for :func:`.engine._plain_run`: the events ``kept`` (indexes into ``names``
         and ``raws``, their ``$type``s and payload bytes) renamed in place; False when one
-        needs the text path. (:meth:`_rewrite_bytes`'s first case written out here: most
-        payloads take it.)"""
-        own_prefixes = self.own_prefixes
+        needs the text path. Most payloads start with their own ``$type`` as their name spells
+        it: that start is looked up by the name (:meth:`_own_start`) and the other members
+        found from each ``$`` (:meth:`_rewrite_nested`); the rest take
+        :meth:`_rewrite_members`."""
+        own_starts = self.own_starts
         members = self._rewrite_members
         renamed = self.names
         for i in kept:
             raw = raws[i]
-            if raw.startswith(b'{"$type":"'):
-                end = raw.find(b'"', 10) + 1
-                if end and raw.find(b"$", end) == -1:  # no other member
-                    token = raw[9:end]
-                    prefix, changed = own_prefixes.get(token) or self._own_prefix(token)
-                    if changed < 0:
-                        return False
-                    if prefix is None:
-                        continue
-                    raws[i] = prefix + raw[end:]
-                    name = names[i]
-                    names[i] = renamed.get((name, changed)) or self._name(name, changed)
+            name = names[i]
+            # The own $type written first as its name spells it (else the payload's members
+            # decide): what the rules make of that start is looked up by the name.
+            own = own_starts[name] if name in own_starts else self._own_start(name)
+            if own is not None and raw.startswith(own[0]):
+                at = raw.find(b"$", own[1])
+                if at == -1:  # no other member
+                    if own[2] is not None:
+                        raws[i] = own[2] + raw[own[1] :]
+                        names[i] = own[3]
                     continue
-            result = members(raw)
+                result = self._rewrite_nested(raw, own, at) or members(raw)
+            else:
+                result = members(raw)
             if result is None:
                 return False
             raw, changed = result
             if changed:
                 raws[i] = raw
-                name = names[i]
                 names[i] = renamed.get((name, changed)) or self._name(name, changed)
         return True
+
+    def _rewrite_nested(self, raw: bytes, own: OwnStart, at: int) -> tuple[bytes, int] | None:
+        """:meth:`_rewrite_members` for a payload that starts with its own ``$type`` (``own``,
+        :meth:`_own_start`) and holds another ``$`` at ``at``: the other members lie between
+        that ``$`` and the token after the last one, a region payloads of a type often share
+        (what the rules make of a short one is remembered); None when the text path decides."""
+        start, end, prefix, _, changed = own
+        last = raw.rfind(b"$")
+        # (the checks of the last $ read up to 8 bytes from it, or up to its member's token)
+        stop = raw.find(b'"', last + 8) + 1 if raw.startswith(b'$type":"', last) else last + 8
+        if not stop:
+            return None
+        region = raw[at - 2 : stop]  # (from the byte before the quote the first $ follows)
+        hit = self.regions.get(region)
+        if hit is None:
+            hit = self._rewrite_region(region)
+            if len(region) <= _REGION_MAX:
+                if len(self.regions) > _CACHE_MAX:
+                    self.regions.clear()
+                self.regions[region] = hit
+        new, rules = hit
+        if rules < 0:
+            return None
+        changed |= rules
+        if not changed:
+            return raw, 0
+        return b"".join(
+            (start if prefix is None else prefix, raw[end : at - 2], new or region, raw[stop:])
+        ), changed
+
+    def _rewrite_region(self, region: bytes) -> tuple[bytes | None, int]:
+        """The members of a payload's ``region`` (:meth:`_rewrite_nested`; its first ``$`` at
+        2), none its own, found from each ``$`` (memchr): the region as the rules make it (None:
+        unchanged) and the rules that changed it; (None, -1) for the text path (a key after a
+        backslash, or spaced, or a token with an escape). Every ``"$type"`` found that follows
+        no backslash is a key (a quote inside a string follows one)."""
+        tokens = self.byte_tokens
+        pieces: list[bytes] = []
+        changed = done = 0
+        at = 2
+        while at != -1:
+            if region[at - 1] == 34 and region.startswith(b'$type"', at):  # (34: a quote)
+                # (92: a backslash, before that quote: the key may lie inside a string)
+                if region[at - 2] == 92 or not region.startswith(b'$type":"', at):
+                    return None, -1
+                close = region.find(b'"', at + 8) + 1
+                if not close:
+                    return None, -1
+                token = region[at + 7 : close]
+                new, rules = tokens.get((token, False)) or self._byte_token(token, False)
+                if rules < 0:
+                    return None, -1
+                if new is not None:
+                    changed |= rules
+                    pieces.append(region[done : at + 7])
+                    pieces.append(new)
+                    done = close
+                at = region.find(b"$", close)
+            else:
+                at = region.find(b"$", at + 1)
+        if not changed:
+            return None, 0
+        pieces.append(region[done:])
+        return b"".join(pieces), changed
+
+    def _own_start(self, name: str) -> OwnStart | None:
+        """For a payload whose ``$type`` is ``name``: (``{"$type":`` and its token as JSON
+        writes it unescaped, its length, what the rules make of that start (None: it stays),
+        the ``$type`` after them, the rules that changed it); None for a name JSON escapes.
+        Remembered."""
+        if len(self.own_starts) > _CACHE_MAX:
+            self.own_starts.clear()
+        hit = None
+        if '"' not in name and "\\" not in name and all(c >= " " for c in name):
+            try:
+                token = b'"' + name.encode("utf-8") + b'"'
+            except UnicodeEncodeError:  # (a lone surrogate)
+                token = None
+            if token is not None:
+                prefix, changed = self.own_prefixes.get(token) or self._own_prefix(token)
+                if prefix is not None:
+                    name_after = self.names.get((name, changed)) or self._name(name, changed)
+                else:
+                    name_after = name
+                start = b'{"$type":' + token
+                hit = (start, len(start), prefix, name_after, changed)
+        self.own_starts[name] = hit
+        return hit
 
     def _rename_bytes(self, event: InFlight, raw: bytes) -> None:
         """:meth:`_rename` on the payload's UTF-8 bytes (no decoding, no encoding): the same
