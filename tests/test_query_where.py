@@ -107,6 +107,20 @@ def test_filters_build_checks_everything() -> None:
     assert filters.types == ("A", "B") and filters.aggregates == ("1",) and filters.limit == 3
 
 
+@pytest.mark.parametrize(
+    ("option", "given"),
+    [("--type", {"types": ["ItemScore*"]}), ("--aggregate-type", {"aggregate_type": "Item?"})],
+)
+def test_a_type_pattern_is_refused_not_matched_against_nothing(
+    option: str, given: dict[str, Any]
+) -> None:
+    """Type names hold no * or ?: a pattern would select nothing, silently (exit 0)."""
+    with pytest.raises(UsageError, match=f"{option} .*exact name") as caught:
+        QueryFilters.build(**given)
+    assert "esctl inspect stats" in (caught.value.hint or "")
+    assert QueryFilters.build(types=["Envelope`1"]).types == ("Envelope`1",)
+
+
 # --- semantics -----------------------------------------------------------------------------
 
 LIST = "System.Collections.Generic.List`1[[System.String, mscorlib]], mscorlib"

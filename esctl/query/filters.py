@@ -80,6 +80,8 @@ class Selectors:
         moment = now or datetime.now(UTC)
         if limit is not None and limit < 0:
             raise UsageError("--limit must be 0 or more")
+        _check_exact_names("--type", self.types)
+        _check_exact_names("--aggregate-type", (self.aggregate_type or "",))
         return QueryFilters(
             types=tuple(dict.fromkeys(self.types)),
             aggregate_type=self.aggregate_type,
@@ -89,6 +91,19 @@ class Selectors:
             where=tuple(parse_where(w) for w in self.where),
             limit=limit,
         )
+
+
+def _check_exact_names(option: str, names: Sequence[str]) -> None:
+    """A .NET type name holds no ``*`` or ``?``: one that does was meant as a pattern, which
+    these options do not take; UsageError rather than a selection that matches nothing."""
+    for name in names:
+        if "*" in name or "?" in name:
+            raise UsageError(
+                f"{option} {name}: takes a type's exact name, not a pattern",
+                hint="esctl inspect stats lists the event types the store holds (--type takes "
+                "a class name, e.g. ItemScoreCreated, and repeats for several; "
+                "--aggregate-type the AggregateType, e.g. ItemScore)",
+            )
 
 
 @dataclass(slots=True)
