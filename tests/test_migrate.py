@@ -37,7 +37,8 @@ from psycopg.conninfo import make_conninfo
 from esctl import pg, redisio
 from esctl.codec import parse_timestamp
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
-from esctl.migrate.rows import PG_EPOCH, pg_microseconds
+from esctl.migrate.rows import PG_EPOCH
+from esctl.migrate.rows import binary_row as make_binary_row
 from esctl.shard import Shard
 from esctl.streams import StreamProblem, build_stream, validate_stream
 from esctl.verify import VerifyOptions, verify
@@ -1285,11 +1286,11 @@ def test_a_rows_time_stamp_is_the_instant_the_codec_reads(digits: int, offset: s
         )
     )
 )
-def test_pg_microseconds_counts_every_microsecond_from_postgres_epoch(moment: datetime) -> None:
+def test_a_rows_time_stamp_counts_every_microsecond_from_postgres_epoch(moment: datetime) -> None:
     delta = moment - PG_EPOCH
-    assert pg_microseconds(moment) == (
-        (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
-    )
+    row = make_binary_row(moment, 1, "Learning.Items.Events.ItemChanged, Learning.Items", b"{}")
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    assert struct.unpack_from(">iq", row) == (8, micros)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
