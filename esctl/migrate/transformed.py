@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from esctl import codec, layout, redisio
+from esctl import codec, layout, pg, redisio
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.reader import (
@@ -66,7 +66,7 @@ class TransformingReader(Reader):
             "           last_version FROM esctl.migrated_stream"
             "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
             "    OFFSET 0) m",
-            (list(ids), self.opts.pg_schema, self.opts.app),
+            (pg.text_array(list(ids)), self.opts.pg_schema, self.opts.app),
         ).fetchall()
         self.conn.commit()
         for r in rows:
