@@ -339,6 +339,7 @@ def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: 
             "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"esctl:ddl:{schema}",)
         )
     state = check_event_store_schema(conn, schema)
+    created = False
     if not state.tables_present:
         if not create:
             raise SchemaIncompatible(
@@ -346,12 +347,17 @@ def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: 
                 hint="run with --init-schema to create them (docs/layout.md §5)",
             )
         conn.execute(_format(EVENT_STORE_DDL, schema))
+        created = True
     if create:
-        if "save_event_for_aggregate" not in state.functions_present:
-            conn.execute(_format(SAVE_FUNCTION, schema))
-        if "get_events_for_aggregate" not in state.functions_present:
-            conn.execute(_format(GET_FUNCTION, schema))
-    check_event_store_schema(conn, schema)
+        for name, ddl in (
+            ("save_event_for_aggregate", SAVE_FUNCTION),
+            ("get_events_for_aggregate", GET_FUNCTION),
+        ):
+            if name not in state.functions_present:
+                conn.execute(_format(ddl, schema))
+                created = True
+    if created:  # what was just made must pass the same check (the checks: a round trip each)
+        check_event_store_schema(conn, schema)
 
 
 # --- esctl's bookkeeping -------------------------------------------------------------------

@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any, Protocol
 
@@ -176,9 +177,7 @@ class WriterPool:
         self.results_lock = threading.Lock()
         self.failure: list[BaseException] = []
         self.stop = threading.Event()
-        self.writers = [
-            BatchWriter(opts, run_id, target_exists=target_exists) for _ in range(count)
-        ]
+        self.writers = _open_writers(opts, run_id, target_exists=target_exists, count=count)
         self.toast_compression = self.writers[0].toast_compression
         self.threads = [
             threading.Thread(target=self._loop, args=(i,), name=f"esctl-writer-{i}", daemon=True)
@@ -277,6 +276,27 @@ class WriterPool:
     def raise_failure(self) -> None:
         if self.failure:
             raise self.failure[0]
+
+
+def _open_writers(
+    opts: MigrateOptions, run_id: str, *, target_exists: bool, count: int
+) -> list[BatchWriter]:
+    """``count`` writers, connected and set up at once (each takes a few round trips, which
+    add up when the server is at a distance); when one fails, the others are closed."""
+    if count == 1:
+        return [BatchWriter(opts, run_id, target_exists=target_exists)]
+    with ThreadPoolExecutor(count, thread_name_prefix="esctl-writer-setup") as pool:
+        futures = [
+            pool.submit(BatchWriter, opts, run_id, target_exists=target_exists)
+            for _ in range(count)
+        ]
+    failed = [error for f in futures if (error := f.exception()) is not None]
+    writers = [f.result() for f in futures if f.exception() is None]
+    if failed:
+        for writer in writers:
+            writer.close()
+        raise failed[0]
+    return writers
 
 
 class _Invocation:

@@ -121,38 +121,51 @@ def run_totals(conn: psycopg.Connection, app: str, run_id: str) -> RunTotals:
     of a whole run (counted by kind, the first few listed), from what its batches committed.
     An aggregate quarantined again after a resume (its batch lay past the resume point) counts
     once. Memory does not grow with the problems: PostgreSQL counts them."""
-    row = conn.execute(
-        "SELECT coalesce(sum(events_migrated), 0), coalesce(sum(events_already_present), 0)"
-        "  FROM esctl.migration_batch WHERE run_id = %s",
-        (run_id,),
-    ).fetchone()
-    migrated, present = (int(row[0]), int(row[1])) if row else (0, 0)
-    row = conn.execute(
-        "SELECT count(*), coalesce(sum(events), 0) FROM ("
-        "  SELECT max(events) AS events FROM esctl.quarantine WHERE run_id = %s"
-        "   GROUP BY aggregate_id) q",
-        (run_id,),
-    ).fetchone()
-    aggregates, events = (int(row[0]), int(row[1])) if row else (0, 0)
     tally = ProblemTally(where=quarantine_query([run_id]))
-    for kind, n in conn.execute(
-        "SELECT kind, count(*) FROM ("
-        "  SELECT DISTINCT aggregate_id, kind, detail FROM esctl.quarantine WHERE run_id = %s) q"
-        " GROUP BY kind",
-        (run_id,),
+    # The four queries in one pipeline: one round trip.
+    with (
+        conn.pipeline() as pipeline,
+        conn.cursor() as sums,
+        conn.cursor() as quarantined,
+        conn.cursor() as kinds,
+        conn.cursor() as first,
     ):
-        tally.count(kind, int(n))
-    for aggregate_id, kind, detail in conn.execute(
-        "SELECT aggregate_id, kind, detail FROM ("
-        "  SELECT DISTINCT ON (aggregate_id, kind, detail) aggregate_id, kind, detail,"
-        "         quarantine_id FROM esctl.quarantine WHERE run_id = %s"
-        "   ORDER BY aggregate_id, kind, detail, quarantine_id) q"
-        " ORDER BY quarantine_id LIMIT %s",
-        (run_id, tally.limit),
-    ):
-        tally.listed.append(
-            {"kind": kind, "key": layout.commit_list_key(app, aggregate_id), "detail": detail}
+        sums.execute(
+            "SELECT coalesce(sum(events_migrated), 0), coalesce(sum(events_already_present), 0)"
+            "  FROM esctl.migration_batch WHERE run_id = %s",
+            (run_id,),
         )
+        quarantined.execute(
+            "SELECT count(*), coalesce(sum(events), 0) FROM ("
+            "  SELECT max(events) AS events FROM esctl.quarantine WHERE run_id = %s"
+            "   GROUP BY aggregate_id) q",
+            (run_id,),
+        )
+        kinds.execute(
+            "SELECT kind, count(*) FROM ("
+            "  SELECT DISTINCT aggregate_id, kind, detail FROM esctl.quarantine WHERE run_id = %s)"
+            " q GROUP BY kind",
+            (run_id,),
+        )
+        first.execute(
+            "SELECT aggregate_id, kind, detail FROM ("
+            "  SELECT DISTINCT ON (aggregate_id, kind, detail) aggregate_id, kind, detail,"
+            "         quarantine_id FROM esctl.quarantine WHERE run_id = %s"
+            "   ORDER BY aggregate_id, kind, detail, quarantine_id) q"
+            " ORDER BY quarantine_id LIMIT %s",
+            (run_id, tally.limit),
+        )
+        pipeline.sync()
+        row = sums.fetchone()
+        migrated, present = (int(row[0]), int(row[1])) if row else (0, 0)
+        row = quarantined.fetchone()
+        aggregates, events = (int(row[0]), int(row[1])) if row else (0, 0)
+        for kind, n in kinds.fetchall():
+            tally.count(kind, int(n))
+        for aggregate_id, kind, detail in first.fetchall():
+            tally.listed.append(
+                {"kind": kind, "key": layout.commit_list_key(app, aggregate_id), "detail": detail}
+            )
     conn.commit()
     return RunTotals(migrated, present, aggregates, events, tally)
 

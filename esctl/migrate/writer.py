@@ -115,7 +115,6 @@ class BatchWriter:
         self.toast_compression: str | None = None
         with pg.translate_errors(opts.pg_dsn):
             self._set_up_session()
-            self.version_int4 = self._version_is_int4()
         self._prepare_statements(sql.Identifier(opts.pg_schema))
 
     def _set_up_session(self) -> None:
@@ -132,19 +131,19 @@ class BatchWriter:
             except psycopg.Error:
                 # PostgreSQL < 14 or built without lz4: keep the server default.
                 self.conn.rollback()
-        self.conn.execute(STAGE_DDL)
-        self.conn.commit()
-
-    def _version_is_int4(self) -> bool:
-        """Whether ``event.version`` is ``integer`` (binary rows carry 4 bytes; the library's
-        schema) rather than ``bigint``, which pg.REQUIRED_COLUMNS accepts too."""
-        row = self.conn.execute(
-            "SELECT data_type FROM information_schema.columns"
-            " WHERE table_schema = %s AND table_name = 'event' AND column_name = 'version'",
-            (self.opts.pg_schema,),
-        ).fetchone()
-        self.conn.commit()
-        return row is None or row[0] == "integer"
+        # One round trip: the staging table, and whether ``event.version`` is ``integer``
+        # (binary rows carry 4 bytes; the library's schema) rather than ``bigint``, which
+        # pg.REQUIRED_COLUMNS accepts too.
+        with self.conn.pipeline(), self.conn.cursor() as cur:
+            cur.execute(STAGE_DDL)
+            cur.execute(
+                "SELECT data_type FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'event' AND column_name = 'version'",
+                (self.opts.pg_schema,),
+            )
+            row = cur.fetchone()
+            self.conn.commit()
+        self.version_int4 = row is None or row[0] == "integer"
 
     def _prepare_statements(self, s: sql.Identifier) -> None:
         self.sql_upsert_aggregates = sql.SQL(
@@ -235,7 +234,6 @@ class BatchWriter:
         if not self.target_exists:
             return sum(len(g.rows) for g in clean.values()), 0, rejected
         params: dict[str, Any] = {"app": self.opts.app}
-        cur.execute("SAVEPOINT esctl_batch")
         keys, clashes = self._aggregate_keys(cur, clean, params)
         if clashes:
             # Undo the aggregate rows just added for them and try again without them.
@@ -274,8 +272,7 @@ class BatchWriter:
         binary, text = _by_format(clean)
         if binary and not self.version_int4:
             return False
-        try:
-            cur.execute("SAVEPOINT esctl_copy")
+        try:  # (the savepoint esctl_copy was set by _aggregate_keys)
             if binary:
                 _copy(
                     cur,
@@ -299,21 +296,27 @@ class BatchWriter:
     def _aggregate_keys(
         self, cur: psycopg.Cursor[Any], clean: dict[str, AggregateRows], params: dict[str, Any]
     ) -> tuple[dict[str, int], dict[str, list[str]]]:
-        """Add missing aggregate rows (not in a dry run); return their keys and the ids
-        PostgreSQL already holds under another aggregate type (the library's read function
-        would mix both streams)."""
+        """Set the savepoint ``esctl_batch``, add missing aggregate rows (not in a dry run) and
+        set the savepoint ``esctl_copy``; return the aggregates' keys and the ids PostgreSQL
+        already holds under another aggregate type (the library's read function would mix both
+        streams). One round trip: the statements go in one pipeline."""
         params = params | {
             "ids": pg.text_array(list(clean)),
             "types": pg.text_array([g.aggregate_type for g in clean.values()]),
         }
-        if not self.opts.dry_run:
-            cur.execute(self.sql_upsert_aggregates, params)
+        with self.conn.pipeline() as pipeline, self.conn.cursor() as lookup:
+            cur.execute("SAVEPOINT esctl_batch")
+            if not self.opts.dry_run:
+                cur.execute(self.sql_upsert_aggregates, params)
+            lookup.execute(self.sql_aggregate_keys, params)
+            if not self.opts.dry_run:
+                cur.execute("SAVEPOINT esctl_copy")
+            pipeline.sync()
+            found = lookup.fetchall()
         keys: dict[str, int] = {}
         clashes: dict[str, list[str]] = {}
         # (fetchall: iterating the cursor costs a Python call per row, ~0.4 us each)
-        for aggregate_id, aggregate_type, key in cur.execute(
-            self.sql_aggregate_keys, params
-        ).fetchall():
+        for aggregate_id, aggregate_type, key in found:
             if aggregate_type == clean[aggregate_id].aggregate_type:
                 keys[aggregate_id] = key
             else:
@@ -395,24 +398,25 @@ class BatchWriter:
             self.conn.rollback()
             return
         done = {q.aggregate_id for q in quarantined}
-        self._record_migrated(cur, clean, [a for a in clean if a not in done])
-        self._record_quarantined(cur, quarantined)
-        cur.execute(
-            "INSERT INTO esctl.migration_batch (run_id, seq, scan_position, aggregates,"
-            " events_migrated, events_already_present, aggregates_quarantined,"
-            " events_quarantined) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                self.run_id,
-                batch.seq,
-                batch.position,
-                batch.aggregates,
-                inserted,
-                present,
-                len(quarantined),
-                sum(q.events for q in quarantined),
-            ),
-        )
-        self.conn.commit()
+        with self.conn.pipeline():  # one round trip: the statements and the COMMIT
+            self._record_migrated(cur, clean, [a for a in clean if a not in done])
+            self._record_quarantined(cur, quarantined)
+            cur.execute(
+                "INSERT INTO esctl.migration_batch (run_id, seq, scan_position, aggregates,"
+                " events_migrated, events_already_present, aggregates_quarantined,"
+                " events_quarantined) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    self.run_id,
+                    batch.seq,
+                    batch.position,
+                    batch.aggregates,
+                    inserted,
+                    present,
+                    len(quarantined),
+                    sum(q.events for q in quarantined),
+                ),
+            )
+            self.conn.commit()
 
     def _record_migrated(
         self, cur: psycopg.Cursor[Any], clean: dict[str, AggregateRows], ids: list[str]
