@@ -231,6 +231,40 @@ def test_doctor_prose_is_wrapped_at_words_on_a_terminal(
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """Two columns of long names (event type, subscriber) and six of counts do not fit 80
+    columns: the queues are listed under a heading per subscriber, every name whole on its
+    row, instead of folding "Learning.Notific" / "ationSer…" (what the flat table did). At 120
+    the flat table fits once ``retry data`` is left out."""
+    client = redis.Redis.from_url(demo_redis.url)
+    try:
+        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
+    finally:
+        client.close()
+    env = {
+        "ESCTL_REDIS_URL": demo_redis.url,
+        "ESCTL_APP": demo.DEMO_APP,
+        "ESCTL_ENV": demo.DEMO_ENV,
+    }
+    queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
+    assert len({q["subscriber"] for q in queues}) >= 3
+    screen = run_on_terminal([*ESCTL, "queue", "list"], size=size, env=env)
+    assert_reads_well(screen)
+    grouped = size == "80x24"
+    for queue in queues:
+        if grouped:
+            start = screen.rows.index(f"subscriber {queue['subscriber']}")
+            block = list(itertools.takewhile(bool, screen.rows[start + 1 :]))
+        else:
+            block = [r for r in screen.rows if f" {queue['subscriber']} " in r]
+        rows = [r for r in block if r.startswith(f"{queue['event_type']} ")]
+        assert len(rows) == 1, (queue, screen.describe())
+        assert f" {queue['published']:,} " in rows[0] and f" {queue['dead']:,} " in rows[0]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_query_table_on_a_terminal_keeps_ids_and_timestamps_whole(
     size: str, redis_test_url: str, demo_store: Any, app_name: str
 ) -> None:

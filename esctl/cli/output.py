@@ -79,6 +79,7 @@ def emit_table(
     stderr: bool = False,
     payload: Collection[str] = (),
     optional: Sequence[str] = (),
+    group: str | None = None,
 ) -> None:
     """A table on stdout (on stderr with ``stderr``: for a plan shown before a question while
     stdout carries the data); every cell is plain text, never markup.
@@ -89,35 +90,23 @@ def emit_table(
     cut to one line with "…"; then columns of prose (a cell with a space), wrapped at words;
     then, if that lets ids, keys, timestamps and counts (no spaces) stay whole, the
     ``optional`` columns are left out, the last named first, as few as will do (a line on
-    stderr names them); else those fold, the widest first."""
+    stderr names them); else those fold, the widest first.
+
+    ``group`` names a column of long names that repeat (a subscriber): when the table would
+    fold an id on a terminal, it is printed as one table per value of that column instead,
+    each headed by the value, all with the same column widths."""
     console = stderr_console if stderr else stdout_console
     names = [str(c) for c in columns]
     cells = [[format_cell(v) for v in row] for row in rows]
     terminal = _writes_to_terminal(console)
-    specs = [
-        ColumnSpec.of(
-            name if show_header else "",
-            [row[i] for row in cells if i < len(row)],
-            payload=name in payload,
-        )
-        for i, name in enumerate(names)
-    ]
+    specs = _specs(names, cells, show_header=show_header, payload=payload)
     droppable = [names.index(name) for name in reversed(optional) if name in names]
     shown, widths = _fit(specs, droppable, console.width if terminal else None)
+    if terminal and group in names and folds_tokens([specs[i] for i in shown], widths):
+        _emit_grouped(console, names, cells, names.index(group), title, payload, optional)
+        return
     left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
-    table = Table(show_edge=False, pad_edge=False, show_header=show_header)
-    for i, width in zip(shown, widths, strict=True):
-        table.add_column(Text(names[i]), width=width, overflow="fold")
-    for row in cells:
-        table.add_row(
-            *(
-                Text(row[i], no_wrap=True, overflow="ellipsis")
-                if specs[i].payload
-                else Text(row[i])
-                for i in shown
-                if i < len(row)
-            )
-        )
+    table = _rich_table(names, cells, specs, shown, widths, show_header=show_header)
     if title is not None:
         console.print(Text(title, style="table.title"))
     if terminal:
@@ -133,6 +122,79 @@ def emit_table(
     lines = capture.get().splitlines()
     console.file.write("".join(line.rstrip() + "\n" for line in lines))
     console.file.flush()
+
+
+def _specs(
+    names: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    *,
+    show_header: bool = True,
+    payload: Collection[str] = (),
+) -> list[ColumnSpec]:
+    return [
+        ColumnSpec.of(
+            name if show_header else "",
+            [row[i] for row in cells if i < len(row)],
+            payload=name in payload,
+        )
+        for i, name in enumerate(names)
+    ]
+
+
+def _rich_table(
+    names: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    specs: Sequence[ColumnSpec],
+    shown: Sequence[int],
+    widths: Sequence[int],
+    *,
+    show_header: bool = True,
+) -> Table:
+    table = Table(show_edge=False, pad_edge=False, show_header=show_header)
+    for i, width in zip(shown, widths, strict=True):
+        table.add_column(Text(names[i]), width=width, overflow="fold")
+    for row in cells:
+        table.add_row(
+            *(
+                Text(row[i], no_wrap=True, overflow="ellipsis")
+                if specs[i].payload
+                else Text(row[i])
+                for i in shown
+                if i < len(row)
+            )
+        )
+    return table
+
+
+def _emit_grouped(
+    console: Console,
+    names: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    group: int,
+    title: str | None,
+    payload: Collection[str],
+    optional: Sequence[str],
+) -> None:
+    """:func:`emit_table` on a terminal, one table per value of column ``group`` (in sorted
+    order; rows keep theirs), its columns fitted once for all of them."""
+    rest = [i for i in range(len(names)) if i != group]
+    rest_names = [names[i] for i in rest]
+    rest_cells = [[row[i] for i in rest if i < len(row)] for row in cells]
+    specs = _specs(rest_names, rest_cells, payload=payload)
+    droppable = [rest_names.index(n) for n in reversed(optional) if n in rest_names]
+    shown, widths = _fit(specs, droppable, console.width)
+    groups: dict[str, list[list[str]]] = {}
+    for row, rest_row in zip(cells, rest_cells, strict=True):
+        groups.setdefault(row[group], []).append(rest_row)
+    if title is not None:
+        console.print(Text(title, style="table.title"))
+    for value in sorted(groups):
+        console.print()
+        console.print(Text(f"{names[group]} {value}", style="bold"))
+        console.print(_rich_table(rest_names, groups[value], specs, shown, widths))
+    left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
+    if left_out:
+        info(f"(left out at this terminal width: {', '.join(left_out)})")
 
 
 _COLUMN_GAP = 3
@@ -542,9 +604,18 @@ class Output:
         stderr: bool = False,
         payload: Collection[str] = (),
         optional: Sequence[str] = (),
+        group: str | None = None,
     ) -> None:
         """A table (see :func:`emit_table`)."""
-        emit_table(columns, rows, title=title, stderr=stderr, payload=payload, optional=optional)
+        emit_table(
+            columns,
+            rows,
+            title=title,
+            stderr=stderr,
+            payload=payload,
+            optional=optional,
+            group=group,
+        )
 
     def mapping(self, mapping: Mapping[str, Any], *, title: str | None = None) -> None:
         """A two-column key/value table (summaries)."""

@@ -261,6 +261,8 @@ def list_command(
                 for q in listing.queues
             ],
             title=f"queues of env {environment} ({len(listing.queues)})",
+            optional=("subscribed", "retry data"),
+            group="subscriber",
         )  # fmt: skip
         _problems(out, listing.problems)
         if metrics_file is not None:
