@@ -142,7 +142,7 @@ def build_stream(
 def envelope(data: dict[str, Any]) -> tuple[str, int, str, str] | None:
     """A parsed payload's ``$type``, ``Version``, ``AggregateType`` and ``TimeStamp`` text when
     each is there with its JSON type and the version is 1 or more, else None: the check
-    ``events query`` makes before trusting a payload (:func:`clean_payloads` makes it inline)."""
+    ``events query`` and :func:`clean_payloads` make before trusting a payload."""
     type_name = data.get("$type")
     version = data.get("Version")
     aggregate_type = data.get("AggregateType")
@@ -214,19 +214,11 @@ def clean_payloads(
             data = loads(payload)
         except _DECODE_ERRORS:  # orjson refuses bytes that are not UTF-8
             return None
-        if type(data) is not dict:
+        if type(data) is not dict or (fields := envelope(data)) is None:
             return None
-        type_name = data.get("$type")
-        version = data.get("Version")
-        this_type = data.get("AggregateType")
-        timestamp = data.get("TimeStamp")
+        type_name, version, this_type, timestamp = fields
         if (
-            type(type_name) is not str
-            or type(version) is not int
-            or version < 1
-            or type(this_type) is not str
-            or type(timestamp) is not str
-            or data.get("Id") != aggregate_id
+            data.get("Id") != aggregate_id
             or not match_timestamp(timestamp)
             # one byte first: memchr, where the six-byte search costs ~10x more
             or (

@@ -59,8 +59,9 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class Invocation:
-    """What one invocation of a run did (a resumed run's summary also holds the whole run's)."""
+class MigrationCounts:
+    """The aggregates a migration examined and the events it migrated and quarantined: what
+    an :class:`Invocation` did, and the figures of a :class:`MigrationSummary`."""
 
     aggregates: int
     aggregates_unchanged: int
@@ -69,12 +70,17 @@ class Invocation:
     aggregates_quarantined: int
     events_quarantined: int
 
+
+@dataclass(frozen=True)
+class Invocation(MigrationCounts):
+    """What one invocation of a run did (a resumed run's summary also holds the whole run's)."""
+
     def __add__(self, other: Invocation) -> Invocation:
         return Invocation(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
-@dataclass
-class MigrationSummary:
+@dataclass(frozen=True)
+class MigrationSummary(MigrationCounts):
     """The outcome of a migration. The event and quarantine counts and ``problems`` cover the
     whole run: for a resumed run they include the interrupted invocations, and
     ``this_invocation`` says what this invocation did (``aggregates`` and
@@ -84,12 +90,6 @@ class MigrationSummary:
     run_id: str
     dry_run: bool
     resumed: bool
-    aggregates: int
-    aggregates_unchanged: int
-    events_migrated: int
-    events_already_present: int
-    aggregates_quarantined: int
-    events_quarantined: int
     problems: list[dict[str, str]]
     """The first problems (``esctl.problems.DEFAULT_LISTED``); all of them are counted below
     and listed by the query in ``problems_where``."""
@@ -129,4 +129,4 @@ class MigrationSummary:
         """What this invocation did (the whole summary when the run was not resumed)."""
         if self.this_invocation is not None:
             return self.this_invocation
-        return Invocation(*(getattr(self, f.name) for f in fields(Invocation)))
+        return Invocation(*(getattr(self, f.name) for f in fields(MigrationCounts)))

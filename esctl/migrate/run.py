@@ -85,7 +85,8 @@ def migrate_redis_to_pg(
             invocation.execute()
             summary = invocation.summary(started)
             if rules is not None:
-                summary.transforms = _transforms_summary(invocation.reader, rules, deleted)
+                transforms = _transforms_summary(invocation.reader, rules, deleted)
+                summary = replace(summary, transforms=transforms)
             return summary
         finally:
             control.close()

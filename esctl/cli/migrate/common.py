@@ -46,6 +46,12 @@ def toast(method: str) -> str | None:
     return None if method == "server" else method
 
 
+def toast_option(help: str) -> Any:
+    """``--toast-compression METHOD`` (read by :func:`toast`), with what it does for one
+    command."""
+    return typer.Option("--toast-compression", metavar="METHOD", help=help)
+
+
 def workers_option(help: str, *, most: int | None = None, show_default: bool = True) -> Any:
     """``--workers N`` (local processes, at least 1, at most ``most``), with what they do for
     one command."""

@@ -9,7 +9,7 @@ import typer
 
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
-from esctl.cli.migrate.common import store, toast
+from esctl.cli.migrate.common import store, toast, toast_option
 from esctl.cli.options import read_rules, transforms_option
 from esctl.cli.output import Output
 
@@ -17,6 +17,32 @@ if TYPE_CHECKING:
     from esctl import plan as plan_core
 
 
+SampleOpt = Annotated[
+    int,
+    typer.Option(
+        "--sample", metavar="N", min=1, help="Aggregates to read whole (a random sample)."
+    ),
+]
+TrialOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trial/--no-trial",
+        help="Write the sample into PostgreSQL in a rolled-back transaction to measure size "
+        "and speed.",
+    ),
+]
+TrialEventsOpt = Annotated[
+    int,
+    typer.Option(
+        "--trial-events", metavar="N", min=1, help="At most this many events in the trial."
+    ),
+]
+PlanToastCompressionOpt = Annotated[
+    str,
+    toast_option(
+        "As for redis-to-pg: the compression the size estimate assumes (lz4, pglz, or 'server')."
+    ),
+]
 PlanTransformsOpt = Annotated[
     Path | None,
     transforms_option(
@@ -29,35 +55,10 @@ PlanTransformsOpt = Annotated[
 @with_context(Scope.REDIS | Scope.PG | Scope.APP)
 def plan_command(
     ctx: Context,
-    sample: Annotated[
-        int,
-        typer.Option(
-            "--sample", metavar="N", min=1, help="Aggregates to read whole (a random sample)."
-        ),
-    ] = defaults.PLAN_SAMPLE,
-    trial: Annotated[
-        bool,
-        typer.Option(
-            "--trial/--no-trial",
-            help="Write the sample into PostgreSQL in a rolled-back transaction to measure size "
-            "and speed.",
-        ),
-    ] = True,
-    trial_events: Annotated[
-        int,
-        typer.Option(
-            "--trial-events", metavar="N", min=1, help="At most this many events in the trial."
-        ),
-    ] = defaults.PLAN_TRIAL_EVENTS,
-    toast_compression: Annotated[
-        str,
-        typer.Option(
-            "--toast-compression",
-            metavar="METHOD",
-            help="As for redis-to-pg: the compression the size estimate assumes (lz4, pglz, "
-            "or 'server').",
-        ),
-    ] = "lz4",
+    sample: SampleOpt = defaults.PLAN_SAMPLE,
+    trial: TrialOpt = True,
+    trial_events: TrialEventsOpt = defaults.PLAN_TRIAL_EVENTS,
+    toast_compression: PlanToastCompressionOpt = "lz4",
     transforms_file: PlanTransformsOpt = None,
 ) -> None:
     """Estimate a migration: events, bytes in Redis and in PostgreSQL, and the run time.

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from esctl import prune as prune_core
 
 
+PruneYesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")]
 PruneTransformsOpt = Annotated[
     Path | None,
     transforms_option(
@@ -24,24 +25,25 @@ PruneTransformsOpt = Annotated[
         "the rules make them (required for a migration made with --transforms)."
     ),
 ]
+IncludeLeftOutOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-left-out",
+        help="With --transforms: also delete aggregates whose events the rules all leave "
+        "out (PostgreSQL holds none of them by design); needs --backup-file.",
+    ),
+]
 
 
 @with_context(Scope.REDIS | Scope.PG | Scope.APP)
 def prune_command(
     ctx: Context,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking.")] = False,
+    yes: PruneYesOpt = False,
     backup_file: BackupFileOpt = None,
     dry_run: DryRunOpt = False,
     shard: ShardOpt = None,
     transforms_file: PruneTransformsOpt = None,
-    include_left_out: Annotated[
-        bool,
-        typer.Option(
-            "--include-left-out",
-            help="With --transforms: also delete aggregates whose events the rules all leave "
-            "out (PostgreSQL holds none of them by design); needs --backup-file.",
-        ),
-    ] = False,
+    include_left_out: IncludeLeftOutOpt = False,
 ) -> None:
     """Free Redis memory: delete the events of aggregates that PostgreSQL holds identically.
 

@@ -12,7 +12,14 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store, toast, workers_option
+from esctl.cli.migrate.common import (
+    BackupFileOpt,
+    checked_rules,
+    store,
+    toast,
+    toast_option,
+    workers_option,
+)
 from esctl.cli.migrate.prune import render_prune
 from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt, transforms_option
 from esctl.cli.output import Output, Progress
@@ -22,12 +29,74 @@ if TYPE_CHECKING:
     from esctl import redisio
 
 
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", metavar="N", min=1, help="Events per transaction.")
+]
+InitSchemaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--init-schema",
+        help="Create the library's tables and functions (and esctl's bookkeeping) if missing.",
+    ),
+]
+RestartOpt = Annotated[
+    bool,
+    typer.Option(
+        "--restart",
+        help="Start a new run instead of resuming an unfinished one. When PostgreSQL holds "
+        "events migrated with other --transforms (or without), DELETE those events of this "
+        "app (and shard) first and migrate everything again (needs --yes).",
+    ),
+]
+MaxProblemsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-problems",
+        metavar="N",
+        min=0,
+        help="Stop once more aggregates than this had problems.",
+    ),
+]
+RateOpt = Annotated[
+    float | None,
+    typer.Option("--rate", metavar="N", min=1, help="At most this many events read per second."),
+]
+MaxRedisLatencyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-redis-latency",
+        metavar="MS",
+        min=0.1,
+        help="Back off while a Redis round trip takes longer than this many milliseconds.",
+    ),
+]
+WritersOpt = Annotated[
+    int,
+    typer.Option("--writers", metavar="N", min=1, max=8, help="PostgreSQL writer connections."),
+]
+MigrateWorkersOpt = Annotated[
+    int,
+    workers_option(
+        "Local processes, each migrating one sub-shard (of --shard, if given); one "
+        "combined summary. Rerun with the same number to resume."
+    ),
+]
 ToastCompressionOpt = Annotated[
     str,
+    toast_option("default_toast_compression for the writers' sessions (lz4, pglz, or 'server')."),
+]
+DeleteSourceOpt = Annotated[
+    bool,
     typer.Option(
-        "--toast-compression",
-        metavar="METHOD",
-        help="default_toast_compression for the writers' sessions (lz4, pglz, or 'server').",
+        "--delete-source",
+        help="After a migration that did not stop early, run 'migrate prune' for the same "
+        "app (and shard); needs --yes (with --dry-run: a dry-run prune).",
+    ),
+]
+MigrateYesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Confirm --delete-source, and a --restart that deletes events."
     ),
 ]
 MigrateTransformsOpt = Annotated[
@@ -38,122 +107,67 @@ MigrateTransformsOpt = Annotated[
         "--restart --yes)."
     ),
 ]
+FollowOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow",
+        help="After catching up, keep PostgreSQL in step with Redis until stopped "
+        "(SIGTERM: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
+        "from keyspace notifications (polling without them); reports the lag.",
+    ),
+]
+EnableNotificationsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--enable-notifications",
+        help="With --follow: CONFIG SET notify-keyspace-events to add 'Kl' on every "
+        "primary when it is off.",
+    ),
+]
+SweepIntervalOpt = Annotated[
+    str,
+    typer.Option(
+        "--sweep-interval",
+        metavar="DURATION",
+        help="With --follow: a full incremental sweep this often (notifications lost in "
+        "a disconnect are caught by it; one also runs after every reconnect); 0: none "
+        "but those.",
+    ),
+]
+StallTimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stall-timeout",
+        metavar="DURATION",
+        help="With --follow: exit 1, naming the cause, when behind with no progress for this long.",
+        show_default=False,
+    ),
+]
 
 
 @with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP)
 def redis_to_pg(
     ctx: Context,
-    batch_size: Annotated[
-        int, typer.Option("--batch-size", metavar="N", min=1, help="Events per transaction.")
-    ] = defaults.MIGRATE_BATCH_SIZE,
-    init_schema: Annotated[
-        bool,
-        typer.Option(
-            "--init-schema",
-            help="Create the library's tables and functions (and esctl's bookkeeping) if missing.",
-        ),
-    ] = False,
+    batch_size: BatchSizeOpt = defaults.MIGRATE_BATCH_SIZE,
+    init_schema: InitSchemaOpt = False,
     dry_run: DryRunOpt = False,
     shard: ShardOpt = None,
-    restart: Annotated[
-        bool,
-        typer.Option(
-            "--restart",
-            help="Start a new run instead of resuming an unfinished one. When PostgreSQL holds "
-            "events migrated with other --transforms (or without), DELETE those events of this "
-            "app (and shard) first and migrate everything again (needs --yes).",
-        ),
-    ] = False,
-    max_problems: Annotated[
-        int | None,
-        typer.Option(
-            "--max-problems",
-            metavar="N",
-            min=0,
-            help="Stop once more aggregates than this had problems.",
-        ),
-    ] = None,
-    rate: Annotated[
-        float | None,
-        typer.Option(
-            "--rate", metavar="N", min=1, help="At most this many events read per second."
-        ),
-    ] = None,
-    max_redis_latency: Annotated[
-        float | None,
-        typer.Option(
-            "--max-redis-latency",
-            metavar="MS",
-            min=0.1,
-            help="Back off while a Redis round trip takes longer than this many milliseconds.",
-        ),
-    ] = None,
-    writers: Annotated[
-        int,
-        typer.Option("--writers", metavar="N", min=1, max=8, help="PostgreSQL writer connections."),
-    ] = 2,
-    workers: Annotated[
-        int,
-        workers_option(
-            "Local processes, each migrating one sub-shard (of --shard, if given); one "
-            "combined summary. Rerun with the same number to resume."
-        ),
-    ] = 1,
+    restart: RestartOpt = False,
+    max_problems: MaxProblemsOpt = None,
+    rate: RateOpt = None,
+    max_redis_latency: MaxRedisLatencyOpt = None,
+    writers: WritersOpt = 2,
+    workers: MigrateWorkersOpt = 1,
     toast_compression: ToastCompressionOpt = "lz4",
     progress: ProgressOpt = True,
-    delete_source: Annotated[
-        bool,
-        typer.Option(
-            "--delete-source",
-            help="After a migration that did not stop early, run 'migrate prune' for the same "
-            "app (and shard); needs --yes (with --dry-run: a dry-run prune).",
-        ),
-    ] = False,
-    yes: Annotated[
-        bool,
-        typer.Option(
-            "--yes", "-y", help="Confirm --delete-source, and a --restart that deletes events."
-        ),
-    ] = False,
+    delete_source: DeleteSourceOpt = False,
+    yes: MigrateYesOpt = False,
     backup_file: BackupFileOpt = None,
     transforms_file: MigrateTransformsOpt = None,
-    follow: Annotated[
-        bool,
-        typer.Option(
-            "--follow",
-            help="After catching up, keep PostgreSQL in step with Redis until stopped "
-            "(SIGTERM: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
-            "from keyspace notifications (polling without them); reports the lag.",
-        ),
-    ] = False,
-    enable_notifications: Annotated[
-        bool,
-        typer.Option(
-            "--enable-notifications",
-            help="With --follow: CONFIG SET notify-keyspace-events to add 'Kl' on every "
-            "primary when it is off.",
-        ),
-    ] = False,
-    sweep_interval: Annotated[
-        str,
-        typer.Option(
-            "--sweep-interval",
-            metavar="DURATION",
-            help="With --follow: a full incremental sweep this often (notifications lost in "
-            "a disconnect are caught by it; one also runs after every reconnect); 0: none "
-            "but those.",
-        ),
-    ] = "10m",
-    stall_timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--stall-timeout",
-            metavar="DURATION",
-            help="With --follow: exit 1, naming the cause, when behind with no progress for "
-            "this long.",
-            show_default=False,
-        ),
-    ] = None,
+    follow: FollowOpt = False,
+    enable_notifications: EnableNotificationsOpt = False,
+    sweep_interval: SweepIntervalOpt = "10m",
+    stall_timeout: StallTimeoutOpt = None,
     metrics_file: MetricsFileOpt = None,
 ) -> None:
     """Copy committed events from Redis into PostgreSQL: batched, resumable, idempotent.
