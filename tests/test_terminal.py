@@ -265,6 +265,35 @@ def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """A dead letter's row: its aggregate id whole, the size, time stamp and version left out
+    as far as that takes (named on stderr), the exception cut with "…"."""
+    client = redis.Redis.from_url(demo_redis.url)
+    try:
+        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
+    finally:
+        client.close()
+    env = {
+        "ESCTL_REDIS_URL": demo_redis.url,
+        "ESCTL_APP": demo.DEMO_APP,
+        "ESCTL_ENV": demo.DEMO_ENV,
+    }
+    queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
+    queue = next(q for q in queues if q["dead"])
+    words = ["queue", "peek", queue["subscriber"], queue["event_type"], "--list", "dead"]
+    messages = json.loads(run_cli(*words, "--json", env=env).stdout)["messages"]
+    assert messages
+    screen = run_on_terminal([*ESCTL, *words], size=size, env=env)
+    assert_reads_well(screen)
+    for message in messages:
+        assert any(f" {message['aggregate_id']} " in row for row in screen.rows), screen.describe()
+    if size == "80x24":
+        assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_query_table_on_a_terminal_keeps_ids_and_timestamps_whole(
     size: str, redis_test_url: str, demo_store: Any, app_name: str
 ) -> None:

@@ -161,7 +161,15 @@ def _messages_table(
                 _first_line(m.retry.last_exception if m.retry else None),
             ]
         rows.append(row)
-    out.table(columns, rows, title=title, payload=("last exception",))
+    # At 80 columns the aggregate id stays whole: the size, then the time stamp (the age
+    # says how old), then the version give way first.
+    out.table(
+        columns,
+        rows,
+        title=title,
+        payload=("last exception",),
+        optional=("version", "timestamp", "bytes"),
+    )
 
 
 def _problems(out: Output, problems: list[dict[str, str]]) -> None:
