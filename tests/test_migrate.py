@@ -911,6 +911,22 @@ def test_json_output_is_one_document_and_exit_code_is_3_while_quarantined_ones_r
     assert doc["aggregates_quarantined"] == len(defective_list_keys(truth))
 
 
+def test_an_install_from_before_gets_the_index_that_counts_a_runs_problems(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """A run's summary and ``migrate status`` count problems by run_id; esctl.quarantine
+    made by an earlier esctl lacks the index, and the next run adds it."""
+    write_defect_store(redis_client, app_name, seed=5)
+    index = "SELECT count(*) FROM pg_indexes WHERE schemaname = 'esctl' AND indexname = %s"
+    migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    assert count(pg_dsn, index, ("quarantine_run",)) == 1
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("DROP INDEX esctl.quarantine_run")
+    summary = migrate(redis_test_url, pg_dsn, app_name)
+    assert count(pg_dsn, index, ("quarantine_run",)) == 1
+    assert summary.aggregates_quarantined > 0
+
+
 def test_human_output_shows_the_summary_and_problems_without_traceback(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:
