@@ -3,7 +3,7 @@ bookkeeping schema. An existing event-store schema is checked, never altered."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -92,6 +92,19 @@ def connect(
             hint="use postgresql://user:password@host:port/dbname or libpq key=value form",
         ) from None
     return conn
+
+
+@contextmanager
+def pipelined(conn: psycopg.Connection) -> Iterator[Callable[[], None]]:
+    """Statements executed in the block go in one round trip (psycopg's pipeline mode), the
+    results due at the ``sync`` it yields or at the block's end. Where libpq cannot (before
+    14: psycopg without its binary package, on an old system libpq) each statement takes its
+    own round trip as before, and ``sync`` does nothing."""
+    if not psycopg.Pipeline.is_supported():
+        yield lambda: None
+        return
+    with conn.pipeline() as pipeline:
+        yield pipeline.sync
 
 
 _SSL_HINTS = (

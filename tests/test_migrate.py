@@ -10,6 +10,7 @@ the general path (build_stream + validate_stream + stream_rows) by a property te
 from __future__ import annotations
 
 import json
+import operator
 import random
 import re
 import resource
@@ -909,6 +910,29 @@ def test_json_output_is_one_document_and_exit_code_is_3_while_quarantined_ones_r
     assert code == 3
     assert doc["events_migrated"] == 0
     assert doc["aggregates_quarantined"] == len(defective_list_keys(truth))
+
+
+def test_without_pipeline_mode_the_writers_give_the_same_rows_and_summary(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    other_pg_dsn: str,
+    app_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writers send a batch's statements in psycopg's pipeline mode; with a libpq that
+    has none (before 14) each goes on its own, with the same rows, quarantines and summary."""
+    write_defect_store(redis_client, app_name, seed=11)
+    piped = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: False))
+    plain = migrate(redis_test_url, other_pg_dsn, app_name, init_schema=True)
+    assert pg_rows(other_pg_dsn) == pg_rows(pg_dsn)
+    for field in ("events_migrated", "aggregates_quarantined", "events_quarantined"):
+        assert getattr(plain, field) == getattr(piped, field) > 0, field
+    assert plain.problem_counts == piped.problem_counts
+    assert plain.problems_total == piped.problems_total <= len(piped.problems)  # all listed
+    key = operator.itemgetter("key", "kind", "detail")
+    assert sorted(plain.problems, key=key) == sorted(piped.problems, key=key)  # writers race
 
 
 def test_an_install_from_before_gets_the_index_that_counts_a_runs_problems(

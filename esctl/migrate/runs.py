@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import orjson
 import psycopg
 
-from esctl import layout, redisio
+from esctl import layout, pg, redisio
 from esctl.migrate.options import MigrateOptions
 from esctl.problems import ProblemTally
 
@@ -124,7 +124,7 @@ def run_totals(conn: psycopg.Connection, app: str, run_id: str) -> RunTotals:
     tally = ProblemTally(where=quarantine_query([run_id]))
     # The four queries in one pipeline: one round trip.
     with (
-        conn.pipeline() as pipeline,
+        pg.pipelined(conn) as sync,
         conn.cursor() as sums,
         conn.cursor() as quarantined,
         conn.cursor() as kinds,
@@ -155,7 +155,7 @@ def run_totals(conn: psycopg.Connection, app: str, run_id: str) -> RunTotals:
             " ORDER BY quarantine_id LIMIT %s",
             (run_id, tally.limit),
         )
-        pipeline.sync()
+        sync()
         row = sums.fetchone()
         migrated, present = (int(row[0]), int(row[1])) if row else (0, 0)
         row = quarantined.fetchone()

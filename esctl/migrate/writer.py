@@ -134,7 +134,7 @@ class BatchWriter:
         # One round trip: the staging table, and whether ``event.version`` is ``integer``
         # (binary rows carry 4 bytes; the library's schema) rather than ``bigint``, which
         # pg.REQUIRED_COLUMNS accepts too.
-        with self.conn.pipeline(), self.conn.cursor() as cur:
+        with pg.pipelined(self.conn), self.conn.cursor() as cur:
             cur.execute(STAGE_DDL)
             cur.execute(
                 "SELECT data_type FROM information_schema.columns"
@@ -304,14 +304,14 @@ class BatchWriter:
             "ids": pg.text_array(list(clean)),
             "types": pg.text_array([g.aggregate_type for g in clean.values()]),
         }
-        with self.conn.pipeline() as pipeline, self.conn.cursor() as lookup:
+        with pg.pipelined(self.conn) as sync, self.conn.cursor() as lookup:
             cur.execute("SAVEPOINT esctl_batch")
             if not self.opts.dry_run:
                 cur.execute(self.sql_upsert_aggregates, params)
             lookup.execute(self.sql_aggregate_keys, params)
             if not self.opts.dry_run:
                 cur.execute("SAVEPOINT esctl_copy")
-            pipeline.sync()
+            sync()
             found = lookup.fetchall()
         keys: dict[str, int] = {}
         clashes: dict[str, list[str]] = {}
@@ -398,7 +398,7 @@ class BatchWriter:
             self.conn.rollback()
             return
         done = {q.aggregate_id for q in quarantined}
-        with self.conn.pipeline():  # one round trip: the statements and the COMMIT
+        with pg.pipelined(self.conn):  # one round trip: the statements and the COMMIT
             self._record_migrated(cur, clean, [a for a in clean if a not in done])
             self._record_quarantined(cur, quarantined)
             cur.execute(
