@@ -272,20 +272,48 @@ def _format(template: str, schema: str) -> str:
     return template.format(schema=sql.Identifier(schema).as_string(None))
 
 
+_COLUMNS_SQL = (
+    "SELECT table_name, column_name, data_type, character_maximum_length"
+    " FROM information_schema.columns"
+    " WHERE table_schema = %s AND table_name IN ('aggregate', 'event')"
+)
+_FUNCTIONS_SQL = (
+    "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+    " WHERE n.nspname = %s AND p.proname IN"
+    " ('save_event_for_aggregate', 'get_events_for_aggregate')"
+)
+# The columns of each unique index (without a predicate) of the named tables.
+_UNIQUE_SQL = """
+    SELECT c.relname, array_agg(a.attname ORDER BY a.attname)
+      FROM pg_index i
+      JOIN pg_class c ON c.oid = i.indrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+     WHERE n.nspname = %s AND c.relname = ANY(%s) AND i.indisunique AND i.indpred IS NULL
+     GROUP BY i.indexrelid, c.relname
+"""
+
+
 def check_event_store_schema(conn: psycopg.Connection, schema: str) -> SchemaState:
     """Check that ``schema.aggregate`` / ``schema.event`` are usable by esctl. Missing tables
     are reported (``tables_present=False``); tables that exist but differ raise
-    SchemaIncompatible naming the table and column."""
-    rows = conn.execute(
-        "SELECT table_name, column_name, data_type, character_maximum_length"
-        " FROM information_schema.columns"
-        " WHERE table_schema = %s AND table_name IN ('aggregate', 'event')",
-        (schema,),
-    ).fetchall()
+    SchemaIncompatible naming the table and column. (The catalog is read in one round trip.)"""
+    with (
+        pipelined(conn) as sync,
+        conn.cursor() as columns_read,
+        conn.cursor() as unique_read,
+        conn.cursor() as functions_read,
+    ):
+        columns_read.execute(_COLUMNS_SQL, (schema,))
+        unique_read.execute(_UNIQUE_SQL, (schema, list(REQUIRED_UNIQUE)))
+        functions_read.execute(_FUNCTIONS_SQL, (schema,))
+        sync()
+        rows = columns_read.fetchall()
+        unique_keys = [(r[0], sorted(r[1])) for r in unique_read.fetchall()]
+        functions = tuple(sorted({r[0] for r in functions_read.fetchall()}))
     columns = {(r[0], r[1]): (r[2], r[3]) for r in rows}
     tables = {r[0] for r in rows}
     if not tables:
-        functions = _functions(conn, schema)
         return SchemaState(False, functions)
     for table in ("aggregate", "event"):
         if table not in tables:
@@ -307,39 +335,18 @@ def check_event_store_schema(conn: psycopg.Connection, schema: str) -> SchemaSta
                 hint="esctl never alters an existing schema; fix it to match docs/layout.md §5",
             )
     for table, wanted in REQUIRED_UNIQUE.items():
-        if not _has_unique(conn, schema, table, wanted):
+        if (table, sorted(wanted)) not in unique_keys:
             raise SchemaIncompatible(
                 f"table {schema}.{table} has no UNIQUE constraint or index on "
                 f"({', '.join(wanted)})",
                 hint="idempotent loading relies on it; add it as in docs/layout.md §5",
             )
-    return SchemaState(True, _functions(conn, schema))
-
-
-def _functions(conn: psycopg.Connection, schema: str) -> tuple[str, ...]:
-    rows = conn.execute(
-        "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-        " WHERE n.nspname = %s AND p.proname IN"
-        " ('save_event_for_aggregate', 'get_events_for_aggregate')",
-        (schema,),
-    ).fetchall()
-    return tuple(sorted({r[0] for r in rows}))
+    return SchemaState(True, functions)
 
 
 def _has_unique(conn: psycopg.Connection, schema: str, table: str, cols: tuple[str, ...]) -> bool:
-    rows = conn.execute(
-        """
-        SELECT array_agg(a.attname ORDER BY a.attname)
-          FROM pg_index i
-          JOIN pg_class c ON c.oid = i.indrelid
-          JOIN pg_namespace n ON n.oid = c.relnamespace
-          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
-         WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL
-         GROUP BY i.indexrelid
-        """,
-        (schema, table),
-    ).fetchall()
-    return any(sorted(r[0]) == sorted(cols) for r in rows)
+    rows = conn.execute(_UNIQUE_SQL, (schema, [table])).fetchall()
+    return any(sorted(r[1]) == sorted(cols) for r in rows)
 
 
 def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: bool) -> None:
@@ -507,9 +514,11 @@ CREATE INDEX IF NOT EXISTS projection_dead_letter_checkpoint
 
 def ensure_state_schema(conn: psycopg.Connection) -> None:
     """Create esctl's bookkeeping tables when missing (idempotent, concurrency-safe)."""
-    # CREATE ... IF NOT EXISTS can still race between two first runs: serialise on a lock.
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('esctl:state-ddl', 0))")
-    conn.execute(STATE_DDL)
+    # CREATE ... IF NOT EXISTS can still race between two first runs: serialise on a lock
+    # (taken by the first statement of the same script: one round trip).
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('esctl:state-ddl', 0));" + STATE_DDL
+    )
     _upgrade_state_schema(conn)
 
 
