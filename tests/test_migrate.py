@@ -935,6 +935,42 @@ def test_without_pipeline_mode_the_writers_give_the_same_rows_and_summary(
     assert sorted(plain.problems, key=key) == sorted(piped.problems, key=key)  # writers race
 
 
+@pytest.mark.parametrize(("method", "stored"), [("lz4", "lz4"), ("pglz", "pglz"), ("zstd", None)])
+def test_toast_compression_is_what_the_writers_session_asked_for_when_the_server_has_it(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    app_name: str,
+    method: str,
+    stored: str | None,
+) -> None:
+    """--toast-compression sets the writers' default_toast_compression when the server has
+    that method (the summary says which); one it lacks leaves the server's default, and the
+    summary says None."""
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+        ).fetchone()
+    if row is None or "lz4" not in row[0]:
+        pytest.skip("this PostgreSQL has no lz4 TOAST compression")
+    truth = iw.write_store(
+        redis_client, app=app_name, aggregates=1, events_per_aggregate=1, compressed_share=0.0,
+        legacy_share=0.0, threshold=None,
+    )  # fmt: skip
+    (event,) = truth.events()
+    key = iw.event_hash_key(app_name, event.commit_id)
+    data = json.loads(redis_client.hget(key, event.commit_id) or b"")
+    data["Notes"] = [f"note {i}: " + "well done " * 20 for i in range(40)]  # TOASTed, compressed
+    redis_client.hset(key, event.commit_id, iw.to_json(data))
+    summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True, toast_compression=method)
+    assert summary.toast_compression == stored
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SELECT pg_column_compression(event_data) FROM event").fetchone()
+        default = conn.execute("SHOW default_toast_compression").fetchone()
+    assert row is not None and default is not None
+    assert row[0] == (stored or default[0])
+
+
 def test_an_install_from_before_gets_the_index_that_counts_a_runs_problems(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:

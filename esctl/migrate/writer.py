@@ -118,31 +118,34 @@ class BatchWriter:
         self._prepare_statements(sql.Identifier(opts.pg_schema))
 
     def _set_up_session(self) -> None:
-        """The session's TOAST compression (when the server has it) and staging table."""
-        if self.opts.toast_compression:
-            try:
-                self.conn.execute(
-                    sql.SQL("SET default_toast_compression = {}").format(
-                        sql.Literal(self.opts.toast_compression)
-                    )
+        """In one round trip after the BEGIN: the session's TOAST compression when the server
+        has that method (PostgreSQL 14 and later; lz4 when built with it; else the server's
+        default stays), the staging table, and whether ``event.version`` is ``integer``
+        (binary rows carry 4 bytes; the library's schema) rather than ``bigint``, which
+        pg.REQUIRED_COLUMNS accepts too."""
+        method = self.opts.toast_compression
+        with (
+            pg.pipelined(self.conn) as sync,
+            self.conn.cursor() as toast,
+            self.conn.cursor() as cur,
+        ):
+            if method:
+                toast.execute(
+                    "SELECT set_config('default_toast_compression', %s, false) FROM pg_settings"
+                    " WHERE name = 'default_toast_compression' AND %s = ANY(enumvals)",
+                    (method, method),
                 )
-                self.conn.commit()
-                self.toast_compression = self.opts.toast_compression
-            except psycopg.Error:
-                # PostgreSQL < 14 or built without lz4: keep the server default.
-                self.conn.rollback()
-        # One round trip: the staging table, and whether ``event.version`` is ``integer``
-        # (binary rows carry 4 bytes; the library's schema) rather than ``bigint``, which
-        # pg.REQUIRED_COLUMNS accepts too.
-        with pg.pipelined(self.conn), self.conn.cursor() as cur:
             cur.execute(STAGE_DDL)
             cur.execute(
                 "SELECT data_type FROM information_schema.columns"
                 " WHERE table_schema = %s AND table_name = 'event' AND column_name = 'version'",
                 (self.opts.pg_schema,),
             )
-            row = cur.fetchone()
             self.conn.commit()
+            sync()
+            row = cur.fetchone()
+            was_set = bool(method) and toast.fetchone() is not None
+        self.toast_compression = method if was_set else None
         self.version_int4 = row is None or row[0] == "integer"
 
     def _prepare_statements(self, s: sql.Identifier) -> None:
