@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from esctl import inflight
 from esctl.config import redact
 from esctl.errors import ConnectionFailed, PermissionDenied, SchemaIncompatible, ServerError
 
@@ -105,6 +107,23 @@ def pipelined(conn: psycopg.Connection) -> Iterator[Callable[[], None]]:
         return
     with conn.pipeline() as pipeline:
         yield pipeline.sync
+
+
+PAGE_ROWS = 2000
+"""Rows a server-side cursor fetches at a time (:func:`pages_ahead`)."""
+
+
+def pages_ahead(cursor: psycopg.Cursor[Any], rows: int = PAGE_ROWS) -> Iterator[list[Any]]:
+    """The rows of an executed (server-side) cursor, ``rows`` at a time, the next FETCH asked
+    for by a thread of its own while the caller uses a page (its round trip hidden when the
+    server is at a distance: docs/design/distance.md). The caller must not use the
+    connection until this is exhausted or closed."""
+
+    def pages() -> Iterator[list[Any]]:
+        while page := cursor.fetchmany(rows):
+            yield page
+
+    yield from inflight.prefetched(pages(), size=2)
 
 
 _SSL_HINTS = (

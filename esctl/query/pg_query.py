@@ -92,14 +92,14 @@ class PgQuery:
                 # join and a sort take a second. Plan for all rows.
                 conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
                 with conn.cursor(name="esctl_query") as cur:
-                    cur.itersize = 2000
                     cur.execute(query, params)
-                    for row in cur:
-                        self.stats.events += 1
-                        self.stats.matched += 1
-                        yield QueryResult(
-                            row[0], row[1], row[2], row[3], row[4], None, row[5].encode("utf-8")
-                        )
+                    for page in pg.pages_ahead(cur):
+                        for row in page:
+                            self.stats.events += 1
+                            self.stats.matched += 1
+                            yield QueryResult(
+                                row[0], row[1], row[2], row[3], row[4], None, row[5].encode("utf-8")
+                            )
                 conn.rollback()
         finally:
             conn.close()

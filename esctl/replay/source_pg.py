@@ -160,28 +160,36 @@ class PgSource(Window):
                 query, params = self._query(conn)
                 # binary: the payload column (bytea) comes as the bytes themselves
                 with conn.cursor(name="esctl_replay", binary=True) as cur:
-                    cur.itersize = 2000
                     cur.execute(query, params)
                     reorder = codec.newtonsoft_metadata_first if self.metadata_first else _unchanged
-                    if self.order == "aggregate":
-                        for aggregate_id, version, event_type, aggregate_type, ts, data, key in cur:
-                            yield Event(
+                    for page in pg.pages_ahead(cur):
+                        if self.order == "aggregate":
+                            for (
                                 aggregate_id,
-                                aggregate_type,
                                 version,
                                 event_type,
+                                aggregate_type,
                                 ts,
-                                None,
-                                (key, version),
-                                None,
-                                reorder(data),
-                            )
-                    else:
-                        for row in cur:
-                            yield Event(
-                                row[0], row[3], row[1], row[2], row[4], None,
-                                (row[7], row[6], row[1]), None, reorder(row[5]),
-                            )  # fmt: skip
+                                data,
+                                key,
+                            ) in page:
+                                yield Event(
+                                    aggregate_id,
+                                    aggregate_type,
+                                    version,
+                                    event_type,
+                                    ts,
+                                    None,
+                                    (key, version),
+                                    None,
+                                    reorder(data),
+                                )
+                        else:
+                            for row in page:
+                                yield Event(
+                                    row[0], row[3], row[1], row[2], row[4], None,
+                                    (row[7], row[6], row[1]), None, reorder(row[5]),
+                                )  # fmt: skip
                 conn.rollback()
         finally:
             conn.close()
