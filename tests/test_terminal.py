@@ -293,6 +293,59 @@ def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
         assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
 
 
+def demo_env(server: servers.LocalRedis) -> dict[str, str]:
+    """The demo store written into ``server``, and the environment that points esctl at it."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
+    finally:
+        client.close()
+    return {"ESCTL_REDIS_URL": server.url, "ESCTL_APP": demo.DEMO_APP, "ESCTL_ENV": demo.DEMO_ENV}
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_config_show_on_a_terminal_keeps_values_whole(size: str) -> None:
+    """A DSN and an app name whole on their rows: at 80 columns the environment variable
+    (which the source names when it set the value) is left out, not the values folded."""
+    env = {
+        "ESCTL_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "ESCTL_PG_DSN": "postgresql://postgres@127.0.0.1:48519/postgres",
+        "ESCTL_APP": "Learning.ScoringService.Web-Demo",
+    }
+    settings = json.loads(run_cli("config", "show", "--json", env=env).stdout)["settings"]
+    screen = run_on_terminal([*ESCTL, "config", "show"], size=size, env=env)
+    assert_reads_well(screen)
+    for name, setting in settings.items():
+        if setting["value"] is not None:
+            rows = [r for r in screen.rows if r.startswith(f"{name} ")]
+            assert len(rows) == 1 and f" {setting['value']} " in rows[0], screen.describe()
+            assert setting["source"] in rows[0], screen.describe()
+    if size == "120x40":
+        assert any("ESCTL_PG_SCHEMA" in row for row in screen.rows), screen.describe()
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_inspect_aggregate_on_a_terminal_keeps_event_types_and_commit_ids_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """An aggregate's events, one row each with its event type and commit id whole: the
+    problems column (listed below), bytes, gzip, where it is stored and, at 80 columns, the
+    TimeStamp are left out (named on stderr), not every column folded over five rows."""
+    env = demo_env(demo_redis)
+    aggregate = "b77570a4-bf16-4da7-831d-bc3f0b286c70"  # legacy and partitioned, compressed
+    words = ["inspect", "aggregate", aggregate]
+    events = json.loads(run_cli(*words, "--json", env=env).stdout)["events"]
+    assert len(events) == 4
+    screen = run_on_terminal([*ESCTL, *words], size=size, env=env)
+    assert_reads_well(screen)
+    for event in events:
+        rows = [r for r in screen.rows if f" {event['commit_id']} " in f"{r} "]
+        assert len(rows) == 1 and f" {event['event_type']} " in rows[0], screen.describe()
+        if size == "120x40":
+            assert f" {event['timestamp']} " in rows[0], screen.describe()
+    assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
+
+
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_query_table_on_a_terminal_keeps_ids_and_timestamps_whole(
     size: str, redis_test_url: str, demo_store: Any, app_name: str
