@@ -346,6 +346,131 @@ def test_inspect_aggregate_on_a_terminal_keeps_event_types_and_commit_ids_whole(
     assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
 
 
+def key_pieces(key: str) -> list[str]:
+    """A Redis key cut after each ":" outside braces: where esctl may break a key too long
+    for its column, each piece whole."""
+    return re.findall(r"(?:\{[^}]*\}|[^:{])*(?::|$)", key)[:-1] or [key]
+
+
+def shows_whole(screen: Screen, key: str) -> bool:
+    """Whether ``key`` is on a row whole, or broken only between its pieces (key_pieces)."""
+    return any(key in row for row in screen.rows) or all(
+        any(piece in row for row in screen.rows) for piece in key_pieces(key)
+    )
+
+
+def test_key_pieces() -> None:
+    assert key_pieces("{EventStore:App.Web}:41cbcc3a-0fdf") == [
+        "{EventStore:App.Web}:",
+        "41cbcc3a-0fdf",
+    ]
+    assert key_pieces("Sub.Worker:{demo:Type}:DeadLetters") == [
+        "Sub.Worker:",
+        "{demo:Type}:",
+        "DeadLetters",
+    ]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_integrity_problems_on_a_terminal_are_records_with_ids_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """The planted defects: a table of kind, aggregate, 83-character key and detail cannot
+    hold them at 80 columns (nor 120), so each is a record, a line per column: the kind,
+    aggregate id and the ids the detail names whole on a row, a key broken (if at all) only after a ":"."""
+    env = demo_env(demo_redis)
+    problems = json.loads(run_cli("inspect", "integrity", "--json", env=env).stdout)["problems"]
+    assert len(problems) == 5
+    screen = run_on_terminal([*ESCTL, "inspect", "integrity"], size=size, env=env)
+    assert_reads_well(screen, exit_code=3)
+    for problem in problems:
+        assert any(re.match(rf"kind +│ {problem['kind']}$", row) for row in screen.rows), (
+            problem,
+            screen.describe(),
+        )
+        assert shows_whole(screen, problem["key"]), (problem, screen.describe())
+        ids = re.findall(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}", problem["detail"])
+        for id_ in [problem["aggregate_id"] or "", *ids]:
+            assert any(id_ in row for row in screen.rows), (problem, screen.describe())
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_a_summary_s_problems_on_a_terminal_keep_their_keys_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """The problems every summary lists (here a replay's dry run): when their keys would
+    fold in the kind / key / detail table, each problem is a record, its key whole on a row
+    and its detail wrapped at words."""
+    env = demo_env(demo_redis)
+    words = ["replay", "--from", "redis", "--all", "--to", "queue", "--dry-run"]
+    problems = json.loads(run_cli(*words, "--json", env=env).stdout)["problems"]
+    assert problems
+    screen = run_on_terminal([*ESCTL, *words], size=size, env=env)
+    assert_reads_well(screen, exit_code=3)
+    for problem in problems:
+        assert any(problem["key"] in row for row in screen.rows), (problem, screen.describe())
+        detail = " ".join(row.rpartition("│ ")[2].strip() for row in screen.rows)
+        assert problem["detail"] in detail, (problem, screen.describe())
+
+
+def test_break_line_keeps_words_and_ids_whole() -> None:
+    key = "{EventStore:Learning.ScoringService.Web-Demo}:79a5fd62-1b75-4b20-bbde-a8c3d375eff1"
+    assert output.break_line(key, 100) == [key]
+    assert output.break_line(key, 60) == [
+        "{EventStore:Learning.ScoringService.Web-Demo}:",
+        "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
+    ]
+    # Too narrow for the braced part: it is broken after its own ":" too.
+    assert output.break_line(key, 40) == [
+        "{EventStore:",
+        "Learning.ScoringService.Web-Demo}:",
+        "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
+    ]
+    assert output.break_line(f"yes, entry 0 of {key}", 60) == [
+        "yes, entry 0 of",
+        "{EventStore:Learning.ScoringService.Web-Demo}:",
+        "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
+    ]
+    # No ":" to break at: left whole, to fold.
+    assert output.break_line("41cbcc3a-0fdf-4cc6-ab8a-25fccda79077", 20) == [
+        "41cbcc3a-0fdf-4cc6-ab8a-25fccda79077"
+    ]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_a_summary_on_a_terminal_breaks_a_long_key_after_a_colon(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """A queue's key (78 characters) in a two-column summary: the value column is narrower
+    at 80 columns, so the key is broken after "Worker-Demo:", the subscriber and event type
+    whole, not folded mid-name."""
+    env = demo_env(demo_redis)
+    words = ["queue", "requeue", "Learning.ReportingService.Worker-Demo", "ItemScoreUpdated"]
+    words += ["--older-than", "5m", "--dry-run"]
+    document = json.loads(run_cli(*words, "--json", env=env).stdout)
+    screen = run_on_terminal([*ESCTL, *words], size=size, env=env)
+    assert_reads_well(screen)
+    for key in (document["source_key"], document["destination_key"]):
+        assert shows_whole(screen, key), screen.describe()
+        if size == "120x40":
+            assert any(key in row for row in screen.rows), screen.describe()
+
+
+def test_demo_on_a_terminal_keeps_subscribers_and_ids_whole() -> None:
+    """``esctl demo`` at 80 columns: its queues under a heading per subscriber (as ``queue
+    list``), and each planted defect's key and commit id whole on their rows, not cut by the
+    terminal's own wrapping."""
+    summary = json.loads(run_cli("demo", "--json").stdout)["summary"]
+    screen = run_on_terminal([*ESCTL, "demo"], timeout=300)
+    assert_reads_well(screen)
+    for subscriber in {q["subscriber"] for q in summary["queues"]}:
+        assert f"subscriber {subscriber}" in screen.rows, screen.describe()
+    for defect in summary["defects"]:
+        assert shows_whole(screen, defect["key"]), (defect, screen.describe())
+        if defect["commit_id"]:
+            assert any(defect["commit_id"] in row for row in screen.rows), screen.describe()
+
+
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_query_table_on_a_terminal_keeps_ids_and_timestamps_whole(
     size: str, redis_test_url: str, demo_store: Any, app_name: str

@@ -132,6 +132,7 @@ def _render_aggregate(out: Output, report: core.AggregateReport, *, raw: bool) -
             ["kind", "commit", "detail"],
             [(p["kind"], p["commit_id"], p["detail"]) for p in report.problems],
             title=f"problems ({len(report.problems)})",
+            records=True,
         )
 
 
@@ -272,6 +273,7 @@ def _render_integrity(out: Output, report: core.IntegrityReport) -> None:
         ["kind", "aggregate", "key", "detail"],
         [(p["kind"], p["aggregate_id"], p["key"], p["detail"]) for p in report.problems],
         title=f"first examples ({len(report.problems)} of {total})",
+        records=True,
     )
     if report.problems_where is not None:
         out.print(f"All {total} problems: {report.problems_where}")
