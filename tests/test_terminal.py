@@ -231,6 +231,32 @@ def test_doctor_prose_is_wrapped_at_words_on_a_terminal(
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_doctor_details_are_wrapped_at_words_on_a_terminal(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """A finding's details ("  - Learning.NotificationService.Web-Demo ItemScoreCreated: 1
+    processing, oldest 11m 5s old"), wider than 80 columns, wrap at words, continued under
+    the first word, instead of the terminal cutting "5s" in two. The ages move between two
+    runs, so only the words without digits are compared with the JSON."""
+    env = demo_env(demo_redis)
+    report = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    [stuck] = [c for c in report["checks"] if c["id"] == "queues.stuck"]
+    assert len(stuck["details"]) >= 3
+    screen = run_on_terminal([*ESCTL, "doctor"], size=size, env=env)
+    assert_reads_well(screen, exit_code=3)
+
+    def words(text: str) -> list[str]:
+        return [w if not any(ch.isdigit() for ch in w) else "N" for w in text.split()]
+
+    for detail in stuck["details"]:
+        head = f"  - {detail.partition(':')[0]}:"
+        start = next(i for i, row in enumerate(screen.rows) if row.startswith(head))
+        block = [screen.rows[start][4:]]
+        block += itertools.takewhile(lambda r: r.startswith("    "), screen.rows[start + 1 :])
+        assert words(" ".join(block)) == words(detail), (detail, screen.describe())
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
     size: str, demo_redis: servers.LocalRedis
 ) -> None:
@@ -458,11 +484,12 @@ def test_a_summary_on_a_terminal_breaks_a_long_key_after_a_colon(
 
 def test_demo_on_a_terminal_keeps_subscribers_and_ids_whole() -> None:
     """``esctl demo`` at 80 columns: its queues under a heading per subscriber (as ``queue
-    list``), and each planted defect's key and commit id whole on their rows, not cut by the
-    terminal's own wrapping."""
+    list``), each planted defect's key and commit id whole on their rows, and the title wrapped
+    at words: none cut by the terminal's own wrapping."""
     summary = json.loads(run_cli("demo", "--json").stdout)["summary"]
     screen = run_on_terminal([*ESCTL, "demo"], timeout=300)
     assert_reads_well(screen)
+    assert any(f"{summary['app']}, env {summary['env']}" in row for row in screen.rows)
     for subscriber in {q["subscriber"] for q in summary["queues"]}:
         assert f"subscriber {subscriber}" in screen.rows, screen.describe()
     for defect in summary["defects"]:

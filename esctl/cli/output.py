@@ -119,8 +119,7 @@ def emit_table(
         return
     left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
     table = _rich_table(names, cells, specs, shown, widths, show_header=show_header)
-    if title is not None:
-        console.print(Text(title, style="table.title"))
+    _print_title(console, title)
     if terminal:
         console.print(table)
         if left_out:
@@ -179,6 +178,16 @@ def _rich_table(
     return table
 
 
+def _print_title(console: Console, title: str | None) -> None:
+    """A table's title; on a terminal wrapped at words (:func:`break_line`), not cut through a
+    name by the terminal's own wrapping."""
+    if title is None:
+        return
+    lines = break_line(title, console.width) if _writes_to_terminal(console) else [title]
+    for line in lines:
+        console.print(Text(line, style="table.title"))
+
+
 def _emit_records(
     console: Console, names: Sequence[str], cells: Sequence[Sequence[str]], title: str | None
 ) -> None:
@@ -195,8 +204,7 @@ def _emit_records(
                 Text(break_cell(row[i], value_width)),
                 end_section=i == len(row) - 1,
             )
-    if title is not None:
-        console.print(Text(title, style="table.title"))
+    _print_title(console, title)
     console.print(table)
 
 
@@ -271,8 +279,7 @@ def _emit_grouped(
     groups: dict[str, list[list[str]]] = {}
     for row, rest_row in zip(cells, rest_cells, strict=True):
         groups.setdefault(row[group], []).append(rest_row)
-    if title is not None:
-        console.print(Text(title, style="table.title"))
+    _print_title(console, title)
     for value in sorted(groups):
         console.print()
         console.print(Text(f"{names[group]} {value}", style="bold"))
