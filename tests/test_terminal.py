@@ -67,6 +67,16 @@ def demo_redis() -> Iterator[servers.LocalRedis]:
         server.stop()
 
 
+def demo_env(server: servers.LocalRedis) -> dict[str, str]:
+    """The demo store written into ``server``, and the environment that points esctl at it."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
+    finally:
+        client.close()
+    return {"ESCTL_REDIS_URL": server.url, "ESCTL_APP": demo.DEMO_APP, "ESCTL_ENV": demo.DEMO_ENV}
+
+
 def test_tour_entries_name_tour_steps() -> None:
     templates = {step.command for step in demo_tour.TOUR}
     assert set(TOUR_EXPECTED) <= templates, set(TOUR_EXPECTED) - templates
@@ -264,16 +274,7 @@ def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
     columns: the queues are listed under a heading per subscriber, every name whole on its
     row, instead of folding "Learning.Notific" / "ationSer…" (what the flat table did). At 120
     the flat table fits once ``retry data`` is left out."""
-    client = redis.Redis.from_url(demo_redis.url)
-    try:
-        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
-    finally:
-        client.close()
-    env = {
-        "ESCTL_REDIS_URL": demo_redis.url,
-        "ESCTL_APP": demo.DEMO_APP,
-        "ESCTL_ENV": demo.DEMO_ENV,
-    }
+    env = demo_env(demo_redis)
     queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
     assert len({q["subscriber"] for q in queues}) >= 3
     screen = run_on_terminal([*ESCTL, "queue", "list"], size=size, env=env)
@@ -296,16 +297,7 @@ def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
 ) -> None:
     """A dead letter's row: its aggregate id whole, the size, time stamp and version left out
     as far as that takes (named on stderr), the exception cut with "…"."""
-    client = redis.Redis.from_url(demo_redis.url)
-    try:
-        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
-    finally:
-        client.close()
-    env = {
-        "ESCTL_REDIS_URL": demo_redis.url,
-        "ESCTL_APP": demo.DEMO_APP,
-        "ESCTL_ENV": demo.DEMO_ENV,
-    }
+    env = demo_env(demo_redis)
     queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
     queue = next(q for q in queues if q["dead"])
     words = ["queue", "peek", queue["subscriber"], queue["event_type"], "--list", "dead"]
@@ -317,16 +309,6 @@ def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
         assert any(f" {message['aggregate_id']} " in row for row in screen.rows), screen.describe()
     if size == "80x24":
         assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
-
-
-def demo_env(server: servers.LocalRedis) -> dict[str, str]:
-    """The demo store written into ``server``, and the environment that points esctl at it."""
-    client = redis.Redis.from_url(server.url)
-    try:
-        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
-    finally:
-        client.close()
-    return {"ESCTL_REDIS_URL": server.url, "ESCTL_APP": demo.DEMO_APP, "ESCTL_ENV": demo.DEMO_ENV}
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])

@@ -166,16 +166,16 @@ def _rich_table(
         table.add_column(Text(names[i]), width=width, overflow="fold")
     width_of = dict(zip(shown, widths, strict=True))
     for row in cells:
-        table.add_row(
-            *(
-                Text(row[i], no_wrap=True, overflow="ellipsis")
-                if specs[i].payload
-                else Text(break_cell(row[i], width_of[i]))
-                for i in shown
-                if i < len(row)
-            )
-        )
+        table.add_row(*(_cell(row[i], specs[i], width_of[i]) for i in shown if i < len(row)))
     return table
+
+
+def _cell(text: str, spec: ColumnSpec, width: int) -> Text:
+    """A cell of a column ``width`` cells wide: a payload cut to one line with "…"; else,
+    when the column is narrower than its cells, broken where :func:`break_line` can."""
+    if spec.payload:
+        return Text(text, no_wrap=True, overflow="ellipsis")
+    return Text(break_cell(text, width) if width < spec.content else text)
 
 
 def _print_title(console: Console, title: str | None) -> None:
