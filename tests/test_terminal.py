@@ -67,6 +67,16 @@ def demo_redis() -> Iterator[servers.LocalRedis]:
         server.stop()
 
 
+def demo_env(server: servers.LocalRedis) -> dict[str, str]:
+    """The demo store written into ``server``, and the environment that points esctl at it."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
+    finally:
+        client.close()
+    return {"ESCTL_REDIS_URL": server.url, "ESCTL_APP": demo.DEMO_APP, "ESCTL_ENV": demo.DEMO_ENV}
+
+
 def test_tour_entries_name_tour_steps() -> None:
     templates = {step.command for step in demo_tour.TOUR}
     assert set(TOUR_EXPECTED) <= templates, set(TOUR_EXPECTED) - templates
@@ -231,6 +241,32 @@ def test_doctor_prose_is_wrapped_at_words_on_a_terminal(
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_doctor_details_are_wrapped_at_words_on_a_terminal(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """A finding's details ("  - Learning.NotificationService.Web-Demo ItemScoreCreated: 1
+    processing, oldest 11m 5s old"), wider than 80 columns, wrap at words, continued under
+    the first word, instead of the terminal cutting "5s" in two. The ages move between two
+    runs, so only the words without digits are compared with the JSON."""
+    env = demo_env(demo_redis)
+    report = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    [stuck] = [c for c in report["checks"] if c["id"] == "queues.stuck"]
+    assert len(stuck["details"]) >= 3
+    screen = run_on_terminal([*ESCTL, "doctor"], size=size, env=env)
+    assert_reads_well(screen, exit_code=3)
+
+    def words(text: str) -> list[str]:
+        return [w if not any(ch.isdigit() for ch in w) else "N" for w in text.split()]
+
+    for detail in stuck["details"]:
+        head = f"  - {detail.partition(':')[0]}:"
+        start = next(i for i, row in enumerate(screen.rows) if row.startswith(head))
+        block = [screen.rows[start][4:]]
+        block += itertools.takewhile(lambda r: r.startswith("    "), screen.rows[start + 1 :])
+        assert words(" ".join(block)) == words(detail), (detail, screen.describe())
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
     size: str, demo_redis: servers.LocalRedis
 ) -> None:
@@ -238,16 +274,7 @@ def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
     columns: the queues are listed under a heading per subscriber, every name whole on its
     row, instead of folding "Learning.Notific" / "ationSer…" (what the flat table did). At 120
     the flat table fits once ``retry data`` is left out."""
-    client = redis.Redis.from_url(demo_redis.url)
-    try:
-        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
-    finally:
-        client.close()
-    env = {
-        "ESCTL_REDIS_URL": demo_redis.url,
-        "ESCTL_APP": demo.DEMO_APP,
-        "ESCTL_ENV": demo.DEMO_ENV,
-    }
+    env = demo_env(demo_redis)
     queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
     assert len({q["subscriber"] for q in queues}) >= 3
     screen = run_on_terminal([*ESCTL, "queue", "list"], size=size, env=env)
@@ -270,16 +297,7 @@ def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
 ) -> None:
     """A dead letter's row: its aggregate id whole, the size, time stamp and version left out
     as far as that takes (named on stderr), the exception cut with "…"."""
-    client = redis.Redis.from_url(demo_redis.url)
-    try:
-        demo.write_demo_store(client, app=demo.DEMO_APP, env=demo.DEMO_ENV, now=datetime.now(UTC))
-    finally:
-        client.close()
-    env = {
-        "ESCTL_REDIS_URL": demo_redis.url,
-        "ESCTL_APP": demo.DEMO_APP,
-        "ESCTL_ENV": demo.DEMO_ENV,
-    }
+    env = demo_env(demo_redis)
     queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
     queue = next(q for q in queues if q["dead"])
     words = ["queue", "peek", queue["subscriber"], queue["event_type"], "--list", "dead"]
@@ -291,6 +309,175 @@ def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
         assert any(f" {message['aggregate_id']} " in row for row in screen.rows), screen.describe()
     if size == "80x24":
         assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_config_show_on_a_terminal_keeps_values_whole(size: str) -> None:
+    """A DSN and an app name whole on their rows: at 80 columns the environment variable
+    (which the source names when it set the value) is left out, not the values folded."""
+    env = {
+        "ESCTL_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "ESCTL_PG_DSN": "postgresql://postgres@127.0.0.1:48519/postgres",
+        "ESCTL_APP": "Learning.ScoringService.Web-Demo",
+    }
+    settings = json.loads(run_cli("config", "show", "--json", env=env).stdout)["settings"]
+    screen = run_on_terminal([*ESCTL, "config", "show"], size=size, env=env)
+    assert_reads_well(screen)
+    for name, setting in settings.items():
+        if setting["value"] is not None:
+            rows = [r for r in screen.rows if r.startswith(f"{name} ")]
+            assert len(rows) == 1 and f" {setting['value']} " in rows[0], screen.describe()
+            assert setting["source"] in rows[0], screen.describe()
+    if size == "120x40":
+        assert any("ESCTL_PG_SCHEMA" in row for row in screen.rows), screen.describe()
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_inspect_aggregate_on_a_terminal_keeps_event_types_and_commit_ids_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """An aggregate's events, one row each with its event type and commit id whole: the
+    problems column (listed below), bytes, gzip, where it is stored and, at 80 columns, the
+    TimeStamp are left out (named on stderr), not every column folded over five rows."""
+    env = demo_env(demo_redis)
+    aggregate = "b77570a4-bf16-4da7-831d-bc3f0b286c70"  # legacy and partitioned, compressed
+    words = ["inspect", "aggregate", aggregate]
+    events = json.loads(run_cli(*words, "--json", env=env).stdout)["events"]
+    assert len(events) == 4
+    screen = run_on_terminal([*ESCTL, *words], size=size, env=env)
+    assert_reads_well(screen)
+    for event in events:
+        rows = [r for r in screen.rows if f" {event['commit_id']} " in f"{r} "]
+        assert len(rows) == 1 and f" {event['event_type']} " in rows[0], screen.describe()
+        if size == "120x40":
+            assert f" {event['timestamp']} " in rows[0], screen.describe()
+    assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
+
+
+def key_pieces(key: str) -> list[str]:
+    """A Redis key cut after each ":" outside braces: where esctl may break a key too long
+    for its column, each piece whole."""
+    return re.findall(r"(?:\{[^}]*\}|[^:{])*(?::|$)", key)[:-1] or [key]
+
+
+def shows_whole(screen: Screen, key: str) -> bool:
+    """Whether ``key`` is on a row whole, or broken only between its pieces (key_pieces)."""
+    return any(key in row for row in screen.rows) or all(
+        any(piece in row for row in screen.rows) for piece in key_pieces(key)
+    )
+
+
+def test_key_pieces() -> None:
+    assert key_pieces("{EventStore:App.Web}:41cbcc3a-0fdf") == [
+        "{EventStore:App.Web}:",
+        "41cbcc3a-0fdf",
+    ]
+    assert key_pieces("Sub.Worker:{demo:Type}:DeadLetters") == [
+        "Sub.Worker:",
+        "{demo:Type}:",
+        "DeadLetters",
+    ]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_integrity_problems_on_a_terminal_are_records_with_ids_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """The planted defects: a table of kind, aggregate, 83-character key and detail cannot
+    hold them at 80 columns (nor 120), so each is a record, a line per column: the kind,
+    aggregate id and the ids the detail names whole on a row, a key broken (if at all) only after a ":"."""
+    env = demo_env(demo_redis)
+    problems = json.loads(run_cli("inspect", "integrity", "--json", env=env).stdout)["problems"]
+    assert len(problems) == 5
+    screen = run_on_terminal([*ESCTL, "inspect", "integrity"], size=size, env=env)
+    assert_reads_well(screen, exit_code=3)
+    for problem in problems:
+        assert any(re.match(rf"kind +│ {problem['kind']}$", row) for row in screen.rows), (
+            problem,
+            screen.describe(),
+        )
+        assert shows_whole(screen, problem["key"]), (problem, screen.describe())
+        ids = re.findall(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}", problem["detail"])
+        for id_ in [problem["aggregate_id"] or "", *ids]:
+            assert any(id_ in row for row in screen.rows), (problem, screen.describe())
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_a_summary_s_problems_on_a_terminal_keep_their_keys_whole(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """The problems every summary lists (here a replay's dry run): when their keys would
+    fold in the kind / key / detail table, each problem is a record, its key whole on a row
+    and its detail wrapped at words."""
+    env = demo_env(demo_redis)
+    words = ["replay", "--from", "redis", "--all", "--to", "queue", "--dry-run"]
+    problems = json.loads(run_cli(*words, "--json", env=env).stdout)["problems"]
+    assert problems
+    screen = run_on_terminal([*ESCTL, *words], size=size, env=env)
+    assert_reads_well(screen, exit_code=3)
+    for problem in problems:
+        assert any(problem["key"] in row for row in screen.rows), (problem, screen.describe())
+        detail = " ".join(row.rpartition("│ ")[2].strip() for row in screen.rows)
+        assert problem["detail"] in detail, (problem, screen.describe())
+
+
+def test_break_line_keeps_words_and_ids_whole() -> None:
+    key = "{EventStore:Learning.ScoringService.Web-Demo}:79a5fd62-1b75-4b20-bbde-a8c3d375eff1"
+    assert output.break_line(key, 100) == [key]
+    assert output.break_line(key, 60) == [
+        "{EventStore:Learning.ScoringService.Web-Demo}:",
+        "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
+    ]
+    # Too narrow for the braced part: it is broken after its own ":" too.
+    assert output.break_line(key, 40) == [
+        "{EventStore:",
+        "Learning.ScoringService.Web-Demo}:",
+        "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
+    ]
+    assert output.break_line(f"yes, entry 0 of {key}", 60) == [
+        "yes, entry 0 of",
+        "{EventStore:Learning.ScoringService.Web-Demo}:",
+        "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
+    ]
+    # No ":" to break at: left whole, to fold.
+    assert output.break_line("41cbcc3a-0fdf-4cc6-ab8a-25fccda79077", 20) == [
+        "41cbcc3a-0fdf-4cc6-ab8a-25fccda79077"
+    ]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_a_summary_on_a_terminal_breaks_a_long_key_after_a_colon(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """A queue's key (78 characters) in a two-column summary: the value column is narrower
+    at 80 columns, so the key is broken after "Worker-Demo:", the subscriber and event type
+    whole, not folded mid-name."""
+    env = demo_env(demo_redis)
+    words = ["queue", "requeue", "Learning.ReportingService.Worker-Demo", "ItemScoreUpdated"]
+    words += ["--older-than", "5m", "--dry-run"]
+    document = json.loads(run_cli(*words, "--json", env=env).stdout)
+    screen = run_on_terminal([*ESCTL, *words], size=size, env=env)
+    assert_reads_well(screen)
+    for key in (document["source_key"], document["destination_key"]):
+        assert shows_whole(screen, key), screen.describe()
+        if size == "120x40":
+            assert any(key in row for row in screen.rows), screen.describe()
+
+
+def test_demo_on_a_terminal_keeps_subscribers_and_ids_whole() -> None:
+    """``esctl demo`` at 80 columns: its queues under a heading per subscriber (as ``queue
+    list``), each planted defect's key and commit id whole on their rows, and the title wrapped
+    at words: none cut by the terminal's own wrapping."""
+    summary = json.loads(run_cli("demo", "--json").stdout)["summary"]
+    screen = run_on_terminal([*ESCTL, "demo"], timeout=300)
+    assert_reads_well(screen)
+    assert any(f"{summary['app']}, env {summary['env']}" in row for row in screen.rows)
+    for subscriber in {q["subscriber"] for q in summary["queues"]}:
+        assert f"subscriber {subscriber}" in screen.rows, screen.describe()
+    for defect in summary["defects"]:
+        assert shows_whole(screen, defect["key"]), (defect, screen.describe())
+        if defect["commit_id"]:
+            assert any(defect["commit_id"] in row for row in screen.rows), screen.describe()
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])

@@ -39,6 +39,8 @@ def show(ctx: Context) -> None:
         lambda: ctx.out.table(
             ["setting", "value", "source", "environment variable"],
             rows,
+            # The source names the variable when one set the value.
+            optional=["environment variable"],
             title=f"profile {resolved.profile}; config file "
             f"{resolved.config_path or '(none found)'}",
         ),

@@ -140,13 +140,14 @@ def _render(out: Output, run: core.DemoRun) -> None:
             (q.subscriber, q.event_type, q.published, q.processing, q.stuck, q.dead_letters)
             for q in summary.queues
         ],
+        group="subscriber",  # as queue list: at 80 columns a table per subscriber
     )
     out.print()
     out.print("Planted defects:")
     for defect in summary.defects:
         where = defect.key + (f" commit {defect.commit_id}" if defect.commit_id else "")
-        out.print(f"  {defect.kind:<19} {defect.detail}")
-        out.print(f"  {'':<19} {where}")
+        out.hanging(f"  {defect.kind:<19} ", defect.detail)
+        out.hanging(f"  {'':<19} ", where)
     out.print()
     out.print("Try next" + ("" if run.kept else " (with --keep, after the export line)") + ":")
     for step in demo_tour.tour(summary, run.tools()):

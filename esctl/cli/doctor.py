@@ -135,7 +135,7 @@ def _render(out: Output, report: core.DoctorReport) -> None:
         if check.action:
             out.print(f"  do: {check.action}")
         for line in check.details[:20]:
-            out.print(f"  - {line}")
+            out.hanging("  - ", line)
         if len(check.details) > 20:
             out.print(f"  … and {len(check.details) - 20} more (--json has all)")
     out.print()

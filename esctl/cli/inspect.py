@@ -117,6 +117,9 @@ def _render_aggregate(out: Output, report: core.AggregateReport, *, raw: bool) -
             )
             for e in report.events
         ],
+        # On a terminal too narrow for all (80 columns), the event type and commit id stay
+        # whole: the problems are listed below, the rest is in --json.
+        optional=["TimeStamp", "stored in", "gzip", "bytes", "problems"],
         title=f"events (commit order{f', versions >= {report.from_version}' if report.from_version else ''})",
     )
     if raw:
@@ -129,6 +132,7 @@ def _render_aggregate(out: Output, report: core.AggregateReport, *, raw: bool) -
             ["kind", "commit", "detail"],
             [(p["kind"], p["commit_id"], p["detail"]) for p in report.problems],
             title=f"problems ({len(report.problems)})",
+            records=True,
         )
 
 
@@ -269,6 +273,7 @@ def _render_integrity(out: Output, report: core.IntegrityReport) -> None:
         ["kind", "aggregate", "key", "detail"],
         [(p["kind"], p["aggregate_id"], p["key"], p["detail"]) for p in report.problems],
         title=f"first examples ({len(report.problems)} of {total})",
+        records=True,
     )
     if report.problems_where is not None:
         out.print(f"All {total} problems: {report.problems_where}")

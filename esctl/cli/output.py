@@ -80,6 +80,7 @@ def emit_table(
     payload: Collection[str] = (),
     optional: Sequence[str] = (),
     group: str | None = None,
+    records: bool = False,
 ) -> None:
     """A table on stdout (on stderr with ``stderr``: for a plan shown before a question while
     stdout carries the data); every cell is plain text, never markup.
@@ -94,7 +95,15 @@ def emit_table(
 
     ``group`` names a column of long names that repeat (a subscriber): when the table would
     fold an id on a terminal, it is printed as one table per value of that column instead,
-    each headed by the value, all with the same column widths."""
+    each headed by the value, all with the same column widths.
+
+    With ``records``, a table that would still fold or break an id or key on a terminal is
+    shown as records instead: a line per column, its name then its value as wide as the
+    terminal allows, the records parted by a rule (psql's expanded display).
+
+    Where an id or key is narrower than its cells all the same (mappings: a key/value table
+    has no column to leave out), it is broken after a ":" (a Redis key's separator) where it
+    can be, so the names and ids between stay whole (:func:`break_line`)."""
     console = stderr_console if stderr else stdout_console
     names = [str(c) for c in columns]
     cells = [[format_cell(v) for v in row] for row in rows]
@@ -105,10 +114,12 @@ def emit_table(
     if terminal and group in names and folds_tokens([specs[i] for i in shown], widths):
         _emit_grouped(console, names, cells, names.index(group), title, payload, optional)
         return
+    if terminal and records and folds_tokens([specs[i] for i in shown], widths):
+        _emit_records(console, names, cells, title)
+        return
     left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
     table = _rich_table(names, cells, specs, shown, widths, show_header=show_header)
-    if title is not None:
-        console.print(Text(title, style="table.title"))
+    _print_title(console, title)
     if terminal:
         console.print(table)
         if left_out:
@@ -153,17 +164,99 @@ def _rich_table(
     table = Table(show_edge=False, pad_edge=False, show_header=show_header)
     for i, width in zip(shown, widths, strict=True):
         table.add_column(Text(names[i]), width=width, overflow="fold")
+    width_of = dict(zip(shown, widths, strict=True))
     for row in cells:
-        table.add_row(
-            *(
-                Text(row[i], no_wrap=True, overflow="ellipsis")
-                if specs[i].payload
-                else Text(row[i])
-                for i in shown
-                if i < len(row)
-            )
-        )
+        table.add_row(*(_cell(row[i], specs[i], width_of[i]) for i in shown if i < len(row)))
     return table
+
+
+def _cell(text: str, spec: ColumnSpec, width: int) -> Text:
+    """A cell of a column ``width`` cells wide: a payload cut to one line with "…"; else,
+    when the column is narrower than its cells, broken where :func:`break_line` can."""
+    if spec.payload:
+        return Text(text, no_wrap=True, overflow="ellipsis")
+    return Text(break_cell(text, width) if width < spec.content else text)
+
+
+def _print_title(console: Console, title: str | None) -> None:
+    """A table's title; on a terminal wrapped at words (:func:`break_line`), not cut through a
+    name by the terminal's own wrapping."""
+    if title is None:
+        return
+    lines = break_line(title, console.width) if _writes_to_terminal(console) else [title]
+    for line in lines:
+        console.print(Text(line, style="table.title"))
+
+
+def _emit_records(
+    console: Console, names: Sequence[str], cells: Sequence[Sequence[str]], title: str | None
+) -> None:
+    """:func:`emit_table` on a terminal, a record per row (``records``)."""
+    name_width = max(cell_len(name) for name in names)
+    value_width = max(console.width - name_width - _COLUMN_GAP, 1)
+    table = Table(show_edge=False, pad_edge=False, show_header=False)
+    table.add_column(width=name_width, overflow="fold")
+    table.add_column(width=value_width, overflow="fold")
+    for row in cells:
+        for i, name in enumerate(names[: len(row)]):
+            table.add_row(
+                Text(name, style="bold"),
+                Text(break_cell(row[i], value_width)),
+                end_section=i == len(row) - 1,
+            )
+    _print_title(console, title)
+    console.print(table)
+
+
+def break_cell(cell: str, width: int) -> str:
+    """``cell`` with its lines wider than ``width`` broken as :func:`break_line` does; the
+    rest as it is (rich wraps prose at words)."""
+    if all(cell_len(line) <= width for line in cell.splitlines()):
+        return cell
+    return "\n".join(broken for line in cell.splitlines() for broken in break_line(line, width))
+
+
+def break_line(line: str, width: int) -> list[str]:
+    """``line`` in lines of at most ``width`` cells where it can be: wrapped at spaces, and a
+    word too long for that (a Redis key) broken after a ":" outside braces, then after any
+    ":", so that the names and ids between stay whole. What is still too long is left to
+    fold."""
+    words = textwrap.wrap(line, width=width, break_long_words=False, break_on_hyphens=False)
+    lines: list[str] = []
+    for word in words or [line]:
+        if cell_len(word) <= width:
+            lines.append(word)
+            continue
+        for piece in _pack(_split_after_colons(word, outside_braces=True), width):
+            if cell_len(piece) <= width:
+                lines.append(piece)
+            else:
+                lines.extend(_pack(_split_after_colons(piece, outside_braces=False), width))
+    return lines
+
+
+def _split_after_colons(word: str, *, outside_braces: bool) -> list[str]:
+    pieces = []
+    start = depth = 0
+    for i, ch in enumerate(word):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == ":" and (depth == 0 or not outside_braces):
+            pieces.append(word[start : i + 1])
+            start = i + 1
+    if start < len(word):
+        pieces.append(word[start:])
+    return pieces
+
+
+def _pack(pieces: Sequence[str], width: int) -> list[str]:
+    """``pieces`` joined into as few lines of at most ``width`` cells as they go, in order."""
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and cell_len(lines[-1]) + cell_len(piece) <= width:
+            lines[-1] += piece
+        else:
+            lines.append(piece)
+    return lines
 
 
 def _emit_grouped(
@@ -186,8 +279,7 @@ def _emit_grouped(
     groups: dict[str, list[list[str]]] = {}
     for row, rest_row in zip(cells, rest_cells, strict=True):
         groups.setdefault(row[group], []).append(rest_row)
-    if title is not None:
-        console.print(Text(title, style="table.title"))
+    _print_title(console, title)
     for value in sorted(groups):
         console.print()
         console.print(Text(f"{names[group]} {value}", style="bold"))
@@ -605,6 +697,7 @@ class Output:
         payload: Collection[str] = (),
         optional: Sequence[str] = (),
         group: str | None = None,
+        records: bool = False,
     ) -> None:
         """A table (see :func:`emit_table`)."""
         emit_table(
@@ -615,6 +708,7 @@ class Output:
             payload=payload,
             optional=optional,
             group=group,
+            records=records,
         )
 
     def mapping(self, mapping: Mapping[str, Any], *, title: str | None = None) -> None:
@@ -625,13 +719,14 @@ class Output:
         self, problems: Sequence[Mapping[str, str]], *, title: str, limit: int | None = 50
     ) -> None:
         """The ``{"kind", "key", "detail"}`` problems of a summary (the first ``limit``), if
-        any."""
+        any; on a terminal too narrow for their keys, as records."""
         if problems:
             shown = problems if limit is None else problems[:limit]
             emit_table(
                 ["kind", "key", "detail"],
                 [(p["kind"], p["key"], p["detail"]) for p in shown],
                 title=title,
+                records=True,
             )
 
     def problem_summary(
@@ -666,16 +761,16 @@ class Output:
         its width, continued under its first word (the terminal itself would break words);
         to a pipe or a file it is one line. Not for commands meant to be copied: a line break
         inside one would run half of it when pasted."""
-        head = f"{' ' * indent}{label}: "
+        self.hanging(f"{' ' * indent}{label}: ", text)
+
+    def hanging(self, head: str, text: str) -> None:
+        """``head`` then ``text`` on stdout. On a terminal the text is wrapped to its width
+        (a Redis key too long for a line broken after a ":", see :func:`break_line`),
+        continued under its first word; to a pipe or a file it is one line."""
         if not _writes_to_terminal(stdout_console) or len(head) + len(text) <= self.width:
             self.print(head + text)
             return
-        lines = textwrap.wrap(
-            text,
-            width=max(self.width - len(head), 20),
-            break_long_words=False,
-            break_on_hyphens=False,
-        )
+        lines = break_line(text, max(self.width - len(head), 20))
         for i, line in enumerate(lines):
             self.print((head if i == 0 else " " * len(head)) + line)
 
