@@ -687,29 +687,8 @@ class Output:
         self.stream = JsonStream(array=array)
         return self.stream
 
-    def table(
-        self,
-        columns: Sequence[str],
-        rows: Iterable[Sequence[Any]],
-        *,
-        title: str | None = None,
-        stderr: bool = False,
-        payload: Collection[str] = (),
-        optional: Sequence[str] = (),
-        group: str | None = None,
-        records: bool = False,
-    ) -> None:
-        """A table (see :func:`emit_table`)."""
-        emit_table(
-            columns,
-            rows,
-            title=title,
-            stderr=stderr,
-            payload=payload,
-            optional=optional,
-            group=group,
-            records=records,
-        )
+    table = staticmethod(emit_table)
+    """A table (:func:`emit_table`: its options, and how it fits a terminal)."""
 
     def mapping(self, mapping: Mapping[str, Any], *, title: str | None = None) -> None:
         """A two-column key/value table (summaries)."""
