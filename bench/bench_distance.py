@@ -14,6 +14,8 @@ the queue directly. Through each pair of relays it runs, in process, as the comm
 - ``events query`` over every event from Redis (read ahead as the command does), and with
   ``--source pg``;
 - ``replay --all --to projection`` (a trivial projection) from PostgreSQL and from Redis;
+- ``replay --all --to projection --checkpoint`` from PostgreSQL into the example projection
+  (``esctl.projections.event_counts``: a table written in each batch's transaction);
 - ``queue requeue`` of --messages stuck messages (~400 bytes each);
 
 and prints events/s (messages/s) of each at each delay and the ratio delay/0 ms per command
@@ -52,7 +54,7 @@ from bench_requeue import fill, messages
 
 from esctl import layout, queues, redisio, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
-from esctl.projections import Event, ProjectionAdapter, ProjectionContext
+from esctl.projections import Event, ProjectionAdapter, ProjectionContext, load_projection
 from esctl.query import PgQuery, QueryFilters, RedisQuery
 from esctl.replay import ReplayOptions, Selection, replay
 from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
@@ -69,6 +71,7 @@ COMMANDS = (
     "events query",
     "events query --source pg",
     "replay --from pg --to projection",
+    "replay --from pg --to projection --checkpoint",
     "replay --from redis --to projection",
     "queue requeue",
 )
@@ -78,11 +81,19 @@ SHORT = {
     "query": "events query",
     "query-pg": "events query --source pg",
     "replay-pg": "replay --from pg --to projection",
+    "replay-pg-checkpoint": "replay --from pg --to projection --checkpoint",
     "replay-redis": "replay --from redis --to projection",
     "requeue": "queue requeue",
 }
 """--only's names for the commands."""
-PG_COMMANDS = frozenset(COMMANDS[1:2] + COMMANDS[3:5])
+PG_COMMANDS = frozenset(
+    (
+        "migrate verify",
+        "events query --source pg",
+        "replay --from pg --to projection",
+        "replay --from pg --to projection --checkpoint",
+    )
+)
 """The commands that read the database migrate writes."""
 TARGETS = {"queue requeue": 0.8}
 """Acceptance per command (ratio at 1 ms / 0 ms); 0.85 for the others."""
@@ -254,6 +265,25 @@ def one_round(
                 assert summary.events == projection.events == events, summary.as_dict()
                 return summary.events
 
+            def replay_checkpointed() -> int:
+                # The example projection (a table of counts, written in each batch's
+                # transaction with the checkpoint), a new checkpoint each run.
+                summary = replay(
+                    ReplayOptions(
+                        source="pg",
+                        target="projection",
+                        app=APP,
+                        env=ENV,
+                        pg_dsn=dsn,
+                        selection=Selection(all_events=True),
+                        checkpoint=f"bench-{time.monotonic_ns()}",
+                    ),
+                    redis_client=client,
+                    projection=load_projection("esctl.projections.event_counts"),
+                )
+                assert summary.events == events, summary.as_dict()
+                return summary.events
+
             rtt = ping_ms(client)
             rtts.setdefault(delay_ms, []).append(rtt)
             print(
@@ -265,6 +295,7 @@ def one_round(
             timed("events query", None, query_redis)
             timed("events query --source pg", direct_dsn, query_pg)
             timed("replay --from pg --to projection", direct_dsn, lambda: replay_from("pg"))
+            timed("replay --from pg --to projection --checkpoint", direct_dsn, replay_checkpointed)
             timed("replay --from redis --to projection", None, lambda: replay_from("redis"))
 
         if COMMANDS[-1] not in only:

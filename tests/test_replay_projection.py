@@ -3,6 +3,7 @@ projection, checkpoints (exactly once across kill -9), failures and dead letters
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ import psycopg
 import pytest
 import redis
 from helpers import cli_env, run_cli
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from test_bench_relay import relay_module
 
 from esctl import errors
 from esctl.locks import AdvisoryLock
@@ -208,6 +211,37 @@ def test_a_projection_that_stopped_resumes_exactly(
     assert second.checkpoint is not None and second.checkpoint["resumed"]
     assert second.events == len(in_pg(truth)) - 30
     assert table_counts(pg_dsn) == day_counts(in_pg(truth))
+
+
+def test_at_a_distance_default_batches_grow_and_count_the_same(
+    redis_client: redis.Redis, app_name: str, pg_dsn: str
+) -> None:
+    """Without --batch-size, a batch is 1,000 events on loopback and grows when PostgreSQL
+    is at a distance (here a relay adding 5 ms each way), so that its round trips stay a small
+    part of its time; the counts are the same either way. --batch-size is kept as given."""
+    store = iw.write_store(
+        redis_client, app=app_name, aggregates=800, events_per_aggregate=(2, 6), seed=3
+    )
+    migrate_redis_to_pg(
+        redis_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn, init_schema=True, writers=1)
+    )
+    events = in_pg(store)
+    assert len(events) > 2000
+    at_default = math.ceil(len(events) / 1000)
+    near = replay(options(app_name, pg_dsn, checkpoint="near"))
+    server = conninfo_to_dict(pg_dsn)
+    target = (str(server.get("host") or "127.0.0.1"), int(server.get("port") or 5432))
+    with relay_module.Relay(target, 0.005) as relay:
+        far_dsn = make_conninfo(pg_dsn, host="127.0.0.1", port=str(relay.port))
+        far = replay(options(app_name, far_dsn, checkpoint="far"))
+        fixed = replay(options(app_name, far_dsn, checkpoint="fixed", batch_size=1000))
+    assert near.events == far.events == fixed.events == len(events)
+    assert table_counts(pg_dsn) == day_counts(events)
+    rows = {name: checkpoint_row(pg_dsn, name) for name in ("near", "far", "fixed")}
+    assert all(row is not None for row in rows.values())
+    batches = {name: row["batches"] for name, row in rows.items() if row is not None}
+    assert batches["near"] == batches["fixed"] == at_default
+    assert batches["far"] < at_default
 
 
 # --- exactly once across kill -9 -----------------------------------------------------------

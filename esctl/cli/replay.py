@@ -88,15 +88,15 @@ class ProjectionOptions(OptionGroup):
         ),
     ] = False
     batch_size: Annotated[
-        int,
+        int | None,
         option(
             "--batch-size",
             "N",
-            "--to projection: events per transaction.",
-            show_default=True,
+            f"--to projection: events per transaction (default {defaults.REPLAY_BATCH_SIZE:,}, "
+            "more when PostgreSQL is at a distance).",
             min=1,
         ),
-    ] = defaults.REPLAY_BATCH_SIZE
+    ] = None
 
 
 @with_context(Scope.REDIS | Scope.PG | Scope.APP | Scope.ENV)

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.defaults import REPLAY_CONFIRM_OVER as DEFAULT_CONFIRM_OVER
 from esctl.errors import UsageError
 from esctl.query import Selectors
@@ -77,7 +76,9 @@ class ReplayOptions:
     checkpoint: str | None = None
     reset: bool = False
     skip_errors: bool = False
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None
+    """Events per projection transaction; None: ``esctl.defaults.REPLAY_BATCH_SIZE``, more when
+    PostgreSQL is at a distance (``esctl.replay.to_projection.BatchSizer``)."""
     dry_run: bool = False
     sort_dir: str | None = None
     sort_run_bytes: int = SORT_RUN_BYTES
@@ -93,7 +94,7 @@ class ReplayOptions:
         """Raise UsageError for options that do not go together."""
         self._check_choices()
         self.selection.check()
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UsageError("--batch-size must be at least 1")
         if self.rate is not None and self.rate <= 0:
             raise UsageError("--rate must be more than 0")

@@ -5,6 +5,8 @@ exactly once for what they write")."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +18,7 @@ import orjson
 
 from esctl import pg, redisio
 from esctl.config import redact
+from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.errors import EsctlError
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext
 from esctl.replay.checkpoints import (
@@ -105,7 +108,8 @@ def _run_projection(
     _setup(adapter, ctx)
     runner = _BatchRunner(options, adapter, ctx, summary, state, on_progress)
     try:
-        _feed(source, runner, Pacer(options.rate, sleep), options.batch_size)
+        sizer = BatchSizer.for_run(options.batch_size, ctx if ctx.connected else None)
+        _feed(source, runner, Pacer(options.rate, sleep), sizer)
         if summary.stopped is None and state is not None:
             mark_finished(ctx.conn, state)
     finally:
@@ -141,15 +145,57 @@ def _setup(adapter: ProjectionAdapter, ctx: ProjectionContext) -> None:
         ctx.conn.commit()
 
 
-def _feed(source: Source, runner: _BatchRunner, pacer: Pacer, batch_size: int) -> None:
+@dataclass
+class BatchSizer:
+    """How many events the next batch takes: ``--batch-size`` when given; else
+    :data:`DEFAULT_BATCH_SIZE`, grown (up to :attr:`MOST` times) while a batch's round trips to
+    PostgreSQL (its BEGIN, the projection's flush, the checkpoint and COMMIT: about
+    :attr:`ROUND_TRIPS`) would be more than a tenth of its time, so that a replay into a
+    server at a distance keeps its speed (docs/design/distance.md). On loopback the round
+    trip is far too short for that and batches stay at the default."""
+
+    size: int
+    round_trip_s: float = 0.0
+    adapts: bool = False
+    _started: float = field(init=False, default=0.0)
+
+    ROUND_TRIPS = 4
+    SHARE = 0.1
+    MOST = 20
+
+    @classmethod
+    def for_run(cls, batch_size: int | None, ctx: ProjectionContext | None) -> BatchSizer:
+        if batch_size is not None:
+            return cls(batch_size)
+        if ctx is None:  # nothing goes to PostgreSQL per batch: no round trips to weigh
+            return cls(DEFAULT_BATCH_SIZE)
+        return cls(DEFAULT_BATCH_SIZE, pg.round_trip(ctx.conn), adapts=True)
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def done(self, events: int) -> None:
+        """A batch of ``events`` ended: size the next from what an event cost in it."""
+        if not self.adapts or events < self.size:
+            return
+        waited = self.ROUND_TRIPS * self.round_trip_s
+        per_event = max(time.perf_counter() - self._started - waited, 1e-9) / events
+        wanted = math.ceil(waited / (self.SHARE * per_event))
+        self.size = max(DEFAULT_BATCH_SIZE, min(wanted, self.MOST * DEFAULT_BATCH_SIZE))
+
+
+def _feed(source: Source, runner: _BatchRunner, pacer: Pacer, sizer: BatchSizer) -> None:
     """Run the source's events in batches until the end or a batch that stops the replay."""
     batch: list[Event] = []
+    sizer.start()
     for event in source:
         batch.append(event)
-        if len(batch) >= batch_size:
+        if len(batch) >= sizer.size:
             pacer.wait(len(batch))
             if not runner.run(batch):
                 return
+            sizer.done(len(batch))
+            sizer.start()
             batch = []
     if batch:
         pacer.wait(len(batch))
@@ -197,13 +243,17 @@ class _BatchRunner:
         except Exception as exc:
             self._stop(batch[-1], "flush", exc)
             return False
-        if dead:
-            self._dead_letter(dead)
         position = encode_position(options.source, options.order, batch[-1])
-        if self.state is not None:
-            save_position(ctx.conn, self.state, position, len(batch), len(dead))
-        if ctx.connected:
-            ctx.conn.commit()
+        # The dead letters, the checkpoint and the COMMIT in one round trip. (Not the
+        # projection's own statements: a projection may COPY, which pipeline mode refuses.)
+        pipelined = self.state is not None or bool(dead)
+        with pg.pipelined(ctx.conn) if pipelined else contextlib.nullcontext():
+            if dead:
+                self._dead_letter(dead)
+            if self.state is not None:
+                save_position(ctx.conn, self.state, position, len(batch), len(dead))
+            if ctx.connected:
+                ctx.conn.commit()
         self.position = position
         self._committed(batch, len(dead))
         return True
