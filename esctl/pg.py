@@ -407,7 +407,7 @@ def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: 
             if name not in state.functions_present:
                 conn.execute(_format(ddl, schema))
                 created = True
-    if created:  # what was just made must pass the same check (the checks: a round trip each)
+    if created:  # what was just made must pass the same check
         check_event_store_schema(conn, schema)
 
 
