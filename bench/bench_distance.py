@@ -16,6 +16,8 @@ the queue directly. Through each pair of relays it runs, in process, as the comm
 - ``replay --all --to projection`` (a trivial projection) from PostgreSQL and from Redis;
 - ``replay --all --to projection --checkpoint`` from PostgreSQL into the example projection
   (``esctl.projections.event_counts``: a table written in each batch's transaction);
+- ``replay --all --to queue`` from PostgreSQL to a subscriber of every event type (the
+  library's transaction per event);
 - ``queue requeue`` of --messages stuck messages (~400 bytes each);
 
 and prints events/s (messages/s) of each at each delay and the ratio delay/0 ms per command
@@ -53,6 +55,7 @@ from _common import Meter, add_json_option, database, json_output, proc_cpu, wri
 from bench_requeue import fill, messages
 
 from esctl import layout, queues, redisio, servers
+from esctl.demo.domain import EVENT_TYPES
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext, load_projection
 from esctl.query import PgQuery, QueryFilters, RedisQuery
@@ -62,6 +65,8 @@ from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 APP = "Bench.Distance"
 ENV = "bench"
 SUBSCRIBER = "Learning.ReportingService.Worker-Bench"
+QUEUE_SUBSCRIBER = "Learning.ReplayTarget.Worker-Bench"
+"""The subscriber ``replay --to queue`` publishes to (every event type)."""
 EVENT_TYPE = "ItemScoreUpdated"
 RELAY = Path(__file__).resolve().parent / "relay.py"
 
@@ -72,6 +77,7 @@ COMMANDS = (
     "events query --source pg",
     "replay --from pg --to projection",
     "replay --from pg --to projection --checkpoint",
+    "replay --from pg --to queue",
     "replay --from redis --to projection",
     "queue requeue",
 )
@@ -82,6 +88,7 @@ SHORT = {
     "query-pg": "events query --source pg",
     "replay-pg": "replay --from pg --to projection",
     "replay-pg-checkpoint": "replay --from pg --to projection --checkpoint",
+    "replay-pg-queue": "replay --from pg --to queue",
     "replay-redis": "replay --from redis --to projection",
     "requeue": "queue requeue",
 }
@@ -92,6 +99,7 @@ PG_COMMANDS = frozenset(
         "events query --source pg",
         "replay --from pg --to projection",
         "replay --from pg --to projection --checkpoint",
+        "replay --from pg --to queue",
     )
 )
 """The commands that read the database migrate writes."""
@@ -265,6 +273,34 @@ def one_round(
                 assert summary.events == projection.events == events, summary.as_dict()
                 return summary.events
 
+            def replay_to_queue() -> int:
+                # One subscriber for every event type: every event is published (the
+                # library's transaction per event), the lists emptied after each run.
+                for event_type in EVENT_TYPES:
+                    direct_redis.sadd(layout.subscribers_key(ENV, event_type), QUEUE_SUBSCRIBER)
+                try:
+                    summary = replay(
+                        ReplayOptions(
+                            source="pg",
+                            target="queue",
+                            app=APP,
+                            env=ENV,
+                            pg_dsn=dsn,
+                            selection=Selection(all_events=True),
+                            confirm_over=events + 1,
+                        ),
+                        redis_client=client,
+                    )
+                finally:
+                    for event_type in EVENT_TYPES:
+                        direct_redis.srem(layout.subscribers_key(ENV, event_type), QUEUE_SUBSCRIBER)
+                        direct_redis.delete(
+                            layout.queue_key(QUEUE_SUBSCRIBER, ENV, event_type, "published")
+                        )
+                published = sum(sum(n.values()) for n in summary.published.values())
+                assert published == events, summary.as_dict()
+                return published
+
             def replay_checkpointed() -> int:
                 # The example projection (a table of counts, written in each batch's
                 # transaction with the checkpoint), a new checkpoint each run.
@@ -296,6 +332,7 @@ def one_round(
             timed("events query --source pg", direct_dsn, query_pg)
             timed("replay --from pg --to projection", direct_dsn, lambda: replay_from("pg"))
             timed("replay --from pg --to projection --checkpoint", direct_dsn, replay_checkpointed)
+            timed("replay --from pg --to queue", direct_dsn, replay_to_queue)
             timed("replay --from redis --to projection", None, lambda: replay_from("redis"))
 
         if COMMANDS[-1] not in only:

@@ -9,11 +9,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import independent_writer as iw
 import pytest
 import redis
 import redis_bytes as rb
+from test_bench_relay import relay_module
 
 from esctl import codec, errors, layout, queues
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -570,3 +572,48 @@ def test_the_cluster_publish_script_does_what_multi_exec_does(
         ]
     assert results[True] == results[False]
     assert results[True][0] == [e.payload for e in events]
+
+
+def test_at_a_distance_publish_batches_grow_and_publish_the_same(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    store: iw.GroundTruth,
+    app_name: str,
+    env_name: str,
+) -> None:
+    """A batch's transactions go to Redis in one round trip; when that round trip is long
+    (a relay adding 5 ms each way) the next batches grow, and the lists get exactly what a
+    near Redis gets, in order. On loopback they stay at PUBLISH_BATCH."""
+    from esctl import redisio
+    from esctl.query import QueryFilters
+    from esctl.replay import Publisher, RedisSource, ReplaySummary
+    from esctl.replay.publisher import PUBLISH_BATCH
+
+    routes: dict[str, tuple[str, ...]] = {"EnrollmentCreated": (SUB_A,)}
+    found = list(
+        RedisSource(redis_client, app_name, QueryFilters.build(types=["EnrollmentCreated"]))
+    )
+    events = (found * (3 * PUBLISH_BATCH // len(found) + 1))[: 3 * PUBLISH_BATCH]
+    url = urlsplit(redis_test_url)
+    batches = {}
+    with relay_module.Relay((url.hostname or "127.0.0.1", url.port or 6379), 0.005) as relay:
+        for where, port in (("near", url.port or 6379), ("far", relay.port)):
+            client = redisio.connect(urlunsplit(url._replace(netloc=f"127.0.0.1:{port}")))
+            env = f"{env_name}-{where}"
+            summary = ReplaySummary(
+                dry_run=False, source="redis", target="queue", order="aggregate"
+            )
+            publisher = Publisher(
+                client, env, routes, summary, round_trip_s=redisio.round_trip(client)
+            )
+            try:
+                for event in events:
+                    publisher.add(event)
+                publisher.flush()
+            finally:
+                client.close()
+            batches[where] = publisher.batch
+            assert published(redis_client, SUB_A, env, "EnrollmentCreated") == [
+                e.payload for e in events
+            ]
+    assert batches["near"] == PUBLISH_BATCH < batches["far"]

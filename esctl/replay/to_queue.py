@@ -224,6 +224,8 @@ def _publish(
         pacer=pacer,
         lock=lock,
         sleep=sleep,
+        # paced: small batches on purpose; else they may grow with the distance to Redis
+        round_trip_s=0.0 if options.rate else redisio.round_trip(client),
     )
     try:
         for event in source:  # a second pass when the plan read it once
