@@ -77,6 +77,33 @@ class Pace:
         return self.depth
 
 
+class BatchGrowth:
+    """The size of the next batch of a loop that waits on ``waited_s`` of round trips per
+    batch (a transaction's statements, a pipeline's reply): the size at which that wait is
+    ``share`` of a batch's time, measured on the batch before, between ``base`` and ``most``
+    times ``base``. Without a wait (``waited_s`` 0: loopback, or a size the user chose) it
+    stays at ``base``. Call :meth:`start` when a batch starts and :meth:`done` when it ends."""
+
+    def __init__(
+        self, base: int, waited_s: float = 0.0, *, share: float = 0.1, most: int = 20
+    ) -> None:
+        self.base, self.waited_s, self.share, self.most = base, waited_s, share, most
+        self.size = base
+        self._started = time.perf_counter()
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def done(self, items: int) -> None:
+        """A batch of ``items`` ended (a short last one changes nothing); the next starts."""
+        now = time.perf_counter()
+        if self.waited_s > 0 and items >= self.size:
+            per_item = max(now - self._started - self.waited_s, 1e-9) / items
+            wanted = math.ceil(self.waited_s / (self.share * per_item))
+            self.size = max(self.base, min(wanted, self.most * self.base))
+        self._started = now
+
+
 JOIN_S = 5.0
 """How long closing :func:`prefetched` waits for its thread to end."""
 

@@ -78,7 +78,7 @@ class ReplayOptions:
     skip_errors: bool = False
     batch_size: int | None = None
     """Events per projection transaction; None: ``esctl.defaults.REPLAY_BATCH_SIZE``, more when
-    PostgreSQL is at a distance (``esctl.replay.to_projection.BatchSizer``)."""
+    PostgreSQL is at a distance (``esctl.inflight.BatchGrowth``)."""
     dry_run: bool = False
     sort_dir: str | None = None
     sort_run_bytes: int = SORT_RUN_BYTES

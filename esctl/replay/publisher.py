@@ -4,7 +4,6 @@ docs/design/replay.md, "The publisher's transaction")."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -12,19 +11,15 @@ from typing import Any
 
 import redis.cluster
 
-from esctl import layout, redisio
+from esctl import inflight, layout, redisio
 from esctl.locks import RedisLock
 from esctl.projections import Event
 from esctl.replay.pacing import Pacer
 from esctl.replay.summary import ReplaySummary
 
 PUBLISH_BATCH = 500
-"""Events whose transactions go to Redis in one round trip (at a distance, more: see
-:meth:`Publisher.add`)."""
-GROWS_TO = 20
-"""At most this many times :data:`PUBLISH_BATCH` at a distance."""
-GROW_SHARE = 0.1
-"""At a distance, a batch's round trip is kept to this share of the time a batch takes."""
+"""Events whose transactions go to Redis in one round trip (at a distance, more:
+:class:`Publisher`'s ``round_trip_s``)."""
 
 PUBLISH_SCRIPT = """
 -- KEYS: the subscribers' PublishedEvents lists (one {ENV:TYPE} slot); ARGV[1] channel,
@@ -73,11 +68,10 @@ class Publisher:
     ``max_queue_length``: events are sent only as far as no list would grow past the cap;
     while a list is at the cap it waits (polling, up to 1 s apart).
 
-    ``round_trip_s``: Redis's round trip, when batches may grow with it: after each batch the
-    next is sized so that its round trip is at most :data:`GROW_SHARE` of the time a batch
-    takes, from
-    ``batch`` up to :data:`GROWS_TO` times it (at 1 ms each way a 500-event batch waited
-    about as long as it took to build)."""
+    ``round_trip_s``: Redis's round trip, when batches may grow with it
+    (:class:`esctl.inflight.BatchGrowth`: the round trip a tenth of a batch's time at most, up
+    to 20 times ``batch``; at 1 ms each way a 500-event batch waited about as long as it took
+    to build)."""
 
     def __init__(
         self,
@@ -98,10 +92,7 @@ class Publisher:
         self.routes = routes
         self.summary = summary
         self.max_queue_length = max_queue_length
-        self.batch = batch
-        self.base_batch = batch
-        self.round_trip_s = round_trip_s
-        self._batch_started = time.perf_counter()
+        self.growth = inflight.BatchGrowth(batch, round_trip_s)
         self.pacer = pacer or Pacer(None, sleep)
         self.lock = lock
         self.sleep = sleep
@@ -142,16 +133,13 @@ class Publisher:
         if len(self.pending) >= self.batch:
             events = len(self.pending)
             self.flush()
-            self._size_next(events)
+            self.growth.done(events)
         return True
 
-    def _size_next(self, events: int) -> None:
-        now = time.perf_counter()
-        if self.round_trip_s > 0:
-            spent = max(now - self._batch_started - self.round_trip_s, 1e-9) / events
-            wanted = math.ceil(self.round_trip_s / (GROW_SHARE * spent))
-            self.batch = max(self.base_batch, min(wanted, GROWS_TO * self.base_batch))
-        self._batch_started = now
+    @property
+    def batch(self) -> int:
+        """Events whose transactions go to Redis in one round trip now."""
+        return self.growth.size
 
     def flush(self) -> None:
         """Publish every event added so far."""

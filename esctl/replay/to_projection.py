@@ -6,7 +6,6 @@ exactly once for what they write")."""
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from esctl import pg, redisio
+from esctl import inflight, pg, redisio
 from esctl.config import redact
 from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.errors import EsctlError
@@ -108,8 +107,8 @@ def _run_projection(
     _setup(adapter, ctx)
     runner = _BatchRunner(options, adapter, ctx, summary, state, on_progress)
     try:
-        sizer = BatchSizer.for_run(options.batch_size, ctx if ctx.connected else None)
-        _feed(source, runner, Pacer(options.rate, sleep), sizer)
+        growth = _batch_growth(options.batch_size, ctx if ctx.connected else None)
+        _feed(source, runner, Pacer(options.rate, sleep), growth)
         if summary.stopped is None and state is not None:
             mark_finished(ctx.conn, state)
     finally:
@@ -145,57 +144,34 @@ def _setup(adapter: ProjectionAdapter, ctx: ProjectionContext) -> None:
         ctx.conn.commit()
 
 
-@dataclass
-class BatchSizer:
-    """How many events the next batch takes: ``--batch-size`` when given; else
-    :data:`DEFAULT_BATCH_SIZE`, grown (up to :attr:`MOST` times) while a batch's round trips to
-    PostgreSQL (its BEGIN, the projection's flush, the checkpoint and COMMIT: about
-    :attr:`ROUND_TRIPS`) would be more than a tenth of its time, so that a replay into a
-    server at a distance keeps its speed (docs/design/distance.md). On loopback the round
-    trip is far too short for that and batches stay at the default."""
-
-    size: int
-    round_trip_s: float = 0.0
-    adapts: bool = False
-    _started: float = field(init=False, default=0.0)
-
-    ROUND_TRIPS = 4
-    SHARE = 0.1
-    MOST = 20
-
-    @classmethod
-    def for_run(cls, batch_size: int | None, ctx: ProjectionContext | None) -> BatchSizer:
-        if batch_size is not None:
-            return cls(batch_size)
-        if ctx is None:  # nothing goes to PostgreSQL per batch: no round trips to weigh
-            return cls(DEFAULT_BATCH_SIZE)
-        return cls(DEFAULT_BATCH_SIZE, pg.round_trip(ctx.conn), adapts=True)
-
-    def start(self) -> None:
-        self._started = time.perf_counter()
-
-    def done(self, events: int) -> None:
-        """A batch of ``events`` ended: size the next from what an event cost in it."""
-        if not self.adapts or events < self.size:
-            return
-        waited = self.ROUND_TRIPS * self.round_trip_s
-        per_event = max(time.perf_counter() - self._started - waited, 1e-9) / events
-        wanted = math.ceil(waited / (self.SHARE * per_event))
-        self.size = max(DEFAULT_BATCH_SIZE, min(wanted, self.MOST * DEFAULT_BATCH_SIZE))
+ROUND_TRIPS = 4
+"""What a batch waits on when PostgreSQL is at a distance: its BEGIN, the projection's flush
+(as a rule one statement or two), and the checkpoint with the COMMIT."""
 
 
-def _feed(source: Source, runner: _BatchRunner, pacer: Pacer, sizer: BatchSizer) -> None:
+def _batch_growth(batch_size: int | None, ctx: ProjectionContext | None) -> inflight.BatchGrowth:
+    """``--batch-size`` when given; else :data:`DEFAULT_BATCH_SIZE`, grown while a batch's
+    round trips to PostgreSQL would be more than a tenth of its time (a replay into a server
+    at a distance keeps its speed: docs/design/distance.md). On loopback the round trip is
+    far too short for that and batches stay at the default."""
+    if batch_size is not None:
+        return inflight.BatchGrowth(batch_size)
+    if ctx is None:  # nothing goes to PostgreSQL per batch: no round trips to weigh
+        return inflight.BatchGrowth(DEFAULT_BATCH_SIZE)
+    return inflight.BatchGrowth(DEFAULT_BATCH_SIZE, ROUND_TRIPS * pg.round_trip(ctx.conn))
+
+
+def _feed(source: Source, runner: _BatchRunner, pacer: Pacer, growth: inflight.BatchGrowth) -> None:
     """Run the source's events in batches until the end or a batch that stops the replay."""
     batch: list[Event] = []
-    sizer.start()
+    growth.start()
     for event in source:
         batch.append(event)
-        if len(batch) >= sizer.size:
+        if len(batch) >= growth.size:
             pacer.wait(len(batch))
             if not runner.run(batch):
                 return
-            sizer.done(len(batch))
-            sizer.start()
+            growth.done(len(batch))
             batch = []
     if batch:
         pacer.wait(len(batch))
