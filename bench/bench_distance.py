@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -59,7 +60,7 @@ from esctl.demo.domain import EVENT_TYPES
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext, load_projection
 from esctl.query import PgQuery, QueryFilters, RedisQuery
-from esctl.replay import ReplayOptions, Selection, replay
+from esctl.replay import ReplayOptions, ReplaySummary, Selection, replay
 from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 
 APP = "Bench.Distance"
@@ -256,21 +257,28 @@ def one_round(
                 assert found == events, (found, events)
                 return found
 
-            def replay_from(source: str) -> int:
-                projection = Trivial()
-                summary = replay(
+            def replay_all(
+                source: str, target: str, projection: ProjectionAdapter | None = None, **more: Any
+            ) -> ReplaySummary:
+                """``replay --from SOURCE --all --to TARGET``, through the relays."""
+                return replay(
                     ReplayOptions(
                         source=source,
-                        target="projection",
+                        target=target,
                         app=APP,
                         env=ENV,
                         pg_dsn=dsn,
                         selection=Selection(all_events=True),
+                        **more,
                     ),
                     redis_client=client,
-                    projection=ProjectionAdapter(projection, "trivial"),
+                    projection=projection,
                 )
-                assert summary.events == projection.events == events, summary.as_dict()
+
+            def replay_from(source: str) -> int:
+                trivial = Trivial()
+                summary = replay_all(source, "projection", ProjectionAdapter(trivial, "trivial"))
+                assert summary.events == trivial.events == events, summary.as_dict()
                 return summary.events
 
             def replay_to_queue() -> int:
@@ -279,18 +287,7 @@ def one_round(
                 for event_type in EVENT_TYPES:
                     direct_redis.sadd(layout.subscribers_key(ENV, event_type), QUEUE_SUBSCRIBER)
                 try:
-                    summary = replay(
-                        ReplayOptions(
-                            source="pg",
-                            target="queue",
-                            app=APP,
-                            env=ENV,
-                            pg_dsn=dsn,
-                            selection=Selection(all_events=True),
-                            confirm_over=events + 1,
-                        ),
-                        redis_client=client,
-                    )
+                    summary = replay_all("pg", "queue", confirm_over=events + 1)
                 finally:
                     for event_type in EVENT_TYPES:
                         direct_redis.srem(layout.subscribers_key(ENV, event_type), QUEUE_SUBSCRIBER)
@@ -304,18 +301,11 @@ def one_round(
             def replay_checkpointed() -> int:
                 # The example projection (a table of counts, written in each batch's
                 # transaction with the checkpoint), a new checkpoint each run.
-                summary = replay(
-                    ReplayOptions(
-                        source="pg",
-                        target="projection",
-                        app=APP,
-                        env=ENV,
-                        pg_dsn=dsn,
-                        selection=Selection(all_events=True),
-                        checkpoint=f"bench-{time.monotonic_ns()}",
-                    ),
-                    redis_client=client,
-                    projection=load_projection("esctl.projections.event_counts"),
+                summary = replay_all(
+                    "pg",
+                    "projection",
+                    load_projection("esctl.projections.event_counts"),
+                    checkpoint=f"bench-{time.monotonic_ns()}",
                 )
                 assert summary.events == events, summary.as_dict()
                 return summary.events
