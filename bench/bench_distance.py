@@ -287,7 +287,9 @@ def one_round(
                 for event_type in EVENT_TYPES:
                     direct_redis.sadd(layout.subscribers_key(ENV, event_type), QUEUE_SUBSCRIBER)
                 try:
-                    summary = replay_all("pg", "queue", confirm_over=events + 1)
+                    summary = replay_all(
+                        "pg", "queue", confirm_over=events + 1, subscribers=(QUEUE_SUBSCRIBER,)
+                    )
                 finally:
                     for event_type in EVENT_TYPES:
                         direct_redis.srem(layout.subscribers_key(ENV, event_type), QUEUE_SUBSCRIBER)
@@ -345,6 +347,8 @@ def one_round(
         if direct_redis.llen(published) != len(values):
             raise SystemExit("queue requeue: not every message arrived")
         direct_redis.delete(processing, published, ref.key("dead"))
+        # the next round's queue replay must find only its own subscriber
+        direct_redis.srem(layout.subscribers_key(ENV, EVENT_TYPE), SUBSCRIBER)
         client.close()
 
 
