@@ -12,7 +12,7 @@ import pytest
 import redis
 from helpers import run_cli
 
-from esctl import layout, queues
+from esctl import layout, queues, servers
 from esctl.demo import REPORTING, DemoSummary
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.replay import replay_lock
@@ -272,3 +272,42 @@ def test_stdout_into_a_closed_pipe_stops_quietly(
     assert shell.returncode == 0
     assert json.loads(shell.stdout)["aggregate_id"]
     assert "Traceback" not in shell.stderr and "error" not in shell.stderr
+
+
+def test_redis_out_of_memory_mid_replay_stops_it_and_says_what_was_published(
+    fresh_redis: servers.LocalRedis, app_name: str, env_name: str
+) -> None:
+    """A Redis at its maxmemory refuses the pushes (OOM): the replay stops with exit 1, its
+    summary counts exactly what the lists hold, names each event that failed, and says that
+    nothing after the failing round trip was sent."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    try:
+        truth = iw.write_store(client, app=app_name, aggregates=400, seed=81)
+        for event_type in {e.event_type for e in truth.events()}:
+            client.sadd(layout.subscribers_key(env_name, event_type), SUB)
+        payload_bytes = sum(len(e.payload) for e in truth.events())
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + payload_bytes // 2)
+        client.config_set("maxmemory-policy", "noeviction")
+        args = base(fresh_redis.url, app_name, "--to", "queue", "--all", "--env", env_name)
+        result = run_cli(*args, "--yes", "--json")
+        assert result.returncode == 1, result.stderr
+        document = json.loads(result.stdout)
+        stopped = document["stopped"]
+        assert stopped["kind"] == "publish_failed" and "OOM" in stopped["error"]
+        queued = sum(
+            client.llen(layout.queue_key(SUB, env_name, t, "published"))
+            for t in {e.event_type for e in truth.events()}
+        )
+        assert 0 < queued == document["messages"] == document["notifications"]
+        assert queued + stopped["failed"] <= len(truth.events())
+        assert document["problem_counts"] == {"publish_failed": stopped["failed"]}
+        message = " ".join(result.stderr.split())
+        assert "the events before it were published" in message
+        others = stopped["failed"] - 1
+        if others or stopped["published_after"]:
+            assert f"{others} failed too" in message and "nothing after them was sent" in message
+        else:
+            assert "it and the rest were not" in message
+    finally:
+        client.close()

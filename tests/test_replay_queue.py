@@ -228,7 +228,7 @@ def test_replay_one_aggregate_to_every_subscriber(
     encoding (single server) and command tuples through redisio.pipelined (where the raw path
     does not apply; over real TLS: tests/test_tls.py)."""
     if encoding == "commands":
-        monkeypatch.setattr("esctl.redisio.pipelined_resp", lambda *args: None)
+        monkeypatch.setattr("esctl.redisio.resp_channel", lambda *args: None)
     aggregate = next(
         a
         for a in store.clean_aggregates()
@@ -617,3 +617,41 @@ def test_at_a_distance_publish_batches_grow_and_publish_the_same(
                 e.payload for e in events
             ]
     assert batches["near"] == PUBLISH_BATCH < batches["far"]
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_failed_transaction_stops_after_its_round_trip_and_counts_what_ran(
+    redis_client: redis.Redis, env_name: str, cluster: bool
+) -> None:
+    """Transactions that do not run (a subscriber's list is a string here) stop the publisher
+    after their round trip: the events of that round trip that ran are counted, every one that
+    failed is named, and the next batch (made while the round trip was under way) is never
+    sent. Both ways of sending: MULTI/EXEC, and the cluster's script per event."""
+    from esctl.projections import Event
+    from esctl.replay import Publisher, ReplaySummary
+    from esctl.replay.publisher import PublishFailed
+
+    env = f"{env_name}-{cluster}"
+    redis_client.set(layout.queue_key(SUB_A, env, "Bad", "published"), "not a list")
+    events = [
+        Event(f"a-{n}", "Test", n, "Bad" if n in (3, 5) else "Good", "", None, (n,),
+              _payload=b'{"n":%d}' % n)
+        for n in range(1, 15)
+    ]  # fmt: skip
+    summary = ReplaySummary(dry_run=False, source="redis", target="queue", order="aggregate")
+    with Publisher(
+        redis_client, env, {"Good": (SUB_A,), "Bad": (SUB_A,)}, summary, batch=7
+    ) as publisher:
+        publisher.cluster = cluster
+        with pytest.raises(PublishFailed) as failed:
+            for event in events:
+                publisher.add(event)
+            publisher.flush()
+    # the key that failed: the list (MULTI/EXEC), the notification channel (the script)
+    bad = f"{env}:Bad" if cluster else layout.queue_key(SUB_A, env, "Bad", "published")
+    assert [(e.version, key) for e, key, _ in failed.value.failures] == [(3, bad), (5, bad)]
+    assert "WRONGTYPE" in failed.value.detail
+    assert failed.value.published_after == 3
+    assert published(redis_client, SUB_A, env, "Good") == [b'{"n":%d}' % n for n in (1, 2, 4, 6, 7)]
+    assert summary.published == {SUB_A: {"Good": 5}}
+    assert summary.messages == summary.notifications == 5

@@ -362,8 +362,12 @@ def _render_tables(out: Output, summary: core.ReplaySummary) -> None:
         summary.problem_counts,
         summary.problems_total,
         None,
-        unrecorded="dead-lettered events are in esctl.projection_dead_letter; "
-        "'esctl inspect integrity --problems-file PATH' writes every problem of the store",
+        unrecorded=(
+            "events that failed to publish are not recorded elsewhere (the error names the first)"
+            if summary.target == "queue"
+            else "dead-lettered events are in esctl.projection_dead_letter"
+        )
+        + "; 'esctl inspect integrity --problems-file PATH' writes every problem of the store",
     )
 
 
@@ -424,8 +428,17 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
         message = (
             f"publishing {stopped['event_type']} {stopped['aggregate_id']} version "
             f"{stopped['version']} failed: {stopped['error']}; the events before it were "
-            "published, it and the rest were not"
+            "published, "
         )
+        others, after = stopped.get("failed", 1) - 1, stopped.get("published_after", 0)
+        if others or after:  # its round trip carried more events, which Redis ran on
+            message += (
+                f"it was not; of the {others + after} events sent after it in the same round "
+                f"trip, {others} failed too (problems) and {after} "
+                f"{'was' if after == 1 else 'were'} published; nothing after them was sent"
+            )
+        else:
+            message += "it and the rest were not"
         hint = "fix the cause, then replay the rest (e.g. with --since or --aggregate)"
     else:
         where = "flush" if stopped.get("in") == "flush" else "event"

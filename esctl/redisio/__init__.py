@@ -34,7 +34,13 @@ from esctl.redisio.commands import (
     used_memory_or_none,
 )
 from esctl.redisio.hash_scan import hash_pages
-from esctl.redisio.pipelines import is_read_only, pipelined, pipelined_resp, windowed
+from esctl.redisio.pipelines import (
+    RespChannel,
+    is_read_only,
+    pipelined,
+    resp_channel,
+    windowed,
+)
 from esctl.redisio.resp import bulk_values, pack_commands, resp_bulk, resp_command, stream_list
 from esctl.redisio.retry import read_with_retry, refresh_slots
 from esctl.redisio.scan import (
@@ -51,6 +57,7 @@ __all__ = [
     "LatencyPacer",
     "RedisClient",
     "RedisTarget",
+    "RespChannel",
     "ScanPosition",
     "bulk_values",
     "chunked",
@@ -71,12 +78,12 @@ __all__ = [
     "pattern_slot",
     "permission_denied",
     "pipelined",
-    "pipelined_resp",
     "printable",
     "read_with_retry",
     "refresh_slots",
     "refuse_a_lone_cluster_node",
     "resp_bulk",
+    "resp_channel",
     "resp_command",
     "round_trip",
     "scan_epoch",

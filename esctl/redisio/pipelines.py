@@ -36,6 +36,7 @@ from esctl.redisio.client import (
 from esctl.redisio.resp import (
     _as_resp2,
     _conversation,
+    _open_raw_connection,
     _pipelined_packed,
     _raw_connection,
     _raw_connections,
@@ -469,23 +470,74 @@ def _exchange(  # noqa: C901  hot path of every cluster pipeline: send and recei
         raise
 
 
-def pipelined_resp(client: RedisClient, data: bytes, count: int) -> list[Any] | None:
-    """Send ``count`` commands already encoded as RESP in ``data`` and return their replies
-    (errors as exception objects), on a single server's raw connection: for a caller that
-    sends the same command shapes many times and encodes them faster itself (replay's
-    publisher). None where that path does not apply (a cluster, another connection class,
-    TLS with ``resp.RAW_TLS`` off): use :func:`pipelined`."""
+class RespChannel:
+    """A connection of its own to a single server for commands the caller encodes as RESP
+    itself (replay's publisher, which sends the same command shapes many times): :meth:`send`
+    a batch, make the next one while the server runs it, then :meth:`receive` its replies (one
+    batch in flight at most). Its own connection, so nothing else on the thread can read those
+    replies; closed at the first error, which may leave replies unread. Open with
+    :func:`resp_channel`; :meth:`close` when done."""
+
+    def __init__(self, client: redis.Redis, conn: _RawConnection) -> None:
+        self.client = client
+        self.conn: _RawConnection | None = conn
+        self.in_flight = 0
+        """Commands sent whose replies are not read yet."""
+
+    def send(self, data: bytes, count: int) -> None:
+        """Send ``count`` commands encoded in ``data`` (the replies of the batch before must
+        have been received)."""
+        assert self.in_flight == 0, "receive the replies of the batch in flight first"
+        conn = self._open()
+        try:
+            conn.sock.sendall(data)
+        except BaseException as exc:
+            raise self._failed(exc) from exc
+        self.in_flight = count
+
+    def receive(self) -> list[Any]:
+        """The replies of the batch sent (errors as exception objects)."""
+        count, self.in_flight = self.in_flight, 0
+        if not count:
+            return []
+        conn = self._open()
+        try:
+            return conn.receive(count)
+        except BaseException as exc:
+            raise self._failed(exc) from exc
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _open(self) -> _RawConnection:
+        if self.conn is None:
+            raise wrap_errors(
+                self.client, redis.exceptions.ConnectionError("the connection was closed")
+            )
+        return self.conn
+
+    def _failed(self, exc: BaseException) -> BaseException:
+        """Close (replies may be left unread); esctl's error for a Redis or socket error."""
+        self.close()
+        if isinstance(exc, OSError):
+            exc = redis.exceptions.ConnectionError(str(exc))
+        if isinstance(exc, REDIS_ERRORS):
+            return wrap_errors(self.client, exc)
+        return exc
+
+
+def resp_channel(client: RedisClient) -> RespChannel | None:
+    """A :class:`RespChannel` to ``client``'s server, or None where that path does not apply (a
+    cluster, another connection class, TLS with ``resp.RAW_TLS`` off): use :func:`pipelined`."""
     if not isinstance(client, redis.Redis):
         return None
     try:
-        conn = _raw_connection(client)
-        if conn is None:
-            return None
-        with _conversation(client, conn):
-            conn.sock.sendall(data)
-            return conn.receive(count)
+        conn = _open_raw_connection(client)
     except REDIS_ERRORS as exc:
         raise wrap_errors(client, exc) from exc
+    return None if conn is None else RespChannel(client, conn)
 
 
 class _ClusterConnections:

@@ -276,7 +276,7 @@ def resp_bulk(data: bytes) -> bytes:
 
 
 def resp_command(*args: str | bytes) -> bytes:
-    """One whole command as RESP (for :func:`pipelined_resp`)."""
+    """One whole command as RESP (for a :class:`esctl.redisio.RespChannel`)."""
     return pack_commands([args])
 
 

@@ -1,9 +1,10 @@
 """The queue replay's publisher: each event in one transaction, as the library's publisher
-sends it, many transactions to a round trip (how it sends them, and why three ways:
-docs/design/replay.md, "The publisher's transaction")."""
+sends it, many transactions to a round trip, the next batch made while one is in flight (how
+it sends them, and why three ways: docs/design/replay.md, "The publisher's transaction")."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 import redis.cluster
 
 from esctl import inflight, layout, redisio
+from esctl.errors import EsctlError
 from esctl.locks import RedisLock
 from esctl.projections import Event
 from esctl.replay.pacing import Pacer
@@ -49,13 +51,19 @@ _EXEC_RESP = b"*1\r\n$4\r\nEXEC\r\n"
 
 
 class PublishFailed(Exception):
-    """An event's transaction did not run: it and the events after it were not published."""
+    """Transactions of one round trip did not run. The events before the first of them were
+    published, and nothing after that round trip was sent; of the events after it in the same
+    round trip (sent before its answer came), ``published_after`` were published, and
+    ``failures`` holds the first and every other that failed: (event, key, error)."""
 
-    def __init__(self, event: Event, key: str, detail: str) -> None:
+    def __init__(self, failures: list[tuple[Event, str, str]], *, published_after: int = 0) -> None:
+        event, key, detail = failures[0]
         super().__init__(detail)
         self.event = event
         self.key = key
         self.detail = detail
+        self.failures = failures
+        self.published_after = published_after
 
 
 class Publisher:
@@ -71,7 +79,12 @@ class Publisher:
     ``round_trip_s``: Redis's round trip, when batches may grow with it
     (:class:`esctl.inflight.BatchGrowth`: the round trip a tenth of a batch's time at most, up
     to 20 times ``batch``; at 1 ms each way a 500-event batch waited about as long as it took
-    to build)."""
+    to build).
+
+    On a single server one batch is in flight while the next is gathered and encoded; its
+    replies are checked before the next is sent, so nothing is sent after a failed
+    transaction. :meth:`flush` waits for them; use the publisher as a context manager (or
+    :meth:`close` it) so that an error elsewhere still reads what was sent."""
 
     def __init__(
         self,
@@ -98,6 +111,11 @@ class Publisher:
         self.sleep = sleep
         self.cluster = isinstance(client, redis.cluster.RedisCluster)
         self.pending: list[Event] = []
+        self.channel: redisio.RespChannel | None = None
+        self.in_flight: list[Event] = []
+        """The events of the batch sent on ``channel`` whose replies are not read yet."""
+        self._raw = not self.cluster
+        """Whether to try the raw single-server path (:func:`esctl.redisio.resp_channel`)."""
         self.keys = {
             t: [layout.queue_key(s, env, t, "published") for s in subs]
             for t, subs in routes.items()
@@ -142,9 +160,29 @@ class Publisher:
         return self.growth.size
 
     def flush(self) -> None:
-        """Publish every event added so far."""
+        """Publish every event added so far, and wait for Redis's answers."""
         chunk, self.pending = self.pending, []
         self._publish(chunk)
+        self._collect()
+
+    def close(self) -> None:
+        """Read the answers to what is in flight (counting what was published; a failed
+        transaction there is not raised: close runs when something else went wrong), then
+        close the connection."""
+        try:
+            if self.in_flight:
+                with contextlib.suppress(PublishFailed, redis.exceptions.RedisError, EsctlError):
+                    self._collect()
+        finally:
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _publish(self, chunk: list[Event]) -> None:
         waited = 0.05
@@ -153,6 +191,7 @@ class Publisher:
                 self.lock.check()
             part = chunk
             if self.max_queue_length is not None:
+                self._collect()  # the lengths must include what is in flight
                 part = chunk[: self._room(chunk)]
                 if not part:
                     self.sleep(waited)
@@ -180,27 +219,71 @@ class Publisher:
                 room[k] -= 1
         return len(chunk)
 
-    def _send(self, chunk: Sequence[Event]) -> None:
+    def _send(self, chunk: list[Event]) -> None:
         if self.cluster:
             self._send_scripts(chunk)
             return
-        replies = self._send_resp(chunk)
-        if replies is None:  # no raw connection (resp.RAW_TLS off): redis-py's pipeline
-            replies = self._send_commands(chunk)
-        # EXEC answers a list of the LPUSH and PUBLISH results (integers) when the transaction
-        # ran; an error (EXECABORT after a refused command, "EXEC without MULTI") otherwise.
+        channel = self._channel()
+        if channel is None:  # no raw connection (resp.RAW_TLS off): redis-py's pipeline
+            self._check(chunk, self._send_commands(chunk))
+            return
+        data, count = self._encode(chunk)
+        self._collect()  # the batch before: a failed transaction stops here, this one unsent
+        channel.send(data, count)
+        self.in_flight = chunk
+
+    def _channel(self) -> redisio.RespChannel | None:
+        if self.channel is None and self._raw:
+            self.channel = redisio.resp_channel(self.client)
+            self._raw = self.channel is not None
+        return self.channel
+
+    def _collect(self) -> None:
+        """Read and check the answers to the batch in flight."""
+        if self.in_flight:
+            assert self.channel is not None
+            chunk, self.in_flight = self.in_flight, []
+            self._check(chunk, self.channel.receive())
+
+    def _check(self, chunk: Sequence[Event], replies: list[Any]) -> None:
+        """Count the events of ``chunk`` whose transaction ran; raise when one did not
+        (:class:`PublishFailed`, or the refusal of a NOPERM).
+
+        EXEC answers a list of the LPUSH and PUBLISH results (integers) when the transaction
+        ran; an error (EXECABORT after a refused command, "EXEC without MULTI") otherwise."""
         index = -1
+        failed: list[tuple[int, Exception | None, tuple[Event, str, str]]] = []
         for number, event in enumerate(chunk):
             index += len(self.lpush[event.event_type]) + 3
             executed = replies[index]
             if type(executed) is not list or not all(type(r) is int for r in executed):
-                self._count(chunk[:number])
                 answered = replies[index - len(self.lpush[event.event_type]) - 2 : index + 1]
-                failed = next((r for r in answered if isinstance(r, Exception)), executed)
-                if redisio.is_denied(failed):  # queued commands refused: nothing ran
-                    raise self._denied(event, answered.index(failed), failed)
-                raise PublishFailed(event, self.keys[event.event_type][0], str(failed))
-        self._count(chunk)
+                reply = next((r for r in answered if isinstance(r, Exception)), executed)
+                denied = None
+                if redisio.is_denied(reply):  # queued commands refused: nothing ran
+                    denied = self._denied(event, answered.index(reply), reply)
+                key = self.keys[event.event_type][0]
+                failed.append((number, denied, (event, key, str(reply))))
+        self._settle(chunk, failed)
+
+    def _settle(
+        self,
+        chunk: Sequence[Event],
+        failed: list[tuple[int, Exception | None, tuple[Event, str, str]]],
+    ) -> None:
+        """Count what ran of ``chunk``; raise for ``failed`` (position in the chunk, the
+        error of a refusal, what failed) when any did not."""
+        if not failed:
+            self._count(chunk)
+            return
+        first = failed[0][0]
+        numbers = {number for number, _, _ in failed}
+        after = [e for n, e in enumerate(chunk) if n > first and n not in numbers]
+        self._count([*chunk[:first], *after])
+        denied = failed[0][1]
+        if denied is not None:
+            raise denied
+        raise PublishFailed([what for _, _, what in failed], published_after=len(after))
 
     def _denied(self, event: Event, position: int, reply: Exception) -> Exception:
         """The error for a transaction whose ``position``-th reply (MULTI, the LPUSHes,
@@ -225,17 +308,19 @@ class Publisher:
                 for e in chunk
             ],
         )  # fmt: skip
+        failed: list[tuple[int, Exception | None, tuple[Event, str, str]]] = []
         for number, (event, reply) in enumerate(zip(chunk, replies, strict=True)):
             if isinstance(reply, Exception):
-                self._count(chunk[:number])
+                denied = None
                 if redisio.is_denied(reply):  # the script checks before any change
-                    raise redisio.permission_denied(redisio.describe(self.client), reply)
-                raise PublishFailed(event, self.channels[event.event_type], str(reply))
-        self._count(chunk)
+                    denied = redisio.permission_denied(redisio.describe(self.client), reply)
+                channel = self.channels[event.event_type]
+                failed.append((number, denied, (event, channel, str(reply))))
+        self._settle(chunk, failed)
 
-    def _send_resp(self, chunk: Sequence[Event]) -> list[Any] | None:
-        """MULTI, LPUSH per subscriber, PUBLISH, EXEC for each event, encoded here and sent
-        in one buffer (None where the raw single-server path does not apply)."""
+    def _encode(self, chunk: Sequence[Event]) -> tuple[bytes, int]:
+        """MULTI, LPUSH per subscriber, PUBLISH, EXEC for each event as one RESP buffer, and
+        the number of commands in it."""
         parts: list[bytes] = []
         append = parts.append
         count = 0
@@ -251,7 +336,7 @@ class Publisher:
                 append(b"\r\n")
             append(self.resp_tail[event.event_type])
             count += len(heads) + 3
-        return redisio.pipelined_resp(self.client, b"".join(parts), count)
+        return b"".join(parts), count
 
     def _send_commands(self, chunk: Sequence[Event]) -> list[Any]:
         """The same transactions as command tuples, through redis-py's pipeline."""

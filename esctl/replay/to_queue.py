@@ -228,14 +228,15 @@ def _publish(
         round_trip_s=0.0 if options.rate else redisio.round_trip(client),
     )
     try:
-        for event in source:  # a second pass when the plan read it once
-            by_type[event.event_type] += 1
-            summary.events += 1
-            publisher.add(event)
-            if on_progress is not None and summary.events % PUBLISH_BATCH == 0:
-                progress.events, progress.messages = summary.events, summary.messages
-                on_progress(progress)
-        publisher.flush()
+        with publisher:
+            for event in source:  # a second pass when the plan read it once
+                by_type[event.event_type] += 1
+                summary.events += 1
+                publisher.add(event)
+                if on_progress is not None and summary.events % PUBLISH_BATCH == 0:
+                    progress.events, progress.messages = summary.events, summary.messages
+                    on_progress(progress)
+            publisher.flush()
     except PublishFailed as exc:
         _stopped(summary, exc)
     except redis.exceptions.RedisError as exc:
@@ -253,10 +254,13 @@ def _stopped(summary: ReplaySummary, exc: PublishFailed) -> None:
         "version": event.version,
         "event_type": event.event_type,
         "error": redact(exc.detail),
+        "failed": len(exc.failures),
+        "published_after": exc.published_after,
     }
-    summary.add_problem(
-        "publish_failed",
-        exc.key,
-        f"publishing {event.event_type} {event.aggregate_id} version {event.version} "
-        f"failed: {redact(exc.detail)}; it and the events after it were not published",
-    )
+    for failed, key, detail in exc.failures:
+        summary.add_problem(
+            "publish_failed",
+            key,
+            f"publishing {failed.event_type} {failed.aggregate_id} version {failed.version} "
+            f"failed: {redact(detail)}; it was not published",
+        )
