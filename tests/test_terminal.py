@@ -328,6 +328,45 @@ def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
+@pytest.mark.parametrize(
+    ("subscriber", "event_type", "which"),
+    [
+        ("Learning.NotificationService.Web-Demo", "ItemScoreCreated", "dead"),  # a 73-char key
+        ("Learning.ReportingService.Worker-Demo", "ItemScoreUpdated", "processing"),  # 78
+    ],
+)
+def test_queue_restore_on_a_terminal_keeps_the_list_key_whole(
+    size: str,
+    subscriber: str,
+    event_type: str,
+    which: str,
+    demo_redis: servers.LocalRedis,
+    tmp_path: Path,
+) -> None:
+    """The lists a restore put messages back into: a queue's key and three counts do not fit
+    80 columns, so each key heads its counts on a row of its own, whole (as ``queue list``
+    heads its queues with their subscriber), instead of a table that broke the key over two
+    rows. At 120 the flat table fits."""
+    env = demo_env(demo_redis)
+    backup = tmp_path / "backup.jsonl.zst"
+    drain = ["queue", "drain", subscriber, event_type, "--list", which]
+    drained = run_cli(*drain, "--to-file", str(backup), "--yes", "--json", env=env)
+    assert drained.returncode == 0, drained.stderr
+    key = json.loads(drained.stdout)["key"]
+    screen = run_on_terminal([*ESCTL, "queue", "restore", str(backup), "--yes"], size=size, env=env)
+    assert_reads_well(screen)
+    rows = [r for r in screen.rows if key in r]
+    assert len(rows) == 1, screen.describe()
+    row = rows[0]
+    if size == "80x24":
+        assert row in (f"list {key}", key), screen.describe()
+        counts = screen.rows[screen.rows.index(row) + 3]
+    else:
+        counts = row
+    assert re.fullmatch(r"(?:.*│ )?1 +│ 1 +│ 0", counts.strip()), screen.describe()
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
     size: str, demo_redis: servers.LocalRedis
 ) -> None:

@@ -94,9 +94,11 @@ def emit_table(
     ``optional`` columns are left out, the last named first, as few as will do (a line on
     stderr names them); else those fold, the widest first.
 
-    ``group`` names a column of long names that repeat (a subscriber): when the table would
-    fold an id on a terminal, it is printed as one table per value of that column instead,
-    each headed by the value, all with the same column widths.
+    ``group`` names a column of long names that repeat (a subscriber), or of keys too long
+    to share a row with the other columns: when the table would fold an id on a terminal, it
+    is printed as one table per value of that column instead, each headed by the value (on a
+    row of its own, after its column's name where that fits; else broken as
+    :func:`break_line` does), all with the same column widths.
 
     With ``records``, a table that would still fold or break an id or key on a terminal is
     shown as records instead: a line per column, its name then its value as wide as the
@@ -318,7 +320,9 @@ def _emit_grouped(
     _print_title(console, title)
     for value in sorted(groups):
         console.print()
-        console.print(Text(f"{names[group]} {value}", style="bold"))
+        # Wrapped as a title is, or the terminal would cut a long value (a queue's key) anywhere.
+        for line in break_line(f"{names[group]} {value}", console.width):
+            console.print(Text(line, style="bold"))
         console.print(_rich_table(rest_names, groups[value], specs, shown, widths))
     left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
     if left_out:
