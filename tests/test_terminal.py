@@ -266,6 +266,42 @@ def test_doctor_details_are_wrapped_at_words_on_a_terminal(
         assert words(" ".join(block)) == words(detail), (detail, screen.describe())
 
 
+# A row that ends with a number, then a row that starts with its unit ("in the last 24" /
+# "h is a warning."); or a row that ends with a duration's first part ("1h") and a row that
+# starts with its second ("0m old").
+_ENDS_WITH_NUMBER = re.compile(r"(?:^|[\s(~])\d[\d,.]*$")
+_STARTS_WITH_UNIT = re.compile(r"(?:ms|s|m|min|h|d|B|KiB|MiB|GiB|TiB|bytes|days)\b")
+_ENDS_WITH_DURATION_PART = re.compile(r"(?:^|[\s(~])\d+[dhms]$")
+_STARTS_WITH_DURATION_PART = re.compile(r"\d+[dhms]\b")
+
+
+def quantity_splits(lines: list[str]) -> list[tuple[str, str]]:
+    """The pairs of consecutive ``lines`` that part a number from its unit."""
+    return [
+        (a, b)
+        for a, b in itertools.pairwise(lines)
+        if (_ENDS_WITH_NUMBER.search(a) and _STARTS_WITH_UNIT.match(b))
+        or (_ENDS_WITH_DURATION_PART.search(a) and _STARTS_WITH_DURATION_PART.match(b))
+    ]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+def test_doctor_on_a_terminal_keeps_a_number_and_its_unit_on_one_row(
+    size: str, demo_redis: servers.LocalRedis
+) -> None:
+    """Wrapped at words, the table's ``observed`` cells and each finding's ``observed``, ``why``
+    and details never leave a number at the end of a row and its unit at the start of the
+    next: at 80 columns the latency check's ``why`` ended a row with "in the last 24" and
+    began the next with "h is a warning."."""
+    env = demo_env(demo_redis)
+    screen = run_on_terminal([*ESCTL, "doctor"], size=size, env=env)
+    assert_reads_well(screen, exit_code=3)
+    # A table row's text is its last cell (observed); other rows are prose, indented.
+    lines = [row.rpartition("│")[2].strip() if "│" in row else row.strip() for row in screen.rows]
+    assert quantity_splits(lines) == [], screen.describe()
+    assert any("24 h is a warning." in line for line in lines), screen.describe()
+
+
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
     size: str, demo_redis: servers.LocalRedis
@@ -289,6 +325,45 @@ def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
         rows = [r for r in block if r.startswith(f"{queue['event_type']} ")]
         assert len(rows) == 1, (queue, screen.describe())
         assert f" {queue['published']:,} " in rows[0] and f" {queue['dead']:,} " in rows[0]
+
+
+@pytest.mark.parametrize("size", ["80x24", "120x40"])
+@pytest.mark.parametrize(
+    ("subscriber", "event_type", "which"),
+    [
+        ("Learning.NotificationService.Web-Demo", "ItemScoreCreated", "dead"),  # a 73-char key
+        ("Learning.ReportingService.Worker-Demo", "ItemScoreUpdated", "processing"),  # 78
+    ],
+)
+def test_queue_restore_on_a_terminal_keeps_the_list_key_whole(
+    size: str,
+    subscriber: str,
+    event_type: str,
+    which: str,
+    demo_redis: servers.LocalRedis,
+    tmp_path: Path,
+) -> None:
+    """The lists a restore put messages back into: a queue's key and three counts do not fit
+    80 columns, so each key heads its counts on a row of its own, whole (as ``queue list``
+    heads its queues with their subscriber), instead of a table that broke the key over two
+    rows. At 120 the flat table fits."""
+    env = demo_env(demo_redis)
+    backup = tmp_path / "backup.jsonl.zst"
+    drain = ["queue", "drain", subscriber, event_type, "--list", which]
+    drained = run_cli(*drain, "--to-file", str(backup), "--yes", "--json", env=env)
+    assert drained.returncode == 0, drained.stderr
+    key = json.loads(drained.stdout)["key"]
+    screen = run_on_terminal([*ESCTL, "queue", "restore", str(backup), "--yes"], size=size, env=env)
+    assert_reads_well(screen)
+    rows = [r for r in screen.rows if key in r]
+    assert len(rows) == 1, screen.describe()
+    row = rows[0]
+    if size == "80x24":
+        assert row in (f"list {key}", key), screen.describe()
+        counts = screen.rows[screen.rows.index(row) + 3]
+    else:
+        counts = row
+    assert re.fullmatch(r"(?:.*│ )?1 +│ 1 +│ 0", counts.strip()), screen.describe()
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
@@ -443,6 +518,40 @@ def test_break_line_keeps_words_and_ids_whole() -> None:
     assert output.break_line("41cbcc3a-0fdf-4cc6-ab8a-25fccda79077", 20) == [
         "41cbcc3a-0fdf-4cc6-ab8a-25fccda79077"
     ]
+
+
+def test_break_line_keeps_a_number_and_its_unit_together() -> None:
+    """Wrapped at words, but never between a number and its unit, nor between the two parts
+    of a duration as format_duration writes it; other words after a number wrap as before."""
+    why = "a spike in the last 24 h is a warning."
+    assert output.break_line(why, 22) == ["a spike in the last", "24 h is a warning."]
+    assert output.break_line("legacy hash 16.8 KiB (0.99%)", 16) == [
+        "legacy hash",
+        "16.8 KiB (0.99%)",
+    ]
+    assert output.break_line("writes at risk (up to ~30 s lost)", 20) == [
+        "writes at risk (up",
+        "to ~30 s lost)",
+    ]
+    assert output.break_line("SELECT 1 in 0.44 ms (connect 3 ms), no SSL", 31) == [
+        "SELECT 1 in 0.44 ms (connect",
+        "3 ms), no SSL",
+    ]
+    assert output.break_line("plain over 1,000 bytes", 15) == ["plain over", "1,000 bytes"]
+    assert output.break_line("at least 1h 0m old", 11) == ["at least", "1h 0m old"]
+    assert output.break_line("1 processing, oldest 1d 2h old", 23) == [
+        "1 processing, oldest",
+        "1d 2h old",
+    ]
+    # A number before any other word is a word like the others.
+    assert output.break_line("holds 3 queue(s) with 2 dead", 7) == [
+        "holds 3",
+        "queue(s)",
+        "with 2",
+        "dead",
+    ]
+    assert quantity_splits(output.break_line(why, 22)) == []
+    assert quantity_splits(["a spike in the last 24", "h is a warning."]) != []
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import select
 import signal
 import sys
@@ -93,9 +94,11 @@ def emit_table(
     ``optional`` columns are left out, the last named first, as few as will do (a line on
     stderr names them); else those fold, the widest first.
 
-    ``group`` names a column of long names that repeat (a subscriber): when the table would
-    fold an id on a terminal, it is printed as one table per value of that column instead,
-    each headed by the value, all with the same column widths.
+    ``group`` names a column of long names that repeat (a subscriber), or of keys too long
+    to share a row with the other columns: when the table would fold an id on a terminal, it
+    is printed as one table per value of that column instead, each headed by the value (on a
+    row of its own, after its column's name where that fits; else broken as
+    :func:`break_line` does), all with the same column widths.
 
     With ``records``, a table that would still fold or break an id or key on a terminal is
     shown as records instead: a line per column, its name then its value as wide as the
@@ -217,11 +220,11 @@ def break_cell(cell: str, width: int) -> str:
 
 
 def break_line(line: str, width: int) -> list[str]:
-    """``line`` in lines of at most ``width`` cells where it can be: wrapped at spaces, and a
-    word too long for that (a Redis key) broken after a ":" outside braces, then after any
-    ":", so that the names and ids between stay whole. What is still too long is left to
-    fold."""
-    words = textwrap.wrap(line, width=width, break_long_words=False, break_on_hyphens=False)
+    """``line`` in lines of at most ``width`` cells where it can be: wrapped at spaces (but
+    not between a number and its unit, see :class:`_Wrapper`), and a word too long for that
+    (a Redis key) broken after a ":" outside braces, then after any ":", so that the names and
+    ids between stay whole. What is still too long is left to fold."""
+    words = _Wrapper(width=width, break_long_words=False, break_on_hyphens=False).wrap(line)
     lines: list[str] = []
     for word in words or [line]:
         if cell_len(word) <= width:
@@ -233,6 +236,41 @@ def break_line(line: str, width: int) -> list[str]:
             else:
                 lines.extend(_pack(_split_after_colons(piece, outside_braces=False), width))
     return lines
+
+
+# A number and the unit after it: "24 h", "16.8 KiB", "~30 s", "(0.4 s", "1,000 bytes"
+# (format_bytes, format_duration and the doctor's prose); and the two parts of a duration as
+# format_duration writes it: "1h 0m", "5m 6s".
+_NUMBER = re.compile(r"[(~+-]*\d[\d,.]*")
+_UNIT = re.compile(
+    r"(?:ms|s|m|min|h|d|B|KiB|MiB|GiB|TiB|(?:byte|second|minute|hour|day)s?)[).,;:]*"
+)
+_DURATION_PART = re.compile(r"[(~-]*\d+[dhms]")
+_DURATION_REST = re.compile(r"\d+[dhms][).,;:]*")
+
+
+class _Wrapper(textwrap.TextWrapper):
+    """textwrap's wrapping at spaces, but never at the space between a number and its unit
+    (nor between the two parts of a duration): "in the last 24 h" is not left as "24" at the
+    end of one line and "h" at the start of the next."""
+
+    def _split(self, text: str) -> list[str]:
+        chunks: list[str] = []
+        for chunk in super()._split(text):
+            if len(chunks) >= 2 and chunks[-1] == " " and _one_quantity(chunks[-2], chunk):
+                space = chunks.pop()
+                chunks[-1] += space + chunk
+            else:
+                chunks.append(chunk)
+        return chunks
+
+
+def _one_quantity(before: str, after: str) -> bool:
+    """Whether the words ``before`` and ``after`` (a space between them) are one quantity."""
+    return bool(
+        (_NUMBER.fullmatch(before) and _UNIT.fullmatch(after))
+        or (_DURATION_PART.fullmatch(before) and _DURATION_REST.fullmatch(after))
+    )
 
 
 def _split_after_colons(word: str, *, outside_braces: bool) -> list[str]:
@@ -282,7 +320,9 @@ def _emit_grouped(
     _print_title(console, title)
     for value in sorted(groups):
         console.print()
-        console.print(Text(f"{names[group]} {value}", style="bold"))
+        # Wrapped as a title is, or the terminal would cut a long value (a queue's key) anywhere.
+        for line in break_line(f"{names[group]} {value}", console.width):
+            console.print(Text(line, style="bold"))
         console.print(_rich_table(rest_names, groups[value], specs, shown, widths))
     left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
     if left_out:

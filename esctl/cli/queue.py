@@ -570,5 +570,6 @@ def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
     out.table(
         ["list", "records", "restored", "already restored"],
         [(t.key, t.records, t.restored, t.already_restored) for t in summary.targets],
+        group="list",  # a queue's key and the counts do not fit 80 columns
     )
     _problems(out, summary.problems)
