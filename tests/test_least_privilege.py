@@ -442,3 +442,82 @@ def test_the_read_only_family_on_a_cluster_under_the_read_user_and_the_cluster_r
                 for key in node.scan_iter(match=pattern, count=1000):
                     node.delete(key)
             node.close()
+
+
+# --- a refusal part-way through a queue command ----------------------------------------------
+
+
+class QueueUser:
+    """The README's ``esctl-queues`` user on the module's Redis, for an env of the test's own;
+    ``allow`` sets its rules (the README's, plus any given)."""
+
+    def __init__(self, server: servers.LocalRedis) -> None:
+        self.port = server.port
+        self.admin = redis.Redis.from_url(server.url)
+        self.admin.flushdb()
+        self.env = f"lq{secrets.token_hex(3)}"
+        self.rules = acl_users("App", self.env)["esctl-queues"]
+        self.allow()
+
+    def allow(self, *extra: str) -> None:
+        set_user(self.admin, "esctl-queues", [*self.rules, *extra])
+
+    @property
+    def url(self) -> str:
+        return user_url(self.port, "esctl-queues")
+
+    def run(self, *args: str) -> Any:
+        result = run_cli(*args, "--env", self.env, "--redis-url", self.url)
+        assert PASSWORD not in result.stdout + result.stderr
+        assert "Traceback" not in result.stderr
+        return result
+
+    def close(self) -> None:
+        self.admin.flushdb()
+        self.admin.execute_command("ACL", "DELUSER", "esctl-queues")
+        self.admin.close()
+
+
+@pytest.fixture
+def queue_user(acl_redis: servers.LocalRedis) -> Iterator[QueueUser]:
+    made = QueueUser(acl_redis)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def dead_letter(aggregate_id: str) -> bytes:
+    return json.dumps(
+        {"$type": "Ns.T, Asm", "Id": aggregate_id, "Version": 1, "AggregateType": "A"}
+    ).encode()
+
+
+def test_a_requeue_refused_part_way_counts_the_batch_in_flight_behind_the_refusal(
+    queue_user: QueueUser,
+) -> None:
+    """Without DEL, a batch of dead letters whose RetryData goes with them is refused (the
+    script checks first, nothing in it moves); the batch already sent behind it, of a message
+    whose id cannot be read (no RetryData key to delete), runs. The run stops there, and its
+    summary counts exactly what moved, and says what was refused: exit 1."""
+    u = queue_user
+    u.allow("-del")
+    dead_key = layout.queue_key("Svc", u.env, "T", "dead")
+    published_key = layout.queue_key("Svc", u.env, "T", "published")
+    readable = [dead_letter(f"agg-{i}") for i in range(1000)]  # one whole batch, sent first
+    unreadable = b"not json: no aggregate id"
+    u.admin.rpush(dead_key, *readable, unreadable)  # batches go from the head to the tail
+    u.admin.hset(layout.retry_data_key(u.env, "T", "agg-0"), "RetryCount", "3")
+
+    result = u.run("queue", "requeue", "Svc", "T", "--from", "dead", "--yes", "--json")
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert u.admin.lrange(published_key, 0, -1) == [unreadable]
+    assert u.admin.lrange(dead_key, 0, -1) == readable
+    assert u.admin.exists(layout.retry_data_key(u.env, "T", "agg-0"))
+    assert (summary["requeued"], summary["gone"], summary["failed"]) == (1, 0, 1000)
+    assert summary["notified"] is True  # the message that moved is announced
+    [problem] = summary["problems"]
+    assert problem["kind"] == "move_failed" and problem["key"] == dead_key
+    for words in ("NOPERM", "DEL", "the ACL user may not run it", "1000 selected messages"):
+        assert words in problem["detail"], (words, problem)

@@ -125,10 +125,15 @@ def _move(
     """The moves, a batch per script call, several calls in flight (as many as the round trip
     to Redis calls for: :func:`esctl.inflight.depth_for`), each still one atomic step, run in
     the order sent. After an error reply or a lost connection nothing more is sent; the
-    replies of the calls already sent are still counted."""
+    replies of the calls already sent are still counted. A refusal (NOPERM: the script checks
+    the user's rights before any change) raises PermissionDenied when no batch ran; once one
+    did (before it, or sent behind it: the rights a batch needs depend on its RetryData keys),
+    the summary says what moved and what was refused."""
     pace = inflight.Pace(start=2, least=2, latency_s=redisio.round_trip(client))
     sent: list[int] = []  # batch sizes, in the order sent
     stop: list[str] = []
+    ran = 0  # batches Redis ran
+    denied: Exception | None = None  # the refusal that stopped the run
 
     def calls() -> Iterator[tuple[Any, ...]]:
         done = 0
@@ -147,14 +152,15 @@ def _move(
             size = sent[answered]
             answered += 1
             if isinstance(reply, Exception):
-                if redisio.is_denied(reply):  # refused before any change (the script checks)
-                    raise redisio.permission_denied(redisio.describe(client), reply)
                 if not stop:
                     stop.append(
                         f"Redis refused a batch of {size} moves to {summary.destination_key} "
                         f"({redact(str(reply))})"
                     )
+                    if redisio.is_denied(reply):  # refused before any change in it
+                        denied = reply
                 continue
+            ran += 1
             flags, cleared = reply
             moved = sum(1 for f in flags if int(f) == 1)
             summary.requeued += moved
@@ -167,18 +173,23 @@ def _move(
             f"lost the connection during {len(sent) - answered} batch(es) of {unsure} moves "
             f"to {summary.destination_key} ({redact(str(exc))})",
         )
-        unknown = " (the batches may have completed: every move in each is whole)"
+        then = " (the batches may have completed: every move in each is whole)"
     else:
-        unknown = ""
+        then = ""
+        if denied is not None and not ran:  # nothing was changed: the refusal is the answer
+            raise redisio.permission_denied(redisio.describe(client), denied)
     summary.failed = snap.count - summary.requeued - summary.gone
     if stop:
-        summary.problems.append(
-            problem(
-                "move_failed",
-                snap.key,
-                f"{stop[0]}; {summary.failed} selected messages not requeued{unknown}",
-            )
-        )
+        detail = f"{stop[0]}; {summary.failed} selected messages not requeued{then}"
+        summary.problems.append(problem("move_failed", snap.key, _hinted(client, detail, denied)))
+
+
+def _hinted(client: redisio.RedisClient, detail: str, denied: Exception | None) -> str:
+    """A stopped run's problem ``detail``, with what to do about a refusal (``denied``)."""
+    if denied is None:
+        return detail
+    refusal = redisio.permission_denied(redisio.describe(client), denied)
+    return f"{detail}; the ACL user may not run it: {refusal.hint}"
 
 
 def _move_call(
