@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 import redis
 import redis_bytes as rb
 import zstandard
+from faultrelay import FaultRelay
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -685,6 +687,46 @@ def test_drain_killed_before_recording_a_batch_then_rerun_restores_every_message
     assert (summary.restored, summary.unknown, summary.kept) == (6, 0, 4)
     assert summary.problems == []
     assert queues.restore(redis_client, second, queues.RestoreOptions()).restored == 4
+    assert contents(redis_client, q.key("dead")) == values
+
+
+def script_sha(script: str) -> bytes:
+    """The SHA1 that EVALSHA names ``script`` by (what a :class:`FaultRelay` looks for)."""
+    return hashlib.sha1(script.encode()).hexdigest().encode()
+
+
+def test_a_drain_that_loses_its_connection_says_the_batch_may_have_run(
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    env_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection drops after Redis ran batch 2's removal and before its answer came back:
+    drain cannot know whether it ran. The summary counts batch 1 as drained and says that
+    batch 2 may have run and that the batch after it was not sent; the messages are in the
+    list or in the backup, and a restore (reading batch 2's outcome from Redis) puts every one
+    back."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 2)
+    q = ref(env_name)
+    values = [message(str(i)) for i in range(5)]  # batches from the head: 2, 2, then 1
+    fill(redis_client, q.key("dead"), values)
+    redis_client.script_load(scripts.REMOVE_SCRIPT)  # so every batch is one EVALSHA
+    path = tmp_path / "d.jsonl.zst"
+    relay = FaultRelay(redis_test_url, script_sha(scripts.REMOVE_SCRIPT), 2, cut_reply=True)
+    with relay, redis.Redis.from_url(relay.url) as client:
+        summary = queues.drain(client, q, queues.DrainOptions(to_file=path))
+    assert relay.fired.is_set()
+    assert contents(redis_client, q.key("dead")) == values[:1]  # batch 2 ran
+    assert (summary.drained, summary.gone, summary.failed) == (2, 0, 3)
+    [problem] = summary.problems
+    assert problem["kind"] == "remove_failed"
+    detail = problem["detail"]
+    assert "lost the connection during a batch of 2 removals" in detail
+    assert "it may have run" in detail and "queue restore" in detail
+    assert "the 1 selected message after it was not removed" in detail
+    restored = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert (restored.restored, restored.kept, restored.unknown) == (4, 1, 0)
     assert contents(redis_client, q.key("dead")) == values
 
 

@@ -160,6 +160,29 @@ def drain(
     return summary
 
 
+def _stopped(exc: Exception, size: int, failed: int) -> str:
+    """What a drain stopped by ``exc`` during a batch of ``size`` says of the ``failed``
+    selected messages it did not drain (that batch and the ones after it)."""
+    if not redisio.is_lost(exc):  # Redis's answer: the batch did not run (the guard)
+        return (
+            f"a batch of {size} removals failed ({redact(str(exc))}); {failed} selected "
+            "messages may still be in the list (the backup file does not mark them drained)"
+        )
+    after = failed - size
+    rest = (
+        "it was the last batch"
+        if not after
+        else f"the {after} selected message{'s' if after > 1 else ''} after it "
+        f"{'were' if after > 1 else 'was'} not removed (the backup file does not mark "
+        f"{'them' if after > 1 else 'it'} drained)"
+    )
+    return (
+        f"lost the connection during a batch of {size} removals ({redact(str(exc))}): it may "
+        "have run (every removal in it is whole; queue restore reads its outcome from Redis); "
+        + rest
+    )
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -211,13 +234,7 @@ def _remove(
                     raise redisio.permission_denied(redisio.describe(client), exc) from exc
                 summary.failed = snap.count - done
                 summary.problems.append(
-                    problem(
-                        "remove_failed",
-                        snap.key,
-                        f"a batch of {len(batch)} removals failed ({redact(str(exc))}); "
-                        f"{summary.failed} selected messages may still be in the list "
-                        "(the backup file does not mark them drained)",
-                    )
+                    problem("remove_failed", snap.key, _stopped(exc, len(batch), summary.failed))
                 )
                 return
             removed = [n for n, f in zip(numbers, flags, strict=True) if int(f) == 1]

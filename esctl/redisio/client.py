@@ -287,17 +287,23 @@ def permission_denied(
     )
 
 
+def is_lost(exc: BaseException) -> bool:
+    """Whether a redis-py exception is the connection lost (or no node to send to), not
+    Redis's answer: a command sent may or may not have run."""
+    return isinstance(
+        exc,
+        redis.exceptions.ConnectionError
+        | redis.exceptions.TimeoutError
+        | redis.exceptions.RedisClusterException,
+    )
+
+
 def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
     """Turn a redis-py exception into esctl's typed error."""
     server = describe(client)
     if is_denied(exc):
         return permission_denied(server, exc)
-    if isinstance(
-        exc,
-        redis.exceptions.ConnectionError
-        | redis.exceptions.TimeoutError
-        | redis.exceptions.RedisClusterException,
-    ):
+    if is_lost(exc):
         return ConnectionFailed(
             f"lost the connection to Redis {server}: {redact(str(exc))}",
             server=server,

@@ -1,0 +1,144 @@
+"""A TCP relay in front of a real Redis that changes the world at one chosen command: the n-th
+request (counted over every connection) whose bytes contain a marker, such as a script's SHA1.
+
+- ``before``: called just before that request is passed on, so the command meets what it did
+  (an ACL rule taken away, say) and the commands before it did not;
+- ``cut_reply``: the request is passed on and runs, and its connection is cut when the answer
+  comes back, which is dropped: the client loses the connection not knowing that it ran.
+
+Every other byte passes unchanged both ways, so everything else is the server's own behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+CHUNK = 1 << 16
+
+
+class FaultRelay:
+    """Listens on a free port of 127.0.0.1 (:attr:`port`) and relays each connection to the
+    Redis at ``target`` (a ``redis://`` URL: :meth:`url` is the same URL through the relay); see
+    the module for ``marker``, ``nth``, ``before`` and ``cut_reply``. :attr:`fired` is set once
+    the n-th request was seen (and, with ``cut_reply``, cut)."""
+
+    def __init__(
+        self,
+        target: str,
+        marker: bytes,
+        nth: int,
+        *,
+        before: Callable[[], None] | None = None,
+        cut_reply: bool = False,
+    ) -> None:
+        self.target = urlsplit(target)
+        if self.target.port is None:
+            pytest.skip("the fault relay needs Redis on a TCP port")
+        self.marker = marker
+        self.nth = nth
+        self.before = before
+        self.cut_reply = cut_reply
+        self.seen = 0
+        self.fired = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        """The target's URL (user, password, database) with the relay as its host."""
+        userinfo, _, _ = self.target.netloc.rpartition("@")
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urlunsplit(self.target._replace(netloc=netloc))
+
+    def __enter__(self) -> FaultRelay:
+        threading.Thread(target=self._accept, name="fault-relay", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            open_sockets = list(self._sockets)
+        for sock in open_sockets:
+            self._close(sock)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(
+                (self.target.hostname or "127.0.0.1", self.target.port)
+            )
+            with self._lock:
+                self._sockets.update((client, upstream))
+            threading.Thread(
+                target=self._serve, args=(client, upstream), name="fault-relay-conn", daemon=True
+            ).start()
+
+    def _hit(self, count: int) -> bool:
+        """Count ``count`` more marked requests; whether the n-th is among them."""
+        with self._lock:
+            before = self.seen
+            self.seen += count
+            return before < self.nth <= self.seen
+
+    def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ)
+        selector.register(upstream, selectors.EVENT_READ)
+        carry = b""  # the end of the last request bytes, for a marker split between reads
+        cutting = False
+        try:
+            while True:
+                for key, _ in selector.select():
+                    source = key.fileobj
+                    try:
+                        data = source.recv(CHUNK)  # type: ignore[union-attr]
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return
+                    if source is client:
+                        window = carry + data
+                        carry = window[-(len(self.marker) - 1) :] if len(self.marker) > 1 else b""
+                        count = window.count(self.marker)
+                        if count and self._hit(count):
+                            if self.before is not None:
+                                self.before()
+                                self.fired.set()
+                            cutting = self.cut_reply
+                        upstream.sendall(data)
+                    elif cutting:  # the answer to the marked request: dropped with the line
+                        self.fired.set()
+                        return
+                    else:
+                        client.sendall(data)
+        except OSError:
+            return
+        finally:
+            selector.close()
+            for sock in (client, upstream):
+                self._close(sock)
+
+    def _close(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked on it
+        with contextlib.suppress(OSError):
+            sock.close()
+        with self._lock:
+            self._sockets.discard(sock)
