@@ -264,15 +264,33 @@ def _restore_group(
                 raise redisio.permission_denied(redisio.describe(client), exc) from exc
             summary.failed += total - start
             summary.problems.append(
-                problem(
-                    "restore_failed",
-                    group.key,
-                    f"a batch of {k} failed ({redact(str(exc))}); {total - start} "
-                    "messages not restored; rerun the same restore to continue (progress is "
-                    "kept in Redis, nothing is restored twice)",
-                )
+                problem("restore_failed", group.key, _stopped(exc, k, total - start))
             )
             break
         restored += k
         start = end
     return restored
+
+
+def _stopped(exc: Exception, size: int, failed: int) -> str:
+    """What a restore stopped by ``exc`` during a batch of ``size`` says of the ``failed``
+    messages it did not restore (that batch and the ones after it)."""
+    rerun = (
+        "rerun the same restore to continue (progress is kept in Redis, nothing is restored twice)"
+    )
+    if not redisio.is_lost(exc):  # Redis's answer: the batch did not run (the guard)
+        return (
+            f"a batch of {size} failed ({redact(str(exc))}); {failed} messages not restored; "
+            + rerun
+        )
+    after = failed - size
+    rest = (
+        "it was the last batch"
+        if not after
+        else f"the {after} message{'s' if after > 1 else ''} after it "
+        f"{'were' if after > 1 else 'was'} not restored"
+    )
+    return (
+        f"lost the connection during a batch of {size} ({redact(str(exc))}): it may have run "
+        f"(all of it or none; Redis's progress counter knows which); {rest}; {rerun}"
+    )
