@@ -8,6 +8,7 @@ authenticate with scram-sha-256; its log would show any statement refused to the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -32,10 +33,11 @@ from credservers import (
     set_user,
     user_url,
 )
+from faultrelay import FaultRelay
 from helpers import run_cli
 from psycopg import sql
 
-from esctl import layout, servers
+from esctl import layout, queues, servers
 from esctl.demo import DemoSummary, write_demo_store
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
@@ -521,3 +523,42 @@ def test_a_requeue_refused_part_way_counts_the_batch_in_flight_behind_the_refusa
     assert problem["kind"] == "move_failed" and problem["key"] == dead_key
     for words in ("NOPERM", "DEL", "the ACL user may not run it", "1000 selected messages"):
         assert words in problem["detail"], (words, problem)
+
+
+def sha_of(script: str) -> bytes:
+    return hashlib.sha1(script.encode()).hexdigest().encode()
+
+
+def test_a_drain_refused_part_way_reports_what_it_removed(
+    queue_user: QueueUser, tmp_path: Path
+) -> None:
+    """LTRIM is taken away from the user between two removal batches (rules reloaded while a
+    drain runs): the second batch is refused and changes nothing. The first batch's messages
+    are in the backup file and gone from the list, and the summary says so (exit 1) instead
+    of an error saying nothing was changed."""
+    u = queue_user
+    dead_key = layout.queue_key("Svc", u.env, "T", "dead")
+    values = [dead_letter(f"agg-{i}") for i in range(1500)]  # batches of 1,000 and 500
+    u.admin.rpush(dead_key, *values)
+    u.admin.script_load(queues.REMOVE_SCRIPT)  # so every batch is one EVALSHA
+    backup = tmp_path / "dead.jsonl.zst"
+    relay = FaultRelay(u.url, sha_of(queues.REMOVE_SCRIPT), 2, before=lambda: u.allow("-ltrim"))
+    with relay:
+        result = run_cli(
+            "queue", "drain", "Svc", "T", "--to-file", str(backup), "--yes", "--json",
+            "--env", u.env, "--redis-url", relay.url,
+        )  # fmt: skip
+    assert relay.fired.is_set()
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["drained"], summary["gone"], summary["failed"]) == (1000, 0, 500)
+    assert u.admin.lrange(dead_key, 0, -1) == values[1000:]  # batches go from the head
+    [problem] = summary["problems"]
+    assert problem["kind"] == "remove_failed"
+    for words in ("NOPERM", "LTRIM", "the ACL user may not run it", "500 selected messages"):
+        assert words in problem["detail"], (words, problem)
+    u.allow()
+    restored = u.run("queue", "restore", str(backup), "--yes", "--json")
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["restored"] == 1000
+    assert u.admin.lrange(dead_key, 0, -1) == values

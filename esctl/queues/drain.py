@@ -28,7 +28,7 @@ from esctl.queues.backup import (
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem
-from esctl.queues.scripts import REMOVE_SCRIPT
+from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
 from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
 
 
@@ -165,7 +165,7 @@ def _stopped(exc: Exception, size: int, failed: int) -> str:
     selected messages it did not drain (that batch and the ones after it)."""
     if not redisio.is_lost(exc):  # Redis's answer: the batch did not run (the guard)
         return (
-            f"a batch of {size} removals failed ({redact(str(exc))}); {failed} selected "
+            f"a batch of {size} removals failed ({failure_text(exc)}); {failed} selected "
             "messages may still be in the list (the backup file does not mark them drained)"
         )
     after = failed - size
@@ -230,12 +230,14 @@ def _remove(
             try:
                 flags = script(keys=keys, args=args)
             except redisio.REDIS_ERRORS as exc:
-                if redisio.is_denied(exc):  # refused before any change (the script checks)
+                denied = redisio.is_denied(exc)  # refused before any change (the script checks)
+                if denied and not done:  # nothing was removed: the refusal is the answer
                     raise redisio.permission_denied(redisio.describe(client), exc) from exc
                 summary.failed = snap.count - done
-                summary.problems.append(
-                    problem("remove_failed", snap.key, _stopped(exc, len(batch), summary.failed))
-                )
+                detail = _stopped(exc, len(batch), summary.failed)
+                if denied:  # rules changed mid-run: the batches before it were removed
+                    detail += f"; {refusal_hint(client, exc)}"
+                summary.problems.append(problem("remove_failed", snap.key, detail))
                 return
             removed = [n for n, f in zip(numbers, flags, strict=True) if int(f) == 1]
             gone = [n for n, f in zip(numbers, flags, strict=True) if int(f) != 1]

@@ -16,7 +16,7 @@ from esctl.locks import RedisLock
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, problem
-from esctl.queues.scripts import MOVE_SCRIPT, notify
+from esctl.queues.scripts import MOVE_SCRIPT, notify, refusal_hint
 from esctl.queues.selection import (
     Candidate,
     SelectingOptions,
@@ -186,10 +186,7 @@ def _move(
 
 def _hinted(client: redisio.RedisClient, detail: str, denied: Exception | None) -> str:
     """A stopped run's problem ``detail``, with what to do about a refusal (``denied``)."""
-    if denied is None:
-        return detail
-    refusal = redisio.permission_denied(redisio.describe(client), denied)
-    return f"{detail}; the ACL user may not run it: {refusal.hint}"
+    return detail if denied is None else f"{detail}; {refusal_hint(client, denied)}"
 
 
 def _move_call(

@@ -223,6 +223,22 @@ return done + k
 )
 
 
+def failure_text(exc: object) -> str:
+    """A batch's error (reply or exception) as a problem shows it: the password hidden, and a
+    refusal with its NOPERM word (redis-py drops it from a NoPermissionError's text)."""
+    text = redact(str(exc))
+    if redisio.is_denied(exc) and not text.startswith("NOPERM"):
+        text = f"NOPERM {text}"
+    return text
+
+
+def refusal_hint(client: redisio.RedisClient, exc: object) -> str:
+    """What a problem adds for a batch the ACL user was refused (NOPERM) after others ran."""
+    return "the ACL user may not run it: " + (
+        redisio.permission_denied(redisio.describe(client), exc).hint or ""
+    )
+
+
 def notify(client: redisio.RedisClient, channel: str, problems: list[dict[str, str]]) -> bool:
     """PUBLISH ``1`` on ``channel`` as the library does after a publish; a failure is a
     problem, not an error (the messages are in place either way)."""
