@@ -562,3 +562,42 @@ def test_a_drain_refused_part_way_reports_what_it_removed(
     assert restored.returncode == 0, restored.stderr
     assert json.loads(restored.stdout)["restored"] == 1000
     assert u.admin.lrange(dead_key, 0, -1) == values
+
+
+def test_a_restore_refused_part_way_reports_what_it_restored(
+    queue_user: QueueUser, tmp_path: Path
+) -> None:
+    """LPUSH is taken away between two restore batches: the second is refused and changes
+    nothing; the summary counts the first as restored, announces it, and a rerun with the
+    right restored completes the list (exit 1, then 0)."""
+    u = queue_user
+    dead_key = layout.queue_key("Svc", u.env, "T", "dead")
+    values = [dead_letter(f"agg-{i}") for i in range(1500)]
+    u.admin.rpush(dead_key, *values)
+    backup = tmp_path / "dead.jsonl.zst"
+    drained = u.run("queue", "drain", "Svc", "T", "--to-file", str(backup), "--yes")
+    assert drained.returncode == 0, drained.stderr
+    u.admin.script_load(queues.RESTORE_SCRIPT)
+    relay = FaultRelay(u.url, sha_of(queues.RESTORE_SCRIPT), 2, before=lambda: u.allow("-lpush"))
+    with relay:
+        result = run_cli(
+            "queue", "restore", str(backup), "--yes", "--json", "--env", u.env,
+            "--redis-url", relay.url,
+        )  # fmt: skip
+    assert relay.fired.is_set()
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["restored"], summary["failed"], summary["notified"]) == (1000, 500, True)
+    assert u.admin.lrange(dead_key, 0, -1) == values[500:]  # from the tail: the first 1,000
+    [problem] = summary["problems"]
+    assert problem["kind"] == "restore_failed"
+    for words in ("NOPERM", "LPUSH", "the ACL user may not run it", "500 messages"):
+        assert words in problem["detail"], (words, problem)
+    u.allow()
+    again = u.run("queue", "restore", str(backup), "--yes", "--json")
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["restored"], json.loads(again.stdout)["already_restored"]) == (
+        500,
+        1000,
+    )
+    assert u.admin.lrange(dead_key, 0, -1) == values

@@ -18,7 +18,7 @@ from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_byte
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.lock import queue_lock
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
-from esctl.queues.scripts import RESTORE_SCRIPT, notify
+from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
 
 RESTORE_PROGRESS_TTL_MS = 30 * 24 * 3600 * 1000
 """How long Redis remembers how much of a backup file was restored (so a rerun does not
@@ -260,12 +260,14 @@ def _restore_group(
         try:
             script(keys=[group.ref.lock_key, group.key, group.progress_key], args=args)
         except redisio.REDIS_ERRORS as exc:
-            if redisio.is_denied(exc):  # refused before any change (the script checks)
+            denied = redisio.is_denied(exc)  # refused before any change (the script checks)
+            if denied and not restored and not summary.restored:  # this run changed nothing
                 raise redisio.permission_denied(redisio.describe(client), exc) from exc
             summary.failed += total - start
-            summary.problems.append(
-                problem("restore_failed", group.key, _stopped(exc, k, total - start))
-            )
+            detail = _stopped(exc, k, total - start)
+            if denied:  # rules changed mid-run: the batches before it were restored
+                detail += f"; {refusal_hint(client, exc)}"
+            summary.problems.append(problem("restore_failed", group.key, detail))
             break
         restored += k
         start = end
@@ -280,7 +282,7 @@ def _stopped(exc: Exception, size: int, failed: int) -> str:
     )
     if not redisio.is_lost(exc):  # Redis's answer: the batch did not run (the guard)
         return (
-            f"a batch of {size} failed ({redact(str(exc))}); {failed} messages not restored; "
+            f"a batch of {size} failed ({failure_text(exc)}); {failed} messages not restored; "
             + rerun
         )
     after = failed - size
