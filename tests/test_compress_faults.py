@@ -1,0 +1,187 @@
+"""``esctl compress`` when a write fails part-way, on a Redis of the test's own: out of memory
+(maxmemory with noeviction), an ACL user refused some of the hashes, a lost connection. The
+run stops after the round trip that failed, says exactly what it compressed (every call of
+that round trip that ran included) and sends nothing after it; a rerun finishes the job with
+the store an uninterrupted run leaves. What was written is read back with the independent
+writer's reader."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import independent_writer as iw
+import pytest
+import redis
+import redis_bytes as rb
+from helpers import cli_env
+
+from esctl import compress, redisio, servers
+from esctl.compress import Candidate, CompressOptions
+
+THRESHOLD = 1000
+SMALL_BATCH = 48 * 1024
+"""Bytes of values per round of compare-and-sets in these tests: several rounds per store."""
+ROUND_TRIP = 16
+"""Compare-and-set calls per round trip in these tests (fewer than a round holds)."""
+
+
+FILL_UP_AT_THIRD_ROUND = f"""
+import os, sys
+import redis
+import esctl.compress as compress
+
+compress.BATCH_BYTES = {SMALL_BATCH}
+real = compress._write
+rounds = []
+
+def fill_up_at_third_round(client, candidates, *args, **kwargs):
+    rounds.append(len(candidates))
+    if len(rounds) == 3:
+        admin = redis.Redis.from_url(os.environ["FILL_UP_URL"])
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", used - 100_000)
+    return real(client, candidates, *args, **kwargs)
+
+compress._write = fill_up_at_third_round
+sys.argv[0] = "esctl"
+from esctl.cli.app import main
+main()
+"""
+"""``esctl ARGS`` whose Redis (``$FILL_UP_URL``) goes over maxmemory at its third round of
+compare-and-sets (everything else is the real command)."""
+
+
+def contents(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key of the database with its value (hashes and lists; other types dumped)."""
+    out: dict[bytes, Any] = {}
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"hash":
+            out[key] = rb.hgetall(client, key)
+        elif kind == b"list":
+            out[key] = rb.lrange(client, key)
+        else:
+            out[key] = (kind, client.dump(key))
+    return out
+
+
+def write(client: redis.Redis, app: str) -> list[iw.TruthEvent]:
+    """The test store (plain payloads only); returns its events over the threshold."""
+    truth = iw.write_store(
+        client, app=app, aggregates=300, threshold=None, legacy_share=0.0, seed=3
+    )
+    big = [e for e in truth.events() if len(e.payload.encode("utf-8")) > THRESHOLD]
+    assert len(big) > 200
+    return big
+
+
+def compressed_now(client: redis.Redis, big: Sequence[iw.TruthEvent]) -> int:
+    """How many of ``big`` are stored compressed, each checked to read back as its payload."""
+    count = 0
+    for event in big:
+        stored = rb.hget(client, event.hash_key, event.commit_id)
+        assert stored is not None
+        if stored.startswith(b"H4sI"):
+            assert iw.gunzip_base64(stored) == event.payload
+            count += 1
+        else:
+            assert stored == event.payload.encode("utf-8")
+    return count
+
+
+def oom_errors(client: redis.Redis) -> int:
+    """Commands the server refused with OOM so far: while Redis stays over maxmemory, every
+    compare-and-set call sent is one."""
+    return int(client.info("errorstats").get("errorstat_OOM", {}).get("count", 0))
+
+
+@pytest.fixture
+def reference(app_name: str) -> Iterator[dict[bytes, Any]]:
+    """The store an uninterrupted compress leaves (the same store, on a server of its own)."""
+    server = servers.start_redis()
+    try:
+        client = redis.Redis.from_url(server.url)
+        write(client, app_name)
+        with redisio.connect(server.url) as esctl_client:
+            summary = compress.compress(esctl_client, CompressOptions(app=app_name))
+        assert summary.failed == 0 and summary.total.compressed > 0
+        yield contents(client)
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_out_of_memory_mid_run_stops_after_that_round_trip_and_a_rerun_finishes(
+    fresh_redis: servers.LocalRedis,
+    app_name: str,
+    reference: dict[bytes, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis refuses the HSETs once it is over maxmemory: the run counts the values its calls
+    replaced, lists each call that failed, sends no call after the round trip that failed, and
+    exits 1; a rerun once memory is freed compresses the rest."""
+    monkeypatch.setattr(compress, "BATCH_BYTES", SMALL_BATCH)
+    monkeypatch.setattr(compress, "CALLS_PER_ROUND_TRIP", ROUND_TRIP, raising=False)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    big = write(admin, app_name)
+    rounds: list[int] = []
+
+    def fill_up(candidates: Sequence[Candidate]) -> None:
+        rounds.append(len(candidates))
+        if len(rounds) == 3:
+            used = int(admin.info("memory")["used_memory"])
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", used - 100_000)
+
+    with redisio.connect(fresh_redis.url) as client:
+        summary = compress.compress(client, CompressOptions(app=app_name), before_write=fill_up)
+    sent_after = oom_errors(admin)
+
+    assert len(rounds) == 3, "no round of values is read for writing after the failed one"
+    assert 0 < sent_after <= ROUND_TRIP, "only the round trip that failed was sent"
+    assert summary.failed == sent_after  # every call of it failed: Redis stayed full
+    problems = [p for p in summary.problems if p["kind"] == "write_failed"]
+    assert len(problems) == summary.failed and all("OOM" in p["detail"] for p in problems)
+    assert summary.total.compressed == compressed_now(admin, big) > 0
+
+    admin.config_set("maxmemory", 0)
+    with redisio.connect(fresh_redis.url) as client:
+        again = compress.compress(client, CompressOptions(app=app_name))
+    assert again.failed == 0
+    assert (
+        summary.total.compressed + again.total.compressed == len(big) == compressed_now(admin, big)
+    )
+    assert contents(admin) == reference
+    admin.close()
+
+
+def test_out_of_memory_mid_run_through_the_cli_says_what_was_compressed(
+    fresh_redis: servers.LocalRedis, app_name: str
+) -> None:
+    """The command's summary counts what was written, the error on stderr says the run
+    stopped, what failed and what was compressed in all; exit 1."""
+    admin = redis.Redis.from_url(fresh_redis.url)
+    big = write(admin, app_name)
+    result = subprocess.run(
+        [sys.executable, "-c", FILL_UP_AT_THIRD_ROUND, "compress", "--redis-url",
+         fresh_redis.url, "--app", app_name, "--yes", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**cli_env(), "FILL_UP_URL": fresh_redis.url},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    document = json.loads(result.stdout)
+    written = compressed_now(admin, big)
+    assert 0 < document["compressed"] == written < len(big)
+    assert document["failed"] > 0
+    assert document["problems_total"] == document["failed"]
+    message = " ".join(result.stderr.split())
+    assert "compress stopped" in message and "OOM" in message
+    assert f"{written:,} values were compressed in all" in message
+    assert "nothing after that round trip was sent" in message
+    admin.close()
