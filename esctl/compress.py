@@ -18,7 +18,7 @@ from typing import Any, Literal
 from esctl import codec, layout, redisio
 from esctl.config import redact
 from esctl.documents import document
-from esctl.errors import ServerError, UsageError
+from esctl.errors import EsctlError, ServerError, UsageError
 from esctl.locks import RedisLock
 
 DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
@@ -311,13 +311,26 @@ class Stopped:
     failed_calls: int
     values_not_written: int
 
+    def outcome(self, compressed: int) -> str:
+        """What the round trip did, and the run before it (``compressed`` values in all)."""
+        others = self.calls - self.failed_calls
+        return (
+            f"{self.failed_calls:,} of the {self.calls:,} calls of that round trip failed "
+            f"({self.values_not_written:,} values left as they are)"
+            + (f", the other {others:,} ran" if others else "")
+            + f"; {compressed:,} values were compressed in all (each whole and readable) and "
+            "nothing after that round trip was sent"
+        )
+
 
 class _Stop(Exception):
-    """A round trip with a failed compare-and-set: the run goes no further."""
+    """A round trip with a failed compare-and-set: the run goes no further. ``error``: what
+    to raise once the values written are counted (a refusal), else the summary says it."""
 
-    def __init__(self, stopped: Stopped) -> None:
+    def __init__(self, stopped: Stopped, error: EsctlError | None = None) -> None:
         super().__init__(stopped.error)
         self.stopped = stopped
+        self.error = error
 
 
 @dataclass
@@ -432,6 +445,9 @@ def compress(
             _scan_and_write(client, opts, header.header, families, progress, report, problem, write)
         except _Stop as stop:
             stopped = stop.stopped
+            if stop.error is not None:
+                done = stopped.outcome(sum(c.compressed for c in families.values()))
+                raise _amended(stop.error, f"compress stopped there: {done}") from None
         if lock is not None:
             lock.check()
     report(progress)
@@ -614,23 +630,32 @@ def _write(
         if not failed:
             continue
         for call, reply in failed:
-            if redisio.is_denied(reply):  # the user may not write this hash: none of them
-                raise redisio.permission_denied(
-                    redisio.describe(client), reply, command="EVALSHA", key=call[0].key
-                )
-        for call, reply in failed:
             tally["failed"] += 1
             problem("write_failed", call[0].key, f"{len(call)} field(s) not written: {reply}")
         first_call, first_reply = failed[0]
-        raise _Stop(
-            Stopped(
-                key=first_call[0].key,
-                error=redact(str(first_reply)),
-                calls=len(calls),
-                failed_calls=len(failed),
-                values_not_written=sum(len(call) for call, _ in failed),
-            )
+        stopped = Stopped(
+            key=first_call[0].key,
+            error=redact(str(first_reply)),
+            calls=len(calls),
+            failed_calls=len(failed),
+            values_not_written=sum(len(call) for call, _ in failed),
         )
+        denied = next(((c, r) for c, r in failed if redisio.is_denied(r)), None)
+        if denied is not None:  # the ACL user may not write that hash: an error, exit 1
+            call, reply = denied
+            server = redisio.describe(client)
+            raise _Stop(
+                stopped,
+                redisio.permission_denied(server, reply, command="EVALSHA", key=call[0].key),
+            )
+        raise _Stop(stopped)
+
+
+def _amended(error: EsctlError, text: str) -> EsctlError:
+    """``error`` with ``text`` added to its message (what the run did before it)."""
+    error.message = f"{error.message}; {text}"
+    error.args = (error.message,)
+    return error
 
 
 # --- sampling (for doctor) -----------------------------------------------------------------

@@ -17,7 +17,8 @@ import independent_writer as iw
 import pytest
 import redis
 import redis_bytes as rb
-from helpers import cli_env
+from credservers import PASSWORD, acl_users, set_user, user_url
+from helpers import cli_env, run_cli
 
 from esctl import compress, redisio, servers
 from esctl.compress import Candidate, CompressOptions
@@ -184,4 +185,43 @@ def test_out_of_memory_mid_run_through_the_cli_says_what_was_compressed(
     assert "compress stopped" in message and "OOM" in message
     assert f"{written:,} values were compressed in all" in message
     assert "nothing after that round trip was sent" in message
+    admin.close()
+
+
+def test_a_user_refused_some_hashes_stops_and_the_error_says_what_was_compressed(
+    fresh_redis: servers.LocalRedis, app_name: str, reference: dict[bytes, Any]
+) -> None:
+    """An ACL user that may write only some of the partition hashes (the README's rules with a
+    narrower key pattern): Redis refuses the calls on the others and runs the rest of the same
+    round trip. The permission error names the hash refused and says how many values were
+    compressed (as many as Redis holds compressed); with the README's rules a rerun finishes
+    the job."""
+    admin = redis.Redis.from_url(fresh_redis.url)
+    big = write(admin, app_name)
+    rules = acl_users(app_name, "env")["esctl-compress"]
+    everything = f"~EventStore:{app_name}:*"
+    assert everything in rules
+    some = [f"~EventStore:{app_name}:[0-4]*" if r == everything else r for r in rules]
+    set_user(admin, "esctl-compress", some)
+    admin.script_load(compress.COMPARE_AND_SET)  # as a run before this one left it
+    url = user_url(fresh_redis.port, "esctl-compress")
+
+    result = run_cli("compress", "--redis-url", url, "--app", app_name, "--yes", "--json")
+
+    assert result.returncode == 1, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "permission"
+    written = compressed_now(admin, big)
+    assert 0 < written < len(big)
+    message = " ".join(error["message"].split())
+    assert f"refused EVALSHA on EventStore:{app_name}:" in message
+    assert f"{written:,} values were compressed in all" in message
+    assert "nothing after that round trip was sent" in message
+
+    set_user(admin, "esctl-compress", rules)
+    result = run_cli("compress", "--redis-url", url, "--app", app_name, "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["compressed"] == len(big) - written
+    assert contents(admin) == reference
     admin.close()

@@ -94,15 +94,10 @@ def _render_stopped(out: Output, summary: core.CompressSummary) -> None:
     """The error of a run a failed compare-and-set stopped: what failed, what was written."""
     stopped = summary.stopped
     assert stopped is not None
-    others = stopped.calls - stopped.failed_calls
     error = stopped.error.rstrip(".")
     out.error(
         f"compress stopped: the compare-and-set on {stopped.key} failed: {error}; "
-        f"{stopped.failed_calls:,} of the {stopped.calls:,} calls of that round trip failed "
-        f"({stopped.values_not_written:,} values left as they are)"
-        + (f", the other {others:,} ran" if others else "")
-        + f"; {summary.total.compressed:,} values were compressed in all (each whole and "
-        "readable) and nothing after that round trip was sent",
+        + stopped.outcome(summary.total.compressed),
         "fix the cause (out of memory: compress writes, so Redis needs room below maxmemory), "
         "then rerun the same command: it skips what is compressed already",
     )
