@@ -421,7 +421,7 @@ def compress(
     # would report a third of the store as all of it.
     families = {name: FamilyCounts() for name in opts.families}
     problems: list[dict[str, str]] = []
-    tally = {"problems": 0, "failed": 0}
+    tally = {"problems": 0, "failed": 0, "in_flight": 0}
     progress = CompressProgress()
     report = on_progress or _no_report
 
@@ -448,6 +448,10 @@ def compress(
             if stop.error is not None:
                 done = stopped.outcome(sum(c.compressed for c in families.values()))
                 raise _amended(stop.error, f"compress stopped there: {done}") from None
+        except EsctlError as exc:  # a lost connection, a lost lock: say what was written
+            if not opts.dry_run:
+                _amended(exc, _written_before(families, tally["in_flight"]))
+            raise
         if lock is not None:
             lock.check()
     report(progress)
@@ -600,6 +604,7 @@ def _write(
     if before_write is not None:
         before_write(candidates)
     for calls in redisio.chunked(list(_calls(candidates)), CALLS_PER_ROUND_TRIP):
+        tally["in_flight"] = sum(len(call) for call in calls)
         replies = redisio.eval_pipelined(
             client,
             COMPARE_AND_SET,
@@ -609,6 +614,7 @@ def _write(
             ],
             until_failure=True,
         )
+        tally["in_flight"] = 0
         failed = [
             (call, reply)
             for call, reply in zip(calls, replies, strict=True)
@@ -649,6 +655,19 @@ def _write(
                 redisio.permission_denied(server, reply, command="EVALSHA", key=call[0].key),
             )
         raise _Stop(stopped)
+
+
+def _written_before(families: dict[str, FamilyCounts], in_flight: int) -> str:
+    """What a run that stops on an error had written (``in_flight``: values of the round
+    trip whose replies never came)."""
+    compressed = sum(c.compressed for c in families.values())
+    text = f"compress had compressed {compressed:,} values (each whole and readable)"
+    if in_flight:
+        text += (
+            f"; the {in_flight:,} values of the round trip in flight may have been compressed "
+            "too (each call whole or not at all)"
+        )
+    return text
 
 
 def _amended(error: EsctlError, text: str) -> EsctlError:

@@ -30,7 +30,7 @@ ROUND_TRIP = 16
 """Compare-and-set calls per round trip in these tests (fewer than a round holds)."""
 
 
-FILL_UP_AT_THIRD_ROUND = f"""
+AT_THIRD_ROUND = f"""
 import os, sys
 import redis
 import esctl.compress as compress
@@ -39,22 +39,37 @@ compress.BATCH_BYTES = {SMALL_BATCH}
 real = compress._write
 rounds = []
 
-def fill_up_at_third_round(client, candidates, *args, **kwargs):
+def at_third_round(client, candidates, *args, **kwargs):
     rounds.append(len(candidates))
     if len(rounds) == 3:
-        admin = redis.Redis.from_url(os.environ["FILL_UP_URL"])
-        used = int(admin.info("memory")["used_memory"])
-        admin.config_set("maxmemory-policy", "noeviction")
-        admin.config_set("maxmemory", used - 100_000)
+        admin = redis.Redis.from_url(os.environ["ADMIN_URL"])
+        if os.environ["AT_THIRD_ROUND"] == "fill up":
+            used = int(admin.info("memory")["used_memory"])
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", used - 100_000)
+        else:  # "cut": every connection but this one closed by the server
+            admin.client_kill_filter(_type="normal", skipme=True)
     return real(client, candidates, *args, **kwargs)
 
-compress._write = fill_up_at_third_round
+compress._write = at_third_round
 sys.argv[0] = "esctl"
 from esctl.cli.app import main
 main()
 """
-"""``esctl ARGS`` whose Redis (``$FILL_UP_URL``) goes over maxmemory at its third round of
-compare-and-sets (everything else is the real command)."""
+"""``esctl ARGS`` whose Redis (``$ADMIN_URL``), at the command's third round of
+compare-and-sets, goes over maxmemory (``AT_THIRD_ROUND=fill up``) or closes esctl's
+connections (``cut``); everything else is the real command."""
+
+
+def compress_cli(url: str, app: str, at_third_round: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", AT_THIRD_ROUND, "compress", "--redis-url", url, "--app", app,
+         "--yes", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**cli_env(), "ADMIN_URL": url, "AT_THIRD_ROUND": at_third_round},
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr
+    return result
 
 
 def contents(client: redis.Redis) -> dict[bytes, Any]:
@@ -168,14 +183,8 @@ def test_out_of_memory_mid_run_through_the_cli_says_what_was_compressed(
     stopped, what failed and what was compressed in all; exit 1."""
     admin = redis.Redis.from_url(fresh_redis.url)
     big = write(admin, app_name)
-    result = subprocess.run(
-        [sys.executable, "-c", FILL_UP_AT_THIRD_ROUND, "compress", "--redis-url",
-         fresh_redis.url, "--app", app_name, "--yes", "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
-        env={**cli_env(), "FILL_UP_URL": fresh_redis.url},
-    )  # fmt: skip
+    result = compress_cli(fresh_redis.url, app_name, "fill up")
     assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
     document = json.loads(result.stdout)
     written = compressed_now(admin, big)
     assert 0 < document["compressed"] == written < len(big)
@@ -221,6 +230,37 @@ def test_a_user_refused_some_hashes_stops_and_the_error_says_what_was_compressed
 
     set_user(admin, "esctl-compress", rules)
     result = run_cli("compress", "--redis-url", url, "--app", app_name, "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["compressed"] == len(big) - written
+    assert contents(admin) == reference
+    admin.close()
+
+
+def test_a_connection_lost_mid_run_exits_1_saying_what_was_compressed_and_a_rerun_finishes(
+    fresh_redis: servers.LocalRedis, app_name: str, reference: dict[bytes, Any]
+) -> None:
+    """Redis closes esctl's connection before the third round trip of compare-and-sets: exit 1
+    with a connection error that says how many values were compressed (as many as Redis holds
+    compressed) and that those of the round trip in flight may have been too; the rerun
+    finishes the job."""
+    admin = redis.Redis.from_url(fresh_redis.url)
+    big = write(admin, app_name)
+
+    result = compress_cli(fresh_redis.url, app_name, "cut")
+
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "connection"
+    written = compressed_now(admin, big)
+    assert 0 < written < len(big)
+    message = " ".join(error["message"].split())
+    assert f"compress had compressed {written:,} values" in message
+    assert "of the round trip in flight may have been compressed too" in message
+    assert "rerun" in error["hint"]
+
+    result = run_cli(
+        "compress", "--redis-url", fresh_redis.url, "--app", app_name, "--yes", "--json"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["compressed"] == len(big) - written
     assert contents(admin) == reference
