@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ import psycopg
 
 from esctl import layout, pg, redisio
 from esctl.backupfile import BackupWriter
+from esctl.config import redact
 from esctl.documents import document
 from esctl.errors import ConfigError, Refused, ServerError, UsageError
 from esctl.locks import AdvisoryLock
@@ -47,6 +48,9 @@ return 0
 
 HDEL_CHUNK = 1000
 """Fields per HDEL command."""
+GUARDS_PER_ROUND_TRIP = redisio.PIPELINE_CHUNK
+"""Guarded deletes sent in one round trip; their replies are read (and a failed one stops the
+run) before the next round trip is sent."""
 
 # Mismatches that are expected while a migration is partial or a service is writing.
 _NOT_MIGRATED_KINDS = frozenset({"not_migrated_new_events"})
@@ -127,16 +131,44 @@ def guarded_delete(
 ) -> list[bool]:
     """Run the guard script for each ``(commit list key, length, first commit id, last commit
     id)``, pipelined (EVALSHA, EVAL where the server lacks the script). True where the list was
-    still exactly that and is now deleted."""
-    if not guards:
-        return []
-    replies = redisio.eval_pipelined(client, GUARD_SCRIPT, [(1, *g) for g in guards])
+    still exactly that and is now deleted. Raises ServerError (PermissionDenied for a NOPERM)
+    for the first guard that failed, after the round trip that carried it; nothing is sent
+    after it (:func:`guard_round_trips` tells what the others did)."""
     out: list[bool] = []
-    for (key, *_), reply in zip(guards, replies, strict=True):
-        if isinstance(reply, Exception):
-            raise ServerError(f"the guarded delete of {key} failed: {reply}")
-        out.append(int(reply) == 1)
+    for outcomes in guard_round_trips(client, guards):
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise guard_error(client, guards[len(out)][0], outcome)
+            out.append(outcome)
     return out
+
+
+def guard_round_trips(
+    client: redisio.RedisClient, guards: Sequence[tuple[str, int, str, str]]
+) -> Iterator[list[bool | Exception]]:
+    """The outcome of each guard (:func:`guarded_delete`), one list per round trip of
+    :data:`GUARDS_PER_ROUND_TRIP`: True (deleted), False (changed since verified: kept) or the
+    error reply of a guard that failed (a NOPERM included). No round trip is sent after one in
+    which a guard failed."""
+    for part in redisio.chunked(guards, GUARDS_PER_ROUND_TRIP):
+        replies = redisio.eval_pipelined(
+            client, GUARD_SCRIPT, [(1, *g) for g in part], until_failure=True
+        )
+        outcomes: list[bool | Exception] = [
+            reply if isinstance(reply, Exception) else int(reply) == 1 for reply in replies
+        ]
+        yield outcomes
+        if any(isinstance(o, Exception) for o in outcomes):
+            return
+
+
+def guard_error(client: redisio.RedisClient, key: str, reply: Exception) -> ServerError:
+    """The error for a guarded delete of ``key`` that Redis answered with ``reply``."""
+    if redisio.is_denied(reply):
+        return redisio.permission_denied(
+            redisio.describe(client), reply, command="EVALSHA", key=key
+        )
+    return ServerError(f"the guarded delete of {key} failed: {redact(str(reply))}")
 
 
 def delete_fields(
@@ -490,13 +522,17 @@ def _prune_page(
     _journal(conn, opts, candidates)
     if before_delete is not None:
         before_delete([s.aggregate_id for s in candidates])
-    deleted = guarded_delete(
-        client,
-        [(s.key, len(s.events), s.events[0].commit_id, s.events[-1].commit_id) for s in candidates],
-    )
+    guards = [
+        (s.key, len(s.events), s.events[0].commit_id, s.events[-1].commit_id) for s in candidates
+    ]
+    trips = list(guard_round_trips(client, guards))
     gone: list[Stream] = []
-    for stream, ok in zip(candidates, deleted, strict=True):
-        if ok:
+    failed: list[tuple[Stream, Exception]] = []
+    outcomes = [outcome for trip in trips for outcome in trip]
+    for stream, outcome in zip(candidates, outcomes, strict=False):
+        if isinstance(outcome, Exception):
+            failed.append((stream, outcome))
+        elif outcome:
             gone.append(stream)
         else:
             summary.changed_since_verify += 1
@@ -506,7 +542,8 @@ def _prune_page(
                 f"the commit list changed after it verified identical ({len(stream.events)} "
                 "events); left untouched: run migrate, then prune again",
             )
-    # The lists are gone: nothing names these fields any more.
+    # The lists are gone: nothing names these fields any more. (After a failed guard too: the
+    # aggregates its round trip deleted are finished, nothing else is touched.)
     summary.payload_fields_deleted += delete_fields(
         client, [(e.hash_key or "", e.commit_id) for s in gone for e in s.events]
     )
@@ -514,3 +551,33 @@ def _prune_page(
     summary.aggregates_left_out_pruned += sum(1 for s in gone if s.aggregate_id in left_out)
     summary.events_deleted += sum(len(s.events) for s in gone)
     _unjournal(conn, opts, [s.aggregate_id for s in candidates])
+    if failed:
+        stream, reply = failed[0]
+        error = guard_error(client, stream.key, reply)
+        last = trips[-1]
+        ran = len(last) - len(failed)
+        kept = sum(1 for outcome in last if outcome is False)
+        error.message += (
+            f"; prune stopped there: {len(failed):,} of the {len(last):,} guarded deletes of "
+            "that round trip failed (those aggregates are left as they are)"
+            + (f", the other {ran:,} ran" if ran else "")
+            + (f" ({kept:,} of them found the list changed and kept it)" if kept else "")
+            + f"; {_deleted(summary)}; after that round trip only the payload fields of the "
+            "lists it deleted were deleted, nothing else was sent"
+        )  # fmt: skip
+        error.args = (error.message,)
+        raise error
+
+
+def _deleted(summary: PruneSummary) -> str:
+    """What a prune that stops on an error had deleted (and backed up)."""
+    text = (
+        f"this prune deleted {summary.aggregates_pruned:,} aggregates "
+        f"({summary.events_deleted:,} events, {summary.payload_fields_deleted:,} payload "
+        "fields) in all"
+    )
+    if summary.orphan_fields_cleaned:
+        text += f" and {summary.orphan_fields_cleaned:,} orphan fields of an earlier run"
+    if summary.backup_file:
+        text += f", each event written to {summary.backup_file} before it was deleted"
+    return text
