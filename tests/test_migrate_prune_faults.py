@@ -26,7 +26,7 @@ from test_migrate_prune import (
 )
 
 from esctl import prune, redisio
-from esctl.errors import ServerError
+from esctl.errors import ConnectionFailed, ServerError
 from esctl.servers import LocalRedis
 
 
@@ -138,3 +138,54 @@ def test_a_guarded_delete_redis_answers_with_an_error_stops_the_run_after_its_ro
     message = " ".join(raised.value.message.split())
     assert f"the guarded delete of {kept.list_key} failed" in message and "WRONGTYPE" in message
     assert deleted_text(gone) in message
+
+
+@pytest.mark.parametrize("when", ["before the guards", "before the payload fields"])
+def test_a_connection_lost_mid_run_says_what_was_deleted_and_a_rerun_finishes(
+    store: Store, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """Redis closes esctl's connection at the third page, before its guarded deletes or after
+    them, before the payload fields: ConnectionFailed, whose message counts what the run
+    deleted (as many aggregates as are gone whole) and says that the page in hand is recorded
+    for the next prune; the rerun finishes, to the store of an uninterrupted run."""
+    s = store
+    pages: list[list[str]] = []
+
+    def cut() -> None:
+        s.admin.client_kill_filter(_type="normal", skipme=True)
+
+    def at_third_page(candidates: list[str]) -> None:
+        pages.append(candidates)
+        if len(pages) == 3 and when == "before the guards":
+            cut()
+
+    real = prune.delete_fields
+
+    def fields_at_third_page(client: Any, fields: Any) -> int:
+        if len(pages) == 3 and when == "before the payload fields":
+            cut()
+        return real(client, fields)
+
+    monkeypatch.setattr(prune, "delete_fields", fields_at_third_page)
+    options = prune.PruneOptions(app=s.app, pg_dsn=s.dsn, scan_count=40)
+    with redisio.connect(s.server.url) as client, pytest.raises(ConnectionFailed) as raised:
+        prune.prune(client, options, before_delete=at_third_page)
+
+    assert len(pages) == 3
+    in_hand = set(pages[2])
+    finished = [a for a in s.gone() if a.aggregate_id not in in_hand]
+    assert len(finished) == len(pages[0]) + len(pages[1])
+    message = " ".join(raised.value.message.split())
+    assert deleted_text(finished) in message
+    assert f"the deletes of {len(in_hand):,} more aggregates were under way" in message
+    assert "recorded in esctl.prune_pending" in message
+    assert journal_rows(s.dsn, s.app) == len(in_hand)
+
+    monkeypatch.setattr(prune, "delete_fields", real)
+    with redisio.connect(s.server.url) as client:
+        again = prune.prune(client, prune.PruneOptions(app=s.app, pg_dsn=s.dsn))
+    assert again.aggregates_pruned + len(finished) + (
+        len(in_hand) if when == "before the payload fields" else 0
+    ) == len(s.truth.aggregates)
+    assert redis_contents(s.admin) == without_events(s.before, s.truth.aggregates)
+    assert journal_rows(s.dsn, s.app) == 0
