@@ -189,3 +189,51 @@ def test_a_connection_lost_mid_run_says_what_was_deleted_and_a_rerun_finishes(
     ) == len(s.truth.aggregates)
     assert redis_contents(s.admin) == without_events(s.before, s.truth.aggregates)
     assert journal_rows(s.dsn, s.app) == 0
+
+
+def test_delete_source_whose_prune_is_refused_says_the_migration_finished(
+    fresh_redis: LocalRedis, pg_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    """``redis-to-pg --delete-source`` under the prune user with a narrower list pattern: the
+    migration finishes, its prune is refused part-way; the permission error says the migration
+    finished (how many events it copied) and what the prune deleted. With the README's rules
+    the same command finishes the job."""
+    admin = redis.Redis.from_url(fresh_redis.url)
+    truth = write_store(admin, app=app_name, aggregates=300, seed=5)
+    write_messaging_and_snapshots(admin, app_name, truth)
+    before = redis_contents(admin)
+    rules = acl_users(app_name, "env")["esctl-prune"]
+    lists = f"~{{EventStore:{app_name}}}:*"
+    set_user(admin, "esctl-prune", [f"~{{EventStore:{app_name}}}:[0-7]*" if r == lists else r
+                                    for r in rules])  # fmt: skip
+    admin.script_load(prune.GUARD_SCRIPT)
+    url = user_url(fresh_redis.port, "esctl-prune")
+
+    def delete_source(backup: str) -> Any:
+        return run_cli(
+            "migrate", "redis-to-pg", "--init-schema", "--delete-source", "--yes", "--json",
+            "--backup-file", str(tmp_path / backup),
+            "--app", app_name, "--redis-url", url, "--pg-dsn", pg_dsn,
+        )  # fmt: skip
+
+    result = delete_source("first.jsonl.zst")
+
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "permission"
+    events = sum(len(a.events) for a in truth.aggregates)
+    gone = [a for a in truth.aggregates if not admin.exists(a.list_key)]
+    assert 0 < len(gone) < len(truth.aggregates)
+    message = " ".join(error["message"].split())
+    assert f"migrate redis-to-pg finished ({events:,} events migrated" in message
+    assert "then the prune of --delete-source stopped" in message
+    assert deleted_text(gone) in message
+
+    set_user(admin, "esctl-prune", rules)
+    result = delete_source("second.jsonl.zst")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["events_migrated"] == 0
+    assert document["prune"]["aggregates_pruned"] == len(truth.aggregates) - len(gone)
+    assert redis_contents(admin) == without_events(before, truth.aggregates)
+    admin.close()
