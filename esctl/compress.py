@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from esctl import codec, layout, redisio
+from esctl.config import redact
 from esctl.documents import document
-from esctl.errors import ServerError, UsageError
+from esctl.errors import EsctlError, ServerError, UsageError
 from esctl.locks import RedisLock
 
 DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
@@ -33,6 +34,9 @@ CALL_BYTES = 1 << 20
 """A call is also cut when its old and new values reach this many bytes."""
 BATCH_BYTES = 8 << 20
 """Values held before a round of compare-and-set calls is sent (bounds esctl's memory)."""
+CALLS_PER_ROUND_TRIP = redisio.PIPELINE_CHUNK
+"""Compare-and-set calls sent in one round trip; their replies are read (and a failed call
+stops the run) before the next round trip is sent."""
 MAX_PROBLEMS = 1000
 """Problems listed in the summary (all are counted)."""
 HEADER_SAMPLE_HASHES = 200
@@ -295,6 +299,41 @@ class Candidate:
 
 
 @dataclass
+class Stopped:
+    """The round trip of compare-and-set calls that stopped a run: the first call that failed
+    (its hash ``key`` and Redis's ``error``), how many of the round trip's ``calls`` failed
+    and the values they held. The others of that round trip ran and are counted; nothing was
+    sent after it."""
+
+    key: str
+    error: str
+    calls: int
+    failed_calls: int
+    values_not_written: int
+
+    def outcome(self, compressed: int) -> str:
+        """What the round trip did, and the run before it (``compressed`` values in all)."""
+        others = self.calls - self.failed_calls
+        return (
+            f"{self.failed_calls:,} of the {self.calls:,} calls of that round trip failed "
+            f"({self.values_not_written:,} values left as they are)"
+            + (f", the other {others:,} ran" if others else "")
+            + f"; {compressed:,} values were compressed in all (each whole and readable) and "
+            "nothing after that round trip was sent"
+        )
+
+
+class _Stop(Exception):
+    """A round trip with a failed compare-and-set: the run goes no further. ``error``: what
+    to raise once the values written are counted (a refusal), else the summary says it."""
+
+    def __init__(self, stopped: Stopped, error: EsctlError | None = None) -> None:
+        super().__init__(stopped.error)
+        self.stopped = stopped
+        self.error = error
+
+
+@dataclass
 class CompressSummary:
     app: str
     threshold: int
@@ -305,11 +344,15 @@ class CompressSummary:
     problems: list[dict[str, str]]
     problems_total: int
     failed: int
-    """Compare-and-set calls Redis answered with an error (their fields were not written)."""
+    """Compare-and-set calls Redis answered with an error (their fields were not written); the
+    run stopped after the round trip that carried them (``stopped``)."""
     elapsed_s: float
     gzip_header: HeaderChoice = field(
         default_factory=lambda: HeaderChoice(codec.DEFAULT_GZIP_HEADER, "default")
     )
+    stopped: Stopped | None = None
+    """Where the run stopped, when a compare-and-set failed (not in the JSON document: its
+    ``failed`` and ``write_failed`` problems say the same)."""
 
     @property
     def total(self) -> FamilyCounts:
@@ -378,7 +421,7 @@ def compress(
     # would report a third of the store as all of it.
     families = {name: FamilyCounts() for name in opts.families}
     problems: list[dict[str, str]] = []
-    tally = {"problems": 0, "failed": 0}
+    tally = {"problems": 0, "failed": 0, "in_flight": 0}
     progress = CompressProgress()
     report = on_progress or _no_report
 
@@ -388,38 +431,27 @@ def compress(
             problems.append({"kind": kind, "key": key, "detail": detail})
 
     used_before = redisio.used_memory_or_none(client)
+    stopped: Stopped | None = None
     with contextlib.ExitStack() as stack:
         lock = None if opts.dry_run else stack.enter_context(compress_lock(client, opts.app))
         header = choose_gzip_header(client, opts.app, opts.families, opts.gzip_os)
-        pending: list[Candidate] = []
-        pending_bytes = 0
-        for family, keys in hash_key_pages(client, opts.app, opts.families):
-            counts = families[family]
-            counts.hashes += len(keys)
-            progress.hashes += len(keys)
-            for key, pairs in hash_field_pages(client, keys):
-                for name, value in pairs:
-                    candidate = _candidate(
-                        family, key, name, value, opts, header.header, counts, problem
-                    )
-                    if candidate is None:
-                        continue
-                    if opts.dry_run:
-                        counts.bytes_before += len(value)
-                        counts.bytes_after += len(candidate.new)
-                        progress.compressed += 1
-                        continue
-                    pending.append(candidate)
-                    pending_bytes += len(value) + len(candidate.new)
-                progress.values_examined = sum(c.values_examined for c in families.values())
-                if pending_bytes >= BATCH_BYTES:
-                    _write(client, pending, families, before_write, problem, tally, progress)
-                    pending, pending_bytes = [], 0
-                    if lock is not None:
-                        lock.check()
-            report(progress)
-        if pending:
-            _write(client, pending, families, before_write, problem, tally, progress)
+
+        def write(candidates: list[Candidate]) -> None:
+            _write(client, candidates, families, before_write, problem, tally, progress)
+            if lock is not None:
+                lock.check()
+
+        try:
+            _scan_and_write(client, opts, header.header, families, progress, report, problem, write)
+        except _Stop as stop:
+            stopped = stop.stopped
+            if stop.error is not None:
+                done = stopped.outcome(sum(c.compressed for c in families.values()))
+                raise _amended(stop.error, f"compress stopped there: {done}") from None
+        except EsctlError as exc:  # a lost connection, a lost lock: say what was written
+            if not opts.dry_run:
+                _amended(exc, _written_before(families, tally["in_flight"]))
+            raise
         if lock is not None:
             lock.check()
     report(progress)
@@ -435,7 +467,47 @@ def compress(
         failed=tally["failed"],
         elapsed_s=time.monotonic() - started,
         gzip_header=header,
+        stopped=stopped,
     )
+
+
+def _scan_and_write(
+    client: redisio.RedisClient,
+    opts: CompressOptions,
+    header: codec.GzipHeader,
+    families: dict[str, FamilyCounts],
+    progress: CompressProgress,
+    report: Callable[[CompressProgress], None],
+    problem: Callable[[str, str, str], None],
+    write: Callable[[list[Candidate]], None],
+) -> None:
+    """Read every payload hash, and ``write`` the values to compress a round at a time
+    (:data:`BATCH_BYTES`); a dry run only counts them."""
+    pending: list[Candidate] = []
+    pending_bytes = 0
+    for family, keys in hash_key_pages(client, opts.app, opts.families):
+        counts = families[family]
+        counts.hashes += len(keys)
+        progress.hashes += len(keys)
+        for key, pairs in hash_field_pages(client, keys):
+            for name, value in pairs:
+                candidate = _candidate(family, key, name, value, opts, header, counts, problem)
+                if candidate is None:
+                    continue
+                if opts.dry_run:
+                    counts.bytes_before += len(value)
+                    counts.bytes_after += len(candidate.new)
+                    progress.compressed += 1
+                    continue
+                pending.append(candidate)
+                pending_bytes += len(value) + len(candidate.new)
+            progress.values_examined = sum(c.values_examined for c in families.values())
+            if pending_bytes >= BATCH_BYTES:
+                write(pending)
+                pending, pending_bytes = [], 0
+        report(progress)
+    if pending:
+        write(pending)
 
 
 def _no_report(progress: CompressProgress) -> None:
@@ -526,33 +598,83 @@ def _write(
     tally: dict[str, int],
     progress: CompressProgress,
 ) -> None:
+    """Compare-and-set ``candidates``, :data:`CALLS_PER_ROUND_TRIP` calls per round trip,
+    counting each call's outcome. Raises _Stop after a round trip in which a call failed (its
+    other calls ran and are counted; nothing more is sent)."""
     if before_write is not None:
         before_write(candidates)
-    calls = list(_calls(candidates))
-    replies = redisio.eval_pipelined(
-        client,
-        COMPARE_AND_SET,
-        [(1, call[0].key, *[p for c in call for p in (c.field, c.old, c.new)]) for call in calls],
-    )
-    for call, reply in zip(calls, replies, strict=True):
-        if isinstance(reply, Exception):
-            tally["failed"] += 1
-            problem(
-                "write_failed",
-                call[0].key,
-                f"{len(call)} field(s) not written: {reply}",
-            )
+    for calls in redisio.chunked(list(_calls(candidates)), CALLS_PER_ROUND_TRIP):
+        tally["in_flight"] = sum(len(call) for call in calls)
+        replies = redisio.eval_pipelined(
+            client,
+            COMPARE_AND_SET,
+            [
+                (1, call[0].key, *[p for c in call for p in (c.field, c.old, c.new)])
+                for call in calls
+            ],
+            until_failure=True,
+        )
+        tally["in_flight"] = 0
+        failed = [
+            (call, reply)
+            for call, reply in zip(calls, replies, strict=True)
+            if isinstance(reply, Exception)
+        ]
+        for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue
+            for candidate, outcome in zip(call, reply, strict=True):
+                counts = families[candidate.family]
+                if int(outcome) == 0:
+                    counts.changed_concurrently += 1
+                elif int(outcome) == 1:
+                    counts.compressed += 1
+                    counts.bytes_before += len(candidate.old)
+                    counts.bytes_after += len(candidate.new)
+                    progress.compressed += 1
+                # 2: the same field read twice; the first reply counted it
+        if not failed:
             continue
-        for candidate, outcome in zip(call, reply, strict=True):
-            counts = families[candidate.family]
-            if int(outcome) == 0:
-                counts.changed_concurrently += 1
-            elif int(outcome) == 1:
-                counts.compressed += 1
-                counts.bytes_before += len(candidate.old)
-                counts.bytes_after += len(candidate.new)
-                progress.compressed += 1
-            # 2: the same field read twice; the first reply counted it
+        for call, reply in failed:
+            tally["failed"] += 1
+            problem("write_failed", call[0].key, f"{len(call)} field(s) not written: {reply}")
+        first_call, first_reply = failed[0]
+        stopped = Stopped(
+            key=first_call[0].key,
+            error=redact(str(first_reply)),
+            calls=len(calls),
+            failed_calls=len(failed),
+            values_not_written=sum(len(call) for call, _ in failed),
+        )
+        denied = next(((c, r) for c, r in failed if redisio.is_denied(r)), None)
+        if denied is not None:  # the ACL user may not write that hash: an error, exit 1
+            call, reply = denied
+            server = redisio.describe(client)
+            raise _Stop(
+                stopped,
+                redisio.permission_denied(server, reply, command="EVALSHA", key=call[0].key),
+            )
+        raise _Stop(stopped)
+
+
+def _written_before(families: dict[str, FamilyCounts], in_flight: int) -> str:
+    """What a run that stops on an error had written (``in_flight``: values of the round
+    trip whose replies never came)."""
+    compressed = sum(c.compressed for c in families.values())
+    text = f"compress had compressed {compressed:,} values (each whole and readable)"
+    if in_flight:
+        text += (
+            f"; the {in_flight:,} values of the round trip in flight may have been compressed "
+            "too (each call whole or not at all)"
+        )
+    return text
+
+
+def _amended(error: EsctlError, text: str) -> EsctlError:
+    """``error`` with ``text`` added to its message (what the run did before it)."""
+    error.message = f"{error.message}; {text}"
+    error.args = (error.message,)
+    return error
 
 
 # --- sampling (for doctor) -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +20,9 @@ import psycopg
 
 from esctl import layout, pg, redisio
 from esctl.backupfile import BackupWriter
+from esctl.config import redact
 from esctl.documents import document
-from esctl.errors import ConfigError, Refused, ServerError, UsageError
+from esctl.errors import ConfigError, EsctlError, Refused, ServerError, UsageError
 from esctl.locks import AdvisoryLock
 from esctl.pgevents import PgEvent, other_transforms, pg_page, transforms_words
 from esctl.shard import Shard
@@ -47,6 +48,9 @@ return 0
 
 HDEL_CHUNK = 1000
 """Fields per HDEL command."""
+GUARDS_PER_ROUND_TRIP = redisio.PIPELINE_CHUNK
+"""Guarded deletes sent in one round trip; their replies are read (and a failed one stops the
+run) before the next round trip is sent."""
 
 # Mismatches that are expected while a migration is partial or a service is writing.
 _NOT_MIGRATED_KINDS = frozenset({"not_migrated_new_events"})
@@ -98,6 +102,9 @@ class PruneSummary:
     problems: list[dict[str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
     max_problems_listed: int = 1000
+    under_way: str | None = None
+    """What the run was deleting, while it was (for the error that stops it; not in the JSON
+    document)."""
 
     def add_problem(self, kind: str, key: str, detail: str) -> None:
         if len(self.problems) < self.max_problems_listed:
@@ -127,16 +134,44 @@ def guarded_delete(
 ) -> list[bool]:
     """Run the guard script for each ``(commit list key, length, first commit id, last commit
     id)``, pipelined (EVALSHA, EVAL where the server lacks the script). True where the list was
-    still exactly that and is now deleted."""
-    if not guards:
-        return []
-    replies = redisio.eval_pipelined(client, GUARD_SCRIPT, [(1, *g) for g in guards])
+    still exactly that and is now deleted. Raises ServerError (PermissionDenied for a NOPERM)
+    for the first guard that failed, after the round trip that carried it; nothing is sent
+    after it (:func:`guard_round_trips` tells what the others did)."""
     out: list[bool] = []
-    for (key, *_), reply in zip(guards, replies, strict=True):
-        if isinstance(reply, Exception):
-            raise ServerError(f"the guarded delete of {key} failed: {reply}")
-        out.append(int(reply) == 1)
+    for outcomes in guard_round_trips(client, guards):
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise guard_error(client, guards[len(out)][0], outcome)
+            out.append(outcome)
     return out
+
+
+def guard_round_trips(
+    client: redisio.RedisClient, guards: Sequence[tuple[str, int, str, str]]
+) -> Iterator[list[bool | Exception]]:
+    """The outcome of each guard (:func:`guarded_delete`), one list per round trip of
+    :data:`GUARDS_PER_ROUND_TRIP`: True (deleted), False (changed since verified: kept) or the
+    error reply of a guard that failed (a NOPERM included). No round trip is sent after one in
+    which a guard failed."""
+    for part in redisio.chunked(guards, GUARDS_PER_ROUND_TRIP):
+        replies = redisio.eval_pipelined(
+            client, GUARD_SCRIPT, [(1, *g) for g in part], until_failure=True
+        )
+        outcomes: list[bool | Exception] = [
+            reply if isinstance(reply, Exception) else int(reply) == 1 for reply in replies
+        ]
+        yield outcomes
+        if any(isinstance(o, Exception) for o in outcomes):
+            return
+
+
+def guard_error(client: redisio.RedisClient, key: str, reply: Exception) -> ServerError:
+    """The error for a guarded delete of ``key`` that Redis answered with ``reply``."""
+    if redisio.is_denied(reply):
+        return redisio.permission_denied(
+            redisio.describe(client), reply, command="EVALSHA", key=key
+        )
+    return ServerError(f"the guarded delete of {key} failed: {redact(str(reply))}")
 
 
 def delete_fields(
@@ -363,7 +398,6 @@ def _prune_locked(
     conn: psycopg.Connection | None = None
     backup: BackupWriter | None = None
     bookkeeping = False
-    page_opts = VerifyOptions(app=opts.app, pg_dsn=dsn, pg_schema=opts.pg_schema)
     rules = load_rules(opts.transforms) if opts.transforms is not None else None
     try:
         conn = pg.connect(dsn, application_name="esctl prune")
@@ -383,39 +417,65 @@ def _prune_locked(
                 opts.backup_file, option="--backup-file", nothing_done="nothing was deleted"
             )
             summary.backup_file = opts.backup_file
-        with pg.translate_errors(dsn):
+        try:
+            _prune_pages(client, conn, opts, rules, bookkeeping, summary, backup, before_delete)
+        except EsctlError as exc:  # a lost connection, a failed write: say what was deleted
             if not opts.dry_run:
-                summary.orphan_fields_cleaned = _recover(client, conn, opts)
-            pages = redisio.scan_pages(
-                client,
-                layout.commit_list_pattern(opts.app),
-                type_="list",
-                count=opts.scan_count,
-            )
-            with ThreadPoolExecutor(1, thread_name_prefix="esctl-prune-pg") as pool:
-                for _, keys in pages:
-                    ids = [layout.aggregate_id_from_commit_list_key(opts.app, k) for k in keys]
-                    ids = [a for a in ids if opts.shard.owns(a)]
-                    if not ids:
-                        continue
-                    # PostgreSQL answers for the page while Redis is read for it.
-                    pending = pool.submit(pg_page, conn, page_opts, ids, bookkeeping)
-                    try:
-                        streams = read_streams(client, opts.app, ids)
-                    finally:
-                        rows, migrated = pending.result()
-                    candidates, left_out = _candidates(
-                        opts, rules, streams, rows, migrated, summary
-                    )
-                    _prune_page(
-                        client, conn, opts, candidates, left_out, summary, backup, before_delete
-                    )
+                exc.message += f"; {_deleted(summary)}"
+                if summary.under_way is not None:
+                    exc.message += f"; {summary.under_way}"
+                exc.args = (exc.message,)
+            raise
         summary.used_memory_after = redisio.used_memory(client)
     finally:
         if backup is not None:
             backup.close()
         if conn is not None:
             conn.close()
+
+
+def _prune_pages(
+    client: redisio.RedisClient,
+    conn: psycopg.Connection,
+    opts: PruneOptions,
+    rules: Rules | None,
+    bookkeeping: bool,
+    summary: PruneSummary,
+    backup: BackupWriter | None,
+    before_delete: Callable[[list[str]], None] | None,
+) -> None:
+    """The orphans of an earlier run, then every SCAN page of commit lists."""
+    page_opts = VerifyOptions(app=opts.app, pg_dsn=opts.pg_dsn, pg_schema=opts.pg_schema)
+    with pg.translate_errors(opts.pg_dsn):
+        if not opts.dry_run:
+            summary.under_way = (
+                "the payload fields an earlier prune left behind (no longer events) were "
+                "being deleted; the next prune finishes that first"
+            )
+            summary.orphan_fields_cleaned = _recover(client, conn, opts)
+            summary.under_way = None
+        pages = redisio.scan_pages(
+            client,
+            layout.commit_list_pattern(opts.app),
+            type_="list",
+            count=opts.scan_count,
+        )
+        with ThreadPoolExecutor(1, thread_name_prefix="esctl-prune-pg") as pool:
+            for _, keys in pages:
+                ids = [layout.aggregate_id_from_commit_list_key(opts.app, k) for k in keys]
+                ids = [a for a in ids if opts.shard.owns(a)]
+                if not ids:
+                    continue
+                # PostgreSQL answers for the page while Redis is read for it.
+                pending = pool.submit(pg_page, conn, page_opts, ids, bookkeeping)
+                try:
+                    streams = read_streams(client, opts.app, ids)
+                finally:
+                    rows, migrated = pending.result()
+                candidates, left_out = _candidates(opts, rules, streams, rows, migrated, summary)
+                _prune_page(
+                    client, conn, opts, candidates, left_out, summary, backup, before_delete
+                )
 
 
 def _candidates(
@@ -488,15 +548,23 @@ def _prune_page(
             ) from None
         summary.backup_events += len(lines)
     _journal(conn, opts, candidates)
+    summary.under_way = _under_way(len(candidates), 0)
     if before_delete is not None:
         before_delete([s.aggregate_id for s in candidates])
-    deleted = guarded_delete(
-        client,
-        [(s.key, len(s.events), s.events[0].commit_id, s.events[-1].commit_id) for s in candidates],
-    )
+    guards = [
+        (s.key, len(s.events), s.events[0].commit_id, s.events[-1].commit_id) for s in candidates
+    ]
+    trips: list[list[bool | Exception]] = []
+    for trip in guard_round_trips(client, guards):
+        trips.append(trip)
+        summary.under_way = _under_way(len(candidates), sum(t.count(True) for t in trips))
     gone: list[Stream] = []
-    for stream, ok in zip(candidates, deleted, strict=True):
-        if ok:
+    failed: list[tuple[Stream, Exception]] = []
+    outcomes = [outcome for trip in trips for outcome in trip]
+    for stream, outcome in zip(candidates, outcomes, strict=False):
+        if isinstance(outcome, Exception):
+            failed.append((stream, outcome))
+        elif outcome:
             gone.append(stream)
         else:
             summary.changed_since_verify += 1
@@ -506,7 +574,8 @@ def _prune_page(
                 f"the commit list changed after it verified identical ({len(stream.events)} "
                 "events); left untouched: run migrate, then prune again",
             )
-    # The lists are gone: nothing names these fields any more.
+    # The lists are gone: nothing names these fields any more. (After a failed guard too: the
+    # aggregates its round trip deleted are finished, nothing else is touched.)
     summary.payload_fields_deleted += delete_fields(
         client, [(e.hash_key or "", e.commit_id) for s in gone for e in s.events]
     )
@@ -514,3 +583,47 @@ def _prune_page(
     summary.aggregates_left_out_pruned += sum(1 for s in gone if s.aggregate_id in left_out)
     summary.events_deleted += sum(len(s.events) for s in gone)
     _unjournal(conn, opts, [s.aggregate_id for s in candidates])
+    summary.under_way = None
+    if failed:  # the run stops; prune() adds what it deleted in all
+        stream, reply = failed[0]
+        last = trips[-1]
+        ran = len(last) - len(failed)
+        kept = sum(1 for outcome in last if outcome is False)
+        error = guard_error(client, stream.key, reply)
+        error.message += (
+            f"; prune stopped there: {len(failed):,} of the {len(last):,} guarded deletes of "
+            "that round trip failed (those aggregates are left as they are)"
+            + (f", the other {ran:,} ran" if ran else "")
+            + (f" ({kept:,} of them found the list changed and kept it)" if kept else "")
+            + "; after that round trip only the payload fields of the lists it deleted were "
+            "deleted, nothing else was sent"
+        )
+        error.args = (error.message,)
+        raise error
+
+
+def _under_way(aggregates: int, lists_deleted: int) -> str:
+    """The deletes of a page's ``aggregates`` under way, ``lists_deleted`` of whose commit
+    lists are known gone."""
+    known = f"{lists_deleted:,} of their commit lists known deleted, " if lists_deleted else ""
+    return (
+        f"the deletes of {aggregates:,} more aggregates were under way ({known}each list "
+        "deleted whole or not at all): what of them was deleted is recorded in "
+        "esctl.prune_pending, and the next prune deletes their payload fields first"
+    )
+
+
+def _deleted(summary: PruneSummary) -> str:
+    """What a prune that stops on an error had deleted (and backed up)."""
+    if not (summary.aggregates_pruned or summary.orphan_fields_cleaned or summary.under_way):
+        return "this prune deleted nothing"
+    text = (
+        f"this prune deleted {summary.aggregates_pruned:,} aggregates "
+        f"({summary.events_deleted:,} events, {summary.payload_fields_deleted:,} payload "
+        "fields) in all"
+    )
+    if summary.orphan_fields_cleaned:
+        text += f" and {summary.orphan_fields_cleaned:,} orphan fields of an earlier run"
+    if summary.backup_file:
+        text += f", each event written to {summary.backup_file} before it was deleted"
+    return text

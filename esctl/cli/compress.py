@@ -85,7 +85,22 @@ def compress(
             ),
         )
     out.result(summary.as_dict(), lambda: _render(out, summary))
+    if summary.stopped is not None:
+        _render_stopped(out, summary)
     exit_for(failed=summary.failed, problems=summary.problems_total)
+
+
+def _render_stopped(out: Output, summary: core.CompressSummary) -> None:
+    """The error of a run a failed compare-and-set stopped: what failed, what was written."""
+    stopped = summary.stopped
+    assert stopped is not None
+    error = stopped.error.rstrip(".")
+    out.error(
+        f"compress stopped: the compare-and-set on {stopped.key} failed: {error}; "
+        + stopped.outcome(summary.total.compressed),
+        "fix the cause (out of memory: compress writes, so Redis needs room below maxmemory), "
+        "then rerun the same command: it skips what is compressed already",
+    )
 
 
 def _render(out: Output, summary: core.CompressSummary) -> None:

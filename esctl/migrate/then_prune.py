@@ -9,7 +9,7 @@ from typing import Any
 
 from esctl import prune as pruning
 from esctl import redisio
-from esctl.errors import Refused, UsageError
+from esctl.errors import EsctlError, Refused, UsageError
 from esctl.migrate.options import MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.parallel import migrate_parallel
 from esctl.migrate.run import migrate_redis_to_pg
@@ -87,16 +87,26 @@ def migrate_then_prune(
         summary = migrate_redis_to_pg(client, opts, on_progress=on_progress)
     outcome = MigrationOutcome(summary, delete_source=delete_source)
     if delete_source and summary.stopped_early is None:
-        outcome.prune = pruning.prune(
-            client,
-            pruning.PruneOptions(
-                app=opts.app,
-                pg_dsn=opts.pg_dsn,
-                pg_schema=opts.pg_schema,
-                dry_run=opts.dry_run,
-                backup_file=backup_file,
-                shard=opts.shard,
-                transforms=opts.transforms,
-            ),
-        )
+        try:
+            outcome.prune = pruning.prune(
+                client,
+                pruning.PruneOptions(
+                    app=opts.app,
+                    pg_dsn=opts.pg_dsn,
+                    pg_schema=opts.pg_schema,
+                    dry_run=opts.dry_run,
+                    backup_file=backup_file,
+                    shard=opts.shard,
+                    transforms=opts.transforms,
+                ),
+            )
+        except EsctlError as exc:  # the error is all that is shown: it says the migration ran
+            exc.message = (
+                f"migrate redis-to-pg finished ({summary.events_migrated:,} events migrated, "
+                f"{summary.events_already_present:,} already present, "
+                f"{summary.aggregates_quarantined:,} aggregates quarantined); then the prune "
+                f"of --delete-source stopped: {exc.message}"
+            )
+            exc.args = (exc.message,)
+            raise
     return outcome

@@ -69,7 +69,13 @@ def _is_noscript(reply: Any) -> bool:
     )
 
 
-def eval_pipelined(client: RedisClient, script: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+def eval_pipelined(
+    client: RedisClient,
+    script: str,
+    calls: Sequence[tuple[Any, ...]],
+    *,
+    until_failure: bool = False,
+) -> list[Any]:
     """Run a Lua script once per call (``(numkeys, *keys, *args)``), pipelined: EVALSHA, and
     EVAL for the calls a server answered NOSCRIPT (a restarted server, another cluster node).
     Keep each call's keys in one hash slot. Replies in order; errors as exception objects.
@@ -79,33 +85,66 @@ def eval_pipelined(client: RedisClient, script: str, calls: Sequence[tuple[Any, 
     TRYAGAIN, CLUSTERDOWN, LOADING or MASTERDOWN was not run (a script whose keys are split by
     a slot half-way through a reshard gets TRYAGAIN until the slot has moved): those calls,
     and only those, are sent again, a short wait apart, for up to :data:`READ_RETRY_SECONDS`;
-    after that their error replies are returned as they are."""
+    after that their error replies are returned as they are.
+
+    ``until_failure``: for a caller that stops at the first call that fails and counts what
+    the others did. A NOPERM reply is returned like any other error (not raised), and once a
+    call failed (an error reply but NOSCRIPT and those retried) nothing more is sent: the
+    calls answered NOSCRIPT or TRYAGAIN are returned with those replies (they did not run).
+    Give it one round trip of calls (:data:`PIPELINE_CHUNK` at most) at a time, and read the
+    replies before sending more."""
     sha = hashlib.sha1(script.encode()).hexdigest()
-    replies = _eval_once(client, script, sha, calls)
+    replies = _eval_once(client, script, sha, calls, until_failure)
     deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
     delay = 0.1
     while True:
         pending = [i for i, r in enumerate(replies) if _is_retried_reply(r)]
         now = time.monotonic()
-        if not pending or now >= deadline:
+        if not pending or now >= deadline or (until_failure and _failed(replies)):
             return replies
         time.sleep(min(delay, deadline - now))
         delay = min(delay * 2, 1.0)
         if isinstance(client, redis.cluster.RedisCluster):
             refresh_slots(client)
-        again = _eval_once(client, script, sha, [calls[i] for i in pending])
+        again = _eval_once(client, script, sha, [calls[i] for i in pending], until_failure)
         for i, reply in zip(pending, again, strict=True):
             replies[i] = reply
 
 
+def _failed(replies: Sequence[Any]) -> bool:
+    """Whether a call failed: an error reply other than NOSCRIPT and those waited out."""
+    return any(
+        isinstance(r, Exception) and not _is_noscript(r) and not _is_retried_reply(r)
+        for r in replies
+    )
+
+
 def _eval_once(
-    client: RedisClient, script: str, sha: str, calls: Sequence[tuple[Any, ...]]
+    client: RedisClient,
+    script: str,
+    sha: str,
+    calls: Sequence[tuple[Any, ...]],
+    until_failure: bool = False,
 ) -> list[Any]:
-    """One pipelined EVALSHA per call, then EVAL for those the server answered NOSCRIPT."""
-    replies = pipelined(client, [("EVALSHA", sha, *call) for call in calls], retry_reads=False)
+    """One pipelined EVALSHA per call, then EVAL for those the server answered NOSCRIPT
+    (``until_failure``: not after a call failed)."""
+    refuse = not until_failure
+    replies = pipelined(
+        client,
+        [("EVALSHA", sha, *call) for call in calls],
+        retry_reads=False,
+        refuse_denied=refuse,
+    )
+    if until_failure and _failed(replies):
+        return replies
     missing = [i for i, r in enumerate(replies) if _is_noscript(r)]
     if missing:
-        again = pipelined(client, [("EVAL", script, *calls[i]) for i in missing], retry_reads=False)
+        again = pipelined(
+            client,
+            [("EVAL", script, *calls[i]) for i in missing],
+            retry_reads=False,
+            refuse_denied=refuse,
+        )
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
     return replies

@@ -88,9 +88,12 @@ def pipelined(
     chunk: int = PIPELINE_CHUNK,
     *,
     retry_reads: bool | None = None,
+    refuse_denied: bool = True,
 ) -> list[Any]:
     """Run ``commands`` (tuples of command name and arguments) in pipelines of ``chunk`` and
-    return the raw replies in order. Error replies are returned as exception objects.
+    return the raw replies in order. Error replies are returned as exception objects; a
+    NOPERM reply raises PermissionDenied once every reply is read, unless ``refuse_denied`` is
+    False (a caller that counts what its other commands did first).
 
     On a single server the commands are packed by hand and the replies read straight from the
     hiredis parser: about twice redis-py's pipeline throughput (measured). On a cluster the
@@ -118,7 +121,8 @@ def pipelined(
             replies = fast if fast is not None else _pipelined_redis_py(client, commands, chunk)
         except REDIS_ERRORS as exc:
             raise wrap_errors(client, exc) from exc
-    _refuse_denied(client, commands, replies)
+    if refuse_denied:
+        _refuse_denied(client, commands, replies)
     return replies
 
 
