@@ -601,3 +601,40 @@ def test_a_restore_refused_part_way_reports_what_it_restored(
         1000,
     )
     assert u.admin.lrange(dead_key, 0, -1) == values
+
+
+def test_a_replay_refused_part_way_says_what_it_published(queue_user: QueueUser) -> None:
+    """The user may PUBLISH on one type's channel only: the first aggregate's events are
+    published, the second's first event is refused (MULTI/EXEC aborts it whole). The run stops
+    with exit 1 and its summary: what was published, the refused event, and the ACL hint."""
+    import independent_writer as iw
+
+    u = queue_user
+    truth = iw.write_store(u.admin, app="App", aggregates=30, seed=12)
+    enrollment, invoice = (
+        min(a.aggregate_id for a in truth.clean_aggregates() if a.aggregate_type == kind)
+        for kind in ("Enrollment", "Invoice")
+    )
+    if invoice < enrollment:  # the refused type's aggregate must come second (id order)
+        invoice = min(
+            a.aggregate_id
+            for a in truth.clean_aggregates()
+            if a.aggregate_type == "Invoice" and a.aggregate_id > enrollment
+        )
+    for event_type in ("EnrollmentCreated", "InvoiceIssued"):
+        u.admin.sadd(layout.subscribers_key(u.env, event_type), "Svc")
+    u.allow("resetchannels", f"&{u.env}:EnrollmentCreated")
+    result = u.run(
+        "replay", "--from", "redis", "--app", "App", "--to", "queue", "--aggregate", enrollment,
+        "--aggregate", invoice, "--yes", "--json",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["published"] == {"Svc": {"EnrollmentCreated": 1}}
+    created = layout.queue_key("Svc", u.env, "EnrollmentCreated", "published")
+    issued = layout.queue_key("Svc", u.env, "InvoiceIssued", "published")
+    assert (u.admin.llen(created), u.admin.llen(issued)) == (1, 0)
+    stopped = summary["stopped"]
+    assert (stopped["aggregate_id"], stopped["event_type"]) == (invoice, "InvoiceIssued")
+    for words in ("PUBLISH", f"{u.env}:InvoiceIssued", "ACL"):
+        assert words in stopped["error"], (words, stopped)

@@ -66,6 +66,13 @@ class PublishFailed(Exception):
         self.published_after = published_after
 
 
+def _refusal_text(refusal: Exception) -> str:
+    """A NOPERM that stopped a run part-way, as its failure's text: what was refused, and what
+    to do (the ACL rules esctl's queue user needs)."""
+    hint = getattr(refusal, "hint", None)
+    return f"{refusal} ({hint})" if hint else str(refusal)
+
+
 class Publisher:
     """Publishes events as the library's publisher does: per event, LPUSH the uncompressed
     JSON onto ``SUB:{ENV:TYPE}:PublishedEvents`` of each subscriber, then PUBLISH ``1`` on
@@ -271,8 +278,9 @@ class Publisher:
         chunk: Sequence[Event],
         failed: list[tuple[int, Exception | None, tuple[Event, str, str]]],
     ) -> None:
-        """Count what ran of ``chunk``; raise for ``failed`` (position in the chunk, the
-        error of a refusal, what failed) when any did not."""
+        """Count what ran of ``chunk``; when any did not (``failed``: its position in the
+        chunk, the error of a refusal, what failed), raise :class:`PublishFailed`, or the
+        refusal itself (NOPERM) when the run has published nothing."""
         if not failed:
             self._count(chunk)
             return
@@ -281,9 +289,15 @@ class Publisher:
         after = [e for n, e in enumerate(chunk) if n > first and n not in numbers]
         self._count([*chunk[:first], *after])
         denied = failed[0][1]
-        if denied is not None:
-            raise denied
-        raise PublishFailed([what for _, _, what in failed], published_after=len(after))
+        if denied is not None and not self.summary.notifications:
+            raise denied  # nothing was published: the refusal is the answer
+        raise PublishFailed(
+            [
+                (event, key, detail if refusal is None else _refusal_text(refusal))
+                for _, refusal, (event, key, detail) in failed
+            ],
+            published_after=len(after),
+        )
 
     def _denied(self, event: Event, position: int, reply: Exception) -> Exception:
         """The error for a transaction whose ``position``-th reply (MULTI, the LPUSHes,
