@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import weakref
 from binascii import crc_hqx
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -477,31 +478,29 @@ def _exchange(  # noqa: C901  hot path of every cluster pipeline: send and recei
 class RespChannel:
     """A connection of its own to a single server for commands the caller encodes as RESP
     itself (replay's publisher, which sends the same command shapes many times): :meth:`send`
-    a batch, make the next one while the server runs it, then :meth:`receive` its replies (one
-    batch in flight at most). Its own connection, so nothing else on the thread can read those
-    replies; closed at the first error, which may leave replies unread. Open with
+    batches, make the next ones while the server runs them, and :meth:`receive` each batch's
+    replies, in the order sent. Its own connection, so nothing else on the thread can read
+    those replies; closed at the first error, which may leave replies unread. Open with
     :func:`resp_channel`; :meth:`close` when done."""
 
     def __init__(self, client: redis.Redis, conn: _RawConnection) -> None:
         self.client = client
         self.conn: _RawConnection | None = conn
-        self.in_flight = 0
-        """Commands sent whose replies are not read yet."""
+        self.in_flight: deque[int] = deque()
+        """Per batch sent and not received yet, oldest first: its number of commands."""
 
     def send(self, data: bytes, count: int) -> None:
-        """Send ``count`` commands encoded in ``data`` (the replies of the batch before must
-        have been received)."""
-        assert self.in_flight == 0, "receive the replies of the batch in flight first"
+        """Send ``count`` commands encoded in ``data``, as one batch."""
         conn = self._open()
         try:
             conn.sock.sendall(data)
         except BaseException as exc:
             raise self._failed(exc) from exc
-        self.in_flight = count
+        self.in_flight.append(count)
 
     def receive(self) -> list[Any]:
-        """The replies of the batch sent (errors as exception objects)."""
-        count, self.in_flight = self.in_flight, 0
+        """The replies of the oldest batch in flight (errors as exception objects)."""
+        count = self.in_flight.popleft()
         if not count:
             return []
         conn = self._open()

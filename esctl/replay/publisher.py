@@ -1,12 +1,12 @@
 """The queue replay's publisher: each event in one transaction, as the library's publisher
-sends it, many transactions to a round trip, the next batch made while one is in flight (how
-it sends them, and why three ways: docs/design/replay.md, "The publisher's transaction")."""
+sends it, many transactions to a round trip, the next batches made while some are in flight
+(how it sends them, and why three ways: docs/design/replay.md, "The publisher's transaction")."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +22,10 @@ from esctl.replay.summary import ReplaySummary
 PUBLISH_BATCH = 500
 """Events whose transactions go to Redis in one round trip (at a distance, more:
 :class:`Publisher`'s ``round_trip_s``)."""
+
+IN_FLIGHT = 2
+"""Batches sent whose answers are not read yet, at most: while Redis runs one (and the network
+carries it), the next is already behind it, and the publisher makes the one after."""
 
 PUBLISH_SCRIPT = """
 -- KEYS: the subscribers' PublishedEvents lists (one {ENV:TYPE} slot); ARGV[1] channel,
@@ -48,6 +52,11 @@ _MULTI = (b"MULTI",)
 _EXEC = (b"EXEC",)
 _MULTI_RESP = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC_RESP = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+_Failure = tuple[int, Exception | None, tuple[Event, str, str]]
+"""An event whose transaction did not run: its position in its batch, the refusal when it was
+a NOPERM, and (event, key, error)."""
 
 
 class PublishFailed(Exception):
@@ -88,9 +97,10 @@ class Publisher:
     to 20 times ``batch``; at 1 ms each way a 500-event batch waited about as long as it took
     to build).
 
-    On a single server one batch is in flight while the next is gathered and encoded; its
-    replies are checked before the next is sent, so nothing is sent after a failed
-    transaction. :meth:`flush` waits for them; use the publisher as a context manager (or
+    On a single server up to :data:`IN_FLIGHT` batches are in flight while the next is
+    gathered and encoded; the oldest one's answers are checked before another is sent, so
+    nothing is sent once a failed transaction is seen (what was sent behind it ran, and is
+    counted). :meth:`flush` waits for them all; use the publisher as a context manager (or
     :meth:`close` it) so that an error elsewhere still reads what was sent."""
 
     def __init__(
@@ -119,8 +129,8 @@ class Publisher:
         self.cluster = isinstance(client, redis.cluster.RedisCluster)
         self.pending: list[Event] = []
         self.channel: redisio.RespChannel | None = None
-        self.in_flight: list[Event] = []
-        """The events of the batch sent on ``channel`` whose replies are not read yet."""
+        self.in_flight: deque[list[Event]] = deque()
+        """The batches sent on ``channel`` whose answers are not read yet, oldest first."""
         self._raw = not self.cluster
         """Whether to try the raw single-server path (:func:`esctl.redisio.resp_channel`)."""
         self.keys = {
@@ -156,9 +166,9 @@ class Publisher:
             return False
         self.pending.append(event)
         if len(self.pending) >= self.batch:
-            events = len(self.pending)
-            self.flush()
-            self.growth.done(events)
+            chunk, self.pending = self.pending, []
+            self._publish(chunk)  # its answers are read later: while the next batches are made
+            self.growth.done(len(chunk))
         return True
 
     @property
@@ -228,16 +238,17 @@ class Publisher:
 
     def _send(self, chunk: list[Event]) -> None:
         if self.cluster:
-            self._send_scripts(chunk)
+            self._settle([(chunk, self._script_failures(chunk))])
             return
         channel = self._channel()
         if channel is None:  # no raw connection (resp.RAW_TLS off): redis-py's pipeline
-            self._check(chunk, self._send_commands(chunk))
+            self._settle([(chunk, self._failures(chunk, self._send_commands(chunk)))])
             return
         data, count = self._encode(chunk)
-        self._collect()  # the batch before: a failed transaction stops here, this one unsent
+        if len(self.in_flight) >= IN_FLIGHT:
+            self._collect(keep=IN_FLIGHT - 1)  # a failed transaction stops here, this one unsent
         channel.send(data, count)
-        self.in_flight = chunk
+        self.in_flight.append(chunk)
 
     def _channel(self) -> redisio.RespChannel | None:
         if self.channel is None and self._raw:
@@ -245,21 +256,28 @@ class Publisher:
             self._raw = self.channel is not None
         return self.channel
 
-    def _collect(self) -> None:
-        """Read and check the answers to the batch in flight."""
-        if self.in_flight:
+    def _collect(self, keep: int = 0) -> None:
+        """Read and check the answers to the batches in flight, oldest first, until ``keep``
+        are left; after a failed transaction, all of them (those sent behind it ran too)."""
+        assert self.channel is not None or not self.in_flight
+        answered: list[tuple[list[Event], list[_Failure]]] = []
+        while len(self.in_flight) > keep:
             assert self.channel is not None
-            chunk, self.in_flight = self.in_flight, []
-            self._check(chunk, self.channel.receive())
+            chunk = self.in_flight.popleft()
+            failures = self._failures(chunk, self.channel.receive())
+            answered.append((chunk, failures))
+            if failures:
+                keep = 0
+        self._settle(answered)
 
-    def _check(self, chunk: Sequence[Event], replies: list[Any]) -> None:
-        """Count the events of ``chunk`` whose transaction ran; raise when one did not
-        (:class:`PublishFailed`, or the refusal of a NOPERM).
+    def _failures(self, chunk: Sequence[Event], replies: list[Any]) -> list[_Failure]:
+        """The events of ``chunk`` whose transaction did not run: (position, the refusal
+        when it was a NOPERM, (event, key, error)).
 
         EXEC answers a list of the LPUSH and PUBLISH results (integers) when the transaction
         ran; an error (EXECABORT after a refused command, "EXEC without MULTI") otherwise."""
         index = -1
-        failed: list[tuple[int, Exception | None, tuple[Event, str, str]]] = []
+        failed: list[_Failure] = []
         for number, event in enumerate(chunk):
             index += len(self.lpush[event.event_type]) + 3
             executed = replies[index]
@@ -271,32 +289,34 @@ class Publisher:
                     denied = self._denied(event, answered.index(reply), reply)
                 key = self.keys[event.event_type][0]
                 failed.append((number, denied, (event, key, str(reply))))
-        self._settle(chunk, failed)
+        return failed
 
-    def _settle(
-        self,
-        chunk: Sequence[Event],
-        failed: list[tuple[int, Exception | None, tuple[Event, str, str]]],
-    ) -> None:
-        """Count what ran of ``chunk``; when any did not (``failed``: its position in the
-        chunk, the error of a refusal, what failed), raise :class:`PublishFailed`, or the
-        refusal itself (NOPERM) when the run has published nothing."""
-        if not failed:
-            self._count(chunk)
+    def _settle(self, answered: list[tuple[list[Event], list[_Failure]]]) -> None:
+        """Count the events whose transaction ran, of the batches ``answered`` (in the order
+        sent, each with its failures); when any did not run, raise :class:`PublishFailed`, or
+        the refusal itself (NOPERM) when the run has published nothing."""
+        failures: list[_Failure] = []
+        after = 0  # events published after the first that failed
+        for chunk, failed in answered:
+            numbers = {number for number, _, _ in failed}
+            ran = [e for n, e in enumerate(chunk) if n not in numbers]
+            self._count(ran)
+            if failures:
+                after += len(ran)
+            elif failed:
+                after += sum(1 for n in range(failed[0][0] + 1, len(chunk)) if n not in numbers)
+            failures.extend(failed)
+        if not failures:
             return
-        first = failed[0][0]
-        numbers = {number for number, _, _ in failed}
-        after = [e for n, e in enumerate(chunk) if n > first and n not in numbers]
-        self._count([*chunk[:first], *after])
-        denied = failed[0][1]
+        denied = failures[0][1]
         if denied is not None and not self.summary.notifications:
             raise denied  # nothing was published: the refusal is the answer
         raise PublishFailed(
             [
                 (event, key, detail if refusal is None else _refusal_text(refusal))
-                for _, refusal, (event, key, detail) in failed
+                for _, refusal, (event, key, detail) in failures
             ],
-            published_after=len(after),
+            published_after=after,
         )
 
     def _denied(self, event: Event, position: int, reply: Exception) -> Exception:
@@ -311,8 +331,9 @@ class Publisher:
             redisio.describe(self.client), reply, command=command, key=subject
         )
 
-    def _send_scripts(self, chunk: Sequence[Event]) -> None:
-        """Redis Cluster: one :data:`PUBLISH_SCRIPT` per event."""
+    def _script_failures(self, chunk: Sequence[Event]) -> list[_Failure]:
+        """Redis Cluster: one :data:`PUBLISH_SCRIPT` per event; the events whose script did
+        not run (as :meth:`_failures`)."""
         replies = redisio.eval_pipelined(
             self.client,
             PUBLISH_SCRIPT,
@@ -322,7 +343,7 @@ class Publisher:
                 for e in chunk
             ],
         )  # fmt: skip
-        failed: list[tuple[int, Exception | None, tuple[Event, str, str]]] = []
+        failed: list[_Failure] = []
         for number, (event, reply) in enumerate(zip(chunk, replies, strict=True)):
             if isinstance(reply, Exception):
                 denied = None
@@ -330,7 +351,7 @@ class Publisher:
                     denied = redisio.permission_denied(redisio.describe(self.client), reply)
                 channel = self.channels[event.event_type]
                 failed.append((number, denied, (event, channel, str(reply))))
-        self._settle(chunk, failed)
+        return failed
 
     def _encode(self, chunk: Sequence[Event]) -> tuple[bytes, int]:
         """MULTI, LPUSH per subscriber, PUBLISH, EXEC for each event as one RESP buffer, and
