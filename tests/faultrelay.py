@@ -12,6 +12,7 @@ Every other byte passes unchanged both ways, so everything else is the server's 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import selectors
 import socket
 import threading
@@ -21,6 +22,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 CHUNK = 1 << 16
+
+
+def script_sha(script: str) -> bytes:
+    """The SHA1 that EVALSHA names ``script`` by: a marker for a script's calls."""
+    return hashlib.sha1(script.encode()).hexdigest().encode()
 
 
 class FaultRelay:

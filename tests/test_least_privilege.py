@@ -8,7 +8,6 @@ authenticate with scram-sha-256; its log would show any statement refused to the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from credservers import (
     set_user,
     user_url,
 )
-from faultrelay import FaultRelay
+from faultrelay import FaultRelay, script_sha
 from helpers import run_cli
 from psycopg import sql
 
@@ -525,10 +524,6 @@ def test_a_requeue_refused_part_way_counts_the_batch_in_flight_behind_the_refusa
         assert words in problem["detail"], (words, problem)
 
 
-def sha_of(script: str) -> bytes:
-    return hashlib.sha1(script.encode()).hexdigest().encode()
-
-
 def test_a_drain_refused_part_way_reports_what_it_removed(
     queue_user: QueueUser, tmp_path: Path
 ) -> None:
@@ -542,7 +537,7 @@ def test_a_drain_refused_part_way_reports_what_it_removed(
     u.admin.rpush(dead_key, *values)
     u.admin.script_load(queues.REMOVE_SCRIPT)  # so every batch is one EVALSHA
     backup = tmp_path / "dead.jsonl.zst"
-    relay = FaultRelay(u.url, sha_of(queues.REMOVE_SCRIPT), 2, before=lambda: u.allow("-ltrim"))
+    relay = FaultRelay(u.url, script_sha(queues.REMOVE_SCRIPT), 2, before=lambda: u.allow("-ltrim"))
     with relay:
         result = run_cli(
             "queue", "drain", "Svc", "T", "--to-file", str(backup), "--yes", "--json",
@@ -578,7 +573,9 @@ def test_a_restore_refused_part_way_reports_what_it_restored(
     drained = u.run("queue", "drain", "Svc", "T", "--to-file", str(backup), "--yes")
     assert drained.returncode == 0, drained.stderr
     u.admin.script_load(queues.RESTORE_SCRIPT)
-    relay = FaultRelay(u.url, sha_of(queues.RESTORE_SCRIPT), 2, before=lambda: u.allow("-lpush"))
+    relay = FaultRelay(
+        u.url, script_sha(queues.RESTORE_SCRIPT), 2, before=lambda: u.allow("-lpush")
+    )
     with relay:
         result = run_cli(
             "queue", "restore", str(backup), "--yes", "--json", "--env", u.env,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import signal
@@ -18,7 +17,7 @@ import pytest
 import redis
 import redis_bytes as rb
 import zstandard
-from faultrelay import FaultRelay
+from faultrelay import FaultRelay, script_sha
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -688,11 +687,6 @@ def test_drain_killed_before_recording_a_batch_then_rerun_restores_every_message
     assert summary.problems == []
     assert queues.restore(redis_client, second, queues.RestoreOptions()).restored == 4
     assert contents(redis_client, q.key("dead")) == values
-
-
-def script_sha(script: str) -> bytes:
-    """The SHA1 that EVALSHA names ``script`` by (what a :class:`FaultRelay` looks for)."""
-    return hashlib.sha1(script.encode()).hexdigest().encode()
 
 
 def test_a_drain_that_loses_its_connection_says_the_batch_may_have_run(
