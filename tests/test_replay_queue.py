@@ -583,7 +583,7 @@ def test_at_a_distance_publish_batches_grow_and_publish_the_same(
 ) -> None:
     """A batch's transactions go to Redis in one round trip; when that round trip is long
     (a relay adding 5 ms each way) the next batches grow, and the lists get exactly what a
-    near Redis gets, in order. On loopback they stay at PUBLISH_BATCH."""
+    near Redis gets, in order. On loopback they grow far less, if at all."""
     from esctl import redisio
     from esctl.query import QueryFilters
     from esctl.replay import Publisher, RedisSource, ReplaySummary
@@ -616,7 +616,9 @@ def test_at_a_distance_publish_batches_grow_and_publish_the_same(
             assert published(redis_client, SUB_A, env, "EnrollmentCreated") == [
                 e.payload for e in events
             ]
-    assert batches["near"] == PUBLISH_BATCH < batches["far"]
+    # Near, the round trip is a small share of a batch's time: a batch grows little if at all
+    # (here the events are made already, so a batch takes far less time than in a replay).
+    assert batches["near"] < batches["far"] and batches["far"] >= 10 * PUBLISH_BATCH
 
 
 @pytest.mark.parametrize("cluster", [False, True])
