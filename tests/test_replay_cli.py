@@ -279,7 +279,7 @@ def test_redis_out_of_memory_mid_replay_stops_it_and_says_what_was_published(
 ) -> None:
     """A Redis at its maxmemory refuses the pushes (OOM): the replay stops with exit 1, its
     summary counts exactly what the lists hold, names each event that failed, and says that
-    nothing after the failing round trip was sent."""
+    nothing more was sent once its answer was read."""
     client = redis.Redis.from_url(fresh_redis.url)
     try:
         truth = iw.write_store(client, app=app_name, aggregates=400, seed=81)

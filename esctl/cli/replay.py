@@ -431,10 +431,10 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
             "published, "
         )
         others, after = stopped.get("failed", 1) - 1, stopped.get("published_after", 0)
-        if others or after:  # its round trip carried more events, which Redis ran on
+        if others or after:  # events sent behind it, which Redis ran on
             message += (
-                f"it was not; of the {others + after} events sent after it in the same round "
-                f"trip, {others} failed too (problems) and {after} "
+                f"it was not; of the {others + after} events sent after it before its answer "
+                f"came, {others} failed too (problems) and {after} "
                 f"{'was' if after == 1 else 'were'} published; nothing after them was sent"
             )
         else:

@@ -60,10 +60,10 @@ a NOPERM, and (event, key, error)."""
 
 
 class PublishFailed(Exception):
-    """Transactions of one round trip did not run. The events before the first of them were
-    published, and nothing after that round trip was sent; of the events after it in the same
-    round trip (sent before its answer came), ``published_after`` were published, and
-    ``failures`` holds the first and every other that failed: (event, key, error)."""
+    """Transactions did not run. The events before the first of them were published, and
+    nothing was sent once its answer was read; of the events sent after it before that (the
+    rest of its batch, and the batch in flight behind it), ``published_after`` were published,
+    and ``failures`` holds the first and every other that failed: (event, key, error)."""
 
     def __init__(self, failures: list[tuple[Event, str, str]], *, published_after: int = 0) -> None:
         event, key, detail = failures[0]
