@@ -447,10 +447,10 @@ def compress(
             stopped = stop.stopped
             if stop.error is not None:
                 done = stopped.outcome(sum(c.compressed for c in families.values()))
-                raise _amended(stop.error, f"compress stopped there: {done}") from None
+                raise stop.error.add(f"compress stopped there: {done}") from None
         except EsctlError as exc:  # a lost connection, a lost lock: say what was written
             if not opts.dry_run:
-                _amended(exc, _written_before(families, tally["in_flight"]))
+                exc.add(_written_before(families, tally["in_flight"]))
             raise
         if lock is not None:
             lock.check()
@@ -668,13 +668,6 @@ def _written_before(families: dict[str, FamilyCounts], in_flight: int) -> str:
             "too (each call whole or not at all)"
         )
     return text
-
-
-def _amended(error: EsctlError, text: str) -> EsctlError:
-    """``error`` with ``text`` added to its message (what the run did before it)."""
-    error.message = f"{error.message}; {text}"
-    error.args = (error.message,)
-    return error
 
 
 # --- sampling (for doctor) -----------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 
 class EsctlError(Exception):
@@ -16,6 +16,17 @@ class EsctlError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def reword(self, message: str) -> Self:
+        """This error with ``message`` in place of its own (for what a caller knows better:
+        what the run had done before it stopped)."""
+        self.message = message
+        self.args = (message,)
+        return self
+
+    def add(self, text: str) -> Self:
+        """This error with ``; text`` added to its message."""
+        return self.reword(f"{self.message}; {text}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Errors cross process boundaries (--workers); the default pickling would call

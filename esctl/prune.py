@@ -421,10 +421,9 @@ def _prune_locked(
             _prune_pages(client, conn, opts, rules, bookkeeping, summary, backup, before_delete)
         except EsctlError as exc:  # a lost connection, a failed write: say what was deleted
             if not opts.dry_run:
-                exc.message += f"; {_deleted(summary)}"
+                exc.add(_deleted(summary))
                 if summary.under_way is not None:
-                    exc.message += f"; {summary.under_way}"
-                exc.args = (exc.message,)
+                    exc.add(summary.under_way)
             raise
         summary.used_memory_after = redisio.used_memory(client)
     finally:
@@ -590,15 +589,14 @@ def _prune_page(
         ran = len(last) - len(failed)
         kept = sum(1 for outcome in last if outcome is False)
         error = guard_error(client, stream.key, reply)
-        error.message += (
-            f"; prune stopped there: {len(failed):,} of the {len(last):,} guarded deletes of "
+        error.add(
+            f"prune stopped there: {len(failed):,} of the {len(last):,} guarded deletes of "
             "that round trip failed (those aggregates are left as they are)"
             + (f", the other {ran:,} ran" if ran else "")
             + (f" ({kept:,} of them found the list changed and kept it)" if kept else "")
             + "; after that round trip only the payload fields of the lists it deleted were "
             "deleted, nothing else was sent"
         )
-        error.args = (error.message,)
         raise error
 
 

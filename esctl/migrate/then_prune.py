@@ -101,12 +101,11 @@ def migrate_then_prune(
                 ),
             )
         except EsctlError as exc:  # the error is all that is shown: it says the migration ran
-            exc.message = (
+            exc.reword(
                 f"migrate redis-to-pg finished ({summary.events_migrated:,} events migrated, "
                 f"{summary.events_already_present:,} already present, "
                 f"{summary.aggregates_quarantined:,} aggregates quarantined); then the prune "
                 f"of --delete-source stopped: {exc.message}"
             )
-            exc.args = (exc.message,)
             raise
     return outcome
