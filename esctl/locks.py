@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from esctl import redisio
-from esctl.errors import LockHeld, ServerError
+from esctl.errors import EsctlError, LockHeld, ServerError
 
 if TYPE_CHECKING:
     import psycopg
@@ -76,6 +76,7 @@ class RedisLock:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RedisLock:
+        key = self.keys[0] if self.keys else ""
         try:
             for key in self.keys:
                 if not self.client.set(key, self.token, nx=True, px=self.ttl_ms):
@@ -92,7 +93,10 @@ class RedisLock:
                 self.held.append(key)
         except redisio.REDIS_ERRORS as exc:
             self._release()
-            raise redisio.wrap_errors(self.client, exc) from exc
+            error = redisio.wrap_errors(self.client, exc)
+            if isinstance(error, EsctlError):
+                error.add(f"esctl could not take its lock {key}, so nothing was done")
+            raise error from exc
         self._thread = threading.Thread(target=self._renew, name="esctl-redis-lock", daemon=True)
         self._thread.start()
         return self

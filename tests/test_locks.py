@@ -3,10 +3,13 @@ loss are tested in test_queue_ops.py, each command's exit 75 with the command.""
 
 from __future__ import annotations
 
+import orjson
 import psycopg
 import pytest
 import redis
+from helpers import run_cli
 
+from esctl import queues, servers
 from esctl.errors import LockHeld
 from esctl.locks import AdvisoryLock, RedisLock
 
@@ -54,3 +57,34 @@ def test_an_advisory_lock_is_released_when_the_block_raises(pg_dsn: str) -> None
         raise RuntimeError("the run failed")
     with AdvisoryLock(pg_dsn, "esctl:test:lock"):
         pass
+
+
+def test_a_redis_over_maxmemory_refusing_the_lock_is_named_with_what_to_do(
+    fresh_redis: servers.LocalRedis,
+) -> None:
+    """Under noeviction, Redis refuses the lock's SET: the error names the lock key, says
+    nothing was done and how to free memory, and the command exits 1 with the list untouched."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    q = queues.QueueRef("Learning.ReportingService.Worker", "production", "ItemScoreCreated")
+    stuck = [orjson.dumps({"Id": f"a{i}", "Version": 1}) for i in range(3)]
+    client.lpush(q.key("processing"), *stuck)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", used - 100_000)
+
+    result = run_cli(
+        "queue", "requeue", q.subscriber, q.event_type, "--env", q.env,
+        "--redis-url", fresh_redis.url, "--yes", "--json",
+    )  # fmt: skip
+
+    assert result.returncode == 1, result.stderr
+    error = orjson.loads(result.stdout)["error"]
+    assert "answered with an error: command not allowed when used memory" in error["message"]
+    assert error["message"].endswith(
+        f"; esctl could not take its lock {q.lock_key}, so nothing was done"
+    )
+    assert "maxmemory" in error["hint"] and "esctl doctor" in error["hint"]
+    client.config_set("maxmemory", 0)
+    assert client.lrange(q.key("processing"), 0, -1) == list(reversed(stuck))
+    assert not client.exists(q.lock_key)
+    client.close()

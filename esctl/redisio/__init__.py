@@ -7,6 +7,7 @@ Design: docs/design/redisio.md.
 """
 
 from esctl.redisio.client import (
+    OOM_HINT,
     PIPELINE_CHUNK,
     REDIS_ERRORS,
     RedisClient,
@@ -17,6 +18,7 @@ from esctl.redisio.client import (
     is_cluster_url,
     is_denied,
     is_lost,
+    is_oom,
     is_utf8,
     key_bytes,
     key_str,
@@ -53,6 +55,7 @@ from esctl.redisio.scan import (
 )
 
 __all__ = [
+    "OOM_HINT",
     "PIPELINE_CHUNK",
     "REDIS_ERRORS",
     "LatencyPacer",
@@ -71,6 +74,7 @@ __all__ = [
     "is_cluster_url",
     "is_denied",
     "is_lost",
+    "is_oom",
     "is_read_only",
     "is_utf8",
     "key_bytes",

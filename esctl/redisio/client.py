@@ -287,6 +287,21 @@ def permission_denied(
     )
 
 
+OOM_HINT = (
+    "Redis is at its maxmemory and refuses writes: free memory or raise maxmemory "
+    "('esctl doctor' shows the headroom), then rerun"
+)
+"""What to do about an OOM answer (Redis over maxmemory with the noeviction policy)."""
+
+
+def is_oom(reply: object) -> bool:
+    """Whether an exception (or an error reply) is Redis refusing a write over maxmemory."""
+    # redis-py strips the OOM word off the text of the OutOfMemoryError it raises
+    return isinstance(reply, redis.exceptions.OutOfMemoryError) or (
+        isinstance(reply, Exception) and str(reply).startswith("OOM")
+    )
+
+
 def is_lost(exc: BaseException) -> bool:
     """Whether a redis-py exception is the connection lost (or no node to send to), not
     Redis's answer: a command sent may or may not have run."""
@@ -309,7 +324,10 @@ def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
             server=server,
             hint="the run kept a consistent state; rerun the same command when Redis is back",
         )
-    return ServerError(f"Redis {server} answered with an error: {redact(str(exc))}")
+    return ServerError(
+        f"Redis {server} answered with an error: {redact(str(exc))}",
+        hint=OOM_HINT if is_oom(exc) else None,
+    )
 
 
 def round_trip(client: RedisClient) -> float:
