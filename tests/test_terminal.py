@@ -12,7 +12,9 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -587,6 +589,69 @@ def test_demo_on_a_terminal_keeps_subscribers_and_ids_whole() -> None:
         assert shows_whole(screen, defect["key"]), (defect, screen.describe())
         if defect["commit_id"]:
             assert any(defect["commit_id"] in row for row in screen.rows), screen.describe()
+
+
+def bash_forms(commands: list[str]) -> list[str]:
+    """Each command as bash reads it (``declare -f`` of a function running it): lines joined
+    by a ``\\`` at their end read as the one-line command they were broken from."""
+    script = "".join(f"f{i}() {{\n{command}\n}}\n" for i, command in enumerate(commands))
+    script += "".join(f"declare -f f{i}; echo '--end--'\n" for i in range(len(commands)))
+    result = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", script],
+        capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    forms = result.stdout.split("--end--\n")[:-1]
+    return [re.sub(r"^f\d+ ", "f ", form) for form in forms]
+
+
+def printed_tour(rows: list[str]) -> list[tuple[str, str]]:
+    """The tour as the screen shows it: (comment, command) per step, each made of its rows."""
+    start = next(i for i, row in enumerate(rows) if row.startswith("Try next"))
+    steps: list[tuple[list[str], list[str]]] = []
+    for row in rows[start + 1 :]:
+        if not row.startswith("  "):
+            break
+        if row.startswith("  # "):
+            if not steps or steps[-1][1]:
+                steps.append(([], []))
+            steps[-1][0].append(row[4:])
+        else:
+            steps[-1][1].append(row)
+    return [(" ".join(comment), "\n".join(command)) for comment, command in steps]
+
+
+def test_demo_tour_on_80_columns_reads_and_pastes_as_written() -> None:
+    """The tour ``esctl demo`` prints, at 80 columns: each step's description wrapped at words
+    on comment rows of its own (a paste of the rows runs no prose), each command broken at its
+    words with `` \\`` where it is too long, so that bash reads the rows on the screen as the
+    one-line command (``--json``'s ``tour``). No row is folded by the terminal."""
+    document = json.loads(run_cli("demo", "--json").stdout)
+    screen = run_on_terminal([*ESCTL, "demo"], timeout=300)
+    assert_reads_well(screen)
+    tour = printed_tour(screen.rows)
+    assert [comment for comment, _ in tour] == [s["description"] for s in document["tour"]]
+    printed = [command for _, command in tour]
+    assert bash_forms(printed) == bash_forms([s["command"] for s in document["tour"]])
+    for command in printed:
+        for row in command.splitlines():
+            assert len(row) < 80 or " " not in row.strip(), screen.describe()
+
+
+@pytest.mark.parametrize("width", [30, 50, 78])
+def test_break_command_keeps_every_tour_command_as_bash_reads_it(
+    width: int, redis_client: redis.Redis, app_name: str, env_name: str
+) -> None:
+    """Broken at any width, each step reads in bash as the one-line command; a row is longer
+    than the width only where one word is."""
+    summary = demo.write_demo_store(redis_client, app=app_name, env=env_name)
+    commands = [step.command for step in demo_tour.tour(summary)]
+    broken = ["\n".join(output.break_command(c, width)) for c in commands]
+    assert bash_forms(broken) == bash_forms(commands)
+    for text in broken:
+        assert text.count("\n") == text.count(" \\\n")  # every row but the last continues
+        for row in text.splitlines():
+            words = shlex.split(row.removesuffix(" \\"), posix=False)
+            assert len(row) <= width or len(words) <= 2  # a word, or an option and its value
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])

@@ -151,12 +151,12 @@ def _render(out: Output, run: core.DemoRun) -> None:
     out.print()
     out.print("Try next" + ("" if run.kept else " (with --keep, after the export line)") + ":")
     for step in demo_tour.tour(summary, run.tools()):
-        out.print(f"  # {step.description}")
-        out.print(f"  {step.command}")
+        out.shell_comment(step.description)
+        out.shell_command(step.command)
     if run.kept:
         out.print()
         out.print("The servers keep running. Point esctl at them with:")
-        out.print(run.export_line())
+        out.shell_command(run.export_line(), indent="")
         out.print("Stop them and remove their data with:")
         for command in run.stop_commands():
-            out.print(command)
+            out.shell_command(command, indent="")

@@ -238,6 +238,77 @@ def break_line(line: str, width: int) -> list[str]:
     return lines
 
 
+def break_command(command: str, width: int) -> list[str]:
+    """A shell command in lines of at most ``width`` cells where it can be, each but the last
+    ending in `` \\`` (a shell joins them back into the same command), broken only at spaces
+    outside quotes, where it can be not between an option and its value nor after a pipe or
+    a redirection; continuation lines are indented by four spaces. A word longer than a line
+    stays whole (the terminal folds it)."""
+    lines: list[str] = []
+
+    def add(piece: str) -> None:
+        if not lines:
+            lines.append(piece)
+        elif cell_len(lines[-1]) + 1 + cell_len(piece) + 2 <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.append("    " + piece)
+
+    for unit in _shell_units(_shell_words(command)):
+        joined = " ".join(unit)
+        if cell_len(joined) + 6 <= width:
+            add(joined)
+        else:
+            for word in unit:
+                add(word)
+    return [line + " \\" for line in lines[:-1]] + lines[-1:]
+
+
+_OPERATORS = frozenset({"|", "||", "&&", ";", ">", ">>", "<", "2>", "2>&1"})
+
+
+def _shell_units(words: Sequence[str]) -> list[list[str]]:
+    """``words`` grouped into what reads as one: an option with the value after it, an
+    operator with the word after it."""
+    units: list[list[str]] = []
+    glue = False
+    for word in words:
+        if glue and word not in _OPERATORS and not (word.startswith("-") and len(word) > 1):
+            units[-1].append(word)
+            glue = False
+            continue
+        units.append([word])
+        glue = word in _OPERATORS or (word.startswith("-") and len(word) > 1)
+    return units
+
+
+def _shell_words(command: str) -> list[str]:
+    """``command`` split at its unquoted spaces, each word as written (quotes and escapes
+    kept), so that joining them with spaces gives the same command."""
+    words: list[str] = []
+    word: list[str] = []
+    quote = ""
+    escaped = False
+    for ch in command:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == " ":
+            if word:
+                words.append("".join(word))
+                word = []
+            continue
+        word.append(ch)
+    if word:
+        words.append("".join(word))
+    return words
+
+
 # A number and the unit after it: "24 h", "16.8 KiB", "~30 s", "(0.4 s", "1,000 bytes"
 # (format_bytes, format_duration and the doctor's prose); and the two parts of a duration as
 # format_duration writes it: "1h 0m", "5m 6s".
@@ -792,6 +863,25 @@ class Output:
         lines = break_line(text, max(self.width - len(head), 20))
         for i, line in enumerate(lines):
             self.print((head if i == 0 else " " * len(head)) + line)
+
+    def shell_comment(self, text: str, indent: str = "  ") -> None:
+        """A shell comment (``# text``) on stdout: on a terminal wrapped to its width with
+        every line a comment, so that pasting it with the commands around it runs nothing."""
+        if not _writes_to_terminal(stdout_console):
+            self.print(f"{indent}# {text}")
+            return
+        for line in break_line(text, max(self.width - len(indent) - 2, 20)):
+            self.print(f"{indent}# {line}")
+
+    def shell_command(self, command: str, indent: str = "  ") -> None:
+        """A command to copy and run, on stdout: on a terminal too narrow for it, continued
+        over lines with `` \\`` at its spaces outside quotes (see :func:`break_command`), so a
+        paste runs the same command; to a pipe or a file it is one line."""
+        if not _writes_to_terminal(stdout_console) or len(indent) + len(command) <= self.width:
+            self.print(indent + command)
+            return
+        for line in break_command(command, max(self.width - len(indent), 20)):
+            self.print(indent + line)
 
     @property
     def width(self) -> int:
