@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import inspect
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -74,6 +75,11 @@ def test_help_lists_every_group() -> None:
     assert {"events", "config"} <= set(names)
     for name in names:
         assert name in result.stdout, f"{name} missing from esctl --help"
+    listed = re.findall(r"^  ([a-z-]+)  ", result.stdout.split("Commands:")[1], re.MULTILINE)
+    # as an operator meets them: try it, look, move, replay, repair, tend
+    assert listed == [
+        "demo", "inspect", "events", "migrate", "replay", "queue", "doctor", "compress", "config"
+    ]  # fmt: skip
 
 
 def is_group(command: Any) -> bool:

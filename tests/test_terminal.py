@@ -750,6 +750,10 @@ def help_problems(screen: Screen, command: Any) -> list[str]:
                 found.append(f"option {opt} not shown whole")
     if "<bool>" in text:
         found.append("a <bool> label")
+    for name, sub in getattr(command, "commands", {}).items():  # a group's table of contents
+        short = sub.get_short_help_str(limit=1000)
+        if " ".join(text.split()).count(f"{name} {short}") != 1:
+            found.append(f"{name}'s one-line help not shown whole ({short!r})")
     # Click's help is min(terminal, 120) - 2 wide; prose is indented by 2.
     width = min(screen.cols, 120) - 2
     for paragraph in (command.help or "").split("\n\n"):

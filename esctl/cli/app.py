@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from esctl import __version__
 from esctl.cli import compress, config_cmd, demo, doctor, events, inspect, migrate, queue
 from esctl.cli import replay as replay_cmd
 from esctl.cli.errors import run_command_line
 
+ORDER = ("demo", "inspect", "events", "migrate", "replay", "queue", "doctor", "compress", "config")
+"""The commands in the order ``esctl --help`` lists them: as an operator meets them (try it,
+look, move, replay, repair, tend)."""
+
+
+class _Listed(TyperGroup):
+    """The root group, listing its commands in :data:`ORDER` (Typer would list the commands
+    before the groups)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted(self.commands, key=lambda name: (*ORDER, name).index(name))
+
+
 app = typer.Typer(
+    cls=_Listed,
     name="esctl",
     help="Operations toolkit for Redis-backed Learning.EventStore event stores.",
     no_args_is_help=True,
@@ -44,15 +59,21 @@ def root(
     """esctl: inspect, migrate, replay and repair Learning.EventStore data in Redis."""
 
 
-app.add_typer(events.app, name="events")
+app.command("demo", short_help="Try esctl: throwaway servers with a demo event store.")(demo.demo)
 app.add_typer(inspect.app, name="inspect")
+app.add_typer(events.app, name="events")
 app.add_typer(migrate.app, name="migrate")
-app.add_typer(config_cmd.app, name="config")
+app.command("replay", short_help="Republish events, feed a projection, or print them.")(
+    replay_cmd.replay
+)
 app.add_typer(queue.app, name="queue")
-app.command("replay")(replay_cmd.replay)
-app.command("demo")(demo.demo)
-app.command("doctor")(doctor.doctor)
-app.command("compress")(compress.compress)
+app.command("doctor", short_help="Check the settings, memory and queues that hurt a store.")(
+    doctor.doctor
+)
+app.command("compress", short_help="Compress plain payloads over a threshold, in place.")(
+    compress.compress
+)
+app.add_typer(config_cmd.app, name="config")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from esctl.config import SETTINGS, redact
 app = typer.Typer(no_args_is_help=True, help="Show esctl's configuration.")
 
 
-@app.command("show")
+@app.command("show", short_help="Every setting and where it came from.")
 @with_context(Scope.SETTINGS)
 def show(ctx: Context) -> None:
     """Print every resolved setting and where it came from (passwords shown as ***).

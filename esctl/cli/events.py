@@ -56,7 +56,7 @@ def _inputs(values: list[str] | None) -> Iterator[tuple[str, bytes]]:
         yield f"argument {number}", value.encode("utf-8", "surrogateescape")
 
 
-@app.command("decode")
+@app.command("decode", short_help="Decode stored payloads (plain, gzip, zstd) into JSON.")
 @with_context(Scope.NONE, json=False)
 def decode(
     ctx: Context,
@@ -108,7 +108,7 @@ TABLE_DEFAULT_LIMIT = 100
 """Rows a table shows when --limit is not given (a table of a million rows helps nobody)."""
 
 
-@app.command("query")
+@app.command("query", short_help="Find events by type, aggregate, time and payload fields.")
 @with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP, json=False)
 @with_groups
 def query(

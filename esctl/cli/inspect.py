@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True,
     help="Look into the Redis event store: an aggregate, an event, integrity, memory. Read-only.",
+    short_help="Look into the Redis event store (read-only).",
 )
 
 READS = Scope.REDIS | Scope.REPLICAS | Scope.APP
@@ -36,7 +37,7 @@ def _where(row: core.EventRow) -> str:
 # --- aggregate -----------------------------------------------------------------------------
 
 
-@app.command("aggregate")
+@app.command("aggregate", short_help="One aggregate: its events, snapshot and problems.")
 @with_context(READS)
 def aggregate(
     ctx: Context,
@@ -139,7 +140,7 @@ def _render_aggregate(out: Output, report: core.AggregateReport, *, raw: bool) -
 # --- event ---------------------------------------------------------------------------------
 
 
-@app.command("event")
+@app.command("event", short_help="One event by commit id: where it is stored, decoded.")
 @with_context(READS)
 def event(
     ctx: Context,
@@ -194,7 +195,7 @@ def _render_event(out: Output, report: core.EventReport) -> None:
 # --- integrity -----------------------------------------------------------------------------
 
 
-@app.command("integrity")
+@app.command("integrity", short_help="Scan the whole store and report what is wrong.")
 @with_context(READS)
 def integrity(
     ctx: Context,
@@ -291,7 +292,7 @@ def _share(value: float | None) -> str | None:
     return None if value is None else f"{value * 100:.1f}%"
 
 
-@app.command("stats")
+@app.command("stats", short_help="Where the memory goes, per key family and event type.")
 @with_context(READS | Scope.ENV)
 def stats(
     ctx: Context,

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     no_args_is_help=True,
     help="See and repair the subscribers' reliable queues: list, peek, requeue, drain, restore.",
+    short_help="List, peek, requeue, drain and restore the queues.",
 )
 
 SubscriberArg = Annotated[
@@ -198,7 +199,7 @@ def _report(out: Output, summary: _S, render: Callable[[Output, _S], None]) -> N
 # --- list ----------------------------------------------------------------------------------
 
 
-@app.command("list")
+@app.command("list", short_help="Queue lengths per subscriber and event type.")
 @with_context(Scope.REDIS | Scope.ENV)
 def list_command(
     ctx: Context,
@@ -283,7 +284,7 @@ def list_command(
 # --- peek ----------------------------------------------------------------------------------
 
 
-@app.command("peek")
+@app.command("peek", short_help="Show a queue list's next messages, removing none.")
 @with_context(Scope.REDIS | Scope.ENV)
 def peek_command(
     ctx: Context,
@@ -322,7 +323,7 @@ def peek_command(
 # --- requeue -------------------------------------------------------------------------------
 
 
-@app.command("requeue")
+@app.command("requeue", short_help="Move stuck or dead-lettered messages back, taken next.")
 @with_context(Scope.REDIS | Scope.ENV)
 @with_groups
 def requeue_command(
@@ -405,7 +406,7 @@ def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
 # --- drain ---------------------------------------------------------------------------------
 
 
-@app.command("drain")
+@app.command("drain", short_help="Back up a queue list to a file, then remove those.")
 @with_context(Scope.REDIS | Scope.ENV)
 @with_groups
 def drain_command(
@@ -485,7 +486,7 @@ def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> Non
 # --- restore -------------------------------------------------------------------------------
 
 
-@app.command("restore")
+@app.command("restore", short_help="Put drained messages back where they came from.")
 @with_context(Scope.REDIS | Scope.ENV)
 def restore_command(
     ctx: Context,

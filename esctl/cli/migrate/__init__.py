@@ -8,8 +8,16 @@ from esctl.cli.migrate import plan, prune, redis_to_pg, status, verify
 
 app = typer.Typer(no_args_is_help=True, help="Move event storage from Redis into PostgreSQL.")
 
-app.command("redis-to-pg")(redis_to_pg.redis_to_pg)
-app.command("verify")(verify.verify_command)
-app.command("status")(status.status_command)
-app.command("plan")(plan.plan_command)
-app.command("prune")(prune.prune_command)
+app.command("redis-to-pg", short_help="Copy events into PostgreSQL: resumable, idempotent.")(
+    redis_to_pg.redis_to_pg
+)
+app.command("verify", short_help="Compare Redis with PostgreSQL aggregate by aggregate.")(
+    verify.verify_command
+)
+app.command("status", short_help="Where each shard's latest migration run stands.")(
+    status.status_command
+)
+app.command("plan", short_help="Estimate a migration: events, bytes, run time.")(plan.plan_command)
+app.command("prune", short_help="Delete from Redis what PostgreSQL holds identically.")(
+    prune.prune_command
+)
