@@ -75,6 +75,7 @@ def eval_pipelined(
     calls: Sequence[tuple[Any, ...]],
     *,
     until_failure: bool = False,
+    refuse_denied: bool | None = None,
 ) -> list[Any]:
     """Run a Lua script once per call (``(numkeys, *keys, *args)``), pipelined: EVALSHA, and
     EVAL for the calls a server answered NOSCRIPT (a restarted server, another cluster node).
@@ -92,9 +93,15 @@ def eval_pipelined(
     call failed (an error reply but NOSCRIPT and those retried) nothing more is sent: the
     calls answered NOSCRIPT or TRYAGAIN are returned with those replies (they did not run).
     Give it one round trip of calls (:data:`PIPELINE_CHUNK` at most) at a time, and read the
-    replies before sending more."""
+    replies before sending more.
+
+    ``refuse_denied``: whether a NOPERM reply raises PermissionDenied once every reply is read
+    (:func:`pipelined`); by default only without ``until_failure``. False with
+    ``until_failure`` False: every call is still carried through (NOSCRIPT, waits) to its own
+    answer, and NOPERM replies are returned, for a caller that counts what the others did."""
     sha = hashlib.sha1(script.encode()).hexdigest()
-    replies = _eval_once(client, script, sha, calls, until_failure)
+    refuse = not until_failure if refuse_denied is None else refuse_denied
+    replies = _eval_once(client, script, sha, calls, until_failure, refuse)
     deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
     delay = 0.1
     while True:
@@ -106,7 +113,7 @@ def eval_pipelined(
         delay = min(delay * 2, 1.0)
         if isinstance(client, redis.cluster.RedisCluster):
             refresh_slots(client)
-        again = _eval_once(client, script, sha, [calls[i] for i in pending], until_failure)
+        again = _eval_once(client, script, sha, [calls[i] for i in pending], until_failure, refuse)
         for i, reply in zip(pending, again, strict=True):
             replies[i] = reply
 
@@ -125,10 +132,10 @@ def _eval_once(
     sha: str,
     calls: Sequence[tuple[Any, ...]],
     until_failure: bool = False,
+    refuse: bool = True,
 ) -> list[Any]:
     """One pipelined EVALSHA per call, then EVAL for those the server answered NOSCRIPT
-    (``until_failure``: not after a call failed)."""
-    refuse = not until_failure
+    (``until_failure``: not after a call failed); ``refuse``: a NOPERM reply raises."""
     replies = pipelined(
         client,
         [("EVALSHA", sha, *call) for call in calls],
