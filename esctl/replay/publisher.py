@@ -332,8 +332,10 @@ class Publisher:
         )
 
     def _script_failures(self, chunk: Sequence[Event]) -> list[_Failure]:
-        """Redis Cluster: one :data:`PUBLISH_SCRIPT` per event; the events whose script did
-        not run (as :meth:`_failures`)."""
+        """Redis Cluster: one :data:`PUBLISH_SCRIPT` per event, each node sent its events in
+        one round trip; the events whose script did not run (as :meth:`_failures`). A node
+        that refuses some (NOPERM) does not stop the others' answers being read and counted:
+        its refusals come back as failures like any other."""
         replies = redisio.eval_pipelined(
             self.client,
             PUBLISH_SCRIPT,
@@ -342,13 +344,19 @@ class Publisher:
                  self.channels[e.event_type], e.payload)
                 for e in chunk
             ],
+            refuse_denied=False,
         )  # fmt: skip
         failed: list[_Failure] = []
         for number, (event, reply) in enumerate(zip(chunk, replies, strict=True)):
             if isinstance(reply, Exception):
                 denied = None
                 if redisio.is_denied(reply):  # the script checks before any change
-                    denied = redisio.permission_denied(redisio.describe(self.client), reply)
+                    denied = redisio.permission_denied(
+                        redisio.describe(self.client),
+                        reply,
+                        command="EVALSHA",
+                        key=self.keys[event.event_type][0],
+                    )
                 channel = self.channels[event.event_type]
                 failed.append((number, denied, (event, channel, str(reply))))
         return failed
