@@ -4,6 +4,8 @@ receives. Ground truth comes from tests/independent_writer.py, not from esctl.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -15,9 +17,10 @@ import independent_writer as iw
 import pytest
 import redis
 import redis_bytes as rb
+from helpers import cli_env
 from test_bench_relay import relay_module
 
-from esctl import codec, errors, layout, queues
+from esctl import codec, errors, layout, queues, servers
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.replay import (
     Pacer,
@@ -661,3 +664,58 @@ def test_a_failed_transaction_stops_publishing_and_counts_what_ran(
     assert published(redis_client, SUB_A, env, "Good") == [b'{"n":%d}' % n for n in (1, 2, *ran)]
     assert summary.published == {SUB_A: {"Good": 2 + len(ran)}}
     assert summary.messages == summary.notifications == 2 + len(ran)
+
+
+AT_SECOND_BATCH = """
+import os, sys
+import redis
+from esctl.replay import publisher
+
+real_init = publisher.Publisher.__init__
+real = publisher.Publisher._send
+
+def small_batches(self, *args, **kwargs):
+    real_init(self, *args, **{**kwargs, "batch": 16})
+
+sent = []
+
+def full_after_first(self, chunk):
+    sent.append(len(chunk))
+    if len(sent) == 2:  # Redis over maxmemory from the second batch on
+        admin = redis.Redis.from_url(os.environ["ADMIN_URL"])
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) - 100_000)
+    return real(self, chunk)
+
+publisher.Publisher.__init__ = small_batches
+publisher.Publisher._send = full_after_first
+sys.argv[0] = "esctl"
+from esctl.cli.app import main
+main()
+"""
+"""``esctl ARGS`` whose Redis (``$ADMIN_URL``) goes over maxmemory as the replay sends its
+second batch of events; everything else is the real command."""
+
+
+def test_a_replay_that_fills_redis_says_what_to_do_about_memory(
+    fresh_redis: servers.LocalRedis, app_name: str, env_name: str
+) -> None:
+    """Redis refuses the publishes once over maxmemory: the error names the first event not
+    published and says to free memory (not only "fix the cause"), then to replay the rest."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    iw.write_store(client, app=app_name, aggregates=120, events_per_aggregate=(2, 4), seed=8)
+    subscribe(client, env_name)
+    result = subprocess.run(
+        [sys.executable, "-c", AT_SECOND_BATCH, "replay", "--from", "redis", "--all",
+         "--to", "queue", "--subscriber", SUB_A, "--redis-url", fresh_redis.url,
+         "--app", app_name, "--env", env_name, "--yes"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**cli_env(), "ADMIN_URL": fresh_redis.url},
+    )  # fmt: skip
+    client.config_set("maxmemory", 0)
+    assert result.returncode == 1, result.stderr
+    error = " ".join(result.stderr.split())
+    assert "failed: command not allowed when used memory" in error or "OOM" in error, error
+    assert "what to do: Redis is at its maxmemory: free memory or raise maxmemory" in error
+    assert "then replay the rest" in error
+    client.close()

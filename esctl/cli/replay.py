@@ -439,7 +439,10 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
             )
         else:
             message += "it and the rest were not"
-        hint = "fix the cause, then replay the rest (e.g. with --since or --aggregate)"
+        cause = "fix the cause"
+        if "'maxmemory'" in str(stopped["error"]):  # OOM (redis-py drops that word)
+            cause = "Redis is at its maxmemory: free memory or raise maxmemory ('esctl doctor')"
+        hint = f"{cause}, then replay the rest (e.g. with --since or --aggregate)"
     else:
         where = "flush" if stopped.get("in") == "flush" else "event"
         message = (
