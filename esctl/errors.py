@@ -67,6 +67,18 @@ class PermissionDenied(ServerError):
     and what was refused; the hint points at the README's rules per command family."""
 
 
+class LockLost(ServerError):
+    """A run's Redis lock was found gone while the run went on (:meth:`esctl.locks.RedisLock.check`):
+    taken or deleted by someone else, or not renewable for its time to live. ``key``: the lock
+    key; ``why``: what the renewal found, naming the key. A command that catches it stops
+    sending, counts what it did, and reports the lost lock as the reason it stopped."""
+
+    def __init__(self, message: str, *, key: str, why: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+        self.why = why
+
+
 class NotFound(EsctlError):
     """A key, aggregate or row the user named does not exist."""
 

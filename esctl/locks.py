@@ -14,7 +14,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from esctl import redisio
-from esctl.errors import EsctlError, LockHeld, ServerError
+from esctl.config import redact
+from esctl.errors import EsctlError, LockHeld, LockLost
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,9 +47,11 @@ def _run_script(
 class RedisLock:
     """A lock on one or more Redis keys: ``SET key token NX PX ttl``, renewed by a thread while
     held, released with a compare-and-delete (never someone else's lock). Raises LockHeld on
-    entry when any of the keys is held (having taken nothing). ``check()`` raises ServerError
-    ``lost the {name}: why; {stopped}`` (with ``hint``) when a renewal found the lock gone
-    (expired while Redis was unreachable, or deleted by hand).
+    entry when any of the keys is held (having taken nothing). ``check()`` raises LockLost (a
+    ServerError) ``lost the {name}: why; {stopped}`` (with ``hint``) once a renewal found the
+    lock gone (taken or deleted by someone else, or not renewable for its TTL); ``lost`` and
+    ``lost_key`` say so without raising. A run that catches it stops sending and reports what
+    it did, the lost lock as the reason it stopped.
 
     ``token`` and ``ttl_ms`` are public so that a server-side script can check the lock is
     still this run's (a fencing token) and renew it in the same call."""
@@ -72,6 +75,9 @@ class RedisLock:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.held: list[str] = []
         self.lost: str | None = None
+        """Set (once, by the renewal thread) when the lock was found gone: why, naming its key."""
+        self.lost_key: str | None = None
+        """The key of the lock that was found gone (set before ``lost``)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -108,25 +114,38 @@ class RedisLock:
         self._release()
 
     def check(self) -> None:
-        if self.lost:
-            raise ServerError(f"lost the {self.name}: {self.lost}; {self.stopped}", hint=self.hint)
+        """LockLost when a renewal found the lock gone."""
+        lost = self.lost
+        if lost:
+            raise LockLost(
+                f"lost the {self.name}: {lost}; {self.stopped}",
+                key=self.lost_key or "",
+                why=lost,
+                hint=self.hint,
+            )
 
     def _renew(self) -> None:
         interval = self.ttl_ms / 3000
         last_ok = time.monotonic()
         while not self._stop.wait(interval):
+            key = self.held[0] if self.held else ""
             try:
                 for key in self.held:
                     if not _run_script(
                         self.client, _RENEW_SCRIPT, [key], [self.token, self.ttl_ms]
                     ):
-                        self.lost = f"{key} was taken or deleted by someone else"
+                        self._found_lost(key, f"{key} was taken or deleted by someone else")
                         return
                 last_ok = time.monotonic()
             except redisio.REDIS_ERRORS as exc:
                 if time.monotonic() - last_ok > self.ttl_ms / 1000:
-                    self.lost = f"could not renew it for {self.ttl_ms / 1000:.0f} s: {exc}"
+                    why = f"could not renew {key} for {self.ttl_ms / 1000:.0f} s"
+                    self._found_lost(key, f"{why}: {redact(str(exc))}")
                     return
+
+    def _found_lost(self, key: str, why: str) -> None:
+        self.lost_key = key
+        self.lost = why
 
     def _release(self) -> None:
         for key in self.held:
