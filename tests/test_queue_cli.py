@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import lostlock
 import redis
 import redis_bytes as rb
 from helpers import run_cli
@@ -197,3 +198,36 @@ def test_failed_moves_exit_1_and_problems_exit_3(
     summary = json.loads(failed.stdout)
     assert summary["failed"] == 1 and summary["problems"][0]["kind"] == "move_failed"
     assert redis_client.llen(ref.key("processing")) == 1
+
+
+def test_a_requeue_that_loses_its_lock_exits_1_with_its_summary(
+    redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """Another run takes the queue lock once the fourth batch of moves was made: exit 1 with
+    the summary, counting exactly what moved (as Redis holds it) and naming the lost lock as
+    the reason the run stopped."""
+    ref = queues.QueueRef("Svc", env_name, "T")
+    values = [b'{"Id": "%d"}' % i for i in range(30)]
+    redis_client.lpush(ref.key("processing"), *values)
+    result = lostlock.run_cli_losing_the_lock(
+        redis_test_url,
+        "esctl.queues.requeue:_move_call",
+        4,
+        ["queue", "requeue", "Svc", "T", "--redis-url", redis_test_url, "--env", env_name,
+         "--yes", "--json"],
+        settings=("esctl.queues.scripts:MOVE_BATCH=3",),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    published = rb.lrange(redis_client, ref.key("published"))
+    processing = rb.lrange(redis_client, ref.key("processing"))
+    # batches 1-2 were answered before the lock went, batch 4 was sent after (its script
+    # found the lock gone); batch 3 ran unless the other run's SET came first
+    assert 6 <= summary["requeued"] == len(published) <= 9
+    assert summary["failed"] == 30 - summary["requeued"] == len(processing)
+    assert sorted(published + processing) == sorted(values)
+    assert summary["notified"] is True
+    [problem] = summary["problems"]
+    assert problem["kind"] == "move_failed"
+    assert problem["detail"].startswith(f"lost the queue lock: {ref.lock_key} ")
+    assert "rerun to requeue the rest" in problem["detail"]

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import lostlock
 import orjson
 import pytest
 import redis
@@ -28,6 +29,7 @@ from esctl.queues.drain import _interrupts_deferred
 
 # the module, not the function esctl.queues exports under the same name
 drain_module = importlib.import_module("esctl.queues.drain")
+requeue_module = importlib.import_module("esctl.queues.requeue")
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUB = "Learning.ReportingService.Worker-Test"
@@ -430,6 +432,202 @@ def test_lock_is_renewed_and_notices_when_lost(redis_client: redis.Redis, env_na
 
         wait_for(noticed, "the renewal noticed the lock was taken")
     assert redis_client.get(q.lock_key) == b"someone else"  # never deletes others' locks
+
+
+# --- a lock lost mid-run -------------------------------------------------------------------
+
+
+def subscribed(client: redis.Redis, channel: str) -> Any:
+    """A subscription to ``channel``, confirmed (no notification after this is missed)."""
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    wait_for(
+        lambda: (pubsub.get_message(timeout=0.05) or {}).get("type") == "subscribe", "subscribed"
+    )
+    return pubsub
+
+
+def notifications(pubsub: Any) -> int:
+    """The notifications received so far (waiting a moment for the last)."""
+    count = 0
+    while (got := pubsub.get_message(timeout=0.3)) is not None:
+        count += got["type"] == "message"
+    return count
+
+
+def test_a_requeue_that_loses_its_lock_mid_run_counts_the_batches_in_flight_and_stops(
+    redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run takes the queue lock while batches 1-3 are sent (3 still unanswered, Redis
+    has run it) and batch 4 is being made. The requeue stops: batch 4's script finds the lock
+    gone and does not run, no batch after it is made, the answers of every batch sent are read
+    and counted, the subscribers are notified of what moved, and the summary names the lost
+    lock (exit 1). Nothing is lost or duplicated, and a rerun once the other run is gone moves
+    the rest."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 3)
+    locks = lostlock.ShortLocks(monkeypatch)
+    q = ref(env_name)
+    values = [message(str(i)) for i in range(30)]  # ten batches of 3
+    fill(redis_client, q.key("processing"), values)
+    real = requeue_module._move_call
+    made: list[int] = []
+
+    def take_the_lock_at_batch_4(*args: Any) -> Any:
+        made.append(len(args[4]))
+        if len(made) == 4:  # batches 1-3 were sent: once Redis ran them, the lock goes
+            wait_for(lambda: redis_client.llen(q.key("published")) == 9, "batches 1-3 ran")
+            locks.take_away(redis_client)
+        return real(*args)
+
+    monkeypatch.setattr(requeue_module, "_move_call", take_the_lock_at_batch_4)
+    pubsub = subscribed(redis_client, q.channel)
+    summary = queues.requeue(redis_client, q, queues.RequeueOptions())
+    assert made == [3, 3, 3, 3], "no batch is made once the loss is known"
+    published, processing = (contents(redis_client, q.key(w)) for w in ("published", "processing"))
+    assert (
+        (summary.requeued, summary.gone, summary.failed)
+        == (9, 0, 21)
+        == (len(published), 0, len(processing))
+    )
+    assert sorted(published + processing) == sorted(values)  # none lost, none twice
+    assert summary.notified and notifications(pubsub) == 1
+    [problem] = summary.problems
+    assert problem["kind"] == "move_failed" and problem["key"] == q.key("processing")
+    detail = problem["detail"]
+    # the renewal noticed before batch 4's answer came: that is the reason; batch 4 was sent
+    # already, and its script found the lock gone (it did not run: 9 requeued)
+    assert detail.startswith(
+        f"lost the queue lock: {q.lock_key} was taken or deleted by someone else; nothing more "
+        "was sent, and every batch already sent was answered and is counted"
+    )
+    assert "(9 requeued, 0 gone); 21 selected messages not requeued" in detail
+    assert "rerun to requeue the rest" in detail
+    assert redis_client.get(q.lock_key) == lostlock.OTHER_RUN  # never deletes others' locks
+
+    locks.give_back(redis_client)
+    monkeypatch.setattr(requeue_module, "_move_call", real)
+    again = queues.requeue(redis_client, q, queues.RequeueOptions())
+    assert (again.requeued, again.failed, again.problems) == (21, 0, [])
+    assert sorted(contents(redis_client, q.key("published"))) == sorted(values)
+    assert not redis_client.exists(q.key("processing"))
+    pubsub.close()
+
+
+def test_a_requeue_whose_script_finds_the_lock_gone_first_stops_on_that(
+    redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock is taken between two batches and a batch's script finds it before the renewal
+    does (it runs every 10 s): that batch does not run, the run stops on it with the same
+    report (the lost lock named, what moved counted), and the batches before it are counted."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 3)
+    q = ref(env_name)
+    values = [message(str(i)) for i in range(30)]
+    fill(redis_client, q.key("dead"), values)
+    real = requeue_module.batches
+
+    def take_the_lock_after_batch_2(candidates: Any) -> Any:
+        for n, batch in enumerate(real(candidates), 1):
+            if n == 3:
+                wait_for(lambda: redis_client.llen(q.key("published")) == 6, "batches 1-2 ran")
+                redis_client.set(q.lock_key, lostlock.OTHER_RUN)
+            yield batch
+
+    monkeypatch.setattr(requeue_module, "batches", take_the_lock_after_batch_2)
+    summary = queues.requeue(redis_client, q, queues.RequeueOptions(source="dead"))
+    dead = contents(redis_client, q.key("dead"))
+    published = contents(redis_client, q.key("published"))
+    assert (summary.requeued, summary.failed) == (6, 24) == (len(published), len(dead))
+    assert sorted(published + dead) == sorted(values)
+    [problem] = summary.problems
+    assert problem["detail"].startswith(
+        f"lost the queue lock: {q.lock_key} is no longer held by this run (a batch of 3 moves "
+        "found it so, and did not run); nothing more was sent"
+    )
+    assert "(6 requeued, 0 gone); 24 selected messages not requeued" in problem["detail"]
+    assert summary.notified
+
+
+def test_a_drain_that_loses_its_lock_mid_run_reports_what_it_drained_and_a_restore_undoes_it(
+    tmp_path: Path,
+    redis_test_url: str,
+    redis_client: redis.Redis,
+    env_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock is taken after batch 2's removal: the drain sends no batch after it, its
+    summary counts the two batches (exit 1, the lost lock named), the backup file records
+    them and is not marked complete; restoring it puts them back, and a rerun drains the
+    rest."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 3)
+    locks = lostlock.ShortLocks(monkeypatch)
+    q = ref(env_name)
+    values = [message(str(i)) for i in range(10)]
+    fill(redis_client, q.key("dead"), values)
+    path, rest = tmp_path / "d.jsonl.zst", tmp_path / "rest.jsonl.zst"
+    with lostlock.ScriptHook.from_url(redis_test_url) as client:
+        client.sha = script_sha(scripts.REMOVE_SCRIPT).decode()
+        client.hook = lambda n: locks.take_away(redis_client) if n == 2 else None
+        summary = queues.drain(client, q, queues.DrainOptions(to_file=path))
+        assert client.calls == 2, "nothing is sent once the loss is known"
+    assert len(contents(redis_client, q.key("dead"))) == 4
+    assert (summary.drained, summary.gone, summary.failed) == (6, 0, 4)
+    [problem] = summary.problems
+    assert problem["kind"] == "remove_failed"
+    detail = problem["detail"]
+    assert detail.startswith(f"lost the queue lock: {q.lock_key} was taken or deleted")
+    assert "6 drained and 0 gone before that, 4 selected messages not removed" in detail
+    assert "to drain the rest" in detail
+    backup = queues.read_backup(path)
+    assert not backup.complete
+    # records count in consumption order; batches go from the head: the last 6 records
+    assert sorted(n for n, o in backup.outcomes.items() if o == "removed") == list(range(4, 10))
+
+    locks.give_back(redis_client)
+    restored = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert (restored.restored, restored.kept, restored.failed) == (6, 4, 0)  # 4 never removed
+    assert contents(redis_client, q.key("dead")) == values
+    again = queues.drain(redis_client, q, queues.DrainOptions(to_file=rest))
+    assert (again.drained, again.failed) == (10, 0)
+
+
+def test_a_restore_that_loses_its_lock_mid_run_reports_what_it_restored_and_a_rerun_finishes(
+    tmp_path: Path,
+    redis_test_url: str,
+    redis_client: redis.Redis,
+    env_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock is taken after batch 2 of a restore: no batch after it is sent, the summary
+    counts the two (exit 1, the lost lock named), the subscribers are notified of them, and
+    rerunning the same restore puts the rest back, each message once, in place."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 3)
+    q = ref(env_name)
+    values = [message(str(i)) for i in range(10)]
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
+    locks = lostlock.ShortLocks(monkeypatch)
+    pubsub = subscribed(redis_client, q.channel)
+    with lostlock.ScriptHook.from_url(redis_test_url) as client:
+        client.sha = script_sha(scripts.RESTORE_SCRIPT).decode()
+        client.hook = lambda n: locks.take_away(redis_client) if n == 2 else None
+        summary = queues.restore(client, path, queues.RestoreOptions())
+        assert client.calls == 2, "nothing is sent once the loss is known"
+    assert (summary.restored, summary.failed) == (6, 4)
+    assert contents(redis_client, q.key("dead")) == values[:6]  # the 6 nearest the tail
+    assert summary.notified and notifications(pubsub) == 1
+    [problem] = summary.problems
+    assert problem["kind"] == "restore_failed"
+    detail = problem["detail"]
+    assert detail.startswith(f"lost the queue lock: {q.lock_key} was taken or deleted")
+    assert "6 messages restored to this list before that, 4 not restored" in detail
+    assert "rerun the same restore to continue" in detail
+
+    locks.give_back(redis_client)
+    again = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert (again.already_restored, again.restored, again.failed) == (6, 4, 0)
+    assert contents(redis_client, q.key("dead")) == values
+    pubsub.close()
 
 
 # --- drain and restore ---------------------------------------------------------------------

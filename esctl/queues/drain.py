@@ -16,7 +16,7 @@ from typing import Any
 from esctl import redisio
 from esctl.backupfile import BackupWriter
 from esctl.config import redact
-from esctl.errors import Refused
+from esctl.errors import LockLost, Refused
 from esctl.locks import RedisLock
 from esctl.queues.backup import (
     EMPTY_OUTCOME,
@@ -26,6 +26,7 @@ from esctl.queues.backup import (
     record_outcome,
 )
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.lock import LOST_HINT, is_fenced, lost_lock
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
@@ -160,9 +161,12 @@ def drain(
     return summary
 
 
-def _stopped(exc: Exception, size: int, failed: int) -> str:
-    """What a drain stopped by ``exc`` during a batch of ``size`` says of the ``failed``
-    selected messages it did not drain (that batch and the ones after it)."""
+def _stopped(exc: Exception, size: int, summary: DrainSummary, lock_key: str) -> str:
+    """What a drain stopped by ``exc`` during a batch of ``size`` says of the selected
+    messages it did not drain (``summary.failed``: that batch and the ones after it)."""
+    failed = summary.failed
+    if is_fenced(exc):  # the guard found the lock no longer this run's
+        return _lost(lost_lock(key=lock_key, batch=f"{size} removals"), summary)
     if not redisio.is_lost(exc):  # Redis's answer: the batch did not run (the guard)
         return (
             f"a batch of {size} removals failed ({failure_text(exc)}); {failed} selected "
@@ -180,6 +184,21 @@ def _stopped(exc: Exception, size: int, failed: int) -> str:
         f"lost the connection during a batch of {size} removals ({redact(str(exc))}): it may "
         "have run (every removal in it is whole; queue restore reads its outcome from Redis); "
         + rest
+    )
+
+
+def _lost(reason: str, summary: DrainSummary) -> str:
+    """What a drain stopped by its lost lock (``reason``) says: what it did, and of the
+    selected messages it did not drain (``summary.failed``)."""
+    text = (
+        f"{reason}; nothing more was sent: {summary.drained} drained and {summary.gone} gone "
+        f"before that, {summary.failed} selected messages not removed"
+    )
+    if summary.backup_file is None:  # --discard
+        return f"{text}; {LOST_HINT} to drain the rest"
+    return (
+        f"{text} (the backup file does not mark them drained); {LOST_HINT} (with a new "
+        "--to-file) to drain the rest"
     )
 
 
@@ -220,7 +239,14 @@ def _remove(
     # the k-th selected message from the head is record count - 1 - k
     for batch in batches(snap.head_first()):
         numbers = [snap.count - 1 - (done + k) for k in range(len(batch))]
-        lock.check()
+        try:
+            lock.check()
+        except LockLost as exc:  # send no more: the batches so far are counted and recorded
+            summary.failed = snap.count - done
+            summary.problems.append(
+                problem("remove_failed", snap.key, _lost(lost_lock(exc), summary))
+            )
+            return
         args: list[Any] = [lock.token, lock.ttl_ms, *direction(batch, done, snap.length)]
         args.append(len(batch))
         args += [c.value for c in batch]
@@ -234,7 +260,7 @@ def _remove(
                 if denied and not done:  # nothing was removed: the refusal is the answer
                     raise redisio.permission_denied(redisio.describe(client), exc) from exc
                 summary.failed = snap.count - done
-                detail = _stopped(exc, len(batch), summary.failed)
+                detail = _stopped(exc, len(batch), summary, ref.lock_key)
                 if denied:  # rules changed mid-run: the batches before it were removed
                     detail += f"; {refusal_hint(client, exc)}"
                 summary.problems.append(problem("remove_failed", snap.key, detail))

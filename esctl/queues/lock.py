@@ -8,8 +8,20 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 from esctl import redisio
+from esctl.errors import LockLost
 from esctl.locks import REDIS_LOCK_TTL_MS, RedisLock
 from esctl.queues.refs import QueueRef
+
+NO_OTHER_RUN = "make sure no other esctl run works on this queue"
+LOST_HINT = f"{NO_OTHER_RUN}, then rerun"
+"""What to do about a lost queue lock (the lock's hint, and a stopped run's problem)."""
+
+LOST_LOCK = "lost the queue lock"
+"""How the reason a run stopped for its lost lock begins (:func:`lost_lock`)."""
+
+FENCED = "ESCTL_LOCK"
+"""The first word of a script's error reply when the lock is no longer this run's (the guard
+in :mod:`esctl.queues.scripts`): that batch did not run."""
 
 
 def queue_lock(
@@ -22,7 +34,7 @@ def queue_lock(
         (r.lock_key for r in refs),
         name="queue lock",
         stopped="stopped (every move so far is complete)",
-        hint="make sure no other esctl run works on this queue, then rerun",
+        hint=LOST_HINT,
         ttl_ms=ttl_ms,
     )
 
@@ -43,3 +55,20 @@ def check_held(lock: RedisLock | None) -> None:
     """ServerError when a run's lock was lost (nothing to check without one)."""
     if lock is not None:
         lock.check()
+
+
+def is_fenced(error: object) -> bool:
+    """Whether a batch's error (a reply or an exception) is the guard's: the lock was no longer
+    this run's, so the batch changed nothing."""
+    return str(error).startswith(FENCED)
+
+
+def lost_lock(lost: LockLost | None = None, *, key: str = "", batch: str = "") -> str:
+    """Why a run stopped for its lost queue lock: ``lost``, what the renewal found; else a
+    ``batch`` (``"2 moves"``) whose script found the lock ``key`` no longer this run's."""
+    if lost is not None:
+        return f"{LOST_LOCK}: {lost.why}"
+    return (
+        f"{LOST_LOCK}: {key} is no longer held by this run (a batch of {batch} "
+        "found it so, and did not run)"
+    )

@@ -11,9 +11,10 @@ from typing import Any
 
 from esctl import inflight, redisio
 from esctl.config import redact
-from esctl.errors import UsageError
+from esctl.errors import LockLost, UsageError
 from esctl.locks import RedisLock
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.lock import LOST_HINT, LOST_LOCK, is_fenced, lost_lock
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, problem
 from esctl.queues.scripts import MOVE_SCRIPT, notify, refusal_hint
@@ -124,14 +125,15 @@ def _move(
 ) -> None:
     """The moves, a batch per script call, several calls in flight (as many as the round trip
     to Redis calls for: :func:`esctl.inflight.depth_for`), each still one atomic step, run in
-    the order sent. After an error reply or a lost connection nothing more is sent; the
+    the order sent. After an error reply, a lost connection or a lost lock (the renewal found
+    it gone, or a batch's script did: that batch did not run) nothing more is sent; the
     replies of the calls already sent are still counted. A refusal (NOPERM: the script checks
     the user's rights before any change) raises PermissionDenied when no batch ran; once one
     did (before it, or sent behind it: the rights a batch needs depend on its RetryData keys),
     the summary says what moved and what was refused."""
     pace = inflight.Pace(start=2, least=2, latency_s=redisio.round_trip(client))
     sent: list[int] = []  # batch sizes, in the order sent
-    stop: list[str] = []
+    stop: list[str] = []  # why the run stops, the first reason first
     ran = 0  # batches Redis ran
     denied: Exception | None = None  # the refusal that stopped the run
 
@@ -139,9 +141,8 @@ def _move(
         done = 0
         # head to tail, read back a page at a time: the oldest is pushed last, to the tail
         for batch in batches(snap.head_first()):
-            if stop:
+            if stop or _lost(lock, stop):  # send no more; the replies still due are read
                 return
-            lock.check()
             sent.append(len(batch))
             yield _move_call(ref, snap, summary, lock, batch, done)
             done += len(batch)
@@ -153,10 +154,7 @@ def _move(
             answered += 1
             if isinstance(reply, Exception):
                 if not stop:
-                    stop.append(
-                        f"Redis refused a batch of {size} moves to {summary.destination_key} "
-                        f"({redact(str(reply))})"
-                    )
+                    stop.append(_refused(reply, size, ref, summary))
                     if redisio.is_denied(reply):  # refused before any change in it
                         denied = reply
                 continue
@@ -180,8 +178,40 @@ def _move(
             raise redisio.permission_denied(redisio.describe(client), denied)
     summary.failed = snap.count - summary.requeued - summary.gone
     if stop:
-        detail = f"{stop[0]}; {summary.failed} selected messages not requeued{then}"
-        summary.problems.append(problem("move_failed", snap.key, _hinted(client, detail, denied)))
+        detail = _hinted(client, _stopped(stop[0], summary, then), denied)
+        summary.problems.append(problem("move_failed", snap.key, detail))
+
+
+def _lost(lock: RedisLock, stop: list[str]) -> bool:
+    """Whether the lock was found gone (then ``stop`` says so)."""
+    try:
+        lock.check()
+    except LockLost as exc:
+        stop.append(lost_lock(exc))
+        return True
+    return False
+
+
+def _refused(reply: Exception, size: int, ref: QueueRef, summary: RequeueSummary) -> str:
+    """Why a batch's error ``reply`` stops the run (its script found the lock no longer this
+    run's: the lost lock; the batch did not run)."""
+    if is_fenced(reply):
+        return lost_lock(key=ref.lock_key, batch=f"{size} moves")
+    return (
+        f"Redis refused a batch of {size} moves to {summary.destination_key} ({redact(str(reply))})"
+    )
+
+
+def _stopped(reason: str, summary: RequeueSummary, then: str) -> str:
+    """The problem of a run stopped for ``reason``, with what it did and did not do (``then``:
+    what may have happened to the batches whose replies never came)."""
+    if then or not reason.startswith(LOST_LOCK):
+        return f"{reason}; {summary.failed} selected messages not requeued{then}"
+    return (
+        f"{reason}; nothing more was sent, and every batch already sent was answered and is "
+        f"counted ({summary.requeued} requeued, {summary.gone} gone); {summary.failed} "
+        f"selected messages not requeued; {LOST_HINT} to requeue the rest"
+    )
 
 
 def _hinted(client: redisio.RedisClient, detail: str, denied: Exception | None) -> str:

@@ -11,12 +11,12 @@ from typing import Any
 
 from esctl import redisio
 from esctl.config import redact
-from esctl.errors import ServerError, UsageError
+from esctl.errors import LockLost, ServerError, UsageError
 from esctl.locks import RedisLock
 from esctl.queues import scripts
 from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_bytes
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.lock import queue_lock
+from esctl.queues.lock import NO_OTHER_RUN, is_fenced, lost_lock, queue_lock
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
 from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
 
@@ -247,7 +247,13 @@ def _restore_group(
     start = group.done
     total = len(group.values)
     while start < total:
-        lock.check()
+        try:
+            lock.check()
+        except LockLost as exc:  # send no more: what was restored is counted and announced
+            summary.failed += total - start
+            detail = _lost(lost_lock(exc), restored, total - start)
+            summary.problems.append(problem("restore_failed", group.key, detail))
+            break
         end = start + 1
         size = len(group.values[start])
         while end < total and end - start < scripts.MOVE_BATCH and size < scripts.MOVE_BATCH_BYTES:
@@ -264,7 +270,7 @@ def _restore_group(
             if denied and not restored and not summary.restored:  # this run changed nothing
                 raise redisio.permission_denied(redisio.describe(client), exc) from exc
             summary.failed += total - start
-            detail = _stopped(exc, k, total - start)
+            detail = _stopped(exc, k, total - start, group.ref.lock_key, restored)
             if denied:  # rules changed mid-run: the batches before it were restored
                 detail += f"; {refusal_hint(client, exc)}"
             summary.problems.append(problem("restore_failed", group.key, detail))
@@ -274,12 +280,25 @@ def _restore_group(
     return restored
 
 
-def _stopped(exc: Exception, size: int, failed: int) -> str:
-    """What a restore stopped by ``exc`` during a batch of ``size`` says of the ``failed``
-    messages it did not restore (that batch and the ones after it)."""
-    rerun = (
-        "rerun the same restore to continue (progress is kept in Redis, nothing is restored twice)"
+_RERUN = "rerun the same restore to continue (progress is kept in Redis, nothing is restored twice)"
+
+
+def _lost(reason: str, restored: int, failed: int) -> str:
+    """What a restore stopped by its lost lock (``reason``) says: the ``restored`` messages of
+    the list before that, and the ``failed`` ones it did not restore."""
+    return (
+        f"{reason}; nothing more was sent: {restored} messages restored to this list before "
+        f"that, {failed} not restored; {NO_OTHER_RUN}, then {_RERUN}"
     )
+
+
+def _stopped(exc: Exception, size: int, failed: int, lock_key: str, restored: int) -> str:
+    """What a restore stopped by ``exc`` during a batch of ``size`` says of the ``failed``
+    messages it did not restore (that batch and the ones after it; ``restored``: those of
+    the list it restored before)."""
+    rerun = _RERUN
+    if is_fenced(exc):  # the guard found the lock no longer this run's
+        return _lost(lost_lock(key=lock_key, batch=f"{size}"), restored, failed)
     if not redisio.is_lost(exc):  # Redis's answer: the batch did not run (the guard)
         return (
             f"a batch of {size} failed ({failure_text(exc)}); {failed} messages not restored; "
