@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import independent_writer as iw
+import lostlock
 import psycopg
 import pytest
 import redis
@@ -311,3 +312,40 @@ def test_redis_out_of_memory_mid_replay_stops_it_and_says_what_was_published(
             assert "it and the rest were not" in message
     finally:
         client.close()
+
+
+def test_a_replay_that_loses_its_lock_exits_1_saying_what_was_published(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    store: iw.GroundTruth,
+    app_name: str,
+    env_name: str,
+) -> None:
+    """Another run takes the replay lock once the second batch was sent: exit 1, the summary
+    counting exactly what the lists hold and stopping on the lost lock (its key, the first
+    event not published); the message says so and how to replay the rest."""
+    types = sorted({e.event_type for e in store.events()})
+    for event_type in types:
+        redis_client.sadd(layout.subscribers_key(env_name, event_type), SUB)
+    args = base(redis_test_url, app_name, "--to", "queue", "--all", "--env", env_name)
+    result = lostlock.run_cli_losing_the_lock(
+        redis_test_url,
+        "esctl.replay.publisher:Publisher._send",
+        2,
+        [*args, "--yes", "--json"],
+        settings=("esctl.replay.to_queue:PUBLISH_BATCH=5",),
+    )
+    assert result.returncode == 1, result.stderr
+    document = json.loads(result.stdout)
+    stopped = document["stopped"]
+    assert stopped["kind"] == "lock_lost"
+    assert stopped["key"] in {layout.replay_lock_key(SUB, env_name, t) for t in types}
+    queued = sum(redis_client.llen(layout.queue_key(SUB, env_name, t, "published")) for t in types)
+    assert 10 <= queued == document["messages"] == document["notifications"]
+    assert queued < len(store.events())
+    assert stopped["event_type"] in types and stopped["aggregate_id"]
+    message = " ".join(result.stderr.split())
+    assert f"lost the replay lock: {stopped['key']} was taken or deleted by someone else" in message
+    assert f"{queued:,} events published" in message
+    assert f"the first not published: {stopped['event_type']} {stopped['aggregate_id']}" in message
+    assert "replay the rest" in message

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import independent_writer as iw
+import lostlock
 import pytest
 import redis
 import redis_bytes as rb
@@ -719,3 +720,68 @@ def test_a_replay_that_fills_redis_says_what_to_do_about_memory(
     assert "what to do: Redis is at its maxmemory: free memory or raise maxmemory" in error
     assert "then replay the rest" in error
     client.close()
+
+
+def test_a_replay_that_loses_its_lock_mid_run_counts_the_batches_in_flight_and_stops(
+    redis_client: redis.Redis,
+    store: iw.GroundTruth,
+    app_name: str,
+    env_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another run takes the replay lock once batch 4 was sent (batches 3 and 4 in flight):
+    nothing more is sent, the answers in flight are read and counted, the summary stops on
+    the lost lock (exit 1) naming its key and the first event not published; the lists hold
+    exactly the events sent, in order, each once, with one notification each. Once the other
+    run is gone a replay runs again."""
+    from esctl.replay import Publisher
+
+    monkeypatch.setattr("esctl.replay.to_queue.PUBLISH_BATCH", 10)
+    monkeypatch.setattr("esctl.redisio.round_trip", lambda client: 0.0)  # batches stay at 10
+    locks = lostlock.ShortLocks(monkeypatch)
+    real = Publisher._send
+    sent: list[Any] = []
+
+    def take_the_lock_after_batch_4(publisher: Publisher, chunk: Any) -> None:
+        real(publisher, chunk)
+        sent.extend(chunk)
+        if len(sent) == 40:
+            locks.take_away(redis_client)
+
+    monkeypatch.setattr(Publisher, "_send", take_the_lock_after_batch_4)
+    channels = [layout.notification_channel(env_name, t) for t in SUBSCRIPTIONS]
+    notifications = Notifications(redis_client, channels)
+    try:
+        summary = replay(options(app_name, env_name), redis_client=redis_client)
+        counts = notifications.drain(40)
+    finally:
+        notifications.close()
+    assert len(sent) == 40, "nothing is sent once the loss is known"
+    order = [e for e in expected_events(store) if e.event_type in SUBSCRIPTIONS]
+    assert len(order) > 40
+    assert [(e.aggregate_id, e.version) for e in sent] == [
+        (e.aggregate_id, e.version) for e in order[:40]
+    ]
+    for event_type, subs in SUBSCRIPTIONS.items():
+        wanted = [e.payload.encode() for e in order[:40] if e.event_type == event_type]
+        for sub in subs:
+            assert published(redis_client, sub, env_name, event_type) == wanted
+    assert summary.notifications == 40 == sum(counts.values())
+    assert summary.messages == sum(len(SUBSCRIPTIONS[e.event_type]) for e in order[:40])
+    assert summary.events == 40 + sum(summary.unpublished.values())
+    stopped = summary.stopped
+    assert stopped is not None and stopped["kind"] == "lock_lost"
+    keys = {
+        layout.replay_lock_key(s, env_name, t) for t, subs in SUBSCRIPTIONS.items() for s in subs
+    }
+    assert stopped["key"] in keys
+    assert stopped["error"] == f"{stopped['key']} was taken or deleted by someone else"
+    nxt = order[40]
+    assert (stopped["aggregate_id"], stopped["version"], stopped["event_type"]) == (
+        nxt.aggregate_id, nxt.version, nxt.event_type,
+    )  # fmt: skip
+
+    locks.give_back(redis_client)
+    monkeypatch.setattr(Publisher, "_send", real)
+    again = replay(options(app_name, env_name), redis_client=redis_client)
+    assert again.stopped is None and again.notifications == len(order)

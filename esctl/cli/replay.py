@@ -443,6 +443,23 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
         if "'maxmemory'" in str(stopped["error"]):  # OOM (redis-py drops that word)
             cause = "Redis is at its maxmemory: free memory or raise maxmemory ('esctl doctor')"
         hint = f"{cause}, then replay the rest (e.g. with --since or --aggregate)"
+    elif stopped.get("kind") == "lock_lost":
+        n = summary.notifications
+        message = (
+            f"lost the replay lock: {stopped['error']}; nothing more was sent, and every "
+            f"batch already sent was answered and is counted: {n:,} "
+            f"event{'' if n == 1 else 's'} published (each whole, with its notification)"
+        )
+        if stopped.get("aggregate_id") is not None:
+            message += (
+                f"; the first not published: {stopped['event_type']} "
+                f"{stopped['aggregate_id']} version {stopped['version']}"
+            )
+        hint = (
+            "make sure no other esctl replay publishes to these queues, then replay the rest "
+            "(e.g. with --since or --aggregate): the same command again publishes every "
+            "event again"
+        )
     else:
         where = "flush" if stopped.get("in") == "flush" else "event"
         message = (

@@ -87,7 +87,9 @@ class Publisher:
     JSON onto ``SUB:{ENV:TYPE}:PublishedEvents`` of each subscriber, then PUBLISH ``1`` on
     ``ENV:TYPE``, in one MULTI/EXEC transaction (on a Redis Cluster: one Lua script, as
     atomic). Counts what it published in ``summary``; raises :class:`PublishFailed` at the
-    first event whose transaction did not run.
+    first event whose transaction did not run, and ``lock``'s LockLost once its renewal found
+    it gone (the answers in flight read and counted first; ``unsent``: the first event not
+    sent).
 
     ``max_queue_length``: events are sent only as far as no list would grow past the cap;
     while a list is at the cap it waits (polling, up to 1 s apart).
@@ -131,6 +133,8 @@ class Publisher:
         self.channel: redisio.RespChannel | None = None
         self.in_flight: deque[list[Event]] = deque()
         """The batches sent on ``channel`` whose answers are not read yet, oldest first."""
+        self.unsent: Event | None = None
+        """Once the lock was lost: the first event not sent (the run sends nothing more)."""
         self._raw = not self.cluster
         """Whether to try the raw single-server path (:func:`esctl.redisio.resp_channel`)."""
         self.keys = {
@@ -204,7 +208,11 @@ class Publisher:
     def _publish(self, chunk: list[Event]) -> None:
         waited = 0.05
         while chunk:
-            if self.lock is not None:
+            if self.lock is not None and self.lock.lost:
+                # Send no more. What is in flight is read and counted first (a transaction
+                # there that did not run is the earlier stop: PublishFailed).
+                self._collect()
+                self.unsent = chunk[0]
                 self.lock.check()
             part = chunk
             if self.max_queue_length is not None:

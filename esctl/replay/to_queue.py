@@ -14,8 +14,9 @@ import redis.exceptions
 
 from esctl import layout, queues, redisio
 from esctl.config import redact
-from esctl.errors import Refused, ServerError, UsageError
+from esctl.errors import LockLost, Refused, ServerError, UsageError
 from esctl.locks import RedisLock
+from esctl.projections import Event
 from esctl.replay.options import ReplayOptions
 from esctl.replay.pacing import Pacer
 from esctl.replay.publisher import PUBLISH_BATCH, Publisher, PublishFailed
@@ -209,8 +210,8 @@ def _publish(
     on_progress: Callable[[ReplayProgress], None] | None,
     sleep: Callable[[float], None],
 ) -> None:
-    """The publishing pass (under the replay lock): a failed transaction stops it, and
-    ``summary.stopped`` says where."""
+    """The publishing pass (under the replay lock): a failed transaction or the lost lock
+    stops it, and ``summary.stopped`` says where."""
     assert options.env is not None
     by_type: Counter[str] = Counter()
     pacer = Pacer(options.rate, sleep)
@@ -239,9 +240,25 @@ def _publish(
             publisher.flush()
     except PublishFailed as exc:
         _stopped(summary, exc)
+    except LockLost as exc:
+        _lock_lost(summary, exc, publisher.unsent)
     except redis.exceptions.RedisError as exc:
         raise redisio.wrap_errors(client, exc) from exc
     summary.by_type = dict(by_type)
+
+
+def _lock_lost(summary: ReplaySummary, exc: LockLost, unsent: Event | None) -> None:
+    """The run stopped because its lock was lost: nothing more was sent, what was in flight
+    was read and is counted; ``unsent``, the first event not published."""
+    summary.events = summary.notifications + sum(summary.unpublished.values())
+    summary.stopped = {
+        "kind": "lock_lost",
+        "key": exc.key,
+        "error": redact(exc.why),
+        "aggregate_id": None if unsent is None else unsent.aggregate_id,
+        "version": None if unsent is None else unsent.version,
+        "event_type": None if unsent is None else unsent.event_type,
+    }
 
 
 def _stopped(summary: ReplaySummary, exc: PublishFailed) -> None:
