@@ -399,7 +399,8 @@ def compress_lock(client: redisio.RedisClient, app: str) -> RedisLock:
         [layout.compress_lock_key(app)],
         name="compress lock",
         stopped="stopped (every value written so far is complete and readable)",
-        hint="make sure no other esctl compress runs for this app, then rerun",
+        hint="make sure no other esctl compress runs for this app, then rerun the same "
+        "command: it skips what is compressed already",
     )
 
 
@@ -437,12 +438,13 @@ def compress(
         header = choose_gzip_header(client, opts.app, opts.families, opts.gzip_os)
 
         def write(candidates: list[Candidate]) -> None:
-            _write(client, candidates, families, before_write, problem, tally, progress)
-            if lock is not None:
-                lock.check()
+            check = lock.check if lock is not None else _no_check
+            _write(client, candidates, families, before_write, problem, tally, progress, check)
 
         try:
             _scan_and_write(client, opts, header.header, families, progress, report, problem, write)
+            if lock is not None:
+                lock.check()
         except _Stop as stop:
             stopped = stop.stopped
             if stop.error is not None:
@@ -452,8 +454,6 @@ def compress(
             if not opts.dry_run:
                 exc.add(_written_before(families, tally["in_flight"]))
             raise
-        if lock is not None:
-            lock.check()
     report(progress)
     return CompressSummary(
         app=opts.app,
@@ -512,6 +512,10 @@ def _scan_and_write(
 
 def _no_report(progress: CompressProgress) -> None:
     """The progress callback when the caller gives none."""
+
+
+def _no_check() -> None:
+    """The lock check of a dry run (which takes no lock, and writes nothing)."""
 
 
 def _candidate(
@@ -597,13 +601,16 @@ def _write(
     problem: Callable[[str, str, str], None],
     tally: dict[str, int],
     progress: CompressProgress,
+    check: Callable[[], None],
 ) -> None:
     """Compare-and-set ``candidates``, :data:`CALLS_PER_ROUND_TRIP` calls per round trip,
     counting each call's outcome. Raises _Stop after a round trip in which a call failed (its
-    other calls ran and are counted; nothing more is sent)."""
+    other calls ran and are counted; nothing more is sent). ``check()`` before each round
+    trip: the lock's, which raises LockLost once it was found gone (nothing more is sent)."""
     if before_write is not None:
         before_write(candidates)
     for calls in redisio.chunked(list(_calls(candidates)), CALLS_PER_ROUND_TRIP):
+        check()
         tally["in_flight"] = sum(len(call) for call in calls)
         replies = redisio.eval_pipelined(
             client,

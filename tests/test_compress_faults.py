@@ -14,13 +14,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import independent_writer as iw
+import lostlock
 import pytest
 import redis
 import redis_bytes as rb
 from credservers import PASSWORD, acl_users, set_user, user_url
 from helpers import cli_env, run_cli
 
-from esctl import compress, redisio, servers
+from esctl import compress, errors, layout, redisio, servers
 from esctl.compress import Candidate, CompressOptions
 
 THRESHOLD = 1000
@@ -265,3 +266,53 @@ def test_a_connection_lost_mid_run_exits_1_saying_what_was_compressed_and_a_reru
     assert json.loads(result.stdout)["compressed"] == len(big) - written
     assert contents(admin) == reference
     admin.close()
+
+
+def test_a_lock_lost_mid_run_stops_before_the_next_round_trip_saying_what_was_compressed(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    app_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another compress takes the lock while the third round of values is being read: no
+    compare-and-set of that round is sent; the error names the lock and says how many values
+    were compressed (as many as Redis holds compressed: the first two rounds); once the other
+    run is gone, a rerun finishes the job."""
+    monkeypatch.setattr(compress, "BATCH_BYTES", SMALL_BATCH)
+    locks = lostlock.ShortLocks(monkeypatch)
+    big = write(redis_client, app_name)
+    rounds: list[list[Candidate]] = []
+
+    def take_the_lock(candidates: Sequence[Candidate]) -> None:
+        rounds.append(list(candidates))
+        if len(rounds) == 3:
+            locks.take_away(redis_client)
+
+    with (
+        redisio.connect(redis_test_url) as client,
+        pytest.raises(errors.ServerError) as lost,
+    ):
+        compress.compress(client, CompressOptions(app=app_name), before_write=take_the_lock)
+
+    key = layout.compress_lock_key(app_name)
+    written = compressed_now(redis_client, big)
+    assert written == len(rounds[0]) + len(rounds[1]) > 0
+    third = {(c.key, c.field) for c in rounds[2]}
+    assert third
+    assert all(
+        not rb.hget(redis_client, e.hash_key, e.commit_id).startswith(b"H4sI")  # type: ignore[union-attr]
+        for e in big
+        if (e.hash_key, e.commit_id.encode()) in third
+    ), "nothing of the third round was sent"
+    message = " ".join(str(lost.value).split())
+    assert message.startswith(f"lost the compress lock: {key} was taken or deleted by someone else")
+    assert f"compress had compressed {written:,} values" in message
+    assert "in flight" not in message
+    assert isinstance(lost.value, errors.LockLost) and lost.value.key == key
+    assert "rerun" in (lost.value.hint or "")
+
+    locks.give_back(redis_client)
+    with redisio.connect(redis_test_url) as client:
+        again = compress.compress(client, CompressOptions(app=app_name))
+    assert again.failed == 0 and again.total.compressed == len(big) - written
+    assert compressed_now(redis_client, big) == len(big)
