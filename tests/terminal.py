@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pyte
 from helpers import cli_env
-from wcwidth import wcwidth
+from wcwidth import wcswidth, wcwidth
 
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 """The usual terminal (most terminals' and tmux's default) and a large one."""
@@ -59,6 +59,14 @@ class Screen:
     """Every row, scrollback first, trailing spaces cut; the blank rows at the end dropped."""
     stdout: str | None
     """What went to stdout when it was a pipe (``pipe_stdout``), else None."""
+    written: tuple[str, ...] = ()
+    """The lines the command wrote to the terminal, as written (:func:`written_lines`)."""
+
+    @property
+    def folded(self) -> list[str]:
+        """The lines written wider than the terminal, which it folded onto the next row
+        wherever the margin fell (``"…is r"`` / ``"ight"``)."""
+        return [line for line in self.written if wcswidth(line) > self.cols]
 
     @property
     def text(self) -> str:
@@ -83,6 +91,21 @@ class Screen:
             remaining -= self.cols
             row += 1
         return "".join(parts)
+
+
+# A control sequence (CSI: colours, cursor moves, erasing), an OSC (a title, a link), a
+# character set choice or a keypad mode: none takes a cell.
+_ESCAPE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>78]"
+)
+
+
+def written_lines(raw: bytes) -> tuple[str, ...]:
+    """The lines in ``raw`` (what a command wrote to its terminal) as it wrote them, before
+    the terminal folded any: escape sequences dropped, and a line redrawn after a carriage
+    return (a progress bar) taken as its last picture."""
+    text = _ESCAPE.sub("", raw.decode("utf-8", "replace"))
+    return tuple(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
 def terminal_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -128,6 +151,7 @@ def run_on_terminal(
     finally:
         os.close(slave)
     piped = bytearray()
+    drawn = bytearray()
     open_fds = {master}
     if process.stdout is not None:
         open_fds.add(process.stdout.fileno())
@@ -155,6 +179,7 @@ def run_on_terminal(
                     open_fds.discard(fd)
                 elif fd == master:
                     stream.feed(data)
+                    drawn += data
                 else:
                     piped += data
         exit_code = process.wait(timeout=max(deadline - time.monotonic(), 1.0))
@@ -169,6 +194,7 @@ def run_on_terminal(
         exit_code,
         _rows(screen),
         piped.decode("utf-8", "replace") if pipe_stdout else None,
+        written_lines(bytes(drawn)),
     )
 
 
@@ -293,6 +319,7 @@ class TerminalSession:
             -1 if code is None else code,
             _rows(self._screen),
             None,
+            written_lines(bytes(self.raw)),
         )
 
     def _read(self, timeout: float) -> None:

@@ -8,23 +8,37 @@ progress bar's row, an option name cut short (``--max-redis-late…``) or a wron
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Iterator
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 import typer.main
-from helpers import run_cli
-from terminal import BIN_DIR, ESCTL, SIZES, Screen, assert_reads_well, problems_on, run_on_terminal
+from helpers import run_cli, start_cli
+from rich.console import Console
+from terminal import (
+    BIN_DIR,
+    ESCTL,
+    SIZES,
+    Screen,
+    TerminalSession,
+    assert_reads_well,
+    problems_on,
+    run_on_terminal,
+)
 
 from esctl import demo, servers
 from esctl.cli import demo_tour, output
@@ -799,3 +813,136 @@ def test_every_help_reads_whole(size: str) -> None:
         if found:
             failures.append(f"{'; '.join(found)}:\n{screen.describe()}")
     assert not failures, "\n\n".join(failures)
+
+
+# --- prose, summaries and messages at 80 columns: wrapped by esctl, not folded by the terminal
+
+
+def interrupted_run(env: dict[str, str], pg_dsn: str) -> None:
+    """A migration of the demo store started and killed with SIGKILL after its first batch:
+    its run recorded as running with no lock holder (``interrupted``), most of the store not
+    migrated (a lag of years: the demo's TimeStamps are old)."""
+    proc = start_cli(
+        "migrate", "redis-to-pg", "--init-schema", "--rate", "1", "--batch-size", "1",
+        "--no-progress", env=env,
+    )  # fmt: skip
+    try:
+
+        def batch_committed() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                if conn.execute("SELECT to_regclass('esctl.migration_batch')").fetchone() == (
+                    None,
+                ):
+                    return False
+                row = conn.execute("SELECT count(*) FROM esctl.migration_batch").fetchone()
+            return bool(row and row[0])
+
+        wait_for(batch_committed, "the first batch")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+    def interrupted() -> bool:
+        document = json.loads(run_cli("migrate", "status", "--json", env=env).stdout)
+        return [s["status"] for s in document["shards"]] == ["interrupted"]
+
+    wait_for(interrupted, "PostgreSQL to notice the killed session")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def status_problems(screen: Screen, document: dict[str, Any]) -> list[str]:
+    """What is wrong with ``migrate status --lag`` of an interrupted run on ``screen``: its
+    status or lag cut, a number parted from its unit, a word of the PostgreSQL DSN broken,
+    the notes not all there."""
+    found = []
+    [row] = [r for r in screen.rows if r.startswith("0/1 ")] or [""]
+    if not re.match(r"0/1 +│ interrupted +│", row):
+        found.append(f"the status not whole on its row: {row!r}")
+    if not re.search(r"│ \d+d\d+h$", row):
+        found.append(f"the lag (days and hours) not whole at the row's end: {row!r}")
+    if quantity_splits(screen.rows):
+        found.append(f"a number parted from its unit: {quantity_splits(screen.rows)}")
+    for word in document["postgresql"].split():
+        if not any(word in r for r in screen.rows):
+            found.append(f"{word!r} (of the DSN) broken")
+    words = " ".join(screen.text.split())
+    lag = document["lag"]
+    note = (
+        f"lag (whole app): {lag['events_behind']:,} events in {lag['aggregates_behind']:,} "
+        "aggregates not yet in PostgreSQL; oldest missing event"
+    )
+    if note not in words:
+        found.append(f"{note!r} not shown")
+    return found
+
+
+def test_migrate_status_on_80_columns_keeps_statuses_lags_and_notes_whole(
+    demo_redis: servers.LocalRedis, pg_dsn: str
+) -> None:
+    """``migrate status --lag`` of an interrupted run whose lag is years: the table leaves out
+    ``started`` rather than fold "interrupted" or the lag, and the title (the DSN) and the
+    notes wrap at words; before, the terminal folded them ("oldest missin" / "g event")."""
+    env = {**demo_env(demo_redis), "ESCTL_PG_DSN": pg_dsn}
+    interrupted_run(env, pg_dsn)
+    document = json.loads(run_cli("migrate", "status", "--lag", "--json", env=env).stdout)
+    screen = run_on_terminal([*ESCTL, "migrate", "status", "--lag"], env=env)
+    assert_reads_well(screen)
+    found = status_problems(screen, document)
+    found += [f"folded by the terminal: {line!r}" for line in screen.folded]
+    assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
+    assert "(left out at this terminal width: started)" in screen.rows
+
+
+def test_migrate_status_watch_on_80_columns_keeps_statuses_lags_and_notes_whole(
+    demo_redis: servers.LocalRedis, pg_dsn: str
+) -> None:
+    """The same on the ``--watch`` screen, which drew its own table and wrapped its notes
+    with textwrap: it folded "interrup" / "ted" and "quarantin" / "ed"; now the table is
+    fitted and the notes wrapped as without --watch."""
+    env = {**demo_env(demo_redis), "ESCTL_PG_DSN": pg_dsn}
+    interrupted_run(env, pg_dsn)
+    document = json.loads(run_cli("migrate", "status", "--lag", "--json", env=env).stdout)
+    words = [*ESCTL, "migrate", "status", "--lag", "--watch", "--interval", "1"]
+    with TerminalSession(words, env=env) as session:
+        screen = session.wait_for(lambda s: "Ctrl-C to stop" in s.text, timeout=30)
+        session.type("\x03")
+        session.wait_exit(timeout=30)
+    found = status_problems(screen, document)
+    if not any("quarantined" in r for r in screen.rows):
+        found.append("the header 'quarantined' broken")
+    assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
+
+
+def test_migrate_status_watch_notes_keep_a_number_and_its_unit_together() -> None:
+    """The --watch notes of a store with millions of aggregates (more than a test can write)
+    at 80 columns: textwrap ended a row with "in 0.0" and began the next with "s)"; the
+    notes are wrapped by break_line now, which keeps a number with its unit."""
+    from esctl.cli.migrate.status import _status_renderable
+    from esctl.migrate.status import Lag, StatusReport
+
+    now = datetime.now(UTC)
+    report = StatusReport(
+        app="Learning.ScoringService.Web-Prod",
+        pg_schema="public",
+        postgresql="postgresql://esctl@db.internal/events",
+        checked_at=now,
+        lag=Lag(
+            aggregates_behind=1_234_567,
+            events_behind=12_345_678,
+            oldest_missing_at=now - timedelta(seconds=12.5),
+        ),
+        aggregates_scanned=1_234_567,
+        lag_elapsed_s=0.04,
+    )
+    console = Console(width=80, file=io.StringIO(), color_system=None, emoji=False)
+    console.print(_status_renderable(report, None, [], 2.0, 80))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert quantity_splits(lines) == [], "\n".join(lines)
+    assert any("(1,234,567 aggregates scanned" in line for line in lines), "\n".join(lines)

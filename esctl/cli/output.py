@@ -126,7 +126,7 @@ def emit_table(
     if terminal:
         console.print(table)
         if left_out:
-            info(f"(left out at this terminal width: {', '.join(left_out)})")
+            info(left_out_note(left_out))
         return
     # As wide as the table, whatever the console's width (80 when it cannot tell), and without
     # the padding rich adds after the last column.
@@ -136,6 +136,31 @@ def emit_table(
     lines = capture.get().splitlines()
     console.file.write("".join(line.rstrip() + "\n" for line in lines))
     console.file.flush()
+
+
+def fit_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    width: int,
+    *,
+    payload: Collection[str] = (),
+    optional: Sequence[str] = (),
+) -> tuple[Table, list[str]]:
+    """The table :func:`emit_table` draws on a terminal ``width`` cells wide (without its
+    ``group`` and ``records`` layouts), for a view that draws it itself (a ``--watch``
+    screen), and the names of the columns left out (:func:`left_out_note`)."""
+    names = [str(c) for c in columns]
+    cells = [[format_cell(v) for v in row] for row in rows]
+    specs = _specs(names, cells, payload=payload)
+    droppable = [names.index(name) for name in reversed(optional) if name in names]
+    shown, widths = _fit(specs, droppable, width)
+    left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
+    return _rich_table(names, cells, specs, shown, widths), left_out
+
+
+def left_out_note(left_out: Sequence[str]) -> str:
+    """The line that names the columns a table on a terminal left out."""
+    return f"(left out at this terminal width: {', '.join(left_out)})"
 
 
 def _specs(
@@ -219,15 +244,22 @@ def break_cell(cell: str, width: int) -> str:
     return "\n".join(broken for line in cell.splitlines() for broken in break_line(line, width))
 
 
-def break_line(line: str, width: int) -> list[str]:
+def break_line(line: str, width: int, *, whole_up_to: int | None = None) -> list[str]:
     """``line`` in lines of at most ``width`` cells where it can be: wrapped at spaces (but
-    not between a number and its unit, see :class:`_Wrapper`), and a word too long for that
-    (a Redis key) broken after a ":" outside braces, then after any ":", so that the names and
-    ids between stay whole. What is still too long is left to fold."""
-    words = _Wrapper(width=width, break_long_words=False, break_on_hyphens=False).wrap(line)
+    not between a number and its unit, see :class:`_Wrapper`, nor inside a command quoted in
+    backticks: ```esctl inspect integrity```), and a word too long for that (a Redis key)
+    broken after a ":" outside braces, then after any ":", so that the names and ids between
+    stay whole; but a word at most ``whole_up_to`` cells wide is left whole, on a line of its
+    own (:func:`hang` puts it at the margin). What is still too long is left to fold."""
+    kept = _QUOTED.sub(lambda m: m[0].replace(" ", _KEPT_SPACE), line)
+    words = _Wrapper(width=width, break_long_words=False, break_on_hyphens=False).wrap(kept)
     lines: list[str] = []
-    for word in words or [line]:
-        if cell_len(word) <= width:
+    for word in words or [kept]:
+        if (
+            cell_len(word) <= width
+            or _KEPT_SPACE in word
+            or (whole_up_to is not None and cell_len(word) <= whole_up_to)
+        ):
             lines.append(word)
             continue
         for piece in _pack(_split_after_colons(word, outside_braces=True), width):
@@ -235,6 +267,46 @@ def break_line(line: str, width: int) -> list[str]:
                 lines.append(piece)
             else:
                 lines.extend(_pack(_split_after_colons(piece, outside_braces=False), width))
+    return [piece.replace(_KEPT_SPACE, " ") for piece in lines]
+
+
+# A command quoted in backticks at the start of a word ("`esctl inspect integrity` lists
+# them"; not the backtick of a generic type name, "Envelope`1"): one word to the wrapper.
+_QUOTED = re.compile(r"(?<!\S)`[^`\s][^`]*`")
+_KEPT_SPACE = "\x00"
+
+
+def hang(head: str, text: str, width: int | None, *, continued: str | None = None) -> list[str]:
+    """``head`` then ``text`` as lines of at most ``width`` cells where they can be (one line
+    when ``width`` is None: not a terminal): the text broken as :func:`break_line` does,
+    its later lines after ``continued`` (as many spaces as ``head`` is wide unless given), so
+    they start under its first word. A name (a path, a key) too wide for that indent but not
+    for the terminal is put whole on a row of its own at the margin (unless ``continued``
+    is more than spaces: a comment's ``#`` must start every row). The lines of a text of
+    several (a server's message) are wrapped each, all continued so."""
+    if width is None:
+        return [head + text]
+    after = " " * cell_len(head) if continued is None else continued
+    if "\n" in text:
+        first, *others = text.split("\n")
+        every = hang(head, first, width, continued=after)
+        for other in others:
+            every += hang(after, other, width, continued=after)
+        return every
+    if cell_len(head) + cell_len(text) <= width:
+        return [head + text]
+    text_width = max(width - max(cell_len(head), cell_len(after)), 20)
+    at_margin = not after.strip()
+    lines: list[str] = []
+    for i, line in enumerate(
+        break_line(text, text_width, whole_up_to=width if at_margin else None)
+    ):
+        if at_margin and cell_len(line) > text_width:
+            if i == 0 and head.strip():
+                lines.append(head.rstrip())
+            lines.append(line)
+        else:
+            lines.append((head if i == 0 else after) + line)
     return lines
 
 
@@ -397,7 +469,7 @@ def _emit_grouped(
         console.print(_rich_table(rest_names, groups[value], specs, shown, widths))
     left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
     if left_out:
-        info(f"(left out at this terminal width: {', '.join(left_out)})")
+        info(left_out_note(left_out))
 
 
 _COLUMN_GAP = 3
@@ -526,6 +598,11 @@ def format_cell(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+def _terminal_width(console: Console) -> int | None:
+    """The width of the terminal ``console`` writes to; None when it is not one."""
+    return console.width if _writes_to_terminal(console) else None
 
 
 def info(message: str) -> None:
@@ -853,16 +930,23 @@ class Output:
         inside one would run half of it when pasted."""
         self.hanging(f"{' ' * indent}{label}: ", text)
 
-    def hanging(self, head: str, text: str) -> None:
+    def hanging(self, head: str, text: str, *, continued: str | None = None) -> None:
         """``head`` then ``text`` on stdout. On a terminal the text is wrapped to its width
         (a Redis key too long for a line broken after a ":", see :func:`break_line`),
-        continued under its first word; to a pipe or a file it is one line."""
-        if not _writes_to_terminal(stdout_console) or len(head) + len(text) <= self.width:
-            self.print(head + text)
-            return
-        lines = break_line(text, max(self.width - len(head), 20))
-        for i, line in enumerate(lines):
-            self.print((head if i == 0 else " " * len(head)) + line)
+        continued under its first word (after ``continued`` when given: ``"  # "`` for a
+        comment); to a pipe or a file it is one line."""
+        for line in hang(head, text, _terminal_width(stdout_console), continued=continued):
+            self.print(line)
+
+    def wrapped(self, text: str) -> None:
+        """A line of prose on stdout (a summary's note): on a terminal wrapped at words
+        (:func:`break_line`); to a pipe or a file one line."""
+        self.hanging("", text)
+
+    def title(self, text: str) -> None:
+        """A title on stdout, as a table's title is printed (wrapped at words on a
+        terminal), for a summary that has no table to head."""
+        _print_title(stdout_console, text)
 
     def shell_comment(self, text: str, indent: str = "  ") -> None:
         """A shell comment (``# text``) on stdout: on a terminal wrapped to its width with

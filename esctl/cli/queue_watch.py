@@ -18,6 +18,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from esctl.cli.live import interval_text, live_console, watch_until_interrupted
+from esctl.cli.output import break_line, left_out_note
 from esctl.units import format_duration
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
             f"{every} (Ctrl-C stops)",
             style="bold",
         ),
-        *(Text(line, style="dim") for line in _wrap(LEGEND, width)),
+        *(Text(line, style="dim") for line in break_line(LEGEND, width)),
     ]
     pairs = sorted(
         zip(listing.queues, reading.rates, strict=True),
@@ -101,11 +102,10 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
         problems = (
             f"{len(listing.problems)} problem(s) with queue keys: esctl queue list shows them"
         )
-        tail += [Text(line, style="yellow") for line in _wrap(problems, width)]
+        tail += [Text(line, style="yellow") for line in break_line(problems, width)]
     left_out = [name for name, _, _ in COLUMNS if name not in {c[0] for c in columns}]
     if left_out:
-        note = f"(left out at this terminal width: {', '.join(left_out)})"
-        tail += [Text(line) for line in _wrap(note, width)]
+        tail += [Text(line) for line in break_line(left_out_note(left_out), width)]
     room = height - 1 - len(head) - len(tail)  # Live keeps the cursor's row below
     if len(body) > room:
         hidden = len(body) - (room - 1)
@@ -137,19 +137,6 @@ def _plan(
         columns = [c for c in columns if c[0] != name]
     type_width = max(min(natural_type, width - numbers_width(columns)), MIN_TYPE_WIDTH)
     return columns, type_width
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    """``text`` in lines of at most ``width`` cells, broken at spaces."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split(" "):
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    return [*lines, line] if line else lines
 
 
 def watch_queues(watcher: core.QueueWatch, interval: float) -> None:

@@ -29,6 +29,9 @@ _STATUS_COLUMNS = [
     "behind",
     "lag",
 ]
+_STATUS_OPTIONAL = ["started"]
+"""Left out on a terminal too narrow for every column (80, with an interrupted run and a lag
+of days), rather than folding a status or an age."""
 
 
 @with_context(Scope.REDIS | Scope.PG | Scope.APP)
@@ -104,11 +107,13 @@ def status_command(
 
     def render() -> None:
         if report.shards:
-            out.table(*_status_table(report), title=_status_title(report))
+            out.table(
+                *_status_table(report), title=_status_title(report), optional=_STATUS_OPTIONAL
+            )
         else:
-            out.print(_status_title(report))
+            out.title(_status_title(report))
         for line in _status_notes(report, max_lag, over):
-            out.print(line)
+            out.wrapped(line)
         if metrics_file is not None:
             out.info(f"wrote {metrics_file}")
 
@@ -189,28 +194,26 @@ def _status_renderable(
     interval: float,
     width: int,
 ) -> RenderableType:
-    """The --watch screen: the table and its notes as one rich renderable, lines wrapped at
-    ``width`` (the console soft-wraps, which a live display would crop)."""
-    import textwrap
-
+    """The --watch screen: the table and its notes as one rich renderable, laid out for
+    ``width`` as the table and notes without --watch are (the table fitted by
+    :func:`~esctl.cli.output.fit_table`, lines wrapped by
+    :func:`~esctl.cli.output.break_line`): the console soft-wraps, which a live display
+    would crop."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
-    columns, rows = _status_table(report)
-    table = Table(show_edge=False, pad_edge=False)
-    for name in columns:
-        table.add_column(Text(name), overflow="fold")
-    for row in rows:
-        table.add_row(*(Text(cell) for cell in row))
+    from esctl.cli.output import break_line, fit_table, left_out_note
+
+    table, left_out = fit_table(*_status_table(report), width, optional=_STATUS_OPTIONAL)
     stamp = report.checked_at.strftime("%H:%M:%S UTC")
     notes = [
         *_status_notes(report, max_lag, over),
+        *([left_out_note(left_out)] if left_out else []),
         f"checked {stamp}, every {interval:g} s; Ctrl-C to stop",
     ]
 
     def wrapped(line: str, style: str = "") -> Text:
-        return Text("\n".join(textwrap.wrap(line, max(width, 20))), style=style)
+        return Text("\n".join(break_line(line, max(width, 20))), style=style)
 
     return Group(wrapped(_status_title(report), "table.title"), table, *(wrapped(n) for n in notes))
 
