@@ -105,10 +105,10 @@ def test_migrate_lists_the_first_counts_all_and_its_query_lists_the_rest(
         ).fetchone()
     assert row is not None and row[0] != summary["run_id"]
     rerun_query = query.replace(summary["run_id"], row[0])
-    # Printed whole on one line (the terminal wraps it): copied, it runs as it is.
-    line = f"All {TOTAL} problems: {rerun_query}"
-    index = next(i for i, r in enumerate(screen.rows) if r.startswith(f"All {TOTAL} problems: "))
-    assert screen.logical_line_at(index, len(line)) == line
+    # Printed whole on a line of its own under "All N problems:" (the terminal wraps it):
+    # selected and copied, it runs as it is.
+    index = screen.rows.index(f"All {TOTAL} problems:") + 1
+    assert screen.logical_line_at(index, len(rerun_query)) == rerun_query
 
 
 def test_verify_and_integrity_write_every_problem_to_the_problems_file(

@@ -8,6 +8,7 @@ progress bar's row, an option name cut short (``--max-redis-late…``) or a wron
 
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
 import json
@@ -17,6 +18,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -946,3 +948,61 @@ def test_migrate_status_watch_notes_keep_a_number_and_its_unit_together() -> Non
     lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
     assert quantity_splits(lines) == [], "\n".join(lines)
     assert any("(1,234,567 aggregates scanned" in line for line in lines), "\n".join(lines)
+
+
+def path_of_length(length: int, name: str) -> Path:
+    """A path of exactly ``length`` characters to a file ``name…`` that does not exist yet, in
+    a new folder under the system's temporary folder (removed at exit)."""
+    folder = Path(tempfile.mkdtemp(prefix="esctl-wrap-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    stem, _, suffix = name.partition(".")
+    padding = length - len(str(folder / f"{stem}.{suffix}"))
+    assert padding >= 0, folder
+    return folder / f"{stem}{'-' * min(padding, 1)}{'x' * max(padding - 1, 0)}.{suffix}"
+
+
+def test_drain_and_restore_on_80_columns_keep_the_backup_file_whole(
+    demo_redis: servers.LocalRedis,
+) -> None:
+    """A backup file's path (58 characters) is wider than the value column of the drain's and
+    the restore's summaries at 80 columns: each shows it above its table on a row of its own,
+    whole, and drain's ``undo with:`` puts its command on a row of its own, whole, instead of
+    the table and the terminal breaking the path anywhere ("…/dead-le" / "tters…")."""
+    env = demo_env(demo_redis)
+    backup = path_of_length(58, "dead-letters.jsonl.zst")
+    assert len(str(backup)) == 58
+    drain = ["queue", "drain", "Learning.NotificationService.Web-Demo", "ItemScoreCreated"]
+    drained = run_on_terminal(
+        [*ESCTL, *drain, "--list", "dead", "--to-file", str(backup), "--yes"], env=env
+    )
+    assert_reads_well(drained)
+    restored = run_on_terminal([*ESCTL, "queue", "restore", str(backup), "--yes"], env=env)
+    assert_reads_well(restored)
+    for screen in (drained, restored):
+        assert any(row in (str(backup), f"backup file {backup}") for row in screen.rows), (
+            screen.describe()
+        )
+        assert screen.folded == [], screen.describe()
+    assert f"esctl queue restore {backup}" in drained.rows, drained.describe()
+    assert re.search(r"^restored +│ 1$", restored.text, re.MULTILINE), restored.describe()
+
+
+def test_a_command_to_copy_on_80_columns_goes_whole_on_a_row_of_its_own(
+    demo_redis: servers.LocalRedis, pg_dsn: str
+) -> None:
+    """``compress --dry-run``'s ``run it:`` and a migration's ``All 5 problems:``: the command
+    (the query) starts a row of its own, so a triple-click selects it alone, and one that fits
+    80 columns is not folded ("…--threshold 500 --y" / "es")."""
+    env = {**demo_env(demo_redis), "ESCTL_PG_DSN": pg_dsn}
+    compress = run_on_terminal([*ESCTL, "compress", "--threshold", "500", "--dry-run"], env=env)
+    assert_reads_well(compress)
+    command = f"esctl compress --app {demo.DEMO_APP} --threshold 500 --yes"
+    assert compress.rows[-2:] == ["run it:", command], compress.describe()
+    assert compress.folded == [], compress.describe()
+    words = ["migrate", "redis-to-pg", "--init-schema", "--no-progress"]
+    migrated = run_on_terminal([*ESCTL, *words], env=env)
+    assert_reads_well(migrated, exit_code=3)
+    query = next(line for line in migrated.written if line.startswith("SELECT DISTINCT "))
+    assert "All 5 problems:" in migrated.written, migrated.describe()
+    start = migrated.rows.index("All 5 problems:") + 1
+    assert migrated.logical_line_at(start, len(query)) == query, migrated.describe()

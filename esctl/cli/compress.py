@@ -151,9 +151,10 @@ def _render(out: Output, summary: core.CompressSummary) -> None:
             "services read them all alike. --gzip-os chooses the one written."
         )
     if summary.dry_run and summary.total.plain_over_threshold:
-        out.info(
-            f"run it: esctl compress --app {shlex.quote(summary.app)} --threshold "
-            f"{summary.threshold} --yes"
+        out.info_command(
+            "run it:",
+            f"esctl compress --app {shlex.quote(summary.app)} --threshold "
+            f"{summary.threshold} --yes",
         )
 
 

@@ -277,9 +277,9 @@ def _render_integrity(out: Output, report: core.IntegrityReport) -> None:
         records=True,
     )
     if report.problems_where is not None:
-        out.print(f"All {total} problems: {report.problems_where}")
+        out.command(f"All {total} problems:", report.problems_where)
     elif len(report.problems) < total:
-        out.print(
+        out.wrapped(
             f"{total - len(report.problems)} more not listed: rerun with --problems-file PATH "
             "to write every one"
         )

@@ -216,6 +216,14 @@ def _print_title(console: Console, title: str | None) -> None:
         console.print(Text(line, style="table.title"))
 
 
+def _print_heading(console: Console, name: str, value: str) -> None:
+    """``name value`` on a row of its own, in bold, wrapped as a title is (the value on a row
+    of its own when the two do not fit one), or the terminal would cut a long value (a
+    queue's key, a file's path) anywhere."""
+    for line in break_line(f"{name} {value}", console.width):
+        console.print(Text(line, style="bold"))
+
+
 def _emit_records(
     console: Console, names: Sequence[str], cells: Sequence[Sequence[str]], title: str | None
 ) -> None:
@@ -381,6 +389,16 @@ def _shell_words(command: str) -> list[str]:
     return words
 
 
+def label_and_command(label: str, command: str, width: int | None) -> list[str]:
+    """``label`` then a ``command`` to copy: on one line when they fit (or ``width`` is None:
+    not a terminal), else the command on a line of its own, never broken (a line break in
+    it would run half of it when pasted; a terminal that folds it keeps it one line to
+    select)."""
+    if width is None or cell_len(label) + 1 + cell_len(command) <= width:
+        return [f"{label} {command}"]
+    return [label, command]
+
+
 # A number and the unit after it: "24 h", "16.8 KiB", "~30 s", "(0.4 s", "1,000 bytes"
 # (format_bytes, format_duration and the doctor's prose); and the two parts of a duration as
 # format_duration writes it: "1h 0m", "5m 6s".
@@ -463,9 +481,7 @@ def _emit_grouped(
     _print_title(console, title)
     for value in sorted(groups):
         console.print()
-        # Wrapped as a title is, or the terminal would cut a long value (a queue's key) anywhere.
-        for line in break_line(f"{names[group]} {value}", console.width):
-            console.print(Text(line, style="bold"))
+        _print_heading(console, names[group], value)
         console.print(_rich_table(rest_names, groups[value], specs, shown, widths))
     left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
     if left_out:
@@ -582,8 +598,27 @@ def _writes_to_terminal(console: Console) -> bool:
 
 
 def emit_mapping(mapping: Mapping[str, Any], *, title: str | None = None) -> None:
-    """A two-column key/value table (summaries)."""
-    emit_table(["", ""], ((k, v) for k, v in mapping.items()), title=title, show_header=False)
+    """A two-column key/value table (summaries). On a terminal, an entry whose value holds a
+    word wider than the value column but not than the terminal (a file's path, a queue's
+    key), which the table would break over rows, is shown above the table instead, the word
+    whole on a row (:func:`_print_heading`), so it can be selected and copied."""
+    rows = [(str(k), format_cell(v)) for k, v in mapping.items()]
+    console = stdout_console
+    if not _writes_to_terminal(console):
+        emit_table(["", ""], rows, title=title, show_header=False)
+        return
+    _, (_, value_width) = _fit(_specs(["", ""], rows, show_header=False), [], console.width)
+    headed = [
+        (name, value)
+        for name, value in rows
+        if any(value_width < cell_len(word) <= console.width for word in value.split())
+    ]
+    _print_title(console, title)
+    for name, value in headed:
+        _print_heading(console, name.strip(), value)
+    rest = [row for row in rows if row not in headed]
+    if rest:
+        emit_table(["", ""], rest, show_header=False)
 
 
 def format_cell(value: Any) -> str:
@@ -608,6 +643,13 @@ def _terminal_width(console: Console) -> int | None:
 def info(message: str) -> None:
     """A message for the operator (stderr)."""
     stderr_console.print(message, markup=False)
+
+
+def info_command(label: str, command: str) -> None:
+    """``label`` and a command to copy on stderr (:func:`label_and_command`): on a terminal
+    the command on a line of its own when the two do not fit one, never broken."""
+    for line in label_and_command(label, command, _terminal_width(stderr_console)):
+        stderr_console.print(line, markup=False)
 
 
 def warn(message: str) -> None:
@@ -915,9 +957,9 @@ class Output:
         listed = f"first {len(problems)} of {total}" if len(problems) < total else f"all {total}"
         self.problems(problems, title=f"{title} ({listed})", limit=None)
         if where is not None:
-            self.print(f"All {total} {title}: {where}")
+            self.command(f"All {total} {title}:", where)  # a query or a file: whole
         elif len(problems) < total and unrecorded:
-            self.print(f"{total - len(problems)} more not listed: {unrecorded}")
+            self.wrapped(f"{total - len(problems)} more not listed: {unrecorded}")
 
     def print(self, text: str = "") -> None:
         """A line of text on stdout, as it is (never markup)."""
@@ -967,6 +1009,13 @@ class Output:
         for line in break_command(command, max(self.width - len(indent), 20)):
             self.print(indent + line)
 
+    def command(self, label: str, command: str) -> None:
+        """``label`` and a command (or query) to copy on stdout: on a terminal the command on
+        a line of its own when the two do not fit one, never broken
+        (:func:`label_and_command`)."""
+        for line in label_and_command(label, command, _terminal_width(stdout_console)):
+            self.print(line)
+
     @property
     def width(self) -> int:
         """The width of the terminal stdout writes to (80 when it is not one)."""
@@ -976,6 +1025,10 @@ class Output:
 
     def info(self, message: str) -> None:
         info(message)
+
+    def info_command(self, label: str, command: str) -> None:
+        """``label`` and a command to copy on stderr (:func:`info_command`)."""
+        info_command(label, command)
 
     def warn(self, message: str) -> None:
         warn(message)

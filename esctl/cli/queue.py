@@ -480,7 +480,7 @@ def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> Non
         _messages_table(out, summary.messages, title="would drain", dead=which == "dead")
     _problems(out, summary.problems)
     if summary.backup_file and summary.drained:
-        out.info(f"undo with: esctl queue restore {shlex.quote(summary.backup_file)}")
+        out.info_command("undo with:", f"esctl queue restore {shlex.quote(summary.backup_file)}")
 
 
 # --- restore -------------------------------------------------------------------------------
