@@ -572,6 +572,20 @@ def test_break_line_keeps_a_number_and_its_unit_together() -> None:
     assert quantity_splits(["a spike in the last 24", "h is a warning."]) != []
 
 
+def test_break_line_keeps_a_quoted_command_whole() -> None:
+    """A command quoted in backticks is one word to the wrapper (a paste of it runs whole); a
+    lone backtick (a generic type's name) is not a quote."""
+    warning = "2 event(s) could not be read; `esctl inspect integrity` lists them"
+    assert output.break_line(warning, 40) == [
+        "2 event(s) could not be read;",
+        "`esctl inspect integrity` lists them",
+    ]
+    assert output.break_line("queue Envelope`1 of Learning.Reporting", 20) == [
+        "queue Envelope`1 of",
+        "Learning.Reporting",
+    ]
+
+
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_a_summary_on_a_terminal_breaks_a_long_key_after_a_colon(
     size: str, demo_redis: servers.LocalRedis
@@ -593,11 +607,23 @@ def test_a_summary_on_a_terminal_breaks_a_long_key_after_a_colon(
 
 def test_demo_on_a_terminal_keeps_subscribers_and_ids_whole() -> None:
     """``esctl demo`` at 80 columns: its queues under a heading per subscriber (as ``queue
-    list``), each planted defect's key and commit id whole on their rows, and the title wrapped
-    at words: none cut by the terminal's own wrapping."""
-    summary = json.loads(run_cli("demo", "--json").stdout)["summary"]
+    list``), each planted defect's key and commit id whole on their rows, the title wrapped
+    at words, and each step of the tour's comment wrapped at words with a "# " on every row
+    (pasted with its command, each row is still a comment): none cut by the terminal's own
+    wrapping."""
+    document = json.loads(run_cli("demo", "--json").stdout)
+    summary = document["summary"]
     screen = run_on_terminal([*ESCTL, "demo"], timeout=300)
     assert_reads_well(screen)
+    comments = [line for line in screen.folded if line.lstrip().startswith("#")]
+    assert comments == [], screen.describe()
+    blocks = [
+        " ".join(row.removeprefix("  # ") for row in group)
+        for is_comment, group in itertools.groupby(screen.rows, lambda r: r.startswith("  # "))
+        if is_comment
+    ]
+    for step in document["tour"]:
+        assert step["description"] in blocks, (step, screen.describe())
     assert any(f"{summary['app']}, env {summary['env']}" in row for row in screen.rows)
     for subscriber in {q["subscriber"] for q in summary["queues"]}:
         assert f"subscriber {subscriber}" in screen.rows, screen.describe()
@@ -1006,3 +1032,49 @@ def test_a_command_to_copy_on_80_columns_goes_whole_on_a_row_of_its_own(
     assert "All 5 problems:" in migrated.written, migrated.describe()
     start = migrated.rows.index("All 5 problems:") + 1
     assert migrated.logical_line_at(start, len(query)) == query, migrated.describe()
+
+
+# Commands whose free text (notes, warnings, errors, messages on stderr) a terminal folded at
+# 80 columns, each with its exit code and environment (on top of the demo store's and the
+# test's PostgreSQL); "{missing}" is a path of 75 characters that does not exist.
+PROSE_COMMANDS: dict[str, tuple[list[str], int, dict[str, str]]] = {
+    "migrate status without runs": (["migrate", "status", "--lag"], 0, {}),
+    "events query's warning": (["events", "query", "--type", "OrderPlaced"], 0, {}),
+    "doctor without PostgreSQL": (["doctor"], 3, {"ESCTL_PG_DSN": ""}),
+    "an error naming a file": (["queue", "restore", "{missing}", "--yes"], 1, {}),
+    "replay --to stdout's problems": (
+        ["replay", "--from", "redis", "--all", "--to", "stdout"],
+        3,
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PROSE_COMMANDS))
+def test_free_text_on_80_columns_is_wrapped_at_words_not_folded(
+    case: str, demo_redis: servers.LocalRedis, pg_dsn: str
+) -> None:
+    """Every line a command writes to the terminal fits it (stdout a pipe where it is data):
+    notes, warnings, errors and messages wrap at words, continued under their first word, a
+    path whole on a row, a `quoted command` whole; only doctor's ``do:`` and an error's
+    ``what to do:`` lines are never broken (they hold commands to paste)."""
+    words, code, extra = PROSE_COMMANDS[case]
+    env = {**demo_env(demo_redis), "ESCTL_PG_DSN": pg_dsn, **extra}
+    missing = path_of_length(75, "no-such-backup.jsonl.zst")
+    words = [str(missing) if w == "{missing}" else w for w in words]
+    screen = run_on_terminal([*ESCTL, *words], env=env, pipe_stdout="replay" in words)
+    assert_reads_well(screen, exit_code=code, error_expected=code == 1)
+    folded = [
+        line
+        for line in screen.folded
+        if not line.startswith(("  do: ", "  what to do: "))  # left whole on purpose
+    ]
+    assert folded == [], screen.describe()
+    assert quantity_splits(screen.rows) == [], screen.describe()
+    if "{missing}" in PROSE_COMMANDS[case][0]:
+        assert f"{missing}:" in screen.rows, screen.describe()
+    if case == "events query's warning":
+        assert any("`esctl inspect integrity`" in row for row in screen.rows), screen.describe()
+    if case == "doctor without PostgreSQL":
+        skipped = [r for r in screen.rows if r.startswith("skipped postgresql checks: ")]
+        assert skipped, screen.describe()

@@ -140,9 +140,9 @@ def _render(out: Output, report: core.DoctorReport) -> None:
             out.print(f"  … and {len(check.details) - 20} more (--json has all)")
     out.print()
     for skipped in report.skipped:
-        out.print(f"skipped {skipped['group']} checks: {skipped['reason']}")
+        out.wrapped(f"skipped {skipped['group']} checks: {skipped['reason']}")
     counts = report.counts()
-    out.print(
+    out.wrapped(
         f"{counts['fail']} failed, {counts['warn']} warning(s), {counts['ok']} ok, "
         f"{counts['unavailable']} could not run ({out.format_duration(report.elapsed_s)})"
     )

@@ -86,7 +86,7 @@ def decode(
             problems = document["problems"]
             assert isinstance(problems, list)
             detail = "; ".join(f"{p['kind']}: {p['detail']}" for p in problems)
-            output.stderr_console.print(f"error: {where}: {detail}", markup=False)
+            output.print_error(f"{where}: {detail}")
         if text_only:
             sys.stdout.write(str(document["text"]) + "\n")
         else:

@@ -640,9 +640,17 @@ def _terminal_width(console: Console) -> int | None:
     return console.width if _writes_to_terminal(console) else None
 
 
-def info(message: str) -> None:
-    """A message for the operator (stderr)."""
-    stderr_console.print(message, markup=False)
+def _message(head: str, message: str, style: str | None = None) -> None:
+    """A message on stderr; on a terminal wrapped at words (:func:`hang`), continued under
+    its first word; to a pipe or a file one line."""
+    for line in hang(head, message, _terminal_width(stderr_console)):
+        stderr_console.print(line, style=style, markup=False)
+
+
+def info(message: str, *, head: str = "") -> None:
+    """A message for the operator (stderr), after ``head`` (an indent, a bullet); on a
+    terminal wrapped at words, continued under its first word."""
+    _message(head, message)
 
 
 def info_command(label: str, command: str) -> None:
@@ -653,12 +661,13 @@ def info_command(label: str, command: str) -> None:
 
 
 def warn(message: str) -> None:
-    stderr_console.print(f"warning: {message}", style="yellow", markup=False)
+    _message("warning: ", message, style="yellow")
 
 
 def print_error(message: str, hint: str | None = None) -> None:
-    """An error for the operator (stderr): what failed, then what to do."""
-    stderr_console.print(f"error: {message}", style="bold red", markup=False)
+    """An error for the operator (stderr): what failed (wrapped at words on a terminal),
+    then what to do (never broken: it often holds a command to copy)."""
+    _message("error: ", message, style="bold red")
     if hint:
         stderr_console.print(f"  what to do: {hint}", markup=False)
 
@@ -991,22 +1000,19 @@ class Output:
         _print_title(stdout_console, text)
 
     def shell_comment(self, text: str, indent: str = "  ") -> None:
-        """A shell comment (``# text``) on stdout: on a terminal wrapped to its width with
-        every line a comment, so that pasting it with the commands around it runs nothing."""
-        if not _writes_to_terminal(stdout_console):
-            self.print(f"{indent}# {text}")
-            return
-        for line in break_line(text, max(self.width - len(indent) - 2, 20)):
-            self.print(f"{indent}# {line}")
+        """A shell comment (``# text``) on stdout: on a terminal wrapped at words with every
+        row a comment, so that pasting it with the commands around it runs nothing."""
+        self.hanging(f"{indent}# ", text, continued=f"{indent}# ")
 
     def shell_command(self, command: str, indent: str = "  ") -> None:
         """A command to copy and run, on stdout: on a terminal too narrow for it, continued
         over lines with `` \\`` at its spaces outside quotes (see :func:`break_command`), so a
         paste runs the same command; to a pipe or a file it is one line."""
-        if not _writes_to_terminal(stdout_console) or len(indent) + len(command) <= self.width:
+        width = _terminal_width(stdout_console)
+        if width is None or len(indent) + len(command) <= width:
             self.print(indent + command)
             return
-        for line in break_command(command, max(self.width - len(indent), 20)):
+        for line in break_command(command, max(width - len(indent), 20)):
             self.print(indent + line)
 
     def command(self, label: str, command: str) -> None:
@@ -1023,8 +1029,8 @@ class Output:
 
     # --- messages (stderr) ---
 
-    def info(self, message: str) -> None:
-        info(message)
+    def info(self, message: str, *, head: str = "") -> None:
+        info(message, head=head)
 
     def info_command(self, label: str, command: str) -> None:
         """``label`` and a command to copy on stderr (:func:`info_command`)."""

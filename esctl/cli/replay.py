@@ -408,7 +408,7 @@ def _render_short(out: Output, summary: core.ReplaySummary) -> None:
         + (f"; {len(summary.problems)} problem(s):" if summary.problems else "")
     )
     for p in summary.problems:
-        out.info(f"  {p['kind']}: {p['key']}: {p['detail']}")
+        out.info(f"{p['kind']}: {p['key']}: {p['detail']}", head="  ")
 
 
 def _position_text(position: dict[str, Any] | None) -> str:
