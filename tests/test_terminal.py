@@ -1034,6 +1034,29 @@ def test_a_command_to_copy_on_80_columns_goes_whole_on_a_row_of_its_own(
     assert migrated.logical_line_at(start, len(query)) == query, migrated.describe()
 
 
+def test_events_query_on_80_columns_shows_records_when_guids_do_not_fit(
+    demo_redis: servers.LocalRedis,
+) -> None:
+    """Events of aggregates with GUID ids: the aggregate id and the timestamp do not fit 80
+    columns beside the version and event type even with the optional columns left out, so
+    every event is a record (a line per column), its ids and timestamp whole, instead of a
+    table that folded each of them over five rows."""
+    env = demo_env(demo_redis)
+    words = ["events", "query", "--aggregate-type", "ItemScore", "--limit", "3"]
+    expected = [json.loads(line) for line in run_cli(*words, env=env).stdout.splitlines()]
+    assert len(expected) == 3 and all(len(e["aggregate_id"]) == 36 for e in expected)
+    screen = run_on_terminal([*ESCTL, *words, "--format", "table"], env=env)
+    assert_reads_well(screen)
+    for event in expected:
+        for name, key in [("aggregate", "aggregate_id"), ("TimeStamp", "timestamp")]:
+            assert re.search(rf"^{name} +│ {re.escape(event[key])}$", screen.text, re.MULTILINE), (
+                event,
+                screen.describe(),
+            )
+        assert re.search(rf"│ {event['commit_id']}$", screen.text, re.MULTILINE), screen.describe()
+    assert screen.folded == [], screen.describe()
+
+
 # Commands whose free text (notes, warnings, errors, messages on stderr) a terminal folded at
 # 80 columns, each with its exit code and environment (on top of the demo store's and the
 # test's PostgreSQL); "{missing}" is a path of 75 characters that does not exist.

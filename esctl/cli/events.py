@@ -306,6 +306,9 @@ def _emit_results(
             rows,
             payload=("data",),
             optional=("data", "aggregate type", "commit id"),
+            # GUID aggregate ids and timestamps do not fit 80 columns even without those:
+            # a record per event then, every id whole, rather than all of them folded.
+            records=True,
         )
         if shown_limit is not None and len(rows) >= shown_limit:
             out.info(f"(first {shown_limit} results; --limit N shows more)")

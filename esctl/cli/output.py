@@ -118,7 +118,7 @@ def emit_table(
         _emit_grouped(console, names, cells, names.index(group), title, payload, optional)
         return
     if terminal and records and folds_tokens([specs[i] for i in shown], widths):
-        _emit_records(console, names, cells, title)
+        _emit_records(console, names, cells, title, payload)
         return
     left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
     table = _rich_table(names, cells, specs, shown, widths, show_header=show_header)
@@ -225,9 +225,14 @@ def _print_heading(console: Console, name: str, value: str) -> None:
 
 
 def _emit_records(
-    console: Console, names: Sequence[str], cells: Sequence[Sequence[str]], title: str | None
+    console: Console,
+    names: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    title: str | None,
+    payload: Collection[str] = (),
 ) -> None:
-    """:func:`emit_table` on a terminal, a record per row (``records``)."""
+    """:func:`emit_table` on a terminal, a record per row (``records``); a ``payload``
+    value cut to one line with "…", as in the table."""
     name_width = max(cell_len(name) for name in names)
     value_width = max(console.width - name_width - _COLUMN_GAP, 1)
     table = Table(show_edge=False, pad_edge=False, show_header=False)
@@ -235,11 +240,12 @@ def _emit_records(
     table.add_column(width=value_width, overflow="fold")
     for row in cells:
         for i, name in enumerate(names[: len(row)]):
-            table.add_row(
-                Text(name, style="bold"),
-                Text(break_cell(row[i], value_width)),
-                end_section=i == len(row) - 1,
+            value = (
+                Text(row[i], no_wrap=True, overflow="ellipsis")
+                if name in payload
+                else Text(break_cell(row[i], value_width))
             )
+            table.add_row(Text(name, style="bold"), value, end_section=i == len(row) - 1)
     _print_title(console, title)
     console.print(table)
 
