@@ -373,6 +373,7 @@ EXPECTED: dict[type[errors.EsctlError], tuple[int, str]] = {
     errors.UsageError: (2, "usage"),
     errors.ConnectionFailed: (1, "connection"),
     errors.ServerError: (1, "server"),
+    errors.LockLost: (1, "server"),
     errors.PermissionDenied: (1, "permission"),
     errors.NotFound: (1, "not_found"),
     errors.SchemaIncompatible: (1, "schema"),
@@ -393,6 +394,8 @@ def error_classes() -> list[type[errors.EsctlError]]:
 def make_error(cls: type[errors.EsctlError]) -> errors.EsctlError:
     if cls is errors.ConnectionFailed:
         return errors.ConnectionFailed("it broke", server="redis://h:6379/0", hint="do this")
+    if cls is errors.LockLost:
+        return errors.LockLost("it broke", key="esctl:lock:x", why="taken", hint="do this")
     return cls("it broke", hint="do this")
 
 
