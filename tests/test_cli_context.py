@@ -212,6 +212,21 @@ def test_no_progress_bar_without_a_terminal_or_in_json(monkeypatch: pytest.Monke
     bar.close()
 
 
+def test_a_progress_bar_counts_in_whole_numbers() -> None:
+    """Counts as the integers they are (tqdm's unit_scale writes "4.00 events" and "42.0
+    events"), with thousands separators; the rate scaled ("16.7k events/s")."""
+    bar = output._counting_bar()
+    assert bar.format_meter(4, None, 0.5, prefix="replaying", unit=" events").startswith(
+        "replaying: 4 events [00:00, 8.00 events/s"
+    )
+    assert "| 1,234,567/2,345,678 [" in bar.format_meter(
+        1_234_567, 2_345_678, 10, prefix="migrating", unit=" commits", ncols=80
+    )
+    assert bar.format_meter(
+        42, None, 1, prefix="x", unit=" keys", rate=16_700, postfix="matched=5"
+    ) == ("x: 42 keys [00:01, 16.7k keys/s, matched=5]")
+
+
 # --- a reader that goes away -----------------------------------------------------------------
 
 _MANY_LINES = """

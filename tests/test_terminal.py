@@ -211,6 +211,27 @@ def test_events_query_piped_on_a_terminal(
     assert bar["desc"] == "scanning" and "matched=5" in bar["rest"], screen.describe()
 
 
+def test_replay_to_a_pipe_draws_its_bar_with_a_whole_count(
+    redis_test_url: str, demo_store: Any, app_name: str
+) -> None:
+    """``esctl replay --to stdout … | consumer`` typed on a terminal: stdout (a pipe) gets every
+    event as a JSON line, and the bar on the terminal counts them in whole numbers: "replaying:
+    12 events [...]", not tqdm's unit_scale "12.0 events" (a float below 1,000)."""
+    screen = run_on_terminal(
+        [*ESCTL, "replay", "--from", "redis", "--type", "OrderPlaced", "--to", "stdout"],
+        env={"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name},
+        pipe_stdout=True,
+    )
+    assert_reads_well(screen, exit_code=3)  # the demo's unreadable events are problems
+    assert screen.stdout is not None
+    documents = [json.loads(line) for line in screen.stdout.splitlines()]
+    assert len(documents) == 12, screen.describe()  # the demo's OrderPlaced events
+    assert all(d["event_type"] == "OrderPlaced" for d in documents)
+    [bar] = bar_rows(screen)
+    assert bar["desc"] == "replaying", screen.describe()
+    assert bar["rest"].startswith(f"{len(documents)} events ["), screen.describe()
+
+
 # --- tables --------------------------------------------------------------------------------
 
 

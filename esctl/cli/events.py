@@ -193,7 +193,7 @@ def query(
     bar = out.progress(
         progress and client is not None
         and (fmt is QueryFormat.table or not output.stdout_is_terminal()),
-        desc="scanning", unit=" events", unit_scale=True,
+        desc="scanning", unit=" events",
     )  # fmt: skip
     with bar:
         results: core.RedisQuery | core.PgQuery | core.TransformedQuery
