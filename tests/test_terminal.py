@@ -211,6 +211,46 @@ def test_events_query_piped_on_a_terminal(
     assert bar["desc"] == "scanning" and "matched=5" in bar["rest"], screen.describe()
 
 
+@pytest.mark.parametrize("source", ["redis", "pg"])
+def test_replay_to_stdout_on_a_terminal_leaves_every_line_whole(
+    source: str, redis_test_url: str, pg_dsn: str, demo_store: Any, app_name: str
+) -> None:
+    """``esctl replay --to stdout`` typed on a terminal, nothing redirected: the JSON lines and
+    the bar would share the terminal's rows (a bar's picture, then a line written after it on
+    the same row, which the next redraw overwrites). No bar then: every line is on rows of
+    its own, whole, and reads back as the event it is; no bar row among them."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_PG_DSN": pg_dsn, "ESCTL_APP": app_name}
+    if source == "pg":
+        migrated = run_cli("migrate", "redis-to-pg", "--init-schema", env=env)
+        assert migrated.returncode == 3, migrated.stderr  # the demo's defects are quarantined
+    args = ["replay", "--from", source, "--all", "--to", "stdout"]
+    code = 3 if source == "redis" else 0  # the demo's unreadable events in Redis are problems
+    piped = run_cli(*args, env=env)
+    assert piped.returncode == code, piped.stderr
+    expected = piped.stdout.splitlines()
+    assert len(expected) > 100, piped.stdout
+
+    screen = run_on_terminal([*ESCTL, *args], env=env)
+    assert_reads_well(screen, exit_code=code)
+    # As written: every line that holds an event is one whole JSON line.
+    written = [line for line in screen.written if '"aggregate_id"' in line]
+    assert all(line.startswith('{"aggregate_id"') for line in written), screen.describe()
+    assert sorted(json.dumps(json.loads(line)) for line in written) == sorted(
+        json.dumps(json.loads(line)) for line in expected
+    )
+    # As shown: each line starts a row and goes on over the rows below it (folded at the
+    # margin) up to the next line or the summary; compared without spaces, which the
+    # terminal's rows lose at the margin.
+    starts = [i for i, row in enumerate(screen.rows) if row.startswith('{"aggregate_id"')]
+    [summary] = [i for i, row in enumerate(screen.rows) if row.startswith("replayed ")]
+    shown = [
+        "".join(screen.rows[start:end]).replace(" ", "")
+        for start, end in itertools.pairwise([*starts, summary])
+    ]
+    assert sorted(shown) == sorted(line.replace(" ", "") for line in expected), screen.describe()
+    assert not bar_rows(screen) and "replaying:" not in screen.text, screen.describe()
+
+
 def test_replay_to_a_pipe_draws_its_bar_with_a_whole_count(
     redis_test_url: str, demo_store: Any, app_name: str
 ) -> None:

@@ -189,12 +189,14 @@ def query(
     rules = _load_transforms(transforms_file, source)
     app_value = ctx.app
     client = ctx.redis if source is EventSource.redis else None
-    # A bar on stderr, unless JSON lines are going to the same terminal.
+    # A bar on stderr, unless JSON goes to the same terminal as it comes (a table comes after
+    # the bar has closed).
     bar = out.progress(
-        progress and client is not None
-        and (fmt is QueryFormat.table or not output.stdout_is_terminal()),
-        desc="scanning", unit=" events",
-    )  # fmt: skip
+        progress and client is not None,
+        desc="scanning",
+        unit=" events",
+        streaming=fmt is not QueryFormat.table,
+    )
     with bar:
         results: core.RedisQuery | core.PgQuery | core.TransformedQuery
         if client is None:

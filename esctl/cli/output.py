@@ -691,6 +691,17 @@ def stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
 
 
+def stdout_on_stderr_terminal() -> bool:
+    """stdout and stderr write to the same terminal (a command typed in a shell, nothing
+    redirected): what goes to either lands on the same rows."""
+    if not (stdout_is_terminal() and stderr_is_terminal()):
+        return False
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return True  # two terminals that cannot be told apart: take them for one
+
+
 class JsonStream:
     """Results written to stdout as they come, as JSON lines or as the elements of one JSON
     array, that end as valid JSON whatever happens: ``fail`` ends the stream with the error
@@ -1083,12 +1094,22 @@ class Output:
 
     # --- progress ---
 
-    def progress(self, enabled: bool, *, desc: str, unit: str) -> Progress:
+    def progress(self, enabled: bool, *, desc: str, unit: str, streaming: bool = False) -> Progress:
         """The one progress bar (tqdm on stderr): drawn when ``enabled`` (--progress), stderr
         is a terminal and the result is not JSON; else a :class:`Progress` that draws
         nothing. Counts are whole numbers (``1,234/5,678 events``), rates scaled
-        (``16.7k events/s``): :func:`_counting_bar`."""
+        (``16.7k events/s``): :func:`_counting_bar`.
+
+        ``streaming``: the command writes its results to stdout while the bar runs (JSON
+        lines). Then no bar when stdout is the terminal the bar would be drawn on: its
+        redraws (a carriage return, then the bar) would land on the rows of the lines, gluing
+        a bar's picture to the start of a line. The lines scrolling by show the progress
+        there; a bar is drawn when stdout goes to a file or a pipe (``| jq``), where a long
+        run needs one (as curl leaves out its progress meter when the data goes to the
+        terminal)."""
         if not (enabled and not self.json and stderr_is_terminal()):
+            return Progress()
+        if streaming and stdout_on_stderr_terminal():
             return Progress()
         return Progress(_counting_bar()(desc=desc, unit=unit, dynamic_ncols=True))
 

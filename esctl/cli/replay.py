@@ -261,7 +261,9 @@ def _run(
     to_queue = options.target == ToOpt.queue
     client = ctx.redis if options.source == EventSource.redis or to_queue else None
     confirm = _confirmer(ctx.out, options) if to_queue and not (yes or options.dry_run) else None
-    with ctx.out.progress(progress, desc="replaying", unit=" events") as bar:
+    with ctx.out.progress(
+        progress, desc="replaying", unit=" events", streaming=stream is not None
+    ) as bar:
         summary = core.replay(
             options,
             redis_client=client,
