@@ -1009,6 +1009,25 @@ def test_migrate_status_watch_on_80_columns_keeps_statuses_lags_and_notes_whole(
     assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
 
 
+def test_migrate_status_watch_names_max_lag_as_the_table_does(
+    demo_redis: servers.LocalRedis, pg_dsn: str
+) -> None:
+    """The note of a shard behind more than --max-lag names the option as it was given, on
+    the ``--watch`` screen as under the table: "--max-lag 5m", where --watch wrote the
+    seconds ("--max-lag 300s")."""
+    env = {**demo_env(demo_redis), "ESCTL_PG_DSN": pg_dsn}
+    interrupted_run(env, pg_dsn)
+    note = "behind more than --max-lag 5m: shard 0/1"
+    plain = run_cli("migrate", "status", "--max-lag", "5m", env=env)
+    assert plain.returncode == 3 and note in plain.stdout, plain.stdout + plain.stderr
+    words = [*ESCTL, "migrate", "status", "--max-lag", "5m", "--watch", "--interval", "1"]
+    with TerminalSession(words, env=env) as session:
+        screen = session.wait_for(lambda s: "Ctrl-C to stop" in s.text, timeout=30)
+        session.type("\x03")
+        session.wait_exit(timeout=30)
+    assert note in " ".join(screen.text.split()), screen.describe()
+
+
 def test_migrate_status_watch_notes_keep_a_number_and_its_unit_together() -> None:
     """The --watch notes of a store with millions of aggregates (more than a test can write)
     at 80 columns: textwrap ended a row with "in 0.0" and began the next with "s)"; the

@@ -86,7 +86,7 @@ def status_command(
     )
     opts = status_core.StatusOptions(**store(ctx), lag=lag or limit is not None)
     if watch:
-        _watch_status(ctx, opts, seconds, metrics_file, limit)
+        _watch_status(ctx, opts, seconds, metrics_file, max_lag, limit)
         return
     with ctx.out.progress(progress and opts.lag, desc="measuring lag", unit=" aggregates") as bar:
         report = status_core.migration_status(
@@ -223,15 +223,16 @@ def _watch_status(
     opts: status_core.StatusOptions,
     interval: float,
     metrics_file: Path | None,
+    max_lag: str | None,
     limit: float | None,
 ) -> None:
     """Redraw the status every ``interval`` seconds until Ctrl-C (exit 130, quietly), writing
-    the metrics file at each reading when asked."""
+    the metrics file at each reading when asked. ``max_lag``: --max-lag as given, which the
+    notes name as the table without --watch does (``--max-lag 5m``); ``limit``: its
+    seconds."""
     from esctl.cli.live import live_console, watch_until_interrupted
     from esctl.metrics import write_textfile
     from esctl.migrate import status as status_core
-
-    max_lag = None if limit is None else f"{limit:g}s"
 
     def draw(console: Console) -> RenderableType:
         report = status_core.migration_status(opts, lambda: ctx.redis)
