@@ -251,6 +251,29 @@ def test_replay_to_stdout_on_a_terminal_leaves_every_line_whole(
     assert not bar_rows(screen) and "replaying:" not in screen.text, screen.describe()
 
 
+def test_replay_question_is_not_drawn_on_the_bar_s_row(
+    redis_test_url: str, demo_store: Any, app_name: str, env_name: str
+) -> None:
+    """``replay --to queue`` over --confirm-over asks on the terminal while its bar runs: the
+    table of what it would publish and the question start on rows of their own (they began
+    on the bar's row, after "replaying: 0 events [00:00, ? events/s]"), and the bar is drawn
+    again below the answer."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name, "ESCTL_ENV": env_name}
+    words = [*ESCTL, "replay", "--from", "redis", "--type", "OrderPlaced", "--to", "queue"]
+    words += ["--subscriber", "Reporting.Worker", "--force", "--confirm-over", "1"]
+    with TerminalSession(words, env=env) as session:
+        session.wait_for(lambda s: "[y/N]" in s.text, timeout=30)
+        session.type("y\r")
+        screen = session.wait_exit(timeout=30)
+    assert_reads_well(screen, exit_code=3)  # the demo's unreadable events are problems
+    assert "would publish" in screen.rows, screen.describe()
+    [question] = [i for i, row in enumerate(screen.rows) if row.endswith("[y/N]: y")]
+    assert screen.rows[question].startswith("publish "), screen.describe()
+    [bar] = bar_rows(screen)
+    assert bar["desc"] == "replaying" and bar["rest"].startswith("12 events ["), screen.describe()
+    assert screen.rows.index(bar[0]) > question, screen.describe()
+
+
 def test_replay_to_a_pipe_draws_its_bar_with_a_whole_count(
     redis_test_url: str, demo_store: Any, app_name: str
 ) -> None:

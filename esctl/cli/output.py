@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
 import typer
@@ -807,6 +807,7 @@ class JsonStream:
 # --- progress ------------------------------------------------------------------------------
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 
 _WITH_TOTAL = "{l_bar}{bar}| {count}/{total_count} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
@@ -893,6 +894,23 @@ class Progress:
             return
         with self._lock:
             self._bar.close()
+
+    def set_aside(self, write: Callable[P, T]) -> Callable[P, T]:
+        """``write`` (something that writes to the terminal: a question, a table) made to run
+        with the bar wiped from its row, and the bar drawn again below what it wrote: else
+        it would start on the bar's row, after the bar's picture."""
+        if self._bar is None:
+            return write
+
+        def aside(*args: P.args, **kwargs: P.kwargs) -> T:
+            with self._lock:
+                self._bar.clear()
+                try:
+                    return write(*args, **kwargs)
+                finally:
+                    self._bar.refresh()
+
+        return aside
 
     def __enter__(self) -> Progress:
         return self

@@ -267,7 +267,7 @@ def _run(
         summary = core.replay(
             options,
             redis_client=client,
-            confirm=confirm,
+            confirm=bar.set_aside(confirm) if confirm is not None else None,
             out=cast("IO[bytes]", stream) if stream is not None else sys.stdout.buffer,
             projection=projection,
             on_progress=bar.hook(lambda p: _replayed(bar, p)),
