@@ -670,6 +670,28 @@ def test_break_line_keeps_a_quoted_command_whole() -> None:
     ]
 
 
+def test_break_line_keeps_a_quoted_command_whole_in_brackets_and_with_a_generic_name() -> None:
+    """A quoted command after "(" is one word too, and a generic type's backtick inside one
+    (`` 'Envelope`1' ``, a name quoted for a shell) neither ends nor starts a quote."""
+    hint = "fix it (`redis-cli --cluster fix HOST:PORT`), then rerun"
+    assert output.break_line(hint, 30) == [
+        "fix it",
+        "(`redis-cli --cluster fix HOST:PORT`),",
+        "then rerun",
+    ]
+    peek = "see why: `esctl queue peek Learning.Reporting 'Envelope`1' --list dead`; after a fix"
+    assert output.break_line(peek, 40) == [
+        "see why:",
+        "`esctl queue peek Learning.Reporting 'Envelope`1' --list dead`;",
+        "after a fix",
+    ]
+    two = "`esctl compress --dry-run`, then `esctl compress --yes`"
+    assert output.break_line(two, 30) == [
+        "`esctl compress --dry-run`,",
+        "then `esctl compress --yes`",
+    ]
+
+
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_a_summary_on_a_terminal_breaks_a_long_key_after_a_colon(
     size: str, demo_redis: servers.LocalRedis

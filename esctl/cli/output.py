@@ -285,9 +285,11 @@ def break_line(line: str, width: int, *, whole_up_to: int | None = None) -> list
     return [piece.replace(_KEPT_SPACE, " ") for piece in lines]
 
 
-# A command quoted in backticks at the start of a word ("`esctl inspect integrity` lists
-# them"; not the backtick of a generic type name, "Envelope`1"): one word to the wrapper.
-_QUOTED = re.compile(r"(?<!\S)`[^`\s][^`]*`")
+# A command quoted in backticks ("`esctl inspect integrity` lists them", "(`CONFIG SET …`)"):
+# one word to the wrapper. A backtick before a letter or digit inside a word is a generic type
+# name's ("Envelope`1"), neither an opening quote nor a closing one, so a quoted command may
+# hold one (`esctl queue peek SUB 'Envelope`1' --list dead`).
+_QUOTED = re.compile(r"(?<![^\s(\[])`[^`\s](?:[^`]|`(?=\w))*`(?!\w)")
 _KEPT_SPACE = "\x00"
 
 
