@@ -75,7 +75,7 @@ class Settings:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(
                 f"{spec.help} is not set",
-                hint=f'pass {flag}, set {spec.env_var}, or add {name} = "…" to the config file',
+                hint=f'pass {flag}, set {spec.env_var}, or add `{name} = "…"` to the config file',
             )
         return value
 
@@ -189,7 +189,7 @@ def _profile_section(
     elif profile_explicit:
         raise ConfigError(
             f"profile {profile_name!r} was asked for but no config file was found",
-            hint="create ./esctl.toml or pass --config PATH",
+            hint="create ./esctl.toml or pass `--config PATH`",
         )
     return section
 

@@ -368,7 +368,7 @@ def prune(
         raise UsageError(
             "--include-left-out deletes aggregates PostgreSQL does not hold at all and needs "
             "--backup-file",
-            hint="add --backup-file NEW_FILE (nothing was deleted)",
+            hint="add `--backup-file NEW_FILE` (nothing was deleted)",
         )
     dsn = opts.pg_dsn
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()

@@ -46,7 +46,7 @@ class Shard:
                 f"(0 to {count - 1} for {count} shards)"
                 if count >= 1
                 else f"--shard {text}: the shard count must be at least 1",
-                hint="for example --shard 0/4 … --shard 3/4 split a store four ways",
+                hint="for example `--shard 0/4` … `--shard 3/4` split a store four ways",
             )
         return cls(index, count)
 
@@ -66,8 +66,8 @@ class Shard:
         index = _whole_number(
             env,
             INDEX_VAR,
-            missing_hint="Kubernetes sets it in each pod of an Indexed Job (completionMode: "
-            f"Indexed); anywhere else give --shard I/N (see {_AUTO_DOC})",
+            missing_hint="Kubernetes sets it in each pod of an Indexed Job (`completionMode: "
+            f"Indexed`); anywhere else give `--shard I/N` (see {_AUTO_DOC})",
         )
         count = _whole_number(
             env,

@@ -254,7 +254,7 @@ def parse_where(text: str) -> WhereClause:
         raise UsageError(
             f"bad --where {text!r}: {exc.message} (column {exc.column + 1})",
             hint="write PATH OP VALUE with OP one of = != > >= < <= ~, or PATH exists; e.g. "
-            f"--where 'Rubric.Name~Essay' --where 'Score>=7'\n{pointer}",
+            f"`--where 'Rubric.Name~Essay' --where 'Score>=7'`\n{pointer}",
         ) from None
 
 

@@ -427,7 +427,7 @@ def test_doctor_names_the_one_primary_whose_eviction_policy_is_risky(
     assert policy["servers"] == {p: "fail" if p == name else "ok" for p in primaries}
     assert policy["observed"].startswith(f"{name}: allkeys-lru: ")
     assert "events stored" in policy["observed"]  # the scoped data is the whole cluster's
-    assert policy["action"].startswith(f"on {name}: CONFIG SET maxmemory-policy noeviction")
+    assert policy["action"].startswith(f"on {name}: `CONFIG SET maxmemory-policy noeviction`")
     assert policy["values"][name]["policy"] == "allkeys-lru"
     text = metrics.read_text()
     for primary in primaries:

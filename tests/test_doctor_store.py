@@ -13,6 +13,7 @@ import orjson
 import redis
 
 from esctl import compress, doctor, layout, redisio
+from esctl.cli import output
 from esctl.doctor import DoctorOptions, DoctorReport
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -175,7 +176,8 @@ def test_the_commands_doctor_suggests_survive_a_shell(
     redis_client: redis.Redis, redis_test_url: str, env_name: str
 ) -> None:
     """A generic type's queue (``Envelope`1``): pasted unquoted, the backtick would start a
-    command substitution. The suggested command, split as a shell does, names the queue."""
+    command substitution. The suggested command (the example, quoted in backticks as the
+    wrapper reads them), split as a shell does, names the queue."""
     sub, kind = "Reporting.Worker", "Envelope`1"
     redis_client.sadd(layout.subscribers_key(env_name, kind), sub)
     redis_client.lpush(
@@ -186,8 +188,8 @@ def test_the_commands_doctor_suggests_survive_a_shell(
     report = run(redis_test_url, env=env_name, now=T0)
     for check, verb in (("queues.stuck", "requeue"), ("queues.dead_letters", "peek")):
         action = report.check(check).action or ""
-        command = action[action.rindex(f"esctl queue {verb} ") :]  # the example, not SUB TYPE
-        args = command.split(";")[0].removesuffix(" --dry-run first)")
+        quoted = [m[0][1:-1] for m in output._QUOTED.finditer(action)]
+        [args] = [q for q in quoted if q.startswith(f"esctl queue {verb} {sub} ")]  # not SUB TYPE
         shell = subprocess.run(  # the words a shell makes of the pasted command
             ["bash", "-c", "printf '%s\\n' " + args], capture_output=True, text=True, check=False
         )

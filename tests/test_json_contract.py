@@ -333,7 +333,7 @@ def test_usage_errors_are_one_json_document(
     document = error_document(result.stdout, 2, "usage")
     assert message in document["error"]["message"]
     if command is not None:
-        hint = f"see '{command} --help' for its options and arguments"
+        hint = f"see `{command} --help` for its options and arguments"
         assert document["error"]["hint"] == hint
     assert message in result.stderr
 

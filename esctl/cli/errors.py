@@ -261,7 +261,7 @@ def _run_json(command: Any, words: list[str]) -> int:
                 render_error(
                     "usage" if code == EXIT_USAGE else "error",
                     exc.format_message(),
-                    f"see '{path} --help' for its options and arguments",
+                    f"see `{path} --help` for its options and arguments",
                     code,
                     True,
                     stream=stream,

@@ -181,7 +181,7 @@ def query(
 
         raise UsageError(
             "--json asks for JSON and --format table for a table",
-            hint="drop one of them (--json is the same as --format json)",
+            hint="drop one of them (--json is the same as `--format json`)",
         )
     filters = selected.selectors().filters(
         limit=TABLE_DEFAULT_LIMIT if limit is None and fmt is QueryFormat.table else limit
@@ -233,7 +233,7 @@ def _load_transforms(path: Path | None, source: EventSource) -> Rules | None:
         raise UsageError(
             "--transforms previews what the rules make of the events in Redis; it does not "
             "apply to --source pg (PostgreSQL holds what a migration already wrote)",
-            hint="drop --source pg, or drop --transforms",
+            hint="drop `--source pg`, or drop --transforms",
         )
     return read_rules(path)
 

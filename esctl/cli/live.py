@@ -26,7 +26,7 @@ def check_watch(*, json: bool, interval: str | None, watch: bool, command: str) 
     if not watch:
         if interval is not None:
             raise errors.UsageError(
-                "--interval needs --watch", hint=f"{command} --watch --interval 5s"
+                "--interval needs --watch", hint=f"`{command} --watch --interval 5s`"
             )
         return 0.0
     seconds = parse_duration(interval).total_seconds() if interval is not None else 2.0
@@ -38,12 +38,12 @@ def check_watch(*, json: bool, interval: str | None, watch: bool, command: str) 
     if json:
         raise errors.UsageError(
             "--watch redraws a table on a terminal and does not go with --json",
-            hint=f"for scripts, run {command} --json at the interval you need",
+            hint=f"for scripts, run `{command} --json` at the interval you need",
         )
     if not stdout_is_terminal():
         raise errors.UsageError(
             "--watch redraws a table in place and needs a terminal on stdout",
-            hint=f"run it on a terminal; for a script or a file, run {command} --json at the "
+            hint=f"run it on a terminal; for a script or a file, run `{command} --json` at the "
             "interval you need",
         )
     return seconds

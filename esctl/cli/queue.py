@@ -238,7 +238,7 @@ def list_command(
         raise errors.UsageError(
             "--metrics-file does not go with --watch",
             hint="write the metrics file from cron or a systemd timer: "
-            "esctl queue list --metrics-file PATH",
+            "`esctl queue list --metrics-file PATH`",
         )
     seconds = check_watch(json=out.json, interval=interval, watch=watch, command="esctl queue list")
     environment = ctx.env
@@ -362,7 +362,7 @@ def requeue_command(
     out = ctx.out
     if source not in ("processing", "dead"):
         raise errors.UsageError(
-            f"cannot requeue from {source!r}", hint="use --from processing or --from dead"
+            f"cannot requeue from {source!r}", hint="use `--from processing` or `--from dead`"
         )
     selection = selected.selection(source)
     confirm = _confirmer(out, yes, dry_run)
@@ -446,8 +446,8 @@ def drain_command(
     if to_file is None and not dry_run and not (discard and yes):
         raise errors.Refused(
             "drain removes messages: it needs a backup file; nothing was changed",
-            hint="pass --to-file PATH.jsonl.zst (restore it with esctl queue restore), or "
-            "--discard --yes to drop the messages for good",
+            hint="pass `--to-file PATH.jsonl.zst` (restore it with `esctl queue restore`), or "
+            "`--discard --yes` to drop the messages for good",
         )
     if to_file is not None and discard:
         raise errors.UsageError("--to-file and --discard exclude each other")

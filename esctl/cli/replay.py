@@ -443,7 +443,7 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
             message += "it and the rest were not"
         cause = "fix the cause"
         if "'maxmemory'" in str(stopped["error"]):  # OOM (redis-py drops that word)
-            cause = "Redis is at its maxmemory: free memory or raise maxmemory ('esctl doctor')"
+            cause = "Redis is at its maxmemory: free memory or raise maxmemory (`esctl doctor`)"
         hint = f"{cause}, then replay the rest (e.g. with --since or --aggregate)"
     elif stopped.get("kind") == "lock_lost":
         n = summary.notifications

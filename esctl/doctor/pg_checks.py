@@ -97,8 +97,8 @@ def _pg_schema(conn: Any, schema: str, app: str) -> Check:
         return PG_SCHEMA.result(
             "warn",
             f"no event tables in schema {schema} yet",
-            action="create them with the first migration: esctl migrate redis-to-pg --app "
-            f"{shlex.quote(app)} --init-schema",
+            action="create them with the first migration: `esctl migrate redis-to-pg --app "
+            f"{shlex.quote(app)} --init-schema`",
             values=values,
         )
     missing = sorted(
@@ -108,8 +108,9 @@ def _pg_schema(conn: Any, schema: str, app: str) -> Check:
         return PG_SCHEMA.result(
             "warn",
             f"tables compatible; function(s) {', '.join(missing)} missing in {schema}",
-            action="services on the SQL provider call them: esctl migrate redis-to-pg --app "
-            f"{app} --init-schema creates what is missing (never alters what exists)",
+            action="services on the SQL provider call them: `esctl migrate redis-to-pg --app "
+            f"{shlex.quote(app)} --init-schema` creates what is missing (never alters what "
+            "exists)",
             values=values,
         )
     return PG_SCHEMA.result(
@@ -150,8 +151,8 @@ def _pg_constraints(conn: Any, schema: str) -> Check:
         return PG_CONSTRAINTS.result(
             "fail",
             f"no UNIQUE constraint or index on {', '.join(f'{schema}.{m}' for m in missing)}",
-            action="add them as in docs/layout.md §5 (CREATE UNIQUE INDEX CONCURRENTLY … on a live "
-            "table), after removing duplicates",
+            action="add them as in docs/layout.md §5 (`CREATE UNIQUE INDEX CONCURRENTLY …` on a "
+            "live table), after removing duplicates",
             values={"unique": present},
         )
     return PG_CONSTRAINTS.result(
@@ -212,7 +213,7 @@ def _pg_migration(
         return PG_MIGRATION.result(
             "warn",
             "no migration has run (esctl's bookkeeping schema is absent)",
-            action=f"esctl migrate redis-to-pg --app {shlex.quote(opts.app)} --init-schema",
+            action=f"`esctl migrate redis-to-pg --app {shlex.quote(opts.app)} --init-schema`",
         )
     row = conn.execute(
         "SELECT r.run_id, r.status, r.shard, r.started_at, r.finished_at,"
@@ -228,7 +229,7 @@ def _pg_migration(
         return PG_MIGRATION.result(
             "warn",
             f"no migration run of {opts.app} into schema {opts.pg_schema}",
-            action=f"esctl migrate redis-to-pg --app {shlex.quote(opts.app)} --init-schema",
+            action=f"`esctl migrate redis-to-pg --app {shlex.quote(opts.app)} --init-schema`",
         )
     run_id, status_text, shard, started_at, finished_at, last_batch, migrated = row
     now = opts.now or datetime.now(UTC)
@@ -269,13 +270,13 @@ def _pg_migration(
     if status_text in ("failed", "interrupted", "stopped"):
         status = "warn"
         action = (
-            f"rerun esctl migrate redis-to-pg --app {shlex.quote(opts.app)}: it resumes from the "
+            f"rerun `esctl migrate redis-to-pg --app {shlex.quote(opts.app)}`: it resumes from the "
             "last committed batch"
         )
     elif status_text == "finished" and unmigrated and age > MIGRATION_STALE:
         status = "warn"
         action = (
-            f"schedule esctl migrate redis-to-pg --app {shlex.quote(opts.app)} (nightly from "
+            f"schedule `esctl migrate redis-to-pg --app {shlex.quote(opts.app)}` (nightly from "
             "cron: it only moves what is new)"
         )
     return PG_MIGRATION.result(status, observed, action=action, values=values, metrics=metrics)

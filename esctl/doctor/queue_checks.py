@@ -71,9 +71,9 @@ def check_stuck(env: str, listing: queues.QueueListing, stuck_after: timedelta) 
     return STUCK.result(
         "fail",
         f"{len(stuck)} queue(s) hold processing messages older than {format_duration(limit)}",
-        action=f"requeue them: esctl queue requeue SUB TYPE --env {shlex.quote(env)} --grace 2m "
-        f"--yes (e.g. esctl queue requeue {_queue_words(first, env)} --grace 2m --dry-run first); "
-        "check why the consumer died",
+        action=f"requeue them: `esctl queue requeue SUB TYPE --env {shlex.quote(env)} --grace 2m "
+        f"--yes` (e.g. `esctl queue requeue {_queue_words(first, env)} --grace 2m --dry-run` "
+        "first); check why the consumer died",
         values=values,
         details=details,
         metrics=metrics,
@@ -114,9 +114,9 @@ def check_dead_letters(env: str, listing: queues.QueueListing) -> Check:
     return DEAD_LETTERS.result(
         "warn",
         f"{total:,} dead letter(s) in {len(dead)} queue(s)",
-        action=f"see why: esctl queue peek {_queue_words(first, env)} --list dead; after a fix, "
-        "esctl queue requeue ... --from dead, or back them up and remove them with esctl queue "
-        "drain",
+        action=f"see why: `esctl queue peek {_queue_words(first, env)} --list dead`; after a fix, "
+        "`esctl queue requeue ... --from dead`, or back them up and remove them with `esctl "
+        "queue drain`",
         values=values,
         details=[f"{q.subscriber} {q.event_type}: {q.dead:,} dead" for q in dead],
         metrics=metrics,
@@ -220,8 +220,8 @@ def check_draining(
             f"{len(stalled_leftover)} queue(s) of services no longer subscribed hold messages "
             f"nobody takes ({over})",
             action="if the service is gone for good, back the messages up and remove them: "
-            "esctl queue drain SUB TYPE --list published --to-file PATH.jsonl.zst --env "
-            f"{shlex.quote(env)}",
+            "`esctl queue drain SUB TYPE --list published --to-file PATH.jsonl.zst --env "
+            f"{shlex.quote(env)}`",
             values=values,
             details=stalled_leftover,
             metrics=metrics,

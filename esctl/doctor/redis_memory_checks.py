@@ -86,7 +86,7 @@ def check_maxmemory_policy(f: ServerFacts, data: DataPresence) -> Check:
     return MAXMEMORY_POLICY.result(
         status,
         f"{policy}: {scope}{volatile}",
-        action="CONFIG SET maxmemory-policy noeviction (and set it in redis.conf or your "
+        action="`CONFIG SET maxmemory-policy noeviction` (and set it in redis.conf or your "
         "provider's parameter group so a restart keeps it)",
         values={"policy": policy, "source": source},
         metrics=metrics,
@@ -148,7 +148,7 @@ def check_maxmemory(f: ServerFacts) -> Check:
         f"used {format_bytes(used)} of maxmemory {format_bytes(maxmemory)} ({format_percent(ratio)})",
         action=None
         if status == "ok"
-        else "free memory (esctl compress; migrate the events to PostgreSQL and prune them) "
+        else "free memory (`esctl compress`; migrate the events to PostgreSQL and prune them) "
         "or raise maxmemory on a bigger host",
         values=values | {"usage": round(ratio, 4)},
         metrics=metrics,
@@ -246,7 +246,7 @@ def check_persistence(f: ServerFacts) -> Check:
     elif rdb:
         status = "warn"
         action = (
-            "turn on appendonly (appendfsync everysec) here or on a replica: a crash now loses "
+            "turn on appendonly (`appendfsync everysec`) here or on a replica: a crash now loses "
             "every event written since the last snapshot"
         )
     elif unknown or aof is None or rdb is None:
@@ -267,7 +267,7 @@ def check_persistence(f: ServerFacts) -> Check:
     else:
         status = "fail"
         action = (
-            "turn on persistence: appendonly yes with appendfsync everysec on the primary, or "
+            "turn on persistence: `appendonly yes` with `appendfsync everysec` on the primary, or "
             "on a replica (then disable the primary's automatic restart)"
         )
         where += ": a restart loses every event"
@@ -313,10 +313,10 @@ def check_appendfsync(f: ServerFacts) -> Check:
     return APPENDFSYNC.warn_unless(
         fsync == "everysec",
         fsync,
-        action="appendfsync everysec (at most about a second of writes at risk), unless the "
+        action="`appendfsync everysec` (at most about a second of writes at risk), unless the "
         "disk is fast enough that every write may wait for an fsync"
         if fsync == "always"
-        else "appendfsync everysec: with 'no' a crash can lose about 30 s of events",
+        else "`appendfsync everysec`: with 'no' a crash can lose about 30 s of events",
         values={"appendfsync": fsync},
         metrics=[Metric("esctl_doctor_redis_appendfsync_always", int(fsync == "always"))],
     )
@@ -348,7 +348,7 @@ def check_aof_rewrite(f: ServerFacts) -> Check:
         "yes (fsync pauses during rewrites)"
         if setting == "yes"
         else f"no, with appendonly {aof}: fsyncs compete with every AOF rewrite and RDB snapshot",
-        action="CONFIG SET no-appendfsync-on-rewrite yes (and in redis.conf); if timeouts "
+        action="`CONFIG SET no-appendfsync-on-rewrite yes` (and in redis.conf); if timeouts "
         "persist, give the disk more IOPS or run persistence only on replicas",
         values={"no_appendfsync_on_rewrite": setting},
         metrics=[Metric("esctl_doctor_redis_no_appendfsync_on_rewrite", int(setting == "yes"))],
@@ -388,7 +388,7 @@ def check_fragmentation(f: ServerFacts) -> Check:
         return FRAGMENTATION.result(
             "warn",
             f"{ratio:.2f}: RSS is {ratio:.1f} times the {format_bytes(used)} of data",
-            action="CONFIG SET activedefrag yes (jemalloc builds), or restart a replica and fail "
+            action="`CONFIG SET activedefrag yes` (jemalloc builds), or restart a replica and fail "
             "over to it",
             values=values,
             metrics=metrics,
@@ -397,7 +397,7 @@ def check_fragmentation(f: ServerFacts) -> Check:
         return FRAGMENTATION.result(
             "warn",
             f"{ratio:.2f}: less RSS than data, Redis may be swapping",
-            action="check swap on the host (free -m, vmstat); give Redis more memory",
+            action="check swap on the host (`free -m`, vmstat); give Redis more memory",
             values=values,
             metrics=metrics,
         )

@@ -142,7 +142,7 @@ def check_role(f: ServerFacts) -> Check:
         )
     elif lagging:
         status, observed = "warn", f"primary with {count} replica(s); behind: {', '.join(lagging)}"
-        action = "check the replicas' links and load (INFO replication on each)"
+        action = "check the replicas' links and load (`INFO replication` on each)"
     else:
         status, observed = "ok", f"primary with {count} replica(s), all online"
         action = None
@@ -185,7 +185,7 @@ def check_latency_monitor(f: ServerFacts) -> Check:
     return LATENCY_MONITOR.warn_unless(
         threshold != 0,
         f"{threshold} ms" if threshold else "0 (latency monitor off)",
-        action="CONFIG SET latency-monitor-threshold 100 (and in redis.conf): records "
+        action="`CONFIG SET latency-monitor-threshold 100` (and in redis.conf): records "
         "spikes over 100 ms at no measurable cost",
         values={"latency_monitor_threshold_ms": threshold},
         metrics=[Metric("esctl_doctor_redis_latency_monitor_threshold_seconds", threshold / 1000)],
@@ -229,7 +229,7 @@ def check_latency(f: ServerFacts) -> Check:
         if off:
             return LATENCY.unavailable(
                 "no spikes recorded: the latency monitor is off (latency-monitor-threshold 0)",
-                "CONFIG SET latency-monitor-threshold 100",
+                "`CONFIG SET latency-monitor-threshold 100`",
             )
         return LATENCY.result("ok", "no latency spike recorded")
     now = f.now
@@ -325,8 +325,8 @@ def check_slowlog(f: ServerFacts) -> Check:
     return SLOWLOG.result(
         "warn",
         f"{observed} {scope}",
-        action="SLOWLOG GET 128 shows the calls; slow HGET/LRANGE mean large values or long "
-        "commit lists (esctl compress; snapshots), slow RPOPLPUSH/EXEC a blocked main thread "
+        action="`SLOWLOG GET 128` shows the calls; slow HGET/LRANGE mean large values or long "
+        "commit lists (`esctl compress`; snapshots), slow RPOPLPUSH/EXEC a blocked main thread "
         "(see redis.latency)",
         values=values,
         metrics=metrics,
@@ -359,7 +359,7 @@ def check_cluster(f: ServerFacts, *, through_cluster_client: bool) -> Check:
             "this server is a node of a Redis Cluster, but was checked alone: the settings "
             "above are this node's only, and the --app and --env checks see only the keys "
             "stored on it",
-            action="rerun with --redis-url redis+cluster://HOST:PORT (or add --cluster): esctl "
+            action="rerun with `--redis-url redis+cluster://HOST:PORT` (or add --cluster): esctl "
             "then finds every primary and checks the whole cluster",
             values={"cluster_enabled": True, "checked_as_cluster": False},
         )
@@ -391,9 +391,9 @@ def check_cluster(f: ServerFacts, *, through_cluster_client: bool) -> Check:
         return CLUSTER.result(
             "fail",
             observed,
-            action="bring the failed primaries back or promote their replicas (CLUSTER "
-            "FAILOVER on a replica); redis-cli --cluster check HOST:PORT shows unserved slots, "
-            "redis-cli --cluster fix HOST:PORT assigns them",
+            action="bring the failed primaries back or promote their replicas (`CLUSTER "
+            "FAILOVER` on a replica); `redis-cli --cluster check HOST:PORT` shows unserved "
+            "slots, `redis-cli --cluster fix HOST:PORT` assigns them",
             values=values,
             metrics=metrics,
         )
@@ -401,7 +401,7 @@ def check_cluster(f: ServerFacts, *, through_cluster_client: bool) -> Check:
         return CLUSTER.result(
             "warn",
             observed,
-            action="a node does not answer the others in time: check it (CLUSTER NODES shows "
+            action="a node does not answer the others in time: check it (`CLUSTER NODES` shows "
             "which, flagged fail?); if it stays down the cluster fails it over or stops",
             values=values,
             metrics=metrics,

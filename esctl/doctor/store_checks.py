@@ -83,8 +83,8 @@ def check_store_memory(app: str, stats: inspect.StatsReport, limit: int | None) 
         "warn" if heavy else "ok",
         observed,
         action=f"event data is {format_percent(event_data / limit)} of the memory limit: migrate it "
-        f"(esctl migrate redis-to-pg --app {shlex.quote(app)}) and prune it once services read "
-        "from PostgreSQL; esctl compress first if payloads are plain"
+        f"(`esctl migrate redis-to-pg --app {shlex.quote(app)}`) and prune it once services read "
+        "from PostgreSQL; `esctl compress` first if payloads are plain"
         if heavy and limit
         else None,
         values=values,
@@ -174,8 +174,8 @@ def check_uncompressed(
         f"{found:,} of {examined:,} sampled payloads are plain over {threshold:,} bytes: "
         f"{about}{estimate_count:,.0f} in the store ({format_bytes(estimate_bytes)}; compressing "
         f"saves ~{format_bytes(estimate_saving)})",
-        action=f"esctl compress --app {shlex.quote(app)} --dry-run, then esctl compress --app "
-        f"{shlex.quote(app)} --yes (gzip+base64 in place, as the library writes; safe while "
+        action=f"`esctl compress --app {shlex.quote(app)} --dry-run`, then `esctl compress --app "
+        f"{shlex.quote(app)} --yes` (gzip+base64 in place, as the library writes; safe while "
         "services run); turn the library's compression setting on for new writes",
         values=values,
         metrics=metrics,
@@ -261,7 +261,7 @@ def check_growth(
         observed,
         action=None
         if status == "ok"
-        else f"free memory before the limit: esctl compress --app {shlex.quote(app)}; migrate "
+        else f"free memory before the limit: `esctl compress --app {shlex.quote(app)}`; migrate "
         "events to PostgreSQL and prune them; or raise maxmemory",
         values={
             "interval_s": round(elapsed, 1),

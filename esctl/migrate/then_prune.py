@@ -47,7 +47,7 @@ def check_backup_file(backup_file: str | None, *, delete_source: bool) -> None:
     if not delete_source:
         raise UsageError(
             "--backup-file is the backup of --delete-source; redis-to-pg alone deletes nothing",
-            hint="add --delete-source --yes, or drop --backup-file",
+            hint="add `--delete-source --yes`, or drop --backup-file",
         )
     if os.path.lexists(backup_file):
         raise Refused(

@@ -241,7 +241,7 @@ def check_transforms(
     if not opts.restart:
         raise UsageError(
             what + ": PostgreSQL would hold a mix of two transforms",
-            hint="run with the same --transforms file as before, or add --restart --yes to "
+            hint="run with the same --transforms file as before, or add `--restart --yes` to "
             "delete what earlier runs migrated and migrate everything again",
         )
     if opts.dry_run:

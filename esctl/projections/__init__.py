@@ -172,7 +172,7 @@ class ProjectionAdapter:
             raise UsageError(
                 f"projection {name} is a {type(target).__name__}: neither a function taking an "
                 "event nor an object with handle(event)",
-                hint="see the protocol in 'esctl replay --help' and docs/projections.md",
+                hint="see the protocol in `esctl replay --help` and docs/projections.md",
             )
         self.setup: Callable[[ProjectionContext], Any] = _method(target, "setup")
         self.flush: Callable[[ProjectionContext], Any] = _method(target, "flush")

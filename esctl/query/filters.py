@@ -100,7 +100,7 @@ def _check_exact_names(option: str, names: Sequence[str]) -> None:
         if "*" in name or "?" in name:
             raise UsageError(
                 f"{option} {name}: takes a type's exact name, not a pattern",
-                hint="esctl inspect stats lists the event types the store holds (--type takes "
+                hint="`esctl inspect stats` lists the event types the store holds (--type takes "
                 "a class name, e.g. ItemScoreCreated, and repeats for several; "
                 "--aggregate-type the AggregateType, e.g. ItemScore)",
             )

@@ -113,7 +113,7 @@ def _append(writer: BackupWriter, line: dict[str, Any]) -> None:
         raise EsctlError(
             f"stopped: cannot append to the backup file {writer.path}: {exc.strerror}. It holds "
             "every selected message; the last batch's removals are not marked in it",
-            hint="free some space; esctl queue restore --include-unknown puts back the unmarked "
+            hint="free some space; `esctl queue restore --include-unknown` puts back the unmarked "
             "messages too (check the list first: some of them may still be there)",
         ) from None
 
@@ -171,7 +171,7 @@ def read_backup(path: str | Path) -> Backup:
                 if truncated
                 else ""
             ),
-            hint="pass a file written by esctl queue drain --to-file",
+            hint="pass a file written by `esctl queue drain --to-file`",
         )
     header = lines[0]
     if int(header.get("version", 0)) > BACKUP_FORMAT_VERSION:
@@ -239,7 +239,7 @@ def _read_frames(source: Path, data: bytes) -> tuple[list[dict[str, Any]], int, 
             if frames == 0:
                 raise UsageError(
                     f"{source} is not an esctl queue backup (zstd: {exc})",
-                    hint="pass a file written by esctl queue drain --to-file",
+                    hint="pass a file written by `esctl queue drain --to-file`",
                 ) from None
             truncated = True
             break

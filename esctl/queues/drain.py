@@ -113,7 +113,8 @@ def drain(
     if options.to_file is None and not options.discard and not options.dry_run:
         raise Refused(
             "drain removes messages: it needs a backup file (--to-file PATH.jsonl.zst)",
-            hint="pass --to-file PATH.jsonl.zst, or --discard --yes to drop them without a backup",
+            hint="pass `--to-file PATH.jsonl.zst`, or `--discard --yes` to drop them without a "
+            "backup",
         )
     if options.to_file is not None and options.to_file.exists():
         raise Refused(

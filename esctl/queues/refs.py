@@ -71,7 +71,7 @@ def ensure_known(client: redisio.RedisClient, ref: QueueRef) -> None:
             f"no queue of subscriber {ref.subscriber!r} for event type {ref.event_type!r} in "
             f"env {ref.env!r}: no {ref.key('published')} (nor processing/dead lists) and not a "
             f"member of {layout.subscribers_key(ref.env, ref.event_type)}",
-            hint=f"esctl queue list --env {shlex.quote(ref.env)} shows the queues that exist",
+            hint=f"`esctl queue list --env {shlex.quote(ref.env)}` shows the queues that exist",
         )
 
 

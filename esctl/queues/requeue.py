@@ -87,7 +87,8 @@ def requeue(
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
-            f"cannot requeue from {options.source!r}", hint="use --from processing or --from dead"
+            f"cannot requeue from {options.source!r}",
+            hint="use `--from processing` or `--from dead`",
         )
     options.selection.check(options.source)
     clear = options.source == "dead" and not options.keep_retry_data

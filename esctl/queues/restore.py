@@ -108,7 +108,7 @@ def restore(
     if options.target is None and options.expect_env and header.get("env") != options.expect_env:
         raise UsageError(
             f"{backup.path} was drained from env {header.get('env')!r}, not {options.expect_env!r}",
-            hint="drop --env to restore it where it came from, or pass --to SUB TYPE to move it",
+            hint="drop --env to restore it where it came from, or pass `--to SUB TYPE` to move it",
         )
     if options.target_list is not None:
         check_list_name(options.target_list)

@@ -63,7 +63,7 @@ class Selection:
         if self.needs_retry_data and which != "dead":
             raise UsageError(
                 "--exception-contains and --min-retries select dead letters by their RetryData",
-                hint="use them with the dead list (--from dead / --list dead)",
+                hint="use them with the dead list (`--from dead` / `--list dead`)",
             )
         if self.limit is not None and self.limit < 1:
             raise UsageError("--limit must be at least 1")

@@ -106,7 +106,7 @@ def connect(
             server=shown,
             hint="check the user name and password in --redis-url / ESCTL_REDIS_URL or the "
             "profile (redis://USER:PASSWORD@host:port/db; redis://:PASSWORD@… for requirepass), "
-            "and that the ACL user exists and is on (ACL LIST)",
+            "and that the ACL user exists and is on (`ACL LIST`)",
         ) from None
     except redis.exceptions.NoPermissionError as exc:
         raise permission_denied(describe_url(url, cluster=cluster), exc) from None
@@ -174,7 +174,7 @@ _TLS_HINTS = (
     (
         ("certificate required", "eof occurred in violation of protocol", "alert"),
         "the TLS handshake was refused: if the server requires a client certificate "
-        "(tls-auth-clients yes), give it with the ssl_certfile and ssl_keyfile query "
+        "(`tls-auth-clients yes`), give it with the ssl_certfile and ssl_keyfile query "
         "parameters; check that the CA of ssl_ca_certs signed the server's certificate",
     ),
     (
@@ -289,7 +289,7 @@ def permission_denied(
 
 OOM_HINT = (
     "Redis is at its maxmemory and refuses writes: free memory or raise maxmemory "
-    "('esctl doctor' shows the headroom), then rerun"
+    "(`esctl doctor` shows the headroom), then rerun"
 )
 """What to do about an OOM answer (Redis over maxmemory with the noeviction policy)."""
 

@@ -105,8 +105,8 @@ class ReplayOptions:
                 "--transforms: only with --from redis; PostgreSQL holds what migrate wrote, "
                 "already transformed when migrate ran with --transforms (applying rules again "
                 "would rename or renumber twice)",
-                hint="drop --transforms to replay PostgreSQL as migrated, or replay --from "
-                "redis --transforms FILE",
+                hint="drop --transforms to replay PostgreSQL as migrated, or replay `--from "
+                "redis --transforms FILE`",
             )
 
     def _check_choices(self) -> None:
@@ -161,5 +161,5 @@ class ReplayOptions:
                 f"--shard {self.shard}: not with --to queue; a queue replay locks every "
                 "subscriber queue it publishes to, so shards of it could not run side by side",
                 hint="replay to the queues in one run (--rate and --max-queue-length pace it); "
-                "--shard works with --to projection and --to stdout",
+                "--shard works with `--to projection` and `--to stdout`",
             )

@@ -4,6 +4,7 @@ the lock on every queue it publishes to (docs/design/replay.md, "The queue targe
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -92,8 +93,8 @@ def resolve_routes(
         raise UsageError(
             f"{', '.join(strangers)} is not a member of Subscribers:{{{env}:TYPE}} for any "
             f"selected event type ({shown})",
-            hint=f"check the name ('esctl queue list --env {env}' shows the subscribers), or "
-            "pass --force to publish to it anyway",
+            hint=f"check the name (`esctl queue list --env {shlex.quote(env)}` shows the "
+            "subscribers), or pass --force to publish to it anyway",
         )
     routes = {t: tuple(s for s in named if s in m) for t, m in members.items()}
     return {t: subs for t, subs in routes.items() if subs}

@@ -208,7 +208,7 @@ def _pg_system_user() -> pwd.struct_passwd | None:
     raise LocalServerError(
         "PostgreSQL cannot run as root and none of the users "
         f"{', '.join(PG_SYSTEM_USERS)} exists to run it as",
-        hint="create a system user 'postgres' (useradd --system postgres) or run as non-root",
+        hint="create a system user 'postgres' (`useradd --system postgres`) or run as non-root",
     )
 
 
@@ -229,7 +229,7 @@ def _check_reachable(path: Path, user: pwd.struct_passwd) -> None:
                 f"PostgreSQL cannot run as root, and user {user.pw_name}, who would run it, "
                 f"cannot reach {path}: {folder} is private",
                 hint=f"use a folder {user.pw_name} can reach (for example under /tmp), or "
-                f"chmod o+x {folder}",
+                f"`chmod o+x {folder}`",
             )
 
 

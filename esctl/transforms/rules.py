@@ -188,7 +188,7 @@ def _path(file: Path, label: str, key: str, text: str) -> tuple[str, ...]:
         return parse_path(text)
     except ValueError as exc:
         raise _error(
-            file, f"{label}: {key}: {exc}", hint="paths are written as in events query --where"
+            file, f"{label}: {key}: {exc}", hint="paths are written as in `events query --where`"
         ) from None
 
 
