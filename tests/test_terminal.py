@@ -1203,21 +1203,17 @@ def test_free_text_on_80_columns_is_wrapped_at_words_not_folded(
     case: str, demo_redis: servers.LocalRedis, pg_dsn: str
 ) -> None:
     """Every line a command writes to the terminal fits it (stdout a pipe where it is data):
-    notes, warnings, errors and messages wrap at words, continued under their first word, a
-    path whole on a row, a `quoted command` whole; only doctor's ``do:`` and an error's
-    ``what to do:`` lines are never broken (they hold commands to paste)."""
+    notes, warnings, errors, hints and messages wrap at words, continued under their first
+    word, a path whole on a row, a `quoted command` whole; only a quoted command wider than
+    the terminal (doctor's example with a long subscriber name) is left to fold, alone on
+    its row."""
     words, code, extra = PROSE_COMMANDS[case]
     env = {**demo_env(demo_redis), "ESCTL_PG_DSN": pg_dsn, **extra}
     missing = path_of_length(75, "no-such-backup.jsonl.zst")
     words = [str(missing) if w == "{missing}" else w for w in words]
     screen = run_on_terminal([*ESCTL, *words], env=env, pipe_stdout="replay" in words)
     assert_reads_well(screen, exit_code=code, error_expected=code == 1)
-    folded = [
-        line
-        for line in screen.folded
-        if not line.startswith(("  do: ", "  what to do: "))  # left whole on purpose
-    ]
-    assert folded == [], screen.describe()
+    assert folded_mid_word(screen) == [], screen.describe()
     assert quantity_splits(screen.rows) == [], screen.describe()
     if "{missing}" in PROSE_COMMANDS[case][0]:
         assert f"{missing}:" in screen.rows, screen.describe()
@@ -1226,3 +1222,129 @@ def test_free_text_on_80_columns_is_wrapped_at_words_not_folded(
     if case == "doctor without PostgreSQL":
         skipped = [r for r in screen.rows if r.startswith("skipped postgresql checks: ")]
         assert skipped, screen.describe()
+
+
+# --- hints and doctor's do: lines on 80 columns ---------------------------------------------
+
+
+def folded_mid_word(screen: Screen) -> list[str]:
+    """The lines the terminal folded (wider than it) but one quoted command on a row of its
+    own, which esctl never breaks: a terminal may fold it, a paste still runs it whole."""
+    return [
+        line
+        for line in screen.folded
+        if not output._QUOTED.fullmatch(line.strip().lstrip("(").rstrip("),.;:"))
+    ]
+
+
+def hint_blocks(screen: Screen, head: str, first: str) -> list[list[str]]:
+    """The runs of lines written for a ``head`` (``"  what to do: "``, ``"  do: "``) whose
+    text starts with the word ``first``: the line that starts with the head (alone, when the
+    text starts with a command at the margin), then its continuations: under the text's
+    first word, or a quoted command at the margin."""
+    blocks = []
+    for i, line in enumerate(screen.written):
+        if not (line.startswith(head + first) or line == head.rstrip()):
+            continue
+        block = [line]
+        for after in screen.written[i + 1 :]:
+            if not (after.startswith(" " * len(head)) or output._QUOTED.match(after.lstrip("("))):
+                break
+            block.append(after)
+        blocks.append(block)
+    return blocks
+
+
+def hint_problems(screen: Screen, head: str, text: str) -> list[str]:
+    """What is wrong with how ``text`` (a hint, an action: as --json has it) was written after
+    ``head`` on ``screen``: its words not there in order, a line of it wider than the terminal
+    that is not one quoted command, or a quoted command not whole on a line (and, when it fits
+    the terminal, on a row)."""
+
+    def words(block: list[str]) -> list[str]:
+        return " ".join(line.strip() for line in block).removeprefix(head.strip()).split()
+
+    blocks = hint_blocks(screen, head, text.split()[0])
+    block = next((b for b in blocks if words(b) == text.split()), None)
+    if block is None:
+        return [f"the words of {text!r} are not all there in order: {blocks}"]
+    found = []
+    for line in block:
+        if len(line) > screen.cols and not output._QUOTED.fullmatch(
+            line.strip().lstrip("(").rstrip("),.;:")
+        ):
+            found.append(f"folded mid-word: {line!r}")
+    for command in (m[0] for m in output._QUOTED.finditer(text)):
+        if not any(command in line for line in block):
+            found.append(f"{command} broken over lines")
+        elif len(command) <= screen.cols and not any(command in row for row in screen.rows):
+            found.append(f"{command} folded, though it fits a row")
+    return found
+
+
+LONG_ENV = "production-eu-west-1-blue-green-canary-2024"
+NO_PG = "postgresql://a_rather_long_user_name_for_the_reporting_service@127.0.0.1:1/events"
+# Errors whose hint does not fit one row of 80 columns, each with its exit code; "{redis}":
+# the test's Redis.
+LONG_HINTS: dict[str, tuple[list[str], int]] = {
+    # "…ESCTL_PG_DSN is r" / "ight"
+    "unreachable PostgreSQL": (["migrate", "status", "--app", "X", "--pg-dsn", NO_PG], 1),
+    # two commands to copy in the hint
+    "drain without a backup file": (["queue", "drain", "Sub", "Type", "--env", "demo"], 2),
+    # a hint with an example, then the expression and a caret under its bad column
+    "a bad --where": (
+        ["events", "query", "--app", "X", "--where", "Rubric.Name~~Essay and Score>=7"],
+        2,
+    ),
+    # a command (72 characters) too wide for the hint's indent: whole, at the margin
+    "no such queue in a long env": (
+        ["queue", "peek", "Sub", "Type", "--env", LONG_ENV, "--redis-url", "{redis}"],
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_HINTS))
+def test_a_long_hint_on_80_columns_wraps_at_words_with_its_commands_whole(
+    case: str, redis_test_url: str
+) -> None:
+    """An error's ``what to do:`` went out as one line, which the terminal folded mid-word
+    ("…is r" / "ight"); now it wraps at words, continued under its first word, each command
+    quoted in backticks whole on a row (a command too wide for the indent at the margin), the
+    same text as --json's hint. Lines after the hint's first (a --where expression and its
+    caret) stay as they were, the caret under its column."""
+    words, code = LONG_HINTS[case]
+    words = [redis_test_url if w == "{redis}" else w for w in words]
+    document = json.loads(run_cli(*words, "--json").stdout)
+    hint, _, pointer = document["error"]["hint"].partition("\n")
+    assert len("  what to do: " + hint) > 80
+    screen = run_on_terminal([*ESCTL, *words])
+    assert_reads_well(screen, exit_code=code, error_expected=True)
+    assert folded_mid_word(screen) == [], screen.describe()
+    assert hint_problems(screen, "  what to do: ", hint) == [], screen.describe()
+    if pointer:
+        expression, caret = pointer.split("\n")
+        assert screen.rows[-2:] == [expression, caret], screen.describe()
+    if case == "no such queue in a long env":
+        command = f"`esctl queue list --env {LONG_ENV}`"
+        assert screen.rows[-3:-1] == ["  what to do:", command], screen.describe()
+
+
+def test_doctor_s_do_lines_on_80_columns_wrap_at_words_with_their_commands_whole(
+    demo_redis: servers.LocalRedis,
+) -> None:
+    """doctor's ``do:`` lines went out as one line each, which the terminal folded mid-word
+    ("…or your provider's" / "parameter group", "60-" / "70%"); now each wraps at words,
+    continued under its first word, every command quoted in backticks whole on a row (one
+    wider than the terminal, the stuck queue's example, whole on a row of its own, left to
+    the terminal to fold), the same text as --json's ``action``."""
+    env = demo_env(demo_redis)
+    report = json.loads(run_cli("doctor", "--json", env=env).stdout)
+    actions = [c["action"] for c in report["checks"] if c["status"] != "ok" and c["action"]]
+    assert sum(len("  do: " + a) > 80 for a in actions) >= 5, actions
+    assert any("`CONFIG SET maxmemory-policy noeviction`" in a for a in actions), actions
+    screen = run_on_terminal([*ESCTL, "doctor"], env=env)
+    assert_reads_well(screen, exit_code=3)
+    assert folded_mid_word(screen) == [], screen.describe()
+    for action in actions:
+        assert hint_problems(screen, "  do: ", action) == [], (action, screen.describe())

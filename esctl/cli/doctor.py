@@ -133,7 +133,7 @@ def _render(out: Output, report: core.DoctorReport) -> None:
         out.prose("observed", check.observed)
         out.prose("why", check.why)
         if check.action:
-            out.print(f"  do: {check.action}")
+            out.prose("do", check.action)  # its commands in backticks, each whole on a row
         for line in check.details[:20]:
             out.hanging("  - ", line)
         if len(check.details) > 20:

@@ -674,11 +674,17 @@ def warn(message: str) -> None:
 
 
 def print_error(message: str, hint: str | None = None) -> None:
-    """An error for the operator (stderr): what failed (wrapped at words on a terminal),
-    then what to do (never broken: it often holds a command to copy)."""
+    """An error for the operator (stderr): what failed, then what to do; on a terminal each
+    wrapped at words, continued under its first word, a command to copy in the hint (quoted
+    in backticks) whole on a row (:func:`break_line`); to a pipe or a file one line each."""
     _message("error: ", message, style="bold red")
     if hint:
-        stderr_console.print(f"  what to do: {hint}", markup=False)
+        # Lines after the first (a --where expression and a caret under its bad column) go as
+        # they are: wrapped or indented, the caret would no longer point at its column.
+        first, newline, rest = hint.partition("\n")
+        _message("  what to do: ", first)
+        if newline:
+            stderr_console.print(rest, markup=False)
 
 
 def stderr_is_terminal() -> bool:
@@ -1046,8 +1052,9 @@ class Output:
     def prose(self, label: str, text: str, *, indent: int = 2) -> None:
         """``label: text`` on stdout, indented. On a terminal the text is wrapped at words to
         its width, continued under its first word (the terminal itself would break words);
-        to a pipe or a file it is one line. Not for commands meant to be copied: a line break
-        inside one would run half of it when pasted."""
+        to a pipe or a file it is one line. A command to copy in it must be quoted in
+        backticks, which keeps it whole on a row (:func:`break_line`): a line break inside one
+        would run half of it when pasted."""
         self.hanging(f"{' ' * indent}{label}: ", text)
 
     def hanging(self, head: str, text: str, *, continued: str | None = None) -> None:
