@@ -120,6 +120,49 @@ def snapshot_hash_pattern(app: str) -> str:
     return f"Snapshots:{glob_escape(app)}:*"
 
 
+# --- any app's store keys ------------------------------------------------------------------
+
+COMMIT_LIST = "commit_list"
+EVENT_HASH = "event_hash"
+LEGACY_HASH = "legacy_hash"
+SNAPSHOT_HASH = "snapshot_hash"
+STORE_KEY_FAMILIES = (COMMIT_LIST, EVENT_HASH, LEGACY_HASH, SNAPSHOT_HASH)
+"""The kinds of key an app's event store is made of (§1 and §3 of docs/layout.md)."""
+
+STORE_KEYS_PATTERN = "[{ES][Evn]*"
+"""SCAN pattern matching every event store key of every app (``{EventStore:…``,
+``EventStore:…``, ``Snapshots:…``), and a few other keys: :func:`store_key_app` tells."""
+
+
+def store_key_app(key: str) -> tuple[str, str] | None:
+    """``(family, app)`` of a key laid out as an app's commit list, partition or legacy event
+    hash, or snapshot hash (family: one of :data:`STORE_KEY_FAMILIES`); None for any other
+    key. A name alone cannot tell a partition hash ``EventStore:A:12`` from the legacy hash of
+    an app named ``A:12``: it is read as the partition hash."""
+    if key.startswith("{EventStore:"):
+        end = key.find("}", 12)
+        if end > 12 and key.startswith(":", end + 1):
+            return COMMIT_LIST, key[12:end]
+        return None
+    for prefix, family in (("EventStore:", EVENT_HASH), ("Snapshots:", SNAPSHOT_HASH)):
+        if key.startswith(prefix):
+            app, colon, number = key[len(prefix) :].rpartition(":")
+            if colon and app and number.isascii() and number.isdigit():
+                return family, app
+            rest = key[len(prefix) :]
+            if family == EVENT_HASH and rest:
+                return LEGACY_HASH, rest
+            return None
+    return None
+
+
+def app_store_keys_pattern(app: str) -> str:
+    """SCAN pattern matching the commit lists, partition hashes and snapshot hashes of ``app``
+    (not its legacy hash, a key of its own), and a few other keys: :func:`store_key_app`
+    tells."""
+    return f"*:{glob_escape(app)}[:}}]*"
+
+
 # --- messaging -----------------------------------------------------------------------------
 
 

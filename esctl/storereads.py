@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from esctl import layout, redisio
@@ -80,3 +82,108 @@ def commit_lists(
         else:
             out.append([redisio.key_str(c) for c in reply])
     return out
+
+
+# --- which apps have keys here -------------------------------------------------------------
+
+
+def find_store_key(
+    client: redisio.RedisClient,
+    app: str,
+    families: Collection[str] = layout.STORE_KEY_FAMILIES,
+) -> str | None:
+    """A key of ``app``'s event store of one of ``families`` (:data:`layout.STORE_KEY_FAMILIES`:
+    what the caller has not looked at itself), or None when there is none. The legacy hash is
+    asked for by EXISTS; the others are found by one SCAN that stops at the first (through the
+    whole keyspace when the app has none: only for a caller that found nothing of the app)."""
+    if layout.LEGACY_HASH in families:
+        legacy = layout.legacy_event_hash_key(app)
+        (exists,) = redisio.pipelined(client, [("EXISTS", legacy)])
+        if isinstance(exists, Exception):
+            raise ServerError(f"EXISTS {legacy} failed: {exists}")
+        if int(exists):
+            return legacy
+    scanned = {f for f in families if f != layout.LEGACY_HASH}
+    if not scanned:
+        return None
+    # Commit lists alone: their pattern names one hash slot (one node of a cluster).
+    only_lists = scanned == {layout.COMMIT_LIST}
+    pattern = layout.commit_list_pattern(app) if only_lists else layout.app_store_keys_pattern(app)
+    for _, keys in redisio.scan_pages(client, pattern, count=1000):
+        for key in keys:
+            found = layout.store_key_app(key)
+            if found is not None and found[1] == app and found[0] in scanned:
+                return key
+    return None
+
+
+APPS_LISTED = 5
+"""Apps an :class:`AppsHere` names at most (:meth:`AppsHere.listed`)."""
+
+
+@dataclass(frozen=True)
+class AppsHere:
+    """The ApplicationNames with event store keys in a Redis database, from a bounded SCAN
+    (:func:`apps_with_keys`)."""
+
+    keys: dict[str, int]
+    """App -> its store keys seen (commit lists, event and snapshot hashes)."""
+    examined: int
+    """About how many keys the SCAN went over."""
+    total: int | None
+    """Keys in the database (None: unknown, INFO refused)."""
+    complete: bool
+    """The whole keyspace was scanned: ``keys`` names every app that has store keys."""
+
+    def has(self, app: str) -> bool:
+        return app in self.keys
+
+    def listed(self, near: str, limit: int = APPS_LISTED) -> list[str]:
+        """At most ``limit`` apps other than ``near``: the names most like it first (a typo's
+        likely meaning), then those with the most keys seen."""
+        others = [a for a in self.keys if a != near]
+        return sorted(
+            others,
+            key=lambda a: (-difflib.SequenceMatcher(None, near, a).ratio(), -self.keys[a], a),
+        )[:limit]
+
+    def text(self, app: str) -> str:
+        """For an operator who asked for ``app``: the apps with keys here (:meth:`listed`), or
+        that none were found, and in how much of the keyspace; then what to check."""
+        listed = self.listed(app)
+        scope = ""
+        if not self.complete:
+            of = f" of {self.total:,}" if self.total is not None else ""
+            scope = f" (a partial scan: ~{self.examined:,}{of} keys)"
+        if listed:
+            more = len([a for a in self.keys if a != app]) - len(listed)
+            names = ", ".join(redisio.printable(a) for a in listed)
+            names += f" and {more:,} more" if more > 0 else ""
+            return f"apps with keys here{scope}: {names}; check --app / ESCTL_APP"
+        if self.complete:
+            return (
+                "no app has event store keys in this database; check --redis-url (and its "
+                "database number) and --app / ESCTL_APP"
+            )
+        return f"no app's keys were found in the part scanned{scope}; check --app / ESCTL_APP"
+
+
+def apps_with_keys(
+    client: redisio.RedisClient,
+    *,
+    max_keys: int | None = None,
+    max_seconds: float | None = None,
+) -> AppsHere:
+    """The apps that have event store keys in the database ``client`` reads, from a SCAN
+    bounded per primary by ``max_keys`` keys examined and ``max_seconds``
+    (:func:`esctl.redisio.sample_keys`, which has the defaults): in a large keyspace, those whose keys it met (an app
+    with few keys among many may be missed; ``complete`` says whether any could be)."""
+    sample = redisio.sample_keys(
+        client, layout.STORE_KEYS_PATTERN, max_keys=max_keys, max_seconds=max_seconds
+    )
+    counts: Counter[str] = Counter()
+    for key in set(sample.keys):
+        found = layout.store_key_app(key)
+        if found is not None:
+            counts[found[1]] += 1
+    return AppsHere(dict(counts), sample.examined, sample.total, sample.complete)

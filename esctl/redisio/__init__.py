@@ -47,9 +47,11 @@ from esctl.redisio.pipelines import (
 from esctl.redisio.resp import bulk_values, pack_commands, resp_bulk, resp_command, stream_list
 from esctl.redisio.retry import read_with_retry, refresh_slots
 from esctl.redisio.scan import (
+    KeySample,
     ScanPosition,
     glob_matcher,
     pattern_slot,
+    sample_keys,
     scan_epoch,
     scan_pages,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "OOM_HINT",
     "PIPELINE_CHUNK",
     "REDIS_ERRORS",
+    "KeySample",
     "LatencyPacer",
     "RedisClient",
     "RedisTarget",
@@ -92,6 +95,7 @@ __all__ = [
     "resp_channel",
     "resp_command",
     "round_trip",
+    "sample_keys",
     "scan_epoch",
     "scan_pages",
     "stream_list",

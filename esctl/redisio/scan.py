@@ -277,3 +277,90 @@ def scan_count_after(count: int, most: int, round_trip_s: float, took_s: float) 
     if count < most and round_trip_s * 3 > took_s:
         return min(most, count * 2)
     return count
+
+
+SAMPLE_KEYS = 4000
+"""Keys :func:`sample_keys` examines at most per primary (SCAN's COUNT added up)."""
+SAMPLE_SECONDS = 0.1
+"""Time :func:`sample_keys` spends at most per primary (checked after each SCAN call)."""
+
+
+@dataclass(frozen=True)
+class KeySample:
+    """What a bounded SCAN (:func:`sample_keys`) found and how much of the keyspace it saw."""
+
+    keys: list[str]
+    """The keys that matched, as SCAN returned them (one may come twice)."""
+    examined: int
+    """About how many keys SCAN went over (its COUNT per call; a node scanned to its end:
+    its key count)."""
+    total: int | None
+    """Keys in the database (summed over the primaries); None when INFO was refused."""
+    complete: bool
+    """Every primary was scanned to its end: ``keys`` are all the matching keys."""
+
+
+def sample_keys(
+    client: RedisClient,
+    match: str,
+    *,
+    max_keys: int | None = None,
+    max_seconds: float | None = None,
+    count: int = 500,
+) -> KeySample:
+    """A bounded SCAN MATCH ``match``: each primary (on a cluster; else the one server) from
+    its start, until its end, about ``max_keys`` keys examined or ``max_seconds`` spent on it,
+    whichever comes first. For a glance at a keyspace of any size (which apps have keys
+    here), not for finding every key: see :func:`scan_pages` for that. A cluster's slots are
+    not accounted for (a slot that moves meanwhile may be seen twice or not at all).
+    Unset bounds are :data:`SAMPLE_KEYS` and :data:`SAMPLE_SECONDS`, read at call time."""
+    max_keys = SAMPLE_KEYS if max_keys is None else max_keys
+    max_seconds = SAMPLE_SECONDS if max_seconds is None else max_seconds
+    step = max(1, min(count, max_keys))
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes: list[redis.Redis] = [
+            client.get_redis_connection(node)
+            for node in sorted(client.get_primaries(), key=lambda n: n.name)
+        ]
+    else:
+        nodes = [client]
+    keys: list[str] = []
+    examined = 0
+    total: int | None = 0
+    complete = True
+    for node in nodes:
+        size = _keys_in_db(node)
+        started = time.perf_counter()
+        cursor = calls = 0
+        try:
+            while True:
+                cursor, page = node.scan(cursor, match=match, count=step)
+                cursor = int(cursor)
+                calls += 1
+                keys.extend(key_str(k) for k in page)
+                if cursor == 0:
+                    break
+                if calls * step >= max_keys or time.perf_counter() - started >= max_seconds:
+                    break
+        except REDIS_ERRORS as exc:
+            raise wrap_errors(client, exc) from exc
+        done = cursor == 0
+        complete = complete and done
+        if size is None:
+            examined += calls * step
+        else:
+            examined += size if done else min(calls * step, size)
+        total = None if total is None or size is None else total + size
+    return KeySample(keys, examined, total, complete)
+
+
+def _keys_in_db(node: redis.Redis) -> int | None:
+    """Keys in the database ``node`` uses, from ``INFO keyspace`` (every ACL user esctl
+    documents may run INFO; not all may run DBSIZE); None when refused."""
+    try:
+        keyspace = node.info("keyspace")
+    except REDIS_ERRORS:
+        return None
+    db = node.connection_pool.connection_kwargs.get("db", 0)
+    entry = keyspace.get(f"db{db}")
+    return int(entry["keys"]) if isinstance(entry, dict) else 0
