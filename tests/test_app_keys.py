@@ -4,13 +4,19 @@ they read has none (naming the apps that do)."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import pytest
 import redis
+from cluster import LocalCluster, redis_cluster
+from helpers import run_cli
 
 from esctl import layout, redisio, storereads
-from esctl.demo import DemoSummary
+from esctl.demo import DemoSummary, write_demo_store
+
+__all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
 # --- which keys are an app's store -----------------------------------------------------------
 
@@ -129,3 +135,161 @@ def test_find_store_key_finds_each_family_and_only_the_apps_own(
         assert storereads.find_store_key(redis_client, app_name, others) is None
         assert storereads.find_store_key(redis_client, app_name) == key
         redis_client.delete(key)
+
+
+# --- the note --------------------------------------------------------------------------------
+
+
+def typo(app: str) -> str:
+    """An --app one letter off ``app``."""
+    return app[:-1]
+
+
+def notes(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("note: ")]
+
+
+def assert_noted(result: Any, asked: str, server: str, *right: str) -> str:
+    """``result`` printed the one note: ``asked`` has no keys on ``server``, ``right`` do."""
+    found = notes(result.stderr)
+    assert len(found) == 1, result.stderr
+    note = found[0]
+    assert note.startswith(f"note: app {asked} has no keys in Redis {server}"), note
+    assert "(no commit list, event hash or snapshot)" in note
+    if right:
+        assert "apps with keys here" in note and all(app in note for app in right), note
+    assert note.endswith("--app / ESCTL_APP"), note
+    assert "note:" not in result.stdout
+    return note
+
+
+def assert_quiet(result: Any) -> None:
+    assert notes(result.stderr) == [], result.stderr
+
+
+REDIS_COMMANDS = {
+    # name: (arguments, exit code of a typo, takes --json)
+    "inspect stats": (("inspect", "stats"), 0, True),
+    "inspect integrity": (("inspect", "integrity"), 0, True),
+    "inspect integrity --shard": (("inspect", "integrity", "--shard", "1/2"), 0, True),
+}
+
+
+@pytest.mark.parametrize("name", list(REDIS_COMMANDS))
+def test_a_command_reading_an_app_with_no_keys_names_the_apps_that_have_some(
+    name: str, demo_store: DemoSummary, redis_test_url: str
+) -> None:
+    args, code, takes_json = REDIS_COMMANDS[name]
+    server = redisio.describe_url(redis_test_url)
+    wrong = typo(demo_store.app)
+    result = run_cli(*args, "--redis-url", redis_test_url, "--app", wrong)
+    assert result.returncode == code, result.stderr
+    assert_noted(result, wrong, server, demo_store.app)
+    # ESCTL_APP is named as well as --app: the same note.
+    by_env = run_cli(*args, "--redis-url", redis_test_url, env={"ESCTL_APP": wrong})
+    assert by_env.returncode == code and notes(by_env.stderr) == notes(result.stderr)
+    right = run_cli(*args, "--redis-url", redis_test_url, "--app", demo_store.app)
+    assert_quiet(right)
+    if takes_json:
+        # stdout stays the one document it was, of the same shape; the note is on stderr.
+        document = run_cli(*args, "--redis-url", redis_test_url, "--app", wrong, "--json")
+        assert document.returncode == code
+        assert_noted(document, wrong, server, demo_store.app)
+        parsed = json.loads(document.stdout)
+        of_right = json.loads(
+            run_cli(*args, "--redis-url", redis_test_url, "--app", demo_store.app, "--json").stdout
+        )
+        assert type(parsed) is type(of_right)
+        if isinstance(parsed, dict):
+            assert parsed.keys() == of_right.keys()
+        else:
+            assert parsed == []
+
+
+def test_inspect_aggregate_and_event_add_the_apps_to_not_found(
+    demo_store: DemoSummary, redis_test_url: str
+) -> None:
+    server = redisio.describe_url(redis_test_url)
+    wrong = typo(demo_store.app)
+    aggregate = demo_store.samples["aggregate"]
+    commit = demo_store.samples["compressed_commit"]
+    for args in (("aggregate", aggregate), ("event", commit), ("aggregate", aggregate, "--json")):
+        result = run_cli("inspect", *args, "--redis-url", redis_test_url, "--app", wrong)
+        assert result.returncode == 1, result.stderr
+        assert "does not exist" in result.stderr or "is in neither" in result.stderr
+        assert_noted(result, wrong, server, demo_store.app)
+        if "--json" in args:
+            assert json.loads(result.stdout)["error"]["kind"] == "not_found"
+    # The right app and a wrong id: not found, and nothing about apps.
+    for args in (("aggregate", "no-such-id"), ("event", "no-such-commit")):
+        result = run_cli("inspect", *args, "--redis-url", redis_test_url, "--app", demo_store.app)
+        assert result.returncode == 1
+        assert_quiet(result)
+
+
+def test_a_store_that_still_has_keys_gets_no_note_and_an_empty_one_no_failure(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """After a full prune a store keeps its snapshots (prune never touches them): the app is
+    there, no note. A store with nothing left at all gets the note, and still exit 0."""
+    server = redisio.describe_url(redis_test_url)
+    redis_client.hset(layout.snapshot_hash_key(app_name, "1"), "1", '{"Id":"1","Version":3}')
+    for args in (("inspect", "integrity"),):
+        result = run_cli(*args, "--redis-url", redis_test_url, "--app", app_name)
+        assert result.returncode == 0, result.stderr
+        assert_quiet(result)
+    redis_client.flushdb()
+    result = run_cli("inspect", "integrity", "--redis-url", redis_test_url, "--app", app_name)
+    assert result.returncode == 0
+    note = assert_noted(result, app_name, server)
+    assert "no app has event store keys in this database; check --redis-url" in note
+
+
+def test_the_note_comes_quickly_from_a_partial_scan_of_a_large_keyspace(
+    redis_client: redis.Redis, demo_store: DemoSummary, redis_test_url: str
+) -> None:
+    pipe = redis_client.pipeline(transaction=False)
+    for start in range(0, 200_000, 5000):
+        pipe.mset({f"unrelated:{i}": "x" for i in range(start, start + 5000)})
+    pipe.execute()
+    wrong = typo(demo_store.app)
+    result = run_cli("inspect", "stats", "--redis-url", redis_test_url, "--app", wrong)
+    assert result.returncode == 0
+    note = assert_noted(result, wrong, redisio.describe_url(redis_test_url))
+    assert f" of {redis_client.dbsize():,} keys)" in note and "(a partial scan: ~" in note
+
+
+def test_the_note_never_shows_the_password(fresh_redis: Any) -> None:
+    password = "S3cr3t-noapp-XYZ"
+    plain = redis.Redis(port=fresh_redis.port)
+    plain.config_set("requirepass", password)
+    authed = redis.Redis(port=fresh_redis.port, password=password)
+    authed.rpush("{EventStore:Real.App}:1", "c")
+    url = f"redis://:{password}@127.0.0.1:{fresh_redis.port}/0"
+    result = run_cli("inspect", "integrity", "--redis-url", url, "--app", "Real.Ap")
+    assert result.returncode == 0
+    assert_noted(result, "Real.Ap", f"127.0.0.1:{fresh_redis.port}/0", "Real.App")
+    assert password not in result.stderr + result.stdout
+
+
+def test_on_a_cluster_every_primary_is_looked_at(
+    redis_cluster: LocalCluster, app_name: str
+) -> None:
+    client = redis_cluster.client()
+    write_demo_store(client, app=app_name, env=f"env-{app_name}")
+    wrong = typo(app_name)
+    here = storereads.apps_with_keys(client)
+    seen = {k for k in here.keys if k == app_name}
+    assert seen == {app_name}
+    # Bounded per primary: a few keys examined on each, from each.
+    small = redisio.sample_keys(client, layout.STORE_KEYS_PATTERN, max_keys=10, count=10)
+    assert small.examined <= 10 * len(redis_cluster.primaries())
+    result = run_cli("inspect", "stats", "--redis-url", redis_cluster.url, "--app", wrong)
+    assert result.returncode == 0
+    server = "cluster 127.0.0.1:"
+    if here.complete:
+        assert_noted(result, wrong, server, app_name)
+    else:  # other tests' keys fill the cluster: the scan was partial
+        assert "(a partial scan: ~" in assert_noted(result, wrong, server)
+    right = run_cli("inspect", "stats", "--redis-url", redis_cluster.url, "--app", app_name)
+    assert_quiet(right)

@@ -8,6 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
+from esctl.cli.appkeys import (
+    EVENT_KEYS,
+    EVERY_FAMILY,
+    apps_hint_on_not_found,
+    note_if_no_keys,
+)
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.options import ProblemsFileOpt, ProgressOpt, ShardOpt, option
@@ -66,7 +72,10 @@ def aggregate(
     from esctl import inspect as core
 
     app_value = ctx.app
-    report = core.inspect_aggregate(ctx.redis, app_value, aggregate_id, from_version=from_version)
+    with apps_hint_on_not_found(ctx):
+        report = core.inspect_aggregate(
+            ctx.redis, app_value, aggregate_id, from_version=from_version
+        )
     ctx.out.result(report.as_dict(raw=raw), lambda: _render_aggregate(ctx.out, report, raw=raw))
     exit_for(problems=not report.ok)
 
@@ -158,7 +167,8 @@ def event(
     from esctl import inspect as core
 
     app_value = ctx.app
-    report = core.inspect_event(ctx.redis, app_value, commit_id)
+    with apps_hint_on_not_found(ctx):
+        report = core.inspect_event(ctx.redis, app_value, commit_id)
     ctx.out.result(report.as_dict(), lambda: _render_event(ctx.out, report))
     exit_for(problems=not report.ok)
 
@@ -248,6 +258,12 @@ def integrity(
             problems_file=None if problems_file is None else str(problems_file),
         )
     out.result(report.as_dict(), lambda: _render_integrity(out, report))
+    note_if_no_keys(
+        ctx,
+        seen=bool(report.commit_lists or report.event_hashes or report.legacy_fields),
+        # A shard's run counts only the shard's keys.
+        looked_at=EVENT_KEYS if shard_value.count == 1 else (),
+    )
     exit_for(problems=not report.ok)
 
 
@@ -341,6 +357,7 @@ def stats(
             on_progress=bar.hook(on_progress),
         )
     out.result(report.as_dict(), lambda: _render_stats(out, report))
+    note_if_no_keys(ctx, seen=report.store_keys > 0, looked_at=EVERY_FAMILY)
 
 
 def _render_stats(out: Output, report: core.StatsReport) -> None:

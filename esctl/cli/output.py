@@ -673,6 +673,11 @@ def warn(message: str) -> None:
     _message("warning: ", message, style="yellow")
 
 
+def note(message: str) -> None:
+    """Something the operator may want to know that is not wrong in itself (stderr)."""
+    _message("note: ", message)
+
+
 def print_error(message: str, hint: str | None = None) -> None:
     """An error for the operator (stderr): what failed, then what to do; on a terminal each
     wrapped at words, continued under its first word, a command to copy in the hint (quoted
@@ -1114,6 +1119,9 @@ class Output:
 
     def warn(self, message: str) -> None:
         warn(message)
+
+    def note(self, message: str) -> None:
+        note(message)
 
     def error(self, message: str, hint: str | None = None) -> None:
         """An error message on stderr only (the exit code says the rest)."""

@@ -104,6 +104,17 @@ class StatsReport:
     elapsed_s: float
 
     @property
+    def store_keys(self) -> int:
+        """The app's commit lists, event hashes (partitioned and legacy) and snapshot hashes:
+        0 when it has no keys here at all."""
+        return (
+            self.commit_lists
+            + self.partitioned_hashes
+            + (1 if self.legacy_fields else 0)
+            + self.snapshot_hashes
+        )
+
+    @property
     def event_store_bytes(self) -> int:
         """Estimated memory of the event storage (event hashes + legacy hash + commit lists):
         roughly what moving events out of Redis frees."""

@@ -1,0 +1,114 @@
+"""The note that ``--app`` names an app with no keys in the Redis database a command read.
+
+A typo in ``--app`` / ``ESCTL_APP`` otherwise gives an empty, successful answer (integrity
+"no problems", a migration of 0 events, every night). A command that found nothing of its
+app calls :func:`note_if_no_keys` after its result: when the app has no commit list, event
+hash or snapshot there at all, a ``note:`` on stderr says so, names the server and the apps
+that do have keys (a bounded SCAN: :func:`esctl.storereads.apps_with_keys`). It is a note:
+the exit code and stdout (``--json`` too) stay what they were, and a store emptied by a full
+prune is not a failure. A command that found something of its app pays nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import typer
+
+from esctl import errors, layout
+from esctl.cli.context import Context
+from esctl.cli.errors import EXIT_INTERRUPTED
+
+if TYPE_CHECKING:  # the drivers load when a command runs, not at startup
+    from esctl import storereads
+
+EVERY_FAMILY = frozenset(layout.STORE_KEY_FAMILIES)
+"""What a command that scanned commit lists, event hashes (partitioned and legacy) and
+snapshots whole has looked at (``inspect stats``)."""
+EVENT_KEYS = frozenset({layout.COMMIT_LIST, layout.EVENT_HASH, layout.LEGACY_HASH})
+PAYLOAD_HASHES = frozenset({layout.EVENT_HASH, layout.LEGACY_HASH, layout.SNAPSHOT_HASH})
+COMMIT_LISTS = frozenset({layout.COMMIT_LIST})
+
+
+def note_if_no_keys(ctx: Context, *, seen: bool, looked_at: Collection[str] = ()) -> None:
+    """After a command that read ``ctx.app``'s event store in Redis and ``seen`` nothing of
+    it: when the app has no key there at all, a note on stderr naming the app, the server and
+    the apps that have keys there. ``looked_at``: the families (:data:`layout.
+    STORE_KEY_FAMILIES`) the command scanned whole, finding none; the others are looked for
+    now (one SCAN that stops at the first key). Never fails the command: an error on the way
+    leaves the note out (its traceback with --debug); Ctrl-C exits 130 without a second
+    document on stdout."""
+    if seen:
+        return
+    from esctl import redisio, storereads
+
+    try:
+        client = ctx.redis
+        app = ctx.app
+        unseen = [f for f in layout.STORE_KEY_FAMILIES if f not in looked_at]
+        if unseen and storereads.find_store_key(client, app, unseen) is not None:
+            return
+        here = storereads.apps_with_keys(client)
+        if here.has(app):  # written meanwhile
+            return
+        ctx.out.note(no_keys_text(app, redisio.describe(client), here))
+    except (errors.EsctlError, *redisio.REDIS_ERRORS):
+        if ctx.debug:
+            traceback.print_exc(file=sys.stderr)
+    except KeyboardInterrupt:
+        # The result is out (with --json, stdout's one document): no error document after it.
+        ctx.out.error("interrupted while looking for the app's keys, after the command completed")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+@contextmanager
+def apps_hint_on_not_found(ctx: Context) -> Iterator[None]:
+    """Around a command that looks up one key of ``ctx.app`` (an aggregate, a commit id): when
+    it raises NotFound, first a note on the apps with keys here, from the bounded SCAN alone
+    (no full scan for a lookup that took one round trip): that the app has no keys when the
+    SCAN saw the whole keyspace, else that none of the keys it saw are the app's (said only
+    when it saw other apps' keys)."""
+    try:
+        yield
+    except errors.NotFound:
+        _hint_unknown_app(ctx)
+        raise
+
+
+def _hint_unknown_app(ctx: Context) -> None:
+    from esctl import redisio, storereads
+
+    try:
+        client = ctx.redis
+        app = ctx.app
+        here = storereads.apps_with_keys(client)
+        if here.has(app):
+            return
+        server = redisio.describe(client)
+        if here.complete:
+            ctx.out.note(no_keys_text(app, server, here))
+        elif here.listed(app):
+            ctx.out.note(
+                f"none of the keys seen in Redis {server} is app {_name(app)}'s; {here.text(app)}"
+            )
+    except (errors.EsctlError, *redisio.REDIS_ERRORS):
+        if ctx.debug:
+            traceback.print_exc(file=sys.stderr)
+
+
+def no_keys_text(app: str, server: str, here: storereads.AppsHere) -> str:
+    """The note: ``app`` has no keys on ``server``, and what ``here`` found instead."""
+    return (
+        f"app {_name(app)} has no keys in Redis {server} (no commit list, event hash or "
+        f"snapshot); {here.text(app)}"
+    )
+
+
+def _name(app: str) -> str:
+    from esctl import redisio
+
+    return redisio.printable(app)
