@@ -172,6 +172,19 @@ REDIS_COMMANDS = {
     "inspect stats": (("inspect", "stats"), 0, True),
     "inspect integrity": (("inspect", "integrity"), 0, True),
     "inspect integrity --shard": (("inspect", "integrity", "--shard", "1/2"), 0, True),
+    "events query": (("events", "query", "--type", "ItemScoreCreated"), 0, True),
+    "events query --aggregate": (
+        ("events", "query", "--aggregate", "1", "--format", "table"),
+        0,
+        False,
+    ),
+    "replay --to stdout": (("replay", "--from", "redis", "--all", "--to", "stdout"), 0, False),
+    "replay --dry-run": (
+        ("replay", "--from", "redis", "--all", "--to", "stdout", "--dry-run"),
+        0,
+        True,
+    ),
+    "compress --dry-run": (("compress", "--dry-run"), 0, True),
 }
 
 
@@ -206,6 +219,35 @@ def test_a_command_reading_an_app_with_no_keys_names_the_apps_that_have_some(
             assert parsed == []
 
 
+def test_the_migrate_commands_name_the_apps_that_have_keys(
+    demo_store: DemoSummary, redis_test_url: str, pg_dsn: str
+) -> None:
+    server = redisio.describe_url(redis_test_url)
+    wrong = typo(demo_store.app)
+
+    def run(app: str, *args: str) -> Any:
+        return run_cli(
+            "migrate", *args, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--app", app
+        )
+
+    # A cron job's nightly run: exit 0, 0 events, and now a note saying why.
+    migrated = run(wrong, "redis-to-pg", "--init-schema", "--json", "--no-progress")
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["events_migrated"] == 0
+    assert_noted(migrated, wrong, server, demo_store.app)
+    for args in (("plan", "--no-trial"), ("plan", "--json"), ("verify",), ("verify", "--json")):
+        result = run(wrong, *args)
+        assert result.returncode == 0, result.stderr
+        assert_noted(result, wrong, server, demo_store.app)
+        if "--json" in args:
+            json.loads(result.stdout)
+    right = run(demo_store.app, "redis-to-pg", "--json", "--no-progress")
+    assert right.returncode == 3  # the demo's planted defects are quarantined
+    assert_quiet(right)
+    assert_quiet(run(demo_store.app, "plan", "--no-trial"))
+    assert_quiet(run(demo_store.app, "verify"))
+
+
 def test_inspect_aggregate_and_event_add_the_apps_to_not_found(
     demo_store: DemoSummary, redis_test_url: str
 ) -> None:
@@ -234,7 +276,7 @@ def test_a_store_that_still_has_keys_gets_no_note_and_an_empty_one_no_failure(
     there, no note. A store with nothing left at all gets the note, and still exit 0."""
     server = redisio.describe_url(redis_test_url)
     redis_client.hset(layout.snapshot_hash_key(app_name, "1"), "1", '{"Id":"1","Version":3}')
-    for args in (("inspect", "integrity"),):
+    for args in (("inspect", "integrity"), ("events", "query"), ("migrate", "plan", "--no-trial")):
         result = run_cli(*args, "--redis-url", redis_test_url, "--app", app_name)
         assert result.returncode == 0, result.stderr
         assert_quiet(result)

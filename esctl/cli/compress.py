@@ -6,6 +6,7 @@ import shlex
 from typing import TYPE_CHECKING, Annotated, Any
 
 from esctl import defaults
+from esctl.cli.appkeys import PAYLOAD_HASHES, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.options import DryRunOpt, ProgressOpt, YesOpt, option
@@ -87,6 +88,8 @@ def compress(
     out.result(summary.as_dict(), lambda: _render(out, summary))
     if summary.stopped is not None:
         _render_stopped(out, summary)
+    else:
+        note_if_no_keys(ctx, seen=summary.total.hashes > 0, looked_at=PAYLOAD_HASHES)
     exit_for(failed=summary.failed, problems=summary.problems_total)
 
 

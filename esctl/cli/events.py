@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from esctl.cli import output
+from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import EventSelection, with_groups
@@ -218,6 +219,12 @@ def query(
         out.warn(
             f"{results.stats.unreadable:,} committed event(s) could not be read (no payload or "
             "undecodable) and were skipped; `esctl inspect integrity` lists them"
+        )
+    if client is not None and filters.limit != 0:  # --limit 0 reads nothing
+        note_if_no_keys(
+            ctx,
+            seen=results.stats.events > 0,
+            looked_at=() if filters.aggregates else COMMIT_LISTS,
         )
     if isinstance(results, core.TransformedQuery):
         _report_transforms(out, results)

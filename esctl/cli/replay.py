@@ -13,6 +13,7 @@ import typer
 
 from esctl import defaults
 from esctl.cli import output
+from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
 from esctl.cli.groups import EventSelection, OptionGroup, with_groups
@@ -238,6 +239,9 @@ def replay(
     if summary.stopped is not None:
         _render_stopped(ctx.out, summary, options)
         raise typer.Exit(EXIT_FAILED)
+    if options.source == EventSource.redis:
+        # Selectors, a checkpoint or a shard may select nothing of a store that is there.
+        note_if_no_keys(ctx, seen=summary.events > 0)
     exit_for(problems=summary.found_problems)
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esctl import defaults
+from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.migrate.common import store, toast, toast_option
 from esctl.cli.options import read_rules, transforms_option
@@ -94,6 +95,7 @@ def plan_command(
     )
     summary = plan_core.plan(ctx.redis, opts)
     ctx.out.result(summary.as_dict(), lambda: _render_plan(ctx.out, summary))
+    note_if_no_keys(ctx, seen=summary.aggregates > 0, looked_at=COMMIT_LISTS)
 
 
 def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:

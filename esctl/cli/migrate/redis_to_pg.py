@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esctl import defaults
+from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.migrate.common import (
@@ -233,6 +234,8 @@ def redis_to_pg(
             on_progress=bar.hook(lambda p: _migrated(bar, p)),
         )
     _render_outcome(ctx.out, outcome)
+    # A resumed run or a shard examines part of the commit lists: nothing looked at whole.
+    note_if_no_keys(ctx, seen=outcome.migration.aggregates > 0)
     exit_for(problems=outcome.found_problems)
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from esctl import defaults
+from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.migrate.common import checked_rules, store, workers_option
@@ -101,4 +102,5 @@ def verify_command(
             )
 
     out.result(summary.as_dict(), render)
+    note_if_no_keys(ctx, seen=summary.aggregates > 0)
     exit_for(problems=summary.mismatches)
