@@ -269,6 +269,29 @@ def test_inspect_aggregate_and_event_add_the_apps_to_not_found(
         assert_quiet(result)
 
 
+def test_doctor_says_it_in_the_store_memory_check(
+    demo_store: DemoSummary, redis_test_url: str
+) -> None:
+    def memory(app: str) -> tuple[int, dict[str, Any]]:
+        result = run_cli(
+            "doctor", "--redis-url", redis_test_url, "--app", app, "--read-only", "--json"
+        )
+        document = json.loads(result.stdout)
+        check = next(c for c in document["checks"] if c["id"] == "store.memory")
+        assert_quiet(result)  # in the check, not a note
+        return result.returncode, check
+
+    code, wrong = memory(typo(demo_store.app))
+    assert wrong["status"] == "ok"
+    assert f"apps with keys here: {demo_store.app}; check --app / ESCTL_APP" in wrong["observed"]
+    right_code, right = memory(demo_store.app)
+    assert "apps with keys here" not in right["observed"]
+    assert code == right_code and wrong["values"].keys() == right["values"].keys()
+    text = run_cli("doctor", "--redis-url", redis_test_url, "--app", typo(demo_store.app),
+                   "--read-only")  # fmt: skip
+    assert f"apps with keys here: {demo_store.app}" in text.stdout
+
+
 def test_a_store_that_still_has_keys_gets_no_note_and_an_empty_one_no_failure(
     redis_client: redis.Redis, redis_test_url: str, app_name: str
 ) -> None:

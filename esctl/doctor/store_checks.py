@@ -7,7 +7,7 @@ import shlex
 from datetime import timedelta
 from typing import Any
 
-from esctl import compress, inspect, layout, redisio
+from esctl import compress, inspect, layout, redisio, storereads
 from esctl.doctor.readings import Readings, too_soon
 from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
 from esctl.errors import EsctlError
@@ -39,7 +39,11 @@ STORE_MEMORY = declare(
 )
 
 
-def check_store_memory(app: str, stats: inspect.StatsReport, limit: int | None) -> Check:
+def check_store_memory(
+    app: str, stats: inspect.StatsReport, limit: int | None, absent: str | None = None
+) -> Check:
+    """``absent``: when the app has no store keys here at all, the apps that do
+    (:meth:`esctl.storereads.AppsHere.text`): said in the observed text (a typo in --app)."""
     used = stats.used_memory
     families = {m.family: m for m in stats.memory}
     metrics = []
@@ -63,6 +67,10 @@ def check_store_memory(app: str, stats: inspect.StatsReport, limit: int | None) 
     observed = (", ".join(shown) or "no keys of this app") + (
         f" of used_memory {format_bytes(used)}" if used else ""
     )
+    if absent is not None:
+        observed += ("; no commit list, event hash or snapshot of this app" if shown else "") + (
+            f"; {absent}"
+        )
     values = {
         "used_memory": used,
         "events": stats.commit_ids,
@@ -275,6 +283,15 @@ def check_growth(
     )
 
 
+def _apps_here(client: redisio.RedisClient, app: str) -> str | None:
+    """For an app with no store keys: the apps that have some here (a bounded SCAN), as text;
+    None when the SCAN failed (the check says what it saw without it)."""
+    try:
+        return storereads.apps_with_keys(client).text(app)
+    except EsctlError:
+        return None
+
+
 def run_store_checks(
     client: redisio.RedisClient,
     opts: DoctorOptions,
@@ -293,7 +310,8 @@ def run_store_checks(
         memory = STORE_MEMORY.unavailable(f"could not sample memory: {exc.message}", exc.hint)
     else:
         found = stats
-        memory = guarded("store.memory", lambda: check_store_memory(app, found, limit))
+        absent = _apps_here(client, app) if not stats.store_keys else None
+        memory = guarded("store.memory", lambda: check_store_memory(app, found, limit, absent))
 
     def uncompressed() -> Check:
         samples = compress.sample_payloads(
