@@ -656,6 +656,25 @@ def test_break_line_keeps_a_number_and_its_unit_together() -> None:
     assert quantity_splits(["a spike in the last 24", "h is a warning."]) != []
 
 
+def test_a_url_is_not_cut_between_its_scheme_and_its_slashes() -> None:
+    dsn = "postgresql://someone_with_a_long_name@db.internal.example.com:5432/events"
+    assert output.break_line(f"cannot connect to {dsn}: refused", 60) == [
+        "cannot connect to",
+        "postgresql://someone_with_a_long_name@db.internal.example.com:",
+        "5432/events:",
+        "refused",
+    ]
+
+
+def test_a_server_message_s_tab_counts_as_the_indent_it_shows() -> None:
+    """PostgreSQL indents its detail line with a tab, which a terminal shows up to 8 columns
+    wide: a line the wrapper measured with it as one cell was folded mid-word."""
+    text = "connection failed\n\tIs the server running on that host and accepting TCP/IP conn?"
+    lines = output.hang("error: ", text, 80)
+    assert lines[1].startswith("           Is the server")
+    assert all(len(line.expandtabs()) <= 80 for line in lines)
+
+
 def test_break_line_keeps_a_quoted_command_whole() -> None:
     """A command quoted in backticks is one word to the wrapper (a paste of it runs whole); a
     lone backtick (a generic type's name) is not a quote."""

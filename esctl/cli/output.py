@@ -303,6 +303,7 @@ def hang(head: str, text: str, width: int | None, *, continued: str | None = Non
     several (a server's message) are wrapped each, all continued so."""
     if width is None:
         return [head + text]
+    text = text.replace("\t", "    ")  # a server's indented detail: the terminal's tab is wider
     after = " " * cell_len(head) if continued is None else continued
     if "\n" in text:
         first, *others = text.split("\n")
@@ -444,10 +445,14 @@ def _one_quantity(before: str, after: str) -> bool:
 
 
 def _split_after_colons(word: str, *, outside_braces: bool) -> list[str]:
+    """``word`` cut after each ":" (outside ``{…}`` when ``outside_braces``), but not a URL's
+    scheme from its "//" (``postgresql://…`` stays whole up to its next ":")."""
     pieces = []
     start = depth = 0
     for i, ch in enumerate(word):
         depth += {"{": 1, "}": -1}.get(ch, 0)
+        if ch == ":" and word.startswith("//", i + 1):
+            continue
         if ch == ":" and (depth == 0 or not outside_braces):
             pieces.append(word[start : i + 1])
             start = i + 1
