@@ -4,7 +4,8 @@ request (counted over every connection) whose bytes contain a marker, such as a 
 - ``before``: called just before that request is passed on, so the command meets what it did
   (an ACL rule taken away, say) and the commands before it did not;
 - ``cut_reply``: the request is passed on and runs, and its connection is cut when the answer
-  comes back, which is dropped: the client loses the connection not knowing that it ran.
+  comes back, which is dropped: the client loses the connection not knowing that it ran;
+- ``then_refuse``: from then on every new connection is closed at once (Redis unreachable).
 
 Every other byte passes unchanged both ways, so everything else is the server's own behaviour.
 """
@@ -43,6 +44,7 @@ class FaultRelay:
         *,
         before: Callable[[], None] | None = None,
         cut_reply: bool = False,
+        then_refuse: bool = False,
     ) -> None:
         self.target = urlsplit(target)
         if self.target.port is None:
@@ -51,6 +53,7 @@ class FaultRelay:
         self.nth = nth
         self.before = before
         self.cut_reply = cut_reply
+        self.then_refuse = then_refuse
         self.seen = 0
         self.fired = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -87,6 +90,9 @@ class FaultRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.then_refuse and self.fired.is_set():
+                client.close()
+                continue
             upstream = socket.create_connection(
                 (self.target.hostname or "127.0.0.1", self.target.port)
             )

@@ -922,17 +922,20 @@ def test_a_drain_that_loses_its_connection_says_the_batch_may_have_run(
     assert contents(redis_client, q.key("dead")) == values
 
 
-def test_a_restore_that_loses_its_connection_says_the_batch_may_have_run(
+@pytest.mark.parametrize("redis_back", [True, False], ids=["redis back", "redis gone"])
+def test_a_restore_that_loses_its_connection_says_whether_the_batch_ran(
     tmp_path: Path,
     redis_client: redis.Redis,
     redis_test_url: str,
     env_name: str,
     monkeypatch: pytest.MonkeyPatch,
+    redis_back: bool,
 ) -> None:
     """The connection drops after Redis ran batch 2 of a restore and before its answer came
-    back. The summary counts batch 1 as restored and says that batch 2 may have run and that
-    the batch after it was not sent; rerunning the same restore continues where Redis's
-    progress counter says, and puts every message back once."""
+    back. Redis's progress counter, read on a new connection, says the batch ran: the summary
+    counts it, and says the batch after it was not sent. When no new connection can be made,
+    the summary counts batch 1 and says batch 2 may have run. Either way, rerunning the same
+    restore continues where the counter says, and puts every message back once."""
     monkeypatch.setattr(scripts, "MOVE_BATCH", 2)
     q = ref(env_name)
     values = [message(str(i)) for i in range(5)]  # batches from the tail: 2, 2, then 1
@@ -940,17 +943,33 @@ def test_a_restore_that_loses_its_connection_says_the_batch_may_have_run(
     path = tmp_path / "d.jsonl.zst"
     queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
     redis_client.script_load(scripts.RESTORE_SCRIPT)  # so every batch is one EVALSHA
-    relay = FaultRelay(redis_test_url, script_sha(scripts.RESTORE_SCRIPT), 2, cut_reply=True)
+    relay = FaultRelay(
+        redis_test_url,
+        script_sha(scripts.RESTORE_SCRIPT),
+        2,
+        cut_reply=True,
+        then_refuse=not redis_back,
+    )
     with relay, redis.Redis.from_url(relay.url) as client:
         summary = queues.restore(client, path, queues.RestoreOptions())
     assert relay.fired.is_set()
     assert contents(redis_client, q.key("dead")) == values[:4]  # batch 2 ran
-    assert (summary.restored, summary.failed) == (2, 3)
-    [problem] = summary.problems
+    problem, *others = summary.problems
     assert problem["kind"] == "restore_failed"
+    # the subscribers' notification cannot be sent either while Redis is unreachable
+    assert [p["kind"] for p in others] == ([] if redis_back else ["notify_failed"])
     detail = problem["detail"]
-    assert "lost the connection during a batch of 2" in detail and "it may have run" in detail
-    assert "the 1 message after it was not restored" in detail
+    assert "lost the connection during a batch of 2" in detail
+    if redis_back:
+        assert (summary.restored, summary.failed) == (4, 1)
+        assert "it ran (Redis's progress counter, read again, says so" in detail
+        assert "the 1 message after it was not sent" in detail
+    else:
+        assert (summary.restored, summary.failed) == (2, 3)
+        assert "it may have run" in detail and "could not be read again" in detail
+        assert "the 1 message after it was not restored" in detail
+        # the run could not release its lock either: it expires 30 s after its last renewal
+        redis_client.delete(q.lock_key)
     again = queues.restore(redis_client, path, queues.RestoreOptions())
     assert (again.already_restored, again.restored, again.failed) == (4, 1, 0)
     assert contents(redis_client, q.key("dead")) == values
