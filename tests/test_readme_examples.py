@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import pytest
@@ -219,3 +219,75 @@ def test_every_readme_example_runs_as_documented(
             )
     assert ran >= 40
     assert not failures, "\n\n".join(failures)
+
+
+def readme_scripts() -> list[str]:
+    """The README's whole shell scripts: ``sh`` blocks that start with ``#!/bin/sh`` (the cron
+    jobs an operator installs as they are)."""
+    blocks = re.findall(r"^```sh\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)
+    return [b for b in blocks if b.startswith("#!/bin/sh\n")]
+
+
+def _migrated_schema(env: dict[str, str], workdir: Path) -> None:
+    """The event tables, as the README's first run creates them (a nightly job does not)."""
+    setup = subprocess.run(
+        ["esctl", "migrate", "redis-to-pg", "--app", "MyService", "--init-schema", "--json"],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert setup.returncode in (0, 3), setup.stderr  # 3: the demo's defects are quarantined
+
+
+@pytest.mark.skipif(not shutil.which("jq"), reason="the README's scripts pipe into jq")
+def test_every_readme_script_runs_whole_and_ends_with_its_runs(
+    readme_env: tuple[dict[str, str], dict[str, str], Path],
+) -> None:
+    """Each cron script run whole by ``sh``, with a stuck processing message to requeue: it
+    exits 0, says nothing failed, and leaves no esctl run behind when it returns (a ``wait``
+    that waits for nothing lets cron see a job end while its runs still go on)."""
+    import signal
+    import time
+
+    env, names, workdir = readme_env
+    names = {**names, "postgresql://esctl@db.internal/events": shlex.quote(env["ESCTL_PG_DSN"])}
+    _migrated_schema(env, workdir)
+    store = redis.Redis.from_url(env["ESCTL_REDIS_URL"])
+    published = sorted(store.scan_iter(match="*:{production:*}:PublishedEvents"))
+    assert published
+    # A consumer took a message and died: stuck in ProcessingEvents.
+    store.rpoplpush(published[0], published[0].replace(b":PublishedEvents", b":ProcessingEvents"))
+    store.close()
+    scripts = readme_scripts()
+    assert len(scripts) >= 2, scripts
+    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    for written in scripts:
+        script = re.sub(pattern, lambda m: names[m.group(0)], written)
+        process = subprocess.Popen(
+            ["sh", "-c", script],
+            env=env,
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            process.wait(timeout=TIMEOUT)
+            time.sleep(0.2)
+            try:
+                os.killpg(process.pid, 0)
+                left_behind = True
+            except ProcessLookupError:
+                left_behind = False
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        assert process.stdout is not None
+        output = process.stdout.read().decode("utf-8", "replace")
+        process.stdout.close()
+        head = written.splitlines()[1]
+        assert process.returncode == 0, f"{head}\n{output}"
+        assert "failed (exit" not in output and "Traceback" not in output, f"{head}\n{output}"
+        assert not left_behind, f"{head}\nreturned while its esctl runs were still going"
