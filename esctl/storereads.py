@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -87,15 +88,23 @@ def commit_lists(
 # --- which apps have keys here -------------------------------------------------------------
 
 
+SEARCH_CUT = "(search cut short)"
+"""What :func:`find_store_key` returns when its time ran out before it found a key or went
+through the keyspace: whether the app has keys of those families is not known."""
+
+
 def find_store_key(
     client: redisio.RedisClient,
     app: str,
     families: Collection[str] = layout.STORE_KEY_FAMILIES,
+    *,
+    max_seconds: float | None = None,
 ) -> str | None:
     """A key of ``app``'s event store of one of ``families`` (:data:`layout.STORE_KEY_FAMILIES`:
     what the caller has not looked at itself), or None when there is none. The legacy hash is
     asked for by EXISTS; the others are found by one SCAN that stops at the first (through the
-    whole keyspace when the app has none: only for a caller that found nothing of the app)."""
+    whole keyspace when the app has none: only for a caller that found nothing of the app),
+    or after ``max_seconds``: then :data:`SEARCH_CUT` (a large keyspace)."""
     if layout.LEGACY_HASH in families:
         legacy = layout.legacy_event_hash_key(app)
         (exists,) = redisio.pipelined(client, [("EXISTS", legacy)])
@@ -109,11 +118,14 @@ def find_store_key(
     # Commit lists alone: their pattern names one hash slot (one node of a cluster).
     only_lists = scanned == {layout.COMMIT_LIST}
     pattern = layout.commit_list_pattern(app) if only_lists else layout.app_store_keys_pattern(app)
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
     for _, keys in redisio.scan_pages(client, pattern, count=1000):
         for key in keys:
             found = layout.store_key_app(key)
             if found is not None and found[1] == app and found[0] in scanned:
                 return key
+        if deadline is not None and time.monotonic() > deadline:
+            return SEARCH_CUT
     return None
 
 

@@ -14,6 +14,7 @@ from cluster import LocalCluster, redis_cluster
 from helpers import run_cli
 
 from esctl import layout, redisio, storereads
+from esctl.cli import appkeys
 from esctl.demo import DemoSummary, write_demo_store
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
@@ -99,6 +100,30 @@ def test_apps_with_keys_stays_bounded_in_a_large_keyspace(
     default = storereads.apps_with_keys(redis_client)
     assert time.perf_counter() - started < 1.0
     assert not default.complete and default.examined <= redisio.scan.SAMPLE_KEYS
+
+
+def test_find_store_key_stops_at_its_time_in_a_large_keyspace(
+    redis_client: redis.Redis, demo_store: DemoSummary
+) -> None:
+    """Looking for a mistyped app's event hashes goes through the whole keyspace (no key is
+    found to stop at): on a large one the search stops at its time, and the note says only
+    what the command's own scan made sure of."""
+    pipe = redis_client.pipeline(transaction=False)
+    for start in range(0, 200_000, 5000):
+        pipe.mset({f"unrelated:{i}": "x" for i in range(start, start + 5000)})
+    pipe.execute()
+    wrong = typo(demo_store.app)
+    hashes = [layout.EVENT_HASH, layout.SNAPSHOT_HASH]
+    started = time.perf_counter()
+    assert storereads.find_store_key(redis_client, wrong, hashes, max_seconds=0) == (
+        storereads.SEARCH_CUT
+    )
+    assert time.perf_counter() - started < 1.0
+    assert storereads.find_store_key(redis_client, wrong, hashes) is None  # unbounded: sure
+    here = storereads.apps_with_keys(redis_client)
+    note = appkeys.no_commits_text(wrong, "127.0.0.1:6379/9", [layout.COMMIT_LIST], here)
+    assert note.startswith(f"app {wrong} has no commit list in Redis 127.0.0.1:6379/9 (a large")
+    assert "apps with keys here (a partial scan: ~" in note
 
 
 def test_apps_with_keys_of_an_empty_database(redis_client: redis.Redis) -> None:

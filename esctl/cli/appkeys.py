@@ -50,12 +50,19 @@ def note_if_no_keys(ctx: Context, *, seen: bool, looked_at: Collection[str] = ()
         client = ctx.redis
         app = ctx.app
         unseen = [f for f in layout.STORE_KEY_FAMILIES if f not in looked_at]
-        if unseen and storereads.find_store_key(client, app, unseen) is not None:
-            return
+        found = None
+        if unseen:
+            found = storereads.find_store_key(client, app, unseen, max_seconds=SEARCH_SECONDS)
+            if found is not None and found != storereads.SEARCH_CUT:
+                return
         here = storereads.apps_with_keys(client)
         if here.has(app):  # written meanwhile
             return
-        ctx.out.note(no_keys_text(app, redisio.describe(client), here))
+        server = redisio.describe(client)
+        if found == storereads.SEARCH_CUT:  # a large keyspace: what the command saw is sure
+            ctx.out.note(no_commits_text(app, server, looked_at, here))
+        else:
+            ctx.out.note(no_keys_text(app, server, here))
     except (errors.EsctlError, *redisio.REDIS_ERRORS):
         if ctx.debug:
             traceback.print_exc(file=sys.stderr)
@@ -106,6 +113,30 @@ def no_keys_text(app: str, server: str, here: storereads.AppsHere) -> str:
         f"app {_name(app)} has no keys in Redis {server} (no commit list, event hash or "
         f"snapshot); {here.text(app)}"
     )
+
+
+def no_commits_text(
+    app: str, server: str, looked_at: Collection[str], here: storereads.AppsHere
+) -> str:
+    """The note when the search for the families the command did not scan was cut short: what
+    the command's own scan found none of (``looked_at``), and what ``here`` found."""
+    kinds = [name for family, name in _KINDS if family in looked_at] or ["commit list"]
+    return (
+        f"app {_name(app)} has no {' or '.join(kinds)} in Redis {server} (a large database: "
+        f"its other keys were not all looked for); {here.text(app)}"
+    )
+
+
+_KINDS = (
+    (layout.COMMIT_LIST, "commit list"),
+    (layout.EVENT_HASH, "event hash"),
+    (layout.LEGACY_HASH, "legacy event hash"),
+    (layout.SNAPSHOT_HASH, "snapshot"),
+)
+
+SEARCH_SECONDS = 2.0
+"""How long the note looks for the app's keys the command did not scan itself before it says
+only what the command's scan found (a SCAN of a large keyspace takes a minute or more)."""
 
 
 def _name(app: str) -> str:
