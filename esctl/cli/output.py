@@ -83,6 +83,7 @@ def emit_table(
     optional: Sequence[str] = (),
     group: str | None = None,
     records: bool = False,
+    beneath: str | None = None,
 ) -> None:
     """A table on stdout (on stderr with ``stderr``: for a plan shown before a question while
     stdout carries the data); every cell is plain text, never markup.
@@ -105,6 +106,12 @@ def emit_table(
     shown as records instead: a line per column, its name then its value as wide as the
     terminal allows, the records parted by a rule (psql's expanded display).
 
+    ``beneath`` names a column of long text to be read whole (a dead letter's exception): on
+    a terminal where the table cannot show it whole on one row, each row's value is printed
+    under the row's other cells instead, wrapped at words (:func:`break_line`) and set off by
+    the first column's rule, and the other columns are fitted without it
+    (:func:`_emit_beneath`).
+
     Where an id or key is narrower than its cells all the same (mappings: a key/value table
     has no column to leave out), it is broken after a ":" (a Redis key's separator) where it
     can be, so the names and ids between stay whole (:func:`break_line`)."""
@@ -115,6 +122,11 @@ def emit_table(
     specs = _specs(names, cells, show_header=show_header, payload=payload)
     droppable = [names.index(name) for name in reversed(optional) if name in names]
     shown, widths = _fit(specs, droppable, console.width if terminal else None)
+    if terminal and beneath in names:
+        at = names.index(beneath)
+        if at not in shown or widths[shown.index(at)] < specs[at].content:
+            _emit_beneath(console, names, cells, at, title, show_header, payload, optional)
+            return
     if terminal and group in names and folds_tokens([specs[i] for i in shown], widths):
         _emit_grouped(console, names, cells, names.index(group), title, payload, optional)
         return
@@ -249,6 +261,49 @@ def _emit_records(
             table.add_row(Text(name, style="bold"), value, end_section=i == len(row) - 1)
     _print_title(console, title)
     console.print(table)
+
+
+def _emit_beneath(
+    console: Console,
+    names: Sequence[str],
+    cells: Sequence[Sequence[str]],
+    beneath: int,
+    title: str | None,
+    show_header: bool,
+    payload: Collection[str],
+    optional: Sequence[str],
+) -> None:
+    """:func:`emit_table` on a terminal with column ``beneath`` under each row: the other
+    columns fitted as a table without it, then each line of its value wrapped at words to
+    the width right of the first column's rule (``  │ Npgsql.PostgresException …``), all of
+    the value shown; its name goes under the other columns' names the same way."""
+    rest = [i for i in range(len(names)) if i != beneath]
+    rest_names = [names[i] for i in rest]
+    rest_cells = [[row[i] for i in rest if i < len(row)] for row in cells]
+    specs = _specs(rest_names, rest_cells, show_header=show_header, payload=payload)
+    droppable = [rest_names.index(n) for n in reversed(optional) if n in rest_names]
+    shown, widths = _fit(specs, droppable, console.width)
+    margin = " " * widths[0] + " │ "
+    text_width = max(console.width - cell_len(margin), 20)
+    _print_title(console, title)
+    if show_header:
+        # The column's name under the others' (``  ┃ last exception``), above the rule.
+        with console.capture() as capture:
+            console.print(_rich_table(rest_names, [], specs, shown, widths))
+        *head, rule = capture.get().splitlines()
+        name = " " * widths[0] + " ┃ " + names[beneath]
+        console.file.write("".join(line + "\n" for line in head))
+        console.print(Text(name, style="table.header"))
+        console.file.write(rule + "\n")
+    for row, rest_row in zip(cells, rest_cells, strict=True):
+        console.print(_rich_table(rest_names, [rest_row], specs, shown, widths, show_header=False))
+        value = row[beneath] if beneath < len(row) else ""
+        for line in value.splitlines():
+            for piece in break_line(line, text_width):
+                console.print(Text(margin + piece))
+    left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
+    if left_out:
+        info(left_out_note(left_out))
 
 
 def break_cell(cell: str, width: int) -> str:

@@ -133,11 +133,12 @@ def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
     return ask
 
 
-def _first_line(text: str | None, width: int = 70) -> str | None:
-    if not text:
+def _first_line(text: str | None) -> str | None:
+    """An exception's first line, whole: its type and message (what `--exception-contains`
+    is chosen from); the stack trace after it is in --json."""
+    if not text or not text.strip():
         return None
-    line = text.strip().splitlines()[0]
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return text.strip().splitlines()[0]
 
 
 def _messages_table(
@@ -163,13 +164,15 @@ def _messages_table(
             ]
         rows.append(row)
     # At 80 columns the aggregate id stays whole: the size, then the time stamp (the age
-    # says how old), then the version give way first.
+    # says how old), then the version give way first. The exception is read whole (it is
+    # what --exception-contains is chosen from): where the table cannot show it on the row,
+    # it goes on its own rows under the row, wrapped at words.
     out.table(
         columns,
         rows,
         title=title,
-        payload=("last exception",),
         optional=("version", "timestamp", "bytes"),
+        beneath="last exception",
     )
 
 
