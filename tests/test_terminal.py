@@ -473,7 +473,7 @@ def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
     size: str, demo_redis: servers.LocalRedis
 ) -> None:
     """A dead letter's row: its aggregate id whole, the size, time stamp and version left out
-    as far as that takes (named on stderr), the exception cut with "…"."""
+    as far as that takes (named on stderr), the exception under the row."""
     env = demo_env(demo_redis)
     queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
     queue = next(q for q in queues if q["dead"])
@@ -486,6 +486,96 @@ def test_queue_peek_on_a_terminal_keeps_aggregate_ids_whole(
         assert any(f" {message['aggregate_id']} " in row for row in screen.rows), screen.describe()
     if size == "80x24":
         assert any(row.startswith("(left out at this terminal width:") for row in screen.rows)
+
+
+# The commands that list dead letters with their RetryData (a dry run changes nothing, so
+# each sees the demo's dead letters as they are).
+DEAD_LETTER_LISTS = {
+    "peek": ["queue", "peek", "{sub}", "{type}", "--list", "dead"],
+    "requeue --dry-run": ["queue", "requeue", "{sub}", "{type}", "--from", "dead", "--dry-run"],
+    "drain --dry-run": ["queue", "drain", "{sub}", "{type}", "--list", "dead", "--dry-run"],
+}
+
+
+def _dead_letters(env: dict[str, str]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every queue of the store with dead letters, and its dead letters as peek --json has
+    them (RetryData included)."""
+    queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
+    found = []
+    for queue in (q for q in queues if q["dead"]):
+        peek = ["queue", "peek", queue["subscriber"], queue["event_type"], "--list", "dead"]
+        found.append((queue, json.loads(run_cli(*peek, "--json", env=env).stdout)["messages"]))
+    return found
+
+
+def _first_exception_line(message: dict[str, Any]) -> str | None:
+    retry = message["retry"]
+    if not retry or not retry["last_exception"]:
+        return None
+    return str(retry["last_exception"]).strip().splitlines()[0]
+
+
+def _shown_whole(text: str, rows: list[str]) -> bool:
+    """Whether ``text`` is on the screen word for word, though it may be wrapped over rows at
+    its spaces (a table's rules between rows aside)."""
+    shown = [w for row in rows for w in row.split() if w not in ("│", "┃")]
+    words = text.split()
+    return any(shown[i : i + len(words)] == words for i in range(len(shown)))
+
+
+@pytest.mark.parametrize("command", list(DEAD_LETTER_LISTS))
+def test_dead_letters_on_80x24_show_their_last_exception_whole(
+    command: str, demo_store: Any, redis_test_url: str, app_name: str, env_name: str
+) -> None:
+    """The exception a dead letter failed with is what an operator reads to choose
+    ``queue requeue --from dead --exception-contains TEXT``: at 80 columns each one's first
+    line (its type and message) is on the screen whole, wrapped at words under its row, not
+    cut to "Npgsql.PostgresExc…" in a table column (nor to 70 characters)."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name, "ESCTL_ENV": env_name}
+    dead = _dead_letters(env)
+    exceptions = [_first_exception_line(m) for _, messages in dead for m in messages]
+    assert sum(1 for e in exceptions if e and len(e) > 70) >= 2, dead  # the demo has such
+    for queue, messages in dead:
+        words = [
+            w.format(sub=queue["subscriber"], type=queue["event_type"])
+            for w in DEAD_LETTER_LISTS[command]
+        ]
+        screen = run_on_terminal([*ESCTL, *words], env=env)
+        assert_reads_well(screen)
+        assert not any("…" in row for row in screen.rows), screen.describe()
+        assert screen.folded == [], screen.describe()
+        for message in messages:
+            assert any(f" {message['aggregate_id']} " in row for row in screen.rows), (
+                screen.describe()
+            )
+            line = _first_exception_line(message)
+            if line is not None:
+                assert _shown_whole(line, screen.rows), (line, screen.describe())
+
+
+def test_dead_letters_to_a_pipe_keep_the_table_with_the_exception_whole(
+    demo_store: Any, redis_test_url: str, app_name: str, env_name: str
+) -> None:
+    """To a pipe the dead letters stay one table of natural width, a row per message, its
+    last column the exception's first line, whole (it was cut to 70 characters with "…")."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name, "ESCTL_ENV": env_name}
+    for queue, messages in _dead_letters(env):
+        words = ["queue", "peek", queue["subscriber"], queue["event_type"], "--list", "dead"]
+        screen = run_on_terminal([*ESCTL, *words], env=env, pipe_stdout=True)
+        assert_reads_well(screen)
+        assert screen.stdout is not None
+        lines = screen.stdout.splitlines()
+        header = [c.strip() for c in lines[1].split("┃")]
+        assert header == [
+            "#", "aggregate", "version", "timestamp", "age", "bytes", "retries", "last exception"
+        ], screen.describe()  # fmt: skip
+        assert set(lines[2]) <= {"━", "╇"}, screen.describe()
+        rows = lines[3:]
+        assert len(rows) == len(messages), screen.describe()
+        for row, message in zip(rows, messages, strict=True):
+            cells = [c.strip() for c in row.split("│")]
+            assert cells[:2] == [str(message["position"]), message["aggregate_id"]], row
+            assert cells[-1] == (_first_exception_line(message) or "-"), screen.describe()
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
