@@ -11,11 +11,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from esctl import redisio
 from esctl.config import redact
 from esctl.errors import EsctlError, LockHeld, LockLost
+from esctl.units import format_duration
 
 if TYPE_CHECKING:
     import psycopg
@@ -154,11 +156,68 @@ class RedisLock:
         self.held = []
 
 
+# pg_advisory_lock(bigint) shows in pg_locks as classid = the key's high 32 bits, objid = its
+# low 32 bits, objsubid = 1, in the database of the session that holds it. pg_locks is readable
+# by every user; pg_stat_activity hides the address, start and state of other users' sessions
+# (NULL) unless the reader is a superuser or has pg_read_all_stats.
+HOLDERS_SQL = """
+SELECT n.name, l.pid, a.application_name, host(a.client_addr), a.backend_start, a.state,
+       a.usename, now()
+  FROM unnest(%s::text[]) AS n(name)
+  JOIN pg_locks l
+    ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.classid::bigint = (hashtextextended(n.name, 0) >> 32) & 4294967295
+   AND l.objid::bigint = hashtextextended(n.name, 0) & 4294967295
+  LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+"""
+
+
+def describe_holder(row: Sequence[Any]) -> str:
+    """A row of HOLDERS_SQL as words: ``PostgreSQL session pid 4242 (user esctl, application
+    'esctl lock', from 10.1.2.3, started 2024-05-01 03:12:09 UTC, 2h5m ago, idle)``; what
+    pg_stat_activity hides from this user is said to be hidden."""
+    _, pid, application, addr, started, state, user, now = row
+    parts = []
+    if user is not None:
+        parts.append(f"user {user}")
+    if application:
+        parts.append(f"application {application!r}")
+    if started is None:
+        parts.append(
+            "its address, start and state are hidden from this user: pg_stat_activity shows "
+            "them to the session's own user, a superuser or a member of pg_read_all_stats"
+        )
+    else:
+        parts.append(f"from {addr}" if addr is not None else "from a local socket")
+        age = format_duration(max(0.0, (now - started).total_seconds())).replace(" ", "")
+        parts.append(f"started {started.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, {age} ago")
+        if state is not None:
+            parts.append(f"state {state}")
+    return f"PostgreSQL session pid {pid}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _holder(conn: psycopg.Connection, name: str) -> tuple[int | None, str | None]:
+    """The pid holding advisory lock ``name`` and its description (None, None when it cannot
+    be read: gone in between, or the query refused)."""
+    import psycopg
+
+    try:
+        rows = conn.execute(HOLDERS_SQL, ([name],)).fetchall()
+    except psycopg.Error:
+        return None, None
+    if not rows:
+        return None, None
+    return int(rows[0][1]), describe_holder(rows[0])
+
+
 class AdvisoryLock:
     """A session-level PostgreSQL advisory lock on ``name``, held on its own connection for as
     long as the ``with`` block runs: released when the process dies (kill -9 included), so a
-    crashed cron run never blocks the next one. Raises LockHeld(``held``, ``hint``) on entry
-    when another session holds it."""
+    crashed cron run never blocks the next one. Raises LockHeld on entry when another session
+    holds it: ``held``, the holding session (:func:`describe_holder`), ``; nothing was
+    done``; as hint ``hint``, then how to end the holding session if it is a dead one (a lost
+    node's session lives on until TCP keepalive notices)."""
 
     def __init__(
         self,
@@ -166,7 +225,8 @@ class AdvisoryLock:
         name: str,
         *,
         held: str | None = None,
-        hint: str = "wait for it to finish; nothing was done",
+        hint: str = "wait for it to finish; from cron, exit code 75 means the previous run is "
+        "still going",
     ) -> None:
         self.dsn = dsn
         self.name = name
@@ -183,14 +243,25 @@ class AdvisoryLock:
             row = conn.execute(
                 "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.name,)
             ).fetchone()
+            if not row or not row[0]:
+                raise self._held(conn)
         except BaseException:
             conn.close()
             raise
-        if not row or not row[0]:
-            conn.close()
-            raise LockHeld(self.held, hint=self.hint)
         self.conn = conn
         return self
+
+    def _held(self, conn: psycopg.Connection) -> LockHeld:
+        pid, who = _holder(conn, self.name)
+        if pid is None:
+            return LockHeld(f"{self.held}; nothing was done", hint=self.hint)
+        return LockHeld(
+            f"{self.held}: the lock {self.name!r} is held by {who}; nothing was done",
+            hint=f"{self.hint}; if that session is a dead run's (its machine or network lost: "
+            "PostgreSQL keeps the session until TCP keepalive notices), end it with "
+            f"`SELECT pg_terminate_backend({pid})` (as its user, a superuser or a member of "
+            "pg_signal_backend), then rerun",
+        )
 
     def __exit__(self, *exc_info: object) -> None:
         if self.conn is None:

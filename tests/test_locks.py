@@ -3,11 +3,15 @@ loss are tested in test_queue_ops.py, each command's exit 75 with the command.""
 
 from __future__ import annotations
 
+import re
+import secrets
+
 import orjson
 import psycopg
 import pytest
 import redis
 from helpers import run_cli
+from psycopg import sql
 
 from esctl import queues, servers
 from esctl.errors import LockHeld
@@ -38,9 +42,10 @@ def test_an_advisory_lock_is_held_for_the_block_and_free_right_after(pg_dsn: str
     with AdvisoryLock(pg_dsn, "esctl:test:lock") as held:
         assert held.conn is not None
         again = AdvisoryLock(pg_dsn, "esctl:test:lock", held="another copy runs", hint="wait")
-        with pytest.raises(LockHeld, match=r"^another copy runs$") as caught, again:
+        with pytest.raises(LockHeld, match=r"^another copy runs: ") as caught, again:
             pass
-        assert caught.value.hint == "wait"
+        assert caught.value.message.endswith("; nothing was done")
+        assert caught.value.hint is not None and caught.value.hint.startswith("wait; ")
         with AdvisoryLock(pg_dsn, "esctl:test:other"):
             pass  # another name: another lock
     assert held.conn is None
@@ -88,3 +93,52 @@ def test_a_redis_over_maxmemory_refusing_the_lock_is_named_with_what_to_do(
     assert client.lrange(q.key("processing"), 0, -1) == list(reversed(stuck))
     assert not client.exists(q.lock_key)
     client.close()
+
+
+def test_a_held_advisory_lock_names_its_holding_session_and_how_to_end_a_dead_one(
+    pg_dsn: str,
+) -> None:
+    """The 3 a.m. case: the error names the session holding the lock (pid, user, application,
+    address, start and age, state) and the hint the statement that ends it, with its pid."""
+    with psycopg.connect(pg_dsn, autocommit=True, application_name="lost-node-run") as holder:
+        row = holder.execute(
+            "SELECT pg_backend_pid(), pg_try_advisory_lock(hashtextextended('esctl:test:dead', 0))"
+        ).fetchone()
+        assert row is not None and row[1]
+        pid = row[0]
+        with pytest.raises(LockHeld) as caught, AdvisoryLock(pg_dsn, "esctl:test:dead"):
+            pass
+    message, hint = caught.value.message, caught.value.hint or ""
+    assert f"held by PostgreSQL session pid {pid} (" in message, message
+    assert "application 'lost-node-run'" in message
+    assert re.search(r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, [\d.]+s ago", message), message
+    assert "state idle" in message and "from " in message
+    assert message.endswith("; nothing was done")
+    assert f"`SELECT pg_terminate_backend({pid})`" in hint, hint
+    assert hint.startswith("wait for it to finish; from cron, exit code 75")
+
+
+def test_a_held_advisory_lock_says_what_pg_stat_activity_hides_from_this_user(
+    pg_dsn: str,
+) -> None:
+    """A user without rights on the holder's session sees its pid, user and application in
+    pg_locks and pg_stat_activity, not its address, start or state: the error says so and
+    still gives the pid to end."""
+    role = f"esctl_lock_test_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_dsn, autocommit=True, application_name="other-user-run") as holder:
+        holder.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        try:
+            pid = holder.execute("SELECT pg_backend_pid()").fetchone()
+            holder.execute("SELECT pg_advisory_lock(hashtextextended('esctl:test:hidden', 0))")
+            as_role = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
+            with pytest.raises(LockHeld) as caught, AdvisoryLock(as_role, "esctl:test:hidden"):
+                pass
+        finally:
+            holder.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert pid is not None
+    message = caught.value.message
+    assert f"PostgreSQL session pid {pid[0]} (" in message, message
+    assert "application 'other-user-run'" in message
+    assert "its address, start and state are hidden from this user" in message
+    assert "pg_read_all_stats" in message
+    assert f"`SELECT pg_terminate_backend({pid[0]})`" in (caught.value.hint or "")

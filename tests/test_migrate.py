@@ -878,6 +878,38 @@ def test_a_held_lock_exits_75_and_does_nothing(
         assert code == 0 and doc["events_migrated"] > 0
 
 
+def test_a_held_lock_names_its_holder_and_the_statement_that_ends_a_dead_one(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Exit 75 at 3 a.m.: the message names the session holding the lock (its pid and
+    application), the hint says a --follow run holds it for as long as it runs and how to
+    end a dead session, with that pid; --json carries the same in message and hint."""
+    write_clean_store(redis_client, app_name, aggregates=3)
+    with psycopg.connect(pg_dsn, autocommit=True, application_name="esctl lock") as holder:
+        row = holder.execute(
+            "SELECT pg_backend_pid(), pg_try_advisory_lock(hashtextextended(%s, 0))",
+            (f"esctl:migrate:public:{app_name}:0/1",),
+        ).fetchone()
+        assert row is not None and row[1]
+        pid = row[0]
+        args = cli_args(redis_test_url, pg_dsn, app_name)
+        result = run_cli("migrate", "redis-to-pg", *args, "--init-schema")
+        as_json = run_cli("migrate", "redis-to-pg", *args, "--init-schema", "--json")
+    assert result.returncode == 75, result.stderr
+    words = " ".join(result.stderr.split())
+    assert f"held by PostgreSQL session pid {pid} (" in words, words
+    assert "application 'esctl lock'" in words and " ago" in words
+    assert "`migrate redis-to-pg --follow` run holds it for as long as it runs" in words
+    assert f"`SELECT pg_terminate_backend({pid})`" in words, words
+    assert as_json.returncode == 75
+    document = json.loads(as_json.stdout)
+    assert set(document) == {"error", "exit_code"} and document["exit_code"] == 75
+    assert set(document["error"]) == {"kind", "message", "hint"}
+    assert document["error"]["kind"] == "locked"
+    assert f"pid {pid} (" in document["error"]["message"]
+    assert f"`SELECT pg_terminate_backend({pid})`" in document["error"]["hint"]
+
+
 # --- output --------------------------------------------------------------------------------
 
 

@@ -117,6 +117,9 @@ def migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[ob
         lock_name(opts.pg_schema, opts.app, str(opts.shard)),
         held=f"another migration of {opts.app} into schema {opts.pg_schema} "
         f"(shard {opts.shard}) is running",
+        hint="a `migrate redis-to-pg --follow` run holds it for as long as it runs: stop that "
+        "run first; any other run, until it finishes: wait for it (from cron, exit code 75 "
+        "means the previous run is still going)",
     )
 
 

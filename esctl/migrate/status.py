@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from esctl import codec, layout, metrics, pg, redisio, storereads
+from esctl.locks import HOLDERS_SQL
 from esctl.migrate.reader import migrated_streams
 from esctl.migrate.run import lock_name
 from esctl.shard import Shard
@@ -190,19 +191,6 @@ SELECT run_id, count(*), coalesce(sum(events), 0)
 
 _QUARANTINED_IDS = "SELECT DISTINCT aggregate_id FROM esctl.quarantine WHERE run_id = ANY(%s)"
 
-# pg_advisory_lock(bigint) shows in pg_locks as classid = the key's high 32 bits, objid = its
-# low 32 bits, objsubid = 1, in the database of the session that holds it.
-_HOLDERS = """
-SELECT n.name, l.pid, a.application_name, host(a.client_addr), a.backend_start
-  FROM unnest(%s::text[]) AS n(name)
-  JOIN pg_locks l
-    ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-   AND l.classid::bigint = (hashtextextended(n.name, 0) >> 32) & 4294967295
-   AND l.objid::bigint = hashtextextended(n.name, 0) & 4294967295
-  LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-"""
-
 
 def read_runs(conn: psycopg.Connection, pg_schema: str, app: str) -> list[ShardStatus]:
     """Each shard's latest run of ``app`` into ``pg_schema``, with its batches' totals and
@@ -216,7 +204,7 @@ def read_runs(conn: psycopg.Connection, pg_schema: str, app: str) -> list[ShardS
     names = {lock_name(pg_schema, app, r[1]): r[1] for r in runs}
     holders = {
         names[name]: LockHolder(pid, application, addr, start)
-        for name, pid, application, addr, start in conn.execute(_HOLDERS, (list(names),))
+        for name, pid, application, addr, start, *_ in conn.execute(HOLDERS_SQL, (list(names),))
     }
     conn.commit()
     shards = []

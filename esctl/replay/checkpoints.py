@@ -57,8 +57,7 @@ def checkpoint_lock(options: ReplayOptions) -> contextlib.AbstractContextManager
     return AdvisoryLock(
         options.pg_dsn,
         checkpoint_lock_name(name, options.shard),
-        held=f"another replay holds checkpoint {name!r}{which}; nothing was done",
-        hint="wait for it to finish; from cron, exit code 75 means the previous run is still going",
+        held=f"another replay holds checkpoint {name!r}{which}",
     )
 
 
