@@ -436,6 +436,7 @@ def compress(
     with contextlib.ExitStack() as stack:
         lock = None if opts.dry_run else stack.enter_context(compress_lock(client, opts.app))
         header = choose_gzip_header(client, opts.app, opts.families, opts.gzip_os)
+        report(progress)  # holding the lock: the progress bar may be drawn now
 
         def write(candidates: list[Candidate]) -> None:
             check = lock.check if lock is not None else _no_check

@@ -191,6 +191,27 @@ def test_every_progress_bar_ends_on_a_row_of_its_own(
     assert not failures, "\n\n".join(failures)
 
 
+def test_a_run_whose_lock_is_held_draws_no_bar_before_its_error(
+    redis_test_url: str, pg_dsn: str, demo_store: Any, app_name: str
+) -> None:
+    """Exit 75 on a terminal: the lock is tried before any bar is drawn, so the screen shows
+    the error naming the holder and no "migrating: 0 commits" bar above it."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_PG_DSN": pg_dsn, "ESCTL_APP": app_name}
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        row = holder.execute(
+            "SELECT pg_backend_pid(), pg_try_advisory_lock(hashtextextended(%s, 0))",
+            (f"esctl:migrate:public:{app_name}:0/1",),
+        ).fetchone()
+        assert row is not None and row[1]
+        screen = run_on_terminal([*ESCTL, "migrate", "redis-to-pg", "--init-schema"], env=env)
+    found = problems_on(screen, exit_code=75, error_expected=True)
+    if bar_rows(screen) or "migrating" in screen.text:
+        found.append("a progress bar drawn before the error")
+    if f"pid {row[0]}" not in " ".join(screen.text.split()):
+        found.append("the holder's pid not named")
+    assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
+
+
 def test_events_query_piped_on_a_terminal(
     redis_test_url: str, demo_store: Any, app_name: str
 ) -> None:
@@ -270,7 +291,8 @@ def test_replay_question_is_not_drawn_on_the_bar_s_row(
     [question] = [i for i, row in enumerate(screen.rows) if row.endswith("[y/N]: y")]
     assert screen.rows[question].startswith("publish "), screen.describe()
     [bar] = bar_rows(screen)
-    assert bar["desc"] == "replaying" and bar["rest"].startswith("12 events ["), screen.describe()
+    # drawn once the replay holds its lock, with the plan's count as its total
+    assert bar["desc"] == "replaying" and "| 12/12 [" in bar["rest"], screen.describe()
     assert screen.rows.index(bar[0]) > question, screen.describe()
 
 

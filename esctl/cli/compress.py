@@ -73,7 +73,10 @@ def compress(
     client = ctx.redis
     verb = "would_compress" if dry_run else "compressed"
     with out.progress(
-        progress, desc="examining" if dry_run else "compressing", unit=" hashes"
+        progress,
+        desc="examining" if dry_run else "compressing",
+        unit=" hashes",
+        at_first_update=True,
     ) as bar:
         summary = core.compress(
             client,

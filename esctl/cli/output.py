@@ -917,21 +917,37 @@ def _counting_bar() -> type[Any]:
 class Progress:
     """A progress bar on stderr (tqdm), or, when none is drawn, one whose methods do nothing.
     Made by :meth:`Output.progress`; safe to update from a thread beside the work (a count
-    that finds the total). A context manager: leaving it draws the last picture and closes."""
+    that finds the total). A context manager: leaving it draws the last picture and closes.
 
-    def __init__(self, bar: Any = None) -> None:
+    ``make``: a bar drawn only at the first :meth:`update` (a total set before is kept for
+    it): a command that takes a lock reports no progress before it holds it, so a run that
+    exits 75 draws no bar before its error."""
+
+    def __init__(self, bar: Any = None, *, make: Callable[[], Any] | None = None) -> None:
         self._bar = bar
+        self._make = make
+        self._total: int | None = None
         self._lock = threading.Lock()
         self._desc = getattr(bar, "desc", None)
 
     @property
     def shown(self) -> bool:
-        return self._bar is not None
+        """Whether a bar is (or, at the first update, will be) drawn."""
+        return self._bar is not None or self._make is not None
 
     def hook(self, update: Callable[P, None]) -> Callable[P, None] | None:
         """``update`` when the bar is drawn, else None (a core function then reports no
         progress at all)."""
-        return update if self._bar is not None else None
+        return update if self.shown else None
+
+    def _draw(self) -> None:
+        """Draw the bar waiting for its first update (called with ``_lock`` held)."""
+        if self._bar is None and self._make is not None:
+            self._bar = self._make()
+            self._make = None
+            self._desc = getattr(self._bar, "desc", None)
+            if self._total is not None:
+                self._bar.total = self._total
 
     def update(
         self,
@@ -942,9 +958,12 @@ class Progress:
         postfix: Mapping[str, str] | None = None,
     ) -> None:
         """Show ``n`` done (of ``total``, when known), under ``desc``, with ``postfix`` counts."""
-        if self._bar is None:
+        if not self.shown:
             return
         with self._lock:
+            self._draw()
+            if self._bar is None:  # closed before its first update
+                return
             if desc is not None and desc != self._desc:
                 self._desc = desc
                 self._bar.set_description_str(desc, refresh=False)
@@ -956,27 +975,30 @@ class Progress:
             self._bar.refresh()
 
     def set_total(self, total: int) -> None:
-        if self._bar is None:
-            return
         with self._lock:
+            if self._bar is None:
+                self._total = total  # for the bar drawn at the first update
+                return
             self._bar.total = total
             self._bar.refresh()
 
     def close(self) -> None:
-        if self._bar is None:
-            return
         with self._lock:
-            self._bar.close()
+            self._make = None  # never updated: never drawn
+            if self._bar is not None:
+                self._bar.close()
 
     def set_aside(self, write: Callable[P, T]) -> Callable[P, T]:
         """``write`` (something that writes to the terminal: a question, a table) made to run
         with the bar wiped from its row, and the bar drawn again below what it wrote: else
         it would start on the bar's row, after the bar's picture."""
-        if self._bar is None:
+        if not self.shown:
             return write
 
         def aside(*args: P.args, **kwargs: P.kwargs) -> T:
             with self._lock:
+                if self._bar is None:  # not drawn yet: nothing to wipe
+                    return write(*args, **kwargs)
                 self._bar.clear()
                 try:
                     return write(*args, **kwargs)
@@ -1189,7 +1211,15 @@ class Output:
 
     # --- progress ---
 
-    def progress(self, enabled: bool, *, desc: str, unit: str, streaming: bool = False) -> Progress:
+    def progress(
+        self,
+        enabled: bool,
+        *,
+        desc: str,
+        unit: str,
+        streaming: bool = False,
+        at_first_update: bool = False,
+    ) -> Progress:
         """The one progress bar (tqdm on stderr): drawn when ``enabled`` (--progress), stderr
         is a terminal and the result is not JSON; else a :class:`Progress` that draws
         nothing. Counts are whole numbers (``1,234/5,678 events``), rates scaled
@@ -1201,12 +1231,20 @@ class Output:
         a bar's picture to the start of a line. The lines scrolling by show the progress
         there; a bar is drawn when stdout goes to a file or a pipe (``| jq``), where a long
         run needs one (as curl leaves out its progress meter when the data goes to the
-        terminal)."""
+        terminal).
+
+        ``at_first_update``: the bar is drawn at its first update, not now. For a command that
+        takes a lock: its core reports progress only once it holds the lock, so a run that
+        exits 75 (another run holds it) shows its error with no bar drawn before."""
         if not (enabled and not self.json and stderr_is_terminal()):
             return Progress()
         if streaming and stdout_on_stderr_terminal():
             return Progress()
-        return Progress(_counting_bar()(desc=desc, unit=unit, dynamic_ncols=True))
+
+        def make() -> Any:
+            return _counting_bar()(desc=desc, unit=unit, dynamic_ncols=True)
+
+        return Progress(make=make) if at_first_update else Progress(make())
 
     # --- questions ---
 

@@ -266,7 +266,11 @@ def _run(
     client = ctx.redis if options.source == EventSource.redis or to_queue else None
     confirm = _confirmer(ctx.out, options) if to_queue and not (yes or options.dry_run) else None
     with ctx.out.progress(
-        progress, desc="replaying", unit=" events", streaming=stream is not None
+        progress,
+        desc="replaying",
+        unit=" events",
+        streaming=stream is not None,
+        at_first_update=True,
     ) as bar:
         summary = core.replay(
             options,

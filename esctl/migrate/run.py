@@ -337,6 +337,7 @@ class _Invocation:
     def execute(self) -> None:
         """Read and write every batch (or until --max-problems), then record the run's
         status: interrupted, failed, stopped or finished."""
+        self.report()  # the run holds its lock: its progress bar may be drawn now
         try:
             try:
                 with pg.translate_errors(self.opts.pg_dsn):

@@ -106,6 +106,8 @@ def _run_projection(
     ctx.fresh = after is None
     _setup(adapter, ctx)
     runner = _BatchRunner(options, adapter, ctx, summary, state, on_progress)
+    if on_progress is not None:  # holding the checkpoint's lock: the bar may be drawn now
+        on_progress(runner.progress)
     try:
         growth = _batch_growth(options.batch_size, ctx if ctx.connected else None)
         _feed(source, runner, Pacer(options.rate, sleep), growth)

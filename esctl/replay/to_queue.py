@@ -229,6 +229,8 @@ def _publish(
         # paced: small batches on purpose; else they may grow with the distance to Redis
         round_trip_s=0.0 if options.rate else redisio.round_trip(client),
     )
+    if on_progress is not None:  # holding the lock: the progress bar may be drawn now
+        on_progress(progress)
     try:
         with publisher:
             for event in source:  # a second pass when the plan read it once

@@ -222,7 +222,7 @@ def redis_to_pg(
     if metrics_file is not None or enable_notifications or stall_timeout is not None:
         raise UsageError("--metrics-file, --enable-notifications and --stall-timeout need --follow")
     client = ctx.redis
-    with ctx.out.progress(progress, desc="migrating", unit=" commits") as bar:
+    with ctx.out.progress(progress, desc="migrating", unit=" commits", at_first_update=True) as bar:
         _count_commits_beside(bar, client, opts)
         outcome = core.migrate_then_prune(
             client,
