@@ -190,6 +190,40 @@ def test_running_then_killed_run(
     assert shard["status"] == "interrupted" and shard["recorded_status"] == "running"
     assert killed["lag"]["events_behind"] == 90 - shard["events_migrated"]
     assert killed["lag"]["events_behind"] > 0
+    # The table says what to do about it (human output only: the JSON is as it was).
+    human = run_cli(
+        "migrate", "status", "--app", app_name, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn
+    )
+    words = " ".join(human.stdout.split())
+    note = (
+        "interrupted (shard 0/1): its run was killed or its machine died; rerun the same "
+        "`esctl migrate redis-to-pg` command (same --shard) to continue it"
+    )
+    assert note in words, human.stdout
+    assert "next_steps" not in json.dumps(killed) and "rerun" not in json.dumps(killed)
+
+
+def test_quarantined_aggregates_come_with_the_query_that_lists_them(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    from test_migrate import write_defect_store
+
+    write_defect_store(redis_client, app_name, seed=17)
+    where = {"redis_url": redis_test_url, "pg_dsn": pg_dsn, "app": app_name}
+    assert migrate(**where).returncode == 3
+    _, document = status(**where)
+    [shard] = document["shards"]
+    assert shard["aggregates_quarantined"] > 0
+    human = run_cli(
+        "migrate", "status", "--app", app_name, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn
+    )
+    words = " ".join(human.stdout.split())
+    query = (
+        "SELECT DISTINCT aggregate_id, kind, detail FROM esctl.quarantine"
+        f" WHERE run_id = '{shard['run_id']}' ORDER BY aggregate_id"
+    )
+    assert f"quarantined: {shard['aggregates_quarantined']:,} aggregate(s) skipped whole" in words
+    assert f"`{query}`" in words, human.stdout
 
 
 def test_watch_needs_a_terminal(redis_test_url: str, pg_dsn: str, app_name: str) -> None:

@@ -164,7 +164,8 @@ def _lag_cell(lag: status_core.Lag | None, now: Any) -> str:
 def _status_notes(
     report: status_core.StatusReport, max_lag: str | None, over: list[str]
 ) -> list[str]:
-    """The lines under the table: no runs, the whole app's lag, --max-lag exceeded."""
+    """The lines under the table: no runs, the whole app's lag, --max-lag exceeded, and
+    what to do about an interrupted run or quarantined aggregates."""
     notes = []
     if not report.shards:
         notes.append(f"no migrate redis-to-pg run of {report.app} into this schema yet")
@@ -184,7 +185,30 @@ def _status_notes(
         )
     if over:
         notes.append(f"behind more than --max-lag {max_lag}: shard {', '.join(over)}")
-    return notes
+    return notes + _next_steps(report)
+
+
+def _next_steps(report: status_core.StatusReport) -> list[str]:
+    """What to do about an interrupted run and quarantined aggregates (the README's words)."""
+    from esctl.migrate.runs import quarantine_query
+
+    steps = []
+    interrupted = [s.shard for s in report.shards if s.status == "interrupted"]
+    if interrupted:
+        steps.append(
+            f"interrupted (shard {', '.join(interrupted)}): its run was killed or its machine "
+            "died; rerun the same `esctl migrate redis-to-pg` command (same --shard) to "
+            "continue it where it stopped"
+        )
+    quarantined = [s for s in report.shards if s.aggregates_quarantined]
+    if quarantined:
+        total = sum(s.aggregates_quarantined for s in quarantined)
+        query = quarantine_query([s.run_id for s in quarantined])
+        steps.append(
+            f"quarantined: {total:,} aggregate(s) skipped whole (only in Redis; fixed by hand); "
+            f"what and why, from esctl.quarantine: `{query}`"
+        )
+    return steps
 
 
 def _status_renderable(
