@@ -341,6 +341,12 @@ def _classify(
                 summary.add_problem(p["kind"], p["key"], p["detail"])
 
 
+def prune_lock_name(pg_schema: str, app: str) -> str:
+    """The advisory lock an unsharded prune of ``app`` holds (a sharded one adds its shard);
+    ``migrate restore-pruned`` holds it too."""
+    return f"esctl:prune:{pg_schema}:{app}"
+
+
 def prune(
     client: redisio.RedisClient,
     opts: PruneOptions,
@@ -373,7 +379,7 @@ def prune(
     dsn = opts.pg_dsn
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
-        name = f"esctl:prune:{opts.pg_schema}:{opts.app}"
+        name = prune_lock_name(opts.pg_schema, opts.app)
         if opts.shard.count > 1:
             name += f":{opts.shard}"
         lock = AdvisoryLock(

@@ -106,6 +106,7 @@ CASES: dict[str, Case] = {
     "migrate verify": Case(("--app", "{app}", *BOTH)),
     "migrate plan": Case(("--app", "{app}", *BOTH)),
     "migrate prune": Case(("--app", "{app}", "--yes", *BOTH)),
+    "migrate restore-pruned": Case(("{file}", "--app", "{app}", "--yes", *BOTH)),
     "migrate status": Case(("--app", "{app}", "--lag", *BOTH)),
     "queue list": Case(IN_ENV),
     "queue peek": Case(QUEUE),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from esctl.cli.migrate import plan, prune, redis_to_pg, status, verify
+from esctl.cli.migrate import plan, prune, redis_to_pg, restore_pruned, status, verify
 
 app = typer.Typer(no_args_is_help=True, help="Move event storage from Redis into PostgreSQL.")
 
@@ -20,4 +20,7 @@ app.command("status", short_help="Where each shard's latest migration run stands
 app.command("plan", short_help="Estimate a migration: events, bytes, run time.")(plan.plan_command)
 app.command("prune", short_help="Delete from Redis what PostgreSQL holds identically.")(
     prune.prune_command
+)
+app.command("restore-pruned", short_help="Put a prune backup's events back into Redis.")(
+    restore_pruned.restore_pruned_command
 )

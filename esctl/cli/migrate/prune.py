@@ -65,9 +65,8 @@ def prune_command(
 
     Without --yes it asks on a terminal and refuses (exit 2) without one. A run killed
     between deleting a commit list and its payload fields leaves those fields behind; they
-    are recorded in esctl.prune_pending and the next prune deletes them first. Restore from a
-    backup: for each line in index order, RPUSH list_key commit_id and HSET hash_key
-    commit_id value (fields named *_b64 are base64).
+    are recorded in esctl.prune_pending and the next prune deletes them first. Put a
+    backup's events back with esctl migrate restore-pruned FILE (safe to rerun).
 
     \b
     Example: esctl migrate prune --app MyService --yes --backup-file pruned-2024-05-01.jsonl.zst
