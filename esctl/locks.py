@@ -211,6 +211,12 @@ def _holder(conn: psycopg.Connection, name: str) -> tuple[int | None, str | None
     return int(rows[0][1]), describe_holder(rows[0])
 
 
+def prune_lock_name(pg_schema: str, app: str) -> str:
+    """The advisory lock an unsharded ``migrate prune`` of ``app`` holds (a sharded one adds
+    its shard); ``migrate restore-pruned`` holds it too, so the two never run at once."""
+    return f"esctl:prune:{pg_schema}:{app}"
+
+
 class AdvisoryLock:
     """A session-level PostgreSQL advisory lock on ``name``, held on its own connection for as
     long as the ``with`` block runs: released when the process dies (kill -9 included), so a

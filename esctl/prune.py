@@ -23,7 +23,7 @@ from esctl.backupfile import BackupWriter
 from esctl.config import redact
 from esctl.documents import document
 from esctl.errors import ConfigError, EsctlError, Refused, ServerError, UsageError
-from esctl.locks import AdvisoryLock
+from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.pgevents import PgEvent, other_transforms, pg_page, transforms_words
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
@@ -339,12 +339,6 @@ def _classify(
         for p in check.problems:
             if p["kind"] not in _NOT_MIGRATED_KINDS:
                 summary.add_problem(p["kind"], p["key"], p["detail"])
-
-
-def prune_lock_name(pg_schema: str, app: str) -> str:
-    """The advisory lock an unsharded prune of ``app`` holds (a sharded one adds its shard);
-    ``migrate restore-pruned`` holds it too."""
-    return f"esctl:prune:{pg_schema}:{app}"
 
 
 def prune(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,8 @@ import zstandard
 from esctl import layout, pg, redisio
 from esctl.documents import document
 from esctl.errors import EsctlError, NotFound, ServerError, UsageError
-from esctl.locks import AdvisoryLock
+from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.problems import ProblemTally
-from esctl.prune import prune_lock_name
 
 LIST_SCRIPT = """
 -- KEYS[1]: a commit list. ARGV: the backup's commit ids, oldest first.
@@ -180,7 +178,7 @@ def read_pruned(path: str | Path, app: str) -> tuple[list[PrunedAggregate], bool
                 hint=f"pass --app {redisio.key_str(their_app)!r} to restore it into that app",
             )
         partitioned = redisio.key_bytes(
-            layout.event_hash_key_for_partition(app, zlib.crc32(commit_id) % 655360)
+            layout.event_hash_key_for_partition(app, layout.partition(redisio.key_str(commit_id)))
         )
         if not list_key.startswith(prefix) or hash_key not in (partitioned, legacy):
             raise UsageError(

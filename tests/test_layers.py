@@ -60,6 +60,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.query",
         "esctl.queues",
         "esctl.replay",
+        "esctl.restore_pruned",
         "esctl.verify",
     ),
     "cli": ("esctl.cli", "esctl.__main__"),

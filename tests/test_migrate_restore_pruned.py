@@ -26,7 +26,7 @@ from test_migrate_prune import (
 
 from esctl import prune, redisio
 from esctl.errors import UsageError
-from esctl.locks import AdvisoryLock
+from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.restore_pruned import (
     ALREADY,
     LIST_SCRIPT,
@@ -258,7 +258,7 @@ def test_a_held_prune_lock_exits_75_and_without_yes_it_refuses(
 ) -> None:
     s = scenario
     path = pruned(s, tmp_path)
-    with AdvisoryLock(s.dsn, prune.prune_lock_name("public", s.app)):
+    with AdvisoryLock(s.dsn, prune_lock_name("public", s.app)):
         result = cli(s, str(path), "--yes")
         assert result.returncode == 75, result.stderr
 
