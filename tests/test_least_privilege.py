@@ -405,6 +405,15 @@ def test_compress_and_prune_run_under_their_users_and_refuse_cleanly_with_a_righ
         assert PASSWORD.encode() not in backup.read_bytes() + reader.read()
     assert len(list(store.admin.scan_iter(f"{{EventStore:{store.app}}}:*"))) < len(lists)
     assert acl_denials(store.admin) == []
+    # going back: the same user puts the backup's events back
+    result = store.run(
+        "esctl-prune", "esctl_migrate", "migrate", "restore-pruned", str(backup), "--yes",
+        *app, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["conflicts"] == 0
+    assert sorted(store.admin.scan_iter(f"{{EventStore:{store.app}}}:*")) == lists
+    assert acl_denials(store.admin) == []
 
 
 def test_the_read_only_family_on_a_cluster_under_the_read_user_and_the_cluster_rules(
