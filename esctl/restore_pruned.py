@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,106 +131,263 @@ class RestorePrunedSummary:
 # --- the backup file -------------------------------------------------------------------------
 
 
+READ_BYTES = 1 << 20
+"""Bytes of the file read at a time: the restore streams it, frame by frame, in two passes."""
+
+
 def _bytes(line: dict[str, Any], name: str) -> bytes:
     if name in line:
         return str(line[name]).encode("utf-8")
     return base64.b64decode(line[name + "_b64"], validate=True)
 
 
-def read_pruned(path: str | Path, app: str) -> tuple[list[PrunedAggregate], bool]:
-    """The aggregates of a ``migrate prune --backup-file`` file, in file order, and whether its
-    last frame was cut short (ignored: prune deletes only what a complete frame holds).
-    UsageError for a queue drain file, another app's backup, or a file that is not a prune
-    backup; NotFound when it cannot be read."""
-    source = Path(path)
+@dataclass
+class BackupSurvey:
+    """What the first pass over a backup keeps: per aggregate its list's length, not its
+    events."""
+
+    lengths: dict[bytes, int] = field(default_factory=dict)
+    """The length of each aggregate's last copy, in the file, whole."""
+    open: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    """``(length, lines seen)`` of copies not whole at the end of a frame."""
+    copies: dict[bytes, int] = field(default_factory=dict)
+    """Aggregates the file holds more than once (index 0 again): their number of copies."""
+    frames: int = 0
+    """Complete frames."""
+    cut_short: bool = False
+
+    def check(
+        self,
+        frame: dict[bytes, list[int]],
+        key: bytes,
+        index: int,
+        length: int,
+        source: Path,
+        number: int,
+    ) -> None:
+        """Count line ``number`` in ``frame`` (``[length, seen, copies]`` per aggregate of
+        the frame); UsageError when it is not the next commit of its aggregate."""
+        state = frame.get(key)
+        if state is None:
+            before = self.open.get(key)
+            if before is None and key in self.lengths:
+                before = (self.lengths[key], self.lengths[key])
+            state = frame[key] = [*(before or (length, 0)), 0]
+        if index == 0:  # index 0 again: a later, longer copy wins
+            state[0], state[1] = length, 0
+            state[2] += 1
+        if index != state[1] or length != state[0]:
+            raise _out_of_order(source, number, index, key, state[1])
+        state[1] += 1
+
+    def add(self, frame: dict[bytes, list[int]]) -> None:
+        """Count a whole frame's aggregates."""
+        for key, (length, seen, zeros) in frame.items():
+            copies = self.copies.get(key, int(key in self.lengths or key in self.open)) + zeros
+            if copies > 1:
+                self.copies[key] = copies
+            if seen == length:
+                self.lengths[key] = length
+                self.open.pop(key, None)
+            else:
+                self.open[key] = (length, seen)
+                self.lengths.pop(key, None)
+
+
+def _read(source: Path) -> Iterator[bytes | int | None]:
+    """The file's lines (bytes) as they are decompressed; after each complete frame, the
+    number of complete frames so far; None when the last frame is cut short (then nothing
+    more). Reads ``READ_BYTES`` at a time: memory does not grow with the file or a frame."""
     try:
-        data = source.read_bytes()
+        handle = source.open("rb")
     except OSError as exc:
         raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
-    lines, cut_short = _frames(source, data)
-    by_key: dict[bytes, PrunedAggregate] = {}
-    prefix = redisio.key_bytes(layout.commit_list_prefix(app))
-    legacy = redisio.key_bytes(layout.legacy_event_hash_key(app))
-    for number, line in enumerate(lines, 1):
-        if not isinstance(line, dict) or "format" in line or "subscriber" in line:
-            raise UsageError(
-                f"{source} is a queue backup (`esctl queue drain --to-file`), not a prune backup",
-                hint=f"restore it with `esctl queue restore {source}`",
-            )
-        try:
-            their_app = _bytes(line, "app")
-            list_key = _bytes(line, "list_key")
-            commit_id = _bytes(line, "commit_id")
-            hash_key = _bytes(line, "hash_key")
-            value = _bytes(line, "value")
-            index = int(line["index"])
-            length = int(line["list_length"])
-        except (KeyError, TypeError, ValueError):
-            raise UsageError(
-                f"{source} is not a `migrate prune --backup-file` backup (line {number} lacks "
-                "list_key, commit_id, hash_key, value, index or list_length)",
-                hint="pass a file written by `esctl migrate prune --backup-file`",
-            ) from None
-        if their_app != app.encode("utf-8", "surrogateescape"):
-            raise UsageError(
-                f"{source} holds events of app {redisio.key_str(their_app)!r}, not of --app "
-                f"{app!r}; nothing was restored",
-                hint=f"pass --app {redisio.key_str(their_app)!r} to restore it into that app",
-            )
-        partitioned = redisio.key_bytes(
-            layout.event_hash_key_for_partition(app, layout.partition(redisio.key_str(commit_id)))
-        )
-        if not list_key.startswith(prefix) or hash_key not in (partitioned, legacy):
-            raise UsageError(
-                f"{source} line {number}: {redisio.key_str(list_key)} / "
-                f"{redisio.key_str(hash_key)} are not keys of app {app!r}'s event store",
-                hint="the file was altered; nothing was restored",
-            )
-        aggregate = by_key.get(list_key)
-        if aggregate is None or index == 0:  # index 0 again: a later, longer copy wins
-            aggregate = by_key[list_key] = PrunedAggregate(list_key, length, [], [])
-        if index != len(aggregate.commit_ids) or length != aggregate.length:
-            raise UsageError(
-                f"{source} line {number}: commit {index} of {redisio.key_str(list_key)} "
-                f"comes after {len(aggregate.commit_ids)} of its commits",
-                hint="the file was altered; nothing was restored",
-            )
-        aggregate.commit_ids.append(commit_id)
-        aggregate.fields.append((hash_key, commit_id, value))
-    incomplete = [a for a in by_key.values() if len(a.commit_ids) != a.length]
-    if incomplete:
+    with handle:
+
+        def more() -> bytes:
+            try:
+                return handle.read(READ_BYTES)
+            except OSError as exc:
+                raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
+
+        frames = 0
+        data = more()
+        while data:
+            obj = zstandard.ZstdDecompressor().decompressobj()
+            pending = b""
+            while True:
+                try:
+                    out = obj.decompress(data)
+                except zstandard.ZstdError as exc:
+                    if frames == 0:
+                        raise UsageError(
+                            f"{source} is not an esctl prune backup (zstd: {exc})",
+                            hint="pass a file written by `esctl migrate prune --backup-file`",
+                        ) from None
+                    yield None
+                    return
+                if out:
+                    *lines, pending = (pending + out).split(b"\n")
+                    yield from (line for line in lines if line.strip())
+                if obj.eof:
+                    data = obj.unused_data or more()
+                    break
+                data = more()
+                if not data:
+                    yield None
+                    return
+            if pending.strip():
+                yield pending
+            frames += 1
+            yield frames
+
+
+def _parse(
+    source: Path, app: str, raw: bytes, number: int
+) -> tuple[bytes, int, int, bytes, bytes, bytes]:
+    """``(list key, index, list length, hash key, commit id, value)`` of line ``number``;
+    UsageError for a line that is not JSON, of a queue backup, of another app, or with keys
+    that are not of ``app``'s event store."""
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{source} holds a line that is not JSON: {exc}") from None
+    if not isinstance(line, dict) or "format" in line or "subscriber" in line:
         raise UsageError(
-            f"{source}: {redisio.key_str(incomplete[0].list_key)} lacks commits the file should "
+            f"{source} is a queue backup (`esctl queue drain --to-file`), not a prune backup",
+            hint=f"restore it with `esctl queue restore {source}`",
+        )
+    try:
+        their_app = _bytes(line, "app")
+        list_key = _bytes(line, "list_key")
+        commit_id = _bytes(line, "commit_id")
+        hash_key = _bytes(line, "hash_key")
+        value = _bytes(line, "value")
+        index = int(line["index"])
+        length = int(line["list_length"])
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(
+            f"{source} is not a `migrate prune --backup-file` backup (line {number} lacks "
+            "list_key, commit_id, hash_key, value, index or list_length)",
+            hint="pass a file written by `esctl migrate prune --backup-file`",
+        ) from None
+    if their_app != app.encode("utf-8", "surrogateescape"):
+        raise UsageError(
+            f"{source} holds events of app {redisio.key_str(their_app)!r}, not of --app "
+            f"{app!r}; nothing was restored",
+            hint=f"pass --app {redisio.key_str(their_app)!r} to restore it into that app",
+        )
+    partitioned = redisio.key_bytes(
+        layout.event_hash_key_for_partition(app, layout.partition(redisio.key_str(commit_id)))
+    )
+    legacy = redisio.key_bytes(layout.legacy_event_hash_key(app))
+    if not list_key.startswith(redisio.key_bytes(layout.commit_list_prefix(app))) or (
+        hash_key not in (partitioned, legacy)
+    ):
+        raise UsageError(
+            f"{source} line {number}: {redisio.key_str(list_key)} / "
+            f"{redisio.key_str(hash_key)} are not keys of app {app!r}'s event store",
+            hint="the file was altered; nothing was restored",
+        )
+    return list_key, index, length, hash_key, commit_id, value
+
+
+def _out_of_order(source: Path, number: int, index: int, key: bytes, seen: int) -> UsageError:
+    return UsageError(
+        f"{source} line {number}: commit {index} of {redisio.key_str(key)} "
+        f"comes after {seen} of its commits",
+        hint="the file was altered; nothing was restored",
+    )
+
+
+def survey_pruned(path: str | Path, app: str) -> BackupSurvey:
+    """The first pass: every check of the file, before anything is written, keeping per
+    aggregate only its list's length. A frame's lines count only once the frame is whole: a
+    cut-short last frame is ignored, errors in it included. UsageError for a queue drain file,
+    another app's backup, a file that is not a prune backup or not as prune wrote it;
+    NotFound when it cannot be read."""
+    source = Path(path)
+    survey = BackupSurvey()
+    frame: dict[bytes, list[int]] = {}  # this frame's aggregates: [length, seen, copies]
+    failed: UsageError | None = None
+    number = 0
+    for item in _read(source):
+        if item is None:
+            survey.cut_short = True
+            break
+        if isinstance(item, int):
+            if failed is not None:
+                raise failed
+            survey.frames = item
+            survey.add(frame)
+            frame.clear()
+            continue
+        if failed is not None:
+            continue  # raised at the frame's end, unless the frame is cut short
+        number += 1
+        try:
+            survey.check(frame, *_parse(source, app, item, number)[:3], source, number)
+        except UsageError as exc:
+            failed = exc
+    if survey.open:
+        key = next(iter(survey.open))
+        raise UsageError(
+            f"{source}: {redisio.key_str(key)} lacks commits the file should "
             "hold (it is not as prune wrote it); nothing was restored",
             hint="pass a file written by `esctl migrate prune --backup-file`",
         )
-    return list(by_key.values()), cut_short
+    return survey
 
 
-def _frames(source: Path, data: bytes) -> tuple[list[Any], bool]:
-    """The JSON lines of every complete zstd frame, and whether a last frame was cut short."""
-    lines: list[Any] = []
+def pruned_aggregates(
+    path: str | Path, app: str, survey: BackupSurvey
+) -> Iterator[PrunedAggregate]:
+    """The second pass: each aggregate of the file (its last copy) as soon as its last line is
+    read, from the frames ``survey`` found whole. Holds only the aggregates being read."""
+    source = Path(path)
+    copies = dict(survey.copies)
+    building: dict[bytes, PrunedAggregate] = {}
+    number = 0
     frames = 0
-    while data:
-        obj = zstandard.ZstdDecompressor().decompressobj()
-        try:
-            chunk = obj.decompress(data)
-        except zstandard.ZstdError as exc:
-            if frames == 0:
-                raise UsageError(
-                    f"{source} is not an esctl prune backup (zstd: {exc})",
-                    hint="pass a file written by `esctl migrate prune --backup-file`",
-                ) from None
-            return lines, True
-        if not obj.eof:
-            return lines, True
-        frames += 1
-        try:
-            lines.extend(orjson.loads(line) for line in chunk.splitlines() if line.strip())
-        except orjson.JSONDecodeError as exc:
-            raise UsageError(f"{source} holds a line that is not JSON: {exc}") from None
-        data = obj.unused_data
-    return lines, False
+    for item in _read(source) if survey.frames else ():
+        if item is None:
+            break
+        if isinstance(item, int):
+            frames = item
+            if frames == survey.frames:
+                break
+            continue
+        number += 1
+        key, index, length, hash_key, commit_id, value = _parse(source, app, item, number)
+        if index == 0:
+            building.pop(key, None)
+            if key in copies:
+                copies[key] -= 1
+                if copies[key]:
+                    continue  # a later copy wins
+            building[key] = PrunedAggregate(key, length, [], [])
+        aggregate = building.get(key)
+        if aggregate is None:
+            continue  # a line of an earlier copy
+        if index != len(aggregate.commit_ids) or length != aggregate.length:
+            raise _out_of_order(source, number, index, key, len(aggregate.commit_ids))
+        aggregate.commit_ids.append(commit_id)
+        aggregate.fields.append((hash_key, commit_id, value))
+        if len(aggregate.commit_ids) == aggregate.length:
+            yield building.pop(key)
+    if frames != survey.frames or building:
+        raise UsageError(
+            f"{source} changed while it was read (it is not as the first pass found it)",
+            hint="rerun with the file as prune wrote it",
+        )
+
+
+def read_pruned(path: str | Path, app: str) -> tuple[list[PrunedAggregate], bool]:
+    """The aggregates of a ``migrate prune --backup-file`` file, in memory, and whether its
+    last frame was cut short (ignored: prune deletes only what a complete frame holds). For a
+    small file: the restore streams it (:func:`survey_pruned`, :func:`pruned_aggregates`)."""
+    survey = survey_pruned(path, app)
+    return list(pruned_aggregates(path, app, survey)), survey.cut_short
 
 
 # --- Redis -----------------------------------------------------------------------------------
@@ -273,9 +430,13 @@ def restore_pruned(
     batch's ``"fields"`` and ``"lists"`` (for tests of an interrupted run)."""
     started = time.monotonic()
     summary = RestorePrunedSummary(dry_run=opts.dry_run, backup_file=str(path))
-    aggregates, summary.backup_cut_short = read_pruned(path, opts.app)
-    summary.aggregates = len(aggregates)
-    summary.events = sum(len(a.commit_ids) for a in aggregates)
+    # Two passes over the file, each holding little of it: all checks first (nothing is
+    # written when one fails), then the restore, batch by batch as the file is read.
+    survey = survey_pruned(path, opts.app)
+    summary.backup_cut_short = survey.cut_short
+    summary.aggregates = len(survey.lengths)
+    summary.events = sum(survey.lengths.values())
+    aggregates = pruned_aggregates(path, opts.app, survey)
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
         lock = AdvisoryLock(
@@ -295,7 +456,7 @@ def restore_pruned(
     return summary
 
 
-def _batches(aggregates: list[PrunedAggregate], size: int) -> Iterator[list[PrunedAggregate]]:
+def _batches(aggregates: Iterable[PrunedAggregate], size: int) -> Iterator[list[PrunedAggregate]]:
     batch: list[PrunedAggregate] = []
     events = 0
     for aggregate in aggregates:

@@ -4,6 +4,7 @@ content in Redis is reported, never overwritten (real Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ from test_migrate_prune import (
     without_events,
 )
 
-from esctl import prune, redisio
+from esctl import layout, prune, redisio
+from esctl.backupfile import BackupWriter
 from esctl.errors import UsageError
 from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.restore_pruned import (
@@ -332,6 +334,78 @@ def test_a_cut_short_last_frame_is_ignored(scenario: Scenario, tmp_path: Path) -
         (tmp_path / "junk").write_bytes(b"junk")
         read_pruned(tmp_path / "junk", s.app)
     assert {field_bytes(d, "app") for d in read_backup(path)} == {s.app.encode()}
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+
+def write_backup(path: Path, app: str, aggregates: int, per_aggregate: int = 10) -> int:
+    """A prune backup of ``aggregates`` aggregates, 100 per frame, as prune writes it (the
+    Redis state to match: none of them present); its number of events."""
+    writer = BackupWriter(path, option="--backup-file", nothing_done="")
+    prefix = layout.commit_list_prefix(app)
+    for first in range(0, aggregates, 100):
+        lines = []
+        for number in range(first, min(first + 100, aggregates)):
+            aggregate_id = f"{number:08d}-0000-4000-8000-000000000000"
+            for index in range(per_aggregate):
+                commit_id = f"{number:08d}-{index:04d}-4000-8000-000000000000"
+                part = layout.partition(commit_id)
+                lines.append(
+                    {
+                        "app": app,
+                        "aggregate_id": aggregate_id,
+                        "list_key": prefix + aggregate_id,
+                        "index": index,
+                        "list_length": per_aggregate,
+                        "commit_id": commit_id,
+                        "hash_key": layout.event_hash_key_for_partition(app, part),
+                        "version": 1,
+                        "value": f'{{"n":{number},"i":{index},"pad":"{commit_id * 3}"}}',
+                    }
+                )
+        writer.write_frame(lines)
+    writer.close()
+    return aggregates * per_aggregate
+
+
+def peak_rss_kib(s: Scenario, path: Path) -> int:
+    """Run `migrate restore-pruned PATH` as a child of its own; its peak RSS (KiB)."""
+    with (path.parent / f"{path.name}.out").open("w+b") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "esctl", "migrate", "restore-pruned", str(path), "--yes",
+             "--json", "--app", s.app, "--redis-url", s.url, "--pg-dsn", s.dsn],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=cli_env(), cwd=path.parent,
+        )  # fmt: skip
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        output = out.read()
+    assert child.returncode == 0, output
+    assert orjson.loads(output)["events_restored"] > 0
+    return usage.ru_maxrss
+
+
+def test_the_restores_memory_does_not_grow_with_the_backup(
+    redis_client: Any, redis_test_url: str, pg_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    s = Scenario.__new__(Scenario)  # no store: the backups' aggregates are all absent
+    s.app, s.url, s.dsn = app_name, redis_test_url, pg_dsn
+    small, large = tmp_path / "small.jsonl.zst", tmp_path / "large.jsonl.zst"
+    assert write_backup(small, app_name, 2_000) == 20_000
+    assert write_backup(large, app_name, 20_000) == 200_000
+
+    small_kib = peak_rss_kib(s, small)
+    redis_client.flushdb()
+    large_kib = peak_rss_kib(s, large)
+
+    assert (
+        redis_client.llen(
+            layout.commit_list_prefix(app_name) + "00019999-0000-4000-8000-000000000000"
+        )
+        == 10
+    )
+    assert large_kib <= small_kib * 1.25, (small_kib, large_kib)
 
 
 # --- Redis Cluster ---------------------------------------------------------------------------
