@@ -6,17 +6,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import zstandard
 
-from esctl.errors import EsctlError, Refused
+from esctl.errors import EsctlError, NotFound, Refused, UsageError
 
 ZSTD_LEVEL = 3
 _LINES_PER_WRITE = 1000
+READ_BYTES = 1 << 20
+"""Bytes of a backup file read at a time: :func:`read_lines` streams it, frame by frame."""
 
 
 class BackupWriter:
@@ -103,3 +105,55 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_lines(source: Path, *, kind: str, written_by: str) -> Iterator[bytes | int | None]:
+    """The lines of a backup file (bytes, blank ones left out) as they are decompressed;
+    after each complete frame, the number of complete frames so far; None when the last frame
+    is cut short (then nothing more: a reader keeps a frame's lines only once its number
+    comes). Reads :data:`READ_BYTES` at a time, so memory does not grow with the file or a
+    frame. NotFound when the file cannot be read; UsageError when its first frame is not zstd
+    (``kind``: what the file should be, ``an esctl queue backup``; ``written_by``: the
+    command that writes such files, for the hint)."""
+    try:
+        handle = source.open("rb")
+    except OSError as exc:
+        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
+    with handle:
+
+        def more() -> bytes:
+            try:
+                return handle.read(READ_BYTES)
+            except OSError as exc:
+                raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
+
+        frames = 0
+        data = more()
+        while data:
+            obj = zstandard.ZstdDecompressor().decompressobj()
+            pending = b""
+            while True:
+                try:
+                    out = obj.decompress(data)
+                except zstandard.ZstdError as exc:
+                    if frames == 0:
+                        raise UsageError(
+                            f"{source} is not {kind} (zstd: {exc})",
+                            hint=f"pass a file written by `{written_by}`",
+                        ) from None
+                    yield None
+                    return
+                if out:
+                    *lines, pending = (pending + out).split(b"\n")
+                    yield from (line for line in lines if line.strip())
+                if obj.eof:
+                    data = obj.unused_data or more()
+                    break
+                data = more()
+                if not data:
+                    yield None
+                    return
+            if pending.strip():
+                yield pending
+            frames += 1
+            yield frames

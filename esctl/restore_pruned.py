@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import zstandard
 
 from esctl import layout, pg, redisio
+from esctl.backupfile import read_lines
 from esctl.documents import document
-from esctl.errors import EsctlError, NotFound, ServerError, UsageError
+from esctl.errors import EsctlError, ServerError, UsageError
 from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.problems import ProblemTally
 
@@ -64,6 +64,8 @@ return 2
 
 # The script's answers, and what classify_list (its dry-run twin) returns.
 WRITTEN, ALREADY, PUT_IN_FRONT, OVERLAPS, NOT_A_LIST = 1, 0, 2, -1, -2
+
+WRITTEN_BY = "esctl migrate prune --backup-file"
 
 BATCH_EVENTS = 5000
 """Events per batch: one pipelined round of reads, of field writes and of list scripts."""
@@ -131,10 +133,6 @@ class RestorePrunedSummary:
 # --- the backup file -------------------------------------------------------------------------
 
 
-READ_BYTES = 1 << 20
-"""Bytes of the file read at a time: the restore streams it, frame by frame, in two passes."""
-
-
 def _bytes(line: dict[str, Any], name: str) -> bytes:
     if name in line:
         return str(line[name]).encode("utf-8")
@@ -192,54 +190,6 @@ class BackupSurvey:
             else:
                 self.open[key] = (length, seen)
                 self.lengths.pop(key, None)
-
-
-def _read(source: Path) -> Iterator[bytes | int | None]:
-    """The file's lines (bytes) as they are decompressed; after each complete frame, the
-    number of complete frames so far; None when the last frame is cut short (then nothing
-    more). Reads ``READ_BYTES`` at a time: memory does not grow with the file or a frame."""
-    try:
-        handle = source.open("rb")
-    except OSError as exc:
-        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
-    with handle:
-
-        def more() -> bytes:
-            try:
-                return handle.read(READ_BYTES)
-            except OSError as exc:
-                raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
-
-        frames = 0
-        data = more()
-        while data:
-            obj = zstandard.ZstdDecompressor().decompressobj()
-            pending = b""
-            while True:
-                try:
-                    out = obj.decompress(data)
-                except zstandard.ZstdError as exc:
-                    if frames == 0:
-                        raise UsageError(
-                            f"{source} is not an esctl prune backup (zstd: {exc})",
-                            hint="pass a file written by `esctl migrate prune --backup-file`",
-                        ) from None
-                    yield None
-                    return
-                if out:
-                    *lines, pending = (pending + out).split(b"\n")
-                    yield from (line for line in lines if line.strip())
-                if obj.eof:
-                    data = obj.unused_data or more()
-                    break
-                data = more()
-                if not data:
-                    yield None
-                    return
-            if pending.strip():
-                yield pending
-            frames += 1
-            yield frames
 
 
 def _parse(
@@ -311,7 +261,7 @@ def survey_pruned(path: str | Path, app: str) -> BackupSurvey:
     frame: dict[bytes, list[int]] = {}  # this frame's aggregates: [length, seen, copies]
     failed: UsageError | None = None
     number = 0
-    for item in _read(source):
+    for item in read_lines(source, kind="an esctl prune backup", written_by=WRITTEN_BY):
         if item is None:
             survey.cut_short = True
             break
@@ -349,7 +299,11 @@ def pruned_aggregates(
     building: dict[bytes, PrunedAggregate] = {}
     number = 0
     frames = 0
-    for item in _read(source) if survey.frames else ():
+    for item in (
+        read_lines(source, kind="an esctl prune backup", written_by=WRITTEN_BY)
+        if survey.frames
+        else ()
+    ):
         if item is None:
             break
         if isinstance(item, int):

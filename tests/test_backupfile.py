@@ -12,8 +12,9 @@ import orjson
 import pytest
 import zstandard
 
+from esctl import backupfile
 from esctl.backupfile import BackupWriter
-from esctl.errors import EsctlError, Refused
+from esctl.errors import EsctlError, NotFound, Refused, UsageError
 
 
 def frames(data: bytes) -> Iterator[bytes]:
@@ -77,3 +78,30 @@ def test_a_missing_folder_names_the_path_and_what_was_not_done(tmp_path: Path) -
     assert not isinstance(caught.value, Refused)
     assert caught.value.message.startswith(f"cannot create the backup file {path}: ")
     assert caught.value.message.endswith("; nothing was drained")
+
+
+def test_read_lines_streams_whole_frames_and_stops_at_a_cut_short_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines come as they are decompressed, a frame's number after its last line; a value
+    longer than a read, and a frame streamed in parts, come back whole; a cut-short last
+    frame ends the reading with None (its lines are the reader's to drop)."""
+    monkeypatch.setattr(backupfile, "READ_BYTES", 7)  # many reads per line and per frame
+    path = tmp_path / "b.jsonl.zst"
+    w = writer(path)
+    w.write_frame([{"n": 1, "v": "x" * 300}, {"n": 2}])
+    w.write_frame({"n": n} for n in range(3, 2600))  # streamed: more than one write's lines
+    w.close()
+    items = list(backupfile.read_lines(path, kind="a test backup", written_by="the test"))
+    assert [orjson.loads(i)["n"] for i in items if isinstance(i, bytes)] == list(range(1, 2600))
+    assert [i for i in items if not isinstance(i, bytes)] == [1, 2]
+    assert items[2] == 1 and items[-1] == 2
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-5])  # the last frame cut short
+    cut = list(backupfile.read_lines(path, kind="a test backup", written_by="the test"))
+    assert 1 in cut and 2 not in cut and cut[-1] is None
+    path.write_bytes(b"not zstd at all")
+    with pytest.raises(UsageError, match=r"is not a test backup \(zstd: .*"):
+        list(backupfile.read_lines(path, kind="a test backup", written_by="the test"))
+    with pytest.raises(NotFound, match="cannot read the backup file"):
+        list(backupfile.read_lines(tmp_path / "missing", kind="a", written_by="b"))

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import zstandard
 
 from esctl import __version__, redisio
-from esctl.backupfile import BackupWriter
-from esctl.errors import EsctlError, NotFound, UsageError
+from esctl.backupfile import BackupWriter, read_lines
+from esctl.errors import EsctlError, UsageError
 from esctl.queues.refs import QueueRef
 
 BACKUP_FORMAT = "esctl-queue-backup"
@@ -158,11 +157,7 @@ def read_backup(path: str | Path) -> Backup:
     appending an outcome) is ignored; a file whose first frame is incomplete was never used to
     drain."""
     source = Path(path)
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
-    lines, frames, truncated = _read_frames(source, data)
+    lines, frames, truncated = _read_frames(source)
     if frames == 0 or not lines or lines[0].get("format") != BACKUP_FORMAT:
         raise UsageError(
             f"{source} is not a complete esctl queue backup"
@@ -224,32 +219,24 @@ def settle_outcomes(client: redisio.RedisClient, backup: Backup) -> bool:
     return True
 
 
-def _read_frames(source: Path, data: bytes) -> tuple[list[dict[str, Any]], int, bool]:
+def _read_frames(source: Path) -> tuple[list[dict[str, Any]], int, bool]:
     """The JSON lines of every complete zstd frame, how many frames, and whether a frame was cut
     short (UsageError when the first frame is not zstd at all)."""
     lines: list[dict[str, Any]] = []
+    frame: list[bytes] = []
     frames = 0
-    truncated = False
-    decompressor = zstandard.ZstdDecompressor()
-    while data:
-        obj = decompressor.decompressobj()
-        try:
-            chunk = obj.decompress(data)
-        except zstandard.ZstdError as exc:
-            if frames == 0:
-                raise UsageError(
-                    f"{source} is not an esctl queue backup (zstd: {exc})",
-                    hint="pass a file written by `esctl queue drain --to-file`",
-                ) from None
-            truncated = True
-            break
-        if not obj.eof:
-            truncated = True
-            break
-        frames += 1
-        try:
-            lines.extend(orjson.loads(line) for line in chunk.splitlines() if line.strip())
-        except orjson.JSONDecodeError as exc:
-            raise UsageError(f"{source} holds a line that is not JSON: {exc}") from None
-        data = obj.unused_data
-    return lines, frames, truncated
+    for item in read_lines(
+        source, kind="an esctl queue backup", written_by="esctl queue drain --to-file"
+    ):
+        if item is None:
+            return lines, frames, True
+        if isinstance(item, int):
+            frames = item
+            try:
+                lines.extend(orjson.loads(line) for line in frame)
+            except orjson.JSONDecodeError as exc:
+                raise UsageError(f"{source} holds a line that is not JSON: {exc}") from None
+            frame = []
+        else:
+            frame.append(item)
+    return lines, frames, False
