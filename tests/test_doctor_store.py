@@ -13,7 +13,7 @@ import orjson
 import redis
 
 from esctl import compress, doctor, layout, redisio
-from esctl.cli import output
+from esctl.cli import wrapping
 from esctl.doctor import DoctorOptions, DoctorReport
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -188,7 +188,7 @@ def test_the_commands_doctor_suggests_survive_a_shell(
     report = run(redis_test_url, env=env_name, now=T0)
     for check, verb in (("queues.stuck", "requeue"), ("queues.dead_letters", "peek")):
         action = report.check(check).action or ""
-        quoted = [m[0][1:-1] for m in output._QUOTED.finditer(action)]
+        quoted = [m[0][1:-1] for m in wrapping.QUOTED_COMMAND.finditer(action)]
         [args] = [q for q in quoted if q.startswith(f"esctl queue {verb} {sub} ")]  # not SUB TYPE
         shell = subprocess.run(  # the words a shell makes of the pasted command
             ["bash", "-c", "printf '%s\\n' " + args], capture_output=True, text=True, check=False

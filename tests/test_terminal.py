@@ -43,7 +43,7 @@ from terminal import (
 )
 
 from esctl import demo, servers
-from esctl.cli import demo_tour, output
+from esctl.cli import demo_tour, output, wrapping
 from esctl.cli.app import app
 
 # --- the demo tour -------------------------------------------------------------------------
@@ -712,24 +712,24 @@ def test_a_summary_s_problems_on_a_terminal_keep_their_keys_whole(
 
 def test_break_line_keeps_words_and_ids_whole() -> None:
     key = "{EventStore:Learning.ScoringService.Web-Demo}:79a5fd62-1b75-4b20-bbde-a8c3d375eff1"
-    assert output.break_line(key, 100) == [key]
-    assert output.break_line(key, 60) == [
+    assert wrapping.break_line(key, 100) == [key]
+    assert wrapping.break_line(key, 60) == [
         "{EventStore:Learning.ScoringService.Web-Demo}:",
         "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
     ]
     # Too narrow for the braced part: it is broken after its own ":" too.
-    assert output.break_line(key, 40) == [
+    assert wrapping.break_line(key, 40) == [
         "{EventStore:",
         "Learning.ScoringService.Web-Demo}:",
         "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
     ]
-    assert output.break_line(f"yes, entry 0 of {key}", 60) == [
+    assert wrapping.break_line(f"yes, entry 0 of {key}", 60) == [
         "yes, entry 0 of",
         "{EventStore:Learning.ScoringService.Web-Demo}:",
         "79a5fd62-1b75-4b20-bbde-a8c3d375eff1",
     ]
     # No ":" to break at: left whole, to fold.
-    assert output.break_line("41cbcc3a-0fdf-4cc6-ab8a-25fccda79077", 20) == [
+    assert wrapping.break_line("41cbcc3a-0fdf-4cc6-ab8a-25fccda79077", 20) == [
         "41cbcc3a-0fdf-4cc6-ab8a-25fccda79077"
     ]
 
@@ -738,39 +738,39 @@ def test_break_line_keeps_a_number_and_its_unit_together() -> None:
     """Wrapped at words, but never between a number and its unit, nor between the two parts
     of a duration as format_duration writes it; other words after a number wrap as before."""
     why = "a spike in the last 24 h is a warning."
-    assert output.break_line(why, 22) == ["a spike in the last", "24 h is a warning."]
-    assert output.break_line("legacy hash 16.8 KiB (0.99%)", 16) == [
+    assert wrapping.break_line(why, 22) == ["a spike in the last", "24 h is a warning."]
+    assert wrapping.break_line("legacy hash 16.8 KiB (0.99%)", 16) == [
         "legacy hash",
         "16.8 KiB (0.99%)",
     ]
-    assert output.break_line("writes at risk (up to ~30 s lost)", 20) == [
+    assert wrapping.break_line("writes at risk (up to ~30 s lost)", 20) == [
         "writes at risk (up",
         "to ~30 s lost)",
     ]
-    assert output.break_line("SELECT 1 in 0.44 ms (connect 3 ms), no SSL", 31) == [
+    assert wrapping.break_line("SELECT 1 in 0.44 ms (connect 3 ms), no SSL", 31) == [
         "SELECT 1 in 0.44 ms (connect",
         "3 ms), no SSL",
     ]
-    assert output.break_line("plain over 1,000 bytes", 15) == ["plain over", "1,000 bytes"]
-    assert output.break_line("at least 1h 0m old", 11) == ["at least", "1h 0m old"]
-    assert output.break_line("1 processing, oldest 1d 2h old", 23) == [
+    assert wrapping.break_line("plain over 1,000 bytes", 15) == ["plain over", "1,000 bytes"]
+    assert wrapping.break_line("at least 1h 0m old", 11) == ["at least", "1h 0m old"]
+    assert wrapping.break_line("1 processing, oldest 1d 2h old", 23) == [
         "1 processing, oldest",
         "1d 2h old",
     ]
     # A number before any other word is a word like the others.
-    assert output.break_line("holds 3 queue(s) with 2 dead", 7) == [
+    assert wrapping.break_line("holds 3 queue(s) with 2 dead", 7) == [
         "holds 3",
         "queue(s)",
         "with 2",
         "dead",
     ]
-    assert quantity_splits(output.break_line(why, 22)) == []
+    assert quantity_splits(wrapping.break_line(why, 22)) == []
     assert quantity_splits(["a spike in the last 24", "h is a warning."]) != []
 
 
 def test_a_url_is_not_cut_between_its_scheme_and_its_slashes() -> None:
     dsn = "postgresql://someone_with_a_long_name@db.internal.example.com:5432/events"
-    assert output.break_line(f"cannot connect to {dsn}: refused", 60) == [
+    assert wrapping.break_line(f"cannot connect to {dsn}: refused", 60) == [
         "cannot connect to",
         "postgresql://someone_with_a_long_name@db.internal.example.com:",
         "5432/events:",
@@ -782,7 +782,7 @@ def test_a_server_message_s_tab_counts_as_the_indent_it_shows() -> None:
     """PostgreSQL indents its detail line with a tab, which a terminal shows up to 8 columns
     wide: a line the wrapper measured with it as one cell was folded mid-word."""
     text = "connection failed\n\tIs the server running on that host and accepting TCP/IP conn?"
-    lines = output.hang("error: ", text, 80)
+    lines = wrapping.hang("error: ", text, 80)
     assert lines[1].startswith("           Is the server")
     assert all(len(line.expandtabs()) <= 80 for line in lines)
 
@@ -791,11 +791,11 @@ def test_break_line_keeps_a_quoted_command_whole() -> None:
     """A command quoted in backticks is one word to the wrapper (a paste of it runs whole); a
     lone backtick (a generic type's name) is not a quote."""
     warning = "2 event(s) could not be read; `esctl inspect integrity` lists them"
-    assert output.break_line(warning, 40) == [
+    assert wrapping.break_line(warning, 40) == [
         "2 event(s) could not be read;",
         "`esctl inspect integrity` lists them",
     ]
-    assert output.break_line("queue Envelope`1 of Learning.Reporting", 20) == [
+    assert wrapping.break_line("queue Envelope`1 of Learning.Reporting", 20) == [
         "queue Envelope`1 of",
         "Learning.Reporting",
     ]
@@ -805,19 +805,19 @@ def test_break_line_keeps_a_quoted_command_whole_in_brackets_and_with_a_generic_
     """A quoted command after "(" is one word too, and a generic type's backtick inside one
     (`` 'Envelope`1' ``, a name quoted for a shell) neither ends nor starts a quote."""
     hint = "fix it (`redis-cli --cluster fix HOST:PORT`), then rerun"
-    assert output.break_line(hint, 30) == [
+    assert wrapping.break_line(hint, 30) == [
         "fix it",
         "(`redis-cli --cluster fix HOST:PORT`),",
         "then rerun",
     ]
     peek = "see why: `esctl queue peek Learning.Reporting 'Envelope`1' --list dead`; after a fix"
-    assert output.break_line(peek, 40) == [
+    assert wrapping.break_line(peek, 40) == [
         "see why:",
         "`esctl queue peek Learning.Reporting 'Envelope`1' --list dead`;",
         "after a fix",
     ]
     two = "`esctl compress --dry-run`, then `esctl compress --yes`"
-    assert output.break_line(two, 30) == [
+    assert wrapping.break_line(two, 30) == [
         "`esctl compress --dry-run`,",
         "then `esctl compress --yes`",
     ]
@@ -924,7 +924,7 @@ def test_break_command_keeps_every_tour_command_as_bash_reads_it(
     than the width only where one word is."""
     summary = demo.write_demo_store(redis_client, app=app_name, env=env_name)
     commands = [step.command for step in demo_tour.tour(summary)]
-    broken = ["\n".join(output.break_command(c, width)) for c in commands]
+    broken = ["\n".join(wrapping.break_command(c, width)) for c in commands]
     assert bash_forms(broken) == bash_forms(commands)
     for text in broken:
         assert text.count("\n") == text.count(" \\\n")  # every row but the last continues
@@ -1364,7 +1364,7 @@ def folded_mid_word(screen: Screen) -> list[str]:
     return [
         line
         for line in screen.folded
-        if not output._QUOTED.fullmatch(line.strip().lstrip("(").rstrip("),.;:"))
+        if not wrapping.QUOTED_COMMAND.fullmatch(line.strip().lstrip("(").rstrip("),.;:"))
     ]
 
 
@@ -1379,7 +1379,10 @@ def hint_blocks(screen: Screen, head: str, first: str) -> list[list[str]]:
             continue
         block = [line]
         for after in screen.written[i + 1 :]:
-            if not (after.startswith(" " * len(head)) or output._QUOTED.match(after.lstrip("("))):
+            if not (
+                after.startswith(" " * len(head))
+                or wrapping.QUOTED_COMMAND.match(after.lstrip("("))
+            ):
                 break
             block.append(after)
         blocks.append(block)
@@ -1401,11 +1404,11 @@ def hint_problems(screen: Screen, head: str, text: str) -> list[str]:
         return [f"the words of {text!r} are not all there in order: {blocks}"]
     found = []
     for line in block:
-        if len(line) > screen.cols and not output._QUOTED.fullmatch(
+        if len(line) > screen.cols and not wrapping.QUOTED_COMMAND.fullmatch(
             line.strip().lstrip("(").rstrip("),.;:")
         ):
             found.append(f"folded mid-word: {line!r}")
-    for command in (m[0] for m in output._QUOTED.finditer(text)):
+    for command in (m[0] for m in wrapping.QUOTED_COMMAND.finditer(text)):
         if not any(command in line for line in block):
             found.append(f"{command} broken over lines")
         elif len(command) <= screen.cols and not any(command in row for row in screen.rows):

@@ -221,7 +221,7 @@ def _status_renderable(
     """The --watch screen: the table and its notes as one rich renderable, laid out for
     ``width`` as the table and notes without --watch are (the table fitted by
     :func:`~esctl.cli.output.fit_table`, lines wrapped by
-    :func:`~esctl.cli.output.break_line`): the console soft-wraps, which a live display
+    :func:`~esctl.cli.wrapping.break_line`): the console soft-wraps, which a live display
     would crop."""
     from rich.console import Group
     from rich.text import Text
