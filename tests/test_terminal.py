@@ -1160,7 +1160,13 @@ def test_migrate_status_on_80_columns_keeps_statuses_lags_and_notes_whole(
     screen = run_on_terminal([*ESCTL, "migrate", "status", "--lag"], env=env)
     assert_reads_well(screen)
     found = status_problems(screen, document)
-    found += [f"folded by the terminal: {line!r}" for line in screen.folded]
+    # A command wider than the terminal (the quarantine query, when the killed run had
+    # quarantined aggregates) is on a row of its own, whole: the terminal folds it, esctl not.
+    found += [
+        f"folded by the terminal: {line!r}"
+        for line in screen.folded
+        if not wrapping.QUOTED_COMMAND.fullmatch(line.strip())
+    ]
     assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
     assert "(left out at this terminal width: started)" in screen.rows
 
