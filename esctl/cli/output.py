@@ -118,9 +118,10 @@ def emit_table(
     names = [str(c) for c in columns]
     cells = [[format_cell(v) for v in row] for row in rows]
     terminal = _writes_to_terminal(console)
-    specs = _specs(names, cells, show_header=show_header, payload=payload)
-    droppable = [names.index(name) for name in reversed(optional) if name in names]
-    shown, widths = _fit(specs, droppable, console.width if terminal else None)
+    fitted = _Fitted.of(
+        names, cells, console.width if terminal else None, payload, optional, show_header
+    )
+    specs, shown, widths = fitted.specs, fitted.shown, fitted.widths
     if terminal and beneath in names:
         at = names.index(beneath)
         if at not in shown or widths[shown.index(at)] < specs[at].content:
@@ -132,13 +133,11 @@ def emit_table(
     if terminal and records and folds_tokens([specs[i] for i in shown], widths):
         _emit_records(console, names, cells, title, payload)
         return
-    left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
     table = _rich_table(names, cells, specs, shown, widths, show_header=show_header)
     _print_title(console, title)
     if terminal:
         console.print(table)
-        if left_out:
-            info(left_out_note(left_out))
+        fitted.note_left_out()
         return
     # As wide as the table, whatever the console's width (80 when it cannot tell), and without
     # the padding rich adds after the last column.
@@ -163,11 +162,8 @@ def fit_table(
     screen), and the names of the columns left out (:func:`left_out_note`)."""
     names = [str(c) for c in columns]
     cells = [[format_cell(v) for v in row] for row in rows]
-    specs = _specs(names, cells, payload=payload)
-    droppable = [names.index(name) for name in reversed(optional) if name in names]
-    shown, widths = _fit(specs, droppable, width)
-    left_out = [names[i] for i in sorted(set(range(len(names))) - set(shown))]
-    return _rich_table(names, cells, specs, shown, widths), left_out
+    fitted = _Fitted.of(names, cells, width, payload, optional)
+    return fitted.table(fitted.cells), fitted.left_out
 
 
 def left_out_note(left_out: Sequence[str]) -> str:
@@ -276,33 +272,26 @@ def _emit_beneath(
     columns fitted as a table without it, then each line of its value wrapped at words to
     the width right of the first column's rule (``  │ Npgsql.PostgresException …``), all of
     the value shown; its name goes under the other columns' names the same way."""
-    rest = [i for i in range(len(names)) if i != beneath]
-    rest_names = [names[i] for i in rest]
-    rest_cells = [[row[i] for i in rest if i < len(row)] for row in cells]
-    specs = _specs(rest_names, rest_cells, show_header=show_header, payload=payload)
-    droppable = [rest_names.index(n) for n in reversed(optional) if n in rest_names]
-    shown, widths = _fit(specs, droppable, console.width)
-    margin = " " * widths[0] + " │ "
+    rest = _Fitted.of(names, cells, console.width, payload, optional, show_header, without=beneath)
+    margin = " " * rest.widths[0] + " │ "
     text_width = max(console.width - cell_len(margin), 20)
     _print_title(console, title)
     if show_header:
         # The column's name under the others' (``  ┃ last exception``), above the rule.
         with console.capture() as capture:
-            console.print(_rich_table(rest_names, [], specs, shown, widths))
+            console.print(rest.table([]))
         *head, rule = capture.get().splitlines()
-        name = " " * widths[0] + " ┃ " + names[beneath]
+        name = " " * rest.widths[0] + " ┃ " + names[beneath]
         console.file.write("".join(line + "\n" for line in head))
         console.print(Text(name, style="table.header"))
         console.file.write(rule + "\n")
-    for row, rest_row in zip(cells, rest_cells, strict=True):
-        console.print(_rich_table(rest_names, [rest_row], specs, shown, widths, show_header=False))
+    for row, rest_row in zip(cells, rest.cells, strict=True):
+        console.print(rest.table([rest_row], show_header=False))
         value = row[beneath] if beneath < len(row) else ""
         for line in value.splitlines():
             for piece in break_line(line, text_width):
                 console.print(Text(margin + piece))
-    left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
-    if left_out:
-        info(left_out_note(left_out))
+    rest.note_left_out()
 
 
 def _emit_grouped(
@@ -316,23 +305,63 @@ def _emit_grouped(
 ) -> None:
     """:func:`emit_table` on a terminal, one table per value of column ``group`` (in sorted
     order; rows keep theirs), its columns fitted once for all of them."""
-    rest = [i for i in range(len(names)) if i != group]
-    rest_names = [names[i] for i in rest]
-    rest_cells = [[row[i] for i in rest if i < len(row)] for row in cells]
-    specs = _specs(rest_names, rest_cells, payload=payload)
-    droppable = [rest_names.index(n) for n in reversed(optional) if n in rest_names]
-    shown, widths = _fit(specs, droppable, console.width)
+    rest = _Fitted.of(names, cells, console.width, payload, optional, without=group)
     groups: dict[str, list[list[str]]] = {}
-    for row, rest_row in zip(cells, rest_cells, strict=True):
+    for row, rest_row in zip(cells, rest.cells, strict=True):
         groups.setdefault(row[group], []).append(rest_row)
     _print_title(console, title)
     for value in sorted(groups):
         console.print()
         _print_heading(console, names[group], value)
-        console.print(_rich_table(rest_names, groups[value], specs, shown, widths))
-    left_out = [rest_names[i] for i in sorted(set(range(len(rest_names))) - set(shown))]
-    if left_out:
-        info(left_out_note(left_out))
+        console.print(rest.table(groups[value]))
+    rest.note_left_out()
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """A table's columns fitted to a width (:func:`_fit`): what :func:`emit_table`'s layouts
+    and :func:`fit_table` share. ``without``: a column taken out first (the ``group`` one, or
+    the one shown ``beneath`` the rows); ``names`` and ``cells`` are then the others'."""
+
+    names: list[str]
+    cells: list[list[str]]
+    specs: list[ColumnSpec]
+    shown: list[int]
+    widths: list[int]
+
+    @classmethod
+    def of(
+        cls,
+        names: Sequence[str],
+        cells: Sequence[Sequence[str]],
+        width: int | None,
+        payload: Collection[str],
+        optional: Sequence[str],
+        show_header: bool = True,
+        *,
+        without: int | None = None,
+    ) -> _Fitted:
+        kept = [i for i in range(len(names)) if i != without]
+        kept_names = [names[i] for i in kept]
+        kept_cells = [[row[i] for i in kept if i < len(row)] for row in cells]
+        specs = _specs(kept_names, kept_cells, show_header=show_header, payload=payload)
+        droppable = [kept_names.index(n) for n in reversed(optional) if n in kept_names]
+        shown, widths = _fit(specs, droppable, width)
+        return cls(kept_names, kept_cells, specs, shown, widths)
+
+    @property
+    def left_out(self) -> list[str]:
+        return [self.names[i] for i in sorted(set(range(len(self.names))) - set(self.shown))]
+
+    def note_left_out(self) -> None:
+        """The :func:`left_out_note` on stderr, when a column was left out."""
+        if self.left_out:
+            info(left_out_note(self.left_out))
+
+    def table(self, cells: Sequence[Sequence[str]], *, show_header: bool = True) -> Table:
+        return _rich_table(
+            self.names, cells, self.specs, self.shown, self.widths, show_header=show_header
+        )
 
 
 _COLUMN_GAP = 3
