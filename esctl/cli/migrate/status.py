@@ -226,7 +226,8 @@ def _status_renderable(
     from rich.console import Group
     from rich.text import Text
 
-    from esctl.cli.output import break_line, fit_table, left_out_note
+    from esctl.cli.output import fit_table, left_out_note
+    from esctl.cli.wrapping import break_line
 
     table, left_out = fit_table(*_status_table(report), width, optional=_STATUS_OPTIONAL)
     stamp = report.checked_at.strftime("%H:%M:%S UTC")
