@@ -449,9 +449,9 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
             )
         else:
             message += "it and the rest were not"
-        cause = "fix the cause"
-        if "'maxmemory'" in str(stopped["error"]):  # OOM (redis-py drops that word)
-            cause = "Redis is at its maxmemory: free memory or raise maxmemory (`esctl doctor`)"
+        from esctl import redisio  # the driver loads when a command runs, not at start-up
+
+        cause = redisio.OOM_CAUSE if redisio.is_oom(stopped["error"]) else "fix the cause"
         hint = f"{cause}, then replay the rest (e.g. with --since or --aggregate)"
     elif stopped.get("kind") == "lock_lost":
         n = summary.notifications

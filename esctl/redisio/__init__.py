@@ -7,6 +7,7 @@ Design: docs/design/redisio.md.
 """
 
 from esctl.redisio.client import (
+    OOM_CAUSE,
     OOM_HINT,
     PIPELINE_CHUNK,
     REDIS_ERRORS,
@@ -57,6 +58,7 @@ from esctl.redisio.scan import (
 )
 
 __all__ = [
+    "OOM_CAUSE",
     "OOM_HINT",
     "PIPELINE_CHUNK",
     "REDIS_ERRORS",

@@ -287,18 +287,19 @@ def permission_denied(
     )
 
 
-OOM_HINT = (
-    "Redis is at its maxmemory and refuses writes: free memory or raise maxmemory "
-    "(`esctl doctor` shows the headroom), then rerun"
+OOM_CAUSE = (
+    "Redis is at its maxmemory: free memory or raise maxmemory (`esctl doctor` shows the headroom)"
 )
 """What to do about an OOM answer (Redis over maxmemory with the noeviction policy)."""
+OOM_HINT = f"{OOM_CAUSE}, then rerun"
 
 
 def is_oom(reply: object) -> bool:
-    """Whether an exception (or an error reply) is Redis refusing a write over maxmemory."""
-    # redis-py strips the OOM word off the text of the OutOfMemoryError it raises
+    """Whether an exception, an error reply or the text of one is Redis refusing a write over
+    maxmemory ("OOM command not allowed when used memory > 'maxmemory'."; redis-py strips
+    the OOM word off the text of the OutOfMemoryError it raises)."""
     return isinstance(reply, redis.exceptions.OutOfMemoryError) or (
-        isinstance(reply, Exception) and str(reply).startswith("OOM")
+        isinstance(reply, Exception | str) and "used memory > 'maxmemory'" in str(reply)
     )
 
 
