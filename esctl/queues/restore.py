@@ -266,16 +266,15 @@ def _restore_group(
         try:
             script(keys=[group.ref.lock_key, group.key, group.progress_key], args=args)
         except redisio.REDIS_ERRORS as exc:
-            reason: Exception = exc
-            if redisio.is_lost(exc) and _progress(client, group) == end:
-                restored += k  # it ran: Redis counted it with the batch, atomically
+            ran = redisio.is_lost(exc) and _progress(client, group) == end
+            if ran:  # Redis counted it with the batch, atomically
+                restored += k
                 start = end
-                reason = _RanBeforeLost(exc)
             denied = redisio.is_denied(exc)  # refused before any change (the script checks)
             if denied and not restored and not summary.restored:  # this run changed nothing
                 raise redisio.permission_denied(redisio.describe(client), exc) from exc
             summary.failed += total - start
-            detail = _stopped(reason, k, total - start, group.ref.lock_key, restored)
+            detail = _stopped(exc, k, total - start, group.ref.lock_key, restored, ran=ran)
             if denied:  # rules changed mid-run: the batches before it were restored
                 detail += f"; {refusal_hint(client, exc)}"
             summary.problems.append(problem("restore_failed", group.key, detail))
@@ -286,15 +285,6 @@ def _restore_group(
 
 
 _RERUN = "rerun the same restore to continue (progress is kept in Redis, nothing is restored twice)"
-
-
-class _RanBeforeLost(Exception):
-    """A batch's connection was lost after Redis ran it (its progress counter, read again on
-    a new connection, says so)."""
-
-    def __init__(self, lost: Exception) -> None:
-        super().__init__(str(lost))
-        self.lost = lost
 
 
 def _progress(client: redisio.RedisClient, group: _Group) -> int | None:
@@ -316,38 +306,39 @@ def _lost(reason: str, restored: int, failed: int) -> str:
     )
 
 
-def _stopped(exc: Exception, size: int, failed: int, lock_key: str, restored: int) -> str:
+def _stopped(
+    exc: Exception, size: int, failed: int, lock_key: str, restored: int, *, ran: bool = False
+) -> str:
     """What a restore stopped by ``exc`` during a batch of ``size`` says of the ``failed``
-    messages it did not restore (that batch and the ones after it; ``restored``: those of
-    the list it restored before)."""
-    rerun = _RERUN
-    if isinstance(exc, _RanBeforeLost):  # ``failed``: those after it
-        rest = (
-            "it was the last batch"
-            if not failed
-            else f"the {failed} message{'s' if failed > 1 else ''} after it "
-            f"{'were' if failed > 1 else 'was'} not sent"
-        )
+    messages it did not restore (that batch and the ones after it, or with ``ran`` only those
+    after it: the connection was lost after Redis ran the batch, as its progress counter read
+    again says; ``restored``: those of the list it restored before)."""
+    if ran:
         return (
-            f"lost the connection during a batch of {size} ({redact(str(exc.lost))}): it ran "
-            f"(Redis's progress counter, read again, says so; it is counted); {rest}; {rerun}"
+            f"lost the connection during a batch of {size} ({redact(str(exc))}): it ran "
+            f"(Redis's progress counter, read again, says so; it is counted); "
+            f"{_after(failed, 'sent')}; {_RERUN}"
         )
     if is_fenced(exc):  # the guard found the lock no longer this run's
         return _lost(lost_lock(key=lock_key, batch=f"{size}"), restored, failed)
     if not redisio.is_lost(exc):  # Redis's answer: the batch did not run (the guard)
         return (
             f"a batch of {size} failed ({failure_text(exc)}); {failed} messages not restored; "
-            + rerun
+            + _RERUN
         )
-    after = failed - size
-    rest = (
-        "it was the last batch"
-        if not after
-        else f"the {after} message{'s' if after > 1 else ''} after it "
-        f"{'were' if after > 1 else 'was'} not restored"
-    )
     return (
         f"lost the connection during a batch of {size} ({redact(str(exc))}): it may have run "
         f"(all of it or none; Redis's progress counter knows which, and could not be read "
-        f"again); {rest}; {rerun}"
+        f"again); {_after(failed - size, 'restored')}; {_RERUN}"
+    )
+
+
+def _after(messages: int, done: str) -> str:
+    """What became of the ``messages`` after the batch a restore stopped at (``done``:
+    ``sent``, ``restored``): none were."""
+    if not messages:
+        return "it was the last batch"
+    return (
+        f"the {messages} message{'s' if messages > 1 else ''} after it "
+        f"{'were' if messages > 1 else 'was'} not {done}"
     )
