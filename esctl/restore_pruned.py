@@ -336,14 +336,6 @@ def pruned_aggregates(
         )
 
 
-def read_pruned(path: str | Path, app: str) -> tuple[list[PrunedAggregate], bool]:
-    """The aggregates of a ``migrate prune --backup-file`` file, in memory, and whether its
-    last frame was cut short (ignored: prune deletes only what a complete frame holds). For a
-    small file: the restore streams it (:func:`survey_pruned`, :func:`pruned_aggregates`)."""
-    survey = survey_pruned(path, app)
-    return list(pruned_aggregates(path, app, survey)), survey.cut_short
-
-
 # --- Redis -----------------------------------------------------------------------------------
 
 

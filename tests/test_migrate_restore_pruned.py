@@ -35,13 +35,22 @@ from esctl.restore_pruned import (
     OVERLAPS,
     PUT_IN_FRONT,
     WRITTEN,
+    PrunedAggregate,
     RestorePrunedOptions,
     classify_list,
-    read_pruned,
+    pruned_aggregates,
     restore_pruned,
+    survey_pruned,
 )
 
 __all__ = ["redis_cluster", "scenario"]  # fixtures, imported for pytest
+
+
+def read_pruned(path: Path, app: str) -> tuple[list[PrunedAggregate], bool]:
+    """The aggregates of a prune backup as the restore reads them (both passes), and whether
+    its last frame was cut short."""
+    survey = survey_pruned(path, app)
+    return list(pruned_aggregates(path, app, survey)), survey.cut_short
 
 
 def pruned(s: Scenario, tmp_path: Path) -> Path:
