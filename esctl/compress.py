@@ -438,14 +438,14 @@ def compress(
         header = choose_gzip_header(client, opts.app, opts.families, opts.gzip_os)
         report(progress)  # holding the lock: the progress bar may be drawn now
 
+        check = lock.check if lock is not None else _no_check
+
         def write(candidates: list[Candidate]) -> None:
-            check = lock.check if lock is not None else _no_check
             _write(client, candidates, families, before_write, problem, tally, progress, check)
 
         try:
             _scan_and_write(client, opts, header.header, families, progress, report, problem, write)
-            if lock is not None:
-                lock.check()
+            check()
         except _Stop as stop:
             stopped = stop.stopped
             if stop.error is not None:
