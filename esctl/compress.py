@@ -278,6 +278,21 @@ class FamilyCounts:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def count(self, value: bytes, threshold: int) -> Kind:
+        """Count one value examined under the kind :func:`classify` gives it, and return it
+        (a plain value over the threshold is counted here; its bytes by the caller)."""
+        self.values_examined += 1
+        kind = classify(value, threshold)
+        if kind == "compressed":
+            self.already_compressed += 1
+        elif kind == "below_threshold":
+            self.below_threshold += 1
+        elif kind == "invalid_utf8":
+            self.invalid_utf8 += 1
+        else:
+            self.plain_over_threshold += 1
+        return kind
+
 
 @dataclass
 class CompressProgress:
@@ -532,16 +547,10 @@ def _candidate(
     """Field ``name`` of hash ``key`` as a value to compress (with ``header``), or None when
     it stays as it is (already compressed, below the threshold, or a problem); counted in
     ``counts``."""
-    counts.values_examined += 1
-    kind = classify(value, opts.threshold)
-    if kind == "compressed":
-        counts.already_compressed += 1
-        return None
-    if kind == "below_threshold":
-        counts.below_threshold += 1
+    kind = counts.count(value, opts.threshold)
+    if kind == "compressed" or kind == "below_threshold":
         return None
     if kind == "invalid_utf8":
-        counts.invalid_utf8 += 1
         problem(
             "invalid_utf8",
             key,
@@ -549,7 +558,6 @@ def _candidate(
             "UTF-8 text; left as they are",
         )
         return None
-    counts.plain_over_threshold += 1
     new = compressed_value(value, header)
     if new is None:
         problem(
@@ -683,18 +691,13 @@ def _written_before(families: dict[str, FamilyCounts], in_flight: int) -> str:
 
 @dataclass
 class PayloadSample:
-    """Payloads of one family read from a sample of its hashes."""
+    """Payloads of one family read from a sample of its hashes, counted as a dry run of
+    compress counts them (``counts.bytes_before``/``bytes_after``: the plain values over the
+    threshold, and their size once compressed; each is compressed to measure it)."""
 
     family: str
     hashes_sampled: int = 0
-    values_examined: int = 0
-    compressed: int = 0
-    below_threshold: int = 0
-    plain_over_threshold: int = 0
-    plain_over_bytes: int = 0
-    plain_over_compressed_bytes: int = 0
-    """Their size once compressed (each sampled value is compressed to measure it)."""
-    invalid_utf8: int = 0
+    counts: FamilyCounts = field(default_factory=FamilyCounts)
 
 
 def sample_payloads(
@@ -726,20 +729,9 @@ def sample_payloads(
             if isinstance(reply, Exception):
                 raise ServerError(f"HSCAN {key} failed: {reply}")
             for _, value in _pairs(reply[1]):
-                sample.values_examined += 1
-                kind = classify(value, threshold)
-                if kind == "compressed":
-                    sample.compressed += 1
-                elif kind == "below_threshold":
-                    sample.below_threshold += 1
-                elif kind == "invalid_utf8":
-                    sample.invalid_utf8 += 1
-                else:
-                    sample.plain_over_threshold += 1
-                    sample.plain_over_bytes += len(value)
-                    sample.plain_over_compressed_bytes += len(
-                        codec.gzip_base64(value.decode("utf-8"))
-                    )
+                if sample.counts.count(value, threshold) == "plain_over_threshold":
+                    sample.counts.bytes_before += len(value)
+                    sample.counts.bytes_after += len(codec.gzip_base64(value.decode("utf-8")))
     return out
 
 

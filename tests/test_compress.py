@@ -214,8 +214,8 @@ def test_the_sample_for_doctor_classifies_as_compress_does(
     truth = iw.write_store(redis_client, app=app_name, aggregates=25, threshold=None, seed=10)
     samples = compress.sample_payloads(client, app_name, hashes=1000)
     big = [e for e in truth.events() if len(e.payload.encode("utf-8")) > THRESHOLD]
-    assert samples["events"].values_examined == len(truth.events())
-    assert samples["events"].plain_over_threshold == len(big)
+    assert samples["events"].counts.values_examined == len(truth.events())
+    assert samples["events"].counts.plain_over_threshold == len(big)
     limited = compress.sample_payloads(client, app_name, hashes=3)
     assert limited["events"].hashes_sampled == 3
 

@@ -122,33 +122,32 @@ def check_uncompressed(
     totals: dict[str, int | None],
     threshold: int,
 ) -> Check:
-    examined = sum(s.values_examined for s in samples.values())
-    found = sum(s.plain_over_threshold for s in samples.values())
+    examined = sum(s.counts.values_examined for s in samples.values())
+    found = sum(s.counts.plain_over_threshold for s in samples.values())
     values: dict[str, Any] = {"threshold": threshold, "families": {}}
     estimate_count = estimate_bytes = estimate_saving = 0.0
     exact = True
-    for name, s in samples.items():
+    for name, sample in samples.items():
+        s = sample.counts
         total = totals.get(name)
         scale = (total / s.values_examined) if total is not None and s.values_examined else None
         if scale is None and s.plain_over_threshold:
             exact = False
         factor = scale if scale is not None else 1.0
         family = {
-            "hashes_sampled": s.hashes_sampled,
+            "hashes_sampled": sample.hashes_sampled,
             "values_examined": s.values_examined,
             "values_total": total,
-            "compressed": s.compressed,
+            "compressed": s.already_compressed,
             "plain_over_threshold": s.plain_over_threshold,
             "estimated_plain_over_threshold": round(s.plain_over_threshold * factor),
-            "estimated_bytes": round(s.plain_over_bytes * factor),
-            "estimated_saving_bytes": round(
-                (s.plain_over_bytes - s.plain_over_compressed_bytes) * factor
-            ),
+            "estimated_bytes": round(s.bytes_before * factor),
+            "estimated_saving_bytes": round((s.bytes_before - s.bytes_after) * factor),
         }
         values["families"][name] = family
         estimate_count += s.plain_over_threshold * factor
-        estimate_bytes += s.plain_over_bytes * factor
-        estimate_saving += (s.plain_over_bytes - s.plain_over_compressed_bytes) * factor
+        estimate_bytes += s.bytes_before * factor
+        estimate_saving += (s.bytes_before - s.bytes_after) * factor
     labels = {"app": app}
     metrics = [
         Metric("esctl_doctor_store_uncompressed_payloads", round(estimate_count), labels),
