@@ -175,7 +175,7 @@ SELECT n.name, l.pid, a.application_name, host(a.client_addr), a.backend_start, 
 
 def describe_holder(row: Sequence[Any]) -> str:
     """A row of HOLDERS_SQL as words: ``PostgreSQL session pid 4242 (user esctl, application
-    'esctl lock', from 10.1.2.3, started 2024-05-01 03:12:09 UTC, 2h5m ago, idle)``; what
+    'esctl migrate prune (pid 977 on web1)', from 10.1.2.3, started 2024-05-01 03:12:09 UTC, 2h5m ago, idle)``; what
     pg_stat_activity hides from this user is said to be hidden."""
     _, pid, application, addr, started, state, user, now = row
     parts = []
@@ -217,6 +217,15 @@ def prune_lock_name(pg_schema: str, app: str) -> str:
     return f"esctl:prune:{pg_schema}:{app}"
 
 
+def session_name(what: str) -> str:
+    """The application_name of the session that holds a run's advisory lock: what runs, and
+    the esctl process and machine it runs in (``esctl migrate prune (pid 4242 on web1)``), so
+    that whoever finds the lock held knows which process to look at. PostgreSQL keeps 63
+    bytes of it: a long host name is what gets cut."""
+    name = f"esctl {what} (pid {os.getpid()} on {socket.gethostname()})"
+    return name.encode("ascii", "replace")[:63].decode("ascii")
+
+
 class AdvisoryLock:
     """A session-level PostgreSQL advisory lock on ``name``, held on its own connection for as
     long as the ``with`` block runs: released when the process dies (kill -9 included), so a
@@ -230,12 +239,14 @@ class AdvisoryLock:
         dsn: str,
         name: str,
         *,
+        what: str,
         held: str | None = None,
         hint: str = "wait for it to finish; from cron, exit code 75 means the previous run is "
         "still going",
     ) -> None:
         self.dsn = dsn
         self.name = name
+        self.what = what
         self.held = held if held is not None else f"another esctl run holds the lock {name!r}"
         self.hint = hint
         self.conn: psycopg.Connection | None = None
@@ -244,7 +255,7 @@ class AdvisoryLock:
         # Imported here: the queue commands use this module and never load the driver.
         from esctl import pg
 
-        conn = pg.connect(self.dsn, autocommit=True, application_name="esctl lock")
+        conn = pg.connect(self.dsn, autocommit=True, application_name=session_name(self.what))
         try:
             row = conn.execute(
                 "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.name,)

@@ -379,6 +379,7 @@ def prune(
         lock = AdvisoryLock(
             dsn,
             name,
+            what="migrate prune",
             held=f"another prune of {opts.app} (schema {opts.pg_schema}, shard {opts.shard}) "
             "is running",
         )

@@ -388,6 +388,7 @@ def restore_pruned(
         lock = AdvisoryLock(
             opts.pg_dsn,
             prune_lock_name(opts.pg_schema, opts.app),
+            what="migrate restore-pruned",
             held=f"a prune or restore-pruned of {opts.app} (schema {opts.pg_schema}) is running",
         )
     with lock:

@@ -3,8 +3,10 @@ loss are tested in test_queue_ops.py, each command's exit 75 with the command.""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import socket
 
 import orjson
 import psycopg
@@ -15,7 +17,7 @@ from psycopg import sql
 
 from esctl import queues, servers
 from esctl.errors import LockHeld
-from esctl.locks import AdvisoryLock, RedisLock
+from esctl.locks import AdvisoryLock, RedisLock, session_name
 
 
 def redis_lock(client: redis.Redis, keys: list[str]) -> RedisLock:
@@ -39,14 +41,16 @@ def test_a_redis_lock_takes_all_its_keys_or_none(redis_client: redis.Redis) -> N
 
 
 def test_an_advisory_lock_is_held_for_the_block_and_free_right_after(pg_dsn: str) -> None:
-    with AdvisoryLock(pg_dsn, "esctl:test:lock") as held:
+    with AdvisoryLock(pg_dsn, "esctl:test:lock", what="test") as held:
         assert held.conn is not None
-        again = AdvisoryLock(pg_dsn, "esctl:test:lock", held="another copy runs", hint="wait")
+        again = AdvisoryLock(
+            pg_dsn, "esctl:test:lock", what="test", held="another copy runs", hint="wait"
+        )
         with pytest.raises(LockHeld, match=r"^another copy runs: ") as caught, again:
             pass
         assert caught.value.message.endswith("; nothing was done")
         assert caught.value.hint is not None and caught.value.hint.startswith("wait; ")
-        with AdvisoryLock(pg_dsn, "esctl:test:other"):
+        with AdvisoryLock(pg_dsn, "esctl:test:other", what="test"):
             pass  # another name: another lock
     assert held.conn is None
     # unlocked before the connection closed: a rerun started right away gets it
@@ -57,10 +61,33 @@ def test_an_advisory_lock_is_held_for_the_block_and_free_right_after(pg_dsn: str
         assert row == (True,)
 
 
+def test_an_advisory_lock_held_by_esctl_names_the_command_process_and_machine(
+    pg_dsn: str,
+) -> None:
+    """What an operator finds at exit 75 is which esctl run to look at: its command, its pid
+    and its machine (the session's application_name), not just PostgreSQL's backend pid."""
+    name = session_name("migrate prune")
+    assert name.startswith(f"esctl migrate prune (pid {os.getpid()} on {socket.gethostname()}"[:63])
+    with (
+        AdvisoryLock(pg_dsn, "esctl:test:named", what="migrate prune"),
+        pytest.raises(LockHeld) as caught,
+        AdvisoryLock(pg_dsn, "esctl:test:named", what="x"),
+    ):
+        pass
+    assert f"application {name!r}" in caught.value.message, caught.value.message
+
+
+def test_a_session_name_fits_what_postgresql_keeps() -> None:
+    """PostgreSQL keeps 63 bytes of application_name: a long name keeps the command and pid."""
+    name = session_name("migrate restore-pruned")
+    assert name.startswith(f"esctl migrate restore-pruned (pid {os.getpid()} on ")
+    assert len(name.encode()) <= 63 and name.isascii()
+
+
 def test_an_advisory_lock_is_released_when_the_block_raises(pg_dsn: str) -> None:
-    with pytest.raises(RuntimeError), AdvisoryLock(pg_dsn, "esctl:test:lock"):
+    with pytest.raises(RuntimeError), AdvisoryLock(pg_dsn, "esctl:test:lock", what="test"):
         raise RuntimeError("the run failed")
-    with AdvisoryLock(pg_dsn, "esctl:test:lock"):
+    with AdvisoryLock(pg_dsn, "esctl:test:lock", what="test"):
         pass
 
 
@@ -106,7 +133,10 @@ def test_a_held_advisory_lock_names_its_holding_session_and_how_to_end_a_dead_on
         ).fetchone()
         assert row is not None and row[1]
         pid = row[0]
-        with pytest.raises(LockHeld) as caught, AdvisoryLock(pg_dsn, "esctl:test:dead"):
+        with (
+            pytest.raises(LockHeld) as caught,
+            AdvisoryLock(pg_dsn, "esctl:test:dead", what="test"),
+        ):
             pass
     message, hint = caught.value.message, caught.value.hint or ""
     assert f"held by PostgreSQL session pid {pid} (" in message, message
@@ -131,7 +161,10 @@ def test_a_held_advisory_lock_says_what_pg_stat_activity_hides_from_this_user(
             pid = holder.execute("SELECT pg_backend_pid()").fetchone()
             holder.execute("SELECT pg_advisory_lock(hashtextextended('esctl:test:hidden', 0))")
             as_role = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
-            with pytest.raises(LockHeld) as caught, AdvisoryLock(as_role, "esctl:test:hidden"):
+            with (
+                pytest.raises(LockHeld) as caught,
+                AdvisoryLock(as_role, "esctl:test:hidden", what="test"),
+            ):
                 pass
         finally:
             holder.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -427,7 +427,7 @@ def test_a_run_killed_before_its_deletes_leaves_everything(scenario: Scenario) -
 
 def test_a_held_lock_exits_75_and_deletes_nothing(scenario: Scenario) -> None:
     s = scenario
-    with AdvisoryLock(s.dsn, f"esctl:prune:public:{s.app}"):
+    with AdvisoryLock(s.dsn, f"esctl:prune:public:{s.app}", what="test"):
         with pytest.raises(LockHeld):
             prune.prune(s.client, s.options())
         result = s.cli("--yes")

@@ -269,7 +269,7 @@ def test_a_held_prune_lock_exits_75_and_without_yes_it_refuses(
 ) -> None:
     s = scenario
     path = pruned(s, tmp_path)
-    with AdvisoryLock(s.dsn, prune_lock_name("public", s.app)):
+    with AdvisoryLock(s.dsn, prune_lock_name("public", s.app), what="test"):
         result = cli(s, str(path), "--yes")
         assert result.returncode == 75, result.stderr
 

@@ -525,7 +525,10 @@ def test_limit_counts_across_resumes(truth: iw.GroundTruth, app_name: str, pg_ds
 def test_a_checkpoint_in_use_exits_locked(
     truth: iw.GroundTruth, app_name: str, pg_dsn: str
 ) -> None:
-    with AdvisoryLock(pg_dsn, "esctl:replay:busy"), pytest.raises(errors.LockHeld, match="busy"):
+    with (
+        AdvisoryLock(pg_dsn, "esctl:replay:busy", what="test"),
+        pytest.raises(errors.LockHeld, match="busy"),
+    ):
         replay(options(app_name, pg_dsn, checkpoint="busy"))
     replay(options(app_name, pg_dsn, checkpoint="busy"))
 

@@ -334,7 +334,7 @@ def test_a_checkpoint_of_another_shard_count_is_refused_until_reset(
 
 
 def test_a_shard_lock_is_its_own(truth: iw.GroundTruth, app_name: str, pg_dsn: str) -> None:
-    with AdvisoryLock(pg_dsn, "esctl:replay:counts:shard 1/4"):
+    with AdvisoryLock(pg_dsn, "esctl:replay:counts:shard 1/4", what="test"):
         base = replay_args(
             "pg", "redis://unused", pg_dsn, app_name, "esctl.projections.event_counts", "counts"
         )

@@ -115,6 +115,7 @@ def migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[ob
     return AdvisoryLock(
         opts.pg_dsn,
         lock_name(opts.pg_schema, opts.app, str(opts.shard)),
+        what="migrate redis-to-pg",
         held=f"another migration of {opts.app} into schema {opts.pg_schema} "
         f"(shard {opts.shard}) is running",
         hint="a `migrate redis-to-pg --follow` run holds it for as long as it runs: stop that "

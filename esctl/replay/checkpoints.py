@@ -57,6 +57,7 @@ def checkpoint_lock(options: ReplayOptions) -> contextlib.AbstractContextManager
     return AdvisoryLock(
         options.pg_dsn,
         checkpoint_lock_name(name, options.shard),
+        what="replay",
         held=f"another replay holds checkpoint {name!r}{which}",
     )
 
