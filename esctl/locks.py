@@ -211,6 +211,22 @@ def _holder(conn: psycopg.Connection, name: str) -> tuple[int | None, str | None
     return int(rows[0][1]), describe_holder(rows[0])
 
 
+def held_error(conn: psycopg.Connection, name: str, held: str, hint: str) -> LockHeld:
+    """The LockHeld for advisory lock ``name`` found held (read on ``conn``): ``held``, the
+    holding session when it can be read, ``; nothing was done``; as hint ``hint``, then how
+    to end the holding session if it is a dead run's."""
+    pid, who = _holder(conn, name)
+    if pid is None:
+        return LockHeld(f"{held}; nothing was done", hint=hint)
+    return LockHeld(
+        f"{held}: the lock {name!r} is held by {who}; nothing was done",
+        hint=f"{hint}; if that session is a dead run's (its machine or network lost: "
+        "PostgreSQL keeps the session until TCP keepalive notices), end it with "
+        f"`SELECT pg_terminate_backend({pid})` (as its user, a superuser or a member of "
+        "pg_signal_backend), then rerun",
+    )
+
+
 def prune_lock_name(pg_schema: str, app: str) -> str:
     """The advisory lock an unsharded ``migrate prune`` of ``app`` holds (a sharded one adds
     its shard); ``migrate restore-pruned`` holds it too, so the two never run at once."""
@@ -269,16 +285,7 @@ class AdvisoryLock:
         return self
 
     def _held(self, conn: psycopg.Connection) -> LockHeld:
-        pid, who = _holder(conn, self.name)
-        if pid is None:
-            return LockHeld(f"{self.held}; nothing was done", hint=self.hint)
-        return LockHeld(
-            f"{self.held}: the lock {self.name!r} is held by {who}; nothing was done",
-            hint=f"{self.hint}; if that session is a dead run's (its machine or network lost: "
-            "PostgreSQL keeps the session until TCP keepalive notices), end it with "
-            f"`SELECT pg_terminate_backend({pid})` (as its user, a superuser or a member of "
-            "pg_signal_backend), then rerun",
-        )
+        return held_error(conn, self.name, self.held, self.hint)
 
     def __exit__(self, *exc_info: object) -> None:
         if self.conn is None:

@@ -26,6 +26,7 @@ from esctl.locks import AdvisoryLock
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.query import QueryFilters
 from esctl.replay import PgSource, RedisSource
+from esctl.replay.checkpoints import checkpoint_lock_name
 from esctl.shard import Shard
 
 PROJECTION = '''
@@ -331,6 +332,32 @@ def test_a_checkpoint_of_another_shard_count_is_refused_until_reset(
         assert run_cli(*base, "--shard", f"{i}/4", "--reset").returncode == 0
     assert set(checkpoint_rows(pg_dsn, "counts")) == {f"{i}/4" for i in range(4)}
     assert counts_table(pg_dsn) == expected_counts(events_of(truth, "pg"))
+
+
+def test_a_reset_refused_for_a_running_shard_names_the_session_holding_it(
+    truth: iw.GroundTruth, redis_test_url: str, app_name: str, pg_dsn: str
+) -> None:
+    """--reset with another shard count deletes the old count's rows: refused (75) while a run
+    of one of them holds its lock, naming that session and how to end a dead one."""
+    base = replay_args(
+        "pg", redis_test_url, pg_dsn, app_name, "esctl.projections.event_counts", "counts"
+    )
+    for i in (0, 1):
+        assert run_cli(*base, "--shard", f"{i}/2").returncode == 0
+    lock = checkpoint_lock_name("counts", Shard.parse("1/2"))
+    with psycopg.connect(pg_dsn, autocommit=True, application_name="old-shard-run") as holder:
+        row = holder.execute(
+            "SELECT pg_backend_pid(), pg_try_advisory_lock(hashtextextended(%s, 0))", (lock,)
+        ).fetchone()
+        assert row is not None and row[1]
+        refused = run_cli(*base, "--shard", "0/4", "--reset")
+    assert refused.returncode == 75, refused.stderr
+    error = json.loads(refused.stdout)["error"]
+    assert "would delete the row of shard 1/2" in error["message"], error
+    assert f"held by PostgreSQL session pid {row[0]} (" in error["message"], error
+    assert "application 'old-shard-run'" in error["message"]
+    assert f"`SELECT pg_terminate_backend({row[0]})`" in error["hint"], error
+    assert set(checkpoint_rows(pg_dsn, "counts")) == {"0/2", "1/2"}  # nothing was done
 
 
 def test_a_shard_lock_is_its_own(truth: iw.GroundTruth, app_name: str, pg_dsn: str) -> None:

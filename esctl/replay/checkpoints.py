@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import psycopg
 
-from esctl.errors import LockHeld, UsageError
-from esctl.locks import AdvisoryLock
+from esctl.errors import UsageError
+from esctl.locks import AdvisoryLock, held_error
 from esctl.replay.options import ReplayOptions
 from esctl.replay.positions import decode_position
 from esctl.shard import Shard
@@ -224,10 +224,12 @@ def _reset_checkpoint(conn: psycopg.Connection, name: str, shard: Shard) -> None
             "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (lock,)
         ).fetchone()
         if not row or not row[0]:
-            raise LockHeld(
+            raise held_error(
+                conn,
+                lock,
                 f"--reset of checkpoint {name!r} would delete the row of shard {spec}, and a "
-                "run of that shard is going on; nothing was done",
-                hint="wait for it to finish (or stop it), then rerun with --reset",
+                "run of that shard is going on",
+                "wait for it to finish (or stop it), then rerun with --reset",
             )
     conn.execute(
         "DELETE FROM esctl.projection_checkpoint WHERE name = %s AND shard = ANY(%s)",
