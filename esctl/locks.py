@@ -228,8 +228,9 @@ def held_error(conn: psycopg.Connection, name: str, held: str, hint: str) -> Loc
 
 
 def prune_lock_name(pg_schema: str, app: str) -> str:
-    """The advisory lock an unsharded ``migrate prune`` of ``app`` holds (a sharded one adds
-    its shard); ``migrate restore-pruned`` holds it too, so the two never run at once."""
+    """The advisory lock an unsharded ``migrate prune`` of ``app`` and ``migrate
+    restore-pruned`` hold; a sharded prune holds it shared (``within``) beside its shard's own
+    (this name, ``:``, the shard). So none of them runs beside another, but shards do."""
     return f"esctl:prune:{pg_schema}:{app}"
 
 
@@ -248,7 +249,12 @@ class AdvisoryLock:
     crashed cron run never blocks the next one. Raises LockHeld on entry when another session
     holds it: ``held``, the holding session (:func:`describe_holder`), ``; nothing was
     done``; as hint ``hint``, then how to end the holding session if it is a dead one (a lost
-    node's session lives on until TCP keepalive notices)."""
+    node's session lives on until TCP keepalive notices).
+
+    ``within``: the lock of the whole that ``name`` is a part of (a shard's run: the lock of
+    every shard's), taken first in shared mode. The runs of the parts then go on side by
+    side, and a run that takes the whole's lock itself (exclusive) waits for none of them
+    and finds each refused while it runs."""
 
     def __init__(
         self,
@@ -256,6 +262,7 @@ class AdvisoryLock:
         name: str,
         *,
         what: str,
+        within: str | None = None,
         held: str | None = None,
         hint: str = "wait for it to finish; from cron, exit code 75 means the previous run is "
         "still going",
@@ -263,6 +270,7 @@ class AdvisoryLock:
         self.dsn = dsn
         self.name = name
         self.what = what
+        self.within = within
         self.held = held if held is not None else f"another esctl run holds the lock {name!r}"
         self.hint = hint
         self.conn: psycopg.Connection | None = None
@@ -273,19 +281,19 @@ class AdvisoryLock:
 
         conn = pg.connect(self.dsn, autocommit=True, application_name=session_name(self.what))
         try:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.name,)
-            ).fetchone()
-            if not row or not row[0]:
-                raise self._held(conn)
+            for name, mode in ((self.within, "_shared"), (self.name, "")):
+                if name is None:
+                    continue
+                row = conn.execute(
+                    f"SELECT pg_try_advisory_lock{mode}(hashtextextended(%s, 0))", (name,)
+                ).fetchone()
+                if not row or not row[0]:
+                    raise held_error(conn, name, self.held, self.hint)
         except BaseException:
             conn.close()
             raise
         self.conn = conn
         return self
-
-    def _held(self, conn: psycopg.Connection) -> LockHeld:
-        return held_error(conn, self.name, self.held, self.hint)
 
     def __exit__(self, *exc_info: object) -> None:
         if self.conn is None:
@@ -296,9 +304,7 @@ class AdvisoryLock:
             # Unlock before closing: the server frees a closed session's locks a moment
             # later, and an immediate rerun would find the lock still held (exit 75).
             with contextlib.suppress(psycopg.Error):
-                self.conn.execute(
-                    "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (self.name,)
-                )
+                self.conn.execute("SELECT pg_advisory_unlock_all()")
             self.conn.close()
         finally:
             self.conn = None

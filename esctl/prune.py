@@ -373,15 +373,15 @@ def prune(
     dsn = opts.pg_dsn
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
-        name = prune_lock_name(opts.pg_schema, opts.app)
-        if opts.shard.count > 1:
-            name += f":{opts.shard}"
+        whole = prune_lock_name(opts.pg_schema, opts.app)
+        sharded = opts.shard.count > 1
         lock = AdvisoryLock(
             dsn,
-            name,
+            f"{whole}:{opts.shard}" if sharded else whole,
             what="migrate prune",
-            held=f"another prune of {opts.app} (schema {opts.pg_schema}, shard {opts.shard}) "
-            "is running",
+            within=whole if sharded else None,
+            held=f"another prune of {opts.app} (schema {opts.pg_schema}, shard {opts.shard}), "
+            "or a restore-pruned of it, is running",
         )
     with lock:
         _prune_locked(client, opts, summary, before_delete)

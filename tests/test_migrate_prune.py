@@ -23,7 +23,7 @@ from independent_writer import GroundTruth, TruthAggregate, append_events, write
 
 from esctl import migrate, prune, redisio
 from esctl.errors import LockHeld, Refused
-from esctl.locks import AdvisoryLock
+from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.servers import LocalRedis
 from esctl.shard import Shard
 
@@ -433,6 +433,27 @@ def test_a_held_lock_exits_75_and_deletes_nothing(scenario: Scenario) -> None:
         result = s.cli("--yes")
         assert result.returncode == 75, result.stderr
     assert redis_contents(s.raw) == s.before
+
+
+def test_shards_prune_side_by_side_and_a_prune_of_the_whole_waits_for_them(
+    scenario: Scenario,
+) -> None:
+    """A sharded prune holds the whole app's prune lock shared: another shard runs beside it;
+    an unsharded prune (and restore-pruned, tested with it) is refused while it runs, and a
+    shard is refused while they run."""
+    s = scenario
+    whole = prune_lock_name("public", s.app)
+    with AdvisoryLock(s.dsn, f"{whole}:1/2", within=whole, what="migrate prune"):
+        unsharded = s.cli("--yes", "--json")
+        assert unsharded.returncode == 75, unsharded.stderr
+        message = orjson.loads(unsharded.stdout)["error"]["message"]
+        assert "application 'esctl migrate prune (pid " in message, message
+        assert redis_contents(s.raw) == s.before
+        assert s.cli("--yes", "--shard", "0/2").returncode == 0
+    with AdvisoryLock(s.dsn, whole, what="migrate restore-pruned"):
+        shard = s.cli("--yes", "--shard", "1/2", "--json")
+        assert shard.returncode == 75, shard.stderr
+        assert "esctl migrate restore-pruned" in orjson.loads(shard.stdout)["error"]["message"]
 
 
 def test_without_yes_it_refuses_and_deletes_nothing(scenario: Scenario) -> None:

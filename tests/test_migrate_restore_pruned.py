@@ -272,6 +272,11 @@ def test_a_held_prune_lock_exits_75_and_without_yes_it_refuses(
     with AdvisoryLock(s.dsn, prune_lock_name("public", s.app), what="test"):
         result = cli(s, str(path), "--yes")
         assert result.returncode == 75, result.stderr
+    whole = prune_lock_name("public", s.app)  # a sharded prune running: refused too
+    with AdvisoryLock(s.dsn, f"{whole}:0/4", within=whole, what="migrate prune"):
+        result = cli(s, str(path), "--yes")
+        assert result.returncode == 75, result.stderr
+        assert "esctl migrate prune (pid" in result.stderr
 
     refused = cli(s, str(path))
     assert refused.returncode == 2
