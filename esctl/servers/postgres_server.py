@@ -17,21 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esctl.errors import LocalServerError
-from esctl.servers.process import (
-    LocalServer,
-    TlsFiles,
-    as_user,
-    child_env,
-    is_executable,
-    make_workdir,
-    package_dir,
-    path_from_env,
-    removed_on_failure,
-    required,
-    start_failed,
-    start_on_free_port,
-    started,
-)
+from esctl.servers import process
 
 PG_BIN_ENV_VAR = "ESCTL_PG_BIN"
 _MISSING = (
@@ -48,7 +34,7 @@ _MAX_SOCKET_DIR = 90  # sun_path holds 107 bytes, and PostgreSQL appends "/.s.PG
 
 
 @dataclass
-class LocalPostgres(LocalServer):
+class LocalPostgres(process.LocalServer):
     """A running PostgreSQL cluster listening on ``127.0.0.1:port``; ``dsn`` connects as the
     superuser ``postgres`` (trust authentication) to the database ``postgres``."""
 
@@ -58,7 +44,9 @@ class LocalPostgres(LocalServer):
 
 
 def _is_pg_bin(directory: Path) -> bool:
-    return is_executable(directory / "initdb") and is_executable(directory / "postgres")
+    return process.is_executable(directory / "initdb") and process.is_executable(
+        directory / "postgres"
+    )
 
 
 def _version_key(directory: Path) -> tuple[int, ...]:
@@ -72,7 +60,7 @@ def find_postgres_bin() -> Path | None:
 
     Raises LocalServerError when ``$ESCTL_PG_BIN`` is set but does not hold them.
     """
-    overridden = path_from_env(
+    overridden = process.path_from_env(
         PG_BIN_ENV_VAR,
         _is_pg_bin,
         "does not hold the initdb and postgres binaries",
@@ -95,7 +83,7 @@ def find_postgres_bin() -> Path | None:
     ]
     if system:
         return max(system, key=_version_key)
-    package = package_dir("pgserver")
+    package = process.package_dir("pgserver")
     if package is not None and _is_pg_bin(package / "pginstall" / "bin"):
         return package / "pginstall" / "bin"
     return None
@@ -107,7 +95,7 @@ def start_postgres(
     fast: bool = True,
     detach: bool = False,
     hba_lines: Sequence[str] = (),
-    tls: TlsFiles | None = None,
+    tls: process.TlsFiles | None = None,
 ) -> LocalPostgres:
     """Create a PostgreSQL cluster (superuser ``postgres``, trust authentication, UTF-8, C
     locale) and start it on a free port of 127.0.0.1, its socket in the workdir; wait until it
@@ -123,9 +111,9 @@ def start_postgres(
     with that certificate and key (copied into the workdir, the key readable by the server's
     user only) and refuses TCP connections without SSL (``hostnossl ... reject``); ``dsn`` is
     unchanged (libpq's default ``sslmode=prefer`` uses SSL). Raises LocalServerError."""
-    bin_dir = required(find_postgres_bin(), PG_BIN_ENV_VAR, *_MISSING)
-    directory, owned = make_workdir(workdir, "esctl-pg-")
-    with removed_on_failure(directory, owned):
+    bin_dir = process.required(find_postgres_bin(), PG_BIN_ENV_VAR, *_MISSING)
+    directory, owned = process.make_workdir(workdir, "esctl-pg-")
+    with process.removed_on_failure(directory, owned):
         user = _pg_system_user()
         if user is not None:
             _check_reachable(bin_dir / "initdb", user)
@@ -155,16 +143,16 @@ def start_postgres(
         def answers(port: int, _pid: int) -> bool:
             return _postgres_answers(_postgres_dsn(port), data)
 
-        port, process = start_on_free_port(
+        port, child = process.start_on_free_port(
             command, answers, postgres, directory / "postgres.log", detach=detach, user=user
         )
-        return started(
+        return process.started(
             LocalPostgres(
                 port,
-                process.pid,
+                child.pid,
                 directory,
                 dsn=_postgres_dsn(port),
-                _process=process,
+                _process=child,
                 _owns_workdir=owned,
                 bin_dir=bin_dir,
             ),
@@ -176,7 +164,7 @@ def _postgres_dsn(port: int) -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
 
-def _postgres_tls(tls: TlsFiles, data: Path, user: pwd.struct_passwd | None) -> list[str]:
+def _postgres_tls(tls: process.TlsFiles, data: Path, user: pwd.struct_passwd | None) -> list[str]:
     """Copy the certificate and key into ``data`` (PostgreSQL refuses a key that others can
     read, and the server's user must own it), refuse TCP without SSL, and return the ``-c``
     settings that turn SSL on."""
@@ -246,7 +234,7 @@ def _initdb(
     ]  # fmt: skip
     if fast:
         command.append("--no-sync")
-    who = as_user(user)
+    who = process.as_user(user)
     with log.open("wb") as out:
         try:
             result = subprocess.run(
@@ -254,7 +242,7 @@ def _initdb(
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=child_env(user),
+                env=process.child_env(user),
                 cwd=data.parent,
                 timeout=120,
                 user=who.user,
@@ -262,9 +250,9 @@ def _initdb(
                 extra_groups=who.extra_groups,
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            raise start_failed(initdb, log, f"could not run: {exc}", user=user) from None
+            raise process.start_failed(initdb, log, f"could not run: {exc}", user=user) from None
     if result.returncode != 0:
-        raise start_failed(initdb, log, f"exited with code {result.returncode}", user=user)
+        raise process.start_failed(initdb, log, f"exited with code {result.returncode}", user=user)
 
 
 def _prepend_hba(data: Path, lines: Sequence[str]) -> None:

