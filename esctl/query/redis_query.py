@@ -11,6 +11,7 @@ import base64
 import re
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime
 
 import orjson
@@ -75,6 +76,7 @@ _ESCAPE_RE = re.compile(rb"\\[u/]")
 """JSON escapes that could spell a needle differently (``\\u00e9``, ``\\/``)."""
 
 
+@dataclass(eq=False)
 class RedisQuery:
     """Iterate the events of ``app`` matching ``filters``, streaming over the commit lists
     (SCAN pages, pipelined LRANGE and HGET, one page in memory at a time). Each aggregate's
@@ -83,33 +85,26 @@ class RedisQuery:
     SCAN may return a commit list twice while Redis resizes its keyspace table; its events are
     then listed twice."""
 
-    def __init__(
-        self,
-        client: redisio.RedisClient,
-        app: str,
-        filters: QueryFilters,
-        *,
-        scan_count: int = 1000,
-        on_progress: Callable[[QueryStats], None] | None = None,
-        read_ahead: bool | None = None,
-        unpack_ahead: bool = False,
-    ) -> None:
-        self.client = client
-        self.app = app
-        self.filters = filters
-        self.scan_count = scan_count
-        self.on_progress = on_progress
-        if read_ahead is None:
-            read_ahead = readahead.available() and (
-                not filters.aggregates or len(filters.aggregates) > scan_count
+    client: redisio.RedisClient
+    app: str
+    filters: QueryFilters
+    _: KW_ONLY
+    scan_count: int = 1000
+    on_progress: Callable[[QueryStats], None] | None = None
+    read_ahead: bool | None = None
+    """Read in a second process while this one matches: by default (None) on with two CPUs or
+    more, unless only a page of ``--aggregate`` ids is to be read."""
+    unpack_ahead: bool = False
+    """With :attr:`read_ahead`, gunzip there too: for a consumer that has more to do per
+    event than matching (replay publishing or projecting), which balances the two."""
+    stats: QueryStats = field(default_factory=QueryStats, init=False)
+    _rejects: Callable[[bytes], bool] | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.read_ahead is None:
+            self.read_ahead = readahead.available() and (
+                not self.filters.aggregates or len(self.filters.aggregates) > self.scan_count
             )
-        self.read_ahead = read_ahead
-        """Read in a second process while this one matches: on by default with two CPUs or
-        more, unless only a page of ``--aggregate`` ids is to be read."""
-        self.unpack_ahead = unpack_ahead
-        """With :attr:`read_ahead`, gunzip there too: for a consumer that has more to do per
-        event than matching (replay publishing or projecting), which balances the two."""
-        self.stats = QueryStats()
         self._rejects = self._head_rejects()
 
     def _pages(self) -> Iterator[list[str]]:
