@@ -120,7 +120,6 @@ class Publisher:
         round_trip_s: float = 0.0,
     ) -> None:
         self.client = client
-        self.env = env
         self.routes = routes
         self.summary = summary
         self.max_queue_length = max_queue_length
