@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any, Protocol
 
 import psycopg
@@ -169,11 +170,9 @@ class WriterPool:
         count: int,
         hooks: WriterHooks | None = None,
     ) -> None:
-        self.opts = opts
-        self.run_id = run_id
-        self.target_exists = target_exists
         self.hooks = hooks
         self.dsn = opts.pg_dsn
+        self._new_writer = partial(BatchWriter, opts, run_id, target_exists=target_exists)
         self.work: queue.Queue[Batch | None] = queue.Queue(maxsize=count)
         # What the batches did, added up as they commit: nothing per batch or per problem
         # stays (the problems are in esctl.quarantine; the tally keeps the first few).
@@ -182,7 +181,7 @@ class WriterPool:
         self.results_lock = threading.Lock()
         self.failure: list[BaseException] = []
         self.stop = threading.Event()
-        self.writers = _open_writers(opts, run_id, target_exists=target_exists, count=count)
+        self.writers = _open_writers(self._new_writer, count)
         self.toast_compression = self.writers[0].toast_compression
         self.threads = [
             threading.Thread(target=self._loop, args=(i,), name=f"esctl-writer-{i}", daemon=True)
@@ -226,9 +225,7 @@ class WriterPool:
             while not self.stop.is_set():
                 time.sleep(min(2.0, 0.05 * 2**attempt))
                 try:
-                    self.writers[index] = BatchWriter(
-                        self.opts, self.run_id, target_exists=self.target_exists
-                    )
+                    self.writers[index] = self._new_writer()
                     break
                 except ConnectionFailed as exc:
                     attempt += 1
@@ -283,18 +280,13 @@ class WriterPool:
             raise self.failure[0]
 
 
-def _open_writers(
-    opts: MigrateOptions, run_id: str, *, target_exists: bool, count: int
-) -> list[BatchWriter]:
+def _open_writers(new_writer: Callable[[], BatchWriter], count: int) -> list[BatchWriter]:
     """``count`` writers, connected and set up at once (each takes a few round trips, which
     add up when the server is at a distance); when one fails, the others are closed."""
     if count == 1:
-        return [BatchWriter(opts, run_id, target_exists=target_exists)]
+        return [new_writer()]
     with ThreadPoolExecutor(count, thread_name_prefix="esctl-writer-setup") as pool:
-        futures = [
-            pool.submit(BatchWriter, opts, run_id, target_exists=target_exists)
-            for _ in range(count)
-        ]
+        futures = [pool.submit(new_writer) for _ in range(count)]
     failed = [error for f in futures if (error := f.exception()) is not None]
     writers = [f.result() for f in futures if f.exception() is None]
     if failed:
