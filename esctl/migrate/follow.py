@@ -27,11 +27,10 @@ import psycopg
 from esctl import layout, metrics, pg, redisio
 from esctl.errors import ConfigError, ConnectionFailed, EsctlError
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.reader import Reader
 from esctl.migrate.rows import Batch, BatchResult
 from esctl.migrate.run import WriterPool, migration_lock, prepare_target
 from esctl.migrate.runs import RunStart, open_run, set_status
-from esctl.migrate.transformed import TransformingReader, check_transforms
+from esctl.migrate.transformed import check_transforms, open_reader
 from esctl.redisio import notify
 from esctl.transforms import Rules
 
@@ -185,7 +184,6 @@ class _Follower:
         self.fopts = fopts
         self.control = control
         self.run_id = run.run_id
-        self.rules = rules
         self.on_line = on_line
         self.should_stop = should_stop
         self.state = FollowState()
@@ -204,19 +202,12 @@ class _Follower:
         self.redis_down_since: float | None = None
         self.pg_losses = 0
         self.feed: notify.KeyspaceFeed | None = None
-        self.sweeper = self._reader(state_present=True)
-        self.notified = self._reader(state_present=True)
+        self.sweeper = open_reader(client, opts, control, rules, state_present=True)
+        self.notified = open_reader(client, opts, control, rules, state_present=True)
         self.notified.lookups = True
         # What this run quarantined is not read (and quarantined) again until it changes.
         self.held: dict[str, int | None] = {}
         self.sweeper.held = self.notified.held = self.held
-
-    def _reader(self, *, state_present: bool) -> Reader:
-        if self.rules is None:
-            return Reader(self.client, self.opts, self.control, state_present)
-        return TransformingReader(
-            self.client, self.opts, self.control, state_present, rules=self.rules
-        )
 
     # --- the writer pool's hooks (called in the writers' threads) ---------------------------
 

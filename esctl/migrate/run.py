@@ -30,7 +30,12 @@ from esctl.migrate.runs import (
     run_totals,
     set_status,
 )
-from esctl.migrate.transformed import TransformCounts, TransformingReader, check_transforms
+from esctl.migrate.transformed import (
+    TransformCounts,
+    TransformingReader,
+    check_transforms,
+    open_reader,
+)
 from esctl.migrate.writer import BatchWriter
 from esctl.problems import ProblemTally
 from esctl.transforms import Rules
@@ -317,11 +322,7 @@ class _Invocation:
         self.on_progress = on_progress
         writers = 1 if opts.dry_run else max(1, opts.writers)
         self.pool = WriterPool(opts, run.run_id, target_exists=target_exists, count=writers)
-        self.reader = (
-            Reader(client, opts, control, state_present)
-            if rules is None
-            else TransformingReader(client, opts, control, state_present, rules=rules)
-        )
+        self.reader = open_reader(client, opts, control, rules, state_present=state_present)
         self.aggregates = 0
         self.events_read = 0
         self.redis_problems = 0

@@ -173,6 +173,20 @@ class TransformingReader(Reader):
         )
 
 
+def open_reader(
+    client: redisio.RedisClient,
+    opts: MigrateOptions,
+    control: psycopg.Connection,
+    rules: Rules | None,
+    *,
+    state_present: bool,
+) -> Reader:
+    """A run's reader: the plain :class:`Reader`, or with ``rules`` a :class:`TransformingReader`."""
+    if rules is None:
+        return Reader(client, opts, control, state_present)
+    return TransformingReader(client, opts, control, state_present, rules=rules)
+
+
 _FRESH = Numbering()
 
 
