@@ -19,7 +19,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +87,7 @@ class Event:
         return datetime.fromisoformat(self.timestamp)
 
 
+@dataclass(eq=False, kw_only=True)
 class ProjectionContext:
     """What ``setup``, ``flush`` and ``teardown`` receive.
 
@@ -99,25 +100,19 @@ class ProjectionContext:
     (:class:`esctl.shard.Shard`, ``0/1`` without ``--shard``) is the share of the aggregates
     this run feeds: ``ctx.shard.owns(aggregate_id)``."""
 
-    def __init__(
-        self,
-        *,
-        app: str,
-        source: str,
-        checkpoint: str | None,
-        fresh: bool,
-        connect: Callable[[], psycopg.Connection],
-        shard: Shard | None = None,
-    ) -> None:
-        self.app = app
-        self.source = source
-        self.checkpoint = checkpoint
-        self.fresh = fresh
-        self.shard = shard or Shard()
-        self.batch = 0
-        self.state: dict[str, Any] = {}
+    app: str
+    source: str
+    checkpoint: str | None
+    fresh: bool
+    connect: InitVar[Callable[[], psycopg.Connection]]
+    shard: Shard = field(default_factory=Shard)
+    batch: int = field(default=0, init=False)
+    state: dict[str, Any] = field(default_factory=dict, init=False)
+    _connect: Callable[[], psycopg.Connection] = field(init=False, repr=False)
+    _conn: psycopg.Connection | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self, connect: Callable[[], psycopg.Connection]) -> None:
         self._connect = connect
-        self._conn: psycopg.Connection | None = None
 
     @property
     def conn(self) -> psycopg.Connection:
