@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import Batch, BatchResult
 from esctl.migrate.run import WriterPool, migration_lock, prepare_target
 from esctl.migrate.runs import RunStart, open_run, set_status
-from esctl.migrate.transformed import check_transforms, open_reader
+from esctl.migrate.transformed import check_transforms, open_reader, with_rules
 from esctl.redisio import notify
 from esctl.transforms import Rules
 
@@ -148,12 +148,7 @@ def follow(
     mend."""
     if opts.dry_run:
         raise ConfigError("--follow cannot be combined with --dry-run")
-    rules = None
-    if opts.transforms is not None:
-        from esctl.transforms import load_rules
-
-        rules = load_rules(opts.transforms)
-        opts = replace(opts, transforms_fingerprint=rules.fingerprint)
+    opts, rules = with_rules(opts)
     with migration_lock(opts):
         control = pg.connect(opts.pg_dsn, application_name="esctl migrate follow")
         try:

@@ -35,6 +35,7 @@ from esctl.migrate.transformed import (
     TransformingReader,
     check_transforms,
     open_reader,
+    with_rules,
 )
 from esctl.migrate.writer import BatchWriter
 from esctl.problems import ProblemTally
@@ -58,12 +59,7 @@ def migrate_redis_to_pg(
     """
     if opts.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    rules = None
-    if opts.transforms is not None:
-        from esctl.transforms import load_rules
-
-        rules = load_rules(opts.transforms)
-        opts = replace(opts, transforms_fingerprint=rules.fingerprint)
+    opts, rules = with_rules(opts)
     started = time.monotonic()
     dsn = opts.pg_dsn
     with migration_lock(opts):

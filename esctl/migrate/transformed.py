@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -32,7 +32,7 @@ from esctl.migrate.reader import (
 from esctl.migrate.rows import INT4_MAX, AggregateRows, Batch, Quarantined, binary_row
 from esctl.pgevents import any_migrated, other_transforms, transforms_words
 from esctl.streams import CleanPayload, StreamProblem, clean_payloads, postgres_problem
-from esctl.transforms import CheckedOutcome, Numbering, Rules, transform_checked
+from esctl.transforms import CheckedOutcome, Numbering, Rules, load_rules, transform_checked
 
 
 @dataclass
@@ -171,6 +171,15 @@ class TransformingReader(Reader):
             source_type=source_type,
             numbering=(outcome.numbering.last_source_version, outcome.numbering.last_version),
         )
+
+
+def with_rules(opts: MigrateOptions) -> tuple[MigrateOptions, Rules | None]:
+    """A run's options and rules: ``--transforms`` read once, its fingerprint recorded in
+    the options (the writers record it per aggregate); without it, no rules."""
+    if opts.transforms is None:
+        return opts, None
+    rules = load_rules(opts.transforms)
+    return replace(opts, transforms_fingerprint=rules.fingerprint), rules
 
 
 def open_reader(
