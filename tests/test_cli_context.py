@@ -19,7 +19,7 @@ from helpers import cli_env, run_cli
 from typer.testing import CliRunner
 
 from esctl import errors
-from esctl.cli import output
+from esctl.cli import output, progress
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.output import Output, format_bytes, format_duration
 
@@ -215,7 +215,7 @@ def test_no_progress_bar_without_a_terminal_or_in_json(monkeypatch: pytest.Monke
 def test_a_progress_bar_counts_in_whole_numbers() -> None:
     """Counts as the integers they are (tqdm's unit_scale writes "4.00 events" and "42.0
     events"), with thousands separators; the rate scaled ("16.7k events/s")."""
-    bar = output._counting_bar()
+    bar = progress.counting_bar()
     assert bar.format_meter(4, None, 0.5, prefix="replaying", unit=" events").startswith(
         "replaying: 4 events [00:00, 8.00 events/s"
     )

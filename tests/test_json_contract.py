@@ -39,7 +39,7 @@ from helpers import run_cli, start_cli
 from esctl import layout, pg, servers
 from esctl.cli.app import app
 from esctl.cli.errors import asks_for_json
-from esctl.cli.output import JsonStream
+from esctl.cli.jsonout import JsonStream
 
 APP = "Contract.Service"
 ENV = "contract"

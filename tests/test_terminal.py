@@ -43,7 +43,7 @@ from terminal import (
 )
 
 from esctl import demo, servers
-from esctl.cli import demo_tour, output, wrapping
+from esctl.cli import demo_tour, tables, wrapping
 from esctl.cli.app import app
 
 # --- the demo tour -------------------------------------------------------------------------
@@ -976,28 +976,28 @@ def test_query_table_to_a_pipe_has_its_natural_width(
 
 
 def spec(natural: int, *, prose: bool = False, payload: bool = False, header: int = 4) -> Any:
-    return output.ColumnSpec(natural, header, natural, prose, payload)
+    return tables.ColumnSpec(natural, header, natural, prose, payload)
 
 
 def test_plan_widths_natural_to_a_pipe_and_when_it_fits() -> None:
     specs = [spec(36), spec(33), spec(200, payload=True)]
-    assert output.plan_widths(specs, None) == [36, 33, 200]
-    assert output.plan_widths(specs[:2], 80) == [36, 33]
+    assert tables.plan_widths(specs, None) == [36, 33, 200]
+    assert tables.plan_widths(specs[:2], 80) == [36, 33]
 
 
 def test_plan_widths_payload_then_prose_give_way_before_ids() -> None:
     # 36 + 33 + gaps 9 = 78 of 120: the payload and the prose share the other 42.
-    widths = output.plan_widths(
+    widths = tables.plan_widths(
         [spec(36), spec(33), spec(60, prose=True), spec(200, payload=True)], 120
     )
     assert widths[:2] == [36, 33] and widths[2] == 30 and sum(widths) + 9 == 120
     # At 80 an id must fold whatever happens: the widest columns, prose or ids, level down.
-    widths = output.plan_widths([spec(36), spec(33), spec(60, prose=True)], 80)
+    widths = tables.plan_widths([spec(36), spec(33), spec(60, prose=True)], 80)
     assert sum(widths) + 6 == 80 and max(widths) - min(widths) <= 1
 
 
 def test_plan_widths_never_lets_a_column_vanish() -> None:
-    widths = output.plan_widths([spec(1), spec(40), spec(40), spec(40), spec(40)], 30)
+    widths = tables.plan_widths([spec(1), spec(40), spec(40), spec(40), spec(40)], 30)
     assert all(w >= 1 for w in widths) and widths[0] == 1 and sum(widths) + 12 <= 30
 
 

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import typer
 
 from esctl import errors
-from esctl.cli import output
+from esctl.cli import consoles, jsonout, messages, output
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -54,7 +54,7 @@ def render_error(
     code: int,
     json_mode: bool,
     *,
-    stream: output.JsonStream | None = None,
+    stream: jsonout.JsonStream | None = None,
 ) -> None:
     """The message on stderr; with ``json_mode`` also the error document on stdout (with a
     ``stream``: as the stream's end)."""
@@ -62,8 +62,8 @@ def render_error(
     if stream is not None:
         stream.fail(document)
     elif json_mode:
-        output.emit_json(document)
-    output.print_error(message, hint)
+        jsonout.emit_json(document)
+    messages.print_error(message, hint)
 
 
 @contextmanager
@@ -71,7 +71,7 @@ def reporting(
     *,
     json_mode: bool = False,
     debug: bool = False,
-    stream: output.JsonStream | None = None,
+    stream: jsonout.JsonStream | None = None,
     out: output.Output | None = None,
 ) -> Iterator[None]:
     """Run a command body: typed errors become a message and their exit code; Ctrl-C exits
@@ -105,9 +105,9 @@ def reporting(
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError as exc:
-        if not output.stdout_reader_gone():  # not stdout's reader: a real error
+        if not consoles.stdout_reader_gone():  # not stdout's reader: a real error
             _unexpected(exc, to, debug)
-        output.stop_writing_stdout()
+        consoles.stop_writing_stdout()
         raise typer.Exit(EXIT_OK) from None
     except Exception as exc:
         _unexpected(exc, to, debug)
@@ -245,7 +245,7 @@ def _run_json(command: Any, words: list[str]) -> int:
     a JSON document on stdout (one line, so a JSON-lines stream stays one); the exit code."""
     prog = "esctl"
     # Nothing is on stdout yet: the error, whatever it is, is a one-line document.
-    stream = output.JsonStream()
+    stream = jsonout.JsonStream()
     try:
         with reporting(json_mode=True, debug="--debug" in words, stream=stream):
             try:
@@ -272,7 +272,7 @@ def _run_json(command: Any, words: list[str]) -> int:
                 raise typer.Exit(EXIT_FAILED) from None
             except BrokenPipeError:
                 # The reader went away (`| head`): stop quietly, as Click does.
-                output.stop_writing_stdout()
+                consoles.stop_writing_stdout()
                 raise typer.Exit(EXIT_FAILED) from None
     except typer.Exit as exc:
         return exc.exit_code

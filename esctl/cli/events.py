@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from esctl.cli import output
+from esctl.cli import consoles, jsonout, messages
 from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import EventSelection, with_groups
 from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt, option, read_rules
-from esctl.cli.output import Output, Progress
+from esctl.cli.output import Output
+from esctl.cli.progress import Progress
 
 if TYPE_CHECKING:
     from esctl import query as core
@@ -87,11 +88,11 @@ def decode(
             problems = document["problems"]
             assert isinstance(problems, list)
             detail = "; ".join(f"{p['kind']}: {p['detail']}" for p in problems)
-            output.print_error(f"{where}: {detail}")
+            messages.print_error(f"{where}: {detail}")
         if text_only:
             sys.stdout.write(str(document["text"]) + "\n")
         else:
-            sys.stdout.write(output.to_json(document, pretty=pretty) + "\n")
+            sys.stdout.write(jsonout.to_json(document, pretty=pretty) + "\n")
     sys.stdout.flush()
     exit_for(problems=bad)
 
@@ -171,7 +172,7 @@ def query(
         QueryFormat.json
         if json_
         else QueryFormat.table
-        if output.stdout_is_terminal()
+        if consoles.stdout_is_terminal()
         else QueryFormat.jsonl
     )
     # stdout is JSON whatever happens: an error ends the stream (a line, the array's last
@@ -279,7 +280,7 @@ def _emit_results(
     out: Output,
     results: core.RedisQuery | core.PgQuery | core.TransformedQuery,
     fmt: QueryFormat,
-    stream: output.JsonStream | None,
+    stream: jsonout.JsonStream | None,
     *,
     shown_limit: int | None,
     bar: Progress,

@@ -15,10 +15,11 @@ import typer
 
 from esctl.cli.context import Context
 from esctl.cli.errors import EXIT_INTERRUPTED
-from esctl.cli.output import Output, to_json
+from esctl.cli.jsonout import to_json
+from esctl.cli.output import Output
 
 if TYPE_CHECKING:
-    from esctl.cli.output import JsonStream
+    from esctl.cli.jsonout import JsonStream
     from esctl.migrate import MigrateOptions
 
 

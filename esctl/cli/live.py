@@ -11,8 +11,8 @@ import typer
 from rich.console import Console, RenderableType
 
 from esctl import errors
+from esctl.cli.consoles import stdout_is_terminal
 from esctl.cli.errors import EXIT_INTERRUPTED
-from esctl.cli.output import stdout_is_terminal
 
 MIN_INTERVAL_S = 0.1
 

@@ -18,7 +18,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from esctl.cli.live import interval_text, live_console, watch_until_interrupted
-from esctl.cli.output import left_out_note
+from esctl.cli.tables import left_out_note
 from esctl.cli.wrapping import break_line
 from esctl.units import format_duration
 

@@ -12,7 +12,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 import typer
 
 from esctl import defaults
-from esctl.cli import output
+from esctl.cli import jsonout
 from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
@@ -27,7 +27,8 @@ from esctl.cli.options import (
     read_rules,
     transforms_option,
 )
-from esctl.cli.output import Output, Progress
+from esctl.cli.output import Output
+from esctl.cli.progress import Progress
 
 if TYPE_CHECKING:
     from esctl import replay as core
@@ -251,7 +252,7 @@ def _run(
     *,
     yes: bool,
     progress: bool,
-    stream: output.JsonStream | None,
+    stream: jsonout.JsonStream | None,
 ) -> core.ReplaySummary:
     """The replay: the projection loaded, Redis opened when read or written, the question
     asked when needed, a progress bar; the events to ``stream`` (--to stdout)."""
@@ -345,7 +346,7 @@ def _render(out: Output, summary: core.ReplaySummary, *, to_stderr: bool) -> Non
     line; else one line of text)."""
     if to_stderr:
         if out.json:
-            sys.stderr.write(output.to_json(summary.as_dict()) + "\n")
+            sys.stderr.write(jsonout.to_json(summary.as_dict()) + "\n")
         else:
             _render_short(out, summary)
         return

@@ -23,7 +23,8 @@ from esctl.cli.migrate.common import (
 )
 from esctl.cli.migrate.prune import render_prune
 from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt, transforms_option
-from esctl.cli.output import Output, Progress
+from esctl.cli.output import Output
+from esctl.cli.progress import Progress
 
 if TYPE_CHECKING:
     from esctl import migrate as core

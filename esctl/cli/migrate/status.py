@@ -220,13 +220,13 @@ def _status_renderable(
 ) -> RenderableType:
     """The --watch screen: the table and its notes as one rich renderable, laid out for
     ``width`` as the table and notes without --watch are (the table fitted by
-    :func:`~esctl.cli.output.fit_table`, lines wrapped by
+    :func:`~esctl.cli.tables.fit_table`, lines wrapped by
     :func:`~esctl.cli.wrapping.break_line`): the console soft-wraps, which a live display
     would crop."""
     from rich.console import Group
     from rich.text import Text
 
-    from esctl.cli.output import fit_table, left_out_note
+    from esctl.cli.tables import fit_table, left_out_note
     from esctl.cli.wrapping import break_line
 
     table, left_out = fit_table(*_status_table(report), width, optional=_STATUS_OPTIONAL)

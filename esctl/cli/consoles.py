@@ -1,0 +1,85 @@
+"""stdout and stderr as esctl writes to them: the two rich consoles (data, never markup),
+whether stdin, stdout and stderr are terminals, and what to do when the reader of stdout has
+gone away (``| head``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+
+from rich.console import Console
+
+
+class _StdoutConsole(Console):
+    def on_broken_pipe(self) -> None:
+        # Not rich's exit 1: the error wrapper stops the command quietly, exit 0, as it does
+        # for every other write to stdout whose reader went away.
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+
+
+# What esctl prints is data (key names, payload text, .NET type names), never rich markup:
+# emoji=False, or ":lock:" in esctl:lock:{…} and ":1234:" in host:1234:run become emoji; and
+# every string goes out as Text (tables) or with markup=False, or "[[System.String, …]]" in a
+# type name is eaten and a "[/x]" in a payload raises MarkupError.
+stdout_console = _StdoutConsole(highlight=False, soft_wrap=True, emoji=False)
+stderr_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def writes_to_terminal(console: Console) -> bool:
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed file
+        return False
+
+
+def terminal_width(console: Console) -> int | None:
+    """The width of the terminal ``console`` writes to; None when it is not one."""
+    return console.width if writes_to_terminal(console) else None
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def stdout_on_stderr_terminal() -> bool:
+    """stdout and stderr write to the same terminal (a command typed in a shell, nothing
+    redirected): what goes to either lands on the same rows."""
+    if not (stdout_is_terminal() and stderr_is_terminal()):
+        return False
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return True  # two terminals that cannot be told apart: take them for one
+
+
+# --- the reader of stdout went away --------------------------------------------------------
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone away (``| head`` read
+    enough): a BrokenPipeError from anything else (a server's socket) is a real error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def stop_writing_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing written later (Python's last flush
+    included) fails again on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
