@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from esctl import errors
 from esctl.cli import output, progress
 from esctl.cli.context import Context, Scope, with_context
-from esctl.cli.output import Output, format_bytes, format_duration
+from esctl.cli.output import Output
+from esctl.units import format_bytes, format_duration
 
 # --- the decorator ---------------------------------------------------------------------------
 

@@ -37,10 +37,6 @@ def emit_json(document: Any, *, pretty: bool = True) -> None:
     sys.stdout.flush()
 
 
-def emit_json_line(document: Any) -> None:
-    sys.stdout.write(to_json(document) + "\n")
-
-
 class JsonStream:
     """Results written to stdout as they come, as JSON lines or as the elements of one JSON
     array, that end as valid JSON whatever happens: ``fail`` ends the stream with the error
