@@ -4,7 +4,9 @@ Prometheus rendering. The same verdicts against real servers are in test_doctor_
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from esctl import doctor
 from esctl.doctor import Check, DataPresence, ReplicaFacts, ServerFacts, SlowEntry
 from esctl.doctor import redis_memory_checks as memory
 from esctl.doctor import redis_server_checks as server
+from esctl.doctor.report import guarded
 from esctl.metrics import Metric
 
 NOW = 1_750_000_000.0
@@ -120,12 +123,18 @@ def test_aof_settings(
     assert memory.check_aof_rewrite(f).status == rewrite_status
 
 
+def judged(check_id: str, evaluate: Callable[[ServerFacts], Check], f: ServerFacts) -> Check:
+    """``evaluate``'s verdict on ``f`` as the runner gets it (a fact it needs but was not read
+    makes it unavailable)."""
+    return guarded(check_id, functools.partial(evaluate, f))
+
+
 def test_settings_missing_without_config_are_unavailable() -> None:
     f = facts(config={}, config_error="ERR unknown command 'CONFIG' (renamed)", aof_enabled=1)
     for check in (
-        memory.check_appendfsync(f),
-        memory.check_aof_rewrite(f),
-        server.check_latency_monitor(f),
+        judged("redis.appendfsync", memory.check_appendfsync, f),
+        judged("redis.aof_rewrite", memory.check_aof_rewrite, f),
+        judged("redis.latency_monitor", server.check_latency_monitor, f),
     ):
         assert check.status == "unavailable"
         assert "unknown command 'CONFIG'" in check.observed
@@ -156,6 +165,28 @@ def test_persistence_and_where_it_runs(
     assert check.status == status, check.observed
     if status == "ok" and aof == "no":
         assert any("only on replicas" in d and "restart" in d for d in check.details)
+
+
+@pytest.mark.parametrize(
+    ("field", "check_id", "evaluate"),
+    [
+        ("redis_version", "redis.version", server.check_version),
+        ("role", "redis.role", server.check_role),
+        ("used_memory", "redis.maxmemory", memory.check_maxmemory),
+        ("mem_fragmentation_ratio", "redis.fragmentation", memory.check_fragmentation),
+    ],
+)
+def test_info_field_missing_is_unavailable(
+    field: str, check_id: str, evaluate: Callable[[ServerFacts], Check]
+) -> None:
+    f = facts()
+    del f.info[field]
+    check = judged(check_id, evaluate, f)
+    assert (check.status, check.observed) == (
+        "unavailable",
+        "INFO unavailable: the field is missing",
+    )
+    assert check.action == "grant INFO to esctl's user (read-only)"
 
 
 def test_persistence_unknown_without_config_or_info_is_unavailable_not_a_failure() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.cluster
@@ -16,7 +16,7 @@ import redis.exceptions
 
 from esctl import redisio
 from esctl.config import redact
-from esctl.doctor.report import Check, CheckSpec
+from esctl.doctor.report import Check, CheckSpec, Unjudgeable
 from esctl.errors import EsctlError
 
 PING_COUNT = 5
@@ -32,6 +32,8 @@ CONFIG_PARAMETERS = (
     "slowlog-log-slower-than",
 )
 REPLICA_TIMEOUT_S = 2.0
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -115,6 +117,25 @@ class ServerFacts:
     def config_unavailable(self, name: str) -> str:
         why = self.config_error or "the server did not return it"
         return f"cannot read {name}: {why}"
+
+    # What a check cannot judge without: when it is missing, Unjudgeable makes the check
+    # unavailable (report.guarded), with what to grant.
+
+    def needed_info(self, name: str) -> Any:
+        """INFO's field ``name``."""
+        return self._info_needed(self.info.get(name))
+
+    def needed_info_int(self, name: str) -> int:
+        """INFO's field ``name``, a number (:meth:`info_int`)."""
+        return self._info_needed(self.info_int(name))
+
+    def _info_needed(self, value: _T | None) -> _T:
+        if value is None:
+            raise Unjudgeable(
+                f"INFO unavailable: {self.info_error or 'the field is missing'}",
+                "grant INFO to esctl's user (read-only)",
+            )
+        return value
 
 
 def as_int(text: str | None) -> int | None:
@@ -309,17 +330,6 @@ def memory_limit(facts: Sequence[ServerFacts]) -> int | None:
             return None
         hosts[f.name.rpartition(":")[0] or f.name] = system
     return total + sum(hosts.values())
-
-
-# --- what a check says when a fact is missing -------------------------------------------------
-
-
-def info_unavailable(spec: CheckSpec, f: ServerFacts) -> Check:
-    """``spec`` cannot judge ``f``: INFO, or the field it needs, is missing."""
-    return spec.unavailable(
-        f"INFO unavailable: {f.info_error or 'the field is missing'}",
-        "grant INFO to esctl's user (read-only)",
-    )
 
 
 def setting_unavailable(spec: CheckSpec, f: ServerFacts, name: str) -> Check:

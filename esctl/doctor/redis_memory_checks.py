@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from esctl.doctor.redis_facts import ServerFacts, as_int, info_unavailable, setting_unavailable
+from esctl.doctor.redis_facts import ServerFacts, as_int, setting_unavailable
 from esctl.doctor.report import Check, CheckSpec, Status, declare
 from esctl.metrics import Metric
 from esctl.units import format_bytes, format_percent
@@ -111,10 +111,8 @@ MAXMEMORY = declare(
 
 
 def check_maxmemory(f: ServerFacts) -> Check:
-    used = f.info_int("used_memory")
+    used = f.needed_info_int("used_memory")
     maxmemory = as_int(f.setting("maxmemory"))
-    if used is None:
-        return info_unavailable(MAXMEMORY, f)
     if maxmemory is None:
         return setting_unavailable(MAXMEMORY, f, "maxmemory")
     system = f.info_int("total_system_memory") or None
@@ -370,11 +368,8 @@ FRAGMENTATION = declare(
 
 
 def check_fragmentation(f: ServerFacts) -> Check:
-    ratio = f.info.get("mem_fragmentation_ratio")
-    used = f.info_int("used_memory")
-    if ratio is None or used is None:
-        return info_unavailable(FRAGMENTATION, f)
-    ratio = float(ratio)
+    used = f.needed_info_int("used_memory")
+    ratio = float(f.needed_info("mem_fragmentation_ratio"))
     metrics = [Metric("esctl_doctor_redis_mem_fragmentation_ratio", ratio)]
     values = {"mem_fragmentation_ratio": ratio, "used_memory": used}
     if used < FRAGMENTATION_MIN_USED:

@@ -11,7 +11,6 @@ from esctl.doctor.redis_facts import (
     ServerFacts,
     SlowEntry,
     as_int,
-    info_unavailable,
     replica_addresses,
     setting_unavailable,
 )
@@ -84,9 +83,7 @@ VERSION = declare(
 
 
 def check_version(f: ServerFacts) -> Check:
-    version = f.info.get("redis_version")
-    if version is None:
-        return info_unavailable(VERSION, f)
+    version = f.needed_info("redis_version")
     return VERSION.warn_unless(
         _version_tuple(str(version)) >= (6, 2),
         f"{version}",
@@ -111,10 +108,7 @@ ROLE = declare(
 
 
 def check_role(f: ServerFacts) -> Check:
-    role = f.info.get("role")
-    if role is None:
-        return info_unavailable(ROLE, f)
-    if role != "master":
+    if f.needed_info("role") != "master":
         link = f.info.get("master_link_status")
         master = f"{f.info.get('master_host')}:{f.info.get('master_port')}"
         status: Status = "ok" if link == "up" else "fail"

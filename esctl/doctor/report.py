@@ -206,6 +206,16 @@ def declare(
     return spec
 
 
+class Unjudgeable(Exception):
+    """Raised by a check that lacks a fact it cannot judge without (an INFO field, a setting):
+    :func:`guarded` makes the check ``unavailable``, ``reason`` its observation."""
+
+    def __init__(self, reason: str, action: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.action = action
+
+
 def unavailable(check_id: str, reason: str, action: str | None = None) -> Check:
     """The declared check ``check_id`` could not run, and why."""
     return SPECS[check_id].unavailable(reason, action)
@@ -215,6 +225,8 @@ def guarded(check_id: str, evaluate: Callable[[], Check]) -> Check:
     """Run one check; anything it raises makes it ``unavailable`` (doctor never crashes)."""
     try:
         return evaluate()
+    except Unjudgeable as exc:
+        return unavailable(check_id, exc.reason, exc.action)
     except EsctlError as exc:
         return unavailable(check_id, f"could not run: {exc.message}", exc.hint)
     except Exception as exc:
