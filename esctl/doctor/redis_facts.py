@@ -16,7 +16,7 @@ import redis.exceptions
 
 from esctl import redisio
 from esctl.config import redact
-from esctl.doctor.report import Check, CheckSpec, Unjudgeable
+from esctl.doctor.report import Unjudgeable
 from esctl.errors import EsctlError
 
 PING_COUNT = 5
@@ -129,11 +129,27 @@ class ServerFacts:
         """INFO's field ``name``, a number (:meth:`info_int`)."""
         return self._info_needed(self.info_int(name))
 
+    def needed_setting(self, name: str) -> str:
+        """The setting ``name`` (:meth:`setting`)."""
+        return self._setting_needed(name, self.setting(name))
+
+    def needed_setting_int(self, name: str) -> int:
+        """The setting ``name``, a number."""
+        return self._setting_needed(name, as_int(self.setting(name)))
+
     def _info_needed(self, value: _T | None) -> _T:
         if value is None:
             raise Unjudgeable(
                 f"INFO unavailable: {self.info_error or 'the field is missing'}",
                 "grant INFO to esctl's user (read-only)",
+            )
+        return value
+
+    def _setting_needed(self, name: str, value: _T | None) -> _T:
+        if value is None:
+            raise Unjudgeable(
+                self.config_unavailable(name),
+                "check the setting in your provider's console or grant CONFIG GET",
             )
         return value
 
@@ -330,11 +346,3 @@ def memory_limit(facts: Sequence[ServerFacts]) -> int | None:
             return None
         hosts[f.name.rpartition(":")[0] or f.name] = system
     return total + sum(hosts.values())
-
-
-def setting_unavailable(spec: CheckSpec, f: ServerFacts, name: str) -> Check:
-    """``spec`` cannot judge ``f``: the setting ``name`` could not be read."""
-    return spec.unavailable(
-        f.config_unavailable(name),
-        "check the setting in your provider's console or grant CONFIG GET",
-    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from esctl.doctor.redis_facts import ServerFacts, as_int, setting_unavailable
+from esctl.doctor.redis_facts import ServerFacts
 from esctl.doctor.report import Check, CheckSpec, Status, declare
 from esctl.metrics import Metric
 from esctl.units import format_bytes, format_percent
@@ -59,9 +59,7 @@ MAXMEMORY_POLICY = declare(
 
 
 def check_maxmemory_policy(f: ServerFacts, data: DataPresence) -> Check:
-    policy = f.setting("maxmemory-policy")
-    if policy is None:
-        return setting_unavailable(MAXMEMORY_POLICY, f, "maxmemory-policy")
+    policy = f.needed_setting("maxmemory-policy")
     source = "CONFIG" if "maxmemory-policy" in f.config else "INFO"
     metrics = [Metric("esctl_doctor_redis_noeviction", int(policy == "noeviction"))]
     if policy == "noeviction":
@@ -112,9 +110,7 @@ MAXMEMORY = declare(
 
 def check_maxmemory(f: ServerFacts) -> Check:
     used = f.needed_info_int("used_memory")
-    maxmemory = as_int(f.setting("maxmemory"))
-    if maxmemory is None:
-        return setting_unavailable(MAXMEMORY, f, "maxmemory")
+    maxmemory = f.needed_setting_int("maxmemory")
     system = f.info_int("total_system_memory") or None
     metrics = [
         Metric("esctl_doctor_redis_used_memory_bytes", used),
@@ -293,21 +289,19 @@ APPENDFSYNC = declare(
 )
 
 
-def _aof_setting_moot(spec: CheckSpec, f: ServerFacts, name: str) -> Check | None:
-    """The verdict on the AOF setting ``name`` when there is nothing to judge: the AOF is off
-    here, or the setting could not be read. None when there is."""
+def _aof_off(spec: CheckSpec, f: ServerFacts, name: str) -> Check | None:
+    """The verdict on the AOF setting ``name`` when the AOF is off here: ``ok``, the setting
+    does not apply. None when it may."""
     if f.setting("appendonly") == "no":
         return spec.result("ok", f"AOF off here ({name} does not apply)")
-    if f.config.get(name) is None:
-        return setting_unavailable(spec, f, name)
     return None
 
 
 def check_appendfsync(f: ServerFacts) -> Check:
-    moot = _aof_setting_moot(APPENDFSYNC, f, "appendfsync")
-    if moot is not None:
-        return moot
-    fsync = f.config["appendfsync"]
+    off = _aof_off(APPENDFSYNC, f, "appendfsync")
+    if off is not None:
+        return off
+    fsync = f.needed_setting("appendfsync")
     return APPENDFSYNC.warn_unless(
         fsync == "everysec",
         fsync,
@@ -336,11 +330,11 @@ AOF_REWRITE = declare(
 
 
 def check_aof_rewrite(f: ServerFacts) -> Check:
-    moot = _aof_setting_moot(AOF_REWRITE, f, "no-appendfsync-on-rewrite")
-    if moot is not None:
-        return moot
+    off = _aof_off(AOF_REWRITE, f, "no-appendfsync-on-rewrite")
+    if off is not None:
+        return off
     aof = f.setting("appendonly")
-    setting = f.config["no-appendfsync-on-rewrite"]
+    setting = f.needed_setting("no-appendfsync-on-rewrite")
     return AOF_REWRITE.warn_unless(
         setting == "yes",
         "yes (fsync pauses during rewrites)"

@@ -7,13 +7,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from esctl.doctor.redis_facts import (
-    ServerFacts,
-    SlowEntry,
-    as_int,
-    replica_addresses,
-    setting_unavailable,
-)
+from esctl.doctor.redis_facts import ServerFacts, SlowEntry, as_int, replica_addresses
 from esctl.doctor.report import Check, Status, declare
 from esctl.metrics import Metric
 from esctl.units import format_duration
@@ -173,9 +167,7 @@ LATENCY_MONITOR = declare(
 
 
 def check_latency_monitor(f: ServerFacts) -> Check:
-    threshold = as_int(f.config.get("latency-monitor-threshold"))
-    if threshold is None:
-        return setting_unavailable(LATENCY_MONITOR, f, "latency-monitor-threshold")
+    threshold = f.needed_setting_int("latency-monitor-threshold")
     return LATENCY_MONITOR.warn_unless(
         threshold != 0,
         f"{threshold} ms" if threshold else "0 (latency monitor off)",
