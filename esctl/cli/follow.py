@@ -1,5 +1,5 @@
-"""``esctl migrate redis-to-pg --follow``: the signals that stop a follower, and its lines (JSON
-lines with ``--json``; else a status line on stderr)."""
+"""``esctl migrate redis-to-pg --follow``: its options, the signals that stop a follower, and its
+lines (JSON lines with ``--json``; else a status line on stderr)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,92 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from esctl.cli.context import Context
 from esctl.cli.errors import EXIT_INTERRUPTED
+from esctl.cli.groups import OptionGroup
 from esctl.cli.jsonout import to_json
+from esctl.cli.options import MetricsFileOpt
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
     from esctl.cli.jsonout import JsonStream
     from esctl.migrate import MigrateOptions
+    from esctl.migrate.follow import FollowOptions
 
 
 @dataclass(frozen=True)
-class FollowArgs:
-    enable_notifications: bool
-    sweep_interval: str
-    stall_timeout: str | None
-    metrics_file: Path | None
-    workers: int
+class Following(OptionGroup):
+    """--follow and the options only a follower reads."""
+
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="After catching up, keep PostgreSQL in step with Redis until stopped "
+            "(SIGTERM: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
+            "from keyspace notifications (polling without them); reports the lag.",
+        ),
+    ] = False
+    enable_notifications: Annotated[
+        bool,
+        typer.Option(
+            "--enable-notifications",
+            help="With --follow: CONFIG SET notify-keyspace-events to add 'Kl' on every "
+            "primary when it is off.",
+        ),
+    ] = False
+    sweep_interval: Annotated[
+        str,
+        typer.Option(
+            "--sweep-interval",
+            metavar="DURATION",
+            help="With --follow: a full incremental sweep this often (notifications lost in "
+            "a disconnect are caught by it; one also runs after every reconnect); 0: none "
+            "but those.",
+        ),
+    ] = "10m"
+    stall_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--stall-timeout",
+            metavar="DURATION",
+            help="With --follow: exit 1, naming the cause, when behind with no progress for "
+            "this long.",
+            show_default=False,
+        ),
+    ] = None
+    metrics_file: MetricsFileOpt = None
+
+    def check_unused(self) -> None:
+        """Without --follow: refuse the options only a follower reads (exit 2)."""
+        from esctl.errors import UsageError
+
+        if (
+            self.metrics_file is not None
+            or self.enable_notifications
+            or self.stall_timeout is not None
+        ):
+            raise UsageError(
+                "--metrics-file, --enable-notifications and --stall-timeout need --follow"
+            )
+
+    def options(self) -> FollowOptions:
+        """The follower's options as the core takes them (the durations parsed)."""
+        from esctl.durations import parse_duration
+        from esctl.migrate.follow import FollowOptions
+
+        return FollowOptions(
+            sweep_interval_s=parse_duration(self.sweep_interval).total_seconds(),
+            stall_timeout_s=(
+                parse_duration(self.stall_timeout).total_seconds() if self.stall_timeout else None
+            ),
+            enable_notifications=self.enable_notifications,
+            metrics_file=str(self.metrics_file) if self.metrics_file else None,
+        )
 
 
 class _Stop:
@@ -60,25 +124,17 @@ class _Stop:
 
 
 def run_follow(
-    ctx: Context, opts: MigrateOptions, args: FollowArgs, *, refuse: dict[str, bool]
+    ctx: Context, opts: MigrateOptions, following: Following, *, refuse: dict[str, bool]
 ) -> None:
-    from esctl.durations import parse_duration
+    """Follow until stopped; first refuse the options of ``refuse`` that were given (a
+    follower cannot take them: exit 2)."""
     from esctl.errors import UsageError
-    from esctl.migrate.follow import FollowOptions, follow
+    from esctl.migrate.follow import follow
 
     refused = [name for name, given in refuse.items() if given]
-    if args.workers > 1:
-        refused.append("--workers")
     if refused:
         raise UsageError(f"--follow cannot be combined with {', '.join(refused)}")
-    fopts = FollowOptions(
-        sweep_interval_s=parse_duration(args.sweep_interval).total_seconds(),
-        stall_timeout_s=(
-            parse_duration(args.stall_timeout).total_seconds() if args.stall_timeout else None
-        ),
-        enable_notifications=args.enable_notifications,
-        metrics_file=str(args.metrics_file) if args.metrics_file else None,
-    )
+    fopts = following.options()
     out = ctx.out
     stream = out.open_stream() if out.json else None
     on_line = _json_lines(stream) if stream is not None else _Screen(out)

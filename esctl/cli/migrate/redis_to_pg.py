@@ -13,6 +13,8 @@ from esctl import defaults
 from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
+from esctl.cli.follow import Following, run_follow
+from esctl.cli.groups import with_groups
 from esctl.cli.migrate.common import (
     BackupFileOpt,
     checked_rules,
@@ -22,7 +24,7 @@ from esctl.cli.migrate.common import (
     workers_option,
 )
 from esctl.cli.migrate.prune import render_prune
-from esctl.cli.options import DryRunOpt, MetricsFileOpt, ProgressOpt, ShardOpt, transforms_option
+from esctl.cli.options import DryRunOpt, ProgressOpt, ShardOpt, transforms_option
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 
@@ -109,45 +111,10 @@ MigrateTransformsOpt = Annotated[
         "--restart --yes)."
     ),
 ]
-FollowOpt = Annotated[
-    bool,
-    typer.Option(
-        "--follow",
-        help="After catching up, keep PostgreSQL in step with Redis until stopped "
-        "(SIGTERM: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
-        "from keyspace notifications (polling without them); reports the lag.",
-    ),
-]
-EnableNotificationsOpt = Annotated[
-    bool,
-    typer.Option(
-        "--enable-notifications",
-        help="With --follow: CONFIG SET notify-keyspace-events to add 'Kl' on every "
-        "primary when it is off.",
-    ),
-]
-SweepIntervalOpt = Annotated[
-    str,
-    typer.Option(
-        "--sweep-interval",
-        metavar="DURATION",
-        help="With --follow: a full incremental sweep this often (notifications lost in "
-        "a disconnect are caught by it; one also runs after every reconnect); 0: none "
-        "but those.",
-    ),
-]
-StallTimeoutOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--stall-timeout",
-        metavar="DURATION",
-        help="With --follow: exit 1, naming the cause, when behind with no progress for this long.",
-        show_default=False,
-    ),
-]
 
 
 @with_context(Scope.REDIS | Scope.REPLICAS | Scope.PG | Scope.APP)
+@with_groups
 def redis_to_pg(
     ctx: Context,
     batch_size: BatchSizeOpt = defaults.MIGRATE_BATCH_SIZE,
@@ -166,11 +133,7 @@ def redis_to_pg(
     yes: MigrateYesOpt = False,
     backup_file: BackupFileOpt = None,
     transforms_file: MigrateTransformsOpt = None,
-    follow: FollowOpt = False,
-    enable_notifications: EnableNotificationsOpt = False,
-    sweep_interval: SweepIntervalOpt = "10m",
-    stall_timeout: StallTimeoutOpt = None,
-    metrics_file: MetricsFileOpt = None,
+    following: Following = Following(),
 ) -> None:
     """Copy committed events from Redis into PostgreSQL: batched, resumable, idempotent.
 
@@ -186,7 +149,7 @@ def redis_to_pg(
     Example: esctl migrate redis-to-pg --app MyService --init-schema
     """
     from esctl import migrate as core
-    from esctl.errors import Refused, UsageError
+    from esctl.errors import Refused
     from esctl.shard import Shard
 
     if delete_source and not yes and not dry_run:  # a dry run deletes nothing: no --yes
@@ -210,18 +173,11 @@ def redis_to_pg(
         writers=writers,
         toast_compression=toast(toast_compression),
     )
-    if follow:
-        from esctl.cli.follow import FollowArgs, run_follow
-
-        run_follow(
-            ctx,
-            opts,
-            FollowArgs(enable_notifications, sweep_interval, stall_timeout, metrics_file, workers),
-            refuse={"--dry-run": dry_run, "--delete-source": delete_source},
-        )
+    if following.follow:
+        refuse = {"--dry-run": dry_run, "--delete-source": delete_source, "--workers": workers > 1}
+        run_follow(ctx, opts, following, refuse=refuse)
         return
-    if metrics_file is not None or enable_notifications or stall_timeout is not None:
-        raise UsageError("--metrics-file, --enable-notifications and --stall-timeout need --follow")
+    following.check_unused()
     client = ctx.redis
     with ctx.out.progress(progress, desc="migrating", unit=" commits", at_first_update=True) as bar:
         _count_commits_beside(bar, client, opts)
