@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,7 +14,7 @@ from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.follow import Following, run_follow
-from esctl.cli.groups import with_groups
+from esctl.cli.groups import OptionGroup, with_groups
 from esctl.cli.migrate.common import (
     BackupFileOpt,
     checked_rules,
@@ -24,7 +24,7 @@ from esctl.cli.migrate.common import (
     workers_option,
 )
 from esctl.cli.migrate.prune import render_prune
-from esctl.cli.options import DryRunOpt, ProgressOpt, ShardOpt, transforms_option
+from esctl.cli.options import DryRunOpt, ProgressOpt, ShardOpt, option, transforms_option
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 
@@ -33,62 +33,91 @@ if TYPE_CHECKING:
     from esctl import redisio
 
 
-BatchSizeOpt = Annotated[
-    int, typer.Option("--batch-size", metavar="N", min=1, help="Events per transaction.")
-]
-InitSchemaOpt = Annotated[
-    bool,
-    typer.Option(
-        "--init-schema",
-        help="Create the library's tables and functions (and esctl's bookkeeping) if missing.",
-    ),
-]
-RestartOpt = Annotated[
-    bool,
-    typer.Option(
-        "--restart",
-        help="Start a new run instead of resuming an unfinished one. When PostgreSQL holds "
-        "events migrated with other --transforms (or without), DELETE those events of this "
-        "app (and shard) first and migrate everything again (needs --yes).",
-    ),
-]
-MaxProblemsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-problems",
-        metavar="N",
-        min=0,
-        help="Stop once more aggregates than this had problems.",
-    ),
-]
-RateOpt = Annotated[
-    float | None,
-    typer.Option("--rate", metavar="N", min=1, help="At most this many events read per second."),
-]
-MaxRedisLatencyOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-redis-latency",
-        metavar="MS",
-        min=0.1,
-        help="Back off while a Redis round trip takes longer than this many milliseconds.",
-    ),
-]
-WritersOpt = Annotated[
-    int,
-    typer.Option("--writers", metavar="N", min=1, max=8, help="PostgreSQL writer connections."),
-]
-MigrateWorkersOpt = Annotated[
-    int,
-    workers_option(
-        "Local processes, each migrating one sub-shard (of --shard, if given); one "
-        "combined summary. Rerun with the same number to resume."
-    ),
-]
-ToastCompressionOpt = Annotated[
-    str,
-    toast_option("default_toast_compression for the writers' sessions (lz4, pglz, or 'server')."),
-]
+@dataclass(frozen=True)
+class RunOptions(OptionGroup):
+    """How the migration runs: the options of the core's ``MigrateOptions``, and --workers (how
+    many processes run it)."""
+
+    batch_size: Annotated[
+        int, option("--batch-size", "N", "Events per transaction.", show_default=True, min=1)
+    ] = defaults.MIGRATE_BATCH_SIZE
+    init_schema: Annotated[
+        bool,
+        typer.Option(
+            "--init-schema",
+            help="Create the library's tables and functions (and esctl's bookkeeping) if missing.",
+        ),
+    ] = False
+    dry_run: DryRunOpt = False
+    shard: ShardOpt = None
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Start a new run instead of resuming an unfinished one. When PostgreSQL holds "
+            "events migrated with other --transforms (or without), DELETE those events of this "
+            "app (and shard) first and migrate everything again (needs --yes).",
+        ),
+    ] = False
+    max_problems: Annotated[
+        int | None,
+        option("--max-problems", "N", "Stop once more aggregates than this had problems.", min=0),
+    ] = None
+    rate: Annotated[
+        float | None,
+        option("--rate", "N", "At most this many events read per second.", min=1),
+    ] = None
+    max_redis_latency: Annotated[
+        float | None,
+        option(
+            "--max-redis-latency",
+            "MS",
+            "Back off while a Redis round trip takes longer than this many milliseconds.",
+            min=0.1,
+        ),
+    ] = None
+    writers: Annotated[
+        int,
+        option("--writers", "N", "PostgreSQL writer connections.", show_default=True, min=1, max=8),
+    ] = 2
+    workers: Annotated[
+        int,
+        workers_option(
+            "Local processes, each migrating one sub-shard (of --shard, if given); one "
+            "combined summary. Rerun with the same number to resume."
+        ),
+    ] = 1
+    toast_compression: Annotated[
+        str,
+        toast_option(
+            "default_toast_compression for the writers' sessions (lz4, pglz, or 'server')."
+        ),
+    ] = "lz4"
+
+    def migrate_options(
+        self, ctx: Context, *, transforms: str | None, confirm_restart: bool
+    ) -> core.MigrateOptions:
+        """The core's options: these, for the app and the PostgreSQL of ``ctx``."""
+        from esctl import migrate as core
+        from esctl.shard import Shard
+
+        return core.MigrateOptions(
+            **store(ctx),
+            transforms=transforms,
+            confirm_restart=confirm_restart,
+            batch_size=self.batch_size,
+            init_schema=self.init_schema,
+            dry_run=self.dry_run,
+            shard=Shard.from_option(self.shard),
+            restart=self.restart,
+            max_problems=self.max_problems,
+            rate=self.rate,
+            max_redis_latency_ms=self.max_redis_latency,
+            writers=self.writers,
+            toast_compression=toast(self.toast_compression),
+        )
+
+
 DeleteSourceOpt = Annotated[
     bool,
     typer.Option(
@@ -117,17 +146,7 @@ MigrateTransformsOpt = Annotated[
 @with_groups
 def redis_to_pg(
     ctx: Context,
-    batch_size: BatchSizeOpt = defaults.MIGRATE_BATCH_SIZE,
-    init_schema: InitSchemaOpt = False,
-    dry_run: DryRunOpt = False,
-    shard: ShardOpt = None,
-    restart: RestartOpt = False,
-    max_problems: MaxProblemsOpt = None,
-    rate: RateOpt = None,
-    max_redis_latency: MaxRedisLatencyOpt = None,
-    writers: WritersOpt = 2,
-    workers: MigrateWorkersOpt = 1,
-    toast_compression: ToastCompressionOpt = "lz4",
+    run: RunOptions = RunOptions(),
     progress: ProgressOpt = True,
     delete_source: DeleteSourceOpt = False,
     yes: MigrateYesOpt = False,
@@ -150,31 +169,19 @@ def redis_to_pg(
     """
     from esctl import migrate as core
     from esctl.errors import Refused
-    from esctl.shard import Shard
 
-    if delete_source and not yes and not dry_run:  # a dry run deletes nothing: no --yes
+    if delete_source and not yes and not run.dry_run:  # a dry run deletes nothing: no --yes
         raise Refused(
             "--delete-source deletes the migrated events from Redis and needs --yes",
             hint="add --yes (nothing was done), or try --dry-run first",
         )
-    transforms = checked_rules(transforms_file)
-    opts = core.MigrateOptions(
-        **store(ctx),
-        transforms=transforms,
-        confirm_restart=yes,
-        batch_size=batch_size,
-        init_schema=init_schema,
-        dry_run=dry_run,
-        shard=Shard.from_option(shard),
-        restart=restart,
-        max_problems=max_problems,
-        rate=rate,
-        max_redis_latency_ms=max_redis_latency,
-        writers=writers,
-        toast_compression=toast(toast_compression),
-    )
+    opts = run.migrate_options(ctx, transforms=checked_rules(transforms_file), confirm_restart=yes)
     if following.follow:
-        refuse = {"--dry-run": dry_run, "--delete-source": delete_source, "--workers": workers > 1}
+        refuse = {
+            "--dry-run": run.dry_run,
+            "--delete-source": delete_source,
+            "--workers": run.workers > 1,
+        }
         run_follow(ctx, opts, following, refuse=refuse)
         return
     following.check_unused()
@@ -185,7 +192,7 @@ def redis_to_pg(
             client,
             opts,
             redis=ctx.redis_target,
-            workers=workers,
+            workers=run.workers,
             delete_source=delete_source,
             backup_file=backup_file,
             on_progress=bar.hook(lambda p: _migrated(bar, p)),
