@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-import typer
-
 from esctl.cli.context import Context
-from esctl.cli.options import read_rules
+from esctl.cli.options import option, read_rules
 
 BackupFileOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--backup-file",
-        metavar="PATH",
-        help="First write every event to be deleted to this new file (zstd JSON lines, "
+        "PATH",
+        "First write every event to be deleted to this new file (zstd JSON lines, "
         "mode 0600, fsynced before each delete; not written in a dry run).",
-        show_default=False,
     ),
 ]
 
@@ -49,12 +46,10 @@ def toast(method: str) -> str | None:
 def toast_option(help: str) -> Any:
     """``--toast-compression METHOD`` (read by :func:`toast`), with what it does for one
     command."""
-    return typer.Option("--toast-compression", metavar="METHOD", help=help)
+    return option("--toast-compression", "METHOD", help, show_default=True)
 
 
 def workers_option(help: str, *, most: int | None = None, show_default: bool = True) -> Any:
     """``--workers N`` (local processes, at least 1, at most ``most``), with what they do for
     one command."""
-    return typer.Option(
-        "--workers", metavar="N", min=1, max=most, help=help, show_default=show_default
-    )
+    return option("--workers", "N", help, show_default=show_default, min=1, max=most)

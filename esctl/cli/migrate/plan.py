@@ -11,7 +11,7 @@ from esctl import defaults
 from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.migrate.common import store, toast, toast_option
-from esctl.cli.options import read_rules, transforms_option
+from esctl.cli.options import option, read_rules, transforms_option
 from esctl.cli.output import Output
 
 if TYPE_CHECKING:
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 SampleOpt = Annotated[
     int,
-    typer.Option(
-        "--sample", metavar="N", min=1, help="Aggregates to read whole (a random sample)."
+    option(
+        "--sample", "N", "Aggregates to read whole (a random sample).", show_default=True, min=1
     ),
 ]
 TrialOpt = Annotated[
@@ -34,8 +34,8 @@ TrialOpt = Annotated[
 ]
 TrialEventsOpt = Annotated[
     int,
-    typer.Option(
-        "--trial-events", metavar="N", min=1, help="At most this many events in the trial."
+    option(
+        "--trial-events", "N", "At most this many events in the trial.", show_default=True, min=1
     ),
 ]
 PlanToastCompressionOpt = Annotated[
