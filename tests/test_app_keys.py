@@ -5,13 +5,17 @@ they read has none (naming the apps that do)."""
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
+import subprocess
 import time
 from typing import Any
 
 import pytest
 import redis
 from cluster import LocalCluster, redis_cluster
-from helpers import run_cli
+from helpers import run_cli, start_cli
 
 from esctl import layout, redisio, storereads
 from esctl.cli import appkeys
@@ -271,6 +275,44 @@ def test_the_migrate_commands_name_the_apps_that_have_keys(
     assert_quiet(right)
     assert_quiet(run(demo_store.app, "plan", "--no-trial"))
     assert_quiet(run(demo_store.app, "verify"))
+    # The prune a cron job runs after it: nothing to delete for a typo, and a note saying why.
+    for pruning in (("prune", "--dry-run"), ("prune", "--yes", "--json")):
+        result = run(wrong, *pruning)
+        assert result.returncode == 0, result.stderr
+        assert_noted(result, wrong, server, demo_store.app)
+    assert_quiet(run(demo_store.app, "prune", "--dry-run"))
+
+
+def test_a_follower_of_an_app_with_no_keys_says_so_after_its_first_sweep(
+    demo_store: DemoSummary, redis_test_url: str, pg_dsn: str
+) -> None:
+    """``--follow`` with a typo would follow nothing for as long as it runs: the note comes
+    once, after the first sweep, and the follower goes on (stdout: its JSON lines)."""
+    server = redisio.describe_url(redis_test_url)
+    wrong = typo(demo_store.app)
+    proc = start_cli(
+        "migrate", "redis-to-pg", "--follow", "--json", "--init-schema", "--app", wrong,
+        "--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--sweep-interval", "1s",
+    )  # fmt: skip
+    assert proc.stderr is not None
+    stderr = ""
+    try:
+        deadline = time.monotonic() + 60
+        while "note: " not in stderr and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 65536).decode()
+                assert chunk, f"the follower ended: {stderr}"
+                stderr += chunk
+        time.sleep(2.5)  # more sweeps: the note is not repeated
+        assert proc.poll() is None, "the follower stopped"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, rest = proc.communicate(timeout=60)
+    stderr += rest.decode()
+    assert proc.returncode == 130, stderr
+    assert_noted(subprocess.CompletedProcess([], 0, out.decode(), stderr), wrong, server)
+    assert any(json.loads(line)["event"] == "sweep" for line in out.decode().splitlines())
 
 
 def test_inspect_aggregate_and_event_add_the_apps_to_not_found(

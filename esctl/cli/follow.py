@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context
 from esctl.cli.errors import EXIT_INTERRUPTED
 from esctl.cli.groups import OptionGroup
@@ -137,7 +138,20 @@ def run_follow(
     fopts = following.options()
     out = ctx.out
     stream = out.open_stream() if out.json else None
-    on_line = _json_lines(stream) if stream is not None else _Screen(out)
+    screen = _Screen(out) if stream is None else None
+    shown = _json_lines(stream) if stream is not None else screen
+    assert shown is not None
+    noted = False
+
+    def on_line(line: dict[str, Any]) -> None:
+        nonlocal noted
+        shown(line)
+        if not noted and line["event"] == "sweep" and line["phase"] == "finished":
+            noted = True  # after the first sweep: a typo in --app follows nothing, forever
+            if screen is not None:
+                screen.clear()
+            note_if_no_keys(ctx, seen=line["events_read"] > 0 or line["events_migrated"] > 0)
+
     client = ctx.redis
     with _Stop() as stop:
         last = follow(client, opts, fopts, on_line=on_line, should_stop=stop)
@@ -192,10 +206,14 @@ class _Screen:
             self._say(self.out.info, f"stopped ({line['reason']}): {_status(line)}")
 
     def _say(self, say: Callable[[str], None], text: str) -> None:
+        self.clear()
+        say(text)
+
+    def clear(self) -> None:
+        """Clear the status line, for another line to be written."""
         if self.shown:
             print("\r\x1b[K", end="", file=sys.stderr, flush=True)
             self.shown = False
-        say(text)
 
 
 def _worth_saying(sweep: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store
@@ -91,6 +92,7 @@ def prune_command(
         )
     summary = prune_core.prune(ctx.redis, opts)
     out.result(summary.as_dict(), lambda: render_prune(out, summary))
+    note_if_no_keys(ctx, seen=summary.aggregates_examined > 0)
     exit_for(problems=summary.found_problems)
 
 
