@@ -283,12 +283,16 @@ def test_replay_question_is_not_drawn_on_the_bar_s_row(
     words = [*ESCTL, "replay", "--from", "redis", "--type", "OrderPlaced", "--to", "queue"]
     words += ["--subscriber", "Reporting.Worker", "--force", "--confirm-over", "1"]
     with TerminalSession(words, env=env) as session:
-        session.wait_for(lambda s: "[y/N]" in s.text, timeout=30)
+        # click writes the question, then input() its last space: typed before that space,
+        # the answer's echo would come first ("[y/N]:y")
+        session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
         session.type("y\r")
         screen = session.wait_exit(timeout=30)
     assert_reads_well(screen, exit_code=3)  # the demo's unreadable events are problems
     assert "would publish" in screen.rows, screen.describe()
-    [question] = [i for i, row in enumerate(screen.rows) if row.endswith("[y/N]: y")]
+    questions = [i for i, row in enumerate(screen.rows) if row.endswith("[y/N]: y")]
+    assert len(questions) == 1, screen.describe()
+    [question] = questions
     assert screen.rows[question].startswith("publish "), screen.describe()
     [bar] = bar_rows(screen)
     # drawn once the replay holds its lock, with the plan's count as its total
