@@ -226,6 +226,9 @@ def test_a_progress_bar_counts_in_whole_numbers() -> None:
     assert bar.format_meter(
         42, None, 1, prefix="x", unit=" keys", rate=16_700, postfix="matched=5"
     ) == ("x: 42 keys [00:01, 16.7k keys/s, matched=5]")
+    # slow work is still counted per second (tqdm: "3.30s/ commits")
+    assert ", 0.30 commits/s]" in bar.format_meter(1, 10, 3.3, prefix="m", unit=" commits")
+    assert ", ? commits/s]" in bar.format_meter(0, None, 0, prefix="m", unit=" commits")
 
 
 # --- a reader that goes away -----------------------------------------------------------------
