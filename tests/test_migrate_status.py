@@ -180,6 +180,14 @@ def test_running_then_killed_run(
         holder = f"esctl migrate redis-to-pg (pid {proc.pid} on {socket.gethostname()})"
         assert shard["lock_holder"]["application_name"] == holder[:63]
         assert shard["lock_holder"]["pid"] > 0
+        # and the table says where the run is going on
+        human = run_cli(
+            "migrate", "status", "--app", app_name, "--redis-url", redis_test_url,
+            "--pg-dsn", pg_dsn,
+        )  # fmt: skip
+        words = " ".join(human.stdout.split())
+        pid = shard["lock_holder"]["pid"]
+        assert f"running (shard 0/1): in {holder[:63]}, PostgreSQL session pid {pid}" in words
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()

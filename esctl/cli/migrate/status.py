@@ -193,6 +193,14 @@ def _next_steps(report: status_core.StatusReport) -> list[str]:
     from esctl.migrate.runs import quarantine_query
 
     steps = []
+    for s in report.shards:
+        holder = s.holder
+        if s.status == "running" and holder is not None:
+            where = f"in {holder.application_name}, " if holder.application_name else ""
+            steps.append(
+                f"running (shard {s.shard}): {where}PostgreSQL session pid {holder.pid}"
+                f"{f' from {holder.client_addr}' if holder.client_addr else ''}"
+            )
     interrupted = [s.shard for s in report.shards if s.status == "interrupted"]
     if interrupted:
         steps.append(
