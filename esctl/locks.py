@@ -253,8 +253,8 @@ class AdvisoryLock:
 
     ``within``: the lock of the whole that ``name`` is a part of (a shard's run: the lock of
     every shard's), taken first in shared mode. The runs of the parts then go on side by
-    side, and a run that takes the whole's lock itself (exclusive) waits for none of them
-    and finds each refused while it runs."""
+    side; a run that takes the whole's lock itself (exclusive) is refused while any of them
+    runs, and they while it runs."""
 
     def __init__(
         self,
