@@ -37,9 +37,11 @@ from psycopg.conninfo import make_conninfo
 
 from esctl import pg, redisio
 from esctl.codec import parse_timestamp
+from esctl.locks import AdvisoryLock
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
 from esctl.migrate.rows import PG_EPOCH
 from esctl.migrate.rows import binary_row as make_binary_row
+from esctl.migrate.run import lock_name
 from esctl.shard import Shard
 from esctl.streams import StreamProblem, build_stream, validate_stream
 from esctl.verify import VerifyOptions, verify
@@ -908,6 +910,33 @@ def test_a_held_lock_names_its_holder_and_the_statement_that_ends_a_dead_one(
     assert document["error"]["kind"] == "locked"
     assert f"pid {pid} (" in document["error"]["message"]
     assert f"`SELECT pg_terminate_backend({pid})`" in document["error"]["hint"]
+
+
+def test_a_worker_refused_its_lock_says_what_the_other_workers_migrated(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """--workers 2 with sub-shard 1/2 held by another run: exit 75 as before, and the error
+    no longer says "nothing was done" of the whole run: shard 0/2 migrated, and says how much
+    (what PostgreSQL holds)."""
+    write_clean_store(redis_client, app_name, aggregates=40)
+    args = cli_args(redis_test_url, pg_dsn, app_name)
+    with AdvisoryLock(pg_dsn, lock_name("public", app_name, "1/2"), what="test"):
+        result = run_cli(
+            "migrate", "redis-to-pg", *args, "--init-schema", "--workers", "2", "--json"
+        )
+    assert result.returncode == 75, result.stderr
+    message = json.loads(result.stdout)["error"]["message"]
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM event e JOIN aggregate a USING (aggregate_key)"
+            " WHERE a.application_name = %s",
+            (app_name,),
+        ).fetchone()
+    assert row is not None and row[0] > 0
+    assert "(shard 1/2) is running" in message and "nothing was done in shard 1/2" in message
+    assert f"the other workers: shard 0/2 migrated {row[0]:,} events (committed; " in message
+    rerun = run_cli("migrate", "redis-to-pg", *args, "--workers", "2", "--json")
+    assert rerun.returncode == 0, rerun.stderr
 
 
 # --- output --------------------------------------------------------------------------------

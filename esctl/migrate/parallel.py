@@ -13,6 +13,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from esctl import inflight, redisio
+from esctl.errors import EsctlError
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.run import migrate_redis_to_pg
 from esctl.migrate.runs import quarantine_query
@@ -64,11 +65,41 @@ def migrate_parallel(
         if progress is not None and on_progress is not None:
             _relay_progress(progress, futures, on_progress)
         wait(futures)
-    for future in futures:
-        error = future.exception()
+    failed = [(part, f.exception()) for part, f in zip(parts, futures, strict=True)]
+    for part, error in failed:
         if error is not None:
-            raise error
+            raise _with_the_others(error, part, parts, futures)
     return _combined(opts, parts, [f.result() for f in futures], time.monotonic() - started)
+
+
+def _with_the_others(
+    error: BaseException,
+    part: MigrateOptions,
+    parts: list[MigrateOptions],
+    futures: list[Future[MigrationSummary]],
+) -> BaseException:
+    """The first worker's error, saying what the other workers did: their batches are
+    committed, and its "nothing was done" (a lock held, say) is only that worker's shard."""
+    if not isinstance(error, EsctlError):
+        return error
+    done = []
+    for other, future in zip(parts, futures, strict=True):
+        if other is part:
+            continue
+        failure = future.exception()
+        if failure is None:
+            done.append(f"shard {other.shard} migrated {future.result().events_migrated:,} events")
+        else:
+            done.append(f"shard {other.shard} stopped too")
+    message = error.message
+    if message.endswith("; nothing was done"):
+        message = (
+            message.removesuffix("; nothing was done") + f"; nothing was done in shard {part.shard}"
+        )
+    return error.reword(message).add(
+        f"the other workers: {', '.join(done)} (committed; a rerun of the same command "
+        "continues every shard)"
+    )
 
 
 def _relay_progress(
