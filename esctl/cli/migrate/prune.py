@@ -62,7 +62,8 @@ def prune_command(
     Skipped and exit 0: aggregates not migrated yet or with newer events (expected while a
     migration is partial) and unmigratable ones (migrate quarantines and reports those).
     Exit 3: PostgreSQL holds other data than Redis (content_differs, extra_in_pg, versions
-    missing in between), or changed_since_verify. Exit 75: another prune holds the lock.
+    missing in between), or changed_since_verify. Exit 75: another prune of the app (of the
+    same shard, or unsharded beside shards) or a restore-pruned holds the lock.
 
     Without --yes it asks on a terminal and refuses (exit 2) without one. A run killed
     between deleting a commit list and its payload fields leaves those fields behind; they
