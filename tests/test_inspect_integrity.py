@@ -3,12 +3,18 @@ else, on the demo store and on the independent writer's stores."""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import independent_writer as iw
 import pytest
 import redis
+from helpers import cli_env
 
 from esctl import demo, inspect
 from esctl.inspect import CommitIndex, IntegrityProgress, check_integrity
@@ -165,3 +171,32 @@ def test_commit_index_dedupes_and_cleans_up() -> None:
         assert index.finding_counts() == {"orphan": 1}
         assert os.path.isdir(directory)
     assert not os.path.exists(directory)
+
+
+def test_a_full_temporary_folder_stops_the_check_saying_so(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str, tmp_path: Path
+) -> None:
+    """The index of commit ids is an SQLite file in TMPDIR: when it cannot grow (a full disk;
+    here a file size limit), the check exits 1 naming the folder and what to do (before: an
+    "unexpected OperationalError ... this is a bug in esctl")."""
+    iw.write_store(redis_client, app=app_name, aggregates=400, events_per_aggregate=3, seed=4)
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "esctl", "inspect", "integrity", "--app", app_name,
+         "--redis-url", redis_test_url, "--json"],
+        env=cli_env({"TMPDIR": str(folder)}), capture_output=True, text=True, timeout=120,
+        preexec_fn=limited, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "error", error
+    assert error["message"].startswith(
+        f"cannot write the check's index of commit ids to a temporary file in {folder}: "
+    ), error
+    assert error["message"].endswith("; the check stopped (it changes nothing)")
+    assert error["hint"].startswith(f"free space in {folder}, or point TMPDIR at a folder")

@@ -41,6 +41,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.locks",
         "esctl.metrics",
         "esctl.backupfile",
+        "esctl.scratch",
         "esctl.streams",
         "esctl.storereads",
         "esctl.transforms",

@@ -4,13 +4,17 @@ codes. The behaviour itself is tested in test_queue_ops.py."""
 from __future__ import annotations
 
 import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import lostlock
 import redis
 import redis_bytes as rb
-from helpers import run_cli
+from helpers import cli_env, run_cli
 
 from esctl import layout, queues
 from esctl.demo import DemoSummary
@@ -231,3 +235,42 @@ def test_a_requeue_that_loses_its_lock_exits_1_with_its_summary(
     assert problem["kind"] == "move_failed"
     assert problem["detail"].startswith(f"lost the queue lock: {ref.lock_key} ")
     assert "rerun to requeue the rest" in problem["detail"]
+
+
+def test_a_full_temporary_folder_is_said_as_such_and_changes_nothing(
+    tmp_path: Path, redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """requeue and drain snapshot the list onto a temporary file first: when that file cannot
+    grow (a full TMPDIR; here a file size limit), the error names the folder and what to do,
+    not "lost the connection to Redis" (an OSError in the snapshot's sink was taken for the
+    socket's), and no message moved."""
+    ref = queues.QueueRef("Learning.Full.Worker", env_name, "ItemScoreUpdated")
+    redis_client.sadd(layout.subscribers_key(env_name, ref.event_type), ref.subscriber)
+    values = [json.dumps({"Id": i, "Pad": os.urandom(200).hex()}) for i in range(3000)]
+    redis_client.rpush(ref.key("dead"), *values)
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    for args in (
+        ["requeue", "--from", "dead"],
+        ["drain", "--list", "dead", "--to-file", str(tmp_path / "d.jsonl.zst")],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "esctl", "queue", args[0], ref.subscriber, ref.event_type,
+             *args[1:], "--redis-url", redis_test_url, "--env", env_name, "--yes", "--json"],
+            env=cli_env({"TMPDIR": str(folder)}), capture_output=True, text=True, timeout=60,
+            preexec_fn=limited, cwd=tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        error = json.loads(result.stdout)["error"]
+        assert error["message"].startswith(
+            f"cannot write the list's snapshot to a temporary file in {folder}: File too large"
+        ), error
+        assert error["message"].endswith("; nothing was changed") and "TMPDIR" in error["hint"]
+        assert "Redis" not in error["message"]
+        assert rb.lrange(redis_client, ref.key("dead")) == [v.encode() for v in values]
+        assert redis_client.llen(ref.key("processing")) == 0
+    assert not (tmp_path / "d.jsonl.zst").exists()

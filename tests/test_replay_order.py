@@ -17,6 +17,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
+from esctl.errors import EsctlError
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 from esctl.projections import Event
 from esctl.query import PgQuery, QueryFilters
@@ -154,6 +155,26 @@ def test_redis_time_order_with_an_external_sort(
     assert [e.payload for e in spilled] == [e.payload for e in in_memory]
     assert [e.position for e in spilled] == [e.position for e in in_memory]
     assert list(tmp_path.iterdir()) == []  # anonymous files, gone
+
+
+def test_a_sort_that_cannot_spill_says_where_and_that_nothing_was_replayed(
+    truth: iw.GroundTruth, redis_client: redis.Redis, app_name: str, tmp_path: Any
+) -> None:
+    """The external sort's folder unwritable (here: gone): an error naming it, before any
+    event comes out (not an unexpected FileNotFoundError)."""
+    missing = tmp_path / "gone"
+    source = RedisSource(
+        redis_client, app_name, QueryFilters(), order="time", sort_dir=str(missing),
+        sort_run_bytes=3000,
+    )  # fmt: skip
+    with pytest.raises(EsctlError) as caught:
+        next(iter(source))
+    message = caught.value.message
+    assert message.startswith(
+        f"cannot write the events sorted by time to a temporary file in {missing}"
+    )
+    assert message.endswith("; nothing was replayed") and "No such file" in message
+    assert caught.value.hint == f"free space in {missing}, then rerun"
 
 
 # --- a clock that went backwards -----------------------------------------------------------

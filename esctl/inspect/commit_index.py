@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from esctl.scratch import scratch_error
+
 _SQL_CHUNK = 500
 """Host parameters per SQLite statement (well under every SQLite build's limit)."""
 
@@ -36,7 +38,12 @@ class CommitIndex:
     in through :func:`_db` and comes out through :func:`_py`, so names that are not UTF-8 work."""
 
     def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="esctl-integrity-")
+        try:
+            self._dir = tempfile.TemporaryDirectory(prefix="esctl-integrity-")
+        except OSError as exc:
+            raise scratch_error(
+                "the check's index of commit ids", exc, done="the check did not start"
+            ) from None
         self.db = sqlite3.connect(
             os.path.join(self._dir.name, "index.sqlite"), isolation_level=None
         )

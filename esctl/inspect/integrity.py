@@ -10,6 +10,7 @@ checked twice: docs/design/integrity.md.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 import zlib
 from collections import Counter
@@ -25,6 +26,7 @@ from esctl.inspect.commit_index import CommitIndex
 from esctl.inspect.locate import list_position
 from esctl.inspect.problems import problem_key, stream_problems
 from esctl.problems import open_problems_file
+from esctl.scratch import scratch_error
 from esctl.shard import Shard
 from esctl.streams import PAYLOAD_KINDS, read_streams, validate_stream
 
@@ -261,14 +263,20 @@ def check_integrity(
     shard = shard or Shard()
     started = time.monotonic()
     sink = open_problems_file(problems_file)
-    with CommitIndex() as index, contextlib.ExitStack() as stack:
-        if sink is not None:
-            stack.callback(sink.close)
-        scan = _Scan(client, app, shard, scan_count, index, _Tally(examples, sink), on_progress)
-        scan.check_commit_lists()
-        scan.check_event_hashes()
-        scan.recheck()
-        scan.collect_findings(examples)
+    try:
+        with CommitIndex() as index, contextlib.ExitStack() as stack:
+            if sink is not None:
+                stack.callback(sink.close)
+            tally = _Tally(examples, sink)
+            scan = _Scan(client, app, shard, scan_count, index, tally, on_progress)
+            scan.check_commit_lists()
+            scan.check_event_hashes()
+            scan.recheck()
+            scan.collect_findings(examples)
+    except sqlite3.OperationalError as exc:  # its disk is full
+        raise scratch_error(
+            "the check's index of commit ids", exc, done="the check stopped (it changes nothing)"
+        ) from None
     tally = scan.tally
     counts = {k: tally.counts[k] for k in INTEGRITY_KINDS if tally.counts.get(k)}
     counts.update({k: n for k, n in tally.counts.items() if k not in counts and n})

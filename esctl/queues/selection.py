@@ -19,7 +19,7 @@ from typing import Any, cast
 import redis.exceptions
 
 from esctl import redisio
-from esctl.errors import ServerError, UsageError
+from esctl.errors import EsctlError, ServerError, UsageError
 from esctl.locks import RedisLock
 from esctl.queues import scripts
 from esctl.queues.lock import check_held, maybe_locked
@@ -31,6 +31,8 @@ from esctl.queues.messages import (
     retry_infos,
 )
 from esctl.queues.refs import QueueRef, ensure_known, problem
+from esctl.scratch import scratch_error
+from esctl.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -101,19 +103,34 @@ class SpilledList:
     value, so pages are read back from either end with only one page in memory."""
 
     def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile(prefix="esctl-queue-snapshot-")  # noqa: SIM115
         self.page = PAGE
         self.length = 0
         self.offsets = array("Q")
         self.size = 0
+        try:
+            self.file = tempfile.TemporaryFile(prefix="esctl-queue-snapshot-")  # noqa: SIM115
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def add_page(self, data: bytes, n: int) -> None:
         """Append ``n`` values (at most a page, a whole one unless it is the last) as RESP bulk
         strings."""
         self.offsets.append(self.size)
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise self._failed(exc) from None
         self.size += len(data)
         self.length += n
+
+    def _failed(self, exc: OSError) -> EsctlError:
+        """A full or unwritable temporary folder: said as such, not as a Redis error."""
+        after = f" (after {format_bytes(self.size)})" if self.size else ""
+        return scratch_error(
+            f"the list's snapshot{after}",
+            exc,
+            room="room for the whole list (about its size in Redis)",
+        )
 
     def add_values(self, values: list[bytes]) -> None:
         for start in range(0, len(values), self.page):

@@ -293,19 +293,36 @@ def stream_list(
     :func:`bulk_values`), ``page`` values each time but the last. Returns how many values. Runs
     on a raw connection of its own, closed afterwards. None where no raw connection applies (a
     cluster client, another connection class): the caller reads the list another way.
-    ``redis.exceptions.ResponseError`` when Redis refuses (a key that is not a list)."""
+    ``redis.exceptions.ResponseError`` when Redis refuses (a key that is not a list); what
+    ``sink`` raises, as it raised it (a full disk is not a lost connection)."""
     if isinstance(client, redis.cluster.RedisCluster):
         return None
     conn = _open_raw_connection(client)
     if conn is None:
         return None
+
+    def to_sink(data: bytes, n: int) -> None:
+        try:
+            sink(data, n)
+        except BaseException as exc:
+            raise _SinkFailed from exc
+
     try:
         conn.send([("LRANGE", key, 0, -1)])
-        return _read_bulk_array(conn.sock, sink, page)
+        return _read_bulk_array(conn.sock, to_sink, page)
+    except _SinkFailed as failed:
+        cause = failed.__cause__
+        assert cause is not None
+        raise cause from None
     except OSError as exc:
         raise redis.exceptions.ConnectionError(str(exc)) from exc
     finally:
         conn.close()
+
+
+class _SinkFailed(Exception):
+    """What a :func:`stream_list` sink raised (its ``__cause__``), kept apart from the socket's
+    errors."""
 
 
 def _read_bulk_array(sock: socket.socket, sink: Callable[[bytes, int], None], page: int) -> int:

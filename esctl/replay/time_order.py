@@ -12,8 +12,10 @@ from typing import IO, Any
 
 import zstandard
 
+from esctl.errors import EsctlError
 from esctl.projections import Event
 from esctl.replay.positions import epoch_us
+from esctl.scratch import scratch_error
 
 SORT_RUN_BYTES = 64 << 20
 """Payload bytes per sorted run of a Redis ``--order time`` replay."""
@@ -93,16 +95,29 @@ class TimeSort:
     def _spill(self, run: list[Record]) -> IO[bytes]:
         """Write a sorted run to an anonymous temporary file (gone when closed or on a crash):
         frames of a length and a zstd-compressed pickle of up to 2,000 records."""
-        spill = tempfile.TemporaryFile(prefix="esctl-replay-sort-", dir=self.directory)  # noqa: SIM115
-        compressor = zstandard.ZstdCompressor(level=1)
-        for start in range(0, len(run), _RECORDS_PER_FRAME):
-            frame = compressor.compress(
-                pickle.dumps(run[start : start + _RECORDS_PER_FRAME], protocol=5)
-            )
-            spill.write(len(frame).to_bytes(8, "little"))
-            spill.write(frame)
-        spill.flush()
+        try:
+            spill = tempfile.TemporaryFile(prefix="esctl-replay-sort-", dir=self.directory)  # noqa: SIM115
+        except OSError as exc:
+            raise self._failed(exc) from None
+        try:
+            compressor = zstandard.ZstdCompressor(level=1)
+            for start in range(0, len(run), _RECORDS_PER_FRAME):
+                frame = compressor.compress(
+                    pickle.dumps(run[start : start + _RECORDS_PER_FRAME], protocol=5)
+                )
+                spill.write(len(frame).to_bytes(8, "little"))
+                spill.write(frame)
+            spill.flush()
+        except OSError as exc:
+            spill.close()
+            raise self._failed(exc) from None
         return spill
+
+    def _failed(self, exc: OSError) -> EsctlError:
+        """Sorting before anything is replayed: a full disk stops the run with nothing done."""
+        return scratch_error(
+            "the events sorted by time", exc, folder=self.directory, done="nothing was replayed"
+        )
 
 
 def _unspill(spill: IO[bytes]) -> Iterator[Record]:
