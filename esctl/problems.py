@@ -10,9 +10,12 @@ integrity``), and ``where`` names it.
 
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+import errno
+from typing import Any
 
 import orjson
+
+from esctl.errors import EsctlError
 
 DEFAULT_LISTED = 20
 """Problems listed one by one in a summary; the rest are counted."""
@@ -28,7 +31,7 @@ class ProblemTally:
         listed: int = DEFAULT_LISTED,
         *,
         where: str | None = None,
-        sink: BinaryIO | None = None,
+        sink: ProblemsFile | None = None,
     ) -> None:
         self.limit = listed
         self.where = where
@@ -44,8 +47,7 @@ class ProblemTally:
         if len(self.listed) < self.limit:
             self.listed.append(problem)
         if self.sink is not None:
-            # One write per line: workers appending to one file (O_APPEND) never interleave.
-            self.sink.write(orjson.dumps(problem) + b"\n")
+            self.sink.add(problem)
 
     def count(self, kind: str, n: int) -> None:
         """Count ``n`` problems of ``kind`` that are listed elsewhere (not one by one here)."""
@@ -76,16 +78,41 @@ class ProblemTally:
         }
 
 
-def open_problems_file(path: str | None) -> BinaryIO | None:
-    """A ``--problems-file``, emptied, for appending JSON lines (unbuffered: one write per
-    line); None without a path."""
-    if path is None:
-        return None
-    return open(path, "wb", buffering=0)
+class ProblemsFile:
+    """A ``--problems-file``: one JSON line per problem, written at once (unbuffered, one
+    write per line, so workers appending to one file never interleave). A write that fails (a
+    full disk) is an error naming the file."""
+
+    def __init__(self, path: str, mode: str) -> None:
+        self.path = path
+        try:
+            self.file = open(path, mode, buffering=0)  # noqa: SIM115
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def add(self, problem: dict[str, Any]) -> None:
+        try:
+            self.file.write(orjson.dumps(problem) + b"\n")
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def close(self) -> None:
+        self.file.close()
+
+    def _failed(self, exc: OSError) -> EsctlError:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        return EsctlError(
+            f"cannot write the problems file {self.path}: {exc.strerror or exc}",
+            hint=("free space there" if full else "check that its folder exists and is writable")
+            + ", or choose another --problems-file, then rerun",
+        )
 
 
-def append_problems_file(path: str | None) -> BinaryIO | None:
+def open_problems_file(path: str | None) -> ProblemsFile | None:
+    """A ``--problems-file``, emptied, for appending JSON lines; None without a path."""
+    return None if path is None else ProblemsFile(path, "wb")
+
+
+def append_problems_file(path: str | None) -> ProblemsFile | None:
     """A ``--problems-file`` another process emptied, for appending (a worker's)."""
-    if path is None:
-        return None
-    return open(path, "ab", buffering=0)
+    return None if path is None else ProblemsFile(path, "ab")

@@ -8,6 +8,7 @@ import tempfile
 
 from esctl.errors import EsctlError
 
+
 def scratch_error(
     what: str,
     exc: BaseException,

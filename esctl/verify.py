@@ -18,9 +18,8 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
-import orjson
 import psycopg
 
 from esctl import inflight, layout, pg, redisio, storereads
@@ -29,7 +28,12 @@ from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
 from esctl.jsoncompare import same_json
 from esctl.pgevents import _JSONB_V1, PgEvent, PgStream, pg_stream_page
-from esctl.problems import DEFAULT_LISTED, append_problems_file, open_problems_file
+from esctl.problems import (
+    DEFAULT_LISTED,
+    ProblemsFile,
+    append_problems_file,
+    open_problems_file,
+)
 from esctl.sampling import Reservoir
 from esctl.shard import Shard
 from esctl.streams import (
@@ -83,7 +87,7 @@ class VerifySummary:
     migrated_with_transforms: str | None = None
     """Set when verify without --transforms found differences in a migration made with
     transforms: their fingerprint and rules file."""
-    sink: BinaryIO | None = field(default=None, repr=False, compare=False)
+    sink: ProblemsFile | None = field(default=None, repr=False, compare=False)
 
     @property
     def mismatches(self) -> int:
@@ -97,8 +101,7 @@ class VerifySummary:
         if len(self.problems) < self.max_problems_listed:
             self.problems.append(problem)
         if self.sink is not None:
-            # One write per line: workers appending to one file never interleave.
-            self.sink.write(orjson.dumps(problem) + b"\n")
+            self.sink.add(problem)
 
     def as_dict(self) -> dict[str, Any]:
         return {

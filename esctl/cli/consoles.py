@@ -11,6 +11,8 @@ import sys
 
 from rich.console import Console
 
+from esctl.errors import EsctlError
+
 
 class _StdoutConsole(Console):
     def on_broken_pipe(self) -> None:
@@ -20,11 +22,54 @@ class _StdoutConsole(Console):
         raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
 
 
+class _Stdout:
+    """sys.stdout as the stdout console writes to it (looked up at each write, as rich does
+    without a file), with a failed write (a full disk under a redirect) an EsctlError."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise stdout_failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise stdout_failed(exc) from None
+
+    def isatty(self) -> bool:
+        return sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return sys.stdout.encoding
+
+
+def stdout_failed(exc: OSError) -> EsctlError:
+    """A write to stdout that failed (not a reader gone: a full disk, a quota, a file size
+    limit under ``> FILE``): stdout is given up (nothing more is written there, the error
+    document included) and the error says so, on stderr."""
+    stop_writing_stdout()
+    return EsctlError(
+        f"cannot write to standard output: {exc.strerror or exc}; what was written before "
+        "is incomplete",
+        hint="free space where standard output goes (or send it elsewhere), then rerun",
+    )
+
+
 # What esctl prints is data (key names, payload text, .NET type names), never rich markup:
 # emoji=False, or ":lock:" in esctl:lock:{…} and ":1234:" in host:1234:run become emoji; and
 # every string goes out as Text (tables) or with markup=False, or "[[System.String, …]]" in a
 # type name is eaten and a "[/x]" in a payload raises MarkupError.
-stdout_console = _StdoutConsole(highlight=False, soft_wrap=True, emoji=False)
+stdout_console = _StdoutConsole(file=_Stdout(), highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
 stderr_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 

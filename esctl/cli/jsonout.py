@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from esctl.cli import consoles
+
 
 def _default(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
@@ -33,8 +35,13 @@ def to_json(document: Any, *, pretty: bool = False) -> str:
 
 def emit_json(document: Any, *, pretty: bool = True) -> None:
     """Exactly one JSON document on stdout."""
-    sys.stdout.write(to_json(document, pretty=pretty) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(to_json(document, pretty=pretty) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise consoles.stdout_failed(exc) from None
 
 
 class JsonStream:
@@ -104,7 +111,12 @@ class JsonStream:
                 waiting = True
                 select.select([], [self.fd], [])
                 waiting = False
-                start += os.write(self.fd, self._pending[start:])
+                try:
+                    start += os.write(self.fd, self._pending[start:])
+                except BrokenPipeError:
+                    raise
+                except OSError as exc:
+                    raise consoles.stdout_failed(exc) from None
         finally:
             del self._pending[:start]
             if in_main:

@@ -16,16 +16,14 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
-
-import orjson
+from typing import Any
 
 from esctl import codec, layout, redisio, storereads
 from esctl.errors import ServerError
 from esctl.inspect.commit_index import CommitIndex
 from esctl.inspect.locate import list_position
 from esctl.inspect.problems import problem_key, stream_problems
-from esctl.problems import open_problems_file
+from esctl.problems import ProblemsFile, open_problems_file
 from esctl.scratch import scratch_error
 from esctl.shard import Shard
 from esctl.streams import PAYLOAD_KINDS, read_streams, validate_stream
@@ -116,7 +114,7 @@ class _Tally:
     """Counts per kind and the first ``limit`` examples of each (fixed memory); with ``sink``
     (--problems-file) every finding is also written there as a JSON line, then forgotten."""
 
-    def __init__(self, limit: int, sink: BinaryIO | None = None) -> None:
+    def __init__(self, limit: int, sink: ProblemsFile | None = None) -> None:
         self.limit = limit
         self.sink = sink
         self.counts: Counter[str] = Counter()
@@ -135,7 +133,7 @@ class _Tally:
 
     def write(self, found: dict[str, Any]) -> None:
         if self.sink is not None:
-            self.sink.write(orjson.dumps(found) + b"\n")
+            self.sink.add(found)
 
 
 def finding(
