@@ -171,7 +171,10 @@ def guard_error(client: redisio.RedisClient, key: str, reply: Exception) -> Serv
         return redisio.permission_denied(
             redisio.describe(client), reply, command="EVALSHA", key=key
         )
-    return ServerError(f"the guarded delete of {key} failed: {redact(str(reply))}")
+    return ServerError(
+        f"the guarded delete of {key} failed: {redact(str(reply))}",
+        hint=redisio.error_hint(reply),
+    )
 
 
 def delete_fields(

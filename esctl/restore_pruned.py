@@ -355,7 +355,10 @@ def _replies(client: redisio.RedisClient, commands: list[tuple[Any, ...]], what:
     replies = redisio.pipelined(client, commands)
     for command, reply in zip(commands, replies, strict=True):
         if isinstance(reply, Exception) and not str(reply).startswith("WRONGTYPE"):
-            raise ServerError(f"{what} {redisio.key_str(command[1])} failed: {reply}")
+            raise ServerError(
+                f"{what} {redisio.key_str(command[1])} failed: {reply}",
+                hint=redisio.error_hint(reply),
+            )
     return replies
 
 

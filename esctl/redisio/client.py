@@ -303,6 +303,32 @@ def is_oom(reply: object) -> bool:
     )
 
 
+READONLY_HINT = (
+    "this Redis is a read-only replica: point --redis-url at the primary (with a managed Redis, "
+    "its primary endpoint, not the reader endpoint), then rerun"
+)
+"""What to do about a READONLY answer (a write sent to a replica)."""
+
+
+def is_readonly_replica(reply: object) -> bool:
+    """Whether an exception, an error reply or the text of one is a replica refusing a write
+    ("READONLY You can't write against a read only replica."; redis-py strips the READONLY
+    word off the text of the ReadOnlyError it raises)."""
+    return isinstance(reply, redis.exceptions.ReadOnlyError) or (
+        isinstance(reply, Exception | str) and "write against a read only replica" in str(reply)
+    )
+
+
+def error_hint(reply: object) -> str | None:
+    """What to do about an error Redis answered with, when esctl knows (over maxmemory, a
+    replica): None otherwise."""
+    if is_oom(reply):
+        return OOM_HINT
+    if is_readonly_replica(reply):
+        return READONLY_HINT
+    return None
+
+
 def is_lost(exc: BaseException) -> bool:
     """Whether a redis-py exception is the connection lost (or no node to send to), not
     Redis's answer: a command sent may or may not have run."""
@@ -326,8 +352,7 @@ def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
             hint="the run kept a consistent state; rerun the same command when Redis is back",
         )
     return ServerError(
-        f"Redis {server} answered with an error: {redact(str(exc))}",
-        hint=OOM_HINT if is_oom(exc) else None,
+        f"Redis {server} answered with an error: {redact(str(exc))}", hint=error_hint(exc)
     )
 
 
