@@ -405,9 +405,17 @@ def test_rerun_after_a_redis_restart_gives_the_rows_of_an_uninterrupted_run(
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_sigint_mid_run_exits_130_and_the_rerun_completes(
-    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, reference_dsn: str, app_name: str
+    stop: signal.Signals,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    reference_dsn: str,
+    app_name: str,
 ) -> None:
+    """Ctrl-C, and SIGTERM (systemctl stop, a pod stopped) as Ctrl-C: before, SIGTERM killed
+    the process on the spot (and a container's PID 1 ignored it until the SIGKILL)."""
     write_fault_store(redis_client, app_name, seed=24)
     migrate(redis_test_url, reference_dsn, app_name, init_schema=True)
     reference = pg_rows(reference_dsn)
@@ -415,11 +423,12 @@ def test_sigint_mid_run_exits_130_and_the_rerun_completes(
     proc = start_migrate(redis_test_url, pg_dsn, app_name, "--init-schema", *BATCH, *SLOW)
     assert wait_for_progress(pg_dsn, proc, 0)
     time.sleep(random.Random(5).uniform(0.0, 0.2))
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     code, out, err = finish(proc)
     assert code == 130, (out, err)
     assert "Traceback" not in out + err
-    assert "interrupted" in err
+    said = "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
+    assert f"{said}; the state was left consistent" in err, err
     assert 0 < len(pg_rows(pg_dsn)) < len(reference)
 
     wait_for_no_esctl_sessions(pg_dsn)

@@ -3,7 +3,9 @@ table), and the wrapper every command runs inside (applied once, by ``esctl.cli.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -97,7 +99,8 @@ def reporting(
     except KeyboardInterrupt:
         render_error(
             "interrupted",
-            "interrupted; the state was left consistent",
+            f"{'stopped by SIGTERM' if _terminated else 'interrupted'}; the state was left "
+            "consistent",
             "rerun the same command to continue",
             EXIT_INTERRUPTED,
             to.json,
@@ -143,6 +146,31 @@ def exit_for(*, failed: bool | int = False, problems: object = False) -> None:
 HELP_WORDS = frozenset({"-h", "--help"})
 
 
+_terminated = False
+"""SIGTERM came (the interruption's message says so)."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``systemctl stop``, a Kubernetes pod stopped, ``timeout``) stop a command
+    as Ctrl-C does: the work in hand ends consistently, locks are given back at once, the
+    summary or error says so, exit 130. Without it Python dies on the spot (a Redis lock then
+    stays until it expires), and as a container's PID 1 it ignores SIGTERM until the SIGKILL
+    that follows. A command's own Ctrl-C handling, when it has one, takes it (a follower and
+    the demo handle SIGTERM themselves)."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        global _terminated
+        _terminated = True
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signal.SIGINT, frame)
+        else:  # the default, or SIGINT ignored (started in the background): stop all the same
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():  # (only there can it)
+        signal.signal(signal.SIGTERM, on_term)
+
+
 def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> None:
     """Run esctl's command line (``args``: ``sys.argv[1:]``) and exit with its code.
 
@@ -151,6 +179,7 @@ def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> Non
     ``jsonl``), that usage error, too, is an error document on stdout (exit 2), so that
     ``esctl … --json | jq`` always has one document to read. Every other run (help, version,
     shell completion, which runs without words, no --json) is Typer's usual one."""
+    stop_on_sigterm()
     words = list(sys.argv[1:] if args is None else args)
     if not _may_ask_for_json(words):
         app(args=args)
