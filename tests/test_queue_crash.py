@@ -170,6 +170,7 @@ class Harness:
         while self.events.get_message(timeout=0):  # what earlier commands did
             pass
         self.seen = []
+        before = max(int(c["id"]) for c in self.client.client_list())
         proc = self.start(*args)
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while proc.poll() is None:
@@ -184,7 +185,21 @@ class Harness:
         if code == 0:
             return False
         assert code == -signal.SIGKILL, f"seed {self.seed}: {args} exited {code}: {self.output()}"
+        self.settled(before)
         return True
+
+    def settled(self, before: int) -> None:
+        """Wait until Redis has closed every connection of the killed command (client ids
+        above ``before``): a script it had sent just before the kill (a pipelined batch) may
+        still be in Redis's input, run after the kill. Once Redis has closed the connection it
+        has run it or dropped it, and the lists show all the command did."""
+        mine = self.client.client_id()
+        deadline = time.monotonic() + 10
+        while any(
+            int(c["id"]) > before and int(c["id"]) != mine for c in self.client.client_list()
+        ):
+            assert time.monotonic() < deadline, f"seed {self.seed}: the killed run's connection"
+            time.sleep(0.01)
 
     def free_lock(self, check_refused: bool) -> None:
         """A killed run's lock stays until its TTL (30 s) runs out; the rerun would exit 75
