@@ -8,6 +8,8 @@ import errno
 import os
 import select
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 
@@ -27,20 +29,12 @@ class _Stdout:
     without a file), with a failed write (a full disk under a redirect) an EsctlError."""
 
     def write(self, text: str) -> int:
-        try:
+        with writing_stdout():
             return sys.stdout.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise stdout_failed(exc) from None
 
     def flush(self) -> None:
-        try:
+        with writing_stdout():
             sys.stdout.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise stdout_failed(exc) from None
 
     def isatty(self) -> bool:
         return sys.stdout.isatty()
@@ -51,6 +45,18 @@ class _Stdout:
     @property
     def encoding(self) -> str:
         return sys.stdout.encoding
+
+
+@contextmanager
+def writing_stdout() -> Iterator[None]:
+    """Around a write to stdout: a failure other than a reader gone (whose BrokenPipeError
+    the error wrapper handles) becomes :func:`stdout_failed`'s error."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise stdout_failed(exc) from None
 
 
 def stdout_failed(exc: OSError) -> EsctlError:

@@ -35,13 +35,9 @@ def to_json(document: Any, *, pretty: bool = False) -> str:
 
 def emit_json(document: Any, *, pretty: bool = True) -> None:
     """Exactly one JSON document on stdout."""
-    try:
+    with consoles.writing_stdout():
         sys.stdout.write(to_json(document, pretty=pretty) + "\n")
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise consoles.stdout_failed(exc) from None
 
 
 class JsonStream:
@@ -111,12 +107,8 @@ class JsonStream:
                 waiting = True
                 select.select([], [self.fd], [])
                 waiting = False
-                try:
+                with consoles.writing_stdout():
                     start += os.write(self.fd, self._pending[start:])
-                except BrokenPipeError:
-                    raise
-                except OSError as exc:
-                    raise consoles.stdout_failed(exc) from None
         finally:
             del self._pending[:start]
             if in_main:
