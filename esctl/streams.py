@@ -32,6 +32,9 @@ PAYLOAD_KINDS = (
 reports list them."""
 FATAL_EVENT_KINDS = frozenset({"missing_payload", *PAYLOAD_KINDS})
 """Problems that make an aggregate unloadable (quarantined by migrate)."""
+DECODING_KINDS = frozenset(PAYLOAD_KINDS[:3])
+"""Problems of a value that cannot be read as JSON: the value's other problems follow from them
+and are not listed again (an invalid gzip value is not also invalid JSON)."""
 
 
 @dataclass(slots=True)
@@ -369,6 +372,8 @@ def _check_events(stream: Stream, checked: Sequence[StreamEvent]) -> None:
                         p.kind, f"commit {e.commit_id}: {p.detail}", e.commit_id, e.stored
                     )
                 )
+                if p.kind in DECODING_KINDS:
+                    break  # what else is wrong with a value that cannot be read follows from it
         if e.event.aggregate_id is not None and e.event.aggregate_id != stream.aggregate_id:
             problems.append(
                 StreamProblem(

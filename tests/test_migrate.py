@@ -1152,6 +1152,35 @@ def test_a_nul_escape_is_quarantined_as_unsupported_by_postgres(
     assert summary.events_migrated == 1
 
 
+@pytest.mark.parametrize(
+    ("stored", "kind"),
+    [
+        (b"H4sIAAAAAAAAA" + b"not gzip at all", "invalid_compressed"),
+        (b"\xff\xfe{not json", "invalid_utf8"),
+    ],
+)
+def test_a_value_that_cannot_be_read_is_one_problem_not_also_invalid_json(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    app_name: str,
+    stored: bytes,
+    kind: str,
+) -> None:
+    """What follows from a value that cannot be read (that it is not JSON either) is not a
+    second problem: migrate reports what inspect reports, once."""
+    write_events(redis_client, app_name, "bad", [payload("bad", 1), stored])
+    summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    assert [(p["kind"], p["key"]) for p in summary.problems] == [
+        (kind, iw.commit_list_key(app_name, "bad"))
+    ]
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(
+            "SELECT kind FROM esctl.quarantine WHERE run_id = %s", (summary.run_id,)
+        ).fetchall()
+    assert rows == [(kind,)]
+
+
 def test_an_escaped_backslash_before_u0000_is_not_a_nul_and_migrates(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:

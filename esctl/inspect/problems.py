@@ -3,10 +3,7 @@ undecodable payload (left out), and which Redis key each problem is about."""
 
 from __future__ import annotations
 
-from esctl.streams import FATAL_EVENT_KINDS, Stream, StreamProblem
-
-DECODING_KINDS = frozenset({"invalid_compressed", "invalid_utf8", "invalid_json"})
-"""Problems that make a payload's other problems mere consequences (not listed again)."""
+from esctl.streams import DECODING_KINDS, FATAL_EVENT_KINDS, Stream, StreamProblem
 
 PAYLOAD_KINDS = FATAL_EVENT_KINDS - {"missing_payload"}
 """Problems of one stored value: reported on the hash holding it (others on the commit list)."""
