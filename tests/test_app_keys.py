@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,27 +338,78 @@ def test_inspect_aggregate_and_event_add_the_apps_to_not_found(
         assert_quiet(result)
 
 
-def test_doctor_says_it_in_the_store_memory_check(
-    demo_store: DemoSummary, redis_test_url: str
-) -> None:
-    def memory(app: str) -> tuple[int, dict[str, Any]]:
-        result = run_cli(
-            "doctor", "--redis-url", redis_test_url, "--app", app, "--read-only", "--json"
-        )
-        document = json.loads(result.stdout)
-        check = next(c for c in document["checks"] if c["id"] == "store.memory")
-        assert_quiet(result)  # in the check, not a note
-        return result.returncode, check
+STORE_CHECKS = ("store.memory", "store.uncompressed", "store.growth")
 
-    code, wrong = memory(typo(demo_store.app))
-    assert wrong["status"] == "ok"
-    assert f"apps with keys here: {demo_store.app}; check --app / ESCTL_APP" in wrong["observed"]
-    right_code, right = memory(demo_store.app)
-    assert "apps with keys here" not in right["observed"]
-    assert code == right_code and wrong["values"].keys() == right["values"].keys()
-    text = run_cli("doctor", "--redis-url", redis_test_url, "--app", typo(demo_store.app),
-                   "--read-only")  # fmt: skip
-    assert f"apps with keys here: {demo_store.app}" in text.stdout
+
+def test_doctor_warns_in_its_store_checks_and_stores_no_reading(
+    demo_store: DemoSummary, redis_client: redis.Redis, redis_test_url: str, tmp_path: Path
+) -> None:
+    """A mistyped --app, from cron: the store checks that have nothing to judge warn (not ok),
+    their action names the apps that do have keys, and no growth reading is stored (it would
+    only create a key for a name that does not exist). The table, --json and the metrics file
+    agree; the right app's checks stay as they were."""
+
+    def doctor(app: str, *args: str) -> tuple[Any, dict[str, Any], dict[str, dict[str, Any]]]:
+        result = run_cli("doctor", "--redis-url", redis_test_url, "--app", app, "--json", *args)
+        document = json.loads(result.stdout)
+        assert document["exit_code"] == result.returncode
+        assert_quiet(result)  # in the checks, not a note
+        return result, document, {c["id"]: c for c in document["checks"]}
+
+    wrong = typo(demo_store.app)
+    metrics = tmp_path / "doctor.prom"
+    _, document, checks = doctor(wrong, "--metrics-file", str(metrics))
+    apps_here = f"apps with keys here: {demo_store.app}; check --app / ESCTL_APP"
+    for check_id in STORE_CHECKS:
+        assert checks[check_id]["status"] == "warn", checks[check_id]
+        assert checks[check_id]["action"] == apps_here
+        assert (
+            f"app {wrong} has no commit list, event hash or snapshot"
+            in checks[check_id]["observed"]
+        )
+    assert document["status"] in ("warn", "fail")  # fail: the machine's own Redis settings
+    assert not redis_client.exists(layout.doctor_reading_key(wrong))
+    assert redis_client.keys("esctl:*") == []
+    assert document["readings"] == [
+        {
+            "key": layout.doctor_reading_key(wrong),
+            "stored": False,
+            "detail": "the app has no keys here",
+        }
+    ]
+    text = metrics.read_text()
+    for check_id in STORE_CHECKS:
+        assert f'esctl_doctor_check_status{{check="{check_id}",group="event_store"}} 1' in text
+    warned = document["counts"]["warn"]
+    assert f'esctl_doctor_checks{{app="{wrong}",status="warn"}} {warned}' in text
+
+    _, right_document, right = doctor(demo_store.app)
+    assert right["store.memory"]["status"] == right["store.uncompressed"]["status"] == "ok"
+    assert right["store.growth"]["status"] == "unavailable"  # the first reading was stored
+    assert redis_client.exists(layout.doctor_reading_key(demo_store.app))
+    assert right_document["counts"]["warn"] == warned - 3
+    for check_id in STORE_CHECKS:
+        assert "apps with keys here" not in (right[check_id]["action"] or "")
+        assert checks[check_id]["values"].keys() == right[check_id]["values"].keys()
+
+    table = run_cli("doctor", "--redis-url", redis_test_url, "--app", wrong, "--read-only")
+    for check_id in STORE_CHECKS:
+        assert re.search(rf"^WARN\W+{re.escape(check_id)}\W", table.stdout, re.M), table.stdout
+    assert f"do: {apps_here}" in table.stdout
+
+
+def test_doctor_in_a_database_without_any_store_says_to_check_the_database(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    redis_client.set("unrelated", "x")
+    result = run_cli("doctor", "--redis-url", redis_test_url, "--app", app_name, "--json")
+    checks = {c["id"]: c for c in json.loads(result.stdout)["checks"]}
+    for check_id in STORE_CHECKS:
+        assert checks[check_id]["status"] == "warn"
+        assert "no app has event store keys in this database; check --redis-url" in (
+            checks[check_id]["action"] or ""
+        )
+    assert redis_client.keys("esctl:*") == []
 
 
 def test_a_store_that_still_has_keys_gets_no_note_and_an_empty_one_no_failure(

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from helpers import run_cli
 
 from esctl import servers
+from esctl.demo import write_demo_store
 
 RECOMMENDED = [
     "--maxmemory", "256mb",
@@ -52,6 +55,47 @@ def test_warnings_exit_0_and_3_with_strict(recommended: servers.LocalRedis) -> N
     document = json.loads(strict.stdout)
     assert document["strict"] is True and document["exit_code"] == 3
     assert document["status"] == "warn"
+
+
+@pytest.fixture
+def healthy() -> Iterator[servers.LocalRedis]:
+    """A primary set up as recommended with a replica online: no Redis check warns."""
+    primary = servers.start_redis(extra_args=[*RECOMMENDED, "--repl-diskless-sync-delay", "0"])
+    replica = None
+    try:
+        replica = servers.start_redis(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+        with redis.Redis.from_url(primary.url) as client:
+            deadline = time.monotonic() + 20
+            while client.info("replication").get("slave0", {}).get("state") != "online":
+                assert time.monotonic() < deadline, "the replica did not come online"
+                time.sleep(0.05)
+        yield primary
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+def test_a_mistyped_app_warns_so_strict_exits_3(healthy: servers.LocalRedis) -> None:
+    """doctor from cron with --strict and an --app that has no keys here: exit 3, where the
+    right app's run exits 0; without --strict both exit 0 (warnings do not fail doctor)."""
+    with redis.Redis.from_url(healthy.url) as client:
+        app = write_demo_store(client, app="Learning.Doctor.Web", env="prod").app
+
+    def doctor(app: str, *args: str) -> tuple[int, dict[str, str]]:
+        result = run_cli("doctor", "--redis-url", healthy.url, "--app", app, "--json", *args)
+        document = json.loads(result.stdout)
+        assert document["exit_code"] == result.returncode
+        return result.returncode, {c["id"]: c["status"] for c in document["checks"]}
+
+    right_code, right = doctor(app, "--strict")
+    assert right_code == 0, {k: v for k, v in right.items() if v != "ok"}
+    assert doctor(app[:-1])[0] == 0
+    wrong_code, wrong = doctor(app[:-1], "--strict")
+    assert wrong_code == 3
+    assert {k for k, v in wrong.items() if v == "warn"} == {
+        "store.memory", "store.uncompressed", "store.growth"
+    }  # fmt: skip
 
 
 def test_failures_exit_3_with_one_json_document(risky: servers.LocalRedis) -> None:

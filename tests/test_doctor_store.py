@@ -93,6 +93,42 @@ def test_growth_is_measured_against_a_reading_at_least_an_hour_old(
     assert "/day" in growth.observed
 
 
+def test_an_app_with_no_keys_warns_and_gets_no_reading(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """--app naming no store here (a typo): the store checks warn, naming the apps that have
+    keys; no reading is stored, and one an earlier run left is neither read nor renewed."""
+    iw.write_store(redis_client, app=app_name, aggregates=3)
+    wrong = app_name + "x"
+    key = layout.doctor_reading_key(wrong)
+    report = run(redis_test_url, app=wrong, now=T0)
+    for check_id in ("store.memory", "store.uncompressed", "store.growth"):
+        check = report.check(check_id)
+        assert check.status == "warn", (check_id, check.observed)
+        assert check.action == f"apps with keys here: {app_name}; check --app / ESCTL_APP"
+    assert report.status != "ok" and report.warned
+    assert not redis_client.exists(key)
+    assert report.readings == [{"key": key, "stored": False, "detail": "the app has no keys here"}]
+
+    old = {"taken_at": (T0 - timedelta(hours=3)).timestamp(), "used_memory": 1, "events": 0}
+    redis_client.set(key, orjson.dumps({"older": old, "newer": old}), ex=100)
+    later = run(redis_test_url, app=wrong, now=T0 + timedelta(hours=2))
+    assert later.check("store.growth").status == "warn"
+    assert 0 < redis_client.ttl(key) <= 100  # not rewritten with a new 90-day expiry
+
+
+def test_a_store_left_with_snapshots_alone_is_still_the_apps(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """A full prune keeps snapshots: that app has keys, its checks judge as before."""
+    redis_client.hset(layout.snapshot_hash_key(app_name, "1"), "1", '{"Id":"1","Version":3}')
+    report = run(redis_test_url, app=app_name, now=T0)
+    assert report.check("store.memory").status == "ok"
+    assert report.check("store.uncompressed").status == "ok"
+    assert report.check("store.growth").status == "unavailable"  # its first reading
+    assert redis_client.exists(layout.doctor_reading_key(app_name))
+
+
 def test_read_only_stores_no_reading(
     redis_client: redis.Redis, redis_test_url: str, app_name: str, env_name: str
 ) -> None:

@@ -78,6 +78,10 @@ class Readings:
             )
         return baseline
 
+    def skip(self, key: str, why: str) -> None:
+        """A reading not taken, neither read nor stored at ``key``: noted with ``why``."""
+        self.notes.append({"key": key, "stored": False, "detail": why})
+
 
 def too_soon(spec: CheckSpec, baseline_needed: timedelta) -> Check:
     """``spec`` has no reading old enough to compare with yet."""

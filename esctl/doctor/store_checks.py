@@ -1,9 +1,11 @@
 """The event store checks (``--app``): memory held per key family, payloads left
-uncompressed, growth since an earlier run."""
+uncompressed, growth since an earlier run. An app with no keys here at all (a typo in --app,
+the wrong database) makes each of them a warning naming the apps that do have keys."""
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +24,36 @@ GROWTH_FAIL_DAYS = 7
 
 EVENT_DATA_FAMILIES = ("event_hashes", "legacy_hash", "commit_lists", "snapshots")
 
+NO_KEYS_WHY = (
+    "A warning too when the app has no commit list, event hash or snapshot here (a typo in "
+    "--app, the wrong database): there is nothing of it to judge."
+)
+
+
+@dataclass(frozen=True)
+class NoKeys:
+    """``--app`` names an app with no commit list, event hash or snapshot in this database (a
+    typo, or the wrong database): the store checks have nothing of it to judge, and say so as
+    a warning, so that doctor run from cron with a mistyped app does not report all is well."""
+
+    app: str
+    apps_here: str | None
+    """The apps that do have keys here (:meth:`esctl.storereads.AppsHere.text`); None when
+    that SCAN failed."""
+
+    @property
+    def observed(self) -> str:
+        return (
+            f"app {redisio.printable(self.app)} has no commit list, event hash or snapshot "
+            "in this database"
+        )
+
+    @property
+    def action(self) -> str:
+        return self.apps_here or (
+            "check --app / ESCTL_APP, and --redis-url (and its database number)"
+        )
+
 
 STORE_MEMORY = declare(
     "store.memory",
@@ -29,7 +61,7 @@ STORE_MEMORY = declare(
     why=(
         "Event data only grows in Redis; the share of memory it holds says how urgent the move "
         "to PostgreSQL is (a warning when it holds over half the memory limit). MEMORY USAGE "
-        "of a sample of keys per family, scaled to all keys."
+        f"of a sample of keys per family, scaled to all keys. {NO_KEYS_WHY}"
     ),
     metrics={
         "esctl_doctor_store_memory_bytes": "Estimated memory of a key family (MEMORY USAGE sample).",
@@ -40,10 +72,9 @@ STORE_MEMORY = declare(
 
 
 def check_store_memory(
-    app: str, stats: inspect.StatsReport, limit: int | None, absent: str | None = None
+    app: str, stats: inspect.StatsReport, limit: int | None, missing: NoKeys | None = None
 ) -> Check:
-    """``absent``: when the app has no store keys here at all, the apps that do
-    (:meth:`esctl.storereads.AppsHere.text`): said in the observed text (a typo in --app)."""
+    """``missing``: the app has no store keys here at all: a warning naming the apps that do."""
     used = stats.used_memory
     families = {m.family: m for m in stats.memory}
     metrics = []
@@ -64,13 +95,11 @@ def check_store_memory(
             shown.append(f"{m.family.replace('_', ' ')} {format_bytes(m.estimated_bytes)}{share}")
     metrics.append(Metric("esctl_doctor_store_events", stats.commit_ids, {"app": app}))
     event_data = sum(families[f].estimated_bytes for f in EVENT_DATA_FAMILIES if f in families)
-    observed = (", ".join(shown) or "no keys of this app") + (
-        f" of used_memory {format_bytes(used)}" if used else ""
-    )
-    if absent is not None:
-        observed += ("; no commit list, event hash or snapshot of this app" if shown else "") + (
-            f"; {absent}"
-        )
+    of_used = f" of used_memory {format_bytes(used)}" if used else ""
+    if missing is not None:
+        observed = missing.observed + (f"; {', '.join(shown)}{of_used}" if shown else "")
+    else:
+        observed = (", ".join(shown) or "no keys of this app") + of_used
     values = {
         "used_memory": used,
         "events": stats.commit_ids,
@@ -86,6 +115,10 @@ def check_store_memory(
             for m in stats.memory
         },
     }
+    if missing is not None:
+        return STORE_MEMORY.result(
+            "warn", observed, action=missing.action, values=values, metrics=metrics
+        )
     heavy = limit is not None and event_data > EVENT_DATA_WARN_SHARE * limit
     return STORE_MEMORY.result(
         "warn" if heavy else "ok",
@@ -106,7 +139,7 @@ UNCOMPRESSED = declare(
     why=(
         "The library compresses payloads over the threshold only when it writes them, and only "
         "with its setting on; plain ones take about twice the memory. Estimated from a sample "
-        "of payload hashes."
+        f"of payload hashes. {NO_KEYS_WHY}"
     ),
     metrics={
         "esctl_doctor_store_uncompressed_payloads": "Estimated plain payloads over the threshold.",
@@ -121,7 +154,10 @@ def check_uncompressed(
     samples: dict[str, compress.PayloadSample],
     totals: dict[str, int | None],
     threshold: int,
+    missing: NoKeys | None = None,
 ) -> Check:
+    """``missing``: the app has no store keys here at all: with no payload found, a warning
+    naming the apps that do."""
     examined = sum(s.counts.values_examined for s in samples.values())
     found = sum(s.counts.plain_over_threshold for s in samples.values())
     values: dict[str, Any] = {"threshold": threshold, "families": {}}
@@ -161,6 +197,14 @@ def check_uncompressed(
         "estimated_bytes": round(estimate_bytes),
         "estimated_saving_bytes": round(estimate_saving),
     }
+    if not examined and missing is not None:
+        return UNCOMPRESSED.result(
+            "warn",
+            f"no payloads to sample: {missing.observed}",
+            action=missing.action,
+            values=values,
+            metrics=metrics,
+        )
     if not examined:
         return UNCOMPRESSED.result(
             "ok",
@@ -194,7 +238,8 @@ GROWTH = declare(
     "growth since an earlier run",
     why=(
         "Memory growth per day says when the limit is reached (a warning within 30 days, a "
-        "failure within 7); measured against a reading at least an hour old."
+        "failure within 7); measured against a reading at least an hour old, which is stored "
+        f"only for an app with keys here. {NO_KEYS_WHY}"
     ),
     metrics={
         "esctl_doctor_store_growth_bytes_per_day": "Memory growth per day since an earlier reading.",
@@ -282,13 +327,25 @@ def check_growth(
     )
 
 
-def _apps_here(client: redisio.RedisClient, app: str) -> str | None:
-    """For an app with no store keys: the apps that have some here (a bounded SCAN), as text;
-    None when the SCAN failed (the check says what it saw without it)."""
+def check_growth_without_keys(missing: NoKeys) -> Check:
+    """Growth of an app with no store keys here: nothing to measure, and no reading stored (it
+    would only create a key, with a 90-day expiry, for a name that has no data)."""
+    return GROWTH.result(
+        "warn",
+        f"{missing.observed}: no reading taken or stored",
+        action=missing.action,
+    )
+
+
+def no_keys(client: redisio.RedisClient, app: str) -> NoKeys | None:
+    """For an app whose statistics found no store key: :class:`NoKeys` with the apps that have
+    some here (a bounded SCAN; None in its text when the SCAN failed), or None when that SCAN
+    sees keys of the app after all (written meanwhile)."""
     try:
-        return storereads.apps_with_keys(client).text(app)
-    except EsctlError:
-        return None
+        here = storereads.apps_with_keys(client)
+    except (EsctlError, *redisio.REDIS_ERRORS):
+        return NoKeys(app, None)
+    return None if here.has(app) else NoKeys(app, here.text(app))
 
 
 def run_store_checks(
@@ -303,14 +360,15 @@ def run_store_checks(
     app = opts.app
     assert app is not None
     stats: inspect.StatsReport | None = None
+    missing: NoKeys | None = None
     try:
         stats = inspect.inspect_stats(client, app, env=opts.env, sample=opts.sample)
     except EsctlError as exc:
         memory = STORE_MEMORY.unavailable(f"could not sample memory: {exc.message}", exc.hint)
     else:
         found = stats
-        absent = _apps_here(client, app) if not stats.store_keys else None
-        memory = guarded("store.memory", lambda: check_store_memory(app, found, limit, absent))
+        missing = no_keys(client, app) if not stats.store_keys else None
+        memory = guarded("store.memory", lambda: check_store_memory(app, found, limit, missing))
 
     def uncompressed() -> Check:
         samples = compress.sample_payloads(
@@ -320,9 +378,12 @@ def run_store_checks(
             compress.EVENTS: stats.partitioned_fields + stats.legacy_fields if stats else None,
             compress.SNAPSHOTS: stats.snapshots if stats else None,
         }
-        return check_uncompressed(app, samples, totals, opts.compression_threshold)
+        return check_uncompressed(app, samples, totals, opts.compression_threshold, missing)
 
     def growth() -> Check:
+        if missing is not None:
+            readings.skip(layout.doctor_reading_key(app), "the app has no keys here")
+            return check_growth_without_keys(missing)
         reading = {
             "taken_at": taken_at,
             "used_memory": redisio.used_memory(client),
