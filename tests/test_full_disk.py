@@ -1,7 +1,7 @@
 """Output that cannot be written because its disk is full (``> FILE`` on a full filesystem, a
 ``--problems-file`` there), as ``/dev/full`` answers every write: exit 1 with one line that says
 so and what to do, never a Python traceback or "a bug in esctl"; with ``--json`` the error
-document cannot reach stdout either, so stderr carries it as text."""
+document cannot reach stdout either, so stderr carries it as text. Help and ``--version`` too."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev
 FULL_STDOUT = "error: cannot write to standard output: No space left on device"
 
 
-def to_full(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def to_full(
+    *args: str, tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``esctl ARGS > /dev/full``."""
     with open("/dev/full", "w") as full:
         return subprocess.run(
             [sys.executable, "-m", "esctl", *args], stdout=full, stderr=subprocess.PIPE,
-            env=cli_env(), cwd=tmp_path, text=True, timeout=120, stdin=subprocess.DEVNULL,
+            env=cli_env(env), cwd=tmp_path, text=True, timeout=120, stdin=subprocess.DEVNULL,
         )  # fmt: skip
 
 
@@ -50,6 +52,43 @@ def test_stdout_on_a_full_disk_is_one_error_line(
     assert result.stderr.startswith(FULL_STDOUT), result.stderr
     assert "Traceback" not in result.stderr and "bug in esctl" not in result.stderr
     assert "free space where standard output goes" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("--version",), ("queue", "list", "--help"), ("migrate", "redis-to-pg", "-h")],
+    ids=lambda args: " ".join(args),
+)
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["unbuffered", "buffered"])
+def test_help_and_version_on_a_full_disk_are_one_error_line(
+    args: tuple[str, ...], unbuffered: str, tmp_path: Path
+) -> None:
+    """Click prints help and the version before any command body runs: the failed write is
+    the same error as a command's (before: Python's traceback), whether Python buffers stdout
+    (the write fails at echo's flush) or not (at its write)."""
+    result = to_full(*args, tmp_path=tmp_path, env={"PYTHONUNBUFFERED": unbuffered})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(FULL_STDOUT), result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert result.stderr.splitlines()[1:] == [
+        "  what to do: free space where standard output goes (or send it elsewhere), then rerun"
+    ]
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("queue", "list", "--help")])
+def test_help_and_version_to_a_closed_pipe_stay_quiet(args: tuple[str, ...]) -> None:
+    """A reader that went away before esctl wrote (``esctl --help | true``): nothing on
+    stderr, exit 1, as Click does it."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "esctl", *args], stdout=write_end, stderr=subprocess.PIPE,
+            env=cli_env(), text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (1, "")
 
 
 def test_a_problems_file_on_a_full_disk_is_named(

@@ -3,6 +3,8 @@ table), and the wrapper every command runs inside (applied once, by ``esctl.cli.
 
 from __future__ import annotations
 
+import errno
+import io
 import signal
 import sys
 import threading
@@ -182,15 +184,60 @@ def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> Non
     stop_on_sigterm()
     words = list(sys.argv[1:] if args is None else args)
     if not _may_ask_for_json(words):
-        app(args=args)
+        with _clicks_own_output():
+            app(args=args)
         return
     import typer.main
 
     command = typer.main.get_command(app)
     if not asks_for_json(command, words):
-        app(args=args)
+        with _clicks_own_output():
+            app(args=args)
         return
     sys.exit(_run_json(command, words))
+
+
+@contextmanager
+def _clicks_own_output() -> Iterator[None]:
+    """Around Click's run of the command line, for what Click prints itself before any command
+    body, so outside :func:`reporting` (help, ``--version``): on a stdout that cannot take it
+    (a full disk under ``> FILE``) it ends as every other failed write to stdout does, with
+    :func:`consoles.stdout_failed`'s one line, exit 1, not Python's traceback. A reader gone
+    (``--help | head -1``) Click handles itself: quietly, exit 1."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.EPIPE or not _raised_writing_stdout(exc):
+            raise
+        failed = consoles.stdout_failed(exc)
+        render_error("error", failed.message, failed.hint, EXIT_FAILED, False)
+        sys.exit(EXIT_FAILED)
+
+
+def _raised_writing_stdout(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a write to stdout: the frame it was raised in (Click's
+    ``echo``) writes to a stream on stdout's file descriptor. A write to stderr (a usage error
+    on a full stderr) or a file a callback opened is not one."""
+    traceback_ = exc.__traceback__
+    if traceback_ is None:
+        return False
+    while traceback_.tb_next is not None:
+        traceback_ = traceback_.tb_next
+    try:
+        stdout_fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    return any(_writes_to(value, stdout_fd) for value in traceback_.tb_frame.f_locals.values())
+
+
+def _writes_to(value: object, fd: int) -> bool:
+    """Whether ``value`` is an open stream on file descriptor ``fd``."""
+    if not isinstance(value, io.IOBase):
+        return False
+    try:
+        return value.fileno() == fd
+    except (OSError, ValueError):
+        return False
 
 
 def _may_ask_for_json(words: Sequence[str]) -> bool:
