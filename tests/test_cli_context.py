@@ -231,6 +231,23 @@ def test_a_progress_bar_counts_in_whole_numbers() -> None:
     assert ", ? commits/s]" in bar.format_meter(0, None, 0, prefix="m", unit=" commits")
 
 
+@pytest.mark.parametrize(
+    ("unit", "singular"),
+    [(" events", " event"), (" commits", " commit"), (" keys", " key"),
+     (" aggregates", " aggregate"), (" hashes", " hash")],
+)  # fmt: skip
+def test_a_progress_bar_counts_one_in_the_singular(unit: str, singular: str) -> None:
+    """A bar without a total writes the unit after its count as the count wants it ("1
+    commit", "2 commits"; tqdm wrote "1 commits"), for every unit a command's bar counts in
+    (grep 'unit=" ' esctl/cli); the rate stays per second in the plural."""
+    bar = progress.counting_bar()
+    one = bar.format_meter(1, None, 1, prefix="m", unit=unit)
+    assert one == f"m: 1{singular} [00:01, 1.00{unit}/s]"
+    for n in (0, 2, 1_001):
+        assert bar.format_meter(n, None, 1, prefix="m", unit=unit).startswith(f"m: {n:,}{unit} [")
+    assert progress.one("it") == "it"  # tqdm's default unit
+
+
 # --- a reader that goes away -----------------------------------------------------------------
 
 _MANY_LINES = """

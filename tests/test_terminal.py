@@ -321,6 +321,27 @@ def test_replay_to_a_pipe_draws_its_bar_with_a_whole_count(
     assert bar["rest"].startswith(f"{len(documents)} events ["), screen.describe()
 
 
+def test_a_bar_that_counted_one_says_it_in_the_singular(
+    redis_test_url: str, demo_store: Any, app_name: str
+) -> None:
+    """A bar without a total that ends at one counts it in the singular: "replaying: 1 event
+    [...]" (it said "1 events"), as every such bar does (unit tests: test_cli_context)."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name}
+    first = run_cli("events", "query", "--type", "OrderPlaced", "--limit", "1", env=env)
+    assert first.returncode == 0, first.stderr
+    aggregate = json.loads(first.stdout)["aggregate_id"]
+    screen = run_on_terminal(
+        [*ESCTL, "replay", "--from", "redis", "--type", "OrderPlaced", "--aggregate", aggregate,
+         "--to", "stdout"],
+        env=env,
+        pipe_stdout=True,
+    )  # fmt: skip
+    assert screen.stdout is not None and len(screen.stdout.splitlines()) == 1, screen.describe()
+    [bar] = bar_rows(screen)
+    assert bar["desc"] == "replaying", screen.describe()
+    assert bar["rest"].startswith("1 event ["), screen.describe()
+
+
 # --- tables --------------------------------------------------------------------------------
 
 

@@ -14,13 +14,21 @@ T = TypeVar("T")
 
 
 _WITH_TOTAL = "{l_bar}{bar}| {count}/{total_count} [{elapsed}<{remaining}, {per_s}{postfix}]"
-_WITHOUT_TOTAL = "{lead}{count}{unit} [{elapsed}, {per_s}{postfix}]"
+_WITHOUT_TOTAL = "{lead}{counted} [{elapsed}, {per_s}{postfix}]"
+
+
+def one(unit: str) -> str:
+    """A bar's ``unit``, a plural (`` commits``, `` hashes``), as it follows a count of one."""
+    if unit.endswith(("ches", "shes", "sses", "xes")):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") else unit
 
 
 @functools.cache
 def counting_bar() -> type[Any]:
     """tqdm's bar with its counts written as the integers they are, with thousands separators
-    (``4 events``, ``12,345/67,890 commits``), and its rate scaled (``16.7k events/s``),
+    (``4 events``, ``12,345/67,890 commits``), the unit after a count of one singular (``1
+    event``, where tqdm writes ``1 events``), and its rate scaled (``16.7k events/s``),
     per second however slow (``0.30 commits/s``, where tqdm writes ``3.33s/ commits``).
     tqdm's ``unit_scale`` writes a count as a float below 1,000 (``4.00 events``,
     ``42.0 events``); without it the rate has two decimals (``14240.09 keys/s``). tqdm (a
@@ -37,11 +45,13 @@ def counting_bar() -> type[Any]:
             rate = kwargs.get("rate")
             if rate is None and elapsed:
                 rate = n / elapsed
+            count = f"{n:,.0f}"
             kwargs.update(
                 per_s=f"{tqdm.format_sizeof(rate) if rate else '?'}{unit}/s",
                 unit_scale=True,
                 bar_format=_WITH_TOTAL if total else _WITHOUT_TOTAL,
-                count=f"{n:,.0f}",
+                count=count,
+                counted=f"{count}{one(unit) if count == '1' else unit}",  # 1 commit, 2 commits
                 total_count=f"{total:,.0f}" if total else "?",
                 lead=f"{prefix}: " if prefix else "",
             )
