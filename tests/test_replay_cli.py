@@ -13,10 +13,12 @@ import pytest
 import redis
 from helpers import run_cli
 
-from esctl import layout, queues, servers
+from esctl import layout, queues, redisio, servers
+from esctl.cli import replay as cli_replay
+from esctl.cli.output import Output
 from esctl.demo import REPORTING, DemoSummary
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
-from esctl.replay import replay_lock
+from esctl.replay import ReplayOptions, ReplaySummary, Selection, replay_lock
 
 SUB = "Learning.ReportingService.Worker-Test"
 
@@ -312,6 +314,35 @@ def test_redis_out_of_memory_mid_replay_stops_it_and_says_what_was_published(
             assert "it and the rest were not" in message
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", redisio.OOM_CAUSE),
+        ("You can't write against a read only replica.", redisio.READONLY_CAUSE),
+        ("ERR something else", "fix the cause"),
+    ],
+)
+def test_a_publish_refused_mid_replay_says_what_to_fix_before_replaying_the_rest(
+    capsys: pytest.CaptureFixture[str], error: str, cause: str
+) -> None:
+    """A failover mid-replay makes the primary a replica that refuses the pushes (READONLY), as
+    a full Redis does (OOM): the error's hint says what to fix for either, then how to go on."""
+    options = ReplayOptions(
+        source="redis", target="queue", app="A", selection=Selection(all_events=True)
+    )
+    summary = ReplaySummary.start(options)
+    summary.stopped = {
+        "kind": "publish_failed",
+        "event_type": "OrderPlaced",
+        "aggregate_id": "a-1",
+        "version": 3,
+        "error": error,
+    }
+    cli_replay._render_stopped(Output(), summary, options)
+    hint = " ".join(capsys.readouterr().err.split()).partition("what to do: ")[2]
+    assert hint == f"{cause}, then replay the rest (e.g. with --since or --aggregate)"
 
 
 def test_a_replay_that_loses_its_lock_exits_1_saying_what_was_published(

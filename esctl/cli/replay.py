@@ -452,7 +452,7 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
             message += "it and the rest were not"
         from esctl import redisio  # the driver loads when a command runs, not at start-up
 
-        cause = redisio.OOM_CAUSE if redisio.is_oom(stopped["error"]) else "fix the cause"
+        cause = redisio.error_cause(stopped["error"]) or "fix the cause"
         hint = f"{cause}, then replay the rest (e.g. with --since or --aggregate)"
     elif stopped.get("kind") == "lock_lost":
         n = summary.notifications

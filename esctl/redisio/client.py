@@ -303,11 +303,13 @@ def is_oom(reply: object) -> bool:
     )
 
 
-READONLY_HINT = (
+READONLY_CAUSE = (
     "this Redis is a read-only replica: point --redis-url at the primary (with a managed Redis, "
-    "its primary endpoint, not the reader endpoint), then rerun"
+    "its primary endpoint, not the reader endpoint)"
 )
-"""What to do about a READONLY answer (a write sent to a replica)."""
+"""What to do about a READONLY answer (a write sent to a replica, or to a primary that a
+failover made one)."""
+READONLY_HINT = f"{READONLY_CAUSE}, then rerun"
 
 
 def is_readonly_replica(reply: object) -> bool:
@@ -319,14 +321,22 @@ def is_readonly_replica(reply: object) -> bool:
     )
 
 
+def error_cause(reply: object) -> str | None:
+    """What to fix about an error Redis answered with, when esctl knows (over maxmemory, a
+    replica): None otherwise. (:func:`error_hint` adds "then rerun"; a command that must say
+    how to go on from where it stopped adds its own.)"""
+    if is_oom(reply):
+        return OOM_CAUSE
+    if is_readonly_replica(reply):
+        return READONLY_CAUSE
+    return None
+
+
 def error_hint(reply: object) -> str | None:
     """What to do about an error Redis answered with, when esctl knows (over maxmemory, a
     replica): None otherwise."""
-    if is_oom(reply):
-        return OOM_HINT
-    if is_readonly_replica(reply):
-        return READONLY_HINT
-    return None
+    cause = error_cause(reply)
+    return None if cause is None else f"{cause}, then rerun"
 
 
 def is_lost(exc: BaseException) -> bool:
