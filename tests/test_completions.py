@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import cli_env
+from terminal import TerminalSession
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATOR = ROOT / "scripts" / "gen_completions.py"
@@ -93,3 +94,55 @@ def test_zsh_script_parses() -> None:
         ["zsh", "-n", str(COMPLETIONS / "_esctl")], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- on a terminal, installed as the README says ---------------------------------------------
+
+# What each shell is started as, and the README's install step (run in the shell, or done to
+# the new HOME before it starts), for an operator typing `esctl ev<Tab>` and `--js<Tab>`.
+TERMINAL_SHELLS = {
+    "bash": (["bash", "--noprofile", "--norc"], f"PS1='$ '; source {COMPLETIONS / 'esctl.bash'}"),
+    "zsh": (
+        ["zsh", "-f"],
+        "PS1='$ '; fpath=(~/.zfunc $fpath); autoload -U compinit && compinit -u",
+    ),
+    # fish loads ~/.config/fish/completions/esctl.fish itself, at the first Tab after "esctl"
+    "fish": (["fish"], "function fish_prompt; echo '$ '; end"),
+}
+
+
+def _installed_home(tmp_path: Path) -> Path:
+    """A HOME with the README's zsh and fish installs done: ~/.zfunc/_esctl and
+    ~/.config/fish/completions/esctl.fish."""
+    home = tmp_path / "home"
+    (home / ".zfunc").mkdir(parents=True)
+    shutil.copy(COMPLETIONS / "_esctl", home / ".zfunc")
+    fish = home / ".config" / "fish" / "completions"
+    fish.mkdir(parents=True)
+    shutil.copy(COMPLETIONS / "esctl.fish", fish)
+    return home
+
+
+@pytest.mark.parametrize("shell", list(TERMINAL_SHELLS))
+def test_tab_completes_in_an_interactive_shell_installed_as_the_readme_says(
+    shell: str, tmp_path: Path
+) -> None:
+    """On a real terminal: a command group, then an option of a nested command, each by Tab."""
+    if shutil.which(shell) is None:
+        pytest.skip(f"no {shell} on this machine")
+    argv, setup = TERMINAL_SHELLS[shell]
+    home = _installed_home(tmp_path)
+    env = shell_env() | {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    env.pop("XDG_DATA_HOME", None)
+    with TerminalSession(argv, env=env) as session:
+        if setup:
+            session.type(setup + "\n")
+        session.type("esctl ev\t")
+        session.wait_for(
+            lambda s: s.rows[-1:] != [] and s.rows[-1].endswith(" esctl events"), timeout=30
+        )
+        session.type("\x15esctl config show --js\t")  # Ctrl-U: a new line
+        session.wait_for(
+            lambda s: s.rows[-1:] != [] and s.rows[-1].endswith(" esctl config show --json"),
+            timeout=30,
+        )
