@@ -1,6 +1,7 @@
 """doctor's PostgreSQL checks against a database of the test's own: before any schema, with
-the library's schema and esctl's bookkeeping (written as a migration leaves them), with a
-unique constraint missing, and with PostgreSQL down."""
+the library's schema and esctl's bookkeeping (written as a migration leaves them, or by real
+migrations that quarantine aggregates), with a unique constraint missing, and with PostgreSQL
+down."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Any
 
 import independent_writer as iw
 import psycopg
+import pytest
 import redis
+from test_migrate import migrate
 
-from esctl import doctor, pg, servers
-from esctl.doctor import DoctorOptions, DoctorReport
+from esctl import doctor, layout, pg, servers
+from esctl.doctor import DoctorOptions, DoctorReport, pg_checks, report_metrics
+from esctl.shard import Shard
 
 PG_CHECKS = ("pg.reachable", "pg.schema", "pg.constraints", "pg.migration")
 
@@ -82,7 +86,7 @@ def test_a_migrated_store_and_the_events_saved_since(
     iw.append_events(redis_client, truth, 7)
     later = run(redis_test_url, pg_dsn, app=app_name)
     assert later.check("pg.migration").values["unmigrated_events"] == 7
-    assert "7 Redis events not migrated yet" in later.check("pg.migration").observed
+    assert "7 Redis events waiting for the next run" in later.check("pg.migration").observed
 
 
 def test_an_old_last_run_with_new_events_and_a_failed_run_are_warnings(
@@ -124,3 +128,186 @@ def test_postgresql_down_is_a_failed_check(redis_test_url: str) -> None:
     assert {report.check(c).status for c in PG_CHECKS[1:]} == {"unavailable"}
     assert report.check("redis.reachable").status == "ok"  # the rest still ran
     assert report.postgresql is not None and "secret" not in report.postgresql
+
+
+# --- quarantined aggregates: not events waiting for the next run ---------------------------
+
+
+def quarantined_events(truth: iw.GroundTruth) -> int:
+    """The Redis events of the aggregates a first migration of ``truth`` quarantines."""
+    return sum(len(truth.commit_lists[a.list_key]) for a in truth.defective_aggregates())
+
+
+def unmigrated_samples(report: DoctorReport) -> dict[str, float]:
+    return {
+        m.labels["state"]: m.value
+        for m in report_metrics(report)
+        if m.name == "esctl_doctor_pg_unmigrated_events"
+    }
+
+
+def test_quarantined_aggregates_are_told_apart_from_the_events_waiting_for_the_next_run(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """A rerun does not move what migrate quarantined: those events are not "not migrated
+    yet", and the aggregates need a human, so the check warns and says where to look."""
+    truth = iw.write_store(
+        redis_client,
+        app=app_name,
+        aggregates=12,
+        seed=5,
+        defects=("missing_payload", "version_gap"),
+    )
+    summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    assert summary.aggregates_quarantined == 2
+    stuck = quarantined_events(truth)
+
+    report = run(redis_test_url, pg_dsn, app=app_name)
+    check = report.check("pg.migration")
+    assert check.values["quarantined_aggregates"] == 2
+    assert check.values["quarantine_run_ids"] == [summary.run_id]
+    assert check.values["unmigrated_waiting_events"] == 0
+    assert check.values["unmigrated_quarantined_events"] == stuck
+    assert check.values["unmigrated_events"] == stuck  # all of them, whatever the reason
+    assert check.values["unmigrated_exact"]
+    assert "0 Redis events waiting for the next run" in check.observed
+    assert f"2 aggregates quarantined ({stuck} events)" in check.observed
+    assert check.status == "warn"
+    assert "esctl.quarantine" in (check.action or "") and summary.run_id in (check.action or "")
+    assert f"`esctl migrate status --app {app_name}`" in (check.action or "")
+    assert unmigrated_samples(report) == {"waiting": 0, "quarantined": stuck}
+    (aggregates,) = [
+        m for m in report_metrics(report) if m.name == "esctl_doctor_pg_quarantined_aggregates"
+    ]
+    assert aggregates.value == 2 and aggregates.labels == {"app": app_name}
+
+    iw.append_events(redis_client, truth, 7)
+    later = run(redis_test_url, pg_dsn, app=app_name)
+    check = later.check("pg.migration")
+    assert check.values["unmigrated_waiting_events"] == 7
+    assert check.values["unmigrated_quarantined_events"] == stuck
+    assert check.values["unmigrated_events"] == 7 + stuck
+    assert "7 Redis events waiting for the next run" in check.observed
+    assert unmigrated_samples(later) == {"waiting": 7, "quarantined": stuck}
+
+    # A rerun migrates the 7 and quarantines the two again: still two, still a warning.
+    migrate(redis_test_url, pg_dsn, app_name)
+    again = run(redis_test_url, pg_dsn, app=app_name).check("pg.migration")
+    assert again.values["quarantined_aggregates"] == 2
+    assert again.values["unmigrated_waiting_events"] == 0 and again.status == "warn"
+
+
+def fix_missing_payload(client: redis.Redis, truth: iw.GroundTruth) -> iw.TruthAggregate:
+    """Store the payload the ``missing_payload`` defect left out, as an operator would."""
+    (defect,) = truth.defects_of("missing_payload")
+    aggregate = truth.aggregate(defect.aggregate_id)
+    (event,) = [e for e in aggregate.events if e.commit_id == defect.commit_id]
+    client.hset(event.hash_key, event.commit_id, event.payload)
+    aggregate.defects.clear()
+    return aggregate
+
+
+def test_an_aggregate_fixed_and_migrated_since_its_quarantine_is_not_counted(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """The latest run of shard 0/1 quarantined both; after one is fixed, runs of shards 0/2 and
+    1/2 migrate it and quarantine the other again. 0/1's latest run still lists the fixed one
+    in esctl.quarantine, but esctl.migrated_stream has it migrated since: not counted."""
+    truth = iw.write_store(
+        redis_client,
+        app=app_name,
+        aggregates=12,
+        seed=6,
+        defects=("missing_payload", "version_gap"),
+    )
+    first = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    assert first.aggregates_quarantined == 2
+    fixed = fix_missing_payload(redis_client, truth)
+    halves = [migrate(redis_test_url, pg_dsn, app_name, shard=Shard(i, 2)) for i in (0, 1)]
+    assert sum(h.aggregates_quarantined for h in halves) == 1
+    (again,) = [h for h in halves if h.aggregates_quarantined]
+
+    check = run(redis_test_url, pg_dsn, app=app_name).check("pg.migration")
+    (gap,) = truth.defective_aggregates()
+    assert gap.aggregate_id != fixed.aggregate_id
+    assert check.values["quarantined_aggregates"] == 1
+    assert check.values["quarantine_run_ids"] == sorted([first.run_id, again.run_id])
+    assert check.values["unmigrated_quarantined_events"] == len(truth.commit_lists[gap.list_key])
+    assert check.values["unmigrated_waiting_events"] == 0
+    assert "1 aggregate quarantined" in check.observed and check.status == "warn"
+
+
+def test_an_aggregate_a_follower_quarantined_then_migrated_once_fixed_is_not_counted(
+    fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
+) -> None:
+    """One run, still running: the follower quarantines the aggregate, the operator fixes it,
+    the service saves its next event and the follower migrates it. The run's esctl.quarantine
+    rows stay; the aggregate is not quarantined any more."""
+    from test_migrate_follow import Follower, level
+
+    client = redis.Redis.from_url(fresh_redis.url)
+    truth = iw.write_store(
+        client, app=app_name, aggregates=20, seed=8, defects=("missing_payload",)
+    )
+    follower = Follower(fresh_redis.url, pg_dsn, app_name)
+    try:
+        follower.caught_up()
+        held = run(fresh_redis.url, pg_dsn, app=app_name).check("pg.migration")
+        assert held.values["status"] == "running"
+        assert held.values["quarantined_aggregates"] == 1 and held.status == "warn"
+
+        fixed = fix_missing_payload(client, truth)
+        iw.append_events(client, truth, 1, aggregate_ids=[fixed.aggregate_id])
+        level(pg_dsn, truth)
+        check = run(fresh_redis.url, pg_dsn, app=app_name).check("pg.migration")
+    finally:
+        code, _ = follower.stop()
+    assert code == 0
+    assert check.values["run_id"] == held.values["run_id"]
+    assert check.values["quarantined_aggregates"] == 0
+    assert check.values["unmigrated_events"] == 0
+    assert check.status == "ok" and "quarantined" not in check.observed
+
+
+def test_the_estimate_reads_a_bounded_number_of_commit_lists_and_quarantined_aggregates(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    app_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    truth = iw.write_store(
+        redis_client,
+        app=app_name,
+        aggregates=30,
+        seed=11,
+        defects=("missing_payload", "version_gap", "invalid_compressed"),
+    )
+    migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    monkeypatch.setattr(pg_checks, "COMMIT_LIST_SAMPLE_MAX", 2)
+    check = run(redis_test_url, pg_dsn, app=app_name).check("pg.migration")
+    assert check.values["commit_lists_sampled"] == 2
+    assert check.values["unmigrated_exact"] is False
+    assert check.values["quarantined_aggregates"] == 3  # counted in PostgreSQL, not sampled
+    # The first two by id read, scaled to the three.
+    first = sorted(truth.defective_aggregates(), key=lambda a: a.aggregate_id)[:2]
+    read = sum(len(truth.commit_lists[a.list_key]) for a in first)
+    assert check.values["unmigrated_quarantined_events"] == round(read / 2 * 3)
+    assert "~" in check.observed
+
+
+def test_a_commit_list_key_that_is_not_utf8_does_not_stop_the_check(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """It made the lookup in esctl.migrated_stream raise (the check was n/a); migrate
+    quarantines such a key, and it then counts as quarantined."""
+    truth = iw.write_store(redis_client, app=app_name, aggregates=5, seed=3)
+    record_migration(pg_dsn, truth)
+    redis_client.rpush(layout.commit_list_key(app_name, "bad").encode() + b"\xff", b"1")
+    check = run(redis_test_url, pg_dsn, app=app_name).check("pg.migration")
+    assert check.status == "ok", check.observed
+    assert check.values["unmigrated_waiting_events"] == 1
+    migrate(redis_test_url, pg_dsn, app_name)
+    check = run(redis_test_url, pg_dsn, app=app_name).check("pg.migration")
+    assert check.values["quarantined_aggregates"] == 1
+    assert check.values["unmigrated_waiting_events"] == 0

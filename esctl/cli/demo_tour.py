@@ -142,8 +142,8 @@ TOUR: list[TourStep] = [
     TourStep(
         "esctl doctor",
         "the demo Redis runs with maxmemory-policy allkeys-lru: doctor fails it (events could be "
-        "evicted) with why and what to do, and flags no persistence, stuck messages and dead "
-        "letters (exit code 3)",
+        "evicted) with why and what to do, and flags no persistence, stuck messages, dead "
+        "letters and the aggregates migrate quarantined (exit code 3)",
     ),
     TourStep(
         '{redis_cli} -u "$ESCTL_REDIS_URL" CONFIG SET maxmemory-policy noeviction',

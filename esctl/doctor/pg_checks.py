@@ -1,11 +1,12 @@
 """The PostgreSQL checks (only with a DSN the operator configured): reachable, the event
-store schema, its unique constraints, the last migration run and the Redis events not migrated
-yet."""
+store schema, its unique constraints, the last migration run, the Redis events waiting for the
+next run and the aggregates quarantined (left out until fixed by hand)."""
 
 from __future__ import annotations
 
 import shlex
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -162,29 +163,133 @@ def _pg_constraints(conn: Any, schema: str) -> Check:
     )
 
 
-def _unmigrated_estimate(
-    conn: Any, opts: DoctorOptions, client: redisio.RedisClient, lists: int
-) -> tuple[int, int, bool]:
-    """(estimated events not migrated, commit lists sampled, exact). Reads the first
-    :data:`COMMIT_LIST_SAMPLE_MAX` commit lists in SCAN order, compares their length with
-    esctl.migrated_stream, scales to every commit list."""
+_STILL_QUARANTINED = """
+WITH latest AS (
+  SELECT DISTINCT ON (shard) run_id FROM esctl.migration_run
+   WHERE target_schema = %(schema)s AND application_name = %(app)s
+   ORDER BY shard, started_at DESC),
+held AS (
+  SELECT q.aggregate_id, q.run_id, q.recorded_at FROM esctl.quarantine q
+    JOIN latest l ON l.run_id = q.run_id {only}),
+last AS (
+  SELECT aggregate_id, max(recorded_at) AS recorded_at, array_agg(DISTINCT run_id) AS runs
+    FROM held GROUP BY aggregate_id),
+still AS (
+  SELECT q.aggregate_id, q.runs FROM last q
+    LEFT JOIN esctl.migrated_stream m
+      ON m.target_schema = %(schema)s AND m.application_name = %(app)s
+     AND m.aggregate_id = q.aggregate_id
+   WHERE m.updated_at IS NULL OR m.updated_at < q.recorded_at)
+SELECT aggregate_id, count(*) OVER (),
+       (SELECT array_agg(DISTINCT r ORDER BY r) FROM still, unnest(still.runs) AS r)
+  FROM still
+ ORDER BY aggregate_id
+ LIMIT %(limit)s
+"""
+"""Aggregates quarantined by the latest run of some shard and not migrated since (a follower,
+or a run of another shard, that migrated one after it was fixed moved esctl.migrated_stream's
+``updated_at`` past the quarantine): ``(aggregate id, how many there are, the runs that
+quarantined them)`` each row, the first ``limit`` by id. ``{only}`` narrows to some ids."""
+
+
+@dataclass(frozen=True)
+class StillQuarantined:
+    """The aggregates of :data:`_STILL_QUARANTINED`: how many, the first ids, and the runs."""
+
+    aggregates: int
+    ids: list[str]
+    run_ids: list[str]
+
+
+def _still_quarantined(
+    conn: Any, opts: DoctorOptions, *, ids: list[str] | None = None, limit: int | None = None
+) -> StillQuarantined:
+    """Aggregates still quarantined (all of them, or those of ``ids``: ids as read from Redis
+    keys, matched as esctl.quarantine stores them), the first ``limit`` ids of them (all
+    without a limit)."""
+    only = "" if ids is None else "WHERE q.aggregate_id = ANY(%(ids)s::text[])"
+    rows = conn.execute(
+        _STILL_QUARANTINED.format(only=only),
+        {
+            "schema": opts.pg_schema,
+            "app": opts.app,
+            "ids": pg.text_array([redisio.printable(i) for i in ids or []]),
+            "limit": limit,
+        },
+    ).fetchall()
+    if not rows:
+        return StillQuarantined(0, [], [])
+    return StillQuarantined(int(rows[0][1]), [r[0] for r in rows], list(rows[0][2] or []))
+
+
+@dataclass(frozen=True)
+class Unmigrated:
+    """The Redis events of ``APP`` past what esctl.migrated_stream records as migrated, told
+    apart: ``waiting`` for the next run (estimated from a sample of commit lists) and
+    ``quarantined``, of the aggregates still quarantined (read for up to
+    :data:`COMMIT_LIST_SAMPLE_MAX` of them). ``exact`` when nothing was scaled."""
+
+    waiting: int
+    quarantined: int
+    sampled: int
+    exact: bool
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.quarantined
+
+
+def _missing(
+    conn: Any, opts: DoctorOptions, client: redisio.RedisClient, ids: list[str]
+) -> list[int]:
+    """Each aggregate's events in Redis past what esctl.migrated_stream records as migrated
+    (a list shorter than that, one that is gone, counts 0)."""
     from esctl.pgevents import migrated_commits
 
+    assert opts.app is not None
+    lengths = redisio.list_lengths(client, [layout.commit_list_key(opts.app, i) for i in ids])
+    # A key that is not UTF-8 was never migrated (migrate quarantines it).
+    readable = [i for i in ids if redisio.is_utf8(i)]
+    migrated = migrated_commits(conn, opts.pg_schema, opts.app, readable) if readable else {}
+    return [max(0, n - migrated.get(i, 0)) for i, n in zip(ids, lengths, strict=True)]
+
+
+def _unmigrated_estimate(
+    conn: Any,
+    opts: DoctorOptions,
+    client: redisio.RedisClient,
+    lists: int,
+    quarantine: StillQuarantined,
+) -> Unmigrated:
+    """Reads the first :data:`COMMIT_LIST_SAMPLE_MAX` commit lists in SCAN order, compares
+    their length with esctl.migrated_stream and scales the events of those not quarantined
+    to every commit list (``waiting``); reads the lists of the first
+    :data:`COMMIT_LIST_SAMPLE_MAX` aggregates of ``quarantine`` the same way and scales them to
+    all of it (``quarantined``). Two bounded reads, however big the store or the quarantine."""
     assert opts.app is not None
     keys: list[str] = []
     for _, page in redisio.scan_pages(client, layout.commit_list_pattern(opts.app), type_="list"):
         keys.extend(page[: COMMIT_LIST_SAMPLE_MAX - len(keys)])
         if len(keys) >= COMMIT_LIST_SAMPLE_MAX:
             break
-    if not keys:
-        return 0, 0, True
-    lengths = redisio.list_lengths(client, keys)
-    ids = [layout.aggregate_id_from_commit_list_key(opts.app, k) for k in keys]
-    migrated = migrated_commits(conn, opts.pg_schema, opts.app, ids)
-    missing = sum(max(0, n - migrated.get(i, 0)) for i, n in zip(ids, lengths, strict=True))
-    exact = len(keys) >= lists
-    scaled = missing if exact else round(missing / len(keys) * lists)
-    return scaled, len(keys), exact
+    waiting, exact = 0, True
+    if keys:
+        ids = [layout.aggregate_id_from_commit_list_key(opts.app, k) for k in keys]
+        held = set(_still_quarantined(conn, opts, ids=ids).ids) if quarantine.aggregates else set()
+        missing = _missing(conn, opts, client, ids)
+        waiting = sum(
+            n for i, n in zip(ids, missing, strict=True) if redisio.printable(i) not in held
+        )
+        exact = len(keys) >= lists
+        if not exact:
+            waiting = round(waiting / len(keys) * lists)
+    quarantined = 0
+    if quarantine.ids:
+        quarantined = sum(_missing(conn, opts, client, quarantine.ids))
+        if len(quarantine.ids) < quarantine.aggregates:
+            exact = False
+            quarantined = round(quarantined / len(quarantine.ids) * quarantine.aggregates)
+    return Unmigrated(waiting, quarantined, len(keys), exact)
 
 
 PG_MIGRATION = declare(
@@ -192,10 +297,19 @@ PG_MIGRATION = declare(
     "migration progress",
     why=(
         "Events saved to Redis after the last migration exist only in Redis until the next "
-        "run; a failed or old last run means the gap grows."
+        "run; a failed or old last run means the gap grows. Aggregates a run quarantined "
+        "(esctl.quarantine: unloadable streams, values PostgreSQL refused) stay only in Redis "
+        "until someone fixes them: reruns leave them out again."
     ),
     metrics={
-        "esctl_doctor_pg_unmigrated_events": "Estimated Redis events not migrated yet.",
+        "esctl_doctor_pg_unmigrated_events": (
+            "Estimated Redis events not in PostgreSQL, by state: waiting (the next run "
+            "migrates them) or quarantined (aggregates the latest run quarantined; fixed by "
+            "hand)."
+        ),
+        "esctl_doctor_pg_quarantined_aggregates": (
+            "Aggregates the latest run of a shard quarantined and no run migrated since."
+        ),
         "esctl_doctor_pg_last_migration_timestamp_seconds": "Start of the last migration run.",
     },
 )
@@ -233,6 +347,7 @@ def _pg_migration(
         )
     run_id, status_text, shard, started_at, finished_at, last_batch, migrated = row
     now = opts.now or datetime.now(UTC)
+    quarantine = _still_quarantined(conn, opts, limit=COMMIT_LIST_SAMPLE_MAX)
     values: dict[str, Any] = {
         "run_id": run_id,
         "status": status_text,
@@ -241,45 +356,81 @@ def _pg_migration(
         "finished_at": finished_at.isoformat() if finished_at else None,
         "last_batch_at": last_batch.isoformat() if last_batch else None,
         "events_migrated": int(migrated),
+        "quarantined_aggregates": quarantine.aggregates,
+        "quarantine_run_ids": quarantine.run_ids,
     }
     metrics = [
         Metric(
             "esctl_doctor_pg_last_migration_timestamp_seconds",
             round(started_at.timestamp(), 3),
             {"app": opts.app, "status": status_text},
-        )
+        ),
+        Metric("esctl_doctor_pg_quarantined_aggregates", quarantine.aggregates, {"app": opts.app}),
     ]
     unmigrated = None
     if client is not None and stats is not None:
-        unmigrated, sampled, exact = _unmigrated_estimate(conn, opts, client, stats.commit_lists)
+        unmigrated = _unmigrated_estimate(conn, opts, client, stats.commit_lists, quarantine)
         values |= {
-            "unmigrated_events": unmigrated,
-            "unmigrated_exact": exact,
-            "commit_lists_sampled": sampled,
+            "unmigrated_events": unmigrated.total,
+            "unmigrated_waiting_events": unmigrated.waiting,
+            "unmigrated_quarantined_events": unmigrated.quarantined,
+            "unmigrated_exact": unmigrated.exact,
+            "commit_lists_sampled": unmigrated.sampled,
         }
-        metrics.append(Metric("esctl_doctor_pg_unmigrated_events", unmigrated, {"app": opts.app}))
+        for state, count in (
+            ("waiting", unmigrated.waiting),
+            ("quarantined", unmigrated.quarantined),
+        ):
+            metrics.append(
+                Metric(
+                    "esctl_doctor_pg_unmigrated_events", count, {"app": opts.app, "state": state}
+                )
+            )
     age = now - (finished_at or last_batch or started_at)
     observed = (
         f"last run {status_text} (shard {shard}), started {format_duration((now - started_at).total_seconds())} ago"
         + (f", {int(migrated):,} events migrated" if migrated else "")
     )
+    about = "" if unmigrated is None or unmigrated.exact else "~"
     if unmigrated is not None:
-        observed += f"; {'' if values['unmigrated_exact'] else '~'}{unmigrated:,} Redis events not migrated yet"
+        observed += f"; {about}{unmigrated.waiting:,} Redis events waiting for the next run"
+    if quarantine.aggregates:
+        events = f" ({about}{unmigrated.quarantined:,} events)" if unmigrated is not None else ""
+        noun = "aggregate" if quarantine.aggregates == 1 else "aggregates"
+        observed += (
+            f"; {quarantine.aggregates:,} {noun} quarantined{events}, which a rerun leaves out "
+            "until fixed"
+        )
     status: Status = "ok"
-    action = None
+    actions = []
     if status_text in ("failed", "interrupted", "stopped"):
-        status = "warn"
-        action = (
+        actions.append(
             f"rerun `esctl migrate redis-to-pg --app {shlex.quote(opts.app)}`: it resumes from the "
             "last committed batch"
         )
-    elif status_text == "finished" and unmigrated and age > MIGRATION_STALE:
-        status = "warn"
-        action = (
+    elif (
+        status_text == "finished"
+        and unmigrated is not None
+        and unmigrated.waiting
+        and age > MIGRATION_STALE
+    ):
+        actions.append(
             f"schedule `esctl migrate redis-to-pg --app {shlex.quote(opts.app)}` (nightly from "
             "cron: it only moves what is new)"
         )
-    return PG_MIGRATION.result(status, observed, action=action, values=values, metrics=metrics)
+    if quarantine.aggregates:
+        from esctl.migrate.runs import quarantine_query
+
+        actions.append(
+            "fix the quarantined aggregates by hand (what and why: `esctl migrate status --app "
+            f"{shlex.quote(opts.app)}`, `{quarantine_query(quarantine.run_ids)}`); the next "
+            "run migrates them once fixed"
+        )
+    if actions:
+        status = "warn"
+    return PG_MIGRATION.result(
+        status, observed, action="; ".join(actions) or None, values=values, metrics=metrics
+    )
 
 
 def run_pg_checks(
