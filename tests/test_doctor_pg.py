@@ -139,11 +139,19 @@ def quarantined_events(truth: iw.GroundTruth) -> int:
 
 
 def unmigrated_samples(report: DoctorReport) -> dict[str, float]:
-    return {
-        m.labels["state"]: m.value
+    """The events waiting for the next run and those quarantined, from the metrics: all the
+    unmigrated events (the series it always had, labelled by app only) and the quarantined."""
+    found = {
+        m.name: m.value
         for m in report_metrics(report)
-        if m.name == "esctl_doctor_pg_unmigrated_events"
+        if m.name in ("esctl_doctor_pg_unmigrated_events", "esctl_doctor_pg_quarantined_events")
+        and m.labels == {"app": report.app}
     }
+    total, quarantined = (
+        found["esctl_doctor_pg_unmigrated_events"],
+        found["esctl_doctor_pg_quarantined_events"],
+    )
+    return {"waiting": total - quarantined, "quarantined": quarantined}
 
 
 def test_quarantined_aggregates_are_told_apart_from_the_events_waiting_for_the_next_run(

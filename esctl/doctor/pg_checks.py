@@ -303,9 +303,12 @@ PG_MIGRATION = declare(
     ),
     metrics={
         "esctl_doctor_pg_unmigrated_events": (
-            "Estimated Redis events not in PostgreSQL, by state: waiting (the next run "
-            "migrates them) or quarantined (aggregates the latest run quarantined; fixed by "
-            "hand)."
+            "Estimated Redis events not in PostgreSQL: waiting for the next run, and those "
+            "of quarantined aggregates (esctl_doctor_pg_quarantined_events)."
+        ),
+        "esctl_doctor_pg_quarantined_events": (
+            "Estimated Redis events of the aggregates counted by "
+            "esctl_doctor_pg_quarantined_aggregates (a rerun leaves them out until fixed)."
         ),
         "esctl_doctor_pg_quarantined_aggregates": (
             "Aggregates the latest run of a shard quarantined and no run migrated since."
@@ -377,15 +380,10 @@ def _pg_migration(
             "unmigrated_exact": unmigrated.exact,
             "commit_lists_sampled": unmigrated.sampled,
         }
-        for state, count in (
-            ("waiting", unmigrated.waiting),
-            ("quarantined", unmigrated.quarantined),
-        ):
-            metrics.append(
-                Metric(
-                    "esctl_doctor_pg_unmigrated_events", count, {"app": opts.app, "state": state}
-                )
-            )
+        metrics += [
+            Metric("esctl_doctor_pg_unmigrated_events", unmigrated.total, {"app": opts.app}),
+            Metric("esctl_doctor_pg_quarantined_events", unmigrated.quarantined, {"app": opts.app}),
+        ]
     age = now - (finished_at or last_batch or started_at)
     observed = (
         f"last run {status_text} (shard {shard}), started {format_duration((now - started_at).total_seconds())} ago"
