@@ -6,6 +6,7 @@ Shared by ``migrate``, ``migrate verify``, ``migrate prune`` and doctor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -13,6 +14,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.string import ByteaBinaryLoader
+
+from esctl.pg import text_array
 
 
 class PageScope(Protocol):
@@ -243,3 +246,67 @@ def transforms_words(fingerprint: str | None, path: str | None = None) -> str:
         return "without --transforms"
     words = f"with transforms {fingerprint[:16]}"
     return words if path is None else f"{words} (from {path})"
+
+
+_STILL_QUARANTINED = """
+WITH latest AS (
+  SELECT DISTINCT ON (shard) run_id FROM esctl.migration_run
+   WHERE target_schema = %(schema)s AND application_name = %(app)s
+   ORDER BY shard, started_at DESC),
+held AS (
+  SELECT q.aggregate_id, q.run_id, q.recorded_at FROM esctl.quarantine q
+    JOIN latest l ON l.run_id = q.run_id {only}),
+last AS (
+  SELECT aggregate_id, max(recorded_at) AS recorded_at, array_agg(DISTINCT run_id) AS runs
+    FROM held GROUP BY aggregate_id),
+still AS (
+  SELECT q.aggregate_id, q.runs FROM last q
+    LEFT JOIN esctl.migrated_stream m
+      ON m.target_schema = %(schema)s AND m.application_name = %(app)s
+     AND m.aggregate_id = q.aggregate_id
+   WHERE m.updated_at IS NULL OR m.updated_at < q.recorded_at)
+SELECT aggregate_id, count(*) OVER (),
+       (SELECT array_agg(DISTINCT r ORDER BY r) FROM still, unnest(still.runs) AS r)
+  FROM still
+ ORDER BY aggregate_id
+ LIMIT %(limit)s
+"""
+"""Aggregates quarantined by the latest run of some shard and not migrated since (a follower,
+or a run of another shard, that migrated one after it was fixed moved esctl.migrated_stream's
+``updated_at`` past the quarantine): ``(aggregate id, how many there are, the runs that
+quarantined them)`` each row, the first ``limit`` by id. ``{only}`` narrows to some ids."""
+
+
+@dataclass(frozen=True)
+class StillQuarantined:
+    """The aggregates of :data:`_STILL_QUARANTINED`: how many, the first ids, and the runs."""
+
+    aggregates: int
+    ids: list[str]
+    run_ids: list[str]
+
+
+def still_quarantined(
+    conn: psycopg.Connection,
+    schema: str,
+    app: str,
+    *,
+    ids: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> StillQuarantined:
+    """Aggregates still quarantined (all of them, or those of ``ids``, given as esctl.quarantine
+    stores them: :func:`esctl.redisio.printable`), the first ``limit`` ids of them (all without
+    a limit)."""
+    only = "" if ids is None else "WHERE q.aggregate_id = ANY(%(ids)s::text[])"
+    rows = conn.execute(
+        _STILL_QUARANTINED.format(only=only),
+        {
+            "schema": schema,
+            "app": app,
+            "ids": text_array(list(ids or [])),
+            "limit": limit,
+        },
+    ).fetchall()
+    if not rows:
+        return StillQuarantined(0, [], [])
+    return StillQuarantined(int(rows[0][1]), [r[0] for r in rows], list(rows[0][2] or []))

@@ -317,3 +317,31 @@ def test_watch_refreshes_until_ctrl_c(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         os.close(master)
+
+
+def test_lag_counts_an_aggregate_fixed_and_migrated_since_its_quarantine(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Shard 0/1's latest run quarantined an aggregate; once fixed, runs of shards 0/2 and 1/2
+    migrated it. 0/1's run still lists it in esctl.quarantine, but it is migrated now: the
+    events the service saves to it afterwards are lag, not left out as quarantined."""
+    truth = iw.write_store(
+        redis_client, app=app_name, aggregates=12, seed=6, defects=("missing_payload",)
+    )
+    where = {"redis_url": redis_test_url, "pg_dsn": pg_dsn, "app": app_name}
+    assert migrate(**where).returncode == 3
+    (defect,) = truth.defects_of("missing_payload")
+    fixed = truth.aggregate(defect.aggregate_id)
+    (event,) = [e for e in fixed.events if e.commit_id == defect.commit_id]
+    redis_client.hset(event.hash_key, event.commit_id, event.payload)  # as an operator would
+    fixed.defects.clear()
+    for shard in ("0/2", "1/2"):
+        assert migrate("--shard", shard, **where).returncode == 0
+    _, level = status("--lag", **where)
+    assert level["lag"]["events_behind"] == 0
+
+    iw.append_events(redis_client, truth, 3, aggregate_ids=[fixed.aggregate_id])
+    _, behind = status("--lag", **where)
+    assert {s["shard"] for s in behind["shards"]} == {"0/1", "0/2", "1/2"}
+    assert behind["lag"]["events_behind"] == 3
+    assert behind["lag"]["aggregates_behind"] == 1

@@ -8,13 +8,16 @@ import shlex
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esctl import inspect, layout, pg, redisio
 from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
 from esctl.errors import ConnectionFailed, SchemaIncompatible
 from esctl.metrics import Metric
 from esctl.units import format_duration
+
+if TYPE_CHECKING:
+    from esctl.pgevents import StillQuarantined
 
 MIGRATION_STALE = timedelta(days=2)
 COMMIT_LIST_SAMPLE_MAX = 1000
@@ -163,63 +166,16 @@ def _pg_constraints(conn: Any, schema: str) -> Check:
     )
 
 
-_STILL_QUARANTINED = """
-WITH latest AS (
-  SELECT DISTINCT ON (shard) run_id FROM esctl.migration_run
-   WHERE target_schema = %(schema)s AND application_name = %(app)s
-   ORDER BY shard, started_at DESC),
-held AS (
-  SELECT q.aggregate_id, q.run_id, q.recorded_at FROM esctl.quarantine q
-    JOIN latest l ON l.run_id = q.run_id {only}),
-last AS (
-  SELECT aggregate_id, max(recorded_at) AS recorded_at, array_agg(DISTINCT run_id) AS runs
-    FROM held GROUP BY aggregate_id),
-still AS (
-  SELECT q.aggregate_id, q.runs FROM last q
-    LEFT JOIN esctl.migrated_stream m
-      ON m.target_schema = %(schema)s AND m.application_name = %(app)s
-     AND m.aggregate_id = q.aggregate_id
-   WHERE m.updated_at IS NULL OR m.updated_at < q.recorded_at)
-SELECT aggregate_id, count(*) OVER (),
-       (SELECT array_agg(DISTINCT r ORDER BY r) FROM still, unnest(still.runs) AS r)
-  FROM still
- ORDER BY aggregate_id
- LIMIT %(limit)s
-"""
-"""Aggregates quarantined by the latest run of some shard and not migrated since (a follower,
-or a run of another shard, that migrated one after it was fixed moved esctl.migrated_stream's
-``updated_at`` past the quarantine): ``(aggregate id, how many there are, the runs that
-quarantined them)`` each row, the first ``limit`` by id. ``{only}`` narrows to some ids."""
-
-
-@dataclass(frozen=True)
-class StillQuarantined:
-    """The aggregates of :data:`_STILL_QUARANTINED`: how many, the first ids, and the runs."""
-
-    aggregates: int
-    ids: list[str]
-    run_ids: list[str]
-
-
 def _still_quarantined(
     conn: Any, opts: DoctorOptions, *, ids: list[str] | None = None, limit: int | None = None
 ) -> StillQuarantined:
-    """Aggregates still quarantined (all of them, or those of ``ids``: ids as read from Redis
-    keys, matched as esctl.quarantine stores them), the first ``limit`` ids of them (all
-    without a limit)."""
-    only = "" if ids is None else "WHERE q.aggregate_id = ANY(%(ids)s::text[])"
-    rows = conn.execute(
-        _STILL_QUARANTINED.format(only=only),
-        {
-            "schema": opts.pg_schema,
-            "app": opts.app,
-            "ids": pg.text_array([redisio.printable(i) for i in ids or []]),
-            "limit": limit,
-        },
-    ).fetchall()
-    if not rows:
-        return StillQuarantined(0, [], [])
-    return StillQuarantined(int(rows[0][1]), [r[0] for r in rows], list(rows[0][2] or []))
+    """:func:`esctl.pgevents.still_quarantined` of the app (or of ``ids`` as read from Redis
+    keys, matched as esctl.quarantine stores them)."""
+    from esctl.pgevents import still_quarantined
+
+    assert opts.app is not None
+    printable = None if ids is None else [redisio.printable(i) for i in ids]
+    return still_quarantined(conn, opts.pg_schema, opts.app, ids=printable, limit=limit)
 
 
 @dataclass(frozen=True)

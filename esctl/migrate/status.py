@@ -20,6 +20,7 @@ from esctl import codec, layout, metrics, pg, redisio, storereads
 from esctl.locks import HOLDERS_SQL
 from esctl.migrate.reader import migrated_streams
 from esctl.migrate.run import lock_name
+from esctl.pgevents import still_quarantined
 from esctl.shard import Shard
 
 
@@ -36,7 +37,7 @@ class StatusOptions:
 @dataclass
 class Lag:
     """How far PostgreSQL is behind Redis: the events in commit lists past what
-    esctl.migrated_stream says was migrated (quarantined aggregates left out), and the
+    esctl.migrated_stream says was migrated (aggregates still quarantined left out), and the
     TimeStamp of the oldest such event, the first one missing of its aggregate."""
 
     aggregates_behind: int = 0
@@ -189,8 +190,6 @@ SELECT run_id, count(*), coalesce(sum(events), 0)
  GROUP BY run_id
 """
 
-_QUARANTINED_IDS = "SELECT DISTINCT aggregate_id FROM esctl.quarantine WHERE run_id = ANY(%s)"
-
 
 def read_runs(conn: psycopg.Connection, pg_schema: str, app: str) -> list[ShardStatus]:
     """Each shard's latest run of ``app`` into ``pg_schema``, with its batches' totals and
@@ -331,8 +330,10 @@ def migration_status(
             if opts.lag and client is not None:
                 started = time.monotonic()
                 ids = [s.run_id for s in report.shards]
+                # Left out: those a latest run quarantined and nothing migrated since (one
+                # fixed and migrated since, by a follower or another shard's run, counts).
                 quarantined = (
-                    {r[0] for r in conn.execute(_QUARANTINED_IDS, (ids,))} if ids else set()
+                    set(still_quarantined(conn, opts.pg_schema, opts.app).ids) if ids else set()
                 )
                 conn.commit()
                 total, per_shard, scanned = measure_lag(
