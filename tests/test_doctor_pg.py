@@ -16,6 +16,7 @@ from test_migrate import migrate
 
 from esctl import doctor, layout, pg, servers
 from esctl.doctor import DoctorOptions, DoctorReport, pg_checks, report_metrics
+from esctl.migrate import MigrationSummary
 from esctl.shard import Shard
 
 PG_CHECKS = ("pg.reachable", "pg.schema", "pg.constraints", "pg.migration")
@@ -138,6 +139,19 @@ def quarantined_events(truth: iw.GroundTruth) -> int:
     return sum(len(truth.commit_lists[a.list_key]) for a in truth.defective_aggregates())
 
 
+def quarantined_two(
+    client: redis.Redis, redis_url: str, pg_dsn: str, app: str, *, seed: int
+) -> tuple[iw.GroundTruth, MigrationSummary]:
+    """A store of 12 aggregates, two with a defect (a missing payload, a version gap), migrated
+    once: both quarantined."""
+    truth = iw.write_store(
+        client, app=app, aggregates=12, seed=seed, defects=("missing_payload", "version_gap")
+    )
+    summary = migrate(redis_url, pg_dsn, app, init_schema=True)
+    assert summary.aggregates_quarantined == 2
+    return truth, summary
+
+
 def unmigrated_samples(report: DoctorReport) -> dict[str, float]:
     """The events waiting for the next run and those quarantined, from the metrics: all the
     unmigrated events (the series it always had, labelled by app only) and the quarantined."""
@@ -159,15 +173,7 @@ def test_quarantined_aggregates_are_told_apart_from_the_events_waiting_for_the_n
 ) -> None:
     """A rerun does not move what migrate quarantined: those events are not "not migrated
     yet", and the aggregates need a human, so the check warns and says where to look."""
-    truth = iw.write_store(
-        redis_client,
-        app=app_name,
-        aggregates=12,
-        seed=5,
-        defects=("missing_payload", "version_gap"),
-    )
-    summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
-    assert summary.aggregates_quarantined == 2
+    truth, summary = quarantined_two(redis_client, redis_test_url, pg_dsn, app_name, seed=5)
     stuck = quarantined_events(truth)
 
     report = run(redis_test_url, pg_dsn, app=app_name)
@@ -221,15 +227,7 @@ def test_an_aggregate_fixed_and_migrated_since_its_quarantine_is_not_counted(
     """The latest run of shard 0/1 quarantined both; after one is fixed, runs of shards 0/2 and
     1/2 migrate it and quarantine the other again. 0/1's latest run still lists the fixed one
     in esctl.quarantine, but esctl.migrated_stream has it migrated since: not counted."""
-    truth = iw.write_store(
-        redis_client,
-        app=app_name,
-        aggregates=12,
-        seed=6,
-        defects=("missing_payload", "version_gap"),
-    )
-    first = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
-    assert first.aggregates_quarantined == 2
+    truth, first = quarantined_two(redis_client, redis_test_url, pg_dsn, app_name, seed=6)
     fixed = fix_missing_payload(redis_client, truth)
     halves = [migrate(redis_test_url, pg_dsn, app_name, shard=Shard(i, 2)) for i in (0, 1)]
     assert sum(h.aggregates_quarantined for h in halves) == 1
