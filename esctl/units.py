@@ -1,8 +1,17 @@
-"""How esctl writes figures for people: bytes (IEC units), durations and percentages. One
-formatter each, used by the CLI's output and by the reports the core words (doctor). JSON keeps
-the raw numbers."""
+"""How esctl writes figures for people: counts of things, bytes (IEC units), durations and
+percentages. One formatter each, used by the CLI's output and by the reports the core words
+(doctor). JSON keeps the raw numbers."""
 
 from __future__ import annotations
+
+
+def counted(n: int, one: str, many: str | None = None, *, separators: bool = True) -> str:
+    """``n`` and the noun that agrees with it: ``1 event``, ``0 events``, ``1,234 events``.
+    ``many`` is the plural where it is not ``one`` + s (``counted(n, "hash", "hashes")``);
+    ``separators=False`` writes the number without thousands separators, for the phrases
+    that never had them."""
+    number = f"{n:,}" if separators else f"{n}"
+    return f"{number} {one if n == 1 else (many or one + 's')}"
 
 
 def format_bytes(n: float | None) -> str:

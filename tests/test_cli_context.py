@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 import typer
@@ -22,7 +22,7 @@ from esctl import errors
 from esctl.cli import output, progress
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.output import Output
-from esctl.units import format_bytes, format_duration
+from esctl.units import counted, format_bytes, format_duration
 
 # --- the decorator ---------------------------------------------------------------------------
 
@@ -178,6 +178,28 @@ def test_bytes_in_iec_units(n: int | None, text: str) -> None:
 )
 def test_one_duration_format(seconds: float | None, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        ((1, "event"), "1 event"),
+        ((0, "event"), "0 events"),
+        ((2, "event"), "2 events"),
+        ((1_234, "event"), "1,234 events"),
+        ((1, "hash", "hashes"), "1 hash"),
+        ((3, "hash", "hashes"), "3 hashes"),
+        ((0, "entry", "entries"), "0 entries"),
+    ],
+)
+def test_a_count_and_its_noun_agree(args: tuple[Any, ...], text: str) -> None:
+    """One noun after a count of one, the plural after any other (an irregular one given)."""
+    assert counted(*args) == text
+
+
+def test_a_count_without_separators_stays_without() -> None:
+    assert counted(1_234, "problem", separators=False) == "1234 problems"
+    assert counted(1, "problem", separators=False) == "1 problem"
 
 
 def without_terminal(monkeypatch: pytest.MonkeyPatch, *, stdin: bool, stderr: bool) -> None:
