@@ -80,3 +80,23 @@ def test_values_left_alone_exit_3(
 def test_needs_an_app(redis_test_url: str) -> None:
     result = run_cli("compress", "--redis-url", redis_test_url, "--yes")
     assert result.returncode == 1 and "ESCTL_APP" in result.stderr
+
+
+def test_a_count_of_one_is_said_in_the_singular(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """The summary's counts agree with their nouns: '2 events, 1 snapshot' (it said '1
+    snapshots'), 'at most 1 byte'."""
+    payload = '{"Id":"%s","Version":1,"Text":"' + "x" * 600 + '"}'
+    for commit_id in (
+        "c0e0f1a2-0000-4000-8000-000000000001",
+        "c0e0f1a2-0000-4000-8000-000000000002",
+    ):
+        redis_client.hset(layout.event_hash_key(app_name, commit_id), commit_id, payload % "a")
+    redis_client.hset(layout.snapshot_hash_key(app_name, "a"), "a", payload % "a")
+    code, stdout, _ = esctl(redis_test_url, app_name, "--threshold", "500", "--dry-run")
+    assert code == 0
+    assert "values to compress" in stdout and "2 events, 1 snapshot" in stdout
+    assert "1 snapshots" not in stdout
+    code, stdout, _ = esctl(redis_test_url, app_name, "--threshold", "1", "--dry-run")
+    assert code == 0 and "at most 1 byte (left plain)" in stdout

@@ -11,9 +11,13 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.options import DryRunOpt, ProgressOpt, YesOpt, option
 from esctl.cli.output import Output
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import compress as core
+
+_ONE = {"events": "event", "snapshots": "snapshot"}
+"""A payload family's name (``esctl.compress.FAMILIES``, plural) after a count of one."""
 
 
 @with_context(Scope.REDIS | Scope.APP)
@@ -67,7 +71,7 @@ def compress(
     if not (yes or dry_run):
         out.confirm(
             f"Compress (gzip+base64, in place) every plain event and snapshot payload of {app} "
-            f"over {threshold:,} bytes?",
+            f"over {counted(threshold, 'byte')}?",
             action="compress rewrites payloads in Redis",
         )
     client = ctx.redis
@@ -121,12 +125,14 @@ def _render(out: Output, summary: core.CompressSummary) -> None:
     rows: dict[str, Any] = {
         "payload hashes": total.hashes,
         "values examined": total.values_examined,
-        f"values {verb}": ", ".join(f"{done(c):,} {name}" for name, c in summary.families.items()),
+        f"values {verb}": ", ".join(
+            counted(done(c), _ONE[name], name) for name, c in summary.families.items()
+        ),
         "bytes before → after": f"{size(total.bytes_before)} → {size(total.bytes_after)} "
         f"(saves {size(saved)})",
         "changed meanwhile (kept)": total.changed_concurrently,
         "already compressed": total.already_compressed,
-        f"at most {summary.threshold:,} bytes (left plain)": total.below_threshold,
+        f"at most {counted(summary.threshold, 'byte')} (left plain)": total.below_threshold,
         **(
             {"used_memory": size(summary.used_memory_before)}
             if summary.dry_run
