@@ -233,8 +233,31 @@ def test_quarantined_aggregates_come_with_the_query_that_lists_them(
         "SELECT DISTINCT aggregate_id, kind, detail FROM esctl.quarantine"
         f" WHERE run_id = '{shard['run_id']}' ORDER BY aggregate_id"
     )
-    assert f"quarantined: {shard['aggregates_quarantined']:,} aggregate(s) skipped whole" in words
+    quarantined = shard["aggregates_quarantined"]
+    aggregates = "aggregate" if quarantined == 1 else "aggregates"
+    assert f"quarantined: {quarantined:,} {aggregates} skipped whole" in words
     assert f"`{query}`" in words, human.stdout
+
+
+def test_counts_of_one_in_the_notes_are_singular(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """One event behind in one aggregate, one aggregate quarantined: the notes say so in the
+    singular (they said '1 events in 1 aggregates', '1 aggregate(s)')."""
+    truth = iw.write_store(
+        redis_client, app=app_name, aggregates=4, defects=["missing_payload"], seed=5
+    )
+    where = {"redis_url": redis_test_url, "pg_dsn": pg_dsn, "app": app_name}
+    assert migrate(**where).returncode == 3  # the missing payload's aggregate is quarantined
+    iw.append_events(redis_client, truth, 1, seed=2)
+    human = run_cli(
+        "migrate", "status", "--lag", "--app", app_name, "--redis-url", redis_test_url,
+        "--pg-dsn", pg_dsn,
+    )  # fmt: skip
+    assert human.returncode == 0, human.stderr
+    words = " ".join(human.stdout.split())
+    assert "lag (whole app): 1 event in 1 aggregate not yet in PostgreSQL;" in words, words
+    assert "quarantined: 1 aggregate skipped whole (only in Redis" in words, words
 
 
 def test_watch_needs_a_terminal(redis_test_url: str, pg_dsn: str, app_name: str) -> None:

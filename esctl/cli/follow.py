@@ -19,6 +19,7 @@ from esctl.cli.groups import OptionGroup
 from esctl.cli.jsonout import to_json
 from esctl.cli.options import MetricsFileOpt
 from esctl.cli.output import Output
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl.cli.jsonout import JsonStream
@@ -188,7 +189,7 @@ class _Screen:
             self._say(
                 self.out.info,
                 f"sweep ({line['reason']}) done in {line['elapsed_s']:.1f} s: "
-                f"{line['events_migrated']:,} events migrated so far",
+                f"{counted(line['events_migrated'], 'event')} migrated so far",
             )
         elif event == "lag":
             obstacle = line.get("obstacle")

@@ -13,6 +13,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.migrate.common import store, toast, toast_option
 from esctl.cli.options import option, read_rules, transforms_option
 from esctl.cli.output import Output
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import plan as plan_core
@@ -105,15 +106,15 @@ def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:
         {
             "aggregates": summary.aggregates,
             "events": summary.events,
-            "sample": f"{summary.sample_aggregates:,} aggregates, "
-            f"{summary.sample_events:,} events" + (" (all)" if summary.exact else ""),
+            "sample": f"{counted(summary.sample_aggregates, 'aggregate')}, "
+            f"{counted(summary.sample_events, 'event')}" + (" (all)" if summary.exact else ""),
             "stored in Redis (payloads)": about + size(summary.stored_bytes_estimate),
             "decompressed JSON": about + size(summary.json_bytes_estimate),
             "compressed events": f"{summary.compressed_share:.1%}",
             "legacy-layout events": f"{summary.legacy_share:.1%}",
             "PostgreSQL size": "~" + size(summary.pg_bytes_estimate),
             "  of which event_data": "~" + size(summary.pg_event_data_bytes_estimate),
-            "trial": f"{summary.trial_events:,} events at "
+            "trial": f"{counted(summary.trial_events, 'event')} at "
             f"{summary.trial_events_per_s or 0:,.0f} events/s (read "
             f"{summary.read_events_per_s or 0:,.0f}/s, write "
             f"{summary.write_events_per_s or 0:,.0f}/s)",
@@ -149,7 +150,7 @@ def _render_plan_rules(out: Output, t: dict[str, Any]) -> None:
             for r in t["rules"]
         ],
         title=f"transforms {t['fingerprint'][:16]} ({t['file']}) on the sample: "
-        f"{t['sample_events_before']:,} events -> {t['sample_events_after']:,}, "
-        f"{t['sample_aggregates_left_out']:,} aggregate(s) left out whole; the store after "
-        f"the rules: ~{t['events_after_estimate']:,} events",
+        f"{counted(t['sample_events_before'], 'event')} -> {t['sample_events_after']:,}, "
+        f"{counted(t['sample_aggregates_left_out'], 'aggregate')} left out whole; the store "
+        f"after the rules: ~{counted(t['events_after_estimate'], 'event')}",
     )

@@ -13,6 +13,7 @@ from esctl.cli.errors import exit_for
 from esctl.cli.migrate.common import BackupFileOpt, checked_rules, store
 from esctl.cli.options import DryRunOpt, ShardOpt, transforms_option
 from esctl.cli.output import Output
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import prune as prune_core
@@ -113,7 +114,7 @@ def render_prune(out: Output, summary: prune_core.PruneSummary) -> None:
             "orphan fields of an earlier run cleaned": summary.orphan_fields_cleaned,
             "used_memory before": out.format_bytes(summary.used_memory_before),
             "used_memory after": out.format_bytes(summary.used_memory_after),
-            "backup": f"{summary.backup_file} ({summary.backup_events:,} events)"
+            "backup": f"{summary.backup_file} ({counted(summary.backup_events, 'event')})"
             if summary.backup_file
             else "-",
             "elapsed": out.format_duration(summary.elapsed_s),

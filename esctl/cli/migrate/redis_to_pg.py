@@ -27,6 +27,7 @@ from esctl.cli.migrate.prune import render_prune
 from esctl.cli.options import DryRunOpt, ProgressOpt, ShardOpt, option, transforms_option
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import migrate as core
@@ -295,10 +296,11 @@ def _render(out: Output, summary: core.MigrationSummary) -> None:
         t = summary.transforms
         out.info(
             f"transforms {t['fingerprint'][:16]} ({t['file']}): "
-            f"{t['aggregates_left_out']:,} aggregate(s) and {t['events_left_out']:,} event(s) "
-            f"left out, {t['events_added_by_split']:,} event(s) added by splits"
+            f"{counted(t['aggregates_left_out'], 'aggregate')} and "
+            f"{counted(t['events_left_out'], 'event')} left out, "
+            f"{counted(t['events_added_by_split'], 'event')} added by splits"
             + (
-                f"; --restart deleted {t['aggregates_deleted_by_restart']:,} aggregate(s) "
+                f"; --restart deleted {counted(t['aggregates_deleted_by_restart'], 'aggregate')} "
                 "migrated with other transforms"
                 if t["aggregates_deleted_by_restart"]
                 else ""

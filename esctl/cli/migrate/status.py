@@ -11,7 +11,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
 from esctl.cli.migrate.common import store
 from esctl.cli.options import IntervalOpt, MetricsFileOpt, ProgressOpt
-from esctl.units import format_duration
+from esctl.units import counted, format_duration
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -179,9 +179,10 @@ def _status_notes(
             else ""
         )
         notes.append(
-            f"lag (whole app): {lag.events_behind:,} events in {lag.aggregates_behind:,} "
-            f"aggregates not yet in PostgreSQL{oldest} ({report.aggregates_scanned:,} "
-            f"aggregates scanned in {format_duration(report.lag_elapsed_s)})"
+            f"lag (whole app): {counted(lag.events_behind, 'event')} in "
+            f"{counted(lag.aggregates_behind, 'aggregate')} not yet in PostgreSQL{oldest} "
+            f"({counted(report.aggregates_scanned, 'aggregate')} scanned in "
+            f"{format_duration(report.lag_elapsed_s)})"
         )
     if over:
         notes.append(f"behind more than --max-lag {max_lag}: shard {', '.join(over)}")
@@ -213,7 +214,8 @@ def _next_steps(report: status_core.StatusReport) -> list[str]:
         total = sum(s.aggregates_quarantined for s in quarantined)
         query = quarantine_query([s.run_id for s in quarantined])
         steps.append(
-            f"quarantined: {total:,} aggregate(s) skipped whole (only in Redis; fixed by hand); "
+            f"quarantined: {counted(total, 'aggregate')} skipped whole (only in Redis; fixed by "
+            "hand); "
             f"what and why, from esctl.quarantine: `{query}`"
         )
     return steps
