@@ -76,6 +76,18 @@ def test_peek_json_shows_dead_letters_with_retry_data(
     assert human.returncode == 0 and "last exception" in human.stdout
 
 
+def test_peek_says_one_message_in_the_singular(
+    redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """A queue of one message: the title says '1 message' (it said '1 message(s)')."""
+    key = layout.queue_key("Reporting.Worker", env_name, "ItemScoreCreated", "published")
+    message = {"Id": "a1", "Version": 1, "TimeStamp": "2024-05-01T10:00:00.0000000+00:00"}
+    redis_client.lpush(key, json.dumps(message))
+    human = esctl(redis_test_url, env_name, "peek", "Reporting.Worker", "ItemScoreCreated")
+    assert human.returncode == 0, human.stderr
+    assert f"{key}: 1 message, the next 1 shown" in " ".join(human.stdout.split()), human.stdout
+
+
 def test_requeue_asks_refuses_without_terminal_and_runs_with_yes(
     redis_client: redis.Redis, redis_test_url: str, demo_store: DemoSummary
 ) -> None:

@@ -103,7 +103,7 @@ def test_picture_fits_80_columns_and_leaves_columns_out_when_narrower(
         note = f"(left out at this terminal width: {left_out})"
         assert note in " ".join(narrow), "\n".join(narrow)
     short = [line.plain for line in watch_lines(reading, every="2s", width=80, height=12)]
-    assert len(short) == 11 and "more row(s)" in short[-1], "\n".join(short)
+    assert len(short) == 11 and "more rows:" in short[-1], "\n".join(short)
 
 
 def queue_row(screen: Screen, subscriber: str, event_type: str) -> list[str] | None:

@@ -18,6 +18,7 @@ from esctl.cli.groups import OptionGroup, with_groups
 from esctl.cli.live import check_watch
 from esctl.cli.options import DryRunOpt, IntervalOpt, MetricsFileOpt, YesOpt, option
 from esctl.cli.output import Output
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import queues as core
@@ -127,7 +128,7 @@ def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
         where = f" to {plan.destination}" if plan.destination else ""
         verb = {"discard": "discard (no backup!)"}.get(plan.action, plan.action)
         return out.ask(
-            f"{verb} {plan.count:,} message(s) from {plan.source}{where}?", action=action
+            f"{verb} {counted(plan.count, 'message')} from {plan.source}{where}?", action=action
         )
 
     return ask
@@ -316,7 +317,7 @@ def peek_command(
         lambda: _messages_table(
             ctx.out,
             result.messages,
-            title=f"{result.key}: {result.length:,} message(s), the next "
+            title=f"{result.key}: {counted(result.length, 'message')}, the next "
             f"{len(result.messages)} shown (# 0 is taken next)",
             dead=which == "dead",
         ),

@@ -20,7 +20,7 @@ from rich.text import Text
 from esctl.cli.live import interval_text, live_console, watch_until_interrupted
 from esctl.cli.tables import left_out_note
 from esctl.cli.wrapping import break_line
-from esctl.units import format_duration
+from esctl.units import counted, format_duration
 
 if TYPE_CHECKING:
     from esctl import queues as core
@@ -101,7 +101,8 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
     tail = []
     if listing.problems:
         problems = (
-            f"{len(listing.problems)} problem(s) with queue keys: esctl queue list shows them"
+            f"{counted(len(listing.problems), 'problem', separators=False)} with queue keys: "
+            "esctl queue list shows them"
         )
         tail += [Text(line, style="yellow") for line in break_line(problems, width)]
     left_out = [name for name, _, _ in COLUMNS if name not in {c[0] for c in columns}]
@@ -110,7 +111,10 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
     room = height - 1 - len(head) - len(tail)  # Live keeps the cursor's row below
     if len(body) > room:
         hidden = len(body) - (room - 1)
-        more = f"… {hidden} more row(s): a taller terminal, or --type / --subscriber"
+        more = (
+            f"… {counted(hidden, 'more row', separators=False)}: a taller terminal, or --type "
+            "/ --subscriber"
+        )
         body = [*body[: room - 1], Text(more, style="yellow")]
     lines = head + body + tail
     for line in lines:
