@@ -63,7 +63,7 @@ TOUR_EXPECTED: dict[str, tuple[int, bool]] = {
 TOUR_SHOWS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "esctl events query --transforms demo-rules.toml --aggregate-type Gradebook --json "
     "| jq -r '.[].data[\"$type\"]'": (
-        ("Events.GradebookOpened, Learning.Scoring.Domain", "event(s) left out"),
+        ("Events.GradebookOpened, Learning.Scoring.Domain", "events left out"),
         ("Envelope`1[[", ", Learning.ScoringService.Domain\n"),
     ),
     "esctl migrate plan --transforms demo-rules.toml": (

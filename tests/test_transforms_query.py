@@ -4,6 +4,7 @@ from the independent writer): the preview shows the events as the rules make the
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def test_the_preview_shows_the_transformed_events(
         upcast = row["event_type"] in ("EnrollmentProgressed", "EnrollmentNoteAdded")
         assert ("Remark" in row["data"]) is upcast and ("Reviewed" in row["data"]) is upcast
         assert "Note" not in row["data"] or not upcast
-    assert "event(s) left out" in result.stderr
+    assert re.search(r"transforms: [\d,]+ events? left out", result.stderr), result.stderr
 
     # the filters ask the transformed events: --type names the new type
     result = run_cli("events", "query", "--type", "InvoiceOpened", "--format", "json", *common)
@@ -158,4 +159,5 @@ def test_unloadable_streams_are_not_renumbered_into_loadable_ones(
     assert result.returncode == 0, result.stderr
     shown = {json.loads(line)["aggregate_id"] for line in result.stdout.splitlines()}
     assert shown == {a.aggregate_id for a in store.aggregates} - broken
-    assert f"{len(broken)} aggregate(s) not shown" in result.stderr
+    aggregates = "aggregate" if len(broken) == 1 else "aggregates"
+    assert f"{len(broken)} {aggregates} not shown" in result.stderr

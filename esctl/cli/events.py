@@ -18,6 +18,7 @@ from esctl.cli.groups import EventSelection, with_groups
 from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt, option, read_rules
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import query as core
@@ -218,8 +219,8 @@ def query(
             _count(bar, results.stats)  # the last count (a --limit stops between two)
     if results.stats.unreadable:
         out.warn(
-            f"{results.stats.unreadable:,} committed event(s) could not be read (no payload or "
-            "undecodable) and were skipped; `esctl inspect integrity` lists them"
+            f"{counted(results.stats.unreadable, 'committed event')} could not be read (no "
+            "payload or undecodable) and were skipped; `esctl inspect integrity` lists them"
         )
     if client is not None and filters.limit != 0:  # --limit 0 reads nothing
         note_if_no_keys(
@@ -253,11 +254,11 @@ FAILURES_SHOWN = 10
 def _report_transforms(out: Output, results: core.TransformedQuery) -> None:
     """Left-out events (stderr) and failed aggregates (stderr, exit 3)."""
     if results.left_out:
-        out.info(f"transforms: {results.left_out:,} event(s) left out")
+        out.info(f"transforms: {counted(results.left_out, 'event')} left out")
     if results.unloadable:
         out.warn(
-            f"{len(results.unloadable):,} aggregate(s) not shown: their Redis streams are not "
-            "loadable (versions not 1, 2, 3, …), so migrate quarantines them before any "
+            f"{counted(len(results.unloadable), 'aggregate')} not shown: their Redis streams are "
+            "not loadable (versions not 1, 2, 3, …), so migrate quarantines them before any "
             f"transform (first: {results.unloadable[0]!r}); `esctl inspect integrity` lists them"
         )
     for aggregate_id, failure in results.failures[:FAILURES_SHOWN]:
@@ -268,7 +269,7 @@ def _report_transforms(out: Output, results: core.TransformedQuery) -> None:
         )
     hidden = len(results.failures) - FAILURES_SHOWN
     if hidden > 0:
-        out.warn(f"… and {hidden:,} more aggregate(s) whose transforms failed")
+        out.warn(f"… and {counted(hidden, 'more aggregate')} whose transforms failed")
     exit_for(problems=len(results.failures))
 
 
