@@ -170,6 +170,17 @@ def test_unreadable_events_exit_3(
     result = run_cli(*base(redis_test_url, app_name, "--to", "stdout", "--all"))
     assert result.returncode == 3
     assert "unreadable" in result.stderr
+    assert "; 1 problem:" in result.stderr  # the unreadable events are one problem
+
+
+def test_a_replay_of_one_event_says_it_in_the_singular(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    iw.write_store(redis_client, app=app_name, aggregates=1, events_per_aggregate=(1, 1), seed=4)
+    result = run_cli(*base(redis_test_url, app_name, "--to", "stdout", "--all"))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    assert "replayed 1 event to stdout in " in result.stderr, result.stderr
 
 
 def test_a_failing_projection_exits_1_naming_the_event(

@@ -29,6 +29,7 @@ from esctl.cli.options import (
 )
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import replay as core
@@ -309,7 +310,8 @@ def _confirmer(out: Output, options: core.ReplayOptions) -> core.Confirm:
         out.require_terminal(action)
         _plan_table(out, plan, stderr=True)
         question = (
-            f"publish {plan.events:,} events as {plan.messages:,} messages to env {plan.env}?"
+            f"publish {counted(plan.events, 'event')} as {counted(plan.messages, 'message')} "
+            f"to env {plan.env}?"
         )
         return out.ask(question, action=action)
 
@@ -414,9 +416,13 @@ def _facts(out: Output, summary: core.ReplaySummary) -> dict[str, Any]:
 def _render_short(out: Output, summary: core.ReplaySummary) -> None:
     """--to stdout: stdout is the events; a one-line summary goes to stderr."""
     out.info(
-        f"replayed {summary.events:,} events to stdout in "
+        f"replayed {counted(summary.events, 'event')} to stdout in "
         f"{out.format_duration(summary.elapsed_s)}"
-        + (f"; {len(summary.problems)} problem(s):" if summary.problems else "")
+        + (
+            f"; {counted(len(summary.problems), 'problem', separators=False)}:"
+            if summary.problems
+            else ""
+        )
     )
     for p in summary.problems:
         out.info(f"{p['kind']}: {p['key']}: {p['detail']}", head="  ")
@@ -444,7 +450,8 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
         others, after = stopped.get("failed", 1) - 1, stopped.get("published_after", 0)
         if others or after:  # events sent behind it, which Redis ran on
             message += (
-                f"it was not; of the {others + after} events sent after it before its answer "
+                f"it was not; of the {counted(others + after, 'event', separators=False)} sent "
+                "after it before its answer "
                 f"came, {others} failed too (problems) and {after} "
                 f"{'was' if after == 1 else 'were'} published; nothing after them was sent"
             )
@@ -458,8 +465,8 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
         n = summary.notifications
         message = (
             f"lost the replay lock: {stopped['error']}; nothing more was sent, and every "
-            f"batch already sent was answered and is counted: {n:,} "
-            f"event{'' if n == 1 else 's'} published (each whole, with its notification)"
+            f"batch already sent was answered and is counted: {counted(n, 'event')} published "
+            "(each whole, with its notification)"
         )
         if stopped.get("aggregate_id") is not None:
             message += (
