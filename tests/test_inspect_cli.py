@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import independent_writer as iw
 import redis
 from bulk_store import write_bulk_store
 from helpers import run_cli
 
-from esctl import demo
+from esctl import demo, layout
 
 
 def test_aggregate(demo_store: demo.DemoSummary, redis_test_url: str) -> None:
@@ -74,6 +77,23 @@ def test_stats(demo_store: demo.DemoSummary, redis_test_url: str) -> None:
     human = run_cli("inspect", "stats", *common, "--sample", "5")
     assert human.returncode == 0, human.stderr
     assert "event_hashes" in human.stdout and "estimated from the sample" in human.stdout
+
+
+def test_counts_of_one_are_said_in_the_singular(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str, tmp_path: Path
+) -> None:
+    """One problem written to a file, one snapshot hash: 'All 1 problem:', '1 in 1 hash' (they
+    said '1 problems', '1 hashes')."""
+    iw.write_store(redis_client, app=app_name, aggregates=3, defects=["missing_payload"], seed=6)
+    redis_client.hset(layout.snapshot_hash_key(app_name, "a"), "a", '{"Id":"a","Version":1}')
+    common = ("--app", app_name, "--redis-url", redis_test_url)
+    problems = tmp_path / "problems.jsonl"
+    result = run_cli("inspect", "integrity", *common, "--problems-file", str(problems))
+    assert result.returncode == 3, result.stderr
+    assert f"All 1 problem: {problems}" in " ".join(result.stdout.split()), result.stdout
+    result = run_cli("inspect", "stats", *common)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^snapshots +│ 1 in 1 hash$", result.stdout, re.M), result.stdout
 
 
 def test_app_is_required(redis_test_url: str) -> None:

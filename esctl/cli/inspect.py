@@ -18,6 +18,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.options import ProblemsFileOpt, ProgressOpt, ShardOpt, option
 from esctl.cli.output import Output
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import inspect as core
@@ -293,7 +294,7 @@ def _render_integrity(out: Output, report: core.IntegrityReport) -> None:
         records=True,
     )
     if report.problems_where is not None:
-        out.command(f"All {total} problems:", report.problems_where)
+        out.command(f"All {counted(total, 'problem', separators=False)}:", report.problems_where)
     elif len(report.problems) < total:
         out.wrapped(
             f"{total - len(report.problems)} more not listed: rerun with --problems-file PATH "
@@ -371,9 +372,10 @@ def _render_stats(out: Output, report: core.StatsReport) -> None:
             "aggregates (commit lists)": report.commit_lists,
             "commit ids": events["commit_ids"],
             "hash fields, partitioned": f"{report.partitioned_fields:,} in "
-            f"{report.partitioned_hashes:,} hashes",
+            f"{counted(report.partitioned_hashes, 'hash', 'hashes')}",
             "hash fields, legacy": report.legacy_fields,
-            "snapshots": f"{report.snapshots:,} in {report.snapshot_hashes:,} hashes",
+            "snapshots": f"{report.snapshots:,} in "
+            f"{counted(report.snapshot_hashes, 'hash', 'hashes')}",
             "queue lists (published/processing/dead)": " / ".join(
                 str(report.queue_lists[k]) for k in ("published", "processing", "dead")
             )

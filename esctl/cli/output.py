@@ -23,7 +23,7 @@ from esctl.cli.messages import info, info_command, note, print_error, warn
 from esctl.cli.progress import Progress, counting_bar
 from esctl.cli.tables import emit_mapping, emit_table, print_title
 from esctl.cli.wrapping import break_command, hang, label_and_command
-from esctl.units import format_bytes, format_duration
+from esctl.units import counted, format_bytes, format_duration
 
 
 class Output:
@@ -100,18 +100,20 @@ class Output:
         where: str | None,
         *,
         title: str = "problems",
+        one: str = "problem",
         unrecorded: str | None = None,
     ) -> None:
         """A summary's bounded problems (esctl.problems): the counts by kind, the first ones
         listed, and where all of them are (``where``; else ``unrecorded`` says how to get
-        them)."""
+        them). ``title`` names them (a plural), ``one`` one of them."""
         if not total:
             return
         emit_table(["kind", "count"], sorted(counts.items()), title=f"{title} by kind ({total})")
         listed = f"first {len(problems)} of {total}" if len(problems) < total else f"all {total}"
         self.problems(problems, title=f"{title} ({listed})", limit=None)
         if where is not None:
-            self.command(f"All {total} {title}:", where)  # a query or a file: whole
+            # a query or a file: whole
+            self.command(f"All {counted(total, one, title, separators=False)}:", where)
         elif len(problems) < total and unrecorded:
             self.wrapped(f"{total - len(problems)} more not listed: {unrecorded}")
 

@@ -84,4 +84,4 @@ def render_restore_pruned(out: Output, summary: core.RestorePrunedSummary) -> No
             "before deleting those events): it was ignored."
         )
     t = summary.tally
-    out.problem_summary(t.listed, t.counts, t.total, t.where, title="conflicts")
+    out.problem_summary(t.listed, t.counts, t.total, t.where, title="conflicts", one="conflict")

@@ -90,6 +90,7 @@ def verify_command(
             summary.mismatches,
             summary.problems_where,
             title="mismatches",
+            one="mismatch",
             unrecorded="rerun with --problems-file PATH to write every one",
         )
         if summary.migrated_with_transforms:
