@@ -55,6 +55,10 @@ def test_warnings_exit_0_and_3_with_strict(recommended: servers.LocalRedis) -> N
     document = json.loads(strict.stdout)
     assert document["strict"] is True and document["exit_code"] == 3
     assert document["status"] == "warn"
+    # the last line counts them, the noun agreeing ('1 warning'; it said 'warning(s)')
+    warned = document["counts"]["warn"]
+    words = " ".join(plain.stdout.split())
+    assert f" failed, {warned} {'warning' if warned == 1 else 'warnings'}, " in words, words
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
 from esctl.cli.options import MetricsFileOpt, option
 from esctl.cli.output import Output
+from esctl.units import counted
 
 if TYPE_CHECKING:
     from esctl import doctor as core
@@ -143,6 +144,7 @@ def _render(out: Output, report: core.DoctorReport) -> None:
         out.wrapped(f"skipped {skipped['group']} checks: {skipped['reason']}")
     counts = report.counts()
     out.wrapped(
-        f"{counts['fail']} failed, {counts['warn']} warning(s), {counts['ok']} ok, "
+        f"{counts['fail']} failed, {counted(counts['warn'], 'warning', separators=False)}, "
+        f"{counts['ok']} ok, "
         f"{counts['unavailable']} could not run ({out.format_duration(report.elapsed_s)})"
     )
