@@ -66,7 +66,7 @@ def doctor_extras() -> list[str]:
 
 def cluster_extras() -> list[str]:
     """The README's rules a user needs beside its family's on a Redis Cluster."""
-    found = re.search(r"slot: add `([^`]+)`", readme_section())
+    found = re.search(r"add `(\+command\s[^`]+)` to each user", readme_section())
     assert found, "the README gives the rules a cluster needs"
     return found[1].split()
 

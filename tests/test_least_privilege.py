@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import redis
 import zstandard
-from cluster import LocalCluster, redis_cluster
+from cluster import LocalCluster, node_id, redis_cluster, slot_owner, wait_for_agreement
 from credservers import (
     DOCTOR_PROBES,
     PASSWORD,
@@ -452,6 +452,68 @@ def test_the_read_only_family_on_a_cluster_under_the_read_user_and_the_cluster_r
                 for key in node.scan_iter(match=pattern, count=1000):
                     node.delete(key)
             node.close()
+
+
+def test_the_read_only_family_and_doctor_on_a_cluster_with_a_slot_half_moved(
+    redis_cluster: LocalCluster,
+) -> None:
+    """The README's cluster rules cover what a reshard makes esctl send: a scan that meets a
+    slot being migrated reads it whole (CLUSTER COUNTKEYSINSLOT and GETKEYSINSLOT on its source
+    and target), and doctor's ``redis.cluster`` check reads CLUSTER INFO of every primary.
+    Nothing is refused, and the answers are those of a quiet cluster."""
+    app, env = f"LpReshardApp-{secrets.token_hex(3)}", f"lpr{secrets.token_hex(3)}"
+    client = redis_cluster.client()
+    write_demo_store(client, app=app, env=env)
+    rules = acl_users(app, env)["esctl-read"] + cluster_extras() + doctor_extras()
+    nodes = [redis.Redis(port=n.port) for n in redis_cluster.nodes]
+    slot = client.keyslot(layout.commit_list_key(app, "x"))
+    source = slot_owner(redis_cluster, slot)
+    target = next(p for p in redis_cluster.primaries() if p.port != source.port)
+    src, dst = redis.Redis(port=source.port), redis.Redis(port=target.port)
+    try:
+        for node in nodes:
+            set_user(node, "esctl-read", rules)
+            acl_denials(node)
+        url = f"redis+cluster://esctl-read:{PASSWORD}@127.0.0.1:{redis_cluster.seed.port}"
+        quiet = json.loads(run_cli("inspect", "integrity", "--app", app, "--json",
+                                   "--redis-url", url).stdout)  # fmt: skip
+        assert quiet["commit_lists"] > 10 and quiet["problems_total"] > 0, quiet
+        # Half-moved: the commit lists' slot is migrating, half its keys already on the target.
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(source.port))
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(target.port))
+        keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        half = keys[: len(keys) // 2]
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *half)
+        integrity = run_cli("inspect", "integrity", "--app", app, "--json", "--redis-url", url)
+        assert integrity.returncode == 3, (
+            integrity.stderr[-2000:],
+            [acl_denials(n) for n in nodes],
+        )
+        assert json.loads(integrity.stdout)["counts"] == quiet["counts"]
+        query = run_cli("events", "query", "--app", app, "--redis-url", url)
+        assert query.returncode == 0, query.stderr[-2000:]
+        assert [acl_denials(node) for node in nodes] == [[]] * len(nodes)
+        doctor = run_cli("doctor", "--read-only", "--json", "--app", app, "--env", env,
+                         "--redis-url", url)  # fmt: skip
+        checks = {c["id"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["redis.cluster"]["status"] != "unavailable", checks["redis.cluster"]
+        assert [acl_denials(node) for node in nodes] == [[]] * len(nodes)
+    finally:
+        rest = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        if rest:
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *rest)
+        for primary in redis_cluster.primaries():
+            with redis.Redis(port=primary.port) as plain:
+                plain.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(target.port))
+        wait_for_agreement(redis_cluster)
+        for node in nodes:
+            node.execute_command("ACL", "DELUSER", "esctl-read")
+            for pattern in (f"*{app}*", f"*{{{env}:*"):
+                for key in node.scan_iter(match=pattern, count=1000):
+                    node.delete(key)
+            node.close()
+        src.close()
+        dst.close()
 
 
 # --- a refusal part-way through a queue command ----------------------------------------------
