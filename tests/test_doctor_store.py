@@ -74,6 +74,7 @@ def test_growth_is_measured_against_a_reading_at_least_an_hour_old(
     first = run(redis_test_url, app=app_name, now=T0)
     growth = first.check("store.growth")
     assert growth.status == "unavailable" and "no reading old enough" in growth.observed
+    assert "(this run's was stored)" in growth.observed
     assert redis_client.exists(layout.doctor_reading_key(app_name))
     assert {
         "key": layout.doctor_reading_key(app_name),
@@ -84,6 +85,10 @@ def test_growth_is_measured_against_a_reading_at_least_an_hour_old(
     iw.append_events(redis_client, truth, 24)
     soon = run(redis_test_url, app=app_name, now=T0 + timedelta(minutes=10))
     assert soon.check("store.growth").status == "unavailable"
+    # the first run's reading is kept; this one is not stored, and says so
+    assert "this run's was not: the newer stored reading is recent" in (
+        soon.check("store.growth").observed
+    )
 
     later = run(redis_test_url, app=app_name, now=T0 + timedelta(hours=2))
     growth = later.check("store.growth")
@@ -137,6 +142,12 @@ def test_read_only_stores_no_reading(
     assert not redis_client.exists(layout.doctor_reading_key(app_name))
     assert not redis_client.exists(layout.doctor_queue_reading_key(env_name))
     assert all(not note["stored"] for note in report.readings)
+    # the checks that compare runs say so too, and what would give them a reading
+    for check_id in ("store.growth", "queues.draining"):
+        check = report.check(check_id)
+        assert check.status == "unavailable", check_id
+        assert "was stored" not in check.observed and "--read-only" in check.observed, check_id
+        assert "without --read-only" in (check.action or ""), check_id
 
 
 def test_stuck_messages_and_dead_letters(

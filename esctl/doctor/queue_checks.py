@@ -175,9 +175,11 @@ def check_draining(
     reading: dict[str, Any],
     baseline: dict[str, Any] | None,
     min_interval: timedelta,
+    unstored: str | None = None,
 ) -> Check:
+    """``unstored``: why this run's reading was not stored (None: it was)."""
     if baseline is None:
-        return too_soon(DRAINING, min_interval)
+        return too_soon(DRAINING, min_interval, unstored)
     elapsed = float(reading["taken_at"]) - float(baseline["taken_at"])
     before = {(r[0], r[1]): (int(r[2]), r[3]) for r in baseline.get("queues", [])}
     now = {(r[0], r[1]): (int(r[2]), r[3]) for r in reading["queues"]}
@@ -253,10 +255,11 @@ def run_queue_checks(
     def draining() -> Check:
         tails = queue_tails(client, env, listing)
         reading = queue_reading(listing, tails, moment.timestamp())
-        baseline = readings.exchange(
-            layout.doctor_queue_reading_key(env), reading, opts.queue_min_interval
+        key = layout.doctor_queue_reading_key(env)
+        baseline = readings.exchange(key, reading, opts.queue_min_interval)
+        return check_draining(
+            env, listing, reading, baseline, opts.queue_min_interval, readings.unstored(key)
         )
-        return check_draining(env, listing, reading, baseline, opts.queue_min_interval)
 
     return [
         guarded("queues.stuck", lambda: check_stuck(env, listing, opts.stuck_after)),

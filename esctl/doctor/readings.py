@@ -16,6 +16,8 @@ from esctl.doctor.report import Check, CheckSpec
 from esctl.units import format_duration
 
 READING_TTL_S = 90 * 86400
+READ_ONLY = "read-only run"
+"""The note of a reading a ``--read-only`` run did not store."""
 
 
 def rotate_readings(
@@ -66,7 +68,7 @@ class Readings:
                 stored = None
         baseline, document = rotate_readings(stored, reading, min_interval.total_seconds())
         if document is None or self.read_only:
-            why = "read-only run" if self.read_only else "the newer stored reading is recent"
+            why = READ_ONLY if self.read_only else "the newer stored reading is recent"
             self.notes.append({"key": key, "stored": False, "detail": why})
             return baseline
         try:
@@ -78,15 +80,33 @@ class Readings:
             )
         return baseline
 
+    def unstored(self, key: str) -> str | None:
+        """Why this run's reading at ``key`` was not stored (its note's detail), None when it
+        was."""
+        for note in reversed(self.notes):
+            if note["key"] == key:
+                return None if note["stored"] else str(note["detail"])
+        return None
+
     def skip(self, key: str, why: str) -> None:
         """A reading not taken, neither read nor stored at ``key``: noted with ``why``."""
         self.notes.append({"key": key, "stored": False, "detail": why})
 
 
-def too_soon(spec: CheckSpec, baseline_needed: timedelta) -> Check:
-    """``spec`` has no reading old enough to compare with yet."""
+def too_soon(spec: CheckSpec, baseline_needed: timedelta, unstored: str | None = None) -> Check:
+    """``spec`` has no reading old enough to compare with yet. ``unstored``: why this run's
+    reading was not stored (:meth:`Readings.unstored`), None when it was."""
+    needed = format_duration(baseline_needed.total_seconds())
+    if unstored == READ_ONLY:
+        return spec.unavailable(
+            "no reading old enough to compare with (--read-only: this run stored none); "
+            f"comparisons need one at least {needed} old, stored by a run without --read-only",
+            "run doctor without --read-only now and then (from cron, for example): a "
+            "--read-only run compares with the readings those runs store",
+        )
+    stored = "this run's was stored" if unstored is None else f"this run's was not: {unstored}"
     return spec.unavailable(
-        "no reading old enough to compare with yet (this run's was stored); comparisons need "
-        f"one at least {format_duration(baseline_needed.total_seconds())} old",
+        f"no reading old enough to compare with yet ({stored}); comparisons need one at least "
+        f"{needed} old",
         "run doctor again later (from cron, for example)",
     )

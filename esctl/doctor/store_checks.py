@@ -255,9 +255,11 @@ def check_growth(
     baseline: dict[str, Any] | None,
     limit: int | None,
     min_interval: timedelta,
+    unstored: str | None = None,
 ) -> Check:
+    """``unstored``: why this run's reading was not stored (None: it was)."""
     if baseline is None:
-        return too_soon(GROWTH, min_interval)
+        return too_soon(GROWTH, min_interval, unstored)
     elapsed = float(reading["taken_at"]) - float(baseline["taken_at"])
     per_day = 86400 / elapsed
     memory_rate = (reading["used_memory"] - baseline["used_memory"]) * per_day
@@ -390,10 +392,11 @@ def run_store_checks(
             "events": stats.commit_ids if stats else None,
             "event_store_bytes": stats.event_store_bytes if stats else None,
         }
-        baseline = readings.exchange(
-            layout.doctor_reading_key(app), reading, opts.growth_min_interval
+        key = layout.doctor_reading_key(app)
+        baseline = readings.exchange(key, reading, opts.growth_min_interval)
+        return check_growth(
+            app, reading, baseline, limit, opts.growth_min_interval, readings.unstored(key)
         )
-        return check_growth(app, reading, baseline, limit, opts.growth_min_interval)
 
     return [
         memory,
