@@ -146,9 +146,11 @@ class Context:
 
     @property
     def redis_target(self) -> redisio.RedisTarget:
-        """--redis-url with --cluster and --read-from-replicas, for worker processes."""
+        """--redis-url with --cluster and --read-from-replicas, for worker processes. Sets how
+        long a Redis loading its data set is waited for (:func:`wait_for_loading`)."""
         from esctl import redisio
 
+        wait_for_loading()
         return redisio.RedisTarget(self.redis_url, self.cluster, self.read_from_replicas)
 
     @cached_property
@@ -156,6 +158,29 @@ class Context:
         """A client of :attr:`redis_target`, connected on first use (ConnectionFailed when it
         does not answer)."""
         return self.redis_target.connect()
+
+
+LOADING_WAIT_VAR = "ESCTL_REDIS_LOADING_WAIT"
+
+
+def wait_for_loading(environ: Mapping[str, str] | None = None) -> None:
+    """How a command meets a Redis that is loading its data set (restarted): waited for up
+    to ``$ESCTL_REDIS_LOADING_WAIT`` (a duration; 60 s when unset, 0: not at all), each wait
+    said on stderr. UsageError naming the variable for a value that is no duration."""
+    import os
+
+    from esctl.cli import messages
+    from esctl.durations import parse_duration
+    from esctl.errors import UsageError
+    from esctl.redisio import retry
+
+    text = (os.environ if environ is None else environ).get(LOADING_WAIT_VAR, "").strip()
+    if text:
+        try:
+            retry.LOADING_WAIT_SECONDS = parse_duration(text).total_seconds()
+        except UsageError as exc:
+            raise UsageError(f"{LOADING_WAIT_VAR}={text}: {exc.message}", hint=exc.hint) from None
+    retry.loading_notice = messages.info
 
 
 def with_context(

@@ -36,7 +36,13 @@ def run_doctor(opts: DoctorOptions) -> DoctorReport:
     stats: inspect.StatsReport | None = None
     notes: list[dict[str, Any]] = []
     try:
-        client = redisio.connect(opts.redis_url, cluster=opts.cluster, allow_lone_cluster_node=True)
+        # A server loading its data set is reported as it is now (how far it got), not waited for.
+        client = redisio.connect(
+            opts.redis_url,
+            cluster=opts.cluster,
+            allow_lone_cluster_node=True,
+            wait_for_loading=False,
+        )
         server = redisio.describe(client)
     except ConnectionFailed as exc:
         checks.append(

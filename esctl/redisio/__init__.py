@@ -7,6 +7,7 @@ Design: docs/design/redisio.md.
 """
 
 from esctl.redisio.client import (
+    LOADING_CAUSE,
     OOM_CAUSE,
     OOM_HINT,
     PIPELINE_CHUNK,
@@ -22,6 +23,7 @@ from esctl.redisio.client import (
     error_hint,
     is_cluster_url,
     is_denied,
+    is_loading,
     is_lost,
     is_oom,
     is_readonly_replica,
@@ -63,6 +65,7 @@ from esctl.redisio.scan import (
 )
 
 __all__ = [
+    "LOADING_CAUSE",
     "OOM_CAUSE",
     "OOM_HINT",
     "PIPELINE_CHUNK",
@@ -87,6 +90,7 @@ __all__ = [
     "hash_pages",
     "is_cluster_url",
     "is_denied",
+    "is_loading",
     "is_lost",
     "is_oom",
     "is_read_only",

@@ -72,12 +72,20 @@ def connect(
     cluster: bool = False,
     read_from_replicas: bool = False,
     allow_lone_cluster_node: bool = False,
+    wait_for_loading: bool = True,
 ) -> RedisClient:
     """Open a client and check the server answers. Raises ConnectionFailed (password hidden),
     or ConfigError for one node of a Redis Cluster reached as a single server
     (:func:`refuse_a_lone_cluster_node`) unless ``allow_lone_cluster_node`` (doctor, which
-    reports it as a finding instead)."""
+    reports it as a finding instead).
+
+    A single server that answers LOADING (restarted, still reading its RDB/AOF file) is
+    waited for, ``retry.LOADING_WAIT_SECONDS`` at most, announced through
+    ``retry.loading_notice`` (:func:`esctl.redisio.retry.wait_while_loading`); without
+    ``wait_for_loading`` (doctor, which reports it) or on a cluster, it is a ConnectionFailed
+    at once that says how far it got."""
     shown = redact(url)
+    loading = False
     try:
         client: RedisClient
         if cluster or is_cluster_url(url):
@@ -95,6 +103,8 @@ def connect(
         else:
             client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
         client.ping()
+    except redis.exceptions.BusyLoadingError:
+        loading = True
     except redis.exceptions.AuthenticationError as exc:
         refusal = (
             "refused the credentials"
@@ -144,6 +154,13 @@ def connect(
             server=shown,
             hint="use redis://[user:password@]host:port/db, rediss:// or redis+cluster://",
         ) from None
+    if loading:
+        from esctl.redisio import retry  # (it builds on this module)
+
+        if wait_for_loading:
+            retry.wait_while_loading(client, after="nothing was done")
+        else:  # (doctor: a finding, how far it got)
+            retry.wait_while_loading(client, after="", bound=0.0)
     if not allow_lone_cluster_node:
         refuse_a_lone_cluster_node(client)
     return client
@@ -321,33 +338,100 @@ def is_readonly_replica(reply: object) -> bool:
     )
 
 
+LOADING_WHY = (
+    "it was restarted (or, a replica, is re-syncing from its primary) and answers LOADING "
+    "until it has read its RDB/AOF file"
+)
+"""Why a server answers LOADING."""
+LOADING_CAUSE = (
+    "Redis is loading its data set into memory after a restart: wait until `INFO persistence` "
+    "on it shows loading:0"
+)
+"""What to do about a LOADING answer (for a server whose address is not at hand:
+:func:`loading_error` names it)."""
+LOADING_HINT = f"{LOADING_CAUSE}, then rerun the same command"
+
+
+def is_loading(reply: object) -> bool:
+    """Whether an exception, an error reply or the text of one is a server still loading its
+    data set ("LOADING Redis is loading the dataset in memory"; redis-py raises it as a
+    BusyLoadingError, its text without the LOADING word). A command answered so did not run."""
+    if isinstance(reply, redis.exceptions.BusyLoadingError):
+        return True
+    if not isinstance(reply, Exception | str):
+        return False
+    text = str(reply)
+    return text.startswith("LOADING") or "is loading the dataset" in text
+
+
+def loading_error(
+    client: RedisClient, *, after: str, progress: str = "", waited: float | None = None
+) -> ConnectionFailed:
+    """The error for a server that is loading its data set: which server, how far it got
+    (``progress``, e.g. ``57%, about 40 s left``), how long esctl ``waited`` for it, and
+    ``after``: what became of the command's work (``nothing was done``; '': nothing said)."""
+    server = describe(client)
+    how_far = f" ({progress})" if progress else ""
+    still = "still " if waited is not None else ""
+    waited_text = f" after esctl waited {waited:.0f} s for it" if waited is not None else ""
+    longer = (
+        " (ESCTL_REDIS_LOADING_WAIT=5m makes esctl wait longer for it)"
+        if waited is not None
+        else ""
+    )
+    return ConnectionFailed(
+        f"Redis {server} is {still}loading its data set into memory{how_far}{waited_text}: "
+        f"{LOADING_WHY}{'; ' if after else ''}{after}",
+        server=server,
+        hint=f"rerun the same command once `{redis_cli(client)} INFO persistence` shows "
+        f"loading:0{longer}",
+    )
+
+
+def redis_cli(client: RedisClient) -> str:
+    """The ``redis-cli`` command line that reaches ``client``'s server (a cluster: its first
+    primary), without credentials or TLS options."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_primaries()
+        return f"redis-cli -h {nodes[0].host} -p {nodes[0].port}" if nodes else "redis-cli"
+    kw = client.connection_pool.connection_kwargs
+    if "path" in kw:
+        return f"redis-cli -s {kw['path']}"
+    return f"redis-cli -h {kw.get('host', 'localhost')} -p {kw.get('port', 6379)}"
+
+
 def error_cause(reply: object) -> str | None:
     """What to fix about an error Redis answered with, when esctl knows (over maxmemory, a
-    replica): None otherwise. (:func:`error_hint` adds "then rerun"; a command that must say
-    how to go on from where it stopped adds its own.)"""
+    replica, still loading its data set): None otherwise. (:func:`error_hint` adds "then
+    rerun"; a command that must say how to go on from where it stopped adds its own.)"""
     if is_oom(reply):
         return OOM_CAUSE
     if is_readonly_replica(reply):
         return READONLY_CAUSE
+    if is_loading(reply):
+        return LOADING_CAUSE
     return None
 
 
 def error_hint(reply: object) -> str | None:
     """What to do about an error Redis answered with, when esctl knows (over maxmemory, a
-    replica): None otherwise."""
+    replica, still loading its data set): None otherwise."""
+    if is_loading(reply):
+        return LOADING_HINT
     cause = error_cause(reply)
     return None if cause is None else f"{cause}, then rerun"
 
 
 def is_lost(exc: BaseException) -> bool:
     """Whether a redis-py exception is the connection lost (or no node to send to), not
-    Redis's answer: a command sent may or may not have run."""
+    Redis's answer: a command sent may or may not have run. A LOADING answer (redis-py's
+    BusyLoadingError, a ConnectionError) is an answer: the command did not run."""
     return isinstance(
         exc,
         redis.exceptions.ConnectionError
         | redis.exceptions.TimeoutError
         | redis.exceptions.RedisClusterException,
-    )
+    ) and not isinstance(exc, redis.exceptions.BusyLoadingError)
 
 
 def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
@@ -355,6 +439,8 @@ def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
     server = describe(client)
     if is_denied(exc):
         return permission_denied(server, exc)
+    if is_loading(exc):
+        return loading_error(client, after="the run kept a consistent state")
     if is_lost(exc):
         return ConnectionFailed(
             f"lost the connection to Redis {server}: {redact(str(exc))}",

@@ -1,11 +1,15 @@
 """Waiting out a cluster's failover: which errors and replies mean "try again shortly", the
 slot map refreshed between tries, and how long reads keep trying (:data:`READ_RETRY_SECONDS`,
-read at call time: set it here)."""
+read at call time: set it here). And waiting for a server that is loading its data set
+(:func:`wait_while_loading`, up to :data:`LOADING_WAIT_SECONDS`, announced through
+:data:`loading_notice`: set them here)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
@@ -13,7 +17,14 @@ import redis.cluster
 import redis.exceptions
 
 from esctl.errors import ConnectionFailed
-from esctl.redisio.client import REDIS_ERRORS, describe, wrap_errors
+from esctl.redisio.client import (
+    REDIS_ERRORS,
+    RedisClient,
+    describe,
+    is_denied,
+    loading_error,
+    wrap_errors,
+)
 
 T = TypeVar("T")
 READ_RETRY_SECONDS = 30.0
@@ -93,3 +104,118 @@ def refresh_slots(client: redis.cluster.RedisCluster) -> bool:
     except REDIS_ERRORS:
         return False
     return True
+
+
+# --- a server loading its data set ------------------------------------------------------------
+
+LOADING_WAIT_SECONDS = 60.0
+"""How long a command waits for a single server that answers LOADING (restarted and reading
+its RDB/AOF file, or a replica loading its primary's data) before ConnectionFailed: when it
+connects. The CLI sets it from
+``ESCTL_REDIS_LOADING_WAIT``."""
+LOADING_POLL_SECONDS = 0.2
+"""How often a wait asks the server (``INFO persistence``) whether it is done."""
+LOADING_NOTICE_SECONDS = 10.0
+"""How often a wait says again how far the server got."""
+loading_notice: Callable[[str], None] | None = None
+"""Where a wait for a loading server is announced (the CLI: a line on stderr); None: silently."""
+_announcing = threading.Lock()
+"""Held by the wait that announces: threads waiting at the same time wait silently."""
+
+
+@dataclass(frozen=True)
+class Loading:
+    """How far a server loading its data set got (None: it does not say: INFO refused)."""
+
+    percent: float | None = None
+    eta_seconds: int | None = None
+
+    def describe(self) -> str:
+        """``42%, about 12 s left``, ``42%`` or ``''`` (Redis's estimate of the time left
+        only once it has loaded something to base it on)."""
+        if self.percent is None:
+            return ""
+        text = f"{self.percent:.0f}%"
+        if self.percent >= 1 and self.eta_seconds is not None and 0 < self.eta_seconds < 86400:
+            text += f", about {self.eta_seconds} s left"
+        return text
+
+
+def loading_state(client: redis.Redis) -> Loading | None:
+    """How far ``client``'s server is in loading its data set, or None when it serves commands.
+    From ``INFO persistence`` (which a loading server answers); a user the ACL refuses INFO
+    is answered by PING (LOADING or not). A lost connection raises ConnectionFailed."""
+    try:
+        try:
+            info = client.info("persistence")
+        except redis.exceptions.ResponseError as exc:
+            if not is_denied(exc):
+                raise
+            client.ping()
+            return None
+    except redis.exceptions.BusyLoadingError:
+        return Loading()
+    except REDIS_ERRORS as exc:
+        raise wrap_errors(client, exc) from exc
+    if str(info.get("loading", "0")) != "1":
+        return None
+    return Loading(
+        _number(info.get("loading_loaded_perc"), float),
+        _number(info.get("loading_eta_seconds"), int),
+    )
+
+
+def _number(value: Any, kind: Callable[[Any], Any]) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def wait_while_loading(client: RedisClient, *, after: str, bound: float | None = None) -> None:
+    """Return once ``client``'s server has loaded its data set (it answered LOADING), waiting up
+    to ``bound`` seconds (:data:`LOADING_WAIT_SECONDS`), saying so through
+    :data:`loading_notice` when it starts, every :data:`LOADING_NOTICE_SECONDS` and when the
+    server is done (one thread says it when several wait). Past the bound ConnectionFailed
+    naming the server and how far it got; ``after`` says what became of the command's work
+    (``nothing was done``). A cluster is not waited for (its failover waits apply). Ctrl-C
+    and SIGTERM stop the wait (KeyboardInterrupt)."""
+    if not isinstance(client, redis.Redis):
+        raise loading_error(client, after=after)
+    limit = LOADING_WAIT_SECONDS if bound is None else bound
+    server = describe(client)
+    started = time.monotonic()
+    announces = _announcing.acquire(blocking=False)
+    announced: float | None = None
+    try:
+        while True:
+            state = loading_state(client)
+            now = time.monotonic()
+            if state is None:
+                if announced is not None and loading_notice is not None:
+                    loading_notice(
+                        f"Redis {server} has loaded its data set (waited "
+                        f"{now - started:.0f} s); going on"
+                    )
+                return
+            if limit <= 0:
+                raise loading_error(client, after=after, progress=state.describe())
+            if (
+                announces
+                and loading_notice is not None
+                and (announced is None or now - announced >= LOADING_NOTICE_SECONDS)
+            ):
+                how_far = f" ({state.describe()})" if state.describe() else ""
+                loading_notice(
+                    f"Redis {server} is loading its data set into memory{how_far}; waiting "
+                    f"for it (up to {limit:.0f} s)…"
+                )
+                announced = now
+            if now - started >= limit:
+                raise loading_error(
+                    client, after=after, progress=state.describe(), waited=now - started
+                )
+            time.sleep(max(0.0, min(LOADING_POLL_SECONDS, limit - (now - started))))
+    finally:
+        if announces:
+            _announcing.release()
