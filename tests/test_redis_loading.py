@@ -3,7 +3,8 @@ still reading its RDB file (or a replica re-syncing from its primary, ``DEBUG RE
 
 Commands wait for it (saying so on stderr) up to ``ESCTL_REDIS_LOADING_WAIT`` and go on, or
 fail with exit 1 and an error that names the server and says to rerun once ``INFO
-persistence`` shows ``loading:0``; doctor reports it at once.
+persistence`` shows ``loading:0``; doctor reports it at once. Mid-run, reads wait for it and
+go on, and a SCAN whose server was restarted stops.
 
 The servers are real: an RDB file of the demo store and some filler keys, loaded by a server
 started with ``--key-load-delay`` (Redis's debug setting: microseconds per key) and
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -22,13 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lostlock
 import psycopg
 import pytest
 import redis
+from faultrelay import script_sha
 from helpers import run_cli, start_cli
+from test_migrate import new_database, pg_rows
 
-from esctl import servers
+from esctl import queues, redisio, servers
 from esctl.demo import DemoSummary, write_demo_store
+from esctl.errors import ConnectionFailed
+from esctl.queues import scripts
+from esctl.queues.scripts import RESTORE_SCRIPT
 
 pytestmark = pytest.mark.skipif(
     servers.find_redis_server() is None, reason="no redis-server binary"
@@ -248,3 +256,260 @@ def test_doctor_reports_a_loading_redis_at_once(loading: Any) -> None:
     assert "%" in reachable["observed"]
     assert "loading:0" in reachable["action"]
     assert "waiting" not in result.stderr
+
+
+# --- mid-run: a server reloading its data in place, a restarted one ----------------------------
+
+
+@pytest.fixture
+def reloadable(tmp_path: Path) -> Iterator[Any]:
+    """A server that may be told ``DEBUG RELOAD`` (its data saved and loaded again in place,
+    as a replica re-syncing does), with FILLER_KEYS filler keys."""
+    server = servers.start_redis(
+        workdir=tmp_path / "redis", extra_args=[*SLOW_LOAD, "--enable-debug-command", "local"]
+    )
+    client = redis.Redis.from_url(server.url)
+    fill(client)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+
+
+class Reload:
+    """``DEBUG RELOAD`` of a server (its data saved and loaded again in place), ``delay_us``
+    per key: :meth:`start` returns once the server answers LOADING, :meth:`finish` lets it
+    load the rest at full speed and waits for the reload's answer."""
+
+    def __init__(self, server: servers.LocalRedis, client: redis.Redis) -> None:
+        self.server = server
+        self.client = client
+        self.thread: threading.Thread | None = None
+        self.answer: list[Any] = []
+
+    def start(self, delay_us: int) -> None:
+        self.client.config_set("key-load-delay", delay_us)
+        self.thread = threading.Thread(target=self._reload)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not is_loading(self.client):
+            assert time.monotonic() < deadline and self.thread.is_alive()
+            time.sleep(0.005)
+
+    def _reload(self) -> None:
+        with redis.Redis.from_url(self.server.url, socket_timeout=120) as own:
+            self.answer.append(own.execute_command("DEBUG", "RELOAD"))
+
+    def finish(self) -> None:
+        if self.thread is None:
+            return
+        finish_loading(self.client)
+        self.thread.join(60)
+        assert self.answer == [b"OK"]
+
+
+@contextmanager
+def reloading(server: servers.LocalRedis, client: redis.Redis, delay_us: int) -> Iterator[None]:
+    """The server reloads its data while the block runs (:class:`Reload`)."""
+    reload = Reload(server, client)
+    reload.start(delay_us)
+    try:
+        yield
+    finally:
+        reload.finish()
+
+
+def test_reads_and_a_scan_wait_for_a_reload_and_go_on(reloadable: Any) -> None:
+    server, client = reloadable
+    client.rpush("list:a", "1", "2", "3")
+    client.hset("hash:a", mapping={"f": "v"})
+    esctl_client = redisio.connect(server.url)
+    reads = [("LRANGE", "list:a", 0, -1), ("HGET", "hash:a", "f"), ("GET", "filler:7")]
+    assert redisio.pipelined(esctl_client, reads)[0] == [b"1", b"2", b"3"]
+    pages = redisio.scan_pages(esctl_client, "filler:*", count=100)
+    seen = set(next(pages)[1])
+    with reloading(server, client, delay_us=300):  # about a second
+        started = time.monotonic()
+        replies = redisio.pipelined(esctl_client, reads)
+        assert time.monotonic() - started > 0.2  # it waited
+        assert replies == [[b"1", b"2", b"3"], b"v", b"x" * FILLER_BYTES]
+        for _, keys in pages:
+            seen.update(keys)
+    assert len(seen) == FILLER_KEYS
+
+
+def test_a_scan_stops_when_its_server_was_restarted(dump: Dump, tmp_path: Path) -> None:
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    shutil.copy(dump.rdb, workdir / "dump.rdb")
+    first = servers.start_redis(workdir=workdir)
+    esctl_client = redisio.connect(first.url)
+    pages = redisio.scan_pages(esctl_client, "filler:*", count=100)
+    next(pages)
+    first.stop()
+    again = servers.start_redis(
+        workdir=workdir, port=first.port, extra_args=["--key-load-delay", "20000", *SLOW_LOAD]
+    )
+    client = redis.Redis.from_url(again.url)
+    try:
+        threading.Timer(0.5, finish_loading, [client]).start()
+        with pytest.raises(ConnectionFailed) as failed:
+            for _ in pages:
+                pass
+        assert f"Redis {address(again)}/0 was restarted during the run" in failed.value.message
+    finally:
+        client.close()
+        again.stop()
+
+
+def test_a_migration_waits_for_a_reload_and_moves_every_event_once(
+    reloadable: Any, pg_dsn: str, pg_admin_dsn: str
+) -> None:
+    server, client = reloadable
+    write_demo_store(client, app=APP, env=ENV)
+    common = ["--app", APP, "--redis-url", server.url, "--batch-size", "20", "--json"]
+    with new_database(pg_admin_dsn) as reference:
+        expected = run_cli(
+            "migrate", "redis-to-pg", *common, "--pg-dsn", reference, "--init-schema"
+        )
+        assert expected.returncode == 3, expected.stderr  # the demo store's quarantined events
+        proc = start_cli(
+            "migrate", "redis-to-pg", *common, "--pg-dsn", pg_dsn, "--init-schema", "--rate", "80"
+        )
+        try:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                deadline = time.monotonic() + 60
+                while not migrated_some(conn):
+                    assert proc.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.01)
+            with reloading(server, client, delay_us=500):  # about 1.5 s
+                time.sleep(1)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 3, err
+        assert_clean(out.decode(), err.decode())
+        assert f"Redis {address(server)}/0 is loading its data set" in err.decode()
+        assert "going on" in err.decode()
+        summary, reference_summary = json.loads(out), json.loads(expected.stdout)
+        for count in ("events_migrated", "aggregates_quarantined", "events_quarantined"):
+            assert summary[count] == reference_summary[count], count
+        assert pg_rows(pg_dsn) == pg_rows(reference)
+
+
+def migrated_some(conn: psycopg.Connection[Any]) -> bool:
+    try:
+        row = conn.execute("SELECT count(*) FROM event").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return False
+    return row is not None and row[0] > 0
+
+
+@pytest.fixture
+def notices(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What waits for a loading server say (in the CLI: lines on stderr)."""
+    said: list[str] = []
+    monkeypatch.setattr(redisio.retry, "loading_notice", said.append, raising=False)
+    return said
+
+
+def test_a_script_call_waits_for_a_reload_longer_than_a_failover(
+    reloadable: Any, notices: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval_pipelined (prune's guarded deletes, compress, restore-pruned) waits for a loading
+    server as long as a command waits for one, not the failover's READ_RETRY_SECONDS."""
+    server, client = reloadable
+    monkeypatch.setattr(redisio.retry, "READ_RETRY_SECONDS", 0.2)
+    esctl_client = redisio.connect(server.url)
+    script = "return redis.call('GET', KEYS[1])"
+    with reloading(server, client, delay_us=300):  # about a second
+        replies = redisio.eval_pipelined(esctl_client, script, [(1, "filler:1"), (1, "filler:2")])
+    assert replies == [b"x" * FILLER_BYTES] * 2
+    assert any("is loading its data set" in n for n in notices)
+
+
+QUEUE = queues.QueueRef("Learning.ReportingService.Worker-Test", ENV, "ItemScoreCreated")
+MESSAGES = [
+    json.dumps({"$type": "Ns.ItemScoreCreated, Asm", "Id": str(i), "Version": 1}).encode()
+    for i in range(2500)
+]  # three removal batches
+
+
+@contextmanager
+def hooked(server: servers.LocalRedis, script: str, hook: Any) -> Iterator[lostlock.ScriptHook]:
+    """A client (made from the URL, as esctl makes its own: redis-py retries nothing) that
+    calls ``hook(n)`` after its n-th call of ``script``."""
+    with lostlock.ScriptHook.from_url(server.url) as client:
+        client.sha = script_sha(script).decode()
+        client.hook = hook
+        yield client
+
+
+def test_a_drain_and_a_restore_wait_for_a_reload_between_their_batches(
+    reloadable: Any, notices: list[str], tmp_path: Path
+) -> None:
+    """The reload starts after the first batch of the drain (then of the restore): the second
+    is answered LOADING, did not run, and is sent again once the server has loaded; the list
+    ends drained (then restored) whole, the backup file complete."""
+    server, client = reloadable
+    client.lpush(QUEUE.key("dead"), *MESSAGES)
+    backup = tmp_path / "dead.jsonl.zst"
+    reload = Reload(server, client)
+
+    def after(n: int) -> None:
+        if n == 1:
+            reload.start(delay_us=300)  # about a second
+
+    try:
+        with hooked(server, scripts.REMOVE_SCRIPT, after) as esctl_client:
+            drained = queues.drain(esctl_client, QUEUE, queues.DrainOptions(to_file=backup))
+    finally:
+        reload.finish()
+    assert (drained.drained, drained.failed, drained.problems) == (2500, 0, [])
+    assert client.llen(QUEUE.key("dead")) == 0
+    assert queues.read_backup(backup).complete
+    assert any("is loading its data set" in n for n in notices)
+
+    notices.clear()
+    reload = Reload(server, client)
+    try:
+        with hooked(server, RESTORE_SCRIPT, after) as esctl_client:
+            restored = queues.restore(esctl_client, backup, queues.RestoreOptions())
+    finally:
+        reload.finish()
+    assert (restored.restored, restored.failed, restored.problems) == (2500, 0, [])
+    assert client.lrange(QUEUE.key("dead"), 0, -1) == MESSAGES[::-1]
+    assert any("is loading its data set" in n for n in notices)
+
+
+def test_a_drain_past_the_wait_says_the_batch_did_not_run(
+    reloadable: Any, notices: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LOADING answer is Redis's answer, not a lost connection: the batch did not run."""
+    server, client = reloadable
+    monkeypatch.setattr(redisio.retry, "LOADING_WAIT_SECONDS", 0.3, raising=False)
+    client.lpush(QUEUE.key("dead"), *MESSAGES)
+    reload = Reload(server, client)
+
+    def after(n: int) -> None:
+        if n == 1:
+            reload.start(delay_us=2000)  # about 6 s
+
+    try:
+        with hooked(server, scripts.REMOVE_SCRIPT, after) as esctl_client:
+            summary = queues.drain(
+                esctl_client, QUEUE, queues.DrainOptions(to_file=tmp_path / "dead.jsonl.zst")
+            )
+    finally:
+        reload.finish()
+    assert (summary.drained, summary.failed) == (1000, 1500)
+    [problem] = summary.problems
+    assert problem["kind"] == "remove_failed"
+    assert problem["detail"].startswith(
+        "a batch of 1000 removals failed (Redis is loading the dataset in memory); 1500 selected "
+        "messages may still be in the list"
+    ), problem["detail"]
+    assert client.llen(QUEUE.key("dead")) == 1500

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,33 @@ def _lost(reason: str, summary: DrainSummary) -> str:
     )
 
 
+def _send_batch(
+    client: redisio.RedisClient,
+    send: Callable[[], Any],
+    numbers: list[int],
+    writer: BackupWriter | None,
+) -> tuple[list[int], list[int]] | Exception:
+    """Send one removal batch (``send``: its script call) and record its outcome in the backup
+    file, Ctrl-C held meanwhile: the record numbers removed and gone, or the error it failed
+    with. A batch answered LOADING did not run: it is sent again once Redis has loaded its
+    data set (waited for between the tries, where Ctrl-C is not held)."""
+    while True:
+        failure: Exception | None = None
+        with _interrupts_deferred():
+            try:
+                flags = send()
+            except redisio.REDIS_ERRORS as exc:
+                failure = exc
+            else:
+                removed = [n for n, f in zip(numbers, flags, strict=True) if int(f) == 1]
+                gone = [n for n, f in zip(numbers, flags, strict=True) if int(f) != 1]
+                if writer is not None:
+                    record_outcome(writer, removed, gone)
+                return removed, gone
+        if not redisio.loaded_again(client, failure):
+            return failure
+
+
 def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -224,7 +252,10 @@ def _remove(
         # that any record neither the file nor it accounts for was never removed.
         keys.append(ref.drain_outcome_key(which, summary.backup_id))
         try:
-            client.set(keys[2], EMPTY_OUTCOME, px=OUTCOME_TTL_MS)
+            # (answered LOADING it did not run: sent again once Redis has loaded its data set)
+            redisio.after_loading(
+                client, partial(client.set, keys[2], EMPTY_OUTCOME, px=OUTCOME_TTL_MS)
+            )
         except redisio.REDIS_ERRORS as exc:
             summary.failed = snap.count
             summary.problems.append(
@@ -253,23 +284,19 @@ def _remove(
         args += [c.value for c in batch]
         args += numbers
         args.append(OUTCOME_TTL_MS)
-        with _interrupts_deferred():
-            try:
-                flags = script(keys=keys, args=args)
-            except redisio.REDIS_ERRORS as exc:
-                denied = redisio.is_denied(exc)  # refused before any change (the script checks)
-                if denied and not done:  # nothing was removed: the refusal is the answer
-                    raise redisio.permission_denied(redisio.describe(client), exc) from exc
-                summary.failed = snap.count - done
-                detail = _stopped(exc, len(batch), summary, ref.lock_key)
-                if denied:  # rules changed mid-run: the batches before it were removed
-                    detail += f"; {refusal_hint(client, exc)}"
-                summary.problems.append(problem("remove_failed", snap.key, detail))
-                return
-            removed = [n for n, f in zip(numbers, flags, strict=True) if int(f) == 1]
-            gone = [n for n, f in zip(numbers, flags, strict=True) if int(f) != 1]
-            if writer is not None:
-                record_outcome(writer, removed, gone)
+        outcome = _send_batch(client, partial(script, keys=keys, args=args), numbers, writer)
+        if isinstance(outcome, Exception):
+            failure = outcome
+            denied = redisio.is_denied(failure)  # refused before any change (the script checks)
+            if denied and not done:  # nothing was removed: the refusal is the answer
+                raise redisio.permission_denied(redisio.describe(client), failure) from failure
+            summary.failed = snap.count - done
+            detail = _stopped(failure, len(batch), summary, ref.lock_key)
+            if denied:  # rules changed mid-run: the batches before it were removed
+                detail += f"; {refusal_hint(client, failure)}"
+            summary.problems.append(problem("remove_failed", snap.key, detail))
+            return
+        removed, gone = outcome
         summary.drained += len(removed)
         summary.gone += len(gone)
         done += len(batch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +265,9 @@ def _restore_group(
         args += group.positions[start:end]
         args += group.values[start:end]
         try:
-            script(keys=[group.ref.lock_key, group.key, group.progress_key], args=args)
+            # a batch answered LOADING did not run: sent again once Redis has loaded
+            keys = [group.ref.lock_key, group.key, group.progress_key]
+            redisio.after_loading(client, partial(script, keys=keys, args=args))
         except redisio.REDIS_ERRORS as exc:
             ran = redisio.is_lost(exc) and _progress(client, group) == end
             if ran:  # Redis counted it with the batch, atomically

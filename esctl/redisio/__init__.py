@@ -53,7 +53,7 @@ from esctl.redisio.pipelines import (
     windowed,
 )
 from esctl.redisio.resp import bulk_values, pack_commands, resp_bulk, resp_command, stream_list
-from esctl.redisio.retry import read_with_retry, refresh_slots
+from esctl.redisio.retry import after_loading, loaded_again, read_with_retry, refresh_slots
 from esctl.redisio.scan import (
     KeySample,
     ScanPosition,
@@ -78,6 +78,7 @@ __all__ = [
     "RedisTarget",
     "RespChannel",
     "ScanPosition",
+    "after_loading",
     "bulk_values",
     "chunked",
     "connect",
@@ -99,6 +100,7 @@ __all__ = [
     "key_bytes",
     "key_str",
     "list_lengths",
+    "loaded_again",
     "pack_commands",
     "pattern_slot",
     "permission_denied",

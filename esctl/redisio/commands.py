@@ -13,9 +13,9 @@ import redis
 import redis.cluster
 import redis.exceptions
 
-from esctl.errors import ServerError
+from esctl.errors import ConnectionFailed, ServerError
 from esctl.redisio import retry as _retry
-from esctl.redisio.client import REDIS_ERRORS, RedisClient, wrap_errors
+from esctl.redisio.client import REDIS_ERRORS, RedisClient, is_loading, wrap_errors
 from esctl.redisio.pipelines import pipelined
 from esctl.redisio.retry import (
     _RETRIED_ERRORS,
@@ -86,7 +86,9 @@ def eval_pipelined(
     TRYAGAIN, CLUSTERDOWN, LOADING or MASTERDOWN was not run (a script whose keys are split by
     a slot half-way through a reshard gets TRYAGAIN until the slot has moved): those calls,
     and only those, are sent again, a short wait apart, for up to :data:`READ_RETRY_SECONDS`;
-    after that their error replies are returned as they are.
+    after that their error replies are returned as they are. A single server answering
+    LOADING (it is loading its data set) is waited for instead, up to
+    :data:`~esctl.redisio.retry.LOADING_WAIT_SECONDS`, as :func:`pipelined` waits for one.
 
     ``until_failure``: for a caller that stops at the first call that fails and counts what
     the others did. A NOPERM reply is returned like any other error (not raised), and once a
@@ -109,8 +111,15 @@ def eval_pipelined(
         now = time.monotonic()
         if not pending or now >= deadline or (until_failure and _failed(replies)):
             return replies
-        time.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, 1.0)
+        if isinstance(client, redis.Redis) and any(is_loading(replies[i]) for i in pending):
+            try:
+                _retry.wait_while_loading(client, after="the run kept a consistent state")
+            except ConnectionFailed:
+                return replies  # still loading: the calls did not run, as their replies say
+            deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
+        else:
+            time.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 1.0)
         if isinstance(client, redis.cluster.RedisCluster):
             refresh_slots(client)
         again = _eval_once(client, script, sha, [calls[i] for i in pending], until_failure, refuse)

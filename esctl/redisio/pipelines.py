@@ -30,6 +30,7 @@ from esctl.redisio.client import (
     RedisClient,
     describe,
     is_denied,
+    is_loading,
     key_str,
     permission_denied,
     wrap_errors,
@@ -110,7 +111,13 @@ def pipelined(
     change nothing, so the default (None) retries exactly the calls made of
     :data:`READ_ONLY_COMMANDS`; False never retries; True is the caller's promise that running
     its commands twice does no harm. A call with any writing command fails fast, as on a single
-    server, where nothing is retried: a restarted server is the operator's to look at."""
+    server, where nothing else is retried: a restarted server is the operator's to look at.
+
+    On a single server, the commands of such a read call that the server answered LOADING
+    (it is loading its data set: a replica re-syncing from its primary, a restart) did not
+    run: they are sent again once it is done, waited for up to
+    :data:`~esctl.redisio.retry.LOADING_WAIT_SECONDS` (:func:`~esctl.redisio.retry.wait_while_loading`),
+    then ConnectionFailed. A writing call gets its LOADING replies as they are."""
     if not commands:
         return []
     if isinstance(client, redis.cluster.RedisCluster):
@@ -118,12 +125,45 @@ def pipelined(
         replies = _pipelined_cluster(client, commands, chunk, retry)
     else:
         try:
-            fast = _pipelined_packed(client, commands, chunk)
-            replies = fast if fast is not None else _pipelined_redis_py(client, commands, chunk)
+            replies = _pipelined_single(client, commands, chunk)
+            if _loading_replies(replies) and (
+                is_read_only(commands) if retry_reads is None else retry_reads
+            ):
+                replies = _after_loading(client, commands, replies, chunk)
         except REDIS_ERRORS as exc:
             raise wrap_errors(client, exc) from exc
     if refuse_denied:
         _refuse_denied(client, commands, replies)
+    return replies
+
+
+def _pipelined_single(
+    client: redis.Redis, commands: Sequence[tuple[Any, ...]], chunk: int
+) -> list[Any]:
+    fast = _pipelined_packed(client, commands, chunk)
+    return fast if fast is not None else _pipelined_redis_py(client, commands, chunk)
+
+
+def _loading_replies(replies: Sequence[Any]) -> list[int]:
+    """The positions of the replies that are a LOADING answer."""
+    return [
+        i
+        for i, reply in enumerate(replies)
+        if type(reply) is not bytes and isinstance(reply, Exception) and is_loading(reply)
+    ]
+
+
+def _after_loading(
+    client: redis.Redis, commands: Sequence[tuple[Any, ...]], replies: list[Any], chunk: int
+) -> list[Any]:
+    """``replies`` with those the server answered LOADING replaced by the answers of their
+    commands sent again once it has loaded its data set (ConnectionFailed when it takes
+    longer than :data:`~esctl.redisio.retry.LOADING_WAIT_SECONDS`)."""
+    while pending := _loading_replies(replies):
+        _retry.wait_while_loading(client, after="the run kept a consistent state")
+        again = _pipelined_single(client, [commands[i] for i in pending], chunk)
+        for i, reply in zip(pending, again, strict=True):
+            replies[i] = reply
     return replies
 
 

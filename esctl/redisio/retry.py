@@ -22,6 +22,7 @@ from esctl.redisio.client import (
     RedisClient,
     describe,
     is_denied,
+    is_loading,
     loading_error,
     wrap_errors,
 )
@@ -93,7 +94,10 @@ def wait_to_retry(
 
 
 def _is_retried_reply(reply: Any) -> bool:
-    return isinstance(reply, Exception) and str(reply).startswith(_RETRIED_REPLIES)
+    # (redis-py's BusyLoadingError has lost its LOADING word: is_loading knows it)
+    return isinstance(reply, Exception) and (
+        str(reply).startswith(_RETRIED_REPLIES) or is_loading(reply)
+    )
 
 
 def refresh_slots(client: redis.cluster.RedisCluster) -> bool:
@@ -111,7 +115,7 @@ def refresh_slots(client: redis.cluster.RedisCluster) -> bool:
 LOADING_WAIT_SECONDS = 60.0
 """How long a command waits for a single server that answers LOADING (restarted and reading
 its RDB/AOF file, or a replica loading its primary's data) before ConnectionFailed: when it
-connects. The CLI sets it from
+connects, and mid-run for read-only pipelined calls and SCAN. The CLI sets it from
 ``ESCTL_REDIS_LOADING_WAIT``."""
 LOADING_POLL_SECONDS = 0.2
 """How often a wait asks the server (``INFO persistence``) whether it is done."""
@@ -219,3 +223,50 @@ def wait_while_loading(client: RedisClient, *, after: str, bound: float | None =
     finally:
         if announces:
             _announcing.release()
+
+
+def wait_for_the_same_server(client: redis.Redis, since: float, *, after: str) -> None:
+    """Wait while ``client``'s server loads its data set (:func:`wait_while_loading`), then
+    make sure it is the process that served the caller since ``since`` (``time.monotonic()``):
+    one reloading its data in place (a replica re-syncing) still serves a SCAN cursor it
+    handed out; a restarted one does not (its keys hash anew), which is ConnectionFailed."""
+    wait_while_loading(client, after=after)
+    try:
+        uptime = int(client.info("server").get("uptime_in_seconds", 0))
+    except REDIS_ERRORS as exc:
+        raise wrap_errors(client, exc) from exc
+    if uptime <= time.monotonic() - since + 1:
+        server = describe(client)
+        raise ConnectionFailed(
+            f"Redis {server} was restarted during the run (up {uptime} s): where the run "
+            f"stood in its keys means nothing to the new process; {after}",
+            server=server,
+            hint="rerun the same command",
+        )
+
+
+def loaded_again(client: RedisClient, exc: BaseException) -> bool:
+    """Whether a call that failed with ``exc`` can be sent again: ``exc`` is a single server's
+    LOADING answer (the call did not run) and the server has loaded its data set since,
+    waited for as :func:`wait_while_loading` waits. False for any other error, and when the
+    wait ran out or the connection was lost meanwhile: the caller's own handling of the
+    failed call applies."""
+    if not (is_loading(exc) and isinstance(client, redis.Redis)):
+        return False
+    try:
+        wait_while_loading(client, after="")
+    except ConnectionFailed:
+        return False
+    return True
+
+
+def after_loading(client: RedisClient, call: Callable[[], T]) -> T:
+    """``call()`` (one command or script call on ``client``), sent again while it is answered
+    LOADING and the server then loads its data set in time (:func:`loaded_again`); else what
+    it raised, as it raised it."""
+    while True:
+        try:
+            return call()
+        except REDIS_ERRORS as exc:
+            if not loaded_again(client, exc):
+                raise

@@ -22,13 +22,14 @@ from redis.crc import key_slot
 from esctl.redisio.client import (
     REDIS_ERRORS,
     RedisClient,
+    is_loading,
     key_bytes,
     key_str,
     round_trip,
     wrap_errors,
 )
 from esctl.redisio.pipelines import _arg_bytes
-from esctl.redisio.retry import read_with_retry, refresh_slots
+from esctl.redisio.retry import read_with_retry, refresh_slots, wait_for_the_same_server
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,10 @@ def scan_pages(
     return it more than once).
 
     On a cluster (:func:`_scan_cluster`) a pattern of one hash tag is scanned on the node that
-    serves its slot only, and failovers and reshards during the scan are ridden out.
+    serves its slot only, and failovers and reshards during the scan are ridden out. A single
+    server that answers LOADING is waited for (:func:`~esctl.redisio.retry.wait_for_the_same_server`):
+    the scan goes on where it stood if the server reloaded its data in place, and stops
+    (ConnectionFailed) if it was restarted.
 
     ``grow_to`` (a single server): a caller that keeps every key, not a page at a time, lets
     COUNT grow up to this while the round trip is a large part of each SCAN's time (a server
@@ -253,12 +257,17 @@ def scan_pages(
         return
     cursor = position.cursor
     round_trip_s = round_trip(client) if grow_to is not None else 0.0
+    started = time.monotonic()
     while True:
         asked = time.perf_counter()
         try:
             cursor, keys = client.scan(cursor, match=match, count=count, _type=type_)
         except REDIS_ERRORS as exc:
-            raise wrap_errors(client, exc) from exc
+            if not is_loading(exc):
+                raise wrap_errors(client, exc) from exc
+            # reloading its data in place (a replica re-syncing): the cursor still holds
+            wait_for_the_same_server(client, started, after="the run kept a consistent state")
+            continue
         if grow_to is not None:
             count = scan_count_after(count, grow_to, round_trip_s, time.perf_counter() - asked)
         cursor = int(cursor)
