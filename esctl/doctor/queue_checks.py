@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from esctl import layout, queues, redisio
-from esctl.doctor.readings import Readings, too_soon
+from esctl.doctor.readings import Comparison, Readings
 from esctl.doctor.report import Check, DoctorOptions, declare, guarded
 from esctl.errors import EsctlError
 from esctl.metrics import Metric
@@ -169,18 +169,11 @@ DRAINING = declare(
 )
 
 
-def check_draining(
-    env: str,
-    listing: queues.QueueListing,
-    reading: dict[str, Any],
-    baseline: dict[str, Any] | None,
-    min_interval: timedelta,
-    unstored: str | None = None,
-) -> Check:
-    """``unstored``: why this run's reading was not stored (None: it was)."""
+def check_draining(env: str, listing: queues.QueueListing, compared: Comparison) -> Check:
+    reading, baseline = compared.reading, compared.baseline
     if baseline is None:
-        return too_soon(DRAINING, min_interval, unstored)
-    elapsed = float(reading["taken_at"]) - float(baseline["taken_at"])
+        return compared.too_soon(DRAINING)
+    elapsed = compared.elapsed_s
     before = {(r[0], r[1]): (int(r[2]), r[3]) for r in baseline.get("queues", [])}
     now = {(r[0], r[1]): (int(r[2]), r[3]) for r in reading["queues"]}
     stalled_subscribed: list[str] = []
@@ -228,10 +221,9 @@ def check_draining(
             details=stalled_leftover,
             metrics=metrics,
         )
-    compared = len(rows)
     return DRAINING.result(
         "ok",
-        f"{compared} queue(s) compared {over}: none stalled",
+        f"{len(rows)} queue(s) compared {over}: none stalled",
         values=values,
         metrics=metrics,
     )
@@ -256,9 +248,8 @@ def run_queue_checks(
         tails = queue_tails(client, env, listing)
         reading = queue_reading(listing, tails, moment.timestamp())
         key = layout.doctor_queue_reading_key(env)
-        baseline = readings.exchange(key, reading, opts.queue_min_interval)
         return check_draining(
-            env, listing, reading, baseline, opts.queue_min_interval, readings.unstored(key)
+            env, listing, readings.exchange(key, reading, opts.queue_min_interval)
         )
 
     return [

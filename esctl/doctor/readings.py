@@ -4,7 +4,7 @@ they rotate and where they live: docs/design/doctor.md."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -41,6 +41,48 @@ def rotate_readings(
     return baseline, document
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """This run's reading beside the stored one a check compares it with, as
+    :meth:`Readings.exchange` gives them."""
+
+    reading: dict[str, Any]
+    baseline: dict[str, Any] | None
+    """The stored reading between ``min_interval`` and twice that old; None: none yet."""
+    min_interval: timedelta
+    unstored: str | None = None
+    """Why this run's reading was not stored (its note's detail); None when it was."""
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds from the baseline to this reading (there is a baseline)."""
+        assert self.baseline is not None
+        return float(self.reading["taken_at"]) - float(self.baseline["taken_at"])
+
+    def too_soon(self, spec: CheckSpec) -> Check:
+        """``spec`` has no reading old enough to compare with yet: n/a, saying why and what
+        to do."""
+        needed = format_duration(self.min_interval.total_seconds())
+        if self.unstored == READ_ONLY:
+            return spec.unavailable(
+                "no reading old enough to compare with (--read-only: this run stored none); "
+                f"comparisons need one at least {needed} old, stored by a run without "
+                "--read-only",
+                "run doctor without --read-only now and then (from cron, for example): a "
+                "--read-only run compares with the readings those runs store",
+            )
+        stored = (
+            "this run's was stored"
+            if self.unstored is None
+            else f"this run's was not: {self.unstored}"
+        )
+        return spec.unavailable(
+            f"no reading old enough to compare with yet ({stored}); comparisons need one at "
+            f"least {needed} old",
+            "run doctor again later (from cron, for example)",
+        )
+
+
 @dataclass
 class Readings:
     """One run's readings: :meth:`exchange` gives a check its baseline and stores this run's
@@ -50,16 +92,13 @@ class Readings:
     read_only: bool
     notes: list[dict[str, Any]] = field(default_factory=list)
 
-    def exchange(
-        self, key: str, reading: dict[str, Any], min_interval: timedelta
-    ) -> dict[str, Any] | None:
-        """The baseline for ``reading`` (see :func:`rotate_readings`); stores the rotated
-        document unless read-only. A failed store is noted, never raised."""
+    def exchange(self, key: str, reading: dict[str, Any], min_interval: timedelta) -> Comparison:
+        """``reading`` beside its baseline (see :func:`rotate_readings`); stores the rotated
+        document unless read-only. A failed read or store is noted, never raised."""
         try:
             raw = self.client.get(key)
         except redisio.REDIS_ERRORS as exc:
-            self.notes.append({"key": key, "stored": False, "detail": f"GET failed: {exc}"})
-            return None
+            return self._noted(key, f"GET failed: {exc}", Comparison(reading, None, min_interval))
         stored = None
         if raw:
             try:
@@ -67,46 +106,22 @@ class Readings:
             except orjson.JSONDecodeError:
                 stored = None
         baseline, document = rotate_readings(stored, reading, min_interval.total_seconds())
+        compared = Comparison(reading, baseline, min_interval)
         if document is None or self.read_only:
             why = READ_ONLY if self.read_only else "the newer stored reading is recent"
-            self.notes.append({"key": key, "stored": False, "detail": why})
-            return baseline
+            return self._noted(key, why, compared)
         try:
             self.client.set(key, orjson.dumps(document), ex=READING_TTL_S)
-            self.notes.append({"key": key, "stored": True, "detail": None})
         except redisio.REDIS_ERRORS as exc:
-            self.notes.append(
-                {"key": key, "stored": False, "detail": f"SET failed: {error_text(exc)}"}
-            )
-        return baseline
+            return self._noted(key, f"SET failed: {error_text(exc)}", compared)
+        self.notes.append({"key": key, "stored": True, "detail": None})
+        return compared
 
-    def unstored(self, key: str) -> str | None:
-        """Why this run's reading at ``key`` was not stored (its note's detail), None when it
-        was."""
-        for note in reversed(self.notes):
-            if note["key"] == key:
-                return None if note["stored"] else str(note["detail"])
-        return None
+    def _noted(self, key: str, why: str, compared: Comparison) -> Comparison:
+        """``compared``, this run's reading at ``key`` not stored because of ``why`` (noted)."""
+        self.notes.append({"key": key, "stored": False, "detail": why})
+        return replace(compared, unstored=why)
 
     def skip(self, key: str, why: str) -> None:
         """A reading not taken, neither read nor stored at ``key``: noted with ``why``."""
         self.notes.append({"key": key, "stored": False, "detail": why})
-
-
-def too_soon(spec: CheckSpec, baseline_needed: timedelta, unstored: str | None = None) -> Check:
-    """``spec`` has no reading old enough to compare with yet. ``unstored``: why this run's
-    reading was not stored (:meth:`Readings.unstored`), None when it was."""
-    needed = format_duration(baseline_needed.total_seconds())
-    if unstored == READ_ONLY:
-        return spec.unavailable(
-            "no reading old enough to compare with (--read-only: this run stored none); "
-            f"comparisons need one at least {needed} old, stored by a run without --read-only",
-            "run doctor without --read-only now and then (from cron, for example): a "
-            "--read-only run compares with the readings those runs store",
-        )
-    stored = "this run's was stored" if unstored is None else f"this run's was not: {unstored}"
-    return spec.unavailable(
-        f"no reading old enough to compare with yet ({stored}); comparisons need one at least "
-        f"{needed} old",
-        "run doctor again later (from cron, for example)",
-    )

@@ -36,13 +36,9 @@ def run_doctor(opts: DoctorOptions) -> DoctorReport:
     stats: inspect.StatsReport | None = None
     notes: list[dict[str, Any]] = []
     try:
-        # A server loading its data set is reported as it is now (how far it got), not waited for.
-        client = redisio.connect(
-            opts.redis_url,
-            cluster=opts.cluster,
-            allow_lone_cluster_node=True,
-            wait_for_loading=False,
-        )
+        # A lone cluster node, or a server loading its data set, is a finding: reported as it
+        # is now (how far it got), not refused or waited for.
+        client = redisio.connect(opts.redis_url, cluster=opts.cluster, diagnosing=True)
         server = redisio.describe(client)
     except ConnectionFailed as exc:
         checks.append(

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from esctl import compress, inspect, layout, redisio, storereads
-from esctl.doctor.readings import Readings, too_soon
+from esctl.doctor.readings import Comparison, Readings
 from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
 from esctl.errors import EsctlError
 from esctl.metrics import Metric
@@ -249,18 +248,11 @@ GROWTH = declare(
 )
 
 
-def check_growth(
-    app: str,
-    reading: dict[str, Any],
-    baseline: dict[str, Any] | None,
-    limit: int | None,
-    min_interval: timedelta,
-    unstored: str | None = None,
-) -> Check:
-    """``unstored``: why this run's reading was not stored (None: it was)."""
+def check_growth(app: str, compared: Comparison, limit: int | None) -> Check:
+    reading, baseline = compared.reading, compared.baseline
     if baseline is None:
-        return too_soon(GROWTH, min_interval, unstored)
-    elapsed = float(reading["taken_at"]) - float(baseline["taken_at"])
+        return compared.too_soon(GROWTH)
+    elapsed = compared.elapsed_s
     per_day = 86400 / elapsed
     memory_rate = (reading["used_memory"] - baseline["used_memory"]) * per_day
     events_rate = (
@@ -393,10 +385,7 @@ def run_store_checks(
             "event_store_bytes": stats.event_store_bytes if stats else None,
         }
         key = layout.doctor_reading_key(app)
-        baseline = readings.exchange(key, reading, opts.growth_min_interval)
-        return check_growth(
-            app, reading, baseline, limit, opts.growth_min_interval, readings.unstored(key)
-        )
+        return check_growth(app, readings.exchange(key, reading, opts.growth_min_interval), limit)
 
     return [
         memory,

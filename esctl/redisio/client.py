@@ -71,19 +71,19 @@ def connect(
     *,
     cluster: bool = False,
     read_from_replicas: bool = False,
-    allow_lone_cluster_node: bool = False,
-    wait_for_loading: bool = True,
+    diagnosing: bool = False,
 ) -> RedisClient:
     """Open a client and check the server answers. Raises ConnectionFailed (password hidden),
     or ConfigError for one node of a Redis Cluster reached as a single server
-    (:func:`refuse_a_lone_cluster_node`) unless ``allow_lone_cluster_node`` (doctor, which
-    reports it as a finding instead).
+    (:func:`refuse_a_lone_cluster_node`).
 
     A single server that answers LOADING (restarted, still reading its RDB/AOF file) is
     waited for, ``retry.LOADING_WAIT_SECONDS`` at most, announced through
-    ``retry.loading_notice`` (:func:`esctl.redisio.retry.wait_while_loading`); without
-    ``wait_for_loading`` (doctor, which reports it) or on a cluster, it is a ConnectionFailed
-    at once that says how far it got."""
+    ``retry.loading_notice`` (:func:`esctl.redisio.retry.wait_while_loading`); on a cluster it
+    is a ConnectionFailed at once that says how far it got.
+
+    ``diagnosing`` (doctor): what the server is now is the finding, so a lone cluster node is
+    not refused and a loading server not waited for (ConnectionFailed at once)."""
     shown = redact(url)
     loading = False
     try:
@@ -157,11 +157,11 @@ def connect(
     if loading:
         from esctl.redisio import retry  # (it builds on this module)
 
-        if wait_for_loading:
-            retry.wait_while_loading(client, after="nothing was done")
-        else:  # (doctor: a finding, how far it got)
+        if diagnosing:  # (a finding: how far it got)
             retry.wait_while_loading(client, after="", bound=0.0)
-    if not allow_lone_cluster_node:
+        else:
+            retry.wait_while_loading(client, after="nothing was done")
+    if not diagnosing:
         refuse_a_lone_cluster_node(client)
     return client
 
