@@ -8,7 +8,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 # An empty folder as the working directory and XDG_CONFIG_HOME of every run, so neither a
@@ -87,3 +88,20 @@ def start_cli(
         cwd=str(cwd) if cwd is not None else str(_EMPTY_DIR),
         start_new_session=True,
     )
+
+
+@contextmanager
+def started_cli(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`start_cli`, killed and waited for on leaving when it is still running (a test
+    that failed before its ``communicate``)."""
+    proc = start_cli(*args, env=env, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -416,6 +416,16 @@ def test_compress_and_prune_run_under_their_users_and_refuse_cleanly_with_a_righ
     assert acl_denials(store.admin) == []
 
 
+def forget(nodes: list[redis.Redis], app: str, env: str) -> None:
+    """Remove the esctl-read user and the test's store from each cluster node, and close them."""
+    for node in nodes:
+        node.execute_command("ACL", "DELUSER", "esctl-read")
+        for pattern in (f"*{app}*", f"*{{{env}:*"):
+            for key in node.scan_iter(match=pattern, count=1000):
+                node.delete(key)
+        node.close()
+
+
 def test_the_read_only_family_on_a_cluster_under_the_read_user_and_the_cluster_rules(
     redis_cluster: LocalCluster,
 ) -> None:
@@ -446,12 +456,7 @@ def test_the_read_only_family_on_a_cluster_under_the_read_user_and_the_cluster_r
             assert PASSWORD not in result.stdout + result.stderr
             assert [acl_denials(node) for node in nodes] == [[]] * len(nodes), words
     finally:
-        for node in nodes:
-            node.execute_command("ACL", "DELUSER", "esctl-read")
-            for pattern in (f"*{app}*", f"*{{{env}:*"):
-                for key in node.scan_iter(match=pattern, count=1000):
-                    node.delete(key)
-            node.close()
+        forget(nodes, app, env)
 
 
 def test_the_read_only_family_and_doctor_on_a_cluster_with_a_slot_half_moved(
@@ -506,12 +511,7 @@ def test_the_read_only_family_and_doctor_on_a_cluster_with_a_slot_half_moved(
             with redis.Redis(port=primary.port) as plain:
                 plain.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(target.port))
         wait_for_agreement(redis_cluster)
-        for node in nodes:
-            node.execute_command("ACL", "DELUSER", "esctl-read")
-            for pattern in (f"*{app}*", f"*{{{env}:*"):
-                for key in node.scan_iter(match=pattern, count=1000):
-                    node.delete(key)
-            node.close()
+        forget(nodes, app, env)
         src.close()
         dst.close()
 

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import redis
 from faultrelay import script_sha
-from helpers import run_cli, start_cli
+from helpers import run_cli, started_cli
 from test_migrate import new_database, pg_rows
 
 from esctl import queues, redisio, servers
@@ -133,8 +133,7 @@ def assert_clean(out: str, err: str) -> None:
 
 def test_a_command_waits_for_redis_to_load_its_data_and_goes_on(loading: Any, dump: Dump) -> None:
     server, client = loading
-    proc = start_cli("inspect", "stats", "--app", APP, "--json", "--redis-url", server.url)
-    try:
+    with started_cli("inspect", "stats", "--app", APP, "--json", "--redis-url", server.url) as proc:
         assert proc.stderr is not None
         notice = proc.stderr.readline().decode()
         assert f"Redis {address(server)}/0 is loading its data set" in notice, notice
@@ -143,10 +142,6 @@ def test_a_command_waits_for_redis_to_load_its_data_and_goes_on(loading: Any, du
         assert proc.poll() is None  # still waiting
         finish_loading(client)
         out, rest = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     err = notice + rest.decode()
     assert proc.returncode == 0, err
     assert_clean(out.decode(), err)
@@ -158,17 +153,12 @@ def test_a_command_waits_for_redis_to_load_its_data_and_goes_on(loading: Any, du
 
 def test_sigterm_stops_the_wait(loading: Any) -> None:
     server, _ = loading
-    proc = start_cli("queue", "list", "--env", ENV, "--redis-url", server.url)
-    try:
+    with started_cli("queue", "list", "--env", ENV, "--redis-url", server.url) as proc:
         assert proc.stderr is not None
         notice = proc.stderr.readline().decode()
         assert "is loading its data set" in notice, notice
         proc.send_signal(signal.SIGTERM)
         out, rest = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 130, rest
     assert "stopped by SIGTERM" in rest.decode()
     assert_clean(out.decode(), rest.decode())
@@ -374,10 +364,9 @@ def test_a_migration_waits_for_a_reload_and_moves_every_event_once(
             "migrate", "redis-to-pg", *common, "--pg-dsn", reference, "--init-schema"
         )
         assert expected.returncode == 3, expected.stderr  # the demo store's quarantined events
-        proc = start_cli(
+        with started_cli(
             "migrate", "redis-to-pg", *common, "--pg-dsn", pg_dsn, "--init-schema", "--rate", "80"
-        )
-        try:
+        ) as proc:
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 deadline = time.monotonic() + 60
                 while not migrated_some(conn):
@@ -386,10 +375,6 @@ def test_a_migration_waits_for_a_reload_and_moves_every_event_once(
             with reloading(server, client, delay_us=500):  # about 1.5 s
                 time.sleep(1)
             out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         assert proc.returncode == 3, err
         assert_clean(out.decode(), err.decode())
         assert f"Redis {address(server)}/0 is loading its data set" in err.decode()
