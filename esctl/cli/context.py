@@ -147,10 +147,10 @@ class Context:
     @property
     def redis_target(self) -> redisio.RedisTarget:
         """--redis-url with --cluster and --read-from-replicas, for worker processes. Sets how
-        long a Redis loading its data set is waited for (:func:`wait_for_loading`)."""
+        long a Redis loading its data set is waited for (:func:`set_loading_wait`)."""
         from esctl import redisio
 
-        wait_for_loading()
+        set_loading_wait()
         return redisio.RedisTarget(self.redis_url, self.cluster, self.read_from_replicas)
 
     @cached_property
@@ -163,7 +163,7 @@ class Context:
 LOADING_WAIT_VAR = "ESCTL_REDIS_LOADING_WAIT"
 
 
-def wait_for_loading(environ: Mapping[str, str] | None = None) -> None:
+def set_loading_wait(environ: Mapping[str, str] | None = None) -> None:
     """How a command meets a Redis that is loading its data set (restarted): waited for up
     to ``$ESCTL_REDIS_LOADING_WAIT`` (a duration; 60 s when unset, 0: not at all), each wait
     said on stderr. UsageError naming the variable for a value that is no duration."""
