@@ -97,5 +97,16 @@ class Refused(EsctlError):
     exists. Nothing was done."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run that can say more than "the state was left consistent":
+    ``state``, what it left (where a checkpoint stands), and ``hint``, how to go on. A
+    KeyboardInterrupt, so that whatever catches Ctrl-C catches it (exit 130)."""
+
+    def __init__(self, state: str, *, hint: str) -> None:
+        super().__init__(state)
+        self.state = state
+        self.hint = hint
+
+
 class LocalServerError(EsctlError):
     """A throwaway local server (demo, tests) could not be started."""

@@ -440,6 +440,20 @@ def test_reporting_interrupt_exits_130(capsys: pytest.CaptureFixture[str]) -> No
     assert "interrupted" in capsys.readouterr().err
 
 
+def test_reporting_an_interrupted_run_says_what_it_left(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as caught, cli_errors.reporting(json_mode=True):
+        raise errors.Interrupted("checkpoint 'c' stays at its last batch", hint="rerun it")
+    assert caught.value.exit_code == 130
+    out, err = capsys.readouterr()
+    assert "error: interrupted; checkpoint 'c' stays at its last batch" in err
+    assert "what to do: rerun it" in err
+    assert json.loads(out)["error"] == {
+        "kind": "interrupted",
+        "message": "interrupted; checkpoint 'c' stays at its last batch",
+        "hint": "rerun it",
+    }
+
+
 def test_reporting_unexpected_error_exits_1_without_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -98,12 +98,13 @@ def reporting(
         code, kind = classify(exc)
         render_error(kind, exc.message, exc.hint, code, to.json, stream=to.stream)
         raise typer.Exit(code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        said = exc if isinstance(exc, errors.Interrupted) else None
         render_error(
             "interrupted",
-            f"{'stopped by SIGTERM' if _terminated else 'interrupted'}; the state was left "
-            "consistent",
-            "rerun the same command to continue",
+            f"{'stopped by SIGTERM' if _terminated else 'interrupted'}; "
+            + (said.state if said else "the state was left consistent"),
+            said.hint if said else "rerun the same command to continue",
             EXIT_INTERRUPTED,
             to.json,
             stream=to.stream,

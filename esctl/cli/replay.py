@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import sys
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Annotated, Any, cast
@@ -239,6 +240,8 @@ def replay(
     summary = _run(ctx, options, yes=yes, progress=progress, stream=stream)
     _render(ctx.out, summary, to_stderr=streaming)
     if summary.stopped is not None:
+        if ctx.debug and summary.failure is not None:
+            traceback.print_exception(summary.failure, file=sys.stderr)
         _render_stopped(ctx.out, summary, options)
         raise typer.Exit(EXIT_FAILED)
     if options.source == EventSource.redis:
@@ -479,17 +482,33 @@ def _render_stopped(out: Output, summary: core.ReplaySummary, options: core.Repl
             "event again"
         )
     else:
-        where = "flush" if stopped.get("in") == "flush" else "event"
-        message = (
-            f"the projection failed on {where} {stopped.get('event_type')} "
-            f"{stopped.get('aggregate_id')} version {stopped.get('version')}: "
-            f"{stopped.get('error')}; batch {stopped.get('batch')} was rolled back"
-        )
-        if options.checkpoint:
-            message += f", checkpoint {options.checkpoint!r} stays at the last committed batch"
-        hint = (
-            "fix the projection and rerun the same command to resume"
-            if options.checkpoint
-            else "fix the projection and rerun"
-        ) + ", or pass --skip-errors to record failing events in esctl.projection_dead_letter"
+        message, hint = _projection_failed(summary, options)
     out.error(message, hint)
+
+
+def _projection_failed(summary: core.ReplaySummary, options: core.ReplayOptions) -> tuple[str, str]:
+    """The one-line error of a projection that raised in handle or flush: the event (for a
+    flush, the batch and its last event), the error's first line and where in the projection
+    it was raised; what became of the batch and the checkpoint; what to do."""
+    stopped = summary.stopped or {}
+    batch = stopped.get("batch")
+    event = (
+        f"{stopped.get('event_type')} of {stopped.get('aggregate_type')} "
+        f"{stopped.get('aggregate_id')} version {stopped.get('version')}"
+    )
+    in_flush = stopped.get("in") == "flush"
+    failed = (
+        f"the projection's flush failed at the end of batch {batch} (last event {event})"
+        if in_flush
+        else f"the projection failed on event {event}"
+    )
+    error = (str(stopped.get("error")).strip().splitlines() or [""])[0]
+    at = f" ({stopped['at']})" if stopped.get("at") else ""
+    message = f"{failed}: {error}{at}; batch {batch} was rolled back"
+    hint = "fix the projection and rerun the same command"
+    if options.checkpoint:
+        message += f", checkpoint {options.checkpoint!r} stays at the last committed batch"
+        hint += " without --reset to resume" if options.reset else " to resume"
+    if not in_flush:  # a failing flush cannot be pinned on one event to set aside
+        hint += ", or pass --skip-errors to record failing events in esctl.projection_dead_letter"
+    return message, f"{hint}; --debug shows the projection's traceback"

@@ -15,19 +15,15 @@ docs/projections.md. A complete example: :mod:`esctl.projections.event_counts`.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 import psycopg
 
-from esctl.errors import UsageError
+from esctl.projections.loading import ProjectionAdapter, load_projection
 from esctl.shard import Shard
 
 __all__ = [
@@ -137,102 +133,3 @@ class Projection(Protocol):
     """The object form of the protocol; every method but ``handle`` is optional."""
 
     def handle(self, event: Event) -> None: ...
-
-
-def _noop(ctx: ProjectionContext) -> None:
-    return None
-
-
-class ProjectionAdapter:
-    """Any of the protocol's forms seen as one object with all four methods."""
-
-    def __init__(self, target: Any, name: str) -> None:
-        self.name = name
-        if isinstance(target, type):
-            try:
-                target = target()
-            except Exception as exc:
-                raise UsageError(
-                    f"projection {name}: cannot create the {target.__name__} object: "
-                    f"{type(exc).__name__}: {exc}",
-                    hint="a projection class is instantiated without arguments",
-                ) from None
-        self.target = target
-        handle = getattr(target, "handle", None)
-        if callable(handle):
-            self.handle: Callable[[Event], Any] = handle
-        elif callable(target):
-            self.handle = target
-        else:
-            raise UsageError(
-                f"projection {name} is a {type(target).__name__}: neither a function taking an "
-                "event nor an object with handle(event)",
-                hint="see the protocol in `esctl replay --help` and docs/projections.md",
-            )
-        self.setup: Callable[[ProjectionContext], Any] = _method(target, "setup")
-        self.flush: Callable[[ProjectionContext], Any] = _method(target, "flush")
-        self.teardown: Callable[[ProjectionContext], Any] = _method(target, "teardown")
-
-
-def _method(target: Any, name: str) -> Callable[[ProjectionContext], Any]:
-    method = getattr(target, name, None)
-    if method is None:
-        return _noop
-    if not callable(method):
-        raise UsageError(f"the projection's {name} is not callable")
-    return method
-
-
-def load_projection(spec: str) -> ProjectionAdapter:
-    """The projection ``spec`` names: ``MODULE[:ATTR]`` or ``path/to/file.py[:ATTR]`` (ATTR
-    defaults to ``projection``; dotted ATTRs reach into classes or objects). Raises UsageError
-    naming what could not be found or imported."""
-    location, colon, attribute = spec.rpartition(":")
-    if not colon:
-        location, attribute = spec, ""
-    attribute = attribute or "projection"
-    if location.endswith(".py") or "/" in location:
-        module = _load_file(location, spec)
-    else:
-        try:
-            module = importlib.import_module(location)
-        except ModuleNotFoundError as exc:
-            raise UsageError(
-                f"cannot import the projection module {location!r}: {exc}",
-                hint="give MODULE:CALLABLE of an importable module (PYTHONPATH), or "
-                "path/to/file.py:CALLABLE",
-            ) from None
-        except Exception as exc:
-            raise UsageError(
-                f"the projection module {location!r} failed to import: {type(exc).__name__}: {exc}"
-            ) from None
-    target: Any = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise UsageError(
-                f"{location} has no {attribute!r}",
-                hint="name the projection as MODULE:CALLABLE (a module without :CALLABLE must "
-                "define 'projection')",
-            )
-        target = getattr(target, part)
-    return ProjectionAdapter(target, spec)
-
-
-def _load_file(location: str, spec: str) -> Any:
-    path = Path(location).expanduser()
-    if not path.is_file():
-        raise UsageError(f"projection file {location} does not exist")
-    name = f"esctl_projection_{abs(hash(str(path.resolve()))):x}"
-    loader_spec = importlib.util.spec_from_file_location(name, path)
-    if loader_spec is None or loader_spec.loader is None:
-        raise UsageError(f"cannot load {location} as a Python module")
-    module = importlib.util.module_from_spec(loader_spec)
-    sys.modules[name] = module
-    try:
-        loader_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise UsageError(
-            f"the projection file {location} failed to load: {type(exc).__name__}: {exc}"
-        ) from None
-    return module

@@ -47,6 +47,8 @@ class ReplaySummary:
     """Time spent waiting for --max-queue-length."""
     stopped: dict[str, Any] | None = None
     """Set when the replay stopped on an error before the end: what failed, where."""
+    failure: BaseException | None = field(default=None, repr=False, compare=False)
+    """The projection's exception that stopped the run (for its traceback; not in ``as_dict``)."""
     problems: list[dict[str, str]] = field(default_factory=list)
     problems_not_listed: int = 0
     problem_counts: dict[str, int] = field(default_factory=dict)

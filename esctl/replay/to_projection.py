@@ -18,7 +18,7 @@ import orjson
 from esctl import inflight, pg, redisio
 from esctl.config import redact
 from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
-from esctl.errors import EsctlError
+from esctl.errors import EsctlError, Interrupted
 from esctl.projections import Event, ProjectionAdapter, ProjectionContext
 from esctl.replay.checkpoints import (
     CheckpointState,
@@ -74,8 +74,33 @@ def replay_to_projection(
                 return _run_projection(
                     options, adapter, ctx, summary, started, redis_client, on_progress, sleep
                 )
+        except KeyboardInterrupt as exc:
+            if options.dry_run or isinstance(exc, Interrupted):
+                raise
+            raise _interrupted(options) from exc
         finally:
             ctx.close()
+
+
+def _interrupted(options: ReplayOptions) -> Interrupted:
+    """What Ctrl-C or SIGTERM left: every batch commits whole with its checkpoint position, so
+    the tables and the checkpoint agree, wherever the signal came."""
+    if options.checkpoint is None:
+        return Interrupted(
+            "the batches committed so far stay in the projection's tables, the one in progress "
+            "was rolled back",
+            hint="rerun the same command: without --checkpoint it starts from the beginning "
+            "(with --checkpoint NAME a rerun resumes)",
+        )
+    which = f" (shard {options.shard})" if options.shard.count > 1 else ""
+    return Interrupted(
+        f"checkpoint {options.checkpoint!r}{which} stays at the last batch committed (each "
+        "batch commits with its position)",
+        hint="rerun the same command without --reset to resume after it (with --reset it "
+        "starts over)"
+        if options.reset
+        else "rerun the same command to resume after it",
+    )
 
 
 def _run_projection(
@@ -138,9 +163,8 @@ def _setup(adapter: ProjectionAdapter, ctx: ProjectionContext) -> None:
         adapter.setup(ctx)
     except Exception as exc:
         raise ProjectionFailed(
-            f"the projection's setup failed: {type(exc).__name__}: {redact(str(exc))}; "
-            "nothing was replayed",
-            hint="fix the projection and rerun",
+            f"the projection's setup failed: {redact(adapter.describe(exc))}; nothing was replayed",
+            hint="fix the projection and rerun; --debug shows its traceback",
         ) from exc
     if ctx.connected:
         ctx.conn.commit()
@@ -193,6 +217,11 @@ def _teardown(adapter: ProjectionAdapter, ctx: ProjectionContext, summary: Repla
         )
 
 
+_DeadLetter = tuple[Event, str, str]
+"""An event ``handle`` raised on, the error (as stored) and the error in one line with where in
+the projection it was raised."""
+
+
 @dataclass
 class _BatchRunner:
     """One batch = handle each event, flush, store the checkpoint, COMMIT."""
@@ -211,7 +240,7 @@ class _BatchRunner:
         """False when the replay must stop (``summary.stopped`` says why)."""
         ctx, options = self.ctx, self.options
         ctx.batch += 1
-        dead: list[tuple[Event, str]] = []
+        dead: list[_DeadLetter] = []
         if options.skip_errors:
             dead = self._handle_skipping_errors(batch)
         elif not self._handle(batch):
@@ -247,19 +276,19 @@ class _BatchRunner:
                 return False
         return True
 
-    def _handle_skipping_errors(self, batch: list[Event]) -> list[tuple[Event, str]]:
+    def _handle_skipping_errors(self, batch: list[Event]) -> list[_DeadLetter]:
         """Each event to the projection inside a savepoint; the events it raised on (their
         writes rolled back), with the error."""
         handle = self.adapter.handle
         conn = self.ctx.conn
-        dead: list[tuple[Event, str]] = []
+        dead: list[_DeadLetter] = []
         for event in batch:
             conn.execute("SAVEPOINT esctl_event")
             try:
                 handle(event)
             except Exception as exc:
                 conn.execute("ROLLBACK TO SAVEPOINT esctl_event")
-                dead.append((event, f"{type(exc).__name__}: {exc}"))
+                dead.append((event, f"{type(exc).__name__}: {exc}", self.adapter.describe(exc)))
             else:
                 conn.execute("RELEASE SAVEPOINT esctl_event")
         return dead
@@ -279,6 +308,7 @@ class _BatchRunner:
         if ctx.connected:
             ctx.conn.rollback()
         error = f"{type(exc).__name__}: {redact(str(exc))}"
+        self.summary.failure = exc
         self.summary.stopped = {
             "kind": "projection_failed",
             "in": where,
@@ -287,6 +317,7 @@ class _BatchRunner:
             "version": event.version,
             "event_type": event.event_type,
             "error": error,
+            "at": self.adapter.where(exc),
             "batch": ctx.batch,
         }
         what = (
@@ -298,10 +329,11 @@ class _BatchRunner:
         self.summary.add_problem(
             "projection_failed",
             self.adapter.name,
-            f"the projection failed on {what}: {error}; the batch was rolled back",
+            f"the projection failed on {what}: {redact(self.adapter.describe(exc))}; the batch "
+            "was rolled back",
         )
 
-    def _dead_letter(self, dead: list[tuple[Event, str]]) -> None:
+    def _dead_letter(self, dead: list[_DeadLetter]) -> None:
         """Into ``esctl.projection_dead_letter``, in the batch's transaction."""
         options = self.options
         self.ctx.conn.cursor().executemany(
@@ -324,12 +356,12 @@ class _BatchRunner:
                     redact(error),
                     e.text,
                 )
-                for e, error in dead
+                for e, error, _ in dead
             ],
         )
-        for event, error in dead:
+        for event, _, described in dead:
             self.summary.add_problem(
                 "dead_lettered",
                 f"{event.aggregate_id} version {event.version}",
-                f"{event.event_type}: {redact(error)} (in esctl.projection_dead_letter)",
+                f"{event.event_type}: {redact(described)} (in esctl.projection_dead_letter)",
             )
