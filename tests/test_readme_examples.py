@@ -1,6 +1,7 @@
 """The README's examples, run as written: every ``esctl`` command line of its ``sh`` blocks, in
 README order, through bash with ``pipefail`` (so ``… | jq`` counts), against a demo store written
-as app ``MyService`` and env ``production``.
+as app ``MyService`` and env ``production``. So is the projection guide's (docs/projections.md):
+its Python files written as their first line names them, then its commands.
 
 Only the names the README makes up are swapped for the store's (its aggregate ids, commit id,
 subscriber names, file paths under /backups and /var; ``--grace 2m`` waits 1 s, and a follower
@@ -12,6 +13,7 @@ shell) are left out, each with its reason in ``SKIPPED``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -31,6 +33,7 @@ from esctl import codec, demo
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+PROJECTION_GUIDE = ROOT / "docs" / "projections.md"
 
 SKIPPED = {
     "redis+cluster://10.0.0.5": "an address of the reader's network; clusters are tested in test_cluster_*",
@@ -43,16 +46,16 @@ SKIPPED = {
 TIMEOUT = 120.0
 
 
-def readme_commands() -> list[tuple[str, dict[str, str]]]:
-    """The shell commands of the README's ``sh`` blocks that run esctl (a command spanning
-    several lines, a pipeline into a ``while`` loop say, is one), each with the ``ESCTL_APP`` /
-    ``ESCTL_ENV`` its block exported before it. Crontab lines and variable assignments are
-    not shell commands and are left out."""
+def readme_commands(document: Path = README) -> list[tuple[str, dict[str, str]]]:
+    """The shell commands of the ``sh`` blocks of the README (or ``document``) that run esctl
+    (a command spanning several lines, a pipeline into a ``while`` loop say, is one), each
+    with the ``ESCTL_APP`` / ``ESCTL_ENV`` its block exported before it. Crontab lines and
+    variable assignments are not shell commands and are left out."""
     commands: list[tuple[str, dict[str, str]]] = []
     in_block = False
     pending: list[str] = []
     exports: dict[str, str] = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in document.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             in_block = line.strip() == "```sh" and not in_block
             pending, exports = [], {}
@@ -185,32 +188,102 @@ def test_every_readme_example_runs_as_documented(
     for written, exports in readme_commands():
         if _skip_reason(written):
             continue
-        # One pass, longest name first: a replacement is never replaced again.
-        pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-        command = re.sub(pattern, lambda m: names[m.group(0)], written)
-        result = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", command],
-            env={**env, **exports},
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
         ran += 1
-        problems = []
-        if result.returncode not in (0, 3):
-            problems.append(f"exit {result.returncode}")
-        if "Traceback" in result.stderr or "unexpected" in result.stderr:
-            problems.append("a traceback or an unexpected error")
-        if "| jq" in command and re.search(r"^null$", result.stdout, re.M):
-            problems.append("jq found null: the documented field is missing")
-        if problems:
-            failures.append(
-                f"{written}\n  ran: {command}\n  {', '.join(problems)}\n"
-                f"  stderr: {result.stderr.strip()[-600:]}\n  stdout: {result.stdout[:300]}"
-            )
+        failure = _run_as_documented(written, exports, env, names, workdir)
+        if failure:
+            failures.append(failure)
     assert ran >= 40
     assert not failures, "\n\n".join(failures)
+
+
+def _run_as_documented(
+    written: str, exports: dict[str, str], env: dict[str, str], names: dict[str, str], cwd: Path
+) -> str | None:
+    """Run one documented command (its made-up names swapped for the store's); what was wrong
+    with it (an exit other than 0 and 3, a traceback, a field jq found null), or None."""
+    # One pass, longest name first: a replacement is never replaced again.
+    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    command = re.sub(pattern, lambda m: names[m.group(0)], written)
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        env={**env, **exports},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    problems = []
+    if result.returncode not in (0, 3):
+        problems.append(f"exit {result.returncode}")
+    if "Traceback" in result.stderr or "unexpected" in result.stderr:
+        problems.append("a traceback or an unexpected error")
+    if "| jq" in command and re.search(r"^null$", result.stdout, re.M):
+        problems.append("jq found null: the documented field is missing")
+    if not problems:
+        return None
+    return (
+        f"{written}\n  ran: {command}\n  {', '.join(problems)}\n"
+        f"  stderr: {result.stderr.strip()[-600:]}\n  stdout: {result.stdout[:300]}"
+    )
+
+
+def guide_files() -> dict[str, str]:
+    """The projection guide's Python blocks that name their file in their first line
+    (``# myprojections.py  --  esctl replay ...``): file name -> text."""
+    blocks = re.findall(
+        r"^```python\n(.*?)^```", PROJECTION_GUIDE.read_text(encoding="utf-8"), re.M | re.S
+    )
+    named = (re.match(r"# ([\w./-]+\.py)\b", block) for block in blocks)
+    return {m.group(1): m.string for m in named if m}
+
+
+def test_the_projection_guides_example_runs_as_documented(
+    readme_env: tuple[dict[str, str], dict[str, str], Path],
+) -> None:
+    """The guide's minimal projection, copied into the file its first line names and run with
+    the guide's commands, fills its table from every ItemScoreUpdated event exactly once, and
+    the same command run again resumes with nothing to do."""
+    import psycopg
+
+    env, names, workdir = readme_env
+    env = {**env, "ESCTL_APP": "MyService"}  # the guide's commands take the app as configured
+    guide = workdir / "guide"
+    guide.mkdir(exist_ok=True)
+    files = guide_files()
+    assert "myprojections.py" in files, "the guide's minimal projection names no file"
+    for name, text in files.items():
+        (guide / name).write_text(text)
+    _migrated_schema(env, guide)
+    commands = readme_commands(PROJECTION_GUIDE)
+    using = [c for c in commands if "myprojections.py" in c[0]]
+    assert using, "the guide shows no command that runs its minimal projection"
+    failures = [f for c in commands if (f := _run_as_documented(*c, env, names, guide))]
+    assert not failures, "\n\n".join(failures)
+
+    again = subprocess.run(
+        ["bash", "-c", f"{using[0][0]} --json"],
+        env=env,
+        cwd=guide,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["events"] == 0 and summary["checkpoint"]["resumed"]
+    with psycopg.connect(env["ESCTL_PG_DSN"]) as conn:
+        table = {
+            item: (updates, float(score))
+            for item, updates, score in conn.execute("SELECT * FROM score_totals")
+        }
+        updated: dict[str, tuple[int, float]] = {}
+        for item, data in conn.execute(
+            "SELECT a.aggregate_id, e.event_data FROM event e JOIN aggregate a USING"
+            " (aggregate_key) WHERE e.event_type = 'ItemScoreUpdated' ORDER BY a.aggregate_id,"
+            " e.version"
+        ):
+            updated[item] = (updated.get(item, (0, 0.0))[0] + 1, float(data["Score"]))
+    assert updated and table == updated
 
 
 def readme_scripts() -> list[str]:
