@@ -83,6 +83,13 @@ projection = Seen
 '''
 
 
+def seen_projection(folder: Path) -> str:
+    """The SPEC of :data:`SEEN_PROJECTION` written to a file in ``folder``."""
+    projection_file = folder / "seen.py"
+    projection_file.write_text(SEEN_PROJECTION)
+    return f"{projection_file}:Seen"
+
+
 # --- fixtures ------------------------------------------------------------------------------
 
 
@@ -284,12 +291,10 @@ def test_kill_9_mid_replay_then_rerun_equals_an_uninterrupted_run(
     order: str,
     kill: str,
 ) -> None:
-    projection_file = tmp_path / "seen.py"
-    projection_file.write_text(SEEN_PROJECTION)
     args = replay_cli(
         app_name, pg_dsn, redis_test_url,
         "--from", source, "--order", order, "--batch-size", "10",
-        "--projection", f"{projection_file}:Seen", "--checkpoint", "seen",
+        "--projection", seen_projection(tmp_path), "--checkpoint", "seen",
     )  # fmt: skip
     whole = run_cli(*args)
     assert whole.returncode in (0, 3), whole.stderr

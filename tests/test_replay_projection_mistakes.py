@@ -22,11 +22,11 @@ import psycopg
 import pytest
 from helpers import cli_env, run_cli, started_cli
 from test_replay_projection import (
-    SEEN_PROJECTION,
     checkpoint_row,
     in_pg,
     replay_cli,
     replay_order_pg,
+    seen_projection,
     seen_rows,
     truth,
 )
@@ -340,12 +340,10 @@ def test_sigterm_mid_run_leaves_the_last_committed_batch_and_says_how_to_resume(
     tmp_path: Path,
     reset: bool,
 ) -> None:
-    projection_file = tmp_path / "seen.py"
-    projection_file.write_text(SEEN_PROJECTION)
     args = replay_cli(
         app_name, pg_dsn, redis_test_url,
         "--from", "pg", "--batch-size", "5",
-        "--projection", f"{projection_file}:Seen", "--checkpoint", "seen",
+        "--projection", seen_projection(tmp_path), "--checkpoint", "seen",
     )  # fmt: skip
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr

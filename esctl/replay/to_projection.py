@@ -162,8 +162,9 @@ def _setup(adapter: ProjectionAdapter, ctx: ProjectionContext) -> None:
     try:
         adapter.setup(ctx)
     except Exception as exc:
+        failure = redact(adapter.describe(exc))
         raise ProjectionFailed(
-            f"the projection's setup failed: {redact(adapter.describe(exc))}; nothing was replayed",
+            f"the projection's setup failed: {failure}; nothing was replayed",
             hint="fix the projection and rerun; --debug shows its traceback",
         ) from exc
     if ctx.connected:
