@@ -189,6 +189,8 @@ def test_debug_shows_the_traceback_of_the_projections_import(
     result = run_cli(*args, "--debug", cwd=tmp_path)
     assert result.returncode == 2
     assert f'File "{tmp_path / "boom.py"}", line 2, in <module>' in result.stderr
+    assert "--debug shows" not in result.stderr  # it did
+    assert json.loads(result.stdout)["error"]["hint"].endswith("; --debug shows its traceback")
 
 
 def test_a_module_in_the_current_directory_and_a_files_neighbours_are_found(
@@ -317,6 +319,8 @@ def test_a_projection_that_raises_is_named_with_its_event_error_and_line(
     debug = run_cli(*args, "--debug", env=env, cwd=tmp_path)
     assert debug.returncode == 1
     assert f'File "{tmp_path / "picky.py"}", line {line}, in ' in debug.stderr
+    hint = " ".join(debug.stderr[debug.stderr.index("what to do: ") :].split())
+    assert hint.startswith("what to do: fix the projection and rerun") and "--debug" not in hint
 
     if how != "flush":
         skipping = run_cli(*args, "--skip-errors", env=env, cwd=tmp_path)

@@ -212,6 +212,53 @@ def test_a_run_whose_lock_is_held_draws_no_bar_before_its_error(
     assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
 
 
+THIRD_RAISES = """
+class Third:
+    def setup(self, ctx):
+        self.n = 0
+
+    def handle(self, event):
+        self.n += 1
+        if self.n == 3:
+            return event.data["NoSuchField"]
+"""
+
+
+def test_a_stopped_projection_run_on_80x24_says_its_error_once(
+    redis_test_url: str, pg_dsn: str, demo_store: Any, app_name: str, tmp_path: Path
+) -> None:
+    """A projection that raises on the third event: the error line names the event, the
+    error, the file:line, the batch rolled back, the checkpoint and what to do; the summary
+    above it shows what was committed and the store's other problems, not the same error
+    again. (The JSON summary keeps it among its problems.)"""
+    (tmp_path / "third.py").write_text(THIRD_RAISES.lstrip())
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_PG_DSN": pg_dsn, "ESCTL_APP": app_name}
+    args = ["replay", "--from", "redis", "--all", "--to", "projection"]
+    args += ["--projection", "third.py:Third", "--checkpoint", f"third-{app_name}", "--reset"]
+    screen = run_on_terminal([*ESCTL, *args], env=env, cwd=tmp_path)
+    assert_reads_well(screen, exit_code=1, error_expected=True)
+    said = " ".join(screen.text.split())
+    found = []
+    if said.count("NoSuchField") != 1:
+        found.append(f"the error said {said.count('NoSuchField')} times")
+    if "projection_failed" in said:
+        found.append("the failure listed as a problem too")
+    for needed in (
+        "events replayed │ 0",  # what was committed
+        "(third.py:8, in handle); batch 1 was rolled back",
+        f"checkpoint 'third-{app_name}' stays at the last committed batch",
+        "what to do: fix the projection and rerun the same command",
+        "--debug shows the projection's traceback",
+        "duplicate_version",  # the store's own problems stay
+    ):
+        if needed not in said:
+            found.append(f"{needed!r} not shown")
+    assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
+    document = json.loads(run_cli(*args, "--json", env=env, cwd=tmp_path).stdout)
+    assert document["problem_counts"]["projection_failed"] == 1
+    assert any(p["kind"] == "projection_failed" for p in document["problems"])
+
+
 def test_events_query_piped_on_a_terminal(
     redis_test_url: str, demo_store: Any, app_name: str
 ) -> None:

@@ -109,7 +109,7 @@ class Context:
             config=given.get("config"),
             cluster=bool(given.get("cluster")),
             read_from_replicas=bool(given.get("read_from_replicas")),
-            out=Output(json=bool(given.get("json_"))),
+            out=Output(json=bool(given.get("json_")), debug=bool(given.get("debug"))),
             debug=bool(given.get("debug")),
         )
 

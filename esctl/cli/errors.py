@@ -59,15 +59,17 @@ def render_error(
     json_mode: bool,
     *,
     stream: jsonout.JsonStream | None = None,
+    debug: bool = False,
 ) -> None:
     """The message on stderr; with ``json_mode`` also the error document on stdout (with a
-    ``stream``: as the stream's end)."""
+    ``stream``: as the stream's end), its hint as it is; ``debug``: see
+    :func:`~esctl.cli.messages.print_error`."""
     document = {"error": {"kind": kind, "message": message, "hint": hint}, "exit_code": code}
     if stream is not None:
         stream.fail(document)
     elif json_mode:
         jsonout.emit_json(document)
-    messages.print_error(message, hint)
+    messages.print_error(message, hint, debug=debug)
 
 
 @contextmanager
@@ -96,7 +98,7 @@ def reporting(
         if debug:
             traceback.print_exc(file=sys.stderr)
         code, kind = classify(exc)
-        render_error(kind, exc.message, exc.hint, code, to.json, stream=to.stream)
+        render_error(kind, exc.message, exc.hint, code, to.json, stream=to.stream, debug=debug)
         raise typer.Exit(code) from None
     except KeyboardInterrupt as exc:
         said = exc if isinstance(exc, errors.Interrupted) else None

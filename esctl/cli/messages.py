@@ -36,11 +36,19 @@ def note(message: str) -> None:
     _message("note: ", message)
 
 
-def print_error(message: str, hint: str | None = None) -> None:
+DEBUG_CLAUSE = "; --debug shows "
+"""How a hint ends that offers a traceback (``…; --debug shows its traceback``)."""
+
+
+def print_error(message: str, hint: str | None = None, *, debug: bool = False) -> None:
     """An error for the operator (stderr): what failed, then what to do; on a terminal each
     wrapped at words, continued under its first word, a command to copy in the hint (quoted
-    in backticks) whole on a row (:func:`break_line`); to a pipe or a file one line each."""
+    in backticks) whole on a row (:func:`break_line`); to a pipe or a file one line each.
+    With ``debug`` (the traceback is printed) the hint's last clause offering --debug is left
+    out."""
     _message("error: ", message, style="bold red")
+    if hint and debug:
+        hint = without_debug_clause(hint)
     if hint:
         # Lines after the first (a --where expression and a caret under its bad column) go as
         # they are: wrapped or indented, the caret would no longer point at its column.
@@ -48,3 +56,9 @@ def print_error(message: str, hint: str | None = None) -> None:
         _message("  what to do: ", first)
         if newline:
             stderr_console.print(rest, markup=False)
+
+
+def without_debug_clause(hint: str) -> str:
+    """``hint`` without its last clause when that offers ``--debug`` (:data:`DEBUG_CLAUSE`)."""
+    head, clause, tail = hint.rpartition(DEBUG_CLAUSE)
+    return head if clause and ";" not in tail and "\n" not in tail else hint

@@ -48,9 +48,12 @@ class Output:
     format_bytes = staticmethod(format_bytes)
     format_duration = staticmethod(format_duration)
 
-    def __init__(self, *, json: bool = False, stream: JsonStream | None = None) -> None:
+    def __init__(
+        self, *, json: bool = False, stream: JsonStream | None = None, debug: bool = False
+    ) -> None:
         self.json = json
         self.stream = stream
+        self.debug = debug  # --debug: tracebacks are printed, hints need not offer them
 
     # --- results ---
 
@@ -192,7 +195,7 @@ class Output:
 
     def error(self, message: str, hint: str | None = None) -> None:
         """An error message on stderr only (the exit code says the rest)."""
-        print_error(message, hint)
+        print_error(message, hint, debug=self.debug)
 
     # --- progress ---
 

@@ -373,10 +373,11 @@ def _render_tables(out: Output, summary: core.ReplaySummary) -> None:
         )
     elif summary.by_type:
         out.table(["event type", "events"], sorted(summary.by_type.items()), title="events by type")
+    problems, counts, total = _problems_not_in_the_error(summary)
     out.problem_summary(
-        summary.problems,
-        summary.problem_counts,
-        summary.problems_total,
+        problems,
+        counts,
+        total,
         None,
         unrecorded=(
             "events that failed to publish are not recorded elsewhere (the error names the first)"
@@ -385,6 +386,20 @@ def _render_tables(out: Output, summary: core.ReplaySummary) -> None:
         )
         + "; 'esctl inspect integrity --problems-file PATH' writes every problem of the store",
     )
+
+
+def _problems_not_in_the_error(
+    summary: core.ReplaySummary,
+) -> tuple[list[dict[str, str]], dict[str, int], int]:
+    """The problems, counts by kind and total for the tables: without the projection's
+    failure when the run stopped on it, which the error line under them says in full (the
+    JSON summary keeps it)."""
+    kind = "projection_failed"
+    if (summary.stopped or {}).get("kind") != kind:
+        return summary.problems, summary.problem_counts, summary.problems_total
+    counts = {k: n for k, n in summary.problem_counts.items() if k != kind}
+    problems = [p for p in summary.problems if p["kind"] != kind]
+    return problems, counts, summary.problems_total - summary.problem_counts.get(kind, 0)
 
 
 def _facts(out: Output, summary: core.ReplaySummary) -> dict[str, Any]:
