@@ -186,18 +186,14 @@ def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> Non
     shell completion, which runs without words, no --json) is Typer's usual one."""
     stop_on_sigterm()
     words = list(sys.argv[1:] if args is None else args)
-    if not _may_ask_for_json(words):
-        with _clicks_own_output():
-            app(args=args)
-        return
-    import typer.main
+    if _may_ask_for_json(words):
+        import typer.main
 
-    command = typer.main.get_command(app)
-    if not asks_for_json(command, words):
-        with _clicks_own_output():
-            app(args=args)
-        return
-    sys.exit(_run_json(command, words))
+        command = typer.main.get_command(app)
+        if asks_for_json(command, words):
+            sys.exit(_run_json(command, words))
+    with _clicks_own_output():
+        app(args=args)
 
 
 @contextmanager
