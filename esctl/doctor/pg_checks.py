@@ -231,7 +231,12 @@ def _unmigrated_estimate(
     waiting, exact = 0, True
     if keys:
         ids = [layout.aggregate_id_from_commit_list_key(opts.app, k) for k in keys]
-        held = set(_still_quarantined(conn, opts, ids=ids).ids) if quarantine.aggregates else set()
+        # (all of them already at hand unless there are more than the first ids read)
+        held = set(
+            quarantine.ids
+            if len(quarantine.ids) == quarantine.aggregates
+            else _still_quarantined(conn, opts, ids=ids).ids
+        )
         missing = _missing(conn, opts, client, ids)
         waiting = sum(
             n for i, n in zip(ids, missing, strict=True) if redisio.printable(i) not in held
