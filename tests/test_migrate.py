@@ -1128,8 +1128,8 @@ def test_values_postgresql_rejects_quarantine_only_their_aggregate(
     write_events(redis_client, app_name, "long-type", [payload("long-type", 1, long_type)])
     long_event = payload("long-event", 2).replace("ItemChanged", "ItemChanged" + "Y" * 300)
     write_events(redis_client, app_name, "long-event", [payload("long-event", 1), long_event])
-    code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, "--init-schema")
-    assert code == 3
+    code, doc, stderr = run_migrate_cli(redis_test_url, pg_dsn, app_name, "--init-schema")
+    assert code == 3, (doc, stderr)
     assert sorted((p["kind"], p["key"]) for p in doc["problems"]) == [
         ("rejected_by_postgres", iw.commit_list_key(app_name, "long-event")),
         ("rejected_by_postgres", iw.commit_list_key(app_name, "long-type")),

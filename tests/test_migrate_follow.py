@@ -510,6 +510,8 @@ def test_a_terminate_backend_loop_stops_it_after_the_stall_timeout_naming_the_ca
                 conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE application_name = 'esctl migrate writer'"
+                    # (this test's database only: other tests' migrations run beside it)
+                    "   AND datname = current_database()"
                 )
                 time.sleep(0.005)
 

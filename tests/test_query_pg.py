@@ -154,5 +154,6 @@ def test_missing_tables_are_a_clear_error(app_name: str, pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:  # the connection was closed: nothing left open
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'esctl events query'"
+            " AND datname = current_database()"
         ).fetchone()
         assert row is not None and row[0] == 0
