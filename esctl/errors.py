@@ -100,12 +100,15 @@ class Refused(EsctlError):
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run that can say more than "the state was left consistent":
     ``state``, what it left (where a checkpoint stands), and ``hint``, how to go on. A
-    KeyboardInterrupt, so that whatever catches Ctrl-C catches it (exit 130)."""
+    KeyboardInterrupt, so that whatever catches Ctrl-C catches it (exit 130). ``done``: the
+    counts of what the run had done for good (committed, moved) when it stopped, for scripts
+    (``"done"`` in the ``--json`` error document); ``state`` says them in words."""
 
-    def __init__(self, state: str, *, hint: str) -> None:
+    def __init__(self, state: str, *, hint: str, done: dict[str, int] | None = None) -> None:
         super().__init__(state)
         self.state = state
         self.hint = hint
+        self.done = done
 
 
 class LocalServerError(EsctlError):

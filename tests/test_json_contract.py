@@ -158,7 +158,11 @@ def error_document(stdout: str, code: int, kind: str | None = None) -> dict[str,
     document = one_document(stdout)
     assert isinstance(document, dict) and set(document) == {"error", "exit_code"}, document
     assert document["exit_code"] == code, document
-    assert set(document["error"]) == {"kind", "message", "hint"}, document
+    error = document["error"]
+    assert set(error) - {"done"} == {"kind", "message", "hint"}, document
+    if "done" in error:  # what an interrupted run had done for good: counts
+        assert error["kind"] == "interrupted" and error["done"], document
+        assert all(type(n) is int for n in error["done"].values()), document
     if kind is not None:
         assert document["error"]["kind"] == kind, document
     return document

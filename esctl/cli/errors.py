@@ -60,11 +60,16 @@ def render_error(
     *,
     stream: jsonout.JsonStream | None = None,
     debug: bool = False,
+    done: dict[str, int] | None = None,
 ) -> None:
     """The message on stderr; with ``json_mode`` also the error document on stdout (with a
-    ``stream``: as the stream's end), its hint as it is; ``debug``: see
+    ``stream``: as the stream's end), its hint as it is, and ``done`` (what an interrupted run
+    had done, :class:`esctl.errors.Interrupted`) when given; ``debug``: see
     :func:`~esctl.cli.messages.print_error`."""
-    document = {"error": {"kind": kind, "message": message, "hint": hint}, "exit_code": code}
+    error: dict[str, Any] = {"kind": kind, "message": message, "hint": hint}
+    if done is not None:
+        error["done"] = done
+    document = {"error": error, "exit_code": code}
     if stream is not None:
         stream.fail(document)
     elif json_mode:
@@ -110,6 +115,7 @@ def reporting(
             EXIT_INTERRUPTED,
             to.json,
             stream=to.stream,
+            done=said.done if said else None,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError as exc:

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import psycopg
 
-from esctl import pg, redisio
-from esctl.errors import ConfigError, ConnectionFailed
+from esctl import pg, redisio, units
+from esctl.errors import ConfigError, ConnectionFailed, Interrupted
 from esctl.locks import AdvisoryLock
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.reader import Reader
@@ -335,15 +335,38 @@ class _Invocation:
             finally:
                 self.pool.close()
             self.pool.raise_failure()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self.pool.stop.set()
             self._set_status("interrupted")
-            raise
+            if self.opts.dry_run or isinstance(exc, Interrupted):
+                raise
+            raise self._interrupted() from exc
         except Exception:
             self._set_status("failed")
             raise
         self._set_status("finished" if self.stopped_early is None else "stopped")
         self.report()
+
+    def _interrupted(self) -> Interrupted:
+        """What Ctrl-C or SIGTERM left: the batches the writers had taken were finished, so
+        what they committed is all there is (the reader's batch in hand was dropped)."""
+        done = self.pool.done()
+        quarantined = done.aggregates_quarantined
+        state = f"{units.counted(done.events_migrated, 'event')} migrated by this invocation"
+        if done.events_already_present:
+            state += f" ({done.events_already_present:,} already there)"
+        if quarantined:
+            state += f" and {units.counted(quarantined, 'aggregate')} quarantined"
+        return Interrupted(
+            f"{state} stay committed; the run is recorded as interrupted",
+            hint="rerun the same command to continue after them (`esctl migrate status` shows "
+            "where the run stands)",
+            done={
+                "events_migrated": done.events_migrated,
+                "events_already_present": done.events_already_present,
+                "aggregates_quarantined": quarantined,
+            },
+        )
 
     def _feed(self) -> None:
         max_problems = self.opts.max_problems
