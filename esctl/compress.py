@@ -18,7 +18,7 @@ from typing import Any, Literal
 from esctl import codec, layout, redisio
 from esctl.config import redact
 from esctl.documents import document
-from esctl.errors import EsctlError, ServerError, UsageError
+from esctl.errors import EsctlError, Interrupted, ServerError, UsageError
 from esctl.locks import RedisLock
 
 DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
@@ -470,6 +470,18 @@ def compress(
             if not opts.dry_run:
                 exc.add(_written_before(families, tally["in_flight"]))
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the same words
+            if opts.dry_run or isinstance(exc, Interrupted):
+                raise
+            done = {"compressed": sum(c.compressed for c in families.values())}
+            if tally["in_flight"]:
+                done["in_flight"] = tally["in_flight"]
+            raise Interrupted(
+                _written_before(families, tally["in_flight"]),
+                hint="rerun the same command to compress the rest (what is compressed already "
+                "is left as it is)",
+                done=done,
+            ) from exc
     report(progress)
     return CompressSummary(
         app=opts.app,

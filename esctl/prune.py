@@ -18,11 +18,11 @@ from typing import Any
 
 import psycopg
 
-from esctl import layout, pg, redisio
+from esctl import layout, pg, redisio, units
 from esctl.backupfile import BackupWriter
 from esctl.config import redact
 from esctl.documents import document
-from esctl.errors import ConfigError, EsctlError, Refused, ServerError, UsageError
+from esctl.errors import ConfigError, EsctlError, Interrupted, Refused, ServerError, UsageError
 from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.pgevents import PgEvent, other_transforms, pg_page, transforms_words
 from esctl.shard import Shard
@@ -429,6 +429,21 @@ def _prune_locked(
                 if summary.under_way is not None:
                     exc.add(summary.under_way)
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the same words
+            if opts.dry_run or isinstance(exc, Interrupted):
+                raise
+            state = _deleted(summary)
+            if summary.under_way is not None:
+                state += f"; {summary.under_way}"
+            raise Interrupted(
+                state,
+                hint="rerun the same command to prune the rest",
+                done={
+                    "aggregates_pruned": summary.aggregates_pruned,
+                    "events_deleted": summary.events_deleted,
+                    "payload_fields_deleted": summary.payload_fields_deleted,
+                },
+            ) from exc
         summary.used_memory_after = redisio.used_memory(client)
     finally:
         if backup is not None:
@@ -609,7 +624,7 @@ def _under_way(aggregates: int, lists_deleted: int) -> str:
     lists are known gone."""
     known = f"{lists_deleted:,} of their commit lists known deleted, " if lists_deleted else ""
     return (
-        f"the deletes of {aggregates:,} more aggregates were under way ({known}each list "
+        f"the deletes of {units.counted(aggregates, 'more aggregate')} were under way ({known}each list "
         "deleted whole or not at all): what of them was deleted is recorded in "
         "esctl.prune_pending, and the next prune deletes their payload fields first"
     )

@@ -21,7 +21,7 @@ import orjson
 from esctl import layout, pg, redisio
 from esctl.backupfile import read_lines
 from esctl.documents import document
-from esctl.errors import EsctlError, ServerError, UsageError
+from esctl.errors import EsctlError, Interrupted, ServerError, UsageError
 from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.problems import ProblemTally
 
@@ -112,6 +112,9 @@ class RestorePrunedSummary:
     what the frame held): that frame is ignored."""
     tally: ProblemTally = field(default_factory=ProblemTally)
     elapsed_s: float = 0.0
+    lists_in_flight: int = 0
+    """Commit lists whose restore was sent and not yet answered (what an interrupted run may
+    have restored beyond its counts)."""
 
     @property
     def found_problems(self) -> bool:
@@ -402,6 +405,25 @@ def restore_pruned(
             if not opts.dry_run:
                 exc.add(_done(summary))
             raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM
+            if opts.dry_run or isinstance(exc, Interrupted):
+                raise
+            in_flight = summary.lists_in_flight
+            raise Interrupted(
+                f"this run restored {summary.aggregates_restored:,} aggregates "
+                f"({summary.events_restored:,} events) before it stopped, each whole"
+                + (
+                    f"; the {in_flight:,} commit lists sent last may have been restored too "
+                    "(each whole or not at all)"
+                    if in_flight
+                    else ""
+                ),
+                hint="rerun the same command to finish (nothing is restored twice)",
+                done={
+                    "aggregates_restored": summary.aggregates_restored,
+                    "events_restored": summary.events_restored,
+                },
+            ) from exc
     summary.elapsed_s = time.monotonic() - started
     return summary
 
@@ -468,9 +490,11 @@ def _restore_lists(
             for a, r in zip(clear, lists, strict=True)
         ]
     else:
+        summary.lists_in_flight = len(clear)
         outcomes = redisio.eval_pipelined(
             client, LIST_SCRIPT, [(1, a.list_key, *a.commit_ids) for a in clear]
         )
+        summary.lists_in_flight = 0
     for aggregate, outcome in zip(clear, outcomes, strict=True):
         if isinstance(outcome, Exception):
             raise ServerError(

@@ -177,6 +177,73 @@ def test_out_of_memory_mid_run_stops_after_that_round_trip_and_a_rerun_finishes(
     admin.close()
 
 
+def test_ctrl_c_between_round_trips_says_what_was_compressed_and_a_rerun_finishes(
+    fresh_redis: servers.LocalRedis,
+    app_name: str,
+    reference: dict[bytes, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt) before the third round's writes: the run says
+    how many values it compressed, exactly what Redis holds compressed."""
+    monkeypatch.setattr(compress, "BATCH_BYTES", SMALL_BATCH)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    big = write(admin, app_name)
+    rounds: list[int] = []
+
+    def third_round(candidates: Sequence[Candidate]) -> None:
+        rounds.append(len(candidates))
+        if len(rounds) == 3:
+            raise KeyboardInterrupt
+
+    with redisio.connect(fresh_redis.url) as client, pytest.raises(errors.Interrupted) as caught:
+        compress.compress(client, CompressOptions(app=app_name), before_write=third_round)
+    written = compressed_now(admin, big)
+    assert 0 < written < len(big)
+    assert caught.value.done == {"compressed": written}
+    assert (
+        caught.value.state
+        == f"compress had compressed {written:,} values (each whole and readable)"
+    )
+    assert caught.value.hint.startswith("rerun the same command to compress the rest")
+
+    with redisio.connect(fresh_redis.url) as client:
+        again = compress.compress(client, CompressOptions(app=app_name))
+    assert written + again.total.compressed == len(big) == compressed_now(admin, big)
+    assert contents(admin) == reference
+    admin.close()
+
+
+def test_ctrl_c_awaiting_a_round_trip_says_its_values_may_have_been_compressed(
+    fresh_redis: servers.LocalRedis, app_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal comes while the replies of a round trip are awaited: the calls sent ran (or
+    not) whole, and the run says that many more may have been compressed, no fewer."""
+    monkeypatch.setattr(compress, "BATCH_BYTES", SMALL_BATCH)
+    monkeypatch.setattr(compress, "CALLS_PER_ROUND_TRIP", ROUND_TRIP, raising=False)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    big = write(admin, app_name)
+    real = redisio.eval_pipelined
+    trips: list[int] = []
+
+    def reply_lost_at_third(*args: Any, **kwargs: Any) -> Any:
+        replies = real(*args, **kwargs)  # (the server ran them)
+        trips.append(len(replies))
+        if len(trips) == 3:
+            raise KeyboardInterrupt
+        return replies
+
+    monkeypatch.setattr(redisio, "eval_pipelined", reply_lost_at_third)
+    with redisio.connect(fresh_redis.url) as client, pytest.raises(errors.Interrupted) as caught:
+        compress.compress(client, CompressOptions(app=app_name))
+    done = caught.value.done
+    assert done is not None and done["in_flight"] > 0
+    assert done["compressed"] + done["in_flight"] == compressed_now(admin, big) < len(big)
+    assert f"the {done['in_flight']:,} values of the round trip in flight may have been " in (
+        caught.value.state
+    )
+    admin.close()
+
+
 def test_out_of_memory_mid_run_through_the_cli_says_what_was_compressed(
     fresh_redis: servers.LocalRedis, app_name: str
 ) -> None:

@@ -21,8 +21,8 @@ import zstandard
 from helpers import run_cli
 from independent_writer import GroundTruth, TruthAggregate, append_events, write_store
 
-from esctl import migrate, prune, redisio
-from esctl.errors import LockHeld, Refused
+from esctl import migrate, prune, redisio, units
+from esctl.errors import Interrupted, LockHeld, Refused
 from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.servers import LocalRedis
 from esctl.shard import Shard
@@ -385,9 +385,22 @@ def test_a_run_killed_between_list_and_fields_is_finished_by_the_next(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prune, "delete_fields", die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         prune.prune(s.client, s.options())
     monkeypatch.setattr(prune, "delete_fields", real)
+    # It says so (Ctrl-C, SIGTERM): the lists of the page are gone, their fields not yet.
+    pruned_lists = len(s.expected)
+    assert stopped.value.state == (
+        "this prune deleted 0 aggregates (0 events, 0 payload fields) in all; the deletes of "
+        f"{pruned_lists} more aggregates were under way ({pruned_lists} of their commit lists "
+        "known deleted, each list deleted whole or not at all): what of them was deleted is "
+        "recorded in esctl.prune_pending, and the next prune deletes their payload fields first"
+    )
+    assert stopped.value.done == {
+        "aggregates_pruned": 0,
+        "events_deleted": 0,
+        "payload_fields_deleted": 0,
+    }
 
     # Lists deleted, payload fields left behind (orphans), recorded in the journal.
     for a in s.expected:
@@ -409,8 +422,9 @@ def test_a_run_killed_before_its_deletes_leaves_everything(scenario: Scenario) -
     def die(candidates: list[str]) -> None:
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         prune.prune(s.client, s.options(), before_delete=die)
+    assert stopped.value.state.startswith("this prune deleted 0 aggregates"), stopped.value.state
     assert redis_contents(s.raw) == s.before
     assert journal_rows(s.dsn, s.app) > 0
 
@@ -420,6 +434,41 @@ def test_a_run_killed_before_its_deletes_leaves_everything(scenario: Scenario) -
     assert summary.aggregates_pruned == len(s.expected)
     assert redis_contents(s.raw) == without_events(s.before, s.expected)
     assert journal_rows(s.dsn, s.app) == 0
+
+
+def test_an_interrupted_run_says_what_it_deleted_before(scenario: Scenario) -> None:
+    """Ctrl-C (or SIGTERM) before the third page's deletes: the counts it gives are what Redis
+    lost, page by page, and a rerun prunes the rest."""
+    s = scenario
+    pages: list[int] = []
+
+    def third_page(candidates: list[str]) -> None:
+        pages.append(len(candidates))
+        if len(pages) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as stopped:
+        prune.prune(s.client, s.options(scan_count=10), before_delete=third_page)
+    gone = [a for a in s.expected if not s.raw.exists(a.list_key)]
+    assert len(gone) == sum(pages[:2]) > 0
+    events = sum(len(a.events) for a in gone)
+    assert not any(s.raw.hexists(e.hash_key, e.commit_id) for a in gone for e in a.events)
+    assert stopped.value.done == {
+        "aggregates_pruned": len(gone),
+        "events_deleted": events,
+        "payload_fields_deleted": events,
+    }
+    assert stopped.value.state.startswith(
+        f"this prune deleted {len(gone)} aggregates ({events} events, {events} payload fields) "
+        f"in all; the deletes of {units.counted(pages[2], 'more aggregate')} were under way "
+        "(each list deleted whole or not at all): what of them was deleted is recorded in "
+        "esctl.prune_pending"
+    ), stopped.value.state
+    assert stopped.value.hint == "rerun the same command to prune the rest"
+
+    summary = prune.prune(s.client, s.options())
+    assert summary.aggregates_pruned == len(s.expected) - len(gone)
+    assert redis_contents(s.raw) == without_events(s.before, s.expected)
 
 
 # --- lock, refusal, CLI --------------------------------------------------------------------

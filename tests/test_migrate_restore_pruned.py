@@ -27,7 +27,7 @@ from test_migrate_prune import (
 
 from esctl import layout, prune, redisio
 from esctl.backupfile import BackupWriter
-from esctl.errors import UsageError
+from esctl.errors import Interrupted, UsageError
 from esctl.locks import AdvisoryLock, prune_lock_name
 from esctl.restore_pruned import (
     ALREADY,
@@ -112,7 +112,7 @@ def test_a_restore_interrupted_after_some_batches_is_finished_by_a_rerun(
         if (at, batch) == (step, 2):
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         restore_pruned(s.client, path, options(s, batch_events=20), after_step=stop)
     middle = redis_contents(s.raw)
     assert middle != s.before and middle != without_events(s.before, s.expected)
@@ -122,6 +122,15 @@ def test_a_restore_interrupted_after_some_batches_is_finished_by_a_rerun(
     assert redis_contents(s.raw) == s.before  # no commit id twice, no payload missing
     assert summary.already_present > 0 and summary.events_restored > 0
     assert summary.already_present + summary.events_restored == events(s)
+    # What the interrupted run said it restored is what the rerun found there.
+    assert stopped.value.done == {
+        "aggregates_restored": summary.aggregates_already_present,
+        "events_restored": summary.already_present,
+    }
+    assert stopped.value.state == (
+        f"this run restored {summary.aggregates_already_present} aggregates "
+        f"({summary.already_present} events) before it stopped, each whole"
+    )
 
 
 KILLER = """
