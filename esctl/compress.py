@@ -473,14 +473,14 @@ def compress(
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the same words
             if opts.dry_run or isinstance(exc, Interrupted):
                 raise
-            done = {"compressed": sum(c.compressed for c in families.values())}
+            counts = {"compressed": sum(c.compressed for c in families.values())}
             if tally["in_flight"]:
-                done["in_flight"] = tally["in_flight"]
+                counts["in_flight"] = tally["in_flight"]
             raise Interrupted(
                 _written_before(families, tally["in_flight"]),
                 hint="rerun the same command to compress the rest (what is compressed already "
                 "is left as it is)",
-                done=done,
+                done=counts,
             ) from exc
     report(progress)
     return CompressSummary(
