@@ -352,6 +352,13 @@ def test_terminated_writer_connections_exit_1_and_a_resumed_rerun_completes(
     assert_settled(redis_test_url, pg_dsn, app_name)
 
 
+def status_words(url: str, dsn: str, app: str) -> str:
+    """``migrate status``'s table and notes, white space folded."""
+    result = run_cli("migrate", "status", *cli_args(url, dsn, app))
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split())
+
+
 # --- Redis lost mid-run --------------------------------------------------------------------
 
 
@@ -388,6 +395,10 @@ def test_redis_lost_mid_run_exits_1_naming_the_server_and_restart_completes(
 ) -> None:
     reference = stop_redis_mid_run(pg_dsn, reference_dsn, app_name, fresh_redis)
     assert len(pg_rows(pg_dsn)) < len(reference)
+    assert (
+        "failed (shard 0/1): its run stopped on an error (its output said which); rerun the same"
+        in status_words(fresh_redis.url, pg_dsn, app_name)
+    )
     code, doc, _ = run_migrate_cli(fresh_redis.url, pg_dsn, app_name, *BATCH, "--restart")
     assert code == 3 and doc["resumed"] is False
     assert_same_rows_as(pg_dsn, reference)
@@ -434,6 +445,10 @@ def test_sigint_mid_run_exits_130_and_the_rerun_completes(
     assert committed is not None, err
     assert "stay committed; the run is recorded as interrupted" in err, err
     assert 0 < len(pg_rows(pg_dsn)) == int(committed[1].replace(",", "")) < len(reference)
+    assert (
+        "interrupted (shard 0/1): its run was stopped by Ctrl-C or SIGTERM; rerun the same"
+        in status_words(redis_test_url, pg_dsn, app_name)
+    )
 
     wait_for_no_esctl_sessions(pg_dsn)
     code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, *BATCH)

@@ -202,13 +202,20 @@ def _next_steps(report: status_core.StatusReport) -> list[str]:
                 f"running (shard {s.shard}): {where}PostgreSQL session pid {holder.pid}"
                 f"{f' from {holder.client_addr}' if holder.client_addr else ''}"
             )
-    interrupted = [s.shard for s in report.shards if s.status == "interrupted"]
-    if interrupted:
-        steps.append(
-            f"interrupted (shard {', '.join(interrupted)}): its run was killed or its machine "
-            "died; rerun the same `esctl migrate redis-to-pg` command (same --shard) to "
-            "continue it where it stopped"
-        )
+    rerun = (
+        "rerun the same `esctl migrate redis-to-pg` command (same --shard) to continue it "
+        "where it stopped"
+    )
+    for status, recorded, what in (
+        ("interrupted", "running", "its run was killed or its machine died"),
+        ("interrupted", "interrupted", "its run was stopped by Ctrl-C or SIGTERM"),
+        ("failed", "failed", "its run stopped on an error (its output said which)"),
+    ):
+        shards = [
+            s.shard for s in report.shards if (s.status, s.recorded_status) == (status, recorded)
+        ]
+        if shards:
+            steps.append(f"{status} (shard {', '.join(shards)}): {what}; {rerun}")
     quarantined = [s for s in report.shards if s.aggregates_quarantined]
     if quarantined:
         total = sum(s.aggregates_quarantined for s in quarantined)
