@@ -20,6 +20,7 @@ from esctl.config import redact
 from esctl.documents import document
 from esctl.errors import EsctlError, Interrupted, ServerError, UsageError
 from esctl.locks import RedisLock
+from esctl.units import counted
 
 DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
 EVENTS = "events"
@@ -665,7 +666,9 @@ def _write(
             continue
         for call, reply in failed:
             tally["failed"] += 1
-            problem("write_failed", call[0].key, f"{len(call)} field(s) not written: {reply}")
+            problem(
+                "write_failed", call[0].key, f"{counted(len(call), 'field')} not written: {reply}"
+            )
         first_call, first_reply = failed[0]
         stopped = Stopped(
             key=first_call[0].key,

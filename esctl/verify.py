@@ -45,6 +45,7 @@ from esctl.streams import (
     versions_phrase,
 )
 from esctl.transforms import Rules, SourceEvent, transform_stream
+from esctl.units import counted
 
 MISMATCH_KINDS = (
     "missing_in_pg",
@@ -164,7 +165,7 @@ def compare_stream(
                 summary.add(
                     "not_migrated_new_events",
                     key,
-                    f"{len(tail)} event(s) newer than the last migrated version {last_migrated} "
+                    f"{counted(len(tail), 'event')} newer than the last migrated version {last_migrated} "
                     "(run migrate again)",
                 )
             if inner:
@@ -230,7 +231,7 @@ def compare_transformed(
         summary.add(
             "not_migrated_new_events",
             key,
-            f"{len(tail)} transformed event(s) of Redis versions past the last migrated one "
+            f"{counted(len(tail), 'transformed event')} of Redis versions past the last migrated one "
             f"{migrated} (run migrate again)",
         )
     if inner:

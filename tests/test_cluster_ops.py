@@ -478,8 +478,8 @@ def test_doctor_asks_each_primarys_own_replica_where_persistence_runs(
     for check_id in ("redis.role", "redis.persistence", "redis.cluster"):
         check = checks[check_id]
         assert check["servers"] == dict.fromkeys(primaries, "ok"), check  # primaries only
-    assert "primary with 1 replica(s), all online" in checks["redis.role"]["observed"]
-    assert "1 of 1 replica(s) persist" in checks["redis.persistence"]["observed"]
+    assert "primary with 1 replica, all online" in checks["redis.role"]["observed"]
+    assert "1 of 1 replica persists" in checks["redis.persistence"]["observed"]
     assert sum("persistence runs only on replicas" in d for d in checks["redis.persistence"]["details"]) == 3  # fmt: skip
     assert (code, report["counts"]["fail"]) == (0, 0)  # warnings only (maxmemory, latency)
 

@@ -127,7 +127,7 @@ def test_persistence_only_on_a_replica_is_found_by_asking_the_replica() -> None:
         on_replica = run(replica.url)
     check = report.check("redis.persistence")
     assert check.status == "ok", check.observed
-    assert "1 of 1 replica(s) persist" in check.observed
+    assert "1 of 1 replica persists" in check.observed
     assert any("only on replicas" in d for d in check.details)
     assert check.values["replicas"][0]["aof"] is True
     assert report.check("redis.role").observed.startswith("primary with 1 replica")

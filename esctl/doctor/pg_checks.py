@@ -111,7 +111,8 @@ def _pg_schema(conn: Any, schema: str, app: str) -> Check:
     if missing:
         return PG_SCHEMA.result(
             "warn",
-            f"tables compatible; function(s) {', '.join(missing)} missing in {schema}",
+            f"tables compatible; {'function' if len(missing) == 1 else 'functions'} "
+            f"{', '.join(missing)} missing in {schema}",
             action="services on the SQL provider call them: `esctl migrate redis-to-pg --app "
             f"{shlex.quote(app)} --init-schema` creates what is missing (never alters what "
             "exists)",

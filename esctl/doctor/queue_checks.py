@@ -13,7 +13,7 @@ from esctl.doctor.readings import Comparison, Readings
 from esctl.doctor.report import Check, DoctorOptions, declare, guarded
 from esctl.errors import EsctlError
 from esctl.metrics import Metric
-from esctl.units import format_duration
+from esctl.units import counted, format_duration
 
 
 def _queue_labels(env: str, q: queues.QueueStatus) -> dict[str, str]:
@@ -62,15 +62,16 @@ def check_stuck(env: str, listing: queues.QueueListing, stuck_after: timedelta) 
         busy = sum(q.processing for q in listing.queues)
         return STUCK.result(
             "ok",
-            f"no processing message older than {format_duration(limit)} in {len(listing.queues)} "
-            f"queue(s) ({busy:,} being processed)",
+            f"no processing message older than {format_duration(limit)} in "
+            f"{counted(len(listing.queues), 'queue')} ({busy:,} being processed)",
             values=values,
             metrics=metrics,
         )
     first = stuck[0]
     return STUCK.result(
         "fail",
-        f"{len(stuck)} queue(s) hold processing messages older than {format_duration(limit)}",
+        f"{counted(len(stuck), 'queue')} {'holds' if len(stuck) == 1 else 'hold'} processing "
+        f"messages older than {format_duration(limit)}",
         action=f"requeue them: `esctl queue requeue SUB TYPE --env {shlex.quote(env)} --grace 2m "
         f"--yes` (e.g. `esctl queue requeue {_queue_words(first, env)} --grace 2m --dry-run` "
         "first); check why the consumer died",
@@ -113,7 +114,7 @@ def check_dead_letters(env: str, listing: queues.QueueListing) -> Check:
     first = max(dead, key=lambda q: q.dead)
     return DEAD_LETTERS.result(
         "warn",
-        f"{total:,} dead letter(s) in {len(dead)} queue(s)",
+        f"{counted(total, 'dead letter')} in {counted(len(dead), 'queue')}",
         action=f"see why: `esctl queue peek {_queue_words(first, env)} --list dead`; after a fix, "
         "`esctl queue requeue ... --from dead`, or back them up and remove them with `esctl "
         "queue drain`",
@@ -202,7 +203,7 @@ def check_draining(env: str, listing: queues.QueueListing, compared: Comparison)
     if stalled_subscribed:
         return DRAINING.result(
             "fail",
-            f"{len(stalled_subscribed)} subscribed queue(s) not drained {over}",
+            f"{counted(len(stalled_subscribed), 'subscribed queue')} not drained {over}",
             action="start (or fix) the subscriber's consumer service; its messages wait in "
             "PublishedEvents and are taken as soon as it runs",
             values=values,
@@ -212,7 +213,8 @@ def check_draining(env: str, listing: queues.QueueListing, compared: Comparison)
     if stalled_leftover:
         return DRAINING.result(
             "warn",
-            f"{len(stalled_leftover)} queue(s) of services no longer subscribed hold messages "
+            f"{counted(len(stalled_leftover), 'queue')} of services no longer subscribed "
+            f"{'holds' if len(stalled_leftover) == 1 else 'hold'} messages "
             f"nobody takes ({over})",
             action="if the service is gone for good, back the messages up and remove them: "
             "`esctl queue drain SUB TYPE --list published --to-file PATH.jsonl.zst --env "
@@ -223,7 +225,7 @@ def check_draining(env: str, listing: queues.QueueListing, compared: Comparison)
         )
     return DRAINING.result(
         "ok",
-        f"{len(rows)} queue(s) compared {over}: none stalled",
+        f"{counted(len(rows), 'queue')} compared {over}: none stalled",
         values=values,
         metrics=metrics,
     )

@@ -10,7 +10,7 @@ from typing import Any
 from esctl.doctor.redis_facts import ServerFacts
 from esctl.doctor.report import Check, CheckSpec, Status, declare
 from esctl.metrics import Metric
-from esctl.units import format_bytes, format_percent
+from esctl.units import counted, format_bytes, format_percent
 
 # Thresholds (documented in each check's ``why``).
 HEADROOM_WARN = 0.75
@@ -155,7 +155,10 @@ def _rdb_schedule(save: str | None) -> str:
     parts = save.split()
     if not parts:
         return "off"
-    pairs = [f"{parts[i + 1]} change(s) in {parts[i]} s" for i in range(0, len(parts) - 1, 2)]
+    pairs = [
+        f"{parts[i + 1]} {'change' if parts[i + 1] == '1' else 'changes'} in {parts[i]} s"
+        for i in range(0, len(parts) - 1, 2)
+    ]
     return "after " + " or ".join(pairs)
 
 
@@ -221,7 +224,8 @@ def check_persistence(f: ServerFacts) -> Check:
     values["replicas"] = [
         {"address": r.address, "aof": r.aof, "rdb": r.rdb, "error": r.error} for r in replicas
     ]
-    where = f"primary: {here}; {len(persisting)} of {len(replicas)} replica(s) persist"
+    persist = "persists" if len(persisting) == 1 else "persist"
+    where = f"primary: {here}; {len(persisting)} of {counted(len(replicas), 'replica')} {persist}"
     action: str | None = None
     if aof:
         status = "ok"
@@ -248,7 +252,7 @@ def check_persistence(f: ServerFacts) -> Check:
             f.config_unavailable(n) for n, v in (("appendonly", aof), ("save", rdb)) if v is None
         ]
         if unknown:
-            reasons.append(f"{len(unknown)} replica(s) could not be asked")
+            reasons.append(f"{counted(len(unknown), 'replica')} could not be asked")
         return PERSISTENCE.result(
             "unavailable",
             f"{where}; {'; '.join(reasons)}",

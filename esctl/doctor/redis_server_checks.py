@@ -10,7 +10,7 @@ from typing import Any
 from esctl.doctor.redis_facts import ServerFacts, SlowEntry, as_int, replica_addresses
 from esctl.doctor.report import Check, Status, declare
 from esctl.metrics import Metric
-from esctl.units import format_duration
+from esctl.units import counted, format_duration
 
 # Thresholds (documented in each check's ``why``).
 PING_WARN_MS = 10.0
@@ -129,10 +129,11 @@ def check_role(f: ServerFacts) -> Check:
             "place to run persistence without slowing the primary"
         )
     elif lagging:
-        status, observed = "warn", f"primary with {count} replica(s); behind: {', '.join(lagging)}"
+        replicas = counted(count, "replica")
+        status, observed = "warn", f"primary with {replicas}; behind: {', '.join(lagging)}"
         action = "check the replicas' links and load (`INFO replication` on each)"
     else:
-        status, observed = "ok", f"primary with {count} replica(s), all online"
+        status, observed = "ok", f"primary with {counted(count, 'replica')}, all online"
         action = None
     return ROLE.result(
         status,

@@ -33,6 +33,7 @@ from esctl.migrate.runs import RunStart, open_run, set_status
 from esctl.migrate.transformed import check_transforms, open_reader, with_rules
 from esctl.redisio import notify
 from esctl.transforms import Rules
+from esctl.units import counted
 
 HEARTBEAT_S = 1.0
 """At least one ``lag`` line (and a metrics file update) this often."""
@@ -227,7 +228,7 @@ class _Follower:
         with self.lock:
             self.pg_losses += 1
             self.state.obstacle = (
-                f"the PostgreSQL connection was terminated {self.pg_losses} time(s) "
+                f"the PostgreSQL connection was terminated {counted(self.pg_losses, 'time')} "
                 f"(last: {error.message})"
             )
         return True
@@ -659,7 +660,8 @@ def _lock_waits(dsn: str, pids: list[int]) -> str | None:
     for _pid, kind, event, tables, blockers in rows:
         if kind == "Lock":
             where = f"on table {tables}" if tables else f"({event})"
-            by = f", held by backend(s) {', '.join(map(str, blockers))}" if blockers else ""
+            backends = "backend" if len(blockers) == 1 else "backends"
+            by = f", held by {backends} {', '.join(map(str, blockers))}" if blockers else ""
             return f"PostgreSQL lock wait {where}{by}"
     return None
 

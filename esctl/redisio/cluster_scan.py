@@ -33,6 +33,7 @@ from esctl.redisio.retry import (
     refresh_slots,
 )
 from esctl.redisio.scan import ScanPosition, _node_client, glob_matcher, pattern_slot
+from esctl.units import counted
 
 SCAN_SEEN_LIMIT = 250_000
 """Keys a cluster SCAN remembers so that a key met again (in a slot read again after it moved,
@@ -293,7 +294,7 @@ class _ClusterScan:
         left = sorted(self.pending)
         shown = ", ".join(map(str, left[:5])) + (", ..." if len(left) > 5 else "")
         return ServerError(
-            f"the cluster {describe(self.client)} kept {len(left)} hash slot(s) ({shown}) from "
+            f"the cluster {describe(self.client)} kept {counted(len(left), 'hash slot')} ({shown}) from "
             f"being read for {_retry.READ_RETRY_SECONDS:.0f} s during a SCAN over {self.match}: "
             f"{self.problem}",
             hint="check every slot is served and none is stuck half-moved (`redis-cli --cluster "

@@ -49,6 +49,7 @@ from esctl.redisio.retry import (
     _is_retried_reply,
     refresh_slots,
 )
+from esctl.units import counted
 
 READ_ONLY_COMMANDS = frozenset(
     {
@@ -416,7 +417,7 @@ def _pipelined_by_node(  # noqa: C901, PLR0912, PLR0915  hot path of every clust
         pending = redirected
     first = pending[0]
     raise ServerError(
-        f"Redis {describe(client)} still redirects {len(pending)} command(s) after "
+        f"Redis {describe(client)} still redirects {counted(len(pending), 'command')} after "
         f"{REDIRECT_ROUNDS} redirections, e.g. {_command_name(commands[first])} on slot "
         f"{slots[first]}: {replies[first]}",
         hint="the cluster's slot map is not settling (a reshard stuck half-way?): check "

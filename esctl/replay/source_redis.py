@@ -17,6 +17,7 @@ from esctl.query import QueryFilters, QueryResult, QueryStats, RedisQuery, Trans
 from esctl.replay.time_order import SORT_RUN_BYTES, TimeSort
 from esctl.replay.window import Window
 from esctl.transforms import Rules, TransformFailure
+from esctl.units import counted
 
 SCAN_MOST = 32_000
 """SCAN's COUNT may grow to this when the server is at a distance: the ids are all kept anyway
@@ -67,7 +68,7 @@ class RedisSource(Window):
                 (
                     "unreadable",
                     layout.commit_list_pattern(self.app),
-                    f"{self.stats.unreadable} event(s) could not be read (no payload, "
+                    f"{counted(self.stats.unreadable, 'event')} could not be read (no payload, "
                     "undecodable, or no envelope fields) and were not replayed; "
                     "'esctl inspect integrity' lists them",
                 )
