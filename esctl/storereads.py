@@ -66,11 +66,15 @@ def commit_lists(
     """LRANGE each commit list (from ``starts[i]``, default 0) in pipelined round trips; on a
     cluster a failover is waited out (reads only: see :func:`esctl.redisio.pipelined`)."""
     begin = starts or [0] * len(keys)
-    replies = redisio.pipelined(
-        client,
-        [("LRANGE", k, s, -1) for k, s in zip(keys, begin, strict=True)],
-        retry_reads=True,
-    )
+    commands = [("LRANGE", k, s, -1) for k, s in zip(keys, begin, strict=True)]
+    replies = redisio.pipelined(client, commands, retry_reads=True)
+    empty = [i for i, reply in enumerate(replies) if type(reply) is list and not reply]
+    if empty:
+        # A list is never empty in Redis: deleted since it was named, or (a cluster's slot
+        # moving meanwhile) read where it no longer was. Asked again, routed anew, it tells.
+        again = redisio.pipelined(client, [commands[i] for i in empty], retry_reads=True)
+        for i, reply in zip(empty, again, strict=True):
+            replies[i] = reply
     out: list[list[str]] = []
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, Exception):

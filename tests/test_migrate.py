@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from esctl import pg, redisio
+from esctl import pg, redisio, storereads
 from esctl.codec import parse_timestamp
 from esctl.locks import AdvisoryLock
 from esctl.migrate import MigrateOptions, MigrationSummary, clean_rows, migrate_redis_to_pg
@@ -1475,3 +1475,30 @@ def test_text_array_literals_read_back_as_the_values(pg_dsn: str, values: list[s
     with psycopg.connect(pg_dsn) as conn:
         got = conn.execute("SELECT %s::text[]", (pg.text_array(values),)).fetchone()
     assert got == (values,)
+
+
+def test_a_commit_list_deleted_after_the_scan_listed_it_is_not_an_aggregate_and_no_crash(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    app_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit list SCAN named and someone deleted before its LRANGE (SCAN promises nothing
+    about keys deleted meanwhile): the run goes on as if the list had never been there (it
+    stopped with 'unexpected IndexError'); every other aggregate is migrated."""
+    truth = write_clean_store(redis_client, app_name, aggregates=30)
+    doomed = truth.clean_aggregates()[0]
+    real = storereads.commit_lists
+
+    def deleted_first(client: Any, keys: Sequence[str], starts: Any = None) -> list[list[str]]:
+        if doomed.list_key in keys:
+            redis_client.delete(doomed.list_key)
+        return real(client, keys, starts)
+
+    monkeypatch.setattr(storereads, "commit_lists", deleted_first)
+    summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    assert summary.problems == []
+    assert summary.aggregates == len(truth.aggregates) - 1
+    left = [a for a in truth.clean_aggregates() if a is not doomed]
+    assert summary.events_migrated == sum(len(a.events) for a in left)

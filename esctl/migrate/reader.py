@@ -331,6 +331,8 @@ class Reader:
         values, where = fetched
         offset = 0
         for aggregate_id, key, start, commit_ids in zip(ids, keys, starts, lists, strict=True):
+            if not commit_ids and not start:
+                continue  # deleted since SCAN named it (which SCAN allows): not an aggregate
             end = offset + len(commit_ids)
             self._batch.aggregates += 1
             self._add_aggregate(
