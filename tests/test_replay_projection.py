@@ -38,7 +38,7 @@ from esctl.replay import ReplayOptions, Selection, replay
 SEEN_PROJECTION = '''
 """A test projection: one row per handled event (no unique key, so a repeat would show), and
 ways to die: SIGKILL itself in handle or in flush (after writing, before esctl commits), or
-sleep per batch."""
+sleep per batch; and raise on every event of one version (for --skip-errors)."""
 import os, signal, time
 
 MARKER = os.environ.get("SEEN_MARKER", "")
@@ -63,6 +63,8 @@ class Seen:
 
     def handle(self, event):
         self.handled += 1
+        if event.version == int(os.environ.get("SEEN_FAIL_VERSION", "0")):
+            raise ValueError(f"version {event.version} is refused here")
         if self.handled == int(os.environ.get("SEEN_KILL_IN_HANDLE", "0")):
             _die_once()
         self.rows.append((event.aggregate_id, event.version, event.event_type))

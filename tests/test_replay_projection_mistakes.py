@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -368,7 +369,9 @@ def test_sigterm_mid_run_leaves_the_last_committed_batch_and_says_how_to_resume(
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     message = " ".join(stderr.decode().split())
-    assert "stopped by SIGTERM; checkpoint 'seen' stays at the last batch committed" in message
+    said = re.search(r"stopped by SIGTERM; ([\d,]+) events? replayed by this run stay committed; "
+                     r"checkpoint 'seen' stays at the last batch committed", message)  # fmt: skip
+    assert said is not None, message
     resume = (
         "rerun the same command without --reset to resume"
         if reset
@@ -380,8 +383,172 @@ def test_sigterm_mid_run_leaves_the_last_committed_batch_and_says_how_to_resume(
     row = checkpoint_row(pg_dsn, "seen")
     assert row is not None and row["finished_at"] is None
     assert sum(seen_rows(pg_dsn).values()) == row["events"] < len(in_pg(truth))
+    assert row["events"] == int(said[1].replace(",", ""))
 
     rerun = run_cli(*args)  # without --reset
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["checkpoint"]["resumed"]
     assert seen_rows(pg_dsn) == uninterrupted
+
+
+def _dead_letters(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM esctl.projection_dead_letter").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _seen_total(dsn: str) -> int:
+    """Rows of replay_seen (0 before the projection's setup made the table)."""
+    try:
+        return sum(seen_rows(dsn).values())
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def _said_committed(stderr: bytes, stop: signal.Signals) -> tuple[int, int, str]:
+    """The events and dead-lettered events an interrupted replay says it committed, and its
+    message (one line)."""
+    message = " ".join(stderr.decode().split())
+    said = "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
+    found = re.search(
+        rf"error: {said}; ([\d,]+) events? replayed by this run"
+        r"(?: \(([\d,]+) of them dead-lettered into esctl.projection_dead_letter\))? stays? "
+        r"committed",
+        message,
+    )
+    assert found is not None, message
+    return int(found[1].replace(",", "")), int((found[2] or "0").replace(",", "")), message
+
+
+@pytest.mark.parametrize(
+    ("stop", "checkpoint"), [(signal.SIGINT, False), (signal.SIGTERM, True)], ids=["int", "term"]
+)
+def test_an_interrupted_replay_says_how_many_events_it_committed_and_dead_lettered(
+    truth: iw.GroundTruth,
+    app_name: str,
+    pg_dsn: str,
+    redis_test_url: str,
+    tmp_path: Path,
+    stop: signal.Signals,
+    checkpoint: bool,
+) -> None:
+    """Ctrl-C or SIGTERM (to the process, by its pid) mid-run: the events it says this run
+    committed are the rows the projection's table holds plus the events dead-lettered (every
+    version 2 raises here, --skip-errors), which are the rows of esctl.projection_dead_letter;
+    --json carries both as error.done; with a checkpoint, its events are the same."""
+    args = replay_cli(
+        app_name, pg_dsn, redis_test_url,
+        "--from", "pg", "--batch-size", "5", "--skip-errors",
+        "--projection", seen_projection(tmp_path),
+        *(["--checkpoint", "seen"] if checkpoint else []),
+    )  # fmt: skip
+    env = {"SEEN_DELAY": "0.05", "SEEN_FAIL_VERSION": "2"}
+    with started_cli(*args, env=env) as process:
+        deadline = time.monotonic() + 30
+        while _seen_total(pg_dsn) < 20:
+            assert process.poll() is None, "the replay ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, stop)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    events, dead, message = _said_committed(stderr, stop)
+    rows = _seen_total(pg_dsn)
+    assert dead == _dead_letters(pg_dsn) > 0
+    assert events == rows + dead < len(in_pg(truth))
+    error = json.loads(stdout)["error"]
+    assert error["kind"] == "interrupted"
+    assert error["done"] == {"events": events, "dead_lettered": dead}
+    if checkpoint:
+        assert "checkpoint 'seen' stays at the last batch committed" in message
+        row = checkpoint_row(pg_dsn, "seen")
+        assert row is not None and row["events"] == events
+    else:
+        assert (
+            "stay committed in the projection's tables, the batch in progress was rolled back"
+            in message
+        )
+        assert "without --checkpoint it starts from the beginning" in message
+
+
+COMMIT_THEN_SIGNAL = """
+import os, signal, sys
+import psycopg
+from esctl.replay import to_projection
+
+real_run = to_projection._BatchRunner.run
+real_commit = psycopg.Connection.commit
+at = {"batch": 0}
+
+def run(self, batch):
+    at["batch"] = self.ctx.batch + 1
+    return real_run(self, batch)
+
+def commit(self):
+    real_commit(self)
+    if at["batch"] == int(os.environ["AT_BATCH"]):  # answered, not yet counted
+        at["batch"] = 0
+        for _ in range(int(os.environ["SIGNALS"])):
+            os.kill(os.getpid(), getattr(signal, os.environ["SIGNAL"]))
+
+to_projection._BatchRunner.run = run
+psycopg.Connection.commit = commit
+sys.argv[0] = "esctl"
+from esctl.cli.app import main
+main()
+"""
+"""``esctl ARGS`` that gets ``$SIGNALS`` signals ``$SIGNAL`` (from itself, by its pid) right
+after PostgreSQL answered the COMMIT of batch ``$AT_BATCH``, before esctl counted it."""
+
+
+@pytest.mark.parametrize(
+    ("stop", "signals", "checkpoint"),
+    [(signal.SIGINT, 1, True), (signal.SIGTERM, 1, False), (signal.SIGINT, 2, False)],
+    ids=["int", "term", "int-twice"],
+)
+def test_a_signal_as_a_batch_commits_waits_for_its_count(
+    truth: iw.GroundTruth,
+    app_name: str,
+    pg_dsn: str,
+    redis_test_url: str,
+    tmp_path: Path,
+    stop: signal.Signals,
+    signals: int,
+    checkpoint: bool,
+) -> None:
+    """Ctrl-C or SIGTERM while batch 4's COMMIT is answered: the run stops once that batch is
+    counted, so the events it says it committed are exactly the table's rows (20). A second
+    signal then stops the wait at once: the batch's outcome is said to be unknown (here it had
+    committed: the rows are the events said plus those in doubt)."""
+    args = replay_cli(
+        app_name, pg_dsn, redis_test_url,
+        "--from", "pg", "--batch-size", "5",
+        "--projection", seen_projection(tmp_path),
+        *(["--checkpoint", "seen"] if checkpoint else []),
+    )  # fmt: skip
+    env = {"AT_BATCH": "4", "SIGNALS": str(signals), "SIGNAL": stop.name}
+    result = subprocess.run(
+        [sys.executable, "-c", COMMIT_THEN_SIGNAL, *args],
+        capture_output=True, timeout=60, check=False, env=cli_env(env), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 130, result.stderr
+    events, dead, message = _said_committed(result.stderr, stop)
+    assert dead == 0 and "Traceback" not in message
+    rows = _seen_total(pg_dsn)
+    error = json.loads(result.stdout)["error"]
+    if signals == 1:
+        assert events == rows == 20, message
+        assert error["done"] == {"events": 20, "dead_lettered": 0}
+        assert "not known" not in message
+    else:
+        assert events == 15 and rows == 20, message
+        assert error["done"] == {"events": 15, "dead_lettered": 0, "events_in_doubt": 5}
+        assert (
+            "stay committed in the projection's tables; whether the 5 events of the batch whose "
+            "COMMIT was under way were committed too is not known (a second signal stopped the "
+            "wait for PostgreSQL's answer)" in message
+        )
+    if checkpoint:
+        row = checkpoint_row(pg_dsn, "seen")
+        assert row is not None and row["events"] == rows

@@ -47,6 +47,10 @@ class ReplaySummary:
     """Time spent waiting for --max-queue-length."""
     stopped: dict[str, Any] | None = None
     """Set when the replay stopped on an error before the end: what failed, where."""
+    in_doubt: int = field(default=0, repr=False, compare=False)
+    """Events sent whose outcome is not known: a second Ctrl-C or SIGTERM stopped the wait for
+    the server's answer (a COMMIT, a batch of transactions). Not in ``as_dict``: the
+    interrupted run's error says it."""
     failure: BaseException | None = field(default=None, repr=False, compare=False)
     """The projection's exception that stopped the run (for its traceback; not in ``as_dict``)."""
     problems: list[dict[str, str]] = field(default_factory=list)

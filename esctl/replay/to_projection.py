@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from esctl import inflight, pg, redisio
+from esctl import inflight, interrupts, pg, redisio, units
 from esctl.config import redact
 from esctl.defaults import REPLAY_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from esctl.errors import EsctlError, Interrupted
@@ -77,29 +77,49 @@ def replay_to_projection(
         except KeyboardInterrupt as exc:
             if options.dry_run or isinstance(exc, Interrupted):
                 raise
-            raise _interrupted(options) from exc
+            raise _interrupted(options, summary) from exc
         finally:
             ctx.close()
 
 
-def _interrupted(options: ReplayOptions) -> Interrupted:
+def _interrupted(options: ReplayOptions, summary: ReplaySummary) -> Interrupted:
     """What Ctrl-C or SIGTERM left: every batch commits whole with its checkpoint position, so
-    the tables and the checkpoint agree, wherever the signal came."""
+    the tables and the checkpoint agree, wherever the signal came; the events of the batches
+    this run committed (a batch's COMMIT and its count are one step a first signal waits for:
+    :meth:`_BatchRunner.run`), those dead-lettered among them, and a batch whose COMMIT a
+    second signal cut short, whose outcome is not known."""
+    committed = f"{units.counted(summary.events, 'event')} replayed by this run"
+    if summary.dead_lettered:
+        committed += (
+            f" ({summary.dead_lettered:,} of them dead-lettered into esctl.projection_dead_letter)"
+        )
+    committed += " stays committed" if summary.events == 1 else " stay committed"
+    done = {"events": summary.events, "dead_lettered": summary.dead_lettered}
+    doubt = ""
+    if summary.in_doubt:
+        doubt = (
+            f"; whether the {units.counted(summary.in_doubt, 'event')} of the batch whose "
+            f"COMMIT was under way {'was' if summary.in_doubt == 1 else 'were'} committed too "
+            "is not known (a second signal stopped the wait for PostgreSQL's answer)"
+        )
+        done["events_in_doubt"] = summary.in_doubt
     if options.checkpoint is None:
         return Interrupted(
-            "the batches committed so far stay in the projection's tables, the one in progress "
-            "was rolled back",
+            f"{committed} in the projection's tables"
+            + (doubt or ", the batch in progress was rolled back"),
             hint="rerun the same command: without --checkpoint it starts from the beginning "
             "(with --checkpoint NAME a rerun resumes)",
+            done=done,
         )
     which = f" (shard {options.shard})" if options.shard.count > 1 else ""
     return Interrupted(
-        f"checkpoint {options.checkpoint!r}{which} stays at the last batch committed (each "
-        "batch commits with its position)",
+        f"{committed}; checkpoint {options.checkpoint!r}{which} stays at the "
+        f"last batch committed (each batch commits with its position){doubt}",
         hint="rerun the same command without --reset to resume after it (with --reset it "
         "starts over)"
         if options.reset
         else "rerun the same command to resume after it",
+        done=done,
     )
 
 
@@ -254,16 +274,27 @@ class _BatchRunner:
         position = encode_position(options.source, options.order, batch[-1])
         # The dead letters, the checkpoint and the COMMIT in one round trip. (Not the
         # projection's own statements: a projection may COPY, which pipeline mode refuses.)
+        # Ctrl-C and SIGTERM wait until it is answered and counted, so that an interrupted
+        # run says exactly what it committed; a second one stops the wait (outcome unknown).
         pipelined = self.state is not None or bool(dead)
-        with pg.pipelined(ctx.conn) if pipelined else contextlib.nullcontext():
-            if dead:
-                self._dead_letter(dead)
-            if self.state is not None:
-                save_position(ctx.conn, self.state, position, len(batch), len(dead))
-            if ctx.connected:
-                ctx.conn.commit()
-        self.position = position
-        self._committed(batch, len(dead))
+        with interrupts.interrupts_held() as hold:
+            try:
+                with (
+                    hold.waiting(),
+                    pg.pipelined(ctx.conn) if pipelined else contextlib.nullcontext(),
+                ):
+                    if dead:
+                        self._dead_letter(dead)
+                    if self.state is not None:
+                        save_position(ctx.conn, self.state, position, len(batch), len(dead))
+                    if ctx.connected:
+                        ctx.conn.commit()
+            except KeyboardInterrupt:
+                if hold.broke:
+                    self.summary.in_doubt = len(batch)
+                raise
+            self.position = position
+            self._committed(batch, len(dead))
         return True
 
     def _handle(self, batch: list[Event]) -> bool:

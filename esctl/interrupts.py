@@ -1,0 +1,102 @@
+"""Ctrl-C and SIGTERM held across a round trip whose outcome a run counts: a batch sent to a
+server and its answer (a COMMIT, a MULTI/EXEC), so that an interrupted run can say exactly what
+it did. A first signal waits until the block ends; a second one while the block waits on the
+server stops the wait at once (the server may be hung), and the block's outcome is then not
+known: the caller says so (:attr:`Hold.broke`)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+class Hold:
+    """One hold of Ctrl-C and SIGTERM (:func:`interrupts_held`)."""
+
+    def __init__(self) -> None:
+        self.came: list[tuple[int, FrameType | None]] = []
+        """The signals that came during the block, with the frame each interrupted."""
+        self.broke = False
+        """A second signal stopped the block while it waited on the server."""
+        self._waiting = False
+        self._delivering = False
+        self._previous: dict[int, _Handler] = {}
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """The part of the block that waits on the server: a second signal stops it (a first
+        one came already, or comes now and is the second)."""
+        self._waiting = True
+        try:
+            if len(self.came) > 1:
+                self._break()
+            yield
+        finally:
+            self._waiting = False
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._delivering:  # the held signal's handler asks Ctrl-C's (SIGTERM's does)
+            raise KeyboardInterrupt
+        self.came.append((signum, frame))
+        if len(self.came) > 1 and self._waiting and not self.broke:
+            self._break()
+
+    def _break(self) -> None:
+        self.broke = True
+        self._deliver()  # (raises, as a rule)
+        self.broke = False  # a handler of the caller's own that lets the run go on
+
+    def _deliver(self) -> None:
+        """The first signal that came, to the handler it had before the hold (esctl's SIGTERM
+        handler notes that SIGTERM stopped the run, and raises KeyboardInterrupt)."""
+        signum, frame = self.came[0]
+        handler = self._previous.get(signum)
+        self._delivering = True
+        try:
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
+        finally:
+            self._delivering = False
+
+
+_current: Hold | None = None
+
+
+@contextmanager
+def interrupts_held() -> Iterator[Hold]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM while the block runs, then deliver the first that came
+    to the handler it had (as a rule it raises KeyboardInterrupt), unless the block raised. A signal
+    ignored (SIG_IGN) stays ignored. Inside :meth:`Hold.waiting`, a second signal stops the
+    block at once. Nested holds are the outermost one. Outside the main thread (where Python
+    delivers no signals) it holds nothing."""
+    global _current
+    if _current is not None or threading.current_thread() is not threading.main_thread():
+        yield _current or Hold()
+        return
+    hold = Hold()
+    for signum in _SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is None or handler == signal.SIG_IGN:
+            continue
+        hold._previous[signum] = handler
+        signal.signal(signum, hold._on_signal)
+    _current = hold
+    try:
+        yield hold
+    finally:
+        _current = None
+        for held, previous in hold._previous.items():
+            signal.signal(held, previous)
+    if hold.came:
+        hold._deliver()
