@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from esctl.errors import Interrupted
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None
@@ -100,3 +102,15 @@ def interrupts_held() -> Iterator[Hold]:
             signal.signal(held, previous)
     if hold.came:
         hold._deliver()
+
+
+def account(exc: BaseException) -> Interrupted | None:
+    """The :class:`~esctl.errors.Interrupted` that ``exc`` (a later Ctrl-C, or the same one)
+    cut short on its way out, while a lock was given back: what it says of the run stays
+    true. None when there is none."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, Interrupted):
+            return seen
+        seen = seen.__context__
+    return None

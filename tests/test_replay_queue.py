@@ -4,6 +4,10 @@ receives. Ground truth comes from tests/independent_writer.py, not from esctl.""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +22,7 @@ import lostlock
 import pytest
 import redis
 import redis_bytes as rb
-from helpers import cli_env
+from helpers import cli_env, started_cli
 from test_bench_relay import relay_module
 
 from esctl import codec, errors, layout, queues, servers
@@ -785,3 +789,95 @@ def test_a_replay_that_loses_its_lock_mid_run_counts_the_batches_in_flight_and_s
     monkeypatch.setattr(Publisher, "_send", real)
     again = replay(options(app_name, env_name), redis_client=redis_client)
     assert again.stopped is None and again.notifications == len(order)
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [("SIGINT",), ("SIGTERM",), ("SIGINT", "SIGINT")],
+    ids=["int", "term", "int-twice"],
+)
+def test_an_interrupted_replay_says_exactly_what_the_lists_hold(
+    fresh_redis: servers.LocalRedis, app_name: str, env_name: str, signals: tuple[str, ...]
+) -> None:
+    """Ctrl-C or SIGTERM (to the process, by its pid) while a batch's transactions wait for
+    Redis's answer (held there by CLIENT PAUSE WRITE): the run waits for the answer, counts
+    the batch, and stops: the events and messages it says it published, to how many subscriber
+    queues, and the last of them are exactly what the lists hold: the first routed events of
+    the selection, in order (--json: error.done). A second signal stops the wait at once: the
+    events sent and not answered are said to be in doubt, and the lists hold at least the
+    events said, at most those and the ones in doubt."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    truth = iw.write_store(client, app=app_name, aggregates=60, events_per_aggregate=(2, 4), seed=8)
+    subscribe(client, env_name)
+    order = [e for e in expected_events(truth) if e.event_type in SUBSCRIPTIONS]
+    keys = [
+        layout.queue_key(s, env_name, t, "published")
+        for t, subs in SUBSCRIPTIONS.items()
+        for s in subs
+    ]
+
+    def messages() -> int:
+        return sum(int(client.llen(k)) for k in keys)
+
+    args = [
+        "replay", "--from", "redis", "--all", "--to", "queue", "--rate", "100",
+        "--redis-url", fresh_redis.url, "--app", app_name, "--env", env_name,
+        "--yes", "--json", "--no-progress",
+    ]  # fmt: skip
+    try:
+        with started_cli(*args) as process:
+            deadline = time.monotonic() + 20
+            while messages() < 30:
+                assert process.poll() is None, "the replay ended before it could be stopped"
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            client.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+            time.sleep(0.4)  # its next batch sent, it waits for the answer (rate 100: 10 a batch)
+            for name in signals:
+                os.kill(process.pid, getattr(signal, name))
+                time.sleep(0.2)
+            client.execute_command("CLIENT", "UNPAUSE")
+            stdout, stderr = process.communicate(timeout=30)
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+    assert process.returncode == 130, stderr
+    message = " ".join(stderr.decode().split())
+    assert "Traceback" not in message
+    said = "stopped by SIGTERM" if signals[0] == "SIGTERM" else "interrupted"
+    found = re.search(
+        rf"error: {said}; ([\d,]+) events published to (\d+) subscriber queues before it "
+        r"stopped \(([\d,]+) messages, each event whole with its notification; the last: "
+        r"(\S+) (\S+) version (\d+)\)",
+        message,
+    )
+    assert found is not None, message
+    events, queues_, sent = (int(found[i].replace(",", "")) for i in (1, 2, 3))
+    assert 30 <= events < len(order)
+    error = json.loads(stdout)["error"]
+    held = {k: rb.lrange(client, k) for k in keys}
+    lists = sum(len(v) for v in held.values())
+    last = order[events - 1]
+    assert (found[4], found[5], int(found[6])) == (last.event_type, last.aggregate_id, last.version)
+    assert (
+        "the same command publishes every event of the selection again, from its start" in message
+    )
+    if len(signals) == 1:
+        assert "every batch sent was answered and is counted, nothing more was sent" in message
+        assert error["done"] == {"events_published": events, "messages": sent}
+        assert lists == sent and queues_ == sum(1 for v in held.values() if v)
+        there = events
+    else:
+        doubt = error["done"].pop("events_in_doubt")
+        assert error["done"] == {"events_published": events, "messages": sent}
+        assert f"whether the {doubt} events sent after them were published is not known" in message
+        assert doubt > 0 and sent <= lists
+        there = next(n for n in range(events, events + doubt + 1) if lists == _messages(order[:n]))
+    for event_type, subs in SUBSCRIPTIONS.items():  # the first routed events, in order, once
+        wanted = [e.payload.encode() for e in order[:there] if e.event_type == event_type]
+        for sub in subs:
+            assert published(client, sub, env_name, event_type) == wanted
+    client.close()
+
+
+def _messages(events: list[iw.TruthEvent]) -> int:
+    return sum(len(SUBSCRIPTIONS[e.event_type]) for e in events)

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.cluster
 
-from esctl import inflight, layout, redisio
+from esctl import inflight, interrupts, layout, redisio
 from esctl.errors import EsctlError
 from esctl.locks import RedisLock
 from esctl.projections import Event
@@ -134,6 +134,10 @@ class Publisher:
         """The batches sent on ``channel`` whose answers are not read yet, oldest first."""
         self.unsent: Event | None = None
         """Once the lock was lost: the first event not sent (the run sends nothing more)."""
+        self.last: Event | None = None
+        """The last event counted as published (they are published in order)."""
+        self.sending: list[Event] = []
+        """The batch being sent when its send is not a batch in flight yet."""
         self._raw = not self.cluster
         """Whether to try the raw single-server path (:func:`esctl.redisio.resp_channel`)."""
         self.keys = {
@@ -187,16 +191,22 @@ class Publisher:
 
     def close(self) -> None:
         """Read the answers to what is in flight (counting what was published; a failed
-        transaction there is not raised: close runs when something else went wrong), then
-        close the connection."""
+        transaction there is not raised: close runs when something else went wrong, Ctrl-C
+        too), then close the connection."""
         try:
-            if self.in_flight:
+            if self.in_flight and self.channel is not None and self.channel.conn is not None:
                 with contextlib.suppress(PublishFailed, redis.exceptions.RedisError, EsctlError):
                     self._collect()
         finally:
             if self.channel is not None:
                 self.channel.close()
                 self.channel = None
+
+    @property
+    def in_doubt(self) -> int:
+        """Events sent whose answers were not read: a second Ctrl-C or SIGTERM stopped the wait
+        for them (or the connection failed), so whether they were published is not known."""
+        return len(self.sending) + sum(len(chunk) for chunk in self.in_flight)
 
     def __enter__(self) -> Publisher:
         return self
@@ -244,18 +254,32 @@ class Publisher:
         return len(chunk)
 
     def _send(self, chunk: list[Event]) -> None:
-        if self.cluster:
-            self._settle([(chunk, self._script_failures(chunk))])
-            return
-        channel = self._channel()
-        if channel is None:  # no raw connection (resp.RAW_TLS off): redis-py's pipeline
-            self._settle([(chunk, self._failures(chunk, self._send_commands(chunk)))])
+        """Send ``chunk``'s transactions. Ctrl-C and SIGTERM wait while a batch is sent and
+        its answers read and counted (here, or in :meth:`_collect`), so that an interrupted
+        run knows exactly what it published; a second one stops the wait for Redis, and
+        leaves the batch :attr:`in_doubt`."""
+        if self.cluster or self._channel() is None:
+            with interrupts.interrupts_held() as hold:
+                self.sending = chunk
+                with hold.waiting():
+                    if self.cluster:
+                        failures = self._script_failures(chunk)
+                    else:  # no raw connection (resp.RAW_TLS off): redis-py's pipeline
+                        failures = self._failures(chunk, self._send_commands(chunk))
+                self.sending = []
+                self._settle([(chunk, failures)])
             return
         data, count = self._encode(chunk)
         if len(self.in_flight) >= IN_FLIGHT:
             self._collect(keep=IN_FLIGHT - 1)  # a failed transaction stops here, this one unsent
-        channel.send(data, count)
-        self.in_flight.append(chunk)
+        channel = self.channel
+        assert channel is not None
+        with interrupts.interrupts_held() as hold:
+            self.sending = chunk
+            with hold.waiting():
+                channel.send(data, count)
+            self.sending = []
+            self.in_flight.append(chunk)
 
     def _channel(self) -> redisio.RespChannel | None:
         if self.channel is None and self._raw:
@@ -268,14 +292,22 @@ class Publisher:
         are left; after a failed transaction, all of them (those sent behind it ran too)."""
         assert self.channel is not None or not self.in_flight
         answered: list[tuple[list[Event], list[_Failure]]] = []
-        while len(self.in_flight) > keep:
-            assert self.channel is not None
-            chunk = self.in_flight.popleft()
-            failures = self._failures(chunk, self.channel.receive())
-            answered.append((chunk, failures))
-            if failures:
-                keep = 0
-        self._settle(answered)
+        with interrupts.interrupts_held() as hold:
+            try:
+                while len(self.in_flight) > keep:
+                    assert self.channel is not None
+                    with hold.waiting():
+                        replies = self.channel.receive()
+                    chunk = self.in_flight.popleft()
+                    failures = self._failures(chunk, replies)
+                    answered.append((chunk, failures))
+                    if failures:
+                        keep = 0
+            except KeyboardInterrupt:  # a second signal: what was answered is counted all the same
+                with contextlib.suppress(PublishFailed, EsctlError):
+                    self._settle(answered)
+                raise
+            self._settle(answered)
 
     def _failures(self, chunk: Sequence[Event], replies: list[Any]) -> list[_Failure]:
         """The events of ``chunk`` whose transaction did not run: (position, the refusal
@@ -402,6 +434,8 @@ class Publisher:
         return redisio.pipelined(self.client, commands, chunk=len(commands))
 
     def _count(self, events: Sequence[Event]) -> None:
+        if events:
+            self.last = events[-1]
         summary = self.summary
         for event_type, n in Counter(e.event_type for e in events).items():
             subscribers = self.routes[event_type]

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 import redis.exceptions
 
-from esctl import layout, queues, redisio
+from esctl import interrupts, layout, queues, redisio, units
 from esctl.config import redact
-from esctl.errors import LockLost, Refused, ServerError, UsageError
+from esctl.errors import Interrupted, LockLost, Refused, ServerError, UsageError
 from esctl.locks import RedisLock
 from esctl.projections import Event
 from esctl.replay.options import ReplayOptions
@@ -167,6 +167,30 @@ def replay_to_queue(
     every subscriber-and-type it may publish to (LockHeld when another replay has one)."""
     started = time.monotonic()
     summary = ReplaySummary.start(options)
+    try:
+        return _replay_to_queue(options, client, summary, started, confirm, on_progress, sleep)
+    except KeyboardInterrupt as exc:
+        said = interrupts.account(exc)
+        if said is exc or (said is None and options.dry_run):
+            raise
+        if said is not None:
+            raise said from None  # (a second signal while the lock was given back)
+        raise Interrupted(  # before the publishing pass
+            "nothing was published",
+            hint="rerun the same command",
+            done={"events_published": 0, "messages": 0},
+        ) from exc
+
+
+def _replay_to_queue(
+    options: ReplayOptions,
+    client: redisio.RedisClient,
+    summary: ReplaySummary,
+    started: float,
+    confirm: Confirm | None,
+    on_progress: Callable[[ReplayProgress], None] | None,
+    sleep: Callable[[float], None],
+) -> ReplaySummary:
     env = options.env
     assert env is not None
     filters = options.selection.filters(options.now or datetime.now(UTC))
@@ -212,7 +236,7 @@ def _publish(
     sleep: Callable[[float], None],
 ) -> None:
     """The publishing pass (under the replay lock): a failed transaction or the lost lock
-    stops it, and ``summary.stopped`` says where."""
+    stops it, and ``summary.stopped`` says where; Ctrl-C or SIGTERM, :func:`_interrupted`."""
     assert options.env is not None
     by_type: Counter[str] = Counter()
     pacer = Pacer(options.rate, sleep)
@@ -243,11 +267,60 @@ def _publish(
             publisher.flush()
     except PublishFailed as exc:
         _stopped(summary, exc)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(summary, publisher) from exc
     except LockLost as exc:
         _lock_lost(summary, exc, publisher.unsent)
     except redis.exceptions.RedisError as exc:
         raise redisio.wrap_errors(client, exc) from exc
     summary.by_type = dict(by_type)
+
+
+def _interrupted(summary: ReplaySummary, publisher: Publisher) -> Interrupted:
+    """What Ctrl-C or SIGTERM left. Each batch's send and the reading and counting of its
+    answers are steps a first signal waits for, and the answers in flight are read on the way
+    out (:class:`Publisher`), so the events counted are what the lists hold: the first of the
+    selection's routed events, in order, each whole with its notification. A second signal
+    stops the wait for Redis: the events sent and not answered are then in doubt."""
+    published, messages = summary.notifications, summary.messages
+    doubt = publisher.in_doubt
+    done = {"events_published": published, "messages": messages}
+    if doubt:
+        done["events_in_doubt"] = doubt
+    rest = (
+        "replay the rest (e.g. with --since or --aggregate, from the event after the last "
+        "published): the same command publishes every event of the selection again, "
+        "from its start"
+    )
+    unknown = (
+        f"whether the {units.counted(doubt, 'event')} sent "
+        f"{'after them ' if published else ''}{'was' if doubt == 1 else 'were'} published is "
+        "not known (a second signal stopped the wait for Redis's answer)"
+    )
+    peek = "see what the lists hold (`esctl queue peek SUB TYPE`), then "
+    if not published:
+        if not doubt:
+            return Interrupted("nothing was published", hint="rerun the same command", done=done)
+        return Interrupted(
+            f"nothing was published for certain: {unknown}", hint=peek + rest, done=done
+        )
+    lists = sum(len(per_type) for per_type in summary.published.values())
+    state = (
+        f"{units.counted(published, 'event')} published to "
+        f"{units.counted(lists, 'subscriber queue')} before it stopped "
+        f"({units.counted(messages, 'message')}, each event whole with its notification"
+    )
+    last = publisher.last
+    if last is not None:
+        state += f"; the last: {last.event_type} {last.aggregate_id} version {last.version}"
+    state += ")"
+    if not doubt:
+        return Interrupted(
+            f"{state}; every batch sent was answered and is counted, nothing more was sent",
+            hint=rest,
+            done=done,
+        )
+    return Interrupted(f"{state}; {unknown}", hint=peek + rest, done=done)
 
 
 def _lock_lost(summary: ReplaySummary, exc: LockLost, unsent: Event | None) -> None:
