@@ -4,6 +4,8 @@ the confirmation rule, and the demo tour's replay steps."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any
 
 import independent_writer as iw
@@ -11,7 +13,7 @@ import lostlock
 import psycopg
 import pytest
 import redis
-from helpers import run_cli
+from helpers import run_cli, started_cli
 
 from esctl import layout, queues, redisio, servers
 from esctl.cli import replay as cli_replay
@@ -391,3 +393,30 @@ def test_a_replay_that_loses_its_lock_exits_1_saying_what_was_published(
     assert f"{queued:,} events published" in message
     assert f"the first not published: {stopped['event_type']} {stopped['aggregate_id']}" in message
     assert "replay the rest" in message
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_an_interrupted_replay_to_stdout_says_its_lines_are_whole_and_how_to_go_on(
+    store: iw.GroundTruth, redis_test_url: str, app_name: str, stop: signal.Signals
+) -> None:
+    """Ctrl-C or SIGTERM mid-stream: the lines before the error document are whole events, and
+    the hint says a rerun writes the whole selection again (it said 'rerun the same command to
+    continue', which prints everything a second time)."""
+    args = base(redis_test_url, app_name, "--to", "stdout", "--all", "--rate", "40", "--json")
+    with started_cli(*args) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # writing: past its imports and its connection
+        os.kill(proc.pid, stop)
+        # (read() and not communicate(): the bytes readline() took ahead are in its buffer)
+        rest = proc.stdout.read()
+        err = proc.stderr.read() if proc.stderr else b""
+        proc.wait(timeout=60)
+    lines = (first + rest).split(b"\n")[:-1]  # (payloads hold U+2028, which splitlines cuts at)
+    error = json.loads(lines[-1])
+    assert proc.returncode == error["exit_code"] == 130, err
+    assert 1 <= len(lines) - 1 < len(store.events())
+    assert all(json.loads(line)["aggregate_id"] for line in lines[:-1])
+    assert error["error"]["message"].endswith(
+        "; each event written before it stopped is a whole line (it writes nothing else)"
+    )
+    assert "the same command writes every event of the selection again" in error["error"]["hint"]

@@ -357,8 +357,9 @@ class _Invocation:
             state += f" ({done.events_already_present:,} already there)"
         if quarantined:
             state += f" and {units.counted(quarantined, 'aggregate')} quarantined"
+        verb = "stays" if done.events_migrated == 1 and not quarantined else "stay"
         return Interrupted(
-            f"{state} stay committed; the run is recorded as interrupted",
+            f"{state} {verb} committed; the run is recorded as interrupted",
             hint="rerun the same command to continue after them (`esctl migrate status` shows "
             "where the run stands)",
             done={

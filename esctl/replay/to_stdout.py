@@ -11,6 +11,7 @@ from typing import IO
 import orjson
 
 from esctl import redisio
+from esctl.errors import Interrupted
 from esctl.projections import Event
 from esctl.replay.options import ReplayOptions
 from esctl.replay.pacing import Pacer
@@ -55,18 +56,28 @@ def replay_to_stdout(
     by_type: Counter[str] = Counter()
     step = pacer.batch(1000)
     pending = 0
-    for event in source:
-        if pending == 0:
-            pacer.wait(step)
-        out.write(event_json_line(event) + b"\n")
-        by_type[event.event_type] += 1
-        summary.events += 1
-        pending += 1
-        if pending >= step:
-            pending = 0
-            if on_progress is not None:
-                progress.events = summary.events
-                on_progress(progress)
-    out.flush()
+    try:
+        for event in source:
+            if pending == 0:
+                pacer.wait(step)
+            out.write(event_json_line(event) + b"\n")
+            by_type[event.event_type] += 1
+            summary.events += 1
+            pending += 1
+            if pending >= step:
+                pending = 0
+                if on_progress is not None:
+                    progress.events = summary.events
+                    on_progress(progress)
+        out.flush()
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(
+            "each event written before it stopped is a whole line (it writes nothing else)",
+            hint="write the rest (e.g. with --since or --aggregate, from the event after the "
+            "last line): the same command writes every event of the selection again, from its "
+            "start",
+        ) from exc
     summary.by_type = dict(by_type)
     return summary.finish(started, source)
