@@ -11,9 +11,10 @@ from typing import Any
 
 from esctl import inflight, redisio
 from esctl.config import redact
-from esctl.errors import LockLost, UsageError
+from esctl.errors import Interrupted, LockLost, UsageError
 from esctl.locks import RedisLock
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.interrupts import HeldInterrupts
 from esctl.queues.lock import LOST_HINT, LOST_LOCK, is_fenced, lost_lock
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, problem
@@ -26,6 +27,7 @@ from esctl.queues.selection import (
     direction,
     select_locked,
 )
+from esctl.units import counted
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,9 @@ def requeue(
     Requeued dead letters get their RetryData hash deleted in the same script unless
     ``keep_retry_data``. The selection is a snapshot: the run always ends. Holds the queue's
     lock (LockHeld when another run has it) unless ``dry_run``; asks ``confirm`` before the
-    first move (Refused when it says no)."""
+    first move (Refused when it says no). Ctrl-C (or SIGTERM) stops the sending; the batches
+    sent are answered and counted, the notification goes out, and Interrupted says what
+    moved."""
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -92,29 +96,83 @@ def requeue(
         )
     options.selection.check(options.source)
     clear = options.source == "dead" and not options.keep_retry_data
-    selecting = select_locked(client, ref, options.source, options, retry_keys=clear, sleep=sleep)
-    with selecting as (snap, lock):
-        summary = RequeueSummary(
-            **snap.summary_fields(ref, options),
-            source=options.source,
-            source_key=snap.key,
-            destination_key=ref.key("published"),
-            requeued=0,
-            retry_data_cleared=0,
-            notified=False,
+    summary: RequeueSummary | None = None
+    try:
+        selecting = select_locked(
+            client, ref, options.source, options, retry_keys=clear, sleep=sleep
         )
-        if options.dry_run or not snap.count:
-            summary.elapsed_s = time.perf_counter() - started
-            return summary
-        require_confirmation(confirm, Plan("requeue", snap.count, snap.key, ref.key("published")))
-        try:
-            assert lock is not None  # held whenever not a dry run
-            _move(client, ref, snap, summary, lock)
-        finally:
-            if summary.requeued:
-                summary.notified = notify(client, ref.channel, summary.problems)
+        with selecting as (snap, lock):
+            summary = RequeueSummary(
+                **snap.summary_fields(ref, options),
+                source=options.source,
+                source_key=snap.key,
+                destination_key=ref.key("published"),
+                requeued=0,
+                retry_data_cleared=0,
+                notified=False,
+            )
+            if options.dry_run or not snap.count:
+                summary.elapsed_s = time.perf_counter() - started
+                return summary
+            plan = Plan("requeue", snap.count, snap.key, ref.key("published"))
+            require_confirmation(confirm, plan)
+            held = HeldInterrupts()
+            with held.holding():  # the notification goes out whatever stops the moves
+                try:
+                    assert lock is not None  # held whenever not a dry run
+                    _move(client, ref, snap, summary, lock, held)
+                finally:
+                    if summary.requeued:
+                        summary.notified = notify(client, ref.channel, summary.problems)
+            held.check()
+    except KeyboardInterrupt as exc:
+        if options.dry_run or isinstance(exc, Interrupted):
+            raise
+        raise _interrupted(ref, options, summary) from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _interrupted(
+    ref: QueueRef, options: RequeueOptions, summary: RequeueSummary | None
+) -> Interrupted:
+    """What Ctrl-C or SIGTERM left: the batches sent before it were answered and counted
+    (Ctrl-C is held while they are with Redis), so ``summary`` says exactly what moved."""
+    source = ref.key(options.source)
+    if summary is None or not summary.selected:
+        state = f"nothing was requeued from {source}"
+        if summary is None:
+            state += " (it stopped while selecting messages)"
+        return Interrupted(
+            state,
+            hint="rerun the same command",
+            done={"requeued": 0, "gone": 0},
+        )
+    moved, gone = summary.requeued, summary.gone
+    left = summary.selected - moved - gone
+    state = (
+        f"{counted(moved, 'message')} requeued from {source} to {summary.destination_key} "
+        "before it stopped"
+    )
+    if gone:
+        state += f" ({gone:,} more gone: taken meanwhile, not moved)"
+    stopped = [p["detail"] for p in summary.problems if p["kind"] == "move_failed"]
+    if stopped:  # the run was stopping for another reason too: what it says of the rest
+        state += f"; {stopped[0]}"
+    elif left:
+        verb = "was" if left == 1 else "were"
+        state += f"; the other {counted(left, 'selected message')} {verb} not moved"
+    else:
+        state += "; that was every selected message"
+    if moved and not summary.notified:
+        state += "; the notification failed (subscribers pick them up on their next one)"
+    hint = (
+        f"rerun the same command to requeue the rest: it selects again from what is left in "
+        f"{source}, and what was requeued is no longer there (nothing is moved twice)"
+    )
+    if options.selection.limit is not None:
+        hint += "; --limit counts afresh"
+    return Interrupted(state, hint=hint, done={"requeued": moved, "gone": gone})
 
 
 def _move(
@@ -123,6 +181,7 @@ def _move(
     snap: Snapshot,
     summary: RequeueSummary,
     lock: RedisLock,
+    held: HeldInterrupts,
 ) -> None:
     """The moves, a batch per script call, several calls in flight (as many as the round trip
     to Redis calls for: :func:`esctl.inflight.depth_for`), each still one atomic step, run in
@@ -131,7 +190,8 @@ def _move(
     replies of the calls already sent are still counted. A refusal (NOPERM: the script checks
     the user's rights before any change) raises PermissionDenied when no batch ran; once one
     did (before it, or sent behind it: the rights a batch needs depend on its RetryData keys),
-    the summary says what moved and what was refused."""
+    the summary says what moved and what was refused. A Ctrl-C ``held`` stops the sending
+    as a lost lock does (the replies still due are read and counted); the caller raises it."""
     pace = inflight.Pace(start=2, least=2, latency_s=redisio.round_trip(client))
     sent: list[int] = []  # batch sizes, in the order sent
     stop: list[str] = []  # why the run stops, the first reason first
@@ -142,7 +202,8 @@ def _move(
         done = 0
         # head to tail, read back a page at a time: the oldest is pushed last, to the tail
         for batch in batches(snap.head_first()):
-            if stop or _lost(lock, stop):  # send no more; the replies still due are read
+            # send no more; the replies still due are read
+            if stop or held.caught or _lost(lock, stop):
                 return
             sent.append(len(batch))
             yield _move_call(ref, snap, summary, lock, batch, done)

@@ -1,0 +1,219 @@
+"""Ctrl-C and SIGTERM mid-way through ``queue requeue``, end to end: it runs as a real process
+on a long list (100,000 messages; small move batches, so the run lasts long enough to be
+stopped), gets the signal once it has moved some, and must exit 130
+saying exactly how many messages it moved for good and where: the counts in its message and in
+the ``--json`` error document's ``done`` equal what Redis (and the backup file) hold. The rerun
+its hint names then completes the operation, nothing twice."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+import redis
+import redis_bytes as rb
+from helpers import _EMPTY_DIR, cli_env
+
+from esctl import errors, queues
+from esctl.queues import scripts
+
+N = 100_000
+"""Messages in the list a requeue is stopped in."""
+BATCH = 20
+"""Messages per script call (the commands' default is 1,000): 5,000 batches per full run."""
+SUB = "Learning.ReportingService.Worker-Interrupt"
+TYPE = "ItemScoreUpdated"
+TIMEOUT_S = 60.0
+STOPS = [signal.SIGINT, signal.SIGTERM]
+IDS = ["SIGINT", "SIGTERM"]
+
+# `python -m esctl ARGS`, with the move batch size set first (a module constant the CLI does
+# not expose), as tests/test_queue_crash.py runs it.
+LAUNCHER = (
+    "import runpy, sys\n"
+    "from esctl.queues import scripts\n"
+    "scripts.MOVE_BATCH = int(sys.argv.pop(1))\n"
+    "sys.argv[0] = 'esctl'\n"
+    "runpy.run_module('esctl', run_name='__main__', alter_sys=True)\n"
+)
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    """Whatever happens in a test, no esctl process it started outlives it."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def payload(number: int) -> bytes:
+    return orjson.dumps(
+        {
+            "$type": f"Learning.ScoringService.Domain.Events.{TYPE}, Learning.ScoringService.Domain",
+            "Id": f"item-{number}",
+            "TimeStamp": "2025-03-01T12:00:00.0000001+00:00",
+            "Version": 1,
+            "AggregateType": "ItemScore",
+        }
+    )
+
+
+ORIGINAL = [payload(i) for i in range(N)]
+"""The list, head to tail."""
+
+
+def fill(client: redis.Redis, key: str, n: int = N) -> None:
+    """``key`` holds the first ``n`` messages of ORIGINAL."""
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(key)
+    for i in range(0, n, 10_000):
+        pipe.rpush(key, *ORIGINAL[i : min(n, i + 10_000)])
+    pipe.execute()
+
+
+def start(url: str, env: str, *args: str, batch: int = BATCH) -> subprocess.Popen[bytes]:
+    options = ("--redis-url", url, "--env", env, "--yes", "--json")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(batch), "queue", *args, *options],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        cwd=_EMPTY_DIR,  # esctl from PYTHONPATH, not from the folder pytest runs in
+        start_new_session=True,  # signalled by its pid alone
+    )
+    _started.append(proc)
+    return proc
+
+
+def stop_when(
+    proc: subprocess.Popen[bytes], stop: signal.Signals, moved: Callable[[], bool]
+) -> tuple[int, dict[str, Any], str]:
+    """Signal ``proc`` (its own pid only) once ``moved()`` holds; its exit code, the --json
+    error document and stderr."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not moved():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "it never started moving"
+        time.sleep(0.002)
+    proc.send_signal(stop)
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    text = err.decode("utf-8", "replace")
+    assert "Traceback" not in text, text
+    document = json.loads(out) if out.strip() else {}
+    return proc.returncode, document, text
+
+
+def said(stop: signal.Signals) -> str:
+    return "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def interrupted_error(document: dict[str, Any], message: str) -> dict[str, Any]:
+    """The error of an interrupted run's --json document: its message is the one on stderr."""
+    assert document["exit_code"] == 130, document
+    error = document["error"]
+    assert error["kind"] == "interrupted", document
+    assert error["message"] in message, (document, message)
+    assert all(type(n) is int for n in error["done"].values()), document
+    return error
+
+
+def run(url: str, env: str, *args: str) -> dict[str, Any]:
+    """A command run to its end (exit 0), in batches of the usual size; its summary."""
+    proc = start(url, env, *args, batch=scripts.MOVE_BATCH)
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def notified(pubsub: Any) -> int:
+    """Notifications ``pubsub`` got (waiting a moment for the first)."""
+    count = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            count += 1
+        elif count:
+            break
+    return count
+
+
+@pytest.mark.parametrize("stop", STOPS, ids=IDS)
+def test_an_interrupted_requeue_says_what_it_requeued(
+    stop: signal.Signals, redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    source, destination = ref.key("processing"), ref.key("published")
+    redis_client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    fill(redis_client, source)
+    notifications = redis_client.pubsub(ignore_subscribe_messages=True)
+    notifications.subscribe(ref.channel)
+    proc = start(redis_test_url, env_name, "requeue", SUB, TYPE, "--from", "processing")
+    code, document, err = stop_when(proc, stop, lambda: redis_client.llen(destination) > 0)
+    assert code == 130, err
+
+    requeued = redis_client.llen(destination)
+    assert 0 < requeued < N and redis_client.llen(source) == N - requeued
+    found = re.search(
+        rf"{said(stop)}; ([\d,]+) messages? requeued from (\S+) to (\S+) before it stopped; "
+        r"the other ([\d,]+) selected messages were not moved",
+        err,
+    )
+    assert found is not None, err
+    assert (number(found[1]), found[2], found[3]) == (requeued, source, destination), err
+    assert number(found[4]) == N - requeued, err
+    assert "rerun the same command to requeue the rest" in err, err
+    error = interrupted_error(document, err)
+    assert error["done"] == {"requeued": requeued, "gone": 0}, error
+    # the subscribers were told of what moved (the one PUBLISH, sent on the way out)
+    assert notified(notifications) == 1
+
+    summary = run(redis_test_url, env_name, "requeue", SUB, TYPE, "--from", "processing")
+    assert (summary["requeued"], summary["gone"], summary["failed"]) == (N - requeued, 0, 0)
+    assert not redis_client.exists(source)
+    assert rb.lrange(redis_client, destination) == ORIGINAL  # each once, in order
+
+
+# --- stopped before anything moved ------------------------------------------------------------
+
+
+def interrupt(seconds: float) -> None:
+    """A Ctrl-C during the --grace wait."""
+    raise KeyboardInterrupt
+
+
+def test_a_requeue_interrupted_while_selecting_says_nothing_moved(
+    redis_client: redis.Redis, env_name: str
+) -> None:
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    redis_client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    redis_client.rpush(ref.key("dead"), *ORIGINAL[:10])
+    selection = queues.Selection(grace=timedelta(minutes=1))
+    with pytest.raises(errors.Interrupted) as requeue:
+        options = queues.RequeueOptions(source="dead", selection=selection)
+        queues.requeue(redis_client, ref, options, sleep=interrupt)
+    assert requeue.value.done == {"requeued": 0, "gone": 0}
+    assert requeue.value.state == (
+        f"nothing was requeued from {ref.key('dead')} (it stopped while selecting messages)"
+    )
+    assert redis_client.llen(ref.key("dead")) == 10
+    assert not redis_client.exists(ref.lock_key)  # given back
