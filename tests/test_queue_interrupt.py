@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM mid-way through ``queue requeue``, end to end: it runs as a real process
-on a long list (100,000 messages; small move batches, so the run lasts long enough to be
+"""Ctrl-C and SIGTERM mid-way through ``queue requeue`` and ``queue drain``, end to end: each
+runs as a real process on a long list (100,000 messages for a requeue, 30,000 for the slower
+drain; small move batches, so the run lasts long enough to be
 stopped), gets the signal once it has moved some, and must exit 130
 saying exactly how many messages it moved for good and where: the counts in its message and in
 the ``--json`` error document's ``done`` equal what Redis (and the backup file) hold. The rerun
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,6 +30,8 @@ from esctl.queues import scripts
 
 N = 100_000
 """Messages in the list a requeue is stopped in."""
+SHORTER = 30_000
+"""Messages in the list a drain is stopped in (each drain batch is fsynced)."""
 BATCH = 20
 """Messages per script call (the commands' default is 1,000): 5,000 batches per full run."""
 SUB = "Learning.ReportingService.Worker-Interrupt"
@@ -193,6 +197,61 @@ def test_an_interrupted_requeue_says_what_it_requeued(
     assert rb.lrange(redis_client, destination) == ORIGINAL  # each once, in order
 
 
+def removed_in(path: Path) -> int:
+    """Records the backup file marks removed."""
+    backup = queues.read_backup(path)
+    return sum(1 for outcome in backup.outcomes.values() if outcome == "removed")
+
+
+@pytest.mark.parametrize("stop", STOPS, ids=IDS)
+def test_an_interrupted_drain_says_what_it_drained_into_its_backup_file(
+    stop: signal.Signals,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    env_name: str,
+    tmp_path: Path,
+) -> None:
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    key = ref.key("dead")
+    redis_client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    fill(redis_client, key, SHORTER)
+    path = tmp_path / "dead.jsonl.zst"
+    drain = ("drain", SUB, TYPE, "--list", "dead")
+    proc = start(redis_test_url, env_name, *drain, "--to-file", str(path))
+    code, document, err = stop_when(proc, stop, lambda: redis_client.llen(key) < SHORTER)
+    assert code == 130, err
+
+    drained = SHORTER - redis_client.llen(key)
+    assert 0 < drained < SHORTER
+    assert removed_in(path) == drained  # the file marks every batch that ran, no more
+    found = re.search(
+        rf"{said(stop)}; ([\d,]+) messages? drained from (\S+) before it stopped: backed up in "
+        r"(\S+) and removed from Redis; the other ([\d,]+) selected messages were not removed",
+        err,
+    )
+    assert found is not None, err
+    assert (number(found[1]), found[2], found[3]) == (drained, key, str(path)), err
+    assert number(found[4]) == SHORTER - drained, err
+    assert "rerun with a new --to-file to drain the rest" in err, err
+    error = interrupted_error(document, err)
+    assert error["done"] == {"drained": drained, "gone": 0}, error
+
+    # as the hint says: the same --to-file is refused, a new one drains the rest
+    proc = start(redis_test_url, env_name, *drain, "--to-file", str(path))
+    out, _ = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 2 and "already exists" in json.loads(out)["error"]["message"]
+    rest = tmp_path / "rest.jsonl.zst"
+    assert (
+        run(redis_test_url, env_name, *drain, "--to-file", str(rest))["drained"]
+        == SHORTER - drained
+    )
+    assert not redis_client.exists(key)
+    # and the interrupted run's file puts back exactly what it drained
+    assert run(redis_test_url, env_name, "restore", str(path))["restored"] == drained
+    assert run(redis_test_url, env_name, "restore", str(rest))["restored"] == SHORTER - drained
+    assert rb.lrange(redis_client, key) == ORIGINAL[:SHORTER]
+
+
 # --- stopped before anything moved ------------------------------------------------------------
 
 
@@ -201,8 +260,8 @@ def interrupt(seconds: float) -> None:
     raise KeyboardInterrupt
 
 
-def test_a_requeue_interrupted_while_selecting_says_nothing_moved(
-    redis_client: redis.Redis, env_name: str
+def test_a_requeue_or_drain_interrupted_while_selecting_says_nothing_moved(
+    redis_client: redis.Redis, env_name: str, tmp_path: Path
 ) -> None:
     ref = queues.QueueRef(SUB, env_name, TYPE)
     redis_client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
@@ -215,5 +274,11 @@ def test_a_requeue_interrupted_while_selecting_says_nothing_moved(
     assert requeue.value.state == (
         f"nothing was requeued from {ref.key('dead')} (it stopped while selecting messages)"
     )
-    assert redis_client.llen(ref.key("dead")) == 10
+    path = tmp_path / "dead.jsonl.zst"
+    with pytest.raises(errors.Interrupted) as drain:
+        options = queues.DrainOptions(to_file=path, selection=selection)
+        queues.drain(redis_client, ref, options, sleep=interrupt)
+    assert drain.value.done == {"drained": 0, "gone": 0}
+    assert drain.value.state.startswith(f"nothing was drained from {ref.key('dead')}")
+    assert not path.exists() and redis_client.llen(ref.key("dead")) == 10
     assert not redis_client.exists(ref.lock_key)  # given back

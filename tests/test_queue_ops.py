@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from esctl import errors, layout, metrics, queues
 from esctl.demo import DEFAULT_NOW, DemoSummary
 from esctl.queues import scripts
-from esctl.queues.drain import _interrupts_deferred
+from esctl.queues.interrupts import HeldInterrupts
 
 # the module, not the function esctl.queues exports under the same name
 drain_module = importlib.import_module("esctl.queues.drain")
@@ -1001,10 +1001,13 @@ def test_backup_file_format(tmp_path: Path, redis_client: redis.Redis, env_name:
 
 
 def test_ctrl_c_waits_until_a_batch_and_its_outcome_are_recorded() -> None:
+    held = HeldInterrupts()
     reached = False
-    with pytest.raises(KeyboardInterrupt), _interrupts_deferred():
+    with held.holding():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)
         reached = True
-    assert reached
+    assert reached and held.caught
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        held.check()

@@ -4,11 +4,8 @@ a backup). Why in that order, and why in batches: ``docs/design/queues.md``."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any
 from esctl import redisio
 from esctl.backupfile import BackupWriter
 from esctl.config import redact
-from esctl.errors import LockLost, Refused
+from esctl.errors import Interrupted, LockLost, Refused
 from esctl.locks import RedisLock
 from esctl.queues.backup import (
     EMPTY_OUTCOME,
@@ -27,11 +24,13 @@ from esctl.queues.backup import (
     record_outcome,
 )
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.interrupts import HeldInterrupts
 from esctl.queues.lock import LOST_HINT, is_fenced, lost_lock
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
 from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
+from esctl.units import counted
 
 
 @dataclass(frozen=True)
@@ -70,28 +69,6 @@ class DrainSummary:
         return document
 
 
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, so a removal batch and the record of its
-    outcome are never separated by an interrupt. Only in the main thread (elsewhere Python
-    delivers no signals anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        caught.append(signum)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-    if caught:
-        raise KeyboardInterrupt
-
-
 def drain(
     client: redisio.RedisClient,
     ref: QueueRef,
@@ -107,7 +84,9 @@ def drain(
     server-side scripts: exactly the backed-up values, so messages that arrive meanwhile stay.
     Each batch's outcome (removed, or gone because a consumer took it first) is appended to the
     file before the next batch. Without ``to_file`` it refuses unless ``discard``. Holds the
-    queue's lock unless ``dry_run``; asks ``confirm`` before writing anything."""
+    queue's lock unless ``dry_run``; asks ``confirm`` before writing anything. Ctrl-C (or
+    SIGTERM) waits for the batch in hand and its outcome record, then Interrupted says what
+    was drained."""
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -122,45 +101,120 @@ def drain(
             f"the backup file {options.to_file} already exists; esctl never overwrites a backup",
             hint="choose a new --to-file name",
         )
-    selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
-    with selecting as (snap, lock):
-        summary = DrainSummary(
-            **snap.summary_fields(ref, options),
-            list_name=which,
-            key=snap.key,
-            drained=0,
-            backup_file=None,
-            backup_id=None,
-        )
-        # Nothing selected still leaves the backup asked for (empty, complete): a script that
-        # drains to a file and later restores it finds the file either way.
-        if options.dry_run or (not snap.count and options.to_file is None):
-            summary.elapsed_s = time.perf_counter() - started
-            return summary
-        action = "drain" if options.to_file is not None else "discard"
-        if snap.count:
-            require_confirmation(confirm, Plan(action, snap.count, snap.key, _str(options.to_file)))
-        writer = None
-        if options.to_file is not None:
-            writer, summary.backup_id = create_backup(
-                options.to_file,
-                ref,
-                which,
-                snap.length,
-                snap.count,
-                snap.tail_first(),
-                options.selection.describe(),
-                snap.now,
+    summary: DrainSummary | None = None
+    try:
+        selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
+        with selecting as (snap, lock):
+            summary = DrainSummary(
+                **snap.summary_fields(ref, options),
+                list_name=which,
+                key=snap.key,
+                drained=0,
+                backup_file=None,
+                backup_id=None,
             )
-            summary.backup_file = str(options.to_file)
-        try:
-            assert lock is not None  # held whenever not a dry run
-            _remove(client, snap, summary, writer, lock, ref, which)
-        finally:
-            if writer is not None:
-                writer.close()
+            # Nothing selected still leaves the backup asked for (empty, complete): a script
+            # that drains to a file and later restores it finds the file either way.
+            if options.dry_run or (not snap.count and options.to_file is None):
+                summary.elapsed_s = time.perf_counter() - started
+                return summary
+            action = "drain" if options.to_file is not None else "discard"
+            if snap.count:
+                plan = Plan(action, snap.count, snap.key, _str(options.to_file))
+                require_confirmation(confirm, plan)
+            writer = None
+            if options.to_file is not None:
+                writer, summary.backup_id = create_backup(
+                    options.to_file,
+                    ref,
+                    which,
+                    snap.length,
+                    snap.count,
+                    snap.tail_first(),
+                    options.selection.describe(),
+                    snap.now,
+                )
+                summary.backup_file = str(options.to_file)
+            held = HeldInterrupts()
+            try:
+                assert lock is not None  # held whenever not a dry run
+                _remove(client, snap, summary, writer, lock, ref, which, held)
+            finally:
+                if writer is not None:
+                    writer.close()
+            held.check()  # a Ctrl-C held during the last batch sent: it is counted
+    except KeyboardInterrupt as exc:
+        if options.dry_run or isinstance(exc, Interrupted):
+            raise
+        raise _interrupted(ref, options, which, summary) from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _interrupted(
+    ref: QueueRef, options: DrainOptions, which: str, summary: DrainSummary | None
+) -> Interrupted:
+    """What Ctrl-C or SIGTERM left: it is held while a removal batch runs and its outcome is
+    written to the backup file, so ``summary`` counts exactly the batches that ran, and the
+    file marks them."""
+    key = ref.key(which)
+    path = _str(options.to_file)
+    if summary is None or (summary.backup_file is None and path is not None):
+        # stopped before the backup was written whole: no removal was sent
+        state = f"nothing was drained from {key}"
+        hint = "rerun the same command"
+        if options.to_file is not None and options.to_file.exists():  # drain made it
+            state += f"; the backup file {path} was left unfinished"
+            hint = f"delete {path} (it marks nothing drained), or choose a new --to-file, and rerun"
+        elif summary is None:
+            state += " (it stopped while selecting messages)"
+        return Interrupted(state, hint=hint, done={"drained": 0, "gone": 0})
+    drained, gone = summary.drained, summary.gone
+    done = {"drained": drained, "gone": gone}
+    left = summary.selected - drained - gone
+    stopped = [p["detail"] for p in summary.problems if p["kind"] == "remove_failed"]
+    if path is not None and not (drained or gone or stopped):
+        return Interrupted(
+            f"nothing was drained from {key}; the backup file {path} holds the selected "
+            "messages, none marked drained",
+            hint=f"delete {path}, or choose a new --to-file, and rerun (esctl never overwrites "
+            "a backup file)",
+            done=done,
+        )
+    if path is None:  # --discard
+        state = (
+            f"{counted(drained, 'message')} removed from {key} for good (--discard) before it "
+            "stopped"
+        )
+    else:
+        state = (
+            f"{counted(drained, 'message')} drained from {key} before it stopped: backed up in "
+            f"{path} and removed from Redis"
+        )
+    if gone:
+        state += f" ({gone:,} more gone: taken by a consumer first, not removed)"
+    if stopped:  # the run was stopping for another reason too: what it says of the rest
+        state += f"; {stopped[0]}"
+    elif left:
+        verb = "was" if left == 1 else "were"
+        state += f"; the other {counted(left, 'selected message')} {verb} not removed"
+        if path is not None:
+            state += f" ({path} holds {'it' if left == 1 else 'them'} too, not marked drained)"
+    else:
+        state += "; that was every selected message"
+    if path is None:
+        return Interrupted(
+            state,
+            hint="rerun the same command to discard the rest: it selects again from what is "
+            f"left in {key}",
+            done=done,
+        )
+    hint = "rerun with a new --to-file to drain the rest (esctl never overwrites a backup file)"
+    if drained:
+        hint += (
+            f"; `esctl queue restore {path}` puts back the {counted(drained, 'message')} drained"
+        )
+    return Interrupted(state, hint=hint, done=done)
 
 
 def _stopped(exc: Exception, size: int, summary: DrainSummary, lock_key: str) -> str:
@@ -209,14 +263,16 @@ def _send_batch(
     send: Callable[[], Any],
     numbers: list[int],
     writer: BackupWriter | None,
+    held: HeldInterrupts,
 ) -> tuple[list[int], list[int]] | Exception:
     """Send one removal batch (``send``: its script call) and record its outcome in the backup
-    file, Ctrl-C held meanwhile: the record numbers removed and gone, or the error it failed
-    with. A batch answered LOADING did not run: it is sent again once Redis has loaded its
-    data set (waited for between the tries, where Ctrl-C is not held)."""
+    file, Ctrl-C ``held`` meanwhile (the caller counts the batch, then stops): the record
+    numbers removed and gone, or the error it failed with. A batch answered LOADING did not
+    run: it is sent again once Redis has loaded its data set (waited for between the tries,
+    where Ctrl-C is not held; one held during the try stops the drain there)."""
     while True:
         failure: Exception | None = None
-        with _interrupts_deferred():
+        with held.holding():
             try:
                 flags = send()
             except redisio.REDIS_ERRORS as exc:
@@ -227,6 +283,8 @@ def _send_batch(
                 if writer is not None:
                     record_outcome(writer, removed, gone)
                 return removed, gone
+        if held.caught and redisio.is_loading(failure):  # it did not run
+            raise KeyboardInterrupt from failure
         if not redisio.loaded_again(client, failure):
             return failure
 
@@ -243,7 +301,11 @@ def _remove(
     lock: RedisLock,
     ref: QueueRef,
     which: str,
+    held: HeldInterrupts,
 ) -> None:
+    """The removals, a batch at a time, each batch's outcome recorded in the backup file before
+    the next is sent. A Ctrl-C ``held`` while a batch runs stops the run once it is counted
+    (KeyboardInterrupt); the caller checks ``held`` after the last batch."""
     script = client.register_script(REMOVE_SCRIPT)
     keys = [ref.lock_key, snap.key]
     if writer is not None:
@@ -270,6 +332,7 @@ def _remove(
     # head to tail, read back a page at a time; record numbers count in consumption order, so
     # the k-th selected message from the head is record count - 1 - k
     for batch in batches(snap.head_first()):
+        held.check()  # a Ctrl-C held during the batch before: it is counted
         numbers = [snap.count - 1 - (done + k) for k in range(len(batch))]
         try:
             lock.check()
@@ -284,7 +347,8 @@ def _remove(
         args += [c.value for c in batch]
         args += numbers
         args.append(OUTCOME_TTL_MS)
-        outcome = _send_batch(client, partial(script, keys=keys, args=args), numbers, writer)
+        send = partial(script, keys=keys, args=args)
+        outcome = _send_batch(client, send, numbers, writer, held)
         if isinstance(outcome, Exception):
             failure = outcome
             denied = redisio.is_denied(failure)  # refused before any change (the script checks)
