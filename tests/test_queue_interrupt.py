@@ -1,6 +1,6 @@
-"""Ctrl-C and SIGTERM mid-way through ``queue requeue`` and ``queue drain``, end to end: each
-runs as a real process on a long list (100,000 messages for a requeue, 30,000 for the slower
-drain; small move batches, so the run lasts long enough to be
+"""Ctrl-C and SIGTERM mid-way through ``queue requeue``, ``queue drain`` and ``queue restore``,
+end to end: each runs as a real process on a long list (100,000 messages for a requeue, 30,000
+for the slower drain and restore; small move batches, so the run lasts long enough to be
 stopped), gets the signal once it has moved some, and must exit 130
 saying exactly how many messages it moved for good and where: the counts in its message and in
 the ``--json`` error document's ``done`` equal what Redis (and the backup file) hold. The rerun
@@ -31,7 +31,7 @@ from esctl.queues import scripts
 N = 100_000
 """Messages in the list a requeue is stopped in."""
 SHORTER = 30_000
-"""Messages in the list a drain is stopped in (each drain batch is fsynced)."""
+"""Messages in the list a drain or a restore is stopped in (each drain batch is fsynced)."""
 BATCH = 20
 """Messages per script call (the commands' default is 1,000): 5,000 batches per full run."""
 SUB = "Learning.ReportingService.Worker-Interrupt"
@@ -249,6 +249,47 @@ def test_an_interrupted_drain_says_what_it_drained_into_its_backup_file(
     # and the interrupted run's file puts back exactly what it drained
     assert run(redis_test_url, env_name, "restore", str(path))["restored"] == drained
     assert run(redis_test_url, env_name, "restore", str(rest))["restored"] == SHORTER - drained
+    assert rb.lrange(redis_client, key) == ORIGINAL[:SHORTER]
+
+
+@pytest.mark.parametrize("stop", STOPS, ids=IDS)
+def test_an_interrupted_restore_says_what_it_restored_and_the_rerun_skips_it(
+    stop: signal.Signals,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    env_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    key = ref.key("dead")
+    redis_client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    fill(redis_client, key, SHORTER)
+    path = tmp_path / "dead.jsonl.zst"
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 10_000)
+    assert queues.drain(redis_client, ref, queues.DrainOptions(to_file=path)).drained == SHORTER
+    progress_key = ref.restore_progress_key("dead", queues.read_backup(path).backup_id)
+
+    proc = start(redis_test_url, env_name, "restore", str(path))
+    code, document, err = stop_when(proc, stop, lambda: redis_client.llen(key) > 0)
+    assert code == 130, err
+
+    restored = redis_client.llen(key)
+    assert 0 < restored < SHORTER and int(redis_client.get(progress_key) or 0) == restored
+    found = re.search(
+        rf"{said(stop)}; ([\d,]+) messages? of (\S+) restored to (\S+) before it stopped; "
+        r"the other ([\d,]+) were not restored",
+        err,
+    )
+    assert found is not None, err
+    assert (number(found[1]), found[2], found[3]) == (restored, str(path), key), err
+    assert number(found[4]) == SHORTER - restored, err
+    assert "rerun the same restore to continue" in err, err
+    error = interrupted_error(document, err)
+    assert error["done"] == {"restored": restored}, error
+
+    summary = run(redis_test_url, env_name, "restore", str(path))
+    assert (summary["restored"], summary["already_restored"]) == (SHORTER - restored, restored)
     assert rb.lrange(redis_client, key) == ORIGINAL[:SHORTER]
 
 

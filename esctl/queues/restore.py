@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from esctl import redisio
 from esctl.config import redact
-from esctl.errors import LockLost, ServerError, UsageError
+from esctl.errors import Interrupted, LockLost, ServerError, UsageError
 from esctl.locks import RedisLock
 from esctl.queues import scripts
 from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_bytes
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.interrupts import HeldInterrupts
 from esctl.queues.lock import NO_OTHER_RUN, is_fenced, lost_lock, queue_lock
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
 from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
+from esctl.units import counted
 
 RESTORE_PROGRESS_TTL_MS = 30 * 24 * 3600 * 1000
 """How long Redis remembers how much of a backup file was restored (so a rerun does not
@@ -102,7 +103,8 @@ def restore(
     Records the drain marked ``gone`` are skipped (a consumer had them). Progress is counted
     in Redis atomically with each batch, so rerunning after a failure, or restoring the same
     file again, never restores a message twice. Holds the target queues' locks unless
-    ``dry_run``; asks ``confirm`` first."""
+    ``dry_run``; asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for the batch in hand, the
+    notification goes out, then Interrupted says what was restored."""
     started = time.perf_counter()
     backup = read_backup(path)
     header = backup.header
@@ -165,24 +167,73 @@ def restore(
         summary.elapsed_s = time.perf_counter() - started
         return summary
     refs = sorted({g.ref for g in groups})
-    with queue_lock(client, refs) as lock:
-        destination = ", ".join(g.key for g in groups)
-        require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
-        channels: set[str] = set()
-        try:
-            for g, target in zip(groups, summary.targets, strict=True):
-                restored = _restore_group(client, g, summary, lock)
-                target.restored = restored
-                summary.restored += restored
-                if restored:
-                    channels.add(g.ref.channel)
-                if summary.failed:
-                    break
-        finally:
-            notified = [notify(client, c, summary.problems) for c in sorted(channels)]
-            summary.notified = bool(notified) and all(notified)
+    try:
+        with queue_lock(client, refs) as lock:
+            destination = ", ".join(g.key for g in groups)
+            require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
+            _restore_all(client, groups, summary, lock)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise _interrupted(summary, todo) from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _restore_all(
+    client: redisio.RedisClient, groups: list[_Group], summary: RestoreSummary, lock: RedisLock
+) -> None:
+    """Restore each group in turn, then notify the event types that got messages back (also
+    when a failure or Ctrl-C stops the run: KeyboardInterrupt once that is done)."""
+    held = HeldInterrupts()
+    try:
+        for g, target in zip(groups, summary.targets, strict=True):
+            _restore_group(client, g, target, summary, lock, held)
+            if summary.failed or held.caught:
+                break
+    finally:
+        with held.holding():  # the notification goes out, also on Ctrl-C
+            channels = {
+                g.ref.channel for g, t in zip(groups, summary.targets, strict=True) if t.restored
+            }
+            notified = [notify(client, c, summary.problems) for c in sorted(channels)]
+            summary.notified = bool(notified) and all(notified)
+    held.check()
+
+
+def _interrupted(summary: RestoreSummary, todo: int) -> Interrupted:
+    """What Ctrl-C or SIGTERM left: it is held while a batch is with Redis, which counts each
+    batch in the file's progress counter with the batch, so ``summary`` says exactly what was
+    restored, and a rerun of the same file goes on after it."""
+    restored = summary.restored
+    into = [t for t in summary.targets if t.restored]
+    where = (
+        into[0].key
+        if len(into) == 1
+        else ", ".join(f"{t.key} ({counted(t.restored, 'message')})" for t in into)
+    )
+    if restored:
+        state = f"{counted(restored, 'message')} of {summary.backup_file} restored to {where}"
+    else:
+        state = f"nothing of {summary.backup_file} was restored"
+    state += " before it stopped"
+    stopped = [p["detail"] for p in summary.problems if p["kind"] == "restore_failed"]
+    left = todo - restored
+    if stopped:  # the run was stopping for another reason too: what it says of the rest
+        state += f"; {stopped[0]}"
+    elif left:
+        state += f"; the other {left:,} {'was' if left == 1 else 'were'} not restored"
+    else:
+        state += "; that was all of it"
+    if restored and not summary.notified:
+        state += "; the notification failed (subscribers pick them up on their next one)"
+    return Interrupted(
+        state,
+        hint=f"rerun the same restore to continue: Redis counts what is restored with each "
+        f"batch, so the {counted(restored + summary.already_restored, 'message')} already back "
+        "are skipped, never restored twice",
+        done={"restored": restored},
+    )
 
 
 def _restore_groups(
@@ -241,13 +292,29 @@ def _restore_groups(
 
 
 def _restore_group(
-    client: redisio.RedisClient, group: _Group, summary: RestoreSummary, lock: RedisLock
-) -> int:
+    client: redisio.RedisClient,
+    group: _Group,
+    target: RestoreTarget,
+    summary: RestoreSummary,
+    lock: RedisLock,
+    held: HeldInterrupts,
+) -> None:
+    """Restore what is left of ``group``, a batch per script call, each counted (in ``target``
+    and ``summary``) as it is answered. Ctrl-C is ``held`` while a batch is with Redis and its
+    answer is counted; then the run stops (the caller raises it). Between batches it stops
+    the run at once: everything restored is counted."""
     script = client.register_script(RESTORE_SCRIPT)
-    restored = 0
     start = group.done
     total = len(group.values)
-    while start < total:
+
+    def counted_batch(end: int) -> None:
+        nonlocal start
+        target.restored += end - start
+        summary.restored += end - start
+        start = end
+
+    while start < total and not held.caught:
+        restored = target.restored
         try:
             lock.check()
         except LockLost as exc:  # send no more: what was restored is counted and announced
@@ -264,17 +331,21 @@ def _restore_group(
         args: list[Any] = [lock.token, lock.ttl_ms, start, RESTORE_PROGRESS_TTL_MS, k]
         args += group.positions[start:end]
         args += group.values[start:end]
+        keys = [group.ref.lock_key, group.key, group.progress_key]
+
+        def send(keys: list[str] = keys, args: list[Any] = args, end: int = end) -> None:
+            script(keys=keys, args=args)
+            counted_batch(end)  # with Ctrl-C still held
+
         try:
             # a batch answered LOADING did not run: sent again once Redis has loaded
-            keys = [group.ref.lock_key, group.key, group.progress_key]
-            redisio.after_loading(client, partial(script, keys=keys, args=args))
+            redisio.after_loading(client, held.around(send))
         except redisio.REDIS_ERRORS as exc:
             ran = redisio.is_lost(exc) and _progress(client, group) == end
             if ran:  # Redis counted it with the batch, atomically
-                restored += k
-                start = end
+                counted_batch(end)
             denied = redisio.is_denied(exc)  # refused before any change (the script checks)
-            if denied and not restored and not summary.restored:  # this run changed nothing
+            if denied and not summary.restored:  # this run changed nothing
                 raise redisio.permission_denied(redisio.describe(client), exc) from exc
             summary.failed += total - start
             detail = _stopped(exc, k, total - start, group.ref.lock_key, restored, ran=ran)
@@ -282,9 +353,6 @@ def _restore_group(
                 detail += f"; {refusal_hint(client, exc)}"
             summary.problems.append(problem("restore_failed", group.key, detail))
             break
-        restored += k
-        start = end
-    return restored
 
 
 _RERUN = "rerun the same restore to continue (progress is kept in Redis, nothing is restored twice)"
