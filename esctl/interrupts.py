@@ -2,18 +2,26 @@
 server and its answer (a COMMIT, a MULTI/EXEC), so that an interrupted run can say exactly what
 it did. A first signal waits until the block ends; a second one while the block waits on the
 server stops the wait at once (the server may be hung), and the block's outcome is then not
-known: the caller says so (:attr:`Hold.broke`)."""
+known: the caller says so (:attr:`Hold.broke`).
+
+:class:`HeldInterrupts` is the other way, for a run with several batches in flight (the queue
+commands): Ctrl-C is noted, not raised, while a batch is with Redis, and the caller stops once
+it has read and counted the answers still due."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
+from esctl import redisio
 from esctl.errors import Interrupted
+
+T = TypeVar("T")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -114,3 +122,49 @@ def account(exc: BaseException) -> Interrupted | None:
             return seen
         seen = seen.__context__
     return None
+
+
+class HeldInterrupts:
+    """Ctrl-C noted, not raised, inside :meth:`holding` blocks; :attr:`caught` says whether
+    one came (in a block or not: a Ctrl-C outside them raises KeyboardInterrupt as usual).
+    Only in the main thread (elsewhere Python delivers no signals anyway)."""
+
+    def __init__(self) -> None:
+        self.caught = False
+
+    def _hold(self, signum: int, frame: object) -> None:
+        self.caught = True
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Ctrl-C held until the block ends; then the handler there was is back (nothing is
+        raised: the caller looks at :attr:`caught` when it has counted what the block did)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._hold)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+    def check(self) -> None:
+        """KeyboardInterrupt when a Ctrl-C was held: the caller's counts are up to date."""
+        if self.caught:
+            raise KeyboardInterrupt
+
+    def around(self, call: Callable[[], T]) -> Callable[[], T]:
+        """``call`` (one script call) run with Ctrl-C held, for
+        :func:`esctl.redisio.after_loading`: a Ctrl-C held during a try that Redis answered
+        LOADING (the call did not run) stops there, not after the wait for the data set."""
+
+        def held() -> T:
+            with self.holding():
+                try:
+                    return call()
+                except redisio.REDIS_ERRORS as exc:
+                    if self.caught and redisio.is_loading(exc):
+                        raise KeyboardInterrupt from exc
+                    raise
+
+        return held

@@ -48,6 +48,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.problems",
         "esctl.jsoncompare",
         "esctl.pgevents",
+        "esctl.interrupts",
     ),
     "operations": (
         "esctl.compress",

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from esctl import errors, layout, metrics, queues
 from esctl.demo import DEFAULT_NOW, DemoSummary
+from esctl.interrupts import HeldInterrupts
 from esctl.queues import scripts
-from esctl.queues.interrupts import HeldInterrupts
 
 # the module, not the function esctl.queues exports under the same name
 drain_module = importlib.import_module("esctl.queues.drain")

@@ -15,6 +15,7 @@ from esctl import redisio
 from esctl.backupfile import BackupWriter
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, Refused
+from esctl.interrupts import HeldInterrupts
 from esctl.locks import RedisLock
 from esctl.queues.backup import (
     EMPTY_OUTCOME,
@@ -24,7 +25,6 @@ from esctl.queues.backup import (
     record_outcome,
 )
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.interrupts import HeldInterrupts
 from esctl.queues.lock import LOST_HINT, is_fenced, lost_lock
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem

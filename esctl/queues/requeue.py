@@ -12,9 +12,9 @@ from typing import Any
 from esctl import inflight, redisio
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, UsageError
+from esctl.interrupts import HeldInterrupts
 from esctl.locks import RedisLock
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.interrupts import HeldInterrupts
 from esctl.queues.lock import LOST_HINT, LOST_LOCK, is_fenced, lost_lock
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, problem

@@ -12,11 +12,11 @@ from typing import Any
 from esctl import redisio
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, ServerError, UsageError
+from esctl.interrupts import HeldInterrupts
 from esctl.locks import RedisLock
 from esctl.queues import scripts
 from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_bytes
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.interrupts import HeldInterrupts
 from esctl.queues.lock import NO_OTHER_RUN, is_fenced, lost_lock, queue_lock
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
 from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
