@@ -298,6 +298,10 @@ def _pipelined_cluster(
             problem = f"the cluster answered {transient}"
         except redis.exceptions.AuthenticationError as exc:
             raise wrap_errors(client, exc) from exc
+        except _Unsettled as exc:
+            if not retry:
+                raise exc.error from None
+            problem = exc.error.message
         except _RETRIED_ERRORS as exc:
             if not retry:
                 raise wrap_errors(client, exc) from exc
@@ -381,6 +385,7 @@ def _pipelined_by_node(  # noqa: C901, PLR0912, PLR0915  hot path of every clust
 
     replies: list[Any] = [None] * len(commands)
     redirect: dict[int, tuple[str, bool]] = {}  # index -> (node name, ASK?)
+    asked_again: set[int] = set()  # reads whose empty answer after an ASK was asked again
     pending: Sequence[int] = range(len(commands))
     connections = _ClusterConnections(client, readonly=strategy is not None)
     for _ in range(REDIRECT_ROUNDS + 1):
@@ -400,6 +405,21 @@ def _pipelined_by_node(  # noqa: C901, PLR0912, PLR0915  hot path of every clust
             for index in indices:
                 reply = replies[index]
                 if type(reply) is not hiredis.ReplyError:
+                    if (
+                        redirect
+                        and (reply is None or reply == [] or reply == 0)
+                        and index not in asked_again
+                        and redirect.get(index, ("", False))[1]
+                        and _command_name(commands[index]) in READ_ONLY_COMMANDS
+                    ):
+                        # An importing node answers a read after ASKING as if the key were
+                        # not there when it has not arrived yet: an ASK gone stale (the slot
+                        # moved on, and back, since the ASK). Asked again where the slot map
+                        # says, once.
+                        asked_again.add(index)
+                        del redirect[index]
+                        moved = True
+                        redirected.append(index)
                     continue
                 text = str(reply)
                 if text.startswith(("MOVED ", "ASK ")):
@@ -416,13 +436,26 @@ def _pipelined_by_node(  # noqa: C901, PLR0912, PLR0915  hot path of every clust
             replica_of.clear()
         pending = redirected
     first = pending[0]
-    raise ServerError(
-        f"Redis {describe(client)} still redirects {counted(len(pending), 'command')} after "
-        f"{REDIRECT_ROUNDS} redirections, e.g. {_command_name(commands[first])} on slot "
-        f"{slots[first]}: {replies[first]}",
-        hint="the cluster's slot map is not settling (a reshard stuck half-way?): check "
-        "`redis-cli --cluster check HOST:PORT`, fix it (`redis-cli --cluster fix`), then rerun",
+    raise _Unsettled(
+        ServerError(
+            f"Redis {describe(client)} still redirects {counted(len(pending), 'command')} after "
+            f"{REDIRECT_ROUNDS} redirections, e.g. {_command_name(commands[first])} on slot "
+            f"{slots[first]}: {replies[first]}",
+            hint="the cluster's slot map is not settling (a reshard stuck half-way?): check "
+            "`redis-cli --cluster check HOST:PORT`, fix it (`redis-cli --cluster fix`), then "
+            "rerun",
+        )
     )
+
+
+class _Unsettled(redis.exceptions.RedisClusterException):
+    """Commands still redirected after :data:`REDIRECT_ROUNDS` rounds (a slot moving to and
+    fro faster than a round goes): a read call waits and runs again, as after a failover;
+    any other call fails with ``error``."""
+
+    def __init__(self, error: ServerError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 _primary_tables: weakref.WeakKeyDictionary[Any, tuple[Any, list[str | None]]] = (
