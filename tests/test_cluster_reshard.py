@@ -371,6 +371,40 @@ def test_a_stale_ask_is_not_taken_for_a_missing_key(
     assert replies == [[b"a", b"b"]] * len(keys)
 
 
+def test_reads_still_redirected_after_the_last_round_wait_and_run_again_writes_fail(
+    redis_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot that moves to and fro faster than a round goes redirects some commands past the
+    last round: a read call waits, as after a failover, and runs again (it failed at once);
+    a writing call fails at once, naming the slot, as it did."""
+    tag = secrets.token_hex(4)
+    keys = [f"{{unsettled-{tag}}}:{i}" for i in range(10)]
+    client = redisio.connect(redis_cluster.url)
+    assert isinstance(client, redis.cluster.RedisCluster)
+    redisio.pipelined(client, [("SET", k, f"v{i}") for i, k in enumerate(keys)])
+    slot = client.keyslot(keys[0])
+    monkeypatch.setattr(pipelines, "REDIRECT_ROUNDS", 0)  # the first redirect is one too many
+    source, target = half_move(redis_cluster, slot, keys[:5])
+    real_wait = redisio_retry.wait_to_retry
+    waits: list[str] = []
+
+    def settles_meanwhile(*args: Any, **kwargs: Any) -> float:
+        waits.append(kwargs["problem"])
+        settle_on_target(redis_cluster, slot, source, target)
+        return real_wait(*args, **kwargs)
+
+    try:
+        with pytest.raises(ServerError, match=f"still redirects 5 commands .* on slot {slot}"):
+            redisio.pipelined(client, [("SET", k, "w") for k in keys])
+        monkeypatch.setattr(redisio_retry, "wait_to_retry", settles_meanwhile)
+        replies = redisio.pipelined(client, [("GET", k) for k in keys])
+    finally:
+        settle(redis_cluster, slot, source, target)
+        client.close()
+    assert replies == [f"v{i}".encode() for i in range(5)] + [b"w"] * 5
+    assert len(waits) == 1 and "still redirects 5 commands" in waits[0]
+
+
 @pytest.mark.parametrize("spread", [False, True])
 def test_a_slot_left_half_moved_is_read_on_its_source_then_its_target(
     redis_cluster: LocalCluster, spread: bool
