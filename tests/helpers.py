@@ -105,3 +105,25 @@ def started_cli(
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+QUEUE_BATCH_LAUNCHER = (
+    "import runpy, sys\n"
+    "from esctl.queues import scripts\n"
+    "scripts.MOVE_BATCH = int(sys.argv.pop(1))\n"
+    "sys.argv[0] = 'esctl'\n"
+    "runpy.run_module('esctl', run_name='__main__', alter_sys=True)\n"
+)
+"""``python -c QUEUE_BATCH_LAUNCHER N ARGS...``: ``python -m esctl ARGS`` with the queue
+commands' move batch set to N first (a module constant the CLI does not expose; tests in-process
+patch it the same way)."""
+
+
+def reap(started: list[subprocess.Popen[bytes]]) -> None:
+    """Kill (when still running) and wait for each process of ``started``, emptying it: for a
+    module's autouse fixture, so that no process a test started outlives it."""
+    while started:
+        proc = started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

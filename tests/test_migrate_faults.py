@@ -28,7 +28,7 @@ import independent_writer as iw
 import psycopg
 import pytest
 import redis
-from helpers import cli_env, run_cli
+from helpers import cli_env, reap, run_cli
 from test_migrate import (
     cli_args,
     migrate,
@@ -71,11 +71,7 @@ _started: list[subprocess.Popen[bytes]] = []
 def _no_process_left() -> Iterator[None]:
     """Whatever happens in a test, no esctl process it started outlives it."""
     yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    reap(_started)
 
 
 def start_migrate(url: str, dsn: str, app: str, *extra: str) -> subprocess.Popen[bytes]:

@@ -34,7 +34,7 @@ import orjson
 import pytest
 import redis
 import redis_bytes as rb
-from helpers import cli_env
+from helpers import QUEUE_BATCH_LAUNCHER, cli_env
 
 from esctl import errors, layout, queues, servers
 from esctl.queues.backup import settle_outcomes, value_bytes
@@ -50,16 +50,6 @@ SUB = "Learning.ReportingService.Worker-Crash"
 TYPE = "ItemScoreUpdated"
 RUN_TIMEOUT_S = 60.0
 EXIT_LOCKED = 75
-
-# `python -m esctl ARGS`, with the move batch size set first (it is a module constant that the
-# CLI does not expose; tests in-process patch it the same way).
-LAUNCHER = (
-    "import runpy, sys\n"
-    "from esctl.queues import scripts\n"
-    "scripts.MOVE_BATCH = int(sys.argv.pop(1))\n"
-    "sys.argv[0] = 'esctl'\n"
-    "runpy.run_module('esctl', run_name='__main__', alter_sys=True)\n"
-)
 
 
 def payload(number: int) -> bytes:
@@ -141,7 +131,15 @@ class Harness:
         err = (self.folder / f"run{self.runs}.err").open("wb")
         with out, err:
             return subprocess.Popen(
-                [sys.executable, "-c", LAUNCHER, str(BATCH), "queue", *args, *self.options],
+                [
+                    sys.executable,
+                    "-c",
+                    QUEUE_BATCH_LAUNCHER,
+                    str(BATCH),
+                    "queue",
+                    *args,
+                    *self.options,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -430,7 +428,7 @@ def test_drain_fsyncs_the_backup_and_its_folder_before_each_removal(
     trace = tmp_path / "trace.txt"
     syscalls = "trace=openat,write,sendto,sendmsg,fsync,fdatasync,sync_file_range"
     command = [strace, "-f", "-qq", "-yy", "-s", "400", "-e", syscalls, "-o", str(trace)]
-    command += [sys.executable, "-c", LAUNCHER, "300", "queue", "drain", SUB, TYPE]
+    command += [sys.executable, "-c", QUEUE_BATCH_LAUNCHER, "300", "queue", "drain", SUB, TYPE]
     command += ["--to-file", str(path), "--redis-url", redis_test_url, "--env", env_name]
     result = subprocess.run(
         [*command, "--yes", "--json"], env=cli_env(), capture_output=True, timeout=RUN_TIMEOUT_S

@@ -23,7 +23,7 @@ import orjson
 import pytest
 import redis
 import redis_bytes as rb
-from helpers import _EMPTY_DIR, cli_env
+from helpers import _EMPTY_DIR, QUEUE_BATCH_LAUNCHER, cli_env, reap
 
 from esctl import errors, queues
 from esctl.queues import scripts
@@ -40,15 +40,6 @@ TIMEOUT_S = 60.0
 STOPS = [signal.SIGINT, signal.SIGTERM]
 IDS = ["SIGINT", "SIGTERM"]
 
-# `python -m esctl ARGS`, with the move batch size set first (a module constant the CLI does
-# not expose), as tests/test_queue_crash.py runs it.
-LAUNCHER = (
-    "import runpy, sys\n"
-    "from esctl.queues import scripts\n"
-    "scripts.MOVE_BATCH = int(sys.argv.pop(1))\n"
-    "sys.argv[0] = 'esctl'\n"
-    "runpy.run_module('esctl', run_name='__main__', alter_sys=True)\n"
-)
 
 _started: list[subprocess.Popen[bytes]] = []
 
@@ -57,11 +48,7 @@ _started: list[subprocess.Popen[bytes]] = []
 def _no_process_left() -> Iterator[None]:
     """Whatever happens in a test, no esctl process it started outlives it."""
     yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+    reap(_started)
 
 
 def payload(number: int) -> bytes:
@@ -92,7 +79,7 @@ def fill(client: redis.Redis, key: str, n: int = N) -> None:
 def start(url: str, env: str, *args: str, batch: int = BATCH) -> subprocess.Popen[bytes]:
     options = ("--redis-url", url, "--env", env, "--yes", "--json")
     proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, str(batch), "queue", *args, *options],
+        [sys.executable, "-c", QUEUE_BATCH_LAUNCHER, str(batch), "queue", *args, *options],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -145,7 +132,7 @@ def run(url: str, env: str, *args: str) -> dict[str, Any]:
     proc = start(url, env, *args, batch=scripts.MOVE_BATCH)
     out, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, err.decode()
-    return json.loads(out)  # type: ignore[no-any-return]
+    return json.loads(out)
 
 
 def notified(pubsub: Any) -> int:
@@ -309,16 +296,24 @@ def test_a_requeue_or_drain_interrupted_while_selecting_says_nothing_moved(
     redis_client.rpush(ref.key("dead"), *ORIGINAL[:10])
     selection = queues.Selection(grace=timedelta(minutes=1))
     with pytest.raises(errors.Interrupted) as requeue:
-        options = queues.RequeueOptions(source="dead", selection=selection)
-        queues.requeue(redis_client, ref, options, sleep=interrupt)
+        queues.requeue(
+            redis_client,
+            ref,
+            queues.RequeueOptions(source="dead", selection=selection),
+            sleep=interrupt,
+        )
     assert requeue.value.done == {"requeued": 0, "gone": 0}
     assert requeue.value.state == (
         f"nothing was requeued from {ref.key('dead')} (it stopped while selecting messages)"
     )
     path = tmp_path / "dead.jsonl.zst"
     with pytest.raises(errors.Interrupted) as drain:
-        options = queues.DrainOptions(to_file=path, selection=selection)
-        queues.drain(redis_client, ref, options, sleep=interrupt)
+        queues.drain(
+            redis_client,
+            ref,
+            queues.DrainOptions(to_file=path, selection=selection),
+            sleep=interrupt,
+        )
     assert drain.value.done == {"drained": 0, "gone": 0}
     assert drain.value.state.startswith(f"nothing was drained from {ref.key('dead')}")
     assert not path.exists() and redis_client.llen(ref.key("dead")) == 10

@@ -59,45 +59,33 @@ def replay_to_projection(
     replayed (from the checkpoint's position) and calls nothing."""
     started = time.monotonic()
     summary = ReplaySummary.start(options)
+    dsn = options.pg_dsn
     try:
-        return _replay_locked(options, adapter, summary, started, redis_client, on_progress, sleep)
+        with checkpoint_lock(options):
+            ctx = ProjectionContext(
+                app=options.app,
+                source=options.source,
+                checkpoint=options.checkpoint,
+                fresh=True,
+                connect=lambda: pg.connect(dsn, application_name="esctl replay"),
+                shard=options.shard,
+            )
+            try:
+                with pg.translate_errors(dsn):
+                    return _run_projection(
+                        options, adapter, ctx, summary, started, redis_client, on_progress, sleep
+                    )
+            except KeyboardInterrupt as exc:
+                if options.dry_run or isinstance(exc, Interrupted):
+                    raise
+                raise _interrupted(options, summary) from exc
+            finally:
+                ctx.close()
     except KeyboardInterrupt as exc:
         said = interrupts.account(exc)
         if said is None or said is exc:
             raise
         raise said from None  # (a second signal while the checkpoint's lock was given back)
-
-
-def _replay_locked(
-    options: ReplayOptions,
-    adapter: ProjectionAdapter,
-    summary: ReplaySummary,
-    started: float,
-    redis_client: redisio.RedisClient | None,
-    on_progress: Callable[[ReplayProgress], None] | None,
-    sleep: Callable[[float], None],
-) -> ReplaySummary:
-    dsn = options.pg_dsn
-    with checkpoint_lock(options):
-        ctx = ProjectionContext(
-            app=options.app,
-            source=options.source,
-            checkpoint=options.checkpoint,
-            fresh=True,
-            connect=lambda: pg.connect(dsn, application_name="esctl replay"),
-            shard=options.shard,
-        )
-        try:
-            with pg.translate_errors(dsn):
-                return _run_projection(
-                    options, adapter, ctx, summary, started, redis_client, on_progress, sleep
-                )
-        except KeyboardInterrupt as exc:
-            if options.dry_run or isinstance(exc, Interrupted):
-                raise
-            raise _interrupted(options, summary) from exc
-        finally:
-            ctx.close()
 
 
 def _interrupted(options: ReplayOptions, summary: ReplaySummary) -> Interrupted:
