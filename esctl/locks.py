@@ -105,6 +105,14 @@ class RedisLock:
             if isinstance(error, EsctlError):
                 error.add(f"esctl could not take its lock {key}, so nothing was done")
             raise error from exc
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM while a SET was with Redis, or just after its answer: what it
+            # may have set is given back (by its token, so never another run's), or a rerun
+            # would find the lock taken until it expired.
+            if key and key not in self.held:
+                self.held.append(key)
+            self._release()
+            raise
         self._thread = threading.Thread(target=self._renew, name="esctl-redis-lock", daemon=True)
         self._thread.start()
         return self

@@ -40,6 +40,30 @@ def test_a_redis_lock_takes_all_its_keys_or_none(redis_client: redis.Redis) -> N
     assert not redis_client.exists("esctl:lock:test:a")
 
 
+@pytest.mark.parametrize("at", [1, 2])
+def test_a_redis_lock_interrupted_as_it_is_taken_gives_back_what_it_set(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, at: int
+) -> None:
+    """Ctrl-C (or SIGTERM) just as Redis answered a SET of the lock: nothing of the lock stays
+    (it stayed until it expired: a rerun within 30 s exited 75, 'another run holds the lock')."""
+    keys = ["esctl:lock:test:x", "esctl:lock:test:y"]
+    real = redis_client.set
+    sets: list[object] = []
+
+    def set_then_ctrl_c(*args: object, **kwargs: object) -> object:
+        answer = real(*args, **kwargs)  # type: ignore[arg-type]
+        sets.append(answer)
+        if len(sets) == at:
+            raise KeyboardInterrupt
+        return answer
+
+    monkeypatch.setattr(redis_client, "set", set_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt), redis_lock(redis_client, keys):
+        pass
+    assert sets == [True] * at
+    assert not redis_client.exists(*keys)
+
+
 def test_an_advisory_lock_is_held_for_the_block_and_free_right_after(pg_dsn: str) -> None:
     with AdvisoryLock(pg_dsn, "esctl:test:lock", what="test") as held:
         assert held.conn is not None
