@@ -144,7 +144,9 @@ def test_windowed_commands_cost_far_fewer_round_trips_and_keep_their_order(
     assert [r for i, r in enumerate(replies) if i != 10] == list(range(1, count + 1))
     assert redis_client.lrange("inflight:list", 0, -1) == [f"v{i}".encode() for i in range(count)]
     assert pace.deepest >= 4  # building a command takes far less than a round trip
-    assert elapsed < (count + 1) * round_trip / 3
+    # one round trip each would take (count + 1) round trips; half of that leaves room for a
+    # loaded machine (CI measured 0.34 of it once) and still fails a window that waits
+    assert elapsed < (count + 1) * round_trip / 2
 
 
 def test_windowed_stops_when_its_commands_stop(redis_client: redis.Redis, far_url: str) -> None:

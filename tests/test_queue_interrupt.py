@@ -8,6 +8,7 @@ its hint names then completes the operation, nothing twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -26,6 +27,7 @@ import redis_bytes as rb
 from helpers import _EMPTY_DIR, QUEUE_BATCH_LAUNCHER, cli_env, reap
 
 from esctl import errors, queues
+from esctl.interrupts import HeldInterrupts
 from esctl.queues import scripts
 
 N = 100_000
@@ -318,3 +320,34 @@ def test_a_requeue_or_drain_interrupted_while_selecting_says_nothing_moved(
     assert drain.value.state.startswith(f"nothing was drained from {ref.key('dead')}")
     assert not path.exists() and redis_client.llen(ref.key("dead")) == 10
     assert not redis_client.exists(ref.lock_key)  # given back
+
+
+def test_a_ctrl_c_as_a_drain_batch_is_let_go_finds_it_counted(
+    redis_client: redis.Redis, env_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal comes the moment Ctrl-C is no longer held after a batch ran (in the CI run
+    that found it, 'nothing was drained' of a list a batch had left): the batch is counted
+    inside the hold, so what it says is what Redis lost."""
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    key = ref.key("dead")
+    fill(redis_client, key, 100)
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 10)
+    real = HeldInterrupts.holding
+    blocks: list[int] = []
+
+    @contextlib.contextmanager
+    def let_go_into_a_ctrl_c(self: HeldInterrupts) -> Iterator[None]:
+        with real(self):
+            yield
+        blocks.append(len(blocks))
+        if len(blocks) == 3:
+            raise KeyboardInterrupt  # as the signal does, right after the handler is back
+
+    monkeypatch.setattr(HeldInterrupts, "holding", let_go_into_a_ctrl_c)
+    path = tmp_path / "dead.jsonl.zst"
+    with pytest.raises(errors.Interrupted) as stopped:
+        queues.drain(redis_client, ref, queues.DrainOptions(to_file=path))
+    drained = 100 - redis_client.llen(key)
+    assert drained == 30
+    assert stopped.value.done == {"drained": drained, "gone": 0}
+    assert removed_in(path) == drained

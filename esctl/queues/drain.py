@@ -264,10 +264,11 @@ def _send_batch(
     numbers: list[int],
     writer: BackupWriter | None,
     held: HeldInterrupts,
+    summary: DrainSummary,
 ) -> tuple[list[int], list[int]] | Exception:
-    """Send one removal batch (``send``: its script call) and record its outcome in the backup
-    file, Ctrl-C ``held`` meanwhile (the caller counts the batch, then stops): the record
-    numbers removed and gone, or the error it failed with. A batch answered LOADING did not
+    """Send one removal batch (``send``: its script call), record its outcome in the backup
+    file and count it in ``summary``, Ctrl-C ``held`` meanwhile (then the caller stops): the
+    record numbers removed and gone, or the error it failed with. A batch answered LOADING did not
     run: it is sent again once Redis has loaded its data set (waited for between the tries,
     where Ctrl-C is not held; one held during the try stops the drain there)."""
     while True:
@@ -282,6 +283,8 @@ def _send_batch(
                 gone = [n for n, f in zip(numbers, flags, strict=True) if int(f) != 1]
                 if writer is not None:
                     record_outcome(writer, removed, gone)
+                summary.drained += len(removed)
+                summary.gone += len(gone)
                 return removed, gone
         if held.caught and redisio.is_loading(failure):  # it did not run
             raise KeyboardInterrupt from failure
@@ -348,7 +351,7 @@ def _remove(
         args += numbers
         args.append(OUTCOME_TTL_MS)
         send = partial(script, keys=keys, args=args)
-        outcome = _send_batch(client, send, numbers, writer, held)
+        outcome = _send_batch(client, send, numbers, writer, held, summary)
         if isinstance(outcome, Exception):
             failure = outcome
             denied = redisio.is_denied(failure)  # refused before any change (the script checks)
@@ -360,9 +363,6 @@ def _remove(
                 detail += f"; {refusal_hint(client, failure)}"
             summary.problems.append(problem("remove_failed", snap.key, detail))
             return
-        removed, gone = outcome
-        summary.drained += len(removed)
-        summary.gone += len(gone)
         done += len(batch)
     if writer is not None:
         record_complete(writer, summary.drained, summary.gone)
