@@ -10,7 +10,6 @@ it has read and counted the answers still due."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -135,7 +134,7 @@ class HeldInterrupts:
     def _hold(self, signum: int, frame: object) -> None:
         self.caught = True
 
-    @contextlib.contextmanager
+    @contextmanager
     def holding(self) -> Iterator[None]:
         """Ctrl-C held until the block ends; then the handler there was is back (nothing is
         raised: the caller looks at :attr:`caught` when it has counted what the block did)."""
