@@ -417,6 +417,6 @@ def test_an_interrupted_replay_to_stdout_says_its_lines_are_whole_and_how_to_go_
     assert 1 <= len(lines) - 1 < len(store.events())
     assert all(json.loads(line)["aggregate_id"] for line in lines[:-1])
     assert error["error"]["message"].endswith(
-        "; each event written before it stopped is a whole line (it writes nothing else)"
+        "; the events written before it stopped are whole lines, none cut short"
     )
     assert "the same command writes every event of the selection again" in error["error"]["hint"]

@@ -74,7 +74,7 @@ def replay_to_stdout(
         if isinstance(exc, Interrupted):
             raise
         raise Interrupted(
-            "each event written before it stopped is a whole line (it writes nothing else)",
+            "the events written before it stopped are whole lines, none cut short",
             hint="write the rest (e.g. with --since or --aggregate, from the event after the "
             "last line): the same command writes every event of the selection again, from its "
             "start",
