@@ -6,7 +6,8 @@ known: the caller says so (:attr:`Hold.broke`).
 
 :class:`HeldInterrupts` is the other way, for a run with several batches in flight (the queue
 commands): Ctrl-C is noted, not raised, while a batch is with Redis, and the caller stops once
-it has read and counted the answers still due."""
+it has read and counted the answers still due; a second one while it waits on Redis stops the
+wait at once, as with :class:`Hold` (:attr:`HeldInterrupts.broke`)."""
 
 from __future__ import annotations
 
@@ -126,18 +127,39 @@ def account(exc: BaseException) -> Interrupted | None:
 class HeldInterrupts:
     """Ctrl-C noted, not raised, inside :meth:`holding` blocks; :attr:`caught` says whether
     one came (in a block or not: a Ctrl-C outside them raises KeyboardInterrupt as usual).
-    Only in the main thread (elsewhere Python delivers no signals anyway)."""
+    A second one while a block waits on the server (:meth:`waiting`) stops the wait at once:
+    KeyboardInterrupt, and :attr:`broke` set (the server may be hung; what was sent and not
+    answered is then in doubt, and the caller says so). Only in the main thread (elsewhere
+    Python delivers no signals anyway). SIGTERM comes as a Ctrl-C (esctl's SIGTERM handler
+    calls this one)."""
 
     def __init__(self) -> None:
         self.caught = False
+        self.broke = False
+        """A second signal stopped a wait on the server (:meth:`waiting`), or the start of one."""
+        self.in_doubt = 0
+        """The caller's count of what it had sent and not read the answer of when the wait
+        broke (set by the caller; its unit: messages)."""
+        self._again = False  # a signal came after the first, while held
+        self._waiting = False
 
     def _hold(self, signum: int, frame: object) -> None:
-        self.caught = True
+        if not self.caught:
+            self.caught = True
+            return
+        self._again = True
+        if self._waiting:
+            self._break()
+
+    def _break(self) -> None:
+        self.broke = True
+        raise KeyboardInterrupt
 
     @contextmanager
     def holding(self) -> Iterator[None]:
         """Ctrl-C held until the block ends; then the handler there was is back (nothing is
-        raised: the caller looks at :attr:`caught` when it has counted what the block did)."""
+        raised: the caller looks at :attr:`caught` when it has counted what the block did).
+        A second one raises only inside :meth:`waiting`."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -146,6 +168,21 @@ class HeldInterrupts:
             yield
         finally:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """The part of a :meth:`holding` block that waits on the server: a second signal (one
+        that came already while held, or one that comes now) stops it at once with
+        KeyboardInterrupt (:attr:`broke`). Outside it a second signal is noted only, so that
+        counting what the server answered is never cut short."""
+        was = self._waiting
+        self._waiting = True
+        try:
+            if self._again:
+                self._break()
+            yield
+        finally:
+            self._waiting = was
 
     def check(self) -> None:
         """KeyboardInterrupt when a Ctrl-C was held: the caller's counts are up to date."""

@@ -1011,3 +1011,29 @@ def test_ctrl_c_waits_until_a_batch_and_its_outcome_are_recorded() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(KeyboardInterrupt):
         held.check()
+
+
+def test_a_second_ctrl_c_stops_a_wait_at_once_and_is_only_noted_outside_one() -> None:
+    """A second Ctrl-C while a holding block waits on the server raises at once (``broke``);
+    one that comes while the block counts is noted, and stops the next wait as it begins."""
+    held = HeldInterrupts()
+    reached = False
+    with pytest.raises(KeyboardInterrupt), held.holding(), held.waiting():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert held.caught and not held.broke  # the first one is held
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        reached = True
+    assert held.broke and not reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    held = HeldInterrupts()
+    with pytest.raises(KeyboardInterrupt), held.holding():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        reached = True  # (counting: not cut short)
+        with held.waiting():
+            reached = False
+    assert held.broke and reached
