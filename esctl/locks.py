@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 REDIS_LOCK_TTL_MS = 30_000
 """A Redis lock expires this long after its last renewal (a crashed run's lock frees itself)."""
+HURRIED_RELEASE_S = 1.0
+"""How long a run that found Redis not answering waits on its way out for its lock to be given
+back (:meth:`RedisLock.hurry`)."""
 
 _RENEW_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -56,7 +59,11 @@ class RedisLock:
     it did, the lost lock as the reason it stopped.
 
     ``token`` and ``ttl_ms`` are public so that a server-side script can check the lock is
-    still this run's (a fencing token) and renew it in the same call."""
+    still this run's (a fencing token) and renew it in the same call.
+
+    :meth:`hurry`: the run stops because Redis does not answer (a second Ctrl-C stopped a
+    wait on it); the exit then waits a moment only, and a lock not given back by then
+    (:attr:`given_back` False) expires on its own."""
 
     def __init__(
         self,
@@ -80,6 +87,9 @@ class RedisLock:
         """Set (once, by the renewal thread) when the lock was found gone: why, naming its key."""
         self.lost_key: str | None = None
         """The key of the lock that was found gone (set before ``lost``)."""
+        self.given_back = False
+        """Redis answered the release of every key held (set on exit)."""
+        self._hurry_s: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,9 +129,26 @@ class RedisLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
+        if self._hurry_s is None:
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._release()
+            return
+        # Redis may be hung: the renewal and the release are waited for a moment only (the
+        # release goes on in the background while the run ends; by its token it is never
+        # another run's lock it deletes, whenever Redis runs it)
+        deadline = time.monotonic() + self._hurry_s
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._release()
+            self._thread.join(timeout=self._hurry_s)
+        releasing = threading.Thread(target=self._release, name="esctl-lock-release", daemon=True)
+        releasing.start()
+        releasing.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def hurry(self, seconds: float = HURRIED_RELEASE_S) -> None:
+        """On exit, wait at most ``seconds`` for Redis (the renewal under way, the release):
+        the run stops because Redis did not answer. A lock not given back in that time
+        (:attr:`given_back`) expires on its own, its TTL after its last renewal."""
+        self._hurry_s = seconds
 
     def check(self) -> None:
         """LockLost when a renewal found the lock gone."""
@@ -158,10 +185,14 @@ class RedisLock:
         self.lost = why
 
     def _release(self) -> None:
+        answered = True
         for key in self.held:
-            with contextlib.suppress(*redisio.REDIS_ERRORS):
+            try:
                 _run_script(self.client, _RELEASE_SCRIPT, [key], [self.token])
+            except redisio.REDIS_ERRORS:
+                answered = False
         self.held = []
+        self.given_back = answered
 
 
 # pg_advisory_lock(bigint) shows in pg_locks as classid = the key's high 32 bits, objid = its

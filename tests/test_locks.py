@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import socket
+import time
 
 import orjson
 import psycopg
@@ -62,6 +63,32 @@ def test_a_redis_lock_interrupted_as_it_is_taken_gives_back_what_it_set(
         pass
     assert sets == [True] * at
     assert not redis_client.exists(*keys)
+
+
+def test_a_hurried_redis_lock_is_given_back_when_redis_answers_and_left_when_it_does_not(
+    fresh_redis: servers.LocalRedis,
+) -> None:
+    """After a second Ctrl-C stopped a wait on Redis (``hurry``), the exit waits a moment only:
+    the lock is given back when Redis answers, else left to expire (``given_back`` False; here
+    the release, still waiting in the background, runs once Redis answers again)."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    with redis_lock(client, ["esctl:lock:test:h"]) as lock:
+        lock.hurry(0.5)
+    assert lock.given_back and not client.exists("esctl:lock:test:h")
+    lock = redis_lock(client, ["esctl:lock:test:h"]).__enter__()
+    admin.execute_command("CLIENT", "PAUSE", 3_000, "WRITE")
+    try:
+        lock.hurry(0.5)
+        started = time.monotonic()
+        lock.__exit__(None, None, None)  # (a with block's exit) while Redis holds every write
+        took = time.monotonic() - started
+        assert took < 1.5 and not lock.given_back
+        assert admin.get("esctl:lock:test:h") == lock.token.encode()  # (reads are answered)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    client.close()
+    admin.close()
 
 
 def test_an_advisory_lock_is_held_for_the_block_and_free_right_after(pg_dsn: str) -> None:

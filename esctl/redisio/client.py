@@ -3,6 +3,7 @@ as text, and redis-py's errors turned into esctl's."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -432,6 +433,25 @@ def is_lost(exc: BaseException) -> bool:
         | redis.exceptions.TimeoutError
         | redis.exceptions.RedisClusterException,
     ) and not isinstance(exc, redis.exceptions.BusyLoadingError)
+
+
+def drop_idle_connections(client: RedisClient) -> None:
+    """Close the idle connections of ``client``'s pools (of every node of a cluster): after a
+    wait for a reply was broken off (a second Ctrl-C), a connection may still have that reply
+    due, and a later command on it would read it as its own. redis-py closes a connection
+    interrupted while it sends or reads; this covers the moment between the two. Connections
+    in use (the lock's renewal thread) are left alone; the next command opens a new one. (A
+    raw connection, :mod:`esctl.redisio.resp`, is closed by whatever interrupts its
+    conversation.)"""
+    if isinstance(client, redis.cluster.RedisCluster):
+        pools = [
+            n.redis_connection.connection_pool for n in client.get_nodes() if n.redis_connection
+        ]
+    else:
+        pools = [client.connection_pool]
+    for pool in pools:
+        with contextlib.suppress(OSError):
+            pool.disconnect(inuse_connections=False)
 
 
 def wrap_errors(client: RedisClient, exc: Exception) -> Exception:
