@@ -26,7 +26,7 @@ import redis
 import redis_bytes as rb
 from helpers import _EMPTY_DIR, QUEUE_BATCH_LAUNCHER, cli_env, reap
 
-from esctl import errors, queues
+from esctl import errors, queues, servers
 from esctl.interrupts import HeldInterrupts
 from esctl.queues import scripts
 
@@ -351,3 +351,115 @@ def test_a_ctrl_c_as_a_drain_batch_is_let_go_finds_it_counted(
     assert drained == 30
     assert stopped.value.done == {"drained": drained, "gone": 0}
     assert removed_in(path) == drained
+
+
+# --- a second signal while Redis does not answer ------------------------------------------------
+
+PAUSE_MS = 6_000
+"""How long Redis holds every write (CLIENT PAUSE … WRITE) when a run is signalled twice: the
+run must have exited well before it ends."""
+PROMPT_S = 3.0
+"""How soon after the second signal it must have exited (its lock's release is waited for
+about a second)."""
+
+
+def stop_twice(
+    proc: subprocess.Popen[bytes],
+    admin: redis.Redis,
+    signals: tuple[signal.Signals, signal.Signals],
+    moved: Callable[[], bool],
+) -> tuple[int, dict[str, Any], str]:
+    """Once ``moved()`` holds, make Redis hold every write (a batch then waits for its answer),
+    signal ``proc`` (its own pid only) twice, and check it exits promptly, while Redis still
+    holds the writes; then let Redis answer again. Its exit code, --json error document and
+    stderr (words joined by single spaces)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not moved():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "it never started moving"
+        time.sleep(0.002)
+    admin.execute_command("CLIENT", "PAUSE", PAUSE_MS, "WRITE")
+    try:
+        time.sleep(0.3)  # its batch in hand waits for Redis's answer
+        proc.send_signal(signals[0])
+        time.sleep(0.3)
+        assert proc.poll() is None, "the first signal did not wait for the batch in hand"
+        proc.send_signal(signals[1])
+        signalled = time.monotonic()
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+        took = time.monotonic() - signalled
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    text = " ".join(err.decode("utf-8", "replace").split())
+    assert "Traceback" not in text, text
+    assert took < PROMPT_S, f"it waited {took:.1f} s for Redis after the second signal: {text}"
+    document = json.loads(out) if out.strip() else {}
+    return proc.returncode, document, text
+
+
+def said_by(signals: tuple[signal.Signals, ...]) -> str:
+    return "stopped by SIGTERM" if signal.SIGTERM in signals else "interrupted"
+
+
+UNANSWERED = (
+    "is not known (a second signal stopped the wait for Redis's answer"  # (the words after vary)
+)
+
+
+def check_the_lock_was_left(
+    client: redis.Redis, ref: queues.QueueRef, message: str, error: dict[str, Any]
+) -> None:
+    """Redis never answered the release of the queue lock (it still held every write): the
+    hint says so, and the lock is there, to expire on its own. The test then deletes it, as
+    its expiry would, for the rerun."""
+    assert (
+        f"Redis did not answer the release of the queue lock {ref.lock_key}: it expires 30 s "
+        "after its last renewal, and a rerun before then exits 75" in error["hint"]
+    ), error
+    assert error["hint"] in message
+    assert client.exists(ref.lock_key)
+    client.delete(ref.lock_key)
+
+
+def test_a_second_signal_stops_a_requeue_that_waits_on_redis_and_says_what_is_in_doubt(
+    fresh_redis: servers.LocalRedis, env_name: str
+) -> None:
+    """Twice SIGINT while the requeue's batches in flight wait for a Redis that does not answer:
+    it exits at once, counting what was answered and saying how many messages were sent in
+    batches whose answers it did not read; each batch is atomic, so the lists hold at least
+    the ones counted, at most those and the ones in doubt, each message once."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    source, destination = ref.key("processing"), ref.key("published")
+    client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    fill(client, source)
+    signals = (signal.SIGINT, signal.SIGINT)
+    proc = start(fresh_redis.url, env_name, "requeue", SUB, TYPE, "--from", "processing")
+    code, document, err = stop_twice(proc, admin, signals, lambda: client.llen(destination) > 0)
+    assert code == 130, err
+
+    found = re.search(
+        rf"{said_by(signals)}; ([\d,]+) messages? requeued from (\S+) to (\S+) before it "
+        r"stopped; whether the ([\d,]+) selected messages sent after them were moved "
+        + re.escape(UNANSWERED)
+        + r"; each batch ran whole or not at all\); the other ([\d,]+) were not sent; the "
+        r"notification was not sent, or not answered",
+        err,
+    )
+    assert found is not None, err
+    requeued, doubt, rest = number(found[1]), number(found[4]), number(found[5])
+    assert (found[2], found[3]) == (source, destination), err
+    assert doubt > 0 and doubt % BATCH == 0 and requeued + doubt + rest == N, err
+    error = interrupted_error(document, err)
+    assert error["done"] == {"requeued": requeued, "gone": 0, "requeued_in_doubt": doubt}
+    moved = client.llen(destination)
+    assert requeued <= moved <= requeued + doubt
+    assert client.llen(source) + moved == N  # each message in one list: the moves are whole
+    check_the_lock_was_left(client, ref, err, error)
+
+    summary = run(fresh_redis.url, env_name, "requeue", SUB, TYPE, "--from", "processing")
+    assert (summary["requeued"], summary["failed"]) == (N - moved, 0)
+    assert rb.lrange(client, destination) == ORIGINAL  # each once, in order
+    client.close()
+    admin.close()

@@ -15,7 +15,14 @@ from esctl.errors import Interrupted, LockLost, UsageError
 from esctl.interrupts import HeldInterrupts
 from esctl.locks import RedisLock
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.lock import LOST_HINT, LOST_LOCK, is_fenced, lost_lock
+from esctl.queues.lock import (
+    LOST_HINT,
+    LOST_LOCK,
+    after_broken_wait,
+    is_fenced,
+    lost_lock,
+    not_given_back,
+)
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, problem
 from esctl.queues.scripts import MOVE_SCRIPT, notify, refusal_hint
@@ -28,6 +35,9 @@ from esctl.queues.selection import (
     select_locked,
 )
 from esctl.units import counted
+
+_END = object()
+"""The end of the replies (:func:`_move`)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,8 @@ def requeue(
     lock (LockHeld when another run has it) unless ``dry_run``; asks ``confirm`` before the
     first move (Refused when it says no). Ctrl-C (or SIGTERM) stops the sending; the batches
     sent are answered and counted, the notification goes out, and Interrupted says what
-    moved."""
+    moved. A second one while Redis does not answer stops the wait: Interrupted then also
+    says how many messages were sent in batches whose answers were not read (in doubt)."""
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -97,6 +108,8 @@ def requeue(
     options.selection.check(options.source)
     clear = options.source == "dead" and not options.keep_retry_data
     summary: RequeueSummary | None = None
+    held = HeldInterrupts()
+    lock: RedisLock | None = None
     try:
         selecting = select_locked(
             client, ref, options.source, options, retry_keys=clear, sleep=sleep
@@ -116,28 +129,38 @@ def requeue(
                 return summary
             plan = Plan("requeue", snap.count, snap.key, ref.key("published"))
             require_confirmation(confirm, plan)
-            held = HeldInterrupts()
-            with held.holding():  # the notification goes out whatever stops the moves
-                try:
-                    assert lock is not None  # held whenever not a dry run
-                    _move(client, ref, snap, summary, lock, held)
-                finally:
-                    if summary.requeued:
-                        summary.notified = notify(client, ref.channel, summary.problems)
-            held.check()
+            assert lock is not None  # held whenever not a dry run
+            try:
+                with held.holding():  # the notification goes out whatever stops the moves
+                    try:
+                        _move(client, ref, snap, summary, lock, held)
+                    finally:
+                        if summary.requeued and not held.broke:
+                            with held.waiting():
+                                summary.notified = notify(client, ref.channel, summary.problems)
+                held.check()
+            finally:
+                if held.broke:
+                    after_broken_wait(client, lock)
     except KeyboardInterrupt as exc:
         if options.dry_run or isinstance(exc, Interrupted):
             raise
-        raise _interrupted(ref, options, summary) from exc
+        raise _interrupted(ref, options, summary, held, lock) from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
 def _interrupted(
-    ref: QueueRef, options: RequeueOptions, summary: RequeueSummary | None
+    ref: QueueRef,
+    options: RequeueOptions,
+    summary: RequeueSummary | None,
+    held: HeldInterrupts,
+    lock: RedisLock | None,
 ) -> Interrupted:
     """What Ctrl-C or SIGTERM left: the batches sent before it were answered and counted
-    (Ctrl-C is held while they are with Redis), so ``summary`` says exactly what moved."""
+    (Ctrl-C is held while they are with Redis), so ``summary`` says exactly what moved; when
+    a second signal stopped the wait for Redis, ``held.in_doubt`` messages were sent in
+    batches whose answers were not read (each batch ran whole or not at all)."""
     source = ref.key(options.source)
     if summary is None or not summary.selected:
         state = f"nothing was requeued from {source}"
@@ -148,31 +171,68 @@ def _interrupted(
             hint="rerun the same command",
             done={"requeued": 0, "gone": 0},
         )
-    moved, gone = summary.requeued, summary.gone
-    left = summary.selected - moved - gone
+    moved, gone, doubt = summary.requeued, summary.gone, held.in_doubt
+    left = summary.selected - moved - gone - doubt
     state = (
         f"{counted(moved, 'message')} requeued from {source} to {summary.destination_key} "
         "before it stopped"
     )
     if gone:
         state += f" ({gone:,} more gone: taken meanwhile, not moved)"
+    if doubt:
+        state += _in_doubt(doubt, after=bool(moved or gone))
     stopped = [p["detail"] for p in summary.problems if p["kind"] == "move_failed"]
     if stopped:  # the run was stopping for another reason too: what it says of the rest
         state += f"; {stopped[0]}"
     elif left:
         verb = "was" if left == 1 else "were"
-        state += f"; the other {counted(left, 'selected message')} {verb} not moved"
-    else:
+        if doubt:
+            state += f"; the other {left:,} {verb} not sent"
+        else:
+            state += f"; the other {counted(left, 'selected message')} {verb} not moved"
+    elif not doubt:
         state += "; that was every selected message"
-    if moved and not summary.notified:
-        state += "; the notification failed (subscribers pick them up on their next one)"
+    if (moved or doubt) and not summary.notified:
+        state += (
+            "; the notification was not sent, or not answered"
+            if held.broke
+            else "; the notification failed"
+        ) + " (subscribers pick them up on their next one)"
+    done = {"requeued": moved, "gone": gone}
+    if doubt:
+        done["requeued_in_doubt"] = doubt
+    return Interrupted(state, hint=_rerun(source, options, held, lock), done=done)
+
+
+def _in_doubt(doubt: int, *, after: bool) -> str:
+    """What an interruption says of the ``doubt`` messages sent and not answered (``after``
+    those it counts)."""
+    return (
+        f"; whether the {counted(doubt, 'selected message')} sent {'after them ' if after else ''}"
+        f"{'was' if doubt == 1 else 'were'} moved is not known (a second signal stopped the wait "
+        "for Redis's answer; each batch ran whole or not at all)"
+    )
+
+
+def _rerun(
+    source: str, options: RequeueOptions, held: HeldInterrupts, lock: RedisLock | None
+) -> str:
+    """An interrupted requeue's hint."""
     hint = (
         f"rerun the same command to requeue the rest: it selects again from what is left in "
-        f"{source}, and what was requeued is no longer there (nothing is moved twice)"
+        f"{source}, and what was requeued is no longer there (nothing is moved twice"
     )
+    if held.in_doubt:
+        hint += (
+            ": a batch in doubt has run by the time a rerun takes the queue lock, or never "
+            "runs, since each checks the lock is this run's"
+        )
+    hint += ")"
     if options.selection.limit is not None:
         hint += "; --limit counts afresh"
-    return Interrupted(state, hint=hint, done={"requeued": moved, "gone": gone})
+    if held.broke:
+        hint += not_given_back(lock)
+    return hint
 
 
 def _move(
@@ -191,7 +251,9 @@ def _move(
     the user's rights before any change) raises PermissionDenied when no batch ran; once one
     did (before it, or sent behind it: the rights a batch needs depend on its RetryData keys),
     the summary says what moved and what was refused. A Ctrl-C ``held`` stops the sending
-    as a lost lock does (the replies still due are read and counted); the caller raises it."""
+    as a lost lock does (the replies still due are read and counted); the caller raises it.
+    A second one while it waits for them stops the wait (KeyboardInterrupt): ``held.in_doubt``
+    is then the messages of the batches sent and not answered."""
     pace = inflight.Pace(start=2, least=2, latency_s=redisio.round_trip(client))
     sent: list[int] = []  # batch sizes, in the order sent
     stop: list[str] = []  # why the run stops, the first reason first
@@ -211,21 +273,14 @@ def _move(
 
     answered = 0
     try:
-        for reply in redisio.windowed(client, calls(), pace):
+        for reply in _waited(redisio.windowed(client, calls(), pace), held):
             size = sent[answered]
             answered += 1
             if isinstance(reply, Exception):
-                if not stop:
-                    stop.append(_refused(reply, size, ref, summary))
-                    if redisio.is_denied(reply):  # refused before any change in it
-                        denied = reply
+                denied = _stopping(reply, size, ref, summary, stop) or denied
                 continue
             ran += 1
-            flags, cleared = reply
-            moved = sum(1 for f in flags if int(f) == 1)
-            summary.requeued += moved
-            summary.gone += size - moved
-            summary.retry_data_cleared += int(cleared)
+            _count(reply, size, summary)
     except redisio.REDIS_ERRORS as exc:
         unsure = sum(sent[answered:])
         stop.insert(
@@ -234,6 +289,9 @@ def _move(
             f"to {summary.destination_key} ({redact(str(exc))})",
         )
         then = " (the batches may have completed: every move in each is whole)"
+    except KeyboardInterrupt:
+        _broken(held, sum(sent[answered:]), stop, summary, snap.key)
+        raise
     else:
         then = ""
         if denied is not None and not ran:  # nothing was changed: the refusal is the answer
@@ -244,6 +302,45 @@ def _move(
         summary.problems.append(problem("move_failed", snap.key, detail))
 
 
+def _broken(
+    held: HeldInterrupts, unanswered: int, stop: list[str], summary: RequeueSummary, key: str
+) -> None:
+    """When a second signal stopped the wait (``held.broke``) for the answers of batches of
+    ``unanswered`` messages: they are in doubt; a reason the sending had stopped for already
+    (``stop``) is the run's problem, for the interruption to say."""
+    if not held.broke:
+        return
+    held.in_doubt = unanswered
+    if stop:
+        summary.problems.append(problem("move_failed", key, stop[0]))
+
+
+def _count(reply: Any, size: int, summary: RequeueSummary) -> None:
+    """Count the answer of a batch of ``size`` moves that ran."""
+    flags, cleared = reply
+    moved = sum(1 for f in flags if int(f) == 1)
+    summary.requeued += moved
+    summary.gone += size - moved
+    summary.retry_data_cleared += int(cleared)
+
+
+def _waited(replies: Iterator[Any], held: HeldInterrupts) -> Iterator[Any]:
+    """``replies``, each waited for as :meth:`HeldInterrupts.waiting` (a second Ctrl-C stops
+    the wait); closed however it ends (a wait broken off: its connection is closed, never
+    used again)."""
+    try:
+        while True:
+            with held.waiting():
+                reply = next(replies, _END)
+            if reply is _END:
+                return
+            yield reply
+    finally:
+        close = getattr(replies, "close", None)
+        if close is not None:
+            close()
+
+
 def _lost(lock: RedisLock, stop: list[str]) -> bool:
     """Whether the lock was found gone (then ``stop`` says so)."""
     try:
@@ -252,6 +349,17 @@ def _lost(lock: RedisLock, stop: list[str]) -> bool:
         stop.append(lost_lock(exc))
         return True
     return False
+
+
+def _stopping(
+    reply: Exception, size: int, ref: QueueRef, summary: RequeueSummary, stop: list[str]
+) -> Exception | None:
+    """A batch's error ``reply``: the first stops the run (``stop`` says why); when that is a
+    refusal (NOPERM: refused before any change in it), the refusal."""
+    if stop:
+        return None
+    stop.append(_refused(reply, size, ref, summary))
+    return reply if redisio.is_denied(reply) else None
 
 
 def _refused(reply: Exception, size: int, ref: QueueRef, summary: RequeueSummary) -> str:
