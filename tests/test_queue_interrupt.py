@@ -463,3 +463,51 @@ def test_a_second_signal_stops_a_requeue_that_waits_on_redis_and_says_what_is_in
     assert rb.lrange(client, destination) == ORIGINAL  # each once, in order
     client.close()
     admin.close()
+
+
+def test_a_second_signal_stops_a_drain_that_waits_on_redis_and_says_what_is_in_doubt(
+    fresh_redis: servers.LocalRedis, env_name: str, tmp_path: Path
+) -> None:
+    """Twice SIGTERM while a removal batch waits for a Redis that does not answer: it exits
+    at once, the batch in doubt; the backup file does not mark it, and `queue restore` puts
+    back exactly what was removed, the batch's removals too when it ran (from its outcome in
+    Redis)."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    key = ref.key("dead")
+    client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    fill(client, key, SHORTER)
+    path = tmp_path / "dead.jsonl.zst"
+    signals = (signal.SIGTERM, signal.SIGTERM)
+    proc = start(fresh_redis.url, env_name, "drain", SUB, TYPE, "--to-file", str(path))
+    code, document, err = stop_twice(proc, admin, signals, lambda: client.llen(key) < SHORTER)
+    assert code == 130, err
+
+    found = re.search(
+        rf"{said_by(signals)}; ([\d,]+) messages? drained from (\S+) before it stopped: backed "
+        r"up in (\S+) and removed from Redis; whether the batch of ([\d,]+) removals sent when "
+        r"it stopped ran "
+        + re.escape(UNANSWERED)
+        + r"\): its messages may have been removed from (\S+) \(the batch ran whole or not at "
+        r"all\); (\S+) holds them, not marked drained; if the batch ran, Redis recorded its "
+        r"outcome in (\S+) in the same call, and `esctl queue restore (\S+)` reads it there",
+        err,
+    )
+    assert found is not None, err
+    drained, doubt = number(found[1]), number(found[4])
+    assert (found[2], found[5]) == (key, key) and found[3] == found[6] == found[8] == str(path)
+    backup = queues.read_backup(path)
+    assert found[7] == ref.drain_outcome_key("dead", backup.backup_id), err
+    assert doubt == BATCH and removed_in(path) == drained, err
+    error = interrupted_error(document, err)
+    assert error["done"] == {"drained": drained, "gone": 0, "drained_in_doubt": doubt}
+    removed = SHORTER - client.llen(key)
+    assert drained <= removed <= drained + doubt
+    check_the_lock_was_left(client, ref, err, error)
+
+    restored = run(fresh_redis.url, env_name, "restore", str(path))
+    assert restored["restored"] == removed  # the batch in doubt's too, when it ran
+    assert rb.lrange(client, key) == ORIGINAL[:SHORTER]
+    client.close()
+    admin.close()

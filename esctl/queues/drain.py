@@ -25,7 +25,13 @@ from esctl.queues.backup import (
     record_outcome,
 )
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.lock import LOST_HINT, is_fenced, lost_lock
+from esctl.queues.lock import (
+    LOST_HINT,
+    after_broken_wait,
+    is_fenced,
+    lost_lock,
+    not_given_back,
+)
 from esctl.queues.messages import MessageInfo
 from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
@@ -86,7 +92,8 @@ def drain(
     file before the next batch. Without ``to_file`` it refuses unless ``discard``. Holds the
     queue's lock unless ``dry_run``; asks ``confirm`` before writing anything. Ctrl-C (or
     SIGTERM) waits for the batch in hand and its outcome record, then Interrupted says what
-    was drained."""
+    was drained. A second one while Redis does not answer stops the wait: Interrupted then
+    also says the batch in hand is in doubt, and what the backup file and Redis know of it."""
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -102,6 +109,8 @@ def drain(
             hint="choose a new --to-file name",
         )
     summary: DrainSummary | None = None
+    held = HeldInterrupts()
+    lock: RedisLock | None = None
     try:
         selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
         with selecting as (snap, lock):
@@ -135,28 +144,35 @@ def drain(
                     snap.now,
                 )
                 summary.backup_file = str(options.to_file)
-            held = HeldInterrupts()
             try:
                 assert lock is not None  # held whenever not a dry run
                 _remove(client, snap, summary, writer, lock, ref, which, held)
             finally:
                 if writer is not None:
                     writer.close()
+                if held.broke:
+                    after_broken_wait(client, lock)
             held.check()  # a Ctrl-C held during the last batch sent: it is counted
     except KeyboardInterrupt as exc:
         if options.dry_run or isinstance(exc, Interrupted):
             raise
-        raise _interrupted(ref, options, which, summary) from exc
+        raise _interrupted(ref, options, which, summary, held, lock) from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
 def _interrupted(
-    ref: QueueRef, options: DrainOptions, which: str, summary: DrainSummary | None
+    ref: QueueRef,
+    options: DrainOptions,
+    which: str,
+    summary: DrainSummary | None,
+    held: HeldInterrupts,
+    lock: RedisLock | None,
 ) -> Interrupted:
     """What Ctrl-C or SIGTERM left: it is held while a removal batch runs and its outcome is
     written to the backup file, so ``summary`` counts exactly the batches that ran, and the
-    file marks them."""
+    file marks them; when a second signal stopped the wait for Redis, the ``held.in_doubt``
+    messages of the batch in hand may or may not have been removed (:func:`_in_doubt`)."""
     key = ref.key(which)
     path = _str(options.to_file)
     if summary is None or (summary.backup_file is None and path is not None):
@@ -169,11 +185,13 @@ def _interrupted(
         elif summary is None:
             state += " (it stopped while selecting messages)"
         return Interrupted(state, hint=hint, done={"drained": 0, "gone": 0})
-    drained, gone = summary.drained, summary.gone
+    drained, gone, doubt = summary.drained, summary.gone, held.in_doubt
     done = {"drained": drained, "gone": gone}
-    left = summary.selected - drained - gone
+    if doubt:
+        done["drained_in_doubt"] = doubt
+    left = summary.selected - drained - gone - doubt
     stopped = [p["detail"] for p in summary.problems if p["kind"] == "remove_failed"]
-    if path is not None and not (drained or gone or stopped):
+    if path is not None and not (drained or gone or stopped or doubt):
         return Interrupted(
             f"nothing was drained from {key}; the backup file {path} holds the selected "
             "messages, none marked drained",
@@ -181,40 +199,87 @@ def _interrupted(
             "a backup file)",
             done=done,
         )
-    if path is None:  # --discard
-        state = (
+    state = _head(drained, key, path, doubt)
+    if gone:
+        state += f" ({gone:,} more gone: taken by a consumer first, not removed)"
+    if doubt:
+        outcome_key = ref.drain_outcome_key(which, str(summary.backup_id))
+        state += _in_doubt(doubt, key, path, outcome_key)
+    if stopped:  # the run was stopping for another reason too: what it says of the rest
+        state += f"; {stopped[0]}"
+    else:
+        state += _rest(left, doubt, path)
+    hint = _rerun(key, path, drained, doubt)
+    if held.broke:
+        hint += not_given_back(lock)
+    return Interrupted(state, hint=hint, done=done)
+
+
+def _head(drained: int, key: str, path: str | None, doubt: int) -> str:
+    """How an interrupted drain's state begins: what it ``drained`` for certain (``path``: the
+    backup file, None with --discard; ``doubt``: messages in doubt)."""
+    if not drained and doubt:
+        return f"nothing was {'removed' if path is None else 'drained'} from {key} for certain"
+    if path is None:
+        return (
             f"{counted(drained, 'message')} removed from {key} for good (--discard) before it "
             "stopped"
         )
-    else:
-        state = (
-            f"{counted(drained, 'message')} drained from {key} before it stopped: backed up in "
-            f"{path} and removed from Redis"
-        )
-    if gone:
-        state += f" ({gone:,} more gone: taken by a consumer first, not removed)"
-    if stopped:  # the run was stopping for another reason too: what it says of the rest
-        state += f"; {stopped[0]}"
-    elif left:
-        verb = "was" if left == 1 else "were"
-        state += f"; the other {counted(left, 'selected message')} {verb} not removed"
-        if path is not None:
-            state += f" ({path} holds {'it' if left == 1 else 'them'} too, not marked drained)"
-    else:
-        state += "; that was every selected message"
+    return (
+        f"{counted(drained, 'message')} drained from {key} before it stopped: backed up in "
+        f"{path} and removed from Redis"
+    )
+
+
+def _rerun(key: str, path: str | None, drained: int, doubt: int) -> str:
+    """An interrupted drain's hint (``path``: the backup file, None with --discard)."""
     if path is None:
-        return Interrupted(
-            state,
-            hint="rerun the same command to discard the rest: it selects again from what is "
-            f"left in {key}",
-            done=done,
+        return (
+            "rerun the same command to discard the rest: it selects again from what is left "
+            f"in {key}"
         )
     hint = "rerun with a new --to-file to drain the rest (esctl never overwrites a backup file)"
-    if drained:
+    if drained or doubt:
         hint += (
             f"; `esctl queue restore {path}` puts back the {counted(drained, 'message')} drained"
         )
-    return Interrupted(state, hint=hint, done=done)
+    if doubt:
+        hint += " and what the batch in doubt removed, if it ran"
+    return hint
+
+
+def _rest(left: int, doubt: int, path: str | None) -> str:
+    """What an interrupted drain says of the ``left`` selected messages it did not send (after
+    the ``doubt`` in doubt; ``path``: the backup file, None with --discard)."""
+    if not left:
+        return "" if doubt else "; that was every selected message"
+    verb = "was" if left == 1 else "were"
+    if doubt:
+        text = f"; the other {left:,} {verb} not sent"
+    else:
+        text = f"; the other {counted(left, 'selected message')} {verb} not removed"
+    if path is not None:
+        text += f" ({path} holds {'it' if left == 1 else 'them'} too, not marked drained)"
+    return text
+
+
+def _in_doubt(doubt: int, key: str, path: str | None, outcome_key: str) -> str:
+    """What an interrupted drain says of the batch of ``doubt`` removals a second signal
+    stopped the wait for (``path``: the backup file, None with --discard; ``outcome_key``:
+    where the removal script records the batch's outcome, with the batch)."""
+    text = (
+        f"; whether the batch of {doubt:,} removals sent when it stopped ran is not known (a "
+        f"second signal stopped the wait for Redis's answer): its messages may have been "
+        f"removed from {key} (the batch ran whole or not at all)"
+    )
+    if path is None:
+        return text + " for good (--discard)"
+    return text + (
+        f"; {path} holds them, not marked drained; if the batch ran, Redis recorded its outcome "
+        f"in {outcome_key} in the same call, and `esctl queue restore {path}` reads it there: "
+        "it puts back what the batch removed if it ran, and none of its messages if it did not "
+        "(they are still in the list)"
+    )
 
 
 def _stopped(exc: Exception, size: int, summary: DrainSummary, lock_key: str) -> str:
@@ -275,9 +340,14 @@ def _send_batch(
         failure: Exception | None = None
         with held.holding():
             try:
-                flags = send()
+                with held.waiting():  # a second Ctrl-C stops the wait: the batch is in doubt
+                    flags = send()
             except redisio.REDIS_ERRORS as exc:
                 failure = exc
+            except KeyboardInterrupt:
+                if held.broke:
+                    held.in_doubt = len(numbers)
+                raise
             else:
                 removed = [n for n, f in zip(numbers, flags, strict=True) if int(f) == 1]
                 gone = [n for n, f in zip(numbers, flags, strict=True) if int(f) != 1]
