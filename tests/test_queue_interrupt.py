@@ -511,3 +511,52 @@ def test_a_second_signal_stops_a_drain_that_waits_on_redis_and_says_what_is_in_d
     assert rb.lrange(client, key) == ORIGINAL[:SHORTER]
     client.close()
     admin.close()
+
+
+def test_a_second_signal_stops_a_restore_that_waits_on_redis_and_says_what_is_in_doubt(
+    fresh_redis: servers.LocalRedis, env_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT then SIGTERM while a restore batch waits for a Redis that does not answer: it
+    exits at once, the batch in doubt; Redis's progress counter counts it if it ran, so the
+    rerun restores the rest, nothing twice."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    key = ref.key("dead")
+    client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    fill(client, key, SHORTER)
+    path = tmp_path / "dead.jsonl.zst"
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 10_000)
+    assert queues.drain(client, ref, queues.DrainOptions(to_file=path)).drained == SHORTER
+    progress_key = ref.restore_progress_key("dead", queues.read_backup(path).backup_id)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    proc = start(fresh_redis.url, env_name, "restore", str(path))
+    code, document, err = stop_twice(proc, admin, signals, lambda: client.llen(key) > 0)
+    assert code == 130, err
+
+    found = re.search(
+        rf"{said_by(signals)}; ([\d,]+) messages? of (\S+) restored to (\S+) before it "
+        r"stopped; whether the batch of ([\d,]+) messages sent to (\S+) when it stopped was "
+        r"restored "
+        + re.escape(UNANSWERED)
+        + r"\): all of it or none, and Redis's progress counter (\S+) counts it in the same "
+        r"call if it was; the other ([\d,]+) were not sent",
+        err,
+    )
+    assert found is not None, err
+    restored, doubt, rest = number(found[1]), number(found[4]), number(found[7])
+    assert (found[2], found[3], found[5], found[6]) == (str(path), key, key, progress_key)
+    assert doubt == BATCH and restored + doubt + rest == SHORTER, err
+    assert "so is the batch in doubt if it ran (if it did not, the rerun restores it)" in err
+    error = interrupted_error(document, err)
+    assert error["done"] == {"restored": restored, "restored_in_doubt": doubt}
+    back = client.llen(key)
+    assert restored <= back <= restored + doubt
+    assert int(client.get(progress_key) or 0) == back  # counted with each batch
+    check_the_lock_was_left(client, ref, err, error)
+
+    summary = run(fresh_redis.url, env_name, "restore", str(path))
+    assert (summary["restored"], summary["already_restored"]) == (SHORTER - back, back)
+    assert rb.lrange(client, key) == ORIGINAL[:SHORTER]
+    client.close()
+    admin.close()

@@ -17,7 +17,14 @@ from esctl.locks import RedisLock
 from esctl.queues import scripts
 from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_bytes
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
-from esctl.queues.lock import NO_OTHER_RUN, is_fenced, lost_lock, queue_lock
+from esctl.queues.lock import (
+    NO_OTHER_RUN,
+    after_broken_wait,
+    is_fenced,
+    lost_lock,
+    not_given_back,
+    queue_lock,
+)
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
 from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
 from esctl.units import counted
@@ -104,7 +111,9 @@ def restore(
     in Redis atomically with each batch, so rerunning after a failure, or restoring the same
     file again, never restores a message twice. Holds the target queues' locks unless
     ``dry_run``; asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for the batch in hand, the
-    notification goes out, then Interrupted says what was restored."""
+    notification goes out, then Interrupted says what was restored. A second one while Redis
+    does not answer stops the wait: Interrupted then also says the batch in hand is in doubt,
+    and that a rerun goes on from what Redis counted."""
     started = time.perf_counter()
     backup = read_backup(path)
     header = backup.header
@@ -167,45 +176,66 @@ def restore(
         summary.elapsed_s = time.perf_counter() - started
         return summary
     refs = sorted({g.ref for g in groups})
+    held = HeldInterrupts()
+    lock: RedisLock | None = None
     try:
         with queue_lock(client, refs) as lock:
-            destination = ", ".join(g.key for g in groups)
-            require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
-            _restore_all(client, groups, summary, lock)
+            try:
+                destination = ", ".join(g.key for g in groups)
+                require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
+                _restore_all(client, groups, summary, lock, held)
+            finally:
+                if held.broke:
+                    after_broken_wait(client, lock)
     except KeyboardInterrupt as exc:
         if isinstance(exc, Interrupted):
             raise
-        raise _interrupted(summary, todo) from exc
+        raise _interrupted(summary, todo, groups, held, lock) from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
 def _restore_all(
-    client: redisio.RedisClient, groups: list[_Group], summary: RestoreSummary, lock: RedisLock
+    client: redisio.RedisClient,
+    groups: list[_Group],
+    summary: RestoreSummary,
+    lock: RedisLock,
+    held: HeldInterrupts,
 ) -> None:
     """Restore each group in turn, then notify the event types that got messages back (also
-    when a failure or Ctrl-C stops the run: KeyboardInterrupt once that is done)."""
-    held = HeldInterrupts()
+    when a failure or Ctrl-C stops the run: KeyboardInterrupt once that is done; not when a
+    second Ctrl-C stopped a wait for Redis, which may not answer)."""
     try:
         for g, target in zip(groups, summary.targets, strict=True):
             _restore_group(client, g, target, summary, lock, held)
             if summary.failed or held.caught:
                 break
     finally:
-        with held.holding():  # the notification goes out, also on Ctrl-C
-            channels = {
-                g.ref.channel for g, t in zip(groups, summary.targets, strict=True) if t.restored
-            }
-            notified = [notify(client, c, summary.problems) for c in sorted(channels)]
-            summary.notified = bool(notified) and all(notified)
+        if not held.broke:
+            with held.holding(), held.waiting():  # the notification goes out, also on Ctrl-C
+                channels = {
+                    g.ref.channel
+                    for g, t in zip(groups, summary.targets, strict=True)
+                    if t.restored
+                }
+                notified = [notify(client, c, summary.problems) for c in sorted(channels)]
+                summary.notified = bool(notified) and all(notified)
     held.check()
 
 
-def _interrupted(summary: RestoreSummary, todo: int) -> Interrupted:
+def _interrupted(
+    summary: RestoreSummary,
+    todo: int,
+    groups: list[_Group],
+    held: HeldInterrupts,
+    lock: RedisLock | None,
+) -> Interrupted:
     """What Ctrl-C or SIGTERM left: it is held while a batch is with Redis, which counts each
     batch in the file's progress counter with the batch, so ``summary`` says exactly what was
-    restored, and a rerun of the same file goes on after it."""
-    restored = summary.restored
+    restored, and a rerun of the same file goes on after it. When a second signal stopped the
+    wait for Redis, the batch in hand (``held.in_doubt`` messages) may or may not have been
+    restored: its list's progress counter knows, and a rerun goes on from it."""
+    restored, doubt = summary.restored, held.in_doubt
     into = [t for t in summary.targets if t.restored]
     where = (
         into[0].key
@@ -215,24 +245,53 @@ def _interrupted(summary: RestoreSummary, todo: int) -> Interrupted:
     if restored:
         state = f"{counted(restored, 'message')} of {summary.backup_file} restored to {where}"
     else:
-        state = f"nothing of {summary.backup_file} was restored"
+        state = f"nothing of {summary.backup_file} was restored{' for certain' if doubt else ''}"
     state += " before it stopped"
+    if doubt:
+        state += _in_doubt(doubt, groups, summary)
     stopped = [p["detail"] for p in summary.problems if p["kind"] == "restore_failed"]
-    left = todo - restored
+    left = todo - restored - doubt
     if stopped:  # the run was stopping for another reason too: what it says of the rest
         state += f"; {stopped[0]}"
     elif left:
-        state += f"; the other {left:,} {'was' if left == 1 else 'were'} not restored"
-    else:
+        verb = "was" if left == 1 else "were"
+        state += f"; the other {left:,} {verb} not {'sent' if doubt else 'restored'}"
+    elif not doubt:
         state += "; that was all of it"
-    if restored and not summary.notified:
-        state += "; the notification failed (subscribers pick them up on their next one)"
-    return Interrupted(
-        state,
-        hint=f"rerun the same restore to continue: Redis counts what is restored with each "
+    if (restored or doubt) and not summary.notified:
+        state += (
+            "; the notification was not sent, or not answered"
+            if held.broke
+            else "; the notification failed"
+        ) + " (subscribers pick them up on their next one)"
+    hint = (
+        f"rerun the same restore to continue: Redis counts what is restored with each "
         f"batch, so the {counted(restored + summary.already_restored, 'message')} already back "
-        "are skipped, never restored twice",
-        done={"restored": restored},
+        "are skipped, never restored twice"
+    )
+    done = {"restored": restored}
+    if doubt:
+        hint += ", and so is the batch in doubt if it ran (if it did not, the rerun restores it)"
+        done["restored_in_doubt"] = doubt
+    if held.broke:
+        hint += not_given_back(lock)
+    return Interrupted(state, hint=hint, done=done)
+
+
+def _in_doubt(doubt: int, groups: list[_Group], summary: RestoreSummary) -> str:
+    """What an interrupted restore says of the batch of ``doubt`` messages a second signal
+    stopped the wait for: the one in hand, of the first list not restored whole (the lists are
+    restored one after the other)."""
+    group = next(
+        g
+        for g, t in zip(groups, summary.targets, strict=True)
+        if g.done + t.restored < len(g.values)
+    )
+    return (
+        f"; whether the batch of {counted(doubt, 'message')} sent to {group.key} when it "
+        f"stopped was restored is not known (a second signal stopped the wait for Redis's "
+        f"answer): all of it or none, and Redis's progress counter {group.progress_key} "
+        "counts it in the same call if it was"
     )
 
 
@@ -334,12 +393,17 @@ def _restore_group(
         keys = [group.ref.lock_key, group.key, group.progress_key]
 
         def send(keys: list[str] = keys, args: list[Any] = args, end: int = end) -> None:
-            script(keys=keys, args=args)
+            with held.waiting():  # a second Ctrl-C stops the wait: the batch is in doubt
+                script(keys=keys, args=args)
             counted_batch(end)  # with Ctrl-C still held
 
         try:
             # a batch answered LOADING did not run: sent again once Redis has loaded
             redisio.after_loading(client, held.around(send))
+        except KeyboardInterrupt:
+            if held.broke:
+                held.in_doubt = k
+            raise
         except redisio.REDIS_ERRORS as exc:
             ran = redisio.is_lost(exc) and _progress(client, group) == end
             if ran:  # Redis counted it with the batch, atomically
