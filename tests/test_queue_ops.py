@@ -1037,3 +1037,124 @@ def test_a_second_ctrl_c_stops_a_wait_at_once_and_is_only_noted_outside_one() ->
         with held.waiting():
             reached = False
     assert held.broke and reached
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+class Reports:
+    """An ``on_progress`` that keeps every report (moved, gone, total), and can send this
+    process a Ctrl-C from inside the ``at``-th one, as a key pressed while a bar is drawn."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.seen: list[tuple[int, int, int]] = []
+        self.at = at
+
+    def __call__(self, progress: queues.QueueProgress) -> None:
+        self.seen.append((progress.moved, progress.gone, progress.total))
+        if len(self.seen) == self.at:
+            signal.raise_signal(signal.SIGINT)
+
+    @property
+    def moved(self) -> list[int]:
+        return [moved for moved, _, _ in self.seen]
+
+
+def test_requeue_drain_and_restore_report_progress_per_batch(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reports once it holds its lock and is confirmed (0 of the selected count), then
+    once per batch answered: the last report is what it moved (and found gone). A dry run, an
+    empty selection or a file with nothing left to restore reports nothing (no bar)."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 100)
+    q = ref(env_name)
+    values = [message(f"m{i}") for i in range(1000)]
+    fill(redis_client, q.key("processing"), values)
+
+    def consumer_finishes_three(plan: queues.Plan) -> bool:
+        for value in values[:3]:
+            rb.lrem(redis_client, q.key("processing"), 1, value)
+        return True
+
+    reports = Reports()
+    requeued = queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(),
+        confirm=consumer_finishes_three,
+        on_progress=reports,
+    )
+    assert (requeued.requeued, requeued.gone) == (997, 3)
+    assert reports.seen[0] == (0, 0, 1000)
+    assert reports.seen[-1] == (997, 3, 1000)
+    assert len(reports.seen) == 1 + 10  # one per batch of 100
+    assert reports.moved == sorted(reports.moved)
+
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    reports = Reports()
+    drained = queues.drain(redis_client, q, queues.DrainOptions(to_file=path), on_progress=reports)
+    assert drained.drained == 1000
+    assert (reports.seen[0], reports.seen[-1], len(reports.seen)) == (
+        (0, 0, 1000),
+        (1000, 0, 1000),
+        11,
+    )
+
+    reports = Reports()
+    restored = queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=reports)
+    assert restored.restored == 1000
+    assert (reports.seen[0], reports.seen[-1], len(reports.seen)) == (
+        (0, 0, 1000),
+        (1000, 0, 1000),
+        11,
+    )
+
+    nothing = Reports()
+    queues.requeue(redis_client, q, queues.RequeueOptions(dry_run=True), on_progress=nothing)
+    none_of_them = queues.Selection(aggregates=frozenset({"no-such-aggregate"}))
+    queues.requeue(
+        redis_client, q, queues.RequeueOptions(selection=none_of_them), on_progress=nothing
+    )
+    queues.drain(
+        redis_client,
+        q,
+        queues.DrainOptions(to_file=tmp_path / "empty.jsonl.zst", selection=none_of_them),
+        on_progress=nothing,
+    )
+    queues.drain(redis_client, q, queues.DrainOptions(dry_run=True), on_progress=nothing)
+    queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=nothing)  # done
+    assert nothing.seen == []
+
+
+def test_a_ctrl_c_during_a_progress_report_is_held_and_the_reports_stay_exact(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C that comes while a batch's count is reported (a bar being drawn) is held like
+    one during the batch: the run stops once the batches sent are counted, every one of them
+    reported, so the last report equals what ``error.done`` says moved, and what Redis holds."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 100)
+    q = ref(env_name)
+    values = [message(f"m{i}") for i in range(1000)]
+    fill(redis_client, q.key("processing"), values)
+    reports = Reports(at=3)  # the second batch's report
+    with pytest.raises(errors.Interrupted) as requeue_stop:
+        queues.requeue(redis_client, q, queues.RequeueOptions(), on_progress=reports)
+    assert requeue_stop.value.done is not None
+    moved = requeue_stop.value.done["requeued"]
+    assert 200 <= moved < 1000 and reports.moved[-1] == moved
+    assert redis_client.llen(q.key("published")) == moved
+
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    reports = Reports(at=3)
+    with pytest.raises(errors.Interrupted) as drain_stop:
+        queues.drain(redis_client, q, queues.DrainOptions(to_file=path), on_progress=reports)
+    assert drain_stop.value.done == {"drained": 200, "gone": 0}
+    assert reports.moved[-1] == 200 and redis_client.llen(q.key("dead")) == 800
+
+    reports = Reports(at=2)  # the first batch's report
+    with pytest.raises(errors.Interrupted) as restore_stop:
+        queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=reports)
+    assert restore_stop.value.done == {"restored": 100}
+    assert reports.moved == [0, 100] and redis_client.llen(q.key("dead")) == 900

@@ -25,6 +25,7 @@ from esctl.queues.listing import (
 from esctl.queues.lock import queue_lock
 from esctl.queues.messages import MessageInfo, RetryInfo, describe_message
 from esctl.queues.peek import PeekResult, peek
+from esctl.queues.progress import OnProgress, QueueProgress
 from esctl.queues.refs import QUEUE_LISTS, QueueRef, check_list_name
 from esctl.queues.requeue import RequeueOptions, RequeueSummary, requeue
 from esctl.queues.restore import (
@@ -64,9 +65,11 @@ __all__ = [
     "DrainSummary",
     "FoundQueues",
     "MessageInfo",
+    "OnProgress",
     "PeekResult",
     "Plan",
     "QueueListing",
+    "QueueProgress",
     "QueueRates",
     "QueueRef",
     "QueueStatus",

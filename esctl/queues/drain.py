@@ -33,6 +33,7 @@ from esctl.queues.lock import (
     not_given_back,
 )
 from esctl.queues.messages import MessageInfo
+from esctl.queues.progress import OnProgress, reporter
 from esctl.queues.refs import QueueRef, check_list_name, problem
 from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
 from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
@@ -82,6 +83,7 @@ def drain(
     *,
     confirm: Confirm | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    on_progress: OnProgress | None = None,
 ) -> DrainSummary:
     """Back up, then remove, the selected messages of one list.
 
@@ -93,7 +95,10 @@ def drain(
     queue's lock unless ``dry_run``; asks ``confirm`` before writing anything. Ctrl-C (or
     SIGTERM) waits for the batch in hand and its outcome record, then Interrupted says what
     was drained. A second one while Redis does not answer stops the wait: Interrupted then
-    also says the batch in hand is in doubt, and what the backup file and Redis know of it."""
+    also says the batch in hand is in doubt, and what the backup file and Redis know of it.
+    ``on_progress`` gets the messages drained of those selected: once the run holds the lock
+    and is confirmed (not for a dry run or an empty selection), before the backup is written,
+    then per batch once its outcome is recorded (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -128,9 +133,11 @@ def drain(
                 summary.elapsed_s = time.perf_counter() - started
                 return summary
             action = "drain" if options.to_file is not None else "discard"
+            report = reporter(on_progress, snap.count, lambda: (summary.drained, summary.gone))
             if snap.count:
                 plan = Plan(action, snap.count, snap.key, _str(options.to_file))
                 require_confirmation(confirm, plan)
+                report()  # holding the lock, confirmed: the bar may be drawn now
             writer = None
             if options.to_file is not None:
                 writer, summary.backup_id = create_backup(
@@ -146,7 +153,7 @@ def drain(
                 summary.backup_file = str(options.to_file)
             try:
                 assert lock is not None  # held whenever not a dry run
-                _remove(client, snap, summary, writer, lock, ref, which, held)
+                _remove(client, snap, summary, writer, lock, ref, which, held, report)
             finally:
                 if writer is not None:
                     writer.close()
@@ -330,12 +337,14 @@ def _send_batch(
     writer: BackupWriter | None,
     held: HeldInterrupts,
     summary: DrainSummary,
+    report: Callable[[], None],
 ) -> tuple[list[int], list[int]] | Exception:
     """Send one removal batch (``send``: its script call), record its outcome in the backup
-    file and count it in ``summary``, Ctrl-C ``held`` meanwhile (then the caller stops): the
-    record numbers removed and gone, or the error it failed with. A batch answered LOADING did not
-    run: it is sent again once Redis has loaded its data set (waited for between the tries,
-    where Ctrl-C is not held; one held during the try stops the drain there)."""
+    file, count it in ``summary`` and ``report`` it, Ctrl-C ``held`` meanwhile (then the caller
+    stops): the record numbers removed and gone, or the error it failed with. A batch answered
+    LOADING did not run: it is sent again once Redis has loaded its data set (waited for
+    between the tries, where Ctrl-C is not held; one held during the try stops the drain
+    there)."""
     while True:
         failure: Exception | None = None
         with held.holding():
@@ -355,6 +364,7 @@ def _send_batch(
                     record_outcome(writer, removed, gone)
                 summary.drained += len(removed)
                 summary.gone += len(gone)
+                report()  # after the count, Ctrl-C still held
                 return removed, gone
         if held.caught and redisio.is_loading(failure):  # it did not run
             raise KeyboardInterrupt from failure
@@ -375,10 +385,12 @@ def _remove(
     ref: QueueRef,
     which: str,
     held: HeldInterrupts,
+    report: Callable[[], None],
 ) -> None:
     """The removals, a batch at a time, each batch's outcome recorded in the backup file before
     the next is sent. A Ctrl-C ``held`` while a batch runs stops the run once it is counted
-    (KeyboardInterrupt); the caller checks ``held`` after the last batch."""
+    (KeyboardInterrupt); the caller checks ``held`` after the last batch. ``report``: called
+    once each batch is counted."""
     script = client.register_script(REMOVE_SCRIPT)
     keys = [ref.lock_key, snap.key]
     if writer is not None:
@@ -421,7 +433,7 @@ def _remove(
         args += numbers
         args.append(OUTCOME_TTL_MS)
         send = partial(script, keys=keys, args=args)
-        outcome = _send_batch(client, send, numbers, writer, held, summary)
+        outcome = _send_batch(client, send, numbers, writer, held, summary, report)
         if isinstance(outcome, Exception):
             failure = outcome
             denied = redisio.is_denied(failure)  # refused before any change (the script checks)

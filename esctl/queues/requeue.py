@@ -24,6 +24,7 @@ from esctl.queues.lock import (
     not_given_back,
 )
 from esctl.queues.messages import MessageInfo
+from esctl.queues.progress import OnProgress, reporter
 from esctl.queues.refs import QueueRef, problem
 from esctl.queues.scripts import MOVE_SCRIPT, notify, refusal_hint
 from esctl.queues.selection import (
@@ -85,6 +86,7 @@ def requeue(
     *,
     confirm: Confirm | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    on_progress: OnProgress | None = None,
 ) -> RequeueSummary:
     """Move selected messages of ProcessingEvents (or DeadLetters) back to the tail of
     PublishedEvents, where RPOPLPUSH takes them next, oldest taken first; then PUBLISH one
@@ -98,7 +100,10 @@ def requeue(
     first move (Refused when it says no). Ctrl-C (or SIGTERM) stops the sending; the batches
     sent are answered and counted, the notification goes out, and Interrupted says what
     moved. A second one while Redis does not answer stops the wait: Interrupted then also
-    says how many messages were sent in batches whose answers were not read (in doubt)."""
+    says how many messages were sent in batches whose answers were not read (in doubt).
+    ``on_progress`` gets the messages moved of those selected: once the run holds the lock
+    and is confirmed (not for a dry run or an empty selection), then per answered batch
+    (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -133,7 +138,7 @@ def requeue(
             try:
                 with held.holding():  # the notification goes out whatever stops the moves
                     try:
-                        _move(client, ref, snap, summary, lock, held)
+                        _move(client, ref, snap, summary, lock, held, on_progress)
                     finally:
                         if summary.requeued and not held.broke:
                             with held.waiting():
@@ -242,6 +247,7 @@ def _move(
     summary: RequeueSummary,
     lock: RedisLock,
     held: HeldInterrupts,
+    on_progress: OnProgress | None = None,
 ) -> None:
     """The moves, a batch per script call, several calls in flight (as many as the round trip
     to Redis calls for: :func:`esctl.inflight.depth_for`), each still one atomic step, run in
@@ -253,7 +259,10 @@ def _move(
     the summary says what moved and what was refused. A Ctrl-C ``held`` stops the sending
     as a lost lock does (the replies still due are read and counted); the caller raises it.
     A second one while it waits for them stops the wait (KeyboardInterrupt): ``held.in_doubt``
-    is then the messages of the batches sent and not answered."""
+    is then the messages of the batches sent and not answered. ``on_progress``: the counts
+    before the first batch, then after each answer is counted (Ctrl-C still held)."""
+    report = reporter(on_progress, snap.count, lambda: (summary.requeued, summary.gone))
+    report()  # holding the lock, confirmed: the bar may be drawn now
     pace = inflight.Pace(start=2, least=2, latency_s=redisio.round_trip(client))
     sent: list[int] = []  # batch sizes, in the order sent
     stop: list[str] = []  # why the run stops, the first reason first
@@ -281,6 +290,7 @@ def _move(
                 continue
             ran += 1
             _count(reply, size, summary)
+            report()  # after the count: never between an answer and it
     except redisio.REDIS_ERRORS as exc:
         unsure = sum(sent[answered:])
         stop.insert(

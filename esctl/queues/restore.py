@@ -5,6 +5,7 @@ Redis with each batch. How the places are kept: ``docs/design/queues.md``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from esctl.queues.lock import (
     not_given_back,
     queue_lock,
 )
+from esctl.queues.progress import OnProgress, reporter
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
 from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
 from esctl.units import counted
@@ -100,6 +102,7 @@ def restore(
     options: RestoreOptions,
     *,
     confirm: Confirm | None = None,
+    on_progress: OnProgress | None = None,
 ) -> RestoreSummary:
     """Put the messages of a drain's backup file back: into the list each came from, at the
     same distance from the tail (so a list drained and restored with nothing else happening
@@ -113,7 +116,10 @@ def restore(
     ``dry_run``; asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for the batch in hand, the
     notification goes out, then Interrupted says what was restored. A second one while Redis
     does not answer stops the wait: Interrupted then also says the batch in hand is in doubt,
-    and that a rerun goes on from what Redis counted."""
+    and that a rerun goes on from what Redis counted. ``on_progress`` gets the messages
+    restored of those still to restore: once the run holds the locks and is confirmed (not for
+    a dry run or when nothing is left to restore), then per answered batch
+    (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     backup = read_backup(path)
     header = backup.header
@@ -183,7 +189,9 @@ def restore(
             try:
                 destination = ", ".join(g.key for g in groups)
                 require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
-                _restore_all(client, groups, summary, lock, held)
+                report = reporter(on_progress, todo, lambda: (summary.restored, 0))
+                report()  # holding the locks, confirmed: the bar may be drawn now
+                _restore_all(client, groups, summary, lock, held, report)
             finally:
                 if held.broke:
                     after_broken_wait(client, lock)
@@ -201,13 +209,14 @@ def _restore_all(
     summary: RestoreSummary,
     lock: RedisLock,
     held: HeldInterrupts,
+    report: Callable[[], None],
 ) -> None:
     """Restore each group in turn, then notify the event types that got messages back (also
     when a failure or Ctrl-C stops the run: KeyboardInterrupt once that is done; not when a
     second Ctrl-C stopped a wait for Redis, which may not answer)."""
     try:
         for g, target in zip(groups, summary.targets, strict=True):
-            _restore_group(client, g, target, summary, lock, held)
+            _restore_group(client, g, target, summary, lock, held, report)
             if summary.failed or held.caught:
                 break
     finally:
@@ -357,11 +366,12 @@ def _restore_group(
     summary: RestoreSummary,
     lock: RedisLock,
     held: HeldInterrupts,
+    report: Callable[[], None],
 ) -> None:
     """Restore what is left of ``group``, a batch per script call, each counted (in ``target``
-    and ``summary``) as it is answered. Ctrl-C is ``held`` while a batch is with Redis and its
-    answer is counted; then the run stops (the caller raises it). Between batches it stops
-    the run at once: everything restored is counted."""
+    and ``summary``) as it is answered, then ``report``-ed. Ctrl-C is ``held`` while a batch
+    is with Redis and its answer is counted and reported; then the run stops (the caller
+    raises it). Between batches it stops the run at once: everything restored is counted."""
     script = client.register_script(RESTORE_SCRIPT)
     start = group.done
     total = len(group.values)
@@ -371,6 +381,7 @@ def _restore_group(
         target.restored += end - start
         summary.restored += end - start
         start = end
+        report()  # after the count (when answered, Ctrl-C still held)
 
     while start < total and not held.caught:
         restored = target.restored
