@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ import psycopg
 import pytest
 import redis
 import typer.main
-from helpers import run_cli, start_cli
+from helpers import QUEUE_BATCH_LAUNCHER, run_cli, start_cli
 from rich.console import Console
 from terminal import (
     BIN_DIR,
@@ -42,7 +43,7 @@ from terminal import (
     run_on_terminal,
 )
 
-from esctl import demo, servers
+from esctl import demo, queues, servers
 from esctl.cli import demo_tour, tables, wrapping
 from esctl.cli.app import app
 
@@ -387,6 +388,156 @@ def test_a_bar_that_counted_one_says_it_in_the_singular(
     [bar] = bar_rows(screen)
     assert bar["desc"] == "replaying", screen.describe()
     assert bar["rest"].startswith("1 event ["), screen.describe()
+
+
+# --- the queue commands' bars ----------------------------------------------------------------
+
+QUEUE_SUB = "Learning.ReportingService.Worker-Bar"
+QUEUE_TYPE = "ItemScoreCreated"
+QUEUED = 5_000
+"""Messages a queue command moves on the terminal: 100 batches of :data:`QUEUE_BATCH`."""
+QUEUE_BATCH = 50
+
+
+def queue_command(*args: str) -> list[str]:
+    """``esctl queue ARGS`` with its move batch set to QUEUE_BATCH (``QUEUE_BATCH_LAUNCHER``),
+    so a run of QUEUED messages answers batch after batch, as a long one does."""
+    return [sys.executable, "-c", QUEUE_BATCH_LAUNCHER, str(QUEUE_BATCH), "queue", *args]
+
+
+def fill_queue(url: str, env: str, which: str) -> str:
+    """QUEUED messages in the test queue's ``which`` list (its key, returned), as the library
+    writes them."""
+    key = queues.QueueRef(QUEUE_SUB, env, QUEUE_TYPE).key(which)
+    client = redis.Redis.from_url(url)
+    try:
+        client.delete(key)
+        client.rpush(
+            key,
+            *(
+                json.dumps(
+                    {
+                        "$type": f"Learning.ScoringService.Domain.Events.{QUEUE_TYPE}, "
+                        "Learning.ScoringService.Domain",
+                        "Id": f"item-{i}",
+                        "TimeStamp": "2025-03-01T12:00:00.0000001+00:00",
+                        "Version": 1,
+                        "AggregateType": "ItemScore",
+                    }
+                )
+                for i in range(QUEUED)
+            ),
+        )
+    finally:
+        client.close()
+    return key
+
+
+def finished_bar(screen: Screen, desc: str) -> int:
+    """The row of ``screen``'s one bar, ``desc`` at QUEUED of QUEUED (AssertionError else)."""
+    bars = bar_rows(screen)
+    assert [m["desc"] for m in bars] == [desc], screen.describe()
+    [bar] = bars
+    assert f"| {QUEUED:,}/{QUEUED:,} [" in bar["rest"], screen.describe()
+    assert "messages/s" in bar["rest"], screen.describe()
+    return screen.rows.index(bar[0])
+
+
+def summary_row(screen: Screen, label: str, value: str) -> int:
+    """The row of ``label │ value`` in ``screen``'s summary."""
+    rows = [i for i, r in enumerate(screen.rows) if re.fullmatch(rf"{label} +│ {value}", r)]
+    assert len(rows) == 1, screen.describe()
+    return rows[0]
+
+
+def test_queue_requeue_on_a_terminal_draws_a_bar_unless_json_or_no_progress(
+    redis_test_url: str, env_name: str
+) -> None:
+    """A requeue of 5,000 messages (100 batches) typed on a terminal draws a "requeueing" bar,
+    redrawn as batches are answered, that ends at 5,000/5,000 on a row of its own, the usual
+    summary below it. With --no-progress the same summary and no bar; with --json the
+    document alone (stdout a pipe here) and no bar on the terminal (stderr)."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    requeue = queue_command("requeue", QUEUE_SUB, QUEUE_TYPE, "--yes")
+    fill_queue(redis_test_url, env_name, "processing")
+    with TerminalSession(requeue, env=env) as session:
+        screen = session.wait_exit(timeout=60)
+    assert_reads_well(screen)
+    bar = finished_bar(screen, "requeueing")
+    assert session.raw.count(b"requeueing:") > 10, screen.describe()  # not only at the end
+    assert bar < screen.rows.index("queue requeue"), screen.describe()
+    assert bar < summary_row(screen, "requeued", f"{QUEUED:,}")
+
+    fill_queue(redis_test_url, env_name, "processing")
+    screen = run_on_terminal([*requeue, "--no-progress"], env=env)
+    assert_reads_well(screen)
+    assert not bar_rows(screen) and "requeueing" not in screen.text, screen.describe()
+    summary_row(screen, "requeued", f"{QUEUED:,}")
+
+    fill_queue(redis_test_url, env_name, "processing")
+    screen = run_on_terminal([*requeue, "--json"], env=env, pipe_stdout=True)
+    assert_reads_well(screen)
+    assert "requeueing" not in screen.text and not bar_rows(screen), screen.describe()
+    assert screen.stdout is not None
+    assert json.loads(screen.stdout)["requeued"] == QUEUED, screen.describe()
+
+
+def test_queue_requeue_asks_before_its_bar_and_draws_none_for_a_dry_run_or_nothing(
+    redis_test_url: str, env_name: str
+) -> None:
+    """Without --yes the question comes first, on rows of its own; the bar is drawn below the
+    answer, once the moves start. A dry run and a selection of nothing draw no bar (nothing
+    moves), only their summary."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    requeue = queue_command("requeue", QUEUE_SUB, QUEUE_TYPE, "--grace", "1ms")
+    fill_queue(redis_test_url, env_name, "processing")
+    with TerminalSession(requeue, env=env) as session:
+        # click writes the question, then input() its last space
+        session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
+        session.type("y\r")
+        screen = session.wait_exit(timeout=60)
+    assert_reads_well(screen)
+    [question] = [i for i, row in enumerate(screen.rows) if row.endswith("[y/N]: y")]
+    asked = " ".join(screen.rows[: question + 1])
+    assert f"requeue {QUEUED:,} messages from " in asked, screen.describe()
+    assert question < finished_bar(screen, "requeueing") < screen.rows.index("queue requeue")
+
+    fill_queue(redis_test_url, env_name, "processing")
+    for extra, label, value in [
+        (["--dry-run", "--limit", "3"], "would requeue", "3"),
+        (["--aggregate", "no-such-aggregate", "--yes"], "selected", "0"),
+    ]:
+        screen = run_on_terminal([*requeue, *extra], env=env)
+        assert_reads_well(screen)
+        assert not bar_rows(screen) and "requeueing" not in screen.text, screen.describe()
+        summary_row(screen, label, value)
+
+
+def test_queue_drain_and_restore_on_a_terminal_draw_their_bars(
+    redis_test_url: str, env_name: str, tmp_path: Path
+) -> None:
+    """A drain of 5,000 dead letters draws a "draining" bar, a restore of its file a
+    "restoring" one, each ending at 5,000/5,000 above its summary; a dry run of either, and a
+    restore of a file already restored, draw none."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    fill_queue(redis_test_url, env_name, "dead")
+    backup = str(tmp_path / "dead.jsonl.zst")
+    drain = queue_command("drain", QUEUE_SUB, QUEUE_TYPE, "--list", "dead")
+    restore = queue_command("restore", backup)
+    runs: list[tuple[list[str], str | None, str]] = [
+        ([*drain, "--dry-run", "--limit", "3"], None, "queue drain (dry run: nothing removed)"),
+        ([*drain, "--to-file", backup, "--yes"], "draining", "queue drain"),
+        ([*restore, "--dry-run"], None, "queue restore (dry run: nothing restored)"),
+        ([*restore, "--yes"], "restoring", "queue restore"),
+        ([*restore, "--yes"], None, "queue restore"),  # restored already: nothing to do
+    ]
+    for words, desc, title in runs:
+        screen = run_on_terminal(words, env=env)
+        assert_reads_well(screen)
+        if desc is None:
+            assert not bar_rows(screen), screen.describe()
+        else:
+            assert finished_bar(screen, desc) < screen.rows.index(title), screen.describe()
 
 
 # --- tables --------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ restore). Never opens PostgreSQL."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
@@ -16,8 +17,16 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import OptionGroup, with_groups
 from esctl.cli.live import check_watch
-from esctl.cli.options import DryRunOpt, IntervalOpt, MetricsFileOpt, YesOpt, option
+from esctl.cli.options import (
+    DryRunOpt,
+    IntervalOpt,
+    MetricsFileOpt,
+    ProgressOpt,
+    YesOpt,
+    option,
+)
 from esctl.cli.output import Output
+from esctl.cli.progress import Progress
 from esctl.units import counted
 
 if TYPE_CHECKING:
@@ -132,6 +141,27 @@ def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
         )
 
     return ask
+
+
+@contextmanager
+def _moving(
+    out: Output, enabled: bool, desc: str, confirm: core.Confirm | None
+) -> Iterator[tuple[core.Confirm | None, core.OnProgress | None]]:
+    """The bar of a requeue, drain or restore (``desc``): drawn when the core first reports,
+    which it does once it holds the queue lock and has its answer (never for a dry run or an
+    empty selection, nor before an exit 75), with the selected count as its total; and
+    ``confirm`` made to ask with the bar set aside. Closed (its last picture drawn) before the
+    summary or an error is printed."""
+    with out.progress(enabled, desc=desc, unit=" messages", at_first_update=True) as bar:
+
+        def moved(p: core.QueueProgress) -> None:
+            _moved(bar, p)
+
+        yield (bar.set_aside(confirm) if confirm is not None else None), bar.hook(moved)
+
+
+def _moved(bar: Progress, p: core.QueueProgress) -> None:
+    bar.update(p.moved, total=p.total, postfix={"gone": f"{p.gone:,}"} if p.gone else None)
 
 
 def _first_line(text: str | None) -> str | None:
@@ -349,6 +379,7 @@ def requeue_command(
     ] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Move stuck or dead-lettered messages back to the tail of PublishedEvents, taken next.
 
@@ -382,7 +413,9 @@ def requeue_command(
     )
     if selection.grace is not None and not out.json:
         out.info(f"looking again in {selected.grace} (--grace)…")
-    _report(out, core.requeue(client, ref, options, confirm=confirm), _render_requeue)
+    with _moving(out, progress and not dry_run, "requeueing", confirm) as (ask, on_progress):
+        summary = core.requeue(client, ref, options, confirm=ask, on_progress=on_progress)
+    _report(out, summary, _render_requeue)
 
 
 def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
@@ -432,6 +465,7 @@ def drain_command(
     selected: QueueSelection = QueueSelection(),
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Back up the messages of a queue list to a file, then remove exactly those.
 
@@ -460,7 +494,9 @@ def drain_command(
     options = core.DrainOptions(
         which=which, to_file=to_file, discard=discard, selection=selection, dry_run=dry_run
     )
-    summary = core.drain(ctx.redis, ref, options, confirm=confirm)
+    desc = "discarding" if discard else "draining"
+    with _moving(out, progress and not dry_run, desc, confirm) as (ask, on_progress):
+        summary = core.drain(ctx.redis, ref, options, confirm=ask, on_progress=on_progress)
     _report(out, summary, lambda out, summary: _render_drain(out, summary, which=which))
 
 
@@ -524,6 +560,7 @@ def restore_command(
     ] = False,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """Put drained messages back where they came from, in their original order.
 
@@ -551,7 +588,11 @@ def restore_command(
         dry_run=dry_run,
         expect_env=ctx.get("env"),
     )
-    _report(out, core.restore(ctx.redis, backup_file, options, confirm=confirm), _render_restore)
+    with _moving(out, progress and not dry_run, "restoring", confirm) as (ask, on_progress):
+        summary = core.restore(
+            ctx.redis, backup_file, options, confirm=ask, on_progress=on_progress
+        )
+    _report(out, summary, _render_restore)
 
 
 def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
