@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from esctl.queues.lock import (
 )
 from esctl.queues.messages import MessageInfo
 from esctl.queues.progress import OnProgress, reporter
-from esctl.queues.refs import QueueRef, check_list_name, problem
+from esctl.queues.refs import QueueRef, check_list_name, list_document, problem
 from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
 from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
 from esctl.units import counted
@@ -71,9 +71,7 @@ class DrainSummary:
     elapsed_s: float
 
     def as_dict(self) -> dict[str, Any]:
-        document = asdict(self)
-        document["list"] = document.pop("list_name")
-        return document
+        return list_document(self)
 
 
 def drain(

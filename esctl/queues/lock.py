@@ -93,3 +93,13 @@ def not_given_back(lock: RedisLock | None) -> str:
         f"expires {lock.ttl_ms / 1000:.0f} s after its last renewal, and a rerun before then "
         "exits 75"
     )
+
+
+def notification_missed(sent: bool, notified: bool, broke: bool) -> str:
+    """What an interrupted run's state adds when it ``sent`` messages to a list (or may
+    have) and its notification did not go out: a second signal (``broke``) may have stopped
+    it, else it failed. Nothing otherwise."""
+    if not sent or notified:
+        return ""
+    how = "was not sent, or not answered" if broke else "failed"
+    return f"; the notification {how} (subscribers pick them up on their next one)"

@@ -3,13 +3,13 @@ Read-only."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from esctl import redisio
 from esctl.queues.messages import MessageInfo, describe_message, resolve_now, retry_infos
-from esctl.queues.refs import QueueRef, check_list_name, ensure_known
+from esctl.queues.refs import QueueRef, check_list_name, ensure_known, list_document
 
 
 @dataclass(slots=True)
@@ -23,9 +23,7 @@ class PeekResult:
     messages: list[MessageInfo]
 
     def as_dict(self) -> dict[str, Any]:
-        document = asdict(self)
-        document["list"] = document.pop("list_name")
-        return document
+        return list_document(self)
 
 
 def peek(

@@ -4,7 +4,8 @@ keys, the three list names, the check that a queue exists, and the shape of a pr
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from esctl import layout, redisio
 from esctl.errors import NotFound, ServerError, UsageError
@@ -78,3 +79,11 @@ def ensure_known(client: redisio.RedisClient, ref: QueueRef) -> None:
 def problem(kind: str, key: str, detail: str) -> dict[str, str]:
     """One entry of a summary's ``problems``: what went wrong (``kind``), with which key."""
     return {"kind": kind, "key": key, "detail": detail}
+
+
+def list_document(summary: Any) -> dict[str, Any]:
+    """A dataclass summary of one queue list as JSON: its fields, ``list_name`` as ``list``
+    (the name the CLI's options and the documents use)."""
+    document = asdict(summary)
+    document["list"] = document.pop("list_name")
+    return document

@@ -22,6 +22,7 @@ from esctl.queues.lock import (
     is_fenced,
     lost_lock,
     not_given_back,
+    notification_missed,
 )
 from esctl.queues.messages import MessageInfo
 from esctl.queues.progress import OnProgress, reporter
@@ -197,12 +198,7 @@ def _interrupted(
             state += f"; the other {counted(left, 'selected message')} {verb} not moved"
     elif not doubt:
         state += "; that was every selected message"
-    if (moved or doubt) and not summary.notified:
-        state += (
-            "; the notification was not sent, or not answered"
-            if held.broke
-            else "; the notification failed"
-        ) + " (subscribers pick them up on their next one)"
+    state += notification_missed(bool(moved or doubt), summary.notified, held.broke)
     done = {"requeued": moved, "gone": gone}
     if doubt:
         done["requeued_in_doubt"] = doubt

@@ -24,6 +24,7 @@ from esctl.queues.lock import (
     is_fenced,
     lost_lock,
     not_given_back,
+    notification_missed,
     queue_lock,
 )
 from esctl.queues.progress import OnProgress, reporter
@@ -267,12 +268,7 @@ def _interrupted(
         state += f"; the other {left:,} {verb} not {'sent' if doubt else 'restored'}"
     elif not doubt:
         state += "; that was all of it"
-    if (restored or doubt) and not summary.notified:
-        state += (
-            "; the notification was not sent, or not answered"
-            if held.broke
-            else "; the notification failed"
-        ) + " (subscribers pick them up on their next one)"
+    state += notification_missed(bool(restored or doubt), summary.notified, held.broke)
     hint = (
         f"rerun the same restore to continue: Redis counts what is restored with each "
         f"batch, so the {counted(restored + summary.already_restored, 'message')} already back "
