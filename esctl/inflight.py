@@ -209,7 +209,7 @@ def worker_processes(
     yet that the workers would share: each opens its own connections. A worker is killed when the
     process that started it dies (:func:`_die_with_parent`), then runs ``initializer``."""
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    return ProcessPoolExecutor(
+    return _WorkerPool(
         workers,
         mp_context=context,
         initializer=_start_worker,
@@ -217,10 +217,41 @@ def worker_processes(
     )
 
 
+class _WorkerPool(ProcessPoolExecutor):
+    """A process pool whose workers know when they run a part (:func:`_running`): Ctrl-C
+    stops a part as a KeyboardInterrupt (it says what it did, as in one process) and a worker
+    waiting for work quietly (Python's multiprocessing printed its traceback on the terminal,
+    and under ``--json``, beside esctl's one-line message)."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return super().submit(_running, fn, *args, **kwargs)
+
+
+_in_part = False
+"""In a worker: whether it runs a part now."""
+
+
+def _running(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    global _in_part
+    _in_part = True
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _in_part = False
+
+
+def _on_ctrl_c(signum: int, frame: object) -> None:
+    """A worker's Ctrl-C: a part stops as a KeyboardInterrupt, an idle worker ends quietly."""
+    if _in_part:
+        raise KeyboardInterrupt
+    raise SystemExit(130)
+
+
 def _start_worker(
     parent: int, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
 ) -> None:
     _die_with_parent(parent)
+    signal.signal(signal.SIGINT, _on_ctrl_c)
     if initializer is not None:
         initializer(*initargs)
 

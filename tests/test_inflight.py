@@ -5,10 +5,13 @@ in-flight reads cost far fewer round trips than one at a time."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -211,3 +214,31 @@ def test_requeue_at_a_distance_keeps_its_batches_in_flight_and_their_order(
         assert redis_client.llen(ref.key("processing")) == 0
     # one batch at a time would add 19 round trips
     assert elapsed[20] - elapsed[400] < 10 * round_trip, (elapsed, round_trip)
+
+
+def sleeping_part(seconds: float) -> float:
+    """A part a worker runs (module level: handed to a worker by name)."""
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_ctrl_c_stops_a_running_part_and_ends_an_idle_worker_quietly(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C reaches every process of the terminal's group, the workers too: the part a
+    worker runs stops (KeyboardInterrupt, as in one process), and a worker waiting for work
+    ends without a word (multiprocessing printed 'Process ForkProcess-2: Traceback ...' on
+    the terminal, beside esctl's one-line message; CI caught it under `migrate verify`)."""
+    with inflight.worker_processes(2) as pool:
+        part = pool.submit(sleeping_part, 30)
+        assert pool.submit(sleeping_part, 0).result(timeout=30) == 0  # both workers up
+        deadline = time.monotonic() + 10
+        while not part.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # the part is in its sleep, the other worker waits for work
+        for pid in list(pool._processes):
+            os.kill(pid, signal.SIGINT)
+        with pytest.raises((KeyboardInterrupt, BrokenProcessPool)):
+            part.result(timeout=30)
+    assert "Traceback" not in capfd.readouterr().err
