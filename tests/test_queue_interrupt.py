@@ -241,6 +241,20 @@ def test_an_interrupted_drain_says_what_it_drained_into_its_backup_file(
     assert rb.lrange(redis_client, key) == ORIGINAL[:SHORTER]
 
 
+def drained_to_restore(
+    client: redis.Redis, ref: queues.QueueRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, str]:
+    """A subscribed dead-letter list of SHORTER messages drained whole (in large batches) to
+    a backup file, for a restore to put back: the file and the restore's progress key."""
+    client.sadd(f"Subscribers:{{{ref.env}:{ref.event_type}}}", ref.subscriber)
+    fill(client, ref.key("dead"), SHORTER)
+    path = tmp_path / "dead.jsonl.zst"
+    with monkeypatch.context() as patched:
+        patched.setattr(scripts, "MOVE_BATCH", 10_000)
+        assert queues.drain(client, ref, queues.DrainOptions(to_file=path)).drained == SHORTER
+    return path, ref.restore_progress_key("dead", queues.read_backup(path).backup_id)
+
+
 @pytest.mark.parametrize("stop", STOPS, ids=IDS)
 def test_an_interrupted_restore_says_what_it_restored_and_the_rerun_skips_it(
     stop: signal.Signals,
@@ -252,12 +266,7 @@ def test_an_interrupted_restore_says_what_it_restored_and_the_rerun_skips_it(
 ) -> None:
     ref = queues.QueueRef(SUB, env_name, TYPE)
     key = ref.key("dead")
-    redis_client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
-    fill(redis_client, key, SHORTER)
-    path = tmp_path / "dead.jsonl.zst"
-    monkeypatch.setattr(scripts, "MOVE_BATCH", 10_000)
-    assert queues.drain(redis_client, ref, queues.DrainOptions(to_file=path)).drained == SHORTER
-    progress_key = ref.restore_progress_key("dead", queues.read_backup(path).backup_id)
+    path, progress_key = drained_to_restore(redis_client, ref, tmp_path, monkeypatch)
 
     proc = start(redis_test_url, env_name, "restore", str(path))
     code, document, err = stop_when(proc, stop, lambda: redis_client.llen(key) > 0)
@@ -523,12 +532,7 @@ def test_a_second_signal_stops_a_restore_that_waits_on_redis_and_says_what_is_in
     admin = redis.Redis.from_url(fresh_redis.url)
     ref = queues.QueueRef(SUB, env_name, TYPE)
     key = ref.key("dead")
-    client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
-    fill(client, key, SHORTER)
-    path = tmp_path / "dead.jsonl.zst"
-    monkeypatch.setattr(scripts, "MOVE_BATCH", 10_000)
-    assert queues.drain(client, ref, queues.DrainOptions(to_file=path)).drained == SHORTER
-    progress_key = ref.restore_progress_key("dead", queues.read_backup(path).backup_id)
+    path, progress_key = drained_to_restore(client, ref, tmp_path, monkeypatch)
     signals = (signal.SIGINT, signal.SIGTERM)
     proc = start(fresh_redis.url, env_name, "restore", str(path))
     code, document, err = stop_twice(proc, admin, signals, lambda: client.llen(key) > 0)
