@@ -405,9 +405,9 @@ def queue_command(*args: str) -> list[str]:
     return [sys.executable, "-c", QUEUE_BATCH_LAUNCHER, str(QUEUE_BATCH), "queue", *args]
 
 
-def fill_queue(url: str, env: str, which: str) -> str:
-    """QUEUED messages in the test queue's ``which`` list (its key, returned), as the library
-    writes them."""
+def fill_queue(url: str, env: str, which: str, count: int = QUEUED) -> str:
+    """``count`` messages in the test queue's ``which`` list (its key, returned), as the
+    library writes them."""
     key = queues.QueueRef(QUEUE_SUB, env, QUEUE_TYPE).key(which)
     client = redis.Redis.from_url(url)
     try:
@@ -425,7 +425,7 @@ def fill_queue(url: str, env: str, which: str) -> str:
                         "AggregateType": "ItemScore",
                     }
                 )
-                for i in range(QUEUED)
+                for i in range(count)
             ),
         )
     finally:
@@ -538,6 +538,162 @@ def test_queue_drain_and_restore_on_a_terminal_draw_their_bars(
             assert not bar_rows(screen), screen.describe()
         else:
             assert finished_bar(screen, desc) < screen.rows.index(title), screen.describe()
+
+
+# --- questions on 80 columns -----------------------------------------------------------------
+
+
+def answered(words: list[str], answer: str, env: dict[str, str]) -> tuple[Screen, bytes]:
+    """``words`` run on an 80x24 terminal, ``answer`` typed (and Enter) once the question's
+    ``[y/N]: `` is drawn: the last screen, and everything the command drew."""
+    with TerminalSession(words, env=env) as session:
+        # click writes the question, then input() its last space: typed before that space,
+        # the answer's echo would come first ("[y/N]:y")
+        session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
+        session.type(f"{answer}\r")
+        return session.wait_exit(timeout=60), bytes(session.raw)
+
+
+def question_problems(screen: Screen, question: str, answer: str) -> list[str]:
+    """What is wrong with how ``question`` was asked on ``screen``, ``answer`` typed after its
+    ``[y/N]: ``: the rows from the one it starts on to the one that ends in the prompt and
+    the answer not its words in order, or a row cut inside a word (only at a space, or after
+    a ":" of a key too long for a row)."""
+    asked = f"{question} [y/N]: {answer}"
+    ends = [i for i, row in enumerate(screen.rows) if row.endswith(f"[y/N]: {answer}")]
+    if len(ends) != 1:
+        return [f"{len(ends)} rows end in the prompt and its answer"]
+    starts = [i for i in range(ends[0] + 1) if screen.rows[i] and asked.startswith(screen.rows[i])]
+    if not starts:
+        return ["no row starts the question"]
+    rows = screen.rows[starts[-1] : ends[0] + 1]
+    found: list[str] = []
+    at = 0
+    for row, below in itertools.zip_longest(rows, rows[1:]):
+        if not asked.startswith(row, at):
+            return [*found, f"{row!r} is not the question's text from {asked[at:]!r}"]
+        at += len(row)
+        if below is None:
+            break
+        if asked[at] == " ":
+            at += 1
+        elif not row.endswith(":"):
+            found.append(f"cut inside a word: {row!r} / {below!r}")
+    if at != len(asked):
+        found.append(f"the rows end before {asked[at:]!r}")
+    return found
+
+
+def test_queue_questions_on_80_columns_wrap_at_words_and_take_their_answer(
+    redis_test_url: str, env_name: str
+) -> None:
+    """requeue, drain and restore ask with both keys in the question (~190 characters), which
+    went out as one line the terminal folded mid-word ("…Worker-B" / "ar:{test-…"); now each
+    question wraps at words, a key whole on a row, ``[y/N]:`` on the last one, and "n" leaves
+    the queue as it was (exit 2), "y" does the move."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    ref = queues.QueueRef(QUEUE_SUB, env_name, QUEUE_TYPE)
+    processing, published, dead = (ref.key(w) for w in ("processing", "published", "dead"))
+    backup = path_of_length(50, "dead.jsonl.zst")  # drain's "undo with:" command fits a row
+    fill_queue(redis_test_url, env_name, "processing", count=3)
+    fill_queue(redis_test_url, env_name, "dead", count=2)
+    client = redis.Redis.from_url(redis_test_url)
+
+    def lengths() -> tuple[int, int, int]:
+        return client.llen(processing), client.llen(published), client.llen(dead)
+
+    runs: list[tuple[list[str], str, str, int, tuple[int, int, int]]] = [
+        (
+            ["requeue", QUEUE_SUB, QUEUE_TYPE, "--grace", "1ms"],
+            f"requeue 3 messages from {processing} to {published}?",
+            answer,
+            code,
+            after,
+        )
+        for answer, code, after in [("n", 2, (3, 0, 2)), ("y", 0, (0, 3, 2))]
+    ]
+    drain = ["drain", QUEUE_SUB, QUEUE_TYPE, "--list", "dead", "--to-file", str(backup)]
+    asked = f"drain 2 messages from {dead} to {backup}?"
+    runs += [(drain, asked, "n", 2, (0, 3, 2)), (drain, asked, "y", 0, (0, 3, 0))]
+    restore = ["restore", str(backup)]
+    asked = f"restore 2 messages from {backup} to {dead}?"
+    runs += [(restore, asked, "n", 2, (0, 3, 0)), (restore, asked, "y", 0, (0, 3, 2))]
+    try:
+        for words, question, answer, code, after in runs:
+            assert len(f"{question} [y/N]: ") > 80, question
+            screen, raw = answered([*ESCTL, "queue", *words], answer, env)
+            assert_reads_well(screen, exit_code=code, error_expected=code == 2)
+            assert question_problems(screen, question, answer) == [], screen.describe()
+            assert folded_mid_word(screen) == [], screen.describe()
+            assert raw.count(b"[y/N]: ") == 1, screen.describe()
+            assert lengths() == after, screen.describe()
+            if code == 2:
+                assert "not confirmed; nothing was changed" in screen.text, screen.describe()
+    finally:
+        client.close()
+
+
+def test_replay_question_on_80_columns_wraps_at_words_and_takes_its_answer(
+    redis_test_url: str, demo_store: Any, app_name: str
+) -> None:
+    """``replay --to queue`` over --confirm-over asks below its plan's table; with a long env
+    name the question is wider than 80 columns: it wraps at words, ``[y/N]:`` on its last
+    row, and "n" publishes nothing (exit 2), "y" publishes the plan."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_APP": app_name, "ESCTL_ENV": LONG_ENV}
+    words = [*ESCTL, "replay", "--from", "redis", "--type", "OrderPlaced", "--to", "queue"]
+    words += ["--subscriber", "Reporting.Worker", "--force", "--confirm-over", "1"]
+    question = f"publish 12 events as 12 messages to env {LONG_ENV}?"
+    key = queues.QueueRef("Reporting.Worker", LONG_ENV, "OrderPlaced").key("published")
+    client = redis.Redis.from_url(redis_test_url)
+    try:
+        for answer, code, published in [("n", 2, 0), ("y", 3, 12)]:  # 3: the demo's problems
+            screen, _ = answered(words, answer, env)
+            assert_reads_well(screen, exit_code=code, error_expected=code == 2)
+            assert question_problems(screen, question, answer) == [], screen.describe()
+            assert folded_mid_word(screen) == [], screen.describe()
+            assert client.llen(key) == published, screen.describe()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("command", ["compress", "migrate prune", "migrate restore-pruned"])
+def test_store_questions_on_80_columns_wrap_at_words_and_take_their_answer(
+    command: str, redis_test_url: str, pg_dsn: str, demo_store: Any, app_name: str
+) -> None:
+    """compress, migrate prune and migrate restore-pruned ask before they change Redis, a
+    question wider than 80 columns (with the app's name, a backup file's path): it wraps at
+    words, ``[y/N]:`` on its last row, and "n" refuses with nothing done (exit 2)."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_PG_DSN": pg_dsn, "ESCTL_APP": app_name}
+    backup = path_of_length(60, "pruned.jsonl.zst")
+    words, question = {
+        "compress": (
+            ["compress", "--threshold", "500"],
+            "Compress (gzip+base64, in place) every plain event and snapshot payload of "
+            f"{app_name} over 500 bytes?",
+        ),
+        "migrate prune": (
+            ["migrate", "prune"],
+            f"Delete from Redis the events of every aggregate of {app_name} that is identical "
+            "in PostgreSQL (schema public)?",
+        ),
+        "migrate restore-pruned": (
+            ["migrate", "restore-pruned", str(backup)],
+            f"Put the events of {backup} back into Redis for {app_name}?",
+        ),
+    }[command]
+    assert len(f"{question} [y/N]: ") > 80, question
+    client = redis.Redis.from_url(redis_test_url)
+    try:
+        before = {key: client.dump(key) for key in client.scan_iter(count=1000)}
+        screen, _ = answered([*ESCTL, *words], "n", env)
+        after = {key: client.dump(key) for key in client.scan_iter(count=1000)}
+    finally:
+        client.close()
+    assert_reads_well(screen, exit_code=2, error_expected=True)
+    assert question_problems(screen, question, "n") == [], screen.describe()
+    assert folded_mid_word(screen) == [], screen.describe()
+    assert "error: not confirmed; nothing was done" in screen.rows, screen.describe()
+    assert after == before
 
 
 # --- tables --------------------------------------------------------------------------------
@@ -1044,6 +1200,38 @@ def test_break_line_keeps_a_quoted_command_whole_in_brackets_and_with_a_generic_
         "`esctl compress --dry-run`,",
         "then `esctl compress --yes`",
     ]
+
+
+def test_a_question_is_wrapped_with_its_prompt_on_the_last_line() -> None:
+    """A question wraps as a message does (at words, a key whole at the margin or broken
+    after a ":"), and its ``[y/N]`` goes at the end of the last line when the answer typed
+    after ``[y/N]: `` still fits the row, else on a line of its own; one line off a
+    terminal."""
+    source = "Learning.ReportingService.Worker-Demo:{demo:ItemScoreUpdated}:ProcessingEvents"
+    destination = "Learning.ReportingService.Worker-Demo:{demo:ItemScoreUpdated}:PublishedEvents"
+    text = f"requeue 1 message from {source} to {destination}?"
+    assert wrapping.question_lines(text, "[y/N]", None) == [f"{text} [y/N]"]
+    assert wrapping.question_lines(text, "[y/N]", 200) == [f"{text} [y/N]"]
+    assert wrapping.question_lines(text, "[y/N]", 80) == [
+        "requeue 1 message from",
+        source,
+        "to",
+        f"{destination}?",
+        "[y/N]",
+    ]
+    assert wrapping.question_lines(text, "[y/N]", 60) == [
+        "requeue 1 message from",
+        "Learning.ReportingService.Worker-Demo:",
+        "{demo:ItemScoreUpdated}:ProcessingEvents",
+        "to",
+        "Learning.ReportingService.Worker-Demo:",
+        "{demo:ItemScoreUpdated}:PublishedEvents? [y/N]",
+    ]
+    # "[y/N]: " and the answer's cell after the last line: 71 + 9 fits 80, 72 + 9 does not
+    for length, lines in [(71, 1), (72, 2)]:
+        short = "x" * (length - 1) + "?"
+        assert len(wrapping.question_lines(short, "[y/N]", 80)) == lines
+        assert wrapping.question_lines(short, "[y/N]", 80)[-1].endswith("[y/N]")
 
 
 @pytest.mark.parametrize("size", ["80x24", "120x40"])

@@ -12,6 +12,7 @@ import typer
 
 from esctl import errors
 from esctl.cli.consoles import (
+    stderr_console,
     stderr_is_terminal,
     stdin_is_terminal,
     stdout_console,
@@ -22,7 +23,7 @@ from esctl.cli.jsonout import JsonStream, emit_json
 from esctl.cli.messages import info, info_command, note, print_error, warn
 from esctl.cli.progress import Progress, counting_bar
 from esctl.cli.tables import emit_mapping, emit_table, print_title
-from esctl.cli.wrapping import break_command, hang, label_and_command
+from esctl.cli.wrapping import break_command, hang, label_and_command, question_lines
 from esctl.units import counted, format_bytes, format_duration
 
 
@@ -252,10 +253,13 @@ class Output:
             )
 
     def ask(self, question: str, *, action: str, dry_run: bool = True) -> bool:
-        """The answer to a yes/no ``question`` (default no), asked on the terminal; refused
-        without one (:meth:`require_terminal`)."""
+        """The answer to a yes/no ``question`` (default no), asked on the terminal (stderr):
+        wrapped at words to its width as messages are, ``[y/N]:`` on its last row
+        (:func:`~esctl.cli.wrapping.question_lines`); refused without one
+        (:meth:`require_terminal`)."""
         self.require_terminal(action, dry_run=dry_run)
-        return typer.confirm(question, default=False, err=True)
+        lines = question_lines(question, "[y/N]", terminal_width(stderr_console))
+        return typer.confirm("\n".join(lines), default=False, err=True, show_default=False)
 
     def confirm(self, question: str, *, action: str, dry_run: bool = True) -> None:
         """:meth:`ask`, and a refusal (nothing was done) unless the answer is yes."""

@@ -89,6 +89,20 @@ def hang(head: str, text: str, width: int | None, *, continued: str | None = Non
     return lines
 
 
+def question_lines(text: str, answer: str, width: int | None) -> list[str]:
+    """A question ``text`` and its ``answer`` prompt (``"[y/N]"``, to which the asker adds
+    ``": "``) as lines of at most ``width`` cells where they can be (one line when ``width``
+    is None: not a terminal): the question wrapped as :func:`hang` wraps a message, the
+    prompt at the end of its last line when the answer typed after it (a cell) still fits
+    the row, else on a line of its own."""
+    lines = hang("", text, width)
+    if width is None or cell_len(lines[-1]) + cell_len(f" {answer}: ") + 1 <= width:
+        lines[-1] += f" {answer}"
+    else:
+        lines.append(answer)
+    return lines
+
+
 def break_command(command: str, width: int) -> list[str]:
     """A shell command in lines of at most ``width`` cells where it can be, each but the last
     ending in `` \\`` (a shell joins them back into the same command), broken only at spaces
