@@ -10,13 +10,16 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from esctl import redisio
 from esctl.config import redact
-from esctl.errors import EsctlError, LockHeld, LockLost
+from esctl.errors import EsctlError, LockHeld, LockLost, UsageError
+from esctl.shard import Shard
 from esctl.units import format_duration
 
 if TYPE_CHECKING:
@@ -282,6 +285,102 @@ def session_name(what: str) -> str:
     return name.encode("ascii", "replace")[:63].decode("ascii")
 
 
+MAX_FAMILY_SHARD_COUNT = 0xFFFF
+"""The largest shard count a :class:`ShardFamily` lock can carry (its index and count share
+the 32 bits of the lock's second key)."""
+FAMILY_GATE_WAIT_S = 10.0
+"""How long a run joining a :class:`ShardFamily` waits for another run's check to end."""
+
+# The members of one family: pg_advisory_lock_shared(int4, int4) shows in pg_locks as
+# classid = the first key, objid = the second (both as unsigned 32-bit oids), objsubid = 2.
+_FAMILY_SQL = """
+SELECT DISTINCT l.objid::bigint
+  FROM pg_locks l
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.classid::bigint = %s AND l.pid <> pg_backend_pid()
+"""
+
+
+def _int4(value: int) -> int:
+    """An unsigned 32-bit value as the signed int4 PostgreSQL takes."""
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+@dataclass(frozen=True)
+class ShardFamily:
+    """The runs of one job split with ``--shard I/N`` (of every count, and the unsharded run,
+    ``0/1``): runs whose shards share an aggregate (:meth:`Shard.overlaps`) must not run at
+    once, runs of disjoint shards may. Each run holds, beside its own lock, a shared advisory
+    lock on two keys (the CRC-32 of ``name``; its shard as ``count << 16 | index``), which
+    ``pg_locks`` lists for every member; a run joining checks them under the family's gate (a
+    transaction lock: two runs starting at once are checked one after the other, so one of
+    them starts).
+
+    ``member_lock``: the name of the lock a run of a shard holds on the same session (the
+    error names its holder); ``held``: what the error says of a run of that shard found
+    running; ``hint``: what to do then."""
+
+    name: str
+    shard: Shard
+    member_lock: Callable[[Shard], str]
+    held: Callable[[Shard], str]
+    hint: str
+
+    @property
+    def key(self) -> int:
+        return zlib.crc32(self.name.encode("utf-8"))
+
+    @staticmethod
+    def code(shard: Shard) -> int:
+        return shard.count << 16 | shard.index
+
+    @staticmethod
+    def decode(code: int) -> Shard:
+        return Shard(code & 0xFFFF, code >> 16)
+
+    def check_count(self) -> None:
+        if self.shard.count > MAX_FAMILY_SHARD_COUNT:
+            raise UsageError(
+                f"shard {self.shard}: at most {MAX_FAMILY_SHARD_COUNT:,} shards can be told "
+                "apart by the lock that keeps overlapping runs apart (with --workers: the "
+                "shard count times the workers)",
+                hint="use fewer shards (nothing was done)",
+            )
+
+    def join(self, conn: psycopg.Connection) -> None:
+        """Take this run's member lock on ``conn`` (autocommit, holding the run's own lock);
+        LockHeld, having let it go again, when a run of an overlapping shard holds one."""
+        key, code = _int4(self.key), _int4(self.code(self.shard))
+        gate = f"{self.name}:gate"
+        with conn.transaction():
+            deadline = time.monotonic() + FAMILY_GATE_WAIT_S
+            while True:
+                row = conn.execute(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (gate,)
+                ).fetchone()
+                if row and row[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise held_error(
+                        conn,
+                        gate,
+                        f"another esctl run has been checking for {FAMILY_GATE_WAIT_S:.0f} s "
+                        f"which runs of {self.name!r} are going on",
+                        self.hint,
+                    )
+                time.sleep(0.02)
+            conn.execute("SELECT pg_advisory_lock_shared(%s::int4, %s::int4)", (key, code))
+            members = {self.decode(r[0]) for r in conn.execute(_FAMILY_SQL, (self.key,))}
+            clash = sorted(
+                (s for s in members if s.overlaps(self.shard)), key=lambda s: (s.count, s.index)
+            )
+            if clash:
+                conn.execute("SELECT pg_advisory_unlock_shared(%s::int4, %s::int4)", (key, code))
+                other = clash[0]
+                raise held_error(conn, self.member_lock(other), self.held(other), self.hint)
+
+
 class AdvisoryLock:
     """A session-level PostgreSQL advisory lock on ``name``, held on its own connection for as
     long as the ``with`` block runs: released when the process dies (kill -9 included), so a
@@ -293,7 +392,11 @@ class AdvisoryLock:
     ``within``: the lock of the whole that ``name`` is a part of (a shard's run: the lock of
     every shard's), taken first in shared mode. The runs of the parts then go on side by
     side; a run that takes the whole's lock itself (exclusive) is refused while any of them
-    runs, and they while it runs."""
+    runs, and they while it runs.
+
+    ``family``: the runs of the same job with other shards (:class:`ShardFamily`); once
+    ``name`` is taken, a run of an overlapping shard found running refuses this one
+    (LockHeld naming it)."""
 
     def __init__(
         self,
@@ -302,6 +405,7 @@ class AdvisoryLock:
         *,
         what: str,
         within: str | None = None,
+        family: ShardFamily | None = None,
         held: str | None = None,
         hint: str = "wait for it to finish; from cron, exit code 75 means the previous run is "
         "still going",
@@ -310,14 +414,19 @@ class AdvisoryLock:
         self.name = name
         self.what = what
         self.within = within
+        self.family = family
         self.held = held if held is not None else f"another esctl run holds the lock {name!r}"
         self.hint = hint
         self.conn: psycopg.Connection | None = None
 
     def __enter__(self) -> AdvisoryLock:
         # Imported here: the queue commands use this module and never load the driver.
+        import psycopg
+
         from esctl import pg
 
+        if self.family is not None:
+            self.family.check_count()
         conn = pg.connect(self.dsn, autocommit=True, application_name=session_name(self.what))
         try:
             for name, mode in ((self.within, "_shared"), (self.name, "")):
@@ -328,8 +437,15 @@ class AdvisoryLock:
                 ).fetchone()
                 if not row or not row[0]:
                     raise held_error(conn, name, self.held, self.hint)
+            if self.family is not None:
+                self.family.join(conn)
         except BaseException:
-            conn.close()
+            # As on exit: unlocked before the close, so that a rerun finds them free at once.
+            try:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_advisory_unlock_all()")
+            finally:
+                conn.close()
             raise
         self.conn = conn
         return self

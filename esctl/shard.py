@@ -3,6 +3,7 @@ Indexed Job (docs/deploy/kubernetes.md)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zlib
@@ -95,6 +96,13 @@ class Shard:
         return (
             zlib.crc32(aggregate_id.encode("utf-8", "surrogateescape")) % self.count == self.index
         )
+
+    def overlaps(self, other: Shard) -> bool:
+        """Whether some aggregate belongs to both shards: ``crc % n == i`` and ``crc % m == j``
+        have a common solution exactly when ``i`` and ``j`` agree modulo gcd(n, m). Shards of
+        one count overlap only themselves; the whole (``0/1``) overlaps every shard; ``0/2``
+        overlaps ``0/4`` and ``2/4`` but not ``1/4``."""
+        return (self.index - other.index) % math.gcd(self.count, other.count) == 0
 
     def split(self, parts: int) -> list[Shard]:
         """This shard cut into ``parts`` shards of ``count * parts``: together they own exactly

@@ -18,7 +18,7 @@ import psycopg
 
 from esctl import pg, redisio, units
 from esctl.errors import ConfigError, ConnectionFailed, Interrupted
-from esctl.locks import AdvisoryLock
+from esctl.locks import AdvisoryLock, ShardFamily
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.reader import Reader
 from esctl.migrate.rows import Batch, BatchResult
@@ -39,6 +39,7 @@ from esctl.migrate.transformed import (
 )
 from esctl.migrate.writer import BatchWriter
 from esctl.problems import ProblemTally
+from esctl.shard import Shard
 from esctl.transforms import Rules
 
 
@@ -111,15 +112,42 @@ def lock_name(pg_schema: str, app: str, shard: str) -> str:
 
 
 def migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[object]:
-    """One run at a time per app, schema and shard (a dry run writes nothing and takes none)."""
+    """One run at a time per app, schema and shard, and never two whose shards share an
+    aggregate (another shard count, or an unsharded run beside a sharded one: their shard
+    locks differ, so the runs also join the app and schema's :class:`ShardFamily`). A dry
+    run writes nothing and takes none."""
     if opts.dry_run:
         return contextlib.nullcontext()
+    schema, app = opts.pg_schema, opts.app
+
+    def other_run(shard: Shard) -> str:
+        if shard.count == 1:
+            return (
+                f"an unsharded migration of {app} into schema {schema} is running, and it "
+                f"migrates every aggregate, those of shard {opts.shard} too"
+            )
+        ours = (
+            "this unsharded run would migrate its aggregates too"
+            if opts.shard.count == 1
+            else f"shard {opts.shard} of this run would migrate some of its aggregates too"
+        )
+        return f"a migration of {app} into schema {schema}, shard {shard}, is running, and {ours}"
+
     return AdvisoryLock(
         opts.pg_dsn,
-        lock_name(opts.pg_schema, opts.app, str(opts.shard)),
+        lock_name(schema, app, str(opts.shard)),
         what="migrate redis-to-pg",
-        held=f"another migration of {opts.app} into schema {opts.pg_schema} "
-        f"(shard {opts.shard}) is running",
+        family=ShardFamily(
+            f"esctl:migrate:{schema}:{app}",
+            opts.shard,
+            member_lock=lambda shard: lock_name(schema, app, str(shard)),
+            held=other_run,
+            hint="wait for that run to finish, or stop it (a `migrate redis-to-pg --follow` "
+            "run holds its lock for as long as it runs); runs whose shards share aggregates "
+            "never run at once, so run one shard count at a time (docs/deploy/kubernetes.md); "
+            "from cron, exit code 75 means the other run is still going",
+        ),
+        held=f"another migration of {app} into schema {schema} (shard {opts.shard}) is running",
         hint="a `migrate redis-to-pg --follow` run holds it for as long as it runs: stop that "
         "run first; any other run, until it finishes: wait for it (from cron, exit code 75 "
         "means the previous run is still going)",
