@@ -298,6 +298,140 @@ def test_a_shard_killed_mid_run_and_rerun_leaves_the_same_tables(
     assert seen(pg_dsn, "%/4") == Counter((e.aggregate_id, e.version, e.event_type) for e in events)
 
 
+# --- shards starting at different moments: who may empty the tables ------------------------
+
+TRUNCATING = '''
+"""The minimal projection of docs/projections.md, shard-safe: TRUNCATE when ctx.fresh_all,
+else (fresh) delete the rows of this shard's aggregates. On a release without fresh_all it
+reads it as those docs said (TRUNCATE when fresh). Each setup is recorded."""
+import os, time
+
+
+class Rows:
+    def setup(self, ctx):
+        self.ctx = ctx
+        conn = ctx.conn
+        conn.execute("CREATE TABLE IF NOT EXISTS rows_seen (aggregate_id text, version int)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS rows_setups (n serial, checkpoint text, shard text,"
+            " fresh bool, fresh_all bool)"
+        )
+        fresh_all = getattr(ctx, "fresh_all", ctx.fresh)
+        conn.execute(
+            "INSERT INTO rows_setups (checkpoint, shard, fresh, fresh_all) VALUES (%s, %s, %s, %s)",
+            (ctx.checkpoint, str(ctx.shard), ctx.fresh, fresh_all),
+        )
+        if fresh_all:
+            conn.execute("TRUNCATE rows_seen")
+        elif ctx.fresh:
+            ids = [i for (i,) in conn.execute("SELECT DISTINCT aggregate_id FROM rows_seen")]
+            mine = [i for i in ids if ctx.shard.owns(i)]
+            conn.execute("DELETE FROM rows_seen WHERE aggregate_id = ANY(%s)", (mine,))
+
+    def handle(self, event):
+        self.ctx.conn.execute(
+            "INSERT INTO rows_seen VALUES (%s, %s)", (event.aggregate_id, event.version)
+        )
+
+    def flush(self, ctx):
+        time.sleep(float(os.environ.get("BATCH_DELAY", "0")))
+'''
+
+
+def rows_seen(dsn: str) -> Counter[tuple[str, int]]:
+    with psycopg.connect(dsn) as conn:
+        return Counter(conn.execute("SELECT aggregate_id, version FROM rows_seen").fetchall())
+
+
+def setups(dsn: str) -> list[tuple[str | None, str, bool, bool]]:
+    """(checkpoint, shard, fresh, fresh_all) of each setup since the last call, in order."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "DELETE FROM rows_setups RETURNING n, checkpoint, shard, fresh, fresh_all"
+        ).fetchall()
+    return [tuple(r[1:]) for r in sorted(rows)]
+
+
+def count_setups(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM rows_setups").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def start_shard(args: list[str], shard: str, delay: str = "0") -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "esctl", *args, "--shard", shard],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env({"BATCH_DELAY": delay}),
+    )
+
+
+def finished(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    document: dict[str, Any] = json.loads(out)
+    return document
+
+
+def test_a_shard_starting_after_another_keeps_its_rows_with_reset_too(
+    truth: iw.GroundTruth, redis_test_url: str, app_name: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Two shards of a projection that TRUNCATEs when the whole checkpoint starts over: the
+    shard that starts second (after the first finished, or while it runs, with --reset on
+    both) must not empty the table; the first start of a new shard count may."""
+    path = tmp_path / "rows.py"
+    path.write_text(textwrap.dedent(TRUNCATING))
+    args = replay_args("pg", redis_test_url, pg_dsn, app_name, f"{path}:Rows", "rows")
+    everything = Counter((e.aggregate_id, e.version) for e in events_of(truth, "pg"))
+
+    # A new checkpoint: shard 0/2 to the end, then shard 1/2.
+    finished(start_shard(args, "0/2"))
+    finished(start_shard(args, "1/2"))
+    assert rows_seen(pg_dsn) == everything
+    assert setups(pg_dsn) == [("rows", "0/2", True, True), ("rows", "1/2", True, False)]
+
+    # --reset on both, shard 1/2 starting while 0/2 is halfway.
+    first = start_shard([*args, "--reset"], "0/2", delay="0.2")
+    deadline = time.monotonic() + 60
+    while not (
+        count_setups(pg_dsn) == 1 and checkpoint_rows(pg_dsn, "rows")["0/2"]["events"] >= 20
+    ):
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "shard 0/2 committed no batch within 60 s"
+        time.sleep(0.02)
+    second = start_shard([*args, "--reset"], "1/2")
+    while count_setups(pg_dsn) < 2:
+        assert second.poll() is None, second.communicate()
+        time.sleep(0.02)
+    assert first.poll() is None  # 1/2 made its start while 0/2 was writing
+    assert not finished(second)["checkpoint"]["resumed"]
+    assert finished(first)["events"] == checkpoint_rows(pg_dsn, "rows")["0/2"]["events"]
+    assert rows_seen(pg_dsn) == everything
+    assert setups(pg_dsn) == [("rows", "0/2", True, False), ("rows", "1/2", True, False)]
+
+    # A resume is not fresh; --reset with another shard count deletes the old count's rows:
+    # its first shard may empty the table, the later ones may not.
+    finished(start_shard(args, "1/2"))
+    for i in range(3):
+        finished(start_shard([*args, "--reset"], f"{i}/3"))
+    assert setups(pg_dsn) == [
+        ("rows", "1/2", False, False),
+        ("rows", "0/3", True, True),
+        ("rows", "1/3", True, False),
+        ("rows", "2/3", True, False),
+    ]
+    assert rows_seen(pg_dsn) == everything
+
+    # Without a checkpoint a shard cannot know of the others: never fresh_all; unsharded is.
+    bare = [a for a in args if a not in ("--checkpoint", "rows")]
+    finished(start_shard(bare, "0/3"))
+    assert run_cli(*bare).returncode == 0
+    assert setups(pg_dsn) == [(None, "0/3", True, False), (None, "0/1", True, True)]
+
+
 # --- checkpoints of another shard count ----------------------------------------------------
 
 

@@ -7,7 +7,8 @@ such objects (instantiated once, without arguments). ``setup`` runs once in its 
 each batch is ``handle`` per event, ``flush``, the checkpoint, COMMIT, all in one transaction
 reached through ``ctx.conn`` (a :class:`ProjectionContext`; never commit yourself); ``teardown``
 runs once at the end, also after a failure. With ``--checkpoint`` every event's effect on your
-tables happens exactly once. Sharded runs must not TRUNCATE in ``setup``.
+tables happens exactly once. Empty your tables whole (TRUNCATE) in ``setup`` only when
+``ctx.fresh_all``: with ``--shard``, other shards' rows may be there.
 
 The whole contract (order of calls, shards, failures, the fields of an event, an example):
 docs/projections.md. A complete example: :mod:`esctl.projections.event_counts`.
@@ -89,8 +90,12 @@ class ProjectionContext:
 
     ``conn``: a psycopg connection (not autocommit) inside the current batch's transaction,
     opened on first use when the replay has no checkpoint. ``fresh``: the replay starts from
-    the beginning of its selection (no checkpoint, a new one, or ``--reset``), so tables the
-    projection owns should be emptied in ``setup``. ``batch``: number of the current batch
+    the beginning of its selection (no checkpoint, a new one, or ``--reset``), so what this
+    run wrote before should go in ``setup``. ``fresh_all``: ``fresh``, and no other shard of
+    the checkpoint has started (always ``fresh`` without ``--shard``; never with ``--shard``
+    and no checkpoint): nothing in the tables is another run's to keep, so they may be emptied
+    whole (TRUNCATE); when ``fresh`` but not ``fresh_all``, remove only this shard's part (other
+    shards may have written, and may be writing). ``batch``: number of the current batch
     (0 in ``setup``). ``app``, ``checkpoint`` (the name or None) and ``source`` (``redis`` or
     ``pg``) describe the run; ``state`` is a dict for the projection's own use. ``shard``
     (:class:`esctl.shard.Shard`, ``0/1`` without ``--shard``) is the share of the aggregates
@@ -102,6 +107,7 @@ class ProjectionContext:
     fresh: bool
     connect: InitVar[Callable[[], psycopg.Connection]]
     shard: Shard = field(default_factory=Shard)
+    fresh_all: bool = False
     batch: int = field(default=0, init=False)
     state: dict[str, Any] = field(default_factory=dict, init=False)
     _connect: Callable[[], psycopg.Connection] = field(init=False, repr=False)

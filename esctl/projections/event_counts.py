@@ -61,7 +61,7 @@ class EventCounts:
         self.shard = str(ctx.shard)
         if not ctx.fresh:
             return
-        if ctx.shard.count == 1:
+        if ctx.fresh_all:  # no other shard of the checkpoint has started: nothing to keep
             ctx.conn.execute(f"TRUNCATE {TABLE}, {SHARES}")
             return
         stale = {"shard": self.shard, "count": str(ctx.shard.count)}

@@ -37,6 +37,9 @@ class CheckpointState:
     """The moment relative selectors count back from (when the checkpoint was created)."""
     resumed: bool
     shard: str = "0/1"
+    alone: bool = True
+    """No other shard of the checkpoint has a row (after a --reset took those of other shard
+    counts): no run of it has written anything a projection's tables must keep."""
 
 
 def checkpoint_lock_name(name: str, shard: Shard) -> str:
@@ -96,14 +99,19 @@ def open_checkpoint(
         rows = [r for r in rows if _shard_count(r[0]) == options.shard.count and r[0] != shard]
     _refuse_other_shard_counts(rows, options, name)
     row = next((r for r in rows if r[0] == shard), None)
+    # The rows left are this count's (the others refused, or deleted by --reset): another
+    # shard's row is a setup that committed, whose run may have written and may resume.
+    alone = all(r[0] == shard for r in rows)
     if row is None:
         if not options.dry_run:
             _create_row(conn, options, name, _identity(options, projection_name), now)
-        return CheckpointState(name, None, None, 0, now, False, shard)
+        return CheckpointState(name, None, None, 0, now, False, shard, alone)
     _refuse_other_replays(row, _identity(options, projection_name), options, name)
     position = row[6]
     after = decode_position(options.source, options.order, position) if position else None
-    return CheckpointState(name, after, position, int(row[7]), row[8], after is not None, shard)
+    return CheckpointState(
+        name, after, position, int(row[7]), row[8], after is not None, shard, alone
+    )
 
 
 def _read_rows(conn: psycopg.Connection, options: ReplayOptions, name: str) -> list[Any]:

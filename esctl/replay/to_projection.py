@@ -67,6 +67,7 @@ def replay_to_projection(
                 source=options.source,
                 checkpoint=options.checkpoint,
                 fresh=True,
+                fresh_all=options.shard.count == 1,
                 connect=lambda: pg.connect(dsn, application_name="esctl replay"),
                 shard=options.shard,
             )
@@ -155,6 +156,9 @@ def _run_projection(
         return summary.finish(started, source)
 
     ctx.fresh = after is None
+    # Without a checkpoint a shard cannot know whether the others have written: never all.
+    alone = state.alone if state is not None else options.shard.count == 1
+    ctx.fresh_all = ctx.fresh and alone
     _setup(adapter, ctx)
     runner = _BatchRunner(options, adapter, ctx, summary, state, on_progress)
     if on_progress is not None:  # holding the checkpoint's lock: the bar may be drawn now
