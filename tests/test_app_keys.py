@@ -478,3 +478,36 @@ def test_on_a_cluster_every_primary_is_looked_at(
         assert "(a partial scan: ~" in assert_noted(result, wrong, server)
     right = run_cli("inspect", "stats", "--redis-url", redis_cluster.url, "--app", app_name)
     assert_quiet(right)
+
+
+def test_migrate_status_measuring_the_lag_of_an_app_with_no_keys_says_so(
+    demo_store: DemoSummary, redis_test_url: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    """``migrate status --max-lag`` from cron with a mistyped app measures a lag of 0 over no
+    commit list, every time, and never exits 3: a note says why. Without --lag it reads
+    PostgreSQL alone, and says nothing of Redis."""
+    server = redisio.describe_url(redis_test_url)
+    wrong = typo(demo_store.app)
+
+    def status(app: str, *args: str) -> Any:
+        return run_cli(
+            "migrate", "status", "--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--app", app,
+            *args,
+        )  # fmt: skip
+
+    migrated = run_cli(
+        "migrate", "redis-to-pg", "--init-schema", "--no-progress", "--json",
+        "--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--app", demo_store.app,
+    )  # fmt: skip
+    assert migrated.returncode == 3, migrated.stderr  # the demo's planted defects
+    metrics = str(tmp_path / "status.prom")
+    for args in (("--lag",), ("--max-lag", "30m", "--json", "--metrics-file", metrics)):
+        result = status(wrong, *args)
+        assert result.returncode == 0, result.stderr
+        assert_noted(result, wrong, server, demo_store.app)
+        if "--json" in args:
+            assert json.loads(result.stdout)["aggregates_scanned"] == 0
+    assert_quiet(status(wrong))
+    right = status(demo_store.app, "--max-lag", "30m")
+    assert right.returncode == 0, right.stderr
+    assert_quiet(right)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
 from esctl.cli.migrate.common import store
@@ -118,6 +119,9 @@ def status_command(
             out.info(f"wrote {metrics_file}")
 
     out.result(document, render)
+    if report.lag is not None:
+        # A lag measured over no commit list is 0 whatever the app's name: say when it has none.
+        note_if_no_keys(ctx, seen=report.aggregates_scanned > 0, looked_at=COMMIT_LISTS)
     exit_for(problems=exit_code)
 
 
