@@ -511,3 +511,30 @@ def test_migrate_status_measuring_the_lag_of_an_app_with_no_keys_says_so(
     right = status(demo_store.app, "--max-lag", "30m")
     assert right.returncode == 0, right.stderr
     assert_quiet(right)
+
+
+def test_doctor_writes_no_store_figures_for_an_app_with_no_keys(
+    demo_store: DemoSummary, redis_test_url: str, tmp_path: Path
+) -> None:
+    """The metrics file of a mistyped --app holds the store checks' status (1, warn) and none
+    of their figures: a 0 for the memory, events and plain payloads of an app that is not
+    there would draw a healthy empty store on a dashboard. The right app's are there."""
+
+    def metrics(app: str) -> str:
+        path = tmp_path / f"{app}.prom"
+        result = run_cli(
+            "doctor", "--redis-url", redis_test_url, "--app", app, "--read-only",
+            "--metrics-file", str(path),
+        )  # fmt: skip
+        assert result.returncode in (0, 3), result.stderr
+        return path.read_text()
+
+    wrong = typo(demo_store.app)
+    text = metrics(wrong)
+    for check_id in STORE_CHECKS:
+        assert f'esctl_doctor_check_status{{check="{check_id}",group="event_store"}} 1' in text
+    assert re.findall(r"^esctl_doctor_store_\w+\{.*", text, re.M) == []
+    right = metrics(demo_store.app)
+    assert f'esctl_doctor_store_events{{app="{demo_store.app}"}} {demo_store.commit_ids}' in right
+    assert 'esctl_doctor_store_memory_bytes{app="' in right
+    assert "esctl_doctor_store_uncompressed_payloads{" in right

@@ -1,6 +1,7 @@
 """The event store checks (``--app``): memory held per key family, payloads left
 uncompressed, growth since an earlier run. An app with no keys here at all (a typo in --app,
-the wrong database) makes each of them a warning naming the apps that do have keys."""
+the wrong database) makes each of them a warning naming the apps that do have keys, with no
+figures in the metrics file: the check's status says it, and a 0 would look like a store."""
 
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ STORE_MEMORY = declare(
 def check_store_memory(
     app: str, stats: inspect.StatsReport, limit: int | None, missing: NoKeys | None = None
 ) -> Check:
-    """``missing``: the app has no store keys here at all: a warning naming the apps that do."""
+    """``missing``: the app has no store keys here at all: a warning naming the apps that do,
+    and none of the check's figures in the metrics file (its status says it)."""
     used = stats.used_memory
     families = {m.family: m for m in stats.memory}
     metrics = []
@@ -115,9 +117,7 @@ def check_store_memory(
         },
     }
     if missing is not None:
-        return STORE_MEMORY.result(
-            "warn", observed, action=missing.action, values=values, metrics=metrics
-        )
+        return STORE_MEMORY.result("warn", observed, action=missing.action, values=values)
     heavy = limit is not None and event_data > EVENT_DATA_WARN_SHARE * limit
     return STORE_MEMORY.result(
         "warn" if heavy else "ok",
@@ -156,7 +156,7 @@ def check_uncompressed(
     missing: NoKeys | None = None,
 ) -> Check:
     """``missing``: the app has no store keys here at all: with no payload found, a warning
-    naming the apps that do."""
+    naming the apps that do, and none of the check's figures in the metrics file."""
     examined = sum(s.counts.values_examined for s in samples.values())
     found = sum(s.counts.plain_over_threshold for s in samples.values())
     values: dict[str, Any] = {"threshold": threshold, "families": {}}
@@ -202,7 +202,6 @@ def check_uncompressed(
             f"no payloads to sample: {missing.observed}",
             action=missing.action,
             values=values,
-            metrics=metrics,
         )
     if not examined:
         return UNCOMPRESSED.result(
