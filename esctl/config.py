@@ -37,6 +37,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("env", "ESCTL_ENV", None, False, "environment name"),
 )
 SETTING_NAMES = tuple(s.name for s in SETTINGS)
+APP_SETTING = "--app / ESCTL_APP"
+"""Where the app name is set, in a message asking to check it, unless it came from the config
+file (:meth:`Settings.where_set`)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,16 @@ class Settings:
     @property
     def pg_schema(self) -> str:
         return self.values["pg_schema"].value or "public"
+
+    def where_set(self, name: str) -> str:
+        """Where an operator fixes setting ``name``'s value, for a message that asks them to
+        check it: the config file's profile when the value came from there (a cron job's
+        usual case), else the option and its environment variable (``--app / ESCTL_APP``)."""
+        spec = next(s for s in SETTINGS if s.name == name)
+        flags = f"--{name.replace('_', '-')} / {spec.env_var}"  # APP_SETTING for app
+        if self.values[name].source.startswith("config:"):
+            return f"{name} in profile [{self.profile}] of {self.config_path} (or {flags})"
+        return flags
 
     def require(self, name: str) -> str:
         value = self.values[name].value

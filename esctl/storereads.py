@@ -9,6 +9,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from esctl import layout, redisio
+from esctl.config import APP_SETTING
 from esctl.errors import ServerError
 
 
@@ -134,28 +135,51 @@ def find_store_key(
 
 
 APPS_LISTED = 5
-"""Apps an :class:`AppsHere` names at most (:meth:`AppsHere.listed`)."""
+"""Names a :class:`NamesHere` lists at most (:meth:`NamesHere.listed`)."""
 
 
 @dataclass(frozen=True)
-class AppsHere:
-    """The ApplicationNames with event store keys in a Redis database, from a bounded SCAN
-    (:func:`apps_with_keys`)."""
+class NameKind:
+    """What a :class:`NamesHere` lists, in the words of its text."""
+
+    listed: str
+    """Heading of the names found (``apps with keys here``)."""
+    none: str
+    """When a whole keyspace has none."""
+    none_seen: str
+    """When the part scanned had none."""
+    check: str
+    """The setting that names one, to check (``--app / ESCTL_APP``)."""
+
+
+APPS = NameKind(
+    "apps with keys here",
+    "no app has event store keys in this database",
+    "no app's keys were found in the part scanned",
+    APP_SETTING,
+)
+
+
+@dataclass(frozen=True)
+class NamesHere:
+    """The names with keys in a Redis database, from a bounded SCAN: ApplicationNames with
+    event store keys (:func:`apps_with_keys`)."""
 
     keys: dict[str, int]
-    """App -> its store keys seen (commit lists, event and snapshot hashes)."""
+    """Name -> its keys seen (an app's commit lists, event and snapshot hashes)."""
     examined: int
     """About how many keys the SCAN went over."""
     total: int | None
     """Keys in the database (None: unknown, INFO refused)."""
     complete: bool
-    """The whole keyspace was scanned: ``keys`` names every app that has store keys."""
+    """The whole keyspace was scanned: ``keys`` names every one that has keys."""
+    kind: NameKind = APPS
 
-    def has(self, app: str) -> bool:
-        return app in self.keys
+    def has(self, name: str) -> bool:
+        return name in self.keys
 
     def listed(self, near: str, limit: int = APPS_LISTED) -> list[str]:
-        """At most ``limit`` apps other than ``near``: the names most like it first (a typo's
+        """At most ``limit`` names other than ``near``: those most like it first (a typo's
         likely meaning), then those with the most keys seen."""
         others = [a for a in self.keys if a != near]
         return sorted(
@@ -163,25 +187,24 @@ class AppsHere:
             key=lambda a: (-difflib.SequenceMatcher(None, near, a).ratio(), -self.keys[a], a),
         )[:limit]
 
-    def text(self, app: str) -> str:
-        """For an operator who asked for ``app``: the apps with keys here (:meth:`listed`), or
-        that none were found, and in how much of the keyspace; then what to check."""
-        listed = self.listed(app)
+    def text(self, name: str, check: str | None = None) -> str:
+        """For an operator who asked for ``name``: the others found here (:meth:`listed`), or
+        that none were, and in how much of the keyspace; then what to check (``check``: where
+        the name was set, :meth:`esctl.config.Settings.where_set`; default the kind's)."""
+        check = check or self.kind.check
+        listed = self.listed(name)
         scope = ""
         if not self.complete:
             of = f" of {self.total:,}" if self.total is not None else ""
             scope = f" (a partial scan: ~{self.examined:,}{of} keys)"
         if listed:
-            more = len([a for a in self.keys if a != app]) - len(listed)
+            more = len([a for a in self.keys if a != name]) - len(listed)
             names = ", ".join(redisio.printable(a) for a in listed)
             names += f" and {more:,} more" if more > 0 else ""
-            return f"apps with keys here{scope}: {names}; check --app / ESCTL_APP"
+            return f"{self.kind.listed}{scope}: {names}; check {check}"
         if self.complete:
-            return (
-                "no app has event store keys in this database; check --redis-url (and its "
-                "database number) and --app / ESCTL_APP"
-            )
-        return f"no app's keys were found in the part scanned{scope}; check --app / ESCTL_APP"
+            return f"{self.kind.none}; check --redis-url (and its database number) and {check}"
+        return f"{self.kind.none_seen}{scope}; check {check}"
 
 
 def apps_with_keys(
@@ -189,7 +212,7 @@ def apps_with_keys(
     *,
     max_keys: int | None = None,
     max_seconds: float | None = None,
-) -> AppsHere:
+) -> NamesHere:
     """The apps that have event store keys in the database ``client`` reads, from a SCAN
     bounded per primary by ``max_keys`` keys examined and ``max_seconds``
     (:func:`esctl.redisio.sample_keys`, which has the defaults): in a large keyspace, those whose keys it met (an app
@@ -202,4 +225,4 @@ def apps_with_keys(
         found = layout.store_key_app(key)
         if found is not None:
             counts[found[1]] += 1
-    return AppsHere(dict(counts), sample.examined, sample.total, sample.complete)
+    return NamesHere(dict(counts), sample.examined, sample.total, sample.complete)

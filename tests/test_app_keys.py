@@ -538,3 +538,27 @@ def test_doctor_writes_no_store_figures_for_an_app_with_no_keys(
     assert f'esctl_doctor_store_events{{app="{demo_store.app}"}} {demo_store.commit_ids}' in right
     assert 'esctl_doctor_store_memory_bytes{app="' in right
     assert "esctl_doctor_store_uncompressed_payloads{" in right
+
+
+def test_an_app_from_the_config_file_is_checked_in_its_profile(
+    demo_store: DemoSummary, redis_test_url: str, tmp_path: Path
+) -> None:
+    """A cron job's app comes from the config file: the note and doctor's action name the
+    profile and the file to fix, not only --app / ESCTL_APP."""
+    wrong = typo(demo_store.app)
+    config = tmp_path / "esctl.toml"
+    config.write_text(f'[nightly]\nredis_url = "{redis_test_url}"\napp = "{wrong}"\n')
+    where = f"check app in profile [nightly] of {config} (or --app / ESCTL_APP)"
+    chosen = ("--config", str(config), "--profile", "nightly")
+    result = run_cli("inspect", "integrity", *chosen)
+    assert result.returncode == 0, result.stderr
+    (note,) = notes(result.stderr)
+    assert note.startswith(f"note: app {wrong} has no keys in Redis "), note
+    assert note.endswith(f"apps with keys here: {demo_store.app}; {where}"), note
+    doctor = run_cli("doctor", "--json", "--read-only", *chosen)
+    checks = {c["id"]: c for c in json.loads(doctor.stdout)["checks"]}
+    for check_id in STORE_CHECKS:
+        assert checks[check_id]["action"] == f"apps with keys here: {demo_store.app}; {where}"
+    # Given by option or environment variable, the note names those, as before.
+    by_option = run_cli("inspect", "integrity", *chosen, "--app", wrong)
+    assert notes(by_option.stderr)[0].endswith("; check --app / ESCTL_APP")

@@ -22,6 +22,7 @@ import typer
 from esctl import errors, layout
 from esctl.cli.context import Context
 from esctl.cli.errors import EXIT_INTERRUPTED
+from esctl.config import APP_SETTING
 
 if TYPE_CHECKING:  # the drivers load when a command runs, not at startup
     from esctl import storereads
@@ -59,10 +60,11 @@ def note_if_no_keys(ctx: Context, *, seen: bool, looked_at: Collection[str] = ()
         if here.has(app):  # written meanwhile
             return
         server = redisio.describe(client)
+        check = ctx.settings.where_set("app")
         if found == storereads.SEARCH_CUT:  # a large keyspace: what the command saw is sure
-            ctx.out.note(no_commits_text(app, server, looked_at, here))
+            ctx.out.note(no_commits_text(app, server, looked_at, here, check))
         else:
-            ctx.out.note(no_keys_text(app, server, here))
+            ctx.out.note(no_keys_text(app, server, here, check))
     except (errors.EsctlError, *redisio.REDIS_ERRORS):
         if ctx.debug:
             traceback.print_exc(file=sys.stderr)
@@ -96,34 +98,43 @@ def _hint_unknown_app(ctx: Context) -> None:
         if here.has(app):
             return
         server = redisio.describe(client)
+        check = ctx.settings.where_set("app")
         if here.complete:
-            ctx.out.note(no_keys_text(app, server, here))
+            ctx.out.note(no_keys_text(app, server, here, check))
         elif here.listed(app):
             ctx.out.note(
-                f"none of the keys seen in Redis {server} is app {_name(app)}'s; {here.text(app)}"
+                f"none of the keys seen in Redis {server} is app {_name(app)}'s; "
+                f"{here.text(app, check)}"
             )
     except (errors.EsctlError, *redisio.REDIS_ERRORS):
         if ctx.debug:
             traceback.print_exc(file=sys.stderr)
 
 
-def no_keys_text(app: str, server: str, here: storereads.AppsHere) -> str:
-    """The note: ``app`` has no keys on ``server``, and what ``here`` found instead."""
+def no_keys_text(
+    app: str, server: str, here: storereads.NamesHere, check: str = APP_SETTING
+) -> str:
+    """The note: ``app`` has no keys on ``server``, and what ``here`` found instead; ``check``:
+    where the app name was set (:meth:`esctl.config.Settings.where_set`)."""
     return (
         f"app {_name(app)} has no keys in Redis {server} (no commit list, event hash or "
-        f"snapshot); {here.text(app)}"
+        f"snapshot); {here.text(app, check)}"
     )
 
 
 def no_commits_text(
-    app: str, server: str, looked_at: Collection[str], here: storereads.AppsHere
+    app: str,
+    server: str,
+    looked_at: Collection[str],
+    here: storereads.NamesHere,
+    check: str = APP_SETTING,
 ) -> str:
     """The note when the search for the families the command did not scan was cut short: what
     the command's own scan found none of (``looked_at``), and what ``here`` found."""
     kinds = [name for family, name in _KINDS if family in looked_at] or ["commit list"]
     return (
         f"app {_name(app)} has no {' or '.join(kinds)} in Redis {server} (a large database: "
-        f"its other keys were not all looked for); {here.text(app)}"
+        f"its other keys were not all looked for); {here.text(app, check)}"
     )
 
 

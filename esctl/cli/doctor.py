@@ -83,6 +83,7 @@ def doctor(
             redis_url=ctx.redis_url,
             cluster=ctx.cluster,
             app=ctx.get("app"),
+            app_setting=ctx.settings.where_set("app"),
             env=ctx.get("env"),
             pg_dsn=ctx.pg_dsn if explicit_pg else None,
             pg_schema=ctx.pg_schema,

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from esctl import codec
-from esctl.config import redact
+from esctl.config import APP_SETTING, redact
 from esctl.defaults import DOCTOR_SAMPLE as DEFAULT_SAMPLE
 from esctl.documents import document
 from esctl.errors import EsctlError
@@ -105,6 +105,9 @@ class DoctorOptions:
     redis_url: str
     cluster: bool = False
     app: str | None = None
+    app_setting: str = APP_SETTING
+    """Where ``app`` was set, for the action of an app with no keys here
+    (:meth:`esctl.config.Settings.where_set`)."""
     env: str | None = None
     pg_dsn: str | None = None
     """Only a DSN the operator configured (option, environment, config file): never the

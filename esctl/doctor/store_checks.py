@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from esctl import compress, inspect, layout, redisio, storereads
+from esctl.config import APP_SETTING
 from esctl.doctor.readings import Comparison, Readings
 from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
 from esctl.errors import EsctlError
@@ -38,8 +39,10 @@ class NoKeys:
 
     app: str
     apps_here: str | None
-    """The apps that do have keys here (:meth:`esctl.storereads.AppsHere.text`); None when
+    """The apps that do have keys here (:meth:`esctl.storereads.NamesHere.text`); None when
     that SCAN failed."""
+    check: str = APP_SETTING
+    """Where the app name was set (:meth:`esctl.config.Settings.where_set`)."""
 
     @property
     def observed(self) -> str:
@@ -50,9 +53,7 @@ class NoKeys:
 
     @property
     def action(self) -> str:
-        return self.apps_here or (
-            "check --app / ESCTL_APP, and --redis-url (and its database number)"
-        )
+        return self.apps_here or f"check {self.check}, and --redis-url (and its database number)"
 
 
 STORE_MEMORY = declare(
@@ -330,15 +331,15 @@ def check_growth_without_keys(missing: NoKeys) -> Check:
     )
 
 
-def no_keys(client: redisio.RedisClient, app: str) -> NoKeys | None:
+def no_keys(client: redisio.RedisClient, app: str, check: str = APP_SETTING) -> NoKeys | None:
     """For an app whose statistics found no store key: :class:`NoKeys` with the apps that have
     some here (a bounded SCAN; None in its text when the SCAN failed), or None when that SCAN
-    sees keys of the app after all (written meanwhile)."""
+    sees keys of the app after all (written meanwhile). ``check``: where the app was set."""
     try:
         here = storereads.apps_with_keys(client)
     except (EsctlError, *redisio.REDIS_ERRORS):
-        return NoKeys(app, None)
-    return None if here.has(app) else NoKeys(app, here.text(app))
+        return NoKeys(app, None, check)
+    return None if here.has(app) else NoKeys(app, here.text(app, check), check)
 
 
 def run_store_checks(
@@ -360,7 +361,7 @@ def run_store_checks(
         memory = STORE_MEMORY.unavailable(f"could not sample memory: {exc.message}", exc.hint)
     else:
         found = stats
-        missing = no_keys(client, app) if not stats.store_keys else None
+        missing = no_keys(client, app, opts.app_setting) if not stats.store_keys else None
         memory = guarded("store.memory", lambda: check_store_memory(app, found, limit, missing))
 
     def uncompressed() -> Check:
