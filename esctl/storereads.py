@@ -158,12 +158,19 @@ APPS = NameKind(
     "no app's keys were found in the part scanned",
     APP_SETTING,
 )
+ENVS = NameKind(
+    "environments with queues here",
+    "no environment has a Subscribers:{ENV:TYPE} set in this database",
+    "no environment's Subscribers:{ENV:TYPE} set was found in the part scanned",
+    "--env / ESCTL_ENV",
+)
 
 
 @dataclass(frozen=True)
 class NamesHere:
     """The names with keys in a Redis database, from a bounded SCAN: ApplicationNames with
-    event store keys (:func:`apps_with_keys`)."""
+    event store keys (:func:`apps_with_keys`), environments with queues
+    (:func:`esctl.queues.envs_with_queues`)."""
 
     keys: dict[str, int]
     """Name -> its keys seen (an app's commit lists, event and snapshot hashes)."""

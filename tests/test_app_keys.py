@@ -562,3 +562,57 @@ def test_an_app_from_the_config_file_is_checked_in_its_profile(
     # Given by option or environment variable, the note names those, as before.
     by_option = run_cli("inspect", "integrity", *chosen, "--app", wrong)
     assert notes(by_option.stderr)[0].endswith("; check --app / ESCTL_APP")
+
+
+def test_queue_list_names_the_queues_there_are_when_a_name_matches_none(
+    demo_store: DemoSummary, redis_client: redis.Redis, redis_test_url: str, tmp_path: Path
+) -> None:
+    """``queue list`` from cron (a metrics file every minute, a jq loop that requeues) with a
+    mistyped --env, --subscriber or --type lists nothing, successfully: a note on stderr says
+    which name matches no queue and names those that do. stdout and the exit code stay."""
+    server = redisio.describe_url(redis_test_url)
+    env = demo_store.env
+    sub = demo_store.samples["stuck_subscriber"]
+    event_type = demo_store.samples["stuck_event_type"]
+
+    def listing(*args: str, environ: dict[str, str] | None = None) -> Any:
+        return run_cli("queue", "list", "--redis-url", redis_test_url, *args, env=environ)
+
+    metrics = tmp_path / "queues.prom"
+    result = listing("--json", "--metrics-file", str(metrics), environ={"ESCTL_ENV": typo(env)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["queues"] == []
+    assert notes(result.stderr) == [
+        f"note: env {typo(env)} has no queues in Redis {server} (no Subscribers:"
+        f"{{{typo(env)}:TYPE}} set, queue list or RetryData hash); environments with queues "
+        f"here: {env}; check --env / ESCTL_ENV"
+    ]
+
+    given = ("--env", env, "--subscriber", typo(sub), "--subscriber", sub)
+    result = listing(*given, "--type", typo(event_type), "--type", event_type, "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)["queues"]
+    assert {(q["subscriber"], q["event_type"]) for q in shown} == {(sub, event_type)}
+    by_subscriber, by_type = notes(result.stderr)
+    assert by_subscriber.startswith(
+        f"note: subscriber {typo(sub)} has no queue in env {env}; subscribers with queues in "
+        f"this environment: {sub}, "
+    ), by_subscriber
+    assert by_subscriber.endswith("; check --subscriber")
+    assert by_type.startswith(
+        f"note: event type {typo(event_type)} has no queue in env {env}; event types with "
+        f"queues in this environment: {event_type}, "
+    ), by_type
+    assert by_type.endswith("; check --type")
+
+    assert_quiet(listing("--env", env))
+    assert_quiet(listing("--env", env, "--subscriber", sub, "--type", event_type))
+
+    redis_client.flushdb()
+    empty = listing("--env", env)
+    assert empty.returncode == 0
+    assert notes(empty.stderr) == [
+        f"note: env {env} has no queues in Redis {server} (no Subscribers:{{{env}:TYPE}} set, "
+        "queue list or RetryData hash); no environment has a Subscribers:{ENV:TYPE} set in "
+        "this database; check --redis-url (and its database number) and --env / ESCTL_ENV"
+    ]

@@ -7,12 +7,16 @@ hash or snapshot there at all, a ``note:`` on stderr says so, names the server a
 that do have keys (a bounded SCAN: :func:`esctl.storereads.apps_with_keys`). It is a note:
 the exit code and stdout (``--json`` too) stay what they were, and a store emptied by a full
 prune is not a failure. A command that found something of its app pays nothing.
+
+``queue list`` has the same kind of note for an ``--env``, ``--subscriber`` or ``--type`` that
+matches no queue (:func:`note_if_no_queues`).
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -25,7 +29,7 @@ from esctl.cli.errors import EXIT_INTERRUPTED
 from esctl.config import APP_SETTING
 
 if TYPE_CHECKING:  # the drivers load when a command runs, not at startup
-    from esctl import storereads
+    from esctl import queues, storereads
 
 EVERY_FAMILY = frozenset(layout.STORE_KEY_FAMILIES)
 """What a command that scanned commit lists, event hashes (partitioned and legacy) and
@@ -40,14 +44,12 @@ def note_if_no_keys(ctx: Context, *, seen: bool, looked_at: Collection[str] = ()
     it: when the app has no key there at all, a note on stderr naming the app, the server and
     the apps that have keys there. ``looked_at``: the families (:data:`layout.
     STORE_KEY_FAMILIES`) the command scanned whole, finding none; the others are looked for
-    now (one SCAN that stops at the first key). Never fails the command: an error on the way
-    leaves the note out (its traceback with --debug); Ctrl-C exits 130 without a second
-    document on stdout."""
+    now (one SCAN that stops at the first key). Never fails the command (:func:`_after_result`)."""
     if seen:
         return
     from esctl import redisio, storereads
 
-    try:
+    with _after_result(ctx, "the app's keys"):
         client = ctx.redis
         app = ctx.app
         unseen = [f for f in layout.STORE_KEY_FAMILIES if f not in looked_at]
@@ -65,12 +67,83 @@ def note_if_no_keys(ctx: Context, *, seen: bool, looked_at: Collection[str] = ()
             ctx.out.note(no_commits_text(app, server, looked_at, here, check))
         else:
             ctx.out.note(no_keys_text(app, server, here, check))
+
+
+def note_if_no_queues(
+    ctx: Context,
+    listing: queues.QueueListing,
+    *,
+    event_types: Collection[str] = (),
+    subscribers: Collection[str] = (),
+) -> None:
+    """After ``queue list``: a note on stderr for each name it was given that matches no queue
+    (a typo that would list nothing, in a cron job's metrics file too): an environment with no
+    queue list, Subscribers set or RetryData hash here, naming the environments that have
+    Subscribers sets; a ``--subscriber`` or ``--type`` with no queue in the environment, naming
+    those that have. A listing that shows each name pays nothing; otherwise one more SCAN of the
+    environment's keys (and, for an empty one, the bounded SCAN of the Subscribers sets).
+    Never fails the command (:func:`_after_result`)."""
+    shown_subscribers = {q.subscriber for q in listing.queues}
+    shown_types = {q.event_type for q in listing.queues} | set(listing.retry_data)
+    unknown_subscribers = [s for s in subscribers if s not in shown_subscribers]
+    unknown_types = [t for t in event_types if t not in shown_types]
+    empty = not listing.queues and not listing.retry_data
+    if not (unknown_subscribers or unknown_types or empty):
+        return
+    from esctl import queues, redisio, storereads
+
+    with _after_result(ctx, "the environment's queues"):
+        client = ctx.redis
+        env = listing.env
+        pairs = [(q.subscriber, q.event_type) for q in listing.queues]
+        retry_data = listing.retry_data
+        if event_types or subscribers:  # what the filters left out
+            found = queues.find_queues(client, env)
+            pairs = [(r.subscriber, r.event_type) for r in found.refs]
+            retry_data = found.retry_data
+        if not pairs and not retry_data:
+            here = queues.envs_with_queues(client)
+            if not here.has(env):  # else written meanwhile
+                ctx.out.note(
+                    f"env {redisio.printable(env)} has no queues in Redis "
+                    f"{redisio.describe(client)} (no Subscribers:{{{env}:TYPE}} set, queue list "
+                    f"or RetryData hash); {here.text(env, ctx.settings.where_set('env'))}"
+                )
+            return
+        for what, names, given, check in (
+            ("subscriber", Counter(sub for sub, _ in pairs), unknown_subscribers, "--subscriber"),
+            (
+                "event type",
+                Counter(t for _, t in pairs) + Counter(retry_data),
+                unknown_types,
+                "--type",
+            ),
+        ):
+            kind = storereads.NameKind(f"{what}s with queues in this environment", "", "", check)
+            here = storereads.NamesHere(dict(names), 0, None, True, kind)
+            for name in given:
+                if not here.has(name):
+                    ctx.out.note(
+                        f"{what} {redisio.printable(name)} has no queue in env "
+                        f"{redisio.printable(env)}; {here.text(name)}"
+                    )
+
+
+@contextmanager
+def _after_result(ctx: Context, looking_for: str) -> Iterator[None]:
+    """Around a note's look-up, after the command's result: an error on the way leaves the
+    note out (its traceback with --debug); Ctrl-C exits 130 without a second document on
+    stdout."""
+    from esctl import redisio
+
+    try:
+        yield
     except (errors.EsctlError, *redisio.REDIS_ERRORS):
         if ctx.debug:
             traceback.print_exc(file=sys.stderr)
     except KeyboardInterrupt:
         # The result is out (with --json, stdout's one document): no error document after it.
-        ctx.out.error("interrupted while looking for the app's keys, after the command completed")
+        ctx.out.error(f"interrupted while looking for {looking_for}, after the command completed")
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 import typer
 
 from esctl import errors
+from esctl.cli.appkeys import note_if_no_queues
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import OptionGroup, with_groups
@@ -312,6 +313,7 @@ def list_command(
             out.info(f"wrote {metrics_file}")
 
     out.result(document, render)
+    note_if_no_queues(ctx, listing, event_types=event_types or (), subscribers=subscribers or ())
     exit_for(problems=listing.problems)
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from esctl import codec, layout, metrics, redisio
+from esctl import codec, layout, metrics, redisio, storereads
 from esctl.queues.messages import resolve_now
 from esctl.queues.refs import QUEUE_LISTS, QueueRef, problem
 
@@ -163,6 +163,31 @@ def read_queues(
         retry_data=dict(found.retry_data),
         problems=problems,
         elapsed_s=time.perf_counter() - started,
+    )
+
+
+_ANY_SUBSCRIBERS_SET = re.compile(r"Subscribers:\{(?P<env>[^{}:]+):[^{}]+\}", re.DOTALL)
+
+
+def envs_with_queues(
+    client: redisio.RedisClient,
+    *,
+    max_keys: int | None = None,
+    max_seconds: float | None = None,
+) -> storereads.NamesHere:
+    """The environments with a ``Subscribers:{ENV:TYPE}`` set in the database ``client``
+    reads (every environment a service publishes in has one), from a SCAN bounded as
+    :func:`esctl.storereads.apps_with_keys`'s: for the note on an ``--env`` with no queues."""
+    sample = redisio.sample_keys(
+        client, "Subscribers:{*}", max_keys=max_keys, max_seconds=max_seconds
+    )
+    counts: Counter[str] = Counter()
+    for key in set(sample.keys):
+        m = _ANY_SUBSCRIBERS_SET.fullmatch(key)
+        if m:
+            counts[m["env"]] += 1
+    return storereads.NamesHere(
+        dict(counts), sample.examined, sample.total, sample.complete, storereads.ENVS
     )
 
 
