@@ -272,8 +272,16 @@ def held_error(conn: psycopg.Connection, name: str, held: str, hint: str) -> Loc
 def prune_lock_name(pg_schema: str, app: str) -> str:
     """The advisory lock an unsharded ``migrate prune`` of ``app`` and ``migrate
     restore-pruned`` hold; a sharded prune holds it shared (``within``) beside its shard's own
-    (this name, ``:``, the shard). So none of them runs beside another, but shards do."""
+    (:func:`prune_shard_lock_name`). So none of them runs beside another, but shards do (those
+    that share no aggregate: :func:`prune_lock`)."""
     return f"esctl:prune:{pg_schema}:{app}"
+
+
+def prune_shard_lock_name(pg_schema: str, app: str, shard: Shard) -> str:
+    """The advisory lock a prune of ``shard`` holds exclusively: :func:`prune_lock_name`,
+    and for a sharded prune ``:`` and the shard."""
+    whole = prune_lock_name(pg_schema, app)
+    return whole if shard.count == 1 else f"{whole}:{shard}"
 
 
 def session_name(what: str) -> str:
@@ -302,6 +310,21 @@ SELECT DISTINCT l.objid::bigint
 """
 
 
+# The members of one family (their shards) whose sessions hold the advisory lock of a name.
+_HOLDER_SHARDS_SQL = """
+SELECT DISTINCT f.objid::bigint
+  FROM pg_locks l
+  JOIN pg_locks f
+    ON f.pid = l.pid AND f.locktype = 'advisory' AND f.granted AND f.objsubid = 2
+   AND f.database = l.database AND f.classid::bigint = %s
+ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+   AND l.classid::bigint = (hashtextextended(%s, 0) >> 32) & 4294967295
+   AND l.objid::bigint = hashtextextended(%s, 0) & 4294967295
+   AND l.pid <> pg_backend_pid()
+"""
+
+
 def _int4(value: int) -> int:
     """An unsigned 32-bit value as the signed int4 PostgreSQL takes."""
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -317,12 +340,15 @@ class ShardFamily:
     transaction lock: two runs starting at once are checked one after the other, so one of
     them starts).
 
-    ``member_lock``: the name of the lock a run of a shard holds on the same session (the
-    error names its holder); ``held``: what the error says of a run of that shard found
-    running; ``hint``: what to do then."""
+    ``shard``: this run's; None for a run that is none of the family's but that its members'
+    locks keep out (``migrate restore-pruned`` beside the prunes of its app): it joins
+    nothing, and a lock it finds held by a member is said to be that member's
+    (:meth:`holder_error`). ``member_lock``: the name of the lock a run of a shard holds on
+    the same session (the error names its holder); ``held``: what the error says of a run of
+    that shard found running; ``hint``: what to do then."""
 
     name: str
-    shard: Shard
+    shard: Shard | None
     member_lock: Callable[[Shard], str]
     held: Callable[[Shard], str]
     hint: str
@@ -340,7 +366,7 @@ class ShardFamily:
         return Shard(code & 0xFFFF, code >> 16)
 
     def check_count(self) -> None:
-        if self.shard.count > MAX_FAMILY_SHARD_COUNT:
+        if self.shard is not None and self.shard.count > MAX_FAMILY_SHARD_COUNT:
             raise UsageError(
                 f"shard {self.shard}: at most {MAX_FAMILY_SHARD_COUNT:,} shards can be told "
                 "apart by the lock that keeps overlapping runs apart (with --workers: the "
@@ -350,8 +376,12 @@ class ShardFamily:
 
     def join(self, conn: psycopg.Connection) -> None:
         """Take this run's member lock on ``conn`` (autocommit, holding the run's own lock);
-        LockHeld, having let it go again, when a run of an overlapping shard holds one."""
-        key, code = _int4(self.key), _int4(self.code(self.shard))
+        LockHeld, having let it go again, when a run of an overlapping shard holds one. A run
+        that is none of the family's (``shard`` None) joins nothing."""
+        if self.shard is None:
+            return
+        shard = self.shard
+        key, code = _int4(self.key), _int4(self.code(shard))
         gate = f"{self.name}:gate"
         with conn.transaction():
             deadline = time.monotonic() + FAMILY_GATE_WAIT_S
@@ -373,12 +403,33 @@ class ShardFamily:
             conn.execute("SELECT pg_advisory_lock_shared(%s::int4, %s::int4)", (key, code))
             members = {self.decode(r[0]) for r in conn.execute(_FAMILY_SQL, (self.key,))}
             clash = sorted(
-                (s for s in members if s.overlaps(self.shard)), key=lambda s: (s.count, s.index)
+                (s for s in members if s.overlaps(shard)), key=lambda s: (s.count, s.index)
             )
             if clash:
                 conn.execute("SELECT pg_advisory_unlock_shared(%s::int4, %s::int4)", (key, code))
                 other = clash[0]
                 raise held_error(conn, self.member_lock(other), self.held(other), self.hint)
+
+    def holder_error(self, conn: psycopg.Connection, name: str) -> LockHeld | None:
+        """The LockHeld that names the member of this family whose session holds advisory
+        lock ``name`` (found held by this run) as a run of its shard (``held``, ``hint``,
+        naming the holder of its member lock); None when no session of another shard than
+        this run's holds it (a run of this run's shard, one that is none of the family's, or
+        one that has not joined yet: the caller's own words say it)."""
+        import psycopg
+
+        try:
+            codes = [r[0] for r in conn.execute(_HOLDER_SHARDS_SQL, (self.key, name, name))]
+        except psycopg.Error:
+            return None
+        others = sorted(
+            (s for s in map(self.decode, codes) if s != self.shard),
+            key=lambda s: (s.count, s.index),
+        )
+        if not others:
+            return None
+        other = others[0]
+        return held_error(conn, self.member_lock(other), self.held(other), self.hint)
 
 
 class AdvisoryLock:
@@ -396,7 +447,8 @@ class AdvisoryLock:
 
     ``family``: the runs of the same job with other shards (:class:`ShardFamily`); once
     ``name`` is taken, a run of an overlapping shard found running refuses this one
-    (LockHeld naming it)."""
+    (LockHeld naming it). A lock (``within`` or ``name``) found held by a run of another
+    shard of the family is said to be that run's (:meth:`ShardFamily.holder_error`)."""
 
     def __init__(
         self,
@@ -436,7 +488,8 @@ class AdvisoryLock:
                     f"SELECT pg_try_advisory_lock{mode}(hashtextextended(%s, 0))", (name,)
                 ).fetchone()
                 if not row or not row[0]:
-                    raise held_error(conn, name, self.held, self.hint)
+                    theirs = self.family.holder_error(conn, name) if self.family else None
+                    raise theirs or held_error(conn, name, self.held, self.hint)
             if self.family is not None:
                 self.family.join(conn)
         except BaseException:
@@ -463,3 +516,73 @@ class AdvisoryLock:
             self.conn.close()
         finally:
             self.conn = None
+
+
+def prune_lock(dsn: str, pg_schema: str, app: str, shard: Shard) -> AdvisoryLock:
+    """The lock a ``migrate prune`` of ``shard`` holds: unsharded, the app's prune lock
+    (:func:`prune_lock_name`); sharded, that lock shared and its shard's own. Every prune also
+    joins the app's :class:`ShardFamily`, so that two whose shards share aggregates (``0/2``
+    and ``0/4``: their shard locks differ) never run at once, while disjoint shards do. A
+    restore-pruned takes the app's lock alone (:func:`restore_pruned_lock`)."""
+
+    def other_prune(other: Shard) -> str:
+        if other.count == 1:
+            return (
+                f"an unsharded prune of {app} (schema {pg_schema}) is running, and it prunes "
+                f"every aggregate, those of shard {shard} too"
+            )
+        ours = (
+            "this unsharded prune would prune its aggregates too"
+            if shard.count == 1
+            else f"shard {shard} of this prune would prune some of its aggregates too"
+        )
+        return f"a prune of {app} (schema {pg_schema}), shard {other}, is running, and {ours}"
+
+    whole = prune_lock_name(pg_schema, app)
+    return AdvisoryLock(
+        dsn,
+        prune_shard_lock_name(pg_schema, app, shard),
+        what="migrate prune",
+        within=whole if shard.count > 1 else None,
+        family=ShardFamily(
+            whole,
+            shard,
+            member_lock=lambda other: prune_shard_lock_name(pg_schema, app, other),
+            held=other_prune,
+            hint="wait for that run to finish, or stop it; prunes whose shards share "
+            "aggregates never run at once, so prune with one shard count at a time "
+            "(docs/deploy/kubernetes.md); from cron, exit code 75 means the other run is "
+            "still going",
+        ),
+        held=f"another prune of {app} (schema {pg_schema}, shard {shard}), or a "
+        "restore-pruned of it, is running",
+    )
+
+
+def restore_pruned_lock(dsn: str, pg_schema: str, app: str) -> AdvisoryLock:
+    """The lock a ``migrate restore-pruned`` holds: the app's prune lock, alone (so no prune of
+    the app, of any shard, runs beside it, nor another restore). A prune found running is
+    named with its shard."""
+
+    def prune_running(other: Shard) -> str:
+        which = "an unsharded prune" if other.count == 1 else "a prune"
+        shard = f", shard {other}," if other.count > 1 else ""
+        return (
+            f"{which} of {app} (schema {pg_schema}){shard} is running; a restore runs only "
+            "while no prune of the app does"
+        )
+
+    return AdvisoryLock(
+        dsn,
+        prune_lock_name(pg_schema, app),
+        what="migrate restore-pruned",
+        family=ShardFamily(
+            prune_lock_name(pg_schema, app),
+            None,
+            member_lock=lambda other: prune_shard_lock_name(pg_schema, app, other),
+            held=prune_running,
+            hint="wait for it to finish; from cron, exit code 75 means the other run is still "
+            "going",
+        ),
+        held=f"a prune or restore-pruned of {app} (schema {pg_schema}) is running",
+    )

@@ -23,7 +23,7 @@ from esctl.backupfile import BackupWriter
 from esctl.config import redact
 from esctl.documents import document
 from esctl.errors import ConfigError, EsctlError, Interrupted, Refused, ServerError, UsageError
-from esctl.locks import AdvisoryLock, prune_lock_name
+from esctl.locks import prune_lock
 from esctl.pgevents import PgEvent, other_transforms, pg_page, transforms_words
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
@@ -356,7 +356,9 @@ def prune(
     ``before_delete`` is called with each page's candidate aggregate ids after they were
     verified (and backed up), right before their guarded deletes: for tests of the guard.
 
-    Raises LockHeld when another prune of this app/schema (shard) runs, SchemaIncompatible when
+    Raises LockHeld when another prune of this app/schema whose shard shares aggregates with
+    ``opts.shard`` (the same shard, another shard count, unsharded beside sharded) or a
+    restore-pruned of it runs (:func:`esctl.locks.prune_lock`), SchemaIncompatible when
     the event tables are missing, Refused when the backup file exists, ConnectionFailed when
     a server goes away (rerunning is safe).
     """
@@ -373,19 +375,9 @@ def prune(
             "--backup-file",
             hint="add `--backup-file NEW_FILE` (nothing was deleted)",
         )
-    dsn = opts.pg_dsn
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
-        whole = prune_lock_name(opts.pg_schema, opts.app)
-        sharded = opts.shard.count > 1
-        lock = AdvisoryLock(
-            dsn,
-            f"{whole}:{opts.shard}" if sharded else whole,
-            what="migrate prune",
-            within=whole if sharded else None,
-            held=f"another prune of {opts.app} (schema {opts.pg_schema}, shard {opts.shard}), "
-            "or a restore-pruned of it, is running",
-        )
+        lock = prune_lock(opts.pg_dsn, opts.pg_schema, opts.app, opts.shard)
     with lock:
         _prune_locked(client, opts, summary, before_delete)
     summary.elapsed_s = time.monotonic() - started

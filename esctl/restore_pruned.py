@@ -22,7 +22,7 @@ from esctl import layout, pg, redisio
 from esctl.backupfile import read_lines
 from esctl.documents import document
 from esctl.errors import EsctlError, Interrupted, ServerError, UsageError
-from esctl.locks import AdvisoryLock, prune_lock_name
+from esctl.locks import restore_pruned_lock
 from esctl.problems import ProblemTally
 
 LIST_SCRIPT = """
@@ -391,12 +391,7 @@ def restore_pruned(
     aggregates = pruned_aggregates(path, opts.app, survey)
     lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if not opts.dry_run:
-        lock = AdvisoryLock(
-            opts.pg_dsn,
-            prune_lock_name(opts.pg_schema, opts.app),
-            what="migrate restore-pruned",
-            held=f"a prune or restore-pruned of {opts.app} (schema {opts.pg_schema}) is running",
-        )
+        lock = restore_pruned_lock(opts.pg_dsn, opts.pg_schema, opts.app)
     with lock:
         try:
             for number, batch in enumerate(_batches(aggregates, opts.batch_events), 1):
