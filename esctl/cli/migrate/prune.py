@@ -63,8 +63,10 @@ def prune_command(
     Skipped and exit 0: aggregates not migrated yet or with newer events (expected while a
     migration is partial) and unmigratable ones (migrate quarantines and reports those).
     Exit 3: PostgreSQL holds other data than Redis (content_differs, extra_in_pg, versions
-    missing in between), or changed_since_verify. Exit 75: another prune of the app (of the
-    same shard, or unsharded beside shards) or a restore-pruned holds the lock.
+    missing in between), or changed_since_verify. Exit 75: another prune of the app whose
+    shard shares aggregates with this one's (the same shard, another shard count, unsharded
+    beside shards) or a restore-pruned is running; the error names that run (a prune by its
+    shard) and its PostgreSQL session.
 
     Without --yes it asks on a terminal and refuses (exit 2) without one. A run killed
     between deleting a commit list and its payload fields leaves those fields behind; they
