@@ -432,6 +432,27 @@ class ShardFamily:
         return held_error(conn, self.member_lock(other), self.held(other), self.hint)
 
 
+def overlap_words(job: str, verb: str, this: str, mine: Shard) -> Callable[[Shard], str]:
+    """A :class:`ShardFamily`'s ``held`` for runs of one job: what the error of a run of shard
+    ``mine`` says of a run of shard ``other`` found running, e.g. ``job`` "migration of A into
+    schema S", ``verb`` "migrate", ``this`` (what the refused run calls itself) "run"."""
+
+    def held(other: Shard) -> str:
+        if other.count == 1:
+            return (
+                f"an unsharded {job} is running, and it {verb}s every aggregate, those of "
+                f"shard {mine} too"
+            )
+        ours = (
+            f"this unsharded {this} would {verb} its aggregates too"
+            if mine.count == 1
+            else f"shard {mine} of this {this} would {verb} some of its aggregates too"
+        )
+        return f"a {job}, shard {other}, is running, and {ours}"
+
+    return held
+
+
 class AdvisoryLock:
     """A session-level PostgreSQL advisory lock on ``name``, held on its own connection for as
     long as the ``with`` block runs: released when the process dies (kill -9 included), so a
@@ -525,19 +546,6 @@ def prune_lock(dsn: str, pg_schema: str, app: str, shard: Shard) -> AdvisoryLock
     and ``0/4``: their shard locks differ) never run at once, while disjoint shards do. A
     restore-pruned takes the app's lock alone (:func:`restore_pruned_lock`)."""
 
-    def other_prune(other: Shard) -> str:
-        if other.count == 1:
-            return (
-                f"an unsharded prune of {app} (schema {pg_schema}) is running, and it prunes "
-                f"every aggregate, those of shard {shard} too"
-            )
-        ours = (
-            "this unsharded prune would prune its aggregates too"
-            if shard.count == 1
-            else f"shard {shard} of this prune would prune some of its aggregates too"
-        )
-        return f"a prune of {app} (schema {pg_schema}), shard {other}, is running, and {ours}"
-
     whole = prune_lock_name(pg_schema, app)
     return AdvisoryLock(
         dsn,
@@ -548,7 +556,7 @@ def prune_lock(dsn: str, pg_schema: str, app: str, shard: Shard) -> AdvisoryLock
             whole,
             shard,
             member_lock=lambda other: prune_shard_lock_name(pg_schema, app, other),
-            held=other_prune,
+            held=overlap_words(f"prune of {app} (schema {pg_schema})", "prune", "prune", shard),
             hint="wait for that run to finish, or stop it; prunes whose shards share "
             "aggregates never run at once, so prune with one shard count at a time "
             "(docs/deploy/kubernetes.md); from cron, exit code 75 means the other run is "

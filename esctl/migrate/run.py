@@ -18,7 +18,7 @@ import psycopg
 
 from esctl import pg, redisio, units
 from esctl.errors import ConfigError, ConnectionFailed, Interrupted
-from esctl.locks import AdvisoryLock, ShardFamily
+from esctl.locks import AdvisoryLock, ShardFamily, overlap_words
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.reader import Reader
 from esctl.migrate.rows import Batch, BatchResult
@@ -39,7 +39,6 @@ from esctl.migrate.transformed import (
 )
 from esctl.migrate.writer import BatchWriter
 from esctl.problems import ProblemTally
-from esctl.shard import Shard
 from esctl.transforms import Rules
 
 
@@ -120,19 +119,6 @@ def migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[ob
         return contextlib.nullcontext()
     schema, app = opts.pg_schema, opts.app
 
-    def other_run(shard: Shard) -> str:
-        if shard.count == 1:
-            return (
-                f"an unsharded migration of {app} into schema {schema} is running, and it "
-                f"migrates every aggregate, those of shard {opts.shard} too"
-            )
-        ours = (
-            "this unsharded run would migrate its aggregates too"
-            if opts.shard.count == 1
-            else f"shard {opts.shard} of this run would migrate some of its aggregates too"
-        )
-        return f"a migration of {app} into schema {schema}, shard {shard}, is running, and {ours}"
-
     return AdvisoryLock(
         opts.pg_dsn,
         lock_name(schema, app, str(opts.shard)),
@@ -141,7 +127,9 @@ def migration_lock(opts: MigrateOptions) -> contextlib.AbstractContextManager[ob
             f"esctl:migrate:{schema}:{app}",
             opts.shard,
             member_lock=lambda shard: lock_name(schema, app, str(shard)),
-            held=other_run,
+            held=overlap_words(
+                f"migration of {app} into schema {schema}", "migrate", "run", opts.shard
+            ),
             hint="wait for that run to finish, or stop it (a `migrate redis-to-pg --follow` "
             "run holds its lock for as long as it runs); runs whose shards share aggregates "
             "never run at once, so run one shard count at a time (docs/deploy/kubernetes.md); "
