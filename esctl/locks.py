@@ -153,6 +153,11 @@ class RedisLock:
         (:attr:`given_back`) expires on its own, its TTL after its last renewal."""
         self._hurry_s = seconds
 
+    @property
+    def hurried(self) -> bool:
+        """:meth:`hurry` was called: the run stops because Redis did not answer."""
+        return self._hurry_s is not None
+
     def check(self) -> None:
         """LockLost when a renewal found the lock gone."""
         lost = self.lost
@@ -196,6 +201,27 @@ class RedisLock:
                 answered = False
         self.held = []
         self.given_back = answered
+
+
+def after_broken_wait(client: redisio.RedisClient, lock: RedisLock | None) -> None:
+    """A second Ctrl-C (or SIGTERM) stopped a run's wait on Redis, which may not answer: no
+    connection with a reply still due is used again, and the lock is given back only if Redis
+    answers at once (else it expires on its own: :meth:`RedisLock.hurry`)."""
+    redisio.drop_idle_connections(client)
+    if lock is not None:
+        lock.hurry()
+
+
+def not_given_back(lock: RedisLock | None) -> str:
+    """What an interrupted run's hint adds when Redis did not answer the release of its lock
+    (after :func:`after_broken_wait`): nothing when it did."""
+    if lock is None or lock.given_back:
+        return ""
+    return (
+        f"; Redis did not answer the release of the {lock.name} {', '.join(lock.keys)}: it "
+        f"expires {lock.ttl_ms / 1000:.0f} s after its last renewal, and a rerun before then "
+        "exits 75"
+    )
 
 
 # pg_advisory_lock(bigint) shows in pg_locks as classid = the key's high 32 bits, objid = its

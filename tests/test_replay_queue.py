@@ -881,3 +881,68 @@ def test_an_interrupted_replay_says_exactly_what_the_lists_hold(
 
 def _messages(events: list[iw.TruthEvent]) -> int:
     return sum(len(SUBSCRIPTIONS[e.event_type]) for e in events)
+
+
+PROMPT_S = 3.0
+"""How soon after a second signal a replay on a Redis that does not answer must have exited
+(its lock's release is waited for about a second, as the queue commands wait)."""
+
+
+def test_a_second_signal_on_a_redis_that_does_not_answer_hurries_the_lock_release(
+    fresh_redis: servers.LocalRedis, app_name: str, env_name: str
+) -> None:
+    """Redis stopped (SIGSTOP: it answers nothing, not even the release of the replay lock)
+    while a batch waits for its answer: the first signal waits for it, a second one stops the
+    wait, and the run exits 130 within a few seconds, its message saying that Redis did not
+    answer the release of the replay lock, which expires on its own (a rerun before then exits
+    75). Before, the run waited for the release for as long as Redis stayed stopped."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    iw.write_store(client, app=app_name, aggregates=60, events_per_aggregate=(2, 4), seed=8)
+    subscribe(client, env_name)
+    keys = [
+        layout.queue_key(s, env_name, t, "published")
+        for t, subs in SUBSCRIPTIONS.items()
+        for s in subs
+    ]
+    locks = sorted(
+        layout.replay_lock_key(s, env_name, t) for t, subs in SUBSCRIPTIONS.items() for s in subs
+    )
+    args = [
+        "replay", "--from", "redis", "--all", "--to", "queue", "--rate", "100",
+        "--redis-url", fresh_redis.url, "--app", app_name, "--env", env_name,
+        "--yes", "--json", "--no-progress",
+    ]  # fmt: skip
+    with started_cli(*args) as process:
+        deadline = time.monotonic() + 20
+        while sum(int(client.llen(k)) for k in keys) < 30:
+            assert process.poll() is None, "the replay ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(fresh_redis.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.4)  # its next batch sent, it waits for the answer (rate 100: 10 a batch)
+            os.kill(process.pid, signal.SIGINT)
+            time.sleep(0.2)
+            os.kill(process.pid, signal.SIGINT)
+            signalled = time.monotonic()
+            try:
+                stdout, stderr = process.communicate(timeout=PROMPT_S + 7)
+            except subprocess.TimeoutExpired:
+                pytest.fail("the replay still waited for Redis 10 s after the second signal")
+            took = time.monotonic() - signalled
+        finally:
+            os.kill(fresh_redis.pid, signal.SIGCONT)
+    message = " ".join(stderr.decode().split())
+    assert process.returncode == 130, message
+    assert "Traceback" not in message
+    assert took < PROMPT_S, f"it waited {took:.1f} s after the second signal: {message}"
+    assert "(a second signal stopped the wait for Redis's answer)" in message
+    said = (
+        f"Redis did not answer the release of the replay lock {', '.join(locks)}: it expires "
+        "30 s after its last renewal, and a rerun before then exits 75"
+    )
+    assert said in message
+    error = json.loads(stdout)["error"]
+    assert said in error["hint"] and error["done"]["events_in_doubt"] > 0
+    assert all(client.exists(k) for k in locks)  # left, to expire on its own
+    client.close()

@@ -16,7 +16,7 @@ from esctl.backupfile import BackupWriter
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, Refused
 from esctl.interrupts import HeldInterrupts
-from esctl.locks import RedisLock
+from esctl.locks import RedisLock, after_broken_wait, not_given_back
 from esctl.queues.backup import (
     EMPTY_OUTCOME,
     OUTCOME_TTL_MS,
@@ -27,10 +27,8 @@ from esctl.queues.backup import (
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.lock import (
     LOST_HINT,
-    after_broken_wait,
     is_fenced,
     lost_lock,
-    not_given_back,
 )
 from esctl.queues.messages import MessageInfo
 from esctl.queues.progress import OnProgress, reporter

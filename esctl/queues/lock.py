@@ -74,27 +74,6 @@ def lost_lock(lost: LockLost | None = None, *, key: str = "", batch: str = "") -
     )
 
 
-def after_broken_wait(client: redisio.RedisClient, lock: RedisLock | None) -> None:
-    """A second Ctrl-C (or SIGTERM) stopped a run's wait on Redis, which may not answer: no
-    connection with a reply still due is used again, and the lock is given back only if Redis
-    answers at once (else it expires on its own: :meth:`esctl.locks.RedisLock.hurry`)."""
-    redisio.drop_idle_connections(client)
-    if lock is not None:
-        lock.hurry()
-
-
-def not_given_back(lock: RedisLock | None) -> str:
-    """What an interrupted run's hint adds when Redis did not answer the release of its lock
-    (after :func:`after_broken_wait`): nothing when it did."""
-    if lock is None or lock.given_back:
-        return ""
-    return (
-        f"; Redis did not answer the release of the queue lock {', '.join(lock.keys)}: it "
-        f"expires {lock.ttl_ms / 1000:.0f} s after its last renewal, and a rerun before then "
-        "exits 75"
-    )
-
-
 def notification_missed(sent: bool, notified: bool, broke: bool) -> str:
     """What an interrupted run's state adds when it ``sent`` messages to a list (or may
     have) and its notification did not go out: a second signal (``broke``) may have stopped

@@ -13,15 +13,13 @@ from esctl import inflight, redisio
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, UsageError
 from esctl.interrupts import HeldInterrupts
-from esctl.locks import RedisLock
+from esctl.locks import RedisLock, after_broken_wait, not_given_back
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.lock import (
     LOST_HINT,
     LOST_LOCK,
-    after_broken_wait,
     is_fenced,
     lost_lock,
-    not_given_back,
     notification_missed,
 )
 from esctl.queues.messages import MessageInfo

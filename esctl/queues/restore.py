@@ -14,16 +14,14 @@ from esctl import redisio
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, ServerError, UsageError
 from esctl.interrupts import HeldInterrupts
-from esctl.locks import RedisLock
+from esctl.locks import RedisLock, after_broken_wait, not_given_back
 from esctl.queues import scripts
 from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_bytes
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.lock import (
     NO_OTHER_RUN,
-    after_broken_wait,
     is_fenced,
     lost_lock,
-    not_given_back,
     notification_missed,
     queue_lock,
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis.cluster
@@ -138,6 +138,9 @@ class Publisher:
         """The last event counted as published (they are published in order)."""
         self.sending: list[Event] = []
         """The batch being sent when its send is not a batch in flight yet."""
+        self.broke = False
+        """A second Ctrl-C or SIGTERM stopped a wait for Redis's answer (:attr:`in_doubt`):
+        Redis may not answer at all."""
         self._raw = not self.cluster
         """Whether to try the raw single-server path (:func:`esctl.redisio.resp_channel`)."""
         self.keys = {
@@ -261,7 +264,7 @@ class Publisher:
         if self.cluster or self._channel() is None:
             with interrupts.interrupts_held() as hold:
                 self.sending = chunk
-                with hold.waiting():
+                with self._waiting(hold):
                     if self.cluster:
                         failures = self._script_failures(chunk)
                     else:  # no raw connection (resp.RAW_TLS off): redis-py's pipeline
@@ -276,10 +279,22 @@ class Publisher:
         assert channel is not None
         with interrupts.interrupts_held() as hold:
             self.sending = chunk
-            with hold.waiting():
+            with self._waiting(hold):
                 channel.send(data, count)
             self.sending = []
             self.in_flight.append(chunk)
+
+    @contextlib.contextmanager
+    def _waiting(self, hold: interrupts.Hold) -> Iterator[None]:
+        """``hold``'s wait for Redis (a second signal stops it), noting in :attr:`broke` that
+        one did."""
+        try:
+            with hold.waiting():
+                yield
+        except KeyboardInterrupt:
+            if hold.broke:
+                self.broke = True
+            raise
 
     def _channel(self) -> redisio.RespChannel | None:
         if self.channel is None and self._raw:
@@ -296,7 +311,7 @@ class Publisher:
             try:
                 while len(self.in_flight) > keep:
                     assert self.channel is not None
-                    with hold.waiting():
+                    with self._waiting(hold):
                         replies = self.channel.receive()
                     chunk = self.in_flight.popleft()
                     failures = self._failures(chunk, replies)

@@ -16,7 +16,7 @@ import redis.exceptions
 from esctl import interrupts, layout, queues, redisio, units
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, Refused, ServerError, UsageError
-from esctl.locks import RedisLock
+from esctl.locks import RedisLock, after_broken_wait, not_given_back
 from esctl.projections import Event
 from esctl.replay.options import ReplayOptions
 from esctl.replay.pacing import Pacer
@@ -219,8 +219,14 @@ def _replay_to_queue(
             raise Refused("replay not confirmed; nothing was published")
     refs = [queues.QueueRef(s, env, t) for t, subs in sorted(routes.items()) for s in subs]
     _check_lists(client, [r.key("published") for r in refs])
-    with replay_lock(client, refs) as lock:
-        _publish(options, client, source, routes, summary, progress, lock, on_progress, sleep)
+    lock = replay_lock(client, refs)
+    try:
+        with lock:
+            _publish(options, client, source, routes, summary, progress, lock, on_progress, sleep)
+    except Interrupted as exc:
+        if lock.hurried:  # a second signal stopped a wait on Redis: the release was not waited for
+            exc.hint += not_given_back(lock)
+        raise
     return summary.finish(started, source)
 
 
@@ -268,6 +274,8 @@ def _publish(
     except PublishFailed as exc:
         _stopped(summary, exc)
     except KeyboardInterrupt as exc:
+        if publisher.broke:  # Redis may not answer: the lock's release is waited for a moment only
+            after_broken_wait(client, lock)
         raise _interrupted(summary, publisher) from exc
     except LockLost as exc:
         _lock_lost(summary, exc, publisher.unsent)
