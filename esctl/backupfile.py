@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,9 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def read_lines(source: Path, *, kind: str, written_by: str) -> Iterator[bytes | int | None]:
+def read_lines(
+    source: Path, *, kind: str, written_by: str
+) -> Generator[bytes | int | None, None, None]:
     """The lines of a backup file (bytes, blank ones left out) as they are decompressed;
     after each complete frame, the number of complete frames so far; None when the last frame
     is cut short (then nothing more: a reader keeps a frame's lines only once its number

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import stat
 import time
@@ -30,6 +31,7 @@ from esctl.queues import scripts
 # the module, not the function esctl.queues exports under the same name
 drain_module = importlib.import_module("esctl.queues.drain")
 requeue_module = importlib.import_module("esctl.queues.requeue")
+restore_module = importlib.import_module("esctl.queues.restore")
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUB = "Learning.ReportingService.Worker-Test"
@@ -885,6 +887,113 @@ def test_drain_killed_before_recording_a_batch_then_rerun_restores_every_message
     assert summary.problems == []
     assert queues.restore(redis_client, second, queues.RestoreOptions()).restored == 4
     assert contents(redis_client, q.key("dead")) == values
+
+
+def before_the_restore_locks(monkeypatch: pytest.MonkeyPatch, step: Callable[[], Any]) -> None:
+    """Run ``step`` once, just before the next ``queue restore`` takes its queue locks: another
+    run finishing between a restore's start and its lock, staged at that point exactly."""
+    real = restore_module.queue_lock
+    steps = [step]
+
+    def lock_after_step(client: Any, refs: Any, **kwargs: Any) -> Any:
+        if steps:
+            steps.pop()()
+        return real(client, refs, **kwargs)
+
+    monkeypatch.setattr(restore_module, "queue_lock", lock_after_step)
+
+
+def test_a_restore_reads_the_outcomes_a_drain_finishing_meanwhile_recorded(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore started while the drain of its file runs its last batches: batch 4's removal
+    ran (its outcome in Redis only), batch 5 is still to come. The drain finishes (batch 4's
+    and 5's outcomes in the file, batch 5's in Redis, its lock given back) before the restore
+    takes its locks. The restore reads the file and the drain's outcome record holding them,
+    so it puts back all 100 messages, none taken as never removed. (Read before the locks,
+    batch 5's 20 messages were "kept": left out of the list for good.)"""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 20)
+    q = ref(env_name)
+    values = [message(f"m{i}") for i in range(100)]
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    real_record = drain_module.record_outcome
+    midway: list[tuple[bytes, bytes]] = []
+
+    def record(writer: Any, removed: list[int], gone: list[int]) -> None:
+        if len(midway) == 0 and redis_client.llen(q.key("dead")) == 20:  # batch 4 ran
+            outcome = q.drain_outcome_key("dead", queues.read_backup(path).backup_id)
+            midway.append((path.read_bytes(), rb.as_bytes(redis_client.get(outcome))))
+        real_record(writer, removed, gone)
+
+    monkeypatch.setattr(drain_module, "record_outcome", record)
+    assert queues.drain(redis_client, q, queues.DrainOptions(to_file=path)).drained == 100
+    monkeypatch.setattr(drain_module, "record_outcome", real_record)
+    outcome = q.drain_outcome_key("dead", queues.read_backup(path).backup_id)
+    final = (path.read_bytes(), rb.as_bytes(redis_client.get(outcome)))
+    [(file_then, outcome_then)] = midway
+    assert final[0].startswith(file_then) and final[1] != outcome_then
+
+    def the_drain_finishes() -> None:
+        path.write_bytes(final[0])
+        redis_client.set(outcome, final[1], keepttl=True)
+
+    path.write_bytes(file_then)  # as the restore finds them when it starts
+    redis_client.set(outcome, outcome_then, keepttl=True)
+    before_the_restore_locks(monkeypatch, the_drain_finishes)
+    summary = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert (summary.restored, summary.kept, summary.unknown, summary.problems) == (100, 0, 0, [])
+    assert contents(redis_client, q.key("dead")) == values
+
+
+def test_a_restore_reads_the_progress_another_restore_of_the_file_made_meanwhile(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two restores of one file: the first was stopped after 60 of 100 messages; the second
+    starts, and the first, rerun, restores the other 40 and gives its lock back before the
+    second takes the locks. The second reads the progress counter holding them: everything is
+    restored already, nothing to do, exit 0. (Read before the locks, it believed 60 were, and
+    its first batch was refused by the restore script's check: 40 "failed", exit 1.)"""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 20)
+    q = ref(env_name)
+    values = [message(f"m{i}") for i in range(100)]
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
+    with pytest.raises(errors.Interrupted) as stopped:  # Ctrl-C at the report of 60
+        queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=Reports(at=4))
+    assert stopped.value.done == {"restored": 60}
+
+    def the_other_restore_finishes() -> None:
+        assert queues.restore(redis_client, path, queues.RestoreOptions()).restored == 40
+
+    before_the_restore_locks(monkeypatch, the_other_restore_finishes)
+    summary = queues.restore(redis_client, path, queues.RestoreOptions())
+    assert (summary.restored, summary.already_restored, summary.failed) == (0, 100, 0)
+    assert summary.problems == []
+    assert contents(redis_client, q.key("dead")) == values
+
+
+def test_a_restore_elsewhere_waits_for_no_drain_of_its_source_queue(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str
+) -> None:
+    """A restore into another queue (--to) also takes the lock of the queue the file was
+    drained from, where a drain still running records its outcomes: while another run holds
+    it, the restore exits 75 (LockHeld) and restores nothing."""
+    q = ref(env_name)
+    other = ref(env_name, subscriber="Other")
+    values = [message(str(i)) for i in range(3)]
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
+    fill(redis_client, other.key("published"), [b"waiting"])
+    redis_client.set(q.lock_key, "another-run", px=30_000)
+    with pytest.raises(errors.LockHeld, match=re.escape(q.lock_key)):
+        queues.restore(redis_client, path, queues.RestoreOptions(target=other))
+    assert contents(redis_client, other.key("published")) == [b"waiting"]
+    redis_client.delete(q.lock_key)
+    summary = queues.restore(redis_client, path, queues.RestoreOptions(target=other))
+    assert summary.restored == 3
 
 
 def test_a_drain_that_loses_its_connection_says_the_batch_may_have_run(

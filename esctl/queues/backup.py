@@ -152,6 +152,45 @@ class Backup:
         return str(self.header["backup_id"])
 
 
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The header of a file written by :func:`esctl.queues.drain` (its first line), read
+    without the rest; UsageError, as :func:`read_backup` says it, when it is not one."""
+    source = Path(path)
+    lines = read_lines(
+        source, kind="an esctl queue backup", written_by="esctl queue drain --to-file"
+    )
+    first = next((line for line in lines if isinstance(line, bytes)), None)
+    lines.close()
+    try:
+        header = orjson.loads(first) if first is not None else None
+    except orjson.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != BACKUP_FORMAT:
+        read_backup(source)  # says what is wrong with it
+        raise UsageError(f"{source} is not a complete esctl queue backup")  # (it did)
+    _check_version(source, header)
+    return header
+
+
+def _check_version(source: Path, header: dict[str, Any]) -> None:
+    if int(header.get("version", 0)) > BACKUP_FORMAT_VERSION:
+        raise UsageError(
+            f"{source} was written by a newer esctl (backup format {header.get('version')})",
+            hint="restore it with that esctl version or newer",
+        )
+
+
+def backup_ref(source: Path, header: dict[str, Any]) -> QueueRef:
+    """The queue a backup file's messages were drained from, as its header names it."""
+    names = [header.get(field) for field in ("subscriber", "env", "event_type")]
+    if not all(isinstance(name, str) for name in names):
+        raise UsageError(
+            f"{source}: its header does not name the queue it was drained from",
+            hint="pass a file written by `esctl queue drain --to-file`",
+        )
+    return QueueRef(*(str(name) for name in names))
+
+
 def read_backup(path: str | Path) -> Backup:
     """Read a file written by :func:`esctl.queues.drain`. A truncated last frame (a crash while
     appending an outcome) is ignored; a file whose first frame is incomplete was never used to
@@ -169,11 +208,7 @@ def read_backup(path: str | Path) -> Backup:
             hint="pass a file written by `esctl queue drain --to-file`",
         )
     header = lines[0]
-    if int(header.get("version", 0)) > BACKUP_FORMAT_VERSION:
-        raise UsageError(
-            f"{source} was written by a newer esctl (backup format {header.get('version')})",
-            hint="restore it with that esctl version or newer",
-        )
+    _check_version(source, header)
     records = [line for line in lines[1:] if "value" in line]
     outcomes: dict[int, str] = {}
     complete = False

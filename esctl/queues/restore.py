@@ -16,7 +16,14 @@ from esctl.errors import Interrupted, LockLost, ServerError, UsageError
 from esctl.interrupts import HeldInterrupts
 from esctl.locks import RedisLock, after_broken_wait, not_given_back
 from esctl.queues import scripts
-from esctl.queues.backup import Backup, read_backup, settle_outcomes, value_bytes
+from esctl.queues.backup import (
+    Backup,
+    backup_ref,
+    read_backup,
+    read_header,
+    settle_outcomes,
+    value_bytes,
+)
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
 from esctl.queues.lock import (
     NO_OTHER_RUN,
@@ -111,36 +118,134 @@ def restore(
 
     Records the drain marked ``gone`` are skipped (a consumer had them). Progress is counted
     in Redis atomically with each batch, so rerunning after a failure, or restoring the same
-    file again, never restores a message twice. Holds the target queues' locks unless
-    ``dry_run``; asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for the batch in hand, the
-    notification goes out, then Interrupted says what was restored. A second one while Redis
-    does not answer stops the wait: Interrupted then also says the batch in hand is in doubt,
-    and that a rerun goes on from what Redis counted. ``on_progress`` gets the messages
-    restored of those still to restore: once the run holds the locks and is confirmed (not for
-    a dry run or when nothing is left to restore), then per answered batch
-    (:mod:`esctl.queues.progress`)."""
+    file again, never restores a message twice. Unless ``dry_run`` it holds the locks of the
+    queue the file was drained from and of the target queue while it reads the file, the
+    drain's outcome record and the progress counters, and while it restores: a drain of that
+    queue still finishing, or another restore, cannot change them between the reading and the
+    restoring (:func:`_locked_refs`). Asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for
+    the batch in hand, the notification goes out, then Interrupted says what was restored. A
+    second one while Redis does not answer stops the wait: Interrupted then also says the
+    batch in hand is in doubt, and that a rerun goes on from what Redis counted.
+    ``on_progress`` gets the messages restored of those still to restore: once the run holds
+    the locks and is confirmed (not for a dry run or when nothing is left to restore), then per
+    answered batch (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
-    backup = read_backup(path)
-    header = backup.header
-    if options.target is None and options.expect_env and header.get("env") != options.expect_env:
-        raise UsageError(
-            f"{backup.path} was drained from env {header.get('env')!r}, not {options.expect_env!r}",
-            hint="drop --env to restore it where it came from, or pass `--to SUB TYPE` to move it",
-        )
     if options.target_list is not None:
         check_list_name(options.target_list)
+    if options.dry_run:  # changes nothing: no lock, and what it reads is a moment's picture
+        backup = read_backup(path)
+        _check_env(backup.path, backup.header, options)
+        if options.target is not None:
+            ensure_known(client, options.target)
+        dry, _, _ = _plan(client, backup, options)
+        dry.elapsed_s = time.perf_counter() - started
+        return dry
+    header = read_header(path)
+    _check_env(Path(path), header, options)
+    if options.target is not None:
+        ensure_known(client, options.target)
+    refs = _locked_refs(Path(path), header, options)
+    held = HeldInterrupts()
+    lock: RedisLock | None = None
+    summary: RestoreSummary | None = None
+    try:
+        with queue_lock(client, refs) as lock:
+            # Read holding the locks: what decides what to restore is what the restore finds
+            backup = read_backup(path)
+            summary, groups, todo = _plan(client, backup, options)
+            _check_locked(backup, groups, refs)
+            if todo == 0:
+                summary.elapsed_s = time.perf_counter() - started
+                return summary
+            try:
+                destination = ", ".join(g.key for g in groups)
+                require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
+                report = reporter(on_progress, todo, lambda: (summary.restored, 0))
+                report()  # holding the locks, confirmed: the bar may be drawn now
+                _restore_all(client, groups, summary, lock, held, report)
+            finally:
+                if held.broke:
+                    after_broken_wait(client, lock)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        if summary is None:  # stopped before it knew what to restore: nothing was
+            raise Interrupted(
+                f"nothing of {path} was restored (it stopped while reading the backup file)",
+                hint="rerun the same restore",
+                done={"restored": 0},
+            ) from exc
+        raise _interrupted(summary, todo, groups, held, lock) from exc
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _check_env(path: Path, header: dict[str, Any], options: RestoreOptions) -> None:
+    """UsageError for a file drained from another environment than ``expect_env`` (unless it
+    is restored to a ``target``)."""
+    if options.target is None and options.expect_env and header.get("env") != options.expect_env:
+        raise UsageError(
+            f"{path} was drained from env {header.get('env')!r}, not {options.expect_env!r}",
+            hint="drop --env to restore it where it came from, or pass `--to SUB TYPE` to move it",
+        )
+
+
+def _locked_refs(path: Path, header: dict[str, Any], options: RestoreOptions) -> list[QueueRef]:
+    """The queues whose locks a restore holds: the one the file was drained from (its drain
+    holds that lock while it runs and records its outcomes, in the file and in Redis: holding
+    it, the restore reads them whole) and the one it restores into (another restore into it
+    holds that lock while it moves the progress counters)."""
+    refs = {backup_ref(path, header)}
+    if options.target is not None:
+        refs.add(options.target)
+    return sorted(refs)
+
+
+def _check_locked(backup: Backup, groups: list[_Group], refs: list[QueueRef]) -> None:
+    """UsageError when the file holds records of a queue its header does not name (so not
+    locked): esctl's drain writes one queue's messages per file."""
+    for group in groups:
+        if group.ref not in refs:
+            raise UsageError(
+                f"{backup.path}: records of {group.key}, a queue its header does not name; "
+                "nothing was restored",
+                hint="pass a file written by `esctl queue drain --to-file`",
+            )
+
+
+def _plan(
+    client: redisio.RedisClient,
+    backup: Backup,
+    options: RestoreOptions,
+) -> tuple[RestoreSummary, list[_Group], int]:
+    """What to restore from ``backup``: its records' outcomes settled from the drain's record
+    in Redis, the records to restore in their target lists, and what each list's progress
+    counter says is restored already; the summary so far, the groups, and how many messages
+    are left to restore."""
+    header = backup.header
     problems: list[dict[str, str]] = []
     settle_outcomes(client, backup)
-    kept = sum(1 for r in backup.records if backup.outcomes.get(int(r["n"])) == "kept")
-    unknown = [r for r in backup.records if int(r["n"]) not in backup.outcomes]
-    gone = sum(1 for r in backup.records if backup.outcomes.get(int(r["n"])) == "gone")
+    take = {"removed"} | ({"unknown"} if options.include_unknown else set())
+    chosen: list[dict[str, Any]] = []
+    unknown = kept = gone = 0
+    outcomes = backup.outcomes
+    for r in backup.records:
+        outcome = outcomes.get(int(r["n"]), "unknown")
+        if outcome == "unknown":
+            unknown += 1
+        elif outcome == "kept":
+            kept += 1
+        elif outcome == "gone":
+            gone += 1
+        if outcome in take:
+            chosen.append(r)
     if unknown:
         problems.append(
             problem(
                 "outcome_unknown",
                 str(header.get("key")),
                 f"the drain that wrote {backup.path} stopped before recording whether "
-                f"{len(unknown)} messages were removed; "
+                f"{unknown} messages were removed; "
                 + (
                     "they are restored (--include-unknown)"
                     if options.include_unknown
@@ -149,11 +254,7 @@ def restore(
                 ),
             )
         )
-    take = {"removed"} | ({"unknown"} if options.include_unknown else set())
-    chosen = [r for r in backup.records if backup.outcomes.get(int(r["n"]), "unknown") in take]
     groups = _restore_groups(backup, chosen, options)
-    if options.target is not None:
-        ensure_known(client, options.target)
     progress = redisio.pipelined(client, [("GET", g.progress_key) for g in groups])
     for g, reply in zip(groups, progress, strict=True):
         if isinstance(reply, Exception):
@@ -168,7 +269,7 @@ def restore(
         restored=0,
         already_restored=sum(g.done for g in groups),
         gone=gone,
-        unknown=len(unknown),
+        unknown=unknown,
         kept=kept,
         failed=0,
         targets=[RestoreTarget(g.key, len(g.values), 0, g.done) for g in groups],
@@ -176,30 +277,7 @@ def restore(
         problems=problems,
         elapsed_s=0.0,
     )
-    todo = sum(len(g.values) - g.done for g in groups)
-    if options.dry_run or todo == 0:
-        summary.elapsed_s = time.perf_counter() - started
-        return summary
-    refs = sorted({g.ref for g in groups})
-    held = HeldInterrupts()
-    lock: RedisLock | None = None
-    try:
-        with queue_lock(client, refs) as lock:
-            try:
-                destination = ", ".join(g.key for g in groups)
-                require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
-                report = reporter(on_progress, todo, lambda: (summary.restored, 0))
-                report()  # holding the locks, confirmed: the bar may be drawn now
-                _restore_all(client, groups, summary, lock, held, report)
-            finally:
-                if held.broke:
-                    after_broken_wait(client, lock)
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, Interrupted):
-            raise
-        raise _interrupted(summary, todo, groups, held, lock) from exc
-    summary.elapsed_s = time.perf_counter() - started
-    return summary
+    return summary, groups, sum(len(g.values) - g.done for g in groups)
 
 
 def _restore_all(
