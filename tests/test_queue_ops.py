@@ -32,6 +32,7 @@ from esctl.queues import scripts
 drain_module = importlib.import_module("esctl.queues.drain")
 requeue_module = importlib.import_module("esctl.queues.requeue")
 restore_module = importlib.import_module("esctl.queues.restore")
+progress_module = importlib.import_module("esctl.queues.progress")
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUB = "Learning.ReportingService.Worker-Test"
@@ -1234,6 +1235,71 @@ def test_requeue_drain_and_restore_report_progress_per_batch(
     queues.drain(redis_client, q, queues.DrainOptions(dry_run=True), on_progress=nothing)
     queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=nothing)  # done
     assert nothing.seen == []
+
+
+def test_drain_and_restore_report_their_phases_before_the_moves(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holding their lock, and before their first move: a drain reports the messages written
+    to its backup file ("backing up"), a restore the records read from its file ("reading
+    backup") and put in order ("preparing"), each at its start, every PHASE_STEP messages
+    and at its end, of the selected count (a bar shows them instead of nothing). The moves'
+    reports are as before. A dry run, a run without a file (--discard), an empty selection,
+    a restore of a file restored already past its reading, and a run another one holds the
+    lock of report no phase."""
+    monkeypatch.setattr(scripts, "MOVE_BATCH", 100)
+    monkeypatch.setattr(progress_module, "PHASE_STEP", 300)
+    q = ref(env_name)
+    values = [message(f"m{i}") for i in range(1000)]
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    seen: list[tuple[str, int, int | None]] = []
+
+    def phase(p: queues.QueuePhase) -> None:
+        seen.append((p.name, p.done, p.total))
+
+    def moved(p: queues.QueueProgress) -> None:
+        seen.append(("moved", p.moved, p.total))
+
+    steps = [0, 300, 600, 900, 1000]
+    queues.drain(
+        redis_client, q, queues.DrainOptions(to_file=path), on_progress=moved, on_phase=phase
+    )
+    backing_up = [("backing up", n, 1000) for n in steps]
+    assert seen[:6] == [*backing_up, ("moved", 0, 1000)] and len(seen) == 5 + 11, seen
+
+    seen.clear()
+    queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=moved, on_phase=phase)
+    reading = [("reading backup", n, 1000) for n in steps]
+    preparing = [("preparing", n, 1000) for n in steps]
+    assert seen[:11] == [*reading, *preparing, ("moved", 0, 1000)] and len(seen) == 10 + 11
+
+    seen.clear()
+    queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=moved, on_phase=phase)
+    assert seen == [*reading, *preparing]  # read and put in order: nothing left to restore
+    seen.clear()
+    none_of_them = queues.Selection(aggregates=frozenset({"no-such-aggregate"}))
+    quiet: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+        (queues.restore, (path, queues.RestoreOptions(dry_run=True))),
+        (queues.drain, (q, queues.DrainOptions(dry_run=True))),
+        (
+            queues.drain,
+            (q, queues.DrainOptions(to_file=tmp_path / "0.zst", selection=none_of_them)),
+        ),
+        (queues.drain, (q, queues.DrainOptions(discard=True))),
+    ]
+    for run, args in quiet:
+        run(redis_client, *args, on_phase=phase)
+    assert seen == []
+    fill(redis_client, q.key("dead"), values)
+    redis_client.set(q.lock_key, "another-run", px=30_000)
+    with pytest.raises(errors.LockHeld):
+        queues.drain(
+            redis_client, q, queues.DrainOptions(to_file=tmp_path / "1.zst"), on_phase=phase
+        )
+    with pytest.raises(errors.LockHeld):
+        queues.restore(redis_client, path, queues.RestoreOptions(), on_phase=phase)
+    assert seen == []
 
 
 def test_a_ctrl_c_during_a_progress_report_is_held_and_the_reports_stay_exact(

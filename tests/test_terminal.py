@@ -696,6 +696,51 @@ def test_store_questions_on_80_columns_wrap_at_words_and_take_their_answer(
     assert after == before
 
 
+def test_queue_drain_and_restore_show_their_file_phases_on_a_terminal(
+    redis_test_url: str, env_name: str, tmp_path: Path
+) -> None:
+    """Before its removals a drain writes its backup file, and before its moves a restore reads
+    its file and puts its records in order: seconds on a long list, shown on the bar under
+    each phase's name ("backing up"; "reading backup", "preparing") before it starts over for
+    the moves. The moves' bar is what is left (a restore with nothing left to restore leaves
+    none); with --no-progress or --json none of it is drawn."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    fill_queue(redis_test_url, env_name, "dead")
+    backup = str(tmp_path / "dead.jsonl.zst")
+    drain = queue_command("drain", QUEUE_SUB, QUEUE_TYPE, "--list", "dead", "--yes")
+    restore = queue_command("restore", backup, "--yes")
+    file_phases = [b"reading backup: ", b"preparing: "]
+    runs: list[tuple[list[str], list[bytes], str | None]] = [
+        ([*drain, "--to-file", backup], [b"backing up: "], "draining"),
+        (restore, file_phases, "restoring"),
+        (restore, file_phases, None),  # restored already: nothing to do
+    ]
+    for words, phases, desc in runs:
+        with TerminalSession(words, env=env) as session:
+            screen = session.wait_exit(timeout=60)
+        assert_reads_well(screen)
+        drawn = bytes(session.raw)
+        at = [drawn.find(phase) for phase in phases]
+        assert -1 not in at and at == sorted(at), screen.describe()
+        assert f"{QUEUED:,}/{QUEUED:,}".encode() in drawn[at[-1] :], screen.describe()
+        if desc is None:
+            assert not bar_rows(screen), screen.describe()  # wiped: it moved nothing
+        else:
+            assert drawn.find(f"{desc}: ".encode(), at[-1]) > at[-1], screen.describe()
+            finished_bar(screen, desc)
+
+    again = str(tmp_path / "again.jsonl.zst")
+    for words, pipe in [
+        ([*drain, "--to-file", again, "--no-progress"], False),
+        ([*queue_command("restore", again, "--yes"), "--json"], True),
+    ]:
+        screen = run_on_terminal(words, env=env, pipe_stdout=pipe)
+        assert_reads_well(screen)
+        written = "\n".join(screen.written)
+        assert not any(p in written for p in ("backing up", "reading backup", "preparing"))
+        assert not bar_rows(screen), screen.describe()
+
+
 # --- tables --------------------------------------------------------------------------------
 
 

@@ -230,8 +230,8 @@ class Output:
         if streaming and stdout_on_stderr_terminal():
             return Progress()
 
-        def make() -> Any:
-            return counting_bar()(desc=desc, unit=unit, dynamic_ncols=True)
+        def make(first: str = desc) -> Any:
+            return counting_bar()(desc=first, unit=unit, dynamic_ncols=True)
 
         return Progress(make=make) if at_first_update else Progress(make())
 

@@ -68,9 +68,10 @@ class Progress:
 
     ``make``: a bar drawn only at the first :meth:`update` (a total set before is kept for
     it): a command that takes a lock reports no progress before it holds it, so a run that
-    exits 75 draws no bar before its error."""
+    exits 75 draws no bar before its error. It is called with no argument, or with the
+    description to draw the bar under first (:meth:`restart`)."""
 
-    def __init__(self, bar: Any = None, *, make: Callable[[], Any] | None = None) -> None:
+    def __init__(self, bar: Any = None, *, make: Callable[..., Any] | None = None) -> None:
         self._bar = bar
         self._make = make
         self._total: int | None = None
@@ -87,10 +88,11 @@ class Progress:
         progress at all)."""
         return update if self.shown else None
 
-    def _draw(self) -> None:
-        """Draw the bar waiting for its first update (called with ``_lock`` held)."""
+    def _draw(self, desc: str | None = None) -> None:
+        """Draw the bar waiting for its first update, under ``desc`` when given (called with
+        ``_lock`` held)."""
         if self._bar is None and self._make is not None:
-            self._bar = self._make()
+            self._bar = self._make() if desc is None else self._make(desc)
             self._make = None
             self._desc = getattr(self._bar, "desc", None)
             if self._total is not None:
@@ -121,6 +123,21 @@ class Progress:
             self._bar.n = n
             self._bar.refresh()
 
+    def restart(self, desc: str, *, total: int | None = None) -> None:
+        """Start the bar over for the next phase of a run: under ``desc``, a count of 0 (of
+        ``total``, when known), its clock and rate from now, no postfix. Draws a bar waiting
+        for its first update."""
+        if not self.shown:
+            return
+        with self._lock:
+            self._draw(desc)
+            if self._bar is None:  # closed before
+                return
+            self._desc = desc
+            self._bar.set_description_str(desc, refresh=False)
+            self._bar.set_postfix_str("", refresh=False)
+            self._bar.reset(total=total)
+
     def set_total(self, total: int) -> None:
         with self._lock:
             if self._bar is None:
@@ -133,6 +150,15 @@ class Progress:
         with self._lock:
             self._make = None  # never updated: never drawn
             if self._bar is not None:
+                self._bar.close()
+
+    def erase(self) -> None:
+        """Close, wiping the bar from its row instead of leaving its last picture (a phase
+        before the work the bar is for, when that work did not come)."""
+        with self._lock:
+            self._make = None
+            if self._bar is not None:
+                self._bar.leave = False
                 self._bar.close()
 
     def set_aside(self, write: Callable[P, T]) -> Callable[P, T]:

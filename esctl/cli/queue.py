@@ -147,18 +147,36 @@ def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
 @contextmanager
 def _moving(
     out: Output, enabled: bool, desc: str, confirm: core.Confirm | None
-) -> Iterator[tuple[core.Confirm | None, core.OnProgress | None]]:
+) -> Iterator[tuple[core.Confirm | None, core.OnProgress | None, core.OnPhase | None]]:
     """The bar of a requeue, drain or restore (``desc``): drawn when the core first reports,
-    which it does once it holds the queue lock and has its answer (never for a dry run or an
-    empty selection, nor before an exit 75), with the selected count as its total; and
-    ``confirm`` made to ask with the bar set aside. Closed (its last picture drawn) before the
-    summary or an error is printed."""
+    which it does once it holds the queue lock (never for a dry run or an empty selection, nor
+    before an exit 75). The phases before the moves (a drain writing its backup file, a
+    restore reading its file) each start it over under their own name; the moves then count
+    under ``desc``, with the selected count as total. ``confirm`` is made to ask with the bar
+    set aside. Closed (its last picture drawn) before the summary or an error is printed; when
+    no move came after a phase (a file restored already, a refusal), wiped instead, so that a
+    run that moved nothing leaves no bar."""
     with out.progress(enabled, desc=desc, unit=" messages", at_first_update=True) as bar:
+        shown = [desc]  # what the bar counts now
+
+        def phase(p: core.QueuePhase) -> None:
+            if shown[0] != p.name:
+                shown[0] = p.name
+                bar.restart(p.name, total=p.total)
+            bar.update(p.done)
 
         def moved(p: core.QueueProgress) -> None:
+            if shown[0] != desc:  # after a phase: the moves start from 0, their clock from now
+                shown[0] = desc
+                bar.restart(desc, total=p.total)
             _moved(bar, p)
 
-        yield (bar.set_aside(confirm) if confirm is not None else None), bar.hook(moved)
+        ask = bar.set_aside(confirm) if confirm is not None else None
+        try:
+            yield ask, bar.hook(moved), bar.hook(phase)
+        finally:
+            if shown[0] != desc:  # a phase, and no moves after it (nothing left to restore)
+                bar.erase()
 
 
 def _moved(bar: Progress, p: core.QueueProgress) -> None:
@@ -415,7 +433,7 @@ def requeue_command(
     )
     if selection.grace is not None and not out.json:
         out.info(f"looking again in {selected.grace} (--grace)…")
-    with _moving(out, progress and not dry_run, "requeueing", confirm) as (ask, on_progress):
+    with _moving(out, progress and not dry_run, "requeueing", confirm) as (ask, on_progress, _):
         summary = core.requeue(client, ref, options, confirm=ask, on_progress=on_progress)
     _report(out, summary, _render_requeue)
 
@@ -497,8 +515,10 @@ def drain_command(
         which=which, to_file=to_file, discard=discard, selection=selection, dry_run=dry_run
     )
     desc = "discarding" if discard else "draining"
-    with _moving(out, progress and not dry_run, desc, confirm) as (ask, on_progress):
-        summary = core.drain(ctx.redis, ref, options, confirm=ask, on_progress=on_progress)
+    with _moving(out, progress and not dry_run, desc, confirm) as (ask, on_progress, on_phase):
+        summary = core.drain(
+            ctx.redis, ref, options, confirm=ask, on_progress=on_progress, on_phase=on_phase
+        )
     _report(out, summary, lambda out, summary: _render_drain(out, summary, which=which))
 
 
@@ -590,9 +610,15 @@ def restore_command(
         dry_run=dry_run,
         expect_env=ctx.get("env"),
     )
-    with _moving(out, progress and not dry_run, "restoring", confirm) as (ask, on_progress):
+    bar = progress and not dry_run
+    with _moving(out, bar, "restoring", confirm) as (ask, on_progress, on_phase):
         summary = core.restore(
-            ctx.redis, backup_file, options, confirm=ask, on_progress=on_progress
+            ctx.redis,
+            backup_file,
+            options,
+            confirm=ask,
+            on_progress=on_progress,
+            on_phase=on_phase,
         )
     _report(out, summary, _render_restore)
 

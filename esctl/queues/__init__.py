@@ -26,7 +26,7 @@ from esctl.queues.listing import (
 from esctl.queues.lock import queue_lock
 from esctl.queues.messages import MessageInfo, RetryInfo, describe_message
 from esctl.queues.peek import PeekResult, peek
-from esctl.queues.progress import OnProgress, QueueProgress
+from esctl.queues.progress import OnPhase, OnProgress, QueuePhase, QueueProgress
 from esctl.queues.refs import QUEUE_LISTS, QueueRef, check_list_name
 from esctl.queues.requeue import RequeueOptions, RequeueSummary, requeue
 from esctl.queues.restore import (
@@ -66,10 +66,12 @@ __all__ = [
     "DrainSummary",
     "FoundQueues",
     "MessageInfo",
+    "OnPhase",
     "OnProgress",
     "PeekResult",
     "Plan",
     "QueueListing",
+    "QueuePhase",
     "QueueProgress",
     "QueueRates",
     "QueueRef",

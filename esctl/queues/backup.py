@@ -20,6 +20,7 @@ import orjson
 from esctl import __version__, redisio
 from esctl.backupfile import BackupWriter, read_lines
 from esctl.errors import EsctlError, UsageError
+from esctl.queues.progress import OnPhase, PhaseReporter
 from esctl.queues.refs import QueueRef
 
 BACKUP_FORMAT = "esctl-queue-backup"
@@ -191,12 +192,13 @@ def backup_ref(source: Path, header: dict[str, Any]) -> QueueRef:
     return QueueRef(*(str(name) for name in names))
 
 
-def read_backup(path: str | Path) -> Backup:
+def read_backup(path: str | Path, *, on_phase: OnPhase | None = None) -> Backup:
     """Read a file written by :func:`esctl.queues.drain`. A truncated last frame (a crash while
     appending an outcome) is ignored; a file whose first frame is incomplete was never used to
-    drain."""
+    drain. ``on_phase``: the records read, as the phase ``reading backup``
+    (:mod:`esctl.queues.progress`)."""
     source = Path(path)
-    lines, frames, truncated = _read_frames(source)
+    lines, frames, truncated = _read_frames(source, on_phase)
     if frames == 0 or not lines or lines[0].get("format") != BACKUP_FORMAT:
         raise UsageError(
             f"{source} is not a complete esctl queue backup"
@@ -254,12 +256,18 @@ def settle_outcomes(client: redisio.RedisClient, backup: Backup) -> bool:
     return True
 
 
-def _read_frames(source: Path) -> tuple[list[dict[str, Any]], int, bool]:
+def _read_frames(
+    source: Path, on_phase: OnPhase | None = None
+) -> tuple[list[dict[str, Any]], int, bool]:
     """The JSON lines of every complete zstd frame, how many frames, and whether a frame was cut
-    short (UsageError when the first frame is not zstd at all)."""
+    short (UsageError when the first frame is not zstd at all). Each line is parsed as it is
+    read, and kept once its frame is complete; ``on_phase``: the records (lines with a value)
+    read so far, of the number the header says were selected."""
     lines: list[dict[str, Any]] = []
-    frame: list[bytes] = []
+    frame: list[dict[str, Any]] = []
+    bad: orjson.JSONDecodeError | None = None  # said once its frame is known complete
     frames = 0
+    reading: PhaseReporter | None = None
     for item in read_lines(
         source, kind="an esctl queue backup", written_by="esctl queue drain --to-file"
     ):
@@ -267,11 +275,26 @@ def _read_frames(source: Path) -> tuple[list[dict[str, Any]], int, bool]:
             return lines, frames, True
         if isinstance(item, int):
             frames = item
-            try:
-                lines.extend(orjson.loads(line) for line in frame)
-            except orjson.JSONDecodeError as exc:
-                raise UsageError(f"{source} holds a line that is not JSON: {exc}") from None
+            if bad is not None:
+                raise UsageError(f"{source} holds a line that is not JSON: {bad}") from None
+            lines.extend(frame)
             frame = []
-        else:
-            frame.append(item)
+            continue
+        try:
+            line = orjson.loads(item)
+        except orjson.JSONDecodeError as exc:
+            bad = bad or exc
+            continue
+        frame.append(line)
+        if on_phase is None or not isinstance(line, dict):
+            continue
+        if reading is None:  # the header: how many records follow
+            total = line.get("selected") if line.get("format") == BACKUP_FORMAT else None
+            reading = PhaseReporter(
+                on_phase, "reading backup", total if isinstance(total, int) else None
+            )
+        elif "value" in line:
+            reading.add()
+    if reading is not None:
+        reading.finish()
     return lines, frames, False

@@ -31,7 +31,7 @@ from esctl.queues.lock import (
     lost_lock,
 )
 from esctl.queues.messages import MessageInfo
-from esctl.queues.progress import OnProgress, reporter
+from esctl.queues.progress import OnPhase, OnProgress, PhaseReporter, counting, reporter
 from esctl.queues.refs import QueueRef, check_list_name, list_document, problem
 from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
 from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
@@ -80,6 +80,7 @@ def drain(
     confirm: Confirm | None = None,
     sleep: Callable[[float], None] = time.sleep,
     on_progress: OnProgress | None = None,
+    on_phase: OnPhase | None = None,
 ) -> DrainSummary:
     """Back up, then remove, the selected messages of one list.
 
@@ -93,8 +94,9 @@ def drain(
     was drained. A second one while Redis does not answer stops the wait: Interrupted then
     also says the batch in hand is in doubt, and what the backup file and Redis know of it.
     ``on_progress`` gets the messages drained of those selected: once the run holds the lock
-    and is confirmed (not for a dry run or an empty selection), before the backup is written,
-    then per batch once its outcome is recorded (:mod:`esctl.queues.progress`)."""
+    and is confirmed (not for a dry run or an empty selection), after the backup is written,
+    then per batch once its outcome is recorded; ``on_phase``, before that, the messages
+    written to the backup file (``backing up``) (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -133,20 +135,24 @@ def drain(
             if snap.count:
                 plan = Plan(action, snap.count, snap.key, _str(options.to_file))
                 require_confirmation(confirm, plan)
-                report()  # holding the lock, confirmed: the bar may be drawn now
             writer = None
             if options.to_file is not None:
+                messages = snap.tail_first()
+                if snap.count:  # holding the lock, confirmed: a bar may show the backup written
+                    messages = counting(messages, PhaseReporter(on_phase, "backing up", snap.count))
                 writer, summary.backup_id = create_backup(
                     options.to_file,
                     ref,
                     which,
                     snap.length,
                     snap.count,
-                    snap.tail_first(),
+                    messages,
                     options.selection.describe(),
                     snap.now,
                 )
                 summary.backup_file = str(options.to_file)
+            if snap.count:
+                report()  # holding the lock, confirmed, the backup on disk: the removals' bar
             try:
                 assert lock is not None  # held whenever not a dry run
                 _remove(client, snap, summary, writer, lock, ref, which, held, report)

@@ -3,12 +3,23 @@ handed to the caller's ``on_progress`` once the command holds its queue lock and
 answer to the question (so a run that exits 75, is refused, is a dry run or selects nothing
 reports nothing), then after each batch whose answer Redis gave has been counted: never per
 message, and never between an answer and its count (Ctrl-C is held there, see
-``esctl/interrupts.py``)."""
+``esctl/interrupts.py``).
+
+Before the moves, the steps that take a while on a long list and touch no queue (a drain
+writing its backup file, a restore reading its file and putting its records in order) are
+reported to ``on_phase`` as a :class:`QueuePhase`, also only while the command holds its lock:
+at their start, every :data:`PHASE_STEP` messages and at their end."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PHASE_STEP = 10_000
+"""A phase is reported at its start, every this many messages, and at its end."""
 
 
 @dataclass(slots=True)
@@ -45,3 +56,53 @@ def reporter(
 
 def _nothing() -> None:
     """The report of a run no one follows."""
+
+
+@dataclass(slots=True)
+class QueuePhase:
+    """A step before the moves (the same object is handed over each time, updated)."""
+
+    name: str
+    """What it does, as a bar shows it: ``backing up`` (a drain writing its backup file),
+    ``reading backup`` and ``preparing`` (a restore reading its file, then settling the
+    records' outcomes and putting them in order)."""
+    total: int | None = None
+    """Messages (the backup file's records) it goes through, when known."""
+    done: int = 0
+    """Of those, done so far."""
+
+
+OnPhase = Callable[[QueuePhase], None]
+
+
+class PhaseReporter:
+    """What a command calls to report one phase: :meth:`add` per message (reported every
+    :data:`PHASE_STEP`), :meth:`finish` at its end; the start is reported when it is made.
+    Without ``on_phase``, nothing."""
+
+    def __init__(self, on_phase: OnPhase | None, name: str, total: int | None) -> None:
+        self.on_phase = on_phase
+        self.phase = QueuePhase(name, total)
+        self._next = PHASE_STEP
+        if on_phase is not None:
+            on_phase(self.phase)
+
+    def add(self, n: int = 1) -> None:
+        phase = self.phase
+        phase.done += n
+        if phase.done >= self._next and self.on_phase is not None:
+            self._next = phase.done + PHASE_STEP
+            self.on_phase(phase)
+
+    def finish(self) -> None:
+        if self.on_phase is not None:
+            self.on_phase(self.phase)
+
+
+def counting(items: Iterable[T], phase: PhaseReporter) -> Iterator[T]:
+    """``items``, each :meth:`~PhaseReporter.add`-ed to ``phase`` once it is taken, and the
+    phase finished after the last."""
+    for item in items:
+        yield item
+        phase.add()
+    phase.finish()

@@ -32,7 +32,7 @@ from esctl.queues.lock import (
     notification_missed,
     queue_lock,
 )
-from esctl.queues.progress import OnProgress, reporter
+from esctl.queues.progress import OnPhase, OnProgress, PhaseReporter, reporter
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
 from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
 from esctl.units import counted
@@ -109,6 +109,7 @@ def restore(
     *,
     confirm: Confirm | None = None,
     on_progress: OnProgress | None = None,
+    on_phase: OnPhase | None = None,
 ) -> RestoreSummary:
     """Put the messages of a drain's backup file back: into the list each came from, at the
     same distance from the tail (so a list drained and restored with nothing else happening
@@ -128,7 +129,8 @@ def restore(
     batch in hand is in doubt, and that a rerun goes on from what Redis counted.
     ``on_progress`` gets the messages restored of those still to restore: once the run holds
     the locks and is confirmed (not for a dry run or when nothing is left to restore), then per
-    answered batch (:mod:`esctl.queues.progress`)."""
+    answered batch; ``on_phase``, before that, the file's records read (``reading backup``) and
+    put in order (``preparing``), holding the locks (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     if options.target_list is not None:
         check_list_name(options.target_list)
@@ -137,7 +139,7 @@ def restore(
         _check_env(backup.path, backup.header, options)
         if options.target is not None:
             ensure_known(client, options.target)
-        dry, _, _ = _plan(client, backup, options)
+        dry, _, _ = _plan(client, backup, options, None)
         dry.elapsed_s = time.perf_counter() - started
         return dry
     header = read_header(path)
@@ -151,8 +153,8 @@ def restore(
     try:
         with queue_lock(client, refs) as lock:
             # Read holding the locks: what decides what to restore is what the restore finds
-            backup = read_backup(path)
-            summary, groups, todo = _plan(client, backup, options)
+            backup = read_backup(path, on_phase=on_phase)
+            summary, groups, todo = _plan(client, backup, options, on_phase)
             _check_locked(backup, groups, refs)
             if todo == 0:
                 summary.elapsed_s = time.perf_counter() - started
@@ -217,12 +219,14 @@ def _plan(
     client: redisio.RedisClient,
     backup: Backup,
     options: RestoreOptions,
+    on_phase: OnPhase | None,
 ) -> tuple[RestoreSummary, list[_Group], int]:
     """What to restore from ``backup``: its records' outcomes settled from the drain's record
     in Redis, the records to restore in their target lists, and what each list's progress
     counter says is restored already; the summary so far, the groups, and how many messages
-    are left to restore."""
+    are left to restore. ``on_phase``: the phase ``preparing``, per record."""
     header = backup.header
+    preparing = PhaseReporter(on_phase, "preparing", len(backup.records))
     problems: list[dict[str, str]] = []
     settle_outcomes(client, backup)
     take = {"removed"} | ({"unknown"} if options.include_unknown else set())
@@ -254,12 +258,13 @@ def _plan(
                 ),
             )
         )
-    groups = _restore_groups(backup, chosen, options)
+    groups = _restore_groups(backup, chosen, options, preparing)
     progress = redisio.pipelined(client, [("GET", g.progress_key) for g in groups])
     for g, reply in zip(groups, progress, strict=True):
         if isinstance(reply, Exception):
             raise ServerError(f"cannot read {g.progress_key}: {reply}")
         g.done = min(int(reply or 0), len(g.values))
+    preparing.finish()
     summary = RestoreSummary(
         dry_run=options.dry_run,
         backup_file=str(backup.path),
@@ -377,10 +382,11 @@ def _in_doubt(doubt: int, groups: list[_Group], summary: RestoreSummary) -> str:
 
 
 def _restore_groups(
-    backup: Backup, chosen: list[dict[str, Any]], options: RestoreOptions
+    backup: Backup, chosen: list[dict[str, Any]], options: RestoreOptions, phase: PhaseReporter
 ) -> list[_Group]:
     """Records per target list, by position from the tail. Positions are renumbered past the
-    records that are not restored, so what comes back closes up as the list did."""
+    records that are not restored, so what comes back closes up as the list did. Each record
+    looked at is added to ``phase``."""
     all_by_key: dict[str, list[dict[str, Any]]] = {}
     for r in backup.records:
         all_by_key.setdefault(str(r["key"]), []).append(r)
@@ -391,6 +397,7 @@ def _restore_groups(
         skipped = 0
         kept: list[tuple[int, bytes]] = []
         for r in records:
+            phase.add()
             if int(r["n"]) not in chosen_numbers:
                 # a record the drain never removed is still in the list: it keeps its place
                 if backup.outcomes.get(int(r["n"])) != "kept":
