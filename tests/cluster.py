@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import redis
@@ -107,6 +108,56 @@ def _cluster_ok(ports: list[int]) -> bool:
     return True
 
 
+def node_args(bus_port: int) -> list[str]:
+    """The command line options of a node of :func:`start_cluster`'s clusters."""
+    return [
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+        "--cluster-port", str(bus_port), "--cluster-node-timeout", "1000",
+    ]  # fmt: skip
+
+
+def restart_loading(
+    cluster: LocalCluster, node: servers.LocalRedis, workdir: Path, *, key_load_delay_us: int
+) -> servers.LocalRedis:
+    """Restart ``node`` (SAVE, then stopped by pid, then started again on its port from its
+    files, copied to ``workdir``) loading its data set slowly: Redis's debug setting
+    ``key-load-delay`` (microseconds per key) with ``loading-process-events-interval-bytes
+    1024`` (it answers clients and the cluster bus every 1 KiB of RDB read, so between keys
+    bigger than that). It stays loading (``INFO persistence`` says ``loading:1`` when this
+    returns) until ``CONFIG SET key-load-delay 0`` lets it load the rest at full speed. The new
+    node takes ``node``'s place in ``cluster.nodes``."""
+    with redis.Redis(port=node.port) as plain:
+        plain.save()
+        bus_port = int(plain.config_get("cluster-port")["cluster-port"])
+    workdir.mkdir(parents=True)
+    for name in ("nodes.conf", "dump.rdb"):
+        shutil.copy(node.workdir / name, workdir / name)
+    node.stop()
+    again = servers.start_redis(
+        workdir=workdir,
+        port=node.port,
+        extra_args=[
+            *node_args(bus_port),
+            "--key-load-delay", str(key_load_delay_us),
+            "--loading-process-events-interval-bytes", "1024",
+        ],
+    )  # fmt: skip
+    cluster.nodes[cluster.nodes.index(node)] = again
+    with redis.Redis(port=again.port) as plain:
+        if str(plain.info("persistence")["loading"]) != "1":
+            raise RuntimeError(f"node {again.port} is not loading its data set")
+    return again
+
+
+def wait_for_cluster_ok(cluster: LocalCluster, timeout: float = START_TIMEOUT) -> None:
+    """Wait until every node says ``cluster_state:ok`` (after a node was restarted)."""
+    deadline = time.monotonic() + timeout
+    while not _cluster_ok([n.port for n in cluster.nodes]):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster did not reach cluster_state:ok")
+        time.sleep(0.05)
+
+
 def start_cluster(primaries: int = 3, replicas: int = 0) -> LocalCluster:
     """Start ``primaries * (1 + replicas)`` nodes and join them into one cluster (every slot
     served, ``cluster_state:ok`` on every node). On any failure the nodes started so far are
@@ -118,11 +169,7 @@ def start_cluster(primaries: int = 3, replicas: int = 0) -> LocalCluster:
     try:
         for _ in range(primaries * (1 + replicas)):
             # --cluster-port: port + 10000 (the default bus port) may exceed 65535
-            args = [
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-port", str(servers.free_port()), "--cluster-node-timeout", "1000",
-            ]  # fmt: skip
-            cluster.nodes.append(servers.start_redis(extra_args=args))
+            cluster.nodes.append(servers.start_redis(extra_args=node_args(servers.free_port())))
         ports = [n.port for n in cluster.nodes]
         command = [
             redis_cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
