@@ -388,7 +388,7 @@ def test_reads_still_redirected_after_the_last_round_wait_and_run_again_writes_f
     real_wait = redisio_retry.wait_to_retry
     waits: list[str] = []
 
-    def settles_meanwhile(*args: Any, **kwargs: Any) -> float:
+    def settles_meanwhile(*args: Any, **kwargs: Any) -> tuple[float, float]:
         waits.append(kwargs["problem"])
         settle_on_target(redis_cluster, slot, source, target)
         return real_wait(*args, **kwargs)

@@ -54,7 +54,13 @@ from esctl.redisio.pipelines import (
     windowed,
 )
 from esctl.redisio.resp import bulk_values, pack_commands, resp_bulk, resp_command, stream_list
-from esctl.redisio.retry import after_loading, loaded_again, read_with_retry, refresh_slots
+from esctl.redisio.retry import (
+    after_loading,
+    loaded_again,
+    may_be_loading,
+    read_with_retry,
+    refresh_slots,
+)
 from esctl.redisio.scan import (
     KeySample,
     ScanPosition,
@@ -103,6 +109,7 @@ __all__ = [
     "key_str",
     "list_lengths",
     "loaded_again",
+    "may_be_loading",
     "pack_commands",
     "pattern_slot",
     "permission_denied",

@@ -80,15 +80,80 @@ def connect(
 
     A single server that answers LOADING (restarted, still reading its RDB/AOF file) is
     waited for, ``retry.LOADING_WAIT_SECONDS`` at most, announced through
-    ``retry.loading_notice`` (:func:`esctl.redisio.retry.wait_while_loading`); on a cluster it
-    is a ConnectionFailed at once that says how far it got.
+    ``retry.loading_notice`` (:func:`esctl.redisio.retry.wait_while_loading`). On a cluster so
+    is each node esctl would send commands to (its primaries; its replicas too with
+    ``read_from_replicas``), named ``cluster node HOST:PORT``: the seed when it is the one
+    loading (it answers CLUSTER SLOTS with LOADING, so nothing is known of the others yet),
+    then every node that says it is loading (:func:`esctl.redisio.retry.wait_for_loading_nodes`,
+    one ``INFO persistence`` per node), all within the one bound.
 
     ``diagnosing`` (doctor): what the server is now is the finding, so a lone cluster node is
-    not refused and a loading server not waited for (ConnectionFailed at once)."""
+    not refused and a loading server (or cluster node) not waited for (ConnectionFailed at
+    once)."""
+    from esctl.redisio import retry  # (it builds on this module)
+
+    after = "" if diagnosing else "nothing was done"
+    client: RedisClient
+    limit = 0.0 if diagnosing else retry.LOADING_WAIT_SECONDS
+    first_wait: float | None = None
+
+    def left() -> float:
+        """The bound of the next wait: what the waits before it left of ``limit`` (a poll at
+        least)."""
+        nonlocal first_wait
+        if limit <= 0:
+            return 0.0
+        if first_wait is None:
+            first_wait = time.monotonic()
+            return limit
+        return max(retry.LOADING_POLL_SECONDS, limit - (time.monotonic() - first_wait))
+
+    for attempt in range(CONNECT_TRIES):
+        opened, loading = _open(url, cluster=cluster, read_from_replicas=read_from_replicas)
+        if opened is not None:
+            client = opened
+            break
+        seed, name = _seed(url)
+        if attempt == CONNECT_TRIES - 1:
+            raise ConnectionFailed(
+                f"cannot connect to Redis at {redact(url)}: the cluster's seed {name} answers "
+                "CLUSTER SLOTS with LOADING",
+                server=redact(url),
+                hint=f"{LOADING_CAUSE}, then rerun the same command",
+            )
+        try:
+            retry.wait_while_loading(seed, after=after, bound=left(), server=f"cluster node {name}")
+        finally:
+            seed.close()
+    if isinstance(client, redis.cluster.RedisCluster):
+        retry.wait_for_loading_nodes(client, after=after, bound=left())
+    elif loading:
+        retry.wait_while_loading(client, after=after, bound=left())
+    if not diagnosing:
+        refuse_a_lone_cluster_node(client)
+    return client
+
+
+CONNECT_TRIES = 3
+"""How often :func:`connect` opens a cluster client whose seed answered LOADING, waiting for
+the seed in between."""
+
+
+def _seed(url: str) -> tuple[redis.Redis, str]:
+    """A client of a cluster URL's seed alone, and its ``host:port``."""
+    plain = url.replace("+cluster://", "://", 1)
+    kw = redis.connection.parse_url(plain)
+    name = f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+    return redis.Redis.from_url(plain, socket_timeout=30, socket_connect_timeout=10), name
+
+
+def _open(url: str, *, cluster: bool, read_from_replicas: bool) -> tuple[RedisClient | None, bool]:
+    """A client of ``url`` whose server answered PING, and whether it answered LOADING
+    instead; (None, True) for a cluster whose seed answered CLUSTER SLOTS with LOADING. The
+    errors of :func:`connect`."""
     shown = redact(url)
-    loading = False
+    client: RedisClient | None = None
     try:
-        client: RedisClient
         if cluster or is_cluster_url(url):
             plain = url.replace("+cluster://", "://", 1)
             # Read-only commands (and their pipelines) go to the replicas, keeping load off the
@@ -105,7 +170,7 @@ def connect(
             client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
         client.ping()
     except redis.exceptions.BusyLoadingError:
-        loading = True
+        return client, True
     except redis.exceptions.AuthenticationError as exc:
         refusal = (
             "refused the credentials"
@@ -128,6 +193,8 @@ def connect(
         redis.exceptions.RedisClusterException,
         OSError,
     ) as exc:
+        if is_loading(exc) or is_loading(exc.__cause__):  # the cluster's seed
+            return None, True
         raise ConnectionFailed(
             f"cannot connect to Redis at {shown}: {redact(str(exc))}",
             server=shown,
@@ -155,16 +222,7 @@ def connect(
             server=shown,
             hint="use redis://[user:password@]host:port/db, rediss:// or redis+cluster://",
         ) from None
-    if loading:
-        from esctl.redisio import retry  # (it builds on this module)
-
-        if diagnosing:  # (a finding: how far it got)
-            retry.wait_while_loading(client, after="", bound=0.0)
-        else:
-            retry.wait_while_loading(client, after="nothing was done")
-    if not diagnosing:
-        refuse_a_lone_cluster_node(client)
-    return client
+    return client, False
 
 
 def _has_password(url: str) -> bool:
@@ -366,12 +424,18 @@ def is_loading(reply: object) -> bool:
 
 
 def loading_error(
-    client: RedisClient, *, after: str, progress: str = "", waited: float | None = None
+    client: RedisClient,
+    *,
+    after: str,
+    progress: str = "",
+    waited: float | None = None,
+    server: str | None = None,
 ) -> ConnectionFailed:
-    """The error for a server that is loading its data set: which server, how far it got
-    (``progress``, e.g. ``57%, about 40 s left``), how long esctl ``waited`` for it, and
-    ``after``: what became of the command's work (``nothing was done``; '': nothing said)."""
-    server = describe(client)
+    """The error for a server that is loading its data set: which server (``server``, by
+    default :func:`describe`'s name of ``client``), how far it got (``progress``, e.g. ``57%,
+    about 40 s left``), how long esctl ``waited`` for it, and ``after``: what became of the
+    command's work (``nothing was done``; '': nothing said)."""
+    server = server or describe(client)
     how_far = f" ({progress})" if progress else ""
     still = "still " if waited is not None else ""
     waited_text = f" after esctl waited {waited:.0f} s for it" if waited is not None else ""

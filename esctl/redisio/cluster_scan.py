@@ -218,6 +218,13 @@ class _ClusterScan:
             if len(self.pending) < before:
                 stalled_since, delay = None, 0.05
                 continue
+            if (
+                self.failure is not None
+                and _retry.may_be_loading(self.failure)
+                and _retry.wait_for_loading_nodes(self.client, after=_retry.KEPT)
+            ):
+                stalled_since, delay = None, 0.05
+                continue
             now = time.monotonic()
             stalled_since = stalled_since or now
             if now - stalled_since > _retry.READ_RETRY_SECONDS:

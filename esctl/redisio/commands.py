@@ -88,7 +88,8 @@ def eval_pipelined(
     and only those, are sent again, a short wait apart, for up to :data:`READ_RETRY_SECONDS`;
     after that their error replies are returned as they are. A single server answering
     LOADING (it is loading its data set) is waited for instead, up to
-    :data:`~esctl.redisio.retry.LOADING_WAIT_SECONDS`, as :func:`pipelined` waits for one.
+    :data:`~esctl.redisio.retry.LOADING_WAIT_SECONDS`, as :func:`pipelined` waits for one; so is
+    a cluster node loading its data set (the calls answered LOADING or CLUSTERDOWN meanwhile).
 
     ``until_failure``: for a caller that stops at the first call that fails and counts what
     the others did. A NOPERM reply is returned like any other error (not raised), and once a
@@ -111,11 +112,11 @@ def eval_pipelined(
         now = time.monotonic()
         if not pending or now >= deadline or (until_failure and _failed(replies)):
             return replies
-        if isinstance(client, redis.Redis) and any(is_loading(replies[i]) for i in pending):
-            try:
-                _retry.wait_while_loading(client, after="the run kept a consistent state")
-            except ConnectionFailed:
-                return replies  # still loading: the calls did not run, as their replies say
+        try:
+            waited = _waited_for_loading(client, [replies[i] for i in pending])
+        except ConnectionFailed:
+            return replies  # still loading: the calls did not run, as their replies say
+        if waited:
             deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
         else:
             time.sleep(min(delay, deadline - now))
@@ -125,6 +126,21 @@ def eval_pipelined(
         again = _eval_once(client, script, sha, [calls[i] for i in pending], until_failure, refuse)
         for i, reply in zip(pending, again, strict=True):
             replies[i] = reply
+
+
+def _waited_for_loading(client: RedisClient, pending: Sequence[Any]) -> bool:
+    """Whether the server (a single one that answered LOADING), or a node of the cluster (that
+    answered LOADING or CLUSTERDOWN, :func:`~esctl.redisio.retry.may_be_loading`), was loading
+    its data set and has loaded it since (waited for); False when nothing is loading.
+    ConnectionFailed when it still is after the wait."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return any(_retry.may_be_loading(r) for r in pending) and _retry.wait_for_loading_nodes(
+            client, after=_retry.KEPT
+        )
+    if not any(is_loading(r) for r in pending):
+        return False
+    _retry.wait_while_loading(client, after=_retry.KEPT)
+    return True
 
 
 def _failed(replies: Sequence[Any]) -> bool:
@@ -195,7 +211,15 @@ class LatencyPacer:
                     answered = True
                 except REDIS_ERRORS as exc:
                     # A cluster failing over answers again within READ_RETRY_SECONDS: until
-                    # then it counts as slow (a ping changes nothing, so retrying is safe).
+                    # then it counts as slow (a ping changes nothing, so retrying is safe). A
+                    # node loading its data set is waited for, then it starts over.
+                    if (
+                        isinstance(self.client, redis.cluster.RedisCluster)
+                        and _retry.may_be_loading(exc)
+                        and _retry.wait_for_loading_nodes(self.client, after=_retry.KEPT)
+                    ):
+                        failing_since = None
+                        continue
                     failing_since = failing_since or time.monotonic()
                     if (
                         not isinstance(self.client, redis.cluster.RedisCluster)

@@ -68,7 +68,8 @@ def hash_pages(
     remembered, up to :data:`HSCAN_SEEN_LIMIT` per call, and dropped when the hash is done. So
     each field present for the whole read comes exactly once (past the limit: at least once).
     Failover errors are waited out for :data:`READ_RETRY_SECONDS` without progress, then
-    ConnectionFailed; a hash restarted :data:`HSCAN_RESTARTS` times is a ServerError."""
+    ConnectionFailed (a node loading its data set is waited for, as
+    :func:`~esctl.redisio.retry.wait_to_retry` says); a hash restarted :data:`HSCAN_RESTARTS` times is a ServerError."""
     if not keys:
         return
     if isinstance(client, redis.cluster.RedisCluster):
@@ -133,7 +134,7 @@ class _ClusterHashScan:
                 raise wrap_errors(self.client, exc) from exc
             except _RETRIED_ERRORS as exc:
                 problem = redact(str(exc)) or type(exc).__name__
-                delay = self._wait(deadline, delay, problem)
+                deadline, delay = self._wait(deadline, delay, problem)
                 for key, read in reads.items():
                     self._restart(read, self._owner_or(key, read.node))
                 continue
@@ -159,7 +160,7 @@ class _ClusterHashScan:
                 else:
                     read.cursor, read.session = cursor, session
             if troubled:
-                delay = self._wait(deadline, delay, troubled)
+                deadline, delay = self._wait(deadline, delay, troubled)
 
     def _owner(self, key: str) -> str:
         name = _primary_table(self.client.nodes_manager)[key_slot(_arg_bytes(key))]
@@ -205,8 +206,10 @@ class _ClusterHashScan:
         self._restart(read, address, asking=kind == "ASK")
         return ""
 
-    def _wait(self, deadline: float, delay: float, problem: str) -> float:
-        return _retry.wait_to_retry(self.client, deadline, delay, what="HSCAN", problem=problem)
+    def _wait(self, deadline: float, delay: float, problem: str) -> tuple[float, float]:
+        return _retry.wait_to_retry(
+            self.client, deadline, delay, what="HSCAN", problem=problem, cause=problem
+        )
 
     def _fresh(self, read: _HashRead, flat: list[bytes], *, keep: bool) -> list[bytes]:
         """``flat`` less the fields this hash handed out already; remembers them when ``keep``

@@ -108,7 +108,9 @@ def pipelined(
 
     ``retry_reads``: on a cluster, a call that fails on a lost node, a failover or a reshard's
     transient error replies is re-run (slot map refreshed, short waits) for up to
-    :data:`READ_RETRY_SECONDS` before ConnectionFailed. That is only harmless when the commands
+    :data:`READ_RETRY_SECONDS` before ConnectionFailed; a node loading its data set (LOADING,
+    or CLUSTERDOWN while it loads) is waited for as a single server is (below), then the
+    retries start over. That is only harmless when the commands
     change nothing, so the default (None) retries exactly the calls made of
     :data:`READ_ONLY_COMMANDS`; False never retries; True is the caller's promise that running
     its commands twice does no harm. A call with any writing command fails fast, as on a single
@@ -282,20 +284,22 @@ def _pipelined_cluster(
     retry: bool,
 ) -> list[Any]:
     """One attempt, or (``retry``) attempts until the replies carry no failover-time error, a
-    slot map refresh and a short sleep apart, within :data:`READ_RETRY_SECONDS`."""
+    slot map refresh and a short sleep apart, within :data:`READ_RETRY_SECONDS` (a node
+    loading its data set waited for meanwhile, :func:`~esctl.redisio.retry.wait_to_retry`)."""
     deadline = time.monotonic() + _retry.READ_RETRY_SECONDS
     delay = 0.1
     while True:
+        cause: object = None
         try:
             replies = _pipelined_by_node(client, commands, chunk)
             if replies is None:
                 replies = _pipelined_redis_py(client, commands, chunk)
             if not retry:
                 return replies
-            transient = next((r for r in replies if _is_retried_reply(r)), None)
-            if transient is None:
+            cause = next((r for r in replies if _is_retried_reply(r)), None)
+            if cause is None:
                 return replies
-            problem = f"the cluster answered {transient}"
+            problem = f"the cluster answered {cause}"
         except redis.exceptions.AuthenticationError as exc:
             raise wrap_errors(client, exc) from exc
         except _Unsettled as exc:
@@ -306,14 +310,16 @@ def _pipelined_cluster(
             if not retry:
                 raise wrap_errors(client, exc) from exc
             problem = redact(str(exc)) or type(exc).__name__
+            cause = exc
         except REDIS_ERRORS as exc:
             raise wrap_errors(client, exc) from exc
-        delay = _retry.wait_to_retry(
+        deadline, delay = _retry.wait_to_retry(
             client,
             deadline,
             delay,
             what="reads",
             problem=problem,
+            cause=cause,
             after=": the run kept a consistent state",
         )
 
