@@ -192,14 +192,15 @@ class HeldInterrupts:
     def around(self, call: Callable[[], T]) -> Callable[[], T]:
         """``call`` (one script call) run with Ctrl-C held, for
         :func:`esctl.redisio.after_loading`: a Ctrl-C held during a try that Redis answered
-        LOADING (the call did not run) stops there, not after the wait for the data set."""
+        LOADING (on a cluster also CLUSTERDOWN: the call did not run) stops there, not after
+        the wait for the data set."""
 
         def held() -> T:
             with self.holding():
                 try:
                     return call()
                 except redisio.REDIS_ERRORS as exc:
-                    if self.caught and redisio.is_loading(exc):
+                    if self.caught and redisio.may_be_loading(exc):
                         raise KeyboardInterrupt from exc
                     raise
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from helpers import run_cli, started_cli
 from esctl import redisio, servers
 from esctl.demo import DemoSummary, write_demo_store
 from esctl.errors import ConnectionFailed
+from esctl.interrupts import HeldInterrupts
 from esctl.redisio import retry
 
 pytestmark = pytest.mark.skipif(
@@ -319,5 +321,28 @@ def test_a_writing_pipeline_is_not_waited_for(loading: Loading, notices: list[st
         assert time.monotonic() - started < 5
         assert notices == []
         assert is_loading(node)
+    finally:
+        client.close()
+
+
+def test_a_ctrl_c_held_during_a_try_answered_clusterdown_stops_there(
+    loading: Loading, notices: list[str]
+) -> None:
+    """A call sent with Ctrl-C held (a queue drain's or restore's batch) that a loading node
+    answered CLUSTERDOWN did not run: the run stops there, as after LOADING on a single
+    server, instead of waiting for the node first."""
+    client = redisio.connect(loading.cluster.url)
+    try:
+        key = f"{{{node_keys(client, loading.cluster.nodes[1])[0]}}}:ctrl-c"
+        node = loading.restart(1)
+        held = HeldInterrupts()
+
+        def call() -> Any:
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the batch is under way
+            return client.incrby(key, 1)
+
+        with pytest.raises(KeyboardInterrupt):
+            redisio.after_loading(client, held.around(call))
+        assert held.caught and notices == [] and is_loading(node)
     finally:
         client.close()

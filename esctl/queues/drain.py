@@ -368,7 +368,7 @@ def _send_batch(
                 summary.gone += len(gone)
                 report()  # after the count, Ctrl-C still held
                 return removed, gone
-        if held.caught and redisio.is_loading(failure):  # it did not run
+        if held.caught and redisio.may_be_loading(failure):  # it did not run
             raise KeyboardInterrupt from failure
         if not redisio.loaded_again(client, failure):
             return failure
