@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import zstandard
@@ -19,6 +19,11 @@ ZSTD_LEVEL = 3
 _LINES_PER_WRITE = 1000
 READ_BYTES = 1 << 20
 """Bytes of a backup file read at a time: :func:`read_lines` streams it, frame by frame."""
+FEED_BYTES = 4 << 10
+"""Compressed bytes decompressed at a time, so that what one step turns out stays small: JSON
+lines compress 10-30x (more for messages much alike), so a step gives 40-120 KB of lines. A
+step of a whole 1 MiB read gave 30 MB at once: a reader's peak, and its heap fragmented around
+such blocks until its peak grew with the file (glibc then serves them from the heap)."""
 
 
 class BackupWriter:
@@ -107,8 +112,16 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def open_backup(source: Path) -> BinaryIO:
+    """``source`` opened for reading (NotFound when it cannot be)."""
+    try:
+        return source.open("rb")
+    except OSError as exc:
+        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
+
+
 def read_lines(
-    source: Path, *, kind: str, written_by: str
+    source: Path, *, kind: str, written_by: str, handle: BinaryIO | None = None
 ) -> Generator[bytes | int | None, None, None]:
     """The lines of a backup file (bytes, blank ones left out) as they are decompressed;
     after each complete frame, the number of complete frames so far; None when the last frame
@@ -116,46 +129,81 @@ def read_lines(
     comes). Reads :data:`READ_BYTES` at a time, so memory does not grow with the file or a
     frame. NotFound when the file cannot be read; UsageError when its first frame is not zstd
     (``kind``: what the file should be, ``an esctl queue backup``; ``written_by``: the
-    command that writes such files, for the hint)."""
-    try:
-        handle = source.open("rb")
-    except OSError as exc:
-        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
-    with handle:
+    command that writes such files, for the hint). ``handle``: the file ``source`` opened
+    already (:func:`open_backup`), read from its start and left open, so that a reader that
+    goes through it twice reads the same file both times, whatever happens to its name."""
+    for item in read_chunks(source, kind=kind, written_by=written_by, handle=handle):
+        if isinstance(item, list):
+            yield from item
+        else:
+            yield item
+
+
+def read_chunks(
+    source: Path, *, kind: str, written_by: str, handle: BinaryIO | None = None
+) -> Generator[list[bytes] | int | None, None, None]:
+    """:func:`read_lines`, the lines of each read together in a list (never an empty one):
+    for a reader that goes through millions of lines, one step per line less."""
+    if handle is not None:
+        handle.seek(0)
+    with open_backup(source) if handle is None else contextlib.nullcontext(handle) as stream:
 
         def more() -> bytes:
             try:
-                return handle.read(READ_BYTES)
+                return stream.read(READ_BYTES)
             except OSError as exc:
                 raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
 
-        frames = 0
-        data = more()
-        while data:
-            obj = zstandard.ZstdDecompressor().decompressobj()
-            pending = b""
-            while True:
-                try:
-                    out = obj.decompress(data)
-                except zstandard.ZstdError as exc:
-                    if frames == 0:
-                        raise UsageError(
-                            f"{source} is not {kind} (zstd: {exc})",
-                            hint=f"pass a file written by `{written_by}`",
-                        ) from None
-                    yield None
-                    return
-                if out:
-                    *lines, pending = (pending + out).split(b"\n")
-                    yield from (line for line in lines if line.strip())
-                if obj.eof:
-                    data = obj.unused_data or more()
-                    break
-                data = more()
+        yield from _chunks(more, source, kind, written_by)
+
+
+def _chunks(
+    more: Callable[[], bytes], source: Path, kind: str, written_by: str
+) -> Generator[list[bytes] | int | None, None, None]:
+    """:func:`read_chunks` of the file ``more()`` reads the next bytes of."""
+    frames = 0
+    data, at = more(), 0
+    while at < len(data):  # a frame starts at data[at]
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        pending = b""
+        while True:
+            piece = data[at : at + FEED_BYTES]
+            at += len(piece)
+            try:
+                out = obj.decompress(piece)
+            except zstandard.ZstdError as exc:
+                if frames == 0:
+                    raise UsageError(
+                        f"{source} is not {kind} (zstd: {exc})",
+                        hint=f"pass a file written by `{written_by}`",
+                    ) from None
+                yield None
+                return
+            if out:
+                lines, pending = _split(pending, out)
+                if lines:
+                    yield lines
+            if obj.eof:
+                at -= len(obj.unused_data)  # the next frame's start
+                if at == len(data):
+                    data, at = more(), 0
+                break
+            if at == len(data):
+                data, at = more(), 0
                 if not data:
                     yield None
                     return
-            if pending.strip():
-                yield pending
-            frames += 1
-            yield frames
+        if pending and not pending.isspace():
+            yield [pending]
+        frames += 1
+        yield frames
+
+
+def _split(pending: bytes, data: bytes) -> tuple[list[bytes], bytes]:
+    """The whole lines of ``pending + data`` that are not blank, and what follows the last
+    one (``data`` is not copied whole to join them)."""
+    lines = data.split(b"\n")
+    if pending:
+        lines[0] = pending + lines[0]
+    rest = lines.pop()
+    return [line for line in lines if line and not line.isspace()], rest

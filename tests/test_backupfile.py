@@ -4,6 +4,7 @@ zstd frames of JSON lines). What the files hold is tested with drain/restore and
 from __future__ import annotations
 
 import os
+import random
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,30 @@ def test_read_lines_streams_whole_frames_and_stops_at_a_cut_short_one(
         list(backupfile.read_lines(path, kind="a test backup", written_by="the test"))
     with pytest.raises(NotFound, match="cannot read the backup file"):
         list(backupfile.read_lines(tmp_path / "missing", kind="a", written_by="b"))
+
+
+def line(n: int) -> dict[str, object]:
+    """A line much like the others, but for its random id."""
+    return {"n": n, "Id": random.Random(n).randbytes(16).hex(), "Comment": "Révisé " + "x" * 300}
+
+
+def test_reading_turns_out_a_little_at_a_time_however_well_the_file_compresses(
+    tmp_path: Path,
+) -> None:
+    """Lines much alike (20 MB compressing about 20x, like many similar messages) come a few
+    hundred kilobytes at a time, never a whole read's worth at once (one 1 MiB read used to
+    turn out 30 MB of lines, a reader's peak memory), whole and in order, also across frames
+    and from a file opened already."""
+    path = tmp_path / "b.jsonl.zst"
+    w = writer(path)
+    w.write_frame(line(n) for n in range(30_000))
+    w.write_frame(line(n) for n in range(30_000, 60_000))
+    w.close()
+    assert backupfile.READ_BYTES <= path.stat().st_size < 2 * backupfile.READ_BYTES
+    with path.open("rb") as handle:
+        for _ in range(2):  # read again from the same handle
+            chunks = list(backupfile.read_chunks(path, kind="a", written_by="b", handle=handle))
+            lines = [line for c in chunks if isinstance(c, list) for line in c]
+            assert [orjson.loads(line)["n"] for line in lines] == list(range(60_000))
+            assert [c for c in chunks if not isinstance(c, list)] == [1, 2]
+            assert max(sum(map(len, c)) for c in chunks if isinstance(c, list)) < 1 << 20
