@@ -5,21 +5,23 @@ frames and fsync order in ``docs/design/queues.md``."""
 
 from __future__ import annotations
 
+import array
 import base64
 import contextlib
 import itertools
+import os
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from esctl import __version__, redisio
-from esctl.backupfile import BackupWriter, read_lines
-from esctl.errors import EsctlError, UsageError
+from esctl.backupfile import BackupWriter, read_chunks, read_lines
+from esctl.errors import EsctlError, NotFound, UsageError
 from esctl.queues.progress import OnPhase, PhaseReporter
 from esctl.queues.refs import QueueRef
 
@@ -233,27 +235,35 @@ def settle_outcomes(client: redisio.RedisClient, backup: Backup) -> bool:
     unknown = [int(r["n"]) for r in backup.records if int(r["n"]) not in backup.outcomes]
     if not unknown:
         return True
-    header = backup.header
+    settled = _drain_outcome(client, backup.header)
+    if settled is None:
+        return False
+    for number in unknown:
+        backup.outcomes[number] = settled.get(number, "kept")
+    return True
+
+
+def _drain_outcome(client: redisio.RedisClient, header: dict[str, Any]) -> dict[int, str] | None:
+    """The drain's outcome record in Redis (``layout.drain_outcome_key``) of the file with
+    ``header``: record number -> ``removed`` / ``gone`` of its last batch; None when Redis holds
+    none (UsageError when the key holds something else)."""
     ref = QueueRef(str(header["subscriber"]), str(header["env"]), str(header["event_type"]))
-    key = ref.drain_outcome_key(str(header["list"]), backup.backup_id)
+    key = ref.drain_outcome_key(str(header["list"]), str(header["backup_id"]))
     try:
         raw = client.get(key)
     except redisio.REDIS_ERRORS as exc:
         raise redisio.wrap_errors(client, exc) from exc
     if raw is None:
-        return False
+        return None
     try:
         last = orjson.loads(raw)
-        settled = {int(n): w for w in ("removed", "gone") for n in last[w]}
+        return {int(n): w for w in ("removed", "gone") for n in last[w]}
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UsageError(
             f"{key} is not an esctl drain outcome record ({redisio.key_str(raw)[:80]!r})",
             hint="delete the key if it is not esctl's; restore then treats those records as "
             "of unknown outcome (--include-unknown)",
         ) from None
-    for number in unknown:
-        backup.outcomes[number] = settled.get(number, "kept")
-    return True
 
 
 def _read_frames(
@@ -298,3 +308,450 @@ def _read_frames(
     if reading is not None:
         reading.finish()
     return lines, frames, False
+
+
+# --- reading in two passes (queue restore) ------------------------------------------------------
+#
+# ``read_backup`` keeps every record, so its memory grows with the file (2.7 GiB for a million
+# ~400-byte messages). A restore reads the file twice instead: :func:`survey_backup` keeps only
+# what deciding needs (a byte of outcome per record number; per list key, a few facts; a
+# record's number and key only when they are not what a drain writes), and
+# :meth:`BackupSurvey.records_again` reads the records once more, in the file's order, as the
+# restore sends them. Design: docs/design/queues.md.
+
+UNMARKED, REMOVED, GONE, KEPT = 0, 1, 2, 3
+"""A record's outcome, as :class:`OutcomeCodes` keeps it: ``unknown``, ``removed``, ``gone``,
+``kept``."""
+_CODES = {"removed": REMOVED, "gone": GONE, "kept": KEPT}
+_GROW = 1 << 16
+""":class:`OutcomeCodes` keeps a byte for every number up to twice the largest so far plus
+this; farther numbers (not as a drain numbers its records) go in a dict."""
+_KIND = "an esctl queue backup"
+_WRITTEN_BY = "esctl queue drain --to-file"
+
+
+class OutcomeCodes:
+    """Record number -> outcome code (:data:`UNMARKED` when none is known): a byte per number
+    from 0 up (a drain numbers its records 0, 1, 2, ...), a dict for numbers far from those."""
+
+    def __init__(self) -> None:
+        self.dense = bytearray()
+        self.sparse: dict[int, int] = {}
+
+    def get(self, number: int) -> int:
+        if 0 <= number < len(self.dense):
+            return self.dense[number]
+        return self.sparse.get(number, UNMARKED)
+
+    def set(self, number: int, code: int) -> None:
+        dense = self.dense
+        if len(dense) <= number < 2 * len(dense) + _GROW:
+            self.reserve(max(number + 1, 2 * len(dense)))
+        if 0 <= number < len(dense):
+            dense[number] = code
+        else:
+            self.sparse[number] = code
+
+    def reserve(self, size: int) -> None:
+        """A byte for each number below ``size`` (the records counted so far: a drain's
+        outcomes come in any order, the last records first as often as not)."""
+        dense = self.dense
+        if len(dense) < size:
+            dense.extend(bytes(size - len(dense)))
+            for moved in [n for n in self.sparse if 0 <= n < size]:
+                dense[moved] = self.sparse.pop(moved)
+
+
+class _Column:
+    """An integer per record that is almost always implied by the record's index (the index
+    itself, ``step`` 1, or 0, ``step`` 0): kept in an array only from the first that is not
+    (``values`` stays None while none is)."""
+
+    __slots__ = ("count", "step", "values")
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.count = 0
+        self.values: array.array[int] | None = None
+
+    def append(self, value: int) -> None:
+        if self.values is None:
+            if value == self.count * self.step:
+                self.count += 1
+                return
+            self.values = array.array("q", (i * self.step for i in range(self.count)))
+        self.values.append(value)  # OverflowError beyond 64 bits
+        self.count += 1
+
+    def __getitem__(self, index: int) -> int:
+        return index * self.step if self.values is None else self.values[index]
+
+    def __iter__(self) -> Iterator[int]:
+        if self.values is not None:
+            return iter(self.values)
+        return iter(range(self.count)) if self.step else itertools.repeat(0, self.count)
+
+    def truncate(self, count: int) -> None:
+        if self.values is not None:
+            del self.values[count:]
+        self.count = count
+
+
+@dataclass(slots=True)
+class BackupKey:
+    """What :func:`survey_backup` keeps of the records of one list key (``name``)."""
+
+    name: str
+    first: int
+    """The index (among the file's records, from 0) of its first record."""
+    last: int
+    """Of its last record."""
+    lowest: dict[str, Any]
+    """Its record with the lowest position (the first of those), without the value: the
+    fields that name the list it came from."""
+    position: int
+    """That lowest position."""
+    last_position: int
+    in_order: bool = True
+    """Its records' positions never go down in the file's order (as a drain writes them)."""
+
+
+@dataclass(slots=True)
+class UnreadableValue:
+    """A record whose value is not valid base64 (said if it is to be restored)."""
+
+    index: int
+    key_id: int
+    position: int
+    number: int
+    shown: Any
+    """Its ``n`` as the file has it."""
+    error: str
+
+
+class BackupChanged(UsageError):
+    """The second reading of a backup file did not find the records the first one did."""
+
+
+@dataclass
+class BackupSurvey:
+    """What the first reading of a backup file keeps: its header, how many records (the lines
+    with a value after the header, in complete frames), each record's number and list key
+    (``numbers[i]``, ``key_ids[i]``: an index into ``keys``; both implied for a file as drain
+    writes it), each number's outcome (the file's, then :meth:`settle`'s), and the records
+    whose value cannot be read."""
+
+    path: Path
+    handle: BinaryIO
+    """The file, open: read again from it, whatever happens to its name meanwhile."""
+    header: dict[str, Any] = field(default_factory=dict)
+    records: int = 0
+    numbers: _Column = field(default_factory=lambda: _Column(1))
+    key_ids: _Column = field(default_factory=lambda: _Column(0))
+    keys: list[BackupKey] = field(default_factory=list)
+    outcomes: OutcomeCodes = field(default_factory=OutcomeCodes)
+    unreadable: list[UnreadableValue] = field(default_factory=list)
+    frames: int = 0
+    complete: bool = False
+    truncated: bool = False
+    stat: tuple[int, int] = (0, 0)
+    """The file's size and modification time once read (:func:`_stat`): a file rewritten or
+    appended to since is not read again."""
+    _key_ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def backup_id(self) -> str:
+        return str(self.header["backup_id"])
+
+    def settle(self, client: redisio.RedisClient) -> bool:
+        """:func:`settle_outcomes` for the records of this survey: every record the file does
+        not mark gets its outcome from the drain's record in Redis, ``kept`` when that does not
+        name it either. False (nothing changed) when Redis holds no record of this drain."""
+        outcomes, numbers = self.outcomes, self.numbers
+        outcomes.reserve(self.records)
+        dense = outcomes.dense
+        if numbers.values is None:  # as a drain numbers them
+            if dense.find(UNMARKED, 0, self.records) < 0:
+                return True
+        elif all(outcomes.get(n) != UNMARKED for n in numbers):
+            return True
+        settled = _drain_outcome(client, self.header)
+        if settled is None:
+            return False
+        for number in numbers:
+            if outcomes.get(number) == UNMARKED:
+                outcomes.set(number, _CODES[settled.get(number, "kept")])
+        return True
+
+    def changed(self) -> BackupChanged:
+        return BackupChanged(
+            f"{self.path} changed while it was read (it was written to, or its records are "
+            "not those the restore read first)",
+            hint="restore the file as `esctl queue drain --to-file` wrote it: rerun the same "
+            "restore with it (progress is kept in Redis, nothing is restored twice)",
+        )
+
+    def records_again(self) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+        """The second reading: ``(index, number, key id, record)`` of each record the first
+        counted, in the file's order, parsed again one at a time; BackupChanged when the file
+        was written to since the first reading, or they are not the same records (the header,
+        their numbers and keys)."""
+        if not self.records:
+            return
+        numbers, key_ids = self.numbers.values, self.key_ids.values
+        names = [k.name for k in self.keys]
+        index = 0
+        for line in self._lines_again():
+            if type(line) is not dict or "value" not in line:
+                continue
+            number = index if numbers is None else numbers[index]
+            key_id = 0 if key_ids is None else key_ids[index]
+            try:
+                same = int(line["n"]) == number and str(line["key"]) == names[key_id]
+            except (KeyError, TypeError, ValueError):
+                same = False
+            if not same:
+                raise self.changed()
+            yield index, number, key_id, line
+            index += 1
+            if index == self.records:
+                return
+        raise self.changed()
+
+    def _lines_again(self) -> Iterator[Any]:
+        """The lines after the header, parsed, up to a frame cut short; BackupChanged when the
+        file was written to since the first reading or its header is not the same, UsageError
+        when it cannot be read again."""
+        try:
+            yield from self._parsed_again()
+        except BackupChanged:
+            raise
+        except (UsageError, NotFound) as exc:  # it read whole the first time
+            if _stat(self.handle) != self.stat:
+                raise self.changed() from None
+            raise UsageError(f"{self.path} could not be read again: {exc}") from None
+
+    def _parsed_again(self) -> Iterator[Any]:
+        loads = orjson.loads
+        header = True
+        for chunk in read_chunks(self.path, kind=_KIND, written_by=_WRITTEN_BY, handle=self.handle):
+            if _stat(self.handle) != self.stat:
+                raise self.changed()
+            if chunk is None:
+                return
+            if isinstance(chunk, int):
+                continue
+            for item in chunk:
+                try:
+                    line = loads(item)
+                except orjson.JSONDecodeError:
+                    raise self.changed() from None
+                if header:
+                    if line != self.header:
+                        raise self.changed()
+                    header = False
+                    continue
+                yield line
+
+    def _add(self, line: dict[str, Any], undo: dict[int, BackupKey | None]) -> None:
+        """Count one record (``undo``: the facts of the keys this frame changed, as they were
+        before it, None for a key it added)."""
+        index = self.records
+        try:
+            number = int(line["n"])
+            name = str(line["key"])
+            position = int(line["position"])
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(
+                f"{self.path}: record {index + 1} has no number, key or position "
+                "(n, key, position)",
+                hint="pass a file written by `esctl queue drain --to-file`",
+            ) from None
+        key_id = self._key_ids.get(name)
+        if key_id is None:
+            key_id = self._key_ids[name] = len(self.keys)
+            undo[key_id] = None
+            lowest = {k: v for k, v in line.items() if k != "value"}
+            self.keys.append(BackupKey(name, index, index, lowest, position, position))
+        else:
+            facts = self.keys[key_id]
+            if key_id not in undo:
+                undo[key_id] = replace(facts)
+            facts.last = index
+            if position < facts.last_position:
+                facts.in_order = False
+                if position < facts.position:
+                    facts.position = position
+                    facts.lowest = {k: v for k, v in line.items() if k != "value"}
+            facts.last_position = position
+        numbers, key_ids = self.numbers, self.key_ids
+        if key_ids.values is None and key_id == 0:  # one key, as a drain writes
+            key_ids.count += 1
+        else:
+            key_ids.append(key_id)
+        if numbers.values is None and number == index:  # as a drain numbers them
+            numbers.count += 1
+        else:
+            try:
+                numbers.append(number)
+            except OverflowError:
+                raise UsageError(
+                    f"{self.path}: record {index + 1} has a number out of range ({number})",
+                    hint="pass a file written by `esctl queue drain --to-file`",
+                ) from None
+        self.records += 1
+        if line.get("encoding") == "base64":  # text values always encode
+            try:
+                value_bytes(line)
+            except (ValueError, TypeError) as exc:
+                self.unreadable.append(
+                    UnreadableValue(index, key_id, position, number, line.get("n"), str(exc))
+                )
+
+    def _forget(self, mark: int, undo: dict[int, BackupKey | None]) -> None:
+        """Forget the records from index ``mark`` on (those of a frame cut short)."""
+        added = [key_id for key_id, before in undo.items() if before is None]
+        for key_id, before in undo.items():
+            if before is not None:
+                self.keys[key_id] = before
+        if added:
+            for facts in self.keys[min(added) :]:
+                del self._key_ids[facts.name]
+            del self.keys[min(added) :]
+        self.numbers.truncate(mark)
+        self.key_ids.truncate(mark)
+        self.records = mark
+        self.unreadable = [u for u in self.unreadable if u.index < mark]
+
+    def _apply(self, line: dict[str, Any]) -> None:
+        """An outcome or the completion line, once its frame is known complete."""
+        if "outcome" in line:
+            self.outcomes.reserve(self.records)
+            for which in ("removed", "gone"):
+                for number in line["outcome"].get(which, []):
+                    self.outcomes.set(int(number), _CODES[which])
+        elif "complete" in line:
+            self.complete = True
+
+
+def survey_backup(
+    path: str | Path, handle: BinaryIO, *, on_phase: OnPhase | None = None
+) -> BackupSurvey:
+    """The first reading of a file written by :func:`esctl.queues.drain` (open as ``handle``),
+    keeping what :class:`BackupSurvey` says, not the records: as :func:`read_backup` reads it
+    (a truncated last frame is ignored, the same errors), with the same ``on_phase``; and
+    UsageError for a record without a number, key or position."""
+    source = Path(path)
+    reader = _Surveying(BackupSurvey(source, handle), on_phase)
+    for chunk in read_chunks(source, kind=_KIND, written_by=_WRITTEN_BY, handle=handle):
+        if chunk is None:
+            reader.cut_short()
+            break
+        if isinstance(chunk, int):
+            reader.frame_complete(chunk)
+        else:
+            reader.lines(chunk)
+    survey = reader.survey
+    if reader.reading is not None:
+        reader.reading.finish()
+    if survey.frames == 0 or survey.header.get("format") != BACKUP_FORMAT:
+        raise UsageError(
+            f"{source} is not a complete esctl queue backup"
+            + (
+                " (its first frame is cut short: the drain stopped before removing anything)"
+                if survey.truncated
+                else ""
+            ),
+            hint="pass a file written by `esctl queue drain --to-file`",
+        )
+    _check_version(source, survey.header)
+    survey.stat = _stat(handle)
+    return survey
+
+
+def _stat(handle: BinaryIO) -> tuple[int, int]:
+    """What changes when a file is written to: its size and modification time (not a rename
+    or an unlink: the file stays readable through ``handle``)."""
+    stat = os.fstat(handle.fileno())
+    return stat.st_size, stat.st_mtime_ns
+
+
+class _Surveying:
+    """:func:`survey_backup`'s reading: a frame's lines count once the frame is known complete
+    (its records are forgotten and its outcomes never applied when it is cut short), and so do
+    its errors."""
+
+    def __init__(self, survey: BackupSurvey, on_phase: OnPhase | None) -> None:
+        self.survey = survey
+        self.on_phase = on_phase
+        self.reading: PhaseReporter | None = None
+        self.frame: list[dict[str, Any]] = []  # this frame's outcome and completion lines
+        self.undo: dict[int, BackupKey | None] = {}
+        self.mark = 0  # the records of the frames known complete
+        self.bad: orjson.JSONDecodeError | None = None
+        self.wrong: UsageError | None = None
+        self.first = True
+        self.readable = False  # the first line is a header of a format this esctl reads
+
+    def lines(self, items: list[bytes]) -> None:
+        loads, add, undo, frame = orjson.loads, self.survey._add, self.undo, self.frame
+        reading = self.reading
+        for item in items:
+            try:
+                line = loads(item)
+            except orjson.JSONDecodeError as exc:
+                self.bad = self.bad or exc
+                continue
+            if self.first:
+                self._header(line)
+                reading = self.reading
+                continue
+            if not self.readable or type(line) is not dict:
+                continue  # the header's fault is said once the file is read
+            if "value" in line:
+                if reading is not None:
+                    reading.add()
+                if self.wrong is None:
+                    try:
+                        add(line, undo)
+                    except UsageError as exc:
+                        self.wrong = exc
+            if "outcome" in line or "complete" in line:
+                frame.append(line)
+
+    def _header(self, line: Any) -> None:
+        self.first = False
+        if not isinstance(line, dict):
+            return
+        self.survey.header = line
+        self.readable = line.get("format") == BACKUP_FORMAT and _readable_version(line)
+        if self.on_phase is not None:  # how many records follow
+            total = line.get("selected") if line.get("format") == BACKUP_FORMAT else None
+            self.reading = PhaseReporter(
+                self.on_phase, "reading backup", total if isinstance(total, int) else None
+            )
+
+    def frame_complete(self, frames: int) -> None:
+        if self.bad is not None:
+            raise UsageError(
+                f"{self.survey.path} holds a line that is not JSON: {self.bad}"
+            ) from None
+        if self.wrong is not None:
+            raise self.wrong
+        self.survey.frames = frames
+        for line in self.frame:
+            self.survey._apply(line)
+        self.frame.clear()
+        self.undo.clear()
+        self.mark = self.survey.records
+
+    def cut_short(self) -> None:
+        self.survey.truncated = True
+        self.survey._forget(self.mark, self.undo)
+
+
+def _readable_version(header: dict[str, Any]) -> bool:
+    try:
+        return int(header.get("version", 0)) <= BACKUP_FORMAT_VERSION
+    except (TypeError, ValueError):
+        return False

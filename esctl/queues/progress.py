@@ -6,7 +6,7 @@ message, and never between an answer and its count (Ctrl-C is held there, see
 ``esctl/interrupts.py``).
 
 Before the moves, the steps that take a while on a long list and touch no queue (a drain
-writing its backup file, a restore reading its file and putting its records in order) are
+writing its backup file, a restore reading its file and settling its records' outcomes) are
 reported to ``on_phase`` as a :class:`QueuePhase`, also only while the command holds its lock:
 at their start, every :data:`PHASE_STEP` messages and at their end."""
 
@@ -65,7 +65,7 @@ class QueuePhase:
     name: str
     """What it does, as a bar shows it: ``backing up`` (a drain writing its backup file),
     ``reading backup`` and ``preparing`` (a restore reading its file, then settling the
-    records' outcomes and putting them in order)."""
+    records' outcomes and counting them per list)."""
     total: int | None = None
     """Messages (the backup file's records) it goes through, when known."""
     done: int = 0

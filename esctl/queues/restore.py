@@ -4,24 +4,29 @@ Redis with each batch. How the places are kept: ``docs/design/queues.md``."""
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from esctl import redisio
+from esctl.backupfile import open_backup
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, ServerError, UsageError
 from esctl.interrupts import HeldInterrupts
 from esctl.locks import RedisLock, after_broken_wait, not_given_back
 from esctl.queues import scripts
 from esctl.queues.backup import (
-    Backup,
+    GONE,
+    KEPT,
+    UNMARKED,
+    BackupChanged,
+    BackupSurvey,
     backup_ref,
-    read_backup,
     read_header,
-    settle_outcomes,
+    survey_backup,
     value_bytes,
 )
 from esctl.queues.confirm import Confirm, Plan, require_confirmation
@@ -93,12 +98,15 @@ class RestoreSummary:
 
 @dataclass(slots=True)
 class _Group:
+    """One target list: the records of the file's list keys ``sources`` (their key ids, in
+    order) to restore into it, ``total`` of them, ``done`` already (its progress counter)."""
+
     ref: QueueRef
     which: str
     key: str
     progress_key: str
-    positions: list[int]
-    values: list[bytes]
+    sources: list[int]
+    total: int = 0
     done: int = 0
 
 
@@ -123,23 +131,29 @@ def restore(
     queue the file was drained from and of the target queue while it reads the file, the
     drain's outcome record and the progress counters, and while it restores: a drain of that
     queue still finishing, or another restore, cannot change them between the reading and the
-    restoring (:func:`_locked_refs`). Asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for
+    restoring (:func:`_locked_refs`). It reads the file twice, keeping little of it between
+    (memory does not grow with the file): first what decides what to restore
+    (:func:`~esctl.queues.backup.survey_backup`), then the messages as their batches are sent;
+    a file written to between the two readings stops the run there (a ``restore_failed``
+    problem), never restored from both. Asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for
     the batch in hand, the notification goes out, then Interrupted says what was restored. A
     second one while Redis does not answer stops the wait: Interrupted then also says the
     batch in hand is in doubt, and that a rerun goes on from what Redis counted.
     ``on_progress`` gets the messages restored of those still to restore: once the run holds
     the locks and is confirmed (not for a dry run or when nothing is left to restore), then per
     answered batch; ``on_phase``, before that, the file's records read (``reading backup``) and
-    put in order (``preparing``), holding the locks (:mod:`esctl.queues.progress`)."""
+    settled and counted per list (``preparing``), holding the locks
+    (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     if options.target_list is not None:
         check_list_name(options.target_list)
     if options.dry_run:  # changes nothing: no lock, and what it reads is a moment's picture
-        backup = read_backup(path)
-        _check_env(backup.path, backup.header, options)
+        with open_backup(Path(path)) as handle:
+            survey = survey_backup(path, handle)
+        _check_env(survey.path, survey.header, options)
         if options.target is not None:
             ensure_known(client, options.target)
-        dry, _, _ = _plan(client, backup, options, None)
+        dry, _, _ = _plan(client, survey, options, None)
         dry.elapsed_s = time.perf_counter() - started
         return dry
     header = read_header(path)
@@ -151,20 +165,21 @@ def restore(
     lock: RedisLock | None = None
     summary: RestoreSummary | None = None
     try:
-        with queue_lock(client, refs) as lock:
-            # Read holding the locks: what decides what to restore is what the restore finds
-            backup = read_backup(path, on_phase=on_phase)
-            summary, groups, todo = _plan(client, backup, options, on_phase)
-            _check_locked(backup, groups, refs)
+        with queue_lock(client, refs) as lock, open_backup(Path(path)) as handle:
+            # Read holding the locks: what decides what to restore is what the restore finds.
+            # The first reading keeps what decides, the second sends the values (same handle)
+            survey = survey_backup(path, handle, on_phase=on_phase)
+            summary, groups, todo = _plan(client, survey, options, on_phase)
+            _check_locked(survey.path, groups, refs)
             if todo == 0:
                 summary.elapsed_s = time.perf_counter() - started
                 return summary
             try:
                 destination = ", ".join(g.key for g in groups)
-                require_confirmation(confirm, Plan("restore", todo, str(backup.path), destination))
+                require_confirmation(confirm, Plan("restore", todo, str(survey.path), destination))
                 report = reporter(on_progress, todo, lambda: (summary.restored, 0))
                 report()  # holding the locks, confirmed: the bar may be drawn now
-                _restore_all(client, groups, summary, lock, held, report)
+                _restore_all(client, survey, options, groups, summary, lock, held, report)
             finally:
                 if held.broke:
                     after_broken_wait(client, lock)
@@ -203,13 +218,13 @@ def _locked_refs(path: Path, header: dict[str, Any], options: RestoreOptions) ->
     return sorted(refs)
 
 
-def _check_locked(backup: Backup, groups: list[_Group], refs: list[QueueRef]) -> None:
+def _check_locked(path: Path, groups: list[_Group], refs: list[QueueRef]) -> None:
     """UsageError when the file holds records of a queue its header does not name (so not
     locked): esctl's drain writes one queue's messages per file."""
     for group in groups:
         if group.ref not in refs:
             raise UsageError(
-                f"{backup.path}: records of {group.key}, a queue its header does not name; "
+                f"{path}: records of {group.key}, a queue its header does not name; "
                 "nothing was restored",
                 hint="pass a file written by `esctl queue drain --to-file`",
             )
@@ -217,38 +232,35 @@ def _check_locked(backup: Backup, groups: list[_Group], refs: list[QueueRef]) ->
 
 def _plan(
     client: redisio.RedisClient,
-    backup: Backup,
+    survey: BackupSurvey,
     options: RestoreOptions,
     on_phase: OnPhase | None,
 ) -> tuple[RestoreSummary, list[_Group], int]:
-    """What to restore from ``backup``: its records' outcomes settled from the drain's record
-    in Redis, the records to restore in their target lists, and what each list's progress
-    counter says is restored already; the summary so far, the groups, and how many messages
-    are left to restore. ``on_phase``: the phase ``preparing``, per record."""
-    header = backup.header
-    preparing = PhaseReporter(on_phase, "preparing", len(backup.records))
+    """What to restore from the file ``survey`` read: its records' outcomes settled from the
+    drain's record in Redis, the records to restore per target list, and what each list's
+    progress counter says is restored already; the summary so far, the groups, and how many
+    messages are left to restore. ``on_phase``: the phase ``preparing``, per record."""
+    header = survey.header
+    preparing = PhaseReporter(on_phase, "preparing", survey.records)
     problems: list[dict[str, str]] = []
-    settle_outcomes(client, backup)
-    take = {"removed"} | ({"unknown"} if options.include_unknown else set())
-    chosen: list[dict[str, Any]] = []
-    unknown = kept = gone = 0
-    outcomes = backup.outcomes
-    for r in backup.records:
-        outcome = outcomes.get(int(r["n"]), "unknown")
-        if outcome == "unknown":
-            unknown += 1
-        elif outcome == "kept":
-            kept += 1
-        elif outcome == "gone":
-            gone += 1
-        if outcome in take:
-            chosen.append(r)
+    survey.settle(client)
+    take = _taken(options)
+    tally = [0, 0, 0, 0]  # records per outcome code
+    chosen = [0] * len(survey.keys)  # records to restore per list key
+    outcome, key_ids, add = survey.outcomes.get, survey.key_ids, preparing.add
+    for index, number in enumerate(survey.numbers):
+        code = outcome(number)
+        tally[code] += 1
+        if take[code]:
+            chosen[key_ids[index]] += 1
+        add()
+    unknown, kept, gone = tally[UNMARKED], tally[KEPT], tally[GONE]
     if unknown:
         problems.append(
             problem(
                 "outcome_unknown",
                 str(header.get("key")),
-                f"the drain that wrote {backup.path} stopped before recording whether "
+                f"the drain that wrote {survey.path} stopped before recording whether "
                 f"{unknown} messages were removed; "
                 + (
                     "they are restored (--include-unknown)"
@@ -258,35 +270,43 @@ def _plan(
                 ),
             )
         )
-    groups = _restore_groups(backup, chosen, options, preparing)
+    groups = _restore_groups(survey, chosen, options)
     progress = redisio.pipelined(client, [("GET", g.progress_key) for g in groups])
     for g, reply in zip(groups, progress, strict=True):
         if isinstance(reply, Exception):
             raise ServerError(f"cannot read {g.progress_key}: {reply}")
-        g.done = min(int(reply or 0), len(g.values))
+        g.done = min(int(reply or 0), g.total)
     preparing.finish()
     summary = RestoreSummary(
         dry_run=options.dry_run,
-        backup_file=str(backup.path),
-        backup_id=backup.backup_id,
-        records=len(backup.records),
-        restorable=len(chosen),
+        backup_file=str(survey.path),
+        backup_id=survey.backup_id,
+        records=survey.records,
+        restorable=sum(chosen),
         restored=0,
         already_restored=sum(g.done for g in groups),
         gone=gone,
         unknown=unknown,
         kept=kept,
         failed=0,
-        targets=[RestoreTarget(g.key, len(g.values), 0, g.done) for g in groups],
+        targets=[RestoreTarget(g.key, g.total, 0, g.done) for g in groups],
         notified=False,
         problems=problems,
         elapsed_s=0.0,
     )
-    return summary, groups, sum(len(g.values) - g.done for g in groups)
+    return summary, groups, sum(g.total - g.done for g in groups)
+
+
+def _taken(options: RestoreOptions) -> tuple[bool, bool, bool, bool]:
+    """Per outcome code, whether its records are restored: those removed, and with
+    ``include_unknown`` those whose outcome is unknown."""
+    return (options.include_unknown, True, False, False)
 
 
 def _restore_all(
     client: redisio.RedisClient,
+    survey: BackupSurvey,
+    options: RestoreOptions,
     groups: list[_Group],
     summary: RestoreSummary,
     lock: RedisLock,
@@ -298,7 +318,11 @@ def _restore_all(
     second Ctrl-C stopped a wait for Redis, which may not answer)."""
     try:
         for g, target in zip(groups, summary.targets, strict=True):
-            _restore_group(client, g, target, summary, lock, held, report)
+            messages = _messages(survey, g, options)
+            try:
+                _restore_group(client, g, messages, target, summary, lock, held, report)
+            finally:
+                messages.close()
             if summary.failed or held.caught:
                 break
     finally:
@@ -369,9 +393,7 @@ def _in_doubt(doubt: int, groups: list[_Group], summary: RestoreSummary) -> str:
     stopped the wait for: the one in hand, of the first list not restored whole (the lists are
     restored one after the other)."""
     group = next(
-        g
-        for g, t in zip(groups, summary.targets, strict=True)
-        if g.done + t.restored < len(g.values)
+        g for g, t in zip(groups, summary.targets, strict=True) if g.done + t.restored < g.total
     )
     return (
         f"; whether the batch of {counted(doubt, 'message')} sent to {group.key} when it "
@@ -382,78 +404,129 @@ def _in_doubt(doubt: int, groups: list[_Group], summary: RestoreSummary) -> str:
 
 
 def _restore_groups(
-    backup: Backup, chosen: list[dict[str, Any]], options: RestoreOptions, phase: PhaseReporter
+    survey: BackupSurvey, chosen: list[int], options: RestoreOptions
 ) -> list[_Group]:
-    """Records per target list, by position from the tail. Positions are renumbered past the
-    records that are not restored, so what comes back closes up as the list did. Each record
-    looked at is added to ``phase``."""
-    all_by_key: dict[str, list[dict[str, Any]]] = {}
-    for r in backup.records:
-        all_by_key.setdefault(str(r["key"]), []).append(r)
-    chosen_numbers = {int(r["n"]) for r in chosen}
+    """The target lists of the ``chosen`` records (per list key of the file) and which list
+    keys' records go into each, in the file's order of the keys: the list each came from (its
+    record with the lowest position names it), or ``options.target``. UsageError for an
+    unreadable value among the records to restore, or a record key that does not match its
+    fields."""
     groups: dict[str, _Group] = {}
-    for source_key, records in all_by_key.items():
-        records.sort(key=lambda r: int(r["position"]))
-        skipped = 0
-        kept: list[tuple[int, bytes]] = []
-        for r in records:
-            phase.add()
-            if int(r["n"]) not in chosen_numbers:
-                # a record the drain never removed is still in the list: it keeps its place
-                if backup.outcomes.get(int(r["n"])) != "kept":
-                    skipped += 1
-                continue
-            try:
-                kept.append((int(r["position"]) - skipped, value_bytes(r)))
-            except (ValueError, TypeError) as exc:
-                raise UsageError(
-                    f"{backup.path}: record {r.get('n')} has an unreadable value: {exc}"
-                ) from None
-        if not kept:
+    take = _taken(options)
+    for key_id, facts in enumerate(survey.keys):
+        if not chosen[key_id]:
             continue
-        first = records[0]
+        unreadable = [
+            u
+            for u in survey.unreadable
+            if u.key_id == key_id and take[survey.outcomes.get(u.number)]
+        ]
+        if unreadable:
+            u = min(unreadable, key=lambda u: (u.position, u.index))  # the first in order
+            raise UsageError(f"{survey.path}: record {u.shown} has an unreadable value: {u.error}")
+        first = facts.lowest
         if options.target is not None:
             ref = options.target
             which = options.target_list or str(first["list"])
-            positions = list(range(len(kept)))  # the tail: taken next, in their order
         else:
             ref = QueueRef(str(first["subscriber"]), str(first["env"]), str(first["event_type"]))
             which = str(first["list"])
-            positions = [p for p, _ in kept]
-            if ref.key(which) != source_key:
+            if ref.key(which) != facts.name:
                 raise UsageError(
-                    f"{backup.path}: record key {source_key} does not match its fields"
+                    f"{survey.path}: record key {facts.name} does not match its fields"
                 )
         key = ref.key(which)
         group = groups.get(key)
         if group is None:
-            group = groups[key] = _Group(
-                ref, which, key, ref.restore_progress_key(which, backup.backup_id), [], []
-            )
-        elif options.target is not None:
-            offset = len(group.positions)
-            positions = [p + offset for p in positions]
-        group.positions += positions
-        group.values += [v for _, v in kept]
+            progress_key = ref.restore_progress_key(which, survey.backup_id)
+            group = groups[key] = _Group(ref, which, key, progress_key, [])
+        group.sources.append(key_id)
+        group.total += chosen[key_id]
     return list(groups.values())
+
+
+def _messages(
+    survey: BackupSurvey, group: _Group, options: RestoreOptions
+) -> Generator[tuple[int, bytes], None, None]:
+    """``(position from the tail, value)`` of each record to restore into ``group``, in the
+    order they are sent: per list key of the file, by position (records of equal positions in
+    the file's order). Positions are renumbered past the records that are not restored, so what
+    comes back closes up as the list did; with ``options.target``, they count from the tail
+    (taken next, in their order). Read from the file again (BackupChanged when it changed)."""
+    take = _taken(options)
+    to_tail = options.target is not None
+    rank = {key_id: r for r, key_id in enumerate(group.sources)}
+    codes = survey.outcomes
+    dense = codes.dense  # (no outcome changes now)
+    skipped = [0] * len(group.sources)  # per list key: its records before, not restored
+    sent = 0
+    for _, number, key_id, record in _in_order(survey, group, rank):
+        r = rank.get(key_id)
+        if r is None:
+            continue  # another group's
+        code = dense[number] if 0 <= number < len(dense) else codes.get(number)
+        if not take[code]:
+            # a record the drain never removed is still in the list: it keeps its place
+            if code != KEPT:
+                skipped[r] += 1
+            continue
+        value = record["value"]
+        try:
+            if type(value) is str and record.get("encoding") != "base64":
+                value = value.encode("utf-8")
+            else:
+                value = value_bytes(record)
+            position = sent if to_tail else int(record["position"]) - skipped[r]
+        except (KeyError, ValueError, TypeError):
+            raise survey.changed() from None
+        yield position, value
+        sent += 1
+    if sent != group.total:
+        raise survey.changed()
+
+
+def _in_order(
+    survey: BackupSurvey, group: _Group, rank: dict[int, int]
+) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    """The records of the file (:meth:`BackupSurvey.records_again`) so that those of
+    ``group``'s list keys (their ``rank`` in it) come key after key, by position, then index.
+    A file as drain writes it has them in that order already: it is read as it comes.
+    Otherwise (its records were reordered, or its keys interleaved) the group's records are
+    read whole and sorted."""
+    keys = [survey.keys[k] for k in group.sources]
+    if all(k.in_order for k in keys) and all(a.last < b.first for a, b in itertools.pairwise(keys)):
+        return survey.records_again()
+    try:
+        held = [
+            (rank[key_id], int(record["position"]), index, number, key_id, record)
+            for index, number, key_id, record in survey.records_again()
+            if key_id in rank
+        ]
+    except (KeyError, TypeError, ValueError):
+        raise survey.changed() from None
+    held.sort(key=lambda r: r[:3])
+    return (r[2:] for r in held)
 
 
 def _restore_group(
     client: redisio.RedisClient,
     group: _Group,
+    messages: Iterator[tuple[int, bytes]],
     target: RestoreTarget,
     summary: RestoreSummary,
     lock: RedisLock,
     held: HeldInterrupts,
     report: Callable[[], None],
 ) -> None:
-    """Restore what is left of ``group``, a batch per script call, each counted (in ``target``
-    and ``summary``) as it is answered, then ``report``-ed. Ctrl-C is ``held`` while a batch
-    is with Redis and its answer is counted and reported; then the run stops (the caller
-    raises it). Between batches it stops the run at once: everything restored is counted."""
+    """Restore what is left of ``group`` (its records ``messages``, read as they are sent),
+    a batch per script call, each counted (in ``target`` and ``summary``) as it is answered,
+    then ``report``-ed. Ctrl-C is ``held`` while a batch is with Redis and its answer is
+    counted and reported; then the run stops (the caller raises it). Between batches it stops
+    the run at once: everything restored is counted."""
     script = client.register_script(RESTORE_SCRIPT)
     start = group.done
-    total = len(group.values)
+    total = group.total
+    left = itertools.islice(messages, start, None)  # those restored already are passed over
 
     def counted_batch(end: int) -> None:
         nonlocal start
@@ -465,21 +538,25 @@ def _restore_group(
     while start < total and not held.caught:
         restored = target.restored
         try:
+            positions, values = _batch(left, total - start)
+        except UsageError as exc:  # the file changed, or cannot be read again: send no more
+            summary.failed += total - start
+            detail = f"{exc}; nothing more was sent: {_done(restored, total - start)}; "
+            detail += exc.hint or _RERUN
+            summary.problems.append(problem("restore_failed", group.key, detail))
+            break
+        try:
             lock.check()
         except LockLost as exc:  # send no more: what was restored is counted and announced
             summary.failed += total - start
             detail = _lost(lost_lock(exc), restored, total - start)
             summary.problems.append(problem("restore_failed", group.key, detail))
             break
-        end = start + 1
-        size = len(group.values[start])
-        while end < total and end - start < scripts.MOVE_BATCH and size < scripts.MOVE_BATCH_BYTES:
-            size += len(group.values[end])
-            end += 1
-        k = end - start
+        k = len(values)
+        end = start + k
         args: list[Any] = [lock.token, lock.ttl_ms, start, RESTORE_PROGRESS_TTL_MS, k]
-        args += group.positions[start:end]
-        args += group.values[start:end]
+        args += positions
+        args += values
         keys = [group.ref.lock_key, group.key, group.progress_key]
 
         def send(keys: list[str] = keys, args: list[Any] = args, end: int = end) -> None:
@@ -512,6 +589,23 @@ def _restore_group(
 _RERUN = "rerun the same restore to continue (progress is kept in Redis, nothing is restored twice)"
 
 
+def _batch(messages: Iterator[tuple[int, bytes]], left: int) -> tuple[list[int], list[bytes]]:
+    """The positions and values of the next batch of ``messages`` (``left`` of them to come):
+    at most ``MOVE_BATCH``, and no more once the values reach ``MOVE_BATCH_BYTES``
+    (BackupChanged when they end early: the file changed)."""
+    positions: list[int] = []
+    values: list[bytes] = []
+    size = 0
+    limit, cap = min(left, scripts.MOVE_BATCH), scripts.MOVE_BATCH_BYTES
+    for position, value in messages:
+        positions.append(position)
+        values.append(value)
+        size += len(value)
+        if len(values) >= limit or size >= cap:
+            return positions, values
+    raise BackupChanged("the backup file ended early: it changed while it was read")
+
+
 def _progress(client: redisio.RedisClient, group: _Group) -> int | None:
     """The messages of ``group`` Redis has restored (its progress counter), read on a new
     connection after one was lost; None when Redis cannot be reached now either."""
@@ -526,9 +620,12 @@ def _lost(reason: str, restored: int, failed: int) -> str:
     """What a restore stopped by its lost lock (``reason``) says: the ``restored`` messages of
     the list before that, and the ``failed`` ones it did not restore."""
     return (
-        f"{reason}; nothing more was sent: {restored} messages restored to this list before "
-        f"that, {failed} not restored; {NO_OTHER_RUN}, then {_RERUN}"
+        f"{reason}; nothing more was sent: {_done(restored, failed)}; {NO_OTHER_RUN}, then {_RERUN}"
     )
+
+
+def _done(restored: int, failed: int) -> str:
+    return f"{restored} messages restored to this list before that, {failed} not restored"
 
 
 def _stopped(
