@@ -1,5 +1,5 @@
-"""Benchmark: peak memory of ``esctl queue requeue`` and ``esctl queue drain`` as the list grows,
-and requeue's speed against a naive client loop, in one run.
+"""Benchmark: peak memory of ``esctl queue requeue``, ``esctl queue drain`` and ``esctl queue
+restore`` as the list grows, and requeue's speed against a naive client loop, in one run.
 
     python bench/bench_queue_memory.py [--sizes 100000,1000000] [--naive-messages 20000]
         [--redis-url URL] [--old-src PATH]
@@ -7,10 +7,11 @@ and requeue's speed against a naive client loop, in one run.
 For each size: fills a subscriber's ProcessingEvents with that many stuck messages (~400 bytes,
 library-shaped JSON), runs ``esctl queue requeue --from processing --yes --json`` as a process,
 then ``esctl queue drain --list published --to-file ... --yes --json`` on the requeued messages,
-and prints each process's peak RSS (``wait4``'s ``ru_maxrss``: the process and anything it
-waited for) and messages/s. The acceptance: the peak at the largest size within 25% of the
-peak at the smallest, and requeue >= 10x the naive loop (LRANGE, then LREM + LPUSH per message,
-on --naive-messages messages).
+then ``esctl queue restore FILE --yes --json`` (all of them back into PublishedEvents, checked
+in order), and prints each process's peak RSS (``wait4``'s ``ru_maxrss``: the process and
+anything it waited for), messages/s and the restore's own seconds. The acceptance: each
+command's peak at the largest size within 25% of its peak at the smallest, and requeue >= 10x
+the naive loop (LRANGE, then LREM + LPUSH per message, on --naive-messages messages).
 
 ``--old-src PATH`` also runs the CLI from another checkout's source folder (PYTHONPATH=PATH),
 e.g. ``git archive BASE | tar -x -C /tmp/old``: a before/after in the same run. By default it
@@ -76,6 +77,16 @@ def naive_requeue(client: redis.Redis, source: str, destination: str) -> int:
             client.lpush(destination, value)
             moved += 1
     return moved
+
+
+def assert_restored(client: redis.Redis, key: str, count: int) -> None:
+    """``key`` holds the ``count`` messages :func:`fill` wrote, in their order (number 0 at the
+    tail), read a chunk at a time."""
+    assert client.llen(key) == count
+    for start in range(0, count, 5000):
+        end = min(count, start + 5000)
+        chunk = client.lrange(key, -end, -start - 1)
+        assert chunk == [message(n) for n in range(end - 1, start - 1, -1)], start
 
 
 @contextmanager
@@ -174,6 +185,10 @@ def run(args: argparse.Namespace, document: dict[str, Any]) -> None:
                     summary, drain_s, drain_kib = run_cli(src, [*drain, *common], folder)
                     assert summary["drained"] == size, summary
                     assert client.llen(published) == 0
+                    restore = ["queue", "restore", str(backup)]
+                    summary, restore_s, restore_kib = run_cli(src, [*restore, *common], folder)
+                    assert summary["restored"] == size, summary
+                    assert_restored(client, published, size)
                     backup.unlink()
                     row = {
                         "requeue peak MiB": round(req_kib / 1024, 1),
@@ -181,6 +196,9 @@ def run(args: argparse.Namespace, document: dict[str, Any]) -> None:
                         "requeue / naive": round(size / req_s / naive, 1),
                         "drain peak MiB": round(drain_kib / 1024, 1),
                         "drain msg/s": round(size / drain_s),
+                        "restore peak MiB": round(restore_kib / 1024, 1),
+                        "restore msg/s": round(size / restore_s),
+                        "restore s": round(restore_s, 2),
                     }
                     results[f"{label} {size}"] = row
                     print(
@@ -188,7 +206,7 @@ def run(args: argparse.Namespace, document: dict[str, Any]) -> None:
                         + ", ".join(f"{k} {v}" for k, v in row.items())
                     )
                 small, large = results[f"{label} {sizes[0]}"], results[f"{label} {sizes[-1]}"]
-                for what in ("requeue", "drain"):
+                for what in ("requeue", "drain", "restore"):
                     growth = large[f"{what} peak MiB"] / small[f"{what} peak MiB"]
                     results[f"{label} {what} peak {sizes[-1]} / {sizes[0]}"] = round(growth, 2)
                     print(
