@@ -33,6 +33,7 @@ drain_module = importlib.import_module("esctl.queues.drain")
 requeue_module = importlib.import_module("esctl.queues.requeue")
 restore_module = importlib.import_module("esctl.queues.restore")
 progress_module = importlib.import_module("esctl.queues.progress")
+selection_module = importlib.import_module("esctl.queues.selection")
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUB = "Learning.ReportingService.Worker-Test"
@@ -1246,7 +1247,7 @@ def test_drain_and_restore_report_their_phases_before_the_moves(
     and at its end, of the selected count (a bar shows them instead of nothing). The moves'
     reports are as before. A dry run, a run without a file (--discard), an empty selection,
     a restore of a file restored already past its reading, and a run another one holds the
-    lock of report no phase."""
+    lock of report no file phase (a drain's selection phases: the test below)."""
     monkeypatch.setattr(scripts, "MOVE_BATCH", 100)
     monkeypatch.setattr(progress_module, "PHASE_STEP", 300)
     q = ref(env_name)
@@ -1256,7 +1257,8 @@ def test_drain_and_restore_report_their_phases_before_the_moves(
     seen: list[tuple[str, int, int | None]] = []
 
     def phase(p: queues.QueuePhase) -> None:
-        seen.append((p.name, p.done, p.total))
+        if p.name not in ("reading list", "selecting"):
+            seen.append((p.name, p.done, p.total))
 
     def moved(p: queues.QueueProgress) -> None:
         seen.append(("moved", p.moved, p.total))
@@ -1299,6 +1301,97 @@ def test_drain_and_restore_report_their_phases_before_the_moves(
         )
     with pytest.raises(errors.LockHeld):
         queues.restore(redis_client, path, queues.RestoreOptions(), on_phase=phase)
+    assert seen == []
+
+
+def test_requeue_and_drain_report_reading_and_selecting_before_the_question(
+    tmp_path: Path, redis_client: redis.Redis, env_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holding their lock, a requeue and a drain report reading the list ("reading list": its
+    length once Redis says it, then the messages read; "reading list again" for --grace's
+    second look) and choosing from it ("selecting": the messages examined, of the list's
+    length), each at its start, every PHASE_STEP messages and at its end: seconds on a long
+    list, where a bar had nothing to show. Then comes the question, then the moves (a drain's
+    "backing up" first). A selection that stops at --limit says how far it looked; one of
+    nothing reports its phases and no move; a dry run and a run another one holds the lock
+    of report none."""
+    monkeypatch.setattr(selection_module, "PAGE", 100)
+    monkeypatch.setattr(progress_module, "PHASE_STEP", 300)
+    q = ref(env_name)
+    values = [message(f"m{i}", age=timedelta(hours=2)) for i in range(1000)]
+    seen: list[tuple[str, int, int | None]] = []
+
+    def phase(p: queues.QueuePhase) -> None:
+        seen.append((p.name, p.done, p.total))
+
+    def moved(p: queues.QueueProgress) -> None:
+        seen.append(("moved", p.moved, p.total))
+
+    def confirm(plan: queues.Plan) -> bool:
+        seen.append(("asked", plan.count, None))
+        return True
+
+    def no_wait(seconds: float) -> None:
+        """--grace's wait (of 0 s here)."""
+
+    def steps(name: str, *done: int, length: bool = False) -> list[tuple[str, int, int | None]]:
+        start = [(name, 0, None)] if length else []  # its length not known yet
+        return [*start, *((name, n, 1000) for n in done)]
+
+    reading = steps("reading list", 0, 300, 600, 900, 1000, length=True)
+    older = queues.Selection(older_than=timedelta(hours=1))
+    fill(redis_client, q.key("processing"), values)
+    queues.requeue(
+        redis_client,
+        q,
+        queues.RequeueOptions(selection=older),
+        confirm=confirm,
+        on_progress=moved,
+        on_phase=phase,
+    )
+    selecting = steps("selecting", 0, 300, 600, 900, 1000)
+    assert seen[:13] == [*reading, *selecting, ("asked", 1000, None), ("moved", 0, 1000)], seen
+    assert seen[13:] == [("moved", 1000, 1000)]  # one batch
+
+    seen.clear()
+    fill(redis_client, q.key("dead"), values)
+    path = tmp_path / "d.jsonl.zst"
+    options = queues.DrainOptions(to_file=path, selection=queues.Selection(grace=timedelta(0)))
+    queues.drain(
+        redis_client, q, options, confirm=confirm, on_progress=moved, on_phase=phase, sleep=no_wait
+    )
+    again = steps("reading list again", 0, 300, 600, 900, 1000, length=True)
+    backing_up = steps("backing up", 0, 300, 600, 900, 1000)
+    assert seen[:24] == [
+        *reading,
+        *again,
+        *selecting,
+        ("asked", 1000, None),
+        *backing_up,
+        ("moved", 0, 1000),
+    ], seen
+
+    seen.clear()
+    fill(redis_client, q.key("processing"), values)
+    limited = queues.Selection(older_than=timedelta(hours=1), limit=150)
+    queues.requeue(
+        redis_client, q, queues.RequeueOptions(selection=limited), confirm=confirm, on_phase=phase
+    )
+    assert seen == [*reading, *steps("selecting", 0, 200), ("asked", 150, None)]  # looked at 200
+
+    seen.clear()
+    fill(redis_client, q.key("processing"), values)
+    nothing = queues.Selection(aggregates=frozenset({"no-such-aggregate"}))
+    queues.requeue(
+        redis_client, q, queues.RequeueOptions(selection=nothing), confirm=confirm, on_phase=phase
+    )
+    assert seen == [*reading, *selecting]
+    seen.clear()
+    queues.requeue(redis_client, q, queues.RequeueOptions(dry_run=True), on_phase=phase)
+    queues.drain(redis_client, q, queues.DrainOptions(dry_run=True), on_phase=phase)
+    redis_client.set(q.lock_key, "another-run", px=30_000)
+    with pytest.raises(errors.LockHeld):
+        queues.requeue(redis_client, q, queues.RequeueOptions(), on_phase=phase)
     assert seen == []
 
 

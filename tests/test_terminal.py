@@ -741,6 +741,66 @@ def test_queue_drain_and_restore_show_their_file_phases_on_a_terminal(
         assert not bar_rows(screen), screen.describe()
 
 
+def test_queue_requeue_and_drain_show_reading_and_selecting_on_a_terminal(
+    redis_test_url: str, env_name: str, tmp_path: Path
+) -> None:
+    """Before their question and their moves, a requeue and a drain read the list and select
+    from it: seconds on a long list, with nothing on the terminal. The bar shows them under
+    their names ("reading list", "reading list again" after --grace, "selecting", counting
+    to the list's length), then the question comes, then the bar starts over for the moves
+    (a drain's "backing up" first). A selection of nothing leaves no bar; with --no-progress
+    or --json none of it is drawn."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    fill_queue(redis_test_url, env_name, "processing")
+    requeue = queue_command("requeue", QUEUE_SUB, QUEUE_TYPE, "--grace", "1ms")
+    with TerminalSession(requeue, env=env) as session:
+        session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
+        asked = bytes(session.raw)
+        session.type("y\r")
+        screen = session.wait_exit(timeout=60)
+    assert_reads_well(screen)
+    at = [asked.find(p) for p in (b"reading list: ", b"reading list again: ", b"selecting: ")]
+    assert -1 not in at and at == sorted(at), screen.describe()
+    assert f"{QUEUED:,}/{QUEUED:,}".encode() in asked[at[-1] :], screen.describe()
+    assert b"requeueing" not in asked, screen.describe()  # the moves' bar comes after
+    [question] = [i for i, row in enumerate(screen.rows) if row.endswith("[y/N]: y")]
+    assert question < finished_bar(screen, "requeueing"), screen.describe()
+
+    fill_queue(redis_test_url, env_name, "dead")
+    drain = queue_command("drain", QUEUE_SUB, QUEUE_TYPE, "--list", "dead", "--yes")
+    backup = str(tmp_path / "dead.jsonl.zst")
+    nothing = [*queue_command("requeue", QUEUE_SUB, QUEUE_TYPE), "--aggregate", "none", "--yes"]
+    for words, phases, desc in [
+        (
+            [*drain, "--to-file", backup],
+            [b"reading list: ", b"selecting: ", b"backing up: ", b"draining: "],
+            "draining",
+        ),
+        (nothing, [b"reading list: ", b"selecting: "], None),
+    ]:
+        fill_queue(redis_test_url, env_name, "processing")
+        with TerminalSession(words, env=env) as session:
+            screen = session.wait_exit(timeout=60)
+        assert_reads_well(screen)
+        at = [session.raw.find(phase) for phase in phases]
+        assert -1 not in at and at == sorted(at), screen.describe()
+        if desc is None:
+            assert not bar_rows(screen), screen.describe()  # wiped: it moved nothing
+        else:
+            finished_bar(screen, desc)
+
+    fill_queue(redis_test_url, env_name, "dead")
+    for words, pipe in [
+        ([*drain, "--to-file", str(tmp_path / "again.jsonl.zst"), "--no-progress"], False),
+        ([*queue_command("requeue", QUEUE_SUB, QUEUE_TYPE, "--yes"), "--json"], True),
+    ]:
+        screen = run_on_terminal(words, env=env, pipe_stdout=pipe)
+        assert_reads_well(screen)
+        written = "\n".join(screen.written)
+        assert "reading list" not in written and "selecting" not in written, screen.describe()
+        assert not bar_rows(screen), screen.describe()
+
+
 # --- tables --------------------------------------------------------------------------------
 
 

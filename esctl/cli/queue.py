@@ -149,13 +149,14 @@ def _moving(
     out: Output, enabled: bool, desc: str, confirm: core.Confirm | None
 ) -> Iterator[tuple[core.Confirm | None, core.OnProgress | None, core.OnPhase | None]]:
     """The bar of a requeue, drain or restore (``desc``): drawn when the core first reports,
-    which it does once it holds the queue lock (never for a dry run or an empty selection, nor
-    before an exit 75). The phases before the moves (a drain writing its backup file, a
-    restore reading its file) each start it over under their own name; the moves then count
-    under ``desc``, with the selected count as total. ``confirm`` is made to ask with the bar
-    set aside. Closed (its last picture drawn) before the summary or an error is printed; when
-    no move came after a phase (a file restored already, a refusal), wiped instead, so that a
-    run that moved nothing leaves no bar."""
+    which it does once it holds the queue lock (never for a dry run, nor before an exit 75).
+    The phases before the moves (a requeue or drain reading its list and selecting from it,
+    a drain writing its backup file, a restore reading its file) each start it over under
+    their own name; the moves then count under ``desc``, with the selected count as total.
+    ``confirm`` is made to ask with the bar set aside. Closed (its last picture drawn) before
+    the summary or an error is printed; when no move came after a phase (nothing selected, a
+    file restored already, a refusal), wiped instead, so that a run that moved nothing
+    leaves no bar."""
     with out.progress(enabled, desc=desc, unit=" messages", at_first_update=True) as bar:
         shown = [desc]  # what the bar counts now
 
@@ -163,7 +164,7 @@ def _moving(
             if shown[0] != p.name:
                 shown[0] = p.name
                 bar.restart(p.name, total=p.total)
-            bar.update(p.done)
+            bar.update(p.done, total=p.total)  # (a list's length is known once it is read)
 
         def moved(p: core.QueueProgress) -> None:
             if shown[0] != desc:  # after a phase: the moves start from 0, their clock from now
@@ -433,8 +434,11 @@ def requeue_command(
     )
     if selection.grace is not None and not out.json:
         out.info(f"looking again in {selected.grace} (--grace)…")
-    with _moving(out, progress and not dry_run, "requeueing", confirm) as (ask, on_progress, _):
-        summary = core.requeue(client, ref, options, confirm=ask, on_progress=on_progress)
+    with _moving(out, progress and not dry_run, "requeueing", confirm) as moving:
+        ask, on_progress, on_phase = moving
+        summary = core.requeue(
+            client, ref, options, confirm=ask, on_progress=on_progress, on_phase=on_phase
+        )
     _report(out, summary, _render_requeue)
 
 

@@ -95,8 +95,10 @@ def drain(
     also says the batch in hand is in doubt, and what the backup file and Redis know of it.
     ``on_progress`` gets the messages drained of those selected: once the run holds the lock
     and is confirmed (not for a dry run or an empty selection), after the backup is written,
-    then per batch once its outcome is recorded; ``on_phase``, before that, the messages
-    written to the backup file (``backing up``) (:mod:`esctl.queues.progress`)."""
+    then per batch once its outcome is recorded; ``on_phase``, before that and holding the
+    lock, the list read (``reading list``), the messages examined (``selecting``), then, once
+    confirmed, the messages written to the backup file (``backing up``)
+    (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -115,7 +117,9 @@ def drain(
     held = HeldInterrupts()
     lock: RedisLock | None = None
     try:
-        selecting = select_locked(client, ref, which, options, retry_keys=False, sleep=sleep)
+        selecting = select_locked(
+            client, ref, which, options, retry_keys=False, sleep=sleep, on_phase=on_phase
+        )
         with selecting as (snap, lock):
             summary = DrainSummary(
                 **snap.summary_fields(ref, options),

@@ -5,10 +5,11 @@ reports nothing), then after each batch whose answer Redis gave has been counted
 message, and never between an answer and its count (Ctrl-C is held there, see
 ``esctl/interrupts.py``).
 
-Before the moves, the steps that take a while on a long list and touch no queue (a drain
-writing its backup file, a restore reading its file and settling its records' outcomes) are
-reported to ``on_phase`` as a :class:`QueuePhase`, also only while the command holds its lock:
-at their start, every :data:`PHASE_STEP` messages and at their end."""
+Before the moves, the steps that take a while on a long list and change no queue (a requeue
+or drain reading the list and selecting from it, a drain writing its backup file, a restore
+reading its file and settling its records' outcomes) are reported to ``on_phase`` as a
+:class:`QueuePhase`, also only while the command holds its lock: at their start, every
+:data:`PHASE_STEP` messages and at their end."""
 
 from __future__ import annotations
 
@@ -63,11 +64,14 @@ class QueuePhase:
     """A step before the moves (the same object is handed over each time, updated)."""
 
     name: str
-    """What it does, as a bar shows it: ``backing up`` (a drain writing its backup file),
-    ``reading backup`` and ``preparing`` (a restore reading its file, then settling the
-    records' outcomes and counting them per list)."""
+    """What it does, as a bar shows it: ``reading list`` (a requeue or drain reading the list
+    it selects from, one ``LRANGE`` streamed to a temporary file; ``reading list again`` for
+    the second snapshot of ``--grace``) and ``selecting`` (choosing from it), ``backing up``
+    (a drain writing its backup file), ``reading backup`` and ``preparing`` (a restore reading
+    its file, then settling the records' outcomes and counting them per list)."""
     total: int | None = None
-    """Messages (the backup file's records) it goes through, when known."""
+    """Messages (the list's, the backup file's records) it goes through, when known (not
+    while a list is read: its length is known once it is)."""
     done: int = 0
     """Of those, done so far."""
 
@@ -84,19 +88,40 @@ class PhaseReporter:
         self.on_phase = on_phase
         self.phase = QueuePhase(name, total)
         self._next = PHASE_STEP
-        if on_phase is not None:
-            on_phase(self.phase)
+        self._said: tuple[int, int | None] | None = None  # the last report: done, total
+        self._report()
+
+    def _report(self) -> None:
+        if self.on_phase is not None:
+            self._said = (self.phase.done, self.phase.total)
+            self.on_phase(self.phase)
 
     def add(self, n: int = 1) -> None:
         phase = self.phase
         phase.done += n
         if phase.done >= self._next and self.on_phase is not None:
             self._next = phase.done + PHASE_STEP
-            self.on_phase(phase)
+            self._report()
 
-    def finish(self) -> None:
-        if self.on_phase is not None:
-            self.on_phase(self.phase)
+    def at(self, done: int) -> None:
+        """``done`` messages done so far (reported every :data:`PHASE_STEP`)."""
+        self.phase.done = done
+        if done >= self._next and self.on_phase is not None:
+            self._next = done + PHASE_STEP
+            self._report()
+
+    def set_total(self, total: int) -> None:
+        """The phase's ``total``, learnt once it has started (reported at once)."""
+        self.phase.total = total
+        self._report()
+
+    def finish(self, done: int | None = None) -> None:
+        """The end of the phase (``done``: how many were done in all, when not counted):
+        reported unless the last report said it already."""
+        if done is not None:
+            self.phase.done = done
+        if self._said != (self.phase.done, self.phase.total):
+            self._report()
 
 
 def counting(items: Iterable[T], phase: PhaseReporter) -> Iterator[T]:

@@ -23,7 +23,7 @@ from esctl.queues.lock import (
     notification_missed,
 )
 from esctl.queues.messages import MessageInfo
-from esctl.queues.progress import OnProgress, reporter
+from esctl.queues.progress import OnPhase, OnProgress, reporter
 from esctl.queues.refs import QueueRef, problem
 from esctl.queues.scripts import MOVE_SCRIPT, notify, refusal_hint
 from esctl.queues.selection import (
@@ -86,6 +86,7 @@ def requeue(
     confirm: Confirm | None = None,
     sleep: Callable[[float], None] = time.sleep,
     on_progress: OnProgress | None = None,
+    on_phase: OnPhase | None = None,
 ) -> RequeueSummary:
     """Move selected messages of ProcessingEvents (or DeadLetters) back to the tail of
     PublishedEvents, where RPOPLPUSH takes them next, oldest taken first; then PUBLISH one
@@ -101,8 +102,9 @@ def requeue(
     moved. A second one while Redis does not answer stops the wait: Interrupted then also
     says how many messages were sent in batches whose answers were not read (in doubt).
     ``on_progress`` gets the messages moved of those selected: once the run holds the lock
-    and is confirmed (not for a dry run or an empty selection), then per answered batch
-    (:mod:`esctl.queues.progress`)."""
+    and is confirmed (not for a dry run or an empty selection), then per answered batch;
+    ``on_phase``, before that, the list read (``reading list``) and the messages examined
+    (``selecting``), holding the lock (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -116,7 +118,13 @@ def requeue(
     lock: RedisLock | None = None
     try:
         selecting = select_locked(
-            client, ref, options.source, options, retry_keys=clear, sleep=sleep
+            client,
+            ref,
+            options.source,
+            options,
+            retry_keys=clear,
+            sleep=sleep,
+            on_phase=on_phase,
         )
         with selecting as (snap, lock):
             summary = RequeueSummary(

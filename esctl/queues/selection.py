@@ -30,6 +30,7 @@ from esctl.queues.messages import (
     resolve_now,
     retry_infos,
 )
+from esctl.queues.progress import OnPhase, PhaseReporter
 from esctl.queues.refs import QueueRef, ensure_known, problem
 from esctl.scratch import scratch_error
 from esctl.units import format_bytes
@@ -249,10 +250,13 @@ def select_locked(
     *,
     retry_keys: bool,
     sleep: Callable[[float], None],
+    on_phase: OnPhase | None = None,
 ) -> Iterator[tuple[Snapshot, RedisLock | None]]:
     """The selection from ``which`` (:func:`select_messages`, described for a dry run) and the
     queue's lock, held until the block ends (None for a dry run, which changes nothing).
-    UsageError when esctl does not know the queue."""
+    UsageError when esctl does not know the queue. ``on_phase``: the list read and the
+    selection, as the phases ``reading list`` and ``selecting`` (:mod:`esctl.queues.progress`),
+    once the lock is held (never for a dry run)."""
     now = resolve_now(options.now)
     ensure_known(client, ref)
     with maybe_locked(client, [ref], options.dry_run) as lock:
@@ -266,6 +270,7 @@ def select_locked(
             retry_keys=retry_keys,
             lock=lock,
             sleep=sleep,
+            on_phase=on_phase if lock is not None else None,
         )
         try:
             yield snap, lock
@@ -284,19 +289,23 @@ def select_messages(
     retry_keys: bool,
     lock: RedisLock | None,
     sleep: Callable[[float], None],
+    on_phase: OnPhase | None = None,
 ) -> Snapshot:
     """Snapshot the list (twice, ``grace`` apart, when asked) onto a temporary file and pick the
     messages, a page at a time. ``describe``: keep what a dry run shows of each;
-    ``retry_keys``: name each dead letter's RetryData hash (to delete it with the move)."""
+    ``retry_keys``: name each dead letter's RetryData hash (to delete it with the move).
+    ``on_phase``: the messages read (``reading list``; ``reading list again``, the second
+    snapshot), then those examined, of the list's length (``selecting``)."""
     key = ref.key(which)
-    spilled = _snapshot(client, key)
+    spilled = _snapshot(client, key, PhaseReporter(on_phase, "reading list", None))
     try:
         if selection.grace is not None:
             first = Counter(_digest(value) for _, value in spilled.head_first())
             spilled.close()
             sleep(selection.grace.total_seconds())
             check_held(lock)
-            spilled = _snapshot(client, key)
+            again = PhaseReporter(on_phase, "reading list again", None)
+            spilled = _snapshot(client, key, again)
             candidates = _still_there(spilled, first)
         else:
             candidates = spilled.tail_first()
@@ -311,7 +320,8 @@ def select_messages(
             [],
             ref if which == "dead" and retry_keys else None,
         )
-        _choose(client, ref, which, selection, snap, candidates, describe, retry_keys)
+        selecting = PhaseReporter(on_phase, "selecting", spilled.length)
+        _choose(client, ref, which, selection, snap, candidates, describe, retry_keys, selecting)
     except BaseException:
         spilled.close()
         raise
@@ -327,9 +337,12 @@ def _choose(
     candidates: Iterator[tuple[int, bytes]],
     describe: bool,
     retry_keys: bool,
+    phase: PhaseReporter,
 ) -> None:
     """Mark the selected candidates in ``snap``, a page at a time (the same choice as picking
-    from the whole list at once: the first ``limit`` matches in consumption order)."""
+    from the whole list at once: the first ``limit`` matches in consumption order). ``phase``:
+    the messages of the snapshot examined so far (candidates come tail first: those from its
+    tail to the last one taken), finished here."""
     decode = describe or retry_keys or selection.needs_decoding
     by_retry_data = which == "dead" and (selection.needs_retry_data or describe or retry_keys)
     limit = selection.limit
@@ -337,14 +350,18 @@ def _choose(
         # no criterion looks at a message: every one of the snapshot is selected
         snap.chosen[:] = b"\xff" * len(snap.chosen)
         snap.count = snap.length
+        phase.finish(snap.length)
         return
     while True:
         full = limit is not None and snap.count >= limit
         if full and not selection.needs_retry_data:
-            break  # without RetryData filters, the first `limit` matches are the selection
+            phase.finish()
+            return  # without RetryData filters, the first `limit` matches are the selection
         chunk = list(itertools.islice(candidates, PAGE))
         if not chunk:
-            break
+            phase.finish(snap.length)  # every one examined
+            return
+        phase.at(snap.length - chunk[-1][0])
         remaining = None if limit is None else limit - snap.count
         picked = _pick(
             iter(chunk),
@@ -370,14 +387,26 @@ def _choose(
         snap.count += len(picked)
 
 
-def _snapshot(client: redisio.RedisClient, key: str) -> SpilledList:
-    """The list as one ``LRANGE`` saw it, streamed onto a temporary file."""
+def _snapshot(client: redisio.RedisClient, key: str, phase: PhaseReporter) -> SpilledList:
+    """The list as one ``LRANGE`` saw it, streamed onto a temporary file; ``phase``: its
+    length once Redis says it, the messages read so far."""
     spilled = SpilledList()
+
+    def add_page(data: bytes, n: int) -> None:
+        spilled.add_page(data, n)
+        phase.add(n)
+
     try:
         try:
-            streamed = redisio.stream_list(client, key, spilled.add_page, page=spilled.page)
+            streamed = redisio.stream_list(
+                client, key, add_page, page=spilled.page, on_length=phase.set_total
+            )
             if streamed is None:  # a cluster: redis-py reads the reply whole
-                spilled.add_values(cast(list[bytes], client.lrange(key, 0, -1)))
+                values = cast(list[bytes], client.lrange(key, 0, -1))
+                phase.set_total(len(values))
+                spilled.add_values(values)
+                phase.at(len(values))
+            phase.finish()
         except redis.exceptions.ResponseError as exc:
             if str(exc).startswith("NOPERM"):
                 denied = redis.exceptions.NoPermissionError(str(exc))

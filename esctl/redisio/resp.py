@@ -11,12 +11,14 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ParamSpec
 
 import hiredis
 import redis
 import redis.cluster
 import redis.exceptions
+
+P = ParamSpec("P")
 
 RAW_TLS = True
 """Whether the raw connections speak TLS themselves on a ``rediss://`` server or each node of a
@@ -280,12 +282,17 @@ def resp_command(*args: str | bytes) -> bytes:
     return pack_commands([args])
 
 
+def _told_nobody(count: int) -> None:
+    """A list's length no one asked for (:func:`stream_list`)."""
+
+
 def stream_list(
     client: redis.Redis | redis.cluster.RedisCluster,
     key: str,
     sink: Callable[[bytes, int], None],
     *,
     page: int,
+    on_length: Callable[[int], None] = _told_nobody,
 ) -> int | None:
     """``LRANGE key 0 -1`` (one command: an atomic snapshot of the list), handed to
     ``sink(data, n)`` as it arrives, never all in memory at once: ``data`` is ``n`` values in
@@ -294,22 +301,26 @@ def stream_list(
     on a raw connection of its own, closed afterwards. None where no raw connection applies (a
     cluster client, another connection class): the caller reads the list another way.
     ``redis.exceptions.ResponseError`` when Redis refuses (a key that is not a list); what
-    ``sink`` raises, as it raised it (a full disk is not a lost connection)."""
+    ``sink`` raises, as it raised it (a full disk is not a lost connection). ``on_length``:
+    called with the list's length as soon as the reply says it, before the first value."""
     if isinstance(client, redis.cluster.RedisCluster):
         return None
     conn = _open_raw_connection(client)
     if conn is None:
         return None
 
-    def to_sink(data: bytes, n: int) -> None:
-        try:
-            sink(data, n)
-        except BaseException as exc:
-            raise _SinkFailed from exc
+    def sunk(call: Callable[P, None]) -> Callable[P, None]:
+        def run(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                call(*args, **kwargs)
+            except BaseException as exc:
+                raise _SinkFailed from exc
+
+        return run
 
     try:
         conn.send([("LRANGE", key, 0, -1)])
-        return _read_bulk_array(conn.sock, to_sink, page)
+        return _read_bulk_array(conn.sock, sunk(sink), page, sunk(on_length))
     except _SinkFailed as failed:
         cause = failed.__cause__
         assert cause is not None
@@ -325,9 +336,15 @@ class _SinkFailed(Exception):
     errors."""
 
 
-def _read_bulk_array(sock: socket.socket, sink: Callable[[bytes, int], None], page: int) -> int:
+def _read_bulk_array(
+    sock: socket.socket,
+    sink: Callable[[bytes, int], None],
+    page: int,
+    on_length: Callable[[int], None] = _told_nobody,
+) -> int:
     """Read one RESP2 reply that is an array of bulk strings (or an error) in chunks, handing
-    its values to ``sink`` a page at a time without copying them one by one."""
+    its values to ``sink`` a page at a time without copying them one by one (``on_length``:
+    their count, once read)."""
     buf = b""
     pos = 0  # where the next unread value starts
 
@@ -348,6 +365,7 @@ def _read_bulk_array(sock: socket.socket, sink: Callable[[bytes, int], None], pa
     if not head.startswith(b"*"):
         raise redis.exceptions.InvalidResponse(f"not an array reply: {head[:40]!r}")
     count = max(0, int(head[1:]))
+    on_length(count)
     pos = end + 2
     start, in_page, seen = pos, 0, 0
     while seen < count:
