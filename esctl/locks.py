@@ -66,7 +66,9 @@ class RedisLock:
 
     :meth:`hurry`: the run stops because Redis does not answer (a second Ctrl-C stopped a
     wait on it); the exit then waits a moment only, and a lock not given back by then
-    (:attr:`given_back` False) expires on its own."""
+    (:attr:`given_back` False) expires on its own. A Ctrl-C (or SIGTERM) during the release
+    stops it too (:attr:`cut_short`). Either way :attr:`left` says the lock may still be in
+    Redis, for the run's message to say (:func:`not_given_back`)."""
 
     def __init__(
         self,
@@ -92,11 +94,15 @@ class RedisLock:
         """The key of the lock that was found gone (set before ``lost``)."""
         self.given_back = False
         """Redis answered the release of every key held (set on exit)."""
+        self.cut_short = False
+        """A signal (Ctrl-C, SIGTERM) stopped the exit before the release was answered."""
+        self._entered = False
         self._hurry_s: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> RedisLock:
+        self._entered = True
         key = self.keys[0] if self.keys else ""
         try:
             for key in self.keys:
@@ -133,9 +139,15 @@ class RedisLock:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         if self._hurry_s is None:
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._release()
+            try:
+                if self._thread is not None:
+                    self._thread.join(timeout=5)
+                self._release()
+            except BaseException:
+                # a signal (a second Ctrl-C, say) while the renewal under way or the release
+                # was waited for: what is held may still be, until it expires
+                self.cut_short = True
+                raise
             return
         # Redis may be hung: the renewal and the release are waited for a moment only (the
         # release goes on in the background while the run ends; by its token it is never
@@ -157,6 +169,12 @@ class RedisLock:
     def hurried(self) -> bool:
         """:meth:`hurry` was called: the run stops because Redis did not answer."""
         return self._hurry_s is not None
+
+    @property
+    def left(self) -> bool:
+        """The lock may still be in Redis after its block: taken (or being taken), and its
+        release not answered (:meth:`hurry`, a signal during the release, Redis failing)."""
+        return self._entered and not self.given_back
 
     def check(self) -> None:
         """LockLost when a renewal found the lock gone."""
@@ -194,11 +212,15 @@ class RedisLock:
 
     def _release(self) -> None:
         answered = True
-        for key in self.held:
-            try:
-                _run_script(self.client, _RELEASE_SCRIPT, [key], [self.token])
-            except redisio.REDIS_ERRORS:
-                answered = False
+        try:
+            for key in self.held:
+                try:
+                    _run_script(self.client, _RELEASE_SCRIPT, [key], [self.token])
+                except redisio.REDIS_ERRORS:
+                    answered = False
+        except BaseException:
+            self.cut_short = True  # a signal: what is held may still be (given_back False)
+            raise
         self.held = []
         self.given_back = answered
 
@@ -213,14 +235,21 @@ def after_broken_wait(client: redisio.RedisClient, lock: RedisLock | None) -> No
 
 
 def not_given_back(lock: RedisLock | None) -> str:
-    """What an interrupted run's hint adds when Redis did not answer the release of its lock
-    (after :func:`after_broken_wait`): nothing when it did."""
-    if lock is None or lock.given_back:
+    """What an interrupted run's hint adds when its lock may still be in Redis
+    (:attr:`RedisLock.left`): Redis did not answer its release (after
+    :func:`after_broken_wait`), or a signal stopped the release (a second one, wherever the
+    first came). Nothing when it was given back, or never taken. Called once the lock's
+    block is over."""
+    if lock is None or not lock.left:
         return ""
+    keys = ", ".join(lock.keys)
+    if lock.cut_short and not lock.hurried:
+        what = f"a signal stopped the release of the {lock.name} {keys}, which may still be held"
+    else:
+        what = f"Redis did not answer the release of the {lock.name} {keys}"
     return (
-        f"; Redis did not answer the release of the {lock.name} {', '.join(lock.keys)}: it "
-        f"expires {lock.ttl_ms / 1000:.0f} s after its last renewal, and a rerun before then "
-        "exits 75"
+        f"; {what}: it expires {lock.ttl_ms / 1000:.0f} s after its last renewal, and a rerun "
+        "before then exits 75"
     )
 
 

@@ -5,22 +5,33 @@ request (counted over every connection) whose bytes contain a marker, such as a 
   (an ACL rule taken away, say) and the commands before it did not;
 - ``cut_reply``: the request is passed on and runs, and its connection is cut when the answer
   comes back, which is dropped: the client loses the connection not knowing that it ran;
-- ``then_refuse``: from then on every new connection is closed at once (Redis unreachable).
+- ``then_refuse``: from then on every new connection is closed at once (Redis unreachable);
+- ``hold``: the request is never passed on (nor what came with it in the same read, nor
+  anything sent after it on its connection): the client waits for an answer that never comes,
+  as from a Redis that stopped answering it (the relay closes the connection when the client
+  does, or when it is closed itself).
 
 Every other byte passes unchanged both ways, so everything else is the server's own behaviour.
+
+:func:`signalled_twice` signals a process at one of its requests, then again when it gives
+its Redis lock back (two relays).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import selectors
+import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+
+from esctl import locks
 
 CHUNK = 1 << 16
 
@@ -45,6 +56,7 @@ class FaultRelay:
         before: Callable[[], None] | None = None,
         cut_reply: bool = False,
         then_refuse: bool = False,
+        hold: bool = False,
     ) -> None:
         self.target = urlsplit(target)
         if self.target.port is None:
@@ -54,6 +66,7 @@ class FaultRelay:
         self.before = before
         self.cut_reply = cut_reply
         self.then_refuse = then_refuse
+        self.hold = hold
         self.seen = 0
         self.fired = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -115,6 +128,7 @@ class FaultRelay:
         selector.register(upstream, selectors.EVENT_READ)
         carry = b""  # the end of the last request bytes, for a marker split between reads
         cutting = False
+        holding = False
         try:
             while True:
                 for key, _ in selector.select():
@@ -125,6 +139,8 @@ class FaultRelay:
                         data = b""
                     if not data:
                         return
+                    if source is client and holding:
+                        continue  # (a request after the one held: never passed on either)
                     if source is client:
                         window = carry + data
                         carry = window[-(len(self.marker) - 1) :] if len(self.marker) > 1 else b""
@@ -134,6 +150,10 @@ class FaultRelay:
                                 self.before()
                                 self.fired.set()
                             cutting = self.cut_reply
+                            holding = self.hold
+                            if holding:
+                                self.fired.set()
+                                continue
                         upstream.sendall(data)
                     elif cutting:  # the answer to the marked request: dropped with the line
                         self.fired.set()
@@ -154,3 +174,31 @@ class FaultRelay:
             sock.close()
         with self._lock:
             self._sockets.discard(sock)
+
+
+@contextlib.contextmanager
+def signalled_twice(
+    url: str, first_at: bytes, signals: tuple[signal.Signals, signal.Signals]
+) -> Iterator[tuple[str, Callable[[int], None]]]:
+    """A URL of the Redis at ``url`` through two relays, and what to call with the pid of the
+    process that uses it. That process gets ``signals[0]`` when its first request whose bytes
+    hold ``first_at`` comes (before it is passed on), and ``signals[1]`` when it asks for its
+    lock's release (the release script), which is then held: Redis never gets it, the lock
+    stays, as when a signal stops the release before it is sent or Redis does not answer."""
+    pid: list[int] = []
+    known = threading.Event()
+
+    def send(which: int) -> None:
+        assert known.wait(60)
+        os.kill(pid[0], signals[which])
+
+    def started(process: int) -> None:
+        pid.append(process)
+        known.set()
+
+    release = FaultRelay(
+        url, script_sha(locks._RELEASE_SCRIPT), 1, before=lambda: send(1), hold=True
+    )
+    with release, FaultRelay(release.url, first_at, 1, before=lambda: send(0)) as first:
+        yield first.url, started
+        assert first.fired.is_set() and release.fired.is_set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import socket
 import time
 
@@ -13,12 +14,13 @@ import orjson
 import psycopg
 import pytest
 import redis
+from faultrelay import FaultRelay, script_sha
 from helpers import run_cli
 from psycopg import sql
 
-from esctl import queues, servers
+from esctl import locks, queues, servers
 from esctl.errors import LockHeld
-from esctl.locks import AdvisoryLock, RedisLock, session_name
+from esctl.locks import AdvisoryLock, RedisLock, not_given_back, session_name
 
 
 def redis_lock(client: redis.Redis, keys: list[str]) -> RedisLock:
@@ -89,6 +91,45 @@ def test_a_hurried_redis_lock_is_given_back_when_redis_answers_and_left_when_it_
         admin.execute_command("CLIENT", "UNPAUSE")
     client.close()
     admin.close()
+
+
+def test_a_signal_while_a_redis_lock_is_given_back_leaves_it_and_says_so(
+    redis_client: redis.Redis, redis_test_url: str
+) -> None:
+    """A Ctrl-C while a lock is given back (here as its release goes out: a relay holds it, so
+    Redis never gets it) stops the release: the lock stays until it expires, ``left`` and
+    ``cut_short`` say so, and ``not_given_back`` says a signal stopped the release (not that
+    Redis did not answer it). A lock given back, and one never taken, add nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in esctl's CLI
+    try:
+        relay = FaultRelay(
+            redis_test_url,
+            script_sha(locks._RELEASE_SCRIPT),
+            1,
+            before=lambda: os.kill(os.getpid(), signal.SIGINT),
+            hold=True,
+        )
+        with relay:
+            client = redis.Redis.from_url(relay.url)
+            lock = redis_lock(client, ["esctl:lock:test:s"])
+            with pytest.raises(KeyboardInterrupt), lock:
+                pass
+            client.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert lock.left and lock.cut_short and not lock.given_back and not lock.hurried
+    assert redis_client.get("esctl:lock:test:s") == lock.token.encode()
+    assert not_given_back(lock) == (
+        "; a signal stopped the release of the test lock esctl:lock:test:s, which may still be "
+        "held: it expires 30 s after its last renewal, and a rerun before then exits 75"
+    )
+    given = redis_lock(redis_client, ["esctl:lock:test:g"])
+    with given:
+        pass
+    never = redis_lock(redis_client, ["esctl:lock:test:n"])
+    assert (
+        not given.left and not never.left and not_given_back(given) == not_given_back(never) == ""
+    )
 
 
 def test_an_advisory_lock_is_held_for_the_block_and_free_right_after(pg_dsn: str) -> None:

@@ -24,6 +24,7 @@ import orjson
 import pytest
 import redis
 import redis_bytes as rb
+from faultrelay import signalled_twice
 from helpers import _EMPTY_DIR, QUEUE_BATCH_LAUNCHER, cli_env, reap
 
 from esctl import errors, queues, servers
@@ -564,3 +565,80 @@ def test_a_second_signal_stops_a_restore_that_waits_on_redis_and_says_what_is_in
     assert rb.lrange(client, key) == ORIGINAL[:SHORTER]
     client.close()
     admin.close()
+
+
+# --- a second signal while the lock is given back -----------------------------------------------
+
+
+LEFT = (
+    "a signal stopped the release of the queue lock {key}, which may still be held: it "
+    "expires 30 s after its last renewal, and a rerun before then exits 75"
+)
+"""What an interrupted run's hint says of a lock a signal stopped the release of."""
+
+
+@pytest.mark.parametrize(
+    ("command", "first_at", "signals"),
+    [
+        ("requeue", b"LRANGE", (signal.SIGINT, signal.SIGINT)),
+        ("requeue", b"PUBLISH", (signal.SIGTERM, signal.SIGTERM)),
+        ("drain", b"LRANGE", (signal.SIGTERM, signal.SIGINT)),
+        ("restore", b"esctl:restore:", (signal.SIGINT, signal.SIGTERM)),
+    ],
+    ids=["requeue-selecting", "requeue-notifying", "drain-selecting", "restore-preparing"],
+)
+def test_a_second_signal_while_the_lock_is_given_back_is_said_to_leave_it(
+    command: str,
+    first_at: bytes,
+    signals: tuple[signal.Signals, signal.Signals],
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    env_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first signal that comes outside a wait on Redis (selecting messages, settling a
+    restore's records) or inside one (the notification's answer, held), and a second one
+    while the run gives its lock back: the release does not reach Redis, the lock stays until
+    it expires, and a rerun before then exits 75. The run's message says so, as it does when
+    Redis did not answer the release (it said nothing, and 'rerun the same command')."""
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    redis_client.sadd(f"Subscribers:{{{env_name}:{TYPE}}}", SUB)
+    if command == "restore":
+        path, _ = drained_to_restore(redis_client, ref, tmp_path, monkeypatch)
+        args: tuple[str, ...] = ("restore", str(path))
+        state = f"nothing of {path} was restored"
+    elif command == "drain":
+        fill(redis_client, ref.key("dead"), 1_000)
+        path = tmp_path / "dead.jsonl.zst"
+        args = ("drain", SUB, TYPE, "--list", "dead", "--to-file", str(path))
+        state = f"nothing was drained from {ref.key('dead')} (it stopped while selecting messages)"
+    else:
+        fill(redis_client, ref.key("processing"), 1_000)
+        args = ("requeue", SUB, TYPE, "--from", "processing")
+        state = (
+            f"nothing was requeued from {ref.key('processing')} (it stopped while selecting "
+            "messages)"
+            if first_at == b"LRANGE"
+            else f"1,000 messages requeued from {ref.key('processing')} to "
+            f"{ref.key('published')} before it stopped; that was every selected message"
+        )
+    with signalled_twice(redis_test_url, first_at, signals) as (through, started):
+        proc = start(through, env_name, *args)
+        started(proc.pid)
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    message = " ".join(err.decode("utf-8", "replace").split())
+    assert proc.returncode == 130 and "Traceback" not in message, message
+    assert f"{said_by(signals)}; {state}" in message, message
+    left = LEFT.format(key=ref.lock_key)
+    assert left in message, message
+    error = interrupted_error(json.loads(out), message)
+    assert error["hint"].endswith(left), error
+    if command == "drain":
+        assert not path.exists()
+
+    assert redis_client.get(ref.lock_key) is not None  # left, to expire on its own
+    rerun = start(redis_test_url, env_name, *args)
+    out, _ = rerun.communicate(timeout=TIMEOUT_S)
+    assert rerun.returncode == 75, out
+    assert f"holds the lock {ref.lock_key}" in json.loads(out)["error"]["message"]

@@ -22,6 +22,7 @@ import lostlock
 import pytest
 import redis
 import redis_bytes as rb
+from faultrelay import signalled_twice
 from helpers import cli_env, started_cli
 from test_bench_relay import relay_module
 
@@ -946,3 +947,40 @@ def test_a_second_signal_on_a_redis_that_does_not_answer_hurries_the_lock_releas
     assert said in error["hint"] and error["done"]["events_in_doubt"] > 0
     assert all(client.exists(k) for k in locks)  # left, to expire on its own
     client.close()
+
+
+def test_a_second_signal_while_the_replay_lock_is_given_back_is_said_to_leave_it(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str, env_name: str
+) -> None:
+    """A first Ctrl-C as the first batch goes out (its answer read and counted on the way
+    out), and a second one while the replay gives its lock back: the release does not reach
+    Redis, the replay lock stays until it expires, and a rerun before then exits 75. The
+    run's message says so, as when Redis did not answer the release (it said nothing)."""
+    iw.write_store(redis_client, app=app_name, aggregates=60, events_per_aggregate=(2, 4), seed=8)
+    subscribe(redis_client, env_name)
+    locks = sorted(
+        layout.replay_lock_key(s, env_name, t) for t, subs in SUBSCRIPTIONS.items() for s in subs
+    )
+    args = ["replay", "--from", "redis", "--all", "--to", "queue", "--app", app_name]
+    args += ["--env", env_name, "--yes", "--json", "--no-progress"]
+    signals = (signal.SIGINT, signal.SIGINT)
+    with (
+        signalled_twice(redis_test_url, b"PUBLISH", signals) as (through, started),
+        started_cli(*args, "--redis-url", through) as process,
+    ):
+        started(process.pid)
+        stdout, stderr = process.communicate(timeout=60)
+    message = " ".join(stderr.decode().split())
+    assert process.returncode == 130 and "Traceback" not in message, message
+    assert re.search(r"error: interrupted; [\d,]+ events? published to \d+ subscriber", message)
+    left = (
+        f"a signal stopped the release of the replay lock {', '.join(locks)}, which may still "
+        "be held: it expires 30 s after its last renewal, and a rerun before then exits 75"
+    )
+    assert left in message, message
+    assert json.loads(stdout)["error"]["hint"].endswith(left)
+
+    assert all(redis_client.exists(k) for k in locks)  # left, to expire on its own
+    with started_cli(*args, "--redis-url", redis_test_url) as rerun:
+        stdout, _ = rerun.communicate(timeout=60)
+    assert rerun.returncode == 75, stdout

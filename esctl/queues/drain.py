@@ -29,6 +29,7 @@ from esctl.queues.lock import (
     LOST_HINT,
     is_fenced,
     lost_lock,
+    queue_lock,
 )
 from esctl.queues.messages import MessageInfo
 from esctl.queues.progress import OnPhase, OnProgress, PhaseReporter, counting, reporter
@@ -93,12 +94,13 @@ def drain(
     SIGTERM) waits for the batch in hand and its outcome record, then Interrupted says what
     was drained. A second one while Redis does not answer stops the wait: Interrupted then
     also says the batch in hand is in doubt, and what the backup file and Redis know of it.
-    ``on_progress`` gets the messages drained of those selected: once the run holds the lock
-    and is confirmed (not for a dry run or an empty selection), after the backup is written,
-    then per batch once its outcome is recorded; ``on_phase``, before that and holding the
-    lock, the list read (``reading list``), the messages examined (``selecting``), then, once
-    confirmed, the messages written to the backup file (``backing up``)
-    (:mod:`esctl.queues.progress`)."""
+    Interrupted also says when the lock may still be held (a signal stopped its release, or
+    Redis did not answer it). ``on_progress`` gets the messages drained of those selected:
+    once the run holds the lock and is confirmed (not for a dry run or an empty selection),
+    after the backup is written, then per batch once its outcome is recorded; ``on_phase``,
+    before that and holding the lock, the list read (``reading list``), the messages examined
+    (``selecting``), then, once confirmed, the messages written to the backup file (``backing
+    up``) (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -115,12 +117,19 @@ def drain(
         )
     summary: DrainSummary | None = None
     held = HeldInterrupts()
-    lock: RedisLock | None = None
+    lock = None if options.dry_run else queue_lock(client, [ref])
     try:
         selecting = select_locked(
-            client, ref, which, options, retry_keys=False, sleep=sleep, on_phase=on_phase
+            client,
+            ref,
+            which,
+            options,
+            lock=lock,
+            retry_keys=False,
+            sleep=sleep,
+            on_phase=on_phase,
         )
-        with selecting as (snap, lock):
+        with selecting as snap:
             summary = DrainSummary(
                 **snap.summary_fields(ref, options),
                 list_name=which,
@@ -169,7 +178,9 @@ def drain(
     except KeyboardInterrupt as exc:
         if options.dry_run or isinstance(exc, Interrupted):
             raise
-        raise _interrupted(ref, options, which, summary, held, lock) from exc
+        error = _interrupted(ref, options, which, summary, held)
+        error.hint += not_given_back(lock)  # however the signals fell
+        raise error from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
@@ -180,7 +191,6 @@ def _interrupted(
     which: str,
     summary: DrainSummary | None,
     held: HeldInterrupts,
-    lock: RedisLock | None,
 ) -> Interrupted:
     """What Ctrl-C or SIGTERM left: it is held while a removal batch runs and its outcome is
     written to the backup file, so ``summary`` counts exactly the batches that ran, and the
@@ -222,10 +232,7 @@ def _interrupted(
         state += f"; {stopped[0]}"
     else:
         state += _rest(left, doubt, path)
-    hint = _rerun(key, path, drained, doubt)
-    if held.broke:
-        hint += not_given_back(lock)
-    return Interrupted(state, hint=hint, done=done)
+    return Interrupted(state, hint=_rerun(key, path, drained, doubt), done=done)
 
 
 def _head(drained: int, key: str, path: str | None, doubt: int) -> str:

@@ -4,8 +4,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from esctl import redisio
 from esctl.errors import LockLost
@@ -37,18 +36,6 @@ def queue_lock(
         hint=LOST_HINT,
         ttl_ms=ttl_ms,
     )
-
-
-@contextlib.contextmanager
-def maybe_locked(
-    client: redisio.RedisClient, refs: Sequence[QueueRef], dry_run: bool
-) -> Iterator[RedisLock | None]:
-    """The lock, or None for a dry run (which changes nothing, so takes no lock)."""
-    if dry_run:
-        yield None
-        return
-    with queue_lock(client, refs) as lock:
-        yield lock
 
 
 def check_held(lock: RedisLock | None) -> None:

@@ -21,6 +21,7 @@ from esctl.queues.lock import (
     is_fenced,
     lost_lock,
     notification_missed,
+    queue_lock,
 )
 from esctl.queues.messages import MessageInfo
 from esctl.queues.progress import OnPhase, OnProgress, reporter
@@ -101,10 +102,11 @@ def requeue(
     sent are answered and counted, the notification goes out, and Interrupted says what
     moved. A second one while Redis does not answer stops the wait: Interrupted then also
     says how many messages were sent in batches whose answers were not read (in doubt).
-    ``on_progress`` gets the messages moved of those selected: once the run holds the lock
-    and is confirmed (not for a dry run or an empty selection), then per answered batch;
-    ``on_phase``, before that, the list read (``reading list``) and the messages examined
-    (``selecting``), holding the lock (:mod:`esctl.queues.progress`)."""
+    Interrupted also says when the lock may still be held (a signal stopped its release,
+    or Redis did not answer it). ``on_progress`` gets the messages moved of those selected:
+    once the run holds the lock and is confirmed (not for a dry run or an empty selection),
+    then per answered batch; ``on_phase``, before that, the list read (``reading list``) and
+    the messages examined (``selecting``), holding the lock (:mod:`esctl.queues.progress`)."""
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -115,18 +117,19 @@ def requeue(
     clear = options.source == "dead" and not options.keep_retry_data
     summary: RequeueSummary | None = None
     held = HeldInterrupts()
-    lock: RedisLock | None = None
+    lock = None if options.dry_run else queue_lock(client, [ref])
     try:
         selecting = select_locked(
             client,
             ref,
             options.source,
             options,
+            lock=lock,
             retry_keys=clear,
             sleep=sleep,
             on_phase=on_phase,
         )
-        with selecting as (snap, lock):
+        with selecting as snap:
             summary = RequeueSummary(
                 **snap.summary_fields(ref, options),
                 source=options.source,
@@ -157,7 +160,9 @@ def requeue(
     except KeyboardInterrupt as exc:
         if options.dry_run or isinstance(exc, Interrupted):
             raise
-        raise _interrupted(ref, options, summary, held, lock) from exc
+        error = _interrupted(ref, options, summary, held)
+        error.hint += not_given_back(lock)  # however the signals fell
+        raise error from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
@@ -167,7 +172,6 @@ def _interrupted(
     options: RequeueOptions,
     summary: RequeueSummary | None,
     held: HeldInterrupts,
-    lock: RedisLock | None,
 ) -> Interrupted:
     """What Ctrl-C or SIGTERM left: the batches sent before it were answered and counted
     (Ctrl-C is held while they are with Redis), so ``summary`` says exactly what moved; when
@@ -208,7 +212,7 @@ def _interrupted(
     done = {"requeued": moved, "gone": gone}
     if doubt:
         done["requeued_in_doubt"] = doubt
-    return Interrupted(state, hint=_rerun(source, options, held, lock), done=done)
+    return Interrupted(state, hint=_rerun(source, options, held), done=done)
 
 
 def _in_doubt(doubt: int, *, after: bool) -> str:
@@ -221,9 +225,7 @@ def _in_doubt(doubt: int, *, after: bool) -> str:
     )
 
 
-def _rerun(
-    source: str, options: RequeueOptions, held: HeldInterrupts, lock: RedisLock | None
-) -> str:
+def _rerun(source: str, options: RequeueOptions, held: HeldInterrupts) -> str:
     """An interrupted requeue's hint."""
     hint = (
         f"rerun the same command to requeue the rest: it selects again from what is left in "
@@ -237,8 +239,6 @@ def _rerun(
     hint += ")"
     if options.selection.limit is not None:
         hint += "; --limit counts afresh"
-    if held.broke:
-        hint += not_given_back(lock)
     return hint
 
 

@@ -162,10 +162,10 @@ def restore(
         ensure_known(client, options.target)
     refs = _locked_refs(Path(path), header, options)
     held = HeldInterrupts()
-    lock: RedisLock | None = None
+    lock = queue_lock(client, refs)
     summary: RestoreSummary | None = None
     try:
-        with queue_lock(client, refs) as lock, open_backup(Path(path)) as handle:
+        with lock, open_backup(Path(path)) as handle:
             # Read holding the locks: what decides what to restore is what the restore finds.
             # The first reading keeps what decides, the second sends the values (same handle)
             survey = survey_backup(path, handle, on_phase=on_phase)
@@ -187,12 +187,15 @@ def restore(
         if isinstance(exc, Interrupted):
             raise
         if summary is None:  # stopped before it knew what to restore: nothing was
-            raise Interrupted(
+            error = Interrupted(
                 f"nothing of {path} was restored (it stopped while reading the backup file)",
                 hint="rerun the same restore",
                 done={"restored": 0},
-            ) from exc
-        raise _interrupted(summary, todo, groups, held, lock) from exc
+            )
+        else:
+            error = _interrupted(summary, todo, groups, held)
+        error.hint += not_given_back(lock)  # however the signals fell
+        raise error from exc
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
@@ -343,7 +346,6 @@ def _interrupted(
     todo: int,
     groups: list[_Group],
     held: HeldInterrupts,
-    lock: RedisLock | None,
 ) -> Interrupted:
     """What Ctrl-C or SIGTERM left: it is held while a batch is with Redis, which counts each
     batch in the file's progress counter with the batch, so ``summary`` says exactly what was
@@ -383,8 +385,6 @@ def _interrupted(
     if doubt:
         hint += ", and so is the batch in doubt if it ran (if it did not, the rerun restores it)"
         done["restored_in_doubt"] = doubt
-    if held.broke:
-        hint += not_given_back(lock)
     return Interrupted(state, hint=hint, done=done)
 
 

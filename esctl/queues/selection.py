@@ -22,7 +22,7 @@ from esctl import redisio
 from esctl.errors import EsctlError, ServerError, UsageError
 from esctl.locks import RedisLock
 from esctl.queues import scripts
-from esctl.queues.lock import check_held, maybe_locked
+from esctl.queues.lock import check_held
 from esctl.queues.messages import (
     MessageInfo,
     describe_message,
@@ -248,18 +248,21 @@ def select_locked(
     which: str,
     options: SelectingOptions,
     *,
+    lock: RedisLock | None,
     retry_keys: bool,
     sleep: Callable[[float], None],
     on_phase: OnPhase | None = None,
-) -> Iterator[tuple[Snapshot, RedisLock | None]]:
-    """The selection from ``which`` (:func:`select_messages`, described for a dry run) and the
-    queue's lock, held until the block ends (None for a dry run, which changes nothing).
-    UsageError when esctl does not know the queue. ``on_phase``: the list read and the
-    selection, as the phases ``reading list`` and ``selecting`` (:mod:`esctl.queues.progress`),
-    once the lock is held (never for a dry run)."""
+) -> Iterator[Snapshot]:
+    """The selection from ``which`` (:func:`select_messages`, described for a dry run), with
+    the queue's ``lock`` (None for a dry run, which changes nothing) taken before it and held
+    until the block ends: the caller keeps it, to say whether it was given back when a
+    signal stopped the run (:func:`esctl.locks.not_given_back`). UsageError when esctl does
+    not know the queue. ``on_phase``: the list read and the selection, as the phases
+    ``reading list`` and ``selecting`` (:mod:`esctl.queues.progress`), once the lock is
+    held (never for a dry run)."""
     now = resolve_now(options.now)
     ensure_known(client, ref)
-    with maybe_locked(client, [ref], options.dry_run) as lock:
+    with lock if lock is not None else contextlib.nullcontext():
         snap = select_messages(
             client,
             ref,
@@ -273,7 +276,7 @@ def select_locked(
             on_phase=on_phase if lock is not None else None,
         )
         try:
-            yield snap, lock
+            yield snap
         finally:
             snap.spilled.close()
 

@@ -175,11 +175,16 @@ def replay_to_queue(
             raise
         if said is not None:
             raise said from None  # (a second signal while the lock was given back)
-        raise Interrupted(  # before the publishing pass
-            "nothing was published",
-            hint="rerun the same command",
-            done={"events_published": 0, "messages": 0},
-        ) from exc
+        raise _nothing_published() from exc  # before the publishing pass
+
+
+def _nothing_published() -> Interrupted:
+    """What Ctrl-C or SIGTERM left when it came before the publishing pass."""
+    return Interrupted(
+        "nothing was published",
+        hint="rerun the same command",
+        done={"events_published": 0, "messages": 0},
+    )
 
 
 def _replay_to_queue(
@@ -223,10 +228,18 @@ def _replay_to_queue(
     try:
         with lock:
             _publish(options, client, source, routes, summary, progress, lock, on_progress, sleep)
-    except Interrupted as exc:
-        if lock.hurried:  # a second signal stopped a wait on Redis: the release was not waited for
-            exc.hint += not_given_back(lock)
-        raise
+    except KeyboardInterrupt as exc:
+        # What the run did (a signal, then maybe another one while the lock was given back),
+        # and whether the lock is left: Redis did not answer its release (a second signal
+        # stopped a wait on Redis: it was not waited for), or a signal stopped the release.
+        said = interrupts.account(exc)
+        before = said is None  # the publishing pass had not started
+        if said is None:
+            said = _nothing_published()
+        said.hint += not_given_back(lock)
+        if said is exc:
+            raise
+        raise said from exc if before else None
     return summary.finish(started, source)
 
 
