@@ -584,6 +584,38 @@ def question_problems(screen: Screen, question: str, answer: str) -> list[str]:
     return found
 
 
+def test_ctrl_c_or_ctrl_d_at_a_question_stops_the_command_as_such(
+    redis_test_url: str, env_name: str
+) -> None:
+    """Click turns Ctrl-C and the end of input at a question into its Abort, which came out as
+    "unexpected Abort: this is a bug in esctl", exit 1. Ctrl-C at the question is an
+    interrupted command (exit 130, nothing moved, said below the question's row); Ctrl-D is no
+    answer: not confirmed, exit 2. The queue is as it was after both."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    ref = queues.QueueRef(QUEUE_SUB, env_name, QUEUE_TYPE)
+    processing, published = ref.key("processing"), ref.key("published")
+    fill_queue(redis_test_url, env_name, "processing", count=3)
+    client = redis.Redis.from_url(redis_test_url)
+    words = [*ESCTL, "queue", "requeue", QUEUE_SUB, QUEUE_TYPE, "--grace", "1ms"]
+    try:
+        for key, code, said in (("\x03", 130, "error: interrupted"), ("\x04", 2, "not confirmed")):
+            with TerminalSession(words, env=env) as session:
+                session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
+                session.type(key)
+                screen = session.wait_exit(timeout=60)
+            text = "\n".join(screen.rows)
+            assert screen.exit_code == code, screen.describe()
+            assert said in text, screen.describe()
+            assert "unexpected" not in text and "bug" not in text, screen.describe()
+            asked = [i for i, row in enumerate(screen.rows) if "[y/N]:" in row]
+            assert len(asked) == 1, screen.describe()  # asked once, its row left as it was
+            assert screen.rows[asked[0]].rstrip().endswith(("[y/N]:", "[y/N]: ^C"))
+            assert screen.rows[asked[0] + 1].startswith("error: "), screen.describe()
+            assert (client.llen(processing), client.llen(published)) == (3, 0)
+    finally:
+        client.close()
+
+
 def test_queue_questions_on_80_columns_wrap_at_words_and_take_their_answer(
     redis_test_url: str, env_name: str
 ) -> None:

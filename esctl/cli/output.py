@@ -256,10 +256,17 @@ class Output:
         """The answer to a yes/no ``question`` (default no), asked on the terminal (stderr):
         wrapped at words to its width as messages are, ``[y/N]:`` on its last row
         (:func:`~esctl.cli.wrapping.question_lines`); refused without one
-        (:meth:`require_terminal`)."""
+        (:meth:`require_terminal`). Ctrl-C at the question raises KeyboardInterrupt (the
+        command is interrupted, nothing done), the end of input (Ctrl-D) is no answer: no."""
         self.require_terminal(action, dry_run=dry_run)
         lines = question_lines(question, "[y/N]", terminal_width(stderr_console))
-        return typer.confirm("\n".join(lines), default=False, err=True, show_default=False)
+        try:
+            return typer.confirm("\n".join(lines), default=False, err=True, show_default=False)
+        except typer.Abort as exc:  # Click's for Ctrl-C and for the end of input (Ctrl-D)
+            typer.echo("", err=True)  # the message below the question, not on its row
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise exc.__context__ from None  # Ctrl-C: interrupted (exit 130), as elsewhere
+            return False  # no answer: not confirmed
 
     def confirm(self, question: str, *, action: str, dry_run: bool = True) -> None:
         """:meth:`ask`, and a refusal (nothing was done) unless the answer is yes."""
