@@ -19,7 +19,7 @@ from esctl import codec, layout, redisio
 from esctl.config import redact
 from esctl.documents import document
 from esctl.errors import EsctlError, Interrupted, ServerError, UsageError
-from esctl.locks import RedisLock
+from esctl.locks import RedisLock, not_given_back
 from esctl.units import counted
 
 DEFAULT_THRESHOLD = codec.DEFAULT_COMPRESSION_THRESHOLD
@@ -449,40 +449,45 @@ def compress(
 
     used_before = redisio.used_memory_or_none(client)
     stopped: Stopped | None = None
-    with contextlib.ExitStack() as stack:
-        lock = None if opts.dry_run else stack.enter_context(compress_lock(client, opts.app))
-        header = choose_gzip_header(client, opts.app, opts.families, opts.gzip_os)
-        report(progress)  # holding the lock: the progress bar may be drawn now
+    lock: RedisLock | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            lock = None if opts.dry_run else stack.enter_context(compress_lock(client, opts.app))
+            header = choose_gzip_header(client, opts.app, opts.families, opts.gzip_os)
+            report(progress)  # holding the lock: the progress bar may be drawn now
 
-        check = lock.check if lock is not None else _no_check
+            check = lock.check if lock is not None else _no_check
 
-        def write(candidates: list[Candidate]) -> None:
-            _write(client, candidates, families, before_write, problem, tally, progress, check)
+            def write(candidates: list[Candidate]) -> None:
+                _write(client, candidates, families, before_write, problem, tally, progress, check)
 
-        try:
-            _scan_and_write(client, opts, header.header, families, progress, report, problem, write)
-            check()
-        except _Stop as stop:
-            stopped = stop.stopped
-            if stop.error is not None:
-                done = stopped.outcome(sum(c.compressed for c in families.values()))
-                raise stop.error.add(f"compress stopped there: {done}") from None
-        except EsctlError as exc:  # a lost connection, a lost lock: say what was written
-            if not opts.dry_run:
-                exc.add(_written_before(families, tally["in_flight"]))
-            raise
-        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the same words
-            if opts.dry_run or isinstance(exc, Interrupted):
+            try:
+                _scan_and_write(
+                    client, opts, header.header, families, progress, report, problem, write
+                )
+                check()
+            except _Stop as stop:
+                stopped = stop.stopped
+                if stop.error is not None:
+                    done = stopped.outcome(sum(c.compressed for c in families.values()))
+                    raise stop.error.add(f"compress stopped there: {done}") from None
+            except EsctlError as exc:  # a lost connection, a lost lock: say what was written
+                if not opts.dry_run:
+                    exc.add(_written_before(families, tally["in_flight"]))
                 raise
-            counts = {"compressed": sum(c.compressed for c in families.values())}
-            if tally["in_flight"]:
-                counts["in_flight"] = tally["in_flight"]
-            raise Interrupted(
-                _written_before(families, tally["in_flight"]),
-                hint="rerun the same command to compress the rest (what is compressed already "
-                "is left as it is)",
-                done=counts,
-            ) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: the same words
+        # Caught once the lock's block is over: a second signal may have stopped its release
+        if opts.dry_run or isinstance(exc, Interrupted):
+            raise
+        counts = {"compressed": sum(c.compressed for c in families.values())}
+        if tally["in_flight"]:
+            counts["in_flight"] = tally["in_flight"]
+        raise Interrupted(
+            _written_before(families, tally["in_flight"]),
+            hint="rerun the same command to compress the rest (what is compressed already "
+            "is left as it is)" + not_given_back(lock),
+            done=counts,
+        ) from exc
     report(progress)
     return CompressSummary(
         app=opts.app,

@@ -21,7 +21,7 @@ import redis_bytes as rb
 from credservers import PASSWORD, acl_users, set_user, user_url
 from helpers import cli_env, run_cli
 
-from esctl import compress, errors, layout, redisio, servers
+from esctl import compress, errors, layout, locks, redisio, servers
 from esctl.compress import Candidate, CompressOptions
 
 THRESHOLD = 1000
@@ -210,6 +210,44 @@ def test_ctrl_c_between_round_trips_says_what_was_compressed_and_a_rerun_finishe
         again = compress.compress(client, CompressOptions(app=app_name))
     assert written + again.total.compressed == len(big) == compressed_now(admin, big)
     assert contents(admin) == reference
+    admin.close()
+
+
+def test_a_second_signal_while_the_lock_is_given_back_says_it_may_be_held(
+    fresh_redis: servers.LocalRedis, app_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between round trips, then a second one while compress gives its lock back: the
+    lock stays until it expires (a rerun before then exits 75), and the message says so with
+    what was compressed. It used to end as a bare KeyboardInterrupt ("the state was left
+    consistent"), its counts lost, the lock not mentioned."""
+    monkeypatch.setattr(compress, "BATCH_BYTES", SMALL_BATCH)
+    admin = redis.Redis.from_url(fresh_redis.url)
+    big = write(admin, app_name)
+    rounds: list[int] = []
+
+    def third_round(candidates: Sequence[Candidate]) -> None:
+        rounds.append(len(candidates))
+        if len(rounds) == 3:
+            raise KeyboardInterrupt
+
+    run_script = locks._run_script
+
+    def release_stopped(client: Any, script: str, *args: Any) -> Any:
+        if script == locks._RELEASE_SCRIPT:
+            raise KeyboardInterrupt  # the second signal, before the release reaches Redis
+        return run_script(client, script, *args)
+
+    monkeypatch.setattr(locks, "_run_script", release_stopped)
+    with redisio.connect(fresh_redis.url) as client, pytest.raises(errors.Interrupted) as caught:
+        compress.compress(client, CompressOptions(app=app_name), before_write=third_round)
+    written = compressed_now(admin, big)
+    assert caught.value.done == {"compressed": written}
+    key = layout.compress_lock_key(app_name)
+    assert caught.value.hint.endswith(
+        f"; a signal stopped the release of the compress lock {key}, which may still be held: "
+        "it expires 30 s after its last renewal, and a rerun before then exits 75"
+    ), caught.value.hint
+    assert admin.exists(key)
     admin.close()
 
 
