@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import independent_writer as iw
@@ -177,6 +177,19 @@ def test_out_of_memory_mid_run_stops_after_that_round_trip_and_a_rerun_finishes(
     admin.close()
 
 
+def interrupted_at_round(number: int) -> Callable[[Sequence[Candidate]], None]:
+    """A ``before_write`` hook: Ctrl-C or SIGTERM (a KeyboardInterrupt) before the writes of
+    round ``number`` of compare-and-sets."""
+    rounds: list[int] = []
+
+    def hook(candidates: Sequence[Candidate]) -> None:
+        rounds.append(len(candidates))
+        if len(rounds) == number:
+            raise KeyboardInterrupt
+
+    return hook
+
+
 def test_ctrl_c_between_round_trips_says_what_was_compressed_and_a_rerun_finishes(
     fresh_redis: servers.LocalRedis,
     app_name: str,
@@ -188,15 +201,11 @@ def test_ctrl_c_between_round_trips_says_what_was_compressed_and_a_rerun_finishe
     monkeypatch.setattr(compress, "BATCH_BYTES", SMALL_BATCH)
     admin = redis.Redis.from_url(fresh_redis.url)
     big = write(admin, app_name)
-    rounds: list[int] = []
-
-    def third_round(candidates: Sequence[Candidate]) -> None:
-        rounds.append(len(candidates))
-        if len(rounds) == 3:
-            raise KeyboardInterrupt
 
     with redisio.connect(fresh_redis.url) as client, pytest.raises(errors.Interrupted) as caught:
-        compress.compress(client, CompressOptions(app=app_name), before_write=third_round)
+        compress.compress(
+            client, CompressOptions(app=app_name), before_write=interrupted_at_round(3)
+        )
     written = compressed_now(admin, big)
     assert 0 < written < len(big)
     assert caught.value.done == {"compressed": written}
@@ -223,12 +232,6 @@ def test_a_second_signal_while_the_lock_is_given_back_says_it_may_be_held(
     monkeypatch.setattr(compress, "BATCH_BYTES", SMALL_BATCH)
     admin = redis.Redis.from_url(fresh_redis.url)
     big = write(admin, app_name)
-    rounds: list[int] = []
-
-    def third_round(candidates: Sequence[Candidate]) -> None:
-        rounds.append(len(candidates))
-        if len(rounds) == 3:
-            raise KeyboardInterrupt
 
     run_script = locks._run_script
 
@@ -239,7 +242,9 @@ def test_a_second_signal_while_the_lock_is_given_back_says_it_may_be_held(
 
     monkeypatch.setattr(locks, "_run_script", release_stopped)
     with redisio.connect(fresh_redis.url) as client, pytest.raises(errors.Interrupted) as caught:
-        compress.compress(client, CompressOptions(app=app_name), before_write=third_round)
+        compress.compress(
+            client, CompressOptions(app=app_name), before_write=interrupted_at_round(3)
+        )
     written = compressed_now(admin, big)
     assert caught.value.done == {"compressed": written}
     key = layout.compress_lock_key(app_name)
