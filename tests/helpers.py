@@ -127,3 +127,31 @@ def reap(started: list[subprocess.Popen[bytes]]) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def queued_message(
+    number: int,
+    tag: str = "m",
+    *,
+    event_type: str = "ItemScoreCreated",
+    pad: int = 0,
+    noise: bool = False,
+) -> bytes:
+    """A queued message as the library writes one (an ``event_type`` event of aggregate
+    ``{tag}{number}``); with ``pad``, a comment of that many bytes, of random hex with
+    ``noise`` (so that a file of them compresses little, as varied messages do)."""
+    import random
+
+    import orjson
+
+    event: dict[str, object] = {
+        "$type": f"Learning.ScoringService.Domain.Events.{event_type}, "
+        "Learning.ScoringService.Domain",
+        "Id": f"{tag}{number}",
+        "TimeStamp": "2025-03-01T11:00:00.0000001+00:00",
+        "Version": 1,
+        "AggregateType": "ItemScore",
+    }
+    if pad or noise:
+        event["Comment"] = random.Random(number).randbytes(pad // 2).hex() if noise else "x" * pad
+    return orjson.dumps(event)

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
-import orjson
 import pytest
 import redis
 import redis.exceptions
 import redis_bytes as rb
+from helpers import queued_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,15 +35,7 @@ N = 3000
 
 
 def message(number: int, tag: str = "m") -> bytes:
-    return orjson.dumps(
-        {
-            "$type": f"Learning.ScoringService.Domain.Events.{TYPE}, Learning.ScoringService.Domain",
-            "Id": f"{tag}{number}",
-            "TimeStamp": "2025-03-01T11:00:00.0000001+00:00",
-            "Version": 1,
-            "AggregateType": "ItemScore",
-        }
-    )
+    return queued_message(number, tag, event_type=TYPE)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis
 import redis_bytes as rb
-from helpers import cli_env
+from helpers import cli_env, queued_message
 
 from esctl import queues
 from esctl.backupfile import BackupWriter
@@ -28,19 +28,7 @@ TYPE = "ItemScoreCreated"
 
 
 def message(number: int, pad: int = 0, tag: str = "m", *, noise: bool = False) -> bytes:
-    """A queued message; ``pad`` bytes of comment, of random hex with ``noise`` (so that the
-    file compresses little, as varied messages do)."""
-    comment = random.Random(number).randbytes(pad // 2).hex() if noise else "x" * pad
-    return orjson.dumps(
-        {
-            "$type": f"Learning.ScoringService.Domain.Events.{TYPE}, Learning.ScoringService.Domain",
-            "Id": f"{tag}{number}",
-            "TimeStamp": "2025-03-01T11:00:00.0000001+00:00",
-            "Version": 1,
-            "AggregateType": "ItemScore",
-            "Comment": comment,
-        }
-    )
+    return queued_message(number, tag, event_type=TYPE, pad=pad, noise=noise)
 
 
 def fill(client: redis.Redis, key: str, consumption_order: list[bytes]) -> None:
