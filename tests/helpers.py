@@ -8,9 +8,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # An empty folder as the working directory and XDG_CONFIG_HOME of every run, so neither a
 # ./esctl.toml nor the developer's ~/.config/esctl/config.toml leaks into a test.
@@ -155,3 +156,44 @@ def queued_message(
     if pad or noise:
         event["Comment"] = random.Random(number).randbytes(pad // 2).hex() if noise else "x" * pad
     return orjson.dumps(event)
+
+
+def started_together(
+    shards: Sequence[object], attempt: Callable[[Any, Callable[[], None]], None], *, wait: float
+) -> dict[str, str]:
+    """Runs of ``shards`` taking their locks at the same moment, one thread each: ``attempt(
+    shard, hold)`` runs one, calling ``hold()`` once it holds its lock (marked ``ran``; it
+    returns when every run has answered). A run that meets LockHeld is ``refused``; one that
+    ends without either, ``ended``. ``wait``: seconds a run is held and waited for."""
+    import threading
+    import time
+
+    from esctl.errors import LockHeld
+
+    barrier = threading.Barrier(len(shards))
+    release = threading.Event()
+    outcome: dict[str, str] = {}
+
+    def run(shard: object) -> None:
+        def hold() -> None:
+            outcome[str(shard)] = "ran"
+            release.wait(wait)
+
+        barrier.wait()
+        try:
+            attempt(shard, hold)
+        except LockHeld:
+            outcome[str(shard)] = "refused"
+        finally:
+            outcome.setdefault(str(shard), "ended")
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in shards]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + wait
+    while len(outcome) < len(shards) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for t in threads:
+        t.join(wait)
+    return outcome

@@ -6,10 +6,10 @@ shard. The running prunes here are real ones, held before their first delete."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,12 +17,11 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from helpers import run_cli
+from helpers import run_cli, started_together
 from independent_writer import GroundTruth, write_store
 from test_migrate_prune import journal_rows, redis_contents, run_migration, without_events
 
 from esctl import prune, redisio
-from esctl.errors import LockHeld
 from esctl.shard import Shard
 
 
@@ -186,38 +185,16 @@ def start_together(store: Store, shards: list[Shard]) -> dict[str, str]:
     """Prunes of ``shards`` taking their locks at the same moment: which ``ran`` (reached its
     deletes, held there until all have answered, then stopped before them) and which were
     ``refused``."""
-    barrier = threading.Barrier(len(shards))
-    release = threading.Event()
-    outcome: dict[str, str] = {}
 
-    def held(shard: Shard) -> None:
-        outcome[str(shard)] = "ran"
-        release.wait(30)
-        raise Stop
+    def attempt(shard: Shard, hold: Callable[[], None]) -> None:
+        def held(_: list[str]) -> None:
+            hold()
+            raise Stop
 
-    def run(shard: Shard) -> None:
-        barrier.wait()
-        try:
-            prune.prune(
-                store.client, store.options(str(shard)), before_delete=lambda _: held(shard)
-            )
-        except Stop:
-            pass
-        except LockHeld:
-            outcome[str(shard)] = "refused"
-        finally:
-            outcome.setdefault(str(shard), "ended")
+        with contextlib.suppress(Stop):
+            prune.prune(store.client, store.options(str(shard)), before_delete=held)
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in shards]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while len(outcome) < len(shards) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    release.set()
-    for t in threads:
-        t.join(30)
-    return outcome
+    return started_together(shards, attempt, wait=30)
 
 
 def test_overlapping_prunes_starting_at_once_one_of_them_runs(store: Store) -> None:

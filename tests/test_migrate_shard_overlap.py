@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 import pytest
 import redis
-from helpers import run_cli
+from helpers import run_cli, started_together
 from test_migrate import cli_args, count, regclass_exists, run_migrate_cli, write_clean_store
 from test_migrate_follow import Follower
 
-from esctl.errors import LockHeld
 from esctl.migrate import MigrateOptions
 from esctl.migrate.run import lock_name, migration_lock
 from esctl.shard import Shard
@@ -143,29 +140,12 @@ def test_workers_of_one_shard_count_run_beside_another_machines_workers(
 def start_together(base: MigrateOptions, shards: list[Shard]) -> dict[str, str]:
     """Runs of ``shards`` taking their locks at the same moment: which ``ran`` (holding its
     lock until all have answered) and which were ``refused``."""
-    barrier = threading.Barrier(len(shards))
-    release = threading.Event()
-    outcome: dict[str, str] = {}
 
-    def run(shard: Shard) -> None:
-        barrier.wait()
-        try:
-            with migration_lock(replace(base, shard=shard)):
-                outcome[str(shard)] = "ran"
-                release.wait(10)
-        except LockHeld:
-            outcome[str(shard)] = "refused"
+    def attempt(shard: Shard, hold: Callable[[], None]) -> None:
+        with migration_lock(replace(base, shard=shard)):
+            hold()
 
-    threads = [threading.Thread(target=run, args=(s,)) for s in shards]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 10
-    while len(outcome) < len(shards) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    release.set()
-    for t in threads:
-        t.join(10)
-    return outcome
+    return started_together(shards, attempt, wait=10)
 
 
 def test_runs_of_two_shard_counts_starting_at_once_one_of_them_runs(
