@@ -312,7 +312,7 @@ def test_a_requeue_or_drain_interrupted_while_selecting_says_nothing_moved(
             redis_client,
             ref,
             queues.RequeueOptions(source="dead", selection=selection),
-            sleep=interrupt,
+            queues.Hooks(sleep=interrupt),
         )
     assert requeue.value.done == {"requeued": 0, "gone": 0}
     assert requeue.value.state == (
@@ -324,7 +324,7 @@ def test_a_requeue_or_drain_interrupted_while_selecting_says_nothing_moved(
             redis_client,
             ref,
             queues.DrainOptions(to_file=path, selection=selection),
-            sleep=interrupt,
+            queues.Hooks(sleep=interrupt),
         )
     assert drain.value.done == {"drained": 0, "gone": 0}
     assert drain.value.state.startswith(f"nothing was drained from {ref.key('dead')}")

@@ -308,7 +308,9 @@ def test_requeue_is_count_aware_and_counts_messages_taken_meanwhile(
         rb.lrem(redis_client, q.key("processing"), 0, values[1])
         return True
 
-    summary = queues.requeue(redis_client, q, queues.RequeueOptions(), confirm=consumer_finishes)
+    summary = queues.requeue(
+        redis_client, q, queues.RequeueOptions(), queues.Hooks(confirm=consumer_finishes)
+    )
     assert (summary.selected, summary.requeued, summary.gone) == (5, 3, 2)
     assert sorted(contents(redis_client, q.key("published"))) == sorted([dup, dup, values[3]])
     assert redis_client.llen(q.key("processing")) == 0
@@ -332,7 +334,7 @@ def test_grace_requeues_only_messages_seen_twice(redis_client: redis.Redis, env_
         redis_client,
         q,
         queues.RequeueOptions(selection=queues.Selection(grace=timedelta(seconds=30))),
-        sleep=meanwhile,
+        queues.Hooks(sleep=meanwhile),
     )
     assert slept == [30.0]
     assert summary.requeued == 2  # stuck, and the one dup still there
@@ -344,7 +346,9 @@ def test_requeue_refusal_and_failure(redis_client: redis.Redis, env_name: str) -
     q = ref(env_name)
     fill(redis_client, q.key("processing"), [message("a")])
     with pytest.raises(errors.Refused):
-        queues.requeue(redis_client, q, queues.RequeueOptions(), confirm=lambda plan: False)
+        queues.requeue(
+            redis_client, q, queues.RequeueOptions(), queues.Hooks(confirm=lambda plan: False)
+        )
     assert redis_client.llen(q.key("processing")) == 1
     redis_client.set(q.key("published"), "not a list")
     summary = queues.requeue(redis_client, q, queues.RequeueOptions())
@@ -746,7 +750,7 @@ def test_drain_skips_messages_taken_meanwhile_and_restore_never_duplicates(
         redis_client,
         q,
         queues.DrainOptions(which="published", to_file=path),
-        confirm=consumer_takes_two,
+        queues.Hooks(confirm=consumer_takes_two),
     )
     assert (summary.selected, summary.drained, summary.gone) == (6, 4, 2)
     backup = queues.read_backup(path)
@@ -963,7 +967,9 @@ def test_a_restore_reads_the_progress_another_restore_of_the_file_made_meanwhile
     path = tmp_path / "d.jsonl.zst"
     queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
     with pytest.raises(errors.Interrupted) as stopped:  # Ctrl-C at the report of 60
-        queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=Reports(at=4))
+        queues.restore(
+            redis_client, path, queues.RestoreOptions(), queues.Hooks(on_progress=Reports(at=4))
+        )
     assert stopped.value.done == {"restored": 60}
 
     def the_other_restore_finishes() -> None:
@@ -1192,8 +1198,7 @@ def test_requeue_drain_and_restore_report_progress_per_batch(
         redis_client,
         q,
         queues.RequeueOptions(),
-        confirm=consumer_finishes_three,
-        on_progress=reports,
+        queues.Hooks(confirm=consumer_finishes_three, on_progress=reports),
     )
     assert (requeued.requeued, requeued.gone) == (997, 3)
     assert reports.seen[0] == (0, 0, 1000)
@@ -1204,7 +1209,9 @@ def test_requeue_drain_and_restore_report_progress_per_batch(
     fill(redis_client, q.key("dead"), values)
     path = tmp_path / "d.jsonl.zst"
     reports = Reports()
-    drained = queues.drain(redis_client, q, queues.DrainOptions(to_file=path), on_progress=reports)
+    drained = queues.drain(
+        redis_client, q, queues.DrainOptions(to_file=path), queues.Hooks(on_progress=reports)
+    )
     assert drained.drained == 1000
     assert (reports.seen[0], reports.seen[-1], len(reports.seen)) == (
         (0, 0, 1000),
@@ -1213,7 +1220,9 @@ def test_requeue_drain_and_restore_report_progress_per_batch(
     )
 
     reports = Reports()
-    restored = queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=reports)
+    restored = queues.restore(
+        redis_client, path, queues.RestoreOptions(), queues.Hooks(on_progress=reports)
+    )
     assert restored.restored == 1000
     assert (reports.seen[0], reports.seen[-1], len(reports.seen)) == (
         (0, 0, 1000),
@@ -1222,19 +1231,28 @@ def test_requeue_drain_and_restore_report_progress_per_batch(
     )
 
     nothing = Reports()
-    queues.requeue(redis_client, q, queues.RequeueOptions(dry_run=True), on_progress=nothing)
+    queues.requeue(
+        redis_client, q, queues.RequeueOptions(dry_run=True), queues.Hooks(on_progress=nothing)
+    )
     none_of_them = queues.Selection(aggregates=frozenset({"no-such-aggregate"}))
     queues.requeue(
-        redis_client, q, queues.RequeueOptions(selection=none_of_them), on_progress=nothing
+        redis_client,
+        q,
+        queues.RequeueOptions(selection=none_of_them),
+        queues.Hooks(on_progress=nothing),
     )
     queues.drain(
         redis_client,
         q,
         queues.DrainOptions(to_file=tmp_path / "empty.jsonl.zst", selection=none_of_them),
-        on_progress=nothing,
+        queues.Hooks(on_progress=nothing),
     )
-    queues.drain(redis_client, q, queues.DrainOptions(dry_run=True), on_progress=nothing)
-    queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=nothing)  # done
+    queues.drain(
+        redis_client, q, queues.DrainOptions(dry_run=True), queues.Hooks(on_progress=nothing)
+    )
+    queues.restore(
+        redis_client, path, queues.RestoreOptions(), queues.Hooks(on_progress=nothing)
+    )  # done
     assert nothing.seen == []
 
 
@@ -1265,19 +1283,26 @@ def test_drain_and_restore_report_their_phases_before_the_moves(
 
     steps = [0, 300, 600, 900, 1000]
     queues.drain(
-        redis_client, q, queues.DrainOptions(to_file=path), on_progress=moved, on_phase=phase
+        redis_client,
+        q,
+        queues.DrainOptions(to_file=path),
+        queues.Hooks(on_progress=moved, on_phase=phase),
     )
     backing_up = [("backing up", n, 1000) for n in steps]
     assert seen[:6] == [*backing_up, ("moved", 0, 1000)] and len(seen) == 5 + 11, seen
 
     seen.clear()
-    queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=moved, on_phase=phase)
+    queues.restore(
+        redis_client, path, queues.RestoreOptions(), queues.Hooks(on_progress=moved, on_phase=phase)
+    )
     reading = [("reading backup", n, 1000) for n in steps]
     preparing = [("preparing", n, 1000) for n in steps]
     assert seen[:11] == [*reading, *preparing, ("moved", 0, 1000)] and len(seen) == 10 + 11
 
     seen.clear()
-    queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=moved, on_phase=phase)
+    queues.restore(
+        redis_client, path, queues.RestoreOptions(), queues.Hooks(on_progress=moved, on_phase=phase)
+    )
     assert seen == [*reading, *preparing]  # read and put in order: nothing left to restore
     seen.clear()
     none_of_them = queues.Selection(aggregates=frozenset({"no-such-aggregate"}))
@@ -1291,16 +1316,19 @@ def test_drain_and_restore_report_their_phases_before_the_moves(
         (queues.drain, (q, queues.DrainOptions(discard=True))),
     ]
     for run, args in quiet:
-        run(redis_client, *args, on_phase=phase)
+        run(redis_client, *args, queues.Hooks(on_phase=phase))
     assert seen == []
     fill(redis_client, q.key("dead"), values)
     redis_client.set(q.lock_key, "another-run", px=30_000)
     with pytest.raises(errors.LockHeld):
         queues.drain(
-            redis_client, q, queues.DrainOptions(to_file=tmp_path / "1.zst"), on_phase=phase
+            redis_client,
+            q,
+            queues.DrainOptions(to_file=tmp_path / "1.zst"),
+            queues.Hooks(on_phase=phase),
         )
     with pytest.raises(errors.LockHeld):
-        queues.restore(redis_client, path, queues.RestoreOptions(), on_phase=phase)
+        queues.restore(redis_client, path, queues.RestoreOptions(), queues.Hooks(on_phase=phase))
     assert seen == []
 
 
@@ -1345,9 +1373,7 @@ def test_requeue_and_drain_report_reading_and_selecting_before_the_question(
         redis_client,
         q,
         queues.RequeueOptions(selection=older),
-        confirm=confirm,
-        on_progress=moved,
-        on_phase=phase,
+        queues.Hooks(confirm=confirm, on_progress=moved, on_phase=phase),
     )
     selecting = steps("selecting", 0, 300, 600, 900, 1000)
     assert seen[:13] == [*reading, *selecting, ("asked", 1000, None), ("moved", 0, 1000)], seen
@@ -1358,7 +1384,10 @@ def test_requeue_and_drain_report_reading_and_selecting_before_the_question(
     path = tmp_path / "d.jsonl.zst"
     options = queues.DrainOptions(to_file=path, selection=queues.Selection(grace=timedelta(0)))
     queues.drain(
-        redis_client, q, options, confirm=confirm, on_progress=moved, on_phase=phase, sleep=no_wait
+        redis_client,
+        q,
+        options,
+        queues.Hooks(confirm=confirm, on_progress=moved, on_phase=phase, sleep=no_wait),
     )
     again = steps("reading list again", 0, 300, 600, 900, 1000, length=True)
     backing_up = steps("backing up", 0, 300, 600, 900, 1000)
@@ -1375,7 +1404,10 @@ def test_requeue_and_drain_report_reading_and_selecting_before_the_question(
     fill(redis_client, q.key("processing"), values)
     limited = queues.Selection(older_than=timedelta(hours=1), limit=150)
     queues.requeue(
-        redis_client, q, queues.RequeueOptions(selection=limited), confirm=confirm, on_phase=phase
+        redis_client,
+        q,
+        queues.RequeueOptions(selection=limited),
+        queues.Hooks(confirm=confirm, on_phase=phase),
     )
     assert seen == [*reading, *steps("selecting", 0, 200), ("asked", 150, None)]  # looked at 200
 
@@ -1383,15 +1415,20 @@ def test_requeue_and_drain_report_reading_and_selecting_before_the_question(
     fill(redis_client, q.key("processing"), values)
     nothing = queues.Selection(aggregates=frozenset({"no-such-aggregate"}))
     queues.requeue(
-        redis_client, q, queues.RequeueOptions(selection=nothing), confirm=confirm, on_phase=phase
+        redis_client,
+        q,
+        queues.RequeueOptions(selection=nothing),
+        queues.Hooks(confirm=confirm, on_phase=phase),
     )
     assert seen == [*reading, *selecting]
     seen.clear()
-    queues.requeue(redis_client, q, queues.RequeueOptions(dry_run=True), on_phase=phase)
-    queues.drain(redis_client, q, queues.DrainOptions(dry_run=True), on_phase=phase)
+    queues.requeue(
+        redis_client, q, queues.RequeueOptions(dry_run=True), queues.Hooks(on_phase=phase)
+    )
+    queues.drain(redis_client, q, queues.DrainOptions(dry_run=True), queues.Hooks(on_phase=phase))
     redis_client.set(q.lock_key, "another-run", px=30_000)
     with pytest.raises(errors.LockHeld):
-        queues.requeue(redis_client, q, queues.RequeueOptions(), on_phase=phase)
+        queues.requeue(redis_client, q, queues.RequeueOptions(), queues.Hooks(on_phase=phase))
     assert seen == []
 
 
@@ -1407,7 +1444,7 @@ def test_a_ctrl_c_during_a_progress_report_is_held_and_the_reports_stay_exact(
     fill(redis_client, q.key("processing"), values)
     reports = Reports(at=3)  # the second batch's report
     with pytest.raises(errors.Interrupted) as requeue_stop:
-        queues.requeue(redis_client, q, queues.RequeueOptions(), on_progress=reports)
+        queues.requeue(redis_client, q, queues.RequeueOptions(), queues.Hooks(on_progress=reports))
     assert requeue_stop.value.done is not None
     moved = requeue_stop.value.done["requeued"]
     assert 200 <= moved < 1000 and reports.moved[-1] == moved
@@ -1417,12 +1454,16 @@ def test_a_ctrl_c_during_a_progress_report_is_held_and_the_reports_stay_exact(
     path = tmp_path / "d.jsonl.zst"
     reports = Reports(at=3)
     with pytest.raises(errors.Interrupted) as drain_stop:
-        queues.drain(redis_client, q, queues.DrainOptions(to_file=path), on_progress=reports)
+        queues.drain(
+            redis_client, q, queues.DrainOptions(to_file=path), queues.Hooks(on_progress=reports)
+        )
     assert drain_stop.value.done == {"drained": 200, "gone": 0}
     assert reports.moved[-1] == 200 and redis_client.llen(q.key("dead")) == 800
 
     reports = Reports(at=2)  # the first batch's report
     with pytest.raises(errors.Interrupted) as restore_stop:
-        queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=reports)
+        queues.restore(
+            redis_client, path, queues.RestoreOptions(), queues.Hooks(on_progress=reports)
+        )
     assert restore_stop.value.done == {"restored": 100}
     assert reports.moved == [0, 100] and redis_client.llen(q.key("dead")) == 900

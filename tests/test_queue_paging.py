@@ -108,7 +108,7 @@ def test_requeue_pages_through_a_changing_list(
     consumer = Consumer(redis_test_url, q.key("processing"), values, seed=17)
     with consumer.running():
         summary = queues.requeue(
-            redis_client, q, queues.RequeueOptions(now=NOW), confirm=consumer.confirm
+            redis_client, q, queues.RequeueOptions(now=NOW), queues.Hooks(confirm=consumer.confirm)
         )
     assert consumer.taken, "the consumer finished nothing while the requeue ran"
     published = Counter(rb.lrange(redis_client, q.key("published")))
@@ -145,7 +145,7 @@ def test_drain_pages_through_a_changing_list_and_restores_what_it_removed(
             redis_client,
             q,
             queues.DrainOptions(which="dead", to_file=path, now=NOW),
-            confirm=consumer.confirm,
+            queues.Hooks(confirm=consumer.confirm),
         )
     assert consumer.taken
     backup = queues.read_backup(path)

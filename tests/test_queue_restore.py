@@ -281,7 +281,9 @@ def test_a_file_renamed_or_deleted_after_it_was_read_first_is_restored_whole(
         if p.name == "preparing" and path.exists():
             path.unlink()  # the restore keeps the file it opened
 
-    summary = queues.restore(redis_client, path, queues.RestoreOptions(), on_phase=phase)
+    summary = queues.restore(
+        redis_client, path, queues.RestoreOptions(), queues.Hooks(on_phase=phase)
+    )
     assert summary.restored == 2500 and not path.exists()
     assert contents(redis_client, q.key("dead")) == values
 
@@ -313,7 +315,9 @@ def test_a_file_rewritten_between_its_readings_is_not_restored_from_both(
             calls.append("overwritten")
             overwrite()
 
-    summary = queues.restore(redis_client, path, queues.RestoreOptions(), on_phase=phase)
+    summary = queues.restore(
+        redis_client, path, queues.RestoreOptions(), queues.Hooks(on_phase=phase)
+    )
     assert (summary.restored, summary.failed) == (0, 3000)
     [stopped] = [p for p in summary.problems if p["kind"] == "restore_failed"]
     assert "changed while it was read" in stopped["detail"], stopped
@@ -327,6 +331,8 @@ def test_a_file_rewritten_between_its_readings_is_not_restored_from_both(
             calls.append("overwritten after a batch")
             overwrite()
 
-    summary = queues.restore(redis_client, path, queues.RestoreOptions(), on_progress=progress)
+    summary = queues.restore(
+        redis_client, path, queues.RestoreOptions(), queues.Hooks(on_progress=progress)
+    )
     assert 0 < summary.restored < 3000 and summary.failed == 3000 - summary.restored
     assert contents(redis_client, q.key("dead")) == values[: summary.restored]

@@ -147,7 +147,7 @@ def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
 @contextmanager
 def _moving(
     out: Output, enabled: bool, desc: str, confirm: core.Confirm | None
-) -> Iterator[tuple[core.Confirm | None, core.OnProgress | None, core.OnPhase | None]]:
+) -> Iterator[core.Hooks]:
     """The bar of a requeue, drain or restore (``desc``): drawn when the core first reports,
     which it does once it holds the queue lock (never for a dry run, nor before an exit 75).
     The phases before the moves (a requeue or drain reading its list and selecting from it,
@@ -157,6 +157,8 @@ def _moving(
     the summary or an error is printed; when no move came after a phase (nothing selected, a
     file restored already, a refusal), wiped instead, so that a run that moved nothing
     leaves no bar."""
+    from esctl import queues as core
+
     with out.progress(enabled, desc=desc, unit=" messages", at_first_update=True) as bar:
         shown = [desc]  # what the bar counts now
 
@@ -174,7 +176,7 @@ def _moving(
 
         ask = bar.set_aside(confirm) if confirm is not None else None
         try:
-            yield ask, bar.hook(moved), bar.hook(phase)
+            yield core.Hooks(confirm=ask, on_progress=bar.hook(moved), on_phase=bar.hook(phase))
         finally:
             if shown[0] != desc:  # a phase, and no moves after it (nothing left to restore)
                 bar.erase()
@@ -434,11 +436,8 @@ def requeue_command(
     )
     if selection.grace is not None and not out.json:
         out.info(f"looking again in {selected.grace} (--grace)…")
-    with _moving(out, progress and not dry_run, "requeueing", confirm) as moving:
-        ask, on_progress, on_phase = moving
-        summary = core.requeue(
-            client, ref, options, confirm=ask, on_progress=on_progress, on_phase=on_phase
-        )
+    with _moving(out, progress and not dry_run, "requeueing", confirm) as hooks:
+        summary = core.requeue(client, ref, options, hooks)
     _report(out, summary, _render_requeue)
 
 
@@ -519,10 +518,8 @@ def drain_command(
         which=which, to_file=to_file, discard=discard, selection=selection, dry_run=dry_run
     )
     desc = "discarding" if discard else "draining"
-    with _moving(out, progress and not dry_run, desc, confirm) as (ask, on_progress, on_phase):
-        summary = core.drain(
-            ctx.redis, ref, options, confirm=ask, on_progress=on_progress, on_phase=on_phase
-        )
+    with _moving(out, progress and not dry_run, desc, confirm) as hooks:
+        summary = core.drain(ctx.redis, ref, options, hooks)
     _report(out, summary, lambda out, summary: _render_drain(out, summary, which=which))
 
 
@@ -615,15 +612,8 @@ def restore_command(
         expect_env=ctx.get("env"),
     )
     bar = progress and not dry_run
-    with _moving(out, bar, "restoring", confirm) as (ask, on_progress, on_phase):
-        summary = core.restore(
-            ctx.redis,
-            backup_file,
-            options,
-            confirm=ask,
-            on_progress=on_progress,
-            on_phase=on_phase,
-        )
+    with _moving(out, bar, "restoring", confirm) as hooks:
+        summary = core.restore(ctx.redis, backup_file, options, hooks)
     _report(out, summary, _render_restore)
 
 

@@ -36,6 +36,7 @@ from esctl.queues.restore import (
     RestoreTarget,
     restore,
 )
+from esctl.queues.run import Hooks
 from esctl.queues.scripts import (
     MOVE_BATCH,
     MOVE_BATCH_BYTES,
@@ -65,6 +66,7 @@ __all__ = [
     "DrainOptions",
     "DrainSummary",
     "FoundQueues",
+    "Hooks",
     "MessageInfo",
     "OnPhase",
     "OnProgress",

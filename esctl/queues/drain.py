@@ -16,7 +16,7 @@ from esctl.backupfile import BackupWriter
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, Refused
 from esctl.interrupts import HeldInterrupts
-from esctl.locks import RedisLock, after_broken_wait, not_given_back
+from esctl.locks import RedisLock
 from esctl.queues.backup import (
     EMPTY_OUTCOME,
     OUTCOME_TTL_MS,
@@ -24,18 +24,17 @@ from esctl.queues.backup import (
     record_complete,
     record_outcome,
 )
-from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.confirm import Plan, require_confirmation
 from esctl.queues.lock import (
     LOST_HINT,
     is_fenced,
     lost_lock,
-    queue_lock,
 )
-from esctl.queues.messages import MessageInfo
-from esctl.queues.progress import OnPhase, OnProgress, PhaseReporter, counting, reporter
-from esctl.queues.refs import QueueRef, check_list_name, list_document, problem
+from esctl.queues.progress import PhaseReporter, counting, reporter
+from esctl.queues.refs import QueueRef, check_list_name, problem, summary_document
+from esctl.queues.run import Hooks, SelectedSummary, selected_run
 from esctl.queues.scripts import REMOVE_SCRIPT, failure_text, refusal_hint
-from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction, select_locked
+from esctl.queues.selection import SelectingOptions, Snapshot, batches, direction
 from esctl.units import counted
 
 
@@ -48,40 +47,26 @@ class DrainOptions(SelectingOptions):
 
 
 @dataclass(slots=True)
-class DrainSummary:
-    dry_run: bool
-    subscriber: str
-    env: str
-    event_type: str
+class DrainSummary(SelectedSummary):
     list_name: str
     key: str
-    examined: int
-    selected: int
     drained: int
-    gone: int
-    """Selected and written to the backup, but gone from the list before esctl removed it (a
-    consumer took it): marked so in the file, never restored."""
-    failed: int
     backup_file: str | None
     backup_id: str | None
-    problems: list[dict[str, str]]
-    messages: list[MessageInfo]
-    selection: dict[str, Any]
-    elapsed_s: float
 
     def as_dict(self) -> dict[str, Any]:
-        return list_document(self)
+        return summary_document(
+            self,
+            "dry_run subscriber env event_type key examined selected drained gone failed"
+            " backup_file backup_id problems messages selection elapsed_s list_name",
+        )
 
 
 def drain(
     client: redisio.RedisClient,
     ref: QueueRef,
     options: DrainOptions,
-    *,
-    confirm: Confirm | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    on_progress: OnProgress | None = None,
-    on_phase: OnPhase | None = None,
+    hooks: Hooks = Hooks(),
 ) -> DrainSummary:
     """Back up, then remove, the selected messages of one list.
 
@@ -90,17 +75,13 @@ def drain(
     server-side scripts: exactly the backed-up values, so messages that arrive meanwhile stay.
     Each batch's outcome (removed, or gone because a consumer took it first) is appended to the
     file before the next batch. Without ``to_file`` it refuses unless ``discard``. Holds the
-    queue's lock unless ``dry_run``; asks ``confirm`` before writing anything. Ctrl-C (or
+    queue's lock unless ``dry_run``; asks ``hooks.confirm`` before writing anything. Ctrl-C (or
     SIGTERM) waits for the batch in hand and its outcome record, then Interrupted says what
     was drained. A second one while Redis does not answer stops the wait: Interrupted then
-    also says the batch in hand is in doubt, and what the backup file and Redis know of it.
-    Interrupted also says when the lock may still be held (a signal stopped its release, or
-    Redis did not answer it). ``on_progress`` gets the messages drained of those selected:
-    once the run holds the lock and is confirmed (not for a dry run or an empty selection),
-    after the backup is written, then per batch once its outcome is recorded; ``on_phase``,
-    before that and holding the lock, the list read (``reading list``), the messages examined
-    (``selecting``), then, once confirmed, the messages written to the backup file (``backing
-    up``) (:mod:`esctl.queues.progress`)."""
+    also says the batch in hand is in doubt, and what the backup file and Redis know of it
+    (:func:`esctl.queues.run.selected_run`). Progress: after the backup is written, then per
+    batch once its outcome is recorded; the phases ``reading list``, ``selecting`` and, once
+    confirmed, ``backing up`` (the messages written to the backup file)."""
     started = time.perf_counter()
     which = check_list_name(options.which)
     options.selection.check(which)
@@ -116,71 +97,58 @@ def drain(
             hint="choose a new --to-file name",
         )
     summary: DrainSummary | None = None
-    held = HeldInterrupts()
-    lock = None if options.dry_run else queue_lock(client, [ref])
-    try:
-        selecting = select_locked(
-            client,
-            ref,
-            which,
-            options,
-            lock=lock,
-            retry_keys=False,
-            sleep=sleep,
-            on_phase=on_phase,
+
+    def interrupted(held: HeldInterrupts) -> Interrupted:
+        return _interrupted(ref, options, which, summary, held)
+
+    selecting = selected_run(
+        client, ref, which, options, hooks, retry_keys=False, interrupted=interrupted
+    )
+    with selecting as run:
+        snap = run.snap
+        summary = DrainSummary(
+            **snap.summary_fields(ref, options),
+            list_name=which,
+            key=snap.key,
+            drained=0,
+            backup_file=None,
+            backup_id=None,
         )
-        with selecting as snap:
-            summary = DrainSummary(
-                **snap.summary_fields(ref, options),
-                list_name=which,
-                key=snap.key,
-                drained=0,
-                backup_file=None,
-                backup_id=None,
-            )
-            # Nothing selected still leaves the backup asked for (empty, complete): a script
-            # that drains to a file and later restores it finds the file either way.
-            if options.dry_run or (not snap.count and options.to_file is None):
-                summary.elapsed_s = time.perf_counter() - started
-                return summary
-            action = "drain" if options.to_file is not None else "discard"
-            report = reporter(on_progress, snap.count, lambda: (summary.drained, summary.gone))
-            if snap.count:
-                plan = Plan(action, snap.count, snap.key, _str(options.to_file))
-                require_confirmation(confirm, plan)
-            writer = None
-            if options.to_file is not None:
-                messages = snap.tail_first()
-                if snap.count:  # holding the lock, confirmed: a bar may show the backup written
-                    messages = counting(messages, PhaseReporter(on_phase, "backing up", snap.count))
-                writer, summary.backup_id = create_backup(
-                    options.to_file,
-                    ref,
-                    which,
-                    snap.length,
-                    snap.count,
-                    messages,
-                    options.selection.describe(),
-                    snap.now,
+        # Nothing selected still leaves the backup asked for (empty, complete): a script
+        # that drains to a file and later restores it finds the file either way.
+        if options.dry_run or (not snap.count and options.to_file is None):
+            summary.elapsed_s = time.perf_counter() - started
+            return summary
+        action = "drain" if options.to_file is not None else "discard"
+        report = reporter(hooks.on_progress, snap.count, lambda: (summary.drained, summary.gone))
+        if snap.count:
+            plan = Plan(action, snap.count, snap.key, _str(options.to_file))
+            require_confirmation(hooks.confirm, plan)
+        writer = None
+        if options.to_file is not None:
+            messages = snap.tail_first()
+            if snap.count:  # holding the lock, confirmed: a bar may show the backup written
+                messages = counting(
+                    messages, PhaseReporter(hooks.on_phase, "backing up", snap.count)
                 )
-                summary.backup_file = str(options.to_file)
-            if snap.count:
-                report()  # holding the lock, confirmed, the backup on disk: the removals' bar
-            try:
-                assert lock is not None  # held whenever not a dry run
-                _remove(client, snap, summary, writer, lock, ref, which, held, report)
-            finally:
-                if writer is not None:
-                    writer.close()
-                if held.broke:
-                    after_broken_wait(client, lock)
-            held.check()  # a Ctrl-C held during the last batch sent: it is counted
-    except KeyboardInterrupt as exc:
-        if options.dry_run or isinstance(exc, Interrupted):
-            raise
-        error = _interrupted(ref, options, which, summary, held)
-        error.hint += not_given_back(lock)  # however the signals fell
-        raise error from exc
+            writer, summary.backup_id = create_backup(
+                options.to_file,
+                ref,
+                which,
+                snap.length,
+                snap.count,
+                messages,
+                options.selection.describe(),
+                snap.now,
+            )
+            summary.backup_file = str(options.to_file)
+        if snap.count:
+            report()  # holding the lock, confirmed, the backup on disk: the removals' bar
+        try:
+            _remove(client, snap, summary, writer, run.locked, ref, which, run.held, report)
+        finally:
+            if writer is not None:
+                writer.close()
     summary.elapsed_s = time.perf_counter() - started
     return summary
 

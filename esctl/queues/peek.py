@@ -9,7 +9,7 @@ from typing import Any
 
 from esctl import redisio
 from esctl.queues.messages import MessageInfo, describe_message, resolve_now, retry_infos
-from esctl.queues.refs import QueueRef, check_list_name, ensure_known, list_document
+from esctl.queues.refs import QueueRef, check_list_name, ensure_known, summary_document
 
 
 @dataclass(slots=True)
@@ -23,7 +23,7 @@ class PeekResult:
     messages: list[MessageInfo]
 
     def as_dict(self) -> dict[str, Any]:
-        return list_document(self)
+        return summary_document(self)
 
 
 def peek(

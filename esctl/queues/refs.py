@@ -81,9 +81,13 @@ def problem(kind: str, key: str, detail: str) -> dict[str, str]:
     return {"kind": kind, "key": key, "detail": detail}
 
 
-def list_document(summary: Any) -> dict[str, Any]:
-    """A dataclass summary of one queue list as JSON: its fields, ``list_name`` as ``list``
-    (the name the CLI's options and the documents use)."""
+def summary_document(summary: Any, order: str | None = None) -> dict[str, Any]:
+    """A dataclass summary as JSON: its fields (with what they hold as plain values), in
+    ``order`` (their names, space-separated; default: as declared), ``list_name`` as ``list``
+    (the name the CLI's options and the documents use), put last."""
     document = asdict(summary)
-    document["list"] = document.pop("list_name")
+    if order is not None:
+        document = {name: document[name] for name in order.split()}
+    if "list_name" in document:
+        document["list"] = document.pop("list_name")
     return document

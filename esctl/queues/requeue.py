@@ -5,27 +5,26 @@ subscribers. How moves stay atomic and always end: ``docs/design/queues.md``."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from esctl import inflight, redisio
 from esctl.config import redact
 from esctl.errors import Interrupted, LockLost, UsageError
 from esctl.interrupts import HeldInterrupts
-from esctl.locks import RedisLock, after_broken_wait, not_given_back
-from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.locks import RedisLock
+from esctl.queues.confirm import Plan, require_confirmation
 from esctl.queues.lock import (
     LOST_HINT,
     LOST_LOCK,
     is_fenced,
     lost_lock,
     notification_missed,
-    queue_lock,
 )
-from esctl.queues.messages import MessageInfo
-from esctl.queues.progress import OnPhase, OnProgress, reporter
-from esctl.queues.refs import QueueRef, problem
+from esctl.queues.progress import OnProgress, reporter
+from esctl.queues.refs import QueueRef, problem, summary_document
+from esctl.queues.run import Hooks, SelectedSummary, selected_run
 from esctl.queues.scripts import MOVE_SCRIPT, notify, refusal_hint
 from esctl.queues.selection import (
     Candidate,
@@ -33,7 +32,6 @@ from esctl.queues.selection import (
     Snapshot,
     batches,
     direction,
-    select_locked,
 )
 from esctl.units import counted
 
@@ -49,45 +47,28 @@ class RequeueOptions(SelectingOptions):
 
 
 @dataclass(slots=True)
-class RequeueSummary:
-    dry_run: bool
-    subscriber: str
-    env: str
-    event_type: str
+class RequeueSummary(SelectedSummary):
     source: str
     source_key: str
     destination_key: str
-    examined: int
-    """Messages in the source list when it was (last) snapshotted."""
-    selected: int
     requeued: int
-    gone: int
-    """Selected, but no longer in the source when esctl came to it (a consumer took it, or the
-    library's retry job moved it): not moved, never duplicated."""
-    failed: int
-    """Selected messages esctl could not move or cannot say whether it moved (a server error or
-    a lost connection mid-batch): non-zero makes the command exit non-zero."""
     retry_data_cleared: int
     notified: bool
-    problems: list[dict[str, str]]
-    messages: list[MessageInfo]
-    """Dry run: the selected messages."""
-    selection: dict[str, Any]
-    elapsed_s: float
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return summary_document(
+            self,
+            "dry_run subscriber env event_type source source_key destination_key examined"
+            " selected requeued gone failed retry_data_cleared notified problems messages"
+            " selection elapsed_s",
+        )
 
 
 def requeue(
     client: redisio.RedisClient,
     ref: QueueRef,
     options: RequeueOptions,
-    *,
-    confirm: Confirm | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    on_progress: OnProgress | None = None,
-    on_phase: OnPhase | None = None,
+    hooks: Hooks = Hooks(),
 ) -> RequeueSummary:
     """Move selected messages of ProcessingEvents (or DeadLetters) back to the tail of
     PublishedEvents, where RPOPLPUSH takes them next, oldest taken first; then PUBLISH one
@@ -97,16 +78,13 @@ def requeue(
     consumer finished or took meanwhile is counted ``gone``, never duplicated, never lost.
     Requeued dead letters get their RetryData hash deleted in the same script unless
     ``keep_retry_data``. The selection is a snapshot: the run always ends. Holds the queue's
-    lock (LockHeld when another run has it) unless ``dry_run``; asks ``confirm`` before the
-    first move (Refused when it says no). Ctrl-C (or SIGTERM) stops the sending; the batches
-    sent are answered and counted, the notification goes out, and Interrupted says what
-    moved. A second one while Redis does not answer stops the wait: Interrupted then also
-    says how many messages were sent in batches whose answers were not read (in doubt).
-    Interrupted also says when the lock may still be held (a signal stopped its release,
-    or Redis did not answer it). ``on_progress`` gets the messages moved of those selected:
-    once the run holds the lock and is confirmed (not for a dry run or an empty selection),
-    then per answered batch; ``on_phase``, before that, the list read (``reading list``) and
-    the messages examined (``selecting``), holding the lock (:mod:`esctl.queues.progress`)."""
+    lock (LockHeld when another run has it) unless ``dry_run``; asks ``hooks.confirm`` before
+    the first move (Refused when it says no). Ctrl-C (or SIGTERM) stops the sending; the
+    batches sent are answered and counted, the notification goes out, and Interrupted says
+    what moved. A second one while Redis does not answer stops the wait: Interrupted then
+    also says how many messages were sent in batches whose answers were not read (in doubt)
+    (:func:`esctl.queues.run.selected_run`). Progress: per answered batch; the phases
+    ``reading list`` and ``selecting``."""
     started = time.perf_counter()
     if options.source not in ("processing", "dead"):
         raise UsageError(
@@ -116,53 +94,36 @@ def requeue(
     options.selection.check(options.source)
     clear = options.source == "dead" and not options.keep_retry_data
     summary: RequeueSummary | None = None
-    held = HeldInterrupts()
-    lock = None if options.dry_run else queue_lock(client, [ref])
-    try:
-        selecting = select_locked(
-            client,
-            ref,
-            options.source,
-            options,
-            lock=lock,
-            retry_keys=clear,
-            sleep=sleep,
-            on_phase=on_phase,
+
+    def interrupted(held: HeldInterrupts) -> Interrupted:
+        return _interrupted(ref, options, summary, held)
+
+    selecting = selected_run(
+        client, ref, options.source, options, hooks, retry_keys=clear, interrupted=interrupted
+    )
+    with selecting as run:
+        snap, held = run.snap, run.held
+        summary = RequeueSummary(
+            **snap.summary_fields(ref, options),
+            source=options.source,
+            source_key=snap.key,
+            destination_key=ref.key("published"),
+            requeued=0,
+            retry_data_cleared=0,
+            notified=False,
         )
-        with selecting as snap:
-            summary = RequeueSummary(
-                **snap.summary_fields(ref, options),
-                source=options.source,
-                source_key=snap.key,
-                destination_key=ref.key("published"),
-                requeued=0,
-                retry_data_cleared=0,
-                notified=False,
-            )
-            if options.dry_run or not snap.count:
-                summary.elapsed_s = time.perf_counter() - started
-                return summary
-            plan = Plan("requeue", snap.count, snap.key, ref.key("published"))
-            require_confirmation(confirm, plan)
-            assert lock is not None  # held whenever not a dry run
+        if options.dry_run or not snap.count:
+            summary.elapsed_s = time.perf_counter() - started
+            return summary
+        plan = Plan("requeue", snap.count, snap.key, ref.key("published"))
+        require_confirmation(hooks.confirm, plan)
+        with held.holding():  # the notification goes out whatever stops the moves
             try:
-                with held.holding():  # the notification goes out whatever stops the moves
-                    try:
-                        _move(client, ref, snap, summary, lock, held, on_progress)
-                    finally:
-                        if summary.requeued and not held.broke:
-                            with held.waiting():
-                                summary.notified = notify(client, ref.channel, summary.problems)
-                held.check()
+                _move(client, ref, snap, summary, run.locked, held, hooks.on_progress)
             finally:
-                if held.broke:
-                    after_broken_wait(client, lock)
-    except KeyboardInterrupt as exc:
-        if options.dry_run or isinstance(exc, Interrupted):
-            raise
-        error = _interrupted(ref, options, summary, held)
-        error.hint += not_given_back(lock)  # however the signals fell
-        raise error from exc
+                if summary.requeued and not held.broke:
+                    with held.waiting():
+                        summary.notified = notify(client, ref.channel, summary.problems)
     summary.elapsed_s = time.perf_counter() - started
     return summary
 

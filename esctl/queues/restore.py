@@ -29,7 +29,7 @@ from esctl.queues.backup import (
     survey_backup,
     value_bytes,
 )
-from esctl.queues.confirm import Confirm, Plan, require_confirmation
+from esctl.queues.confirm import Plan, require_confirmation
 from esctl.queues.lock import (
     NO_OTHER_RUN,
     is_fenced,
@@ -37,8 +37,9 @@ from esctl.queues.lock import (
     notification_missed,
     queue_lock,
 )
-from esctl.queues.progress import OnPhase, OnProgress, PhaseReporter, reporter
+from esctl.queues.progress import OnPhase, PhaseReporter, reporter
 from esctl.queues.refs import QueueRef, check_list_name, ensure_known, problem
+from esctl.queues.run import Hooks
 from esctl.queues.scripts import RESTORE_SCRIPT, failure_text, notify, refusal_hint
 from esctl.units import counted
 
@@ -114,10 +115,7 @@ def restore(
     client: redisio.RedisClient,
     path: str | Path,
     options: RestoreOptions,
-    *,
-    confirm: Confirm | None = None,
-    on_progress: OnProgress | None = None,
-    on_phase: OnPhase | None = None,
+    hooks: Hooks = Hooks(),
 ) -> RestoreSummary:
     """Put the messages of a drain's backup file back: into the list each came from, at the
     same distance from the tail (so a list drained and restored with nothing else happening
@@ -135,15 +133,13 @@ def restore(
     (memory does not grow with the file): first what decides what to restore
     (:func:`~esctl.queues.backup.survey_backup`), then the messages as their batches are sent;
     a file written to between the two readings stops the run there (a ``restore_failed``
-    problem), never restored from both. Asks ``confirm`` first. Ctrl-C (or SIGTERM) waits for
+    problem), never restored from both. Asks ``hooks.confirm`` first. Ctrl-C (or SIGTERM) waits for
     the batch in hand, the notification goes out, then Interrupted says what was restored. A
     second one while Redis does not answer stops the wait: Interrupted then also says the
-    batch in hand is in doubt, and that a rerun goes on from what Redis counted.
-    ``on_progress`` gets the messages restored of those still to restore: once the run holds
-    the locks and is confirmed (not for a dry run or when nothing is left to restore), then per
-    answered batch; ``on_phase``, before that, the file's records read (``reading backup``) and
-    settled and counted per list (``preparing``), holding the locks
-    (:mod:`esctl.queues.progress`)."""
+    batch in hand is in doubt, and that a rerun goes on from what Redis counted. Progress
+    (:class:`~esctl.queues.run.Hooks`): the messages restored of those still to restore, per
+    answered batch; the phases, holding the locks: the file's records read (``reading
+    backup``), then settled and counted per list (``preparing``)."""
     started = time.perf_counter()
     if options.target_list is not None:
         check_list_name(options.target_list)
@@ -168,16 +164,18 @@ def restore(
         with lock, open_backup(Path(path)) as handle:
             # Read holding the locks: what decides what to restore is what the restore finds.
             # The first reading keeps what decides, the second sends the values (same handle)
-            survey = survey_backup(path, handle, on_phase=on_phase)
-            summary, groups, todo = _plan(client, survey, options, on_phase)
+            survey = survey_backup(path, handle, on_phase=hooks.on_phase)
+            summary, groups, todo = _plan(client, survey, options, hooks.on_phase)
             _check_locked(survey.path, groups, refs)
             if todo == 0:
                 summary.elapsed_s = time.perf_counter() - started
                 return summary
             try:
                 destination = ", ".join(g.key for g in groups)
-                require_confirmation(confirm, Plan("restore", todo, str(survey.path), destination))
-                report = reporter(on_progress, todo, lambda: (summary.restored, 0))
+                require_confirmation(
+                    hooks.confirm, Plan("restore", todo, str(survey.path), destination)
+                )
+                report = reporter(hooks.on_progress, todo, lambda: (summary.restored, 0))
                 report()  # holding the locks, confirmed: the bar may be drawn now
                 _restore_all(client, survey, options, groups, summary, lock, held, report)
             finally:
