@@ -22,7 +22,7 @@ from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
 from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
 from esctl.documents import document
 from esctl.sampling import Reservoir
-from esctl.streams import Stream, build_stream, validate_stream
+from esctl.streams import Stream, build_stream, clean_payloads, validate_stream
 from esctl.transforms import RuleEffect, Rules, SourceEvent, transform_stream
 
 MAX_PROBLEMS_LISTED = 20
@@ -180,7 +180,9 @@ def _read_sample(
         offset = 0
         for aggregate_id, commit_ids in zip(page, lists, strict=True):
             fast.append(
-                migrate.clean_rows(aggregate_id, values[offset : offset + len(commit_ids)])
+                migrate.clean_rows(
+                    clean_payloads(aggregate_id, values[offset : offset + len(commit_ids)])
+                )
                 if commit_ids
                 else None
             )

@@ -43,7 +43,7 @@ from esctl.migrate.rows import PG_EPOCH
 from esctl.migrate.rows import binary_row as make_binary_row
 from esctl.migrate.run import lock_name
 from esctl.shard import Shard
-from esctl.streams import StreamProblem, build_stream, validate_stream
+from esctl.streams import StreamProblem, build_stream, clean_payloads, validate_stream
 from esctl.verify import VerifyOptions, verify
 
 # esctl's name for each kind the writer plants (orphans are not events: not a quarantine).
@@ -1359,7 +1359,9 @@ def general_path(
 def assert_paths_agree(
     aggregate_id: str, values: Sequence[bytes | None], first_version: int, known_type: str | None
 ) -> None:
-    fast = clean_rows(aggregate_id, values, first_version=first_version, known_type=known_type)
+    fast = clean_rows(
+        clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
+    )
     general = general_path(aggregate_id, values, first_version, known_type)
     assert (fast is None) == (general is None), (values, fast, general)
     if fast is not None and general is not None:
@@ -1389,7 +1391,7 @@ def test_clean_rows_lines_are_exact_on_a_clean_stream() -> None:
     """An anchor for the property: a clean, out-of-order, partly compressed stream."""
     docs = [payload("agg\t1", v, Text="tab\there \\ back", Note="日本語 🦄") for v in (2, 1, 3)]
     values = [iw.gzip_base64(docs[0]), docs[1].encode(), docs[2].encode()]
-    fast = clean_rows("agg\t1", values)
+    fast = clean_rows(clean_payloads("agg\t1", values))
     assert fast is not None
     aggregate_type, rows = fast
     assert aggregate_type == "Item"
@@ -1409,7 +1411,7 @@ def test_clean_rows_and_the_general_path_agree_on_an_empty_aggregate_type(
 ) -> None:
     values = [payload("9", 1, "").encode(), payload("9", 2, "Item").encode()]
     assert_paths_agree("9", values, 1, known_type)
-    assert clean_rows("9", values) is None
+    assert clean_rows(clean_payloads("9", values)) is None
 
 
 def binary_row(row: bytes) -> tuple[datetime, int, str, bytes]:
@@ -1436,7 +1438,7 @@ def test_a_rows_time_stamp_is_the_instant_the_codec_reads(digits: int, offset: s
     text = payload("t", 1).replace(
         "2019-05-02T10:11:12.1234561+02:00", f"2018-02-18T03:26:04{fraction}{offset}"
     )
-    fast = clean_rows("t", [text.encode()])
+    fast = clean_rows(clean_payloads("t", [text.encode()]))
     assert fast is not None
     assert binary_row(fast[1][0])[0] == parse_timestamp(json.loads(text)["TimeStamp"])
 

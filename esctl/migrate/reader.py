@@ -20,7 +20,7 @@ from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
 from esctl.pgevents import any_migrated
 from esctl.shard import Shard
-from esctl.streams import Stream, StreamProblem, build_stream, validate_stream
+from esctl.streams import Stream, StreamProblem, build_stream, clean_payloads, validate_stream
 
 Migrated = tuple[int, str, str]
 """What esctl.migrated_stream holds of an aggregate: (commits migrated, last commit id,
@@ -359,7 +359,9 @@ class Reader:
         done, known_type, skip, continuous = resume_point(read.known, commit_ids)
         if continuous:
             fast = clean_rows(
-                aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
+                clean_payloads(
+                    aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
+                )
             )
             if fast is not None:
                 aggregate_type, fast_rows = fast

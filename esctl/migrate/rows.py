@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from esctl.codec import event_type_from_type_name
-from esctl.streams import Stream, StreamProblem, clean_payloads, postgres_problem
+from esctl.streams import CleanPayload, Stream, StreamProblem, postgres_problem
 
 
 @dataclass
@@ -142,21 +142,15 @@ def stream_rows(stream: Stream) -> list[bytes] | StreamProblem:
     return rows
 
 
-def clean_rows(
-    aggregate_id: str,
-    values: Sequence[bytes | None],
-    *,
-    first_version: int = 1,
-    known_type: str | None = None,
-) -> tuple[str, list[bytes]] | None:
+def clean_rows(clean: tuple[str, list[CleanPayload]] | None) -> tuple[str, list[bytes]] | None:
     """The hot path of a migration: the aggregate type and COPY rows of a stream with nothing
-    wrong at all (see :func:`esctl.streams.clean_payloads`), or None for the general path.
+    wrong at all, from what :func:`esctl.streams.clean_payloads` gave for it, or None (where it
+    gave None, or for a Version beyond an integer column) for the general path.
 
     A row is binary COPY data (``FORMAT BINARY``) for ``time_stamp, version, event_type,
     event_data``, without the field count and ``aggregate_key`` the writer puts in front: the
     payload's bytes as stored (or as decompressed) go in as they are, with no escaping, and
     PostgreSQL spends ~9% less CPU per event than on the same rows as text (measured)."""
-    clean = clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
     if clean is None:
         return None
     aggregate_type, events = clean
