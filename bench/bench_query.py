@@ -42,16 +42,16 @@ import redis
 from _common import Meter, add_json_option, database, json_output, write_store
 
 from esctl import codec, layout, redisio, servers, storereads
-from esctl.query import PgQuery, QueryFilters, RedisQuery
+from esctl.query import PgQuery, QueryFilters, RedisQuery, Selectors
 
 APP = "Bench.Query"
 
-QUESTIONS: dict[str, dict[str, object]] = {
-    "--type OrderPlaced": {"types": ["OrderPlaced"]},
-    "--where 'Score>=7'": {"where": ["Score>=7"]},
-    "--since 2020-01-01 --until 2021-01-01": {"since": "2020-01-01", "until": "2021-01-01"},
-    "--where 'Lines.Description~Füller'": {"where": ["Lines.Description~Füller"]},
-    "(no filter: every event)": {},
+QUESTIONS: dict[str, Selectors] = {
+    "--type OrderPlaced": Selectors(types=("OrderPlaced",)),
+    "--where 'Score>=7'": Selectors(where=("Score>=7",)),
+    "--since 2020-01-01 --until 2021-01-01": Selectors(since="2020-01-01", until="2021-01-01"),
+    "--where 'Lines.Description~Füller'": Selectors(where=("Lines.Description~Füller",)),
+    "(no filter: every event)": Selectors(),
 }
 ONE_PROCESS = "(no filter), read in one process"
 """The last question again without the read-ahead child: what the second process adds."""
@@ -186,8 +186,7 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
                 with meter.measure("plain read (no decoding)") as cost:
                     plain = rate_of(lambda: plain_read(client))
                     cost.events += events
-                spec = QUESTIONS.get(label, {})
-                filters = QueryFilters.build(**spec)  # type: ignore[arg-type]
+                filters = QUESTIONS.get(label, Selectors()).filters()
 
                 def work(filters: QueryFilters = filters, label: str = label) -> int:
                     scanned, matched = run_query(
@@ -241,8 +240,8 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
                 )
                 assert summary.events_migrated == events, summary.problems[:3]
                 print()
-                for label, spec in QUESTIONS.items():
-                    filters = QueryFilters.build(**spec)  # type: ignore[arg-type]
+                for label, selectors in QUESTIONS.items():
+                    filters = selectors.filters()
                     with meter.measure(f"events query --source pg {label}", dsn) as cost:
                         t0 = time.perf_counter()
                         matched = sum(1 for _ in PgQuery(dsn, "public", APP, filters))

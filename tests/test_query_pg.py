@@ -14,27 +14,27 @@ import redis
 from esctl import query
 from esctl.errors import SchemaIncompatible
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
-from esctl.query import PgQuery, QueryFilters, QueryResult, RedisQuery
+from esctl.query import PgQuery, QueryFilters, QueryResult, RedisQuery, Selectors
 
 QUESTIONS: list[dict[str, Any]] = [
     {},
-    {"types": ["InvoicePaid"]},
-    {"types": ["ModuleAdded", "Audited`1", "EnrollmentCreated"]},
+    {"types": ("InvoicePaid",)},
+    {"types": ("ModuleAdded", "Audited`1", "EnrollmentCreated")},
     {"aggregate_type": "Invoice"},
     {"since": "2017-06-01", "until": "2018-03-01T12:00:00+02:00"},
     {"since": "2018-05-01"},
-    {"where": ["Lines.Amount>250"]},
-    {"where": ["Lines.Text~é"]},
-    {"where": ["Owner.Address.City=Zürich"]},
-    {"where": ["Owner.Address.City!=Zürich"]},
-    {"where": ["Inner.Tags=β"]},
-    {"where": ["Comment exists"]},
-    {"where": ["Progress>=50", "Progress<60"]},
-    {"where": ['Note="Tab\\tand\\nnewline"']},
-    {"where": ["Note~back\\slash"]},
-    {"where": ["$type~CourseEvents+"]},
-    {"where": ["Version>2"]},
-    {"types": ["EnrollmentProgressed"], "since": "2017-01-01", "where": ["Progress!=0"]},
+    {"where": ("Lines.Amount>250",)},
+    {"where": ("Lines.Text~é",)},
+    {"where": ("Owner.Address.City=Zürich",)},
+    {"where": ("Owner.Address.City!=Zürich",)},
+    {"where": ("Inner.Tags=β",)},
+    {"where": ("Comment exists",)},
+    {"where": ("Progress>=50", "Progress<60")},
+    {"where": ('Note="Tab\\tand\\nnewline"',)},
+    {"where": ("Note~back\\slash",)},
+    {"where": ("$type~CourseEvents+",)},
+    {"where": ("Version>2",)},
+    {"types": ("EnrollmentProgressed",), "since": "2017-01-01", "where": ("Progress!=0",)},
 ]
 
 
@@ -84,12 +84,12 @@ def test_redis_and_pg_give_the_same_answers(
     )
     questions = [
         *QUESTIONS,
-        {"where": [f"Id={invoice.aggregate_id}"]},  # an integer id: a string in the payload
-        {"where": [f"Progress={progress}"]},
-        {"where": [f'Progress="{progress}"']},  # a quoted value matches strings only
+        {"where": (f"Id={invoice.aggregate_id}",)},  # an integer id: a string in the payload
+        {"where": (f"Progress={progress}",)},
+        {"where": (f'Progress="{progress}"',)},  # a quoted value matches strings only
     ]
     for spec in questions:
-        filters = QueryFilters.build(**spec)
+        filters = Selectors(**spec).filters()
         from_redis = list(RedisQuery(redis_client, app_name, filters))
         from_pg = list(PgQuery(pg_dsn, "public", app_name, filters))
         assert all(r.commit_id is None for r in from_pg)
@@ -109,27 +109,26 @@ def test_pg_limit_and_aggregates(
     truth, quarantined = migrated
     clean = [a for a in truth.aggregates if a.aggregate_id not in quarantined][:3]
     ids = [a.aggregate_id for a in clean]
-    results = list(PgQuery(pg_dsn, "public", app_name, QueryFilters.build(aggregates=ids)))
+    results = list(PgQuery(pg_dsn, "public", app_name, Selectors(aggregates=tuple(ids)).filters()))
     assert sorted((r.aggregate_id, r.version) for r in results) == sorted(
         (a.aggregate_id, e.version) for a in clean for e in a.events
     )
-    limited = list(PgQuery(pg_dsn, "public", app_name, QueryFilters.build(limit=4)))
+    limited = list(PgQuery(pg_dsn, "public", app_name, Selectors().filters(limit=4)))
     assert len(limited) == 4
-    assert list(PgQuery(pg_dsn, "public", app_name, QueryFilters.build(limit=0))) == []
-    other = list(PgQuery(pg_dsn, "public", app_name + "-other", QueryFilters.build()))
+    assert list(PgQuery(pg_dsn, "public", app_name, Selectors().filters(limit=0))) == []
+    other = list(PgQuery(pg_dsn, "public", app_name + "-other", QueryFilters()))
     assert other == []
 
 
 def test_every_filter_is_in_the_sql() -> None:
-    filters = QueryFilters.build(
-        types=["A"],
+    filters = Selectors(
+        types=("A",),
         aggregate_type="T",
-        aggregates=["1"],
+        aggregates=("1",),
         since="2020-01-01",
         until="2021-01-01",
-        where=["a.b~x", "c exists"],
-        limit=5,
-    )
+        where=("a.b~x", "c exists"),
+    ).filters(limit=5)
     statement, params = query.pg_query_sql("my schema", "App", filters)
     text = statement.as_string(None)
     for fragment in (
@@ -150,7 +149,7 @@ def test_every_filter_is_in_the_sql() -> None:
 
 def test_missing_tables_are_a_clear_error(app_name: str, pg_dsn: str) -> None:
     with pytest.raises(SchemaIncompatible, match="do not exist"):
-        list(PgQuery(pg_dsn, "public", app_name, QueryFilters.build()))
+        list(PgQuery(pg_dsn, "public", app_name, QueryFilters()))
     with psycopg.connect(pg_dsn) as conn:  # the connection was closed: nothing left open
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'esctl events query'"

@@ -15,13 +15,15 @@ import pytest
 import redis
 
 from esctl import demo, query, readahead
-from esctl.query import QueryFilters, QueryResult, RedisQuery
+from esctl.query import QueryFilters, QueryResult, RedisQuery, Selectors
 
 Key = tuple[str, int, str, str, str, str | None]
 
 
-def run(client: redis.Redis, app: str, **filters: Any) -> tuple[list[QueryResult], RedisQuery]:
-    q = RedisQuery(client, app, QueryFilters.build(**filters), scan_count=7)
+def run(
+    client: redis.Redis, app: str, *, limit: int | None = None, **selectors: Any
+) -> tuple[list[QueryResult], RedisQuery]:
+    q = RedisQuery(client, app, Selectors(**selectors).filters(limit=limit), scan_count=7)
     return list(q), q
 
 
@@ -86,9 +88,9 @@ def test_type_time_and_where_filters_match_the_ground_truth(
     since = datetime(2017, 6, 1, tzinfo=UTC)
     until = datetime(2018, 3, 1, tzinfo=UTC)
     cases: list[tuple[dict[str, Any], Any]] = [
-        ({"types": ["InvoicePaid"]}, lambda e, d: e.event_type == "InvoicePaid"),
+        ({"types": ("InvoicePaid",)}, lambda e, d: e.event_type == "InvoicePaid"),
         (
-            {"types": ["ModuleAdded", "Audited`1"]},
+            {"types": ("ModuleAdded", "Audited`1")},
             lambda e, d: e.event_type in ("ModuleAdded", "Audited`1"),
         ),
         ({"aggregate_type": "Course"}, lambda e, d: e.aggregate_type == "Course"),
@@ -97,21 +99,21 @@ def test_type_time_and_where_filters_match_the_ground_truth(
             lambda e, d: since <= moment(e.timestamp) < until,
         ),
         (
-            {"where": ["Lines.Amount>250"]},
+            {"where": ("Lines.Amount>250",)},
             lambda e, d: any(
                 line["Amount"] > 250 for line in d.get("Lines", {}).get("$values", [])
             ),
         ),
         (
-            {"where": ["Owner.Address.City=Zürich"]},
+            {"where": ("Owner.Address.City=Zürich",)},
             lambda e, d: d.get("Owner", {}).get("Address", {}).get("City") == "Zürich",
         ),
-        ({"where": ["Inner.Tags=β"]}, lambda e, d: "Inner" in d),
-        ({"where": ["Note~🦄"]}, lambda e, d: "🦄" in d.get("Note", "")),
-        ({"where": ["Comment exists"]}, lambda e, d: "Comment" in d),
-        ({"where": ["Progress>=50", "Progress<60"]}, lambda e, d: 50 <= d.get("Progress", -1) < 60),
+        ({"where": ("Inner.Tags=β",)}, lambda e, d: "Inner" in d),
+        ({"where": ("Note~🦄",)}, lambda e, d: "🦄" in d.get("Note", "")),
+        ({"where": ("Comment exists",)}, lambda e, d: "Comment" in d),
+        ({"where": ("Progress>=50", "Progress<60")}, lambda e, d: 50 <= d.get("Progress", -1) < 60),
         (
-            {"types": ["EnrollmentProgressed"], "where": ["Progress!=0"]},
+            {"types": ("EnrollmentProgressed",), "where": ("Progress!=0",)},
             lambda e, d: e.event_type == "EnrollmentProgressed" and d["Progress"] != 0,
         ),
     ]
@@ -125,14 +127,14 @@ def test_type_time_and_where_filters_match_the_ground_truth(
 def test_aggregates_filter_reads_only_those_lists(redis_client: redis.Redis, app_name: str) -> None:
     truth = iw.write_store(redis_client, app=app_name, aggregates=30, seed=3)
     chosen = [truth.aggregates[4], truth.aggregates[17]]
-    results, q = run(redis_client, app_name, aggregates=[a.aggregate_id for a in chosen])
+    results, q = run(redis_client, app_name, aggregates=tuple(a.aggregate_id for a in chosen))
     assert keys(results) == sorted(truth_key(e) for a in chosen for e in a.events)
     assert q.stats.aggregates == 2
     assert q.stats.events == sum(len(a.events) for a in chosen)
     # in commit order within an aggregate
     first = [r.commit_id for r in results if r.aggregate_id == chosen[0].aggregate_id]
     assert first == [e.commit_id for e in chosen[0].events]
-    none, _ = run(redis_client, app_name, aggregates=["no-such-aggregate"])
+    none, _ = run(redis_client, app_name, aggregates=("no-such-aggregate",))
     assert none == []
 
 
@@ -145,19 +147,19 @@ def test_reading_ahead_in_a_second_process_changes_nothing_but_speed(
         redis_client, app=app_name, aggregates=70, defects=list(iw.DEFECT_KINDS), seed=12
     )
     some = truth.events()[3]
-    for spec in (
-        {},
-        {"types": [some.event_type]},
-        {"since": "2017-06-01", "where": ["Version>=2"]},
-        {"aggregate_type": some.aggregate_type, "limit": 9},
+    for filters in (
+        QueryFilters(),
+        Selectors(types=(some.event_type,)).filters(),
+        Selectors(since="2017-06-01", where=("Version>=2",)).filters(),
+        Selectors(aggregate_type=some.aggregate_type).filters(limit=9),
     ):
         answers = []
         for ahead in (True, False):
-            q = RedisQuery(redis_client, app_name, QueryFilters.build(**spec), scan_count=5)
+            q = RedisQuery(redis_client, app_name, filters, scan_count=5)
             q.read_ahead = ahead
             answers.append(([r.json_line() for r in q], q.stats))
-        assert answers[0][0], f"{spec} selects nothing: a weak test"
-        assert answers[0] == answers[1], spec
+        assert answers[0][0], f"{filters} selects nothing: a weak test"
+        assert answers[0] == answers[1], filters
 
 
 def test_a_redis_failure_while_reading_ahead_is_the_usual_connection_error(
@@ -170,7 +172,7 @@ def test_a_redis_failure_while_reading_ahead_is_the_usual_connection_error(
     try:
         client = redis.Redis.from_url(local.url)
         iw.write_store(client, app=app_name, aggregates=400, seed=4)
-        q = RedisQuery(client, app_name, QueryFilters.build(), scan_count=10)
+        q = RedisQuery(client, app_name, QueryFilters(), scan_count=10)
         assert q.read_ahead or not readahead.available()
         q.read_ahead = True
         results = iter(q)
@@ -197,7 +199,7 @@ def test_demo_store_counts(demo_store: demo.DemoSummary, redis_client: redis.Red
     assert len(results) == demo_store.readable_events
     assert q.stats.unreadable == demo_store.commit_ids - demo_store.readable_events
     for event_type, count in demo_store.events_by_event_type.items():
-        assert len(run(redis_client, app, types=[event_type])[0]) == count, event_type
+        assert len(run(redis_client, app, types=(event_type,))[0]) == count, event_type
     for aggregate_type, count in demo_store.events_by_aggregate_type.items():
         assert len(run(redis_client, app, aggregate_type=aggregate_type)[0]) == count
     # a gzip-compressed event is found by a field deep inside it
@@ -209,7 +211,7 @@ def test_demo_store_counts(demo_store: demo.DemoSummary, redis_client: redis.Red
     [hit] = [r for r in results if r.commit_id == commit]
     key = next(k for k, v in hit.data.items() if isinstance(v, str) and len(v) > 20 and k != "Id")
     text = hit.data[key][5:25]
-    found, _ = run(redis_client, app, where=[f"{key}~{text}"])
+    found, _ = run(redis_client, app, where=(f"{key}~{text}",))
     assert commit in {r.commit_id for r in found}
 
 
@@ -222,13 +224,13 @@ def test_escaped_text_is_still_found(redis_client: redis.Redis, app_name: str) -
     )
     redis_client.rpush(iw.commit_list_key(app_name, "42"), "c-1")
     redis_client.hset(iw.event_hash_key(app_name, "c-1"), "c-1", text)
-    assert len(run(redis_client, app_name, types=["OrderPlaced"])[0]) == 1
-    assert len(run(redis_client, app_name, where=["City=München"])[0]) == 1
-    assert len(run(redis_client, app_name, where=["Url~a/b"])[0]) == 1
+    assert len(run(redis_client, app_name, types=("OrderPlaced",))[0]) == 1
+    assert len(run(redis_client, app_name, where=("City=München",))[0]) == 1
+    assert len(run(redis_client, app_name, where=("Url~a/b",))[0]) == 1
     big = text.replace('"Url"', '"Pad":"' + "x" * 1200 + '","Url"')
     redis_client.hset(iw.event_hash_key(app_name, "c-1"), "c-1", iw.gzip_base64(big))
-    assert len(run(redis_client, app_name, types=["OrderPlaced"])[0]) == 1
-    assert len(run(redis_client, app_name, types=["OrderShipped"])[0]) == 0
+    assert len(run(redis_client, app_name, types=("OrderPlaced",))[0]) == 1
+    assert len(run(redis_client, app_name, types=("OrderShipped",))[0]) == 0
 
 
 def test_head_event_type_reads_only_the_start() -> None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esctl.errors import UsageError
-from esctl.query import QueryFilters, parse_where
+from esctl.query import Selectors, parse_where
 
 # --- parsing -------------------------------------------------------------------------------
 
@@ -100,25 +100,25 @@ def test_malformed_where_is_a_usage_error_pointing_at_the_bad_part(
 
 def test_filters_build_checks_everything() -> None:
     with pytest.raises(UsageError, match="--since"):
-        QueryFilters.build(since="yesterday")
+        Selectors(since="yesterday").filters()
     with pytest.raises(UsageError, match="--where"):
-        QueryFilters.build(where=["ok=1", "bad"])
-    filters = QueryFilters.build(types=["A", "B", "A"], aggregates=["1", "1"], limit=3)
+        Selectors(where=("ok=1", "bad")).filters()
+    filters = Selectors(types=("A", "B", "A"), aggregates=("1", "1")).filters(limit=3)
     assert filters.types == ("A", "B") and filters.aggregates == ("1",) and filters.limit == 3
 
 
 @pytest.mark.parametrize(
     ("option", "given"),
-    [("--type", {"types": ["ItemScore*"]}), ("--aggregate-type", {"aggregate_type": "Item?"})],
+    [("--type", {"types": ("ItemScore*",)}), ("--aggregate-type", {"aggregate_type": "Item?"})],
 )
 def test_a_type_pattern_is_refused_not_matched_against_nothing(
     option: str, given: dict[str, Any]
 ) -> None:
     """Type names hold no * or ?: a pattern would select nothing, silently (exit 0)."""
     with pytest.raises(UsageError, match=f"{option} .*exact name") as caught:
-        QueryFilters.build(**given)
+        Selectors(**given).filters()
     assert "esctl inspect stats" in (caught.value.hint or "")
-    assert QueryFilters.build(types=["Envelope`1"]).types == ("Envelope`1",)
+    assert Selectors(types=("Envelope`1",)).filters().types == ("Envelope`1",)
 
 
 # --- semantics -----------------------------------------------------------------------------

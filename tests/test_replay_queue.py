@@ -552,12 +552,12 @@ def test_the_cluster_publish_script_does_what_multi_exec_does(
 ) -> None:
     """On a Redis Cluster each event is one Lua script (redis-py's cluster pipeline cannot
     carry MULTI); run that path on the single server and compare."""
-    from esctl.query import QueryFilters
+    from esctl.query import Selectors
     from esctl.replay import Publisher, RedisSource, ReplaySummary
 
     routes: dict[str, tuple[str, ...]] = {"EnrollmentCreated": (SUB_A, SUB_B)}
     events = list(
-        RedisSource(redis_client, app_name, QueryFilters.build(types=["EnrollmentCreated"]))
+        RedisSource(redis_client, app_name, Selectors(types=("EnrollmentCreated",)).filters())
     )
     results = {}
     for cluster in (False, True):
@@ -594,13 +594,13 @@ def test_at_a_distance_publish_batches_grow_and_publish_the_same(
     (a relay adding 5 ms each way) the next batches grow, and the lists get exactly what a
     near Redis gets, in order. On loopback they grow far less, if at all."""
     from esctl import redisio
-    from esctl.query import QueryFilters
+    from esctl.query import Selectors
     from esctl.replay import Publisher, RedisSource, ReplaySummary
     from esctl.replay.publisher import PUBLISH_BATCH
 
     routes: dict[str, tuple[str, ...]] = {"EnrollmentCreated": (SUB_A,)}
     found = list(
-        RedisSource(redis_client, app_name, QueryFilters.build(types=["EnrollmentCreated"]))
+        RedisSource(redis_client, app_name, Selectors(types=("EnrollmentCreated",)).filters())
     )
     events = (found * (3 * PUBLISH_BATCH // len(found) + 1))[: 3 * PUBLISH_BATCH]
     url = urlsplit(redis_test_url)

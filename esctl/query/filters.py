@@ -1,6 +1,6 @@
-"""What ``events query`` asks (:class:`QueryFilters`, built from the command line's text) and
-what it answers: one :class:`QueryResult` per matching event, and :class:`QueryStats` on how
-much it looked at. Redis and PostgreSQL answer with the same results
+"""What ``events query`` asks (:class:`QueryFilters`, built from the command line's text, the
+:class:`Selectors`) and what it answers: one :class:`QueryResult` per matching event, and
+:class:`QueryStats` on how much it looked at. Redis and PostgreSQL answer with the same results
 (docs/design/query.md, "Results")."""
 
 from __future__ import annotations
@@ -30,25 +30,6 @@ class QueryFilters:
     until: datetime | None = None
     where: tuple[WhereClause, ...] = ()
     limit: int | None = None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        types: Sequence[str] = (),
-        aggregate_type: str | None = None,
-        aggregates: Sequence[str] = (),
-        since: str | None = None,
-        until: str | None = None,
-        where: Sequence[str] = (),
-        limit: int | None = None,
-        now: datetime | None = None,
-    ) -> QueryFilters:
-        """Filters from command-line text; raises UsageError on anything malformed."""
-        text = Selectors(
-            tuple(types), aggregate_type, tuple(aggregates), since, until, tuple(where)
-        )
-        return text.filters(now, limit=limit)
 
 
 @dataclass(frozen=True)
