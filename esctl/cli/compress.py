@@ -9,7 +9,8 @@ from esctl import defaults
 from esctl.cli.appkeys import PAYLOAD_HASHES, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.options import DryRunOpt, ProgressOpt, YesOpt, option
+from esctl.cli.groups import Changing, with_groups
+from esctl.cli.options import option
 from esctl.cli.output import Output
 from esctl.units import counted
 
@@ -21,6 +22,7 @@ _ONE = {"events": "event", "snapshots": "snapshot"}
 
 
 @with_context(Scope.REDIS | Scope.APP)
+@with_groups
 def compress(
     ctx: Context,
     threshold: Annotated[
@@ -42,9 +44,7 @@ def compress(
             "Default: the byte most of the store's compressed values carry, else unix.",
         ),
     ] = None,
-    dry_run: DryRunOpt = False,
-    yes: YesOpt = False,
-    progress: ProgressOpt = True,
+    changing: Changing = Changing(),
 ) -> None:
     """Compress in place every plain event and snapshot payload over the threshold.
 
@@ -68,16 +68,17 @@ def compress(
     out = ctx.out
     app = ctx.app
     os_byte = None if gzip_os is None else core.parse_gzip_os(gzip_os)
-    if not (yes or dry_run):
+    if changing.asks:
         out.confirm(
             f"Compress (gzip+base64, in place) every plain event and snapshot payload of {app} "
             f"over {counted(threshold, 'byte')}?",
             action="compress rewrites payloads in Redis",
         )
     client = ctx.redis
+    dry_run = changing.dry_run
     verb = "would_compress" if dry_run else "compressed"
     with out.progress(
-        progress,
+        changing.progress,
         desc="examining" if dry_run else "compressing",
         unit=" hashes",
         at_first_update=True,

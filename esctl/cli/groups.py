@@ -20,10 +20,13 @@ from esctl.cli.context import with_parameters
 from esctl.cli.options import (
     AggregatesOpt,
     AggregateTypeOpt,
+    DryRunOpt,
     EventTypesOpt,
+    ProgressOpt,
     SinceOpt,
     UntilOpt,
     WhereOpt,
+    YesOpt,
 )
 
 if TYPE_CHECKING:
@@ -88,3 +91,19 @@ class EventSelection(OptionGroup):
             until=self.until,
             where=tuple(self.where or ()),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class Changing(OptionGroup):
+    """How a command that changes data runs: --dry-run, --yes, --progress (``compress``,
+    ``replay``, ``queue requeue``, ``drain`` and ``restore``)."""
+
+    dry_run: DryRunOpt = False
+    yes: YesOpt = False
+    progress: ProgressOpt = True
+
+    @property
+    def asks(self) -> bool:
+        """Whether the command may ask before it changes anything: not with --yes, nor in a
+        dry run (which changes nothing)."""
+        return not (self.yes or self.dry_run)

@@ -16,16 +16,9 @@ from esctl import errors
 from esctl.cli.appkeys import note_if_no_queues
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.groups import OptionGroup, with_groups
+from esctl.cli.groups import Changing, OptionGroup, with_groups
 from esctl.cli.live import check_watch
-from esctl.cli.options import (
-    DryRunOpt,
-    IntervalOpt,
-    MetricsFileOpt,
-    ProgressOpt,
-    YesOpt,
-    option,
-)
+from esctl.cli.options import IntervalOpt, MetricsFileOpt, option
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 from esctl.units import counted
@@ -126,10 +119,10 @@ class QueueSelection(OptionGroup):
         return selection
 
 
-def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
+def _confirmer(out: Output, changing: Changing) -> core.Confirm | None:
     """None when no question is needed; refuses at once (before any work) when one is needed
     and there is no terminal to ask on."""
-    if yes or dry_run:
+    if not changing.asks:
         return None
     action = "this command changes queues"
     out.require_terminal(action)
@@ -146,10 +139,11 @@ def _confirmer(out: Output, yes: bool, dry_run: bool) -> core.Confirm | None:
 
 @contextmanager
 def _moving(
-    out: Output, enabled: bool, desc: str, confirm: core.Confirm | None
+    out: Output, changing: Changing, desc: str, confirm: core.Confirm | None
 ) -> Iterator[core.Hooks]:
-    """The bar of a requeue, drain or restore (``desc``): drawn when the core first reports,
-    which it does once it holds the queue lock (never for a dry run, nor before an exit 75).
+    """The bar of a requeue, drain or restore (``desc``), with --progress: drawn when the core
+    first reports, which it does once it holds the queue lock (never for a dry run, nor
+    before an exit 75).
     The phases before the moves (a requeue or drain reading its list and selecting from it,
     a drain writing its backup file, a restore reading its file) each start it over under
     their own name; the moves then count under ``desc``, with the selected count as total.
@@ -159,6 +153,7 @@ def _moving(
     leaves no bar."""
     from esctl import queues as core
 
+    enabled = changing.progress and not changing.dry_run
     with out.progress(enabled, desc=desc, unit=" messages", at_first_update=True) as bar:
         shown = [desc]  # what the bar counts now
 
@@ -400,9 +395,7 @@ def requeue_command(
     keep_retry_data: Annotated[
         bool, typer.Option("--keep-retry-data", help="Keep the RetryData of requeued dead letters.")
     ] = False,
-    dry_run: DryRunOpt = False,
-    yes: YesOpt = False,
-    progress: ProgressOpt = True,
+    changing: Changing = Changing(),
 ) -> None:
     """Move stuck or dead-lettered messages back to the tail of PublishedEvents, taken next.
 
@@ -423,7 +416,7 @@ def requeue_command(
             f"cannot requeue from {source!r}", hint="use `--from processing` or `--from dead`"
         )
     selection = selected.selection(source)
-    confirm = _confirmer(out, yes, dry_run)
+    confirm = _confirmer(out, changing)
     ref = core.QueueRef(subscriber, ctx.env, event_type)
     client = ctx.redis
     if source == "processing" and selection.grace is None and selection.older_than is None:
@@ -432,11 +425,14 @@ def requeue_command(
             "and will be handled twice"
         )
     options = core.RequeueOptions(
-        source=source, selection=selection, keep_retry_data=keep_retry_data, dry_run=dry_run
+        source=source,
+        selection=selection,
+        keep_retry_data=keep_retry_data,
+        dry_run=changing.dry_run,
     )
     if selection.grace is not None and not out.json:
         out.info(f"looking again in {selected.grace} (--grace)…")
-    with _moving(out, progress and not dry_run, "requeueing", confirm) as hooks:
+    with _moving(out, changing, "requeueing", confirm) as hooks:
         summary = core.requeue(client, ref, options, hooks)
     _report(out, summary, _render_requeue)
 
@@ -486,9 +482,7 @@ def drain_command(
         bool, typer.Option("--discard", help="Remove without a backup (needs --yes).")
     ] = False,
     selected: QueueSelection = QueueSelection(),
-    dry_run: DryRunOpt = False,
-    yes: YesOpt = False,
-    progress: ProgressOpt = True,
+    changing: Changing = Changing(),
 ) -> None:
     """Back up the messages of a queue list to a file, then remove exactly those.
 
@@ -504,7 +498,7 @@ def drain_command(
 
     out = ctx.out
     selection = selected.selection(which)
-    if to_file is None and not dry_run and not (discard and yes):
+    if to_file is None and not changing.dry_run and not (discard and changing.yes):
         raise errors.Refused(
             "drain removes messages: it needs a backup file; nothing was changed",
             hint="pass `--to-file PATH.jsonl.zst` (restore it with `esctl queue restore`), or "
@@ -512,13 +506,13 @@ def drain_command(
         )
     if to_file is not None and discard:
         raise errors.UsageError("--to-file and --discard exclude each other")
-    confirm = _confirmer(out, yes, dry_run)
+    confirm = _confirmer(out, changing)
     ref = core.QueueRef(subscriber, ctx.env, event_type)
     options = core.DrainOptions(
-        which=which, to_file=to_file, discard=discard, selection=selection, dry_run=dry_run
+        which=which, to_file=to_file, discard=discard, selection=selection, dry_run=changing.dry_run
     )
     desc = "discarding" if discard else "draining"
-    with _moving(out, progress and not dry_run, desc, confirm) as hooks:
+    with _moving(out, changing, desc, confirm) as hooks:
         summary = core.drain(ctx.redis, ref, options, hooks)
     _report(out, summary, lambda out, summary: _render_drain(out, summary, which=which))
 
@@ -551,6 +545,7 @@ def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> Non
 
 @app.command("restore", short_help="Put drained messages back where they came from.")
 @with_context(Scope.REDIS | Scope.ENV)
+@with_groups
 def restore_command(
     ctx: Context,
     backup_file: Annotated[
@@ -581,9 +576,7 @@ def restore_command(
             "record in Redis is gone too (may duplicate).",
         ),
     ] = False,
-    dry_run: DryRunOpt = False,
-    yes: YesOpt = False,
-    progress: ProgressOpt = True,
+    changing: Changing = Changing(),
 ) -> None:
     """Put drained messages back where they came from, in their original order.
 
@@ -602,17 +595,16 @@ def restore_command(
         if to is None:
             raise errors.UsageError("--list needs --to SUB TYPE")
         core.check_list_name(which)
-    confirm = _confirmer(out, yes, dry_run)
+    confirm = _confirmer(out, changing)
     target = core.QueueRef(to[0], ctx.env, to[1]) if to is not None else None
     options = core.RestoreOptions(
         target=target,
         target_list=which,
         include_unknown=include_unknown,
-        dry_run=dry_run,
+        dry_run=changing.dry_run,
         expect_env=ctx.get("env"),
     )
-    bar = progress and not dry_run
-    with _moving(out, bar, "restoring", confirm) as hooks:
+    with _moving(out, changing, "restoring", confirm) as hooks:
         summary = core.restore(ctx.redis, backup_file, options, hooks)
     _report(out, summary, _render_restore)
 

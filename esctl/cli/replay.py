@@ -17,17 +17,8 @@ from esctl.cli import jsonout
 from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
-from esctl.cli.groups import EventSelection, OptionGroup, with_groups
-from esctl.cli.options import (
-    DryRunOpt,
-    EventSource,
-    ProgressOpt,
-    ShardOpt,
-    YesOpt,
-    option,
-    read_rules,
-    transforms_option,
-)
+from esctl.cli.groups import Changing, EventSelection, OptionGroup, with_groups
+from esctl.cli.options import EventSource, ShardOpt, option, read_rules, transforms_option
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 from esctl.units import counted
@@ -182,9 +173,7 @@ def replay(
     projecting: ProjectionOptions = ProjectionOptions(),
     shard: ShardOpt = None,
     transforms_file: ReplayTransformsOpt = None,
-    dry_run: DryRunOpt = False,
-    yes: YesOpt = False,
-    progress: ProgressOpt = True,
+    changing: Changing = Changing(),
 ) -> None:
     """Replay stored events: republish them to subscribers, feed a projection, or print them.
 
@@ -214,7 +203,7 @@ def replay(
     from esctl import replay as core
     from esctl.shard import Shard
 
-    streaming = target == ToOpt.stdout and not dry_run  # stdout carries the events
+    streaming = target == ToOpt.stdout and not changing.dry_run  # stdout carries the events
     # ... as JSON lines, whatever happens: an error is the stream's last line.
     stream = ctx.out.open_stream() if streaming else None
     options = core.ReplayOptions(
@@ -232,12 +221,12 @@ def replay(
         rate=rate,
         confirm_over=confirm_over,
         **asdict(projecting),
-        dry_run=dry_run,
+        dry_run=changing.dry_run,
         shard=Shard.from_option(shard),
         transforms=read_rules(transforms_file),
     )
     options.check()
-    summary = _run(ctx, options, yes=yes, progress=progress, stream=stream)
+    summary = _run(ctx, options, changing, stream=stream)
     _render(ctx.out, summary, to_stderr=streaming)
     if summary.stopped is not None:
         if ctx.debug and summary.failure is not None:
@@ -253,9 +242,8 @@ def replay(
 def _run(
     ctx: Context,
     options: core.ReplayOptions,
+    changing: Changing,
     *,
-    yes: bool,
-    progress: bool,
     stream: jsonout.JsonStream | None,
 ) -> core.ReplaySummary:
     """The replay: the projection loaded, Redis opened when read or written, the question
@@ -269,9 +257,9 @@ def _run(
         projection = load_projection(options.projection or "")
     to_queue = options.target == ToOpt.queue
     client = ctx.redis if options.source == EventSource.redis or to_queue else None
-    confirm = _confirmer(ctx.out, options) if to_queue and not (yes or options.dry_run) else None
+    confirm = _confirmer(ctx.out, options) if to_queue and changing.asks else None
     with ctx.out.progress(
-        progress,
+        changing.progress,
         desc="replaying",
         unit=" events",
         streaming=stream is not None,
