@@ -75,6 +75,17 @@ LimitOpt = Annotated[
 ]
 
 
+def _command(name: str, short_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A queue command: ``esctl queue NAME``, taking Redis and --env (never PostgreSQL), its
+    option groups given as their options (:func:`~esctl.cli.groups.with_groups`)."""
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        command = with_context(Scope.REDIS | Scope.ENV)(with_groups(func))
+        return app.command(name, short_help=short_help)(command)
+
+    return register
+
+
 def _list_name(value: str) -> str:
     from esctl.layout import QUEUE_LISTS
 
@@ -250,8 +261,7 @@ def _report(out: Output, summary: _S, render: Callable[[Output, _S], None]) -> N
 # --- list ----------------------------------------------------------------------------------
 
 
-@app.command("list", short_help="Queue lengths per subscriber and event type.")
-@with_context(Scope.REDIS | Scope.ENV)
+@_command("list", "Queue lengths per subscriber and event type.")
 def list_command(
     ctx: Context,
     event_types: Annotated[
@@ -336,8 +346,7 @@ def list_command(
 # --- peek ----------------------------------------------------------------------------------
 
 
-@app.command("peek", short_help="Show a queue list's next messages, removing none.")
-@with_context(Scope.REDIS | Scope.ENV)
+@_command("peek", "Show a queue list's next messages, removing none.")
 def peek_command(
     ctx: Context,
     subscriber: SubscriberArg,
@@ -375,9 +384,7 @@ def peek_command(
 # --- requeue -------------------------------------------------------------------------------
 
 
-@app.command("requeue", short_help="Move stuck or dead-lettered messages back, taken next.")
-@with_context(Scope.REDIS | Scope.ENV)
-@with_groups
+@_command("requeue", "Move stuck or dead-lettered messages back, taken next.")
 def requeue_command(
     ctx: Context,
     subscriber: SubscriberArg,
@@ -462,9 +469,7 @@ def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
 # --- drain ---------------------------------------------------------------------------------
 
 
-@app.command("drain", short_help="Back up a queue list to a file, then remove those.")
-@with_context(Scope.REDIS | Scope.ENV)
-@with_groups
+@_command("drain", "Back up a queue list to a file, then remove those.")
 def drain_command(
     ctx: Context,
     subscriber: SubscriberArg,
@@ -543,9 +548,7 @@ def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> Non
 # --- restore -------------------------------------------------------------------------------
 
 
-@app.command("restore", short_help="Put drained messages back where they came from.")
-@with_context(Scope.REDIS | Scope.ENV)
-@with_groups
+@_command("restore", "Put drained messages back where they came from.")
 def restore_command(
     ctx: Context,
     backup_file: Annotated[
