@@ -1,6 +1,7 @@
 """Option groups (esctl/cli/groups.py): options declared once as a dataclass, given to Typer in
 the place of the one parameter that stands for them, and handed to the command as one object
-built from their values; the selectors of ``events query`` and ``replay`` are one group."""
+built from their values; the selectors of ``events query`` and ``replay`` are one group, and so
+are --dry-run, --yes and --progress of the commands that change data."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from typing import Annotated
 import typer
 from typer.testing import CliRunner
 
+from esctl.cli import queue
+from esctl.cli.compress import compress
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.events import query
-from esctl.cli.groups import EventSelection, OptionGroup, with_groups
+from esctl.cli.groups import Changing, EventSelection, OptionGroup, with_groups
 from esctl.cli.replay import replay
 from esctl.query import Selectors
 
@@ -86,3 +89,20 @@ def test_events_query_and_replay_take_the_same_selectors_from_one_group() -> Non
         until=None,
         where=("Score>=7",),
     )
+
+
+def test_the_commands_that_change_data_end_with_one_group_and_ask_unless_yes_or_dry_run() -> None:
+    names = [f.name for f in dataclasses.fields(Changing)]
+    for command in (
+        compress,
+        replay,
+        queue.requeue_command,
+        queue.drain_command,
+        queue.restore_command,
+    ):
+        parameters = list(inspect.signature(command).parameters)
+        own = parameters[: parameters.index("redis_url")]  # the shared options come after
+        assert own[-len(names) :] == names, command.__name__
+    assert Changing().asks
+    assert not Changing(yes=True).asks
+    assert not Changing(dry_run=True).asks
