@@ -424,8 +424,7 @@ class ShardFamily:
         if self.shard is not None and self.shard.count > MAX_FAMILY_SHARD_COUNT:
             raise UsageError(
                 f"shard {self.shard}: at most {MAX_FAMILY_SHARD_COUNT:,} shards can be told "
-                "apart by the lock that keeps overlapping runs apart (with --workers: the "
-                "shard count times the workers)",
+                "apart by the lock that keeps overlapping runs apart",
                 hint="use fewer shards (nothing was done)",
             )
 

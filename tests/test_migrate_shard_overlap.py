@@ -197,3 +197,29 @@ def test_a_follower_keeps_overlapping_runs_out_while_it_runs_and_status_shows_th
         "0/2": "finished",
         "1/2": "finished",
     }
+
+
+def test_more_sub_shards_than_the_lock_tells_apart_are_refused_in_the_users_terms(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """`--shard 0/40000 --workers 2` makes sub-shards of 80,000: refused before any worker
+    starts, naming the shard and --workers the user gave (each worker used to fail on its own
+    sub-shard, which the user never named); a prune, which has no --workers, does not speak
+    of it."""
+    write_clean_store(redis_client, app_name, aggregates=4)
+    code, document, _ = run_migrate_cli(
+        redis_test_url, pg_dsn, app_name, "--init-schema", "--shard", "0/40000", "--workers", "2"
+    )
+    assert code == 2, document
+    message = document["error"]["message"]
+    assert message.startswith("--shard 0/40000 with --workers 2 makes 80,000 shards"), message
+    assert "fewer --workers" in document["error"]["hint"]
+    assert not regclass_exists(pg_dsn, "esctl.migration_run")  # nothing was done
+    result = run_cli(
+        "migrate", "prune", "--yes", "--json", "--shard", "0/70000",
+        *cli_args(redis_test_url, pg_dsn, app_name)[:-1],  # (prune has no bar to turn off)
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = json.loads(result.stdout)["error"]["message"]
+    assert "at most 65,535 shards can be told apart" in message, message
+    assert "--workers" not in message, message

@@ -13,7 +13,8 @@ from dataclasses import fields, replace
 from typing import Any
 
 from esctl import inflight, redisio
-from esctl.errors import EsctlError
+from esctl.errors import EsctlError, UsageError
+from esctl.locks import MAX_FAMILY_SHARD_COUNT
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
 from esctl.migrate.run import migrate_redis_to_pg
 from esctl.migrate.runs import quarantine_query
@@ -51,6 +52,7 @@ def migrate_parallel(
         finally:
             client.close()
     started = time.monotonic()
+    _check_shard_count(opts, workers)
     parts = [replace(opts, shard=shard) for shard in opts.shard.split(workers)]
     # Forked (docs/design/migrate.md): each worker opens its own connections.
     with contextlib.ExitStack() as stack:
@@ -70,6 +72,21 @@ def migrate_parallel(
         if error is not None:
             raise _with_the_others(error, part, parts, futures)
     return _combined(opts, parts, [f.result() for f in futures], time.monotonic() - started)
+
+
+def _check_shard_count(opts: MigrateOptions, workers: int) -> None:
+    """UsageError, before any worker starts, when the sub-shards of ``workers`` are more than
+    the lock that keeps overlapping runs apart tells apart (each worker's would say it in terms
+    of a sub-shard the user never named)."""
+    count = opts.shard.count * workers
+    if count > MAX_FAMILY_SHARD_COUNT and not opts.dry_run:
+        raise UsageError(
+            f"--shard {opts.shard} with --workers {workers} makes {count:,} shards (each worker "
+            f"runs one of {opts.shard.count:,} x {workers}); at most "
+            f"{MAX_FAMILY_SHARD_COUNT:,} can be told apart by the lock that keeps overlapping "
+            "runs apart",
+            hint="use fewer shards or fewer --workers (nothing was done)",
+        )
 
 
 def _with_the_others(
