@@ -77,56 +77,71 @@ def note_if_no_queues(
     subscribers: Collection[str] = (),
 ) -> None:
     """After ``queue list``: a note on stderr for each name it was given that matches no queue
-    (a typo that would list nothing, in a cron job's metrics file too): an environment with no
-    queue list, Subscribers set or RetryData hash here, naming the environments that have
-    Subscribers sets; a ``--subscriber`` or ``--type`` with no queue in the environment, naming
-    those that have. A listing that shows each name pays nothing; otherwise one more SCAN of the
-    environment's keys (and, for an empty one, the bounded SCAN of the Subscribers sets).
-    Never fails the command (:func:`_after_result`)."""
+    (a typo that would list nothing, in a cron job's metrics file too): the texts of
+    :func:`no_queue_texts`. Never fails the command (:func:`_after_result`)."""
+    with _after_result(ctx, "the environment's queues"):
+        for text in no_queue_texts(ctx, listing, event_types=event_types, subscribers=subscribers):
+            ctx.out.note(text)
+
+
+def no_queue_texts(
+    ctx: Context,
+    listing: queues.QueueListing,
+    *,
+    event_types: Collection[str] = (),
+    subscribers: Collection[str] = (),
+) -> list[str]:
+    """What to say of each name ``listing`` was asked for that matches no queue in it: an
+    environment with no queue list, Subscribers set or RetryData hash here, naming the
+    environments that have Subscribers sets; a ``--subscriber`` or ``--type`` with no queue in
+    the environment, naming those that have. A listing that shows each name pays nothing (no
+    text); otherwise one more SCAN of the environment's keys (and, for an empty one, the
+    bounded SCAN of the Subscribers sets)."""
     shown_subscribers = {q.subscriber for q in listing.queues}
     shown_types = {q.event_type for q in listing.queues} | set(listing.retry_data)
     unknown_subscribers = [s for s in subscribers if s not in shown_subscribers]
     unknown_types = [t for t in event_types if t not in shown_types]
     empty = not listing.queues and not listing.retry_data
     if not (unknown_subscribers or unknown_types or empty):
-        return
+        return []
     from esctl import queues, redisio, storereads
 
-    with _after_result(ctx, "the environment's queues"):
-        client = ctx.redis
-        env = listing.env
-        pairs = [(q.subscriber, q.event_type) for q in listing.queues]
-        retry_data = listing.retry_data
-        if event_types or subscribers:  # what the filters left out
-            found = queues.find_queues(client, env)
-            pairs = [(r.subscriber, r.event_type) for r in found.refs]
-            retry_data = found.retry_data
-        if not pairs and not retry_data:
-            here = queues.envs_with_queues(client)
-            if not here.has(env):  # else written meanwhile
-                ctx.out.note(
-                    f"env {redisio.printable(env)} has no queues in Redis "
-                    f"{redisio.describe(client)} (no Subscribers:{{{env}:TYPE}} set, queue list "
-                    f"or RetryData hash); {here.text(env, ctx.settings.where_set('env'))}"
-                )
-            return
-        for what, names, given, check in (
-            ("subscriber", Counter(sub for sub, _ in pairs), unknown_subscribers, "--subscriber"),
-            (
-                "event type",
-                Counter(t for _, t in pairs) + Counter(retry_data),
-                unknown_types,
-                "--type",
-            ),
-        ):
-            kind = storereads.NameKind(f"{what}s with queues in this environment", "", "", check)
-            here = storereads.NamesHere(dict(names), 0, None, True, kind)
-            for name in given:
-                if not here.has(name):
-                    ctx.out.note(
-                        f"{what} {redisio.printable(name)} has no queue in env "
-                        f"{redisio.printable(env)}; {here.text(name)}"
-                    )
+    client = ctx.redis
+    env = listing.env
+    pairs = [(q.subscriber, q.event_type) for q in listing.queues]
+    retry_data = listing.retry_data
+    if event_types or subscribers:  # what the filters left out
+        found = queues.find_queues(client, env)
+        pairs = [(r.subscriber, r.event_type) for r in found.refs]
+        retry_data = found.retry_data
+    if not pairs and not retry_data:
+        here = queues.envs_with_queues(client)
+        if here.has(env):  # written meanwhile
+            return []
+        return [
+            f"env {redisio.printable(env)} has no queues in Redis "
+            f"{redisio.describe(client)} (no Subscribers:{{{env}:TYPE}} set, queue list "
+            f"or RetryData hash); {here.text(env, ctx.settings.where_set('env'))}"
+        ]
+    texts = []
+    for what, names, given, check in (
+        ("subscriber", Counter(sub for sub, _ in pairs), unknown_subscribers, "--subscriber"),
+        (
+            "event type",
+            Counter(t for _, t in pairs) + Counter(retry_data),
+            unknown_types,
+            "--type",
+        ),
+    ):
+        kind = storereads.NameKind(f"{what}s with queues in this environment", "", "", check)
+        here = storereads.NamesHere(dict(names), 0, None, True, kind)
+        texts += [
+            f"{what} {redisio.printable(name)} has no queue in env "
+            f"{redisio.printable(env)}; {here.text(name)}"
+            for name in given
+            if not here.has(name)
+        ]
+    return texts
 
 
 @contextmanager
