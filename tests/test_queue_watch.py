@@ -106,6 +106,15 @@ def test_picture_fits_80_columns_and_leaves_columns_out_when_narrower(
     assert len(short) == 11 and "more rows:" in short[-1], "\n".join(short)
 
 
+def test_picture_of_an_env_with_no_queues_is_the_header_alone(
+    redis_test_url: str, env_name: str
+) -> None:
+    reading = queues.QueueWatch(redisio.connect(redis_test_url), env_name).read()
+    lines = [line.plain for line in watch_lines(reading, every="2s", width=80, height=24)]
+    assert lines[0].startswith(f"queues of env {env_name} (0) at "), "\n".join(lines)
+    assert re.fullmatch(r" +published +Δ/s +processing +oldest +dead +Δ/s", lines[-1]), lines
+
+
 def queue_row(screen: Screen, subscriber: str, event_type: str) -> list[str] | None:
     """The figures of one queue's row: the row of ``event_type`` under ``subscriber``."""
     under = False

@@ -81,7 +81,7 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
     )
     columns, type_width = _plan(pairs, width)
     cells = {name: [cell(q, r) for q, r in pairs] for name, _, cell in columns}
-    widths = [max(len(header), *(len(c) for c in cells[name])) for name, header, _ in columns]
+    widths = [max([len(header), *map(len, cells[name])]) for name, header, _ in columns]
 
     def row(first: str, values: list[str]) -> str:
         parts = [first.ljust(type_width)]
