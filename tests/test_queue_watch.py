@@ -190,3 +190,70 @@ def test_watch_is_refused_without_a_terminal_and_with_json(redis_test_url: str) 
     ):
         result = run_cli(*base, *extra)
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
+
+
+def said_under_the_table(screen: Screen) -> str:
+    """The notes under the table, each as one line (their rows joined)."""
+    rows = screen.rows
+    start = next((i for i, row in enumerate(rows) if row.startswith("note: ")), len(rows))
+    return " ".join(rows[start:]).replace(" note: ", "\nnote: ")
+
+
+def test_watch_of_a_mistyped_env_names_the_envs_there_are_until_a_queue_appears(
+    redis_client: redis.Redis, redis_test_url: str, demo_store: Any
+) -> None:
+    typo = demo_store.env[:-1]  # one letter short, as a typo is
+    args = ["queue", "list", "--watch", "--interval", "0.2", "--env", typo]
+    with TerminalSession([*ESCTL, *args, "--redis-url", redis_test_url]) as session:
+        screen = session.wait_for(lambda s: "check --env" in said_under_the_table(s))
+        assert said_under_the_table(screen) == (
+            f"note: env {typo} has no queues in Redis {redisio.describe_url(redis_test_url)} "
+            f"(no Subscribers:{{{typo}:TYPE}} set, queue list or RetryData hash); environments "
+            f"with queues here: {demo_store.env}; check --env / ESCTL_ENV"
+        ), screen.describe()
+        assert re.search(rf"queues of env {typo} \(0\) at ", screen.text), screen.describe()
+        assert max(len(row) for row in screen.rows) <= 80 and not screen.folded
+        first_at = re.findall(r" at (\S+ UTC)", screen.text)
+        screen = session.wait_for(lambda s: re.findall(r" at (\S+ UTC)", s.text) != first_at)
+        assert "check --env" in said_under_the_table(screen), screen.describe()  # still there
+
+        # The watch keeps running: a queue made in that env appears with the next scan (within
+        # 30 s), and the note is gone with it.
+        redis_client.lpush(layout.queue_key("Sub.A", typo, "Created", "published"), b"m")
+        screen = session.wait_for(
+            lambda s: queue_row(s, "Sub.A", "Created") is not None and "note:" not in s.text,
+            timeout=60,
+        )
+        assert (queue_row(screen, "Sub.A", "Created") or [""])[0] == "1", screen.describe()
+        session.type("\x03")
+        screen = session.wait_exit()
+    assert not problems_on(screen, exit_code=130), screen.describe()
+    assert "note:" not in screen.text, screen.describe()
+
+
+def test_watch_of_a_mistyped_type_names_the_types_there_are_and_a_right_one_no_note(
+    redis_test_url: str, demo_store: Any
+) -> None:
+    sub, kind = demo_store.samples["dead_subscriber"], demo_store.samples["dead_event_type"]
+    base = [*ESCTL, "queue", "list", "--watch", "--interval", "0.2", "--env", demo_store.env]
+    base += ["--redis-url", redis_test_url, "--subscriber", sub]
+    with TerminalSession([*base, "--type", kind + "s"]) as session:
+        screen = session.wait_for(lambda s: "check --type" in said_under_the_table(s))
+        said = said_under_the_table(screen)
+        assert said.startswith(
+            f"note: event type {kind}s has no queue in env {demo_store.env}; event types with "
+            f"queues in this environment: {kind}, "
+        ), screen.describe()
+        assert "\n" not in said and max(len(row) for row in screen.rows) <= 80, screen.describe()
+        session.type("\x03")
+        assert not problems_on(session.wait_exit(), exit_code=130)
+
+    with TerminalSession([*base, "--type", kind]) as session:
+        screen = session.wait_for(lambda s: queue_row(s, sub, kind) is not None)
+        # A note would be drawn with the first picture (the look-up goes with the first scan).
+        session.type("\x03")
+        screen = session.wait_exit()
+    assert not problems_on(screen, exit_code=130), screen.describe()
+    assert queue_row(screen, sub, kind) is not None and "note:" not in screen.text, (
+        screen.describe()
+    )

@@ -9,7 +9,8 @@ the exit code and stdout (``--json`` too) stay what they were, and a store empti
 prune is not a failure. A command that found something of its app pays nothing.
 
 ``queue list`` has the same kind of note for an ``--env``, ``--subscriber`` or ``--type`` that
-matches no queue (:func:`note_if_no_queues`).
+matches no queue (:func:`note_if_no_queues`), and ``queue list --watch`` the same words in a line
+under its table (:func:`no_queue_texts`).
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def no_queue_texts(
     """What to say of each name ``listing`` was asked for that matches no queue in it: an
     environment with no queue list, Subscribers set or RetryData hash here, naming the
     environments that have Subscribers sets; a ``--subscriber`` or ``--type`` with no queue in
-    the environment, naming those that have. A listing that shows each name pays nothing (no
+    the environment, naming those that have. For ``queue list``'s notes on stderr and the lines
+    under ``queue list --watch``'s table. A listing that shows each name pays nothing (no
     text); otherwise one more SCAN of the environment's keys (and, for an empty one, the
     bounded SCAN of the Subscribers sets)."""
     shown_subscribers = {q.subscriber for q in listing.queues}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 import typer
 
 from esctl import errors
-from esctl.cli.appkeys import note_if_no_queues
+from esctl.cli.appkeys import no_queue_texts, note_if_no_queues
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import Changing, OptionGroup, with_groups
@@ -306,11 +306,17 @@ def list_command(
     if watch:
         from esctl.cli.queue_watch import watch_queues
 
+        def unmatched(listing: core.QueueListing) -> list[str]:
+            return no_queue_texts(
+                ctx, listing, event_types=event_types or (), subscribers=subscribers or ()
+            )
+
         watch_queues(
             core.QueueWatch(
                 ctx.redis, environment, event_types=event_types or (), subscribers=subscribers or ()
             ),
             seconds,
+            unmatched=unmatched,
         )
         return
     listing = core.list_queues(

@@ -6,11 +6,12 @@ queue, grouped under its subscriber (subscriber names are long: a column of them
 no room at 80 columns), numbers right-aligned. When the terminal is too narrow, the dead
 letters' rate, then the oldest age, then the published rate are left out (a line says so),
 then event type names are cut with "…"; when it is too short, the rows that do not fit are
-counted on the last line."""
+counted on the last line. An ``--env``, ``--subscriber`` or ``--type`` that matches no queue is
+said in a note under the table, in ``queue list``'s words, until a scan finds one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -62,9 +63,18 @@ LEGEND = (
 )
 
 
-def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: int) -> list[Text]:
+def watch_lines(
+    reading: core.WatchReading,
+    *,
+    every: str,
+    width: int,
+    height: int,
+    notes: Sequence[str] = (),
+) -> list[Text]:
     """The picture of one reading for a terminal of ``width`` x ``height``: a header (time,
-    interval), the legend, then the queues by subscriber; lines never wider than ``width``."""
+    interval), the legend, then the queues by subscriber, and under them ``notes`` (the names
+    given that match no queue: :func:`esctl.cli.appkeys.no_queue_texts`); lines never wider
+    than ``width``."""
     listing = reading.listing
     at = datetime.fromisoformat(listing.generated_at).strftime("%H:%M:%S UTC")
     head = [
@@ -98,7 +108,9 @@ def watch_lines(reading: core.WatchReading, *, every: str, width: int, height: i
         if len(name) > type_width:
             name = name[: type_width - 1] + "…"
         body.append(Text(row(name, [cells[n][index] for n, _, _ in columns])))
-    tail = []
+    tail = [
+        Text(line, style="yellow") for note in notes for line in break_line(f"note: {note}", width)
+    ]
     if listing.problems:
         problems = (
             f"{counted(len(listing.problems), 'problem', separators=False)} with queue keys: "
@@ -144,15 +156,29 @@ def _plan(
     return columns, type_width
 
 
-def watch_queues(watcher: core.QueueWatch, interval: float) -> None:
-    """Read and redraw until Ctrl-C (exit 130); a lost server ends it with its error."""
+def watch_queues(
+    watcher: core.QueueWatch,
+    interval: float,
+    *,
+    unmatched: Callable[[core.QueueListing], list[str]] = lambda listing: [],
+) -> None:
+    """Read and redraw until Ctrl-C (exit 130); a lost server ends it with its error.
+    ``unmatched``: what to say of the names given that match no queue of a listing (the notes
+    under the table); asked only for a reading that scanned the keys, its answer kept until the
+    next scan: the queues shown change only then, and the look-up costs a SCAN or two."""
+    notes: list[str] = []
 
     def draw(console: Console) -> RenderableType:
+        nonlocal notes
+        reading = watcher.read()
+        if reading.scanned:
+            notes = unmatched(reading.listing)
         lines = watch_lines(
-            watcher.read(),
+            reading,
             every=interval_text(interval),
             width=console.width,
             height=console.height,
+            notes=notes,
         )
         return Group(*lines)
 
