@@ -150,6 +150,8 @@ class NameKind:
     """When the part scanned had none."""
     check: str
     """The setting that names one, to check (``--app / ESCTL_APP``)."""
+    server: str = "--redis-url (and its database number)"
+    """The settings that name where the names were looked for, to check when there are none."""
 
 
 APPS = NameKind(
@@ -170,7 +172,8 @@ ENVS = NameKind(
 class NamesHere:
     """The names with keys in a Redis database, from a bounded SCAN: ApplicationNames with
     event store keys (:func:`apps_with_keys`), environments with queues
-    (:func:`esctl.queues.envs_with_queues`)."""
+    (:func:`esctl.queues.envs_with_queues`); or ApplicationNames with rows in a PostgreSQL
+    schema (:func:`esctl.pgevents.apps_with_aggregates`)."""
 
     keys: dict[str, int]
     """Name -> its keys seen (an app's commit lists, event and snapshot hashes)."""
@@ -181,6 +184,9 @@ class NamesHere:
     complete: bool
     """The whole keyspace was scanned: ``keys`` names every one that has keys."""
     kind: NameKind = APPS
+    partial: str | None = None
+    """How much was looked at when not ``complete`` (default: the SCAN's keys, ``a partial
+    scan: ~4,000 of 2,500,000 keys``)."""
 
     def has(self, name: str) -> bool:
         return name in self.keys
@@ -203,14 +209,14 @@ class NamesHere:
         scope = ""
         if not self.complete:
             of = f" of {self.total:,}" if self.total is not None else ""
-            scope = f" (a partial scan: ~{self.examined:,}{of} keys)"
+            scope = f" ({self.partial or f'a partial scan: ~{self.examined:,}{of} keys'})"
         if listed:
             more = len([a for a in self.keys if a != name]) - len(listed)
             names = ", ".join(redisio.printable(a) for a in listed)
             names += f" and {more:,} more" if more > 0 else ""
             return f"{self.kind.listed}{scope}: {names}; check {check}"
         if self.complete:
-            return f"{self.kind.none}; check --redis-url (and its database number) and {check}"
+            return f"{self.kind.none}; check {self.kind.server} and {check}"
         return f"{self.kind.none_seen}{scope}; check {check}"
 
 
