@@ -1,10 +1,12 @@
 """Migrated events read back from PostgreSQL: the rows (or per-aggregate columns) of some
 aggregates, and what esctl recorded as migrated (commits, whether any, with which transforms).
 Shared by ``migrate``, ``migrate verify``, ``migrate prune`` and doctor
-(docs/design/performance.md, section 7)."""
+(docs/design/performance.md, section 7); and which apps have aggregates at all (the note on
+a mistyped ``--app`` of the commands that read PostgreSQL)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +17,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.string import ByteaBinaryLoader
 
+from esctl import pg
 from esctl.pg import text_array
 
 
@@ -310,3 +313,137 @@ def still_quarantined(
     if not rows:
         return StillQuarantined(0, [], [])
     return StillQuarantined(int(rows[0][1]), [r[0] for r in rows], list(rows[0][2] or []))
+
+
+# --- which apps have aggregates ----------------------------------------------------------------
+
+APPS_SAMPLE_ROWS = 10_000
+"""Rows of ``aggregate`` :func:`apps_with_aggregates` samples at most (milliseconds)."""
+APPS_NEAREST = 5
+"""Names an index leading with ``application_name`` gives on each side of the app's."""
+
+
+@dataclass(frozen=True)
+class AppsWithAggregates:
+    """The ApplicationNames with rows in a schema's ``aggregate`` table, from a bounded read:
+    whether the app asked about has one, and others found."""
+
+    has_app: bool
+    names: dict[str, int]
+    """Apps found -> their rows in the sample (0: read from an index, not counted)."""
+    sampled: int
+    """Rows sampled (0: the names came from an index)."""
+    total: int | None
+    """The table's rows as PostgreSQL estimates them (None: not estimated yet)."""
+    complete: bool
+    """``names`` holds every app of the table."""
+
+
+_TABLE_FACTS_SQL = """
+SELECT c.reltuples::bigint, EXISTS (
+  SELECT 1 FROM pg_index i
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    JOIN pg_class ic ON ic.oid = i.indexrelid
+    JOIN pg_am am ON am.oid = ic.relam
+    JOIN pg_opclass oc ON oc.oid = i.indclass[0]
+   WHERE i.indrelid = c.oid AND a.attname = 'application_name' AND am.amname = 'btree'
+     AND oc.opcdefault AND i.indcollation[0] = a.attcollation
+     AND i.indisvalid AND i.indpred IS NULL)
+  FROM pg_class c WHERE c.oid = to_regclass(%s)
+"""
+"""The ``aggregate`` table's estimated rows, and whether a B-tree index that comparisons of
+``application_name`` can use leads with it (None: no such table)."""
+
+_NEAREST_SQL = """
+WITH RECURSIVE above(name, n) AS (
+    SELECT min(application_name), 1 FROM {t} WHERE application_name > %(app)s
+  UNION ALL
+    SELECT (SELECT min(application_name) FROM {t} WHERE application_name > above.name), n + 1
+      FROM above WHERE above.name IS NOT NULL AND n < %(most)s
+), below(name, n) AS (
+    SELECT max(application_name), 1 FROM {t} WHERE application_name < %(app)s
+  UNION ALL
+    SELECT (SELECT max(application_name) FROM {t} WHERE application_name < below.name), n + 1
+      FROM below WHERE below.name IS NOT NULL AND n < %(most)s
+)
+SELECT 'above', name FROM above WHERE name IS NOT NULL
+UNION ALL SELECT 'below', name FROM below WHERE name IS NOT NULL
+"""
+"""The ``most`` names on each side of ``app`` in the index's order, one index probe each (a
+loose index scan: no more rows read however many aggregates each app has)."""
+
+
+def apps_with_aggregates(
+    dsn: str,
+    schema: str,
+    app: str,
+    *,
+    max_seconds: float,
+    sample_rows: int = APPS_SAMPLE_ROWS,
+    nearest: int = APPS_NEAREST,
+) -> AppsWithAggregates | None:
+    """Whether ``app`` has a row in ``schema.aggregate``, and the apps that do, in a few
+    milliseconds however large the table: with an index leading with ``application_name``,
+    the ``nearest`` names on each side of ``app``'s (:data:`_NEAREST_SQL`); otherwise those of
+    a sample of about ``sample_rows`` rows (TABLESAMPLE SYSTEM) and, unless the sample
+    settles it, one EXISTS, a sequential scan (~60 ms a million rows). None when the tables
+    are missing or ``max_seconds`` ran out (statement_timeout): nothing is known."""
+    conn = pg.connect(dsn, application_name="esctl (apps with aggregates)")
+    try:
+        with pg.translate_errors(dsn):
+            timeout = f"{max(1, round(max_seconds * 1000))}ms"  # 0 would be none
+            try:
+                conn.execute("SELECT set_config('statement_timeout', %s, true)", (timeout,))
+                table = sql.Identifier(schema, "aggregate")
+                facts = conn.execute(_TABLE_FACTS_SQL, (table.as_string(conn),)).fetchone()
+                if facts is None:
+                    return None
+                estimate, indexed = facts
+                total = int(estimate) if estimate >= 0 else None
+                if indexed:
+                    return _apps_by_index(conn, table, app, total, nearest)
+                return _apps_by_sample(conn, table, app, total, sample_rows)
+            except psycopg.errors.QueryCanceled:  # max_seconds ran out
+                return None
+    finally:
+        conn.close()
+
+
+def _has_app(conn: psycopg.Connection, table: sql.Identifier, app: str) -> bool:
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE application_name = %s)").format(table)
+    row = conn.execute(query, (app,)).fetchone()
+    return bool(row and row[0])
+
+
+def _apps_by_index(
+    conn: psycopg.Connection, table: sql.Identifier, app: str, total: int | None, nearest: int
+) -> AppsWithAggregates:
+    if _has_app(conn, table, app):
+        return AppsWithAggregates(True, {}, 0, total, False)
+    rows = conn.execute(
+        sql.SQL(_NEAREST_SQL).format(t=table), {"app": app, "most": nearest}
+    ).fetchall()
+    sides = Counter(side for side, _ in rows)
+    complete = sides["above"] < nearest and sides["below"] < nearest
+    return AppsWithAggregates(False, {name: 0 for _, name in rows}, 0, total, complete)
+
+
+def _apps_by_sample(
+    conn: psycopg.Connection, table: sql.Identifier, app: str, total: int | None, rows: int
+) -> AppsWithAggregates:
+    # SYSTEM: whole pages at random, as many as hold about `rows` rows (all of a small table,
+    # or of one never analyzed: then the LIMIT bounds the read).
+    percent = min(100.0, 100.0 * rows / total) if total else 100.0
+    counts: dict[str, int] = dict(
+        conn.execute(
+            sql.SQL(
+                "SELECT application_name, count(*)::int FROM (SELECT application_name FROM {}"
+                " TABLESAMPLE SYSTEM (%s) LIMIT %s) s GROUP BY 1"
+            ).format(table),
+            (percent, rows),
+        ).fetchall()
+    )
+    sampled = sum(counts.values())
+    complete = percent >= 100.0 and sampled < rows
+    has_app = app in counts or (not complete and _has_app(conn, table, app))
+    return AppsWithAggregates(has_app, counts, sampled, total, complete)
