@@ -1,6 +1,7 @@
 """A typo in ``--app`` / ``ESCTL_APP``: which apps have keys in a Redis database (a bounded
 SCAN), whether an app has any key at all, and the ``note:`` the commands print when the app
-they read has none (naming the apps that do)."""
+they read has none (naming the apps that do); the same for the commands that read the migrated
+events in PostgreSQL (an app with no row in the schema's ``aggregate`` table)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from cluster import LocalCluster, redis_cluster
 from helpers import run_cli, start_cli
 
-from esctl import layout, redisio, storereads
+from esctl import layout, pg, pgevents, redisio, storereads
 from esctl.cli import appkeys
 from esctl.demo import DemoSummary, write_demo_store
+from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
@@ -616,3 +619,189 @@ def test_queue_list_names_the_queues_there_are_when_a_name_matches_none(
         "queue list or RetryData hash); no environment has a Subscribers:{ENV:TYPE} set in "
         "this database; check --redis-url (and its database number) and --env / ESCTL_ENV"
     ]
+
+
+# --- the note of the commands that read PostgreSQL ---------------------------------------------
+
+
+@pytest.fixture
+def migrated_store(redis_client: redis.Redis, demo_store: DemoSummary, pg_dsn: str) -> DemoSummary:
+    """The demo store, migrated into the ``public`` schema of the test's own database."""
+    migrate_redis_to_pg(
+        redis_client, MigrateOptions(app=demo_store.app, pg_dsn=pg_dsn, init_schema=True)
+    )
+    return demo_store
+
+
+def assert_noted_in_pg(result: Any, asked: str, dsn: str, schema: str, *right: str) -> str:
+    """``result`` printed the one note: ``asked`` has no aggregates in ``schema`` of ``dsn``
+    (redacted as esctl shows DSNs), ``right`` have."""
+    found = notes(result.stderr)
+    assert len(found) == 1, result.stderr
+    note = found[0]
+    assert note.startswith(
+        f"note: app {asked} has no aggregates in PostgreSQL {pg.describe_dsn(dsn)} schema "
+        f"{schema} (no row in {schema}.aggregate); "
+    ), note
+    if right:
+        assert "apps with aggregates here: " in note and all(app in note for app in right), note
+    assert note.endswith((" --app / ESCTL_APP", " --app / ESCTL_APP)")), note
+    assert "note:" not in result.stdout
+    return note
+
+
+PG_COMMANDS = {
+    # name: (arguments, takes --json)
+    "events query --source pg": (("events", "query", "--source", "pg", "--type", "ItemScoreCreated"), True),
+    "events query --source pg --format table": (("events", "query", "--source", "pg", "--format", "table"), False),
+    "replay --from pg --to stdout": (("replay", "--from", "pg", "--all", "--to", "stdout"), False),
+    "replay --from pg --dry-run": (("replay", "--from", "pg", "--all", "--to", "stdout", "--dry-run"), True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(PG_COMMANDS))
+def test_a_command_reading_postgresql_for_an_app_with_no_aggregates_names_the_apps_that_have_some(
+    name: str, migrated_store: DemoSummary, redis_test_url: str, pg_dsn: str
+) -> None:
+    """``events query --source pg`` and ``replay --from pg`` of a mistyped app print nothing
+    and exit 0, as before: now a note on stderr says the app has no aggregates there and names
+    the one that has. stdout and the exit code stay; --limit 0 (nothing read) gets no note."""
+    args, takes_json = PG_COMMANDS[name]
+    app = migrated_store.app
+    wrong = typo(app)
+
+    def run(*more: str, env: dict[str, str] | None = None) -> Any:
+        return run_cli(*args, *more, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn, env=env)
+
+    result = run("--app", wrong)
+    assert result.returncode == 0, result.stderr
+    assert_noted_in_pg(result, wrong, pg_dsn, "public", app)
+    if "--format" not in args and "--dry-run" not in args:
+        assert result.stdout == ""  # JSON lines: none
+    by_env = run(env={"ESCTL_APP": wrong})
+    assert by_env.returncode == 0 and notes(by_env.stderr) == notes(result.stderr)
+    assert by_env.stdout == result.stdout
+    right = run("--app", app)
+    assert right.returncode == 0, right.stderr
+    assert_quiet(right)
+    assert right.stdout != result.stdout
+    nothing_read = run("--app", wrong, "--limit", "0")
+    assert nothing_read.returncode == 0, nothing_read.stderr
+    assert_quiet(nothing_read)
+    if takes_json:
+        document = run("--app", wrong, "--json")
+        assert document.returncode == 0, document.stderr
+        assert_noted_in_pg(document, wrong, pg_dsn, "public", app)
+        parsed = json.loads(document.stdout)
+        of_right = json.loads(run("--app", app, "--json").stdout)
+        assert type(parsed) is type(of_right)
+        if isinstance(parsed, dict):
+            assert parsed.keys() == of_right.keys() and parsed["events"] == 0
+        else:
+            assert parsed == [] and of_right != []
+
+
+def test_postgresql_without_any_aggregate_says_so_and_without_the_tables_as_before(
+    redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Tables with no aggregate at all: the note says no app has any in the schema, and what
+    to check. No tables (nothing migrated yet): the commands' error, as before, and no note."""
+    with psycopg.connect(pg_dsn) as conn:
+        pg.ensure_event_store_schema(conn, "empty_store", create=True)
+    for args in (
+        ("events", "query", "--source", "pg"),
+        ("replay", "--from", "pg", "--all", "--to", "stdout"),
+    ):
+        given = (*args, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--app", app_name)
+        empty = run_cli(*given, "--pg-schema", "empty_store")
+        assert empty.returncode == 0, empty.stderr
+        note = assert_noted_in_pg(empty, app_name, pg_dsn, "empty_store")
+        assert note.endswith(
+            "; no app has aggregates in this schema; check --pg-dsn (and its database name), "
+            "--pg-schema and --app / ESCTL_APP"
+        ), note
+        missing = run_cli(*given, "--pg-schema", "not_migrated")
+        assert missing.returncode == 1
+        assert "error: the event tables not_migrated.aggregate and not_migrated.event do not " in (
+            missing.stderr
+        )
+        assert_quiet(missing)
+
+
+def test_an_app_from_the_config_file_is_checked_in_its_profile_in_postgresql_too(
+    migrated_store: DemoSummary, redis_test_url: str, pg_dsn: str, tmp_path: Path
+) -> None:
+    wrong = typo(migrated_store.app)
+    config = tmp_path / "esctl.toml"
+    config.write_text(
+        f"[nightly]\nredis_url = {json.dumps(redis_test_url)}\npg_dsn = {json.dumps(pg_dsn)}\n"
+        f"app = {json.dumps(wrong)}\n"
+    )
+    chosen = ("--config", str(config), "--profile", "nightly")
+    for args in (("events", "query", "--source", "pg"), ("replay", "--from", "pg", "--all")):
+        extra = ("--to", "stdout") if args[0] == "replay" else ()
+        result = run_cli(*args, *extra, *chosen)
+        assert result.returncode == 0, result.stderr
+        note = assert_noted_in_pg(result, wrong, pg_dsn, "public", migrated_store.app)
+        assert note.endswith(
+            f"apps with aggregates here: {migrated_store.app}; check app in profile [nightly] "
+            f"of {config} (or --app / ESCTL_APP)"
+        ), note
+
+
+def test_apps_with_aggregates_stays_bounded_on_a_large_table(pg_dsn: str) -> None:
+    """The apps of a 300,000-row aggregate table: without an index leading with
+    application_name, from a sample of pages (milliseconds) and one EXISTS; with one, the
+    names either side of the app's, one index probe each. Missing tables, or a look-up
+    that outlasts its time, tell nothing (no note)."""
+    apps = [f"Learning.Service{i:02}" for i in range(12)]
+    with psycopg.connect(pg_dsn) as conn:
+        pg.ensure_event_store_schema(conn, "public", create=True)
+        conn.execute(
+            "INSERT INTO aggregate (aggregate_id, aggregate_type, application_name)"
+            " SELECT i::text, 'ItemScore', (%s::text[])[1 + i %% 12]"
+            " FROM generate_series(1, 300000) i",
+            (apps,),
+        )
+        conn.execute("INSERT INTO aggregate (aggregate_id, aggregate_type, application_name)"
+                     " VALUES ('1', 'ItemScore', 'Rare.App')")  # fmt: skip
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE aggregate")
+
+        wrong = "Learning.Service05x"
+        started = time.perf_counter()
+        found = pgevents.apps_with_aggregates(pg_dsn, "public", wrong, max_seconds=10)
+        took = time.perf_counter() - started
+        assert found is not None and not found.has_app and not found.complete
+        assert 0 < found.sampled <= pgevents.APPS_SAMPLE_ROWS
+        assert found.total is not None and 250_000 < found.total < 350_000
+        assert set(found.names) == set(apps)  # ~800 rows of each in the sample
+        assert took < 2.0, took
+        note = appkeys.no_aggregates_text(wrong, "db", "public", found)
+        assert f"apps with aggregates here (a sample: ~{found.sampled:,} of ~" in note
+        assert note.split("): ")[1].startswith("Learning.Service05, ")  # the likeliest first
+        rare = pgevents.apps_with_aggregates(pg_dsn, "public", "Rare.App", max_seconds=10)
+        assert rare is not None and rare.has_app  # not in the sample: found by EXISTS
+        cut = pgevents.apps_with_aggregates(pg_dsn, "public", wrong, max_seconds=0.001)
+        assert cut is None
+
+        conn.execute("CREATE INDEX aggregate_app ON aggregate (application_name)")
+        found = pgevents.apps_with_aggregates(pg_dsn, "public", wrong, max_seconds=10)
+        assert found is not None and not found.has_app and found.sampled == 0
+        assert list(found.names) == apps[6:11] + apps[5:0:-1]
+        assert not found.complete  # five on each side: maybe more
+        note = appkeys.no_aggregates_text(wrong, "db", "public", found)
+        assert "apps with aggregates here (the nearest by name): Learning.Service05, " in note
+        assert "and 5 more; check --app / ESCTL_APP" in note
+        everything = pgevents.apps_with_aggregates(pg_dsn, "public", "Rare.Ap", max_seconds=10)
+        assert everything is not None and not everything.has_app
+        assert list(everything.names) == ["Rare.App", *apps[::-1][:5]]
+        rare = pgevents.apps_with_aggregates(pg_dsn, "public", "Rare.App", max_seconds=10)
+        assert rare is not None and rare.has_app and rare.sampled == 0
+        # An index of another collation cannot answer the comparisons: the sample again.
+        conn.execute("DROP INDEX aggregate_app")
+        conn.execute('CREATE INDEX aggregate_app_c ON aggregate (application_name COLLATE "C")')
+        by_sample = pgevents.apps_with_aggregates(pg_dsn, "public", wrong, max_seconds=10)
+        assert by_sample is not None and by_sample.sampled > 0
+    assert pgevents.apps_with_aggregates(pg_dsn, "not_migrated", wrong, max_seconds=10) is None

@@ -8,6 +8,11 @@ that do have keys (a bounded SCAN: :func:`esctl.storereads.apps_with_keys`). It 
 the exit code and stdout (``--json`` too) stay what they were, and a store emptied by a full
 prune is not a failure. A command that found something of its app pays nothing.
 
+The commands that read the migrated events in PostgreSQL instead (``events query --source pg``,
+``replay --from pg``) call :func:`note_if_no_aggregates`: the same note when the app has no row in
+the schema's ``aggregate`` table, naming the apps that have (a bounded read:
+:func:`esctl.pgevents.apps_with_aggregates`).
+
 ``queue list`` has the same kind of note for an ``--env``, ``--subscriber`` or ``--type`` that
 matches no queue (:func:`note_if_no_queues`), and ``queue list --watch`` the same words in a line
 under its table (:func:`no_queue_texts`).
@@ -30,7 +35,7 @@ from esctl.cli.errors import EXIT_INTERRUPTED
 from esctl.config import APP_SETTING
 
 if TYPE_CHECKING:  # the drivers load when a command runs, not at startup
-    from esctl import queues, storereads
+    from esctl import pgevents, queues, storereads
 
 EVERY_FAMILY = frozenset(layout.STORE_KEY_FAMILIES)
 """What a command that scanned commit lists, event hashes (partitioned and legacy) and
@@ -68,6 +73,28 @@ def note_if_no_keys(ctx: Context, *, seen: bool, looked_at: Collection[str] = ()
             ctx.out.note(no_commits_text(app, server, looked_at, here, check))
         else:
             ctx.out.note(no_keys_text(app, server, here, check))
+
+
+def note_if_no_aggregates(ctx: Context, *, seen: bool) -> None:
+    """After a command that read ``ctx.app``'s migrated events in PostgreSQL and ``seen`` none:
+    when the app has no row in ``ctx.pg_schema``'s ``aggregate`` table, a note on stderr naming
+    the app, the database and schema, and apps that have rows there. Nothing when the tables are
+    missing (the command said so) or the look-up outlasts :data:`SEARCH_SECONDS`. Never fails
+    the command (:func:`_after_result`)."""
+    if seen:
+        return
+    from esctl import pg, pgevents
+
+    with _after_result(ctx, "the app's aggregates"):
+        app = ctx.app
+        found = pgevents.apps_with_aggregates(
+            ctx.pg_dsn, ctx.pg_schema, app, max_seconds=SEARCH_SECONDS
+        )
+        if found is None or found.has_app:
+            return
+        server = pg.describe_dsn(ctx.pg_dsn)
+        check = ctx.settings.where_set("app")
+        ctx.out.note(no_aggregates_text(app, server, ctx.pg_schema, found, check))
 
 
 def note_if_no_queues(
@@ -209,6 +236,38 @@ def no_keys_text(
     return (
         f"app {_name(app)} has no keys in Redis {server} (no commit list, event hash or "
         f"snapshot); {here.text(app, check)}"
+    )
+
+
+def no_aggregates_text(
+    app: str,
+    server: str,
+    schema: str,
+    found: pgevents.AppsWithAggregates,
+    check: str = APP_SETTING,
+) -> str:
+    """The note: ``app`` has no aggregates in ``schema`` of PostgreSQL ``server`` (its DSN,
+    redacted), and the apps ``found`` instead; ``check``: as :func:`no_keys_text`'s."""
+    from esctl import storereads
+
+    kind = storereads.NameKind(
+        "apps with aggregates here",
+        "no app has aggregates in this schema",
+        "no app's aggregates were in the rows sampled",
+        APP_SETTING,
+        "--pg-dsn (and its database name), --pg-schema",
+    )
+    if found.sampled:
+        of = f" of ~{found.total:,}" if found.total else ""  # 0: not counted yet
+        partial = f"a sample: ~{found.sampled:,}{of} rows"
+    else:  # from an index: the names either side of the app's
+        partial = "the nearest by name"
+    here = storereads.NamesHere(
+        found.names, found.sampled, found.total, found.complete, kind, partial
+    )
+    return (
+        f"app {_name(app)} has no aggregates in PostgreSQL {server} schema {schema} (no row "
+        f"in {schema}.aggregate); {here.text(app, check)}"
     )
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from esctl.cli import consoles, jsonout, messages
-from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_keys
+from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_aggregates, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import EventSelection, with_groups
@@ -222,12 +222,12 @@ def query(
             f"{counted(results.stats.unreadable, 'committed event')} could not be read (no "
             "payload or undecodable) and were skipped; `esctl inspect integrity` lists them"
         )
-    if client is not None and filters.limit != 0:  # --limit 0 reads nothing
-        note_if_no_keys(
-            ctx,
-            seen=results.stats.events > 0,
-            looked_at=() if filters.aggregates else COMMIT_LISTS,
-        )
+    if filters.limit != 0:  # --limit 0 reads nothing
+        seen = results.stats.events > 0
+        if client is None:
+            note_if_no_aggregates(ctx, seen=seen)
+        else:
+            note_if_no_keys(ctx, seen=seen, looked_at=() if filters.aggregates else COMMIT_LISTS)
     if isinstance(results, core.TransformedQuery):
         _report_transforms(out, results)
 

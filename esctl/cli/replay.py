@@ -14,7 +14,7 @@ import typer
 
 from esctl import defaults
 from esctl.cli import jsonout
-from esctl.cli.appkeys import note_if_no_keys
+from esctl.cli.appkeys import note_if_no_aggregates, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
 from esctl.cli.groups import Changing, EventSelection, OptionGroup, with_groups
@@ -233,9 +233,11 @@ def replay(
             traceback.print_exception(summary.failure, file=sys.stderr)
         _render_stopped(ctx.out, summary, options)
         raise typer.Exit(EXIT_FAILED)
+    # Selectors, a checkpoint or a shard may select nothing of a store that is there.
     if options.source == EventSource.redis:
-        # Selectors, a checkpoint or a shard may select nothing of a store that is there.
         note_if_no_keys(ctx, seen=summary.events > 0)
+    elif limit != 0:  # --limit 0 reads nothing
+        note_if_no_aggregates(ctx, seen=summary.events > 0)
     exit_for(problems=summary.found_problems)
 
 
