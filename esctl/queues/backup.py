@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from esctl import __version__, redisio
-from esctl.backupfile import BackupWriter, read_chunks, read_lines
+from esctl.backupfile import BackupWriter, open_backup, read_chunks, read_lines
 from esctl.errors import EsctlError, NotFound, UsageError
 from esctl.queues.progress import OnPhase, PhaseReporter
 from esctl.queues.refs import QueueRef
@@ -157,7 +157,7 @@ class Backup:
 
 def read_header(path: str | Path) -> dict[str, Any]:
     """The header of a file written by :func:`esctl.queues.drain` (its first line), read
-    without the rest; UsageError, as :func:`read_backup` says it, when it is not one."""
+    without the rest; UsageError, as :func:`survey_backup` says it, when it is not one."""
     source = Path(path)
     lines = read_lines(
         source, kind="an esctl queue backup", written_by="esctl queue drain --to-file"
@@ -169,7 +169,8 @@ def read_header(path: str | Path) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         header = None
     if not isinstance(header, dict) or header.get("format") != BACKUP_FORMAT:
-        read_backup(source)  # says what is wrong with it
+        with open_backup(source) as handle:  # says what is wrong with it, holding none of it
+            survey_backup(source, handle)
         raise UsageError(f"{source} is not a complete esctl queue backup")  # (it did)
     _check_version(source, header)
     return header
