@@ -11,7 +11,10 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from esctl.queues.backup import BackupSurvey
 
 # An empty folder as the working directory and XDG_CONFIG_HOME of every run, so neither a
 # ./esctl.toml nor the developer's ~/.config/esctl/config.toml leaks into a test.
@@ -197,3 +200,27 @@ def started_together(
     for t in threads:
         t.join(wait)
     return outcome
+
+
+def read_as_restore(path: Path) -> tuple[BackupSurvey, list[dict[str, Any]]]:
+    """A queue backup file read as `queue restore` reads it: its first reading
+    (``survey_backup``: the header, ``backup_id``, ``complete``, ``truncated``, the outcomes
+    the file marks, settled from Redis by ``survey.settle(client)``), then its records, in the
+    file's order (``records_again``). UsageError as a restore says it."""
+    from esctl.backupfile import open_backup
+    from esctl.queues.backup import survey_backup
+
+    with open_backup(path) as handle:
+        survey = survey_backup(path, handle)
+        return survey, [record for *_, record in survey.records_again()]
+
+
+def outcomes(survey: BackupSurvey, records: list[dict[str, Any]]) -> dict[int, str]:
+    """Record number -> ``removed``, ``gone`` or ``kept``, of the ``records`` whose outcome
+    ``survey`` knows (:func:`read_as_restore`): those the file marks; after
+    ``survey.settle(client)``, every one (unless Redis holds no record of the drain)."""
+    from esctl.queues.backup import GONE, KEPT, REMOVED
+
+    names = {REMOVED: "removed", GONE: "gone", KEPT: "kept"}
+    codes = ((int(r["n"]), survey.outcomes.get(int(r["n"]))) for r in records)
+    return {number: names[code] for number, code in codes if code in names}

@@ -23,7 +23,7 @@ import redis
 import redis.cluster
 import redis_bytes as rb
 from cluster import LocalCluster, redis_cluster, redis_cluster_with_replicas
-from helpers import run_cli
+from helpers import outcomes, read_as_restore, run_cli
 
 from esctl import compress, demo, doctor, layout, queues, redisio, servers
 from esctl.demo import DemoSummary, write_demo_store
@@ -104,14 +104,14 @@ def write_queues(client: Client, app: str, env: str) -> DemoSummary:
 
 def backup_contents(path: Path) -> dict[str, Any]:
     """What a backup file says, less its id and creation time (new for every drain)."""
-    backup = queues.read_backup(path)
-    header = {k: v for k, v in backup.header.items() if k not in ("backup_id", "created_at")}
+    survey, records = read_as_restore(path)
+    header = {k: v for k, v in survey.header.items() if k not in ("backup_id", "created_at")}
     return {
         "header": header,
-        "records": backup.records,
-        "outcomes": backup.outcomes,
-        "complete": backup.complete,
-        "truncated": backup.truncated,
+        "records": records,
+        "outcomes": outcomes(survey, records),
+        "complete": survey.complete,
+        "truncated": survey.truncated,
     }
 
 

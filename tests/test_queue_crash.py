@@ -34,10 +34,10 @@ import orjson
 import pytest
 import redis
 import redis_bytes as rb
-from helpers import QUEUE_BATCH_LAUNCHER, cli_env
+from helpers import QUEUE_BATCH_LAUNCHER, cli_env, outcomes, read_as_restore
 
 from esctl import errors, layout, queues, servers
-from esctl.queues.backup import settle_outcomes, value_bytes
+from esctl.queues.backup import value_bytes
 
 N = 100_000
 BATCH = 200
@@ -269,16 +269,17 @@ def restorable(h: Harness, path: Path, selected: Counter[bytes]) -> tuple[Counte
     if not path.exists():
         return Counter(), 0
     try:
-        backup = queues.read_backup(path)
+        survey, records = read_as_restore(path)
     except errors.UsageError as exc:
         assert "before removing anything" in str(exc), exc  # the first frame is torn
         return Counter(), 0
-    assert Counter(value_bytes(r) for r in backup.records) == selected, f"seed {h.seed}"
-    in_file = dict(backup.outcomes)
-    if not settle_outcomes(h.client, backup):
+    assert Counter(value_bytes(r) for r in records) == selected, f"seed {h.seed}"
+    in_file = outcomes(survey, records)
+    if not survey.settle(h.client):
         # killed before it wrote its outcome record, so before its first removal
         assert h.client.llen(h.key("dead")) == selected.total()
-    removed = [r for r in backup.records if backup.outcomes.get(int(r["n"])) == "removed"]
+    settled = outcomes(survey, records)
+    removed = [r for r in records if settled.get(int(r["n"])) == "removed"]
     unrecorded = sum(1 for r in removed if int(r["n"]) not in in_file)
     return Counter(value_bytes(r) for r in removed), unrecorded
 
@@ -330,9 +331,9 @@ def crash_restore(h: Harness, rng: random.Random, kills: int) -> dict[str, int]:
     h.fill("dead")
     path = h.folder / "full.jsonl.zst"
     assert h.run("drain", SUB, TYPE, "--list", "dead", "--to-file", str(path))["drained"] == N
-    backup = queues.read_backup(path)
-    assert backup.complete and Counter(value_bytes(r) for r in backup.records) == h.multiset
-    progress = h.ref.restore_progress_key("dead", backup.backup_id)
+    survey, records = read_as_restore(path)
+    assert survey.complete and Counter(value_bytes(r) for r in records) == h.multiset
+    progress = h.ref.restore_progress_key("dead", survey.backup_id)
     done = 0
     while done < kills:
         h.client.delete(h.key("dead"), progress)
@@ -348,7 +349,7 @@ def crash_restore(h: Harness, rng: random.Random, kills: int) -> dict[str, int]:
         # the records restored so far are the ones nearest the tail, in place; the rest are
         # only in the file, and the counter says exactly how many went
         assert rb.lrange(h.client, h.key("dead")) == h.original[N - count :], f"seed {h.seed}"
-        rest = sorted(backup.records, key=lambda r: int(r["position"]))[count:]
+        rest = sorted(records, key=lambda r: int(r["position"]))[count:]
         check(h, h.lists() + Counter(value_bytes(r) for r in rest), "restore killed")
         h.free_lock(check_refused=False, finished=count == N)
         summary = h.run("restore", str(path))

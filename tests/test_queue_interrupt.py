@@ -25,7 +25,7 @@ import pytest
 import redis
 import redis_bytes as rb
 from faultrelay import signalled_twice
-from helpers import _EMPTY_DIR, QUEUE_BATCH_LAUNCHER, cli_env, reap
+from helpers import _EMPTY_DIR, QUEUE_BATCH_LAUNCHER, cli_env, outcomes, read_as_restore, reap
 
 from esctl import errors, queues, servers
 from esctl.interrupts import HeldInterrupts
@@ -189,8 +189,8 @@ def test_an_interrupted_requeue_says_what_it_requeued(
 
 def removed_in(path: Path) -> int:
     """Records the backup file marks removed."""
-    backup = queues.read_backup(path)
-    return sum(1 for outcome in backup.outcomes.values() if outcome == "removed")
+    marked = outcomes(*read_as_restore(path))
+    return sum(1 for outcome in marked.values() if outcome == "removed")
 
 
 @pytest.mark.parametrize("stop", STOPS, ids=IDS)
@@ -253,7 +253,7 @@ def drained_to_restore(
     with monkeypatch.context() as patched:
         patched.setattr(scripts, "MOVE_BATCH", 10_000)
         assert queues.drain(client, ref, queues.DrainOptions(to_file=path)).drained == SHORTER
-    return path, ref.restore_progress_key("dead", queues.read_backup(path).backup_id)
+    return path, ref.restore_progress_key("dead", read_as_restore(path)[0].backup_id)
 
 
 @pytest.mark.parametrize("stop", STOPS, ids=IDS)
@@ -507,8 +507,8 @@ def test_a_second_signal_stops_a_drain_that_waits_on_redis_and_says_what_is_in_d
     assert found is not None, err
     drained, doubt = number(found[1]), number(found[4])
     assert (found[2], found[5]) == (key, key) and found[3] == found[6] == found[8] == str(path)
-    backup = queues.read_backup(path)
-    assert found[7] == ref.drain_outcome_key("dead", backup.backup_id), err
+    survey, _ = read_as_restore(path)
+    assert found[7] == ref.drain_outcome_key("dead", survey.backup_id), err
     assert doubt == BATCH and removed_in(path) == drained, err
     error = interrupted_error(document, err)
     assert error["done"] == {"drained": drained, "gone": 0, "drained_in_doubt": doubt}

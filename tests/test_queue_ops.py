@@ -20,6 +20,7 @@ import redis
 import redis_bytes as rb
 import zstandard
 from faultrelay import FaultRelay, script_sha
+from helpers import outcomes, read_as_restore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -585,10 +586,11 @@ def test_a_drain_that_loses_its_lock_mid_run_reports_what_it_drained_and_a_resto
     assert detail.startswith(f"lost the queue lock: {q.lock_key} was taken or deleted")
     assert "6 drained and 0 gone before that, 4 selected messages not removed" in detail
     assert "to drain the rest" in detail
-    backup = queues.read_backup(path)
-    assert not backup.complete
+    survey, records = read_as_restore(path)
+    assert not survey.complete
     # records count in consumption order; batches go from the head: the last 6 records
-    assert sorted(n for n, o in backup.outcomes.items() if o == "removed") == list(range(4, 10))
+    marked = outcomes(survey, records)
+    assert sorted(n for n, o in marked.items() if o == "removed") == list(range(4, 10))
 
     locks.give_back(redis_client)
     restored = queues.restore(redis_client, path, queues.RestoreOptions())
@@ -679,7 +681,7 @@ def test_backup_round_trips_any_bytes_and_keeps_arrivals(
     fill(redis_client, q.key("published"), odd)
     path = tmp_path / "p.jsonl.zst"
     queues.drain(redis_client, q, queues.DrainOptions(which="published", to_file=path))
-    records = queues.read_backup(path).records
+    _, records = read_as_restore(path)
     assert [r["position"] for r in records] == [0, 1, 2, 3, 4]
     assert records[0]["encoding"] == "base64" and records[1]["encoding"] == "utf-8"
     redis_client.lpush(q.key("published"), b"new1", b"new2")  # published while drained
@@ -753,8 +755,8 @@ def test_drain_skips_messages_taken_meanwhile_and_restore_never_duplicates(
         queues.Hooks(confirm=consumer_takes_two),
     )
     assert (summary.selected, summary.drained, summary.gone) == (6, 4, 2)
-    backup = queues.read_backup(path)
-    assert backup.complete and sorted(backup.outcomes.values()).count("gone") == 2
+    survey, records = read_as_restore(path)
+    assert survey.complete and list(outcomes(survey, records).values()).count("gone") == 2
     first = queues.restore(redis_client, path, queues.RestoreOptions())
     assert (first.restored, first.gone) == (4, 2)
     assert contents(redis_client, q.key("published")) == values[2:]
@@ -797,8 +799,8 @@ def test_a_drain_that_selects_nothing_still_leaves_the_backup_it_was_asked_for(
     path = tmp_path / "empty.jsonl.zst"
     summary = queues.drain(redis_client, q, queues.DrainOptions(to_file=path))
     assert (summary.selected, summary.drained, summary.backup_file) == (0, 0, str(path))
-    backup = queues.read_backup(path)
-    assert backup.complete and backup.records == []
+    survey, records = read_as_restore(path)
+    assert survey.complete and records == []
     restored = queues.restore(redis_client, path, queues.RestoreOptions())
     assert restored.restored == 0
     assert not redis_client.exists(q.key("dead"))
@@ -835,10 +837,11 @@ def test_restore_of_an_interrupted_drain(
     obj.decompress(data)
     first = data[: len(data) - len(obj.unused_data)]
     path.write_bytes(first + obj.unused_data[:5])
-    backup = queues.read_backup(path)
-    assert not backup.complete and backup.truncated and backup.outcomes == {}
+    survey, records = read_as_restore(path)
+    assert not survey.complete and survey.truncated and outcomes(survey, records) == {}
+    assert len(records) == 4
     # and as if Redis no longer had the drain's outcome record (expired, or another server)
-    assert redis_client.delete(q.drain_outcome_key("dead", backup.backup_id)) == 1
+    assert redis_client.delete(q.drain_outcome_key("dead", survey.backup_id)) == 1
     summary = queues.restore(redis_client, path, queues.RestoreOptions())
     assert summary.restored == 0 and summary.unknown == 4 and summary.kept == 0
     assert summary.problems[0]["kind"] == "outcome_unknown"
@@ -847,10 +850,10 @@ def test_restore_of_an_interrupted_drain(
     assert contents(redis_client, q.key("dead")) == values
     path.write_bytes(first[:20])
     with pytest.raises(errors.UsageError, match="before removing anything"):
-        queues.read_backup(path)
+        queues.restore(redis_client, path, queues.RestoreOptions())
     path.write_bytes(b"plain text")
     with pytest.raises(errors.UsageError, match="not an esctl queue backup"):
-        queues.read_backup(path)
+        queues.restore(redis_client, path, queues.RestoreOptions())
 
 
 class _Killed(BaseException):
@@ -883,8 +886,8 @@ def test_drain_killed_before_recording_a_batch_then_rerun_restores_every_message
         queues.drain(redis_client, q, queues.DrainOptions(to_file=first))
     monkeypatch.setattr(drain_module, "record_outcome", real_record)
     assert len(contents(redis_client, q.key("dead"))) == 4  # two batches of 3 went
-    backup = queues.read_backup(first)
-    assert len(backup.outcomes) == 3 and not backup.complete  # batch 2: not in the file
+    survey, records = read_as_restore(first)
+    assert len(outcomes(survey, records)) == 3 and not survey.complete  # batch 2: not in file
     assert queues.drain(redis_client, q, queues.DrainOptions(to_file=second)).drained == 4
     assert not redis_client.exists(q.key("dead"))
 
@@ -928,14 +931,14 @@ def test_a_restore_reads_the_outcomes_a_drain_finishing_meanwhile_recorded(
 
     def record(writer: Any, removed: list[int], gone: list[int]) -> None:
         if len(midway) == 0 and redis_client.llen(q.key("dead")) == 20:  # batch 4 ran
-            outcome = q.drain_outcome_key("dead", queues.read_backup(path).backup_id)
+            outcome = q.drain_outcome_key("dead", read_as_restore(path)[0].backup_id)
             midway.append((path.read_bytes(), rb.as_bytes(redis_client.get(outcome))))
         real_record(writer, removed, gone)
 
     monkeypatch.setattr(drain_module, "record_outcome", record)
     assert queues.drain(redis_client, q, queues.DrainOptions(to_file=path)).drained == 100
     monkeypatch.setattr(drain_module, "record_outcome", real_record)
-    outcome = q.drain_outcome_key("dead", queues.read_backup(path).backup_id)
+    outcome = q.drain_outcome_key("dead", read_as_restore(path)[0].backup_id)
     final = (path.read_bytes(), rb.as_bytes(redis_client.get(outcome)))
     [(file_then, outcome_then)] = midway
     assert final[0].startswith(file_then) and final[1] != outcome_then

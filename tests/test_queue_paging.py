@@ -19,7 +19,7 @@ import pytest
 import redis
 import redis.exceptions
 import redis_bytes as rb
-from helpers import queued_message
+from helpers import outcomes, queued_message, read_as_restore
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -148,15 +148,14 @@ def test_drain_pages_through_a_changing_list_and_restores_what_it_removed(
             queues.Hooks(confirm=consumer.confirm),
         )
     assert consumer.taken
-    backup = queues.read_backup(path)
-    assert backup.complete and len(backup.records) == N
+    survey, records = read_as_restore(path)
+    assert survey.complete and len(records) == N
     # the backup holds the snapshot, in consumption order, numbered from the tail
-    assert [value_bytes(r) for r in backup.records] == values
-    assert [r["n"] for r in backup.records] == list(range(N))
-    assert [r["position"] for r in backup.records] == list(range(N))
-    removed = Counter(
-        value_bytes(r) for r in backup.records if backup.outcomes[r["n"]] == "removed"
-    )
+    assert [value_bytes(r) for r in records] == values
+    assert [r["n"] for r in records] == list(range(N))
+    assert [r["position"] for r in records] == list(range(N))
+    marked = outcomes(survey, records)
+    removed = Counter(value_bytes(r) for r in records if marked[r["n"]] == "removed")
     assert removed + consumer.taken == Counter(values)
     assert Counter(rb.lrange(redis_client, q.key("dead"))) == Counter(consumer.arrived)
     assert (summary.drained, summary.gone) == (removed.total(), consumer.taken.total())

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import redis
 from faultrelay import script_sha
-from helpers import run_cli, started_cli
+from helpers import read_as_restore, run_cli, started_cli
 from test_migrate import new_database, pg_rows
 
 from esctl import queues, redisio, servers
@@ -455,7 +455,7 @@ def test_a_drain_and_a_restore_wait_for_a_reload_between_their_batches(
         reload.finish()
     assert (drained.drained, drained.failed, drained.problems) == (2500, 0, [])
     assert client.llen(QUEUE.key("dead")) == 0
-    assert queues.read_backup(backup).complete
+    assert read_as_restore(backup)[0].complete
     assert any("is loading its data set" in n for n in notices)
 
     notices.clear()
