@@ -7,7 +7,7 @@ prints, exits or opens PostgreSQL. One module per operation; callers use this pa
 (``queues.requeue(...)``). Design: docs/design/queues.md.
 """
 
-from esctl.queues.backup import BACKUP_FORMAT, BACKUP_FORMAT_VERSION, Backup, read_backup
+from esctl.queues.backup import BACKUP_FORMAT, BACKUP_FORMAT_VERSION
 from esctl.queues.confirm import Confirm, Plan
 from esctl.queues.drain import DrainOptions, DrainSummary, drain
 from esctl.queues.listing import (
@@ -61,7 +61,6 @@ __all__ = [
     "REMOVE_SCRIPT",
     "RESTORE_PROGRESS_TTL_MS",
     "RESTORE_SCRIPT",
-    "Backup",
     "Confirm",
     "DrainOptions",
     "DrainSummary",
@@ -96,7 +95,6 @@ __all__ = [
     "peek",
     "queue_lock",
     "queue_metrics",
-    "read_backup",
     "read_queues",
     "render_prometheus",
     "requeue",

@@ -137,31 +137,11 @@ def value_bytes(record: dict[str, Any]) -> bytes:
     return str(record["value"]).encode("utf-8")
 
 
-@dataclass
-class Backup:
-    """A backup file as read back. ``outcomes``: record number -> ``removed`` / ``gone``, or
-    ``kept`` once :func:`settle_outcomes` found the drain never removed it (records without
-    one: the drain stopped before it knew)."""
-
-    path: Path
-    header: dict[str, Any]
-    records: list[dict[str, Any]]
-    outcomes: dict[int, str]
-    complete: bool
-    truncated: bool
-
-    @property
-    def backup_id(self) -> str:
-        return str(self.header["backup_id"])
-
-
 def read_header(path: str | Path) -> dict[str, Any]:
     """The header of a file written by :func:`esctl.queues.drain` (its first line), read
     without the rest; UsageError, as :func:`survey_backup` says it, when it is not one."""
     source = Path(path)
-    lines = read_lines(
-        source, kind="an esctl queue backup", written_by="esctl queue drain --to-file"
-    )
+    lines = read_lines(source, kind=_KIND, written_by=_WRITTEN_BY)
     first = next((line for line in lines if isinstance(line, bytes)), None)
     lines.close()
     try:
@@ -195,55 +175,6 @@ def backup_ref(source: Path, header: dict[str, Any]) -> QueueRef:
     return QueueRef(*(str(name) for name in names))
 
 
-def read_backup(path: str | Path, *, on_phase: OnPhase | None = None) -> Backup:
-    """Read a file written by :func:`esctl.queues.drain`. A truncated last frame (a crash while
-    appending an outcome) is ignored; a file whose first frame is incomplete was never used to
-    drain. ``on_phase``: the records read, as the phase ``reading backup``
-    (:mod:`esctl.queues.progress`)."""
-    source = Path(path)
-    lines, frames, truncated = _read_frames(source, on_phase)
-    if frames == 0 or not lines or lines[0].get("format") != BACKUP_FORMAT:
-        raise UsageError(
-            f"{source} is not a complete esctl queue backup"
-            + (
-                " (its first frame is cut short: the drain stopped before removing anything)"
-                if truncated
-                else ""
-            ),
-            hint="pass a file written by `esctl queue drain --to-file`",
-        )
-    header = lines[0]
-    _check_version(source, header)
-    records = [line for line in lines[1:] if "value" in line]
-    outcomes: dict[int, str] = {}
-    complete = False
-    for line in lines[1:]:
-        if "outcome" in line:
-            for which in ("removed", "gone"):
-                for number in line["outcome"].get(which, []):
-                    outcomes[int(number)] = which
-        elif "complete" in line:
-            complete = True
-    return Backup(source, header, records, outcomes, complete, truncated)
-
-
-def settle_outcomes(client: redisio.RedisClient, backup: Backup) -> bool:
-    """Give every record the file does not mark an outcome, from the drain's record in Redis
-    (``layout.drain_outcome_key``): the script that removed the last batch wrote its outcome
-    there, and every earlier batch's outcome is in the file (each is fsynced before the next
-    batch runs), so a record neither accounts for was never removed: ``kept``. False (nothing
-    changed) when Redis holds no record of this drain (it expired, or this is another Redis)."""
-    unknown = [int(r["n"]) for r in backup.records if int(r["n"]) not in backup.outcomes]
-    if not unknown:
-        return True
-    settled = _drain_outcome(client, backup.header)
-    if settled is None:
-        return False
-    for number in unknown:
-        backup.outcomes[number] = settled.get(number, "kept")
-    return True
-
-
 def _drain_outcome(client: redisio.RedisClient, header: dict[str, Any]) -> dict[int, str] | None:
     """The drain's outcome record in Redis (``layout.drain_outcome_key``) of the file with
     ``header``: record number -> ``removed`` / ``gone`` of its last batch; None when Redis holds
@@ -267,58 +198,13 @@ def _drain_outcome(client: redisio.RedisClient, header: dict[str, Any]) -> dict[
         ) from None
 
 
-def _read_frames(
-    source: Path, on_phase: OnPhase | None = None
-) -> tuple[list[dict[str, Any]], int, bool]:
-    """The JSON lines of every complete zstd frame, how many frames, and whether a frame was cut
-    short (UsageError when the first frame is not zstd at all). Each line is parsed as it is
-    read, and kept once its frame is complete; ``on_phase``: the records (lines with a value)
-    read so far, of the number the header says were selected."""
-    lines: list[dict[str, Any]] = []
-    frame: list[dict[str, Any]] = []
-    bad: orjson.JSONDecodeError | None = None  # said once its frame is known complete
-    frames = 0
-    reading: PhaseReporter | None = None
-    for item in read_lines(
-        source, kind="an esctl queue backup", written_by="esctl queue drain --to-file"
-    ):
-        if item is None:
-            return lines, frames, True
-        if isinstance(item, int):
-            frames = item
-            if bad is not None:
-                raise UsageError(f"{source} holds a line that is not JSON: {bad}") from None
-            lines.extend(frame)
-            frame = []
-            continue
-        try:
-            line = orjson.loads(item)
-        except orjson.JSONDecodeError as exc:
-            bad = bad or exc
-            continue
-        frame.append(line)
-        if on_phase is None or not isinstance(line, dict):
-            continue
-        if reading is None:  # the header: how many records follow
-            total = line.get("selected") if line.get("format") == BACKUP_FORMAT else None
-            reading = PhaseReporter(
-                on_phase, "reading backup", total if isinstance(total, int) else None
-            )
-        elif "value" in line:
-            reading.add()
-    if reading is not None:
-        reading.finish()
-    return lines, frames, False
-
-
 # --- reading in two passes (queue restore) ------------------------------------------------------
 #
-# ``read_backup`` keeps every record, so its memory grows with the file (2.7 GiB for a million
-# ~400-byte messages). A restore reads the file twice instead: :func:`survey_backup` keeps only
-# what deciding needs (a byte of outcome per record number; per list key, a few facts; a
-# record's number and key only when they are not what a drain writes), and
-# :meth:`BackupSurvey.records_again` reads the records once more, in the file's order, as the
-# restore sends them. Design: docs/design/queues.md.
+# A restore reads the file twice, never holding its records (held, a million ~400-byte messages
+# took 2.7 GiB): :func:`survey_backup` keeps only what deciding needs (a byte of outcome per
+# record number; per list key, a few facts; a record's number and key only when they are not
+# what a drain writes), and :meth:`BackupSurvey.records_again` reads the records once more, in
+# the file's order, as the restore sends them. Design: docs/design/queues.md.
 
 UNMARKED, REMOVED, GONE, KEPT = 0, 1, 2, 3
 """A record's outcome, as :class:`OutcomeCodes` keeps it: ``unknown``, ``removed``, ``gone``,
@@ -465,9 +351,12 @@ class BackupSurvey:
         return str(self.header["backup_id"])
 
     def settle(self, client: redisio.RedisClient) -> bool:
-        """:func:`settle_outcomes` for the records of this survey: every record the file does
-        not mark gets its outcome from the drain's record in Redis, ``kept`` when that does not
-        name it either. False (nothing changed) when Redis holds no record of this drain."""
+        """Give every record the file does not mark an outcome, from the drain's record in
+        Redis (``layout.drain_outcome_key``): the script that removed the last batch wrote its
+        outcome there, and every earlier batch's outcome is in the file (each is fsynced before
+        the next batch runs), so a record neither accounts for was never removed: ``kept``.
+        False (nothing changed) when Redis holds no record of this drain (it expired, or this
+        is another Redis)."""
         outcomes, numbers = self.outcomes, self.numbers
         outcomes.reserve(self.records)
         dense = outcomes.dense
@@ -639,9 +528,12 @@ def survey_backup(
     path: str | Path, handle: BinaryIO, *, on_phase: OnPhase | None = None
 ) -> BackupSurvey:
     """The first reading of a file written by :func:`esctl.queues.drain` (open as ``handle``),
-    keeping what :class:`BackupSurvey` says, not the records: as :func:`read_backup` reads it
-    (a truncated last frame is ignored, the same errors), with the same ``on_phase``; and
-    UsageError for a record without a number, key or position."""
+    keeping what :class:`BackupSurvey` says, not the records. A truncated last frame (a crash
+    while appending an outcome) is ignored; a file whose first frame is incomplete was never
+    used to drain. UsageError when the file is not a complete queue backup (and why: not zstd,
+    its first frame cut short, a line that is not JSON), is of a newer format, or has a record
+    without a number, key or position. ``on_phase``: the records read, as the phase
+    ``reading backup`` (:mod:`esctl.queues.progress`)."""
     source = Path(path)
     reader = _Surveying(BackupSurvey(source, handle), on_phase)
     for chunk in read_chunks(source, kind=_KIND, written_by=_WRITTEN_BY, handle=handle):
