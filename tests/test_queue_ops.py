@@ -854,6 +854,12 @@ def test_restore_of_an_interrupted_drain(
     path.write_bytes(b"plain text")
     with pytest.raises(errors.UsageError, match="not an esctl queue backup"):
         queues.restore(redis_client, path, queues.RestoreOptions())
+    # a whole first frame of another file's lines, then a torn one: not "its first frame"
+    other = zstandard.ZstdCompressor().compress(b'{"list_key": "x"}\n')
+    path.write_bytes(other + other[:5])
+    with pytest.raises(errors.UsageError) as raised:
+        queues.restore(redis_client, path, queues.RestoreOptions())
+    assert str(raised.value) == f"{path} is not a complete esctl queue backup"
 
 
 class _Killed(BaseException):

@@ -552,7 +552,7 @@ def survey_backup(
             f"{source} is not a complete esctl queue backup"
             + (
                 " (its first frame is cut short: the drain stopped before removing anything)"
-                if survey.truncated
+                if survey.truncated and survey.frames == 0
                 else ""
             ),
             hint="pass a file written by `esctl queue drain --to-file`",
