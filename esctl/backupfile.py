@@ -26,6 +26,19 @@ step of a whole 1 MiB read gave 30 MB at once: a reader's peak, and its heap fra
 such blocks until its peak grew with the file (glibc then serves them from the heap)."""
 
 
+FIELD_ERRORS = (KeyError, TypeError, ValueError)
+"""What reading a parsed line's fields raises when one is missing or not of its kind."""
+
+
+def lacking(source: Path, where: str, fields: str, *, written_by: str) -> UsageError:
+    """The error of line or record ``where`` of ``source`` when it lacks one of ``fields`` (or
+    holds one of another kind): not as ``written_by`` writes its files."""
+    return UsageError(
+        f"{source}: {where} lacks {fields}, or holds one that is not of its kind",
+        hint=f"pass a file written by `{written_by}`",
+    )
+
+
 class BackupWriter:
     """Creates ``path`` (never an existing file: Refused; mode 0600 whatever the umask) and
     appends frames to it. Each :meth:`write_frame` is one complete zstd frame of JSON lines,

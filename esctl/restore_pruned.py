@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from esctl import layout, pg, redisio
-from esctl.backupfile import read_lines
+from esctl.backupfile import FIELD_ERRORS, lacking, read_lines
 from esctl.documents import document
 from esctl.errors import EsctlError, Interrupted, ServerError, UsageError
 from esctl.locks import restore_pruned_lock
@@ -218,12 +218,9 @@ def _parse(
         value = _bytes(line, "value")
         index = int(line["index"])
         length = int(line["list_length"])
-    except (KeyError, TypeError, ValueError):
-        raise UsageError(
-            f"{source} is not a `migrate prune --backup-file` backup (line {number} lacks "
-            "list_key, commit_id, hash_key, value, index or list_length)",
-            hint="pass a file written by `esctl migrate prune --backup-file`",
-        ) from None
+    except FIELD_ERRORS:
+        fields = "app, list_key, commit_id, hash_key, value, index or list_length"
+        raise lacking(source, f"line {number}", fields, written_by=WRITTEN_BY) from None
     if their_app != app.encode("utf-8", "surrogateescape"):
         raise UsageError(
             f"{source} holds events of app {redisio.key_str(their_app)!r}, not of --app "

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+import zstandard
 from cluster import LocalCluster, redis_cluster
 from helpers import cli_env, run_cli
 from independent_writer import write_store
@@ -462,3 +463,27 @@ def test_restore_on_a_cluster_gives_back_the_pruned_store(
     assert summary.aggregates_restored == 60 and again.aggregates_already_present == 60
     assert contents() == before
     redis_cluster.flushall()
+
+
+@pytest.mark.parametrize("dropped", ["index", "value", "app"])
+def test_a_line_lacking_a_field_names_the_line_and_the_fields(
+    tmp_path: Path, app_name: str, dropped: str
+) -> None:
+    """A prune backup line without one of its fields (or with one of another kind) stops the
+    first reading, before anything is written, naming the line and the fields a line needs."""
+    path = tmp_path / "whole.jsonl.zst"
+    write_backup(path, app_name, aggregates=1, per_aggregate=3)
+    lines = [orjson.loads(line) for line in zstandard.ZstdDecompressor().decompressobj()
+             .decompress(path.read_bytes()).splitlines()]  # fmt: skip
+    del lines[1][dropped]
+    broken = tmp_path / "broken.jsonl.zst"
+    written = BackupWriter(broken, option="--backup-file", nothing_done="")
+    written.write_frame(lines)
+    written.close()
+    with pytest.raises(UsageError) as raised:
+        survey_pruned(broken, app_name)
+    assert str(raised.value) == (
+        f"{broken}: line 2 lacks app, list_key, commit_id, hash_key, value, index or "
+        "list_length, or holds one that is not of its kind"
+    )
+    assert raised.value.hint == "pass a file written by `esctl migrate prune --backup-file`"

@@ -17,7 +17,7 @@ import redis
 import redis_bytes as rb
 from helpers import cli_env, queued_message
 
-from esctl import queues
+from esctl import errors, queues
 from esctl.backupfile import BackupWriter
 from esctl.queues import scripts
 from esctl.queues.backup import create_backup, record_complete, record_outcome
@@ -323,6 +323,31 @@ def test_the_records_of_a_frame_cut_short_are_not_restored(
 
 
 # --- the file between the two readings ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", [{"position": None}, {"n": "x"}, {"key": None}])
+def test_a_record_lacking_a_field_is_named_and_nothing_is_restored(
+    redis_client: redis.Redis, env_name: str, tmp_path: Path, broken: dict[str, Any]
+) -> None:
+    """A record without its number, list key or position (or with one of another kind) stops
+    the restore before anything is sent, naming the record and the fields a record needs."""
+    q = queues.QueueRef(SUB, env_name, TYPE)
+    values = [message(n) for n in range(3)]
+    records = [record(q, "dead", n, n, v) for n, v in enumerate(values)]
+    for name, value in broken.items():
+        if value is None:
+            del records[1][name]
+        else:
+            records[1][name] = value
+    path = tmp_path / "broken.jsonl.zst"
+    written(path, [[header(q, "broken0000", 3), *records]])
+    with pytest.raises(errors.UsageError) as raised:
+        queues.restore(redis_client, path, queues.RestoreOptions())
+    assert str(raised.value) == (
+        f"{path}: record 2 lacks n, key or position, or holds one that is not of its kind"
+    )
+    assert raised.value.hint == "pass a file written by `esctl queue drain --to-file`"
+    assert redis_client.exists(q.key("dead")) == 0
 
 
 def test_a_file_renamed_or_deleted_after_it_was_read_first_is_restored_whole(

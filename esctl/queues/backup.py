@@ -20,7 +20,14 @@ from typing import Any, BinaryIO
 import orjson
 
 from esctl import __version__, redisio
-from esctl.backupfile import BackupWriter, open_backup, read_chunks, read_lines
+from esctl.backupfile import (
+    FIELD_ERRORS,
+    BackupWriter,
+    lacking,
+    open_backup,
+    read_chunks,
+    read_lines,
+)
 from esctl.errors import EsctlError, NotFound, UsageError
 from esctl.queues.progress import OnPhase, PhaseReporter
 from esctl.queues.refs import QueueRef
@@ -451,12 +458,9 @@ class BackupSurvey:
             number = int(line["n"])
             name = str(line["key"])
             position = int(line["position"])
-        except (KeyError, TypeError, ValueError):
-            raise UsageError(
-                f"{self.path}: record {index + 1} has no number, key or position "
-                "(n, key, position)",
-                hint="pass a file written by `esctl queue drain --to-file`",
-            ) from None
+        except FIELD_ERRORS:
+            where = f"record {index + 1}"
+            raise lacking(self.path, where, "n, key or position", written_by=_WRITTEN_BY) from None
         key_id = self._key_ids.get(name)
         if key_id is None:
             key_id = self._key_ids[name] = len(self.keys)
