@@ -282,7 +282,7 @@ def test_time_order_merge_matches_a_plain_sort(seconds: list[list[int]], run_byt
             stamp = moment.strftime("%Y-%m-%dT%H:%M:%S.0000000+00:00")
             event = Event(
                 aggregate_id, "T", index + 1, "E", stamp, f"c{index}",
-                (aggregate_id, index + 1, f"c{index}"), None, b"{}",
+                (aggregate_id, index + 1, f"c{index}"), b"{}",
             )  # fmt: skip
             group.append(event)
             us = micros(stamp)

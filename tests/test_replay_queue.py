@@ -649,7 +649,7 @@ def test_a_failed_transaction_stops_publishing_and_counts_what_ran(
     redis_client.set(layout.queue_key(SUB_A, env, "Bad", "published"), "not a list")
     events = [
         Event(f"a-{n}", "Test", n, "Bad" if n in (3, 5) else "Good", "", None, (n,),
-              _payload=b'{"n":%d}' % n)
+              b'{"n":%d}' % n)
         for n in range(1, 22)
     ]  # fmt: skip
     summary = ReplaySummary(dry_run=False, source="redis", target="queue", order="aggregate")

@@ -51,31 +51,23 @@ class Event:
     position: tuple[Any, ...] = field(repr=False)
     """The event's place in the replay order: what ``--checkpoint`` stores (esctl.replay.positions;
     docs/design/replay.md, "Positions and checkpoints")."""
-    _text: str | None = field(default=None, repr=False)
-    _payload: bytes | None = field(default=None, repr=False)
+    payload: bytes = field(repr=False)
+    """The payload JSON text as UTF-8 bytes, as the source holds it."""
     _data: Any = field(default=None, repr=False)
+    _text: str | None = field(default=None, init=False, repr=False)
 
     @property
     def text(self) -> str:
-        """The payload JSON text."""
+        """The payload JSON text (decoded once, on first use)."""
         if self._text is None:
-            assert self._payload is not None
-            self._text = self._payload.decode("utf-8")
+            self._text = self.payload.decode("utf-8")
         return self._text
-
-    @property
-    def payload(self) -> bytes:
-        """The payload JSON text as UTF-8 bytes."""
-        if self._payload is None:
-            assert self._text is not None
-            self._payload = self._text.encode("utf-8")
-        return self._payload
 
     @property
     def data(self) -> dict[str, Any]:
         """The parsed payload (parsed once, on first use)."""
         if self._data is None:
-            self._data = orjson.loads(self._payload if self._payload is not None else self.text)
+            self._data = orjson.loads(self.payload)
         return self._data
 
     @property

@@ -181,14 +181,13 @@ class PgSource(Window):
                                     ts,
                                     None,
                                     (key, version),
-                                    None,
                                     reorder(data),
                                 )
                         else:
                             for row in page:
                                 yield Event(
                                     row[0], row[3], row[1], row[2], row[4], None,
-                                    (row[7], row[6], row[1]), None, reorder(row[5]),
+                                    (row[7], row[6], row[1]), reorder(row[5]),
                                 )  # fmt: skip
                 conn.rollback()
         finally:

@@ -161,7 +161,6 @@ class RedisSource(Window):
                 r.timestamp,
                 r.commit_id,
                 (aggregate_id, r.version, r.commit_id or ""),
-                None,
                 r.payload,
                 r._data,
             )

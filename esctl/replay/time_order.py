@@ -59,7 +59,7 @@ class TimeSort:
                 records = iter(run)
             self.runs = len(spills)
             for count, r in enumerate(records, start=1):
-                yield Event(r[1], r[4], r[2], r[5], r[6], r[3] or None, r[:4], None, r[7])
+                yield Event(r[1], r[4], r[2], r[5], r[6], r[3] or None, r[:4], r[7])
                 if limit is not None and count >= limit:
                     return
         finally:
