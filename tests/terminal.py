@@ -272,7 +272,9 @@ class TerminalSession:
         size: str = "80x24",
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
+        stdout: int | None = None,
     ) -> None:
+        """``stdout``: a file descriptor for stdout (``> FILE``) in place of the terminal."""
         self.command = " ".join(args)
         self.cols, self.lines = SIZES[size]
         self._screen = pyte.HistoryScreen(self.cols, self.lines, history=100_000)
@@ -283,7 +285,7 @@ class TerminalSession:
             self.process = subprocess.Popen(
                 list(args),
                 stdin=slave,
-                stdout=slave,
+                stdout=slave if stdout is None else stdout,
                 stderr=slave,
                 env=terminal_env(env),
                 cwd=str(cwd if cwd is not None else _EMPTY_DIR),
@@ -360,6 +362,14 @@ class TerminalSession:
 
     def type(self, text: str) -> None:
         os.write(self._master, text.encode())
+
+    def hang_up(self) -> None:
+        """Close the terminal, as an ssh session that drops or a terminal window closed does:
+        the kernel sends SIGHUP to the command (the session's leader), and its reads and
+        writes on the terminal fail from then on."""
+        os.close(self._master)
+        self._master = -1
+        self._open = False
 
     def wait_exit(self, *, timeout: float = 10.0) -> Screen:
         """The last screen once the command has exited and closed the terminal."""

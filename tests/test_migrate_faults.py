@@ -413,7 +413,9 @@ def test_rerun_after_a_redis_restart_gives_the_rows_of_an_uninterrupted_run(
 # --- Ctrl-C --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_sigint_mid_run_exits_130_and_the_rerun_completes(
     stop: signal.Signals,
     redis_client: redis.Redis,
@@ -422,8 +424,9 @@ def test_sigint_mid_run_exits_130_and_the_rerun_completes(
     reference_dsn: str,
     app_name: str,
 ) -> None:
-    """Ctrl-C, and SIGTERM (systemctl stop, a pod stopped) as Ctrl-C: before, SIGTERM killed
-    the process on the spot (and a container's PID 1 ignored it until the SIGKILL)."""
+    """Ctrl-C, and SIGTERM (systemctl stop, a pod stopped) and SIGHUP (the terminal hung up)
+    as Ctrl-C: before, SIGTERM and SIGHUP killed the process on the spot, the run left
+    recorded as running (and a container's PID 1 ignored SIGTERM until the SIGKILL)."""
     write_fault_store(redis_client, app_name, seed=24)
     migrate(redis_test_url, reference_dsn, app_name, init_schema=True)
     reference = pg_rows(reference_dsn)
@@ -435,14 +438,17 @@ def test_sigint_mid_run_exits_130_and_the_rerun_completes(
     code, out, err = finish(proc)
     assert code == 130, (out, err)
     assert "Traceback" not in out + err
-    said = "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
+    said = {
+        signal.SIGTERM: "stopped by SIGTERM",
+        signal.SIGHUP: "stopped by SIGHUP (the terminal hung up)",
+    }.get(stop, "interrupted")
     # It says what it committed: every row PostgreSQL holds, no more.
-    committed = re.search(rf"{said}; ([\d,]+) events? migrated by this invocation", err)
+    committed = re.search(rf"{re.escape(said)}; ([\d,]+) events? migrated by this invocation", err)
     assert committed is not None, err
     assert "stay committed; the run is recorded as interrupted" in err, err
     assert 0 < len(pg_rows(pg_dsn)) == int(committed[1].replace(",", "")) < len(reference)
     assert (
-        "interrupted (shard 0/1): its run was stopped by Ctrl-C or SIGTERM; rerun the same"
+        "interrupted (shard 0/1): its run was stopped by Ctrl-C, SIGTERM or SIGHUP; rerun the same"
         in status_words(redis_test_url, pg_dsn, app_name)
     )
 

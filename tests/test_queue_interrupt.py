@@ -1,7 +1,7 @@
-"""Ctrl-C and SIGTERM mid-way through ``queue requeue``, ``queue drain`` and ``queue restore``,
-end to end: each runs as a real process on a long list (100,000 messages for a requeue, 30,000
-for the slower drain and restore; small move batches, so the run lasts long enough to be
-stopped), gets the signal once it has moved some, and must exit 130
+"""Ctrl-C, SIGTERM and SIGHUP mid-way through ``queue requeue``, ``queue drain`` and ``queue
+restore``, end to end: each runs as a real process on a long list (100,000 messages for a
+requeue, 30,000 for the slower drain and restore; small move batches, so the run lasts long
+enough to be stopped), gets the signal once it has moved some, and must exit 130
 saying exactly how many messages it moved for good and where: the counts in its message and in
 the ``--json`` error document's ``done`` equal what Redis (and the backup file) hold. The rerun
 its hint names then completes the operation, nothing twice."""
@@ -40,8 +40,8 @@ BATCH = 20
 SUB = "Learning.ReportingService.Worker-Interrupt"
 TYPE = "ItemScoreUpdated"
 TIMEOUT_S = 60.0
-STOPS = [signal.SIGINT, signal.SIGTERM]
-IDS = ["SIGINT", "SIGTERM"]
+STOPS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+IDS = ["SIGINT", "SIGTERM", "SIGHUP"]
 
 
 _started: list[subprocess.Popen[bytes]] = []
@@ -79,10 +79,14 @@ def fill(client: redis.Redis, key: str, n: int = N) -> None:
     pipe.execute()
 
 
-def start(url: str, env: str, *args: str, batch: int = BATCH) -> subprocess.Popen[bytes]:
+def start(
+    url: str, env: str, *args: str, batch: int = BATCH, wrapper: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """``esctl queue ARGS`` in batches of ``batch``, run by ``wrapper`` (``nohup``) if given."""
     options = ("--redis-url", url, "--env", env, "--yes", "--json")
+    launcher = [sys.executable, "-c", QUEUE_BATCH_LAUNCHER, str(batch)]
     proc = subprocess.Popen(
-        [sys.executable, "-c", QUEUE_BATCH_LAUNCHER, str(batch), "queue", *args, *options],
+        [*wrapper, *launcher, "queue", *args, *options],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -113,7 +117,11 @@ def stop_when(
 
 
 def said(stop: signal.Signals) -> str:
-    return "stopped by SIGTERM" if stop == signal.SIGTERM else "interrupted"
+    """How the message of a run stopped by ``stop`` begins."""
+    return {
+        signal.SIGTERM: "stopped by SIGTERM",
+        signal.SIGHUP: re.escape("stopped by SIGHUP (the terminal hung up)"),
+    }.get(stop, "interrupted")
 
 
 def number(text: str) -> int:
@@ -185,6 +193,29 @@ def test_an_interrupted_requeue_says_what_it_requeued(
     assert (summary["requeued"], summary["gone"], summary["failed"]) == (N - requeued, 0, 0)
     assert not redis_client.exists(source)
     assert rb.lrange(redis_client, destination) == ORIGINAL  # each once, in order
+
+
+def test_a_requeue_started_with_sighup_ignored_goes_on_after_one(
+    redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """``nohup esctl …`` (or any parent that leaves SIGHUP ignored): the command was meant to
+    outlive its terminal, so a SIGHUP mid-way changes nothing; it requeues the whole list."""
+    ref = queues.QueueRef(SUB, env_name, TYPE)
+    source, destination = ref.key("processing"), ref.key("published")
+    fill(redis_client, source)
+    requeue = ("requeue", SUB, TYPE, "--from", "processing")
+    proc = start(redis_test_url, env_name, *requeue, wrapper=("nohup",))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not redis_client.llen(destination):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "it never started moving"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGHUP)
+    assert redis_client.llen(destination) < N  # it came mid-way
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["requeued"] == N
+    assert rb.lrange(redis_client, destination) == ORIGINAL
 
 
 def removed_in(path: Path) -> int:

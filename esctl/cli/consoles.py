@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import sys
+import termios
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -134,3 +136,44 @@ def stop_writing_stdout() -> None:
     included) fails again on the closed pipe."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+# --- the terminal hung up ------------------------------------------------------------------
+
+
+def let_go_of_hung_up_terminal() -> bool:
+    """Point stdin, stdout and stderr at /dev/null where they are a terminal that hung up (its
+    ssh session dropped, its window closed, tmux killed: each read and write fails with EIO),
+    so that what esctl writes on its way out (a bar's last picture, the error, Python's last
+    flush) goes nowhere instead of failing. Where they lead elsewhere (``> out.json``, a log
+    file) they are left as they are. True when one was let go of."""
+    let_go = False
+    for fd in (0, 1, 2):
+        try:
+            termios.tcgetattr(fd)
+            continue  # a terminal that is still there
+        except termios.error as exc:
+            if exc.args[0] != errno.EIO:  # not a terminal, or closed
+                continue
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+        let_go = True
+    return let_go
+
+
+def stop_if_hung_up() -> bool:
+    """After a read or write on the terminal failed (a question's answer, the end of input
+    found instead): when it was because the terminal hung up, let go of it and stop as the
+    hangup's SIGHUP does, here and now, by raising SIGHUP (esctl's handler raises
+    KeyboardInterrupt). The hangup's own SIGHUP may come later (passed on by the shell; it is
+    then the same hangup told again), or may have come already, its handler waiting for
+    Python's next call, which on the way out of the question could be a lock's release.
+    False when no terminal hung up; True when one did and SIGHUP is ignored (``nohup``): the
+    command goes on without its terminal."""
+    if not let_go_of_hung_up_terminal():
+        return False
+    signal.raise_signal(signal.SIGHUP)
+    return True

@@ -65,7 +65,10 @@ def render_error(
     """The message on stderr; with ``json_mode`` also the error document on stdout (with a
     ``stream``: as the stream's end), its hint as it is, and ``done`` (what an interrupted run
     had done, :class:`esctl.errors.Interrupted`) when given; ``debug``: see
-    :func:`~esctl.cli.messages.print_error`."""
+    :func:`~esctl.cli.messages.print_error`. A terminal that hung up, on which every write
+    fails, is let go of first: the error goes where stdout and stderr lead elsewhere
+    (``--json > out.json``), and nowhere on the terminal."""
+    consoles.let_go_of_hung_up_terminal()  # after a hangup: written nowhere, not failing
     error: dict[str, Any] = {"kind": kind, "message": message, "hint": hint}
     if done is not None:
         error["done"] = done
@@ -109,7 +112,7 @@ def reporting(
         said = exc if isinstance(exc, errors.Interrupted) else None
         render_error(
             "interrupted",
-            f"{'stopped by SIGTERM' if _terminated else 'interrupted'}; "
+            f"{_stopped_by or 'interrupted'}; "
             + (said.state if said else "the state was left consistent"),
             said.hint if said else "rerun the same command to continue",
             EXIT_INTERRUPTED,
@@ -157,29 +160,56 @@ def exit_for(*, failed: bool | int = False, problems: object = False) -> None:
 HELP_WORDS = frozenset({"-h", "--help"})
 
 
-_terminated = False
-"""SIGTERM came (the interruption's message says so)."""
+STOP_SIGNALS = {
+    signal.SIGTERM: "stopped by SIGTERM",
+    signal.SIGHUP: "stopped by SIGHUP (the terminal hung up)",
+}
+"""The signals that stop a command as Ctrl-C does (:func:`stop_on_signals`), each with how the
+interruption's message begins (after Ctrl-C: "interrupted")."""
+
+_stopped_by: str | None = None
+"""The words of the first of STOP_SIGNALS that came (the interruption's message says them)."""
+_hung_up = False
+"""A SIGHUP came: the ones after it are the same hangup told again."""
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM (``systemctl stop``, a Kubernetes pod stopped, ``timeout``) stop a command
-    as Ctrl-C does: the work in hand ends consistently, locks are given back at once, the
-    summary or error says so, exit 130. Without it Python dies on the spot (a Redis lock then
-    stays until it expires), and as a container's PID 1 it ignores SIGTERM until the SIGKILL
-    that follows. A command's own Ctrl-C handling, when it has one, takes it (a follower and
-    the demo handle SIGTERM themselves)."""
+def stop_on_signals() -> dict[int, Any]:
+    """Make SIGTERM (``systemctl stop``, a Kubernetes pod stopped, ``timeout``) and SIGHUP (the
+    terminal hung up: an ssh session dropped, a terminal window closed, tmux killed) stop a
+    command as Ctrl-C does: the work in hand ends consistently, locks are given back at once,
+    the summary or error says so, exit 130. Without it Python dies on the spot (a Redis lock
+    then stays until it expires), and as a container's PID 1 it ignores SIGTERM until the
+    SIGKILL that follows. A SIGHUP ignored when esctl starts (``nohup``, a parent's SIG_IGN)
+    stays ignored: the command was meant to outlive its terminal. A command's own Ctrl-C
+    handling, when it has one, takes them (a follower and the demo handle them themselves).
+    Returns the handlers it replaced."""
+    replaced: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():  # (only there can it)
+        return replaced
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
+            replaced[signum] = signal.signal(signum, _on_stop)
+    return replaced
 
-    def on_term(signum: int, frame: Any) -> None:
-        global _terminated
-        _terminated = True
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler) and handler is not signal.default_int_handler:
-            handler(signal.SIGINT, frame)
-        else:  # the default, or SIGINT ignored (started in the background): stop all the same
-            raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():  # (only there can it)
-        signal.signal(signal.SIGTERM, on_term)
+def _on_stop(signum: int, frame: Any) -> None:
+    """SIGTERM or SIGHUP: noted for the message, then delivered as Ctrl-C, to the SIGINT
+    handler there is now (one that holds Ctrl-C across a round trip holds it too). After a
+    hangup the terminal is let go of first, so that nothing written on the way out fails; a
+    second SIGHUP (the shell's, then the kernel's as the shell exits) changes nothing."""
+    global _stopped_by, _hung_up
+    if signum == signal.SIGHUP:
+        consoles.let_go_of_hung_up_terminal()
+        if _hung_up:
+            return
+        _hung_up = True
+    if _stopped_by is None:
+        _stopped_by = STOP_SIGNALS[signal.Signals(signum)]
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)
+    else:  # the default, or SIGINT ignored (started in the background): stop all the same
+        raise KeyboardInterrupt
 
 
 def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> None:
@@ -190,7 +220,7 @@ def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> Non
     ``jsonl``), that usage error, too, is an error document on stdout (exit 2), so that
     ``esctl … --json | jq`` always has one document to read. Every other run (help, version,
     shell completion, which runs without words, no --json) is Typer's usual one."""
-    stop_on_sigterm()
+    stop_on_signals()
     words = list(sys.argv[1:] if args is None else args)
     if _may_ask_for_json(words):
         import typer.main

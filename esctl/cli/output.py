@@ -17,6 +17,7 @@ from esctl.cli.consoles import (
     stdin_is_terminal,
     stdout_console,
     stdout_on_stderr_terminal,
+    stop_if_hung_up,
     terminal_width,
 )
 from esctl.cli.jsonout import JsonStream, emit_json
@@ -257,16 +258,24 @@ class Output:
         wrapped at words to its width as messages are, ``[y/N]:`` on its last row
         (:func:`~esctl.cli.wrapping.question_lines`); refused without one
         (:meth:`require_terminal`). Ctrl-C at the question raises KeyboardInterrupt (the
-        command is interrupted, nothing done), the end of input (Ctrl-D) is no answer: no."""
+        command is interrupted, nothing done), the end of input (Ctrl-D) is no answer: no.
+        The terminal hanging up under the question stops the command as its SIGHUP does, here
+        (:func:`~esctl.cli.consoles.stop_if_hung_up`)."""
         self.require_terminal(action, dry_run=dry_run)
         lines = question_lines(question, "[y/N]", terminal_width(stderr_console))
         try:
             return typer.confirm("\n".join(lines), default=False, err=True, show_default=False)
         except typer.Abort as exc:  # Click's for Ctrl-C and for the end of input (Ctrl-D)
-            typer.echo("", err=True)  # the message below the question, not on its row
             if isinstance(exc.__context__, KeyboardInterrupt):
+                typer.echo("", err=True)  # the message below the question, not on its row
                 raise exc.__context__ from None  # Ctrl-C: interrupted (exit 130), as elsewhere
+            if not stop_if_hung_up():
+                typer.echo("", err=True)
             return False  # no answer: not confirmed
+        except OSError:  # the terminal's read or write failed: it hung up, as a rule
+            if stop_if_hung_up():
+                return False  # (SIGHUP ignored: the command outlives its terminal) no answer
+            raise
 
     def confirm(self, question: str, *, action: str, dry_run: bool = True) -> None:
         """:meth:`ask`, and a refusal (nothing was done) unless the answer is yes."""

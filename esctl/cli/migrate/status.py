@@ -212,7 +212,7 @@ def _next_steps(report: status_core.StatusReport) -> list[str]:
     )
     for status, recorded, what in (
         ("interrupted", "running", "its run was killed or its machine died"),
-        ("interrupted", "interrupted", "its run was stopped by Ctrl-C or SIGTERM"),
+        ("interrupted", "interrupted", "its run was stopped by Ctrl-C, SIGTERM or SIGHUP"),
         ("failed", "failed", "its run stopped on an error (its output said which)"),
     ):
         shards = [
