@@ -634,3 +634,23 @@ def test_on_a_terminal_the_status_line_stays_on_one_row_and_ctrl_c_exits_130(
     assert "events migrated so far" in done
     # (the terminal echoes ^C where the cursor was: at the start of the cleared status row)
     assert "stopped (interrupt): following (polling)" in screen.text, screen.describe()
+
+
+def test_a_hangup_stops_a_follower_on_a_terminal_as_sigterm_does(
+    fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
+) -> None:
+    """Its terminal hung up (an ssh session dropped, tmux killed) while its status line is
+    drawn there: it stops after the current batch and exits 0, its run recorded as finished,
+    as on SIGTERM (SIGHUP killed it on the spot: the run stayed recorded as running)."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    small_store(client, app_name, seed=12)
+    args = [*cli_args(fresh_redis.url, pg_dsn, app_name), "--init-schema", "--follow"]
+    with TerminalSession([*ESCTL, "migrate", "redis-to-pg", *args]) as session:
+        session.wait_for(lambda s: "following (polling): lag" in s.text, timeout=30)
+        session.hang_up()
+        code = session.process.wait(timeout=30)
+    assert code == 0
+    status = run_cli("migrate", "status", *cli_args(fresh_redis.url, pg_dsn, app_name), "--json")
+    assert status.returncode == 0, status.stderr
+    (shard,) = json.loads(status.stdout)["shards"]
+    assert shard["recorded_status"] == "finished" and not shard["lock_alive"], shard

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from esctl.cli import consoles
 from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context
 from esctl.cli.errors import EXIT_INTERRUPTED
@@ -99,19 +100,26 @@ class Following(OptionGroup):
 
 
 class _Stop:
-    """SIGTERM and SIGINT ask the follower to stop after the current batch."""
+    """SIGTERM, SIGHUP (the terminal hung up) and SIGINT ask the follower to stop after the
+    current batch; SIGHUP as SIGTERM does (exit 0), unless it was ignored when esctl started
+    (``nohup``: the follower was meant to outlive its terminal)."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Stop:
-        for sig, reason in ((signal.SIGTERM, "terminate"), (signal.SIGINT, "interrupt")):
+        stops = [(signal.SIGTERM, "terminate"), (signal.SIGINT, "interrupt")]
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            stops.append((signal.SIGHUP, "terminate"))
+        for sig, reason in stops:
             self.previous[sig] = signal.signal(sig, self._handler(reason))
         return self
 
     def _handler(self, reason: str) -> Any:
         def handle(signum: int, frame: Any) -> None:
+            if signum == signal.SIGHUP:  # its lines from now on go nowhere, not failing
+                consoles.let_go_of_hung_up_terminal()
             if self.reason is None:
                 self.reason = reason
 
