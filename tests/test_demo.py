@@ -23,7 +23,8 @@ import pytest
 import redis
 import redis_bytes as rb
 from bulk_store import write_bulk_store
-from helpers import run_cli
+from helpers import _EMPTY_DIR, cli_env, run_cli
+from terminal import ESCTL
 from typer.testing import CliRunner
 
 from esctl import codec, demo, layout
@@ -418,6 +419,87 @@ def test_demo_command_json_end_to_end() -> None:
         assert not _alive(pid) or server not in _cmdline(pid), f"{server} {pid} still runs"
         assert not Path(document[server]["workdir"]).exists()
     assert "Traceback" not in result.stderr
+
+
+def _children(pid: int) -> dict[str, int]:
+    """The live child processes of ``pid``, by name (``redis-server``, ``postgres``)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        state, ppid = text.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found[name] = int(stat.parent.name)
+    return found
+
+
+def _demo_redis(pid: int) -> redis.Redis | None:
+    """A client of the demo's Redis once it runs (its title says where: ``… 127.0.0.1:PORT``)."""
+    child = _children(pid).get("redis-server")
+    title = _cmdline(child).split() if child else []
+    if len(title) < 2 or ":" not in title[1]:
+        return None
+    client = redis.Redis.from_url(f"redis://{title[1]}", single_connection_client=True)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        client.close()
+        return None
+    return client
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_demo_command_stopped_by_a_signal_stops_its_servers(stop: signal.Signals) -> None:
+    """SIGTERM (``timeout``, systemctl stop) or SIGHUP (the terminal hung up) while the demo's
+    servers run stops them and removes their data folders, as Ctrl-C does, and says which
+    signal it was (exit 130). SIGHUP killed esctl on the spot: the servers died with it
+    (PR_SET_PDEATHSIG), their data folders stayed. The demo is held writing its store (its
+    Redis's writes paused) when the signal comes, both servers started."""
+    proc = subprocess.Popen(
+        [*ESCTL, "demo", "--json"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        cwd=_EMPTY_DIR,
+        start_new_session=True,
+    )
+    client = None
+    try:
+        deadline = time.monotonic() + 60
+
+        def waiting(what: str) -> None:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"the demo never got to {what}"
+            time.sleep(0.01)
+
+        while (client := _demo_redis(proc.pid)) is None:
+            waiting("start Redis")
+        client.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+        while not int(client.info("clients")["blocked_clients"]):
+            waiting("write its store")
+        running = _children(proc.pid)
+        running = {name: running[name] for name in ("redis-server", "postgres")}
+        workdirs = [Path(os.readlink(f"/proc/{pid}/cwd")) for pid in running.values()]
+        proc.send_signal(stop)
+        client.execute_command("CLIENT", "UNPAUSE")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if client is not None:
+            client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = {signal.SIGTERM: "stopped by SIGTERM", signal.SIGHUP: "stopped by SIGHUP"}[stop]
+    assert proc.returncode == 130, err
+    assert said in err.decode() and "Traceback" not in err.decode(), err.decode()
+    assert json.loads(out)["error"]["kind"] == "interrupted"
+    for name, pid in running.items():
+        assert not _alive(pid) or name not in _cmdline(pid), f"{name} {pid} still runs"
+    assert [w for w in workdirs if w.exists()] == []
 
 
 def test_demo_command_human_output() -> None:

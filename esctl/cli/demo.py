@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
+from esctl.cli.errors import stopping_on_signals
 from esctl.cli.options import option
 from esctl.cli.output import Output
 from esctl.config import redact
@@ -45,7 +42,7 @@ def demo(ctx: Context, keep: KeepOpt = False, seed: SeedOpt = defaults.DEMO_SEED
     from esctl import demo as core
 
     out = ctx.out
-    with _sigterm_interrupts():
+    with stopping_on_signals():  # SIGTERM and SIGHUP stop its servers, as Ctrl-C does
         out.info("starting a throwaway Redis and PostgreSQL and writing the demo store…")
         with core.demo_environment(keep=keep, seed=seed) as run:
             out.result(_document(run), lambda: _render(out, run))
@@ -53,20 +50,6 @@ def demo(ctx: Context, keep: KeepOpt = False, seed: SeedOpt = defaults.DEMO_SEED
             out.info(
                 "stopped the demo servers; run `esctl demo --keep` to keep them and try the tour"
             )
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C while the demo runs, so its servers are stopped too."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _document(run: core.DemoRun) -> dict[str, Any]:

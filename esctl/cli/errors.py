@@ -181,8 +181,8 @@ def stop_on_signals() -> dict[int, Any]:
     then stays until it expires), and as a container's PID 1 it ignores SIGTERM until the
     SIGKILL that follows. A SIGHUP ignored when esctl starts (``nohup``, a parent's SIG_IGN)
     stays ignored: the command was meant to outlive its terminal. A command's own Ctrl-C
-    handling, when it has one, takes them (a follower and the demo handle them themselves).
-    Returns the handlers it replaced."""
+    handling, when it has one, takes them (a follower handles them itself). Returns the
+    handlers it replaced."""
     replaced: dict[int, Any] = {}
     if threading.current_thread() is not threading.main_thread():  # (only there can it)
         return replaced
@@ -190,6 +190,18 @@ def stop_on_signals() -> dict[int, Any]:
         if signum != signal.SIGHUP or signal.getsignal(signum) != signal.SIG_IGN:
             replaced[signum] = signal.signal(signum, _on_stop)
     return replaced
+
+
+@contextmanager
+def stopping_on_signals() -> Iterator[None]:
+    """:func:`stop_on_signals` for a block (the demo's: its servers are stopped however esctl
+    was started), the handlers there were back after it."""
+    replaced = stop_on_signals()
+    try:
+        yield
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
 
 
 def _on_stop(signum: int, frame: Any) -> None:
