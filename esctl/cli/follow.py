@@ -37,7 +37,7 @@ class Following(OptionGroup):
         typer.Option(
             "--follow",
             help="After catching up, keep PostgreSQL in step with Redis until stopped "
-            "(SIGTERM: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
+            "(SIGTERM or SIGHUP: exit 0 after the current batch; Ctrl-C: 130), learning of new commits "
             "from keyspace notifications (polling without them); reports the lag.",
         ),
     ] = False
