@@ -7,6 +7,7 @@ import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol, TypeVar
 
@@ -251,9 +252,18 @@ class _Summary(Protocol):
 _S = TypeVar("_S", bound=_Summary)
 
 
-def _report(out: Output, summary: _S, render: Callable[[Output, _S], None]) -> None:
-    """A changing command's end: its summary (JSON, or ``render``), then the exit code its
-    failures and problems give."""
+def _change(
+    out: Output,
+    changing: Changing,
+    moves: tuple[str, core.Confirm | None],
+    run: Callable[[core.Hooks], _S],
+    render: Callable[[Output, _S], None],
+) -> None:
+    """A changing command from its core call on: ``run`` (given the hooks) under the bar of
+    ``moves`` (what the bar calls them, and the question: :func:`_moving`), then the summary
+    (JSON, or ``render``) and the exit code its failures and problems give."""
+    with _moving(out, changing, *moves) as hooks:
+        summary = run(hooks)
     out.result(summary.as_dict(), lambda: render(out, summary))
     exit_for(failed=summary.failed, problems=summary.problems)
 
@@ -445,9 +455,8 @@ def requeue_command(
     )
     if selection.grace is not None and not out.json:
         out.info(f"looking again in {selected.grace} (--grace)…")
-    with _moving(out, changing, "requeueing", confirm) as hooks:
-        summary = core.requeue(client, ref, options, hooks)
-    _report(out, summary, _render_requeue)
+    moves = ("requeueing", confirm)
+    _change(out, changing, moves, partial(core.requeue, client, ref, options), _render_requeue)
 
 
 def _render_requeue(out: Output, summary: core.RequeueSummary) -> None:
@@ -522,13 +531,11 @@ def drain_command(
     options = core.DrainOptions(
         which=which, to_file=to_file, discard=discard, selection=selection, dry_run=changing.dry_run
     )
-    desc = "discarding" if discard else "draining"
-    with _moving(out, changing, desc, confirm) as hooks:
-        summary = core.drain(ctx.redis, ref, options, hooks)
-    _report(out, summary, lambda out, summary: _render_drain(out, summary, which=which))
+    moves = ("discarding" if discard else "draining", confirm)
+    _change(out, changing, moves, partial(core.drain, ctx.redis, ref, options), _render_drain)
 
 
-def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> None:
+def _render_drain(out: Output, summary: core.DrainSummary) -> None:
     dry_run = summary.dry_run
     out.mapping(
         {
@@ -545,7 +552,8 @@ def _render_drain(out: Output, summary: core.DrainSummary, *, which: str) -> Non
         title="queue drain" + (" (dry run: nothing removed)" if dry_run else ""),
     )
     if dry_run and summary.messages:
-        _messages_table(out, summary.messages, title="would drain", dead=which == "dead")
+        dead = summary.list_name == "dead"
+        _messages_table(out, summary.messages, title="would drain", dead=dead)
     _problems(out, summary.problems)
     if summary.backup_file and summary.drained:
         out.info_command("undo with:", f"esctl queue restore {shlex.quote(summary.backup_file)}")
@@ -613,9 +621,8 @@ def restore_command(
         dry_run=changing.dry_run,
         expect_env=ctx.get("env"),
     )
-    with _moving(out, changing, "restoring", confirm) as hooks:
-        summary = core.restore(ctx.redis, backup_file, options, hooks)
-    _report(out, summary, _render_restore)
+    run = partial(core.restore, ctx.redis, backup_file, options)
+    _change(out, changing, ("restoring", confirm), run, _render_restore)
 
 
 def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
