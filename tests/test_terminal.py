@@ -331,8 +331,8 @@ def test_replay_question_is_not_drawn_on_the_bar_s_row(
     words = [*ESCTL, "replay", "--from", "redis", "--type", "OrderPlaced", "--to", "queue"]
     words += ["--subscriber", "Reporting.Worker", "--force", "--confirm-over", "1"]
     with TerminalSession(words, env=env) as session:
-        # click writes the question, then input() its last space: typed before that space,
-        # the answer's echo would come first ("[y/N]:y")
+        # the question is drawn whole, "[y/N]: " last, before esctl reads the answer: typed
+        # before that, the answer's echo would come first
         session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
         session.type("y\r")
         screen = session.wait_exit(timeout=30)
@@ -492,7 +492,7 @@ def test_queue_requeue_asks_before_its_bar_and_draws_none_for_a_dry_run_or_nothi
     requeue = queue_command("requeue", QUEUE_SUB, QUEUE_TYPE, "--grace", "1ms")
     fill_queue(redis_test_url, env_name, "processing")
     with TerminalSession(requeue, env=env) as session:
-        # click writes the question, then input() its last space
+        # the question is drawn whole, "[y/N]: " last, before esctl reads the answer
         session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
         session.type("y\r")
         screen = session.wait_exit(timeout=60)
@@ -547,8 +547,8 @@ def answered(words: list[str], answer: str, env: dict[str, str]) -> tuple[Screen
     """``words`` run on an 80x24 terminal, ``answer`` typed (and Enter) once the question's
     ``[y/N]: `` is drawn: the last screen, and everything the command drew."""
     with TerminalSession(words, env=env) as session:
-        # click writes the question, then input() its last space: typed before that space,
-        # the answer's echo would come first ("[y/N]:y")
+        # the question is drawn whole, "[y/N]: " last, before esctl reads the answer: typed
+        # before that, the answer's echo would come first
         session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
         session.type(f"{answer}\r")
         return session.wait_exit(timeout=60), bytes(session.raw)
@@ -612,6 +612,36 @@ def test_ctrl_c_or_ctrl_d_at_a_question_stops_the_command_as_such(
             assert screen.rows[asked[0]].rstrip().endswith(("[y/N]:", "[y/N]: ^C"))
             assert screen.rows[asked[0] + 1].startswith("error: "), screen.describe()
             assert (client.llen(processing), client.llen(published)) == (3, 0)
+    finally:
+        client.close()
+
+
+def test_a_question_writes_nothing_to_stdout_and_asks_again_after_an_unknown_answer(
+    redis_test_url: str, env_name: str, tmp_path: Path
+) -> None:
+    """With stdout in a file (``--json > out.json``) the question goes to the terminal and
+    nothing of it to the file: Click's confirm wrote the prompt's last space with input(" "),
+    to stdout, so the document began with it. An answer neither yes nor no asks again; "yes"
+    is yes, and the file holds exactly the summary."""
+    env = {"ESCTL_REDIS_URL": redis_test_url, "ESCTL_ENV": env_name}
+    ref = queues.QueueRef(QUEUE_SUB, env_name, QUEUE_TYPE)
+    fill_queue(redis_test_url, env_name, "processing", count=3)
+    words = [*ESCTL, "queue", "requeue", QUEUE_SUB, QUEUE_TYPE, "--grace", "1ms", "--json"]
+    out = tmp_path / "out.json"
+    with out.open("wb") as file, TerminalSession(words, env=env, stdout=file.fileno()) as session:
+        session.wait_for(lambda s: session.raw.endswith(b"[y/N]: "), timeout=30)
+        session.type("maybe\r")
+        session.wait_for(lambda s: session.raw.count(b"[y/N]: ") == 2, timeout=30)
+        session.type("YES\r")
+        screen = session.wait_exit(timeout=60)
+    assert screen.exit_code == 0, screen.describe()
+    assert "Error: invalid input" in screen.text, screen.describe()
+    document = out.read_bytes()
+    assert document.startswith(b"{\n"), document[:40]
+    assert json.loads(document)["requeued"] == 3
+    client = redis.Redis.from_url(redis_test_url)
+    try:
+        assert client.llen(ref.key("published")) == 3
     finally:
         client.close()
 

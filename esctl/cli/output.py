@@ -264,11 +264,20 @@ class Output:
         self.require_terminal(action, dry_run=dry_run)
         lines = question_lines(question, "[y/N]", terminal_width(stderr_console))
         try:
-            return typer.confirm("\n".join(lines), default=False, err=True, show_default=False)
-        except typer.Abort as exc:  # Click's for Ctrl-C and for the end of input (Ctrl-D)
-            if isinstance(exc.__context__, KeyboardInterrupt):
-                typer.echo("", err=True)  # the message below the question, not on its row
-                raise exc.__context__ from None  # Ctrl-C: interrupted (exit 130), as elsewhere
+            while True:
+                typer.echo("\n".join(lines) + ": ", nl=False, err=True)
+                # input() with no prompt: Click's confirm writes the prompt's last space with
+                # input(" "), to stdout, which then began with it (a --json document too)
+                answer = input().strip().lower()
+                if answer in ("y", "yes"):
+                    return True
+                if answer in ("", "n", "no"):
+                    return False
+                typer.echo("Error: invalid input", err=True)
+        except KeyboardInterrupt:  # Ctrl-C: interrupted (exit 130), as elsewhere
+            typer.echo("", err=True)  # the message below the question, not on its row
+            raise
+        except EOFError:  # the end of input (Ctrl-D), or the terminal hung up
             if not stop_if_hung_up():
                 typer.echo("", err=True)
             return False  # no answer: not confirmed
