@@ -251,6 +251,30 @@ def test_without_notifications_it_polls_says_how_to_enable_them_and_sigint_exits
     assert_same_rows_as(pg_dsn, reference_rows(fresh_redis.url, reference_dsn, app_name))
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--sweep-interval", "5m"], "--sweep-interval needs --follow"),
+        (["--stall-timeout", "5m"], "--stall-timeout needs --follow"),
+        (
+            ["--enable-notifications", "--stall-timeout", "5m"],
+            "--enable-notifications and --stall-timeout need --follow",
+        ),
+    ],
+)
+def test_follower_options_without_follow_are_refused_naming_those_given_and_what_to_do(
+    redis_test_url: str, pg_dsn: str, app_name: str, options: list[str], named: str
+) -> None:
+    result = run_cli(
+        "migrate", "redis-to-pg", *cli_args(redis_test_url, pg_dsn, app_name), "--json", *options
+    )
+    assert result.returncode == 2, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["message"] == named
+    assert "--metrics-file" not in error["message"]
+    assert error["hint"].startswith("add --follow")
+
+
 def test_a_quarantined_aggregate_is_recorded_once_while_unchanged_and_again_once_it_grows(
     fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
 ) -> None:

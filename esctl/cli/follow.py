@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from esctl.migrate import MigrateOptions
     from esctl.migrate.follow import FollowOptions
 
+SWEEP_INTERVAL_DEFAULT = "10m"
+
 
 @dataclass(frozen=True)
 class Following(OptionGroup):
@@ -58,7 +60,7 @@ class Following(OptionGroup):
             "a disconnect are caught by it; one also runs after every reconnect); 0: none "
             "but those.",
         ),
-    ] = "10m"
+    ] = SWEEP_INTERVAL_DEFAULT
     stall_timeout: Annotated[
         str | None,
         typer.Option(
@@ -72,16 +74,25 @@ class Following(OptionGroup):
     metrics_file: MetricsFileOpt = None
 
     def check_unused(self) -> None:
-        """Without --follow: refuse the options only a follower reads (exit 2)."""
+        """Without --follow: refuse the options only a follower reads (exit 2), naming those
+        given (--sweep-interval when not its default)."""
         from esctl.errors import UsageError
 
-        if (
-            self.metrics_file is not None
-            or self.enable_notifications
-            or self.stall_timeout is not None
-        ):
+        given = [
+            name
+            for name, used in (
+                ("--metrics-file", self.metrics_file is not None),
+                ("--enable-notifications", self.enable_notifications),
+                ("--sweep-interval", self.sweep_interval != SWEEP_INTERVAL_DEFAULT),
+                ("--stall-timeout", self.stall_timeout is not None),
+            )
+            if used
+        ]
+        if given:
+            names = " and ".join(given)
             raise UsageError(
-                "--metrics-file, --enable-notifications and --stall-timeout need --follow"
+                f"{names} {'needs' if len(given) == 1 else 'need'} --follow",
+                hint=f"add --follow to keep PostgreSQL in step with Redis, or leave out {names}",
             )
 
     def options(self) -> FollowOptions:
