@@ -305,6 +305,27 @@ def test_cli_table(
     assert "missing_payload" in result.stdout
 
 
+def test_cli_table_without_a_trial_shows_no_figures_rather_than_tilde_dash_or_a_rate_of_0(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    write_store(redis_client, app=app_name, aggregates=5, seed=9)
+
+    result = run_cli(
+        "migrate", "plan", "--no-trial",
+        "--app", app_name, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    rows = dict(
+        (cell.strip() for cell in line.split("\u2502", 1))
+        for line in result.stdout.splitlines()
+        if "\u2502" in line
+    )
+    for row in ("PostgreSQL size", "of which event_data", "trial", "estimated run time"):
+        assert rows[row] == "-", (row, result.stdout)
+    assert "no trial (--no-trial)" in result.stderr
+
+
 def test_cli_help_has_an_example() -> None:
     result = run_cli("migrate", "plan", "--help")
     assert result.returncode == 0

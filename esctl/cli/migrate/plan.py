@@ -16,6 +16,8 @@ from esctl.cli.output import Output
 from esctl.units import counted
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from esctl import plan as plan_core
 
 
@@ -102,6 +104,11 @@ def plan_command(
 def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:
     about = "" if summary.exact else "~"
     size = out.format_bytes
+
+    def estimated(value: float | None, unit: Callable[[Any], str]) -> str:
+        """``~`` and the value, or ``-`` with none (no trial): not ``~-``."""
+        return "-" if value is None else "~" + unit(value)
+
     out.mapping(
         {
             "aggregates": summary.aggregates,
@@ -112,13 +119,16 @@ def _render_plan(out: Output, summary: plan_core.PlanSummary) -> None:
             "decompressed JSON": about + size(summary.json_bytes_estimate),
             "compressed events": f"{summary.compressed_share:.1%}",
             "legacy-layout events": f"{summary.legacy_share:.1%}",
-            "PostgreSQL size": "~" + size(summary.pg_bytes_estimate),
-            "  of which event_data": "~" + size(summary.pg_event_data_bytes_estimate),
-            "trial": f"{counted(summary.trial_events, 'event')} at "
+            "PostgreSQL size": estimated(summary.pg_bytes_estimate, size),
+            "  of which event_data": estimated(summary.pg_event_data_bytes_estimate, size),
+            # No trial (the warning under the table says why): no rate, not a rate of 0.
+            "trial": "-"
+            if not summary.trial_events
+            else f"{counted(summary.trial_events, 'event')} at "
             f"{summary.trial_events_per_s or 0:,.0f} events/s (read "
             f"{summary.read_events_per_s or 0:,.0f}/s, write "
             f"{summary.write_events_per_s or 0:,.0f}/s)",
-            "estimated run time": "~" + out.format_duration(summary.estimated_seconds),
+            "estimated run time": estimated(summary.estimated_seconds, out.format_duration),
             "sampled aggregates with problems": summary.aggregates_with_problems_in_sample,
         },
         title=f"migrate plan for {summary.app} into schema {summary.pg_schema}",
