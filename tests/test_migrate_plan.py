@@ -316,11 +316,11 @@ def test_cli_table_without_a_trial_shows_no_figures_rather_than_tilde_dash_or_a_
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-    rows = dict(
-        (cell.strip() for cell in line.split("\u2502", 1))
-        for line in result.stdout.splitlines()
-        if "\u2502" in line
-    )
+    rows: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        if "\u2502" in line:
+            name, value = line.split("\u2502", 1)
+            rows[name.strip()] = value.strip()
     for row in ("PostgreSQL size", "of which event_data", "trial", "estimated run time"):
         assert rows[row] == "-", (row, result.stdout)
     assert "no trial (--no-trial)" in result.stderr
