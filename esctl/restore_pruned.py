@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import shlex
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ def _parse(
         raise UsageError(
             f"{source} holds events of app {redisio.key_str(their_app)!r}, not of --app "
             f"{app!r}; nothing was restored",
-            hint=f"pass --app {redisio.key_str(their_app)!r} to restore it into that app",
+            hint=f"pass `--app {shlex.quote(redisio.key_str(their_app))}` to restore it into that app",
         )
     partitioned = redisio.key_bytes(
         layout.event_hash_key_for_partition(app, layout.partition(redisio.key_str(commit_id)))

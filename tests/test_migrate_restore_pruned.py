@@ -4,7 +4,9 @@ content in Redis is reported, never overwritten (real Redis and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -254,6 +256,15 @@ def test_another_apps_backup_is_refused(scenario: Scenario, tmp_path: Path) -> N
     assert result.returncode == 2, result.stderr
     assert s.app in result.stderr and "Other.App" in result.stderr
     assert redis_contents(s.raw) == without_events(s.before, s.expected)
+
+    # The hint quotes the option to copy in backticks, the app quoted for a shell.
+    result = run_cli(
+        "migrate", "restore-pruned", str(path), "--yes", "--json",
+        "--app", "Other.App", "--redis-url", s.url, "--pg-dsn", s.dsn,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    hint = json.loads(result.stdout)["error"]["hint"]
+    assert hint == f"pass `--app {shlex.quote(s.app)}` to restore it into that app"
 
 
 def test_a_queue_drain_file_is_refused(scenario: Scenario, tmp_path: Path) -> None:
