@@ -239,6 +239,26 @@ def test_quarantined_aggregates_come_with_the_query_that_lists_them(
     assert f"`{query}`" in words, human.stdout
 
 
+def test_the_quarantined_note_counts_each_aggregate_once_across_shards_of_other_counts(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """Runs with --workers 3, then 2: the shards 0/3 … 2/3 and 0/2, 1/2 each show their latest
+    run, and both quarantined the same aggregates; the note said their sum, twice as many."""
+    iw.write_store(redis_client, app=app_name, aggregates=12, defects=["missing_payload"], seed=5)
+    where = {"redis_url": redis_test_url, "pg_dsn": pg_dsn, "app": app_name}
+    assert migrate("--workers", "3", **where).returncode == 3
+    assert migrate("--workers", "2", **where).returncode == 3
+    _, document = status(**where)
+    assert {s["shard"] for s in document["shards"]} == {"0/3", "1/3", "2/3", "0/2", "1/2"}
+    assert sum(s["aggregates_quarantined"] for s in document["shards"]) == 2
+    human = run_cli(
+        "migrate", "status", "--app", app_name, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn
+    )
+    assert human.returncode == 0, human.stderr
+    words = " ".join(human.stdout.split())
+    assert "quarantined: 1 aggregate skipped whole (only in Redis" in words, words
+
+
 def test_counts_of_one_in_the_notes_are_singular(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:

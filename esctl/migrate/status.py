@@ -135,6 +135,9 @@ class StatusReport:
     """The whole app's lag (every aggregate, whichever shard), when measured."""
     aggregates_scanned: int = 0
     lag_elapsed_s: float | None = None
+    aggregates_quarantined: int = 0
+    """Aggregates the shards' latest runs quarantined, each once: shards of other counts
+    (``0/2`` beside ``0/3``) share aggregates, so their counts do not add up."""
 
     def lag_seconds(self) -> float | None:
         return None if self.lag is None else self.lag.seconds(self.checked_at)
@@ -189,6 +192,10 @@ SELECT run_id, count(*), coalesce(sum(events), 0)
          WHERE run_id = ANY(%s) GROUP BY run_id, aggregate_id) q
  GROUP BY run_id
 """
+
+_QUARANTINED_WHOLE = (
+    "SELECT count(DISTINCT aggregate_id) FROM esctl.quarantine WHERE run_id = ANY(%s)"
+)
 
 
 def read_runs(conn: psycopg.Connection, pg_schema: str, app: str) -> list[ShardStatus]:
@@ -327,6 +334,11 @@ def migration_status(
                 checked_at=datetime.now(UTC),
                 shards=read_runs(conn, opts.pg_schema, opts.app),
             )
+            quarantining = [s.run_id for s in report.shards if s.aggregates_quarantined]
+            if quarantining:
+                row = conn.execute(_QUARANTINED_WHOLE, (quarantining,)).fetchone()
+                report.aggregates_quarantined = int(row[0]) if row else 0
+                conn.commit()
             if opts.lag and client is not None:
                 started = time.monotonic()
                 ids = [s.run_id for s in report.shards]

@@ -222,7 +222,7 @@ def _next_steps(report: status_core.StatusReport) -> list[str]:
             steps.append(f"{status} (shard {', '.join(shards)}): {what}; {rerun}")
     quarantined = [s for s in report.shards if s.aggregates_quarantined]
     if quarantined:
-        total = sum(s.aggregates_quarantined for s in quarantined)
+        total = report.aggregates_quarantined
         query = quarantine_query([s.run_id for s in quarantined])
         steps.append(
             f"quarantined: {counted(total, 'aggregate')} skipped whole (only in Redis; fixed by "
