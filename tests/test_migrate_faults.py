@@ -460,6 +460,46 @@ def test_sigint_mid_run_exits_130_and_the_rerun_completes(
     assert_settled(redis_test_url, pg_dsn, app_name)
 
 
+def test_ctrl_c_of_migrate_with_two_workers_says_what_they_committed_and_records_both_runs(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    reference_dsn: str,
+    app_name: str,
+) -> None:
+    """Ctrl-C reaches the command and its workers (one process group, as in a terminal). Each
+    worker's Interrupted could not be unpickled by the parent: the pool broke and killed the
+    other worker before it recorded its run (left 'running', shown as killed), and the error
+    said only 'the state was left consistent', no count in ``error.done``."""
+    write_fault_store(redis_client, app_name, seed=24)
+    migrate(redis_test_url, reference_dsn, app_name, init_schema=True)
+    reference = pg_rows(reference_dsn)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esctl", "migrate", "redis-to-pg",
+         *cli_args(redis_test_url, pg_dsn, app_name), "--json", "--init-schema",
+         "--workers", "2", *BATCH, *SLOW],
+        env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    _started.append(proc)
+    assert wait_for_progress(pg_dsn, proc, 0)
+    os.killpg(proc.pid, signal.SIGINT)
+    code, out, err = finish(proc)
+    assert code == 130, (out, err)
+    assert "Traceback" not in out + err
+    error = json.loads(out)["error"]
+    assert "stay committed; the run is recorded as interrupted" in error["message"], err
+    assert 0 < len(pg_rows(pg_dsn)) == error["done"]["events_migrated"] < len(reference)
+    words = status_words(redis_test_url, pg_dsn, app_name)
+    assert "interrupted (shard 0/2, 1/2): its run was stopped by Ctrl-C" in words, words
+
+    wait_for_no_esctl_sessions(pg_dsn)
+    code, doc, _ = run_migrate_cli(redis_test_url, pg_dsn, app_name, "--workers", "2", *BATCH)
+    assert code == 3, doc  # the store holds quarantined aggregates
+    assert doc["resumed"] is True
+    assert_same_rows_as(pg_dsn, reference)
+
+
 def test_a_resumed_run_reports_what_the_run_quarantined_before_the_interruption(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
 ) -> None:

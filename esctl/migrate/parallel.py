@@ -9,25 +9,37 @@ import queue
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from esctl import inflight, redisio
-from esctl.errors import EsctlError, UsageError
+from esctl.errors import EsctlError, Interrupted, UsageError
 from esctl.locks import MAX_FAMILY_SHARD_COUNT
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
-from esctl.migrate.run import migrate_redis_to_pg
+from esctl.migrate.run import interrupted, migrate_redis_to_pg
 from esctl.migrate.runs import quarantine_query
 from esctl.problems import DEFAULT_LISTED
 
 
+@dataclass(frozen=True)
+class _Stopped:
+    """A worker's part stopped by Ctrl-C or SIGTERM: what it committed (its
+    ``Interrupted.done``). Sent back as a result: an Interrupted does not cross the process
+    boundary (it cannot be unpickled, which broke the pool and killed the other workers
+    before they recorded their runs)."""
+
+    done: dict[str, int]
+
+
 def _migrate_in_process(
     redis: redisio.RedisTarget, opts: MigrateOptions, index: int, progress: Any
-) -> MigrationSummary:
+) -> MigrationSummary | _Stopped:
     client = redis.connect()
     try:
         report = None if progress is None else lambda p: progress.put((index, p))
         return migrate_redis_to_pg(client, opts, on_progress=report)
+    except Interrupted as stopped:
+        return _Stopped(stopped.done or {})
     finally:
         client.close()
 
@@ -64,14 +76,46 @@ def migrate_parallel(
             pool.submit(_migrate_in_process, redis, part, index, progress)
             for index, part in enumerate(parts)
         ]
-        if progress is not None and on_progress is not None:
-            _relay_progress(progress, futures, on_progress)
-        wait(futures)
+        try:
+            if progress is not None and on_progress is not None:
+                _relay_progress(progress, futures, on_progress)
+            wait(futures)
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the workers too: each finishes its batches in hand, records its
+            # run as interrupted and says what it committed.
+            wait(futures)
+            raise _interrupted_together(futures) from None
+    if any(not f.exception() and isinstance(f.result(), _Stopped) for f in futures):
+        raise _interrupted_together(futures)
     failed = [(part, f.exception()) for part, f in zip(parts, futures, strict=True)]
     for part, error in failed:
         if error is not None:
             raise _with_the_others(error, part, parts, futures)
-    return _combined(opts, parts, [f.result() for f in futures], time.monotonic() - started)
+    results = [f.result() for f in futures]
+    summaries = [r for r in results if isinstance(r, MigrationSummary)]
+    return _combined(opts, parts, summaries, time.monotonic() - started)
+
+
+def _interrupted_together(futures: list[Future[MigrationSummary | _Stopped]]) -> Interrupted:
+    """One Interrupted for the workers stopped by Ctrl-C or SIGTERM, counting what each
+    committed in this invocation (a worker that finished first: all it did)."""
+    done = {"events_migrated": 0, "events_already_present": 0, "aggregates_quarantined": 0}
+    for future in futures:
+        if future.exception() is not None:
+            continue
+        result = future.result()
+        if isinstance(result, _Stopped):
+            counts = result.done
+        else:
+            invocation = result.invocation()
+            counts = {
+                "events_migrated": invocation.events_migrated,
+                "events_already_present": invocation.events_already_present,
+                "aggregates_quarantined": invocation.aggregates_quarantined,
+            }
+        for key in done:
+            done[key] += counts.get(key, 0)
+    return interrupted(done)
 
 
 def _check_shard_count(opts: MigrateOptions, workers: int) -> None:
@@ -93,7 +137,7 @@ def _with_the_others(
     error: BaseException,
     part: MigrateOptions,
     parts: list[MigrateOptions],
-    futures: list[Future[MigrationSummary]],
+    futures: list[Future[MigrationSummary | _Stopped]],
 ) -> BaseException:
     """The first worker's error, saying what the other workers did: their batches are
     committed, and its "nothing was done" (a lock held, say) is only that worker's shard."""
@@ -104,8 +148,9 @@ def _with_the_others(
         if other is part:
             continue
         failure = future.exception()
-        if failure is None:
-            done.append(f"shard {other.shard} migrated {future.result().events_migrated:,} events")
+        result = future.result() if failure is None else None
+        if isinstance(result, MigrationSummary):
+            done.append(f"shard {other.shard} migrated {result.events_migrated:,} events")
         else:
             done.append(f"shard {other.shard} stopped too")
     message = error.message
@@ -121,7 +166,7 @@ def _with_the_others(
 
 def _relay_progress(
     progress: Any,
-    futures: list[Future[MigrationSummary]],
+    futures: list[Future[MigrationSummary | _Stopped]],
     on_progress: Callable[[Progress], None],
 ) -> None:
     """Hand ``on_progress`` the sum of every worker's latest figures until all are done."""

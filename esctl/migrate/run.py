@@ -74,16 +74,26 @@ def migrate_redis_to_pg(
                 epoch = redisio.scan_epoch(client)
                 run = open_run(control, opts, epoch)
                 run = replace(run, position=replace(run.position, epoch=epoch))
-            invocation = _Invocation(
-                client,
-                opts,
-                control,
-                run,
-                state_present=state_present,
-                target_exists=target_exists,
-                on_progress=on_progress,
-                rules=rules,
-            )
+            try:
+                invocation = _Invocation(
+                    client,
+                    opts,
+                    control,
+                    run,
+                    state_present=state_present,
+                    target_exists=target_exists,
+                    on_progress=on_progress,
+                    rules=rules,
+                )
+            except KeyboardInterrupt:
+                # Stopped while opening its connections: nothing migrated by this invocation,
+                # the run recorded as interrupted (left 'running', it read as killed).
+                if opts.dry_run:
+                    raise
+                set_status(control, run.run_id, "interrupted")
+                raise interrupted(
+                    {"events_migrated": 0, "events_already_present": 0, "aggregates_quarantined": 0}
+                ) from None
             invocation.execute()
             summary = invocation.summary(started)
             if rules is not None:
@@ -367,22 +377,12 @@ class _Invocation:
         """What Ctrl-C or SIGTERM left: the batches the writers had taken were finished, so
         what they committed is all there is (the reader's batch in hand was dropped)."""
         done = self.pool.done()
-        quarantined = done.aggregates_quarantined
-        state = f"{units.counted(done.events_migrated, 'event')} migrated by this invocation"
-        if done.events_already_present:
-            state += f" ({done.events_already_present:,} already there)"
-        if quarantined:
-            state += f" and {units.counted(quarantined, 'aggregate')} quarantined"
-        verb = "stays" if done.events_migrated == 1 and not quarantined else "stay"
-        return Interrupted(
-            f"{state} {verb} committed; the run is recorded as interrupted",
-            hint="rerun the same command to continue after them (`esctl migrate status` shows "
-            "where the run stands)",
-            done={
+        return interrupted(
+            {
                 "events_migrated": done.events_migrated,
                 "events_already_present": done.events_already_present,
-                "aggregates_quarantined": quarantined,
-            },
+                "aggregates_quarantined": done.aggregates_quarantined,
+            }
         )
 
     def _feed(self) -> None:
@@ -465,3 +465,22 @@ class _Invocation:
             if self.run.resumed
             else None,
         )
+
+
+def interrupted(done: dict[str, int]) -> Interrupted:
+    """The error of a run (or of ``--workers``' runs together) stopped by Ctrl-C or SIGTERM,
+    saying what ``done`` counts: ``events_migrated``, ``events_already_present`` and
+    ``aggregates_quarantined`` by this invocation, which stay committed."""
+    migrated, quarantined = done["events_migrated"], done["aggregates_quarantined"]
+    state = f"{units.counted(migrated, 'event')} migrated by this invocation"
+    if done["events_already_present"]:
+        state += f" ({done['events_already_present']:,} already there)"
+    if quarantined:
+        state += f" and {units.counted(quarantined, 'aggregate')} quarantined"
+    verb = "stays" if migrated == 1 and not quarantined else "stay"
+    return Interrupted(
+        f"{state} {verb} committed; the run is recorded as interrupted",
+        hint="rerun the same command to continue after them (`esctl migrate status` shows "
+        "where the run stands)",
+        done=done,
+    )
