@@ -275,6 +275,27 @@ def test_follower_options_without_follow_are_refused_naming_those_given_and_what
     assert error["hint"].startswith("add --follow")
 
 
+@pytest.mark.parametrize(
+    ("options", "hint"),
+    [
+        (["--dry-run"], "leave out --dry-run to follow, or --follow for one run with it"),
+        (
+            ["--workers", "2", "--delete-source", "--yes"],
+            "leave out --delete-source and --workers to follow, or --follow for one run with them",
+        ),
+    ],
+)
+def test_options_a_follower_cannot_take_are_refused_saying_what_to_do(
+    redis_test_url: str, pg_dsn: str, app_name: str, options: list[str], hint: str
+) -> None:
+    result = run_cli(
+        "migrate", "redis-to-pg", *cli_args(redis_test_url, pg_dsn, app_name), "--json",
+        "--follow", *options,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert json.loads(result.stdout)["error"]["hint"] == hint
+
+
 def test_a_quarantined_aggregate_is_recorded_once_while_unchanged_and_again_once_it_grows(
     fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
 ) -> None:

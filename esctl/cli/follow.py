@@ -154,7 +154,12 @@ def run_follow(
 
     refused = [name for name, given in refuse.items() if given]
     if refused:
-        raise UsageError(f"--follow cannot be combined with {', '.join(refused)}")
+        names = " and ".join(refused)
+        raise UsageError(
+            f"--follow cannot be combined with {', '.join(refused)}",
+            hint=f"leave out {names} to follow, or --follow for one run with "
+            f"{'them' if len(refused) > 1 else 'it'}",
+        )
     fopts = following.options()
     out = ctx.out
     stream = out.open_stream() if out.json else None
