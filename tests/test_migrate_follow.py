@@ -39,6 +39,7 @@ from test_migrate import cli_args, migrate, new_database, pg_rows
 from test_migrate_faults import assert_same_rows_as, wait_for_no_esctl_sessions
 
 from esctl import layout, servers
+from esctl.cli.wrapping import break_line
 from esctl.shard import Shard
 
 __all__ = ["redis_cluster", "redis_cluster_with_replicas"]  # the fixtures, for pytest
@@ -236,7 +237,12 @@ def test_without_notifications_it_polls_says_how_to_enable_them_and_sigint_exits
     truth = small_store(client, app_name, seed=8)
     follower = Follower(fresh_redis.url, pg_dsn, app_name)
     notice = follower.wait_for(lambda e: e["event"] == "notice")
-    assert "CONFIG SET notify-keyspace-events Kl" in notice["message"]
+    # Quoted in backticks, so esctl never breaks it over two rows (it did at 75-77 columns).
+    command = "`CONFIG SET notify-keyspace-events Kl`"
+    assert command in notice["message"]
+    for width in range(40, 161):
+        rows = break_line(f"warning: {notice['message']}", width)
+        assert any(command in row for row in rows), (width, rows)
     assert "--enable-notifications" in notice["message"]
     follower.caught_up()
     writer(client, truth, 200).join()

@@ -681,7 +681,7 @@ def _notifications_off(flags: dict[str, str | None]) -> str:
     return (
         f"keyspace notifications for list commands are off on {where}: polling with "
         "incremental sweeps (one LLEN per aggregate each). To follow by notifications, run "
-        "CONFIG SET notify-keyspace-events Kl on every primary (or pass "
+        "`CONFIG SET notify-keyspace-events Kl` on every primary (or pass "
         "--enable-notifications); it makes Redis publish a message per list command on "
         "every key, a few percent of CPU on a busy server"
     )
