@@ -28,7 +28,13 @@ from esctl.pgevents import PgEvent, other_transforms, pg_page, transforms_words
 from esctl.shard import Shard
 from esctl.streams import Stream, read_streams, validate_stream
 from esctl.transforms import Rules, load_rules
-from esctl.verify import VerifyOptions, VerifySummary, compare_stream, compare_transformed
+from esctl.verify import (
+    VerifyOptions,
+    VerifySummary,
+    compare_stream,
+    compare_transformed,
+    require_event_tables,
+)
 
 GUARD_SCRIPT = """
 -- KEYS[1]: a commit list. ARGV: the verified length, first and last commit id.
@@ -398,7 +404,7 @@ def _prune_locked(
     try:
         conn = pg.connect(dsn, application_name="esctl prune")
         with pg.translate_errors(dsn):
-            pg.ensure_event_store_schema(conn, opts.pg_schema, create=False)
+            require_event_tables(conn, opts.pg_schema, opts.app)
             conn.commit()
             if not opts.dry_run:
                 pg.ensure_state_schema(conn)

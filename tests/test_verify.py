@@ -579,3 +579,19 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("command", [["verify"], ["prune", "--dry-run"]])
+def test_without_the_event_tables_the_hint_names_the_command_that_creates_them(
+    redis_test_url: str, pg_dsn: str, app_name: str, command: list[str]
+) -> None:
+    """verify and prune take no --init-schema: the hint said to run them with it."""
+    result = run_cli(
+        "migrate", *command, "--json",
+        "--app", app_name, "--redis-url", redis_test_url, "--pg-dsn", pg_dsn,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["message"] == "the event tables public.aggregate and public.event do not exist"
+    assert "run with --init-schema" not in error["hint"]
+    assert f"`esctl migrate redis-to-pg --app {app_name} --init-schema`" in error["hint"]
