@@ -176,3 +176,22 @@ def test_the_server_is_named_alike_whether_it_answers_or_not(
     assert down.returncode == 3
     assert json.loads(down.stdout)["redis"] == name
     assert f'esctl_doctor_redis_up{{server="{name}"}} 0' in (tmp_path / "down").read_text()
+
+
+def test_a_multi_line_server_error_is_observed_on_one_line(
+    recommended: servers.LocalRedis,
+) -> None:
+    """libpq's refusal spans two lines ("…Connection refused\\n\\tIs the server running…?"):
+    doctor's ``observed`` is one line in --json, in the table's row and after ``observed:``,
+    as README's prose rule says of a pipe (it continued at the margin, under no column)."""
+    refused = "postgresql://postgres@127.0.0.1:1/postgres"  # nothing listens on port 1
+    args = ("doctor", "--redis-url", recommended.url, "--pg-dsn", refused, "--read-only")
+    result = run_cli(*args, "--json")
+    assert result.returncode == 3, result.stdout + result.stderr
+    (check,) = [c for c in json.loads(result.stdout)["checks"] if c["id"] == "pg.reachable"]
+    assert check["status"] == "fail" and "Connection refused" in check["observed"]
+    assert "\n" not in check["observed"] and "\t" not in check["observed"]
+    text = run_cli(*args).stdout
+    rows = [line for line in text.splitlines() if "Is the server running" in line]
+    assert len(rows) == 2, text  # the table's row and the finding's observed:, each whole
+    assert all("cannot connect to PostgreSQL" in row for row in rows), rows

@@ -149,12 +149,14 @@ class CheckSpec:
         metrics: list[Metric] | None = None,
     ) -> Check:
         """This check's finding: ``observed`` is what was seen, ``action`` what to do (None
-        when there is nothing to do)."""
+        when there is nothing to do). ``observed`` is made one line: a server's error text can
+        span lines (libpq's "…refused\n\tIs the server running…?"), which would break the
+        table's row and the one line per prose item a pipe gets."""
         return Check(
             self.id,
             self.title,
             status,
-            observed,
+            " ".join(observed.split()),
             self.why,
             action,
             values or {},
