@@ -195,3 +195,19 @@ def test_a_multi_line_server_error_is_observed_on_one_line(
     rows = [line for line in text.splitlines() if "Is the server running" in line]
     assert len(rows) == 2, text  # the table's row and the finding's observed:, each whole
     assert all("cannot connect to PostgreSQL" in row for row in rows), rows
+
+
+def test_the_metrics_job_from_cron_mails_nothing(
+    tmp_path: Path, recommended: servers.LocalRedis
+) -> None:
+    """README's every-minute cron line (`esctl doctor --env … --metrics-file … > /dev/null`):
+    cron mails whatever reaches stderr, so with no terminal doctor says nothing there (it said
+    'wrote PATH', a mail a minute); the file is written all the same."""
+    target = tmp_path / "esctl_doctor.prom"
+    result = run_cli(
+        "doctor", "--redis-url", recommended.url, "--env", "production",
+        "--metrics-file", str(target),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert "esctl_doctor_check_status" in target.read_text()
