@@ -100,3 +100,17 @@ def test_a_count_of_one_is_said_in_the_singular(
     assert "1 snapshots" not in stdout
     code, stdout, _ = esctl(redis_test_url, app_name, "--threshold", "1", "--dry-run")
     assert code == 0 and "at most 1 byte (left plain)" in stdout
+
+
+def test_values_that_grow_are_said_to_grow(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """A low --threshold takes in short values, which gzip+base64 makes longer: the summary
+    says the bytes grow (it said 'saves -39 B'); --json keeps the signed bytes_saved."""
+    commit_id = "c0e0f1a2-0000-4000-8000-000000000003"
+    payload = '{"Id":"a","Version":1,"Text":"short"}'
+    redis_client.hset(layout.event_hash_key(app_name, commit_id), commit_id, payload)
+    code, stdout, _ = esctl(redis_test_url, app_name, "--threshold", "10", "--dry-run", "--json")
+    assert code == 0 and json.loads(stdout)["bytes_saved"] < 0
+    code, stdout, _ = esctl(redis_test_url, app_name, "--threshold", "10", "--dry-run")
+    assert code == 0 and "(grows by " in stdout and "saves -" not in stdout, stdout

@@ -130,7 +130,8 @@ def _render(out: Output, summary: core.CompressSummary) -> None:
             counted(done(c), _ONE[name], name) for name, c in summary.families.items()
         ),
         "bytes before → after": f"{size(total.bytes_before)} → {size(total.bytes_after)} "
-        f"(saves {size(saved)})",
+        # Small values can come out larger (base64 of gzip): 'saves -840 B' said the opposite.
+        + (f"(saves {size(saved)})" if saved >= 0 else f"(grows by {size(-saved)})"),
         "changed meanwhile (kept)": total.changed_concurrently,
         "already compressed": total.already_compressed,
         f"at most {counted(summary.threshold, 'byte')} (left plain)": total.below_threshold,
