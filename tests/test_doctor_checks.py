@@ -186,7 +186,10 @@ def test_info_field_missing_is_unavailable(
         "unavailable",
         "INFO unavailable: the field is missing",
     )
-    assert check.action == "grant INFO to esctl's user (read-only)"
+    assert (
+        check.action
+        == "grant INFO (read-only) to the user in --redis-url: `ACL SETUSER USER +info`"
+    )
 
 
 def test_persistence_unknown_without_config_or_info_is_unavailable_not_a_failure() -> None:

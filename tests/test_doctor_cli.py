@@ -211,3 +211,25 @@ def test_the_metrics_job_from_cron_mails_nothing(
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
     assert "esctl_doctor_check_status" in target.read_text()
+
+
+def test_what_a_read_only_user_may_not_run_comes_with_the_rules_to_grant(
+    recommended: servers.LocalRedis,
+) -> None:
+    """Under README's esctl-read user (no CONFIG, LATENCY or SLOWLOG) the checks that need them
+    are n/a, and each `do:` gives the ACL rules to paste, in backticks as README promises of
+    doctor's actions (it said "grant LATENCY to the user": no rule, and a wider one)."""
+    admin = redis.Redis(port=recommended.port)
+    admin.execute_command(
+        "ACL", "SETUSER", "esctl-read", "on", ">pw", "resetkeys", "resetchannels", "-@all",
+        "%R~*", "+ping", "+hello", "+select", "+info", "+time", "+scan", "+type", "+exists",
+        "+get", "+llen", "+lrange", "+hget", "+hlen", "+hscan", "+memory|usage",
+    )  # fmt: skip
+    admin.close()
+    url = f"redis://esctl-read:pw@127.0.0.1:{recommended.port}/0"
+    result = run_cli("doctor", "--redis-url", url, "--read-only", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    actions = {c["id"]: c["action"] for c in json.loads(result.stdout)["checks"]}
+    assert "`ACL SETUSER USER +config|get`" in actions["redis.latency_monitor"]
+    assert "`ACL SETUSER USER +latency|latest +latency|doctor`" in actions["redis.latency"]
+    assert "`ACL SETUSER USER +slowlog|get`" in actions["redis.slowlog"]

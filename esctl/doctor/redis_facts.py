@@ -141,7 +141,7 @@ class ServerFacts:
         if value is None:
             raise Unjudgeable(
                 f"INFO unavailable: {self.info_error or 'the field is missing'}",
-                "grant INFO to esctl's user (read-only)",
+                grant("INFO", "+info"),
             )
         return value
 
@@ -149,9 +149,16 @@ class ServerFacts:
         if value is None:
             raise Unjudgeable(
                 self.config_unavailable(name),
-                "check the setting in your provider's console or grant CONFIG GET",
+                "check the setting in your provider's console, or "
+                + grant("CONFIG GET", "+config|get"),
             )
         return value
+
+
+def grant(what: str, rules: str) -> str:
+    """The action of a check the Redis user may not run: the ACL rules to add, ready to paste
+    (README "Credentials and least privilege" gives the same ones for esctl-read)."""
+    return f"grant {what} (read-only) to the user in --redis-url: `ACL SETUSER USER {rules}`"
 
 
 def as_int(text: str | None) -> int | None:

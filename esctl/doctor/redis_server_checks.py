@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from esctl.doctor.redis_facts import ServerFacts, SlowEntry, as_int, replica_addresses
+from esctl.doctor.redis_facts import ServerFacts, SlowEntry, as_int, grant, replica_addresses
 from esctl.doctor.report import Check, Status, declare
 from esctl.metrics import Metric
 from esctl.units import counted, format_duration
@@ -205,7 +205,7 @@ def check_latency(f: ServerFacts) -> Check:
     if f.latency_latest is None:
         return LATENCY.unavailable(
             f"LATENCY LATEST failed: {f.latency_error}",
-            "grant LATENCY to the user",
+            grant("LATENCY LATEST and DOCTOR", "+latency|latest +latency|doctor"),
         )
     threshold = as_int(f.config.get("latency-monitor-threshold"))
     if not f.latency_latest:
@@ -269,7 +269,7 @@ SLOWLOG = declare(
 def check_slowlog(f: ServerFacts) -> Check:
     if f.slowlog is None:
         return SLOWLOG.unavailable(
-            f"SLOWLOG GET failed: {f.slowlog_error}", "grant SLOWLOG to the user"
+            f"SLOWLOG GET failed: {f.slowlog_error}", grant("SLOWLOG GET", "+slowlog|get")
         )
     slower_than = as_int(f.config.get("slowlog-log-slower-than"))
     entries = [e for e in f.slowlog if e.command in LIBRARY_COMMANDS]
