@@ -233,3 +233,19 @@ def test_what_a_read_only_user_may_not_run_comes_with_the_rules_to_grant(
     assert "`ACL SETUSER USER +config|get`" in actions["redis.latency_monitor"]
     assert "`ACL SETUSER USER +latency|latest +latency|doctor`" in actions["redis.latency"]
     assert "`ACL SETUSER USER +slowlog|get`" in actions["redis.slowlog"]
+
+
+def test_a_memory_limit_hours_away_is_said_in_hours(recommended: servers.LocalRedis) -> None:
+    """store.growth with the limit under a day away at the measured rate: the observation says
+    how many hours (it said 'the memory limit is 0 days away')."""
+    with redis.Redis.from_url(recommended.url) as client:
+        app = write_demo_store(client, app="Learning.Doctor.Web", env="prod").app
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 2_000_000)
+        # 2 h ago 1 MB less: over 12 MB a day, so the ~2 MB left last some hours
+        old = {"taken_at": time.time() - 7200, "used_memory": used - 1_000_000, "events": 0}
+        client.set(f"esctl:doctor:{{{app}}}", json.dumps({"older": old, "newer": old}))
+    result = run_cli("doctor", "--redis-url", recommended.url, "--app", app, "--read-only")
+    assert result.returncode == 3, result.stdout + result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL   │ store.g")]
+    assert re.search(r"the memory limit is \d+h \d+m away at this rate", row), row

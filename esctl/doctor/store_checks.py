@@ -295,8 +295,12 @@ def check_growth(app: str, compared: Comparison, limit: int | None) -> Check:
     if events_rate is not None:
         observed += f", {events_rate:,.0f} events/day"
     observed += f" (over {format_duration(elapsed)})"
-    if days_left is not None:
-        observed += f"; the memory limit is {days_left:,.0f} days away at this rate"
+    if days_left == 0:
+        observed += "; the memory limit is reached"
+    elif days_left is not None:
+        # Under two days in hours and minutes: '0 days away' was said of 1h 12m.
+        away = format_duration(days_left * 86400) if days_left < 2 else f"{days_left:,.0f} days"
+        observed += f"; the memory limit is {away} away at this rate"
     status: Status = "ok"
     if days_left is not None and days_left < GROWTH_FAIL_DAYS:
         status = "fail"
