@@ -5,6 +5,7 @@ down."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ import independent_writer as iw
 import psycopg
 import pytest
 import redis
+from psycopg import conninfo, sql
 from test_migrate import migrate
 
 from esctl import doctor, layout, pg, servers
@@ -317,3 +319,44 @@ def test_a_commit_list_key_that_is_not_utf8_does_not_stop_the_check(
     check = run(redis_test_url, pg_dsn, app=app_name).check("pg.migration")
     assert check.values["quarantined_aggregates"] == 1
     assert check.values["unmigrated_waiting_events"] == 0
+
+
+def test_a_role_that_may_not_read_the_tables_is_given_the_grants(
+    redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """A role without README's read grants: information_schema hides the tables from it, so
+    pg.schema said "no event tables in schema public yet" and to run --init-schema, and
+    pg.migration "could not run: InsufficientPrivilege" with nothing to do. Now each says the
+    role may not read them, with the GRANTs to paste; pasted, the checks run."""
+    role = f"esctl_t_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        pg.ensure_event_store_schema(admin, "public", create=True)
+        pg.ensure_state_schema(admin)
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(sql.Identifier(role)))
+        database = sql.Identifier(admin.info.dbname)
+        admin.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, sql.Identifier(role))
+        )
+    try:
+        dsn = conninfo.make_conninfo(pg_dsn, user=role, password="pw")
+        report = run(redis_test_url, dsn, app=app_name)
+        schema, constraints, migration = (report.check(c) for c in PG_CHECKS[1:])
+        for check in (schema, constraints, migration):
+            assert check.status == "unavailable", (check.id, check.observed)
+            assert check.action is not None and "GRANT SELECT ON ALL TABLES" in check.action
+        assert f"role {role} may not read them" in schema.observed
+        grants = schema.action or ""
+        assert "--init-schema" not in grants
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(grants.split("`")[1].encode())
+        granted = run(redis_test_url, dsn, app=app_name)
+        assert granted.check("pg.schema").status == "ok"
+        assert granted.check("pg.constraints").status == "ok"
+        assert granted.check("pg.migration").status != "unavailable"
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(database, sql.Identifier(role))
+            )
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

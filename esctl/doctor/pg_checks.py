@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg import sql
+
 from esctl import inspect, layout, pg, redisio
-from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
+from esctl.config import redact
+from esctl.doctor.report import Check, DoctorOptions, Status, Unjudgeable, declare, guarded
 from esctl.errors import ConnectionFailed, SchemaIncompatible
 from esctl.metrics import Metric
 from esctl.units import format_duration
@@ -98,6 +103,9 @@ def _pg_schema(conn: Any, schema: str, app: str) -> Check:
         "functions": list(state.functions_present),
     }
     if not state.tables_present:
+        hidden = _hidden_tables(conn, schema)
+        if hidden is not None:
+            return PG_SCHEMA.unavailable(*hidden)
         return PG_SCHEMA.result(
             "warn",
             f"no event tables in schema {schema} yet",
@@ -125,6 +133,47 @@ def _pg_schema(conn: Any, schema: str, app: str) -> Check:
     )
 
 
+def _hidden_tables(conn: Any, schema: str) -> tuple[str, str] | None:
+    """When information_schema showed no event table but pg_catalog has them: the role may not
+    read them (information_schema lists only what it may use). Its observation and the grants
+    to paste; None when the tables are really absent."""
+    found = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname IN ('aggregate', 'event')",
+        (schema,),
+    ).fetchone()[0]
+    if not found:
+        return None
+    return (
+        f"the event tables of schema {schema} exist, but role {conn.info.user} may not read them",
+        _grant_read(conn, schema),
+    )
+
+
+def _grant_read(conn: Any, schema: str) -> str:
+    """The grants that let the connection's role read the event tables and esctl's own, to
+    paste (README's read-only role)."""
+    role = sql.Identifier(conn.info.user).as_string(conn)
+    schemas = f"{sql.Identifier(schema).as_string(conn)}, esctl"
+    return (
+        f"grant it read access ({pg.GRANTS_DOCS}): `GRANT USAGE ON SCHEMA {schemas} TO {role}; "
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA {schemas} TO {role}`"
+    )
+
+
+def _refused_as_unjudgeable(conn: Any, schema: str, evaluate: Callable[[], Check]) -> Check:
+    """``evaluate``, a privilege PostgreSQL refused making the check unavailable with the
+    grants to paste (it was 'could not run: InsufficientPrivilege: …' and no action)."""
+    try:
+        return evaluate()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        refused = redact(str(exc)).strip()
+        raise Unjudgeable(
+            f"role {conn.info.user} may not read what this check needs: {refused}",
+            _grant_read(conn, schema),
+        ) from exc
+
+
 PG_CONSTRAINTS = declare(
     "pg.constraints",
     "unique constraints",
@@ -145,7 +194,9 @@ def _pg_constraints(conn: Any, schema: str) -> Check:
         ).fetchall()
     }
     if not tables:
-        return PG_CONSTRAINTS.unavailable(f"no event tables in schema {schema} yet")
+        return PG_CONSTRAINTS.unavailable(
+            *(_hidden_tables(conn, schema) or (f"no event tables in schema {schema} yet",))
+        )
     present = {}
     for table, columns in pg.REQUIRED_UNIQUE.items():
         present[f"{table}({', '.join(columns)})"] = table in tables and pg._has_unique(
@@ -421,7 +472,12 @@ def run_pg_checks(
             guarded("pg.reachable", lambda: _pg_reachable(conn, started)),
             guarded("pg.schema", lambda: _pg_schema(conn, schema, opts.app or "APP")),
             guarded("pg.constraints", lambda: _pg_constraints(conn, schema)),
-            guarded("pg.migration", lambda: _pg_migration(conn, opts, redis_client, stats)),
+            guarded(
+                "pg.migration",
+                lambda: _refused_as_unjudgeable(
+                    conn, schema, lambda: _pg_migration(conn, opts, redis_client, stats)
+                ),
+            ),
         ]
     finally:
         conn.close()
