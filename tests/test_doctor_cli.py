@@ -213,20 +213,25 @@ def test_the_metrics_job_from_cron_mails_nothing(
     assert "esctl_doctor_check_status" in target.read_text()
 
 
+def read_only_user(server: servers.LocalRedis, *more: str) -> str:
+    """The URL of a user of ``server`` with (about) README's esctl-read rules, and ``more``."""
+    with redis.Redis(port=server.port) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "esctl-read", "on", ">pw", "resetkeys", "resetchannels", "-@all",
+            "%R~*", "+ping", "+hello", "+select", "+info", "+time", "+scan", "+type", "+exists",
+            "+get", "+pttl", "+llen", "+lrange", "+lindex", "+hget", "+hgetall", "+hlen",
+            "+hkeys", "+hscan", "+smembers", "+sismember", "+lpos", "+memory|usage", *more,
+        )  # fmt: skip
+    return f"redis://esctl-read:pw@127.0.0.1:{server.port}/0"
+
+
 def test_what_a_read_only_user_may_not_run_comes_with_the_rules_to_grant(
     recommended: servers.LocalRedis,
 ) -> None:
     """Under README's esctl-read user (no CONFIG, LATENCY or SLOWLOG) the checks that need them
     are n/a, and each `do:` gives the ACL rules to paste, in backticks as README promises of
     doctor's actions (it said "grant LATENCY to the user": no rule, and a wider one)."""
-    admin = redis.Redis(port=recommended.port)
-    admin.execute_command(
-        "ACL", "SETUSER", "esctl-read", "on", ">pw", "resetkeys", "resetchannels", "-@all",
-        "%R~*", "+ping", "+hello", "+select", "+info", "+time", "+scan", "+type", "+exists",
-        "+get", "+llen", "+lrange", "+hget", "+hlen", "+hscan", "+memory|usage",
-    )  # fmt: skip
-    admin.close()
-    url = f"redis://esctl-read:pw@127.0.0.1:{recommended.port}/0"
+    url = read_only_user(recommended)
     result = run_cli("doctor", "--redis-url", url, "--read-only", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     actions = {c["id"]: c["action"] for c in json.loads(result.stdout)["checks"]}
@@ -249,3 +254,24 @@ def test_a_memory_limit_hours_away_is_said_in_hours(recommended: servers.LocalRe
     assert result.returncode == 3, result.stdout + result.stderr
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL   │ store.g")]
     assert re.search(r"the memory limit is \d+h \d+m away at this rate", row), row
+
+
+def test_readings_the_user_may_not_store_come_with_the_rules_to_grant(
+    recommended: servers.LocalRedis,
+) -> None:
+    """doctor without --read-only under a user that may not SET: growth and draining are n/a
+    and said "run doctor again later", which a refused user can do forever. They give the
+    rules to paste instead; with them the readings are stored."""
+    with redis.Redis.from_url(recommended.url) as client:
+        app = write_demo_store(client, app="Learning.Doctor.Web", env="prod").app
+    args = ("doctor", "--app", app, "--env", "prod", "--json")
+    refused = run_cli(*args, "--redis-url", read_only_user(recommended))
+    document = json.loads(refused.stdout)
+    assert [r["stored"] for r in document["readings"]] == [False, False], document["readings"]
+    for check in document["checks"]:
+        if check["id"] in ("store.growth", "queues.draining"):
+            assert check["status"] == "unavailable", check
+            assert "`ACL SETUSER USER +get +set ~esctl:doctor:*`" in check["action"], check
+    rules = ["+get", "+set", "~esctl:doctor:*"]
+    stored = run_cli(*args, "--redis-url", read_only_user(recommended, *rules))
+    assert [r["stored"] for r in json.loads(stored.stdout)["readings"]] == [True, True]

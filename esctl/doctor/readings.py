@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import redis
 
 from esctl import redisio
 from esctl.doctor.redis_facts import error_text
@@ -52,6 +53,8 @@ class Comparison:
     min_interval: timedelta
     unstored: str | None = None
     """Why this run's reading was not stored (its note's detail); None when it was."""
+    refused: bool = False
+    """The user's ACL refused the GET or SET: running again later changes nothing."""
 
     @property
     def elapsed_s(self) -> float:
@@ -79,7 +82,12 @@ class Comparison:
         return spec.unavailable(
             f"no reading old enough to compare with yet ({stored}); comparisons need one at "
             f"least {needed} old",
-            "run doctor again later (from cron, for example)",
+            # A later run is refused alike: it said to run again later.
+            "let the user in --redis-url store doctor's readings: `ACL SETUSER USER +get +set "
+            "~esctl:doctor:*`; or run doctor with --read-only, and a run with those rights "
+            "stores them"
+            if self.refused
+            else "run doctor again later (from cron, for example)",
         )
 
 
@@ -98,7 +106,9 @@ class Readings:
         try:
             raw = self.client.get(key)
         except redisio.REDIS_ERRORS as exc:
-            return self._noted(key, f"GET failed: {exc}", Comparison(reading, None, min_interval))
+            refused = isinstance(exc, redis.exceptions.NoPermissionError)
+            unread = Comparison(reading, None, min_interval, refused=refused)
+            return self._noted(key, f"GET failed: {exc}", unread)
         stored = None
         if raw:
             try:
@@ -113,6 +123,8 @@ class Readings:
         try:
             self.client.set(key, orjson.dumps(document), ex=READING_TTL_S)
         except redisio.REDIS_ERRORS as exc:
+            refused = isinstance(exc, redis.exceptions.NoPermissionError)
+            compared = replace(compared, refused=refused)
             return self._noted(key, f"SET failed: {error_text(exc)}", compared)
         self.notes.append({"key": key, "stored": True, "detail": None})
         return compared
