@@ -122,6 +122,15 @@ def test_finished_run_lag_max_lag_and_metrics(
     assert 0 < lag["seconds"] < 120
     # A limit the lag is within: exit 0.
     assert status("--max-lag", "1h", **where)[0] == 0
+    # README's every-five-minutes cron line (stdout to /dev/null): nothing on stderr, which
+    # cron would mail each time ('wrote PATH' was); the file is written all the same
+    metrics.unlink()
+    cron = run_cli(
+        "migrate", "status", "--app", app_name, "--redis-url", redis_test_url, "--pg-dsn",
+        pg_dsn, "--max-lag", "1h", "--metrics-file", str(metrics),
+    )  # fmt: skip
+    assert (cron.returncode, cron.stderr) == (0, ""), cron.stderr
+    assert "esctl_migrate_lag_events{" in metrics.read_text()
 
     text = metrics.read_text()
     labels = f'app="{app_name}",schema="public",shard="0/1"'

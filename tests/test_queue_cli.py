@@ -53,6 +53,12 @@ def test_list_json_and_metrics_file(
         "retry_data",
     }
     assert "esctl_queue_messages{" in metrics.read_text()
+    # README's every-minute cron line (stdout to /dev/null): nothing on stderr, which cron
+    # would mail every minute ('wrote PATH' was); the file is written all the same
+    metrics.unlink()
+    cron = esctl(redis_test_url, demo_store.env, "list", "--metrics-file", str(metrics))
+    assert (cron.returncode, cron.stderr) == (0, ""), cron.stderr
+    assert "esctl_queue_messages{" in metrics.read_text()
 
     missing = run_cli("queue", "list", "--redis-url", redis_test_url, "--json")
     assert missing.returncode == 1

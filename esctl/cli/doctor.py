@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from esctl import defaults
-from esctl.cli.consoles import stderr_is_terminal
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
 from esctl.cli.options import MetricsFileOpt, option
@@ -104,9 +103,7 @@ def doctor(
 
     def render() -> None:
         _render(out, report)
-        # Said on a terminal only: from cron (README "Cron") any stderr is a mail, every minute.
-        if metrics_file is not None and stderr_is_terminal():
-            out.info(f"wrote {metrics_file}")
+        out.wrote(metrics_file)
 
     out.result(document, render)
     exit_for(problems=exit_code)

@@ -185,6 +185,13 @@ class Output:
     def info(self, message: str, *, head: str = "") -> None:
         info(message, head=head)
 
+    def wrote(self, path: object | None) -> None:
+        """``wrote PATH`` on stderr for a file a command wrote besides its result (a
+        ``--metrics-file``), when stderr is a terminal: from cron (README "Cron") any stderr is
+        a mail, every minute. Nothing when ``path`` is None."""
+        if path is not None and stderr_is_terminal():
+            info(f"wrote {path}")
+
     def info_command(self, label: str, command: str) -> None:
         """``label`` and a command to copy on stderr (:func:`info_command`)."""
         info_command(label, command)

@@ -351,8 +351,7 @@ def list_command(
             group="subscriber",
         )  # fmt: skip
         _problems(out, listing.problems)
-        if metrics_file is not None:
-            out.info(f"wrote {metrics_file}")
+        out.wrote(metrics_file)
 
     out.result(document, render)
     note_if_no_queues(ctx, listing, event_types=event_types or (), subscribers=subscribers or ())

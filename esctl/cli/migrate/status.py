@@ -115,8 +115,7 @@ def status_command(
             out.title(_status_title(report))
         for line in _status_notes(report, max_lag, over):
             out.wrapped(line)
-        if metrics_file is not None:
-            out.info(f"wrote {metrics_file}")
+        out.wrote(metrics_file)
 
     out.result(document, render)
     if report.lag is not None:
