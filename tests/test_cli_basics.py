@@ -364,6 +364,24 @@ def test_config_error_in_json_mode_is_a_json_document(tmp_path: Path) -> None:
     assert_no_traceback(result)
 
 
+@pytest.mark.parametrize("command", [["inspect", "stats", "--app", "A"], ["doctor", "--env", "e"]])
+def test_a_database_the_server_does_not_have_is_a_config_error(
+    redis_test_url: str, command: list[str]
+) -> None:
+    """`--redis-url redis://host:port/99` on a server of 16 databases: SELECT's refusal came out
+    as "unexpected ResponseError … this is a bug in esctl"; it is a config error naming the
+    database and where the number comes from (doctor too: the server is reachable, the URL
+    is wrong)."""
+    url = redis_test_url.rsplit("/", 1)[0] + "/99"
+    result = run_cli(*command, "--redis-url", url, "--json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "config", error
+    assert "has no database 99: DB index is out of range" in error["message"], error
+    assert "CONFIG GET databases" in error["hint"], error
+    assert_no_traceback(result)
+
+
 # --- the error table -----------------------------------------------------------------------
 
 # From the README's exit codes; one row per error class in esctl.errors.

@@ -201,6 +201,16 @@ def _open(url: str, *, cluster: bool, read_from_replicas: bool) -> tuple[RedisCl
             hint=tls_hint(url, str(exc))
             or "check that Redis is running and --redis-url / ESCTL_REDIS_URL is right",
         ) from None
+    except redis.exceptions.ResponseError as exc:
+        if "DB index" not in str(exc):  # SELECT refused: the URL's database does not exist
+            raise
+        raise ConfigError(
+            f"Redis at {describe_url(url, cluster=cluster)} has no database "
+            f"{_database(url)}: {redact(str(exc))}",
+            hint="the database is the number after the port in --redis-url / ESCTL_REDIS_URL "
+            "or the profile (redis://host:6379/0); a server's are numbered from 0 to one less "
+            "than its `CONFIG GET databases` (16 by default)",
+        ) from None
     except (TypeError, redis.exceptions.RedisError) as exc:
         # an unknown query parameter (TypeError: unexpected keyword argument) or a bad value
         # of a known one (ssl_cert_reqs=bogus: redis-py's base RedisError), found when the
@@ -223,6 +233,14 @@ def _open(url: str, *, cluster: bool, read_from_replicas: bool) -> tuple[RedisCl
             hint="use redis://[user:password@]host:port/db, rediss:// or redis+cluster://",
         ) from None
     return client, False
+
+
+def _database(url: str) -> object:
+    """The database number ``url`` names (0 when it names none)."""
+    try:
+        return redis.connection.parse_url(url).get("db", 0)
+    except ValueError:
+        return "?"
 
 
 def _has_password(url: str) -> bool:
