@@ -180,6 +180,15 @@ def _profile_section(
     section: dict[str, Any] = {}
     if config_path is not None:
         document = load_config_file(config_path)
+        loose = [k for k, v in document.items() if not isinstance(v, dict)]
+        if loose:  # above every [profile] header: TOML puts them in no profile
+            raise ConfigError(
+                f"config file {config_path}: {', '.join(loose)} "
+                f"{'is' if len(loose) == 1 else 'are'} outside a profile, where no command "
+                "reads settings",
+                hint="put settings under a profile's header: [default] (read when no profile "
+                "is named), or [NAME], read with --profile NAME / ESCTL_PROFILE",
+            )
         if profile_name in document:
             section = document[profile_name]
             if not isinstance(section, dict):

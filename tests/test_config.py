@@ -181,6 +181,19 @@ def test_unknown_setting_is_an_error(tmp_path: Path) -> None:
     assert caught.value.hint is not None and "redis_url" in caught.value.hint
 
 
+def test_settings_above_every_profile_are_an_error_not_ignored(tmp_path: Path) -> None:
+    """Keys above the first [profile] header are in no profile: they were read by nothing, so
+    a file starting with `redis_url = …` gave the default Redis without a word."""
+    path = tmp_path / "esctl.toml"
+    path.write_text('redis_url = "redis://elsewhere:6379/0"\napp = "A"\n\n[default]\nenv = "e"\n')
+    with pytest.raises(ConfigError) as caught:
+        resolve_settings(NO_OPTIONS, environ={}, config=str(path))
+    assert caught.value.message == (
+        f"config file {path}: redis_url, app are outside a profile, where no command reads settings"
+    )
+    assert caught.value.hint is not None and "[default]" in caught.value.hint
+
+
 @pytest.mark.parametrize("body", ['default = "x"\n', "[default]\napp = 3\n"])
 def test_wrongly_typed_config_is_an_error(tmp_path: Path, body: str) -> None:
     path = tmp_path / "esctl.toml"
