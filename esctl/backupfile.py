@@ -4,6 +4,7 @@ file of zstd frames of JSON lines, each frame on disk before the caller deletes 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 from collections.abc import Callable, Generator, Iterable, Mapping
@@ -130,7 +131,15 @@ def open_backup(source: Path) -> BinaryIO:
     try:
         return source.open("rb")
     except OSError as exc:
-        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}") from None
+        hint = None
+        if exc.errno == errno.ENOENT:
+            hint = f"check the path (a relative one is read from {Path.cwd()})"
+        elif exc.errno == errno.EACCES:
+            hint = (
+                "esctl creates backup files 0600: run it as the user that wrote this one, or "
+                "let this user read it"
+            )
+        raise NotFound(f"cannot read the backup file {source}: {exc.strerror}", hint=hint) from None
 
 
 def read_lines(

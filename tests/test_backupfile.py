@@ -104,8 +104,9 @@ def test_read_lines_streams_whole_frames_and_stops_at_a_cut_short_one(
     path.write_bytes(b"not zstd at all")
     with pytest.raises(UsageError, match=r"is not a test backup \(zstd: .*"):
         list(backupfile.read_lines(path, kind="a test backup", written_by="the test"))
-    with pytest.raises(NotFound, match="cannot read the backup file"):
+    with pytest.raises(NotFound, match="cannot read the backup file") as missing:
         list(backupfile.read_lines(tmp_path / "missing", kind="a", written_by="b"))
+    assert missing.value.hint == f"check the path (a relative one is read from {Path.cwd()})"
 
 
 def line(n: int) -> dict[str, object]:
