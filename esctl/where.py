@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from rich.cells import cell_len
 
 from esctl.errors import UsageError
 
@@ -250,7 +251,9 @@ def parse_where(text: str) -> WhereClause:
     try:
         return _parse_where(text)
     except _WhereSyntax as exc:
-        pointer = text + "\n" + " " * exc.column + "^"
+        # under the bad part on a terminal: as many cells as the text before it takes (a CJK
+        # character or an emoji takes two)
+        pointer = text + "\n" + " " * cell_len(text[: exc.column]) + "^"
         raise UsageError(
             f"bad --where {text!r}: {exc.message} (column {exc.column + 1})",
             hint="write PATH OP VALUE with OP one of = != > >= < <= ~, or PATH exists; e.g. "

@@ -57,6 +57,17 @@ def test_bad_filters_are_usage_errors(redis_test_url: str) -> None:
     assert result.returncode == 2 and json.loads(result.stdout)["error"]["kind"] == "usage"
 
 
+def test_the_caret_points_at_the_bad_part_after_wide_characters(redis_test_url: str) -> None:
+    # 東京 takes four cells on a terminal, two characters: the caret under the second '>'
+    # (column 19) stands 20 cells in, not 18 (which is under 京).
+    common = ("--app", "X", "--redis-url", redis_test_url, "--format", "json")
+    result = run_cli("events", "query", "--where", "Adresse.Straße.東京>>1", *common)
+    assert result.returncode == 2
+    hint = json.loads(result.stdout)["error"]["hint"]
+    assert hint.endswith("\nAdresse.Straße.東京>>1\n" + " " * 20 + "^")
+    assert result.stderr.endswith("\n" + " " * 20 + "^\n")
+
+
 def test_relative_times_take_every_duration_form(
     redis_client: redis.Redis, redis_test_url: str, app_name: str
 ) -> None:
