@@ -420,3 +420,21 @@ def test_an_interrupted_replay_to_stdout_says_its_lines_are_whole_and_how_to_go_
         "; the events written before it stopped are whole lines, none cut short"
     )
     assert "the same command writes every event of the selection again" in error["error"]["hint"]
+
+
+def test_missing_event_tables_say_which_command_creates_them(pg_dsn: str) -> None:
+    # A reader has no --init-schema: its hint names the migration that creates the tables,
+    # and --pg-schema for a schema that is not the one a migration wrote.
+    for command in (
+        ("events", "query", "--source", "pg", "--json"),
+        ("replay", "--from", "pg", "--all", "--to", "stdout", "--json"),
+        ("replay", "--from", "pg", "--all", "--to", "queue", "--env", "t", "--dry-run", "--json"),
+    ):
+        result = run_cli(*command, "--app", "X", "--pg-dsn", pg_dsn, "--pg-schema", "nope")
+        assert result.returncode == 1, result.stderr
+        error = json.loads(result.stdout)["error"]
+        assert error["kind"] == "schema"
+        assert error["message"] == "the event tables nope.aggregate and nope.event do not exist"
+        assert "`esctl migrate redis-to-pg --init-schema`" in error["hint"]
+        assert "--pg-schema" in error["hint"]
+        assert "run with --init-schema" not in result.stderr
