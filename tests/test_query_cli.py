@@ -68,6 +68,29 @@ def test_the_caret_points_at_the_bad_part_after_wide_characters(redis_test_url: 
     assert result.stderr.endswith("\n" + " " * 20 + "^\n")
 
 
+def test_a_full_type_name_is_refused_naming_the_class_name(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    # event_type is .NET's Type.Name: a $type or a namespace-qualified name (as transforms
+    # rules write them) matched nothing, exit 0, without a word.
+    truth = iw.write_store(redis_client, app=app_name, aggregates=5, seed=7)
+    common = ("--app", app_name, "--redis-url", redis_test_url, "--json")
+    for given, short in (
+        ("Ns.Events.InvoicePaid", "InvoicePaid"),
+        ("Ns.Events.InvoicePaid, Ns.Domain", "InvoicePaid"),
+        ("Ns.Envelope`1[[Ns.X, Asm]], Asm", "'Envelope`1'"),
+    ):
+        for command in (("events", "query"), ("replay", "--from", "redis", "--to", "stdout")):
+            result = run_cli(*command, "--type", "InvoiceCreated", "--type", given, *common)
+            assert result.returncode == 2, result.stdout
+            error = json.loads(result.stdout)["error"]
+            assert error["kind"] == "usage" and repr(given) in error["message"]
+            assert error["hint"].startswith(f"`--type {short}`")
+    stored = next(iter(truth.events())).event_type
+    result = run_cli("events", "query", "--type", stored, *common)
+    assert result.returncode == 0 and json.loads(result.stdout)
+
+
 def test_relative_times_take_every_duration_form(
     redis_client: redis.Redis, redis_test_url: str, app_name: str
 ) -> None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from esctl import codec
 from esctl.documents import document
 from esctl.durations import parse_time
 from esctl.errors import UsageError
@@ -63,6 +65,7 @@ class Selectors:
             raise UsageError("--limit must be 0 or more")
         _check_exact_names("--type", self.types)
         _check_exact_names("--aggregate-type", (self.aggregate_type or "",))
+        _check_class_names(self.types)
         return QueryFilters(
             types=tuple(dict.fromkeys(self.types)),
             aggregate_type=self.aggregate_type,
@@ -84,6 +87,22 @@ def _check_exact_names(option: str, names: Sequence[str]) -> None:
                 hint="`esctl inspect stats` lists the event types the store holds (--type takes "
                 "a class name, e.g. ItemScoreCreated, and repeats for several; "
                 "--aggregate-type the AggregateType, e.g. ItemScore)",
+            )
+
+
+def _check_class_names(names: Sequence[str]) -> None:
+    """An event type is the class name alone (.NET ``Type.Name``: no namespace, assembly,
+    enclosing class or generic arguments), so a ``--type`` with a ``.``, ``,``, ``+`` or ``[``
+    (a ``$type`` or a full name, as transforms rules write them) matches nothing: UsageError
+    naming the class name to give instead."""
+    for name in names:
+        short = codec.event_type_from_type_name(name)
+        if short != name:
+            raise UsageError(
+                f"--type {name!r}: takes the event type's class name alone, without namespace, "
+                "assembly or generic arguments",
+                hint=f"`--type {shlex.quote(short)}`; `esctl inspect stats` lists the event "
+                "types the store holds",
             )
 
 
