@@ -51,9 +51,15 @@ def parse_time(text: str, *, option: str = "--since", now: datetime | None = Non
     meant as a year as well as seconds. Dates and times without an offset are UTC. Raises
     UsageError."""
     value = text.strip()
-    ago = _with_units(value)
-    if ago is not None:
-        return (now or datetime.now(UTC)) - ago
+    try:
+        ago = _with_units(value)
+        if ago is not None:
+            return (now or datetime.now(UTC)) - ago
+    except OverflowError:  # a timedelta or a datetime out of range: before year 1
+        raise UsageError(
+            f"{option} {text!r} reaches back before the year 1",
+            hint="give a shorter time, e.g. 7d or 5000d, or a date such as 2024-05-01",
+        ) from None
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
             day = date.fromisoformat(value)

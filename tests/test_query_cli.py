@@ -91,6 +91,18 @@ def test_a_full_type_name_is_refused_naming_the_class_name(
     assert result.returncode == 0 and json.loads(result.stdout)
 
 
+def test_a_relative_time_before_the_year_1_is_a_usage_error(redis_test_url: str) -> None:
+    # 999999d ago is before datetime.min: an OverflowError, exit 1 "a bug in esctl", before
+    common = ("--app", "X", "--redis-url", redis_test_url, "--json")
+    for command in (("events", "query"), ("replay", "--from", "redis", "--to", "stdout")):
+        for option, value in (("--since", "999999d"), ("--until", "99999999999h")):
+            result = run_cli(*command, option, value, *common)
+            assert result.returncode == 2, result.stdout
+            error = json.loads(result.stdout)["error"]
+            assert error["kind"] == "usage"
+            assert error["message"] == f"{option} {value!r} reaches back before the year 1"
+
+
 def test_relative_times_take_every_duration_form(
     redis_client: redis.Redis, redis_test_url: str, app_name: str
 ) -> None:
