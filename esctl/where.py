@@ -341,6 +341,8 @@ def _expect_exists(text: str, i: int, after_path: int) -> None:
         if j != len(text):
             raise _WhereSyntax(f"unexpected {text[j:]!r} after 'exists'", j)
         return
+    if word and word.group() == "exists":  # right after a quoted key: '"Some.Key"exists'
+        raise _WhereSyntax("'exists' needs a space before it", i)
     raise _WhereSyntax(f"expected an operator (= != > >= < <= ~ or exists), found {text[i:]!r}", i)
 
 

@@ -103,6 +103,17 @@ def test_a_relative_time_before_the_year_1_is_a_usage_error(redis_test_url: str)
             assert error["message"] == f"{option} {value!r} reaches back before the year 1"
 
 
+def test_exists_right_after_a_quoted_key_says_it_needs_a_space(redis_test_url: str) -> None:
+    # It said "expected an operator (… or exists), found 'exists'".
+    common = ("--app", "X", "--redis-url", redis_test_url, "--json")
+    result = run_cli("events", "query", "--where", '"Some.Key"exists', *common)
+    assert result.returncode == 2
+    message = json.loads(result.stdout)["error"]["message"]
+    assert (
+        message == "bad --where '\"Some.Key\"exists': 'exists' needs a space before it (column 11)"
+    )
+
+
 def test_relative_times_take_every_duration_form(
     redis_client: redis.Redis, redis_test_url: str, app_name: str
 ) -> None:
