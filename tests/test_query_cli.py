@@ -135,7 +135,9 @@ def test_unreadable_events_are_reported_on_stderr(
     iw.write_store(redis_client, app=app_name, aggregates=10, defects=["missing_payload"], seed=1)
     result = run_cli("events", "query", "--app", app_name, "--redis-url", redis_test_url)
     assert result.returncode == 0, result.stderr
-    assert "1 committed event could not be read" in result.stderr
+    assert "1 committed event could not be read (no payload or undecodable) and was skipped;" in (
+        result.stderr
+    )
 
 
 def test_source_pg(

@@ -173,6 +173,10 @@ def test_unreadable_events_exit_3(
     assert result.returncode == 3
     assert "unreadable" in result.stderr
     assert "; 1 problem:" in result.stderr  # the unreadable events are one problem
+    assert (
+        "1 event could not be read (no payload, undecodable, or no envelope fields) and was "
+        in (result.stderr)
+    )
 
 
 def test_a_replay_of_one_event_says_it_in_the_singular(

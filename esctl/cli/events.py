@@ -218,9 +218,10 @@ def query(
         finally:
             _count(bar, results.stats)  # the last count (a --limit stops between two)
     if results.stats.unreadable:
+        were = "was" if results.stats.unreadable == 1 else "were"
         out.warn(
             f"{counted(results.stats.unreadable, 'committed event')} could not be read (no "
-            "payload or undecodable) and were skipped; `esctl inspect integrity` lists them"
+            f"payload or undecodable) and {were} skipped; `esctl inspect integrity` lists them"
         )
     if filters.limit != 0:  # --limit 0 reads nothing
         seen = results.stats.events > 0

@@ -69,7 +69,8 @@ class RedisSource(Window):
                     "unreadable",
                     layout.commit_list_pattern(self.app),
                     f"{counted(self.stats.unreadable, 'event')} could not be read (no payload, "
-                    "undecodable, or no envelope fields) and were not replayed; "
+                    "undecodable, or no envelope fields) and "
+                    f"{'was' if self.stats.unreadable == 1 else 'were'} not replayed; "
                     "'esctl inspect integrity' lists them",
                 )
             )
