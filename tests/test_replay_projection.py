@@ -3,6 +3,7 @@ projection, checkpoints (exactly once across kill -9), failures and dead letters
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -663,3 +664,22 @@ def test_load_projection_forms(tmp_path: Path) -> None:
     ):
         with pytest.raises(errors.UsageError, match=message):
             load_projection(bad)
+
+
+def test_rate_paces_a_projection_replay_smaller_than_a_batch(
+    truth: iw.GroundTruth, app_name: str, pg_dsn: str, redis_test_url: str
+) -> None:
+    # --rate 20 over 20 events takes about a second (19/20 s: the first batch waits for none).
+    # The default batch of 1,000 held the whole selection: it went through at once, unpaced.
+    args = replay_cli(
+        app_name, pg_dsn, redis_test_url,
+        "--from", "pg", "--limit", "20", "--rate", "20",
+        "--projection", "esctl.projections.event_counts", "--checkpoint", "paced",
+    )  # fmt: skip
+    started = time.monotonic()
+    result = run_cli(*args)
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["events"] == 20 and summary["events_per_s"] <= 25
+    assert took >= 0.9

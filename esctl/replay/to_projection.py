@@ -219,12 +219,14 @@ def _batch_growth(batch_size: int | None, ctx: ProjectionContext | None) -> infl
 
 
 def _feed(source: Source, runner: _BatchRunner, pacer: Pacer, growth: inflight.BatchGrowth) -> None:
-    """Run the source's events in batches until the end or a batch that stops the replay."""
+    """Run the source's events in batches until the end or a batch that stops the replay;
+    with --rate, batches of a tenth of a second's worth (:meth:`Pacer.batch`), so that the
+    rate holds between them (one batch of a whole small selection was not paced at all)."""
     batch: list[Event] = []
     growth.start()
     for event in source:
         batch.append(event)
-        if len(batch) >= growth.size:
+        if len(batch) >= pacer.batch(growth.size):
             pacer.wait(len(batch))
             if not runner.run(batch):
                 return
