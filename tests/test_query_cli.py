@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import independent_writer as iw
 import redis
-from helpers import run_cli
+from helpers import cli_env, run_cli
 
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
 
@@ -166,3 +171,34 @@ def test_source_pg(
         return sorted(tuple(v for k, v in r.items() if k != "commit_id") for r in rows)
 
     assert strip(pg_rows) == strip(redis_rows)
+
+
+def test_sigterm_stops_a_background_query_blocked_on_a_full_pipe(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    # Started in the background (Ctrl-C ignored), blocked writing to a pipe nobody reads: the
+    # SIGTERM held across the write was passed on to the ignored Ctrl-C and lost, and the query
+    # went on to its end, exit 0, once the pipe was read.
+    iw.write_store(redis_client, app=app_name, aggregates=300, seed=3)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "esctl", "events", "query", "--format", "jsonl",
+         "--app", app_name, "--redis-url", redis_test_url],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=cli_env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        wchan = Path(f"/proc/{process.pid}/wchan")
+        while wchan.read_text() not in ("anon_pipe_write", "pipe_write"):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert lines[-1]["error"]["kind"] == "interrupted" and "SIGTERM" in stderr.decode()
+    assert all("error" not in line for line in lines[:-1])

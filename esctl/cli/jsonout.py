@@ -114,6 +114,11 @@ class JsonStream:
             if in_main:
                 signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
         if held:
+            if previous == signal.SIG_IGN:
+                # Ctrl-C ignored (started in the background): a SIGTERM or SIGHUP, which
+                # esctl's handler passes on as Ctrl-C, still stops it, as in the wait above;
+                # raised to SIG_IGN it was lost, and the stream went on to its end (exit 0)
+                raise KeyboardInterrupt
             signal.raise_signal(signal.SIGINT)  # now, to the handler there was
 
     def close(self) -> None:
