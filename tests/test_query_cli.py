@@ -202,3 +202,10 @@ def test_sigterm_stops_a_background_query_blocked_on_a_full_pipe(
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert lines[-1]["error"]["kind"] == "interrupted" and "SIGTERM" in stderr.decode()
     assert all("error" not in line for line in lines[:-1])
+    # a query changes nothing: a rerun does not continue, it finds every result again
+    error = lines[-1]["error"]
+    assert error["message"].endswith(
+        "the results written before it stopped are whole, none cut short"
+    )
+    assert "the same command finds every result again" in error["hint"]
+    assert "continue" not in error["hint"]

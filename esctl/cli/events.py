@@ -6,7 +6,7 @@ import enum
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -215,6 +215,8 @@ def query(
         try:
             shown_limit = filters.limit if limit is None else None
             _emit_results(out, results, fmt, stream, shown_limit=shown_limit, bar=bar)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc, fmt)
         finally:
             _count(bar, results.stats)  # the last count (a --limit stops between two)
     if results.stats.unreadable:
@@ -231,6 +233,23 @@ def query(
             note_if_no_keys(ctx, seen=seen, looked_at=() if filters.aggregates else COMMIT_LISTS)
     if isinstance(results, core.TransformedQuery):
         _report_transforms(out, results)
+
+
+def _interrupted(exc: KeyboardInterrupt, fmt: QueryFormat) -> NoReturn:
+    """Ctrl-C or SIGTERM: what stdout holds and how to go on. A query changes nothing, so a
+    rerun does not continue where this one stopped (the default message says it would): it
+    finds every result again."""
+    from esctl.errors import Interrupted
+
+    if isinstance(exc, Interrupted):
+        raise exc
+    raise Interrupted(
+        "no result was shown (a table is printed at the end)"
+        if fmt is QueryFormat.table
+        else "the results written before it stopped are whole, none cut short",
+        hint="a query changes nothing: the same command finds every result again, from the "
+        "start; narrow it (--since, --aggregate) to find the rest",
+    ) from exc
 
 
 def _load_transforms(path: Path | None, source: EventSource) -> Rules | None:
