@@ -3,6 +3,7 @@ bookkeeping schema. An existing event-store schema is checked, never altered."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -378,6 +379,21 @@ def check_event_store_schema(conn: psycopg.Connection, schema: str) -> SchemaSta
 def _has_unique(conn: psycopg.Connection, schema: str, table: str, cols: tuple[str, ...]) -> bool:
     rows = conn.execute(_UNIQUE_SQL, (schema, [table])).fetchall()
     return any(sorted(r[1]) == sorted(cols) for r in rows)
+
+
+def require_event_tables(conn: psycopg.Connection, schema: str, app: str | None = None) -> None:
+    """The event tables a migration wrote, checked as :func:`check_event_store_schema` checks
+    them, for the commands that read them (verify, prune, events query, replay: they take no
+    ``--init-schema``). Missing, the hint names the schema option and the command that creates
+    them (for ``app`` when given)."""
+    if not check_event_store_schema(conn, schema).tables_present:
+        command = "esctl migrate redis-to-pg" + (f" --app {shlex.quote(app)}" if app else "")
+        raise SchemaIncompatible(
+            f"the event tables {schema}.aggregate and {schema}.event do not exist",
+            hint=f"nothing was migrated into schema {schema}: check --pg-schema / "
+            f"ESCTL_PG_SCHEMA, or migrate first with `{command} --init-schema` "
+            "(docs/layout.md §5)",
+        )
 
 
 def ensure_event_store_schema(conn: psycopg.Connection, schema: str, *, create: bool) -> None:

@@ -33,7 +33,6 @@ from esctl.verify import (
     VerifySummary,
     compare_stream,
     compare_transformed,
-    require_event_tables,
 )
 
 GUARD_SCRIPT = """
@@ -404,7 +403,7 @@ def _prune_locked(
     try:
         conn = pg.connect(dsn, application_name="esctl prune")
         with pg.translate_errors(dsn):
-            require_event_tables(conn, opts.pg_schema, opts.app)
+            pg.require_event_tables(conn, opts.pg_schema, opts.app)
             conn.commit()
             if not opts.dry_run:
                 pg.ensure_state_schema(conn)

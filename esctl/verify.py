@@ -13,7 +13,6 @@ import contextlib
 import multiprocessing
 import queue
 import random
-import shlex
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +26,6 @@ from esctl import inflight, layout, pg, redisio, storereads
 from esctl.codec import ParsedEvent, event_type_from_type_name, parse_event
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
-from esctl.errors import SchemaIncompatible
 from esctl.jsoncompare import same_json
 from esctl.pgevents import _JSONB_V1, PgEvent, PgStream, pg_stream_page
 from esctl.problems import (
@@ -423,20 +421,6 @@ def _compare_page(
         offset = end
 
 
-def require_event_tables(conn: psycopg.Connection, schema: str, app: str) -> None:
-    """The event tables a migration wrote, checked as ``migrate redis-to-pg`` checks them.
-    Missing, the hint names the command that creates them (verify and prune take no
-    ``--init-schema``, which the check's own hint says to run with)."""
-    if not pg.check_event_store_schema(conn, schema).tables_present:
-        raise SchemaIncompatible(
-            f"the event tables {schema}.aggregate and {schema}.event do not exist",
-            hint=f"nothing was migrated into schema {schema}: check --pg-schema / "
-            f"ESCTL_PG_SCHEMA, or migrate first with `esctl migrate redis-to-pg --app "
-            f"{shlex.quote(app)} --init-schema` (docs/layout.md §5)",
-        )
-    pg.ensure_event_store_schema(conn, schema, create=False)
-
-
 def verify(
     client: redisio.RedisClient,
     opts: VerifyOptions,
@@ -460,7 +444,7 @@ def verify(
     conn = pg.connect(opts.pg_dsn, application_name="esctl verify")
     try:
         with pg.translate_errors(opts.pg_dsn):
-            require_event_tables(conn, opts.pg_schema, opts.app)
+            pg.require_event_tables(conn, opts.pg_schema, opts.app)
             bookkeeping = pg.state_schema_present(conn)
             conn.commit()
             # Each read is its own transaction either way: autocommit spares the COMMIT's

@@ -439,6 +439,6 @@ def test_missing_event_tables_say_which_command_creates_them(pg_dsn: str) -> Non
         error = json.loads(result.stdout)["error"]
         assert error["kind"] == "schema"
         assert error["message"] == "the event tables nope.aggregate and nope.event do not exist"
-        assert "`esctl migrate redis-to-pg --init-schema`" in error["hint"]
+        assert "`esctl migrate redis-to-pg --app X --init-schema`" in error["hint"]
         assert "--pg-schema" in error["hint"]
         assert "run with --init-schema" not in result.stderr

@@ -10,13 +10,7 @@ The package never prints and never exits; the CLI renders what it returns.
 """
 
 from esctl.query.filters import QueryFilters, QueryResult, QueryStats, Selectors
-from esctl.query.pg_query import (
-    PgQuery,
-    pg_conditions,
-    pg_query_sql,
-    query_pg,
-    require_event_tables,
-)
+from esctl.query.pg_query import PgQuery, pg_conditions, pg_query_sql, query_pg
 from esctl.query.redis_query import (
     HEAD_BASE64_CHARS,
     HEAD_PLAIN_BYTES,
@@ -57,5 +51,4 @@ __all__ = [
     "query_pg",
     "query_redis",
     "reach",
-    "require_event_tables",
 ]

@@ -9,11 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import psycopg
 from psycopg import sql
 
 from esctl import pg
-from esctl.errors import SchemaIncompatible
 from esctl.query.filters import QueryFilters, QueryResult, QueryStats
 
 
@@ -69,19 +67,6 @@ def pg_query_sql(
     return query, params
 
 
-def require_event_tables(conn: psycopg.Connection, schema: str) -> None:
-    """The migrated tables a reader asks (``events query``, ``replay --from pg``), as
-    :func:`pg.ensure_event_store_schema` checks them; when they are missing, the hint names
-    the command that creates them (these commands have no --init-schema)."""
-    if not pg.check_event_store_schema(conn, schema).tables_present:
-        raise SchemaIncompatible(
-            f"the event tables {schema}.aggregate and {schema}.event do not exist",
-            hint="point --pg-schema (ESCTL_PG_SCHEMA) at the schema a migration wrote, or "
-            "migrate first: `esctl migrate redis-to-pg --init-schema` creates the tables "
-            "(docs/layout.md §5)",
-        )
-
-
 class PgQuery:
     """Iterate the migrated events of ``app`` in ``schema`` matching ``filters``; PostgreSQL
     does all the filtering, rows stream through a server-side cursor."""
@@ -100,7 +85,7 @@ class PgQuery:
         conn = pg.connect(self.dsn, application_name="esctl events query")
         try:
             with pg.translate_errors(self.dsn):
-                require_event_tables(conn, self.schema)
+                pg.require_event_tables(conn, self.schema, self.app)
                 conn.commit()
                 # A cursor is planned for its first 10% of rows by default: ordered index
                 # scans and nested loops that took minutes on a 200k-event table where a hash

@@ -14,7 +14,7 @@ from psycopg import sql
 
 from esctl import codec, pg
 from esctl.projections import Event
-from esctl.query import QueryFilters, pg_conditions, require_event_tables
+from esctl.query import QueryFilters, pg_conditions
 from esctl.replay.window import Window
 from esctl.shard import Shard
 
@@ -155,7 +155,7 @@ class PgSource(Window):
         conn = self._connect("read")
         try:
             with pg.translate_errors(self.dsn):
-                require_event_tables(conn, self.schema)
+                pg.require_event_tables(conn, self.schema, self.app)
                 conn.commit()
                 query, params = self._query(conn)
                 # binary: the payload column (bytea) comes as the bytes themselves
@@ -200,7 +200,7 @@ class PgSource(Window):
         conn = self._connect("count")
         try:
             with pg.translate_errors(self.dsn):
-                require_event_tables(conn, self.schema)
+                pg.require_event_tables(conn, self.schema, self.app)
                 query, params = self._query(conn)
                 counting = sql.SQL("SELECT q.event_type, count(*) FROM ({}) q GROUP BY 1").format(
                     query
