@@ -319,18 +319,20 @@ def test_shards_split_the_aggregates(
 
 
 def test_workers_share_one_scan_and_find_every_mismatch(
-    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+    fresh_redis: Any, pg_dsn: str, app_name: str
 ) -> None:
     """``--workers 2``: this process scans the keyspace once and hands the pages out (each
     worker scanning all of it for its sub-shard was twice the SCANs, and the first to finish
-    waited for the other)."""
-    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    waited for the other). On a Redis of its own: SCANs are counted server-wide, and a shared
+    server's other tests scan too."""
+    redis_client = redis.Redis.from_url(fresh_redis.url)
+    truth = migrated_store(redis_client, fresh_redis.url, pg_dsn, app_name)
     execute(pg_dsn, "UPDATE event SET event_type = 'X' WHERE version = 1")
     scans = []
     for workers in (1, 2):
         before = redis_client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0)
         summary = verify_parallel(
-            redisio.RedisTarget(redis_test_url),
+            redisio.RedisTarget(fresh_redis.url),
             VerifyOptions(app=app_name, pg_dsn=pg_dsn, page_size=7),
             workers=workers,
         )
