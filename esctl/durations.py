@@ -33,9 +33,15 @@ def parse_duration(text: str) -> timedelta:
     """``90`` (seconds), ``500ms``, ``30s``, ``5m``, ``2h``, ``1d``, ``1w``, or combinations such
     as ``1h30m``. Raises UsageError otherwise."""
     cleaned = text.strip()
-    if re.fullmatch(_NUMBER, cleaned):
-        return timedelta(seconds=float(cleaned))
-    duration = _with_units(cleaned)
+    try:
+        if re.fullmatch(_NUMBER, cleaned):
+            return timedelta(seconds=float(cleaned))
+        duration = _with_units(cleaned)
+    except OverflowError:  # longer than a timedelta holds (999,999,999 days)
+        raise UsageError(
+            f"the duration {text!r} is too long to count",
+            hint="give at most 999999999d (about 2.7 million years)",
+        ) from None
     if duration is None:
         raise UsageError(
             f"cannot read the duration {text!r}",

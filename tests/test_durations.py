@@ -42,6 +42,15 @@ def test_bad_durations(text: str) -> None:
     assert caught.value.hint is not None and "1h30m" in caught.value.hint
 
 
+@pytest.mark.parametrize("text", ["1000000000d", "99999999999999999999999", "9999999999999w"])
+def test_durations_longer_than_a_timedelta_are_usage_errors(text: str) -> None:
+    """An OverflowError came out as "unexpected OverflowError … a bug in esctl" (exit 1) from
+    --older-than, --grace, --max-lag and the other duration options."""
+    with pytest.raises(UsageError, match="is too long to count") as caught:
+        parse_duration(text)
+    assert caught.value.hint is not None and "999999999d" in caught.value.hint
+
+
 @pytest.mark.parametrize(("text", "seconds"), WITH_UNITS)
 def test_a_relative_time_is_a_duration_back_from_now(text: str, seconds: float) -> None:
     assert parse_time(text, now=NOW) == NOW - timedelta(seconds=seconds)
