@@ -102,6 +102,34 @@ def test_a_mistyped_app_warns_so_strict_exits_3(healthy: servers.LocalRedis) -> 
     }  # fmt: skip
 
 
+def test_a_mistyped_env_warns_naming_the_envs_there_are(healthy: servers.LocalRedis) -> None:
+    """doctor --env with a name that has no queue here: the three queue checks warned nothing
+    ("ok … in 0 queues"), so a cron job with a typo stayed green. They warn, naming the
+    environments that have queues, and --strict exits 3; the right env is not warned about
+    for want of queues."""
+    with redis.Redis.from_url(healthy.url) as client:
+        write_demo_store(client, app="Learning.Doctor.Web", env="prod")
+
+    def doctor(env: str) -> tuple[int, dict[str, dict[str, str]]]:
+        result = run_cli(
+            "doctor", "--redis-url", healthy.url, "--env", env, "--json", "--strict", "--read-only"
+        )
+        document = json.loads(result.stdout)
+        assert document["exit_code"] == result.returncode
+        return result.returncode, {c["id"]: c for c in document["checks"]}
+
+    code, checks = doctor("prd")
+    assert code == 3
+    for check in ("queues.stuck", "queues.dead_letters", "queues.draining"):
+        assert checks[check]["status"] == "warn", checks[check]
+        assert checks[check]["observed"] == "env prd has no queues in this database"
+        assert checks[check]["action"] == (
+            "environments with queues here: prod; check --env / ESCTL_ENV"
+        )
+    _, right = doctor("prod")
+    assert all("has no queues" not in c["observed"] for c in right.values())
+
+
 def test_failures_exit_3_with_one_json_document(risky: servers.LocalRedis) -> None:
     result = run_cli("doctor", "--redis-url", risky.url, "--json")
     assert result.returncode == 3, result.stderr

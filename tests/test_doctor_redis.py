@@ -194,6 +194,8 @@ def test_a_locked_down_redis_still_gets_a_complete_report() -> None:
         with redis.Redis.from_url(server.url) as client:
             client.hset("EventStore:A:1", "c", "x" * 1500)
             client.rpush("{EventStore:A}:agg", "c")
+            client.sadd("Subscribers:{e:T}", "Sub")  # a queue of env e, so its checks judge
+            client.rpush("Sub:{e:T}:PublishedEvents", "{}")
         url = server.url.replace("redis://", "redis://doctor:pw@")
         report = run(url, app="A", env="e")
     assert report.check("redis.reachable").status == "ok"

@@ -138,6 +138,7 @@ def test_read_only_stores_no_reading(
     redis_client: redis.Redis, redis_test_url: str, app_name: str, env_name: str
 ) -> None:
     iw.write_store(redis_client, app=app_name, aggregates=3)
+    redis_client.sadd(layout.subscribers_key(env_name, "T"), "Sub")  # a queue of the env
     report = run(redis_test_url, app=app_name, env=env_name, read_only=True, now=T0)
     assert not redis_client.exists(layout.doctor_reading_key(app_name))
     assert not redis_client.exists(layout.doctor_queue_reading_key(env_name))

@@ -85,6 +85,7 @@ def doctor(
             app=ctx.get("app"),
             app_setting=ctx.settings.where_set("app"),
             env=ctx.get("env"),
+            env_setting=ctx.settings.where_set("env"),
             pg_dsn=ctx.pg_dsn if explicit_pg else None,
             pg_schema=ctx.pg_schema,
             sample=sample,

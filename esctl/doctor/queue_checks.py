@@ -246,6 +246,16 @@ def run_queue_checks(
             for spec in (STUCK, DEAD_LETTERS, DRAINING)
         ], None
 
+    if not listing.queues:  # a typo in --env, or the wrong database: say so, not "ok"
+        empty = _no_queues(client, env, opts.env_setting)
+        if empty is not None:
+            readings.skip(layout.doctor_queue_reading_key(env), "the env has no queues here")
+            observed, action = empty
+            return [
+                spec.result("warn", observed, action=action)
+                for spec in (STUCK, DEAD_LETTERS, DRAINING)
+            ], 0
+
     def draining() -> Check:
         tails = queue_tails(client, env, listing)
         reading = queue_reading(listing, tails, moment.timestamp())
@@ -259,6 +269,18 @@ def run_queue_checks(
         guarded("queues.dead_letters", lambda: check_dead_letters(env, listing)),
         guarded("queues.draining", draining),
     ], len(listing.queues)
+
+
+def _no_queues(client: redisio.RedisClient, env: str, check: str) -> tuple[str, str] | None:
+    """For an env whose listing found no queue: what the queue checks observe and what to do
+    (the environments that have queues here, from a bounded SCAN), or None when that SCAN
+    sees the env after all (a queue made meanwhile). ``check``: where the env was set."""
+    observed = f"env {redisio.printable(env)} has no queues in this database"
+    try:
+        here = queues.envs_with_queues(client)
+    except (EsctlError, *redisio.REDIS_ERRORS):
+        return observed, f"check {check}, and --redis-url (and its database number)"
+    return None if here.has(env) else (observed, here.text(env, check))
 
 
 def _queue_words(queue: queues.QueueStatus, env: str) -> str:

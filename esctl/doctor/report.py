@@ -109,6 +109,8 @@ class DoctorOptions:
     """Where ``app`` was set, for the action of an app with no keys here
     (:meth:`esctl.config.Settings.where_set`)."""
     env: str | None = None
+    env_setting: str = "--env / ESCTL_ENV"
+    """Where ``env`` was set, for the action of an env with no queues here."""
     pg_dsn: str | None = None
     """Only a DSN the operator configured (option, environment, config file): never the
     default, so doctor does not report on a PostgreSQL nobody asked about."""
