@@ -442,6 +442,7 @@ def test_doctor_readings_for_growth_live_in_one_key_on_the_cluster(
     env_name: str,
 ) -> None:
     truth = iw.write_store(cluster_client, app=app_name, aggregates=40, seed=3)
+    cluster_client.sadd(layout.subscribers_key(env_name, "T"), "Sub")  # a queue of the env
     first = datetime(2026, 1, 1, tzinfo=UTC)
     options = doctor.DoctorOptions(
         redis_url=redis_cluster.url, app=app_name, env=env_name, now=first
