@@ -224,3 +224,11 @@ def outcomes(survey: BackupSurvey, records: list[dict[str, Any]]) -> dict[int, s
     names = {REMOVED: "removed", GONE: "gone", KEPT: "kept"}
     codes = ((int(r["n"]), survey.outcomes.get(int(r["n"]))) for r in records)
     return {number: names[code] for number, code in codes if code in names}
+
+
+def assert_clean(out: str, err: str) -> None:
+    """No traceback, and nothing taken for a bug in esctl."""
+    for text in (out, err):
+        assert "Traceback" not in text
+        assert "bug in esctl" not in text
+        assert "error: unexpected" not in text and '"internal"' not in text

@@ -28,7 +28,7 @@ import pytest
 import redis
 import redis.cluster
 from cluster import LocalCluster, restart_loading, start_cluster, wait_for_cluster_ok
-from helpers import run_cli, started_cli
+from helpers import assert_clean, run_cli, started_cli
 
 from esctl import redisio, servers
 from esctl.demo import DemoSummary, write_demo_store
@@ -123,14 +123,6 @@ def is_loading(node: servers.LocalRedis) -> bool:
 
 def name(node: servers.LocalRedis) -> str:
     return f"cluster node 127.0.0.1:{node.port}"
-
-
-def assert_clean(out: str, err: str) -> None:
-    """No traceback, and nothing taken for a bug in esctl."""
-    for text in (out, err):
-        assert "Traceback" not in text
-        assert "bug in esctl" not in text
-        assert "error: unexpected" not in text and '"internal"' not in text
 
 
 @pytest.fixture

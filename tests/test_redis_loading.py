@@ -29,7 +29,7 @@ import psycopg
 import pytest
 import redis
 from faultrelay import script_sha
-from helpers import read_as_restore, run_cli, started_cli
+from helpers import assert_clean, read_as_restore, run_cli, started_cli
 from test_migrate import new_database, pg_rows
 
 from esctl import queues, redisio, servers
@@ -118,14 +118,6 @@ def loading(dump: Dump, tmp_path: Path) -> Iterator[Any]:
 
 def address(server: servers.LocalRedis) -> str:
     return f"127.0.0.1:{server.port}"
-
-
-def assert_clean(out: str, err: str) -> None:
-    """No traceback, and nothing taken for a bug in esctl."""
-    for text in (out, err):
-        assert "Traceback" not in text
-        assert "bug in esctl" not in text
-        assert "error: unexpected" not in text and '"internal"' not in text
 
 
 # --- at connect time: waited for, then the command goes on --------------------------------------
