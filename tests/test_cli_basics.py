@@ -107,6 +107,19 @@ def test_every_command_group_and_option_has_help_text() -> None:
     assert not missing, "\n".join(missing)
 
 
+def test_every_argument_is_named_in_capitals_as_the_options_values_are() -> None:
+    """Usage lines and 'Missing argument' errors name a positional argument as --help names an
+    option's value (``{AGGREGATE_ID}``, ``--older-than DURATION``), not by its Python name."""
+    lower = []
+    for name, command in walk(root_command()):
+        for param in command.params:
+            if param.param_type_name == "argument":
+                shown = param.metavar or param.name
+                if shown != shown.upper() and not shown.startswith("PATH."):
+                    lower.append(f"{name}: argument shown as {shown!r}")
+    assert not lower, "\n".join(lower)
+
+
 @pytest.mark.parametrize(
     "args",
     [

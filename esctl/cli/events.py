@@ -65,7 +65,10 @@ def decode(
     ctx: Context,
     values: Annotated[
         list[str] | None,
-        typer.Argument(help="Stored values; '-' or nothing reads one value per line from stdin."),
+        typer.Argument(
+            metavar="VALUE",
+            help="Stored values; '-' or nothing reads one value per line from stdin.",
+        ),
     ] = None,
     pretty: Annotated[bool, typer.Option("--pretty", help="Indent the JSON.")] = False,
     text_only: Annotated[

@@ -48,7 +48,10 @@ def _where(row: core.EventRow) -> str:
 @with_context(READS)
 def aggregate(
     ctx: Context,
-    aggregate_id: Annotated[str, typer.Argument(help="The aggregate id (as in its commit list).")],
+    aggregate_id: Annotated[
+        str,
+        typer.Argument(metavar="AGGREGATE_ID", help="The aggregate id (as in its commit list)."),
+    ],
     from_version: Annotated[
         int | None,
         option(
@@ -154,7 +157,9 @@ def _render_aggregate(out: Output, report: core.AggregateReport, *, raw: bool) -
 @with_context(READS)
 def event(
     ctx: Context,
-    commit_id: Annotated[str, typer.Argument(help="The commit id (a GUID, or a legacy number).")],
+    commit_id: Annotated[
+        str, typer.Argument(metavar="COMMIT_ID", help="The commit id (a GUID, or a legacy number).")
+    ],
 ) -> None:
     """Find one event by commit id (partitioned hash, then legacy), show it decoded.
 
