@@ -22,12 +22,22 @@ class StoredPayload:
 
 
 def fetch_values(
-    client: redisio.RedisClient, app: str, commit_ids: Sequence[str]
+    client: redisio.RedisClient,
+    app: str,
+    commit_ids: Sequence[str],
+    *,
+    wrong_types: dict[str, str] | None = None,
 ) -> tuple[list[bytes | None], list[str | None]]:
     """Look each commit id up as the library does (partitioned hash, then legacy hash), with
     pipelined round trips: one pass for the likely hash, one more only for the misses.
     Returns the values (None when in neither hash) and the hash each was found in. On a
-    cluster a failover is waited out (reads only: see :func:`esctl.redisio.pipelined`)."""
+    cluster a failover is waited out (reads only: see :func:`esctl.redisio.pipelined`).
+
+    A hash key that holds another Redis type (WRONGTYPE) raises ServerError naming it
+    (:func:`wrong_type_error`); with ``wrong_types`` it is recorded there instead (key -> its
+    type) and the commit ids the library would fail on there get no value but that key as
+    their hash (:func:`unreadable_in`): the partitioned hash, or the legacy hash when the
+    partitioned one does not have the id."""
     orders = layout.event_hash_lookup_orders(app, commit_ids)
     values: list[bytes | None] = redisio.pipelined(
         client,
@@ -35,21 +45,38 @@ def fetch_values(
         retry_reads=True,
     )
     where: list[str | None] = [o[0] for o in orders]
+    legacy = layout.legacy_event_hash_key(app)
     misses: list[int] = []
+    failed: dict[int, str] = {}  # index -> the key the library fails on (WRONGTYPE)
     for i, reply in enumerate(values):
         if reply is None:
             misses.append(i)
         elif isinstance(reply, Exception):
-            raise ServerError(f"HGET {orders[i][0]} {commit_ids[i]} failed: {reply}")
+            _refused(client, app, orders[i][0], commit_ids[i], reply, wrong_types)
+            failed[i] = orders[i][0]
+            values[i] = None
+            # The library fails on the partitioned hash, asked first; but a digit id is
+            # asked in the legacy hash first here, and the partitioned one may hold it.
+            if orders[i][0] == legacy:
+                misses.append(i)
     if misses:
         second = redisio.pipelined(
             client, [("HGET", orders[i][1], commit_ids[i]) for i in misses], retry_reads=True
         )
         for i, reply in zip(misses, second, strict=True):
             if isinstance(reply, Exception):
-                raise ServerError(f"HGET {orders[i][1]} {commit_ids[i]} failed: {reply}")
+                _refused(client, app, orders[i][1], commit_ids[i], reply, wrong_types)
+                failed[i] = orders[i][1]
+                reply = None
+            elif reply is not None:
+                failed.pop(i, None)
             values[i] = reply
             where[i] = orders[i][1] if reply is not None else None
+    if failed and wrong_types is not None:
+        keys = sorted(set(failed.values()) - set(wrong_types))
+        wrong_types.update(zip(keys, key_types(client, keys), strict=True))
+        for i, key in failed.items():
+            where[i] = key
     return values, where
 
 
@@ -79,15 +106,94 @@ def commit_lists(
     out: list[list[str]] = []
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, Exception):
-            raise ServerError(
-                f"cannot read commit list {key}: {reply}",
-                hint="the key is expected to be a Redis list (docs/layout.md §1)",
-            )
+            raise commit_list_error(client, key, reply)
         if reply and type(reply[0]) is bytes:  # redisio.key_str inlined: a call less per id
             out.append([c.decode("utf-8", "surrogateescape") for c in reply])
         else:
             out.append([redisio.key_str(c) for c in reply])
     return out
+
+
+# --- keys of another Redis type than the library's ---------------------------------------
+
+KEY_TYPES = {
+    layout.COMMIT_LIST: ("list", "the library keeps an aggregate's commit ids in a list"),
+    layout.EVENT_HASH: ("hash", "the library keeps event payloads in a hash"),
+    layout.LEGACY_HASH: ("hash", "the library keeps pre-2017 event payloads in a hash"),
+}
+"""Per key family (:data:`layout.STORE_KEY_FAMILIES`): the Redis type the library reads and
+writes there, and what it keeps in it (docs/layout.md §1)."""
+
+WRONG_TYPE_ACTION = (
+    "see what it holds (redis-cli TYPE, DUMP) and who wrote it, then rename it out of the "
+    "way (RENAME) or restore the key from a backup"
+)
+"""What an operator does about a store key of another Redis type than the library's."""
+
+
+def is_wrong_type(reply: object) -> bool:
+    """Whether a reply is Redis's WRONGTYPE error (a command for another type of key)."""
+    return isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE")
+
+
+def key_types(client: redisio.RedisClient, keys: Sequence[str]) -> list[str]:
+    """Each key's Redis type (``none`` when it does not exist), in one pipelined round trip."""
+    replies = redisio.pipelined(client, [("TYPE", k) for k in keys], retry_reads=True)
+    for key, reply in zip(keys, replies, strict=True):
+        if isinstance(reply, Exception):
+            raise ServerError(f"TYPE {key} failed: {reply}")
+    return [redisio.key_str(r) for r in replies]
+
+
+def wrong_type_text(key: str, actual: str, family: str) -> str:
+    """``{key} is a string, not a list: the library keeps … under this name (WRONGTYPE)``."""
+    expected, keeps = KEY_TYPES[family]
+    return (
+        f"{redisio.printable(key)} is a {actual}, not a {expected}: {keeps} under this name "
+        "and fails (WRONGTYPE) on every read and write of it"
+    )
+
+
+def wrong_type_error(key: str, actual: str, family: str, what: str) -> ServerError:
+    """The error of a read that met a store key of another type than the library's:
+    ``what`` failed (``cannot read commit list …``), the key's type, what to do."""
+    return ServerError(
+        f"{what}: {wrong_type_text(key, actual, family)}",
+        hint=f"{WRONG_TYPE_ACTION} (docs/layout.md §1); `esctl inspect integrity` lists every "
+        "such key and the aggregates it keeps from loading",
+    )
+
+
+def commit_list_error(client: redisio.RedisClient, key: str, reply: Exception) -> ServerError:
+    """The error of an LRANGE of commit list ``key`` that Redis refused."""
+    if is_wrong_type(reply):
+        (actual,) = key_types(client, [key])
+        return wrong_type_error(key, actual, layout.COMMIT_LIST, "cannot read commit list")
+    return ServerError(
+        f"cannot read commit list {key}: {reply}",
+        hint="the key is expected to be a Redis list (docs/layout.md §1)",
+    )
+
+
+def _refused(
+    client: redisio.RedisClient,
+    app: str,
+    key: str,
+    commit_id: str,
+    reply: Exception,
+    wrong_types: dict[str, str] | None,
+) -> None:
+    """An HGET of ``commit_id`` in ``key`` that Redis refused: ServerError, unless it is a
+    WRONGTYPE and ``wrong_types`` records such keys (:func:`fetch_values`)."""
+    if not is_wrong_type(reply):
+        raise ServerError(f"HGET {key} {commit_id} failed: {reply}")
+    if wrong_types is None:
+        (actual,) = key_types(client, [key])
+        legacy = key == layout.legacy_event_hash_key(app)
+        family = layout.LEGACY_HASH if legacy else layout.EVENT_HASH
+        raise wrong_type_error(
+            key, actual, family, f"cannot read the payload of commit {commit_id}"
+        )
 
 
 # --- which apps have keys here -------------------------------------------------------------

@@ -47,6 +47,9 @@ class StreamEvent:
     stored: bytes | None
     decoded: codec.Decoded | None
     event: ParsedEvent | None
+    wrong_type: str | None = None
+    """The Redis type of ``hash_key`` when it is not a hash (the library fails reading the
+    payload there: WRONGTYPE); no value then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +95,18 @@ def read_streams(
     aggregate_ids: Sequence[str],
     *,
     starts: Sequence[int] | None = None,
+    wrong_types: dict[str, str] | None = None,
 ) -> list[Stream]:
     """Read the commit lists (from ``starts[i]``, default 0) and their payloads of many
-    aggregates in pipelined round trips, decode and parse each payload. Not validated yet."""
+    aggregates in pipelined round trips, decode and parse each payload. Not validated yet.
+    With ``wrong_types``, an event hash of another Redis type is recorded there (key -> its
+    type) and the events the library would fail to read in it have no payload
+    (:func:`esctl.storereads.fetch_values`); without, it raises ServerError."""
     keys = [layout.commit_list_key(app, a) for a in aggregate_ids]
     lists = storereads.commit_lists(client, keys, starts)
-    values, where = storereads.fetch_values(client, app, [c for ids in lists for c in ids])
+    values, where = storereads.fetch_values(
+        client, app, [c for ids in lists for c in ids], wrong_types=wrong_types
+    )
     streams: list[Stream] = []
     offset = 0
     for i, (aggregate_id, key, commit_ids) in enumerate(
@@ -112,6 +121,7 @@ def read_streams(
                 values[offset:end],
                 where[offset:end],
                 first_position=starts[i] if starts else 0,
+                wrong_types=wrong_types,
             )
         )
         offset = end
@@ -126,14 +136,22 @@ def build_stream(
     hash_keys: Sequence[str | None],
     *,
     first_position: int = 0,
+    wrong_types: dict[str, str] | None = None,
 ) -> Stream:
-    """A stream from already-fetched values: each decoded and parsed, not validated yet."""
+    """A stream from already-fetched values: each decoded and parsed, not validated yet. A
+    value None with a hash key: that hash is of another Redis type, ``wrong_types`` says
+    which."""
     events: list[StreamEvent] = []
     for j, (commit_id, value, hash_key) in enumerate(
         zip(commit_ids, values, hash_keys, strict=True)
     ):
         if value is None:
-            events.append(StreamEvent(commit_id, first_position + j, None, None, None, None))
+            wrong = None if hash_key is None or wrong_types is None else wrong_types.get(hash_key)
+            events.append(
+                StreamEvent(
+                    commit_id, first_position + j, hash_key, None, None, None, wrong_type=wrong
+                )
+            )
         else:
             decoded, event = codec.decode_event(value)
             events.append(
@@ -356,14 +374,15 @@ def _check_events(stream: Stream, checked: Sequence[StreamEvent]) -> None:
     problems = stream.problems
     for e in checked:
         if e.event is None:
-            problems.append(
-                StreamProblem(
-                    "missing_payload",
-                    f"commit {e.commit_id} (position {e.position}) has no payload in the "
-                    "partitioned or the legacy hash",
-                    e.commit_id,
-                )
+            detail = (
+                f"commit {e.commit_id} (position {e.position}) has no payload in the "
+                "partitioned or the legacy hash"
+                if e.wrong_type is None or e.hash_key is None
+                else f"commit {e.commit_id} (position {e.position}): its payload is looked up "
+                f"in {e.hash_key}, a {e.wrong_type}, not a hash: the library fails (WRONGTYPE) "
+                "loading this aggregate"
             )
+            problems.append(StreamProblem("missing_payload", detail, e.commit_id))
             continue
         for p in e.event.problems:
             if p.kind in FATAL_EVENT_KINDS:

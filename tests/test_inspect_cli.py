@@ -100,3 +100,40 @@ def test_app_is_required(redis_test_url: str) -> None:
     result = run_cli("inspect", "integrity", "--redis-url", redis_test_url)
     assert result.returncode == 1
     assert "--app" in result.stderr
+
+
+def test_integrity_counts_keys_of_another_type_and_exits_3(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    iw.write_store(redis_client, app=app_name, aggregates=5, legacy_share=0, seed=3)
+    stray = layout.commit_list_key(app_name, "stray")
+    redis_client.set(stray, b"x")  # a stray write where a commit list's name is
+    common = ("inspect", "integrity", "--app", app_name, "--redis-url", redis_test_url)
+    result = run_cli(*common, "--json")
+    assert result.returncode == 3, result.stderr
+    document = json.loads(result.stdout)
+    assert document["counts"] == {"wrong_key_type": 1} and document["problems_total"] == 1
+    [problem] = document["problems"]
+    assert problem["key"] == stray and f"{stray} is a string, not a list" in problem["detail"]
+
+
+def test_a_payload_hash_of_another_type_stops_a_read_naming_it(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """Commands that read events stop on a partition hash the library cannot read either,
+    in integrity's words: the key, its type, what to do (was: ``HGET … failed: WRONGTYPE``)."""
+    truth = iw.write_store(redis_client, app=app_name, aggregates=3, legacy_share=0, seed=5)
+    event = truth.aggregates[0].events[0]
+    assert event.hash_key is not None
+    redis_client.delete(event.hash_key)
+    redis_client.rpush(event.hash_key, b"x")
+    common = ("--app", app_name, "--redis-url", redis_test_url)
+    for args in (
+        ("inspect", "aggregate", event.aggregate_id, *common),
+        ("events", "query", "--format", "jsonl", *common),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 1, result.stderr
+        assert f"{event.hash_key} is a list, not a hash" in result.stderr, result.stderr
+        assert "`esctl inspect integrity` lists every such key" in result.stderr
+        assert "Traceback" not in result.stderr

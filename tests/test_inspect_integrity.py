@@ -147,6 +147,63 @@ def test_a_failed_save_cleaned_up_during_the_scan_is_not_an_orphan(
     assert check_integrity(redis_client, app_name, on_progress=clean_up).counts == {}
 
 
+def turn_into_list(client: redis.Redis, key: str) -> None:
+    """Replace ``key`` with a list (a bad manual fix: the hash is gone, a list in its place)."""
+    client.delete(key)
+    client.rpush(key, b"oops")
+
+
+def test_keys_of_another_redis_type_are_findings_not_skipped(
+    redis_client: redis.Redis, app_name: str
+) -> None:
+    """Keys named as a commit list, a partition hash or the legacy hash but of another Redis
+    type: each a ``wrong_key_type`` finding naming its type, what the library expects and what
+    to do; the committed events the library cannot read because of one are missing payloads
+    saying why (the check used to skip such keys, or stop on the first WRONGTYPE)."""
+    truth = iw.write_store(redis_client, app=app_name, aggregates=12, legacy_share=0.3, seed=9)
+    events = [e for a in truth.aggregates for e in a.events]
+    legacy = f"EventStore:{app_name}"
+    read_there = next(e for e in events if not e.commit_id.isdigit() and e.hash_key is not None)
+    assert read_there.hash_key is not None
+    used = {iw.partition(e.commit_id) for e in events}
+    unused = next(p for p in range(1, iw.PARTITIONS) if p not in used)
+    wrong = {
+        f"{{EventStore:{app_name}}}:stray-string": ("string", "list"),
+        f"{{EventStore:{app_name}}}:stray-hash": ("hash", "list"),
+        f"EventStore:{app_name}:{unused}": ("list", "hash"),
+        read_there.hash_key: ("list", "hash"),
+        legacy: ("string", "hash"),
+    }
+    redis_client.set(f"{{EventStore:{app_name}}}:stray-string", b"x")
+    redis_client.hset(f"{{EventStore:{app_name}}}:stray-hash", b"f", b"v")
+    redis_client.rpush(f"EventStore:{app_name}:{unused}", b"x")
+    turn_into_list(redis_client, read_there.hash_key)
+    redis_client.delete(legacy)
+    redis_client.set(legacy, b"x")
+    unreadable = {
+        e.commit_id: e.hash_key if e.hash_key == read_there.hash_key else legacy
+        for e in events
+        if e.hash_key in (read_there.hash_key, legacy)
+    }
+    assert any(k == legacy for k in unreadable.values())
+
+    report = check_integrity(redis_client, app_name, examples=100)
+    assert report.counts == {"wrong_key_type": 5, "missing_payload": len(unreadable)}
+    assert not report.ok
+    found = {p["key"]: p for p in report.examples["wrong_key_type"]}
+    assert set(found) == set(wrong)
+    for key, (actual, expected) in wrong.items():
+        detail = found[key]["detail"]
+        assert f"{key} is a {actual}, not a {expected}" in detail and "WRONGTYPE" in detail
+        assert "RENAME" in detail and "backup" in detail  # what to do
+    assert found[f"{{EventStore:{app_name}}}:stray-string"]["aggregate_id"] == "stray-string"
+    missing = {p["commit_id"]: p for p in report.examples["missing_payload"]}
+    assert set(missing) == set(unreadable)
+    for commit_id, key in unreadable.items():
+        detail = missing[commit_id]["detail"]
+        assert f"looked up in {key}, a " in detail and "WRONGTYPE" in detail, detail
+
+
 def test_large_hashes_are_read_with_hscan(
     demo_store: demo.DemoSummary, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,18 @@ def defective_store(redis_client: redis.Redis, app_name: str) -> iw.GroundTruth:
     redis_client.hset(
         f"EventStore:{app_name}:{(iw.partition(STRAY) + 3) % iw.PARTITIONS}", STRAY, b"{}"
     )
+    # Keys of another Redis type: commit lists' names (aggregate ids of several shards), a
+    # partition hash no commit names, and one that committed events are looked up in.
+    for name in ("stray-1", "stray-2", "stray-3", "stray-4"):
+        redis_client.set(f"{{EventStore:{app_name}}}:{name}", b"x")
+    used = {iw.partition(e.commit_id) for a in truth.aggregates for e in a.events}
+    unused = [p for p in range(1, iw.PARTITIONS) if p not in used][:4]
+    for part in unused:
+        redis_client.rpush(f"EventStore:{app_name}:{part}", b"x")
+    read_there = partitioned[5].hash_key
+    assert read_there is not None
+    redis_client.delete(read_there)
+    redis_client.rpush(read_there, b"x")
     return truth
 
 
@@ -66,6 +78,7 @@ def test_four_shards_add_up_to_the_unsharded_report(
 ) -> None:
     whole = check_integrity(redis_client, app_name, examples=1000)
     assert whole.counts["orphan"] == 3 and whole.counts["misplaced_payload"] == 3
+    assert whole.counts["wrong_key_type"] == 9
     assert sum(whole.counts.values()) == len(whole.problems)  # every finding is listed
     shards = [
         check_integrity(redis_client, app_name, examples=1000, shard=Shard(i, 4)) for i in range(4)
@@ -89,7 +102,9 @@ def test_findings_go_to_the_aggregate_or_the_hash_they_are_about(
         shard = Shard(i, 4)
         report = check_integrity(redis_client, app_name, examples=1000, shard=shard)
         for kind, key, commit_id, detail in findings(report):
-            if kind in ("orphan", "misplaced_payload"):
+            if kind in ("orphan", "misplaced_payload") or (
+                kind == "wrong_key_type" and key.startswith(prefix)
+            ):
                 partition = key[len(prefix) :]
                 if partition.isdigit():
                     assert int(partition) % 4 == i, (kind, key)

@@ -226,9 +226,10 @@ def integrity(
     """Scan the whole event store and report what is wrong, with counts and examples.
 
     Finds orphan hash fields (payloads no commit list names), commit ids with no payload,
-    payloads stored in another partition than their commit id's, undecodable payloads, and
+    payloads stored in another partition than their commit id's, undecodable payloads,
     aggregates the library would not load (version gap, repeat or order, Id mismatch, changing
-    or shared aggregate type). Memory stays flat whatever the store's size (commit ids are
+    or shared aggregate type), and keys named as a commit list or an event hash that hold
+    another Redis type (wrong_key_type: the library fails on them). Memory stays flat whatever the store's size (commit ids are
     spilled to a temporary SQLite file). Exit code 3 when anything is found.
 
     --shard I/N checks the aggregates whose id hashes to I (CRC-32 of the id mod N) and the
@@ -266,7 +267,9 @@ def integrity(
     out.result(report.as_dict(), lambda: _render_integrity(out, report))
     note_if_no_keys(
         ctx,
-        seen=bool(report.commit_lists or report.event_hashes or report.legacy_fields),
+        seen=bool(
+            report.commit_lists or report.event_hashes or report.legacy_fields or report.counts
+        ),
         # A shard's run counts only the shard's keys.
         looked_at=EVENT_KEYS if shard_value.count == 1 else (),
     )

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from esctl import codec, layout, redisio, storereads
-from esctl.errors import NotFound, ServerError
+from esctl.errors import NotFound
 from esctl.inspect.locate import where_stored
 from esctl.inspect.problems import problem_key, stream_problems
 from esctl.streams import build_stream, validate_stream
@@ -171,10 +171,7 @@ def inspect_aggregate(
         client, [("LRANGE", key, 0, -1), ("HGET", snapshot_key, aggregate_id)]
     )
     if isinstance(listed, Exception):
-        raise ServerError(
-            f"cannot read commit list {key}: {listed}",
-            hint="the key is expected to be a Redis list (docs/layout.md §1)",
-        )
+        raise storereads.commit_list_error(client, key, listed)
     if not listed:
         raise NotFound(
             f"aggregate {aggregate_id!r} of {app} does not exist: there is no commit list {key}",

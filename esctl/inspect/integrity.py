@@ -26,9 +26,11 @@ from esctl.inspect.problems import problem_key, stream_problems
 from esctl.problems import ProblemsFile, open_problems_file
 from esctl.scratch import scratch_error
 from esctl.shard import Shard
+from esctl.storereads import is_wrong_type
 from esctl.streams import PAYLOAD_KINDS, read_streams, validate_stream
 
 INTEGRITY_KINDS = (
+    "wrong_key_type",
     "orphan",
     "missing_payload",
     "misplaced_payload",
@@ -179,19 +181,21 @@ def owns_commit_id(shard: Shard, commit_id: str) -> bool:
 
 
 def _hash_pages(
-    client: redisio.RedisClient, app: str, index: CommitIndex, scan_count: int, shard: Shard
+    client: redisio.RedisClient,
+    app: str,
+    index: CommitIndex,
+    scan_count: int,
+    shard: Shard,
+    on_wrong_type: Callable[[str, str, str], None],
 ) -> Iterator[list[tuple[str, int | None, list[str]]]]:
     """(hash key, partition or None for legacy, field names) per page, of ``shard``'s fields:
     the legacy hash first (HSCAN pages, the shard's fields kept), then the shard's partition
-    hashes (SCAN pages, HKEYS per hash; the other shards' hashes are not read)."""
-    legacy = layout.legacy_event_hash_key(app)
-    (kind,) = redisio.pipelined(client, [("TYPE", legacy)])
-    if redisio.key_str(kind) == "hash":
-        for fields in _hscan_fields(client, legacy, scan_count):
-            yield [(legacy, None, [f for f in fields if owns_commit_id(shard, f)])]
-    for _, keys in redisio.scan_pages(
-        client, layout.event_hash_pattern(app), type_="hash", count=scan_count
-    ):
+    hashes (SCAN pages, HKEYS per hash; the other shards' hashes are not read). A key of
+    the shard's named as one of them but of another Redis type goes to ``on_wrong_type``
+    (key, its type, its family); the legacy hash is shard 0's."""
+    yield from _legacy_pages(client, app, scan_count, shard, on_wrong_type)
+    # Not SCAN's TYPE hash: a partition key of another type must be seen (HLEN refuses it).
+    for _, keys in redisio.scan_pages(client, layout.event_hash_pattern(app), count=scan_count):
         parts: list[tuple[str, int]] = []
         for key in keys:
             try:
@@ -205,6 +209,7 @@ def _hash_pages(
         if not parts:
             continue
         lengths = redisio.pipelined(client, [("HLEN", k) for k, _ in parts])
+        parts, lengths = _hashes_only(client, parts, lengths, on_wrong_type)
         small = [
             (k, p)
             for (k, p), n in zip(parts, lengths, strict=True)
@@ -225,6 +230,42 @@ def _hash_pages(
         for key, part in large:
             for fields in _hscan_fields(client, key, scan_count):
                 yield [(key, part, fields)]
+
+
+def _legacy_pages(
+    client: redisio.RedisClient,
+    app: str,
+    scan_count: int,
+    shard: Shard,
+    on_wrong_type: Callable[[str, str, str], None],
+) -> Iterator[list[tuple[str, int | None, list[str]]]]:
+    """:func:`_hash_pages` of the legacy hash: the shard's fields, an HSCAN page at a time."""
+    legacy = layout.legacy_event_hash_key(app)
+    (kind,) = storereads.key_types(client, [legacy])
+    if kind == "hash":
+        for fields in _hscan_fields(client, legacy, scan_count):
+            yield [(legacy, None, [f for f in fields if owns_commit_id(shard, f)])]
+    elif kind != "none" and shard.index == 0:
+        on_wrong_type(legacy, kind, layout.LEGACY_HASH)
+
+
+def _hashes_only(
+    client: redisio.RedisClient,
+    parts: list[tuple[str, int]],
+    lengths: list[Any],
+    on_wrong_type: Callable[[str, str, str], None],
+) -> tuple[list[tuple[str, int]], list[Any]]:
+    """``parts`` (partition hash keys and numbers) and their HLEN replies without the keys
+    HLEN refused as not hashes (WRONGTYPE), which go to ``on_wrong_type`` with their type."""
+    refused = [k for (k, _), n in zip(parts, lengths, strict=True) if is_wrong_type(n)]
+    if not refused:
+        return parts, lengths
+    for key, kind in zip(refused, storereads.key_types(client, refused), strict=True):
+        if kind not in ("hash", "none"):  # else changed since: read as it is now, or gone
+            on_wrong_type(key, kind, layout.EVENT_HASH)
+    gone = set(refused)
+    kept = [(k, p, n) for (k, p), n in zip(parts, lengths, strict=True) if k not in gone]
+    return [(k, p) for k, p, _ in kept], [n for _, _, n in kept]
 
 
 def _misplaced_detail(app: str, key: str, commit_id: str, aggregate_id: str | None) -> str:
@@ -310,19 +351,35 @@ class _Scan:
     hash_fields: int = 0
     legacy_fields: int = 0
 
+    wrong_types: dict[str, str] = field(default_factory=dict)
+    """Event hashes of another Redis type that commit lists lead to (key -> type): few."""
+
     def report(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress)
 
+    def wrong_type(self, key: str, kind: str, family: str, aggregate_id: str | None = None) -> None:
+        """A store key of another Redis type than the library's: a finding of its own."""
+        detail = f"{storereads.wrong_type_text(key, kind, family)}; {storereads.WRONG_TYPE_ACTION}"
+        self.tally.add("wrong_key_type", key, detail, None, aggregate_id)
+
     def check_commit_lists(self) -> None:
         """1. Commit lists: the shard's aggregates read and checked page by page; the commit
         ids of the shard's partitions (of every aggregate) spilled to the index."""
+        # Not SCAN's TYPE list: a commit list's key of another type is a finding (TYPE tells).
         for _, keys in redisio.scan_pages(
-            self.client, layout.commit_list_pattern(self.app), type_="list", count=self.scan_count
+            self.client, layout.commit_list_pattern(self.app), count=self.scan_count
         ):
             keys = self.index.new_keys(keys)
             if not keys:
                 continue
+            kinds = storereads.key_types(self.client, keys)
+            for key, kind in zip(keys, kinds, strict=True):
+                if kind not in ("list", "none"):
+                    aggregate_id = layout.aggregate_id_from_commit_list_key(self.app, key)
+                    if self.shard.owns(aggregate_id):
+                        self.wrong_type(key, kind, layout.COMMIT_LIST, aggregate_id)
+            keys = [k for k, kind in zip(keys, kinds, strict=True) if kind == "list"]
             ids = [layout.aggregate_id_from_commit_list_key(self.app, k) for k in keys]
             self._check_streams([a for a in ids if self.shard.owns(a)])
             others = [(k, a) for k, a in zip(keys, ids, strict=True) if not self.shard.owns(a)]
@@ -338,7 +395,9 @@ class _Scan:
             self.report()
 
     def _check_streams(self, aggregate_ids: list[str]) -> None:
-        for stream in read_streams(self.client, self.app, aggregate_ids):
+        for stream in read_streams(
+            self.client, self.app, aggregate_ids, wrong_types=self.wrong_types
+        ):
             validate_stream(stream)
             problems = stream_problems(stream)
             if problems:
@@ -359,7 +418,10 @@ class _Scan:
         """2. Event hashes: field names against the commit ids of step 1."""
         self.progress.phase = "event hashes"
         self.report()
-        for page in _hash_pages(self.client, self.app, self.index, self.scan_count, self.shard):
+        pages = _hash_pages(
+            self.client, self.app, self.index, self.scan_count, self.shard, self.wrong_type
+        )
+        for page in pages:
             fields_of_page = [f for _, _, fields in page for f in fields]
             named = self.index.committed(fields_of_page)
             self.index.db.execute("BEGIN")
@@ -474,7 +536,9 @@ def _recheck_orphans(
             continue
         list_key = layout.commit_list_key(app, event.aggregate_id)
         position = next(positions)
-        if isinstance(position, Exception):
+        if is_wrong_type(position):  # no list to name it: the key is a finding of its own
+            position = None
+        elif isinstance(position, Exception):
             position = list_position(client, list_key, commit_id)
         if position is not None:
             index.drop_finding(rowid)
