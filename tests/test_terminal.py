@@ -1256,6 +1256,35 @@ def test_a_summary_s_problems_on_a_terminal_keep_their_keys_whole(
         assert problem["detail"] in detail, (problem, screen.describe())
 
 
+FAILS_ON_VERSION_2 = """
+class Fails:
+    def handle(self, event):
+        if event.version == 2:
+            raise ValueError(f"version {event.version} is refused here")
+"""
+
+
+def test_replay_skip_errors_problems_on_80x24_keep_their_keys_whole(
+    demo_redis: servers.LocalRedis, pg_dsn: str, tmp_path: Path
+) -> None:
+    """``replay --to projection --skip-errors``: each dead-lettered event is a problem whose
+    key is ``<aggregate id> version 2``. The space made the key column prose to the table,
+    wrapped at 30 cells, and a GUID was cut mid-id (``0635afef-…-d77ff2`` / ``4d04fd``); now
+    a column narrower than its widest word folds it as an id column would, so the problems
+    are records, every key whole on a row."""
+    (tmp_path / "fails.py").write_text(FAILS_ON_VERSION_2)
+    env = {**demo_env(demo_redis), "ESCTL_PG_DSN": pg_dsn}
+    args = ["replay", "--from", "redis", "--all", "--to", "projection"]
+    args += ["--projection", "fails.py:Fails", "--skip-errors"]
+    screen = run_on_terminal([*ESCTL, *args], env=env, cwd=tmp_path)
+    assert_reads_well(screen, exit_code=3)
+    document = json.loads(run_cli(*args, "--json", env=env, cwd=tmp_path).stdout)
+    keys = [p["key"] for p in document["problems"]]
+    assert any(re.fullmatch(r"[0-9a-f-]{36} version 2", key) for key in keys), keys
+    for key in keys:
+        assert any(key in row for row in screen.rows), (key, screen.describe())
+
+
 def test_break_line_keeps_words_and_ids_whole() -> None:
     key = "{EventStore:Learning.ScoringService.Web-Demo}:79a5fd62-1b75-4b20-bbde-a8c3d375eff1"
     assert wrapping.break_line(key, 100) == [key]
@@ -1572,6 +1601,24 @@ def test_plan_widths_payload_then_prose_give_way_before_ids() -> None:
     # At 80 an id must fold whatever happens: the widest columns, prose or ids, level down.
     widths = tables.plan_widths([spec(36), spec(33), spec(60, prose=True)], 80)
     assert sum(widths) + 6 == 80 and max(widths) - min(widths) <= 1
+
+
+def test_a_prose_column_keeps_its_widest_word_or_counts_as_folding_an_id() -> None:
+    """A cell with a space is prose, but its words may be ids (``<GUID> version 2``): the
+    column gives way to 30 cells only down to its widest word, and narrower is a fold of an
+    id (which makes a table of ``records`` show records, and leaves ``optional`` columns out
+    first)."""
+    guid = "0635afef-10b9-4ac9-b178-d77ff24d04fd"
+    specs = [
+        tables.ColumnSpec.of("kind", ["dead_lettered"]),
+        tables.ColumnSpec.of("key", [f"{guid} version 2", "1001 version 2"]),
+        tables.ColumnSpec.of("detail", ["ValueError: version 2 is refused here " * 3]),
+    ]
+    assert specs[1].prose and specs[1].word == len(guid)
+    widths = tables.plan_widths(specs, 100)
+    assert widths[1] >= len(guid) and widths[2] == 100 - 6 - widths[0] - widths[1]
+    assert not tables.folds_tokens(specs, widths)
+    assert tables.folds_tokens(specs, tables.plan_widths(specs, 80))
 
 
 def test_plan_widths_never_lets_a_column_vanish() -> None:

@@ -329,6 +329,9 @@ class ColumnSpec:
     prose: bool
     """Some cell has a space in it: wrapping at words reads well."""
     payload: bool
+    word: int = 0
+    """The cells' widest word (what lies between spaces: an id, a key, a name), which wrapping
+    at words does not break: a prose column narrower than it folds one."""
 
     @classmethod
     def of(cls, header: str, cells: Sequence[str], *, payload: bool = False) -> ColumnSpec:
@@ -339,6 +342,7 @@ class ColumnSpec:
             content=content,
             prose=any(any(ch.isspace() for ch in cell.strip()) for cell in cells),
             payload=payload,
+            word=max((cell_len(word) for cell in cells for word in cell.split()), default=0),
         )
 
     @property
@@ -346,13 +350,27 @@ class ColumnSpec:
         """Ids, keys, timestamps, names, counts: folding one breaks a word."""
         return not (self.prose or self.payload)
 
+    @property
+    def whole(self) -> int:
+        """The narrowest width that breaks no word of it: its cells' widest line for ids, keys,
+        timestamps and counts; for prose its widest word (an id or a key in a sentence, or a
+        cell such as ``1017 version 3``: a space does not make an id breakable); 0 for a
+        payload, cut with "…" anyway."""
+        if self.payload:
+            return 0
+        return self.word if self.prose else self.content
+
 
 # The order in which columns narrow on a terminal: (which columns, down to what width). Each
 # step takes one cell at a time from the widest column it may narrow, until the table fits.
 _NARROWING: tuple[tuple[Callable[[ColumnSpec], bool], Callable[[ColumnSpec], int]], ...] = (
     (lambda s: True, lambda s: max(s.content, s.header_word, 1)),  # headers wrap at words
     (lambda s: s.payload, lambda s: min(s.natural, 12)),
-    (lambda s: s.prose and not s.payload, lambda s: min(s.natural, max(s.header_word, 30))),
+    # Prose wraps at words, down to 30 cells but not below its widest word (an id, a key).
+    (
+        lambda s: s.prose and not s.payload,
+        lambda s: min(s.natural, max(s.header_word, 30, s.word)),
+    ),
     # Some id, key or timestamp folds now whatever happens: the widest give way first, prose
     # (wrapping at words) and tokens (folding) alike.
     (
@@ -366,8 +384,9 @@ _NARROWING: tuple[tuple[Callable[[ColumnSpec], bool], Callable[[ColumnSpec], int
 def plan_widths(specs: Sequence[ColumnSpec], available: int | None) -> list[int]:
     """The width of each column: natural when ``available`` is None (a pipe or a file) or the
     table fits; else narrowed step by step (_NARROWING): headers wrap; payload columns give up
-    all but 12 cells; prose columns all but 30; then the widest columns, prose or ids, keys and
-    timestamps, down to 16 and 8 cells; then any column, the widest first."""
+    all but 12 cells; prose columns all but 30 or their widest word; then the widest columns,
+    prose or ids, keys and timestamps, down to 16 and 8 cells; then any column, the widest
+    first."""
     widths = [s.natural for s in specs]
     if available is None:
         return widths
@@ -409,8 +428,10 @@ def _fit(
 
 
 def folds_tokens(specs: Sequence[ColumnSpec], widths: Sequence[int]) -> bool:
-    """Whether a column of ids, keys, timestamps or counts is narrower than its cells."""
-    return any(s.token and w < s.content for s, w in zip(specs, widths, strict=True))
+    """Whether a column of ids, keys, timestamps or counts is narrower than its cells, or one
+    of prose narrower than its widest word (:attr:`ColumnSpec.whole`): either folds an id,
+    a key or a name mid-word."""
+    return any(w < s.whole for s, w in zip(specs, widths, strict=True))
 
 
 def emit_mapping(mapping: Mapping[str, Any], *, title: str | None = None) -> None:
