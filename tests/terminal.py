@@ -35,6 +35,16 @@ from wcwidth import wcswidth, wcwidth
 SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 """The usual terminal (most terminals' and tmux's default) and a large one."""
 
+
+def size_of(size: str) -> tuple[int, int]:
+    """(columns, rows) of ``size``: a key of SIZES, or any ``COLSxROWS`` (``40x24``: a
+    terminal split in two)."""
+    if size in SIZES:
+        return SIZES[size]
+    cols, _, rows = size.partition("x")
+    return int(cols), int(rows)
+
+
 TIMEOUT = 120.0
 BIN_DIR = Path(sys.executable).parent
 ESCTL = (
@@ -129,11 +139,11 @@ def run_on_terminal(
     pipe_stdout: bool = False,
     timeout: float = TIMEOUT,
 ) -> Screen:
-    """Run ``args`` on a fresh pty of ``size`` (a key of SIZES) and return its screen once it
+    """Run ``args`` on a fresh pty of ``size`` (:func:`size_of`) and return its screen once it
     has exited and closed the terminal. ``env`` goes on top of :func:`terminal_env`. On a
     time-out the command's process group is killed and AssertionError shows the screen so far.
     """
-    cols, lines = SIZES[size]
+    cols, lines = size_of(size)
     screen = pyte.HistoryScreen(cols, lines, history=100_000)
     stream = pyte.ByteStream(screen)
     master, slave = os.openpty()
@@ -276,7 +286,7 @@ class TerminalSession:
     ) -> None:
         """``stdout``: a file descriptor for stdout (``> FILE``) in place of the terminal."""
         self.command = " ".join(args)
-        self.cols, self.lines = SIZES[size]
+        self.cols, self.lines = size_of(size)
         self._screen = pyte.HistoryScreen(self.cols, self.lines, history=100_000)
         self._stream = pyte.ByteStream(self._screen)
         self._master, slave = os.openpty()

@@ -997,6 +997,47 @@ def test_queue_list_on_a_terminal_keeps_subscriber_names_whole(
         assert f" {queue['published']:,} " in rows[0] and f" {queue['dead']:,} " in rows[0]
 
 
+def test_queue_list_on_40_columns_is_a_record_per_queue_under_its_subscriber(
+    demo_redis: servers.LocalRedis,
+) -> None:
+    """At 40 columns (a terminal split in two) even a table per subscriber cannot hold the
+    event type and the counts: it folded every event type and header over three to six rows
+    ("Res" / "pon" / "seR"…). Each queue is a record under its subscriber instead, as other
+    wide tables degrade; a 21-character event type stays whole beside its name (the names
+    wrap at words to make room: "oldest" / "processing"), and every line fits the terminal."""
+    env = demo_env(demo_redis)
+    client = redis.Redis.from_url(demo_redis.url)
+    long_type = "ItemScoreCommentAdded"
+    subscriber = "Learning.SearchIndexer.Worker-Demo"
+    client.sadd(f"Subscribers:{{{demo.DEMO_ENV}:{long_type}}}", subscriber)
+    client.lpush(f"{subscriber}:{{{demo.DEMO_ENV}:{long_type}}}:PublishedEvents", b"{}")
+    client.close()
+    queues = json.loads(run_cli("queue", "list", "--json", env=env).stdout)["queues"]
+    screen = run_on_terminal([*ESCTL, "queue", "list"], size="40x24", env=env)
+    assert_reads_well(screen)
+    assert screen.folded == [], screen.describe()
+    found = []
+    for queue in queues:
+        start = screen.rows.index(queue["subscriber"])
+        assert screen.rows[start - 1] == "subscriber", screen.describe()
+        block = list(itertools.takewhile(bool, screen.rows[start + 1 :]))
+        records = [
+            list(rows)
+            for is_rule, rows in itertools.groupby(block, lambda r: r.startswith("─"))
+            if not is_rule
+        ]
+        mine = [r for r in records if re.fullmatch(rf"event type +│ {queue['event_type']}", r[0])]
+        if len(mine) != 1:
+            found.append(f"{queue['subscriber']} / {queue['event_type']}: {len(mine)} records")
+            continue
+        said = " ".join(" ".join(row.split()) for row in mine[0])
+        for name, value in (("published", queue["published"]), ("dead", queue["dead"])):
+            if f"{name} │ {value:,}" not in said:
+                found.append(f"{queue['event_type']}: no {name} {value}")
+    assert any(q["event_type"] == long_type for q in queues)
+    assert not found, f"{'; '.join(found)}:\n{screen.describe()}"
+
+
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
 @pytest.mark.parametrize(
     ("subscriber", "event_type", "which"),

@@ -124,6 +124,7 @@ def _render(out: Output, run: core.DemoRun) -> None:
             for q in summary.queues
         ],
         group="subscriber",  # as queue list: at 80 columns a table per subscriber
+        records=True,  # ... and at 40 a record per queue
     )
     out.print()
     out.print("Planted defects:")

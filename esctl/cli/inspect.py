@@ -134,6 +134,7 @@ def _render_aggregate(out: Output, report: core.AggregateReport, *, raw: bool) -
         # On a terminal too narrow for all (80 columns), the event type and commit id stay
         # whole: the problems are listed below, the rest is in --json.
         optional=["TimeStamp", "stored in", "gzip", "bytes", "problems"],
+        records=True,  # a narrow terminal (40 columns): a record per event
         title=f"events (commit order{f', versions >= {report.from_version}' if report.from_version else ''})",
     )
     if raw:

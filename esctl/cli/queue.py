@@ -349,6 +349,7 @@ def list_command(
             title=f"queues of env {environment} ({len(listing.queues)})",
             optional=("subscribed", "retry data"),
             group="subscriber",
+            records=True,  # a narrow terminal (40 columns): a record per queue
         )  # fmt: skip
         _problems(out, listing.problems)
         out.wrote(metrics_file)
@@ -646,5 +647,6 @@ def _render_restore(out: Output, summary: core.RestoreSummary) -> None:
         ["list", "records", "restored", "already restored"],
         [(t.key, t.records, t.restored, t.already_restored) for t in summary.targets],
         group="list",  # a queue's key and the counts do not fit 80 columns
+        records=True,  # nor the counts' headers 40: a record per list
     )
     _problems(out, summary.problems)

@@ -51,7 +51,9 @@ def emit_table(
 
     With ``records``, a table that would still fold or break an id or key on a terminal is
     shown as records instead: a line per column, its name then its value as wide as the
-    terminal allows, the records parted by a rule (psql's expanded display).
+    terminal allows, the records parted by a rule (psql's expanded display); with ``group``
+    too, the tables per value that would still fold one (a narrow terminal) are records
+    under their heading.
 
     ``beneath`` names a column of long text to be read whole (a dead letter's exception): on
     a terminal where the table cannot show it whole on one row, each row's value is printed
@@ -76,7 +78,8 @@ def emit_table(
             _emit_beneath(console, names, cells, at, title, show_header, payload, optional)
             return
     if terminal and group in names and folds_tokens([specs[i] for i in shown], widths):
-        _emit_grouped(console, names, cells, names.index(group), title, payload, optional)
+        at = names.index(group)
+        _emit_grouped(console, names, cells, at, title, payload, optional, records=records)
         return
     if terminal and records and folds_tokens([specs[i] for i in shown], widths):
         _emit_records(console, names, cells, title, payload)
@@ -189,8 +192,31 @@ def _emit_records(
 ) -> None:
     """:func:`emit_table` on a terminal, a record per row (``records``); a ``payload``
     value cut to one line with "…", as in the table."""
+    print_title(console, title)
+    console.print(_records(console.width, names, cells, payload))
+
+
+def _records(
+    width: int, names: Sequence[str], cells: Sequence[Sequence[str]], payload: Collection[str]
+) -> Table:
+    """The records of :func:`_emit_records`, ``width`` cells wide. The names are wrapped at
+    words (``oldest`` / ``processing``) where that lets the values' widest words fit beside
+    them whole, and only then."""
     name_width = max(cell_len(name) for name in names)
-    value_width = max(console.width - name_width - _COLUMN_GAP, 1)
+    name_word = max(cell_len(word) for name in names for word in name.split() or [""])
+    needed = max(
+        (
+            cell_len(word)
+            for row in cells
+            for name, value in zip(names, row, strict=False)
+            if name not in payload
+            for word in value.split()
+        ),
+        default=0,
+    )
+    if name_word <= width - _COLUMN_GAP - needed < name_width:
+        name_width = width - _COLUMN_GAP - needed
+    value_width = max(width - name_width - _COLUMN_GAP, 1)
     table = Table(show_edge=False, pad_edge=False, show_header=False)
     table.add_column(width=name_width, overflow="fold")
     table.add_column(width=value_width, overflow="fold")
@@ -202,8 +228,7 @@ def _emit_records(
                 else Text(break_cell(row[i], value_width))
             )
             table.add_row(Text(name, style="bold"), value, end_section=i == len(row) - 1)
-    print_title(console, title)
-    console.print(table)
+    return table
 
 
 def _emit_beneath(
@@ -250,19 +275,28 @@ def _emit_grouped(
     title: str | None,
     payload: Collection[str],
     optional: Sequence[str],
+    *,
+    records: bool = False,
 ) -> None:
     """:func:`emit_table` on a terminal, one table per value of column ``group`` (in sorted
-    order; rows keep theirs), its columns fitted once for all of them."""
+    order; rows keep theirs), its columns fitted once for all of them; with ``records``, when
+    those tables would still fold an id or a name, a record per row instead (every column
+    but the group's)."""
     rest = _Fitted.of(names, cells, console.width, payload, optional, without=group)
     groups: dict[str, list[list[str]]] = {}
-    for row, rest_row in zip(cells, rest.cells, strict=True):
-        groups.setdefault(row[group], []).append(rest_row)
+    for row in cells:
+        groups.setdefault(row[group], []).append([v for i, v in enumerate(row) if i != group])
+    as_records = records and folds_tokens([rest.specs[i] for i in rest.shown], rest.widths)
     print_title(console, title)
     for value in sorted(groups):
         console.print()
         _print_heading(console, names[group], value)
-        console.print(rest.table(groups[value]))
-    rest.note_left_out()
+        if as_records:
+            console.print(_records(console.width, rest.names, groups[value], payload))
+        else:
+            console.print(rest.table(groups[value]))
+    if not as_records:
+        rest.note_left_out()
 
 
 @dataclass(frozen=True)
