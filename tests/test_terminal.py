@@ -1208,6 +1208,29 @@ def test_config_show_on_a_terminal_keeps_values_whole(size: str) -> None:
         assert any("ESCTL_PG_SCHEMA" in row for row in screen.rows), screen.describe()
 
 
+def test_config_show_with_a_long_dsn_on_80_columns_is_records_with_values_whole() -> None:
+    """A 54-character DSN and the demo's app name do not fit 80 columns even with the
+    environment variable left out: they were folded mid-name ("postgresql://postgres@127.0."
+    / "0.1:", "Learning.ScoringService.Web-" / "Demo"); each setting is a record instead,
+    every value whole on its row."""
+    env = {
+        "ESCTL_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "ESCTL_PG_DSN": "postgresql://esctl@pg-primary.internal:5432/eventstore",
+        "ESCTL_APP": "Learning.ScoringService.Web-Demo",
+    }
+    settings = json.loads(run_cli("config", "show", "--json", env=env).stdout)["settings"]
+    screen = run_on_terminal([*ESCTL, "config", "show"], env=env)
+    assert_reads_well(screen)
+    for setting in settings.values():
+        if setting["value"] is not None:
+            assert any(
+                re.fullmatch(rf"value +│ {re.escape(setting['value'])}", row) for row in screen.rows
+            ), (
+                setting,
+                screen.describe(),
+            )
+
+
 @pytest.mark.parametrize("size", ["80x24", "120x40"])
 def test_inspect_aggregate_on_a_terminal_keeps_event_types_and_commit_ids_whole(
     size: str, demo_redis: servers.LocalRedis

@@ -41,6 +41,8 @@ def show(ctx: Context) -> None:
             rows,
             # The source names the variable when one set the value.
             optional=["environment variable"],
+            # A DSN or an app name too long even then: a record per setting, values whole.
+            records=True,
             title=f"profile {resolved.profile}; config file "
             f"{resolved.config_path or '(none found)'}",
         ),
