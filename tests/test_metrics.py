@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import promtext
 import pytest
 
 from esctl.errors import EsctlError
@@ -90,3 +91,60 @@ def test_textfile_in_a_missing_folder_names_the_file(tmp_path: Path) -> None:
     target = tmp_path / "missing" / "esctl.prom"
     with pytest.raises(EsctlError, match=r"cannot write the metrics file .*esctl\.prom"):
         write_textfile(target, "a_total 1\n")
+
+
+# --- the strict reader the textfile tests check with (tests/promtext.py) ---------------------
+
+
+def test_the_reader_takes_what_render_writes() -> None:
+    weird = 'A "quoted" \\ name\nnext'
+    text = render(
+        [Metric("b_seconds", 1.25, {"job": weird}), Metric("a_total", float("nan"))], HELP
+    )
+    families = promtext.parse(text)
+    assert list(families) == ["b_seconds", "a_total"]
+    assert families["b_seconds"].help == "How long." and families["b_seconds"].type == "gauge"
+    assert families["b_seconds"].samples == {(("job", weird),): 1.25}
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ("# HELP a_total x\n# HELP a_total y\na_total 1\n", "second HELP"),
+        ("# TYPE a_total gauge\n# TYPE a_total gauge\na_total 1\n", "second TYPE"),
+        ("a_total 1\n# TYPE a_total gauge\n", "after its samples"),
+        ('a_total{x="1"} 1\nb_total 1\na_total{x="2"} 1\n', "not together"),
+        ('a_total{x="1"} 1\na_total{x="1"} 2\n', "a second time"),
+        ('a_total{x="1",x="2"} 1\n', "label x twice"),
+        ('a_total{x="\\t"} 1\n', "bad escape"),
+        ("a_total{x=1} 1\n", "not quoted"),
+        ('a_total{x="1"', "no newline"),
+        ('a_total{x="1" 1\n', "expected ','"),
+        ("a_total one\n", "bad value"),
+        ("a-total 1\n", "no blank before the value"),
+    ],
+)
+def test_the_reader_refuses_what_the_format_does(text: str, refusal: str) -> None:
+    with pytest.raises(promtext.FormatError, match=refusal):
+        promtext.parse(text)
+
+
+def test_merged_textfiles_may_not_share_a_series() -> None:
+    """node_exporter's collector refuses a series that two files of its folder hold, with the
+    labels a series lacks counted as empty; other label values, or more labels, are apart."""
+    a = '# HELP a_total x\n# TYPE a_total gauge\na_total{app="A",check="c"} 1\n'
+    b = '# HELP a_total x\n# TYPE a_total gauge\na_total{app="B",check="c"} 1\na_total{check="c"} 0\n'
+    assert len(promtext.merge([("a", a), ("b", b)])["a_total"].samples) == 3
+    with pytest.raises(promtext.FormatError, match=r"is in a and in b: a duplicate series"):
+        promtext.merge([("a", a), ("b", a.replace('app="A",', 'app="A", '))])
+    with pytest.raises(promtext.FormatError, match="duplicate series"):
+        promtext.merge(
+            [
+                ("b", b),
+                ("c", '# HELP a_total x\n# TYPE a_total gauge\na_total{app="",check="c"} 2\n'),
+            ]
+        )
+    with pytest.raises(promtext.FormatError, match="HELP or TYPE differs"):
+        promtext.merge(
+            [("a", a), ("c", a.replace("HELP a_total x", "HELP a_total y").replace('"A"', '"C"'))]
+        )
