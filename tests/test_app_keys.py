@@ -382,7 +382,8 @@ def test_doctor_warns_in_its_store_checks_and_stores_no_reading(
     ]
     text = metrics.read_text()
     for check_id in STORE_CHECKS:
-        assert f'esctl_doctor_check_status{{check="{check_id}",group="event_store"}} 1' in text
+        status = f'{{app="{wrong}",check="{check_id}",group="event_store"}} 1'
+        assert f"esctl_doctor_check_status{status}" in text
     warned = document["counts"]["warn"]
     assert f'esctl_doctor_checks{{app="{wrong}",status="warn"}} {warned}' in text
 
@@ -535,7 +536,8 @@ def test_doctor_writes_no_store_figures_for_an_app_with_no_keys(
     wrong = typo(demo_store.app)
     text = metrics(wrong)
     for check_id in STORE_CHECKS:
-        assert f'esctl_doctor_check_status{{check="{check_id}",group="event_store"}} 1' in text
+        status = f'{{app="{wrong}",check="{check_id}",group="event_store"}} 1'
+        assert f"esctl_doctor_check_status{status}" in text
     assert re.findall(r"^esctl_doctor_store_\w+\{.*", text, re.M) == []
     right = metrics(demo_store.app)
     assert f'esctl_doctor_store_events{{app="{demo_store.app}"}} {demo_store.commit_ids}' in right

@@ -432,7 +432,9 @@ def test_doctor_names_the_one_primary_whose_eviction_policy_is_risky(
     text = metrics.read_text()
     for primary in primaries:
         flag = 0 if primary == name else 1
-        assert f'esctl_doctor_redis_noeviction{{server="{primary}"}} {flag}' in text
+        assert (
+            f'esctl_doctor_redis_noeviction{{app="{app_name}",server="{primary}"}} {flag}' in text
+        )
 
 
 def test_doctor_readings_for_growth_live_in_one_key_on_the_cluster(

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import promtext
 import pytest
 
 from esctl import doctor
@@ -412,9 +413,62 @@ def test_prometheus_rendering_is_valid_textfile_format() -> None:
                 names_seen.add(name)
             continue
         assert SAMPLE_LINE.match(line), line
-    assert 'esctl_doctor_check_status{check="queues.stuck",group="queues"} 2' in text
+    assert (
+        'esctl_doctor_check_status{app="App",check="queues.stuck",env="env",group="queues"} 2'
+        in text
+    )
     assert 'subscriber="A \\"quoted\\" \\\\ name\\n"' in text
     assert 'esctl_doctor_checks{app="App",env="env",status="fail"} 1' in text
+    promtext.parse(text)  # the format's every rule
+
+
+@pytest.mark.parametrize(
+    ("app", "env", "scope"),
+    [
+        ("App", "prod", {"app": "App", "env": "prod"}),
+        (None, "prod", {"env": "prod"}),
+        ("App", None, {"app": "App"}),
+        (None, None, {}),
+    ],
+)
+def test_every_sample_is_labelled_with_the_app_and_env_given(
+    app: str | None, env: str | None, scope: dict[str, str]
+) -> None:
+    """Two doctor jobs for other apps or environments write textfiles that one node_exporter
+    collects: every series names the job's app and env (those given: a label left out, never
+    empty), so that none is in both files (the collector refuses a duplicate) and an alert on a
+    check's status says which app and environment it is about."""
+    checks = [
+        memory.check_maxmemory_policy(facts(), DataPresence()),
+        Check(
+            "queues.stuck", "stuck", "warn", "x", "w",
+            metrics=[Metric("esctl_doctor_queue_draining", 1, {"env": env or "", "subscriber": "S"})],
+        ),
+        Check(
+            "store.memory", "memory", "ok", "x", "w",
+            metrics=[Metric("esctl_doctor_store_events", 12, {"app": app or ""})],
+        ),
+    ]  # fmt: skip
+    if env is None:
+        checks[1].metrics[0].labels.pop("env")
+    if app is None:
+        checks[2].metrics[0].labels.pop("app")
+    report = doctor.DoctorReport(
+        "2025-01-01T00:00:00+00:00", "r", app, env, None, checks, [], [], 0.5
+    )
+    families = promtext.parse(doctor.render_prometheus(report))
+    series = [(name, dict(labels)) for name, f in families.items() for labels in f.samples]
+    assert {name for name, _ in series} >= {
+        "esctl_doctor_check_status", "esctl_doctor_checks", "esctl_doctor_redis_noeviction",
+        "esctl_doctor_queue_draining", "esctl_doctor_store_events",
+    }  # fmt: skip
+    for name, labels in series:
+        assert {k: v for k, v in labels.items() if k in ("app", "env")} == scope, (name, labels)
+        assert "" not in labels.values(), (name, labels)
+    status = families["esctl_doctor_check_status"].samples
+    assert (
+        status[tuple(sorted((scope | {"check": "queues.stuck", "group": "queues"}).items()))] == 1
+    )
 
 
 def test_every_check_has_a_title_and_a_why_and_every_metric_a_help() -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import promtext
 import pytest
 import redis
 from helpers import run_cli
@@ -162,6 +163,45 @@ def test_metrics_file_is_written_whole(tmp_path: Path, risky: servers.LocalRedis
         "doctor", "--redis-url", risky.url, "--metrics-file", str(tmp_path / "no" / "x.prom")
     )
     assert missing.returncode == 1 and "metrics file" in missing.stderr
+
+
+def test_the_textfiles_of_doctor_jobs_for_other_apps_and_envs_are_collected_together(
+    tmp_path: Path, recommended: servers.LocalRedis, pg_dsn: str
+) -> None:
+    """Doctor jobs of one machine, for two apps in their environments, write their textfiles
+    into node_exporter's one folder: the collector refuses a series two files hold, and every
+    check's status was the same series whatever the app (``esctl_doctor_check_status{check=
+    "redis.reachable",group="redis"}`` in each file), as were the Redis and PostgreSQL figures.
+    Each series carries its job's app and env now."""
+    with redis.Redis.from_url(recommended.url) as client:
+        write_demo_store(client, app="Learning.Doctor.Web", env="prod")
+        write_demo_store(client, app="Learning.Doctor.Worker", env="staging")
+    jobs = {
+        "web": {"app": "Learning.Doctor.Web", "env": "prod"},
+        "worker": {"app": "Learning.Doctor.Worker", "env": "staging"},
+    }
+    files = []
+    for job, scope in jobs.items():
+        path = tmp_path / f"esctl_doctor_{job}.prom"
+        given = [arg for name, value in scope.items() for arg in (f"--{name}", value)]
+        result = run_cli(
+            "doctor", "--redis-url", recommended.url, "--pg-dsn", pg_dsn, *given, "--read-only",
+            "--metrics-file", str(path),
+        )  # fmt: skip
+        assert result.returncode in (0, 3), result.stdout + result.stderr
+        files.append((path.name, path.read_text()))
+    merged = promtext.merge(files)  # each file by the format's rules, and no series in two
+    for (source, text), scope in zip(files, jobs.values(), strict=True):
+        for name, family in promtext.parse(text, source).items():
+            for labels in family.samples:
+                of_scope = {k: v for k, v in labels if k in ("app", "env")}
+                assert of_scope == scope, (source, name, labels)
+    status = merged["esctl_doctor_check_status"].samples
+    assert {dict(labels)["app"] for labels in status} == {
+        "Learning.Doctor.Web",
+        "Learning.Doctor.Worker",
+    }
+    assert "esctl_doctor_pg_up" in merged and "esctl_doctor_store_events" in merged
 
 
 def test_only_a_configured_dsn_adds_postgresql_checks(

@@ -26,13 +26,25 @@ def metric_help() -> dict[str, str]:
     return help_texts
 
 
+def report_scope(report: DoctorReport) -> dict[str, str]:
+    """The labels every sample of the report carries: ``app`` and ``env``, those the run was
+    given (a label left out, never empty). Two doctor jobs of other apps or environments (an
+    --env job every minute, an --app job hourly) then write textfiles that one node_exporter
+    collects side by side: no series in both (the collector refuses a duplicate), and an alert
+    says which app and environment it is about."""
+    return {k: v for k, v in (("app", report.app), ("env", report.env)) if v}
+
+
 def report_metrics(report: DoctorReport) -> list[Metric]:
-    """Every figure of the report as Prometheus samples: each check's status, the counts per
-    status, when and how long, and each check's own figures."""
-    scope = {k: v for k, v in (("app", report.app), ("env", report.env)) if v}
+    """Every figure of the report as Prometheus samples, each labelled with the report's
+    scope (:func:`report_scope`): each check's status, the counts per status, when and how
+    long, and each check's own figures."""
+    scope = report_scope(report)
     out = [
         Metric(
-            "esctl_doctor_check_status", STATUS_VALUE[c.status], {"check": c.id, "group": c.group}
+            "esctl_doctor_check_status",
+            STATUS_VALUE[c.status],
+            scope | {"check": c.id, "group": c.group},
         )
         for c in report.checks
     ]
@@ -42,7 +54,8 @@ def report_metrics(report: DoctorReport) -> list[Metric]:
     out.append(Metric("esctl_doctor_timestamp_seconds", round(generated, 3), dict(scope)))
     out.append(Metric("esctl_doctor_duration_seconds", round(report.elapsed_s, 3), dict(scope)))
     for check in report.checks:
-        out += check.metrics
+        # A check's own app or env label (the store's, the queues') is the report's.
+        out += [Metric(m.name, m.value, scope | m.labels) for m in check.metrics]
     return out
 
 
