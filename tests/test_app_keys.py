@@ -24,7 +24,9 @@ from helpers import run_cli, start_cli
 from esctl import layout, pg, pgevents, redisio, storereads
 from esctl.cli import appkeys
 from esctl.demo import DemoSummary, write_demo_store
+from esctl.doctor import DoctorOptions, run_doctor
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.migrate.status import StatusOptions, migration_status
 
 __all__ = ["redis_cluster"]  # the fixture, imported for pytest
 
@@ -288,6 +290,77 @@ def test_the_migrate_commands_name_the_apps_that_have_keys(
     assert_quiet(run(demo_store.app, "prune", "--dry-run"))
 
 
+def recorded_runs(pg_dsn: str, app: str) -> list[tuple[str, str]]:
+    """The (shard, status) of every run of ``app`` in esctl.migration_run."""
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(
+            "SELECT shard, status FROM esctl.migration_run WHERE application_name = %s"
+            " ORDER BY started_at",
+            (app,),
+        ).fetchall()
+
+
+def test_a_migration_of_an_app_with_no_keys_records_no_run(
+    demo_store: DemoSummary, redis_test_url: str, pg_dsn: str
+) -> None:
+    """A mistyped --app, from cron: every night a finished run of 0 events was recorded under
+    the typo, which ``migrate status`` and doctor's pg.migration then showed as a migration
+    that ran (doctor: ok). An app with no key in Redis and no earlier run gets no run: exit 0
+    (README's nightly job goes on to verify), ``run_id`` null, the note naming the apps that
+    have keys; ``--workers`` and ``--delete-source`` alike."""
+    server = redisio.describe_url(redis_test_url)
+    wrong = typo(demo_store.app)
+    store = ("--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--app", wrong)
+
+    table = run_cli("migrate", "redis-to-pg", *store, "--init-schema", "--no-progress")
+    assert table.returncode == 0, table.stderr
+    assert recorded_runs(pg_dsn, wrong) == []
+    assert "none recorded (the app has no key in Redis and no earlier run)" in table.stdout
+    assert_noted(table, wrong, server, demo_store.app)
+    both = run_cli(
+        "migrate", "redis-to-pg", *store, "--workers", "2", "--delete-source", "--yes", "--json"
+    )
+    assert both.returncode == 0, both.stderr
+    document = json.loads(both.stdout)
+    assert document["run_id"] is None and document["problems_where"] is None
+    assert document["aggregates"] == document["events_migrated"] == 0
+    assert document["prune"]["events_deleted"] == 0
+    assert_noted(both, wrong, server, demo_store.app)
+    assert recorded_runs(pg_dsn, wrong) == []
+
+    status = migration_status(StatusOptions(app=wrong, pg_dsn=pg_dsn, pg_schema="public"))
+    assert status.shards == []
+    report = run_doctor(DoctorOptions(redis_url=redis_test_url, app=wrong, pg_dsn=pg_dsn))
+    check = report.check("pg.migration")
+    assert check.status == "warn"
+    assert check.observed == (
+        f"no migration run of {wrong} into schema public, and no key of it in Redis"
+    )
+    assert (check.action or "").startswith("check --app / ESCTL_APP: the store checks name")
+
+
+def test_an_app_whose_store_is_empty_now_still_records_its_runs(
+    demo_store: DemoSummary, redis_client: redis.Redis, redis_test_url: str, pg_dsn: str
+) -> None:
+    """An app migrated before whose Redis store is empty now (pruned whole, its snapshots
+    deleted too) is no typo: its nightly run is recorded as ever, so ``migrate status`` and
+    doctor show the last night's run."""
+    app = demo_store.app
+    migrate_redis_to_pg(redis_client, MigrateOptions(app=app, pg_dsn=pg_dsn, init_schema=True))
+    for key in redis_client.scan_iter(match=layout.app_store_keys_pattern(app)):
+        redis_client.delete(key)
+    redis_client.delete(layout.legacy_event_hash_key(app))
+    assert storereads.find_store_key(redis_client, app) is None
+    store = ("--redis-url", redis_test_url, "--pg-dsn", pg_dsn, "--app", app)
+    nightly = run_cli("migrate", "redis-to-pg", *store, "--json")
+    assert nightly.returncode == 0, nightly.stderr
+    run_id = json.loads(nightly.stdout)["run_id"]
+    assert isinstance(run_id, str) and run_id
+    assert recorded_runs(pg_dsn, app) == [("0/1", "finished"), ("0/1", "finished")]
+    status = migration_status(StatusOptions(app=app, pg_dsn=pg_dsn, pg_schema="public"))
+    assert [s.run_id for s in status.shards] == [run_id]
+
+
 def test_a_follower_of_an_app_with_no_keys_says_so_after_its_first_sweep(
     demo_store: DemoSummary, redis_test_url: str, pg_dsn: str
 ) -> None:
@@ -318,6 +391,9 @@ def test_a_follower_of_an_app_with_no_keys_says_so_after_its_first_sweep(
     assert proc.returncode == 130, stderr
     assert_noted(subprocess.CompletedProcess([], 0, out.decode(), stderr), wrong, server)
     assert any(json.loads(line)["event"] == "sweep" for line in out.decode().splitlines())
+    # A follower waits for the first events of an app that may have none yet: its run is
+    # recorded (where a plain run of an app with no keys records none).
+    assert recorded_runs(pg_dsn, wrong) == [("0/1", "interrupted")]
 
 
 def test_inspect_aggregate_and_event_add_the_apps_to_not_found(

@@ -64,7 +64,7 @@ def test_workers_on_a_cluster_give_the_rows_of_one_unsharded_run_with_one_summar
     assert sorted(summary.problems, key=key) == sorted(reference.problems, key=key)
     assert summary.problem_counts == reference.problem_counts
     assert summary.problems_total == reference.problems_total
-    assert summary.problems_where is not None
+    assert summary.problems_where is not None and summary.run_id is not None
     assert all(r in summary.problems_where for r in summary.run_id.split(","))
     assert len(summary.run_id.split(",")) == 3
     # Combined progress: cumulative over the workers, ending at the totals.

@@ -189,7 +189,8 @@ def test_quarantined_aggregates_are_told_apart_from_the_events_waiting_for_the_n
     assert "0 Redis events waiting for the next run" in check.observed
     assert f"2 aggregates quarantined ({stuck} events)" in check.observed
     assert check.status == "warn"
-    assert "esctl.quarantine" in (check.action or "") and summary.run_id in (check.action or "")
+    assert summary.run_id is not None and "esctl.quarantine" in (check.action or "")
+    assert summary.run_id in (check.action or "")
     assert f"`esctl migrate status --app {app_name}`" in (check.action or "")
     assert unmigrated_samples(report) == {"waiting": 0, "quarantined": stuck}
     (aggregates,) = [
@@ -239,6 +240,7 @@ def test_an_aggregate_fixed_and_migrated_since_its_quarantine_is_not_counted(
     (gap,) = truth.defective_aggregates()
     assert gap.aggregate_id != fixed.aggregate_id
     assert check.values["quarantined_aggregates"] == 1
+    assert first.run_id is not None and again.run_id is not None
     assert check.values["quarantine_run_ids"] == sorted([first.run_id, again.run_id])
     assert check.values["unmigrated_quarantined_events"] == len(truth.commit_lists[gap.list_key])
     assert check.values["unmigrated_waiting_events"] == 0

@@ -356,6 +356,16 @@ def _pg_migration(
         (opts.pg_schema, opts.app),
     ).fetchone()
     if row is None:
+        if stats is not None and not stats.store_keys:
+            # A typo in --app: a migration would record no run of it either (migrate.run.
+            # unknown_app); the store checks name the apps that have keys.
+            return PG_MIGRATION.result(
+                "warn",
+                f"no migration run of {opts.app} into schema {opts.pg_schema}, and no key of "
+                "it in Redis",
+                action=f"check {opts.app_setting}: the store checks name the apps that have "
+                "keys (a migration of an app with no key records no run)",
+            )
         return PG_MIGRATION.result(
             "warn",
             f"no migration run of {opts.app} into schema {opts.pg_schema}",

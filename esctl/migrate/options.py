@@ -87,7 +87,10 @@ class MigrationSummary(MigrationCounts):
     ``aggregates_unchanged`` are this invocation's: a resume rereads part of a SCAN page, so
     they cannot be summed over invocations)."""
 
-    run_id: str
+    run_id: str | None
+    """The run in esctl.migration_run (``--workers``: the workers' runs, comma-separated);
+    None when nothing was recorded: the app has no key in Redis and no earlier run (a typo in
+    --app, :func:`esctl.migrate.run.unknown_app`)."""
     dry_run: bool
     resumed: bool
     problems: list[dict[str, str]]

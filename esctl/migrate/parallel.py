@@ -203,8 +203,10 @@ def _combined(
     """One summary of the workers' summaries."""
     resumed = any(r.resumed for r in results)
     invocation = sum((r.invocation() for r in results), start=Invocation(0, 0, 0, 0, 0, 0))
+    # A worker that found the app unknown recorded no run (run_id None).
+    run_ids = [r for s in results if s.run_id is not None for r in s.run_id.split(",")]
     return MigrationSummary(
-        run_id=",".join(r.run_id for r in results),
+        run_id=",".join(run_ids) or None,
         dry_run=opts.dry_run,
         resumed=resumed,
         aggregates=sum(r.aggregates for r in results),
@@ -216,9 +218,7 @@ def _combined(
         problems=[p for r in results for p in r.problems][:DEFAULT_LISTED],
         problem_counts=_added([r.problem_counts for r in results]),
         problems_total=sum(r.problems_total for r in results),
-        problems_where=None
-        if opts.dry_run
-        else quarantine_query([r for s in results for r in s.run_id.split(",")]),
+        problems_where=None if opts.dry_run or not run_ids else quarantine_query(run_ids),
         elapsed_s=elapsed,
         events_per_s=invocation.events_migrated / elapsed if elapsed > 0 else 0.0,
         stopped_early="; ".join(

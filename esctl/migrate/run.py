@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from esctl import pg, redisio, units
+from esctl import pg, redisio, storereads, units
 from esctl.errors import ConfigError, ConnectionFailed, Interrupted
 from esctl.locks import AdvisoryLock, ShardFamily, overlap_words
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
@@ -71,6 +71,13 @@ def migrate_redis_to_pg(
                 deleted = 0
                 if state_present:
                     deleted = check_transforms(client, control, opts, rules)
+                if not opts.dry_run and unknown_app(client, control, opts):
+                    summary = unrecorded(opts, time.monotonic() - started)
+                    if rules is not None:
+                        summary = replace(
+                            summary, transforms=_transforms_summary(None, rules, deleted)
+                        )
+                    return summary
                 epoch = redisio.scan_epoch(client)
                 run = open_run(control, opts, epoch)
                 run = replace(run, position=replace(run.position, epoch=epoch))
@@ -104,7 +111,48 @@ def migrate_redis_to_pg(
             control.close()
 
 
-def _transforms_summary(reader: Reader, rules: Rules, deleted: int) -> dict[str, Any]:
+def unknown_app(
+    client: redisio.RedisClient, control: psycopg.Connection, opts: MigrateOptions
+) -> bool:
+    """Whether ``opts.app`` is a name esctl has never seen: no run of it into this schema (any
+    shard, any status) and no key of its store in Redis at all (a typo in --app / ESCTL_APP,
+    the wrong database). A run of such an app records nothing (:func:`unrecorded`); an app
+    with an earlier run (a store pruned empty, a follower's) is run and recorded as ever. The
+    look-up in Redis, one SCAN that stops at the app's first key, is made only for an app
+    without a run; for a name that has no key it goes through the keyspace, as the run's own
+    SCAN of the commit lists would."""
+    row = control.execute(
+        "SELECT EXISTS (SELECT 1 FROM esctl.migration_run"
+        " WHERE target_schema = %s AND application_name = %s)",
+        (opts.pg_schema, opts.app),
+    ).fetchone()
+    control.commit()
+    if row is not None and row[0]:
+        return False
+    return storereads.find_store_key(client, opts.app) is None
+
+
+def unrecorded(opts: MigrateOptions, elapsed: float) -> MigrationSummary:
+    """The summary of a run of an app esctl has never seen (:func:`unknown_app`): nothing read,
+    nothing written, no run recorded (``run_id`` None), so ``migrate status`` and doctor show
+    no run of a mistyped name."""
+    return MigrationSummary(
+        run_id=None,
+        dry_run=opts.dry_run,
+        resumed=False,
+        aggregates=0,
+        aggregates_unchanged=0,
+        events_migrated=0,
+        events_already_present=0,
+        aggregates_quarantined=0,
+        events_quarantined=0,
+        problems=[],
+        elapsed_s=elapsed,
+        events_per_s=0.0,
+    )
+
+
+def _transforms_summary(reader: Reader | None, rules: Rules, deleted: int) -> dict[str, Any]:
     counts = reader.counts if isinstance(reader, TransformingReader) else TransformCounts()
     return {
         "fingerprint": rules.fingerprint,

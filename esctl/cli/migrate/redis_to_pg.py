@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from esctl import defaults
-from esctl.cli.appkeys import note_if_no_keys
+from esctl.cli.appkeys import EVERY_FAMILY, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.follow import Following, run_follow
@@ -199,8 +199,11 @@ def redis_to_pg(
             on_progress=bar.hook(lambda p: _migrated(bar, p)),
         )
     _render_outcome(ctx.out, outcome)
-    # A resumed run or a shard examines part of the commit lists: nothing looked at whole.
-    note_if_no_keys(ctx, seen=outcome.migration.aggregates > 0)
+    migration = outcome.migration
+    # A run of an app with no key and no earlier run recorded nothing, having looked for every
+    # key of it; a resumed run or a shard examines part of the commit lists: nothing whole.
+    unknown = migration.run_id is None and not migration.dry_run
+    note_if_no_keys(ctx, seen=migration.aggregates > 0, looked_at=EVERY_FAMILY if unknown else ())
     exit_for(problems=outcome.found_problems)
 
 
@@ -261,7 +264,8 @@ def _render(out: Output, summary: core.MigrationSummary) -> None:
         "events/s": f"{summary.events_per_s:,.0f}",
     }
     if summary.this_invocation is None:
-        out.mapping({"run": summary.run_id, **rows, **timing}, title=title)
+        run = summary.run_id or "none recorded (the app has no key in Redis and no earlier run)"
+        out.mapping({"run": run, **rows, **timing}, title=title)
     else:
         # A resumed run: this invocation's figures beside the whole run's, never mixed in one
         # column (a resume rereads part of a page, so examined aggregates have no run total).
