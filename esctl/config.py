@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from esctl.errors import ConfigError
 
@@ -216,16 +217,186 @@ def _profile_section(
     return section
 
 
-# The password runs to the last "@" before the path: an unencoded "@" in it stays hidden.
-_URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/@:]*:)[^\s/]*@")
+# A URL's password runs from the first ":" after the user name to the last "@" before the
+# path ("redis://u:p@ss@host/0": an unencoded "@" in it stays hidden). A URL whose parser would
+# cut the password short (:func:`unencoded_in_password`: an unencoded "/", "?", "#", a space)
+# is hidden up to its last "@", wherever that is. In a message a URL ends at the first space;
+# a setting's value (:func:`redact` of a URL alone) runs to its end, spaces and all.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
+_URL_PASSWORD = re.compile(r"\A([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:]*:)[^\s/]*@")
+_CUT_URL_PASSWORD = re.compile(r"\A([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:]*:).*@", re.DOTALL)
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
+# In a whole key=value DSN an unquoted password runs on over spaces to the next ``key=``
+# (libpq refuses it, and its message would quote the words after the first).
+_WHOLE_KV_PASSWORD = re.compile(
+    r"((?:^|\s)password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+(?:\s+(?![A-Za-z_]+\s*=)[^\s=]+)*)",
+    re.IGNORECASE,
+)
+_KV_DSN = re.compile(r"\A\s*[A-Za-z_]+\s*=")
+
+
+def _url_password(url: str) -> re.Match[str] | None:
+    """The match of ``url``'s ``scheme://user:`` (group 1) through the ``@`` that ends its
+    password, or None when it has none."""
+    pattern = _CUT_URL_PASSWORD if unencoded_in_password(url) else _URL_PASSWORD
+    return pattern.match(url)
+
+
+def _redact_url(url: str) -> str:
+    found = _url_password(url)
+    return url if found is None else f"{found.group(1)}***@{url[found.end() :]}"
 
 
 def redact(text: str) -> str:
     """Hide passwords anywhere in ``text``: a URL's ``user:***@host`` (multi-host URLs and
     URLs inside longer messages included), and ``password=***`` in libpq key=value DSNs and
-    URL query strings."""
-    return _KV_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+    URL query strings. ``text`` that is a URL or a key=value DSN by itself (a setting's value)
+    is hidden as a whole: a password that holds spaces, unquoted or unencoded, too."""
+    if _KV_DSN.match(text):
+        text = _WHOLE_KV_PASSWORD.sub(r"\1***", text)
+    elif "\n" not in text.strip() and _CUT_URL_PASSWORD.match(text.strip()):
+        text = _redact_url(text.strip())
+    text = _URL.sub(lambda url: _redact_url(url.group(0)), text)
+    return _KV_PASSWORD.sub(r"\1***", text)
+
+
+def passwords_in(setting: str) -> list[str]:
+    """The password of a Redis URL or PostgreSQL DSN/URL as written in it (for a URL: from the
+    first ":" after the user name to the ``@`` that ends it; for a key=value DSN: the
+    ``password``'s value, unquoted, up to the next ``key=``) and percent-decoded: what must not
+    appear in a message, even in part (:func:`redact_error`). Empty when it holds none."""
+    found: list[str] = []
+    url = _url_password(setting.strip())
+    if url is not None:
+        found.append(url.group(0)[len(url.group(1)) : -1])
+    for match in (_WHOLE_KV_PASSWORD if _KV_DSN.match(setting) else _KV_PASSWORD).finditer(setting):
+        value = match.group(2)
+        if value.startswith("'") and value.endswith("'") and len(value) > 1:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        found.append(value)
+    decoded = [unquote(p) for p in found]
+    return [p for p in dict.fromkeys(found + decoded) if p]
+
+
+_QUOTED = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
+
+
+def redact_error(message: str, setting: str) -> str:
+    """:func:`redact` of a client library's error ``message`` about connecting with
+    ``setting`` (a Redis URL, a PostgreSQL DSN), and more: a URL whose password holds a
+    character its parser takes as the end of the password (an unencoded ``/``, ``#``, ``@``) is
+    read with a piece of the password as the host, the port or a query parameter, and the
+    library's message quotes that piece (``Port could not be cast to integer value as 'w'``,
+    ``invalid percent-encoded token: "pa%zz"``, ``failed to resolve host 'ss@db'``). Every
+    quoted text that is part of the password (before an ``@``) is hidden, and the password
+    itself wherever it appears."""
+    secrets = passwords_in(setting)
+    message = redact(message)
+    if not secrets:
+        return message
+
+    def hide(match: re.Match[str]) -> str:
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        before_at = inner.rsplit("@", 1)[0]
+        if inner and any(inner in s or (before_at and before_at in s) for s in secrets):
+            quote = match.group(0)[0]
+            return f"{quote}***{quote}"
+        return match.group(0)
+
+    message = _QUOTED.sub(hide, message)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            message = message.replace(secret, "***")
+    return message
+
+
+_CUT_BY_URLLIB = "/?#"
+"""What ends a URL's user:password part for Python's URL parser (redis-py's)."""
+
+
+def unencoded_in_password(url: str) -> str:
+    """The characters of ``url``'s password (or user name) that its parser does not take as
+    part of it, so that it reads a piece of the password as the host, the port, the path or a
+    query: '' when none, or when ``url`` is no URL. For ``redis://`` (Python's parser) an
+    unencoded ``/``, ``?`` or ``#``; for ``postgresql://`` (libpq's) an unencoded ``@`` or
+    ``/``, a space, and a ``%`` not followed by two hex digits. A URL that parses to a host and
+    a port of digits is taken as written (``redis://host:6379/0?ssl_ca_certs=/a@b.pem`` has an
+    ``@`` in its query, not in a password)."""
+    match = re.match(r"\A([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)\Z", url, re.DOTALL)
+    if match is None or "@" not in match.group(2):
+        return ""
+    scheme, rest = match.group(1).lower(), match.group(2)
+    userinfo = rest[: rest.rindex("@")]
+    if scheme.startswith("postgres"):
+        return _unencoded_for_libpq(rest, userinfo)
+    if not scheme.startswith("redis"):
+        return ""
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    after = rest[len(netloc) :]
+    if "@" not in after:
+        return ""
+    path = re.split(r"[?#]", after, maxsplit=1)[0]
+    misread = (
+        "@" in after.partition("#")[2]
+        or not re.fullmatch(r"(/\d*)?", path)
+        or not _host_and_port(netloc.rpartition("@")[2])
+    )
+    return _chars(userinfo, _CUT_BY_URLLIB) if misread else ""
+
+
+def _unencoded_for_libpq(rest: str, userinfo: str) -> str:
+    """:func:`unencoded_in_password` for a libpq URL (after ``scheme://``); ``userinfo``: up
+    to its last ``@``. libpq takes the user:password part up to the first ``@`` before any
+    ``/``, and refuses spaces and a ``%`` that is no percent-encoding there."""
+    head = rest.split("/", 1)[0]
+    bad = "".join(c for c in " \t" if c in userinfo)
+    if re.search(r"%(?![0-9A-Fa-f]{2})", userinfo):
+        bad += "%"
+    in_path = "@" in rest.split("?", 1)[0][len(head) :]
+    after_head = "@" in rest[len(head) :]
+    if "@" in head:
+        host_part = re.split(r"[/?]", head.split("@", 1)[1], maxsplit=1)[0]
+        if "@" in host_part or in_path or (after_head and not _host_and_port(host_part)):
+            # libpq's password ends at the first "@": the rest of it is the host and port (or
+            # the database name)
+            bad += _chars(userinfo, "@/")
+    elif ":" in head and (in_path or (after_head and not _host_and_port(head.split("?")[0]))):
+        # no user:password part for libpq: a piece of the password is the host or the port,
+        # or the database name holds an "@"
+        bad += _chars(userinfo, "@/")
+    return bad
+
+
+PERCENT_ENCODING = (
+    "percent-encode these characters of a password (or user name) in a URL: @ as %40, : as "
+    '%3A, / as %2F, ? as %3F, # as %23, % as %25, a space as %20 (README "Running esctl in '
+    'production", "Credentials and least privilege")'
+)
+"""How to write a password in a URL, for the messages about one written wrong."""
+
+
+def unencoded_message(what: str, url: str, chars: str) -> str:
+    """The message for a ``url`` (``what``: "Redis URL", "PostgreSQL URL") whose password holds
+    ``chars`` unencoded (:func:`unencoded_in_password`): nothing of it is shown."""
+    named = ", ".join("a space" if c == " " else f"'{c}'" for c in chars)
+    return (
+        f"bad {what} {redact(url)}: the password (or user name) in it holds {named} not "
+        "percent-encoded, which cuts it short there: the rest would be read as the host, the "
+        "port or the path; nothing was sent"
+    )
+
+
+def _host_and_port(netloc: str) -> bool:
+    """Whether ``netloc`` is ``host``, ``host:PORT`` or ``[v6]:PORT`` (a port of digits),
+    host not empty; several hosts, comma-separated, each so."""
+    return all(
+        re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]+)(:\d*)?", part) is not None
+        for part in netloc.split(",")
+    )
+
+
+def _chars(text: str, wanted: str) -> str:
+    return "".join(c for c in wanted if c in text)
 
 
 def redact_everywhere(message: str, secrets: list[str]) -> str:

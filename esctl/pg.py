@@ -14,7 +14,13 @@ import psycopg
 from psycopg import sql
 
 from esctl import inflight
-from esctl.config import redact
+from esctl.config import (
+    PERCENT_ENCODING,
+    redact,
+    redact_error,
+    unencoded_in_password,
+    unencoded_message,
+)
 from esctl.errors import ConnectionFailed, PermissionDenied, SchemaIncompatible, ServerError
 
 GRANTS_DOCS = 'README "Running esctl in production", "Credentials and least privilege"'
@@ -64,14 +70,23 @@ def describe_dsn(dsn: str) -> str:
 def connect(
     dsn: str, *, autocommit: bool = False, application_name: str = "esctl"
 ) -> psycopg.Connection:
-    """Open a connection; failures become ConnectionFailed with the password hidden."""
+    """Open a connection; failures become ConnectionFailed with the password hidden (also a
+    piece of it that libpq, misreading a URL whose password holds an unencoded ``@`` or ``/``,
+    took for the host: :func:`esctl.config.redact_error`)."""
+    unencoded = unencoded_in_password(dsn)
+    if unencoded:
+        raise ConnectionFailed(
+            unencoded_message("PostgreSQL URL", dsn, unencoded),
+            server=describe_dsn(dsn),
+            hint=PERCENT_ENCODING,
+        )
     try:
         conn = psycopg.connect(
             dsn, autocommit=autocommit, application_name=application_name, connect_timeout=10
         )
     except psycopg.OperationalError as exc:
         shown = describe_dsn(dsn)
-        text = redact(str(exc)).strip()
+        text = redact_error(str(exc), dsn).strip()
         # An SSL reason first: a server that takes SSL only answers a plain connection with
         # "no pg_hba.conf entry ... no encryption", which is not about the credentials.
         tls = ssl_hint(str(exc))
@@ -80,8 +95,9 @@ def connect(
                 f"PostgreSQL {shown} refused the credentials: {text}",
                 server=shown,
                 hint="check the user and password in --pg-dsn / ESCTL_PG_DSN or the profile "
-                "(postgresql://USER:PASSWORD@host:port/db), PGPASSWORD, or the .pgpass file "
-                "(PGPASSFILE; it must be mode 0600), and the server's pg_hba.conf",
+                "(postgresql://USER:PASSWORD@host:port/db, a % in the password written %25), "
+                "PGPASSWORD, or the .pgpass file (PGPASSFILE; it must be mode 0600; a : or \\ "
+                "in a field written \\: or \\\\), and the server's pg_hba.conf",
             ) from None
         raise ConnectionFailed(
             f"cannot connect to PostgreSQL {shown}: {text}",
@@ -91,9 +107,11 @@ def connect(
     except psycopg.ProgrammingError as exc:
         shown = describe_dsn(dsn)
         raise ConnectionFailed(
-            f"bad PostgreSQL DSN {shown}: {redact(str(exc))}",
+            f"bad PostgreSQL DSN {shown}: {redact_error(str(exc), dsn)}",
             server=shown,
-            hint="use postgresql://user:password@host:port/dbname or libpq key=value form",
+            hint="use postgresql://user:password@host:port/dbname or libpq key=value form "
+            "(host=… dbname=… user=… password=…: a value that holds spaces, ' or \\ goes in "
+            "single quotes, ' and \\ in it written \\' and \\\\)",
         ) from None
     return conn
 

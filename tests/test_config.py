@@ -13,8 +13,10 @@ from esctl.config import (
     SETTING_NAMES,
     default_config_paths,
     redact,
+    redact_error,
     redact_everywhere,
     resolve_settings,
+    unencoded_in_password,
 )
 from esctl.errors import ConfigError
 
@@ -244,6 +246,59 @@ def test_redact(text: str, expected: str) -> None:
 def test_redact_multi_host_url() -> None:
     assert redact("postgresql://u:s3cret@h1:5432,h2:5433/db") == (
         "postgresql://u:***@h1:5432,h2:5433/db"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "unencoded", "shown"),
+    [
+        ("redis://u:s3/cr?et#x@h:6379/0", "/?#", "redis://u:***@h:6379/0"),
+        ("redis://:s3cr#et@h:6379/0", "#", "redis://:***@h:6379/0"),
+        ("redis://u:1234/s3@h/0", "/", "redis://u:***@h/0"),
+        ("rediss+cluster://u:s3/x@h:7000", "/", "rediss+cluster://u:***@h:7000"),
+        ("postgresql://u:s3/cret@h:5432/db", "/", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:s3@cr/et@h:5432/db", "@/", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:s3%zzcret@h/db", "%", "postgresql://u:***@h/db"),
+        ("postgresql://u:s3 cret@h/db", " ", "postgresql://u:***@h/db"),
+        # parsed as written: an "@" that is in the password, or in the query
+        ("redis://u:s3@cret@h/0", "", "redis://u:***@h/0"),
+        ("postgresql://u:s3?cret@h/db", "", "postgresql://u:***@h/db"),
+        ("redis://h:6379/0?ssl_ca_certs=/a@b.pem", "", "redis://h:6379/0?ssl_ca_certs=/a@b.pem"),
+        (
+            "rediss://u:s3cret@h:6380/0?ssl_ca_certs=/a@b.pem",
+            "",
+            "rediss://u:***@h:6380/0?ssl_ca_certs=/a@b.pem",
+        ),
+        ("postgresql://h:5432/db?options=a@b", "", "postgresql://h:5432/db?options=a@b"),
+        ("redis://localhost:6379/0", "", "redis://localhost:6379/0"),
+    ],
+)
+def test_a_password_its_url_parser_would_cut_short(url: str, unencoded: str, shown: str) -> None:
+    """An unencoded character that ends the password for redis-py's (or libpq's) URL parser
+    is named, and the URL is hidden up to its last "@"; a URL that parses as written is shown
+    as it is (an "@" in its query is no password's)."""
+    assert unencoded_in_password(url) == unencoded
+    assert redact(url) == shown
+    if " " not in url:  # in a message a URL ends at a space (esctl shows it redacted)
+        assert "s3" not in redact(f"bad URL {url}: no")
+
+
+def test_redact_error_hides_pieces_of_the_password_a_library_quotes() -> None:
+    url = "redis://u:Kx7:Wm3/Rt5#Jh2@h:6379/0"
+    for message in (
+        "Port could not be cast to integer value as 'Wm3'",
+        "failed to resolve host 'Rt5@h': Name or service not known",
+        'invalid percent-encoded token: "Kx7:Wm3/Rt5#Jh2"',
+    ):
+        hidden = redact_error(message, url)
+        assert not any(piece in hidden for piece in ("Kx7", "Wm3", "Rt5", "Jh2")), hidden
+    kv = "host=h password=Kx7 Wm3 dbname=x"
+    assert redact(kv) == "host=h password=*** dbname=x"
+    assert redact_error('missing "=" after "Wm3" in connection info string', kv) == (
+        'missing "=" after "***" in connection info string'
+    )
+    assert redact_error("could not translate host name 'h'", kv) == (
+        "could not translate host name 'h'"
     )
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -19,6 +20,7 @@ import redis
 import zstandard
 from credservers import PASSWORD, SCRAM_HBA, pg_url, user_url
 from helpers import run_cli
+from psycopg import sql
 from terminal import ESCTL, run_on_terminal
 
 from esctl import servers
@@ -371,3 +373,138 @@ def test_progress_bars_and_messages_on_a_terminal_never_show_the_password(
     assert screen.exit_code in (1, 3), screen.describe()
     assert screen.text.strip(), screen.describe()
     assert PASSWORD not in screen.text and WRONG not in screen.text, screen.describe()
+
+
+# --- a password holding the characters a URL gives a meaning to ------------------------------
+
+SPECIAL = "Zq9@Kx7:Wm3/Rt5%41#Jh2?Vb8"
+"""A password with every character the README says to percent-encode in a URL (and a ``%41``
+that, left as it is, a URL parser reads as ``A``)."""
+SPECIAL_PIECES = [*re.split(r"[@:/#?]", SPECIAL), "Rt5A"]
+"""What a parser that cut the password at one of those characters could quote as a host, a
+port or a query: none of them may appear in what esctl prints."""
+
+
+def special_url(creds: Servers, encoded: bool) -> str:
+    secret = quote(SPECIAL, safe="") if encoded else SPECIAL
+    return f"redis://esctl-special:{secret}@127.0.0.1:{creds.redis.port}/0"
+
+
+def special_pg_url(creds: Servers, encoded: bool) -> str:
+    secret = quote(SPECIAL, safe="") if encoded else SPECIAL
+    return f"postgresql://esctl_special:{secret}@127.0.0.1:{creds.pg.port}/{DB}"
+
+
+@pytest.fixture(scope="module")
+def special(creds: Servers) -> Iterator[Servers]:
+    """An ACL user and a PostgreSQL role (reading everything) whose password is SPECIAL."""
+    creds.admin.execute_command(
+        "ACL", "SETUSER", "esctl-special", "on", f">{SPECIAL}", "~*", "&*", "+@all"
+    )
+    with psycopg.connect(creds.pg.dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE esctl_special LOGIN PASSWORD {}").format(sql.Literal(SPECIAL))
+        )
+        admin.execute("GRANT pg_read_all_data TO esctl_special")
+    try:
+        yield creds
+    finally:
+        creds.admin.execute_command("ACL", "DELUSER", "esctl-special")
+        with psycopg.connect(creds.pg.dsn, autocommit=True) as admin:
+            admin.execute("DROP ROLE esctl_special")
+
+
+def no_piece_of_special(result: Any) -> None:
+    for piece in SPECIAL_PIECES:
+        assert piece not in result.stdout + result.stderr, (piece, result.stdout, result.stderr)
+
+
+def test_a_password_with_url_characters_works_percent_encoded(
+    special: Servers, tmp_path: Path
+) -> None:
+    """The README's rule: percent-encoded in URLs; in a .pgpass file with ``:`` (and ``\\``)
+    escaped by ``\\``."""
+    result = run_cli("inspect", "stats", "--app", APP, "--redis-url", special_url(special, True))
+    assert result.returncode == 0, result.stderr
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(
+        f"127.0.0.1:{special.pg.port}:{DB}:esctl_special:{SPECIAL.replace(':', chr(92) + ':')}\n"
+    )
+    pgpass.chmod(0o600)
+    no_password = f"postgresql://esctl_special@127.0.0.1:{special.pg.port}/{DB}"
+    for dsn, env in (
+        (special_pg_url(special, True), {}),
+        (no_password, {"PGPASSFILE": str(pgpass)}),
+    ):
+        result = run_cli(
+            "events", "query", "--source", "pg", "--app", APP, "--limit", "1", "--pg-dsn", dsn,
+            env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, (dsn, result.stderr)
+        no_piece_of_special(result)
+
+
+@pytest.mark.parametrize(
+    "case", ["redis option", "redis env", "doctor profile", "config show", "pg url", "pg kv"]
+)
+def test_a_password_with_url_characters_left_unencoded_is_refused_and_never_shown(
+    special: Servers, tmp_path: Path, case: str
+) -> None:
+    """Written as it is, ``@ : / % # ?`` make the URL's parser cut the password short and read
+    the rest as the host, the port or a query, and its message quoted that piece (``Port could
+    not be cast to integer value as 'Kx7'``); the URL was shown with the password's tail after
+    the ``***``. esctl now refuses such a URL before it connects, saying to percent-encode,
+    and shows no piece of the password: in messages, --json, doctor, config show."""
+    raw_redis, raw_pg = special_url(special, False), special_pg_url(special, False)
+    config = tmp_path / "esctl.toml"
+    config.write_text(
+        f"[prod]\nredis_url = '{raw_redis}'\npg_dsn = '{raw_pg}'\napp = '{APP}'\nenv = '{ENV}'\n"
+    )
+    config.chmod(0o600)
+    profile = ("--config", str(config), "--profile", "prod")
+    kv_unquoted = (
+        f"host=127.0.0.1 port={special.pg.port} password=Kx7 Wm3 user=esctl_special dbname={DB}"
+    )
+    words, env, code = {
+        "redis option": (["inspect", "stats", "--app", APP, "--redis-url", raw_redis], {}, 1),
+        "redis env": (["queue", "list", "--env", ENV], {"ESCTL_REDIS_URL": raw_redis}, 1),
+        "doctor profile": (["doctor", "--read-only", *profile], {}, 3),
+        "config show": (["config", "show", *profile], {}, 0),
+        "pg url": (["events", "query", "--source", "pg", "--app", APP, "--pg-dsn", raw_pg], {}, 1),
+        "pg kv": (
+            ["events", "query", "--source", "pg", "--app", APP, "--pg-dsn", kv_unquoted],
+            {},
+            1,
+        ),
+    }[case]
+    result = run_cli(*words, "--json", env=env)
+    assert result.returncode == code, result.stderr
+    no_piece_of_special(result)
+    document = json.loads(result.stdout)
+    if case == "config show":
+        shown = document["settings"]
+        assert (
+            shown["redis_url"]["value"]
+            == f"redis://esctl-special:***@127.0.0.1:{special.redis.port}/0"
+        )
+        assert (
+            shown["pg_dsn"]["value"]
+            == f"postgresql://esctl_special:***@127.0.0.1:{special.pg.port}/{DB}"
+        )
+        return
+    if case == "doctor profile":
+        checks = {c["id"]: c for c in document["checks"]}
+        for check in ("redis.reachable", "pg.reachable"):
+            assert checks[check]["status"] == "fail", checks[check]
+            assert "not percent-encoded" in checks[check]["observed"], checks[check]
+            assert "%2F" in checks[check]["action"], checks[check]
+        return
+    error = document["error"]
+    assert error["kind"] == "connection", error
+    if case == "pg kv":  # libpq refuses it; the word after the space is not quoted back
+        assert "single quotes" in error["hint"], error
+        return
+    server = special.pg.port if case.startswith("pg") else special.redis.port
+    assert f"127.0.0.1:{server}" in error["message"], error
+    assert "not percent-encoded" in error["message"], error
+    assert all(code in error["hint"] for code in ("%40", "%3A", "%2F", "%3F", "%23", "%25"))

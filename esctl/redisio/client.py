@@ -13,7 +13,13 @@ import redis
 import redis.cluster
 import redis.exceptions
 
-from esctl.config import redact
+from esctl.config import (
+    PERCENT_ENCODING,
+    redact,
+    redact_error,
+    unencoded_in_password,
+    unencoded_message,
+)
 from esctl.errors import ConfigError, ConnectionFailed, PermissionDenied, ServerError
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
@@ -92,6 +98,7 @@ def connect(
     once)."""
     from esctl.redisio import retry  # (it builds on this module)
 
+    refuse_unencoded_password(url)
     after = "" if diagnosing else "nothing was done"
     client: RedisClient
     limit = 0.0 if diagnosing else retry.LOADING_WAIT_SECONDS
@@ -132,6 +139,20 @@ def connect(
     if not diagnosing:
         refuse_a_lone_cluster_node(client)
     return client
+
+
+def refuse_unencoded_password(url: str) -> None:
+    """ConnectionFailed, before anything is sent, for a URL whose password (or user name)
+    holds a character that redis-py's URL parser takes as the end of it (an unencoded ``/``,
+    ``?`` or ``#``): it would read the rest as the host, the port or the path, and its message
+    would quote that piece of the password."""
+    unencoded = unencoded_in_password(url)
+    if unencoded:
+        raise ConnectionFailed(
+            unencoded_message("Redis URL", url, unencoded),
+            server=redact(url),
+            hint=PERCENT_ENCODING,
+        )
 
 
 CONNECT_TRIES = 3
@@ -178,10 +199,11 @@ def _open(url: str, *, cluster: bool, read_from_replicas: bool) -> tuple[RedisCl
             else "asks for a password, and the URL gives none"
         )
         raise ConnectionFailed(
-            f"Redis at {describe_url(url, cluster=cluster)} {refusal}: {redact(str(exc))}",
+            f"Redis at {describe_url(url, cluster=cluster)} {refusal}: {redact_error(str(exc), url)}",
             server=shown,
             hint="check the user name and password in --redis-url / ESCTL_REDIS_URL or the "
-            "profile (redis://USER:PASSWORD@host:port/db; redis://:PASSWORD@… for requirepass), "
+            "profile (redis://USER:PASSWORD@host:port/db; redis://:PASSWORD@… for requirepass; "
+            "a % in the password is read as the start of a percent-encoding: write it %25), "
             "and that the ACL user exists and is on (`ACL LIST`)",
         ) from None
     except redis.exceptions.NoPermissionError as exc:
@@ -196,7 +218,7 @@ def _open(url: str, *, cluster: bool, read_from_replicas: bool) -> tuple[RedisCl
         if is_loading(exc) or is_loading(exc.__cause__):  # the cluster's seed
             return None, True
         raise ConnectionFailed(
-            f"cannot connect to Redis at {shown}: {redact(str(exc))}",
+            f"cannot connect to Redis at {shown}: {redact_error(str(exc), url)}",
             server=shown,
             hint=tls_hint(url, str(exc))
             or "check that Redis is running and --redis-url / ESCTL_REDIS_URL is right",
@@ -206,7 +228,7 @@ def _open(url: str, *, cluster: bool, read_from_replicas: bool) -> tuple[RedisCl
             raise
         raise ConfigError(
             f"Redis at {describe_url(url, cluster=cluster)} has no database "
-            f"{_database(url)}: {redact(str(exc))}",
+            f"{_database(url)}: {redact_error(str(exc), url)}",
             hint="the database is the number after the port in --redis-url / ESCTL_REDIS_URL "
             "or the profile (redis://host:6379/0); a server's are numbered from 0 to one less "
             "than its `CONFIG GET databases` (16 by default)",
@@ -221,14 +243,14 @@ def _open(url: str, *, cluster: bool, read_from_replicas: bool) -> tuple[RedisCl
         ):
             raise
         raise ConfigError(
-            f"bad Redis URL {shown}: {redact(str(exc))}",
+            f"bad Redis URL {shown}: {redact_error(str(exc), url)}",
             hint="the query string takes redis-py's connection parameters; for TLS: "
             "ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs (required, optional, "
             "none), ssl_check_hostname (true, false); see the README's TLS section",
         ) from None
     except ValueError as exc:
         raise ConnectionFailed(
-            f"bad Redis URL {shown}: {exc}",
+            f"bad Redis URL {shown}: {redact_error(str(exc), url)}",
             server=shown,
             hint="use redis://[user:password@]host:port/db, rediss:// or redis+cluster://",
         ) from None
