@@ -3,15 +3,21 @@ bookkeeping schema. An existing event-store schema is checked, never altered."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import socket
+import ssl
+import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from esctl import inflight
 from esctl.config import (
@@ -90,6 +96,12 @@ def connect(
         # An SSL reason first: a server that takes SSL only answers a plain connection with
         # "no pg_hba.conf entry ... no encryption", which is not about the credentials.
         tls = ssl_hint(str(exc))
+        if "certificate verify failed" in str(exc):
+            why = certificate_problem(dsn)
+            if why is not None:
+                text = f"{text} ({why})"
+                if "expired" in why or "not yet valid" in why:  # else: the CA's
+                    tls = ssl_hint(why)
         if tls is None and any(sign in text for sign in _REFUSED_CREDENTIALS):
             raise ConnectionFailed(
                 f"PostgreSQL {shown} refused the credentials: {text}",
@@ -170,9 +182,26 @@ _SSL_HINTS = (
         "PGSSLROOTCERT), or sslrootcert=system for the system's CAs",
     ),
     (
+        "certificate has expired",
+        "the server's certificate has expired: renew it on the server (its ssl_cert_file and "
+        "ssl_key_file; `SELECT pg_reload_conf()` loads a new pair without a restart), or, if "
+        "it should still be valid, check this machine's clock",
+    ),
+    (
+        "certificate is not yet valid",
+        "the server's certificate is not valid yet: check this machine's clock (and the "
+        "server's), or the certificate's notBefore date",
+    ),
+    (
         "certificate verify failed",
         "the server's certificate is not signed by the CA in sslrootcert (DSN key, or "
         "PGSSLROOTCERT; default ~/.postgresql/root.crt): point it at the CA that signed it",
+    ),
+    (
+        "server does not support SSL",
+        "the server does not accept SSL connections (its ssl setting is off): turn ssl on on "
+        "the server (ssl = on, ssl_cert_file, ssl_key_file), or, only on a network you trust, "
+        "connect without it (sslmode=prefer or disable)",
     ),
     (
         "no encryption",
@@ -191,6 +220,47 @@ def ssl_hint(error: str) -> str | None:
     """What to check when a connection failed with ``error`` for an SSL reason (libpq's own
     DSN keys), or None."""
     return next((hint for mark, hint in _SSL_HINTS if mark in error), None)
+
+
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+"""The message that asks a PostgreSQL server to go on in SSL (it answers S or N)."""
+
+
+def certificate_problem(dsn: str, timeout: float = 5.0) -> str | None:
+    """Why the certificate of ``dsn``'s server fails verification, in OpenSSL's words
+    ("certificate has expired", "unable to get local issuer certificate"): libpq says only
+    "certificate verify failed". Found by a handshake of Python's own with the CA libpq uses
+    (``sslrootcert``, ``PGSSLROOTCERT``, ``~/.postgresql/root.crt``, ``system``), to the first
+    host (``hostaddr`` first) and port; the name is not checked (libpq says when that fails).
+    None when that cannot tell (a socket directory, a server gone, no SSL offered)."""
+    try:
+        given = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return None
+    env = os.environ
+
+    def setting(key: str, variable: str, default: str) -> str:
+        value = given.get(key) or env.get(variable) or default
+        return str(value).split(",")[0].strip()
+
+    host = setting("hostaddr", "PGHOSTADDR", "") or setting("host", "PGHOST", "localhost")
+    root = setting("sslrootcert", "PGSSLROOTCERT", str(Path.home() / ".postgresql/root.crt"))
+    if host.startswith("/") or host.startswith("@"):
+        return None
+    try:
+        port = int(setting("port", "PGPORT", "5432"))
+        context = ssl.create_default_context(cafile=None if root == "system" else root)
+        context.check_hostname = False
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(_SSL_REQUEST)
+            if sock.recv(1) != b"S":
+                return None
+            context.wrap_socket(sock).close()
+    except ssl.SSLCertVerificationError as exc:
+        return str(exc.verify_message or "") or None
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def lost_connection(dsn: str, exc: Exception) -> ConnectionFailed:

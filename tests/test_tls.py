@@ -540,3 +540,103 @@ def test_redact_hides_passwords_in_tls_urls_and_dsns() -> None:
         shown = redact(text)
         assert SECRET not in shown and "***" in shown
         assert ("6380" in shown) or ("db" in shown)
+
+
+# --- an expired certificate, TLS aimed at a plain port, SSL asked of a server without it -------
+
+
+def _wait_for_pg(dsn: str, *, refused: bool) -> None:
+    """Until a new connection to ``dsn`` fails (``refused``) or succeeds: PostgreSQL loads a
+    changed certificate on its reload, for the connections after it."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(dsn, connect_timeout=5).close()
+            if not refused:
+                return
+        except psycopg.OperationalError:
+            if refused:
+                return
+        assert time.monotonic() < deadline, "PostgreSQL did not reload its certificate in 30 s"
+        time.sleep(0.1)
+
+
+def test_an_expired_server_certificate_is_named_as_such(
+    tls_redis: servers.LocalRedis, tls_pg: servers.LocalPostgres, pki: Pki
+) -> None:
+    """A certificate whose notAfter has passed (signed by the right CA, naming the host) is
+    said to have expired, with what to do: renew it (or check the clock). The CA hint said to
+    point ssl_ca_certs / sslrootcert at another CA; libpq says only "certificate verify
+    failed", so esctl asks OpenSSL why with a handshake of its own."""
+    admin = redis.Redis.from_url(rediss(tls_redis, pki.ca))
+    swap = ("CONFIG", "SET", "tls-cert-file", "tls-key-file")
+
+    def serve(cert: Path, key: Path) -> None:
+        admin.execute_command(*swap[:3], str(cert), swap[3], str(key))
+
+    serve(pki.expired_cert, pki.expired_key)
+    try:
+        result = run_cli("queue", "list", "--env", "e", "--redis-url", rediss(tls_redis, pki.ca),
+                         "--json")  # fmt: skip
+    finally:
+        serve(pki.server_cert, pki.server_key)
+        admin.close()
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "connection" and f"localhost:{tls_redis.port}" in error["message"]
+    assert "certificate has expired" in error["message"], error
+    assert "has expired: renew it" in error["hint"] and "tls-cert-file" in error["hint"], error
+
+    data = tls_pg.workdir / "data"
+    kept = {name: (data / name).read_bytes() for name in ("server.crt", "server.key")}
+    dsn = verify_full(tls_pg, pki.ca)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (data / "server.crt").write_bytes(pki.expired_cert.read_bytes())  # owner and mode kept
+        (data / "server.key").write_bytes(pki.expired_key.read_bytes())
+        try:
+            conn.execute("SELECT pg_reload_conf()")
+            _wait_for_pg(dsn, refused=True)
+            result = run_cli("migrate", "plan", "--app", "A", "--redis-url",
+                             rediss(tls_redis, pki.ca), "--pg-dsn", dsn, "--json")  # fmt: skip
+        finally:
+            for name, content in kept.items():
+                (data / name).write_bytes(content)
+            conn.execute("SELECT pg_reload_conf()")
+    _wait_for_pg(dsn, refused=False)
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "connection" and f"port={tls_pg.port}" in error["message"]
+    assert "certificate verify failed (certificate has expired)" in error["message"], error
+    assert "has expired: renew it" in error["hint"] and "ssl_cert_file" in error["hint"], error
+
+
+def test_tls_asked_of_a_server_that_does_not_speak_it_says_so(
+    redis_url: str, pg_admin_dsn: str, pki: Pki
+) -> None:
+    """``rediss://`` aimed at a plain Redis's port: the server reads the TLS hello as a command
+    and waits for the rest of it (or answers it with an error), so the handshake timed out,
+    and esctl said only to check that Redis runs; it now finds that the port answers a plain
+    PING and says to use ``redis://`` there. ``sslmode=require`` against a PostgreSQL without
+    SSL: what libpq says, and what to do about it."""
+    kw = redis.connection.parse_url(redis_url)
+    if redis_url.startswith("rediss") or "path" in kw:
+        pytest.skip("the session's Redis is not a plain TCP server")
+    url = f"rediss://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/0?" + urlencode(
+        {"ssl_ca_certs": str(pki.ca), "socket_connect_timeout": "1"}
+    )
+    result = run_cli("queue", "list", "--env", "e", "--redis-url", url, "--json")
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["kind"] == "connection", error
+    assert "does not speak TLS" in error["hint"] and "redis://" in error["hint"], error
+
+    with psycopg.connect(pg_admin_dsn) as conn:
+        row = conn.execute("SHOW ssl").fetchone()
+    if row is not None and row[0] == "on":
+        pytest.skip("the session's PostgreSQL has SSL on")
+    dsn = make_conninfo(pg_admin_dsn, sslmode="require")
+    result = run_cli("events", "query", "--source", "pg", "--app", "A", "--pg-dsn", dsn, "--json")
+    assert result.returncode == 1, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert "server does not support SSL" in error["message"], error
+    assert "does not accept SSL" in error["hint"] and "sslmode=" in error["hint"], error

@@ -33,6 +33,9 @@ class Pki:
     client_key: Path
     wrong_ca: Path
     """A CA of its own that signed none of the above."""
+    expired_cert: Path
+    expired_key: Path
+    """A server certificate like ``server_cert``, signed by ``ca``, that expired a day ago."""
 
     def server_files(self, *, require_client_cert: bool = False) -> TlsFiles:
         if require_client_cert:
@@ -40,6 +43,9 @@ class Pki:
                 self.server_cert, self.server_key, self.ca, self.client_cert, self.client_key
             )
         return TlsFiles(self.server_cert, self.server_key, self.ca)
+
+    def expired_server_files(self) -> TlsFiles:
+        return TlsFiles(self.expired_cert, self.expired_key, self.ca)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -91,10 +97,11 @@ def _leaf(
     server: bool,
     cert_path: Path,
     key_path: Path,
+    expired: bool = False,
 ) -> None:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2 if expired else 0)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -142,10 +149,16 @@ def make_pki(directory: Path) -> Pki:
         client_cert=directory / "client.crt",
         client_key=directory / "client.key",
         wrong_ca=directory / "wrong-ca.crt",
+        expired_cert=directory / "expired.crt",
+        expired_key=directory / "expired.key",
     )
     ca = _ca("esctl test CA", pki.ca)
     _leaf("localhost", ca, server=True, cert_path=pki.server_cert, key_path=pki.server_key)
     _leaf("esctl", ca, server=False, cert_path=pki.client_cert, key_path=pki.client_key)
+    _leaf(
+        "localhost", ca, server=True, cert_path=pki.expired_cert, key_path=pki.expired_key,
+        expired=True,
+    )  # fmt: skip
     _ca("esctl wrong CA", pki.wrong_ca)
     return pki
 

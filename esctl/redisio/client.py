@@ -4,6 +4,7 @@ as text, and redis-py's errors turned into esctl's."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -276,6 +277,17 @@ def _has_password(url: str) -> bool:
 
 _TLS_HINTS = (
     (
+        ("certificate has expired",),
+        "the server's certificate has expired: renew it on the server (tls-cert-file and "
+        "tls-key-file; `CONFIG SET tls-cert-file NEW.crt tls-key-file NEW.key` loads a new "
+        "pair without a restart), or, if it should still be valid, check this machine's clock",
+    ),
+    (
+        ("certificate is not yet valid",),
+        "the server's certificate is not valid yet: check this machine's clock (and the "
+        "server's), or the certificate's notBefore date",
+    ),
+    (
         ("mismatch", "does not match"),
         "the server's certificate does not name the host in the URL: connect by a name or "
         "address the certificate lists (its subjectAltName), or, knowingly, add "
@@ -286,6 +298,11 @@ _TLS_HINTS = (
         "the server's certificate is not signed by a CA esctl trusts: point the URL's "
         "ssl_ca_certs query parameter at the CA file that signed it "
         "(rediss://HOST:PORT/0?ssl_ca_certs=/path/ca.pem)",
+    ),
+    (
+        ("wrong version number", "packet length too long", "unknown protocol", "record layer"),
+        "the server does not speak TLS on that port: use redis:// for its plain port, or "
+        "rediss:// with the port of its tls-port",
     ),
     (
         ("certificate required", "eof occurred in violation of protocol", "alert"),
@@ -299,15 +316,25 @@ _TLS_HINTS = (
         "the paths in the URL's query string",
     ),
 )
+PLAIN_ON_TLS_URL = (
+    "the server answered a plain (not TLS) PING on that port: it does not speak TLS there; use "
+    "redis:// for that port, or rediss:// with the port of its tls-port"
+)
+"""What to do when a ``rediss://`` URL's handshake got no answer from a plain Redis (it reads
+the TLS hello as a command and waits for the rest of it, until the client's timeout)."""
 
 
 def tls_hint(url: str, error: str) -> str | None:
     """What to check when connecting to ``url`` failed with ``error``, where TLS is the likely
-    cause: a ``rediss://`` URL whose handshake failed, or a ``redis://`` URL whose connection
-    the server dropped at once (it speaks TLS on that port). None otherwise."""
+    cause: a ``rediss://`` URL whose handshake failed (or timed out against a server that
+    answers plain Redis on that port: :func:`answers_plain_redis`), or a ``redis://`` URL whose
+    connection the server dropped at once (it speaks TLS on that port). None otherwise."""
     text = error.lower()
     if url.lower().startswith("rediss"):
-        return next((hint for marks, hint in _TLS_HINTS if any(m in text for m in marks)), None)
+        hint = next((hint for marks, hint in _TLS_HINTS if any(m in text for m in marks)), None)
+        if hint is None and ("timeout" in text or "timed out" in text or "closed" in text):
+            return PLAIN_ON_TLS_URL if answers_plain_redis(url) else None
+        return hint
     if "reset by peer" in text or "closed by server" in text or "connection closed" in text:
         return (
             "the server closed the connection at once: if it speaks TLS on that port "
@@ -315,6 +342,20 @@ def tls_hint(url: str, error: str) -> str | None:
             "Redis is running and --redis-url / ESCTL_REDIS_URL is right"
         )
     return None
+
+
+def answers_plain_redis(url: str, timeout: float = 2.0) -> bool:
+    """Whether the server of a ``rediss://`` URL answers a plain ``PING`` (no TLS) on its port:
+    one connection, one line sent; a plain Redis answers ``+PONG`` or an error (``-NOAUTH``)."""
+    try:
+        kw = redis.connection.parse_url(url.replace("+cluster://", "://", 1))
+        address = (str(kw.get("host", "localhost")), int(kw.get("port", 6379)))
+        with socket.create_connection(address, timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            answer = sock.recv(64)
+    except (OSError, ValueError):
+        return False
+    return answer.startswith((b"+PONG", b"-NOAUTH", b"-ERR", b"-WRONGPASS", b"-LOADING"))
 
 
 def refuse_a_lone_cluster_node(client: RedisClient) -> None:
