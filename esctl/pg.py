@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from esctl import inflight
+from esctl import inflight, privileges
 from esctl.config import (
     PERCENT_ENCODING,
     redact,
@@ -29,7 +29,7 @@ from esctl.config import (
 )
 from esctl.errors import ConnectionFailed, PermissionDenied, SchemaIncompatible, ServerError
 
-GRANTS_DOCS = 'README "Running esctl in production", "Credentials and least privilege"'
+GRANTS_DOCS = privileges.DOCS
 """Where the grants each command family needs are documented."""
 _REFUSED_CREDENTIALS = (
     "password authentication failed",
@@ -276,10 +276,13 @@ def lost_connection(dsn: str, exc: Exception) -> ConnectionFailed:
 def permission_denied(dsn: str, exc: Exception) -> PermissionDenied:
     """The error for PostgreSQL's insufficient_privilege: the server, what it refused (its
     message names the table, schema or function) and where the grants are documented."""
+    try:
+        dbname = conninfo_to_dict(dsn).get("dbname") or os.environ.get("PGDATABASE")
+    except psycopg.Error:
+        dbname = None
     return PermissionDenied(
         f"PostgreSQL {describe_dsn(dsn)} refused: {redact(str(exc)).strip()}",
-        hint=f"grant this command family's privileges ({GRANTS_DOCS}) to the role in "
-        "--pg-dsn, then rerun",
+        hint=privileges.pg_hint(str(dbname) if dbname else None),
     )
 
 

@@ -27,6 +27,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.documents",
         "esctl.sampling",
         "esctl.where",
+        "esctl.privileges",
     ),
     # talking to servers and processes, knowing nothing of operations
     "transport": (

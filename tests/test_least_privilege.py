@@ -140,9 +140,10 @@ def pg_log_size(pg: servers.LocalPostgres) -> int:
     return (pg.workdir / "postgres.log").stat().st_size
 
 
-def refused(result: Any, server: str, *words: str) -> dict[str, Any]:
+def refused(result: Any, server: str, *words: str, grant: tuple[str, ...] = ()) -> dict[str, Any]:
     """The run exited 1 with a ``permission`` error document naming ``server`` and ``words``,
-    pointing at the README section."""
+    pointing at the README section; its hint names what to grant: ``grant``, the command, the
+    README's user or role of its family and what that user is made for (app, env, database)."""
     assert result.returncode == 1, result.stderr
     document = json.loads(result.stdout)
     error = document["error"]
@@ -150,6 +151,8 @@ def refused(result: Any, server: str, *words: str) -> dict[str, Any]:
     for word in (server, *words):
         assert word in error["message"], (word, error)
     assert "Credentials and least privilege" in error["hint"], error
+    for word in grant:
+        assert word in error["hint"], (word, error)
     return error
 
 
@@ -202,7 +205,12 @@ def test_the_read_only_family_runs_under_users_without_any_write(store: Store) -
 
     # One right less: the read-only role may not migrate; the message names the server.
     result = store.run("esctl-read", "esctl_read", "migrate", "redis-to-pg", *app, "--json")
-    refused(result, f"127.0.0.1:{store.pg.port}", "permission denied")
+    refused(
+        result,
+        f"127.0.0.1:{store.pg.port}",
+        "permission denied",
+        grant=("`esctl migrate redis-to-pg`", "esctl_migrate role", f"DBNAME = {store.db}"),
+    )
 
 
 def test_the_queue_family_runs_under_its_user_and_refuses_cleanly_with_a_right_less(
@@ -212,6 +220,15 @@ def test_the_queue_family_runs_under_its_user_and_refuses_cleanly_with_a_right_l
     sub, event_type, dead_key = store.queue("dead")
     dead_before = store.admin.lrange(dead_key, 0, -1)
     server = f"127.0.0.1:{store.redis_port}"
+
+    # The read-only family's user: the hint names the user whose rules requeue needs.
+    result = store.run(
+        "esctl-read", None, "queue", "requeue", sub, event_type, "--from", "dead", "--yes", *env,
+        "--json",
+    )  # fmt: skip
+    refused(result, server, "set", grant=("`esctl queue requeue`", "esctl-queues user"))
+    assert store.admin.lrange(dead_key, 0, -1) == dead_before
+    acl_denials(store.admin)
 
     # Without RPUSH, requeue is refused before anything moves (the script checks first).
     set_user(store.admin, "esctl-queues", [*store.rules["esctl-queues"], "-rpush"])
@@ -229,7 +246,8 @@ def test_the_queue_family_runs_under_its_user_and_refuses_cleanly_with_a_right_l
         "--json",
     )
     published_key = layout.queue_key(sub, store.env, event_type, "published")
-    refused(result, server, "RPUSH", published_key)
+    queues_user = ("`esctl queue requeue`", "esctl-queues user", f"ENV = {store.env}")
+    refused(result, server, "RPUSH", published_key, grant=queues_user)
     assert store.admin.lrange(dead_key, 0, -1) == dead_before
     set_user(store.admin, "esctl-queues", store.rules["esctl-queues"])
     acl_denials(store.admin)
@@ -273,7 +291,9 @@ def test_the_queue_family_runs_under_its_user_and_refuses_cleanly_with_a_right_l
     result = store.run(
         "esctl-queues", None, "queue", "restore", str(backup), "--yes", *env, "--json"
     )
-    refused(result, server, "LPUSH", processing_key)
+    refused(
+        result, server, "LPUSH", processing_key, grant=("`esctl queue restore`", "esctl-queues")
+    )
     assert store.admin.llen(processing_key) == 0
     set_user(store.admin, "esctl-queues", store.rules["esctl-queues"])
     acl_denials(store.admin)
@@ -300,7 +320,7 @@ def test_the_queue_family_runs_under_its_user_and_refuses_cleanly_with_a_right_l
         *env,
         "--json",
     )
-    refused(result, server, "LTRIM", processing_key)
+    refused(result, server, "LTRIM", processing_key, grant=("`esctl queue drain`", "esctl-queues"))
     assert store.admin.lrange(processing_key, 0, -1) == before
     set_user(store.admin, "esctl-queues", store.rules["esctl-queues"])
     acl_denials(store.admin)
@@ -342,7 +362,7 @@ def test_the_queue_family_runs_under_its_user_and_refuses_cleanly_with_a_right_l
         *env,
         "--json",
     )
-    refused(result, server, "PUBLISH")
+    refused(result, server, "PUBLISH", grant=("`esctl replay`", "esctl-queues user"))
     assert {k: store.admin.llen(k) for k in lengths} == lengths
 
 
@@ -359,7 +379,9 @@ def test_compress_and_prune_run_under_their_users_and_refuse_cleanly_with_a_righ
     result = store.run(
         "esctl-compress", None, "compress", "--yes", "--threshold", "200", *app, "--json"
     )
-    refused(result, server, "HSET")
+    refused(
+        result, server, "HSET", grant=("`esctl compress`", "esctl-compress", f"APP = {store.app}")
+    )
     assert {k: store.admin.hgetall(k) for k in snapshot} == snapshot
     set_user(store.admin, "esctl-compress", store.rules["esctl-compress"])
     result = store.run(
@@ -376,7 +398,12 @@ def test_compress_and_prune_run_under_their_users_and_refuse_cleanly_with_a_righ
     result = store.run(
         "esctl-read", "esctl_migrate", "migrate", "redis-to-pg", "--init-schema", *app, "--json"
     )
-    refused(result, f"127.0.0.1:{store.pg.port}", "permission denied for schema public")
+    refused(
+        result,
+        f"127.0.0.1:{store.pg.port}",
+        "permission denied for schema public",
+        grant=("esctl_migrate role",),
+    )
     store.grant("esctl_migrate")
     result = store.run(
         "esctl-read", "esctl_migrate", "migrate", "redis-to-pg", "--init-schema", *app
@@ -391,7 +418,9 @@ def test_compress_and_prune_run_under_their_users_and_refuse_cleanly_with_a_righ
     set_user(store.admin, "esctl-prune", [*store.rules["esctl-prune"], "-del"])
     lists = sorted(store.admin.scan_iter(f"{{EventStore:{store.app}}}:*"))
     result = store.run("esctl-prune", "esctl_migrate", "migrate", "prune", "--yes", *app, "--json")
-    refused(result, server, "DEL")
+    refused(
+        result, server, "DEL", grant=("`esctl migrate prune`", "esctl-prune", f"APP = {store.app}")
+    )
     assert sorted(store.admin.scan_iter(f"{{EventStore:{store.app}}}:*")) == lists
     set_user(store.admin, "esctl-prune", store.rules["esctl-prune"])
     acl_denials(store.admin)

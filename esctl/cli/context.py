@@ -183,6 +183,21 @@ def set_loading_wait(environ: Mapping[str, str] | None = None) -> None:
     retry.loading_notice = messages.info
 
 
+def _words(func: Callable[..., None]) -> str:
+    """The running command's words after ``esctl`` (``queue requeue``), from Click's context
+    (Typer's own getter; the function's name outside a command line)."""
+    from typer.main import get_current_context
+
+    level: Any = get_current_context(silent=True)
+    if level is None:
+        return func.__name__
+    words: list[str] = []
+    while level.parent is not None:
+        words.append(level.info_name or "")
+        level = level.parent
+    return " ".join(reversed(words))
+
+
 def with_context(
     uses: Scope, *, json: bool = True
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -207,8 +222,13 @@ def with_context(
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> None:
+            from esctl import privileges  # (not at startup: tests/test_cli_basics.py)
+
             ctx = Context.from_options({name: kwargs.pop(name) for name in names})
-            with reporting(out=ctx.out, debug=ctx.debug):
+            with (
+                privileges.running(_words(func), kwargs, ctx.get),
+                reporting(out=ctx.out, debug=ctx.debug),
+            ):
                 func(ctx, **kwargs)
 
         return with_parameters(command, parameters)

@@ -14,6 +14,7 @@ import redis
 import redis.cluster
 import redis.exceptions
 
+from esctl import privileges
 from esctl.config import (
     PERCENT_ENCODING,
     redact,
@@ -27,8 +28,6 @@ RedisClient = redis.Redis | redis.cluster.RedisCluster
 REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 """What redis-py raises: the cluster client's own errors (no node reachable, a slot not
 covered during a failover) are not RedisErrors."""
-ACL_DOCS = 'README "Running esctl in production", "Credentials and least privilege"'
-"""Where the ACL rules and grants each command family needs are documented."""
 PIPELINE_CHUNK = 1000
 """Commands per pipelined round trip (measured: 200 per round trip costs 20-25%)."""
 
@@ -439,8 +438,7 @@ def permission_denied(
     what = f"{command} on {printable(key)}" if command and key else command or "a command"
     return PermissionDenied(
         f"Redis {server} refused {what}: the ACL user may not run it ({text})",
-        hint=f"grant this command family's ACL rules ({ACL_DOCS}) to the user in "
-        "--redis-url, then rerun",
+        hint=privileges.redis_hint(),
     )
 
 
