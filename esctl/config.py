@@ -233,6 +233,11 @@ _WHOLE_KV_PASSWORD = re.compile(
     re.IGNORECASE,
 )
 _KV_DSN = re.compile(r"\A\s*[A-Za-z_]+\s*=")
+_URL_WITH_SPACES = re.compile(
+    r"\A\s*[a-zA-Z][a-zA-Z0-9+.-]*://[^\s@]*:[^\s@]*\s[^\n]*@[^\s@]*\s*\Z"
+)
+"""A URL by itself whose user:password part holds a space (before its first "@"), and nothing
+after the host, port and path: not a message that begins with a URL."""
 
 
 def _url_password(url: str) -> re.Match[str] | None:
@@ -254,7 +259,7 @@ def redact(text: str) -> str:
     is hidden as a whole: a password that holds spaces, unquoted or unencoded, too."""
     if _KV_DSN.match(text):
         text = _WHOLE_KV_PASSWORD.sub(r"\1***", text)
-    elif "\n" not in text.strip() and _CUT_URL_PASSWORD.match(text.strip()):
+    elif _URL_WITH_SPACES.match(text):  # a setting: its password holds a space
         text = _redact_url(text.strip())
     text = _URL.sub(lambda url: _redact_url(url.group(0)), text)
     return _KV_PASSWORD.sub(r"\1***", text)

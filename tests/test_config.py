@@ -283,6 +283,13 @@ def test_a_password_its_url_parser_would_cut_short(url: str, unencoded: str, sho
         assert "s3" not in redact(f"bad URL {url}: no")
 
 
+def test_a_message_that_begins_with_a_url_is_redacted_as_a_message() -> None:
+    """Only a URL by itself (a setting) is hidden up to its last "@" across spaces."""
+    message = "redis://u:s3cret@h:1/0 is down, see ops@example.com"
+    assert redact(message) == "redis://u:***@h:1/0 is down, see ops@example.com"
+    assert redact("postgresql://u:s3 cr/et@h/db") == "postgresql://u:***@h/db"
+
+
 def test_redact_error_hides_pieces_of_the_password_a_library_quotes() -> None:
     url = "redis://u:Kx7:Wm3/Rt5#Jh2@h:6379/0"
     for message in (
