@@ -23,7 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing.managers import SyncManager
 from typing import Any, TypeVar
+
+from esctl import childstops
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -207,7 +210,9 @@ def worker_processes(
     starts in milliseconds; spawn re-imports everything, ~0.5 s a worker), so ``initargs`` are
     inherited, not pickled (a :class:`multiprocessing.Queue` may be one). Nothing should be open
     yet that the workers would share: each opens its own connections. A worker is killed when the
-    process that started it dies (:func:`_die_with_parent`), then runs ``initializer``."""
+    process that started it dies (:func:`_die_with_parent`), then runs ``initializer``. Each
+    stop this process takes (Ctrl-C, SIGTERM, SIGHUP), also one sent to it alone, is passed on
+    to the workers at once, and each takes it once (:mod:`esctl.childstops`)."""
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     return _WorkerPool(
         workers,
@@ -218,42 +223,132 @@ def worker_processes(
 
 
 class _WorkerPool(ProcessPoolExecutor):
-    """A process pool whose workers know when they run a part (:func:`_running`): Ctrl-C
-    stops a part as a KeyboardInterrupt (it says what it did, as in one process) and a worker
-    waiting for work quietly (Python's multiprocessing printed its traceback on the terminal,
-    and under ``--json``, beside esctl's one-line message)."""
+    """A process pool that passes this process's stops on to its workers
+    (:class:`~esctl.childstops.PassingOn`), whose workers know when they run a part
+    (:func:`_running`): a stop stops a part as a KeyboardInterrupt (it says what it did, as in
+    one process), and a worker waiting for work notes it quietly (Python's multiprocessing
+    printed its traceback on the terminal, and under ``--json``, beside esctl's one-line
+    message)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._passing_on = childstops.PassingOn()
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            self._passing_on.close()
+            raise
+
+    def _spawn_process(self) -> None:
+        # Blocked while forking: a worker takes stops only once it counts them.
+        with childstops.blocked():
+            known = set(self._processes)
+            super()._spawn_process()  # type: ignore[misc]
+        for pid in set(self._processes) - known:
+            self._passing_on.add(pid)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        return super().submit(_running, fn, *args, **kwargs)
+        future = super().submit(_running, fn, *args, **kwargs)
+        self._passing_on.start()  # after the forks (the first submit forks the workers)
+        return future
 
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As ProcessPoolExecutor's; with ``wait``, a stop meanwhile (passed on: the parts end
+        sooner) does not cut the wait for the workers short, and is raised after it: the
+        command ends with no worker left, and what it was saying (an interruption's counts)
+        is the stop's context."""
+        stopped: KeyboardInterrupt | None = None
+        try:
+            while True:
+                try:
+                    super().shutdown(wait, cancel_futures=cancel_futures)
+                    break
+                except KeyboardInterrupt as exc:
+                    if not wait:
+                        raise
+                    stopped = stopped or exc
+        finally:
+            self._passing_on.close()
+        if stopped is not None:
+            raise stopped
+
+
+def wait_through_stops(futures: Iterable[Future[Any]]) -> None:
+    """Wait until every one of a pool's ``futures`` is done, whatever stops come meanwhile:
+    each was passed on to the workers (their parts end sooner for it), and what the parts did
+    is in their results. Polled, so that a stop never lands inside the wait's locks (Python
+    then raised 'release unlocked lock' from it)."""
+    pending = list(futures)
+    while True:
+        try:
+            while not all(f.done() for f in pending):
+                time.sleep(WAIT_POLL_S)
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def wait_for_parts(futures: Iterable[Future[Any]]) -> None:
+    """Wait until every one of a pool's ``futures`` is done; a stop raises KeyboardInterrupt
+    (the workers were passed it: :func:`wait_through_stops` then waits for what they did).
+    Polled, as :func:`wait_through_stops` is."""
+    pending = list(futures)
+    while not all(f.done() for f in pending):
+        time.sleep(WAIT_POLL_S)
+
+
+WAIT_POLL_S = 0.02
+"""How often a wait for a pool's parts looks whether they are done."""
 
 _in_part = False
 """In a worker: whether it runs a part now."""
+_stop_taken = False
+"""In a worker: a stop came while it waited for work; the part it gets next stops at once."""
 
 
 def _running(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    global _in_part
-    _in_part = True
+    global _in_part, _stop_taken
+    _in_part = True  # (first: a stop from now on raises in the part)
     try:
+        if _stop_taken:
+            _stop_taken = False
+            raise KeyboardInterrupt
         return fn(*args, **kwargs)
     finally:
         _in_part = False
 
 
 def _on_ctrl_c(signum: int, frame: object) -> None:
-    """A worker's Ctrl-C: a part stops as a KeyboardInterrupt, an idle worker ends quietly."""
+    """A worker's stop: a part stops as a KeyboardInterrupt; a worker waiting for work notes
+    it (its next part stops before it begins) and goes on waiting, to be ended by the pool
+    (a worker that ended here broke the pool, which then failed every part, also those
+    stopping, and killed the other workers)."""
+    global _stop_taken
     if _in_part:
         raise KeyboardInterrupt
-    raise SystemExit(130)
+    _stop_taken = True
 
 
 def _start_worker(
     parent: int, initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
 ) -> None:
     _die_with_parent(parent)
+    ignored = childstops.ignored_stops()
     signal.signal(signal.SIGINT, _on_ctrl_c)
+    childstops.take_stops(ignored)
     if initializer is not None:
         initializer(*initargs)
+
+
+def worker_manager() -> SyncManager:
+    """A started multiprocessing manager (its queues reach a pool's workers as arguments)
+    that takes no stop signal: it serves the workers until it is shut down, however the
+    command is stopped, and dies with this process (a ``kill -9`` of the command left it
+    running)."""
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    manager = SyncManager(ctx=context)
+    with childstops.blocked():
+        manager.start(_die_with_parent, (os.getpid(),))
+    return manager
 
 
 def _die_with_parent(parent: int) -> None:

@@ -5,17 +5,20 @@ in-flight reads cost far fewer round trips than one at a time."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+from helpers import alive
 from test_bench_relay import relay_module
 
 from esctl import inflight, layout, queues, redisio
@@ -222,13 +225,15 @@ def sleeping_part(seconds: float) -> float:
     return seconds
 
 
-def test_a_ctrl_c_stops_a_running_part_and_ends_an_idle_worker_quietly(
+def test_a_ctrl_c_stops_a_running_part_and_an_idle_worker_waits_quietly(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    """Ctrl-C reaches every process of the terminal's group, the workers too: the part a
-    worker runs stops (KeyboardInterrupt, as in one process), and a worker waiting for work
-    ends without a word (multiprocessing printed 'Process ForkProcess-2: Traceback ...' on
-    the terminal, beside esctl's one-line message; CI caught it under `migrate verify`)."""
+    """Ctrl-C sent to the workers themselves (as a terminal's reaches every process of its
+    group): the part a worker runs stops (KeyboardInterrupt, as in one process), and a worker
+    waiting for work says nothing (multiprocessing printed 'Process ForkProcess-2: Traceback
+    ...' on the terminal, beside esctl's one-line message; CI caught it under `migrate
+    verify`) and waits on, to be ended by the pool: one that ended there broke the pool, which
+    failed every part, also those still stopping, and killed the other workers."""
     with inflight.worker_processes(2) as pool:
         part = pool.submit(sleeping_part, 30)
         assert pool.submit(sleeping_part, 0).result(timeout=30) == 0  # both workers up
@@ -237,8 +242,92 @@ def test_a_ctrl_c_stops_a_running_part_and_ends_an_idle_worker_quietly(
             assert time.monotonic() < deadline
             time.sleep(0.01)
         time.sleep(0.2)  # the part is in its sleep, the other worker waits for work
-        for pid in list(pool._processes):
+        workers = list(pool._processes)
+        for pid in workers:
             os.kill(pid, signal.SIGINT)
-        with pytest.raises((KeyboardInterrupt, BrokenProcessPool)):
+        with pytest.raises(KeyboardInterrupt):
             part.result(timeout=30)
+        time.sleep(0.3)
+        assert [pid for pid in workers if alive(pid)] == workers  # the pool is whole
     assert "Traceback" not in capfd.readouterr().err
+    assert not [pid for pid in workers if alive(pid)]
+
+
+COUNTING_STOPS = """
+import json, os, signal, sys, time
+from esctl import inflight
+from esctl.cli import errors
+
+def say(line):
+    os.write(1, (line + "\\n").encode())  # one write: the workers share the pipe
+
+def counting_stops(seconds):
+    say("started")
+    stops, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.01)
+        except KeyboardInterrupt:
+            stops += 1
+    return stops
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (as a terminal's shell has them)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    errors.stop_on_signals()  # as esctl's command line does
+    with inflight.worker_processes(2) as pool:
+        futures = [pool.submit(counting_stops, float(sys.argv[1])) for _ in range(2)]
+        say(json.dumps(list(pool._processes)))
+        while not all(f.done() for f in futures):
+            try:
+                time.sleep(0.02)
+            except KeyboardInterrupt:
+                pass
+        say(json.dumps([f.result() for f in futures]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("to", "signals", "stops"),
+    [
+        ("parent", [signal.SIGTERM], 1),
+        ("parent", [signal.SIGHUP, signal.SIGHUP], 1),
+        ("parent", [signal.SIGTERM, signal.SIGTERM], 2),
+        ("group", [signal.SIGTERM], 1),
+        ("group", [signal.SIGINT, signal.SIGINT], 2),
+    ],
+    ids=["SIGTERM", "SIGHUP twice", "SIGTERM twice", "group SIGTERM", "group Ctrl-C twice"],
+)
+def test_each_worker_takes_each_stop_once_whether_sent_to_the_command_alone_or_to_all(
+    to: str, signals: list[signal.Signals], stops: int
+) -> None:
+    """A stop sent to the command's process alone (Kubernetes' SIGTERM to PID 1, ``kill
+    PID``, a hangup that reaches esctl alone) reached no worker: their parts ran to their end.
+    The command passes each stop on; a stop sent to every process (a terminal's Ctrl-C to its
+    process group, systemd's to the unit) reaches a worker twice then, and must count once:
+    a second stop cuts waits short. A hangup's second SIGHUP is the same stop."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COUNTING_STOPS, "1.5"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]  # the workers' pids, 2 parts started
+        assert sorted(lines)[-2:] == ["started\n", "started\n"], lines
+        workers = json.loads(sorted(lines)[0])
+        for number, signum in enumerate(signals):
+            time.sleep(0.2 if number else 0.05)
+            if to == "parent":
+                os.kill(proc.pid, signum)
+            else:
+                os.killpg(proc.pid, signum)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0
+    assert json.loads(out) == [stops, stops]
+    assert len(workers) == 2 and not [pid for pid in workers if alive(pid)]

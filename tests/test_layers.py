@@ -35,6 +35,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.pg",
         "esctl.servers",
         "esctl.readahead",
+        "esctl.childstops",
         "esctl.inflight",
     ),
     # what several operations share
