@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,7 +29,17 @@ import independent_writer as iw
 import psycopg
 import pytest
 import redis
-from helpers import cli_env, reap, run_cli
+from helpers import (
+    assert_clean,
+    child_processes,
+    cli_env,
+    reap,
+    run_cli,
+    started_cli,
+    wait_gone,
+)
+from terminal import ESCTL as TERMINAL_ESCTL
+from terminal import TerminalSession
 from test_migrate import (
     cli_args,
     migrate,
@@ -498,6 +509,152 @@ def test_ctrl_c_of_migrate_with_two_workers_says_what_they_committed_and_records
     assert code == 3, doc  # the store holds quarantined aggregates
     assert doc["resumed"] is True
     assert_same_rows_as(pg_dsn, reference)
+
+
+def writers_all_waiting_for_a_lock(dsn: str) -> bool:
+    """Whether every writer of the migration waits for a lock (each holds a batch)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE wait_event_type = 'Lock')"
+            "  FROM pg_stat_activity WHERE datname = current_database()"
+            "   AND application_name = 'esctl migrate writer'"
+        ).fetchone()
+    return row is not None and row[0] == row[1] > 0
+
+
+def runs_and_locks(dsn: str) -> tuple[list[str], int]:
+    """The statuses of the migration's runs, and the advisory locks held in its database."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        statuses = [r[0] for r in conn.execute("SELECT status FROM esctl.migration_run")]
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+    return sorted(statuses), int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize(
+    "stop", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"]
+)
+def test_a_stop_sent_to_migrate_alone_stops_its_workers_at_once(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    app_name: str,
+    stop: signal.Signals,
+) -> None:
+    """A stop that reaches the command's own process alone, not its workers: Kubernetes stops
+    a pod with SIGTERM to its PID 1 (esctl, in docs/deploy/k8s), as ``kill PID`` does, and a
+    hangup may reach esctl alone. The workers went on with their whole shards; the command
+    waited for them, then said 'the run is recorded as interrupted' of runs recorded as
+    finished. It passes the stop on: each worker ends its batches in hand and records its run
+    as interrupted, and the command exits 130 at once saying what they committed, with no
+    process and no lock left behind."""
+    write_fault_store(redis_client, app_name, seed=31)
+    with started_cli(
+        "migrate", "redis-to-pg", *cli_args(redis_test_url, pg_dsn, app_name), "--json",
+        "--init-schema", "--workers", "2", *BATCH, "--rate", "800",
+    ) as proc:  # fmt: skip
+        wait_until(
+            lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None
+        )
+        workers = child_processes(proc.pid)
+        assert proc.poll() is None and len(workers) == 2, finish(proc)
+        signalled = time.monotonic()
+        proc.send_signal(stop)  # the command alone, not its process group
+        code, out, err = finish(proc)
+        took = time.monotonic() - signalled
+    assert code == 130, (out, err)
+    assert_clean(out, err)
+    assert took < 2, took  # (its shards take ~2 s more at --rate 800)
+    assert wait_gone(workers, timeout=2) == []
+    error = json.loads(out)["error"]
+    said = {signal.SIGTERM: "stopped by SIGTERM", signal.SIGHUP: "stopped by SIGHUP"}
+    assert error["message"].startswith(said.get(stop, "interrupted")), error
+    assert "stay committed; the run is recorded as interrupted" in error["message"], error
+    assert 0 < error["done"]["events_migrated"] == len(pg_rows(pg_dsn))
+    assert runs_and_locks(pg_dsn) == (["interrupted", "interrupted"], 0)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "kill -9"])
+def test_migrate_with_workers_and_a_progress_bar_stopped_alone_leaves_no_process(
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    app_name: str,
+    stop: signal.Signals,
+) -> None:
+    """On a terminal, ``--workers`` draws one progress bar, fed by a multiprocessing manager
+    (a third process). Run from an interactive shell (here ``sh``, which stays), the command
+    alone is stopped: by ``kill PID``, its workers end their batches and record their runs
+    as interrupted; by ``kill -9``, they die with it. The manager outlived a ``kill -9`` for as
+    long as the terminal stayed open (it takes SIGHUP only when the terminal hangs up)."""
+    write_fault_store(redis_client, app_name, seed=35)
+    words = [
+        *TERMINAL_ESCTL, "migrate", "redis-to-pg", "--redis-url", redis_test_url,
+        "--pg-dsn", pg_dsn, "--app", app_name, "--init-schema", "--workers", "2", *BATCH,
+        "--rate", "800",
+    ]  # fmt: skip
+    with TerminalSession(["sh", "-c", f"{shlex.join(words)}; echo exit $?; sleep 30"]) as session:
+        deadline = time.monotonic() + 30
+        while not (command := child_processes(session.process.pid)):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        wait_until(lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2, timeout=30)
+        helpers = child_processes(command[0])
+        assert len(helpers) == 3, helpers  # the manager and two workers
+        os.kill(command[0], stop)
+        if stop == signal.SIGTERM:
+            screen = session.wait_for(lambda s: "exit 130" in s.rows, timeout=10)
+            said = " ".join(" ".join(screen.rows).split())
+            assert "error: stopped by SIGTERM; " in said, screen.describe()
+            assert "the run is recorded as interrupted" in said, screen.describe()
+            assert runs_and_locks(pg_dsn) == (["interrupted", "interrupted"], 0)
+        assert wait_gone(helpers, timeout=3) == [], "left running"
+
+
+def test_a_second_stop_sent_to_migrate_alone_cuts_its_workers_wait_short(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """A first SIGTERM to the command alone waits for the batches its workers have under way
+    (PostgreSQL's event tables are locked: every writer waits with its batch); a second one stops that wait, as a
+    second Ctrl-C does in one process. The second SIGTERM ended the command's own wait for its
+    workers, and it said only 'the state was left consistent'. Now it says what they committed
+    and that the batches under way were not waited for; the workers are gone."""
+    write_fault_store(redis_client, app_name, seed=33)
+    with started_cli(
+        "migrate", "redis-to-pg", *cli_args(redis_test_url, pg_dsn, app_name), "--json",
+        "--init-schema", "--workers", "2", *BATCH, "--rate", "800",
+    ) as proc, psycopg.connect(pg_dsn) as locker:  # fmt: skip
+        wait_until(
+            lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None
+        )
+        workers = child_processes(proc.pid)
+        assert proc.poll() is None and len(workers) == 2, finish(proc)
+        locker.execute("LOCK TABLE aggregate, event IN ACCESS EXCLUSIVE MODE")
+        wait_until(lambda: writers_all_waiting_for_a_lock(pg_dsn), timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert proc.poll() is None, finish(proc)  # the first stop waits for the batches under way
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code, out, err = finish(proc)
+        took = time.monotonic() - signalled
+        assert wait_gone(workers, timeout=2) == []
+        committed = locker.execute("SELECT count(*) FROM event").fetchone()
+        locker.rollback()
+    assert code == 130, (out, err)
+    assert_clean(out, err)
+    assert took < 2, took
+    error = json.loads(out)["error"]
+    assert error["message"].startswith("stopped by SIGTERM; "), error
+    assert error["message"].endswith(
+        "stay committed; the run is recorded as interrupted; a second stop did not wait for "
+        "the batches under way, which may have committed too"
+    ), error
+    assert committed is not None and 0 < error["done"]["events_migrated"] == committed[0]
+    assert len(pg_rows(pg_dsn)) == committed[0]  # (the batches under way did not)
+    assert runs_and_locks(pg_dsn) == (["interrupted", "interrupted"], 0)
 
 
 def test_a_resumed_run_reports_what_the_run_quarantined_before_the_interruption(

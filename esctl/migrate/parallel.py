@@ -4,15 +4,14 @@ one combined summary. Why the workers are forked: docs/design/migrate.md, "Sever
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from esctl import inflight, redisio
+from esctl import childstops, inflight, interrupts, redisio
 from esctl.errors import EsctlError, Interrupted, UsageError
 from esctl.locks import MAX_FAMILY_SHARD_COUNT
 from esctl.migrate.options import Invocation, MigrateOptions, MigrationSummary, Progress
@@ -26,9 +25,11 @@ class _Stopped:
     """A worker's part stopped by Ctrl-C or SIGTERM: what it committed (its
     ``Interrupted.done``). Sent back as a result: an Interrupted does not cross the process
     boundary (it cannot be unpickled, which broke the pool and killed the other workers
-    before they recorded their runs)."""
+    before they recorded their runs). ``cut_short``: it took a second stop, which did not wait
+    for the batches its writers had under way (they may have committed after its count)."""
 
     done: dict[str, int]
+    cut_short: bool = False
 
 
 def _migrate_in_process(
@@ -39,7 +40,7 @@ def _migrate_in_process(
         report = None if progress is None else lambda p: progress.put((index, p))
         return migrate_redis_to_pg(client, opts, on_progress=report)
     except Interrupted as stopped:
-        return _Stopped(stopped.done or {})
+        return _Stopped(stopped.done or {}, cut_short=childstops.taken() > 1)
     finally:
         client.close()
 
@@ -66,11 +67,27 @@ def migrate_parallel(
     started = time.monotonic()
     _check_shard_count(opts, workers)
     parts = [replace(opts, shard=shard) for shard in opts.shard.split(workers)]
+    try:
+        return _in_workers(redis, opts, parts, on_progress, started)
+    except KeyboardInterrupt as exc:
+        said = interrupts.account(exc)
+        if said is None or said is exc:
+            raise
+        raise said from None  # (another stop while the workers were shut down)
+
+
+def _in_workers(
+    redis: redisio.RedisTarget,
+    opts: MigrateOptions,
+    parts: list[MigrateOptions],
+    on_progress: Callable[[Progress], None] | None,
+    started: float,
+) -> MigrationSummary:
     # Forked (docs/design/migrate.md): each worker opens its own connections.
     with contextlib.ExitStack() as stack:
         progress = None
         if on_progress is not None:
-            progress = stack.enter_context(multiprocessing.Manager()).Queue()
+            progress = stack.enter_context(inflight.worker_manager()).Queue()
         pool = stack.enter_context(inflight.worker_processes(len(parts)))
         futures = [
             pool.submit(_migrate_in_process, redis, part, index, progress)
@@ -79,14 +96,15 @@ def migrate_parallel(
         try:
             if progress is not None and on_progress is not None:
                 _relay_progress(progress, futures, on_progress)
-            wait(futures)
+            inflight.wait_for_parts(futures)
         except KeyboardInterrupt:
-            # Ctrl-C reaches the workers too: each finishes its batches in hand, records its
-            # run as interrupted and says what it committed.
-            wait(futures)
-            raise _interrupted_together(futures) from None
-    if any(not f.exception() and isinstance(f.result(), _Stopped) for f in futures):
-        raise _interrupted_together(futures)
+            # The stop was passed on to every worker (as is each one after it, which only
+            # makes them stop sooner): each finishes or rolls back its batches in hand,
+            # records its run as interrupted and says what it committed.
+            inflight.wait_through_stops(futures)
+            raise _interrupted_together(parts, futures) from None
+    if any(_stopped(f) for f in futures):
+        raise _interrupted_together(parts, futures)
     failed = [(part, f.exception()) for part, f in zip(parts, futures, strict=True)]
     for part, error in failed:
         if error is not None:
@@ -96,17 +114,39 @@ def migrate_parallel(
     return _combined(opts, parts, summaries, time.monotonic() - started)
 
 
-def _interrupted_together(futures: list[Future[MigrationSummary | _Stopped]]) -> Interrupted:
+def _stopped(future: Future[MigrationSummary | _Stopped]) -> bool:
+    """Whether a worker's part was stopped: by Ctrl-C or SIGTERM mid-way (what it committed is
+    its result), or before it began (a KeyboardInterrupt: it did nothing)."""
+    error = future.exception()
+    if error is not None:
+        return isinstance(error, KeyboardInterrupt)
+    return isinstance(future.result(), _Stopped)
+
+
+def _interrupted_together(
+    parts: list[MigrateOptions], futures: list[Future[MigrationSummary | _Stopped]]
+) -> Interrupted:
     """One Interrupted for the workers stopped by Ctrl-C or SIGTERM, counting what each
-    committed in this invocation (a worker that finished first: all it did)."""
+    committed in this invocation (a worker that finished first: all it did), and saying which
+    shards' runs it stopped and which had finished or failed before."""
     done = {"events_migrated": 0, "events_already_present": 0, "aggregates_quarantined": 0}
-    for future in futures:
-        if future.exception() is not None:
+    shards: dict[str, list[str]] = {"stopped": [], "finished": [], "unbegun": [], "failed": []}
+    cut_short = False
+    for part, future in zip(parts, futures, strict=True):
+        error = future.exception()
+        if isinstance(error, KeyboardInterrupt):
+            shards["unbegun"].append(str(part.shard))
+            continue
+        if error is not None:
+            shards["failed"].append(f"shard {part.shard} failed ({_in_short(error)})")
             continue
         result = future.result()
         if isinstance(result, _Stopped):
+            shards["stopped"].append(str(part.shard))
             counts = result.done
+            cut_short = cut_short or result.cut_short
         else:
+            shards["finished"].append(str(part.shard))
             invocation = result.invocation()
             counts = {
                 "events_migrated": invocation.events_migrated,
@@ -115,7 +155,27 @@ def _interrupted_together(futures: list[Future[MigrationSummary | _Stopped]]) ->
             }
         for key in done:
             done[key] += counts.get(key, 0)
-    return interrupted(done)
+    more = (
+        "; a second stop did not wait for the batches under way, which may have committed too"
+        if cut_short
+        else ""
+    )
+    if len(shards["stopped"]) == len(parts):
+        return interrupted(done, "the run is recorded as interrupted" + more)
+    said = [
+        f"shard {', '.join(shards[kind])} {words}"
+        for kind, words in (
+            ("stopped", "recorded as interrupted"),
+            ("unbegun", "stopped before it began"),
+            ("finished", "had finished"),
+        )
+        if shards[kind]
+    ]
+    return interrupted(done, "; ".join(said + shards["failed"]) + more)
+
+
+def _in_short(error: BaseException) -> str:
+    return error.message if isinstance(error, EsctlError) else type(error).__name__
 
 
 def _check_shard_count(opts: MigrateOptions, workers: int) -> None:

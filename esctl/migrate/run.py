@@ -515,10 +515,13 @@ class _Invocation:
         )
 
 
-def interrupted(done: dict[str, int]) -> Interrupted:
+def interrupted(
+    done: dict[str, int], recorded: str = "the run is recorded as interrupted"
+) -> Interrupted:
     """The error of a run (or of ``--workers``' runs together) stopped by Ctrl-C or SIGTERM,
     saying what ``done`` counts: ``events_migrated``, ``events_already_present`` and
-    ``aggregates_quarantined`` by this invocation, which stay committed."""
+    ``aggregates_quarantined`` by this invocation, which stay committed, and then what
+    ``recorded`` says of the run (or runs)."""
     migrated, quarantined = done["events_migrated"], done["aggregates_quarantined"]
     state = f"{units.counted(migrated, 'event')} migrated by this invocation"
     if done["events_already_present"]:
@@ -527,7 +530,7 @@ def interrupted(done: dict[str, int]) -> Interrupted:
         state += f" and {units.counted(quarantined, 'aggregate')} quarantined"
     verb = "stays" if migrated == 1 and not quarantined else "stay"
     return Interrupted(
-        f"{state} {verb} committed; the run is recorded as interrupted",
+        f"{state} {verb} committed; {recorded}",
         hint="rerun the same command to continue after them (`esctl migrate status` shows "
         "where the run stands)",
         done=done,
