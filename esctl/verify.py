@@ -532,6 +532,31 @@ def _verify_in_process(redis: redisio.RedisTarget, opts: VerifyOptions) -> Verif
         client.close()
 
 
+def _hand_out(
+    redis: redisio.RedisTarget,
+    opts: VerifyOptions,
+    pages: Any,
+    futures: list[Future[VerifySummary]],
+) -> None:
+    """Find the aggregates and put their pages in the workers' queue, then one end mark for
+    each worker (also after an error here, so that they end; not after a stop, which ends
+    their parts)."""
+    stopped = False
+    client = redis.connect()
+    try:
+        for ids in _aggregate_pages(client, opts):
+            if not _put(pages, ids, futures):
+                break
+    except KeyboardInterrupt:
+        stopped = True
+        raise
+    finally:
+        client.close()
+        if not stopped:
+            for _ in futures:
+                _put(pages, None, futures)
+
+
 PUT_EVERY_S = 0.2
 """How often :func:`verify_parallel` looks whether its workers still run while it waits for
 room in their queue."""
@@ -563,15 +588,15 @@ def verify_parallel(
     with inflight.worker_processes(workers, _take_pages_from, (pages,)) as pool:
         # The workers are forked at the first submit: before this process connects.
         futures = [pool.submit(_verify_in_process, redis, opts) for _ in range(workers)]
-        client = redis.connect()
         try:
-            for ids in _aggregate_pages(client, opts):
-                if not _put(pages, ids, futures):
-                    break
-        finally:
-            client.close()
-            for _ in futures:
-                _put(pages, None, futures)
+            _hand_out(redis, opts, pages, futures)
+            inflight.wait_for_parts(futures)
+        except KeyboardInterrupt:
+            # Passed on to the workers: their parts stop at once, not after the pages queued
+            # for them. Pages they will not take stay unsent.
+            pages.cancel_join_thread()
+            inflight.wait_through_stops(futures)
+            raise
         results = [f.result() for f in futures]
     pages.close()
     total = VerifySummary(

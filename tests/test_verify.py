@@ -24,7 +24,7 @@ import orjson
 import psycopg
 import pytest
 import redis
-from helpers import cli_env, run_cli
+from helpers import assert_clean, child_processes, cli_env, run_cli, started_cli, wait_gone
 from hypothesis import given
 from hypothesis import strategies as st
 from test_migrate import (
@@ -573,6 +573,52 @@ def test_kill_9_of_verify_with_two_workers_kills_its_workers(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w, signal.SIGKILL)
         time.sleep(max(0.0, paused_until - time.monotonic() + 0.2))  # Redis answers again
+
+
+def test_a_stop_sent_to_verify_alone_stops_its_workers_comparing(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    """SIGTERM to the command alone (Kubernetes' to PID 1, ``kill PID``) while its workers wait
+    for PostgreSQL (the event tables locked) with the store's page in hand: they stop there,
+    as one process does. They were not told: they compared every page handed out (here, every
+    aggregate: each is a problem, PostgreSQL holding no event) before the command could end."""
+    truth = migrated_store(redis_client, redis_test_url, pg_dsn, app_name)
+    execute(pg_dsn, "DELETE FROM event")
+    problems = tmp_path / "problems.jsonl"
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute("LOCK TABLE aggregate, event IN ACCESS EXCLUSIVE MODE")
+        with started_cli(
+            "migrate", "verify", "--redis-url", redis_test_url, "--pg-dsn", pg_dsn,
+            "--app", app_name, "--workers", "2", "--problems-file", str(problems), "--json",
+        ) as proc:  # fmt: skip
+            deadline = time.monotonic() + 30
+            while _waiting_for_a_lock(pg_dsn) < 1:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.02)
+            workers = child_processes(proc.pid)
+            assert len(workers) == 2
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            locker.rollback()  # the page in hand is read, then not compared
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert_clean(out.decode(), err.decode())
+    assert (
+        json.loads(out)["error"]["message"] == "stopped by SIGTERM; the state was left consistent"
+    )
+    assert wait_gone(workers, timeout=2) == []
+    compared = problems.read_text().splitlines() if problems.exists() else []
+    assert len(truth.aggregates) == 60
+    assert compared == [], f"{len(compared)} aggregates compared after the stop"
+
+
+def _waiting_for_a_lock(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _alive(pid: int) -> bool:
