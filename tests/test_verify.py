@@ -603,9 +603,9 @@ def test_a_stop_sent_to_verify_alone_stops_its_workers_comparing(
             out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, (out, err)
     assert_clean(out.decode(), err.decode())
-    assert (
-        json.loads(out)["error"]["message"] == "stopped by SIGTERM; the state was left consistent"
-    )
+    error = json.loads(out)["error"]
+    assert error["message"] == "stopped by SIGTERM; the state was left consistent"
+    assert error["hint"] == "rerun the same command"  # not "to continue": verify starts over
     assert wait_gone(workers, timeout=2) == []
     compared = problems.read_text().splitlines() if problems.exists() else []
     assert len(truth.aggregates) == 60

@@ -114,7 +114,8 @@ def reporting(
             "interrupted",
             f"{_stopped_by or 'interrupted'}; "
             + (said.state if said else "the state was left consistent"),
-            said.hint if said else "rerun the same command to continue",
+            # A run that can resume says so itself (Interrupted): a reading command starts over.
+            said.hint if said else "rerun the same command",
             EXIT_INTERRUPTED,
             to.json,
             stream=to.stream,
