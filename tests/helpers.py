@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -73,6 +74,43 @@ def run_cli(
         result.stdout.decode("utf-8", "replace"),
         result.stderr.decode("utf-8", "replace"),
     )
+
+
+def run_cli_together(
+    commands: Sequence[Sequence[str]],
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = CLI_TIMEOUT,
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run each of ``commands`` (esctl's arguments) as ``run_cli`` runs one, all at once: an
+    esctl process each, forked by tests/forked_cli.py once it has imported esctl (so the
+    imports, most of a short command's time, are paid once). Same environment, working
+    directory and empty stdin as ``run_cli``; their results, in command order."""
+    folder = Path(tempfile.mkdtemp(prefix="esctl-cli-together-"))
+    try:
+        codes = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("forked_cli.py")), str(folder)],
+            input=json.dumps([list(c) for c in commands]),
+            capture_output=True,
+            text=True,
+            env=cli_env(env),
+            cwd=str(cwd) if cwd is not None else str(_EMPTY_DIR),
+            timeout=timeout,
+            check=True,
+        )
+        return [
+            subprocess.CompletedProcess(
+                ["esctl", *command],
+                code,
+                (folder / f"{number}.out").read_text("utf-8", "replace"),
+                (folder / f"{number}.err").read_text("utf-8", "replace"),
+            )
+            for number, (command, code) in enumerate(
+                zip(commands, json.loads(codes.stdout), strict=True)
+            )
+        ]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_cli(
