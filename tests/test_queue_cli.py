@@ -222,6 +222,24 @@ def test_failed_moves_exit_1_and_problems_exit_3(
     assert redis_client.llen(ref.key("processing")) == 1
 
 
+def test_list_reports_a_key_of_another_type_and_exits_3(
+    redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """README, esctl queue list: a queue list or Subscribers set of another Redis type is a
+    wrong_type problem, the other queues are still listed, and the exit code is 3."""
+    good, bad = queues.QueueRef("Svc", env_name, "T"), queues.QueueRef("Svc", env_name, "U")
+    redis_client.lpush(good.key("published"), b"{}")
+    redis_client.set(bad.key("dead"), "a string")
+    redis_client.set(f"Subscribers:{{{env_name}:V}}", "a string")
+    result = esctl(redis_test_url, env_name, "list", "--json")
+    assert result.returncode == 3, result.stderr
+    document = json.loads(result.stdout)
+    assert sorted(p["key"] for p in document["problems"] if p["kind"] == "wrong_type") == sorted(
+        [bad.key("dead"), f"Subscribers:{{{env_name}:V}}"]
+    )
+    assert [q["published"] for q in document["queues"] if q["event_type"] == "T"] == [1]
+
+
 def test_a_requeue_that_loses_its_lock_exits_1_with_its_summary(
     redis_client: redis.Redis, redis_test_url: str, env_name: str
 ) -> None:
