@@ -1,6 +1,6 @@
 """The problems a command found, in bounded memory: exact counts by kind, the first few listed,
-and where the whole list is (README, "--json contract": ``problems``, ``problem_counts``,
-``problems_total``, ``problems_omitted``, ``problems_where``).
+and where the whole list is (README, "Commands", what a script can rely on with ``--json``:
+``problems``, ``problem_counts``, ``problems_total``, ``problems_omitted``, ``problems_where``).
 
 Nothing else is kept per problem: a summary is as big with a million problems as with twenty.
 The whole list is wherever the command recorded it as it went (``esctl.quarantine`` for a

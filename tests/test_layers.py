@@ -7,6 +7,7 @@ A new module must be placed in ``LAYERS``: the test fails for one it does not kn
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -165,3 +166,17 @@ def test_the_redis_transport_knows_no_event_store() -> None:
 
 def _layer(component: str) -> str:
     return next(name for name, members in LAYERS.items() if component in members)
+
+
+def test_the_readme_places_each_component_in_its_layer() -> None:
+    """README, "Source layout", lists each layer below the CLI with exactly its components
+    (``redisio/`` for a package): a component added to LAYERS is added there too."""
+    readme = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.partition("\n## Source layout\n")[2].partition("\n## ")[0]
+    bullets = dict(re.findall(r"^  - ([\w ,]+): (.*?)(?=^  - |^- |\Z)", section, re.M | re.S))
+    names = {"basics": "basics", "transport": "transports", "shared": "shared parts"}
+    names["operations"] = "operations, one package or module each"
+    for layer, bullet in names.items():
+        listed = {f"esctl.{n.rstrip('/')}" for n in re.findall(r"`(\w+/?)`", bullets[bullet])}
+        expected = set(LAYERS[layer]) - {"esctl"}
+        assert listed == expected, (layer, sorted(listed ^ expected))
