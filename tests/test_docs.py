@@ -440,6 +440,35 @@ def module_rows(path: Path) -> list[tuple[int, list[str], list[str]]]:
     return rows
 
 
+def design_package(path: Path) -> Path | None:
+    """The package a design note is about: docs/design/migrate.md, esctl/migrate/."""
+    package = ROOT / "esctl" / path.stem
+    return package if path.parent.name == "design" and package.is_dir() else None
+
+
+def maps_its_package(path: Path) -> bool:
+    """A design note that says what each module of its package holds: in a module table, or
+    in a paragraph that starts "The modules:"."""
+    return design_package(path) is not None and (
+        bool(module_rows(path)) or "The modules:" in path.read_text(encoding="utf-8")
+    )
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in DOCUMENTS if maps_its_package(p)], ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_a_packages_module_map_names_each_of_its_modules(path: Path) -> None:
+    """A module added to the package gets its line in the map."""
+    package = design_package(path)
+    assert package is not None
+    text = path.read_text(encoding="utf-8")
+    named = {Path(s).name for s in SPAN.findall(text) if s.endswith(".py")}
+    unnamed = sorted(
+        p.name for p in package.glob("*.py") if p.name != "__init__.py" and p.name not in named
+    )
+    assert not unnamed, f"{path.relative_to(ROOT)} does not say what these hold: {unnamed}"
+
+
 @pytest.fixture(scope="module")
 def code_index() -> CodeIndex:
     return CodeIndex()
@@ -458,6 +487,13 @@ def test_the_code_a_document_cites_exists(path: Path, code_index: CodeIndex) -> 
         for name in names
         if (why := code_index.not_in_module(path, files_, name))
     ]
+    if (package := design_package(path)) is not None:
+        stale += [
+            f"line {number}: `{file}`: not a module of esctl/{package.name}/ (give its path)"
+            for number, files_, _ in module_rows(path)
+            for file in files_
+            if "/" not in file and not (package / file).exists()
+        ]
     assert not stale, f"{path.relative_to(ROOT)} cites code that is not there:\n" + "\n".join(stale)
 
 
