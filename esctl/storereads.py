@@ -89,10 +89,20 @@ def fetch_payloads(
 
 
 def commit_lists(
-    client: redisio.RedisClient, keys: Sequence[str], starts: Sequence[int] | None = None
+    client: redisio.RedisClient,
+    keys: Sequence[str],
+    starts: Sequence[int] | None = None,
+    *,
+    wrong_types: dict[str, str] | None = None,
 ) -> list[list[str]]:
     """LRANGE each commit list (from ``starts[i]``, default 0) in pipelined round trips; on a
-    cluster a failover is waited out (reads only: see :func:`esctl.redisio.pipelined`)."""
+    cluster a failover is waited out (reads only: see :func:`esctl.redisio.pipelined`).
+
+    A key that holds another Redis type (WRONGTYPE) raises ServerError naming it
+    (:func:`commit_list_error`); with ``wrong_types`` it is recorded there instead (key -> its
+    type, asked in one more round trip) and its list is empty. One that is a list again, or
+    gone, by the time its type is asked is not recorded: empty, as a list deleted since SCAN
+    named it."""
     begin = starts or [0] * len(keys)
     commands = [("LRANGE", k, s, -1) for k, s in zip(keys, begin, strict=True)]
     replies = redisio.pipelined(client, commands, retry_reads=True)
@@ -103,14 +113,49 @@ def commit_lists(
         again = redisio.pipelined(client, [commands[i] for i in empty], retry_reads=True)
         for i, reply in zip(empty, again, strict=True):
             replies[i] = reply
+    refused: list[str] = []
     out: list[list[str]] = []
     for key, reply in zip(keys, replies, strict=True):
         if isinstance(reply, Exception):
-            raise commit_list_error(client, key, reply)
+            if wrong_types is None or not is_wrong_type(reply):
+                raise commit_list_error(client, key, reply)
+            refused.append(key)
+            out.append([])
+            continue
         if reply and type(reply[0]) is bytes:  # redisio.key_str inlined: a call less per id
             out.append([c.decode("utf-8", "surrogateescape") for c in reply])
         else:
             out.append([redisio.key_str(c) for c in reply])
+    if refused and wrong_types is not None:
+        for key, kind in zip(refused, key_types(client, refused), strict=True):
+            if kind not in ("list", "none"):  # else changed since: not there as read
+                wrong_types[key] = kind
+    return out
+
+
+def list_lengths_or_types(client: redisio.RedisClient, keys: Sequence[str]) -> list[int | str]:
+    """LLEN of each commit list, pipelined (:func:`esctl.redisio.list_lengths`); for a key
+    that holds another Redis type (WRONGTYPE), its type instead (one more round trip, only
+    then). A key that is a list again, or gone, by then is measured again (gone: 0)."""
+    replies = redisio.pipelined(client, [("LLEN", k) for k in keys], retry_reads=True)
+    out: list[int | str] = []
+    refused: list[int] = []
+    for i, (key, reply) in enumerate(zip(keys, replies, strict=True)):
+        if not isinstance(reply, Exception):
+            out.append(int(reply))
+            continue
+        if not is_wrong_type(reply):
+            raise ServerError(f"LLEN {key} failed: {reply}")
+        refused.append(i)
+        out.append(0)
+    if refused:
+        kinds = key_types(client, [keys[i] for i in refused])
+        again = [i for i, kind in zip(refused, kinds, strict=True) if kind in ("list", "none")]
+        for i, kind in zip(refused, kinds, strict=True):
+            out[i] = kind
+        lengths = redisio.list_lengths(client, [keys[i] for i in again]) if again else []
+        for i, length in zip(again, lengths, strict=True):
+            out[i] = length
     return out
 
 
@@ -152,6 +197,12 @@ def wrong_type_text(key: str, actual: str, family: str) -> str:
         f"{redisio.printable(key)} is a {actual}, not a {expected}: {keeps} under this name "
         "and fails (WRONGTYPE) on every read and write of it"
     )
+
+
+def wrong_type_detail(key: str, actual: str, family: str) -> str:
+    """A problem's detail about a store key of another type: :func:`wrong_type_text` and what
+    to do (the ``detail`` of a ``wrong_key_type`` problem)."""
+    return f"{wrong_type_text(key, actual, family)}; {WRONG_TYPE_ACTION}"
 
 
 def wrong_type_error(key: str, actual: str, family: str, what: str) -> ServerError:

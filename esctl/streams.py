@@ -405,6 +405,58 @@ def _check_events(stream: Stream, checked: Sequence[StreamEvent]) -> None:
             )
 
 
+def hash_type_problems(stream: Stream, app: str) -> Stream:
+    """In a validated stream read with ``wrong_types`` (:func:`read_streams`): one
+    ``wrong_key_type`` problem per event hash of another Redis type in place of the
+    ``missing_payload`` problems of the events the library would look up there (and fail on,
+    WRONGTYPE), naming the key, its type, the commits it keeps unreadable and what to do.
+    migrate quarantines such an aggregate (and verify and plan report it) as that kind: the key
+    is what to fix, not the events. ``inspect integrity`` keeps them ``missing_payload`` (it
+    reports the key itself once). Returns the same stream."""
+    wrong = {
+        e.commit_id: e
+        for e in stream.events
+        if e.event is None and e.hash_key is not None and e.wrong_type not in _NOT_WRONG
+    }
+    if not wrong:
+        return stream
+    legacy = layout.legacy_event_hash_key(app)
+    unreadable: dict[str, list[StreamEvent]] = {}
+    kept: list[StreamProblem] = []
+    for p in stream.problems:
+        e = wrong.get(p.commit_id or "") if p.kind == "missing_payload" else None
+        if e is None or e.hash_key is None:
+            kept.append(p)
+        else:
+            unreadable.setdefault(e.hash_key, []).append(e)
+    found: list[StreamProblem] = []
+    for key, events in unreadable.items():
+        first = events[0]
+        assert first.wrong_type is not None
+        family = layout.LEGACY_HASH if key == legacy else layout.EVENT_HASH
+        commits = (
+            f"commit {first.commit_id} (position {first.position}) of this aggregate is"
+            if len(events) == 1
+            else f"{len(events)} commits of this aggregate (first: {first.commit_id}, position "
+            f"{first.position}) are"
+        )
+        found.append(
+            StreamProblem(
+                "wrong_key_type",
+                f"{storereads.wrong_type_text(key, first.wrong_type, family)}; {commits} "
+                f"looked up there, so the library cannot load it; {storereads.WRONG_TYPE_ACTION}",
+                first.commit_id,
+            )
+        )
+    stream.problems = found + kept
+    return stream
+
+
+_NOT_WRONG = frozenset({None, "hash", "none"})
+"""What :attr:`StreamEvent.wrong_type` holds when the hash is not of another type now (no type
+met; a hash again, or gone, by the time its type was asked)."""
+
+
 def _missing_versions(ordered: Sequence[int], first: int, limit: int = 8) -> tuple[list[int], str]:
     """The first ``limit`` versions missing from sorted, distinct ``ordered`` (from ``first``),
     walking the gaps so that a corrupt Version such as 2147483647 costs nothing; and a note

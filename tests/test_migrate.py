@@ -1493,10 +1493,12 @@ def test_a_commit_list_deleted_after_the_scan_listed_it_is_not_an_aggregate_and_
     doomed = truth.clean_aggregates()[0]
     real = storereads.commit_lists
 
-    def deleted_first(client: Any, keys: Sequence[str], starts: Any = None) -> list[list[str]]:
+    def deleted_first(
+        client: Any, keys: Sequence[str], starts: Any = None, **kw: Any
+    ) -> list[list[str]]:
         if doomed.list_key in keys:
             redis_client.delete(doomed.list_key)
-        return real(client, keys, starts)
+        return real(client, keys, starts, **kw)
 
     monkeypatch.setattr(storereads, "commit_lists", deleted_first)
     summary = migrate(redis_test_url, pg_dsn, app_name, init_schema=True)

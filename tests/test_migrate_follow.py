@@ -342,6 +342,67 @@ def test_a_quarantined_aggregate_is_recorded_once_while_unchanged_and_again_once
     assert quarantine_rows() > first
 
 
+def test_a_commit_list_key_of_another_type_is_quarantined_once_and_migrated_once_fixed(
+    fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
+) -> None:
+    """A string where a commit list's name is: quarantined (wrong_key_type) by the first sweep
+    and passed over while it stays a string (it was skipped by every sweep: no quarantine, no
+    lag); once someone puts the aggregate's list back, its events are migrated."""
+    client = redis.Redis.from_url(fresh_redis.url)
+    truth = iw.write_store(client, app=app_name, aggregates=30, seed=5)
+    stray = layout.commit_list_key(app_name, "stray")
+    client.set(stray, b"x")
+    follower = Follower(fresh_redis.url, pg_dsn, app_name)  # polling: sweeps back to back
+    follower.caught_up()
+
+    def quarantine_rows() -> list[tuple[str, str]]:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            return conn.execute("SELECT aggregate_id, kind FROM esctl.quarantine").fetchall()
+
+    def sweeps() -> int:
+        return sum(1 for e in follower.lines if e["event"] == "sweep" and e["phase"] == "finished")
+
+    assert quarantine_rows() == [("stray", "wrong_key_type")]
+    level(pg_dsn, truth)
+    done = sweeps()
+    follower.wait_for(
+        lambda e: e["event"] == "sweep" and e["phase"] == "finished" and sweeps() >= done + 3
+    )
+    assert quarantine_rows() == [("stray", "wrong_key_type")]  # once, while it stays a string
+
+    client.delete(stray)
+    commit_id = str(uuid.uuid4())
+    client.hset(
+        layout.event_hash_key(app_name, commit_id),
+        commit_id,
+        iw.to_json(
+            {
+                "$type": "Ns.Fixed, Asm",
+                "Id": "stray",
+                "TimeStamp": "2024-01-02T03:04:05.1234567+00:00",
+                "Version": 1,
+                "AggregateType": "Item",
+            }
+        ),
+    )
+    client.rpush(stray, commit_id)
+
+    def migrated() -> bool:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM event e JOIN aggregate a USING (aggregate_key)"
+                " WHERE a.aggregate_id = 'stray'"
+            ).fetchone()
+        return row is not None and row[0] == 1
+
+    deadline = time.monotonic() + 10
+    while not migrated():
+        assert time.monotonic() < deadline, "the fixed aggregate was not migrated"
+        time.sleep(0.05)
+    code, _ = follower.stop(signal.SIGTERM)
+    assert code == 0
+
+
 def test_enable_notifications_sets_them_and_a_refusal_is_a_clear_error(
     fresh_redis: servers.LocalRedis, pg_dsn: str, app_name: str
 ) -> None:

@@ -213,6 +213,18 @@ def test_migrate_and_verify_with_transforms(
     assert code == 2 and "they would be lost" in document["error"]["message"]
     assert repr(pruned.aggregate_id) in document["error"]["message"]
     assert pg_rows(pg_dsn, app) == before
+    # nor one whose commit list a stray write made another type (it stopped: LLEN failed)
+    redis_client.delete(pruned.list_key)
+    redis_client.set(pruned.list_key, b"x")
+    code, document, _ = migrate(
+        url, pg_dsn, app, "--transforms", str(changed), "--restart", "--yes"
+    )
+    redis_client.delete(pruned.list_key)
+    redis_client.rpush(pruned.list_key, *commits)
+    assert code == 2, document
+    assert f"{pruned.list_key} is a string, not a list" in document["error"]["message"]
+    assert "RENAME" in document["error"]["hint"]
+    assert pg_rows(pg_dsn, app) == before
 
     # --restart --yes: the result equals a fresh run with the new rules
     code, summary, err = migrate(

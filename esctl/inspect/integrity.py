@@ -360,7 +360,7 @@ class _Scan:
 
     def wrong_type(self, key: str, kind: str, family: str, aggregate_id: str | None = None) -> None:
         """A store key of another Redis type than the library's: a finding of its own."""
-        detail = f"{storereads.wrong_type_text(key, kind, family)}; {storereads.WRONG_TYPE_ACTION}"
+        detail = storereads.wrong_type_detail(key, kind, family)
         self.tally.add("wrong_key_type", key, detail, None, aggregate_id)
 
     def check_commit_lists(self) -> None:

@@ -202,7 +202,7 @@ class _Follower:
         self.notified = open_reader(client, opts, control, rules, state_present=True)
         self.notified.lookups = True
         # What this run quarantined is not read (and quarantined) again until it changes.
-        self.held: dict[str, int | None] = {}
+        self.held: dict[str, int | str | None] = {}
         self.sweeper.held = self.notified.held = self.held
 
     # --- the writer pool's hooks (called in the writers' threads) ---------------------------

@@ -20,7 +20,14 @@ from esctl.migrate.options import MigrateOptions
 from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
 from esctl.pgevents import any_migrated
 from esctl.shard import Shard
-from esctl.streams import Stream, StreamProblem, build_stream, clean_payloads, validate_stream
+from esctl.streams import (
+    Stream,
+    StreamProblem,
+    build_stream,
+    clean_payloads,
+    hash_type_problems,
+    validate_stream,
+)
 
 Migrated = tuple[int, str, str]
 """What esctl.migrated_stream holds of an aggregate: (commits migrated, last commit id,
@@ -44,6 +51,9 @@ class AggregateRead:
     values: list[bytes | None]
     where: list[str | None]
     known: Migrated | None
+    wrong_types: dict[str, str] | None = None
+    """Event hashes of another Redis type met reading ``values`` (key -> its type): the events
+    looked up there have no value and that key in ``where``."""
 
 
 @dataclass
@@ -54,6 +64,9 @@ class ReadPage:
 
     unreadable: list[str] = field(default_factory=list)
     """Aggregate ids that are not UTF-8 (not read)."""
+    wrong: list[tuple[str, str, int]] = field(default_factory=list)
+    """(aggregate id, Redis type, commits migrated before) of commit lists' keys that hold
+    another Redis type (not read: the library fails on them)."""
     known: dict[str, Migrated] = field(default_factory=dict)
     numbering: dict[str, Any] = field(default_factory=dict)
     """A transforming reader's renumbering of the aggregates in ``known``, from the same lookup
@@ -69,6 +82,8 @@ class ReadPage:
     values: list[bytes | None] | None = None
     """The payloads of every commit of ``lists`` when read ahead (else fetched in chunks)."""
     where: list[str | None] = field(default_factory=list)
+    wrong_types: dict[str, str] = field(default_factory=dict)
+    """Event hashes of another Redis type met reading ``values`` (key -> its type)."""
 
 
 def migrated_streams(
@@ -108,10 +123,11 @@ class Reader:
         self._conn_lock = threading.Lock()
         self.unchanged = 0
         self.commits_seen = 0
-        self.held: dict[str, int | None] | None = None
-        """A follower's aggregates quarantined in its run, with their commit lists' length then:
-        passed over while the list keeps that length (None: always). A plain run reads each
-        aggregate once and keeps none."""
+        self.held: dict[str, int | str | None] | None = None
+        """A follower's aggregates quarantined in its run, with their commit lists' length then
+        (or the Redis type of a key that is no list): passed over while the list keeps that
+        length (the key that type; None: always). A plain run reads each aggregate once and
+        keeps none."""
         # A first run skips the per-page lookup of what was migrated (docs/design/migrate.md).
         self.lookups = state_present and any_migrated(conn, opts.pg_schema, opts.app)
 
@@ -128,12 +144,13 @@ class Reader:
         page carries the position after it (docs/design/migrate.md, "Reading")."""
         self._seq = first_seq
         self._batch = Batch(self._seq, start.encode())
-        # the next SCAN page is asked for while this one is read (docs/design/distance.md)
+        # the next SCAN page is asked for while this one is read (docs/design/distance.md).
+        # Not SCAN's TYPE list: a key named as a commit list but of another type is quarantined
+        # (wrong_key_type), not skipped; its LRANGE (or LLEN) tells (docs/design/migrate.md).
         pages = inflight.prefetched(
             redisio.scan_pages(
                 self.client,
                 layout.commit_list_pattern(self.opts.app),
-                type_="list",
                 count=self.opts.scan_count,
                 start=start,
             )
@@ -181,7 +198,7 @@ class Reader:
         return sealed
 
     def _quarantine_whole(
-        self, aggregate_id: str, key: str, problem: StreamProblem, commits: int | None
+        self, aggregate_id: str, key: str, problem: StreamProblem, commits: int | str | None
     ) -> None:
         """Count an aggregate whose commit list is not read at all, with its problem."""
         self._batch.aggregates += 1
@@ -209,12 +226,30 @@ class Reader:
         if not page.todo:
             return page
         keys_todo = [layout.commit_list_key(app, a) for a in page.todo]
-        page.lists = storereads.commit_lists(self.client, keys_todo, page.starts)
+        wrong: dict[str, str] = {}
+        page.lists = storereads.commit_lists(self.client, keys_todo, page.starts, wrong_types=wrong)
+        if wrong:
+            self._set_aside(page, keys_todo, wrong)
         if ahead and sum(map(len, page.lists)) <= READ_AHEAD_BATCHES * self.opts.batch_size:
             page.values, page.where = storereads.fetch_values(
-                self.client, app, [c for commit_ids in page.lists for c in commit_ids]
+                self.client,
+                app,
+                [c for commit_ids in page.lists for c in commit_ids],
+                wrong_types=page.wrong_types,
             )
         return page
+
+    @staticmethod
+    def _set_aside(page: ReadPage, keys: list[str], wrong: dict[str, str]) -> None:
+        """Move the aggregates whose commit list's key LRANGE found of another Redis type
+        (``wrong``: key -> type) from ``page.todo`` to ``page.wrong``."""
+        kept = [i for i, key in enumerate(keys) if key not in wrong]
+        for i, key in enumerate(keys):
+            if key in wrong:
+                page.wrong.append((page.todo[i], wrong[key], 0))
+        page.todo = [page.todo[i] for i in kept]
+        page.starts = [page.starts[i] for i in kept]
+        page.lists = [page.lists[i] for i in kept]
 
     def _add_read_page(self, page: ReadPage, page_start: str) -> Iterator[Batch]:
         """Check a page read by :meth:`_read_page` into batches."""
@@ -234,6 +269,12 @@ class Reader:
             )
         self.unchanged += page.unchanged
         self.commits_seen += page.unchanged_commits
+        for aggregate_id, kind, done in page.wrong:
+            key = layout.commit_list_key(app, aggregate_id)
+            detail = storereads.wrong_type_detail(key, kind, layout.COMMIT_LIST)
+            if done:
+                detail += f" ({done} of its commits were migrated before it was)"
+            self._quarantine_whole(aggregate_id, key, StreamProblem("wrong_key_type", detail), kind)
         for aggregate_id, length, done in page.shrunk:
             self._quarantine_whole(
                 aggregate_id,
@@ -261,7 +302,7 @@ class Reader:
                 fetched = None
                 if page.values is not None:
                     end = offset + chunk_events
-                    fetched = (page.values[offset:end], page.where[offset:end])
+                    fetched = (page.values[offset:end], page.where[offset:end], page.wrong_types)
                     offset = end
                 yield from self._add_chunk(
                     [todo[i] for i in chunk],
@@ -286,7 +327,7 @@ class Reader:
         lengths = dict(
             zip(
                 measured,
-                redisio.list_lengths(
+                storereads.list_lengths_or_types(
                     self.client, [layout.commit_list_key(app, a) for a in measured]
                 ),
                 strict=True,
@@ -297,13 +338,18 @@ class Reader:
             length = lengths.get(aggregate_id)
             if length is not None and held.get(aggregate_id, -1) == length:
                 page.unchanged += 1  # quarantined by this follower, and unchanged since
-                page.unchanged_commits += length
+                page.unchanged_commits += length if isinstance(length, int) else 0
+                continue
+            if isinstance(length, str):  # a key of another Redis type: no list to read
+                done = known[aggregate_id][0] if aggregate_id in known else 0
+                page.wrong.append((aggregate_id, length, done))
                 continue
             if aggregate_id not in known:
                 page.todo.append(aggregate_id)
                 page.starts.append(0)
                 continue
             done, length = known[aggregate_id][0], lengths[aggregate_id]
+            assert isinstance(length, int)
             if length == done:
                 page.unchanged += 1
                 page.unchanged_commits += length
@@ -321,14 +367,18 @@ class Reader:
         lists: list[list[str]],
         known: dict[str, Migrated],
         page_start: str,
-        fetched: tuple[list[bytes | None], list[str | None]] | None = None,
+        fetched: tuple[list[bytes | None], list[str | None], dict[str, str]] | None = None,
     ) -> Iterator[Batch]:
         flat = [c for commit_ids in lists for c in commit_ids]
         self.commits_seen += len(flat)
         if fetched is None:
             self.pacer.wait(len(flat))
-            fetched = storereads.fetch_values(self.client, self.opts.app, flat)
-        values, where = fetched
+            wrong_types: dict[str, str] = {}
+            values, where = storereads.fetch_values(
+                self.client, self.opts.app, flat, wrong_types=wrong_types
+            )
+        else:
+            values, where, wrong_types = fetched
         offset = 0
         for aggregate_id, key, start, commit_ids in zip(ids, keys, starts, lists, strict=True):
             if not commit_ids and not start:
@@ -345,6 +395,7 @@ class Reader:
                     values[offset:end],
                     where[offset:end],
                     known.get(aggregate_id),
+                    wrong_types or None,
                 ),
             )
             quarantined = self._batch.quarantined
@@ -371,7 +422,7 @@ class Reader:
                 )
                 return
         # The general path finds and describes whatever kept the fast path from taking it.
-        stream, new_events = checked_stream(read, continuous=continuous)
+        stream, new_events = checked_stream(read, self.opts.app, continuous=continuous)
         if stream.ok:
             rows = stream_rows(stream)
             if isinstance(rows, StreamProblem):
@@ -399,15 +450,22 @@ def resume_point(
     return done, known_type, 1 if done else 0, continuous
 
 
-def checked_stream(read: AggregateRead, *, continuous: bool) -> tuple[Stream, int]:
+def checked_stream(read: AggregateRead, app: str, *, continuous: bool) -> tuple[Stream, int]:
     """The general path's view of one aggregate's commits from ``read.start``: the stream with
     every problem found (a rewritten commit list when not ``continuous``; else the checks of
-    :func:`validate_stream` from the version after the ``known`` migrated ones), its events cut
-    to the new ones when it is ok, and the number of new events."""
+    :func:`validate_stream` from the version after the ``known`` migrated ones, an event hash
+    of another Redis type as ``wrong_key_type``), its events cut to the new ones when it is ok,
+    and the number of new events."""
     start, known = read.start, read.known
     done, known_type, skip, _ = resume_point(known, read.commit_ids)
     stream = build_stream(
-        read.aggregate_id, read.key, read.commit_ids, read.values, read.where, first_position=start
+        read.aggregate_id,
+        read.key,
+        read.commit_ids,
+        read.values,
+        read.where,
+        first_position=start,
+        wrong_types=read.wrong_types,
     )
     if not continuous:
         stream.problems.append(
@@ -419,6 +477,8 @@ def checked_stream(read: AggregateRead, *, continuous: bool) -> tuple[Stream, in
         )
     else:
         validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
+        if read.wrong_types:
+            hash_type_problems(stream, app)
     new_events = len(stream.events) - skip
     if stream.ok:
         stream.events = stream.events[skip:]
@@ -427,10 +487,12 @@ def checked_stream(read: AggregateRead, *, continuous: bool) -> tuple[Stream, in
 
 def count_commits(client: redisio.RedisClient, app: str, shard: Shard) -> tuple[int, int]:
     """A quick count for progress bars: (commit lists, commit-list entries) of ``app`` in
-    ``shard``. SCAN plus pipelined LLEN; reads no payloads."""
+    ``shard``. SCAN plus pipelined LLEN; reads no payloads. A key named as a commit list but of
+    another Redis type counts as a list without entries (the run examines and quarantines it)."""
     lists = entries = 0
-    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(app), type_="list"):
+    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(app)):
         keys = [k for k in keys if shard.owns(layout.aggregate_id_from_commit_list_key(app, k))]
         lists += len(keys)
-        entries += sum(redisio.list_lengths(client, keys))
+        lengths = storereads.list_lengths_or_types(client, keys)
+        entries += sum(n for n in lengths if isinstance(n, int))
     return lists, entries

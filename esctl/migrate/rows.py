@@ -21,9 +21,10 @@ class Quarantined:
     key: str
     events: int
     problems: list[StreamProblem]
-    commits: int | None = None
-    """The commit list's length as read (None: not read). A follower passes the aggregate over
-    while its list keeps this length."""
+    commits: int | str | None = None
+    """The commit list's length as read (None: not read), or the Redis type of a key named as
+    the commit list that is no list. A follower passes the aggregate over while its list keeps
+    this length (the key that type)."""
 
 
 @dataclass

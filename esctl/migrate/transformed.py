@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from esctl import codec, layout, pg, redisio
+from esctl import codec, layout, pg, redisio, storereads
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.reader import (
@@ -103,7 +103,7 @@ class TransformingReader(Reader):
             )
             self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
             return
-        stream, new_events = checked_stream(read, continuous=continuous)
+        stream, new_events = checked_stream(read, self.opts.app, continuous=continuous)
         if stream.ok:
             problem = postgres_problem(stream)
             if problem is not None:
@@ -339,8 +339,17 @@ def check_sources_whole(
         chunk = owned[start : start + 1000]
         keys = [layout.commit_list_key(opts.app, a) for a, _ in chunk]
         for (aggregate_id, commits), length in zip(
-            chunk, redisio.list_lengths(client, keys), strict=True
+            chunk, storereads.list_lengths_or_types(client, keys), strict=True
         ):
+            if isinstance(length, str):
+                key = layout.commit_list_key(opts.app, aggregate_id)
+                raise Refused(
+                    f"--restart would delete the events of aggregate {aggregate_id!r} from "
+                    f"PostgreSQL, but its commit list cannot be read again: "
+                    f"{storereads.wrong_type_text(key, length, layout.COMMIT_LIST)}",
+                    hint="keep the earlier --transforms for this app (nothing was done), or "
+                    f"restore the commit list first: {storereads.WRONG_TYPE_ACTION}",
+                )
             if length < commits:
                 raise Refused(
                     f"--restart would delete the events of aggregate {aggregate_id!r} from "
