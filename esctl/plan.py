@@ -22,7 +22,14 @@ from esctl.defaults import PLAN_SAMPLE as DEFAULT_SAMPLE
 from esctl.defaults import PLAN_TRIAL_EVENTS as DEFAULT_TRIAL_EVENTS
 from esctl.documents import document
 from esctl.sampling import Reservoir
-from esctl.streams import Stream, build_stream, clean_payloads, validate_stream
+from esctl.streams import (
+    Stream,
+    StreamProblem,
+    build_stream,
+    clean_payloads,
+    hash_type_problems,
+    validate_stream,
+)
 from esctl.transforms import RuleEffect, Rules, SourceEvent, transform_stream
 
 MAX_PROBLEMS_LISTED = 20
@@ -147,18 +154,30 @@ class _SampleFigures:
 
 def _scan(
     client: redisio.RedisClient, opts: PlanOptions, rng: random.Random
-) -> tuple[int, int, list[str]]:
-    """(aggregates, events, reservoir sample of aggregate ids): one SCAN, pipelined LLEN."""
+) -> tuple[int, int, list[str], list[tuple[str, str]]]:
+    """(aggregates, events, reservoir sample of aggregate ids, (key, Redis type) of every key
+    named as a commit list that holds another type): one SCAN, pipelined LLEN. Those keys
+    count as aggregates (migrate quarantines each) but are not offered to the sample: the
+    LLEN found every one of them."""
     app = opts.app
     events = 0
     sample: Reservoir[str] = Reservoir(opts.sample, rng)
+    wrong: list[tuple[str, str]] = []
     pattern = layout.commit_list_pattern(app)
-    for _, keys in redisio.scan_pages(client, pattern, type_="list", count=opts.scan_count):
+    # Not SCAN's TYPE list: a commit list's key of another type is migrate's wrong_key_type.
+    for _, keys in redisio.scan_pages(client, pattern, count=opts.scan_count):
         if not keys:
             continue
-        events += sum(redisio.list_lengths(client, keys))
-        sample.offer(layout.aggregate_id_from_commit_list_key(app, key) for key in keys)
-    return sample.seen, events, sample.items
+        lengths = storereads.list_lengths_or_types(client, keys)
+        lists = []
+        for key, length in zip(keys, lengths, strict=True):
+            if isinstance(length, str):
+                wrong.append((key, length))
+            else:
+                events += length
+                lists.append(key)
+        sample.offer(layout.aggregate_id_from_commit_list_key(app, key) for key in lists)
+    return sample.seen + len(wrong), events, sample.items, wrong
 
 
 def _read_sample(
@@ -175,7 +194,10 @@ def _read_sample(
         keys = [layout.commit_list_key(app, a) for a in page]
         started = time.perf_counter()
         lists = storereads.commit_lists(client, keys)
-        values, where = storereads.fetch_values(client, app, [c for ids_ in lists for c in ids_])
+        wrong_hashes: dict[str, str] = {}
+        values, where = storereads.fetch_values(
+            client, app, [c for ids_ in lists for c in ids_], wrong_types=wrong_hashes
+        )
         fast: list[tuple[str, list[str] | list[bytes]] | None] = []
         offset = 0
         for aggregate_id, commit_ids in zip(page, lists, strict=True):
@@ -197,12 +219,17 @@ def _read_sample(
                 continue  # deleted since the SCAN
             summary.sample_aggregates += 1
             stream = build_stream(
-                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
+                aggregate_id,
+                key,
+                commit_ids,
+                values[offset:end],
+                where[offset:end],
+                wrong_types=wrong_hashes,
             )
             offset = end
             figures.measure(stream, legacy_key)
             if rows is None:
-                validate_stream(stream)
+                hash_type_problems(validate_stream(stream), app)  # as migrate's reader
                 if stream.ok:  # the reader's general path (clean_rows is the hot path)
                     general = migrate.stream_rows(stream)
                     if isinstance(general, list):
@@ -245,6 +272,17 @@ def _transformed(
     ]
     aggregate_type = outcome.events[0].aggregate_type if outcome.events else ""
     return aggregate_type, lines
+
+
+def _record_wrong_keys(summary: PlanSummary, wrong: list[tuple[str, str]]) -> None:
+    """Count the keys named as a commit list that hold another Redis type (every one the
+    SCAN found: they are in the sample whatever its size) as aggregates migrate quarantines."""
+    for key, kind in wrong:
+        summary.sample_aggregates += 1
+        stream = Stream(layout.aggregate_id_from_commit_list_key(summary.app, key), key, [])
+        detail = storereads.wrong_type_detail(key, kind, layout.COMMIT_LIST)
+        stream.problems.append(StreamProblem("wrong_key_type", detail))
+        _record_problems(summary, key, stream)
 
 
 def _record_problems(summary: PlanSummary, key: str, stream: Stream) -> None:
@@ -355,8 +393,9 @@ def plan(client: redisio.RedisClient, opts: PlanOptions) -> PlanSummary:
     started = time.monotonic()
     rng = random.Random(opts.seed)
     summary = PlanSummary(app=opts.app, pg_schema=opts.pg_schema)
-    summary.aggregates, summary.events, sampled = _scan(client, opts, rng)
-    summary.exact = len(sampled) >= summary.aggregates
+    summary.aggregates, summary.events, sampled, wrong = _scan(client, opts, rng)
+    summary.exact = len(sampled) >= summary.aggregates - len(wrong)
+    _record_wrong_keys(summary, wrong)
     figures = _read_sample(client, opts, sampled, summary)
     summary.sample_events = figures.events
     if figures.events:

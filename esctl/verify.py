@@ -40,6 +40,7 @@ from esctl.streams import (
     Stream,
     build_stream,
     clean_payloads,
+    hash_type_problems,
     postgres_problem,
     validate_stream,
     versions_phrase,
@@ -140,10 +141,13 @@ def compare_stream(
         return False
     if not stream.ok:
         kinds = sorted({p.kind for p in stream.problems})
+        # A key of another type is named: it is what to fix (the kinds alone do not say which).
+        wrong = next((p.detail for p in stream.problems if p.kind == "wrong_key_type"), None)
         summary.add(
             "unmigratable_in_redis",
             key,
-            f"the Redis stream has problems ({', '.join(kinds)}); migrate quarantines it",
+            f"the Redis stream has problems ({', '.join(kinds)}); migrate quarantines it"
+            + (f": {wrong}" if wrong else ""),
         )
         return False
     events = stream.by_version()
@@ -308,7 +312,9 @@ def fast_identical(
 
 def _aggregate_pages(client: redisio.RedisClient, opts: VerifyOptions) -> Iterator[list[str]]:
     app = opts.app
-    pages = redisio.scan_pages(client, layout.commit_list_pattern(app), type_="list")
+    # Not SCAN's TYPE list: a commit list's key of another type is unmigratable (its LRANGE
+    # tells), as migrate quarantines it (wrong_key_type).
+    pages = redisio.scan_pages(client, layout.commit_list_pattern(app))
     if opts.sample is None:
         for _, keys in pages:
             ids = [layout.aggregate_id_from_commit_list_key(app, k) for k in keys]
@@ -343,6 +349,10 @@ class _Page:
     lists: list[list[str]] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
     where: list[str | None] = field(default_factory=list)
+    wrong_lists: dict[str, str] = field(default_factory=dict)
+    """Commit lists' keys of another Redis type (key -> its type): their lists are empty."""
+    wrong_hashes: dict[str, str] = field(default_factory=dict)
+    """Event hashes of another Redis type met reading the payloads (key -> its type)."""
     rows: dict[str, PgStream] = field(default_factory=dict)
     migrated: dict[str, int] = field(default_factory=dict)
 
@@ -363,9 +373,12 @@ def _read_page(
     pending = pg_pool.submit(pg_stream_page, conn, opts, page.ids, bookkeeping)
     try:
         page.keys = [layout.commit_list_key(opts.app, a) for a in page.ids]
-        page.lists = storereads.commit_lists(client, page.keys)
+        page.lists = storereads.commit_lists(client, page.keys, wrong_types=page.wrong_lists)
         page.values, page.where = storereads.fetch_values(
-            client, opts.app, [c for commit_ids in page.lists for c in commit_ids]
+            client,
+            opts.app,
+            [c for commit_ids in page.lists for c in commit_ids],
+            wrong_types=page.wrong_hashes,
         )
     finally:
         page.rows, page.migrated = pending.result()
@@ -384,17 +397,29 @@ def _compare_page(
             "aggregate id, so migrate quarantines it",
         )
     values, where, migrated = page.values, page.where, page.migrated
+    wrong_hashes = page.wrong_hashes or None
     offset = 0
     for aggregate_id, key, commit_ids in zip(page.ids, page.keys, page.lists, strict=True):
         end = offset + len(commit_ids)
         summary.aggregates += 1
+        if key in page.wrong_lists:
+            detail = storereads.wrong_type_detail(key, page.wrong_lists[key], layout.COMMIT_LIST)
+            summary.add(
+                "unmigratable_in_redis", key, f"migrate quarantines it as wrong_key_type: {detail}"
+            )
+            continue
         theirs = page.rows.get(aggregate_id)
         if rules is not None:
             stream = build_stream(
-                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
+                aggregate_id,
+                key,
+                commit_ids,
+                values[offset:end],
+                where[offset:end],
+                wrong_types=wrong_hashes,
             )
             if compare_transformed(
-                validate_stream(stream),
+                _validated(stream, opts.app, wrong_hashes),
                 theirs.rows(aggregate_id) if theirs is not None else [],
                 summary,
                 rules,
@@ -408,10 +433,15 @@ def _compare_page(
             summary.events_compared += len(commit_ids)
         else:
             stream = build_stream(
-                aggregate_id, key, commit_ids, values[offset:end], where[offset:end]
+                aggregate_id,
+                key,
+                commit_ids,
+                values[offset:end],
+                where[offset:end],
+                wrong_types=wrong_hashes,
             )
             identical = compare_stream(
-                validate_stream(stream),
+                _validated(stream, opts.app, wrong_hashes),
                 theirs.rows(aggregate_id) if theirs is not None else [],
                 summary,
                 migrated.get(aggregate_id),
@@ -419,6 +449,13 @@ def _compare_page(
         if identical:
             summary.aggregates_identical += 1
         offset = end
+
+
+def _validated(stream: Stream, app: str, wrong_hashes: dict[str, str] | None) -> Stream:
+    """The stream checked as migrate checks it: an event hash of another Redis type is a
+    ``wrong_key_type`` problem, as migrate quarantines it."""
+    validate_stream(stream)
+    return hash_type_problems(stream, app) if wrong_hashes else stream
 
 
 def verify(

@@ -30,6 +30,7 @@ from test_migrate import (
     pg_rows,
     write_defect_store,
 )
+from test_migrate_wrong_key_type import plant_commit_list_keys, plant_wrong_hashes
 
 from esctl import redisio
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
@@ -121,6 +122,35 @@ def test_verify_on_the_cluster_reports_what_it_reports_on_a_single_instance(
     assert on_cluster.mismatches == 0 and on_cluster.problems == []
     assert on_cluster.aggregates == on_single.aggregates == 80
     assert on_cluster.events_compared == on_single.events_compared > 0
+
+
+def test_keys_of_another_type_are_quarantined_on_the_cluster_as_on_a_single_instance(
+    cluster_client: redis.cluster.RedisCluster,
+    redis_client: redis.Redis,
+    redis_test_url: str,
+    pg_dsn: str,
+    single_pg_dsn: str,
+    app_name: str,
+) -> None:
+    """The commit-list SCAN without TYPE (on the node of the app's hash tag) and the event
+    hashes of another type spread over the primaries: the same quarantine, the same verify."""
+    for client in (cluster_client, redis_client):
+        truth = iw.write_store(client, app=app_name, aggregates=40, legacy_share=0.3, seed=6)
+        plant_commit_list_keys(client, app_name)  # type: ignore[arg-type]
+        wrong = plant_wrong_hashes(client, app_name, truth)  # type: ignore[arg-type]
+    from_cluster = migrate_redis_to_pg(
+        cluster_client, MigrateOptions(app=app_name, pg_dsn=pg_dsn, init_schema=True)
+    )
+    from_single = migrate(redis_test_url, single_pg_dsn, app_name, init_schema=True)
+    assert from_cluster.problem_counts == from_single.problem_counts
+    assert from_cluster.aggregates_quarantined == 2 + len(wrong.unreadable)
+    assert from_cluster.events_migrated == from_single.events_migrated > 0
+    with psycopg.connect(pg_dsn) as a, psycopg.connect(single_pg_dsn) as b:
+        assert a.execute(QUARANTINE_SQL).fetchall() == b.execute(QUARANTINE_SQL).fetchall()
+    assert pg_rows(pg_dsn) == pg_rows(single_pg_dsn)
+    on_cluster = verify(cluster_client, VerifyOptions(app=app_name, pg_dsn=pg_dsn))
+    assert on_cluster.counts["unmigratable_in_redis"] == 2 + len(wrong.unreadable)
+    assert on_cluster.mismatches == on_cluster.counts["unmigratable_in_redis"]
 
 
 def test_cli_migrates_and_verifies_through_a_cluster_url(

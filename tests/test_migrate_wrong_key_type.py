@@ -9,12 +9,19 @@ run (exit 1) on an event hash of another type."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import independent_writer as iw
 import psycopg
 import redis
 from test_migrate import migrate, run_migrate_cli, write_clean_store
+
+from esctl import plan, prune, redisio
+from esctl.migrate.status import StatusOptions, migration_status
+from esctl.verify import VerifyOptions, verify
 
 STRING = "stray-string"
 HASH = "stray-hash"
@@ -153,3 +160,115 @@ def test_a_migrated_commit_list_overwritten_with_another_type_is_quarantined_nex
     assert f"{victim.list_key} is a string, not a list" in detail
     assert f"({len(victim.events)} of its commits were migrated before it was)" in detail
     assert event_count(pg_dsn) == len(truth.events())  # nothing taken back
+
+
+# --- verify, plan, status, prune -----------------------------------------------------------
+
+
+def test_verify_reports_keys_of_another_type_as_unmigratable(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str, tmp_path: Path
+) -> None:
+    """As migrate quarantines them: the commit-list keys (verify skipped them) and the
+    aggregates of an event hash of another type (verify stopped on it, exit 1)."""
+    truth = write_clean_store(redis_client, app_name, aggregates=30, legacy_share=0.3)
+    migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    keys = plant_commit_list_keys(redis_client, app_name)
+    wrong = plant_wrong_hashes(redis_client, app_name, truth)
+    every = tmp_path / "problems.jsonl"
+    client = redisio.connect(redis_test_url)
+    try:
+        opts = VerifyOptions(app=app_name, pg_dsn=pg_dsn, problems_file=str(every))
+        summary = verify(client, opts)
+    finally:
+        client.close()
+    assert summary.aggregates == len(truth.aggregates) + 2
+    assert summary.counts["unmigratable_in_redis"] == len(keys) + len(wrong.unreadable)
+    assert summary.mismatches == summary.counts["unmigratable_in_redis"]
+    assert summary.aggregates_identical == len(truth.aggregates) - len(wrong.unreadable)
+    lines = every.read_text(encoding="utf-8").splitlines()
+    found = {p["key"]: p["detail"] for p in map(json.loads, lines)}
+    assert len(found) == summary.mismatches
+    for key, kind in keys.items():
+        assert "migrate quarantines it as wrong_key_type" in found[key]
+        assert f"{key} is a {kind}, not a list" in found[key]
+    for aggregate_id in wrong.unreadable:
+        detail = found[iw.commit_list_key(app_name, aggregate_id)]
+        assert "(wrong_key_type)" in detail and "not a hash" in detail, detail
+
+
+def test_plan_counts_every_commit_list_key_of_another_type_and_the_hashes_in_its_sample(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """The commit-list keys are found by the plan's SCAN (each one, however small the sample:
+    it skipped them); a sampled aggregate read in an event hash of another type is a
+    wrong_key_type problem (the plan stopped on it, exit 1)."""
+    truth = write_clean_store(redis_client, app_name, aggregates=30, legacy_share=0.3)
+    keys = plant_commit_list_keys(redis_client, app_name)
+    wrong = plant_wrong_hashes(redis_client, app_name, truth)
+    client = redisio.connect(redis_test_url)
+    try:
+        small = plan.plan(client, plan.PlanOptions(app_name, pg_dsn, sample=3, trial=False))
+        whole = plan.plan(client, plan.PlanOptions(app_name, pg_dsn, sample=1000, trial=False))
+    finally:
+        client.close()
+    for summary in (small, whole):
+        assert summary.aggregates == len(truth.aggregates) + 2
+        assert summary.events == len(truth.events())
+        listed = {p["key"] for p in summary.problems if p["kind"] == "wrong_key_type"}
+        assert set(keys) <= listed
+    assert small.sample_aggregates == 3 + 2
+    assert whole.exact and whole.sample_aggregates == len(truth.aggregates) + 2
+    assert whole.problems_in_sample == {"wrong_key_type": len(keys) + len(wrong.unreadable)}
+    assert whole.aggregates_with_problems_in_sample == len(keys) + len(wrong.unreadable)
+
+
+def test_status_scans_keys_of_another_type_and_an_unreadable_missing_event_is_undated(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """The lag leaves a commit-list key of another type out (it has no length; migrate
+    quarantines it) but counts it scanned; an aggregate behind whose first missing event is
+    looked up in a hash of another type is behind and undated (status stopped, exit 1)."""
+    truth = write_clean_store(redis_client, app_name, aggregates=20)
+    migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    plant_commit_list_keys(redis_client, app_name)
+    behind = truth.clean_aggregates()[0]
+    commit_id = str(uuid.uuid4())
+    hash_key = iw.event_hash_key(app_name, commit_id)
+    redis_client.hset(hash_key, commit_id, b"{}")
+    redis_client.rpush(behind.list_key, commit_id)
+    turn_into_list(redis_client, hash_key)
+    report = migration_status(
+        StatusOptions(app=app_name, pg_dsn=pg_dsn, pg_schema="public", lag=True),
+        lambda: redisio.connect(redis_test_url),
+    )
+    assert report.aggregates_scanned == len(truth.aggregates) + 2
+    assert report.lag is not None
+    assert report.lag.aggregates_behind == 1 and report.lag.events_behind == 1
+    assert report.lag.undated == 1
+
+
+def test_prune_never_touches_keys_of_another_type_and_keeps_the_aggregates_they_hold(
+    redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
+) -> None:
+    """The commit-list keys and the hashes of another type stay as they are, the aggregates
+    read in those hashes are kept (unmigratable), every other migrated aggregate is pruned
+    (prune stopped on the first such hash, exit 1)."""
+    truth = write_clean_store(redis_client, app_name, aggregates=30, legacy_share=0.3)
+    migrate(redis_test_url, pg_dsn, app_name, init_schema=True)
+    keys = plant_commit_list_keys(redis_client, app_name)
+    wrong = plant_wrong_hashes(redis_client, app_name, truth)
+    planted = {k: redis_client.dump(k) for k in [*keys, wrong.partition, wrong.legacy]}
+    client = redisio.connect(redis_test_url)
+    try:
+        summary = prune.prune(client, prune.PruneOptions(app=app_name, pg_dsn=pg_dsn))
+    finally:
+        client.close()
+    assert summary.skipped_unmigratable == len(wrong.unreadable)
+    assert summary.aggregates_pruned == len(truth.aggregates) - len(wrong.unreadable)
+    assert {k: redis_client.dump(k) for k in planted} == planted
+    for aggregate_id in wrong.unreadable:
+        assert redis_client.exists(iw.commit_list_key(app_name, aggregate_id))
+    left = {k.decode() for k in redis_client.scan_iter(match=f"{{EventStore:{app_name}}}:*")} - set(
+        keys
+    )
+    assert left == {iw.commit_list_key(app_name, a) for a in wrong.unreadable}
