@@ -99,7 +99,7 @@ def test_a_mistyped_app_warns_so_strict_exits_3(healthy: servers.LocalRedis) -> 
     wrong_code, wrong = doctor(app[:-1], "--strict")
     assert wrong_code == 3
     assert {k for k, v in wrong.items() if v == "warn"} == {
-        "store.memory", "store.uncompressed", "store.growth"
+        "store.memory", "store.uncompressed", "store.growth", "store.key_types"
     }  # fmt: skip
 
 

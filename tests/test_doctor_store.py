@@ -65,6 +65,42 @@ def test_memory_shares_and_uncompressed_payloads_then_compress_fixes_them(
     assert done.total.compressed == plain_big
     after = run(redis_test_url, app=app_name, now=T0 + timedelta(minutes=1))
     assert after.check("store.uncompressed").status == "ok"
+    assert after.check("store.key_types").status == "ok"
+
+
+def test_keys_of_another_type_fail_naming_each_and_the_other_checks_still_judge(
+    redis_client: redis.Redis, redis_test_url: str, app_name: str
+) -> None:
+    """A string where a commit list should be, a partition hash that is a list, a legacy hash
+    that is a string: found by the scans the memory figures make (the library fails on each),
+    a failure naming them; the memory figures are the store's (doctor skipped the commit-list
+    key, and could not sample memory at all when a sampled payload was in such a hash)."""
+    truth = iw.write_store(redis_client, app=app_name, aggregates=20, legacy_share=0.3, seed=4)
+    stray = layout.commit_list_key(app_name, "stray")
+    partition = next(e.hash_key for e in truth.events() if not e.legacy)
+    legacy = layout.legacy_event_hash_key(app_name)
+    redis_client.set(stray, b"x")
+    for key, value in ((partition, None), (legacy, b"x")):
+        redis_client.delete(key)
+        if value is None:
+            redis_client.rpush(key, b"x")
+        else:
+            redis_client.set(key, value)
+    report = run(redis_test_url, app=app_name, now=T0, read_only=True)
+    found = report.check("store.key_types")
+    assert found.status == "fail" and report.failed
+    assert found.values["keys"] == 3
+    assert {(k["key"], k["type"], k["expected"]) for k in found.values["listed"]} == {
+        (stray, "string", "list"),
+        (partition, "list", "hash"),
+        (legacy, "string", "hash"),
+    }
+    assert f"{stray} is a string, not a list" in "\n".join(found.details)
+    assert f"esctl inspect integrity --app {app_name}" in (found.action or "")
+    assert [(m.name, m.value) for m in found.metrics] == [("esctl_doctor_store_wrong_type_keys", 3)]
+    memory = report.check("store.memory")
+    assert memory.status == "ok", memory.observed
+    assert memory.values["aggregates"] == 20
 
 
 def test_growth_is_measured_against_a_reading_at_least_an_hour_old(
@@ -107,7 +143,7 @@ def test_an_app_with_no_keys_warns_and_gets_no_reading(
     wrong = app_name + "x"
     key = layout.doctor_reading_key(wrong)
     report = run(redis_test_url, app=wrong, now=T0)
-    for check_id in ("store.memory", "store.uncompressed", "store.growth"):
+    for check_id in ("store.memory", "store.uncompressed", "store.growth", "store.key_types"):
         check = report.check(check_id)
         assert check.status == "warn", (check_id, check.observed)
         assert check.action == f"apps with keys here: {app_name}; check --app / ESCTL_APP"

@@ -64,8 +64,9 @@ def doctor(
 
     Each check says ok, WARN, FAIL or n/a (it could not run, e.g. CONFIG renamed away on a
     managed Redis), what was observed, why it matters and what to do. Redis checks always
-    run; --app adds the event store's memory, uncompressed payloads and growth; --env adds
-    stuck messages, dead letters and undrained queues; a configured PostgreSQL DSN (option,
+    run; --app adds the event store's memory, uncompressed payloads, growth and keys of
+    another Redis type than the library's; --env adds stuck messages, dead letters and
+    undrained queues; a configured PostgreSQL DSN (option,
     ESCTL_PG_DSN or config file, not the default) adds schema and migration checks. Growth
     and draining compare with a reading an earlier run stored in Redis (esctl:doctor:*).
     Exit 3 when a check fails (with --strict: or warns), 0 otherwise.

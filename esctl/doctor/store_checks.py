@@ -15,7 +15,7 @@ from esctl.doctor.readings import Comparison, Readings
 from esctl.doctor.report import Check, DoctorOptions, Status, declare, guarded
 from esctl.errors import EsctlError
 from esctl.metrics import Metric
-from esctl.units import format_bytes, format_duration, format_percent
+from esctl.units import counted, format_bytes, format_duration, format_percent
 
 # Thresholds (documented in each check's ``why``).
 EVENT_DATA_WARN_SHARE = 0.5
@@ -232,6 +232,79 @@ def check_uncompressed(
     )
 
 
+KEY_TYPES = declare(
+    "store.key_types",
+    "keys of another Redis type",
+    why=(
+        "A key named as a commit list, a partition hash or the legacy hash that holds another "
+        "Redis type (a stray SET or HSET, a bad manual fix) makes the library fail (WRONGTYPE) on "
+        "every read and write of it: the aggregate it names, or whose payloads are looked up "
+        "there, can be neither loaded nor saved, and migrate quarantines it (a failure). Found "
+        f"by the scans the memory figures make, so every such key is. {NO_KEYS_WHY}"
+    ),
+    metrics={
+        "esctl_doctor_store_wrong_type_keys": "Keys named as commit lists or event hashes that "
+        "hold another Redis type.",
+    },
+)
+
+KEY_TYPES_LISTED = 10
+"""Keys of another type a store.key_types finding names at most (its details and values)."""
+
+
+def check_key_types(app: str, wrong: inspect.WrongTypes, missing: NoKeys | None = None) -> Check:
+    """The keys of ``app`` named as commit lists or event hashes that hold another Redis type,
+    as :func:`esctl.inspect.inspect_stats` met them: a failure naming them and what to do.
+    ``missing``: the app has no store keys here at all (a warning, no figures)."""
+    found = wrong.keys | wrong.hashes
+    listed = list(found.items())[:KEY_TYPES_LISTED]
+    legacy = layout.legacy_event_hash_key(app)
+    lists = layout.commit_list_prefix(app)
+
+    def family(key: str) -> str:
+        if key == legacy:
+            return layout.LEGACY_HASH
+        return layout.COMMIT_LIST if key.startswith(lists) else layout.EVENT_HASH
+
+    values: dict[str, Any] = {
+        "keys": len(found),
+        "listed": [
+            {
+                "key": redisio.printable(key),
+                "type": kind,
+                "expected": storereads.KEY_TYPES[family(key)][0],
+            }
+            for key, kind in listed
+        ],
+    }
+    if missing is not None and not found:
+        return KEY_TYPES.result("warn", missing.observed, action=missing.action, values=values)
+    metrics = [Metric("esctl_doctor_store_wrong_type_keys", len(found), {"app": app})]
+    if not found:
+        return KEY_TYPES.result(
+            "ok",
+            "every commit list and event hash of this app is of the type the library expects",
+            values=values,
+            metrics=metrics,
+        )
+    named = ", ".join(redisio.printable(key) for key, _ in listed[:3])
+    if len(found) > 3:
+        named += f" and {len(found) - 3:,} more"
+    details = [storereads.wrong_type_text(key, kind, family(key)) for key, kind in listed]
+    if len(found) > len(listed):
+        details.append(f"{len(found) - len(listed):,} more: `esctl inspect integrity` lists them")
+    return KEY_TYPES.result(
+        "fail",
+        f"{counted(len(found), 'key')} of another Redis type: {named}",
+        action=f"{storereads.WRONG_TYPE_ACTION} (docs/layout.md §1); `esctl inspect integrity "
+        f"--app {shlex.quote(app)}` lists every such key and the aggregates it keeps from "
+        "loading",
+        values=values,
+        details=details,
+        metrics=metrics,
+    )
+
+
 GROWTH = declare(
     "store.growth",
     "growth since an earlier run",
@@ -359,14 +432,17 @@ def run_store_checks(
     assert app is not None
     stats: inspect.StatsReport | None = None
     missing: NoKeys | None = None
+    wrong = inspect.WrongTypes()
     try:
-        stats = inspect.inspect_stats(client, app, env=opts.env, sample=opts.sample)
+        stats = inspect.inspect_stats(client, app, env=opts.env, sample=opts.sample, wrong=wrong)
     except EsctlError as exc:
         memory = STORE_MEMORY.unavailable(f"could not sample memory: {exc.message}", exc.hint)
+        key_types = KEY_TYPES.unavailable(f"could not scan the keys: {exc.message}", exc.hint)
     else:
         found = stats
         missing = no_keys(client, app, opts.app_setting) if not stats.store_keys else None
         memory = guarded("store.memory", lambda: check_store_memory(app, found, limit, missing))
+        key_types = guarded("store.key_types", lambda: check_key_types(app, wrong, missing))
 
     def uncompressed() -> Check:
         samples = compress.sample_payloads(
@@ -395,4 +471,5 @@ def run_store_checks(
         memory,
         guarded("store.uncompressed", uncompressed),
         guarded("store.growth", growth),
+        key_types,
     ], stats

@@ -24,7 +24,7 @@ from esctl.inspect.integrity import (
     owns_partition,
 )
 from esctl.inspect.problems import DECODING_KINDS, PAYLOAD_KINDS, problem_key, stream_problems
-from esctl.inspect.stats import FamilyMemory, StatsReport, TypeStats, inspect_stats
+from esctl.inspect.stats import FamilyMemory, StatsReport, TypeStats, WrongTypes, inspect_stats
 from esctl.streams import FATAL_EVENT_KINDS
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "SnapshotInfo",
     "StatsReport",
     "TypeStats",
+    "WrongTypes",
     "check_integrity",
     "finding",
     "inspect_aggregate",

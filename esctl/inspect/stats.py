@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from esctl import codec, layout, redisio, storereads
@@ -186,15 +186,46 @@ class StatsReport:
         }
 
 
-def _lengths(client: redisio.RedisClient, command: str, keys: Sequence[str]) -> int:
+def _lengths(
+    client: redisio.RedisClient,
+    command: str,
+    keys: Sequence[str],
+    wrong: WrongTypes | None = None,
+) -> tuple[int, list[str]]:
+    """The lengths of ``keys`` (LLEN or HLEN) added up, and the keys of that length. With
+    ``wrong``, a key that holds another Redis type (WRONGTYPE) is recorded there with its type
+    (asked only then) and left out; without, it raises ServerError as any error reply does."""
     total = 0
+    measured: list[str] = []
+    refused: list[str] = []
     for key, reply in zip(
         keys, redisio.pipelined(client, [(command, k) for k in keys]), strict=True
     ):
         if isinstance(reply, Exception):
-            raise ServerError(f"{command} {key} failed: {reply}")
+            if wrong is None or not storereads.is_wrong_type(reply):
+                raise ServerError(f"{command} {key} failed: {reply}")
+            refused.append(key)
+            continue
         total += int(reply)
-    return total
+        measured.append(key)
+    if refused and wrong is not None:
+        expected = "list" if command == "LLEN" else "hash"
+        for key, kind in zip(refused, storereads.key_types(client, refused), strict=True):
+            if kind not in (expected, "none"):  # else changed since: as if not seen
+                wrong.keys[key] = kind
+    return total, measured
+
+
+@dataclass
+class WrongTypes:
+    """Keys of the app named as a commit list, a partition hash or the legacy hash that hold
+    another Redis type (the library fails on every read of them), as :func:`inspect_stats`
+    met them when asked to (``doctor``'s store.key_types)."""
+
+    keys: dict[str, str] = field(default_factory=dict)
+    """Key -> its Redis type."""
+    hashes: dict[str, str] = field(default_factory=dict)
+    """Event hashes of another type met reading the sampled payloads (key -> its type)."""
 
 
 def _memory_usage(client: redisio.RedisClient, keys: Sequence[str]) -> int:
@@ -222,6 +253,7 @@ def inspect_stats(
     full: bool = False,
     seed: int | None = None,
     on_progress: Progress | None = None,
+    wrong: WrongTypes | None = None,
 ) -> StatsReport:
     """Counts, payload sizes, memory per key family and events per type of ``app``'s store.
 
@@ -231,6 +263,11 @@ def inspect_stats(
     Payloads are read for the events of ``sample`` random commit lists (scaled to all commit ids)
     or, with ``full``, for every commit list (exact). Queue lists of ``env``, or of every
     environment when None. Read-only; memory bounded by ``sample``.
+
+    With ``wrong``, the commit lists and event hashes are scanned without SCAN's TYPE filter and
+    a key of theirs that holds another Redis type is recorded there (its LLEN or HLEN tells: no
+    more commands on a store without one), not counted; an event hash of another type met
+    reading the sampled payloads too, instead of raising. The figures are the same either way.
     """
     started = time.monotonic()
     rng = random.Random(seed)
@@ -241,9 +278,9 @@ def inspect_stats(
             on_progress(phase, keys)
 
     lists = Reservoir[str](sample, rng)
-    commit_ids = _count_commit_lists(client, app, lists, tally if full else None, progress)
+    commit_ids = _count_commit_lists(client, app, lists, tally if full else None, progress, wrong)
     if not full and lists.items:
-        _read_sampled_payloads(client, app, lists.items, tally)
+        _read_sampled_payloads(client, app, lists.items, tally, wrong)
     partitions = Reservoir[str](sample, rng)
     legacy_key = layout.legacy_event_hash_key(app)
     partitioned_fields = _count_hashes(
@@ -253,10 +290,13 @@ def inspect_stats(
         f"{legacy_key}:",
         partitions,
         progress,
+        wrong,
     )
     (legacy_type,) = redisio.pipelined(client, [("TYPE", legacy_key)])
     has_legacy = redisio.key_str(legacy_type) == "hash"
-    legacy_fields = _lengths(client, "HLEN", [legacy_key]) if has_legacy else 0
+    legacy_fields = _lengths(client, "HLEN", [legacy_key])[0] if has_legacy else 0
+    if wrong is not None and redisio.key_str(legacy_type) not in ("hash", "none"):
+        wrong.keys[legacy_key] = redisio.key_str(legacy_type)
     snapshots = Reservoir[str](sample, rng)
     snapshot_count = _count_hashes(
         client,
@@ -315,35 +355,49 @@ def _count_commit_lists(
     lists: Reservoir[str],
     tally: PayloadTally | None,
     progress: Progress,
+    wrong: WrongTypes | None = None,
 ) -> int:
     """Sample the commit lists into ``lists`` and count their commit ids; with ``tally`` (a full
-    run), read and tally every payload too."""
+    run), read and tally every payload too. With ``wrong``: see :func:`inspect_stats`."""
     commit_ids = 0
-    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(app), type_="list"):
+    type_ = None if wrong is not None else "list"
+    for _, keys in redisio.scan_pages(client, layout.commit_list_pattern(app), type_=type_):
         if not keys:
             continue
-        lists.offer(keys)
         if tally is not None:
-            listed = storereads.commit_lists(client, keys)
+            found = None if wrong is None else wrong.keys
+            listed = storereads.commit_lists(client, keys, wrong_types=found)
+            if wrong is not None:
+                kept = [i for i, k in enumerate(keys) if k not in wrong.keys]
+                keys, listed = [keys[i] for i in kept], [listed[i] for i in kept]
             flat = [c for ids in listed for c in ids]
             commit_ids += len(flat)
-            values, _ = storereads.fetch_values(client, app, flat)
+            values, _ = storereads.fetch_values(
+                client, app, flat, wrong_types=None if wrong is None else wrong.hashes
+            )
             tally.add(flat, values)
         else:
-            commit_ids += _lengths(client, "LLEN", keys)
+            entries, keys = _lengths(client, "LLEN", keys, wrong)
+            commit_ids += entries
+        lists.offer(keys)
         progress("commit lists", lists.seen)
     return commit_ids
 
 
 def _read_sampled_payloads(
-    client: redisio.RedisClient, app: str, keys: Sequence[str], tally: PayloadTally
+    client: redisio.RedisClient,
+    app: str,
+    keys: Sequence[str],
+    tally: PayloadTally,
+    wrong: WrongTypes | None = None,
 ) -> None:
     """Tally the payloads of the sampled commit lists ``keys``, 10,000 at a time."""
-    listed = storereads.commit_lists(client, keys)
+    listed = storereads.commit_lists(client, keys, wrong_types=None if wrong is None else {})
     flat = [c for ids in listed for c in ids]
     for start in range(0, len(flat), 10_000):
         chunk = flat[start : start + 10_000]
-        values, _ = storereads.fetch_values(client, app, chunk)
+        hashes = None if wrong is None else wrong.hashes
+        values, _ = storereads.fetch_values(client, app, chunk, wrong_types=hashes)
         tally.add(chunk, values)
 
 
@@ -354,16 +408,19 @@ def _count_hashes(
     prefix: str,
     sample: Reservoir[str],
     progress: Progress,
+    wrong: WrongTypes | None = None,
 ) -> int:
     """Sample the hashes SCAN finds for ``pattern`` whose key is ``prefix`` and a number (the
     partition hashes, the snapshot hashes) into ``sample``; their fields, counted. ``phase``
-    names them to ``progress``."""
+    names them to ``progress``. With ``wrong`` (the partition hashes): see
+    :func:`inspect_stats`."""
     fields = 0
-    for _, keys in redisio.scan_pages(client, pattern, type_="hash"):
+    for _, keys in redisio.scan_pages(client, pattern, type_=None if wrong is not None else "hash"):
         mine = [k for k in keys if k[len(prefix) :].isdigit()]
         if mine:
+            counted_fields, mine = _lengths(client, "HLEN", mine, wrong)
             sample.offer(mine)
-            fields += _lengths(client, "HLEN", mine)
+            fields += counted_fields
         progress(phase, sample.seen)
     return fields
 
