@@ -6,7 +6,10 @@ and in-process for the holds that keep a signal off a counted round trip."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +118,51 @@ def test_a_sighup_is_noted_by_the_queue_commands_hold() -> None:
     assert held.caught and not held.broke
     with pytest.raises(KeyboardInterrupt):
         held.check()
+
+
+STOPPED_WHILE_LOADING = """
+import os, signal, sys
+import typer.main
+from esctl.cli import errors
+from esctl.cli.app import app
+
+build = typer.main.get_command
+
+def get_command(typer_app):  # the stop lands while esctl builds its commands
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    return build(typer_app)
+
+typer.main.get_command = get_command
+errors.run_command_line(app, sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+@pytest.mark.parametrize("json_mode", [False, True], ids=["table", "json"])
+def test_a_stop_before_the_command_began_says_nothing_was_done(
+    signame: str, json_mode: bool
+) -> None:
+    """A stop in the half second esctl spends building its commands and parsing the words (a
+    pod stopped as it starts): the interrupted message and exit 130, a JSON document with
+    --json; not a Python traceback (SIGTERM, SIGHUP) nor Click's 'Aborted!' (Ctrl-C)."""
+    words = ["config", "show", *(["--json"] if json_mode else [])]
+    proc = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_LOADING, signame, *words],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ESCTL_CONFIG": os.devnull},
+    )
+    assert proc.returncode == 130, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr, proc.stderr
+    said = {"SIGTERM": "stopped by SIGTERM", "SIGINT": "interrupted"}.get(
+        signame, "stopped by SIGHUP (the terminal hung up)"
+    )
+    message = f"{said} before the command began; nothing was done"
+    assert f"error: {message}" in proc.stderr, proc.stderr
+    if json_mode:
+        assert proc.stdout.count("\n") == 1, proc.stdout  # one line, as a usage error's
+        error = json.loads(proc.stdout)["error"]
+        assert (error["kind"], error["message"]) == ("interrupted", message)
+    else:
+        assert proc.stdout == ""

@@ -335,6 +335,9 @@ class Rows:
 
     def flush(self, ctx):
         time.sleep(float(os.environ.get("BATCH_DELAY", "0")))
+        hold = os.environ.get("HOLD_WHILE")  # a file: its batches wait while it is there
+        while hold and os.path.exists(hold):
+            time.sleep(0.02)
 '''
 
 
@@ -359,13 +362,15 @@ def count_setups(dsn: str) -> int:
     return int(row[0])
 
 
-def start_shard(args: list[str], shard: str, delay: str = "0") -> subprocess.Popen[str]:
+def start_shard(
+    args: list[str], shard: str, delay: str = "0", hold: Path | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "esctl", *args, "--shard", shard],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=cli_env({"BATCH_DELAY": delay}),
+        env=cli_env({"BATCH_DELAY": delay, "HOLD_WHILE": str(hold or "")}),
     )
 
 
@@ -394,7 +399,9 @@ def test_a_shard_starting_after_another_keeps_its_rows_with_reset_too(
     assert setups(pg_dsn) == [("rows", "0/2", True, True), ("rows", "1/2", True, False)]
 
     # --reset on both, shard 1/2 starting while 0/2 is halfway.
-    first = start_shard([*args, "--reset"], "0/2", delay="0.2")
+    # 0/2's batches wait while `hold` is there: a loaded machine may take seconds to start 1/2.
+    hold = tmp_path / "hold"
+    first = start_shard([*args, "--reset"], "0/2", delay="0.2", hold=hold)
     deadline = time.monotonic() + 60
     while not (
         count_setups(pg_dsn) == 1 and checkpoint_rows(pg_dsn, "rows")["0/2"]["events"] >= 20
@@ -402,11 +409,13 @@ def test_a_shard_starting_after_another_keeps_its_rows_with_reset_too(
         assert first.poll() is None, first.communicate()
         assert time.monotonic() < deadline, "shard 0/2 committed no batch within 60 s"
         time.sleep(0.02)
+    hold.touch()
     second = start_shard([*args, "--reset"], "1/2")
     while count_setups(pg_dsn) < 2:
         assert second.poll() is None, second.communicate()
         time.sleep(0.02)
     assert first.poll() is None  # 1/2 made its start while 0/2 was writing
+    hold.unlink()
     assert not finished(second)["checkpoint"]["resumed"]
     assert finished(first)["events"] == checkpoint_rows(pg_dsn, "rows")["0/2"]["events"]
     assert rows_seen(pg_dsn) == everything

@@ -98,6 +98,7 @@ def reporting(
     ``stream``.
     """
     to = out if out is not None else output.Output(json=json_mode, stream=stream)
+    _command_began()
     try:
         yield
     except typer.Exit:
@@ -172,6 +173,29 @@ _stopped_by: str | None = None
 """The words of the first of STOP_SIGNALS that came (the interruption's message says them)."""
 _hung_up = False
 """A SIGHUP came: the ones after it are the same hangup told again."""
+_began = True
+"""A command's body has begun (:func:`reporting`): a stop is the body's to handle. False from
+:func:`run_command_line`'s start until then, while esctl builds its commands and Click parses
+the words (half a second)."""
+
+
+class _StoppedBeforeTheCommand(BaseException):
+    """A stop (Ctrl-C, SIGTERM, SIGHUP) before the command's body began: nothing was done.
+    Not a KeyboardInterrupt, which Click's parsing would turn into its 'Aborted!' (exit 1) and
+    Typer's building of the commands would let out as a traceback."""
+
+
+def _ctrl_c_before_the_command(signum: int, frame: Any) -> None:
+    raise _StoppedBeforeTheCommand
+
+
+def _command_began() -> None:
+    """The body runs: Ctrl-C is Python's KeyboardInterrupt again, for the body to handle."""
+    global _began
+    if not _began:
+        _began = True
+        if signal.getsignal(signal.SIGINT) is _ctrl_c_before_the_command:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stop_on_signals() -> dict[int, Any]:
@@ -218,6 +242,8 @@ def _on_stop(signum: int, frame: Any) -> None:
         _hung_up = True
     if _stopped_by is None:
         _stopped_by = STOP_SIGNALS[signal.Signals(signum)]
+    if not _began:
+        raise _StoppedBeforeTheCommand
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler) and handler is not signal.default_int_handler:
         handler(signal.SIGINT, frame)
@@ -232,17 +258,42 @@ def run_command_line(app: typer.Typer, args: Sequence[str] | None = None) -> Non
     when the words ask a command that prints JSON for JSON (``--json``, ``--format json`` or
     ``jsonl``), that usage error, too, is an error document on stdout (exit 2), so that
     ``esctl … --json | jq`` always has one document to read. Every other run (help, version,
-    shell completion, which runs without words, no --json) is Typer's usual one."""
-    stop_on_signals()
-    words = list(sys.argv[1:] if args is None else args)
-    if _may_ask_for_json(words):
-        import typer.main
+    shell completion, which runs without words, no --json) is Typer's usual one.
 
-        command = typer.main.get_command(app)
-        if asks_for_json(command, words):
-            sys.exit(_run_json(command, words))
-    with _clicks_own_output():
-        app(args=args)
+    A stop before the command's body begins (a SIGTERM half a second after the start) ends
+    the run there: nothing was done, exit 130, the same message and JSON document as a stop
+    in the body, not a traceback."""
+    global _began
+    _began = False
+    stop_on_signals()
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _ctrl_c_before_the_command)
+    words = list(sys.argv[1:] if args is None else args)
+    try:
+        if _may_ask_for_json(words):
+            import typer.main
+
+            command = typer.main.get_command(app)
+            if asks_for_json(command, words):
+                sys.exit(_run_json(command, words))
+        with _clicks_own_output():
+            app(args=args)
+    except _StoppedBeforeTheCommand:
+        json_mode = _may_ask_for_json(words)
+        render_error(
+            "interrupted",
+            f"{_stopped_by or 'interrupted'} before the command began; nothing was done",
+            "rerun the same command",
+            EXIT_INTERRUPTED,
+            json_mode,
+            # one line, as a usage error's document (a JSON-lines stream stays one)
+            stream=jsonout.JsonStream() if json_mode else None,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        _command_began()  # (a run that ended before its body: SIGINT as it was)
 
 
 @contextmanager
