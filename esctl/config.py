@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from esctl.errors import ConfigError
+from esctl.errors import ConfigError, ConnectionFailed
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_PG_DSN = "postgresql://localhost/postgres"
@@ -380,14 +380,21 @@ PERCENT_ENCODING = (
 """How to write a password in a URL, for the messages about one written wrong."""
 
 
-def unencoded_message(what: str, url: str, chars: str) -> str:
-    """The message for a ``url`` (``what``: "Redis URL", "PostgreSQL URL") whose password holds
-    ``chars`` unencoded (:func:`unencoded_in_password`): nothing of it is shown."""
+def refuse_unencoded_password(what: str, url: str, server: str) -> None:
+    """ConnectionFailed, before anything is sent, when ``url`` (``what``: "Redis URL",
+    "PostgreSQL URL"; ``server``: how the error names it) holds a password (or user name) its
+    parser would cut short (:func:`unencoded_in_password`): it would read the rest as the host,
+    the port or the path, and its message would quote that piece. Nothing of it is shown."""
+    chars = unencoded_in_password(url)
+    if not chars:
+        return
     named = ", ".join("a space" if c == " " else f"'{c}'" for c in chars)
-    return (
+    raise ConnectionFailed(
         f"bad {what} {redact(url)}: the password (or user name) in it holds {named} not "
         "percent-encoded, which cuts it short there: the rest would be read as the host, the "
-        "port or the path; nothing was sent"
+        "port or the path; nothing was sent",
+        server=server,
+        hint=PERCENT_ENCODING,
     )
 
 

@@ -20,13 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from esctl import inflight, privileges
-from esctl.config import (
-    PERCENT_ENCODING,
-    redact,
-    redact_error,
-    unencoded_in_password,
-    unencoded_message,
-)
+from esctl.config import redact, redact_error, refuse_unencoded_password
 from esctl.errors import ConnectionFailed, PermissionDenied, SchemaIncompatible, ServerError
 
 GRANTS_DOCS = privileges.DOCS
@@ -79,13 +73,7 @@ def connect(
     """Open a connection; failures become ConnectionFailed with the password hidden (also a
     piece of it that libpq, misreading a URL whose password holds an unencoded ``@`` or ``/``,
     took for the host: :func:`esctl.config.redact_error`)."""
-    unencoded = unencoded_in_password(dsn)
-    if unencoded:
-        raise ConnectionFailed(
-            unencoded_message("PostgreSQL URL", dsn, unencoded),
-            server=describe_dsn(dsn),
-            hint=PERCENT_ENCODING,
-        )
+    refuse_unencoded_password("PostgreSQL URL", dsn, describe_dsn(dsn))
     try:
         conn = psycopg.connect(
             dsn, autocommit=autocommit, application_name=application_name, connect_timeout=10

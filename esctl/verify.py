@@ -356,6 +356,18 @@ class _Page:
     rows: dict[str, PgStream] = field(default_factory=dict)
     migrated: dict[str, int] = field(default_factory=dict)
 
+    def stream(self, aggregate_id: str, key: str, commit_ids: list[str], start: int) -> Stream:
+        """The stream of one aggregate of the page, its values from ``start`` on, unchecked."""
+        end = start + len(commit_ids)
+        return build_stream(
+            aggregate_id,
+            key,
+            commit_ids,
+            self.values[start:end],
+            self.where[start:end],
+            wrong_types=self.wrong_hashes or None,
+        )
+
 
 def _read_page(
     client: redisio.RedisClient,
@@ -396,7 +408,7 @@ def _compare_page(
             "the commit list key is not UTF-8: PostgreSQL text cannot hold its "
             "aggregate id, so migrate quarantines it",
         )
-    values, where, migrated = page.values, page.where, page.migrated
+    values, migrated = page.values, page.migrated
     wrong_hashes = page.wrong_hashes or None
     offset = 0
     for aggregate_id, key, commit_ids in zip(page.ids, page.keys, page.lists, strict=True):
@@ -410,14 +422,7 @@ def _compare_page(
             continue
         theirs = page.rows.get(aggregate_id)
         if rules is not None:
-            stream = build_stream(
-                aggregate_id,
-                key,
-                commit_ids,
-                values[offset:end],
-                where[offset:end],
-                wrong_types=wrong_hashes,
-            )
+            stream = page.stream(aggregate_id, key, commit_ids, offset)
             if compare_transformed(
                 _validated(stream, opts.app, wrong_hashes),
                 theirs.rows(aggregate_id) if theirs is not None else [],
@@ -432,14 +437,7 @@ def _compare_page(
         if identical:
             summary.events_compared += len(commit_ids)
         else:
-            stream = build_stream(
-                aggregate_id,
-                key,
-                commit_ids,
-                values[offset:end],
-                where[offset:end],
-                wrong_types=wrong_hashes,
-            )
+            stream = page.stream(aggregate_id, key, commit_ids, offset)
             identical = compare_stream(
                 _validated(stream, opts.app, wrong_hashes),
                 theirs.rows(aggregate_id) if theirs is not None else [],

@@ -15,13 +15,7 @@ import redis.cluster
 import redis.exceptions
 
 from esctl import privileges
-from esctl.config import (
-    PERCENT_ENCODING,
-    redact,
-    redact_error,
-    unencoded_in_password,
-    unencoded_message,
-)
+from esctl.config import redact, redact_error, refuse_unencoded_password
 from esctl.errors import ConfigError, ConnectionFailed, PermissionDenied, ServerError
 
 RedisClient = redis.Redis | redis.cluster.RedisCluster
@@ -98,7 +92,8 @@ def connect(
     once)."""
     from esctl.redisio import retry  # (it builds on this module)
 
-    refuse_unencoded_password(url)
+    # (redis-py's parser takes an unencoded / ? # as the end of the password)
+    refuse_unencoded_password("Redis URL", url, redact(url))
     after = "" if diagnosing else "nothing was done"
     client: RedisClient
     limit = 0.0 if diagnosing else retry.LOADING_WAIT_SECONDS
@@ -139,20 +134,6 @@ def connect(
     if not diagnosing:
         refuse_a_lone_cluster_node(client)
     return client
-
-
-def refuse_unencoded_password(url: str) -> None:
-    """ConnectionFailed, before anything is sent, for a URL whose password (or user name)
-    holds a character that redis-py's URL parser takes as the end of it (an unencoded ``/``,
-    ``?`` or ``#``): it would read the rest as the host, the port or the path, and its message
-    would quote that piece of the password."""
-    unencoded = unencoded_in_password(url)
-    if unencoded:
-        raise ConnectionFailed(
-            unencoded_message("Redis URL", url, unencoded),
-            server=redact(url),
-            hint=PERCENT_ENCODING,
-        )
 
 
 CONNECT_TRIES = 3
