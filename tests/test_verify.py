@@ -527,20 +527,6 @@ def test_one_walk_over_both_sides_finds_what_two_walks_find(
     assert two & _BOOL or both == two
 
 
-def _children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if fields[0] != "Z" and int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_kill_9_of_verify_with_two_workers_kills_its_workers(
     redis_client: redis.Redis, redis_test_url: str, pg_dsn: str, app_name: str
@@ -560,7 +546,7 @@ def test_kill_9_of_verify_with_two_workers_kills_its_workers(
     try:
         while len(workers) < 2 and time.monotonic() < paused_until - 2 and proc.poll() is None:
             time.sleep(0.05)
-            workers = _children(proc.pid)
+            workers = child_processes(proc.pid)
         assert len(workers) == 2, proc.poll()
         proc.kill()
         proc.wait()
