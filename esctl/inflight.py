@@ -280,8 +280,7 @@ def wait_through_stops(futures: Iterable[Future[Any]]) -> None:
     pending = list(futures)
     while True:
         try:
-            while not all(f.done() for f in pending):
-                time.sleep(WAIT_POLL_S)
+            wait_for_parts(pending)
             return
         except KeyboardInterrupt:
             continue
