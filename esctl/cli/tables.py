@@ -284,8 +284,8 @@ def _emit_grouped(
     but the group's)."""
     rest = _Fitted.of(names, cells, console.width, payload, optional, without=group)
     groups: dict[str, list[list[str]]] = {}
-    for row in cells:
-        groups.setdefault(row[group], []).append([v for i, v in enumerate(row) if i != group])
+    for row, rest_row in zip(cells, rest.cells, strict=True):
+        groups.setdefault(row[group], []).append(rest_row)
     as_records = records and folds_tokens([rest.specs[i] for i in rest.shown], rest.widths)
     print_title(console, title)
     for value in sorted(groups):
