@@ -854,7 +854,9 @@ def test_apps_with_aggregates_stays_bounded_on_a_large_table(pg_dsn: str) -> Non
         assert found is not None and not found.has_app and not found.complete
         assert 0 < found.sampled <= pgevents.APPS_SAMPLE_ROWS
         assert found.total is not None and 250_000 < found.total < 350_000
-        assert set(found.names) == set(apps)  # ~800 rows of each in the sample
+        # ~800 rows of each app in the sample; Rare.App's one row is in it one run in ~30
+        # (its page is one of the ~3% sampled).
+        assert set(found.names) - {"Rare.App"} == set(apps)
         assert took < 2.0, took
         note = appkeys.no_aggregates_text(wrong, "db", "public", found)
         assert f"apps with aggregates here (a sample: ~{found.sampled:,} of ~" in note
