@@ -9,7 +9,7 @@ import typer
 from esctl import defaults
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_PROBLEMS, exit_for
-from esctl.cli.options import MetricsFileOpt, option
+from esctl.cli.options import MetricsFileOpt, count_option, option
 from esctl.cli.output import Output
 from esctl.units import counted
 
@@ -29,9 +29,7 @@ def doctor(
     ] = False,
     sample: Annotated[
         int,
-        option(
-            "--sample", "N", "Keys sampled per key family (--app checks).", show_default=True, min=1
-        ),
+        count_option("--sample", "Keys sampled per key family (--app checks).", show_default=True),
     ] = defaults.DOCTOR_SAMPLE,
     stuck_after: Annotated[
         str,

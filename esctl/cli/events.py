@@ -15,7 +15,13 @@ from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_aggregates, note_if_no_ke
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import EventSelection, with_groups
-from esctl.cli.options import EventSource, ProgressOpt, TransformsOpt, option, read_rules
+from esctl.cli.options import (
+    EventSource,
+    ProgressOpt,
+    TransformsOpt,
+    count_option,
+    read_rules,
+)
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 from esctl.units import counted
@@ -122,11 +128,8 @@ def query(
     selected: EventSelection = EventSelection(),
     limit: Annotated[
         int | None,
-        option(
-            "--limit",
-            "N",
-            f"Stop after N results (table: {TABLE_DEFAULT_LIMIT} unless given).",
-            min=0,
+        count_option(
+            "--limit", f"Stop after N results (table: {TABLE_DEFAULT_LIMIT} unless given).", least=0
         ),
     ] = None,
     format_: Annotated[

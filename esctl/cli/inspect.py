@@ -16,7 +16,7 @@ from esctl.cli.appkeys import (
 )
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
-from esctl.cli.options import ProblemsFileOpt, ProgressOpt, ShardOpt, option
+from esctl.cli.options import ProblemsFileOpt, ProgressOpt, ShardOpt, count_option
 from esctl.cli.output import Output
 from esctl.units import counted
 
@@ -54,9 +54,7 @@ def aggregate(
     ],
     from_version: Annotated[
         int | None,
-        option(
-            "--from-version", "N", "List events from this version on (checks cover all).", min=1
-        ),
+        count_option("--from-version", "List events from this version on (checks cover all)."),
     ] = None,
     raw: Annotated[
         bool, typer.Option("--raw", help="Also show each event's value as stored in Redis.")
@@ -218,7 +216,9 @@ def integrity(
     ctx: Context,
     examples: Annotated[
         int,
-        option("--examples", "N", "Examples listed per kind of problem.", show_default=True, min=0),
+        count_option(
+            "--examples", "Examples listed per kind of problem.", least=0, show_default=True
+        ),
     ] = 10,
     shard: ShardOpt = None,
     progress: ProgressOpt = True,
@@ -324,12 +324,8 @@ def stats(
     ctx: Context,
     sample: Annotated[
         int,
-        option(
-            "--sample",
-            "N",
-            "Keys sampled per family (MEMORY USAGE, payloads).",
-            show_default=True,
-            min=1,
+        count_option(
+            "--sample", "Keys sampled per family (MEMORY USAGE, payloads).", show_default=True
         ),
     ] = 1000,
     full: Annotated[

@@ -21,6 +21,14 @@ def option(name: str, metavar: str, help: str, *, show_default: bool = False, **
     return typer.Option(name, metavar=metavar, help=help, show_default=show_default, **more)
 
 
+def count_option(
+    name: str, help: str, *, least: float = 1, most: int | None = None, show_default: bool = False
+) -> Any:
+    """An option that takes a number, ``N`` in ``--help``: at least ``least`` (1: a count of
+    things; 0 where none means something), at most ``most``."""
+    return option(name, "N", help, show_default=show_default, min=least, max=most)
+
+
 class EventSource(enum.StrEnum):
     """Where a command reads stored events: the Redis commit lists or the migrated tables."""
 

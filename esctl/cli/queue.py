@@ -19,7 +19,7 @@ from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.groups import Changing, OptionGroup, with_groups
 from esctl.cli.live import check_watch
-from esctl.cli.options import IntervalOpt, MetricsFileOpt, option
+from esctl.cli.options import IntervalOpt, MetricsFileOpt, count_option, option
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 from esctl.units import counted
@@ -68,11 +68,13 @@ ExceptionOpt = Annotated[
 ]
 MinRetriesOpt = Annotated[
     int | None,
-    option("--min-retries", "N", "Dead letters whose RetryData RetryCount is at least N.", min=0),
+    count_option(
+        "--min-retries", "Dead letters whose RetryData RetryCount is at least N.", least=0
+    ),
 ]
 LimitOpt = Annotated[
     int | None,
-    option("--limit", "N", "At most N messages, the next ones in consumption order first.", min=1),
+    count_option("--limit", "At most N messages, the next ones in consumption order first."),
 ]
 
 
@@ -369,7 +371,7 @@ def peek_command(
     event_type: TypeArg,
     which: ListOpt = "published",
     count: Annotated[
-        int, option("--count", "N", "How many messages to show.", show_default=True, min=1)
+        int, count_option("--count", "How many messages to show.", show_default=True)
     ] = 10,
 ) -> None:
     """Show the next messages of a queue list without removing them.

@@ -18,7 +18,14 @@ from esctl.cli.appkeys import note_if_no_aggregates, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import EXIT_FAILED, exit_for
 from esctl.cli.groups import Changing, EventSelection, OptionGroup, with_groups
-from esctl.cli.options import EventSource, ShardOpt, option, read_rules, transforms_option
+from esctl.cli.options import (
+    EventSource,
+    ShardOpt,
+    count_option,
+    option,
+    read_rules,
+    transforms_option,
+)
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 from esctl.units import counted
@@ -84,12 +91,10 @@ class ProjectionOptions(OptionGroup):
     ] = False
     batch_size: Annotated[
         int | None,
-        option(
+        count_option(
             "--batch-size",
-            "N",
             f"--to projection: events per transaction (default {defaults.REPLAY_BATCH_SIZE:,}, "
             "more when PostgreSQL is at a distance).",
-            min=1,
         ),
     ] = None
 
@@ -117,7 +122,7 @@ def replay(
         ),
     ],
     selected: EventSelection = EventSelection(),
-    limit: Annotated[int | None, option("--limit", "N", "At most N events.", min=0)] = None,
+    limit: Annotated[int | None, count_option("--limit", "At most N events.", least=0)] = None,
     all_events: Annotated[
         bool,
         typer.Option(
@@ -150,24 +155,21 @@ def replay(
     ] = False,
     max_queue_length: Annotated[
         int | None,
-        option(
+        count_option(
             "--max-queue-length",
-            "N",
             "--to queue: wait while a target PublishedEvents list holds N or more.",
-            min=1,
         ),
     ] = None,
     rate: Annotated[
-        float | None, option("--rate", "N", "At most N events per second.", min=0.001)
+        float | None, count_option("--rate", "At most N events per second.", least=0.001)
     ] = None,
     confirm_over: Annotated[
         int,
-        option(
+        count_option(
             "--confirm-over",
-            "N",
             "--to queue: ask before publishing more than N events (unless --yes).",
+            least=0,
             show_default=True,
-            min=0,
         ),
     ] = defaults.REPLAY_CONFIRM_OVER,
     projecting: ProjectionOptions = ProjectionOptions(),

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 from esctl.cli.context import Context
-from esctl.cli.options import option, read_rules
+from esctl.cli.options import count_option, option, read_rules
 
 BackupFileOpt = Annotated[
     str | None,
@@ -52,4 +52,4 @@ def toast_option(help: str) -> Any:
 def workers_option(help: str, *, most: int | None = None, show_default: bool = True) -> Any:
     """``--workers N`` (local processes, at least 1, at most ``most``), with what they do for
     one command."""
-    return option("--workers", "N", help, show_default=show_default, min=1, max=most)
+    return count_option("--workers", help, most=most, show_default=show_default)

@@ -11,7 +11,7 @@ from esctl import defaults
 from esctl.cli.appkeys import COMMIT_LISTS, note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.migrate.common import store, toast, toast_option
-from esctl.cli.options import option, read_rules, transforms_option
+from esctl.cli.options import count_option, read_rules, transforms_option
 from esctl.cli.output import Output
 from esctl.units import counted
 
@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 
 SampleOpt = Annotated[
     int,
-    option(
-        "--sample", "N", "Aggregates to read whole (a random sample).", show_default=True, min=1
-    ),
+    count_option("--sample", "Aggregates to read whole (a random sample).", show_default=True),
 ]
 TrialOpt = Annotated[
     bool,
@@ -37,9 +35,7 @@ TrialOpt = Annotated[
 ]
 TrialEventsOpt = Annotated[
     int,
-    option(
-        "--trial-events", "N", "At most this many events in the trial.", show_default=True, min=1
-    ),
+    count_option("--trial-events", "At most this many events in the trial.", show_default=True),
 ]
 PlanToastCompressionOpt = Annotated[
     str,

@@ -24,7 +24,14 @@ from esctl.cli.migrate.common import (
     workers_option,
 )
 from esctl.cli.migrate.prune import render_prune
-from esctl.cli.options import DryRunOpt, ProgressOpt, ShardOpt, option, transforms_option
+from esctl.cli.options import (
+    DryRunOpt,
+    ProgressOpt,
+    ShardOpt,
+    count_option,
+    option,
+    transforms_option,
+)
 from esctl.cli.output import Output
 from esctl.cli.progress import Progress
 from esctl.units import counted
@@ -40,7 +47,7 @@ class RunOptions(OptionGroup):
     many processes run it)."""
 
     batch_size: Annotated[
-        int, option("--batch-size", "N", "Events per transaction.", show_default=True, min=1)
+        int, count_option("--batch-size", "Events per transaction.", show_default=True)
     ] = defaults.MIGRATE_BATCH_SIZE
     init_schema: Annotated[
         bool,
@@ -62,11 +69,13 @@ class RunOptions(OptionGroup):
     ] = False
     max_problems: Annotated[
         int | None,
-        option("--max-problems", "N", "Stop once more aggregates than this had problems.", min=0),
+        count_option(
+            "--max-problems", "Stop once more aggregates than this had problems.", least=0
+        ),
     ] = None
     rate: Annotated[
         float | None,
-        option("--rate", "N", "At most this many events read per second.", min=1),
+        count_option("--rate", "At most this many events read per second."),
     ] = None
     max_redis_latency: Annotated[
         float | None,
@@ -79,7 +88,7 @@ class RunOptions(OptionGroup):
     ] = None
     writers: Annotated[
         int,
-        option("--writers", "N", "PostgreSQL writer connections.", show_default=True, min=1, max=8),
+        count_option("--writers", "PostgreSQL writer connections.", most=8, show_default=True),
     ] = 2
     workers: Annotated[
         int,

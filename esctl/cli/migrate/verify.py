@@ -12,7 +12,7 @@ from esctl.cli.appkeys import note_if_no_keys
 from esctl.cli.context import Context, Scope, with_context
 from esctl.cli.errors import exit_for
 from esctl.cli.migrate.common import checked_rules, store, workers_option
-from esctl.cli.options import ProblemsFileOpt, ShardOpt, option, transforms_option
+from esctl.cli.options import ProblemsFileOpt, ShardOpt, count_option, transforms_option
 
 VerifyTransformsOpt = Annotated[
     Path | None,
@@ -28,7 +28,7 @@ def verify_command(
     ctx: Context,
     sample: Annotated[
         int | None,
-        option("--sample", "N", "Compare a random sample of N aggregates.", min=1),
+        count_option("--sample", "Compare a random sample of N aggregates."),
     ] = None,
     shard: ShardOpt = None,
     allow_new_events: Annotated[
