@@ -9,7 +9,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +127,17 @@ def pipelined(conn: psycopg.Connection) -> Iterator[Callable[[], None]]:
         return
     with conn.pipeline() as pipeline:
         yield pipeline.sync
+
+
+def read_ended(
+    conn: psycopg.Connection, query: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    """The rows of one read, its transaction ended at once: a command that runs for hours
+    between its reads holds no snapshot (which would hold back VACUUM) and sees what was
+    committed meanwhile at its next read."""
+    rows = conn.execute(query, params).fetchall()
+    conn.commit()
+    return rows
 
 
 def round_trip(conn: psycopg.Connection) -> float:

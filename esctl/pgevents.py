@@ -200,27 +200,27 @@ def migrated_commits(
     conn: psycopg.Connection, schema: str, app: str, ids: Sequence[str]
 ) -> dict[str, int]:
     """How many commits of each aggregate esctl recorded as migrated (esctl.migrated_stream)."""
-    rows = conn.execute(
+    rows = pg.read_ended(
+        conn,
         # LATERAL + OFFSET 0: one index lookup per id (see esctl.migrate.Reader.migrated).
         "SELECT u.id, m.commits FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
         "  SELECT commits FROM esctl.migrated_stream WHERE target_schema = %s"
         "   AND application_name = %s AND aggregate_id = u.id OFFSET 0) m",
         (list(ids), schema, app),
-    ).fetchall()
-    conn.commit()
+    )
     return dict(rows)
 
 
 def any_migrated(conn: psycopg.Connection, schema: str, app: str) -> bool:
     """Whether esctl.migrated_stream records any aggregate of ``app`` migrated into ``schema``.
     Ends the transaction."""
-    row = conn.execute(
+    [(found,)] = pg.read_ended(
+        conn,
         "SELECT EXISTS (SELECT 1 FROM esctl.migrated_stream"
         " WHERE target_schema = %s AND application_name = %s)",
         (schema, app),
-    ).fetchone()
-    conn.commit()
-    return bool(row and row[0])
+    )
+    return bool(found)
 
 
 def other_transforms(

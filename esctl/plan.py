@@ -26,9 +26,8 @@ from esctl.streams import (
     Stream,
     StreamProblem,
     build_stream,
+    checked_as_migrate,
     clean_payloads,
-    hash_type_problems,
-    validate_stream,
 )
 from esctl.transforms import RuleEffect, Rules, SourceEvent, transform_stream
 
@@ -229,7 +228,7 @@ def _read_sample(
             offset = end
             figures.measure(stream, legacy_key)
             if rows is None:
-                hash_type_problems(validate_stream(stream), app)  # as migrate's reader
+                checked_as_migrate(stream, app)
                 if stream.ok:  # the reader's general path (clean_rows is the hot path)
                     general = migrate.stream_rows(stream)
                     if isinstance(general, list):

@@ -26,7 +26,7 @@ from esctl.errors import ConfigError, EsctlError, Interrupted, Refused, ServerEr
 from esctl.locks import prune_lock
 from esctl.pgevents import PgEvent, other_transforms, pg_page, transforms_words
 from esctl.shard import Shard
-from esctl.streams import Stream, hash_type_problems, read_streams, validate_stream
+from esctl.streams import Stream, checked_as_migrate, read_streams
 from esctl.transforms import Rules, load_rules
 from esctl.verify import (
     VerifyOptions,
@@ -273,12 +273,12 @@ def _unjournal(conn: psycopg.Connection, opts: PruneOptions, ids: list[str]) -> 
 def _recover(client: redisio.RedisClient, conn: psycopg.Connection, opts: PruneOptions) -> int:
     """Finish what an interrupted prune left: delete the recorded fields of every aggregate
     whose commit list is gone (or was started anew), forget the others. Returns fields deleted."""
-    rows = conn.execute(
+    rows = pg.read_ended(
+        conn,
         "SELECT aggregate_id, first_commit_id, hash_keys, commit_ids FROM esctl.prune_pending"
         " WHERE target_schema = %s AND application_name = %s",
         (opts.pg_schema, opts.app),
-    ).fetchall()
-    conn.commit()
+    )
     rows = [r for r in rows if opts.shard.owns(r[0])]
     cleaned = 0
     for chunk in redisio.chunked(rows, 1000):
@@ -515,7 +515,7 @@ def _candidates(
         if not stream.events:
             continue  # deleted since the SCAN
         summary.aggregates_examined += 1
-        hash_type_problems(validate_stream(stream), opts.app)  # as migrate and verify see it
+        checked_as_migrate(stream, opts.app)
         pg_rows = rows.get(stream.aggregate_id, [])
         check = VerifySummary()
         done = migrated.get(stream.aggregate_id)

@@ -457,6 +457,21 @@ _NOT_WRONG = frozenset({None, "hash", "none"})
 met; a hash again, or gone, by the time its type was asked)."""
 
 
+def checked_as_migrate(
+    stream: Stream,
+    app: str,
+    *,
+    first_version: int = 1,
+    known_type: str | None = None,
+    skip: int = 0,
+) -> Stream:
+    """The stream's problems as migrate quarantines it (and verify, plan and prune judge it):
+    :func:`validate_stream`'s checks, then an event hash of another Redis type as
+    ``wrong_key_type`` (:func:`hash_type_problems`). Returns the same stream."""
+    validate_stream(stream, first_version=first_version, known_type=known_type, skip=skip)
+    return hash_type_problems(stream, app)
+
+
 def _missing_versions(ordered: Sequence[int], first: int, limit: int = 8) -> tuple[list[int], str]:
     """The first ``limit`` versions missing from sorted, distinct ``ordered`` (from ``first``),
     walking the gaps so that a corrupt Version such as 2147483647 costs nothing; and a note

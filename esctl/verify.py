@@ -39,10 +39,9 @@ from esctl.shard import Shard
 from esctl.streams import (
     Stream,
     build_stream,
+    checked_as_migrate,
     clean_payloads,
-    hash_type_problems,
     postgres_problem,
-    validate_stream,
     versions_phrase,
 )
 from esctl.transforms import Rules, SourceEvent, transform_stream
@@ -409,7 +408,6 @@ def _compare_page(
             "aggregate id, so migrate quarantines it",
         )
     values, migrated = page.values, page.migrated
-    wrong_hashes = page.wrong_hashes or None
     offset = 0
     for aggregate_id, key, commit_ids in zip(page.ids, page.keys, page.lists, strict=True):
         end = offset + len(commit_ids)
@@ -424,7 +422,7 @@ def _compare_page(
         if rules is not None:
             stream = page.stream(aggregate_id, key, commit_ids, offset)
             if compare_transformed(
-                _validated(stream, opts.app, wrong_hashes),
+                checked_as_migrate(stream, opts.app),
                 theirs.rows(aggregate_id) if theirs is not None else [],
                 summary,
                 rules,
@@ -439,7 +437,7 @@ def _compare_page(
         else:
             stream = page.stream(aggregate_id, key, commit_ids, offset)
             identical = compare_stream(
-                _validated(stream, opts.app, wrong_hashes),
+                checked_as_migrate(stream, opts.app),
                 theirs.rows(aggregate_id) if theirs is not None else [],
                 summary,
                 migrated.get(aggregate_id),
@@ -447,13 +445,6 @@ def _compare_page(
         if identical:
             summary.aggregates_identical += 1
         offset = end
-
-
-def _validated(stream: Stream, app: str, wrong_hashes: dict[str, str] | None) -> Stream:
-    """The stream checked as migrate checks it: an event hash of another Redis type is a
-    ``wrong_key_type`` problem, as migrate quarantines it."""
-    validate_stream(stream)
-    return hash_type_problems(stream, app) if wrong_hashes else stream
 
 
 def verify(

@@ -24,9 +24,8 @@ from esctl.streams import (
     Stream,
     StreamProblem,
     build_stream,
+    checked_as_migrate,
     clean_payloads,
-    hash_type_problems,
-    validate_stream,
 )
 
 Migrated = tuple[int, str, str]
@@ -91,7 +90,8 @@ def migrated_streams(
 ) -> dict[str, Migrated]:
     """What esctl.migrated_stream holds of each of ``ids`` that was migrated: aggregate id ->
     (commits migrated, last commit id, aggregate type). Ends the transaction it reads in."""
-    rows = conn.execute(
+    rows = pg.read_ended(
+        conn,
         # LATERAL with OFFSET 0 (which the planner may not flatten): one index lookup per
         # id whatever the statistics say (docs/design/migrate.md, "Reading").
         "SELECT u.id, m.commits, m.last_commit_id, m.aggregate_type"
@@ -100,8 +100,7 @@ def migrated_streams(
         "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
         "    OFFSET 0) m",
         (pg.text_array(list(ids)), pg_schema, app),
-    ).fetchall()
-    conn.commit()
+    )
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
@@ -453,7 +452,7 @@ def resume_point(
 def checked_stream(read: AggregateRead, app: str, *, continuous: bool) -> tuple[Stream, int]:
     """The general path's view of one aggregate's commits from ``read.start``: the stream with
     every problem found (a rewritten commit list when not ``continuous``; else the checks of
-    :func:`validate_stream` from the version after the ``known`` migrated ones, an event hash
+    :func:`checked_as_migrate` from the version after the ``known`` migrated ones, an event hash
     of another Redis type as ``wrong_key_type``), its events cut to the new ones when it is ok,
     and the number of new events."""
     start, known = read.start, read.known
@@ -476,9 +475,7 @@ def checked_stream(read: AggregateRead, app: str, *, continuous: bool) -> tuple[
             )
         )
     else:
-        validate_stream(stream, first_version=done + 1, known_type=known_type, skip=skip)
-        if read.wrong_types:
-            hash_type_problems(stream, app)
+        checked_as_migrate(stream, app, first_version=done + 1, known_type=known_type, skip=skip)
     new_events = len(stream.events) - skip
     if stream.ok:
         stream.events = stream.events[skip:]

@@ -121,13 +121,13 @@ def unknown_app(
     look-up in Redis, one SCAN that stops at the app's first key, is made only for an app
     without a run; for a name that has no key it goes through the keyspace, as the run's own
     SCAN of the commit lists would."""
-    row = control.execute(
+    [(has_run,)] = pg.read_ended(
+        control,
         "SELECT EXISTS (SELECT 1 FROM esctl.migration_run"
         " WHERE target_schema = %s AND application_name = %s)",
         (opts.pg_schema, opts.app),
-    ).fetchone()
-    control.commit()
-    if row is not None and row[0]:
+    )
+    if has_run:
         return False
     return storereads.find_store_key(client, opts.app) is None
 

@@ -58,7 +58,8 @@ class TransformingReader(Reader):
     def migrated(self, ids: Sequence[str], numbering: dict[str, Any]) -> dict[str, Migrated]:
         if not self.lookups or not ids:
             return {}
-        rows = self.conn.execute(
+        rows = pg.read_ended(
+            self.conn,
             "SELECT u.id, m.commits, m.last_commit_id, m.aggregate_type,"
             "       m.last_source_version, m.last_version"
             "  FROM unnest(%s::text[]) AS u(id) CROSS JOIN LATERAL ("
@@ -67,8 +68,7 @@ class TransformingReader(Reader):
             "     WHERE target_schema = %s AND application_name = %s AND aggregate_id = u.id"
             "    OFFSET 0) m",
             (pg.text_array(list(ids)), self.opts.pg_schema, self.opts.app),
-        ).fetchall()
-        self.conn.commit()
+        )
         for r in rows:
             # No numbering recorded: migrated without rules (check_transforms refused or
             # deleted that); the identity numbering is then the right one.
@@ -245,13 +245,14 @@ def check_transforms(
     else:
         if not other:
             return 0
-        source = conn.execute(
+        latest = pg.read_ended(
+            conn,
             "SELECT transforms_file, run_id FROM esctl.migration_run WHERE target_schema = %s"
             " AND application_name = %s AND transforms IS NOT DISTINCT FROM %s"
             " ORDER BY started_at DESC LIMIT 1",
             (opts.pg_schema, opts.app, other[0]),
-        ).fetchone()
-        conn.commit()
+        )
+        source = latest[0] if latest else None
     theirs = other[0]
     before = transforms_words(theirs)
     if theirs is not None and source is not None and source[0]:
@@ -291,12 +292,12 @@ def _migrated_with_other_transforms(
     """(aggregate id, commits migrated) of each aggregate of this app and shard that
     esctl.migrated_stream records as migrated with other transforms than ``mine``. Ends the
     transaction."""
-    rows = conn.execute(
+    rows = pg.read_ended(
+        conn,
         "SELECT aggregate_id, commits FROM esctl.migrated_stream WHERE target_schema = %s"
         " AND application_name = %s AND transforms IS DISTINCT FROM %s",
         (opts.pg_schema, opts.app, mine),
-    ).fetchall()
-    conn.commit()
+    )
     return [(a, n) for a, n in rows if opts.shard.owns(a)]
 
 
