@@ -77,6 +77,26 @@ def test_rates_are_the_change_of_length_per_second_and_keys_are_rescanned(
     assert not watch.due_for_scan(40.0 + 59.0) and watch.due_for_scan(40.0 + 60.0)
 
 
+def test_a_watch_that_found_no_queue_scans_again_sooner(
+    redis_client: redis.Redis, redis_test_url: str, env_name: str
+) -> None:
+    """Nothing matched: the keys are scanned again after RESCAN_EMPTY_S, not RESCAN_S (still
+    at most SCAN_SHARE of the time); once a queue is found, after RESCAN_S again."""
+    clock = Clock()
+    watch = queues.QueueWatch(redisio.connect(redis_test_url), env_name, rescan_s=30.0, clock=clock)
+    assert watch.read().listing.queues == []
+    assert not watch.due_for_scan(4.9) and watch.due_for_scan(5.0)
+    assert watch._found is not None
+    watch._found.elapsed_s = 1.0  # a slow scan: every 20 s at the most
+    assert not watch.due_for_scan(19.9) and watch.due_for_scan(20.0)
+
+    redis_client.lpush(layout.queue_key("Sub.A", env_name, "Created", "published"), b"m")
+    clock.now = 20.0
+    found = watch.read()
+    assert found.scanned and [q.subscriber for q in found.listing.queues] == ["Sub.A"]
+    assert not watch.due_for_scan(20.0 + 29.9) and watch.due_for_scan(20.0 + 30.0)
+
+
 def test_format_rate() -> None:
     assert [format_rate(r) for r in (None, 0.0, 0.01, 3.0, -1.5, 1234.56)] == [
         "-",
@@ -218,11 +238,11 @@ def test_watch_of_a_mistyped_env_names_the_envs_there_are_until_a_queue_appears(
         assert "check --env" in said_under_the_table(screen), screen.describe()  # still there
 
         # The watch keeps running: a queue made in that env appears with the next scan (within
-        # 30 s), and the note is gone with it.
+        # 5 s while no queue matches), and the note is gone with it.
         redis_client.lpush(layout.queue_key("Sub.A", typo, "Created", "published"), b"m")
         screen = session.wait_for(
             lambda s: queue_row(s, "Sub.A", "Created") is not None and "note:" not in s.text,
-            timeout=60,
+            timeout=20,
         )
         assert (queue_row(screen, "Sub.A", "Created") or [""])[0] == "1", screen.describe()
         session.type("\x03")

@@ -2,7 +2,8 @@
 length per second between two readings. Read-only.
 
 A rate is the *net* change of a list's length (pushed minus taken): the library keeps no
-counters. The keys are scanned again only every :data:`RESCAN_S` (longer when scans are slow).
+counters. The keys are scanned again only every :data:`RESCAN_S` (longer when scans are slow;
+:data:`RESCAN_EMPTY_S` while no queue matches).
 Design: docs/design/queues.md, "Watching".
 """
 
@@ -25,6 +26,10 @@ from esctl.queues.listing import (
 
 RESCAN_S = 30.0
 """The queues are found again (SCAN) once the last scan is this old..."""
+RESCAN_EMPTY_S = 5.0
+"""... or once it is this old when the last scan found no queue: a watch started before a
+service makes its queues (or on a mistyped name) has no lengths to read meanwhile, and shows
+them within seconds of their making..."""
 SCAN_SHARE = 0.05
 """... or, when a scan takes long, once it is ``elapsed / SCAN_SHARE`` old (a 3 s scan: every
 60 s), so that watching keeps scanning under this share of the time."""
@@ -73,7 +78,8 @@ class QueueWatch:
     def due_for_scan(self, at: float) -> bool:
         if self._found is None:
             return True
-        every = max(self.rescan_s, self._found.elapsed_s / SCAN_SHARE)
+        rescan = self.rescan_s if self._found.refs else min(self.rescan_s, RESCAN_EMPTY_S)
+        every = max(rescan, self._found.elapsed_s / SCAN_SHARE)
         return at - self._scanned_at >= every
 
     def read(self, *, now: datetime | None = None) -> WatchReading:
