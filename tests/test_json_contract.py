@@ -24,7 +24,6 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import pytest
 import redis
 import typer.main
 from bulk_store import write_bulk_store
-from helpers import run_cli, start_cli
+from helpers import run_cli_together, start_cli
 
 from esctl import layout, pg, servers
 from esctl.cli.app import app
@@ -247,10 +246,10 @@ def test_json_stream_ends_as_json_whatever_happens(tmp_path: Path, array: bool) 
 
 
 def run_all(argvs: dict[Any, list[str]]) -> dict[Any, subprocess.CompletedProcess[str]]:
-    """``run_cli`` once per entry, four at a time (a run is mostly Python starting up)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {key: pool.submit(run_cli, *argv) for key, argv in argvs.items()}
-    return {key: future.result() for key, future in futures.items()}
+    """An esctl process per entry, all forked once esctl is imported (``run_cli_together``:
+    a run that fails at parsing or at connecting is mostly Python starting up)."""
+    keys = list(argvs)
+    return dict(zip(keys, run_cli_together([argvs[k] for k in keys]), strict=True))
 
 
 def test_every_json_command_has_a_case() -> None:
@@ -380,7 +379,7 @@ def unreachable_argvs(nowhere: dict[str, str]) -> dict[Any, list[str]]:
 
 @pytest.fixture(scope="module")
 def quick_runs(nowhere: dict[str, str]) -> dict[Any, subprocess.CompletedProcess[str]]:
-    """Every run of (a) and (b), four at a time."""
+    """Every run of (a) and (b), at once."""
     return run_all(
         unknown_option_argvs(nowhere)
         | {("usage", k): argv for k, (argv, _, _) in USAGE_ERRORS.items()}

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 import redis
-from helpers import run_cli
+from helpers import run_cli_together
 from rich.cells import cell_len
 from terminal import ESCTL, Screen, TerminalSession, problems_on
 
@@ -192,23 +192,24 @@ def test_watch_exits_1_when_redis_goes_away(env_name: str) -> None:
 
 def test_watch_is_refused_without_a_terminal_and_with_json(redis_test_url: str) -> None:
     base = ["queue", "list", "--redis-url", redis_test_url, "--env", "production"]
-    piped = run_cli(*base, "--watch")
-    assert piped.returncode == 2, piped.stderr
-    assert "needs a terminal on stdout" in piped.stderr and "--json" in piped.stderr
-    assert piped.stdout == ""
-
-    as_json = run_cli(*base, "--watch", "--json")
-    assert as_json.returncode == 2, as_json.stderr
-    document = json.loads(as_json.stdout)
-    assert document["error"]["kind"] == "usage" and "--json" in document["error"]["message"]
-
-    for extra, message in (
+    refusals = [
         (["--interval", "5s"], "--interval needs --watch"),
         (["--watch", "--interval", "10ms"], "shorter than 100ms"),
         (["--watch", "--interval", "soon"], "cannot read the duration"),
         (["--watch", "--metrics-file", "q.prom"], "--metrics-file does not go with --watch"),
-    ):
-        result = run_cli(*base, *extra)
+    ]
+    piped, as_json, *refused = run_cli_together(
+        [[*base, "--watch"], [*base, "--watch", "--json"], *([*base, *e] for e, _ in refusals)]
+    )
+    assert piped.returncode == 2, piped.stderr
+    assert "needs a terminal on stdout" in piped.stderr and "--json" in piped.stderr
+    assert piped.stdout == ""
+
+    assert as_json.returncode == 2, as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert document["error"]["kind"] == "usage" and "--json" in document["error"]["message"]
+
+    for (extra, message), result in zip(refusals, refused, strict=True):
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
 
 
