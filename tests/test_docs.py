@@ -265,11 +265,10 @@ class CodeIndex:
     """What the documents' code references are resolved against."""
 
     def __init__(self) -> None:
-        import typer.main
 
         import esctl
         from esctl import pg
-        from esctl.cli.app import app
+        from esctl.cli.app import every_command
         from esctl.doctor import report
 
         self.modules: dict[str, list[types.ModuleType]] = {"esctl": [esctl]}
@@ -279,7 +278,7 @@ class CodeIndex:
                 self.modules.setdefault(info.name.rsplit(".", 1)[1], []).append(module)
         # Every module is imported: every doctor check is declared.
         self.checks = set(report.SPECS)
-        self.cli = typer.main.get_command(app)
+        self.cli = every_command()
         self.groups = set(report.GROUPS)
         sources = {p: p.read_text(encoding="utf-8") for p in CODE_FILES}
         self.helpers = {  # the modules of tests/ and bench/: what each defines

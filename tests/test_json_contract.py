@@ -36,7 +36,7 @@ from bulk_store import write_bulk_store
 from helpers import run_cli_together, start_cli
 
 from esctl import layout, pg, servers
-from esctl.cli.app import app
+from esctl.cli.app import app, every_command
 from esctl.cli.errors import asks_for_json
 from esctl.cli.jsonout import JsonStream
 
@@ -62,7 +62,7 @@ def json_commands() -> dict[str, Any]:
         elif any("--json" in p.opts or "--format" in p.opts for p in command.params):
             found[" ".join(path)] = command
 
-    walk(typer.main.get_command(app), ())
+    walk(every_command(), ())
     return found
 
 

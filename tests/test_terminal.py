@@ -29,7 +29,6 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-import typer.main
 from helpers import QUEUE_BATCH_LAUNCHER, run_cli, start_cli
 from rich.console import Console
 from terminal import (
@@ -45,7 +44,7 @@ from terminal import (
 
 from esctl import demo, queues, servers
 from esctl.cli import demo_tour, tables, wrapping
-from esctl.cli.app import app
+from esctl.cli.app import every_command
 
 # --- the demo tour -------------------------------------------------------------------------
 
@@ -1701,7 +1700,7 @@ def command_tree() -> list[tuple[list[str], Any]]:
         for name, sub in getattr(command, "commands", {}).items():
             yield from walk(sub, [*path, name])
 
-    return list(walk(typer.main.get_command(app), []))
+    return list(walk(every_command(), []))
 
 
 def help_problems(screen: Screen, command: Any) -> list[str]:

@@ -369,7 +369,7 @@ def _named_command(root: Any, words: Sequence[str]) -> tuple[Any, list[str], boo
         if word.startswith("-"):
             position += 2 if _takes_value(command, word) else 1
             continue
-        named = command.commands.get(word)
+        named = command.get_command(None, word)  # (esctl's root builds it only now)
         if named is None:  # a mistyped command name
             return command, names, False
         command = named
