@@ -237,7 +237,8 @@ def query(
             note_if_no_aggregates(ctx, seen=seen)
         else:
             note_if_no_keys(ctx, seen=seen, looked_at=() if filters.aggregates else COMMIT_LISTS)
-    if isinstance(results, core.TransformedQuery):
+    if rules is not None and client is not None:
+        assert isinstance(results, core.TransformedQuery)
         _report_transforms(out, results)
 
 
