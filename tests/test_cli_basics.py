@@ -18,7 +18,7 @@ import pytest
 import redis
 import typer
 import typer.main
-from helpers import cli_env, run_cli
+from helpers import cli_env, run_cli, run_cli_together
 
 import esctl
 from esctl import codec, errors, layout
@@ -132,6 +132,17 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert result.returncode == 2
     assert "No such" in result.stderr
     assert_no_traceback(result)
+
+
+def test_a_mistyped_command_gets_the_nearest_names() -> None:
+    """At the root, where each command is built only when named, and in a group."""
+    root, group, as_json = run_cli_together(
+        [["queu", "list"], ["migrate", "redis-to-pgx"], ["queu", "list", "--json"]]
+    )
+    assert root.returncode == 2 and "No such command 'queu'. Did you mean 'queue'?" in root.stderr
+    assert "Did you mean 'redis-to-pg'?" in group.stderr
+    message = json.loads(as_json.stdout)["error"]["message"]
+    assert message == "No such command 'queu'. Did you mean 'queue'?"
 
 
 # --- startup stays light -------------------------------------------------------------------

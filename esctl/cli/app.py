@@ -27,6 +27,13 @@ class _Listed(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         return sorted(set(self.commands) | set(_ADD), key=lambda name: (*ORDER, name).index(name))
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] not in self.commands and args[0] not in _ADD:
+            # A mistyped name: Typer's "Did you mean 'queue'?" looks among the commands built.
+            for name in _ADD:
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in self.commands and cmd_name in _ADD:
             # Built as a root of the same settings holding only this command builds it, so
