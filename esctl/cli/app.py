@@ -20,9 +20,9 @@ look, move, replay, repair, tend)."""
 
 class _Listed(TyperGroup):
     """The root group: it lists its commands in :data:`ORDER` (Typer would list the commands
-    before the groups), and imports and builds a command only when it is asked for it (a run
-    of ``esctl queue list`` never imports replay's or doctor's modules: a third less start-up
-    for every run, and for every Tab a shell's completion sends)."""
+    before the groups), and imports and builds a command only when it is asked for it: a run
+    of ``esctl queue list`` never imports replay's or doctor's modules (0.1 CPU-s less for a
+    typical command, half of ``--version``'s), nor does a Tab a shell's completion sends."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return sorted(set(self.commands) | set(_ADD), key=lambda name: (*ORDER, name).index(name))
