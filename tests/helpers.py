@@ -26,6 +26,15 @@ atexit.register(shutil.rmtree, _EMPTY_DIR, ignore_errors=True)
 CLI_TIMEOUT = 120.0
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` (the state itself: a query, a screen, a process) until it holds; fail
+    naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment ``run_cli`` gives esctl: this process's environment without any
     ``ESCTL_*`` variable (nor ``JOB_COMPLETION_INDEX``), no colour, a wide terminal, then ``env`` on top."""

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from helpers import cli_env
+from helpers import cli_env, wait_for
 
 from esctl.locks import RedisLock
 
@@ -25,14 +24,6 @@ loaded machine still meets it)."""
 
 OTHER_RUN = b"otherhost:4242:0123456789ab"
 """The token another run's lock holds."""
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 class ShortLocks:

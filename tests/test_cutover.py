@@ -18,7 +18,7 @@ import os
 import signal
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import independent_writer as iw
 import psycopg
 import redis
-from helpers import run_cli
+from helpers import run_cli, wait_for
 from test_migrate_follow import Follower, writer
 
 from esctl import servers
@@ -43,13 +43,6 @@ def cli(*args: str, where: dict[str, str]) -> tuple[int, dict[str, Any]]:
     )  # fmt: skip
     assert result.returncode in (0, 3), (args, result.returncode, result.stderr)
     return result.returncode, json.loads(result.stdout)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -110,16 +103,21 @@ def test_cutover_as_the_readme_walks_it(pg_dsn: str, app_name: str, tmp_path: Pa
         # The follower, with the services still writing to Redis.
         with following(where) as follower:
             writing = writer(client, truth, 150, pause=0.01, seed=5)
-            wait_until(lambda: any(x["events_migrated"] > 0 for x in follower.lines), "following")
+            wait_for(
+                lambda: any(x["events_migrated"] > 0 for x in follower.lines),
+                "following",
+                timeout=15.0,
+            )
             _, running = cli("migrate", "status", where=where)
             assert [(s["status"], s["lock_alive"]) for s in running["shards"]] == [
                 ("running", True)
             ]
             writing.join()  # the writers stop
 
-            wait_until(
+            wait_for(
                 lambda: pg_count(pg_dsn, app_name) == len(truth.events()),
                 "every event in PostgreSQL after the writers stopped",
+                timeout=15.0,
             )
             code, level = cli("migrate", "status", "--max-lag", "0s", where=where)
             assert code == 0 and level["over_max_lag"] == [], level
@@ -177,7 +175,9 @@ def test_max_lag_exits_3_while_a_shard_is_behind_and_0_once_level(
         with following(where, "--shard", "0/2") as first:
             iw.append_events(client, truth, 6, seed=8, aggregate_ids=ids[0])
             iw.append_events(client, truth, 6, seed=9, aggregate_ids=ids[1])
-            wait_until(lambda: pg_count(pg_dsn, app_name) == total + 6, "shard 0/2 level")
+            wait_for(
+                lambda: pg_count(pg_dsn, app_name) == total + 6, "shard 0/2 level", timeout=15.0
+            )
             time.sleep(0.2)  # the oldest missing event is older than --max-lag
             code, behind = cli("migrate", "status", "--max-lag", "100ms", where=where)
             assert code == 3 and behind["over_max_lag"] == ["1/2"], behind
@@ -185,7 +185,11 @@ def test_max_lag_exits_3_while_a_shard_is_behind_and_0_once_level(
             assert shards == {"0/2": 0, "1/2": 6}
 
             with following(where, "--shard", "1/2") as second:
-                wait_until(lambda: pg_count(pg_dsn, app_name) == total + 12, "both shards level")
+                wait_for(
+                    lambda: pg_count(pg_dsn, app_name) == total + 12,
+                    "both shards level",
+                    timeout=15.0,
+                )
                 code, level = cli("migrate", "status", "--max-lag", "100ms", where=where)
                 assert code == 0 and level["over_max_lag"] == [], level
                 assert second.stop()[0] == 0

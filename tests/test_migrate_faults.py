@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from helpers import (
     reap,
     run_cli,
     started_cli,
+    wait_for,
     wait_gone,
 )
 from terminal import ESCTL as TERMINAL_ESCTL
@@ -118,17 +119,14 @@ def rows_now(dsn: str) -> int:
         return 0
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def wait_for_progress(dsn: str, proc: subprocess.Popen[bytes], since: int) -> bool:
     """Wait until the run committed a batch beyond ``since`` (True) or exited (False)."""
     with psycopg.connect(dsn, autocommit=True) as conn:  # one connection: polls every few ms
-        wait_until(lambda: committed_batches(dsn, conn) > since or proc.poll() is not None)
+        wait_for(
+            lambda: committed_batches(dsn, conn) > since or proc.poll() is not None,
+            "a batch committed or the run ended",
+            timeout=60.0,
+        )
     return proc.poll() is None
 
 
@@ -144,7 +142,7 @@ def wait_for_no_esctl_sessions(dsn: str) -> None:
             ).fetchone()
         return row is not None and row[0] == 0
 
-    wait_until(none_left, timeout=20)
+    wait_for(none_left, "the killed sessions gone", timeout=20)
 
 
 def finish(proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
@@ -282,7 +280,11 @@ def test_kill_9_of_migrate_with_two_workers_then_rerun_gives_the_rows_of_an_unin
         env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     _started.append(proc)
-    wait_until(lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None)
+    wait_for(
+        lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None,
+        "a batch of each worker or the run ended",
+        timeout=60.0,
+    )
     assert proc.poll() is None, finish(proc)
     if kill == "process group":
         os.killpg(proc.pid, signal.SIGKILL)
@@ -290,7 +292,7 @@ def test_kill_9_of_migrate_with_two_workers_then_rerun_gives_the_rows_of_an_unin
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()  # not communicate(): a worker that outlived it would hold its pipes open
     try:
-        wait_until(lambda: not session_processes(proc.pid), timeout=20)
+        wait_for(lambda: not session_processes(proc.pid), "its processes gone", timeout=20)
     finally:  # whatever outlived the command
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -555,8 +557,10 @@ def test_a_stop_sent_to_migrate_alone_stops_its_workers_at_once(
         "migrate", "redis-to-pg", *cli_args(redis_test_url, pg_dsn, app_name), "--json",
         "--init-schema", "--workers", "2", *BATCH, "--rate", "800",
     ) as proc:  # fmt: skip
-        wait_until(
-            lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None
+        wait_for(
+            lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None,
+            "a batch of each worker or the run ended",
+            timeout=60.0,
         )
         workers = child_processes(proc.pid)
         assert proc.poll() is None and len(workers) == 2, finish(proc)
@@ -600,7 +604,11 @@ def test_migrate_with_workers_and_a_progress_bar_stopped_alone_leaves_no_process
         while not (command := child_processes(session.process.pid)):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        wait_until(lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2, timeout=30)
+        wait_for(
+            lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2,
+            "a batch of each worker",
+            timeout=30,
+        )
         helpers = child_processes(command[0])
         assert len(helpers) == 3, helpers  # the manager and two workers
         os.kill(command[0], stop)
@@ -626,13 +634,15 @@ def test_a_second_stop_sent_to_migrate_alone_cuts_its_workers_wait_short(
         "migrate", "redis-to-pg", *cli_args(redis_test_url, pg_dsn, app_name), "--json",
         "--init-schema", "--workers", "2", *BATCH, "--rate", "800",
     ) as proc, psycopg.connect(pg_dsn) as locker:  # fmt: skip
-        wait_until(
-            lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None
+        wait_for(
+            lambda: worker_runs_with_a_committed_batch(pg_dsn) == 2 or proc.poll() is not None,
+            "a batch of each worker or the run ended",
+            timeout=60.0,
         )
         workers = child_processes(proc.pid)
         assert proc.poll() is None and len(workers) == 2, finish(proc)
         locker.execute("LOCK TABLE aggregate, event IN ACCESS EXCLUSIVE MODE")
-        wait_until(lambda: writers_all_waiting_for_a_lock(pg_dsn), timeout=10)
+        wait_for(lambda: writers_all_waiting_for_a_lock(pg_dsn), "the writers waiting", timeout=10)
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         assert proc.poll() is None, finish(proc)  # the first stop waits for the batches under way
@@ -678,7 +688,7 @@ def test_a_resumed_run_reports_what_the_run_quarantined_before_the_interruption(
             return False
         return bool(row and row[0]) or proc.poll() is not None
 
-    wait_until(quarantined_some)
+    wait_for(quarantined_some, "a quarantine", timeout=60.0)
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc)
     assert code == 130, (out, err)

@@ -33,7 +33,7 @@ from cluster import (
     redis_cluster_with_replicas,
     slot_owner,
 )
-from helpers import cli_env, run_cli
+from helpers import cli_env, run_cli, wait_for
 from terminal import ESCTL, TerminalSession, problems_on
 from test_migrate import cli_args, migrate, new_database, pg_rows
 from test_migrate_faults import assert_same_rows_as, wait_for_no_esctl_sessions
@@ -395,10 +395,7 @@ def test_a_commit_list_key_of_another_type_is_quarantined_once_and_migrated_once
             ).fetchone()
         return row is not None and row[0] == 1
 
-    deadline = time.monotonic() + 10
-    while not migrated():
-        assert time.monotonic() < deadline, "the fixed aggregate was not migrated"
-        time.sleep(0.05)
+    wait_for(migrated, "the fixed aggregate migrated", timeout=10)
     code, _ = follower.stop(signal.SIGTERM)
     assert code == 0
 

@@ -18,8 +18,6 @@ import socket
 import struct
 import subprocess
 import termios
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ import independent_writer as iw
 import psycopg
 import pyte
 import redis
-from helpers import run_cli, start_cli
+from helpers import run_cli, start_cli, wait_for
 from terminal import ESCTL, assert_reads_well, run_on_terminal, terminal_env
 
 
@@ -54,14 +52,6 @@ def at(text: str) -> datetime:
     """A TimeStamp (the writer's seven fractional digits are cut to microseconds, as .NET's
     PostgreSQL driver cuts them) or a JSON time as an aware datetime."""
     return datetime.fromisoformat(text)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll the state itself (a query, a screen) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_finished_run_lag_max_lag_and_metrics(
@@ -181,7 +171,7 @@ def test_running_then_killed_run(
                 ).fetchone()
             return bool(row and row[0])
 
-        wait_until(run_recorded, "the run's row")
+        wait_for(run_recorded, "the run's row")
         _, running = status(**where)
         [shard] = running["shards"]
         assert shard["status"] == "running" and shard["lock_alive"] is True, shard
@@ -204,7 +194,7 @@ def test_running_then_killed_run(
     def lock_freed() -> bool:
         return status(**where)[1]["shards"][0]["lock_alive"] is False
 
-    wait_until(lock_freed, "PostgreSQL to notice the killed session")
+    wait_for(lock_freed, "PostgreSQL to notice the killed session")
     _, killed = status("--lag", **where)
     [shard] = killed["shards"]
     assert shard["status"] == "interrupted" and shard["recorded_status"] == "running"
@@ -352,10 +342,10 @@ def test_watch_refreshes_until_ctrl_c(
         return set(re.findall(r"checked (\d\d:\d\d:\d\d) UTC", text))
 
     try:
-        wait_until(lambda: bool(checked_stamps()), "the first screen")
+        wait_for(lambda: bool(checked_stamps()), "the first screen")
         first = checked_stamps()
         # Redrawn in place: a later check replaces the stamp, and the table is there once.
-        wait_until(lambda: checked_stamps() - first != set(), "a refresh")
+        wait_for(lambda: checked_stamps() - first != set(), "a refresh")
         text = drawn[0]
         assert text.count("migrate status:") == 1, text
         assert re.search(r"0/1 +│ finished +│", text), text

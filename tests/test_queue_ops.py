@@ -20,7 +20,7 @@ import redis
 import redis_bytes as rb
 import zstandard
 from faultrelay import FaultRelay, script_sha
-from helpers import outcomes, read_as_restore
+from helpers import outcomes, read_as_restore, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -405,14 +405,6 @@ def test_lock_held_by_another_run(redis_client: redis.Redis, env_name: str) -> N
     assert queues.requeue(redis_client, q, queues.RequeueOptions(dry_run=True)).selected == 1
     assert redis_client.get(q.lock_key) == b"otherhost:42:abc"  # untouched
     assert redis_client.llen(q.key("processing")) == 1
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 def test_lock_is_renewed_and_notices_when_lost(redis_client: redis.Redis, env_name: str) -> None:

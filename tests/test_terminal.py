@@ -20,8 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from helpers import QUEUE_BATCH_LAUNCHER, run_cli, start_cli
+from helpers import QUEUE_BATCH_LAUNCHER, run_cli, start_cli, wait_for
 from rich.console import Console
 from terminal import (
     BIN_DIR,
@@ -1801,13 +1800,6 @@ def interrupted_run(env: dict[str, str], pg_dsn: str) -> None:
         return [s["status"] for s in document["shards"]] == ["interrupted"]
 
     wait_for(interrupted, "PostgreSQL to notice the killed session")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def status_problems(screen: Screen, document: dict[str, Any]) -> list[str]:
