@@ -8,6 +8,8 @@ Prints events/s of
 - floor: COPY of the already-decoded rows into the same indexed tables, one connection, server
   default settings, no Redis involved (the bare ingest limit);
 - esctl: ``migrate_redis_to_pg`` with its defaults (2 writers, lz4 TOAST compression);
+- python path: the same with the compiled hot path (esctl/_fastrows.c) switched off, as an
+  install without a C compiler runs it (its CPU per event is the baseline of the compiled one);
 - verify: ``migrate verify`` over the migrated store, with the CLI's default workers;
 and the ratios esctl/naive (target >= 10), esctl/floor (target >= 1.2), verify/esctl (>= 1.3),
 and esctl's CPU per event over PostgreSQL's backends' (target <= 0.6; issue 17's acceptance)
@@ -34,6 +36,7 @@ from _common import Meter, add_json_option, bench_servers, database, json_output
 
 from esctl import codec, layout, pg, redisio, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
+from esctl.migrate import rows as migrate_rows
 from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 
 APP = "Bench.Migrate"
@@ -155,8 +158,16 @@ def run_naive(client: redis.Redis, dsn: str, limit: int) -> tuple[float, int]:
         return done / (time.perf_counter() - started), done
 
 
-def run_esctl(client: redis.Redis, dsn: str) -> tuple[float, int]:
-    summary = migrate_redis_to_pg(client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True))
+def run_esctl(client: redis.Redis, dsn: str, *, compiled: bool = True) -> tuple[float, int]:
+    """``migrate_redis_to_pg`` with its defaults; ``compiled=False``: without the compiled hot
+    path, as an install without a C compiler runs it."""
+    saved = migrate_rows._compiled_rows
+    if not compiled:
+        migrate_rows._compiled_rows = None
+    try:
+        summary = migrate_redis_to_pg(client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True))
+    finally:
+        migrate_rows._compiled_rows = saved
     assert not summary.problems, summary.problems[:3]
     return summary.events_per_s, summary.events_migrated
 
@@ -269,6 +280,13 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
             with meter.measure("migrate verify", dsn) as cost:
                 results["verify"] = run_verify(redis_url, dsn)
                 cost.events += events
+        if migrate_rows.COMPILED:
+            with (
+                database(admin_dsn) as dsn,
+                meter.measure("migrate, python path", dsn) as cost,
+            ):
+                results["python path"], migrated = run_esctl(client, dsn, compiled=False)
+                cost.events += migrated
 
         print()
         for name, value in results.items():
@@ -280,6 +298,15 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
         cpu_ratio = meter.costs["migrate redis-to-pg"].as_dict()["esctl_per_pg_backends"]
         if cpu_ratio is not None:
             print(f"esctl CPU / PG backends' CPU per event: {cpu_ratio:.2f}x   (target <= 0.6)")
+        if "python path" in results:
+            compiled_cpu = meter.costs["migrate redis-to-pg"].esctl_s / events
+            python_cpu = meter.costs["migrate, python path"].esctl_s / events
+            print(
+                f"compiled / python path: {results['esctl'] / results['python path']:.2f}x "
+                f"events/s, {compiled_cpu / python_cpu:.2f}x esctl CPU per event"
+            )
+        else:
+            print("the compiled hot path is not built: every line ran the python path")
         meter.print_table()
         document.update(
             events=events,

@@ -27,7 +27,6 @@ from esctl.streams import (
     StreamProblem,
     build_stream,
     checked_as_migrate,
-    clean_payloads,
 )
 from esctl.transforms import RuleEffect, Rules, SourceEvent, transform_stream
 
@@ -201,9 +200,7 @@ def _read_sample(
         offset = 0
         for aggregate_id, commit_ids in zip(page, lists, strict=True):
             fast.append(
-                migrate.clean_rows(
-                    clean_payloads(aggregate_id, values[offset : offset + len(commit_ids)])
-                )
+                migrate.fast_rows(aggregate_id, values[offset : offset + len(commit_ids)])
                 if commit_ids
                 else None
             )

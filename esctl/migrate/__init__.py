@@ -27,6 +27,7 @@ from esctl.migrate.rows import (
     Quarantined,
     clean_rows,
     copy_escape,
+    fast_rows,
     stream_rows,
 )
 from esctl.migrate.run import migrate_redis_to_pg
@@ -50,6 +51,7 @@ __all__ = [
     "clean_rows",
     "copy_escape",
     "count_commits",
+    "fast_rows",
     "migrate_parallel",
     "migrate_redis_to_pg",
     "migrate_then_prune",

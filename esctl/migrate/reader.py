@@ -17,7 +17,7 @@ import psycopg
 
 from esctl import inflight, layout, pg, redisio, storereads
 from esctl.migrate.options import MigrateOptions
-from esctl.migrate.rows import AggregateRows, Batch, Quarantined, clean_rows, stream_rows
+from esctl.migrate.rows import AggregateRows, Batch, Quarantined, fast_rows, stream_rows
 from esctl.pgevents import any_migrated
 from esctl.shard import Shard
 from esctl.streams import (
@@ -25,7 +25,6 @@ from esctl.streams import (
     StreamProblem,
     build_stream,
     checked_as_migrate,
-    clean_payloads,
 )
 
 Migrated = tuple[int, str, str]
@@ -408,16 +407,14 @@ class Reader:
         aggregate_id, commit_ids = read.aggregate_id, read.commit_ids
         done, known_type, skip, continuous = resume_point(read.known, commit_ids)
         if continuous:
-            fast = clean_rows(
-                clean_payloads(
-                    aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
-                )
+            fast = fast_rows(
+                aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
             )
             if fast is not None:
-                aggregate_type, fast_rows = fast
-                batch.events += len(fast_rows)
+                aggregate_type, new_rows = fast
+                batch.events += len(new_rows)
                 batch.clean[aggregate_id] = AggregateRows(
-                    aggregate_type, fast_rows, done + len(fast_rows), commit_ids[-1]
+                    aggregate_type, new_rows, done + len(new_rows), commit_ids[-1]
                 )
                 return
         # The general path finds and describes whatever kept the fast path from taking it.

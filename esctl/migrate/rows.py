@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from esctl.codec import event_type_from_type_name
-from esctl.streams import CleanPayload, Stream, StreamProblem, postgres_problem
+from esctl.codec import event_type_from_type_name, gunzip_base64
+from esctl.streams import CleanPayload, Stream, StreamProblem, clean_payloads, postgres_problem
+
+_compiled_rows: Callable[..., tuple[str, list[bytes]] | None] | None
+try:
+    from esctl._fastrows import clean_rows as _compiled_rows
+except ImportError:  # built without a C compiler (setup.py): the Python path does it all
+    _compiled_rows = None
 
 
 @dataclass
@@ -141,6 +147,50 @@ def stream_rows(stream: Stream) -> list[bytes] | StreamProblem:
             )
         rows.append(binary_row(ev.timestamp, ev.version, ev.type_name, ev.text.encode("utf-8")))
     return rows
+
+
+COMPILED = _compiled_rows is not None
+"""Whether the compiled hot path (esctl/_fastrows.c) was built and is used."""
+_EVENT_TYPES: dict[bytes, bytes] = {}
+"""The compiled path's cache: a ``$type``'s UTF-8 bytes -> its event type's."""
+
+
+def _event_type_bytes(type_name: str) -> bytes:
+    return event_type_from_type_name(type_name).encode("utf-8")
+
+
+def fast_rows(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    *,
+    first_version: int = 1,
+    known_type: str | None = None,
+) -> tuple[str, list[bytes]] | None:
+    """The hot path of a migration: ``clean_rows(clean_payloads(...))``, the aggregate type and
+    COPY rows of a stream with nothing wrong at all, or None for the general path.
+
+    Where the compiled helper is built (esctl/_fastrows.c) it takes the streams it is sure of:
+    one pass over each payload's bytes in C, with no Python object per event but its row (about
+    half the CPU of the Python path); for any other stream it gives None and the Python path
+    decides, so what the two accept and the rows they give are the same (a property test holds
+    them together)."""
+    if _compiled_rows is not None:
+        if len(_EVENT_TYPES) > 4096:  # event types are a program's classes: a safeguard
+            _EVENT_TYPES.clear()
+        got = _compiled_rows(
+            aggregate_id,
+            values,
+            first_version,
+            known_type,
+            gunzip_base64,
+            _event_type_bytes,
+            _EVENT_TYPES,
+        )
+        if got is not None:
+            return got
+    return clean_rows(
+        clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
+    )
 
 
 def clean_rows(clean: tuple[str, list[CleanPayload]] | None) -> tuple[str, list[bytes]] | None:

@@ -1,0 +1,686 @@
+/* esctl._fastrows: the hot path of `migrate redis-to-pg` in C.
+ *
+ * clean_rows(aggregate_id, values, first_version, known_type, gunzip, event_type_of)
+ *
+ * gives what esctl.migrate.rows.clean_rows(esctl.streams.clean_payloads(...)) gives for a stream
+ * with nothing wrong at all: (aggregate type, [binary COPY row, ...]). It never judges a payload
+ * wrong: it returns None for anything it is not sure of (a value that is no plain JSON object
+ * in the common form, an envelope field written with an escape, a number with a large exponent,
+ * a \u escape of a surrogate or of NUL, events not stored in version order, ...), and the caller
+ * then runs the Python path, which decides. So what it accepts is a subset of what the Python
+ * path accepts, with the same rows; tests/test_fastrows.py holds the two together.
+ *
+ * Per payload it makes one pass over the bytes: the UTF-8 checked as orjson checks it, the JSON
+ * grammar as RFC 8259 (orjson's), the top-level members $type, Version, AggregateType, TimeStamp
+ * and Id found and checked, and the row built in one allocation. No Python object per member.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_DEPTH 512 /* orjson refuses deeper than 1024; deeper than this: not sure */
+
+/* What the scan found of one top-level member's value. */
+typedef struct {
+    const unsigned char *start; /* a string: its bytes between the quotes; a number: its text */
+    Py_ssize_t len;
+    int kind;  /* 0 absent, 1 plain string (no escape), 2 other string, 3 integer, 4 other */
+    int count; /* times the member appeared */
+} Member;
+
+enum { M_TYPE, M_VERSION, M_AGGTYPE, M_TIMESTAMP, M_ID, M_COUNT };
+
+typedef struct {
+    const unsigned char *p;
+    const unsigned char *end;
+    Member members[M_COUNT];
+} Scan;
+
+/* 0: not sure (or not valid); 1: ok. */
+
+static inline void skip_ws(Scan *s) {
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+static int hexval(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* One UTF-8 sequence starting at a byte >= 0x80: its length, or 0 when it is not well formed
+ * (overlong, a surrogate, beyond U+10FFFF, cut). */
+static Py_ssize_t utf8_seq(const unsigned char *p, const unsigned char *end) {
+    unsigned char c = p[0];
+    if (c >= 0xC2 && c <= 0xDF) {
+        if (end - p >= 2 && (p[1] & 0xC0) == 0x80) return 2;
+        return 0;
+    }
+    if (c >= 0xE0 && c <= 0xEF) {
+        if (end - p < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
+        if (c == 0xE0 && p[1] < 0xA0) return 0; /* overlong */
+        if (c == 0xED && p[1] >= 0xA0) return 0; /* a surrogate */
+        return 3;
+    }
+    if (c >= 0xF0 && c <= 0xF4) {
+        if (end - p < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80
+            || (p[3] & 0xC0) != 0x80)
+            return 0;
+        if (c == 0xF0 && p[1] < 0x90) return 0; /* overlong */
+        if (c == 0xF4 && p[1] >= 0x90) return 0; /* beyond U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
+/* A string, s->p on its opening quote. Sets *escaped when it holds an escape. */
+static int scan_string(Scan *s, const unsigned char **start, Py_ssize_t *len, int *escaped) {
+    const unsigned char *p = s->p + 1, *end = s->end;
+    *start = p;
+    *escaped = 0;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c == '"') {
+            *len = p - *start;
+            s->p = p + 1;
+            return 1;
+        }
+        if (c == '\\') {
+            *escaped = 1;
+            if (p + 1 >= end) return 0;
+            c = p[1];
+            if (c == 'u') {
+                int a, b, d, e;
+                if (end - p < 6) return 0;
+                a = hexval(p[2]), b = hexval(p[3]), d = hexval(p[4]), e = hexval(p[5]);
+                if (a < 0 || b < 0 || d < 0 || e < 0) return 0;
+                {
+                    int code = (a << 12) | (b << 8) | (d << 4) | e;
+                    /* NUL: PostgreSQL's jsonb refuses it; surrogates: left to the Python path */
+                    if (code == 0 || (code >= 0xD800 && code <= 0xDFFF)) return 0;
+                }
+                p += 6;
+                continue;
+            }
+            if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r'
+                || c == 't') {
+                p += 2;
+                continue;
+            }
+            return 0;
+        }
+        if (c < 0x20) return 0;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        {
+            Py_ssize_t n = utf8_seq(p, end);
+            if (n == 0) return 0;
+            p += n;
+        }
+    }
+    return 0;
+}
+
+/* A number, s->p on its first byte. *integer: digits only (no sign, fraction or exponent). */
+static int scan_number(Scan *s, int *integer) {
+    const unsigned char *p = s->p, *end = s->end, *digits;
+    *integer = 1;
+    if (p < end && *p == '-') {
+        *integer = 0;
+        p++;
+    }
+    digits = p;
+    if (p >= end) return 0;
+    if (*p == '0') {
+        p++;
+    } else if (*p >= '1' && *p <= '9') {
+        while (p < end && *p >= '0' && *p <= '9') p++;
+    } else {
+        return 0;
+    }
+    /* orjson turns an integer beyond 64 bits into a float, and refuses one beyond a double */
+    if (p - digits > 300) return 0;
+    if (p < end && *p == '.') {
+        const unsigned char *f;
+        *integer = 0;
+        p++;
+        f = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == f) return 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        const unsigned char *x;
+        *integer = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        x = p;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        if (p == x) return 0;
+        /* a large exponent could overflow a double, which orjson refuses: not sure */
+        if (p - x > 2 || (p - digits) > 200) return 0;
+    }
+    s->p = p;
+    return 1;
+}
+
+static int scan_value(Scan *s, int depth, Member *m);
+
+/* The bytes a checked string (its escapes valid, none of NUL or a surrogate) stands for, into
+ * ``out``: their length, or -1 when they would not fit in ``cap``. */
+static Py_ssize_t unescape(const unsigned char *p, Py_ssize_t n, unsigned char *out,
+                           Py_ssize_t cap) {
+    const unsigned char *end = p + n;
+    Py_ssize_t w = 0;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c != '\\') {
+            if (w >= cap) return -1;
+            out[w++] = c;
+            p++;
+            continue;
+        }
+        c = p[1];
+        if (c == 'u') {
+            int code = (hexval(p[2]) << 12) | (hexval(p[3]) << 8) | (hexval(p[4]) << 4)
+                       | hexval(p[5]);
+            p += 6;
+            if (code < 0x80) {
+                if (w + 1 > cap) return -1;
+                out[w++] = (unsigned char)code;
+            } else if (code < 0x800) {
+                if (w + 2 > cap) return -1;
+                out[w++] = (unsigned char)(0xC0 | (code >> 6));
+                out[w++] = (unsigned char)(0x80 | (code & 0x3F));
+            } else {
+                if (w + 3 > cap) return -1;
+                out[w++] = (unsigned char)(0xE0 | (code >> 12));
+                out[w++] = (unsigned char)(0x80 | ((code >> 6) & 0x3F));
+                out[w++] = (unsigned char)(0x80 | (code & 0x3F));
+            }
+            continue;
+        }
+        if (w >= cap) return -1;
+        switch (c) {
+            case 'b': out[w++] = '\b'; break;
+            case 'f': out[w++] = '\f'; break;
+            case 'n': out[w++] = '\n'; break;
+            case 'r': out[w++] = '\r'; break;
+            case 't': out[w++] = '\t'; break;
+            default: out[w++] = c; break; /* " \\ / */
+        }
+        p += 2;
+    }
+    return w;
+}
+
+static int scan_literal(Scan *s, const char *word, Py_ssize_t n) {
+    if (s->end - s->p < n || memcmp(s->p, word, (size_t)n) != 0) return 0;
+    s->p += n;
+    return 1;
+}
+
+static int member_index(const unsigned char *key, Py_ssize_t len) {
+    switch (len) {
+        case 2:
+            return memcmp(key, "Id", 2) == 0 ? M_ID : -1;
+        case 5:
+            return memcmp(key, "$type", 5) == 0 ? M_TYPE : -1;
+        case 7:
+            return memcmp(key, "Version", 7) == 0 ? M_VERSION : -1;
+        case 9:
+            return memcmp(key, "TimeStamp", 9) == 0 ? M_TIMESTAMP : -1;
+        case 13:
+            return memcmp(key, "AggregateType", 13) == 0 ? M_AGGTYPE : -1;
+        default:
+            return -1;
+    }
+}
+
+static int scan_object(Scan *s, int depth) {
+    s->p++; /* '{' */
+    skip_ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return 1;
+    }
+    for (;;) {
+        const unsigned char *key;
+        Py_ssize_t klen;
+        int escaped, which = -1;
+        Member *m = NULL;
+        if (s->p >= s->end || *s->p != '"') return 0;
+        if (!scan_string(s, &key, &klen, &escaped)) return 0;
+        if (depth == 1) {
+            if (escaped) {
+                /* a key written with an escape that names a member: not sure */
+                unsigned char plain[16];
+                Py_ssize_t n = unescape(key, klen, plain, (Py_ssize_t)sizeof plain);
+                if (n >= 0 && member_index(plain, n) >= 0) return 0;
+            } else {
+                which = member_index(key, klen);
+            }
+            if (which >= 0) {
+                m = &s->members[which];
+                if (++m->count > 1) return 0; /* a repeated member: the last wins, not sure */
+            }
+        }
+        skip_ws(s);
+        if (s->p >= s->end || *s->p != ':') return 0;
+        s->p++;
+        skip_ws(s);
+        if (!scan_value(s, depth, m)) return 0;
+        skip_ws(s);
+        if (s->p >= s->end) return 0;
+        if (*s->p == ',') {
+            s->p++;
+            skip_ws(s);
+            continue;
+        }
+        if (*s->p == '}') {
+            s->p++;
+            return 1;
+        }
+        return 0;
+    }
+}
+
+static int scan_array(Scan *s, int depth) {
+    s->p++; /* '[' */
+    skip_ws(s);
+    if (s->p < s->end && *s->p == ']') {
+        s->p++;
+        return 1;
+    }
+    for (;;) {
+        if (!scan_value(s, depth, NULL)) return 0;
+        skip_ws(s);
+        if (s->p >= s->end) return 0;
+        if (*s->p == ',') {
+            s->p++;
+            skip_ws(s);
+            continue;
+        }
+        if (*s->p == ']') {
+            s->p++;
+            return 1;
+        }
+        return 0;
+    }
+}
+
+/* A value at nesting ``depth`` (the container holding it); ``m``: record it there. */
+static int scan_value(Scan *s, int depth, Member *m) {
+    const unsigned char *start = s->p;
+    if (s->p >= s->end) return 0;
+    switch (*s->p) {
+        case '{':
+            if (depth >= MAX_DEPTH || !scan_object(s, depth + 1)) return 0;
+            break;
+        case '[':
+            if (depth >= MAX_DEPTH || !scan_array(s, depth + 1)) return 0;
+            break;
+        case '"': {
+            const unsigned char *str;
+            Py_ssize_t len;
+            int escaped;
+            if (!scan_string(s, &str, &len, &escaped)) return 0;
+            if (m) {
+                m->start = str;
+                m->len = len;
+                m->kind = escaped ? 2 : 1;
+            }
+            return 1;
+        }
+        case 't':
+            if (!scan_literal(s, "true", 4)) return 0;
+            break;
+        case 'f':
+            if (!scan_literal(s, "false", 5)) return 0;
+            break;
+        case 'n':
+            if (!scan_literal(s, "null", 4)) return 0;
+            break;
+        default: {
+            int integer;
+            if (!scan_number(s, &integer)) return 0;
+            if (m) {
+                m->start = start;
+                m->len = s->p - start;
+                m->kind = integer ? 3 : 4;
+            }
+            return 1;
+        }
+    }
+    if (m) {
+        m->start = start;
+        m->len = s->p - start;
+        m->kind = 4;
+    }
+    return 1;
+}
+
+/* ---- TimeStamp: codec.TIMESTAMP_RE, then datetime.fromisoformat, in microseconds since
+ * 2000-01-01 UTC (PostgreSQL's binary timestamptz). ---- */
+
+static int digits(const unsigned char *p, int n, int *out) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return 0;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (H. Hinnant's algorithm). */
+static int64_t days_from_civil(int64_t y, int m, int d) {
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int days_in_month(int y, int m) {
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0)) return 29;
+    return days[m - 1];
+}
+
+#define PG_EPOCH_DAYS 10957 /* 2000-01-01 from 1970-01-01 */
+
+static int timestamp_micros(const unsigned char *t, Py_ssize_t n, int64_t *out) {
+    int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0, sign = 0;
+    Py_ssize_t i;
+    /* YYYY-MM-DDTHH:MM:SS */
+    if (n < 20 || t[4] != '-' || t[7] != '-' || t[10] != 'T' || t[13] != ':' || t[16] != ':')
+        return 0;
+    if (!digits(t, 4, &y) || !digits(t + 5, 2, &mo) || !digits(t + 8, 2, &d)
+        || !digits(t + 11, 2, &h) || !digits(t + 14, 2, &mi) || !digits(t + 17, 2, &sec))
+        return 0;
+    i = 19;
+    if (t[i] == '.') {
+        int nd = 0;
+        i++;
+        while (i < n && t[i] >= '0' && t[i] <= '9') {
+            if (nd < 6) frac = frac * 10 + (t[i] - '0');
+            nd++;
+            i++;
+        }
+        if (nd < 1 || nd > 7) return 0;
+        for (int k = nd; k < 6; k++) frac *= 10; /* a 7th digit is truncated */
+    }
+    if (i >= n) return 0;
+    if (t[i] == 'Z') {
+        if (i + 1 != n) return 0;
+    } else if (t[i] == '+' || t[i] == '-') {
+        sign = t[i] == '-' ? -1 : 1;
+        if (i + 6 != n || t[i + 3] != ':' || !digits(t + i + 1, 2, &oh)
+            || !digits(t + i + 4, 2, &om))
+            return 0;
+        if (oh > 23 || om > 59) return 0;
+    } else {
+        return 0;
+    }
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59
+        || sec > 59)
+        return 0;
+    {
+        int64_t days = days_from_civil(y, mo, d) - PG_EPOCH_DAYS;
+        int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
+        *out = secs * 1000000 + frac;
+    }
+    return 1;
+}
+
+/* ---- rows ---- */
+
+static inline void put32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static inline void put64(unsigned char *p, uint64_t v) {
+    put32(p, (uint32_t)(v >> 32));
+    put32(p + 4, (uint32_t)v);
+}
+
+static const char GZIP_PREFIX[] = "H4sI";
+static const unsigned char ZSTD_MAGIC[] = {0x28, 0xB5, 0x2F, 0xFD};
+
+/* The decoded payload of one stored value (a new reference), Py_None when not sure, NULL with an
+ * exception set only for one that is not an Exception (KeyboardInterrupt, ...). */
+static PyObject *payload_of(PyObject *value, PyObject *gunzip) {
+    const char *raw;
+    Py_ssize_t n;
+    if (!PyBytes_CheckExact(value)) Py_RETURN_NONE;
+    raw = PyBytes_AS_STRING(value);
+    n = PyBytes_GET_SIZE(value);
+    if (n >= 4 && memcmp(raw, GZIP_PREFIX, 4) == 0) {
+        PyObject *out = PyObject_CallOneArg(gunzip, value);
+        if (out == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+            PyErr_Clear(); /* the Python path names the problem */
+            Py_RETURN_NONE;
+        }
+        if (!PyBytes_CheckExact(out)) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        return out;
+    }
+    if (n >= 4 && memcmp(raw, ZSTD_MAGIC, 4) == 0) Py_RETURN_NONE;
+    Py_INCREF(value);
+    return value;
+}
+
+/* One event's row, or Py_None when not sure; NULL on an error. ``*agg`` and ``*agg_len``: the
+ * aggregate type the stream has so far (set from the first event when NULL). */
+static PyObject *event_row(PyObject *payload, const char *id, Py_ssize_t id_len, long expected,
+                           const unsigned char **agg, Py_ssize_t *agg_len, PyObject *event_type_of,
+                           PyObject *type_cache) {
+    Scan s;
+    Member *mt, *mv, *ma, *ms, *mid;
+    long version = 0;
+    int64_t micros;
+    PyObject *type_name, *event_type, *row;
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(payload);
+    Py_ssize_t n = PyBytes_GET_SIZE(payload), et_len;
+    unsigned char *w;
+
+    memset(&s, 0, sizeof s);
+    s.p = data;
+    s.end = data + n;
+    skip_ws(&s);
+    if (s.p >= s.end || *s.p != '{' || !scan_value(&s, 0, NULL)) Py_RETURN_NONE;
+    skip_ws(&s);
+    if (s.p != s.end) Py_RETURN_NONE;
+
+    mt = &s.members[M_TYPE], mv = &s.members[M_VERSION], ma = &s.members[M_AGGTYPE];
+    ms = &s.members[M_TIMESTAMP], mid = &s.members[M_ID];
+    if (mt->kind != 1 || ma->kind != 1 || ms->kind != 1 || mv->kind != 3) Py_RETURN_NONE;
+    if (mid->kind == 2) {
+        /* an id written with escapes (a tab, a quote, a backslash): compare what it stands for */
+        unsigned char plain[256];
+        Py_ssize_t k = unescape(mid->start, mid->len, plain, (Py_ssize_t)sizeof plain);
+        if (k != id_len || memcmp(plain, id, (size_t)k) != 0) Py_RETURN_NONE;
+    } else if (mid->kind != 1 || mid->len != id_len || memcmp(mid->start, id, (size_t)id_len) != 0) {
+        Py_RETURN_NONE;
+    }
+    if (mv->len > 10) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < mv->len; i++) version = version * 10 + (mv->start[i] - '0');
+    if (version != expected || version > 2147483647L) Py_RETURN_NONE;
+    if (*agg == NULL) {
+        *agg = ma->start;
+        *agg_len = ma->len;
+    } else if (ma->len != *agg_len || memcmp(ma->start, *agg, (size_t)ma->len) != 0) {
+        Py_RETURN_NONE;
+    }
+    if (!timestamp_micros(ms->start, ms->len, &micros)) Py_RETURN_NONE;
+
+    /* the event type's bytes, cached per $type */
+    type_name = PyBytes_FromStringAndSize((const char *)mt->start, mt->len);
+    if (type_name == NULL) return NULL;
+    event_type = PyDict_GetItemWithError(type_cache, type_name);
+    if (event_type == NULL) {
+        PyObject *text;
+        if (PyErr_Occurred()) {
+            Py_DECREF(type_name);
+            return NULL;
+        }
+        text = PyUnicode_DecodeUTF8((const char *)mt->start, mt->len, "strict");
+        if (text == NULL) {
+            Py_DECREF(type_name);
+            return NULL;
+        }
+        event_type = PyObject_CallOneArg(event_type_of, text);
+        Py_DECREF(text);
+        if (event_type == NULL || !PyBytes_CheckExact(event_type)
+            || PyDict_SetItem(type_cache, type_name, event_type) < 0) {
+            Py_XDECREF(event_type);
+            Py_DECREF(type_name);
+            if (!PyErr_Occurred()) Py_RETURN_NONE;
+            return NULL;
+        }
+        Py_DECREF(event_type); /* the cache holds it */
+    }
+    Py_DECREF(type_name);
+    et_len = PyBytes_GET_SIZE(event_type);
+
+    /* >iqiii{n}sib + payload: 8, micros, 4, version, n, event type, len(payload)+1, 1 */
+    row = PyBytes_FromStringAndSize(NULL, 4 + 8 + 4 + 4 + 4 + et_len + 4 + 1 + n);
+    if (row == NULL) return NULL;
+    w = (unsigned char *)PyBytes_AS_STRING(row);
+    put32(w, 8);
+    put64(w + 4, (uint64_t)micros);
+    put32(w + 12, 4);
+    put32(w + 16, (uint32_t)version);
+    put32(w + 20, (uint32_t)et_len);
+    memcpy(w + 24, PyBytes_AS_STRING(event_type), (size_t)et_len);
+    w += 24 + et_len;
+    put32(w, (uint32_t)(n + 1));
+    w[4] = 1;
+    memcpy(w + 5, data, (size_t)n);
+    return row;
+}
+
+static PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *aggregate_id, *values, *known_type, *gunzip, *event_type_of, *type_cache;
+    PyObject *seq = NULL, *rows = NULL, *result = NULL, *agg_type = NULL;
+    PyObject **payloads = NULL;
+    const char *id;
+    Py_ssize_t id_len, count, done = 0, agg_len = 0;
+    const unsigned char *agg = NULL;
+    long first_version;
+
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "clean_rows takes 7 arguments");
+        return NULL;
+    }
+    aggregate_id = args[0], values = args[1], known_type = args[3], gunzip = args[4];
+    event_type_of = args[5], type_cache = args[6];
+    first_version = PyLong_AsLong(args[2]);
+    if (first_version == -1 && PyErr_Occurred()) return NULL;
+    if (!PyDict_CheckExact(type_cache)) {
+        PyErr_SetString(PyExc_TypeError, "clean_rows: the type cache must be a dict");
+        return NULL;
+    }
+    id = PyUnicode_AsUTF8AndSize(aggregate_id, &id_len);
+    if (id == NULL) {
+        /* an id that is no valid UTF-8 str (a lone surrogate): the Python path decides */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (known_type != Py_None) {
+        if (!PyUnicode_Check(known_type)) Py_RETURN_NONE;
+        agg = (const unsigned char *)PyUnicode_AsUTF8AndSize(known_type, &agg_len);
+        if (agg == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    }
+    seq = PySequence_Fast(values, "clean_rows: values must be a sequence");
+    if (seq == NULL) return NULL;
+    count = PySequence_Fast_GET_SIZE(seq);
+    if (count == 0) {
+        Py_DECREF(seq);
+        Py_RETURN_NONE;
+    }
+    /* every payload is kept until the end: the aggregate type points into the first one */
+    payloads = PyMem_Calloc((size_t)count, sizeof(PyObject *));
+    rows = PyList_New(count);
+    if (payloads == NULL || rows == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *payload = payload_of(PySequence_Fast_GET_ITEM(seq, i), gunzip), *row;
+        if (payload == NULL) goto done;
+        payloads[done++] = payload;
+        if (payload == Py_None) {
+            result = Py_None;
+            goto done;
+        }
+        row = event_row(payload, id, id_len, first_version + (long)i, &agg, &agg_len,
+                        event_type_of, type_cache);
+        if (row == NULL) goto done;
+        if (row == Py_None) {
+            result = row; /* the reference is given back below */
+            Py_DECREF(row);
+            goto done;
+        }
+        PyList_SET_ITEM(rows, i, row);
+    }
+    if (known_type != Py_None) {
+        agg_type = Py_NewRef(known_type);
+    } else {
+        agg_type = PyUnicode_DecodeUTF8((const char *)agg, agg_len, "strict");
+        if (agg_type == NULL) goto done;
+    }
+    result = PyTuple_Pack(2, agg_type, rows);
+    Py_DECREF(agg_type);
+    if (result == NULL) goto done;
+    Py_DECREF(rows);
+    rows = NULL;
+    for (Py_ssize_t i = 0; i < done; i++) Py_DECREF(payloads[i]);
+    PyMem_Free(payloads);
+    Py_DECREF(seq);
+    return result;
+
+done:
+    Py_XDECREF(rows);
+    if (payloads != NULL) {
+        for (Py_ssize_t i = 0; i < done; i++) Py_DECREF(payloads[i]);
+        PyMem_Free(payloads);
+    }
+    Py_DECREF(seq);
+    if (result == Py_None) Py_RETURN_NONE;
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"clean_rows", (PyCFunction)(void (*)(void))fast_clean_rows, METH_FASTCALL,
+     "clean_rows(aggregate_id, values, first_version, known_type, gunzip, event_type_of, "
+     "type_cache) -> (aggregate_type, rows) | None\n\n"
+     "esctl.migrate.rows.clean_rows(esctl.streams.clean_payloads(...)) for the payloads it is "
+     "sure of; None for any other stream (the Python path then decides)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "esctl._fastrows",
+    "The hot path of migrate redis-to-pg in C (see esctl/_fastrows.c).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastrows(void) { return PyModule_Create(&module); }

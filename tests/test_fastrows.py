@@ -1,0 +1,320 @@
+"""The compiled hot path of a migration (esctl/_fastrows.c) against the Python one.
+
+The compiled helper may give None for any stream (the Python path then decides), but whatever
+it accepts the Python path accepts too, with the same aggregate type and byte-identical rows.
+These tests hold that on the property test's corrupted streams, on arbitrary JSON members, on
+payloads with bytes flipped, inserted and cut, and on time stamps over the calendar; and they
+check that it does take the common streams (else the fast path would be dead code)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import independent_writer as iw
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_migrate import apply_mutations, corrupted_streams
+
+from esctl.codec import gunzip_base64
+from esctl.migrate import rows
+from esctl.streams import clean_payloads
+
+pytestmark = pytest.mark.skipif(
+    not rows.COMPILED, reason="the compiled hot path is not built (no C compiler at install)"
+)
+
+
+def compiled(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    first_version: int = 1,
+    known_type: str | None = None,
+) -> tuple[str, list[bytes]] | None:
+    assert rows._compiled_rows is not None
+    return rows._compiled_rows(
+        aggregate_id,
+        values,
+        first_version,
+        known_type,
+        gunzip_base64,
+        rows._event_type_bytes,
+        rows._EVENT_TYPES,
+    )
+
+
+def python_path(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    first_version: int = 1,
+    known_type: str | None = None,
+) -> tuple[str, list[bytes]] | None:
+    return rows.clean_rows(
+        clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
+    )
+
+
+def assert_compiled_within_python(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    first_version: int = 1,
+    known_type: str | None = None,
+) -> tuple[str, list[bytes]] | None:
+    fast = compiled(aggregate_id, values, first_version, known_type)
+    if fast is not None:
+        assert python_path(aggregate_id, values, first_version, known_type) == fast, values
+    return fast
+
+
+def doc(aggregate_id: str, version: int, **members: Any) -> dict[str, Any]:
+    return {
+        "$type": "Learning.Items.Events.ItemChanged, Learning.Items",
+        "Id": aggregate_id,
+        "TimeStamp": "2019-05-01T10:11:12.1234567+02:00",
+        "Version": version,
+        "AggregateType": "Item",
+        **members,
+    }
+
+
+def encoded(document: dict[str, Any], *, ascii_only: bool = False) -> bytes:
+    return json.dumps(document, ensure_ascii=ascii_only, separators=(",", ":")).encode()
+
+
+# --- the property test's streams -----------------------------------------------------------
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(corrupted_streams(incremental=True))
+def test_what_the_compiled_path_accepts_the_python_path_accepts_alike(
+    case: tuple[Any, ...],
+) -> None:
+    aggregate_id, first_version, known_type, docs, mutations, compressed = case
+    values = apply_mutations(aggregate_id, docs, mutations, compressed)
+    assert_compiled_within_python(aggregate_id, values, first_version, known_type)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(corrupted_streams(incremental=True))
+def test_the_compiled_path_takes_every_clean_stream_in_order(case: tuple[Any, ...]) -> None:
+    """Without mutations (versions in order, no escape in the envelope) it must not give up."""
+    aggregate_id, first_version, known_type, docs, _, compressed = case
+    values = apply_mutations(aggregate_id, docs, [], compressed)
+    expected = python_path(aggregate_id, values, first_version, known_type)
+    if expected is None:  # a known type other than the events' "Item"
+        assert known_type not in (None, "Item")
+        return
+    assert compiled(aggregate_id, values, first_version, known_type) == expected
+
+
+# --- arbitrary JSON around the envelope ---------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+NUMBER_TEXTS = st.sampled_from(
+    ("0", "-0", "1.5", "-0.0", "1e5", "1E-05", "1.5e+300", "2e308", "1e400", "123456789" * 40,
+     "18446744073709551616", "-9223372036854775809", "0.1e-99", "1e999")
+)  # fmt: skip
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+    st.booleans(),
+    st.booleans(),
+)
+def test_arbitrary_members_beside_the_envelope(
+    extra: dict[str, Any], ascii_only: bool, gz: bool
+) -> None:
+    document = {**extra, **doc("agg-1", 1)}
+    text = json.dumps(document, ensure_ascii=ascii_only, separators=(",", ":"))
+    value = iw.gzip_base64(text) if gz else text.encode()
+    fast = assert_compiled_within_python("agg-1", [value])
+    if (
+        "\x00" not in text
+        and "\\u0000" not in text
+        and not any(0xD800 <= ord(c) < 0xE000 for c in text)
+    ):
+        # every JSON here is plain (numbers as Python writes them, no NUL, no surrogate)
+        big = any(t in text for t in ("e+", "e-", "inf")) or len(text) > 10_000
+        if not big and "\\ud" not in text:
+            assert fast is not None, text
+
+
+@settings(max_examples=300)
+@given(st.lists(NUMBER_TEXTS, min_size=1, max_size=4), st.sampled_from(("Number", "Version")))
+def test_numbers_orjson_turns_into_floats_or_refuses(numbers: list[str], where: str) -> None:
+    base = encoded(doc("agg-1", 1))[:-1]
+    member = f',"{where}":' if where == "Number" else ',"Other":'
+    for n in numbers:
+        value = base + member.encode() + n.encode() + b"}"
+        assert_compiled_within_python("agg-1", [value])
+        value = base + b',"List":[' + n.encode() + b"]}"
+        assert_compiled_within_python("agg-1", [value])
+
+
+# --- damaged bytes ------------------------------------------------------------------------
+
+
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.sampled_from(("flip", "insert", "delete", "cut")), st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=3),
+    st.sampled_from(("plain", "Zoë 日本語 🎉", 'quote"d\\back', "tab\there")),
+)  # fmt: skip
+def test_damaged_bytes_are_never_accepted_where_python_refuses(
+    damage: list[tuple[str, int, int]], text: str
+) -> None:
+    raw = bytearray(encoded(doc("agg-1", 1, Text=text, List=[1, 2.5, True, None, {"a": "b"}])))
+    for kind, at, byte in damage:
+        i = at % (len(raw) + 1)
+        if kind == "flip" and i < len(raw):
+            raw[i] ^= 1 << (byte % 8)
+        elif kind == "insert":
+            raw[i:i] = bytes([byte])
+        elif kind == "delete" and i < len(raw):
+            del raw[i]
+        elif kind == "cut":
+            del raw[i:]
+    assert_compiled_within_python("agg-1", [bytes(raw)])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item","Version":2}',
+        b'{"\\u0024type":"T, A","$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item"}',
+        b'{"$type":"T\\u002c A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item"}',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item","N":"a\\u0000b"}',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item","N":"\\ud83d\\ude00"}',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1.0,"AggregateType":"Item"}',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":2147483648,"AggregateType":"Item"}',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z\\n","Version":1,"AggregateType":"Item"}',
+        b'\xef\xbb\xbf{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item"}',
+        b' {"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item"} \n',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item"}x',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item",}',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"\xd9\xa2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item"}',
+        b'{"$type":"T, A","Id":"agg-1","TimeStamp":"2019-05-01T10:11:12Z","Version":1,"AggregateType":"Item","Deep":'
+        + b"[" * 600
+        + b"]" * 600
+        + b"}",
+    ],
+    ids=[
+        "repeated-member", "escaped-key", "escaped-type", "nul-escape", "surrogate-pair",
+        "float-version", "version-beyond-int4", "newline-after-stamp", "bom", "whitespace",
+        "trailing-garbage", "trailing-comma", "arabic-indic-digit", "deep-nesting",
+    ],
+)  # fmt: skip
+def test_corner_cases_agree(value: bytes) -> None:
+    assert_compiled_within_python("agg-1", [value])
+
+
+# --- time stamps ----------------------------------------------------------------------------
+
+
+@settings(max_examples=500)
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.integers(-23 * 60 - 59, 23 * 60 + 59),
+    st.integers(0, 7),
+    st.booleans(),
+)
+def test_time_stamps_over_the_calendar(
+    moment: datetime, offset_minutes: int, digits: int, zulu: bool
+) -> None:
+    if zulu:
+        offset_minutes = 0
+    sign = "-" if offset_minutes < 0 else "+"
+    oh, om = divmod(abs(offset_minutes), 60)
+    text = f"{moment.year:04d}-" + moment.strftime("%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + (f"{moment.microsecond:06d}" + str(moment.microsecond % 10))[:digits]
+    text += "Z" if zulu else f"{sign}{oh:02d}:{om:02d}"
+    value = encoded({**doc("agg-1", 1), "TimeStamp": text})
+    fast = assert_compiled_within_python("agg-1", [value])
+    assert fast is not None, text
+    micros = int.from_bytes(fast[1][0][4:12], "big", signed=True)
+    tz = timezone(timedelta(minutes=offset_minutes))
+    fraction = int(((f"{moment.microsecond:06d}" + "0")[:digits] + "000000")[:6]) if digits else 0
+    expected = moment.replace(microsecond=fraction, tzinfo=tz)
+    assert datetime(2000, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros) == expected
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["2019-02-29T00:00:00Z", "2020-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2000-02-29T00:00:00Z",
+     "0000-01-01T00:00:00Z", "2019-04-31T00:00:00Z", "2019-01-01T24:00:00Z", "2019-01-01T00:60:00Z",
+     "2019-01-01T00:00:60Z", "2019-01-01T00:00:00+24:00", "2019-01-01T00:00:00+10:60",
+     "2019-01-01T00:00:00.Z", "2019-01-01T00:00:00.12345678Z", "2019-01-01T00:00:00+0100",
+     "2019-01-01T00:00:00", "2019-1-01T00:00:00Z", "2019-01-01t00:00:00Z"],
+)  # fmt: skip
+def test_time_stamps_the_calendar_refuses_agree(stamp: str) -> None:
+    assert_compiled_within_python("agg-1", [encoded({**doc("agg-1", 1), "TimeStamp": stamp})])
+
+
+# --- the stream as a whole ------------------------------------------------------------------
+
+
+def test_a_bulk_store_stream_is_taken_and_alike() -> None:
+    """Payloads as the bulk writer makes them (the benchmarks' store), 30% compressed."""
+    rng = random.Random(7)
+    values = []
+    for version in range(1, 40):
+        text = json.dumps(
+            doc("3f2b1c4e-8d9a-4b7e-9c1d-2e3f4a5b6c7d", version,
+                Lines=[{"$type": "Ns.Line, Asm", "Qty": rng.randint(1, 9), "Price": rng.random() * 100}
+                       for _ in range(rng.randint(0, 20))],
+                Note="Zoë 日本語 🎉 \"quoted\" \\ back\ttab"),
+            ensure_ascii=False,
+        )  # fmt: skip
+        values.append(iw.gzip_base64(text) if rng.random() < 0.3 else text.encode())
+    fast = compiled("3f2b1c4e-8d9a-4b7e-9c1d-2e3f4a5b6c7d", values)
+    assert fast is not None
+    assert fast == python_path("3f2b1c4e-8d9a-4b7e-9c1d-2e3f4a5b6c7d", values)
+    assert rows.fast_rows("3f2b1c4e-8d9a-4b7e-9c1d-2e3f4a5b6c7d", values) == fast
+
+
+def test_streams_it_gives_up_on_go_to_the_python_path() -> None:
+    """Events stored out of version order: the compiled path gives None, fast_rows still
+    gives the Python path's rows (sorted by version)."""
+    values = [encoded(doc("agg-1", v)) for v in (2, 1, 3)]
+    assert compiled("agg-1", values) is None
+    got = rows.fast_rows("agg-1", values)
+    assert got is not None and got == python_path("agg-1", values)
+    assert compiled("agg-1", []) is None
+    assert compiled("agg-1", [encoded(doc("agg-1", 1)), None]) is None
+    assert compiled("agg-1", [encoded(doc("agg-1", 1))], 1, "Other") is None
+    assert compiled("agg-1", [encoded(doc("agg-1", 2))], 2, "Item") is not None
+
+
+def test_a_gunzip_that_fails_gives_none_but_an_interrupt_goes_through() -> None:
+    value = iw.gzip_base64(encoded(doc("agg-1", 1)).decode())
+    assert rows._compiled_rows is not None
+
+    def broken(_: bytes) -> bytes:
+        raise ValueError("bad")
+
+    def interrupted(_: bytes) -> bytes:
+        raise KeyboardInterrupt
+
+    args = (rows._event_type_bytes, rows._EVENT_TYPES)
+    assert rows._compiled_rows("agg-1", [value], 1, None, broken, *args) is None
+    with pytest.raises(KeyboardInterrupt):
+        rows._compiled_rows("agg-1", [value], 1, None, interrupted, *args)
+    assert rows._compiled_rows("agg-1", [value], 1, None, gunzip_base64, *args) is not None
