@@ -34,9 +34,8 @@ import psycopg
 import redis
 from _common import Meter, add_json_option, bench_servers, database, json_output, write_store
 
-from esctl import codec, layout, pg, redisio, storereads
+from esctl import codec, fastpath, layout, pg, redisio, storereads
 from esctl.migrate import MigrateOptions, migrate_redis_to_pg
-from esctl.migrate import rows as migrate_rows
 from esctl.verify import VerifyOptions, verify_parallel, verify_workers_default
 
 APP = "Bench.Migrate"
@@ -161,13 +160,13 @@ def run_naive(client: redis.Redis, dsn: str, limit: int) -> tuple[float, int]:
 def run_esctl(client: redis.Redis, dsn: str, *, compiled: bool = True) -> tuple[float, int]:
     """``migrate_redis_to_pg`` with its defaults; ``compiled=False``: without the compiled hot
     path, as an install without a C compiler runs it."""
-    saved = migrate_rows._compiled_rows
+    saved = fastpath._compiled
     if not compiled:
-        migrate_rows._compiled_rows = None
+        fastpath._compiled = None
     try:
         summary = migrate_redis_to_pg(client, MigrateOptions(app=APP, pg_dsn=dsn, init_schema=True))
     finally:
-        migrate_rows._compiled_rows = saved
+        fastpath._compiled = saved
     assert not summary.problems, summary.problems[:3]
     return summary.events_per_s, summary.events_migrated
 
@@ -280,7 +279,7 @@ def run(args: argparse.Namespace, document: dict[str, object]) -> None:
             with meter.measure("migrate verify", dsn) as cost:
                 results["verify"] = run_verify(redis_url, dsn)
                 cost.events += events
-        if migrate_rows.COMPILED:
+        if fastpath.COMPILED:
             with (
                 database(admin_dsn) as dsn,
                 meter.measure("migrate, python path", dsn) as cost,

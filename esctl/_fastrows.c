@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -76,13 +77,40 @@ static Py_ssize_t utf8_seq(const unsigned char *p, const unsigned char *end) {
     return 0;
 }
 
+/* Whether the 8 bytes at p are all plain ASCII inside a string: none of '"', '\\', a control
+ * character or a byte >= 0x80 (exact tests of "some byte is ...", a word at a time). */
+static inline int plain8(const unsigned char *p) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t x, quote, backslash;
+    memcpy(&x, p, 8);
+    quote = x ^ (ones * '"');
+    backslash = x ^ (ones * '\\');
+    return ((((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)
+             | ((x - ones * 0x20) & ~x) | x)
+            & highs)
+           == 0;
+}
+
+/* The closing quote of a valid string whose bytes start at p (after its opening quote). */
+static inline const unsigned char *string_end(const unsigned char *p, const unsigned char *end) {
+    for (;;) {
+        const unsigned char *q = memchr(p, '"', (size_t)(end - p)), *b = q;
+        while (b > p && b[-1] == '\\') b--;
+        if (((q - b) & 1) == 0) return q; /* an even run of backslashes before it: not escaped */
+        p = q + 1;
+    }
+}
+
 /* A string, s->p on its opening quote. Sets *escaped when it holds an escape. */
 static int scan_string(Scan *s, const unsigned char **start, Py_ssize_t *len, int *escaped) {
     const unsigned char *p = s->p + 1, *end = s->end;
     *start = p;
     *escaped = 0;
     while (p < end) {
-        unsigned char c = *p;
+        unsigned char c;
+        while (end - p >= 8 && plain8(p)) p += 8;
+        if (p >= end) break;
+        c = *p;
         if (c == '"') {
             *len = p - *start;
             s->p = p + 1;
@@ -482,64 +510,73 @@ static PyObject *payload_of(PyObject *value, PyObject *gunzip) {
     return value;
 }
 
-/* One event's row, or Py_None when not sure; NULL on an error. ``*agg`` and ``*agg_len``: the
- * aggregate type the stream has so far (set from the first event when NULL). */
-static PyObject *event_row(PyObject *payload, const char *id, Py_ssize_t id_len, long expected,
-                           const unsigned char **agg, Py_ssize_t *agg_len, PyObject *event_type_of,
-                           PyObject *type_cache) {
+/* What one payload says, once checked: its event type's bytes (borrowed from the cache), the
+ * time in PostgreSQL's microseconds, its Version. */
+typedef struct {
+    PyObject *event_type;
+    int64_t micros;
+    long version;
+} Checked;
+
+/* Check one payload as clean_payloads does: 1 ok (``*out`` filled), 0 not sure, -1 an error.
+ * ``*agg`` and ``*agg_len``: the aggregate type the stream has so far (set from the first event
+ * when NULL). */
+static int check_event(PyObject *payload, const char *id, Py_ssize_t id_len, long expected,
+                       const unsigned char **agg, Py_ssize_t *agg_len, PyObject *event_type_of,
+                       PyObject *type_cache, Checked *out) {
     Scan s;
     Member *mt, *mv, *ma, *ms, *mid;
     long version = 0;
-    int64_t micros;
-    PyObject *type_name, *event_type, *row;
+    PyObject *type_name, *event_type;
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(payload);
-    Py_ssize_t n = PyBytes_GET_SIZE(payload), et_len;
-    unsigned char *w;
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
 
     memset(&s, 0, sizeof s);
     s.p = data;
     s.end = data + n;
     skip_ws(&s);
-    if (s.p >= s.end || *s.p != '{' || !scan_value(&s, 0, NULL)) Py_RETURN_NONE;
+    if (s.p >= s.end || *s.p != '{' || !scan_value(&s, 0, NULL)) return 0;
     skip_ws(&s);
-    if (s.p != s.end) Py_RETURN_NONE;
+    if (s.p != s.end) return 0;
 
     mt = &s.members[M_TYPE], mv = &s.members[M_VERSION], ma = &s.members[M_AGGTYPE];
     ms = &s.members[M_TIMESTAMP], mid = &s.members[M_ID];
-    if (mt->kind != 1 || ma->kind != 1 || ms->kind != 1 || mv->kind != 3) Py_RETURN_NONE;
+    if (mt->kind != 1 || ma->kind != 1 || ms->kind != 1 || mv->kind != 3) return 0;
     if (mid->kind == 2) {
         /* an id written with escapes (a tab, a quote, a backslash): compare what it stands for */
         unsigned char plain[256];
         Py_ssize_t k = unescape(mid->start, mid->len, plain, (Py_ssize_t)sizeof plain);
-        if (k != id_len || memcmp(plain, id, (size_t)k) != 0) Py_RETURN_NONE;
-    } else if (mid->kind != 1 || mid->len != id_len || memcmp(mid->start, id, (size_t)id_len) != 0) {
-        Py_RETURN_NONE;
+        if (k != id_len || memcmp(plain, id, (size_t)k) != 0) return 0;
+    } else if (mid->kind != 1 || mid->len != id_len
+               || memcmp(mid->start, id, (size_t)id_len) != 0) {
+        return 0;
     }
-    if (mv->len > 10) Py_RETURN_NONE;
+    if (mv->len > 10) return 0;
     for (Py_ssize_t i = 0; i < mv->len; i++) version = version * 10 + (mv->start[i] - '0');
-    if (version != expected || version > 2147483647L) Py_RETURN_NONE;
+    if (version != expected || version > 2147483647L) return 0;
     if (*agg == NULL) {
         *agg = ma->start;
         *agg_len = ma->len;
     } else if (ma->len != *agg_len || memcmp(ma->start, *agg, (size_t)ma->len) != 0) {
-        Py_RETURN_NONE;
+        return 0;
     }
-    if (!timestamp_micros(ms->start, ms->len, &micros)) Py_RETURN_NONE;
+    if (!timestamp_micros(ms->start, ms->len, &out->micros)) return 0;
+    out->version = version;
 
     /* the event type's bytes, cached per $type */
     type_name = PyBytes_FromStringAndSize((const char *)mt->start, mt->len);
-    if (type_name == NULL) return NULL;
+    if (type_name == NULL) return -1;
     event_type = PyDict_GetItemWithError(type_cache, type_name);
     if (event_type == NULL) {
         PyObject *text;
         if (PyErr_Occurred()) {
             Py_DECREF(type_name);
-            return NULL;
+            return -1;
         }
         text = PyUnicode_DecodeUTF8((const char *)mt->start, mt->len, "strict");
         if (text == NULL) {
             Py_DECREF(type_name);
-            return NULL;
+            return -1;
         }
         event_type = PyObject_CallOneArg(event_type_of, text);
         Py_DECREF(text);
@@ -547,29 +584,410 @@ static PyObject *event_row(PyObject *payload, const char *id, Py_ssize_t id_len,
             || PyDict_SetItem(type_cache, type_name, event_type) < 0) {
             Py_XDECREF(event_type);
             Py_DECREF(type_name);
-            if (!PyErr_Occurred()) Py_RETURN_NONE;
-            return NULL;
+            return PyErr_Occurred() ? -1 : 0;
         }
         Py_DECREF(event_type); /* the cache holds it */
     }
     Py_DECREF(type_name);
-    et_len = PyBytes_GET_SIZE(event_type);
+    out->event_type = event_type;
+    return 1;
+}
 
-    /* >iqiii{n}sib + payload: 8, micros, 4, version, n, event type, len(payload)+1, 1 */
-    row = PyBytes_FromStringAndSize(NULL, 4 + 8 + 4 + 4 + 4 + et_len + 4 + 1 + n);
+/* One event's binary COPY row: >iqiii{n}sib + payload (8, micros, 4, version, n, event type,
+ * len(payload)+1, 1 for jsonb's version). */
+static PyObject *binary_row(PyObject *payload, const Checked *ev) {
+    Py_ssize_t n = PyBytes_GET_SIZE(payload), et_len = PyBytes_GET_SIZE(ev->event_type);
+    PyObject *row = PyBytes_FromStringAndSize(NULL, 4 + 8 + 4 + 4 + 4 + et_len + 4 + 1 + n);
+    unsigned char *w;
     if (row == NULL) return NULL;
     w = (unsigned char *)PyBytes_AS_STRING(row);
     put32(w, 8);
-    put64(w + 4, (uint64_t)micros);
+    put64(w + 4, (uint64_t)ev->micros);
     put32(w + 12, 4);
-    put32(w + 16, (uint32_t)version);
+    put32(w + 16, (uint32_t)ev->version);
     put32(w + 20, (uint32_t)et_len);
-    memcpy(w + 24, PyBytes_AS_STRING(event_type), (size_t)et_len);
+    memcpy(w + 24, PyBytes_AS_STRING(ev->event_type), (size_t)et_len);
     w += 24 + et_len;
     put32(w, (uint32_t)(n + 1));
     w[4] = 1;
-    memcpy(w + 5, data, (size_t)n);
+    memcpy(w + 5, PyBytes_AS_STRING(payload), (size_t)n);
     return row;
+}
+
+/* One event's row, or Py_None when not sure; NULL on an error. */
+static PyObject *event_row(PyObject *payload, const char *id, Py_ssize_t id_len, long expected,
+                           const unsigned char **agg, Py_ssize_t *agg_len, PyObject *event_type_of,
+                           PyObject *type_cache) {
+    Checked ev;
+    int ok = check_event(payload, id, id_len, expected, agg, agg_len, event_type_of, type_cache,
+                         &ev);
+    if (ok < 0) return NULL;
+    if (ok == 0) Py_RETURN_NONE;
+    return binary_row(payload, &ev);
+}
+
+/* ---- verify: a payload against PostgreSQL's jsonb text ----
+ *
+ * PostgreSQL prints a jsonb value in one form: object keys sorted (shorter first, then by
+ * bytes), a repeated key kept once (its last value), ", " and ": " between members, strings
+ * with only '"', '\\', \b \f \n \r \t and other control characters (as \u00xx) escaped, numbers
+ * as numeric prints them. Writing a payload in that form and comparing the bytes decides
+ * "identical" exactly. This writes it into a comparison with PostgreSQL's text as it goes (no
+ * buffer) and gives up (not sure) on what it does not write the way PostgreSQL does: a key with
+ * an escape, a repeated key, a number with an exponent. */
+
+typedef struct {
+    const unsigned char *p; /* PostgreSQL's text still to match */
+    const unsigned char *end;
+} Match;
+
+static inline int emit(Match *m, const void *bytes, Py_ssize_t n) {
+    if (m->end - m->p < n || memcmp(m->p, bytes, (size_t)n) != 0) return 0;
+    m->p += n;
+    return 1;
+}
+
+/* The end of a valid value starting at p (after scan_value accepted the whole payload). */
+static const unsigned char *skip_value(const unsigned char *p, const unsigned char *end) {
+    int depth = 0;
+    do {
+        unsigned char c = *p;
+        if (c == '"') {
+            p = string_end(p + 1, end) + 1;
+        } else if (c == '{' || c == '[') {
+            depth++;
+            p++;
+        } else if (c == '}' || c == ']') {
+            depth--;
+            p++;
+        } else if (c == ',' || c == ':' || c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+            p++;
+        } else {
+            while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n'
+                   && *p != '\r' && *p != '\t')
+                p++;
+        }
+    } while (depth > 0 && p < end);
+    return p;
+}
+
+static int canon_string(Match *m, const unsigned char *p, Py_ssize_t n) {
+    const unsigned char *end = p + n, *run = p;
+    static const char hex[] = "0123456789abcdef";
+    while (p < end) {
+        int code;
+        unsigned char utf8[4];
+        p = memchr(p, '\\', (size_t)(end - p));
+        if (p == NULL) break;
+        if (!emit(m, run, p - run)) return 0;
+        switch (p[1]) {
+            case 'u':
+                code = (hexval(p[2]) << 12) | (hexval(p[3]) << 8) | (hexval(p[4]) << 4)
+                       | hexval(p[5]);
+                p += 6;
+                break;
+            case 'b': code = '\b'; p += 2; break;
+            case 'f': code = '\f'; p += 2; break;
+            case 'n': code = '\n'; p += 2; break;
+            case 'r': code = '\r'; p += 2; break;
+            case 't': code = '\t'; p += 2; break;
+            default: code = p[1]; p += 2; break; /* " \\ / */
+        }
+        run = p;
+        switch (code) {
+            case '"': if (!emit(m, "\\\"", 2)) return 0; continue;
+            case '\\': if (!emit(m, "\\\\", 2)) return 0; continue;
+            case '\b': if (!emit(m, "\\b", 2)) return 0; continue;
+            case '\f': if (!emit(m, "\\f", 2)) return 0; continue;
+            case '\n': if (!emit(m, "\\n", 2)) return 0; continue;
+            case '\r': if (!emit(m, "\\r", 2)) return 0; continue;
+            case '\t': if (!emit(m, "\\t", 2)) return 0; continue;
+            default: break;
+        }
+        if (code < 0x20) {
+            char esc[6] = {'\\', 'u', '0', '0', hex[code >> 4], hex[code & 15]};
+            if (!emit(m, esc, 6)) return 0;
+        } else if (code < 0x80) {
+            utf8[0] = (unsigned char)code;
+            if (!emit(m, utf8, 1)) return 0;
+        } else if (code < 0x800) {
+            utf8[0] = (unsigned char)(0xC0 | (code >> 6));
+            utf8[1] = (unsigned char)(0x80 | (code & 0x3F));
+            if (!emit(m, utf8, 2)) return 0;
+        } else {
+            utf8[0] = (unsigned char)(0xE0 | (code >> 12));
+            utf8[1] = (unsigned char)(0x80 | ((code >> 6) & 0x3F));
+            utf8[2] = (unsigned char)(0x80 | (code & 0x3F));
+            if (!emit(m, utf8, 3)) return 0;
+        }
+    }
+    return emit(m, run, end - run);
+}
+
+typedef struct {
+    const unsigned char *key; /* between the quotes, no escape */
+    Py_ssize_t len;
+    const unsigned char *value;
+} Pair;
+
+static int pair_order(const void *a, const void *b) {
+    const Pair *x = a, *y = b;
+    int c;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    c = memcmp(x->key, y->key, (size_t)x->len);
+    if (c != 0) return c;
+    return x->value < y->value ? -1 : (x->value > y->value); /* stable: input order */
+}
+
+static const unsigned char *canon_value(Match *m, const unsigned char *p,
+                                        const unsigned char *end, int depth);
+
+static inline const unsigned char *ws(const unsigned char *p, const unsigned char *end) {
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    return p;
+}
+
+static const unsigned char *canon_object(Match *m, const unsigned char *p,
+                                         const unsigned char *end, int depth) {
+    Pair local[32], *pairs = local;
+    Py_ssize_t count = 0, cap = 32;
+    const unsigned char *after = NULL;
+    p = ws(p + 1, end);
+    while (*p == '"') {
+        const unsigned char *k = p + 1, *q = string_end(k, end);
+        if (memchr(k, '\\', (size_t)(q - k)) != NULL) goto unsure; /* a key with an escape */
+        if (count == cap) {
+            Pair *grown;
+            cap *= 2;
+            grown = pairs == local ? PyMem_Malloc(sizeof(Pair) * (size_t)cap)
+                                   : PyMem_Realloc(pairs, sizeof(Pair) * (size_t)cap);
+            if (grown == NULL) goto unsure;
+            if (pairs == local) memcpy(grown, local, sizeof local);
+            pairs = grown;
+        }
+        pairs[count].key = k;
+        pairs[count].len = q - k;
+        p = ws(ws(q + 1, end) + 1, end); /* past ':' */
+        pairs[count].value = p;
+        count++;
+        p = ws(skip_value(p, end), end);
+        if (*p == ',') p = ws(p + 1, end);
+    }
+    after = p + 1; /* past '}' */
+    if (count > 1) qsort(pairs, (size_t)count, sizeof(Pair), pair_order);
+    if (!emit(m, "{", 1)) goto unsure;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (i > 0) {
+            if (pairs[i].len == pairs[i - 1].len
+                && memcmp(pairs[i].key, pairs[i - 1].key, (size_t)pairs[i].len) == 0)
+                goto unsure; /* a repeated key */
+            if (!emit(m, ", ", 2)) goto unsure;
+        }
+        if (!emit(m, "\"", 1) || !emit(m, pairs[i].key, pairs[i].len) || !emit(m, "\": ", 3)
+            || canon_value(m, pairs[i].value, end, depth + 1) == NULL)
+            goto unsure;
+    }
+    if (!emit(m, "}", 1)) goto unsure;
+    if (pairs != local) PyMem_Free(pairs);
+    return after;
+unsure:
+    if (pairs != local) PyMem_Free(pairs);
+    return NULL;
+}
+
+static const unsigned char *canon_value(Match *m, const unsigned char *p,
+                                        const unsigned char *end, int depth) {
+    const unsigned char *q;
+    if (depth > MAX_DEPTH) return NULL;
+    switch (*p) {
+        case '{':
+            return canon_object(m, p, end, depth);
+        case '[': {
+            int first = 1;
+            if (!emit(m, "[", 1)) return NULL;
+            p = ws(p + 1, end);
+            while (*p != ']') {
+                if (!first && !emit(m, ", ", 2)) return NULL;
+                first = 0;
+                p = canon_value(m, p, end, depth + 1);
+                if (p == NULL) return NULL;
+                p = ws(p, end);
+                if (*p == ',') p = ws(p + 1, end);
+            }
+            return emit(m, "]", 1) ? p + 1 : NULL;
+        }
+        case '"':
+            q = string_end(p + 1, end);
+            if (!emit(m, "\"", 1) || !canon_string(m, p + 1, q - p - 1) || !emit(m, "\"", 1))
+                return NULL;
+            return q + 1;
+        case 't':
+            return emit(m, "true", 4) ? p + 4 : NULL;
+        case 'f':
+            return emit(m, "false", 5) ? p + 5 : NULL;
+        case 'n':
+            return emit(m, "null", 4) ? p + 4 : NULL;
+        default: {
+            /* numeric prints a plain decimal as written, but a zero without its sign */
+            int zero = 1;
+            const unsigned char *start = p;
+            q = p;
+            if (*q == '-') q++;
+            for (; q < end && ((*q >= '0' && *q <= '9') || *q == '.'); q++)
+                if (*q >= '1' && *q <= '9') zero = 0;
+            if (q < end && (*q == 'e' || *q == 'E')) return NULL; /* an exponent: not sure */
+            if (*start == '-' && zero) start++;
+            return emit(m, start, q - start) ? q : NULL;
+        }
+    }
+}
+
+/* Whether ``payload`` (checked valid by scan_value) is what PostgreSQL's jsonb ``text`` says. */
+static int same_as_jsonb(PyObject *payload, const unsigned char *text, Py_ssize_t n) {
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(payload);
+    const unsigned char *end = p + PyBytes_GET_SIZE(payload);
+    Match m = {text, text + n};
+    p = canon_value(&m, ws(p, end), end, 0);
+    return p != NULL && m.p == m.end;
+}
+
+/* A PostgreSQL timestamptz as psycopg gives it, in microseconds since 2000-01-01 UTC. */
+static int pg_micros(PyObject *dt, PyObject **fixed_tz, int64_t *fixed_offset, int64_t *out) {
+    PyObject *tz;
+    int64_t offset_us;
+    if (!PyDateTime_Check(dt)) return 0;
+    tz = PyDateTime_DATE_GET_TZINFO(dt);
+    if (tz == PyDateTime_TimeZone_UTC) {
+        offset_us = 0;
+    } else if (tz == *fixed_tz) {
+        offset_us = *fixed_offset;
+    } else {
+        PyObject *delta;
+        if (tz == Py_None) return 0;
+        delta = PyObject_CallMethod(tz, "utcoffset", "O", dt);
+        if (delta == NULL) return -1;
+        if (!PyDelta_Check(delta)) {
+            Py_DECREF(delta);
+            return 0;
+        }
+        offset_us = ((int64_t)PyDateTime_DELTA_GET_DAYS(delta) * 86400
+                     + PyDateTime_DELTA_GET_SECONDS(delta)) * 1000000
+                    + PyDateTime_DELTA_GET_MICROSECONDS(delta);
+        Py_DECREF(delta);
+        if (Py_IS_TYPE(tz, (PyTypeObject *)PyDateTime_TimeZone_UTC->ob_type)) {
+            /* a fixed offset (datetime.timezone): the same for every time stamp */
+            *fixed_tz = tz;
+            *fixed_offset = offset_us;
+        }
+    }
+    {
+        int64_t days = days_from_civil(PyDateTime_GET_YEAR(dt), PyDateTime_GET_MONTH(dt),
+                                       PyDateTime_GET_DAY(dt))
+                       - PG_EPOCH_DAYS;
+        int64_t secs = days * 86400 + PyDateTime_DATE_GET_HOUR(dt) * 3600
+                       + PyDateTime_DATE_GET_MINUTE(dt) * 60 + PyDateTime_DATE_GET_SECOND(dt);
+        *out = secs * 1000000 + PyDateTime_DATE_GET_MICROSECOND(dt) - offset_us;
+    }
+    return 1;
+}
+
+static int utf8_equals(PyObject *text, const char *bytes, Py_ssize_t n) {
+    Py_ssize_t len;
+    const char *u;
+    if (!PyUnicode_Check(text)) return 0;
+    u = PyUnicode_AsUTF8AndSize(text, &len);
+    if (u == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return len == n && memcmp(u, bytes, (size_t)n) == 0;
+}
+
+/* identical(aggregate_id, values, aggregate_type, versions, time_stamps, event_types,
+ *           event_data, gunzip, event_type_of, type_cache) -> bool */
+static PyObject *fast_identical(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *seq = NULL, *gunzip, *event_type_of, *type_cache, *result = NULL;
+    PyObject *columns[5] = {NULL, NULL, NULL, NULL, NULL}; /* values, 4 PostgreSQL columns */
+    PyObject **payloads = NULL, *fixed_tz = NULL;
+    const char *id;
+    Py_ssize_t id_len, count, done = 0, agg_len = 0;
+    const unsigned char *agg = NULL;
+    int64_t fixed_offset = 0;
+
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "identical takes 10 arguments");
+        return NULL;
+    }
+    gunzip = args[7], event_type_of = args[8], type_cache = args[9];
+    if (!PyDict_CheckExact(type_cache)) {
+        PyErr_SetString(PyExc_TypeError, "identical: the type cache must be a dict");
+        return NULL;
+    }
+    id = PyUnicode_AsUTF8AndSize(args[0], &id_len);
+    if (id == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+        PyErr_Clear();
+        Py_RETURN_FALSE;
+    }
+    {
+        const int at[5] = {1, 3, 4, 5, 6};
+        for (int c = 0; c < 5; c++) {
+            columns[c] = PySequence_Fast(args[at[c]], "identical: columns must be sequences");
+            if (columns[c] == NULL) goto error;
+        }
+    }
+    seq = columns[0];
+    count = PySequence_Fast_GET_SIZE(seq);
+    result = Py_False;
+    for (int c = 1; c < 5; c++)
+        if (PySequence_Fast_GET_SIZE(columns[c]) != count) goto done;
+    if (count == 0) goto done;
+    payloads = PyMem_Calloc((size_t)count, sizeof(PyObject *));
+    if (payloads == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Checked ev;
+        PyObject *payload = payload_of(PySequence_Fast_GET_ITEM(seq, i), gunzip), *data;
+        PyObject *version = PySequence_Fast_GET_ITEM(columns[1], i);
+        int64_t micros;
+        int ok;
+        if (payload == NULL) goto error;
+        payloads[done++] = payload;
+        if (payload == Py_None) goto done;
+        ok = check_event(payload, id, id_len, (long)(i + 1), &agg, &agg_len, event_type_of,
+                         type_cache, &ev);
+        if (ok < 0) goto error;
+        if (ok == 0 || !PyLong_CheckExact(version) || PyLong_AsLong(version) != ev.version)
+            goto done;
+        ok = pg_micros(PySequence_Fast_GET_ITEM(columns[2], i), &fixed_tz, &fixed_offset,
+                       &micros);
+        if (ok < 0) goto error;
+        if (ok == 0 || micros != ev.micros) goto done;
+        if (!utf8_equals(PySequence_Fast_GET_ITEM(columns[3], i),
+                         PyBytes_AS_STRING(ev.event_type), PyBytes_GET_SIZE(ev.event_type)))
+            goto done;
+        data = PySequence_Fast_GET_ITEM(columns[4], i);
+        if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) < 1
+            || PyBytes_AS_STRING(data)[0] != 1
+            || !same_as_jsonb(payload, (const unsigned char *)PyBytes_AS_STRING(data) + 1,
+                              PyBytes_GET_SIZE(data) - 1))
+            goto done;
+    }
+    if (utf8_equals(args[2], (const char *)agg, agg_len)) result = Py_True;
+done:
+    Py_INCREF(result);
+    goto cleanup;
+error:
+    result = NULL;
+cleanup:
+    if (payloads != NULL) {
+        for (Py_ssize_t i = 0; i < done; i++) Py_DECREF(payloads[i]);
+        PyMem_Free(payloads);
+    }
+    for (int c = 0; c < 5; c++) Py_XDECREF(columns[c]);
+    return result;
 }
 
 static PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -674,6 +1092,12 @@ static PyMethodDef methods[] = {
      "type_cache) -> (aggregate_type, rows) | None\n\n"
      "esctl.migrate.rows.clean_rows(esctl.streams.clean_payloads(...)) for the payloads it is "
      "sure of; None for any other stream (the Python path then decides)."},
+    {"identical", (PyCFunction)(void (*)(void))fast_identical, METH_FASTCALL,
+     "identical(aggregate_id, values, aggregate_type, versions, time_stamps, event_types, "
+     "event_data, gunzip, event_type_of, type_cache) -> bool\n\n"
+     "True when a stream esctl.migrate.rows.fast_rows would take is exactly its PostgreSQL "
+     "columns as verify reads them (esctl.pgevents.PgStream); False: not sure (the Python "
+     "path then decides)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -683,4 +1107,8 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__fastrows(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastrows(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) return NULL;
+    return PyModule_Create(&module);
+}

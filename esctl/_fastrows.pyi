@@ -1,4 +1,5 @@
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 def clean_rows(
     aggregate_id: str,
@@ -10,3 +11,16 @@ def clean_rows(
     type_cache: dict[bytes, bytes],
     /,
 ) -> tuple[str, list[bytes]] | None: ...
+def identical(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    aggregate_type: str,
+    versions: Sequence[int],
+    time_stamps: Sequence[datetime],
+    event_types: Sequence[str],
+    event_data: Sequence[bytes],
+    gunzip: Callable[[bytes], bytes],
+    event_type_of: Callable[[str], bytes],
+    type_cache: dict[bytes, bytes],
+    /,
+) -> bool: ...

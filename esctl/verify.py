@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from esctl import inflight, layout, pg, redisio, storereads
+from esctl import fastpath, inflight, layout, pg, redisio, storereads
 from esctl.codec import ParsedEvent, event_type_from_type_name, parse_event
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
@@ -291,6 +291,8 @@ def fast_identical(
     payloads."""
     if theirs is None or len(values) != len(theirs.versions):
         return False
+    if fastpath.identical(aggregate_id, values, theirs):
+        return True
     clean = clean_payloads(aggregate_id, values)
     if clean is None:
         return False

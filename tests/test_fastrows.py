@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import independent_writer as iw
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_migrate import apply_mutations, corrupted_streams
 
-from esctl.codec import gunzip_base64
+from esctl import fastpath
+from esctl.codec import gunzip_base64, parse_timestamp
 from esctl.migrate import rows
+from esctl.pgevents import JsonbBytesLoader, PgStream
 from esctl.streams import clean_payloads
+from esctl.verify import fast_identical
 
 pytestmark = pytest.mark.skipif(
-    not rows.COMPILED, reason="the compiled hot path is not built (no C compiler at install)"
+    not fastpath.COMPILED, reason="the compiled hot path is not built (no C compiler at install)"
 )
 
 
@@ -35,16 +40,7 @@ def compiled(
     first_version: int = 1,
     known_type: str | None = None,
 ) -> tuple[str, list[bytes]] | None:
-    assert rows._compiled_rows is not None
-    return rows._compiled_rows(
-        aggregate_id,
-        values,
-        first_version,
-        known_type,
-        gunzip_base64,
-        rows._event_type_bytes,
-        rows._EVENT_TYPES,
-    )
+    return fastpath.clean_rows(aggregate_id, values, first_version, known_type)
 
 
 def python_path(
@@ -305,7 +301,6 @@ def test_streams_it_gives_up_on_go_to_the_python_path() -> None:
 
 def test_a_gunzip_that_fails_gives_none_but_an_interrupt_goes_through() -> None:
     value = iw.gzip_base64(encoded(doc("agg-1", 1)).decode())
-    assert rows._compiled_rows is not None
 
     def broken(_: bytes) -> bytes:
         raise ValueError("bad")
@@ -313,8 +308,177 @@ def test_a_gunzip_that_fails_gives_none_but_an_interrupt_goes_through() -> None:
     def interrupted(_: bytes) -> bytes:
         raise KeyboardInterrupt
 
-    args = (rows._event_type_bytes, rows._EVENT_TYPES)
-    assert rows._compiled_rows("agg-1", [value], 1, None, broken, *args) is None
+    compiled_module = fastpath._compiled
+    assert compiled_module is not None
+    types: dict[bytes, bytes] = {}
+    args = (fastpath._event_type_bytes, types)
+    assert compiled_module.clean_rows("agg-1", [value], 1, None, broken, *args) is None
     with pytest.raises(KeyboardInterrupt):
-        rows._compiled_rows("agg-1", [value], 1, None, interrupted, *args)
-    assert rows._compiled_rows("agg-1", [value], 1, None, gunzip_base64, *args) is not None
+        compiled_module.clean_rows("agg-1", [value], 1, None, interrupted, *args)
+    assert compiled_module.clean_rows("agg-1", [value], 1, None, gunzip_base64, *args) is not None
+
+
+# --- verify: a clean stream against PostgreSQL's columns --------------------------------------
+
+
+@pytest.fixture
+def jsonb_conn(pg_dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("CREATE TEMP TABLE t (n int, ts timestamptz, d jsonb)")
+        yield conn
+
+
+def as_postgres_reads(
+    conn: psycopg.Connection, texts: list[str], stamps: list[str]
+) -> tuple[list[datetime], list[bytes]]:
+    """The documents as jsonb, read back as verify reads them (binary, unparsed)."""
+    conn.execute("TRUNCATE t")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO t VALUES (%s, %s, %s::jsonb)",
+            # the time as migrate writes it (a 7th digit truncated; PostgreSQL would round it)
+            [
+                (i, parse_timestamp(s), t)
+                for i, (t, s) in enumerate(zip(texts, stamps, strict=True))
+            ],
+        )
+        cur.adapters.register_loader("jsonb", JsonbBytesLoader)
+        cur.execute("SELECT ts, d FROM t ORDER BY n", binary=True)
+        got = cur.fetchall()
+    return [r[0] for r in got], [bytes(r[1]) for r in got]  # bytes, as in verify's arrays
+
+
+def python_identical(aggregate_id: str, values: list[bytes | None], theirs: PgStream) -> bool:
+    saved = fastpath._compiled
+    fastpath._compiled = None
+    try:
+        return fast_identical(aggregate_id, values, theirs)
+    finally:
+        fastpath._compiled = saved
+
+
+def keys_of(value: Any) -> Iterator[str]:
+    """Every object key in a JSON value, at any depth."""
+    if isinstance(value, dict):
+        for key, member in value.items():
+            yield key
+            yield from keys_of(member)
+    elif isinstance(value, list):
+        for item in value:
+            yield from keys_of(item)
+
+
+def stored(text: str, gz: bool) -> bytes:
+    return iw.gzip_base64(text) if gz else text.encode()
+
+
+def dumps_as(document: dict[str, Any], style: str) -> str:
+    if style == "compact":
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    if style == "ascii":
+        return json.dumps(document, ensure_ascii=True)
+    if style == "indented":
+        return json.dumps(document, ensure_ascii=False, indent=2)
+    members = list(document.items())
+    random.Random(len(members)).shuffle(members)
+    return json.dumps(dict(members), ensure_ascii=False, separators=(",", ":"))
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.lists(st.dictionaries(st.text(max_size=8), json_values, max_size=5), min_size=1, max_size=3),
+    st.sampled_from(("compact", "ascii", "indented", "shuffled")),
+    st.lists(st.booleans(), min_size=3, max_size=3),
+)
+def test_identical_is_what_postgres_prints(
+    jsonb_conn: psycopg.Connection, extras: list[dict[str, Any]], style: str, gz: list[bool]
+) -> None:
+    documents = [{**extra, **doc("agg-1", v + 1)} for v, extra in enumerate(extras)]
+    texts = [dumps_as(d, style) for d in documents]
+    if any("\\u0000" in t or "\x00" in t for t in texts):
+        return  # PostgreSQL's jsonb refuses it: never migrated
+    stamps = [d["TimeStamp"] for d in documents]
+    time_stamps, data = as_postgres_reads(jsonb_conn, texts, stamps)
+    values: list[bytes | None] = [stored(t, z) for t, z in zip(texts, gz, strict=False)]
+    theirs = PgStream(
+        "Item", list(range(1, len(texts) + 1)), ["ItemChanged"] * len(texts), time_stamps, data
+    )
+    fast = fastpath.identical("agg-1", values, theirs)
+    assert python_identical("agg-1", values, theirs)
+    escaped = '"\\' + "".join(map(chr, range(32)))
+    unsure = any(  # what the compiled path leaves to the Python one: exponents, surrogates
+        re.search(r"\d[eE][-+]?\d", t) or re.search(r"\\u[dD][89a-fA-F]", t) for t in texts
+    ) or any(  # and keys written with an escape
+        any(c in escaped or (style == "ascii" and not c.isascii()) for c in key)
+        for key in keys_of(extras)
+    )
+    if not unsure:
+        assert fast, texts
+    # one thing PostgreSQL holds differently: never identical
+    for changed in (
+        theirs._replace(aggregate_type="Other"),
+        theirs._replace(versions=[v + 1 for v in theirs.versions]),
+        theirs._replace(event_types=["ItemChangedV2"] * len(texts)),
+        theirs._replace(time_stamps=[t + timedelta(microseconds=1) for t in time_stamps]),
+    ):
+        assert not fastpath.identical("agg-1", values, changed)
+    for i, document in enumerate(documents):
+        for other in (
+            {**document, "Extra": 1},
+            {k: v for k, v in document.items() if k in doc("", 1)},
+        ):
+            if other == document:
+                continue
+            _, other_data = as_postgres_reads(jsonb_conn, [json.dumps(other)], [stamps[i]])
+            changed_data = [*data[:i], other_data[0], *data[i + 1 :]]
+            assert not fastpath.identical("agg-1", values, theirs._replace(event_data=changed_data))
+
+
+@pytest.mark.parametrize(
+    ("redis", "postgres", "expected"),
+    [
+        ('{"N":-0}', '{"N":0}', True),
+        ('{"N":-0.00}', '{"N":0.00}', True),
+        ('{"N":1.50}', '{"N":1.50}', True),
+        ('{"N":1.5}', '{"N":1.50}', False),  # jsonb equal, printed apart: the Python path decides
+        ('{"N":12345678901234567890123}', '{"N":12345678901234567890123}', True),
+        ('{"N":1E-05}', '{"N":1E-05}', False),  # an exponent: the Python path decides
+        ('{"S":"\\u00e9\\/\\u001f\\"\\\\\\b\\f\\n\\r\\t\\u007f x"}', None, True),
+        ('{"A":[],"B":{},"C":[{"z":1,"a":[true,false,null]}]}', None, True),
+        ('{"A":1,"A":2}', None, False),  # a repeated key: jsonb keeps the last
+        ('{"\\u0041":1}', None, False),  # a key with an escape
+        ('{"bb":1,"a":2,"ab":3,"b":4}', None, True),
+    ],
+)  # fmt: skip
+def test_identical_on_what_jsonb_prints_its_own_way(
+    jsonb_conn: psycopg.Connection, redis: str, postgres: str | None, expected: bool
+) -> None:
+    envelope = encoded(doc("agg-1", 1)).decode()[1:-1]
+    text = "{" + envelope + "," + redis[1:]
+    pg_text = text if postgres is None else "{" + envelope + "," + postgres[1:]
+    time_stamps, data = as_postgres_reads(jsonb_conn, [pg_text], [doc("agg-1", 1)["TimeStamp"]])
+    theirs = PgStream("Item", [1], ["ItemChanged"], time_stamps, data)
+    assert fastpath.identical("agg-1", [text.encode()], theirs) is expected
+    if expected:
+        assert python_identical("agg-1", [text.encode()], theirs)
+
+
+def test_identical_with_time_stamps_in_a_named_zone(jsonb_conn: psycopg.Connection) -> None:
+    """psycopg gives time stamps in the session's zone (a ZoneInfo with summer time here)."""
+    jsonb_conn.execute("SET TimeZone = 'Europe/Berlin'")
+    documents = [
+        {**doc("agg-1", v), "TimeStamp": stamp}
+        for v, stamp in enumerate(
+            ("2019-01-01T10:11:12.5-05:00", "2019-07-01T10:11:12Z", "2019-03-31T01:30:00+00:00"),
+            start=1,
+        )
+    ]
+    texts = [json.dumps(d) for d in documents]
+    time_stamps, data = as_postgres_reads(jsonb_conn, texts, [d["TimeStamp"] for d in documents])
+    assert {t.utcoffset() for t in time_stamps} == {timedelta(hours=1), timedelta(hours=2)}
+    theirs = PgStream("Item", [1, 2, 3], ["ItemChanged"] * 3, time_stamps, data)
+    assert fastpath.identical("agg-1", [t.encode() for t in texts], theirs)

@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.sampling",
         "esctl.where",
         "esctl.privileges",
+        "esctl._fastrows",
     ),
     # talking to servers and processes, knowing nothing of operations
     "transport": (
@@ -52,6 +53,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "esctl.jsoncompare",
         "esctl.pgevents",
         "esctl.interrupts",
+        "esctl.fastpath",
     ),
     "operations": (
         "esctl.compress",

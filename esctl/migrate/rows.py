@@ -11,14 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from esctl.codec import event_type_from_type_name, gunzip_base64
+from esctl import fastpath
+from esctl.codec import event_type_from_type_name
 from esctl.streams import CleanPayload, Stream, StreamProblem, clean_payloads, postgres_problem
-
-_compiled_rows: Callable[..., tuple[str, list[bytes]] | None] | None
-try:
-    from esctl._fastrows import clean_rows as _compiled_rows
-except ImportError:  # built without a C compiler (setup.py): the Python path does it all
-    _compiled_rows = None
 
 
 @dataclass
@@ -149,16 +144,6 @@ def stream_rows(stream: Stream) -> list[bytes] | StreamProblem:
     return rows
 
 
-COMPILED = _compiled_rows is not None
-"""Whether the compiled hot path (esctl/_fastrows.c) was built and is used."""
-_EVENT_TYPES: dict[bytes, bytes] = {}
-"""The compiled path's cache: a ``$type``'s UTF-8 bytes -> its event type's."""
-
-
-def _event_type_bytes(type_name: str) -> bytes:
-    return event_type_from_type_name(type_name).encode("utf-8")
-
-
 def fast_rows(
     aggregate_id: str,
     values: Sequence[bytes | None],
@@ -174,20 +159,9 @@ def fast_rows(
     half the CPU of the Python path); for any other stream it gives None and the Python path
     decides, so what the two accept and the rows they give are the same (a property test holds
     them together)."""
-    if _compiled_rows is not None:
-        if len(_EVENT_TYPES) > 4096:  # event types are a program's classes: a safeguard
-            _EVENT_TYPES.clear()
-        got = _compiled_rows(
-            aggregate_id,
-            values,
-            first_version,
-            known_type,
-            gunzip_base64,
-            _event_type_bytes,
-            _EVENT_TYPES,
-        )
-        if got is not None:
-            return got
+    got = fastpath.clean_rows(aggregate_id, values, first_version, known_type)
+    if got is not None:
+        return got
     return clean_rows(
         clean_payloads(aggregate_id, values, first_version=first_version, known_type=known_type)
     )
