@@ -423,26 +423,34 @@ static int days_in_month(int y, int m) {
 
 #define PG_EPOCH_DAYS 10957 /* 2000-01-01 from 1970-01-01 */
 
-static int timestamp_micros(const unsigned char *t, Py_ssize_t n, int64_t *out) {
-    int y, mo, d, h, mi, sec, frac = 0, oh = 0, om = 0, sign = 0;
+/* A TimeStamp's fields, as datetime.fromisoformat reads them. */
+typedef struct {
+    int y, mo, d, h, mi, sec, frac; /* frac: microseconds, a 7th digit truncated */
+    int offset;                     /* minutes east of UTC */
+} Stamp;
+
+static int parse_stamp(const unsigned char *t, Py_ssize_t n, Stamp *st) {
+    int oh = 0, om = 0, sign = 0;
     Py_ssize_t i;
+    st->frac = 0;
     /* YYYY-MM-DDTHH:MM:SS */
     if (n < 20 || t[4] != '-' || t[7] != '-' || t[10] != 'T' || t[13] != ':' || t[16] != ':')
         return 0;
-    if (!digits(t, 4, &y) || !digits(t + 5, 2, &mo) || !digits(t + 8, 2, &d)
-        || !digits(t + 11, 2, &h) || !digits(t + 14, 2, &mi) || !digits(t + 17, 2, &sec))
+    if (!digits(t, 4, &st->y) || !digits(t + 5, 2, &st->mo) || !digits(t + 8, 2, &st->d)
+        || !digits(t + 11, 2, &st->h) || !digits(t + 14, 2, &st->mi)
+        || !digits(t + 17, 2, &st->sec))
         return 0;
     i = 19;
     if (t[i] == '.') {
         int nd = 0;
         i++;
         while (i < n && t[i] >= '0' && t[i] <= '9') {
-            if (nd < 6) frac = frac * 10 + (t[i] - '0');
+            if (nd < 6) st->frac = st->frac * 10 + (t[i] - '0');
             nd++;
             i++;
         }
         if (nd < 1 || nd > 7) return 0;
-        for (int k = nd; k < 6; k++) frac *= 10; /* a 7th digit is truncated */
+        for (int k = nd; k < 6; k++) st->frac *= 10; /* a 7th digit is truncated */
     }
     if (i >= n) return 0;
     if (t[i] == 'Z') {
@@ -456,14 +464,23 @@ static int timestamp_micros(const unsigned char *t, Py_ssize_t n, int64_t *out) 
     } else {
         return 0;
     }
-    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59
-        || sec > 59)
+    if (st->y < 1 || st->mo < 1 || st->mo > 12 || st->d < 1
+        || st->d > days_in_month(st->y, st->mo) || st->h > 23 || st->mi > 59 || st->sec > 59)
         return 0;
-    {
-        int64_t days = days_from_civil(y, mo, d) - PG_EPOCH_DAYS;
-        int64_t secs = days * 86400 + h * 3600 + mi * 60 + sec - sign * (oh * 3600 + om * 60);
-        *out = secs * 1000000 + frac;
-    }
+    st->offset = sign * (oh * 60 + om);
+    return 1;
+}
+
+static int64_t stamp_micros(const Stamp *st) {
+    int64_t days = days_from_civil(st->y, st->mo, st->d) - PG_EPOCH_DAYS;
+    int64_t secs = days * 86400 + st->h * 3600 + st->mi * 60 + st->sec - st->offset * 60;
+    return secs * 1000000 + st->frac;
+}
+
+static int timestamp_micros(const unsigned char *t, Py_ssize_t n, int64_t *out) {
+    Stamp st;
+    if (!parse_stamp(t, n, &st)) return 0;
+    *out = stamp_micros(&st);
     return 1;
 }
 
@@ -516,6 +533,8 @@ typedef struct {
     PyObject *event_type;
     int64_t micros;
     long version;
+    Stamp stamp;
+    Member type_name, timestamp; /* where the $type and the TimeStamp text are */
 } Checked;
 
 /* Check one payload as clean_payloads does: 1 ok (``*out`` filled), 0 not sure, -1 an error.
@@ -560,8 +579,13 @@ static int check_event(PyObject *payload, const char *id, Py_ssize_t id_len, lon
     } else if (ma->len != *agg_len || memcmp(ma->start, *agg, (size_t)ma->len) != 0) {
         return 0;
     }
-    if (!timestamp_micros(ms->start, ms->len, &out->micros)) return 0;
+    if (!parse_stamp(ms->start, ms->len, &out->stamp)) return 0;
+    out->micros = stamp_micros(&out->stamp);
     out->version = version;
+    out->type_name = *mt;
+    out->timestamp = *ms;
+    out->event_type = NULL;
+    if (event_type_of == NULL) return 1; /* the event type is not asked for */
 
     /* the event type's bytes, cached per $type */
     type_name = PyBytes_FromStringAndSize((const char *)mt->start, mt->len);
@@ -990,6 +1014,162 @@ cleanup:
     return result;
 }
 
+/* ---- the transforms' hot path: esctl.streams.clean_payloads ---- */
+
+static PyObject *zones[2 * 1440 + 1]; /* datetime.timezone per offset in minutes, made once */
+
+static PyObject *zone(int offset) {
+    PyObject **slot = &zones[offset + 1440];
+    if (*slot == NULL) {
+        PyObject *delta = PyDelta_FromDSU(0, offset * 60, 0);
+        if (delta == NULL) return NULL;
+        *slot = PyTimeZone_FromOffset(delta); /* offset 0: datetime.timezone.utc */
+        Py_DECREF(delta);
+    }
+    return *slot;
+}
+
+/* The ``$type`` as a str, one object per distinct name (``names``: bytes -> str). */
+static PyObject *type_name_of(const Member *m, PyObject *names) {
+    PyObject *key = PyBytes_FromStringAndSize((const char *)m->start, m->len), *name;
+    if (key == NULL) return NULL;
+    name = PyDict_GetItemWithError(names, key);
+    if (name != NULL) {
+        Py_DECREF(key);
+        return Py_NewRef(name);
+    }
+    if (PyErr_Occurred() || (name = PyUnicode_DecodeUTF8((const char *)m->start, m->len,
+                                                         "strict")) == NULL
+        || PyDict_SetItem(names, key, name) < 0) {
+        Py_XDECREF(name);
+        Py_DECREF(key);
+        return NULL;
+    }
+    Py_DECREF(key);
+    return name;
+}
+
+/* One CleanPayload (``payload_type``, a NamedTuple of six fields; ``data`` None), NULL on an
+ * error. */
+static PyObject *clean_payload(PyObject *payload, const Checked *ev, PyObject *payload_type,
+                               PyObject *names) {
+    PyObject *fields[6] = {NULL, NULL, NULL, NULL, NULL, NULL}, *item, *tz;
+    const Stamp *st = &ev->stamp;
+    fields[0] = PyLong_FromLong(ev->version);
+    fields[1] = type_name_of(&ev->type_name, names);
+    fields[2] = PyUnicode_DecodeASCII((const char *)ev->timestamp.start, ev->timestamp.len,
+                                      "strict");
+    tz = zone(st->offset);
+    fields[3] = tz == NULL ? NULL
+                           : PyDateTimeAPI->DateTime_FromDateAndTime(
+                                 st->y, st->mo, st->d, st->h, st->mi, st->sec, st->frac, tz,
+                                 PyDateTimeAPI->DateTimeType);
+    fields[4] = Py_NewRef(payload);
+    fields[5] = Py_NewRef(Py_None); /* the parsed payload: the caller parses it if it needs it */
+    for (int i = 0; i < 6; i++) {
+        if (fields[i] == NULL) {
+            for (int j = 0; j < 6; j++) Py_XDECREF(fields[j]);
+            return NULL;
+        }
+    }
+    item = ((PyTypeObject *)payload_type)->tp_alloc((PyTypeObject *)payload_type, 6);
+    if (item == NULL) {
+        for (int j = 0; j < 6; j++) Py_DECREF(fields[j]);
+        return NULL;
+    }
+    for (int i = 0; i < 6; i++) PyTuple_SET_ITEM(item, i, fields[i]); /* steals */
+    return item;
+}
+
+/* clean_payloads(aggregate_id, values, first_version, known_type, gunzip, payload_type, names)
+ * -> (aggregate_type, [CleanPayload, ...]) | None */
+static PyObject *fast_clean_payloads(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *aggregate_id, *values, *known_type, *gunzip, *payload_type, *names;
+    PyObject *seq = NULL, *events = NULL, *result = NULL, *agg_type = NULL;
+    PyObject **payloads = NULL;
+    const char *id;
+    Py_ssize_t id_len, count, done = 0, agg_len = 0;
+    const unsigned char *agg = NULL;
+    long first_version;
+
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "clean_payloads takes 7 arguments");
+        return NULL;
+    }
+    aggregate_id = args[0], values = args[1], known_type = args[3], gunzip = args[4];
+    payload_type = args[5], names = args[6];
+    if (!PyType_Check(payload_type) || !PyType_IsSubtype((PyTypeObject *)payload_type,
+                                                         &PyTuple_Type)
+        || !PyDict_CheckExact(names)) {
+        PyErr_SetString(PyExc_TypeError, "clean_payloads: a tuple type and a dict");
+        return NULL;
+    }
+    first_version = PyLong_AsLong(args[2]);
+    if (first_version == -1 && PyErr_Occurred()) return NULL;
+    id = PyUnicode_AsUTF8AndSize(aggregate_id, &id_len);
+    if (id == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (known_type != Py_None) {
+        if (!PyUnicode_Check(known_type)) Py_RETURN_NONE;
+        agg = (const unsigned char *)PyUnicode_AsUTF8AndSize(known_type, &agg_len);
+        if (agg == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    }
+    seq = PySequence_Fast(values, "clean_payloads: values must be a sequence");
+    if (seq == NULL) return NULL;
+    count = PySequence_Fast_GET_SIZE(seq);
+    if (count == 0) {
+        Py_DECREF(seq);
+        Py_RETURN_NONE;
+    }
+    payloads = PyMem_Calloc((size_t)count, sizeof(PyObject *));
+    events = PyList_New(count);
+    if (payloads == NULL || events == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Checked ev;
+        PyObject *payload = payload_of(PySequence_Fast_GET_ITEM(seq, i), gunzip), *item;
+        int ok;
+        if (payload == NULL) goto error;
+        payloads[done++] = payload;
+        if (payload == Py_None) goto unsure;
+        ok = check_event(payload, id, id_len, first_version + (long)i, &agg, &agg_len, NULL,
+                         NULL, &ev);
+        if (ok < 0) goto error;
+        if (ok == 0) goto unsure;
+        item = clean_payload(payload, &ev, payload_type, names);
+        if (item == NULL) goto error;
+        PyList_SET_ITEM(events, i, item);
+    }
+    agg_type = known_type != Py_None ? Py_NewRef(known_type)
+                                     : PyUnicode_DecodeUTF8((const char *)agg, agg_len, "strict");
+    if (agg_type == NULL) goto error;
+    result = PyTuple_Pack(2, agg_type, events);
+    Py_DECREF(agg_type);
+    goto cleanup;
+unsure:
+    result = Py_NewRef(Py_None);
+    goto cleanup;
+error:
+    result = NULL;
+cleanup:
+    Py_XDECREF(events);
+    if (payloads != NULL) {
+        for (Py_ssize_t i = 0; i < done; i++) Py_DECREF(payloads[i]);
+        PyMem_Free(payloads);
+    }
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *aggregate_id, *values, *known_type, *gunzip, *event_type_of, *type_cache;
     PyObject *seq = NULL, *rows = NULL, *result = NULL, *agg_type = NULL;
@@ -1092,6 +1272,11 @@ static PyMethodDef methods[] = {
      "type_cache) -> (aggregate_type, rows) | None\n\n"
      "esctl.migrate.rows.clean_rows(esctl.streams.clean_payloads(...)) for the payloads it is "
      "sure of; None for any other stream (the Python path then decides)."},
+    {"clean_payloads", (PyCFunction)(void (*)(void))fast_clean_payloads, METH_FASTCALL,
+     "clean_payloads(aggregate_id, values, first_version, known_type, gunzip, payload_type, "
+     "names) -> (aggregate_type, [payload_type(...), ...]) | None\n\n"
+     "esctl.streams.clean_payloads for the streams it is sure of, each event's data None (not "
+     "parsed); None for any other stream."},
     {"identical", (PyCFunction)(void (*)(void))fast_identical, METH_FASTCALL,
      "identical(aggregate_id, values, aggregate_type, versions, time_stamps, event_types, "
      "event_data, gunzip, event_type_of, type_cache) -> bool\n\n"

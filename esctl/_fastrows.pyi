@@ -1,5 +1,8 @@
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
+
+_P = TypeVar("_P", bound=tuple[object, ...])
 
 def clean_rows(
     aggregate_id: str,
@@ -11,6 +14,16 @@ def clean_rows(
     type_cache: dict[bytes, bytes],
     /,
 ) -> tuple[str, list[bytes]] | None: ...
+def clean_payloads(
+    aggregate_id: str,
+    values: Sequence[bytes | None],
+    first_version: int,
+    known_type: str | None,
+    gunzip: Callable[[bytes], bytes],
+    payload_type: type[_P],
+    names: dict[bytes, str],
+    /,
+) -> tuple[str, list[_P]] | None: ...
 def identical(
     aggregate_id: str,
     values: Sequence[bytes | None],

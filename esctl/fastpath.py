@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from esctl.codec import event_type_from_type_name, gunzip_base64
+from esctl.streams import CleanPayload
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -30,6 +31,8 @@ COMPILED = _compiled is not None
 """Whether the compiled hot paths were built (and are used)."""
 
 _EVENT_TYPES: dict[bytes, bytes] = {}
+_TYPE_NAMES: dict[bytes, str] = {}
+"""A ``$type``'s UTF-8 bytes -> the str (one object per name)."""
 """A ``$type``'s UTF-8 bytes -> its event type's (``codec.event_type_from_type_name``)."""
 _MOST_TYPES = 4096
 """Event types are a program's classes; the cache starts again past this many (a safeguard)."""
@@ -45,6 +48,12 @@ def _types() -> dict[bytes, bytes]:
     return _EVENT_TYPES
 
 
+def _names() -> dict[bytes, str]:
+    if len(_TYPE_NAMES) > _MOST_TYPES:
+        _TYPE_NAMES.clear()
+    return _TYPE_NAMES
+
+
 def clean_rows(
     aggregate_id: str, values: Sequence[bytes | None], first_version: int, known_type: str | None
 ) -> tuple[str, list[bytes]] | None:
@@ -54,6 +63,19 @@ def clean_rows(
         return None
     return _compiled.clean_rows(
         aggregate_id, values, first_version, known_type, gunzip_base64, _event_type_bytes, _types()
+    )
+
+
+def clean_payloads(
+    aggregate_id: str, values: Sequence[bytes | None], first_version: int, known_type: str | None
+) -> tuple[str, list[CleanPayload]] | None:
+    """``esctl.streams.clean_payloads(...)`` for a stream the compiled path is sure of, each
+    event's ``data`` None (not parsed: :func:`esctl.streams.with_data` parses it where a rule
+    needs it); None for any other stream (or when it is not built)."""
+    if _compiled is None:
+        return None
+    return _compiled.clean_payloads(
+        aggregate_id, values, first_version, known_type, gunzip_base64, CleanPayload, _names()
     )
 
 

@@ -26,7 +26,7 @@ from esctl import fastpath
 from esctl.codec import gunzip_base64, parse_timestamp
 from esctl.migrate import rows
 from esctl.pgevents import JsonbBytesLoader, PgStream
-from esctl.streams import clean_payloads
+from esctl.streams import CleanPayload, clean_payloads, parsed
 from esctl.verify import fast_identical
 
 pytestmark = pytest.mark.skipif(
@@ -63,7 +63,33 @@ def assert_compiled_within_python(
     fast = compiled(aggregate_id, values, first_version, known_type)
     if fast is not None:
         assert python_path(aggregate_id, values, first_version, known_type) == fast, values
+    events = fastpath.clean_payloads(aggregate_id, values, first_version, known_type)
+    assert (events is None) == (fast is None), values  # the same checks
+    if events is not None:
+        assert_same_events(
+            events,
+            clean_payloads(
+                aggregate_id, values, first_version=first_version, known_type=known_type
+            ),
+        )
     return fast
+
+
+def assert_same_events(
+    compiled_events: tuple[str, list[CleanPayload]],
+    python_events: tuple[str, list[CleanPayload]] | None,
+) -> None:
+    """The compiled clean_payloads' events are the Python path's, but for the parsed payload it
+    leaves to the caller (None), and with time stamps in the same zone."""
+    assert python_events is not None
+    assert compiled_events[0] == python_events[0]
+    assert len(compiled_events[1]) == len(python_events[1])
+    for mine, theirs in zip(compiled_events[1], python_events[1], strict=True):
+        assert type(mine) is CleanPayload and mine.data is None
+        assert mine._replace(data=theirs.data) == theirs
+        assert mine.moment.tzinfo == theirs.moment.tzinfo  # equal also as text
+        assert mine.moment.isoformat() == theirs.moment.isoformat()
+        assert parsed(mine) == theirs.data
 
 
 def doc(aggregate_id: str, version: int, **members: Any) -> dict[str, Any]:

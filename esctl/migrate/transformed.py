@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from esctl import codec, layout, pg, redisio, storereads
+from esctl import codec, fastpath, layout, pg, redisio, storereads
 from esctl.errors import Refused, UsageError
 from esctl.migrate.options import MigrateOptions
 from esctl.migrate.reader import (
@@ -86,20 +86,19 @@ class TransformingReader(Reader):
     def _add_aggregate(self, batch: Batch, read: AggregateRead) -> None:
         aggregate_id, key, commit_ids = read.aggregate_id, read.key, read.commit_ids
         done, known_type, skip, continuous = resume_point(read.known, commit_ids)
-        fast = (
-            clean_payloads(
-                aggregate_id, read.values[skip:], first_version=done + 1, known_type=known_type
-            )
-            if continuous
-            else None
-        )
+        fast = None
+        if continuous:
+            values, first = read.values[skip:], done + 1
+            fast = fastpath.clean_payloads(
+                aggregate_id, values, first, known_type
+            ) or clean_payloads(aggregate_id, values, first_version=first, known_type=known_type)
         if fast is not None:
             # Nothing wrong with the stream (the checks of the general path, done fast): its
-            # parsed payloads go to the rules as they are.
+            # payloads go to the rules as they are (parsed where the rules need them).
             source_type, clean = fast
             numbering = self.numbering.get(aggregate_id) or _fresh(done)
             outcome = transform_checked(
-                self.rules.rules, aggregate_id, commit_ids[skip:], clean, numbering
+                self.rules.rules, aggregate_id, commit_ids[skip:], clean, numbering, source_type
             )
             self._add(batch, aggregate_id, key, commit_ids, done, source_type, outcome, numbering)
             return

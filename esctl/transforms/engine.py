@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import orjson
 
-from esctl.streams import CleanPayload, StreamProblem
+from esctl.streams import CleanPayload, StreamProblem, parsed
 from esctl.transforms import typenames
 from esctl.transforms.events import Failed, InFlight, envelope, event_type
 from esctl.transforms.rules import Rule
@@ -228,6 +228,7 @@ def transform_checked(
     commit_ids: Sequence[str],
     events: Sequence[CleanPayload],
     numbering: Numbering = Numbering(),  # frozen: safe to share
+    aggregate_type: str | None = None,
 ) -> CheckedOutcome:
     """:func:`transform_stream` for the hot path of ``migrate --transforms``: ``events`` are
     what :func:`esctl.streams.clean_payloads` gave (checked: each payload a JSON object with its
@@ -236,16 +237,19 @@ def transform_checked(
     :class:`InFlight` they became (no :class:`TransformedEvent` or mapping is built), with the
     same texts, versions and numbering :func:`transform_stream` gives; an event whose ``text``
     is still its stored one (:attr:`InFlight.unchanged`) gives its stored bytes as
-    :meth:`InFlight.utf8`. The payloads stay bytes unless a rule needs them as text."""
+    :meth:`InFlight.utf8`. The payloads stay bytes unless a rule needs them as text.
+    ``aggregate_type``: the stream's (else read from the first parsed payload); events from the
+    compiled path come unparsed (``data`` None) and are parsed here only for rules that need
+    the parsed payloads."""
     if events:
         steps = _plain_steps(rules)
         if steps is not None:
-            plain = _plain_run(steps, events, numbering)
+            plain = _plain_run(steps, events, numbering, aggregate_type)
             if plain is not None:
                 return plain
     working = [
-        InFlight(commit_id, e.version, None, None, e.type_name, e.data["AggregateType"],
-                 e.timestamp, e.version, e.data, e.moment, 0, e.payload, e.payload)
+        InFlight(commit_id, e.version, None, None, e.type_name, (data := parsed(e))["AggregateType"],
+                 e.timestamp, e.version, data, e.moment, 0, e.payload, e.payload)
         for commit_id, e in zip(commit_ids, events, strict=True)
     ]  # fmt: skip
     result = _run(rules, aggregate_id, working, numbering, None)
@@ -272,7 +276,10 @@ _PLAIN: dict[int, tuple[list[Step], bool]] = {}
 
 
 def _plain_run(
-    steps: list[Step], events: Sequence[CleanPayload], numbering: Numbering
+    steps: list[Step],
+    events: Sequence[CleanPayload],
+    numbering: Numbering,
+    aggregate_type: str | None = None,
 ) -> CheckedOutcome | None:
     """:func:`transform_checked` for rules that only leave out and rename: no
     :class:`InFlight` per event, each payload's bytes and ``$type`` through the steps, then
@@ -281,12 +288,13 @@ def _plain_run(
     a ``$type`` value, the own ``$type`` not first with a ``rename_type``, a renumbering that
     fails)."""
     # One transposition in C (each CleanPayload has the same six fields):
-    versions, type_names, _, moments, payloads, datas = zip(*events, strict=False)
+    versions, type_names, _, moments, payloads, _ = zip(*events, strict=False)
     names = list(type_names)
     raws = list(payloads)
     count = len(raws)
     kept: Sequence[int] = range(count)
-    aggregate_type = datas[0]["AggregateType"]  # one per clean stream; no rule here changes it
+    if aggregate_type is None:  # one per clean stream; no rule here changes it
+        aggregate_type = parsed(events[0])["AggregateType"]
     for step in steps:
         if type(step) is LeaveOut:
             kept = step.kept(aggregate_type, names, kept)
