@@ -983,8 +983,11 @@ static PyObject *fast_identical(PyObject *module, PyObject *const *args, Py_ssiz
         ok = check_event(payload, id, id_len, (long)(i + 1), &agg, &agg_len, event_type_of,
                          type_cache, &ev);
         if (ok < 0) goto error;
-        if (ok == 0 || !PyLong_CheckExact(version) || PyLong_AsLong(version) != ev.version)
-            goto done;
+        if (ok == 0 || !PyLong_CheckExact(version)) goto done;
+        {
+            int overflow;
+            if (PyLong_AsLongAndOverflow(version, &overflow) != ev.version || overflow) goto done;
+        }
         ok = pg_micros(PySequence_Fast_GET_ITEM(columns[2], i), &fixed_tz, &fixed_offset,
                        &micros);
         if (ok < 0) goto error;
