@@ -875,43 +875,18 @@ static int same_as_jsonb(PyObject *payload, const unsigned char *text, Py_ssize_
     return p != NULL && m.p == m.end;
 }
 
-/* A PostgreSQL timestamptz as psycopg gives it, in microseconds since 2000-01-01 UTC. */
-static int pg_micros(PyObject *dt, PyObject **fixed_tz, int64_t *fixed_offset, int64_t *out) {
-    PyObject *tz;
-    int64_t offset_us;
-    if (!PyDateTime_Check(dt)) return 0;
-    tz = PyDateTime_DATE_GET_TZINFO(dt);
-    if (tz == PyDateTime_TimeZone_UTC) {
-        offset_us = 0;
-    } else if (tz == *fixed_tz) {
-        offset_us = *fixed_offset;
-    } else {
-        PyObject *delta;
-        if (tz == Py_None) return 0;
-        delta = PyObject_CallMethod(tz, "utcoffset", "O", dt);
-        if (delta == NULL) return -1;
-        if (!PyDelta_Check(delta)) {
-            Py_DECREF(delta);
-            return 0;
-        }
-        offset_us = ((int64_t)PyDateTime_DELTA_GET_DAYS(delta) * 86400
-                     + PyDateTime_DELTA_GET_SECONDS(delta)) * 1000000
-                    + PyDateTime_DELTA_GET_MICROSECONDS(delta);
-        Py_DECREF(delta);
-        if (Py_IS_TYPE(tz, (PyTypeObject *)PyDateTime_TimeZone_UTC->ob_type)) {
-            /* a fixed offset (datetime.timezone): the same for every time stamp */
-            *fixed_tz = tz;
-            *fixed_offset = offset_us;
-        }
+/* A PostgreSQL timestamptz as verify reads it (esctl.pgevents.binary_column_loaders): an int,
+ * microseconds since 2000-01-01 UTC. 1 and *out set; 0 when it is no such int. */
+static int pg_micros(PyObject *value, int64_t *out) {
+    int overflow;
+    long long micros;
+    if (!PyLong_CheckExact(value)) return 0;
+    micros = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (micros == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
     }
-    {
-        int64_t days = days_from_civil(PyDateTime_GET_YEAR(dt), PyDateTime_GET_MONTH(dt),
-                                       PyDateTime_GET_DAY(dt))
-                       - PG_EPOCH_DAYS;
-        int64_t secs = days * 86400 + PyDateTime_DATE_GET_HOUR(dt) * 3600
-                       + PyDateTime_DATE_GET_MINUTE(dt) * 60 + PyDateTime_DATE_GET_SECOND(dt);
-        *out = secs * 1000000 + PyDateTime_DATE_GET_MICROSECOND(dt) - offset_us;
-    }
+    *out = micros;
     return 1;
 }
 
@@ -932,11 +907,10 @@ static int utf8_equals(PyObject *text, const char *bytes, Py_ssize_t n) {
 static PyObject *fast_identical(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *seq = NULL, *gunzip, *event_type_of, *type_cache, *result = NULL;
     PyObject *columns[5] = {NULL, NULL, NULL, NULL, NULL}; /* values, 4 PostgreSQL columns */
-    PyObject **payloads = NULL, *fixed_tz = NULL;
+    PyObject **payloads = NULL;
     const char *id;
     Py_ssize_t id_len, count, done = 0, agg_len = 0;
     const unsigned char *agg = NULL;
-    int64_t fixed_offset = 0;
 
     if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError, "identical takes 10 arguments");
@@ -988,10 +962,8 @@ static PyObject *fast_identical(PyObject *module, PyObject *const *args, Py_ssiz
             int overflow;
             if (PyLong_AsLongAndOverflow(version, &overflow) != ev.version || overflow) goto done;
         }
-        ok = pg_micros(PySequence_Fast_GET_ITEM(columns[2], i), &fixed_tz, &fixed_offset,
-                       &micros);
-        if (ok < 0) goto error;
-        if (ok == 0 || micros != ev.micros) goto done;
+        if (!pg_micros(PySequence_Fast_GET_ITEM(columns[2], i), &micros) || micros != ev.micros)
+            goto done;
         if (!utf8_equals(PySequence_Fast_GET_ITEM(columns[3], i),
                          PyBytes_AS_STRING(ev.event_type), PyBytes_GET_SIZE(ev.event_type)))
             goto done;

@@ -1,5 +1,4 @@
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import TypeVar
 
 _P = TypeVar("_P", bound=tuple[object, ...])
@@ -29,7 +28,7 @@ def identical(
     values: Sequence[bytes | None],
     aggregate_type: str,
     versions: Sequence[int],
-    time_stamps: Sequence[datetime],
+    time_stamps: Sequence[int],
     event_types: Sequence[str],
     event_data: Sequence[bytes],
     gunzip: Callable[[bytes], bytes],

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
+from psycopg.types.numeric import Int8BinaryLoader
 from psycopg.types.string import ByteaBinaryLoader
 
 from esctl import pg
@@ -81,18 +82,43 @@ class PgStream(NamedTuple):
     aggregate_type: str
     versions: list[int]
     event_types: list[str]
-    time_stamps: list[datetime]
+    time_stamps: list[int]
+    """Each ``time_stamp`` as PostgreSQL sends it in binary: microseconds since 2000-01-01 UTC
+    (:func:`pg_time`; no datetime made per event, nor a time zone looked up for it)."""
     event_data: list[bytes]
     """Each jsonb as PostgreSQL sends it in binary: a version byte (1), then its text in UTF-8
     (:func:`jsonb_text`)."""
 
     def rows(self, aggregate_id: str) -> list[PgEvent]:
         return [
-            PgEvent(aggregate_id, self.aggregate_type, v, t, s, jsonb_text(d))
+            PgEvent(aggregate_id, self.aggregate_type, v, t, pg_time(s), jsonb_text(d))
             for v, t, s, d in zip(
                 self.versions, self.event_types, self.time_stamps, self.event_data, strict=True
             )
         ]
+
+
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+"""Where PostgreSQL's binary timestamptz counts microseconds from."""
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def pg_time(micros: int) -> datetime:
+    """A binary timestamptz (microseconds since 2000-01-01 UTC) as a datetime in UTC; a time
+    beyond datetime's years (``infinity`` is the largest int8) as its last or first moment."""
+    try:
+        return PG_EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        return _LATEST if micros > 0 else _EARLIEST
+
+
+def binary_column_loaders(cur: psycopg.Cursor[Any]) -> None:
+    """jsonb as its bytes, unparsed, and timestamptz as its int8 (both in binary): psycopg's
+    own loader classes, which it swaps for their C versions (a subclass of ours would run
+    ``load`` in Python once per value)."""
+    cur.adapters.register_loader("jsonb", ByteaBinaryLoader)
+    cur.adapters.register_loader("timestamptz", Int8BinaryLoader)
 
 
 NO_EVENTS = PgStream("", [], [], [], [])
@@ -107,10 +133,6 @@ def jsonb_text(raw: bytes) -> bytes:
     if raw[:1] != _JSONB_V1:
         raise ValueError(f"unknown jsonb binary format version {raw[:1]!r}")
     return raw[1:]
-
-
-class JsonbBytesLoader(ByteaBinaryLoader):
-    """jsonb in binary as its bytes, unparsed (psycopg uses its C bytea loader)."""
 
 
 _STREAMS_SQL = (
@@ -131,7 +153,7 @@ def pg_streams(
     (an aggregate row without events has empty lists; one not in PostgreSQL is absent)."""
     out: dict[str, PgStream] = {}
     with conn.cursor(row_factory=tuple_row) as cur:
-        cur.adapters.register_loader("jsonb", JsonbBytesLoader)
+        binary_column_loaders(cur)
         query = sql.SQL(_STREAMS_SQL).format(s=sql.Identifier(schema))
         for aggregate_id, aggregate_type, *columns in cur.execute(
             query, (app, list(ids)), binary=True
@@ -180,7 +202,7 @@ def pg_stream_page(
     streams: dict[str, PgStream] = {}
     migrated: dict[str, int] = {}
     with conn.cursor(row_factory=tuple_row) as cur:
-        cur.adapters.register_loader("jsonb", JsonbBytesLoader)
+        binary_column_loaders(cur)
         cur.execute(query, (list(ids), app, schema, app), binary=True)
         for aggregate_id, aggregate_type, *columns, commits in cur:
             if commits is not None:

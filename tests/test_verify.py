@@ -40,7 +40,7 @@ from test_migrate import (
 
 from esctl import redisio
 from esctl.jsoncompare import _BOOL, _loose, _loose_both, same_json
-from esctl.pgevents import JsonbBytesLoader, jsonb_text
+from esctl.pgevents import binary_column_loaders, jsonb_text
 from esctl.shard import Shard
 from esctl.verify import MISMATCH_KINDS, VerifyOptions, VerifySummary, verify, verify_parallel
 
@@ -481,9 +481,10 @@ def test_jsonb_in_binary_is_its_text_after_a_version_byte(pg_dsn: str) -> None:
     format's version byte must be the ``::text`` the comparison was built on."""
     values = ['{"b": 1, "a": [1.50, true, null]}', '{"é": "\\u00e9\\n\\"", "n": 1E+20}', "[]"]
     with psycopg.connect(pg_dsn) as conn:
-        conn.adapters.register_loader("jsonb", JsonbBytesLoader)
         for value in values:
-            cur = conn.execute(
+            cur = conn.cursor()
+            binary_column_loaders(cur)
+            cur.execute(
                 "SELECT %s::jsonb, convert_to(%s::jsonb::text, 'UTF8')", (value,) * 2, binary=True
             )
             row = cur.fetchone()
