@@ -109,6 +109,7 @@ static int scan_string(Scan *s, const unsigned char **start, Py_ssize_t *len, in
     while (p < end) {
         unsigned char c;
         while (end - p >= 8 && plain8(p)) p += 8;
+        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\') p++;
         if (p >= end) break;
         c = *p;
         if (c == '"') {
