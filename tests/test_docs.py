@@ -108,7 +108,10 @@ def test_layout_document_has_the_sections_the_messages_cite() -> None:
 
 CODE_DIRS = ("esctl", "tests", "bench", "scripts")
 CODE_FILES = sorted(
-    p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py") if p != Path(__file__).resolve()
+    [
+        *(p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py") if p != Path(__file__).resolve()),
+        ROOT / "setup.py",
+    ]
 )
 # Files the code reads or installs: deploy recipes and completion scripts.
 DATA_FILES = sorted(
