@@ -1,5 +1,5 @@
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _P = TypeVar("_P", bound=tuple[object, ...])
 
@@ -36,3 +36,7 @@ def identical(
     type_cache: dict[bytes, bytes],
     /,
 ) -> bool: ...
+def lookup_orders(
+    prefix: str, legacy: str, commit_ids: Sequence[str], /
+) -> list[tuple[str, str]] | None: ...
+def pack_three(commands: Sequence[tuple[Any, ...]], /) -> bytes | None: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 PARTITION_COUNT = 655360
 """Partition hashes are numbered ``0 .. PARTITION_COUNT - 1``."""
@@ -73,11 +73,22 @@ def event_hash_lookup_order(app: str, commit_id: str) -> tuple[str, str]:
     return partitioned, legacy
 
 
+_compiled_orders: Callable[[str, str, Sequence[str]], list[tuple[str, str]] | None] | None
+try:  # the compiled part (esctl/_fastrows.c), where the install built it
+    from esctl._fastrows import lookup_orders as _compiled_orders
+except ImportError:
+    _compiled_orders = None
+
+
 def event_hash_lookup_orders(app: str, commit_ids: Sequence[str]) -> list[tuple[str, str]]:
     """:func:`event_hash_lookup_order` of many commit ids (the readers' hot path: the key
     prefix and the legacy key are spelled once)."""
     prefix = event_hash_key_for_partition(app, 0)[:-1]
     legacy = legacy_event_hash_key(app)
+    if _compiled_orders is not None:
+        compiled = _compiled_orders(prefix, legacy, commit_ids)
+        if compiled is not None:  # else an id not in ASCII: below
+            return compiled
     crc32 = zlib.crc32
     orders: list[tuple[str, str]] = []
     append = orders.append

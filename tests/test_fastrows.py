@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -22,10 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_migrate import apply_mutations, corrupted_streams
 
-from esctl import fastpath
+from esctl import fastpath, layout
 from esctl.codec import gunzip_base64, parse_timestamp
 from esctl.migrate import rows
 from esctl.pgevents import PgStream, binary_column_loaders
+from esctl.redisio import resp
 from esctl.streams import CleanPayload, clean_payloads, parsed
 from esctl.verify import fast_identical
 
@@ -509,3 +511,67 @@ def test_identical_with_time_stamps_in_a_named_zone(jsonb_conn: psycopg.Connecti
     time_stamps, data = as_postgres_reads(jsonb_conn, texts, [d["TimeStamp"] for d in documents])
     theirs = PgStream("Item", [1, 2, 3], ["ItemChanged"] * 3, time_stamps, data)
     assert fastpath.identical("agg-1", [t.encode() for t in texts], theirs)
+
+
+# --- reading the event hashes: the lookups' keys and the commands packed ---------------------
+
+
+def python_lookup_orders(app: str, commit_ids: list[str]) -> list[tuple[str, str]]:
+    saved = layout._compiled_orders
+    layout._compiled_orders = None
+    try:
+        return layout.event_hash_lookup_orders(app, commit_ids)
+    finally:
+        layout._compiled_orders = saved
+
+
+def python_pack(commands: list[tuple[Any, ...]]) -> bytes:
+    saved = resp._compiled_pack
+    resp._compiled_pack = None
+    try:
+        return resp.pack_commands(commands)
+    finally:
+        resp._compiled_pack = saved
+
+
+commit_ids = st.lists(
+    st.one_of(
+        st.uuids().map(str),
+        st.integers(0, 10**12).map(str),
+        st.text(max_size=12),
+        st.sampled_from(("", "0", "007", "12a", "٣", "²", "\udcff", "a\x00b")),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(("App", "Bench.Migrate", "Zürich", "a:b")), commit_ids)
+def test_lookup_orders_are_the_python_ones(app: str, ids: list[str]) -> None:
+    assert layout._compiled_orders is not None
+    assert layout.event_hash_lookup_orders(app, ids) == python_lookup_orders(app, ids)
+
+
+def test_lookup_orders_are_compiled_for_ascii_ids() -> None:
+    ids = [str(uuid.uuid4()) for _ in range(50)] + ["1", "42", ""]
+    assert layout._compiled_orders is not None
+    compiled_orders = layout._compiled_orders("EventStore:App:", "EventStore:App", ids)
+    assert compiled_orders == python_lookup_orders("App", ids)
+    assert layout._compiled_orders("EventStore:App:", "EventStore:App", ["٣"]) is None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("HGET"), st.text(max_size=20), st.text(max_size=20)),
+            st.tuples(st.just("HGET"), st.just("k"), st.sampled_from(("\udcff", "é", "日本"))),
+            st.tuples(st.just("LRANGE"), st.text(max_size=5), st.integers(), st.integers()),
+            st.tuples(st.just("GET"), st.binary(max_size=5)),
+            st.tuples(st.just("HGET"), st.binary(max_size=5), st.text(max_size=5)),
+        ),
+        max_size=20,
+    )
+)
+def test_packed_commands_are_the_python_ones(commands: list[tuple[Any, ...]]) -> None:
+    assert resp.pack_commands(commands) == python_pack(commands)

@@ -50,8 +50,20 @@ def _as_resp2(reply: Any) -> Any:
 _THREE = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
 
 
+_compiled_pack: Callable[[Sequence[tuple[Any, ...]]], bytes | None] | None
+try:  # the compiled part (esctl/_fastrows.c), where the install built it
+    from esctl._fastrows import pack_three as _compiled_pack
+except ImportError:
+    _compiled_pack = None
+
+
 def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    """RESP encoding of ``commands`` in one buffer (hot path: no per-argument calls)."""
+    """RESP encoding of ``commands`` in one buffer (hot path: no per-argument calls; commands
+    of three str, the bulk of pipelined reads, packed in C where it is built)."""
+    if _compiled_pack is not None:
+        packed = _compiled_pack(commands)
+        if packed is not None:
+            return packed
     parts: list[bytes] = []
     append = parts.append
     for command in commands:
