@@ -627,7 +627,9 @@ def test_at_a_distance_publish_batches_grow_and_publish_the_same(
             ]
     # Near, the round trip is a small share of a batch's time: a batch grows little if at all
     # (here the events are made already, so a batch takes far less time than in a replay).
-    assert batches["near"] < batches["far"] and batches["far"] >= 10 * PUBLISH_BATCH
+    # Far, how much it grows follows the time an event takes here: 10x on a quiet machine,
+    # 8.6x seen with the cores busy (a clean-clone CI run beside other tests).
+    assert batches["near"] < batches["far"] and batches["far"] >= 4 * PUBLISH_BATCH
 
 
 @pytest.mark.parametrize("cluster", [False, True])
