@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 PARTITION_COUNT = 655360
 """Partition hashes are numbered ``0 .. PARTITION_COUNT - 1``."""
@@ -73,11 +74,23 @@ def event_hash_lookup_order(app: str, commit_id: str) -> tuple[str, str]:
     return partitioned, legacy
 
 
-_compiled_orders: Callable[[str, str, Sequence[str]], list[tuple[str, str]] | None] | None
-try:  # the compiled part (esctl/_fastrows.c), where the install built it
-    from esctl._fastrows import lookup_orders as _compiled_orders
-except ImportError:
-    _compiled_orders = None
+_OrdersFn = Callable[[str, str, Sequence[str]], list[tuple[str, str]] | None]
+_NOT_LOADED: Any = object()
+_compiled_orders: _OrdersFn | None = _NOT_LOADED
+"""The compiled part's lookup_orders (esctl/_fastrows.c), loaded on first use (esctl's start-up
+imports this module and loads no extension), None where the install did not build it."""
+
+
+def _compiled_lookup() -> _OrdersFn | None:
+    global _compiled_orders
+    if _compiled_orders is _NOT_LOADED:
+        try:
+            from esctl._fastrows import lookup_orders
+        except ImportError:
+            _compiled_orders = None
+        else:
+            _compiled_orders = lookup_orders
+    return _compiled_orders
 
 
 def event_hash_lookup_orders(app: str, commit_ids: Sequence[str]) -> list[tuple[str, str]]:
@@ -85,8 +98,9 @@ def event_hash_lookup_orders(app: str, commit_ids: Sequence[str]) -> list[tuple[
     prefix and the legacy key are spelled once)."""
     prefix = event_hash_key_for_partition(app, 0)[:-1]
     legacy = legacy_event_hash_key(app)
-    if _compiled_orders is not None:
-        compiled = _compiled_orders(prefix, legacy, commit_ids)
+    compiled_orders = _compiled_lookup()
+    if compiled_orders is not None:
+        compiled = compiled_orders(prefix, legacy, commit_ids)
         if compiled is not None:  # else an id not in ASCII: below
             return compiled
     crc32 = zlib.crc32
