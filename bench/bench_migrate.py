@@ -8,7 +8,7 @@ Prints events/s of
 - floor: COPY of the already-decoded rows into the same indexed tables, one connection, server
   default settings, no Redis involved (the bare ingest limit);
 - esctl: ``migrate_redis_to_pg`` with its defaults (2 writers, lz4 TOAST compression);
-- python path: the same with the compiled hot path (esctl/_fastrows.c) switched off, as an
+- python path: the same with the compiled hot path (esctl/_fastrows_src/) switched off, as an
   install without a C compiler runs it (its CPU per event is the baseline of the compiled one);
 - verify: ``migrate verify`` over the migrated store, with the CLI's default workers;
 and the ratios esctl/naive (target >= 10), esctl/floor (target >= 1.2), verify/esctl (>= 1.3),

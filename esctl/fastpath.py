@@ -1,4 +1,4 @@
-"""The compiled hot paths (esctl/_fastrows.c): a migration's rows and verify's comparison of a
+"""The compiled hot paths (esctl/_fastrows_src/): a migration's rows and verify's comparison of a
 clean stream, in C, where the install could build them.
 
 Each either gives the answer the Python path would give or says it is not sure (None, False),

@@ -77,7 +77,7 @@ def event_hash_lookup_order(app: str, commit_id: str) -> tuple[str, str]:
 _OrdersFn = Callable[[str, str, Sequence[str]], list[tuple[str, str]] | None]
 _NOT_LOADED: Any = object()
 _compiled_orders: _OrdersFn | None = _NOT_LOADED
-"""The compiled part's lookup_orders (esctl/_fastrows.c), loaded on first use (esctl's start-up
+"""The compiled part's lookup_orders (esctl/_fastrows_src/), loaded on first use (esctl's start-up
 imports this module and loads no extension), None where the install did not build it."""
 
 

@@ -1,4 +1,4 @@
-"""The compiled hot path of a migration (esctl/_fastrows.c) against the Python one.
+"""The compiled hot path of a migration (esctl/_fastrows_src/) against the Python one.
 
 The compiled helper may give None for any stream (the Python path then decides), but whatever
 it accepts the Python path accepts too, with the same aggregate type and byte-identical rows.

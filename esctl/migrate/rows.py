@@ -154,7 +154,7 @@ def fast_rows(
     """The hot path of a migration: ``clean_rows(clean_payloads(...))``, the aggregate type and
     COPY rows of a stream with nothing wrong at all, or None for the general path.
 
-    Where the compiled helper is built (esctl/_fastrows.c) it takes the streams it is sure of:
+    Where the compiled helper is built (esctl/_fastrows_src/) it takes the streams it is sure of:
     one pass over each payload's bytes in C, with no Python object per event but its row (about
     half the CPU of the Python path); for any other stream it gives None and the Python path
     decides, so what the two accept and the rows they give are the same (a property test holds

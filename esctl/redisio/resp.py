@@ -51,7 +51,7 @@ _THREE = b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
 
 
 _compiled_pack: Callable[[Sequence[tuple[Any, ...]]], bytes | None] | None
-try:  # the compiled part (esctl/_fastrows.c), where the install built it
+try:  # the compiled part (esctl/_fastrows_src/), where the install built it
     from esctl._fastrows import pack_three as _compiled_pack
 except ImportError:
     _compiled_pack = None
