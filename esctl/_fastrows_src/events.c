@@ -167,12 +167,50 @@ static PyObject *event_row(PyObject *payload, const char *id, Py_ssize_t id_len,
     return binary_row(payload, &ev);
 }
 
+/* What clean_rows and clean_payloads are given for one stream, read once. */
+typedef struct {
+    const char *id; /* the aggregate id's UTF-8 */
+    Py_ssize_t id_len;
+    const unsigned char *agg; /* the known aggregate type's UTF-8, or NULL */
+    Py_ssize_t agg_len;
+    PyObject *seq; /* the values (a new reference), at least one */
+    Py_ssize_t count;
+} StreamArgs;
+
+/* 1: ``out`` filled (release ``out->seq``); 0: not sure (an id or a known type that is no
+ * valid UTF-8 str, no values); -1: an error. */
+static int stream_args(PyObject *aggregate_id, PyObject *known_type, PyObject *values,
+                       StreamArgs *out) {
+    out->agg = NULL;
+    out->agg_len = 0;
+    out->id = PyUnicode_AsUTF8AndSize(aggregate_id, &out->id_len);
+    if (out->id == NULL) goto unsure; /* a lone surrogate: the Python path decides */
+    if (known_type != Py_None) {
+        if (!PyUnicode_Check(known_type)) return 0;
+        out->agg = (const unsigned char *)PyUnicode_AsUTF8AndSize(known_type, &out->agg_len);
+        if (out->agg == NULL) goto unsure;
+    }
+    out->seq = PySequence_Fast(values, "the values must be a sequence");
+    if (out->seq == NULL) return -1;
+    out->count = PySequence_Fast_GET_SIZE(out->seq);
+    if (out->count == 0) {
+        Py_DECREF(out->seq);
+        return 0;
+    }
+    return 1;
+unsure:
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyErr_Clear();
+    return 0;
+}
+
 PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *aggregate_id, *values, *known_type, *gunzip, *event_type_of, *type_cache;
     PyObject *seq = NULL, *rows = NULL, *result = NULL, *agg_type = NULL;
     PyObject **payloads = NULL;
     const char *id;
     Py_ssize_t id_len, count, done = 0, agg_len = 0;
+    StreamArgs in;
     const unsigned char *agg = NULL;
     long first_version;
 
@@ -188,29 +226,13 @@ PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "clean_rows: the type cache must be a dict");
         return NULL;
     }
-    id = PyUnicode_AsUTF8AndSize(aggregate_id, &id_len);
-    if (id == NULL) {
-        /* an id that is no valid UTF-8 str (a lone surrogate): the Python path decides */
-        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
-        PyErr_Clear();
-        Py_RETURN_NONE;
+    switch (stream_args(aggregate_id, known_type, values, &in)) {
+        case -1: return NULL;
+        case 0: Py_RETURN_NONE;
+        default: break;
     }
-    if (known_type != Py_None) {
-        if (!PyUnicode_Check(known_type)) Py_RETURN_NONE;
-        agg = (const unsigned char *)PyUnicode_AsUTF8AndSize(known_type, &agg_len);
-        if (agg == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-    }
-    seq = PySequence_Fast(values, "clean_rows: values must be a sequence");
-    if (seq == NULL) return NULL;
-    count = PySequence_Fast_GET_SIZE(seq);
-    if (count == 0) {
-        Py_DECREF(seq);
-        Py_RETURN_NONE;
-    }
+    id = in.id, id_len = in.id_len, agg = in.agg, agg_len = in.agg_len;
+    seq = in.seq, count = in.count;
     /* every payload is kept until the end: the aggregate type points into the first one */
     payloads = PyMem_Calloc((size_t)count, sizeof(PyObject *));
     rows = PyList_New(count);
@@ -338,6 +360,7 @@ PyObject *fast_clean_payloads(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject **payloads = NULL;
     const char *id;
     Py_ssize_t id_len, count, done = 0, agg_len = 0;
+    StreamArgs in;
     const unsigned char *agg = NULL;
     long first_version;
 
@@ -355,28 +378,13 @@ PyObject *fast_clean_payloads(PyObject *module, PyObject *const *args, Py_ssize_
     }
     first_version = PyLong_AsLong(args[2]);
     if (first_version == -1 && PyErr_Occurred()) return NULL;
-    id = PyUnicode_AsUTF8AndSize(aggregate_id, &id_len);
-    if (id == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
-        PyErr_Clear();
-        Py_RETURN_NONE;
+    switch (stream_args(aggregate_id, known_type, values, &in)) {
+        case -1: return NULL;
+        case 0: Py_RETURN_NONE;
+        default: break;
     }
-    if (known_type != Py_None) {
-        if (!PyUnicode_Check(known_type)) Py_RETURN_NONE;
-        agg = (const unsigned char *)PyUnicode_AsUTF8AndSize(known_type, &agg_len);
-        if (agg == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-    }
-    seq = PySequence_Fast(values, "clean_payloads: values must be a sequence");
-    if (seq == NULL) return NULL;
-    count = PySequence_Fast_GET_SIZE(seq);
-    if (count == 0) {
-        Py_DECREF(seq);
-        Py_RETURN_NONE;
-    }
+    id = in.id, id_len = in.id_len, agg = in.agg, agg_len = in.agg_len;
+    seq = in.seq, count = in.count;
     payloads = PyMem_Calloc((size_t)count, sizeof(PyObject *));
     events = PyList_New(count);
     if (payloads == NULL || events == NULL) {
