@@ -401,9 +401,12 @@ class _Invocation:
     def execute(self) -> None:
         """Read and write every batch (or until --max-problems), then record the run's
         status: interrupted, failed, stopped or finished."""
-        self.report()  # the run holds its lock: its progress bar may be drawn now
         try:
             try:
+                # The run holds its lock: its progress may be drawn now. Inside the try: a
+                # worker's report crosses to the parent, and a Ctrl-C there must still record
+                # the run as interrupted (left 'running', it read as killed).
+                self.report()
                 with pg.translate_errors(self.opts.pg_dsn):
                     self._feed()
             finally:
