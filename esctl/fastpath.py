@@ -1,5 +1,6 @@
-"""The compiled hot paths (esctl/_fastrows_src/): a migration's rows and verify's comparison of a
-clean stream, in C, where the install could build them.
+"""The compiled hot paths (esctl/_fastrows_src/), where the install could build them: a
+migration's rows, verify's comparison and the transforms' checked events of a clean stream, in
+C. (The reads' lookup keys and packed HGETs are taken by esctl.layout and esctl.redisio.resp.)
 
 Each either gives the answer the Python path would give or says it is not sure (None, False),
 and the caller then runs the Python path, which decides: so the compiled code never changes what
@@ -31,9 +32,9 @@ COMPILED = _compiled is not None
 """Whether the compiled hot paths were built (and are used)."""
 
 _EVENT_TYPES: dict[bytes, bytes] = {}
+"""A ``$type``'s UTF-8 bytes -> its event type's (``codec.event_type_from_type_name``)."""
 _TYPE_NAMES: dict[bytes, str] = {}
 """A ``$type``'s UTF-8 bytes -> the str (one object per name)."""
-"""A ``$type``'s UTF-8 bytes -> its event type's (``codec.event_type_from_type_name``)."""
 _MOST_TYPES = 4096
 """Event types are a program's classes; the cache starts again past this many (a safeguard)."""
 
@@ -70,7 +71,7 @@ def clean_payloads(
     aggregate_id: str, values: Sequence[bytes | None], first_version: int, known_type: str | None
 ) -> tuple[str, list[CleanPayload]] | None:
     """``esctl.streams.clean_payloads(...)`` for a stream the compiled path is sure of, each
-    event's ``data`` None (not parsed: :func:`esctl.streams.with_data` parses it where a rule
+    event's ``data`` None (not parsed: :func:`esctl.streams.parsed` parses it where a rule
     needs it); None for any other stream (or when it is not built)."""
     if _compiled is None:
         return None

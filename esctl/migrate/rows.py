@@ -155,10 +155,10 @@ def fast_rows(
     COPY rows of a stream with nothing wrong at all, or None for the general path.
 
     Where the compiled helper is built (esctl/_fastrows_src/) it takes the streams it is sure of:
-    one pass over each payload's bytes in C, with no Python object per event but its row (about
-    half the CPU of the Python path); for any other stream it gives None and the Python path
-    decides, so what the two accept and the rows they give are the same (a property test holds
-    them together)."""
+    one pass over each payload's bytes in C, with no Python object per event but its row (the
+    checks at less than half the Python path's CPU); for any other stream it gives None and the
+    Python path decides, so what the two accept and the rows they give are the same (a
+    property test holds them together)."""
     got = fastpath.clean_rows(aggregate_id, values, first_version, known_type)
     if got is not None:
         return got
