@@ -100,6 +100,9 @@ class PgStream(NamedTuple):
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 """Where PostgreSQL's binary timestamptz counts microseconds from."""
+MICROSECOND = timedelta(microseconds=1)
+"""``(moment - PG_EPOCH) // MICROSECOND``: a datetime as binary timestamptz (an exact int, one C
+call)."""
 _LATEST = datetime.max.replace(tzinfo=UTC)
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 

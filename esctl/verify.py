@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -28,7 +27,7 @@ from esctl.codec import ParsedEvent, event_type_from_type_name, parse_event
 from esctl.defaults import verify_workers_default as verify_workers_default
 from esctl.documents import document
 from esctl.jsoncompare import same_json
-from esctl.pgevents import _JSONB_V1, PG_EPOCH, PgEvent, PgStream, pg_stream_page
+from esctl.pgevents import _JSONB_V1, MICROSECOND, PG_EPOCH, PgEvent, PgStream, pg_stream_page
 from esctl.problems import (
     DEFAULT_LISTED,
     ProblemsFile,
@@ -283,9 +282,6 @@ def _differences(row: PgEvent, ev: ParsedEvent) -> list[str]:
     return differs
 
 
-_MICROSECOND = timedelta(microseconds=1)
-
-
 def fast_identical(
     aggregate_id: str, values: Sequence[bytes | None], theirs: PgStream | None
 ) -> bool:
@@ -305,7 +301,7 @@ def fast_identical(
     if (
         aggregate_type != theirs.aggregate_type
         or theirs.versions != [e.version for e in events]
-        or theirs.time_stamps != [(e.moment - PG_EPOCH) // _MICROSECOND for e in events]
+        or theirs.time_stamps != [(e.moment - PG_EPOCH) // MICROSECOND for e in events]
         or theirs.event_types != [event_type_from_type_name(e.type_name) for e in events]
     ):
         return False

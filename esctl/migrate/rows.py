@@ -9,10 +9,11 @@ import functools
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from esctl import fastpath
 from esctl.codec import event_type_from_type_name
+from esctl.pgevents import MICROSECOND, PG_EPOCH
 from esctl.streams import CleanPayload, Stream, StreamProblem, clean_payloads, postgres_problem
 
 
@@ -85,15 +86,10 @@ def copy_escape(text: str) -> str:
     return text
 
 
-PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-"""Where PostgreSQL's binary timestamptz counts microseconds from."""
 COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 """The signature, flags and header extension length that open binary COPY data."""
 COPY_BINARY_TRAILER = b"\xff\xff"
 _FIELD_LENGTH = struct.Struct(">i").pack
-
-
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def copy_field(text: str) -> bytes:
@@ -118,7 +114,7 @@ def binary_row(moment: datetime, version: int, type_name: str, payload: bytes) -
     2000-01-01 UTC (a timedelta divided by a timedelta is an exact int, in one C call). Raises
     struct.error for a version beyond an integer column."""
     pack, size, event_type = _row_head(type_name)
-    micros = (moment - PG_EPOCH) // _MICROSECOND
+    micros = (moment - PG_EPOCH) // MICROSECOND
     return pack(8, micros, 4, version, size, event_type, len(payload) + 1, 1) + payload
 
 
