@@ -26,10 +26,11 @@ import selectors
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis
 
 from esctl import locks
 
@@ -202,3 +203,21 @@ def signalled_twice(
     with release, FaultRelay(release.url, first_at, 1, before=lambda: send(0)) as first:
         yield first.url, started
         assert first.fired.is_set() and release.fired.is_set()
+        assert release.seen == 1, f"the release was sent {release.seen} times (a retry)"
+
+
+def expired_so_far(client: redis.Redis) -> int:
+    """How many keys the server has expired since it started (INFO ``expired_keys``)."""
+    return int(client.info("stats")["expired_keys"])
+
+
+def left_in_redis(client: redis.Redis, keys: Iterable[str], expired_before: int) -> bool:
+    """Whether each of ``keys`` (locks whose release a signal stopped) is still in Redis. One
+    that is gone must have expired on its own (the server expired keys since ``expired_before``:
+    the machine stalled past the lock's TTL, or its clock jumped), which is what the run says
+    may happen; one that was deleted fails: a release reached Redis. False: one expired, so a
+    rerun would not find the lock."""
+    gone = [key for key in keys if not client.exists(key)]
+    if gone:
+        assert expired_so_far(client) > expired_before, f"deleted, not expired: {gone}"
+    return not gone
