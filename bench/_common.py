@@ -5,6 +5,7 @@ bulk store's writer is the tests' ``tests/bulk_store.py``, so that folder is put
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -23,9 +24,14 @@ import psycopg
 import redis
 
 from esctl import servers
+from esctl.cli.app import GC_THRESHOLDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bulk_store import write_bulk_store
+
+# The benchmarks run esctl's operations in this process: with the garbage collector set as in
+# an esctl command's process (esctl.cli.app.main), so the figures are the command's.
+gc.set_threshold(*GC_THRESHOLDS)
 
 __all__ = [
     "Meter",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import inspect
 import json
 import re
@@ -23,7 +24,7 @@ from helpers import cli_env, run_cli, run_cli_together
 import esctl
 from esctl import codec, errors, layout
 from esctl.cli import errors as cli_errors
-from esctl.cli.app import every_command
+from esctl.cli.app import GC_THRESHOLDS, every_command
 
 PAYLOAD = (
     '{"$type":"Learning.Scoring.Events.ItemScoreCreated, Learning.Scoring","Id":"agg-1",'
@@ -247,6 +248,25 @@ def test_startup_imports_no_driver_and_no_core_module(tmp_path: Path, mode: str)
         f"esctl's startup (completion, --help, --version) imports {', '.join(heavy)}; import "
         "them inside the command functions instead (see esctl/cli/events.py)"
     )
+
+
+def test_the_command_s_process_collects_garbage_at_esctl_s_thresholds() -> None:
+    """``esctl`` (the console script's ``main``) sets the collector's thresholds before the
+    command runs, for every command and the processes it forks; importing esctl does not."""
+    probe = (
+        "import atexit, gc, sys\n"
+        "import esctl.cli.app\n"
+        "print(gc.get_threshold(), file=sys.stderr)\n"
+        "atexit.register(lambda: print(gc.get_threshold(), file=sys.stderr))\n"
+        "sys.argv = ['esctl', '--version']\n"
+        "esctl.cli.app.main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env(), check=True
+    )
+    imported, ran = done.stderr.split()[:3], done.stderr.split()[3:]
+    assert " ".join(imported) == str(gc.get_threshold()), done.stderr
+    assert " ".join(ran) == str(GC_THRESHOLDS), done.stderr
 
 
 # --- events decode -------------------------------------------------------------------------
