@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +245,8 @@ _CALLABLES = {
     ),
     "nested in place": "event.data['Inner']['Deep'] = 1\n    return event",
     "a copy, changed": "return dict(event.data, Extra=True)",
+    # (migrate's path gives the text as bytes, made a str when read: the test compares it)
+    "its text read": "read.append(event.text)\n    return event",
 }
 
 
@@ -261,8 +264,10 @@ def test_callables_on_migrates_path_equal_the_text_path(
 
     body = _CALLABLES[name]
     module = f"callable_{name.replace(' ', '_').replace(',', '')}"
-    (tmp_path / f"{module}.py").write_text(f"def f(event):\n    {body}\n", encoding="utf-8")
+    source = f"read = []\n\ndef f(event):\n    {body}\n"
+    (tmp_path / f"{module}.py").write_text(source, encoding="utf-8")
     rules = load_rules(rules_file(tmp_path, f'[[python]]\ncallable = "{module}:f"\n')).rules
+    sys.modules[module].read.clear()  # (the module stays imported from the last parameters)
     separators = (", ", ": ") if spaced else (",", ":")
     events = [
         SourceEvent(
@@ -288,8 +293,11 @@ def test_callables_on_migrates_path_equal_the_text_path(
         for e in checked.events:  # (a Version set and renumbered back: rewritten, equal)
             assert e.text == sources[e.commit_id] or not e.unchanged
             assert (e.utf8() is e.payload) == e.unchanged
-        if name in ("identity", "the mapping back"):  # returned unchanged: the stored bytes
+        if name in ("identity", "the mapping back", "its text read"):  # the stored bytes
             assert all(e.unchanged for e in checked.events)
+    read = sys.modules[module].read  # by transform_stream, then twice by transform_checked
+    assert read == ([[e.text for e in events] * 3] if name == "its text read" else [[]])[0]
+    assert all(type(text) is str for text in read)
 
 
 def test_rules_apply_in_the_order_written(tmp_path: Path) -> None:

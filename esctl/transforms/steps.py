@@ -711,9 +711,12 @@ def _call(rule: Rule, aggregate_id: str, event: InFlight) -> list[InFlight]:
     the engine holds it already); what comes back is compared with the payload as it was, so
     an event returned unchanged keeps its exact stored text."""
     assert rule.function is not None
+    # The payload as the engine holds it, text or bytes (made a str only if the callable reads
+    # event.text)
+    payload = event._text if event._text is not None else event.utf8()
     data = event.data
     if data is None:
-        data = orjson.loads(event.text)
+        data = orjson.loads(payload)
     event.data = None
     before = orjson.dumps(data)
     given = Event(
@@ -723,7 +726,7 @@ def _call(rule: Rule, aggregate_id: str, event: InFlight) -> list[InFlight]:
         event.source_version,
         event.timestamp,
         data,
-        event.text,
+        payload,
     )
     try:
         returned = rule.function(given)
