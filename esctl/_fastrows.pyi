@@ -1,4 +1,5 @@
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 _P = TypeVar("_P", bound=tuple[object, ...])
@@ -40,3 +41,12 @@ def lookup_orders(
     prefix: str, legacy: str, commit_ids: Sequence[str], /
 ) -> list[tuple[str, str]] | None: ...
 def pack_three(commands: Sequence[tuple[Any, ...]], /) -> bytes | None: ...
+def binary_rows(
+    moments: Sequence[datetime],
+    versions: Sequence[int],
+    type_names: Sequence[str],
+    payloads: Sequence[bytes],
+    event_type_of: Callable[[str], bytes],
+    cache: dict[str, bytes],
+    /,
+) -> list[bytes] | None: ...

@@ -12,6 +12,7 @@ extension as optional), :data:`COMPILED` is False and the Python path does every
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from esctl.codec import event_type_from_type_name, gunzip_base64
@@ -35,6 +36,8 @@ _EVENT_TYPES: dict[bytes, bytes] = {}
 """A ``$type``'s UTF-8 bytes -> its event type's (``codec.event_type_from_type_name``)."""
 _TYPE_NAMES: dict[bytes, str] = {}
 """A ``$type``'s UTF-8 bytes -> the str (one object per name)."""
+_ROW_TYPES: dict[str, bytes] = {}
+"""A ``$type`` str -> its event type's UTF-8 bytes."""
 _MOST_TYPES = 4096
 """Event types are a program's classes; the cache starts again past this many (a safeguard)."""
 
@@ -47,6 +50,12 @@ def _types() -> dict[bytes, bytes]:
     if len(_EVENT_TYPES) > _MOST_TYPES:
         _EVENT_TYPES.clear()
     return _EVENT_TYPES
+
+
+def _row_types() -> dict[str, bytes]:
+    if len(_ROW_TYPES) > _MOST_TYPES:
+        _ROW_TYPES.clear()
+    return _ROW_TYPES
 
 
 def _names() -> dict[bytes, str]:
@@ -97,4 +106,21 @@ def identical(aggregate_id: str, values: Sequence[bytes | None], theirs: PgStrea
         gunzip_base64,
         _event_type_bytes,
         _types(),
+    )
+
+
+def binary_rows(
+    moments: Sequence[datetime],
+    versions: Sequence[int],
+    type_names: Sequence[str],
+    payloads: Sequence[bytes],
+) -> list[bytes] | None:
+    """``[esctl.migrate.rows.binary_row(m, v, t, p) for ...]`` over the four sequences (events
+    already checked: the transforms'), in one C call; None when the compiled path is not sure
+    of one (a version beyond an integer column, a naive time, ...: the Python code then builds
+    the rows, and raises what it raises) or is not built."""
+    if _compiled is None:
+        return None
+    return _compiled.binary_rows(
+        moments, versions, type_names, payloads, _event_type_bytes, _row_types()
     )

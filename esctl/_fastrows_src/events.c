@@ -12,18 +12,6 @@ int events_init(void) {
 
 /* ---- rows ---- */
 
-static inline void put32(unsigned char *p, uint32_t v) {
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
-
-static inline void put64(unsigned char *p, uint64_t v) {
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
-}
-
 static const char GZIP_PREFIX[] = "H4sI";
 static const unsigned char ZSTD_MAGIC[] = {0x28, 0xB5, 0x2F, 0xFD};
 

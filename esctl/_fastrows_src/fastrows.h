@@ -43,6 +43,19 @@ typedef struct {
     Member type_name, timestamp; /* where the $type and the TimeStamp text are */
 } Checked;
 
+/* Big-endian integers, as binary COPY writes them. */
+static inline void put32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static inline void put64(unsigned char *p, uint64_t v) {
+    put32(p, (uint32_t)(v >> 32));
+    put32(p + 4, (uint32_t)v);
+}
+
 /* ---- json.c: one pass over a payload's bytes (0: not sure or not valid; 1: ok) ---- */
 
 static inline void skip_ws(Scan *s) {
@@ -85,6 +98,11 @@ int check_event(PyObject *payload, const char *id, Py_ssize_t id_len, long expec
 PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *fast_clean_payloads(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int events_init(void); /* the datetime C API, for this part alone: 0 on an error */
+
+/* ---- rows.c: the rows of events already checked (the transforms') ---- */
+
+PyObject *fast_binary_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+int rows_init(void); /* the datetime C API, for this part alone: 0 on an error */
 
 /* ---- verify.c: a clean stream against PostgreSQL's columns ---- */
 

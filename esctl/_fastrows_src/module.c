@@ -15,8 +15,9 @@
  * found and checked; then the row built in one allocation, or the payload compared with jsonb.
  *
  * The parts: json.c (the scan), stamp.c (time stamps), events.c (the checks, a migration's
- * rows, the transforms' events), verify.c (against PostgreSQL's jsonb), reads.c (the event
- * hashes' keys and HGETs); what they share is in fastrows.h.
+ * rows, the transforms' events), rows.c (the rows of the transforms' events), verify.c (against
+ * PostgreSQL's jsonb), reads.c (the event hashes' keys and HGETs); what they share is in
+ * fastrows.h.
  */
 #include "fastrows.h"
 
@@ -43,6 +44,11 @@ static PyMethodDef methods[] = {
      "True when a stream esctl.migrate.rows.fast_rows would take is exactly its PostgreSQL "
      "columns as verify reads them (esctl.pgevents.PgStream); False: not sure (the Python "
      "path then decides)."},
+    {"binary_rows", (PyCFunction)(void (*)(void))fast_binary_rows, METH_FASTCALL,
+     "binary_rows(moments, versions, type_names, payloads, event_type_of, cache) -> [row, ...] "
+     "| None\n\n"
+     "esctl.migrate.rows.binary_row of each event; None when not sure of one (the Python code "
+     "then builds them)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -53,7 +59,7 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fastrows(void) {
-    if (!events_init()) return NULL;
+    if (!events_init() || !rows_init()) return NULL;
     crc_init();
     return PyModule_Create(&module);
 }

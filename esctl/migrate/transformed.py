@@ -209,16 +209,14 @@ def transformed_rows(outcome: CheckedOutcome) -> list[bytes]:
     an event no rule changed with its payload's bytes as read. Raises struct.error for a
     version beyond an integer column."""
     if outcome.plain is not None:
-        return list(map(binary_row, *outcome.plain))
-    return [
-        binary_row(
-            t.moment or codec.parse_timestamp(t.timestamp),
-            t.version,
-            t.type_name,
-            t.raw if t.raw is not None else t.utf8(),
-        )
-        for t in outcome.events
-    ]
+        return fastpath.binary_rows(*outcome.plain) or list(map(binary_row, *outcome.plain))
+    columns = (
+        [t.moment or codec.parse_timestamp(t.timestamp) for t in outcome.events],
+        [t.version for t in outcome.events],
+        [t.type_name for t in outcome.events],
+        [t.raw if t.raw is not None else t.utf8() for t in outcome.events],
+    )
+    return fastpath.binary_rows(*columns) or list(map(binary_row, *columns))
 
 
 def check_transforms(
