@@ -133,8 +133,9 @@ GC_THRESHOLDS = (50_000, 20, 100)
 keeps a page of events in memory (lists of commit ids and payloads, psycopg's arrays), made and
 freed a page at a time, without cycles. At Python's thresholds a verify of 199,443 events ran
 214 collections, 20 of them over the older generations, each going over the pages then in
-memory: 5% of its CPU (perf), 5-8% of a migration's (docs/design/performance.md, round 16). At
-these it ran none. Cyclic garbage, should some be made, waits for 50,000 more allocations.
+memory: 5% of its CPU (perf); a migration's esctl CPU per event was 8% higher (medians of five
+alternating runs; docs/design/performance.md, round 16). At these the verify ran none. Cyclic
+garbage, should some be made, waits for 50,000 more allocations.
 """
 
 
