@@ -210,6 +210,23 @@ static int member_index(const unsigned char *key, Py_ssize_t len) {
     }
 }
 
+/* After an object's member or an array's element: 1 another follows (its ',' passed), 2 the
+ * container ends with ``closer`` (passed), 0 neither (not valid). */
+static inline int after_item(Scan *s, unsigned char closer) {
+    skip_ws(s);
+    if (s->p >= s->end) return 0;
+    if (*s->p == ',') {
+        s->p++;
+        skip_ws(s);
+        return 1;
+    }
+    if (*s->p == closer) {
+        s->p++;
+        return 2;
+    }
+    return 0;
+}
+
 static int scan_object(Scan *s, int depth) {
     s->p++; /* '{' */
     skip_ws(s);
@@ -243,18 +260,11 @@ static int scan_object(Scan *s, int depth) {
         s->p++;
         skip_ws(s);
         if (!scan_value(s, depth, m)) return 0;
-        skip_ws(s);
-        if (s->p >= s->end) return 0;
-        if (*s->p == ',') {
-            s->p++;
-            skip_ws(s);
-            continue;
+        switch (after_item(s, '}')) {
+            case 1: continue;
+            case 2: return 1;
+            default: return 0;
         }
-        if (*s->p == '}') {
-            s->p++;
-            return 1;
-        }
-        return 0;
     }
 }
 
@@ -267,18 +277,11 @@ static int scan_array(Scan *s, int depth) {
     }
     for (;;) {
         if (!scan_value(s, depth, NULL)) return 0;
-        skip_ws(s);
-        if (s->p >= s->end) return 0;
-        if (*s->p == ',') {
-            s->p++;
-            skip_ws(s);
-            continue;
+        switch (after_item(s, ']')) {
+            case 1: continue;
+            case 2: return 1;
+            default: return 0;
         }
-        if (*s->p == ']') {
-            s->p++;
-            return 1;
-        }
-        return 0;
     }
 }
 
