@@ -122,37 +122,9 @@ int check_event(PyObject *payload, const char *id, Py_ssize_t id_len, long expec
     return 1;
 }
 
-/* One event's binary COPY row: >iqiii{n}sib + payload (8, micros, 4, version, n, event type,
- * len(payload)+1, 1 for jsonb's version). */
+/* One event's binary COPY row (rows.c builds it). */
 static PyObject *binary_row(PyObject *payload, const Checked *ev) {
-    Py_ssize_t n = PyBytes_GET_SIZE(payload), et_len = PyBytes_GET_SIZE(ev->event_type);
-    PyObject *row = PyBytes_FromStringAndSize(NULL, 4 + 8 + 4 + 4 + 4 + et_len + 4 + 1 + n);
-    unsigned char *w;
-    if (row == NULL) return NULL;
-    w = (unsigned char *)PyBytes_AS_STRING(row);
-    put32(w, 8);
-    put64(w + 4, (uint64_t)ev->micros);
-    put32(w + 12, 4);
-    put32(w + 16, (uint32_t)ev->version);
-    put32(w + 20, (uint32_t)et_len);
-    memcpy(w + 24, PyBytes_AS_STRING(ev->event_type), (size_t)et_len);
-    w += 24 + et_len;
-    put32(w, (uint32_t)(n + 1));
-    w[4] = 1;
-    memcpy(w + 5, PyBytes_AS_STRING(payload), (size_t)n);
-    return row;
-}
-
-/* One event's row, or Py_None when not sure; NULL on an error. */
-static PyObject *event_row(PyObject *payload, const char *id, Py_ssize_t id_len, long expected,
-                           const unsigned char **agg, Py_ssize_t *agg_len, PyObject *event_type_of,
-                           PyObject *type_cache) {
-    Checked ev;
-    int ok = check_event(payload, id, id_len, expected, agg, agg_len, event_type_of, type_cache,
-                         &ev);
-    if (ok < 0) return NULL;
-    if (ok == 0) Py_RETURN_NONE;
-    return binary_row(payload, &ev);
+    return copy_row(payload, ev->micros, (uint32_t)ev->version, ev->event_type);
 }
 
 /* What clean_rows and clean_payloads are given for one stream, read once. */
@@ -192,85 +164,89 @@ unsure:
     return 0;
 }
 
-PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    PyObject *aggregate_id, *values, *known_type, *gunzip, *event_type_of, *type_cache;
-    PyObject *seq = NULL, *rows = NULL, *result = NULL, *agg_type = NULL;
-    PyObject **payloads = NULL;
-    const char *id;
-    Py_ssize_t id_len, count, done = 0, agg_len = 0;
-    StreamArgs in;
-    const unsigned char *agg = NULL;
-    long first_version;
+/* What one checked event becomes: a row (clean_rows) or a CleanPayload (clean_payloads); NULL
+ * on an error. */
+typedef PyObject *(*MakeItem)(PyObject *payload, const Checked *ev, void *ctx);
 
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "clean_rows takes 7 arguments");
-        return NULL;
-    }
-    aggregate_id = args[0], values = args[1], known_type = args[3], gunzip = args[4];
-    event_type_of = args[5], type_cache = args[6];
-    first_version = PyLong_AsLong(args[2]);
+/* What clean_rows and clean_payloads share: ``args`` are (aggregate_id, values, first_version,
+ * known_type, gunzip, ...); each value's payload checked (``event_type_of`` and ``type_cache``:
+ * its event type looked up, or NULL) and made an item by ``make``. (aggregate_type, [item, ...]),
+ * Py_None when not sure of one, NULL on an error. */
+static PyObject *clean_stream(PyObject *const *args, PyObject *event_type_of,
+                              PyObject *type_cache, MakeItem make, void *ctx) {
+    PyObject *known_type = args[3], *gunzip = args[4];
+    PyObject *items = NULL, *result = NULL, *agg_type;
+    PyObject **payloads = NULL;
+    Py_ssize_t done = 0;
+    StreamArgs in;
+    long first_version = PyLong_AsLong(args[2]);
+
     if (first_version == -1 && PyErr_Occurred()) return NULL;
-    if (!PyDict_CheckExact(type_cache)) {
-        PyErr_SetString(PyExc_TypeError, "clean_rows: the type cache must be a dict");
-        return NULL;
-    }
-    switch (stream_args(aggregate_id, known_type, values, &in)) {
+    switch (stream_args(args[0], known_type, args[1], &in)) {
         case -1: return NULL;
         case 0: Py_RETURN_NONE;
         default: break;
     }
-    id = in.id, id_len = in.id_len, agg = in.agg, agg_len = in.agg_len;
-    seq = in.seq, count = in.count;
     /* every payload is kept until the end: the aggregate type points into the first one */
-    payloads = PyMem_Calloc((size_t)count, sizeof(PyObject *));
-    rows = PyList_New(count);
-    if (payloads == NULL || rows == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    payloads = PyMem_Calloc((size_t)in.count, sizeof(PyObject *));
+    items = PyList_New(in.count);
+    if (payloads == NULL || items == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto error;
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *payload = payload_of(PySequence_Fast_GET_ITEM(seq, i), gunzip), *row;
-        if (payload == NULL) goto done;
+    for (Py_ssize_t i = 0; i < in.count; i++) {
+        Checked ev;
+        PyObject *payload = payload_of(PySequence_Fast_GET_ITEM(in.seq, i), gunzip), *item;
+        int ok;
+        if (payload == NULL) goto error;
         payloads[done++] = payload;
-        if (payload == Py_None) {
-            result = Py_None;
-            goto done;
-        }
-        row = event_row(payload, id, id_len, first_version + (long)i, &agg, &agg_len,
-                        event_type_of, type_cache);
-        if (row == NULL) goto done;
-        if (row == Py_None) {
-            result = row; /* the reference is given back below */
-            Py_DECREF(row);
-            goto done;
-        }
-        PyList_SET_ITEM(rows, i, row);
+        if (payload == Py_None) goto unsure;
+        ok = check_event(payload, in.id, in.id_len, first_version + (long)i, &in.agg, &in.agg_len,
+                         event_type_of, type_cache, &ev);
+        if (ok < 0) goto error;
+        if (ok == 0) goto unsure;
+        item = make(payload, &ev, ctx);
+        if (item == NULL) goto error;
+        PyList_SET_ITEM(items, i, item);
     }
-    if (known_type != Py_None) {
-        agg_type = Py_NewRef(known_type);
-    } else {
-        agg_type = PyUnicode_DecodeUTF8((const char *)agg, agg_len, "strict");
-        if (agg_type == NULL) goto done;
-    }
-    result = PyTuple_Pack(2, agg_type, rows);
+    agg_type = known_type != Py_None
+                   ? Py_NewRef(known_type)
+                   : PyUnicode_DecodeUTF8((const char *)in.agg, in.agg_len, "strict");
+    if (agg_type == NULL) goto error;
+    result = PyTuple_Pack(2, agg_type, items);
     Py_DECREF(agg_type);
-    if (result == NULL) goto done;
-    Py_DECREF(rows);
-    rows = NULL;
-    for (Py_ssize_t i = 0; i < done; i++) Py_DECREF(payloads[i]);
-    PyMem_Free(payloads);
-    Py_DECREF(seq);
-    return result;
-
-done:
-    Py_XDECREF(rows);
+    goto cleanup;
+unsure:
+    result = Py_NewRef(Py_None);
+    goto cleanup;
+error:
+    result = NULL;
+cleanup:
+    Py_XDECREF(items);
     if (payloads != NULL) {
         for (Py_ssize_t i = 0; i < done; i++) Py_DECREF(payloads[i]);
         PyMem_Free(payloads);
     }
-    Py_DECREF(seq);
-    if (result == Py_None) Py_RETURN_NONE;
-    return NULL;
+    Py_DECREF(in.seq);
+    return result;
+}
+
+static PyObject *row_item(PyObject *payload, const Checked *ev, void *ctx) {
+    return binary_row(payload, ev);
+}
+
+/* clean_rows(aggregate_id, values, first_version, known_type, gunzip, event_type_of,
+ * type_cache) -> (aggregate_type, [row, ...]) | None */
+PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "clean_rows takes 7 arguments");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "clean_rows: the type cache must be a dict");
+        return NULL;
+    }
+    return clean_stream(args, args[5], args[6], row_item, NULL);
 }
 
 /* ---- the transforms' hot path: esctl.streams.clean_payloads ---- */
@@ -340,77 +316,30 @@ static PyObject *clean_payload(PyObject *payload, const Checked *ev, PyObject *p
     return item;
 }
 
+/* What clean_payloads makes each event with: its NamedTuple type and the $type cache. */
+typedef struct {
+    PyObject *payload_type, *names;
+} PayloadTypes;
+
+static PyObject *payload_item(PyObject *payload, const Checked *ev, void *ctx) {
+    const PayloadTypes *t = ctx;
+    return clean_payload(payload, ev, t->payload_type, t->names);
+}
+
 /* clean_payloads(aggregate_id, values, first_version, known_type, gunzip, payload_type, names)
  * -> (aggregate_type, [CleanPayload, ...]) | None */
 PyObject *fast_clean_payloads(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    PyObject *aggregate_id, *values, *known_type, *gunzip, *payload_type, *names;
-    PyObject *seq = NULL, *events = NULL, *result = NULL, *agg_type = NULL;
-    PyObject **payloads = NULL;
-    const char *id;
-    Py_ssize_t id_len, count, done = 0, agg_len = 0;
-    StreamArgs in;
-    const unsigned char *agg = NULL;
-    long first_version;
-
+    PayloadTypes types;
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "clean_payloads takes 7 arguments");
         return NULL;
     }
-    aggregate_id = args[0], values = args[1], known_type = args[3], gunzip = args[4];
-    payload_type = args[5], names = args[6];
-    if (!PyType_Check(payload_type) || !PyType_IsSubtype((PyTypeObject *)payload_type,
-                                                         &PyTuple_Type)
-        || !PyDict_CheckExact(names)) {
+    types.payload_type = args[5], types.names = args[6];
+    if (!PyType_Check(types.payload_type)
+        || !PyType_IsSubtype((PyTypeObject *)types.payload_type, &PyTuple_Type)
+        || !PyDict_CheckExact(types.names)) {
         PyErr_SetString(PyExc_TypeError, "clean_payloads: a tuple type and a dict");
         return NULL;
     }
-    first_version = PyLong_AsLong(args[2]);
-    if (first_version == -1 && PyErr_Occurred()) return NULL;
-    switch (stream_args(aggregate_id, known_type, values, &in)) {
-        case -1: return NULL;
-        case 0: Py_RETURN_NONE;
-        default: break;
-    }
-    id = in.id, id_len = in.id_len, agg = in.agg, agg_len = in.agg_len;
-    seq = in.seq, count = in.count;
-    payloads = PyMem_Calloc((size_t)count, sizeof(PyObject *));
-    events = PyList_New(count);
-    if (payloads == NULL || events == NULL) {
-        if (!PyErr_Occurred()) PyErr_NoMemory();
-        goto error;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Checked ev;
-        PyObject *payload = payload_of(PySequence_Fast_GET_ITEM(seq, i), gunzip), *item;
-        int ok;
-        if (payload == NULL) goto error;
-        payloads[done++] = payload;
-        if (payload == Py_None) goto unsure;
-        ok = check_event(payload, id, id_len, first_version + (long)i, &agg, &agg_len, NULL,
-                         NULL, &ev);
-        if (ok < 0) goto error;
-        if (ok == 0) goto unsure;
-        item = clean_payload(payload, &ev, payload_type, names);
-        if (item == NULL) goto error;
-        PyList_SET_ITEM(events, i, item);
-    }
-    agg_type = known_type != Py_None ? Py_NewRef(known_type)
-                                     : PyUnicode_DecodeUTF8((const char *)agg, agg_len, "strict");
-    if (agg_type == NULL) goto error;
-    result = PyTuple_Pack(2, agg_type, events);
-    Py_DECREF(agg_type);
-    goto cleanup;
-unsure:
-    result = Py_NewRef(Py_None);
-    goto cleanup;
-error:
-    result = NULL;
-cleanup:
-    Py_XDECREF(events);
-    if (payloads != NULL) {
-        for (Py_ssize_t i = 0; i < done; i++) Py_DECREF(payloads[i]);
-        PyMem_Free(payloads);
-    }
-    Py_DECREF(seq);
-    return result;
+    return clean_stream(args, NULL, NULL, payload_item, &types);
 }

@@ -99,8 +99,9 @@ PyObject *fast_clean_rows(PyObject *module, PyObject *const *args, Py_ssize_t na
 PyObject *fast_clean_payloads(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int events_init(void); /* the datetime C API, for this part alone: 0 on an error */
 
-/* ---- rows.c: the rows of events already checked (the transforms') ---- */
+/* ---- rows.c: a binary COPY row; the rows of events already checked (the transforms') ---- */
 
+PyObject *copy_row(PyObject *payload, int64_t micros, uint32_t version, PyObject *event_type);
 PyObject *fast_binary_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int rows_init(void); /* the datetime C API, for this part alone: 0 on an error */
 

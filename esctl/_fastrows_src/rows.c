@@ -60,6 +60,28 @@ static PyObject *row_type(PyObject *type_name, PyObject *event_type_of, PyObject
     return found;
 }
 
+/* One event's binary COPY row, without the field count and aggregate_key the writer puts in
+ * front: >iqiii{n}sib + payload (8, micros, 4, version, n, event type, len(payload)+1, 1 for
+ * jsonb's version). NULL on an error. */
+PyObject *copy_row(PyObject *payload, int64_t micros, uint32_t version, PyObject *event_type) {
+    Py_ssize_t n = PyBytes_GET_SIZE(payload), et_len = PyBytes_GET_SIZE(event_type);
+    PyObject *row = PyBytes_FromStringAndSize(NULL, 4 + 8 + 4 + 4 + 4 + et_len + 4 + 1 + n);
+    unsigned char *w;
+    if (row == NULL) return NULL;
+    w = (unsigned char *)PyBytes_AS_STRING(row);
+    put32(w, 8);
+    put64(w + 4, (uint64_t)micros);
+    put32(w + 12, 4);
+    put32(w + 16, version);
+    put32(w + 20, (uint32_t)et_len);
+    memcpy(w + 24, PyBytes_AS_STRING(event_type), (size_t)et_len);
+    w += 24 + et_len;
+    put32(w, (uint32_t)(n + 1));
+    w[4] = 1; /* jsonb's version */
+    memcpy(w + 5, PyBytes_AS_STRING(payload), (size_t)n);
+    return row;
+}
+
 /* binary_rows(moments, versions, type_names, payloads, event_type_of, cache)
  * -> [row, ...] | None: esctl.migrate.rows.binary_row of each, or None when not sure of one
  * (the Python code then builds them, and raises what it raises). */
@@ -85,8 +107,6 @@ PyObject *fast_binary_rows(PyObject *module, PyObject *const *args, Py_ssize_t n
         int64_t micros;
         long long v;
         int overflow, ok;
-        Py_ssize_t n, et_len;
-        unsigned char *w;
         ok = moment_micros(PySequence_Fast_GET_ITEM(seqs[0], i), &micros);
         if (ok < 0) goto error;
         if (ok == 0 || !PyLong_CheckExact(version) || !PyBytes_CheckExact(payload)) goto not_sure;
@@ -97,21 +117,8 @@ PyObject *fast_binary_rows(PyObject *module, PyObject *const *args, Py_ssize_t n
             if (PyErr_Occurred()) goto error;
             goto not_sure;
         }
-        n = PyBytes_GET_SIZE(payload);
-        et_len = PyBytes_GET_SIZE(event_type);
-        row = PyBytes_FromStringAndSize(NULL, 4 + 8 + 4 + 4 + 4 + et_len + 4 + 1 + n);
+        row = copy_row(payload, micros, (uint32_t)v, event_type);
         if (row == NULL) goto error;
-        w = (unsigned char *)PyBytes_AS_STRING(row);
-        put32(w, 8);
-        put64(w + 4, (uint64_t)micros);
-        put32(w + 12, 4);
-        put32(w + 16, (uint32_t)v);
-        put32(w + 20, (uint32_t)et_len);
-        memcpy(w + 24, PyBytes_AS_STRING(event_type), (size_t)et_len);
-        w += 24 + et_len;
-        put32(w, (uint32_t)(n + 1));
-        w[4] = 1; /* jsonb's version */
-        memcpy(w + 5, PyBytes_AS_STRING(payload), (size_t)n);
         PyList_SET_ITEM(rows, i, row);
     }
     goto done;
